@@ -1,0 +1,489 @@
+"""Configuration: one TOML file, validated at start. Every field has a default, so a node runs with no file at all.
+
+Each section is a dataclass built by `_Reader`, which names the exact key and the problem on any error and
+refuses unknown keys (a typo must not silently fall back to a default on a device nobody can log into).
+"""
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "NodeConfig",
+    "MqttSourceConfig",
+    "OtlpSourceConfig",
+    "EbpfSourceConfig",
+    "SamplerConfig",
+    "UplinkConfig",
+    "MemoryConfig",
+    "GatewayConfig",
+    "BrokerAddress",
+    "load_config",
+    "parse_config",
+    "parse_size",
+    "parse_duration",
+    "parse_listen",
+]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2,
+               "GB": 1000**3, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(value: Any, key: str) -> int:
+    """Parse a byte size such as 48MiB, 256KiB or a bare integer number of bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a size such as '48MiB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(key, f"size must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    raise ConfigError(key, f"expected a size such as '48MiB', '256KiB' or a number of bytes, got {value!r}")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Parse a duration such as 2s, 500ms or 5m into seconds; a bare number is seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a duration such as '2s', got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(key, f"duration must not be negative, got {value}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ConfigError(key, f"expected a duration such as '2s', '500ms' or '5m', got {value!r}")
+
+
+def parse_listen(value: Any, key: str) -> tuple[str, int]:
+    """Parse 'host:port' (IPv6 as '[::1]:4317') into (host, port)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(key, f"expected 'host:port' such as '127.0.0.1:4318', got {value!r}")
+    host, _, port_s = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError(key, f"expected 'host:port' with a port from 0 to 65535, got {value!r}")
+    return host, int(port_s)
+
+
+@dataclass(slots=True, frozen=True)
+class BrokerAddress:
+    """An MQTT broker given as mqtt://host:port or mqtts://host:port."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, value: Any, key: str) -> BrokerAddress:
+        """Parse a broker URL."""
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a broker URL such as 'mqtt://127.0.0.1:1883', got {value!r}")
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(key, f"expected a broker URL such as 'mqtt://127.0.0.1:1883' or 'mqtts://host:8883', got {value!r}")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise ConfigError(key, f"the port in {value!r} is not a number from 0 to 65535") from None
+        return cls(parts.hostname, port, parts.scheme == "mqtts")
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+class _Reader:
+    """Reads one TOML table, tracking which keys were used so that leftovers are reported as unknown."""
+
+    def __init__(self, table: Any, prefix: str) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(prefix, f"expected a table ([{prefix}]), got {type(table).__name__}")
+        self.table = table
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, default: Any, conv: Callable[[Any, str], Any]) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            return default
+        return conv(self.table[name], self.key(name))
+
+    def sub(self, name: str) -> _Reader:
+        self.used.add(name)
+        return _Reader(self.table.get(name, {}), self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "unknown key (check the spelling; see `helix check-config --help`)")
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
+    def conv(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected a whole number, got {value!r}")
+        if not lo <= value <= hi:
+            raise ConfigError(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+    return conv
+
+
+def _float_in(lo: float, hi: float) -> Callable[[Any, str], float]:
+    def conv(value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        if not lo <= value <= hi:
+            raise ConfigError(key, f"must be between {lo} and {hi}, got {value}")
+        return float(value)
+    return conv
+
+
+def _one_of(*choices: str) -> Callable[[Any, str], str]:
+    def conv(value: Any, key: str) -> str:
+        if value not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return value
+    return conv
+
+
+def _str_list(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(key, f"expected a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _str_map(value: Any, key: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(key, f"expected a table of string values, got {value!r}")
+    return dict(value)
+
+
+def _sizes(lo: int, hi: int) -> Callable[[Any, str], int]:
+    def conv(value: Any, key: str) -> int:
+        n = parse_size(value, key)
+        if not lo <= n <= hi:
+            raise ConfigError(key, f"must be between {lo} and {hi} bytes, got {n}")
+        return n
+    return conv
+
+
+def _durations(lo: float, hi: float) -> Callable[[Any, str], float]:
+    def conv(value: Any, key: str) -> float:
+        n = parse_duration(value, key)
+        if not lo <= n <= hi:
+            raise ConfigError(key, f"must be between {lo}s and {hi}s, got {n}s")
+        return n
+    return conv
+
+
+def _listen_or_off(value: Any, key: str) -> tuple[str, int] | None:
+    if value == "" or value is False:
+        return None
+    return parse_listen(value, key)
+
+
+def _url(value: Any, key: str) -> str:
+    s = _str(value, key)
+    parts = urlsplit(s)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {s!r}")
+    return s
+
+
+@dataclass(slots=True, frozen=True)
+class NodeConfig:
+    """Identity of this node in the fleet."""
+
+    id: str = field(default_factory=socket.gethostname)
+    group: str = "default"
+
+
+@dataclass(slots=True, frozen=True)
+class MqttSourceConfig:
+    """Lightweight-SDK spans arriving as CBOR over MQTT."""
+
+    enabled: bool = True
+    broker: BrokerAddress = BrokerAddress("127.0.0.1", 1883)
+    topics: tuple[str, ...] = ("helix/sdk/+/spans",)
+    max_payload: int = 256 * 1024
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class OtlpSourceConfig:
+    """OTLP receivers for local OpenTelemetry SDKs; loopback only unless configured otherwise."""
+
+    http_listen: tuple[str, int] | None = ("127.0.0.1", 4318)
+    grpc_listen: tuple[str, int] | None = ("127.0.0.1", 4317)
+    max_request: int = 4 * 1024 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class EbpfSourceConfig:
+    """Kernel probes. `enabled = "auto"` loads them where the kernel allows and runs without them elsewhere."""
+
+    enabled: str = "auto"
+    payload_bytes: int = 256
+    slow_file_io: float = 0.010
+    pids: tuple[int, ...] = ()
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class SamplerConfig:
+    """Head sampling: the fraction of traces kept."""
+
+    ratio: float = 1.0
+
+
+@dataclass(slots=True, frozen=True)
+class UplinkConfig:
+    """How batches leave the node."""
+
+    transport: str = "mqtt"
+    broker: BrokerAddress = BrokerAddress("127.0.0.1", 1883)
+    topic: str = "helix/uplink/{node_id}"
+    qos: int = 1
+    url: str = "http://127.0.0.1:4380/v1/batches"
+    token: str = ""
+    batch_max_spans: int = 512
+    batch_max_bytes: int = 256 * 1024
+    batch_max_age: float = 2.0
+    zstd_level: int = 3
+    queue_max_bytes: int = 8 * 1024 * 1024
+    username: str = ""
+    password: str = ""
+
+    def topic_for(self, node_id: str) -> str:
+        """The uplink topic with `{node_id}` filled in."""
+        return self.topic.replace("{node_id}", node_id)
+
+
+@dataclass(slots=True, frozen=True)
+class MemoryConfig:
+    """The hard memory budget every buffer accounts against."""
+
+    limit: int = 48 * 1024 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class GatewayConfig:
+    """The central gateway: where batches come from and where OTLP goes."""
+
+    mqtt_enabled: bool = True
+    broker: BrokerAddress = BrokerAddress("127.0.0.1", 1883)
+    topic: str = "helix/uplink/+"
+    share_group: str = ""
+    http_listen: tuple[str, int] | None = ("127.0.0.1", 4380)
+    token: str = ""
+    export_protocol: str = "grpc"
+    export_endpoint: str = "http://127.0.0.1:4317"
+    export_headers: dict[str, str] = field(default_factory=dict)
+    export_timeout: float = 10.0
+    retry_max_elapsed: float = 300.0
+    max_batch_bytes: int = 8 * 1024 * 1024
+    username: str = ""
+    password: str = ""
+
+    def subscription(self) -> str:
+        """The MQTT subscription, as a shared subscription when a group is set."""
+        return f"$share/{self.share_group}/{self.topic}" if self.share_group else self.topic
+
+
+@dataclass(slots=True, frozen=True)
+class Config:
+    """The whole configuration of a node (and of a gateway, which reads only `[gateway]`)."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    log_level: str = "info"
+    mqtt: MqttSourceConfig = field(default_factory=MqttSourceConfig)
+    otlp: OtlpSourceConfig = field(default_factory=OtlpSourceConfig)
+    ebpf: EbpfSourceConfig = field(default_factory=EbpfSourceConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+
+
+def _node_id(value: Any, key: str) -> str:
+    s = _str(value, key)
+    if not _ID.match(s):
+        raise ConfigError(key, f"must be 1-63 letters, digits, '.', '_' or '-' (it is used in MQTT topics), got {s!r}")
+    return s
+
+
+def _topic_filter(value: Any, key: str) -> str:
+    s = _str(value, key)
+    if not s or "#" in s[:-1] or any(("+" in level and level != "+") for level in s.split("/")):
+        raise ConfigError(key, f"not a valid MQTT topic filter: {s!r}")
+    return s
+
+
+def _ebpf_enabled(value: Any, key: str) -> str:
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if value in ("auto", "on", "off"):
+        return value
+    raise ConfigError(key, f"must be true, false or \"auto\", got {value!r}")
+
+
+# Slotted dataclasses hide class-level defaults behind slot descriptors, so defaults are read off instances.
+_D_MQTT = MqttSourceConfig()
+_D_OTLP = OtlpSourceConfig()
+_D_UPLINK = UplinkConfig()
+_D_MEMORY = MemoryConfig()
+_D_GATEWAY = GatewayConfig()
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a parsed TOML document into a Config."""
+    top = _Reader(data, "")
+    r = top.sub("node")
+    node = NodeConfig(id=r.get("id", socket.gethostname().split(".")[0] or "node", _node_id),
+                      group=r.get("group", "default", _node_id))
+    r.finish()
+
+    r = top.sub("log")
+    log_level = r.get("level", "info", _one_of("debug", "info", "warning", "error"))
+    r.finish()
+
+    sources = top.sub("sources")
+    r = sources.sub("mqtt")
+    mqtt = MqttSourceConfig(
+        enabled=r.get("enabled", True, _bool),
+        broker=r.get("broker", _D_MQTT.broker, BrokerAddress.parse),
+        topics=tuple(_topic_filter(t, r.key("topics")) for t in r.get("topics", _D_MQTT.topics, _str_list)),
+        max_payload=r.get("max_payload", _D_MQTT.max_payload, _sizes(64, 256 * 1024 * 1024)),
+        username=r.get("username", "", _str),
+        password=r.get("password", "", _str),
+    )
+    r.finish()
+    r = sources.sub("otlp")
+    otlp = OtlpSourceConfig(
+        http_listen=r.get("http_listen", _D_OTLP.http_listen, _listen_or_off),
+        grpc_listen=r.get("grpc_listen", _D_OTLP.grpc_listen, _listen_or_off),
+        max_request=r.get("max_request", _D_OTLP.max_request, _sizes(1024, 64 * 1024 * 1024)),
+    )
+    r.finish()
+    r = sources.sub("ebpf")
+    ebpf = EbpfSourceConfig(
+        enabled=r.get("enabled", "auto", _ebpf_enabled),
+        payload_bytes=r.get("payload_bytes", 256, _int_in(16, 1024)),
+        slow_file_io=r.get("slow_file_io", 0.010, _durations(0.0, 60.0)),
+        pids=tuple(r.get("pids", [], _int_list(1, 2**22))),
+        ports=tuple(r.get("ports", [], _int_list(1, 65535))),
+    )
+    r.finish()
+    sources.finish()
+
+    r = top.sub("sampler")
+    sampler = SamplerConfig(ratio=r.get("ratio", 1.0, _float_in(0.0, 1.0)))
+    r.finish()
+
+    r = top.sub("uplink")
+    uplink = UplinkConfig(
+        transport=r.get("transport", "mqtt", _one_of("mqtt", "http")),
+        broker=r.get("broker", _D_UPLINK.broker, BrokerAddress.parse),
+        topic=r.get("topic", _D_UPLINK.topic, _str),
+        qos=r.get("qos", 1, _int_in(0, 1)),
+        url=r.get("url", _D_UPLINK.url, _url),
+        token=r.get("token", "", _str),
+        batch_max_spans=r.get("batch_max_spans", 512, _int_in(1, 100_000)),
+        batch_max_bytes=r.get("batch_max_bytes", _D_UPLINK.batch_max_bytes, _sizes(1024, 64 * 1024 * 1024)),
+        batch_max_age=r.get("batch_max_age", 2.0, _durations(0.01, 3600.0)),
+        zstd_level=r.get("zstd_level", 3, _int_in(1, 19)),
+        queue_max_bytes=r.get("queue_max_bytes", _D_UPLINK.queue_max_bytes, _sizes(64 * 1024, 1024**3)),
+        username=r.get("username", "", _str),
+        password=r.get("password", "", _str),
+    )
+    r.finish()
+
+    r = top.sub("memory")
+    memory = MemoryConfig(limit=r.get("limit", _D_MEMORY.limit, _sizes(8 * 1024 * 1024, 64 * 1024**3)))
+    r.finish()
+
+    r = top.sub("gateway")
+    gateway = GatewayConfig(
+        mqtt_enabled=r.get("mqtt_enabled", True, _bool),
+        broker=r.get("broker", _D_GATEWAY.broker, BrokerAddress.parse),
+        topic=r.get("topic", _D_GATEWAY.topic, _topic_filter),
+        share_group=r.get("share_group", "", _str),
+        http_listen=r.get("http_listen", _D_GATEWAY.http_listen, _listen_or_off),
+        token=r.get("token", "", _str),
+        export_protocol=r.get("export_protocol", "grpc", _one_of("grpc", "http")),
+        export_endpoint=r.get("export_endpoint", _D_GATEWAY.export_endpoint, _url),
+        export_headers=r.get("export_headers", {}, _str_map),
+        export_timeout=r.get("export_timeout", 10.0, _durations(0.1, 300.0)),
+        retry_max_elapsed=r.get("retry_max_elapsed", 300.0, _durations(0.0, 86400.0)),
+        max_batch_bytes=r.get("max_batch_bytes", _D_GATEWAY.max_batch_bytes, _sizes(1024, 256 * 1024 * 1024)),
+        username=r.get("username", "", _str),
+        password=r.get("password", "", _str),
+    )
+    r.finish()
+    top.finish()
+    return Config(node=node, log_level=log_level, mqtt=mqtt, otlp=otlp, ebpf=ebpf, sampler=sampler,
+                  uplink=uplink, memory=memory, gateway=gateway)
+
+
+def _int_list(lo: int, hi: int) -> Callable[[Any, str], list[int]]:
+    conv = _int_in(lo, hi)
+
+    def convert(value: Any, key: str) -> list[int]:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list of whole numbers, got {value!r}")
+        return [conv(v, key) for v in value]
+    return convert
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a TOML file; None gives the defaults."""
+    if path is None:
+        return parse_config({})
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError("(file)", f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("(file)", f"{p} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("(file)", f"{p} is not valid TOML: {e}") from None
+    return parse_config(data)

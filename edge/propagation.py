@@ -1,0 +1,148 @@
+"""Trace-context formats read off the wire: W3C traceparent/tracestate, B3 (single and multi), Jaeger uber-trace-id.
+
+Pure functions over strings; no I/O. Invalid input gives None, never an exception, because these values come
+from arbitrary third-party traffic.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .model import INVALID_SPAN_ID, INVALID_TRACE_ID
+
+__all__ = [
+    "SpanContext",
+    "parse_traceparent",
+    "format_traceparent",
+    "parse_tracestate",
+    "extract",
+]
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+_TRACESTATE_KEY = re.compile(r"^([a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})$")
+_TRACESTATE_VALUE = re.compile(r"^[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$")
+
+
+@dataclass(slots=True, frozen=True)
+class SpanContext:
+    """The propagated identity of a remote span: the parent of whatever continues it."""
+
+    trace_id: bytes
+    span_id: bytes
+    flags: int = 1
+    trace_state: str = ""
+    format: str = "w3c"
+
+    @property
+    def sampled(self) -> bool:
+        """W3C sampled flag."""
+        return bool(self.flags & 1)
+
+
+def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None = None) -> SpanContext | None:
+    """Parse a W3C `traceparent` (version 00, or a later version read as 00 per the spec); None if invalid."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    m = _TRACEPARENT.match(value.strip())
+    if not m:
+        return None
+    version, tid, sid, flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    # Later versions may append fields after a dash; anything else glued on is invalid.
+    if rest is not None and not rest.startswith("-"):
+        return None
+    trace_id, span_id = bytes.fromhex(tid), bytes.fromhex(sid)
+    if trace_id == INVALID_TRACE_ID or span_id == INVALID_SPAN_ID:
+        return None
+    state = ""
+    if tracestate is not None:
+        if isinstance(tracestate, bytes):
+            tracestate = tracestate.decode("ascii", "replace")
+        state = format_tracestate(parse_tracestate(tracestate))
+    return SpanContext(trace_id, span_id, int(flags, 16), state, "w3c")
+
+
+def format_traceparent(trace_id: bytes, span_id: bytes, flags: int = 1) -> str:
+    """Format a version-00 W3C traceparent."""
+    return f"00-{trace_id.hex()}-{span_id.hex()}-{flags & 0xFF:02x}"
+
+
+def parse_tracestate(value: str) -> list[tuple[str, str]]:
+    """Parse W3C tracestate into ordered (key, value) pairs, dropping malformed members (max 32)."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for member in value.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        key, sep, val = member.partition("=")
+        if not sep or not _TRACESTATE_KEY.match(key) or not _TRACESTATE_VALUE.match(val) or key in seen:
+            continue
+        seen.add(key)
+        out.append((key, val))
+        if len(out) == 32:
+            break
+    return out
+
+
+def format_tracestate(members: Iterable[tuple[str, str]]) -> str:
+    """Format (key, value) pairs as a tracestate header value."""
+    return ",".join(f"{k}={v}" for k, v in members)
+
+
+def _parse_b3_single(value: str) -> SpanContext | None:
+    parts = value.strip().lower().split("-")
+    if len(parts) < 2:
+        return None
+    tid, sid = parts[0], parts[1]
+    sampled = parts[2] if len(parts) > 2 else "1"
+    return _from_hex(tid, sid, sampled in ("1", "d"), "b3")
+
+
+def _parse_jaeger(value: str) -> SpanContext | None:
+    # uber-trace-id: {trace-id}:{span-id}:{parent-span-id}:{flags}; ids may be shorter than full width.
+    parts = value.strip().lower().replace("%3a", ":").split(":")
+    if len(parts) != 4:
+        return None
+    try:
+        flags = int(parts[3], 16)
+    except ValueError:
+        return None
+    return _from_hex(parts[0], parts[1], bool(flags & 1), "jaeger")
+
+
+def _from_hex(tid: str, sid: str, sampled: bool, fmt: str) -> SpanContext | None:
+    if not tid or not sid or len(tid) > 32 or len(sid) > 16 or not _HEX.match(tid) or not _HEX.match(sid):
+        return None
+    trace_id = bytes.fromhex(tid.rjust(32, "0"))
+    span_id = bytes.fromhex(sid.rjust(16, "0"))
+    if trace_id == INVALID_TRACE_ID or span_id == INVALID_SPAN_ID:
+        return None
+    return SpanContext(trace_id, span_id, 1 if sampled else 0, "", fmt)
+
+
+def extract(headers: Mapping[str, str]) -> SpanContext | None:
+    """Find a trace context in lower-cased headers or MQTT user properties: W3C first, then B3, then Jaeger."""
+    ctx = parse_traceparent(headers.get("traceparent"), headers.get("tracestate"))
+    if ctx is not None:
+        return ctx
+    if "b3" in headers:
+        ctx = _parse_b3_single(headers["b3"])
+        if ctx is not None:
+            return ctx
+    if "x-b3-traceid" in headers and "x-b3-spanid" in headers:
+        sampled = headers.get("x-b3-sampled", "1").strip() in ("1", "true", "d") or headers.get("x-b3-flags") == "1"
+        ctx = _from_hex(headers["x-b3-traceid"].strip().lower(), headers["x-b3-spanid"].strip().lower(), sampled, "b3multi")
+        if ctx is not None:
+            return ctx
+    if "uber-trace-id" in headers:
+        return _parse_jaeger(headers["uber-trace-id"])
+    return None
