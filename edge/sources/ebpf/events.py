@@ -1,0 +1,169 @@
+"""Kernel events as the agent sees them after decoding the ring-buffer records (layouts: bpf/*.h).
+
+Timestamps here are kernel monotonic nanoseconds (`bpf_ktime_get_ns`); the span builder converts them to wall
+clock. A connection is identified by `sock` (the kernel's `struct sock` address), which is also what the tcp:*
+tracepoints report, so faults join the connection they happened on.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "Direction",
+    "Role",
+    "Endpoint",
+    "DataEvent",
+    "CloseEvent",
+    "ConnectEvent",
+    "TcpFaultEvent",
+    "FaultKind",
+    "ExecEvent",
+    "ExitEvent",
+    "FileIoEvent",
+    "FileOp",
+    "KernelEvent",
+]
+
+
+class Direction(enum.IntEnum):
+    """Which way bytes moved, from the traced process's point of view."""
+
+    EGRESS = 0  # write, writev, sendto, sendmsg
+    INGRESS = 1  # read, readv, recvfrom, recvmsg
+
+
+class Role(enum.IntEnum):
+    """How the process got the socket: connect() makes it a client, accept4() a server."""
+
+    UNKNOWN = 0
+    CLIENT = 1
+    SERVER = 2
+
+
+@dataclass(slots=True, frozen=True)
+class Endpoint:
+    """An address and port; IPv4 addresses as dotted quads, IPv6 in RFC 5952 form."""
+
+    addr: str
+    port: int
+
+
+@dataclass(slots=True)
+class DataEvent:
+    """The start of a message on a socket: the first bytes after the direction of traffic changed.
+
+    It also closes the books on the previous message in the other direction (`prev_*`), so one event per
+    message is enough to know where each message began and ended.
+    """
+
+    ts_ns: int  # sys_enter of the first syscall of this message
+    end_ns: int  # sys_exit of that syscall
+    pid: int
+    tid: int
+    comm: str
+    fd: int
+    sock: int
+    role: Role
+    direction: Direction
+    local: Endpoint
+    remote: Endpoint
+    size: int  # bytes moved by this first syscall
+    payload: bytes  # the first min(size, payload_bytes) bytes
+    prev_bytes: int  # total bytes of the previous message on this connection (0 if none)
+    prev_end_ns: int  # sys_exit of the last syscall of the previous message (0 if none)
+    offcpu_ns: int  # cumulative off-CPU time of this thread, for differences between two events
+
+
+@dataclass(slots=True)
+class CloseEvent:
+    """A socket closed by the process (close(2) on a tracked socket fd)."""
+
+    ts_ns: int
+    pid: int
+    tid: int
+    fd: int
+    sock: int
+    last_bytes: int  # total bytes of the message in flight when it closed
+    last_end_ns: int
+    offcpu_ns: int
+
+
+@dataclass(slots=True)
+class ConnectEvent:
+    """A TCP connection that reached ESTABLISHED from SYN_SENT (client side)."""
+
+    ts_ns: int  # when it became ESTABLISHED
+    pid: int  # the task that called connect()
+    comm: str
+    sock: int
+    local: Endpoint
+    remote: Endpoint
+    latency_ns: int  # SYN_SENT -> ESTABLISHED
+    error: int = 0  # non-zero errno when the connect failed (SYN_SENT -> CLOSE)
+
+
+class FaultKind(enum.IntEnum):
+    """TCP faults from the tcp:* tracepoints."""
+
+    RETRANSMIT = 0
+    SEND_RESET = 1
+    RECEIVE_RESET = 2
+
+
+@dataclass(slots=True)
+class TcpFaultEvent:
+    """A retransmitted segment or a reset on a connection."""
+
+    ts_ns: int
+    kind: FaultKind
+    sock: int
+    local: Endpoint
+    remote: Endpoint
+    state: int  # TCP state number at the time
+
+
+@dataclass(slots=True)
+class ExecEvent:
+    """A process image replaced by exec."""
+
+    ts_ns: int
+    pid: int
+    ppid: int
+    comm: str
+    filename: str
+
+
+@dataclass(slots=True)
+class ExitEvent:
+    """A process (thread-group leader) exited."""
+
+    ts_ns: int
+    pid: int
+    comm: str
+    exit_code: int
+
+
+class FileOp(enum.IntEnum):
+    """File operations worth a span when slow."""
+
+    READ = 0
+    WRITE = 1
+    FSYNC = 2
+
+
+@dataclass(slots=True)
+class FileIoEvent:
+    """A file read/write/fsync on a regular file slower than the configured threshold."""
+
+    ts_ns: int  # sys_enter
+    end_ns: int  # sys_exit
+    pid: int
+    tid: int
+    op: FileOp
+    fd: int
+    size: int  # bytes moved (return value), 0 for fsync
+    path: str  # best effort: up to a few trailing path components
+
+
+KernelEvent = DataEvent | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent | FileIoEvent
