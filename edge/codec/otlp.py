@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1 import trace_pb2
 
 from ..errors import DecodeError
 from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
@@ -86,18 +87,25 @@ def _attrs_to_pb(repeated: Any, attrs: Attributes) -> None:
         _value_to_pb(kv.value, v)
 
 
-def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.SDK_OTLP) -> list[Span]:
-    """Flatten an OTLP export request into spans; spans with invalid ids raise DecodeError."""
+def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.SDK_OTLP,
+                       errors: list[str] | None = None) -> list[Span]:
+    """Flatten an OTLP export request into spans.
+
+    A span with invalid ids raises DecodeError, unless `errors` is given: then it is skipped and its reason
+    appended there, so one bad span does not cost its neighbours.
+    """
     out: list[Span] = []
     for rs in req.resource_spans:
         resource = Resource.of(_attrs_from_pb(rs.resource.attributes))
         for ss in rs.scope_spans:
             scope = Scope(ss.scope.name, ss.scope.version)
             for s in ss.spans:
-                if len(s.trace_id) != 16 or len(s.span_id) != 8 or not any(s.trace_id) or not any(s.span_id):
-                    raise DecodeError(f"span {s.name!r} has an invalid trace or span id")
-                if s.parent_span_id and len(s.parent_span_id) != 8:
-                    raise DecodeError(f"span {s.name!r} has an invalid parent span id")
+                problem = _id_problem(s)
+                if problem:
+                    if errors is None:
+                        raise DecodeError(problem)
+                    errors.append(problem)
+                    continue
                 out.append(Span(
                     trace_id=s.trace_id,
                     span_id=s.span_id,
@@ -118,6 +126,16 @@ def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.S
                     flags=(s.flags & 0xFF) if s.flags else 1,
                 ))
     return out
+
+
+def _id_problem(s: trace_pb2.Span) -> str:
+    if len(s.trace_id) != 16 or not any(s.trace_id):
+        return f"span {s.name!r} has an invalid trace id ({len(s.trace_id)} bytes, must be 16 and not all zero)"
+    if len(s.span_id) != 8 or not any(s.span_id):
+        return f"span {s.name!r} has an invalid span id ({len(s.span_id)} bytes, must be 8 and not all zero)"
+    if s.parent_span_id and len(s.parent_span_id) != 8:
+        return f"span {s.name!r} has an invalid parent span id"
+    return ""
 
 
 def request_from_spans(spans: Iterable[Span], source_attribute: bool = True) -> ExportTraceServiceRequest:

@@ -1,0 +1,81 @@
+"""The bounded inbox between sources and the pipeline: byte-accounted, never blocking a source."""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from ..model import Source, Span
+
+__all__ = ["SpanInbox", "InboxStats"]
+
+
+@dataclass(slots=True)
+class InboxStats:
+    """What the inbox took in and what it refused, by source."""
+
+    accepted: dict[str, int]
+    dropped_full: dict[str, int]
+
+
+class SpanInbox:
+    """A FIFO of span lists bounded in bytes (estimated with `Span.approx_size`)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: deque[tuple[list[Span], int]] = deque()
+        self._ready = asyncio.Event()
+        self.stats = InboxStats({s.value: 0 for s in Source}, {s.value: 0 for s in Source})
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether `nbytes` more would fit; receivers that can push back (OTLP) ask first."""
+        return self.bytes + nbytes <= self.max_bytes
+
+    def put(self, spans: list[Span], source: Source) -> int:
+        """Queue spans; returns how many fit. What does not fit is counted as dropped."""
+        if not spans:
+            return 0
+        size = sum(s.approx_size() for s in spans)
+        if not self.has_room(size):
+            # Keep as many as fit rather than refusing the whole list: nothing is lost that did not have to be.
+            kept: list[Span] = []
+            room = self.max_bytes - self.bytes
+            kept_size = 0
+            for s in spans:
+                sz = s.approx_size()
+                if kept_size + sz > room:
+                    break
+                kept.append(s)
+                kept_size += sz
+            self.stats.dropped_full[source.value] += len(spans) - len(kept)
+            spans, size = kept, kept_size
+            if not spans:
+                return 0
+        self._items.append((spans, size))
+        self.bytes += size
+        self.stats.accepted[source.value] += len(spans)
+        self._ready.set()
+        return len(spans)
+
+    async def get(self, max_spans: int = 4096) -> list[Span]:
+        """Wait for spans and take up to about `max_spans` of them."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        out: list[Span] = []
+        while self._items and len(out) < max_spans:
+            spans, size = self._items.popleft()
+            self.bytes -= size
+            out.extend(spans)
+        return out
+
+    def drain(self) -> list[Span]:
+        """Take everything now (at shutdown)."""
+        out = [s for spans, _ in self._items for s in spans]
+        self._items.clear()
+        self.bytes = 0
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(spans) for spans, _ in self._items)

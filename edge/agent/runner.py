@@ -1,0 +1,186 @@
+"""The agent process: sources feed the inbox; one task moves spans through assembler → sampler → uplink."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from uplink.client import UplinkClient
+
+from ..assembler import Assembler
+from ..config import Config
+from ..errors import HelixError, ProbeUnavailable
+from ..model import Source, Span
+from ..sampler import ConsistentSampler
+from ..sources.mqtt_sdk import MqttSdkSource
+from ..sources.otlp_common import OtlpIngest
+from ..sources.otlp_grpc import OtlpGrpcReceiver
+from ..sources.otlp_http import OtlpHttpReceiver
+from .inbox import SpanInbox
+
+__all__ = ["Agent", "KernelStatus"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class KernelStatus:
+    """Whether the kernel probes run, and if not, why and what would fix it."""
+
+    state: str = "disabled"  # disabled | running | unavailable
+    reason: str = ""
+    fix: str = ""
+
+
+class Agent:
+    """One node's agent. Construct, then `await run(stop)`; everything accepted is flushed on the way out."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        # A quarter of the budget for spans waiting in the pipeline; the uplink queue has its own share.
+        self.inbox = SpanInbox(max_bytes=max(1 << 20, cfg.memory.limit // 4))
+        self.assembler = Assembler()
+        self.sampler = ConsistentSampler(cfg.sampler.ratio)
+        self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
+        self.ingest = OtlpIngest(self.inbox.put, self.inbox.has_room)
+        self.mqtt: MqttSdkSource | None = None
+        if cfg.mqtt.enabled:
+            self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self.inbox.put, host_name=socket.gethostname())
+        self.http: OtlpHttpReceiver | None = None
+        if cfg.otlp.http_listen:
+            self.http = OtlpHttpReceiver(self.ingest, *cfg.otlp.http_listen, cfg.otlp.max_request)
+        self.grpc: OtlpGrpcReceiver | None = None
+        if cfg.otlp.grpc_listen:
+            self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request)
+        self.kernel = KernelStatus()
+        self.ebpf: Any = None
+        self.started = asyncio.Event()
+
+    def submit(self, spans: list[Span], source: Source) -> int:
+        """Hand spans to the pipeline (what every source calls)."""
+        return self.inbox.put(spans, source)
+
+    async def _start_ebpf(self) -> None:
+        mode = self.cfg.ebpf.enabled
+        if mode == "off":
+            self.kernel = KernelStatus("disabled", "sources.ebpf.enabled = false")
+            return
+        try:
+            from ..sources.ebpf.source import EbpfSource
+            self.ebpf = EbpfSource(self.cfg.ebpf, self.inbox.put, own_pid=os.getpid())
+            await self.ebpf.start()
+            self.kernel = KernelStatus("running")
+            log.info("kernel probes running")
+        except ProbeUnavailable as e:
+            self.kernel = KernelStatus("unavailable", e.reason, e.fix)
+            if mode == "on":
+                raise
+            log.warning("kernel probes unavailable, running on SDK spans only: %s%s", e.reason,
+                        f" (fix: {e.fix})" if e.fix else "")
+        except ImportError as e:
+            self.kernel = KernelStatus("unavailable", f"probe support not installed: {e}")
+            if mode == "on":
+                raise ProbeUnavailable(self.kernel.reason, "reinstall helix-edge with its BPF objects") from e
+            log.warning("kernel probes unavailable: %s", self.kernel.reason)
+
+    async def _pipeline(self) -> None:
+        while True:
+            spans = await self.inbox.get()
+            self._process(spans)
+
+    def _process(self, spans: list[Span]) -> None:
+        spans = self.assembler.process(spans)
+        kept, _dropped = self.sampler.decide(spans)
+        if kept:
+            self.uplink.submit(kept)
+
+    async def _start_receivers(self) -> None:
+        for receiver, what, key in ((self.http, "OTLP/HTTP", "sources.otlp.http_listen"),
+                                    (self.grpc, "OTLP/gRPC", "sources.otlp.grpc_listen")):
+            if receiver is None:
+                continue
+            try:
+                await receiver.start()
+            except OSError as e:
+                raise HelixError(f"cannot listen for {what} on {receiver.host}:{receiver.port}: {e.strerror or e} "
+                                 f"(another collector running? change {key})") from None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then stop taking input and flush what was accepted."""
+        await self._start_receivers()
+        await self._start_ebpf()
+        tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
+                 asyncio.create_task(self.uplink.run(), name="uplink"),
+                 asyncio.create_task(self._report(), name="status")]
+        if self.mqtt is not None:
+            tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-source"))
+        if self.ebpf is not None:
+            tasks.append(asyncio.create_task(self.ebpf.run(), name="ebpf-source"))
+        self.started.set()
+        log.info("agent running node=%s kernel=%s uplink=%s", self.cfg.node.id, self.kernel.state,
+                 self.cfg.uplink.transport)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        await self._shutdown(tasks)
+        stopper.cancel()
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        for receiver in (self.http, self.grpc):
+            if receiver is not None:
+                await receiver.stop()
+        if self.ebpf is not None:
+            with contextlib.suppress(Exception):
+                await self.ebpf.stop()
+        for t in tasks:
+            if t.get_name() not in ("uplink",):
+                t.cancel()
+        # Spans already accepted are pushed through the pipeline and flushed upstream before exit.
+        self._process(self.inbox.drain())
+        await self.uplink.close(timeout=5.0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("agent stopped: %s", self.status_line())
+
+    def status(self) -> dict[str, Any]:
+        """Counters and states, for logs, `helix status` and tests."""
+        return {
+            "node": self.cfg.node.id,
+            "kernel": {"state": self.kernel.state, "reason": self.kernel.reason, "fix": self.kernel.fix},
+            "inbox": {"accepted": dict(self.inbox.stats.accepted), "dropped_full": dict(self.inbox.stats.dropped_full),
+                      "bytes": self.inbox.bytes},
+            "mqtt": None if self.mqtt is None else {"connected": self.mqtt.stats.connected,
+                                                    "messages": self.mqtt.stats.messages,
+                                                    "dropped": dict(self.mqtt.stats.dropped)},
+            "otlp": {"requests": self.ingest.stats.requests, "spans": self.ingest.stats.spans,
+                     "dropped": dict(self.ingest.stats.dropped)},
+            "assembler": {"duplicates": self.assembler.stats.duplicates},
+            "sampler": {"kept": self.sampler.stats.kept, "dropped": self.sampler.stats.dropped},
+            "uplink": _as_dict(self.uplink.stats),
+        }
+
+    def status_line(self) -> str:
+        """One key=value line summarising the counters."""
+        st = self.status()
+        return (f"accepted={sum(st['inbox']['accepted'].values())} "
+                f"sampled_out={st['sampler']['dropped']} duplicates={st['assembler']['duplicates']} "
+                f"uplink={st['uplink']} kernel={self.kernel.state}")
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            log.info("status %s", self.status_line())
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    fields = getattr(obj, "__dataclass_fields__", None)
+    if fields:
+        return {k: getattr(obj, k) for k in fields}
+    return dict(vars(obj)) if hasattr(obj, "__dict__") else {}

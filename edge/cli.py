@@ -1,0 +1,198 @@
+"""The `helix` command: a thin layer over the library (agent, gateway, demo, doctor, config check)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from . import __version__
+from .config import Config, load_config
+from .errors import HelixError
+
+__all__ = ["main"]
+
+log = logging.getLogger("helix")
+
+_DESCRIPTION = """\
+Helix Edge: an edge tracing appliance. The agent (`helix run`) turns kernel events (eBPF) and
+spans from devices (CBOR over MQTT) and local apps (OTLP on 4317/4318) into one trace, samples it
+and ships it upstream as zstd-compressed CBOR; the gateway (`helix gateway`) turns that back into
+standard OTLP for any backend (Collector, Jaeger, Tempo).
+"""
+
+_EPILOG = """\
+examples:
+  helix demo --duration 20            trace a local workload end to end and print the trees
+  helix run --config /etc/helix/agent.toml
+  helix gateway --config gateway.toml
+  helix check-config agent.toml        validate a file before shipping it to a fleet
+  helix doctor                         can the kernel probes run here? what to fix if not
+
+Without --config every setting has a default: a node runs with no file at all.
+"""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await make(stop)
+
+    try:
+        asyncio.run(runner())
+    except HelixError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`helix run`: the node agent."""
+    cfg = _load(args.config)
+    _setup_logging(args.log_level or cfg.log_level)
+    from .agent import Agent
+    return _run_until_signal(lambda stop: Agent(cfg).run(stop))
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """`helix gateway`: the central gateway."""
+    cfg = _load(args.config)
+    _setup_logging(args.log_level or cfg.log_level)
+    from uplink.gateway import serve_gateway
+    return _run_until_signal(lambda stop: serve_gateway(cfg, stop))
+
+
+def _describe(obj: Any, prefix: str = "") -> list[str]:
+    lines: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type) and f.name not in ("broker",):
+            lines.extend(_describe(value, key + "."))
+        else:
+            if f.name in ("password", "token") and value:
+                value = "********"
+            lines.append(f"  {key} = {value}")
+    return lines
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """`helix check-config FILE`: validate and print the effective settings."""
+    try:
+        cfg = load_config(args.file)
+    except HelixError as e:
+        print(f"{args.file}: INVALID: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK")
+    if args.verbose:
+        print("\n".join(_describe(cfg)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`helix demo`: a local workload traced end to end."""
+    _setup_logging(args.log_level or "warning")
+    from .demo.run import run_demo
+    try:
+        return asyncio.run(run_demo(duration=args.duration, out=Path(args.out) if args.out else None,
+                                    keep_logs=args.keep_logs))
+    except HelixError as e:
+        print(f"helix demo: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`helix doctor`: check what the kernel probes need."""
+    _setup_logging(args.log_level or "warning")
+    from .doctor import main_doctor
+    return main_doctor(args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (separate so tests and docs can inspect it)."""
+    p = argparse.ArgumentParser(prog="helix", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"helix {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str, func: Callable[[argparse.Namespace], int], description: str = "") -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=description or help_,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(func=func)
+        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override log.level from the config")
+        return sp
+
+    sp = add("run", "run the node agent (sources -> assembler -> sampler -> uplink)", cmd_run,
+             "Run the node agent until SIGINT/SIGTERM. It listens for OTLP on 127.0.0.1:4317 (gRPC) and\n"
+             "127.0.0.1:4318 (HTTP), subscribes to SDK span topics (helix/sdk/+/spans), loads the kernel\n"
+             "probes where the kernel allows (otherwise it runs on SDK spans alone and says why), and sends\n"
+             "batches to the uplink. On stop it flushes everything it accepted.")
+    sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (default: built-in defaults)")
+
+    sp = add("gateway", "run the central gateway (uplink batches -> OTLP)", cmd_gateway,
+             "Run the gateway: receive batches from nodes over MQTT (topic helix/uplink/+, or a shared\n"
+             "subscription when gateway.share_group is set) and HTTP (POST /v1/batches), decode them and\n"
+             "export standard OTLP to gateway.export_endpoint over gRPC or HTTP, retrying while the\n"
+             "backend is unavailable.")
+    sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration with a [gateway] section")
+
+    sp = add("check-config", "validate a configuration file", cmd_check_config,
+             "Validate a TOML configuration. Exit 0 when valid; otherwise print the key and the problem\n"
+             "and exit 2. Unknown keys are errors, so typos do not silently fall back to defaults.")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--verbose", "-v", action="store_true", help="print every effective setting")
+
+    sp = add("demo", "trace a local workload end to end and print the trace trees", cmd_demo,
+             "Start a private Mosquitto on a free port, the gateway, the agent and an OTLP peer; run an\n"
+             "app instrumented with the OpenTelemetry Python SDK and a simulated device publishing SDK\n"
+             "spans over MQTT that continue the app's traces; print each received trace as a tree.\n"
+             "Runs until Ctrl-C, or for --duration seconds.")
+    sp.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                    help="stop after this many seconds (default: run until Ctrl-C)")
+    sp.add_argument("--out", metavar="PATH", default=None,
+                    help="write the OTLP received by the peer as JSON lines here (default: a temp file)")
+    sp.add_argument("--keep-logs", action="store_true", help="print where the component logs are kept")
+
+    sp = add("doctor", "check whether the kernel probes can run here, and how to fix what is missing", cmd_doctor,
+             "Check BTF, bpf() permission, tracefs and every tracepoint the probes use, ring-buffer\n"
+             "support and locked-memory limits, then load and attach the probes once. Exit 0 when every\n"
+             "probe can load here, 1 otherwise.")
+    sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (probe settings)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `helix` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except HelixError as e:
+        print(f"helix: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Source: lightweight-SDK spans, CBOR over MQTT v5, with W3C trace context in user properties."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import aiomqtt
+
+from ..codec.sdk_cbor import decode_payload
+from ..config import MqttSourceConfig
+from ..errors import DecodeError
+from ..model import Source, Span
+from ..sdk.mqtt_context import extract
+from ..ratelimit import RateLimitedLog
+
+__all__ = ["MqttSdkSource", "MqttSourceStats", "device_id_from_topic"]
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[list[Span], Source], int]
+
+
+@dataclass(slots=True)
+class MqttSourceStats:
+    """Counters of the MQTT span source; `dropped` is keyed by reason."""
+
+    messages: int = 0
+    spans: int = 0
+    connected: bool = False
+    reconnects: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {"oversize": 0, "not_cbor": 0, "bad_span": 0,
+                                                              "bad_traceparent": 0, "inbox_full": 0})
+
+
+def device_id_from_topic(topic: str, pattern: str) -> str:
+    """The topic level matched by the first '+' of the subscription (the device id by convention)."""
+    levels, pat = topic.split("/"), pattern.split("/")
+    for i, p in enumerate(pat):
+        if p == "+" and i < len(levels):
+            return levels[i]
+    return ""
+
+
+class MqttSdkSource:
+    """Subscribes to the SDK span topics and feeds decoded spans to the pipeline; reconnects forever."""
+
+    def __init__(self, cfg: MqttSourceConfig, node_id: str, sink: Sink, host_name: str = "") -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.sink = sink
+        self.host_name = host_name
+        self.stats = MqttSourceStats()
+        self._warn = RateLimitedLog(log, interval_s=10.0)
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect, subscribe and consume until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.cfg.broker.host, self.cfg.broker.port,
+                    identifier=f"helix-agent-{self.node_id}-sdk",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    username=self.cfg.username or None, password=self.cfg.password or None,
+                    tls_params=aiomqtt.TLSParameters() if self.cfg.broker.tls else None,
+                    keepalive=30,
+                ) as client:
+                    for topic in self.cfg.topics:
+                        await client.subscribe(topic, qos=1)
+                    self.stats.connected = True
+                    self.ready.set()
+                    backoff = 0.5
+                    log.info("sdk span source subscribed broker=%s topics=%s", self.cfg.broker, ",".join(self.cfg.topics))
+                    async for message in client.messages:
+                        self.handle(str(message.topic), bytes(message.payload), message.properties)  # type: ignore[arg-type]
+            except aiomqtt.MqttError as e:
+                self.stats.connected = False
+                self.ready.clear()
+                self.stats.reconnects += 1
+                self._warn.warning("sdk span broker %s unreachable (%s); retrying in %.1fs", self.cfg.broker, e, backoff)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    def handle(self, topic: str, payload: bytes, properties: object | None) -> None:
+        """Decode one message and pass its spans on; every refusal is counted, none raises."""
+        self.stats.messages += 1
+        if len(payload) > self.cfg.max_payload:
+            self.stats.dropped["oversize"] += 1
+            self._warn.warning("dropped span message on %s: %d bytes is over sources.mqtt.max_payload (%d)",
+                               topic, len(payload), self.cfg.max_payload)
+            return
+        pairs = getattr(properties, "UserProperty", None) or []
+        remote = extract(pairs)
+        if remote is None and any(k.lower() == "traceparent" for k, _ in pairs):
+            self.stats.dropped["bad_traceparent"] += 1
+            self._warn.warning("ignored an invalid traceparent user property on %s", topic)
+        device = next((device_id_from_topic(topic, p) for p in self.cfg.topics if device_id_from_topic(topic, p)), "")
+        defaults = {"service.name": device or "unknown_device", "device.id": device or "unknown"}
+        if self.host_name:
+            defaults["helix.node.id"] = self.host_name
+        try:
+            decoded = decode_payload(payload, defaults, remote)
+        except DecodeError as e:
+            self.stats.dropped["not_cbor"] += 1
+            self._warn.warning("dropped span message on %s: %s", topic, e)
+            return
+        if decoded.errors:
+            self.stats.dropped["bad_span"] += len(decoded.errors)
+            self._warn.warning("dropped %d span(s) from %s: %s", len(decoded.errors), topic, decoded.errors[0])
+        if decoded.spans:
+            accepted = self.sink(decoded.spans, Source.SDK_MQTT)
+            self.stats.spans += accepted
+            if accepted < len(decoded.spans):
+                self.stats.dropped["inbox_full"] += len(decoded.spans) - accepted

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import queue
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.codec.sdk_cbor import decode_payload
+from edge.demo.broker import Mosquitto
+from edge.model import SpanKind, StatusCode, new_span_id, new_trace_id
+from edge.propagation import SpanContext
+from edge.sdk import Tracer, extract
+
+
+def _client(port: int, name: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+@pytest.fixture
+def received(mosquitto: Mosquitto):
+    got: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="observer", protocol=mqtt.MQTTv5)
+    subscribed = queue.Queue()
+    sub.on_message = lambda c, u, m: got.put(m)
+    sub.on_subscribe = lambda *a: subscribed.put(True)
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe("helix/sdk/#", qos=1)
+    sub.loop_start()
+    subscribed.get(timeout=5)
+    yield got
+    sub.loop_stop()
+    sub.disconnect()
+
+
+def test_spans_are_published_as_cbor_with_context(mosquitto: Mosquitto, received: queue.Queue) -> None:
+    client = _client(mosquitto.port, "dev-1")
+    tracer = Tracer(client, "dev-1", resource={"device.model.identifier": "RPi4"})
+    remote = SpanContext(new_trace_id(), new_span_id(), 1, "")
+    with tracer.span("handleCommand", kind=SpanKind.CONSUMER, parent=remote) as outer:
+        with tracer.span("readSensor", attributes={"sensor.id": "t1"}) as inner:
+            inner.add_event("sample", {"v": 21.5})
+        outer.set_status(True)
+    msg = received.get(timeout=5)
+    assert msg.topic == "helix/sdk/dev-1/spans"
+    ctx = extract(msg.properties)
+    assert ctx is not None and ctx.trace_id == remote.trace_id and ctx.span_id == remote.span_id
+    out = decode_payload(msg.payload, {})
+    assert out.errors == []
+    by_name = {s.name: s for s in out.spans}
+    assert set(by_name) == {"handleCommand", "readSensor"}
+    h, r = by_name["handleCommand"], by_name["readSensor"]
+    assert h.trace_id == r.trace_id == remote.trace_id
+    assert h.parent_span_id == remote.span_id and r.parent_span_id == h.span_id
+    assert h.kind == SpanKind.CONSUMER and h.status_code == StatusCode.OK
+    assert r.attributes == {"sensor.id": "t1"} and r.events[0].name == "sample"
+    assert h.start_ns <= r.start_ns <= r.end_ns <= h.end_ns
+    assert h.resource.as_dict()["device.model.identifier"] == "RPi4"
+    assert h.resource.service_name == "dev-1"
+    client.loop_stop()
+
+
+def test_exception_marks_span_failed_and_still_publishes(mosquitto: Mosquitto, received: queue.Queue) -> None:
+    client = _client(mosquitto.port, "dev-2")
+    tracer = Tracer(client, "dev-2")
+    with pytest.raises(ValueError):
+        with tracer.span("calibrate"):
+            raise ValueError("sensor out of range")
+    msg = received.get(timeout=5)
+    (s,) = decode_payload(msg.payload, {}).spans
+    assert s.status_code == StatusCode.ERROR and "sensor out of range" in s.status_message
+    assert s.events[0].name == "exception"
+    assert s.events[0].attributes["exception.type"] == "ValueError"
+    assert s.is_root
+    client.loop_stop()
+
+
+def test_batches_until_local_root_ends(mosquitto: Mosquitto, received: queue.Queue) -> None:
+    client = _client(mosquitto.port, "dev-3")
+    tracer = Tracer(client, "dev-3", max_batch=100)
+    root = tracer.start_span("cycle")
+    for i in range(5):
+        tracer.start_span(f"step{i}", parent=root).end()
+    time.sleep(0.2)
+    assert received.empty(), "children alone must not be published before their root ends"
+    root.end()
+    msg = received.get(timeout=5)
+    assert len(decode_payload(msg.payload, {}).spans) == 6
+    client.loop_stop()

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import cbor2
+import pytest
+
+from edge.codec.sdk_cbor import Key, encode_payload
+from edge.config import BrokerAddress, MqttSourceConfig
+from edge.demo.broker import Mosquitto
+from edge.model import Source, Span, new_span_id, new_trace_id
+from edge.sources.mqtt_sdk import MqttSdkSource, device_id_from_topic
+
+
+def _pub(port: int, topic: str, payload: bytes, *props: str) -> None:
+    args = ["mosquitto_pub", "-p", str(port), "-V", "mqttv5", "-q", "1", "-t", topic, "-s"]
+    for p in props:
+        args += ["-D", "PUBLISH", "user-property", *p.split(" ", 1)]
+    subprocess.run(args, input=payload, check=True, timeout=10)
+
+
+async def _wait(pred, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def source(mosquitto: Mosquitto):
+    got: list[tuple[list[Span], Source]] = []
+
+    def sink(spans: list[Span], src: Source) -> int:
+        got.append((spans, src))
+        return len(spans)
+
+    cfg = MqttSourceConfig(broker=BrokerAddress("127.0.0.1", mosquitto.port), max_payload=4096)
+    src = MqttSdkSource(cfg, "node-t", sink)
+    task = asyncio.create_task(src.run())
+    await asyncio.wait_for(src.ready.wait(), 10)
+    yield src, got
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_bad_messages_are_counted_and_good_ones_still_flow(source, mosquitto: Mosquitto) -> None:
+    src, got = source
+    tid, sid = new_trace_id(), new_span_id()
+    minimal = cbor2.dumps([{Key.SPAN_ID: b"\x07" * 8, Key.NAME: "blink", Key.START: 100, Key.DURATION: 5}])
+    pub = lambda *a: asyncio.to_thread(_pub, mosquitto.port, *a)  # noqa: E731
+    await pub("helix/sdk/led-1/spans", b"\xff\x00garbage")
+    await pub("helix/sdk/led-1/spans", b"x" * 5000)
+    await pub("helix/sdk/led-1/spans", cbor2.dumps({"wrong": "shape"}))
+    await pub("helix/sdk/led-1/spans", minimal, "traceparent 00-nothex-01")
+    await pub("helix/sdk/led-1/spans", cbor2.dumps([{Key.SPAN_ID: b"\x01" * 8}]))
+    await pub("helix/sdk/led-1/spans", minimal, f"traceparent 00-{tid.hex()}-{sid.hex()}-01")
+    await _wait(lambda: src.stats.messages == 6)
+    assert src.stats.dropped["not_cbor"] == 2
+    assert src.stats.dropped["oversize"] == 1
+    assert src.stats.dropped["bad_traceparent"] == 1
+    assert src.stats.dropped["bad_span"] == 2  # the span with the bad traceparent, and the incomplete span
+    assert len(got) == 1
+    (span,), kind = got[0]
+    assert kind is Source.SDK_MQTT
+    assert span.trace_id == tid and span.parent_span_id == sid and span.name == "blink"
+    assert span.resource.as_dict()["service.name"] == "led-1"
+    assert span.resource.as_dict()["device.id"] == "led-1"
+
+
+async def test_reconnects_after_broker_restart(source, mosquitto: Mosquitto) -> None:
+    src, got = source
+    await asyncio.to_thread(mosquitto.restart)
+    await _wait(lambda: src.stats.reconnects >= 1, 10)
+    await asyncio.wait_for(src.ready.wait(), 15)
+    s = Span(new_trace_id(), new_span_id(), "after-restart", 1, 2)
+    await asyncio.to_thread(_pub, mosquitto.port, "helix/sdk/d9/spans", encode_payload([s], {"service.name": "d9"}))
+    await _wait(lambda: any(x.name == "after-restart" for spans, _ in got for x in spans), 10)
+
+
+def test_device_id_from_topic() -> None:
+    assert device_id_from_topic("helix/sdk/dev-4/spans", "helix/sdk/+/spans") == "dev-4"
+    assert device_id_from_topic("a/b", "a/#") == ""
