@@ -20,7 +20,8 @@ def threshold_for_ratio(ratio: float) -> int:
     """The rejection threshold for a keep-probability (0 keeps everything, 2^56 nothing)."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"sampling ratio must be within 0..1, got {ratio}")
-    return min(MAX_THRESHOLD, round((1.0 - ratio) * MAX_THRESHOLD))
+    # Computed as the specification (and the OpenTelemetry SDKs) do, so rounding agrees to the last bit.
+    return MAX_THRESHOLD - round(ratio * MAX_THRESHOLD)
 
 
 def encode_threshold(threshold: int) -> str:
