@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up Helix Edge on a Debian machine: system packages, a virtualenv in .venv with the package and its
+# test tools, and the BPF objects (built by the package build). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  mosquitto mosquitto-clients          # MQTT broker and clients (demo, tests)
+  clang llvm libbpf-dev bpftool make   # building the CO-RE BPF objects
+  libbpf1                              # the libbpf.so.1 the agent loads at run time
+  nginx-light curl                     # real third-party traffic in the probe tests
+  python3 python3-venv python3-dev     # the agent's runtime
+  zstd iproute2 ca-certificates
+)
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "setup: need root for '$*' (run as root or install sudo)" >&2; exit 1; fi
+}
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  $PY -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "setup: installing helix-edge (editable) with its test extra"
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: done. Try: .venv/bin/helix --help"
