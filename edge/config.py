@@ -284,6 +284,8 @@ class UplinkConfig:
     queue_max_bytes: int = 8 * 1024 * 1024
     username: str = ""
     password: str = ""
+    send_timeout: float = 10.0
+    retry_max_backoff: float = 30.0
 
     def topic_for(self, node_id: str) -> str:
         """The uplink topic with `{node_id}` filled in."""
@@ -315,6 +317,7 @@ class GatewayConfig:
     max_batch_bytes: int = 8 * 1024 * 1024
     username: str = ""
     password: str = ""
+    dedup_window: int = 65536
 
     def subscription(self) -> str:
         """The MQTT subscription, as a shared subscription when a group is set."""
@@ -431,6 +434,8 @@ def parse_config(data: dict[str, Any]) -> Config:
         queue_max_bytes=r.get("queue_max_bytes", _D_UPLINK.queue_max_bytes, _sizes(64 * 1024, 1024**3)),
         username=r.get("username", "", _str),
         password=r.get("password", "", _str),
+        send_timeout=r.get("send_timeout", 10.0, _durations(0.1, 300.0)),
+        retry_max_backoff=r.get("retry_max_backoff", 30.0, _durations(0.01, 3600.0)),
     )
     r.finish()
 
@@ -454,6 +459,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         max_batch_bytes=r.get("max_batch_bytes", _D_GATEWAY.max_batch_bytes, _sizes(1024, 256 * 1024 * 1024)),
         username=r.get("username", "", _str),
         password=r.get("password", "", _str),
+        dedup_window=r.get("dedup_window", 65536, _int_in(0, 10_000_000)),
     )
     r.finish()
     top.finish()

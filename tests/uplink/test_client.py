@@ -1,0 +1,100 @@
+"""The uplink client: batching rules, bounded queue, retry until acknowledged."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
+
+from bench._workload import realistic_spans
+from edge.demo.broker import Mosquitto, free_port
+from edge.demo.otlp_peer import OtlpPeer
+from uplink.client import Backoff, UplinkClient, parse_retry_after
+
+from ._helpers import as_sent, gateway_config, running_client, running_gateway, until, uplink_config
+
+
+def test_queue_full_drops_are_counted() -> None:
+    client = UplinkClient(uplink_config(queue_max_bytes=64 * 1024), "n")
+    spans = realistic_spans(40, seed=1)
+    accepted = client.submit(spans)
+    assert 0 < accepted < len(spans)
+    assert client.stats.dropped_queue_full == len(spans) - accepted
+    assert client.stats.spans_accepted == accepted and client.stats.queued_spans == accepted
+    assert client.stats.queued_bytes <= 64 * 1024
+
+
+async def test_batches_cut_by_count_and_age(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> None:
+    spans = realistic_spans(6, seed=2)  # 66 spans
+    async with running_gateway(gateway_config(mosquitto, otlp_peer.grpc_endpoint)) as gw, \
+            running_client(uplink_config(mosquitto, batch_max_spans=20, batch_max_age=1.0)) as client:
+        client.submit(spans)
+        await until(lambda: client.stats.batches_sent == 3, what="three full batches")
+        assert client.stats.spans_sent == 60  # the remaining 6 wait for batch_max_age
+        await until(lambda: client.stats.batches_sent == 4, what="the aged batch")
+        await until(lambda: gw.stats.spans_exported == len(spans))
+    assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}
+
+
+async def test_batches_cut_by_bytes() -> None:
+    spans = realistic_spans(5, seed=3)
+    cfg = uplink_config(transport="http", url=f"http://127.0.0.1:{free_port()}/v1/batches", batch_max_bytes=4096)
+    client = UplinkClient(cfg, "n")
+    client.submit(spans)
+    cut = client._cut_batch()
+    assert cut is not None and 1 <= cut.spans < len(spans)
+    assert sum(s.approx_size() for s in spans[:cut.spans]) <= 4096
+
+
+async def test_link_down_keeps_spans_until_the_gateway_appears(otlp_peer: OtlpPeer) -> None:
+    port = free_port()
+    spans = realistic_spans(3, seed=4)
+    cfg = uplink_config(transport="http", url=f"http://127.0.0.1:{port}/v1/batches")
+    async with running_client(cfg) as client:
+        client.submit(spans)
+        await until(lambda: client.stats.send_failures >= 2, what="failed sends")
+        assert client.stats.spans_sent == 0 and client.stats.queued_bytes > 0
+        gcfg = replace(gateway_config(None, otlp_peer.grpc_endpoint), http_listen=("127.0.0.1", port))
+        async with running_gateway(gcfg) as gw:
+            await until(lambda: gw.stats.spans_exported == len(spans), timeout=5, what="delivery after link up")
+            assert client.stats.queued_bytes == 0
+    assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}
+
+
+async def test_close_flushes_what_is_queued(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> None:
+    spans = realistic_spans(2, seed=5)
+    async with running_gateway(gateway_config(mosquitto, otlp_peer.grpc_endpoint)) as gw:
+        client = UplinkClient(uplink_config(mosquitto, batch_max_age=60.0), "n")
+        task = asyncio.create_task(client.run())
+        client.submit(spans)
+        await asyncio.sleep(0.1)
+        assert client.stats.batches_sent == 0
+        await client.close(3.0)
+        await task
+        assert client.stats.spans_sent == len(spans) and client.stats.dropped_on_close == 0
+        await until(lambda: gw.stats.spans_exported == len(spans))
+
+
+async def test_close_gives_up_and_counts_when_nothing_acknowledges() -> None:
+    client = UplinkClient(uplink_config(transport="http", url=f"http://127.0.0.1:{free_port()}/v1/batches"), "n")
+    task = asyncio.create_task(client.run())
+    client.submit(realistic_spans(1, seed=6))
+    await asyncio.sleep(0.2)
+    await client.close(0.3)
+    await asyncio.wait_for(asyncio.shield(task), 2) if not task.done() else None
+    assert client.stats.dropped_on_close == 11 and client.stats.spans_sent == 0
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert 25 < (parse_retry_after(format_datetime(when, usegmt=True)) or 0) <= 30
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    b = Backoff(initial=0.1, maximum=1.0)
+    delays = [b.next() for _ in range(10)]
+    assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2
+    assert all(0.5 <= d <= 1.0 for d in delays[5:])

@@ -1,0 +1,197 @@
+"""The uplink batch format: exact round trips and clean errors on hostile input."""
+from __future__ import annotations
+
+import struct
+
+import cbor2
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench._workload import realistic_spans
+from edge.errors import DecodeError
+from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from uplink.wire import FORMAT_VERSION, HEADER_SIZE, decode_batch, encode_batch, read_header
+
+MAX = 16 * 1024 * 1024
+
+_int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_text = st.text(max_size=12)
+_scalar = st.one_of(_text, st.booleans(), _int64, st.floats(allow_nan=False), st.binary(max_size=12))
+_value = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                      st.dictionaries(_text, inner, max_size=4)), max_leaves=8)
+_attrs = st.dictionaries(_text, _value, max_size=6)
+_times = st.integers(min_value=0, max_value=2**63)
+
+
+@st.composite
+def _span(draw: st.DrawFn, ids: list[bytes]) -> Span:
+    start = draw(_times)
+    parent_choice = draw(st.sampled_from(["none", "batch", "outside", "odd"]))
+    parent = {"none": b"", "batch": draw(st.sampled_from(ids)), "outside": draw(st.binary(min_size=8, max_size=8)),
+              "odd": draw(st.binary(max_size=10))}[parent_choice]
+    return Span(
+        trace_id=draw(st.one_of(st.sampled_from([b"\x01" * 16, b"\x02" * 16]), st.binary(min_size=16, max_size=16),
+                                st.binary(max_size=20))),
+        span_id=draw(st.one_of(st.sampled_from(ids), st.binary(max_size=9))),
+        name=draw(_text),
+        start_ns=start,
+        end_ns=draw(st.one_of(st.just(start), _times)),
+        parent_span_id=parent,
+        kind=draw(st.sampled_from(list(SpanKind))),
+        status_code=draw(st.sampled_from(list(StatusCode))),
+        status_message=draw(_text),
+        attributes=draw(_attrs),
+        events=draw(st.lists(st.builds(Event, _text, _times, _attrs), max_size=2)),
+        links=draw(st.lists(st.builds(Link, st.binary(max_size=17), st.binary(max_size=9), _text, _attrs), max_size=2)),
+        resource=draw(st.one_of(st.just(Resource()), st.builds(Resource.of, _attrs))),
+        scope=draw(st.builds(Scope, _text, _text)),
+        source=draw(st.sampled_from(list(Source))),
+        trace_state=draw(_text),
+        flags=draw(st.integers(min_value=0, max_value=255)),
+    )
+
+
+@st.composite
+def _spans(draw: st.DrawFn) -> list[Span]:
+    ids = draw(st.lists(st.binary(min_size=8, max_size=8), min_size=1, max_size=5))
+    return draw(st.lists(_span(ids), max_size=8))
+
+
+def _exact(spans: list[Span]) -> str:
+    # repr tells True from 1 and 1.0 from 1, which == does not.
+    return repr(spans)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_spans(), st.text(max_size=20), st.integers(min_value=0, max_value=2**64 - 1))
+def test_round_trip_is_exact(spans: list[Span], node_id: str, seq: int) -> None:
+    data = encode_batch(spans, node_id, seq, created_ns=123)
+    batch = decode_batch(data, MAX)
+    assert (batch.node_id, batch.seq, batch.created_ns, batch.version) == (node_id, seq, 123, FORMAT_VERSION)
+    assert batch.spans == spans
+    assert _exact(batch.spans) == _exact(spans)
+
+
+def test_realistic_batch_round_trips_and_is_compact() -> None:
+    spans = realistic_spans(60, seed=3)[:512]
+    data = encode_batch(spans, "node-7", 42)
+    batch = decode_batch(data, MAX)
+    assert _exact(batch.spans) == _exact(spans)
+    # The typed attribute values survive as their own types.
+    root = next(s for s in batch.spans if s.name == "createOrder")
+    assert type(root.attributes["cart.items"]) is int and type(root.attributes["order.total"]) is float
+    # In-batch parents are references: far below 8 bytes of id + 16 of trace id + 2x8 of times per span.
+    assert len(data) / len(spans) < 40
+
+
+def test_extreme_values_survive() -> None:
+    span = Span(trace_id=b"\xff" * 16, span_id=b"\x00" * 8, name="", start_ns=2**64 - 1, end_ns=0,
+                parent_span_id=b"\x00" * 8, flags=0,
+                attributes={"neg": -(2**63), "max": 2**64 - 1, "f": -0.0, "inf": float("inf"), "b": b"",
+                            "nested": [[], {}, [1, "1", True, 1.0, b"1"], {"k": {"k": [None.__class__.__name__]}}]})
+    batch = decode_batch(encode_batch([span], "n", 0), MAX)
+    assert _exact(batch.spans) == _exact([span])
+
+
+def test_header_carries_version_and_dictionary_id() -> None:
+    data = encode_batch([], "n", 1)
+    assert read_header(data) == (FORMAT_VERSION, 0)
+    with pytest.raises(DecodeError, match="version 9 is not supported"):
+        decode_batch(b"HX\x09" + data[3:], MAX)
+    with pytest.raises(DecodeError, match="dictionary 7"):
+        decode_batch(data[:3] + struct.pack(">I", 7) + data[HEADER_SIZE:], MAX)
+
+
+def _frame(body: object) -> bytes:
+    raw = cbor2.dumps(body)
+    return b"HX" + bytes([FORMAT_VERSION]) + bytes(4) + zstandard.ZstdCompressor().compress(raw)
+
+
+def test_zip_bomb_is_refused_before_decompressing() -> None:
+    bomb = b"HX\x01" + bytes(4) + zstandard.ZstdCompressor(level=19).compress(bytes(64 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+    with pytest.raises(DecodeError, match="over the limit"):
+        decode_batch(bomb, 1024 * 1024)
+
+
+def test_frame_without_content_size_is_refused() -> None:
+    cctx = zstandard.ZstdCompressor(write_content_size=False)
+    frame = cctx.compressobj().compress(cbor2.dumps([])) + cctx.compressobj().flush()
+    with pytest.raises(DecodeError):
+        decode_batch(b"HX\x01" + bytes(4) + frame, MAX)
+
+
+@pytest.mark.parametrize("body,reason", [
+    ({"a": 1}, "must be an array"),
+    ([1, 2, 3], "19 fields"),
+    (["n", -1] + [0] * 17, "sequence number"),
+])
+def test_wrong_shapes_name_the_problem(body: object, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        decode_batch(_frame(body), MAX)
+
+
+def test_dangling_references_are_decode_errors() -> None:
+    good = cbor2.loads(zstandard.ZstdDecompressor().decompress(encode_batch(realistic_spans(2, 1), "n", 1)[HEADER_SIZE:]))
+    for field, bad in [(3, ["x"]), (11, [99] * len(good[11])), (10, [500] * len(good[10])), (13, b"\xff" * len(good[13]))]:
+        body = list(good)
+        body[field] = bad
+        with pytest.raises(DecodeError):
+            decode_batch(_frame(body), MAX)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_are_decode_errors(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_batch(data, MAX)
+    with pytest.raises(DecodeError):
+        decode_batch(b"HX\x01\x00\x00\x00\x00" + data, MAX)
+
+
+_cbor_any = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.binary(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=20), st.dictionaries(st.integers(-2, 20), inner, max_size=4)),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_cbor_any)
+def test_random_cbor_is_a_decode_error(body: object) -> None:
+    with pytest.raises(DecodeError):
+        decode_batch(_frame(body), MAX)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=18), min_size=1, max_size=4), st.data())
+def test_mutated_valid_bodies_decode_or_fail_cleanly(fields: list[int], data: st.DataObject) -> None:
+    good = cbor2.loads(zstandard.ZstdDecompressor().decompress(encode_batch(realistic_spans(2, 5), "n", 1)[HEADER_SIZE:]))
+    body = list(good)
+    for f in fields:
+        body[f] = data.draw(_cbor_any)
+    try:
+        decode_batch(_frame(body), MAX)
+    except DecodeError:
+        pass
+
+
+def test_every_truncation_is_a_decode_error() -> None:
+    data = encode_batch(realistic_spans(3, 2), "node", 5)
+    for cut in range(len(data)):
+        with pytest.raises(DecodeError):
+            decode_batch(data[:cut], MAX)
+
+
+def test_every_single_byte_corruption_is_detected_or_decodes() -> None:
+    # The zstd checksum catches corruption inside the frame; nothing may escape as another exception.
+    data = bytearray(encode_batch(realistic_spans(2, 2), "node", 5))
+    for i in range(len(data)):
+        mutated = bytearray(data)
+        mutated[i] ^= 0x5A
+        try:
+            decode_batch(bytes(mutated), MAX)
+        except DecodeError:
+            pass

@@ -1,0 +1,407 @@
+"""The node side of the uplink: queue spans, cut batches, send them over MQTT or HTTP until acknowledged.
+
+Accepted spans stay in memory until the transport acknowledges their batch (PUBACK for MQTT QoS 1, a 2xx for
+HTTP); a failing link only delays them. What cannot be accepted (queue full) is counted, never silently lost.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from edge.config import UplinkConfig
+from edge.errors import UplinkError
+from edge.model import Span
+
+from .wire import MEDIA_TYPE, encode_batch
+
+__all__ = [
+    "UplinkClient",
+    "UplinkStats",
+    "Transport",
+    "SendError",
+    "MqttTransport",
+    "HttpTransport",
+    "Backoff",
+    "Throttle",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+_INITIAL_BACKOFF = 0.1
+
+
+class SendError(UplinkError):
+    """A batch was not acknowledged; `permanent` means resending the same bytes can never succeed."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None, permanent: bool = False) -> None:
+        self.retry_after_s = retry_after_s
+        self.permanent = permanent
+        super().__init__(message)
+
+
+class Transport(Protocol):
+    """Delivers one encoded batch and returns once the far side acknowledged it, else raises SendError."""
+
+    async def send(self, payload: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    ref = datetime.now(timezone.utc).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - ref)
+
+
+class Backoff:
+    """Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `maximum`."""
+
+    __slots__ = ("initial", "maximum", "attempt", "_rng")
+
+    def __init__(self, initial: float = _INITIAL_BACKOFF, maximum: float = 30.0, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        """The next delay in seconds."""
+        d = min(self.maximum, self.initial * (2 ** min(self.attempt, 32)))
+        self.attempt += 1
+        return d * (0.5 + 0.5 * self._rng.random())
+
+    def reset(self) -> None:
+        """Start again from the initial delay."""
+        self.attempt = 0
+
+
+class Throttle:
+    """Lets a repeated log line through at most once per `interval` seconds per key, counting the rest."""
+
+    __slots__ = ("interval", "_last", "suppressed")
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def ready(self, key: str) -> bool:
+        """True if a line for `key` may be logged now."""
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) >= self.interval:
+            self._last[key] = now
+            return True
+        self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        return False
+
+    def take_suppressed(self, key: str) -> int:
+        """How many lines for `key` were held back since the last call."""
+        return self.suppressed.pop(key, 0)
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    """Counters of the uplink client (monotonic, except the `queued_*` gauges)."""
+
+    spans_accepted: int = 0
+    spans_sent: int = 0
+    batches_sent: int = 0
+    bytes_sent: int = 0
+    dropped_queue_full: int = 0
+    dropped_rejected: int = 0  # spans in batches the gateway refused as malformed or oversized
+    dropped_unencodable: int = 0
+    dropped_on_close: int = 0
+    send_failures: int = 0
+    queued_spans: int = 0
+    queued_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for /metrics and logs)."""
+        return asdict(self)
+
+
+class MqttTransport:
+    """MQTT v5 publisher that (re)connects lazily; QoS 1 waits for the broker's PUBACK."""
+
+    def __init__(self, cfg: UplinkConfig, node_id: str) -> None:
+        import aiomqtt  # imported here so an HTTP-only node never loads it
+
+        self._aiomqtt = aiomqtt
+        self._cfg = cfg
+        self._topic = cfg.topic_for(node_id)
+        self._client: Any = None
+
+    async def _connect(self) -> Any:
+        cfg = self._cfg
+        aiomqtt = self._aiomqtt
+        client = aiomqtt.Client(
+            cfg.broker.host, cfg.broker.port,
+            username=cfg.username or None, password=cfg.password or None,
+            protocol=aiomqtt.ProtocolVersion.V5, timeout=cfg.send_timeout,
+            tls_params=aiomqtt.TLSParameters() if cfg.broker.tls else None,
+            logger=logging.getLogger(__name__ + ".mqtt"),
+        )
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as e:
+            raise SendError(f"uplink broker unreachable at {cfg.broker}: {e}") from None
+        log.info("uplink connected to broker %s topic=%s", cfg.broker, self._topic)
+        self._client = client
+        return client
+
+    async def send(self, payload: bytes) -> None:
+        """Publish one batch."""
+        client = self._client or await self._connect()
+        try:
+            await client.publish(self._topic, payload, qos=self._cfg.qos, timeout=self._cfg.send_timeout)
+        except self._aiomqtt.MqttError as e:
+            await self.close()
+            raise SendError(f"uplink broker unreachable at {self._cfg.broker}: publish failed: {e}") from None
+
+    async def close(self) -> None:
+        """Disconnect (quietly: the connection may already be gone)."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.__aexit__(None, None, None), 2.0)
+            except Exception:  # noqa: BLE001 - a broken connection cannot be closed cleanly; it is dropped anyway
+                pass
+
+
+class HttpTransport:
+    """HTTP POST of the batch bytes to the gateway's /v1/batches; honours Retry-After on 429/503."""
+
+    def __init__(self, cfg: UplinkConfig) -> None:
+        import aiohttp  # imported here so an MQTT-only node never loads it
+
+        self._aiohttp = aiohttp
+        self._cfg = cfg
+        self._session: Any = None
+        self._headers = {"Content-Type": MEDIA_TYPE}
+        if cfg.token:
+            self._headers["Authorization"] = f"Bearer {cfg.token}"
+
+    async def send(self, payload: bytes) -> None:
+        """POST one batch."""
+        aiohttp = self._aiohttp
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._cfg.send_timeout))
+        url = self._cfg.url
+        try:
+            async with self._session.post(url, data=payload, headers=self._headers) as resp:
+                text = (await resp.content.read(512)).decode("utf-8", "replace").strip()
+                if 200 <= resp.status < 300:
+                    return
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise SendError(f"uplink gateway unreachable at {url}: {e or type(e).__name__}") from None
+        # 400/413/415: the gateway can never take these bytes; anything else may heal (auth fixed, backend back).
+        raise SendError(f"uplink gateway at {url} answered {resp.status}: {text[:200]}", retry_after,
+                        permanent=resp.status in (400, 413, 415))
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def make_transport(cfg: UplinkConfig, node_id: str) -> Transport:
+    """The transport named by `cfg.transport`."""
+    if cfg.transport == "http":
+        return HttpTransport(cfg)
+    return MqttTransport(cfg, node_id)
+
+
+@dataclass(slots=True)
+class _Pending:
+    payload: bytes
+    spans: int
+    accounted: int  # queue bytes released on acknowledgement
+    seq: int
+
+
+class UplinkClient:
+    """Batches spans and ships them; call `submit` from the event loop, run `run()` as a task, end with `close()`."""
+
+    def __init__(self, cfg: UplinkConfig, node_id: str, transport: Transport | None = None) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.stats = UplinkStats()
+        self._transport = transport or make_transport(cfg, node_id)
+        self._queue: deque[tuple[Span, int]] = deque()
+        self._queue_bytes = 0
+        self._inflight_bytes = 0
+        self._oldest: float | None = None  # monotonic time the oldest queued span arrived
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+        self._throttle = Throttle()
+        # Sequence numbers start from the clock so a restarted node never reuses one the gateway has seen.
+        self._seq = time.time_ns() // 1000
+
+    def submit(self, spans: list[Span]) -> int:
+        """Queue spans without blocking; returns how many were accepted (the rest are counted as dropped)."""
+        accepted = 0
+        limit = self.cfg.queue_max_bytes
+        for span in spans:
+            size = span.approx_size()
+            if self._closing or self._queue_bytes + self._inflight_bytes + size > limit:
+                break
+            self._queue.append((span, size))
+            self._queue_bytes += size
+            accepted += 1
+        dropped = len(spans) - accepted
+        if accepted:
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            self.stats.spans_accepted += accepted
+            self._wake.set()
+        if dropped:
+            self.stats.dropped_queue_full += dropped
+            if self._throttle.ready("full"):
+                log.warning("uplink queue full (%d bytes, limit %d): dropped %d spans (total dropped %d)",
+                            self._queue_bytes + self._inflight_bytes, limit, dropped, self.stats.dropped_queue_full)
+        self._gauges()
+        return accepted
+
+    def _gauges(self) -> None:
+        self.stats.queued_spans = len(self._queue)
+        self.stats.queued_bytes = self._queue_bytes + self._inflight_bytes
+
+    async def run(self) -> None:
+        """Ship batches until `close()`; never raises for link failures."""
+        self._task = asyncio.current_task()
+        pending: _Pending | None = None
+        try:
+            while True:
+                if pending is None:
+                    if not await self._batch_due():
+                        return
+                    pending = self._cut_batch()
+                    if pending is None:
+                        continue
+                await self._deliver(pending)
+                pending = None
+        finally:
+            lost = len(self._queue) + (pending.spans if pending else 0)
+            if lost:
+                self.stats.dropped_on_close += lost
+                log.warning("uplink stopped with %d spans not delivered", lost)
+            await self._transport.close()
+            self._done.set()
+
+    async def _batch_due(self) -> bool:
+        """Wait until a batch should be cut; False when closing with nothing left."""
+        cfg = self.cfg
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return False
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._closing or len(self._queue) >= cfg.batch_max_spans or self._queue_bytes >= cfg.batch_max_bytes:
+                return True
+            wait = (self._oldest or time.monotonic()) + cfg.batch_max_age - time.monotonic()
+            if wait <= 0:
+                return True
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                return True
+
+    def _cut_batch(self) -> _Pending | None:
+        cfg = self.cfg
+        spans: list[Span] = []
+        size = 0
+        while self._queue and len(spans) < cfg.batch_max_spans:
+            span, n = self._queue[0]
+            if spans and size + n > cfg.batch_max_bytes:
+                break
+            self._queue.popleft()
+            spans.append(span)
+            size += n
+        self._queue_bytes -= size
+        self._oldest = time.monotonic() if self._queue else None
+        self._seq += 1
+        try:
+            payload = encode_batch(spans, self.node_id, self._seq, level=cfg.zstd_level)
+        except Exception as e:  # noqa: BLE001 - a span holding a value the format cannot carry must not stop the uplink
+            self.stats.dropped_unencodable += len(spans)
+            log.error("uplink dropped a batch of %d spans that cannot be encoded: %s", len(spans), e)
+            self._gauges()
+            return None
+        self._inflight_bytes += size
+        self._gauges()
+        return _Pending(payload, len(spans), size, self._seq)
+
+    async def _deliver(self, p: _Pending) -> None:
+        """Send until acknowledged, permanently refused, or cancelled by close()."""
+        backoff = Backoff(maximum=self.cfg.retry_max_backoff)
+        try:
+            while True:
+                try:
+                    await self._transport.send(p.payload)
+                except SendError as e:
+                    self.stats.send_failures += 1
+                    if e.permanent:
+                        self.stats.dropped_rejected += p.spans
+                        log.error("uplink batch seq=%d (%d spans) refused for good: %s", p.seq, p.spans, e)
+                        return
+                    delay = e.retry_after_s if e.retry_after_s is not None else backoff.next()
+                    if self._throttle.ready("send"):
+                        extra = self._throttle.take_suppressed("send")
+                        log.warning("%s; retrying seq=%d in %.1fs%s", e, p.seq, delay,
+                                    f" ({extra} similar failures not shown)" if extra else "")
+                    await asyncio.sleep(delay)
+                    continue
+                if backoff.attempt:
+                    log.info("uplink delivering again (seq=%d after %d failed attempts)", p.seq, backoff.attempt)
+                self.stats.spans_sent += p.spans
+                self.stats.batches_sent += 1
+                self.stats.bytes_sent += len(p.payload)
+                return
+        finally:
+            self._inflight_bytes -= p.accounted
+            self._gauges()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is queued, best effort within `timeout` seconds, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is None:
+            asyncio.ensure_future(self.run())
+            await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except asyncio.TimeoutError:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
