@@ -111,7 +111,7 @@ export_endpoint = "{peer.grpc_endpoint}"
             stdout=log, stderr=log))
     agent = procs[1]
     try:
-        await wait_log(work / "gateway.log", "gateway running")
+        await wait_log(work / "gateway.log", "gateway subscribed")
         await wait_log(work / "agent.log", "sdk span source subscribed")
         await asyncio.sleep(1.0)
         print("idle phase (5 s) ...", file=sys.stderr)

@@ -148,7 +148,7 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
         ports = {k: free_port() for k in ("agent_grpc", "agent_http", "gateway_http", "inventory")}
         agent_cfg, gateway_cfg = _write_configs(workdir, broker, peer, ports)
         gateway = await demo.spawn("gateway", "-m", "edge", "gateway", "--config", str(gateway_cfg), "--log-level", "info")
-        await demo.wait_for_log(gateway, "gateway running")
+        await demo.wait_for_log(gateway, "gateway subscribed")
         say(f"  gateway        uplink topic helix/uplink/+ -> OTLP/gRPC {peer.grpc_endpoint}")
         agent = await demo.spawn("agent", "-m", "edge", "run", "--config", str(agent_cfg), "--log-level", "info")
         await demo.wait_for_log(agent, "sdk span source subscribed")
