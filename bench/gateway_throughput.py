@@ -1,15 +1,18 @@
 """Gateway CPU cost on one core: Helix batch -> decoded spans -> OTLP protobuf request bytes.
 
-Run: python -m bench.gateway_throughput [--traces N] [--batch 512]. The last line is one JSON object.
+Run: python bench/gateway_throughput.py [--traces N] [--batch 512]. The last line is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import sys
 import time
+from pathlib import Path
 
-from bench._workload import realistic_spans
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import request_from_spans
 from uplink.wire import decode_batch, encode_batch
 

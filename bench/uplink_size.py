@@ -1,17 +1,20 @@
 """Uplink bytes per span on realistic traces: raw OTLP protobuf, OTLP+gzip, OTLP+zstd and the Helix batch format.
 
-Run: python -m bench.uplink_size [--traces N] [--batch 512]. The last line is one JSON object.
+Run: python bench/uplink_size.py [--traces N] [--batch 512]. The last line is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
+import sys
 import time
+from pathlib import Path
 
 import zstandard
 
-from bench._workload import realistic_spans
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import request_from_spans
 from uplink.wire import decode_batch, encode_batch
 
