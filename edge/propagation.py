@@ -19,9 +19,9 @@ __all__ = [
     "extract",
 ]
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_HEX = re.compile(r"^[0-9a-f]+$")
-_TRACESTATE_KEY = re.compile(r"^([a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})$")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
+_HEX = re.compile(r"[0-9a-f]+")
+_TRACESTATE_KEY = re.compile(r"^([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})$")
 _TRACESTATE_VALUE = re.compile(r"^[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$")
 
 
@@ -50,7 +50,9 @@ def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None 
             value = value.decode("ascii")
         except UnicodeDecodeError:
             return None
-    m = _TRACEPARENT.match(value.strip())
+    if not isinstance(value, str):
+        return None
+    m = _TRACEPARENT.fullmatch(value.strip(" \t"))
     if not m:
         return None
     version, tid, sid, flags, rest = m.groups()
@@ -66,6 +68,8 @@ def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None 
     if tracestate is not None:
         if isinstance(tracestate, bytes):
             tracestate = tracestate.decode("ascii", "replace")
+        if not isinstance(tracestate, str):
+            tracestate = ""
         state = format_tracestate(parse_tracestate(tracestate))
     return SpanContext(trace_id, span_id, int(flags, 16), state, "w3c")
 
@@ -84,7 +88,7 @@ def parse_tracestate(value: str) -> list[tuple[str, str]]:
         if not member:
             continue
         key, sep, val = member.partition("=")
-        if not sep or not _TRACESTATE_KEY.match(key) or not _TRACESTATE_VALUE.match(val) or key in seen:
+        if not sep or not _TRACESTATE_KEY.fullmatch(key) or not _TRACESTATE_VALUE.fullmatch(val) or key in seen:
             continue
         seen.add(key)
         out.append((key, val))
@@ -99,11 +103,18 @@ def format_tracestate(members: Iterable[tuple[str, str]]) -> str:
 
 
 def _parse_b3_single(value: str) -> SpanContext | None:
+    # b3: {trace-id}-{span-id}[-{sampling}[-{parent-span-id}]]; a lone "0"/"1"/"d" carries no identity.
     parts = value.strip().lower().split("-")
-    if len(parts) < 2:
+    if not 2 <= len(parts) <= 4:
         return None
     tid, sid = parts[0], parts[1]
+    if len(tid) not in (16, 32) or len(sid) != 16:
+        return None
     sampled = parts[2] if len(parts) > 2 else "1"
+    if sampled not in ("0", "1", "d"):
+        return None
+    if len(parts) == 4 and (len(parts[3]) != 16 or not _HEX.fullmatch(parts[3])):
+        return None
     return _from_hex(tid, sid, sampled in ("1", "d"), "b3")
 
 
@@ -112,15 +123,14 @@ def _parse_jaeger(value: str) -> SpanContext | None:
     parts = value.strip().lower().replace("%3a", ":").split(":")
     if len(parts) != 4:
         return None
-    try:
-        flags = int(parts[3], 16)
-    except ValueError:
+    if not parts[3] or len(parts[3]) > 2 or not _HEX.fullmatch(parts[3]):
         return None
+    flags = int(parts[3], 16)
     return _from_hex(parts[0], parts[1], bool(flags & 1), "jaeger")
 
 
 def _from_hex(tid: str, sid: str, sampled: bool, fmt: str) -> SpanContext | None:
-    if not tid or not sid or len(tid) > 32 or len(sid) > 16 or not _HEX.match(tid) or not _HEX.match(sid):
+    if not tid or not sid or len(tid) > 32 or len(sid) > 16 or not _HEX.fullmatch(tid) or not _HEX.fullmatch(sid):
         return None
     trace_id = bytes.fromhex(tid.rjust(32, "0"))
     span_id = bytes.fromhex(sid.rjust(16, "0"))
@@ -129,20 +139,35 @@ def _from_hex(tid: str, sid: str, sampled: bool, fmt: str) -> SpanContext | None
     return SpanContext(trace_id, span_id, 1 if sampled else 0, "", fmt)
 
 
+def _text(value: object) -> str | None:
+    # Header maps built from raw traffic may hold bytes; anything else is not a header value.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    return None
+
+
 def extract(headers: Mapping[str, str]) -> SpanContext | None:
     """Find a trace context in lower-cased headers or MQTT user properties: W3C first, then B3, then Jaeger."""
-    ctx = parse_traceparent(headers.get("traceparent"), headers.get("tracestate"))
+    ctx = parse_traceparent(_text(headers.get("traceparent")), _text(headers.get("tracestate")))
     if ctx is not None:
         return ctx
-    if "b3" in headers:
-        ctx = _parse_b3_single(headers["b3"])
+    b3 = _text(headers.get("b3"))
+    if b3 is not None:
+        ctx = _parse_b3_single(b3)
         if ctx is not None:
             return ctx
-    if "x-b3-traceid" in headers and "x-b3-spanid" in headers:
-        sampled = headers.get("x-b3-sampled", "1").strip() in ("1", "true", "d") or headers.get("x-b3-flags") == "1"
-        ctx = _from_hex(headers["x-b3-traceid"].strip().lower(), headers["x-b3-spanid"].strip().lower(), sampled, "b3multi")
-        if ctx is not None:
-            return ctx
-    if "uber-trace-id" in headers:
-        return _parse_jaeger(headers["uber-trace-id"])
+    tid, sid = _text(headers.get("x-b3-traceid")), _text(headers.get("x-b3-spanid"))
+    if tid is not None and sid is not None:
+        tid, sid = tid.strip().lower(), sid.strip().lower()
+        flag = (_text(headers.get("x-b3-flags")) or "").strip()
+        sampled = (_text(headers.get("x-b3-sampled")) or "1").strip().lower() in ("1", "true", "d") or flag == "1"
+        if len(tid) in (16, 32) and len(sid) == 16:
+            ctx = _from_hex(tid, sid, sampled, "b3multi")
+            if ctx is not None:
+                return ctx
+    uber = _text(headers.get("uber-trace-id"))
+    if uber is not None:
+        return _parse_jaeger(uber)
     return None

@@ -1,0 +1,886 @@
+"""Kernel events into spans: HTTP/1.x exchanges, MQTT publishes, TCP connects and slow file I/O.
+
+Sans-I/O: `SpanBuilder.feed(events)` returns the spans those events completed and `flush(now)` the ones whose
+wait timed out; the asyncio source around it only moves events in and spans out.
+
+Timing model. The probes emit one DataEvent per *message* (a run of syscalls in one direction) at its first
+syscall, and that event closes the books on the previous message (`prev_end_ns`, `prev_bytes`). So:
+- a request written by a client starts at that write's sys_enter; a request read by a server starts at that
+  read's sys_exit, because sys_enter of a blocking read on a keep-alive connection includes the idle wait for
+  the next request (the bytes are only known to be there when the read returns);
+- a response ends when its message ends: the next message's `prev_end_ns` or the close's `last_end_ns`. When the
+  snapshot proves the response fitted in the first syscall (Content-Length or a chunk walk inside the
+  snapshot), its end is that syscall's exit and the span is emitted at once;
+- if nothing tells the end in time, the first syscall's exit is used and the span says `helix.end_estimated`.
+
+State is bounded: connections and processes live in LRU maps with counted evictions, requests waiting for a
+response are capped per connection, and closing a socket or ending a process frees its state.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+from ...errors import ConfigError
+from ...model import Attributes, Event, Resource, Scope, Source, Span, SpanKind, StatusCode, new_span_id, new_trace_id
+from ...propagation import SpanContext, extract
+from ...protocols import mqtt
+from ...protocols.http1 import HttpRequest, HttpResponse, looks_like_http, parse_requests, parse_responses
+from ...ratelimit import RateLimitedLog
+from .events import (
+    CloseEvent,
+    ConnectEvent,
+    DataEvent,
+    Direction,
+    Endpoint,
+    ExecEvent,
+    ExitEvent,
+    FaultKind,
+    FileIoEvent,
+    FileOp,
+    KernelEvent,
+    Role,
+    TcpFaultEvent,
+)
+
+__all__ = [
+    "SpanBuilderConfig",
+    "SpanBuilderStats",
+    "SpanBuilder",
+    "Clock",
+    "SystemClock",
+    "FixedClock",
+    "SCOPE",
+]
+
+log = logging.getLogger(__name__)
+_rl = RateLimitedLog(log)
+
+SCOPE = Scope("helix.ebpf")
+_NS = 1_000_000_000
+
+_UNKNOWN, _HTTP, _MQTT, _OPAQUE = range(4)
+_NO_MSG, _REQ_MSG, _RESP_MSG = range(3)
+# Messages in a row that no parser recognised before a connection is written off as opaque (TLS, binary).
+_OPAQUE_AFTER = 3
+_MAX_TOPIC_ALIASES = 64
+
+_FAULT_NAMES = {
+    FaultKind.RETRANSMIT: "tcp.retransmit",
+    FaultKind.SEND_RESET: "tcp.reset.sent",
+    FaultKind.RECEIVE_RESET: "tcp.reset.received",
+}
+_TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+    7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
+}
+_FILE_SPAN_NAMES = {FileOp.READ: "file.read", FileOp.WRITE: "file.write", FileOp.FSYNC: "file.fsync"}
+_MQTT_VERSIONS = {mqtt.MQTT_31: "3.1", mqtt.MQTT_311: "3.1.1", mqtt.MQTT_5: "5"}
+
+
+class Clock(Protocol):
+    """Where the builder reads the kernel monotonic clock and its offset to the wall clock."""
+
+    def monotonic_ns(self) -> int:
+        """CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads."""
+        ...
+
+    def wall_offset_ns(self) -> int:
+        """Wall clock minus CLOCK_MONOTONIC, measured now."""
+        ...
+
+
+@dataclass(slots=True)
+class SystemClock:
+    """The host's clocks."""
+
+    def monotonic_ns(self) -> int:
+        """CLOCK_MONOTONIC now."""
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    def wall_offset_ns(self) -> int:
+        """Wall minus monotonic, taken from the tightest of three bracketed readings."""
+        best: tuple[int, int] | None = None
+        for _ in range(3):
+            m0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            wall = time.time_ns()
+            m1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            if best is None or m1 - m0 < best[0]:
+                best = (m1 - m0, wall - (m0 + m1) // 2)
+        assert best is not None
+        return best[1]
+
+
+@dataclass(slots=True)
+class FixedClock:
+    """A clock that says what it is told, for replaying recorded events deterministically."""
+
+    offset_ns: int = 0
+    now_ns: int = 0
+
+    def monotonic_ns(self) -> int:
+        """The `now_ns` set by the caller."""
+        return self.now_ns
+
+    def wall_offset_ns(self) -> int:
+        """The `offset_ns` set by the caller."""
+        return self.offset_ns
+
+
+@dataclass(slots=True)
+class SpanBuilderConfig:
+    """Bounds and timeouts of the span builder."""
+
+    max_connections: int = 16384
+    max_processes: int = 4096
+    max_pending_per_connection: int = 64  # requests waiting for a response on one connection
+    response_timeout: float = 30.0  # s: a request with no response by then is emitted as incomplete
+    message_end_timeout: float = 2.0  # s: a response whose message end is unknown by then gets an estimate
+    clock_resync: float = 60.0  # s between re-measurements of the wall-clock offset
+    max_events_per_span: int = 32
+    max_pending_faults: int = 16  # faults held for the next span of a connection
+    broker_ports: tuple[int, ...] = (1883, 8883)
+    host_name: str = field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        for key in ("max_connections", "max_processes", "max_pending_per_connection", "max_events_per_span"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"sources.ebpf.{key}", f"must be at least 1, got {getattr(self, key)}")
+        for key in ("response_timeout", "message_end_timeout", "clock_resync"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"sources.ebpf.{key}", f"must be a positive number of seconds, got {getattr(self, key)}")
+
+
+@dataclass(slots=True)
+class SpanBuilderStats:
+    """Counters; every event that does not become (part of) a span is counted in one of them."""
+
+    events: int = 0
+    spans: int = 0
+    http_spans: int = 0
+    mqtt_spans: int = 0
+    connect_spans: int = 0
+    file_spans: int = 0
+    unparsed: int = 0  # messages no parser recognised (TLS, binary, unknown protocols)
+    continuation: int = 0  # body bytes of an HTTP message that began in an earlier snapshot
+    unmatched_responses: int = 0  # a response with no request waiting for it
+    unseen_responses: int = 0  # requests answered inside a response message whose head the snapshot missed
+    incomplete: int = 0  # requests emitted without a response (timeout, close, exit)
+    end_estimated: int = 0  # responses whose message end never came; end is the first syscall's exit
+    pending_dropped: int = 0  # requests dropped at the per-connection cap or with an evicted connection
+    broker_side: int = 0  # MQTT packets on the broker's own connections, not spans
+    mqtt_other: int = 0  # MQTT control packets that make no span (CONNECT, PUBACK, PINGREQ, ...)
+    evicted_connections: int = 0
+    evicted_processes: int = 0
+    faults_attached: int = 0
+    faults_orphaned: int = 0
+    span_events_dropped: int = 0
+    internal_errors: int = 0
+
+
+@dataclass(slots=True)
+class _Proc:
+    pid: int
+    comm: str
+    exe: str
+    resource: Resource
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One HTTP request and, once seen, its response."""
+
+    request: HttpRequest
+    kind: SpanKind
+    start_ns: int  # monotonic
+    pid: int
+    tid: int
+    offcpu_ns: int
+    msg_seq: int
+    sole: bool  # only request of its message, so the message size is this request's size
+    deadline_ns: int
+    events: list[Event] = field(default_factory=list)
+    req_bytes: int | None = None
+    response: HttpResponse | None = None
+    resp_tid: int = 0
+    resp_offcpu_ns: int = 0
+    resp_first_end_ns: int = 0
+    resp_sole: bool = False
+    resp_bytes: int | None = None
+    end_ns: int = 0
+
+
+@dataclass(slots=True)
+class _Conn:
+    sock: int
+    pid: int
+    comm: str
+    role: Role
+    local: Endpoint
+    remote: Endpoint
+    proto: int = _UNKNOWN
+    seq: int = 0  # messages seen
+    misses: int = 0  # consecutive unrecognised messages
+    last_msg: int = _NO_MSG
+    last_msg_seq: int = 0
+    last_msg_exchange: _Exchange | None = None  # the sole request of the last request message
+    pending: deque[_Exchange] = field(default_factory=deque)  # waiting for a response head, oldest first
+    finishing: list[_Exchange] = field(default_factory=list)  # response head seen, waiting for its end
+    mqtt_version: int | None = None
+    mqtt_client_id: str = ""
+    broker: bool = False
+    topic_aliases: dict[tuple[int, int], str] = field(default_factory=dict)
+    faults: list[Event] = field(default_factory=list)
+
+
+class SpanBuilder:
+    """Turns decoded kernel events into spans; pure state machine, no I/O.
+
+    The caller feeds events in ring-buffer order and calls `flush` about once a second with the current kernel
+    monotonic time, so that exchanges whose ending never shows up still leave as spans.
+    """
+
+    def __init__(self, config: SpanBuilderConfig | None = None, clock: Clock | None = None) -> None:
+        self.config = config or SpanBuilderConfig()
+        self.clock: Clock = clock or SystemClock()
+        self.stats = SpanBuilderStats()
+        self._conns: OrderedDict[int, _Conn] = OrderedDict()
+        self._by_pid: dict[int, set[int]] = {}
+        self._procs: OrderedDict[int, _Proc] = OrderedDict()
+        self._waiting: set[int] = set()  # socks with requests or responses waiting
+        self._offset_ns = 0
+        self._synced_at: int | None = None
+        self._resync()
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        """Connections with state."""
+        return len(self._conns)
+
+    @property
+    def process_count(self) -> int:
+        """Processes with cached names and resources."""
+        return len(self._procs)
+
+    @property
+    def pending_count(self) -> int:
+        """HTTP exchanges waiting for a response or for its end."""
+        return sum(len(c.pending) + len(c.finishing) for c in self._conns.values())
+
+    @property
+    def wall_offset_ns(self) -> int:
+        """The offset added to kernel monotonic times to get Unix-epoch times."""
+        return self._offset_ns
+
+    def feed(self, events: Iterable[KernelEvent]) -> list[Span]:
+        """Consume events in ring-buffer order; return the spans they completed."""
+        self._maybe_resync()
+        out: list[Span] = []
+        for ev in events:
+            self.stats.events += 1
+            try:
+                self._dispatch(ev, out)
+            except Exception as exc:  # one bad event must not take the source down; counted and logged
+                self.stats.internal_errors += 1
+                _rl.warning("span builder failed on %s: %r", type(ev).__name__, exc)
+                log.debug("span builder failure", exc_info=True)
+        self.stats.spans += len(out)
+        return out
+
+    def flush(self, now_mono_ns: int) -> list[Span]:
+        """Emit what waited too long as of kernel monotonic time `now_mono_ns`."""
+        self._maybe_resync()
+        out: list[Span] = []
+        for sock in list(self._waiting):
+            conn = self._conns.get(sock)
+            if conn is None:
+                self._waiting.discard(sock)
+                continue
+            if conn.finishing and any(x.deadline_ns <= now_mono_ns for x in conn.finishing):
+                keep = []
+                for x in conn.finishing:
+                    if x.deadline_ns <= now_mono_ns:
+                        self._finish_estimated(conn, x, out)
+                    else:
+                        keep.append(x)
+                conn.finishing = keep
+            while conn.pending and conn.pending[0].deadline_ns <= now_mono_ns:
+                x = conn.pending.popleft()
+                self._emit_incomplete(conn, x, x.deadline_ns, f"no response within {self.config.response_timeout:g}s", out)
+            if not conn.pending and not conn.finishing:
+                self._waiting.discard(sock)
+        self.stats.spans += len(out)
+        return out
+
+    # -- dispatch ----------------------------------------------------------------------------------------------
+
+    def _dispatch(self, ev: KernelEvent, out: list[Span]) -> None:
+        if isinstance(ev, DataEvent):
+            self._on_data(ev, out)
+        elif isinstance(ev, CloseEvent):
+            self._on_close(ev, out)
+        elif isinstance(ev, ConnectEvent):
+            self._on_connect(ev, out)
+        elif isinstance(ev, TcpFaultEvent):
+            self._on_fault(ev)
+        elif isinstance(ev, FileIoEvent):
+            self._on_file_io(ev, out)
+        elif isinstance(ev, ExecEvent):
+            self._on_exec(ev)
+        elif isinstance(ev, ExitEvent):
+            self._on_exit(ev, out)
+
+    # -- clock -------------------------------------------------------------------------------------------------
+
+    def _resync(self) -> None:
+        self._offset_ns = self.clock.wall_offset_ns()
+        self._synced_at = self.clock.monotonic_ns()
+
+    def _maybe_resync(self) -> None:
+        now = self.clock.monotonic_ns()
+        if self._synced_at is None or now - self._synced_at >= int(self.config.clock_resync * _NS):
+            self._resync()
+
+    # -- processes ---------------------------------------------------------------------------------------------
+
+    def _proc(self, pid: int, comm: str = "") -> _Proc:
+        proc = self._procs.get(pid)
+        if proc is not None:
+            self._procs.move_to_end(pid)
+            if comm and comm != proc.comm and not proc.exe:
+                proc.comm = comm
+                proc.resource = self._resource(pid, comm, "")
+            return proc
+        proc = _Proc(pid, comm, "", self._resource(pid, comm, ""))
+        self._procs[pid] = proc
+        if len(self._procs) > self.config.max_processes:
+            self._procs.popitem(last=False)
+            self.stats.evicted_processes += 1
+        return proc
+
+    def _resource(self, pid: int, comm: str, exe: str) -> Resource:
+        name = comm
+        base = os.path.basename(exe) if exe else ""
+        # comm is cut at 15 characters by the kernel; the exec'd file name is the full one.
+        if base and (not comm or (len(comm) >= 15 and base.startswith(comm))):
+            name = base
+        attrs: Attributes = {
+            "service.name": name or "unknown_service",
+            "process.pid": pid,
+            "host.name": self.config.host_name,
+        }
+        if comm:
+            attrs["process.executable.name"] = comm
+        if exe:
+            attrs["process.executable.path"] = exe
+        return Resource.of(attrs)
+
+    def _on_exec(self, ev: ExecEvent) -> None:
+        proc = self._proc(ev.pid, ev.comm)
+        proc.comm, proc.exe = ev.comm, ev.filename
+        proc.resource = self._resource(ev.pid, ev.comm, ev.filename)
+
+    def _on_exit(self, ev: ExitEvent, out: list[Span]) -> None:
+        # Sockets closed by the exit itself produce no close(2): free them here.
+        for sock in list(self._by_pid.get(ev.pid, ())):
+            conn = self._conns.get(sock)
+            if conn is None:
+                continue
+            for x in conn.finishing:
+                self._finish_estimated(conn, x, out)
+            conn.finishing.clear()
+            while conn.pending:
+                x = conn.pending.popleft()
+                self._emit_incomplete(conn, x, ev.ts_ns, "process exited before a response", out)
+            self._drop_conn(conn)
+        self._by_pid.pop(ev.pid, None)
+        self._procs.pop(ev.pid, None)
+
+    # -- connections -------------------------------------------------------------------------------------------
+
+    def _conn_for(self, ev: DataEvent) -> _Conn:
+        conn = self._conns.get(ev.sock)
+        if conn is None:
+            conn = _Conn(ev.sock, ev.pid, ev.comm, ev.role, ev.local, ev.remote)
+            self._conns[ev.sock] = conn
+            self._by_pid.setdefault(ev.pid, set()).add(ev.sock)
+            if len(self._conns) > self.config.max_connections:
+                _, victim = next(iter(self._conns.items()))
+                self._evict(victim)
+            return conn
+        self._conns.move_to_end(ev.sock)
+        if conn.pid != ev.pid:  # the socket was inherited or passed on: index it under the new owner
+            self._unindex(conn)
+            conn.pid = ev.pid
+            self._by_pid.setdefault(ev.pid, set()).add(ev.sock)
+        conn.comm = ev.comm or conn.comm
+        if ev.role != Role.UNKNOWN:
+            conn.role = ev.role
+        return conn
+
+    def _unindex(self, conn: _Conn) -> None:
+        socks = self._by_pid.get(conn.pid)
+        if socks is not None:
+            socks.discard(conn.sock)
+            if not socks:
+                del self._by_pid[conn.pid]
+
+    def _drop_conn(self, conn: _Conn) -> None:
+        if self._conns.get(conn.sock) is conn:
+            del self._conns[conn.sock]
+        self._unindex(conn)
+        self._waiting.discard(conn.sock)
+        self.stats.faults_orphaned += len(conn.faults)
+
+    def _evict(self, conn: _Conn) -> None:
+        self.stats.evicted_connections += 1
+        self.stats.pending_dropped += len(conn.pending) + len(conn.finishing)
+        self._drop_conn(conn)
+
+    def _on_close(self, ev: CloseEvent, out: list[Span]) -> None:
+        conn = self._conns.get(ev.sock)
+        if conn is None:
+            return
+        self._end_message(conn, ev.last_end_ns or None, ev.last_bytes, out)
+        for x in conn.finishing:
+            self._finish_estimated(conn, x, out)
+        conn.finishing.clear()
+        while conn.pending:
+            x = conn.pending.popleft()
+            self._emit_incomplete(conn, x, ev.ts_ns, "connection closed before a response", out)
+        self._drop_conn(conn)
+
+    def _on_fault(self, ev: TcpFaultEvent) -> None:
+        event = Event(
+            _FAULT_NAMES.get(ev.kind, "tcp.fault"),
+            ev.ts_ns + self._offset_ns,
+            {"tcp.state": _TCP_STATES.get(ev.state, str(ev.state)), "network.peer.address": ev.remote.addr,
+             "network.peer.port": ev.remote.port},
+        )
+        conn = self._conns.get(ev.sock)
+        if conn is None:
+            self.stats.faults_orphaned += 1
+            return
+        if conn.finishing:
+            self._add_event(conn.finishing[-1].events, event)
+        elif conn.pending:
+            self._add_event(conn.pending[0].events, event)
+        elif len(conn.faults) < self.config.max_pending_faults:
+            conn.faults.append(event)
+            return
+        else:
+            self.stats.faults_orphaned += 1
+            return
+        self.stats.faults_attached += 1
+
+    def _add_event(self, events: list[Event], event: Event) -> None:
+        if len(events) < self.config.max_events_per_span:
+            events.append(event)
+        else:
+            self.stats.span_events_dropped += 1
+
+    def _take_faults(self, conn: _Conn) -> list[Event]:
+        if not conn.faults:
+            return []
+        faults, conn.faults = conn.faults, []
+        self.stats.faults_attached += len(faults)
+        return faults
+
+    # -- data --------------------------------------------------------------------------------------------------
+
+    def _on_data(self, ev: DataEvent, out: list[Span]) -> None:
+        conn = self._conn_for(ev)
+        self._proc(ev.pid, ev.comm)
+        if ev.prev_end_ns or conn.finishing or conn.last_msg != _NO_MSG:
+            self._end_message(conn, ev.prev_end_ns or None, ev.prev_bytes, out)
+        conn.seq += 1
+        if conn.proto == _OPAQUE:
+            self.stats.unparsed += 1
+            return
+        handled = False
+        if conn.proto in (_UNKNOWN, _HTTP):
+            handled = self._on_http(conn, ev, out)
+        if not handled and conn.proto in (_UNKNOWN, _MQTT):
+            handled = self._on_mqtt(conn, ev, out)
+        if handled:
+            conn.misses = 0
+            return
+        if conn.proto == _HTTP:  # body bytes (after 100-continue, a streamed body) rather than a new head
+            self.stats.continuation += 1
+            return
+        self.stats.unparsed += 1
+        conn.misses += 1
+        if conn.proto == _UNKNOWN and conn.misses >= _OPAQUE_AFTER:
+            conn.proto = _OPAQUE
+
+    def _end_message(self, conn: _Conn, end_ns: int | None, total: int, out: list[Span]) -> None:
+        """The message before the current one ended at `end_ns` (None: unknown) after `total` bytes."""
+        if end_ns is None:
+            for x in conn.finishing:
+                self._finish_estimated(conn, x, out)
+            conn.finishing.clear()
+        if conn.last_msg == _REQ_MSG and conn.last_msg_exchange is not None and end_ns is not None:
+            conn.last_msg_exchange.req_bytes = total
+        for x in conn.finishing:
+            assert end_ns is not None
+            x.end_ns = end_ns
+            if x.resp_sole:
+                x.resp_bytes = total
+            self._emit_http(conn, x, out)
+        conn.finishing.clear()
+        if conn.last_msg == _RESP_MSG and conn.pending and end_ns is not None:
+            # Requests still waiting that arrived before this response message were answered inside it, after a
+            # first response whose body hid their heads from the snapshot (pipelining): HTTP/1 answers in order.
+            resp_kind = conn.pending[0].kind
+            while conn.pending and conn.pending[0].msg_seq < conn.last_msg_seq and conn.pending[0].kind == resp_kind:
+                x = conn.pending.popleft()
+                x.end_ns = end_ns
+                self.stats.unseen_responses += 1
+                self._emit_http(conn, x, out)
+        conn.last_msg = _NO_MSG
+        conn.last_msg_exchange = None
+        if not conn.pending and not conn.finishing:
+            self._waiting.discard(conn.sock)
+
+    # -- HTTP --------------------------------------------------------------------------------------------------
+
+    def _on_http(self, conn: _Conn, ev: DataEvent, out: list[Span]) -> bool:
+        data = ev.payload
+        if not looks_like_http(data):
+            return False
+        if data.startswith(b"HTTP/"):
+            return self._on_http_responses(conn, ev, out)
+        reqs = parse_requests(data)
+        if not reqs:
+            return False
+        conn.proto = _HTTP
+        ingress = ev.direction == Direction.INGRESS
+        kind = SpanKind.SERVER if ingress else SpanKind.CLIENT
+        start = ev.end_ns if ingress else ev.ts_ns
+        deadline = start + int(self.config.response_timeout * _NS)
+        faults = self._take_faults(conn)
+        sole = len(reqs) == 1
+        for req in reqs:
+            if len(conn.pending) >= self.config.max_pending_per_connection:
+                conn.pending.popleft()
+                self.stats.pending_dropped += 1
+            x = _Exchange(req, kind, start, ev.pid, ev.tid, ev.offcpu_ns, conn.seq, sole, deadline, events=faults)
+            faults = []
+            conn.pending.append(x)
+        conn.last_msg = _REQ_MSG
+        conn.last_msg_seq = conn.seq
+        conn.last_msg_exchange = conn.pending[-1] if sole and conn.pending else None
+        self._waiting.add(conn.sock)
+        return True
+
+    def _on_http_responses(self, conn: _Conn, ev: DataEvent, out: list[Span]) -> bool:
+        # A response read answers a request we wrote (client), a response written answers one we read (server).
+        kind = SpanKind.CLIENT if ev.direction == Direction.INGRESS else SpanKind.SERVER
+        methods = [x.request.method for x in conn.pending if x.kind == kind]
+        resps = parse_responses(ev.payload, methods)
+        if not resps:
+            return False
+        conn.proto = _HTTP
+        any_final = False
+        sole = sum(1 for r in resps if not r.interim) == 1 and not resps[0].interim
+        for resp in resps:
+            if resp.interim:
+                continue
+            any_final = True
+            if not conn.pending or conn.pending[0].kind != kind:
+                self.stats.unmatched_responses += 1
+                continue
+            x = conn.pending.popleft()
+            x.response = resp
+            x.resp_tid = ev.tid
+            x.resp_offcpu_ns = ev.offcpu_ns
+            x.resp_first_end_ns = ev.end_ns
+            if resp.length is not None and resp.offset + resp.length <= ev.size:
+                # The whole response went in the first syscall: its end is known now.
+                x.end_ns = ev.end_ns
+                x.resp_bytes = resp.length
+                self._emit_http(conn, x, out)
+            else:
+                x.resp_sole = sole and resp.offset == 0
+                x.deadline_ns = ev.end_ns + int(self.config.message_end_timeout * _NS)
+                x.events.extend(self._take_faults(conn))
+                conn.finishing.append(x)
+            if resp.status == 101:
+                conn.proto = _OPAQUE  # protocol switch (WebSocket, h2c): no more HTTP/1 on this connection
+        if any_final:
+            conn.last_msg = _RESP_MSG
+            conn.last_msg_seq = conn.seq
+        if conn.pending or conn.finishing:
+            self._waiting.add(conn.sock)
+        else:
+            self._waiting.discard(conn.sock)
+        return True
+
+    def _finish_estimated(self, conn: _Conn, x: _Exchange, out: list[Span]) -> None:
+        x.end_ns = x.resp_first_end_ns
+        self.stats.end_estimated += 1
+        self._emit_http(conn, x, out, estimated=True)
+
+    def _emit_incomplete(self, conn: _Conn, x: _Exchange, end_ns: int, why: str, out: list[Span]) -> None:
+        x.end_ns = max(end_ns, x.start_ns)
+        self.stats.incomplete += 1
+        self._emit_http(conn, x, out, incomplete=why)
+
+    def _emit_http(self, conn: _Conn, x: _Exchange, out: list[Span], *, estimated: bool = False, incomplete: str = "") -> None:
+        req, resp = x.request, x.response
+        server = x.kind == SpanKind.SERVER
+        proc = self._proc(x.pid, conn.comm)
+        attrs: Attributes = {"http.request.method": req.method}
+        if req.path:
+            attrs["url.path"] = req.path
+        if req.query:
+            attrs["url.query"] = req.query
+        attrs["url.scheme"] = "http"
+        host, port = _split_host(req.host)
+        if server:
+            attrs["server.address"] = host or conn.local.addr
+            attrs["server.port"] = port if port is not None else conn.local.port
+            attrs["client.address"] = conn.remote.addr
+            attrs["client.port"] = conn.remote.port
+        else:
+            attrs["server.address"] = host or conn.remote.addr
+            attrs["server.port"] = port if port is not None else conn.remote.port
+            authority = req.host or _join_host(conn.remote.addr, conn.remote.port)
+            attrs["url.full"] = f"http://{authority}{req.target}" if req.target.startswith("/") else req.target
+        attrs["network.peer.address"] = conn.remote.addr
+        attrs["network.peer.port"] = conn.remote.port
+        attrs["network.local.address"] = conn.local.addr
+        attrs["network.local.port"] = conn.local.port
+        attrs["network.transport"] = "tcp"
+        attrs["network.protocol.name"] = "http"
+        version = req.version or (resp.version if resp else "")
+        if version:
+            attrs["network.protocol.version"] = version
+        ua = req.headers.get("user-agent")
+        if ua:
+            attrs["user_agent.original"] = ua
+        req_body = req.content_length if req.content_length is not None else req.body_size
+        if req_body is None and x.sole and x.req_bytes is not None and req.head_length is not None:
+            req_body = max(0, x.req_bytes - req.head_length)
+        if req_body is not None:
+            attrs["http.request.body.size"] = req_body
+        if req.truncated:
+            attrs["helix.http.request_truncated"] = True
+        status = StatusCode.UNSET
+        message = ""
+        if resp is not None:
+            attrs["http.response.status_code"] = resp.status
+            resp_body = resp.body_size if resp.body_size is not None else resp.content_length
+            if resp_body is None and x.resp_bytes is not None and resp.head_length is not None:
+                resp_body = max(0, x.resp_bytes - resp.head_length)
+            if resp_body is not None:
+                attrs["http.response.body.size"] = resp_body
+            if resp.status >= 500 or (not server and resp.status >= 400):
+                status = StatusCode.ERROR
+                attrs["error.type"] = str(resp.status)
+        elif incomplete:
+            status = StatusCode.ERROR
+            message = incomplete
+            attrs["helix.incomplete"] = True
+            attrs["error.type"] = "incomplete"
+        else:
+            attrs["helix.http.response_seen"] = False
+        if estimated:
+            attrs["helix.end_estimated"] = True
+        if resp is not None and x.resp_tid == x.tid and x.resp_offcpu_ns >= x.offcpu_ns:
+            attrs["helix.offcpu_ns"] = x.resp_offcpu_ns - x.offcpu_ns
+        _process_attrs(attrs, x.pid, x.tid, conn.comm)
+        # Semconv HTTP span name: "{method} {http.route}", and just "{method}" when the route is unknown, as it is
+        # from the wire (a raw path would make names high-cardinality); the path is in `url.path`.
+        span = self._span(req.method, x.kind, x.start_ns, x.end_ns, proc, attrs, extract(req.headers), x.events)
+        span.status_code, span.status_message = status, message
+        self.stats.http_spans += 1
+        out.append(span)
+
+    # -- MQTT --------------------------------------------------------------------------------------------------
+
+    def _on_mqtt(self, conn: _Conn, ev: DataEvent, out: list[Span]) -> bool:
+        packets = mqtt.parse_packets(ev.payload, conn.mqtt_version)
+        if not packets:
+            return False
+        conn.proto = _MQTT
+        if conn.role == Role.SERVER or (conn.role == Role.UNKNOWN and conn.local.port in self.config.broker_ports):
+            conn.broker = True
+        for pkt in packets:
+            if isinstance(pkt, mqtt.Connect):
+                if pkt.version in _MQTT_VERSIONS:
+                    conn.mqtt_version = pkt.version
+                conn.mqtt_client_id = pkt.client_id
+                if ev.direction == Direction.INGRESS:
+                    conn.broker = True  # it reads CONNECTs: this process is the broker
+                self.stats.mqtt_other += 1
+            elif isinstance(pkt, mqtt.Publish):
+                if conn.broker:
+                    self.stats.broker_side += 1
+                    continue
+                self._emit_publish(conn, ev, pkt, out)
+            else:
+                self.stats.mqtt_other += 1
+        return True
+
+    def _emit_publish(self, conn: _Conn, ev: DataEvent, pkt: mqtt.Publish, out: list[Span]) -> None:
+        egress = ev.direction == Direction.EGRESS
+        topic = pkt.topic
+        alias = pkt.properties.get(mqtt.PropertyId.TOPIC_ALIAS)
+        if isinstance(alias, int):
+            key = (int(ev.direction), alias)
+            if topic:
+                if key in conn.topic_aliases or len(conn.topic_aliases) < _MAX_TOPIC_ALIASES:
+                    conn.topic_aliases[key] = topic
+            else:
+                topic = conn.topic_aliases.get(key, "")
+        attrs: Attributes = {
+            "messaging.system": "mqtt",
+            "messaging.operation.type": "send" if egress else "receive",
+            "messaging.operation.name": "publish" if egress else "receive",
+            "messaging.destination.name": topic,
+            "messaging.mqtt.qos": pkt.qos,
+        }
+        if pkt.retain:
+            attrs["messaging.mqtt.retain"] = True
+        if pkt.dup:
+            attrs["messaging.mqtt.dup"] = True
+        if pkt.packet_id is not None:
+            attrs["messaging.message.id"] = str(pkt.packet_id)
+        if pkt.payload_length is not None:
+            attrs["messaging.message.body.size"] = pkt.payload_length
+        if conn.mqtt_client_id:
+            attrs["messaging.client.id"] = conn.mqtt_client_id
+        attrs["server.address"] = conn.remote.addr
+        attrs["server.port"] = conn.remote.port
+        attrs["network.peer.address"] = conn.remote.addr
+        attrs["network.peer.port"] = conn.remote.port
+        attrs["network.transport"] = "tcp"
+        attrs["network.protocol.name"] = "mqtt"
+        version = conn.mqtt_version or pkt.version
+        if version in _MQTT_VERSIONS:
+            attrs["network.protocol.version"] = _MQTT_VERSIONS[version]
+        if pkt.truncated:
+            attrs["helix.mqtt.truncated"] = True
+        _process_attrs(attrs, ev.pid, ev.tid, ev.comm)
+        headers: dict[str, str] = {}
+        for k, v in pkt.user_properties:
+            headers.setdefault(k.lower(), v)
+        ctx = extract(headers) if headers else None
+        name = f"publish {topic}" if egress else f"receive {topic}"
+        kind = SpanKind.PRODUCER if egress else SpanKind.CONSUMER
+        proc = self._proc(ev.pid, ev.comm)
+        span = self._span(name, kind, ev.ts_ns, ev.end_ns, proc, attrs, ctx, self._take_faults(conn))
+        self.stats.mqtt_spans += 1
+        out.append(span)
+
+    # -- TCP connect, file I/O ---------------------------------------------------------------------------------
+
+    def _on_connect(self, ev: ConnectEvent, out: list[Span]) -> None:
+        proc = self._proc(ev.pid, ev.comm)
+        attrs: Attributes = {
+            "network.peer.address": ev.remote.addr,
+            "network.peer.port": ev.remote.port,
+            "network.local.address": ev.local.addr,
+            "network.local.port": ev.local.port,
+            "server.address": ev.remote.addr,
+            "server.port": ev.remote.port,
+            "network.transport": "tcp",
+            "network.type": "ipv6" if ":" in ev.remote.addr else "ipv4",
+        }
+        _process_attrs(attrs, ev.pid, 0, ev.comm)
+        span = self._span("tcp.connect", SpanKind.CLIENT, ev.ts_ns - max(0, ev.latency_ns), ev.ts_ns, proc, attrs, None, [])
+        if ev.error:
+            span.status_code = StatusCode.ERROR
+            span.status_message = os.strerror(ev.error)
+            span.attributes["error.type"] = errno.errorcode.get(ev.error, str(ev.error))
+        self.stats.connect_spans += 1
+        out.append(span)
+
+    def _on_file_io(self, ev: FileIoEvent, out: list[Span]) -> None:
+        proc = self._proc(ev.pid)
+        attrs: Attributes = {"file.path": ev.path, "helix.io.bytes": ev.size}
+        _process_attrs(attrs, ev.pid, ev.tid, proc.comm)
+        name = _FILE_SPAN_NAMES.get(ev.op, "file.io")
+        span = self._span(name, SpanKind.INTERNAL, ev.ts_ns, ev.end_ns, proc, attrs, None, [])
+        self.stats.file_spans += 1
+        out.append(span)
+
+    # -- span assembly -----------------------------------------------------------------------------------------
+
+    def _span(
+        self,
+        name: str,
+        kind: SpanKind,
+        start_mono: int,
+        end_mono: int,
+        proc: _Proc,
+        attrs: Attributes,
+        ctx: SpanContext | None,
+        events: list[Event],
+    ) -> Span:
+        start = start_mono + self._offset_ns
+        end = max(start, end_mono + self._offset_ns)
+        if ctx is not None:
+            trace_id, parent, state, flags = ctx.trace_id, ctx.span_id, ctx.trace_state, ctx.flags
+            attrs["helix.context_from"] = "wire"
+            attrs["helix.wire.format"] = "b3" if ctx.format == "b3multi" else ctx.format
+        else:
+            trace_id, parent, state, flags = new_trace_id(), b"", "", 1
+            attrs["helix.context_from"] = "none"
+        return Span(
+            trace_id=trace_id,
+            span_id=new_span_id(),
+            name=name,
+            start_ns=start,
+            end_ns=end,
+            parent_span_id=parent,
+            kind=kind,
+            attributes=attrs,
+            events=events,
+            resource=proc.resource,
+            scope=SCOPE,
+            source=Source.EBPF,
+            trace_state=state,
+            flags=flags,
+        )
+
+
+def _process_attrs(attrs: Attributes, pid: int, tid: int, comm: str) -> None:
+    attrs["process.pid"] = pid
+    if tid:
+        attrs["thread.id"] = tid
+    if comm:
+        attrs["process.executable.name"] = comm
+
+
+def _split_host(host: str) -> tuple[str, int | None]:
+    """A Host header value as (host, port); IPv6 literals lose their brackets."""
+    host = host.strip()
+    if not host:
+        return "", None
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return host, None
+        name, rest = host[1:end], host[end + 1 :]
+        port_s = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, sep, port_s = host.rpartition(":")
+        if not sep or ":" in name:
+            return host, None
+    if port_s.isdigit() and port_s.isascii() and int(port_s) < 65536:
+        return name, int(port_s)
+    return name, None
+
+
+def _join_host(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
