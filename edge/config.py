@@ -257,7 +257,11 @@ class EbpfSourceConfig:
     payload_bytes: int = 256
     slow_file_io: float = 0.010
     pids: tuple[int, ...] = ()
-    ports: tuple[int, ...] = ()
+    max_connections: int = 16384
+    response_timeout: float = 30.0
+    # The tracing pipeline's own traffic is not traced: its MQTT topics and OTLP/uplink HTTP paths.
+    ignore_topic_prefixes: tuple[str, ...] = ("helix/",)
+    ignore_http_paths: tuple[str, ...] = ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/batches")
 
 
 @dataclass(slots=True, frozen=True)
@@ -369,6 +373,7 @@ def _ebpf_enabled(value: Any, key: str) -> str:
 # Slotted dataclasses hide class-level defaults behind slot descriptors, so defaults are read off instances.
 _D_MQTT = MqttSourceConfig()
 _D_OTLP = OtlpSourceConfig()
+_D_EBPF = EbpfSourceConfig()
 _D_UPLINK = UplinkConfig()
 _D_MEMORY = MemoryConfig()
 _D_GATEWAY = GatewayConfig()
@@ -410,7 +415,10 @@ def parse_config(data: dict[str, Any]) -> Config:
         payload_bytes=r.get("payload_bytes", 256, _int_in(16, 1024)),
         slow_file_io=r.get("slow_file_io", 0.010, _durations(0.0, 60.0)),
         pids=tuple(r.get("pids", [], _int_list(1, 2**22))),
-        ports=tuple(r.get("ports", [], _int_list(1, 65535))),
+        max_connections=r.get("max_connections", 16384, _int_in(64, 1_000_000)),
+        response_timeout=r.get("response_timeout", 30.0, _durations(0.1, 3600.0)),
+        ignore_topic_prefixes=r.get("ignore_topic_prefixes", _D_EBPF.ignore_topic_prefixes, _str_list),
+        ignore_http_paths=r.get("ignore_http_paths", _D_EBPF.ignore_http_paths, _str_list),
     )
     r.finish()
     sources.finish()

@@ -153,7 +153,8 @@ class Agent:
         """Counters and states, for logs, `helix status` and tests."""
         return {
             "node": self.cfg.node.id,
-            "kernel": {"state": self.kernel.state, "reason": self.kernel.reason, "fix": self.kernel.fix},
+            "kernel": {"state": self.kernel.state, "reason": self.kernel.reason, "fix": self.kernel.fix,
+                       **(self.ebpf.status() if self.ebpf is not None else {})},
             "inbox": {"accepted": dict(self.inbox.stats.accepted), "dropped_full": dict(self.inbox.stats.dropped_full),
                       "bytes": self.inbox.bytes},
             "mqtt": None if self.mqtt is None else {"connected": self.mqtt.stats.connected,
