@@ -22,6 +22,7 @@ SERVER = r"""
 import http.server
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def do_GET(self):
         body = b"ok"
         self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(body)

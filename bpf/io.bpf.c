@@ -1,0 +1,649 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Socket and file I/O seen from syscall tracepoints, TCP state from sock:/tcp: raw tracepoints.
+ *
+ * A read/write-family syscall is classified at sys_enter by walking task->files->fdt->fd[fd]: TCP sockets
+ * (inet/inet6 SOCK_STREAM) and regular files are remembered in `inflight`; everything else (pipes, ttys,
+ * unix sockets, eventfds) costs one fd lookup and nothing more. At sys_exit a socket syscall updates the
+ * connection's state in `conns`; only the first syscall of a message (the direction changed) sends a
+ * record with the first bytes. A file syscall sends a record only when it was slower than
+ * settings.slow_file_ns.
+ */
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "io.h"
+#include "maps.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define DIR_EGRESS 0
+#define DIR_INGRESS 1
+#define DIR_NONE 0xff
+
+#define ROLE_UNKNOWN 0
+#define ROLE_CLIENT 1
+#define ROLE_SERVER 2
+
+#define FILE_READ 0
+#define FILE_WRITE 1
+#define FILE_FSYNC 2
+#define FILE_NONE 0xff
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+#define ECONNABORTED 103
+
+#define IOV_MAX_COPY 4 /* iovec segments copied into a payload snapshot */
+
+/* Per-connection state, keyed by struct sock address. Deleted by tcp:tcp_destroy_sock (the kernel frees
+ * the sock right after), so a closed connection never outlives its socket; LRU bounds whatever a missed
+ * destroy could leave. 65536 x ~90 B = 5.6 MiB at most. */
+struct conn_state {
+	__u64 bytes;   /* bytes of the message in flight */
+	__u64 end_ns;  /* sys_exit of its last syscall */
+	__u8 dir;      /* direction of the message in flight, DIR_NONE before the first */
+	__u8 role;     /* ROLE_* */
+	__u16 sport;   /* local port once known: a reset on close has already released it from the sock */
+	__u8 _pad[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+/* SYN_SENT timestamp and connecting task, keyed by sock, until ESTABLISHED or CLOSE. 8192 x ~90 B. */
+struct conn_start {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 _pad;
+	char comm[HELIX_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct conn_start);
+} conn_start SEC(".maps");
+
+/* Where a data record is assembled before bpf_ringbuf_output, so the record is only as long as its
+ * payload. Twice HELIX_PAYLOAD_MAX of room so that the verifier can bound every partial copy simply. */
+struct data_scratch {
+	__u8 raw[sizeof(struct data_event) + 2 * HELIX_PAYLOAD_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct data_scratch);
+} scratch SEC(".maps");
+
+static __always_inline struct file *fd_file(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = NULL;
+
+	if (fd < 0 || !fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline __u16 file_type(struct file *f)
+{
+	return BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT;
+}
+
+/* The struct sock behind a socket file, if it is a TCP-like (inet, stream) socket. */
+static __always_inline struct sock *stream_sock(struct file *f)
+{
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	struct sock *sk;
+	__u16 family;
+
+	if (!so || BPF_CORE_READ(so, type) != SOCK_STREAM)
+		return NULL;
+	sk = BPF_CORE_READ(so, sk);
+	if (!sk)
+		return NULL;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return NULL;
+	return sk;
+}
+
+static __always_inline void read_endpoints(struct sock *sk, struct helix_endpoints *ep)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	ep->family = family;
+	ep->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ep->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		__u32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 b = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(ep->saddr, &a, 4);
+		__builtin_memcpy(ep->daddr, &b, 4);
+	} else {
+		BPF_CORE_READ_INTO(&ep->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&ep->daddr, sk, __sk_common.skc_v6_daddr);
+	}
+}
+
+/* The thread's cumulative off-CPU time; creating the entry enrols the thread in sched_switch accounting. */
+static __always_inline __u64 thread_offcpu(__u32 tid)
+{
+	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu, &tid);
+	struct offcpu_state zero = {};
+
+	if (st)
+		return st->total_ns;
+	bpf_map_update_elem(&offcpu, &tid, &zero, BPF_NOEXIST);
+	return 0;
+}
+
+static __always_inline struct conn_state *conn_get(__u64 sk, __u8 role, bool reset)
+{
+	struct conn_state fresh = { .dir = DIR_NONE, .role = role };
+	struct conn_state *st;
+
+	if (!reset) {
+		st = bpf_map_lookup_elem(&conns, &sk);
+		if (st)
+			return st;
+	}
+	if (bpf_map_update_elem(&conns, &sk, &fresh, BPF_ANY)) {
+		count_drop(HELIX_DROP_STATE_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&conns, &sk);
+}
+
+/* ---- read/write family --------------------------------------------------------------------------- */
+
+static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 dir, __u8 file_op,
+				    __u8 bufkind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct inflight in = {};
+	struct file *f;
+	__u16 type;
+
+	if (!traced(id >> 32))
+		return 0;
+	f = fd_file((long)(int)ctx->args[0]);
+	if (!f)
+		return 0;
+	type = file_type(f);
+	if (type == S_IFSOCK) {
+		struct sock *sk = stream_sock(f);
+
+		if (!sk || bufkind > BUF_MSG)
+			return 0;
+		in.kind = IF_SOCK;
+		in.obj = (__u64)sk;
+		in.op = dir;
+	} else if (type == S_IFREG && file_op != FILE_NONE && settings.slow_file_ns != ~0ULL) {
+		in.kind = IF_FILE;
+		in.obj = (__u64)f;
+		in.op = file_op;
+	} else {
+		return 0;
+	}
+	in.fd = (int)ctx->args[0];
+	/* fsync has one argument: its record ends before args[1], and the kernel refuses to attach a
+	 * program that may read past a tracepoint's record (bufkind is a constant, so this folds away). */
+	if (bufkind <= BUF_MSG) {
+		in.buf = ctx->args[1];
+		in.bufkind = bufkind;
+		in.iovcnt = bufkind == BUF_IOV ? (__u32)ctx->args[2] : 0;
+	}
+	in.ts_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY))
+		count_drop(HELIX_DROP_STATE_FULL);
+	return 0;
+}
+
+/* Copy up to `want` (<= HELIX_PAYLOAD_MAX) bytes spread over an iovec array; returns bytes copied. */
+static __always_inline __u32 copy_iov(__u8 *dst, struct iovec_user *iov, __u64 cnt, __u32 want)
+{
+	__u32 got = 0;
+
+#pragma unroll
+	for (int i = 0; i < IOV_MAX_COPY; i++) {
+		struct iovec_user v;
+		__u64 n;
+
+		if (i >= cnt || got >= want)
+			break;
+		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
+			break;
+		n = want - got;
+		if (n > v.iov_len)
+			n = v.iov_len;
+		if (n > HELIX_PAYLOAD_MAX)
+			n = HELIX_PAYLOAD_MAX;
+		if (bpf_probe_read_user(dst + (got & (HELIX_PAYLOAD_MAX - 1)), n, v.iov_base))
+			break;
+		got += n;
+	}
+	return got;
+}
+
+static __always_inline void emit_data(struct inflight *in, struct sock *sk, struct conn_state *st,
+				      __u64 size, __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id)
+{
+	__u32 zero = 0;
+	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct data_event *ev;
+	__u32 want = settings.payload_bytes;
+	__u32 got = 0;
+
+	if (!s)
+		return;
+	ev = (struct data_event *)s->raw;
+	ev->type = HELIX_EV_DATA;
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	ev->fd = in->fd;
+	ev->ts_ns = in->ts_ns;
+	ev->end_ns = now;
+	ev->sock = (__u64)sk;
+	ev->size = size;
+	ev->prev_bytes = prev_bytes;
+	ev->prev_end_ns = prev_end_ns;
+	ev->offcpu_ns = thread_offcpu((__u32)id);
+	read_endpoints(sk, &ev->ep);
+	ev->ep.role = st->role;
+	ev->ep.direction = in->op;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+
+	if (want > HELIX_PAYLOAD_MAX)
+		want = HELIX_PAYLOAD_MAX;
+	if (want > size)
+		want = size;
+	if (in->bufkind == BUF_PLAIN) {
+		if (bpf_probe_read_user(ev->payload, want, (void *)in->buf) == 0)
+			got = want;
+	} else if (in->bufkind == BUF_IOV) {
+		got = copy_iov(ev->payload, (struct iovec_user *)in->buf, in->iovcnt, want);
+	} else {
+		struct user_msghdr msg;
+
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)in->buf) == 0)
+			got = copy_iov(ev->payload, msg.msg_iov, msg.msg_iovlen, want);
+	}
+	if (got > HELIX_PAYLOAD_MAX)
+		got = HELIX_PAYLOAD_MAX;
+	ev->payload_len = got;
+	ev->_pad = 0;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+}
+
+static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, __u64 id)
+{
+	struct sock *sk = (struct sock *)in->obj;
+	struct conn_state *st;
+	__u64 prev_bytes, prev_end;
+
+	if (ret <= 0)
+		return; /* EAGAIN, EOF and errors carry no message bytes */
+	st = conn_get(in->obj, ROLE_UNKNOWN, false);
+	if (!st)
+		return;
+	if (!st->sport)
+		st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (st->dir == in->op) {
+		st->bytes += ret;
+		st->end_ns = now;
+		return;
+	}
+	prev_bytes = st->dir == DIR_NONE ? 0 : st->bytes;
+	prev_end = st->dir == DIR_NONE ? 0 : st->end_ns;
+	st->dir = in->op;
+	st->bytes = ret;
+	st->end_ns = now;
+	if (sampling_keeps())
+		emit_data(in, sk, st, ret, prev_bytes, prev_end, now, id);
+}
+
+/* Up to HELIX_PATH_DEPTH trailing components, crossing mount points (struct mount is in BTF only). */
+static __always_inline void file_path(struct file_io_event *ev, struct file *f)
+{
+	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
+	struct vfsmount *vm = BPF_CORE_READ(f, f_path.mnt);
+	struct mount *mnt = (void *)((char *)vm - bpf_core_field_offset(struct mount, mnt));
+	struct dentry *root = BPF_CORE_READ(vm, mnt_root);
+	__u16 depth = 0;
+
+	ev->complete = 0;
+#pragma unroll
+	for (int i = 0; i < HELIX_PATH_DEPTH + 3; i++) {
+		struct dentry *parent;
+		const unsigned char *name;
+
+		if (d == root) {
+			struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+			if (!up || up == mnt) {
+				ev->complete = 1;
+				break;
+			}
+			d = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = up;
+			root = BPF_CORE_READ(mnt, mnt.mnt_root);
+			continue;
+		}
+		parent = BPF_CORE_READ(d, d_parent);
+		if (!parent || parent == d) {
+			ev->complete = 1;
+			break;
+		}
+		if (depth >= HELIX_PATH_DEPTH)
+			break;
+		name = BPF_CORE_READ(d, d_name.name);
+		bpf_probe_read_kernel_str(ev->names[depth], HELIX_NAME_LEN, name);
+		depth++;
+		d = parent;
+	}
+	ev->depth = depth;
+}
+
+static __always_inline void file_done(struct inflight *in, long ret, __u64 now, __u64 id)
+{
+	struct file_io_event *ev;
+
+	if (now - in->ts_ns < settings.slow_file_ns)
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return;
+	}
+	ev->type = HELIX_EV_FILE_IO;
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	ev->fd = in->fd;
+	ev->op = in->op;
+	ev->ts_ns = in->ts_ns;
+	ev->end_ns = now;
+	ev->size = (ret > 0 && in->op != FILE_FSYNC) ? ret : 0;
+	file_path(ev, (struct file *)in->obj);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct inflight *p = bpf_map_lookup_elem(&inflight, &tid);
+	struct inflight in;
+	__u64 now;
+
+	if (!p)
+		return 0;
+	in = *p;
+	bpf_map_delete_elem(&inflight, &tid);
+	now = bpf_ktime_get_ns();
+	if (in.kind == IF_SOCK)
+		sock_done(&in, ctx->ret, now, id);
+	else if (in.kind == IF_FILE)
+		file_done(&in, ctx->ret, now, id);
+	return 0;
+}
+
+#define RW_PROBES(name, dir, file_op, bufkind)                                     \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                                \
+	int enter_##name(struct trace_event_raw_sys_enter *ctx)                    \
+	{                                                                          \
+		return rw_enter(ctx, dir, file_op, bufkind);                       \
+	}                                                                          \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                 \
+	int exit_##name(struct trace_event_raw_sys_exit *ctx)                      \
+	{                                                                          \
+		return rw_exit(ctx);                                               \
+	}
+
+RW_PROBES(read, DIR_INGRESS, FILE_READ, BUF_PLAIN)
+RW_PROBES(write, DIR_EGRESS, FILE_WRITE, BUF_PLAIN)
+RW_PROBES(readv, DIR_INGRESS, FILE_READ, BUF_IOV)
+RW_PROBES(writev, DIR_EGRESS, FILE_WRITE, BUF_IOV)
+RW_PROBES(recvfrom, DIR_INGRESS, FILE_NONE, BUF_PLAIN)
+RW_PROBES(sendto, DIR_EGRESS, FILE_NONE, BUF_PLAIN)
+RW_PROBES(recvmsg, DIR_INGRESS, FILE_NONE, BUF_MSG)
+RW_PROBES(sendmsg, DIR_EGRESS, FILE_NONE, BUF_MSG)
+/* fsync/fdatasync: sockets are not fsync'ed, so bufkind 0xff makes rw_enter ignore them. */
+RW_PROBES(fsync, DIR_NONE, FILE_FSYNC, 0xff)
+RW_PROBES(fdatasync, DIR_NONE, FILE_FSYNC, 0xff)
+
+/* ---- connection lifecycle ------------------------------------------------------------------------ */
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	struct file *f;
+	struct sock *sk;
+
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	f = fd_file((long)(int)ctx->args[0]);
+	if (!f || file_type(f) != S_IFSOCK)
+		return 0;
+	sk = stream_sock(f);
+	if (sk)
+		conn_get((__u64)sk, ROLE_CLIENT, true);
+	return 0;
+}
+
+static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct file *f;
+	struct sock *sk;
+
+	if (ctx->ret < 0 || !traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	f = fd_file(ctx->ret);
+	if (!f || file_type(f) != S_IFSOCK)
+		return 0;
+	sk = stream_sock(f);
+	if (sk) {
+		struct conn_state *st = conn_get((__u64)sk, ROLE_SERVER, true);
+
+		if (st)
+			st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return accept_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return accept_exit(ctx);
+}
+
+/* close(2): report the message in flight. The state stays until tcp_destroy_sock, so that a reset sent
+ * by this very close (SO_LINGER 0, run after sys_exit by the deferred fput) still finds its connection. */
+SEC("tracepoint/syscalls/sys_enter_close")
+int enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct close_event *ev;
+	struct conn_state *st;
+	struct file *f;
+	struct sock *sk;
+	__u64 key;
+
+	if (!traced(id >> 32))
+		return 0;
+	f = fd_file((long)(int)ctx->args[0]);
+	if (!f || file_type(f) != S_IFSOCK)
+		return 0;
+	sk = stream_sock(f);
+	if (!sk)
+		return 0;
+	key = (__u64)sk;
+	st = bpf_map_lookup_elem(&conns, &key);
+	if (!st)
+		return 0;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return 0;
+	}
+	ev->type = HELIX_EV_CLOSE;
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	ev->fd = (int)ctx->args[0];
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->sock = key;
+	ev->last_bytes = st->dir == DIR_NONE ? 0 : st->bytes;
+	ev->last_end_ns = st->dir == DIR_NONE ? 0 : st->end_ns;
+	ev->offcpu_ns = thread_offcpu((__u32)id);
+	bpf_ringbuf_submit(ev, 0);
+	st->dir = DIR_NONE;
+	st->bytes = 0;
+	return 0;
+}
+
+/* sock:inet_sock_set_state(sk, oldstate, newstate). SYN_SENT is entered inside connect(), in the
+ * connecting task; ESTABLISHED or CLOSE usually follow in softirq context, where `current` is anyone. */
+SEC("raw_tp/inet_sock_set_state")
+int on_sock_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	int oldstate = (int)ctx->args[1];
+	int newstate = (int)ctx->args[2];
+	__u64 key = (__u64)sk;
+	struct connect_event *ev;
+	struct conn_start *start;
+
+	if (newstate == TCP_SYN_SENT) {
+		struct conn_start s = {};
+
+		/* only sockets a traced process connect()ed have state (sys_enter_connect made it) */
+		if (!bpf_map_lookup_elem(&conns, &key))
+			return 0;
+		s.ts_ns = bpf_ktime_get_ns();
+		s.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(s.comm, sizeof(s.comm));
+		bpf_map_update_elem(&conn_start, &key, &s, BPF_ANY);
+		return 0;
+	}
+	if (oldstate != TCP_SYN_SENT || (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE))
+		return 0;
+	start = bpf_map_lookup_elem(&conn_start, &key);
+	if (!start)
+		return 0;
+	if (newstate == TCP_ESTABLISHED) {
+		struct conn_state *st = bpf_map_lookup_elem(&conns, &key);
+
+		if (st)
+			st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	}
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (ev) {
+		ev->type = HELIX_EV_CONNECT;
+		ev->pid = start->pid;
+		ev->error = 0;
+		if (newstate == TCP_CLOSE) {
+			ev->error = BPF_CORE_READ(sk, sk_err);
+			if (!ev->error)
+				ev->error = ECONNABORTED;
+		}
+		ev->_pad = 0;
+		ev->ts_ns = bpf_ktime_get_ns();
+		ev->sock = key;
+		ev->latency_ns = ev->ts_ns - start->ts_ns;
+		__builtin_memset(&ev->ep, 0, sizeof(ev->ep));
+		read_endpoints(sk, &ev->ep);
+		ev->ep.role = ROLE_CLIENT;
+		__builtin_memcpy(ev->comm, start->comm, sizeof(ev->comm));
+		bpf_ringbuf_submit(ev, 0);
+	} else {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+	}
+	bpf_map_delete_elem(&conn_start, &key);
+	return 0;
+}
+
+static __always_inline int tcp_fault(struct sock *sk, __u32 kind)
+{
+	__u64 key = (__u64)sk;
+	struct tcp_fault_event *ev;
+	struct conn_state *st;
+
+	if (!sk)
+		return 0; /* a reset answering a segment for no socket */
+	st = bpf_map_lookup_elem(&conns, &key);
+	if (!st)
+		return 0; /* not a connection of a traced process */
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return 0;
+	}
+	ev->type = HELIX_EV_TCP_FAULT;
+	ev->kind = kind;
+	ev->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	ev->_pad = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->sock = key;
+	__builtin_memset(&ev->ep, 0, sizeof(ev->ep));
+	read_endpoints(sk, &ev->ep);
+	if (!ev->ep.sport)
+		ev->ep.sport = st->sport;
+	ev->ep.role = st->role;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+/* The first argument of all three tcp: tracepoints has been the sock since they were added; later
+ * kernels appended arguments (skb, reset reason), which we do not read. */
+SEC("raw_tp/tcp_retransmit_skb")
+int on_tcp_retransmit(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tcp_fault((struct sock *)ctx->args[0], 0);
+}
+
+SEC("raw_tp/tcp_send_reset")
+int on_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tcp_fault((struct sock *)ctx->args[0], 1);
+}
+
+SEC("raw_tp/tcp_receive_reset")
+int on_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	return tcp_fault((struct sock *)ctx->args[0], 2);
+}
+
+/* The sock is about to be freed: forget it, so its address can be reused by a new connection. */
+SEC("raw_tp/tcp_destroy_sock")
+int on_tcp_destroy_sock(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 key = ctx->args[0];
+
+	bpf_map_delete_elem(&conns, &key);
+	bpf_map_delete_elem(&conn_start, &key);
+	return 0;
+}

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Records written by io.bpf.c (socket messages, closes, connects, TCP faults, slow file I/O).
+ * Python mirror: edge/sources/ebpf/decode.py, one struct.Struct per record, each naming this header.
+ */
+#ifndef HELIX_IO_H
+#define HELIX_IO_H
+
+#include "helix.h"
+
+/* The first syscall of a message (a change of direction on a connection), then `payload_len` bytes.
+ * 136 bytes + payload; Python: "=IIIi QQQQQQQ 40s 16s II". */
+struct data_event {
+	__u32 type; /* HELIX_EV_DATA */
+	__u32 pid;
+	__u32 tid;
+	__s32 fd;
+	__u64 ts_ns;       /* sys_enter of this syscall */
+	__u64 end_ns;      /* sys_exit of this syscall */
+	__u64 sock;        /* struct sock address: the connection's identity */
+	__u64 size;        /* bytes moved by this syscall */
+	__u64 prev_bytes;  /* bytes of the previous message on the connection (0 if none) */
+	__u64 prev_end_ns; /* sys_exit of the last syscall of the previous message (0 if none) */
+	__u64 offcpu_ns;   /* this thread's cumulative off-CPU time (proc.bpf.c accounts it) */
+	struct helix_endpoints ep;
+	char comm[HELIX_COMM_LEN];
+	__u32 payload_len;
+	__u32 _pad;
+	__u8 payload[]; /* payload_len bytes */
+};
+
+/* close(2) of a tracked socket fd. 56 bytes; Python: "=IIIi QQQQ". */
+struct close_event {
+	__u32 type; /* HELIX_EV_CLOSE */
+	__u32 pid;
+	__u32 tid;
+	__s32 fd;
+	__u64 ts_ns;
+	__u64 sock;
+	__u64 last_bytes;  /* bytes of the message in flight */
+	__u64 last_end_ns; /* sys_exit of its last syscall */
+	__u64 offcpu_ns;
+};
+
+/* SYN_SENT -> ESTABLISHED (error 0) or SYN_SENT -> CLOSE (error = sk_err or ECONNABORTED).
+ * 96 bytes; Python: "=IIiI QQQ 40s 16s". */
+struct connect_event {
+	__u32 type; /* HELIX_EV_CONNECT */
+	__u32 pid;  /* the task that called connect() */
+	__s32 error;
+	__u32 _pad;
+	__u64 ts_ns;
+	__u64 sock;
+	__u64 latency_ns;
+	struct helix_endpoints ep;
+	char comm[HELIX_COMM_LEN];
+};
+
+/* tcp:tcp_retransmit_skb / tcp_send_reset / tcp_receive_reset on a tracked connection.
+ * 72 bytes; Python: "=IIiI QQ 40s". */
+struct tcp_fault_event {
+	__u32 type; /* HELIX_EV_TCP_FAULT */
+	__u32 kind; /* FaultKind in events.py: 0 retransmit, 1 send reset, 2 receive reset */
+	__s32 state; /* TCP state number (include/net/tcp_states.h) */
+	__u32 _pad;
+	__u64 ts_ns;
+	__u64 sock;
+	struct helix_endpoints ep;
+};
+
+#define HELIX_PATH_DEPTH 6  /* trailing path components kept */
+#define HELIX_NAME_LEN 48   /* bytes kept of each component (NUL included) */
+
+/* A slow read/write/fsync on a regular file. names[0] is the basename, names[1] its parent, ...;
+ * `depth` names are valid; `complete` is 1 when the walk reached the root of the mount namespace.
+ * 48 + 6*48 = 336 bytes; Python: "=IIIi II QQQ" + "48s"*6. */
+struct file_io_event {
+	__u32 type; /* HELIX_EV_FILE_IO */
+	__u32 pid;
+	__u32 tid;
+	__s32 fd;
+	__u32 op; /* FileOp in events.py: 0 read, 1 write, 2 fsync */
+	__u16 depth;
+	__u16 complete;
+	__u64 ts_ns;
+	__u64 end_ns;
+	__u64 size;
+	char names[HELIX_PATH_DEPTH][HELIX_NAME_LEN];
+};
+
+
+_Static_assert(sizeof(struct helix_endpoints) == 40, "mirrored in decode.py");
+_Static_assert(sizeof(struct data_event) == 136, "mirrored in decode.py");
+_Static_assert(sizeof(struct close_event) == 56, "mirrored in decode.py");
+_Static_assert(sizeof(struct connect_event) == 96, "mirrored in decode.py");
+_Static_assert(sizeof(struct tcp_fault_event) == 72, "mirrored in decode.py");
+_Static_assert(sizeof(struct file_io_event) == 336, "mirrored in decode.py");
+#endif /* HELIX_IO_H */

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Maps and helpers shared by io.bpf.c and proc.bpf.c. Both objects declare these maps; the loader
+ * creates them with the first object and hands the same fds to the second (bpf_map__reuse_fd), so
+ * there is one ring buffer, one config, one set of allow-lists and one off-CPU table.
+ * Sizes: each comment gives the kernel memory an entry costs, roughly (key + value + ~50 B overhead).
+ */
+#ifndef HELIX_MAPS_BPF_H
+#define HELIX_MAPS_BPF_H
+
+#include "helix.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define S_IFMT 0170000
+#define S_IFSOCK 0140000
+#define S_IFREG 0100000
+
+/* The load-time settings; the only thing in each object's .rodata (see helix.h). */
+const volatile struct helix_settings settings = {
+	.payload_bytes = 256,
+	.self_pid = 0,
+	.slow_file_ns = 10 * 1000 * 1000,
+};
+
+/* Every record for userspace. 1 MiB by default; the loader may resize it (power of two pages). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Counted losses (enum helix_drop), per CPU so counting never contends. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HELIX_DROP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* Live settings, one entry (struct helix_config), written by userspace at any time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct helix_config);
+} config SEC(".maps");
+
+/* tgid -> 1 when HELIX_FILTER_PIDS is set. 4096 x ~60 B = 240 KiB at most. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} allowed_pids SEC(".maps");
+
+/* cgroup v2 id -> 1 when HELIX_FILTER_CGROUPS is set. 1024 x ~60 B. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} allowed_cgroups SEC(".maps");
+
+/* Per-thread off-CPU accounting, only for threads that did traced socket I/O (io.bpf.c creates the
+ * entry, sched_switch keeps it, sched_process_exit deletes it). LRU so a missed exit cannot leak.
+ * 16384 x ~70 B = 1.1 MiB. */
+struct offcpu_state {
+	__u64 total_ns; /* cumulative time switched out */
+	__u64 since_ns; /* when it was last switched out; 0 while on CPU */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct offcpu_state);
+} offcpu SEC(".maps");
+
+/* A syscall between sys_enter and sys_exit, per thread. Deleted at sys_exit, or at thread exit when
+ * the thread died inside the syscall. 16384 x ~100 B = 1.6 MiB. */
+enum { IF_SOCK = 1, IF_FILE = 2 };
+enum { BUF_PLAIN = 0, BUF_IOV = 1, BUF_MSG = 2 };
+
+struct inflight {
+	__u64 ts_ns;
+	__u64 obj;    /* struct sock * (IF_SOCK) or struct file * (IF_FILE) */
+	__u64 buf;    /* user buffer, iovec array or msghdr, per bufkind */
+	__s32 fd;
+	__u32 iovcnt;
+	__u8 kind;    /* IF_* */
+	__u8 op;      /* Direction for sockets, FileOp for files */
+	__u8 bufkind; /* BUF_* */
+	__u8 _pad[5];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+/* Whether this process is one we watch: never the agent itself, then the live allow-lists. */
+static __always_inline bool traced(__u32 tgid)
+{
+	__u32 zero = 0;
+	struct helix_config *cfg;
+
+	if (tgid == settings.self_pid)
+		return false;
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return false;
+	if ((cfg->flags & HELIX_FILTER_PIDS) && !bpf_map_lookup_elem(&allowed_pids, &tgid))
+		return false;
+	if (cfg->flags & HELIX_FILTER_CGROUPS) {
+		__u64 cg = bpf_get_current_cgroup_id();
+
+		if (!bpf_map_lookup_elem(&allowed_cgroups, &cg))
+			return false;
+	}
+	return true;
+}
+
+/* The sampling decision proper (consistent probability on the trace id) happens in userspace for now;
+ * the kernel only honours "keep everything" (threshold 0). */
+static __always_inline bool sampling_keeps(void)
+{
+	__u32 zero = 0;
+	struct helix_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	return cfg && cfg->sample_threshold == 0;
+}
+
+#endif /* HELIX_MAPS_BPF_H */

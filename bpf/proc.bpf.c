@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Process lifecycle and scheduling: exec and exit records, per-thread off-CPU time.
+ *
+ * sched_switch runs on every context switch of the machine, so it only touches threads already enrolled
+ * in `offcpu` (io.bpf.c enrols a thread when it does traced socket I/O): two hash lookups, no filters.
+ * sched_process_exit also clears the per-thread state of both objects, so thread churn cannot leak.
+ */
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "proc.h"
+#include "maps.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next[, unsigned int prev_state]) */
+SEC("raw_tp/sched_switch")
+int on_sched_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *prev = (struct task_struct *)ctx->args[1];
+	struct task_struct *next = (struct task_struct *)ctx->args[2];
+	__u64 now = bpf_ktime_get_ns();
+	struct offcpu_state *st;
+	__u32 tid;
+
+	tid = BPF_CORE_READ(prev, pid);
+	st = bpf_map_lookup_elem(&offcpu, &tid);
+	if (st)
+		st->since_ns = now;
+	tid = BPF_CORE_READ(next, pid);
+	st = bpf_map_lookup_elem(&offcpu, &tid);
+	if (st && st->since_ns) {
+		st->total_ns += now - st->since_ns;
+		st->since_ns = 0;
+	}
+	return 0;
+}
+
+/* sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm); runs in the task
+ * after the new image is in place, so comm is already the new program's. */
+SEC("raw_tp/sched_process_exec")
+int on_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	__u32 pid = BPF_CORE_READ(task, tgid);
+	struct exec_event *ev;
+
+	if (!traced(pid))
+		return 0;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return 0;
+	}
+	ev->type = HELIX_EV_EXEC;
+	ev->pid = pid;
+	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->_pad = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	if (bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), BPF_CORE_READ(bprm, filename)) < 0)
+		ev->filename[0] = 0;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+/* sched_process_exit(struct task_struct *p[, bool group_dead]) fires for every thread. signal->live
+ * has already been decremented, so 0 means this is the last thread: the process is gone. */
+SEC("raw_tp/sched_process_exit")
+int on_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	__u32 tid = BPF_CORE_READ(task, pid);
+	__u32 pid = BPF_CORE_READ(task, tgid);
+	struct exit_event *ev;
+
+	bpf_map_delete_elem(&offcpu, &tid);
+	bpf_map_delete_elem(&inflight, &tid);
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !traced(pid))
+		return 0;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return 0;
+	}
+	ev->type = HELIX_EV_EXIT;
+	ev->pid = pid;
+	ev->exit_code = BPF_CORE_READ(task, exit_code);
+	ev->_pad = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}

@@ -1,0 +1,179 @@
+"""`helix doctor`: what this host allows the eBPF probes to do, and how to fix what it does not.
+
+Each check is independent and never raises; the last one actually loads and attaches the probes, then
+detaches them, so "ok" means the agent will get kernel events here.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config, load_config
+from .errors import ConfigError, HelixError, ProbeUnavailable
+
+__all__ = ["Check", "run_checks", "format_checks", "doctor_exit_code", "main_doctor"]
+
+_FIX_ROOT = "run the agent as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
+
+
+@dataclass(slots=True, frozen=True)
+class Check:
+    """One verdict: what was checked, whether it passed, what was seen, and what would fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _btf() -> Check:
+    from .sources.ebpf.loader import BTF_PATH
+    if BTF_PATH.exists():
+        return Check("kernel BTF", True, f"{BTF_PATH} ({BTF_PATH.stat().st_size // 1024} KiB)")
+    return Check("kernel BTF", False, f"{BTF_PATH} is missing: CO-RE probes cannot be relocated",
+                 "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (stock kernels of most distributions since 2020)")
+
+
+def _map_create(name: str, map_type: int, key: int, value: int, entries: int) -> tuple[bool, str, str]:
+    from .sources.ebpf import _libbpf
+    try:
+        lib = _libbpf.libbpf()
+        fd = lib.map_create(map_type, name, key, value, entries)
+    except _libbpf.LibbpfError as e:
+        return False, e.reason, e.fix
+    except ProbeUnavailable as e:
+        return False, e.reason, e.fix
+    os.close(fd)
+    return True, "", ""
+
+
+def _bpf_permission() -> Check:
+    from .sources.ebpf import _libbpf
+    ok, detail, fix = _map_create("helix_doctor", _libbpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
+    if ok:
+        return Check("bpf() permission", True, f"created a BPF map as uid {os.geteuid()}")
+    return Check("bpf() permission", False, detail, fix or _FIX_ROOT)
+
+
+def _ringbuf() -> Check:
+    from .sources.ebpf import _libbpf
+    ok, detail, fix = _map_create("helix_doctor_rb", _libbpf.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    if ok:
+        return Check("ring buffer maps", True, "BPF_MAP_TYPE_RINGBUF supported")
+    return Check("ring buffer maps", False, detail,
+                 fix if "permission" not in detail.lower() else _FIX_ROOT)
+
+
+def _tracefs() -> Check:
+    from .sources.ebpf.loader import ensure_tracefs, tracefs_root
+    root = tracefs_root()
+    if root is not None:
+        return Check("tracefs", True, f"mounted at {root}")
+    try:
+        root = ensure_tracefs()
+    except ProbeUnavailable as e:
+        return Check("tracefs", False, e.reason, e.fix)
+    return Check("tracefs", True, f"was not mounted; mounted it at {root} (the agent does the same at start)")
+
+
+def _tracepoints() -> list[Check]:
+    from .sources.ebpf.loader import TRACEPOINTS, tracefs_root
+    root = tracefs_root()
+    if root is None:
+        return [Check("tracepoints", False, "cannot list tracepoints without tracefs",
+                      "mount -t tracefs nodev /sys/kernel/tracing")]
+    out = []
+    for probe_set, names in TRACEPOINTS.items():
+        missing = [n for n in names if not (root / "events" / n).is_dir()]
+        if missing:
+            out.append(Check(f"tracepoints ({probe_set})", False, f"missing: {', '.join(missing)}",
+                             "use a kernel with CONFIG_FTRACE_SYSCALLS=y and the sock/tcp/sched tracepoints (5.8+)"))
+        else:
+            out.append(Check(f"tracepoints ({probe_set})", True, f"all {len(names)} present"))
+    return out
+
+
+def _memlock() -> Check:
+    from .sources.ebpf.loader import memlock_needed
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    shown = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 1024} KiB"
+    if not memlock_needed():
+        return Check("locked memory", True, f"RLIMIT_MEMLOCK {shown}; this kernel (>= 5.11) accounts BPF memory "
+                     "to the memory cgroup instead")
+    if soft == resource.RLIM_INFINITY or soft >= 64 * 1024 * 1024:
+        return Check("locked memory", True, f"RLIMIT_MEMLOCK {shown}")
+    if os.geteuid() == 0:
+        return Check("locked memory", True, f"RLIMIT_MEMLOCK {shown}; the agent raises it to unlimited at start (root)")
+    return Check("locked memory", False, f"RLIMIT_MEMLOCK {shown} is too low for the probe maps on this kernel (< 5.11)",
+                 "set LimitMEMLOCK=infinity in the systemd unit, or `ulimit -l unlimited` before starting")
+
+
+def _load(cfg: Config) -> Check:
+    from .sources.ebpf.loader import open_probes
+    try:
+        probes = open_probes(cfg.ebpf if cfg.ebpf.enabled != "off" else None)
+    except ProbeUnavailable as e:
+        return Check("probes load and attach", False, e.reason, e.fix)
+    try:
+        attached = probes.attached_programs
+        skipped = probes.skipped_programs
+    finally:
+        probes.close()
+    detail = f"{len(attached)} programs attached and detached again"
+    if skipped:
+        detail += f"; skipped (tracepoint missing): {', '.join(skipped)}"
+    return Check("probes load and attach", True, detail)
+
+
+def run_checks(cfg: Config | None = None) -> list[Check]:
+    """Run every check in order; never raises."""
+    cfg = cfg or Config()
+    checks: list[Check] = []
+    steps: list[Any] = [_btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf, _memlock, lambda: _load(cfg)]
+    for step in steps:
+        try:
+            result = step()
+        except ProbeUnavailable as e:
+            result = Check(getattr(step, "__name__", "check").strip("_"), False, e.reason, e.fix or _FIX_ROOT)
+        except HelixError as e:
+            result = Check(getattr(step, "__name__", "check").strip("_"), False, str(e), "run as root and retry")
+        except OSError as e:
+            result = Check(getattr(step, "__name__", "check").strip("_"), False,
+                           f"{e.strerror or e} ({errno.errorcode.get(e.errno or 0, '?')})", "run as root and retry")
+        checks.extend(result if isinstance(result, list) else [result])
+    if cfg.ebpf.enabled == "off":
+        checks.append(Check("configuration", True, "sources.ebpf.enabled = off: the agent will not load the probes"))
+    return checks
+
+
+def format_checks(checks: list[Check]) -> str:
+    """Human-readable report: one ✔/✘ line per check, with the fix under each failure."""
+    lines = []
+    for c in checks:
+        lines.append(f"{'✔' if c.ok else '✘'} {c.name}: {c.detail}")
+        if not c.ok and c.fix:
+            lines.append(f"    fix: {c.fix}")
+    failed = sum(not c.ok for c in checks)
+    lines.append("all probes can run here" if not failed else
+                 f"{failed} problem(s): the agent runs without kernel spans (SDK spans only) until they are fixed")
+    return "\n".join(lines)
+
+
+def doctor_exit_code(checks: list[Check]) -> int:
+    """0 when every check passed (every probe can load and attach here), 1 otherwise."""
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def main_doctor(config_path: str | None) -> int:
+    """Entry point for `helix doctor [--config PATH]`: print the report, return the exit code."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        print(f"✘ configuration: {e}")
+        return 2
+    checks = run_checks(cfg)
+    print(format_checks(checks))
+    return doctor_exit_code(checks)

@@ -1,0 +1,191 @@
+"""Ring-buffer records -> events.py dataclasses. Pure functions over bytes; no kernel needed to test them.
+
+Each struct.Struct below mirrors one C struct of bpf/helix.h, bpf/io.h or bpf/proc.h (named next to it);
+`_Static_assert`s in those headers pin the sizes used here. Byte order is the host's ('=').
+A record that is too short, of an unknown type, or with an out-of-range enum value is a counted drop,
+never an exception.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from .events import (
+    CloseEvent,
+    ConnectEvent,
+    DataEvent,
+    Direction,
+    Endpoint,
+    ExecEvent,
+    ExitEvent,
+    FaultKind,
+    FileIoEvent,
+    FileOp,
+    KernelEvent,
+    Role,
+    TcpFaultEvent,
+)
+
+__all__ = ["DecodeStats", "decode_event", "decode_batch", "EVENT_TYPES", "RECORD_SIZES"]
+
+# bpf/helix.h enum helix_event_type
+EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO = range(1, 8)
+EVENT_TYPES = {EV_DATA: "data", EV_CLOSE: "close", EV_CONNECT: "connect", EV_TCP_FAULT: "tcp_fault",
+               EV_EXEC: "exec", EV_EXIT: "exit", EV_FILE_IO: "file_io"}
+
+_TYPE = struct.Struct("=I")
+_EP = "16s16sHHHBB"  # bpf/helix.h struct helix_endpoints (40 bytes)
+# bpf/io.h struct data_event (136 bytes + payload)
+_DATA = struct.Struct("=IIIi QQQQQQQ" + _EP + " 16s II")
+# bpf/io.h struct close_event (56 bytes)
+_CLOSE = struct.Struct("=IIIi QQQQQ")
+# bpf/io.h struct connect_event (96 bytes)
+_CONNECT = struct.Struct("=IIiI QQQ" + _EP + " 16s")
+# bpf/io.h struct tcp_fault_event (72 bytes)
+_FAULT = struct.Struct("=IIiI QQ" + _EP)
+# bpf/io.h struct file_io_event (336 bytes; HELIX_PATH_DEPTH=6 names of HELIX_NAME_LEN=48)
+_FILE_IO = struct.Struct("=IIIi IHH QQQ" + " 48s" * 6)
+# bpf/proc.h struct exec_event (296 bytes)
+_EXEC = struct.Struct("=IIII Q 16s 256s")
+# bpf/proc.h struct exit_event (40 bytes)
+_EXIT = struct.Struct("=IIiI Q 16s")
+
+RECORD_SIZES = {EV_DATA: _DATA.size, EV_CLOSE: _CLOSE.size, EV_CONNECT: _CONNECT.size,
+                EV_TCP_FAULT: _FAULT.size, EV_FILE_IO: _FILE_IO.size, EV_EXEC: _EXEC.size, EV_EXIT: _EXIT.size}
+
+_AF_INET, _AF_INET6 = 2, 10
+_ROLES = tuple(Role)
+_DIRECTIONS = tuple(Direction)
+_FAULTS = tuple(FaultKind)
+_FILE_OPS = tuple(FileOp)
+_ENDPOINT_CACHE_MAX = 4096
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """What came out of the ring buffer: decoded records and counted drops by cause."""
+
+    decoded: int = 0
+    short: int = 0  # shorter than its type's layout (or its payload_len)
+    unknown_type: int = 0
+    bad_value: int = 0  # an enum field out of range
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        """All drops together."""
+        return self.short + self.unknown_type + self.bad_value
+
+
+_default_stats = DecodeStats()
+# Endpoints repeat (a handful of peers per node), and inet_ntop dominates decoding: remember them.
+_endpoints: dict[tuple[int, bytes, int], Endpoint] = {}
+
+
+def _endpoint(family: int, addr: bytes, port: int) -> Endpoint:
+    key = (family, addr, port)
+    ep = _endpoints.get(key)
+    if ep is None:
+        if family == _AF_INET:
+            text = socket.inet_ntop(socket.AF_INET, addr[:4])
+        elif family == _AF_INET6:
+            text = socket.inet_ntop(socket.AF_INET6, addr)
+        else:
+            text = ""
+        if len(_endpoints) >= _ENDPOINT_CACHE_MAX:
+            _endpoints.clear()
+        ep = _endpoints[key] = Endpoint(text, port)
+    return ep
+
+
+def _cstr(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _path(depth: int, complete: int, names: tuple[bytes, ...]) -> str:
+    parts = [_cstr(names[i]) for i in range(min(depth, len(names)))]
+    parts.reverse()
+    joined = "/".join(parts)
+    return "/" + joined if complete else ".../" + joined if joined else ""
+
+
+def _exit_code(status: int) -> int:
+    # wait(2) status: normal exit in bits 8-15, else the terminating signal (negative, like subprocess)
+    return (status >> 8) & 0xFF if status & 0x7F == 0 else -(status & 0x7F)
+
+
+def _decode(kind: int, raw: bytes) -> KernelEvent:
+    if kind == EV_DATA:
+        (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu,
+         saddr, daddr, sport, dport, family, role, direction, comm, plen, _pad) = _DATA.unpack_from(raw)
+        payload = raw[_DATA.size:_DATA.size + plen]
+        if len(payload) != plen:
+            raise _Short
+        return DataEvent(ts, end, pid, tid, _cstr(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
+                         _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
+                         prev_bytes, prev_end, offcpu)
+    if kind == EV_CLOSE:
+        _, pid, tid, fd, ts, sock, last_bytes, last_end, offcpu = _CLOSE.unpack_from(raw)
+        return CloseEvent(ts, pid, tid, fd, sock, last_bytes, last_end, offcpu)
+    if kind == EV_CONNECT:
+        (_, pid, error, _pad, ts, sock, latency, saddr, daddr, sport, dport, family, _role, _dir,
+         comm) = _CONNECT.unpack_from(raw)
+        return ConnectEvent(ts, pid, _cstr(comm), sock, _endpoint(family, saddr, sport),
+                            _endpoint(family, daddr, dport), latency, error)
+    if kind == EV_TCP_FAULT:
+        (_, fault, state, _pad, ts, sock, saddr, daddr, sport, dport, family, _role,
+         _dir) = _FAULT.unpack_from(raw)
+        return TcpFaultEvent(ts, _FAULTS[fault], sock, _endpoint(family, saddr, sport),
+                             _endpoint(family, daddr, dport), state)
+    if kind == EV_FILE_IO:
+        _, pid, tid, fd, op, depth, complete, ts, end, size, *names = _FILE_IO.unpack_from(raw)
+        return FileIoEvent(ts, end, pid, tid, _FILE_OPS[op], fd, size, _path(depth, complete, tuple(names)))
+    if kind == EV_EXEC:
+        _, pid, ppid, _pad, ts, comm, filename = _EXEC.unpack_from(raw)
+        return ExecEvent(ts, pid, ppid, _cstr(comm), _cstr(filename))
+    # EV_EXIT (the caller checked the type)
+    _, pid, status, _pad, ts, comm = _EXIT.unpack_from(raw)
+    return ExitEvent(ts, pid, _cstr(comm), _exit_code(status))
+
+
+class _Short(Exception):
+    pass
+
+
+def decode_event(raw: bytes, stats: DecodeStats | None = None) -> KernelEvent | None:
+    """Decode one ring-buffer record; None (and a counted drop in `stats`) when it is not a valid record."""
+    st = _default_stats if stats is None else stats
+    if len(raw) < 4:
+        st.short += 1
+        return None
+    kind = _TYPE.unpack_from(raw)[0]
+    need = RECORD_SIZES.get(kind)
+    if need is None:
+        st.unknown_type += 1
+        return None
+    if len(raw) < need:
+        st.short += 1
+        return None
+    try:
+        ev = _decode(kind, raw)
+    except _Short:
+        st.short += 1
+        return None
+    except IndexError:  # an enum value (role, direction, fault kind, file op) out of range
+        st.bad_value += 1
+        return None
+    st.decoded += 1
+    name = EVENT_TYPES[kind]
+    st.by_type[name] = st.by_type.get(name, 0) + 1
+    return ev
+
+
+def decode_batch(records: list[bytes], stats: DecodeStats | None = None) -> list[KernelEvent]:
+    """Decode many records, keeping the valid ones in order."""
+    out: list[KernelEvent] = []
+    for raw in records:
+        ev = decode_event(raw, stats)
+        if ev is not None:
+            out.append(ev)
+    return out

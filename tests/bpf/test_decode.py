@@ -1,0 +1,87 @@
+"""The ring-buffer record decoder, on records packed the way bpf/io.h and bpf/proc.h lay them out."""
+from __future__ import annotations
+
+import socket
+import struct
+
+from hypothesis import given, settings, strategies as st
+
+from edge.sources.ebpf.decode import RECORD_SIZES, DecodeStats, decode_batch, decode_event
+from edge.sources.ebpf.events import (
+    CloseEvent,
+    ConnectEvent,
+    DataEvent,
+    Direction,
+    Endpoint,
+    ExecEvent,
+    ExitEvent,
+    FaultKind,
+    FileIoEvent,
+    FileOp,
+    Role,
+    TcpFaultEvent,
+)
+
+EP = struct.Struct("=16s16sHHHBB")
+
+
+def ep4(src: str, sport: int, dst: str, dport: int, role: int = 0, direction: int = 0) -> bytes:
+    return EP.pack(socket.inet_aton(src), socket.inet_aton(dst), sport, dport, 2, role, direction)
+
+
+def data_record(payload: bytes, *, role: int = 2, direction: int = 1, claimed: int | None = None) -> bytes:
+    head = struct.pack("=IIIiQQQQQQQ", 1, 100, 101, 7, 1000, 1500, 0xFFFF888812345678, 83, 10, 900, 42)
+    tail = struct.pack("=16sII", b"python3", len(payload) if claimed is None else claimed, 0)
+    return head + ep4("127.0.0.1", 8080, "127.0.0.1", 40000, role, direction) + tail + payload
+
+
+def test_data_record() -> None:
+    ev = decode_event(data_record(b"GET / HTTP/1.1\r\n"))
+    assert ev == DataEvent(1000, 1500, 100, 101, "python3", 7, 0xFFFF888812345678, Role.SERVER, Direction.INGRESS,
+                           Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 40000), 83, b"GET / HTTP/1.1\r\n",
+                           10, 900, 42)
+
+
+def test_ipv6_endpoints() -> None:
+    a, b = socket.inet_pton(socket.AF_INET6, "2001:db8::1"), socket.inet_pton(socket.AF_INET6, "::1")
+    raw = struct.pack("=IIiIQQ", 4, 1, 1, 0, 5, 9) + EP.pack(a, b, 443, 5555, 10, 1, 0)
+    ev = decode_event(raw)
+    assert ev == TcpFaultEvent(5, FaultKind.SEND_RESET, 9, Endpoint("2001:db8::1", 443), Endpoint("::1", 5555), 1)
+
+
+def test_other_records() -> None:
+    close = struct.pack("=IIIiQQQQQ", 2, 5, 6, 3, 10, 11, 12, 13, 14)
+    assert decode_event(close) == CloseEvent(10, 5, 6, 3, 11, 12, 13, 14)
+    conn = struct.pack("=IIiIQQQ", 3, 9, 111, 0, 20, 21, 22) + ep4("10.0.0.2", 5000, "10.0.0.1", 80, 1) + b"curl".ljust(16, b"\0")
+    assert decode_event(conn) == ConnectEvent(20, 9, "curl", 21, Endpoint("10.0.0.2", 5000), Endpoint("10.0.0.1", 80), 22, 111)
+    names = [b"data.bin", b"spool", b"var"] + [b""] * 3
+    fio = struct.pack("=IIIiIHHQQQ", 7, 1, 2, 3, 2, 3, 1, 30, 40, 0) + b"".join(n.ljust(48, b"\0") for n in names)
+    assert decode_event(fio) == FileIoEvent(30, 40, 1, 2, FileOp.FSYNC, 3, 0, "/var/spool/data.bin")
+    partial = struct.pack("=IIIiIHHQQQ", 7, 1, 2, 3, 1, 2, 0, 30, 40, 5) + b"".join(n.ljust(48, b"\0") for n in names)
+    assert decode_event(partial).path == ".../spool/data.bin"  # type: ignore[union-attr]
+    ex = struct.pack("=IIIIQ16s256s", 5, 50, 1, 0, 60, b"true", b"/bin/true")
+    assert decode_event(ex) == ExecEvent(60, 50, 1, "true", "/bin/true")
+    for status, code in ((0, 0), (1 << 8, 1), (9, -9), (0x7F00, 127)):
+        raw = struct.pack("=IIiIQ16s", 6, 50, status, 0, 70, b"true")
+        assert decode_event(raw) == ExitEvent(70, 50, "true", code)
+
+
+def test_bad_records_are_counted_drops() -> None:
+    stats = DecodeStats()
+    assert decode_event(b"", stats) is None
+    assert decode_event(b"\x01\x00", stats) is None
+    assert decode_event(struct.pack("=I", 99) + bytes(200), stats) is None
+    assert decode_event(data_record(b"")[:100], stats) is None
+    assert decode_event(data_record(b"abc", claimed=50), stats) is None  # payload shorter than claimed
+    assert decode_event(data_record(b"x", role=7), stats) is None
+    assert (stats.short, stats.unknown_type, stats.bad_value, stats.decoded) == (4, 1, 1, 0)
+    assert decode_batch([data_record(b"ok"), b"junk"], stats)[0].payload == b"ok"  # type: ignore[union-attr]
+    assert stats.decoded == 1 and stats.dropped == 7
+
+
+@settings(max_examples=500)
+@given(st.sampled_from(sorted(RECORD_SIZES)), st.binary(max_size=400))
+def test_garbage_never_raises(kind: int, body: bytes) -> None:
+    stats = DecodeStats()
+    ev = decode_event(struct.pack("=I", kind) + body, stats)
+    assert (ev is None) == (stats.dropped == 1)
