@@ -21,6 +21,7 @@ __all__ = [
     "MqttSourceConfig",
     "OtlpSourceConfig",
     "EbpfSourceConfig",
+    "AssemblerSectionConfig",
     "SamplerConfig",
     "UplinkConfig",
     "MemoryConfig",
@@ -265,6 +266,15 @@ class EbpfSourceConfig:
 
 
 @dataclass(slots=True, frozen=True)
+class AssemblerSectionConfig:
+    """How long spans wait for related spans, and how many may wait."""
+
+    window: float = 2.0
+    memory: float = 10.0
+    max_spans: int = 50_000
+
+
+@dataclass(slots=True, frozen=True)
 class SamplerConfig:
     """Head sampling: the fraction of traces kept."""
 
@@ -337,6 +347,7 @@ class Config:
     mqtt: MqttSourceConfig = field(default_factory=MqttSourceConfig)
     otlp: OtlpSourceConfig = field(default_factory=OtlpSourceConfig)
     ebpf: EbpfSourceConfig = field(default_factory=EbpfSourceConfig)
+    assembler: AssemblerSectionConfig = field(default_factory=AssemblerSectionConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -423,6 +434,16 @@ def parse_config(data: dict[str, Any]) -> Config:
     r.finish()
     sources.finish()
 
+    r = top.sub("assembler")
+    assembler = AssemblerSectionConfig(
+        window=r.get("window", 2.0, _durations(0.0, 60.0)),
+        memory=r.get("memory", 10.0, _durations(0.0, 600.0)),
+        max_spans=r.get("max_spans", 50_000, _int_in(100, 10_000_000)),
+    )
+    if assembler.memory < assembler.window:
+        raise ConfigError("assembler.memory", f"must be at least assembler.window ({assembler.window}s)")
+    r.finish()
+
     r = top.sub("sampler")
     sampler = SamplerConfig(ratio=r.get("ratio", 1.0, _float_in(0.0, 1.0)))
     r.finish()
@@ -471,7 +492,7 @@ def parse_config(data: dict[str, Any]) -> Config:
     )
     r.finish()
     top.finish()
-    return Config(node=node, log_level=log_level, mqtt=mqtt, otlp=otlp, ebpf=ebpf, sampler=sampler,
+    return Config(node=node, log_level=log_level, mqtt=mqtt, otlp=otlp, ebpf=ebpf, assembler=assembler, sampler=sampler,
                   uplink=uplink, memory=memory, gateway=gateway)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from uplink.client import UplinkClient
 
-from ..assembler import Assembler
+from ..assembler import Assembler, AssemblerConfig
 from ..config import Config
 from ..errors import HelixError, ProbeUnavailable
 from ..model import Source, Span
@@ -43,7 +43,10 @@ class Agent:
         self.cfg = cfg
         # A quarter of the budget for spans waiting in the pipeline; the uplink queue has its own share.
         self.inbox = SpanInbox(max_bytes=max(1 << 20, cfg.memory.limit // 4))
-        self.assembler = Assembler()
+        a = cfg.assembler
+        # The byte bound of held spans is a share of the memory budget, like the inbox's.
+        self.assembler = Assembler(AssemblerConfig(window=a.window, memory=a.memory, max_spans=a.max_spans,
+                                                   max_bytes=max(1 << 20, cfg.memory.limit // 4)))
         self.sampler = ConsistentSampler(cfg.sampler.ratio)
         self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
         self.ingest = OtlpIngest(self.inbox.put, self.inbox.has_room)
@@ -89,11 +92,14 @@ class Agent:
 
     async def _pipeline(self) -> None:
         while True:
-            spans = await self.inbox.get()
+            try:
+                spans = await asyncio.wait_for(self.inbox.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                spans = []  # the assembler still releases spans whose window has passed
             self._process(spans)
 
-    def _process(self, spans: list[Span]) -> None:
-        spans = self.assembler.process(spans)
+    def _process(self, spans: list[Span], flush: bool = False) -> None:
+        spans = self.assembler.process(spans, flush=flush)
         kept, _dropped = self.sampler.decide(spans)
         if kept:
             self.uplink.submit(kept)
@@ -142,7 +148,7 @@ class Agent:
             if t.get_name() not in ("uplink",):
                 t.cancel()
         # Spans already accepted are pushed through the pipeline and flushed upstream before exit.
-        self._process(self.inbox.drain())
+        self._process(self.inbox.drain(), flush=True)
         await self.uplink.close(timeout=5.0)
         for t in tasks:
             t.cancel()
@@ -162,7 +168,10 @@ class Agent:
                                                     "dropped": dict(self.mqtt.stats.dropped)},
             "otlp": {"requests": self.ingest.stats.requests, "spans": self.ingest.stats.spans,
                      "dropped": dict(self.ingest.stats.dropped)},
-            "assembler": {"duplicates": self.assembler.stats.duplicates},
+            "assembler": {"duplicates": self.assembler.stats.duplicates, "held": len(self.assembler),
+                          "released": self.assembler.stats.released, "links": dict(self.assembler.stats.links),
+                          "evicted_early": self.assembler.stats.evicted_early,
+                          "id_collisions": self.assembler.stats.id_collisions},
             "sampler": {"kept": self.sampler.stats.kept, "dropped": self.sampler.stats.dropped},
             "uplink": _as_dict(self.uplink.stats),
         }

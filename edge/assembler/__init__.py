@@ -1,6 +1,6 @@
 """The assembler: turns spans from every source into one consistent stream of traces."""
 from __future__ import annotations
 
-from .assembler import Assembler, AssemblerStats
+from .assembler import Assembler, AssemblerConfig, AssemblerStats
 
-__all__ = ["Assembler", "AssemblerStats"]
+__all__ = ["Assembler", "AssemblerConfig", "AssemblerStats"]

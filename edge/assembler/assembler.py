@@ -1,46 +1,205 @@
-"""Assembler stage: the place where spans of different sources meet before sampling.
+"""Assembler stage: joins SDK spans (the skeleton) and kernel spans (the flesh) into one trace.
 
-For now it removes redelivered spans — MQTT QoS 1 and OTLP retries both deliver at least once, so the same
-span can arrive twice — within a bounded memory of recent span ids.
+Every span waits `window` seconds after it arrives, so that the spans it relates to — which often end, and
+so arrive, later (a server span ends after the calls it made) — are there when it is placed. At release a
+kernel span without a parent gets one from the rules in rules.py, and takes the trace id of the top of its
+chain: context read off the wire or given by an SDK wins; a request with no cause anywhere keeps the trace
+id it was minted with. SDK spans are never re-parented. Spans stay indexed `memory` seconds for lookups.
+
+Also here: redeliveries (MQTT QoS 1, OTLP retries) are dropped, span ids that collide across sources are
+re-minted on the kernel side, device clock skew is corrected, and the held spans are bounded in count and
+bytes (what must leave early is released unstitched and counted, never dropped).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 
-from ..model import Span
+from ..model import Resource, Span, SpanKind, new_span_id
+from .clock import SkewAdjuster
+from .index import Entry, SpanIndex, is_kernel, pid_of
+from .rules import infer_parent
 
-__all__ = ["Assembler", "AssemblerStats"]
+__all__ = ["Assembler", "AssemblerConfig", "AssemblerStats"]
+
+_MAX_DEPTH = 64
+
+
+@dataclass(slots=True, frozen=True)
+class AssemblerConfig:
+    """Windows and bounds of the assembler."""
+
+    window: float = 2.0  # s a span waits for the spans it relates to
+    memory: float = 10.0  # s a span stays indexed for lookups after it arrived
+    max_spans: int = 50_000  # spans held waiting for release
+    max_bytes: int = 16 * 1024 * 1024  # bytes held waiting for release (Span.approx_size)
+    dedup_memory: int = 65_536  # span ids remembered to drop redeliveries
 
 
 @dataclass(slots=True)
 class AssemblerStats:
-    """Counters of the assembler."""
+    """Counters of the assembler; `links` counts parent links made by each rule."""
 
     spans_in: int = 0
+    released: int = 0
     duplicates: int = 0
+    id_collisions: int = 0
+    evicted_early: int = 0
+    links: dict[str, int] = field(default_factory=dict)
+    trace_joined: int = 0  # kernel spans that took another span's trace id
 
 
 class Assembler:
-    """Drops spans whose (trace id, span id) was seen among the last `memory` spans."""
+    """Holds spans for a short window, infers parents and trace ids, and releases them in arrival order."""
 
-    def __init__(self, memory: int = 65_536) -> None:
-        self.memory = memory
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+    def __init__(self, config: AssemblerConfig | None = None) -> None:
+        self.config = config or AssemblerConfig()
+        self.index = SpanIndex()
+        self.held: deque[Entry] = deque()
+        self.bytes = 0
         self.stats = AssemblerStats()
+        self.skew = SkewAdjuster()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._sdk_resources: dict[int, set[Resource]] = {}  # pid -> resources of SDKs running in it
+        self._kernel_server_by_wire: dict[bytes, int] = {}  # wire parent span id -> pid of the kernel server
+        self._last_expire = 0.0
 
-    def process(self, spans: list[Span]) -> list[Span]:
-        """Return the spans not seen before, in order."""
-        out: list[Span] = []
-        seen = self._seen
+    # --- intake -------------------------------------------------------------------------------------------
+
+    def _is_duplicate(self, s: Span) -> bool:
+        key = s.trace_id + s.span_id
+        if key in self._seen:
+            self.stats.duplicates += 1
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self.config.dedup_memory:
+            self._seen.popitem(last=False)
+        return False
+
+    def _avoid_collision(self, s: Span) -> None:
+        other = self.index.by_id.get(s.span_id)
+        if other is None or other.span.source is s.source:
+            return
+        # Kernel span ids are ours to choose; SDK ids are referenced by other SDK spans and must not change.
+        victim = s if is_kernel(s) else other.span
+        if victim is other.span and other.released:
+            return
+        self.stats.id_collisions += 1
+        if victim is other.span:
+            del self.index.by_id[other.span.span_id]
+            other.span.span_id = new_span_id()
+            self.index.by_id[other.span.span_id] = other
+        else:
+            s.span_id = new_span_id()
+
+    def _learn_sdk_process(self, e: Entry) -> None:
+        s = e.span
+        if is_kernel(s):
+            if s.kind == SpanKind.SERVER and s.attributes.get("helix.context_from") == "wire" and s.parent_span_id:
+                pid = pid_of(s)
+                if pid is not None:
+                    self._kernel_server_by_wire[s.parent_span_id] = pid
+                    for sdk in self.index.sdk_servers_by_parent.get(s.parent_span_id, ()):
+                        self._sdk_resources.setdefault(pid, set()).add(sdk.span.resource)
+            return
+        pid = pid_of(s)
+        if pid is None and s.kind == SpanKind.SERVER and s.parent_span_id:
+            pid = self._kernel_server_by_wire.get(s.parent_span_id)
+        if pid is not None:
+            self._sdk_resources.setdefault(pid, set()).add(s.resource)
+
+    def process(self, spans: list[Span], now: float | None = None, flush: bool = False) -> list[Span]:
+        """Take new spans; return those whose window has passed (all of them when `flush`)."""
+        now = time.monotonic() if now is None else now
         for s in spans:
-            key = s.trace_id + s.span_id
-            if key in seen:
-                self.stats.duplicates += 1
+            self.stats.spans_in += 1
+            if self._is_duplicate(s):
                 continue
-            seen[key] = None
-            out.append(s)
-        while len(seen) > self.memory:
-            seen.popitem(last=False)
-        self.stats.spans_in += len(spans)
+            self._avoid_collision(s)
+            e = Entry(s, now, size=s.approx_size())
+            self.index.add(e)
+            self._learn_sdk_process(e)
+            self.held.append(e)
+            self.bytes += e.size
+        out: list[Span] = []
+        cfg = self.config
+        while self.held and (len(self.held) > cfg.max_spans or self.bytes > cfg.max_bytes):
+            self.stats.evicted_early += 1
+            out.append(self._release(self.held.popleft(), now))
+        while self.held and (flush or self.held[0].arrived + cfg.window <= now):
+            out.append(self._release(self.held.popleft(), now))
+        if now - self._last_expire >= 1.0 or flush:
+            self._last_expire = now
+            self.index.expire(now - cfg.memory)
         return out
+
+    # --- placement ----------------------------------------------------------------------------------------
+
+    def _parent(self, e: Entry) -> Entry | None:
+        # Only found links are kept: a span with no parent yet may still get one from spans that arrive later.
+        if not e.resolved:
+            parent, link, confidence = infer_parent(self.index, e, self._sdk_resources)
+            if parent is not None and not self._would_cycle(e, parent):
+                e.parent, e.link, e.confidence, e.resolved = parent, link, confidence, True
+        return e.parent
+
+    def _would_cycle(self, e: Entry, parent: Entry) -> bool:
+        cur: Entry | None = parent
+        for _ in range(_MAX_DEPTH):
+            if cur is None:
+                return False
+            if cur is e:
+                return True
+            cur = cur.parent
+        return True
+
+    def _top(self, e: Entry) -> Entry:
+        cur = e
+        for _ in range(_MAX_DEPTH):
+            parent = self._parent(cur)
+            if parent is None:
+                return cur
+            cur = parent
+        return cur
+
+    def _device_root(self, s: Span) -> Span:
+        """The outermost span of the same device above `s` that is still indexed."""
+        cur = s
+        for _ in range(_MAX_DEPTH):
+            up = self.index.by_id.get(cur.parent_span_id) if cur.parent_span_id else None
+            if up is None or up.span.resource != s.resource:
+                return cur
+            cur = up.span
+        return cur
+
+    def _release(self, e: Entry, now: float) -> Span:
+        self.bytes -= e.size
+        s = e.span
+        parent = self._parent(e)
+        if parent is not None:
+            top = self._top(e)
+            if s.trace_id != top.span.trace_id:
+                self.stats.trace_joined += 1
+            s.trace_id = top.span.trace_id
+            s.trace_state = top.span.trace_state or s.trace_state
+            s.flags = top.span.flags
+            s.parent_span_id = parent.span.span_id
+            s.attributes["helix.link"] = e.link
+            if e.confidence < 1.0:
+                s.attributes["helix.link.confidence"] = e.confidence
+            self.stats.links[e.link] = self.stats.links.get(e.link, 0) + 1
+        elif SkewAdjuster.applies(s):
+            # Children of a device span are released before it (they end first): learn from the device's
+            # outermost span and its node-side parent before moving any of them.
+            root = self._device_root(s)
+            node_parent = self.index.by_id.get(root.parent_span_id) if root.parent_span_id else None
+            if node_parent is not None:
+                self.skew.observe(root, node_parent.span, now)
+        self.skew.apply(s, now)
+        e.released = True
+        self.stats.released += 1
+        return s
+
+    def __len__(self) -> int:
+        return len(self.held)

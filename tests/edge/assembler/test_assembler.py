@@ -2,31 +2,198 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from edge.assembler import Assembler
-from edge.model import Span, new_span_id, new_trace_id
+from edge.assembler import Assembler, AssemblerConfig
+from edge.model import Resource, Source, Span, SpanKind, new_span_id, new_trace_id
+
+MS = 1_000_000
+T0 = 1_700_000_000_000_000_000
 
 
-def test_redelivered_spans_are_dropped_and_counted() -> None:
-    a = Assembler(memory=100)
-    spans = [Span(new_trace_id(), new_span_id(), f"s{i}", 0, 1) for i in range(5)]
-    assert a.process(spans) == spans
-    again = [replace(spans[1]), replace(spans[3]), Span(new_trace_id(), new_span_id(), "new", 0, 1)]
-    out = a.process(again)
-    assert [s.name for s in out] == ["new"]
-    assert a.stats.duplicates == 2 and a.stats.spans_in == 8
+def kspan(name: str, kind: SpanKind, start_ms: float, end_ms: float, pid: int, tid: int | None = None,
+          local: tuple[str, int] | None = None, peer: tuple[str, int] | None = None, wire: tuple[bytes, bytes] | None = None,
+          **attrs: object) -> Span:
+    """A kernel span as the span builder makes it."""
+    a: dict = {"process.pid": pid, **attrs}
+    if tid is not None:
+        a["thread.id"] = tid
+    if local:
+        a["network.local.address"], a["network.local.port"] = local
+    if peer:
+        a["network.peer.address"], a["network.peer.port"] = peer
+    a["helix.context_from"] = "wire" if wire else "none"
+    return Span(trace_id=wire[0] if wire else new_trace_id(), span_id=new_span_id(), name=name, kind=kind,
+                start_ns=T0 + int(start_ms * MS), end_ns=T0 + int(end_ms * MS), parent_span_id=wire[1] if wire else b"",
+                attributes=a, resource=Resource.of({"service.name": f"p{pid}", "process.pid": pid}), source=Source.EBPF)
 
 
-def test_same_span_id_in_another_trace_is_not_a_duplicate() -> None:
-    a = Assembler()
-    sid = new_span_id()
-    out = a.process([Span(new_trace_id(), sid, "a", 0, 1), Span(new_trace_id(), sid, "b", 0, 1)])
-    assert len(out) == 2
+def sdk(name: str, kind: SpanKind, start_ms: float, end_ms: float, service: str, trace: bytes, parent: bytes = b"",
+        source: Source = Source.SDK_OTLP) -> Span:
+    return Span(trace_id=trace, span_id=new_span_id(), name=name, kind=kind, start_ns=T0 + int(start_ms * MS),
+                end_ns=T0 + int(end_ms * MS), parent_span_id=parent, resource=Resource.of({"service.name": service}),
+                source=source)
 
 
-def test_memory_is_bounded() -> None:
-    a = Assembler(memory=10)
-    first = Span(new_trace_id(), new_span_id(), "old", 0, 1)
-    a.process([first])
-    a.process([Span(new_trace_id(), new_span_id(), "x", 0, 1) for _ in range(20)])
-    assert len(a._seen) == 10
-    assert a.process([replace(first)]) != []  # forgotten after the window, by design
+def run(spans: list[Span], window: float = 2.0) -> dict[str, Span]:
+    a = Assembler(AssemblerConfig(window=window))
+    out = a.process(spans, now=0.0) + a.process([], now=window + 0.1)
+    assert len(out) == len(spans)
+    return {s.name: s for s in out}
+
+
+A, B = ("127.0.0.1", 40001), ("127.0.0.1", 8080)
+C, D = ("127.0.0.1", 40002), ("127.0.0.1", 9090)
+
+
+def test_uninstrumented_chain_joins_by_connection_and_thread() -> None:
+    # client process 1 -> server process 2 (thread 20) -> its call to process 3.
+    spans = [
+        kspan("edge-call", SpanKind.CLIENT, 0, 100, pid=1, tid=10, local=A, peer=B),
+        kspan("svc2", SpanKind.SERVER, 1, 99, pid=2, tid=20, local=B, peer=A),
+        kspan("svc2-call", SpanKind.CLIENT, 10, 90, pid=2, tid=20, local=C, peer=D),
+        kspan("svc3", SpanKind.SERVER, 11, 89, pid=3, tid=30, local=D, peer=C),
+    ]
+    got = run(list(reversed(spans)))  # arrival order: innermost first, as they end
+    root = got["edge-call"]
+    assert root.parent_span_id == b""
+    assert got["svc2"].parent_span_id == root.span_id and got["svc2"].attributes["helix.link"] == "connection"
+    assert got["svc2-call"].parent_span_id == got["svc2"].span_id and got["svc2-call"].attributes["helix.link"] == "thread"
+    assert got["svc3"].parent_span_id == got["svc2-call"].span_id
+    assert len({s.trace_id for s in got.values()}) == 1 and got["svc3"].trace_id == root.trace_id
+
+
+def test_wire_context_wins_and_server_hangs_under_its_client_twin() -> None:
+    trace, sdk_client = new_trace_id(), new_span_id()
+    spans = [
+        kspan("k-client", SpanKind.CLIENT, 1, 50, pid=1, tid=10, local=A, peer=B, wire=(trace, sdk_client)),
+        kspan("k-server", SpanKind.SERVER, 2, 49, pid=2, tid=20, local=B, peer=A, wire=(trace, sdk_client)),
+    ]
+    got = run(spans)
+    assert got["k-client"].parent_span_id == sdk_client and got["k-client"].trace_id == trace
+    assert got["k-server"].parent_span_id == got["k-client"].span_id
+    assert got["k-server"].attributes["helix.link"] == "wire+connection"
+
+
+def test_sdk_spans_are_never_reparented_and_parent_kernel_calls_in_their_process() -> None:
+    trace = new_trace_id()
+    caller = new_span_id()
+    server_sdk = sdk("handle", SpanKind.SERVER, 1, 99, "orders", trace, parent=caller)
+    inner_sdk = sdk("applyPromotion", SpanKind.INTERNAL, 10, 60, "orders", trace, parent=server_sdk.span_id)
+    spans = [
+        server_sdk, inner_sdk,
+        # The kernel sees the same request on the server (context from the wire), which places the SDK's process.
+        kspan("k-server", SpanKind.SERVER, 0.5, 99.5, pid=7, tid=70, local=B, peer=A, wire=(trace, caller)),
+        # An uninstrumented DB call made inside applyPromotion: no context on the wire.
+        kspan("db", SpanKind.CLIENT, 20, 30, pid=7, tid=70, local=C, peer=D),
+    ]
+    before = (server_sdk.parent_span_id, inner_sdk.parent_span_id)
+    got = run(spans)
+    assert (got["handle"].parent_span_id, got["applyPromotion"].parent_span_id) == before
+    assert got["db"].parent_span_id == inner_sdk.span_id and got["db"].attributes["helix.link"] == "sdk-process"
+    assert got["db"].trace_id == trace
+
+
+def test_interleaved_requests_on_one_thread_go_to_the_request_that_contains_them() -> None:
+    spans = [
+        kspan("req1", SpanKind.SERVER, 0, 40, pid=2, tid=20, local=B, peer=A),
+        kspan("call1", SpanKind.CLIENT, 10, 20, pid=2, tid=20, local=C, peer=D),
+        kspan("req2", SpanKind.SERVER, 50, 90, pid=2, tid=20, local=B, peer=("127.0.0.1", 40009)),
+        kspan("call2", SpanKind.CLIENT, 60, 70, pid=2, tid=20, local=("127.0.0.1", 40003), peer=D),
+    ]
+    got = run(spans)
+    assert got["call1"].parent_span_id == got["req1"].span_id
+    assert got["call2"].parent_span_id == got["req2"].span_id
+    assert got["req1"].trace_id != got["req2"].trace_id, "no cause anywhere: separate traces"
+
+
+def test_keep_alive_connection_pairs_by_time() -> None:
+    spans = []
+    for i in range(3):
+        spans.append(kspan(f"c{i}", SpanKind.CLIENT, i * 100, i * 100 + 50, pid=1, tid=10, local=A, peer=B))
+        spans.append(kspan(f"s{i}", SpanKind.SERVER, i * 100 + 1, i * 100 + 49, pid=2, tid=20, local=B, peer=A))
+    got = run(spans)
+    for i in range(3):
+        assert got[f"s{i}"].parent_span_id == got[f"c{i}"].span_id
+
+
+def test_thread_pool_worker_call_goes_to_the_request_of_its_process() -> None:
+    spans = [
+        kspan("req", SpanKind.SERVER, 0, 100, pid=5, tid=50, local=B, peer=A),
+        kspan("worker-call", SpanKind.CLIENT, 10, 80, pid=5, tid=51, local=C, peer=D),
+    ]
+    got = run(spans)
+    assert got["worker-call"].parent_span_id == got["req"].span_id
+    assert got["worker-call"].attributes["helix.link"] == "process"
+    assert "helix.link.confidence" not in got["worker-call"].attributes  # the only candidate
+
+
+def test_mqtt_hop_without_context_links_by_topic_with_confidence() -> None:
+    spans = [
+        kspan("publish a", SpanKind.PRODUCER, 0, 1, pid=1, tid=10, **{"messaging.destination.name": "plant/a"}),
+        kspan("publish a2", SpanKind.PRODUCER, 5, 6, pid=1, tid=10, **{"messaging.destination.name": "plant/a"}),
+        kspan("receive a", SpanKind.CONSUMER, 7, 8, pid=2, tid=20, **{"messaging.destination.name": "plant/a"}),
+        kspan("after-receive", SpanKind.CLIENT, 9, 30, pid=2, tid=20, local=C, peer=D),
+    ]
+    got = run(spans)
+    rcv = got["receive a"]
+    assert rcv.parent_span_id == got["publish a2"].span_id
+    assert rcv.attributes["helix.link"] == "mqtt-topic" and rcv.attributes["helix.link.confidence"] == 0.5
+    assert got["after-receive"].parent_span_id == rcv.span_id
+    assert got["after-receive"].attributes["helix.link"] == "consumer-thread"
+    assert got["after-receive"].trace_id == got["publish a2"].trace_id
+
+
+def test_device_clock_skew_is_corrected_within_the_parents_bounds() -> None:
+    trace = new_trace_id()
+    producer = sdk("publish cmd", SpanKind.PRODUCER, 100, 101, "app", trace)
+    # The device clock is 500 ms behind: its span seems to start before the publish.
+    handle = sdk("handleCommand", SpanKind.CONSUMER, -400, -380, "dev", trace, parent=producer.span_id, source=Source.SDK_MQTT)
+    child = sdk("readSensor", SpanKind.INTERNAL, -395, -390, "dev", trace, parent=handle.span_id, source=Source.SDK_MQTT)
+    got = run([producer, child, handle])  # the device's child ends, and is sent, first
+    h, c = got["handleCommand"], got["readSensor"]
+    assert h.start_ns >= producer.start_ns
+    assert h.attributes["helix.clock.adjusted_ns"] == 500 * MS
+    assert c.start_ns - h.start_ns == 5 * MS, "the device's own spans keep their relative timing"
+
+
+def test_sync_server_on_a_fast_clock_is_centred_in_its_client() -> None:
+    trace = new_trace_id()
+    client = sdk("call", SpanKind.CLIENT, 0, 100, "app", trace)
+    server = sdk("serve", SpanKind.SERVER, 560, 640, "dev", trace, parent=client.span_id, source=Source.SDK_MQTT)
+    got = run([client, server])
+    s = got["serve"]
+    assert s.start_ns == T0 + 10 * MS and s.end_ns == T0 + 90 * MS
+
+
+def test_late_spans_within_the_window_are_joined_and_beyond_it_are_not() -> None:
+    a = Assembler(AssemblerConfig(window=1.0, memory=5.0))
+    server = kspan("svc", SpanKind.SERVER, 1, 99, pid=2, tid=20, local=B, peer=A)
+    inner = kspan("inner", SpanKind.CLIENT, 10, 20, pid=2, tid=20, local=C, peer=D)
+    out = a.process([inner], now=0.0)
+    out += a.process([server], now=0.5)  # arrives late, still inside inner's window
+    out += a.process([], now=2.0)
+    got = {s.name: s for s in out}
+    assert got["inner"].parent_span_id == server.span_id
+    late_client = kspan("edge", SpanKind.CLIENT, 0, 100, pid=1, tid=10, local=A, peer=B)
+    out = a.process([late_client], now=2.6)  # svc was released at 1.5: its link upstream is lost
+    out += a.process([], now=4.0)
+    assert out[0].name == "edge" and got["svc"].parent_span_id == b""
+
+
+def test_bounds_release_early_and_count() -> None:
+    a = Assembler(AssemblerConfig(window=10.0, max_spans=100))
+    out = a.process([kspan(f"s{i}", SpanKind.CLIENT, i, i + 1, pid=1) for i in range(150)], now=0.0)
+    assert len(out) == 50 and a.stats.evicted_early == 50 and len(a) == 100
+
+
+def test_redeliveries_dropped_and_kernel_ids_reminted_on_collision() -> None:
+    a = Assembler(AssemblerConfig(window=0.0))
+    s1 = sdk("x", SpanKind.INTERNAL, 0, 1, "app", new_trace_id())
+    out = a.process([s1, replace(s1)], now=0.0)
+    assert len(out) == 1 and a.stats.duplicates == 1
+    b = Assembler(AssemblerConfig(window=5.0))
+    k = kspan("k", SpanKind.CLIENT, 0, 1, pid=1)
+    s2 = replace(sdk("y", SpanKind.INTERNAL, 0, 1, "app", new_trace_id()), span_id=k.span_id)
+    out = b.process([k, s2], now=0.0, flush=True)
+    assert b.stats.id_collisions == 1
+    ids = {s.name: s.span_id for s in out}
+    assert ids["y"] == s2.span_id and ids["k"] != s2.span_id

@@ -1,0 +1,115 @@
+"""Parent inference for spans that name no parent: one function per rule, each over the span index.
+
+Rules only ever make a kernel span the child of another span; an SDK span's parent is never changed (the SDK
+knows its own structure). In order of preference:
+
+- wire: the kernel span carries context read off the wire; its parent is that remote span — or, for a server
+  span, the kernel client span on the other end of the same connection when one carries the same context;
+- connection: a kernel server span is the child of the kernel client span on the other end of its connection
+  (5-tuple mirrored) whose time contains it — causality across processes on the node;
+- sdk-process: a kernel client span inside the innermost SDK span of the same process;
+- thread: a kernel span inside a kernel server span of the same thread (the thread serving a request makes
+  the calls that request needs);
+- consumer-thread: a kernel client span made by the thread that just received an MQTT message, before it
+  receives another one (subscriber callbacks);
+- process: a kernel client span inside exactly one (else the latest-started) kernel server span of the same
+  process, for thread pools — with the confidence recorded;
+- mqtt-topic: a kernel consumer span with no context, after the latest producer span of the same topic.
+"""
+from __future__ import annotations
+
+from ..model import Resource, SpanKind
+from .index import Entry, SpanIndex, conn_key, is_kernel, pid_of, tid_of
+
+__all__ = ["infer_parent", "Slack"]
+
+
+class Slack:
+    """Tolerances for comparing times taken by different syscalls of one host (nanoseconds)."""
+
+    CONTAIN_NS = 500_000  # a call may be seen to begin or end this much outside its container
+    CONSUMER_GAP_NS = 2_000_000_000  # a subscriber callback's calls follow the receive within this
+    MQTT_HOP_NS = 5_000_000_000  # a delivery follows its publish within this
+
+
+def _contains(outer: Entry, inner: Entry, slack: int = Slack.CONTAIN_NS) -> bool:
+    o, i = outer.span, inner.span
+    return o.start_ns - slack <= i.start_ns and i.end_ns <= o.end_ns + slack and outer is not inner
+
+
+def _innermost(candidates: list[Entry], inner: Entry) -> list[Entry]:
+    hits = [c for c in candidates if _contains(c, inner)]
+    hits.sort(key=lambda c: c.span.start_ns, reverse=True)
+    return hits
+
+
+def _wire_twin(index: SpanIndex, e: Entry) -> Entry | None:
+    """For a kernel server span with wire context: the kernel client span of the same request, other side."""
+    key = conn_key(e.span)
+    if key is None:
+        return None
+    mirrored = (key[2], key[3], key[0], key[1])
+    for c in _innermost(index.clients_by_conn.get(mirrored, []), e):
+        if c.span.parent_span_id == e.span.parent_span_id and c.span.trace_id == e.span.trace_id:
+            return c
+    return None
+
+
+def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resource]]) -> tuple[Entry | None, str, float]:
+    """The parent the rules give `e` (an entry of the index), the rule's name, and its confidence."""
+    s = e.span
+    if not is_kernel(s):
+        return None, "", 1.0
+    wire = s.attributes.get("helix.context_from") == "wire"
+    if wire:
+        if s.kind == SpanKind.SERVER:
+            twin = _wire_twin(index, e)
+            if twin is not None:
+                return twin, "wire+connection", 1.0
+        return None, "", 1.0
+    pid, tid = pid_of(s), tid_of(s)
+    if s.kind == SpanKind.SERVER:
+        key = conn_key(s)
+        if key is not None:
+            mirrored = (key[2], key[3], key[0], key[1])
+            hits = _innermost(index.clients_by_conn.get(mirrored, []), e)
+            if hits:
+                return hits[0], "connection", 1.0
+        return None, "", 1.0
+    if s.kind == SpanKind.CONSUMER:
+        topic = s.attributes.get("messaging.destination.name")
+        if isinstance(topic, str):
+            before = [p for p in index.producers_by_topic.get(topic, [])
+                      if p.span.start_ns <= s.start_ns + Slack.CONTAIN_NS
+                      and s.start_ns - p.span.start_ns <= Slack.MQTT_HOP_NS and p is not e]
+            if before:
+                before.sort(key=lambda p: p.span.start_ns, reverse=True)
+                # Confidence falls with every other publish on the topic that could have been the one delivered.
+                return before[0], "mqtt-topic", round(1.0 / len(before), 3)
+        return None, "", 1.0
+    if s.name == "tcp.connect":
+        key = conn_key(s)
+        if key is not None:
+            after = [c for c in index.clients_by_conn.get(key, []) if c is not e and c.span.name != "tcp.connect"
+                     and s.end_ns - Slack.CONTAIN_NS <= c.span.start_ns <= s.end_ns + 1_000_000_000]
+            if after:
+                after.sort(key=lambda c: c.span.start_ns)
+                return after[0], "connection", 1.0
+    if pid is not None and pid in sdk_resources:
+        hits = _innermost([c for r in sdk_resources[pid] for c in index.sdk_by_resource.get(r, ())], e)
+        if hits:
+            return hits[0], "sdk-process", 1.0
+    if pid is not None and tid is not None:
+        hits = _innermost(index.servers_by_thread.get((pid, tid), []), e)
+        if hits:
+            return hits[0], "thread", 1.0
+        recv = [c for c in index.consumers_by_thread.get((pid, tid), [])
+                if c.span.end_ns - Slack.CONTAIN_NS <= s.start_ns <= c.span.end_ns + Slack.CONSUMER_GAP_NS]
+        if recv:
+            recv.sort(key=lambda c: c.span.end_ns, reverse=True)
+            return recv[0], "consumer-thread", 1.0
+    if pid is not None:
+        hits = _innermost(index.servers_by_pid.get(pid, []), e)
+        if hits:
+            return hits[0], "process", round(1.0 / len(hits), 3)
+    return None, "", 1.0
