@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from ..model import Resource, Span, SpanKind, new_span_id
+from ..model import Resource, Span, SpanKind, StatusCode, new_span_id
 from .clock import SkewAdjuster
 from .index import Entry, SpanIndex, is_kernel, pid_of
 from .rules import infer_parent
@@ -48,6 +48,7 @@ class AssemblerStats:
     evicted_early: int = 0
     links: dict[str, int] = field(default_factory=dict)
     trace_joined: int = 0  # kernel spans that took another span's trace id
+    lone_connects: int = 0  # tcp.connect spans that joined nothing (not sent as traces of their own)
 
 
 class Assembler:
@@ -64,6 +65,7 @@ class Assembler:
         self._sdk_resources: dict[int, set[Resource]] = {}  # pid -> resources of SDKs running in it
         self._kernel_server_by_wire: dict[bytes, int] = {}  # wire parent span id -> pid of the kernel server
         self._last_expire = 0.0
+        self._renamed: dict[tuple[Resource, str], Resource] = {}
 
     # --- intake -------------------------------------------------------------------------------------------
 
@@ -128,7 +130,13 @@ class Assembler:
             self.stats.evicted_early += 1
             out.append(self._release(self.held.popleft(), now))
         while self.held and (flush or self.held[0].arrived + cfg.window <= now):
-            out.append(self._release(self.held.popleft(), now))
+            span = self._release(self.held.popleft(), now)
+            if _is_lone_connect(span):
+                # A successful connect that no request used (gRPC, TLS, pooled) would be a one-span trace:
+                # noise for a trace view. Failed connects are kept, they explain errors.
+                self.stats.lone_connects += 1
+                continue
+            out.append(span)
         if now - self._last_expire >= 1.0 or flush:
             self._last_expire = now
             self.index.expire(now - cfg.memory)
@@ -197,9 +205,36 @@ class Assembler:
             if node_parent is not None:
                 self.skew.observe(root, node_parent.span, now)
         self.skew.apply(s, now)
+        if is_kernel(s):
+            self._name_after_sdk(s)
         e.released = True
         self.stats.released += 1
         return s
 
+    def _name_after_sdk(self, s: Span) -> None:
+        """A kernel span in a process whose SDK we know takes that SDK's service name."""
+        pid = pid_of(s)
+        resources = self._sdk_resources.get(pid) if pid is not None else None
+        if not resources or len(resources) != 1:
+            return
+        (sdk_resource,) = resources
+        name = sdk_resource.service_name
+        if name != s.resource.service_name:
+            s.resource = self._renamed.get((s.resource, name)) or self._rename(s.resource, name)
+
+    def _rename(self, resource: Resource, name: str) -> Resource:
+        attrs = resource.as_dict()
+        attrs["service.name"] = name
+        renamed = Resource.of(attrs)
+        if len(self._renamed) > 4096:
+            self._renamed.clear()
+        self._renamed[(resource, name)] = renamed
+        return renamed
+
     def __len__(self) -> int:
         return len(self.held)
+
+
+def _is_lone_connect(s: Span) -> bool:
+    return (s.name == "tcp.connect" and not s.parent_span_id and s.status_code != StatusCode.ERROR
+            and is_kernel(s))

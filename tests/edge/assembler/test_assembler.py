@@ -197,3 +197,21 @@ def test_redeliveries_dropped_and_kernel_ids_reminted_on_collision() -> None:
     assert b.stats.id_collisions == 1
     ids = {s.name: s.span_id for s in out}
     assert ids["y"] == s2.span_id and ids["k"] != s2.span_id
+
+
+def test_lone_connects_are_counted_not_sent_and_failed_ones_kept() -> None:
+    from edge.model import StatusCode
+    a = Assembler(AssemblerConfig(window=0.0))
+    ok = kspan("tcp.connect", SpanKind.CLIENT, 0, 1, pid=1, local=A, peer=B)
+    failed = replace(kspan("tcp.connect", SpanKind.CLIENT, 0, 1, pid=1, local=C, peer=D), status_code=StatusCode.ERROR)
+    out = a.process([ok, failed], now=0.0, flush=True)
+    assert out == [failed] and a.stats.lone_connects == 1
+
+
+def test_kernel_spans_in_an_instrumented_process_take_its_service_name() -> None:
+    trace, caller = new_trace_id(), new_span_id()
+    server_sdk = sdk("handle", SpanKind.SERVER, 1, 99, "orders", trace, parent=caller)
+    k = kspan("k-server", SpanKind.SERVER, 0.5, 99.5, pid=7, tid=70, local=B, peer=A, wire=(trace, caller))
+    got = run([server_sdk, k])
+    assert got["k-server"].resource.service_name == "orders"
+    assert got["k-server"].resource.as_dict()["process.pid"] == 7
