@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -116,6 +117,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"helix demo: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The trees were piped into `head` or a pager that closed early: not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
