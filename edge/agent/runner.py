@@ -117,8 +117,13 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then stop taking input and flush what was accepted."""
-        await self._start_receivers()
-        await self._start_ebpf()
+        try:
+            await self._start_ebpf()
+            await self._start_receivers()
+        except BaseException:
+            # Whatever did start must not outlive a failed start (listening ports, attached probes).
+            await self._stop_inputs()
+            raise
         tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
                  asyncio.create_task(self.uplink.run(), name="uplink"),
                  asyncio.create_task(self._report(), name="status")]
@@ -137,13 +142,16 @@ class Agent:
         if failed:
             raise failed[0].exception()  # type: ignore[misc]
 
-    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _stop_inputs(self) -> None:
         for receiver in (self.http, self.grpc):
             if receiver is not None:
                 await receiver.stop()
         if self.ebpf is not None:
             with contextlib.suppress(Exception):
                 await self.ebpf.stop()
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        await self._stop_inputs()
         for t in tasks:
             if t.get_name() not in ("uplink",):
                 t.cancel()

@@ -44,7 +44,8 @@ class OtlpGrpcReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     async def stop(self) -> None:
         """Stop serving, letting in-flight exports finish briefly."""
         if self._server is not None:
-            await self._server.stop(grace=1.0)
+            server, self._server = self._server, None
+            await server.stop(grace=1.0)
 
     async def Export(self, request: ExportTraceServiceRequest,  # noqa: N802 - gRPC method name
                      context: grpc.aio.ServicerContext) -> ExportTraceServiceResponse:

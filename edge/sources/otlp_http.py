@@ -44,7 +44,8 @@ class OtlpHttpReceiver:
     async def stop(self) -> None:
         """Stop serving."""
         if self._runner is not None:
-            await self._runner.cleanup()
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
     def _status(self, status: int, message: str, json_reply: bool) -> web.Response:
         # OTLP answers errors with a google.rpc.Status body in the request's encoding.
