@@ -27,12 +27,14 @@ enum helix_event_type {
 
 /*
  * Load-time settings: the object's whole .rodata section is exactly one `const volatile struct
- * helix_settings settings`. The loader overwrites it before bpf_object__load (Python mirror: "=IIQ").
+ * helix_settings settings`. The loader overwrites it before bpf_object__load (Python mirror: "=IIQQ").
  */
 struct helix_settings {
-	__u32 payload_bytes; /* bytes of each message start sent to userspace, 0..HELIX_PAYLOAD_MAX */
+	__u32 payload_bytes; /* bytes of each message sent to userspace, 0..HELIX_PAYLOAD_MAX */
 	__u32 self_pid;      /* the agent's own tgid: never traced (0 = none) */
 	__u64 slow_file_ns;  /* file read/write/fsync slower than this becomes an event; ~0 disables */
+	__u64 msg_gap_ns;    /* same-direction syscalls further apart than this (exit to exit) start a new
+			      * message: server-pushed messages (MQTT deliveries) have no direction change; 0 disables */
 };
 
 /* Live settings: the single entry of the `config` array map (Python mirror: "=QII"). */
@@ -64,6 +66,6 @@ struct helix_endpoints {
 };
 
 
-_Static_assert(sizeof(struct helix_settings) == 16, "mirrored in loader.py");
+_Static_assert(sizeof(struct helix_settings) == 24, "mirrored in loader.py");
 _Static_assert(sizeof(struct helix_config) == 16, "mirrored in loader.py");
 #endif /* HELIX_H */

@@ -48,7 +48,8 @@ struct conn_state {
 	__u8 dir;      /* direction of the message in flight, DIR_NONE before the first */
 	__u8 role;     /* ROLE_* */
 	__u16 sport;   /* local port once known: a reset on close has already released it from the sock */
-	__u8 _pad[4];
+	__u16 captured; /* bytes of the message in flight already sent to userspace */
+	__u8 _pad[2];
 };
 
 struct {
@@ -243,17 +244,18 @@ static __always_inline __u32 copy_iov(__u8 *dst, struct iovec_user *iov, __u64 c
 	return got;
 }
 
-static __always_inline void emit_data(struct inflight *in, struct sock *sk, struct conn_state *st,
-				      __u64 size, __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id)
+/* Sends up to `want` bytes of this syscall's buffer; returns how many went out. */
+static __always_inline __u32 emit_data(struct inflight *in, struct sock *sk, struct conn_state *st,
+				       __u64 size, __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id,
+				       __u32 want, __u32 flags)
 {
 	__u32 zero = 0;
 	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 	struct data_event *ev;
-	__u32 want = settings.payload_bytes;
 	__u32 got = 0;
 
 	if (!s)
-		return;
+		return 0;
 	ev = (struct data_event *)s->raw;
 	ev->type = HELIX_EV_DATA;
 	ev->pid = id >> 32;
@@ -289,9 +291,12 @@ static __always_inline void emit_data(struct inflight *in, struct sock *sk, stru
 	if (got > HELIX_PAYLOAD_MAX)
 		got = HELIX_PAYLOAD_MAX;
 	ev->payload_len = got;
-	ev->_pad = 0;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
+	ev->flags = flags;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0)) {
 		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return 0;
+	}
+	return got;
 }
 
 static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, __u64 id)
@@ -307,18 +312,26 @@ static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, 
 		return;
 	if (!st->sport)
 		st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	if (st->dir == in->op) {
+	if (st->dir == in->op && !(settings.msg_gap_ns && now - st->end_ns > settings.msg_gap_ns)) {
+		__u32 left = settings.payload_bytes > st->captured ? settings.payload_bytes - st->captured : 0;
+
 		st->bytes += ret;
 		st->end_ns = now;
+		/* Top the message's snapshot up until payload_bytes are out; after that, only counting. */
+		if (left && sampling_keeps())
+			st->captured += emit_data(in, sk, st, ret, 0, 0, now, id, left, HELIX_DATA_MORE);
 		return;
 	}
+	/* A new message: the direction changed, or the connection was idle longer than msg_gap_ns (exit to
+	 * exit, so a read that blocked waiting for a delivery counts as idle). */
 	prev_bytes = st->dir == DIR_NONE ? 0 : st->bytes;
 	prev_end = st->dir == DIR_NONE ? 0 : st->end_ns;
 	st->dir = in->op;
 	st->bytes = ret;
 	st->end_ns = now;
+	st->captured = 0;
 	if (sampling_keeps())
-		emit_data(in, sk, st, ret, prev_bytes, prev_end, now, id);
+		st->captured = emit_data(in, sk, st, ret, prev_bytes, prev_end, now, id, settings.payload_bytes, 0);
 }
 
 /* Up to HELIX_PATH_DEPTH trailing components, crossing mount points (struct mount is in BTF only). */

@@ -8,7 +8,8 @@
 
 #include "helix.h"
 
-/* The first syscall of a message (a change of direction on a connection), then `payload_len` bytes.
+/* The first syscall of a message (a change of direction on a connection, or an idle gap), then
+ * `payload_len` bytes.
  * 136 bytes + payload; Python: "=IIIi QQQQQQQ 40s 16s II". */
 struct data_event {
 	__u32 type; /* HELIX_EV_DATA */
@@ -25,9 +26,14 @@ struct data_event {
 	struct helix_endpoints ep;
 	char comm[HELIX_COMM_LEN];
 	__u32 payload_len;
-	__u32 _pad;
+	__u32 flags;       /* HELIX_DATA_* */
 	__u8 payload[]; /* payload_len bytes */
 };
+
+/* A data_event with HELIX_DATA_MORE continues the message in flight: its payload is the next bytes of the
+ * message (a later syscall), sent until payload_bytes of the message are out. MQTT clients read a packet a
+ * few bytes at a time; HTTP heads are often written in pieces. prev_* are 0 in such records. */
+#define HELIX_DATA_MORE (1u << 0)
 
 /* close(2) of a tracked socket fd. 56 bytes; Python: "=IIIi QQQQ". */
 struct close_event {

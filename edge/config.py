@@ -260,6 +260,7 @@ class EbpfSourceConfig:
     pids: tuple[int, ...] = ()
     max_connections: int = 16384
     response_timeout: float = 30.0
+    message_gap: float = 0.005
     # The tracing pipeline's own traffic is not traced: its MQTT topics and OTLP/uplink HTTP paths.
     ignore_topic_prefixes: tuple[str, ...] = ("helix/",)
     ignore_http_paths: tuple[str, ...] = ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/batches")
@@ -428,6 +429,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         pids=tuple(r.get("pids", [], _int_list(1, 2**22))),
         max_connections=r.get("max_connections", 16384, _int_in(64, 1_000_000)),
         response_timeout=r.get("response_timeout", 30.0, _durations(0.1, 3600.0)),
+        message_gap=r.get("message_gap", 0.005, _durations(0.0, 10.0)),
         ignore_topic_prefixes=r.get("ignore_topic_prefixes", _D_EBPF.ignore_topic_prefixes, _str_list),
         ignore_http_paths=r.get("ignore_http_paths", _D_EBPF.ignore_http_paths, _str_list),
     )

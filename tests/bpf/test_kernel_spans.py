@@ -205,8 +205,6 @@ async def test_mqtt_publish_with_user_property_traceparent(kernel_spans, tmp_pat
     assert not [s for s in ks.spans if s.resource.service_name == "mosquitto"]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: MQTT clients read a PUBLISH a few bytes at a time and the probes "
-                                       "send only the first syscall's bytes of a message (see docs/known-gaps.md)")
 async def test_mqtt_receive_span_on_the_subscriber(kernel_spans, tmp_path: Path) -> None:
     ks = await _mqtt_exchange(kernel_spans, tmp_path)
     (rcv,) = [s for s in ks.spans if s.kind == SpanKind.CONSUMER

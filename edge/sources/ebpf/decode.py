@@ -115,16 +115,20 @@ def _exit_code(status: int) -> int:
     return (status >> 8) & 0xFF if status & 0x7F == 0 else -(status & 0x7F)
 
 
+# bpf/io.h HELIX_DATA_MORE: the record continues the message in flight.
+_DATA_MORE = 1 << 0
+
+
 def _decode(kind: int, raw: bytes) -> KernelEvent:
     if kind == EV_DATA:
         (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu,
-         saddr, daddr, sport, dport, family, role, direction, comm, plen, _pad) = _DATA.unpack_from(raw)
+         saddr, daddr, sport, dport, family, role, direction, comm, plen, flags) = _DATA.unpack_from(raw)
         payload = raw[_DATA.size:_DATA.size + plen]
         if len(payload) != plen:
             raise _Short
         return DataEvent(ts, end, pid, tid, _cstr(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
                          _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
-                         prev_bytes, prev_end, offcpu)
+                         prev_bytes, prev_end, offcpu, bool(flags & _DATA_MORE))
     if kind == EV_CLOSE:
         _, pid, tid, fd, ts, sock, last_bytes, last_end, offcpu = _CLOSE.unpack_from(raw)
         return CloseEvent(ts, pid, tid, fd, sock, last_bytes, last_end, offcpu)

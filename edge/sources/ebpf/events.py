@@ -51,7 +51,7 @@ class Endpoint:
 
 @dataclass(slots=True)
 class DataEvent:
-    """The start of a message on a socket: the first bytes after the direction of traffic changed.
+    """The start of a message on a socket (the direction of traffic changed, or it was idle), or more of it.
 
     It also closes the books on the previous message in the other direction (`prev_*`), so one event per
     message is enough to know where each message began and ended.
@@ -73,6 +73,9 @@ class DataEvent:
     prev_bytes: int  # total bytes of the previous message on this connection (0 if none)
     prev_end_ns: int  # sys_exit of the last syscall of the previous message (0 if none)
     offcpu_ns: int  # cumulative off-CPU time of this thread, for differences between two events
+    # True for the records that top up the message in flight with the bytes of its later syscalls (until
+    # payload_bytes are out); then ts_ns/end_ns are that syscall's and prev_* are 0.
+    continuation: bool = False
 
 
 @dataclass(slots=True)

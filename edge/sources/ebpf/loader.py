@@ -67,7 +67,7 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
 }
 
 # bpf/helix.h struct helix_settings (the whole .rodata of every object)
-_SETTINGS = struct.Struct("=IIQ")
+_SETTINGS = struct.Struct("=IIQQ")
 # bpf/helix.h struct helix_config (value of the `config` array map)
 _CONFIG = struct.Struct("=QII")
 _FILTER_PIDS = 1 << 0
@@ -88,6 +88,7 @@ class ProbeSettings:
     slow_file_ns: int | None = 10_000_000  # None: no file I/O events at all
     self_pid: int | None = None  # the agent's pid, never traced; None = this process
     ringbuf_bytes: int = 1 << 20  # power of two, >= one page
+    message_gap_ns: int = 5_000_000  # same-direction idle gap that starts a new message; 0: direction only
     sets: tuple[str, ...] = PROBE_SETS
 
     def validate(self) -> None:
@@ -107,7 +108,8 @@ class ProbeSettings:
 def settings_from_config(cfg: Any) -> ProbeSettings:
     """ProbeSettings from a Config (or its EbpfSourceConfig)."""
     e = getattr(cfg, "ebpf", cfg)
-    return ProbeSettings(payload_bytes=e.payload_bytes, slow_file_ns=int(e.slow_file_io * 1e9))
+    return ProbeSettings(payload_bytes=e.payload_bytes, slow_file_ns=int(e.slow_file_io * 1e9),
+                         message_gap_ns=int(getattr(e, "message_gap", 0.005) * 1e9))
 
 
 def objects_dir() -> Path:
@@ -221,7 +223,7 @@ class _Object:
                                    "(struct helix_settings)", "rebuild the probes from the bpf/ sources of this version")
         self_pid = os.getpid() if settings.self_pid is None else settings.self_pid
         slow = _SLOW_FILE_OFF if settings.slow_file_ns is None else max(0, settings.slow_file_ns)
-        data = _SETTINGS.pack(settings.payload_bytes, self_pid, slow)
+        data = _SETTINGS.pack(settings.payload_bytes, self_pid, slow, max(0, settings.message_gap_ns))
         self.lib.check(self.lib.lib.bpf_map__set_initial_value(rodata[0], data, len(data)),
                        f"cannot set the settings of {self.path.name}")
 

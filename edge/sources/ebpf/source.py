@@ -41,7 +41,8 @@ class EbpfSource:
         self.sink = sink
         self.own_pid = own_pid
         self.builder = SpanBuilder(SpanBuilderConfig(max_connections=cfg.max_connections,
-                                                     response_timeout=cfg.response_timeout))
+                                                     response_timeout=cfg.response_timeout,
+                                                     payload_bytes=cfg.payload_bytes))
         self.probes: ProbeSet | None = None
         self.stream: KernelEventStream | None = None
         self.stats = EbpfSourceStats()

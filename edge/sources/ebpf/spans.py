@@ -146,6 +146,7 @@ class SpanBuilderConfig:
     max_events_per_span: int = 32
     max_pending_faults: int = 16  # faults held for the next span of a connection
     broker_ports: tuple[int, ...] = (1883, 8883)
+    payload_bytes: int = 256  # what the probes send of each message: a shorter snapshot may be topped up
     host_name: str = field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
@@ -175,6 +176,9 @@ class SpanBuilderStats:
     end_estimated: int = 0  # responses whose message end never came; end is the first syscall's exit
     pending_dropped: int = 0  # requests dropped at the per-connection cap or with an evicted connection
     broker_side: int = 0  # MQTT packets on the broker's own connections, not spans
+    topped_up: int = 0  # message snapshots completed from the bytes of later syscalls
+    late_more: int = 0  # top-up bytes for a message already decoded (its head was complete without them)
+    split_messages: int = 0  # same-direction continuations of an HTTP message cut by an idle gap
     mqtt_other: int = 0  # MQTT control packets that make no span (CONNECT, PUBACK, PINGREQ, ...)
     evicted_connections: int = 0
     evicted_processes: int = 0
@@ -237,6 +241,10 @@ class _Conn:
     broker: bool = False
     topic_aliases: dict[tuple[int, int], str] = field(default_factory=dict)
     faults: list[Event] = field(default_factory=list)
+    partial: DataEvent | None = None  # a message start waiting for more of its bytes
+    partial_deadline_ns: int = 0
+    last_direction: int = -1
+    split_bytes: int = 0  # bytes of the message in flight before an idle gap cut it
 
 
 class SpanBuilder:
@@ -254,6 +262,7 @@ class SpanBuilder:
         self._by_pid: dict[int, set[int]] = {}
         self._procs: OrderedDict[int, _Proc] = OrderedDict()
         self._waiting: set[int] = set()  # socks with requests or responses waiting
+        self._partials: set[int] = set()  # socks with a message start waiting for its top-up bytes
         self._offset_ns = 0
         self._synced_at: int | None = None
         self._resync()
@@ -299,6 +308,12 @@ class SpanBuilder:
         """Emit what waited too long as of kernel monotonic time `now_mono_ns`."""
         self._maybe_resync()
         out: list[Span] = []
+        for sock in list(self._partials):
+            conn = self._conns.get(sock)
+            if conn is None or conn.partial is None:
+                self._partials.discard(sock)
+            elif conn.partial_deadline_ns <= now_mono_ns:
+                self._settle(conn, out)
         for sock in list(self._waiting):
             conn = self._conns.get(sock)
             if conn is None:
@@ -438,6 +453,7 @@ class SpanBuilder:
             del self._conns[conn.sock]
         self._unindex(conn)
         self._waiting.discard(conn.sock)
+        self._partials.discard(conn.sock)
         self.stats.faults_orphaned += len(conn.faults)
 
     def _evict(self, conn: _Conn) -> None:
@@ -449,6 +465,8 @@ class SpanBuilder:
         conn = self._conns.get(ev.sock)
         if conn is None:
             return
+        if conn.partial is not None:
+            self._settle(conn, out)
         self._end_message(conn, ev.last_end_ns or None, ev.last_bytes, out)
         for x in conn.finishing:
             self._finish_estimated(conn, x, out)
@@ -497,10 +515,61 @@ class SpanBuilder:
     # -- data --------------------------------------------------------------------------------------------------
 
     def _on_data(self, ev: DataEvent, out: list[Span]) -> None:
+        if ev.continuation:
+            self._on_more(ev, out)
+            return
+        conn = self._conns.get(ev.sock)
+        if conn is not None and conn.partial is not None:
+            self._settle(conn, out)
+        if self._wants_more(ev, conn):
+            # Only part of the head is here (MQTT clients read a packet byte by byte, HTTP heads come in
+            # pieces): wait for the top-up records of the same message before decoding it.
+            conn = self._conn_for(ev)
+            conn.partial = ev
+            conn.partial_deadline_ns = ev.end_ns + int(self.config.message_end_timeout * 1e9)
+            self._partials.add(ev.sock)
+            return
+        self._on_message(ev, out)
+
+    def _wants_more(self, ev: DataEvent, conn: _Conn | None) -> bool:
+        n = len(ev.payload)
+        if conn is not None and conn.proto == _OPAQUE:
+            return False
+        # The probes send more only while the message's snapshot is short of payload_bytes.
+        if n != ev.size or n >= self.config.payload_bytes:
+            return False
+        return not _head_complete(ev.payload)
+
+    def _on_more(self, ev: DataEvent, out: list[Span]) -> None:
+        conn = self._conns.get(ev.sock)
+        if conn is None or conn.partial is None:
+            self.stats.late_more += 1
+            return
+        p = conn.partial
+        p.payload = (p.payload + ev.payload)[: self.config.payload_bytes]
+        if len(p.payload) >= self.config.payload_bytes or _head_complete(p.payload):
+            self._settle(conn, out)
+
+    def _settle(self, conn: _Conn, out: list[Span]) -> None:
+        ev, conn.partial = conn.partial, None
+        self._partials.discard(conn.sock)
+        if ev is not None:
+            self.stats.topped_up += 1
+            self._on_message(ev, out)
+
+    def _on_message(self, ev: DataEvent, out: list[Span]) -> None:
         conn = self._conn_for(ev)
         self._proc(ev.pid, ev.comm)
+        same_direction = conn.last_direction == int(ev.direction)
+        conn.last_direction = int(ev.direction)
+        if same_direction and conn.proto == _HTTP and not looks_like_http(ev.payload):
+            # An idle gap cut an HTTP message (a slow body): it goes on; its end comes with the next message.
+            conn.split_bytes += ev.prev_bytes
+            self.stats.split_messages += 1
+            return
         if ev.prev_end_ns or conn.finishing or conn.last_msg != _NO_MSG:
-            self._end_message(conn, ev.prev_end_ns or None, ev.prev_bytes, out)
+            self._end_message(conn, ev.prev_end_ns or None, ev.prev_bytes + conn.split_bytes, out)
+        conn.split_bytes = 0
         conn.seq += 1
         if conn.proto == _OPAQUE:
             self.stats.unparsed += 1
@@ -778,7 +847,9 @@ class SpanBuilder:
         name = f"publish {topic}" if egress else f"receive {topic}"
         kind = SpanKind.PRODUCER if egress else SpanKind.CONSUMER
         proc = self._proc(ev.pid, ev.comm)
-        span = self._span(name, kind, ev.ts_ns, ev.end_ns, proc, attrs, ctx, self._take_faults(conn))
+        # A receive is the moment the read returned: the time before it was spent waiting for the broker.
+        start = ev.ts_ns if egress else ev.end_ns
+        span = self._span(name, kind, start, ev.end_ns, proc, attrs, ctx, self._take_faults(conn))
         self.stats.mqtt_spans += 1
         out.append(span)
 
@@ -884,3 +955,16 @@ def _split_host(host: str) -> tuple[str, int | None]:
 
 def _join_host(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _head_complete(data: bytes) -> bool:
+    """Whether a snapshot holds a whole HTTP head or a whole MQTT packet (so no top-up is worth waiting for)."""
+    if looks_like_http(data):
+        return b"\r\n\r\n" in data
+    if len(data) < 2:
+        return False
+    decoded = mqtt.decode_varint(data, 1)
+    if decoded is None:
+        return len(data) >= 5  # a remaining length is at most 4 bytes: this is no MQTT packet
+    remaining, offset = decoded
+    return len(data) >= offset + remaining

@@ -609,3 +609,66 @@ def test_config_rejects_nonsense_with_the_key_named():
         SpanBuilderConfig(max_connections=0)
     with pytest.raises(ConfigError, match="response_timeout"):
         SpanBuilderConfig(response_timeout=-1)
+
+
+# -- messages read in pieces: top-up records and idle-gap message starts --------------------------------------------
+
+def _more(sock, direction, ts, chunk, **kw) -> DataEvent:
+    ev = data(sock, direction, ts, chunk, **kw)
+    ev.continuation = True
+    return ev
+
+
+def test_publish_read_byte_by_byte_is_decoded_from_top_up_records():
+    b = builder()
+    sub = dict(role=Role.CLIENT, local=CLI, remote=BROKER, comm="mosquitto_sub")
+    b.feed([data(9, OUT, 1_000, enc.connect("sub-1"), **sub)])
+    pkt = enc.publish("plant/t", b"21.5", qos=0, user=[("traceparent", TP)])
+    # libmosquitto: the command byte, then the remaining length, then the rest, each its own read.
+    events = [data(9, IN, 50_000, pkt[:1], prev_bytes=40, prev_end=2_000, **sub),
+              _more(9, IN, 51_000, pkt[1:2], **sub), _more(9, IN, 52_000, pkt[2:], **sub)]
+    spans = b.feed(events)
+    (rcv,) = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    assert rcv.name == "receive plant/t" and rcv.trace_id.hex() == TID and rcv.parent_span_id.hex() == SID
+    assert rcv.start_ns == OFFSET + 51_000, "a receive starts when the first read returned, not when it began waiting"
+    assert b.stats.topped_up == 1
+
+
+def test_three_qos0_deliveries_after_suback_each_become_a_span():
+    b = builder()
+    sub = dict(role=Role.CLIENT, local=CLI, remote=BROKER, comm="paho")
+    b.feed([data(9, OUT, 1_000, enc.connect("sub-2"), **sub)])
+    spans = []
+    t = 10_000_000
+    for i in range(3):
+        pkt = enc.publish(f"plant/{i}", b"x", user=[("traceparent", f"00-{TID[:-1]}{i}-{SID}-01")])
+        # Each delivery came after an idle gap, so the probes start a new message for each.
+        spans += b.feed([data(9, IN, t, pkt[:1], prev_bytes=3, prev_end=t - 6_000_000, **sub),
+                         _more(9, IN, t + 100, pkt[1:], **sub)])
+        t += 50_000_000
+    rcv = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    assert [s.name for s in rcv] == ["receive plant/0", "receive plant/1", "receive plant/2"]
+    assert [s.trace_id.hex()[-1] for s in rcv] == ["0", "1", "2"]
+
+
+def test_partial_head_is_decoded_at_the_deadline_when_no_more_comes():
+    b = builder(message_end_timeout=1.0)
+    head = req(headers=[f"traceparent: {TP}"])
+    assert b.feed([data(5, IN, 1_000, head[:30])]) == []
+    assert b._partials
+    b.flush(1_000 + 2_000_000_000)
+    assert not b._partials
+    assert b.stats.topped_up == 1
+
+
+def test_http_body_cut_by_an_idle_gap_does_not_end_the_exchange():
+    b = builder()
+    body = b"x" * 5000
+    out = b.feed([data(5, IN, 1_000, req(), role=Role.SERVER),
+                  data(5, OUT, 2_000_000, resp(body=body)[:200], size=200, prev_bytes=80, prev_end=1_500),
+                  # the rest of the body after a pause: same direction, a new "message" to the probes
+                  data(5, OUT, 20_000_000, b"x" * 256, size=4900, prev_bytes=200, prev_end=2_001_000),
+                  data(5, IN, 30_000_000, req(), prev_bytes=4900, prev_end=20_500_000)])
+    (s,) = [x for x in out if x.kind == SpanKind.SERVER]
+    assert s.end_ns == OFFSET + 20_500_000, "the exchange ends with the body, not at the gap"
+    assert b.stats.split_messages == 1
