@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..model import Resource, Span, SpanKind, StatusCode, new_span_id
 from .clock import SkewAdjuster
 from .index import Entry, SpanIndex, is_kernel, pid_of
-from .rules import infer_parent
+from .rules import infer_parent, kernel_twin
 
 __all__ = ["Assembler", "AssemblerConfig", "AssemblerStats"]
 
@@ -66,6 +66,9 @@ class Assembler:
         self._kernel_server_by_wire: dict[bytes, int] = {}  # wire parent span id -> pid of the kernel server
         self._last_expire = 0.0
         self._renamed: dict[tuple[Resource, str], Resource] = {}
+        # Traces an SDK started because context was lost on an uninstrumented hop, and the trace they join.
+        self._remap: OrderedDict[bytes, bytes] = OrderedDict()
+        self._adopt: dict[bytes, Entry] = {}  # SDK root span id -> its caller-side parent entry
 
     # --- intake -------------------------------------------------------------------------------------------
 
@@ -123,6 +126,8 @@ class Assembler:
             self.index.add(e)
             self._learn_sdk_process(e)
             self.held.append(e)
+            if not is_kernel(s) and s.kind == SpanKind.SERVER and not s.parent_span_id:
+                self._try_adopt(e)
             self.bytes += e.size
         out: list[Span] = []
         cfg = self.config
@@ -171,6 +176,31 @@ class Assembler:
             cur = parent
         return cur
 
+    def _try_adopt(self, e: Entry) -> bool:
+        """An SDK root server span whose request the kernel saw arrive from a caller joins the caller's trace.
+
+        The SDK started a new trace because an uninstrumented caller passed no context; the kernel server
+        span of the same request (same process, around it) knows the caller by its connection. The SDK span
+        keeps its own id and subtree; its trace id (and that of every span of its trace) becomes the
+        caller's, and its parent the caller's client span.
+        """
+        if e.span.span_id in self._adopt:
+            return True
+        pid = pid_of(e.span)
+        if pid is None:
+            return False
+        twin = kernel_twin(self.index, e, pid)
+        caller = self._parent(twin) if twin is not None else None
+        if caller is None:
+            return False
+        self._adopt[e.span.span_id] = caller
+        self._remap[e.span.trace_id] = self._top(caller).span.trace_id
+        while len(self._remap) > self.config.dedup_memory:
+            self._remap.popitem(last=False)
+        if len(self._adopt) > self.config.dedup_memory:
+            self._adopt.pop(next(iter(self._adopt)))
+        return True
+
     def _device_root(self, s: Span) -> Span:
         """The outermost span of the same device above `s` that is still indexed."""
         cur = s
@@ -204,6 +234,17 @@ class Assembler:
             node_parent = self.index.by_id.get(root.parent_span_id) if root.parent_span_id else None
             if node_parent is not None:
                 self.skew.observe(root, node_parent.span, now)
+        if not is_kernel(s) and s.kind == SpanKind.SERVER and not s.parent_span_id and self._try_adopt(e):
+            caller = self._adopt.pop(s.span_id)
+            s.parent_span_id = caller.span.span_id
+            s.attributes["helix.link"] = "adopted"
+            self.stats.links["adopted"] = self.stats.links.get("adopted", 0) + 1
+        if s.trace_id in self._remap:
+            for _ in range(8):  # a trace can be adopted by one that was itself adopted
+                if s.trace_id not in self._remap:
+                    break
+                s.trace_id = self._remap[s.trace_id]
+            self.stats.trace_joined += 1
         self.skew.apply(s, now)
         if is_kernel(s):
             self._name_after_sdk(s)

@@ -12,8 +12,8 @@ knows its own structure). In order of preference:
   the calls that request needs);
 - consumer-thread: a kernel client span made by the thread that just received an MQTT message, before it
   receives another one (subscriber callbacks);
-- process: a kernel client span inside exactly one (else the latest-started) kernel server span of the same
-  process, for thread pools — with the confidence recorded;
+- process: a kernel client span inside a kernel server span of the same process (the tightest when several
+  are in flight), for thread pools — with the confidence recorded;
 - mqtt-topic: a kernel consumer span with no context, after the latest producer span of the same topic.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from ..model import Resource, SpanKind
 from .index import Entry, SpanIndex, conn_key, is_kernel, pid_of, tid_of
 
-__all__ = ["infer_parent", "Slack"]
+__all__ = ["infer_parent", "kernel_twin", "Slack"]
 
 
 class Slack:
@@ -38,8 +38,14 @@ def _contains(outer: Entry, inner: Entry, slack: int = Slack.CONTAIN_NS) -> bool
 
 
 def _innermost(candidates: list[Entry], inner: Entry) -> list[Entry]:
+    """Containers of `inner`, tightest first: the least time before it starts plus after it ends.
+
+    For nested containers that is the innermost; for concurrent requests of a thread pool it is the one whose
+    handler started just before the call and answered just after it — the one that waited for it.
+    """
+    i = inner.span
     hits = [c for c in candidates if _contains(c, inner)]
-    hits.sort(key=lambda c: c.span.start_ns, reverse=True)
+    hits.sort(key=lambda c: (i.start_ns - c.span.start_ns) + (c.span.end_ns - i.end_ns))
     return hits
 
 
@@ -113,3 +119,10 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
         if hits:
             return hits[0], "process", round(1.0 / len(hits), 3)
     return None, "", 1.0
+
+
+def kernel_twin(index: SpanIndex, e: Entry, pid: int) -> Entry | None:
+    """The kernel server span of the same request as an SDK server span: same process, tightest container."""
+    hits = [c for c in _innermost(index.servers_by_pid.get(pid, []), e)
+            if c.span.attributes.get("helix.context_from") != "wire"]
+    return hits[0] if hits else None

@@ -215,3 +215,32 @@ def test_kernel_spans_in_an_instrumented_process_take_its_service_name() -> None
     got = run([server_sdk, k])
     assert got["k-server"].resource.service_name == "orders"
     assert got["k-server"].resource.as_dict()["process.pid"] == 7
+
+
+def test_sdk_trace_started_after_an_uninstrumented_hop_joins_the_callers_trace() -> None:
+    # caller (pid 1, kernel only) -> instrumented service (pid 7) that got no context and started a trace.
+    caller = kspan("caller-call", SpanKind.CLIENT, 0, 100, pid=1, tid=10, local=A, peer=B)
+    k_server = kspan("k-server", SpanKind.SERVER, 1, 99, pid=7, tid=70, local=B, peer=A)
+    own = new_trace_id()
+    root = replace(sdk("riskReview", SpanKind.SERVER, 2, 98, "risk", own),
+                   resource=Resource.of({"service.name": "risk", "process.pid": 7}))
+    child = sdk("score", SpanKind.INTERNAL, 10, 20, "risk", own, parent=root.span_id)
+    db = kspan("db", SpanKind.CLIENT, 30, 40, pid=7, tid=70, local=C, peer=D, wire=(own, root.span_id))
+    got = run([k_server, caller, db, child, root])
+    t = got["caller-call"].trace_id
+    assert {s.trace_id for s in got.values()} == {t}
+    assert got["riskReview"].parent_span_id == got["caller-call"].span_id
+    assert got["riskReview"].attributes["helix.link"] == "adopted"
+    assert got["score"].parent_span_id == root.span_id, "the SDK's own structure is kept"
+
+
+def test_thread_pool_picks_the_request_that_waited_for_the_call() -> None:
+    # Two requests in flight on one process; the worker's call belongs to the one that answered right after it.
+    spans = [
+        kspan("req-a", SpanKind.SERVER, 0, 100, pid=5, tid=50, local=B, peer=A),
+        kspan("req-b", SpanKind.SERVER, 5, 45, pid=5, tid=52, local=B, peer=("127.0.0.1", 40010)),
+        kspan("call-b", SpanKind.CLIENT, 8, 43, pid=5, tid=51, local=C, peer=D),
+    ]
+    got = run(spans)
+    assert got["call-b"].parent_span_id == got["req-b"].span_id
+    assert got["call-b"].attributes["helix.link.confidence"] == 0.5
