@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.accuracy_score import OracleEntry, Score, pooled, score  # noqa: E402
 from edge.agent import Agent  # noqa: E402
+from edge.codec.otlp import request_to_json, spans_from_request  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.demo.broker import Mosquitto, free_port  # noqa: E402
 from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
@@ -183,7 +184,7 @@ def read_oracle(paths: list[Path]) -> list[OracleEntry]:
     return out
 
 
-async def run(quick: bool) -> dict[str, Score]:
+async def run(quick: bool, only: str | None = None, dump: Path | None = None) -> dict[str, Score]:
     work = Path(tempfile.mkdtemp(prefix="helix-accuracy-"))
     broker = Mosquitto(workdir=work).start()
     peer = await OtlpPeer().start()
@@ -202,6 +203,8 @@ async def run(quick: bool) -> dict[str, Score]:
     results: dict[str, Score] = {}
     try:
         for sc in scenarios(quick):
+            if only and only not in sc.name:
+                continue
             mark = len(peer.requests)
             bed = Testbed(work, broker, f"http://127.0.0.1:{grpc_port}")
             oracles = bed.start(sc)
@@ -218,9 +221,13 @@ async def run(quick: bool) -> dict[str, Score]:
                 if len(peer.requests) != last:
                     last, quiet = len(peer.requests), time.monotonic()
             await asyncio.to_thread(bed.stop)
-            from edge.codec.otlp import spans_from_request
             spans = [s for req in peer.requests[mark:] for s in spans_from_request(req)]
             oracle = read_oracle(oracles)
+            if dump is not None:
+                dump.mkdir(parents=True, exist_ok=True)
+                (dump / f"{sc.name}.otlp.jsonl").write_text(
+                    "".join(request_to_json(req) + "\n" for req in peer.requests[mark:]))
+                (dump / f"{sc.name}.oracle.jsonl").write_text("".join(p.read_text() for p in oracles if p.exists()))
             sdk_services = {s.name for s in sc.services if s.sdk}
             on_wire = {o.rid for o in oracle if o.parent_rid and _service_of(o.parent_rid, oracle) in sdk_services}
             results[sc.name] = score(spans, oracle, on_wire)
@@ -258,10 +265,12 @@ def table(results: dict[str, Score]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer requests per scenario (about a minute)")
+    ap.add_argument("--only", metavar="NAME", help="run the scenarios whose name contains NAME")
+    ap.add_argument("--dump", metavar="DIR", help="write each scenario's spans (OTLP JSON) and oracle to DIR")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/accuracy.py loads the kernel probes: run it as root")
-    results = asyncio.run(run(args.quick))
+    results = asyncio.run(run(args.quick, args.only, Path(args.dump) if args.dump else None))
     print(table(results))
     print(json.dumps({"scenarios": {k: v.as_dict() for k, v in results.items()}, "overall": pooled(results)}))
 
