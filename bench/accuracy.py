@@ -184,7 +184,7 @@ def read_oracle(paths: list[Path]) -> list[OracleEntry]:
     return out
 
 
-async def run(quick: bool, only: str | None = None, dump: Path | None = None) -> dict[str, Score]:
+async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None) -> dict[str, Score]:
     work = Path(tempfile.mkdtemp(prefix="helix-accuracy-"))
     broker = Mosquitto(workdir=work).start()
     peer = await OtlpPeer().start()
@@ -203,7 +203,7 @@ async def run(quick: bool, only: str | None = None, dump: Path | None = None) ->
     results: dict[str, Score] = {}
     try:
         for sc in scenarios(quick):
-            if only and only not in sc.name:
+            if only and not any(o in sc.name for o in only):
                 continue
             mark = len(peer.requests)
             bed = Testbed(work, broker, f"http://127.0.0.1:{grpc_port}")
@@ -265,12 +265,14 @@ def table(results: dict[str, Score]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer requests per scenario (about a minute)")
-    ap.add_argument("--only", metavar="NAME", help="run the scenarios whose name contains NAME")
+    ap.add_argument("--only", metavar="NAMES", default="",
+                    help="comma-separated: run the scenarios whose name contains one of them")
     ap.add_argument("--dump", metavar="DIR", help="write each scenario's spans (OTLP JSON) and oracle to DIR")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/accuracy.py loads the kernel probes: run it as root")
-    results = asyncio.run(run(args.quick, args.only, Path(args.dump) if args.dump else None))
+    only = tuple(n for n in args.only.split(",") if n)
+    results = asyncio.run(run(args.quick, only, Path(args.dump) if args.dump else None))
     print(table(results))
     print(json.dumps({"scenarios": {k: v.as_dict() for k, v in results.items()}, "overall": pooled(results)}))
 

@@ -16,7 +16,7 @@ from edge.model import Span, SpanKind
 
 __all__ = ["OracleEntry", "Score", "rid_of", "score"]
 
-_RID = re.compile(r"(?:^|&)rid=([0-9a-f.]+|[0-9a-f]+\.recv)")
+_RID = re.compile(r"(?:^|&)rid=([A-Za-z0-9_.\-]+)")
 
 
 @dataclass(slots=True, frozen=True)
