@@ -192,7 +192,7 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None)
     cfg = parse_config({
         "sources": {"mqtt": {"broker": broker.url}, "ebpf": {"enabled": True},
                     "otlp": {"grpc_listen": f"127.0.0.1:{grpc_port}", "http_listen": ""}},
-        "uplink": {"broker": broker.url, "batch_max_age": "300ms"},
+        "uplink": {"broker": broker.url, "batch_max_age": "300ms", "spool_dir": str(work / "spool")},
         "gateway": {"broker": broker.url, "http_listen": "", "export_endpoint": peer.grpc_endpoint},
     })
     stop = asyncio.Event()

@@ -95,6 +95,7 @@ enabled = {'false' if args.ebpf == 'off' else '"auto"'}
 [uplink]
 broker = "{broker.url}"
 batch_max_age = "500ms"
+spool_dir = "{work / 'spool'}"
 """)
     (work / "gateway.toml").write_text(f"""
 [gateway]

@@ -1,6 +1,8 @@
-"""Gateway CPU cost on one core: Helix batch -> decoded spans -> OTLP protobuf request bytes.
+"""Gateway CPU cost on one core: Helix batch (current format, shipped dictionary) -> decoded spans -> OTLP protobuf
+request bytes, and the process's peak RSS under that load.
 
-Run: python bench/gateway_throughput.py [--traces N] [--batch 512]. The last line is one JSON object.
+Run: python bench/gateway_throughput.py [--traces N] [--batch 512]. The last line is one JSON object with
+`spans_per_s` and `rss_mib`.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ __all__ = [
     "SamplerConfig",
     "UplinkConfig",
     "MemoryConfig",
+    "MetricsConfig",
     "GatewayConfig",
     "BrokerAddress",
     "load_config",
@@ -277,9 +278,17 @@ class AssemblerSectionConfig:
 
 @dataclass(slots=True, frozen=True)
 class SamplerConfig:
-    """Head sampling: the fraction of traces kept."""
+    """Head sampling (the fraction of traces kept) and the tail rules that keep more."""
 
     ratio: float = 1.0
+    tail: bool = True  # tail rules on; false = head sampling only
+    decision_wait: float = 2.0  # a trace is decided this long after its last span arrived
+    buffer: int = 4 * 1024 * 1024  # bytes of head-rejected spans held while their trace is undecided
+    keep_errors: bool = True  # error status or HTTP 5xx
+    latency_default: float = 0.0  # seconds; 0 = no latency rule for routes not in `latency`
+    latency: dict[str, float] = field(default_factory=dict)  # route -> seconds
+    new_route_traces: int = 5  # the first N traces of a route not seen before; 0 = off
+    max_routes: int = 10_000  # routes remembered for the new-route rule
 
 
 @dataclass(slots=True, frozen=True)
@@ -301,6 +310,9 @@ class UplinkConfig:
     password: str = ""
     send_timeout: float = 10.0
     retry_max_backoff: float = 30.0
+    spool_dir: str = "/var/lib/helix/spool"  # "" keeps batches in memory only (lost on a crash)
+    spool_max_bytes: int = 64 * 1024 * 1024
+    drain_rate: float = 20.0  # batches per second at most, so a spool backlog does not storm the gateway; 0 = no limit
 
     def topic_for(self, node_id: str) -> str:
         """The uplink topic with `{node_id}` filled in."""
@@ -312,6 +324,18 @@ class MemoryConfig:
     """The hard memory budget every buffer accounts against."""
 
     limit: int = 48 * 1024 * 1024
+    baseline: int = 0  # what the process holds with empty buffers (interpreter, libraries); 0 = RSS measured at start
+    check_interval: float = 0.5  # how often the governor reads RSS and the buffers
+
+
+@dataclass(slots=True, frozen=True)
+class MetricsConfig:
+    """RED metrics and the agent's own health: exported upstream and on a loopback Prometheus endpoint."""
+
+    listen: tuple[str, int] | None = ("127.0.0.1", 9464)
+    export_interval: float = 10.0  # how often metrics go upstream; 0 = not at all
+    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+    max_series: int = 2000  # RED series per node; further ones fold into one overflow series
 
 
 @dataclass(slots=True, frozen=True)
@@ -333,6 +357,12 @@ class GatewayConfig:
     username: str = ""
     password: str = ""
     dedup_window: int = 65536
+    client_id: str = ""  # MQTT client id of this instance; "" = helix-gw-<hostname>. Must be unique per instance.
+    session_expiry: float = 3600.0  # how long the broker keeps this instance's queue while it is away
+
+    def mqtt_client_id(self) -> str:
+        """The fixed MQTT client id, so a restarted instance resumes its persistent session."""
+        return self.client_id or f"helix-gw-{socket.gethostname().split('.')[0] or 'gateway'}"
 
     def subscription(self) -> str:
         """The MQTT subscription, as a shared subscription when a group is set."""
@@ -353,6 +383,7 @@ class Config:
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -388,6 +419,8 @@ _D_OTLP = OtlpSourceConfig()
 _D_EBPF = EbpfSourceConfig()
 _D_UPLINK = UplinkConfig()
 _D_MEMORY = MemoryConfig()
+_D_SAMPLER = SamplerConfig()
+_D_METRICS = MetricsConfig()
 _D_GATEWAY = GatewayConfig()
 
 
@@ -447,7 +480,17 @@ def parse_config(data: dict[str, Any]) -> Config:
     r.finish()
 
     r = top.sub("sampler")
-    sampler = SamplerConfig(ratio=r.get("ratio", 1.0, _float_in(0.0, 1.0)))
+    sampler = SamplerConfig(
+        ratio=r.get("ratio", 1.0, _float_in(0.0, 1.0)),
+        tail=r.get("tail", True, _bool),
+        decision_wait=r.get("decision_wait", 2.0, _durations(0.0, 300.0)),
+        buffer=r.get("buffer", _D_SAMPLER.buffer, _sizes(0, 1024**3)),
+        keep_errors=r.get("keep_errors", True, _bool),
+        latency_default=r.get("latency_default", 0.0, _durations(0.0, 3600.0)),
+        latency=r.get("latency", {}, _route_durations),
+        new_route_traces=r.get("new_route_traces", 5, _int_in(0, 1000)),
+        max_routes=r.get("max_routes", 10_000, _int_in(0, 1_000_000)),
+    )
     r.finish()
 
     r = top.sub("uplink")
@@ -467,11 +510,27 @@ def parse_config(data: dict[str, Any]) -> Config:
         password=r.get("password", "", _str),
         send_timeout=r.get("send_timeout", 10.0, _durations(0.1, 300.0)),
         retry_max_backoff=r.get("retry_max_backoff", 30.0, _durations(0.01, 3600.0)),
+        spool_dir=r.get("spool_dir", _D_UPLINK.spool_dir, _str),
+        spool_max_bytes=r.get("spool_max_bytes", _D_UPLINK.spool_max_bytes, _sizes(64 * 1024, 1024**4)),
+        drain_rate=r.get("drain_rate", 20.0, _float_in(0.0, 100_000.0)),
     )
     r.finish()
 
     r = top.sub("memory")
-    memory = MemoryConfig(limit=r.get("limit", _D_MEMORY.limit, _sizes(8 * 1024 * 1024, 64 * 1024**3)))
+    memory = MemoryConfig(limit=r.get("limit", _D_MEMORY.limit, _sizes(8 * 1024 * 1024, 64 * 1024**3)),
+                          baseline=r.get("baseline", _D_MEMORY.baseline, _sizes(0, 64 * 1024**3)),
+                          check_interval=r.get("check_interval", 0.5, _durations(0.05, 60.0)))
+    if memory.baseline and memory.baseline >= memory.limit:
+        raise ConfigError("memory.baseline", f"must be below memory.limit ({memory.limit} bytes), got {memory.baseline}")
+    r.finish()
+
+    r = top.sub("metrics")
+    metrics = MetricsConfig(
+        listen=r.get("listen", _D_METRICS.listen, _listen_or_off),
+        export_interval=r.get("export_interval", 10.0, _durations(0.0, 3600.0)),
+        buckets=r.get("buckets", _D_METRICS.buckets, _buckets),
+        max_series=r.get("max_series", 2000, _int_in(10, 1_000_000)),
+    )
     r.finish()
 
     r = top.sub("gateway")
@@ -491,11 +550,30 @@ def parse_config(data: dict[str, Any]) -> Config:
         username=r.get("username", "", _str),
         password=r.get("password", "", _str),
         dedup_window=r.get("dedup_window", 65536, _int_in(0, 10_000_000)),
+        client_id=r.get("client_id", "", _str),
+        session_expiry=r.get("session_expiry", 3600.0, _durations(0.0, 30 * 86400.0)),
     )
     r.finish()
     top.finish()
     return Config(node=node, log_level=log_level, mqtt=mqtt, otlp=otlp, ebpf=ebpf, assembler=assembler, sampler=sampler,
-                  uplink=uplink, memory=memory, gateway=gateway)
+                  uplink=uplink, memory=memory, gateway=gateway, metrics=metrics)
+
+
+def _route_durations(value: Any, key: str) -> dict[str, float]:
+    # [sampler.latency] "/api/orders" = "500ms": one threshold per route.
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"expected a table of route = duration, such as \"/api/orders\" = \"500ms\", got {value!r}")
+    return {route: _durations(0.0, 3600.0)(v, f"{key}.{route!r}") for route, v in value.items()}
+
+
+def _buckets(value: Any, key: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
+        raise ConfigError(key, f"expected a non-empty list of positive bucket bounds in seconds, got {value!r}")
+    bounds = tuple(float(v) for v in value)
+    if any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise ConfigError(key, f"bucket bounds must be strictly increasing, got {list(bounds)}")
+    return bounds
 
 
 def _int_list(lo: int, hi: int) -> Callable[[Any, str], list[int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .client import UplinkClient, UplinkStats
+from .spool import DiskSpool, MemorySpool
 from .wire import FORMAT_VERSION, MEDIA_TYPE, Batch, decode_batch, encode_batch
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "decode_batch",
     "UplinkClient",
     "UplinkStats",
+    "DiskSpool",
+    "MemorySpool",
     "OtlpExporter",
     "ExportResult",
     "Gateway",

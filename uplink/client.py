@@ -1,7 +1,10 @@
-"""The node side of the uplink: queue spans, cut batches, send them over MQTT or HTTP until acknowledged.
+"""The node side of the uplink: queue spans, cut batches, spool them, send them over MQTT or HTTP until acknowledged.
 
-Accepted spans stay in memory until the transport acknowledges their batch (PUBACK for MQTT QoS 1, a 2xx for
-HTTP); a failing link only delays them. What cannot be accepted (queue full) is counted, never silently lost.
+Memory holds only the spans of the batch being cut. Each cut batch is encoded, written to the spool (on disk by
+default: it survives kill -9 and power cuts) and only then counted as accepted for delivery. A sender drains the
+spool oldest-first at no more than `uplink.drain_rate` batches per second and deletes a batch only once the
+transport acknowledged it (PUBACK for MQTT QoS 1, a 2xx for HTTP). What cannot be kept is counted, never silently
+lost: queue full, spool full (oldest evicted), unencodable spans, batches refused for good.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from edge.config import UplinkConfig
 from edge.errors import UplinkError
 from edge.model import Span
 
+from .spool import DiskSpool, MemorySpool
 from .wire import MEDIA_TYPE, encode_batch
 
 __all__ = [
@@ -31,11 +35,13 @@ __all__ = [
     "Backoff",
     "Throttle",
     "parse_retry_after",
+    "make_transport",
 ]
 
 log = logging.getLogger(__name__)
 
 _INITIAL_BACKOFF = 0.1
+_NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 class SendError(UplinkError):
@@ -122,19 +128,29 @@ class Throttle:
 
 @dataclass(slots=True)
 class UplinkStats:
-    """Counters of the uplink client (monotonic, except the `queued_*` gauges)."""
+    """Counters of the uplink client (monotonic, except the gauges `queued_*`, `spooled_*` and `spool_durable`)."""
 
-    spans_accepted: int = 0
+    spans_accepted: int = 0  # taken by submit() into the batch being cut
+    spans_spooled: int = 0  # cut, encoded and stored in the spool: accepted for delivery
+    batches_spooled: int = 0
     spans_sent: int = 0
     batches_sent: int = 0
     bytes_sent: int = 0
     dropped_queue_full: int = 0
     dropped_rejected: int = 0  # spans in batches the gateway refused as malformed or oversized
     dropped_unencodable: int = 0
-    dropped_on_close: int = 0
+    dropped_spool_error: int = 0  # the spool could not store a batch (disk error, or one batch over spool_max_bytes)
+    dropped_on_close: int = 0  # not cut, or held in a memory-only spool, when the client stopped
+    spool_evicted_batches: int = 0  # oldest batches pushed out of a full spool
+    spool_evicted_spans: int = 0
+    spool_recovered_spans: int = 0  # found in the disk spool at start, left by a previous run
     send_failures: int = 0
     queued_spans: int = 0
     queued_bytes: int = 0
+    spooled_batches: int = 0
+    spooled_spans: int = 0
+    spooled_bytes: int = 0
+    spool_durable: int = 0  # 1 when batches wait on disk, 0 when only in memory
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for /metrics and logs)."""
@@ -151,6 +167,7 @@ class MqttTransport:
         self._cfg = cfg
         self._topic = cfg.topic_for(node_id)
         self._client: Any = None
+        self._refusal: str | None = None
 
     async def _connect(self) -> Any:
         cfg = self._cfg
@@ -162,6 +179,18 @@ class MqttTransport:
             tls_params=aiomqtt.TLSParameters() if cfg.broker.tls else None,
             logger=logging.getLogger(__name__ + ".mqtt"),
         )
+        # aiomqtt does not look at the PUBACK reason code; a refusal (not authorised, quota exceeded) or "no
+        # matching subscribers" (no gateway session would ever see it) must keep the batch in the spool.
+        paho = client._client
+        acknowledged = paho.on_publish
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            value = getattr(reason, "value", 0)
+            if value >= 0x80 or value == _NO_MATCHING_SUBSCRIBERS:
+                self._refusal = str(reason)
+            acknowledged(c, userdata, mid, reason, properties)
+
+        paho.on_publish = on_publish
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as e:
@@ -173,11 +202,15 @@ class MqttTransport:
     async def send(self, payload: bytes) -> None:
         """Publish one batch."""
         client = self._client or await self._connect()
+        self._refusal = None
         try:
             await client.publish(self._topic, payload, qos=self._cfg.qos, timeout=self._cfg.send_timeout)
         except self._aiomqtt.MqttError as e:
             await self.close()
             raise SendError(f"uplink broker unreachable at {self._cfg.broker}: publish failed: {e}") from None
+        if self._refusal is not None:
+            raise SendError(f"uplink broker {self._cfg.broker} did not take the batch on {self._topic}: {self._refusal}"
+                            " (is a gateway subscribed, and may this node publish there?)")
 
     async def close(self) -> None:
         """Disconnect (quietly: the connection may already be gone)."""
@@ -234,33 +267,34 @@ def make_transport(cfg: UplinkConfig, node_id: str) -> Transport:
     return MqttTransport(cfg, node_id)
 
 
-@dataclass(slots=True)
-class _Pending:
-    payload: bytes
-    spans: int
-    accounted: int  # queue bytes released on acknowledgement
-    seq: int
-
-
 class UplinkClient:
     """Batches spans and ships them; call `submit` from the event loop, run `run()` as a task, end with `close()`."""
 
-    def __init__(self, cfg: UplinkConfig, node_id: str, transport: Transport | None = None) -> None:
+    def __init__(self, cfg: UplinkConfig, node_id: str, transport: Transport | None = None,
+                 spool: MemorySpool | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.stats = UplinkStats()
         self._transport = transport or make_transport(cfg, node_id)
+        if spool is None:
+            spool = DiskSpool(cfg.spool_dir, node_id, cfg.spool_max_bytes) if cfg.spool_dir else \
+                MemorySpool(cfg.spool_max_bytes)
+        self.spool = spool
         self._queue: deque[tuple[Span, int]] = deque()
         self._queue_bytes = 0
-        self._inflight_bytes = 0
+        self._cutting = 0  # spans taken off the queue and not yet in the spool
         self._oldest: float | None = None  # monotonic time the oldest queued span arrived
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # new spans, or closing
+        self._spooled = asyncio.Event()  # a batch reached the spool, or cutting ended
+        self._cut_done = False
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
+        self.opened = asyncio.Event()  # the spool is open and what it held is queued for sending
         self._throttle = Throttle()
-        # Sequence numbers start from the clock so a restarted node never reuses one the gateway has seen.
-        self._seq = time.time_ns() // 1000
+        self._next_send = 0.0
+
+    # -------------------------------------------------------------------------------------------- intake
 
     def submit(self, spans: list[Span]) -> int:
         """Queue spans without blocking; returns how many were accepted (the rest are counted as dropped)."""
@@ -268,7 +302,7 @@ class UplinkClient:
         limit = self.cfg.queue_max_bytes
         for span in spans:
             size = span.approx_size()
-            if self._closing or self._queue_bytes + self._inflight_bytes + size > limit:
+            if self._closing or self._queue_bytes + size > limit:
                 break
             self._queue.append((span, size))
             self._queue_bytes += size
@@ -283,35 +317,89 @@ class UplinkClient:
             self.stats.dropped_queue_full += dropped
             if self._throttle.ready("full"):
                 log.warning("uplink queue full (%d bytes, limit %d): dropped %d spans (total dropped %d)",
-                            self._queue_bytes + self._inflight_bytes, limit, dropped, self.stats.dropped_queue_full)
+                            self._queue_bytes, limit, dropped, self.stats.dropped_queue_full)
         self._gauges()
         return accepted
 
     def _gauges(self) -> None:
-        self.stats.queued_spans = len(self._queue)
-        self.stats.queued_bytes = self._queue_bytes + self._inflight_bytes
+        st, sp = self.stats, self.spool
+        st.queued_spans = len(self._queue)
+        st.queued_bytes = self._queue_bytes
+        st.spooled_batches, st.spooled_spans, st.spooled_bytes = len(sp), sp.spans, sp.bytes
+        st.spool_evicted_batches, st.spool_evicted_spans = sp.evicted_batches, sp.evicted_spans
+        st.spool_durable = int(sp.durable)
+
+    # -------------------------------------------------------------------------------------------- running
 
     async def run(self) -> None:
-        """Ship batches until `close()`; never raises for link failures."""
+        """Cut, spool and ship batches until `close()`; never raises for link or disk failures."""
         self._task = asyncio.current_task()
-        pending: _Pending | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
-            while True:
-                if pending is None:
-                    if not await self._batch_due():
-                        return
-                    pending = self._cut_batch()
-                    if pending is None:
-                        continue
-                await self._deliver(pending)
-                pending = None
+            await self._open_spool()
+            tasks = [asyncio.create_task(self._cut_loop(), name="uplink-cut"),
+                     asyncio.create_task(self._send_loop(), name="uplink-send")]
+            await tasks[0]
+            self._cut_done = True
+            self._spooled.set()
+            await tasks[1]
         finally:
-            lost = len(self._queue) + (pending.spans if pending else 0)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            lost = sum(1 for _ in self._queue) + self._cutting + (0 if self.spool.durable else self.spool.spans)
             if lost:
                 self.stats.dropped_on_close += lost
-                log.warning("uplink stopped with %d spans not delivered", lost)
+                log.warning("uplink stopped with %d spans not delivered and not on disk", lost)
+            if self.spool.durable and len(self.spool):
+                log.info("uplink stopped; %d batches (%d spans) wait in the spool %s for the next start",
+                         len(self.spool), self.spool.spans, getattr(self.spool, "dir", ""))
+            self._gauges()
             await self._transport.close()
+            await self.spool.close()
             self._done.set()
+
+    async def _open_spool(self) -> None:
+        try:
+            await self.spool.open()
+        except UplinkError as e:
+            log.error("%s; uplink batches are kept in memory only and are lost if the agent stops", e)
+            self.spool = MemorySpool(self.cfg.spool_max_bytes)
+            await self.spool.open()
+        self.stats.spool_recovered_spans = getattr(self.spool, "recovered_spans", 0)
+        self._gauges()
+        if len(self.spool):
+            self._spooled.set()
+        self.opened.set()
+
+    async def _cut_loop(self) -> None:
+        while await self._batch_due():
+            spans = self._take_batch()
+            seq = await self.spool.next_seq()
+            try:
+                payload = encode_batch(spans, self.node_id, seq, level=self.cfg.zstd_level)
+            except Exception as e:  # noqa: BLE001 - a span holding a value the format cannot carry must not stop the uplink
+                self.stats.dropped_unencodable += len(spans)
+                self._cutting = 0
+                log.error("uplink dropped a batch of %d spans that cannot be encoded: %s", len(spans), e)
+                continue
+            try:
+                stored = await self.spool.put(seq, len(spans), payload)
+            except UplinkError as e:
+                stored = False
+                if self._throttle.ready("spool"):
+                    log.error("%s; batch of %d spans dropped", e, len(spans))
+            self._cutting = 0
+            if stored:
+                self.stats.spans_spooled += len(spans)
+                self.stats.batches_spooled += 1
+                self._spooled.set()
+            else:
+                self.stats.dropped_spool_error += len(spans)
+                if self._throttle.ready("spool-size"):
+                    log.error("uplink could not spool a batch of %d spans (%d bytes, spool_max_bytes=%d): dropped",
+                              len(spans), len(payload), self.spool.max_bytes)
+            self._gauges()
 
     async def _batch_due(self) -> bool:
         """Wait until a batch should be cut; False when closing with nothing left."""
@@ -334,7 +422,8 @@ class UplinkClient:
             except asyncio.TimeoutError:
                 return True
 
-    def _cut_batch(self) -> _Pending | None:
+    def _take_batch(self) -> list[Span]:
+        """Take up to one batch of spans off the queue (by count and approximate bytes)."""
         cfg = self.cfg
         spans: list[Span] = []
         size = 0
@@ -346,53 +435,80 @@ class UplinkClient:
             spans.append(span)
             size += n
         self._queue_bytes -= size
+        self._cutting = len(spans)
         self._oldest = time.monotonic() if self._queue else None
-        self._seq += 1
-        try:
-            payload = encode_batch(spans, self.node_id, self._seq, level=cfg.zstd_level)
-        except Exception as e:  # noqa: BLE001 - a span holding a value the format cannot carry must not stop the uplink
-            self.stats.dropped_unencodable += len(spans)
-            log.error("uplink dropped a batch of %d spans that cannot be encoded: %s", len(spans), e)
-            self._gauges()
-            return None
-        self._inflight_bytes += size
         self._gauges()
-        return _Pending(payload, len(spans), size, self._seq)
+        return spans
 
-    async def _deliver(self, p: _Pending) -> None:
-        """Send until acknowledged, permanently refused, or cancelled by close()."""
+    async def _send_loop(self) -> None:
+        """Send spooled batches oldest-first, one at a time, paced by `drain_rate`."""
+        while True:
+            entry = self.spool.oldest()
+            if entry is None:
+                if self._cut_done:
+                    return
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            entry.sending = True
+            try:
+                await self._pace()
+                payload = await self.spool.read(entry)
+                if payload is not None:
+                    await self._deliver(entry.seq, entry.spans, payload)
+                await self.spool.remove(entry)
+            finally:
+                entry.sending = False
+                self._gauges()
+
+    async def _pace(self) -> None:
+        # After an outage the spool may hold thousands of batches: sending them back to back would hit the
+        # gateway (and every other node's gateway) with a storm, so batches leave no faster than drain_rate.
+        rate = self.cfg.drain_rate
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        if self._next_send > now:
+            await asyncio.sleep(self._next_send - now)
+            now = time.monotonic()
+        self._next_send = max(now, self._next_send) + 1.0 / rate
+
+    async def _deliver(self, seq: int, spans: int, payload: bytes) -> None:
+        """Send until acknowledged or permanently refused; cancelled by close()."""
         backoff = Backoff(maximum=self.cfg.retry_max_backoff)
-        try:
-            while True:
-                try:
-                    await self._transport.send(p.payload)
-                except SendError as e:
-                    self.stats.send_failures += 1
-                    if e.permanent:
-                        self.stats.dropped_rejected += p.spans
-                        log.error("uplink batch seq=%d (%d spans) refused for good: %s", p.seq, p.spans, e)
-                        return
-                    delay = e.retry_after_s if e.retry_after_s is not None else backoff.next()
-                    if self._throttle.ready("send"):
-                        extra = self._throttle.take_suppressed("send")
-                        log.warning("%s; retrying seq=%d in %.1fs%s", e, p.seq, delay,
-                                    f" ({extra} similar failures not shown)" if extra else "")
-                    await asyncio.sleep(delay)
-                    continue
-                if backoff.attempt:
-                    log.info("uplink delivering again (seq=%d after %d failed attempts)", p.seq, backoff.attempt)
-                self.stats.spans_sent += p.spans
-                self.stats.batches_sent += 1
-                self.stats.bytes_sent += len(p.payload)
-                return
-        finally:
-            self._inflight_bytes -= p.accounted
-            self._gauges()
+        while True:
+            try:
+                await self._transport.send(payload)
+            except SendError as e:
+                self.stats.send_failures += 1
+                if e.permanent:
+                    self.stats.dropped_rejected += spans
+                    log.error("uplink batch seq=%d (%d spans) refused for good: %s", seq, spans, e)
+                    return
+                delay = e.retry_after_s if e.retry_after_s is not None else backoff.next()
+                if self._throttle.ready("send"):
+                    extra = self._throttle.take_suppressed("send")
+                    log.warning("%s; retrying seq=%d in %.1fs%s", e, seq, delay,
+                                f" ({extra} similar failures not shown)" if extra else "")
+                await asyncio.sleep(delay)
+                continue
+            if backoff.attempt:
+                log.info("uplink delivering again (seq=%d after %d failed attempts)", seq, backoff.attempt)
+            self.stats.spans_sent += spans
+            self.stats.batches_sent += 1
+            self.stats.bytes_sent += len(payload)
+            return
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Flush what is queued, best effort within `timeout` seconds, then stop."""
+        """Spool what is queued, send what the link takes within `timeout` seconds, then stop.
+
+        With a disk spool, batches not yet acknowledged stay on disk for the next start; with a memory spool they
+        are counted in `dropped_on_close`.
+        """
         self._closing = True
         self._wake.set()
+        if self._task is None:
+            await asyncio.sleep(0)  # a run() task created but not yet started gets its turn first
         if self._task is None:
             asyncio.ensure_future(self.run())
             await asyncio.sleep(0)

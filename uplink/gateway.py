@@ -1,9 +1,12 @@
 """The central gateway: batches in (MQTT subscription and HTTP POST), OTLP out. Stateless apart from a dedup window.
 
-Delivery: over HTTP a batch is answered 2xx only after its OTLP export succeeded (or was refused for good), and
-503 + Retry-After while the backend is down, so the node keeps it. Over MQTT the message is acknowledged on
-receipt (aiomqtt), so a gateway crash mid-export loses that batch; a persistent session with manual
-acknowledgement is a later issue. Batches are idempotent: a (node_id, seq) seen recently is not exported twice.
+Delivery is at-least-once on both ingresses. Over HTTP a batch is answered 2xx only after its OTLP export
+succeeded (or was refused for good), and 503 + Retry-After while the backend is down, so the node keeps it. Over
+MQTT the gateway holds a persistent session (fixed client id, clean start off, session expiry) and sends the PUBACK
+only after the export succeeded or the batch was refused for good: a gateway killed mid-export gets the message
+again from the broker when it comes back. While the backend is down the MQTT loop holds its batch and retries, so
+the broker (and behind it the nodes' spools) keep the rest. Batches are idempotent: a (node_id, seq) seen recently
+is not exported twice.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"
     MALFORMED = "malformed"
     OVERSIZED = "oversized"
-    DROPPED = "dropped"  # the backend refused it for good, or retries ran out (MQTT)
+    DROPPED = "dropped"  # the backend refused it for good
     RETRY_LATER = "retry-later"  # HTTP only: the backend is down, the node keeps the batch
 
 
@@ -55,6 +58,8 @@ class GatewayStats:
     batches_deferred: int = 0  # answered 503 while the backend was down
     requests_unauthorized: int = 0
     mqtt_subscriptions: int = 0  # successful (re)subscriptions; more than one means the broker link was restored
+    mqtt_acks: int = 0  # PUBACKs sent, each after its batch was settled
+    export_stalls: int = 0  # times an MQTT batch outlived retry_max_elapsed and was held for another round
     spans_received: int = 0
     spans_exported: int = 0
     spans_rejected: int = 0  # refused by the backend in a partial success
@@ -90,7 +95,11 @@ class Gateway:
     # ------------------------------------------------------------------------------------------------ ingest
 
     async def ingest(self, payload: bytes, origin: str, http: bool = False) -> _Result:
-        """Decode, deduplicate and export one batch; never raises for bad input or a failing backend."""
+        """Decode, deduplicate and export one batch; never raises for bad input or a failing backend.
+
+        Over HTTP a backend outage returns RETRY_LATER after a short budget; otherwise (MQTT) the call retries
+        until the export succeeds or is refused for good, so the caller acknowledges only a settled batch.
+        """
         cfg = self.cfg
         self.stats.batches_received += 1
         if len(payload) > cfg.max_batch_bytes:
@@ -114,7 +123,7 @@ class Gateway:
         fut: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         self.stats.spans_received += n
-        result = _Result(Outcome.DROPPED, n)
+        result = _Result(Outcome.RETRY_LATER, n)  # if cancelled mid-export, a waiting HTTP copy is told to resend
         try:
             result = await self._export(batch.spans, http, origin, key)
         finally:
@@ -129,7 +138,10 @@ class Gateway:
         if not n:
             self.stats.batches_exported += 1
             return _Result(Outcome.EXPORTED, 0)
-        res = await self.exporter.export(spans, max_elapsed=min(self.cfg.retry_max_elapsed, _HTTP_EXPORT_BUDGET) if http else None)
+        if http:
+            res = await self.exporter.export(spans, max_elapsed=min(self.cfg.retry_max_elapsed, _HTTP_EXPORT_BUDGET))
+        else:
+            res = await self._export_holding(spans, origin, key)
         if res.ok:
             self.stats.batches_exported += 1
             self.stats.spans_exported += res.exported
@@ -140,10 +152,23 @@ class Gateway:
             self.stats.batches_deferred += 1
             return _Result(Outcome.RETRY_LATER, n, res.error, res.retry_after_s)
         self.stats.spans_dropped += n
-        if res.retryable:
-            log.error("batch node=%s seq=%d (%d spans) from %s dropped: backend %s still failing after %.0fs: %s",
-                      key[0], key[1], n, origin, self.exporter.endpoint, self.cfg.retry_max_elapsed, res.error)
         return _Result(Outcome.DROPPED, n, res.error)
+
+    async def _export_holding(self, spans: list[Any], origin: str, key: tuple[str, int]) -> Any:
+        # The message stays unacknowledged while the backend is down: the broker keeps the queue, and a gateway
+        # stopped meanwhile gets it again. Dropping it here would lose data the broker still holds safely.
+        waited = 0.0
+        while True:
+            res = await self.exporter.export(spans)
+            if res.ok or not res.retryable:
+                return res
+            waited += self.cfg.retry_max_elapsed
+            self.stats.export_stalls += 1
+            log.error("batch node=%s seq=%d (%d spans) from %s held: backend %s failing for %.0fs: %s; "
+                      "the broker keeps the queue meanwhile", key[0], key[1], len(spans), origin,
+                      self.exporter.endpoint, waited, res.error)
+            if self.cfg.retry_max_elapsed <= 0:
+                await asyncio.sleep(1.0)
 
     def _bad(self, outcome: Outcome, origin: str, detail: str) -> _Result:
         if self._throttle.ready(outcome.value):
@@ -189,30 +214,44 @@ class Gateway:
 
     async def _mqtt_loop(self) -> None:
         import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
         cfg = self.cfg
         backoff = Backoff(maximum=30.0)
         sub = cfg.subscription()
+        client_id = cfg.mqtt_client_id()
         while True:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(cfg.session_expiry)
             client = aiomqtt.Client(
                 cfg.broker.host, cfg.broker.port,
                 username=cfg.username or None, password=cfg.password or None,
+                identifier=client_id, clean_start=False, properties=props,
                 protocol=aiomqtt.ProtocolVersion.V5,
                 tls_params=aiomqtt.TLSParameters() if cfg.broker.tls else None,
                 logger=logging.getLogger(__name__ + ".mqtt"),
             )
+            # aiomqtt has no switch for it, but its paho client does: PUBACK only once the batch is settled.
+            paho = client._client
+            paho.manual_ack_set(True)
             try:
                 async with client:
                     await client.subscribe(sub, qos=1)
-                    log.info("gateway subscribed to %s on %s", sub, cfg.broker)
+                    log.info("gateway subscribed to %s on %s as %s", sub, cfg.broker, client_id)
                     backoff.reset()
                     self.stats.mqtt_subscriptions += 1
                     self._mqtt_ready.set()
+                    # One batch at a time keeps PUBACKs in arrival order, as MQTT requires; more throughput comes
+                    # from more gateway instances in the share group.
                     async for message in client.messages:
                         payload = message.payload
                         if not isinstance(payload, (bytes, bytearray)):
                             payload = str(payload).encode() if payload is not None else b""
                         await self.ingest(bytes(payload), f"mqtt topic {message.topic}")
+                        if message.qos > 0:
+                            paho.ack(message.mid, message.qos)
+                            self.stats.mqtt_acks += 1
             except aiomqtt.MqttError as e:
                 delay = backoff.next()
                 if self._throttle.ready("broker"):

@@ -1,6 +1,8 @@
-"""The uplink batch format: spans -> compact CBOR (tables, deltas, columns) -> zstd, and back. Sans-I/O.
+"""The uplink batch format: spans -> compact CBOR (tables, deltas, columns) -> zstd with a dictionary, and back.
 
-The layout is specified in docs/uplink-format.md. Decoding treats its input as hostile: any problem, from a
+Sans-I/O. The layout is specified in docs/uplink-format.md. Version 2 (written) differs from version 1 (still read)
+only in the two time columns: a span's start is relative to its parent's start when the parent is in the batch, and
+its end is relative either to its own start or to its parent's end, whichever is smaller. Decoding treats its input as hostile: any problem, from a
 truncated frame to a zip bomb or a well-formed CBOR document of the wrong shape, is a DecodeError naming it.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import cbor2
@@ -16,6 +19,8 @@ import zstandard
 
 from edge.errors import DecodeError
 from edge.model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+
+from . import dictionaries
 
 __all__ = [
     "FORMAT_VERSION",
@@ -25,9 +30,12 @@ __all__ = [
     "encode_batch",
     "decode_batch",
     "read_header",
+    "batch_body",
+    "READ_VERSIONS",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 MEDIA_TYPE = "application/vnd.helix.batch"
 _MAGIC = b"HX"
 # magic, format version, zstd dictionary id (0 = no dictionary); stays outside the compressed frame so a
@@ -35,6 +43,7 @@ _MAGIC = b"HX"
 _HEADER = struct.Struct(">2sBI")
 HEADER_SIZE = _HEADER.size
 _MAX_DEPTH = 32
+_MAX_TIME_WIDTH = 16  # bytes per zigzagged time delta; 9 covers every pair of uint64 times
 
 # Field positions in the top-level CBOR array of format version 1.
 _F_NODE, _F_SEQ, _F_CREATED, _F_STRINGS, _F_TRACES, _F_RESOURCES, _F_SCOPES, _F_ORIGINS = range(8)
@@ -115,12 +124,35 @@ def _native(v: AttrValue) -> Any:
     return v
 
 
-def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, created_ns: int | None = None) -> bytes:
-    """Encode spans as one uplink batch (header + zstd frame of the CBOR body)."""
+def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, created_ns: int | None = None,
+                 dictionary: int | None = None, version: int = FORMAT_VERSION) -> bytes:
+    """Encode spans as one uplink batch (header + zstd frame of the CBOR body).
+
+    `dictionary`: the id of a shipped zstd dictionary, 0 for none, None for the current one if it is installed.
+    `version`: 2, or 1 to produce what older nodes sent (tests and benchmarks).
+    """
+    raw = batch_body(spans, node_id, seq, created_ns, version)
+    if dictionary is None:
+        dictionary = dictionaries.CURRENT if dictionaries.available(dictionaries.CURRENT) else 0
+    return _HEADER.pack(_MAGIC, version, dictionary) + _compressor(level, dictionary).compress(raw)
+
+
+@lru_cache(maxsize=8)
+def _compressor(level: int, dict_id: int) -> zstandard.ZstdCompressor:
+    # The dictionary id travels in our header, so the frame does not repeat it (4 bytes a batch).
+    d = dictionaries.load(dict_id) if dict_id else None
+    return zstandard.ZstdCompressor(level=level, dict_data=d, write_content_size=True, write_checksum=True,
+                                    write_dict_id=False)
+
+
+def batch_body(spans: Sequence[Span], node_id: str, seq: int, created_ns: int | None = None,
+               version: int = FORMAT_VERSION) -> bytes:
+    """The CBOR body of a batch, before compression (what a dictionary is trained on)."""
+    if version not in READ_VERSIONS:
+        raise ValueError(f"cannot write uplink format version {version}")
     t = _Tables()
     n = len(spans)
     created = time.time_ns() if created_ns is None else created_ns
-    base = spans[0].start_ns if spans else 0
 
     resources: list[list[Any]] = []
     resource_index: dict[Resource, int] = {}
@@ -132,6 +164,10 @@ def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, 
     first_index: dict[bytes, int] = {}
     for i, s in enumerate(spans):
         first_index.setdefault(s.span_id, i)
+    parents: list[int | None] = [first_index.get(s.parent_span_id) if s.parent_span_id else None for s in spans]
+    refs = _time_refs(parents) if version >= 2 else [None] * n
+    anchors = [s.start_ns for s, r in zip(spans, refs) if r is None]
+    base = anchors[0] if anchors else 0
 
     span_ids_ok = all(len(s.span_id) == 8 for s in spans)
     span_id_col: bytes | list[bytes] = b"".join(s.span_id for s in spans) if span_ids_ok else [bytes(s.span_id) for s in spans]
@@ -178,9 +214,18 @@ def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, 
             origins += (ri, si)
         origin_col.append(oi)
 
-        start_col.append(s.start_ns - prev_start)
-        prev_start = s.start_ns
-        dur_col.append(s.end_ns - s.start_ns)
+        r = refs[i]
+        dur = s.end_ns - s.start_ns
+        if r is None:
+            start_col.append(s.start_ns - prev_start)
+            prev_start = s.start_ns
+            dur_col.append(dur if version == 1 else dur * 2)
+        else:
+            # Children start shortly after their parent and (client/server pairs) end shortly before it.
+            p = spans[r]
+            start_col.append(s.start_ns - p.start_ns)
+            before_parent_end = p.end_ns - s.end_ns
+            dur_col.append(before_parent_end * 2 + 1 if abs(before_parent_end) < abs(dur) else dur * 2)
         attr_col.append(t.attrs(s.attributes))
 
         x: dict[int, Any] = {}
@@ -198,14 +243,71 @@ def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, 
         if x:
             extras[i] = x
 
+    times: tuple[Any, Any] = (start_col, dur_col) if version == 1 else (_planes(start_col), _planes(dur_col))
     body = [
         node_id, seq, created, t.strings, b"".join(t.traces), resources, scopes, origins,
         base, span_id_col, trace_col, parent_col, name_col, bytes(packed), origin_col,
-        start_col, dur_col, attr_col, extras,
+        times[0], times[1], attr_col, extras,
     ]
-    raw = cbor2.dumps(body)
-    frame = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(raw)
-    return _HEADER.pack(_MAGIC, FORMAT_VERSION, 0) + frame
+    return cbor2.dumps(body)
+
+
+def _planes(values: list[int]) -> bytes:
+    """Zigzag, fixed width, then byte planes (all most significant bytes first): the high planes are mostly zero and
+    the low ones noise, which zstd handles far better than interleaved variable-length integers."""
+    zs = [v * 2 if v >= 0 else -2 * v - 1 for v in values]
+    width = max(1, max(((z.bit_length() + 7) // 8 for z in zs), default=1))
+    raw = b"".join(z.to_bytes(width, "big") for z in zs)
+    return b"".join(raw[k::width] for k in range(width))
+
+
+def _unplanes(data: Any, n: int, what: str) -> list[int]:
+    _expect(type(data) is bytes, f"{what} must be bytes")
+    if n == 0:
+        _expect(len(data) <= _MAX_TIME_WIDTH, f"{what} holds bytes for no spans")
+        return []
+    width, rest = divmod(len(data), n)
+    _expect(rest == 0 and 1 <= width <= _MAX_TIME_WIDTH, f"{what} holds {len(data)} bytes for {n} spans")
+    raw = bytearray(len(data))
+    for k in range(width):
+        raw[k::width] = data[k * n:(k + 1) * n]
+    out: list[int] = []
+    for i in range(0, len(raw), width):
+        z = int.from_bytes(raw[i:i + width], "big")
+        out.append(z >> 1 if not z & 1 else -((z + 1) >> 1))
+    return out
+
+
+def _time_refs(parents: list[int | None]) -> list[int | None]:
+    """Per span, the in-batch parent its times are relative to, or None (relative to the previous such span).
+
+    A parent qualifies when its own chain of in-batch parents ends at a span without one; a cycle of ids
+    (bad data, but representable) makes every span on or below it an anchor. Encoder and decoder both derive this
+    from the parent column, so it costs no bytes.
+    """
+    n = len(parents)
+    good: list[bool | None] = [None] * n  # chain ends at a span without in-batch parent
+    for i in range(n):
+        path: list[int] = []
+        on_path: set[int] = set()
+        j: int | None = i
+        verdict = False
+        while True:
+            if j is None:
+                verdict = True
+                break
+            if good[j] is not None:
+                verdict = bool(good[j])
+                break
+            if j in on_path:
+                verdict = False
+                break
+            path.append(j)
+            on_path.add(j)
+            j = parents[j]
+        for k in path:
+            good[k] = verdict
+    return [p if p is not None and good[p] else None for p in parents]
 
 
 def _resource_attrs(t: _Tables, resource: Resource) -> list[Any]:
@@ -232,10 +334,10 @@ def read_header(data: bytes) -> tuple[int, int]:
 def decode_batch(data: bytes, max_bytes: int) -> Batch:
     """Decode one uplink batch; at most `max_bytes` are ever decompressed. Any problem is a DecodeError."""
     version, dict_id = read_header(data)
-    if version != FORMAT_VERSION:
-        raise DecodeError(f"uplink batch format version {version} is not supported (this gateway reads {FORMAT_VERSION})")
-    if dict_id != 0:
-        raise DecodeError(f"uplink batch needs zstd dictionary {dict_id}, which this gateway does not have")
+    if version not in READ_VERSIONS:
+        raise DecodeError(f"uplink batch format version {version} is not supported (this gateway reads "
+                          f"{', '.join(map(str, READ_VERSIONS))})")
+    decompressor = _decompressor(dict_id)
     frame = bytes(data[HEADER_SIZE:])
     try:
         params = zstandard.get_frame_parameters(frame)
@@ -246,7 +348,7 @@ def decode_batch(data: bytes, max_bytes: int) -> Batch:
     if params.content_size > max_bytes:
         raise DecodeError(f"uplink batch would decompress to {params.content_size} bytes, over the limit of {max_bytes}")
     try:
-        raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max_bytes)
+        raw = decompressor.decompress(frame, max_output_size=max_bytes)
     except zstandard.ZstdError as e:
         raise DecodeError(f"uplink batch zstd frame is corrupt or truncated: {e}") from None
     try:
@@ -259,6 +361,11 @@ def decode_batch(data: bytes, max_bytes: int) -> Batch:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape we did not foresee is still bad input
         raise DecodeError(f"uplink batch body has the wrong shape: {type(e).__name__}: {e}") from None
+
+
+@lru_cache(maxsize=8)
+def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
+    return zstandard.ZstdDecompressor(dict_data=dictionaries.load(dict_id) if dict_id else None)
 
 
 def _expect(cond: bool, what: str) -> None:
@@ -327,7 +434,7 @@ def _check_native(v: Any, what: str, depth: int) -> AttrValue:
 
 def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
     _expect(type(body) is list, f"body must be an array, got {type(body).__name__}")
-    _expect(len(body) == _N_FIELDS, f"body must have {_N_FIELDS} fields for format version 1, got {len(body)}")
+    _expect(len(body) == _N_FIELDS, f"body must have {_N_FIELDS} fields for format version {version}, got {len(body)}")
     node_id, seq, created = body[_F_NODE], body[_F_SEQ], body[_F_CREATED]
     _expect(type(node_id) is str, "node id must be a string")
     _expect(_is_int(seq) and seq >= 0, "sequence number must be a non-negative integer")
@@ -368,17 +475,29 @@ def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
     parent_col = _list(body[_F_PARENT_COL], "parent column", n)
     name_col = _list(body[_F_NAME_COL], "name column", n)
     origin_col = _list(body[_F_ORIGIN_COL], "origin column", n)
-    start_col = _list(body[_F_START_COL], "start column", n)
-    dur_col = _list(body[_F_DUR_COL], "duration column", n)
+    if version == 1:
+        start_col = _list(body[_F_START_COL], "start column", n)
+        dur_col = _list(body[_F_DUR_COL], "duration column", n)
+    else:
+        start_col = _unplanes(body[_F_START_COL], n, "start column")
+        dur_col = _unplanes(body[_F_DUR_COL], n, "end column")
     attr_col = _list(body[_F_ATTR_COL], "attribute column", n)
     extras = body[_F_EXTRAS]
     _expect(type(extras) is dict, "extras must be a map")
     for k in extras:
         _expect(_is_int(k) and 0 <= k < n, f"extras refer to missing span {k!r}")
 
+    in_batch: list[int | None] = []
+    for i, p in enumerate(parent_col):
+        if _is_int(p):
+            _expect(0 <= i + p < n, f"span {i} parent index {p!r} is outside the batch")
+            in_batch.append(i + p)
+        else:
+            in_batch.append(None)
+    starts, ends = _decode_times(start_col, dur_col, _time_refs(in_batch) if version >= 2 else [None] * n, base, version)
+
     spans: list[Span] = []
     prev_trace = 0
-    prev_start = base
     for i in range(n):
         what = f"span {i}"
         tr = trace_col[i]
@@ -405,17 +524,13 @@ def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
         _expect(_is_int(oi) and 0 <= oi < len(origins), f"{what} refers to missing origin {oi!r}")
         resource, scope = origins[oi]
 
-        start_delta, dur = start_col[i], dur_col[i]
-        _expect(_is_int(start_delta) and _is_int(dur), f"{what} times must be integers")
-        start = prev_start + start_delta
-        prev_start = start
 
         span = Span(
             trace_id=trace_id,
             span_id=span_ids[i],
             name=r.s(name_col[i], what + " name"),
-            start_ns=start,
-            end_ns=start + dur,
+            start_ns=starts[i],
+            end_ns=ends[i],
             parent_span_id=parent,
             kind=SpanKind(kind),
             status_code=StatusCode(status),
@@ -429,6 +544,41 @@ def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
             _apply_extras(span, x, r, what)
         spans.append(span)
     return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, dict_id=dict_id)
+
+
+def _decode_times(start_col: list[Any], end_col: list[Any], refs: list[int | None], base: int,
+                  version: int) -> tuple[list[int], list[int]]:
+    """Start and end of every span from the two time columns (see `_time_refs` and the encoder)."""
+    n = len(refs)
+    starts, ends = [0] * n, [0] * n
+    for i in range(n):
+        _expect(_is_int(start_col[i]) and _is_int(end_col[i]), f"span {i} times must be integers")
+    prev = base
+    done = [r is None for r in refs]
+    for i in range(n):
+        if refs[i] is None:
+            prev += start_col[i]
+            starts[i] = prev
+            e = end_col[i]
+            if version >= 2:
+                _expect(e & 1 == 0, f"span {i} end is marked parent-relative but the span has no usable parent")
+                e >>= 1
+            ends[i] = prev + e
+    for i in range(n):
+        stack = [i]
+        while stack and not done[i]:
+            j = stack[-1]
+            r = refs[j]
+            assert r is not None  # anchors are done; chains of refs end at anchors
+            if not done[r]:
+                stack.append(r)
+                continue
+            starts[j] = starts[r] + start_col[j]
+            v = end_col[j]
+            ends[j] = ends[r] - (v >> 1) if v & 1 else starts[j] + (v >> 1)
+            done[j] = True
+            stack.pop()
+    return starts, ends
 
 
 def _apply_extras(span: Span, x: Any, r: _Reader, what: str) -> None:

@@ -105,6 +105,7 @@ http_listen = "127.0.0.1:{ports['agent_http']}"
 transport = "mqtt"
 broker = "{broker.url}"
 batch_max_age = "500ms"
+spool_dir = "{workdir / 'spool'}"
 """)
     gateway = workdir / "gateway.toml"
     gateway.write_text(f"""\

@@ -34,7 +34,7 @@ def gateway_config(broker: Mosquitto | None, endpoint: str, protocol: str = "grp
 
 def uplink_config(broker: Mosquitto | None = None, **kw: object) -> UplinkConfig:
     base = UplinkConfig(broker=BrokerAddress("127.0.0.1", broker.port) if broker else BrokerAddress("127.0.0.1", 1),
-                        batch_max_age=0.05, send_timeout=2.0, retry_max_backoff=0.5)
+                        batch_max_age=0.05, send_timeout=2.0, retry_max_backoff=0.5, spool_dir="")
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -59,7 +59,7 @@ async def running_client(cfg: UplinkConfig, node_id: str = "node-1") -> AsyncIte
         yield client
     finally:
         await client.close(3.0)
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
 
 
 def as_sent(spans: list[Span]) -> dict[bytes, Span]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 
 import aiohttp
 import aiomqtt
@@ -143,3 +144,19 @@ async def test_serve_gateway_runs_from_a_config(otlp_peer: OtlpPeer, mosquitto: 
     stop.set()
     await asyncio.wait_for(task, 5)
     assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}
+
+
+async def test_three_gateways_share_the_load(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> None:
+    base = gateway_config(mosquitto, otlp_peer.grpc_endpoint, share_group="helix")
+    cfgs = [replace(base, client_id=f"gw-{i}", http_listen=None) for i in range(3)]
+    spans = realistic_spans(60, seed=31)  # 660 spans -> 30 batches of 22
+    async with running_gateway(cfgs[0]) as g0, running_gateway(cfgs[1]) as g1, running_gateway(cfgs[2]) as g2:
+        gateways = (g0, g1, g2)
+        async with running_client(uplink_config(mosquitto, batch_max_spans=22, drain_rate=0.0), "node-s") as client:
+            client.submit(spans)
+            await until(lambda: sum(g.stats.spans_exported for g in gateways) == len(spans), timeout=15,
+                        what="all spans through the share group")
+    per_gateway = [g.stats.batches_exported for g in gateways]
+    assert all(n > 0 for n in per_gateway), f"batches per gateway: {per_gateway}"
+    assert sum(per_gateway) == 30 and sum(g.stats.batches_duplicate for g in gateways) == 0
+    assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}  # as_sent fails on a duplicate

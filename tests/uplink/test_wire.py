@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bench._workload import realistic_spans
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from uplink import dictionaries
 from uplink.wire import FORMAT_VERSION, HEADER_SIZE, decode_batch, encode_batch, read_header
 
 MAX = 16 * 1024 * 1024
@@ -65,11 +66,11 @@ def _exact(spans: list[Span]) -> str:
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_spans(), st.text(max_size=20), st.integers(min_value=0, max_value=2**64 - 1))
-def test_round_trip_is_exact(spans: list[Span], node_id: str, seq: int) -> None:
-    data = encode_batch(spans, node_id, seq, created_ns=123)
+@given(_spans(), st.text(max_size=20), st.integers(min_value=0, max_value=2**64 - 1), st.sampled_from([1, 2]))
+def test_round_trip_is_exact(spans: list[Span], node_id: str, seq: int, version: int) -> None:
+    data = encode_batch(spans, node_id, seq, created_ns=123, version=version)
     batch = decode_batch(data, MAX)
-    assert (batch.node_id, batch.seq, batch.created_ns, batch.version) == (node_id, seq, 123, FORMAT_VERSION)
+    assert (batch.node_id, batch.seq, batch.created_ns, batch.version) == (node_id, seq, 123, version)
     assert batch.spans == spans
     assert _exact(batch.spans) == _exact(spans)
 
@@ -97,11 +98,48 @@ def test_extreme_values_survive() -> None:
 
 def test_header_carries_version_and_dictionary_id() -> None:
     data = encode_batch([], "n", 1)
-    assert read_header(data) == (FORMAT_VERSION, 0)
+    assert read_header(data) == (FORMAT_VERSION, dictionaries.CURRENT) == (2, 1)
+    assert read_header(encode_batch([], "n", 1, dictionary=0)) == (2, 0)
     with pytest.raises(DecodeError, match="version 9 is not supported"):
         decode_batch(b"HX\x09" + data[3:], MAX)
     with pytest.raises(DecodeError, match="dictionary 7"):
         decode_batch(data[:3] + struct.pack(">I", 7) + data[HEADER_SIZE:], MAX)
+    # A frame compressed with the dictionary cannot be read as if it had none.
+    data = encode_batch(realistic_spans(2, 3), "n", 1)
+    with pytest.raises(DecodeError):
+        decode_batch(data[:3] + struct.pack(">I", 0) + data[HEADER_SIZE:], MAX)
+
+
+@pytest.mark.parametrize("version,dictionary", [(1, 0), (2, 0), (2, 1)])
+def test_every_version_the_gateway_may_meet_decodes(version: int, dictionary: int) -> None:
+    spans = realistic_spans(20, seed=12)
+    data = encode_batch(spans, "old-node", 9, dictionary=dictionary, version=version, created_ns=5)
+    assert read_header(data) == (version, dictionary)
+    batch = decode_batch(data, MAX)
+    assert (batch.version, batch.dict_id, batch.seq) == (version, dictionary, 9)
+    assert _exact(batch.spans) == _exact(spans)
+
+
+def test_shipped_dictionary_is_registered_and_helps_small_batches() -> None:
+    assert dictionaries.available(dictionaries.CURRENT)
+    assert dictionaries.load(dictionaries.CURRENT).dict_id() == dictionaries.CURRENT
+    spans = realistic_spans(3, seed=77)  # 33 spans: what a quiet node sends; seed not used in training
+    assert len(encode_batch(spans, "n", 1)) < 0.75 * len(encode_batch(spans, "n", 1, dictionary=0))
+
+
+def test_parent_relative_times_survive_nesting_cycles_and_odd_orders() -> None:
+    t = b"\x01" * 16
+    ids = [bytes([i]) * 8 for i in range(1, 7)]
+    spans = [
+        Span(t, ids[0], "child-first", 1_000_500, 1_000_900, parent_span_id=ids[1]),  # parent comes later
+        Span(t, ids[1], "parent", 1_000_000, 1_001_000),
+        Span(t, ids[2], "ends-after-parent", 1_000_100, 2_000_000, parent_span_id=ids[1]),
+        Span(t, ids[3], "cycle-a", 5, 2**64 - 1, parent_span_id=ids[4]),
+        Span(t, ids[4], "cycle-b", 2**63, 0, parent_span_id=ids[3]),
+        Span(t, ids[5], "self", 7, 3, parent_span_id=ids[5]),
+    ]
+    batch = decode_batch(encode_batch(spans, "n", 1), MAX)
+    assert _exact(batch.spans) == _exact(spans)
 
 
 def _frame(body: object) -> bytes:
@@ -134,7 +172,7 @@ def test_wrong_shapes_name_the_problem(body: object, reason: str) -> None:
 
 
 def test_dangling_references_are_decode_errors() -> None:
-    good = cbor2.loads(zstandard.ZstdDecompressor().decompress(encode_batch(realistic_spans(2, 1), "n", 1)[HEADER_SIZE:]))
+    good = cbor2.loads(zstandard.ZstdDecompressor().decompress(encode_batch(realistic_spans(2, 1), "n", 1, dictionary=0)[HEADER_SIZE:]))
     for field, bad in [(3, ["x"]), (11, [99] * len(good[11])), (10, [500] * len(good[10])), (13, b"\xff" * len(good[13]))]:
         body = list(good)
         body[field] = bad
@@ -168,7 +206,7 @@ def test_random_cbor_is_a_decode_error(body: object) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=18), min_size=1, max_size=4), st.data())
 def test_mutated_valid_bodies_decode_or_fail_cleanly(fields: list[int], data: st.DataObject) -> None:
-    good = cbor2.loads(zstandard.ZstdDecompressor().decompress(encode_batch(realistic_spans(2, 5), "n", 1)[HEADER_SIZE:]))
+    good = cbor2.loads(zstandard.ZstdDecompressor().decompress(encode_batch(realistic_spans(2, 5), "n", 1, dictionary=0)[HEADER_SIZE:]))
     body = list(good)
     for f in fields:
         body[f] = data.draw(_cbor_any)

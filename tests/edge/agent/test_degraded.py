@@ -18,7 +18,7 @@ from edge.errors import ProbeUnavailable
 def _cfg(broker: Mosquitto, enabled: object) -> dict:
     return {"sources": {"mqtt": {"broker": broker.url}, "ebpf": {"enabled": enabled},
                         "otlp": {"grpc_listen": f"127.0.0.1:{free_port()}", "http_listen": ""}},
-            "uplink": {"broker": broker.url}}
+            "uplink": {"broker": broker.url, "spool_dir": ""}}
 
 
 async def test_agent_runs_without_probes_and_reports_why(mosquitto: Mosquitto, tmp_path: Path,

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import paho.mqtt.client as mqtt
@@ -50,7 +51,7 @@ async def _until(pred, timeout: float = 15.0, what: str = "condition") -> None:
 
 
 @pytest.fixture
-async def stack(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> AsyncIterator[Stack]:
+async def stack(mosquitto: Mosquitto, otlp_peer: OtlpPeer, tmp_path: Path) -> AsyncIterator[Stack]:
     grpc_port, http_port, gw_port = free_port(), free_port(), free_port()
     cfg = parse_config({
         "node": {"id": "node-e2e"},
@@ -58,7 +59,7 @@ async def stack(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> AsyncIterator[Stac
                     "otlp": {"grpc_listen": f"127.0.0.1:{grpc_port}", "http_listen": f"127.0.0.1:{http_port}",
                              "max_request": "256KiB"},
                     "ebpf": {"enabled": False}},
-        "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms"},
+        "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
         "gateway": {"broker": mosquitto.url, "http_listen": f"127.0.0.1:{gw_port}",
                     "export_endpoint": otlp_peer.grpc_endpoint},
     })
@@ -207,12 +208,13 @@ async def test_bad_input_is_refused_counted_and_good_data_still_flows(stack: Sta
     provider.shutdown()
 
 
-async def test_spans_accepted_before_stop_are_flushed(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> None:
+async def test_spans_accepted_before_stop_are_flushed(mosquitto: Mosquitto, otlp_peer: OtlpPeer, tmp_path: Path) -> None:
     grpc_port = free_port()
     cfg = parse_config({
         "sources": {"mqtt": {"enabled": False}, "ebpf": {"enabled": False},
                     "otlp": {"grpc_listen": f"127.0.0.1:{grpc_port}", "http_listen": ""}},
-        "uplink": {"broker": mosquitto.url, "batch_max_age": "1h", "batch_max_spans": 100000},
+        "uplink": {"broker": mosquitto.url, "batch_max_age": "1h", "batch_max_spans": 100000,
+                   "spool_dir": str(tmp_path / "spool")},
         "gateway": {"broker": mosquitto.url, "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
     })
     stop_agent, stop_gw = asyncio.Event(), asyncio.Event()
