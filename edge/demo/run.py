@@ -181,10 +181,11 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
         say("stopping: workload, then agent (flushes its uplink), then gateway")
         for child in (app, device, inventory, agent):
             await demo.stop(child)
-        # Let the gateway export what the agent flushed: wait until the peer has been quiet for a moment.
-        quiet_since = time.monotonic()
+        # Let the gateway export what the agent flushed: wait until the peer has been quiet for a while (a busy
+        # machine can take seconds), but not forever.
+        quiet_since = started = time.monotonic()
         count = len(peer.requests)
-        while time.monotonic() - quiet_since < 1.5:
+        while time.monotonic() - quiet_since < 3.0 and time.monotonic() - started < 20.0:
             await asyncio.sleep(0.25)
             if len(peer.requests) != count:
                 count, quiet_since = len(peer.requests), time.monotonic()
