@@ -20,6 +20,7 @@ enum helix_event_type {
 	HELIX_EV_EXEC = 5,
 	HELIX_EV_EXIT = 6,
 	HELIX_EV_FILE_IO = 7,
+	HELIX_EV_DATA_MORE = 8,
 };
 
 #define HELIX_COMM_LEN 16
@@ -33,8 +34,8 @@ struct helix_settings {
 	__u32 payload_bytes; /* bytes of each message sent to userspace, 0..HELIX_PAYLOAD_MAX */
 	__u32 self_pid;      /* the agent's own tgid: never traced (0 = none) */
 	__u64 slow_file_ns;  /* file read/write/fsync slower than this becomes an event; ~0 disables */
-	__u64 msg_gap_ns;    /* same-direction syscalls further apart than this (exit to exit) start a new
-			      * message: server-pushed messages (MQTT deliveries) have no direction change; 0 disables */
+	__u64 msg_idle_gap_ns; /* same-direction syscalls further apart than this (exit to exit) start a new
+				* message: server-pushed messages (MQTT deliveries) have no direction change; 0 disables */
 };
 
 /* Live settings: the single entry of the `config` array map (Python mirror: "=QII"). */

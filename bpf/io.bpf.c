@@ -5,9 +5,10 @@
  * A read/write-family syscall is classified at sys_enter by walking task->files->fdt->fd[fd]: TCP sockets
  * (inet/inet6 SOCK_STREAM) and regular files are remembered in `inflight`; everything else (pipes, ttys,
  * unix sockets, eventfds) costs one fd lookup and nothing more. At sys_exit a socket syscall updates the
- * connection's state in `conns`; only the first syscall of a message (the direction changed) sends a
- * record with the first bytes. A file syscall sends a record only when it was slower than
- * settings.slow_file_ns.
+ * connection's state in `conns`. The first syscall of a message (the direction changed, or the connection
+ * was idle longer than settings.msg_idle_gap_ns) sends a data_event with its first bytes; the message's
+ * later syscalls send small data_more_events with theirs until payload_bytes of the message are out, and
+ * nothing after that. A file syscall sends a record only when it was slower than settings.slow_file_ns.
  */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
@@ -48,8 +49,7 @@ struct conn_state {
 	__u8 dir;      /* direction of the message in flight, DIR_NONE before the first */
 	__u8 role;     /* ROLE_* */
 	__u16 sport;   /* local port once known: a reset on close has already released it from the sock */
-	__u16 captured; /* bytes of the message in flight already sent to userspace */
-	__u8 _pad[2];
+	__u8 _pad[4];
 };
 
 struct {
@@ -244,18 +244,40 @@ static __always_inline __u32 copy_iov(__u8 *dst, struct iovec_user *iov, __u64 c
 	return got;
 }
 
-/* Sends up to `want` bytes of this syscall's buffer; returns how many went out. */
-static __always_inline __u32 emit_data(struct inflight *in, struct sock *sk, struct conn_state *st,
-				       __u64 size, __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id,
-				       __u32 want, __u32 flags)
+/* Copies up to `want` bytes of the syscall's buffer (plain, iovec array or msghdr) to dst; returns the count. */
+static __always_inline __u32 copy_payload(__u8 *dst, struct inflight *in, __u64 size, __u32 want)
+{
+	__u32 got = 0;
+
+	if (want > HELIX_PAYLOAD_MAX)
+		want = HELIX_PAYLOAD_MAX;
+	if (want > size)
+		want = size;
+	if (in->bufkind == BUF_PLAIN) {
+		if (bpf_probe_read_user(dst, want, (void *)in->buf) == 0)
+			got = want;
+	} else if (in->bufkind == BUF_IOV) {
+		got = copy_iov(dst, (struct iovec_user *)in->buf, in->iovcnt, want);
+	} else {
+		struct user_msghdr msg;
+
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)in->buf) == 0)
+			got = copy_iov(dst, msg.msg_iov, msg.msg_iovlen, want);
+	}
+	return got > HELIX_PAYLOAD_MAX ? HELIX_PAYLOAD_MAX : got;
+}
+
+/* The first syscall of a message: who, where, the books of the previous message, and the first bytes. */
+static __always_inline void emit_start(struct inflight *in, struct sock *sk, struct conn_state *st, __u64 size,
+				       __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id)
 {
 	__u32 zero = 0;
 	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 	struct data_event *ev;
-	__u32 got = 0;
+	__u32 got;
 
 	if (!s)
-		return 0;
+		return;
 	ev = (struct data_event *)s->raw;
 	ev->type = HELIX_EV_DATA;
 	ev->pid = id >> 32;
@@ -272,38 +294,46 @@ static __always_inline __u32 emit_data(struct inflight *in, struct sock *sk, str
 	ev->ep.role = st->role;
 	ev->ep.direction = in->op;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-
-	if (want > HELIX_PAYLOAD_MAX)
-		want = HELIX_PAYLOAD_MAX;
-	if (want > size)
-		want = size;
-	if (in->bufkind == BUF_PLAIN) {
-		if (bpf_probe_read_user(ev->payload, want, (void *)in->buf) == 0)
-			got = want;
-	} else if (in->bufkind == BUF_IOV) {
-		got = copy_iov(ev->payload, (struct iovec_user *)in->buf, in->iovcnt, want);
-	} else {
-		struct user_msghdr msg;
-
-		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)in->buf) == 0)
-			got = copy_iov(ev->payload, msg.msg_iov, msg.msg_iovlen, want);
-	}
-	if (got > HELIX_PAYLOAD_MAX)
-		got = HELIX_PAYLOAD_MAX;
+	got = copy_payload(ev->payload, in, size, settings.payload_bytes);
 	ev->payload_len = got;
-	ev->flags = flags;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0)) {
+	ev->_pad = 0;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
-		return 0;
-	}
-	return got;
+}
+
+/* A later syscall of the message whose first `offset` bytes moved before it (offset < payload_bytes): the
+ * bytes that bring the message's snapshot up to payload_bytes. */
+static __always_inline void emit_more(struct inflight *in, struct sock *sk, __u64 size, __u64 offset, __u64 now,
+				      __u64 id)
+{
+	__u32 zero = 0;
+	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct data_more_event *ev;
+	__u32 got;
+
+	if (!s)
+		return;
+	ev = (struct data_more_event *)s->raw;
+	ev->type = HELIX_EV_DATA_MORE;
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	ev->direction = in->op;
+	ev->_pad = 0;
+	ev->ts_ns = in->ts_ns;
+	ev->end_ns = now;
+	ev->sock = (__u64)sk;
+	ev->offset = offset;
+	got = copy_payload(ev->payload, in, size, settings.payload_bytes - (__u32)offset);
+	ev->payload_len = got;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
+		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
 
 static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, __u64 id)
 {
 	struct sock *sk = (struct sock *)in->obj;
 	struct conn_state *st;
-	__u64 prev_bytes, prev_end;
+	__u64 prev_bytes, prev_end, offset;
 
 	if (ret <= 0)
 		return; /* EAGAIN, EOF and errors carry no message bytes */
@@ -312,26 +342,25 @@ static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, 
 		return;
 	if (!st->sport)
 		st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	if (st->dir == in->op && !(settings.msg_gap_ns && now - st->end_ns > settings.msg_gap_ns)) {
-		__u32 left = settings.payload_bytes > st->captured ? settings.payload_bytes - st->captured : 0;
-
+	if (st->dir == in->op && !(settings.msg_idle_gap_ns && now - st->end_ns > settings.msg_idle_gap_ns)) {
+		offset = st->bytes;
 		st->bytes += ret;
 		st->end_ns = now;
-		/* Top the message's snapshot up until payload_bytes are out; after that, only counting. */
-		if (left && sampling_keeps())
-			st->captured += emit_data(in, sk, st, ret, 0, 0, now, id, left, HELIX_DATA_MORE);
+		/* Top the message's snapshot up until payload_bytes of it are out; after that, only counting. */
+		if (offset < settings.payload_bytes && sampling_keeps())
+			emit_more(in, sk, ret, offset, now, id);
 		return;
 	}
-	/* A new message: the direction changed, or the connection was idle longer than msg_gap_ns (exit to
-	 * exit, so a read that blocked waiting for a delivery counts as idle). */
+	/* A new message: the direction changed, or the connection was idle longer than msg_idle_gap_ns. Exit to
+	 * exit, so that a read that blocked waiting for a delivery counts as idle (start to previous end would
+	 * never split the messages of a client blocked in read()). */
 	prev_bytes = st->dir == DIR_NONE ? 0 : st->bytes;
 	prev_end = st->dir == DIR_NONE ? 0 : st->end_ns;
 	st->dir = in->op;
 	st->bytes = ret;
 	st->end_ns = now;
-	st->captured = 0;
 	if (sampling_keeps())
-		st->captured = emit_data(in, sk, st, ret, prev_bytes, prev_end, now, id, settings.payload_bytes, 0);
+		emit_start(in, sk, st, ret, prev_bytes, prev_end, now, id);
 }
 
 /* Up to HELIX_PATH_DEPTH trailing components, crossing mount points (struct mount is in BTF only). */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Records written by io.bpf.c (socket messages, closes, connects, TCP faults, slow file I/O).
+ * Records written by io.bpf.c (socket messages and their top-ups, closes, connects, TCP faults, slow
+ * file I/O).
  * Python mirror: edge/sources/ebpf/decode.py, one struct.Struct per record, each naming this header.
  */
 #ifndef HELIX_IO_H
@@ -8,8 +9,9 @@
 
 #include "helix.h"
 
-/* The first syscall of a message (a change of direction on a connection, or an idle gap), then
- * `payload_len` bytes.
+/* The first syscall of a message, then `payload_len` bytes. A message starts when the direction of traffic on
+ * the connection changes, or when the connection was idle in the same direction for more than
+ * settings.msg_idle_gap_ns (exit to exit). prev_* close the books on the message before it.
  * 136 bytes + payload; Python: "=IIIi QQQQQQQ 40s 16s II". */
 struct data_event {
 	__u32 type; /* HELIX_EV_DATA */
@@ -26,14 +28,29 @@ struct data_event {
 	struct helix_endpoints ep;
 	char comm[HELIX_COMM_LEN];
 	__u32 payload_len;
-	__u32 flags;       /* HELIX_DATA_* */
+	__u32 _pad;
 	__u8 payload[]; /* payload_len bytes */
 };
 
-/* A data_event with HELIX_DATA_MORE continues the message in flight: its payload is the next bytes of the
- * message (a later syscall), sent until payload_bytes of the message are out. MQTT clients read a packet a
- * few bytes at a time; HTTP heads are often written in pieces. prev_* are 0 in such records. */
-#define HELIX_DATA_MORE (1u << 0)
+/* A later syscall of the message in flight, while the message's snapshot is short of payload_bytes: its
+ * first bytes, so that userspace can complete the snapshot. MQTT clients and brokers read a packet a byte or
+ * two at a time; HTTP heads are often written in pieces. Everything else about the connection is in the
+ * data_event that started the message, so this record is small. `offset` is where the syscall's bytes
+ * start in the message: a record lost to a full ring buffer, or a copy that failed, shows as a hole.
+ * 48 bytes + payload; Python: "=IIIHBB QQQQ". */
+struct data_more_event {
+	__u32 type; /* HELIX_EV_DATA_MORE */
+	__u32 pid;
+	__u32 tid;
+	__u16 payload_len; /* <= payload_bytes - offset */
+	__u8 direction;    /* Direction in events.py: 0 egress, 1 ingress */
+	__u8 _pad;
+	__u64 ts_ns;  /* sys_enter of this syscall */
+	__u64 end_ns; /* sys_exit of this syscall */
+	__u64 sock;
+	__u64 offset; /* bytes of the message moved before this syscall */
+	__u8 payload[]; /* payload_len bytes */
+};
 
 /* close(2) of a tracked socket fd. 56 bytes; Python: "=IIIi QQQQ". */
 struct close_event {
@@ -97,6 +114,7 @@ struct file_io_event {
 
 _Static_assert(sizeof(struct helix_endpoints) == 40, "mirrored in decode.py");
 _Static_assert(sizeof(struct data_event) == 136, "mirrored in decode.py");
+_Static_assert(sizeof(struct data_more_event) == 48, "mirrored in decode.py");
 _Static_assert(sizeof(struct close_event) == 56, "mirrored in decode.py");
 _Static_assert(sizeof(struct connect_event) == 96, "mirrored in decode.py");
 _Static_assert(sizeof(struct tcp_fault_event) == 72, "mirrored in decode.py");

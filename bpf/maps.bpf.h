@@ -22,7 +22,7 @@ const volatile struct helix_settings settings = {
 	.payload_bytes = 256,
 	.self_pid = 0,
 	.slow_file_ns = 10 * 1000 * 1000,
-	.msg_gap_ns = 5 * 1000 * 1000,
+	.msg_idle_gap_ns = 5 * 1000 * 1000,
 };
 
 /* Every record for userspace. 1 MiB by default; the loader may resize it (power of two pages). */

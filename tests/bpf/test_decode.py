@@ -11,6 +11,7 @@ from edge.sources.ebpf.events import (
     CloseEvent,
     ConnectEvent,
     DataEvent,
+    DataMoreEvent,
     Direction,
     Endpoint,
     ExecEvent,
@@ -40,6 +41,22 @@ def test_data_record() -> None:
     assert ev == DataEvent(1000, 1500, 100, 101, "python3", 7, 0xFFFF888812345678, Role.SERVER, Direction.INGRESS,
                            Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 40000), 83, b"GET / HTTP/1.1\r\n",
                            10, 900, 42)
+
+
+def more_record(payload: bytes, *, direction: int = 1, offset: int = 1, claimed: int | None = None) -> bytes:
+    head = struct.pack("=IIIHBB", 8, 100, 101, len(payload) if claimed is None else claimed, direction, 0)
+    return head + struct.pack("=QQQQ", 2000, 2100, 0xFFFF888812345678, offset) + payload
+
+
+def test_data_more_record() -> None:
+    assert RECORD_SIZES[8] == 48  # bpf/io.h: _Static_assert(sizeof(struct data_more_event) == 48)
+    ev = decode_event(more_record(b"\x0b\x00\x07plant/t", offset=2))
+    assert ev == DataMoreEvent(2000, 2100, 0xFFFF888812345678, 100, 101, Direction.INGRESS, 2, b"\x0b\x00\x07plant/t")
+    stats = DecodeStats()
+    assert decode_event(more_record(b"ab", claimed=3), stats) is None and stats.short == 1
+    assert decode_event(more_record(b"ab", direction=2), stats) is None and stats.bad_value == 1
+    assert decode_event(more_record(b"")[:47], stats) is None and stats.short == 2
+    assert stats.by_type == {}
 
 
 def test_ipv6_endpoints() -> None:

@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -232,3 +233,117 @@ async def test_pid_allow_list_filters_in_the_kernel(kernel_spans, http_server: S
     await asyncio.sleep(0.5)
     assert server.kind == SpanKind.SERVER
     assert not [s for s in ks.spans if s.resource.service_name == "curl"], "curl is not on the allow-list"
+
+
+PAHO_SUBSCRIBER = r"""
+import sys, paho.mqtt.client as mqtt
+port, want = int(sys.argv[1]), int(sys.argv[2])
+got = []
+def on_subscribe(client, userdata, mid, reason_codes, properties):
+    print("ready", flush=True)
+def on_message(client, userdata, msg):
+    got.append(msg.topic)
+    if len(got) == want:
+        client.disconnect()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-sub", protocol=mqtt.MQTTv5)
+c.on_subscribe, c.on_message = on_subscribe, on_message
+c.connect("127.0.0.1", port)
+c.subscribe("plant/+/temp", qos=0)
+c.loop_forever()
+print(" ".join(got), flush=True)
+"""
+
+
+async def test_paho_v5_subscriber_receives_three_deliveries_each_with_its_context(kernel_spans, tmp_path: Path) -> None:
+    """paho reads the command byte, the remaining length a byte at a time, then the rest: three QoS 0 deliveries,
+    each with its own traceparent user property, make three receive spans on the subscriber.
+
+    The publishes are 50 ms apart, as periodic readings are: each delivery is then a message of its own (idle gap).
+    Deliveries closer than the gap share one message and its payload_bytes budget (two of these fit in 256 bytes;
+    tests/edge/sources/ebpf/test_spans.py covers back-to-back deliveries inside the budget)."""
+    ks = await kernel_spans()
+    traces = [f"{TRACE[:-2]}{i:02x}" for i in range(3)]
+    with Mosquitto(workdir=tmp_path) as broker:
+        sub = await asyncio.create_subprocess_exec(sys.executable, "-c", PAHO_SUBSCRIBER, str(broker.port), "3",
+                                                   stdout=asyncio.subprocess.PIPE)
+        assert sub.stdout is not None
+        assert (await asyncio.wait_for(sub.stdout.readline(), 10)).strip() == b"ready"
+        for i, trace in enumerate(traces):
+            await asyncio.to_thread(subprocess.run, [
+                "mosquitto_pub", "-p", str(broker.port), "-V", "mqttv5", "-q", "0", "-t", f"plant/{i}/temp",
+                "-m", f"2{i}.5", "-D", "PUBLISH", "user-property", "traceparent", f"00-{trace}-{PARENT}-01"],
+                check=True, timeout=10)
+            await asyncio.sleep(0.05)
+        out, _ = await asyncio.wait_for(sub.communicate(), 10)
+        assert sub.returncode == 0 and out.split() == [b"plant/0/temp", b"plant/1/temp", b"plant/2/temp"]
+        rcv = await ks.wait_for(lambda s: s.kind == SpanKind.CONSUMER and s.attributes.get("process.pid") == sub.pid,
+                                count=3)
+    rcv.sort(key=lambda s: s.start_ns)
+    assert [s.attributes["messaging.destination.name"] for s in rcv] == [f"plant/{i}/temp" for i in range(3)]
+    assert [s.trace_id.hex() for s in rcv] == traces
+    assert all(s.parent_span_id.hex() == PARENT and s.attributes["helix.context_from"] == "wire" for s in rcv)
+    assert all(s.attributes["messaging.client.id"] == "paho-sub" for s in rcv)
+    assert all(s.attributes["network.protocol.version"] == "5" for s in rcv)
+    assert all(s.attributes["messaging.message.body.size"] == 4 for s in rcv)
+    assert ks.source.builder.stats.topped_up >= 3
+
+
+SLOW_BODY_SERVER = r"""
+import http.server, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/slow":
+            body = b"a" * 3000
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            self.wfile.write(body[:1000]); self.wfile.flush()
+            time.sleep(0.05)                                  # a pause inside the body: past the idle gap
+            self.wfile.write(body[1000:])
+        else:
+            self.send_response(404); self.send_header("Content-Length", "2"); self.end_headers()
+            self.wfile.write(b"no")
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+KEEP_ALIVE_CLIENT = r"""
+import http.client, json, sys, time
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+took = {}
+for path in ("/slow", "/fast"):
+    t0 = time.monotonic_ns()
+    c.request("GET", path)
+    r = c.getresponse(); r.read()
+    took[path] = time.monotonic_ns() - t0
+print(json.dumps(took), flush=True)
+"""
+
+
+async def test_http_body_split_by_the_idle_gap_keeps_pairing_and_durations(kernel_spans) -> None:
+    import json
+
+    ks = await kernel_spans()
+    server = subprocess.Popen([sys.executable, "-c", SLOW_BODY_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", KEEP_ALIVE_CLIENT, str(port)],
+                                      capture_output=True, check=True, timeout=10)
+        took = json.loads(out.stdout)
+        on_server = lambda s: s.kind == SpanKind.SERVER and s.attributes.get("process.pid") == server.pid  # noqa: E731
+        spans = await ks.wait_for(on_server, count=2)
+    finally:
+        server.terminate()
+        server.wait(5)
+    by_path = {s.attributes["url.path"]: s for s in spans}
+    slow, fast = by_path["/slow"], by_path["/fast"]
+    assert slow.attributes["http.response.status_code"] == 200 and fast.attributes["http.response.status_code"] == 404
+    # The exchange ends with the body's last write, after the pause, and never outlasts what the client measured.
+    assert 45_000_000 <= slow.duration_ns <= took["/slow"]
+    assert slow.attributes["http.response.body.size"] == 3000
+    assert "helix.end_estimated" not in slow.attributes
+    assert 0 < fast.duration_ns <= took["/fast"] and fast.start_ns >= slow.end_ns
+    assert ks.source.builder.stats.split_messages >= 1
+    assert ks.source.builder.stats.unmatched_responses == 0

@@ -16,6 +16,7 @@ from edge.sources.ebpf.events import (
     CloseEvent,
     ConnectEvent,
     DataEvent,
+    DataMoreEvent,
     Direction,
     ExecEvent,
     ExitEvent,
@@ -205,6 +206,45 @@ async def test_linger_zero_close_is_a_reset_on_both_ends(kernel: Any) -> None:
     assert got.sock != sent.sock
     client_data = k.of(DataEvent, pid=proc.pid, direction=Direction.EGRESS)
     assert client_data and client_data[0].sock == sent.sock and client_data[0].role == Role.CLIENT
+
+
+TOPUP_SCRIPT = r"""
+import socket, time
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen()
+c = socket.create_connection(ls.getsockname()); a, _ = ls.accept()
+c.sendall(b"sub"); a.recv(3)      # a read: what `a` writes next starts an egress message
+print(ls.getsockname()[1], flush=True)
+a.send(b"\x30"); a.send(b"\x05"); a.sendmsg([b"he", b"llo"])   # one message moved in three syscalls
+time.sleep(0.3)                                                   # idle: longer than the gap
+a.send(b"x" * 100); a.send(b"y" * 100); a.send(b"z" * 100)
+time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("gap_ms", [50, 0])
+async def test_later_syscalls_top_the_snapshot_up_and_idle_gaps_start_messages(kernel: Any, gap_ms: int) -> None:
+    k = kernel(payload_bytes=128, message_gap_ns=gap_ms * 1_000_000)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", TOPUP_SCRIPT, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    port = int(out)
+    first = (await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == proc.pid and e.local.port == port
+                              and e.direction == Direction.EGRESS))[0]
+    assert (first.payload, first.size, first.role) == (b"\x30", 1, Role.SERVER)
+    await k.settle()
+    starts = [e for e in k.of(DataEvent, sock=first.sock) if e.direction == Direction.EGRESS]
+    more = [(e.offset, e.payload) for e in k.of(DataMoreEvent, sock=first.sock)]
+    assert all(e.pid == proc.pid and e.direction == Direction.EGRESS for e in k.of(DataMoreEvent, sock=first.sock))
+    if gap_ms:
+        # The pause started a second message; each gets at most payload_bytes (128): 100 + a top-up of 28.
+        assert [(e.payload[:1], e.size, e.prev_bytes) for e in starts] == [(b"\x30", 1, 3), (b"x", 100, 7)]
+        assert more == [(1, b"\x05"), (2, b"hello"), (100, b"y" * 28)]
+    else:
+        # No gap rule: one message, whose first 128 bytes went up over four syscalls and then nothing.
+        assert len(starts) == 1
+        assert more == [(1, b"\x05"), (2, b"hello"), (7, b"x" * 100), (107, b"y" * 21)]
+    mores = k.of(DataMoreEvent, sock=first.sock)
+    assert all(m.ts_ns <= m.end_ns for m in mores) and mores[0].ts_ns >= first.end_ns
 
 
 ECHO_SERVER = r"""

@@ -15,6 +15,7 @@ from .events import (
     CloseEvent,
     ConnectEvent,
     DataEvent,
+    DataMoreEvent,
     Direction,
     Endpoint,
     ExecEvent,
@@ -30,14 +31,16 @@ from .events import (
 __all__ = ["DecodeStats", "decode_event", "decode_batch", "EVENT_TYPES", "RECORD_SIZES"]
 
 # bpf/helix.h enum helix_event_type
-EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO = range(1, 8)
+EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE = range(1, 9)
 EVENT_TYPES = {EV_DATA: "data", EV_CLOSE: "close", EV_CONNECT: "connect", EV_TCP_FAULT: "tcp_fault",
-               EV_EXEC: "exec", EV_EXIT: "exit", EV_FILE_IO: "file_io"}
+               EV_EXEC: "exec", EV_EXIT: "exit", EV_FILE_IO: "file_io", EV_DATA_MORE: "data_more"}
 
 _TYPE = struct.Struct("=I")
 _EP = "16s16sHHHBB"  # bpf/helix.h struct helix_endpoints (40 bytes)
 # bpf/io.h struct data_event (136 bytes + payload)
 _DATA = struct.Struct("=IIIi QQQQQQQ" + _EP + " 16s II")
+# bpf/io.h struct data_more_event (48 bytes + payload)
+_DATA_MORE = struct.Struct("=IIIHBB QQQQ")
 # bpf/io.h struct close_event (56 bytes)
 _CLOSE = struct.Struct("=IIIi QQQQQ")
 # bpf/io.h struct connect_event (96 bytes)
@@ -51,7 +54,7 @@ _EXEC = struct.Struct("=IIII Q 16s 256s")
 # bpf/proc.h struct exit_event (40 bytes)
 _EXIT = struct.Struct("=IIiI Q 16s")
 
-RECORD_SIZES = {EV_DATA: _DATA.size, EV_CLOSE: _CLOSE.size, EV_CONNECT: _CONNECT.size,
+RECORD_SIZES = {EV_DATA: _DATA.size, EV_DATA_MORE: _DATA_MORE.size, EV_CLOSE: _CLOSE.size, EV_CONNECT: _CONNECT.size,
                 EV_TCP_FAULT: _FAULT.size, EV_FILE_IO: _FILE_IO.size, EV_EXEC: _EXEC.size, EV_EXIT: _EXIT.size}
 
 _AF_INET, _AF_INET6 = 2, 10
@@ -115,20 +118,22 @@ def _exit_code(status: int) -> int:
     return (status >> 8) & 0xFF if status & 0x7F == 0 else -(status & 0x7F)
 
 
-# bpf/io.h HELIX_DATA_MORE: the record continues the message in flight.
-_DATA_MORE = 1 << 0
-
-
 def _decode(kind: int, raw: bytes) -> KernelEvent:
     if kind == EV_DATA:
         (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu,
-         saddr, daddr, sport, dport, family, role, direction, comm, plen, flags) = _DATA.unpack_from(raw)
+         saddr, daddr, sport, dport, family, role, direction, comm, plen, _pad) = _DATA.unpack_from(raw)
         payload = raw[_DATA.size:_DATA.size + plen]
         if len(payload) != plen:
             raise _Short
         return DataEvent(ts, end, pid, tid, _cstr(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
                          _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
-                         prev_bytes, prev_end, offcpu, bool(flags & _DATA_MORE))
+                         prev_bytes, prev_end, offcpu)
+    if kind == EV_DATA_MORE:
+        _, pid, tid, plen, direction, _pad, ts, end, sock, offset = _DATA_MORE.unpack_from(raw)
+        payload = raw[_DATA_MORE.size:_DATA_MORE.size + plen]
+        if len(payload) != plen:
+            raise _Short
+        return DataMoreEvent(ts, end, sock, pid, tid, _DIRECTIONS[direction], offset, payload)
     if kind == EV_CLOSE:
         _, pid, tid, fd, ts, sock, last_bytes, last_end, offcpu = _CLOSE.unpack_from(raw)
         return CloseEvent(ts, pid, tid, fd, sock, last_bytes, last_end, offcpu)

@@ -14,6 +14,7 @@ __all__ = [
     "Role",
     "Endpoint",
     "DataEvent",
+    "DataMoreEvent",
     "CloseEvent",
     "ConnectEvent",
     "TcpFaultEvent",
@@ -51,10 +52,10 @@ class Endpoint:
 
 @dataclass(slots=True)
 class DataEvent:
-    """The start of a message on a socket (the direction of traffic changed, or it was idle), or more of it.
+    """The start of a message on a socket: the direction of traffic changed, or the connection was idle.
 
-    It also closes the books on the previous message in the other direction (`prev_*`), so one event per
-    message is enough to know where each message began and ended.
+    It also closes the books on the previous message (`prev_*`), so one event per message is enough to know
+    where each message began and ended. DataMoreEvents may follow with more of the message's first bytes.
     """
 
     ts_ns: int  # sys_enter of the first syscall of this message
@@ -73,9 +74,24 @@ class DataEvent:
     prev_bytes: int  # total bytes of the previous message on this connection (0 if none)
     prev_end_ns: int  # sys_exit of the last syscall of the previous message (0 if none)
     offcpu_ns: int  # cumulative off-CPU time of this thread, for differences between two events
-    # True for the records that top up the message in flight with the bytes of its later syscalls (until
-    # payload_bytes are out); then ts_ns/end_ns are that syscall's and prev_* are 0.
-    continuation: bool = False
+
+
+@dataclass(slots=True)
+class DataMoreEvent:
+    """A later syscall of the message in flight on `sock`: its bytes, while the message's snapshot is short.
+
+    The probes send these until `payload_bytes` of the message are out, so that a message moved in small
+    syscalls (MQTT read a byte or two at a time, HTTP heads written in pieces) still reaches the parsers whole.
+    """
+
+    ts_ns: int  # sys_enter of this syscall
+    end_ns: int  # sys_exit of this syscall
+    sock: int
+    pid: int
+    tid: int
+    direction: Direction
+    offset: int  # bytes of the message moved before this syscall: where `payload` goes in the snapshot
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -169,4 +185,4 @@ class FileIoEvent:
     path: str  # best effort: up to a few trailing path components
 
 
-KernelEvent = DataEvent | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent | FileIoEvent
+KernelEvent = DataEvent | DataMoreEvent | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent | FileIoEvent

@@ -88,7 +88,8 @@ class ProbeSettings:
     slow_file_ns: int | None = 10_000_000  # None: no file I/O events at all
     self_pid: int | None = None  # the agent's pid, never traced; None = this process
     ringbuf_bytes: int = 1 << 20  # power of two, >= one page
-    message_gap_ns: int = 5_000_000  # same-direction idle gap that starts a new message; 0: direction only
+    message_gap_ns: int = 5_000_000  # rodata msg_idle_gap_ns: same-direction idle gap (exit to exit) that starts
+    # a new message; 0: only a change of direction does
     sets: tuple[str, ...] = PROBE_SETS
 
     def validate(self) -> None:
@@ -109,7 +110,7 @@ def settings_from_config(cfg: Any) -> ProbeSettings:
     """ProbeSettings from a Config (or its EbpfSourceConfig)."""
     e = getattr(cfg, "ebpf", cfg)
     return ProbeSettings(payload_bytes=e.payload_bytes, slow_file_ns=int(e.slow_file_io * 1e9),
-                         message_gap_ns=int(getattr(e, "message_gap", 0.005) * 1e9))
+                         message_gap_ns=int(e.message_gap * 1e9))
 
 
 def objects_dir() -> Path:

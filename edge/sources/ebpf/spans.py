@@ -3,21 +3,29 @@
 Sans-I/O: `SpanBuilder.feed(events)` returns the spans those events completed and `flush(now)` the ones whose
 wait timed out; the asyncio source around it only moves events in and spans out.
 
-Timing model. The probes emit one DataEvent per *message* (a run of syscalls in one direction) at its first
-syscall, and that event closes the books on the previous message (`prev_end_ns`, `prev_bytes`). So:
+Timing model. The probes emit one DataEvent per *message* (a run of syscalls in one direction, cut by an idle
+gap) at its first syscall, and that event closes the books on the previous message (`prev_end_ns`,
+`prev_bytes`). While the message's snapshot is short of `payload_bytes`, DataMoreEvents follow with the bytes of
+its later syscalls; the builder assembles them (see `_Snapshot`) and decodes when enough is there to decide:
+an HTTP head is complete, MQTT packets are whole (each decoded as soon as it is), the snapshot is full, or the
+next message, a close or the deadline came. So:
 - a request written by a client starts at that write's sys_enter; a request read by a server starts at that
   read's sys_exit, because sys_enter of a blocking read on a keep-alive connection includes the idle wait for
   the next request (the bytes are only known to be there when the read returns);
 - a response ends when its message ends: the next message's `prev_end_ns` or the close's `last_end_ns`. When the
   snapshot proves the response fitted in the first syscall (Content-Length or a chunk walk inside the
   snapshot), its end is that syscall's exit and the span is emitted at once;
-- if nothing tells the end in time, the first syscall's exit is used and the span says `helix.end_estimated`.
+- if nothing tells the end in time, the first syscall's exit is used and the span says `helix.end_estimated`;
+- an MQTT receive starts when the read that returned the packet's first byte returned, and ends when the read
+  with its last byte did; a publish runs from the write of its first byte to the write of its last.
 
 State is bounded: connections and processes live in LRU maps with counted evictions, requests waiting for a
 response are capped per connection, and closing a socket or ending a process frees its state.
 """
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import errno
 import logging
 import os
@@ -37,6 +45,7 @@ from .events import (
     CloseEvent,
     ConnectEvent,
     DataEvent,
+    DataMoreEvent,
     Direction,
     Endpoint,
     ExecEvent,
@@ -69,6 +78,9 @@ _UNKNOWN, _HTTP, _MQTT, _OPAQUE = range(4)
 _NO_MSG, _REQ_MSG, _RESP_MSG = range(3)
 # Messages in a row that no parser recognised before a connection is written off as opaque (TLS, binary).
 _OPAQUE_AFTER = 3
+# Bytes of a non-HTTP-looking snapshot on an HTTP connection that tell body bytes from a head arriving in
+# pieces: the longest method and its space ("OPTIONS ").
+_HTTP_SNIFF = 8
 _MAX_TOPIC_ALIASES = 64
 
 _FAULT_NAMES = {
@@ -178,6 +190,7 @@ class SpanBuilderStats:
     broker_side: int = 0  # MQTT packets on the broker's own connections, not spans
     topped_up: int = 0  # message snapshots completed from the bytes of later syscalls
     late_more: int = 0  # top-up bytes for a message already decoded (its head was complete without them)
+    more_gaps: int = 0  # top-ups that did not follow on (a record lost, a copy failed): assembly stopped there
     split_messages: int = 0  # same-direction continuations of an HTTP message cut by an idle gap
     mqtt_other: int = 0  # MQTT control packets that make no span (CONNECT, PUBACK, PINGREQ, ...)
     evicted_connections: int = 0
@@ -221,6 +234,25 @@ class _Exchange:
 
 
 @dataclass(slots=True)
+class _Snapshot:
+    """The first bytes of the message in flight, assembled from its DataEvent and the DataMoreEvents after it."""
+
+    start: DataEvent
+    data: bytearray
+    offsets: list[int]  # where each syscall's bytes begin in `data`
+    times: list[tuple[int, int]]  # (sys_enter, sys_exit) of each of those syscalls
+    open: bool  # more bytes may still come: contiguous so far and short of payload_bytes
+    deadline_ns: int
+    decoded: int = -1  # bytes decoded so far (whole MQTT packets); -1 until the message is first decoded
+
+    def times_of(self, first: int, last: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The syscalls that moved byte `first` and byte `last` of the snapshot."""
+        i = max(0, bisect.bisect_right(self.offsets, first) - 1)
+        j = max(0, bisect.bisect_right(self.offsets, last) - 1)
+        return self.times[i], self.times[j]
+
+
+@dataclass(slots=True)
 class _Conn:
     sock: int
     pid: int
@@ -241,8 +273,7 @@ class _Conn:
     broker: bool = False
     topic_aliases: dict[tuple[int, int], str] = field(default_factory=dict)
     faults: list[Event] = field(default_factory=list)
-    partial: DataEvent | None = None  # a message start waiting for more of its bytes
-    partial_deadline_ns: int = 0
+    snap: _Snapshot | None = None  # the message in flight while its bytes are still being assembled
     last_direction: int = -1
     split_bytes: int = 0  # bytes of the message in flight before an idle gap cut it
 
@@ -262,7 +293,7 @@ class SpanBuilder:
         self._by_pid: dict[int, set[int]] = {}
         self._procs: OrderedDict[int, _Proc] = OrderedDict()
         self._waiting: set[int] = set()  # socks with requests or responses waiting
-        self._partials: set[int] = set()  # socks with a message start waiting for its top-up bytes
+        self._partials: set[int] = set()  # socks whose message in flight is still being assembled
         self._offset_ns = 0
         self._synced_at: int | None = None
         self._resync()
@@ -310,9 +341,9 @@ class SpanBuilder:
         out: list[Span] = []
         for sock in list(self._partials):
             conn = self._conns.get(sock)
-            if conn is None or conn.partial is None:
+            if conn is None or conn.snap is None:
                 self._partials.discard(sock)
-            elif conn.partial_deadline_ns <= now_mono_ns:
+            elif conn.snap.deadline_ns <= now_mono_ns:
                 self._settle(conn, out)
         for sock in list(self._waiting):
             conn = self._conns.get(sock)
@@ -340,6 +371,8 @@ class SpanBuilder:
     def _dispatch(self, ev: KernelEvent, out: list[Span]) -> None:
         if isinstance(ev, DataEvent):
             self._on_data(ev, out)
+        elif isinstance(ev, DataMoreEvent):
+            self._on_more(ev, out)
         elif isinstance(ev, CloseEvent):
             self._on_close(ev, out)
         elif isinstance(ev, ConnectEvent):
@@ -409,6 +442,8 @@ class SpanBuilder:
             conn = self._conns.get(sock)
             if conn is None:
                 continue
+            if conn.snap is not None:
+                self._settle(conn, out)
             for x in conn.finishing:
                 self._finish_estimated(conn, x, out)
             conn.finishing.clear()
@@ -465,7 +500,7 @@ class SpanBuilder:
         conn = self._conns.get(ev.sock)
         if conn is None:
             return
-        if conn.partial is not None:
+        if conn.snap is not None:
             self._settle(conn, out)
         self._end_message(conn, ev.last_end_ns or None, ev.last_bytes, out)
         for x in conn.finishing:
@@ -515,50 +550,93 @@ class SpanBuilder:
     # -- data --------------------------------------------------------------------------------------------------
 
     def _on_data(self, ev: DataEvent, out: list[Span]) -> None:
-        if ev.continuation:
-            self._on_more(ev, out)
-            return
         conn = self._conns.get(ev.sock)
-        if conn is not None and conn.partial is not None:
-            self._settle(conn, out)
-        if self._wants_more(ev, conn):
-            # Only part of the head is here (MQTT clients read a packet byte by byte, HTTP heads come in
-            # pieces): wait for the top-up records of the same message before decoding it.
-            conn = self._conn_for(ev)
-            conn.partial = ev
-            conn.partial_deadline_ns = ev.end_ns + int(self.config.message_end_timeout * 1e9)
-            self._partials.add(ev.sock)
+        if conn is not None and conn.snap is not None:
+            self._settle(conn, out)  # the message before this one is over: decode what is left of it
+        conn = self._conn_for(ev)
+        payload = ev.payload
+        n = len(payload)
+        # The probes top a snapshot up only while it is contiguous and short of payload_bytes.
+        more = n == ev.size and n < self.config.payload_bytes and conn.proto != _OPAQUE
+        if not more or (b"\r\n\r\n" in payload and looks_like_http(payload)):
+            self._on_message(conn, ev, None, out)  # decided by its first syscall, as most HTTP messages are
             return
-        self._on_message(ev, out)
+        deadline = ev.end_ns + int(self.config.message_end_timeout * _NS)
+        conn.snap = _Snapshot(ev, bytearray(ev.payload), [0], [(ev.ts_ns, ev.end_ns)], more, deadline)
+        self._partials.add(ev.sock)
+        self._advance(conn, out)
 
-    def _wants_more(self, ev: DataEvent, conn: _Conn | None) -> bool:
-        n = len(ev.payload)
-        if conn is not None and conn.proto == _OPAQUE:
-            return False
-        # The probes send more only while the message's snapshot is short of payload_bytes.
-        if n != ev.size or n >= self.config.payload_bytes:
-            return False
-        return not _head_complete(ev.payload)
-
-    def _on_more(self, ev: DataEvent, out: list[Span]) -> None:
+    def _on_more(self, ev: DataMoreEvent, out: list[Span]) -> None:
         conn = self._conns.get(ev.sock)
-        if conn is None or conn.partial is None:
+        snap = conn.snap if conn is not None else None
+        if conn is None or snap is None or not snap.open or ev.direction != snap.start.direction:
             self.stats.late_more += 1
             return
-        p = conn.partial
-        p.payload = (p.payload + ev.payload)[: self.config.payload_bytes]
-        if len(p.payload) >= self.config.payload_bytes or _head_complete(p.payload):
+        self._conns.move_to_end(ev.sock)
+        if ev.offset != len(snap.data):
+            # A record before this one was lost (ring buffer full) or its copy failed: the bytes after the hole
+            # cannot be placed. Decode what is there.
+            self.stats.more_gaps += 1
+            snap.open = False
+        elif ev.payload:
+            if len(snap.offsets) == 1:
+                self.stats.topped_up += 1
+            snap.offsets.append(len(snap.data))
+            snap.times.append((ev.ts_ns, ev.end_ns))
+            room = self.config.payload_bytes - len(snap.data)
+            snap.data += ev.payload[:room]
+            snap.open = len(snap.data) < self.config.payload_bytes
+            snap.deadline_ns = ev.end_ns + int(self.config.message_end_timeout * _NS)
+        self._advance(conn, out)
+
+    def _advance(self, conn: _Conn, out: list[Span]) -> None:
+        """Decode what the snapshot allows now; keep it for more bytes when they could change the outcome."""
+        snap = conn.snap
+        assert snap is not None
+        data = snap.data
+        if not snap.open or conn.proto == _OPAQUE:
             self._settle(conn, out)
+            return
+        http_like = looks_like_http(bytes(data[:16]))  # a method and its space, or "HTTP/1."
+        if http_like or conn.proto == _HTTP:
+            # A head is decoded once whole; bytes on an HTTP connection that are no head are body bytes.
+            if (http_like and b"\r\n\r\n" in data) or (not http_like and len(data) >= _HTTP_SNIFF):
+                self._settle(conn, out)
+            return
+        # MQTT (or not known yet): decode whole packets as they complete, keep the snapshot open for the rest
+        # (a broker pushes packet after packet with no reply in between).
+        begin = max(snap.decoded, 0)
+        end = _whole_mqtt_packets(data, begin)
+        if end < 0:
+            self._settle(conn, out)  # no MQTT framing: decode it for what it is
+        elif end > begin:
+            self._decode_part(conn, snap, begin, end, out)
 
     def _settle(self, conn: _Conn, out: list[Span]) -> None:
-        ev, conn.partial = conn.partial, None
+        """The message's snapshot is final: decode what was not decoded yet and forget it."""
+        snap, conn.snap = conn.snap, None
         self._partials.discard(conn.sock)
-        if ev is not None:
-            self.stats.topped_up += 1
-            self._on_message(ev, out)
+        if snap is not None and snap.decoded < len(snap.data):
+            self._decode_part(conn, snap, max(snap.decoded, 0), len(snap.data), out)
 
-    def _on_message(self, ev: DataEvent, out: list[Span]) -> None:
-        conn = self._conn_for(ev)
+    def _decode_part(self, conn: _Conn, snap: _Snapshot, begin: int, end: int, out: list[Span]) -> None:
+        ev = snap.start
+        if begin or end != len(ev.payload):  # no copy for the usual message that came whole in its first syscall
+            ev = dataclasses.replace(ev, payload=bytes(snap.data[begin:end]))
+        first = snap.decoded < 0
+        snap.decoded = end
+        if first:
+            self._on_message(conn, ev, snap, out)
+            if conn.proto != _MQTT and conn.snap is snap:
+                # Decoded for good (HTTP head, or nothing recognised): later top-ups have nothing to add.
+                conn.snap = None
+                self._partials.discard(conn.sock)
+        elif conn.proto == _MQTT:
+            if not self._on_mqtt(conn, ev, out, snap, begin):
+                self.stats.unparsed += 1
+        # other protocols are decoded once, at the first decode
+
+    def _on_message(self, conn: _Conn, ev: DataEvent, snap: _Snapshot | None, out: list[Span]) -> None:
         self._proc(ev.pid, ev.comm)
         same_direction = conn.last_direction == int(ev.direction)
         conn.last_direction = int(ev.direction)
@@ -578,7 +656,7 @@ class SpanBuilder:
         if conn.proto in (_UNKNOWN, _HTTP):
             handled = self._on_http(conn, ev, out)
         if not handled and conn.proto in (_UNKNOWN, _MQTT):
-            handled = self._on_mqtt(conn, ev, out)
+            handled = self._on_mqtt(conn, ev, out, snap, 0)
         if handled:
             conn.misses = 0
             return
@@ -776,7 +854,8 @@ class SpanBuilder:
 
     # -- MQTT --------------------------------------------------------------------------------------------------
 
-    def _on_mqtt(self, conn: _Conn, ev: DataEvent, out: list[Span]) -> bool:
+    def _on_mqtt(self, conn: _Conn, ev: DataEvent, out: list[Span], snap: _Snapshot | None, base: int) -> bool:
+        """MQTT packets in `ev.payload`, which begins `base` bytes into the snapshot `snap` (None: ev alone)."""
         packets = mqtt.parse_packets(ev.payload, conn.mqtt_version)
         if not packets:
             return False
@@ -795,12 +874,24 @@ class SpanBuilder:
                 if conn.broker:
                     self.stats.broker_side += 1
                     continue
-                self._emit_publish(conn, ev, pkt, out)
+                self._emit_publish(conn, ev, pkt, out, *self._packet_times(ev, pkt, snap, base))
             else:
                 self.stats.mqtt_other += 1
         return True
 
-    def _emit_publish(self, conn: _Conn, ev: DataEvent, pkt: mqtt.Publish, out: list[Span]) -> None:
+    @staticmethod
+    def _packet_times(ev: DataEvent, pkt: mqtt.MqttPacket, snap: _Snapshot | None, base: int) -> tuple[int, int]:
+        """Start and end of a packet's span: a receive is the moment its reads returned (the time before was spent
+        waiting for the broker); a publish runs from the write of its first byte to that of its last."""
+        egress = ev.direction == Direction.EGRESS
+        if snap is None:
+            return (ev.ts_ns if egress else ev.end_ns), ev.end_ns
+        first = base + pkt.offset
+        last = min(first + pkt.length, len(snap.data)) - 1
+        (ts0, end0), (_, end1) = snap.times_of(first, max(first, last))
+        return (ts0 if egress else end0), end1
+
+    def _emit_publish(self, conn: _Conn, ev: DataEvent, pkt: mqtt.Publish, out: list[Span], start: int, end: int) -> None:
         egress = ev.direction == Direction.EGRESS
         topic = pkt.topic
         alias = pkt.properties.get(mqtt.PropertyId.TOPIC_ALIAS)
@@ -847,9 +938,7 @@ class SpanBuilder:
         name = f"publish {topic}" if egress else f"receive {topic}"
         kind = SpanKind.PRODUCER if egress else SpanKind.CONSUMER
         proc = self._proc(ev.pid, ev.comm)
-        # A receive is the moment the read returned: the time before it was spent waiting for the broker.
-        start = ev.ts_ns if egress else ev.end_ns
-        span = self._span(name, kind, start, ev.end_ns, proc, attrs, ctx, self._take_faults(conn))
+        span = self._span(name, kind, start, end, proc, attrs, ctx, self._take_faults(conn))
         self.stats.mqtt_spans += 1
         out.append(span)
 
@@ -957,14 +1046,25 @@ def _join_host(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def _head_complete(data: bytes) -> bool:
-    """Whether a snapshot holds a whole HTTP head or a whole MQTT packet (so no top-up is worth waiting for)."""
-    if looks_like_http(data):
-        return b"\r\n\r\n" in data
-    if len(data) < 2:
-        return False
-    decoded = mqtt.decode_varint(data, 1)
-    if decoded is None:
-        return len(data) >= 5  # a remaining length is at most 4 bytes: this is no MQTT packet
-    remaining, offset = decoded
-    return len(data) >= offset + remaining
+def _whole_mqtt_packets(data: bytes | bytearray, offset: int) -> int:
+    """Where the run of whole MQTT packets framed from `offset` ends (`offset`: none whole yet); -1 for no framing.
+
+    Framing only (type nibble, remaining length): the parsers decide what the packets are.
+    """
+    end = len(data)
+    pos = offset
+    while pos < end:
+        if data[pos] >> 4 == 0:
+            return -1 if pos == offset else pos  # packet type 0 is reserved: no MQTT here
+        if end - pos < 2:
+            break
+        decoded = mqtt.decode_varint(data, pos + 1)
+        if decoded is None:
+            if end - pos >= 5:
+                return -1 if pos == offset else pos  # a remaining length has at most 4 bytes
+            break
+        remaining, body = decoded
+        if body + remaining > end:
+            break
+        pos = body + remaining
+    return pos

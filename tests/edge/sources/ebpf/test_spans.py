@@ -19,6 +19,7 @@ from edge.sources.ebpf.events import (
     CloseEvent,
     ConnectEvent,
     DataEvent,
+    DataMoreEvent,
     Direction,
     Endpoint,
     ExecEvent,
@@ -492,6 +493,8 @@ _events = st.lists(
         st.builds(lambda sock, d, ts, p, size, pb, pe, role: data(sock, d, ts, p, size=size, prev_bytes=pb, prev_end=pe, role=role),
                   st.integers(1, 4), st.sampled_from([IN, OUT]), st.integers(0, 10**6), _payloads, st.integers(0, 10**6),
                   st.integers(0, 10**6), st.integers(0, 10**6), st.sampled_from(list(Role))),
+        st.builds(lambda sock, d, ts, off, p: DataMoreEvent(ts, ts + 10, sock, 100, 101, d, off, p),
+                  st.integers(1, 4), st.sampled_from([IN, OUT]), st.integers(0, 10**6), st.integers(0, 300), _payloads),
         st.builds(lambda sock, ts: CloseEvent(ts, 100, 101, 7, sock, 10, ts, 0), st.integers(1, 4), st.integers(0, 10**6)),
         st.builds(lambda sock, k: TcpFaultEvent(1, k, sock, SRV, CLI, 1), st.integers(1, 6), st.sampled_from(list(FaultKind))),
         st.just(ExitEvent(5, 100, "api", 0)),
@@ -612,43 +615,197 @@ def test_config_rejects_nonsense_with_the_key_named():
 
 
 # -- messages read in pieces: top-up records and idle-gap message starts --------------------------------------------
+#
+# `kernel_view` restates the rules of bpf/io.bpf.c (sock_done) so that the tests below feed the builder exactly the
+# records the probes would send for a sequence of syscalls; tests/bpf/test_kernel_spans.py checks the real thing.
 
-def _more(sock, direction, ts, chunk, **kw) -> DataEvent:
-    ev = data(sock, direction, ts, chunk, **kw)
-    ev.continuation = True
-    return ev
+GAP = 5_000_000  # sources.ebpf.message_gap, the probes' default
 
 
-def test_publish_read_byte_by_byte_is_decoded_from_top_up_records():
+def kernel_view(sock, syscalls, *, payload_bytes=256, gap_ns=GAP, **kw):
+    """DataEvents and DataMoreEvents for syscalls [(direction, bytes, sys_enter, sys_exit)] on one connection."""
+    out = []
+    direction, total, last_end = None, 0, 0
+    for d, chunk, ts, end in syscalls:
+        if d == direction and not (gap_ns and end - last_end > gap_ns):
+            offset, total, last_end = total, total + len(chunk), end
+            if offset < payload_bytes:  # top-up until payload_bytes of the message are out, then counting only
+                out.append(DataMoreEvent(ts, end, sock, kw.get("pid", 100), kw.get("tid", 101), d, offset,
+                                         chunk[:payload_bytes - offset]))
+            continue
+        prev_bytes, prev_end = (total, last_end) if direction is not None else (0, 0)
+        direction, total, last_end = d, len(chunk), end
+        out.append(data(sock, d, ts, chunk[:payload_bytes], end=end, size=len(chunk), prev_bytes=prev_bytes,
+                        prev_end=prev_end, **kw))
+    return out
+
+
+class Wire:
+    """Syscalls on one connection, written as a client library does them, with a clock."""
+
+    def __init__(self, t=1_000_000):
+        self.t = t
+        self.calls = []
+
+    def io(self, direction, *chunks, pause=0, step=2_000):
+        """Syscalls moving `chunks` one after another, `pause` ns after the previous syscall."""
+        self.t += pause
+        for c in chunks:
+            self.calls.append((direction, c, self.t, self.t + 1_000))
+            self.t += step
+        return self
+
+    def read_like_libmosquitto(self, pkt, pause=0):
+        """The command byte, each remaining-length byte, then the rest: libmosquitto, paho and the broker."""
+        n = 2
+        while pkt[n - 1] & 0x80:
+            n += 1
+        return self.io(IN, pkt[:1], *[pkt[i:i + 1] for i in range(1, n)], pkt[n:], pause=pause)
+
+
+def suback(packet_id=1, version=MQTT_5):
+    return enc.packet(9, 0, packet_id.to_bytes(2, "big") + (b"\x00" if version == MQTT_5 else b"") + b"\x00")
+
+
+def traced_publish(i, topic="plant/t", version=MQTT_5, payload=b"21.5"):
+    tp = f"00-{TID[:-1]}{i:x}-{SID}-01"
+    return enc.publish(topic, payload, user=[("traceparent", tp)] if version == MQTT_5 else [], version=version)
+
+
+SUB = dict(role=Role.CLIENT, local=CLI, remote=BROKER, comm="mosquitto_sub")
+
+
+def subscriber_session(version=MQTT_5):
+    """CONNECT, CONNACK, SUBSCRIBE, SUBACK as a subscriber does them, the acks read byte by byte."""
+    w = Wire()
+    w.io(OUT, enc.connect("sub-1", version))
+    w.read_like_libmosquitto(enc.connack(version=version), pause=300_000)
+    w.io(OUT, enc.subscribe(1, [("plant/#", 0)], version), pause=100_000)
+    w.read_like_libmosquitto(suback(version=version), pause=300_000)
+    return w
+
+
+def consumers(spans):
+    return [s for s in spans if s.kind == SpanKind.CONSUMER]
+
+
+def test_mqtt5_publish_read_byte_by_byte_after_a_gap():
+    w = subscriber_session()
+    w.read_like_libmosquitto(traced_publish(7), pause=40_000_000)
+    first_read_end, last_read_end = w.calls[-3][3], w.calls[-1][3]
     b = builder()
-    sub = dict(role=Role.CLIENT, local=CLI, remote=BROKER, comm="mosquitto_sub")
-    b.feed([data(9, OUT, 1_000, enc.connect("sub-1"), **sub)])
-    pkt = enc.publish("plant/t", b"21.5", qos=0, user=[("traceparent", TP)])
-    # libmosquitto: the command byte, then the remaining length, then the rest, each its own read.
-    events = [data(9, IN, 50_000, pkt[:1], prev_bytes=40, prev_end=2_000, **sub),
-              _more(9, IN, 51_000, pkt[1:2], **sub), _more(9, IN, 52_000, pkt[2:], **sub)]
-    spans = b.feed(events)
-    (rcv,) = [s for s in spans if s.kind == SpanKind.CONSUMER]
-    assert rcv.name == "receive plant/t" and rcv.trace_id.hex() == TID and rcv.parent_span_id.hex() == SID
-    assert rcv.start_ns == OFFSET + 51_000, "a receive starts when the first read returned, not when it began waiting"
-    assert b.stats.topped_up == 1
+    (rcv,) = consumers(b.feed(kernel_view(9, w.calls, **SUB)))
+    assert rcv.name == "receive plant/t" and rcv.trace_id.hex() == TID[:-1] + "7" and rcv.parent_span_id.hex() == SID
+    # A receive starts when the read of its first byte returned (not when it began waiting) and ends with its last.
+    assert (rcv.start_ns, rcv.end_ns) == (OFFSET + first_read_end, OFFSET + last_read_end)
+    a = rcv.attributes
+    assert a["messaging.operation.type"] == "receive" and a["messaging.message.body.size"] == 4
+    assert a["network.protocol.version"] == "5" and a["messaging.client.id"] == "sub-1"
+    assert "helix.mqtt.truncated" not in a
+    assert b.stats.topped_up >= 3 and b.stats.internal_errors == 0 and b.stats.unparsed == 0
 
 
-def test_three_qos0_deliveries_after_suback_each_become_a_span():
+def test_mqtt311_publish_read_byte_by_byte():
+    w = subscriber_session(MQTT_311)
+    w.read_like_libmosquitto(traced_publish(1, "line/1", MQTT_311, b"\x00\x01\x02"), pause=40_000_000)
     b = builder()
-    sub = dict(role=Role.CLIENT, local=CLI, remote=BROKER, comm="paho")
-    b.feed([data(9, OUT, 1_000, enc.connect("sub-2"), **sub)])
-    spans = []
-    t = 10_000_000
+    (rcv,) = consumers(b.feed(kernel_view(9, w.calls, **SUB)))
+    assert rcv.name == "receive line/1" and rcv.attributes["network.protocol.version"] == "3.1.1"
+    assert rcv.attributes["messaging.message.body.size"] == 3 and rcv.attributes["helix.context_from"] == "none"
+
+
+def test_three_qos0_deliveries_after_suback_each_after_a_gap():
+    w = subscriber_session()
     for i in range(3):
-        pkt = enc.publish(f"plant/{i}", b"x", user=[("traceparent", f"00-{TID[:-1]}{i}-{SID}-01")])
-        # Each delivery came after an idle gap, so the probes start a new message for each.
-        spans += b.feed([data(9, IN, t, pkt[:1], prev_bytes=3, prev_end=t - 6_000_000, **sub),
-                         _more(9, IN, t + 100, pkt[1:], **sub)])
-        t += 50_000_000
-    rcv = [s for s in spans if s.kind == SpanKind.CONSUMER]
+        w.read_like_libmosquitto(traced_publish(i, f"plant/{i}"), pause=20_000_000)
+    rcv = consumers(builder().feed(kernel_view(9, w.calls, **SUB)))
     assert [s.name for s in rcv] == ["receive plant/0", "receive plant/1", "receive plant/2"]
-    assert [s.trace_id.hex()[-1] for s in rcv] == ["0", "1", "2"]
+    assert [s.trace_id.hex() for s in rcv] == [TID[:-1] + str(i) for i in range(3)]
+
+
+def test_three_qos0_deliveries_back_to_back_in_one_message():
+    """No direction change and no gap: one message to the probes, whose top-ups carry all three packets."""
+    w = subscriber_session()
+    pkts = [traced_publish(i, f"p/{i}", payload=b"") for i in range(3)]
+    assert len(suback()) + sum(map(len, pkts)) <= 256, "all three inside one snapshot"
+    w.read_like_libmosquitto(pkts[0], pause=1_000_000)  # 1 ms after the SUBACK: the same message
+    for pk in pkts[1:]:
+        w.read_like_libmosquitto(pk)
+    records = kernel_view(9, w.calls, **SUB)
+    assert sum(1 for r in records if isinstance(r, DataEvent) and r.direction == IN) == 2  # CONNACK, SUBACK+publishes
+    b = builder()
+    spans = []
+    for r in records:  # one at a time: each delivery is a span as soon as its last byte is in
+        got = consumers(b.feed([r]))
+        if got:
+            assert isinstance(r, DataMoreEvent) and r.end_ns == got[0].end_ns - OFFSET
+        spans += got
+    assert [s.trace_id.hex() for s in spans] == [TID[:-1] + str(i) for i in range(3)]
+    assert len({s.start_ns for s in spans}) == 3
+
+
+def test_several_publishes_in_one_read_each_become_a_span():
+    w = subscriber_session()
+    w.io(IN, b"".join(traced_publish(i, payload=b"") for i in range(2)), pause=20_000_000)
+    rcv = consumers(builder().feed(kernel_view(9, w.calls, **SUB)))
+    assert [s.trace_id.hex() for s in rcv] == [TID[:-1] + "0", TID[:-1] + "1"]
+    assert rcv[0].end_ns == rcv[1].end_ns  # one read returned both
+
+
+def test_a_stream_longer_than_the_snapshot_stops_at_payload_bytes():
+    w = subscriber_session()
+    w.read_like_libmosquitto(traced_publish(0, payload=b"x" * 100), pause=20_000_000)
+    begin = w.calls[-4][2]  # command byte, two remaining-length bytes, the rest
+    w.read_like_libmosquitto(traced_publish(1, payload=b"x" * 100))  # its properties lie across byte 256
+    w.read_like_libmosquitto(traced_publish(2, payload=b"x" * 100))  # beyond the snapshot: the probes send nothing
+    records = kernel_view(9, w.calls, **SUB)
+    assert sum(len(r.payload) for r in records if r.ts_ns >= begin) == 256
+    b = builder()
+    rcv = consumers(b.feed(records + [CloseEvent(10**10, 100, 101, 7, 9, 0, 0, 0)]))
+    assert rcv[0].trace_id.hex() == TID[:-1] + "0" and "helix.mqtt.truncated" not in rcv[0].attributes
+    # The second is cut inside its properties: a span marked truncated, without the context it could not read.
+    assert len(rcv) == 2 and rcv[1].attributes["helix.mqtt.truncated"] is True
+    assert rcv[1].attributes["helix.context_from"] == "none"
+    assert_clean(b)
+
+
+def test_broker_reading_byte_by_byte_makes_no_spans():
+    w = Wire()
+    w.read_like_libmosquitto(enc.connect("pub", MQTT_5))
+    w.io(OUT, enc.connack(version=MQTT_5))
+    w.read_like_libmosquitto(traced_publish(3), pause=10_000_000)
+    b = builder()
+    assert b.feed(kernel_view(8, w.calls, role=Role.SERVER, local=BROKER, remote=CLI, comm="mosquitto")) == []
+    assert b.stats.broker_side == 1
+
+
+def test_a_lost_top_up_stops_assembly_without_guessing():
+    w = subscriber_session()
+    w.read_like_libmosquitto(traced_publish(5), pause=20_000_000)
+    records = kernel_view(9, w.calls, **SUB)
+    del records[-2]  # the remaining-length byte of the publish never arrived (ring buffer full)
+    b = builder()
+    spans = b.feed(records) + b.flush(10**12)
+    assert consumers(spans) == [] and b.stats.more_gaps == 1 and b.stats.internal_errors == 0
+
+
+def test_top_ups_after_a_whole_http_head_are_ignored():
+    w = Wire()
+    s = resp(body=b"ok")
+    w.io(IN, req()).io(OUT, s[:-2], s[-2:], pause=100_000)  # the head, then the body written apart
+    b = builder()
+    b.feed(kernel_view(1, w.calls))
+    assert b.stats.late_more == 1 and b.stats.topped_up == 0
+
+
+def test_http_head_written_in_pieces_is_assembled():
+    head = req(headers=[f"traceparent: {TP}"])
+    w = Wire().io(OUT, head[:16], head[16:60], head[60:])
+    w.io(IN, resp(), pause=500_000)
+    spans = builder().feed(kernel_view(3, w.calls, role=Role.CLIENT, local=CLI, remote=SRV, comm="client"))
+    (sp,) = spans
+    assert sp.kind == SpanKind.CLIENT and sp.trace_id.hex() == TID and sp.attributes["url.path"] == "/api/orders"
+    assert sp.start_ns == OFFSET + w.calls[0][2] and sp.end_ns == OFFSET + w.calls[-1][3]
 
 
 def test_partial_head_is_decoded_at_the_deadline_when_no_more_comes():
@@ -658,17 +815,65 @@ def test_partial_head_is_decoded_at_the_deadline_when_no_more_comes():
     assert b._partials
     b.flush(1_000 + 2_000_000_000)
     assert not b._partials
-    assert b.stats.topped_up == 1
 
 
-def test_http_body_cut_by_an_idle_gap_does_not_end_the_exchange():
-    b = builder()
+def test_http_body_cut_by_an_idle_gap_keeps_pairing_and_durations():
+    """A slow response body: the pause inside it starts a new "message" to the probes; the exchange goes on."""
+    w = Wire()
     body = b"x" * 5000
-    out = b.feed([data(5, IN, 1_000, req(), role=Role.SERVER),
-                  data(5, OUT, 2_000_000, resp(body=body)[:200], size=200, prev_bytes=80, prev_end=1_500),
-                  # the rest of the body after a pause: same direction, a new "message" to the probes
-                  data(5, OUT, 20_000_000, b"x" * 256, size=4900, prev_bytes=200, prev_end=2_001_000),
-                  data(5, IN, 30_000_000, req(), prev_bytes=4900, prev_end=20_500_000)])
-    (s,) = [x for x in out if x.kind == SpanKind.SERVER]
-    assert s.end_ns == OFFSET + 20_500_000, "the exchange ends with the body, not at the gap"
-    assert b.stats.split_messages == 1
+    r1 = resp(body=body)
+    w.io(IN, req(target="/slow"))
+    w.io(OUT, r1[:300], r1[300:2000], pause=1_000_000)
+    w.io(OUT, r1[2000:], pause=30_000_000)  # 30 ms later: past the idle gap
+    body_end = w.calls[-1][3]
+    w.io(IN, req(target="/next"), pause=2_000_000)
+    w.io(OUT, resp(404, b"no"), pause=1_000_000)
+    records = kernel_view(5, w.calls, role=Role.SERVER)
+    assert sum(1 for r in records if isinstance(r, DataEvent) and r.direction == OUT) == 3  # the gap split it
+    b = builder()
+    spans = b.feed(records)
+    spans += b.feed([CloseEvent(w.t, 100, 101, 7, 5, 0, 0, 0)])
+    slow, nxt = spans
+    assert slow.attributes["url.path"] == "/slow" and slow.attributes["http.response.status_code"] == 200
+    assert slow.end_ns == OFFSET + body_end, "the exchange ends with its body, not at the gap"
+    assert slow.attributes["http.response.body.size"] == 5000
+    assert nxt.attributes["url.path"] == "/next" and nxt.attributes["http.response.status_code"] == 404
+    assert nxt.start_ns == OFFSET + w.calls[-2][3] and nxt.end_ns == OFFSET + w.calls[-1][3]
+    assert b.stats.split_messages == 1 and b.stats.unmatched_responses == 0 and b.stats.unparsed == 0
+    assert_clean(b)
+
+
+def test_http_request_body_cut_by_an_idle_gap_on_the_server():
+    w = Wire()
+    r = req("POST", "/upload", body=b"y" * 3000)
+    w.io(IN, r[:256], pause=0)
+    w.io(IN, r[256:], pause=50_000_000)  # the client paused mid-body
+    w.io(OUT, resp(201, b""), pause=1_000_000)
+    b = builder()
+    (sp,) = b.feed(kernel_view(6, w.calls, role=Role.SERVER))
+    assert sp.attributes["http.response.status_code"] == 201 and sp.attributes["http.request.body.size"] == 3000
+    assert sp.start_ns == OFFSET + w.calls[0][3] and sp.end_ns == OFFSET + w.calls[-1][3]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=6), min_size=3, max_size=3),
+       st.sampled_from([MQTT_5, MQTT_311]))
+def test_any_read_pattern_of_spaced_deliveries_gives_one_span_each(cuts, version):
+    """However a client splits its reads, each delivery after an idle gap is one receive span with its context."""
+    w = subscriber_session(version)
+    for i, sizes in enumerate(cuts):
+        pkt = traced_publish(i, f"t/{i}", version)
+        chunks, pos = [], 0
+        for n in sizes:
+            if pos < len(pkt):
+                chunks.append(pkt[pos:pos + n])
+                pos += n
+        if pos < len(pkt):
+            chunks.append(pkt[pos:])
+        w.io(IN, *chunks, pause=20_000_000)
+    b = builder()
+    rcv = consumers(b.feed(kernel_view(9, w.calls, **SUB)) + b.flush(10**12))
+    assert [s.name for s in rcv] == [f"receive t/{i}" for i in range(3)]
+    if version == MQTT_5:
+        assert [s.trace_id.hex() for s in rcv] == [TID[:-1] + str(i) for i in range(3)]
+    assert b.stats.internal_errors == 0 and b.stats.unparsed == 0
