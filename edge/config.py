@@ -27,6 +27,7 @@ __all__ = [
     "MemoryConfig",
     "MetricsConfig",
     "GatewayConfig",
+    "FleetConfig",
     "BrokerAddress",
     "load_config",
     "parse_config",
@@ -240,6 +241,9 @@ class MqttSourceConfig:
     max_payload: int = 256 * 1024
     username: str = ""
     password: str = ""
+    ca_file: str = ""  # TLS (mqtts://): CA bundle to trust; "" = the system store
+    cert_file: str = ""  # TLS client certificate (PEM) for brokers that authenticate nodes by certificate
+    key_file: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -308,6 +312,9 @@ class UplinkConfig:
     queue_max_bytes: int = 8 * 1024 * 1024
     username: str = ""
     password: str = ""
+    ca_file: str = ""  # TLS (mqtts:// or https://): CA bundle to trust; "" = the system store
+    cert_file: str = ""  # TLS client certificate (PEM): MQTT client auth, or mTLS to the gateway
+    key_file: str = ""
     send_timeout: float = 10.0
     retry_max_backoff: float = 30.0
     spool_dir: str = "/var/lib/helix/spool"  # "" keeps batches in memory only (lost on a crash)
@@ -356,6 +363,9 @@ class GatewayConfig:
     max_batch_bytes: int = 8 * 1024 * 1024
     username: str = ""
     password: str = ""
+    ca_file: str = ""  # TLS (mqtts://): CA bundle to trust; "" = the system store
+    cert_file: str = ""  # TLS client certificate (PEM) of this gateway
+    key_file: str = ""
     dedup_window: int = 65536
     client_id: str = ""  # MQTT client id of this instance; "" = helix-gw-<hostname>. Must be unique per instance.
     session_expiry: float = 3600.0  # how long the broker keeps this instance's queue while it is away
@@ -367,6 +377,24 @@ class GatewayConfig:
     def subscription(self) -> str:
         """The MQTT subscription, as a shared subscription when a group is set."""
         return f"$share/{self.share_group}/{self.topic}" if self.share_group else self.topic
+
+
+@dataclass(slots=True, frozen=True)
+class FleetConfig:
+    """Remote configuration: signed documents on retained MQTT topics (docs/fleet.md)."""
+
+    enabled: bool = False
+    broker: BrokerAddress = BrokerAddress("127.0.0.1", 1883)
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+    cert_file: str = ""  # per-node client certificate, CN = node id (the broker's ACLs key on it)
+    key_file: str = ""
+    trusted_keys: tuple[str, ...] = ()  # operator Ed25519 public keys: file paths or base64 of the 32 raw bytes
+    grace: float = 60.0  # after a change of uplink target, roll back unless the uplink is reached within this
+    status_interval: float = 30.0  # how often health goes to helix/status/<node-id>
+    state_dir: str = "/var/lib/helix/fleet"  # highest versions seen, so a replayed older document is refused; "" = memory
+    max_document: int = 256 * 1024
 
 
 @dataclass(slots=True, frozen=True)
@@ -384,6 +412,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -422,6 +451,7 @@ _D_MEMORY = MemoryConfig()
 _D_SAMPLER = SamplerConfig()
 _D_METRICS = MetricsConfig()
 _D_GATEWAY = GatewayConfig()
+_D_FLEET = FleetConfig()
 
 
 def parse_config(data: dict[str, Any]) -> Config:
@@ -445,6 +475,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         max_payload=r.get("max_payload", _D_MQTT.max_payload, _sizes(64, 256 * 1024 * 1024)),
         username=r.get("username", "", _str),
         password=r.get("password", "", _str),
+        ca_file=r.get("ca_file", "", _str), cert_file=r.get("cert_file", "", _str), key_file=r.get("key_file", "", _str),
     )
     r.finish()
     r = sources.sub("otlp")
@@ -508,6 +539,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         queue_max_bytes=r.get("queue_max_bytes", _D_UPLINK.queue_max_bytes, _sizes(64 * 1024, 1024**3)),
         username=r.get("username", "", _str),
         password=r.get("password", "", _str),
+        ca_file=r.get("ca_file", "", _str), cert_file=r.get("cert_file", "", _str), key_file=r.get("key_file", "", _str),
         send_timeout=r.get("send_timeout", 10.0, _durations(0.1, 300.0)),
         retry_max_backoff=r.get("retry_max_backoff", 30.0, _durations(0.01, 3600.0)),
         spool_dir=r.get("spool_dir", _D_UPLINK.spool_dir, _str),
@@ -549,14 +581,31 @@ def parse_config(data: dict[str, Any]) -> Config:
         max_batch_bytes=r.get("max_batch_bytes", _D_GATEWAY.max_batch_bytes, _sizes(1024, 256 * 1024 * 1024)),
         username=r.get("username", "", _str),
         password=r.get("password", "", _str),
+        ca_file=r.get("ca_file", "", _str), cert_file=r.get("cert_file", "", _str), key_file=r.get("key_file", "", _str),
         dedup_window=r.get("dedup_window", 65536, _int_in(0, 10_000_000)),
         client_id=r.get("client_id", "", _str),
         session_expiry=r.get("session_expiry", 3600.0, _durations(0.0, 30 * 86400.0)),
     )
     r.finish()
+
+    r = top.sub("fleet")
+    fleet = FleetConfig(
+        enabled=r.get("enabled", False, _bool),
+        broker=r.get("broker", _D_FLEET.broker, BrokerAddress.parse),
+        username=r.get("username", "", _str), password=r.get("password", "", _str),
+        ca_file=r.get("ca_file", "", _str), cert_file=r.get("cert_file", "", _str), key_file=r.get("key_file", "", _str),
+        trusted_keys=r.get("trusted_keys", (), _str_list),
+        grace=r.get("grace", 60.0, _durations(1.0, 3600.0)),
+        status_interval=r.get("status_interval", 30.0, _durations(1.0, 3600.0)),
+        state_dir=r.get("state_dir", _D_FLEET.state_dir, _str),
+        max_document=r.get("max_document", _D_FLEET.max_document, _sizes(1024, 16 * 1024 * 1024)),
+    )
+    if fleet.enabled and not fleet.trusted_keys:
+        raise ConfigError("fleet.trusted_keys", "fleet.enabled needs at least one operator public key to check documents")
+    r.finish()
     top.finish()
     return Config(node=node, log_level=log_level, mqtt=mqtt, otlp=otlp, ebpf=ebpf, assembler=assembler, sampler=sampler,
-                  uplink=uplink, memory=memory, gateway=gateway, metrics=metrics)
+                  uplink=uplink, memory=memory, gateway=gateway, metrics=metrics, fleet=fleet)
 
 
 def _route_durations(value: Any, key: str) -> dict[str, float]:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from edge.config import UplinkConfig
 from edge.errors import UplinkError
 from edge.model import Span
+from edge.mqtt_tls import tls_params
 
 from .spool import DiskSpool, MemorySpool
 from .wire import MEDIA_TYPE, encode_batch
@@ -176,7 +177,7 @@ class MqttTransport:
             cfg.broker.host, cfg.broker.port,
             username=cfg.username or None, password=cfg.password or None,
             protocol=aiomqtt.ProtocolVersion.V5, timeout=cfg.send_timeout,
-            tls_params=aiomqtt.TLSParameters() if cfg.broker.tls else None,
+            tls_params=tls_params(cfg, "uplink"),
             logger=logging.getLogger(__name__ + ".mqtt"),
         )
         # aiomqtt does not look at the PUBACK reason code; a refusal (not authorised, quota exceeded) or "no
@@ -498,6 +499,41 @@ class UplinkClient:
             self.stats.batches_sent += 1
             self.stats.bytes_sent += len(payload)
             return
+
+    # -------------------------------------------------------------------------------------------- metrics (issue 5)
+
+    def submit_metrics(self, batch: Any) -> asyncio.Future[bool]:
+        """Queue an `edge.codec.metrics_cbor.MetricBatch`: it gets the next sequence number, is spooled and sent
+        like a span batch (its own `HM` frame). Metrics are cumulative, so only the newest batch matters: one not
+        yet spooled is replaced (counted in `metric_stats['superseded']`). Await the result to know it is spooled.
+        """
+        stats = self.__dict__.setdefault("metric_stats", {"submitted": 0, "spooled": 0, "superseded": 0, "dropped": 0})
+        stats["submitted"] += 1
+        if self.__dict__.get("_metrics_pending") is not None:
+            stats["superseded"] += 1
+        self._metrics_pending = batch
+        task = self.__dict__.get("_metrics_task")
+        if task is None or task.done():
+            task = self._metrics_task = asyncio.ensure_future(self._spool_metrics())
+        return task
+
+    async def _spool_metrics(self) -> bool:
+        stats = self.__dict__["metric_stats"]
+        await self.opened.wait()
+        stored = False
+        while (batch := self.__dict__.pop("_metrics_pending", None)) is not None:
+            seq = await self.spool.next_seq()
+            batch.seq = seq
+            try:
+                stored = await self.spool.put(seq, 0, batch.encode(self.cfg.zstd_level))
+            except Exception as e:  # noqa: BLE001 - an unencodable value or a disk error costs one export, not the uplink
+                stored = False
+                log.error("uplink could not spool a metrics batch: %s", e)
+            stats["spooled" if stored else "dropped"] += 1
+            if stored:
+                self._spooled.set()
+            self._gauges()
+        return stored
 
     async def close(self, timeout: float = 5.0) -> None:
         """Spool what is queued, send what the link takes within `timeout` seconds, then stop.

@@ -184,6 +184,75 @@ class OtlpExporter:
         raise ExportError(f"HTTP {status} from {self.url}: {text}", status in RETRYABLE_HTTP,
                           retry_after if status in RETRYABLE_HTTP else None)
 
+    # ------------------------------------------------------------------------------------------ metrics (issue 5)
+
+    async def export_metrics(self, batch: Any, max_elapsed: float | None = None) -> ExportResult:
+        """Export an `edge.codec.metrics_cbor.MetricBatch` as an OTLP ExportMetricsServiceRequest (gRPC
+        MetricsService/Export or HTTP POST to /v1/metrics), with the same retry rules as spans; never raises.
+        `spans`/`exported` in the result count data points."""
+        from edge.codec.otlp_metrics import request_from_metrics
+
+        n = batch.point_count()
+        try:
+            req = request_from_metrics(batch)
+        except Exception as e:  # noqa: BLE001 - a value OTLP cannot hold is bad data, not a crash
+            return ExportResult(False, n, error=f"metrics cannot be expressed in OTLP: {e}")
+        budget = self.cfg.retry_max_elapsed if max_elapsed is None else max_elapsed
+        deadline = time.monotonic() + budget
+        backoff = Backoff(maximum=30.0)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                rejected, message = await self._export_metrics_request(req)
+            except ExportError as e:
+                delay = e.retry_after_s if e.retry_after_s is not None else backoff.next()
+                if not e.retryable or time.monotonic() + delay > deadline:
+                    if self._throttle.ready("metrics"):
+                        log.warning("OTLP metrics export to %s failed: %s", self.endpoint, e)
+                    return ExportResult(False, n, attempts=attempts, retryable=e.retryable,
+                                        retry_after_s=e.retry_after_s, error=str(e))
+                await asyncio.sleep(delay)
+                continue
+            return ExportResult(True, n, exported=n - min(rejected, n), rejected=rejected, attempts=attempts,
+                                error=message)
+
+    async def _export_metrics_request(self, req: Any) -> tuple[int, str]:
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+
+        if self.cfg.export_protocol == "http":
+            import aiohttp
+
+            if self._session is None:
+                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.export_timeout))
+            url = self.url[: -len("/v1/traces")] + "/v1/metrics" if self.url.endswith("/v1/traces") else self.url
+            headers = {**self.cfg.export_headers, "Content-Type": _PROTOBUF}
+            try:
+                async with self._session.post(url, data=req.SerializeToString(), headers=headers) as resp:
+                    body, status = await resp.read(), resp.status
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                raise ExportError(f"OTLP/HTTP endpoint {url} unreachable: {e or type(e).__name__}", True) from None
+            if 200 <= status < 300:
+                out = metrics_service_pb2.ExportMetricsServiceResponse()
+                try:
+                    out.ParseFromString(body)
+                except Exception:  # noqa: BLE001 - a 2xx with an unreadable body still means delivered
+                    return 0, ""
+                return out.partial_success.rejected_data_points, out.partial_success.error_message
+            raise ExportError(f"HTTP {status} from {url}: {_status_message(body)}", status in RETRYABLE_HTTP,
+                              retry_after if status in RETRYABLE_HTTP else None)
+        self._grpc_stub()  # opens the channel
+        stub = metrics_service_pb2_grpc.MetricsServiceStub(self._channel)
+        try:
+            resp = await stub.Export(req, timeout=self.cfg.export_timeout, metadata=self._metadata or None)
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            retry_after = _grpc_retry_delay(e)
+            retryable = code in RETRYABLE_GRPC or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None)
+            raise ExportError(f"gRPC {code.name}: {e.details()}", retryable, retry_after) from None
+        return resp.partial_success.rejected_data_points, resp.partial_success.error_message
+
     async def close(self) -> None:
         """Close channels and sessions."""
         if self._channel is not None:

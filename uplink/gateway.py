@@ -22,10 +22,13 @@ from typing import Any
 
 from edge.config import Config, GatewayConfig
 from edge.errors import DecodeError
+from edge.mqtt_tls import tls_params
 
 from .client import Backoff, Throttle
 from .exporter import OtlpExporter
 from .wire import decode_batch
+
+from edge.codec.metrics_cbor import MetricBatch, is_metric_batch
 
 __all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
 
@@ -91,6 +94,7 @@ class Gateway:
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._inflight: dict[tuple[str, int], asyncio.Future[_Result]] = {}
         self._throttle = Throttle()
+        self.metric_stats = {"received": 0, "exported": 0, "malformed": 0, "duplicate": 0, "dropped": 0, "deferred": 0}
 
     # ------------------------------------------------------------------------------------------------ ingest
 
@@ -105,6 +109,8 @@ class Gateway:
         if len(payload) > cfg.max_batch_bytes:
             self.stats.batches_oversized += 1
             return self._bad(Outcome.OVERSIZED, origin, f"{len(payload)} bytes, over max_batch_bytes={cfg.max_batch_bytes}")
+        if is_metric_batch(payload):
+            return await self._ingest_metrics(payload, origin, http)
         try:
             batch = decode_batch(payload, cfg.max_batch_bytes)
         except DecodeError as e:
@@ -170,6 +176,37 @@ class Gateway:
             if self.cfg.retry_max_elapsed <= 0:
                 await asyncio.sleep(1.0)
 
+    async def _ingest_metrics(self, payload: bytes, origin: str, http: bool) -> _Result:
+        """A metrics frame (issue 5): decode, deduplicate, export as OTLP metrics.
+
+        Metrics are cumulative: a batch the backend cannot take within the retry budget is dropped (counted), as
+        the next one carries the same counts and more; over HTTP the node is still told to retry later.
+        """
+        ms = self.metric_stats
+        ms["received"] += 1
+        try:
+            batch = MetricBatch.decode(payload, self.cfg.max_batch_bytes)
+        except DecodeError as e:
+            ms["malformed"] += 1
+            self.stats.batches_malformed += 1
+            return self._bad(Outcome.MALFORMED, origin, str(e))
+        key = (batch.node_id, batch.seq)
+        if key in self._seen:
+            ms["duplicate"] += 1
+            return _Result(Outcome.DUPLICATE, 0)
+        budget = min(self.cfg.retry_max_elapsed, _HTTP_EXPORT_BUDGET) if http else None
+        res = await self.exporter.export_metrics(batch, max_elapsed=budget)
+        if res.ok:
+            ms["exported"] += 1
+            self._remember(key)
+            return _Result(Outcome.EXPORTED, 0, res.error)
+        if res.retryable and http:
+            ms["deferred"] += 1
+            return _Result(Outcome.RETRY_LATER, 0, res.error, res.retry_after_s)
+        ms["dropped"] += 1
+        self._remember(key)
+        return _Result(Outcome.DROPPED, 0, res.error)
+
     def _bad(self, outcome: Outcome, origin: str, detail: str) -> _Result:
         if self._throttle.ready(outcome.value):
             extra = self._throttle.take_suppressed(outcome.value)
@@ -229,7 +266,7 @@ class Gateway:
                 username=cfg.username or None, password=cfg.password or None,
                 identifier=client_id, clean_start=False, properties=props,
                 protocol=aiomqtt.ProtocolVersion.V5,
-                tls_params=aiomqtt.TLSParameters() if cfg.broker.tls else None,
+                tls_params=tls_params(cfg, "gateway"),
                 logger=logging.getLogger(__name__ + ".mqtt"),
             )
             # aiomqtt has no switch for it, but its paho client does: PUBACK only once the batch is settled.

@@ -6,8 +6,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uplink.client import UplinkClient
 
@@ -15,12 +16,19 @@ from ..assembler import Assembler, AssemblerConfig
 from ..config import Config
 from ..errors import HelixError, ProbeUnavailable
 from ..model import Source, Span
-from ..sampler import ConsistentSampler
+from ..aggregator import RedAggregator
+from ..codec.metrics_cbor import MetricBatch
+from ..sampler import TailRules, TraceSampler
 from ..sources.mqtt_sdk import MqttSdkSource
 from ..sources.otlp_common import OtlpIngest
-from ..sources.otlp_grpc import OtlpGrpcReceiver
-from ..sources.otlp_http import OtlpHttpReceiver
+from .governor import MemoryGovernor
 from .inbox import SpanInbox
+from .metrics_http import MetricsEndpoint, health_metrics
+from . import sdnotify
+
+if TYPE_CHECKING:
+    from ..sources.otlp_grpc import OtlpGrpcReceiver
+    from ..sources.otlp_http import OtlpHttpReceiver
 
 __all__ = ["Agent", "KernelStatus"]
 
@@ -47,25 +55,42 @@ class Agent:
         # The byte bound of held spans is a share of the memory budget, like the inbox's.
         self.assembler = Assembler(AssemblerConfig(window=a.window, memory=a.memory, max_spans=a.max_spans,
                                                    max_bytes=max(1 << 20, cfg.memory.limit // 4)))
-        self.sampler = ConsistentSampler(cfg.sampler.ratio)
+        self.sampler = TraceSampler(cfg.sampler.ratio, TailRules.from_config(cfg.sampler))
+        self.aggregator = RedAggregator(cfg.metrics.buckets, cfg.metrics.max_series)
         self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
-        self.ingest = OtlpIngest(self.inbox.put, self.inbox.has_room)
+        self.ingest = OtlpIngest(self._admit, self.inbox.has_room)
         self.mqtt: MqttSdkSource | None = None
         if cfg.mqtt.enabled:
-            self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self.inbox.put, host_name=socket.gethostname())
+            self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self._admit, host_name=socket.gethostname())
         self.http: OtlpHttpReceiver | None = None
+        # Receivers are imported only when enabled: grpc alone adds about 8 MiB of RSS, aiohttp about 9.
         if cfg.otlp.http_listen:
+            from ..sources.otlp_http import OtlpHttpReceiver
             self.http = OtlpHttpReceiver(self.ingest, *cfg.otlp.http_listen, cfg.otlp.max_request)
         self.grpc: OtlpGrpcReceiver | None = None
         if cfg.otlp.grpc_listen:
+            from ..sources.otlp_grpc import OtlpGrpcReceiver
             self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request)
         self.kernel = KernelStatus()
         self.ebpf: Any = None
         self.started = asyncio.Event()
+        # Issue 5: one memory budget, RED metrics upstream, health on a loopback Prometheus endpoint.
+        self.governor = MemoryGovernor(self, cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval)
+        self.metrics_http: MetricsEndpoint | None = None
+        if cfg.metrics.listen:
+            self.metrics_http = MetricsEndpoint(self.metrics, *cfg.metrics.listen)
+        self._metrics_seq = 0
 
     def submit(self, spans: list[Span], source: Source) -> int:
         """Hand spans to the pipeline (what every source calls)."""
-        return self.inbox.put(spans, source)
+        return self._admit(spans, source)
+
+    def _admit(self, spans: list[Span], source: Source) -> int:
+        n = self.inbox.put(spans, source)
+        if n < len(spans):
+            # The inbox keeps a prefix; what it refused is lost to tracing but still counted in the RED metrics.
+            self.aggregator.consume(spans[n:])
+        return n
 
     async def _start_ebpf(self) -> None:
         mode = self.cfg.ebpf.enabled
@@ -74,7 +99,7 @@ class Agent:
             return
         try:
             from ..sources.ebpf.source import EbpfSource
-            self.ebpf = EbpfSource(self.cfg.ebpf, self.inbox.put, own_pid=os.getpid())
+            self.ebpf = EbpfSource(self.cfg.ebpf, self._admit, own_pid=os.getpid())
             await self.ebpf.start()
             self.kernel = KernelStatus("running")
             log.info("kernel probes running")
@@ -100,9 +125,30 @@ class Agent:
 
     def _process(self, spans: list[Span], flush: bool = False) -> None:
         spans = self.assembler.process(spans, flush=flush)
+        self.aggregator.consume(spans)  # RED metrics see all traffic, before sampling
         kept, _dropped = self.sampler.decide(spans)
+        if flush:
+            self.sampler.flush()
         if kept:
             self.uplink.submit(kept)
+
+    def metrics(self) -> list[Any]:
+        """RED metrics per service and the agent's own health, as ResourceMetrics."""
+        return [*self.aggregator.resource_metrics({"helix.node.id": self.cfg.node.id}), health_metrics(self)]
+
+    def metric_batch(self) -> MetricBatch:
+        """The metrics to send upstream now (cumulative since the agent started)."""
+        self._metrics_seq += 1
+        return MetricBatch(self.cfg.node.id, self._metrics_seq, self.aggregator.start_ns, time.time_ns(), self.metrics())
+
+    async def _export_metrics(self) -> None:
+        interval = self.cfg.metrics.export_interval
+        submit = getattr(self.uplink, "submit_metrics", None)
+        if interval <= 0 or submit is None:
+            await asyncio.Event().wait()  # off: idle, for a finished task would stop the agent
+        while True:
+            await asyncio.sleep(interval)
+            submit(self.metric_batch())
 
     async def _start_receivers(self) -> None:
         for receiver, what, key in ((self.http, "OTLP/HTTP", "sources.otlp.http_listen"),
@@ -120,18 +166,37 @@ class Agent:
         try:
             await self._start_ebpf()
             await self._start_receivers()
+            if self.cfg.fleet.enabled:  # issue 7: signed remote config; bad trusted keys fail the start
+                try:
+                    from ..fleet.node import FleetNode
+                except ImportError as e:
+                    raise HelixError(f"remote configuration (fleet.enabled) is not available in this build: {e}") from None
+                self.fleet = FleetNode(self)
         except BaseException:
             # Whatever did start must not outlive a failed start (listening ports, attached probes).
             await self._stop_inputs()
             raise
         tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
                  asyncio.create_task(self.uplink.run(), name="uplink"),
-                 asyncio.create_task(self._report(), name="status")]
+                 asyncio.create_task(self._report(), name="status"),
+                 asyncio.create_task(self.governor.run(), name="governor"),
+                 asyncio.create_task(self._export_metrics(), name="metrics-export")]
+        if self.metrics_http is not None:
+            try:
+                await self.metrics_http.start()
+            except OSError as e:
+                log.error("cannot serve /metrics on %s:%d: %s (change metrics.listen, or \"\" to disable)",
+                          self.metrics_http.host, self.metrics_http.port, e.strerror or e)
+                self.metrics_http = None
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-source"))
         if self.ebpf is not None:
             tasks.append(asyncio.create_task(self.ebpf.run(), name="ebpf-source"))
+        if getattr(self, "fleet", None) is not None:
+            tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
+        tasks.append(asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog"))
         self.started.set()
+        sdnotify.notify(f"READY=1\nSTATUS=node {self.cfg.node.id}, kernel probes {self.kernel.state}")
         log.info("agent running node=%s kernel=%s uplink=%s", self.cfg.node.id, self.kernel.state,
                  self.cfg.uplink.transport)
         stopper = asyncio.create_task(stop.wait())
@@ -143,6 +208,8 @@ class Agent:
             raise failed[0].exception()  # type: ignore[misc]
 
     async def _stop_inputs(self) -> None:
+        if self.metrics_http is not None:
+            await self.metrics_http.stop()
         for receiver in (self.http, self.grpc):
             if receiver is not None:
                 await receiver.stop()
@@ -151,12 +218,20 @@ class Agent:
                 await self.ebpf.stop()
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        sdnotify.notify("STOPPING=1")
+        if getattr(self, "fleet", None) is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.fleet.stop(), 2.0)
         await self._stop_inputs()
         for t in tasks:
             if t.get_name() not in ("uplink",):
                 t.cancel()
         # Spans already accepted are pushed through the pipeline and flushed upstream before exit.
         self._process(self.inbox.drain(), flush=True)
+        if getattr(self.uplink, "submit_metrics", None) is not None and self.cfg.metrics.export_interval > 0:
+            # The final counts, spooled before the uplink closes, so nothing counted is lost.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.uplink.submit_metrics(self.metric_batch())), 2.0)
         await self.uplink.close(timeout=5.0)
         for t in tasks:
             t.cancel()
@@ -180,8 +255,17 @@ class Agent:
                           "released": self.assembler.stats.released, "links": dict(self.assembler.stats.links),
                           "evicted_early": self.assembler.stats.evicted_early,
                           "id_collisions": self.assembler.stats.id_collisions},
-            "sampler": {"kept": self.sampler.stats.kept, "dropped": self.sampler.stats.dropped},
+            "sampler": {"kept": self.sampler.stats.kept, "dropped": self.sampler.stats.dropped,
+                        "kept_head": self.sampler.stats.kept_head, "kept_tail": self.sampler.stats.kept_tail,
+                        "ratio": self.sampler.effective_ratio, "waiting_traces": len(self.sampler.tail),
+                        "decisions": dict(self.sampler.tail.stats.decisions)},
+            "red": {"series": len(self.aggregator), "spans": self.aggregator.stats.spans,
+                    "overflow": self.aggregator.stats.overflow},
+            "governor": self.governor.status(),
             "uplink": _as_dict(self.uplink.stats),
+            "fleet": None if getattr(self, "fleet", None) is None else {
+                "config_version": self.fleet.config_version(), "config_state": self.fleet.config_state,
+                "last_error": self.fleet.last_error, "restart_needed": self.fleet.restart_needed},
         }
 
     def status_line(self) -> str:

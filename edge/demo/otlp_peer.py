@@ -14,6 +14,11 @@ from typing import IO
 
 import grpc
 from aiohttp import web
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -47,6 +52,8 @@ class OtlpPeer:
     http_port: int = 0
     received: asyncio.Event = field(default_factory=asyncio.Event)
     attempts: int = 0
+    metric_requests: list[ExportMetricsServiceRequest] = field(default_factory=list)  # OTLP metrics, never refused
+    metrics_received: asyncio.Event = field(default_factory=asyncio.Event)
     _server: grpc.aio.Server | None = None
     _runner: web.AppRunner | None = None
     _json: IO[str] | None = None
@@ -77,10 +84,12 @@ class OtlpPeer:
             self._json = open(self.json_path, "a", encoding="utf-8")
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self), self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsServicer(self), self._server)
         self.grpc_port = self._server.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
         await self._server.start()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/traces", self._http_export)
+        app.router.add_post("/v1/metrics", self._http_metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.http_port)
@@ -104,6 +113,19 @@ class OtlpPeer:
             self._json.write(request_to_json(req) + "\n")
             self._json.flush()
         self.received.set()
+
+    def _accept_metrics(self, req: ExportMetricsServiceRequest) -> None:
+        self.metric_requests.append(req)
+        self.metrics_received.set()
+
+    async def _http_metrics(self, request: web.Request) -> web.Response:
+        req = ExportMetricsServiceRequest()
+        try:
+            req.ParseFromString(await request.read())
+        except Exception:  # noqa: BLE001 - any garbage is a 400, as the OTLP spec says
+            return web.Response(status=400, text="bad protobuf")
+        self._accept_metrics(req)
+        return web.Response(body=ExportMetricsServiceResponse().SerializeToString(), content_type="application/x-protobuf")
 
     async def _http_export(self, request: web.Request) -> web.Response:
         self.attempts += 1
@@ -140,3 +162,12 @@ class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             resp.partial_success.error_message = "some spans were refused by the test peer"
         self.peer._accept(request)
         return resp
+
+
+class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, peer: OtlpPeer) -> None:
+        self.peer = peer
+
+    async def Export(self, request: ExportMetricsServiceRequest, context: grpc.aio.ServicerContext) -> ExportMetricsServiceResponse:  # noqa: N802 - gRPC naming
+        self.peer._accept_metrics(request)
+        return ExportMetricsServiceResponse()

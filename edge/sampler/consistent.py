@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from ..model import Span
 from ..propagation import format_tracestate, parse_tracestate
 
-__all__ = ["ConsistentSampler", "SamplerStats", "threshold_for_ratio", "encode_threshold", "randomness"]
+__all__ = ["ConsistentSampler", "SamplerStats", "threshold_for_ratio", "encode_threshold", "randomness",
+           "with_threshold", "without_threshold", "MAX_THRESHOLD"]
 
 MAX_THRESHOLD = 1 << 56
 
@@ -57,6 +58,18 @@ def with_threshold(trace_state: str, threshold: int) -> str:
     fields["th"] = encode_threshold(threshold)
     ot_value = ";".join(f"{k}:{v}" for k, v in fields.items())
     return format_tracestate([("ot", ot_value)] + [(k, v) for k, v in members if k != "ot"])
+
+
+def without_threshold(trace_state: str) -> str:
+    """Tracestate with `th` erased: what a span kept by a non-probabilistic rule must carry (adjusted count unknown)."""
+    if "ot=" not in trace_state:
+        return trace_state
+    members, fields = _ot_members(trace_state)
+    fields.pop("th", None)
+    rest = [(k, v) for k, v in members if k != "ot"]
+    if fields:
+        rest.insert(0, ("ot", ";".join(f"{k}:{v}" for k, v in fields.items())))
+    return format_tracestate(rest)
 
 
 @dataclass(slots=True)

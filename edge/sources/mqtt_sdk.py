@@ -12,6 +12,7 @@ import aiomqtt
 from ..codec.sdk_cbor import decode_payload
 from ..config import MqttSourceConfig
 from ..errors import DecodeError
+from ..mqtt_tls import tls_params
 from ..model import Source, Span
 from ..sdk.mqtt_context import extract
 from ..ratelimit import RateLimitedLog
@@ -66,7 +67,7 @@ class MqttSdkSource:
                     identifier=f"helix-agent-{self.node_id}-sdk",
                     protocol=aiomqtt.ProtocolVersion.V5,
                     username=self.cfg.username or None, password=self.cfg.password or None,
-                    tls_params=aiomqtt.TLSParameters() if self.cfg.broker.tls else None,
+                    tls_params=tls_params(self.cfg, "sources.mqtt"),
                     keepalive=30,
                 ) as client:
                     for topic in self.cfg.topics:

@@ -1,0 +1,328 @@
+"""The memory governor: one budget (`memory.limit`) that every queue, buffer and table accounts against.
+
+Every `memory.check_interval` it reads the process RSS (/proc/self/statm) and the bytes each buffer reports
+(inbox, assembler, tail buffer, uplink queue, RED series) and takes usage = max(RSS, baseline + accounted),
+where the baseline is what the process held with empty buffers (RSS at start unless configured). The RSS
+catches what the estimates miss; the accounted bytes react before the allocator has grown.
+
+Pressure is the share of the headroom (limit - baseline) in use: the interpreter and its libraries cannot be
+shed, only what sits in buffers can. A budget that leaves less than an eighth of itself above the baseline
+cannot be kept; the governor says so once and then governs a headroom of a quarter of the limit above the
+baseline (the process then ends up over the limit, visibly in the status and /metrics).
+
+Under pressure it acts in this order, one step further per check while the pressure lasts, and counts each
+action:
+
+1. `raise_threshold` (≥ 70 %): halve the agent's keep-probability (down to ratio/1024) and write the same
+   threshold into the kernel's config map. The kernel cannot see trace ids of requests without context, and
+   today's probes honour only "keep all" (threshold 0): any non-zero value stops new message starts, i.e. kernel
+   spans pause until the pressure is gone (counted as `kernel_paused`).
+2. `shrink_tail` (≥ 80 %): halve the tail-sampling buffer; its oldest undecided traces are dropped. And
+   `shrink_index`: the assembler forgets released spans older than half its window (late joins are given up;
+   at the drop step all released spans), by its `shrink()` if it has one, else through its index's
+   `expire()`, and its byte bound for held spans is
+   halved (`shrink_assembler`: spans are released before their window ends; nothing is lost), and so is the
+   inbox's (`shrink_inbox`: OTLP clients are told to retry later, other sources' overflow is counted).
+3. `spill` (≥ 90 %): ask the uplink to move queued spans into its (disk) spool now, if it can.
+4. `drop` (≥ 95 %): drop the lowest-value data: every undecided trace in the tail buffer (the head already
+   rejected them), then the spans waiting in the inbox, after counting them into the RED metrics so that the
+   aggregates stay exact; then return freed memory to the OS (malloc_trim).
+
+Below 60 % it steps back one notch per check: the keep-probability doubles, the tail buffer regrows, the kernel
+threshold returns to 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MemoryGovernor", "GovernorStats", "read_rss", "LEVELS"]
+
+log = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+# Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
+LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0.95}
+RELAX = 0.60
+_MIN_TAIL = 64 * 1024
+_MIN_INBOX = 512 * 1024
+
+
+def read_rss() -> int:
+    """Resident set size of this process in bytes (/proc/self/statm, second field)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass(slots=True)
+class GovernorStats:
+    """What the governor saw and did."""
+
+    usage: int = 0
+    rss: int = 0
+    rss_peak: int = 0
+    accounted: int = 0
+    pressure: float = 0.0
+    actions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("raise_threshold", "kernel_paused", "shrink_tail", "shrink_index", "shrink_assembler", "shrink_inbox", "spill",
+         "spill_unavailable", "drop", "relax"), 0))
+    # Spans dropped by the governor; index_pressure counts spans already sent on whose late joins were given up.
+    dropped: dict[str, int] = field(default_factory=lambda: {"tail_pressure": 0, "inbox_pressure": 0,
+                                                             "index_pressure": 0})
+    breakdown: dict[str, int] = field(default_factory=dict)
+
+
+class MemoryGovernor:
+    """Keeps an Agent within `cfg.memory.limit`; run `run()` as a task or call `check()` yourself."""
+
+    def __init__(self, agent: Any, limit: int, baseline: int = 0, interval: float = 0.5,
+                 rss: Callable[[], int] = read_rss) -> None:
+        self.agent = agent
+        self.limit = limit
+        self._rss = rss
+        self._auto_baseline = not baseline
+        self.baseline = self.headroom = 0
+        self.set_baseline(baseline or rss())
+        self.interval = interval
+        self.stats = GovernorStats()
+        self.factor = 1.0  # keep-probability multiplier applied to the agent sampler
+        self.kernel_threshold = 0
+        self._trim = _malloc_trim()
+        self._asm_max_bytes: int | None = None  # the assembler's own bound, restored after pressure
+        self._inbox_max_bytes: int | None = None
+
+    def set_baseline(self, baseline: int) -> None:
+        """What the process holds with empty buffers; the headroom is what is left of the limit above it."""
+        limit = self.limit
+        self.baseline = baseline
+        self.headroom = limit - baseline
+        if self.headroom < limit // 8:
+            log.error("memory.limit (%d MiB) leaves no room above what the agent holds idle (%d MiB): raise "
+                      "memory.limit or turn off what is not needed (the OTLP/gRPC receiver, /metrics); buffers get "
+                      "%d MiB regardless", limit >> 20, baseline >> 20, (limit // 4) >> 20)
+            self.headroom = limit // 4
+
+    # -------------------------------------------------------------------------------------------- accounting
+
+    def accounted(self) -> dict[str, int]:
+        """Bytes each buffer holds now."""
+        a = self.agent
+        up = getattr(a.uplink, "stats", None)
+        out = {
+            "inbox": a.inbox.bytes,
+            "assembler": _assembler_bytes(a.assembler),
+            "tail": a.sampler.bytes if hasattr(a.sampler, "bytes") else 0,
+            "uplink": int(getattr(up, "queued_bytes", 0) or 0),
+        }
+        agg = getattr(a, "aggregator", None)
+        if agg is not None:
+            out["aggregator"] = agg.bytes
+        return out
+
+    def measure(self) -> float:
+        """Read RSS and the buffers; returns the pressure (share of the headroom in use)."""
+        st = self.stats
+        st.breakdown = self.accounted()
+        st.accounted = sum(st.breakdown.values())
+        st.rss = self._rss()
+        st.rss_peak = max(st.rss_peak, st.rss)
+        st.usage = max(st.rss, self.baseline + st.accounted)
+        st.pressure = max(0.0, (st.usage - self.baseline) / self.headroom)
+        return st.pressure
+
+    # -------------------------------------------------------------------------------------------- acting
+
+    def check(self) -> float:
+        """Measure once and act on the pressure; returns the pressure seen."""
+        p = self.measure()
+        if p >= LEVELS["raise_threshold"]:
+            self._raise_threshold()
+        if p >= LEVELS["shrink_tail"]:
+            self._shrink_tail()
+            self._shrink_index()
+            self._shrink_inbox()
+        if p >= LEVELS["spill"]:
+            self._spill()
+        if p >= LEVELS["drop"]:
+            self._drop()
+        if p < RELAX:
+            self._relax()
+        return p
+
+    def _sampler(self) -> Any:
+        return self.agent.sampler
+
+    def _raise_threshold(self) -> None:
+        sampler = self._sampler()
+        if hasattr(sampler, "set_pressure") and self.factor > 1 / 1024:
+            self.factor /= 2
+            sampler.set_pressure(self.factor)
+            self.stats.actions["raise_threshold"] += 1
+            log.warning("memory pressure %.0f%% of %d bytes headroom: keep-probability now %.4g",
+                        self.stats.pressure * 100, self.headroom, getattr(sampler, "effective_ratio", self.factor))
+        self._write_kernel(max(1, getattr(sampler, "threshold", 1)))
+
+    def _write_kernel(self, threshold: int) -> None:
+        ebpf = getattr(self.agent, "ebpf", None)
+        probes = getattr(ebpf, "probes", None)
+        if probes is None or threshold == self.kernel_threshold:
+            return
+        try:
+            probes.set_sample_threshold(min(threshold, (1 << 56) - 1))
+        except Exception as e:  # noqa: BLE001 - closed probes or a map error must not stop the governor
+            log.warning("cannot write the sampling threshold into the kernel: %s", e)
+            return
+        if threshold and not self.kernel_threshold:
+            self.stats.actions["kernel_paused"] += 1
+        self.kernel_threshold = threshold
+
+    def _shrink_tail(self) -> None:
+        sampler = self._sampler()
+        tail = getattr(sampler, "tail", None)
+        if tail is None or tail.capacity <= _MIN_TAIL:
+            return
+        dropped = sampler.shrink(max(_MIN_TAIL, tail.capacity // 2))
+        self.stats.dropped["tail_pressure"] += len(dropped)
+        self.stats.actions["shrink_tail"] += 1
+
+    def _shrink_index(self, keep: float = 0.5) -> None:
+        # Released spans stay indexed for late joins (assembler.memory, 10 s): at thousands of spans per second
+        # the index is the largest table in the agent. Under pressure, late joins older than the window go.
+        asm = self.agent.assembler
+        shrink = getattr(asm, "shrink", None)
+        if shrink is not None:
+            shrink()
+            self.stats.actions["shrink_index"] += 1
+            return
+        index, cfg = getattr(asm, "index", None), getattr(asm, "config", None)
+        if index is None or cfg is None or not hasattr(index, "expire"):
+            return
+        # Released spans younger than `keep` windows stay findable; the drop step passes 0: all of them go.
+        n = index.expire(time.monotonic() - cfg.window * keep)
+        if n:
+            self.stats.actions["shrink_index"] += 1
+            self.stats.dropped["index_pressure"] += n
+        # Held spans: a lower byte bound makes the assembler release them before their window ends (nothing is
+        # lost; a late child may miss its parent). Restored step by step when the pressure is gone.
+        if dataclasses.is_dataclass(cfg) and isinstance(getattr(cfg, "max_bytes", None), int):
+            if self._asm_max_bytes is None:
+                self._asm_max_bytes = cfg.max_bytes
+            smaller = max(_MIN_TAIL, cfg.max_bytes // 2)
+            if smaller < cfg.max_bytes:
+                asm.config = dataclasses.replace(cfg, max_bytes=smaller)
+                self.stats.actions["shrink_assembler"] += 1
+
+    def _shrink_inbox(self) -> None:
+        # A smaller inbox pushes back at the door: OTLP clients are told "busy, retry later" (nothing lost), MQTT
+        # and kernel spans that do not fit are counted as dropped by the inbox.
+        inbox = self.agent.inbox
+        if self._inbox_max_bytes is None:
+            self._inbox_max_bytes = inbox.max_bytes
+        if inbox.max_bytes > _MIN_INBOX:
+            inbox.max_bytes = max(_MIN_INBOX, inbox.max_bytes // 2)
+            self.stats.actions["shrink_inbox"] += 1
+
+    def _spill(self) -> None:
+        spill = getattr(self.agent.uplink, "spill", None)
+        if spill is None:
+            self.stats.actions["spill_unavailable"] += 1
+            return
+        spill()
+        self.stats.actions["spill"] += 1
+
+    def _drop(self) -> None:
+        a = self.agent
+        self.stats.actions["drop"] += 1
+        self._shrink_index(keep=0.0)
+        sampler = self._sampler()
+        if hasattr(sampler, "drop_waiting"):
+            self.stats.dropped["tail_pressure"] += len(sampler.drop_waiting())
+        spans = a.inbox.drain()
+        if spans:
+            agg = getattr(a, "aggregator", None)
+            if agg is not None:
+                agg.consume(spans)  # the spans go, their counts stay
+            self.stats.dropped["inbox_pressure"] += len(spans)
+            log.warning("memory pressure %.0f%%: dropped %d spans waiting in the inbox (counted in RED metrics)",
+                        self.stats.pressure * 100, len(spans))
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
+
+    def _relax(self) -> None:
+        sampler = self._sampler()
+        changed = False
+        if self.factor < 1.0:
+            self.factor = min(1.0, self.factor * 2)
+            sampler.set_pressure(self.factor)
+            changed = True
+        tail = getattr(sampler, "tail", None)
+        if tail is not None and tail.capacity < tail.rules.buffer_bytes:
+            tail.set_capacity(min(tail.rules.buffer_bytes, max(_MIN_TAIL, tail.capacity * 2)))
+            changed = True
+        inbox = self.agent.inbox
+        if self._inbox_max_bytes is not None and inbox.max_bytes < self._inbox_max_bytes:
+            inbox.max_bytes = min(self._inbox_max_bytes, inbox.max_bytes * 2)
+            changed = True
+        asm = self.agent.assembler
+        cfg = getattr(asm, "config", None)
+        if self._asm_max_bytes is not None and cfg is not None and cfg.max_bytes < self._asm_max_bytes:
+            asm.config = dataclasses.replace(cfg, max_bytes=min(self._asm_max_bytes, cfg.max_bytes * 2))
+            changed = True
+        if self.factor >= 1.0 and self.kernel_threshold:
+            self._write_kernel(0)
+            changed = True
+        if changed:
+            self.stats.actions["relax"] += 1
+
+    async def run(self) -> None:
+        """Check every `interval` seconds until cancelled."""
+        if self._auto_baseline:
+            # Measured again once running: receivers and their threads are up, no span has arrived yet.
+            self.set_baseline(self._rss())
+        while True:
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the governor must outlive a bug in one buffer's accounting
+                log.exception("memory governor check failed")
+            await asyncio.sleep(self.interval)
+
+    def status(self) -> dict[str, Any]:
+        """Figures for the agent's status and /metrics."""
+        st = self.stats
+        return {"limit": self.limit, "baseline": self.baseline, "headroom": self.headroom, "usage": st.usage, "rss": st.rss,
+                "rss_peak": st.rss_peak, "accounted": st.accounted, "pressure": round(st.pressure, 4),
+                "keep_factor": self.factor, "kernel_threshold": self.kernel_threshold,
+                "actions": dict(st.actions), "dropped": dict(st.dropped), "bytes": dict(st.breakdown)}
+
+
+def _assembler_bytes(asm: Any) -> int:
+    """Held spans (`bytes`) or, when larger, every span still indexed for late joins (held ones included)."""
+    held = int(getattr(asm, "bytes", 0) or 0)
+    order = getattr(getattr(asm, "index", None), "order", None)
+    if order is None:
+        return held
+    try:
+        return max(held, sum(getattr(e, "size", 0) for e in order))
+    except (TypeError, RuntimeError):
+        return held
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    # glibc keeps freed memory in its arenas; malloc_trim hands it back so RSS can actually fall.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
