@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
              "support and locked-memory limits, then load and attach the probes once. Exit 0 when every\n"
              "probe can load here, 1 otherwise.")
     sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (probe settings)")
+
+    from .fleet.cli import add_fleet_commands  # issue 7: helix fleet keygen|push|status|acl
+    add_fleet_commands(sub)
     return p
 
 
