@@ -1,22 +1,24 @@
 """Scoring stitched traces against the testbed's oracle (pure functions; definitions in docs/accuracy.md).
 
 A span speaks for oracle request R when it carries R's rid: SDK spans as the `oracle.rid` attribute, kernel
-HTTP spans in `url.query` (rid=R), kernel MQTT spans in the topic (acc/msg/<R>; a delivery's handler is
-R.recv). The span that *handles* R is, in order of preference: an SDK server/consumer/internal span with
-R's rid, a kernel server span with it, a kernel consumer span for it.
+HTTP spans in `url.query` (rid=R), kernel MQTT spans through the (direction, topic, packet id) the publisher
+and the subscriber recorded for R. The span that *handles* R comes from the process that recorded R, in
+order of preference: an SDK span with R's rid, the kernel server span, the kernel consumer span, the kernel
+producer span (a publish that is itself a root). Figures are kept as counts so that scenarios pool exactly.
 """
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 
-from edge.model import Span, SpanKind
+from edge.model import Source, Span, SpanKind
 
-__all__ = ["OracleEntry", "Score", "rid_of", "score"]
+__all__ = ["Judgement", "OracleEntry", "Score", "mqtt_key", "oracle_entry", "pooled", "rid_of", "score",
+           "wire_hop_problems"]
 
 _RID = re.compile(r"(?:^|&)rid=([A-Za-z0-9_.\-]+)")
+_MAX_DEPTH = 256  # parent chains longer than this are cut (a cycle would otherwise never end)
 
 
 @dataclass(slots=True, frozen=True)
@@ -25,31 +27,100 @@ class OracleEntry:
 
     rid: str
     parent_rid: str | None
-    trace: str
+    trace: str  # rid of the true root
     service: str
+    pid: int | None = None  # the process that handled it: its handling span must come from there
+    ctx: bool = False  # trace context was on the wire into this request (traceparent header / user property)
+    mqtt: str | None = None  # mqtt_key() of the kernel MQTT span that is this request (publish or delivery)
+
+
+def oracle_entry(d: Mapping[str, object]) -> OracleEntry:
+    """An oracle line (a decoded JSON object) as an entry."""
+    pid = d.get("pid")
+    mq = d.get("mqtt")
+    return OracleEntry(str(d["rid"]), str(d["parent_rid"]) if d.get("parent_rid") else None, str(d["trace"]),
+                       str(d.get("service", "")), pid if isinstance(pid, int) else None, bool(d.get("ctx")),
+                       mq if isinstance(mq, str) else None)
+
+
+def mqtt_key(direction: str, topic: str, packet_id: object) -> str:
+    """How an MQTT message is named across oracle and spans: 'send' or 'receive', topic and packet id."""
+    return f"{direction}:{topic}#{packet_id}"
 
 
 @dataclass(slots=True)
 class Score:
-    """The figures of one scenario (fractions 0..1)."""
+    """Counts behind one scenario's figures; the figures are fractions 0..1 (nothing judged: 1.0, and 0.0 for
+    the false-link rate)."""
 
-    traceid_match: float
-    parent_precision: float
-    parent_recall: float
-    coverage: float
-    false_link_rate: float
-    spans: int
-    requests: int
+    requests: int = 0  # oracle requests
+    covered: int = 0  # ... with a handling span
+    with_parent: int = 0  # ... with a true parent
+    linked: int = 0  # ... whose handling span has an ancestor of another oracle request
+    linked_right: int = 0  # ... and the nearest such ancestor is the true parent
+    tid_judged: int = 0  # requests with context on the wire whose span and whose root's span both arrived
+    tid_right: int = 0  # ... in the trace of the root's span
+    links: int = 0  # parent links between spans that both belong to an oracle request
+    false_links: int = 0  # ... joining two different true traces
+    spans: int = 0  # distinct spans scored
+    orphans: int = 0  # spans naming a parent that did not arrive in their trace (a trace split or a loss)
+
+    @staticmethod
+    def _frac(n: int, d: int) -> float:
+        return round(n / d, 4) if d else 1.0
+
+    @property
+    def traceid_match(self) -> float:
+        """Requests with context on the wire that sit in their root's trace."""
+        return self._frac(self.tid_right, self.tid_judged)
+
+    @property
+    def parent_precision(self) -> float:
+        """Inferred nearest request ancestors that are the true parent."""
+        return self._frac(self.linked_right, self.linked)
+
+    @property
+    def parent_recall(self) -> float:
+        """Requests with a true parent that got it as nearest request ancestor."""
+        return self._frac(self.linked_right, self.with_parent)
+
+    @property
+    def coverage(self) -> float:
+        """Requests with a handling span."""
+        return self._frac(self.covered, self.requests)
+
+    @property
+    def false_link_rate(self) -> float:
+        """Parent links that join two true traces (0.0 when there are no links)."""
+        return self._frac(self.false_links, self.links) if self.links else 0.0
 
     def as_dict(self) -> dict[str, float | int]:
-        """For the JSON line."""
+        """The figures, for the JSON line."""
         return {"traceid_match": self.traceid_match, "parent_precision": self.parent_precision,
                 "parent_recall": self.parent_recall, "coverage": self.coverage,
                 "false_link_rate": self.false_link_rate, "spans": self.spans}
 
+    def __add__(self, other: Score) -> Score:
+        return Score(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Score)))
 
-def rid_of(span: Span) -> str | None:
-    """The oracle request a span speaks for, if any."""
+
+def _is_kernel(span: Span) -> bool:
+    return (span.source is Source.EBPF or span.attributes.get("helix.source") == "ebpf"
+            or span.scope.name == "helix.ebpf")
+
+
+def _pid(span: Span) -> int | None:
+    v = span.attributes.get("process.pid")
+    if isinstance(v, int):
+        return v
+    for k, rv in span.resource.attributes:
+        if k == "process.pid" and isinstance(rv, int):
+            return rv
+    return None
+
+
+def rid_of(span: Span, mqtt: Mapping[str, str] | None = None) -> str | None:
+    """The oracle request a span speaks for, if any (`mqtt`: mqtt_key -> rid from the oracle)."""
     v = span.attributes.get("oracle.rid")
     if isinstance(v, str):
         return v
@@ -59,107 +130,122 @@ def rid_of(span: Span) -> str | None:
         if m:
             return m.group(1)
     topic = span.attributes.get("messaging.destination.name")
-    if isinstance(topic, str) and topic.startswith("acc/msg/"):
-        rid = topic.rsplit("/", 1)[-1]
-        return rid + ".recv" if span.kind == SpanKind.CONSUMER else rid
+    if mqtt and isinstance(topic, str) and span.kind in (SpanKind.PRODUCER, SpanKind.CONSUMER):
+        direction = "send" if span.kind == SpanKind.PRODUCER else "receive"
+        return mqtt.get(mqtt_key(direction, topic, span.attributes.get("messaging.message.id")))
     return None
 
 
 def _handler_rank(span: Span) -> int:
-    sdk = span.attributes.get("helix.source") != "ebpf"
-    if sdk and span.kind in (SpanKind.SERVER, SpanKind.CONSUMER, SpanKind.INTERNAL, SpanKind.PRODUCER):
-        return 0
-    if span.kind == SpanKind.SERVER:
-        return 1
-    if span.kind == SpanKind.CONSUMER:
-        return 2
-    return 9
+    """Lower is a better witness of a request being handled; 9: not a handling span."""
+    if not _is_kernel(span):
+        return 0 if span.kind != SpanKind.CLIENT else 9
+    return {SpanKind.SERVER: 1, SpanKind.CONSUMER: 2, SpanKind.PRODUCER: 3}.get(span.kind, 9)
 
 
-def score(spans: Iterable[Span], oracle: Iterable[OracleEntry], context_on_wire: set[str] | None = None) -> Score:
-    """Score received spans against the oracle; `context_on_wire` lists rids whose hop carried trace context
-    (TraceID match is judged on those; None: on every request with a parent)."""
-    spans = list(spans)
-    truth = {o.rid: o for o in oracle}
-    by_id = {s.span_id: s for s in spans}
-    rid = {s.span_id: rid_of(s) for s in spans}
-    handler: dict[str, Span] = {}
-    for s in spans:
-        r = rid[s.span_id]
-        if r in truth and _handler_rank(s) < 9:
-            best = handler.get(r)
+class Judgement:
+    """Received spans related to the oracle: which span handles each request, and what sits above it."""
+
+    def __init__(self, spans: Iterable[Span], oracle: Iterable[OracleEntry]) -> None:
+        self.truth = {o.rid: o for o in oracle}
+        # A parent is named within a trace (as a backend reads it): a parent id whose span sits in another
+        # trace is a broken link, not a link.
+        self.by_id: dict[tuple[bytes, bytes], Span] = {}
+        for s in spans:  # at-least-once delivery may repeat a span: count it once
+            self.by_id.setdefault((s.trace_id, s.span_id), s)
+        mqtt = {o.mqtt: o.rid for o in self.truth.values() if o.mqtt}
+        self.rid = {sid: rid_of(s, mqtt) for sid, s in self.by_id.items()}
+        self.handler: dict[str, Span] = {}
+        for sid, s in self.by_id.items():
+            r = self.rid[sid]
+            o = self.truth.get(r) if r is not None else None
+            if o is None or _handler_rank(s) == 9:
+                continue
+            if o.pid is not None and _pid(s) not in (None, o.pid):
+                continue  # the same rid seen in a proxy or in the caller: not where R was handled
+            best = self.handler.get(o.rid)
             if best is None or _handler_rank(s) < _handler_rank(best):
-                handler[r] = s
+                self.handler[o.rid] = s
+        self.roots = {o.trace: o.rid for o in self.truth.values() if o.parent_rid is None}
 
-    def inferred_parent(r: str) -> str | None:
-        cur = handler[r]
-        for _ in range(64):
-            parent = by_id.get(cur.parent_span_id) if cur.parent_span_id else None
-            if parent is None:
-                return None
-            pr = rid[parent.span_id]
-            if pr is not None and pr != r and pr in truth:
-                return pr
-            cur = parent
-        return None
+    def parent(self, s: Span) -> Span | None:
+        """The received span `s` names as parent."""
+        return self.by_id.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
 
-    found = [r for r in truth if r in handler]
-    with_parent = [r for r in truth if truth[r].parent_rid]
-    inferred = {r: inferred_parent(r) for r in found}
-    linked = [r for r in found if inferred[r] is not None]
-    correct = [r for r in linked if inferred[r] == truth[r].parent_rid]
-    recalled = [r for r in with_parent if r in handler and inferred.get(r) == truth[r].parent_rid]
-
-    judged = [r for r in with_parent if r in handler and (context_on_wire is None or r in context_on_wire)]
-    roots: dict[str, str] = {o.trace: o.rid for o in truth.values() if o.parent_rid is None}
-    tid_ok = [r for r in judged if truth[r].trace in roots and roots[truth[r].trace] in handler
-              and handler[r].trace_id == handler[roots[truth[r].trace]].trace_id]
-
-    # False links: a parent link between two spans whose requests belong to different true traces.
-    def true_trace(s: Span) -> str | None:
-        cur: Span | None = s
-        for _ in range(64):
+    def request_above(self, r: str) -> str | None:
+        """The nearest oracle request, other than r, among the ancestors of r's handling span."""
+        cur = self.parent(self.handler[r])
+        for _ in range(_MAX_DEPTH):
             if cur is None:
                 return None
-            r = rid[cur.span_id]
-            if r in truth:
-                return truth[r].trace
-            cur = by_id.get(cur.parent_span_id) if cur.parent_span_id else None
+            pr = self.rid[(cur.trace_id, cur.span_id)]
+            if pr is not None and pr != r and pr in self.truth:
+                return pr
+            cur = self.parent(cur)
         return None
 
-    links = bad = 0
-    for s in spans:
-        parent = by_id.get(s.parent_span_id) if s.parent_span_id else None
-        if parent is None:
+    def true_trace(self, s: Span) -> str | None:
+        """The true trace of a span: its own request's, else that of the nearest request above it."""
+        cur: Span | None = s
+        for _ in range(_MAX_DEPTH):
+            if cur is None:
+                return None
+            r = self.rid[(cur.trace_id, cur.span_id)]
+            if r in self.truth:
+                return self.truth[r].trace
+            cur = self.parent(cur)
+        return None
+
+
+def score(spans: Iterable[Span], oracle: Iterable[OracleEntry]) -> Score:
+    """Score received spans against the oracle of one scenario."""
+    j = Judgement(spans, oracle)
+    out = Score(requests=len(j.truth), covered=len(j.handler), spans=len(j.by_id))
+    for r, o in j.truth.items():
+        if o.parent_rid is not None:
+            out.with_parent += 1
+        if r not in j.handler:
             continue
-        a, b = true_trace(s), true_trace(parent)
+        above = j.request_above(r)
+        if above is not None:
+            out.linked += 1
+            out.linked_right += above == o.parent_rid
+        root = j.handler.get(j.roots.get(o.trace, ""))
+        if o.parent_rid is not None and o.ctx and root is not None:
+            out.tid_judged += 1
+            out.tid_right += j.handler[r].trace_id == root.trace_id
+    for s in j.by_id.values():
+        p = j.parent(s)
+        if p is None:
+            out.orphans += bool(s.parent_span_id)
+            continue
+        a, b = j.true_trace(s), j.true_trace(p)
         if a is None or b is None:
             continue
-        links += 1
-        bad += a != b
-
-    def frac(n: int, d: int) -> float:
-        return round(n / d, 4) if d else 1.0
-
-    return Score(
-        traceid_match=frac(len(tid_ok), len(judged)),
-        parent_precision=frac(len(correct), len(linked)),
-        parent_recall=frac(len(recalled), len(with_parent)),
-        coverage=frac(len(found), len(truth)),
-        false_link_rate=frac(bad, links),
-        spans=len(spans),
-        requests=len(truth),
-    )
+        out.links += 1
+        out.false_links += a != b
+    return out
 
 
-def pooled(scores: dict[str, Score]) -> dict[str, float | int]:
-    """Request-weighted averages over scenarios."""
-    total = sum(s.requests for s in scores.values()) or 1
-    out: dict[str, float | int] = defaultdict(float)  # type: ignore[assignment]
-    for s in scores.values():
-        for k, v in s.as_dict().items():
-            if k != "spans":
-                out[k] += v * s.requests / total
-    res = {k: round(v, 4) for k, v in out.items()}
-    res["spans"] = sum(s.spans for s in scores.values())
-    return res
+def wire_hop_problems(spans: Iterable[Span], oracle: Iterable[OracleEntry]) -> list[str]:
+    """What is wrong on hops that carried trace context: every request must have a handling span, and a
+    request whose context was on the wire must sit in its parent's trace, under its parent. Empty: all right."""
+    j = Judgement(spans, oracle)
+    problems = [f"request {r} ({o.service}) has no span" for r, o in j.truth.items() if r not in j.handler]
+    for r, o in j.truth.items():
+        if not o.ctx or o.parent_rid is None or r not in j.handler or o.parent_rid not in j.handler:
+            continue
+        if j.handler[r].trace_id != j.handler[o.parent_rid].trace_id:
+            problems.append(f"request {r} ({o.service}) is not in the trace of its parent {o.parent_rid}")
+        above = j.request_above(r)
+        if above != o.parent_rid:
+            problems.append(f"request {r} ({o.service}) hangs under {above}, not under its parent {o.parent_rid}")
+    return problems
+
+
+def pooled(scores: Iterable[Score]) -> Score:
+    """Scenarios pooled: the counts summed, so every request weighs the same."""
+    total = Score()
+    for s in scores:
+        total = total + s
+    return total

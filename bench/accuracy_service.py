@@ -1,17 +1,22 @@
-"""A testbed service for bench/accuracy.py: real HTTP/MQTT processes that write a ground-truth oracle.
+"""A testbed service for bench/accuracy.py: a real HTTP or MQTT process that writes a ground-truth oracle.
 
-Every handled request has a rid; the caller passes the handler's rid, its own rid (prid) and the trace's root
-rid in the query string, and the handler appends {rid, parent_rid, trace, service} to its oracle file (out of
-band: a local file, not the traced path). Modes:
+Every handled request has a rid. A caller puts the callee's rid, its own rid (prid) and the true root's rid
+(trace) in the query string; an MQTT publisher puts them in the message body. The handler appends
+{rid, parent_rid, trace, service, ts, pid, ctx, mqtt} to its own oracle file — out of band, never over the
+traced path. `ctx` says whether trace context was on the wire into the request (a traceparent header or
+MQTT v5 user property), `mqtt` names the message (direction, topic, packet id) for mapping kernel MQTT spans.
 
-  http       an HTTP/1.1 server; per request it calls every --call URL (a child rid each)
-  pool       the same, but the downstream calls run on a thread-pool worker while the request thread waits
-  batch      no server: one job (a root) that makes --fanout calls to --call
-  publish    no server: --count MQTT v5 messages on acc/msg/<rid> (with traceparent when --sdk)
-  subscribe  an MQTT subscriber to acc/msg/+ whose handler calls every --call URL
+Modes:
+  http       HTTP/1.1 server (ThreadingHTTPServer, keep-alive); per request it calls every --call URL
+  pool       the same, but the calls run on ThreadPoolExecutor workers while the request thread waits
+  batch      after "go" on stdin: --count jobs, each one root span making --fanout calls on --workers threads
+  publish    after "go": --count MQTT v5 QoS 1 messages on --topic (traceparent in user properties with --sdk,
+             unless --no-propagate)
+  subscribe  after "go": subscribes to --topic; each delivery calls every --call URL
 
-With --sdk ENDPOINT the service is instrumented with the OpenTelemetry Python SDK (OTLP/gRPC to ENDPOINT,
-W3C propagation both ways); without it, only the kernel sees it.
+With --sdk ENDPOINT the service is instrumented with the OpenTelemetry Python SDK (OTLP/gRPC to ENDPOINT, W3C
+propagation both ways); without it, it never imports OpenTelemetry and only the kernel sees it. Processes
+that connect on "go" do so after the agent's probes are attached, so the kernel sees their connections open.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,7 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-_lock = threading.Lock()
+__all__ = ["main", "new_rid"]
+
+_TRACE_HEADERS = ("traceparent",)
 
 
 def new_rid() -> str:
@@ -37,51 +45,58 @@ def new_rid() -> str:
 
 
 class Oracle:
-    """Appends ground-truth lines to this service's own file."""
+    """Appends ground-truth lines to this service's own file (line-buffered, one lock)."""
 
     def __init__(self, path: str, service: str) -> None:
         self.f = open(path, "a", buffering=1, encoding="utf-8")
         self.service = service
+        self.lock = threading.Lock()
 
-    def write(self, rid: str, parent: str | None, trace: str, **extra: Any) -> None:
-        with _lock:
-            self.f.write(json.dumps({"rid": rid, "parent_rid": parent, "trace": trace, "service": self.service,
-                                     "ts": time.time_ns(), **extra}) + "\n")
+    def write(self, rid: str, parent: str | None, trace: str, ctx: bool, mqtt: str | None = None) -> None:
+        """One handled request."""
+        line = json.dumps({"rid": rid, "parent_rid": parent, "trace": trace, "service": self.service,
+                           "ts": time.time_ns(), "pid": os.getpid(), "ctx": ctx, "mqtt": mqtt})
+        with self.lock:
+            self.f.write(line + "\n")
 
 
 class Sdk:
     """The OpenTelemetry SDK when the service is instrumented; every method is a no-op otherwise."""
 
     def __init__(self, endpoint: str | None, service: str) -> None:
-        self.tracer = None
+        self.tracer: Any = None
         if not endpoint:
             return
-        from opentelemetry import propagate, trace
+        from opentelemetry import propagate
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace import SpanKind
 
+        # process.pid lets the agent relate SDK spans to the kernel's view of the same process.
         self.provider = TracerProvider(resource=Resource.create({"service.name": service, "process.pid": os.getpid()}))
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True),
                                                             schedule_delay_millis=200))
-        self.tracer = self.provider.get_tracer("accuracy")
+        self.tracer = self.provider.get_tracer("helix.accuracy")
         self.propagate = propagate
-        self.trace = trace
+        self.kinds = SpanKind
 
-    def span(self, name: str, kind: str, rid: str, headers: dict[str, str] | None = None) -> Any:
+    def span(self, name: str, kind: str, rid: str, carrier: dict[str, str] | None = None) -> Any:
+        """A span with the oracle rid; `carrier`: incoming headers to extract the parent from."""
         if self.tracer is None:
             return _Null()
-        from opentelemetry.trace import SpanKind
-        ctx = self.propagate.extract(headers) if headers is not None else None
-        return self.tracer.start_as_current_span(name, context=ctx, kind=getattr(SpanKind, kind),
+        ctx = self.propagate.extract(carrier) if carrier is not None else None
+        return self.tracer.start_as_current_span(name, context=ctx, kind=getattr(self.kinds, kind),
                                                  attributes={"oracle.rid": rid})
 
-    def inject(self, headers: dict[str, str]) -> None:
+    def inject(self, carrier: dict[str, str]) -> None:
+        """W3C trace context of the current span into `carrier`."""
         if self.tracer is not None:
-            self.propagate.inject(headers)
+            self.propagate.inject(carrier)
 
     def shutdown(self) -> None:
+        """Export what is buffered."""
         if self.tracer is not None:
             self.provider.shutdown()
 
@@ -95,61 +110,78 @@ class _Null:
 
 
 class Caller:
-    """Downstream HTTP calls; one persistent connection per target and thread (keep-alive)."""
+    """Downstream HTTP calls: a persistent connection per target and thread (keep-alive), unless `fresh`."""
 
-    def __init__(self, sdk: Sdk, propagate: bool) -> None:
+    def __init__(self, sdk: Sdk, propagate: bool, client_spans: bool = True, fresh: bool = False) -> None:
         self.sdk = sdk
         self.propagate = propagate
+        self.client_spans = client_spans
+        self.fresh = fresh
         self.local = threading.local()
 
     def call(self, url: str, rid: str, parent: str, trace: str) -> None:
+        """GET url?rid=..&prid=..&trace=.. (in an SDK client span when instrumented)."""
         parts = urlsplit(url)
-        conns = self.local.__dict__.setdefault("conns", {})
-        conn = conns.get(parts.netloc)
-        if conn is None:
-            conn = conns[parts.netloc] = http.client.HTTPConnection(parts.netloc, timeout=10)
-        headers: dict[str, str] = {}
-        with self.sdk.span(f"GET {parts.path}", "CLIENT", rid):
+        target = f"{parts.path}?rid={rid}&prid={parent}&trace={trace}"
+        span = self.sdk.span(f"GET {parts.path}", "CLIENT", rid) if self.client_spans else _Null()
+        with span:
+            headers: dict[str, str] = {}
             if self.propagate:
                 self.sdk.inject(headers)
-            for attempt in (0, 1):
+            if self.fresh:
+                conn = http.client.HTTPConnection(parts.netloc, timeout=10)
+                headers["Connection"] = "close"
                 try:
-                    conn.request("GET", f"{parts.path}?rid={rid}&prid={parent}&trace={trace}", headers=headers)
+                    conn.request("GET", target, headers=headers)
+                    conn.getresponse().read()
+                finally:
+                    conn.close()
+                return
+            conns: dict[str, http.client.HTTPConnection] = self.local.__dict__.setdefault("conns", {})
+            for attempt in (0, 1):
+                conn = conns.get(parts.netloc)
+                if conn is None:
+                    conn = conns[parts.netloc] = http.client.HTTPConnection(parts.netloc, timeout=10)
+                try:
+                    conn.request("GET", target, headers=headers)
                     conn.getresponse().read()
                     return
                 except (OSError, http.client.HTTPException):
+                    # The server closed an idle keep-alive connection: once more on a new one.
                     conn.close()
+                    del conns[parts.netloc]
                     if attempt:
                         raise
 
 
 def serve(args: argparse.Namespace, oracle: Oracle, sdk: Sdk, caller: Caller) -> None:
-    pool = ThreadPoolExecutor(max_workers=4) if args.mode == "pool" else None
+    """The HTTP modes (http, pool)."""
+    pool = ThreadPoolExecutor(max_workers=args.workers) if args.mode == "pool" else None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-            rid, parent, trace = q.get("rid", new_rid()), q.get("prid"), q.get("trace", "")
-            oracle.write(rid, parent, trace or rid)
-            with self.server_span(rid):
+            rid = q.get("rid") or new_rid()
+            parent, trace = q.get("prid"), q.get("trace") or rid
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            oracle.write(rid, parent, trace, any(h in headers for h in _TRACE_HEADERS))
+            with sdk.span(args.name, "SERVER", rid, headers):
                 def downstream() -> None:
                     for url in args.call:
-                        caller.call(url, new_rid(), rid, trace or rid)
+                        caller.call(url, new_rid(), rid, trace)
                 if pool is not None:
                     pool.submit(downstream).result()
                 else:
                     downstream()
-                time.sleep(args.work_ms / 1000)
+                if args.work_ms:
+                    time.sleep(args.work_ms / 1000)
             body = b"ok"
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-
-        def server_span(self, rid: str) -> Any:
-            return sdk.span(f"{args.name}", "SERVER", rid, dict(self.headers.items()))
 
         def log_message(self, *a: object) -> None:
             pass
@@ -160,17 +192,31 @@ def serve(args: argparse.Namespace, oracle: Oracle, sdk: Sdk, caller: Caller) ->
     srv.serve_forever()
 
 
-def batch(args: argparse.Namespace, oracle: Oracle, sdk: Sdk, caller: Caller) -> None:
-    for _ in range(args.count):
-        job = new_rid()
-        oracle.write(job, None, job)
-        with sdk.span("batchJob", "INTERNAL", job):
-            for _ in range(args.fanout):
-                caller.call(args.call[0], new_rid(), job, job)
+def wait_go() -> None:
+    """Block until the bench says go (a line on stdin)."""
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit(0)
+
+
+def batch(args: argparse.Namespace, oracle: Oracle, sdk: Sdk) -> None:
+    """Jobs that each fan out to many calls (uninstrumented calls: no client spans, no context)."""
+    caller = Caller(sdk, propagate=False, client_spans=False)
+    wait_go()
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        for _ in range(args.count):
+            job = new_rid()
+            oracle.write(job, None, job, False)
+            with sdk.span("batchJob", "INTERNAL", job):
+                futures = [pool.submit(caller.call, args.call[0], new_rid(), job, job) for _ in range(args.fanout)]
+                for f in futures:
+                    f.result()
+            time.sleep(args.interval)
     print("done", flush=True)
 
 
 def mqtt_client(name: str, port: int) -> Any:
+    """A connected paho MQTT v5 client with its network loop running."""
     import paho.mqtt.client as mqtt
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{os.getpid()}", protocol=mqtt.MQTTv5)
     c.connect("127.0.0.1", port)
@@ -178,40 +224,55 @@ def mqtt_client(name: str, port: int) -> Any:
 
 
 def publish(args: argparse.Namespace, oracle: Oracle, sdk: Sdk) -> None:
+    """Root messages; the rid travels in the body, the trace context (if any) in user properties."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
+    wait_go()
     c = mqtt_client(args.name, args.broker)
     c.loop_start()
     for _ in range(args.count):
         rid = new_rid()
-        oracle.write(rid, None, rid)
-        with sdk.span(f"publish acc/msg/{rid}", "PRODUCER", rid):
+        with sdk.span(f"publish {args.topic}", "PRODUCER", rid):
             props = Properties(PacketTypes.PUBLISH)
             carrier: dict[str, str] = {}
             if args.propagate:
                 sdk.inject(carrier)
             if carrier:
                 props.UserProperty = list(carrier.items())
-            c.publish(f"acc/msg/{rid}", b"order", qos=1, properties=props).wait_for_publish(5)
+            info = c.publish(args.topic, json.dumps({"rid": rid, "trace": rid}).encode(), qos=1, properties=props)
+            info.wait_for_publish(10)
+        oracle.write(rid, None, rid, False, f"send:{args.topic}#{info.mid}")
         time.sleep(args.interval)
+    c.disconnect()
     c.loop_stop()
     print("done", flush=True)
 
 
 def subscribe(args: argparse.Namespace, oracle: Oracle, caller: Caller) -> None:
+    """Each delivery is a request whose parent is the publish; its handler calls every --call URL."""
+    wait_go()
     c = mqtt_client(args.name, args.broker)
+    subscribed = threading.Event()
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
-        parent = msg.topic.rsplit("/", 1)[-1]
-        rid = parent + ".recv"
-        oracle.write(rid, parent, parent)
+        body = json.loads(msg.payload)
+        props = getattr(msg.properties, "UserProperty", None) or []
+        rid = new_rid()
+        oracle.write(rid, body["rid"], body["trace"], any(k in _TRACE_HEADERS for k, _ in props),
+                     f"receive:{msg.topic}#{msg.mid}")
         for url in args.call:
-            caller.call(url, new_rid(), rid, parent)
+            caller.call(url, new_rid(), rid, body["trace"])
 
     c.on_message = on_message
-    c.on_connect = lambda client, *a: client.subscribe("acc/msg/+", qos=1)
-    print("ready", flush=True)
-    c.loop_forever()
+    c.on_connect = lambda client, *a: client.subscribe(args.topic, qos=1)
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.loop_start()
+    if not subscribed.wait(10):
+        raise SystemExit("subscription not acknowledged")
+    print("subscribed", flush=True)
+    sys.stdin.readline()  # runs until stdin closes or the bench stops it
+    c.disconnect()
+    c.loop_stop()
 
 
 def main() -> None:
@@ -220,24 +281,29 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--mode", default="http", choices=["http", "pool", "batch", "publish", "subscribe"])
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--broker", type=int, default=0)
-    ap.add_argument("--call", action="append", default=[])
-    ap.add_argument("--sdk", default="")
-    ap.add_argument("--no-propagate", dest="propagate", action="store_false")
+    ap.add_argument("--broker", type=int, default=0, help="mosquitto port")
+    ap.add_argument("--topic", default="acc/orders")
+    ap.add_argument("--call", action="append", default=[], help="URL called per request (repeatable)")
+    ap.add_argument("--sdk", default="", help="OTLP/gRPC endpoint: instrument with the OpenTelemetry SDK")
+    ap.add_argument("--no-propagate", dest="propagate", action="store_false", help="instrumented, but no context out")
+    ap.add_argument("--fresh", action="store_true", help="a new connection per downstream call")
     ap.add_argument("--oracle", required=True)
     ap.add_argument("--count", type=int, default=1)
     ap.add_argument("--fanout", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--interval", type=float, default=0.02)
     ap.add_argument("--work-ms", type=float, default=1.0)
     args = ap.parse_args()
+    # SIGTERM unwinds like an exit, so that the SDK exports what it still holds.
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     oracle = Oracle(args.oracle, args.name)
     sdk = Sdk(args.sdk or None, args.name)
-    caller = Caller(sdk, args.propagate and bool(args.sdk))
+    caller = Caller(sdk, args.propagate and bool(args.sdk), fresh=args.fresh)
     try:
         if args.mode in ("http", "pool"):
             serve(args, oracle, sdk, caller)
         elif args.mode == "batch":
-            batch(args, oracle, sdk, caller)
+            batch(args, oracle, sdk)
         elif args.mode == "publish":
             publish(args, oracle, sdk)
         else:

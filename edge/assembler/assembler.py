@@ -69,6 +69,7 @@ class Assembler:
         # Traces an SDK started because context was lost on an uninstrumented hop, and the trace they join.
         self._remap: OrderedDict[bytes, bytes] = OrderedDict()
         self._adopt: dict[bytes, Entry] = {}  # SDK root span id -> its caller-side parent entry
+        self._adoptable: dict[bytes, Entry] = {}  # held SDK root server spans not adopted (yet)
 
     # --- intake -------------------------------------------------------------------------------------------
 
@@ -127,8 +128,13 @@ class Assembler:
             self._learn_sdk_process(e)
             self.held.append(e)
             if not is_kernel(s) and s.kind == SpanKind.SERVER and not s.parent_span_id:
-                self._try_adopt(e)
+                self._adoptable[s.span_id] = e
             self.bytes += e.size
+        # An SDK trace restarted after an uninstrumented hop is adopted as soon as the caller's side is known,
+        # before any span of it leaves: the spans it holds are then all relabelled alike.
+        for sid, entry in list(self._adoptable.items()):
+            if entry.released or self._try_adopt(entry):
+                del self._adoptable[sid]
         out: list[Span] = []
         cfg = self.config
         while self.held and (len(self.held) > cfg.max_spans or self.bytes > cfg.max_bytes):

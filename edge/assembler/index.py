@@ -55,6 +55,7 @@ class Entry:
     resolved: bool = False
     released: bool = False
     size: int = 0
+    delivered_to: set[int] = field(default_factory=set)  # for a publish: subscriber pids already matched to it
 
 
 @dataclass

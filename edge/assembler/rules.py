@@ -14,7 +14,8 @@ knows its own structure). In order of preference:
   receives another one (subscriber callbacks);
 - process: a kernel client span inside a kernel server span of the same process (the tightest when several
   are in flight), for thread pools — with the confidence recorded;
-- mqtt-topic: a kernel consumer span with no context, after the latest producer span of the same topic.
+- mqtt-topic: a kernel consumer span with no context, after the oldest publish of the same topic not yet
+  delivered to that subscriber (brokers deliver in order).
 """
 from __future__ import annotations
 
@@ -87,10 +88,15 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
         if isinstance(topic, str):
             before = [p for p in index.producers_by_topic.get(topic, [])
                       if p.span.start_ns <= s.start_ns + Slack.CONTAIN_NS
-                      and s.start_ns - p.span.start_ns <= Slack.MQTT_HOP_NS and p is not e]
+                      and s.start_ns - p.span.start_ns <= Slack.MQTT_HOP_NS and p is not e
+                      and (pid is None or pid not in p.delivered_to)]
             if before:
-                before.sort(key=lambda p: p.span.start_ns, reverse=True)
-                # Confidence falls with every other publish on the topic that could have been the one delivered.
+                # A broker delivers a topic's messages to a subscriber in order: the oldest publish this
+                # subscriber has not had yet is the one (a subscriber that falls behind reads publish k after
+                # k+1 was sent). Confidence falls with every other publish that could have been the one.
+                before.sort(key=lambda p: p.span.start_ns)
+                if pid is not None:
+                    before[0].delivered_to.add(pid)
                 return before[0], "mqtt-topic", round(1.0 / len(before), 3)
         return None, "", 1.0
     if s.name == "tcp.connect":

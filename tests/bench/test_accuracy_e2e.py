@@ -1,25 +1,54 @@
-"""A short run of the accuracy testbed in CI: the sync chain and the MQTT async hop, real processes and kernel."""
+"""A short run of the accuracy testbed: the sync chain and the MQTT async hop, real processes and kernel.
+
+It asserts what must hold whatever the assembler's inference rules do: every request of the oracle has a span,
+and every hop that carried trace context on the wire (from an SDK-instrumented caller) is exact — the callee
+sits in its caller's trace, under its caller. The stitching figures themselves are printed, not asserted (the
+benchmark reports them against the goals).
+"""
 from __future__ import annotations
 
-import os
+import asyncio
+from collections.abc import Iterator
 
 import pytest
 
-from bench.accuracy import run
+from bench.accuracy import Outcome, run, table
+from bench.accuracy_score import wire_hop_problems
+from edge.errors import ProbeUnavailable
 from tests.bpf.conftest import bpf_unavailable
 
 pytestmark = pytest.mark.bpf
 
 
-async def test_sync_chain_and_mqtt_hop_are_stitched() -> None:
-    if os.geteuid() != 0:
-        bpf_unavailable("the testbed loads the kernel probes and needs root")
-    results = await run(quick=True, only=("1-sync-chain", "3-mqtt-async"))
-    chain, mqtt = results["1-sync-chain"], results["3-mqtt-async"]
-    print({k: v.as_dict() for k, v in results.items()})
-    for r in (chain, mqtt):
-        assert r.requests >= 40 and r.coverage == 1.0, "every oracle request has a span"
-        assert r.false_link_rate <= 0.05
-    # Context is on the wire into every SDK-instrumented hop: those traces must match exactly.
-    assert mqtt.traceid_match == 1.0 and mqtt.parent_precision == 1.0
-    assert chain.traceid_match >= 0.95 and chain.parent_precision >= 0.95 and chain.parent_recall >= 0.95
+@pytest.fixture(scope="module")
+def outcomes() -> Iterator[dict[str, Outcome]]:
+    """One short run of scenarios 1 and 3 shared by the tests of this module."""
+    try:
+        result = asyncio.run(run(quick=True, only=("1-sync-chain", "3-mqtt-async")))
+    except ProbeUnavailable as e:
+        bpf_unavailable(str(e))
+    print("\n" + table({k: v.score for k, v in result.items()}))
+    yield result
+
+
+def test_the_oracle_saw_every_request_and_where_context_travelled(outcomes: dict[str, Outcome]) -> None:
+    assert set(outcomes) == {"1-sync-chain", "3-mqtt-async"}
+    chain, mqtt = outcomes["1-sync-chain"], outcomes["3-mqtt-async"]
+    # 20 roots through four services; 20 messages, each delivered and each delivery calling db.
+    assert chain.score.requests == 80 and mqtt.score.requests == 60
+    assert sum(o.ctx for o in chain.oracle) == 40, "context on the wire into applyPromotion and db"
+    assert sum(o.ctx for o in mqtt.oracle) == 20, "traceparent in every message's user properties"
+
+
+@pytest.mark.parametrize("name", ["1-sync-chain", "3-mqtt-async"])
+def test_every_request_has_a_span(outcomes: dict[str, Outcome], name: str) -> None:
+    out = outcomes[name]
+    assert out.score.covered == out.score.requests, [p for p in wire_hop_problems(out.spans, out.oracle)
+                                                     if "no span" in p][:5]
+
+
+@pytest.mark.parametrize("name", ["1-sync-chain", "3-mqtt-async"])
+def test_hops_with_context_on_the_wire_are_exact(outcomes: dict[str, Outcome], name: str) -> None:
+    out = outcomes[name]
+    problems = [p for p in wire_hop_problems(out.spans, out.oracle) if "no span" not in p]
+    assert not problems, f"{len(problems)} problems, first: {problems[:5]}"

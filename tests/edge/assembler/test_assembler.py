@@ -135,11 +135,12 @@ def test_mqtt_hop_without_context_links_by_topic_with_confidence() -> None:
     ]
     got = run(spans)
     rcv = got["receive a"]
-    assert rcv.parent_span_id == got["publish a2"].span_id
+    # In order: the first publish not yet delivered to this subscriber is the one it read.
+    assert rcv.parent_span_id == got["publish a"].span_id
     assert rcv.attributes["helix.link"] == "mqtt-topic" and rcv.attributes["helix.link.confidence"] == 0.5
     assert got["after-receive"].parent_span_id == rcv.span_id
     assert got["after-receive"].attributes["helix.link"] == "consumer-thread"
-    assert got["after-receive"].trace_id == got["publish a2"].trace_id
+    assert got["after-receive"].trace_id == got["publish a"].trace_id
 
 
 def test_device_clock_skew_is_corrected_within_the_parents_bounds() -> None:
@@ -244,3 +245,13 @@ def test_thread_pool_picks_the_request_that_waited_for_the_call() -> None:
     got = run(spans)
     assert got["call-b"].parent_span_id == got["req-b"].span_id
     assert got["call-b"].attributes["helix.link.confidence"] == 0.5
+
+
+def test_a_subscriber_that_falls_behind_gets_its_publishes_in_order() -> None:
+    topic = {"messaging.destination.name": "plant/b"}
+    pubs = [kspan(f"pub{i}", SpanKind.PRODUCER, i * 10, i * 10 + 1, pid=1, tid=10, **topic) for i in range(3)]
+    # All three deliveries are read after the last publish.
+    rcvs = [kspan(f"rcv{i}", SpanKind.CONSUMER, 40 + i, 40 + i, pid=2, tid=20, **topic) for i in range(3)]
+    got = run(pubs + rcvs)
+    for i in range(3):
+        assert got[f"rcv{i}"].parent_span_id == got[f"pub{i}"].span_id
