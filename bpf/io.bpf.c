@@ -42,14 +42,17 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Per-connection state, keyed by struct sock address. Deleted by tcp:tcp_destroy_sock (the kernel frees
  * the sock right after), so a closed connection never outlives its socket; LRU bounds whatever a missed
- * destroy could leave. 65536 x ~90 B = 5.6 MiB at most. */
+ * destroy could leave. 65536 x ~100 B = 6.3 MiB at most. */
 struct conn_state {
 	__u64 bytes;   /* bytes of the message in flight */
 	__u64 end_ns;  /* sys_exit of its last syscall */
 	__u8 dir;      /* direction of the message in flight, DIR_NONE before the first */
 	__u8 role;     /* ROLE_* */
 	__u16 sport;   /* local port once known: a reset on close has already released it from the sock */
-	__u8 _pad[4];
+	__u8 skip;     /* SKIP_* (sampling.bpf.h): the message in flight is held back */
+	__u8 _pad[3];
+	__u64 held_bytes;  /* books of the last message sent before the held-back ones, which the next record */
+	__u64 held_end_ns; /* sent (data_event or close) reports as its previous message */
 };
 
 struct {
@@ -86,6 +89,8 @@ struct {
 	__type(key, __u32);
 	__type(value, struct data_scratch);
 } scratch SEC(".maps");
+
+#include "sampling.bpf.h"
 
 static __always_inline struct file *fd_file(long fd)
 {
@@ -254,6 +259,8 @@ static __always_inline __u32 copy_payload(__u8 *dst, struct inflight *in, __u64 
 	if (want > size)
 		want = size;
 	if (in->bufkind == BUF_PLAIN) {
+		/* the mask restates the bound for the verifier, which loses it when clang keeps min() in a copy */
+		want &= 2 * HELIX_PAYLOAD_MAX - 1;
 		if (bpf_probe_read_user(dst, want, (void *)in->buf) == 0)
 			got = want;
 	} else if (in->bufkind == BUF_IOV) {
@@ -267,12 +274,14 @@ static __always_inline __u32 copy_payload(__u8 *dst, struct inflight *in, __u64 
 	return got > HELIX_PAYLOAD_MAX ? HELIX_PAYLOAD_MAX : got;
 }
 
-/* The first syscall of a message: who, where, the books of the previous message, and the first bytes. */
+/* The first syscall of a message: who, where, the books of the previous message sent, and the first bytes;
+ * unless the sampling decision holds the message back. */
 static __always_inline void emit_start(struct inflight *in, struct sock *sk, struct conn_state *st, __u64 size,
 				       __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id)
 {
 	__u32 zero = 0;
 	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	bool was_held = st->skip != SKIP_NONE;
 	struct data_event *ev;
 	__u32 got;
 
@@ -287,9 +296,6 @@ static __always_inline void emit_start(struct inflight *in, struct sock *sk, str
 	ev->end_ns = now;
 	ev->sock = (__u64)sk;
 	ev->size = size;
-	ev->prev_bytes = prev_bytes;
-	ev->prev_end_ns = prev_end_ns;
-	ev->offcpu_ns = thread_offcpu((__u32)id);
 	read_endpoints(sk, &ev->ep);
 	ev->ep.role = st->role;
 	ev->ep.direction = in->op;
@@ -297,6 +303,21 @@ static __always_inline void emit_start(struct inflight *in, struct sock *sk, str
 	got = copy_payload(ev->payload, in, size, settings.payload_bytes);
 	ev->payload_len = got;
 	ev->_pad = 0;
+	if (!message_keeps(ev, got, st, in, size, now, id)) {
+		if (!was_held) {
+			st->held_bytes = prev_bytes;
+			st->held_end_ns = prev_end_ns;
+		}
+		return;
+	}
+	if (was_held) {
+		/* the messages since the last one sent were held back: userspace never saw them */
+		prev_bytes = st->held_bytes;
+		prev_end_ns = st->held_end_ns;
+	}
+	ev->prev_bytes = prev_bytes;
+	ev->prev_end_ns = prev_end_ns;
+	ev->offcpu_ns = thread_offcpu((__u32)id);
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
@@ -342,12 +363,14 @@ static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, 
 		return;
 	if (!st->sport)
 		st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	if (st->dir == in->op && !(settings.msg_idle_gap_ns && now - st->end_ns > settings.msg_idle_gap_ns)) {
+	/* A held-back MQTT PUBLISH is one syscall: the next one starts a message of its own (and decision). */
+	if (st->dir == in->op && !(settings.msg_idle_gap_ns && now - st->end_ns > settings.msg_idle_gap_ns) &&
+	    st->skip != SKIP_MQTT) {
 		offset = st->bytes;
 		st->bytes += ret;
 		st->end_ns = now;
 		/* Top the message's snapshot up until payload_bytes of it are out; after that, only counting. */
-		if (offset < settings.payload_bytes && sampling_keeps())
+		if (offset < settings.payload_bytes && st->skip == SKIP_NONE)
 			emit_more(in, sk, ret, offset, now, id);
 		return;
 	}
@@ -359,8 +382,7 @@ static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, 
 	st->dir = in->op;
 	st->bytes = ret;
 	st->end_ns = now;
-	if (sampling_keeps())
-		emit_start(in, sk, st, ret, prev_bytes, prev_end, now, id);
+	emit_start(in, sk, st, ret, prev_bytes, prev_end, now, id);
 }
 
 /* Up to HELIX_PATH_DEPTH trailing components, crossing mount points (struct mount is in BTF only). */
@@ -533,7 +555,7 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	struct conn_state *st;
 	struct file *f;
 	struct sock *sk;
-	__u64 key;
+	__u64 key, now;
 
 	if (!traced(id >> 32))
 		return 0;
@@ -560,10 +582,18 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	ev->sock = key;
 	ev->last_bytes = st->dir == DIR_NONE ? 0 : st->bytes;
 	ev->last_end_ns = st->dir == DIR_NONE ? 0 : st->end_ns;
+	if (st->skip != SKIP_NONE) {
+		/* the message in flight was held back: the last one userspace saw ended here */
+		ev->last_bytes = st->held_bytes;
+		ev->last_end_ns = st->held_end_ns;
+	}
 	ev->offcpu_ns = thread_offcpu((__u32)id);
+	now = ev->ts_ns;
 	bpf_ringbuf_submit(ev, 0);
+	red_incomplete(key, now);
 	st->dir = DIR_NONE;
 	st->bytes = 0;
+	st->skip = SKIP_NONE;
 	return 0;
 }
 
@@ -685,6 +715,7 @@ int on_tcp_destroy_sock(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 key = ctx->args[0];
 
+	red_incomplete(key, bpf_ktime_get_ns());
 	bpf_map_delete_elem(&conns, &key);
 	bpf_map_delete_elem(&conn_start, &key);
 	return 0;

@@ -12,7 +12,8 @@
 /* The first syscall of a message, then `payload_len` bytes. A message starts when the direction of traffic on
  * the connection changes, or when the connection was idle in the same direction for more than
  * settings.msg_idle_gap_ns (exit to exit). prev_* close the books on the message before it.
- * 136 bytes + payload; Python: "=IIIi QQQQQQQ 40s 16s II". */
+ * rv: for a request the kernel judged on randomness it chose itself, R | HELIX_RV_KERNEL (helix.h), else 0.
+ * 144 bytes + payload; Python: "=IIIi QQQQQQQQ 40s 16s II". */
 struct data_event {
 	__u32 type; /* HELIX_EV_DATA */
 	__u32 pid;
@@ -25,6 +26,7 @@ struct data_event {
 	__u64 prev_bytes;  /* bytes of the previous message on the connection (0 if none) */
 	__u64 prev_end_ns; /* sys_exit of the last syscall of the previous message (0 if none) */
 	__u64 offcpu_ns;   /* this thread's cumulative off-CPU time (proc.bpf.c accounts it) */
+	__u64 rv;          /* kernel-chosen randomness of this request, see above */
 	struct helix_endpoints ep;
 	char comm[HELIX_COMM_LEN];
 	__u32 payload_len;
@@ -113,7 +115,7 @@ struct file_io_event {
 
 
 _Static_assert(sizeof(struct helix_endpoints) == 40, "mirrored in decode.py");
-_Static_assert(sizeof(struct data_event) == 136, "mirrored in decode.py");
+_Static_assert(sizeof(struct data_event) == 144, "mirrored in decode.py");
 _Static_assert(sizeof(struct data_more_event) == 48, "mirrored in decode.py");
 _Static_assert(sizeof(struct close_event) == 56, "mirrored in decode.py");
 _Static_assert(sizeof(struct connect_event) == 96, "mirrored in decode.py");

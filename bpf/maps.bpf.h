@@ -23,6 +23,7 @@ const volatile struct helix_settings settings = {
 	.self_pid = 0,
 	.slow_file_ns = 10 * 1000 * 1000,
 	.msg_idle_gap_ns = 5 * 1000 * 1000,
+	.thread_rv_ttl_ns = 30ULL * 1000 * 1000 * 1000,
 };
 
 /* Every record for userspace. 1 MiB by default; the loader may resize it (power of two pages). */
@@ -132,14 +133,13 @@ static __always_inline bool traced(__u32 tgid)
 	return true;
 }
 
-/* The sampling decision proper (consistent probability on the trace id) happens in userspace for now;
- * the kernel only honours "keep everything" (threshold 0). */
-static __always_inline bool sampling_keeps(void)
+/* The live sampling threshold (0: keep everything). */
+static __always_inline __u64 sample_threshold(void)
 {
 	__u32 zero = 0;
 	struct helix_config *cfg = bpf_map_lookup_elem(&config, &zero);
 
-	return cfg && cfg->sample_threshold == 0;
+	return cfg ? cfg->sample_threshold : 0;
 }
 
 #endif /* HELIX_MAPS_BPF_H */

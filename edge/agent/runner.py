@@ -103,6 +103,10 @@ class Agent:
             await self.ebpf.start()
             self.kernel = KernelStatus("running")
             log.info("kernel probes running")
+            # The kernel samples per exchange with the threshold the agent applies, and counts what it holds
+            # back into histograms with the agent's bounds, so both halves of the RED metrics agree.
+            self.ebpf.set_red_sink(self.aggregator.bounds_ns, self.aggregator.consume_counts)
+            self.sampler.on_threshold(self.ebpf.set_sample_threshold)
         except ProbeUnavailable as e:
             self.kernel = KernelStatus("unavailable", e.reason, e.fix)
             if mode == "on":

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..codec.metrics_cbor import HISTOGRAM, SUM, HistogramPoint, Metric, ResourceMetrics, SumPoint
 from ..model import Resource, Scope, Span, SpanKind
-from ..sampler.routes import is_error, normalise_path, peer_of, route_of
+from ..sampler.routes import MAX_ROUTE_LEN, is_error, normalise_path, peer_of, route_of
 
 __all__ = ["RedAggregator", "RedStats", "SeriesKey", "DEFAULT_BUCKETS", "SCOPE", "METRIC_NAMES"]
 
@@ -46,6 +46,7 @@ class RedStats:
     spans: int = 0
     ignored: int = 0
     overflow: int = 0
+    kernel_counted: int = 0  # requests counted from the kernel's aggregates (sampled out there, no span)
 
 
 class _Series:
@@ -74,6 +75,11 @@ class RedAggregator:
 
     def __len__(self) -> int:
         return len(self._series)
+
+    @property
+    def bounds_ns(self) -> tuple[int, ...]:
+        """The histogram bounds in integer nanoseconds, as durations are bucketed (bucket i: bounds[i-1] < d <= bounds[i])."""
+        return tuple(self._bounds_ns)
 
     @property
     def bytes(self) -> int:
@@ -110,6 +116,37 @@ class RedAggregator:
             if d > ser.max_ns:
                 ser.max_ns = d
             self.stats.spans += 1
+
+    def consume_counts(self, service: str, kind: str, path: str, peer: str, errors: int, sum_ns: int,
+                       buckets: Sequence[int]) -> None:
+        """Count requests that reached no span (sampled out in the kernel), already bucketed by `bounds_ns`.
+
+        `path` is the raw request path (or an MQTT span name), normalised here as `route_of` does for `url.path`; the
+        request count is the sum of `buckets`, so count and histogram always agree. Min and max are not known.
+        """
+        count = sum(buckets)
+        if count <= 0:
+            return
+        n_buckets = len(self._bounds_ns) + 1
+        if len(buckets) != n_buckets:
+            raise ValueError(f"expected {n_buckets} bucket counts, got {len(buckets)}")
+        key = SeriesKey(service, kind, normalise_path(path), peer[:MAX_ROUTE_LEN])
+        series = self._series
+        ser = series.get(key)
+        if ser is None:
+            if len(series) >= self.max_series:
+                key = SeriesKey(service, _OVERFLOW, "", "")
+                ser = series.get(key)
+                self.stats.overflow += count
+            if ser is None:
+                ser = series[key] = _Series(n_buckets)
+        ser.count += count
+        ser.errors += errors
+        ser.sum_ns += sum_ns
+        for i, n in enumerate(buckets):
+            ser.buckets[i] += n
+        self.stats.spans += count
+        self.stats.kernel_counted += count
 
     def totals(self) -> dict[SeriesKey, tuple[int, int, int]]:
         """(count, errors, summed nanoseconds) per series: what tests and benchmarks compare with their tally."""

@@ -42,6 +42,7 @@ class TraceSampler:
         self.head = ConsistentSampler(ratio)
         self.tail = TailSampler(rules, clock)
         self._clock = clock
+        self._observers: list[Callable[[int], None]] = []
 
     # -------------------------------------------------------------------------------------------- settings
 
@@ -60,8 +61,17 @@ class TraceSampler:
         self.pressure = min(1.0, max(MIN_PRESSURE, factor))
         self._apply()
 
+    def on_threshold(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(threshold)` now and whenever the applied threshold changes (ratio change or pressure)."""
+        self._observers.append(callback)
+        callback(self.head.threshold)
+
     def _apply(self) -> None:
+        before = self.head.threshold
         self.head.set_ratio(self.ratio * self.pressure)
+        if self.head.threshold != before:
+            for callback in list(self._observers):
+                callback(self.head.threshold)
 
     @property
     def threshold(self) -> int:

@@ -30,8 +30,8 @@ def ep4(src: str, sport: int, dst: str, dport: int, role: int = 0, direction: in
     return EP.pack(socket.inet_aton(src), socket.inet_aton(dst), sport, dport, 2, role, direction)
 
 
-def data_record(payload: bytes, *, role: int = 2, direction: int = 1, claimed: int | None = None) -> bytes:
-    head = struct.pack("=IIIiQQQQQQQ", 1, 100, 101, 7, 1000, 1500, 0xFFFF888812345678, 83, 10, 900, 42)
+def data_record(payload: bytes, *, role: int = 2, direction: int = 1, claimed: int | None = None, rv: int = 0) -> bytes:
+    head = struct.pack("=IIIiQQQQQQQQ", 1, 100, 101, 7, 1000, 1500, 0xFFFF888812345678, 83, 10, 900, 42, rv)
     tail = struct.pack("=16sII", b"python3", len(payload) if claimed is None else claimed, 0)
     return head + ep4("127.0.0.1", 8080, "127.0.0.1", 40000, role, direction) + tail + payload
 
@@ -41,6 +41,16 @@ def test_data_record() -> None:
     assert ev == DataEvent(1000, 1500, 100, 101, "python3", 7, 0xFFFF888812345678, Role.SERVER, Direction.INGRESS,
                            Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 40000), 83, b"GET / HTTP/1.1\r\n",
                            10, 900, 42)
+
+
+def test_data_record_layout_and_kernel_randomness() -> None:
+    assert RECORD_SIZES[1] == 144  # bpf/io.h: _Static_assert(sizeof(struct data_event) == 144)
+    assert decode_event(data_record(b"GET / HTTP/1.1\r\n")).rv is None  # type: ignore[union-attr]
+    # bit 63 says the kernel chose R; the low 56 bits are R, whatever else is set in between
+    kernel = decode_event(data_record(b"GET / HTTP/1.1\r\n", rv=(1 << 63) | (0x7F << 56) | 0x00ABCDEF012345))
+    assert kernel.rv == 0x00ABCDEF012345  # type: ignore[union-attr]
+    # without bit 63 the field means nothing (the kernel used the wire's trace id, or did not decide)
+    assert decode_event(data_record(b"GET / HTTP/1.1\r\n", rv=0x00ABCDEF012345)).rv is None  # type: ignore[union-attr]
 
 
 def more_record(payload: bytes, *, direction: int = 1, offset: int = 1, claimed: int | None = None) -> bytes:

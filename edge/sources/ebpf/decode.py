@@ -37,8 +37,10 @@ EVENT_TYPES = {EV_DATA: "data", EV_CLOSE: "close", EV_CONNECT: "connect", EV_TCP
 
 _TYPE = struct.Struct("=I")
 _EP = "16s16sHHHBB"  # bpf/helix.h struct helix_endpoints (40 bytes)
-# bpf/io.h struct data_event (136 bytes + payload)
-_DATA = struct.Struct("=IIIi QQQQQQQ" + _EP + " 16s II")
+# bpf/io.h struct data_event (144 bytes + payload)
+_DATA = struct.Struct("=IIIi QQQQQQQQ" + _EP + " 16s II")
+_RV_KERNEL = 1 << 63  # bpf/helix.h HELIX_RV_KERNEL
+_RV_MASK = (1 << 56) - 1
 # bpf/io.h struct data_more_event (48 bytes + payload)
 _DATA_MORE = struct.Struct("=IIIHBB QQQQ")
 # bpf/io.h struct close_event (56 bytes)
@@ -120,14 +122,14 @@ def _exit_code(status: int) -> int:
 
 def _decode(kind: int, raw: bytes) -> KernelEvent:
     if kind == EV_DATA:
-        (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu,
+        (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu, rv,
          saddr, daddr, sport, dport, family, role, direction, comm, plen, _pad) = _DATA.unpack_from(raw)
         payload = raw[_DATA.size:_DATA.size + plen]
         if len(payload) != plen:
             raise _Short
         return DataEvent(ts, end, pid, tid, _cstr(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
                          _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
-                         prev_bytes, prev_end, offcpu)
+                         prev_bytes, prev_end, offcpu, rv & _RV_MASK if rv & _RV_KERNEL else None)
     if kind == EV_DATA_MORE:
         _, pid, tid, plen, direction, _pad, ts, end, sock, offset = _DATA_MORE.unpack_from(raw)
         payload = raw[_DATA_MORE.size:_DATA_MORE.size + plen]

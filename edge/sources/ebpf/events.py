@@ -74,6 +74,9 @@ class DataEvent:
     prev_bytes: int  # total bytes of the previous message on this connection (0 if none)
     prev_end_ns: int  # sys_exit of the last syscall of the previous message (0 if none)
     offcpu_ns: int  # cumulative off-CPU time of this thread, for differences between two events
+    # The 56-bit randomness the kernel chose for this context-less request when it sampled it (None: it did not);
+    # the span builder makes it the trace's randomness so that the agent's sampler decides as the kernel did.
+    rv: int | None = None
 
 
 @dataclass(slots=True)

@@ -15,8 +15,9 @@ import logging
 import os
 import platform
 import resource
+import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ from .events import KernelEvent
 __all__ = [
     "ProbeSettings",
     "ProbeSet",
+    "RedAggregate",
+    "RED_SERVER",
+    "RED_CLIENT",
+    "RED_PRODUCER",
+    "RED_BOUNDS_MAX",
     "KernelEventStream",
     "open_probes",
     "settings_from_config",
@@ -67,7 +73,7 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
 }
 
 # bpf/helix.h struct helix_settings (the whole .rodata of every object)
-_SETTINGS = struct.Struct("=IIQQ")
+_SETTINGS = struct.Struct("=IIQQQ")
 # bpf/helix.h struct helix_config (value of the `config` array map)
 _CONFIG = struct.Struct("=QII")
 _FILTER_PIDS = 1 << 0
@@ -76,8 +82,50 @@ _PAYLOAD_MAX = 1024  # bpf/helix.h HELIX_PAYLOAD_MAX
 _THRESHOLD_MAX = (1 << 56) - 1
 _SLOW_FILE_OFF = (1 << 64) - 1
 _DROP_REASONS = ("ringbuf_full", "state_full")  # bpf/helix.h enum helix_drop
+# bpf/helix.h enum helix_decision
+_DECISIONS = ("kept", "sampled_out", "undecidable_kept", "aggregate_full", "no_status", "incomplete", "thread_rv")
+# bpf/helix.h struct helix_red_bounds, helix_red_key, helix_red_val
+RED_BOUNDS_MAX = 16
+_RED_BOUNDS = struct.Struct("=II16Q")
+_RED_KEY = struct.Struct("=IHBB 16s 8s 64s 40s")
+_RED_VAL = struct.Struct("=QQQ 17Q")
+RED_SERVER, RED_CLIENT, RED_PRODUCER = 2, 1, 3  # bpf/helix.h enum helix_red_kind
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
+
+
+@dataclass(slots=True, frozen=True)
+class RedAggregate:
+    """One `red_agg` series (bpf/helix.h helix_red_key -> helix_red_val): cumulative since it was created."""
+
+    tgid: int
+    kind: int  # RED_SERVER, RED_CLIENT or RED_PRODUCER
+    comm: str
+    method: str
+    path: str  # HTTP: the request path up to '?'; MQTT: the topic
+    host: str  # client: the Host header value; producer: the remote address
+    count: int
+    errors: int
+    sum_ns: int
+    buckets: tuple[int, ...]  # RED_BOUNDS_MAX + 1 counters; only the first (bounds + 1) are used
+    raw_key: bytes
+
+    @classmethod
+    def decode(cls, raw_key: bytes, raw_val: bytes) -> RedAggregate:
+        """From the map's raw key and value."""
+        tgid, family, kind, _pad, comm, method, path, host = _RED_KEY.unpack(raw_key)
+        count, errors, sum_ns, *buckets = _RED_VAL.unpack(raw_val)
+        if kind == RED_PRODUCER:
+            fam = socket.AF_INET6 if family == 10 else socket.AF_INET
+            host_s = socket.inet_ntop(fam, host[:16] if fam == socket.AF_INET6 else host[:4])
+        else:
+            host_s = _cstr(host)
+        return cls(tgid, kind, _cstr(comm), _cstr(method), _cstr(path), host_s, count, errors, sum_ns,
+                   tuple(buckets), raw_key)
+
+
+def _cstr(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 @dataclass(slots=True, frozen=True)
@@ -90,6 +138,8 @@ class ProbeSettings:
     ringbuf_bytes: int = 1 << 20  # power of two, >= one page
     message_gap_ns: int = 5_000_000  # rodata msg_idle_gap_ns: same-direction idle gap (exit to exit) that starts
     # a new message; 0: only a change of direction does
+    thread_rv_ttl_ns: int = 30_000_000_000  # rodata: how long a server request's randomness decides the thread's
+    # context-less calls (the span builder's response timeout: the longest a request is served)
     sets: tuple[str, ...] = PROBE_SETS
 
     def validate(self) -> None:
@@ -110,7 +160,7 @@ def settings_from_config(cfg: Any) -> ProbeSettings:
     """ProbeSettings from a Config (or its EbpfSourceConfig)."""
     e = getattr(cfg, "ebpf", cfg)
     return ProbeSettings(payload_bytes=e.payload_bytes, slow_file_ns=int(e.slow_file_io * 1e9),
-                         message_gap_ns=int(e.message_gap * 1e9))
+                         message_gap_ns=int(e.message_gap * 1e9), thread_rv_ttl_ns=int(e.response_timeout * 1e9))
 
 
 def objects_dir() -> Path:
@@ -224,7 +274,8 @@ class _Object:
                                    "(struct helix_settings)", "rebuild the probes from the bpf/ sources of this version")
         self_pid = os.getpid() if settings.self_pid is None else settings.self_pid
         slow = _SLOW_FILE_OFF if settings.slow_file_ns is None else max(0, settings.slow_file_ns)
-        data = _SETTINGS.pack(settings.payload_bytes, self_pid, slow, max(0, settings.message_gap_ns))
+        data = _SETTINGS.pack(settings.payload_bytes, self_pid, slow, max(0, settings.message_gap_ns),
+                              max(0, settings.thread_rv_ttl_ns))
         self.lib.check(self.lib.lib.bpf_map__set_initial_value(rodata[0], data, len(data)),
                        f"cannot set the settings of {self.path.name}")
 
@@ -321,6 +372,7 @@ class ProbeSet:
             if first is None:
                 first = obj
                 self._write_config()
+                self.set_red_bounds(())
         for obj in self._objects:
             obj.attach_all()
         log.info("probes attached sets=%s programs=%d skipped=%s", ",".join(self.settings.sets),
@@ -349,7 +401,7 @@ class ProbeSet:
         self._write_config()
 
     def set_sample_threshold(self, threshold: int) -> None:
-        """Set the 56-bit sampling threshold (0 keeps every message start)."""
+        """Set the 56-bit sampling threshold: exchanges whose randomness is below it are held back (0 keeps all)."""
         self.update_config(sample_threshold=threshold)
 
     def sample_threshold(self) -> int:
@@ -385,6 +437,38 @@ class ProbeSet:
         self._replace_set("allowed_cgroups", _U64, cgroup_ids)
         self.update_config(filter_cgroups=True)
 
+    def set_red_bounds(self, bounds_ns: Sequence[int] | None) -> None:
+        """Histogram bounds (ns, ascending, at most 16) for the kernel's RED aggregates; None: the kernel never
+        samples an exchange out (it could not count it into the agent's histogram)."""
+        if bounds_ns is None:
+            data = _RED_BOUNDS.pack(0, 0, *([0] * RED_BOUNDS_MAX))
+        else:
+            b = [int(x) for x in bounds_ns]
+            if len(b) > RED_BOUNDS_MAX or b != sorted(b) or any(x < 0 for x in b):
+                raise ValueError(f"at most {RED_BOUNDS_MAX} ascending non-negative bounds, got {b}")
+            data = _RED_BOUNDS.pack(len(b), 1, *(b + [0] * (RED_BOUNDS_MAX - len(b))))
+        _libbpf.libbpf().update(self._map("red_bounds")[0], _U32.pack(0), data)
+
+    def red_aggregates(self) -> list[RedAggregate]:
+        """The kernel's cumulative RED counts of sampled-out exchanges, one per series."""
+        lib = _libbpf.libbpf()
+        fd = self._map("red_agg")[0]
+        out = []
+        for raw_key in lib.keys(fd, _RED_KEY.size):
+            raw = lib.lookup(fd, raw_key, _RED_VAL.size)
+            if raw is None:
+                continue  # deleted meanwhile
+            out.append(RedAggregate.decode(raw_key, raw))
+        return out
+
+    def delete_red_aggregate(self, agg: RedAggregate) -> None:
+        """Forget one series (its process has ended: nothing can add to it any more)."""
+        _libbpf.libbpf().delete(self._map("red_agg")[0], agg.raw_key)
+
+    def decision_counts(self) -> dict[str, int]:
+        """The kernel's sampling decisions by outcome, summed over CPUs (counted while the threshold is not 0)."""
+        return self._percpu_counts("decisions", _DECISIONS)
+
     # -- introspection -------------------------------------------------------------------------------
 
     def _map(self, name: str) -> tuple[int, int, int, int]:
@@ -411,14 +495,17 @@ class ProbeSet:
 
     def drop_counts(self) -> dict[str, int]:
         """Kernel-side counted losses, summed over CPUs: ringbuf_full, state_full."""
+        return self._percpu_counts("drops", _DROP_REASONS)
+
+    def _percpu_counts(self, map_name: str, names: tuple[str, ...]) -> dict[str, int]:
         lib = _libbpf.libbpf()
-        fd, _, value_size, _ = self._map("drops")
+        fd, _, value_size, _ = self._map(map_name)
         ncpu = lib.possible_cpus()
         stride = (value_size + 7) // 8 * 8
         out = {}
-        for i, reason in enumerate(_DROP_REASONS):
+        for i, name in enumerate(names):
             raw = lib.lookup(fd, _U32.pack(i), stride * ncpu) or b""
-            out[reason] = sum(_U64.unpack_from(raw, c * stride)[0] for c in range(len(raw) // stride))
+            out[name] = sum(_U64.unpack_from(raw, c * stride)[0] for c in range(len(raw) // stride))
         return out
 
     def lost_events(self) -> int:

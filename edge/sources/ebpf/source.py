@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ...config import EbpfSourceConfig
 from ...model import Source, Span
 from .events import KernelEvent
-from .loader import KernelEventStream, ProbeSet, open_probes
-from .spans import SpanBuilder, SpanBuilderConfig
+from .loader import RED_BOUNDS_MAX, RED_CLIENT, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet, RedAggregate, open_probes
+from .spans import SpanBuilder, SpanBuilderConfig, split_host
 
 __all__ = ["EbpfSource", "EbpfSourceStats"]
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[Span], Source], int]
+# (service, kind, path, peer, errors, sum_ns, buckets): requests the kernel sampled out, for the RED aggregator
+RedSink = Callable[[str, str, str, str, int, int, Sequence[int]], None]
+_RED_KINDS = {RED_SERVER: "server", RED_CLIENT: "client", RED_PRODUCER: "producer"}
+_THRESHOLD_MAX = (1 << 56) - 1
 
 # How often spans whose ending never comes (no response, no close) are pushed out by time.
 _FLUSH_INTERVAL_S = 1.0
@@ -31,6 +36,8 @@ class EbpfSourceStats:
     spans: int = 0
     ignored_own_traffic: int = 0
     dropped_inbox_full: int = 0
+    red_counted: int = 0  # requests the kernel sampled out, counted into the RED metrics from its aggregates
+    red_series_freed: int = 0  # kernel aggregate series deleted because their process ended
 
 
 class EbpfSource:
@@ -46,6 +53,72 @@ class EbpfSource:
         self.probes: ProbeSet | None = None
         self.stream: KernelEventStream | None = None
         self.stats = EbpfSourceStats()
+        self._red_sink: RedSink | None = None
+        self._red_buckets = 0
+        self._red_seen: dict[bytes, tuple[int, int, tuple[int, ...]]] = {}  # raw key -> (errors, sum_ns, buckets)
+
+    def set_sample_threshold(self, threshold: int) -> None:
+        """Apply the agent's sampling threshold in the kernel (0 keeps everything)."""
+        if self.probes is not None and not self.probes.closed:
+            self.probes.set_sample_threshold(min(max(0, threshold), _THRESHOLD_MAX))
+
+    def set_red_sink(self, bounds_ns: Sequence[int], sink: RedSink) -> None:
+        """Where the kernel's counts of sampled-out requests go, bucketed by `bounds_ns` (the aggregator's bounds).
+
+        With more bounds than the kernel can hold, the kernel never samples out (it could not count exactly).
+        """
+        self._red_sink = sink
+        self._red_buckets = len(bounds_ns) + 1
+        if self.probes is not None:
+            if len(bounds_ns) > RED_BOUNDS_MAX:
+                log.warning("RED histogram has %d bounds, the kernel holds %d: kernel sampling stays off",
+                            len(bounds_ns), RED_BOUNDS_MAX)
+                self.probes.set_red_bounds(None)
+            else:
+                self.probes.set_red_bounds(bounds_ns)
+
+    def poll_red(self) -> int:
+        """Feed what the kernel's RED aggregates gained since the last poll to the sink; returns requests counted."""
+        if self.probes is None or self.probes.closed or self._red_sink is None:
+            return 0
+        counted = 0
+        for agg in self.probes.red_aggregates():
+            seen = agg.raw_key in self._red_seen
+            delta = self._red_delta(agg)
+            counted += delta
+            if seen and not delta and not os.path.exists(f"/proc/{agg.tgid}"):
+                # A series of an ended process that stayed still for a poll: nothing adds to it any more, free its
+                # slot (its counts are in; were it still in use, it would start again from zero, as deltas do).
+                self.probes.delete_red_aggregate(agg)
+                self._red_seen.pop(agg.raw_key, None)
+                self.stats.red_series_freed += 1
+        self.stats.red_counted += counted
+        return counted
+
+    def _red_delta(self, agg: RedAggregate) -> int:
+        assert self._red_sink is not None
+        buckets = agg.buckets[:self._red_buckets]
+        errors0, sum0, buckets0 = self._red_seen.get(agg.raw_key, (0, 0, (0,) * len(buckets)))
+        delta = [b - b0 for b, b0 in zip(buckets, buckets0)]
+        if not any(delta) and agg.errors == errors0:
+            return 0
+        self._red_seen[agg.raw_key] = (agg.errors, agg.sum_ns, buckets)
+        kind = _RED_KINDS.get(agg.kind)
+        if kind is None or self._ignored_red(agg):
+            return 0
+        # The same names as the span path: service from the builder, peer as spans.py's server.address.
+        service = self.builder.service_name(agg.tgid, agg.comm)
+        if agg.kind == RED_PRODUCER:
+            path, peer = f"publish {agg.path}", agg.host
+        else:
+            path, peer = agg.path, split_host(agg.host)[0] if agg.kind == RED_CLIENT else ""
+        self._red_sink(service, kind, path, peer, agg.errors - errors0, agg.sum_ns - sum0, delta)
+        return sum(delta)
+
+    def _ignored_red(self, agg: RedAggregate) -> bool:
+        if agg.kind == RED_PRODUCER:
+            return agg.path.startswith(self.cfg.ignore_topic_prefixes)
+        return agg.path in self.cfg.ignore_http_paths
 
     async def start(self) -> None:
         """Load and attach the probes (off the loop: verification takes a while) and start reading."""
@@ -74,10 +147,14 @@ class EbpfSource:
             self.stats.dropped_inbox_full += len(kept) - accepted
 
     async def run(self) -> None:
-        """Push out timed-out spans once a second until cancelled."""
+        """Push out timed-out spans and the kernel's new RED counts once a second until cancelled."""
         while True:
             await asyncio.sleep(_FLUSH_INTERVAL_S)
             self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+            try:
+                self.poll_red()
+            except Exception:  # a map read failing must not stop the span flush
+                log.exception("reading the kernel RED aggregates failed")
 
     def update_config(self, cfg: EbpfSourceConfig) -> None:
         """Apply what can change while loaded: the PID allow-list and the ignore rules."""
@@ -92,6 +169,10 @@ class EbpfSource:
             self.stream.close()
         self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**12))
         if self.probes is not None:
+            try:
+                self.poll_red()  # the last counts, before the maps go
+            except Exception:
+                log.exception("reading the kernel RED aggregates failed")
             self.probes.close()
 
     def status(self) -> dict[str, Any]:
@@ -101,4 +182,9 @@ class EbpfSource:
         if self.stream is not None:
             out["lost_events"] = self.stream.lost
         out["connections"] = self.builder.connection_count
+        if self.probes is not None and not self.probes.closed:
+            out["sample_threshold"] = self.probes.sample_threshold()
+            out["decisions"] = self.probes.decision_counts()
+        out["red_counted"] = self.stats.red_counted
+        out["red_series_freed"] = self.stats.red_series_freed
         return out

@@ -37,7 +37,7 @@ from typing import Iterable, Protocol
 
 from ...errors import ConfigError
 from ...model import Attributes, Event, Resource, Scope, Source, Span, SpanKind, StatusCode, new_span_id, new_trace_id
-from ...propagation import SpanContext, extract
+from ...propagation import SpanContext, extract, format_tracestate
 from ...protocols import mqtt
 from ...protocols.http1 import HttpRequest, HttpResponse, looks_like_http, parse_requests, parse_responses
 from ...ratelimit import RateLimitedLog
@@ -66,6 +66,7 @@ __all__ = [
     "SystemClock",
     "FixedClock",
     "SCOPE",
+    "split_host",
 ]
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,7 @@ class _Exchange:
     resp_sole: bool = False
     resp_bytes: int | None = None
     end_ns: int = 0
+    rv: int | None = None  # randomness the kernel chose for this context-less request (DataEvent.rv)
 
 
 @dataclass(slots=True)
@@ -319,6 +321,10 @@ class SpanBuilder:
     def wall_offset_ns(self) -> int:
         """The offset added to kernel monotonic times to get Unix-epoch times."""
         return self._offset_ns
+
+    def service_name(self, pid: int, comm: str) -> str:
+        """The `service.name` this builder gives spans of process `pid` seen running as `comm` now."""
+        return self._proc(pid, comm).resource.service_name
 
     def feed(self, events: Iterable[KernelEvent]) -> list[Span]:
         """Consume events in ring-buffer order; return the spans they completed."""
@@ -719,7 +725,8 @@ class SpanBuilder:
             if len(conn.pending) >= self.config.max_pending_per_connection:
                 conn.pending.popleft()
                 self.stats.pending_dropped += 1
-            x = _Exchange(req, kind, start, ev.pid, ev.tid, ev.offcpu_ns, conn.seq, sole, deadline, events=faults)
+            x = _Exchange(req, kind, start, ev.pid, ev.tid, ev.offcpu_ns, conn.seq, sole, deadline, events=faults,
+                          rv=ev.rv)
             faults = []
             conn.pending.append(x)
         conn.last_msg = _REQ_MSG
@@ -791,7 +798,7 @@ class SpanBuilder:
         if req.query:
             attrs["url.query"] = req.query
         attrs["url.scheme"] = "http"
-        host, port = _split_host(req.host)
+        host, port = split_host(req.host)
         if server:
             attrs["server.address"] = host or conn.local.addr
             attrs["server.port"] = port if port is not None else conn.local.port
@@ -847,7 +854,7 @@ class SpanBuilder:
         _process_attrs(attrs, x.pid, x.tid, conn.comm)
         # Semconv HTTP span name: "{method} {http.route}", and just "{method}" when the route is unknown, as it is
         # from the wire (a raw path would make names high-cardinality); the path is in `url.path`.
-        span = self._span(req.method, x.kind, x.start_ns, x.end_ns, proc, attrs, extract(req.headers), x.events)
+        span = self._span(req.method, x.kind, x.start_ns, x.end_ns, proc, attrs, extract(req.headers), x.events, x.rv)
         span.status_code, span.status_message = status, message
         self.stats.http_spans += 1
         out.append(span)
@@ -986,6 +993,7 @@ class SpanBuilder:
         attrs: Attributes,
         ctx: SpanContext | None,
         events: list[Event],
+        rv: int | None = None,
     ) -> Span:
         start = start_mono + self._offset_ns
         end = max(start, end_mono + self._offset_ns)
@@ -993,6 +1001,12 @@ class SpanBuilder:
             trace_id, parent, state, flags = ctx.trace_id, ctx.span_id, ctx.trace_state, ctx.flags
             attrs["helix.context_from"] = "wire"
             attrs["helix.wire.format"] = "b3" if ctx.format == "b3multi" else ctx.format
+        elif rv is not None:
+            # The kernel sampled this context-less request on randomness it chose: the trace carries it, as `rv` and
+            # as the trace id's low 56 bits, so the agent's sampler (and any span that joins the trace) agrees.
+            trace_id, parent, flags = new_trace_id()[:9] + rv.to_bytes(7, "big"), b"", 1
+            state = format_tracestate([("ot", f"rv:{rv:014x}")])
+            attrs["helix.context_from"] = "none"
         else:
             trace_id, parent, state, flags = new_trace_id(), b"", "", 1
             attrs["helix.context_from"] = "none"
@@ -1022,7 +1036,7 @@ def _process_attrs(attrs: Attributes, pid: int, tid: int, comm: str) -> None:
         attrs["process.executable.name"] = comm
 
 
-def _split_host(host: str) -> tuple[str, int | None]:
+def split_host(host: str) -> tuple[str, int | None]:
     """A Host header value as (host, port); IPv6 literals lose their brackets."""
     host = host.strip()
     if not host:

@@ -137,3 +137,23 @@ def test_wrong_shapes_are_decode_errors() -> None:
         MetricBatch.decode(frame(["n" * 5000, 1, 0, 1, []]), max_bytes=100)
     with pytest.raises(DecodeError, match="version"):
         MetricBatch.decode(b"HM\x09" + good[3:])
+
+
+def test_kernel_counts_join_the_series_of_the_span_path() -> None:
+    agg = RedAggregator((0.005, 0.01))
+    assert agg.bounds_ns == (5_000_000, 10_000_000)
+    span = Span(trace_id=b"\x01" * 16, span_id=new_span_id(), name="GET", start_ns=0, end_ns=5_000_000,
+                kind=SpanKind.SERVER, attributes={"url.path": "/orders/123", "http.response.status_code": 200},
+                resource=Resource.of({"service.name": "shop"}))
+    agg.consume([span])  # exactly on a bound: bucket 0, as the kernel's d <= bound[i]
+    # the kernel's counts for the same route (raw path normalised the same way): 2 in bucket 1, 1 above all bounds
+    agg.consume_counts("shop", "server", "/orders/456", "", 1, 40_000_000, [0, 2, 1])
+    [(key, (count, errors, sum_ns))] = agg.totals().items()
+    assert tuple(key) == ("shop", "server", "/orders/{id}", "") and (count, errors, sum_ns) == (4, 1, 45_000_000)
+    [rm] = agg.resource_metrics()
+    hist = rm.metrics[2].points[0]
+    assert hist.bucket_counts == [1, 2, 1] and hist.count == 4  # type: ignore[attr-defined]
+    agg.consume_counts("shop", "server", "/x", "", 0, 0, [0, 0, 0])  # nothing new: no series made
+    assert len(agg) == 1
+    with pytest.raises(ValueError):
+        agg.consume_counts("shop", "server", "/x", "", 0, 1, [1, 0])

@@ -877,3 +877,42 @@ def test_any_read_pattern_of_spaced_deliveries_gives_one_span_each(cuts, version
     if version == MQTT_5:
         assert [s.trace_id.hex() for s in rcv] == [TID[:-1] + str(i) for i in range(3)]
     assert b.stats.internal_errors == 0 and b.stats.unparsed == 0
+
+
+# -- kernel sampling --------------------------------------------------------------------------------------------------
+
+
+def test_kernel_randomness_becomes_the_traces_randomness():
+    from edge.sampler.consistent import ConsistentSampler, randomness
+
+    b = builder()
+    rv = 0x9A0B1C2D3E4F50
+    spans = b.feed([dataclasses_replace(data(1, IN, 1000, req()), rv=rv), data(1, OUT, 5000, resp())])
+    [s] = spans
+    assert s.attributes["helix.context_from"] == "none" and s.parent_span_id == b""
+    assert s.trace_state == "ot=rv:9a0b1c2d3e4f50"
+    assert int.from_bytes(s.trace_id[9:], "big") == rv == randomness(s.trace_id, s.trace_state)
+    assert ConsistentSampler(0.5).keeps(s.trace_id, s.trace_state)
+    assert not ConsistentSampler(0.25).keeps(s.trace_id, s.trace_state)
+    # A request with wire context keeps the wire's trace and tracestate: the kernel reports no R for those.
+    [w] = b.feed([dataclasses_replace(data(2, IN, 9000, req(headers=(f"traceparent: {TP}",))), rv=rv),
+                  data(2, OUT, 9500, resp())])
+    assert w.trace_id.hex() == TID and w.trace_state == ""
+    # Without kernel randomness nothing is added.
+    [n] = b.feed([data(3, IN, 10000, req()), data(3, OUT, 10500, resp())])
+    assert n.trace_state == ""
+
+
+def dataclasses_replace(ev, **changes):
+    import dataclasses
+
+    return dataclasses.replace(ev, **changes)
+
+
+def test_service_name_is_the_one_spans_get():
+    b = builder()
+    [s] = b.feed([data(1, IN, 1000, req(), pid=321, comm="inventory"), data(1, OUT, 5000, resp(), pid=321,
+                                                                         comm="inventory")])
+    assert b.service_name(321, "inventory") == s.resource.service_name == "inventory"
+    b.feed([ExecEvent(1, 654, 1, "a-very-long-com", "/usr/bin/a-very-long-command-name")])
+    assert b.service_name(654, "a-very-long-com") == "a-very-long-command-name"

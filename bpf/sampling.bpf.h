@@ -1,0 +1,703 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The per-exchange sampling decision of io.bpf.c and the RED aggregates of what it holds back.
+ *
+ * A decision is made only where the kernel can make it soundly, from the first syscall of a message:
+ * - an HTTP/1.x request message (server read / client write starting with a method and a space) whose whole
+ *   head is in the snapshot: R = the traceparent's trace id (low 56 bits) or the `ot` tracestate member's `rv`;
+ *   without a traceparent the kernel draws R (server) or borrows the one of the request the thread is serving
+ *   (client), and tells userspace (data_event.rv) so that the agent's sampler agrees;
+ * - an MQTT PUBLISH written by a client in one syscall, carrying a `traceparent` user property (v5).
+ * Kept when R >= config.sample_threshold, as the OpenTelemetry specification (and edge/sampler/consistent.py)
+ * decides. A held-back exchange sends nothing to the ring buffer: it is counted into `red_agg` instead, with the
+ * same series fields and timing model as the span path (edge/sources/ebpf/spans.py). Whatever cannot be judged
+ * or counted is sent as before.
+ *
+ * The scans store what they find in the per-CPU `work` map rather than on the stack: the verifier tracks stack
+ * values exactly, so a position found in iteration k would make every iteration a separate path to verify.
+ */
+#ifndef HELIX_SAMPLING_BPF_H
+#define HELIX_SAMPLING_BPF_H
+
+#define SKIP_NONE 0
+#define SKIP_HTTP 1 /* held back until the next request message on the connection */
+#define SKIP_MQTT 2 /* held back for this syscall's PUBLISH only */
+
+#define SCAN_MAX HELIX_PAYLOAD_MAX
+#define POS_MASK (HELIX_PAYLOAD_MAX - 1)
+
+/* A held-back HTTP request waiting for its response, keyed by sock. 4096 x ~200 B = 0.8 MiB. */
+struct red_pending {
+	struct helix_red_key key;
+	__u64 start_ns; /* server: the request's first syscall exit; client: its first syscall entry */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct red_pending);
+} red_pending SEC(".maps");
+
+/* Cumulative RED counts per series of held-back exchanges; read (and for ended processes deleted) by the agent.
+ * A hash, not LRU: a series must not vanish with counts in it. Full: exchanges are sent instead (counted).
+ * 4096 x ~350 B = 1.4 MiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct helix_red_key);
+	__type(value, struct helix_red_val);
+} red_agg SEC(".maps");
+
+/* The agent's histogram bounds (struct helix_red_bounds). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct helix_red_bounds);
+} red_bounds SEC(".maps");
+
+/* tid -> the randomness of the request the thread is serving, so that the context-less calls it makes meanwhile
+ * are kept or held back with it. Replaced at each server request, dropped when the thread starts the response,
+ * and trusted only for settings.thread_rv_ttl_ns. 16384 x ~80 B = 1.3 MiB. */
+struct thread_rv {
+	__u64 rv;
+	__u64 ts_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct thread_rv);
+} thread_rv SEC(".maps");
+
+/* Decisions by outcome (enum helix_decision), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HELIX_DEC_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} decisions SEC(".maps");
+
+/* Per-CPU working memory of one decision (see the top of this file). */
+struct sample_work {
+	__s32 tp;       /* where the traceparent value starts, -1: none */
+	__s32 ts_rv;    /* where an `rv:` of the ot tracestate member starts, -1: none */
+	__s32 host;     /* where the Host value starts, -1: none */
+	__s32 head_end; /* bytes of the request head, -1: not in the snapshot */
+	__s32 other;    /* a B3 or Jaeger header: the agent would judge another trace id */
+	__s32 path_len; /* bytes of the path, -1: longer than HELIX_RED_PATH_LEN - 1 */
+	__s32 host_len;
+	__s32 mlen;     /* bytes of the request method */
+	__u32 server;   /* the request was read by a server (else written by a client) */
+	__u32 _pad;
+	struct red_pending pend;
+	struct helix_red_val zero; /* never written: what a new series starts from */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sample_work);
+} work SEC(".maps");
+
+/* Read back what a scan stored: a volatile load, so that the compiler cannot forward the stored constant (the
+ * loop iteration that found it) and the verifier sees one unknown value instead of one path per iteration. */
+#define LOADV(x) (*(volatile typeof(x) *)&(x))
+
+static __always_inline void count_decision(__u32 what)
+{
+	__u64 *n = bpf_map_lookup_elem(&decisions, &what);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline __u8 lower(__u8 c)
+{
+	return (c >= 'A' && c <= 'Z') ? c | 0x20 : c;
+}
+
+/* Whether p starts with the string literal s (case-insensitively for MATCH_CI, s in lower case). Macros, so
+ * that the loop unrolls over a constant length and every character becomes an immediate. */
+#define MATCH_CI(p, s)                                                                   \
+	({                                                                               \
+		bool _ok = true;                                                         \
+		_Pragma("unroll") for (int _i = 0; _i < (int)sizeof(s) - 1; _i++)        \
+			if (lower((p)[_i]) != (__u8)(s)[_i]) {                           \
+				_ok = false;                                             \
+				break;                                                   \
+			}                                                                \
+		_ok;                                                                     \
+	})
+#define MATCH(p, s)                                                                      \
+	({                                                                               \
+		bool _ok = true;                                                         \
+		_Pragma("unroll") for (int _i = 0; _i < (int)sizeof(s) - 1; _i++)        \
+			if ((p)[_i] != (__u8)(s)[_i]) {                                  \
+				_ok = false;                                             \
+				break;                                                   \
+			}                                                                \
+		_ok;                                                                     \
+	})
+
+/* Length of the request method when p starts with one and a space (the methods the kernel judges), else 0. */
+static __always_inline int http_method_len(const __u8 *p, __u32 got)
+{
+	if (got < 16)
+		return 0; /* no whole request head is that short */
+	if (MATCH(p, "GET ") || MATCH(p, "PUT "))
+		return 3;
+	if (MATCH(p, "POST ") || MATCH(p, "HEAD "))
+		return 4;
+	if (MATCH(p, "PATCH "))
+		return 5;
+	if (MATCH(p, "DELETE "))
+		return 6;
+	if (MATCH(p, "OPTIONS "))
+		return 7;
+	return 0;
+}
+
+static __always_inline int hexval(__u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10; /* W3C: lower case only, as edge/propagation.py */
+	return -1;
+}
+
+/* What a bpf_loop callback scans: the snapshot, its length and where to put what it finds. */
+struct scan_ctx {
+	const __u8 *p;
+	__u32 len;
+	__u32 _pad;
+	struct sample_work *w;
+};
+
+/* One byte of an HTTP request head: where the traceparent, tracestate `rv`, Host and the head's end are. */
+static long scan_http_byte(__u64 idx, void *data)
+{
+	struct scan_ctx *c = data;
+	struct sample_work *w = c->w;
+	const __u8 *p = c->p;
+	__u32 i = (idx & (SCAN_MAX - 1)) + 1;
+	__u8 a;
+
+	if (i + 3 > c->len)
+		return 1;
+	if (p[i] == 'r' && p[i + 1] == 'v' && p[i + 2] == ':' && (p[i - 1] == '=' || p[i - 1] == ';')) {
+		w->ts_rv = i + 3;
+		return 0;
+	}
+	if (p[i] != '\n')
+		return 0;
+	if (p[i - 1] == '\r' && p[i + 1] == '\r' && p[i + 2] == '\n') {
+		w->head_end = i + 3;
+		return 1;
+	}
+	a = lower(p[i + 1]);
+	if (a == 't' && MATCH_CI(p + i + 1, "traceparent:")) {
+		if (w->tp < 0)
+			w->tp = i + 13;
+	} else if (a == 'h' && MATCH_CI(p + i + 1, "host:")) {
+		w->host = i + 6;
+	} else if ((a == 'b' && MATCH_CI(p + i + 1, "b3:")) || (a == 'x' && MATCH_CI(p + i + 1, "x-b3-")) ||
+		   (a == 'u' && MATCH_CI(p + i + 1, "uber-trace-id:"))) {
+		w->other = 1;
+	}
+	return 0;
+}
+
+/* One byte of an MQTT PUBLISH: a `traceparent` user property (name and value lengths included in the match),
+ * or a `tracestate` one. */
+static long scan_mqtt_byte(__u64 idx, void *data)
+{
+	struct scan_ctx *c = data;
+	struct sample_work *w = c->w;
+	const __u8 *p = c->p;
+	__u32 i = (idx & (SCAN_MAX - 1)) + 2;
+
+	if (i + 16 > c->len)
+		return 1;
+	if (p[i] == 0x0b && p[i - 1] == 0 && MATCH_CI(p + i + 1, "traceparent") && p[i + 12] == 0 && p[i + 13] == 55) {
+		w->tp = i + 14;
+		return 1;
+	}
+	if (p[i] == 0x0a && p[i - 1] == 0 && MATCH_CI(p + i + 1, "tracestate"))
+		w->other = 1; /* may carry an rv the agent would use */
+	return 0;
+}
+
+/* Scan the snapshot with bpf_loop (5.17+): the verifier checks the callback once instead of every iteration of
+ * a bounded loop, whose branches multiply its paths. Without bpf_loop nothing is found (the request is kept). */
+static __always_inline void scan(struct data_event *ev, struct sample_work *w, bool mqtt)
+{
+	struct scan_ctx c = { .p = ev->payload, .len = LOADV(ev->payload_len), .w = w };
+
+	w->tp = -1;
+	w->ts_rv = -1;
+	w->host = -1;
+	w->head_end = -1;
+	w->other = 0;
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop))
+		return;
+	if (mqtt)
+		bpf_loop(SCAN_MAX - 16, scan_mqtt_byte, &c, 0);
+	else
+		bpf_loop(SCAN_MAX - 16, scan_http_byte, &c, 0);
+}
+
+/* A run of lower-case hex digits (W3C: lower case only, as edge/propagation.py), one bpf_loop step per digit. */
+struct hex_ctx {
+	const __u8 *p;
+	__u32 pos;
+	__u32 bad;
+	__u64 r; /* the last 16 digits' value: the low 56 bits are the last 14 */
+	__u64 any; /* OR of the digits: 0 for all zeros */
+};
+
+static long hex_digit(__u64 i, void *data)
+{
+	struct hex_ctx *c = data;
+	int v = hexval(c->p[(c->pos + (__u32)i) & (2 * HELIX_PAYLOAD_MAX - 1)]);
+
+	if (v < 0) {
+		c->bad = 1;
+		return 1;
+	}
+	c->r = (c->r << 4) | v;
+	c->any |= v;
+	return 0;
+}
+
+/* n hex digits at p[pos..] (pos + n within the snapshot, checked by the caller): their value, or -1. */
+static __always_inline __s64 hex_run(const __u8 *p, __u32 pos, __u32 n, __u64 *any)
+{
+	struct hex_ctx c = { .p = p, .pos = pos };
+
+	bpf_loop(n, hex_digit, &c, 0);
+	if (c.bad)
+		return -1;
+	if (any)
+		*any = c.any;
+	return c.r & HELIX_RV_MASK;
+}
+
+/* The trace id's low 56 bits from a traceparent value at p[pos..] (HTTP: after optional spaces), -1 when it is
+ * invalid in any way edge/propagation.py would refuse it (then the agent sees no W3C context). */
+static __always_inline __s64 traceparent_r(const __u8 *p, __u32 pos, __u32 got, bool http)
+{
+	__u64 tid_any = 0, sid_any = 0;
+	__u32 at = pos & POS_MASK;
+	__s64 r;
+
+	if (http) {
+		if (at < got && (p[at] == ' ' || p[at] == '\t'))
+			at++;
+		at &= POS_MASK;
+	}
+	if (at + 55 > got)
+		return -1;
+	if (p[at] != '0' || p[at + 1] != '0' || p[at + 2] != '-' || p[at + 35] != '-' || p[at + 52] != '-')
+		return -1;
+	r = hex_run(p, at + 3, 32, &tid_any);
+	if (r < 0 || hex_run(p, at + 36, 16, &sid_any) < 0 || hex_run(p, at + 53, 2, NULL) < 0 || !tid_any || !sid_any)
+		return -1;
+	/* version 00 has nothing after the flags: the header value ends there */
+	if (http && at + 55 < got && p[at + 55] != '\r' && p[at + 55] != ' ' && p[at + 55] != '\t')
+		return -1;
+	return r;
+}
+
+/* 14 hex digits of an `rv` (the agent takes rv only when it is exactly 14 digits). */
+static __always_inline __s64 tracestate_rv(const __u8 *p, __u32 pos, __u32 got)
+{
+	__s64 r;
+
+	pos &= POS_MASK;
+	if (pos + 15 > got)
+		return -1;
+	r = hex_run(p, pos, 14, NULL);
+	if (r < 0)
+		return -1;
+	if (p[pos + 14] != ';' && p[pos + 14] != ',' && p[pos + 14] != '\r' && p[pos + 14] != ' ' && p[pos + 14] != '\t')
+		return -1;
+	return r;
+}
+
+static __always_inline __u64 draw_r(void)
+{
+	return (((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32()) & HELIX_RV_MASK;
+}
+
+/* Make sure the series has an entry (so the exchange's count has room when its response comes), and that the
+ * agent takes kernel counts at all. */
+static __always_inline bool red_reserve(struct helix_red_key *key, struct sample_work *w)
+{
+	__u32 zero = 0;
+	struct helix_red_bounds *b = bpf_map_lookup_elem(&red_bounds, &zero);
+
+	if (!b || !b->enabled) {
+		count_decision(HELIX_DEC_UNDECIDABLE); /* the agent cannot take kernel counts */
+		return false;
+	}
+	if (bpf_map_lookup_elem(&red_agg, key))
+		return true;
+	bpf_map_update_elem(&red_agg, key, &w->zero, BPF_NOEXIST);
+	if (bpf_map_lookup_elem(&red_agg, key))
+		return true;
+	count_decision(HELIX_DEC_AGG_FULL);
+	return false;
+}
+
+/* The bucket of a duration: how many bounds are below it (bisect_left in edge/aggregator/red.py), so bucket i
+ * counts bound[i-1] < d <= bound[i]. */
+struct bucket_ctx {
+	struct helix_red_bounds *b;
+	__u64 d;
+	__u32 idx;
+	__u32 _pad;
+};
+
+static long bucket_step(__u64 i, void *data)
+{
+	struct bucket_ctx *c = data;
+
+	if (i >= c->b->n)
+		return 1;
+	if (c->d > c->b->ns[i & (HELIX_RED_BOUNDS_MAX - 1)])
+		c->idx = i + 1;
+	return 0;
+}
+
+/* Count one exchange of duration d into its series. */
+static __always_inline void red_add(struct helix_red_key *key, __u64 d, bool error)
+{
+	__u32 zero = 0;
+	struct helix_red_bounds *b = bpf_map_lookup_elem(&red_bounds, &zero);
+	struct helix_red_val *v = bpf_map_lookup_elem(&red_agg, key);
+	struct bucket_ctx c = { .d = d };
+	__u32 idx;
+
+	if (!v || !b) {
+		count_decision(HELIX_DEC_AGG_FULL);
+		return;
+	}
+	c.b = b;
+	bpf_loop(HELIX_RED_BOUNDS_MAX, bucket_step, &c, 0);
+	idx = c.idx;
+	if (idx > HELIX_RED_BOUNDS_MAX)
+		idx = HELIX_RED_BOUNDS_MAX;
+	__sync_fetch_and_add(&v->count, 1);
+	if (error)
+		__sync_fetch_and_add(&v->errors, 1);
+	__sync_fetch_and_add(&v->sum_ns, d);
+	__sync_fetch_and_add(&v->buckets[idx], 1);
+}
+
+/* A held-back request that never got a response: the span path would make it an incomplete (error) span. */
+static __always_inline void red_incomplete(__u64 sk, __u64 now)
+{
+	struct red_pending *pend = bpf_map_lookup_elem(&red_pending, &sk);
+
+	if (!pend)
+		return;
+	red_add(&pend->key, now > pend->start_ns ? now - pend->start_ns : 0, true);
+	count_decision(HELIX_DEC_INCOMPLETE);
+	bpf_map_delete_elem(&red_pending, &sk);
+}
+
+/* The response of a held-back request starts: its status, then the count. Error as spans.py's status rule:
+ * >= 500 for a server, >= 400 for a client. Duration to the response's first syscall exit. */
+static __always_inline void red_response(struct data_event *ev, __u32 got, __u64 now)
+{
+	__u64 sk = ev->sock;
+	struct red_pending *pend = bpf_map_lookup_elem(&red_pending, &sk);
+	const __u8 *p = ev->payload;
+	int status = 0;
+
+	if (!pend)
+		return;
+	if (got >= 12 && MATCH(p, "HTTP/1.") && p[8] == ' ' && p[9] >= '1' && p[9] <= '5' && p[10] >= '0' &&
+	    p[10] <= '9' && p[11] >= '0' && p[11] <= '9')
+		status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+	if (status >= 100 && status < 200 && status != 101)
+		return; /* interim: the final response is still to come */
+	if (!status)
+		count_decision(HELIX_DEC_NO_STATUS);
+	red_add(&pend->key, now > pend->start_ns ? now - pend->start_ns : 0,
+		status >= 500 || (pend->key.kind == HELIX_RED_CLIENT && status >= 400));
+	bpf_map_delete_elem(&red_pending, &sk);
+}
+
+/* Where a field ends: the path at ' ' or '?' (a line end first means no HTTP/1 request line), the Host value at
+ * CR, space or tab. One bpf_loop step per byte. */
+struct field_ctx {
+	const __u8 *p;
+	__u32 start;
+	__u32 len;
+	__s32 found;
+	__u32 path;
+};
+
+static long field_byte(__u64 i, void *data)
+{
+	struct field_ctx *c = data;
+	__u32 at = (c->start + (__u32)i) & (2 * HELIX_PAYLOAD_MAX - 1);
+	__u8 ch;
+
+	if (at >= c->len)
+		return 1;
+	ch = c->p[at];
+	if (c->path) {
+		if (ch == ' ' || ch == '?') {
+			c->found = i;
+			return 1;
+		}
+		if (ch == '\r' || ch == '\n')
+			return 1;
+	} else if (ch == '\r' || ch == ' ' || ch == '\t') {
+		c->found = i;
+		return 1;
+	}
+	return 0;
+}
+
+/* Bytes of the field at p[start..] when it ends within max - 1 bytes (room for the NUL), else -1. */
+static __always_inline __s32 field_len(const __u8 *p, __u32 start, __u32 max, __u32 len, bool path)
+{
+	struct field_ctx c = { .p = p, .start = start, .len = len, .found = -1, .path = path };
+
+	bpf_loop(max - 1, field_byte, &c, 0);
+	return c.found;
+}
+
+/* The series of an HTTP request about to be held back; false when it cannot be counted exactly as the span path
+ * would (then the request is sent instead). */
+static __always_inline bool red_request(struct data_event *ev, int mlen, bool server, struct inflight *in, __u64 now,
+					struct sample_work *w)
+{
+	const __u8 *p = ev->payload;
+	struct helix_red_key *key = &w->pend.key;
+	__u64 sk = ev->sock;
+	__u32 m = mlen & 7, start, hlen;
+
+	__builtin_memset(key, 0, sizeof(*key));
+	key->tgid = ev->pid;
+	key->kind = server ? HELIX_RED_SERVER : HELIX_RED_CLIENT;
+	__builtin_memcpy(key->comm, ev->comm, sizeof(key->comm));
+	bpf_probe_read_kernel(key->method, m, p);
+	/* origin-form target only: the path runs to '?' or ' ' (edge/protocols/http1.py) */
+	start = m + 1;
+	if (p[start] != '/')
+		goto undecidable;
+	w->path_len = field_len(p, start, HELIX_RED_PATH_LEN, LOADV(ev->payload_len), true);
+	if (LOADV(w->path_len) <= 0)
+		goto undecidable;
+	bpf_probe_read_kernel(key->path, LOADV(w->path_len) & (HELIX_RED_PATH_LEN - 1), p + start);
+	if (!server) {
+		/* the peer of a client span is the Host header's host (spans.py); without one it would be the
+		 * remote address, which this key does not hold */
+		if (LOADV(w->host) < 0)
+			goto undecidable;
+		start = LOADV(w->host) & POS_MASK;
+		for (int i = 0; i < 2; i++)
+			if (p[start] == ' ' || p[start] == '\t')
+				start++;
+		start &= POS_MASK;
+		w->host_len = field_len(p, start, HELIX_RED_HOST_LEN, LOADV(ev->payload_len), false);
+		if (LOADV(w->host_len) <= 0)
+			goto undecidable;
+		hlen = LOADV(w->host_len);
+		if (hlen >= HELIX_RED_HOST_LEN) /* 40 is no power of two: a bound, not a mask */
+			goto undecidable;
+		bpf_probe_read_kernel(key->host, hlen, p + start);
+	}
+	w->pend.start_ns = server ? now : in->ts_ns;
+	if (!red_reserve(key, w))
+		return false;
+	red_incomplete(sk, now); /* a previous held-back request on this connection that was never answered */
+	if (bpf_map_update_elem(&red_pending, &sk, &w->pend, BPF_ANY)) {
+		count_drop(HELIX_DROP_STATE_FULL);
+		return false;
+	}
+	return true;
+undecidable:
+	count_decision(HELIX_DEC_UNDECIDABLE);
+	return false;
+}
+
+/* Decide an HTTP request message; true: send it (and its exchange), false: hold the exchange back. */
+static __always_inline bool http_decide(struct data_event *ev, __u32 got, int mlen, struct conn_state *st,
+					struct inflight *in, __u64 size, __u64 threshold, __u64 now, __u64 id)
+{
+	__u32 zero = 0, tid = (__u32)id;
+	struct sample_work *w = bpf_map_lookup_elem(&work, &zero);
+	const __u8 *p = ev->payload;
+	bool server = st->role == ROLE_SERVER;
+	struct thread_rv trv = {};
+	bool kernel_r = false;
+	__s64 r = -1;
+
+	if (!w)
+		return true;
+	/* reloaded from map memory: a constant per method would make each method a separate path to verify */
+	w->mlen = mlen;
+	mlen = LOADV(w->mlen);
+	scan(ev, w, false);
+	if (LOADV(w->head_end) < 0 || LOADV(w->other) ||
+	    /* bytes after a body-less request's head: maybe pipelined requests, which one count cannot stand for */
+	    (size > (__u64)LOADV(w->head_end) && (mlen == 3 && p[0] == 'G')) || (size > (__u64)LOADV(w->head_end) && mlen >= 4 &&
+	    (p[0] == 'H' || p[0] == 'O' || p[0] == 'D'))) {
+		count_decision(HELIX_DEC_UNDECIDABLE);
+		if (server) {
+			/* the agent keeps this one: so must the calls made while serving it */
+			trv.rv = HELIX_RV_MASK;
+			trv.ts_ns = now;
+			bpf_map_update_elem(&thread_rv, &tid, &trv, BPF_ANY);
+		}
+		return true;
+	}
+	if (LOADV(w->tp) >= 0) {
+		r = traceparent_r(p, LOADV(w->tp), LOADV(ev->payload_len), true);
+		if (r >= 0 && LOADV(w->ts_rv) >= 0) {
+			__s64 rv = tracestate_rv(p, LOADV(w->ts_rv), LOADV(ev->payload_len));
+
+			if (rv >= 0)
+				r = rv;
+		}
+	}
+	if (r < 0) {
+		kernel_r = true;
+		if (!server) {
+			struct thread_rv *t = bpf_map_lookup_elem(&thread_rv, &tid);
+
+			if (t && now - t->ts_ns <= settings.thread_rv_ttl_ns) {
+				r = t->rv;
+				count_decision(HELIX_DEC_THREAD_RV);
+			}
+		}
+		if (r < 0)
+			r = draw_r();
+	}
+	if (server) {
+		trv.rv = r;
+		trv.ts_ns = now;
+		bpf_map_update_elem(&thread_rv, &tid, &trv, BPF_ANY);
+	}
+	if ((__u64)r >= threshold) {
+		count_decision(HELIX_DEC_KEPT);
+		if (kernel_r)
+			ev->rv = (__u64)r | HELIX_RV_KERNEL;
+		return true;
+	}
+	/* Every path here ends in the same red_request: handing it its inputs through memory makes them one path
+	 * for the verifier (the decision above refines registers differently on each). */
+	w->server = server;
+	if (!red_request(ev, LOADV(w->mlen), LOADV(w->server), in, now, w))
+		return true;
+	count_decision(HELIX_DEC_SAMPLED_OUT);
+	st->skip = SKIP_HTTP;
+	return false;
+}
+
+/* Decide an MQTT PUBLISH written whole by this syscall with a traceparent user property. */
+static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 size, struct inflight *in,
+					struct conn_state *st, __u64 threshold, __u64 now)
+{
+	__u32 zero = 0, rl = 0, hdr = 0, tlen;
+	struct sample_work *w = bpf_map_lookup_elem(&work, &zero);
+	const __u8 *p = ev->payload;
+	struct helix_red_key *key;
+	__s64 r = -1;
+
+	if (!w || got < 8 || (p[0] >> 4) != 3)
+		return true;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		rl |= (__u32)(p[1 + i] & 0x7f) << (7 * i);
+		if (!(p[1 + i] & 0x80)) {
+			hdr = 2 + i;
+			break;
+		}
+	}
+	if (!hdr || hdr + rl != size)
+		return true; /* not exactly one packet: holding it back could hide another one */
+	scan(ev, w, true);
+	if (LOADV(w->tp) < 0)
+		return true;
+	/* through memory, so that the varint's lengths are one path from here on (see red_request's call) */
+	w->mlen = hdr;
+	hdr = LOADV(w->mlen) & 7;
+	r = traceparent_r(p, LOADV(w->tp), LOADV(ev->payload_len), false);
+	tlen = ((__u32)p[hdr] << 8) | p[(hdr + 1) & 7];
+	if (r < 0 || LOADV(w->other) || tlen == 0 || tlen >= HELIX_RED_PATH_LEN || hdr + 2 + tlen > LOADV(ev->payload_len)) {
+		count_decision(HELIX_DEC_UNDECIDABLE);
+		return true;
+	}
+	if ((__u64)r >= threshold) {
+		count_decision(HELIX_DEC_KEPT);
+		return true;
+	}
+	key = &w->pend.key;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->tgid = ev->pid;
+	key->kind = HELIX_RED_PRODUCER;
+	key->family = ev->ep.family;
+	__builtin_memcpy(key->comm, ev->comm, sizeof(key->comm));
+	bpf_probe_read_kernel(key->path, tlen & (HELIX_RED_PATH_LEN - 1), p + ((hdr + 2) & 7));
+	__builtin_memcpy(key->host, ev->ep.daddr, sizeof(ev->ep.daddr));
+	if (!red_reserve(key, w))
+		return true;
+	/* a publish span runs from the write of its first byte to that of its last: this one syscall */
+	red_add(key, now - in->ts_ns, false);
+	count_decision(HELIX_DEC_SAMPLED_OUT);
+	st->skip = SKIP_MQTT;
+	return false;
+}
+
+/* The decision for a message starting with this syscall (its data_event is built in `ev`): true to send it. */
+static __always_inline bool message_keeps(struct data_event *ev, __u32 got, struct conn_state *st, struct inflight *in,
+					  __u64 size, __u64 now, __u64 id)
+{
+	/* The snapshot's length reloaded from memory, and reloaded again by every loop's bound check: a bound checked
+	 * against a register narrows it in each iteration, so each exit of the loop would be a path of its own. */
+	__u32 lim = LOADV(ev->payload_len);
+	__u64 threshold = sample_threshold();
+	bool server = st->role == ROLE_SERVER;
+	bool req_dir = (server && in->op == DIR_INGRESS) || (st->role == ROLE_CLIENT && in->op == DIR_EGRESS);
+	int mlen = req_dir ? http_method_len(ev->payload, lim) : 0;
+
+	ev->rv = 0;
+	if (st->skip == SKIP_HTTP && !mlen) {
+		/* a later message of a held-back exchange: its response (status and count), or more of the request */
+		if (!req_dir) {
+			red_response(ev, lim, now);
+			if (server) {
+				__u32 tid = (__u32)id;
+
+				bpf_map_delete_elem(&thread_rv, &tid); /* done serving: no more calls on its behalf */
+			}
+		}
+		return false;
+	}
+	st->skip = SKIP_NONE;
+	if (!threshold)
+		return true;
+	if (mlen)
+		return http_decide(ev, lim, mlen, st, in, size, threshold, now, id);
+	if (server && in->op == DIR_EGRESS) {
+		__u32 tid = (__u32)id;
+
+		bpf_map_delete_elem(&thread_rv, &tid);
+	}
+	if (st->role == ROLE_CLIENT && in->op == DIR_EGRESS)
+		return mqtt_decide(ev, lim, size, in, st, threshold, now);
+	return true;
+}
+
+#endif /* HELIX_SAMPLING_BPF_H */

@@ -1,0 +1,82 @@
+"""The agent with kernel sampling on: RED totals count every request although the kernel held most of them back.
+
+A real Agent (ebpf enabled, head sampling at 0.25) while curl calls a real HTTP/1.1 server: the server's and
+curl's exchanges that the kernel samples out never reach userspace as records, yet the aggregator's series, fed
+from spans and from the kernel's aggregates, hold exactly the number of requests made, with the same series keys
+as the span path would give them.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from edge.agent import Agent
+from edge.config import parse_config
+from edge.demo.broker import Mosquitto
+from edge.sampler.consistent import threshold_for_ratio
+
+from .conftest import bpf_unavailable
+from .test_kernel_sampling import App, curl, tp, trace_id
+
+pytestmark = pytest.mark.bpf
+
+
+async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    cfg = parse_config({
+        "sources": {"mqtt": {"enabled": False}, "ebpf": {"enabled": "auto"},
+                    "otlp": {"grpc_listen": "", "http_listen": ""}},
+        "sampler": {"ratio": 0.25},
+        "assembler": {"window": "1s"},
+        "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
+    })
+    app = App()
+    stop = asyncio.Event()
+    agent = Agent(cfg)
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.started.wait(), 30)
+        if agent.kernel.state != "running":
+            bpf_unavailable(f"{agent.kernel.reason} ({agent.kernel.fix})")
+        assert agent.ebpf.probes.sample_threshold() == threshold_for_ratio(0.25)
+        made = {"/items/{id}": 0, "/fail": 0}
+        for n in range(40):
+            path = "/fail" if n % 4 == 0 else f"/items/{n}"
+            # a third carry a traceparent (R from the wire), the rest none (R drawn by the kernel)
+            headers = (tp(trace_id(n, n % 2 == 0)),) if n % 3 == 0 else ()
+            await curl(f"http://127.0.0.1:{app.port}{path}", *headers)
+            made["/fail" if path == "/fail" else "/items/{id}"] += 1
+
+        def by_kind_route() -> dict[tuple[str, str], list[tuple[tuple[str, ...], tuple[int, int, int]]]]:
+            out: dict[tuple[str, str], list[tuple[tuple[str, ...], tuple[int, int, int]]]] = {}
+            for key, tot in agent.aggregator.totals().items():
+                if key.route in made:
+                    out.setdefault((key.kind, key.route), []).append((tuple(key), tot))
+            return out
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            got = by_kind_route()
+            if all(sum(t[0] for _, t in got.get((kind, route), [])) >= n for route, n in made.items()
+                   for kind in ("server", "client")):
+                break
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.5)  # anything counted twice would show up by now
+        got = by_kind_route()
+        for route, n in made.items():
+            errors = n if route == "/fail" else 0
+            # one series per kind and route: the kernel's counts joined the spans' series, not a look-alike
+            [(server_key, server)] = got[("server", route)]
+            [(client_key, client)] = got[("client", route)]
+            assert server[:2] == (n, errors) and client[:2] == (n, errors), (route, server, client)
+            assert server_key[0] != "unknown_service" and server_key[3] == ""
+            assert client_key[0] == "curl" and client_key[3] == "127.0.0.1"
+        status = agent.status()["kernel"]
+        assert status["decisions"]["sampled_out"] > 0 and status["red_counted"] > 0, status
+        assert status["decisions"]["sampled_out"] == status["red_counted"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+        app.stop()

@@ -1,0 +1,278 @@
+"""Per-exchange sampling in the kernel, with real curl, a real HTTP/1.1 server and mosquitto_pub.
+
+With a threshold set, an exchange whose randomness R is below it sends nothing to the ring buffer and is counted
+into `red_agg` instead; what is kept is sent as before. Trace ids are chosen so that the expected decisions are
+known: the threshold for ratio 0.5 is 2^55, so R (the last 14 hex digits of the trace id) starting with 8-f is
+kept and 0-7 is not.
+"""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from edge.aggregator.red import DEFAULT_BUCKETS
+from edge.config import EbpfSourceConfig
+from edge.demo.broker import Mosquitto
+from edge.errors import ProbeUnavailable
+from edge.model import Source, Span, SpanKind
+from edge.sampler.consistent import ConsistentSampler, randomness, threshold_for_ratio
+from edge.sources.ebpf.events import CloseEvent, ConnectEvent, DataEvent, DataMoreEvent
+from edge.sources.ebpf.loader import RED_CLIENT, RED_PRODUCER, RED_SERVER, RedAggregate
+from edge.sources.ebpf.source import EbpfSource
+
+from .conftest import bpf_unavailable
+
+pytestmark = pytest.mark.bpf
+
+HALF = threshold_for_ratio(0.5)
+BOUNDS_NS = tuple(round(b * 1e9) for b in DEFAULT_BUCKETS)
+
+# Keep-alive HTTP/1.1 server: /fail answers 500, anything else 200 with a body in the same write.
+SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        code = 500 if self.path.startswith("/fail") else 200
+        body = b"x" * 32
+        self.send_response(code); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"""
+
+
+class App:
+    """The keep-alive server in a subprocess."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def app() -> Iterator[App]:
+    a = App()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def trace_id(n: int, kept: bool) -> str:
+    """A trace id whose R is >= 2^55 when `kept`, < 2^55 otherwise."""
+    low = (0x8 if kept else 0x1) << 52 | n
+    return f"{0xABC0 + n:018x}{low:014x}"
+
+
+def tp(tid: str) -> str:
+    return f"traceparent: 00-{tid}-00f067aa0ba902b7-01"
+
+
+async def curl(url: str, *headers: str) -> tuple[int, str]:
+    args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+    for h in headers:
+        args += ["-H", h]
+    proc = await asyncio.create_subprocess_exec(*args, url, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return proc.pid, out.decode()
+
+
+def series(aggs: list[RedAggregate], kind: int, path: str, tgids: set[int] | None = None) -> tuple[int, int, int]:
+    """(count, errors, histogram total) over the aggregates of one kind and path (and processes)."""
+    hits = [a for a in aggs if a.kind == kind and a.path == path and (tgids is None or a.tgid in tgids)]
+    return (sum(a.count for a in hits), sum(a.errors for a in hits),
+            sum(sum(a.buckets[:len(BOUNDS_NS) + 1]) for a in hits))
+
+
+async def test_traceparent_decides_and_held_back_exchanges_are_counted(kernel: Any, app: App) -> None:
+    k = kernel()
+    k.probes.set_red_bounds(BOUNDS_NS)
+    k.probes.set_sample_threshold(HALF)
+    plan = [(path, n, kept) for n, (path, kept) in enumerate(
+        [("/ok", True), ("/ok", False), ("/fail", True), ("/fail", False)] * 4)]
+    curls: dict[int, tuple[str, str, bool]] = {}
+    for path, n, kept in plan:
+        tid = trace_id(n, kept)
+        pid, code = await curl(f"http://127.0.0.1:{app.port}{path}?n={n}", tp(tid))
+        assert code == ("500" if path == "/fail" else "200")
+        curls[pid] = (path, tid, kept)
+    await k.wait_for(lambda e: isinstance(e, CloseEvent) and e.pid in curls, count=len(curls))
+    await k.settle(0.5)
+
+    def records_of(pid: int) -> list[Any]:
+        return [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and e.pid == pid]
+
+    client_ports = {e.pid: e.local.port for e in k.of(ConnectEvent) if e.pid in curls}
+    for pid, (path, tid, kept) in curls.items():
+        client = records_of(pid)
+        # the server's side of this connection: records of the server on the socket whose peer is this curl
+        server_socks = {e.sock for e in k.of(DataEvent, pid=app.pid) if e.remote.port == client_ports[pid]}
+        server = [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and e.sock in server_socks]
+        if kept:
+            requests = [e for e in client if isinstance(e, DataEvent) and e.payload.startswith(b"GET ")]
+            assert len(requests) == 1 and tid.encode() in requests[0].payload
+            assert any(isinstance(e, DataEvent) and e.payload.startswith(b"HTTP/1") for e in client)
+            assert any(isinstance(e, DataEvent) and tid.encode() in e.payload for e in server)
+            assert requests[0].rv is None, "R came from the wire: no kernel randomness to report"
+        else:
+            assert client == [], f"held-back exchange {path} {tid} sent {client}"
+            assert server == []
+    # Nothing of a held-back trace anywhere in what was sent.
+    held_ids = {tid.encode() for _, tid, kept in curls.values() if not kept}
+    assert not [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and any(t in e.payload for t in held_ids)]
+
+    aggs = k.probes.red_aggregates()
+    curl_pids = set(curls)
+    # 4 held back per path, on each side. Server errors are 5xx; client errors 4xx and up.
+    assert series(aggs, RED_SERVER, "/ok", {app.pid}) == (4, 0, 4)
+    assert series(aggs, RED_SERVER, "/fail", {app.pid}) == (4, 4, 4)
+    assert series(aggs, RED_CLIENT, "/ok", curl_pids) == (4, 0, 4)
+    assert series(aggs, RED_CLIENT, "/fail", curl_pids) == (4, 4, 4)
+    client = [a for a in aggs if a.kind == RED_CLIENT and a.tgid in curl_pids]
+    assert {a.host for a in client} == {f"127.0.0.1:{app.port}"} and {a.comm for a in client} == {"curl"}
+    assert {a.method for a in aggs if a.tgid in curl_pids | {app.pid}} == {"GET"}
+    for a in client:
+        assert 0 < a.sum_ns < 5 * 10**9
+    decisions = k.probes.decision_counts()
+    assert decisions["kept"] == 16 and decisions["sampled_out"] == 16, decisions
+
+    # Threshold 0: everything is sent again, and nothing more is decided or counted.
+    k.probes.set_sample_threshold(0)
+    pid, _ = await curl(f"http://127.0.0.1:{app.port}/ok", tp(trace_id(99, False)))
+    await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == pid and e.payload.startswith(b"GET "))
+    assert k.probes.decision_counts() == decisions
+
+
+async def test_histogram_buckets_match_the_aggregators_boundaries(kernel: Any, app: App) -> None:
+    # One bound far above any loopback exchange, one below all of them: every count lands in bucket 1.
+    k = kernel()
+    k.probes.set_red_bounds((1, 10**12))
+    k.probes.set_sample_threshold(HALF)
+    for n in range(3):
+        await curl(f"http://127.0.0.1:{app.port}/ok", tp(trace_id(n, False)))
+    await k.settle(0.5)
+    server = [a for a in k.probes.red_aggregates() if a.kind == RED_SERVER and a.tgid == app.pid]
+    assert len(server) == 1 and server[0].buckets[:3] == (0, 3, 0)
+    # No bounds at all: one bucket, as RedAggregator with no bounds has.
+    k.probes.set_red_bounds(())
+    await curl(f"http://127.0.0.1:{app.port}/ok", tp(trace_id(7, False)))
+    await k.settle(0.5)
+    server = [a for a in k.probes.red_aggregates() if a.kind == RED_SERVER and a.tgid == app.pid]
+    assert server[0].count == 4 and server[0].buckets[0] == 1
+    # Disabled: the kernel cannot count, so it holds nothing back.
+    k.probes.set_red_bounds(None)
+    pid, _ = await curl(f"http://127.0.0.1:{app.port}/ok", tp(trace_id(8, False)))
+    await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == pid and e.payload.startswith(b"GET "))
+
+
+class Spans:
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.red: list[tuple[str, str, str, str, int, int, tuple[int, ...]]] = []
+
+    def sink(self, spans: list[Span], src: Source) -> int:
+        self.spans.extend(spans)
+        return len(spans)
+
+    def red_sink(self, service: str, kind: str, path: str, peer: str, errors: int, sum_ns: int, buckets: Any) -> None:
+        self.red.append((service, kind, path, peer, errors, sum_ns, tuple(buckets)))
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[tuple[EbpfSource, Spans]]:
+    got = Spans()
+    src = EbpfSource(EbpfSourceConfig(), got.sink, own_pid=os.getpid())
+    try:
+        await src.start()
+    except ProbeUnavailable as e:
+        bpf_unavailable(str(e))
+    src.set_red_sink(BOUNDS_NS, got.red_sink)
+    try:
+        yield src, got
+    finally:
+        await src.stop()
+
+
+def _keep_alive_requests(port: int, n: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for i in range(n):
+        conn.request("GET", f"/item/{i}")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.read()
+    conn.close()
+
+
+async def test_context_less_requests_carry_the_kernels_randomness(source: Any, app: App) -> None:
+    src, got = source
+    src.set_sample_threshold(HALF)
+    n = 200
+    # One keep-alive connection from this (untraced) process: the kernel decides each request anew on it.
+    await asyncio.to_thread(_keep_alive_requests, app.port, n)
+    await asyncio.sleep(0.5)
+    assert src.stream is not None
+    src.stream.poll()
+    src._emit(src.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**12))
+    src.poll_red()
+    spans = [s for s in got.spans if s.kind == SpanKind.SERVER and str(s.attributes.get("url.path", "")).startswith("/item/")]
+    assert 0.3 * n <= len(spans) <= 0.7 * n, f"kept {len(spans)} of {n} at ratio 0.5"
+    agent = ConsistentSampler(0.5)
+    for s in spans:
+        assert s.attributes["helix.context_from"] == "none"
+        assert s.trace_state.startswith("ot=rv:")
+        rv = int(s.trace_state[len("ot=rv:"):], 16)
+        assert rv >= HALF and randomness(s.trace_id, s.trace_state) == rv == int.from_bytes(s.trace_id[9:], "big")
+        assert agent.keeps(s.trace_id, s.trace_state)
+        # The books of a kept response are not those of the held-back exchanges after it.
+        assert s.duration_ns < 10**9 and "helix.end_estimated" not in s.attributes
+    # (other processes on this machine may be traced too: only this app's series count here)
+    ours = [r for r in got.red if r[2].startswith("/item/")]
+    counted = sum(sum(b) for *_, b in ours)
+    assert len(spans) + counted == n, [r for r in got.red if not r[2].startswith("/item/")]
+    assert {(svc, kind, peer) for svc, kind, _, peer, *_ in ours} == {(spans[0].resource.service_name, "server", "")}
+    assert {path for _, _, path, *_ in ours} <= {f"/item/{i}" for i in range(n)}
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto_pub not installed")
+async def test_mqtt_publish_with_traceparent_is_decided_per_message(kernel: Any, mosquitto: Mosquitto) -> None:
+    k = kernel()
+    k.probes.set_red_bounds(BOUNDS_NS)
+    k.probes.set_sample_threshold(HALF)
+    pubs: dict[int, tuple[str, bool]] = {}
+    for n in range(6):
+        kept = n % 2 == 0
+        tid = trace_id(n, kept)
+        proc = await asyncio.create_subprocess_exec(
+            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/line1/temp",
+            "-m", "21.5", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
+        assert await proc.wait() == 0
+        pubs[proc.pid] = (tid, kept)
+    await k.settle(0.5)
+    for pid, (tid, kept) in pubs.items():
+        sent = [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and e.pid == pid
+                and tid.encode() in e.payload]
+        assert bool(sent) == kept, (tid, kept, sent)
+        # CONNECT and DISCONNECT carry no traceparent: always sent
+        assert any(isinstance(e, DataEvent) and e.pid == pid and e.payload[:1] == b"\x10" for e in k.events)
+    aggs = [a for a in k.probes.red_aggregates() if a.kind == RED_PRODUCER and a.tgid in pubs]
+    assert sum(a.count for a in aggs) == 3 and {a.path for a in aggs} == {"plant/line1/temp"}
+    assert {a.host for a in aggs} == {"127.0.0.1"} and sum(a.errors for a in aggs) == 0
