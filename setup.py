@@ -17,7 +17,7 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 BPF_DIR = ROOT / "bpf"
 OBJECTS_DIR = ROOT / "edge" / "sources" / "ebpf" / "objects"
-PROBES = ("io", "proc")
+PROBES = ("io", "io_compat", "proc")  # io_compat: io without kernel sampling, for kernels before 5.17
 
 
 def _have_clang() -> bool:

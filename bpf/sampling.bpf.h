@@ -233,7 +233,8 @@ static long scan_mqtt_byte(__u64 idx, void *data)
 }
 
 /* Scan the snapshot with bpf_loop (5.17+): the verifier checks the callback once instead of every iteration of
- * a bounded loop, whose branches multiply its paths. Without bpf_loop nothing is found (the request is kept). */
+ * a bounded loop, whose branches multiply its paths. io_compat.bpf.o (HELIX_NO_BPF_LOOP, for older kernels, which
+ * refuse a program that merely names a callback) finds nothing, so it holds no exchange back. */
 static __always_inline void scan(struct data_event *ev, struct sample_work *w, bool mqtt)
 {
 	struct scan_ctx c = { .p = ev->payload, .len = LOADV(ev->payload_len), .w = w };
@@ -243,12 +244,15 @@ static __always_inline void scan(struct data_event *ev, struct sample_work *w, b
 	w->host = -1;
 	w->head_end = -1;
 	w->other = 0;
-	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop))
-		return;
+#ifndef HELIX_NO_BPF_LOOP
 	if (mqtt)
 		bpf_loop(SCAN_MAX - 16, scan_mqtt_byte, &c, 0);
 	else
 		bpf_loop(SCAN_MAX - 16, scan_http_byte, &c, 0);
+#else
+	(void)c;
+	(void)mqtt;
+#endif
 }
 
 /* A run of lower-case hex digits (W3C: lower case only, as edge/propagation.py), one bpf_loop step per digit. */
@@ -277,9 +281,12 @@ static long hex_digit(__u64 i, void *data)
 /* n hex digits at p[pos..] (pos + n within the snapshot, checked by the caller): their value, or -1. */
 static __always_inline __s64 hex_run(const __u8 *p, __u32 pos, __u32 n, __u64 *any)
 {
-	struct hex_ctx c = { .p = p, .pos = pos };
+	struct hex_ctx c = { .p = p, .pos = pos, .bad = 1 };
 
+#ifndef HELIX_NO_BPF_LOOP
+	c.bad = 0;
 	bpf_loop(n, hex_digit, &c, 0);
+#endif
 	if (c.bad)
 		return -1;
 	if (any)
@@ -388,7 +395,9 @@ static __always_inline void red_add(struct helix_red_key *key, __u64 d, bool err
 		return;
 	}
 	c.b = b;
+#ifndef HELIX_NO_BPF_LOOP
 	bpf_loop(HELIX_RED_BOUNDS_MAX, bucket_step, &c, 0);
+#endif
 	idx = c.idx;
 	if (idx > HELIX_RED_BOUNDS_MAX)
 		idx = HELIX_RED_BOUNDS_MAX;
@@ -472,7 +481,9 @@ static __always_inline __s32 field_len(const __u8 *p, __u32 start, __u32 max, __
 {
 	struct field_ctx c = { .p = p, .start = start, .len = len, .found = -1, .path = path };
 
+#ifndef HELIX_NO_BPF_LOOP
 	bpf_loop(max - 1, field_byte, &c, 0);
+#endif
 	return c.found;
 }
 

@@ -112,3 +112,25 @@ def test_garbage_never_raises(kind: int, body: bytes) -> None:
     stats = DecodeStats()
     ev = decode_event(struct.pack("=I", kind) + body, stats)
     assert (ev is None) == (stats.dropped == 1)
+
+
+def test_red_aggregate_layouts() -> None:
+    from edge.sources.ebpf.loader import RED_CLIENT, RED_PRODUCER, RedAggregate
+
+    key = struct.Struct("=IHBB 16s 8s 64s 40s")  # bpf/helix.h struct helix_red_key
+    val = struct.Struct("=QQQ 17Q")  # bpf/helix.h struct helix_red_val
+    assert (key.size, val.size) == (136, 160)  # the _Static_asserts of helix.h
+    buckets = list(range(17))
+    raw_val = val.pack(136, 3, 9_000_000, *buckets)
+    client = RedAggregate.decode(key.pack(4242, 0, RED_CLIENT, 0, b"curl", b"GET", b"/api/items/7",
+                                          b"shop.local:8080"), raw_val)
+    assert (client.tgid, client.kind, client.comm, client.method, client.path, client.host) == (
+        4242, RED_CLIENT, "curl", "GET", "/api/items/7", "shop.local:8080")
+    assert (client.count, client.errors, client.sum_ns, client.buckets) == (136, 3, 9_000_000, tuple(buckets))
+    # producer: the topic in `path`, the remote address's raw bytes in `host`, its family in `family`
+    v4 = RedAggregate.decode(key.pack(7, 2, RED_PRODUCER, 0, b"sensor", b"", b"plant/t",
+                                      socket.inet_aton("10.0.0.2")), raw_val)
+    assert (v4.path, v4.host) == ("plant/t", "10.0.0.2")
+    v6 = RedAggregate.decode(key.pack(7, 10, RED_PRODUCER, 0, b"sensor", b"", b"plant/t",
+                                      socket.inet_pton(socket.AF_INET6, "fd00::2")), raw_val)
+    assert v6.host == "fd00::2"

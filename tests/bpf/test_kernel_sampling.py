@@ -276,3 +276,77 @@ async def test_mqtt_publish_with_traceparent_is_decided_per_message(kernel: Any,
     aggs = [a for a in k.probes.red_aggregates() if a.kind == RED_PRODUCER and a.tgid in pubs]
     assert sum(a.count for a in aggs) == 3 and {a.path for a in aggs} == {"plant/line1/temp"}
     assert {a.host for a in aggs} == {"127.0.0.1"} and sum(a.errors for a in aggs) == 0
+
+
+# A front service with no SDK: per request it calls the backend from the thread serving it, with no context.
+FRONT = r"""
+import http.server, sys, urllib.request
+backend = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        with urllib.request.urlopen(backend + "/inner", timeout=5) as r:
+            body = r.read()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"""
+
+
+async def test_calls_made_while_serving_follow_the_served_requests_decision(kernel: Any, app: App) -> None:
+    front = subprocess.Popen([sys.executable, "-c", FRONT, f"http://127.0.0.1:{app.port}"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert front.stdout is not None
+        port = int(front.stdout.readline())
+        k = kernel()
+        k.probes.set_allowed_pids([front.pid])  # the decision counters are global: only the front's count here
+        k.probes.set_red_bounds(BOUNDS_NS)
+        k.probes.set_sample_threshold(HALF)
+        wire_r: dict[int, int] = {}
+        for n in range(12):
+            tid = trace_id(n, n % 2 == 0)
+            _, code = await curl(f"http://127.0.0.1:{port}/outer", tp(tid))
+            assert code == "200"
+            wire_r[n] = int(tid[18:], 16)
+        await k.settle(0.5)
+        inner = [e for e in k.of(DataEvent, pid=front.pid) if e.payload.startswith(b"GET /inner ")]
+        # The front's context-less calls were decided with the R of the request each thread was serving: the kept
+        # half exactly, each carrying that R for the span builder.
+        assert sorted(e.rv for e in inner) == sorted(r for n, r in wire_r.items() if n % 2 == 0)
+        held = [a for a in k.probes.red_aggregates() if a.tgid == front.pid and a.kind == RED_CLIENT]
+        assert [(a.path, a.count) for a in held] == [("/inner", 6)]
+        decisions = k.probes.decision_counts()
+        assert decisions["thread_rv"] == 12 and decisions["sampled_out"] == 12 and decisions["kept"] == 12
+    finally:
+        front.terminate()
+        front.wait(5)
+
+
+async def test_the_compat_object_for_kernels_without_bpf_loop_holds_nothing_back(app: App, tmp_path: Any) -> None:
+    from edge.sources.ebpf.loader import ProbeSet, objects_dir
+
+    from .conftest import Collector
+
+    # What the loader picks before 5.17, loaded here as the io object.
+    (tmp_path / "io.bpf.o").symlink_to(objects_dir() / "io_compat.bpf.o")
+    (tmp_path / "proc.bpf.o").symlink_to(objects_dir() / "proc.bpf.o")
+    try:
+        probes = ProbeSet(objects=tmp_path)
+    except ProbeUnavailable as e:
+        bpf_unavailable(str(e))
+    k = Collector(probes)
+    k.stream.start()
+    try:
+        probes.set_allowed_pids([app.pid])
+        probes.set_red_bounds(BOUNDS_NS)
+        probes.set_sample_threshold(HALF)
+        await curl(f"http://127.0.0.1:{app.port}/ok", tp(trace_id(1, False)))
+        await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == app.pid and e.payload.startswith(b"GET "))
+        assert probes.red_aggregates() == []
+        assert probes.decision_counts()["undecidable_kept"] == 1 and probes.decision_counts()["sampled_out"] == 0
+    finally:
+        k.close()

@@ -55,6 +55,9 @@ _TRACEFS_MOUNTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"
 
 # Load order matters: the first object creates the shared maps, the next ones reuse them.
 PROBE_SETS = ("io", "proc")
+# io.bpf.o samples per exchange with bpf_loop callbacks, which kernels before 5.17 refuse even where they are never
+# called; there io_compat.bpf.o (the same probes, deciding nothing: every exchange is sent) is loaded instead.
+_BPF_LOOP_KERNEL = (5, 17)
 _SHARED_MAPS = ("events", "drops", "config", "allowed_pids", "allowed_cgroups", "offcpu", "inflight")
 
 # Programs whose tracepoint may be missing on an older or differently configured kernel: skipped, not fatal.
@@ -329,6 +332,7 @@ class ProbeSet:
         self._maps: dict[str, tuple[int, int, int, int]] = {}  # name -> (fd, key size, value size, type)
         self._config = (0, 0)  # (sample_threshold, flags) as last written
         self._closed = False
+        self.kernel_sampling = True  # False: the compat object, which holds no exchange back
         if not BTF_PATH.exists():
             raise ProbeUnavailable("this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing)",
                                    "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distributions since 2020)")
@@ -348,6 +352,10 @@ class ProbeSet:
         first: _Object | None = None
         for name in self.settings.sets:
             path = directory / f"{name}.bpf.o"
+            if name == "io" and _kernel_version() < _BPF_LOOP_KERNEL and (directory / "io_compat.bpf.o").is_file():
+                path = directory / "io_compat.bpf.o"
+                self.kernel_sampling = False
+                log.info("kernel %s has no bpf_loop: exchanges are sampled in userspace only", platform.release())
             if not path.is_file():
                 raise ProbeUnavailable(f"probe object {path} is missing",
                                        "install the package from a build that compiled bpf/ (pip install . on a "

@@ -183,6 +183,7 @@ class EbpfSource:
             out["lost_events"] = self.stream.lost
         out["connections"] = self.builder.connection_count
         if self.probes is not None and not self.probes.closed:
+            out["kernel_sampling"] = self.probes.kernel_sampling
             out["sample_threshold"] = self.probes.sample_threshold()
             out["decisions"] = self.probes.decision_counts()
         out["red_counted"] = self.stats.red_counted
