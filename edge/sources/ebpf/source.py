@@ -12,7 +12,8 @@ from typing import Any
 from ...config import EbpfSourceConfig
 from ...model import Source, Span
 from .events import KernelEvent
-from .loader import RED_BOUNDS_MAX, RED_CLIENT, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet, RedAggregate, open_probes
+from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet, RedAggregate,
+                     open_probes)
 from .spans import SpanBuilder, SpanBuilderConfig, split_host
 
 __all__ = ["EbpfSource", "EbpfSourceStats"]
