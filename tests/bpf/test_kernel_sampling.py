@@ -152,14 +152,16 @@ async def test_traceparent_decides_and_held_back_exchanges_are_counted(kernel: A
     assert {a.method for a in aggs if a.tgid in curl_pids | {app.pid}} == {"GET"}
     for a in client:
         assert 0 < a.sum_ns < 5 * 10**9
-    decisions = k.probes.decision_counts()
-    assert decisions["kept"] == 16 and decisions["sampled_out"] == 16, decisions
+    decisions = k.probes.decision_counts()  # machine-wide: other traced traffic may add to them
+    assert decisions["kept"] >= 16 and decisions["sampled_out"] >= 16, decisions
 
     # Threshold 0: everything is sent again, and nothing more is decided or counted.
     k.probes.set_sample_threshold(0)
+    decisions = k.probes.decision_counts()
     pid, _ = await curl(f"http://127.0.0.1:{app.port}/ok", tp(trace_id(99, False)))
     await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == pid and e.payload.startswith(b"GET "))
     assert k.probes.decision_counts() == decisions
+    assert series(k.probes.red_aggregates(), RED_SERVER, "/ok", {app.pid}) == (4, 0, 4)
 
 
 async def test_histogram_buckets_match_the_aggregators_boundaries(kernel: Any, app: App) -> None:
