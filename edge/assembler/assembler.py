@@ -24,6 +24,9 @@ from .rules import infer_parent, kernel_twin
 __all__ = ["Assembler", "AssemblerConfig", "AssemblerStats"]
 
 _MAX_DEPTH = 64
+# One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
+# slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
+_RELEASED_BYTES = 560
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,7 +64,7 @@ class Assembler:
         self.bytes = 0
         self.stats = AssemblerStats()
         self.skew = SkewAdjuster()
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen = _RecentKeys(self.config.dedup_memory)
         self._sdk_resources: dict[int, set[Resource]] = {}  # pid -> resources of SDKs running in it
         self._kernel_server_by_wire: dict[bytes, int] = {}  # wire parent span id -> pid of the kernel server
         self._last_expire = 0.0
@@ -74,14 +77,10 @@ class Assembler:
     # --- intake -------------------------------------------------------------------------------------------
 
     def _is_duplicate(self, s: Span) -> bool:
-        key = s.trace_id + s.span_id
-        if key in self._seen:
-            self.stats.duplicates += 1
-            return True
-        self._seen[key] = None
-        if len(self._seen) > self.config.dedup_memory:
-            self._seen.popitem(last=False)
-        return False
+        if self._seen.add(hash((s.trace_id, s.span_id))):
+            return False
+        self.stats.duplicates += 1
+        return True
 
     def _avoid_collision(self, s: Span) -> None:
         other = self.index.by_id.get(s.span_id)
@@ -156,8 +155,9 @@ class Assembler:
     # --- placement ----------------------------------------------------------------------------------------
 
     def _parent(self, e: Entry) -> Entry | None:
-        # Only found links are kept: a span with no parent yet may still get one from spans that arrive later.
-        if not e.resolved:
+        # Only found links are kept: a span with no parent yet may still get one from spans that arrive later,
+        # until it leaves: what went out with it is final, and a late guess would give its children another trace.
+        if not e.resolved and not e.released:
             parent, link, confidence = infer_parent(self.index, e, self._sdk_resources)
             if parent is not None and not self._would_cycle(e, parent):
                 e.parent, e.link, e.confidence, e.resolved = parent, link, confidence, True
@@ -254,7 +254,7 @@ class Assembler:
         self.skew.apply(s, now)
         if is_kernel(s):
             self._name_after_sdk(s)
-        e.released = True
+        e.release()
         self.stats.released += 1
         return s
 
@@ -278,8 +278,40 @@ class Assembler:
         self._renamed[(resource, name)] = renamed
         return renamed
 
+    @property
+    def memory_bytes(self) -> int:
+        """Held spans plus the compact records of released spans still indexed (an estimate)."""
+        return self.bytes + max(0, len(self.index) - len(self.held)) * _RELEASED_BYTES
+
     def __len__(self) -> int:
         return len(self.held)
+
+
+class _RecentKeys:
+    """The last `capacity` to `2 * capacity` keys seen, in two generations of sets.
+
+    Keys are 64-bit hashes of (trace id, span id): a set of ints costs about a third of an ordered map of the id
+    bytes, and at 65,536 ids a false "duplicate" has a chance of about 1 in 10^10.
+    """
+
+    __slots__ = ("capacity", "_new", "_old")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._new: set[int] = set()
+        self._old: set[int] = set()
+
+    def add(self, key: int) -> bool:
+        """Remember `key`; False when it was already remembered."""
+        if key in self._new or key in self._old:
+            return False
+        self._new.add(key)
+        if len(self._new) >= self.capacity:
+            self._old, self._new = self._new, set()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
 
 
 def _is_lone_connect(s: Span) -> bool:
