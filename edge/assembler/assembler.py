@@ -13,6 +13,7 @@ bytes (what must leave early is released unstitched and counted, never dropped).
 from __future__ import annotations
 
 import time
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -288,30 +289,52 @@ class Assembler:
 
 
 class _RecentKeys:
-    """The last `capacity` to `2 * capacity` keys seen, in two generations of sets.
+    """The last `capacity` to `2 * capacity` keys seen, in two generations of open-addressed tables.
 
-    Keys are 64-bit hashes of (trace id, span id): a set of ints costs about a third of an ordered map of the id
-    bytes, and at 65,536 ids a false "duplicate" has a chance of about 1 in 10^10.
+    Keys are 64-bit hashes of (trace id, span id) stored in flat arrays: no Python object per key. Millions of
+    small long-lived objects allocated between short-lived spans would pin the interpreter's memory arenas, so
+    RSS would stay high long after the spans are gone. At 65,536 ids a false "duplicate" has a chance of about
+    1 in 10^10.
     """
 
-    __slots__ = ("capacity", "_new", "_old")
+    __slots__ = ("capacity", "_mask", "_new", "_old", "_count")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
-        self._new: set[int] = set()
-        self._old: set[int] = set()
+        size = 1 << max(4, (2 * self.capacity - 1).bit_length())  # at most half full: short probe runs
+        self._mask = size - 1
+        self._new = array("Q", bytes(8 * size))
+        self._old = array("Q", bytes(8 * size))
+        self._count = 0
+
+    def _slot(self, table: array[int], key: int) -> int:
+        """Index of `key` in `table`, or of the empty slot where it would go."""
+        mask = self._mask
+        i = key & mask
+        while True:
+            v = table[i]
+            if v == key or v == 0:
+                return i
+            i = (i + 1) & mask
 
     def add(self, key: int) -> bool:
         """Remember `key`; False when it was already remembered."""
-        if key in self._new or key in self._old:
+        key = (key & 0xFFFF_FFFF_FFFF_FFFF) or 1  # 0 marks an empty slot
+        if self._old[self._slot(self._old, key)] == key:
             return False
-        self._new.add(key)
-        if len(self._new) >= self.capacity:
-            self._old, self._new = self._new, set()
+        table = self._new
+        i = self._slot(table, key)
+        if table[i] == key:
+            return False
+        table[i] = key
+        self._count += 1
+        if self._count >= self.capacity:
+            self._old, self._new = table, array("Q", bytes(8 * (self._mask + 1)))
+            self._count = 0
         return True
 
     def __len__(self) -> int:
-        return len(self._new) + len(self._old)
+        return self._count + sum(1 for v in self._old if v)
 
 
 def _is_lone_connect(s: Span) -> bool:
