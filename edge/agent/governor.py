@@ -57,7 +57,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0.95}
 RELAX = 0.60
 # Shares of the headroom each buffer is planned to fill at most (see plan()); the remaining quarter is slack.
-SHARES = {"assembler": 0.30, "tail": 0.20, "inbox": 0.15, "uplink": 0.10}
+SHARES = {"assembler": 0.20, "index": 0.10, "tail": 0.20, "inbox": 0.15, "uplink": 0.10}
 _MIN_TAIL = 64 * 1024
 _MIN_INBOX = 512 * 1024
 
@@ -107,6 +107,7 @@ class MemoryGovernor:
         self._tail_max: int | None = None
         self._trim = _malloc_trim()
         self._asm_max_bytes: int | None = None  # the assembler's own bound, restored after pressure
+        self._index_max_bytes: int | None = None
         self._inbox_max_bytes: int | None = None
 
     def set_baseline(self, baseline: int) -> None:
@@ -189,7 +190,12 @@ class MemoryGovernor:
         cfg = getattr(asm, "config", None)
         if cfg is not None and dataclasses.is_dataclass(cfg) and isinstance(getattr(cfg, "max_bytes", None), int):
             bound = max(_MIN_TAIL, min(self._asm_max_bytes or cfg.max_bytes, int(h * SHARES["assembler"])))
-            asm.config = dataclasses.replace(cfg, max_bytes=bound)
+            changes = {"max_bytes": bound}
+            if isinstance(getattr(cfg, "max_index_bytes", None), int):
+                changes["max_index_bytes"] = planned["index"] = max(_MIN_TAIL, min(
+                    self._index_max_bytes or cfg.max_index_bytes, int(h * SHARES["index"])))
+                self._index_max_bytes = changes["max_index_bytes"]
+            asm.config = dataclasses.replace(cfg, **changes)
             self._asm_max_bytes = planned["assembler"] = bound
         tail = getattr(self._sampler(), "tail", None)
         if tail is not None:

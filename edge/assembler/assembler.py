@@ -38,6 +38,7 @@ class AssemblerConfig:
     memory: float = 10.0  # s a span stays indexed for lookups after it arrived
     max_spans: int = 50_000  # spans held waiting for release
     max_bytes: int = 16 * 1024 * 1024  # bytes held waiting for release (Span.approx_size)
+    max_index_bytes: int = 8 * 1024 * 1024  # bytes of released spans kept indexed for late joins (oldest go first)
     dedup_memory: int = 65_536  # span ids remembered to drop redeliveries
 
 
@@ -53,6 +54,7 @@ class AssemblerStats:
     links: dict[str, int] = field(default_factory=dict)
     trace_joined: int = 0  # kernel spans that took another span's trace id
     lone_connects: int = 0  # tcp.connect spans that joined nothing (not sent as traces of their own)
+    index_trimmed: int = 0  # released spans forgotten before `memory` had passed, to keep max_index_bytes
 
 
 class Assembler:
@@ -151,6 +153,12 @@ class Assembler:
         if now - self._last_expire >= 1.0 or flush:
             self._last_expire = now
             self.index.expire(now - cfg.memory)
+        keep = cfg.max_index_bytes // _RELEASED_BYTES
+        excess = len(self.index) - len(self.held) - keep
+        if excess > 0:
+            # At high rates `memory` seconds of released spans outgrow the bound: the oldest late joins go first,
+            # a tenth more than needed so that the index tables are rebuilt once per tenth, not once per batch.
+            self.stats.index_trimmed += self.index.expire(float("inf"), at_most=excess + keep // 10)
         return out
 
     # --- placement ----------------------------------------------------------------------------------------

@@ -143,11 +143,14 @@ class SpanIndex:
             if isinstance(topic, str):
                 self.producers_by_topic[topic].append(e)
 
-    def expire(self, before: float) -> int:
-        """Forget spans that arrived before `before` and were released; returns how many."""
+    def expire(self, before: float, at_most: int | None = None) -> int:
+        """Forget released spans that arrived before `before` (at most `at_most` of them, oldest first); returns
+        how many went."""
         n = 0
-        while self.order and self.order[0].arrived < before and self.order[0].released:
-            e = self.order.popleft()
+        order = self.order
+        limit = len(order) if at_most is None else at_most
+        while order and n < limit and order[0].arrived < before and order[0].released:
+            e = order.popleft()
             if self.by_id.get(e.span.span_id) is e:
                 del self.by_id[e.span.span_id]
             n += 1

@@ -295,3 +295,14 @@ def test_redeliveries_are_remembered_for_at_least_dedup_memory_spans() -> None:
     again = a.process([replace(s) for s in spans[50:]], now=1.0)  # the last 100 are remembered
     assert again == [] and a.stats.duplicates == 100
     assert len(a._seen) <= 200
+
+
+def test_the_late_join_index_is_bounded_in_bytes_oldest_first() -> None:
+    from edge.assembler.assembler import _RELEASED_BYTES
+
+    a = Assembler(AssemblerConfig(window=0.0, memory=600.0, max_index_bytes=100 * _RELEASED_BYTES))
+    first = [kspan(f"s{i}", SpanKind.CLIENT, i, i + 1, pid=1) for i in range(300)]
+    a.process(first, now=0.0)
+    assert len(a.index) <= 100 and a.stats.index_trimmed >= 200
+    assert first[-1].span_id in a.index.by_id and first[0].span_id not in a.index.by_id
+    assert a.memory_bytes <= 100 * _RELEASED_BYTES
