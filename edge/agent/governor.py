@@ -183,33 +183,32 @@ class MemoryGovernor:
     # -------------------------------------------------------------------------------------------- planning
 
     def plan(self) -> dict[str, int]:
-        """Bound every buffer by its share of the headroom (never above its configured size); returns the bounds."""
+        """Bound every buffer by its share of the headroom (never above its configured size); returns the bounds.
+
+        Run again after the budget changes (a live config): bounds are recomputed from the headroom, not from
+        what pressure left them at.
+        """
         a, h = self.agent, self.headroom
         planned: dict[str, int] = {}
         asm = a.assembler
         cfg = getattr(asm, "config", None)
         if cfg is not None and dataclasses.is_dataclass(cfg) and isinstance(getattr(cfg, "max_bytes", None), int):
-            bound = max(_MIN_TAIL, min(self._asm_max_bytes or cfg.max_bytes, int(h * SHARES["assembler"])))
-            changes = {"max_bytes": bound}
+            changes = {"max_bytes": max(_MIN_TAIL, int(h * SHARES["assembler"]))}
             if isinstance(getattr(cfg, "max_index_bytes", None), int):
-                changes["max_index_bytes"] = planned["index"] = max(_MIN_TAIL, min(
-                    self._index_max_bytes or cfg.max_index_bytes, int(h * SHARES["index"])))
-                self._index_max_bytes = changes["max_index_bytes"]
+                changes["max_index_bytes"] = self._index_max_bytes = planned["index"] = max(
+                    _MIN_TAIL, int(h * SHARES["index"]))
             asm.config = dataclasses.replace(cfg, **changes)
-            self._asm_max_bytes = planned["assembler"] = bound
+            self._asm_max_bytes = planned["assembler"] = changes["max_bytes"]
         tail = getattr(self._sampler(), "tail", None)
         if tail is not None:
             bound = max(_MIN_TAIL, min(tail.rules.buffer_bytes, int(h * SHARES["tail"])))
             self.stats.dropped["tail_pressure"] += len(tail.set_capacity(bound))
             self._tail_max = planned["tail"] = bound
-        inbox = a.inbox
-        bound = max(_MIN_INBOX, min(self._inbox_max_bytes or inbox.max_bytes, int(h * SHARES["inbox"])))
-        inbox.max_bytes = self._inbox_max_bytes = planned["inbox"] = bound
+        a.inbox.max_bytes = self._inbox_max_bytes = planned["inbox"] = max(_MIN_INBOX, int(h * SHARES["inbox"]))
         up_cfg = getattr(a.uplink, "cfg", None)
-        if up_cfg is not None and dataclasses.is_dataclass(up_cfg) and hasattr(up_cfg, "queue_max_bytes"):
-            bound = max(_MIN_TAIL, min(up_cfg.queue_max_bytes, int(h * SHARES["uplink"])))
-            a.uplink.cfg = dataclasses.replace(up_cfg, queue_max_bytes=bound)
-            planned["uplink"] = bound
+        if hasattr(a.uplink, "queue_limit") and hasattr(up_cfg, "queue_max_bytes"):
+            a.uplink.queue_limit = planned["uplink"] = max(_MIN_TAIL, min(up_cfg.queue_max_bytes,
+                                                                          int(h * SHARES["uplink"])))
         self.planned = planned
         log.info("memory plan: limit %d MiB, baseline %d MiB, buffers %s", self.limit >> 20, self.baseline >> 20,
                  " ".join(f"{k}={v >> 10}KiB" for k, v in planned.items()))

@@ -30,7 +30,7 @@ HasRoom = Callable[[int], bool]
 # acknowledged only once its spans are in the inbox, so a slow agent makes the broker hold the backlog (its
 # queue, its limits), not this process.
 RECEIVE_MAXIMUM = 32
-_ROOM_WAIT_S = 5.0  # longest a message waits for inbox room before it is offered anyway (and counted if refused)
+_ROOM_WAIT_S = 30.0  # longest a message waits for inbox room before it is offered anyway (and counted if refused)
 
 
 @dataclass(slots=True)
@@ -112,7 +112,7 @@ class MqttSdkSource:
                 backoff = min(backoff * 2, 30.0)
 
     async def deliver(self, topic: str, payload: bytes, properties: object | None) -> None:
-        """Decode one message and pass its spans on once the inbox has room for them (waiting up to 5 s)."""
+        """Decode one message and pass its spans on once the inbox has room for them (waiting up to 30 s)."""
         spans = self.decode(topic, payload, properties)
         if not spans:
             return

@@ -54,6 +54,11 @@ class OtlpHttpReceiver:
             return Response(status, json.dumps({"code": st.code, "message": message}).encode(), _JSON)
         return Response(status, st.SerializeToString(), _PROTOBUF)
 
+    def _busy(self, json_reply: bool) -> Response:
+        resp = self._status(503, "agent is busy; retry later", json_reply)
+        resp.headers["Retry-After"] = "1"
+        return resp
+
     async def _traces(self, request: Request) -> Response:
         ctype = request.content_type
         json_reply = ctype == _JSON
@@ -63,17 +68,19 @@ class OtlpHttpReceiver:
         # The server already undid any Content-Encoding (gzip, deflate) and bounded the body before and after
         # decoding by sources.otlp.max_request, so a compression bomb ended as a 413 there.
         body = request.body
+        if not json_reply and not self.ingest.room_for(len(body)):
+            self.ingest.stats.requests += 1
+            self.ingest.busy()
+            return self._busy(json_reply)  # refused before the protobuf is even parsed
         try:
             req = parse_request_json(body) if json_reply else parse_request_protobuf(body)
         except DecodeError as e:
             self.ingest.stats.dropped["bad_request"] += 1
             self.ingest.warn.warning("OTLP/HTTP: refused an undecodable request from %s: %s", request.remote, e)
             return self._status(400, str(e), json_reply)
-        result = self.ingest.ingest(req, request.wire_size)
+        result = self.ingest.ingest(req, len(body))
         if result.busy:
-            resp = self._status(503, "agent is busy; retry later", json_reply)
-            resp.headers["Retry-After"] = "1"
-            return resp
+            return self._busy(json_reply)
         if json_reply:
             return Response(200, json_format.MessageToJson(result.response).encode(), _JSON)
         return Response(200, result.response.SerializeToString(), _PROTOBUF)

@@ -197,3 +197,49 @@ async def test_port_in_use_is_an_oserror() -> None:
         server = HttpServer("127.0.0.1", s.getsockname()[1], {}, 1024)
         with pytest.raises(OSError):
             await server.start()
+
+
+async def test_a_full_pipeline_answers_503_before_parsing_and_the_sdk_retries_until_it_fits() -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource as OtelResource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from edge.model import Source, Span
+    from edge.sources.otlp_common import OtlpIngest
+    from edge.sources.otlp_http import OtlpHttpReceiver
+
+    got: list[Span] = []
+    room = {"bytes": 0}
+    asked: list[int] = []
+
+    def has_room(n: int) -> bool:
+        asked.append(n)
+        return n <= room["bytes"]
+
+    def admit(spans: list[Span], source: Source) -> int:
+        got.extend(spans)
+        return len(spans)
+
+    ingest = OtlpIngest(admit, has_room)
+    receiver = OtlpHttpReceiver(ingest, "127.0.0.1", 0, 4 * 1024 * 1024)
+    await receiver.start()
+    try:
+        provider = TracerProvider(resource=OtelResource.create({"service.name": "sdk-app"}))
+        provider.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"http://127.0.0.1:{receiver.port}/v1/traces"), schedule_delay_millis=50))
+        for i in range(20):
+            with provider.get_tracer("t").start_as_current_span(f"op-{i}"):
+                pass
+        deadline = asyncio.get_running_loop().time() + 10
+        while ingest.stats.dropped["busy"] == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert ingest.stats.dropped["busy"] >= 1 and got == []
+        # The room asked for covers the decoded spans (several times the wire bytes), not the wire bytes alone.
+        assert min(asked) >= 6 * 20 * 50
+        room["bytes"] = 10**9
+        await asyncio.to_thread(provider.shutdown)
+    finally:
+        await receiver.stop()
+    assert sorted(s.name for s in got) == sorted(f"op-{i}" for i in range(20))

@@ -145,7 +145,7 @@ def test_plan_bounds_every_buffer_by_its_share_of_the_headroom(agent: Agent) -> 
     planned = gov.plan()
     assert agent.assembler.config.max_bytes == planned["assembler"] == int(H * SHARES["assembler"])
     assert agent.inbox.max_bytes == planned["inbox"] == int(H * SHARES["inbox"])
-    assert agent.uplink.cfg.queue_max_bytes == planned["uplink"] == min(8 * MiB, int(H * SHARES["uplink"]))
+    assert agent.uplink.queue_limit == planned["uplink"] == min(8 * MiB, int(H * SHARES["uplink"]))
     assert agent.sampler.tail.capacity == planned["tail"] == before_tail
     assert sum(planned.values()) <= 0.75 * H
     # The inbox now refuses what would not fit its share, at the door (OTLP clients are told to retry).
@@ -178,3 +178,20 @@ def test_released_spans_are_accounted_by_their_compact_records(agent: Agent) -> 
     agent.assembler.process([], now=agent.assembler.config.window + 0.1)  # all released, still indexed
     after = gov.accounted()["assembler"]
     assert 0 < after < held / 2
+
+
+async def test_a_live_budget_change_replans_every_buffer(agent: Agent) -> None:
+    import dataclasses
+
+    from edge.fleet.apply import ConfigApplier
+
+    gov = agent.governor
+    gov.set_baseline(read_rss())
+    before = gov.plan()
+    bigger = dataclasses.replace(agent.cfg, memory=dataclasses.replace(agent.cfg.memory,
+                                                                       limit=agent.cfg.memory.limit + 256 * MiB))
+    res = await ConfigApplier(agent).apply(bigger)
+    assert "memory" in res.applied and gov.limit == bigger.memory.limit
+    after = gov.planned
+    assert after["inbox"] > before["inbox"] and after["assembler"] > before["assembler"]
+    assert agent.inbox.max_bytes == after["inbox"] and agent.assembler.config.max_bytes == after["assembler"]
