@@ -155,7 +155,7 @@ def test_plan_bounds_every_buffer_by_its_share_of_the_headroom(agent: Agent) -> 
 
 
 def test_after_pressure_buffers_regrow_to_the_plan_not_beyond(agent: Agent) -> None:
-    gov = governor(agent, 4 * MiB)
+    gov = governor(agent, 8 * MiB)
     planned = gov.plan()
     agent.sampler.decide(realistic_spans(600, seed=3))
     fill_inbox(agent, int(0.55 * planned["inbox"]))
