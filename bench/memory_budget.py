@@ -194,7 +194,8 @@ async def main() -> None:
                           len(chunk)))
     del spans
 
-    broker = Mosquitto(workdir=work).start()
+    # The broker holds the backlog while the agent pushes back (it acknowledges a message once its spans fit).
+    broker = Mosquitto(workdir=work, extra_conf="max_queued_messages 100000\n").start()
     peer = await OtlpPeer().start()
     grpc_port, http_port = free_port(), free_port()
     node = "bench-mem"

@@ -274,6 +274,7 @@ class UplinkClient:
     def __init__(self, cfg: UplinkConfig, node_id: str, transport: Transport | None = None,
                  spool: MemorySpool | None = None) -> None:
         self.cfg = cfg
+        self.queue_limit: int | None = None  # a tighter in-memory queue bound than the config's (the agent's memory plan)
         self.node_id = node_id
         self.stats = UplinkStats()
         self._transport = transport or make_transport(cfg, node_id)
@@ -300,7 +301,7 @@ class UplinkClient:
     def submit(self, spans: list[Span]) -> int:
         """Queue spans without blocking; returns how many were accepted (the rest are counted as dropped)."""
         accepted = 0
-        limit = self.cfg.queue_max_bytes
+        limit = self.cfg.queue_max_bytes if self.queue_limit is None else min(self.cfg.queue_max_bytes, self.queue_limit)
         for span in spans:
             size = span.approx_size()
             if self._closing or self._queue_bytes + size > limit:

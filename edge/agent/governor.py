@@ -6,17 +6,21 @@ where the baseline is what the process held with empty buffers (RSS at start unl
 catches what the estimates miss; the accounted bytes react before the allocator has grown.
 
 Pressure is the share of the headroom (limit - baseline) in use: the interpreter and its libraries cannot be
-shed, only what sits in buffers can. A budget that leaves less than an eighth of itself above the baseline
+shed, only what sits in buffers can.
+
+The budget is kept first by planning, not by reacting: once the baseline is known, `plan()` bounds every buffer
+by a share of the headroom (SHARES; 40 % is left for what no buffer accounts: requests being decoded,
+batches being encoded, allocator slack). CPython and glibc rarely give memory back once a burst has grown the
+heap, so a budget that is only defended after the fact stays broken: the levers below are for surprises. A budget that leaves less than an eighth of itself above the baseline
 cannot be kept; the governor says so once and then governs a headroom of a quarter of the limit above the
 baseline (the process then ends up over the limit, visibly in the status and /metrics).
 
 Under pressure it acts in this order, one step further per check while the pressure lasts, and counts each
 action:
 
-1. `raise_threshold` (≥ 70 %): halve the agent's keep-probability (down to ratio/1024) and write the same
-   threshold into the kernel's config map. The kernel cannot see trace ids of requests without context, and
-   today's probes honour only "keep all" (threshold 0): any non-zero value stops new message starts, i.e. kernel
-   spans pause until the pressure is gone (counted as `kernel_paused`).
+1. `raise_threshold` (≥ 70 %): halve the agent's keep-probability (down to ratio/1024). The sampler tells its
+   observers, and the agent writes the same threshold into the kernel's config map, so the probes stop sending
+   what the agent would drop.
 2. `shrink_tail` (≥ 80 %): halve the tail-sampling buffer; its oldest undecided traces are dropped. And
    `shrink_index`: the assembler forgets released spans older than half its window (late joins are given up;
    at the drop step all released spans), by its `shrink()` if it has one, else through its index's
@@ -28,8 +32,8 @@ action:
    rejected them), then the spans waiting in the inbox, after counting them into the RED metrics so that the
    aggregates stay exact; then return freed memory to the OS (malloc_trim).
 
-Below 60 % it steps back one notch per check: the keep-probability doubles, the tail buffer regrows, the kernel
-threshold returns to 0.
+Below 60 % it steps back one notch per check: the keep-probability doubles (and with it the kernel's), and the
+tail buffer, inbox and assembler bounds regrow towards their planned sizes.
 """
 from __future__ import annotations
 
@@ -52,6 +56,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0.95}
 RELAX = 0.60
+# Shares of the headroom each buffer is planned to fill at most (see plan()). The 40 % left is for what no buffer
+# accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
+SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08}
 _MIN_TAIL = 64 * 1024
 _MIN_INBOX = 512 * 1024
 
@@ -75,7 +82,7 @@ class GovernorStats:
     accounted: int = 0
     pressure: float = 0.0
     actions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("raise_threshold", "kernel_paused", "shrink_tail", "shrink_index", "shrink_assembler", "shrink_inbox", "spill",
+        ("raise_threshold", "shrink_tail", "shrink_index", "shrink_assembler", "shrink_inbox", "spill",
          "spill_unavailable", "drop", "relax"), 0))
     # Spans dropped by the governor; index_pressure counts spans already sent on whose late joins were given up.
     dropped: dict[str, int] = field(default_factory=lambda: {"tail_pressure": 0, "inbox_pressure": 0,
@@ -97,9 +104,11 @@ class MemoryGovernor:
         self.interval = interval
         self.stats = GovernorStats()
         self.factor = 1.0  # keep-probability multiplier applied to the agent sampler
-        self.kernel_threshold = 0
+        self.planned: dict[str, int] = {}
+        self._tail_max: int | None = None
         self._trim = _malloc_trim()
         self._asm_max_bytes: int | None = None  # the assembler's own bound, restored after pressure
+        self._index_max_bytes: int | None = None
         self._inbox_max_bytes: int | None = None
 
     def set_baseline(self, baseline: int) -> None:
@@ -171,21 +180,40 @@ class MemoryGovernor:
             self.stats.actions["raise_threshold"] += 1
             log.warning("memory pressure %.0f%% of %d bytes headroom: keep-probability now %.4g",
                         self.stats.pressure * 100, self.headroom, getattr(sampler, "effective_ratio", self.factor))
-        self._write_kernel(max(1, getattr(sampler, "threshold", 1)))
 
-    def _write_kernel(self, threshold: int) -> None:
-        ebpf = getattr(self.agent, "ebpf", None)
-        probes = getattr(ebpf, "probes", None)
-        if probes is None or threshold == self.kernel_threshold:
-            return
-        try:
-            probes.set_sample_threshold(min(threshold, (1 << 56) - 1))
-        except Exception as e:  # noqa: BLE001 - closed probes or a map error must not stop the governor
-            log.warning("cannot write the sampling threshold into the kernel: %s", e)
-            return
-        if threshold and not self.kernel_threshold:
-            self.stats.actions["kernel_paused"] += 1
-        self.kernel_threshold = threshold
+    # -------------------------------------------------------------------------------------------- planning
+
+    def plan(self) -> dict[str, int]:
+        """Bound every buffer by its share of the headroom (never above its configured size); returns the bounds.
+
+        Run again after the budget changes (a live config): bounds are recomputed from the headroom, not from
+        what pressure left them at.
+        """
+        a, h = self.agent, self.headroom
+        planned: dict[str, int] = {}
+        asm = a.assembler
+        cfg = getattr(asm, "config", None)
+        if cfg is not None and dataclasses.is_dataclass(cfg) and isinstance(getattr(cfg, "max_bytes", None), int):
+            changes = {"max_bytes": max(_MIN_TAIL, int(h * SHARES["assembler"]))}
+            if isinstance(getattr(cfg, "max_index_bytes", None), int):
+                changes["max_index_bytes"] = self._index_max_bytes = planned["index"] = max(
+                    _MIN_TAIL, int(h * SHARES["index"]))
+            asm.config = dataclasses.replace(cfg, **changes)
+            self._asm_max_bytes = planned["assembler"] = changes["max_bytes"]
+        tail = getattr(self._sampler(), "tail", None)
+        if tail is not None:
+            bound = max(_MIN_TAIL, min(tail.rules.buffer_bytes, int(h * SHARES["tail"])))
+            self.stats.dropped["tail_pressure"] += len(tail.set_capacity(bound))
+            self._tail_max = planned["tail"] = bound
+        a.inbox.max_bytes = self._inbox_max_bytes = planned["inbox"] = max(_MIN_INBOX, int(h * SHARES["inbox"]))
+        up_cfg = getattr(a.uplink, "cfg", None)
+        if hasattr(a.uplink, "queue_limit") and hasattr(up_cfg, "queue_max_bytes"):
+            a.uplink.queue_limit = planned["uplink"] = max(_MIN_TAIL, min(up_cfg.queue_max_bytes,
+                                                                          int(h * SHARES["uplink"])))
+        self.planned = planned
+        log.info("memory plan: limit %d MiB, baseline %d MiB, buffers %s", self.limit >> 20, self.baseline >> 20,
+                 " ".join(f"{k}={v >> 10}KiB" for k, v in planned.items()))
+        return planned
 
     def _shrink_tail(self) -> None:
         sampler = self._sampler()
@@ -268,8 +296,9 @@ class MemoryGovernor:
             sampler.set_pressure(self.factor)
             changed = True
         tail = getattr(sampler, "tail", None)
-        if tail is not None and tail.capacity < tail.rules.buffer_bytes:
-            tail.set_capacity(min(tail.rules.buffer_bytes, max(_MIN_TAIL, tail.capacity * 2)))
+        tail_max = min(self._tail_max or tail.rules.buffer_bytes, tail.rules.buffer_bytes) if tail is not None else 0
+        if tail is not None and tail.capacity < tail_max:
+            tail.set_capacity(min(tail_max, max(_MIN_TAIL, tail.capacity * 2)))
             changed = True
         inbox = self.agent.inbox
         if self._inbox_max_bytes is not None and inbox.max_bytes < self._inbox_max_bytes:
@@ -280,9 +309,6 @@ class MemoryGovernor:
         if self._asm_max_bytes is not None and cfg is not None and cfg.max_bytes < self._asm_max_bytes:
             asm.config = dataclasses.replace(cfg, max_bytes=min(self._asm_max_bytes, cfg.max_bytes * 2))
             changed = True
-        if self.factor >= 1.0 and self.kernel_threshold:
-            self._write_kernel(0)
-            changed = True
         if changed:
             self.stats.actions["relax"] += 1
 
@@ -291,6 +317,7 @@ class MemoryGovernor:
         if self._auto_baseline:
             # Measured again once running: receivers and their threads are up, no span has arrived yet.
             self.set_baseline(self._rss())
+        self.plan()
         while True:
             try:
                 self.check()
@@ -303,20 +330,14 @@ class MemoryGovernor:
         st = self.stats
         return {"limit": self.limit, "baseline": self.baseline, "headroom": self.headroom, "usage": st.usage, "rss": st.rss,
                 "rss_peak": st.rss_peak, "accounted": st.accounted, "pressure": round(st.pressure, 4),
-                "keep_factor": self.factor, "kernel_threshold": self.kernel_threshold,
+                "keep_factor": self.factor, "planned": dict(self.planned),
                 "actions": dict(st.actions), "dropped": dict(st.dropped), "bytes": dict(st.breakdown)}
 
 
 def _assembler_bytes(asm: Any) -> int:
-    """Held spans (`bytes`) or, when larger, every span still indexed for late joins (held ones included)."""
-    held = int(getattr(asm, "bytes", 0) or 0)
-    order = getattr(getattr(asm, "index", None), "order", None)
-    if order is None:
-        return held
-    try:
-        return max(held, sum(getattr(e, "size", 0) for e in order))
-    except (TypeError, RuntimeError):
-        return held
+    """Held spans and the compact records of released ones still indexed for late joins."""
+    held = getattr(asm, "memory_bytes", None)
+    return int(held if held is not None else getattr(asm, "bytes", 0) or 0)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

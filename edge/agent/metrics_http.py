@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..http_server import HttpServer, Request, Response
 from ..codec.metrics_cbor import GAUGE, HISTOGRAM, SUM, Metric, ResourceMetrics, SumPoint
 from ..model import Resource, Scope
 
@@ -189,35 +190,21 @@ class MetricsEndpoint:
         self.host = host
         self.port = port
         self.scrapes = 0
-        self._runner: Any = None
+        self._runner: HttpServer | None = None
 
     async def start(self) -> None:
-        """Listen (aiohttp is imported only when the endpoint is enabled)."""
-        from aiohttp import web
-
-        app = web.Application()
-        app.router.add_get("/metrics", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = runner.addresses[0][1]
+        """Listen (OSError when the address is taken)."""
+        server = HttpServer(self.host, self.port, {("GET", "/metrics"): self._handle}, max_body=0, name="/metrics")
+        await server.start()
+        self._runner, self.port = server, server.port
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
-    async def _handle(self, request: Any) -> Any:
-        from aiohttp import web
-
+    async def _handle(self, request: Request) -> Response:
         self.scrapes += 1
-        body = render_prometheus(self.collect())
-        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+        return Response(200, render_prometheus(self.collect()).encode(), CONTENT_TYPE)
 
     async def stop(self) -> None:
         """Stop listening."""
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            await runner.stop()

@@ -13,6 +13,7 @@ bytes (what must leave early is released unstitched and counted, never dropped).
 from __future__ import annotations
 
 import time
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ from .rules import infer_parent, kernel_twin
 __all__ = ["Assembler", "AssemblerConfig", "AssemblerStats"]
 
 _MAX_DEPTH = 64
+# One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
+# slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
+_RELEASED_BYTES = 560
 
 
 @dataclass(slots=True, frozen=True)
@@ -34,6 +38,7 @@ class AssemblerConfig:
     memory: float = 10.0  # s a span stays indexed for lookups after it arrived
     max_spans: int = 50_000  # spans held waiting for release
     max_bytes: int = 16 * 1024 * 1024  # bytes held waiting for release (Span.approx_size)
+    max_index_bytes: int = 8 * 1024 * 1024  # bytes of released spans kept indexed for late joins (oldest go first)
     dedup_memory: int = 65_536  # span ids remembered to drop redeliveries
 
 
@@ -49,6 +54,7 @@ class AssemblerStats:
     links: dict[str, int] = field(default_factory=dict)
     trace_joined: int = 0  # kernel spans that took another span's trace id
     lone_connects: int = 0  # tcp.connect spans that joined nothing (not sent as traces of their own)
+    index_trimmed: int = 0  # released spans forgotten before `memory` had passed, to keep max_index_bytes
 
 
 class Assembler:
@@ -61,7 +67,7 @@ class Assembler:
         self.bytes = 0
         self.stats = AssemblerStats()
         self.skew = SkewAdjuster()
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen = _RecentKeys(self.config.dedup_memory)
         self._sdk_resources: dict[int, set[Resource]] = {}  # pid -> resources of SDKs running in it
         self._kernel_server_by_wire: dict[bytes, int] = {}  # wire parent span id -> pid of the kernel server
         self._last_expire = 0.0
@@ -74,14 +80,10 @@ class Assembler:
     # --- intake -------------------------------------------------------------------------------------------
 
     def _is_duplicate(self, s: Span) -> bool:
-        key = s.trace_id + s.span_id
-        if key in self._seen:
-            self.stats.duplicates += 1
-            return True
-        self._seen[key] = None
-        if len(self._seen) > self.config.dedup_memory:
-            self._seen.popitem(last=False)
-        return False
+        if self._seen.add(hash((s.trace_id, s.span_id))):
+            return False
+        self.stats.duplicates += 1
+        return True
 
     def _avoid_collision(self, s: Span) -> None:
         other = self.index.by_id.get(s.span_id)
@@ -151,13 +153,20 @@ class Assembler:
         if now - self._last_expire >= 1.0 or flush:
             self._last_expire = now
             self.index.expire(now - cfg.memory)
+        keep = cfg.max_index_bytes // _RELEASED_BYTES
+        excess = len(self.index) - len(self.held) - keep
+        if excess > 0:
+            # At high rates `memory` seconds of released spans outgrow the bound: the oldest late joins go first,
+            # a tenth more than needed so that the index tables are rebuilt once per tenth, not once per batch.
+            self.stats.index_trimmed += self.index.expire(float("inf"), at_most=excess + keep // 10)
         return out
 
     # --- placement ----------------------------------------------------------------------------------------
 
     def _parent(self, e: Entry) -> Entry | None:
-        # Only found links are kept: a span with no parent yet may still get one from spans that arrive later.
-        if not e.resolved:
+        # Only found links are kept: a span with no parent yet may still get one from spans that arrive later,
+        # until it leaves: what went out with it is final, and a late guess would give its children another trace.
+        if not e.resolved and not e.released:
             parent, link, confidence = infer_parent(self.index, e, self._sdk_resources)
             if parent is not None and not self._would_cycle(e, parent):
                 e.parent, e.link, e.confidence, e.resolved = parent, link, confidence, True
@@ -254,7 +263,7 @@ class Assembler:
         self.skew.apply(s, now)
         if is_kernel(s):
             self._name_after_sdk(s)
-        e.released = True
+        e.release()
         self.stats.released += 1
         return s
 
@@ -278,8 +287,62 @@ class Assembler:
         self._renamed[(resource, name)] = renamed
         return renamed
 
+    @property
+    def memory_bytes(self) -> int:
+        """Held spans plus the compact records of released spans still indexed (an estimate)."""
+        return self.bytes + max(0, len(self.index) - len(self.held)) * _RELEASED_BYTES
+
     def __len__(self) -> int:
         return len(self.held)
+
+
+class _RecentKeys:
+    """The last `capacity` to `2 * capacity` keys seen, in two generations of open-addressed tables.
+
+    Keys are 64-bit hashes of (trace id, span id) stored in flat arrays: no Python object per key. Millions of
+    small long-lived objects allocated between short-lived spans would pin the interpreter's memory arenas, so
+    RSS would stay high long after the spans are gone. At 65,536 ids a false "duplicate" has a chance of about
+    1 in 10^10.
+    """
+
+    __slots__ = ("capacity", "_mask", "_new", "_old", "_count")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        size = 1 << max(4, (2 * self.capacity - 1).bit_length())  # at most half full: short probe runs
+        self._mask = size - 1
+        self._new = array("Q", bytes(8 * size))
+        self._old = array("Q", bytes(8 * size))
+        self._count = 0
+
+    def _slot(self, table: array[int], key: int) -> int:
+        """Index of `key` in `table`, or of the empty slot where it would go."""
+        mask = self._mask
+        i = key & mask
+        while True:
+            v = table[i]
+            if v == key or v == 0:
+                return i
+            i = (i + 1) & mask
+
+    def add(self, key: int) -> bool:
+        """Remember `key`; False when it was already remembered."""
+        key = (key & 0xFFFF_FFFF_FFFF_FFFF) or 1  # 0 marks an empty slot
+        if self._old[self._slot(self._old, key)] == key:
+            return False
+        table = self._new
+        i = self._slot(table, key)
+        if table[i] == key:
+            return False
+        table[i] = key
+        self._count += 1
+        if self._count >= self.capacity:
+            self._old, self._new = table, array("Q", bytes(8 * (self._mask + 1)))
+            self._count = 0
+        return True
+
+    def __len__(self) -> int:
+        return self._count + sum(1 for v in self._old if v)
 
 
 def _is_lone_connect(s: Span) -> bool:

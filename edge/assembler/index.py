@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..model import Resource, Source, Span, SpanKind
 
-__all__ = ["SpanIndex", "Entry", "conn_key", "is_kernel", "pid_of", "tid_of"]
+__all__ = ["SpanIndex", "Entry", "Released", "conn_key", "is_kernel", "pid_of", "tid_of"]
 
 ConnKey = tuple[str, int, str, int]  # (local addr, local port, peer addr, peer port)
 
@@ -43,11 +43,50 @@ def conn_key(span: Span) -> ConnKey | None:
     return None
 
 
+# What the rules and the assembler read from a span after it has left (see Released).
+_KEPT_ATTRIBUTES = ("helix.context_from", "messaging.destination.name", "helix.clock.adjusted_ns")
+_NO_ATTRIBUTES: dict[str, object] = {}  # shared by every Released without kept attributes; never written to
+
+
+class Released:
+    """What the index keeps of a span once it has left the assembler: times, ids and the few attributes late
+    lookups read, not its payload.
+
+    The index remembers released spans for `assembler.memory` seconds so that late spans can still join them; at
+    thousands of spans per second, holding the whole spans (≈1.7 KiB each as decoded) was most of the agent's
+    memory. A Released is ≈0.2 KiB and lets the span itself be freed as soon as the uplink has encoded it.
+    """
+
+    __slots__ = ("trace_id", "span_id", "parent_span_id", "name", "start_ns", "end_ns", "kind", "source",
+                 "resource", "trace_state", "flags", "attributes")
+
+    def __init__(self, s: Span) -> None:
+        self.trace_id = s.trace_id
+        self.span_id = s.span_id
+        self.parent_span_id = s.parent_span_id
+        self.name = "tcp.connect" if s.name == "tcp.connect" else ""  # the only name a rule compares
+        self.start_ns = s.start_ns
+        self.end_ns = s.end_ns
+        self.kind = s.kind
+        self.source = s.source
+        self.resource = s.resource  # shared with every span of the same resource
+        self.trace_state = s.trace_state
+        self.flags = s.flags
+        a = s.attributes
+        kept = {k: a[k] for k in _KEPT_ATTRIBUTES if k in a}
+        self.attributes = kept or _NO_ATTRIBUTES
+
+    @property
+    def duration_ns(self) -> int:
+        """End minus start, never negative."""
+        return max(0, self.end_ns - self.start_ns)
+
+
 @dataclass(slots=True)
 class Entry:
     """A span while it is indexed: when it arrived, and the parent the rules chose for it (if any)."""
 
-    span: Span
+    span: Span | Released
     arrived: float
     parent: Entry | None = None
     link: str = ""  # which rule made the parent link ("" for an explicit or no parent)
@@ -55,7 +94,13 @@ class Entry:
     resolved: bool = False
     released: bool = False
     size: int = 0
-    delivered_to: set[int] = field(default_factory=set)  # for a publish: subscriber pids already matched to it
+    delivered_to: set[int] | None = None  # for a publish: subscriber pids already matched to it
+
+    def release(self) -> None:
+        """The span has left: keep only what lookups need (the entry stays indexed until it expires)."""
+        self.released = True
+        if isinstance(self.span, Span):
+            self.span = Released(self.span)
 
 
 @dataclass
@@ -98,11 +143,14 @@ class SpanIndex:
             if isinstance(topic, str):
                 self.producers_by_topic[topic].append(e)
 
-    def expire(self, before: float) -> int:
-        """Forget spans that arrived before `before` and were released; returns how many."""
+    def expire(self, before: float, at_most: int | None = None) -> int:
+        """Forget released spans that arrived before `before` (at most `at_most` of them, oldest first); returns
+        how many went."""
         n = 0
-        while self.order and self.order[0].arrived < before and self.order[0].released:
-            e = self.order.popleft()
+        order = self.order
+        limit = len(order) if at_most is None else at_most
+        while order and n < limit and order[0].arrived < before and order[0].released:
+            e = order.popleft()
             if self.by_id.get(e.span.span_id) is e:
                 del self.by_id[e.span.span_id]
             n += 1

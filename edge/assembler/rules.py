@@ -89,14 +89,17 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
             before = [p for p in index.producers_by_topic.get(topic, [])
                       if p.span.start_ns <= s.start_ns + Slack.CONTAIN_NS
                       and s.start_ns - p.span.start_ns <= Slack.MQTT_HOP_NS and p is not e
-                      and (pid is None or pid not in p.delivered_to)]
+                      and (pid is None or not p.delivered_to or pid not in p.delivered_to)]
             if before:
                 # A broker delivers a topic's messages to a subscriber in order: the oldest publish this
                 # subscriber has not had yet is the one (a subscriber that falls behind reads publish k after
                 # k+1 was sent). Confidence falls with every other publish that could have been the one.
                 before.sort(key=lambda p: p.span.start_ns)
                 if pid is not None:
-                    before[0].delivered_to.add(pid)
+                    first = before[0]
+                    if first.delivered_to is None:
+                        first.delivered_to = set()
+                    first.delivered_to.add(pid)
                 return before[0], "mqtt-topic", round(1.0 / len(before), 3)
         return None, "", 1.0
     if s.name == "tcp.connect":

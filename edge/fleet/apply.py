@@ -144,18 +144,7 @@ class ConfigApplier:
             gov.limit = mem.limit
             gov.interval = mem.check_interval
             gov.set_baseline(mem.baseline or gov.baseline)
-        share = max(1 << 20, mem.limit // 4)
-        # Under pressure the governor holds the configured bound aside and restores it later: update that one.
-        if gov is not None and getattr(gov, "_inbox_max_bytes", None) is not None:
-            gov._inbox_max_bytes = share
-        else:
-            agent.inbox.max_bytes = share
-        asm_cfg = getattr(agent.assembler, "config", None)
-        if asm_cfg is not None and hasattr(asm_cfg, "max_bytes"):
-            if gov is not None and getattr(gov, "_asm_max_bytes", None) is not None:
-                gov._asm_max_bytes = share
-            else:
-                agent.assembler.config = dataclasses.replace(asm_cfg, max_bytes=share)
+            gov.plan()  # every buffer bound follows the new budget
 
     def _swap_uplink(self, cfg: UplinkConfig, keys: list[str]) -> bool:
         """Point the running uplink client at `cfg`, keeping its queue and spool; True if the target changed."""

@@ -35,6 +35,12 @@ class IngestResult:
     busy: bool = False  # nothing was taken: the client should retry later
 
 
+# Decoded spans take about five times their OTLP protobuf size in memory (1.7 KiB per span decoded from ~0.3-0.4
+# KiB on the wire, bench/_workload.py spans); refusing on an underestimate would accept requests that then do not
+# fit, and spans refused after acceptance (partial success) are not retried by SDKs.
+_DECODED_PER_WIRE_BYTE = 6
+
+
 class OtlpIngest:
     """Validates spans of an export request and hands them to the pipeline, or pushes back when it is full."""
 
@@ -44,13 +50,21 @@ class OtlpIngest:
         self.stats = OtlpStats()
         self.warn = RateLimitedLog(log)
 
+    def room_for(self, wire_size: int) -> bool:
+        """Whether the spans of a request of `wire_size` protobuf bytes would fit the pipeline now."""
+        return self.has_room(wire_size * _DECODED_PER_WIRE_BYTE)
+
+    def busy(self) -> IngestResult:
+        """The answer to a request refused because the pipeline is full (the SDK retries it later)."""
+        self.stats.dropped["busy"] += 1
+        return IngestResult(ExportTraceServiceResponse(), busy=True)
+
     def ingest(self, req: ExportTraceServiceRequest, wire_size: int) -> IngestResult:
         """Take the request's spans; rejected spans are reported through OTLP partial success."""
         self.stats.requests += 1
         # Refuse before decoding when the pipeline is full: the SDK keeps the data and retries, so nothing is lost.
-        if not self.has_room(wire_size * 2):
-            self.stats.dropped["busy"] += 1
-            return IngestResult(ExportTraceServiceResponse(), busy=True)
+        if not self.room_for(wire_size):
+            return self.busy()
         errors: list[str] = []
         spans = spans_from_request(req, Source.SDK_OTLP, errors)
         accepted = self.sink(spans, Source.SDK_OTLP) if spans else 0

@@ -135,3 +135,63 @@ def test_spans_refused_at_the_door_still_count_in_red(agent: Agent) -> None:
     assert red.spans + red.ignored == len(spans) - taken
     agent._process(agent.inbox.drain(), flush=True)
     assert red.spans + red.ignored == len(spans)
+
+
+def test_plan_bounds_every_buffer_by_its_share_of_the_headroom(agent: Agent) -> None:
+    from edge.agent.governor import SHARES
+
+    gov = governor(agent, H)
+    before_tail = agent.sampler.tail.capacity  # 2 MiB configured: below its share, so it stays
+    planned = gov.plan()
+    assert agent.assembler.config.max_bytes == planned["assembler"] == int(H * SHARES["assembler"])
+    assert agent.inbox.max_bytes == planned["inbox"] == int(H * SHARES["inbox"])
+    assert agent.uplink.queue_limit == planned["uplink"] == min(8 * MiB, int(H * SHARES["uplink"]))
+    assert agent.sampler.tail.capacity == planned["tail"] == before_tail
+    assert sum(planned.values()) <= 0.75 * H
+    # The inbox now refuses what would not fit its share, at the door (OTLP clients are told to retry).
+    filled = fill_inbox(agent, planned["inbox"] - 64 * 1024)
+    assert agent.inbox.put(realistic_spans(2000, seed=5), Source.SDK_OTLP) < 22000
+    assert filled > 0 and agent.inbox.bytes <= planned["inbox"]
+
+
+def test_after_pressure_buffers_regrow_to_the_plan_not_beyond(agent: Agent) -> None:
+    gov = governor(agent, 8 * MiB)
+    planned = gov.plan()
+    agent.sampler.decide(realistic_spans(600, seed=3))
+    fill_inbox(agent, int(0.55 * planned["inbox"]))
+    for _ in range(3):
+        gov._shrink_tail()
+        gov._shrink_inbox()
+    assert agent.sampler.tail.capacity < planned["tail"] and agent.inbox.max_bytes < planned["inbox"]
+    agent.inbox.drain()
+    for _ in range(20):
+        gov.check()
+    assert agent.sampler.tail.capacity == planned["tail"] and agent.inbox.max_bytes == planned["inbox"]
+
+
+def test_released_spans_are_accounted_by_their_compact_records(agent: Agent) -> None:
+    gov = governor(agent, H)
+    spans = realistic_spans(300, seed=9)
+    held = sum(s.approx_size() for s in spans)
+    agent.assembler.process(spans, now=0.0)
+    assert gov.accounted()["assembler"] == held
+    agent.assembler.process([], now=agent.assembler.config.window + 0.1)  # all released, still indexed
+    after = gov.accounted()["assembler"]
+    assert 0 < after < held / 2
+
+
+async def test_a_live_budget_change_replans_every_buffer(agent: Agent) -> None:
+    import dataclasses
+
+    from edge.fleet.apply import ConfigApplier
+
+    gov = agent.governor
+    gov.set_baseline(read_rss())
+    before = gov.plan()
+    bigger = dataclasses.replace(agent.cfg, memory=dataclasses.replace(agent.cfg.memory,
+                                                                       limit=agent.cfg.memory.limit + 256 * MiB))
+    res = await ConfigApplier(agent).apply(bigger)
+    assert "memory" in res.applied and gov.limit == bigger.memory.limit
+    after = gov.planned
+    assert after["inbox"] > before["inbox"] and after["assembler"] > before["assembler"]
+    assert agent.inbox.max_bytes == after["inbox"] and agent.assembler.config.max_bytes == after["assembler"]

@@ -255,3 +255,54 @@ def test_a_subscriber_that_falls_behind_gets_its_publishes_in_order() -> None:
     got = run(pubs + rcvs)
     for i in range(3):
         assert got[f"rcv{i}"].parent_span_id == got[f"pub{i}"].span_id
+
+
+def test_released_spans_stay_indexed_as_compact_records_that_late_spans_still_join() -> None:
+    from edge.assembler.index import Released
+
+    a = Assembler(AssemblerConfig(window=1.0, memory=10.0))
+    server = kspan("svc", SpanKind.SERVER, 0, 500, pid=2, tid=20, local=B, peer=A, **{"url.path": "/x" * 200})
+    first = a.process([server], now=0.0) + a.process([], now=1.5)
+    assert [s.name for s in first] == ["svc"]
+    kept = a.index.by_id[server.span_id].span
+    # The index no longer holds the span (its payload can be freed once the uplink has it), only what lookups read.
+    assert isinstance(kept, Released) and kept is not server
+    assert kept.attributes == {"helix.context_from": "none"} and kept.trace_id == server.trace_id
+    # A call of the same thread that arrives after the server left still joins it, by the compact record.
+    late = kspan("late-call", SpanKind.CLIENT, 100, 200, pid=2, tid=20, local=C, peer=D)
+    out = a.process([late], now=2.0) + a.process([], now=3.5)
+    assert out[0].parent_span_id == server.span_id and out[0].trace_id == server.trace_id
+
+
+def test_a_released_span_keeps_the_placement_it_left_with() -> None:
+    a = Assembler(AssemblerConfig(window=1.0, memory=10.0))
+    svc = kspan("svc", SpanKind.SERVER, 1, 99, pid=2, tid=20, local=B, peer=A)
+    out = a.process([svc], now=0.0) + a.process([], now=1.5)
+    assert out[0].parent_span_id == b""
+    # Its caller shows up after it left; a child arriving later must take the trace svc went out with, not the
+    # caller's (svc's own trace would be split in two).
+    caller = kspan("edge", SpanKind.CLIENT, 0, 100, pid=1, tid=10, local=A, peer=B)
+    child = kspan("svc-call", SpanKind.CLIENT, 10, 90, pid=2, tid=20, local=C, peer=D)
+    out = a.process([caller, child], now=2.0) + a.process([], now=3.5)
+    got = {s.name: s for s in out}
+    assert got["svc-call"].parent_span_id == svc.span_id and got["svc-call"].trace_id == svc.trace_id
+
+
+def test_redeliveries_are_remembered_for_at_least_dedup_memory_spans() -> None:
+    a = Assembler(AssemblerConfig(window=0.0, dedup_memory=100))
+    spans = [sdk(f"s{i}", SpanKind.INTERNAL, 0, 1, "app", new_trace_id()) for i in range(150)]
+    a.process(spans, now=0.0)
+    again = a.process([replace(s) for s in spans[50:]], now=1.0)  # the last 100 are remembered
+    assert again == [] and a.stats.duplicates == 100
+    assert len(a._seen) <= 200
+
+
+def test_the_late_join_index_is_bounded_in_bytes_oldest_first() -> None:
+    from edge.assembler.assembler import _RELEASED_BYTES
+
+    a = Assembler(AssemblerConfig(window=0.0, memory=600.0, max_index_bytes=100 * _RELEASED_BYTES))
+    first = [kspan(f"s{i}", SpanKind.CLIENT, i, i + 1, pid=1) for i in range(300)]
+    a.process(first, now=0.0)
+    assert len(a.index) <= 100 and a.stats.index_trimmed >= 200
+    assert first[-1].span_id in a.index.by_id and first[0].span_id not in a.index.by_id
+    assert a.memory_bytes <= 100 * _RELEASED_BYTES
