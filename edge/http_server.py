@@ -26,7 +26,7 @@ MAX_HEAD = 16 * 1024  # request line and headers
 HEAD_TIMEOUT = 10.0  # s to send a whole head once started (slow-loris bound)
 IDLE_TIMEOUT = 75.0  # s a keep-alive connection may sit idle between requests
 BODY_TIMEOUT = 30.0  # s to send a whole body
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 16  # loopback clients: a few SDK exporters and a scraper; each may buffer ~64 KiB here
 _DRAIN_MAX = 16 * 1024 * 1024  # an oversized body up to this is read and discarded before the 413
 
 _REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
