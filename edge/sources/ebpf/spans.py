@@ -866,6 +866,8 @@ class SpanBuilder:
         packets = mqtt.parse_packets(ev.payload, conn.mqtt_version)
         if not packets:
             return False
+        if conn.proto != _MQTT and not self._mqtt_evident(conn, packets):
+            return False
         conn.proto = _MQTT
         if conn.role == Role.SERVER or (conn.role == Role.UNKNOWN and conn.local.port in self.config.broker_ports):
             conn.broker = True
@@ -885,6 +887,17 @@ class SpanBuilder:
             else:
                 self.stats.mqtt_other += 1
         return True
+
+    def _mqtt_evident(self, conn: _Conn, packets: list[mqtt.MqttPacket]) -> bool:
+        """Whether a connection not yet known to speak MQTT does: a whole packet, a CONNECT/CONNACK, or a broker port.
+
+        One byte of 0x30 reads as the start of a PUBLISH; paho's wakeup socket pair (loopback TCP) carries exactly
+        that, and taking it for MQTT made an empty-topic receive span at every wakeup.
+        """
+        if any(not p.truncated or isinstance(p, (mqtt.Connect, mqtt.Connack)) for p in packets):
+            return True
+        ports = self.config.broker_ports
+        return conn.local.port in ports or conn.remote.port in ports
 
     @staticmethod
     def _packet_times(ev: DataEvent, pkt: mqtt.MqttPacket, snap: _Snapshot | None, base: int) -> tuple[int, int]:

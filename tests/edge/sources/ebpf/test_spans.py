@@ -916,3 +916,24 @@ def test_service_name_is_the_one_spans_get():
     assert b.service_name(321, "inventory") == s.resource.service_name == "inventory"
     b.feed([ExecEvent(1, 654, 1, "a-very-long-com", "/usr/bin/a-very-long-command-name")])
     assert b.service_name(654, "a-very-long-com") == "a-very-long-command-name"
+
+
+def test_a_loopback_wakeup_byte_is_not_taken_for_an_mqtt_publish():
+    # paho wakes its network loop through a loopback TCP socket pair by writing b"0" (0x30, a PUBLISH header
+    # byte); two wakeups read at once, b"00", parse as the start of a PUBLISH of 48 bytes. No span from that.
+    b = builder()
+    a_end, z_end = Endpoint("127.0.0.1", 40100), Endpoint("127.0.0.1", 40101)
+    out = []
+    for i in range(5):
+        out += b.feed([
+            data(9, OUT, 1_000 + i * 10_000, b"00", role=Role.CLIENT, local=a_end, remote=z_end, prev_bytes=2 if i else 0,
+                 prev_end=(i * 10_000 - 5_000) if i else 0),
+            data(10, IN, 1_200 + i * 10_000, b"00", role=Role.SERVER, local=z_end, remote=a_end, prev_bytes=2 if i else 0,
+                 prev_end=(i * 10_000 - 4_800) if i else 0),
+        ])
+    out += b.flush(10**12)
+    assert [s.name for s in out] == []
+    # A whole PUBLISH on a connection first seen mid-stream (no CONNECT, no broker port) is evidence enough.
+    sp = b.feed([data(11, IN, 200_000, enc.publish("cmd/x", b"go"), role=Role.CLIENT, local=a_end,
+                      remote=Endpoint("127.0.0.1", 40999))])
+    assert [s.name for s in sp] == ["receive cmd/x"]
