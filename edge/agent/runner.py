@@ -242,6 +242,7 @@ class Agent:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info("agent stopped: %s", self.status_line())
+        log.info("agent final status: %s", self.status())
 
     def status(self) -> dict[str, Any]:
         """Counters and states, for logs, `helix status` and tests."""

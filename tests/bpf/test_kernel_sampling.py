@@ -29,6 +29,7 @@ from edge.sources.ebpf.events import CloseEvent, ConnectEvent, DataEvent, DataMo
 from edge.sources.ebpf.loader import RED_CLIENT, RED_PRODUCER, RED_SERVER, RedAggregate
 from edge.sources.ebpf.source import EbpfSource
 
+from ._services import FRONT
 from .conftest import bpf_unavailable
 
 pytestmark = pytest.mark.bpf
@@ -278,24 +279,6 @@ async def test_mqtt_publish_with_traceparent_is_decided_per_message(kernel: Any,
     aggs = [a for a in k.probes.red_aggregates() if a.kind == RED_PRODUCER and a.tgid in pubs]
     assert sum(a.count for a in aggs) == 3 and {a.path for a in aggs} == {"plant/line1/temp"}
     assert {a.host for a in aggs} == {"127.0.0.1"} and sum(a.errors for a in aggs) == 0
-
-
-# A front service with no SDK: per request it calls the backend from the thread serving it, with no context.
-FRONT = r"""
-import http.server, sys, urllib.request
-backend = sys.argv[1]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        with urllib.request.urlopen(backend + "/inner", timeout=5) as r:
-            body = r.read()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"""
 
 
 async def test_calls_made_while_serving_follow_the_served_requests_decision(kernel: Any, app: App) -> None:
