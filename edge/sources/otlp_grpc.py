@@ -18,9 +18,6 @@ __all__ = ["OtlpGrpcReceiver"]
 log = logging.getLogger(__name__)
 
 
-_MAX_STREAMS = 4  # concurrent export calls per client connection
-
-
 class OtlpGrpcReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     """A grpc.aio server for OTLP traces; messages over `max_request` are refused by gRPC itself."""
 
@@ -33,12 +30,7 @@ class OtlpGrpcReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     async def start(self) -> None:
         """Bind and serve; the actual port is in `self.port` afterwards."""
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", self.max_request),
-            # HTTP/2 flow control instead of memory: further export calls wait in the client (not an error, nothing
-            # lost) rather than in grpcio's buffers here, which no Python bound sees.
-            ("grpc.max_concurrent_streams", _MAX_STREAMS),
-        ])
+        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_request)])
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
         target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         port = self._server.add_insecure_port(target)

@@ -13,10 +13,13 @@ from edge.sources.otlp_grpc import OtlpGrpcReceiver
 
 async def test_export_calls_beyond_the_stream_limit_wait_in_the_client_and_all_complete() -> None:
     receiver = OtlpGrpcReceiver(OtlpIngest(lambda spans, source: len(spans), lambda n: True), "127.0.0.1", 0, 1 << 20)
-    running, peak, release = 0, 0, asyncio.Event()
+    running, peak, release, warm = 0, 0, asyncio.Event(), {"done": False}
 
     async def slow_export(request, context):  # type: ignore[no-untyped-def]
         nonlocal running, peak
+        if not warm["done"]:
+            warm["done"] = True  # the first call only opens the connection
+            return trace_service_pb2.ExportTraceServiceResponse()
         running += 1
         peak = max(peak, running)
         await release.wait()
@@ -28,6 +31,9 @@ async def test_export_calls_beyond_the_stream_limit_wait_in_the_client_and_all_c
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{receiver.port}") as channel:
             stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            # Once the server's HTTP/2 SETTINGS are known the client queues calls over the limit; streams opened
+            # before that are refused (REFUSED_STREAM, surfacing as UNAVAILABLE, which OTLP exporters retry).
+            await stub.Export(trace_service_pb2.ExportTraceServiceRequest(), timeout=10)
             calls = [asyncio.ensure_future(stub.Export(trace_service_pb2.ExportTraceServiceRequest(), timeout=20))
                      for _ in range(3 * otlp_grpc._MAX_STREAMS)]
             await asyncio.sleep(1.0)
