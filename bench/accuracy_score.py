@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
+from edge.assembler.index import pid_of as _pid
 from edge.model import Source, Span, SpanKind
 
 __all__ = ["Judgement", "OracleEntry", "Score", "mqtt_key", "oracle_entry", "pooled", "rid_of", "score",
@@ -107,16 +108,6 @@ class Score:
 def _is_kernel(span: Span) -> bool:
     return (span.source is Source.EBPF or span.attributes.get("helix.source") == "ebpf"
             or span.scope.name == "helix.ebpf")
-
-
-def _pid(span: Span) -> int | None:
-    v = span.attributes.get("process.pid")
-    if isinstance(v, int):
-        return v
-    for k, rv in span.resource.attributes:
-        if k == "process.pid" and isinstance(rv, int):
-            return rv
-    return None
 
 
 def rid_of(span: Span, mqtt: Mapping[str, str] | None = None) -> str | None:
