@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -14,8 +15,30 @@ from ..errors import HelixError
 __all__ = ["Mosquitto", "free_port"]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the kernel for a port nobody is listening on."""
+    """A port nobody is listening on, below the ephemeral range when there is room.
+
+    A port the kernel hands out for bind(0) comes from the ephemeral range, which outgoing connections draw from
+    too: between this call and the real bind, a client's connection could take it. Below the range it cannot.
+    """
+    low, _high = _ephemeral_range()
+    if low > 11000:
+        for _ in range(50):
+            port = random.randrange(10000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -33,7 +33,10 @@ class OtlpGrpcReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_request)])
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
         target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        port = self._server.add_insecure_port(target)
+        try:
+            port = self._server.add_insecure_port(target)
+        except RuntimeError:  # grpcio ≥ 1.60 raises where older releases returned 0
+            port = 0
         if port == 0:
             raise HelixError(f"cannot listen for OTLP/gRPC on {target}: address in use or not permitted "
                              "(change sources.otlp.grpc_listen)")

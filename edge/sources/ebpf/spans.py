@@ -187,6 +187,7 @@ class SpanBuilderStats:
     unseen_responses: int = 0  # requests answered inside a response message whose head the snapshot missed
     incomplete: int = 0  # requests emitted without a response (timeout, close, exit)
     end_estimated: int = 0  # responses whose message end never came; end is the first syscall's exit
+    ended_by_length: int = 0  # response messages ended when their bytes reached the length their head gave
     pending_dropped: int = 0  # requests dropped at the per-connection cap or with an evicted connection
     broker_side: int = 0  # MQTT packets on the broker's own connections, not spans
     topped_up: int = 0  # message snapshots completed from the bytes of later syscalls
@@ -561,6 +562,9 @@ class SpanBuilder:
             self._settle(conn, out)  # the message before this one is over: decode what is left of it
         conn = self._conn_for(ev)
         payload = ev.payload
+        if conn.finishing and int(ev.direction) == conn.last_direction and not looks_like_http(payload):
+            # More of the response message after a pause: its end is here when it completes the known length.
+            self._response_progress(conn, conn.split_bytes + ev.prev_bytes + ev.size, ev.end_ns, out)
         n = len(payload)
         # The probes top a snapshot up only while it is contiguous and short of payload_bytes.
         more = n == ev.size and n < self.config.payload_bytes and conn.proto != _OPAQUE
@@ -575,6 +579,13 @@ class SpanBuilder:
     def _on_more(self, ev: DataMoreEvent, out: list[Span]) -> None:
         conn = self._conns.get(ev.sock)
         snap = conn.snap if conn is not None else None
+        if conn is not None and conn.finishing and int(ev.direction) == conn.last_direction:
+            # Bytes of a response whose head was decoded: the message may be complete with them.
+            if snap is None:
+                self._response_progress(conn, conn.split_bytes + ev.offset + len(ev.payload), ev.end_ns, out)
+            elif not looks_like_http(bytes(snap.data[:16])):
+                base = conn.split_bytes + snap.start.prev_bytes
+                self._response_progress(conn, base + ev.offset + len(ev.payload), ev.end_ns, out)
         if conn is None or snap is None or not snap.open or ev.direction != snap.start.direction:
             self.stats.late_more += 1
             return
@@ -777,6 +788,28 @@ class SpanBuilder:
         else:
             self._waiting.discard(conn.sock)
         return True
+
+    def _response_progress(self, conn: _Conn, position: int, end_ns: int, out: list[Span]) -> None:
+        """`position` bytes of the response message have moved, the last at `end_ns`: emit the exchanges waiting
+        for its end once every length is known and reached (the next message or a close would tell only later,
+        and a keep-alive connection's last response would wait for the end timeout and get an estimated end)."""
+        need = 0
+        for x in conn.finishing:
+            r = x.response
+            if r is None or r.length is None:
+                return  # chunked past the snapshot, or until close: only the message end can tell
+            need = max(need, r.offset + r.length)
+        if position < need:
+            return
+        for x in conn.finishing:
+            x.end_ns = end_ns
+            if x.resp_sole:
+                x.resp_bytes = need
+            self._emit_http(conn, x, out)
+        conn.finishing.clear()
+        self.stats.ended_by_length += 1
+        if not conn.pending:
+            self._waiting.discard(conn.sock)
 
     def _finish_estimated(self, conn: _Conn, x: _Exchange, out: list[Span]) -> None:
         x.end_ns = x.resp_first_end_ns

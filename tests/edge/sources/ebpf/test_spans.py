@@ -798,6 +798,46 @@ def test_top_ups_after_a_whole_http_head_are_ignored():
     assert b.stats.late_more == 1 and b.stats.topped_up == 0
 
 
+def test_last_response_of_a_connection_ends_when_its_body_is_through():
+    """Head and body written apart (http.server does): the exchange leaves with the body's last syscall, exact,
+    not 2 s later with an end estimated at the head, although no next message or close follows."""
+    s = resp(body=b"ok")
+    w = Wire().io(IN, req()).io(OUT, s[:-2], s[-2:], pause=100_000)
+    b = builder()
+    (sp,) = b.feed(kernel_view(1, w.calls))
+    assert sp.kind == SpanKind.SERVER and sp.end_ns == OFFSET + w.calls[-1][3]
+    assert "helix.end_estimated" not in sp.attributes and sp.attributes["http.response.body.size"] == 2
+    assert b.stats.ended_by_length == 1 and not b._waiting
+
+
+def test_client_reading_the_body_after_a_pause_ends_there():
+    """The client read the head, then the body in a syscall past the idle gap: a new kernel message."""
+    s = resp(body=b"z" * 40)
+    w = Wire().io(OUT, req()).io(IN, s[:-40], pause=200_000).io(IN, s[-40:], pause=40_000_000)
+    records = kernel_view(2, w.calls, role=Role.CLIENT, local=CLI, remote=SRV, comm="client")
+    assert sum(1 for r in records if isinstance(r, DataEvent) and r.direction == IN) == 2
+    b = builder()
+    (sp,) = b.feed(records)
+    assert sp.kind == SpanKind.CLIENT and sp.end_ns == OFFSET + w.calls[-1][3]
+    assert sp.attributes["http.response.body.size"] == 40
+
+
+def test_response_short_of_its_length_waits_for_the_message_end():
+    s = resp(body=b"q" * 100)
+    w = Wire().io(IN, req()).io(OUT, s[:-100], s[-100:-10], pause=100_000)
+    b = builder()
+    assert b.feed(kernel_view(1, w.calls)) == []  # ten bytes of the body still to come
+    (sp,) = b.feed([CloseEvent(w.t + 5_000, 100, 101, 7, 1, len(s), w.t + 4_000, 0)])
+    assert sp.end_ns == OFFSET + w.t + 4_000 and b.stats.ended_by_length == 0
+
+
+def test_chunked_response_is_not_ended_by_a_length():
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    w = Wire().io(IN, req()).io(OUT, head, b"5\r\nhello\r\n", pause=100_000)
+    b = builder()
+    assert b.feed(kernel_view(1, w.calls)) == [] and b.stats.ended_by_length == 0
+
+
 def test_http_head_written_in_pieces_is_assembled():
     head = req(headers=[f"traceparent: {TP}"])
     w = Wire().io(OUT, head[:16], head[16:60], head[60:])
