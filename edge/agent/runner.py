@@ -61,7 +61,8 @@ class Agent:
         self.ingest = OtlpIngest(self._admit, self.inbox.has_room)
         self.mqtt: MqttSdkSource | None = None
         if cfg.mqtt.enabled:
-            self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self._admit, host_name=socket.gethostname())
+            self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self._admit, host_name=socket.gethostname(),
+                                      has_room=self.inbox.has_room)
         self.http: OtlpHttpReceiver | None = None
         # Receivers are imported only when enabled: grpc alone adds about 8 MiB of RSS, aiohttp about 9.
         if cfg.otlp.http_listen:

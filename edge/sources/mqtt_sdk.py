@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ..codec.sdk_cbor import decode_payload
 from ..config import MqttSourceConfig
@@ -22,6 +24,13 @@ __all__ = ["MqttSdkSource", "MqttSourceStats", "device_id_from_topic"]
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[Span], Source], int]
+HasRoom = Callable[[int], bool]
+
+# QoS 1 messages the broker may have in flight to us unacknowledged (MQTT v5 Receive Maximum). A message is
+# acknowledged only once its spans are in the inbox, so a slow agent makes the broker hold the backlog (its
+# queue, its limits), not this process.
+RECEIVE_MAXIMUM = 32
+_ROOM_WAIT_S = 30.0  # longest a message waits for inbox room before it is offered anyway (and counted if refused)
 
 
 @dataclass(slots=True)
@@ -30,6 +39,7 @@ class MqttSourceStats:
 
     messages: int = 0
     spans: int = 0
+    waited_for_room: int = 0  # messages held unacknowledged until the inbox had room (broker-side backpressure)
     connected: bool = False
     reconnects: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {"oversize": 0, "not_cbor": 0, "bad_span": 0,
@@ -48,10 +58,12 @@ def device_id_from_topic(topic: str, pattern: str) -> str:
 class MqttSdkSource:
     """Subscribes to the SDK span topics and feeds decoded spans to the pipeline; reconnects forever."""
 
-    def __init__(self, cfg: MqttSourceConfig, node_id: str, sink: Sink, host_name: str = "") -> None:
+    def __init__(self, cfg: MqttSourceConfig, node_id: str, sink: Sink, host_name: str = "",
+                 has_room: HasRoom | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.sink = sink
+        self.has_room = has_room
         self.host_name = host_name
         self.stats = MqttSourceStats()
         self._warn = RateLimitedLog(log, interval_s=10.0)
@@ -61,15 +73,23 @@ class MqttSdkSource:
         """Connect, subscribe and consume until cancelled."""
         backoff = 0.5
         while True:
+            props = Properties(PacketTypes.CONNECT)
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            client = aiomqtt.Client(
+                self.cfg.broker.host, self.cfg.broker.port,
+                identifier=f"helix-agent-{self.node_id}-sdk",
+                protocol=aiomqtt.ProtocolVersion.V5,
+                username=self.cfg.username or None, password=self.cfg.password or None,
+                tls_params=tls_params(self.cfg, "sources.mqtt"),
+                keepalive=30, properties=props,
+                # QoS 0 has no flow control: bound what can queue here (aiomqtt discards beyond it).
+                max_queued_incoming_messages=8 * RECEIVE_MAXIMUM,
+            )
+            # aiomqtt has no switch for it, but its paho client does: PUBACK once the spans are in the inbox.
+            paho = client._client
+            paho.manual_ack_set(True)
             try:
-                async with aiomqtt.Client(
-                    self.cfg.broker.host, self.cfg.broker.port,
-                    identifier=f"helix-agent-{self.node_id}-sdk",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    username=self.cfg.username or None, password=self.cfg.password or None,
-                    tls_params=tls_params(self.cfg, "sources.mqtt"),
-                    keepalive=30,
-                ) as client:
+                async with client:
                     for topic in self.cfg.topics:
                         await client.subscribe(topic, qos=1)
                     self.stats.connected = True
@@ -77,7 +97,12 @@ class MqttSdkSource:
                     backoff = 0.5
                     log.info("sdk span source subscribed broker=%s topics=%s", self.cfg.broker, ",".join(self.cfg.topics))
                     async for message in client.messages:
-                        self.handle(str(message.topic), bytes(message.payload), message.properties)  # type: ignore[arg-type]
+                        payload = message.payload
+                        if not isinstance(payload, (bytes, bytearray)):
+                            payload = str(payload).encode() if payload is not None else b""
+                        await self.deliver(str(message.topic), bytes(payload), message.properties)
+                        if message.qos > 0:
+                            paho.ack(message.mid, message.qos)
             except aiomqtt.MqttError as e:
                 self.stats.connected = False
                 self.ready.clear()
@@ -86,14 +111,40 @@ class MqttSdkSource:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
 
+    async def deliver(self, topic: str, payload: bytes, properties: object | None) -> None:
+        """Decode one message and pass its spans on once the inbox has room for them (waiting up to 30 s)."""
+        spans = self.decode(topic, payload, properties)
+        if not spans:
+            return
+        if self.has_room is not None and not self.has_room(sum(s.approx_size() for s in spans)):
+            self.stats.waited_for_room += 1
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _ROOM_WAIT_S
+            need = sum(s.approx_size() for s in spans)
+            while not self.has_room(need) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        self._offer(spans)
+
     def handle(self, topic: str, payload: bytes, properties: object | None) -> None:
-        """Decode one message and pass its spans on; every refusal is counted, none raises."""
+        """Decode one message and pass its spans on at once; every refusal is counted, none raises."""
+        spans = self.decode(topic, payload, properties)
+        if spans:
+            self._offer(spans)
+
+    def _offer(self, spans: list[Span]) -> None:
+        accepted = self.sink(spans, Source.SDK_MQTT)
+        self.stats.spans += accepted
+        if accepted < len(spans):
+            self.stats.dropped["inbox_full"] += len(spans) - accepted
+
+    def decode(self, topic: str, payload: bytes, properties: object | None) -> list[Span]:
+        """The spans of one message ([] when it is refused; every refusal is counted, none raises)."""
         self.stats.messages += 1
         if len(payload) > self.cfg.max_payload:
             self.stats.dropped["oversize"] += 1
             self._warn.warning("dropped span message on %s: %d bytes is over sources.mqtt.max_payload (%d)",
                                topic, len(payload), self.cfg.max_payload)
-            return
+            return []
         pairs = getattr(properties, "UserProperty", None) or []
         remote = extract(pairs)
         if remote is None and any(k.lower() == "traceparent" for k, _ in pairs):
@@ -108,12 +159,8 @@ class MqttSdkSource:
         except DecodeError as e:
             self.stats.dropped["not_cbor"] += 1
             self._warn.warning("dropped span message on %s: %s", topic, e)
-            return
+            return []
         if decoded.errors:
             self.stats.dropped["bad_span"] += len(decoded.errors)
             self._warn.warning("dropped %d span(s) from %s: %s", len(decoded.errors), topic, decoded.errors[0])
-        if decoded.spans:
-            accepted = self.sink(decoded.spans, Source.SDK_MQTT)
-            self.stats.spans += accepted
-            if accepted < len(decoded.spans):
-                self.stats.dropped["inbox_full"] += len(decoded.spans) - accepted
+        return decoded.spans

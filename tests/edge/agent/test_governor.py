@@ -177,9 +177,7 @@ def test_released_spans_are_accounted_by_their_compact_records(agent: Agent) -> 
     assert gov.accounted()["assembler"] == held
     agent.assembler.process([], now=agent.assembler.config.window + 0.1)  # all released, still indexed
     after = gov.accounted()["assembler"]
-    from edge.assembler.assembler import _RELEASED_BYTES
-
-    assert after == len(agent.assembler.index) * _RELEASED_BYTES and after < held
+    assert 0 < after < held / 2
 
 
 async def test_a_live_budget_change_replans_every_buffer(agent: Agent) -> None:

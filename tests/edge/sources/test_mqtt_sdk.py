@@ -83,3 +83,34 @@ def test_device_id_from_topic() -> None:
     assert device_id_from_topic("helix/sdk/dev-4/spans", "helix/sdk/+/spans") == "dev-4"
     assert device_id_from_topic("a/b", "a/#") == ""
 
+
+async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(mosquitto: Mosquitto) -> None:
+    from edge.sources.mqtt_sdk import RECEIVE_MAXIMUM
+
+    got: list[Span] = []
+    room = {"open": False}
+
+    def sink(spans: list[Span], src: Source) -> int:
+        got.extend(spans)
+        return len(spans)
+
+    cfg = MqttSourceConfig(broker=BrokerAddress("127.0.0.1", mosquitto.port), max_payload=4096)
+    src = MqttSdkSource(cfg, "node-bp", sink, has_room=lambda n: room["open"])
+    task = asyncio.create_task(src.run())
+    await asyncio.wait_for(src.ready.wait(), 10)
+    try:
+        n = 3 * RECEIVE_MAXIMUM
+        payloads = [encode_payload([Span(new_trace_id(), new_span_id(), f"m{i}", 1, 2)], {"service.name": "d"})
+                    for i in range(n)]
+        for p in payloads:
+            await asyncio.to_thread(_pub, mosquitto.port, "helix/sdk/dev-bp/spans", p)
+        await asyncio.sleep(1.0)
+        # Held, not dropped: while the inbox has no room nothing is offered to it, and nothing is acknowledged.
+        assert src.stats.messages <= RECEIVE_MAXIMUM + 1 and got == []
+        room["open"] = True
+        await _wait(lambda: len(got) == n, timeout=20)
+        assert sorted(s.name for s in got) == sorted(f"m{i}" for i in range(n))
+        assert src.stats.dropped["inbox_full"] == 0 and src.stats.waited_for_room >= 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
