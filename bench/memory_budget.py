@@ -19,7 +19,7 @@ The RED tally is the bench's own count over every span the agent acknowledged (O
 `metrics_exact` compares it, per (service, span kind), with the last RED export that reached the OTLP peer
 (requests, errors, histogram count and sum in ns).
 
-    python bench/memory_budget.py [--minutes 10] [--rate 5000] [--budget-mib 64] [--arena 2] [--no-grpc-receiver]
+    python bench/memory_budget.py [--minutes 10] [--rate 5000] [--budget-mib 64] [--arena N] [--no-grpc-receiver]
 
 Last line: {"budget_mib", "rss_steady_mib", "rss_peak_mib", "offered_per_s", "kept", "dropped_by_reason",
 "metrics_exact", ...}
@@ -172,7 +172,8 @@ async def main() -> None:
     ap.add_argument("--burst-seconds", type=float, default=10.0, help="length of the burst (default 10)")
     ap.add_argument("--budget-mib", type=int, default=64, help="memory.limit of the agent in MiB (default 64)")
     ap.add_argument("--ratio", type=float, default=0.1, help="head sampling ratio (default 0.1)")
-    ap.add_argument("--arena", type=int, default=2, help="MALLOC_ARENA_MAX for the agent; 0 leaves it unset")
+    ap.add_argument("--arena", type=int, default=0,
+                    help="MALLOC_ARENA_MAX for the agent; 0 (default) leaves it to the agent, which caps glibc at 2")
     ap.add_argument("--window", default="2s", help="assembler.window (and .memory) of the agent (default 2s)")
     ap.add_argument("--no-grpc-receiver", action="store_true",
                     help="send the OTLP share over OTLP/HTTP and turn the agent's gRPC receiver off")
@@ -404,7 +405,7 @@ export_endpoint = "{peer.grpc_endpoint}"
         "governor_actions": {k: int(v) for k, v in health.get("helix.agent.memory.actions", {}).items() if v},
         "busy_retries": client_stats["busy_retries"],
         "minutes": args.minutes,
-        "arena": args.arena,
+        "arena": args.arena or "agent (2)",
         "assembler_window": args.window,
         "grpc_receiver": not args.no_grpc_receiver,
     }

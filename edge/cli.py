@@ -68,6 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
     from .agent import Agent
+    from .agent.allocator import limit_arenas
+    limit_arenas()  # before any thread: grpcio, paho and the thread pool each allocate
     return _run_until_signal(lambda stop: Agent(cfg).run(stop))
 
 
