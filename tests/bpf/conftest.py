@@ -109,11 +109,11 @@ srv.serve_forever()
 """
 
 
-class Server:
-    """A real Python http.server in a subprocess on a free loopback port."""
+class ScriptServer:
+    """A Python server script in a subprocess that prints the loopback port it listens on, then serves."""
 
-    def __init__(self, root: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, root], stdout=subprocess.PIPE, text=True)
+    def __init__(self, script: str, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.pid = self.proc.pid
@@ -121,6 +121,13 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(5)
+
+
+class Server(ScriptServer):
+    """A real Python http.server in a subprocess on a free loopback port."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(HTTP_SERVER, root)
 
 
 @pytest.fixture

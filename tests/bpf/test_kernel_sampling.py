@@ -30,7 +30,7 @@ from edge.sources.ebpf.loader import RED_CLIENT, RED_PRODUCER, RED_SERVER, RedAg
 from edge.sources.ebpf.source import EbpfSource
 
 from ._services import FRONT
-from .conftest import bpf_unavailable
+from .conftest import ScriptServer, bpf_unavailable
 
 pytestmark = pytest.mark.bpf
 
@@ -54,23 +54,12 @@ srv.serve_forever()
 """
 
 
-class App:
-    """The keep-alive server in a subprocess."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-        self.pid = self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+App = ScriptServer  # the keep-alive server (SERVER) in a subprocess
 
 
 @pytest.fixture
 def app() -> Iterator[App]:
-    a = App()
+    a = App(SERVER)
     try:
         yield a
     finally:
