@@ -54,12 +54,16 @@ srv.serve_forever()
 """
 
 
-App = ScriptServer  # the keep-alive server (SERVER) in a subprocess
+class App(ScriptServer):
+    """The keep-alive server in a subprocess."""
+
+    def __init__(self) -> None:
+        super().__init__(SERVER)
 
 
 @pytest.fixture
 def app() -> Iterator[App]:
-    a = App(SERVER)
+    a = App()
     try:
         yield a
     finally:
