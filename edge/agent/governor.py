@@ -1,7 +1,7 @@
 """The memory governor: one budget (`memory.limit`) that every queue, buffer and table accounts against.
 
 Every `memory.check_interval` it reads the process RSS (/proc/self/statm) and the bytes each buffer reports
-(inbox, assembler, tail buffer, uplink queue, RED series) and takes usage = max(RSS, baseline + accounted),
+(inbox, assembler, tail buffer, uplink queue, RED series, OTLP/gRPC requests still arriving) and takes usage = max(RSS, baseline + accounted),
 where the baseline is what the process held with empty buffers (RSS at start unless configured). The RSS
 catches what the estimates miss; the accounted bytes react before the allocator has grown.
 
@@ -58,7 +58,7 @@ LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0
 RELAX = 0.60
 # Shares of the headroom each buffer is planned to fill at most (see plan()). The 40 % left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
-SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08}
+SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.09, "receiver": 0.03, "uplink": 0.08}
 _MIN_TAIL = 64 * 1024
 _MIN_INBOX = 512 * 1024
 
@@ -137,6 +137,9 @@ class MemoryGovernor:
         agg = getattr(a, "aggregator", None)
         if agg is not None:
             out["aggregator"] = agg.bytes
+        grpc = getattr(a, "grpc", None)
+        if grpc is not None:
+            out["receiver"] = grpc.buffered  # OTLP/gRPC requests still arriving, bounded by flow control
         return out
 
     def measure(self) -> float:
@@ -206,6 +209,10 @@ class MemoryGovernor:
             self.stats.dropped["tail_pressure"] += len(tail.set_capacity(bound))
             self._tail_max = planned["tail"] = bound
         a.inbox.max_bytes = self._inbox_max_bytes = planned["inbox"] = max(_MIN_INBOX, int(h * SHARES["inbox"]))
+        grpc = getattr(a, "grpc", None)
+        if grpc is not None:
+            planned["receiver"] = max(_MIN_TAIL, int(h * SHARES["receiver"]))
+            grpc.set_buffer_limit(planned["receiver"])
         up_cfg = getattr(a.uplink, "cfg", None)
         if hasattr(a.uplink, "queue_limit") and hasattr(up_cfg, "queue_max_bytes"):
             a.uplink.queue_limit = planned["uplink"] = max(_MIN_TAIL, min(up_cfg.queue_max_bytes,

@@ -64,7 +64,7 @@ class Agent:
             self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self._admit, host_name=socket.gethostname(),
                                       has_room=self.inbox.has_room)
         self.http: OtlpHttpReceiver | None = None
-        # Receivers are imported only when enabled: grpc alone adds about 8 MiB of RSS, aiohttp about 9.
+        # Receivers are imported only when enabled (each costs some RSS on a node whose budget may be 48 MiB).
         if cfg.otlp.http_listen:
             from ..sources.otlp_http import OtlpHttpReceiver
             self.http = OtlpHttpReceiver(self.ingest, *cfg.otlp.http_listen, cfg.otlp.max_request)
@@ -256,7 +256,9 @@ class Agent:
                                                     "messages": self.mqtt.stats.messages,
                                                     "dropped": dict(self.mqtt.stats.dropped)},
             "otlp": {"requests": self.ingest.stats.requests, "spans": self.ingest.stats.spans,
-                     "dropped": dict(self.ingest.stats.dropped)},
+                     "dropped": dict(self.ingest.stats.dropped),
+                     "grpc": None if self.grpc is None else {**_as_dict(self.grpc.server.stats),
+                                                             "buffered": self.grpc.buffered}},
             "assembler": {"duplicates": self.assembler.stats.duplicates, "held": len(self.assembler),
                           "released": self.assembler.stats.released, "links": dict(self.assembler.stats.links),
                           "evicted_early": self.assembler.stats.evicted_early,

@@ -1,75 +1,77 @@
-"""Source: OTLP/gRPC receiver (TraceService/Export) built on the official opentelemetry-proto stubs."""
+"""Source: OTLP/gRPC receiver (TraceService/Export), served by the agent's own gRPC server (edge/grpc_server.py)."""
 from __future__ import annotations
 
 import logging
 
-import grpc
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-
 from ..codec.otlp import parse_request_protobuf
 from ..errors import DecodeError, HelixError
+from ..grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
 from .otlp_common import OtlpIngest
 
-__all__ = ["OtlpGrpcReceiver"]
+__all__ = ["OtlpGrpcReceiver", "EXPORT_PATH"]
 
 log = logging.getLogger(__name__)
 
-_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"  # as in the official trace_service.proto
+# The method path from the official opentelemetry-proto trace_service.proto.
+EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
 
 class OtlpGrpcReceiver:
-    """A grpc.aio server for OTLP traces; messages over `max_request` are refused by gRPC itself.
+    """OTLP/gRPC traces; a request that would not fit the pipeline is refused on its declared length.
 
-    The method takes the request as bytes, so that a request that would not fit the pipeline is refused before it
-    is parsed: calls waiting for the event loop in a burst then hold their wire bytes, not decoded messages (about
-    three times as large, and outside every bound the agent keeps), and a malformed one is counted, not a gRPC
-    internal error.
+    The refusal (UNAVAILABLE, which every OTLP exporter retries) comes before the body is buffered or parsed, and
+    the wire bytes of requests still arriving are bounded by the server's flow control (`max_buffered`).
     """
 
-    def __init__(self, ingest: OtlpIngest, host: str, port: int, max_request: int) -> None:
+    def __init__(self, ingest: OtlpIngest, host: str, port: int, max_request: int,
+                 max_buffered: int = 1 << 20) -> None:
         self.ingest = ingest
-        self.host = host
-        self.port = port
-        self.max_request = max_request
-        self._server: grpc.aio.Server | None = None
+        self.server = GrpcServer(host, port, {EXPORT_PATH: Method(self.export, admit=self.admit)}, max_request,
+                                 max_buffered, name="OTLP/gRPC")
+
+    @property
+    def port(self) -> int:
+        """The bound port (after `start()`)."""
+        return self.server.port
+
+    @property
+    def buffered(self) -> int:
+        """Wire bytes of export requests still arriving."""
+        return self.server.buffered
+
+    def set_buffer_limit(self, n: int) -> None:
+        """Bound the wire bytes of requests still arriving (the memory governor's plan)."""
+        self.server.max_buffered = n
 
     async def start(self) -> None:
         """Bind and serve; the actual port is in `self.port` afterwards."""
-        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_request)])
-        export = grpc.unary_unary_rpc_method_handler(self.export, request_deserializer=None,
-                                                     response_serializer=ExportTraceServiceResponse.SerializeToString)
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {"Export": export}),))
-        target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
-            port = self._server.add_insecure_port(target)
-        except RuntimeError:  # grpcio ≥ 1.60 raises where older releases returned 0
-            port = 0
-        if port == 0:
-            raise HelixError(f"cannot listen for OTLP/gRPC on {target}: address in use or not permitted "
-                             "(change sources.otlp.grpc_listen)")
-        self.port = port
-        await self._server.start()
-        log.info("OTLP/gRPC receiver listening on %s", target.rsplit(":", 1)[0] + f":{port}")
+            await self.server.start()
+        except HelixError as e:
+            raise HelixError(f"{e} (change sources.otlp.grpc_listen)") from None
+        log.info("OTLP/gRPC receiver listening on %s:%d", self.server.host, self.port)
 
     async def stop(self) -> None:
-        """Stop serving, letting in-flight exports finish briefly."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            await server.stop(grace=1.0)
+        """Stop serving."""
+        await self.server.stop()
 
-    async def export(self, data: bytes, context: grpc.aio.ServicerContext) -> ExportTraceServiceResponse:
-        """Handle one export (TraceService/Export); UNAVAILABLE (retryable) when the agent is full."""
-        if not self.ingest.room_for(len(data)):
+    def admit(self, length: int, call: Call) -> None:
+        """Refuse (UNAVAILABLE, retryable) a request whose spans would not fit, before its body is buffered."""
+        if not self.ingest.room_for(length):
             self.ingest.stats.requests += 1
             self.ingest.busy()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "agent is busy; retry later")
+            raise GrpcStatus(Code.UNAVAILABLE, "agent is busy; retry later")
+
+    def export(self, data: bytes, call: Call) -> bytes:
+        """Handle one export (TraceService/Export)."""
         try:
             request = parse_request_protobuf(data)
         except DecodeError as e:
             self.ingest.stats.requests += 1
             self.ingest.stats.dropped["bad_request"] += 1
-            self.ingest.warn.warning("OTLP/gRPC: refused an undecodable request from %s: %s", context.peer(), e)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            self.ingest.warn.warning("OTLP/gRPC: refused an undecodable request from %s: %s", call.peer, e)
+            raise GrpcStatus(Code.INVALID_ARGUMENT, str(e)) from None
         result = self.ingest.ingest(request, len(data))
         if result.busy:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "agent is busy; retry later")
-        return result.response
+            raise GrpcStatus(Code.UNAVAILABLE, "agent is busy; retry later")
+        return result.response.SerializeToString()

@@ -154,6 +154,36 @@ def test_plan_bounds_every_buffer_by_its_share_of_the_headroom(agent: Agent) -> 
     assert filled > 0 and agent.inbox.bytes <= planned["inbox"]
 
 
+async def test_the_grpc_receiver_is_planned_and_accounted() -> None:
+    import grpc as grpcio
+
+    from edge.agent.governor import SHARES
+
+    cfg = parse_config({"node": {"id": "gov"}, "sources": {"ebpf": {"enabled": False}, "mqtt": {"enabled": False},
+                                                           "otlp": {"grpc_listen": "127.0.0.1:0", "http_listen": ""}},
+                        "memory": {"limit": "512MiB"}, "metrics": {"listen": ""},
+                        "uplink": {"transport": "http", "spool_dir": ""}})
+    agent = Agent(cfg)
+    gov = governor(agent, H)
+    planned = gov.plan()
+    assert agent.grpc.server.max_buffered == planned["receiver"] == int(H * SHARES["receiver"])
+    # Bytes of a request still arriving are counted while they arrive: hold one open with a stalled client.
+    await agent.grpc.start()
+    try:
+        async with grpcio.aio.insecure_channel(f"127.0.0.1:{agent.grpc.port}") as ch:
+            seen: list[int] = []
+            export = agent.grpc.server.methods["/opentelemetry.proto.collector.trace.v1.TraceService/Export"]
+            export.admit = lambda n, call: seen.append(gov.accounted()["receiver"])  # asked as the prefix arrives
+            call = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                  request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpcio.aio.AioRpcError):  # not OTLP: INVALID_ARGUMENT, after it was fully received
+                await call(b"\xff" * 50_000, timeout=5)
+        assert len(seen) == 1 and seen[0] >= 5  # counted while still arriving
+        assert agent.grpc.server.stats.buffered_peak >= 50_000 and gov.accounted()["receiver"] == 0
+    finally:
+        await agent.grpc.stop()
+
+
 def test_after_pressure_buffers_regrow_to_the_plan_not_beyond(agent: Agent) -> None:
     gov = governor(agent, 8 * MiB)
     planned = gov.plan()
