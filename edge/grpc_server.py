@@ -10,7 +10,11 @@ a client controls with HTTP/2 flow control, which every gRPC client obeys:
   unfinished request is always let through, so the server cannot deadlock on its own bound. Held bytes stay under
   `max_buffered` + streams x `STREAM_WINDOW` + one message.
 - The declared length of a message is judged on its 5-byte prefix, before the body is buffered: over
-  `max_message` is RESOURCE_EXHAUSTED, and a method's `admit` may refuse (UNAVAILABLE, retried by clients).
+  `max_message` is RESOURCE_EXHAUSTED.
+- A method may say it is not `ready` for a request (the agent's pipeline is full). The request then waits, in
+  arrival order, with its bytes still counted (so other clients' windows close too) until the method is ready, or
+  for `max_wait` seconds, after which it is refused UNAVAILABLE (clients retry with backoff). Waiting rather than
+  refusing at once spares a burst of clients a retry storm.
 - `grpc-encoding: gzip | deflate | identity`; the decoded size is bounded too.
 - Connections are bounded; a stream that stalls and a connection that idles are closed.
 Malformed frames end the connection (GOAWAY), counted, never the process.
@@ -49,6 +53,7 @@ STREAM_TIMEOUT = 30.0  # s a started request may go without a byte arriving
 IDLE_TIMEOUT = 300.0  # s a connection may sit without calls; clients reconnect transparently after GOAWAY
 _CONNECTION_WINDOW = 2**31 - 1  # streams are the bound; the shared window must never stall the oldest stream
 _SWEEP = 5.0
+_WAIT_POLL = 0.01  # s between looks at whether waiting requests fit now
 _PREFIX = 5  # compressed flag and 4-byte big-endian length before every gRPC message
 _ACCEPT_ENCODING = "identity,deflate,gzip"
 
@@ -86,12 +91,13 @@ class Call:
 class Method:
     """A unary method: `handle(request, call)` returns the serialized response or raises GrpcStatus.
 
-    `admit(length, call)`, if given, is asked when a request's declared length is known and before its body is
-    buffered; it raises GrpcStatus to refuse.
+    `ready(length)`, if given, is asked before `handle` with the request's wire length; while it says no, the
+    request waits (see the module docstring), then `refused()` is called and the client gets UNAVAILABLE.
     """
 
     handle: Callable[[bytes, Call], bytes]
-    admit: Callable[[int, Call], None] | None = None
+    ready: Callable[[int], bool] | None = None
+    refused: Callable[[Call], None] | None = None
 
 
 @dataclass(slots=True)
@@ -105,20 +111,25 @@ class GrpcServerStats:
     stalled_streams: int = 0
     deferred_windows: int = 0  # times a stream's window stayed closed because the server held too much
     buffered_peak: int = 0  # most bytes held in unfinished requests at once
+    waited: int = 0  # requests that waited for their method to be ready
+    refused_busy: int = 0  # requests refused UNAVAILABLE after waiting max_wait
 
 
 class GrpcServer:
     """Routes `/package.Service/Method` paths to unary methods; `start()` binds, `port` is the bound port after."""
 
     def __init__(self, host: str, port: int, methods: dict[str, Method], max_message: int,
-                 max_buffered: int = 1 << 20, name: str = "gRPC") -> None:
+                 max_buffered: int = 1 << 20, name: str = "gRPC", max_wait: float = 2.0) -> None:
         self.host = host
         self.port = port
         self.methods = methods
         self.max_message = max_message
         self.max_buffered = max_buffered
         self.name = name
+        self.max_wait = max_wait
         self.stats = GrpcServerStats()
+        self._waiting: dict[tuple[_Connection, int], tuple[_Stream, bytes, float]] = {}  # complete, not yet ready
+        self._waker: asyncio.TimerHandle | None = None
         self.buffered = 0  # bytes held in unfinished requests, across connections
         self._streams: dict[tuple[_Connection, int], _Stream] = {}  # unfinished requests, oldest first
         self._connections: set[_Connection] = set()
@@ -139,6 +150,9 @@ class GrpcServer:
 
     async def stop(self) -> None:
         """Stop listening and close every connection with GOAWAY."""
+        if self._waker is not None:
+            self._waker.cancel()
+            self._waker = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -149,12 +163,57 @@ class GrpcServer:
         for c in list(self._connections):
             c.close(h2.errors.ErrorCodes.NO_ERROR)
 
+    # ------------------------------------------------------------------------------------ waiting for room
+
+    def _run_or_wait(self, stream: _Stream, body: bytes) -> None:
+        ready = stream.method.ready
+        if not self._waiting and (ready is None or ready(len(body))):
+            self._run(stream, body)
+            return
+        self.stats.waited += 1
+        self._waiting[(stream.conn, stream.id)] = (stream, body, time.monotonic() + self.max_wait)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waker is None and self._waiting:
+            self._waker = asyncio.get_running_loop().call_later(_WAIT_POLL, self._retry)
+
+    def _retry(self) -> None:
+        self._waker = None
+        now = time.monotonic()
+        touched: set[_Connection] = set()
+        # Oldest first; a request that still does not fit keeps the ones behind it waiting (no overtaking).
+        while self._waiting:
+            key, (stream, body, deadline) = next(iter(self._waiting.items()))
+            ready = stream.method.ready
+            if ready is None or ready(len(body)):
+                del self._waiting[key]
+                self._run(stream, body)
+            elif now >= deadline:
+                del self._waiting[key]
+                self.stats.refused_busy += 1
+                if stream.method.refused is not None:
+                    stream.method.refused(stream.call)
+                stream.conn._finish(stream, Code.UNAVAILABLE, "agent is busy; retry later")
+            else:
+                break
+            touched.add(stream.conn)
+        for c in touched:
+            c.flush()
+        self._wake()
+
+    def _run(self, stream: _Stream, body: bytes) -> None:
+        # The request's bytes leave the server's account before the method runs: from here they are the method's.
+        self._release(stream)
+        stream.conn._answer(stream, body)
+
     # ------------------------------------------------------------------------------------ buffer accounting
 
     def _may_reopen(self, stream: _Stream) -> bool:
         return self.buffered <= self.max_buffered or next(iter(self._streams.values()), None) is stream
 
     def _release(self, stream: _Stream) -> None:
+        self._waiting.pop((stream.conn, stream.id), None)
         if self._streams.pop((stream.conn, stream.id), None) is None:
             return
         self.buffered -= stream.held
@@ -310,12 +369,6 @@ class _Connection(asyncio.Protocol):
                 self._finish(stream, Code.RESOURCE_EXHAUSTED,
                              f"request of {stream.length} bytes is over the {srv.max_message}-byte limit")
                 return
-            if stream.method.admit is not None:
-                try:
-                    stream.method.admit(stream.length, stream.call)
-                except GrpcStatus as e:
-                    self._finish(stream, e.code, e.message)
-                    return
         if stream.length >= 0 and len(stream.buf) > _PREFIX + stream.length:
             self._finish(stream, Code.INVALID_ARGUMENT, "more than one request message in a unary call")
             return
@@ -339,9 +392,14 @@ class _Connection(asyncio.Protocol):
         except GrpcStatus as e:
             self._finish(stream, e.code, e.message)
             return
-        # The request's bytes leave the server's account before the method runs: from here they are the method's.
         stream.buf = bytearray()
-        srv._release(stream)
+        srv._run_or_wait(stream, body)
+
+    def _answer(self, stream: _Stream, body: bytes) -> None:
+        """Run the method and send its response (or status)."""
+        srv, stream_id = self.server, stream.id
+        if self.streams.get(stream_id) is not stream:  # reset or the connection went while it waited
+            return
         try:
             response = stream.method.handle(body, stream.call)
         except GrpcStatus as e:

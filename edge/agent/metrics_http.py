@@ -72,6 +72,9 @@ def _dropped_by_reason(st: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+_UNFINISHED = ("incomplete", "end_estimated", "unmatched_responses", "pending_dropped")
+
+
 def health_metrics(agent: Any) -> ResourceMetrics:
     """The agent's counters and gauges as one ResourceMetrics (resource: service.name = helix-agent)."""
     st = agent.status()
@@ -104,6 +107,17 @@ def health_metrics(agent: Any) -> ResourceMetrics:
     kernel = st.get("kernel") or {}
     metrics.append(_sum("helix.agent.kernel.lost_events", "Kernel records lost because the ring buffer was full",
                         int(kernel.get("lost_events", 0) or 0), unit="{event}"))
+    builder = kernel.get("builder")
+    if builder:
+        # What a technician needs to tell "the probes saw it all" from "responses ended by timeout or unseen".
+        metrics.append(_sum("helix.agent.kernel.exchanges.unfinished",
+                            "Kernel-traced exchanges whose end was not seen, by reason (incomplete: no response; "
+                            "end_estimated: the response's last bytes never came; unmatched_responses: no request; "
+                            "pending_dropped: over the per-connection cap)",
+                            {k: builder.get(k, 0) for k in _UNFINISHED}, "reason", "{exchange}"))
+        metrics.append(_sum("helix.agent.kernel.messages.unparsed",
+                            "Messages on traced connections no parser recognised (TLS, binary protocols)",
+                            builder.get("unparsed", 0), unit="{message}"))
     return ResourceMetrics(Resource.of({"service.name": "helix-agent", "helix.node.id": st["node"]}), HEALTH_SCOPE,
                            metrics)
 

@@ -17,17 +17,19 @@ EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 class OtlpGrpcReceiver:
-    """OTLP/gRPC traces; a request that would not fit the pipeline is refused on its declared length.
+    """OTLP/gRPC traces; a request whose spans would not fit the pipeline waits for room, then is refused.
 
-    The refusal (UNAVAILABLE, which every OTLP exporter retries) comes before the body is buffered or parsed, and
-    the wire bytes of requests still arriving are bounded by the server's flow control (`max_buffered`).
+    It waits (up to `max_wait` s) before it is parsed, holding its wire bytes, not decoded spans (about six times
+    as large); meanwhile the server's flow control makes other clients wait too. A refusal is UNAVAILABLE, which
+    every OTLP exporter retries, so nothing is lost.
     """
 
     def __init__(self, ingest: OtlpIngest, host: str, port: int, max_request: int,
-                 max_buffered: int = 1 << 20) -> None:
+                 max_buffered: int = 1 << 20, max_wait: float = 2.0) -> None:
         self.ingest = ingest
-        self.server = GrpcServer(host, port, {EXPORT_PATH: Method(self.export, admit=self.admit)}, max_request,
-                                 max_buffered, name="OTLP/gRPC")
+        self.server = GrpcServer(host, port, {EXPORT_PATH: Method(self.export, ready=ingest.room_for,
+                                                                  refused=self.refused)},
+                                 max_request, max_buffered, name="OTLP/gRPC", max_wait=max_wait)
 
     @property
     def port(self) -> int:
@@ -55,12 +57,10 @@ class OtlpGrpcReceiver:
         """Stop serving."""
         await self.server.stop()
 
-    def admit(self, length: int, call: Call) -> None:
-        """Refuse (UNAVAILABLE, retryable) a request whose spans would not fit, before its body is buffered."""
-        if not self.ingest.room_for(length):
-            self.ingest.stats.requests += 1
-            self.ingest.busy()
-            raise GrpcStatus(Code.UNAVAILABLE, "agent is busy; retry later")
+    def refused(self, call: Call) -> None:
+        """Count a request refused because the pipeline stayed full."""
+        self.ingest.stats.requests += 1
+        self.ingest.busy()
 
     def export(self, data: bytes, call: Call) -> bytes:
         """Handle one export (TraceService/Export)."""

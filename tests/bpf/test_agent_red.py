@@ -76,6 +76,15 @@ async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mo
         status = agent.status()["kernel"]
         # (machine-wide counters: other traced traffic may add to them)
         assert status["decisions"]["sampled_out"] > 0 and status["red_counted"] > 0, status
+        # The span builder's counters reach the status and /metrics (machine-wide traffic may add to them).
+        assert status["builder"]["http_spans"] > 0 and status["builder"]["events"] > 0, status["builder"]
+        from edge.agent.metrics_http import health_metrics
+
+        exported = {m.name: m for m in health_metrics(agent).metrics}
+        unfinished = exported["helix.agent.kernel.exchanges.unfinished"]
+        assert {p.attributes["reason"] for p in unfinished.points} == {"incomplete", "end_estimated",
+                                                                       "unmatched_responses", "pending_dropped"}
+        assert "helix.agent.kernel.messages.unparsed" in exported
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)

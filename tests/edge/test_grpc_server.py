@@ -26,8 +26,9 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
-        self.admitted: list[int] = []
-        self.refuse = False
+        self.asked: list[int] = []
+        self.refused: list[str] = []
+        self.full = False
 
     def echo(self, data: bytes, call: Call) -> bytes:
         self.seen.append(data)
@@ -39,18 +40,20 @@ class Recorder:
     def boom(self, data: bytes, call: Call) -> bytes:
         raise RuntimeError("method bug")
 
-    def admit(self, length: int, call: Call) -> None:
-        self.admitted.append(length)
-        if self.refuse:
-            raise GrpcStatus(Code.UNAVAILABLE, "busy")
+    def ready(self, length: int) -> bool:
+        self.asked.append(length)
+        return not self.full
+
+    def refuse(self, call: Call) -> None:
+        self.refused.append(call.method)
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[GrpcServer, Recorder]]:
     rec = Recorder()
     server = GrpcServer("127.0.0.1", 0, {ECHO: Method(rec.echo), FAIL: Method(rec.fail), BOOM: Method(rec.boom),
-                                         CAREFUL: Method(rec.echo, admit=rec.admit)},
-                        max_message=1 << 20, max_buffered=64 * 1024)
+                                         CAREFUL: Method(rec.echo, ready=rec.ready, refused=rec.refuse)},
+                        max_message=1 << 20, max_buffered=64 * 1024, max_wait=0.5)
     await server.start()
     yield server, rec
     await server.stop()
@@ -112,16 +115,27 @@ async def test_a_compression_bomb_is_resource_exhausted(served) -> None:
     assert rec.seen == [] and server.buffered == 0
 
 
-async def test_admit_refuses_before_the_body_is_buffered(served) -> None:
+async def test_a_request_waits_for_room_in_order_then_is_refused(served) -> None:
     server, rec = served
-    rec.refuse = True
+    rec.full = True
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-        code, _ = await _code(_call(ch, CAREFUL)(b"z" * 900_000, timeout=10))
-        assert code == grpc.StatusCode.UNAVAILABLE
-        rec.refuse = False
-        assert await _call(ch, CAREFUL)(b"fits", timeout=5) == b"got 4"
-    assert rec.admitted == [900_000, 4] and rec.seen == [b"fits"]
-    assert server.stats.buffered_peak <= 64 * 1024
+        first = asyncio.ensure_future(_call(ch, CAREFUL)(b"a" * 100_000, timeout=10))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(_call(ch, CAREFUL)(b"b", timeout=10))
+        await asyncio.sleep(0.2)
+        assert not first.done() and not second.done() and rec.seen == []  # waiting, not refused
+        assert server.buffered >= 100_000  # still counted while they wait
+        rec.full = False
+        assert await first == b"got 100000" and await second == b"got 1"
+        assert rec.seen == [b"a" * 100_000, b"b"]  # in arrival order
+        # Still not ready after max_wait: UNAVAILABLE, which clients retry; the method hears of it.
+        rec.full = True
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        code, details = await _code(_call(ch, CAREFUL)(b"c" * 10, timeout=10))
+        assert code == grpc.StatusCode.UNAVAILABLE and "busy" in details and loop.time() - t0 >= 0.5
+    assert rec.refused == [CAREFUL] and server.stats.refused_busy == 1 and server.stats.waited == 3
+    assert set(rec.asked) == {100_000, 1, 10} and server.buffered == 0
 
 
 async def test_flow_control_bounds_what_concurrent_calls_hold(served) -> None:

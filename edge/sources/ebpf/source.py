@@ -189,4 +189,6 @@ class EbpfSource:
             out["decisions"] = self.probes.decision_counts()
         out["red_counted"] = self.stats.red_counted
         out["red_series_freed"] = self.stats.red_series_freed
+        bs = self.builder.stats
+        out["builder"] = {name: getattr(bs, name) for name in bs.__dataclass_fields__}
         return out

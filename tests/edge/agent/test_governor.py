@@ -173,12 +173,13 @@ async def test_the_grpc_receiver_is_planned_and_accounted() -> None:
         async with grpcio.aio.insecure_channel(f"127.0.0.1:{agent.grpc.port}") as ch:
             seen: list[int] = []
             export = agent.grpc.server.methods["/opentelemetry.proto.collector.trace.v1.TraceService/Export"]
-            export.admit = lambda n, call: seen.append(gov.accounted()["receiver"])  # asked as the prefix arrives
+            # Asked when the request is complete and before it is handled: its bytes are still counted.
+            export.ready = lambda n: seen.append(gov.accounted()["receiver"]) or True
             call = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
                                   request_serializer=None, response_deserializer=None)
             with pytest.raises(grpcio.aio.AioRpcError):  # not OTLP: INVALID_ARGUMENT, after it was fully received
                 await call(b"\xff" * 50_000, timeout=5)
-        assert len(seen) == 1 and seen[0] >= 5  # counted while still arriving
+        assert len(seen) == 1 and seen[0] >= 50_000 + 5  # counted until handed over
         assert agent.grpc.server.stats.buffered_peak >= 50_000 and gov.accounted()["receiver"] == 0
     finally:
         await agent.grpc.stop()

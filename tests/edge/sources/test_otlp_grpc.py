@@ -41,7 +41,7 @@ async def _with_receiver(has_room, body) -> tuple[list[Span], OtlpIngest]:
         return len(spans)
 
     ingest = OtlpIngest(sink, has_room)
-    receiver = OtlpGrpcReceiver(ingest, "127.0.0.1", 0, 4 << 20)
+    receiver = OtlpGrpcReceiver(ingest, "127.0.0.1", 0, 4 << 20, max_wait=0.3)
     await receiver.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{receiver.port}") as channel:
@@ -67,7 +67,7 @@ async def test_export_through_the_official_stub_reaches_the_pipeline() -> None:
     assert sorted(s.name for s in got) == ["op0", "op1", "op2"] and ingest.stats.spans == 3
 
 
-async def test_a_full_pipeline_answers_unavailable_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_full_pipeline_answers_unavailable_without_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     import edge.sources.otlp_grpc as receiver_module
 
     parsed: list[bytes] = []
@@ -87,7 +87,8 @@ async def test_a_full_pipeline_answers_unavailable_before_parsing(monkeypatch: p
 
     got, ingest = await _with_receiver(has_room, body)
     assert got == [] and ingest.stats.dropped["busy"] == 1
-    assert asked == [req.ByteSize() * 6] and parsed == []  # judged by its wire size, never decoded
+    # Asked again while it waited; judged by its wire size, never decoded.
+    assert len(asked) > 1 and set(asked) == {req.ByteSize() * 6} and parsed == []
 
 
 async def test_garbage_is_invalid_argument_and_counted() -> None:
