@@ -129,7 +129,7 @@ class GrpcServer:
         self.max_wait = max_wait
         self.stats = GrpcServerStats()
         self._waiting: dict[tuple[_Connection, int], tuple[_Stream, bytes, float]] = {}  # complete, not yet ready
-        self._waker: asyncio.TimerHandle | None = None
+        self._waker: asyncio.Handle | None = None
         self.buffered = 0  # bytes held in unfinished requests, across connections
         self._streams: dict[tuple[_Connection, int], _Stream] = {}  # unfinished requests, oldest first
         self._connections: set[_Connection] = set()
@@ -177,6 +177,16 @@ class GrpcServer:
     def _wake(self) -> None:
         if self._waker is None and self._waiting:
             self._waker = asyncio.get_running_loop().call_later(_WAIT_POLL, self._retry)
+
+    def poke(self) -> None:
+        """Room may have appeared (the consumer took data): look at the waiting requests now, not at the next poll.
+
+        Without this a consumer that emptied its queue sat idle until the poll, a third of the time in a burst.
+        """
+        if self._waiting:
+            if self._waker is not None:
+                self._waker.cancel()
+            self._waker = asyncio.get_running_loop().call_soon(self._retry)
 
     def _retry(self) -> None:
         self._waker = None

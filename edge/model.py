@@ -131,6 +131,9 @@ class Span:
     source: Source = Source.SDK_OTLP
     trace_state: str = ""
     flags: int = 1  # W3C trace-flags; bit 0 is "sampled"
+    # approx_size(), taken once: every buffer asks (inbox, assembler, tail, uplink) and it cost an eighth of the
+    # agent's CPU in a burst. Later changes (stitching links, a parent) move the true size by a few bytes only.
+    _size: int = field(default=0, repr=False, compare=False)
 
     @property
     def duration_ns(self) -> int:
@@ -148,6 +151,8 @@ class Span:
         Decoded spans own every string (keys included: a decoder does not intern them), so each counts its object
         header; an estimate that left these out held budgets at about half their true cost.
         """
+        if self._size:
+            return self._size
         size = _SPAN_FIXED + len(self.name) + len(self.trace_state) + _getsizeof(self.attributes)
         for k, v in self.attributes.items():
             size += _STR + len(k) + _value_size(v)
@@ -159,12 +164,13 @@ class Span:
                     size += _STR + len(k) + _value_size(v)
         if self.links:
             size += _getsizeof(self.links) + _LINK_FIXED * len(self.links)
+        self._size = size
         return size
 
 
-# CPython 3.11 object sizes (64-bit): a str header is 49 bytes, bytes 33, int 28, float 24; a slotted Span 200.
+# CPython 3.11 object sizes (64-bit): a str header is 49 bytes, bytes 33, int 28, float 24; a slotted Span 208.
 _STR = 49
-_SPAN_FIXED = 200 + 3 * 33 + 16 + 8 + 8 + 2 * _STR  # the object, three id bytes objects, name and trace state
+_SPAN_FIXED = 208 + 3 * 33 + 16 + 8 + 8 + 2 * _STR  # the object, three id bytes objects, name and trace state
 _EVENT_FIXED = 72 + _STR + 28
 _LINK_FIXED = 96 + 2 * 33 + 16 + 8 + _STR
 

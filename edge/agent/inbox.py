@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model import Source, Span
@@ -26,6 +27,8 @@ class SpanInbox:
         self.bytes = 0
         self._items: deque[tuple[list[Span], int]] = deque()
         self._ready = asyncio.Event()
+        # Called when spans leave (a receiver holding requests back for room takes its turn at once).
+        self.on_taken: Callable[[], None] | None = None
         self.stats = InboxStats({s.value: 0 for s in Source}, {s.value: 0 for s in Source})
 
     def has_room(self, nbytes: int) -> bool:
@@ -68,6 +71,8 @@ class SpanInbox:
             spans, size = self._items.popleft()
             self.bytes -= size
             out.extend(spans)
+        if self.on_taken is not None:
+            self.on_taken()
         return out
 
     def drain(self) -> list[Span]:

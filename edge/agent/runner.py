@@ -72,6 +72,7 @@ class Agent:
         if cfg.otlp.grpc_listen:
             from ..sources.otlp_grpc import OtlpGrpcReceiver
             self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request)
+            self.inbox.on_taken = self.grpc.server.poke
         self.kernel = KernelStatus()
         self.ebpf: Any = None
         self.started = asyncio.Event()

@@ -37,3 +37,14 @@ def test_size_estimate_is_close_to_what_decoded_spans_really_hold(n: int) -> Non
     estimate = sum(s.approx_size() for s in spans) / len(spans)
     print(f"estimate {estimate:.0f} B, measured {real:.0f} B per span")
     assert 0.75 <= estimate / real <= 1.33, f"estimate {estimate:.0f} B per span, measured {real:.0f} B"
+
+
+def test_the_size_estimate_is_taken_once() -> None:
+    from edge.model import Span
+
+    span = Span(b"\x01" * 16, b"\x02" * 8, "GET /x", 1, 2, attributes={"http.route": "/x"})
+    first = span.approx_size()
+    span.attributes["late"] = "x" * 1000  # what stitching adds later is small; it is not measured again
+    assert span.approx_size() == first
+    assert Span(b"\x01" * 16, b"\x02" * 8, "GET /x", 1, 2, attributes=dict(span.attributes)).approx_size() > first + 1000
+    assert span == Span(b"\x01" * 16, b"\x02" * 8, "GET /x", 1, 2, attributes=dict(span.attributes))  # not compared
