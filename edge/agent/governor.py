@@ -10,7 +10,8 @@ shed, only what sits in buffers can.
 
 The budget is kept first by planning, not by reacting: once the baseline is known, `plan()` bounds every buffer
 by a share of the headroom (SHARES; 40 % is left for what no buffer accounts: requests being decoded,
-batches being encoded, allocator slack). CPython and glibc rarely give memory back once a burst has grown the
+batches being encoded, allocator slack; 37 % with the OTLP/gRPC receiver, whose requests still arriving are now
+bounded and accounted). CPython and glibc rarely give memory back once a burst has grown the
 heap, so a budget that is only defended after the fact stays broken: the levers below are for surprises. A budget that leaves less than an eighth of itself above the baseline
 cannot be kept; the governor says so once and then governs a headroom of a quarter of the limit above the
 baseline (the process then ends up over the limit, visibly in the status and /metrics).
