@@ -391,6 +391,7 @@ export_endpoint = "{peer.grpc_endpoint}"
         "rss_idle_mib": round(max(idle), 1),
         "rss_steady_mib": round(statistics.median(steady), 1) if steady else None,
         "rss_peak_mib": round(max(r for _, r, _ in samples), 1),
+        "rss_peak_at_s": round(max(samples, key=lambda x: x[1])[0], 1),  # seconds into the load
         "rss_burst_peak_mib": round(max(burst), 1) if burst else None,
         "offered_per_s": round(offered["steady"] / max(1e-9, total_s - args.burst_seconds)),
         "burst_offered_per_s": round(offered["burst"] / args.burst_seconds) if args.burst_seconds else 0,

@@ -226,3 +226,9 @@ async def test_a_live_budget_change_replans_every_buffer(agent: Agent) -> None:
     after = gov.planned
     assert after["inbox"] > before["inbox"] and after["assembler"] > before["assembler"]
     assert agent.inbox.max_bytes == after["inbox"] and agent.assembler.config.max_bytes == after["assembler"]
+
+
+def test_checks_come_faster_near_the_limit(agent: Agent) -> None:
+    gov = MemoryGovernor(agent, 64 * MiB, 32 * MiB, interval=0.5)
+    assert gov.next_interval(0.5) == gov.next_interval(0.79) == 0.5
+    assert gov.next_interval(0.8) == gov.next_interval(1.2) == 0.1
