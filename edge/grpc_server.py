@@ -280,8 +280,7 @@ class _Connection(asyncio.Protocol):
     # ---------------------------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a stream transport: create_server made it
         srv = self.server
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):

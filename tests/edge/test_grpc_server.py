@@ -235,3 +235,4 @@ async def test_gzip_decoding_is_bounded() -> None:
     with pytest.raises(GrpcStatus) as e:
         grpc_server._decode(b"not gzip", 1, "gzip", 10_000)
     assert e.value.code == Code.INTERNAL
+
