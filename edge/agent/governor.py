@@ -85,7 +85,7 @@ class GovernorStats:
     pressure: float = 0.0
     actions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("raise_threshold", "shrink_tail", "shrink_index", "shrink_assembler", "shrink_inbox", "spill",
-         "spill_unavailable", "drop", "reclaim", "relax"), 0))
+         "spill_unavailable", "drop", "relax"), 0))
     # Spans dropped by the governor; index_pressure counts spans already sent on whose late joins were given up.
     dropped: dict[str, int] = field(default_factory=lambda: {"tail_pressure": 0, "inbox_pressure": 0,
                                                              "index_pressure": 0})
@@ -109,7 +109,6 @@ class MemoryGovernor:
         self.planned: dict[str, int] = {}
         self._tail_max: int | None = None
         self._trim = _malloc_trim()
-        self._last_reclaim = -1e9
         self._asm_max_bytes: int | None = None  # the assembler's own bound, restored after pressure
         self._index_max_bytes: int | None = None
         self._inbox_max_bytes: int | None = None
@@ -294,15 +293,9 @@ class MemoryGovernor:
             self.stats.dropped["inbox_pressure"] += len(spans)
             log.warning("memory pressure %.0f%%: dropped %d spans waiting in the inbox (counted in RED metrics)",
                         self.stats.pressure * 100, len(spans))
-        # A full collection and a trim take tens of milliseconds with a full heap; with checks every 0.1 s near
-        # the limit they would run ten times a second. Once a second frees as much.
-        now = time.monotonic()
-        if now - self._last_reclaim >= 1.0:
-            self._last_reclaim = now
-            self.stats.actions["reclaim"] += 1
-            gc.collect()
-            if self._trim is not None:
-                self._trim(0)
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
 
     def _relax(self) -> None:
         sampler = self._sampler()

@@ -232,15 +232,3 @@ def test_checks_come_faster_near_the_limit(agent: Agent) -> None:
     gov = MemoryGovernor(agent, 64 * MiB, 32 * MiB, interval=0.5)
     assert gov.next_interval(0.5) == gov.next_interval(0.79) == 0.5
     assert gov.next_interval(0.8) == gov.next_interval(1.2) == 0.1
-
-
-def test_reclaiming_memory_runs_at_most_once_a_second(agent: Agent) -> None:
-    gov = governor(agent, 8 * MiB)
-    trims: list[int] = []
-    gov._trim = lambda pad: trims.append(pad) or 1
-    gov._drop()
-    gov._drop()  # the next check, 0.1 s later near the limit
-    assert trims == [0] and gov.stats.actions == {**gov.stats.actions, "drop": 2, "reclaim": 1}
-    gov._last_reclaim -= 1.0
-    gov._drop()
-    assert trims == [0, 0] and gov.stats.actions["reclaim"] == 2
