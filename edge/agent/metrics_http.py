@@ -90,6 +90,13 @@ def health_metrics(agent: Any) -> ResourceMetrics:
         _sum("helix.agent.otlp.refused", "OTLP export requests answered 'busy, retry later' (nothing lost)",
              st["otlp"]["dropped"].get("busy", 0), unit="{request}"),
     ]
+    grpc = st["otlp"].get("grpc")
+    if grpc:
+        metrics.append(_sum("helix.agent.otlp.grpc.events",
+                            "OTLP/gRPC receiver: calls that waited for room, refused busy after waiting, malformed "
+                            "connections, stalled calls reset, connections refused over the limit",
+                            {k: grpc.get(k, 0) for k in ("waited", "refused_busy", "protocol_errors", "stalled_streams",
+                                                         "refused_connections")}, "event", "{event}"))
     decisions = st["sampler"].get("decisions")
     if decisions:
         metrics.append(_sum("helix.agent.tail.decisions", "Tail-sampling trace decisions, by rule or outcome",

@@ -106,3 +106,18 @@ def test_exposition_escapes_labels_and_help() -> None:
 def test_endpoint_can_be_disabled(listen: str) -> None:
     cfg = parse_config({"metrics": {"listen": listen}, "sources": {"ebpf": {"enabled": False}}})
     assert Agent(cfg).metrics_http is None
+
+
+def test_the_grpc_receivers_backpressure_is_exported() -> None:
+    from edge.agent.metrics_http import health_metrics
+
+    cfg = parse_config({"node": {"id": "g"}, "sources": {"mqtt": {"enabled": False}, "ebpf": {"enabled": False},
+                                                         "otlp": {"grpc_listen": "127.0.0.1:0", "http_listen": ""}},
+                        "metrics": {"listen": ""}, "uplink": {"transport": "http", "spool_dir": ""}})
+    agent = Agent(cfg)
+    agent.grpc.server.stats.waited = 7
+    agent.grpc.server.stats.protocol_errors = 2
+    [family] = [m for m in health_metrics(agent).metrics if m.name == "helix.agent.otlp.grpc.events"]
+    got = {p.attributes["event"]: p.value for p in family.points}
+    assert got == {"waited": 7, "refused_busy": 0, "protocol_errors": 2, "stalled_streams": 0,
+                   "refused_connections": 0}
