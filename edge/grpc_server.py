@@ -26,7 +26,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -439,11 +439,9 @@ class _Connection(asyncio.Protocol):
     def _finish(self, stream: _Stream, code: int, message: str) -> None:
         """End a call with a status; a request still arriving is cut off (RST_STREAM NO_ERROR, RFC 9113 8.1)."""
         self._trailers_only(stream.id, code, message)
-        if self.h2.streams.get(stream.id) is not None and self.h2.streams[stream.id].open:
-            try:
-                self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.NO_ERROR)
-            except h2.exceptions.StreamClosedError:
-                pass
+        h2_stream = self.h2.streams.get(stream.id)
+        if h2_stream is not None and h2_stream.open:
+            self._rst(stream.id, h2.errors.ErrorCodes.NO_ERROR)
         self._forget(stream.id)
 
     def _trailers_only(self, stream_id: int, code: int, message: str) -> None:
@@ -459,7 +457,7 @@ class _Connection(asyncio.Protocol):
             self.h2.send_headers(stream_id, headers)
             self.h2.send_data(stream_id, body, end_stream=True)
         except (h2.exceptions.FlowControlError, h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._rst(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
 
     def _not_http2(self) -> None:
         self.server.stats.protocol_errors += 1
@@ -478,12 +476,15 @@ class _Connection(asyncio.Protocol):
 
     def reset(self, stream: _Stream, code: int) -> None:
         """Abort one call."""
-        try:
-            self.h2.reset_stream(stream.id, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
+        self._rst(stream.id, code)
         self._forget(stream.id)
         self.flush()
+
+    def _rst(self, stream_id: int, code: int) -> None:
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass  # already closed on one side or the other: nothing left to abort
 
     def flush(self) -> None:
         """Write what the HTTP/2 state machine has queued."""
