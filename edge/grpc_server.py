@@ -171,6 +171,10 @@ class GrpcServer:
             self._run(stream, body)
             return
         self.stats.waited += 1
+        # While it waits it holds the decoded message, larger than its wire bytes when it came compressed.
+        extra = max(0, len(body) - stream.held)
+        stream.held += extra
+        self.buffered += extra
         self._waiting[(stream.conn, stream.id)] = (stream, body, time.monotonic() + self.max_wait)
         self._wake()
 

@@ -138,6 +138,19 @@ async def test_a_request_waits_for_room_in_order_then_is_refused(served) -> None
     assert set(rec.asked) == {100_000, 1, 10} and server.buffered == 0
 
 
+async def test_a_waiting_compressed_request_counts_its_decoded_size(served) -> None:
+    server, rec = served
+    rec.full = True
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        call = asyncio.ensure_future(_call(ch, CAREFUL)(b"\0" * 500_000, timeout=10,
+                                                        compression=grpc.Compression.Gzip))
+        await asyncio.sleep(0.2)
+        assert server.buffered >= 500_000  # ~500 bytes on the wire, 500 000 held while it waits
+        rec.full = False
+        assert await call == b"got 500000"
+    assert server.buffered == 0
+
+
 async def test_flow_control_bounds_what_concurrent_calls_hold(served) -> None:
     server, rec = served
     size, n = 200 * 1024, 20
