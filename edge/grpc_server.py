@@ -526,6 +526,9 @@ def _decode(data: bytes, flag: int, encoding: str, limit: int) -> bytes:
         raise GrpcStatus(Code.INTERNAL, f"cannot decompress the {encoding} message: {e}") from None
     if len(out) > limit or d.unconsumed_tail:
         raise GrpcStatus(Code.RESOURCE_EXHAUSTED, f"request decompresses to over the {limit}-byte limit")
+    if not d.eof or d.unused_data:
+        # Only a whole stream has had its checksum verified: a cut one would hand the method a prefix of the data.
+        raise GrpcStatus(Code.INTERNAL, f"the {encoding} message is truncated or has trailing bytes")
     return out
 
 

@@ -303,6 +303,9 @@ def _decode(raw: bytes, encoding: str, max_body: int) -> bytes:
         raise _Refused(400, f"body is not valid {enc}: {e}") from None
     if len(out) > max_body or d.unconsumed_tail:
         raise _Refused(413, f"decompressed request body is over the limit of {max_body} bytes")
+    if not d.eof or d.unused_data:
+        # Only a whole stream has had its checksum verified: a cut one would hand the route a prefix of the body.
+        raise _Refused(400, f"body is not valid {enc}: truncated or followed by other bytes")
     return out
 
 

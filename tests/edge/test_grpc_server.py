@@ -248,4 +248,9 @@ async def test_gzip_decoding_is_bounded() -> None:
     with pytest.raises(GrpcStatus) as e:
         grpc_server._decode(b"not gzip", 1, "gzip", 10_000)
     assert e.value.code == Code.INTERNAL
+    whole = gzip.compress(b"abcdef" * 100)
+    for mangled in (whole[:-6], whole + b"x"):  # cut before its checksum; bytes after its end
+        with pytest.raises(GrpcStatus) as e:
+            grpc_server._decode(mangled, 1, "gzip", 10_000)
+        assert e.value.code == Code.INTERNAL and "truncated" in e.value.message
 

@@ -1,7 +1,11 @@
-"""The gRPC server fed mangled HTTP/2: whatever the bytes, the connection ends or serves, never the process."""
+"""The gRPC server fed mangled HTTP/2: whatever the bytes, the connection ends or serves, never the process.
+
+HELIX_FUZZ_EXAMPLES=20000 runs the property longer than CI does.
+"""
 from __future__ import annotations
 
 import gzip
+import os
 
 import h2.config
 import h2.connection
@@ -50,14 +54,15 @@ def _client_bytes(body: bytes, conn: h2.connection.H2Connection | None = None) -
 
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("HELIX_FUZZ_EXAMPLES", "300")), deadline=None)
 @given(body=st.binary(max_size=300), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
                                                     max_size=6),
        cut=st.integers(0, 10_000), chunk=st.integers(1, 64), junk=st.binary(max_size=64))
 def test_mangled_http2_never_escapes_the_connection(body, flips, cut, chunk, junk) -> None:
     seen: list[bytes] = []
     server = GrpcServer("127.0.0.1", 0, {ECHO: Method(lambda d, c: seen.append(d) or b"ok")}, max_message=1 << 16)
-    data = bytearray(_client_bytes(gzip.compress(body)))
+    compressed = gzip.compress(body, mtime=0)
+    data = bytearray(_client_bytes(compressed))
     for pos, value in flips:
         if 24 <= pos < len(data):  # past the preface, so that frames, not the greeting, are mangled
             data[pos] = value
@@ -71,7 +76,9 @@ def test_mangled_http2_never_escapes_the_connection(body, flips, cut, chunk, jun
             break
     conn.connection_lost(None)
     assert server.buffered == 0 and not server._streams and not server._connections
-    assert all(d == body for d in seen)  # anything handled was the real request, never a mangled one
+    # Anything handled is the real request. gRPC frames carry no checksum, so a flipped compressed-flag byte
+    # hands the method the compressed bytes: the only mangling no server can see.
+    assert all(d in (body, compressed) for d in seen), seen
 
 
 def test_the_harness_serves_an_intact_request() -> None:
