@@ -62,7 +62,7 @@ class Agent:
         self.mqtt: MqttSdkSource | None = None
         if cfg.mqtt.enabled:
             self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self._admit, host_name=socket.gethostname(),
-                                      has_room=self.inbox.has_room)
+                                      has_room=self.inbox.has_room, room_changed=self.inbox.taken)
         self.http: OtlpHttpReceiver | None = None
         # Receivers are imported only when enabled (each costs some RSS on a node whose budget may be 48 MiB).
         if cfg.otlp.http_listen:
@@ -72,7 +72,7 @@ class Agent:
         if cfg.otlp.grpc_listen:
             from ..sources.otlp_grpc import OtlpGrpcReceiver
             self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request)
-            self.inbox.on_taken = self.grpc.server.poke
+            self.inbox.on_taken(self.grpc.server.poke)
         self.kernel = KernelStatus()
         self.ebpf: Any = None
         self.started = asyncio.Event()

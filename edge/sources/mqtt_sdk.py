@@ -5,7 +5,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -59,11 +59,14 @@ class MqttSdkSource:
     """Subscribes to the SDK span topics and feeds decoded spans to the pipeline; reconnects forever."""
 
     def __init__(self, cfg: MqttSourceConfig, node_id: str, sink: Sink, host_name: str = "",
-                 has_room: HasRoom | None = None) -> None:
+                 has_room: HasRoom | None = None,
+                 room_changed: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.sink = sink
         self.has_room = has_room
+        # Awaited (with a timeout) while a message waits for room; without it the source polls every 20 ms.
+        self.room_changed = room_changed
         self.host_name = host_name
         self.stats = MqttSourceStats()
         self._warn = RateLimitedLog(log, interval_s=10.0)
@@ -122,7 +125,10 @@ class MqttSdkSource:
             deadline = loop.time() + _ROOM_WAIT_S
             need = sum(s.approx_size() for s in spans)
             while not self.has_room(need) and loop.time() < deadline:
-                await asyncio.sleep(0.02)
+                if self.room_changed is not None:
+                    await self.room_changed(0.1)
+                else:
+                    await asyncio.sleep(0.02)
         self._offer(spans)
 
     def handle(self, topic: str, payload: bytes, properties: object | None) -> None:

@@ -29,3 +29,17 @@ async def test_get_waits_for_spans() -> None:
     assert not task.done()
     inbox.put(_spans(2), Source.EBPF)
     assert len(await asyncio.wait_for(task, 1)) == 2
+
+
+async def test_taking_spans_wakes_those_waiting_for_room() -> None:
+    inbox = SpanInbox(max_bytes=1 << 20)
+    told: list[int] = []
+    inbox.on_taken(lambda: told.append(inbox.bytes))
+    inbox.put(_spans(3), Source.SDK_MQTT)
+    waiter = asyncio.create_task(inbox.taken(timeout=30))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await inbox.get()
+    await asyncio.wait_for(waiter, 1)  # at once, not after its 30 s timeout
+    assert told == [0]  # listeners run after the spans left
+    await asyncio.wait_for(inbox.taken(timeout=0.05), 1)  # nothing taken: the timeout ends the wait quietly

@@ -95,7 +95,13 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(mosquitt
         return len(spans)
 
     cfg = MqttSourceConfig(broker=BrokerAddress("127.0.0.1", mosquitto.port), max_payload=4096)
-    src = MqttSdkSource(cfg, "node-bp", sink, has_room=lambda n: room["open"])
+    waits: list[float] = []
+
+    async def room_changed(timeout: float) -> None:
+        waits.append(timeout)  # the source waits on the inbox's signal, not on a poll of its own
+        await asyncio.sleep(0.02)
+
+    src = MqttSdkSource(cfg, "node-bp", sink, has_room=lambda n: room["open"], room_changed=room_changed)
     task = asyncio.create_task(src.run())
     await asyncio.wait_for(src.ready.wait(), 10)
     try:
@@ -110,7 +116,7 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(mosquitt
         room["open"] = True
         await _wait(lambda: len(got) == n, timeout=20)
         assert sorted(s.name for s in got) == sorted(f"m{i}" for i in range(n))
-        assert src.stats.dropped["inbox_full"] == 0 and src.stats.waited_for_room >= 1
+        assert src.stats.dropped["inbox_full"] == 0 and src.stats.waited_for_room >= 1 and waits
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
