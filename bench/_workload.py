@@ -135,8 +135,8 @@ def realistic_spans(n_traces: int, seed: int) -> list[Span]:
             resource=resources[("orders", host)], scope=_SDK_SCOPE, source=Source.SDK_OTLP,
         )
         if failed:
-            root.events.append(Event("exception", root_end - 10_000, {
-                "exception.type": "RiskUnavailable", "exception.message": "risk review returned 503"}))
+            root.events = (Event("exception", root_end - 10_000, {
+                "exception.type": "RiskUnavailable", "exception.message": "risk review returned 503"}),)
         trace.append(root)
         spans += trace
     return spans

@@ -5,6 +5,7 @@ import enum
 import os
 from dataclasses import dataclass, field
 from sys import getsizeof as _getsizeof
+from collections.abc import Sequence
 from typing import Union
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "new_span_id",
     "INVALID_TRACE_ID",
     "INVALID_SPAN_ID",
+    "share",
+    "is_shared",
 ]
 
 # OpenTelemetry's AnyValue: scalars, homogeneous-or-not arrays and key/value lists.
@@ -30,6 +33,35 @@ Attributes = dict[str, AttrValue]
 
 INVALID_TRACE_ID = bytes(16)
 INVALID_SPAN_ID = bytes(8)
+
+# Decoders hand every attribute key, span name and short text value through share(): spans of the same service
+# repeat the same few hundred strings, and one copy each instead of one per span is most of a decoded span's
+# size (1.6-2.0 KiB -> ~0.9 KiB measured on bench/_workload.py spans). The table is bounded: when it fills (ids,
+# addresses and other one-off values do that), it starts over, and spans keep the copies they already hold.
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 4096
+_SHARED_LEN = 64
+
+
+def share(s: str) -> str:
+    """The agent's one copy of a short, repeated string (a key, a span name, an enum-like value)."""
+    t = _SHARED.get(s)
+    if t is not None:
+        return t
+    if len(s) > _SHARED_LEN:
+        return s
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    _SHARED[s] = s
+    return s
+
+
+def is_shared(s: str) -> bool:
+    """True if `s` is the copy share() hands out now (memory accounting counts it once, not per span).
+
+    The table may start over at any time, so a decoder takes a span's size estimate right after building it.
+    """
+    return _SHARED.get(s) is s
 
 
 class SpanKind(enum.IntEnum):
@@ -86,8 +118,15 @@ class Resource:
 
     @classmethod
     def of(cls, attrs: Attributes) -> Resource:
-        """Build a resource from a mapping, with a stable key order."""
-        return cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
+        """Build a resource from a mapping, with a stable key order; equal resources are one shared object."""
+        r = cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
+        shared = _RESOURCES.get(r)
+        if shared is not None:
+            return shared
+        if len(_RESOURCES) >= _RESOURCES_MAX:
+            _RESOURCES.clear()
+        _RESOURCES[r] = r
+        return r
 
     def as_dict(self) -> Attributes:
         """Return the attributes as a plain dict."""
@@ -100,6 +139,12 @@ class Resource:
             if k == "service.name" and isinstance(v, str):
                 return v
         return "unknown_service"
+
+
+# Every export request and MQTT message brings its resource again; a device sending one span per message would
+# otherwise pay a whole resource (~1.5 KiB) per span. Bounded like the string table.
+_RESOURCES: dict[Resource, Resource] = {}
+_RESOURCES_MAX = 256
 
 
 @dataclass(slots=True, frozen=True)
@@ -124,8 +169,10 @@ class Span:
     status_code: StatusCode = StatusCode.UNSET
     status_message: str = ""
     attributes: Attributes = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    links: list[Link] = field(default_factory=list)
+    # Held as tuples (lists passed in are converted): most spans have neither, and the shared empty tuple costs
+    # nothing where an empty list costs 56 bytes (~8 % of a decoded span); one type also keeps spans comparable.
+    events: Sequence[Event] = ()
+    links: Sequence[Link] = ()
     resource: Resource = field(default_factory=Resource)
     scope: Scope = field(default_factory=Scope)
     source: Source = Source.SDK_OTLP
@@ -134,6 +181,12 @@ class Span:
     # approx_size(), taken once: every buffer asks (inbox, assembler, tail, uplink) and it cost an eighth of the
     # agent's CPU in a burst. Later changes (stitching links, a parent) move the true size by a few bytes only.
     _size: int = field(default=0, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if type(self.events) is not tuple:
+            self.events = tuple(self.events)
+        if type(self.links) is not tuple:
+            self.links = tuple(self.links)
 
     @property
     def duration_ns(self) -> int:
@@ -148,20 +201,19 @@ class Span:
     def approx_size(self) -> int:
         """The bytes this span holds as Python objects, estimated closely enough for memory accounting.
 
-        Decoded spans own every string (keys included: a decoder does not intern them), so each counts its object
-        header; an estimate that left these out held budgets at about half their true cost.
+        A string the span owns counts its object header too (an estimate that left headers out held budgets at
+        about half their true cost); a string it shares (see share()) counts once for the whole agent, not here.
         """
         if self._size:
             return self._size
-        size = _SPAN_FIXED + len(self.name) + len(self.trace_state) + _getsizeof(self.attributes)
-        for k, v in self.attributes.items():
-            size += _STR + len(k) + _value_size(v)
+        size = _SPAN_FIXED + len(self.trace_state) + _getsizeof(self.attributes)
+        if not is_shared(self.name):
+            size += _STR + len(self.name)
+        size += _attrs_size(self.attributes)
         if self.events:
             size += _getsizeof(self.events)
             for ev in self.events:
-                size += _EVENT_FIXED + len(ev.name) + _getsizeof(ev.attributes)
-                for k, v in ev.attributes.items():
-                    size += _STR + len(k) + _value_size(v)
+                size += _EVENT_FIXED + len(ev.name) + _getsizeof(ev.attributes) + _attrs_size(ev.attributes)
         if self.links:
             size += _getsizeof(self.links) + _LINK_FIXED * len(self.links)
         self._size = size
@@ -170,14 +222,24 @@ class Span:
 
 # CPython 3.11 object sizes (64-bit): a str header is 49 bytes, bytes 33, int 28, float 24; a slotted Span 208.
 _STR = 49
-_SPAN_FIXED = 208 + 3 * 33 + 16 + 8 + 8 + 2 * _STR  # the object, three id bytes objects, name and trace state
+# The object, three id bytes objects, two start/end ints, trace state.
+_SPAN_FIXED = 208 + 3 * 33 + 16 + 8 + 8 + 2 * 32 + _STR
 _EVENT_FIXED = 72 + _STR + 28
 _LINK_FIXED = 96 + 2 * 33 + 16 + 8 + _STR
 
 
+def _attrs_size(attrs: Attributes) -> int:
+    size = 0
+    for k, v in attrs.items():
+        if not is_shared(k):
+            size += _STR + len(k)
+        size += _value_size(v)
+    return size
+
+
 def _value_size(v: AttrValue) -> int:
     if isinstance(v, str):
-        return _STR + len(v)
+        return 0 if is_shared(v) else _STR + len(v)
     if isinstance(v, bytes):
         return 33 + len(v)
     if isinstance(v, bool):
@@ -187,7 +249,7 @@ def _value_size(v: AttrValue) -> int:
     if isinstance(v, list):
         return 56 + sum(8 + _value_size(x) for x in v)
     if isinstance(v, dict):
-        return _getsizeof(v) + sum(_STR + len(k) + _value_size(x) for k, x in v.items())
+        return _getsizeof(v) + _attrs_size(v)
     return 16
 
 

@@ -592,17 +592,21 @@ def _apply_extras(span: Span, x: Any, r: _Reader, what: str) -> None:
             _expect(_is_int(v), f"{what} flags must be an integer")
             span.flags = v
         elif key == _X_EVENTS:
+            events = []
             for ev in _list(v, what + " events"):
                 ev = _list(ev, what + " event")
                 _expect(len(ev) == 3 and _is_int(ev[1]), f"{what} event must be [name, time, attributes]")
-                span.events.append(Event(r.s(ev[0], what + " event name"), span.start_ns + ev[1],
-                                         r.attrs(ev[2], what + " event attributes")))
+                events.append(Event(r.s(ev[0], what + " event name"), span.start_ns + ev[1],
+                                    r.attrs(ev[2], what + " event attributes")))
+            span.events = tuple(events)
         elif key == _X_LINKS:
+            links = []
             for lk in _list(v, what + " links"):
                 lk = _list(lk, what + " link")
                 _expect(len(lk) == 4 and type(lk[1]) is bytes, f"{what} link must be [trace, span id, state, attributes]")
-                span.links.append(Link(r.trace(lk[0], what + " link trace"), lk[1], r.s(lk[2], what + " link state"),
-                                       r.attrs(lk[3], what + " link attributes")))
+                links.append(Link(r.trace(lk[0], what + " link trace"), lk[1], r.s(lk[2], what + " link state"),
+                                  r.attrs(lk[3], what + " link attributes")))
+            span.links = tuple(links)
         else:
             raise DecodeError(f"uplink batch: {what} has an unknown extras key {key!r}")
 

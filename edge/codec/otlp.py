@@ -16,7 +16,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from ..errors import DecodeError
-from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, share
 
 __all__ = [
     "spans_from_request",
@@ -32,7 +32,7 @@ __all__ = [
 def _value_from_pb(v: AnyValue) -> AttrValue:
     which = v.WhichOneof("value")
     if which == "string_value":
-        return v.string_value
+        return share(v.string_value)
     if which == "bool_value":
         return v.bool_value
     if which == "int_value":
@@ -44,12 +44,12 @@ def _value_from_pb(v: AnyValue) -> AttrValue:
     if which == "array_value":
         return [_value_from_pb(x) for x in v.array_value.values]
     if which == "kvlist_value":
-        return {kv.key: _value_from_pb(kv.value) for kv in v.kvlist_value.values}
+        return {share(kv.key): _value_from_pb(kv.value) for kv in v.kvlist_value.values}
     return ""
 
 
 def _attrs_from_pb(kvs: Iterable[KeyValue]) -> Attributes:
-    return {kv.key: _value_from_pb(kv.value) for kv in kvs}
+    return {share(kv.key): _value_from_pb(kv.value) for kv in kvs}
 
 
 def _value_to_pb(out: AnyValue, v: AttrValue) -> None:
@@ -95,6 +95,7 @@ def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.S
     appended there, so one bad span does not cost its neighbours.
     """
     out: list[Span] = []
+    ids: dict[bytes, bytes] = {}  # one copy of each trace id and span id in the request (parents repeat them)
     for rs in req.resource_spans:
         resource = Resource.of(_attrs_from_pb(rs.resource.attributes))
         for ss in rs.scope_spans:
@@ -106,25 +107,30 @@ def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.S
                         raise DecodeError(problem)
                     errors.append(problem)
                     continue
-                out.append(Span(
-                    trace_id=s.trace_id,
-                    span_id=s.span_id,
-                    parent_span_id=s.parent_span_id,
-                    name=s.name,
+                tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
+                span = Span(
+                    trace_id=ids.setdefault(tid, tid),
+                    span_id=ids.setdefault(sid, sid),
+                    parent_span_id=ids.setdefault(pid, pid) if pid else b"",
+                    name=share(s.name),
                     kind=SpanKind(s.kind) if s.kind in SpanKind._value2member_map_ else SpanKind.UNSPECIFIED,
                     start_ns=s.start_time_unix_nano,
                     end_ns=s.end_time_unix_nano,
                     status_code=StatusCode(s.status.code) if s.status.code in (0, 1, 2) else StatusCode.UNSET,
                     status_message=s.status.message,
                     attributes=_attrs_from_pb(s.attributes),
-                    events=[Event(e.name, e.time_unix_nano, _attrs_from_pb(e.attributes)) for e in s.events],
-                    links=[Link(lk.trace_id, lk.span_id, lk.trace_state, _attrs_from_pb(lk.attributes)) for lk in s.links],
+                    events=tuple(Event(share(e.name), e.time_unix_nano, _attrs_from_pb(e.attributes))
+                                 for e in s.events) if s.events else (),
+                    links=tuple(Link(lk.trace_id, lk.span_id, lk.trace_state, _attrs_from_pb(lk.attributes))
+                                for lk in s.links) if s.links else (),
                     resource=resource,
                     scope=scope,
                     source=source,
                     trace_state=s.trace_state,
                     flags=(s.flags & 0xFF) if s.flags else 1,
-                ))
+                )
+                span.approx_size()  # now, while the strings it shares are still the table's (see share())
+                out.append(span)
     return out
 
 

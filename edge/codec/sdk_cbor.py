@@ -12,7 +12,7 @@ from typing import Any
 import cbor2
 
 from ..errors import DecodeError
-from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, share
 from ..propagation import SpanContext
 
 __all__ = [
@@ -81,7 +81,7 @@ def _check_value(v: Any, where: str, depth: int = 0) -> AttrValue:
     if isinstance(v, str | bytes):
         if len(v) > MAX_STRING:
             raise DecodeError(f"{where}: value longer than {MAX_STRING} bytes")
-        return v
+        return share(v) if isinstance(v, str) else v
     if isinstance(v, list):
         return [_check_value(x, where, depth + 1) for x in v]
     if isinstance(v, dict):
@@ -92,7 +92,7 @@ def _check_value(v: Any, where: str, depth: int = 0) -> AttrValue:
 def _check_key(k: Any, where: str) -> str:
     if not isinstance(k, str) or not k or len(k) > 256:
         raise DecodeError(f"{where}: attribute keys must be non-empty text up to 256 characters, got {k!r}")
-    return k
+    return share(k)
 
 
 def _attrs(v: Any, where: str) -> Attributes:
@@ -136,7 +136,8 @@ def _id(m: dict[int, Any], key: int, size: int, where: str) -> bytes | None:
     return v
 
 
-def _span_from_map(m: Any, idx: int, resource: Resource, scope: Scope, remote: SpanContext | None) -> Span:
+def _span_from_map(m: Any, idx: int, resource: Resource, scope: Scope, remote: SpanContext | None,
+                   ids: dict[bytes, bytes]) -> Span:
     where = f"span[{idx}]"
     if not isinstance(m, dict):
         raise DecodeError(f"{where}: expected a map, got {type(m).__name__}")
@@ -173,7 +174,7 @@ def _span_from_map(m: Any, idx: int, resource: Resource, scope: Scope, remote: S
         if not isinstance(ev, list) or not 2 <= len(ev) <= 3 or not isinstance(ev[0], str) \
                 or isinstance(ev[1], bool) or not isinstance(ev[1], int) or ev[1] < 0:
             raise DecodeError(f"{where}.events[{i}]: expected [name, offset_ns, attributes?]")
-        events.append(Event(ev[0], start + ev[1], _attrs(ev[2] if len(ev) > 2 else None, f"{where}.events[{i}]")))
+        events.append(Event(share(ev[0]), start + ev[1], _attrs(ev[2] if len(ev) > 2 else None, f"{where}.events[{i}]")))
     links = []
     for i, lk in enumerate(links_raw):
         if not isinstance(lk, list) or not 2 <= len(lk) <= 3 or not isinstance(lk[0], bytes) or len(lk[0]) != 16 \
@@ -182,18 +183,18 @@ def _span_from_map(m: Any, idx: int, resource: Resource, scope: Scope, remote: S
         links.append(Link(lk[0], lk[1], "", _attrs(lk[2] if len(lk) > 2 else None, f"{where}.links[{i}]")))
     flags = _uint(m, Key.FLAGS, where, default=1)
     return Span(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=parent or b"",
-        name=_text(m, Key.NAME, where, required=True),
+        trace_id=ids.setdefault(trace_id, trace_id),
+        span_id=ids.setdefault(span_id, span_id),
+        parent_span_id=ids.setdefault(parent, parent) if parent else b"",
+        name=share(_text(m, Key.NAME, where, required=True)),
         kind=SpanKind(kind),
         start_ns=start,
         end_ns=start + duration,
         status_code=StatusCode(status),
         status_message=_text(m, Key.STATUS_MESSAGE, where),
         attributes=_attrs(m.get(Key.ATTRIBUTES), f"{where}.attributes"),
-        events=events,
-        links=links,
+        events=tuple(events),
+        links=tuple(links),
         resource=resource,
         scope=scope,
         source=Source.SDK_MQTT,
@@ -235,9 +236,12 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
         raise DecodeError(f"more than {MAX_SPANS_PER_MESSAGE} spans in one message")
     resource = Resource.of({**default_resource, **res_attrs})
     out = DecodedPayload()
+    ids: dict[bytes, bytes] = {}  # one copy of each trace id and span id in the message (parents repeat them)
     for i, m in enumerate(spans_raw):
         try:
-            out.spans.append(_span_from_map(m, i, resource, scope, remote))
+            span = _span_from_map(m, i, resource, scope, remote, ids)
+            span.approx_size()  # now, while the strings it shares are still the table's (see share())
+            out.spans.append(span)
         except DecodeError as e:
             out.errors.append(str(e))
     return out

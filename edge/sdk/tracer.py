@@ -58,7 +58,7 @@ class SdkSpan:
 
     def add_event(self, name: str, attributes: dict[str, AttrValue] | None = None, time_ns: int | None = None) -> SdkSpan:
         """Record a timestamped event."""
-        self._span.events.append(Event(name, time_ns or time.time_ns(), dict(attributes or {})))
+        self._span.events = (*self._span.events, Event(name, time_ns or time.time_ns(), dict(attributes or {})))
         return self
 
     def set_status(self, ok: bool, message: str = "") -> SdkSpan:

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
 from edge.codec.otlp import parse_request_protobuf, request_from_spans, spans_from_request
+from edge.codec.sdk_cbor import decode_payload, encode_payload
 from edge.model import Event, Resource, Span, SpanKind, new_span_id, new_trace_id
 
 
@@ -48,3 +50,90 @@ def test_the_size_estimate_is_taken_once() -> None:
     assert span.approx_size() == first
     assert Span(b"\x01" * 16, b"\x02" * 8, "GET /x", 1, 2, attributes=dict(span.attributes)).approx_size() > first + 1000
     assert span == Span(b"\x01" * 16, b"\x02" * 8, "GET /x", 1, 2, attributes=dict(span.attributes))  # not compared
+
+
+def _held_per_span(decode: Callable[[], list[Span]]) -> tuple[float, list[Span]]:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        spans = decode()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    return (held - 8 * len(spans)) / len(spans), spans
+
+
+@pytest.fixture
+def fresh_string_table() -> None:
+    """Start with an empty table, so that it does not start over in the middle of a test."""
+    from edge import model
+
+    model._SHARED.clear()
+
+
+@pytest.mark.usefixtures("fresh_string_table")
+def test_decoded_spans_share_repeated_strings_ids_and_resources() -> None:
+    """Keys, names and enum-like values repeat on every span: one copy each, not one per span."""
+    wires = [request_from_spans([_server_span(i) for i in range(k, k + 100)]).SerializeToString()
+             for k in range(0, 400, 100)]
+    reqs = [parse_request_protobuf(w) for w in wires]
+    spans_from_request(reqs[0])  # the table's own copies are the agent's, not these spans'
+    real, spans = _held_per_span(lambda: [s for r in reqs for s in spans_from_request(r)])
+    a, b = spans[0], spans[-1]  # from different requests
+    assert a.name is b.name
+    for key in a.attributes:
+        assert next(k for k in b.attributes if k == key) is key
+    assert a.attributes["http.request.method"] is b.attributes["http.request.method"]
+    assert a.resource is b.resource
+    # Before share() and the per-request id table these spans held 2.4 KiB each; now about 1.1 KiB.
+    assert real < 1250, f"{real:.0f} B per decoded span"
+    estimate = sum(s.approx_size() for s in spans) / len(spans)
+    assert 0.75 <= estimate / real <= 1.33, f"estimate {estimate:.0f} B per span, measured {real:.0f} B"
+
+
+@pytest.mark.usefixtures("fresh_string_table")
+def test_cbor_decoded_spans_share_strings_and_one_trace_id_per_message() -> None:
+    spans = [_server_span(i) for i in range(50)]
+    for s in spans[1:]:
+        s.trace_id = spans[0].trace_id
+    payloads = [encode_payload(spans, {"service.name": "orders"}) for _ in range(4)]
+    decode_payload(payloads[0], {})
+    real, out = _held_per_span(lambda: [s for p in payloads for s in decode_payload(p, {}).spans])
+    assert all(s.trace_id is out[0].trace_id for s in out[:50])
+    assert out[0].name is out[-1].name and out[0].resource is out[-1].resource
+    assert real < 1100, f"{real:.0f} B per decoded span"  # 2.2 KiB before sharing, about 0.85 KiB now
+    estimate = sum(s.approx_size() for s in out) / len(out)
+    assert 0.75 <= estimate / real <= 1.33, f"estimate {estimate:.0f} B per span, measured {real:.0f} B"
+
+
+def test_the_string_table_is_bounded_and_skips_long_strings() -> None:
+    from edge import model
+
+    long = "x" * (model._SHARED_LEN + 1)
+    assert model.share(long) is long and not model.is_shared(long)
+    first = model.share("".join(["route-", "a"]))
+    assert model.share("".join(["route-", "a"])) is first and model.is_shared(first)
+    for i in range(model._SHARED_MAX + 10):  # one-off values (ids, addresses) fill it; it starts over, bounded
+        model.share(f"one-off-{i}")
+    assert len(model._SHARED) <= model._SHARED_MAX
+    again = model.share("".join(["route-", "a"]))
+    assert again == first and model.is_shared(again)
+
+
+def test_owned_strings_count_and_shared_ones_do_not() -> None:
+    from edge.model import share
+
+    key, value = share("".join(["http.", "route"])), share("".join(["/api/", "x"]))
+    shared = Span(b"\x01" * 16, b"\x02" * 8, share("GET /x"), 1, 2, attributes={key: value})
+    owned = Span(b"\x01" * 16, b"\x02" * 8, "".join(["GET ", "/x"]),
+                 1, 2, attributes={"".join(["http.", "route"]): "".join(["/api/", "x"])})
+    assert owned.approx_size() - shared.approx_size() == 3 * 49 + len("GET /x") + len("http.route") + len("/api/x")
+
+
+def test_events_and_links_are_tuples_and_empty_ones_compare_equal() -> None:
+    a = Span(b"\x01" * 16, b"\x02" * 8, "x", 1, 2, events=[], links=[])
+    b = Span(b"\x01" * 16, b"\x02" * 8, "x", 1, 2)
+    assert a == b and a.events == () and a.links == ()
+    c = Span(b"\x01" * 16, b"\x02" * 8, "x", 1, 2, events=[Event("e", 1)])
+    assert c.events == (Event("e", 1),)
