@@ -203,13 +203,14 @@ class Span:
 
         A string the span owns counts its object header too (an estimate that left headers out held budgets at
         about half their true cost); a string it shares (see share()) counts once for the whole agent, not here.
+        Kernel spans' keys are string constants of the span builder, so shared too.
         """
         if self._size:
             return self._size
         size = _SPAN_FIXED + len(self.trace_state) + _getsizeof(self.attributes)
         if not is_shared(self.name):
             size += _STR + len(self.name)
-        size += _attrs_size(self.attributes)
+        size += _attrs_size(self.attributes, constant_keys=self.source is Source.EBPF)
         if self.events:
             size += _getsizeof(self.events)
             for ev in self.events:
@@ -228,10 +229,10 @@ _EVENT_FIXED = 72 + _STR + 28
 _LINK_FIXED = 96 + 2 * 33 + 16 + 8 + _STR
 
 
-def _attrs_size(attrs: Attributes) -> int:
+def _attrs_size(attrs: Attributes, constant_keys: bool = False) -> int:
     size = 0
     for k, v in attrs.items():
-        if not is_shared(k):
+        if not constant_keys and not is_shared(k):
             size += _STR + len(k)
         size += _value_size(v)
     return size

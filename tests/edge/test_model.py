@@ -137,3 +137,14 @@ def test_events_and_links_are_tuples_and_empty_ones_compare_equal() -> None:
     assert a == b and a.events == () and a.links == ()
     c = Span(b"\x01" * 16, b"\x02" * 8, "x", 1, 2, events=[Event("e", 1)])
     assert c.events == (Event("e", 1),)
+
+
+def test_kernel_span_keys_are_the_builders_constants_and_do_not_count() -> None:
+    from edge.model import Source
+
+    def span(source: Source) -> Span:
+        return Span(b"\x01" * 16, b"\x02" * 8, "GET", 1, 2, source=source,
+                    attributes={"".join(["url.", "path"]): 1000, "".join(["server.", "port"]): 8080})
+
+    assert span(Source.SDK_OTLP).approx_size() - span(Source.EBPF).approx_size() == 2 * 49 + len("url.path") + len(
+        "server.port")
