@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from sys import getsizeof as _getsizeof
-from typing import Union
+from typing import Any, Union
 
 __all__ = [
     "AttrValue",
@@ -43,17 +43,23 @@ _SHARED_MAX = 4096
 _SHARED_LEN = 64
 
 
-def share(s: str) -> str:
-    """The agent's one copy of a short, repeated string (a key, a span name, an enum-like value)."""
-    t = _SHARED.get(s)
+def _one_copy(table: dict, x: Any, max_entries: int) -> Any:
+    # Bounded by starting over: holders keep the copies they have, later ones get a new first copy.
+    t = table.get(x)
     if t is not None:
         return t
-    if len(s) > _SHARED_LEN:
-        return s
-    if len(_SHARED) >= _SHARED_MAX:
-        _SHARED.clear()
-    _SHARED[s] = s
-    return s
+    if len(table) >= max_entries:
+        table.clear()
+    table[x] = x
+    return x
+
+
+def share(s: str) -> str:
+    """The agent's one copy of a short, repeated string (a key, a span name, an enum-like value)."""
+    t = _SHARED.get(s)  # the hit, inline: this runs for every key and short value decoded
+    if t is not None:
+        return t
+    return s if len(s) > _SHARED_LEN else _one_copy(_SHARED, s, _SHARED_MAX)
 
 
 def is_shared(s: str) -> bool:
@@ -119,14 +125,7 @@ class Resource:
     @classmethod
     def of(cls, attrs: Attributes) -> Resource:
         """Build a resource from a mapping, with a stable key order; equal resources are one shared object."""
-        r = cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
-        shared = _RESOURCES.get(r)
-        if shared is not None:
-            return shared
-        if len(_RESOURCES) >= _RESOURCES_MAX:
-            _RESOURCES.clear()
-        _RESOURCES[r] = r
-        return r
+        return _one_copy(_RESOURCES, cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items()))), _RESOURCES_MAX)
 
     def as_dict(self) -> Attributes:
         """Return the attributes as a plain dict."""
