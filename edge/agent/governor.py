@@ -19,9 +19,9 @@ baseline (the process then ends up over the limit, visibly in the status and /me
 Under pressure it acts in this order, one step further per check while the pressure lasts, and counts each
 action:
 
-1. `raise_threshold` (≥ 70 %): halve the agent's keep-probability (down to ratio/1024). The sampler tells its
-   observers, and the agent writes the same threshold into the kernel's config map, so the probes stop sending
-   what the agent would drop.
+1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 %): halve the agent's keep-probability
+   (down to ratio/1024). The sampler tells its observers, and the agent writes the same threshold into the
+   kernel's config map, so the probes stop sending what the agent would drop.
 2. `shrink_tail` (≥ 80 %): halve the tail-sampling buffer; its oldest undecided traces are dropped. And
    `shrink_index`: the assembler forgets released spans older than half its window (late joins are given up;
    at the drop step all released spans), by its `shrink()` if it has one, else through its index's
@@ -35,6 +35,15 @@ action:
 
 Below 60 % it steps back one notch per check: the keep-probability doubles (and with it the kernel's), and the
 tail buffer, inbox and assembler bounds regrow towards their planned sizes.
+
+RSS measures the heap, not what lives in it: after a burst CPython's arenas and glibc keep most of the memory the
+burst needed (bench/memory_budget.py: ~3 MiB more at steady load than before it, with the buffers at a quarter of
+their plan), so the pressure can sit between 60 and 80 % for as long as the process runs. Between those levels
+the governor therefore looks at the trend: it halves the keep-probability only when usage sets a new high (above
+everything it saw in the last SETTLE seconds, by a margin), and once usage has set no new high and no shrinking
+step has run for SETTLE seconds, the plateau counts as settled and it steps back as if the pressure were gone.
+Buffers that regrow then fill memory the heap already holds; should they need more, usage rises and the steps
+above act again. Otherwise one burst would leave a node sampling at its floor, with shrunken buffers, until restart.
 """
 from __future__ import annotations
 
@@ -45,6 +54,7 @@ import gc
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +67,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0.95}
 RELAX = 0.60
+SETTLE = 10.0  # s without a new high or a shrinking step before a plateau between RELAX and shrink_tail is settled
 # Shares of the headroom each buffer is planned to fill at most (see plan()). The 40 % left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
 # The receiver's share (OTLP/gRPC requests still arriving) was part of that unaccounted 40 % before it was bounded.
@@ -96,10 +107,14 @@ class MemoryGovernor:
     """Keeps an Agent within `cfg.memory.limit`; run `run()` as a task or call `check()` yourself."""
 
     def __init__(self, agent: Any, limit: int, baseline: int = 0, interval: float = 0.5,
-                 rss: Callable[[], int] = read_rss) -> None:
+                 rss: Callable[[], int] = read_rss, clock: Callable[[], float] = time.monotonic) -> None:
         self.agent = agent
         self.limit = limit
         self._rss = rss
+        self._clock = clock
+        self._recent: deque[tuple[float, int]] = deque()  # (time, usage) of the checks in the last SETTLE s
+        self._unsettled_at = clock()  # last new high of usage, or last check at a shrinking level
+        self._settled = False
         self._auto_baseline = not baseline
         self.baseline = self.headroom = 0
         self.set_baseline(baseline or rss())
@@ -160,7 +175,17 @@ class MemoryGovernor:
     def check(self) -> float:
         """Measure once and act on the pressure; returns the pressure seen."""
         p = self.measure()
-        if p >= LEVELS["raise_threshold"]:
+        now = self._clock()
+        rising = self._new_high(now, self.stats.usage)
+        if rising or p >= LEVELS["shrink_tail"]:
+            self._unsettled_at = now
+        settled = now - self._unsettled_at >= SETTLE
+        if settled != self._settled:
+            self._settled = settled
+            if settled and p >= RELAX:
+                log.info("memory usage settled at %.0f%% of the headroom for %.0f s (heap kept from an earlier peak): "
+                         "buffers and keep-probability regrow", p * 100, SETTLE)
+        if p >= LEVELS["shrink_tail"] or (p >= LEVELS["raise_threshold"] and rising):
             self._raise_threshold()
         if p >= LEVELS["shrink_tail"]:
             self._shrink_tail()
@@ -170,9 +195,18 @@ class MemoryGovernor:
             self._spill()
         if p >= LEVELS["drop"]:
             self._drop()
-        if p < RELAX:
+        if p < RELAX or (settled and p < LEVELS["shrink_tail"]):
             self._relax()
         return p
+
+    def _new_high(self, now: float, usage: int) -> bool:
+        """Record usage; True when it is above everything seen in the last SETTLE seconds by more than noise."""
+        recent = self._recent
+        while recent and recent[0][0] < now - SETTLE:
+            recent.popleft()
+        high = max((u for _, u in recent), default=None)
+        recent.append((now, usage))
+        return high is None or usage > high + max(256 * 1024, self.headroom // 32)
 
     def _sampler(self) -> Any:
         return self.agent.sampler

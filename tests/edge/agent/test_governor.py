@@ -7,7 +7,7 @@ import pytest
 
 from bench._workload import realistic_spans
 from edge.agent import Agent
-from edge.agent.governor import MemoryGovernor, read_rss
+from edge.agent.governor import SETTLE, MemoryGovernor, read_rss
 from edge.config import parse_config
 from edge.model import Source
 
@@ -232,3 +232,57 @@ def test_checks_come_faster_near_the_limit(agent: Agent) -> None:
     gov = MemoryGovernor(agent, 64 * MiB, 32 * MiB, interval=0.5)
     assert gov.next_interval(0.5) == gov.next_interval(0.79) == 0.5
     assert gov.next_interval(0.8) == gov.next_interval(1.2) == 0.1
+
+
+class Plateau:
+    """RSS and time under the test's control: usage is RSS here, since the buffers are (nearly) empty."""
+
+    def __init__(self, agent: Agent, baseline: int = 100 * MiB, headroom: int = H) -> None:
+        self.t, self.baseline, self.headroom = 0.0, baseline, headroom
+        self.rss = baseline
+        self.gov = MemoryGovernor(agent, baseline + headroom, baseline, rss=lambda: self.rss, clock=lambda: self.t)
+
+    def hold(self, pressure: float, seconds: float, every: float = 0.5) -> None:
+        """Keep RSS at `pressure` of the headroom for `seconds`, checking every `every` seconds."""
+        self.rss = self.baseline + int(pressure * self.headroom)
+        end = self.t + seconds
+        while self.t < end:
+            self.gov.check()
+            self.t += every
+
+
+def test_a_plateau_left_by_a_burst_settles_and_everything_regrows(agent: Agent) -> None:
+    run = Plateau(agent)
+    gov = run.gov
+    planned = gov.plan()
+    run.hold(0.75, 1.0)
+    run.hold(0.88, 2 * SETTLE)  # the burst: a shrinking level never settles, however long it lasts
+    assert gov.stats.actions["relax"] == 0
+    assert gov.factor == 1 / 1024 and agent.sampler.tail.capacity < planned["tail"]
+    assert agent.inbox.max_bytes < planned["inbox"] and agent.assembler.config.max_bytes < planned["assembler"]
+    raised = gov.stats.actions["raise_threshold"]
+
+    # After it the heap stays at 72 %: above RELAX, but usage sets no new high.
+    run.hold(0.72, SETTLE - 1.0)
+    assert gov.factor == 1 / 1024 and gov.stats.actions["relax"] == 0  # not settled yet
+    run.hold(0.72, 10.0)
+    assert gov.stats.actions["raise_threshold"] == raised  # a flat 72 % lowers nothing
+    assert gov.factor == 1.0 and agent.sampler.effective_ratio == 0.5
+    assert agent.sampler.tail.capacity == planned["tail"] and agent.inbox.max_bytes == planned["inbox"]
+    assert agent.assembler.config.max_bytes == planned["assembler"]
+
+
+def test_between_70_and_80_percent_only_new_highs_lower_the_keep_probability(agent: Agent) -> None:
+    run = Plateau(agent)
+    gov = run.gov
+    run.hold(0.72, 0.5)  # the first reading is a new high
+    assert gov.factor == 0.5
+    run.hold(0.72, 5.0)
+    run.hold(0.725, 2.0)  # within the margin (a thirty-second of the headroom): noise, not growth
+    assert gov.factor == 0.5 and gov.stats.actions["raise_threshold"] == 1
+    run.hold(0.78, 0.5)
+    assert gov.factor == 0.25
+    run.hold(0.78, 5.0)
+    assert gov.factor == 0.25
+    run.hold(0.78, SETTLE)  # settled: it steps back although the pressure is still above RELAX
+    assert gov.factor == 1.0
