@@ -41,9 +41,11 @@ burst needed (bench/memory_budget.py: ~3 MiB more at steady load than before it,
 their plan), so the pressure can sit between 60 and 80 % for as long as the process runs. Between those levels
 the governor therefore looks at the trend: it halves the keep-probability only when usage sets a new high (above
 everything it saw in the last SETTLE seconds, by a margin), and once usage has set no new high and no shrinking
-step has run for SETTLE seconds, the plateau counts as settled and it steps back as if the pressure were gone.
-Buffers that regrow then fill memory the heap already holds; should they need more, usage rises and the steps
-above act again. Otherwise one burst would leave a node sampling at its floor, with shrunken buffers, until restart.
+step has run for SETTLE seconds, the plateau counts as settled and the keep-probability steps back up. Otherwise
+one burst would leave a node sampling at its floor until restart. The buffers' bounds regrow only below 60 %:
+regrown on such a plateau, they filled the heap's spare room and the next spike reached the shrinking level, so
+the tail buffer dropped traces again and again (the same bench: 73 shrinking steps and 50,861 spans dropped from
+the tail buffer after one burst, against 6 and 5,390).
 """
 from __future__ import annotations
 
@@ -184,7 +186,7 @@ class MemoryGovernor:
             self._settled = settled
             if settled and p >= RELAX:
                 log.info("memory usage settled at %.0f%% of the headroom for %.0f s (heap kept from an earlier peak): "
-                         "buffers and keep-probability regrow", p * 100, SETTLE)
+                         "the keep-probability steps back up", p * 100, SETTLE)
         if p >= LEVELS["shrink_tail"] or (p >= LEVELS["raise_threshold"] and rising):
             self._raise_threshold()
         if p >= LEVELS["shrink_tail"]:
@@ -195,8 +197,10 @@ class MemoryGovernor:
             self._spill()
         if p >= LEVELS["drop"]:
             self._drop()
-        if p < RELAX or (settled and p < LEVELS["shrink_tail"]):
+        if p < RELAX:
             self._relax()
+        elif settled and p < LEVELS["shrink_tail"]:
+            self._relax(buffers=False)
         return p
 
     def _new_high(self, now: float, usage: int) -> bool:
@@ -331,14 +335,22 @@ class MemoryGovernor:
         if self._trim is not None:
             self._trim(0)
 
-    def _relax(self) -> None:
+    def _relax(self, buffers: bool = True) -> None:
         sampler = self._sampler()
         changed = False
         if self.factor < 1.0:
             self.factor = min(1.0, self.factor * 2)
             sampler.set_pressure(self.factor)
             changed = True
-        tail = getattr(sampler, "tail", None)
+        if buffers:
+            changed = self._regrow_buffers() or changed
+        if changed:
+            self.stats.actions["relax"] += 1
+
+    def _regrow_buffers(self) -> bool:
+        """One notch back towards the planned bounds; True if any bound grew."""
+        changed = False
+        tail = getattr(self._sampler(), "tail", None)
         tail_max = min(self._tail_max or tail.rules.buffer_bytes, tail.rules.buffer_bytes) if tail is not None else 0
         if tail is not None and tail.capacity < tail_max:
             tail.set_capacity(min(tail_max, max(_MIN_TAIL, tail.capacity * 2)))
@@ -352,8 +364,7 @@ class MemoryGovernor:
         if self._asm_max_bytes is not None and cfg is not None and cfg.max_bytes < self._asm_max_bytes:
             asm.config = dataclasses.replace(cfg, max_bytes=min(self._asm_max_bytes, cfg.max_bytes * 2))
             changed = True
-        if changed:
-            self.stats.actions["relax"] += 1
+        return changed
 
     async def run(self) -> None:
         """Check every `interval` seconds until cancelled."""

@@ -251,7 +251,7 @@ class Plateau:
             self.t += every
 
 
-def test_a_plateau_left_by_a_burst_settles_and_everything_regrows(agent: Agent) -> None:
+def test_a_plateau_left_by_a_burst_settles_and_the_keep_probability_recovers(agent: Agent) -> None:
     run = Plateau(agent)
     gov = run.gov
     planned = gov.plan()
@@ -259,7 +259,8 @@ def test_a_plateau_left_by_a_burst_settles_and_everything_regrows(agent: Agent) 
     run.hold(0.88, 2 * SETTLE)  # the burst: a shrinking level never settles, however long it lasts
     assert gov.stats.actions["relax"] == 0
     assert gov.factor == 1 / 1024 and agent.sampler.tail.capacity < planned["tail"]
-    assert agent.inbox.max_bytes < planned["inbox"] and agent.assembler.config.max_bytes < planned["assembler"]
+    shrunk = (agent.sampler.tail.capacity, agent.inbox.max_bytes, agent.assembler.config.max_bytes)
+    assert shrunk[1] < planned["inbox"] and shrunk[2] < planned["assembler"]
     raised = gov.stats.actions["raise_threshold"]
 
     # After it the heap stays at 72 %: above RELAX, but usage sets no new high.
@@ -268,6 +269,9 @@ def test_a_plateau_left_by_a_burst_settles_and_everything_regrows(agent: Agent) 
     run.hold(0.72, 10.0)
     assert gov.stats.actions["raise_threshold"] == raised  # a flat 72 % lowers nothing
     assert gov.factor == 1.0 and agent.sampler.effective_ratio == 0.5
+    # The buffers stay bounded: regrown, they would fill the heap's spare room and the next spike would shrink them.
+    assert (agent.sampler.tail.capacity, agent.inbox.max_bytes, agent.assembler.config.max_bytes) == shrunk
+    run.hold(0.5, 5.0)  # below RELAX they regrow
     assert agent.sampler.tail.capacity == planned["tail"] and agent.inbox.max_bytes == planned["inbox"]
     assert agent.assembler.config.max_bytes == planned["assembler"]
 
