@@ -40,11 +40,11 @@ RSS measures the heap, not what lives in it: after a burst CPython's arenas and 
 burst needed (bench/memory_budget.py: ~3 MiB more at steady load than before it, with the buffers at a quarter of
 their plan), so the pressure can sit between 60 and 80 % for as long as the process runs. Between those levels
 the governor therefore looks at the trend: it halves the keep-probability only when usage sets a new high (above
-everything it saw in the last SETTLE seconds, by a margin), and once usage has set no new high and no shrinking
-step has run for SETTLE seconds, the plateau counts as settled and the keep-probability steps back up. Otherwise
-one burst would leave a node sampling at its floor until restart. The buffers' bounds regrow only below 60 %:
-regrown on such a plateau, they filled the heap's spare room and the next spike reached the shrinking level, so
-the tail buffer dropped traces again and again (the same bench: 73 shrinking steps and 50,861 spans dropped from
+everything it saw in the last SETTLE seconds, by a margin), and once for SETTLE seconds usage has set no new high,
+no shrinking step has run and no backlog waited at the door (a burst still draining), the plateau counts as
+settled and the keep-probability steps back up. Otherwise one burst would leave a node sampling at its floor
+until restart. The buffers' bounds regrow only below 60 %: regrown on such a plateau, they filled the heap's
+spare room and the next spike reached the shrinking level, so the tail buffer dropped traces again and again (the same bench: 73 shrinking steps and 50,861 spans dropped from
 the tail buffer after one burst, against 6 and 5,390).
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0.95}
 RELAX = 0.60
-SETTLE = 10.0  # s without a new high or a shrinking step before a plateau between RELAX and shrink_tail is settled
+SETTLE = 10.0  # s without a new high, a shrinking step or a backlog before a plateau above RELAX is settled
 # Shares of the headroom each buffer is planned to fill at most (see plan()). The 40 % left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
 # The receiver's share (OTLP/gRPC requests still arriving) was part of that unaccounted 40 % before it was bounded.
@@ -179,7 +179,7 @@ class MemoryGovernor:
         p = self.measure()
         now = self._clock()
         rising = self._new_high(now, self.stats.usage)
-        if rising or p >= LEVELS["shrink_tail"]:
+        if rising or p >= LEVELS["shrink_tail"] or self._backlog():
             self._unsettled_at = now
         settled = now - self._unsettled_at >= SETTLE
         if settled != self._settled:
@@ -202,6 +202,11 @@ class MemoryGovernor:
         elif settled and p < LEVELS["shrink_tail"]:
             self._relax(buffers=False)
         return p
+
+    def _backlog(self) -> bool:
+        """Spans queue at the door (inbox and OTLP/gRPC requests still arriving): a burst is still draining."""
+        br = self.stats.breakdown
+        return br.get("inbox", 0) + br.get("receiver", 0) > self.agent.inbox.max_bytes // 4
 
     def _new_high(self, now: float, usage: int) -> bool:
         """Record usage; True when it is above everything seen in the last SETTLE seconds by more than noise."""

@@ -290,3 +290,17 @@ def test_between_70_and_80_percent_only_new_highs_lower_the_keep_probability(age
     assert gov.factor == 0.25
     run.hold(0.78, SETTLE)  # settled: it steps back although the pressure is still above RELAX
     assert gov.factor == 1.0
+
+
+def test_a_burst_still_draining_at_the_door_is_not_settled(agent: Agent) -> None:
+    run = Plateau(agent)
+    gov = run.gov
+    gov.plan()
+    run.hold(0.88, 3.0)
+    after_burst = gov.factor
+    fill_inbox(agent, agent.inbox.max_bytes // 2)  # the backlog the burst left
+    run.hold(0.72, 3 * SETTLE)
+    assert gov.factor == after_burst < 1 and gov.stats.actions["relax"] == 0
+    agent.inbox.drain()
+    run.hold(0.72, SETTLE + 6.0)
+    assert gov.factor == 1.0
