@@ -61,6 +61,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..ratelimit import RateLimitedLog
+
 __all__ = ["MemoryGovernor", "GovernorStats", "read_rss", "LEVELS"]
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,8 @@ class MemoryGovernor:
         self._recent: deque[tuple[float, int]] = deque()  # (time, usage) of the checks in the last SETTLE s
         self._unsettled_at = clock()  # last new high of usage, or last check at a shrinking level
         self._settled = False
+        # Near its budget a node's keep-probability moves every few seconds: one line a minute says so.
+        self._threshold_log = RateLimitedLog(log, 60.0)
         self._auto_baseline = not baseline
         self.baseline = self.headroom = 0
         self.set_baseline(baseline or rss())
@@ -226,8 +230,9 @@ class MemoryGovernor:
             self.factor /= 2
             sampler.set_pressure(self.factor)
             self.stats.actions["raise_threshold"] += 1
-            log.warning("memory pressure %.0f%% of %d bytes headroom: keep-probability now %.4g",
-                        self.stats.pressure * 100, self.headroom, getattr(sampler, "effective_ratio", self.factor))
+            self._threshold_log.warning("memory pressure %.0f%% of %d bytes headroom: keep-probability now %.4g",
+                                        self.stats.pressure * 100, self.headroom,
+                                        getattr(sampler, "effective_ratio", self.factor))
 
     # -------------------------------------------------------------------------------------------- planning
 

@@ -304,3 +304,14 @@ def test_a_burst_still_draining_at_the_door_is_not_settled(agent: Agent) -> None
     agent.inbox.drain()
     run.hold(0.72, SETTLE + 6.0)
     assert gov.factor == 1.0
+
+
+def test_a_keep_probability_that_keeps_moving_is_logged_once_a_minute(agent: Agent,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    run = Plateau(agent)
+    with caplog.at_level("WARNING", logger="edge.agent.governor"):
+        for _ in range(8):  # a new high, then a settled plateau, in turn: the probability halves and recovers
+            run.hold(0.62, SETTLE + 1.0)
+            run.hold(0.72, SETTLE + 2.0)
+    assert run.gov.stats.actions["raise_threshold"] >= 8 and run.gov.stats.actions["relax"] >= 8
+    assert len([r for r in caplog.records if "keep-probability now" in r.getMessage()]) == 1
