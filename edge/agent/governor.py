@@ -208,9 +208,14 @@ class MemoryGovernor:
         return p
 
     def _backlog(self) -> bool:
-        """Spans queue at the door (inbox and OTLP/gRPC requests still arriving): a burst is still draining."""
+        """Spans queue at the door: a burst is still draining.
+
+        The inbox over half its bound, or OTLP/gRPC requests still arriving beyond the receiver's planned share: at
+        steady load both stay far below, and a plateau that never settles keeps sampling at its floor.
+        """
         br = self.stats.breakdown
-        return br.get("inbox", 0) + br.get("receiver", 0) > self.agent.inbox.max_bytes // 4
+        return (br.get("inbox", 0) > self.agent.inbox.max_bytes // 2
+                or br.get("receiver", 0) > self.planned.get("receiver", 0))
 
     def _new_high(self, now: float, usage: int) -> bool:
         """Record usage; True when it is above everything seen in the last SETTLE seconds by more than noise."""

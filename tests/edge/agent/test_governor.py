@@ -298,7 +298,7 @@ def test_a_burst_still_draining_at_the_door_is_not_settled(agent: Agent) -> None
     gov.plan()
     run.hold(0.88, 3.0)
     after_burst = gov.factor
-    fill_inbox(agent, agent.inbox.max_bytes // 2)  # the backlog the burst left
+    fill_inbox(agent, agent.inbox.max_bytes * 3 // 4)  # the backlog the burst left
     run.hold(0.72, 3 * SETTLE)
     assert gov.factor == after_burst < 1 and gov.stats.actions["relax"] == 0
     agent.inbox.drain()
