@@ -44,8 +44,9 @@ everything it saw in the last SETTLE seconds, by a margin), and once for SETTLE 
 no shrinking step has run and no backlog waited at the door (a burst still draining), the plateau counts as
 settled and the keep-probability steps back up. Otherwise one burst would leave a node sampling at its floor
 until restart. The buffers' bounds regrow only below 60 %: regrown on such a plateau, they filled the heap's
-spare room and the next spike reached the shrinking level, so the tail buffer dropped traces again and again (the same bench: 73 shrinking steps and 50,861 spans dropped from
-the tail buffer after one burst, against 6 and 5,390).
+spare room and the next spike reached the shrinking level, so the tail buffer dropped traces again and again
+(the same bench: 73 shrinking steps and 50,861 spans dropped from the tail buffer after one burst, against 6 and
+5,390).
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ class MemoryGovernor:
         self._rss = rss
         self._clock = clock
         self._recent: deque[tuple[float, int]] = deque()  # (time, usage) of the checks in the last SETTLE s
-        self._unsettled_at = clock()  # last new high of usage, or last check at a shrinking level
+        self._unsettled_at = clock()  # last new high of usage, check at a shrinking level, or backlog
         self._settled = False
         # Near its budget a node's keep-probability moves every few seconds: one line a minute says so.
         self._threshold_log = RateLimitedLog(log, 60.0)
