@@ -262,7 +262,7 @@ class MemoryGovernor:
         tail = getattr(self._sampler(), "tail", None)
         if tail is not None:
             bound = max(_MIN_TAIL, min(tail.rules.buffer_bytes, int(h * SHARES["tail"])))
-            self.stats.dropped["tail_pressure"] += len(tail.set_capacity(bound))
+            self.stats.dropped["tail_pressure"] += tail.set_capacity(bound)
             self._tail_max = planned["tail"] = bound
         a.inbox.max_bytes = self._inbox_max_bytes = planned["inbox"] = max(_MIN_INBOX, int(h * SHARES["inbox"]))
         grpc = getattr(a, "grpc", None)
@@ -284,7 +284,7 @@ class MemoryGovernor:
         if tail is None or tail.capacity <= _MIN_TAIL:
             return
         dropped = sampler.shrink(max(_MIN_TAIL, tail.capacity // 2))
-        self.stats.dropped["tail_pressure"] += len(dropped)
+        self.stats.dropped["tail_pressure"] += dropped
         self.stats.actions["shrink_tail"] += 1
 
     def _shrink_index(self, keep: float = 0.5) -> None:
@@ -338,7 +338,7 @@ class MemoryGovernor:
         self._shrink_index(keep=0.0)
         sampler = self._sampler()
         if hasattr(sampler, "drop_waiting"):
-            self.stats.dropped["tail_pressure"] += len(sampler.drop_waiting())
+            self.stats.dropped["tail_pressure"] += sampler.drop_waiting()
         spans = a.inbox.drain()
         if spans:
             agg = getattr(a, "aggregator", None)

@@ -46,14 +46,14 @@ class TraceSampler:
 
     # -------------------------------------------------------------------------------------------- settings
 
-    def set_rules(self, ratio: float | None = None, rules: TailRules | None = None) -> list[Span]:
-        """Change the ratio and/or the tail rules while running; returns spans a smaller buffer had to drop."""
+    def set_rules(self, ratio: float | None = None, rules: TailRules | None = None) -> int:
+        """Change the ratio and/or the tail rules while running; returns how many spans a smaller buffer dropped."""
         if ratio is not None:
             threshold_for_ratio(ratio)  # validates
             self.ratio = ratio
             self._apply()
-        dropped = self.tail.set_rules(rules) if rules is not None else []
-        self.stats.dropped += len(dropped)
+        dropped = self.tail.set_rules(rules) if rules is not None else 0
+        self.stats.dropped += dropped
         return dropped
 
     def set_pressure(self, factor: float) -> None:
@@ -90,8 +90,8 @@ class TraceSampler:
 
     # -------------------------------------------------------------------------------------------- flow
 
-    def decide(self, spans: list[Span], now: float | None = None) -> tuple[list[Span], list[Span]]:
-        """Split into (kept, dropped); spans waiting for a tail decision are in neither until decided."""
+    def decide(self, spans: list[Span], now: float | None = None) -> tuple[list[Span], int]:
+        """Split into (kept, number dropped); spans waiting for a tail decision are in neither until decided."""
         now = self._clock() if now is None else now
         threshold = self.head.threshold
         kept: list[Span] = []
@@ -109,30 +109,30 @@ class TraceSampler:
             if kept:
                 self.tail.observe_kept(kept)
         self.stats.kept_head += len(kept)
-        tail_kept, dropped = self.tail.offer(rejected, now) if rejected else ([], [])
+        tail_kept, dropped = self.tail.offer(rejected, now) if rejected else ([], 0)
         dropped += self.tail.expire(now)
         for s in tail_kept:
             s.trace_state = without_threshold(s.trace_state)
         self.stats.kept_tail += len(tail_kept)
         out = kept + tail_kept if tail_kept else kept
         self.stats.kept += len(out)
-        self.stats.dropped += len(dropped)
+        self.stats.dropped += dropped
         return out, dropped
 
-    def flush(self) -> list[Span]:
-        """Decide every waiting trace now (at shutdown); returns the spans dropped."""
+    def flush(self) -> int:
+        """Decide every waiting trace now (at shutdown); returns how many spans that dropped."""
         dropped = self.tail.expire(flush=True)
-        self.stats.dropped += len(dropped)
+        self.stats.dropped += dropped
         return dropped
 
-    def drop_waiting(self) -> list[Span]:
-        """Drop every undecided trace (memory pressure); returns the spans dropped."""
+    def drop_waiting(self) -> int:
+        """Drop every undecided trace (memory pressure); returns how many spans that dropped."""
         dropped = self.tail.drop_all()
-        self.stats.dropped += len(dropped)
+        self.stats.dropped += dropped
         return dropped
 
-    def shrink(self, max_bytes: int) -> list[Span]:
-        """Bound the tail buffer lower (memory pressure); returns the spans dropped to fit."""
+    def shrink(self, max_bytes: int) -> int:
+        """Bound the tail buffer lower (memory pressure); returns how many spans that dropped."""
         dropped = self.tail.set_capacity(max_bytes)
-        self.stats.dropped += len(dropped)
+        self.stats.dropped += dropped
         return dropped
