@@ -3,11 +3,14 @@
 Decodes `bench/_workload.py` spans the way the receivers do: OTLP export requests of 100 spans (protobuf) and
 lightweight-SDK CBOR messages of 50 spans. Bytes held is everything the decoded spans keep alive, measured with
 tracemalloc after the wire bytes are gone; `estimate` is `Span.approx_size()`, the figure every buffer budgets with.
+`packed_*`: the same spans (both formats) as the tail buffer holds them while they wait for a decision
+(edge/sampler/packed.py): bytes held once the decoded spans are gone, word table included, its estimate, and the
+time to pack and to unpack one span.
 
     python bench/span_memory.py [--spans 10000]
 
 Last line: {"otlp_bytes_per_span", "otlp_estimate", "otlp_decode_us", "cbor_bytes_per_span", "cbor_estimate",
-"cbor_decode_us", "spans"}
+"cbor_decode_us", "packed_bytes_per_span", "packed_estimate", "pack_us", "unpack_us", "spans"}
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import parse_request_protobuf, request_from_spans, spans_from_request  # noqa: E402
 from edge.codec.sdk_cbor import decode_payload, encode_payload  # noqa: E402
 from edge.model import Span  # noqa: E402
+from edge.sampler.packed import SpanPacker, packed_size  # noqa: E402
 
 
 def sized(spans: list[Span]) -> list[Span]:
@@ -58,6 +62,34 @@ def timed(decode: Callable[[], list[Span]], n: int) -> float:
     return best / n * 1e6
 
 
+def packed(spans: list[Span]) -> tuple[float, float, float, float]:
+    """Bytes held per packed span once the decoded ones are gone, its estimate, and pack/unpack microseconds."""
+    packer = SpanPacker()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        held_spans = [packer.pack(s) for s in spans]
+        n = len(spans)
+        spans.clear()
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base - 8 * n
+    finally:
+        tracemalloc.stop()
+    estimate = (sum(packed_size(p) for p in held_spans) + packer.bytes) / n
+    t = time.perf_counter()
+    back = [packer.unpack(p) for p in held_spans]
+    unpack_us = (time.perf_counter() - t) / n * 1e6
+    best = float("inf")
+    for _ in range(3):
+        fresh = SpanPacker()
+        t = time.perf_counter()
+        for s in back:
+            fresh.pack(s)
+        best = min(best, time.perf_counter() - t)
+    return used / n, estimate, best / n * 1e6, unpack_us
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spans", type=int, default=10000, help="spans per wire format (default 10000)")
@@ -80,9 +112,14 @@ def main() -> None:
     o_us, c_us = timed(otlp, n), timed(cbor, n)
     print(f"OTLP: {o_bytes:.0f} B held per span (estimate {o_est:.0f}), {o_us:.1f} us to decode", file=sys.stderr)
     print(f"CBOR: {c_bytes:.0f} B held per span (estimate {c_est:.0f}), {c_us:.1f} us to decode", file=sys.stderr)
+    p_bytes, p_est, pack_us, unpack_us = packed(otlp() + cbor())
+    print(f"packed: {p_bytes:.0f} B held per span (estimate {p_est:.0f}), {pack_us:.1f} us to pack, "
+          f"{unpack_us:.1f} us to unpack", file=sys.stderr)
     print(json.dumps({"otlp_bytes_per_span": round(o_bytes), "otlp_estimate": round(o_est),
                       "otlp_decode_us": round(o_us, 1), "cbor_bytes_per_span": round(c_bytes),
-                      "cbor_estimate": round(c_est), "cbor_decode_us": round(c_us, 1), "spans": n}))
+                      "cbor_estimate": round(c_est), "cbor_decode_us": round(c_us, 1),
+                      "packed_bytes_per_span": round(p_bytes), "packed_estimate": round(p_est),
+                      "pack_us": round(pack_us, 2), "unpack_us": round(unpack_us, 2), "spans": n}))
 
 
 if __name__ == "__main__":
