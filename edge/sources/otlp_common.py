@@ -1,20 +1,24 @@
 """What the OTLP/HTTP and OTLP/gRPC receivers share: turning a request into spans for the pipeline."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..codec.otlp import ExportTraceServiceRequest, ExportTraceServiceResponse, spans_from_request
+from ..codec.otlp_wire import encode_export_response
+from ..errors import DecodeError
 from ..model import Source, Span
 from ..ratelimit import RateLimitedLog
 
-__all__ = ["OtlpIngest", "OtlpStats", "IngestResult"]
+__all__ = ["OtlpIngest", "OtlpStats", "IngestResult", "Decode"]
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[Span], Source], int]
 HasRoom = Callable[[int], bool]
+# Reads a request's spans, appending the reasons of spans it skipped; raises DecodeError on a malformed request.
+Decode = Callable[[list[str]], list[Span]]
 
 
 @dataclass(slots=True)
@@ -31,8 +35,24 @@ class OtlpStats:
 class IngestResult:
     """The outcome of one export request."""
 
-    response: ExportTraceServiceResponse
+    rejected_spans: int = 0
+    error_message: str = ""
     busy: bool = False  # nothing was taken: the client should retry later
+
+    def protobuf(self) -> bytes:
+        """The ExportTraceServiceResponse, OTLP/protobuf."""
+        return encode_export_response(self.rejected_spans, self.error_message)
+
+    def json(self) -> bytes:
+        """The ExportTraceServiceResponse, OTLP/JSON (int64 as a string, as protobuf's JSON mapping writes it)."""
+        if not self.rejected_spans and not self.error_message:
+            return b"{}"
+        partial: dict[str, str] = {}
+        if self.rejected_spans:
+            partial["rejectedSpans"] = str(self.rejected_spans)
+        if self.error_message:
+            partial["errorMessage"] = self.error_message
+        return json.dumps({"partialSuccess": partial}).encode()
 
 
 # Decoded spans take about five times their OTLP protobuf size in memory (1.7 KiB per span decoded from ~0.3-0.4
@@ -57,23 +77,29 @@ class OtlpIngest:
     def busy(self) -> IngestResult:
         """The answer to a request refused because the pipeline is full (the SDK retries it later)."""
         self.stats.dropped["busy"] += 1
-        return IngestResult(ExportTraceServiceResponse(), busy=True)
+        return IngestResult(busy=True)
 
-    def ingest(self, req: ExportTraceServiceRequest, wire_size: int) -> IngestResult:
-        """Take the request's spans; rejected spans are reported through OTLP partial success."""
+    def ingest(self, decode: Decode, wire_size: int) -> IngestResult:
+        """Take the request's spans; rejected spans are reported through OTLP partial success.
+
+        DecodeError from `decode` is counted as a bad request and raised for the receiver to answer.
+        """
         self.stats.requests += 1
         # Refuse before decoding when the pipeline is full: the SDK keeps the data and retries, so nothing is lost.
         if not self.room_for(wire_size):
             return self.busy()
         errors: list[str] = []
-        spans = spans_from_request(req, Source.SDK_OTLP, errors)
+        try:
+            spans = decode(errors)
+        except DecodeError:
+            self.stats.dropped["bad_request"] += 1
+            raise
         accepted = self.sink(spans, Source.SDK_OTLP) if spans else 0
         self.stats.spans += accepted
-        resp = ExportTraceServiceResponse()
         rejected = len(errors) + (len(spans) - accepted)
-        if rejected:
-            self.stats.dropped["bad_span"] += len(errors)
-            resp.partial_success.rejected_spans = rejected
-            resp.partial_success.error_message = errors[0] if errors else "agent queue full"
-            self.warn.warning("OTLP export: rejected %d span(s): %s", rejected, resp.partial_success.error_message)
-        return IngestResult(resp)
+        if not rejected:
+            return IngestResult()
+        self.stats.dropped["bad_span"] += len(errors)
+        message = errors[0] if errors else "agent queue full"
+        self.warn.warning("OTLP export: rejected %d span(s): %s", rejected, message)
+        return IngestResult(rejected, message)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from ..codec.otlp import parse_request_protobuf
+from ..codec.otlp_wire import decode_export_request
 from ..errors import DecodeError, HelixError
 from ..grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
+from ..model import Source
 from .otlp_common import OtlpIngest
 
 __all__ = ["OtlpGrpcReceiver", "EXPORT_PATH"]
@@ -65,13 +66,10 @@ class OtlpGrpcReceiver:
     def export(self, data: bytes, call: Call) -> bytes:
         """Handle one export (TraceService/Export)."""
         try:
-            request = parse_request_protobuf(data)
+            result = self.ingest.ingest(lambda errors: decode_export_request(data, Source.SDK_OTLP, errors), len(data))
         except DecodeError as e:
-            self.ingest.stats.requests += 1
-            self.ingest.stats.dropped["bad_request"] += 1
             self.ingest.warn.warning("OTLP/gRPC: refused an undecodable request from %s: %s", call.peer, e)
             raise GrpcStatus(Code.INVALID_ARGUMENT, str(e)) from None
-        result = self.ingest.ingest(request, len(data))
         if result.busy:
             raise GrpcStatus(Code.UNAVAILABLE, "agent is busy; retry later")
-        return result.response.SerializeToString()
+        return result.protobuf()

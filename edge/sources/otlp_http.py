@@ -1,16 +1,19 @@
-"""Source: OTLP/HTTP receiver (`POST /v1/traces`, protobuf or JSON, optionally gzip) for local OpenTelemetry SDKs."""
+"""Source: OTLP/HTTP receiver (`POST /v1/traces`, protobuf or JSON, optionally gzip) for local OpenTelemetry SDKs.
+
+Protobuf bodies are read by codec/otlp_wire.py. JSON bodies go through the official OTLP classes and protobuf's
+JSON mapping, loaded on the first JSON request only: SDKs on a node send protobuf, and the protobuf runtime
+would cost every node ~4 MiB it does not use.
+"""
 from __future__ import annotations
 
 import json
 import logging
 
-from google.protobuf import json_format
-from google.rpc import status_pb2
-
-from ..codec.otlp import parse_request_json, parse_request_protobuf
+from ..codec.otlp_wire import decode_export_request, encode_status
 from ..errors import DecodeError
 from ..http_server import HttpServer, Request, Response
-from .otlp_common import OtlpIngest
+from ..model import Source, Span
+from .otlp_common import Decode, OtlpIngest
 
 __all__ = ["OtlpHttpReceiver"]
 
@@ -49,10 +52,10 @@ class OtlpHttpReceiver:
 
     def _status(self, status: int, message: str, json_reply: bool) -> Response:
         # OTLP answers errors with a google.rpc.Status body in the request's encoding.
-        st = status_pb2.Status(code=3 if status < 500 else 14, message=message)
+        code = 3 if status < 500 else 14  # INVALID_ARGUMENT, UNAVAILABLE
         if json_reply:
-            return Response(status, json.dumps({"code": st.code, "message": message}).encode(), _JSON)
-        return Response(status, st.SerializeToString(), _PROTOBUF)
+            return Response(status, json.dumps({"code": code, "message": message}).encode(), _JSON)
+        return Response(status, encode_status(code, message), _PROTOBUF)
 
     def _busy(self, json_reply: bool) -> Response:
         resp = self._status(503, "agent is busy; retry later", json_reply)
@@ -68,19 +71,27 @@ class OtlpHttpReceiver:
         # The server already undid any Content-Encoding (gzip, deflate) and bounded the body before and after
         # decoding by sources.otlp.max_request, so a compression bomb ended as a 413 there.
         body = request.body
-        if not json_reply and not self.ingest.room_for(len(body)):
-            self.ingest.stats.requests += 1
-            self.ingest.busy()
-            return self._busy(json_reply)  # refused before the protobuf is even parsed
+        decode = _json_spans(body) if json_reply else _protobuf_spans(body)
         try:
-            req = parse_request_json(body) if json_reply else parse_request_protobuf(body)
+            result = self.ingest.ingest(decode, len(body))
         except DecodeError as e:
-            self.ingest.stats.dropped["bad_request"] += 1
             self.ingest.warn.warning("OTLP/HTTP: refused an undecodable request from %s: %s", request.remote, e)
             return self._status(400, str(e), json_reply)
-        result = self.ingest.ingest(req, len(body))
         if result.busy:
             return self._busy(json_reply)
         if json_reply:
-            return Response(200, json_format.MessageToJson(result.response).encode(), _JSON)
-        return Response(200, result.response.SerializeToString(), _PROTOBUF)
+            return Response(200, result.json(), _JSON)
+        return Response(200, result.protobuf(), _PROTOBUF)
+
+
+def _protobuf_spans(body: bytes) -> Decode:
+    return lambda errors: decode_export_request(body, Source.SDK_OTLP, errors)
+
+
+def _json_spans(body: bytes) -> Decode:
+    def decode(errors: list[str]) -> list[Span]:
+        from ..codec.otlp import parse_request_json, spans_from_request  # the protobuf runtime, first JSON request
+
+        return spans_from_request(parse_request_json(body), Source.SDK_OTLP, errors)
+
+    return decode

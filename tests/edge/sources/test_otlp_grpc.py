@@ -71,7 +71,7 @@ async def test_a_full_pipeline_answers_unavailable_without_parsing(monkeypatch: 
     import edge.sources.otlp_grpc as receiver_module
 
     parsed: list[bytes] = []
-    monkeypatch.setattr(receiver_module, "parse_request_protobuf", lambda data: parsed.append(data))
+    monkeypatch.setattr(receiver_module, "decode_export_request", lambda data, *a: parsed.append(data))
     asked: list[int] = []
 
     def has_room(n: int) -> bool:
