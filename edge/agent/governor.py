@@ -19,10 +19,10 @@ baseline (the process then ends up over the limit, visibly in the status and /me
 Under pressure it acts in this order, one step further per check while the pressure lasts, and counts each
 action:
 
-1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 %): halve the agent's keep-probability
+1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 % until settled): halve the agent's keep-probability
    (down to ratio/1024). The sampler tells its observers, and the agent writes the same threshold into the
    kernel's config map, so the probes stop sending what the agent would drop.
-2. `shrink_tail` (≥ 80 %): halve the tail-sampling buffer; its oldest undecided traces are dropped. And
+2. `shrink_tail` (≥ 80 %, until settled): halve the tail-sampling buffer; its oldest undecided traces are dropped. And
    `shrink_index`: the assembler forgets released spans older than half its window (late joins are given up;
    at the drop step all released spans), by its `shrink()` if it has one, else through its index's
    `expire()`, and its byte bound for held spans is
@@ -37,16 +37,17 @@ Below 60 % it steps back one notch per check: the keep-probability doubles (and 
 tail buffer, inbox and assembler bounds regrow towards their planned sizes.
 
 RSS measures the heap, not what lives in it: after a burst CPython's arenas and glibc keep most of the memory the
-burst needed (bench/memory_budget.py: ~3 MiB more at steady load than before it, with the buffers at a quarter of
-their plan), so the pressure can sit between 60 and 80 % for as long as the process runs. Between those levels
-the governor therefore looks at the trend: it halves the keep-probability only when usage sets a new high (above
-everything it saw in the last SETTLE seconds, by a margin), and once for SETTLE seconds usage has set no new high,
-no shrinking step has run and no backlog waited at the door (a burst still draining), the plateau counts as
-settled and the keep-probability steps back up. Otherwise one burst would leave a node sampling at its floor
-until restart. The buffers' bounds regrow only below 60 %: regrown on such a plateau, they filled the heap's
-spare room and the next spike reached the shrinking level, so the tail buffer dropped traces again and again
-(the same bench: 73 shrinking steps and 50,861 spans dropped from the tail buffer after one burst, against 6 and
-5,390).
+burst needed (bench/memory_budget.py: 3-6 MiB more at steady load than before it, with the buffers at a quarter of
+their plan), so the pressure can sit between 60 and 90 % for as long as the process runs. Below the spill level
+the governor therefore looks at the trend: between 70 and 80 % it halves the keep-probability only when usage sets
+a new high (above everything it saw in the last SETTLE seconds, by a margin), and once for SETTLE seconds usage
+has set no new high, reached no spill level and no backlog waited at the door (a burst still draining), the
+plateau counts as settled: the keep-probability steps back up, and from 80 % the shrinking steps pause (they
+would not get the heap back, only stitch and tail-sample worse). Otherwise one burst would leave a node sampling
+at its floor until restart. The buffers' bounds regrow only below 60 %: regrown on such a plateau, they filled the
+heap's spare room and the next spike reached the shrinking level, so the tail buffer dropped traces again and
+again (the same bench: 73 shrinking steps and 50,861 spans dropped from the tail buffer after one burst, against 6
+and 5,390).
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0.95}
 RELAX = 0.60
-SETTLE = 10.0  # s without a new high, a shrinking step or a backlog before a plateau above RELAX is settled
+SETTLE = 10.0  # s without a new high, a check at the spill level or a backlog before a plateau above RELAX is settled
 # Shares of the headroom each buffer is planned to fill at most (see plan()). The 40 % left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
 # The receiver's share (OTLP/gRPC requests still arriving) was part of that unaccounted 40 % before it was bounded.
@@ -184,7 +185,7 @@ class MemoryGovernor:
         p = self.measure()
         now = self._clock()
         rising = self._new_high(now, self.stats.usage)
-        if rising or p >= LEVELS["shrink_tail"] or self._backlog():
+        if rising or p >= LEVELS["spill"] or self._backlog():
             self._unsettled_at = now
         settled = now - self._unsettled_at >= SETTLE
         if settled != self._settled:
@@ -192,9 +193,12 @@ class MemoryGovernor:
             if settled and p >= RELAX:
                 log.info("memory usage settled at %.0f%% of the headroom for %.0f s (heap kept from an earlier peak): "
                          "the keep-probability steps back up", p * 100, SETTLE)
-        if p >= LEVELS["shrink_tail"] or (p >= LEVELS["raise_threshold"] and rising):
+        # A settled plateau is heap CPython kept after a peak, not data: shrinking buffers would not give it back,
+        # only stitch and tail-sample worse for the rest of the process's life.
+        shrinking = p >= LEVELS["shrink_tail"] and not settled
+        if shrinking or (p >= LEVELS["raise_threshold"] and rising):
             self._raise_threshold()
-        if p >= LEVELS["shrink_tail"]:
+        if shrinking:
             self._shrink_tail()
             self._shrink_index()
             self._shrink_inbox()
@@ -204,7 +208,7 @@ class MemoryGovernor:
             self._drop()
         if p < RELAX:
             self._relax()
-        elif settled and p < LEVELS["shrink_tail"]:
+        elif settled:
             self._relax(buffers=False)
         return p
 

@@ -107,7 +107,10 @@ class Assembler:
             if s.kind == SpanKind.SERVER and s.attributes.get("helix.context_from") == "wire" and s.parent_span_id:
                 pid = pid_of(s)
                 if pid is not None:
-                    self._kernel_server_by_wire[s.parent_span_id] = pid
+                    by_wire = self._kernel_server_by_wire
+                    by_wire[s.parent_span_id] = pid
+                    if len(by_wire) > self.config.dedup_memory:
+                        del by_wire[next(iter(by_wire))]  # the oldest: its SDK span came long ago, or never will
                     for sdk in self.index.sdk_servers_by_parent.get(s.parent_span_id, ()):
                         self._sdk_resources.setdefault(pid, set()).add(sdk.span.resource)
             return

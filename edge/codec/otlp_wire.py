@@ -153,30 +153,33 @@ def _attributes(data: bytes, kvs: list[tuple[int, int]], depth: int = 0) -> Attr
     for start, end in kvs:  # KeyValue { string key = 1; AnyValue value = 2; }
         # The common shape first, without the general loop: a short key, then a short value of one scalar.
         # Anything else (long fields, arrays, repeats, unknown fields) is read the general way below.
-        i = start
-        if data[i] == 0x0A and data[i + 1] < 0x80:
-            n = data[i + 1]
-            i += 2
-            k = i + n
-            if k < end and data[k] == 0x12 and data[k + 1] < 0x80 and k + 2 + data[k + 1] == end:
-                i = k + 2
-                t = data[i] if i < end else 0
+        if data[start] == 0x0A:
+            k = start + 2 + data[start + 1]  # past the key (its length < 0x80 is checked below)
+            if k + 2 < end and data[k] == 0x12 and data[start + 1] < 0x80 and k + 2 + data[k + 1] == end:
+                t = data[k + 2]
+                i = k + 3
                 if t == 0x0A:  # string_value
-                    if data[i + 1] < 0x80 and i + 2 + data[i + 1] == end:
-                        attrs[share(data[start + 2:k].decode("utf-8"))] = share(data[i + 2:end].decode("utf-8"))
+                    if i + 1 + data[i] == end and data[i] < 0x80:
+                        attrs[share(data[start + 2:k].decode())] = share(data[i + 1:end].decode())
                         continue
                 elif t == 0x18:  # int_value
-                    v, j = _varint(data, i + 1)
-                    if j == end:
-                        attrs[share(data[start + 2:k].decode("utf-8"))] = _int64(v)
-                        continue
+                    v = data[i]
+                    if v < 0x80:
+                        if i + 1 == end:
+                            attrs[share(data[start + 2:k].decode())] = v
+                            continue
+                    else:
+                        v, j = _varint(data, i)
+                        if j == end:
+                            attrs[share(data[start + 2:k].decode())] = _int64(v)
+                            continue
                 elif t == 0x10:  # bool_value
-                    if i + 2 == end and data[i + 1] < 0x80:
-                        attrs[share(data[start + 2:k].decode("utf-8"))] = data[i + 1] != 0
+                    if i + 1 == end and data[i] < 0x80:
+                        attrs[share(data[start + 2:k].decode())] = data[i] != 0
                         continue
                 elif t == 0x21:  # double_value
-                    if i + 9 == end:
-                        attrs[share(data[start + 2:k].decode("utf-8"))] = _DOUBLE.unpack_from(data, i + 1)[0]
+                    if i + 8 == end:
+                        attrs[share(data[start + 2:k].decode())] = _DOUBLE.unpack_from(data, i)[0]
                         continue
         key = ""
         value: AttrValue = ""

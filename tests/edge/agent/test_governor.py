@@ -256,7 +256,7 @@ def test_a_plateau_left_by_a_burst_settles_and_the_keep_probability_recovers(age
     gov = run.gov
     planned = gov.plan()
     run.hold(0.75, 1.0)
-    run.hold(0.88, 2 * SETTLE)  # the burst: a shrinking level never settles, however long it lasts
+    run.hold(0.93, 2 * SETTLE)  # the burst: the spill level never settles, however long it lasts
     assert gov.stats.actions["relax"] == 0
     assert gov.factor == 1 / 1024 and agent.sampler.tail.capacity < planned["tail"]
     shrunk = (agent.sampler.tail.capacity, agent.inbox.max_bytes, agent.assembler.config.max_bytes)
@@ -274,6 +274,27 @@ def test_a_plateau_left_by_a_burst_settles_and_the_keep_probability_recovers(age
     run.hold(0.5, 5.0)  # below RELAX they regrow
     assert agent.sampler.tail.capacity == planned["tail"] and agent.inbox.max_bytes == planned["inbox"]
     assert agent.assembler.config.max_bytes == planned["assembler"]
+
+
+def test_a_plateau_at_the_shrinking_level_settles_too(agent: Agent) -> None:
+    run = Plateau(agent)
+    gov = run.gov
+    gov.plan()
+    run.hold(0.93, 3.0)  # the burst
+    run.hold(0.84, 2.0)
+    assert gov.factor == 1 / 1024
+    shrinks = (gov.stats.actions["shrink_tail"], gov.stats.actions["shrink_inbox"], gov.stats.actions["shrink_index"])
+    tail = agent.sampler.tail.capacity
+    # The heap the burst grew stays at 84 %: flat, no backlog. Shrinking would not give it back.
+    run.hold(0.84, SETTLE + 12.0)
+    assert gov.factor == 1.0 and gov.stats.actions["relax"] >= 10
+    assert agent.sampler.tail.capacity == tail  # not regrown above RELAX either
+    assert (gov.stats.actions["shrink_tail"], gov.stats.actions["shrink_inbox"],
+            gov.stats.actions["shrink_index"]) == shrinks
+    # Growth again (a new high) ends the truce at once: the probability halves at every check from 80 % again.
+    raised = gov.stats.actions["raise_threshold"]
+    run.hold(0.89, 1.0)
+    assert gov.stats.actions["raise_threshold"] == raised + 2 and gov.factor == 0.25
 
 
 def test_between_70_and_80_percent_only_new_highs_lower_the_keep_probability(agent: Agent) -> None:
@@ -296,7 +317,7 @@ def test_a_burst_still_draining_at_the_door_is_not_settled(agent: Agent) -> None
     run = Plateau(agent)
     gov = run.gov
     gov.plan()
-    run.hold(0.88, 3.0)
+    run.hold(0.93, 3.0)
     after_burst = gov.factor
     fill_inbox(agent, agent.inbox.max_bytes * 3 // 4)  # the backlog the burst left
     run.hold(0.72, 3 * SETTLE)

@@ -306,3 +306,16 @@ def test_the_late_join_index_is_bounded_in_bytes_oldest_first() -> None:
     assert len(a.index) <= 100 and a.stats.index_trimmed >= 200
     assert first[-1].span_id in a.index.by_id and first[0].span_id not in a.index.by_id
     assert a.memory_bytes <= 100 * _RELEASED_BYTES
+
+
+def test_what_kernel_servers_learn_from_the_wire_is_bounded() -> None:
+    # Every traced request with context on the wire teaches the assembler which process served it; on a busy
+    # node that table would grow for as long as the agent runs.
+    a = Assembler(AssemblerConfig(window=0.0, memory=0.0, dedup_memory=100))
+    for i in range(1000):
+        server = kspan(f"GET /{i}", SpanKind.SERVER, 0, 1, pid=7, wire=(new_trace_id(), new_span_id()))
+        a.process([server], now=float(i))
+    assert len(a._kernel_server_by_wire) <= 100
+    # The newest are still known: an SDK span under the latest wire parent learns its process from it.
+    wire_parent = server.parent_span_id
+    assert a._kernel_server_by_wire[wire_parent] == 7

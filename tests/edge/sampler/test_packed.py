@@ -26,7 +26,7 @@ def test_workload_spans_come_back_equal_with_their_shared_resource_and_scope() -
     packer = SpanPacker()
     spans = decoded(2000)
     packed = [packer.pack(s) for s in spans]
-    assert sum(type(p) is tuple for p in packed) > 0.9 * len(spans)
+    assert sum(type(p) is tuple for p in packed) > 0.9 * len(spans)  # spans with events or links stay as they are
     back = [packer.unpack(p) for p in packed]
     assert back == spans
     assert all(b.resource is s.resource and b.scope is s.scope and b.source is s.source for b, s in zip(back, spans))
@@ -40,32 +40,32 @@ def test_every_attribute_type_and_field_survives() -> None:
                          "l": ["a", 1, 2.5], "d": {"k": ["v"]}, "u": "\u6e29\u5ea6", "empty": ""},
              resource=res, scope=Scope("lib", "1.0"), source=Source.EBPF, trace_state="ot=th:8,vendor=x", flags=0)
     packer = SpanPacker()
-    for _ in range(3):  # the second time round, repeated values are words
+    for _ in range(2):  # the second time round, the shape is known
         p = packer.pack(s)
         assert type(p) is tuple
         back = packer.unpack(p)
         assert back == s and type(back.attributes["t"]) is bool and type(back.kind) is SpanKind
 
 
-def test_spans_it_cannot_pack_exactly_are_held_as_they_are() -> None:
+def test_spans_it_cannot_pack_are_held_as_they_are() -> None:
     packer = SpanPacker()
     with_event = Span(b"\x01" * 16, new_span_id(), "x", 1, 2, events=(Event("retry", 1, {}),))
-    odd_value = Span(b"\x01" * 16, new_span_id(), "x", 1, 2, attributes={"t": ("tuple", "stays")})
+    odd_value = Span(b"\x01" * 16, new_span_id(), "x", 1, 2, attributes={"o": object()})
     for s in (with_event, odd_value):
         assert packer.pack(s) is s and packer.unpack(s) is s and packed_size(s) == s.approx_size()
 
 
-def test_a_full_word_table_starts_over_and_earlier_spans_keep_theirs() -> None:
-    packer = SpanPacker(max_words=50)
-    spans = [Span(b"\x01" * 16, new_span_id(), f"op-{i}", 1, 2, attributes={f"key.{i % 40}": f"v{i % 3}"})
-             for i in range(200)]
+def test_a_full_shape_table_starts_over_and_earlier_spans_keep_theirs() -> None:
+    packer = SpanPacker(max_shapes=5)
+    spans = [Span(b"\x01" * 16, new_span_id(), f"op-{i}", 1, 2, attributes={f"key.{i % 12}": f"v{i % 3}", "n": i})
+             for i in range(60)]
     packed = [packer.pack(s) for s in spans]
-    assert len(packer) <= 50
-    assert len({id(p[3]) for p in packed}) > 3  # several tables, each kept alive by its spans
+    assert len(packer) <= 5
+    assert len({id(p[3]) for p in packed}) > 2  # several tables, each kept alive by its spans
     assert [packer.unpack(p) for p in packed] == spans
 
 
-def test_packed_spans_hold_about_a_third_of_the_memory_and_the_estimate_is_close() -> None:
+def test_packed_spans_hold_under_half_the_memory_and_the_estimate_is_close() -> None:
     spans = decoded(4000)
     for s in spans:
         s.approx_size()
@@ -82,6 +82,5 @@ def test_packed_spans_hold_about_a_third_of_the_memory_and_the_estimate_is_close
         tracemalloc.stop()
     estimate = sum(packed_size(p) for p in packed) + packer.bytes
     as_objects = sum(s.approx_size() for s in spans)
-    assert held < 0.45 * as_objects
-    # The estimate counts the word table's strings as its own (they are, once the spans that shared them are gone).
-    assert 0.8 * held < estimate < 1.35 * held
+    assert held < 0.5 * as_objects
+    assert 0.8 * held < estimate < 1.25 * held
