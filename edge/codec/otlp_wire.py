@@ -3,7 +3,7 @@
 The agent's receivers only ever read one message type (ExportTraceServiceRequest) and answer with two tiny ones
 (ExportTraceServiceResponse, google.rpc.Status). Reading the protobuf wire format directly, for the fields the span
 model keeps, spares the node the protobuf runtime and the generated OTLP classes: the idle agent went from 36.3 to
-32.7 MiB RSS (bench/memory_budget.py, default receivers). It reads a span in ~1.25x the time the official classes
+32.7 MiB RSS (bench/memory_budget.py, default receivers). It reads a span in ~1.2x the time the official classes
 take (bench/span_memory.py). The gateway and the tests still use the official classes (codec/otlp.py), which is
 also how this reader is checked: every request the official encoder writes must read back the same.
 
