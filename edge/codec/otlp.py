@@ -16,6 +16,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from ..errors import DecodeError
+from .otlp_wire import id_problem
 from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, share
 
 __all__ = [
@@ -135,13 +136,7 @@ def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.S
 
 
 def _id_problem(s: trace_pb2.Span) -> str:
-    if len(s.trace_id) != 16 or not any(s.trace_id):
-        return f"span {s.name!r} has an invalid trace id ({len(s.trace_id)} bytes, must be 16 and not all zero)"
-    if len(s.span_id) != 8 or not any(s.span_id):
-        return f"span {s.name!r} has an invalid span id ({len(s.span_id)} bytes, must be 8 and not all zero)"
-    if s.parent_span_id and len(s.parent_span_id) != 8:
-        return f"span {s.name!r} has an invalid parent span id"
-    return ""
+    return id_problem(s.name, s.trace_id, s.span_id, s.parent_span_id)
 
 
 def request_from_spans(spans: Iterable[Span], source_attribute: bool = True) -> ExportTraceServiceRequest:

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import DecodeError
 from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, share
 
-__all__ = ["decode_export_request", "encode_export_response", "encode_status"]
+__all__ = ["decode_export_request", "encode_export_response", "encode_status", "id_problem"]
 
 _F64 = Struct("<Q")
 _DOUBLE = Struct("<d")
@@ -270,7 +270,8 @@ def _link(data: bytes, start: int, end: int) -> Link:
     return Link(tid, sid, state, _attributes(data, kvs))
 
 
-def _id_problem(name: str, tid: bytes, sid: bytes, pid: bytes) -> str:
+def id_problem(name: str, tid: bytes, sid: bytes, pid: bytes) -> str:
+    """Why a span's ids are unusable ("" when they are fine)."""
     if len(tid) != 16 or not any(tid):
         return f"span {name!r} has an invalid trace id ({len(tid)} bytes, must be 16 and not all zero)"
     if len(sid) != 8 or not any(sid):
@@ -361,7 +362,7 @@ def _span(data: bytes, start: int, end: int, resource: Resource, scope: Scope, s
     attributes = _attributes(data, kvs)
     span_events = tuple(_event(data, a, b) for a, b in events)
     span_links = tuple(_link(data, a, b) for a, b in links)
-    problem = _id_problem(name, tid, sid, pid)
+    problem = id_problem(name, tid, sid, pid)
     if problem:
         if errors is None:
             raise DecodeError(problem)
@@ -390,6 +391,21 @@ def _span(data: bytes, start: int, end: int, resource: Resource, scope: Scope, s
     return span
 
 
+def _split(data: bytes, start: int, end: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Fields 1 and 2 of a ResourceSpans or ScopeSpans (resource or scope, and what it holds); 3 is schema_url."""
+    first: list[tuple[int, int]] = []
+    second: list[tuple[int, int]] = []
+    for f, wt, v in _fields(data, start, end):
+        if wt == 2:
+            if f == 1:
+                first.append(v)
+            elif f == 2:
+                second.append(v)
+            elif f == 3:
+                _text(data, v)  # not kept, but must be UTF-8 like every string
+    return first, second
+
+
 def decode_export_request(data: bytes, source: Source = Source.SDK_OTLP,
                           errors: list[str] | None = None) -> list[Span]:
     """The spans of a binary OTLP ExportTraceServiceRequest; DecodeError when the message is malformed.
@@ -401,24 +417,10 @@ def decode_export_request(data: bytes, source: Source = Source.SDK_OTLP,
     ids: dict[bytes, bytes] = {}  # one copy of each trace id and span id in the request (parents repeat them)
     try:
         for f, wt, (rs_a, rs_b) in _typed(_fields(data), 1):  # repeated ResourceSpans resource_spans = 1
-            res_parts, scope_spans = [], []
-            for g, gw, v in _fields(data, rs_a, rs_b):
-                if g == 1 and gw == 2:
-                    res_parts.append(v)
-                elif g == 2 and gw == 2:
-                    scope_spans.append(v)
-                elif g == 3 and gw == 2:
-                    _text(data, v)  # schema_url: not kept, but must be UTF-8 like every string
+            res_parts, scope_spans = _split(data, rs_a, rs_b)
             resource = _resource(data, res_parts)
             for ss_a, ss_b in scope_spans:
-                scope_parts, spans = [], []
-                for g, gw, v in _fields(data, ss_a, ss_b):
-                    if g == 1 and gw == 2:
-                        scope_parts.append(v)
-                    elif g == 2 and gw == 2:
-                        spans.append(v)
-                    elif g == 3 and gw == 2:
-                        _text(data, v)
+                scope_parts, spans = _split(data, ss_a, ss_b)
                 scope = _scope(data, scope_parts)
                 for a, b in spans:
                     span = _span(data, a, b, resource, scope, source, ids, errors)
