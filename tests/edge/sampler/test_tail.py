@@ -8,6 +8,7 @@ from edge.model import Resource, Span, SpanKind, StatusCode, new_span_id
 from edge.sampler import TailRules, TailSampler, TraceSampler
 from edge.sampler.consistent import randomness, with_threshold, without_threshold
 from edge.sampler.routes import is_error, normalise_path, route_of
+from edge.sampler.tail import PACK_FROM
 
 
 class Clock:
@@ -142,16 +143,26 @@ def test_buffer_is_bounded_in_bytes_and_evictions_are_counted(rng: random.Random
 
 
 def test_waiting_spans_are_held_packed_and_come_back_whole(rng: random.Random) -> None:
-    # 100 spans of one trace in a buffer too small for them as objects, big enough packed: none leaves early.
+    # Spans of one trace in a buffer too small for them as objects, big enough packed: none leaves early.
     tid = tid_with_randomness(LOW, rng)
-    spans = [span(tid, kind=SpanKind.CLIENT) for _ in range(100)]
-    assert sum(s.approx_size() for s in spans) > 40_000
-    tail = TailSampler(TailRules(new_route_traces=0, buffer_bytes=40_000), Clock())
+    spans = [span(tid, kind=SpanKind.CLIENT) for _ in range(3000)]
+    assert sum(s.approx_size() for s in spans) > PACK_FROM
+    tail = TailSampler(TailRules(new_route_traces=0, buffer_bytes=PACK_FROM), Clock())
     kept, dropped = tail.offer(spans)
-    assert kept == [] and dropped == 0 and len(tail) == 1 and tail.bytes < 40_000
+    assert kept == [] and dropped == 0 and len(tail) == 1 and tail.bytes < PACK_FROM
     closing = span(tid, status=503)
     kept, dropped = tail.offer([closing])
     assert kept == spans + [closing] and dropped == 0 and tail.bytes < 1_000
+
+
+def test_a_buffer_shrunk_under_pressure_holds_spans_as_they_are(rng: random.Random) -> None:
+    # Below PACK_FROM (the governor's shrinking step in a burst) packing would cost CPU to save kilobytes.
+    tail = TailSampler(TailRules(new_route_traces=0), Clock())
+    tail.set_capacity(PACK_FROM // 2)
+    spans = [span(tid_with_randomness(LOW, rng)) for _ in range(10)]
+    tail.offer(spans)
+    assert tail.bytes == sum(s.approx_size() for s in spans) + 10 * 200
+    assert all(entry.spans[0] is s for entry, s in zip(tail._buffer.values(), spans))
 
 
 def test_rules_change_while_running(rng: random.Random) -> None:
