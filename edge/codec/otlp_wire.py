@@ -453,28 +453,28 @@ def _put_text(out: bytearray, field: int, text: str) -> None:
     out += raw
 
 
+def _number_and_text(number: int, text: str) -> bytes:
+    """A message of a varint field 1 and a string field 2, each left out when zero or empty (proto3)."""
+    out = bytearray()
+    if number:
+        _put_varint(out, 1 << 3)
+        _put_varint(out, number)
+    if text:
+        _put_text(out, 2, text)
+    return bytes(out)
+
+
 def encode_export_response(rejected_spans: int = 0, error_message: str = "") -> bytes:
     """ExportTraceServiceResponse; with `partial_success` (field 1) when spans were rejected or a message is given."""
     if not rejected_spans and not error_message:
         return b""
-    inner = bytearray()
-    if rejected_spans:
-        _put_varint(inner, 1 << 3)
-        _put_varint(inner, rejected_spans)
-    if error_message:
-        _put_text(inner, 2, error_message)
+    inner = _number_and_text(rejected_spans, error_message)  # ExportTracePartialSuccess
     out = bytearray()
     _put_varint(out, 1 << 3 | 2)
     _put_varint(out, len(inner))
-    return bytes(out + inner)
+    return bytes(out) + inner
 
 
 def encode_status(code: int, message: str) -> bytes:
     """google.rpc.Status {code = 1, message = 2}: the body of an OTLP/HTTP error reply."""
-    out = bytearray()
-    if code:
-        _put_varint(out, 1 << 3)
-        _put_varint(out, code)
-    if message:
-        _put_text(out, 2, message)
-    return bytes(out)
+    return _number_and_text(code, message)
