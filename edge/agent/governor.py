@@ -19,8 +19,8 @@ baseline (the process then ends up over the limit, visibly in the status and /me
 Under pressure it acts in this order, one step further per check while the pressure lasts, and counts each
 action:
 
-1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 % until settled): halve the agent's keep-probability
-   (down to ratio/1024). The sampler tells its observers, and the agent writes the same threshold into the
+1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 % until settled): halve the agent's
+   keep-probability (down to ratio/1024). The sampler tells its observers, and the agent writes the same threshold into the
    kernel's config map, so the probes stop sending what the agent would drop.
 2. `shrink_tail` (≥ 80 %, until settled): halve the tail-sampling buffer; its oldest undecided traces are dropped. And
    `shrink_index`: the assembler forgets released spans older than half its window (late joins are given up;

@@ -106,7 +106,7 @@ class TailSampler:
 
     @property
     def bytes(self) -> int:
-        """Bytes held: buffered spans, kept-trace ids, the route table and the packer's words."""
+        """Bytes held: buffered spans, kept-trace ids, the route table and the packer's shape table."""
         return (self._bytes + len(self._kept) * _KEPT_ID_BYTES + len(self._routes) * _ROUTE_BYTES
                 + self._packer.bytes)
 
@@ -214,7 +214,7 @@ class TailSampler:
             out += len(entry.spans)
         self.stats.spans_dropped += out
         if not self._buffer:
-            self._packer.clear()  # nothing refers to its words any more
+            self._packer.clear()  # no waiting span refers to its shapes any more
         return out
 
     def drop_all(self) -> int:
@@ -230,7 +230,7 @@ class TailSampler:
             out += len(entry.spans)
         self.stats.spans_dropped += out
         if not self._buffer:
-            self._packer.clear()  # nothing refers to its words any more
+            self._packer.clear()  # no waiting span refers to its shapes any more
         return out
 
     def _remember_kept(self, tid: bytes) -> None:
