@@ -20,8 +20,8 @@ Under pressure it acts in this order, one step further per check while the press
 action:
 
 1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 % until settled): halve the agent's
-   keep-probability (down to ratio/1024). The sampler tells its observers, and the agent writes the same threshold into the
-   kernel's config map, so the probes stop sending what the agent would drop.
+   keep-probability (down to ratio/1024). The sampler tells its observers, and the agent writes the same
+   threshold into the kernel's config map, so the probes stop sending what the agent would drop.
 2. `shrink_tail` (≥ 80 %, until settled): halve the tail-sampling buffer; its oldest undecided traces are dropped. And
    `shrink_index`: the assembler forgets released spans older than half its window (late joins are given up;
    at the drop step all released spans), by its `shrink()` if it has one, else through its index's
