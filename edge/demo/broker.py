@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 from ..errors import HelixError
@@ -23,6 +24,9 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+_recently_given: deque[int] = deque(maxlen=256)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody is listening on, below the ephemeral range when there is room.
 
@@ -33,15 +37,40 @@ def free_port(host: str = "127.0.0.1") -> int:
     if low > 11000:
         for _ in range(50):
             port = random.randrange(10000, low)
+            if port in _recently_given:  # handed out but perhaps not bound yet: two callers would share it
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 try:
                     s.bind((host, port))
                 except OSError:
                     continue
+                _recently_given.append(port)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+# CONNECT, MQTT 3.1.1, clean session, empty client id: mosquitto answers CONNACK (0x20); another program holding the
+# port (which is how a taken port looks before mosquitto gives up) does not.
+_PROBE_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 10, 0, 0])
+
+
+def _answers_mqtt(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(_PROBE_CONNECT)
+            reply = s.recv(4)
+            if reply[:1] == b"\x20":
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+                return True
+    except OSError:
+        pass
+    return False
+
+
+class _PortTaken(HelixError):
+    """Mosquitto could not bind its port: another process holds it."""
 
 
 class Mosquitto:
@@ -49,6 +78,7 @@ class Mosquitto:
 
     def __init__(self, port: int | None = None, extra_conf: str = "", workdir: Path | None = None) -> None:
         self.port = port or free_port()
+        self._port_chosen = not port  # a port chosen here may be re-chosen if something takes it before mosquitto
         self.extra_conf = extra_conf
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="helix-mosquitto-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
@@ -61,10 +91,22 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         """Start the broker and wait until it accepts connections."""
+        for attempt in range(5):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if not self._port_chosen or attempt == 4:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> Mosquitto:
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if binary is None:
             raise HelixError("the 'mosquitto' broker is not installed (Debian: apt-get install mosquitto)")
         conf = self.workdir / "mosquitto.conf"
+        log = self.workdir / "mosquitto.log"
+        log_start = log.stat().st_size if log.exists() else 0
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
@@ -79,12 +121,17 @@ class Mosquitto:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise HelixError(f"mosquitto exited at start (code {self.proc.returncode}): {err.strip()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+                if log.exists():
+                    with open(log, "rb") as fh:
+                        fh.seek(log_start)
+                        err += fh.read().decode(errors="replace")
+                code = self.proc.returncode
+                self.stop()
+                kind = _PortTaken if "in use" in err else HelixError
+                raise kind(f"mosquitto exited at start (code {code}): {err.strip()[-1000:]}")
+            if _answers_mqtt(self.port):
+                return self
+            time.sleep(0.05)
         self.stop()
         raise HelixError(f"mosquitto did not accept connections on port {self.port} within {timeout}s")
 
@@ -104,7 +151,7 @@ class Mosquitto:
     def restart(self) -> None:
         """Stop and start on the same port (sessions are not persisted)."""
         self.stop()
-        self.start()
+        self._start_once(10.0)
 
     async def astart(self) -> Mosquitto:
         """`start` without blocking the event loop."""

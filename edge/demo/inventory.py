@@ -25,9 +25,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    """Serve on the port given as the only argument."""
+    """Serve on the port given as the only argument (0: any free port, printed once bound)."""
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), _Handler)
-    print("inventory ready", flush=True)
+    print(f"inventory ready on 127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()
 
 

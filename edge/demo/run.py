@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from ..errors import HelixError
 from ..model import Span
-from .broker import Mosquitto, free_port
+from .broker import Mosquitto
 from .otlp_peer import OtlpPeer
 from .trees import format_trace, group_traces
 
@@ -56,11 +57,14 @@ class _Demo:
         self.children.append(child)
         return child
 
-    async def wait_for_log(self, child: _Child, text: str, timeout: float = 20.0) -> None:
+    async def wait_for_log(self, child: _Child, text: str, timeout: float = 20.0) -> str:
+        """Wait until `text` (a regular expression) appears in the child's log; returns the matching line."""
+        pattern = re.compile(text)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in child.log.read_text(errors="replace"):
-                return
+            found = pattern.search(child.log.read_text(errors="replace"))
+            if found:
+                return found.group(0)
             if child.proc.returncode is not None:
                 break
             await asyncio.sleep(0.1)
@@ -88,7 +92,14 @@ class _Demo:
                 print(format_trace(spans) + "\n", flush=True)
 
 
-def _write_configs(workdir: Path, broker: Mosquitto, peer: OtlpPeer, ports: dict[str, int]) -> tuple[Path, Path]:
+def _bound_port(line: str) -> int:
+    """The port at the end of a 'listening on host:port' log line."""
+    return int(re.search(r":(\d+)\D*$", line).group(1))  # type: ignore[union-attr]
+
+
+def _write_configs(workdir: Path, broker: Mosquitto, peer: OtlpPeer) -> tuple[Path, Path]:
+    # Every listener binds port 0 and the demo reads the port back from its log: a port chosen here and bound later
+    # by another process could be taken in between.
     agent = workdir / "agent.toml"
     agent.write_text(f"""\
 [node]
@@ -98,8 +109,8 @@ id = "demo-node"
 broker = "{broker.url}"
 
 [sources.otlp]
-grpc_listen = "127.0.0.1:{ports['agent_grpc']}"
-http_listen = "127.0.0.1:{ports['agent_http']}"
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
 
 [uplink]
 transport = "mqtt"
@@ -111,7 +122,7 @@ spool_dir = "{workdir / 'spool'}"
     gateway.write_text(f"""\
 [gateway]
 broker = "{broker.url}"
-http_listen = "127.0.0.1:{ports['gateway_http']}"
+http_listen = "127.0.0.1:0"
 export_protocol = "grpc"
 export_endpoint = "{peer.grpc_endpoint}"
 """)
@@ -146,19 +157,20 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
         say(f"  mosquitto      listening on {broker.url}")
         await peer.start()
         say(f"  OTLP peer      gRPC {peer.grpc_endpoint} -> {out}")
-        ports = {k: free_port() for k in ("agent_grpc", "agent_http", "gateway_http", "inventory")}
-        agent_cfg, gateway_cfg = _write_configs(workdir, broker, peer, ports)
+        agent_cfg, gateway_cfg = _write_configs(workdir, broker, peer)
         gateway = await demo.spawn("gateway", "-m", "edge", "gateway", "--config", str(gateway_cfg), "--log-level", "info")
         await demo.wait_for_log(gateway, "gateway subscribed")
         say(f"  gateway        uplink topic helix/uplink/+ -> OTLP/gRPC {peer.grpc_endpoint}")
         agent = await demo.spawn("agent", "-m", "edge", "run", "--config", str(agent_cfg), "--log-level", "info")
         await demo.wait_for_log(agent, "sdk span source subscribed")
         await demo.wait_for_log(agent, "agent running")
+        ports = {"agent_grpc": _bound_port(await demo.wait_for_log(agent, r"OTLP/gRPC receiver listening on \S+")),
+                 "agent_http": _bound_port(await demo.wait_for_log(agent, r"OTLP/HTTP receiver listening on \S+"))}
         kernel = "running" if "kernel probes running" in agent.log.read_text() else "not running (see helix doctor)"
         say(f"  agent          OTLP 127.0.0.1:{ports['agent_grpc']} (gRPC) / :{ports['agent_http']} (HTTP); "
             f"kernel probes {kernel}")
-        inventory = await demo.spawn("inventory", "-m", "edge.demo.inventory", str(ports["inventory"]))
-        await demo.wait_for_log(inventory, "inventory ready")
+        inventory = await demo.spawn("inventory", "-m", "edge.demo.inventory", "0")
+        ports["inventory"] = _bound_port(await demo.wait_for_log(inventory, r"inventory ready on \S+"))
         device = await demo.spawn("device", "-m", "edge.demo.device", "--broker-port", str(broker.port))
         await demo.wait_for_log(device, "device ready")
         app = await demo.spawn("app", "-m", "edge.demo.app", "--otlp", f"http://127.0.0.1:{ports['agent_grpc']}",
