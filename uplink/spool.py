@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.codec.metrics_cbor import METRICS_MAGIC
 from edge.errors import UplinkError
 
 from .wire import HEADER_SIZE, read_header
@@ -207,7 +208,8 @@ class DiskSpool(MemorySpool):
                 with open(path, "rb") as f:
                     head = f.read(HEADER_SIZE)
                     entry.size = os.fstat(f.fileno()).st_size
-                read_header(head)
+                if not head.startswith(METRICS_MAGIC):  # metrics batches are spooled next to span batches
+                    read_header(head)
             except Exception as e:  # noqa: BLE001 - an unreadable or foreign file is set aside, never sent
                 log.warning("uplink spool: discarding unreadable batch file %s: %s", path, e)
                 self.discarded_files += 1
