@@ -6,13 +6,13 @@ are in the inbox, and seeing a PUBACK's reason code. This client does those dire
 
 - `publish()` at QoS 1 returns the PUBACK's reason code (0x10 "no matching subscribers" included); at most the
   broker's Receive Maximum publishes are in flight.
-- Received PUBLISHes queue until read from `messages()`; the queue is bounded (`max_queued`), and a full queue
+- Received PUBLISHes queue until read from `messages`; the queue is bounded (`max_queued`), and a full queue
   stops the reader, so the broker holds the backlog (TCP and, at QoS 1, our Receive Maximum hold it back).
   With `manual_ack` a QoS 1 message is acknowledged by `ack()`; otherwise when it is read.
 - Keepalive: PINGREQ when nothing was sent for half the keepalive; no packet from the broker for 1.5 keepalives
   ends the connection.
 - Any failure (refused CONNECT, broken connection, malformed packet, timeout) raises `MqttError`; pending
-  publishes and subscriptions fail with it, and `messages()` yields what was already received, then raises it.
+  publishes and subscriptions fail with it, and `messages` yields what was already received, then raises it.
 """
 from __future__ import annotations
 
@@ -186,8 +186,12 @@ class MqttClient:
         if message.qos and message.packet_id is not None and self._error is None:
             self._send(enc.puback(message.packet_id))
 
-    async def messages(self) -> AsyncIterator[Message]:
-        """Received messages in order; raises MqttError once the connection is gone and the queue is read."""
+    @property
+    def messages(self) -> AsyncIterator[Message]:
+        """Received messages in order (`async for m in client.messages`); MqttError once the connection is gone."""
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Message]:
         while True:
             if self._incoming.empty() and self._error is not None:
                 raise self._error

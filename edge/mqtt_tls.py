@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
-__all__ = ["tls_params", "ssl_context", "check_tls_files"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["tls_params", "mqtt_ssl_context", "ssl_context", "check_tls_files"]
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -31,16 +33,28 @@ def check_tls_files(cfg: Any, section: str = "") -> None:
         raise ConfigError(f"{section}.key_file" if section else "key_file", "set without cert_file")
 
 
-def tls_params(cfg: Any, section: str = "") -> Any:
-    """`aiomqtt.TLSParameters` for a config section with `broker`, `ca_file`, `cert_file`, `key_file`; None for mqtt://."""
-    import aiomqtt
-
-    broker = cfg.broker
-    if not broker.tls:
+def _wants_tls(cfg: Any, section: str) -> bool:
+    if not cfg.broker.tls:
         if (getattr(cfg, "cert_file", "") or getattr(cfg, "ca_file", "")) and section not in _warned:
             _warned.add(section)
             log.warning("%s: ca_file/cert_file are set but broker %s is not mqtts://; connecting without TLS",
-                        section or "mqtt", broker)
+                        section or "mqtt", cfg.broker)
+        return False
+    return True
+
+
+def mqtt_ssl_context(cfg: Any, section: str = "") -> ssl.SSLContext | None:
+    """The SSLContext for the agent's MQTT client (edge.mqtt_client) for a config section; None for mqtt://."""
+    return ssl_context(cfg, section) if _wants_tls(cfg, section) else None
+
+
+def tls_params(cfg: Any, section: str = "") -> Any:
+    """`aiomqtt.TLSParameters` (the gateway's client) for a config section; None for mqtt://."""
+    import ssl
+
+    import aiomqtt
+
+    if not _wants_tls(cfg, section):
         return None
     check_tls_files(cfg, section)
     return aiomqtt.TLSParameters(
@@ -54,6 +68,8 @@ def tls_params(cfg: Any, section: str = "") -> Any:
 
 def ssl_context(cfg: Any, section: str = "") -> ssl.SSLContext:
     """A client SSLContext (server verified, client certificate if configured), e.g. for HTTPS uplink with mTLS."""
+    import ssl  # here: a node without TLS does not need OpenSSL mapped in
+
     check_tls_files(cfg, section)
     ctx = ssl.create_default_context(cafile=getattr(cfg, "ca_file", "") or None)
     if getattr(cfg, "cert_file", ""):

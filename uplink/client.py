@@ -9,7 +9,6 @@ lost: queue full, spool full (oldest evicted), unencodable spans, batches refuse
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import time
@@ -21,7 +20,8 @@ from typing import Any, Protocol
 from edge.config import UplinkConfig
 from edge.errors import UplinkError
 from edge.model import Span
-from edge.mqtt_tls import tls_params
+from edge.mqtt_client import MqttClient, MqttError, reason_name
+from edge.mqtt_tls import mqtt_ssl_context
 
 from .spool import DiskSpool, MemorySpool
 from .wire import MEDIA_TYPE, encode_batch
@@ -71,6 +71,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # here: only an HTTP uplink told to wait until a date needs the email package
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -159,42 +161,24 @@ class UplinkStats:
 
 
 class MqttTransport:
-    """MQTT v5 publisher that (re)connects lazily; QoS 1 waits for the broker's PUBACK."""
+    """MQTT v5 publisher that (re)connects lazily; QoS 1 waits for the broker's PUBACK and reads its reason code."""
 
     def __init__(self, cfg: UplinkConfig, node_id: str) -> None:
-        import aiomqtt  # imported here so an HTTP-only node never loads it
-
-        self._aiomqtt = aiomqtt
         self._cfg = cfg
+        self._node_id = node_id
         self._topic = cfg.topic_for(node_id)
-        self._client: Any = None
-        self._refusal: str | None = None
+        self._client: MqttClient | None = None
 
-    async def _connect(self) -> Any:
+    async def _connect(self) -> MqttClient:
         cfg = self._cfg
-        aiomqtt = self._aiomqtt
-        client = aiomqtt.Client(
-            cfg.broker.host, cfg.broker.port,
-            username=cfg.username or None, password=cfg.password or None,
-            protocol=aiomqtt.ProtocolVersion.V5, timeout=cfg.send_timeout,
-            tls_params=tls_params(cfg, "uplink"),
-            logger=logging.getLogger(__name__ + ".mqtt"),
-        )
-        # aiomqtt does not look at the PUBACK reason code; a refusal (not authorised, quota exceeded) or "no
-        # matching subscribers" (no gateway session would ever see it) must keep the batch in the spool.
-        paho = client._client
-        acknowledged = paho.on_publish
-
-        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-            value = getattr(reason, "value", 0)
-            if value >= 0x80 or value == _NO_MATCHING_SUBSCRIBERS:
-                self._refusal = str(reason)
-            acknowledged(c, userdata, mid, reason, properties)
-
-        paho.on_publish = on_publish
+        # A random suffix: two processes with one node id (a restart overlapping the old one) must not take over
+        # each other's connection; the session is clean either way.
+        client = MqttClient(cfg.broker.host, cfg.broker.port, f"helix-uplink-{self._node_id}-{random.getrandbits(24):06x}",
+                            username=cfg.username or None, password=cfg.password or None,
+                            ssl=mqtt_ssl_context(cfg, "uplink"), timeout=cfg.send_timeout)
         try:
-            await client.__aenter__()
-        except aiomqtt.MqttError as e:
+            await client.connect()
+        except MqttError as e:
             raise SendError(f"uplink broker unreachable at {cfg.broker}: {e}") from None
         log.info("uplink connected to broker %s topic=%s", cfg.broker, self._topic)
         self._client = client
@@ -203,22 +187,23 @@ class MqttTransport:
     async def send(self, payload: bytes) -> None:
         """Publish one batch."""
         client = self._client or await self._connect()
-        self._refusal = None
         try:
-            await client.publish(self._topic, payload, qos=self._cfg.qos, timeout=self._cfg.send_timeout)
-        except self._aiomqtt.MqttError as e:
+            code = await client.publish(self._topic, payload, qos=self._cfg.qos, timeout=self._cfg.send_timeout)
+        except MqttError as e:
             await self.close()
             raise SendError(f"uplink broker unreachable at {self._cfg.broker}: publish failed: {e}") from None
-        if self._refusal is not None:
-            raise SendError(f"uplink broker {self._cfg.broker} did not take the batch on {self._topic}: {self._refusal}"
-                            " (is a gateway subscribed, and may this node publish there?)")
+        # A refusal (not authorised, quota exceeded) or "no matching subscribers" (no gateway session would ever
+        # see it) must keep the batch in the spool.
+        if code >= 0x80 or code == _NO_MATCHING_SUBSCRIBERS:
+            raise SendError(f"uplink broker {self._cfg.broker} did not take the batch on {self._topic}: "
+                            f"{reason_name(code)} (is a gateway subscribed, and may this node publish there?)")
 
     async def close(self) -> None:
         """Disconnect (quietly: the connection may already be gone)."""
         client, self._client = self._client, None
         if client is not None:
             try:
-                await asyncio.wait_for(client.__aexit__(None, None, None), 2.0)
+                await asyncio.wait_for(client.disconnect(), 2.0)
             except Exception:  # noqa: BLE001 - a broken connection cannot be closed cleanly; it is dropped anyway
                 pass
 

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from ..config import Config, UplinkConfig
 from ..errors import HelixError
-from ..mqtt_tls import check_tls_files, ssl_context, tls_params
+from ..mqtt_tls import check_tls_files, mqtt_ssl_context, ssl_context
 from ..sampler import TailRules
 
 __all__ = ["ApplyResult", "ConfigApplier", "probe_uplink"]
@@ -56,16 +56,15 @@ async def probe_uplink(cfg: UplinkConfig, node_id: str, timeout: float = 5.0) ->
                     return ""
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             return f"{cfg.url} unreachable: {e or type(e).__name__}"
-    import aiomqtt
+    from ..mqtt_client import MqttClient, MqttError
 
     try:
-        async with aiomqtt.Client(cfg.broker.host, cfg.broker.port, identifier=f"helix-probe-{node_id}",
-                                  username=cfg.username or None, password=cfg.password or None,
-                                  protocol=aiomqtt.ProtocolVersion.V5, timeout=timeout,
-                                  tls_params=tls_params(cfg, "uplink")):
+        async with MqttClient(cfg.broker.host, cfg.broker.port, f"helix-probe-{node_id}",
+                              username=cfg.username or None, password=cfg.password or None,
+                              ssl=mqtt_ssl_context(cfg, "uplink"), timeout=timeout):
             return ""
-    except (aiomqtt.MqttError, OSError, asyncio.TimeoutError) as e:
-        return f"broker {cfg.broker} unreachable: {e or type(e).__name__}"
+    except MqttError as e:
+        return f"broker {cfg.broker} unreachable: {e}"
 
 
 def _changed(old: Any, new: Any) -> list[str]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 
 from ..config import Config
 from ..errors import ConfigError, HelixError
+from ..mqtt_client import MqttClient, MqttError, Will
 from ._mqtt import group_topic, make_client, node_topic, publish_checked, status_topic
 from .apply import ApplyResult, ConfigApplier
 from .document import DocumentError, load_public_key, verify_document
@@ -92,7 +92,7 @@ class FleetNode:
         self.last_error = ""
         self.restart_needed: list[str] = []
         self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttClient | None = None
         self._lock = asyncio.Lock()
         self._state_file = Path(self.cfg.state_dir) / f"{self.node_id}.json" if self.cfg.state_dir else None
         self._load_state()
@@ -238,7 +238,7 @@ class FleetNode:
     async def run(self) -> None:
         """Connect, subscribe and handle documents until cancelled; reconnects with backoff."""
         backoff = 0.5
-        will = aiomqtt.Will(status_topic(self.node_id), json.dumps(
+        will = Will(status_topic(self.node_id), json.dumps(
             {"node": self.node_id, "group": self.group, "state": "offline", "ts": int(time.time())}).encode(),
             qos=1, retain=True)
         while True:
@@ -257,11 +257,10 @@ class FleetNode:
                     beat = asyncio.create_task(self._heartbeat())
                     try:
                         async for message in client.messages:
-                            payload = message.payload if isinstance(message.payload, bytes) else b""
-                            await self.handle(str(message.topic), payload)
+                            await self.handle(message.topic, message.payload)
                     finally:
                         beat.cancel()
-            except (aiomqtt.MqttError, HelixError) as e:
+            except (MqttError, HelixError) as e:
                 self._client = None
                 self.connected.clear()
                 log.warning("fleet: broker %s: %s; retrying in %.1fs", self.cfg.broker, e, backoff)

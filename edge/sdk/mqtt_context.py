@@ -5,12 +5,13 @@ case-insensitively on receipt, and the first `traceparent` wins, as the draft as
 """
 from __future__ import annotations
 
-from typing import Iterable
-
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..propagation import SpanContext, format_traceparent, parse_traceparent
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
 
 __all__ = ["inject", "extract", "user_properties"]
 
@@ -24,7 +25,10 @@ def user_properties(ctx: SpanContext) -> list[tuple[str, str]]:
 
 
 def inject(ctx: SpanContext, properties: Properties | None = None) -> Properties:
-    """Add the trace context to PUBLISH properties (created when None), keeping other user properties."""
+    """Add the trace context to paho PUBLISH properties (created when None), keeping other user properties."""
+    from paho.mqtt.packettypes import PacketTypes  # here: the agent reads context without loading paho
+    from paho.mqtt.properties import Properties
+
     if properties is None:
         properties = Properties(PacketTypes.PUBLISH)
     existing = [(k, v) for k, v in (getattr(properties, "UserProperty", None) or [])
@@ -36,11 +40,11 @@ def inject(ctx: SpanContext, properties: Properties | None = None) -> Properties
     return properties
 
 
-def extract(props: Properties | Iterable[tuple[str, str]] | None) -> SpanContext | None:
-    """Read the trace context from PUBLISH properties or from a list of user-property pairs."""
+def extract(props: Properties | Sequence[tuple[str, str]] | None) -> SpanContext | None:
+    """Read the trace context from paho PUBLISH properties or from a list of user-property pairs."""
     if props is None:
         return None
-    pairs = getattr(props, "UserProperty", None) if isinstance(props, Properties) else props
+    pairs = props if isinstance(props, (list, tuple)) else getattr(props, "UserProperty", None)
     traceparent = tracestate = None
     for key, value in pairs or ():
         k = key.lower()

@@ -7,14 +7,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from ..codec.sdk_cbor import decode_payload
 from ..config import MqttSourceConfig
 from ..errors import DecodeError
-from ..mqtt_tls import tls_params
+from ..mqtt_client import MqttClient, MqttError
+from ..mqtt_tls import mqtt_ssl_context
 from ..model import Source, Span
 from ..sdk.mqtt_context import extract
 from ..ratelimit import RateLimitedLog
@@ -76,21 +73,14 @@ class MqttSdkSource:
         """Connect, subscribe and consume until cancelled."""
         backoff = 0.5
         while True:
-            props = Properties(PacketTypes.CONNECT)
-            props.ReceiveMaximum = RECEIVE_MAXIMUM
-            client = aiomqtt.Client(
-                self.cfg.broker.host, self.cfg.broker.port,
-                identifier=f"helix-agent-{self.node_id}-sdk",
-                protocol=aiomqtt.ProtocolVersion.V5,
+            client = MqttClient(
+                self.cfg.broker.host, self.cfg.broker.port, f"helix-agent-{self.node_id}-sdk",
                 username=self.cfg.username or None, password=self.cfg.password or None,
-                tls_params=tls_params(self.cfg, "sources.mqtt"),
-                keepalive=30, properties=props,
-                # QoS 0 has no flow control: bound what can queue here (aiomqtt discards beyond it).
-                max_queued_incoming_messages=8 * RECEIVE_MAXIMUM,
+                ssl=mqtt_ssl_context(self.cfg, "sources.mqtt"), keepalive=30,
+                # PUBACK once the spans are in the inbox; QoS 0 has no flow control, so the queue is bounded and
+                # a full queue stops reading (the broker holds the rest).
+                receive_maximum=RECEIVE_MAXIMUM, manual_ack=True, max_queued=8 * RECEIVE_MAXIMUM,
             )
-            # aiomqtt has no switch for it, but its paho client does: PUBACK once the spans are in the inbox.
-            paho = client._client
-            paho.manual_ack_set(True)
             try:
                 async with client:
                     for topic in self.cfg.topics:
@@ -100,13 +90,9 @@ class MqttSdkSource:
                     backoff = 0.5
                     log.info("sdk span source subscribed broker=%s topics=%s", self.cfg.broker, ",".join(self.cfg.topics))
                     async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, (bytes, bytearray)):
-                            payload = str(payload).encode() if payload is not None else b""
-                        await self.deliver(str(message.topic), bytes(payload), message.properties)
-                        if message.qos > 0:
-                            paho.ack(message.mid, message.qos)
-            except aiomqtt.MqttError as e:
+                        await self.deliver(message.topic, message.payload, message.user_properties)
+                        client.ack(message)
+            except MqttError as e:
                 self.stats.connected = False
                 self.ready.clear()
                 self.stats.reconnects += 1
@@ -114,9 +100,9 @@ class MqttSdkSource:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
 
-    async def deliver(self, topic: str, payload: bytes, properties: object | None) -> None:
+    async def deliver(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
         """Decode one message and pass its spans on once the inbox has room for them (waiting up to 30 s)."""
-        spans = self.decode(topic, payload, properties)
+        spans = self.decode(topic, payload, user_properties)
         if not spans:
             return
         if self.has_room is not None and not self.has_room(sum(s.approx_size() for s in spans)):
@@ -131,9 +117,9 @@ class MqttSdkSource:
                     await asyncio.sleep(0.02)
         self._offer(spans)
 
-    def handle(self, topic: str, payload: bytes, properties: object | None) -> None:
+    def handle(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
         """Decode one message and pass its spans on at once; every refusal is counted, none raises."""
-        spans = self.decode(topic, payload, properties)
+        spans = self.decode(topic, payload, user_properties)
         if spans:
             self._offer(spans)
 
@@ -143,7 +129,7 @@ class MqttSdkSource:
         if accepted < len(spans):
             self.stats.dropped["inbox_full"] += len(spans) - accepted
 
-    def decode(self, topic: str, payload: bytes, properties: object | None) -> list[Span]:
+    def decode(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> list[Span]:
         """The spans of one message ([] when it is refused; every refusal is counted, none raises)."""
         self.stats.messages += 1
         if len(payload) > self.cfg.max_payload:
@@ -151,7 +137,7 @@ class MqttSdkSource:
             self._warn.warning("dropped span message on %s: %d bytes is over sources.mqtt.max_payload (%d)",
                                topic, len(payload), self.cfg.max_payload)
             return []
-        pairs = getattr(properties, "UserProperty", None) or []
+        pairs = user_properties or []
         remote = extract(pairs)
         if remote is None and any(k.lower() == "traceparent" for k, _ in pairs):
             self.stats.dropped["bad_traceparent"] += 1

@@ -12,7 +12,7 @@ from edge.mqtt_client import Message, MqttClient, MqttError, Will
 
 async def _next(client: MqttClient, timeout: float = 5.0) -> Message:
     async def first() -> Message:
-        async for m in client.messages():
+        async for m in client.messages:
             return m
         raise AssertionError("no message")
     return await asyncio.wait_for(first(), timeout)
@@ -78,7 +78,7 @@ async def test_a_broker_that_goes_away_fails_waiters_and_ends_messages_after_wha
     mosquitto.stop()
     got = []
     with pytest.raises(MqttError, match="closed the connection|broke"):
-        async for m in sub.messages():
+        async for m in sub.messages:
             got.append(m.payload)
     assert got == [b"before"]
     with pytest.raises(MqttError):
