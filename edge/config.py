@@ -414,6 +414,11 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
 
+    def agent_may_use_tls(self) -> bool:
+        """Whether the agent may open a TLS connection: now (mqtts://, https://) or after a remote config."""
+        uplink = self.uplink.broker.tls if self.uplink.transport == "mqtt" else self.uplink.url.startswith("https:")
+        return self.fleet.enabled or self.mqtt.broker.tls or uplink
+
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 

@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .ssl_deferral import require_ssl
 
 if TYPE_CHECKING:
     import ssl
@@ -68,6 +69,7 @@ def tls_params(cfg: Any, section: str = "") -> Any:
 
 def ssl_context(cfg: Any, section: str = "") -> ssl.SSLContext:
     """A client SSLContext (server verified, client certificate if configured), e.g. for HTTPS uplink with mTLS."""
+    require_ssl(f"[{section}]" if section else "a TLS connection")
     import ssl  # here: a node without TLS does not need OpenSSL mapped in
 
     check_tls_files(cfg, section)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -154,8 +153,11 @@ class MemorySpool:
 
 def spool_subdir(root: str | Path, node_id: str) -> Path:
     """The node's directory under the spool root; odd node ids get a stable hashed name."""
-    name = node_id if _SAFE_ID.match(node_id) else "node-" + hashlib.sha256(node_id.encode()).hexdigest()[:16]
-    return Path(root) / name
+    if _SAFE_ID.match(node_id):
+        return Path(root) / node_id
+    import hashlib  # here: hashlib maps OpenSSL's libcrypto (3.4 MiB), which a node with a plain id never needs
+
+    return Path(root) / ("node-" + hashlib.sha256(node_id.encode()).hexdigest()[:16])
 
 
 class DiskSpool(MemorySpool):

@@ -1,0 +1,38 @@
+"""Entry point of the `helix` command: decides what to load before the CLI imports asyncio."""
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _prepare_agent(argv: list[str]) -> None:
+    from .config import load_config
+    from .errors import HelixError
+    from .ssl_deferral import defer_ssl
+
+    try:
+        cfg = load_config(_config_path(argv))
+    except HelixError:
+        return  # the CLI reports it
+    if not cfg.agent_may_use_tls():
+        defer_ssl()
+
+
+def main() -> int:
+    """Run the `helix` command."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["run"]:
+        _prepare_agent(argv[1:])
+    from .cli import main as cli_main
+
+    return cli_main()
