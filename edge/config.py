@@ -330,7 +330,7 @@ class UplinkConfig:
 class MemoryConfig:
     """The hard memory budget every buffer accounts against."""
 
-    limit: int = 64 * 1024 * 1024  # the default receivers idle near 33 MiB; the rest holds ~4 s of spans at 5,000/s
+    limit: int = 64 * 1024 * 1024  # the default receivers idle near 26 MiB (31 with TLS); the rest holds spans and bursts
     baseline: int = 0  # what the process holds with empty buffers (interpreter, libraries); 0 = RSS measured at start
     check_interval: float = 0.5  # how often the governor reads RSS and the buffers
 
