@@ -9,6 +9,8 @@ are in the inbox, and seeing a PUBACK's reason code. This client does those dire
 - Received PUBLISHes queue until read from `messages`; the queue is bounded (`max_queued`), and a full queue
   stops the reader, so the broker holds the backlog (TCP and, at QoS 1, our Receive Maximum hold it back).
   With `manual_ack` a QoS 1 message is acknowledged by `ack()`; otherwise when it is read.
+- With `max_packet_size` the broker is told not to send larger packets (it drops those messages for us), and
+  one sent anyway ends the connection before its body is read.
 - Keepalive: PINGREQ when nothing was sent for half the keepalive; no packet from the broker for 1.5 keepalives
   ends the connection.
 - Any failure (refused CONNECT, broken connection, malformed packet, timeout) raises `MqttError`; pending
@@ -74,13 +76,17 @@ class MqttClient:
     def __init__(self, host: str, port: int, client_id: str, *, username: str | None = None,
                  password: str | None = None, ssl: Any = None, keepalive: int = 30, will: Will | None = None,
                  receive_maximum: int | None = None, max_queued: int = 1024, manual_ack: bool = False,
-                 timeout: float = 10.0) -> None:
+                 max_packet_size: int | None = None, timeout: float = 10.0) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self._username, self._password, self._ssl = username, password, ssl
         self.keepalive = keepalive
         self._will = will
         self._receive_maximum = receive_maximum
         self._manual_ack = manual_ack
+        # Declared in CONNECT: the broker must not send a larger packet (it drops the message for this client), so
+        # one huge publish cannot make the agent read it into memory. A broker that sends one anyway is cut off.
+        self._max_incoming = min(max_packet_size or enc.MAX_PACKET, enc.MAX_PACKET)
+        self._declare_max = max_packet_size is not None
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -117,7 +123,8 @@ class MqttClient:
             raise MqttError(f"cannot connect to the MQTT broker at {self.where}: "
                             f"{getattr(e, 'strerror', None) or e or 'timed out'}") from None
         self._send(enc.connect(self.client_id, self.keepalive, username=self._username, password=self._password,
-                               will=self._will, receive_maximum=self._receive_maximum))
+                               will=self._will, receive_maximum=self._receive_maximum,
+                               maximum_packet_size=self._max_incoming if self._declare_max else None))
         try:
             connack = await asyncio.wait_for(self._read_packet(), self.timeout)
         except asyncio.TimeoutError:
@@ -275,6 +282,9 @@ class MqttClient:
                     break
             else:
                 raise MqttError(f"malformed packet from the MQTT broker at {self.where} (length field)")
+            if length + len(header) > self._max_incoming:
+                raise MqttError(f"the MQTT broker at {self.where} sent a packet of {length + len(header)} bytes, over "
+                                f"the {self._max_incoming} this client declared")
             body = await self._reader.readexactly(length) if length else b""
         except asyncio.IncompleteReadError:
             raise MqttError(f"the MQTT broker at {self.where} closed the connection") from None

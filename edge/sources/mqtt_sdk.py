@@ -80,6 +80,9 @@ class MqttSdkSource:
                 # PUBACK once the spans are in the inbox; QoS 0 has no flow control, so the queue is bounded and
                 # a full queue stops reading (the broker holds the rest).
                 receive_maximum=RECEIVE_MAXIMUM, manual_ack=True, max_queued=8 * RECEIVE_MAXIMUM,
+                # Payloads up to twice max_payload arrive and are counted as oversize; larger ones the broker drops
+                # for us instead of the agent reading them into memory.
+                max_packet_size=2 * self.cfg.max_payload + 65536,
             )
             try:
                 async with client:

@@ -134,3 +134,22 @@ async def test_a_broker_that_never_answers_connect_times_out() -> None:
     async with server:
         with pytest.raises(MqttError, match="did not answer CONNECT"):
             await MqttClient("127.0.0.1", port, "x", timeout=0.5).connect()
+
+
+async def test_the_declared_maximum_packet_size_keeps_huge_messages_out(mosquitto: Mosquitto) -> None:
+    async with MqttClient("127.0.0.1", mosquitto.port, "small", max_packet_size=10_000) as sub, \
+            MqttClient("127.0.0.1", mosquitto.port, "pub") as pub:
+        await sub.subscribe("t", qos=1)
+        await pub.publish("t", b"x" * 50_000, qos=1)  # the broker drops it for `sub`
+        await pub.publish("t", b"fits", qos=1)
+        assert (await _next(sub)).payload == b"fits"
+
+
+async def test_a_packet_over_the_declared_size_ends_the_connection_unread() -> None:
+    server, port = await _fake_broker(b"\x20\x03\x00\x00\x00" + b"\x30\xff\xff\xff\x7f")  # PUBLISH of 256 MiB
+    async with server:
+        client = MqttClient("127.0.0.1", port, "x", keepalive=0, max_packet_size=1 << 20)
+        await client.connect()
+        with pytest.raises(MqttError, match="over the 1048576 this client declared"):
+            await _next(client)
+        await client.disconnect()
