@@ -16,6 +16,9 @@ def _config_path(argv: list[str]) -> str | None:
 
 
 def _prepare_agent(argv: list[str]) -> None:
+    from .libc_malloc import use_libc_malloc
+
+    use_libc_malloc()  # first: it starts this process again, and nothing done before would survive
     from .config import load_config
     from .errors import HelixError
     from .ssl_deferral import defer_ssl

@@ -36,8 +36,12 @@ action:
 Below 60 % it steps back one notch per check: the keep-probability doubles (and with it the kernel's), and the
 tail buffer, inbox and assembler bounds regrow towards their planned sizes.
 
-RSS measures the heap, not what lives in it: after a burst CPython's arenas and glibc keep most of the memory the
-burst needed (bench/memory_budget.py: 3-6 MiB more at steady load than before it, with the buffers at a quarter of
+Every TRIM_EVERY seconds it hands free heap pages back to the system (malloc_trim). `helix run` puts every object
+on glibc's malloc (edge/libc_malloc.py), so after a burst that returns what the burst's data took; on CPython's
+own allocator it returns little.
+
+RSS measures the heap, not what lives in it: on CPython's own allocator, after a burst its arenas keep most of the
+memory the burst needed (bench/memory_budget.py: 3-6 MiB more at steady load than before it, with the buffers at a quarter of
 their plan), so the pressure can sit between 60 and 90 % for as long as the process runs. Below the spill level
 the governor therefore looks at the trend: between 70 and 80 % it halves the keep-probability only when usage sets
 a new high (above everything it saw in the last SETTLE seconds, by a margin), and once for SETTLE seconds usage
@@ -73,6 +77,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink_tail": 0.80, "spill": 0.90, "drop": 0.95}
 RELAX = 0.60
+TRIM_EVERY = 2.0  # s between two malloc_trim(0) calls: each takes ~0.2-2 ms (17 ms at most seen in a burst)
 SETTLE = 10.0  # s without a new high, a check at the spill level or a backlog before a plateau above RELAX is settled
 # Shares of the headroom each buffer is planned to fill at most (see plan()). The 40 % left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
@@ -107,6 +112,7 @@ class GovernorStats:
     dropped: dict[str, int] = field(default_factory=lambda: {"tail_pressure": 0, "inbox_pressure": 0,
                                                              "index_pressure": 0})
     breakdown: dict[str, int] = field(default_factory=dict)
+    heap_trims: int = 0
 
 
 class MemoryGovernor:
@@ -132,6 +138,7 @@ class MemoryGovernor:
         self.planned: dict[str, int] = {}
         self._tail_max: int | None = None
         self._trim = _malloc_trim()
+        self._trimmed_at = clock()
         self._asm_max_bytes: int | None = None  # the assembler's own bound, restored after pressure
         self._index_max_bytes: int | None = None
         self._inbox_max_bytes: int | None = None
@@ -184,6 +191,12 @@ class MemoryGovernor:
         """Measure once and act on the pressure; returns the pressure seen."""
         p = self.measure()
         now = self._clock()
+        if self._trim is not None and now - self._trimmed_at >= TRIM_EVERY:
+            # Free pages go back to the system as soon as the data on them has gone (with PYTHONMALLOC=malloc,
+            # see edge/libc_malloc.py, that is nearly all the memory a burst took); glibc alone keeps them.
+            self._trimmed_at = now
+            self._trim(0)
+            self.stats.heap_trims += 1
         rising = self._new_high(now, self.stats.usage)
         if rising or p >= LEVELS["spill"] or self._backlog():
             self._unsettled_at = now
@@ -413,7 +426,7 @@ class MemoryGovernor:
         st = self.stats
         return {"limit": self.limit, "baseline": self.baseline, "headroom": self.headroom, "usage": st.usage, "rss": st.rss,
                 "rss_peak": st.rss_peak, "accounted": st.accounted, "pressure": round(st.pressure, 4),
-                "keep_factor": self.factor, "planned": dict(self.planned),
+                "keep_factor": self.factor, "planned": dict(self.planned), "heap_trims": st.heap_trims,
                 "actions": dict(st.actions), "dropped": dict(st.dropped), "bytes": dict(st.breakdown)}
 
 

@@ -1,6 +1,7 @@
 """`helix run` leaves OpenSSL out when its config can need no TLS, and says so when TLS is asked for anyway."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -66,14 +67,16 @@ def test_plain_http_still_works_without_ssl() -> None:
     assert out == "204"
 
 
-def test_an_agent_without_tls_runs_with_openssl_unmapped(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_an_agent_without_tls_runs_with_openssl_unmapped_on_glibc_malloc(mosquitto: Mosquitto, tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'[node]\nid = "plain"\n[sources.mqtt]\nbroker = "{mosquitto.url}"\n[sources.ebpf]\nenabled = false\n'
                    f'[sources.otlp]\ngrpc_listen = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:0"\n[metrics]\nlisten = ""\n'
                    f'[uplink]\nbroker = "{mosquitto.url}"\nspool_dir = "{tmp_path / "spool"}"\n')
     log = tmp_path / "agent.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)], stdout=fh, stderr=fh)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
+        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)], stdout=fh, stderr=fh,
+                                env=env)
     try:
         deadline = time.monotonic() + 30
         while "agent running" not in log.read_text() and time.monotonic() < deadline:
@@ -83,6 +86,8 @@ def test_an_agent_without_tls_runs_with_openssl_unmapped(mosquitto: Mosquitto, t
         assert "agent running" in text and "TLS not loaded" in text and "sdk span source subscribed" in text
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libssl" not in maps and "libcrypto" not in maps
+        # The same process (pid) started again on glibc's malloc (edge/libc_malloc.py).
+        assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
     finally:
         proc.terminate()
         proc.wait(10)

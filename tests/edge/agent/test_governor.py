@@ -7,7 +7,7 @@ import pytest
 
 from bench._workload import realistic_spans
 from edge.agent import Agent
-from edge.agent.governor import SETTLE, MemoryGovernor, read_rss
+from edge.agent.governor import SETTLE, TRIM_EVERY, MemoryGovernor, read_rss
 from edge.config import parse_config
 from edge.model import Source
 
@@ -336,3 +336,13 @@ def test_a_keep_probability_that_keeps_moving_is_logged_once_a_minute(agent: Age
             run.hold(0.72, SETTLE + 2.0)
     assert run.gov.stats.actions["raise_threshold"] >= 8 and run.gov.stats.actions["relax"] >= 8
     assert len([r for r in caplog.records if "keep-probability now" in r.getMessage()]) == 1
+
+
+def test_free_heap_pages_go_back_every_trim_interval(agent: Agent) -> None:
+    run = Plateau(agent)
+    calls: list[int] = []
+    run.gov._trim = lambda pad: calls.append(pad) or 1
+    run.hold(0.3, TRIM_EVERY - 0.5)  # checks every 0.5 s: none yet
+    assert calls == []
+    run.hold(0.3, 3 * TRIM_EVERY)
+    assert calls == [0, 0, 0] and run.gov.status()["heap_trims"] == 3
