@@ -135,6 +135,26 @@ async def wait_log(path: Path, text: str, timeout: float = 30) -> None:
     raise SystemExit(f"timed out waiting for {text!r} in {path}:\n{path.read_text(errors='replace')[-2000:]}")
 
 
+def queue_bytes_over_time(peer: OtlpPeer, node: str) -> list[tuple[int, dict[str, float]]]:
+    """(time_ns, bytes per buffer) from every health export of `node`: where the steady memory goes."""
+    out = []
+    for req in peer.metric_requests:
+        batch = metrics_from_request(req)
+        for r in batch.resources:
+            if r.resource.as_dict().get("helix.node.id") != node or r.resource.service_name != "helix-agent":
+                continue
+            for m in r.metrics:
+                if m.name == "helix.agent.queue.bytes":
+                    out.append((batch.time_ns, {str(p.attributes.get("queue")): p.value for p in m.points}))
+    return out
+
+
+def median_bytes(points: list[dict[str, float]]) -> dict[str, float]:
+    """Median MiB per buffer over health exports."""
+    return {k: round(statistics.median(q.get(k, 0) for q in points) / 2**20, 2)
+            for k in sorted({k for q in points for k in q})}
+
+
 def red_of_peer(peer: OtlpPeer, node: str) -> tuple[Tally, dict[str, dict[str, float]]]:
     """RED per (service, kind) from the newest metrics export of `node`, and its health metrics by name/label."""
     for req in reversed(peer.metric_requests):
@@ -307,6 +327,7 @@ export_endpoint = "{peer.grpc_endpoint}"
         print(f"load: {args.rate} spans/s for {total_s:.0f} s, burst x{args.burst_factor:g} from "
               f"{burst_start:.0f} s to {burst_end:.0f} s; budget {args.budget_mib} MiB", file=sys.stderr)
         t0 = time.monotonic()
+        t0_ns = time.time_ns()
         oi = mi = 0
         otlp_credit = mqtt_credit = 0.0
         last = t0
@@ -385,11 +406,16 @@ export_endpoint = "{peer.grpc_endpoint}"
         dropped["client_gave_up"] = client_stats["client_gave_up"]
     sampled = health.get("helix.agent.spans.sampled", {})
     steady = [r for t, r, ph in samples if ph == "steady" and t > 10]
+    # Median bytes each buffer reported at steady load, before the burst and after it has drained.
+    queues = [((t - t0_ns) / 1e9, q) for t, q in queue_bytes_over_time(peer, node)]
+    buffers = {"before_burst": median_bytes([q for t, q in queues if 10 < t < burst_start]),
+               "after_burst": median_bytes([q for t, q in queues if burst_end + 30 < t < total_s])}
     burst = [r for t, r, ph in samples if ph == "burst"]
     result = {
         "budget_mib": args.budget_mib,
         "rss_idle_mib": round(max(idle), 1),
         "rss_steady_mib": round(statistics.median(steady), 1) if steady else None,
+        "buffers_steady_mib": buffers,
         "rss_peak_mib": round(max(r for _, r, _ in samples), 1),
         "rss_peak_at_s": round(max(samples, key=lambda x: x[1])[0], 1),  # seconds into the load
         "rss_burst_peak_mib": round(max(burst), 1) if burst else None,
