@@ -297,6 +297,19 @@ def test_redeliveries_are_remembered_for_at_least_dedup_memory_spans() -> None:
     assert len(a._seen) <= 200
 
 
+def test_the_redelivery_tables_are_reused_and_forget_old_generations() -> None:
+    from edge.assembler.assembler import _RecentKeys
+
+    keys = _RecentKeys(100)
+    tables = {id(keys._new), id(keys._old)}
+    for k in range(1, 1001):  # ten generations
+        assert keys.add(k)
+    assert {id(keys._new), id(keys._old)} == tables  # zeroed in place, never allocated anew (a 2 MiB spike)
+    assert not keys.add(1000) and not keys.add(901)  # the last generation is remembered
+    assert keys.add(5) and keys.add(850)  # older ones are gone, zeroing left nothing behind
+    assert len(keys) <= 200
+
+
 def test_the_late_join_index_is_bounded_in_bytes_oldest_first() -> None:
     from edge.assembler.assembler import _RELEASED_BYTES
 
