@@ -19,7 +19,7 @@ The RED tally is the bench's own count over every span the agent acknowledged (O
 `metrics_exact` compares it, per (service, span kind), with the last RED export that reached the OTLP peer
 (requests, errors, histogram count and sum in ns).
 
-    python bench/memory_budget.py [--minutes 10] [--rate 5000] [--budget-mib 64] [--arena N] [--no-grpc-receiver]
+    python bench/memory_budget.py [--minutes 10] [--rate 5000] [--budget-mib 46] [--arena N] [--no-grpc-receiver]
 
 Last line: {"budget_mib", "rss_steady_mib", "rss_peak_mib", "offered_per_s", "kept", "dropped_by_reason",
 "metrics_exact", ...}
@@ -190,7 +190,8 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=5000, help="steady spans offered per second (default 5000)")
     ap.add_argument("--burst-factor", type=float, default=10.0, help="burst rate as a multiple of --rate")
     ap.add_argument("--burst-seconds", type=float, default=10.0, help="length of the burst (default 10)")
-    ap.add_argument("--budget-mib", type=int, default=64, help="memory.limit of the agent in MiB (default 64)")
+    ap.add_argument("--budget-mib", type=int, default=46,
+                    help="memory.limit of the agent in MiB (default 46, the agent's own default)")
     ap.add_argument("--ratio", type=float, default=0.1, help="head sampling ratio (default 0.1)")
     ap.add_argument("--arena", type=int, default=0,
                     help="MALLOC_ARENA_MAX for the agent; 0 (default) leaves it to the agent, which caps glibc at 2")
@@ -415,6 +416,7 @@ export_endpoint = "{peer.grpc_endpoint}"
         "budget_mib": args.budget_mib,
         "rss_idle_mib": round(max(idle), 1),
         "rss_steady_mib": round(statistics.median(steady), 1) if steady else None,
+        "rss_steady_p99_mib": round(statistics.quantiles(steady, n=100)[98], 1) if len(steady) > 1 else None,
         "buffers_steady_mib": buffers,
         "rss_peak_mib": round(max(r for _, r, _ in samples), 1),
         "rss_peak_at_s": round(max(samples, key=lambda x: x[1])[0], 1),  # seconds into the load
