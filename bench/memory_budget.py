@@ -19,7 +19,7 @@ The RED tally is the bench's own count over every span the agent acknowledged (O
 `metrics_exact` compares it, per (service, span kind), with the last RED export that reached the OTLP peer
 (requests, errors, histogram count and sum in ns).
 
-    python bench/memory_budget.py [--minutes 10] [--rate 5000] [--budget-mib 46] [--arena N] [--no-grpc-receiver]
+    python bench/memory_budget.py [--minutes 10] [--rate 5000] [--budget-mib 44] [--arena N] [--no-grpc-receiver]
 
 Last line: {"budget_mib", "rss_steady_mib", "rss_peak_mib", "offered_per_s", "kept", "dropped_by_reason",
 "metrics_exact", ...}
@@ -190,8 +190,8 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=5000, help="steady spans offered per second (default 5000)")
     ap.add_argument("--burst-factor", type=float, default=10.0, help="burst rate as a multiple of --rate")
     ap.add_argument("--burst-seconds", type=float, default=10.0, help="length of the burst (default 10)")
-    ap.add_argument("--budget-mib", type=int, default=46,
-                    help="memory.limit of the agent in MiB (default 46, the agent's own default)")
+    ap.add_argument("--budget-mib", type=int, default=44,
+                    help="memory.limit of the agent in MiB (default 44, the agent's own default)")
     ap.add_argument("--ratio", type=float, default=0.1, help="head sampling ratio (default 0.1)")
     ap.add_argument("--arena", type=int, default=0,
                     help="MALLOC_ARENA_MAX for the agent; 0 (default) leaves it to the agent, which caps glibc at 2")

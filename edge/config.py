@@ -332,7 +332,7 @@ class MemoryConfig:
 
     # The default receivers idle near 26 MiB (31 with TLS); at 5,000 spans/s the buffers hold the agent near 40 MiB
     # and a 10x burst stays under the limit (docs/benchmarks.md, memory budget).
-    limit: int = 46 * 1024 * 1024
+    limit: int = 44 * 1024 * 1024
     baseline: int = 0  # what the process holds with empty buffers (interpreter, libraries); 0 = RSS measured at start
     check_interval: float = 0.5  # how often the governor reads RSS and the buffers
 

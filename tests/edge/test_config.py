@@ -14,7 +14,7 @@ def test_no_file_gives_working_defaults() -> None:
     assert cfg.otlp.http_listen == ("127.0.0.1", 4318)
     assert cfg.mqtt.topics == ("helix/sdk/+/spans",)
     assert cfg.uplink.transport == "mqtt" and cfg.uplink.qos == 1
-    assert cfg.memory.limit == 46 * 1024 * 1024
+    assert cfg.memory.limit == 44 * 1024 * 1024
     assert cfg.node.id
 
 
