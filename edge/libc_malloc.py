@@ -4,7 +4,7 @@ CPython's own small-object allocator returns memory only by whole 1 MiB arenas, 
 arena keeps a few live objects: after bench/memory_budget.py's 10x burst the agent held 29 arenas, 13 MiB of them
 empty pools (`sys._debugmallocstats()`), and its RSS stayed ~8 MiB above the pre-burst plateau for the rest of
 the run. glibc frees by the page: with the governor's periodic `malloc_trim(0)` the RSS fell back to the plateau
-within seconds. The price is ~7 % more CPU to decode a span (bench/span_memory.py).
+within seconds. The price is ~8 % more CPU to decode a span (bench/span_memory.py).
 
 The allocator is chosen when the interpreter starts, so the launcher executes itself again, once, with
 `PYTHONMALLOC=malloc` (same pid, arguments and environment otherwise). A PYTHONMALLOC the operator set wins, and

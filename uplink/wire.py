@@ -137,7 +137,7 @@ def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, 
     return _HEADER.pack(_MAGIC, version, dictionary) + _compressor(level, dictionary).compress(raw)
 
 
-# The compressor lives as long as the agent. Level 3's tables are sized for megabyte inputs (1.4 MiB resident with
+# The compressor lives as long as the agent. Level 3's tables are sized for megabyte inputs (1.4 MiB of RSS with
 # the dictionary); batches are 3-130 KB, and with a 128 KiB window and 16 Ki-entry tables they come out the same
 # size (within 0.1 % on bench/_workload.py batches of 32, 512 and 2,048 spans) for 0.8 MiB.
 _MAX_WINDOW_LOG, _MAX_HASH_LOG, _MAX_CHAIN_LOG = 17, 14, 14

@@ -84,6 +84,7 @@ def test_an_agent_without_tls_runs_with_openssl_unmapped_on_glibc_malloc(mosquit
             time.sleep(0.2)
         text = log.read_text()
         assert "agent running" in text and "TLS not loaded" in text and "sdk span source subscribed" in text
+        assert "objects on glibc's malloc" in text
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libssl" not in maps and "libcrypto" not in maps
         # The same process (pid) started again on glibc's malloc (edge/libc_malloc.py).
