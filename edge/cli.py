@@ -71,11 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if ssl_deferred():
         log.info("TLS not loaded: the config has no mqtts://, https:// or [fleet] (saves ~4 MiB of memory)")
-    if os.environ.get("PYTHONMALLOC") == "malloc":
+    allocator = os.environ.get("PYTHONMALLOC")
+    if allocator == "malloc":
         log.info("objects on glibc's malloc, heap trimmed every 2 s: memory a burst took goes back")
-    else:
+    elif allocator:
         log.info("PYTHONMALLOC=%s: memory a burst took may stay resident (unset it to let helix run choose)",
-                 os.environ.get("PYTHONMALLOC", "(C library not glibc)"))
+                 allocator)
+    else:
+        log.info("CPython's allocator (the C library is not glibc): memory a burst took may stay resident")
     from .agent import Agent
     from .agent.allocator import limit_arenas
     limit_arenas()  # before any thread: grpcio, paho and the thread pool each allocate
