@@ -230,6 +230,20 @@ async def test_connections_are_bounded(served, monkeypatch) -> None:
         w.close()
 
 
+async def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams(served) -> None:
+    # An SDK exporter keeps one connection for days; h2 would remember 65,536 closed streams on it (~8 MiB).
+    server, rec = served
+    n = grpc_server.CLOSED_STREAMS_REMEMBERED + 150
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        echo = _call(ch, ECHO)
+        for start in range(0, n, 50):
+            await asyncio.gather(*(echo(b"%d" % i, timeout=5) for i in range(start, min(n, start + 50))))
+        (conn,) = server._connections
+        assert len(conn.h2._closed_streams) <= grpc_server.CLOSED_STREAMS_REMEMBERED
+        assert await echo(b"after", timeout=5) == b"got 5"
+    assert server.stats.calls == n + 1 and len(rec.seen) == n + 1
+
+
 async def test_a_taken_port_is_a_helix_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
