@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`helix run`: the node agent."""
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
-    from .ssl_deferral import ssl_deferred
+    from .runtime.ssl_deferral import ssl_deferred
 
     if ssl_deferred():
         log.info("TLS not loaded: the config has no mqtts://, https:// or [fleet] (saves ~4 MiB of memory)")
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         log.info("CPython's allocator (the C library is not glibc): memory a burst took may stay resident")
     from .agent import Agent
-    from .agent.allocator import limit_arenas
+    from .runtime.allocator import limit_arenas
     limit_arenas()  # before any thread: grpcio, paho and the thread pool each allocate
     return _run_until_signal(lambda stop: Agent(cfg).run(stop))
 

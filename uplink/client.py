@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from edge.config import UplinkConfig
 from edge.errors import UplinkError
 from edge.model import Span
-from edge.mqtt_client import MqttClient, MqttError, reason_name
-from edge.mqtt_tls import mqtt_ssl_context
+from edge.net.mqtt_client import MqttClient, MqttError, reason_name
+from edge.net.tls import mqtt_ssl_context
 
 from .spool import DiskSpool, MemorySpool
 from .wire import MEDIA_TYPE, encode_batch

@@ -22,7 +22,7 @@ from typing import Any
 
 from edge.config import Config, GatewayConfig
 from edge.errors import DecodeError
-from edge.mqtt_tls import tls_params
+from edge.net.tls import tls_params
 
 from .client import Backoff, Throttle
 from .exporter import OtlpExporter

@@ -37,7 +37,7 @@ Below 60 % it steps back one notch per check: the keep-probability doubles (and 
 tail buffer, inbox and assembler bounds regrow towards their planned sizes.
 
 Every TRIM_EVERY seconds it hands free heap pages back to the system (malloc_trim). `helix run` puts every object
-on glibc's malloc (edge/libc_malloc.py), so after a burst that returns what the burst's data took; on CPython's
+on glibc's malloc (edge/runtime/libc_malloc.py), so after a burst that returns what the burst's data took; on CPython's
 own allocator it returns little.
 
 RSS measures the heap, not what lives in it: on CPython's own allocator, after a burst its arenas keep most of the
@@ -67,7 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ratelimit import RateLimitedLog
+from ..net.retry import RateLimitedLog
 
 __all__ = ["MemoryGovernor", "GovernorStats", "read_rss", "LEVELS"]
 
@@ -193,7 +193,7 @@ class MemoryGovernor:
         now = self._clock()
         if self._trim is not None and now - self._trimmed_at >= TRIM_EVERY:
             # Free pages go back to the system as soon as the data on them has gone (with PYTHONMALLOC=malloc,
-            # see edge/libc_malloc.py, that is nearly all the memory a burst took); glibc alone keeps them.
+            # see edge/runtime/libc_malloc.py, that is nearly all the memory a burst took); glibc alone keeps them.
             self._trimmed_at = now
             self._trim(0)
             self.stats.heap_trims += 1

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..http_server import HttpServer, Request, Response
+from ..net.http_server import HttpServer, Request, Response
 from ..codec.metrics_cbor import GAUGE, HISTOGRAM, SUM, Metric, ResourceMetrics, SumPoint
 from ..model import Resource, Scope
 

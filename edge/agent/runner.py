@@ -24,7 +24,7 @@ from ..sources.otlp_common import OtlpIngest
 from .governor import MemoryGovernor
 from .inbox import SpanInbox
 from .metrics_http import MetricsEndpoint, health_metrics
-from . import sdnotify
+from ..runtime import sdnotify
 
 if TYPE_CHECKING:
     from ..sources.otlp_grpc import OtlpGrpcReceiver

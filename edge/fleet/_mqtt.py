@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import HelixError
-from ..mqtt_client import MqttClient, MqttError, Will, reason_name
-from ..mqtt_tls import mqtt_ssl_context
+from ..net.mqtt_client import MqttClient, MqttError, Will, reason_name
+from ..net.tls import mqtt_ssl_context
 
 __all__ = ["group_topic", "node_topic", "status_topic", "STATUS_FILTER", "make_client", "publish_checked",
            "PublishRefused"]

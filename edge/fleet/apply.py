@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from ..config import Config, UplinkConfig
 from ..errors import HelixError
-from ..mqtt_tls import check_tls_files, mqtt_ssl_context, ssl_context
+from ..net.tls import check_tls_files, mqtt_ssl_context, ssl_context
 from ..sampler import TailRules
 
 __all__ = ["ApplyResult", "ConfigApplier", "probe_uplink"]
@@ -56,7 +56,7 @@ async def probe_uplink(cfg: UplinkConfig, node_id: str, timeout: float = 5.0) ->
                     return ""
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             return f"{cfg.url} unreachable: {e or type(e).__name__}"
-    from ..mqtt_client import MqttClient, MqttError
+    from ..net.mqtt_client import MqttClient, MqttError
 
     try:
         async with MqttClient(cfg.broker.host, cfg.broker.port, f"helix-probe-{node_id}",

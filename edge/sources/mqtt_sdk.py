@@ -10,11 +10,11 @@ from typing import Awaitable, Callable
 from ..codec.sdk_cbor import decode_payload
 from ..config import MqttSourceConfig
 from ..errors import DecodeError
-from ..mqtt_client import MqttClient, MqttError
-from ..mqtt_tls import mqtt_ssl_context
+from ..net.mqtt_client import MqttClient, MqttError
+from ..net.tls import mqtt_ssl_context
 from ..model import Source, Span
 from ..sdk.mqtt_context import extract
-from ..ratelimit import RateLimitedLog
+from ..net.retry import RateLimitedLog
 
 __all__ = ["MqttSdkSource", "MqttSourceStats", "device_id_from_topic"]
 

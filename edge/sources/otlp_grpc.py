@@ -1,11 +1,11 @@
-"""Source: OTLP/gRPC receiver (TraceService/Export), served by the agent's own gRPC server (edge/grpc_server.py)."""
+"""Source: OTLP/gRPC receiver (TraceService/Export), served by the agent's own gRPC server (edge/net/grpc_server.py)."""
 from __future__ import annotations
 
 import logging
 
 from ..codec.otlp_wire import decode_export_request
 from ..errors import DecodeError, HelixError
-from ..grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
+from ..net.grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
 from ..model import Source
 from .otlp_common import OtlpIngest
 

@@ -19,7 +19,7 @@ from edge.fleet._mqtt import PublishRefused, make_client, publish_checked
 from edge.fleet.acl import render_acl
 from edge.fleet.cli import collect_status, push
 from edge.fleet.document import generate_keypair
-from edge.mqtt_tls import tls_params
+from edge.net.tls import tls_params
 
 NODES = {"gw-1": "plant-3", "gw-2": "plant-4"}
 

@@ -40,7 +40,7 @@ from ...model import Attributes, Event, Resource, Scope, Source, Span, SpanKind,
 from ...propagation import SpanContext, extract, format_tracestate
 from ...protocols import mqtt
 from ...protocols.http1 import HttpRequest, HttpResponse, looks_like_http, parse_requests, parse_responses
-from ...ratelimit import RateLimitedLog
+from ...net.retry import RateLimitedLog
 from .events import (
     CloseEvent,
     ConnectEvent,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge.demo.broker import Mosquitto
-from edge.mqtt_client import Message, MqttClient, MqttError, Will
+from edge.net.mqtt_client import Message, MqttClient, MqttError, Will
 
 
 async def _next(client: MqttClient, timeout: float = 5.0) -> Message:

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge import http_server
-from edge.http_server import HttpServer, Request, Response
+from edge.net import http_server
+from edge.net.http_server import HttpServer, Request, Response
 
 pytestmark = pytest.mark.asyncio
 

@@ -13,8 +13,8 @@ import h2.connection
 import h2.events
 import pytest
 
-from edge import grpc_server
-from edge.grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
+from edge.net import grpc_server
+from edge.net.grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
 
 pytestmark = pytest.mark.asyncio
 

@@ -13,8 +13,8 @@ import h2.events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge import grpc_server
-from edge.grpc_server import GrpcServer, Method
+from edge.net import grpc_server
+from edge.net.grpc_server import GrpcServer, Method
 
 ECHO = "/test.Echo/Echo"
 

@@ -10,8 +10,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .ssl_deferral import require_ssl
+from ..errors import ConfigError
+from ..runtime.ssl_deferral import require_ssl
 
 if TYPE_CHECKING:
     import ssl
@@ -45,7 +45,7 @@ def _wants_tls(cfg: Any, section: str) -> bool:
 
 
 def mqtt_ssl_context(cfg: Any, section: str = "") -> ssl.SSLContext | None:
-    """The SSLContext for the agent's MQTT client (edge.mqtt_client) for a config section; None for mqtt://."""
+    """The SSLContext for the agent's MQTT client (edge.net.mqtt_client) for a config section; None for mqtt://."""
     return ssl_context(cfg, section) if _wants_tls(cfg, section) else None
 
 

@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
-from edge.libc_malloc import wants_libc_malloc
+from edge.runtime.libc_malloc import wants_libc_malloc
 
-_REPORT = ("import os, sys; from edge.libc_malloc import use_libc_malloc; use_libc_malloc(); "
+_REPORT = ("import os, sys; from edge.runtime.libc_malloc import use_libc_malloc; use_libc_malloc(); "
            "print(os.getpid(), os.environ.get('PYTHONMALLOC'), sys.argv[1:])")
 
 

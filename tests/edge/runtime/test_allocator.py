@@ -4,11 +4,11 @@ import os
 import subprocess
 import sys
 
-from edge.agent.allocator import limit_arenas
+from edge.runtime.allocator import limit_arenas
 
 _ARENAS_AFTER_THREADS = """
 import ctypes, sys, threading
-from edge.agent.allocator import limit_arenas
+from edge.runtime.allocator import limit_arenas
 print(limit_arenas(2))
 def work():
     keep = [ctypes.create_string_buffer(4096) for _ in range(2000)]  # malloc from this thread's arena

@@ -26,10 +26,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import HelixError
-from .protocols import mqtt_encode as enc
-from .protocols.mqtt import MQTT_5, Connack, Disconnect, PacketType, PropertyId, PubAck, Publish, Suback, parse_packet
-from .protocols.mqtt_encode import Will
+from ..errors import HelixError
+from ..protocols import mqtt_encode as enc
+from ..protocols.mqtt import MQTT_5, Connack, Disconnect, PacketType, PropertyId, PubAck, Publish, Suback, parse_packet
+from ..protocols.mqtt_encode import Will
 
 __all__ = ["MqttClient", "MqttError", "Message", "Will", "reason_name"]
 

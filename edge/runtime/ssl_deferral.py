@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import HelixError
+from ..errors import HelixError
 
 __all__ = ["defer_ssl", "ssl_deferred", "require_ssl"]
 

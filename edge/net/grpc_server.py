@@ -35,8 +35,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from .errors import HelixError
-from .ratelimit import RateLimitedLog
+from ..errors import HelixError
+from .retry import RateLimitedLog
 
 __all__ = ["GrpcServer", "GrpcStatus", "Method", "Call", "Code"]
 
