@@ -14,13 +14,13 @@ import random
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from edge.config import UplinkConfig
 from edge.errors import UplinkError
 from edge.model import Span
 from edge.net.mqtt_client import MqttClient, MqttError, reason_name
+from edge.net.retry import Backoff, Throttle, parse_retry_after
 from edge.net.tls import mqtt_ssl_context
 
 from .spool import DiskSpool, MemorySpool
@@ -33,15 +33,11 @@ __all__ = [
     "SendError",
     "MqttTransport",
     "HttpTransport",
-    "Backoff",
-    "Throttle",
-    "parse_retry_after",
     "make_transport",
 ]
 
 log = logging.getLogger(__name__)
 
-_INITIAL_BACKOFF = 0.1
 _NO_MATCHING_SUBSCRIBERS = 0x10
 
 
@@ -60,73 +56,6 @@ class Transport(Protocol):
     async def send(self, payload: bytes) -> None: ...
 
     async def close(self) -> None: ...
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import email.utils  # here: only an HTTP uplink told to wait until a date needs the email package
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    ref = datetime.now(timezone.utc).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - ref)
-
-
-class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `maximum`."""
-
-    __slots__ = ("initial", "maximum", "attempt", "_rng")
-
-    def __init__(self, initial: float = _INITIAL_BACKOFF, maximum: float = 30.0, rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        """The next delay in seconds."""
-        d = min(self.maximum, self.initial * (2 ** min(self.attempt, 32)))
-        self.attempt += 1
-        return d * (0.5 + 0.5 * self._rng.random())
-
-    def reset(self) -> None:
-        """Start again from the initial delay."""
-        self.attempt = 0
-
-
-class Throttle:
-    """Lets a repeated log line through at most once per `interval` seconds per key, counting the rest."""
-
-    __slots__ = ("interval", "_last", "suppressed")
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self.suppressed: dict[str, int] = {}
-
-    def ready(self, key: str) -> bool:
-        """True if a line for `key` may be logged now."""
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) >= self.interval:
-            self._last[key] = now
-            return True
-        self.suppressed[key] = self.suppressed.get(key, 0) + 1
-        return False
-
-    def take_suppressed(self, key: str) -> int:
-        """How many lines for `key` were held back since the last call."""
-        return self.suppressed.pop(key, 0)
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from edge.config import GatewayConfig
 from edge.errors import ExportError
 from edge.model import Span
 
-from .client import Backoff, Throttle, parse_retry_after
+from edge.net.retry import Backoff, Throttle, parse_retry_after
 
 __all__ = ["OtlpExporter", "ExportResult", "ExporterStats", "RETRYABLE_GRPC", "RETRYABLE_HTTP"]
 

@@ -24,7 +24,7 @@ from edge.config import Config, GatewayConfig
 from edge.errors import DecodeError
 from edge.net.tls import tls_params
 
-from .client import Backoff, Throttle
+from edge.net.retry import Backoff, Throttle
 from .exporter import OtlpExporter
 from .wire import decode_batch
 

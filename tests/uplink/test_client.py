@@ -4,15 +4,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench._workload import realistic_spans
 from edge.codec.otlp import spans_from_request
 from edge.demo.broker import Mosquitto, free_port
 from edge.demo.otlp_peer import OtlpPeer
-from uplink.client import Backoff, UplinkClient, parse_retry_after
+from uplink.client import UplinkClient
 
 from ._helpers import as_sent, gateway_config, running_client, running_gateway, until, uplink_config
 
@@ -158,18 +156,3 @@ async def test_full_spool_evicts_oldest_and_counts(tmp_path: Path) -> None:
         assert len(files) == st.spooled_batches
         newest = max(int(f.name.split("-")[0]) for f in files)
         assert newest == client.spool.entries[-1].seq
-
-
-def test_retry_after_parsing() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
-    assert 25 < (parse_retry_after(format_datetime(when, usegmt=True)) or 0) <= 30
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-
-
-def test_backoff_grows_with_jitter_and_caps() -> None:
-    b = Backoff(initial=0.1, maximum=1.0)
-    delays = [b.next() for _ in range(10)]
-    assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2
-    assert all(0.5 <= d <= 1.0 for d in delays[5:])
