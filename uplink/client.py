@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from edge.config import UplinkConfig
 from edge.errors import UplinkError
-from edge.model import Span
+from edge.codec.metrics_cbor import encode_metrics
+from edge.model import MetricBatch, Span
 from edge.net.mqtt_client import MqttClient, MqttError, reason_name
 from edge.net.retry import Backoff, Throttle, parse_retry_after
 from edge.net.tls import mqtt_ssl_context
@@ -417,8 +418,8 @@ class UplinkClient:
 
     # -------------------------------------------------------------------------------------------- metrics (issue 5)
 
-    def submit_metrics(self, batch: Any) -> asyncio.Future[bool]:
-        """Queue an `edge.codec.metrics_cbor.MetricBatch`: it gets the next sequence number, is spooled and sent
+    def submit_metrics(self, batch: MetricBatch) -> asyncio.Future[bool]:
+        """Queue an `edge.model.MetricBatch`: it gets the next sequence number, is spooled and sent
         like a span batch (its own `HM` frame). Metrics are cumulative, so only the newest batch matters: one not
         yet spooled is replaced (counted in `metric_stats['superseded']`). Await the result to know it is spooled.
         """
@@ -440,7 +441,7 @@ class UplinkClient:
             seq = await self.spool.next_seq()
             batch.seq = seq
             try:
-                stored = await self.spool.put(seq, 0, batch.encode(self.cfg.zstd_level))
+                stored = await self.spool.put(seq, 0, encode_metrics(batch, self.cfg.zstd_level))
             except Exception as e:  # noqa: BLE001 - an unencodable value or a disk error costs one export, not the uplink
                 stored = False
                 log.error("uplink could not spool a metrics batch: %s", e)

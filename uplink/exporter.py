@@ -187,7 +187,7 @@ class OtlpExporter:
     # ------------------------------------------------------------------------------------------ metrics (issue 5)
 
     async def export_metrics(self, batch: Any, max_elapsed: float | None = None) -> ExportResult:
-        """Export an `edge.codec.metrics_cbor.MetricBatch` as an OTLP ExportMetricsServiceRequest (gRPC
+        """Export an `edge.model.MetricBatch` as an OTLP ExportMetricsServiceRequest (gRPC
         MetricsService/Export or HTTP POST to /v1/metrics), with the same retry rules as spans; never raises.
         `spans`/`exported` in the result count data points."""
         from edge.codec.otlp_metrics import request_from_metrics

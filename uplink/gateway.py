@@ -28,7 +28,7 @@ from edge.net.retry import Backoff, Throttle
 from .exporter import OtlpExporter
 from .wire import decode_batch
 
-from edge.codec.metrics_cbor import MetricBatch, is_metric_batch
+from edge.codec.metrics_cbor import decode_metrics, is_metric_batch
 
 __all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
 
@@ -185,7 +185,7 @@ class Gateway:
         ms = self.metric_stats
         ms["received"] += 1
         try:
-            batch = MetricBatch.decode(payload, self.cfg.max_batch_bytes)
+            batch = decode_metrics(payload, self.cfg.max_batch_bytes)
         except DecodeError as e:
             ms["malformed"] += 1
             self.stats.batches_malformed += 1

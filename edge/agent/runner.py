@@ -15,9 +15,8 @@ from uplink.client import UplinkClient
 from ..assembler import Assembler, AssemblerConfig
 from ..config import Config
 from ..errors import HelixError, ProbeUnavailable
-from ..model import Source, Span
+from ..model import MetricBatch, Source, Span
 from ..aggregator import RedAggregator
-from ..codec.metrics_cbor import MetricBatch
 from ..sampler import TailRules, TraceSampler
 from ..sources.mqtt_sdk import MqttSdkSource
 from ..sources.otlp_common import OtlpIngest

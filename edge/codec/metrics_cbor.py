@@ -1,7 +1,6 @@
-"""The metric model the agent produces (RED metrics, its own health) and its compact uplink encoding.
+"""The compact uplink encoding of a `MetricBatch` (edge/model.py): what one node sends per export interval.
 
-A `MetricBatch` is what one node sends per export interval: per resource (one per service, plus the agent's
-own), cumulative sums, gauges and explicit-bucket histograms. On the uplink it travels as its own frame,
+On the uplink a metric batch travels as its own frame,
 `HM` + version + zstd(CBOR), next to span batches (`HX`), so the gateway tells them apart by the first bytes.
 Decoding treats its input as hostile: every problem is a DecodeError naming it.
 """
@@ -9,128 +8,58 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
 import zstandard
 
 from ..errors import DecodeError
-from ..model import AttrValue, Resource, Scope
+from ..model import GAUGE, HISTOGRAM, SUM, AttrValue, HistogramPoint, Metric, MetricBatch, Resource, ResourceMetrics, Scope, SumPoint
 
-__all__ = [
-    "SumPoint",
-    "HistogramPoint",
-    "Metric",
-    "ResourceMetrics",
-    "MetricBatch",
-    "is_metric_batch",
-    "METRICS_MAGIC",
-    "METRICS_MEDIA_TYPE",
-    "SUM",
-    "GAUGE",
-    "HISTOGRAM",
-]
+__all__ = ["encode_metrics", "decode_metrics", "is_metric_batch", "METRICS_MAGIC", "METRICS_MEDIA_TYPE"]
 
 METRICS_MAGIC = b"HM"
 METRICS_MEDIA_TYPE = "application/vnd.helix.metrics"
 _VERSION = 1
 _HEADER = struct.Struct(">2sB")
 _MAX_DEPTH = 16
-SUM, GAUGE, HISTOGRAM = "sum", "gauge", "histogram"
-_KINDS = (SUM, GAUGE, HISTOGRAM)
+_KINDS = (SUM, GAUGE, HISTOGRAM)  # wire codes of the kinds, in this order
 
 
-@dataclass(slots=True)
-class SumPoint:
-    """One cumulative sum or gauge value for one attribute set."""
-
-    attributes: dict[str, AttrValue]
-    value: int | float
-
-
-@dataclass(slots=True)
-class HistogramPoint:
-    """One cumulative explicit-bucket histogram: bucket i counts values in (bounds[i-1], bounds[i]]."""
-
-    attributes: dict[str, AttrValue]
-    count: int
-    sum: float
-    bounds: tuple[float, ...]
-    bucket_counts: list[int]
-    min: float | None = None
-    max: float | None = None
+def encode_metrics(batch: MetricBatch, level: int = 3) -> bytes:
+    """The uplink frame of a metric batch: header + zstd(CBOR body)."""
+    body = [batch.node_id, batch.seq, batch.start_ns, batch.time_ns,
+            [[dict(r.resource.as_dict()), r.scope.name, r.scope.version, [_metric_out(m) for m in r.metrics]]
+             for r in batch.resources]]
+    raw = cbor2.dumps(body)
+    return _HEADER.pack(METRICS_MAGIC, _VERSION) + zstandard.ZstdCompressor(level=level).compress(raw)
 
 
-@dataclass(slots=True)
-class Metric:
-    """A named metric and its points; `kind` is 'sum', 'gauge' or 'histogram'."""
-
-    name: str
-    kind: str
-    unit: str = ""
-    description: str = ""
-    monotonic: bool = True  # sums only
-    points: list[Any] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class ResourceMetrics:
-    """The metrics of one resource (a service, or the agent itself)."""
-
-    resource: Resource
-    scope: Scope
-    metrics: list[Metric] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class MetricBatch:
-    """A node's metrics at `time_ns`, cumulative since `start_ns`."""
-
-    node_id: str
-    seq: int
-    start_ns: int
-    time_ns: int
-    resources: list[ResourceMetrics] = field(default_factory=list)
-
-    def point_count(self) -> int:
-        """Data points in the batch."""
-        return sum(len(m.points) for r in self.resources for m in r.metrics)
-
-    def encode(self, level: int = 3) -> bytes:
-        """The uplink frame: header + zstd(CBOR body)."""
-        body = [self.node_id, self.seq, self.start_ns, self.time_ns,
-                [[dict(r.resource.as_dict()), r.scope.name, r.scope.version, [_metric_out(m) for m in r.metrics]]
-                 for r in self.resources]]
-        raw = cbor2.dumps(body)
-        return _HEADER.pack(METRICS_MAGIC, _VERSION) + zstandard.ZstdCompressor(level=level).compress(raw)
-
-    @classmethod
-    def decode(cls, data: bytes, max_bytes: int = 8 * 1024 * 1024) -> MetricBatch:
-        """Decode an uplink metrics frame; at most `max_bytes` are decompressed. Any problem is a DecodeError."""
-        if len(data) < _HEADER.size or not is_metric_batch(data):
-            raise DecodeError("not a Helix metrics batch (expected it to start with b'HM')")
-        _, version = _HEADER.unpack_from(data)
-        if version != _VERSION:
-            raise DecodeError(f"metrics batch format version {version} is not supported (this gateway reads {_VERSION})")
-        frame = bytes(data[_HEADER.size:])
-        try:
-            size = zstandard.get_frame_parameters(frame).content_size
-            if size == zstandard.CONTENTSIZE_UNKNOWN or size > max_bytes:
-                raise DecodeError(f"metrics batch would decompress to {size} bytes, over the limit of {max_bytes}")
-            raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max_bytes)
-        except zstandard.ZstdError as e:
-            raise DecodeError(f"metrics batch zstd frame is corrupt or truncated: {e}") from None
-        try:
-            body = cbor2.loads(raw, max_depth=_MAX_DEPTH)
-        except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
-            raise DecodeError(f"metrics batch body is not valid CBOR: {e}") from None
-        try:
-            return _batch_in(body)
-        except DecodeError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a shape we did not foresee is still bad input, not a crash
-            raise DecodeError(f"metrics batch is malformed: {type(e).__name__}: {e}") from None
+def decode_metrics(data: bytes, max_bytes: int = 8 * 1024 * 1024) -> MetricBatch:
+    """Decode an uplink metrics frame; at most `max_bytes` are decompressed. Any problem is a DecodeError."""
+    if len(data) < _HEADER.size or not is_metric_batch(data):
+        raise DecodeError("not a Helix metrics batch (expected it to start with b'HM')")
+    _, version = _HEADER.unpack_from(data)
+    if version != _VERSION:
+        raise DecodeError(f"metrics batch format version {version} is not supported (this gateway reads {_VERSION})")
+    frame = bytes(data[_HEADER.size:])
+    try:
+        size = zstandard.get_frame_parameters(frame).content_size
+        if size == zstandard.CONTENTSIZE_UNKNOWN or size > max_bytes:
+            raise DecodeError(f"metrics batch would decompress to {size} bytes, over the limit of {max_bytes}")
+        raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max_bytes)
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"metrics batch zstd frame is corrupt or truncated: {e}") from None
+    try:
+        body = cbor2.loads(raw, max_depth=_MAX_DEPTH)
+    except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
+        raise DecodeError(f"metrics batch body is not valid CBOR: {e}") from None
+    try:
+        return _batch_in(body)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a shape we did not foresee is still bad input, not a crash
+        raise DecodeError(f"metrics batch is malformed: {type(e).__name__}: {e}") from None
 
 
 def is_metric_batch(data: bytes) -> bool:

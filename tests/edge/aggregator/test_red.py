@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from bench._workload import realistic_spans
 from edge.aggregator import DEFAULT_BUCKETS, RedAggregator
-from edge.codec.metrics_cbor import HISTOGRAM, MetricBatch, is_metric_batch
+from edge.codec.metrics_cbor import decode_metrics, encode_metrics, is_metric_batch
+from edge.model import HISTOGRAM, MetricBatch
 from edge.codec.otlp_metrics import CUMULATIVE, metrics_from_request, request_from_metrics
 from edge.errors import DecodeError
 from edge.model import Resource, Span, SpanKind, new_span_id
@@ -100,9 +101,9 @@ def test_metric_batch_roundtrips_through_cbor_and_otlp() -> None:
     agg = RedAggregator(buckets=(0.001, 0.1))
     agg.consume(realistic_spans(20, seed=1))
     batch = MetricBatch("node-a", 7, 1_000, 2_000, agg.resource_metrics({"helix.node.id": "node-a"}))
-    data = batch.encode()
+    data = encode_metrics(batch)
     assert is_metric_batch(data)
-    back = MetricBatch.decode(data)
+    back = decode_metrics(data)
     assert back == batch
     req = request_from_metrics(batch)
     m = req.resource_metrics[0].scope_metrics[0].metrics
@@ -117,7 +118,7 @@ def test_metric_batch_roundtrips_through_cbor_and_otlp() -> None:
 @given(st.binary(max_size=300))
 def test_garbage_is_a_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError):
-        MetricBatch.decode(b"HM\x01" + data)
+        decode_metrics(b"HM\x01" + data)
 
 
 def test_wrong_shapes_are_decode_errors() -> None:
@@ -127,16 +128,16 @@ def test_wrong_shapes_are_decode_errors() -> None:
     def frame(body: object) -> bytes:
         return b"HM\x01" + zstandard.ZstdCompressor().compress(cbor2.dumps(body))
 
-    good = MetricBatch("n", 1, 0, 1, RedAggregator().resource_metrics()).encode()
-    MetricBatch.decode(good)
+    good = encode_metrics(MetricBatch("n", 1, 0, 1, RedAggregator().resource_metrics()))
+    decode_metrics(good)
     for body in (["n", 1, 0, 1], ["n", -1, 0, 1, []], ["n", 1, 5, 1, []], ["n", 1, 0, 1, [[{}, "s", "v", [["m", 9, "", "", True, []]]]]],
                  ["n", 1, 0, 1, [[{}, "s", "v", [["m", 2, "", "", True, [[{}, 3, 1.0, [1.0], [1, 1], None, None]]]]]]]):
         with pytest.raises(DecodeError):
-            MetricBatch.decode(frame(body))
+            decode_metrics(frame(body))
     with pytest.raises(DecodeError, match="larger|limit"):
-        MetricBatch.decode(frame(["n" * 5000, 1, 0, 1, []]), max_bytes=100)
+        decode_metrics(frame(["n" * 5000, 1, 0, 1, []]), max_bytes=100)
     with pytest.raises(DecodeError, match="version"):
-        MetricBatch.decode(b"HM\x09" + good[3:])
+        decode_metrics(b"HM\x09" + good[3:])
 
 
 def test_kernel_counts_join_the_series_of_the_span_path() -> None:
