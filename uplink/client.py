@@ -18,14 +18,13 @@ from typing import Any, Protocol
 
 from edge.config import UplinkConfig
 from edge.errors import UplinkError
-from edge.codec.metrics_cbor import encode_metrics
 from edge.model import MetricBatch, Span
 from edge.net.mqtt_client import MqttClient, MqttError, reason_name
 from edge.net.retry import Backoff, Throttle, parse_retry_after
 from edge.net.tls import mqtt_ssl_context
 
 from .spool import DiskSpool, MemorySpool
-from .wire import MEDIA_TYPE, encode_batch
+from .wire import MEDIA_TYPE, encode_batch, encode_metrics
 
 __all__ = [
     "UplinkClient",

@@ -26,9 +26,8 @@ from edge.net.tls import tls_params
 
 from edge.net.retry import Backoff, Throttle
 from .exporter import OtlpExporter
-from .wire import decode_batch
+from .wire import decode_batch, decode_metrics, is_metric_batch
 
-from edge.codec.metrics_cbor import decode_metrics, is_metric_batch
 
 __all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
 

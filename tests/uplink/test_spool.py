@@ -106,7 +106,7 @@ async def test_unusable_spool_dir_falls_back_to_memory_and_says_so(tmp_path: Pat
 
 
 async def test_spooled_metrics_batches_survive_a_reopen(tmp_path: Path) -> None:
-    from edge.codec.metrics_cbor import decode_metrics, encode_metrics
+    from uplink.wire.metrics import decode_metrics, encode_metrics
     from edge.model import MetricBatch
 
     spool = DiskSpool(tmp_path, "node-1", 1 << 20)

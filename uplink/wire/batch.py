@@ -57,7 +57,7 @@ _X_STATUS_MESSAGE, _X_EVENTS, _X_LINKS, _X_TRACE_STATE, _X_FLAGS = 1, 2, 3, 4, 5
 # Fixed codes for Source in the packed byte; appending keeps old batches decodable.
 _SOURCES: tuple[Source, ...] = (Source.SDK_OTLP, Source.SDK_MQTT, Source.EBPF)
 _SOURCE_CODE = {s: i for i, s in enumerate(_SOURCES)}
-assert set(_SOURCES) == set(Source), "every Source needs a wire code in uplink/wire.py"
+assert set(_SOURCES) == set(Source), "every Source needs a wire code in uplink/wire/batch.py"
 
 
 @dataclass(slots=True)

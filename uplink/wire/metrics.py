@@ -13,8 +13,8 @@ from typing import Any
 import cbor2
 import zstandard
 
-from ..errors import DecodeError
-from ..model import GAUGE, HISTOGRAM, SUM, AttrValue, HistogramPoint, Metric, MetricBatch, Resource, ResourceMetrics, Scope, SumPoint
+from edge.errors import DecodeError
+from edge.model import GAUGE, HISTOGRAM, SUM, AttrValue, HistogramPoint, Metric, MetricBatch, Resource, ResourceMetrics, Scope, SumPoint
 
 __all__ = ["encode_metrics", "decode_metrics", "is_metric_batch", "METRICS_MAGIC", "METRICS_MEDIA_TYPE"]
 

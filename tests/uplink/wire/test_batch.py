@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bench._workload import realistic_spans
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
-from uplink import dictionaries
+from uplink.wire import dictionaries
 from uplink.wire import FORMAT_VERSION, HEADER_SIZE, decode_batch, encode_batch, read_header
 
 MAX = 16 * 1024 * 1024
@@ -128,7 +128,7 @@ def test_shipped_dictionary_is_registered_and_helps_small_batches() -> None:
 
 
 def test_the_long_lived_compressor_stays_small_and_compresses_as_well() -> None:
-    from uplink.wire import _compressor, batch_body
+    from uplink.wire.batch import _compressor, batch_body
 
     spans = realistic_spans(60, seed=5)[:512]
     raw = batch_body(spans, "n", 1)
