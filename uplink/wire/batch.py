@@ -7,20 +7,18 @@ truncated frame to a zip bomb or a well-formed CBOR document of the wrong shape,
 """
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import cbor2
-import zstandard
 
 from edge.errors import DecodeError
 from edge.model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
 
 from . import dictionaries
+from .frame import SPANS_HEADER, SPANS_MAGIC, compress, decompress
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,10 +35,8 @@ __all__ = [
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 MEDIA_TYPE = "application/vnd.helix.batch"
-_MAGIC = b"HX"
-# magic, format version, zstd dictionary id (0 = no dictionary); stays outside the compressed frame so a
-# decoder learns which dictionary to load before it decompresses.
-_HEADER = struct.Struct(">2sBI")
+_MAGIC = SPANS_MAGIC
+_HEADER = SPANS_HEADER
 HEADER_SIZE = _HEADER.size
 _MAX_DEPTH = 32
 _MAX_TIME_WIDTH = 16  # bytes per zigzagged time delta; 9 covers every pair of uint64 times
@@ -134,25 +130,7 @@ def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, 
     raw = batch_body(spans, node_id, seq, created_ns, version)
     if dictionary is None:
         dictionary = dictionaries.CURRENT if dictionaries.available(dictionaries.CURRENT) else 0
-    return _HEADER.pack(_MAGIC, version, dictionary) + _compressor(level, dictionary).compress(raw)
-
-
-# The compressor lives as long as the agent. Level 3's tables are sized for megabyte inputs (1.4 MiB of RSS with
-# the dictionary); batches are 3-130 KB, and with a 128 KiB window and 16 Ki-entry tables they come out the same
-# size (within 0.1 % on bench/_workload.py batches of 32, 512 and 2,048 spans) for 0.8 MiB.
-_MAX_WINDOW_LOG, _MAX_HASH_LOG, _MAX_CHAIN_LOG = 17, 14, 14
-
-
-@lru_cache(maxsize=8)
-def _compressor(level: int, dict_id: int) -> zstandard.ZstdCompressor:
-    d = dictionaries.load(dict_id) if dict_id else None
-    at_level = zstandard.ZstdCompressionParameters.from_level(level)
-    # The dictionary id travels in our header, so the frame does not repeat it (4 bytes a batch).
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=min(_MAX_WINDOW_LOG, at_level.window_log), hash_log=min(_MAX_HASH_LOG, at_level.hash_log),
-        chain_log=min(_MAX_CHAIN_LOG, at_level.chain_log), write_content_size=True, write_checksum=True,
-        write_dict_id=False)
-    return zstandard.ZstdCompressor(dict_data=d, compression_params=params)
+    return _HEADER.pack(_MAGIC, version, dictionary) + compress(raw, level, dictionary)
 
 
 def batch_body(spans: Sequence[Span], node_id: str, seq: int, created_ns: int | None = None,
@@ -347,20 +325,7 @@ def decode_batch(data: bytes, max_bytes: int) -> Batch:
     if version not in READ_VERSIONS:
         raise DecodeError(f"uplink batch format version {version} is not supported (this gateway reads "
                           f"{', '.join(map(str, READ_VERSIONS))})")
-    decompressor = _decompressor(dict_id)
-    frame = bytes(data[HEADER_SIZE:])
-    try:
-        params = zstandard.get_frame_parameters(frame)
-    except zstandard.ZstdError as e:
-        raise DecodeError(f"uplink batch is not a zstd frame: {e}") from None
-    if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
-        raise DecodeError("uplink batch zstd frame does not declare its content size")
-    if params.content_size > max_bytes:
-        raise DecodeError(f"uplink batch would decompress to {params.content_size} bytes, over the limit of {max_bytes}")
-    try:
-        raw = decompressor.decompress(frame, max_output_size=max_bytes)
-    except zstandard.ZstdError as e:
-        raise DecodeError(f"uplink batch zstd frame is corrupt or truncated: {e}") from None
+    raw = decompress(bytes(data[HEADER_SIZE:]), dict_id, max_bytes, "uplink batch")
     try:
         body = cbor2.loads(raw, max_depth=_MAX_DEPTH)
     except Exception as e:  # noqa: BLE001 - the CBOR library may raise several types on hostile input
@@ -371,11 +336,6 @@ def decode_batch(data: bytes, max_bytes: int) -> Batch:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape we did not foresee is still bad input
         raise DecodeError(f"uplink batch body has the wrong shape: {type(e).__name__}: {e}") from None
-
-
-@lru_cache(maxsize=8)
-def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
-    return zstandard.ZstdDecompressor(dict_data=dictionaries.load(dict_id) if dict_id else None)
 
 
 def _expect(cond: bool, what: str) -> None:

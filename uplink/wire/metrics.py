@@ -1,27 +1,26 @@
-"""The compact uplink encoding of a `MetricBatch` (edge/model.py): what one node sends per export interval.
+"""Metric frames: a `MetricBatch` (edge/model.py), what one node sends per export interval, as `HM` + version +
+zstd(CBOR), next to span batches (`HX`) on the same link; the gateway tells them apart by the first bytes.
 
-On the uplink a metric batch travels as its own frame,
-`HM` + version + zstd(CBOR), next to span batches (`HX`), so the gateway tells them apart by the first bytes.
 Decoding treats its input as hostile: every problem is a DecodeError naming it.
 """
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import cbor2
-import zstandard
 
 from edge.errors import DecodeError
-from edge.model import GAUGE, HISTOGRAM, SUM, AttrValue, HistogramPoint, Metric, MetricBatch, Resource, ResourceMetrics, Scope, SumPoint
+from edge.model import (GAUGE, HISTOGRAM, SUM, AttrValue, HistogramPoint, Metric, MetricBatch, Resource, ResourceMetrics,
+                        Scope, SumPoint)
+
+from .frame import METRICS_HEADER, METRICS_MAGIC, compress, decompress
 
 __all__ = ["encode_metrics", "decode_metrics", "is_metric_batch", "METRICS_MAGIC", "METRICS_MEDIA_TYPE"]
 
-METRICS_MAGIC = b"HM"
 METRICS_MEDIA_TYPE = "application/vnd.helix.metrics"
 _VERSION = 1
-_HEADER = struct.Struct(">2sB")
+_HEADER = METRICS_HEADER
 _MAX_DEPTH = 16
 _KINDS = (SUM, GAUGE, HISTOGRAM)  # wire codes of the kinds, in this order
 
@@ -32,7 +31,7 @@ def encode_metrics(batch: MetricBatch, level: int = 3) -> bytes:
             [[dict(r.resource.as_dict()), r.scope.name, r.scope.version, [_metric_out(m) for m in r.metrics]]
              for r in batch.resources]]
     raw = cbor2.dumps(body)
-    return _HEADER.pack(METRICS_MAGIC, _VERSION) + zstandard.ZstdCompressor(level=level).compress(raw)
+    return _HEADER.pack(METRICS_MAGIC, _VERSION) + compress(raw, level)
 
 
 def decode_metrics(data: bytes, max_bytes: int = 8 * 1024 * 1024) -> MetricBatch:
@@ -42,14 +41,7 @@ def decode_metrics(data: bytes, max_bytes: int = 8 * 1024 * 1024) -> MetricBatch
     _, version = _HEADER.unpack_from(data)
     if version != _VERSION:
         raise DecodeError(f"metrics batch format version {version} is not supported (this gateway reads {_VERSION})")
-    frame = bytes(data[_HEADER.size:])
-    try:
-        size = zstandard.get_frame_parameters(frame).content_size
-        if size == zstandard.CONTENTSIZE_UNKNOWN or size > max_bytes:
-            raise DecodeError(f"metrics batch would decompress to {size} bytes, over the limit of {max_bytes}")
-        raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max_bytes)
-    except zstandard.ZstdError as e:
-        raise DecodeError(f"metrics batch zstd frame is corrupt or truncated: {e}") from None
+    raw = decompress(bytes(data[_HEADER.size:]), 0, max_bytes, "metrics batch")
     try:
         body = cbor2.loads(raw, max_depth=_MAX_DEPTH)
     except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input

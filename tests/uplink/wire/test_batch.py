@@ -128,7 +128,8 @@ def test_shipped_dictionary_is_registered_and_helps_small_batches() -> None:
 
 
 def test_the_long_lived_compressor_stays_small_and_compresses_as_well() -> None:
-    from uplink.wire.batch import _compressor, batch_body
+    from uplink.wire.batch import batch_body
+    from uplink.wire.frame import _compressor
 
     spans = realistic_spans(60, seed=5)[:512]
     raw = batch_body(spans, "n", 1)
