@@ -18,7 +18,7 @@ from edge.demo.otlp_peer import OtlpPeer, Refusal
 from uplink.gateway import serve_gateway
 from uplink.wire import MEDIA_TYPE, encode_batch
 
-from ._helpers import as_sent, gateway_config, running_client, running_gateway, until, uplink_config
+from .._helpers import as_sent, gateway_config, running_client, running_gateway, until, uplink_config
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -10,7 +10,7 @@ from bench._workload import realistic_spans
 from edge.config import GatewayConfig
 from edge.demo.broker import free_port
 from edge.demo.otlp_peer import OtlpPeer, Refusal
-from uplink.exporter import OtlpExporter
+from uplink.gateway.otlp_export import OtlpExporter
 
 
 def _cfg(protocol: str, endpoint: str, **kw: object) -> GatewayConfig:

@@ -25,8 +25,8 @@ from edge.errors import DecodeError
 from edge.net.tls import tls_params
 
 from edge.net.retry import Backoff, Throttle
-from .exporter import OtlpExporter
-from .wire import decode_batch, decode_metrics, is_metric_batch
+from .otlp_export import OtlpExporter
+from ..wire import decode_batch, decode_metrics, is_metric_batch
 
 
 __all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
