@@ -38,7 +38,7 @@ class Refusal:
     grpc_code: str = "UNAVAILABLE"
     http_status: int = 503
     retry_after_s: float | None = None
-    rejected_spans: int = 0  # > 0 answers with partial success instead of an error
+    rejected_spans: int = 0  # > 0 answers with partial success instead of an error (data points, for metrics)
 
 
 @dataclass
@@ -52,7 +52,9 @@ class OtlpPeer:
     http_port: int = 0
     received: asyncio.Event = field(default_factory=asyncio.Event)
     attempts: int = 0
-    metric_requests: list[ExportMetricsServiceRequest] = field(default_factory=list)  # OTLP metrics, never refused
+    metric_requests: list[ExportMetricsServiceRequest] = field(default_factory=list)
+    metric_refusals: deque[Refusal] = field(default_factory=deque)  # planned refusals of metrics exports
+    metric_attempts: int = 0
     metrics_received: asyncio.Event = field(default_factory=asyncio.Event)
     _server: grpc.aio.Server | None = None
     _runner: web.AppRunner | None = None
@@ -119,13 +121,22 @@ class OtlpPeer:
         self.metrics_received.set()
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
+        self.metric_attempts += 1
         req = ExportMetricsServiceRequest()
         try:
             req.ParseFromString(await request.read())
         except Exception:  # noqa: BLE001 - any garbage is a 400, as the OTLP spec says
             return web.Response(status=400, text="bad protobuf")
+        refusal = self.metric_refusals.popleft() if self.metric_refusals else None
+        resp = ExportMetricsServiceResponse()
+        if refusal is not None and not refusal.rejected_spans:
+            headers = {"Retry-After": str(int(refusal.retry_after_s))} if refusal.retry_after_s is not None else {}
+            return web.Response(status=refusal.http_status, headers=headers)
+        if refusal is not None:
+            resp.partial_success.rejected_data_points = refusal.rejected_spans
+            resp.partial_success.error_message = "some data points were refused by the test peer"
         self._accept_metrics(req)
-        return web.Response(body=ExportMetricsServiceResponse().SerializeToString(), content_type="application/x-protobuf")
+        return web.Response(body=resp.SerializeToString(), content_type="application/x-protobuf")
 
     async def _http_export(self, request: web.Request) -> web.Response:
         self.attempts += 1
@@ -169,5 +180,13 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.peer = peer
 
     async def Export(self, request: ExportMetricsServiceRequest, context: grpc.aio.ServicerContext) -> ExportMetricsServiceResponse:  # noqa: N802 - gRPC naming
+        self.peer.metric_attempts += 1
+        refusal = self.peer.metric_refusals.popleft() if self.peer.metric_refusals else None
+        resp = ExportMetricsServiceResponse()
+        if refusal is not None and not refusal.rejected_spans:
+            await context.abort(getattr(grpc.StatusCode, refusal.grpc_code), "refused by the test peer")
+        if refusal is not None:
+            resp.partial_success.rejected_data_points = refusal.rejected_spans
+            resp.partial_success.error_message = "some data points were refused by the test peer"
         self.peer._accept_metrics(request)
-        return ExportMetricsServiceResponse()
+        return resp

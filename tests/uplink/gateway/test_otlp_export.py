@@ -7,9 +7,11 @@ import time
 import pytest
 
 from bench._workload import realistic_spans
+from edge.aggregator import RedAggregator
 from edge.config import GatewayConfig
 from edge.demo.broker import free_port
 from edge.demo.otlp_peer import OtlpPeer, Refusal
+from edge.model import MetricBatch
 from uplink.gateway.otlp_export import OtlpExporter
 
 
@@ -44,7 +46,7 @@ async def test_partial_success_is_counted_not_retried(otlp_peer: OtlpPeer, proto
     await exporter.close()
     assert res.ok and res.rejected == 2 and res.exported == len(spans) - 2
     assert "refused by the test peer" in res.error
-    assert otlp_peer.attempts == 1 and exporter.stats.spans_rejected == 2
+    assert otlp_peer.attempts == 1 and exporter.stats.spans.rejected == 2
 
 
 @pytest.mark.parametrize("protocol,refusal", [("grpc", Refusal("INVALID_ARGUMENT")), ("http", Refusal(http_status=400)),
@@ -56,7 +58,7 @@ async def test_non_retryable_errors_drop_and_count(otlp_peer: OtlpPeer, protocol
     res = await exporter.export(spans)
     await exporter.close()
     assert not res.ok and not res.retryable and otlp_peer.attempts == 1
-    assert exporter.stats.spans_dropped == len(spans)
+    assert exporter.stats.spans.dropped == len(spans)
 
 
 @pytest.mark.parametrize("protocol,refusal", [("grpc", Refusal("UNAVAILABLE")), ("grpc", Refusal("DEADLINE_EXCEEDED")),
@@ -93,3 +95,39 @@ async def test_retry_budget_exhausted_is_reported_retryable() -> None:
     res = await exporter.export(realistic_spans(1, seed=6))
     await exporter.close()
     assert not res.ok and res.retryable and res.attempts >= 2 and "unreachable" in res.error
+
+
+def _metrics(n_spans: int = 30) -> MetricBatch:
+    agg = RedAggregator()
+    agg.consume(realistic_spans(n_spans, seed=8))
+    return MetricBatch("node-m", 1, 0, 1, agg.resource_metrics())
+
+
+@pytest.mark.parametrize("protocol,refusal", [("grpc", Refusal("UNAVAILABLE")), ("http", Refusal(http_status=503))])
+async def test_metrics_take_the_same_retry_path_and_counters(otlp_peer: OtlpPeer, protocol: str, refusal: Refusal,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    otlp_peer.metric_refusals.extend([refusal, refusal])
+    exporter = OtlpExporter(_cfg(protocol, _endpoint(otlp_peer, protocol)))
+    batch = _metrics()
+    with caplog.at_level("WARNING", logger="uplink.gateway.otlp_export"):
+        res = await exporter.export_metrics(batch)
+    await exporter.close()
+    assert res.ok and res.attempts == 3 and otlp_peer.metric_attempts == 3 and len(otlp_peer.metric_requests) == 1
+    assert exporter.stats.retries == 2 and exporter.stats.failed_attempts == 2 and exporter.stats.metric_exports == 1
+    assert exporter.stats.points.exported == batch.point_count() and exporter.stats.spans.exported == 0
+    assert "OTLP metrics export to" in caplog.text and "retrying" in caplog.text
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_metrics_partial_success_and_refusal_are_counted_in_points(otlp_peer: OtlpPeer, protocol: str) -> None:
+    otlp_peer.metric_refusals.extend([Refusal(rejected_spans=3), Refusal("INVALID_ARGUMENT", http_status=400)])
+    exporter = OtlpExporter(_cfg(protocol, _endpoint(otlp_peer, protocol)))
+    batch = _metrics()
+    n = batch.point_count()
+    partial = await exporter.export_metrics(batch)
+    refused = await exporter.export_metrics(batch)
+    await exporter.close()
+    assert partial.ok and partial.rejected == 3 and partial.exported == n - 3
+    assert not refused.ok and not refused.retryable
+    st = exporter.stats.as_dict()
+    assert (st["points_exported"], st["points_rejected"], st["points_dropped"], st["spans_dropped"]) == (n - 3, 3, n, 0)
