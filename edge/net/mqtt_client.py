@@ -1,14 +1,17 @@
-"""A small MQTT 5 client on asyncio streams, for the agent's own connections (SDK span source, uplink, fleet).
+"""A small MQTT 5 client on asyncio streams, for the agent's own connections (SDK span source, uplink, fleet) and
+the gateway's.
 
-paho-mqtt and aiomqtt cost the agent ~4 MiB of resident memory (paho loads urllib.request, http.client and the
-email package), and what the agent needs is not in aiomqtt's API: acknowledging a message only once its spans
-are in the inbox, and seeing a PUBACK's reason code. This client does those directly:
+paho-mqtt and aiomqtt would cost the agent ~4 MiB of resident memory (paho loads urllib.request, http.client and the
+email package), and what the agent and the gateway need is not in aiomqtt's API: acknowledging a message only once it
+is handled (spans in the inbox, a batch exported), and seeing a PUBACK's reason code. This client does those directly:
 
 - `publish()` at QoS 1 returns the PUBACK's reason code (0x10 "no matching subscribers" included); at most the
   broker's Receive Maximum publishes are in flight.
 - Received PUBLISHes queue until read from `messages`; the queue is bounded (`max_queued`), and a full queue
   stops the reader, so the broker holds the backlog (TCP and, at QoS 1, our Receive Maximum hold it back).
   With `manual_ack` a QoS 1 message is acknowledged by `ack()`; otherwise when it is read.
+- With `clean_start=False` and a `session_expiry` the session persists: what the broker queued while the client
+  was away, and what it sent that was never acknowledged, arrives after the next connect.
 - With `max_packet_size` the broker is told not to send larger packets (it drops those messages for us), and
   one sent anyway ends the connection before its body is read.
 - Keepalive: PINGREQ when nothing was sent for half the keepalive; no packet from the broker for 1.5 keepalives
@@ -76,13 +79,18 @@ class MqttClient:
     def __init__(self, host: str, port: int, client_id: str, *, username: str | None = None,
                  password: str | None = None, ssl: Any = None, keepalive: int = 30, will: Will | None = None,
                  receive_maximum: int | None = None, max_queued: int = 1024, manual_ack: bool = False,
-                 max_packet_size: int | None = None, timeout: float = 10.0) -> None:
+                 max_packet_size: int | None = None, clean_start: bool = True, session_expiry: int | None = None,
+                 timeout: float = 10.0) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self._username, self._password, self._ssl = username, password, ssl
         self.keepalive = keepalive
         self._will = will
         self._receive_maximum = receive_maximum
         self._manual_ack = manual_ack
+        # A persistent session (clean_start=False, session_expiry > 0): the broker keeps subscriptions and
+        # unacknowledged messages while this client is away and hands them over when it comes back.
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
         # Declared in CONNECT: the broker must not send a larger packet (it drops the message for this client), so
         # one huge publish cannot make the agent read it into memory. A broker that sends one anyway is cut off.
         self._max_incoming = min(max_packet_size or enc.MAX_PACKET, enc.MAX_PACKET)
@@ -124,7 +132,8 @@ class MqttClient:
                             f"{getattr(e, 'strerror', None) or e or 'timed out'}") from None
         self._send(enc.connect(self.client_id, self.keepalive, username=self._username, password=self._password,
                                will=self._will, receive_maximum=self._receive_maximum,
-                               maximum_packet_size=self._max_incoming if self._declare_max else None))
+                               maximum_packet_size=self._max_incoming if self._declare_max else None,
+                               clean_start=self._clean_start, session_expiry=self._session_expiry))
         try:
             connack = await asyncio.wait_for(self._read_packet(), self.timeout)
         except asyncio.TimeoutError:

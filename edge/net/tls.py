@@ -16,7 +16,7 @@ from ..runtime.ssl_deferral import require_ssl
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["tls_params", "mqtt_ssl_context", "ssl_context", "check_tls_files"]
+__all__ = ["mqtt_ssl_context", "ssl_context", "check_tls_files"]
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -47,24 +47,6 @@ def _wants_tls(cfg: Any, section: str) -> bool:
 def mqtt_ssl_context(cfg: Any, section: str = "") -> ssl.SSLContext | None:
     """The SSLContext for the agent's MQTT client (edge.net.mqtt_client) for a config section; None for mqtt://."""
     return ssl_context(cfg, section) if _wants_tls(cfg, section) else None
-
-
-def tls_params(cfg: Any, section: str = "") -> Any:
-    """`aiomqtt.TLSParameters` (the gateway's client) for a config section; None for mqtt://."""
-    import ssl
-
-    import aiomqtt
-
-    if not _wants_tls(cfg, section):
-        return None
-    check_tls_files(cfg, section)
-    return aiomqtt.TLSParameters(
-        ca_certs=cfg.ca_file or None,
-        certfile=getattr(cfg, "cert_file", "") or None,
-        keyfile=getattr(cfg, "key_file", "") or None,
-        cert_reqs=ssl.CERT_REQUIRED,
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
-    )
 
 
 def ssl_context(cfg: Any, section: str = "") -> ssl.SSLContext:

@@ -8,7 +8,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from edge.agent import Agent
@@ -19,7 +18,8 @@ from edge.fleet._mqtt import PublishRefused, make_client, publish_checked
 from edge.fleet.acl import render_acl
 from edge.fleet.cli import collect_status, push
 from edge.fleet.document import generate_keypair
-from edge.net.tls import tls_params
+from edge.net.mqtt_client import MqttClient
+from edge.net.tls import mqtt_ssl_context
 
 NODES = {"gw-1": "plant-3", "gw-2": "plant-4"}
 
@@ -67,7 +67,7 @@ def conn(pki: Path, port: int, who: str) -> FleetConfig:
                        cert_file=str(pki / f"{who}.pem"), key_file=str(pki / f"{who}.key"))
 
 
-async def _received(client: aiomqtt.Client, marker_topic: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+async def _received(client: MqttClient, marker_topic: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
     """Messages that arrived before the marker (the broker keeps order per session, so the marker ends the wait)."""
     got: list[tuple[str, bytes]] = []
     async with asyncio.timeout(timeout):
@@ -164,11 +164,11 @@ async def test_agent_over_tls_with_client_certificate_takes_signed_config(broker
         await asyncio.wait_for(runner, 15)
 
 
-def test_tls_params_name_the_missing_file(tmp_path: Path) -> None:
+def test_tls_settings_name_the_missing_file(tmp_path: Path) -> None:
     cfg = FleetConfig(broker=BrokerAddress("h", 8883, tls=True), ca_file=str(tmp_path / "nope.pem"))
     with pytest.raises(ConfigError, match="fleet.ca_file"):
-        tls_params(cfg, "fleet")
-    assert tls_params(dataclasses.replace(cfg, broker=BrokerAddress("h", 1883)), "fleet") is None
+        mqtt_ssl_context(cfg, "fleet")
+    assert mqtt_ssl_context(dataclasses.replace(cfg, broker=BrokerAddress("h", 1883)), "fleet") is None
 
 
 def test_acl_refuses_names_that_are_not_topic_levels() -> None:

@@ -22,11 +22,12 @@ from typing import Any
 
 from edge.config import Config, GatewayConfig
 from edge.errors import DecodeError
-from edge.net.tls import tls_params
-
+from edge.net.mqtt_client import MqttClient, MqttError
 from edge.net.retry import Backoff, Throttle
-from .otlp_export import OtlpExporter
+from edge.net.tls import mqtt_ssl_context
+
 from ..wire import decode_batch, decode_metrics, is_metric_batch
+from .otlp_export import OtlpExporter
 
 
 __all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # How long an HTTP request may wait for a struggling backend before the node is told to come back later.
 _HTTP_EXPORT_BUDGET = 2.0
+# Batches the broker may have on their way to this instance unacknowledged; the rest wait in the broker.
+_RECEIVE_MAXIMUM = 16
 
 
 class Outcome(enum.Enum):
@@ -204,6 +207,9 @@ class Gateway:
             return _Result(Outcome.RETRY_LATER, 0, res.error, res.retry_after_s)
         ms["dropped"] += 1
         self._remember(key)
+        if self._throttle.ready("metrics"):
+            log.warning("metrics batch node=%s seq=%d from %s dropped: %s (metrics are cumulative: the next batch "
+                        "carries these counts)", batch.node_id, batch.seq, origin, res.error)
         return _Result(Outcome.DROPPED, 0, res.error)
 
     def _bad(self, outcome: Outcome, origin: str, detail: str) -> _Result:
@@ -249,28 +255,18 @@ class Gateway:
         self.ready.set()
 
     async def _mqtt_loop(self) -> None:
-        import aiomqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         cfg = self.cfg
         backoff = Backoff(maximum=30.0)
         sub = cfg.subscription()
         client_id = cfg.mqtt_client_id()
         while True:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = int(cfg.session_expiry)
-            client = aiomqtt.Client(
-                cfg.broker.host, cfg.broker.port,
-                username=cfg.username or None, password=cfg.password or None,
-                identifier=client_id, clean_start=False, properties=props,
-                protocol=aiomqtt.ProtocolVersion.V5,
-                tls_params=tls_params(cfg, "gateway"),
-                logger=logging.getLogger(__name__ + ".mqtt"),
-            )
-            # aiomqtt has no switch for it, but its paho client does: PUBACK only once the batch is settled.
-            paho = client._client
-            paho.manual_ack_set(True)
+            # A persistent session under a fixed client id: what arrives while this instance is away (restart,
+            # broker link down) waits in the broker. PUBACK only once the batch is settled (manual_ack), and at
+            # most _RECEIVE_MAXIMUM unacknowledged batches on their way here.
+            client = MqttClient(cfg.broker.host, cfg.broker.port, client_id, username=cfg.username or None,
+                                password=cfg.password or None, ssl=mqtt_ssl_context(cfg, "gateway"),
+                                receive_maximum=_RECEIVE_MAXIMUM, max_queued=_RECEIVE_MAXIMUM, manual_ack=True,
+                                clean_start=False, session_expiry=int(cfg.session_expiry))
             try:
                 async with client:
                     await client.subscribe(sub, qos=1)
@@ -281,14 +277,11 @@ class Gateway:
                     # One batch at a time keeps PUBACKs in arrival order, as MQTT requires; more throughput comes
                     # from more gateway instances in the share group.
                     async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, (bytes, bytearray)):
-                            payload = str(payload).encode() if payload is not None else b""
-                        await self.ingest(bytes(payload), f"mqtt topic {message.topic}")
+                        await self.ingest(message.payload, f"mqtt topic {message.topic}")
                         if message.qos > 0:
-                            paho.ack(message.mid, message.qos)
+                            client.ack(message)
                             self.stats.mqtt_acks += 1
-            except aiomqtt.MqttError as e:
+            except MqttError as e:
                 delay = backoff.next()
                 if self._throttle.ready("broker"):
                     log.warning("gateway broker unreachable at %s: %s; retrying in %.1fs", cfg.broker, e, delay)
