@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import logging
 import os
 import signal
@@ -85,11 +86,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_until_signal(lambda stop: Agent(cfg).run(stop))
 
 
+# The gateway is a process of its own built on the uplink (uplink/gateway/): the CLI reaches it by name, so that
+# nothing in edge/ depends on it.
+GATEWAY_ENTRY = "uplink.gateway.server:serve_gateway"
+
+
+def entry_point(spec: str) -> Callable[..., Any]:
+    """The callable named by 'module:attribute', imported now."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     """`helix gateway`: the central gateway."""
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
-    from uplink.gateway import serve_gateway
+    serve_gateway = entry_point(GATEWAY_ENTRY)
     return _run_until_signal(lambda stop: serve_gateway(cfg, stop))
 
 
