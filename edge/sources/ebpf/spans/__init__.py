@@ -35,13 +35,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
-from ...errors import ConfigError
-from ...model import Attributes, Event, Resource, Scope, Source, Span, SpanKind, StatusCode, new_span_id, new_trace_id
-from ...propagation import SpanContext, extract, format_tracestate
-from ...protocols import mqtt
-from ...protocols.http1 import HttpRequest, HttpResponse, looks_like_http, parse_requests, parse_responses
-from ...net.retry import RateLimitedLog
-from .events import (
+from ....errors import ConfigError
+from ....model import Attributes, Event, Resource, Scope, Source, Span, SpanKind, StatusCode, new_span_id, new_trace_id
+from ....propagation import SpanContext, extract, format_tracestate
+from ....protocols import mqtt
+from ....protocols.http1 import HttpRequest, HttpResponse, looks_like_http, parse_requests, parse_responses
+from ....net.retry import RateLimitedLog
+from ..events import (
     CloseEvent,
     ConnectEvent,
     DataEvent,
