@@ -70,7 +70,7 @@ def resp(status=200, body=b"ok", headers=()) -> bytes:
 def assert_clean(b: SpanBuilder) -> None:
     assert b.stats.internal_errors == 0
     assert b.connection_count == 0 and b.pending_count == 0
-    assert not b._waiting and not b._by_pid  # internal maps back to baseline
+    assert not b.conns.waiting and not b.conns.by_pid  # internal maps back to baseline
 
 
 # -- HTTP server side ------------------------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_garbage_and_tls_are_counted_not_spans():
     noise = bytes(range(255, 0, -1))
     out = b.feed([data(1, IN if i % 2 == 0 else OUT, i * 1_000, hello if i % 2 == 0 else noise) for i in range(5)])
     assert out == [] and b.stats.unparsed == 5
-    assert b._conns[1].proto == 3  # written off as opaque after three misses: later messages skip the parsers
+    assert b.conns.get(1).opaque  # written off as opaque after three misses: later messages skip the parsers
     b.feed([CloseEvent(10_000, 100, 101, 7, 1, 0, 0, 0)])
     assert_clean(b)
 
@@ -405,7 +405,7 @@ def test_connection_table_is_bounded_lru():
     assert b.connection_count == 100 and b.stats.evicted_connections == 50
     assert b.stats.pending_dropped == 50
     assert b.process_count == 10 and b.stats.evicted_processes == 140
-    assert sum(len(v) for v in b._by_pid.values()) == 100
+    assert sum(len(v) for v in b.conns.by_pid.values()) == 100
 
 
 def test_pending_requests_per_connection_are_capped():
@@ -807,7 +807,7 @@ def test_last_response_of_a_connection_ends_when_its_body_is_through():
     (sp,) = b.feed(kernel_view(1, w.calls))
     assert sp.kind == SpanKind.SERVER and sp.end_ns == OFFSET + w.calls[-1][3]
     assert "helix.end_estimated" not in sp.attributes and sp.attributes["http.response.body.size"] == 2
-    assert b.stats.ended_by_length == 1 and not b._waiting
+    assert b.stats.ended_by_length == 1 and not b.conns.waiting
 
 
 def test_client_reading_the_body_after_a_pause_ends_there():
@@ -852,9 +852,9 @@ def test_partial_head_is_decoded_at_the_deadline_when_no_more_comes():
     b = builder(message_end_timeout=1.0)
     head = req(headers=[f"traceparent: {TP}"])
     assert b.feed([data(5, IN, 1_000, head[:30])]) == []
-    assert b._partials
+    assert b.conns.partials
     b.flush(1_000 + 2_000_000_000)
-    assert not b._partials
+    assert not b.conns.partials
 
 
 def test_http_body_cut_by_an_idle_gap_keeps_pairing_and_durations():
