@@ -28,6 +28,12 @@ __all__ = ["UplinkClient", "UplinkStats"]
 log = logging.getLogger(__name__)
 
 
+def _target(cfg: UplinkConfig) -> tuple[object, ...]:
+    """The settings that say where batches go and as whom: changing one needs a new transport."""
+    return (cfg.transport, cfg.broker, cfg.url, cfg.topic, cfg.token, cfg.username, cfg.password, cfg.ca_file,
+            cfg.cert_file, cfg.key_file, cfg.qos)
+
+
 @dataclass(slots=True)
 class UplinkStats:
     """Counters of the uplink client (monotonic, except the gauges `queued_*`, `spooled_*` and `spool_durable`)."""
@@ -65,7 +71,7 @@ class UplinkClient:
     def __init__(self, cfg: UplinkConfig, node_id: str, transport: Transport | None = None,
                  spool: MemorySpool | None = None) -> None:
         self.cfg = cfg
-        self.queue_limit: int | None = None  # a tighter in-memory queue bound than the config's (the agent's memory plan)
+        self._queue_limit: int | None = None  # a tighter bound than the config's: the agent's memory plan
         self.node_id = node_id
         self.stats = UplinkStats()
         self._transport = transport or make_transport(cfg, node_id)
@@ -86,13 +92,28 @@ class UplinkClient:
         self.opened = asyncio.Event()  # the spool is open and what it held is queued for sending
         self._throttle = Throttle()
         self._next_send = 0.0
+        self._old_transports: set[asyncio.Task[None]] = set()  # closing after a reconfigure
+
+    def reconfigure(self, cfg: UplinkConfig) -> bool:
+        """Take new settings while running, keeping the queue and the spool; True if the target changed (transport,
+        address, topic or credentials), which gets a new transport: a send in flight on the old one fails and is
+        retried on the new one, the batch staying spooled. Batch limits take effect at the next cut."""
+        old, self.cfg = self.cfg, cfg
+        changed = _target(old) != _target(cfg)
+        if changed:
+            old_transport, self._transport = self._transport, make_transport(cfg, self.node_id)
+            task = asyncio.ensure_future(old_transport.close())
+            self._old_transports.add(task)
+            task.add_done_callback(self._old_transports.discard)
+        self._wake.set()
+        return changed
 
     # -------------------------------------------------------------------------------------------- intake
 
     def submit(self, spans: list[Span]) -> int:
         """Queue spans without blocking; returns how many were accepted (the rest are counted as dropped)."""
         accepted = 0
-        limit = self.cfg.queue_max_bytes if self.queue_limit is None else min(self.cfg.queue_max_bytes, self.queue_limit)
+        limit = self.queue_limit
         for span in spans:
             size = span.approx_size()
             if self._closing or self._queue_bytes + size > limit:
@@ -113,6 +134,23 @@ class UplinkClient:
                             self._queue_bytes, limit, dropped, self.stats.dropped_queue_full)
         self._gauges()
         return accepted
+
+    @property
+    def queue_limit(self) -> int:
+        """Bytes the queue of spans waiting to be cut takes at most."""
+        cap = self.cfg.queue_max_bytes
+        return cap if self._queue_limit is None else min(cap, self._queue_limit)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of spans queued, waiting to be cut into a batch."""
+        return self._queue_bytes
+
+    def set_bound(self, n: int) -> int:
+        """Queue no more than `n` bytes (never above `uplink.queue_max_bytes`): the memory governor's plan. What is
+        queued stays; spans that would not fit are refused at `submit` and counted there."""
+        self._queue_limit = n
+        return 0
 
     def _gauges(self) -> None:
         st, sp = self.stats, self.spool

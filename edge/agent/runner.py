@@ -20,12 +20,13 @@ from ..aggregator import RedAggregator
 from ..sampler import TailRules, TraceSampler
 from ..sources.mqtt_sdk import MqttSdkSource
 from ..sources.otlp_common import OtlpIngest
-from .governor import MemoryGovernor
+from .governor import MIN_INBOX, SHARES, MemoryGovernor
 from .inbox import SpanInbox
 from .metrics_http import MetricsEndpoint, health_metrics
 from ..runtime import sdnotify
 
 if TYPE_CHECKING:
+    from ..sources.ebpf.source import EbpfSource
     from ..sources.otlp_grpc import OtlpGrpcReceiver
     from ..sources.otlp_http import OtlpHttpReceiver
 
@@ -48,14 +49,14 @@ class Agent:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        # A quarter of the budget for spans waiting in the pipeline; the uplink queue has its own share.
-        self.inbox = SpanInbox(max_bytes=max(1 << 20, cfg.memory.limit // 4))
+        self.aggregator = RedAggregator(cfg.metrics.buckets, cfg.metrics.max_series)
+        # Until the memory governor plans them from the headroom: a quarter of the budget each for the spans waiting
+        # in the inbox and those held by the assembler. What the inbox drops under pressure still counts in RED.
+        self.inbox = SpanInbox(max(1 << 20, cfg.memory.limit // 4), on_drop=self.aggregator.consume)
         a = cfg.assembler
-        # The byte bound of held spans is a share of the memory budget, like the inbox's.
         self.assembler = Assembler(AssemblerConfig(window=a.window, memory=a.memory, max_spans=a.max_spans,
                                                    max_bytes=max(1 << 20, cfg.memory.limit // 4)))
         self.sampler = TraceSampler(cfg.sampler.ratio, TailRules.from_config(cfg.sampler))
-        self.aggregator = RedAggregator(cfg.metrics.buckets, cfg.metrics.max_series)
         self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
         self.ingest = OtlpIngest(self._admit, self.inbox.has_room)
         self.mqtt: MqttSdkSource | None = None
@@ -73,14 +74,32 @@ class Agent:
             self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request)
             self.inbox.on_taken(self.grpc.server.poke)
         self.kernel = KernelStatus()
-        self.ebpf: Any = None
+        self.ebpf: EbpfSource | None = None
         self.started = asyncio.Event()
-        # Issue 5: one memory budget, RED metrics upstream, health on a loopback Prometheus endpoint.
-        self.governor = MemoryGovernor(self, cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval)
+        self.governor = self.govern(MemoryGovernor(cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval))
         self.metrics_http: MetricsEndpoint | None = None
         if cfg.metrics.listen:
             self.metrics_http = MetricsEndpoint(self.metrics, *cfg.metrics.listen)
         self._metrics_seq = 0
+
+    def govern(self, governor: MemoryGovernor) -> MemoryGovernor:
+        """Put this agent's buffers under `governor`, each with its share of the headroom; returns it."""
+        g = governor
+        g.keep = self.sampler
+        g.register("inbox", self.inbox, SHARES["inbox"], bound=self.inbox.max_bytes, floor=MIN_INBOX, backlog_at=0.5)
+        g.bound("assembler", self.assembler.held_budget, SHARES["assembler"], bound=self.assembler.max_bytes,
+                elastic=True)
+        g.register("index", self.assembler.index_budget, SHARES["index"], bound=self.assembler.max_index_bytes)
+        tail = self.sampler.tail
+        g.register("tail", self.sampler, SHARES["tail"], bound=tail.capacity, ceiling=lambda: tail.rules.buffer_bytes)
+        # Spans past the sampler are kept: the uplink queue refuses at the door what does not fit, never drops.
+        g.bound("uplink", self.uplink, SHARES["uplink"], bound=self.uplink.queue_limit,
+                ceiling=lambda: self.uplink.cfg.queue_max_bytes)
+        g.account("aggregator", self.aggregator)
+        if self.grpc is not None:
+            # Requests still arriving, held back by flow control: unacknowledged, so never dropped.
+            g.bound("receiver", self.grpc, SHARES["receiver"], bound=self.grpc.server.max_buffered, backlog_at=1.0)
+        return g
 
     def submit(self, spans: list[Span], source: Source) -> int:
         """Hand spans to the pipeline (what every source calls)."""
@@ -258,7 +277,7 @@ class Agent:
             "otlp": {"requests": self.ingest.stats.requests, "spans": self.ingest.stats.spans,
                      "dropped": dict(self.ingest.stats.dropped),
                      "grpc": None if self.grpc is None else {**_as_dict(self.grpc.server.stats),
-                                                             "buffered": self.grpc.buffered}},
+                                                             "buffered": self.grpc.bytes}},
             "assembler": {"duplicates": self.assembler.stats.duplicates, "held": len(self.assembler),
                           "released": self.assembler.stats.released, "links": dict(self.assembler.stats.links),
                           "evicted_early": self.assembler.stats.evicted_early,

@@ -156,3 +156,19 @@ async def test_full_spool_evicts_oldest_and_counts(tmp_path: Path) -> None:
         assert len(files) == st.spooled_batches
         newest = max(int(f.name.split("-")[0]) for f in files)
         assert newest == client.spool.entries[-1].seq
+
+
+async def test_reconfigure_swaps_the_transport_only_for_a_new_target(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> None:
+    spans = realistic_spans(3, seed=12)
+    async with running_gateway(gateway_config(mosquitto, otlp_peer.grpc_endpoint)) as gw, \
+            running_client(uplink_config(batch_max_spans=5)) as client:  # a broker nobody listens on
+        client.submit(spans)
+        await until(lambda: client.stats.send_failures > 0, what="sends failing to the dead broker")
+        dead = client._transport
+        assert client.reconfigure(replace(client.cfg, batch_max_spans=11)) is False  # limits only: same transport
+        assert client._transport is dead and client.cfg.batch_max_spans == 11
+        assert client.reconfigure(uplink_config(mosquitto, batch_max_spans=11)) is True
+        assert client._transport is not dead
+        # What waited in the spool for the dead broker leaves on the new transport, nothing lost or doubled.
+        await until(lambda: gw.stats.spans_exported == len(spans), timeout=10, what="spans through the new broker")
+    assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}
