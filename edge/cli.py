@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from . import __version__
 from .config import Config, load_config
+from .config.reader import Section, settings_of
 from .errors import HelixError
 
 __all__ = ["main"]
@@ -105,17 +106,18 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return _run_until_signal(lambda stop: serve_gateway(cfg, stop))
 
 
-def _describe(obj: Any, prefix: str = "") -> list[str]:
+def _describe(cfg: Config) -> list[str]:
     lines: list[str] = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type) and f.name not in ("broker",):
-            lines.extend(_describe(value, key + "."))
-        else:
-            if f.name in ("password", "token") and value:
-                value = "********"
-            lines.append(f"  {key} = {value}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not isinstance(value, Section):
+            lines.append(f"  {f.name} = {value}")
+            continue
+        for s in settings_of(value):  # what the file can set, not the bounds the agent derives at run time
+            v = getattr(value, s.name)
+            if s.name in ("password", "token") and v:
+                v = "********"
+            lines.append(f"  {f.name}.{s.name} = {v}")
     return lines
 
 

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from edge.config import UplinkConfig
+from edge.config.uplink import UplinkConfig
 from edge.errors import UplinkError
 from edge.model import MetricBatch, Span
 from edge.net.retry import Backoff, Throttle

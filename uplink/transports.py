@@ -10,11 +10,10 @@ import logging
 import random
 from typing import Any, Protocol
 
-from edge.config import UplinkConfig
+from edge.config.uplink import UplinkConfig
 from edge.errors import UplinkError
 from edge.net.mqtt_client import MqttClient, MqttError, reason_name
 from edge.net.retry import parse_retry_after
-from edge.net.tls import mqtt_ssl_context
 
 from .wire import MEDIA_TYPE
 
@@ -55,9 +54,8 @@ class MqttTransport:
         cfg = self._cfg
         # A random suffix: two processes with one node id (a restart overlapping the old one) must not take over
         # each other's connection; the session is clean either way.
-        client = MqttClient(cfg.broker.host, cfg.broker.port, f"helix-uplink-{self._node_id}-{random.getrandbits(24):06x}",
-                            username=cfg.username or None, password=cfg.password or None,
-                            ssl=mqtt_ssl_context(cfg, "uplink"), timeout=cfg.send_timeout)
+        client = cfg.mqtt_client(f"helix-uplink-{self._node_id}-{random.getrandbits(24):06x}", "uplink",
+                                 timeout=cfg.send_timeout)
         try:
             await client.connect()
         except MqttError as e:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from uplink.client import UplinkClient
 
-from ..assembler import Assembler, AssemblerConfig
+from ..assembler import Assembler
 from ..config import Config
 from ..errors import HelixError, ProbeUnavailable
 from ..model import MetricBatch, Source, Span
@@ -53,9 +54,7 @@ class Agent:
         # Until the memory governor plans them from the headroom: a quarter of the budget each for the spans waiting
         # in the inbox and those held by the assembler. What the inbox drops under pressure still counts in RED.
         self.inbox = SpanInbox(max(1 << 20, cfg.memory.limit // 4), on_drop=self.aggregator.consume)
-        a = cfg.assembler
-        self.assembler = Assembler(AssemblerConfig(window=a.window, memory=a.memory, max_spans=a.max_spans,
-                                                   max_bytes=max(1 << 20, cfg.memory.limit // 4)))
+        self.assembler = Assembler(dataclasses.replace(cfg.assembler, max_bytes=max(1 << 20, cfg.memory.limit // 4)))
         self.sampler = TraceSampler(cfg.sampler.ratio, TailRules.from_config(cfg.sampler))
         self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
         self.ingest = OtlpIngest(self._admit, self.inbox.has_room)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..model import Resource, Span, SpanKind, StatusCode, new_span_id
 from .clock import SkewAdjuster
+from .config import AssemblerConfig
 from .index import Entry, SpanIndex, is_kernel, pid_of
 from .rules import infer_parent, kernel_twin
 
@@ -29,18 +30,6 @@ _MAX_DEPTH = 64
 # One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
 # slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
 _RELEASED_BYTES = 560
-
-
-@dataclass(slots=True, frozen=True)
-class AssemblerConfig:
-    """Windows and bounds of the assembler."""
-
-    window: float = 2.0  # s a span waits for the spans it relates to
-    memory: float = 10.0  # s a span stays indexed for lookups after it arrived
-    max_spans: int = 50_000  # spans held waiting for release
-    max_bytes: int = 16 * 1024 * 1024  # bytes held waiting for release (Span.approx_size), until the governor plans
-    max_index_bytes: int = 8 * 1024 * 1024  # bytes of released spans kept indexed for late joins (oldest go first)
-    dedup_memory: int = 65_536  # span ids remembered to drop redeliveries
 
 
 @dataclass(slots=True)

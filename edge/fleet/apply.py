@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from ..config import Config, UplinkConfig
+from ..config import Config
+from ..config.uplink import UplinkConfig
 from ..errors import HelixError
-from ..net.tls import check_tls_files, mqtt_ssl_context, ssl_context
 from ..sampler import TailRules
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ async def probe_uplink(cfg: UplinkConfig, node_id: str, timeout: float = 5.0) ->
 
         ssl: Any = None
         if cfg.url.startswith("https://"):
-            ssl = ssl_context(cfg, "uplink")
+            ssl = cfg.tls("uplink").context()
         headers = {"Authorization": f"Bearer {cfg.token}"} if cfg.token else {}
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
@@ -58,12 +58,10 @@ async def probe_uplink(cfg: UplinkConfig, node_id: str, timeout: float = 5.0) ->
                     return ""
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             return f"{cfg.url} unreachable: {e or type(e).__name__}"
-    from ..net.mqtt_client import MqttClient, MqttError
+    from ..net.mqtt_client import MqttError
 
     try:
-        async with MqttClient(cfg.broker.host, cfg.broker.port, f"helix-probe-{node_id}",
-                              username=cfg.username or None, password=cfg.password or None,
-                              ssl=mqtt_ssl_context(cfg, "uplink"), timeout=timeout):
+        async with cfg.mqtt_client(f"helix-probe-{node_id}", "uplink", timeout=timeout):
             return ""
     except MqttError as e:
         return f"broker {cfg.broker} unreachable: {e}"
@@ -93,7 +91,7 @@ class ConfigApplier:
         # Everything that can fail first.
         uplink_keys = _changed(old.uplink, new.uplink)
         if uplink_keys:
-            check_tls_files(new.uplink, "uplink")
+            new.uplink.tls("uplink").check_files()
         if new.ebpf != old.ebpf:
             if agent.ebpf is not None:
                 try:

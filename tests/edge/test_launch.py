@@ -44,10 +44,10 @@ def test_the_launcher_defers_ssl_only_for_configs_without_tls(tmp_path: Path) ->
 def test_tls_asked_for_without_ssl_is_a_clear_error() -> None:
     out = _python(
         "from edge.runtime.ssl_deferral import defer_ssl; defer_ssl()\n"
-        "from edge.config import parse_config; from edge.net.tls import mqtt_ssl_context\n"
+        "from edge.config import parse_config\n"
         "from edge.errors import HelixError\n"
         "cfg = parse_config({'uplink': {'broker': 'mqtts://gw:8883'}}).uplink\n"
-        "try:\n    mqtt_ssl_context(cfg, 'uplink')\nexcept HelixError as e:\n    print(e)\n")
+        "try:\n    cfg.mqtt_ssl('uplink')\nexcept HelixError as e:\n    print(e)\n")
     assert out.startswith("[uplink] needs TLS, which this agent did not load") and "restart" in out
 
 

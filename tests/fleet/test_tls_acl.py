@@ -19,7 +19,6 @@ from edge.fleet.acl import render_acl
 from edge.fleet.cli import collect_status, push
 from edge.fleet.document import generate_keypair
 from edge.net.mqtt_client import MqttClient
-from edge.net.tls import mqtt_ssl_context
 
 NODES = {"gw-1": "plant-3", "gw-2": "plant-4"}
 
@@ -167,8 +166,8 @@ async def test_agent_over_tls_with_client_certificate_takes_signed_config(broker
 def test_tls_settings_name_the_missing_file(tmp_path: Path) -> None:
     cfg = FleetConfig(broker=BrokerAddress("h", 8883, tls=True), ca_file=str(tmp_path / "nope.pem"))
     with pytest.raises(ConfigError, match="fleet.ca_file"):
-        mqtt_ssl_context(cfg, "fleet")
-    assert mqtt_ssl_context(dataclasses.replace(cfg, broker=BrokerAddress("h", 1883)), "fleet") is None
+        cfg.mqtt_ssl("fleet")
+    assert dataclasses.replace(cfg, broker=BrokerAddress("h", 1883)).mqtt_ssl("fleet") is None
 
 
 def test_acl_refuses_names_that_are_not_topic_levels() -> None:

@@ -14,7 +14,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from edge.codec.otlp import ExportTraceServiceResponse, request_from_spans
-from edge.config import GatewayConfig
+from edge.config.uplink import GatewayConfig
 from edge.errors import ExportError
 from edge.model import MetricBatch, Span
 from edge.net.retry import Backoff, Throttle, parse_retry_after

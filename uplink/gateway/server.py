@@ -20,11 +20,11 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edge.config import Config, GatewayConfig
+from edge.config import Config
+from edge.config.uplink import GatewayConfig
 from edge.errors import DecodeError
-from edge.net.mqtt_client import MqttClient, MqttError
+from edge.net.mqtt_client import MqttError
 from edge.net.retry import Backoff, Throttle
-from edge.net.tls import mqtt_ssl_context
 
 from ..wire import decode_batch, decode_metrics, is_metric_batch
 from .otlp_export import OtlpExporter
@@ -263,10 +263,9 @@ class Gateway:
             # A persistent session under a fixed client id: what arrives while this instance is away (restart,
             # broker link down) waits in the broker. PUBACK only once the batch is settled (manual_ack), and at
             # most _RECEIVE_MAXIMUM unacknowledged batches on their way here.
-            client = MqttClient(cfg.broker.host, cfg.broker.port, client_id, username=cfg.username or None,
-                                password=cfg.password or None, ssl=mqtt_ssl_context(cfg, "gateway"),
-                                receive_maximum=_RECEIVE_MAXIMUM, max_queued=_RECEIVE_MAXIMUM, manual_ack=True,
-                                clean_start=False, session_expiry=int(cfg.session_expiry))
+            client = cfg.mqtt_client(client_id, "gateway", receive_maximum=_RECEIVE_MAXIMUM,
+                                     max_queued=_RECEIVE_MAXIMUM, manual_ack=True, clean_start=False,
+                                     session_expiry=int(cfg.session_expiry))
             try:
                 async with client:
                     await client.subscribe(sub, qos=1)
