@@ -39,6 +39,7 @@ from bench.accuracy_score import OracleEntry, Score, oracle_entry, pooled, score
 from edge.codec.otlp import request_to_json, spans_from_request  # noqa: E402
 from edge.demo.broker import Mosquitto, free_port  # noqa: E402
 from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
+from edge.demo.stack import Stack  # noqa: E402
 from edge.demo.trees import format_trace, group_traces  # noqa: E402
 from edge.errors import HelixError, ProbeUnavailable  # noqa: E402
 from edge.model import Span  # noqa: E402
@@ -317,9 +318,8 @@ def drive_http(url: str, sc: Scenario) -> None:
         t.join()
 
 
-def _configs(work: Path, broker: Mosquitto, peer: OtlpPeer, grpc_port: int, pids: list[int]) -> tuple[Path, Path]:
-    agent = work / "agent.toml"
-    agent.write_text(f"""\
+def _agent_config(work: Path, broker: Mosquitto, grpc_port: int, pids: list[int]) -> str:
+    return f"""\
 [node]
 id = "accuracy"
 
@@ -341,26 +341,7 @@ spool_dir = "{work / 'spool'}"
 
 [metrics]
 listen = ""
-""")
-    gateway = work / "gateway.toml"
-    gateway.write_text(f"""\
-[gateway]
-broker = "{broker.url}"
-http_listen = ""
-export_endpoint = "{peer.grpc_endpoint}"
-""")
-    return agent, gateway
-
-
-async def _wait_log(path: Path, text: str, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise HelixError(f"timed out waiting for {text!r} in {path}:\n{path.read_text(errors='replace')[-2000:]}")
+"""
 
 
 async def _quiet(peer: OtlpPeer, seconds: float = QUIET_S, done: Callable[[], bool] = lambda: True,
@@ -396,26 +377,19 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
         raise ProbeUnavailable("the testbed loads the kernel probes, which needs root", "run it as root")
     chosen = [sc for sc in scenarios(quick) if not only or any(o in sc.name for o in only)]
     work = Path(tempfile.mkdtemp(prefix="helix-accuracy-"))
-    broker = Mosquitto(workdir=work).start()
-    peer = await OtlpPeer().start()
+    stack = await Stack(work, cwd=ROOT).__aenter__()
+    peer = stack.peer
     grpc_port = free_port()
-    beds = [Bed(sc, work, broker.port, f"http://127.0.0.1:{grpc_port}") for sc in chosen]
-    children: list[asyncio.subprocess.Process] = []
+    beds = [Bed(sc, work, stack.broker.port, f"http://127.0.0.1:{grpc_port}") for sc in chosen]
     results: dict[str, Outcome] = {}
     say = lambda msg: print(msg, file=log, flush=True)  # noqa: E731 - progress to stderr
     try:
         # Services first, so that the agent traces exactly their PIDs; they open connections only when driven.
         await asyncio.gather(*(asyncio.to_thread(bed.start) for bed in beds))
         pids = sorted({p for bed in beds for p in bed.pids()})
-        agent_cfg, gateway_cfg = _configs(work, broker, peer, grpc_port, pids)
-        for name, cmd, cfg in (("gateway", "gateway", gateway_cfg), ("agent", "run", agent_cfg)):
-            with open(work / f"{name}.log", "wb") as fh:
-                children.append(await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "edge", cmd, "--config", str(cfg), "--log-level", "info", cwd=str(ROOT),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=fh, stderr=fh))
-            await _wait_log(work / f"{name}.log", "gateway subscribed" if name == "gateway" else "agent running",
-                            children[-1])
-        agent_log = (work / "agent.log").read_text(errors="replace")
+        await stack.start_gateway()
+        agent = await stack.start_agent(_agent_config(work, stack.broker, grpc_port, pids))
+        agent_log = agent.log.read_text(errors="replace")
         if "kernel probes running" not in agent_log:
             why = next((ln for ln in agent_log.splitlines() if "kernel probes unavailable" in ln), agent_log[-500:])
             raise ProbeUnavailable(f"the agent runs without its kernel probes: {why}", "run `helix doctor`")
@@ -443,16 +417,7 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
                 _dump(dump, bed, reqs, spans)
     finally:
         await asyncio.gather(*(asyncio.to_thread(bed.stop) for bed in beds))
-        for proc in reversed(children):
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except asyncio.TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-        await peer.stop()
-        broker.stop()
+        await stack.close(timeout=15)
         if dump is not None:
             for name in ("agent.log", "gateway.log"):
                 with contextlib.suppress(OSError):
