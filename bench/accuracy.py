@@ -9,7 +9,7 @@ Needs root and BPF.
 
     python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR] [--no-doc]
 
-Prints a table, writes it to the "Stitching accuracy (issue 4)" section of docs/benchmarks.md (full runs of
+Prints a table, writes it to the "Stitching accuracy" section of docs/benchmarks.md (full runs of
 every scenario), and as the last line: {"scenarios": {name: {"traceid_match", "parent_precision",
 "parent_recall", "coverage", "false_link_rate", "spans"}}, "overall": {...}}
 """
@@ -49,7 +49,7 @@ __all__ = ["Outcome", "Scenario", "Svc", "run", "scenarios", "table", "GOALS"]
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = str(Path(__file__).with_name("accuracy_service.py"))
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTION = "## Stitching accuracy (issue 4)"
+SECTION = "## Stitching accuracy"
 # The peer has received nothing for this long: the scenario's spans are all through (the assembler holds a span
 # for its 2 s window, the uplink batches for 300 ms; exports follow each other closely while spans flow).
 QUIET_S = 3.0
@@ -94,7 +94,7 @@ class Outcome:
     oracle: list[OracleEntry]
 
 
-# Goals of issue 4: (scenarios, figure keys, minimum) — None scenarios: overall.
+# The goals (docs/accuracy.md): (scenarios, figure keys, minimum) — None scenarios: overall.
 GOALS: list[tuple[tuple[str, ...], tuple[str, ...], float, str]] = [
     (("1-sync-chain", "2-nginx-proxy", "3-mqtt-async", "6-keep-alive"), ("parent_precision", "parent_recall"), 0.995,
      "parent-child ≥ 99.5 %"),
@@ -104,7 +104,7 @@ GOALS: list[tuple[tuple[str, ...], tuple[str, ...], float, str]] = [
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    """The seven scenarios of issue 4 (3 in two variants: trace context in the MQTT message, and none)."""
+    """The seven scenarios (3 in two variants: trace context in the MQTT message, and none)."""
     n = 20 if quick else 100
 
     def chain() -> list[Svc]:
@@ -450,7 +450,7 @@ def table(scores: dict[str, Score]) -> str:
 
 
 def goal_lines(scores: dict[str, Score]) -> list[str]:
-    """Each goal of issue 4, met or missed, with the figures."""
+    """Each goal, met or missed, with the figures."""
     out = []
     tid = {n: s.traceid_match for n, s in scores.items() if s.tid_judged}
     bad = [f"{n} {_pct(v)}" for n, v in tid.items() if v < 1.0]
@@ -477,7 +477,7 @@ def write_doc(command: str, scores: dict[str, Score], json_line: str, doc: Path 
         "`helix run` with its kernel probes and `helix gateway`, scored against each service's own oracle. "
         "Definitions, scenarios and the analysis of every miss: [accuracy.md](accuracy.md).", 110)
     body = "\n".join([
-        SECTION, "", intro, "", table(scores), "", "Goals (issue 4):", "", *goal_lines(scores), "",
+        SECTION, "", intro, "", table(scores), "", "Goals:", "", *goal_lines(scores), "",
         "Where a goal is missed, the rule that fails and why: [accuracy.md, \"Where the rules fall short\"]"
         "(accuracy.md#where-the-rules-fall-short).", "", "```", json_line, "```", ""])
     start = text.find(SECTION)

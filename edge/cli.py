@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
              "probe can load here, 1 otherwise.")
     sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (probe settings)")
 
-    from .fleet.cli import add_fleet_commands  # issue 7: helix fleet keygen|push|status|acl
+    from .fleet.cli import add_fleet_commands  # helix fleet keygen|push|status|acl
     add_fleet_commands(sub)
     return p
 

@@ -46,9 +46,9 @@ INVALID_TRACE_ID = bytes(16)
 INVALID_SPAN_ID = bytes(8)
 
 # Decoders hand every attribute key, span name and short text value through share(): spans of the same service
-# repeat the same few hundred strings, and one copy each instead of one per span is most of a decoded span's
-# size (1.6-2.0 KiB -> ~0.9 KiB on bench/_workload.py spans; ~0.6 with the id and resource sharing the decoders add). The table is bounded: when it fills (ids,
-# addresses and other one-off values do that), it starts over, and spans keep the copies they already hold.
+# repeat the same few hundred strings, and one copy each instead of one per span is most of a decoded span's size
+# (docs/benchmarks.md, "What a decoded span costs"). The table is bounded: when it fills (ids, addresses and other
+# one-off values do that), it starts over, and spans keep the copies they already hold.
 _SHARED: dict[str, str] = {}
 _SHARED_MAX = 4096
 _SHARED_LEN = 64

@@ -330,7 +330,7 @@ class UplinkClient:
             self.stats.bytes_sent += len(payload)
             return
 
-    # -------------------------------------------------------------------------------------------- metrics (issue 5)
+    # -------------------------------------------------------------------------------------------- metrics
 
     def submit_metrics(self, batch: MetricBatch) -> asyncio.Future[bool]:
         """Queue an `edge.model.MetricBatch`: it gets the next sequence number, is spooled and sent

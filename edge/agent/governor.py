@@ -1,61 +1,30 @@
 """The memory governor: one budget (`memory.limit`) that every queue, buffer and table accounts against.
 
-Every `memory.check_interval` it reads the process RSS (/proc/self/statm) and the bytes each buffer reports
-(inbox, assembler, late-join index, tail buffer, uplink queue, RED series, OTLP/gRPC requests still arriving) and
-takes usage = max(RSS, baseline + accounted),
-where the baseline is what the process held with empty buffers (RSS at start unless configured). The RSS
-catches what the estimates miss; the accounted bytes react before the allocator has grown.
+Every `memory.check_interval` it reads the process RSS and the bytes each registered part reports, and takes
+usage = max(RSS, baseline + accounted), the baseline being what the process held with empty buffers. Pressure is
+the share of the headroom (limit - baseline) in use: only what sits in buffers can be shed.
 
-Pressure is the share of the headroom (limit - baseline) in use: the interpreter and its libraries cannot be
-shed, only what sits in buffers can.
-
-The budget is kept first by planning, not by reacting: once the baseline is known, `plan()` bounds every part
-by its share of the headroom (SHARES; 40 % is left for what no buffer accounts: requests being decoded,
-batches being encoded, allocator slack; 37 % with the OTLP/gRPC receiver, whose requests still arriving are now
-bounded and accounted). CPython and glibc rarely give memory back once a burst has grown the
-heap, so a budget that is only defended after the fact stays broken: the levers below are for surprises. A budget that leaves less than an eighth of itself above the baseline
-cannot be kept; the governor says so once and then governs a headroom of a quarter of the limit above the
-baseline (the process then ends up over the limit, visibly in the status and /metrics).
-
-Under pressure it acts in this order, one step further per check while the pressure lasts, and counts each
-action:
-
-1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 % until settled): halve the agent's
-   keep-probability (down to ratio/1024). The sampler tells its observers, and the agent writes the same
-   threshold into the kernel's config map, so the probes stop sending what the agent would drop.
-2. `shrink_<part>` (≥ 80 %, until settled): halve the bound of every elastic part: the tail-sampling buffer (its
-   oldest undecided traces are dropped), the assembler's held spans (released before their window ends; nothing
-   is lost), its late-join index (the oldest released spans are forgotten: late joins are given up) and the inbox
-   (OTLP clients are told to retry later, other sources' overflow is counted).
-3. `burst` (≥ 90 %): the level at which a plateau never counts as settled (below).
-4. `drop` (≥ 95 %): empty every Budgeted part: the spans waiting in the inbox (counted into the RED metrics first,
-   so the aggregates stay exact), the late-join index, every undecided trace in the tail buffer (the head already
-   rejected them); then return freed memory to the OS (malloc_trim).
-
-Below 60 % it steps back one notch per check: the keep-probability doubles (and with it the kernel's), and the
-elastic parts' bounds regrow towards their planned sizes.
-
-Parts meet the governor through small typed interfaces and register with their share of the headroom (the agent
-wires them, edge/agent/runner.py): `Measured` (bytes; accounted only), `Bounded` (+ set_bound; planned, and shrunk
-and regrown when elastic) and `Budgeted` (+ drop_all; also emptied at the drop step). The sampler is its
+Parts meet it through small typed interfaces, registered by the agent with their share of the headroom
+(edge/agent/runner.py): `Measured` (bytes; accounted only), `Bounded` (+ set_bound; planned, and shrunk and
+regrown when elastic) and `Budgeted` (+ drop_all; also emptied at the drop step). The sampler is its
 `KeepProbability`.
 
-Every TRIM_EVERY seconds it hands free heap pages back to the system (malloc_trim). `helix run` puts every object
-on glibc's malloc (edge/runtime/libc_malloc.py), so after a burst that returns what the burst's data took; on CPython's
-own allocator it returns little.
+The budget is kept first by planning: `plan()` bounds every part by its share of the headroom (SHARES), leaving
+the rest for what no buffer accounts, because CPython and glibc rarely give back a heap a burst has grown. Under
+pressure it then acts, one step further per check, counting each action:
 
-RSS measures the heap, not what lives in it: on CPython's own allocator, after a burst its arenas keep most of the
-memory the burst needed (bench/memory_budget.py: 3-6 MiB more at steady load than before it, with the buffers at a quarter of
-their plan), so the pressure can sit between 60 and 90 % for as long as the process runs. Below the burst level
-the governor therefore looks at the trend: between 70 and 80 % it halves the keep-probability only when usage sets
-a new high (above everything it saw in the last SETTLE seconds, by a margin), and once for SETTLE seconds usage
-has set no new high, reached no burst level and no backlog waited at the door (a burst still draining), the
-plateau counts as settled: the keep-probability steps back up, and from 80 % the shrinking steps pause (they
-would not get the heap back, only stitch and tail-sample worse). Otherwise one burst would leave a node sampling
-at its floor until restart. The buffers' bounds regrow only below 60 %: regrown on such a plateau, they filled the
-heap's spare room and the next spike reached the shrinking level, so the tail buffer dropped traces again and
-again (the same bench: 73 shrinking steps and 50,861 spans dropped from the tail buffer after one burst, against 6
-and 5,390).
+1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 % until settled): halve the
+   keep-probability (down to ratio/1024); the agent writes the same threshold into the kernel's config map.
+2. `shrink_<part>` (≥ 80 %, until settled): halve every elastic part's bound (the tail buffer drops its oldest
+   undecided traces, the late-join index its oldest released spans; held spans leave early, the inbox refuses).
+3. `drop` (≥ 95 %): empty every Budgeted part (the inbox's spans are counted into RED first), then trim the heap.
+
+Below 60 % it steps back one notch per check. Between 60 and 90 % it looks at the trend: a plateau with no new
+high, no check at the burst level (90 %) and no backlog at the door for SETTLE seconds is heap kept from an
+earlier peak, not data: the keep-probability steps back up and the shrinking steps pause, but the bounds regrow
+only below 60 % (regrown on a plateau, they filled the heap's spare room and the next spike shrank them again).
+Every TRIM_EVERY seconds free heap pages go back to the system (malloc_trim). Why each rule, with the runs that
+chose it: docs/benchmarks.md, memory budget.
 """
 from __future__ import annotations
 
@@ -81,7 +50,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink": 0.80, "burst": 0.90, "drop": 0.95}
 RELAX = 0.60
-TRIM_EVERY = 2.0  # s between two malloc_trim(0) calls: each takes ~0.2-2 ms (17 ms at most seen in a burst)
+TRIM_EVERY = 2.0  # s between two malloc_trim(0) calls, each a few milliseconds at most
 SETTLE = 10.0  # s without a new high, a check at the burst level or a backlog before a plateau above RELAX is settled
 # Shares of the headroom each part is planned to fill at most (see plan()). The 40 % left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.

@@ -189,7 +189,7 @@ class Agent:
         try:
             await self._start_ebpf()
             await self._start_receivers()
-            if self.cfg.fleet.enabled:  # issue 7: signed remote config; bad trusted keys fail the start
+            if self.cfg.fleet.enabled:  # signed remote config: bad trusted keys fail the start
                 try:
                     from ..fleet.node import FleetNode
                 except ImportError as e:

@@ -340,8 +340,8 @@ class _RecentKeys:
         table[i] = key
         self._count += 1
         if self._count >= self.capacity:
-            # The retired table is zeroed in place and reused: a new one meant 2 MiB allocated (a zero bytes
-            # object, then the array) and 1 MiB freed every 13 s at 5,000 spans/s, a spike the governor reads.
+            # The retired table is zeroed in place and reused: allocating a new one made a periodic memory spike
+            # the governor reads as pressure (docs/benchmarks.md, memory budget).
             retired = self._old
             ctypes.memset(retired.buffer_info()[0], 0, len(retired) * retired.itemsize)
             self._old, self._new = table, retired

@@ -50,9 +50,8 @@ STREAM_WINDOW = 65535
 MAX_STREAMS = 100
 MAX_CONNECTIONS = 32  # loopback clients: a few SDK exporters
 # Closed streams a connection remembers, so frames still in flight after a close get a stream error, not a connection
-# error. h2's own default (65,536) is ~8 MiB per long-lived connection, grown by ~130 B an export: at 50 exports/s the
-# agent's RSS crept ~1 MiB every 5 minutes for 45 minutes. In-flight frames outlive a close by a round trip, so a few
-# times the concurrent streams is plenty.
+# error. In-flight frames outlive a close by a round trip, so a few times the concurrent streams is plenty; h2's own
+# bound (65,536) made a long-lived exporter's connection creep by megabytes (docs/benchmarks.md, memory budget).
 CLOSED_STREAMS_REMEMBERED = 4 * MAX_STREAMS
 STREAM_TIMEOUT = 30.0  # s a started request may go without a byte arriving
 IDLE_TIMEOUT = 300.0  # s a connection may sit without calls; clients reconnect transparently after GOAWAY

@@ -1,10 +1,8 @@
 """Puts `helix run` on the C library's malloc for every object, so that memory a burst took can go back.
 
-CPython's own small-object allocator returns memory only by whole 1 MiB arenas, and under steady load every
-arena keeps a few live objects: after bench/memory_budget.py's 10x burst the agent held 29 arenas, 13 MiB of them
-empty pools (`sys._debugmallocstats()`), and its RSS stayed ~8 MiB above the pre-burst plateau for the rest of
-the run. glibc frees by the page: with the governor's periodic `malloc_trim(0)` the RSS fell back to the plateau
-within seconds. The price is ~8 % more CPU to decode a span (bench/span_memory.py).
+CPython's own small-object allocator returns memory only by whole arenas, and under steady load every arena keeps a
+few live objects; glibc frees by the page, which the governor's periodic `malloc_trim(0)` hands back. The cost is
+a little CPU per decoded span; figures in docs/benchmarks.md (memory budget, item 1).
 
 The allocator is chosen when the interpreter starts, so the launcher executes itself again, once, with
 `PYTHONMALLOC=malloc` (same pid, arguments and environment otherwise). A PYTHONMALLOC the operator set wins, and

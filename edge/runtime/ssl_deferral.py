@@ -1,7 +1,7 @@
 """Keeps OpenSSL out of an agent that opens no TLS connection.
 
-asyncio imports `ssl` whenever Python has it, which maps libssl and libcrypto and builds their tables: 4.7 MiB of
-resident memory, a tenth of a device's budget, for nothing on a node whose broker is on the plant network or
+asyncio imports `ssl` whenever Python has it, which maps libssl and libcrypto and builds their tables: about a
+tenth of a device's budget (docs/benchmarks.md), for nothing on a node whose broker is on the plant network or
 loopback. `helix run` therefore reads its config before anything imports asyncio, and when no connection can
 need TLS (no mqtts:// or https:// and no remote configuration, which could turn TLS on) it marks `ssl` as
 unavailable; asyncio, aiohttp and the rest then run without it. Anything that still asks for TLS gets a

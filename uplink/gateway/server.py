@@ -179,7 +179,7 @@ class Gateway:
                 await asyncio.sleep(1.0)
 
     async def _ingest_metrics(self, payload: bytes, origin: str, http: bool) -> _Result:
-        """A metrics frame (issue 5): decode, deduplicate, export as OTLP metrics.
+        """A metrics frame: decode, deduplicate, export as OTLP metrics.
 
         Metrics are cumulative: a batch the backend cannot take within the retry budget is dropped (counted), as
         the next one carries the same counts and more; over HTTP the node is still told to retry later.
