@@ -15,7 +15,7 @@ from ....model import Attributes, Event, Span, SpanKind, StatusCode
 from ....propagation import extract
 from ....protocols.http1 import HttpRequest, HttpResponse, looks_like_http, parse_requests, parse_responses
 from ..events import DataEvent, DataMoreEvent, Direction
-from .tables import SETTLE, WAIT, Conn, ConnState, Snapshot, process_attrs
+from .tables import SETTLE, WAIT, Conn, ConnState, Snapshot, connection_attrs, process_attrs
 from .tcp import add_event, take_faults
 
 if TYPE_CHECKING:
@@ -318,12 +318,7 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         attrs["server.port"] = port if port is not None else conn.remote.port
         authority = req.host or _join_host(conn.remote.addr, conn.remote.port)
         attrs["url.full"] = f"http://{authority}{req.target}" if req.target.startswith("/") else req.target
-    attrs["network.peer.address"] = conn.remote.addr
-    attrs["network.peer.port"] = conn.remote.port
-    attrs["network.local.address"] = conn.local.addr
-    attrs["network.local.port"] = conn.local.port
-    attrs["network.transport"] = "tcp"
-    attrs["network.protocol.name"] = "http"
+    connection_attrs(attrs, conn, "http", local=True)
     version = req.version or (resp.version if resp else "")
     if version:
         attrs["network.protocol.version"] = version

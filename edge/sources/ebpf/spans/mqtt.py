@@ -12,7 +12,7 @@ from ....model import Attributes, Span, SpanKind
 from ....propagation import extract
 from ....protocols import mqtt
 from ..events import DataEvent, Direction, Role
-from .tables import SETTLE, WAIT, Conn, ConnState, Snapshot, process_attrs
+from .tables import SETTLE, WAIT, Conn, ConnState, Snapshot, connection_attrs, process_attrs
 from .tcp import take_faults
 
 if TYPE_CHECKING:
@@ -140,10 +140,7 @@ def _emit_publish(b: SpanBuilder, conn: Conn, st: _MqttConn, ev: DataEvent, pkt:
         attrs["messaging.client.id"] = st.client_id
     attrs["server.address"] = conn.remote.addr
     attrs["server.port"] = conn.remote.port
-    attrs["network.peer.address"] = conn.remote.addr
-    attrs["network.peer.port"] = conn.remote.port
-    attrs["network.transport"] = "tcp"
-    attrs["network.protocol.name"] = "mqtt"
+    connection_attrs(attrs, conn, "mqtt", local=False)
     version = st.version or pkt.version
     if version in _MQTT_VERSIONS:
         attrs["network.protocol.version"] = _MQTT_VERSIONS[version]

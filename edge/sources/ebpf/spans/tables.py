@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from . import SpanBuilder, SpanBuilderStats
 
 __all__ = ["Proc", "Processes", "Snapshot", "Conn", "ConnState", "Connections", "WireProtocol", "SETTLE", "WAIT",
-           "process_attrs"]
+           "process_attrs", "connection_attrs"]
 
 # What a protocol's `assemble` says about a message still arriving (any other value: decode up to that offset).
 SETTLE = -1  # decode all of it now
@@ -100,6 +100,17 @@ def process_attrs(attrs: Attributes, pid: int, tid: int, comm: str) -> None:
         attrs["thread.id"] = tid
     if comm:
         attrs["process.executable.name"] = comm
+
+
+def connection_attrs(attrs: Attributes, conn: Conn, protocol: str, local: bool) -> None:
+    """The peer (and with `local`, this side) of the connection a span's message went over, and its protocol."""
+    attrs["network.peer.address"] = conn.remote.addr
+    attrs["network.peer.port"] = conn.remote.port
+    if local:
+        attrs["network.local.address"] = conn.local.addr
+        attrs["network.local.port"] = conn.local.port
+    attrs["network.transport"] = "tcp"
+    attrs["network.protocol.name"] = protocol
 
 
 @dataclass(slots=True)
