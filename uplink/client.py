@@ -93,6 +93,9 @@ class UplinkClient:
         self._throttle = Throttle()
         self._next_send = 0.0
         self._old_transports: set[asyncio.Task[None]] = set()  # closing after a reconfigure
+        self.metric_stats = {"submitted": 0, "spooled": 0, "superseded": 0, "dropped": 0}
+        self._metrics_pending: MetricBatch | None = None  # the newest metric batch not spooled yet
+        self._metrics_task: asyncio.Future[bool] | None = None
 
     def reconfigure(self, cfg: UplinkConfig) -> bool:
         """Take new settings while running, keeping the queue and the spool; True if the target changed (transport,
@@ -337,21 +340,22 @@ class UplinkClient:
         like a span batch (its own `HM` frame). Metrics are cumulative, so only the newest batch matters: one not
         yet spooled is replaced (counted in `metric_stats['superseded']`). Await the result to know it is spooled.
         """
-        stats = self.__dict__.setdefault("metric_stats", {"submitted": 0, "spooled": 0, "superseded": 0, "dropped": 0})
+        stats = self.metric_stats
         stats["submitted"] += 1
-        if self.__dict__.get("_metrics_pending") is not None:
+        if self._metrics_pending is not None:
             stats["superseded"] += 1
         self._metrics_pending = batch
-        task = self.__dict__.get("_metrics_task")
+        task = self._metrics_task
         if task is None or task.done():
             task = self._metrics_task = asyncio.ensure_future(self._spool_metrics())
         return task
 
     async def _spool_metrics(self) -> bool:
-        stats = self.__dict__["metric_stats"]
+        stats = self.metric_stats
         await self.opened.wait()
         stored = False
-        while (batch := self.__dict__.pop("_metrics_pending", None)) is not None:
+        while (batch := self._metrics_pending) is not None:
+            self._metrics_pending = None
             seq = await self.spool.next_seq()
             batch.seq = seq
             try:

@@ -27,6 +27,7 @@ from .metrics_http import MetricsEndpoint, health_metrics
 from ..runtime import sdnotify
 
 if TYPE_CHECKING:
+    from ..fleet.node import FleetNode
     from ..sources.ebpf.source import EbpfSource
     from ..sources.otlp_grpc import OtlpGrpcReceiver
     from ..sources.otlp_http import OtlpHttpReceiver
@@ -74,6 +75,7 @@ class Agent:
             self.inbox.on_taken(self.grpc.server.poke)
         self.kernel = KernelStatus()
         self.ebpf: EbpfSource | None = None
+        self.fleet: FleetNode | None = None  # with fleet.enabled, made at start
         self.started = asyncio.Event()
         self.governor = self.govern(MemoryGovernor(cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval))
         self.metrics_http: MetricsEndpoint | None = None
@@ -166,12 +168,11 @@ class Agent:
 
     async def _export_metrics(self) -> None:
         interval = self.cfg.metrics.export_interval
-        submit = getattr(self.uplink, "submit_metrics", None)
-        if interval <= 0 or submit is None:
+        if interval <= 0:
             await asyncio.Event().wait()  # off: idle, for a finished task would stop the agent
         while True:
             await asyncio.sleep(interval)
-            submit(self.metric_batch())
+            self.uplink.submit_metrics(self.metric_batch())
 
     async def _start_receivers(self) -> None:
         for receiver, what, key in ((self.http, "OTLP/HTTP", "sources.otlp.http_listen"),
@@ -215,7 +216,7 @@ class Agent:
             tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-source"))
         if self.ebpf is not None:
             tasks.append(asyncio.create_task(self.ebpf.run(), name="ebpf-source"))
-        if getattr(self, "fleet", None) is not None:
+        if self.fleet is not None:
             tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
         tasks.append(asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog"))
         self.started.set()
@@ -242,7 +243,7 @@ class Agent:
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         sdnotify.notify("STOPPING=1")
-        if getattr(self, "fleet", None) is not None:
+        if self.fleet is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.fleet.stop(), 2.0)
         await self._stop_inputs()
@@ -251,7 +252,7 @@ class Agent:
                 t.cancel()
         # Spans already accepted are pushed through the pipeline and flushed upstream before exit.
         self._process(self.inbox.drain(), flush=True)
-        if getattr(self.uplink, "submit_metrics", None) is not None and self.cfg.metrics.export_interval > 0:
+        if self.cfg.metrics.export_interval > 0:
             # The final counts, spooled before the uplink closes, so nothing counted is lost.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self.uplink.submit_metrics(self.metric_batch())), 2.0)
@@ -289,7 +290,7 @@ class Agent:
                     "overflow": self.aggregator.stats.overflow},
             "governor": self.governor.status(),
             "uplink": _as_dict(self.uplink.stats),
-            "fleet": None if getattr(self, "fleet", None) is None else {
+            "fleet": None if self.fleet is None else {
                 "config_version": self.fleet.config_version(), "config_state": self.fleet.config_state,
                 "last_error": self.fleet.last_error, "restart_needed": self.fleet.restart_needed},
         }
