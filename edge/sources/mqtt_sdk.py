@@ -16,7 +16,7 @@ from ..model import Source, Span
 from ..sdk.mqtt_context import extract
 from ..ratelimit import RateLimitedLog
 
-__all__ = ["MqttSdkSource", "MqttSourceStats", "device_id_from_topic"]
+__all__ = ["MqttSdkSource", "MqttSourceStats", "SequenceGaps", "device_id_from_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ HasRoom = Callable[[int], bool]
 # queue, its limits), not this process.
 RECEIVE_MAXIMUM = 32
 _ROOM_WAIT_S = 30.0  # longest a message waits for inbox room before it is offered anyway (and counted if refused)
+# Devices whose last message sequence number is remembered; past this the least recently heard is forgotten (a
+# forgotten device's next message starts it again, with no gap counted). ~200 B each.
+MAX_SEQ_DEVICES = 1024
+_SEQ_MOD = 2**32
 
 
 @dataclass(slots=True)
@@ -41,6 +45,48 @@ class MqttSourceStats:
     reconnects: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {"oversize": 0, "not_cbor": 0, "bad_span": 0,
                                                               "bad_traceparent": 0, "inbox_full": 0})
+    missing_messages: int = 0  # device messages that never arrived, from gaps in their sequence numbers
+    device_restarts: int = 0  # sequences that started again (a device restart)
+    seq_devices_forgotten: int = 0  # devices dropped from the sequence table when it was full
+    device_cut: dict[str, int] = field(default_factory=dict)  # what devices cut to fit their buffers, by kind
+
+
+class SequenceGaps:
+    """Per-device message sequence numbers (envelope key 4): counts the messages that never arrived.
+
+    A device numbers its span messages 0, 1, 2, ... from its start (modulo 2**32). For each device the last
+    number seen is kept: the next one is expected; a jump ahead counts the numbers skipped as missing; the same
+    number again is a QoS 1 redelivery; a lower number is a restart, and only the numbers before it in the new
+    run (0..seq-1) count as missing. A device heard for the first time, or again after being forgotten from the
+    full table, starts its count there.
+    """
+
+    __slots__ = ("_last", "_stats", "max_devices")
+
+    def __init__(self, stats: MqttSourceStats, max_devices: int = MAX_SEQ_DEVICES) -> None:
+        self._last: dict[str, int] = {}
+        self._stats = stats
+        self.max_devices = max_devices
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def observe(self, device: str, seq: int) -> int:
+        """Record one message's number; returns how many messages this one shows missing."""
+        last = self._last.pop(device, None)  # popped and re-inserted: the dict's order is least recently heard
+        if last is None and len(self._last) >= self.max_devices:
+            del self._last[next(iter(self._last))]
+            self._stats.seq_devices_forgotten += 1
+        self._last[device] = seq
+        if last is None or seq == last:
+            return 0
+        if seq < last and not (last == _SEQ_MOD - 1 and seq == 0):
+            self._stats.device_restarts += 1
+            missing = seq
+        else:
+            missing = (seq - last - 1) % _SEQ_MOD
+        self._stats.missing_messages += missing
+        return missing
 
 
 def device_id_from_topic(topic: str, pattern: str) -> str:
@@ -66,6 +112,7 @@ class MqttSdkSource:
         self.room_changed = room_changed
         self.host_name = host_name
         self.stats = MqttSourceStats()
+        self.sequences = SequenceGaps(self.stats)
         self._warn = RateLimitedLog(log, interval_s=10.0)
         self.ready = asyncio.Event()
 
@@ -158,4 +205,11 @@ class MqttSdkSource:
         if decoded.errors:
             self.stats.dropped["bad_span"] += len(decoded.errors)
             self._warn.warning("dropped %d span(s) from %s: %s", len(decoded.errors), topic, decoded.errors[0])
+        if decoded.seq is not None:
+            missing = self.sequences.observe(device or topic, decoded.seq)
+            if missing:
+                self._warn.warning("%d message(s) from device %s never arrived (sequence gap before %d)",
+                                   missing, device or topic, decoded.seq)
+        for kind, n in decoded.cut.items():
+            self.stats.device_cut[kind] = self.stats.device_cut.get(kind, 0) + n
         return decoded.spans
