@@ -11,6 +11,8 @@ APT_PACKAGES=(
   nginx-light curl                     # real third-party traffic in the probe tests
   python3 python3-venv python3-dev     # the agent's runtime
   zstd iproute2 ca-certificates
+  gcc libmosquitto-dev libclang-rt-14-dev        # C device SDK: examples, sanitizer and libFuzzer builds
+  gcc-arm-none-eabi libnewlib-arm-none-eabi      # C device SDK: the Cortex-M4 build and its size
 )
 
 as_root() {
