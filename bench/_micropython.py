@@ -38,10 +38,10 @@ def compile_mpy(out_dir: Path, source: Path = MODULE) -> Path:
     return out
 
 
-def run(script: Path, *modules: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(script: Path, *modules: Path, args: tuple[str, ...] = (), timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run script under MicroPython (WebAssembly) with modules importable; raises on a Python exception."""
-    r = subprocess.run(["node", str(RUNNER), str(MJS), str(script), *map(str, modules)], capture_output=True,
-                       text=True, timeout=timeout)
+    r = subprocess.run(["node", str(RUNNER), str(MJS), str(script), *map(str, modules), "--", *args],
+                       capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"MicroPython failed:\n{r.stderr}")
     return r

@@ -50,10 +50,10 @@ def _wall_ns():
 def _random_bytes(n):
     if _urandom is not None:
         return _urandom(n)
-    b = bytearray(n)
-    for i in range(n):
-        b[i] = _random.getrandbits(8)
-    return bytes(b)
+    b = bytearray()
+    for _ in range(0, n, 4):
+        b.extend(_random.getrandbits(32).to_bytes(4, "big"))
+    return bytes(b[:n])
 
 
 def _new_id(n):
