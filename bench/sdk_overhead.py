@@ -11,7 +11,8 @@ median is kept. RSS added by importing each SDK is measured in fresh interpreter
     python bench/sdk_overhead.py [--traces 3000] [--rounds 5]
 
 Last line: {"helix_us_per_span", "otel_us_per_span", "ratio", "helix_call_us_per_span", "otel_call_us_per_span",
-"helix_per_root_us_per_span", "per_root_ratio", "helix_import_rss_mib", "otel_import_rss_mib", ...}
+"helix_per_root_us_per_span", "per_root_ratio", "helix_import_rss_mib", "of_which_paho_mib", "otel_import_rss_mib",
+...}
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ before = rss()
 if sys.argv[1] == "helix":
     import paho.mqtt.client
     from edge.sdk import Tracer
+elif sys.argv[1] == "paho":
+    import paho.mqtt.client
 else:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -164,7 +167,7 @@ def main() -> None:
             sink.wait(10)
     med = {k: (statistics.median(c for c, _ in v) / spans * 1e6, statistics.median(w for _, w in v) / spans * 1e6)
            for k, v in results.items()}
-    helix_rss, otel_rss = import_rss("helix"), import_rss("otel")
+    helix_rss, paho_rss, otel_rss = import_rss("helix"), import_rss("paho"), import_rss("otel")
     print(json.dumps({
         "traces_per_round": args.traces, "spans_per_round": spans, "rounds": args.rounds,
         "helix_us_per_span": round(med["helix"][0], 2), "otel_us_per_span": round(med["otel"][0], 2),
@@ -173,7 +176,8 @@ def main() -> None:
         "helix_per_root_us_per_span": round(med["helix_per_root"][0], 2),
         "per_root_ratio": round(med["otel"][0] / med["helix_per_root"][0], 2),
         "otel_spans_received": otel_received, "otel_spans_sent": 3 * 200 + spans * args.rounds,
-        "helix_import_rss_mib": round(helix_rss / 2**20, 1), "otel_import_rss_mib": round(otel_rss / 2**20, 1),
+        "helix_import_rss_mib": round(helix_rss / 2**20, 1), "of_which_paho_mib": round(paho_rss / 2**20, 1),
+        "otel_import_rss_mib": round(otel_rss / 2**20, 1),
     }))
 
 
