@@ -156,7 +156,8 @@ class Tracer:
     """Records spans of one device and publishes them over an MQTT v5 client."""
 
     def __init__(self, client: mqtt.Client, device_id: str, resource: dict[str, AttrValue] | None = None,
-                 topic: str | None = None, max_batch: int = 128, qos: int = 1, max_delay: float = 0.5) -> None:
+                 topic: str | None = None, max_batch: int = 128, qos: int = 1, max_delay: float = 0.5,
+                 max_message: int = 256 * 1024) -> None:
         self._client = client
         self.device_id = device_id
         self.topic = topic or f"helix/sdk/{device_id}/spans"
@@ -164,6 +165,7 @@ class Tracer:
         self.scope = ("helix.sdk", __version__)
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.max_message = max_message  # bytes; the agent's default sources.mqtt.max_payload
         self.qos = qos
         self._pending: list[SdkSpan] = []
         self._lock = threading.Lock()
@@ -215,15 +217,24 @@ class Tracer:
         """Publish every ended span now (call before disconnecting the client)."""
         with self._lock:
             spans, self._pending = self._pending, []
-        if not spans:
-            return
+        if spans:
+            self._publish(spans)
+
+    def _publish(self, spans: list[SdkSpan]) -> None:
         maps = [s._map() for s in spans]
         # Numbered and handed to paho under one lock, so the broker gets the numbers in order.
         with _seq_lock:
             seq = _next_seq.get(self.topic, 0)
-            _next_seq[self.topic] = (seq + 1) & 0xFFFFFFFF
             payload = cbor2.dumps({0: 1, 1: self.resource, 2: self.scope, 3: maps, 4: seq}, default=_unknown)
-            info = self._client.publish(self.topic, payload, qos=self.qos)
+            fits = len(payload) <= self.max_message or len(spans) == 1
+            if fits:
+                _next_seq[self.topic] = (seq + 1) & 0xFFFFFFFF
+                info = self._client.publish(self.topic, payload, qos=self.qos)
+        if not fits:  # over what the agent takes (sources.mqtt.max_payload): in halves, each numbered
+            half = len(spans) // 2
+            self._publish(spans[:half])
+            self._publish(spans[half:])
+            return
         if info.rc:
             self.publish_failures += 1  # and the agent counts the gap in the sequence
             log.warning("span publish failed rc=%s topic=%s spans=%d", info.rc, self.topic, len(spans))

@@ -125,3 +125,16 @@ def test_attribute_values_of_other_types_are_sent_as_text(mosquitto: Mosquitto, 
     (s,) = decode_payload(received.get(timeout=5).payload, {}).spans
     assert s.attributes == {"path": "/dev/ttyS0", "ok": 1}
     client.loop_stop()
+
+
+def test_a_batch_over_the_message_limit_is_split_and_each_part_numbered(mosquitto: Mosquitto,
+                                                                         received: queue.Queue) -> None:
+    client = _client(mosquitto.port, "dev-6")
+    tracer = Tracer(client, "dev-6", max_batch=10, max_delay=60, max_message=4000)
+    for i in range(10):  # ~1 KB each: the batch of 10 goes out as 4 messages of 2-3 spans
+        tracer.start_span("blob", attributes={"i": i, "data": "x" * 1000}).end()
+    got = [decode_payload(received.get(timeout=5).payload, {}) for _ in range(4)]
+    assert [len(d.spans) for d in got] == [2, 3, 2, 3] and [d.seq for d in got] == [0, 1, 2, 3]
+    assert sorted(s.attributes["i"] for d in got for s in d.spans) == list(range(10))
+    assert tracer.published_messages == 4
+    client.loop_stop()
