@@ -63,6 +63,7 @@ class EnvKey:
     SPANS = 3
     SEQ = 4
     CUT = 5
+    RUN = 6
 
 
 # Envelope key 5: what the device cut to fit its buffers, by kind (docs/sdk-cbor-schema.md).
@@ -77,6 +78,7 @@ class DecodedPayload:
     spans: list[Span] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seq: int | None = None  # the device's message sequence number, when it sends one
+    run: int | None = None  # the device's run id: drawn at each start, so a restart is told from a late message
     cut: dict[str, int] = field(default_factory=dict)  # what the device cut to fit, by kind
 
 
@@ -235,9 +237,9 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
                 raise DecodeError("scope (key 2) must be [name, version?]")
             scope = Scope(sc[0], sc[1] if len(sc) > 1 else "")
         spans_raw = doc.get(EnvKey.SPANS)
-        seq, cut = _seq_and_cut(doc)
+        seq, run, cut = _seq_and_cut(doc)
     elif isinstance(doc, list):
-        spans_raw, seq, cut = doc, None, {}
+        spans_raw, seq, run, cut = doc, None, None, {}
     else:
         raise DecodeError(f"payload must be an envelope map or an array of spans, got {type(doc).__name__}")
     if not isinstance(spans_raw, list):
@@ -245,7 +247,7 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
     if len(spans_raw) > MAX_SPANS_PER_MESSAGE:
         raise DecodeError(f"more than {MAX_SPANS_PER_MESSAGE} spans in one message")
     resource = Resource.of({**default_resource, **res_attrs})
-    out = DecodedPayload(seq=seq, cut=cut)
+    out = DecodedPayload(seq=seq, run=run, cut=cut)
     ids: dict[bytes, bytes] = {}  # one copy of each trace id and span id in the message (parents repeat them)
     for i, m in enumerate(spans_raw):
         try:
@@ -257,18 +259,24 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
     return out
 
 
-def _seq_and_cut(doc: dict[Any, Any]) -> tuple[int | None, dict[str, int]]:
-    seq = doc.get(EnvKey.SEQ)
-    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ):
-        raise DecodeError("seq (key 4) must be an unsigned 32-bit integer")
+def _uint32(doc: dict[Any, Any], key: int, name: str) -> int | None:
+    v = doc.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEQ):
+        raise DecodeError(f"{name} (key {key}) must be an unsigned 32-bit integer")
+    return v
+
+
+def _seq_and_cut(doc: dict[Any, Any]) -> tuple[int | None, int | None, dict[str, int]]:
+    seq = _uint32(doc, EnvKey.SEQ, "seq")
+    run = _uint32(doc, EnvKey.RUN, "run")
     raw = doc.get(EnvKey.CUT)
     if raw is None:
-        return seq, {}
+        return seq, run, {}
     if not isinstance(raw, dict) or len(raw) > len(CUT_KINDS) or not all(
             k in CUT_KINDS and not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= MAX_SEQ
             for k, v in raw.items()):
         raise DecodeError("cut counts (key 5) must map 1-4 to unsigned 32-bit integers")
-    return seq, {CUT_KINDS[k]: v for k, v in raw.items() if v}
+    return seq, run, {CUT_KINDS[k]: v for k, v in raw.items() if v}
 
 
 def span_to_map(span: Span, omit_trace: bool = False) -> dict[int, Any]:
@@ -300,12 +308,14 @@ def span_to_map(span: Span, omit_trace: bool = False) -> dict[int, Any]:
 
 
 def encode_payload(spans: list[Span], resource: Attributes, scope: Scope | None = None,
-                   seq: int | None = None) -> bytes:
-    """Encode spans of one resource as an envelope map (with the device's message sequence number if given)."""
+                   seq: int | None = None, run: int | None = None) -> bytes:
+    """Encode spans of one resource as an envelope map (with the device's run id and message number if given)."""
     env: dict[int, Any] = {EnvKey.VERSION: SCHEMA_VERSION, EnvKey.RESOURCE: resource,
                            EnvKey.SPANS: [span_to_map(s) for s in spans]}
     if scope is not None and scope.name:
         env[EnvKey.SCOPE] = [scope.name, scope.version] if scope.version else [scope.name]
     if seq is not None:
         env[EnvKey.SEQ] = seq & MAX_SEQ
+    if run is not None:
+        env[EnvKey.RUN] = run & MAX_SEQ
     return cbor2.dumps(env)

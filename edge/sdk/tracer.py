@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import logging
+import os
 import threading
 import time
 import weakref
@@ -35,6 +36,16 @@ _time_ns = time.time_ns
 _SCALARS = frozenset((str, int, float, bool, bytes, list, tuple, dict))
 _seq_lock = threading.Lock()
 _next_seq: dict[str, int] = {}  # per topic: one numbered sequence per device, however many tracers it has
+_runs: dict[str, int] = {}  # per topic: a random id of this process's run (envelope key 6), to tell restarts apart
+
+
+def _new_run_after_fork() -> None:
+    # A forked child is another run of its device: the parent's numbers would read as redeliveries.
+    _next_seq.clear()
+    _runs.clear()
+
+
+os.register_at_fork(after_in_child=_new_run_after_fork)
 
 
 def _new_id(bits: int) -> bytes:
@@ -225,7 +236,10 @@ class Tracer:
         # Numbered and handed to paho under one lock, so the broker gets the numbers in order.
         with _seq_lock:
             seq = _next_seq.get(self.topic, 0)
-            payload = cbor2.dumps({0: 1, 1: self.resource, 2: self.scope, 3: maps, 4: seq}, default=_unknown)
+            run = _runs.get(self.topic)
+            if run is None:
+                run = _runs[self.topic] = getrandbits(32)
+            payload = cbor2.dumps({0: 1, 1: self.resource, 2: self.scope, 3: maps, 6: run, 4: seq}, default=_unknown)
             fits = len(payload) <= self.max_message or len(spans) == 1
             if fits:
                 _next_seq[self.topic] = (seq + 1) & 0xFFFFFFFF

@@ -52,39 +52,57 @@ class MqttSourceStats:
 
 
 class SequenceGaps:
-    """Per-device message sequence numbers (envelope key 4): counts the messages that never arrived.
+    """Per-device message sequence numbers (envelope keys 4 and 6): counts the messages that never arrived.
 
-    A device numbers its span messages 0, 1, 2, ... from its start (modulo 2**32). For each device the last
-    number seen is kept: the next one is expected; a jump ahead counts the numbers skipped as missing; the same
-    number again is a QoS 1 redelivery; a lower number is a restart, and only the numbers before it in the new
-    run (0..seq-1) count as missing. A device heard for the first time, or again after being forgotten from the
-    full table, starts its count there.
+    A device numbers its span messages 0, 1, 2, ... from its start (modulo 2**32) and, with key 6, names each
+    start with a random run id. Per device the current run, the one before it and the highest number seen are
+    kept. Within a run a number ahead of the next expected counts the numbers skipped as missing; one at or
+    behind the highest is a redelivery or a late message and counts nothing. A new run is a restart: the numbers
+    before its first one (0..seq-1) count as missing; a message of the previous run arriving late counts nothing.
+    Without a run id a lower number is taken as a restart. A device heard for the first time, or again after
+    being forgotten from the full table, starts its count there.
     """
 
     __slots__ = ("_last", "_stats", "max_devices")
 
     def __init__(self, stats: MqttSourceStats, max_devices: int = MAX_SEQ_DEVICES) -> None:
-        self._last: dict[str, int] = {}
+        self._last: dict[str, tuple[int | None, int | None, int]] = {}  # device -> (run, previous run, highest)
         self._stats = stats
         self.max_devices = max_devices
 
     def __len__(self) -> int:
         return len(self._last)
 
-    def observe(self, device: str, seq: int) -> int:
+    def observe(self, device: str, seq: int, run: int | None = None) -> int:
         """Record one message's number; returns how many messages this one shows missing."""
-        last = self._last.pop(device, None)  # popped and re-inserted: the dict's order is least recently heard
-        if last is None and len(self._last) >= self.max_devices:
-            del self._last[next(iter(self._last))]
-            self._stats.seq_devices_forgotten += 1
-        self._last[device] = seq
-        if last is None or seq == last:
+        known = self._last.pop(device, None)  # popped and re-inserted: the dict's order is least recently heard
+        if known is None:
+            if len(self._last) >= self.max_devices:
+                del self._last[next(iter(self._last))]
+                self._stats.seq_devices_forgotten += 1
+            self._last[device] = (run, None, seq)
             return 0
-        if seq < last and not (last == _SEQ_MOD - 1 and seq == 0):
-            self._stats.device_restarts += 1
-            missing = seq
+        cur_run, prev_run, last = known
+        ahead = (seq - last) % _SEQ_MOD
+        if run is not None and run != cur_run:
+            if run == prev_run:  # a late message of the run before the restart
+                self._last[device] = known
+                return 0
+            restarted = True
+        elif run is None:
+            restarted = seq < last and not (last == _SEQ_MOD - 1 and seq == 0)
         else:
-            missing = (seq - last - 1) % _SEQ_MOD
+            restarted = False
+        if restarted:
+            self._stats.device_restarts += 1
+            self._last[device] = (run, cur_run, seq)
+            missing = seq
+        elif ahead == 0 or ahead >= _SEQ_MOD // 2:  # a redelivery, or a message overtaken by a newer one
+            self._last[device] = known
+            return 0
+        else:
+            self._last[device] = (cur_run, prev_run, seq)
+            missing = ahead - 1
         self._stats.missing_messages += missing
         return missing
 
@@ -206,7 +224,7 @@ class MqttSdkSource:
             self.stats.dropped["bad_span"] += len(decoded.errors)
             self._warn.warning("dropped %d span(s) from %s: %s", len(decoded.errors), topic, decoded.errors[0])
         if decoded.seq is not None:
-            missing = self.sequences.observe(device or topic, decoded.seq)
+            missing = self.sequences.observe(device or topic, decoded.seq, decoded.run)
             if missing:
                 self._warn.warning("%d message(s) from device %s never arrived (sequence gap before %d)",
                                    missing, device or topic, decoded.seq)

@@ -88,17 +88,18 @@ static void random_id(hx_tracer *t, uint8_t *id, size_t n) {
     if (!any) id[n - 1] = 1; /* an all-zero id is invalid */
 }
 
-/* The envelope before the spans array's items: {0: 1, 1: resource, 2: scope, 4: seq, 5: cut?, 3: [ */
+/* The envelope before the spans array's items: {0: 1, 1: resource, 2: scope, 6: run, 4: seq, 5: cut?, 3: [ */
 static void envelope(wr *w, const hx_tracer *t, uint32_t seq, const uint32_t *cut, uint32_t nspans) {
     uint32_t ignored = 0;
     int i, ncut = 0;
     for (i = 0; i < 4; i++) ncut += cut[i] != 0;
-    head(w, 5, ncut ? 6 : 5);
+    head(w, 5, ncut ? 7 : 6);
     head(w, 0, 0), head(w, 0, 1);
     head(w, 0, 1), head(w, 5, 2);
     text(w, "service.name", &ignored), text(w, t->service, &ignored);
     text(w, "device.id", &ignored), text(w, t->device, &ignored);
     head(w, 0, 2), head(w, 4, 2), text(w, "helix.c", &ignored), text(w, HX_VERSION, &ignored);
+    head(w, 0, 6), head(w, 0, t->run);
     head(w, 0, 4), head(w, 0, seq);
     if (ncut) {
         head(w, 0, 5), head(w, 5, (uint64_t)ncut);
@@ -117,7 +118,9 @@ int hx_tracer_init(hx_tracer *t, uint8_t *buf, size_t cap, const char *service_n
     t->hooks = *hooks;
     t->service = service_name ? service_name : "";
     t->device = device_id ? device_id : t->service;
+    t->run = 0xffffffffu; /* the largest, to measure the header */
     envelope(&w, t, 0xffffffffu, worst, MAX_SPANS);
+    t->hooks.random(t->hooks.user, (uint8_t *)&t->run, sizeof t->run);
     t->buf = buf, t->cap = cap, t->head = t->len = w.n;
     return cap >= w.n + 96 ? 0 : -1;
 }

@@ -70,6 +70,7 @@ typedef struct hx_tracer {
     const char *device;
     int64_t wall_offset;  /* wall - mono, taken when a local root starts */
     uint32_t seq;         /* number of the next message (envelope key 4) */
+    uint32_t run;         /* random id of this start (envelope key 6): tells a restart from a late message */
     uint32_t cut[4];      /* HX_CUT_*, since the last message */
     uint32_t published;
     uint32_t publish_failures;

@@ -63,6 +63,10 @@ def _new_id(n):
             return b
 
 
+def _new_run():
+    return int.from_bytes(_random_bytes(4), "big")
+
+
 # ----------------------------------------------------------------------------------------------------- CBOR
 
 def _head(out, major, v):
@@ -317,6 +321,7 @@ class Tracer:
             self.resource.update(resource)
         self.max_batch = max_batch
         self.seq = 0
+        self.run = _new_run()  # random per start (envelope key 6): a restart is told from a late message
         self.published = 0
         self.publish_failures = 0
         self._wall_ns = wall_ns or _wall_ns
@@ -363,10 +368,11 @@ class Tracer:
         for s in spans:
             s._encode(body, cut)
         out = bytearray()
-        _head(out, 5, 6 if cut else 5)
+        _head(out, 5, 7 if cut else 6)
         out.append(0), out.append(1)
         out.append(1), _value(out, self.resource, {})
         out.append(2), _head(out, 4, 2), _text(out, "helix.micropython", {}), _text(out, VERSION, {})
+        out.append(6), _head(out, 0, self.run)
         out.append(4), _head(out, 0, self.seq)
         if cut:
             out.append(5), _head(out, 5, len(cut))

@@ -135,6 +135,7 @@ def test_a_batch_over_the_message_limit_is_split_and_each_part_numbered(mosquitt
         tracer.start_span("blob", attributes={"i": i, "data": "x" * 1000}).end()
     got = [decode_payload(received.get(timeout=5).payload, {}) for _ in range(4)]
     assert [len(d.spans) for d in got] == [2, 3, 2, 3] and [d.seq for d in got] == [0, 1, 2, 3]
+    assert got[0].run is not None and {d.run for d in got} == {got[0].run}  # one run of the device
     assert sorted(s.attributes["i"] for d in got for s in d.spans) == list(range(10))
     assert tracer.published_messages == 4
     client.loop_stop()

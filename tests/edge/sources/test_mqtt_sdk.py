@@ -144,6 +144,23 @@ def test_sequence_gaps_follow_the_documented_rule() -> None:
     assert gaps.observe("a", 4) == 1  # remembered through the evictions
 
 
+def test_run_ids_tell_a_restart_from_a_late_or_redelivered_message() -> None:
+    from edge.sources.mqtt_sdk import MqttSourceStats, SequenceGaps
+
+    stats = MqttSourceStats()
+    gaps = SequenceGaps(stats)
+    assert [gaps.observe("a", n, run=77) for n in (0, 1, 2, 3)] == [0, 0, 0, 0]
+    # After a reconnect the broker redelivers 1..3 that were handled but not acknowledged: no restart, no gap.
+    assert [gaps.observe("a", n, run=77) for n in (1, 2, 3, 4)] == [0, 0, 0, 0]
+    assert stats.device_restarts == 0 and stats.missing_messages == 0
+    assert gaps.observe("a", 7, run=77) == 2  # 5 and 6 never came
+    assert gaps.observe("a", 6, run=77) == 0  # overtaken, not missing twice
+    assert gaps.observe("a", 1, run=91) == 1 and stats.device_restarts == 1  # restarted; its 0 lost
+    assert gaps.observe("a", 8, run=77) == 0 and stats.device_restarts == 1  # a late message of the old run
+    assert gaps.observe("a", 2, run=91) == 0
+    assert stats.missing_messages == 3
+
+
 async def test_missing_messages_are_counted_per_device(source, mosquitto: Mosquitto) -> None:
     src, got = source
 

@@ -73,8 +73,11 @@ def test_every_field_round_trips_through_the_agents_decoder(roundtrip: Path) -> 
     assert "ATTRS 19 EVENTS 0" in lines
     # Numbered messages: the first tracer's 0, 1, 2; the small one's 0, 2, 3 (1 failed to publish).
     assert [d.seq for d in decoded] == [0, 1, 2, 0, 2, 3]
+    # Each tracer names its run; a tracer's messages share it, so the agent tells a restart from a late message.
+    assert len({d.run for d in decoded[:3]}) == 1 and len({d.run for d in decoded[3:]}) == 1
+    assert decoded[0].run is not None and decoded[0].run != decoded[3].run
     gaps = SequenceGaps(MqttSourceStats())
-    assert [gaps.observe("pump-7", d.seq) for d in decoded[3:]] == [0, 1, 0]
+    assert [gaps.observe("pump-7", d.seq, d.run) for d in decoded[3:]] == [0, 1, 0]
     assert "SMALL seq=4 published=3 failures=1" in lines
 
 

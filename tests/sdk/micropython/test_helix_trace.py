@@ -63,6 +63,8 @@ def test_every_field_round_trips_through_the_agents_decoder(output: list[str]) -
     assert big.attributes["long"] == "y" * 256 and len(big.attributes) == 32 and len(big.events) == 16
     assert [d.cut for d in decoded][2] == {"attributes": 9, "events": 4, "strings": 2}
     assert [d.seq for d in decoded] == [0, 1, 2, 0, 2]  # the second tracer's message 1 failed to publish
+    assert [d.run is not None for d in decoded] == [True] * 5
+    assert len({d.run for d in decoded[:3]}) == 1 and decoded[0].run != decoded[3].run == decoded[4].run
     assert "SMALL seq=3 published=2 failures=1" in output
 
 
