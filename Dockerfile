@@ -22,7 +22,7 @@ ARG BUILD_BASE=${BASE}
 FROM --platform=$BUILDPLATFORM ${BUILD_BASE} AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        clang llvm libbpf-dev make python3 python3-venv ca-certificates \
+        clang llvm libbpf-dev make python3 python3-venv ca-certificates netbase \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /build/venv
 WORKDIR /src
@@ -42,8 +42,11 @@ RUN --mount=type=secret,id=ca-certificates --mount=type=cache,target=/root/.cach
 FROM ${BASE} AS rootfs
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3.11-minimal libpython3.11-stdlib libbpf1 ca-certificates netbase \
+        python3.11-minimal libpython3.11-stdlib libbpf1 \
     && rm -rf /var/lib/apt/lists/*
+# The same on every architecture, so taken from the build stage (update-ca-certificates takes minutes under qemu).
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/
+COPY --from=build /etc/services /etc/protocols /etc/
 COPY scripts/container-rootfs.sh /usr/local/bin/
 RUN container-rootfs.sh /rootfs
 
@@ -63,8 +66,10 @@ USER 10001:10001
 FROM runtime AS gateway
 COPY --from=build /out/gateway /opt/helix
 EXPOSE 4380
+# Alive = the gateway answers on /healthz (gateway.http_listen); with another address, set HELIX_HEALTH_URL.
+ENV HELIX_HEALTH_URL=http://127.0.0.1:4380/healthz
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["python3", "-c", \
-    "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:4380/healthz', timeout=4).status != 200)"]
+    "import os, sys, urllib.request; sys.exit(urllib.request.urlopen(os.environ['HELIX_HEALTH_URL'], timeout=4).status != 200)"]
 ENTRYPOINT ["helix"]
 # Defaults: the broker on this host; point gateway.export_endpoint at the backend with a config file mounted in
 # /etc/helix and `gateway --config /etc/helix/gateway.toml`.
@@ -75,9 +80,10 @@ FROM runtime AS node
 COPY --from=build /out/node /opt/helix
 # OTLP receivers for local SDKs and /metrics listen on loopback by default: run with --network=host.
 EXPOSE 4317 4318
-# Alive = the agent answers on /metrics (metrics.listen, default 127.0.0.1:9464); needs no capability.
+# Alive = the agent answers on /metrics; needs no capability. With another metrics.listen, set HELIX_HEALTH_URL.
+ENV HELIX_HEALTH_URL=http://127.0.0.1:9464/metrics
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["python3", "-c", \
-    "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=4).status != 200)"]
+    "import os, sys, urllib.request; sys.exit(urllib.request.urlopen(os.environ['HELIX_HEALTH_URL'], timeout=4).status != 200)"]
 ENTRYPOINT ["helix"]
 # Defaults: the broker on this host (SDK spans and uplink); a profile or config is mounted in /etc/helix and given
 # as `run --config /etc/helix/agent.toml`.

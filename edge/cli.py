@@ -97,7 +97,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     """`helix gateway`: the central gateway."""
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
-    from uplink.gateway import serve_gateway
+    try:
+        from uplink.gateway import serve_gateway
+    except ImportError as e:  # a node's install: the gateway's dependencies are an extra
+        log.error("helix gateway needs %s, which this installation lacks: pip install 'helix-edge[gateway]'", e.name)
+        return 2
     return _run_until_signal(lambda stop: serve_gateway(cfg, stop))
 
 
