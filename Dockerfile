@@ -65,6 +65,8 @@ USER 10001:10001
 # ---- gateway: uplink batches in, OTLP out (grpcio, aiohttp, aiomqtt) --------------------------------------------
 FROM runtime AS gateway
 COPY --from=build /out/gateway /opt/helix
+# Every extension module finds its libraries in this file system (run under emulation for another architecture).
+RUN ["python3", "-c", "import cbor2, zstandard, google.protobuf.message, cryptography.hazmat.bindings._rust, aiohttp, grpc, aiomqtt"]
 EXPOSE 4380
 # Alive = the gateway answers on /healthz (gateway.http_listen); with another address, set HELIX_HEALTH_URL.
 ENV HELIX_HEALTH_URL=http://127.0.0.1:4380/healthz
@@ -78,6 +80,7 @@ CMD ["gateway"]
 # ---- node (default): the agent ---------------------------------------------------------------------------------
 FROM runtime AS node
 COPY --from=build /out/node /opt/helix
+RUN ["python3", "-c", "import cbor2, zstandard, h2, google.protobuf.message, cryptography.hazmat.bindings._rust, aiohttp"]
 # OTLP receivers for local SDKs and /metrics listen on loopback by default: run with --network=host.
 EXPOSE 4317 4318
 # Alive = the agent answers on /metrics; needs no capability. With another metrics.listen, set HELIX_HEALTH_URL.

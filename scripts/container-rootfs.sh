@@ -1,12 +1,13 @@
 #!/bin/sh
 # Used by the Dockerfile's rootfs stage: copies into ROOT only the files the images run on — the shared libraries
 # of the Debian packages below, CPython 3.11 and its standard library (less what the agent and gateway never load),
-# the CA bundle, and users root and helix (10001). No shell, no package manager: ~30 MB where the Debian
+# the CA bundle, and users root and helix (10001). libstdc++ is there because manylinux wheels (grpcio,
+# protobuf's upb) link it rather than carry it. No shell, no package manager: ~30 MB where the Debian
 # packages with their dependencies (bash, coreutils, perl-base, apt, dpkg) take ~110.
 #   container-rootfs.sh ROOT
 set -eu
 root=$1
-libs="libc6 libgcc-s1 zlib1g libzstd1 libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1 libmpdec3 libelf1 libbpf1"
+libs="libc6 libgcc-s1 libstdc++6 zlib1g libzstd1 libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1 libmpdec3 libelf1 libbpf1"
 python=python3.11
 stdlib=/usr/lib/$python
 

@@ -235,11 +235,11 @@ run_gateway() {  # ARCH NAME
     -e HELIX_HEALTH_URL="http://127.0.0.1:$http/healthz" --health-interval=2s --health-start-period=60s \
     "helix-edge-gateway:$TAG-$1" gateway --config /etc/helix/gateway.toml >/dev/null
 }
-agent_config() {  # NAME -> path; OTLP_HTTP and METRICS are set to its ports
+agent_config() {  # NAME -> AGENT_CFG (a path), OTLP_HTTP and METRICS (its ports)
   OTLP_HTTP=$(free_port) METRICS=$(free_port)
   printf '[node]\nid = "%s"\n[sources.mqtt]\nbroker = "mqtt://127.0.0.1:%s"\n[sources.otlp]\ngrpc_listen = ""\nhttp_listen = "127.0.0.1:%s"\n[metrics]\nlisten = "127.0.0.1:%s"\n[uplink]\nbroker = "mqtt://127.0.0.1:%s"\n' \
     "$1" "$MQTT" "$OTLP_HTTP" "$METRICS" "$MQTT" >"$WORK/agent-$1.toml"
-  echo "$WORK/agent-$1.toml"
+  AGENT_CFG="$WORK/agent-$1.toml"
 }
 health() {  # NAME SECONDS -> waits for the HEALTHCHECK to say healthy
   local end=$(( $(date +%s) + $2 )) s
@@ -277,11 +277,11 @@ if [[ " ${arches[*]} " == *" $host_arch "* ]]; then
   echo "$out" | grep -q 'user helix (uid 10001, switched from root)' || die "doctor did not run as user helix"
 
   run_gateway "$arch" "$RUN_ID-gateway-$arch"
-  cfg=$(agent_config "smoke-$arch")
+  agent_config "smoke-$arch"
   volume="$RUN_ID-spool"
   t0=$(date +%s.%N)
   STARTED_CONTAINERS+=("$RUN_ID-node-$arch")
-  d run -d --name "$RUN_ID-node-$arch" --network=host "${PROBE_FLAGS[@]}" -v "$cfg:/etc/helix/agent.toml:ro" \
+  d run -d --name "$RUN_ID-node-$arch" --network=host "${PROBE_FLAGS[@]}" -v "$AGENT_CFG:/etc/helix/agent.toml:ro" \
     -v "$volume:/var/lib/helix" -e HELIX_HEALTH_URL="http://127.0.0.1:$METRICS/metrics" --health-interval=2s \
     "$node" run --config /etc/helix/agent.toml >/dev/null
   wait_port "$OTLP_HTTP" 60 || { d logs "$RUN_ID-node-$arch" 2>&1 | tail -20 >&2; die "the agent's OTLP receiver did not open"; }
@@ -317,10 +317,10 @@ if [[ " ${arches[*]} " == *" arm64 "* ]] && [ "$host_arch" != arm64 ]; then
   say "arm64 (emulated): helix doctor (qemu-user has no bpf(): the probes cannot load)"
   d run --rm --platform linux/arm64 --network=host "$node" doctor 2>&1 | sed 's/^/    /' >&2 || true
   run_gateway arm64 "$RUN_ID-gateway-arm64"
-  cfg=$(agent_config smoke-arm64)
+  agent_config smoke-arm64
   t0=$(date +%s.%N)
   STARTED_CONTAINERS+=("$RUN_ID-node-arm64")
-  d run -d --name "$RUN_ID-node-arm64" --platform linux/arm64 --network=host -v "$cfg:/etc/helix/agent.toml:ro" \
+  d run -d --name "$RUN_ID-node-arm64" --platform linux/arm64 --network=host -v "$AGENT_CFG:/etc/helix/agent.toml:ro" \
     "$node" run --config /etc/helix/agent.toml >/dev/null
   wait_port "$OTLP_HTTP" 180 || { d logs "$RUN_ID-node-arm64" 2>&1 | tail -20 >&2; die "the arm64 agent's OTLP receiver did not open"; }
   fig start_to_otlp_ready_s_arm64_emulated "$(elapsed "$t0")"
@@ -333,6 +333,10 @@ if [[ " ${arches[*]} " == *" arm64 "* ]] && [ "$host_arch" != arm64 ]; then
   say "arm64 (emulated): OK — SDK-only agent, an SDK span through the arm64 node and gateway images to the sink"
 fi
 
+if [ -n "$DOCKERD_PID" ]; then  # our engine: keep its cache bounded (the bases and the last images stay)
+  d image prune -f >/dev/null 2>&1 || true
+  d builder prune -f --keep-storage 3gb >/dev/null 2>&1 || true
+fi
 json=$(for k in "${!FIG[@]}"; do printf '"%s": %s\n' "$k" "${FIG[$k]}"; done | sort | paste -sd, -)
 say "OK (${MODE}): Docker $ENGINE"
 echo "{\"engine\": \"$ENGINE\", $json}"
