@@ -2,8 +2,7 @@
 # Used by the Dockerfile's rootfs stage: copies into ROOT only the files the images run on — the shared libraries
 # of the Debian packages below, CPython 3.11 and its standard library (less what the agent and gateway never load),
 # the CA bundle, and users root and helix (10001). libstdc++ is there because manylinux wheels (grpcio,
-# protobuf's upb) link it rather than carry it. No shell, no package manager: ~30 MB where the Debian
-# packages with their dependencies (bash, coreutils, perl-base, apt, dpkg) take ~110.
+# protobuf's upb) link it rather than carry it. No shell, no package manager (docs/benchmarks.md, container images).
 #   container-rootfs.sh ROOT
 set -eu
 root=$1
