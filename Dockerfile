@@ -55,7 +55,7 @@ COPY --from=rootfs /rootfs /
 # container=docker: as podman and systemd-nspawn say it, so `helix doctor` gives container flags as fixes.
 ENV PATH=/opt/helix/bin:/usr/bin PYTHONUNBUFFERED=1 LANG=C.UTF-8 container=docker
 # `helix run` and `helix doctor` started as root (--user 0, for the kernel probes) switch to this user at once,
-# keeping only the capabilities the probes need (edge/privileges.py).
+# keeping only the capabilities the probes need (edge/runtime/privileges.py).
 ENV HELIX_USER=helix
 WORKDIR /var/lib/helix
 # Spool (batches not yet acknowledged upstream) and fleet state outlive the container in this volume.

@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if ssl_deferred():
         log.info("TLS not loaded: the config has no mqtts://, https:// or [fleet] (saves ~4 MiB of memory)")
-    from .privileges import cap_list, switched
+    from .runtime.privileges import cap_list, switched
 
     user = switched()
     if user is not None:

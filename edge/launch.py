@@ -33,7 +33,7 @@ def _prepare_agent(argv: list[str]) -> None:
 
 def _drop_root() -> None:
     from .errors import HelixError
-    from .privileges import switch_user_from_env
+    from .runtime.privileges import switch_user_from_env
 
     try:
         switch_user_from_env()

@@ -15,7 +15,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HelixError
+from ..errors import HelixError
 
 __all__ = ["CAP_NAMES", "ProcessCaps", "read_caps", "caps_to_keep", "Switched", "switch_user", "switch_user_from_env",
            "switched", "in_container", "in_host_pid_namespace"]

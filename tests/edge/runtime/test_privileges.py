@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edge.privileges import CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SETUID, CAP_SYS_ADMIN, caps_to_keep, read_caps
+from edge.runtime.privileges import CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SETUID, CAP_SYS_ADMIN, caps_to_keep, read_caps
 
 HELIX = [sys.executable, "-m", "edge"]
 
