@@ -37,7 +37,7 @@ from typing import IO
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.accuracy_score import OracleEntry, Score, oracle_entry, pooled, score  # noqa: E402
 from edge.codec.otlp import request_to_json, spans_from_request  # noqa: E402
-from edge.demo.broker import Mosquitto, free_port  # noqa: E402
+from edge.demo.broker import free_port  # noqa: E402
 from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
 from edge.demo.stack import Stack  # noqa: E402
 from edge.demo.trees import format_trace, group_traces  # noqa: E402
@@ -318,32 +318,6 @@ def drive_http(url: str, sc: Scenario) -> None:
         t.join()
 
 
-def _agent_config(work: Path, broker: Mosquitto, grpc_port: int, pids: list[int]) -> str:
-    return f"""\
-[node]
-id = "accuracy"
-
-[sources.mqtt]
-broker = "{broker.url}"
-
-[sources.otlp]
-grpc_listen = "127.0.0.1:{grpc_port}"
-http_listen = ""
-
-[sources.ebpf]
-enabled = "auto"
-pids = [{", ".join(map(str, pids))}]
-
-[uplink]
-broker = "{broker.url}"
-batch_max_age = "300ms"
-spool_dir = "{work / 'spool'}"
-
-[metrics]
-listen = ""
-"""
-
-
 async def _quiet(peer: OtlpPeer, seconds: float = QUIET_S, done: Callable[[], bool] = lambda: True,
                  patience: float = PATIENCE_S, limit: float = 60.0) -> None:
     """Wait until the peer has received nothing for `seconds` and `done()` holds, or nothing for `patience`."""
@@ -388,7 +362,9 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
         await asyncio.gather(*(asyncio.to_thread(bed.start) for bed in beds))
         pids = sorted({p for bed in beds for p in bed.pids()})
         await stack.start_gateway()
-        agent = await stack.start_agent(_agent_config(work, stack.broker, grpc_port, pids))
+        agent = await stack.start_agent(stack.agent_config(
+            "accuracy", grpc_listen=f"127.0.0.1:{grpc_port}", http_listen="", batch_max_age="300ms",
+            more=f'[sources.ebpf]\nenabled = "auto"\npids = [{", ".join(map(str, pids))}]\n[metrics]\nlisten = ""\n'))
         agent_log = agent.log.read_text(errors="replace")
         if "kernel probes running" not in agent_log:
             why = next((ln for ln in agent_log.splitlines() if "kernel probes unavailable" in ln), agent_log[-500:])

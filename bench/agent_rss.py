@@ -73,21 +73,10 @@ async def main() -> None:
     async with Stack(work) as stack:
         broker, peer = stack.broker, stack.peer
         await stack.start_gateway()
-        agent = await stack.start_agent(f"""
-[node]
-id = "bench-node"
-[sources.mqtt]
-broker = "{broker.url}"
-[sources.otlp]
-grpc_listen = "127.0.0.1:{grpc_port}"
-http_listen = "127.0.0.1:{http_port}"
-[sources.ebpf]
-enabled = {'false' if args.ebpf == 'off' else '"auto"'}
-[uplink]
-broker = "{broker.url}"
-batch_max_age = "500ms"
-spool_dir = "{work / 'spool'}"
-""", ready=("sdk span source subscribed",))
+        ebpf = "false" if args.ebpf == "off" else '"auto"'
+        agent = await stack.start_agent(stack.agent_config(
+            "bench-node", grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}",
+            more=f"[sources.ebpf]\nenabled = {ebpf}\n"), ready=("sdk span source subscribed",))
         await asyncio.sleep(1.0)
         print("idle phase (5 s) ...", file=sys.stderr)
         idle = await sample_rss(agent.proc.pid, 5.0)

@@ -221,14 +221,9 @@ async def main() -> None:
     async with Stack(work, broker_conf="max_queued_messages 100000\n") as stack:
         broker, peer = stack.broker, stack.peer
         await stack.start_gateway()
-        agent = await stack.start_agent(f"""
-[node]
-id = "{node}"
-[sources.mqtt]
-broker = "{broker.url}"
-[sources.otlp]
-grpc_listen = "{'' if args.no_grpc_receiver else f'127.0.0.1:{grpc_port}'}"
-http_listen = "127.0.0.1:{http_port}"
+        agent = await stack.start_agent(stack.agent_config(
+            node, grpc_listen="" if args.no_grpc_receiver else f"127.0.0.1:{grpc_port}",
+            http_listen=f"127.0.0.1:{http_port}", more=f"""
 [sources.ebpf]
 enabled = false
 [assembler]
@@ -241,11 +236,7 @@ limit = "{args.budget_mib}MiB"
 [metrics]
 listen = ""
 export_interval = "5s"
-[uplink]
-broker = "{broker.url}"
-batch_max_age = "500ms"
-spool_dir = "{work / 'spool'}"
-""", ready=("sdk span source subscribed",), env=env)
+"""), ready=("sdk span source subscribed",), env=env)
         pid = agent.proc.pid
         await asyncio.sleep(1.0)
         idle = [rss_mib(pid)]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..errors import HelixError
 from ..model import Span
-from .broker import Mosquitto
 from .otlp_peer import OtlpPeer
 from .stack import AGENT_READY, Stack
 from .trees import format_trace, group_traces
@@ -48,28 +47,6 @@ def _bound_port(line: str) -> int:
     return int(re.search(r":(\d+)\D*$", line).group(1))  # type: ignore[union-attr]
 
 
-def _agent_config(workdir: Path, broker: Mosquitto) -> str:
-    # Every listener binds port 0 and the demo reads the port back from its log: a port chosen here and bound later
-    # by another process could be taken in between.
-    return f"""\
-[node]
-id = "demo-node"
-
-[sources.mqtt]
-broker = "{broker.url}"
-
-[sources.otlp]
-grpc_listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-
-[uplink]
-transport = "mqtt"
-broker = "{broker.url}"
-batch_max_age = "500ms"
-spool_dir = "{workdir / 'spool'}"
-"""
-
-
 async def run_demo(duration: float | None, out: Path | None, keep_logs: bool = False) -> int:
     """Run the demo for `duration` seconds (None: until Ctrl-C), printing trees; returns an exit code."""
     result = await run_demo_collect(duration, out, keep_logs)
@@ -99,7 +76,10 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
         say(f"  OTLP peer      gRPC {peer.grpc_endpoint} -> {out}")
         gateway = await stack.start_gateway(http_listen="127.0.0.1:0")
         say(f"  gateway        uplink topic helix/uplink/+ -> OTLP/gRPC {peer.grpc_endpoint}")
-        agent = await stack.start_agent(_agent_config(workdir, broker), ready=("sdk span source subscribed", AGENT_READY))
+        # Every listener binds port 0 and the demo reads the port back from its log: a port chosen here and bound
+        # later by another process could be taken in between.
+        config = stack.agent_config("demo-node", grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
+        agent = await stack.start_agent(config, ready=("sdk span source subscribed", AGENT_READY))
         ports = {"agent_grpc": _bound_port(await stack.wait_for_log(agent, r"OTLP/gRPC receiver listening on \S+")),
                  "agent_http": _bound_port(await stack.wait_for_log(agent, r"OTLP/HTTP receiver listening on \S+"))}
         kernel = "running" if "kernel probes running" in agent.log.read_text() else "not running (see helix doctor)"

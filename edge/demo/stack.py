@@ -82,6 +82,27 @@ export_endpoint = "{self.peer.grpc_endpoint}"
         await self.wait_for_log(gateway, GATEWAY_READY, timeout)
         return gateway
 
+    def agent_config(self, node_id: str, *, grpc_listen: str, http_listen: str, batch_max_age: str = "500ms",
+                     more: str = "") -> str:
+        """The agent's TOML: SDK spans and the uplink on the stack's broker, the OTLP receivers where asked, the
+        spool in the work directory; `more` adds the tables a caller needs besides."""
+        return f"""\
+[node]
+id = "{node_id}"
+
+[sources.mqtt]
+broker = "{self.broker.url}"
+
+[sources.otlp]
+grpc_listen = "{grpc_listen}"
+http_listen = "{http_listen}"
+
+[uplink]
+broker = "{self.broker.url}"
+batch_max_age = "{batch_max_age}"
+spool_dir = "{self.workdir / 'spool'}"
+{more}"""
+
     async def start_agent(self, config: str, *, ready: tuple[str, ...] = (AGENT_READY,),
                           env: dict[str, str] | None = None, timeout: float = 30.0) -> Child:
         """`helix run` with the TOML `config`; returns once every pattern in `ready` is in its log."""
