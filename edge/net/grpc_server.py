@@ -323,7 +323,7 @@ class _Connection(asyncio.Protocol):
         self.last = time.monotonic()
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
+        except (h2.exceptions.ProtocolError, UnicodeDecodeError) as e:  # h2 decodes header values as UTF-8
             self.server.stats.protocol_errors += 1
             self.server.warn.warning("%s: closed a connection from %s: not valid HTTP/2 (%s)", self.server.name,
                                      self.peer, e)

@@ -10,7 +10,7 @@ import os
 import h2.config
 import h2.connection
 import h2.events
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edge.net import grpc_server
@@ -58,6 +58,7 @@ def _client_bytes(body: bytes, conn: h2.connection.H2Connection | None = None) -
 @given(body=st.binary(max_size=300), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
                                                     max_size=6),
        cut=st.integers(0, 10_000), chunk=st.integers(1, 64), junk=st.binary(max_size=64))
+@example(body=b"", flips=[(87, 14)], cut=131, chunk=1, junk=b"")  # a header value that is not UTF-8
 def test_mangled_http2_never_escapes_the_connection(body, flips, cut, chunk, junk) -> None:
     seen: list[bytes] = []
     server = GrpcServer("127.0.0.1", 0, {ECHO: Method(lambda d, c: seen.append(d) or b"ok")}, max_message=1 << 16)
