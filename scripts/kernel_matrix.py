@@ -51,6 +51,7 @@ class Run:
     findings: dict[str, str] = field(default_factory=dict)
     doctor: list[str] = field(default_factory=list)
     agent_log: list[str] = field(default_factory=list)
+    journal: list[str] = field(default_factory=list)  # the agent's journal at the end of the run
     spans_trace1: dict[str, int] = field(default_factory=dict)  # source -> spans at the OTLP peer
     spans_trace2: dict[str, int] = field(default_factory=dict)
     ebpf_names_trace1: list[str] = field(default_factory=list)
@@ -145,6 +146,7 @@ def _read_findings(path: Path, run: Run) -> bool:
     ended = False
     run.doctor.clear()
     run.agent_log.clear()
+    run.journal.clear()
     for line in path.read_text(errors="replace").splitlines():
         if not line.startswith("HELIX-MATRIX "):
             continue
@@ -153,6 +155,10 @@ def _read_findings(path: Path, run: Run) -> bool:
             run.doctor.append(value)
         elif key == "agent_log":
             run.agent_log.append(value)
+        elif key == "metrics":
+            run.agent_log.append("metrics " + value)
+        elif key == "journal":
+            run.journal.append(value)
         else:
             run.findings[key] = value
         ended |= key == "end"

@@ -59,14 +59,19 @@ say rss_idle_kib "$(awk '/^VmRSS:/ {print $2}' /proc/"$PID"/status)" pid="$PID"
 
 /opt/helix/bin/helix doctor 2>&1 | sed 's/^/HELIX-MATRIX doctor /' > "$OUT"
 
-# ---- kernel spans: curl -> nginx and an MQTT v5 publish in trace helix.trace1 ---------------------------------
+# ---- kernel spans: an MQTT v5 publish and curl -> nginx in trace helix.trace1 ----------------------------------
+# A device subscribed to its command topic, as in the field (QoS 1 without one ends in "no matching subscribers").
+timeout 60 mosquitto_sub -h 127.0.0.1 -V 5 -q 1 -t helix/matrix/valve -C 1 > /dev/null &
+sleep 2
+mosquitto_pub -h 127.0.0.1 -V 5 -q 1 -t helix/matrix/valve -m open \
+  -D PUBLISH user-property traceparent "00-$T1-00f067aa0ba902b8-01"
+say mqtt_publish trace="$T1" rc=$?
 code=$(curl -sS -o /dev/null -w '%{http_code}' -H "traceparent: 00-$T1-00f067aa0ba902b7-01" http://127.0.0.1/)
 say curl trace="$T1" status="$code"
-mosquitto_pub -h 127.0.0.1 -V 5 -q 1 -t helix/matrix/valve -m open \
-  -D publish user-property traceparent "00-$T1-00f067aa0ba902b8-01"
-say mqtt_publish trace="$T1" rc=$?
 # Stitching window, tail decision and the profile's batch age, then the uplink sends.
-sleep 20
+sleep 30
+curl -s http://127.0.0.1:9464/metrics | grep -E "^helix_agent_(kernel|spans|dropped)" | grep -v " 0$" | head -40 \
+  | sed 's/^/HELIX-MATRIX metrics /' > "$OUT"
 
 # ---- the spool across SIGKILL --------------------------------------------------------------------------------
 ip route add blackhole "$LINK"
@@ -103,7 +108,8 @@ if wait_for 300 drained; then
 else
   say spool_not_drained left="$(comm -12 <(echo "$before") <(spooled_files) | grep -c .)"
 fi
-journalctl -b -u "$UNIT" -o cat --no-pager | grep -E "recovered|delivering again|spool" | tail -5 \
-  | sed 's/^/HELIX-MATRIX agent_log /' > "$OUT"
+say unit_end nrestarts="$(prop NRestarts)" result="$(prop Result)" state="$(prop ActiveState)/$(prop SubState)"
+journalctl -b -u "$UNIT" -o short-monotonic --no-pager | grep -v "^-- " | tail -80 | cut -c1-400 \
+  | sed 's/^/HELIX-MATRIX journal /' > "$OUT"
 sleep 8  # the gateway's export of the last batches
 finish ok
