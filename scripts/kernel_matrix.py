@@ -290,20 +290,29 @@ async def boot_one(arch: str, image_dir: Path, kernel: str, suite: str, results_
     return run
 
 
+TABLE_HEAD = ("| kernel | arch | io object | programs attached | kernel spans: trace 1 / spooled trace 2 | "
+              "agent READY after kernel start | restart after SIGKILL | agent idle RSS | whole run | result |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
 def table_row(run: Run) -> str:
     """One row of docs/portability.md's table."""
     f = run.findings
-    loaded = next((d for d in run.doctor if "probes load and attach" in d), "✘ not reported")
+    loaded = next((d for d in run.doctor if "probes load and attach" in d), "")
     progs = re.search(r"(\d+) programs attached", loaded)
-    obj = "compat" if any("io_compat" in d for d in run.doctor) else ("main" if progs else "-")
-    skipped = re.search(r"skipped \(tracepoint missing\): (.*)", loaded)
-    ebpf1, ebpf2 = run.spans_trace1.get("ebpf", 0), run.spans_trace2.get("ebpf", 0)
+    obj = "io_compat" if "io_compat.bpf.o" in loaded else ("io" if progs else "-")
+    skipped = re.search(r"skipped \(tracepoint missing\): ([^(]*)", loaded)
+    programs = (progs.group(1) if progs else "0") + (f" (skipped: {skipped.group(1).strip()})" if skipped else "")
+    names = sorted(set(run.ebpf_names_trace1))
+    spans = (f"{run.spans_trace1.get('ebpf', 0)} ({', '.join(names) or '-'}) / {run.spans_trace2.get('ebpf', 0)}")
+    ready = (f.get("agent_ready_us", "").split() or [""])[0]
+    ready_s = f"{int(ready) / 1e6:.0f} s" if ready.isdigit() else "-"
+    restart = _kv(f.get("restarted", "")).get("after_s")
     rss = f.get("rss_idle_kib", "").split()
     rss_mib = f"{int(rss[0]) / 1024:.1f} MiB" if rss and rss[0].isdigit() else "-"
-    programs = (progs.group(1) if progs else "0") + (f" (skipped: {skipped.group(1)})" if skipped else "")
     verdict = "pass" if run.ok else "FAIL: " + "; ".join(run.problems)
-    return (f"| {run.kernel} ({run.suite}) | {run.arch} ({run.accel}) | {obj} | {programs} | {ebpf1} + {ebpf2} | "
-            f"{run.boot_s if run.boot_s is not None else '-'} s / {run.total_s} s | {rss_mib} | {verdict} |")
+    return (f"| {run.kernel} ({run.suite}) | {run.arch} ({run.accel}) | {obj} | {programs} | {spans} | {ready_s} | "
+            f"{restart + ' s' if restart else '-'} | {rss_mib} | {run.total_s:.0f} s | {verdict} |")
 
 
 def _kernels(image_dir: Path) -> list[tuple[str, str]]:
@@ -342,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("kernel-matrix: no kernel selected", file=sys.stderr)
         return 2
-    print("\n| kernel | arch | object | programs | kernel spans (trace 1 + spooled trace 2) | boot to READY / whole run "
-          "| agent idle RSS | result |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n" + TABLE_HEAD)
     for run in runs:
         print(table_row(run))
     return 0 if all(r.ok for r in runs) else 1

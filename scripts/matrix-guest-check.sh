@@ -61,9 +61,9 @@ say rss_idle_kib "$(awk '/^VmRSS:/ {print $2}' /proc/"$PID"/status)" pid="$PID"
 
 # ---- kernel spans: an MQTT v5 publish and curl -> nginx in trace helix.trace1 ----------------------------------
 # A device subscribed to its command topic, as in the field (QoS 1 without one ends in "no matching subscribers").
-timeout 60 mosquitto_sub -h 127.0.0.1 -V 5 -q 1 -t helix/matrix/valve -C 1 > /dev/null &
+timeout 60 mosquitto_sub -h 127.0.0.1 -V 5 -q 1 -t plant/line1/valve -C 1 > /dev/null &
 sleep 2
-mosquitto_pub -h 127.0.0.1 -V 5 -q 1 -t helix/matrix/valve -m open \
+mosquitto_pub -h 127.0.0.1 -V 5 -q 1 -t plant/line1/valve -m open \
   -D PUBLISH user-property traceparent "00-$T1-00f067aa0ba902b8-01"
 say mqtt_publish trace="$T1" rc=$?
 code=$(curl -sS -o /dev/null -w '%{http_code}' -H "traceparent: 00-$T1-00f067aa0ba902b7-01" http://127.0.0.1/)

@@ -1,12 +1,14 @@
-"""The amd64 device image booted under KVM on the bullseye 5.10 and bookworm 6.1 kernels (scripts/kernel-matrix.sh).
+"""The amd64 device image booted on the bullseye 5.10 and bookworm 6.1 kernels (scripts/kernel-matrix.sh).
 
 Each boot runs the agent from the systemd unit and checks, inside the guest and at an OTLP peer on the host: Type=notify
 and watchdog pings, the helix user with exactly the unit's capabilities, `helix doctor`, kernel spans of a curl ->
-nginx request and an MQTT v5 publish carrying a traceparent, and the disk spool across SIGKILL of the agent. The
-arm64 column (emulated, ~N minutes a boot) runs on demand; docs/portability.md has its last result.
+nginx request and an MQTT v5 publish carrying a traceparent, and the disk spool across SIGKILL of the agent. KVM is
+used where /dev/kvm runs a stock kernel, emulation otherwise (a PVM host's /dev/kvm does not). The arm64 column
+(emulated, slow) runs on demand; docs/portability.md has its last result.
 
-Slow (the image is rebuilt with this checkout's wheel, then two boots): it runs in CI (CI=true), where a machine
-without root, /dev/kvm or qemu fails it, and elsewhere with HELIX_KERNEL_MATRIX=1.
+Slow (the Helix part of the image is rebuilt with this checkout's wheel, then two boots; docs/portability.md has the
+times): it runs in CI (CI=true), where a machine without root or a way to get qemu fails it, and elsewhere with
+HELIX_KERNEL_MATRIX=1.
 """
 from __future__ import annotations
 
@@ -27,8 +29,6 @@ def _what_is_missing() -> list[str]:
     missing = []
     if os.geteuid() != 0:
         missing.append("root (debootstrap, chroot)")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        missing.append("/dev/kvm")
     if shutil.which("apt-get") is None and shutil.which("qemu-system-x86_64") is None:
         missing.append("qemu-system-x86 (and apt-get to install it)")
     return missing
@@ -46,7 +46,7 @@ def test_amd64_image_on_5_10_and_6_1(tmp_path: Path) -> None:
         if in_ci:
             pytest.fail(message)
         pytest.skip(message)
-    args = [str(SCRIPT), "--arch", "amd64", "--results", str(tmp_path)]
+    args = [str(SCRIPT), "--arch", "amd64", "--results", str(tmp_path), "--timeout", "1200"]
     for kernel in KERNELS:
         args += ["--kernel", kernel]
     # The image must carry this checkout's wheel: rebuild the Helix part (the Debian root stays cached).
@@ -61,5 +61,6 @@ def test_amd64_image_on_5_10_and_6_1(tmp_path: Path) -> None:
         assert run["problems"] == [], (kernel, run["problems"])
         loaded = next(d for d in run["doctor"] if "probes load and attach" in d)
         assert ("io_compat.bpf.o" in loaded) == (obj == "compat"), (kernel, loaded)
-        assert run["spans_trace1"].get("ebpf", 0) >= 2 and run["spans_trace2"].get("ebpf", 0) >= 1, run
-        assert run["accel"] == "kvm"
+        # curl's GET and connect, nginx's GET, mosquitto_pub's publish; the spooled request's spans after SIGKILL
+        assert run["spans_trace1"].get("ebpf", 0) >= 4 and run["spans_trace2"].get("ebpf", 0) >= 2, run
+        assert any(n.startswith("publish ") for n in run["ebpf_names_trace1"]), run["ebpf_names_trace1"]
