@@ -75,21 +75,8 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   local_ca=1
 fi
 
-mounted=()
-cleanup() {
-  for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-for fs in proc sys dev dev/pts; do
-  mountpoint -q "$ROOT/$fs" && continue
-  case $fs in
-    proc) mount -t proc proc "$ROOT/proc" ;;
-    sys) mount -t sysfs sysfs "$ROOT/sys" ;;
-    dev) mount --bind /dev "$ROOT/dev" ;;
-    dev/pts) mount --bind /dev/pts "$ROOT/dev/pts" ;;
-  esac
-  mounted+=("$ROOT/$fs")
-done
+source scripts/chroot-mounts.sh
+mount_chroot "$ROOT"
 proxy_env=()
 for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
   [ -n "${!v:-}" ] && proxy_env+=("$v=${!v}")

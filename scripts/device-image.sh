@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds a Helix Edge device image for ARCH (arm64 or amd64) from Debian packages, the way a device team would:
 # a Debian bookworm root (systemd, Python 3.11, libbpf1, mosquitto and nginx as the node's local workload), the
-# helix-edge wheel built from this checkout in /opt/helix with its dependencies as wheels for ARCH, the systemd unit
-# and a profile from firmware-configs/, and every kernel of the test matrix installed side by side, each kernel's
-# config checked against firmware-configs/kernel/helix.config. See docs/portability.md.
+# helix-edge wheel built from this checkout in /opt/helix with its dependencies as wheels for ARCH, the systemd unit,
+# a profile and the sysctl drop-in from firmware-configs/, and every kernel of the test matrix installed side by side,
+# each kernel's config checked against firmware-configs/kernel/helix.config. See docs/portability.md.
 #
 #   sudo scripts/device-image.sh amd64      # bookworm 6.1, bookworm-backports (newer), bullseye 5.10 kernels
 #   sudo scripts/device-image.sh arm64      # bookworm 6.1, bookworm-backports kernels (debootstrap under qemu-user)
@@ -73,25 +73,8 @@ if [ "$(uname -m)" != "$QEMU_ARCH" ]; then
   [ -e "/proc/sys/fs/binfmt_misc/qemu-$QEMU_ARCH" ] || die "qemu-$QEMU_ARCH is not registered in binfmt_misc"
 fi
 
-mounted=()
-unmount_all() {
-  for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
-  mounted=()
-}
-trap unmount_all EXIT
-mount_chroot() {  # proc, sys, dev for package scripts (initramfs hooks, useradd)
-  local r=$1 fs
-  for fs in proc sys dev dev/pts; do
-    mountpoint -q "$r/$fs" && continue
-    case $fs in
-      proc) mount -t proc proc "$r/proc" ;;
-      sys) mount -t sysfs sysfs "$r/sys" ;;
-      dev) mount --bind /dev "$r/dev" ;;
-      dev/pts) mount --bind /dev/pts "$r/dev/pts" ;;
-    esac
-    mounted+=("$r/$fs")
-  done
-}
+# proc, sys, dev for package scripts (initramfs hooks, useradd)
+source scripts/chroot-mounts.sh
 in_root() {
   chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
     DEBIAN_FRONTEND=noninteractive "$@"
