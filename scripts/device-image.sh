@@ -53,28 +53,16 @@ flock -n 8 || { say "another build of the $ARCH image holds $OUT.lock; waiting";
 [ -f "firmware-configs/profiles/$PROFILE.toml" ] || die "no profile firmware-configs/profiles/$PROFILE.toml"
 
 # ---- host tools -------------------------------------------------------------------------------------------
-need=()
-for p in debootstrap e2fsprogs; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ "$(uname -m)" != "$QEMU_ARCH" ]; then
-  for p in qemu-user-static binfmt-support; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-  done
-fi
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+source scripts/host-lib.sh
+host_tools=(debootstrap e2fsprogs)
+[ "$(uname -m)" = "$QEMU_ARCH" ] || host_tools+=(qemu-user-static binfmt-support)
+apt_need "${host_tools[@]}"
 if [ "$(uname -m)" != "$QEMU_ARCH" ]; then
   [ -e /proc/sys/fs/binfmt_misc/status ] || mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc
   [ -e "/proc/sys/fs/binfmt_misc/qemu-$QEMU_ARCH" ] || update-binfmts --enable "qemu-$QEMU_ARCH" >/dev/null 2>&1 || true
   [ -e "/proc/sys/fs/binfmt_misc/qemu-$QEMU_ARCH" ] || die "qemu-$QEMU_ARCH is not registered in binfmt_misc"
 fi
 
-# proc, sys, dev for package scripts (initramfs hooks, useradd)
-source scripts/chroot-mounts.sh
 in_root() {
   chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
     DEBIAN_FRONTEND=noninteractive "$@"

@@ -44,15 +44,8 @@ for a in "${archs[@]}"; do
   esac
 done
 need+=(qemu-utils socat)
-missing=()
-for p in "${need[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source scripts/host-lib.sh
+apt_need "${need[@]}"
 [ -x .venv/bin/python ] || die "no .venv: run scripts/setup.sh first"
 
 for a in "${archs[@]}"; do
