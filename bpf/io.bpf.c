@@ -318,7 +318,7 @@ static __always_inline void emit_start(struct inflight *in, struct sock *sk, str
 	ev->prev_bytes = prev_bytes;
 	ev->prev_end_ns = prev_end_ns;
 	ev->offcpu_ns = thread_offcpu((__u32)id);
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
+	if (rb_output(ev, sizeof(*ev) + got))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
 
@@ -346,7 +346,7 @@ static __always_inline void emit_more(struct inflight *in, struct sock *sk, __u6
 	ev->offset = offset;
 	got = copy_payload(ev->payload, in, size, settings.payload_bytes - (__u32)offset);
 	ev->payload_len = got;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
+	if (rb_output(ev, sizeof(*ev) + got))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
 
@@ -447,7 +447,7 @@ static __always_inline void file_done(struct inflight *in, long ret, __u64 now, 
 	ev->end_ns = now;
 	ev->size = (ret > 0 && in->op != FILE_FSYNC) ? ret : 0;
 	file_path(ev, (struct file *)in->obj);
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 }
 
 static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
@@ -589,7 +589,7 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	}
 	ev->offcpu_ns = thread_offcpu((__u32)id);
 	now = ev->ts_ns;
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 	red_incomplete(key, now);
 	st->dir = DIR_NONE;
 	st->bytes = 0;
@@ -650,7 +650,7 @@ int on_sock_state(struct bpf_raw_tracepoint_args *ctx)
 		read_endpoints(sk, &ev->ep);
 		ev->ep.role = ROLE_CLIENT;
 		__builtin_memcpy(ev->comm, start->comm, sizeof(ev->comm));
-		bpf_ringbuf_submit(ev, 0);
+		rb_submit(ev, sizeof(*ev));
 	} else {
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 	}
@@ -685,7 +685,7 @@ static __always_inline int tcp_fault(struct sock *sk, __u32 kind)
 	if (!ev->ep.sport)
 		ev->ep.sport = st->sport;
 	ev->ep.role = st->role;
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 	return 0;
 }
 

@@ -627,13 +627,20 @@ def open_probes(cfg: Any = None, **overrides: Any) -> ProbeSet:
 
 
 class KernelEventStream:
-    """Ring-buffer records -> decoded events, delivered in batches to `on_events` from the asyncio loop."""
+    """Ring-buffer records -> decoded events, delivered in batches to `on_events` from the asyncio loop.
+
+    The probes wake the reader only when a sixteenth of the ring is waiting (bpf/maps.bpf.h rb_wakeup: a wakeup per
+    record cost the traced syscalls more than the record itself), so the reader also polls every `poll_interval`
+    seconds: that bounds how long a record waits at low rates.
+    """
 
     def __init__(self, probes: ProbeSet, on_events: Callable[[list[KernelEvent]], None], *,
-                 max_batch: int = 4096) -> None:
+                 max_batch: int = 4096, poll_interval: float = 0.1) -> None:
         self.probes = probes
         self.on_events = on_events
         self.max_batch = max_batch
+        self.poll_interval = poll_interval
+        self._timer: asyncio.TimerHandle | None = None
         self.stats = DecodeStats()
         self.batches = 0
         self._raw: list[bytes] = []
@@ -660,6 +667,12 @@ class KernelEventStream:
         self._epoll_fd = lib.lib.ring_buffer__epoll_fd(self._rb)
         self._loop = loop or asyncio.get_running_loop()
         self._loop.add_reader(self._epoll_fd, self._on_readable)
+        self._timer = self._loop.call_later(self.poll_interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._on_readable()
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.poll_interval, self._on_timer)
 
     def _on_readable(self) -> None:
         try:
@@ -697,6 +710,9 @@ class KernelEventStream:
 
     def close(self) -> None:
         """Unregister from the loop and free the reader (the probes stay loaded)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._loop is not None and self._epoll_fd >= 0:
             try:
                 self._loop.remove_reader(self._epoll_fd)
