@@ -92,16 +92,29 @@ struct {
 
 #include "sampling.bpf.h"
 
+/* The struct file behind the current task's fd. io.bpf.o loads on 5.17+ only (bpf_loop), so it walks task -> files ->
+ * fdt with BTF-typed loads (bpf_get_current_task_btf, 5.11+), which the JIT inlines, instead of one helper call per
+ * field; this runs on every read/write-family syscall of every traced process. The slot in the fd array is indexed
+ * by a runtime value, which the verifier refuses on a BTF pointer: that read stays a helper call. io_compat.bpf.o,
+ * for older kernels, reads every field through helpers. */
 static __always_inline struct file *fd_file(long fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds;
 	struct file *f = NULL;
+#ifndef HELIX_NO_BPF_LOOP
+	struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
+
+	if (fd < 0 || !fdt || fd >= fdt->max_fds)
+		return NULL;
+	fds = fdt->fd;
+#else
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 
 	if (fd < 0 || !fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return NULL;
 	fds = BPF_CORE_READ(fdt, fd);
+#endif
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
 }
