@@ -198,6 +198,7 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct inflight in = {};
+	struct inflight *slot;
 	struct file *f;
 	__u16 type;
 
@@ -231,7 +232,12 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 		in.iovcnt = bufkind == BUF_IOV ? (__u32)ctx->args[2] : 0;
 	}
 	in.ts_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY))
+	/* The thread's slot is reused in place: an update allocates an LRU node and a delete frees it, each under
+	 * locks, on every traced syscall. sys_exit marks the slot empty; sched_process_exit deletes it. */
+	slot = bpf_map_lookup_elem(&inflight, &tid);
+	if (slot)
+		*slot = in;
+	else if (bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY))
 		count_drop(HELIX_DROP_STATE_FULL);
 	return 0;
 }
@@ -471,10 +477,10 @@ static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
 	struct inflight in;
 	__u64 now;
 
-	if (!p)
+	if (!p || !p->kind)
 		return 0;
 	in = *p;
-	bpf_map_delete_elem(&inflight, &tid);
+	p->kind = 0; /* empty until the thread's next traced syscall (see rw_enter) */
 	now = bpf_ktime_get_ns();
 	if (in.kind == IF_SOCK)
 		sock_done(&in, ctx->ret, now, id);

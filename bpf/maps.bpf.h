@@ -79,8 +79,9 @@ struct {
 	__type(value, struct offcpu_state);
 } offcpu SEC(".maps");
 
-/* A syscall between sys_enter and sys_exit, per thread. Deleted at sys_exit, or at thread exit when
- * the thread died inside the syscall. 16384 x ~100 B = 1.6 MiB. */
+/* A syscall between sys_enter and sys_exit, per thread: kind 0 when none is. One slot per thread that made a traced
+ * syscall, written in place by each (io.bpf.c rw_enter) and deleted at thread exit; LRU, so a missed exit cannot
+ * leak. 16384 x ~100 B = 1.6 MiB. */
 enum { IF_SOCK = 1, IF_FILE = 2 };
 enum { BUF_PLAIN = 0, BUF_IOV = 1, BUF_MSG = 2 };
 
