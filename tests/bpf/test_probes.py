@@ -312,7 +312,8 @@ async def test_ten_thousand_short_connections_leave_no_state(kernel: Any) -> Non
     deadline = loop.time() + 30
     while k.probes.map_entry_count("conns") > baseline and loop.time() < deadline:
         await asyncio.sleep(0.1)
-    assert k.probes.map_entry_count("conns") == baseline
+    # at most the baseline: connections other processes had open when the allow-list was set may close meanwhile
+    assert k.probes.map_entry_count("conns") <= baseline
     assert k.probes.map_entry_count("conn_start") == 0
     assert k.probes.drop_counts()["state_full"] == 0
 
