@@ -181,7 +181,8 @@ class RoundsProc:
 
     async def start(self) -> RoundsProc:
         self.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", self.script, *self.args,
-                                                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                                                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                         limit=1 << 24)  # a round's times are one long line
         assert self.proc.stdout is not None
         line = await self.proc.stdout.readline()
         if line.strip() != b"ready":

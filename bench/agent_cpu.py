@@ -10,10 +10,11 @@ uplink); its idle rate, measured beforehand, is taken out. At ratio 0.1 the kern
 and counts them into its RED aggregates: the agent never sees their records.
 
 The same-run reference: decoding and building spans from synthetic HTTP records in this process (bench/span_builder.py,
-one core), before and after; agent CPU per request is also given in those records' time ("reference records").
+one core), before and after; agent CPU per request is also given in those records' time ("reference records", with
+the mean of the two).
 The agent's idle rate and the kernel spans it accepted per request (its /metrics) are printed beside.
 
-    python bench/agent_cpu.py [--requests 2000] [--rounds 2] [--rate 500] [--ratios 1.0,0.1] [--profile PATH]  (root)
+    python bench/agent_cpu.py [--requests 1000] [--rounds 2] [--rate 200] [--ratios 1.0,0.1] [--profile PATH]  (root)
 
 Last line: JSON with µs of agent CPU per request per workload and ratio.
 """
@@ -77,12 +78,14 @@ async def wait_log(path: Path, text: str, timeout: float = 90) -> str:
     raise SystemExit(f"timed out waiting for {text!r} in {path}:\n{path.read_text(errors='replace')[-2000:]}")
 
 
-def ebpf_spans(metrics_port: int) -> int:
-    """Kernel spans the agent has accepted so far (its /metrics)."""
+def span_counts(metrics_port: int) -> tuple[int, int]:
+    """Kernel spans the agent has accepted so far, and spans it dropped for want of room (its /metrics)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
     m = re.search(r'^helix_agent_spans_accepted_total\{[^}]*source="ebpf"[^}]*\} (\d+)', text, re.M)
-    return int(m.group(1)) if m else 0
+    dropped = sum(int(v) for reason, v in re.findall(r'^helix_agent_spans_dropped_total\{[^}]*reason="([^"]+)"[^}]*\} '
+                                                       r'(\d+)', text, re.M) if reason != "sampled_out")
+    return (int(m.group(1)) if m else 0), dropped
 
 
 def reference_us_per_record(exchanges: int = 5000) -> float:
@@ -123,6 +126,7 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
     workloads = await make_workloads(broker, tuple(_SCALE))
     pids = sorted({p for wl in workloads.values() for p in wl.pids})
     out: dict[str, object] = {}
+    per_request: dict[str, float] = {}
     refs = [reference_us_per_record()]
     try:
         for ratio in ratios:
@@ -146,16 +150,19 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
                 for name, wl in workloads.items():
                     n = max(100, int(requests * _SCALE[name]))
                     per_req = []
-                    spans0 = ebpf_spans(metrics_port)
+                    spans0, dropped0 = span_counts(metrics_port)
                     for _ in range(rounds):
                         per_req.append(await charged_round(agent.pid, wl, n, rate, idle) / n / 1000)
-                    spans = (ebpf_spans(metrics_port) - spans0) / (n * rounds)
+                    spans1, dropped1 = span_counts(metrics_port)
+                    spans = (spans1 - spans0) / (n * rounds)
+                    out[f"{name}@{ratio}_dropped"] = dropped1 - dropped0
+                    if dropped1 > dropped0:
+                        print(f"  ({dropped1 - dropped0} spans dropped for want of room: the agent did not keep up; "
+                              "lower --rate)", file=sys.stderr)
                     key = f"{name}@{ratio}"
-                    out[key] = round(statistics.median(per_req), 2)
-                    out[f"{key}_reference_records"] = round(statistics.median(per_req) / refs[0], 1)
+                    out[key] = per_request[key] = round(statistics.median(per_req), 2)
                     print(f"  {name:20s} ratio {ratio}: {statistics.median(per_req):7.2f} µs agent CPU per "
-                          f"{wl.unit} (rounds: {', '.join(f'{x:.2f}' for x in per_req)}; "
-                          f"{statistics.median(per_req) / refs[0]:.1f} reference records); {spans:.2f} kernel spans "
+                          f"{wl.unit} (rounds: {', '.join(f'{x:.2f}' for x in per_req)}); {spans:.2f} kernel spans "
                           f"per {wl.unit}", file=sys.stderr)
                     out[f"{key}_spans_per_request"] = round(spans, 2)
                 out[f"agent_idle_ms_per_s@{ratio}"] = round(idle / 1e6, 2)
@@ -167,20 +174,26 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
             await wl.stop()
         gateway.terminate()
         await gateway.wait()
+        broker.stop()
+        uplink.stop()
     refs.append(reference_us_per_record())
     print(f"reference: decode + span building {refs[0]:.1f} µs per record before, {refs[1]:.1f} after",
           file=sys.stderr)
     out["reference_us_per_record"] = [round(r, 2) for r in refs]
-        broker.stop()
-        uplink.stop()
+    # in the time one reference record takes in the same run (the mean of before and after: a shared machine's speed
+    # drifts over a run)
+    ref = statistics.fmean(refs)
+    for key, us in per_request.items():
+        out[f"{key}_in_reference_records"] = round(us / ref, 2)
+        print(f"  {key:26s} {us:8.2f} µs = {us / ref:5.2f} reference records", file=sys.stderr)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=2000, help="keep-alive requests per round (others scaled)")
+    ap.add_argument("--requests", type=int, default=1000, help="keep-alive requests per round (others scaled)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--rate", type=float, default=500.0,
+    ap.add_argument("--rate", type=float, default=200.0,
                     help="requests per second offered (an agent that cannot keep up would drop, not work, per request)")
     ap.add_argument("--ratios", default="1.0,0.1", help="comma-separated sampling ratios (sampler.ratio)")
     ap.add_argument("--profile", default="", metavar="PATH",

@@ -7,7 +7,9 @@ attached-detached (so a drift over the run cancels out). Each pair gives one dif
 of the round medians of the request time, and of the CPU time the client and the server spent per request (the
 scheduler's on-CPU clock, /proc/<pid>/task/*/schedstat: utime + stime without the clock-tick resolution). A shared
 machine makes single rounds noisy; the pairs' differences are much less so, and the bench prints their mean with a
-95 % confidence interval (Student's t).
+95 % confidence interval (Student's t), and their median with a distribution-free one (a round the host slowed
+down moves the mean, not the median). Client and server run on one CPU at a real-time priority (--no-realtime:
+not), so that the machine's other work does not delay the measured requests.
 
 The same-run reference is the detached rounds. Detaching takes 1-2 s (the kernel waits for RCU grace periods per
 tracepoint), so rounds are long enough to make that small. Other processes that hold the Helix probes meanwhile
@@ -52,6 +54,18 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def median_ci(values: list[float]) -> tuple[float, float, float]:
+    """Median with its distribution-free 95 % interval (order statistics, the sign test's binomial bounds): robust to
+    the rounds a busy host slowed down, which widen a t-interval."""
+    n = len(values)
+    s = sorted(values)
+    k = 0  # the largest k with P(Binomial(n, 1/2) < k) <= 0.025
+    while k < n // 2 and sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n <= 0.025:
+        k += 1
+    lo, hi = (s[k - 1], s[n - k]) if k else (-math.inf, math.inf)
+    return statistics.median(s), lo, hi
+
+
 async def measure(client: HttpKeepAlive, server_pid: int, n: int) -> tuple[float, float]:
     """One round: (median request time, client + server CPU per request), both in µs."""
     s0 = oncpu_ns(server_pid)
@@ -60,7 +74,7 @@ async def measure(client: HttpKeepAlive, server_pid: int, n: int) -> tuple[float
     return statistics.median(lat) / 1000, (client_cpu + server_cpu) / n / 1000
 
 
-async def run(pairs: int, n: int) -> dict[str, object]:
+async def run(pairs: int, n: int, realtime: bool) -> dict[str, object]:
     client = await HttpKeepAlive().start()
     server = client.server
     probes = ProbeSet(ProbeSettings())
@@ -75,6 +89,13 @@ async def run(pairs: int, n: int) -> dict[str, object]:
     # Only the client and the server are traced: with every process traced, a shared machine's other work would
     # produce records for this process to decode, and its load would fall on the measured requests.
     probes.set_allowed_pids(client.pids)
+    if realtime:
+        # Client and server on one CPU at a real-time priority: the machine's other work then cannot delay the
+        # measured requests (the ring-buffer reader, this process, stays an ordinary task on the other CPUs).
+        cpu = max(os.sched_getaffinity(0))
+        for pid in client.pids:
+            os.sched_setaffinity(pid, {cpu})
+            os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(10))
     names = program_names()
     rounds: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     crowded = 0
@@ -98,30 +119,37 @@ async def run(pairs: int, n: int) -> dict[str, object]:
     cpu_d = [a[1] - d[1] for a, d in zip(rounds[True], rounds[False])]
     lat_mean, lat_ci = mean_ci(lat_d)
     cpu_mean, cpu_ci = mean_ci(cpu_d)
+    lat_med, lat_lo, lat_hi = median_ci(lat_d)
+    cpu_med, cpu_lo, cpu_hi = median_ci(cpu_d)
     det_lat = [r[0] for r in rounds[False]]
     det_cpu = [r[1] for r in rounds[False]]
     att_lat = [r[0] for r in rounds[True]]
     print(f"{pairs} pairs of rounds of {n} requests; round medians detached {statistics.median(det_lat):.1f} µs "
           f"(rounds {min(det_lat):.1f}-{max(det_lat):.1f}, sd {statistics.pstdev(det_lat):.1f}), attached "
           f"{statistics.median(att_lat):.1f} µs (rounds {min(att_lat):.1f}-{max(att_lat):.1f})")
-    print(f"added latency per request: {lat_mean:+.2f} µs ± {lat_ci:.2f} (95 %), median of pairs "
-          f"{statistics.median(lat_d):+.2f}, pairs' sd {statistics.stdev(lat_d):.2f} µs")
-    print(f"added CPU per request (client + server): {cpu_mean:+.2f} µs ± {cpu_ci:.2f} (95 %) over "
-          f"{statistics.median(det_cpu):.1f} µs detached; pairs' sd {statistics.stdev(cpu_d):.2f} µs")
+    print(f"added latency per request: mean {lat_mean:+.2f} µs ± {lat_ci:.2f} (95 %, t); median {lat_med:+.2f} µs "
+          f"[{lat_lo:+.2f}, {lat_hi:+.2f}] (95 %, order statistics); pairs' sd {statistics.stdev(lat_d):.2f} µs")
+    print(f"added CPU per request (client + server): mean {cpu_mean:+.2f} µs ± {cpu_ci:.2f}; median {cpu_med:+.2f} "
+          f"[{cpu_lo:+.2f}, {cpu_hi:+.2f}] over {statistics.median(det_cpu):.1f} µs detached; pairs' sd "
+          f"{statistics.stdev(cpu_d):.2f} µs")
     print(f"records decoded meanwhile: {decoded[0]:,}; rounds with other processes holding the Helix probes: "
           f"{crowded} of {pairs} pairs")
     return {
         "added_latency_us": round(lat_mean, 2),
         "added_latency_ci95_us": round(lat_ci, 2),
-        "added_latency_us_median_pair": round(statistics.median(lat_d), 2),
+        "added_latency_us_median": round(lat_med, 2),
+        "added_latency_median_ci95_us": [round(lat_lo, 2), round(lat_hi, 2)],
         "added_cpu_us_per_request": round(cpu_mean, 2),
         "added_cpu_ci95_us": round(cpu_ci, 2),
+        "added_cpu_us_median": round(cpu_med, 2),
+        "added_cpu_median_ci95_us": [round(cpu_lo, 2), round(cpu_hi, 2)],
         "detached_latency_us": round(statistics.median(det_lat), 1),
         "detached_cpu_us_per_request": round(statistics.median(det_cpu), 1),
         "detached_round_sd_us": round(statistics.pstdev(det_lat), 2),
         "pairs": pairs,
         "requests_per_round": n,
         "pairs_with_other_probes": crowded,
+        "realtime": realtime,
     }
 
 
@@ -129,10 +157,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=30, help="pairs of rounds (detached, attached)")
     ap.add_argument("--requests", type=int, default=2000, help="requests per round")
+    ap.add_argument("--no-realtime", dest="realtime", action="store_false",
+                    help="leave client and server at the ordinary priority and on any CPU")
     args = ap.parse_args()
     if args.pairs < 2:
         ap.error("--pairs must be at least 2 (a confidence interval needs two differences)")
-    print(json.dumps(asyncio.run(run(args.pairs, args.requests))))
+    print(json.dumps(asyncio.run(run(args.pairs, args.requests, args.realtime))))
 
 
 if __name__ == "__main__":
