@@ -372,26 +372,27 @@ class MqttPublishes(Workload):
             await self._reader
 
 
-class FileIo(Workload):
-    """4 KiB writes to and reads from a regular file in turn (an fsync every 64 writes); a unit is one syscall."""
+class _LoneWorkload(Workload):
+    """A process working alone; a unit is one syscall."""
 
-    name = "file_io"
     unit = "syscall"
-    script = FILE_IO
 
     def __init__(self) -> None:
         super().__init__([], 0)
 
 
-class DeviceIo(Workload):
+class FileIo(_LoneWorkload):
+    """4 KiB writes to and reads from a regular file in turn (an fsync every 64 writes)."""
+
+    name = "file_io"
+    script = FILE_IO
+
+
+class DeviceIo(_LoneWorkload):
     """64-byte reads of /dev/zero and writes to /dev/null in turn: I/O the probes look at and ignore."""
 
     name = "device_io"
-    unit = "syscall"
     script = DEVICE_IO
-
-    def __init__(self) -> None:
-        super().__init__([], 0)
 
 
 WORKLOADS = ("http_keepalive", "http_new_connection", "mqtt_publish", "file_io", "device_io")

@@ -17,9 +17,11 @@ import platform
 import struct
 
 from edge.sources.ebpf import _libbpf
-from edge.sources.ebpf.loader import ensure_tracefs
+from edge.sources.ebpf.events import KernelEvent
+from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ensure_tracefs
 
-__all__ = ["tracepoint_id", "TracepointCounter", "syscall_counter", "SYSCALL_NR", "ReferenceProgram", "REFERENCES"]
+__all__ = ["tracepoint_id", "TracepointCounter", "syscall_counter", "SYSCALL_NR", "ReferenceProgram", "REFERENCES",
+           "Drain"]
 
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[platform.machine()]
 _PERF_TYPE_TRACEPOINT = 2
@@ -163,3 +165,19 @@ class ReferenceProgram:
                 os.close(fd)
         self.perf_fd = self.prog_fd = self.map_fd = -1
 
+
+
+class Drain:
+    """The bench process standing in for the agent: it reads and decodes the probes' ring buffer on the running
+    loop (the records' consumer the kernel wakes), counting the events."""
+
+    def __init__(self, probes: ProbeSet) -> None:
+        self.events = 0
+        self.stream = KernelEventStream(probes, self._count)
+        self.stream.start()
+
+    def _count(self, events: list[KernelEvent]) -> None:
+        self.events += len(events)
+
+    def close(self) -> None:
+        self.stream.close()

@@ -36,13 +36,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loopback import Workload, make_workloads, start_broker  # noqa: E402
-from _perf import REFERENCES, ReferenceProgram, syscall_counter  # noqa: E402
+from _perf import REFERENCES, Drain, ReferenceProgram, syscall_counter  # noqa: E402
 
 from edge.sampler.consistent import threshold_for_ratio  # noqa: E402
 from edge.sources.ebpf import _libbpf  # noqa: E402
 from edge.sources.ebpf.cost import run_stats, stats_sysctl  # noqa: E402
-from edge.sources.ebpf.events import KernelEvent  # noqa: E402
-from edge.sources.ebpf.loader import TRACEPOINTS, KernelEventStream, ProbeSet, ProbeSettings  # noqa: E402
+from edge.sources.ebpf.loader import TRACEPOINTS, ProbeSet, ProbeSettings  # noqa: E402
 
 _NOBODY = 0  # an allow-list entry no process has: every process is untraced
 _SWITCH_TP = "sched/sched_switch"
@@ -127,14 +126,20 @@ class Bench:
         return w
 
 
+def pooled(parts: list[tuple[Mapping[str, float], Mapping[str, float]]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-program runs and ns summed over (runs, ns) pairs of windows or attributions."""
+    runs: dict[str, float] = {}
+    ns: dict[str, float] = {}
+    for r, t in parts:
+        for p in r:
+            runs[p] = runs.get(p, 0) + r[p]
+            ns[p] = ns.get(p, 0) + t[p]
+    return runs, ns
+
+
 def untraced_cost(windows: list[Window]) -> dict[str, float]:
     """ns per run of each program when nobody is traced (pooled over the windows)."""
-    runs: dict[str, int] = {}
-    ns: dict[str, int] = {}
-    for w in windows:
-        for p in w.runs:
-            runs[p] = runs.get(p, 0) + w.runs[p]
-            ns[p] = ns.get(p, 0) + w.ns[p]
+    runs, ns = pooled([(w.runs, w.ns) for w in windows])
     pooled_runs = sum(runs.get(p, 0) for p in runs if syscall_tracepoint(p))
     fallback = sum(ns.get(p, 0) for p in runs if syscall_tracepoint(p)) / max(1, pooled_runs)
     return {p: (ns[p] / runs[p] if runs[p] >= 100 else fallback) for p in runs}
@@ -185,13 +190,7 @@ def attribute(w: Window, untraced: dict[str, float], idle: Window) -> Attributio
 
 async def run(rounds: int, requests: int, phases: list[str]) -> dict[str, object]:
     probes = ProbeSet(ProbeSettings())
-    drained = [0]
-
-    def sink(events: list[KernelEvent]) -> None:
-        drained[0] += len(events)
-
-    stream = KernelEventStream(probes, sink)
-    stream.start()
+    drain = Drain(probes)
     probes.set_red_bounds(_RED_BOUNDS_NS)
     broker = await start_broker()
     workloads = await make_workloads(broker, tuple(sorted({_PHASES[p][0] for p in phases})))
@@ -213,13 +212,13 @@ async def run(rounds: int, requests: int, phases: list[str]) -> dict[str, object
     finally:
         for r in refs:
             r.close()
-        stream.close()
+        drain.close()
         probes.close()
         for w in workloads.values():
             await w.stop()
         broker.stop()
     assert stats_sysctl() == sysctl_before
-    return report(results, idles, drained[0])
+    return report(results, idles, drain.events)
 
 
 def _fmt_ns(v: float) -> str:
@@ -268,12 +267,7 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
             continue
         atts = [attribute(w, untraced, idle) for w in ws]
         reqs = sum(w.requests for w in ws)
-        runs: dict[str, float] = {}
-        ns: dict[str, float] = {}
-        for a in atts:
-            for p in a.runs:
-                runs[p] = runs.get(p, 0) + a.runs[p]
-                ns[p] = ns.get(p, 0) + a.ns[p]
+        runs, ns = pooled([(a.runs, a.ns) for a in atts])
         total = sum(ns.values())
         sys_runs = sum(r for p, r in runs.items() if syscall_tracepoint(p))
         sys_ns = sum(v for p, v in ns.items() if syscall_tracepoint(p))

@@ -34,10 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loopback import HttpKeepAlive, oncpu_ns  # noqa: E402
+from _perf import Drain  # noqa: E402
 
 from edge.sources.ebpf.cost import agent_programs  # noqa: E402
-from edge.sources.ebpf.events import KernelEvent  # noqa: E402
-from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings, program_names  # noqa: E402
+from edge.sources.ebpf.loader import ProbeSet, ProbeSettings, program_names  # noqa: E402
 
 
 def t_quantile_975(df: int) -> float:
@@ -78,13 +78,7 @@ async def run(pairs: int, n: int, realtime: bool) -> dict[str, object]:
     client = await HttpKeepAlive().start()
     server = client.server
     probes = ProbeSet(ProbeSettings())
-    decoded = [0]
-
-    def sink(events: list[KernelEvent]) -> None:
-        decoded[0] += len(events)
-
-    stream = KernelEventStream(probes, sink)
-    stream.start()
+    drain = Drain(probes)
     await client.reset()  # a connection the probes saw open
     # Only the client and the server are traced: with every process traced, a shared machine's other work would
     # produce records for this process to decode, and its load would fall on the measured requests.
@@ -111,7 +105,7 @@ async def run(pairs: int, n: int, realtime: bool) -> dict[str, object]:
             if any(p != os.getpid() for p in agent_programs(names)):
                 crowded += 1
     finally:
-        stream.close()
+        drain.close()
         probes.close()
         await client.stop()
 
@@ -132,7 +126,7 @@ async def run(pairs: int, n: int, realtime: bool) -> dict[str, object]:
     print(f"added CPU per request (client + server): mean {cpu_mean:+.2f} µs ± {cpu_ci:.2f}; median {cpu_med:+.2f} "
           f"[{cpu_lo:+.2f}, {cpu_hi:+.2f}] over {statistics.median(det_cpu):.1f} µs detached; pairs' sd "
           f"{statistics.stdev(cpu_d):.2f} µs")
-    print(f"records decoded meanwhile: {decoded[0]:,}; rounds with other processes holding the Helix probes: "
+    print(f"records decoded meanwhile: {drain.events:,}; rounds with other processes holding the Helix probes: "
           f"{crowded} of {pairs} pairs")
     return {
         "added_latency_us": round(lat_mean, 2),

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.agent import Agent
 from edge.agent.metrics_http import health_metrics, render_prometheus
 from edge.config import Config, parse_config
 from edge.demo.broker import Mosquitto
 from edge.doctor import Check, doctor_exit_code, format_checks, run_checks
 from edge.sources.ebpf.cost import stats_sysctl
 
-from .conftest import Server, bpf_unavailable
+from .conftest import Server, bpf_unavailable, running_agent
 from .test_kernel_sampling import curl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,13 +78,7 @@ async def test_cost_of_the_running_agent(mosquitto: Mosquitto, http_server: Serv
         "uplink": {"broker": mosquitto.url, "spool_dir": str(tmp_path / "spool")},
     })
     sysctl = stats_sysctl()
-    stop = asyncio.Event()
-    agent = Agent(cfg)
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await asyncio.wait_for(agent.started.wait(), 60)
-        if agent.kernel.state != "running":
-            bpf_unavailable(f"{agent.kernel.reason} ({agent.kernel.fix})")
+    async with running_agent(cfg, start_timeout=60) as agent:
         doctor = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edge", "doctor", "--cost", "--seconds", "2", "--pid", str(os.getpid()),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT))
@@ -110,9 +103,6 @@ async def test_cost_of_the_running_agent(mosquitto: Mosquitto, http_server: Serv
         text = render_prometheus([health_metrics(agent)])
         assert 'helix_agent_kernel_program_runs_total{service_name="helix-agent",program="exit_sendto"}' in text
         assert "helix_agent_kernel_program_run_time_seconds_total" in text
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 @pytest.mark.bpf
