@@ -227,9 +227,12 @@ def doctor_exit_code(checks: list[Check]) -> int:
 def cost_report(seconds: float, pid: int | None = None) -> tuple[str, bool]:
     """What the running agents' probes cost in the kernel over `seconds` (BPF run-time statistics, turned on for
     that window only); returns the report and whether any agent was measured. Raises ProbeUnavailable."""
+    from .sources.ebpf import _libbpf
     from .sources.ebpf.cost import agent_programs, measure, stats_sysctl
     from .sources.ebpf.loader import program_names
 
+    # Fails here (EPERM) where statistics cannot be had at all, before a search that could not see the agent anyway.
+    os.close(_libbpf.libbpf().enable_stats())
     agents = agent_programs(program_names(), pid)
     if not agents:
         where = f"process {pid} holds no" if pid is not None else "no process on this host holds the"
@@ -280,7 +283,12 @@ def main_doctor_cost(seconds: float, pid: int | None) -> int:
     try:
         text, ok = cost_report(seconds, pid)
     except ProbeUnavailable as e:
-        print(f"✘ cannot read BPF run-time statistics: {e.reason}\n    fix: {e.fix}")
+        fix = e.fix
+        if getattr(e, "errno", None) == errno.EPERM:
+            # BPF_ENABLE_STATS and opening another process's programs by id both need CAP_SYS_ADMIN
+            fix = ("run `helix doctor --cost` as root on the host (in a container: with --cap-add SYS_ADMIN and "
+                   "without $HELIX_USER); it needs CAP_SYS_ADMIN, more than the agent itself")
+        print(f"✘ cannot read BPF run-time statistics: {e.reason}\n    fix: {fix}")
         return 1
     print(text)
     return 0 if ok else 1

@@ -112,3 +112,15 @@ def test_cost_without_an_agent_says_so() -> None:
     assert out.returncode == 1
     assert "process 1 holds no Helix probes" in out.stdout and "helix run" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.bpf
+def test_cost_unprivileged_says_what_it_needs() -> None:
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop privileges")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                          sys.executable, "-m", "edge", "doctor", "--cost", "--seconds", "0.1"],
+                         capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert "cannot read BPF run-time statistics" in out.stdout and "CAP_SYS_ADMIN" in out.stdout, out.stdout
