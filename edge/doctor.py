@@ -153,6 +153,23 @@ def _tracepoints() -> list[Check]:
     return out
 
 
+_PARANOID = Path("/proc/sys/kernel/perf_event_paranoid")
+
+
+def _perf_paranoid() -> Check:
+    # Debian's and Ubuntu's kernels add level 3, their default, at which perf_event_open (what attaching to a syscall
+    # tracepoint takes) admits CAP_SYS_ADMIN only: CAP_PERFMON, all the systemd unit grants, is refused (EACCES).
+    try:
+        level = int(_PARANOID.read_text())
+    except (OSError, ValueError):
+        return Check("perf events", True, f"{_PARANOID} not readable; assuming the upstream levels")
+    if level < 3:
+        return Check("perf events", True, f"perf_event_paranoid {level}: CAP_PERFMON attaches to tracepoints")
+    return Check("perf events", False, f"perf_event_paranoid {level}: only CAP_SYS_ADMIN may attach to syscall "
+                 "tracepoints on this kernel, so the agent as its systemd unit runs it (CAP_PERFMON) cannot",
+                 "install firmware-configs/sysctl/60-helix.conf (kernel.perf_event_paranoid = 2) in /etc/sysctl.d/")
+
+
 def _memlock() -> Check:
     from .sources.ebpf.loader import memlock_needed
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
@@ -177,9 +194,10 @@ def _load(cfg: Config) -> Check:
     try:
         attached = probes.attached_programs
         skipped = probes.skipped_programs
+        objects = probes.object_files
     finally:
         probes.close()
-    detail = f"{len(attached)} programs attached and detached again"
+    detail = f"{len(attached)} programs attached and detached again ({', '.join(objects)})"
     if skipped:
         detail += f"; skipped (tracepoint missing): {', '.join(skipped)}"
     return Check("probes load and attach", True, detail)
@@ -189,7 +207,8 @@ def run_checks(cfg: Config | None = None) -> list[Check]:
     """Run every check in order; never raises."""
     cfg = cfg or Config()
     checks: list[Check] = []
-    steps: list[Any] = [_capabilities, _pid_namespace, _btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf, _memlock, lambda: _load(cfg)]
+    steps: list[Any] = [_capabilities, _pid_namespace, _btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf,
+                        _perf_paranoid, _memlock, lambda: _load(cfg)]
     for step in steps:
         try:
             result = step()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import doctor
 from edge.agent.metrics_http import health_metrics, render_prometheus
 from edge.config import Config, parse_config
 from edge.demo.broker import Mosquitto
@@ -29,6 +30,21 @@ def test_format_and_exit_code() -> None:
     assert doctor_exit_code(checks) == 1 and doctor_exit_code(checks[:1]) == 0
 
 
+@pytest.mark.parametrize("level,ok", [("2\n", True), ("3\n", False), ("-1\n", True)])
+def test_perf_paranoid_level_3_is_named_with_the_sysctl_that_fixes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       level: str, ok: bool) -> None:
+    # Debian's kernels default to 3, where perf_event_open (syscall tracepoints) admits only CAP_SYS_ADMIN.
+    fake = tmp_path / "perf_event_paranoid"
+    fake.write_text(level)
+    monkeypatch.setattr(doctor, "_PARANOID", fake)
+    check = doctor._perf_paranoid()
+    assert check.ok is ok
+    if not ok:
+        assert "CAP_SYS_ADMIN" in check.detail and "perf_event_paranoid = 2" in check.fix
+        conf = ROOT / "firmware-configs" / "sysctl" / "60-helix.conf"
+        assert "kernel.perf_event_paranoid = 2" in conf.read_text()
+
+
 @pytest.mark.bpf
 def test_everything_passes_here() -> None:
     checks = run_checks(Config())
@@ -39,6 +55,9 @@ def test_everything_passes_here() -> None:
     assert doctor_exit_code(checks) == 0
     names = {c.name for c in checks}
     assert {"kernel BTF", "bpf() permission", "tracefs", "ring buffer maps", "probes load and attach"} <= names
+    # which io object the kernel got (io_compat.bpf.o before 5.17), as the kernel matrix reads it
+    loaded = next(c for c in checks if c.name == "probes load and attach")
+    assert loaded.detail.endswith("(io.bpf.o, proc.bpf.o)"), loaded.detail
 
 
 @pytest.mark.bpf

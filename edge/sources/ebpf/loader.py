@@ -529,6 +529,11 @@ class ProbeSet:
         return self.drop_counts()["ringbuf_full"]
 
     @property
+    def object_files(self) -> list[str]:
+        """File names of the loaded objects (io_compat.bpf.o instead of io.bpf.o on kernels before 5.17)."""
+        return [o.path.name for o in self._objects]
+
+    @property
     def attached_programs(self) -> list[str]:
         """Names of the attached programs."""
         return [p for o in self._objects for p in o.attached]
