@@ -3,7 +3,7 @@
 Builds ring-buffer records for keep-alive HTTP exchanges with a traceparent header (as io.bpf.c writes
 them), then times decode_event + SpanBuilder.feed over them.
 
-    python bench/span_builder.py [--exchanges 50000]
+    python bench/span_builder.py [--exchanges 50000] [--profile]
 
 Last line: {"records", "decode_per_s", "decode_and_build_events_per_s", "spans_per_s"}
 """
@@ -33,17 +33,20 @@ def record(ts: int, direction: int, payload: bytes, prev_bytes: int, prev_end: i
     return head + payload
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--exchanges", type=int, default=50_000)
-    args = ap.parse_args()
+def http_records(exchanges: int) -> list[bytes]:
+    """Records of `exchanges` keep-alive HTTP exchanges on one server connection (request, response)."""
     records = []
     ts = 1_000_000
-    for i in range(args.exchanges):
+    for i in range(exchanges):
         req = REQ % i
         records.append(record(ts, 1, req, len(RESP) if i else 0, ts - 1000 if i else 0))
         records.append(record(ts + 50_000, 0, RESP, len(req), ts + 2000))
         ts += 100_000
+    return records
+
+
+def decode_and_build(records: list[bytes]) -> tuple[int, float, float]:
+    """Decode the records and build spans from them in batches of 4096: (spans, decoding s, decoding + building s)."""
     t0 = time.perf_counter()
     events = [decode_event(r) for r in records]
     t1 = time.perf_counter()
@@ -52,12 +55,55 @@ def main() -> None:
     for i in range(0, len(events), 4096):
         spans += len(builder.feed(events[i:i + 4096]))
     t2 = time.perf_counter()
+    return spans, t1 - t0, t2 - t0
+
+
+# Where the time goes, by stage: (label, module path fragment, function name) of the stage's entry point.
+_STAGES = (
+    ("decode (struct unpack, event dataclasses)", "ebpf/decode.py", "decode_event"),
+    ("HTTP request heads (edge/protocols/http1.py)", "protocols/http1.py", "parse_requests"),
+    ("HTTP response heads (edge/protocols/http1.py)", "protocols/http1.py", "parse_responses"),
+    ("HTTP span creation (spans.py _emit_http: attributes, trace context, Span)", "ebpf/spans", "_emit_http"),
+    ("  of which trace context from the headers (edge/propagation.py)", "edge/propagation.py", "extract"),
+)
+
+
+def profile(records: list[bytes]) -> None:
+    """decode_and_build under cProfile: each stage's share, then the busiest functions."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(decode_and_build, records)
+    st = pstats.Stats(prof)
+    total = sum(v[2] for v in st.stats.values())  # type: ignore[attr-defined]
+    cum = {(f, name): v[3] for (f, _, name), v in st.stats.items()}  # type: ignore[attr-defined]
+    print(f"cProfile: {total:.2f} s of function time over {len(records)} records (cProfile slows this code ~3x)")
+    staged = 0.0
+    for label, path, func in _STAGES:
+        t = sum(v for (f, name), v in cum.items() if name == func and path in f)
+        staged += t if not label.startswith(" ") else 0.0
+        print(f"  {label:75s} {100 * t / total:5.1f} %")
+    print(f"  {'the rest: dispatch, connection and message state, pairing (spans.py)':75s} "
+          f"{100 * (total - staged) / total:5.1f} %")
+    st.sort_stats("tottime").print_stats(15)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exchanges", type=int, default=50_000)
+    ap.add_argument("--profile", action="store_true", help="also print where the time goes (cProfile), per stage")
+    args = ap.parse_args()
+    records = http_records(args.exchanges)
+    spans, t_decode, t_total = decode_and_build(records)
     result = {
         "records": len(records),
-        "decode_per_s": round(len(records) / (t1 - t0)),
-        "decode_and_build_events_per_s": round(len(records) / (t2 - t0)),
-        "spans_per_s": round(spans / (t2 - t0)),
+        "decode_per_s": round(len(records) / t_decode),
+        "decode_and_build_events_per_s": round(len(records) / t_total),
+        "spans_per_s": round(spans / t_total),
     }
+    if args.profile:
+        profile(records)
     print(f"{len(records)} records: decode {result['decode_per_s']}/s; decode + span building "
           f"{result['decode_and_build_events_per_s']} events/s ({spans} spans, {result['spans_per_s']} spans/s)")
     print(json.dumps(result))

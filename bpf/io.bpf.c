@@ -92,16 +92,29 @@ struct {
 
 #include "sampling.bpf.h"
 
+/* The struct file behind the current task's fd. io.bpf.o loads on 5.17+ only (bpf_loop), so it walks task -> files ->
+ * fdt with BTF-typed loads (bpf_get_current_task_btf, 5.11+), which the JIT inlines, instead of one helper call per
+ * field; this runs on every read/write-family syscall of every traced process. The slot in the fd array is indexed
+ * by a runtime value, which the verifier refuses on a BTF pointer: that read stays a helper call. io_compat.bpf.o,
+ * for older kernels, reads every field through helpers. */
 static __always_inline struct file *fd_file(long fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds;
 	struct file *f = NULL;
+#ifndef HELIX_NO_BPF_LOOP
+	struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
+
+	if (fd < 0 || !fdt || fd >= fdt->max_fds)
+		return NULL;
+	fds = fdt->fd;
+#else
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 
 	if (fd < 0 || !fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return NULL;
 	fds = BPF_CORE_READ(fdt, fd);
+#endif
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
 }
@@ -185,6 +198,7 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct inflight in = {};
+	struct inflight *slot;
 	struct file *f;
 	__u16 type;
 
@@ -218,9 +232,23 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 		in.iovcnt = bufkind == BUF_IOV ? (__u32)ctx->args[2] : 0;
 	}
 	in.ts_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY))
+	/* The thread's slot is reused in place: an update allocates an LRU node and a delete frees it, each under
+	 * locks, on every traced syscall. sys_exit marks the slot empty; sched_process_exit deletes it. */
+	slot = bpf_map_lookup_elem(&inflight, &tid);
+	if (slot)
+		*slot = in;
+	else if (bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY))
 		count_drop(HELIX_DROP_STATE_FULL);
 	return 0;
+}
+
+/* n, at most HELIX_PAYLOAD_MAX, in the very register handed to a helper. From a plain min() clang may compare one copy
+ * of n and pass another, refilled from the stack, which verifiers before 6.8 see unbounded (6.1: "R2 unbounded memory
+ * access, use 'var &= const' or 'if (var < const)'"); a mask does not help, clang drops it as redundant. */
+static __always_inline __u64 payload_bound(__u64 n)
+{
+	asm volatile("if %[n] <= %[max] goto +1; %[n] = %[max]" : [n] "+r"(n) : [max] "i"(HELIX_PAYLOAD_MAX));
+	return n;
 }
 
 /* Copy up to `want` (<= HELIX_PAYLOAD_MAX) bytes spread over an iovec array; returns bytes copied. */
@@ -240,8 +268,7 @@ static __always_inline __u32 copy_iov(__u8 *dst, struct iovec_user *iov, __u64 c
 		n = want - got;
 		if (n > v.iov_len)
 			n = v.iov_len;
-		if (n > HELIX_PAYLOAD_MAX)
-			n = HELIX_PAYLOAD_MAX;
+		n = payload_bound(n);
 		if (bpf_probe_read_user(dst + (got & (HELIX_PAYLOAD_MAX - 1)), n, v.iov_base))
 			break;
 		got += n;
@@ -271,7 +298,9 @@ static __always_inline __u32 copy_payload(__u8 *dst, struct inflight *in, __u64 
 		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)in->buf) == 0)
 			got = copy_iov(dst, msg.msg_iov, msg.msg_iovlen, want);
 	}
-	return got > HELIX_PAYLOAD_MAX ? HELIX_PAYLOAD_MAX : got;
+	/* 6.1 saw the bound checked on one copy of got and the other passed on (a 32-bit mov links no copies there):
+	 * "invalid access to map value, value_size=2192 off=0 size=2352" at bpf_ringbuf_output */
+	return payload_bound(got);
 }
 
 /* The first syscall of a message: who, where, the books of the previous message sent, and the first bytes;
@@ -318,7 +347,7 @@ static __always_inline void emit_start(struct inflight *in, struct sock *sk, str
 	ev->prev_bytes = prev_bytes;
 	ev->prev_end_ns = prev_end_ns;
 	ev->offcpu_ns = thread_offcpu((__u32)id);
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
+	if (rb_output(ev, sizeof(*ev) + got))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
 
@@ -346,7 +375,7 @@ static __always_inline void emit_more(struct inflight *in, struct sock *sk, __u6
 	ev->offset = offset;
 	got = copy_payload(ev->payload, in, size, settings.payload_bytes - (__u32)offset);
 	ev->payload_len = got;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev) + got, 0))
+	if (rb_output(ev, sizeof(*ev) + got))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
 
@@ -447,7 +476,7 @@ static __always_inline void file_done(struct inflight *in, long ret, __u64 now, 
 	ev->end_ns = now;
 	ev->size = (ret > 0 && in->op != FILE_FSYNC) ? ret : 0;
 	file_path(ev, (struct file *)in->obj);
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 }
 
 static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
@@ -458,10 +487,10 @@ static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
 	struct inflight in;
 	__u64 now;
 
-	if (!p)
+	if (!p || !p->kind)
 		return 0;
 	in = *p;
-	bpf_map_delete_elem(&inflight, &tid);
+	p->kind = 0; /* empty until the thread's next traced syscall (see rw_enter) */
 	now = bpf_ktime_get_ns();
 	if (in.kind == IF_SOCK)
 		sock_done(&in, ctx->ret, now, id);
@@ -589,7 +618,7 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	}
 	ev->offcpu_ns = thread_offcpu((__u32)id);
 	now = ev->ts_ns;
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 	red_incomplete(key, now);
 	st->dir = DIR_NONE;
 	st->bytes = 0;
@@ -650,7 +679,7 @@ int on_sock_state(struct bpf_raw_tracepoint_args *ctx)
 		read_endpoints(sk, &ev->ep);
 		ev->ep.role = ROLE_CLIENT;
 		__builtin_memcpy(ev->comm, start->comm, sizeof(ev->comm));
-		bpf_ringbuf_submit(ev, 0);
+		rb_submit(ev, sizeof(*ev));
 	} else {
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 	}
@@ -685,7 +714,7 @@ static __always_inline int tcp_fault(struct sock *sk, __u32 kind)
 	if (!ev->ep.sport)
 		ev->ep.sport = st->sport;
 	ev->ep.role = st->role;
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 	return 0;
 }
 

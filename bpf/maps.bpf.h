@@ -79,8 +79,9 @@ struct {
 	__type(value, struct offcpu_state);
 } offcpu SEC(".maps");
 
-/* A syscall between sys_enter and sys_exit, per thread. Deleted at sys_exit, or at thread exit when
- * the thread died inside the syscall. 16384 x ~100 B = 1.6 MiB. */
+/* A syscall between sys_enter and sys_exit, per thread: kind 0 when none is. One slot per thread that made a traced
+ * syscall, written in place by each (io.bpf.c rw_enter) and deleted at thread exit; LRU, so a missed exit cannot
+ * leak. 16384 x ~100 B = 1.6 MiB. */
 enum { IF_SOCK = 1, IF_FILE = 2 };
 enum { BUF_PLAIN = 0, BUF_IOV = 1, BUF_MSG = 2 };
 
@@ -102,6 +103,31 @@ struct {
 	__type(key, __u32);
 	__type(value, struct inflight);
 } inflight SEC(".maps");
+
+/* Ring-buffer notification. A wakeup costs more than the record it announces (an irq_work self-IPI, then waking the
+ * reader on another CPU, all inside the traced syscall; docs/benchmarks.md has the figures), and the kernel's default
+ * wakes the reader for nearly every record when the reader keeps up. So only the record that takes the unread bytes
+ * across a sixteenth of the ring wakes it; the reader also polls on a short timer (KernelEventStream), which collects
+ * what stays below that mark. */
+static __always_inline __u64 rb_wakeup(__u64 unread_before, __u64 size)
+{
+	__u64 mark = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 16;
+
+	return unread_before < mark && unread_before + size >= mark ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+/* bpf_ringbuf_output into `events` with the notification above. */
+static __always_inline long rb_output(void *data, __u64 size)
+{
+	return bpf_ringbuf_output(&events, data, size, rb_wakeup(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), size));
+}
+
+/* bpf_ringbuf_submit of a record reserved in `events`, with the notification above (the reservation already counts
+ * as unread). */
+static __always_inline void rb_submit(void *rec, __u64 size)
+{
+	bpf_ringbuf_submit(rec, rb_wakeup(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) - size, size));
+}
 
 static __always_inline void count_drop(__u32 reason)
 {

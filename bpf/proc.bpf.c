@@ -62,7 +62,7 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	if (bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), BPF_CORE_READ(bprm, filename)) < 0)
 		ev->filename[0] = 0;
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 	return 0;
 }
 
@@ -91,6 +91,6 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 	ev->_pad = 0;
 	ev->ts_ns = bpf_ktime_get_ns();
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_ringbuf_submit(ev, 0);
+	rb_submit(ev, sizeof(*ev));
 	return 0;
 }

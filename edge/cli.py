@@ -35,6 +35,7 @@ examples:
   helix gateway --config gateway.toml
   helix check-config agent.toml        validate a file before shipping it to a fleet
   helix doctor                         can the kernel probes run here? what to fix if not
+  helix doctor --cost                  what the running agent's probes cost in the kernel, per program
 
 Without --config every setting has a default: a node runs with no file at all.
 """
@@ -167,6 +168,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """`helix doctor`: check what the kernel probes need."""
     _setup_logging(args.log_level or "warning")
+    if args.cost:
+        from .doctor import main_doctor_cost
+        return main_doctor_cost(args.seconds, args.pid)
     from .doctor import main_doctor
     return main_doctor(args.config)
 
@@ -220,8 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("doctor", "check whether the kernel probes can run here, and how to fix what is missing", cmd_doctor,
              "Check BTF, bpf() permission, tracefs and every tracepoint the probes use, ring-buffer\n"
              "support and locked-memory limits, then load and attach the probes once. Exit 0 when every\n"
-             "probe can load here, 1 otherwise.")
+             "probe can load here, 1 otherwise.\n\n"
+             "With --cost, measure instead what the probes of the running agent cost in the kernel: BPF\n"
+             "run-time statistics are turned on for --seconds (then off again, whatever the sysctl says)\n"
+             "and each program's runs per second, ns per run and CPU time are printed. Exit 1 when no\n"
+             "running agent holds the probes.")
     sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (probe settings)")
+    sp.add_argument("--cost", action="store_true", help="measure the running agent's probes in the kernel (root)")
+    sp.add_argument("--seconds", type=float, default=5.0, metavar="S",
+                    help="with --cost: how long to measure (default 5)")
+    sp.add_argument("--pid", type=int, default=None, help="with --cost: the agent's pid (default: every process "
+                    "holding the probes)")
 
     from .fleet.cli import add_fleet_commands  # helix fleet keygen|push|status|acl
     add_fleet_commands(sub)

@@ -15,7 +15,7 @@ from typing import Any
 from .config import Config, load_config
 from .errors import ConfigError, HelixError, ProbeUnavailable
 
-__all__ = ["Check", "run_checks", "format_checks", "doctor_exit_code", "main_doctor"]
+__all__ = ["Check", "run_checks", "format_checks", "doctor_exit_code", "main_doctor", "cost_report", "main_doctor_cost"]
 
 _FIX_ROOT = "run the agent as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
 
@@ -153,6 +153,23 @@ def _tracepoints() -> list[Check]:
     return out
 
 
+_PARANOID = Path("/proc/sys/kernel/perf_event_paranoid")
+
+
+def _perf_paranoid() -> Check:
+    # Debian's and Ubuntu's kernels add level 3, their default, at which perf_event_open (what attaching to a syscall
+    # tracepoint takes) admits CAP_SYS_ADMIN only: CAP_PERFMON, all the systemd unit grants, is refused (EACCES).
+    try:
+        level = int(_PARANOID.read_text())
+    except (OSError, ValueError):
+        return Check("perf events", True, f"{_PARANOID} not readable; assuming the upstream levels")
+    if level < 3:
+        return Check("perf events", True, f"perf_event_paranoid {level}: CAP_PERFMON attaches to tracepoints")
+    return Check("perf events", False, f"perf_event_paranoid {level}: only CAP_SYS_ADMIN may attach to syscall "
+                 "tracepoints on this kernel, so the agent as its systemd unit runs it (CAP_PERFMON) cannot",
+                 "install firmware-configs/sysctl/60-helix.conf (kernel.perf_event_paranoid = 2) in /etc/sysctl.d/")
+
+
 def _memlock() -> Check:
     from .sources.ebpf.loader import memlock_needed
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
@@ -177,9 +194,10 @@ def _load(cfg: Config) -> Check:
     try:
         attached = probes.attached_programs
         skipped = probes.skipped_programs
+        objects = probes.object_files
     finally:
         probes.close()
-    detail = f"{len(attached)} programs attached and detached again"
+    detail = f"{len(attached)} programs attached and detached again ({', '.join(objects)})"
     if skipped:
         detail += f"; skipped (tracepoint missing): {', '.join(skipped)}"
     return Check("probes load and attach", True, detail)
@@ -189,7 +207,8 @@ def run_checks(cfg: Config | None = None) -> list[Check]:
     """Run every check in order; never raises."""
     cfg = cfg or Config()
     checks: list[Check] = []
-    steps: list[Any] = [_capabilities, _pid_namespace, _btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf, _memlock, lambda: _load(cfg)]
+    steps: list[Any] = [_capabilities, _pid_namespace, _btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf,
+                        _perf_paranoid, _memlock, lambda: _load(cfg)]
     for step in steps:
         try:
             result = step()
@@ -222,6 +241,76 @@ def format_checks(checks: list[Check]) -> str:
 def doctor_exit_code(checks: list[Check]) -> int:
     """0 when every check passed (every probe can load and attach here), 1 otherwise."""
     return 0 if all(c.ok for c in checks) else 1
+
+
+def cost_report(seconds: float, pid: int | None = None) -> tuple[str, bool]:
+    """What the running agents' probes cost in the kernel over `seconds` (BPF run-time statistics, turned on for
+    that window only); returns the report and whether any agent was measured. Raises ProbeUnavailable."""
+    from .sources.ebpf import _libbpf
+    from .sources.ebpf.cost import agent_programs, measure, stats_sysctl
+    from .sources.ebpf.loader import program_names
+
+    # Fails here (EPERM) where statistics cannot be had at all, before a search that could not see the agent anyway.
+    os.close(_libbpf.libbpf().enable_stats())
+    agents = agent_programs(program_names(), pid)
+    if not agents:
+        where = f"process {pid} holds no" if pid is not None else "no process on this host holds the"
+        return (f"✘ {where} Helix probes: start the agent (helix run) with the eBPF source on, or give its pid "
+                "with --pid", False)
+    sysctl = stats_sysctl()
+    ids = [i for progs in agents.values() for i in progs]
+    costs, elapsed = measure(ids, seconds)
+    by_id = {i: p for p, progs in agents.items() for i in progs}
+    lines = [f"BPF run-time statistics over {elapsed:.1f} s (on for this window only; kernel.bpf_stats_enabled "
+             f"{'is ' + str(sysctl) if sysctl is not None else 'is absent'}, left as it was)"]
+    per_agent: dict[int, list[Any]] = {p: [] for p in agents}
+    for cost in costs:
+        per_agent[by_id[cost.id]].append(cost)
+    for p, progs in per_agent.items():
+        total_runs = sum(c.runs for c in progs)
+        total_ns = sum(c.run_time_ns for c in progs)
+        sys_runs = sum(c.runs for c in progs if c.name.startswith(("enter_", "exit_")))
+        sys_ns = sum(c.run_time_ns for c in progs if c.name.startswith(("enter_", "exit_")))
+        lines.append(f"agent pid {p} ({_cmdline(p)}): {len(progs)} programs")
+        lines.append(f"  {'program':22s} {'runs/s':>10s} {'ns/run':>8s} {'CPU µs/s':>9s} {'insns':>6s}")
+        for c in sorted(progs, key=lambda c: -c.run_time_ns):
+            if not c.runs:
+                continue
+            lines.append(f"  {c.name:22s} {c.runs / elapsed:10,.0f} {c.ns_per_run:8,.0f} "
+                         f"{c.run_time_ns / elapsed / 1000:9,.1f} {c.xlated_insns:6d}")
+        idle = sum(1 for c in progs if not c.runs)
+        if idle:
+            lines.append(f"  ({idle} programs did not run)")
+        lines.append(f"  total: {total_runs / elapsed:,.0f} runs/s, {total_ns / max(1, total_runs):,.0f} ns/run, "
+                     f"{total_ns / elapsed / 1e7:.2f} % of one CPU in the kernel")
+        lines.append(f"  syscall tracepoints: {sys_ns / max(1, sys_runs):,.0f} ns per run over every process's "
+                     "syscalls, traced or not (bench/kernel_cost.py splits traced from untraced and gives the cost "
+                     "per request)")
+    return "\n".join(lines), True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())[:80] or "?"
+    except OSError:
+        return "?"
+
+
+def main_doctor_cost(seconds: float, pid: int | None) -> int:
+    """Entry point for `helix doctor --cost`: print what the probes cost; 0 when an agent was measured."""
+    try:
+        text, ok = cost_report(seconds, pid)
+    except ProbeUnavailable as e:
+        fix = e.fix
+        if getattr(e, "errno", None) == errno.EPERM:
+            # BPF_ENABLE_STATS and opening another process's programs by id both need CAP_SYS_ADMIN
+            fix = ("run `helix doctor --cost` as root on the host (in a container: with --cap-add SYS_ADMIN and "
+                   "without $HELIX_USER); it needs CAP_SYS_ADMIN, more than the agent itself")
+        print(f"✘ cannot read BPF run-time statistics: {e.reason}\n    fix: {fix}")
+        return 1
+    print(text)
+    return 0 if ok else 1
 
 
 def main_doctor(config_path: str | None) -> int:

@@ -25,15 +25,8 @@ die() { say "FAILED: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot and binfmt_misc need it)"
 
 # ---- host tools -------------------------------------------------------------------------------------------
-need=()
-for p in qemu-user-static debootstrap binfmt-support; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+source scripts/host-lib.sh
+apt_need qemu-user-static debootstrap binfmt-support
 
 # ---- binfmt_misc: aarch64 ELF files run through qemu-aarch64-static --------------------------------------
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
@@ -75,21 +68,7 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   local_ca=1
 fi
 
-mounted=()
-cleanup() {
-  for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-for fs in proc sys dev dev/pts; do
-  mountpoint -q "$ROOT/$fs" && continue
-  case $fs in
-    proc) mount -t proc proc "$ROOT/proc" ;;
-    sys) mount -t sysfs sysfs "$ROOT/sys" ;;
-    dev) mount --bind /dev "$ROOT/dev" ;;
-    dev/pts) mount --bind /dev/pts "$ROOT/dev/pts" ;;
-  esac
-  mounted+=("$ROOT/$fs")
-done
+mount_chroot "$ROOT"
 proxy_env=()
 for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
   [ -n "${!v:-}" ] && proxy_env+=("$v=${!v}")

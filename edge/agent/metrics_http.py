@@ -133,6 +133,17 @@ def health_metrics(agent: Any) -> ResourceMetrics:
         metrics.append(_sum("helix.agent.kernel.messages.unparsed",
                             "Messages on traced connections no parser recognised (TLS, binary protocols)",
                             builder.get("unparsed", 0), unit="{message}"))
+    programs = kernel.get("programs")
+    if programs:
+        # Cumulative since the probes loaded, advancing only while BPF run-time statistics are on: rate(run_time) /
+        # rate(runs) is the mean kernel time of one run of a program.
+        metrics.append(_sum("helix.agent.kernel.program.runs", "Runs of each probe program while BPF run-time "
+                            "statistics were on (kernel.bpf_stats_enabled)",
+                            {n: p["runs"] for n, p in programs.items()}, "program", "{run}"))
+        run_time = Metric("helix.agent.kernel.program.run_time", SUM, "s", "Kernel time spent in each probe program "
+                          "while BPF run-time statistics were on", True)
+        run_time.points = [SumPoint({"program": n}, p["run_time_ns"] / 1e9) for n, p in sorted(programs.items())]
+        metrics.append(run_time)
     return ResourceMetrics(Resource.of({"service.name": "helix-agent", "helix.node.id": st["node"]}), HEALTH_SCOPE,
                            metrics)
 

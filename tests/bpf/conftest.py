@@ -6,6 +6,7 @@ turns "BPF unavailable" into a failure so that a CI run cannot pass by skipping 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from edge.agent import Agent
+from edge.config import Config
 from edge.errors import ProbeUnavailable
 from edge.sources.ebpf.events import KernelEvent
 from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
@@ -26,6 +29,23 @@ def bpf_unavailable(reason: str) -> NoReturn:
     if os.environ.get("HELIX_REQUIRE_BPF") == "1":
         pytest.fail(f"BPF unavailable but HELIX_REQUIRE_BPF=1: {reason}")
     pytest.skip(f"BPF unavailable: {reason}")
+
+
+@contextlib.asynccontextmanager
+async def running_agent(cfg: Config, start_timeout: float = 30) -> AsyncIterator[Agent]:
+    """A real Agent running on this loop with its kernel probes (skips, or fails under HELIX_REQUIRE_BPF, where they
+    cannot load); stopped when the block ends."""
+    stop = asyncio.Event()
+    agent = Agent(cfg)
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.started.wait(), start_timeout)
+        if agent.kernel.state != "running":
+            bpf_unavailable(f"{agent.kernel.reason} ({agent.kernel.fix})")
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
 
 
 class Collector:

@@ -1,6 +1,7 @@
 """`helix doctor` on this machine, as root and as an unprivileged user."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -9,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import Config
+from edge.agent.metrics_http import health_metrics, render_prometheus
+from edge.config import Config, parse_config
+from edge.demo.broker import Mosquitto
 from edge.doctor import doctor_exit_code, format_checks, run_checks
+from edge.sources.ebpf.cost import stats_sysctl
 
-from .conftest import bpf_unavailable
+from .conftest import Server, bpf_unavailable, running_agent
+from .test_kernel_sampling import curl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +32,9 @@ def test_everything_passes_here() -> None:
     assert doctor_exit_code(checks) == 0
     names = {c.name for c in checks}
     assert {"kernel BTF", "bpf() permission", "tracefs", "ring buffer maps", "probes load and attach"} <= names
+    # which io object the kernel got (io_compat.bpf.o before 5.17), as the kernel matrix reads it
+    loaded = next(c for c in checks if c.name == "probes load and attach")
+    assert loaded.detail.endswith("(io.bpf.o, proc.bpf.o)"), loaded.detail
 
 
 @pytest.mark.bpf
@@ -54,3 +62,61 @@ def test_open_probes_degrades_with_probe_unavailable() -> None:
                           sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("UNAVAILABLE") and "root" in out.stdout
+
+
+@pytest.mark.bpf
+async def test_cost_of_the_running_agent(mosquitto: Mosquitto, http_server: Server, tmp_path: Path) -> None:
+    """`helix doctor --cost` finds the agent's programs from outside and measures them over live traffic; the
+    statistics it turned on are off again and the sysctl is untouched, and /metrics shows what they counted."""
+    cfg = parse_config({
+        "sources": {"mqtt": {"enabled": False}, "ebpf": {"enabled": "auto"},
+                    "otlp": {"grpc_listen": "", "http_listen": ""}},
+        "uplink": {"broker": mosquitto.url, "spool_dir": str(tmp_path / "spool")},
+    })
+    sysctl = stats_sysctl()
+    async with running_agent(cfg, start_timeout=60) as agent:
+        doctor = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge", "doctor", "--cost", "--seconds", "2", "--pid", str(os.getpid()),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT))
+        for _ in range(20):  # traffic while it measures
+            await curl(f"http://127.0.0.1:{http_server.port}/path")
+            await asyncio.sleep(0.05)
+        out_b, err_b = await asyncio.wait_for(doctor.communicate(), 60)
+        out = out_b.decode()
+        assert doctor.returncode == 0, out + err_b.decode()
+        assert f"agent pid {os.getpid()}" in out
+        rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")
+                and line.split()[0] in agent.ebpf.probes.attached_programs}
+        # curl and http.server talk through sendto/recvfrom; each row: runs/s, ns/run, CPU us/s, instructions
+        for prog in ("enter_sendto", "exit_sendto", "enter_recvfrom", "exit_recvfrom"):
+            runs_per_s, ns_per_run = (float(x.replace(",", "")) for x in rows[prog][:2])
+            assert runs_per_s > 0 and ns_per_run > 0, out
+        assert "% of one CPU in the kernel" in out
+        assert stats_sysctl() == sysctl
+        # What the statistics counted while they were on is in the agent's metrics.
+        programs = agent.status()["kernel"]["programs"]
+        assert programs["exit_sendto"]["runs"] > 0 and programs["exit_sendto"]["run_time_ns"] > 0
+        text = render_prometheus([health_metrics(agent)])
+        assert 'helix_agent_kernel_program_runs_total{service_name="helix-agent",program="exit_sendto"}' in text
+        assert "helix_agent_kernel_program_run_time_seconds_total" in text
+
+
+@pytest.mark.bpf
+def test_cost_without_an_agent_says_so() -> None:
+    out = subprocess.run([sys.executable, "-m", "edge", "doctor", "--cost", "--seconds", "0.1", "--pid", "1"],
+                         capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert out.returncode == 1
+    assert "process 1 holds no Helix probes" in out.stdout and "helix run" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.bpf
+def test_cost_unprivileged_says_what_it_needs() -> None:
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop privileges")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                          sys.executable, "-m", "edge", "doctor", "--cost", "--seconds", "0.1"],
+                         capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert "cannot read BPF run-time statistics" in out.stdout and "CAP_SYS_ADMIN" in out.stdout, out.stdout

@@ -142,6 +142,21 @@ async def test_exec_and_exit_of_spawned_processes(kernel: Any) -> None:
     assert (await k.wait_for(lambda e: isinstance(e, ExitEvent) and e.pid == killed_pid))[0].exit_code == -9
 
 
+async def test_detach_and_attach_again(kernel: Any, http_server: Server) -> None:
+    k = kernel()
+    k.probes.detach()
+    assert not k.probes.attached
+    unseen, _ = await curl(http_server.port)
+    await k.settle()
+    assert not [e for e in k.events if getattr(e, "pid", None) == unseen]
+
+    k.probes.attach()
+    assert k.probes.attached and sorted(k.probes.program_info()) == sorted(k.probes.attached_programs)
+    seen, _ = await curl(http_server.port)
+    out = (await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == seen))[0]
+    assert out.payload.startswith(b"GET /path HTTP/1.1")
+
+
 async def test_pid_allow_list_is_applied_live(kernel: Any, http_server: Server) -> None:
     k = kernel()
     k.probes.set_allowed_pids([http_server.pid])
@@ -297,7 +312,8 @@ async def test_ten_thousand_short_connections_leave_no_state(kernel: Any) -> Non
     deadline = loop.time() + 30
     while k.probes.map_entry_count("conns") > baseline and loop.time() < deadline:
         await asyncio.sleep(0.1)
-    assert k.probes.map_entry_count("conns") == baseline
+    # at most the baseline: connections other processes had open when the allow-list was set may close meanwhile
+    assert k.probes.map_entry_count("conns") <= baseline
     assert k.probes.map_entry_count("conn_start") == 0
     assert k.probes.drop_counts()["state_full"] == 0
 

@@ -13,6 +13,8 @@ import ctypes.util
 import errno as _errno
 import logging
 import os
+import struct
+from dataclasses import dataclass
 
 from ...errors import ProbeUnavailable
 
@@ -28,6 +30,8 @@ __all__ = [
     "BPF_ANY",
     "BPF_NOEXIST",
     "BPF_EXIST",
+    "BPF_STATS_RUN_TIME",
+    "ProgInfo",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,15 @@ BPF_MAP_TYPE_RINGBUF = 27
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
+BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
+
+# struct bpf_prog_info (include/uapi/linux/bpf.h, unchanged in layout since 5.16): its size and the offsets of the
+# fields read here. The kernel fills min(its size, ours) and checks that anything beyond its own size is zero.
+_PROG_INFO_SIZE = 232
+_PI_ID, _PI_JITED_LEN, _PI_XLATED_LEN, _PI_NAME = 4, 16, 20, 64
+_PI_RUN_TIME_NS, _PI_RUN_CNT, _PI_RECURSION_MISSES, _PI_VERIFIED_INSNS = 192, 200, 208, 216
+_BPF_OBJ_NAME_LEN = 16
+_BPF_INSN_SIZE = 8
 
 # enum libbpf_print_level
 _LIBBPF_WARN = 0
@@ -65,6 +78,24 @@ _FIXES = {
     _errno.ENOTSUP: "this kernel does not support a needed BPF feature; use a kernel 5.8 or newer with BTF",
     _errno.ENOSYS: "this kernel was built without bpf() (CONFIG_BPF_SYSCALL); use a kernel with BPF enabled",
 }
+
+
+@dataclass(slots=True, frozen=True)
+class ProgInfo:
+    """What the kernel reports about one loaded program (bpf_obj_get_info_by_fd on a program fd).
+
+    run_time_ns and run_cnt only advance while run-time statistics are on (kernel.bpf_stats_enabled, or a
+    BPF_ENABLE_STATS fd held open); they are cumulative since the program was loaded.
+    """
+
+    id: int
+    name: str  # the function name, truncated by the kernel to 15 characters
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+    xlated_insns: int  # instructions after the verifier's rewriting (what runs, before JIT)
+    jited_bytes: int
+    verified_insns: int  # instructions the verifier walked (all paths), 0 before 5.16
 
 
 class LibbpfError(ProbeUnavailable):
@@ -139,6 +170,10 @@ class Libbpf:
         self._fn("ring_buffer__epoll_fd", c_int, v)
         self._fn("ring_buffer__consume", c_int, v)
         self._fn("ring_buffer__free", None, v)
+        self._fn("bpf_program__fd", c_int, v)
+        self._fn("bpf_obj_get_info_by_fd", c_int, c_int, v, ctypes.POINTER(ctypes.c_uint32))
+        self._fn("bpf_prog_get_fd_by_id", c_int, ctypes.c_uint32)
+        self._fn("bpf_enable_stats", c_int, c_int)
 
     def _on_print(self, level: int, fmt: bytes | None, args: int | None) -> int:
         try:
@@ -255,6 +290,33 @@ class Libbpf:
             ctypes.memmove(cur, nxt, key_size)
             prev = cur
         return out
+
+    def prog_fd(self, p: int) -> int:
+        """A loaded program's fd (owned by the object: not to be closed by the caller)."""
+        return self.check(self.lib.bpf_program__fd(p), f"{self.prog_name(p)} is not loaded")
+
+    def prog_info(self, fd: int) -> ProgInfo:
+        """bpf_obj_get_info_by_fd on a program fd."""
+        buf = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+        size = ctypes.c_uint32(_PROG_INFO_SIZE)
+        self.check(self.lib.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(size)), "cannot read a BPF program's info")
+        raw = buf.raw
+        u32, u64 = struct.Struct("=I").unpack_from, struct.Struct("=Q").unpack_from
+        name = raw[_PI_NAME:_PI_NAME + _BPF_OBJ_NAME_LEN].split(b"\0", 1)[0].decode("ascii", "replace")
+        return ProgInfo(id=u32(raw, _PI_ID)[0], name=name, run_time_ns=u64(raw, _PI_RUN_TIME_NS)[0],
+                        run_cnt=u64(raw, _PI_RUN_CNT)[0], recursion_misses=u64(raw, _PI_RECURSION_MISSES)[0],
+                        xlated_insns=u32(raw, _PI_XLATED_LEN)[0] // _BPF_INSN_SIZE, jited_bytes=u32(raw, _PI_JITED_LEN)[0],
+                        verified_insns=u32(raw, _PI_VERIFIED_INSNS)[0])
+
+    def prog_fd_by_id(self, prog_id: int) -> int:
+        """bpf_prog_get_fd_by_id: an fd of any loaded program (the caller closes it); needs CAP_SYS_ADMIN."""
+        return self.check(self.lib.bpf_prog_get_fd_by_id(prog_id), f"cannot open BPF program {prog_id}")
+
+    def enable_stats(self) -> int:
+        """bpf_enable_stats(BPF_STATS_RUN_TIME): run-time statistics stay on, for every program, while the returned fd
+        is open (the kernel counts holders; closing it, or the process ending, turns them off unless another holder or
+        the sysctl keeps them on)."""
+        return self.check(self.lib.bpf_enable_stats(BPF_STATS_RUN_TIME), "cannot turn on BPF run-time statistics")
 
     def possible_cpus(self) -> int:
         """Number of possible CPUs (the stride of per-CPU map values)."""

@@ -37,6 +37,7 @@ __all__ = [
     "RED_BOUNDS_MAX",
     "KernelEventStream",
     "open_probes",
+    "program_names",
     "settings_from_config",
     "objects_dir",
     "ensure_tracefs",
@@ -257,6 +258,7 @@ class _Object:
         self.links: list[int] = []
         self.skipped: list[str] = []
         self.attached: list[str] = []
+        self.attached_fds: list[int] = []  # program fds, owned by the object
 
     def map(self, name: str) -> int:
         m = self.lib.lib.bpf_object__find_map_by_name(self.obj, name.encode())
@@ -307,15 +309,21 @@ class _Object:
         self.lib.check(self.lib.lib.bpf_object__load(self.obj), f"cannot load {self.path.name}")
 
     def attach_all(self) -> None:
+        self.attached.clear()
+        self.attached_fds.clear()
         for p in self.lib.programs(self.obj):
             if not self.lib.lib.bpf_program__autoload(p):
                 continue
             self.links.append(self.lib.attach(p))
             self.attached.append(self.lib.prog_name(p))
+            self.attached_fds.append(self.lib.prog_fd(p))
 
-    def close(self) -> None:
+    def detach_all(self) -> None:
         while self.links:
             self.lib.lib.bpf_link__destroy(self.links.pop())
+
+    def close(self) -> None:
+        self.detach_all()
         if self.obj:
             self.lib.lib.bpf_object__close(self.obj)
             self.obj = 0
@@ -521,9 +529,41 @@ class ProbeSet:
         return self.drop_counts()["ringbuf_full"]
 
     @property
+    def object_files(self) -> list[str]:
+        """File names of the loaded objects (io_compat.bpf.o instead of io.bpf.o on kernels before 5.17)."""
+        return [o.path.name for o in self._objects]
+
+    @property
     def attached_programs(self) -> list[str]:
         """Names of the attached programs."""
         return [p for o in self._objects for p in o.attached]
+
+    @property
+    def attached(self) -> bool:
+        """Whether the programs are attached (they are after loading, until detach() or close())."""
+        return any(o.links for o in self._objects)
+
+    def detach(self) -> None:
+        """Take every program off its tracepoint; the programs and their maps (connection state, settings) stay
+        loaded, so attach() resumes in milliseconds instead of loading again."""
+        for obj in self._objects:
+            obj.detach_all()
+
+    def attach(self) -> None:
+        """Put the programs back on their tracepoints after detach()."""
+        if self._closed:
+            raise ProbeUnavailable("the probes are closed", "open them again")
+        for obj in self._objects:
+            if not obj.links:
+                obj.attach_all()
+
+    def program_info(self) -> dict[str, _libbpf.ProgInfo]:
+        """The kernel's bpf_prog_info of each attached program, by function name (run_time_ns and run_cnt advance
+        only while run-time statistics are on: see cost.py)."""
+        if self._closed:
+            raise ProbeUnavailable("the probes are closed", "open them again")
+        lib = _libbpf.libbpf()
+        return {name: lib.prog_info(fd) for o in self._objects for name, fd in zip(o.attached, o.attached_fds)}
 
     @property
     def skipped_programs(self) -> list[str]:
@@ -550,6 +590,19 @@ class ProbeSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def program_names(directory: Path | None = None) -> list[str]:
+    """The function names of every program in the probe objects (opened, not loaded)."""
+    lib = _libbpf.libbpf()
+    names: list[str] = []
+    for name in PROBE_SETS:
+        obj = lib.open_file(str((directory or objects_dir()) / f"{name}.bpf.o"))
+        try:
+            names += [lib.prog_name(p) for p in lib.programs(obj)]
+        finally:
+            lib.lib.bpf_object__close(obj)
+    return names
 
 
 def open_probes(cfg: Any = None, **overrides: Any) -> ProbeSet:
@@ -579,13 +632,20 @@ def open_probes(cfg: Any = None, **overrides: Any) -> ProbeSet:
 
 
 class KernelEventStream:
-    """Ring-buffer records -> decoded events, delivered in batches to `on_events` from the asyncio loop."""
+    """Ring-buffer records -> decoded events, delivered in batches to `on_events` from the asyncio loop.
+
+    The probes wake the reader only when a sixteenth of the ring is waiting (bpf/maps.bpf.h rb_wakeup: a wakeup per
+    record cost the traced syscalls more than the record itself), so the reader also polls every `poll_interval`
+    seconds: that bounds how long a record waits at low rates.
+    """
 
     def __init__(self, probes: ProbeSet, on_events: Callable[[list[KernelEvent]], None], *,
-                 max_batch: int = 4096) -> None:
+                 max_batch: int = 4096, poll_interval: float = 0.1) -> None:
         self.probes = probes
         self.on_events = on_events
         self.max_batch = max_batch
+        self.poll_interval = poll_interval
+        self._timer: asyncio.TimerHandle | None = None
         self.stats = DecodeStats()
         self.batches = 0
         self._raw: list[bytes] = []
@@ -612,6 +672,12 @@ class KernelEventStream:
         self._epoll_fd = lib.lib.ring_buffer__epoll_fd(self._rb)
         self._loop = loop or asyncio.get_running_loop()
         self._loop.add_reader(self._epoll_fd, self._on_readable)
+        self._timer = self._loop.call_later(self.poll_interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._on_readable()
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.poll_interval, self._on_timer)
 
     def _on_readable(self) -> None:
         try:
@@ -649,6 +715,9 @@ class KernelEventStream:
 
     def close(self) -> None:
         """Unregister from the loop and free the reader (the probes stay loaded)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._loop is not None and self._epoll_fd >= 0:
             try:
                 self._loop.remove_reader(self._epoll_fd)

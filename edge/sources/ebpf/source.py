@@ -187,6 +187,11 @@ class EbpfSource:
             out["kernel_sampling"] = self.probes.kernel_sampling
             out["sample_threshold"] = self.probes.sample_threshold()
             out["decisions"] = self.probes.decision_counts()
+            programs = self.probes.program_info()
+            if any(p.run_cnt for p in programs.values()):
+                # only once BPF run-time statistics have been on (kernel.bpf_stats_enabled=1 or helix doctor --cost)
+                out["programs"] = {name: {"runs": p.run_cnt, "run_time_ns": p.run_time_ns}
+                                   for name, p in programs.items()}
         out["red_counted"] = self.stats.red_counted
         out["red_series_freed"] = self.stats.red_series_freed
         bs = self.builder.stats
