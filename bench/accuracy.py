@@ -392,8 +392,10 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             if dump is not None:
                 _dump(dump, bed, reqs, spans)
     finally:
-        await asyncio.gather(*(asyncio.to_thread(bed.stop) for bed in beds))
-        await stack.close(timeout=15)
+        try:
+            await asyncio.gather(*(asyncio.to_thread(bed.stop) for bed in beds))
+        finally:
+            await stack.close(timeout=15)  # whatever happened to the testbed, no agent or broker outlives the run
         if dump is not None:
             for name in ("agent.log", "gateway.log"):
                 with contextlib.suppress(OSError):
