@@ -55,18 +55,18 @@ COPY --from=rootfs /rootfs /
 # container=docker: as podman and systemd-nspawn say it, so `helix doctor` gives container flags as fixes.
 ENV PATH=/opt/helix/bin:/usr/bin PYTHONUNBUFFERED=1 LANG=C.UTF-8 container=docker
 # `helix run` and `helix doctor` started as root (--user 0, for the kernel probes) switch to this user at once,
-# keeping only the capabilities the probes need (edge/privileges.py).
+# keeping only the capabilities the probes need (edge/runtime/privileges.py).
 ENV HELIX_USER=helix
 WORKDIR /var/lib/helix
 # Spool (batches not yet acknowledged upstream) and fleet state outlive the container in this volume.
 VOLUME /var/lib/helix
 USER 10001:10001
 
-# ---- gateway: uplink batches in, OTLP out (grpcio, aiohttp, aiomqtt) --------------------------------------------
+# ---- gateway: uplink batches in, OTLP out (grpcio, aiohttp) -----------------------------------------------------
 FROM runtime AS gateway
 COPY --from=build /out/gateway /opt/helix
 # Every extension module finds its libraries in this file system (run under emulation for another architecture).
-RUN ["python3", "-c", "import cbor2, zstandard, google.protobuf.message, cryptography.hazmat.bindings._rust, aiohttp, grpc, aiomqtt"]
+RUN ["python3", "-c", "import cbor2, zstandard, google.protobuf.message, cryptography.hazmat.bindings._rust, aiohttp, grpc"]
 EXPOSE 4380
 # Alive = the gateway answers on /healthz (gateway.http_listen); with another address, set HELIX_HEALTH_URL.
 ENV HELIX_HEALTH_URL=http://127.0.0.1:4380/healthz

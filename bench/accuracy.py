@@ -9,7 +9,7 @@ Needs root and BPF.
 
     python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR] [--no-doc]
 
-Prints a table, writes it to the "Stitching accuracy (issue 4)" section of docs/benchmarks.md (full runs of
+Prints a table, writes it to the "Stitching accuracy" section of docs/benchmarks.md (full runs of
 every scenario), and as the last line: {"scenarios": {name: {"traceid_match", "parent_precision",
 "parent_recall", "coverage", "false_link_rate", "spans"}}, "overall": {...}}
 """
@@ -37,8 +37,9 @@ from typing import IO
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.accuracy_score import OracleEntry, Score, oracle_entry, pooled, score  # noqa: E402
 from edge.codec.otlp import request_to_json, spans_from_request  # noqa: E402
-from edge.demo.broker import Mosquitto, free_port  # noqa: E402
+from edge.demo.broker import free_port  # noqa: E402
 from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
+from edge.demo.stack import Stack  # noqa: E402
 from edge.demo.trees import format_trace, group_traces  # noqa: E402
 from edge.errors import HelixError, ProbeUnavailable  # noqa: E402
 from edge.model import Span  # noqa: E402
@@ -48,7 +49,7 @@ __all__ = ["Outcome", "Scenario", "Svc", "run", "scenarios", "table", "GOALS"]
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = str(Path(__file__).with_name("accuracy_service.py"))
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTION = "## Stitching accuracy (issue 4)"
+SECTION = "## Stitching accuracy"
 # The peer has received nothing for this long: the scenario's spans are all through (the assembler holds a span
 # for its 2 s window, the uplink batches for 300 ms; exports follow each other closely while spans flow).
 QUIET_S = 3.0
@@ -93,7 +94,7 @@ class Outcome:
     oracle: list[OracleEntry]
 
 
-# Goals of issue 4: (scenarios, figure keys, minimum) — None scenarios: overall.
+# The goals (docs/accuracy.md): (scenarios, figure keys, minimum) — None scenarios: overall.
 GOALS: list[tuple[tuple[str, ...], tuple[str, ...], float, str]] = [
     (("1-sync-chain", "2-nginx-proxy", "3-mqtt-async", "6-keep-alive"), ("parent_precision", "parent_recall"), 0.995,
      "parent-child ≥ 99.5 %"),
@@ -103,7 +104,7 @@ GOALS: list[tuple[tuple[str, ...], tuple[str, ...], float, str]] = [
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    """The seven scenarios of issue 4 (3 in two variants: trace context in the MQTT message, and none)."""
+    """The seven scenarios (3 in two variants: trace context in the MQTT message, and none)."""
     n = 20 if quick else 100
 
     def chain() -> list[Svc]:
@@ -317,52 +318,6 @@ def drive_http(url: str, sc: Scenario) -> None:
         t.join()
 
 
-def _configs(work: Path, broker: Mosquitto, peer: OtlpPeer, grpc_port: int, pids: list[int]) -> tuple[Path, Path]:
-    agent = work / "agent.toml"
-    agent.write_text(f"""\
-[node]
-id = "accuracy"
-
-[sources.mqtt]
-broker = "{broker.url}"
-
-[sources.otlp]
-grpc_listen = "127.0.0.1:{grpc_port}"
-http_listen = ""
-
-[sources.ebpf]
-enabled = "auto"
-pids = [{", ".join(map(str, pids))}]
-
-[uplink]
-broker = "{broker.url}"
-batch_max_age = "300ms"
-spool_dir = "{work / 'spool'}"
-
-[metrics]
-listen = ""
-""")
-    gateway = work / "gateway.toml"
-    gateway.write_text(f"""\
-[gateway]
-broker = "{broker.url}"
-http_listen = ""
-export_endpoint = "{peer.grpc_endpoint}"
-""")
-    return agent, gateway
-
-
-async def _wait_log(path: Path, text: str, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise HelixError(f"timed out waiting for {text!r} in {path}:\n{path.read_text(errors='replace')[-2000:]}")
-
-
 async def _quiet(peer: OtlpPeer, seconds: float = QUIET_S, done: Callable[[], bool] = lambda: True,
                  patience: float = PATIENCE_S, limit: float = 60.0) -> None:
     """Wait until the peer has received nothing for `seconds` and `done()` holds, or nothing for `patience`."""
@@ -396,26 +351,21 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
         raise ProbeUnavailable("the testbed loads the kernel probes, which needs root", "run it as root")
     chosen = [sc for sc in scenarios(quick) if not only or any(o in sc.name for o in only)]
     work = Path(tempfile.mkdtemp(prefix="helix-accuracy-"))
-    broker = Mosquitto(workdir=work).start()
-    peer = await OtlpPeer().start()
+    stack = await Stack(work, cwd=ROOT).__aenter__()
+    peer = stack.peer
     grpc_port = free_port()
-    beds = [Bed(sc, work, broker.port, f"http://127.0.0.1:{grpc_port}") for sc in chosen]
-    children: list[asyncio.subprocess.Process] = []
+    beds = [Bed(sc, work, stack.broker.port, f"http://127.0.0.1:{grpc_port}") for sc in chosen]
     results: dict[str, Outcome] = {}
     say = lambda msg: print(msg, file=log, flush=True)  # noqa: E731 - progress to stderr
     try:
         # Services first, so that the agent traces exactly their PIDs; they open connections only when driven.
         await asyncio.gather(*(asyncio.to_thread(bed.start) for bed in beds))
         pids = sorted({p for bed in beds for p in bed.pids()})
-        agent_cfg, gateway_cfg = _configs(work, broker, peer, grpc_port, pids)
-        for name, cmd, cfg in (("gateway", "gateway", gateway_cfg), ("agent", "run", agent_cfg)):
-            with open(work / f"{name}.log", "wb") as fh:
-                children.append(await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "edge", cmd, "--config", str(cfg), "--log-level", "info", cwd=str(ROOT),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=fh, stderr=fh))
-            await _wait_log(work / f"{name}.log", "gateway subscribed" if name == "gateway" else "agent running",
-                            children[-1])
-        agent_log = (work / "agent.log").read_text(errors="replace")
+        await stack.start_gateway()
+        agent = await stack.start_agent(stack.agent_config(
+            "accuracy", grpc_listen=f"127.0.0.1:{grpc_port}", http_listen="", batch_max_age="300ms",
+            more=f'[sources.ebpf]\nenabled = "auto"\npids = [{", ".join(map(str, pids))}]\n[metrics]\nlisten = ""\n'))
+        agent_log = agent.log.read_text(errors="replace")
         if "kernel probes running" not in agent_log:
             why = next((ln for ln in agent_log.splitlines() if "kernel probes unavailable" in ln), agent_log[-500:])
             raise ProbeUnavailable(f"the agent runs without its kernel probes: {why}", "run `helix doctor`")
@@ -442,17 +392,10 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             if dump is not None:
                 _dump(dump, bed, reqs, spans)
     finally:
-        await asyncio.gather(*(asyncio.to_thread(bed.stop) for bed in beds))
-        for proc in reversed(children):
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except asyncio.TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-        await peer.stop()
-        broker.stop()
+        try:
+            await asyncio.gather(*(asyncio.to_thread(bed.stop) for bed in beds))
+        finally:
+            await stack.close(timeout=15)  # whatever happened to the testbed, no agent or broker outlives the run
         if dump is not None:
             for name in ("agent.log", "gateway.log"):
                 with contextlib.suppress(OSError):
@@ -485,7 +428,7 @@ def table(scores: dict[str, Score]) -> str:
 
 
 def goal_lines(scores: dict[str, Score]) -> list[str]:
-    """Each goal of issue 4, met or missed, with the figures."""
+    """Each goal, met or missed, with the figures."""
     out = []
     tid = {n: s.traceid_match for n, s in scores.items() if s.tid_judged}
     bad = [f"{n} {_pct(v)}" for n, v in tid.items() if v < 1.0]
@@ -512,7 +455,7 @@ def write_doc(command: str, scores: dict[str, Score], json_line: str, doc: Path 
         "`helix run` with its kernel probes and `helix gateway`, scored against each service's own oracle. "
         "Definitions, scenarios and the analysis of every miss: [accuracy.md](accuracy.md).", 110)
     body = "\n".join([
-        SECTION, "", intro, "", table(scores), "", "Goals (issue 4):", "", *goal_lines(scores), "",
+        SECTION, "", intro, "", table(scores), "", "Goals:", "", *goal_lines(scores), "",
         "Where a goal is missed, the rule that fails and why: [accuracy.md, \"Where the rules fall short\"]"
         "(accuracy.md#where-the-rules-fall-short).", "", "```", json_line, "```", ""])
     start = text.find(SECTION)

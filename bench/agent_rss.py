@@ -1,8 +1,8 @@
 """Agent memory at idle and while ingesting a steady span load, end to end through the gateway.
 
-Runs a private Mosquitto, an OTLP peer, `helix gateway` and `helix run` as real processes, then offers spans
-at `--rate` per second for `--seconds`: half as OTLP/gRPC export requests (as an OpenTelemetry SDK sends
-them), half as lightweight-SDK CBOR messages over MQTT. RSS of the agent process is read from /proc.
+Runs a private Mosquitto, an OTLP peer, `helix gateway` and `helix run` as real processes (edge/demo/stack.py),
+then offers spans at `--rate` per second for `--seconds`: half as OTLP/gRPC export requests (as an OpenTelemetry
+SDK sends them), half as lightweight-SDK CBOR messages over MQTT. RSS of the agent process is read from /proc.
 
     python bench/agent_rss.py [--rate 5000] [--seconds 20] [--ebpf off|auto]
 
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.codec.sdk_cbor import encode_payload  # noqa: E402
-from edge.demo.broker import Mosquitto, free_port  # noqa: E402
-from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
+from edge.demo.broker import free_port  # noqa: E402
+from edge.demo.stack import Stack  # noqa: E402
 
 OTLP_BATCH = 100
 MQTT_BATCH = 50
@@ -52,16 +52,6 @@ async def sample_rss(pid: int, seconds: float, every: float = 0.25) -> list[floa
     return out
 
 
-async def wait_log(path: Path, text: str, timeout: float = 20) -> None:
-    """Wait for a line in a component's log."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {text!r} in {path}:\n{path.read_text(errors='replace')[-2000:]}")
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=5000, help="spans offered per second (default 5000)")
@@ -79,44 +69,17 @@ async def main() -> None:
     mqtt_msgs = [encode_payload(spans[i:i + MQTT_BATCH], {"service.name": "bench-device"})
                  for i in range(half, len(spans), MQTT_BATCH)]
 
-    broker = Mosquitto(workdir=work).start()
-    peer = await OtlpPeer().start()
     grpc_port, http_port = free_port(), free_port()
-    (work / "agent.toml").write_text(f"""
-[node]
-id = "bench-node"
-[sources.mqtt]
-broker = "{broker.url}"
-[sources.otlp]
-grpc_listen = "127.0.0.1:{grpc_port}"
-http_listen = "127.0.0.1:{http_port}"
-[sources.ebpf]
-enabled = {'false' if args.ebpf == 'off' else '"auto"'}
-[uplink]
-broker = "{broker.url}"
-batch_max_age = "500ms"
-spool_dir = "{work / 'spool'}"
-""")
-    (work / "gateway.toml").write_text(f"""
-[gateway]
-broker = "{broker.url}"
-http_listen = ""
-export_endpoint = "{peer.grpc_endpoint}"
-""")
-    procs = []
-    for name in ("gateway", "agent"):
-        log = open(work / f"{name}.log", "wb")
-        cmd = "gateway" if name == "gateway" else "run"
-        procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge", cmd, "--config", str(work / f"{name}.toml"), "--log-level", "info",
-            stdout=log, stderr=log))
-    agent = procs[1]
-    try:
-        await wait_log(work / "gateway.log", "gateway subscribed")
-        await wait_log(work / "agent.log", "sdk span source subscribed")
+    async with Stack(work) as stack:
+        broker, peer = stack.broker, stack.peer
+        await stack.start_gateway()
+        ebpf = "false" if args.ebpf == "off" else '"auto"'
+        agent = await stack.start_agent(stack.agent_config(
+            "bench-node", grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}",
+            more=f"[sources.ebpf]\nenabled = {ebpf}\n"), ready=("sdk span source subscribed",))
         await asyncio.sleep(1.0)
         print("idle phase (5 s) ...", file=sys.stderr)
-        idle = await sample_rss(agent.pid, 5.0)
+        idle = await sample_rss(agent.proc.pid, 5.0)
 
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
         stub = trace_service_pb2_grpc.TraceServiceStub(channel)
@@ -144,7 +107,7 @@ export_endpoint = "{peer.grpc_endpoint}"
         print(f"load phase: {args.rate} spans/s for {args.seconds:.0f} s ...", file=sys.stderr)
         t0 = time.monotonic()
         offer_task = asyncio.create_task(offer())
-        load = await sample_rss(agent.pid, args.seconds)
+        load = await sample_rss(agent.proc.pid, args.seconds)
         await offer_task
         offered_s = time.monotonic() - t0
         # Drain: wait until the peer has everything (or stops growing).
@@ -160,13 +123,6 @@ export_endpoint = "{peer.grpc_endpoint}"
         received = last
         client.loop_stop()
         await channel.close()
-    finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-                await p.wait()
-        await peer.stop()
-        broker.stop()
 
     result = {
         "rss_idle_mib": round(max(idle), 1),

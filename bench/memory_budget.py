@@ -1,6 +1,7 @@
 """Agent memory against its budget under steady load and a 10x burst, with RED metrics checked end to end.
 
-Runs a private Mosquitto, an OTLP peer (traces and metrics), `helix gateway` and `helix run` as real processes.
+Runs a private Mosquitto, an OTLP peer (traces and metrics), `helix gateway` and `helix run` as real processes
+(edge/demo/stack.py).
 The agent gets `memory.limit = --budget-mib`, head sampling at `--ratio` with the default tail rules, and
 exports RED + health metrics upstream every 5 s. Load, from `bench/_workload.py` (SDK business spans and
 kernel-shaped HTTP/DB spans, as the eBPF source would hand them over):
@@ -46,8 +47,9 @@ from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.codec.otlp_metrics import metrics_from_request  # noqa: E402
 from edge.codec.sdk_cbor import encode_payload  # noqa: E402
-from edge.demo.broker import Mosquitto, free_port  # noqa: E402
+from edge.demo.broker import free_port  # noqa: E402
 from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
+from edge.demo.stack import Stack  # noqa: E402
 from edge.model import Span, SpanKind, StatusCode  # noqa: E402
 
 OTLP_BATCH = 100
@@ -123,16 +125,6 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-async def wait_log(path: Path, text: str, timeout: float = 30) -> None:
-    """Wait for a line in a component's log."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {text!r} in {path}:\n{path.read_text(errors='replace')[-2000:]}")
 
 
 def queue_bytes_over_time(peer: OtlpPeer, node: str) -> list[tuple[int, dict[str, float]]]:
@@ -216,19 +208,22 @@ async def main() -> None:
                           len(chunk)))
     del spans
 
-    # The broker holds the backlog while the agent pushes back (it acknowledges a message once its spans fit).
-    broker = Mosquitto(workdir=work, extra_conf="max_queued_messages 100000\n").start()
-    peer = await OtlpPeer().start()
     grpc_port, http_port = free_port(), free_port()
     node = "bench-mem"
-    (work / "agent.toml").write_text(f"""
-[node]
-id = "{node}"
-[sources.mqtt]
-broker = "{broker.url}"
-[sources.otlp]
-grpc_listen = "{'' if args.no_grpc_receiver else f'127.0.0.1:{grpc_port}'}"
-http_listen = "127.0.0.1:{http_port}"
+    env = dict(os.environ)
+    if args.arena:
+        env["MALLOC_ARENA_MAX"] = str(args.arena)
+    offered = {"steady": 0, "burst": 0}
+    delivered: Tally = {}
+    client_stats = {"busy_retries": 0, "client_gave_up": 0, "mqtt_published": 0}
+    samples: list[tuple[float, float, str]] = []
+    # The broker holds the backlog while the agent pushes back (it acknowledges a message once its spans fit).
+    async with Stack(work, broker_conf="max_queued_messages 100000\n") as stack:
+        broker, peer = stack.broker, stack.peer
+        await stack.start_gateway()
+        agent = await stack.start_agent(stack.agent_config(
+            node, grpc_listen="" if args.no_grpc_receiver else f"127.0.0.1:{grpc_port}",
+            http_listen=f"127.0.0.1:{http_port}", more=f"""
 [sources.ebpf]
 enabled = false
 [assembler]
@@ -241,40 +236,13 @@ limit = "{args.budget_mib}MiB"
 [metrics]
 listen = ""
 export_interval = "5s"
-[uplink]
-broker = "{broker.url}"
-batch_max_age = "500ms"
-spool_dir = "{work / 'spool'}"
-""")
-    (work / "gateway.toml").write_text(f"""
-[gateway]
-broker = "{broker.url}"
-http_listen = ""
-export_endpoint = "{peer.grpc_endpoint}"
-""")
-    env = dict(os.environ)
-    if args.arena:
-        env["MALLOC_ARENA_MAX"] = str(args.arena)
-    procs = []
-    for name in ("gateway", "agent"):
-        log = open(work / f"{name}.log", "wb")
-        cmd = "gateway" if name == "gateway" else "run"
-        procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge", cmd, "--config", str(work / f"{name}.toml"), "--log-level", "info",
-            stdout=log, stderr=log, env=env if name == "agent" else None))
-    agent = procs[1]
-    offered = {"steady": 0, "burst": 0}
-    delivered: Tally = {}
-    client_stats = {"busy_retries": 0, "client_gave_up": 0, "mqtt_published": 0}
-    samples: list[tuple[float, float, str]] = []
-    try:
-        await wait_log(work / "gateway.log", "gateway subscribed")
-        await wait_log(work / "agent.log", "sdk span source subscribed")
+"""), ready=("sdk span source subscribed",), env=env)
+        pid = agent.proc.pid
         await asyncio.sleep(1.0)
-        idle = [rss_mib(agent.pid)]
+        idle = [rss_mib(pid)]
         for _ in range(12):
             await asyncio.sleep(0.25)
-            idle.append(rss_mib(agent.pid))
+            idle.append(rss_mib(pid))
 
         if args.no_grpc_receiver:
             import aiohttp
@@ -367,13 +335,13 @@ export_endpoint = "{peer.grpc_endpoint}"
                 else:
                     client_stats["client_gave_up"] += n
             if now >= next_sample:
-                samples.append((el, rss_mib(agent.pid), phase))
+                samples.append((el, rss_mib(pid), phase))
                 next_sample = now + 0.25
             await asyncio.sleep(0.02)
         print("load done; draining ...", file=sys.stderr)
         drain_end = time.monotonic() + 60
         while pending and time.monotonic() < drain_end:
-            samples.append((time.monotonic() - t0, rss_mib(agent.pid), "drain"))
+            samples.append((time.monotonic() - t0, rss_mib(pid), "drain"))
             await asyncio.sleep(0.25)
         await asyncio.sleep(3.0)
         client.loop_stop()
@@ -383,21 +351,13 @@ export_endpoint = "{peer.grpc_endpoint}"
         else:
             await channel.close()
         # The agent sends its final counts on the way out.
-        agent.terminate()
-        await agent.wait()
+        await stack.stop(agent, timeout=60)
         end = time.monotonic() + 30
         last_n, still = -1, time.monotonic()
         while time.monotonic() < end and time.monotonic() - still < 4.0:
             if len(peer.metric_requests) != last_n:
                 last_n, still = len(peer.metric_requests), time.monotonic()
             await asyncio.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-                await p.wait()
-        await peer.stop()
-        broker.stop()
 
     red, health = red_of_peer(peer, node)
     want = {k: [v[0], v[1], v[2], v[0]] for k, v in delivered.items()}

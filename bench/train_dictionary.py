@@ -1,11 +1,11 @@
 """Train the uplink's zstd dictionary on representative batch bodies and write it as package data.
 
-Run: python bench/train_dictionary.py [--size 16384] [--out uplink/dictionaries/helix-v1.zdict]
+Run: python bench/train_dictionary.py [--size 16384] [--out uplink/wire/dictionaries/helix-v1.zdict]
 
 The samples are CBOR bodies (before compression) of batches cut from `bench/_workload.py` traces generated with
 TRAIN_SEED, at the batch sizes nodes send (a quiet node sends a few dozen spans, a busy one 512). The benchmark
 (bench/uplink_size.py) measures on another seed, so the figures are not the training data read back.
-A shipped dictionary never changes: a new one gets a new id in uplink/dictionaries/__init__.py.
+A shipped dictionary never changes: a new one gets a new id in uplink/wire/dictionaries/__init__.py.
 The last printed line is one JSON object.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
-from uplink import dictionaries  # noqa: E402
+from uplink.wire import dictionaries  # noqa: E402
 from uplink.wire import batch_body  # noqa: E402
 
 TRAIN_SEED = 101

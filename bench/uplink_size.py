@@ -18,7 +18,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import request_from_spans
-from uplink import dictionaries
+from uplink.wire import dictionaries
 from uplink.wire import decode_batch, encode_batch
 
 _ROWS = (("OTLP protobuf", "otlp_raw"), ("OTLP + gzip", "otlp_gzip"), ("OTLP + zstd", "otlp_zstd"),

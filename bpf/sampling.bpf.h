@@ -10,7 +10,7 @@
  * - an MQTT PUBLISH written by a client in one syscall, carrying a `traceparent` user property (v5).
  * Kept when R >= config.sample_threshold, as the OpenTelemetry specification (and edge/sampler/consistent.py)
  * decides. A held-back exchange sends nothing to the ring buffer: it is counted into `red_agg` instead, with the
- * same series fields and timing model as the span path (edge/sources/ebpf/spans.py). Whatever cannot be judged
+ * same series fields and timing model as the span path (edge/sources/ebpf/spans/). Whatever cannot be judged
  * or counted is sent as before.
  *
  * The scans store what they find in the per-CPU `work` map rather than on the stack: the verifier tracks stack

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from . import __version__
 from .config import Config, load_config
+from .config.reader import Section, settings_of
 from .errors import HelixError
 
 __all__ = ["main"]
@@ -68,11 +70,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`helix run`: the node agent."""
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
-    from .ssl_deferral import ssl_deferred
+    from .runtime.ssl_deferral import ssl_deferred
 
     if ssl_deferred():
         log.info("TLS not loaded: the config has no mqtts://, https:// or [fleet] (saves ~4 MiB of memory)")
-    from .privileges import cap_list, switched
+    from .runtime.privileges import cap_list, switched
 
     user = switched()
     if user is not None:
@@ -89,9 +91,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         log.info("CPython's allocator (the C library is not glibc): memory a burst took may stay resident")
     from .agent import Agent
-    from .agent.allocator import limit_arenas
+    from .runtime.allocator import limit_arenas
     limit_arenas()  # before any thread: grpcio, paho and the thread pool each allocate
     return _run_until_signal(lambda stop: Agent(cfg).run(stop))
+
+
+# The gateway is a process of its own built on the uplink (uplink/gateway/): the CLI reaches it by name, so that
+# nothing in edge/ depends on it.
+GATEWAY_ENTRY = "uplink.gateway.server:serve_gateway"
+
+
+def entry_point(spec: str) -> Callable[..., Any]:
+    """The callable named by 'module:attribute', imported now."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -99,24 +112,25 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
     try:
-        from uplink.gateway import serve_gateway
+        serve_gateway = entry_point(GATEWAY_ENTRY)
     except ImportError as e:  # a node's install: the gateway's dependencies are an extra
         log.error("helix gateway needs %s, which this installation lacks: pip install 'helix-edge[gateway]'", e.name)
         return 2
     return _run_until_signal(lambda stop: serve_gateway(cfg, stop))
 
 
-def _describe(obj: Any, prefix: str = "") -> list[str]:
+def _describe(cfg: Config) -> list[str]:
     lines: list[str] = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type) and f.name not in ("broker",):
-            lines.extend(_describe(value, key + "."))
-        else:
-            if f.name in ("password", "token") and value:
-                value = "********"
-            lines.append(f"  {key} = {value}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not isinstance(value, Section):
+            lines.append(f"  {f.name} = {value}")
+            continue
+        for s in settings_of(value):  # what the file can set, not the bounds the agent derives at run time
+            v = getattr(value, s.name)
+            if s.name in ("password", "token") and v:
+                v = "********"
+            lines.append(f"  {f.name}.{s.name} = {v}")
     return lines
 
 
@@ -222,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pid", type=int, default=None, help="with --cost: the agent's pid (default: every process "
                     "holding the probes)")
 
-    from .fleet.cli import add_fleet_commands  # issue 7: helix fleet keygen|push|status|acl
+    from .fleet.cli import add_fleet_commands  # helix fleet keygen|push|status|acl
     add_fleet_commands(sub)
     return p
 

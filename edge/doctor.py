@@ -31,7 +31,7 @@ class Check:
 
 
 def _capabilities() -> Check:
-    from .privileges import (CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, cap_list, in_container,
+    from .runtime.privileges import (CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, cap_list, in_container,
                              read_caps, switched)
     caps, uid = read_caps(), os.geteuid()
     admin = caps.has(CAP_SYS_ADMIN)  # stands in for CAP_BPF and CAP_PERFMON
@@ -62,7 +62,7 @@ def _capabilities() -> Check:
 
 
 def _who(uid: int) -> str:
-    from .privileges import switched
+    from .runtime.privileges import switched
     user = switched()
     if user is None:
         return f"uid {uid}"
@@ -79,7 +79,7 @@ def _cap_last() -> int:
 
 
 def _pid_namespace() -> Check:
-    from .privileges import in_host_pid_namespace
+    from .runtime.privileges import in_host_pid_namespace
     if in_host_pid_namespace():
         return Check("pid namespace", True, "the host's: kernel events' process ids are this process's")
     return Check("pid namespace", False, "a container's own: the probes report host process ids, so the agent "

@@ -16,12 +16,12 @@ def _config_path(argv: list[str]) -> str | None:
 
 
 def _prepare_agent(argv: list[str]) -> None:
-    from .libc_malloc import use_libc_malloc
+    from .runtime.libc_malloc import use_libc_malloc
 
     use_libc_malloc()  # first: it starts this process again, and nothing done before would survive
     from .config import load_config
     from .errors import HelixError
-    from .ssl_deferral import defer_ssl
+    from .runtime.ssl_deferral import defer_ssl
 
     try:
         cfg = load_config(_config_path(argv))
@@ -33,7 +33,7 @@ def _prepare_agent(argv: list[str]) -> None:
 
 def _drop_root() -> None:
     from .errors import HelixError
-    from .privileges import switch_user_from_env
+    from .runtime.privileges import switch_user_from_env
 
     try:
         switch_user_from_env()

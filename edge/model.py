@@ -1,4 +1,7 @@
-"""The one span model inside Helix Edge. Wire formats are decoded into it at the edges and encoded from it."""
+"""The data model inside Helix Edge: spans, and the metrics the agent derives from them (RED, its own health).
+
+Wire formats are decoded into it at the edges and encoded from it.
+"""
 from __future__ import annotations
 
 import enum
@@ -25,6 +28,14 @@ __all__ = [
     "INVALID_SPAN_ID",
     "share",
     "is_shared",
+    "SUM",
+    "GAUGE",
+    "HISTOGRAM",
+    "SumPoint",
+    "HistogramPoint",
+    "Metric",
+    "ResourceMetrics",
+    "MetricBatch",
 ]
 
 # OpenTelemetry's AnyValue: scalars, homogeneous-or-not arrays and key/value lists.
@@ -35,9 +46,9 @@ INVALID_TRACE_ID = bytes(16)
 INVALID_SPAN_ID = bytes(8)
 
 # Decoders hand every attribute key, span name and short text value through share(): spans of the same service
-# repeat the same few hundred strings, and one copy each instead of one per span is most of a decoded span's
-# size (1.6-2.0 KiB -> ~0.9 KiB on bench/_workload.py spans; ~0.6 with the id and resource sharing the decoders add). The table is bounded: when it fills (ids,
-# addresses and other one-off values do that), it starts over, and spans keep the copies they already hold.
+# repeat the same few hundred strings, and one copy each instead of one per span is most of a decoded span's size
+# (docs/benchmarks.md, "What a decoded span costs"). The table is bounded: when it fills (ids, addresses and other
+# one-off values do that), it starts over, and spans keep the copies they already hold.
 _SHARED: dict[str, str] = {}
 _SHARED_MAX = 4096
 _SHARED_LEN = 64
@@ -290,3 +301,65 @@ def new_span_id() -> bytes:
         sid = os.urandom(8)
         if sid != INVALID_SPAN_ID:
             return sid
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+SUM, GAUGE, HISTOGRAM = "sum", "gauge", "histogram"
+
+
+@dataclass(slots=True)
+class SumPoint:
+    """One cumulative sum or gauge value for one attribute set."""
+
+    attributes: dict[str, AttrValue]
+    value: int | float
+
+
+@dataclass(slots=True)
+class HistogramPoint:
+    """One cumulative explicit-bucket histogram: bucket i counts values in (bounds[i-1], bounds[i]]."""
+
+    attributes: dict[str, AttrValue]
+    count: int
+    sum: float
+    bounds: tuple[float, ...]
+    bucket_counts: list[int]
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(slots=True)
+class Metric:
+    """A named metric and its points; `kind` is 'sum', 'gauge' or 'histogram'."""
+
+    name: str
+    kind: str
+    unit: str = ""
+    description: str = ""
+    monotonic: bool = True  # sums only
+    points: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ResourceMetrics:
+    """The metrics of one resource (a service, or the agent itself)."""
+
+    resource: Resource
+    scope: Scope
+    metrics: list[Metric] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MetricBatch:
+    """A node's metrics at `time_ns`, cumulative since `start_ns`."""
+
+    node_id: str
+    seq: int
+    start_ns: int
+    time_ns: int
+    resources: list[ResourceMetrics] = field(default_factory=list)
+
+    def point_count(self) -> int:
+        """Data points in the batch."""
+        return sum(len(m.points) for r in self.resources for m in r.metrics)

@@ -10,123 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from typing import Any, Protocol
 
-from edge.config import UplinkConfig
+from edge.config.uplink import UplinkConfig
 from edge.errors import UplinkError
-from edge.model import Span
-from edge.mqtt_client import MqttClient, MqttError, reason_name
-from edge.mqtt_tls import mqtt_ssl_context
+from edge.model import MetricBatch, Span
+from edge.net.retry import Backoff, Throttle
 
 from .spool import DiskSpool, MemorySpool
-from .wire import MEDIA_TYPE, encode_batch
+from .transports import SendError, Transport, make_transport
+from .wire import encode_batch, encode_metrics
 
-__all__ = [
-    "UplinkClient",
-    "UplinkStats",
-    "Transport",
-    "SendError",
-    "MqttTransport",
-    "HttpTransport",
-    "Backoff",
-    "Throttle",
-    "parse_retry_after",
-    "make_transport",
-]
+__all__ = ["UplinkClient", "UplinkStats"]
 
 log = logging.getLogger(__name__)
 
-_INITIAL_BACKOFF = 0.1
-_NO_MATCHING_SUBSCRIBERS = 0x10
 
-
-class SendError(UplinkError):
-    """A batch was not acknowledged; `permanent` means resending the same bytes can never succeed."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None, permanent: bool = False) -> None:
-        self.retry_after_s = retry_after_s
-        self.permanent = permanent
-        super().__init__(message)
-
-
-class Transport(Protocol):
-    """Delivers one encoded batch and returns once the far side acknowledged it, else raises SendError."""
-
-    async def send(self, payload: bytes) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import email.utils  # here: only an HTTP uplink told to wait until a date needs the email package
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    ref = datetime.now(timezone.utc).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - ref)
-
-
-class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `maximum`."""
-
-    __slots__ = ("initial", "maximum", "attempt", "_rng")
-
-    def __init__(self, initial: float = _INITIAL_BACKOFF, maximum: float = 30.0, rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        """The next delay in seconds."""
-        d = min(self.maximum, self.initial * (2 ** min(self.attempt, 32)))
-        self.attempt += 1
-        return d * (0.5 + 0.5 * self._rng.random())
-
-    def reset(self) -> None:
-        """Start again from the initial delay."""
-        self.attempt = 0
-
-
-class Throttle:
-    """Lets a repeated log line through at most once per `interval` seconds per key, counting the rest."""
-
-    __slots__ = ("interval", "_last", "suppressed")
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self.suppressed: dict[str, int] = {}
-
-    def ready(self, key: str) -> bool:
-        """True if a line for `key` may be logged now."""
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) >= self.interval:
-            self._last[key] = now
-            return True
-        self.suppressed[key] = self.suppressed.get(key, 0) + 1
-        return False
-
-    def take_suppressed(self, key: str) -> int:
-        """How many lines for `key` were held back since the last call."""
-        return self.suppressed.pop(key, 0)
+def _target(cfg: UplinkConfig) -> tuple[object, ...]:
+    """The settings that say where batches go and as whom: changing one needs a new transport."""
+    return (cfg.transport, cfg.broker, cfg.url, cfg.topic, cfg.token, cfg.username, cfg.password, cfg.ca_file,
+            cfg.cert_file, cfg.key_file, cfg.qos)
 
 
 @dataclass(slots=True)
@@ -160,106 +65,13 @@ class UplinkStats:
         return asdict(self)
 
 
-class MqttTransport:
-    """MQTT v5 publisher that (re)connects lazily; QoS 1 waits for the broker's PUBACK and reads its reason code."""
-
-    def __init__(self, cfg: UplinkConfig, node_id: str) -> None:
-        self._cfg = cfg
-        self._node_id = node_id
-        self._topic = cfg.topic_for(node_id)
-        self._client: MqttClient | None = None
-
-    async def _connect(self) -> MqttClient:
-        cfg = self._cfg
-        # A random suffix: two processes with one node id (a restart overlapping the old one) must not take over
-        # each other's connection; the session is clean either way.
-        client = MqttClient(cfg.broker.host, cfg.broker.port, f"helix-uplink-{self._node_id}-{random.getrandbits(24):06x}",
-                            username=cfg.username or None, password=cfg.password or None,
-                            ssl=mqtt_ssl_context(cfg, "uplink"), timeout=cfg.send_timeout)
-        try:
-            await client.connect()
-        except MqttError as e:
-            raise SendError(f"uplink broker unreachable at {cfg.broker}: {e}") from None
-        log.info("uplink connected to broker %s topic=%s", cfg.broker, self._topic)
-        self._client = client
-        return client
-
-    async def send(self, payload: bytes) -> None:
-        """Publish one batch."""
-        client = self._client or await self._connect()
-        try:
-            code = await client.publish(self._topic, payload, qos=self._cfg.qos, timeout=self._cfg.send_timeout)
-        except MqttError as e:
-            await self.close()
-            raise SendError(f"uplink broker unreachable at {self._cfg.broker}: publish failed: {e}") from None
-        # A refusal (not authorised, quota exceeded) or "no matching subscribers" (no gateway session would ever
-        # see it) must keep the batch in the spool.
-        if code >= 0x80 or code == _NO_MATCHING_SUBSCRIBERS:
-            raise SendError(f"uplink broker {self._cfg.broker} did not take the batch on {self._topic}: "
-                            f"{reason_name(code)} (is a gateway subscribed, and may this node publish there?)")
-
-    async def close(self) -> None:
-        """Disconnect (quietly: the connection may already be gone)."""
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await asyncio.wait_for(client.disconnect(), 2.0)
-            except Exception:  # noqa: BLE001 - a broken connection cannot be closed cleanly; it is dropped anyway
-                pass
-
-
-class HttpTransport:
-    """HTTP POST of the batch bytes to the gateway's /v1/batches; honours Retry-After on 429/503."""
-
-    def __init__(self, cfg: UplinkConfig) -> None:
-        import aiohttp  # imported here so an MQTT-only node never loads it
-
-        self._aiohttp = aiohttp
-        self._cfg = cfg
-        self._session: Any = None
-        self._headers = {"Content-Type": MEDIA_TYPE}
-        if cfg.token:
-            self._headers["Authorization"] = f"Bearer {cfg.token}"
-
-    async def send(self, payload: bytes) -> None:
-        """POST one batch."""
-        aiohttp = self._aiohttp
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._cfg.send_timeout))
-        url = self._cfg.url
-        try:
-            async with self._session.post(url, data=payload, headers=self._headers) as resp:
-                text = (await resp.content.read(512)).decode("utf-8", "replace").strip()
-                if 200 <= resp.status < 300:
-                    return
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise SendError(f"uplink gateway unreachable at {url}: {e or type(e).__name__}") from None
-        # 400/413/415: the gateway can never take these bytes; anything else may heal (auth fixed, backend back).
-        raise SendError(f"uplink gateway at {url} answered {resp.status}: {text[:200]}", retry_after,
-                        permanent=resp.status in (400, 413, 415))
-
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-
-def make_transport(cfg: UplinkConfig, node_id: str) -> Transport:
-    """The transport named by `cfg.transport`."""
-    if cfg.transport == "http":
-        return HttpTransport(cfg)
-    return MqttTransport(cfg, node_id)
-
-
 class UplinkClient:
     """Batches spans and ships them; call `submit` from the event loop, run `run()` as a task, end with `close()`."""
 
     def __init__(self, cfg: UplinkConfig, node_id: str, transport: Transport | None = None,
                  spool: MemorySpool | None = None) -> None:
         self.cfg = cfg
-        self.queue_limit: int | None = None  # a tighter in-memory queue bound than the config's (the agent's memory plan)
+        self._queue_limit: int | None = None  # a tighter bound than the config's: the agent's memory plan
         self.node_id = node_id
         self.stats = UplinkStats()
         self._transport = transport or make_transport(cfg, node_id)
@@ -280,13 +92,31 @@ class UplinkClient:
         self.opened = asyncio.Event()  # the spool is open and what it held is queued for sending
         self._throttle = Throttle()
         self._next_send = 0.0
+        self._old_transports: set[asyncio.Task[None]] = set()  # closing after a reconfigure
+        self.metric_stats = {"submitted": 0, "spooled": 0, "superseded": 0, "dropped": 0}
+        self._metrics_pending: MetricBatch | None = None  # the newest metric batch not spooled yet
+        self._metrics_task: asyncio.Future[bool] | None = None
+
+    def reconfigure(self, cfg: UplinkConfig) -> bool:
+        """Take new settings while running, keeping the queue and the spool; True if the target changed (transport,
+        address, topic or credentials), which gets a new transport: a send in flight on the old one fails and is
+        retried on the new one, the batch staying spooled. Batch limits take effect at the next cut."""
+        old, self.cfg = self.cfg, cfg
+        changed = _target(old) != _target(cfg)
+        if changed:
+            old_transport, self._transport = self._transport, make_transport(cfg, self.node_id)
+            task = asyncio.ensure_future(old_transport.close())
+            self._old_transports.add(task)
+            task.add_done_callback(self._old_transports.discard)
+        self._wake.set()
+        return changed
 
     # -------------------------------------------------------------------------------------------- intake
 
     def submit(self, spans: list[Span]) -> int:
         """Queue spans without blocking; returns how many were accepted (the rest are counted as dropped)."""
         accepted = 0
-        limit = self.cfg.queue_max_bytes if self.queue_limit is None else min(self.cfg.queue_max_bytes, self.queue_limit)
+        limit = self.queue_limit
         for span in spans:
             size = span.approx_size()
             if self._closing or self._queue_bytes + size > limit:
@@ -307,6 +137,23 @@ class UplinkClient:
                             self._queue_bytes, limit, dropped, self.stats.dropped_queue_full)
         self._gauges()
         return accepted
+
+    @property
+    def queue_limit(self) -> int:
+        """Bytes the queue of spans waiting to be cut takes at most."""
+        cap = self.cfg.queue_max_bytes
+        return cap if self._queue_limit is None else min(cap, self._queue_limit)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of spans queued, waiting to be cut into a batch."""
+        return self._queue_bytes
+
+    def set_bound(self, n: int) -> int:
+        """Queue no more than `n` bytes (never above `uplink.queue_max_bytes`): the memory governor's plan. What is
+        queued stays; spans that would not fit are refused at `submit` and counted there."""
+        self._queue_limit = n
+        return 0
 
     def _gauges(self) -> None:
         st, sp = self.stats, self.spool
@@ -486,32 +333,33 @@ class UplinkClient:
             self.stats.bytes_sent += len(payload)
             return
 
-    # -------------------------------------------------------------------------------------------- metrics (issue 5)
+    # -------------------------------------------------------------------------------------------- metrics
 
-    def submit_metrics(self, batch: Any) -> asyncio.Future[bool]:
-        """Queue an `edge.codec.metrics_cbor.MetricBatch`: it gets the next sequence number, is spooled and sent
+    def submit_metrics(self, batch: MetricBatch) -> asyncio.Future[bool]:
+        """Queue an `edge.model.MetricBatch`: it gets the next sequence number, is spooled and sent
         like a span batch (its own `HM` frame). Metrics are cumulative, so only the newest batch matters: one not
         yet spooled is replaced (counted in `metric_stats['superseded']`). Await the result to know it is spooled.
         """
-        stats = self.__dict__.setdefault("metric_stats", {"submitted": 0, "spooled": 0, "superseded": 0, "dropped": 0})
+        stats = self.metric_stats
         stats["submitted"] += 1
-        if self.__dict__.get("_metrics_pending") is not None:
+        if self._metrics_pending is not None:
             stats["superseded"] += 1
         self._metrics_pending = batch
-        task = self.__dict__.get("_metrics_task")
+        task = self._metrics_task
         if task is None or task.done():
             task = self._metrics_task = asyncio.ensure_future(self._spool_metrics())
         return task
 
     async def _spool_metrics(self) -> bool:
-        stats = self.__dict__["metric_stats"]
+        stats = self.metric_stats
         await self.opened.wait()
         stored = False
-        while (batch := self.__dict__.pop("_metrics_pending", None)) is not None:
+        while (batch := self._metrics_pending) is not None:
+            self._metrics_pending = None
             seq = await self.spool.next_seq()
             batch.seq = seq
             try:
-                stored = await self.spool.put(seq, 0, batch.encode(self.cfg.zstd_level))
+                stored = await self.spool.put(seq, 0, encode_metrics(batch, self.cfg.zstd_level))
             except Exception as e:  # noqa: BLE001 - an unencodable value or a disk error costs one export, not the uplink
                 stored = False
                 log.error("uplink could not spool a metrics batch: %s", e)

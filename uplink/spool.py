@@ -20,10 +20,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.codec.metrics_cbor import METRICS_MAGIC
 from edge.errors import UplinkError
 
-from .wire import HEADER_SIZE, read_header
+from .wire import HEADER_SIZE, METRICS_MAGIC, read_header
 
 __all__ = ["SpoolEntry", "MemorySpool", "DiskSpool", "SEQ_LEASE"]
 

@@ -20,10 +20,14 @@ class InboxStats:
 
 
 class SpanInbox:
-    """A FIFO of span lists bounded in bytes (estimated with `Span.approx_size`)."""
+    """A FIFO of span lists bounded in bytes (estimated with `Span.approx_size`); Budgeted by the memory governor.
 
-    def __init__(self, max_bytes: int) -> None:
+    `on_drop` sees the spans the inbox lets go of under memory pressure (the agent counts them into RED metrics).
+    """
+
+    def __init__(self, max_bytes: int, on_drop: Callable[[list[Span]], None] | None = None) -> None:
         self.max_bytes = max_bytes
+        self._on_drop = on_drop
         self.bytes = 0
         self._items: deque[tuple[list[Span], int]] = deque()
         self._ready = asyncio.Event()
@@ -89,6 +93,18 @@ class SpanInbox:
             await asyncio.wait_for(self._taken.wait(), timeout)
         except asyncio.TimeoutError:
             pass
+
+    def set_bound(self, n: int) -> int:
+        """Take no more than `n` bytes from now on (what is queued stays); nothing is dropped."""
+        self.max_bytes = n
+        return 0
+
+    def drop_all(self) -> int:
+        """Drop every span waiting (memory pressure), after `on_drop` saw them; returns how many."""
+        spans = self.drain()
+        if spans and self._on_drop is not None:
+            self._on_drop(spans)
+        return len(spans)
 
     def drain(self) -> list[Span]:
         """Take everything now (at shutdown)."""

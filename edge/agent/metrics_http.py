@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..http_server import HttpServer, Request, Response
-from ..codec.metrics_cbor import GAUGE, HISTOGRAM, SUM, Metric, ResourceMetrics, SumPoint
+from ..net.http_server import HttpServer, Request, Response
+from ..model import GAUGE, HISTOGRAM, SUM, Metric, ResourceMetrics, SumPoint
 from ..model import Resource, Scope
 
 __all__ = ["health_metrics", "render_prometheus", "MetricsEndpoint", "CONTENT_TYPE", "HEALTH_SCOPE"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -12,21 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 from uplink.client import UplinkClient
 
-from ..assembler import Assembler, AssemblerConfig
+from ..assembler import Assembler
 from ..config import Config
 from ..errors import HelixError, ProbeUnavailable
-from ..model import Source, Span
+from ..model import MetricBatch, Source, Span
 from ..aggregator import RedAggregator
-from ..codec.metrics_cbor import MetricBatch
 from ..sampler import TailRules, TraceSampler
 from ..sources.mqtt_sdk import MqttSdkSource
 from ..sources.otlp_common import OtlpIngest
-from .governor import MemoryGovernor
+from .governor import MIN_INBOX, SHARES, MemoryGovernor
 from .inbox import SpanInbox
 from .metrics_http import MetricsEndpoint, health_metrics
-from . import sdnotify
+from ..runtime import sdnotify
 
 if TYPE_CHECKING:
+    from ..fleet.node import FleetNode
+    from ..sources.ebpf.source import EbpfSource
     from ..sources.otlp_grpc import OtlpGrpcReceiver
     from ..sources.otlp_http import OtlpHttpReceiver
 
@@ -49,14 +51,12 @@ class Agent:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        # A quarter of the budget for spans waiting in the pipeline; the uplink queue has its own share.
-        self.inbox = SpanInbox(max_bytes=max(1 << 20, cfg.memory.limit // 4))
-        a = cfg.assembler
-        # The byte bound of held spans is a share of the memory budget, like the inbox's.
-        self.assembler = Assembler(AssemblerConfig(window=a.window, memory=a.memory, max_spans=a.max_spans,
-                                                   max_bytes=max(1 << 20, cfg.memory.limit // 4)))
-        self.sampler = TraceSampler(cfg.sampler.ratio, TailRules.from_config(cfg.sampler))
         self.aggregator = RedAggregator(cfg.metrics.buckets, cfg.metrics.max_series)
+        # Until the memory governor plans them from the headroom: a quarter of the budget each for the spans waiting
+        # in the inbox and those held by the assembler. What the inbox drops under pressure still counts in RED.
+        self.inbox = SpanInbox(max(1 << 20, cfg.memory.limit // 4), on_drop=self.aggregator.consume)
+        self.assembler = Assembler(dataclasses.replace(cfg.assembler, max_bytes=max(1 << 20, cfg.memory.limit // 4)))
+        self.sampler = TraceSampler(cfg.sampler.ratio, TailRules.from_config(cfg.sampler))
         self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
         self.ingest = OtlpIngest(self._admit, self.inbox.has_room)
         self.mqtt: MqttSdkSource | None = None
@@ -74,14 +74,33 @@ class Agent:
             self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request)
             self.inbox.on_taken(self.grpc.server.poke)
         self.kernel = KernelStatus()
-        self.ebpf: Any = None
+        self.ebpf: EbpfSource | None = None
+        self.fleet: FleetNode | None = None  # with fleet.enabled, made at start
         self.started = asyncio.Event()
-        # Issue 5: one memory budget, RED metrics upstream, health on a loopback Prometheus endpoint.
-        self.governor = MemoryGovernor(self, cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval)
+        self.governor = self.govern(MemoryGovernor(cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval))
         self.metrics_http: MetricsEndpoint | None = None
         if cfg.metrics.listen:
             self.metrics_http = MetricsEndpoint(self.metrics, *cfg.metrics.listen)
         self._metrics_seq = 0
+
+    def govern(self, governor: MemoryGovernor) -> MemoryGovernor:
+        """Put this agent's buffers under `governor`, each with its share of the headroom; returns it."""
+        g = governor
+        g.keep = self.sampler
+        g.register("inbox", self.inbox, SHARES["inbox"], bound=self.inbox.max_bytes, floor=MIN_INBOX, backlog_at=0.5)
+        g.bound("assembler", self.assembler.held_budget, SHARES["assembler"], bound=self.assembler.max_bytes,
+                elastic=True)
+        g.register("index", self.assembler.index_budget, SHARES["index"], bound=self.assembler.max_index_bytes)
+        tail = self.sampler.tail
+        g.register("tail", self.sampler, SHARES["tail"], bound=tail.capacity, ceiling=lambda: tail.rules.buffer_bytes)
+        # Spans past the sampler are kept: the uplink queue refuses at the door what does not fit, never drops.
+        g.bound("uplink", self.uplink, SHARES["uplink"], bound=self.uplink.queue_limit,
+                ceiling=lambda: self.uplink.cfg.queue_max_bytes)
+        g.account("aggregator", self.aggregator)
+        if self.grpc is not None:
+            # Requests still arriving, held back by flow control: unacknowledged, so never dropped.
+            g.bound("receiver", self.grpc, SHARES["receiver"], bound=self.grpc.server.max_buffered, backlog_at=1.0)
+        return g
 
     def submit(self, spans: list[Span], source: Source) -> int:
         """Hand spans to the pipeline (what every source calls)."""
@@ -149,12 +168,11 @@ class Agent:
 
     async def _export_metrics(self) -> None:
         interval = self.cfg.metrics.export_interval
-        submit = getattr(self.uplink, "submit_metrics", None)
-        if interval <= 0 or submit is None:
+        if interval <= 0:
             await asyncio.Event().wait()  # off: idle, for a finished task would stop the agent
         while True:
             await asyncio.sleep(interval)
-            submit(self.metric_batch())
+            self.uplink.submit_metrics(self.metric_batch())
 
     async def _start_receivers(self) -> None:
         for receiver, what, key in ((self.http, "OTLP/HTTP", "sources.otlp.http_listen"),
@@ -172,7 +190,7 @@ class Agent:
         try:
             await self._start_ebpf()
             await self._start_receivers()
-            if self.cfg.fleet.enabled:  # issue 7: signed remote config; bad trusted keys fail the start
+            if self.cfg.fleet.enabled:  # signed remote config: bad trusted keys fail the start
                 try:
                     from ..fleet.node import FleetNode
                 except ImportError as e:
@@ -198,7 +216,7 @@ class Agent:
             tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-source"))
         if self.ebpf is not None:
             tasks.append(asyncio.create_task(self.ebpf.run(), name="ebpf-source"))
-        if getattr(self, "fleet", None) is not None:
+        if self.fleet is not None:
             tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
         tasks.append(asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog"))
         self.started.set()
@@ -225,7 +243,7 @@ class Agent:
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         sdnotify.notify("STOPPING=1")
-        if getattr(self, "fleet", None) is not None:
+        if self.fleet is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.fleet.stop(), 2.0)
         await self._stop_inputs()
@@ -234,7 +252,7 @@ class Agent:
                 t.cancel()
         # Spans already accepted are pushed through the pipeline and flushed upstream before exit.
         self._process(self.inbox.drain(), flush=True)
-        if getattr(self.uplink, "submit_metrics", None) is not None and self.cfg.metrics.export_interval > 0:
+        if self.cfg.metrics.export_interval > 0:
             # The final counts, spooled before the uplink closes, so nothing counted is lost.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self.uplink.submit_metrics(self.metric_batch())), 2.0)
@@ -262,7 +280,7 @@ class Agent:
             "otlp": {"requests": self.ingest.stats.requests, "spans": self.ingest.stats.spans,
                      "dropped": dict(self.ingest.stats.dropped),
                      "grpc": None if self.grpc is None else {**_as_dict(self.grpc.server.stats),
-                                                             "buffered": self.grpc.buffered}},
+                                                             "buffered": self.grpc.bytes}},
             "assembler": {"duplicates": self.assembler.stats.duplicates, "held": len(self.assembler),
                           "released": self.assembler.stats.released, "links": dict(self.assembler.stats.links),
                           "evicted_early": self.assembler.stats.evicted_early,
@@ -275,7 +293,7 @@ class Agent:
                     "overflow": self.aggregator.stats.overflow},
             "governor": self.governor.status(),
             "uplink": _as_dict(self.uplink.stats),
-            "fleet": None if getattr(self, "fleet", None) is None else {
+            "fleet": None if self.fleet is None else {
                 "config_version": self.fleet.config_version(), "config_state": self.fleet.config_state,
                 "last_error": self.fleet.last_error, "restart_needed": self.fleet.restart_needed},
         }

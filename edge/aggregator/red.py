@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..codec.metrics_cbor import HISTOGRAM, SUM, HistogramPoint, Metric, ResourceMetrics, SumPoint
+from ..model import HISTOGRAM, SUM, HistogramPoint, Metric, ResourceMetrics, SumPoint
 from ..model import Resource, Scope, Span, SpanKind
 from ..sampler.routes import MAX_ROUTE_LEN, is_error, normalise_path, peer_of, route_of
 

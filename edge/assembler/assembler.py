@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..model import Resource, Span, SpanKind, StatusCode, new_span_id
 from .clock import SkewAdjuster
+from .config import AssemblerConfig
 from .index import Entry, SpanIndex, is_kernel, pid_of
 from .rules import infer_parent, kernel_twin
 
@@ -29,18 +30,6 @@ _MAX_DEPTH = 64
 # One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
 # slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
 _RELEASED_BYTES = 560
-
-
-@dataclass(slots=True, frozen=True)
-class AssemblerConfig:
-    """Windows and bounds of the assembler."""
-
-    window: float = 2.0  # s a span waits for the spans it relates to
-    memory: float = 10.0  # s a span stays indexed for lookups after it arrived
-    max_spans: int = 50_000  # spans held waiting for release
-    max_bytes: int = 16 * 1024 * 1024  # bytes held waiting for release (Span.approx_size)
-    max_index_bytes: int = 8 * 1024 * 1024  # bytes of released spans kept indexed for late joins (oldest go first)
-    dedup_memory: int = 65_536  # span ids remembered to drop redeliveries
 
 
 @dataclass(slots=True)
@@ -63,6 +52,11 @@ class Assembler:
 
     def __init__(self, config: AssemblerConfig | None = None) -> None:
         self.config = config or AssemblerConfig()
+        self.max_bytes = self.config.max_bytes
+        self.max_index_bytes = self.config.max_index_bytes
+        # The two parts of the memory budget: spans held for their window, and released spans kept for late joins.
+        self.held_budget = _HeldSpans(self)
+        self.index_budget = _LateJoins(self)
         self.index = SpanIndex()
         self.held: deque[Entry] = deque()
         self.bytes = 0
@@ -143,7 +137,7 @@ class Assembler:
                 del self._adoptable[sid]
         out: list[Span] = []
         cfg = self.config
-        while self.held and (len(self.held) > cfg.max_spans or self.bytes > cfg.max_bytes):
+        while self.held and (len(self.held) > cfg.max_spans or self.bytes > self.max_bytes):
             self.stats.evicted_early += 1
             out.append(self._release(self.held.popleft(), now))
         while self.held and (flush or self.held[0].arrived + cfg.window <= now):
@@ -157,7 +151,7 @@ class Assembler:
         if now - self._last_expire >= 1.0 or flush:
             self._last_expire = now
             self.index.expire(now - cfg.memory)
-        keep = cfg.max_index_bytes // _RELEASED_BYTES
+        keep = self.max_index_bytes // _RELEASED_BYTES
         excess = len(self.index) - len(self.held) - keep
         if excess > 0:
             # At high rates `memory` seconds of released spans outgrow the bound: the oldest late joins go first,
@@ -294,7 +288,12 @@ class Assembler:
     @property
     def memory_bytes(self) -> int:
         """Held spans plus the compact records of released spans still indexed (an estimate)."""
-        return self.bytes + max(0, len(self.index) - len(self.held)) * _RELEASED_BYTES
+        return self.bytes + self.index_bytes
+
+    @property
+    def index_bytes(self) -> int:
+        """The compact records of released spans still indexed for late joins (an estimate)."""
+        return max(0, len(self.index) - len(self.held)) * _RELEASED_BYTES
 
     def __len__(self) -> int:
         return len(self.held)
@@ -341,8 +340,8 @@ class _RecentKeys:
         table[i] = key
         self._count += 1
         if self._count >= self.capacity:
-            # The retired table is zeroed in place and reused: a new one meant 2 MiB allocated (a zero bytes
-            # object, then the array) and 1 MiB freed every 13 s at 5,000 spans/s, a spike the governor reads.
+            # The retired table is zeroed in place and reused: allocating a new one made a periodic memory spike
+            # the governor reads as pressure (docs/benchmarks.md, memory budget).
             retired = self._old
             ctypes.memset(retired.buffer_info()[0], 0, len(retired) * retired.itemsize)
             self._old, self._new = table, retired
@@ -351,6 +350,52 @@ class _RecentKeys:
 
     def __len__(self) -> int:
         return self._count + sum(1 for v in self._old if v)
+
+
+class _HeldSpans:
+    """Spans held for their window, as the memory governor bounds them (Bounded): a lower bound releases spans
+    before their window ends, unstitched but never lost."""
+
+    __slots__ = ("_asm",)
+
+    def __init__(self, asm: Assembler) -> None:
+        self._asm = asm
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the spans held."""
+        return self._asm.bytes
+
+    def set_bound(self, n: int) -> int:
+        """Hold at most `n` bytes from the next call of `process` on; nothing is dropped."""
+        self._asm.max_bytes = n
+        return 0
+
+
+class _LateJoins:
+    """Released spans kept indexed for late joins, as the memory governor budgets them (Budgeted): forgetting them
+    loses no span (they were sent on), only the late joins they could still have had."""
+
+    __slots__ = ("_asm",)
+
+    def __init__(self, asm: Assembler) -> None:
+        self._asm = asm
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of their compact records."""
+        return self._asm.index_bytes
+
+    def set_bound(self, n: int) -> int:
+        """Keep at most `n` bytes of them, the oldest forgotten now; returns how many went."""
+        asm = self._asm
+        asm.max_index_bytes = n
+        excess = len(asm.index) - len(asm.held) - n // _RELEASED_BYTES
+        return asm.index.expire(float("inf"), at_most=excess) if excess > 0 else 0
+
+    def drop_all(self) -> int:
+        """Forget every released span; returns how many went."""
+        return self._asm.index.expire(float("inf"))
 
 
 def _is_lone_connect(s: Span) -> bool:

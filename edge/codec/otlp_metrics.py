@@ -8,7 +8,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from ..model import Resource, Scope
-from .metrics_cbor import GAUGE, HISTOGRAM, SUM, HistogramPoint, Metric, MetricBatch, ResourceMetrics, SumPoint
+from ..model import GAUGE, HISTOGRAM, SUM, HistogramPoint, Metric, MetricBatch, ResourceMetrics, SumPoint
 from .otlp import _attrs_from_pb, _attrs_to_pb
 
 __all__ = ["ExportMetricsServiceRequest", "ExportMetricsServiceResponse", "request_from_metrics",

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from aiohttp import web
@@ -38,7 +39,7 @@ class Refusal:
     grpc_code: str = "UNAVAILABLE"
     http_status: int = 503
     retry_after_s: float | None = None
-    rejected_spans: int = 0  # > 0 answers with partial success instead of an error
+    rejected_spans: int = 0  # > 0 answers with partial success instead of an error (data points, for metrics)
 
 
 @dataclass
@@ -52,7 +53,9 @@ class OtlpPeer:
     http_port: int = 0
     received: asyncio.Event = field(default_factory=asyncio.Event)
     attempts: int = 0
-    metric_requests: list[ExportMetricsServiceRequest] = field(default_factory=list)  # OTLP metrics, never refused
+    metric_requests: list[ExportMetricsServiceRequest] = field(default_factory=list)
+    metric_refusals: deque[Refusal] = field(default_factory=deque)  # planned refusals of metrics exports
+    metric_attempts: int = 0
     metrics_received: asyncio.Event = field(default_factory=asyncio.Event)
     _server: grpc.aio.Server | None = None
     _runner: web.AppRunner | None = None
@@ -119,32 +122,53 @@ class OtlpPeer:
         self.metrics_received.set()
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
-        req = ExportMetricsServiceRequest()
-        try:
-            req.ParseFromString(await request.read())
-        except Exception:  # noqa: BLE001 - any garbage is a 400, as the OTLP spec says
-            return web.Response(status=400, text="bad protobuf")
-        self._accept_metrics(req)
-        return web.Response(body=ExportMetricsServiceResponse().SerializeToString(), content_type="application/x-protobuf")
+        self.metric_attempts += 1
+        return await _http_answer(request, ExportMetricsServiceRequest(), ExportMetricsServiceResponse(),
+                                  self.metric_refusals, self._accept_metrics, _partial_points)
 
     async def _http_export(self, request: web.Request) -> web.Response:
         self.attempts += 1
-        body = await request.read()
-        req = ExportTraceServiceRequest()
-        try:
-            req.ParseFromString(body)
-        except Exception:  # noqa: BLE001 - any garbage is a 400, as the OTLP spec says
-            return web.Response(status=400, text="bad protobuf")
-        refusal = self.refusals.popleft() if self.refusals else None
-        resp = ExportTraceServiceResponse()
-        if refusal is not None and not refusal.rejected_spans:
-            headers = {"Retry-After": str(int(refusal.retry_after_s))} if refusal.retry_after_s is not None else {}
-            return web.Response(status=refusal.http_status, headers=headers)
-        if refusal is not None:
-            resp.partial_success.rejected_spans = refusal.rejected_spans
-            resp.partial_success.error_message = "some spans were refused by the test peer"
-        self._accept(req)
-        return web.Response(body=resp.SerializeToString(), content_type="application/x-protobuf")
+        return await _http_answer(request, ExportTraceServiceRequest(), ExportTraceServiceResponse(), self.refusals,
+                                  self._accept, _partial_spans)
+
+
+def _partial_spans(resp: Any, refusal: Refusal) -> None:
+    resp.partial_success.rejected_spans = refusal.rejected_spans
+    resp.partial_success.error_message = "some spans were refused by the test peer"
+
+
+def _partial_points(resp: Any, refusal: Refusal) -> None:
+    resp.partial_success.rejected_data_points = refusal.rejected_spans
+    resp.partial_success.error_message = "some data points were refused by the test peer"
+
+
+async def _http_answer(request: web.Request, req: Any, resp: Any, refusals: deque[Refusal],
+                       accept: Callable[[Any], None], partial: Callable[[Any, Refusal], None]) -> web.Response:
+    """Parse an OTLP/HTTP export, then refuse it, accept it in part, or accept it, as planned."""
+    try:
+        req.ParseFromString(await request.read())
+    except Exception:  # noqa: BLE001 - any garbage is a 400, as the OTLP spec says
+        return web.Response(status=400, text="bad protobuf")
+    refusal = refusals.popleft() if refusals else None
+    if refusal is not None and not refusal.rejected_spans:
+        headers = {"Retry-After": str(int(refusal.retry_after_s))} if refusal.retry_after_s is not None else {}
+        return web.Response(status=refusal.http_status, headers=headers)
+    if refusal is not None:
+        partial(resp, refusal)
+    accept(req)
+    return web.Response(body=resp.SerializeToString(), content_type="application/x-protobuf")
+
+
+async def _grpc_answer(request: Any, context: grpc.aio.ServicerContext, resp: Any, refusals: deque[Refusal],
+                       accept: Callable[[Any], None], partial: Callable[[Any, Refusal], None]) -> Any:
+    """The same for an OTLP/gRPC export: refused with the planned status, accepted in part, or accepted."""
+    refusal = refusals.popleft() if refusals else None
+    if refusal is not None and not refusal.rejected_spans:
+        await context.abort(getattr(grpc.StatusCode, refusal.grpc_code), "refused by the test peer")
+    if refusal is not None:
+        partial(resp, refusal)
+    accept(request)
+    return resp
 
 
 class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
@@ -153,15 +177,8 @@ class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
 
     async def Export(self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext) -> ExportTraceServiceResponse:  # noqa: N802 - gRPC naming
         self.peer.attempts += 1
-        refusal = self.peer.refusals.popleft() if self.peer.refusals else None
-        resp = ExportTraceServiceResponse()
-        if refusal is not None and not refusal.rejected_spans:
-            await context.abort(getattr(grpc.StatusCode, refusal.grpc_code), "refused by the test peer")
-        if refusal is not None:
-            resp.partial_success.rejected_spans = refusal.rejected_spans
-            resp.partial_success.error_message = "some spans were refused by the test peer"
-        self.peer._accept(request)
-        return resp
+        return await _grpc_answer(request, context, ExportTraceServiceResponse(), self.peer.refusals, self.peer._accept,
+                                  _partial_spans)
 
 
 class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -169,5 +186,6 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.peer = peer
 
     async def Export(self, request: ExportMetricsServiceRequest, context: grpc.aio.ServicerContext) -> ExportMetricsServiceResponse:  # noqa: N802 - gRPC naming
-        self.peer._accept_metrics(request)
-        return ExportMetricsServiceResponse()
+        self.peer.metric_attempts += 1
+        return await _grpc_answer(request, context, ExportMetricsServiceResponse(), self.peer.metric_refusals,
+                                  self.peer._accept_metrics, _partial_points)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import HelixError
 from ..model import Span
-from .broker import Mosquitto
 from .otlp_peer import OtlpPeer
+from .stack import AGENT_READY, Stack
 from .trees import format_trace, group_traces
 
 __all__ = ["run_demo", "DemoResult"]
@@ -32,101 +32,19 @@ class DemoResult:
     out: Path | None = None
 
 
-@dataclass
-class _Child:
-    name: str
-    proc: asyncio.subprocess.Process
-    log: Path
-
-
-class _Demo:
-    def __init__(self, workdir: Path, out: Path) -> None:
-        self.workdir = workdir
-        self.out = out
-        self.children: list[_Child] = []
-        self.printed: set[bytes] = set()
-
-    async def spawn(self, name: str, *args: str) -> _Child:
-        log = self.workdir / f"{name}.log"
-        fh = open(log, "wb")
-        # A session of its own: Ctrl-C reaches only the demo, which then stops the parts in order.
-        proc = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=fh, stderr=fh,
-                                                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
-        fh.close()
-        child = _Child(name, proc, log)
-        self.children.append(child)
-        return child
-
-    async def wait_for_log(self, child: _Child, text: str, timeout: float = 20.0) -> str:
-        """Wait until `text` (a regular expression) appears in the child's log; returns the matching line."""
-        pattern = re.compile(text)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = pattern.search(child.log.read_text(errors="replace"))
-            if found:
-                return found.group(0)
-            if child.proc.returncode is not None:
-                break
-            await asyncio.sleep(0.1)
-        tail = child.log.read_text(errors="replace")[-2000:]
-        raise HelixError(f"{child.name} did not start (waited for {text!r}); its log ({child.log}) ends with:\n{tail}")
-
-    async def stop(self, child: _Child, timeout: float = 10.0) -> None:
-        if child.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(child.proc.wait(), timeout)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.kill()
-                await child.proc.wait()
-
-    def print_ready(self, peer: OtlpPeer, last_change: dict[bytes, float], force: bool) -> None:
-        now = time.monotonic()
-        for tid, spans in group_traces(peer.spans()).items():
-            if tid in self.printed:
-                continue
-            if force or now - last_change.get(tid, now) >= _QUIET_S:
-                self.printed.add(tid)
-                print(format_trace(spans) + "\n", flush=True)
+def _print_ready(peer: OtlpPeer, printed: set[bytes], last_change: dict[bytes, float], force: bool) -> None:
+    now = time.monotonic()
+    for tid, spans in group_traces(peer.spans()).items():
+        if tid in printed:
+            continue
+        if force or now - last_change.get(tid, now) >= _QUIET_S:
+            printed.add(tid)
+            print(format_trace(spans) + "\n", flush=True)
 
 
 def _bound_port(line: str) -> int:
     """The port at the end of a 'listening on host:port' log line."""
     return int(re.search(r":(\d+)\D*$", line).group(1))  # type: ignore[union-attr]
-
-
-def _write_configs(workdir: Path, broker: Mosquitto, peer: OtlpPeer) -> tuple[Path, Path]:
-    # Every listener binds port 0 and the demo reads the port back from its log: a port chosen here and bound later
-    # by another process could be taken in between.
-    agent = workdir / "agent.toml"
-    agent.write_text(f"""\
-[node]
-id = "demo-node"
-
-[sources.mqtt]
-broker = "{broker.url}"
-
-[sources.otlp]
-grpc_listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-
-[uplink]
-transport = "mqtt"
-broker = "{broker.url}"
-batch_max_age = "500ms"
-spool_dir = "{workdir / 'spool'}"
-""")
-    gateway = workdir / "gateway.toml"
-    gateway.write_text(f"""\
-[gateway]
-broker = "{broker.url}"
-http_listen = "127.0.0.1:0"
-export_protocol = "grpc"
-export_endpoint = "{peer.grpc_endpoint}"
-""")
-    return agent, gateway
 
 
 async def run_demo(duration: float | None, out: Path | None, keep_logs: bool = False) -> int:
@@ -147,34 +65,32 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    demo = _Demo(workdir, out)
-    broker = Mosquitto(workdir=workdir)
-    peer = OtlpPeer(json_path=out)
+    stack = Stack(workdir, peer_json=out)
+    broker, peer = stack.broker, stack.peer
+    printed: set[bytes] = set()
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress goes to stderr
+    say(f"helix demo: working directory {workdir}")
     try:
-        say(f"helix demo: working directory {workdir}")
-        await broker.astart()
+        await stack.__aenter__()
         say(f"  mosquitto      listening on {broker.url}")
-        await peer.start()
         say(f"  OTLP peer      gRPC {peer.grpc_endpoint} -> {out}")
-        agent_cfg, gateway_cfg = _write_configs(workdir, broker, peer)
-        gateway = await demo.spawn("gateway", "-m", "edge", "gateway", "--config", str(gateway_cfg), "--log-level", "info")
-        await demo.wait_for_log(gateway, "gateway subscribed")
+        gateway = await stack.start_gateway(http_listen="127.0.0.1:0")
         say(f"  gateway        uplink topic helix/uplink/+ -> OTLP/gRPC {peer.grpc_endpoint}")
-        agent = await demo.spawn("agent", "-m", "edge", "run", "--config", str(agent_cfg), "--log-level", "info")
-        await demo.wait_for_log(agent, "sdk span source subscribed")
-        await demo.wait_for_log(agent, "agent running")
-        ports = {"agent_grpc": _bound_port(await demo.wait_for_log(agent, r"OTLP/gRPC receiver listening on \S+")),
-                 "agent_http": _bound_port(await demo.wait_for_log(agent, r"OTLP/HTTP receiver listening on \S+"))}
+        # Every listener binds port 0 and the demo reads the port back from its log: a port chosen here and bound
+        # later by another process could be taken in between.
+        config = stack.agent_config("demo-node", grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
+        agent = await stack.start_agent(config, ready=("sdk span source subscribed", AGENT_READY))
+        ports = {"agent_grpc": _bound_port(await stack.wait_for_log(agent, r"OTLP/gRPC receiver listening on \S+")),
+                 "agent_http": _bound_port(await stack.wait_for_log(agent, r"OTLP/HTTP receiver listening on \S+"))}
         kernel = "running" if "kernel probes running" in agent.log.read_text() else "not running (see helix doctor)"
         say(f"  agent          OTLP 127.0.0.1:{ports['agent_grpc']} (gRPC) / :{ports['agent_http']} (HTTP); "
             f"kernel probes {kernel}")
-        inventory = await demo.spawn("inventory", "-m", "edge.demo.inventory", "0")
-        ports["inventory"] = _bound_port(await demo.wait_for_log(inventory, r"inventory ready on \S+"))
-        device = await demo.spawn("device", "-m", "edge.demo.device", "--broker-port", str(broker.port))
-        await demo.wait_for_log(device, "device ready")
-        app = await demo.spawn("app", "-m", "edge.demo.app", "--otlp", f"http://127.0.0.1:{ports['agent_grpc']}",
-                               "--broker-port", str(broker.port), "--inventory", f"http://127.0.0.1:{ports['inventory']}")
+        inventory = await stack.spawn("inventory", "-m", "edge.demo.inventory", "0")
+        ports["inventory"] = _bound_port(await stack.wait_for_log(inventory, r"inventory ready on \S+", 20.0))
+        device = await stack.spawn("device", "-m", "edge.demo.device", "--broker-port", str(broker.port))
+        await stack.wait_for_log(device, "device ready", 20.0)
+        app = await stack.spawn("app", "-m", "edge.demo.app", "--otlp", f"http://127.0.0.1:{ports['agent_grpc']}",
+                                "--broker-port", str(broker.port), "--inventory", f"http://127.0.0.1:{ports['inventory']}")
         say("  workload       order-service (OpenTelemetry SDK) -> inventory (HTTP) + device sensor-gw-7 (MQTT, Helix SDK)")
         say("traces appear below once complete" + (f"; stopping in {duration:.0f}s" if duration else "; Ctrl-C stops") + "\n")
 
@@ -185,14 +101,14 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
             _track(peer, last_change, seen_counts)
-            demo.print_ready(peer, last_change, force=False)
-            for child in demo.children:
+            _print_ready(peer, printed, last_change, force=False)
+            for child in stack.children:
                 if child.proc.returncode is not None and child.name in ("agent", "gateway"):
                     raise HelixError(f"the {child.name} exited unexpectedly; its log: {child.log}")
 
         say("stopping: workload, then agent (flushes its uplink), then gateway")
         for child in (app, device, inventory, agent):
-            await demo.stop(child)
+            await stack.stop(child)
         # Let the gateway export what the agent flushed: wait until the peer has been quiet for a while (a busy
         # machine can take seconds), but not forever.
         quiet_since = started = time.monotonic()
@@ -201,9 +117,9 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
             await asyncio.sleep(0.25)
             if len(peer.requests) != count:
                 count, quiet_since = len(peer.requests), time.monotonic()
-        await demo.stop(gateway)
+        await stack.stop(gateway)
         _track(peer, last_change, seen_counts)
-        demo.print_ready(peer, last_change, force=True)
+        _print_ready(peer, printed, last_change, force=True)
         traces = group_traces(peer.spans())
         by_source: dict[str, int] = {}
         for s in peer.spans():
@@ -218,10 +134,7 @@ async def run_demo_collect(duration: float | None, out: Path | None, keep_logs: 
             say(f"component logs: {workdir}")
         return DemoResult(traces, out)
     finally:
-        for child in reversed(demo.children):
-            await demo.stop(child, timeout=3)
-        await peer.stop()
-        broker.stop()
+        await stack.close(timeout=3)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if not keep_logs:

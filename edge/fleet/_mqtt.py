@@ -1,11 +1,9 @@
 """MQTT plumbing shared by the node side and the operator CLI: topics, a client, and publishes whose refusal is seen."""
 from __future__ import annotations
 
-from typing import Any
-
+from ..config.common import MqttConnection
 from ..errors import HelixError
-from ..mqtt_client import MqttClient, MqttError, Will, reason_name
-from ..mqtt_tls import mqtt_ssl_context
+from ..net.mqtt_client import MqttClient, MqttError, Will, reason_name
 
 __all__ = ["group_topic", "node_topic", "status_topic", "STATUS_FILTER", "make_client", "publish_checked",
            "PublishRefused"]
@@ -32,12 +30,10 @@ class PublishRefused(HelixError):
     """The broker answered a publish with a refusal (not authorised, quota exceeded...)."""
 
 
-def make_client(cfg: Any, identifier: str, will: Will | None = None, section: str = "fleet",
+def make_client(cfg: MqttConnection, identifier: str, will: Will | None = None, section: str = "fleet",
                 timeout: float = 10.0) -> MqttClient:
-    """An MQTT v5 client for a config section with broker, username, password and TLS keys."""
-    return MqttClient(cfg.broker.host, cfg.broker.port, identifier, username=cfg.username or None,
-                      password=cfg.password or None, ssl=mqtt_ssl_context(cfg, section), keepalive=30, will=will,
-                      timeout=timeout)
+    """An MQTT v5 client for a config section's broker, credentials and TLS."""
+    return cfg.mqtt_client(identifier, section, keepalive=30, will=will, timeout=timeout)
 
 
 async def publish_checked(client: MqttClient, topic: str, payload: bytes, retain: bool = False,

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from ..config import Config, UplinkConfig
+from ..config import Config
+from ..config.uplink import UplinkConfig
 from ..errors import HelixError
-from ..mqtt_tls import check_tls_files, mqtt_ssl_context, ssl_context
 from ..sampler import TailRules
+
+if TYPE_CHECKING:
+    from ..agent.runner import Agent
 
 __all__ = ["ApplyResult", "ConfigApplier", "probe_uplink"]
 
@@ -45,7 +47,7 @@ async def probe_uplink(cfg: UplinkConfig, node_id: str, timeout: float = 5.0) ->
 
         ssl: Any = None
         if cfg.url.startswith("https://"):
-            ssl = ssl_context(cfg, "uplink")
+            ssl = cfg.tls("uplink").context()
         headers = {"Authorization": f"Bearer {cfg.token}"} if cfg.token else {}
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
@@ -56,12 +58,10 @@ async def probe_uplink(cfg: UplinkConfig, node_id: str, timeout: float = 5.0) ->
                     return ""
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             return f"{cfg.url} unreachable: {e or type(e).__name__}"
-    from ..mqtt_client import MqttClient, MqttError
+    from ..net.mqtt_client import MqttError
 
     try:
-        async with MqttClient(cfg.broker.host, cfg.broker.port, f"helix-probe-{node_id}",
-                              username=cfg.username or None, password=cfg.password or None,
-                              ssl=mqtt_ssl_context(cfg, "uplink"), timeout=timeout):
+        async with cfg.mqtt_client(f"helix-probe-{node_id}", "uplink", timeout=timeout):
             return ""
     except MqttError as e:
         return f"broker {cfg.broker} unreachable: {e}"
@@ -74,11 +74,10 @@ def _changed(old: Any, new: Any) -> list[str]:
 class ConfigApplier:
     """Applies Configs to one Agent; `apply(new)` then, if `uplink_changed`, `wait_uplink(grace)`."""
 
-    def __init__(self, agent: Any, probe: Callable[[UplinkConfig, str], Awaitable[str]] = probe_uplink) -> None:
+    def __init__(self, agent: Agent, probe: Callable[[UplinkConfig, str], Awaitable[str]] = probe_uplink) -> None:
         self.agent = agent
         self.probe = probe
         self.last_probe_error = ""
-        self._closing: set[asyncio.Task[Any]] = set()
 
     async def apply(self, new: Config) -> ApplyResult:
         """Change the agent to `new`; raises HelixError (and changes nothing) when it cannot."""
@@ -92,20 +91,15 @@ class ConfigApplier:
         # Everything that can fail first.
         uplink_keys = _changed(old.uplink, new.uplink)
         if uplink_keys:
-            check_tls_files(new.uplink, "uplink")
-        ebpf_live = False
+            new.uplink.tls("uplink").check_files()
         if new.ebpf != old.ebpf:
-            update = getattr(agent.ebpf, "update_config", None) if agent.ebpf is not None else None
-            if update is not None:
+            if agent.ebpf is not None:
                 try:
-                    out = update(new.ebpf)
-                    if inspect.isawaitable(out):
-                        await out
+                    agent.ebpf.update_config(new.ebpf)
                 except HelixError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a probe that cannot take the change refuses the whole config
                     raise HelixError(f"the kernel probes refused the new [sources.ebpf]: {e}") from None
-                ebpf_live = True
                 res.applied.append("sources.ebpf")
             else:
                 res.restart_needed += [f"sources.ebpf.{k}" for k in _changed(old.ebpf, new.ebpf)]
@@ -124,61 +118,31 @@ class ConfigApplier:
             restart = [k for k in uplink_keys if k in _UPLINK_RESTART]
             res.restart_needed += [f"uplink.{k}" for k in restart]
             live = dataclasses.replace(new.uplink, **{k: getattr(old.uplink, k) for k in restart})
-            res.uplink_changed = self._swap_uplink(live, uplink_keys)
+            res.uplink_changed = agent.uplink.reconfigure(live)
             res.applied.append("uplink")
         for section, name in (("mqtt", "sources.mqtt"), ("otlp", "sources.otlp"), ("assembler", "assembler"),
                               ("metrics", "metrics")):
             if getattr(new, section) != getattr(old, section):
                 res.restart_needed += [f"{name}.{k}" for k in _changed(getattr(old, section), getattr(new, section))]
-        del ebpf_live
         agent.cfg = new
         log.info("config applied: live=%s restart_needed=%s", ",".join(res.applied) or "-",
                  ",".join(res.restart_needed) or "-")
         return res
 
     def _apply_memory(self, new: Config) -> None:
-        agent, mem = self.agent, new.memory
-        gov = getattr(agent, "governor", None)
-        if gov is not None:
-            gov.limit = mem.limit
-            gov.interval = mem.check_interval
-            gov.set_baseline(mem.baseline or gov.baseline)
-            gov.plan()  # every buffer bound follows the new budget
-
-    def _swap_uplink(self, cfg: UplinkConfig, keys: list[str]) -> bool:
-        """Point the running uplink client at `cfg`, keeping its queue and spool; True if the target changed."""
-        up = self.agent.uplink
-        target_keys = {"transport", "broker", "url", "topic", "token", "username", "password", "ca_file",
-                       "cert_file", "key_file", "qos"}
-        reconfigure = getattr(up, "reconfigure", None)
-        if callable(reconfigure):
-            reconfigure(cfg)
-            return bool(target_keys & set(keys))
-        up.cfg = cfg
-        if target_keys & set(keys):
-            from uplink.client import make_transport
-
-            old_transport = up._transport
-            up._transport = make_transport(cfg, up.node_id)
-            # A send in flight on the old transport fails and is retried on the new one: the batch stays spooled.
-            task = asyncio.ensure_future(old_transport.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-            up._wake.set()
-            return True
-        up._wake.set()  # new batch limits take effect at the next cut
-        return False
+        mem = new.memory
+        self.agent.governor.set_budget(mem.limit, mem.baseline, mem.check_interval)  # every part planned again
 
     async def wait_uplink(self, grace: float) -> bool:
         """True once the uplink is reached (a probe connects, or a batch is acknowledged) within `grace` seconds."""
         up = self.agent.uplink
-        sent0 = getattr(up.stats, "batches_sent", 0)
+        sent0 = up.stats.batches_sent
         deadline = time.monotonic() + grace
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if getattr(up.stats, "batches_sent", 0) > sent0:
+            if up.stats.batches_sent > sent0:
                 return True
             try:
                 err = await asyncio.wait_for(self.probe(up.cfg, up.node_id), timeout=max(0.1, min(5.0, left)))

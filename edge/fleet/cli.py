@@ -12,7 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..config import BrokerAddress, FleetConfig, load_config
+from ..config import BrokerAddress, load_config
+from .config import FleetConfig
 from ..errors import ConfigError, HelixError
 
 __all__ = ["add_fleet_commands", "push", "collect_status", "format_status"]

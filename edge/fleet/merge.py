@@ -1,16 +1,12 @@
 """The effective config of a node: its local file, then its group's document, then its own (node keys win)."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from ..config import BrokerAddress, Config, parse_config
+from ..config import SECTIONS, BrokerAddress, Config, parse_config
+from ..config.reader import settings_of
 
 __all__ = ["config_to_dict", "deep_merge", "effective_config"]
-
-# Config fields that do not sit in a top-level table of the same name.
-_LOCATION = {"log_level": ("log", "level"), "mqtt": ("sources", "mqtt"), "otlp": ("sources", "otlp"),
-             "ebpf": ("sources", "ebpf")}
 
 
 def _value(name: str, value: Any) -> Any:
@@ -21,8 +17,6 @@ def _value(name: str, value: Any) -> Any:
             return ""
         host, port = value
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _table(value)
     if isinstance(value, (tuple, list)):
         return [_value("", v) for v in value]
     if isinstance(value, dict):
@@ -30,10 +24,10 @@ def _value(name: str, value: Any) -> Any:
     return value
 
 
-def _table(obj: Any) -> dict[str, Any]:
+def _table(section: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        v = _value(f.name, getattr(obj, f.name))
+    for f in settings_of(section):
+        v = _value(f.name, getattr(section, f.name))
         if v is not None:
             out[f.name] = v
     return out
@@ -41,14 +35,13 @@ def _table(obj: Any) -> dict[str, Any]:
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The TOML tables that `parse_config` turns back into an equal Config."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = _value(f.name, getattr(cfg, f.name))
-        table, key = _LOCATION.get(f.name, (f.name, None))
-        if key is None:
-            out[table] = value
-        else:
-            out.setdefault(table, {})[key] = value
+    out: dict[str, Any] = {"node": _table(cfg.node), "log": {"level": cfg.log_level}}
+    for path, attr, _ in SECTIONS:
+        table = out
+        *outer, name = path.split(".")
+        for part in outer:
+            table = table.setdefault(part, {})
+        table[name] = _table(getattr(cfg, attr))
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, HelixError
-from ..mqtt_client import MqttClient, MqttError, Will
+from ..net.mqtt_client import MqttClient, MqttError, Will
 from ._mqtt import group_topic, make_client, node_topic, publish_checked, status_topic
 from .apply import ApplyResult, ConfigApplier
 from .document import DocumentError, load_public_key, verify_document

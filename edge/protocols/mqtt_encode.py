@@ -70,8 +70,8 @@ def _packet(first: int, *parts: bytes) -> bytes:
 
 def connect(client_id: str, keepalive: int, *, username: str | None = None, password: str | None = None,
             will: Will | None = None, receive_maximum: int | None = None, maximum_packet_size: int | None = None,
-            clean_start: bool = True) -> bytes:
-    """CONNECT, protocol level 5."""
+            clean_start: bool = True, session_expiry: int | None = None) -> bytes:
+    """CONNECT, protocol level 5; `session_expiry` (seconds) asks the broker to keep the session that long."""
     flags = 0x02 if clean_start else 0
     payload = _utf8(client_id)
     if will is not None:
@@ -84,6 +84,8 @@ def connect(client_id: str, keepalive: int, *, username: str | None = None, pass
         flags |= 0x40
         payload += _binary(password.encode())
     fixed = {}
+    if session_expiry:
+        fixed["session_expiry_interval"] = session_expiry
     if receive_maximum:
         fixed["receive_maximum"] = receive_maximum
     if maximum_packet_size:

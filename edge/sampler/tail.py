@@ -15,11 +15,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..model import Span, SpanKind
 from .packed import Packed, SpanPacker, packed_size
 from .routes import is_error, route_of
+
+if TYPE_CHECKING:
+    from .config import SamplerConfig
 
 __all__ = ["TailRules", "TailSampler", "TailStats", "RULES"]
 
@@ -49,7 +52,7 @@ class TailRules:
     max_routes: int = 10_000
 
     @classmethod
-    def from_config(cls, cfg: Any) -> TailRules:
+    def from_config(cls, cfg: SamplerConfig) -> TailRules:
         """Rules from a SamplerConfig."""
         return cls(enabled=cfg.tail, decision_wait=cfg.decision_wait, buffer_bytes=cfg.buffer,
                    keep_errors=cfg.keep_errors, latency_default=cfg.latency_default, latency=dict(cfg.latency),

@@ -85,7 +85,7 @@ class TraceSampler:
 
     @property
     def bytes(self) -> int:
-        """Memory held by the tail buffer."""
+        """Memory held by the tail buffer (the governor's Budgeted `tail`)."""
         return self.tail.bytes
 
     # -------------------------------------------------------------------------------------------- flow
@@ -125,14 +125,15 @@ class TraceSampler:
         self.stats.dropped += dropped
         return dropped
 
-    def drop_waiting(self) -> int:
+    def drop_all(self) -> int:
         """Drop every undecided trace (memory pressure); returns how many spans that dropped."""
         dropped = self.tail.drop_all()
         self.stats.dropped += dropped
         return dropped
 
-    def shrink(self, max_bytes: int) -> int:
-        """Bound the tail buffer lower (memory pressure); returns how many spans that dropped."""
+    def set_bound(self, max_bytes: int) -> int:
+        """Bound the tail buffer (the memory governor's plan and pressure; never above its configured size);
+        returns how many spans that dropped."""
         dropped = self.tail.set_capacity(max_bytes)
         self.stats.dropped += dropped
         return dropped

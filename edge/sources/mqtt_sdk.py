@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from ..codec.sdk_cbor import decode_payload
-from ..config import MqttSourceConfig
+from .config import MqttSourceConfig
 from ..errors import DecodeError
-from ..mqtt_client import MqttClient, MqttError
-from ..mqtt_tls import mqtt_ssl_context
+from ..net.mqtt_client import MqttError
 from ..model import Source, Span
 from ..sdk.mqtt_context import extract
-from ..ratelimit import RateLimitedLog
+from ..net.retry import RateLimitedLog
 
 __all__ = ["MqttSdkSource", "MqttSourceStats", "SequenceGaps", "device_id_from_topic"]
 
@@ -138,10 +137,8 @@ class MqttSdkSource:
         """Connect, subscribe and consume until cancelled."""
         backoff = 0.5
         while True:
-            client = MqttClient(
-                self.cfg.broker.host, self.cfg.broker.port, f"helix-agent-{self.node_id}-sdk",
-                username=self.cfg.username or None, password=self.cfg.password or None,
-                ssl=mqtt_ssl_context(self.cfg, "sources.mqtt"), keepalive=30,
+            client = self.cfg.mqtt_client(
+                f"helix-agent-{self.node_id}-sdk", "sources.mqtt", keepalive=30,
                 # PUBACK once the spans are in the inbox; QoS 0 has no flow control, so the queue is bounded and
                 # a full queue stops reading (the broker holds the rest).
                 receive_maximum=RECEIVE_MAXIMUM, manual_ack=True, max_queued=8 * RECEIVE_MAXIMUM,

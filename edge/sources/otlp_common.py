@@ -9,7 +9,7 @@ from typing import Callable
 from ..codec.otlp_wire import encode_export_response
 from ..errors import DecodeError
 from ..model import Source, Span
-from ..ratelimit import RateLimitedLog
+from ..net.retry import RateLimitedLog
 
 __all__ = ["OtlpIngest", "OtlpStats", "IngestResult", "Decode"]
 

@@ -1,11 +1,11 @@
-"""Source: OTLP/gRPC receiver (TraceService/Export), served by the agent's own gRPC server (edge/grpc_server.py)."""
+"""Source: OTLP/gRPC receiver (TraceService/Export), served by the agent's own gRPC server (edge/net/grpc_server.py)."""
 from __future__ import annotations
 
 import logging
 
 from ..codec.otlp_wire import decode_export_request
 from ..errors import DecodeError, HelixError
-from ..grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
+from ..net.grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
 from ..model import Source
 from .otlp_common import OtlpIngest
 
@@ -38,13 +38,15 @@ class OtlpGrpcReceiver:
         return self.server.port
 
     @property
-    def buffered(self) -> int:
+    def bytes(self) -> int:
         """Wire bytes of export requests still arriving."""
         return self.server.buffered
 
-    def set_buffer_limit(self, n: int) -> None:
-        """Bound the wire bytes of requests still arriving (the memory governor's plan)."""
+    def set_bound(self, n: int) -> int:
+        """Bound the wire bytes of requests still arriving (the memory governor's plan): flow control holds the
+        clients back, nothing is dropped."""
         self.server.max_buffered = n
+        return 0
 
     async def start(self) -> None:
         """Bind and serve; the actual port is in `self.port` afterwards."""

@@ -11,7 +11,7 @@ import logging
 
 from ..codec.otlp_wire import decode_export_request, encode_status
 from ..errors import DecodeError
-from ..http_server import HttpServer, Request, Response
+from ..net.http_server import HttpServer, Request, Response
 from ..model import Source, Span
 from .otlp_common import Decode, OtlpIngest
 

@@ -32,3 +32,10 @@ def test_help_explains_every_command() -> None:
 def test_no_command_prints_help(capsys) -> None:
     assert main([]) == 2
     assert "usage: helix" in capsys.readouterr().out
+
+
+def test_the_gateway_entry_point_resolves() -> None:
+    from edge.cli import GATEWAY_ENTRY, entry_point
+    from uplink.gateway import serve_gateway
+
+    assert entry_point(GATEWAY_ENTRY) is serve_gateway

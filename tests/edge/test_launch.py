@@ -43,17 +43,17 @@ def test_the_launcher_defers_ssl_only_for_configs_without_tls(tmp_path: Path) ->
 
 def test_tls_asked_for_without_ssl_is_a_clear_error() -> None:
     out = _python(
-        "from edge.ssl_deferral import defer_ssl; defer_ssl()\n"
-        "from edge.config import parse_config; from edge.mqtt_tls import mqtt_ssl_context\n"
+        "from edge.runtime.ssl_deferral import defer_ssl; defer_ssl()\n"
+        "from edge.config import parse_config\n"
         "from edge.errors import HelixError\n"
         "cfg = parse_config({'uplink': {'broker': 'mqtts://gw:8883'}}).uplink\n"
-        "try:\n    mqtt_ssl_context(cfg, 'uplink')\nexcept HelixError as e:\n    print(e)\n")
+        "try:\n    cfg.mqtt_ssl('uplink')\nexcept HelixError as e:\n    print(e)\n")
     assert out.startswith("[uplink] needs TLS, which this agent did not load") and "restart" in out
 
 
 def test_plain_http_still_works_without_ssl() -> None:
     out = _python(
-        "from edge.ssl_deferral import defer_ssl; defer_ssl()\n"
+        "from edge.runtime.ssl_deferral import defer_ssl; defer_ssl()\n"
         "import asyncio, aiohttp\n"
         "async def main():\n"
         "    async def handle(r, w):\n"
@@ -87,7 +87,7 @@ def test_an_agent_without_tls_runs_with_openssl_unmapped_on_glibc_malloc(mosquit
         assert "objects on glibc's malloc" in text
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libssl" not in maps and "libcrypto" not in maps
-        # The same process (pid) started again on glibc's malloc (edge/libc_malloc.py).
+        # The same process (pid) started again on glibc's malloc (edge/runtime/libc_malloc.py).
         assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
     finally:
         proc.terminate()

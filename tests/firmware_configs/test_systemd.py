@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.agent import sdnotify
+from edge.runtime import sdnotify
 from edge.config import load_config, parse_size
 
 FW = Path(__file__).parents[2] / "firmware-configs"

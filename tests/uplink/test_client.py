@@ -4,15 +4,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench._workload import realistic_spans
 from edge.codec.otlp import spans_from_request
 from edge.demo.broker import Mosquitto, free_port
 from edge.demo.otlp_peer import OtlpPeer
-from uplink.client import Backoff, UplinkClient, parse_retry_after
+from uplink.client import UplinkClient
 
 from ._helpers import as_sent, gateway_config, running_client, running_gateway, until, uplink_config
 
@@ -160,16 +158,17 @@ async def test_full_spool_evicts_oldest_and_counts(tmp_path: Path) -> None:
         assert newest == client.spool.entries[-1].seq
 
 
-def test_retry_after_parsing() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
-    assert 25 < (parse_retry_after(format_datetime(when, usegmt=True)) or 0) <= 30
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-
-
-def test_backoff_grows_with_jitter_and_caps() -> None:
-    b = Backoff(initial=0.1, maximum=1.0)
-    delays = [b.next() for _ in range(10)]
-    assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2
-    assert all(0.5 <= d <= 1.0 for d in delays[5:])
+async def test_reconfigure_swaps_the_transport_only_for_a_new_target(mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> None:
+    spans = realistic_spans(3, seed=12)
+    async with running_gateway(gateway_config(mosquitto, otlp_peer.grpc_endpoint)) as gw, \
+            running_client(uplink_config(batch_max_spans=5)) as client:  # a broker nobody listens on
+        client.submit(spans)
+        await until(lambda: client.stats.send_failures > 0, what="sends failing to the dead broker")
+        dead = client._transport
+        assert client.reconfigure(replace(client.cfg, batch_max_spans=11)) is False  # limits only: same transport
+        assert client._transport is dead and client.cfg.batch_max_spans == 11
+        assert client.reconfigure(uplink_config(mosquitto, batch_max_spans=11)) is True
+        assert client._transport is not dead
+        # What waited in the spool for the dead broker leaves on the new transport, nothing lost or doubled.
+        await until(lambda: gw.stats.spans_exported == len(spans), timeout=10, what="spans through the new broker")
+    assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}

@@ -106,18 +106,19 @@ async def test_unusable_spool_dir_falls_back_to_memory_and_says_so(tmp_path: Pat
 
 
 async def test_spooled_metrics_batches_survive_a_reopen(tmp_path: Path) -> None:
-    from edge.codec.metrics_cbor import MetricBatch
+    from uplink.wire.metrics import decode_metrics, encode_metrics
+    from edge.model import MetricBatch
 
     spool = DiskSpool(tmp_path, "node-1", 1 << 20)
     await spool.open()
     span_seq = await _put(spool)
     metrics_seq = await spool.next_seq()
-    assert await spool.put(metrics_seq, 0, MetricBatch("node-1", metrics_seq, 1, 2).encode(3))
+    assert await spool.put(metrics_seq, 0, encode_metrics(MetricBatch("node-1", metrics_seq, 1, 2), 3))
     await spool.close()
 
     again = DiskSpool(tmp_path, "node-1", 1 << 20)
     await again.open()
     assert [e.seq for e in again.entries] == [span_seq, metrics_seq] and again.discarded_files == 0
     payload = await again.read(again.entries[1])
-    assert payload is not None and MetricBatch.decode(payload).seq == metrics_seq
+    assert payload is not None and decode_metrics(payload).seq == metrics_seq
     await again.close()

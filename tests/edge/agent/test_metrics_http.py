@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench._workload import realistic_spans
 from edge.agent import Agent
 from edge.agent.metrics_http import CONTENT_TYPE, render_prometheus
-from edge.codec.metrics_cbor import HISTOGRAM, SUM, HistogramPoint, Metric, ResourceMetrics, SumPoint
+from edge.model import HISTOGRAM, SUM, HistogramPoint, Metric, ResourceMetrics, SumPoint
 from edge.config import parse_config
 from edge.demo.broker import Mosquitto, free_port
 from edge.model import Resource, Scope, Source, SpanKind, StatusCode

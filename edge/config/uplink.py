@@ -1,0 +1,70 @@
+"""The configuration sections of the uplink: the node side ([uplink]) and the central gateway ([gateway]).
+
+They sit here, below the uplink's code: the one configuration file is composed in edge/config, and uplink/ builds on
+edge's base layer, never the other way round.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from .common import MqttConnection
+from .reader import (boolean, duration, http_url, listen_or_off, number, one_of, setting, size, str_map, string,
+                     topic_filter, whole)
+
+__all__ = ["UplinkConfig", "GatewayConfig"]
+
+
+@dataclass(slots=True, frozen=True)
+class UplinkConfig(MqttConnection):
+    """How batches leave the node. The TLS files serve mqtts:// and https:// alike (mTLS to the gateway)."""
+
+    transport: str = setting("mqtt", one_of("mqtt", "http"))
+    topic: str = setting("helix/uplink/{node_id}", string)
+    qos: int = setting(1, whole(0, 1))
+    url: str = setting("http://127.0.0.1:4380/v1/batches", http_url)
+    token: str = setting("", string)
+    batch_max_spans: int = setting(512, whole(1, 100_000))
+    batch_max_bytes: int = setting(256 * 1024, size(1024, 64 * 1024 * 1024))
+    batch_max_age: float = setting(2.0, duration(0.01, 3600.0))
+    zstd_level: int = setting(3, whole(1, 19))
+    queue_max_bytes: int = setting(8 * 1024 * 1024, size(64 * 1024, 1024**3))
+    send_timeout: float = setting(10.0, duration(0.1, 300.0))
+    retry_max_backoff: float = setting(30.0, duration(0.01, 3600.0))
+    spool_dir: str = setting("/var/lib/helix/spool", string)  # "" keeps batches in memory only (lost on a crash)
+    spool_max_bytes: int = setting(64 * 1024 * 1024, size(64 * 1024, 1024**4))
+    # Batches per second at most, so a spool backlog does not storm the gateway; 0 = no limit.
+    drain_rate: float = setting(20.0, number(0.0, 100_000.0))
+
+    def topic_for(self, node_id: str) -> str:
+        """The uplink topic with `{node_id}` filled in."""
+        return self.topic.replace("{node_id}", node_id)
+
+
+@dataclass(slots=True, frozen=True)
+class GatewayConfig(MqttConnection):
+    """The central gateway: where batches come from and where OTLP goes."""
+
+    mqtt_enabled: bool = setting(True, boolean)
+    topic: str = setting("helix/uplink/+", topic_filter)
+    share_group: str = setting("", string)
+    http_listen: tuple[str, int] | None = setting(("127.0.0.1", 4380), listen_or_off)
+    token: str = setting("", string)
+    export_protocol: str = setting("grpc", one_of("grpc", "http"))
+    export_endpoint: str = setting("http://127.0.0.1:4317", http_url)
+    export_headers: dict[str, str] = setting(conv=str_map, factory=dict)
+    export_timeout: float = setting(10.0, duration(0.1, 300.0))
+    retry_max_elapsed: float = setting(300.0, duration(0.0, 86400.0))
+    max_batch_bytes: int = setting(8 * 1024 * 1024, size(1024, 256 * 1024 * 1024))
+    dedup_window: int = setting(65536, whole(0, 10_000_000))
+    # MQTT client id of this instance; "" = helix-gw-<hostname>. Must be unique per instance.
+    client_id: str = setting("", string)
+    session_expiry: float = setting(3600.0, duration(0.0, 30 * 86400.0))  # how long the broker keeps our queue
+
+    def mqtt_client_id(self) -> str:
+        """The fixed MQTT client id, so a restarted instance resumes its persistent session."""
+        return self.client_id or f"helix-gw-{socket.gethostname().split('.')[0] or 'gateway'}"
+
+    def subscription(self) -> str:
+        """The MQTT subscription, as a shared subscription when a group is set."""
+        return f"$share/{self.share_group}/{self.topic}" if self.share_group else self.topic

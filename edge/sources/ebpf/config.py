@@ -1,0 +1,43 @@
+"""The configuration section of the kernel probes ([sources.ebpf])."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...config.reader import Section, duration, setting, str_list, whole
+from ...errors import ConfigError
+
+__all__ = ["EbpfSourceConfig"]
+
+
+def _enabled(value: Any, key: str) -> str:
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if value in ("auto", "on", "off"):
+        return value  # type: ignore[no-any-return]
+    raise ConfigError(key, f"must be true, false or \"auto\", got {value!r}")
+
+
+def _pids(value: Any, key: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of whole numbers, got {value!r}")
+    pid = whole(1, 2**22)
+    return tuple(pid(v, key) for v in value)
+
+
+@dataclass(slots=True, frozen=True)
+class EbpfSourceConfig(Section):
+    """Kernel probes. `enabled = "auto"` loads them where the kernel allows and runs without them elsewhere."""
+
+    enabled: str = setting("auto", _enabled)
+    payload_bytes: int = setting(256, whole(16, 1024))
+    slow_file_io: float = setting(0.010, duration(0.0, 60.0))
+    pids: tuple[int, ...] = setting((), _pids)
+    max_connections: int = setting(16384, whole(64, 1_000_000))
+    response_timeout: float = setting(30.0, duration(0.1, 3600.0))
+    message_gap: float = setting(0.005, duration(0.0, 10.0))
+    # The tracing pipeline's own traffic is not traced: its MQTT topics and OTLP/uplink HTTP paths.
+    ignore_topic_prefixes: tuple[str, ...] = setting(("helix/",), str_list)
+    ignore_http_paths: tuple[str, ...] = setting(("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/batches"), str_list)

@@ -1,0 +1,178 @@
+"""Mosquitto over TLS with per-node client certificates (CN = node id) and the fleet ACL: a node cannot publish
+config, cannot speak for another node, and cannot read another node's or group's config."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.agent import Agent
+from edge.config import BrokerAddress, FleetConfig, parse_config
+from edge.demo.broker import Mosquitto, free_port
+from edge.errors import ConfigError
+from edge.fleet._mqtt import PublishRefused, make_client, publish_checked
+from edge.fleet.acl import render_acl
+from edge.fleet.cli import collect_status, push
+from edge.fleet.document import generate_keypair
+from edge.net.mqtt_client import MqttClient
+
+NODES = {"gw-1": "plant-3", "gw-2": "plant-4"}
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _cert(d: Path, name: str, cn: str, san: str = "") -> None:
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+    ext = d / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.pem", "-days", "2", "-extfile", str(ext), cwd=d)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
+             "-out", "ca.pem", "-days", "2", "-subj", "/CN=helix-test-ca", cwd=d)
+    _cert(d, "server", "localhost", "IP:127.0.0.1,DNS:localhost")
+    for cn in [*NODES, "operator", "gateway"]:
+        _cert(d, cn, cn)
+    return d
+
+
+@pytest.fixture
+def broker(tmp_path: Path, pki: Path) -> Iterator[tuple[Mosquitto, int]]:
+    acl = tmp_path / "acl"
+    acl.write_text(render_acl(NODES))
+    port = free_port()
+    # Run as root mosquitto drops to user "mosquitto", which cannot read pytest's private temp dirs.
+    extra = (f"user root\nper_listener_settings false\nacl_file {acl}\n"
+             f"listener {port} 127.0.0.1\ncafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"
+             f"keyfile {pki / 'server.key'}\nrequire_certificate true\nuse_identity_as_username true\n")
+    (tmp_path / "broker").mkdir()
+    with Mosquitto(extra_conf=extra, workdir=tmp_path / "broker") as m:
+        yield m, port
+
+
+def conn(pki: Path, port: int, who: str) -> FleetConfig:
+    return FleetConfig(broker=BrokerAddress("127.0.0.1", port, tls=True), ca_file=str(pki / "ca.pem"),
+                       cert_file=str(pki / f"{who}.pem"), key_file=str(pki / f"{who}.key"))
+
+
+async def _received(client: MqttClient, marker_topic: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+    """Messages that arrived before the marker (the broker keeps order per session, so the marker ends the wait)."""
+    got: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(timeout):
+        async for m in client.messages:
+            if str(m.topic) == marker_topic:
+                return got
+            got.append((str(m.topic), bytes(m.payload)))  # type: ignore[arg-type]
+    return got
+
+
+async def test_node_cannot_publish_config_or_impersonate_another_node(broker, pki: Path) -> None:
+    _, port = broker
+    async with make_client(conn(pki, port, "operator"), "op") as op, \
+            make_client(conn(pki, port, "gateway"), "gw") as gw, \
+            make_client(conn(pki, port, "gw-1"), "node-gw-1") as node:
+        await op.subscribe("helix/#", qos=1)
+        await gw.subscribe("helix/uplink/#", qos=1)
+        # Its own topics: accepted.
+        await publish_checked(node, "helix/status/gw-1", b'{"node":"gw-1"}')
+        await publish_checked(node, "helix/uplink/gw-1", b"batch")
+        # Another node's status and uplink, and any config: refused by the broker.
+        for topic in ("helix/status/gw-2", "helix/uplink/gw-2", "helix/config/node/gw-1",
+                      "helix/config/group/plant-3", "helix/config/node/gw-2"):
+            with pytest.raises(PublishRefused, match="not authorized"):
+                await publish_checked(node, topic, b'{"forged":true}', retain=True)
+        await publish_checked(op, "helix/config/zz-marker", b"")
+        seen = await _received(op, "helix/config/zz-marker")
+        # The operator sees the node's own status, nothing forged (and no uplink: that is the gateway's).
+        assert [t for t, _ in seen] == ["helix/status/gw-1"]
+        await publish_checked(node, "helix/uplink/gw-1", b"end")
+        got: list[tuple[str, bytes]] = []
+        async with asyncio.timeout(5):
+            async for m in gw.messages:
+                got.append((str(m.topic), bytes(m.payload)))  # type: ignore[arg-type]
+                if m.payload == b"end":
+                    break
+        assert got == [("helix/uplink/gw-1", b"batch"), ("helix/uplink/gw-1", b"end")]
+
+
+async def test_node_reads_only_its_own_and_its_groups_config(broker, pki: Path) -> None:
+    _, port = broker
+    async with make_client(conn(pki, port, "operator"), "op") as op, \
+            make_client(conn(pki, port, "gw-1"), "node-gw-1") as node:
+        for t in ("helix/config/node/gw-1", "helix/config/group/plant-3", "helix/config/node/gw-2",
+                  "helix/config/group/plant-4", "helix/status/gw-2"):
+            await node.subscribe(t, qos=1)
+        for t in ("helix/config/node/gw-2", "helix/config/group/plant-4", "helix/config/node/gw-1",
+                  "helix/config/group/plant-3"):
+            await publish_checked(op, t, t.encode())
+        await publish_checked(op, "helix/config/node/gw-1", b"end")  # order is kept: this one ends the wait
+        got: list[str] = []
+        async with asyncio.timeout(5):
+            async for m in node.messages:
+                if m.payload == b"end":
+                    break
+                got.append(str(m.topic))
+        assert sorted(got) == ["helix/config/group/plant-3", "helix/config/node/gw-1"]
+
+
+async def test_agent_over_tls_with_client_certificate_takes_signed_config(broker, pki: Path, tmp_path: Path) -> None:
+    _, port = broker
+    priv, pub = generate_keypair(tmp_path / "op.key")
+    tls = {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "gw-1.pem"), "key_file": str(pki / "gw-1.key")}
+    url = f"mqtts://127.0.0.1:{port}"
+    cfg = parse_config({
+        "node": {"id": "gw-1", "group": "plant-3"},
+        "sources": {"mqtt": {"broker": url, **tls}, "otlp": {"grpc_listen": "", "http_listen": ""},
+                    "ebpf": {"enabled": False}},
+        "metrics": {"listen": "", "export_interval": 0},
+        "uplink": {"broker": url, "spool_dir": "", **tls},
+        "fleet": {"enabled": True, "broker": url, "trusted_keys": [str(pub)], "state_dir": "", **tls},
+    })
+    agent = Agent(cfg)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop))
+    operator = conn(pki, port, "operator")
+    try:
+        await asyncio.wait_for(agent.started.wait(), 15)
+        await asyncio.wait_for(agent.fleet.connected.wait(), 15)
+        await asyncio.wait_for(agent.mqtt.ready.wait(), 15)  # the SDK source connected with its certificate too
+        doc_file = tmp_path / "doc.toml"
+        doc_file.write_text("[sampler]\nratio = 0.125\n")
+        await push(operator, doc_file, priv, "group/plant-3")
+        async with asyncio.timeout(15):
+            while agent.sampler.ratio != 0.125:
+                await asyncio.sleep(0.1)
+        nodes = await collect_status(operator, wait=1.0)
+        assert nodes["gw-1"]["config_version"]["group"] == 1
+        # A node's certificate cannot push config, even a validly signed document.
+        with pytest.raises(PublishRefused):
+            await push(conn(pki, port, "gw-1"), doc_file, priv, "group/plant-3")
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 15)
+
+
+def test_tls_settings_name_the_missing_file(tmp_path: Path) -> None:
+    cfg = FleetConfig(broker=BrokerAddress("h", 8883, tls=True), ca_file=str(tmp_path / "nope.pem"))
+    with pytest.raises(ConfigError, match="fleet.ca_file"):
+        cfg.mqtt_ssl("fleet")
+    assert dataclasses.replace(cfg, broker=BrokerAddress("h", 1883)).mqtt_ssl("fleet") is None
+
+
+def test_acl_refuses_names_that_are_not_topic_levels() -> None:
+    with pytest.raises(ValueError):
+        render_acl({"gw/1": "g"})
+    text = render_acl({"gw-1": "plant-3"})
+    assert "pattern write helix/status/%u" in text and "user gw-1\ntopic read helix/config/group/plant-3" in text
+

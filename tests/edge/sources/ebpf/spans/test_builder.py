@@ -1,0 +1,105 @@
+"""The span builder as a whole: unrecognised bytes, clocks, kernel sampling randomness, hostile event
+sequences, its configuration."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from edge.sources.ebpf.events import CloseEvent, ConnectEvent, DataMoreEvent, ExitEvent, FaultKind, Role, TcpFaultEvent
+from edge.sources.ebpf.spans import FixedClock, SpanBuilder, SpanBuilderConfig, SystemClock
+from tests.edge.protocols import mqtt_encode as enc
+from ._helpers import SRV, CLI, TID, TP, IN, OUT, builder, data, req, resp, assert_clean, dataclasses_replace
+
+
+def test_garbage_and_tls_are_counted_not_spans():
+    b = builder()
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(200))
+    noise = bytes(range(255, 0, -1))
+    out = b.feed([data(1, IN if i % 2 == 0 else OUT, i * 1_000, hello if i % 2 == 0 else noise) for i in range(5)])
+    assert out == [] and b.stats.unparsed == 5
+    assert b.conns.get(1).opaque  # written off as opaque after three misses: later messages skip the parsers
+    b.feed([CloseEvent(10_000, 100, 101, 7, 1, 0, 0, 0)])
+    assert_clean(b)
+
+
+def test_clock_resync():
+    clock = FixedClock(offset_ns=1_000, now_ns=0)
+    b = SpanBuilder(SpanBuilderConfig(clock_resync=10.0, host_name="h"), clock)
+    assert b.feed([ConnectEvent(100, 1, "c", 1, CLI, SRV, 10)])[0].end_ns == 1_100
+    clock.offset_ns = 5_000
+    clock.now_ns = 9_000_000_000
+    assert b.feed([ConnectEvent(100, 1, "c", 1, CLI, SRV, 10)])[0].end_ns == 1_100  # not yet due
+    clock.now_ns = 10_000_000_000
+    assert b.feed([ConnectEvent(100, 1, "c", 1, CLI, SRV, 10)])[0].end_ns == 5_100
+
+
+def test_system_clock_offset_matches_time_module():
+    offset = SystemClock().wall_offset_ns()
+    direct = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    assert abs(offset - direct) < 50_000_000
+
+
+_payloads = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([req(), resp(), resp(500), enc.connect("x"), enc.publish("t", b"p"), b"HTTP/1.1 200", b"GET /"]),
+    st.builds(lambda a, n: a[:n], st.sampled_from([req(body=b"abc"), resp(body=b"x" * 50), enc.publish("t/t", b"x" * 40, qos=1)]),
+              st.integers(0, 100)),
+)
+
+
+_events = st.lists(
+    st.one_of(
+        st.builds(lambda sock, d, ts, p, size, pb, pe, role: data(sock, d, ts, p, size=size, prev_bytes=pb, prev_end=pe, role=role),
+                  st.integers(1, 4), st.sampled_from([IN, OUT]), st.integers(0, 10**6), _payloads, st.integers(0, 10**6),
+                  st.integers(0, 10**6), st.integers(0, 10**6), st.sampled_from(list(Role))),
+        st.builds(lambda sock, d, ts, off, p: DataMoreEvent(ts, ts + 10, sock, 100, 101, d, off, p),
+                  st.integers(1, 4), st.sampled_from([IN, OUT]), st.integers(0, 10**6), st.integers(0, 300), _payloads),
+        st.builds(lambda sock, ts: CloseEvent(ts, 100, 101, 7, sock, 10, ts, 0), st.integers(1, 4), st.integers(0, 10**6)),
+        st.builds(lambda sock, k: TcpFaultEvent(1, k, sock, SRV, CLI, 1), st.integers(1, 6), st.sampled_from(list(FaultKind))),
+        st.just(ExitEvent(5, 100, "api", 0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_events)
+def test_hostile_event_sequences_never_raise_and_state_drains(events):
+    b = builder(max_connections=3)
+    b.feed(events)
+    b.flush(10**15)
+    assert b.stats.internal_errors == 0
+    b.feed([CloseEvent(0, 100, 101, 7, s, 0, 0, 0) for s in range(1, 7)])
+    assert_clean(b)
+
+
+def test_config_rejects_nonsense_with_the_key_named():
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_connections"):
+        SpanBuilderConfig(max_connections=0)
+    with pytest.raises(ConfigError, match="response_timeout"):
+        SpanBuilderConfig(response_timeout=-1)
+
+
+def test_kernel_randomness_becomes_the_traces_randomness():
+    from edge.sampler.consistent import ConsistentSampler, randomness
+
+    b = builder()
+    rv = 0x9A0B1C2D3E4F50
+    spans = b.feed([dataclasses_replace(data(1, IN, 1000, req()), rv=rv), data(1, OUT, 5000, resp())])
+    [s] = spans
+    assert s.attributes["helix.context_from"] == "none" and s.parent_span_id == b""
+    assert s.trace_state == "ot=rv:9a0b1c2d3e4f50"
+    assert int.from_bytes(s.trace_id[9:], "big") == rv == randomness(s.trace_id, s.trace_state)
+    assert ConsistentSampler(0.5).keeps(s.trace_id, s.trace_state)
+    assert not ConsistentSampler(0.25).keeps(s.trace_id, s.trace_state)
+    # A request with wire context keeps the wire's trace and tracestate: the kernel reports no R for those.
+    [w] = b.feed([dataclasses_replace(data(2, IN, 9000, req(headers=(f"traceparent: {TP}",))), rv=rv),
+                  data(2, OUT, 9500, resp())])
+    assert w.trace_id.hex() == TID and w.trace_state == ""
+    # Without kernel randomness nothing is added.
+    [n] = b.feed([data(3, IN, 10000, req()), data(3, OUT, 10500, resp())])
+    assert n.trace_state == ""

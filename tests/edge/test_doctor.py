@@ -1,0 +1,33 @@
+"""How `helix doctor` reports its checks (the checks themselves run on the kernel: tests/bpf/test_doctor.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge import doctor
+from edge.doctor import Check, doctor_exit_code, format_checks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_format_and_exit_code() -> None:
+    checks = [Check("a", True, "fine"), Check("b", False, "broken", "do this")]
+    text = format_checks(checks)
+    assert "✔ a: fine" in text and "✘ b: broken" in text and "fix: do this" in text
+    assert doctor_exit_code(checks) == 1 and doctor_exit_code(checks[:1]) == 0
+
+
+@pytest.mark.parametrize("level,ok", [("2\n", True), ("3\n", False), ("-1\n", True)])
+def test_perf_paranoid_level_3_is_named_with_the_sysctl_that_fixes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       level: str, ok: bool) -> None:
+    # Debian's kernels default to 3, where perf_event_open (syscall tracepoints) admits only CAP_SYS_ADMIN.
+    fake = tmp_path / "perf_event_paranoid"
+    fake.write_text(level)
+    monkeypatch.setattr(doctor, "_PARANOID", fake)
+    check = doctor._perf_paranoid()
+    assert check.ok is ok
+    if not ok:
+        assert "CAP_SYS_ADMIN" in check.detail and "perf_event_paranoid = 2" in check.fix
+        conf = ROOT / "firmware-configs" / "sysctl" / "60-helix.conf"
+        assert "kernel.perf_event_paranoid = 2" in conf.read_text()

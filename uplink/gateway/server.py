@@ -1,0 +1,352 @@
+"""The central gateway: batches in (MQTT subscription and HTTP POST), OTLP out. Stateless apart from a dedup window.
+
+Delivery is at-least-once on both ingresses. Over HTTP a batch is answered 2xx only after its OTLP export
+succeeded (or was refused for good), and 503 + Retry-After while the backend is down, so the node keeps it. Over
+MQTT the gateway holds a persistent session (fixed client id, clean start off, session expiry) and sends the PUBACK
+only after the export succeeded or the batch was refused for good: a gateway killed mid-export gets the message
+again from the broker when it comes back. While the backend is down the MQTT loop holds its batch and retries, so
+the broker (and behind it the nodes' spools) keep the rest. Batches are idempotent: a (node_id, seq) seen recently
+is not exported twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import json
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edge.config import Config
+from edge.config.uplink import GatewayConfig
+from edge.errors import DecodeError
+from edge.net.mqtt_client import MqttError
+from edge.net.retry import Backoff, Throttle
+
+from ..wire import decode_batch, decode_metrics, is_metric_batch
+from .otlp_export import OtlpExporter
+
+
+__all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
+
+log = logging.getLogger(__name__)
+
+# How long an HTTP request may wait for a struggling backend before the node is told to come back later.
+_HTTP_EXPORT_BUDGET = 2.0
+# Batches the broker may have on their way to this instance unacknowledged; the rest wait in the broker.
+_RECEIVE_MAXIMUM = 16
+
+
+class Outcome(enum.Enum):
+    """What the gateway did with one batch."""
+
+    EXPORTED = "exported"
+    DUPLICATE = "duplicate"
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    DROPPED = "dropped"  # the backend refused it for good
+    RETRY_LATER = "retry-later"  # HTTP only: the backend is down, the node keeps the batch
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters of the gateway."""
+
+    batches_received: int = 0
+    batches_exported: int = 0
+    batches_malformed: int = 0
+    batches_oversized: int = 0
+    batches_duplicate: int = 0
+    batches_deferred: int = 0  # answered 503 while the backend was down
+    requests_unauthorized: int = 0
+    mqtt_subscriptions: int = 0  # successful (re)subscriptions; more than one means the broker link was restored
+    mqtt_acks: int = 0  # PUBACKs sent, each after its batch was settled
+    export_stalls: int = 0  # times an MQTT batch outlived retry_max_elapsed and was held for another round
+    spans_received: int = 0
+    spans_exported: int = 0
+    spans_rejected: int = 0  # refused by the backend in a partial success
+    spans_dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Result:
+    outcome: Outcome
+    spans: int = 0
+    detail: str = ""
+    retry_after_s: float | None = None
+
+
+class Gateway:
+    """Receives uplink batches and exports them as OTLP; `run(stop)` serves until `stop` is set."""
+
+    def __init__(self, cfg: GatewayConfig, exporter: OtlpExporter | None = None) -> None:
+        self.cfg = cfg
+        self.stats = GatewayStats()
+        self.exporter = exporter or OtlpExporter(cfg)
+        self.http_port: int | None = None
+        self.ready = asyncio.Event()  # HTTP bound and, if enabled, the MQTT subscription made
+        self._mqtt_ready = asyncio.Event()
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._inflight: dict[tuple[str, int], asyncio.Future[_Result]] = {}
+        self._throttle = Throttle()
+        self.metric_stats = {"received": 0, "exported": 0, "malformed": 0, "duplicate": 0, "dropped": 0, "deferred": 0}
+
+    # ------------------------------------------------------------------------------------------------ ingest
+
+    async def ingest(self, payload: bytes, origin: str, http: bool = False) -> _Result:
+        """Decode, deduplicate and export one batch; never raises for bad input or a failing backend.
+
+        Over HTTP a backend outage returns RETRY_LATER after a short budget; otherwise (MQTT) the call retries
+        until the export succeeds or is refused for good, so the caller acknowledges only a settled batch.
+        """
+        cfg = self.cfg
+        self.stats.batches_received += 1
+        if len(payload) > cfg.max_batch_bytes:
+            self.stats.batches_oversized += 1
+            return self._bad(Outcome.OVERSIZED, origin, f"{len(payload)} bytes, over max_batch_bytes={cfg.max_batch_bytes}")
+        if is_metric_batch(payload):
+            return await self._ingest_metrics(payload, origin, http)
+        try:
+            batch = decode_batch(payload, cfg.max_batch_bytes)
+        except DecodeError as e:
+            self.stats.batches_malformed += 1
+            return self._bad(Outcome.MALFORMED, origin, str(e))
+        n = len(batch.spans)
+        key = (batch.node_id, batch.seq)
+        if key in self._seen:
+            self.stats.batches_duplicate += 1
+            log.info("duplicate batch node=%s seq=%d from %s dropped", batch.node_id, batch.seq, origin)
+            return _Result(Outcome.DUPLICATE, n)
+        running = self._inflight.get(key)
+        if running is not None:  # the node resent while the first copy is still being exported
+            self.stats.batches_duplicate += 1
+            return await asyncio.shield(running)
+        fut: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        self.stats.spans_received += n
+        result = _Result(Outcome.RETRY_LATER, n)  # if cancelled mid-export, a waiting HTTP copy is told to resend
+        try:
+            result = await self._export(batch.spans, http, origin, key)
+        finally:
+            del self._inflight[key]
+            fut.set_result(result)
+        if result.outcome is not Outcome.RETRY_LATER:
+            self._remember(key)
+        return result
+
+    async def _export(self, spans: list[Any], http: bool, origin: str, key: tuple[str, int]) -> _Result:
+        n = len(spans)
+        if not n:
+            self.stats.batches_exported += 1
+            return _Result(Outcome.EXPORTED, 0)
+        if http:
+            res = await self.exporter.export(spans, max_elapsed=min(self.cfg.retry_max_elapsed, _HTTP_EXPORT_BUDGET))
+        else:
+            res = await self._export_holding(spans, origin, key)
+        if res.ok:
+            self.stats.batches_exported += 1
+            self.stats.spans_exported += res.exported
+            self.stats.spans_rejected += res.rejected
+            return _Result(Outcome.EXPORTED, n, res.error)
+        if res.retryable and http:
+            self.stats.spans_received -= n  # it will be received again
+            self.stats.batches_deferred += 1
+            return _Result(Outcome.RETRY_LATER, n, res.error, res.retry_after_s)
+        self.stats.spans_dropped += n
+        return _Result(Outcome.DROPPED, n, res.error)
+
+    async def _export_holding(self, spans: list[Any], origin: str, key: tuple[str, int]) -> Any:
+        # The message stays unacknowledged while the backend is down: the broker keeps the queue, and a gateway
+        # stopped meanwhile gets it again. Dropping it here would lose data the broker still holds safely.
+        waited = 0.0
+        while True:
+            res = await self.exporter.export(spans)
+            if res.ok or not res.retryable:
+                return res
+            waited += self.cfg.retry_max_elapsed
+            self.stats.export_stalls += 1
+            log.error("batch node=%s seq=%d (%d spans) from %s held: backend %s failing for %.0fs: %s; "
+                      "the broker keeps the queue meanwhile", key[0], key[1], len(spans), origin,
+                      self.exporter.endpoint, waited, res.error)
+            if self.cfg.retry_max_elapsed <= 0:
+                await asyncio.sleep(1.0)
+
+    async def _ingest_metrics(self, payload: bytes, origin: str, http: bool) -> _Result:
+        """A metrics frame: decode, deduplicate, export as OTLP metrics.
+
+        Metrics are cumulative: a batch the backend cannot take within the retry budget is dropped (counted), as
+        the next one carries the same counts and more; over HTTP the node is still told to retry later.
+        """
+        ms = self.metric_stats
+        ms["received"] += 1
+        try:
+            batch = decode_metrics(payload, self.cfg.max_batch_bytes)
+        except DecodeError as e:
+            ms["malformed"] += 1
+            self.stats.batches_malformed += 1
+            return self._bad(Outcome.MALFORMED, origin, str(e))
+        key = (batch.node_id, batch.seq)
+        if key in self._seen:
+            ms["duplicate"] += 1
+            return _Result(Outcome.DUPLICATE, 0)
+        budget = min(self.cfg.retry_max_elapsed, _HTTP_EXPORT_BUDGET) if http else None
+        res = await self.exporter.export_metrics(batch, max_elapsed=budget)
+        if res.ok:
+            ms["exported"] += 1
+            self._remember(key)
+            return _Result(Outcome.EXPORTED, 0, res.error)
+        if res.retryable and http:
+            ms["deferred"] += 1
+            return _Result(Outcome.RETRY_LATER, 0, res.error, res.retry_after_s)
+        ms["dropped"] += 1
+        self._remember(key)
+        if self._throttle.ready("metrics"):
+            log.warning("metrics batch node=%s seq=%d from %s dropped: %s (metrics are cumulative: the next batch "
+                        "carries these counts)", batch.node_id, batch.seq, origin, res.error)
+        return _Result(Outcome.DROPPED, 0, res.error)
+
+    def _bad(self, outcome: Outcome, origin: str, detail: str) -> _Result:
+        if self._throttle.ready(outcome.value):
+            extra = self._throttle.take_suppressed(outcome.value)
+            log.warning("%s batch from %s dropped: %s%s", outcome.value, origin, detail,
+                        f" ({extra} more not shown)" if extra else "")
+        return _Result(outcome, 0, detail)
+
+    def _remember(self, key: tuple[str, int]) -> None:
+        if self.cfg.dedup_window <= 0:
+            return
+        self._seen[key] = None
+        while len(self._seen) > self.cfg.dedup_window:
+            self._seen.popitem(last=False)
+
+    # ------------------------------------------------------------------------------------------------ serving
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve MQTT and HTTP ingress until `stop` is set."""
+        tasks: list[asyncio.Task[None]] = []
+        runner = None
+        try:
+            if self.cfg.http_listen is not None:
+                runner = await self._start_http()
+            if self.cfg.mqtt_enabled:
+                tasks.append(asyncio.create_task(self._mqtt_loop(), name="gateway-mqtt"))
+                tasks.append(asyncio.create_task(self._mark_ready(), name="gateway-ready"))
+            else:
+                self.ready.set()
+            log.info("gateway exporting to %s", self.exporter.endpoint)
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if runner is not None:
+                await runner.cleanup()
+            await self.exporter.close()
+
+    async def _mark_ready(self) -> None:
+        await self._mqtt_ready.wait()
+        self.ready.set()
+
+    async def _mqtt_loop(self) -> None:
+        cfg = self.cfg
+        backoff = Backoff(maximum=30.0)
+        sub = cfg.subscription()
+        client_id = cfg.mqtt_client_id()
+        while True:
+            # A persistent session under a fixed client id: what arrives while this instance is away (restart,
+            # broker link down) waits in the broker. PUBACK only once the batch is settled (manual_ack), and at
+            # most _RECEIVE_MAXIMUM unacknowledged batches on their way here.
+            client = cfg.mqtt_client(client_id, "gateway", receive_maximum=_RECEIVE_MAXIMUM,
+                                     max_queued=_RECEIVE_MAXIMUM, manual_ack=True, clean_start=False,
+                                     session_expiry=int(cfg.session_expiry))
+            try:
+                async with client:
+                    await client.subscribe(sub, qos=1)
+                    log.info("gateway subscribed to %s on %s as %s", sub, cfg.broker, client_id)
+                    backoff.reset()
+                    self.stats.mqtt_subscriptions += 1
+                    self._mqtt_ready.set()
+                    # One batch at a time keeps PUBACKs in arrival order, as MQTT requires; more throughput comes
+                    # from more gateway instances in the share group.
+                    async for message in client.messages:
+                        await self.ingest(message.payload, f"mqtt topic {message.topic}")
+                        if message.qos > 0:
+                            client.ack(message)
+                            self.stats.mqtt_acks += 1
+            except MqttError as e:
+                delay = backoff.next()
+                if self._throttle.ready("broker"):
+                    log.warning("gateway broker unreachable at %s: %s; retrying in %.1fs", cfg.broker, e, delay)
+                await asyncio.sleep(delay)
+
+    async def _start_http(self) -> Any:
+        from aiohttp import web
+
+        assert self.cfg.http_listen is not None
+        host, port = self.cfg.http_listen
+        app = web.Application(client_max_size=self.cfg.max_batch_bytes)
+        app.router.add_post("/v1/batches", self._http_batches)
+        app.router.add_get("/healthz", self._http_health)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self.http_port = runner.addresses[0][1]
+        log.info("gateway accepting batches on http://%s:%d/v1/batches", host, self.http_port)
+        return runner
+
+    async def _http_batches(self, request: Any) -> Any:
+        from aiohttp import web
+
+        token = self.cfg.token
+        if token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                self.stats.requests_unauthorized += 1
+                if self._throttle.ready("auth"):
+                    log.warning("batch from %s refused: missing or wrong bearer token", request.remote)
+                return web.Response(status=401, text="missing or wrong bearer token\n",
+                                    headers={"WWW-Authenticate": "Bearer"})
+        limit = self.cfg.max_batch_bytes
+        if request.content_length is not None and request.content_length > limit:
+            self.stats.batches_received += 1
+            self.stats.batches_oversized += 1
+            self._bad(Outcome.OVERSIZED, f"http {request.remote}", f"{request.content_length} bytes, over {limit}")
+            return web.Response(status=413, text=f"batch larger than {limit} bytes\n")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.stats.batches_received += 1
+            self.stats.batches_oversized += 1
+            self._bad(Outcome.OVERSIZED, f"http {request.remote}", f"body over {limit} bytes")
+            return web.Response(status=413, text=f"batch larger than {limit} bytes\n")
+        res = await self.ingest(body, f"http {request.remote}", http=True)
+        if res.outcome is Outcome.MALFORMED:
+            return web.Response(status=400, text=res.detail + "\n")
+        if res.outcome is Outcome.OVERSIZED:
+            return web.Response(status=413, text=res.detail + "\n")
+        if res.outcome is Outcome.RETRY_LATER:
+            wait = max(1, math.ceil(res.retry_after_s or 1))
+            return web.Response(status=503, text=f"OTLP backend unavailable: {res.detail}\n",
+                                headers={"Retry-After": str(wait)})
+        return web.json_response({"status": res.outcome.value, "spans": res.spans,
+                                  **({"detail": res.detail} if res.detail else {})})
+
+    async def _http_health(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(text=json.dumps({"status": "ok", "gateway": self.stats.as_dict(),
+                                             "exporter": self.exporter.stats.as_dict()}),
+                            content_type="application/json")
+
+
+async def serve_gateway(cfg: Config, stop: asyncio.Event) -> None:
+    """Run the gateway described by `cfg.gateway` until `stop` is set (the CLI's `helix gateway`)."""
+    await Gateway(cfg.gateway).run(stop)
