@@ -404,7 +404,7 @@ class TrainingLimits:
 
     zdict_bytes: int = 16384
     value_bytes: int = 32768  # text of the learned string values, all keys together
-    min_value_count: int = 2  # a value seen once is an id or a timestamp, not worth a table entry
+    min_value_count: int = 2  # traces a value must appear in: one seen in a single trace is an id, not a table entry
     max_names: int = 2048
     max_keys: int = 2048
     max_shapes: int = 2048
@@ -448,7 +448,11 @@ def _tables(spans: Sequence[Span], limits: TrainingLimits) -> TableSet:
     scopes: Counter[Scope] = Counter()
     resources: Counter[Resource] = Counter()
 
-    def learn_attrs(ks: tuple[str, ...], vals: Sequence[Any]) -> None:
+    # In how many traces a value was seen: an order id repeated by every span of its trace is still a one-off.
+    spread: Counter[tuple[str, str]] = Counter()
+    last_trace: dict[tuple[str, str], Any] = {}
+
+    def learn_attrs(ks: tuple[str, ...], vals: Sequence[Any], trace: Any) -> None:
         shapes[(ks, tuple(value_type(v) for v in vals))] += 1
         keys.update(ks)
         for k, v in zip(ks, vals):
@@ -457,23 +461,28 @@ def _tables(spans: Sequence[Span], limits: TrainingLimits) -> TableSet:
                 if c is None:
                     c = values[k] = Counter()
                 c[v] += 1
+                kv = (k, v)
+                if last_trace.get(kv, last_trace) != trace:
+                    last_trace[kv] = trace
+                    spread[kv] += 1
 
     for s in spans:
         names[s.name] += 1
         scopes[s.scope] += 1
         if s.resource not in resources:  # a resource's values count once, not once per span
-            learn_attrs(tuple(k for k, _ in s.resource.attributes), [thaw_value(v) for _, v in s.resource.attributes])
+            learn_attrs(tuple(k for k, _ in s.resource.attributes), [thaw_value(v) for _, v in s.resource.attributes],
+                        s.resource)
         resources[s.resource] += 1
-        learn_attrs(tuple(s.attributes), tuple(s.attributes.values()))
+        learn_attrs(tuple(s.attributes), tuple(s.attributes.values()), s.trace_id)
         for e in s.events:
             event_names[e.name] += 1
-            learn_attrs(tuple(e.attributes), tuple(e.attributes.values()))
+            learn_attrs(tuple(e.attributes), tuple(e.attributes.values()), s.trace_id)
 
     key_list = _ranked(keys, limits.max_keys)
     key_pos = {k: i for i, k in enumerate(key_list)}
     # String values: the ones that save the most (uses x length) until the byte budget is spent.
     candidates = [(c * (len(v) + 1), k, v) for k, cnt in values.items() if k in key_pos
-                  for v, c in cnt.items() if c >= limits.min_value_count]
+                  for v, c in cnt.items() if spread[(k, v)] >= limits.min_value_count]
     candidates.sort(key=lambda x: -x[0])
     chosen: dict[str, Counter[str]] = {}
     budget = limits.value_bytes
