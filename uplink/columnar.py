@@ -3,7 +3,7 @@
 Each batch names the table set it was encoded with (uplink/dictionary.py) by its 8-byte id and decodes with that
 set alone: what the set does not hold, the batch carries. Attributes are stored a column per key and value type,
 each text column referring to its key's own value table; ids, times and durations sit in their own planes. The
-layout is specified in docs/uplink-format-v2.md.
+layout is specified in docs/uplink-format-v3.md.
 
 Sans-I/O. Decoding treats its input as hostile: the span count and decompressed size are bounded before anything
 is built, and every problem is a DecodeError naming it.
@@ -75,7 +75,7 @@ _X_STATUS_MESSAGE, _X_LINKS, _X_TRACE_STATE, _X_FLAGS = 1, 2, 3, 4
 
 _TYPE_CODE: dict[type, int] = {str: T_STR, int: T_INT, float: T_FLOAT, bool: T_BOOL, bytes: T_BYTES}
 
-# Body fields, in order (docs/uplink-format-v2.md, "Body").
+# Body fields, in order (docs/uplink-format-v3.md, "Body").
 _N_FIELDS = 24
 
 
@@ -191,13 +191,21 @@ class _Attributes:
         return ref
 
     def _shape(self, sig: tuple[tuple[str, ...], tuple[type, ...]]) -> int:
-        ks, types = sig
-        codes = tuple([_TYPE_CODE.get(t, T_ANY) for t in types])
-        for k in ks:
-            self.keys.ref(k)
-        ref = self.shapes.ref((ks, codes))
+        # The table set remembers what it found for a signature, across batches: most are learned shapes.
+        known = self.idx.signatures.get(sig)
+        if known is None:
+            ks, types = sig
+            codes = tuple([_TYPE_CODE.get(t, T_ANY) for t in types])
+            known = (self.idx.shapes.get((ks, codes)), codes, tuple(zip(ks, codes)))
+            if len(self.idx.signatures) < _MAX_SIGNATURES:
+                self.idx.signatures[sig] = known
+        ref, codes, cids = known
+        if ref is None:
+            for k in sig[0]:
+                self.keys.ref(k)
+            ref = self.shapes.ref((sig[0], codes))
         self.sig_ref[sig] = ref
-        self.shape_cids[ref] = tuple(zip(ks, codes))
+        self.shape_cids[ref] = cids
         return ref
 
     def body(self) -> list[Any]:
@@ -229,6 +237,7 @@ class _Attributes:
 
 
 _NO_VALUES: dict[str, int] = {}
+_MAX_SIGNATURES = 4096  # attribute signatures a table set remembers for the encoder
 
 
 def _float_planes(vals: list[float]) -> bytes:
@@ -369,16 +378,12 @@ def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
 
 def _units(spans: Sequence[Span], resource_col: list[int]) -> dict[int, int]:
     """Per resource of the batch, the largest unit dividing every time of its spans (1000 for microsecond clocks)."""
-    times: dict[int, list[int]] = {}
-    for s, r in zip(spans, resource_col):
-        ts = times.get(r)
-        if ts is None:
-            ts = times[r] = []
-        ts.append(s.start_ns)
-        ts.append(s.end_ns)
-        for e in s.events:
-            ts.append(e.time_ns)
-    units = {r: math.gcd(*ts) for r, ts in times.items()}
+    gcd = math.gcd
+    per_span = [gcd(s.start_ns, s.end_ns, *[e.time_ns for e in s.events]) if s.events else gcd(s.start_ns, s.end_ns)
+                for s in spans]
+    units: dict[int, int] = {}
+    for r, g in zip(resource_col, per_span):
+        units[r] = gcd(units.get(r, 0), g)
     return {r: u if 0 < u < _MAX_UNIT else 1 for r, u in units.items()}
 
 
@@ -407,18 +412,12 @@ def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int
 
 
 def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attributes) -> list[Any]:
-    counts: list[int] = []
-    names: list[str] = []
-    times: list[int] = []
-    shape_col: list[int] = []
-    for s, u in zip(spans, units):
-        counts.append(len(s.events))
-        for e in s.events:
-            names.append(e.name)
-            times.append((e.time_ns - s.start_ns) // u)
-            a = e.attributes
-            shape_col.append(attrs.add(tuple(a), tuple(a.values())))
-    return [counts, _text_refs(names, idx.event_names), _planes(_zigzag(times)), shape_col]
+    events = [e for s in spans for e in s.events]
+    times = [(e.time_ns - s.start_ns) // u for s, u in zip(spans, units) for e in s.events]
+    add = attrs.add
+    shape_col = [add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
+    return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names),
+            _planes(_zigzag(times)), shape_col]
 
 
 def encode(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY, level: int = 3,

@@ -4,7 +4,7 @@ A `TableSet` holds, learned from the node's own recent spans: span names, attrib
 of each key, attribute shapes (which keys, in which order, with which value types), event names, scopes, resources,
 and a zstd dictionary for what is left. It is identified by its content hash (`id`, 8 bytes), published once as a
 message (`to_message`), and referenced by id in every batch (uplink/columnar.py), so each batch stays
-self-contained given the table set it names. Format: docs/uplink-format-v2.md.
+self-contained given the table set it names. Format: docs/uplink-format-v3.md.
 
 Sans-I/O: training, serialising and parsing are pure functions; fetching, caching and publishing are the caller's.
 """
@@ -195,9 +195,11 @@ class _EncoderIndex:
     """Positions of every table entry, by value. Text tables give the reference a text column writes (index + 1,
     0 being "the batch's next new text"); the others give the index."""
 
-    __slots__ = ("names", "keys", "values", "shapes", "event_names", "scopes", "resources")
+    __slots__ = ("names", "keys", "values", "shapes", "event_names", "scopes", "resources", "signatures")
 
     def __init__(self, t: TableSet) -> None:
+        # The encoder's memo: (keys, Python value types) -> (learned shape or None, type codes, columns); bounded.
+        self.signatures: dict[Any, Any] = {}
         self.names = {s: i + 1 for i, s in enumerate(t.names)}
         self.keys = {s: i for i, s in enumerate(t.keys)}
         self.values = {t.keys[i]: {s: j + 1 for j, s in enumerate(vals)} for i, vals in enumerate(t.values) if vals}
