@@ -15,6 +15,7 @@ calibration loop. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -31,7 +32,7 @@ from bench.corpus import load_all  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.model import Span  # noqa: E402
 from uplink import columnar  # noqa: E402
-from uplink.dictionary import EMPTY, TableSet, TrainingLimits  # noqa: E402
+from uplink.dictionary import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
 from uplink.wire import decode_batch, encode_batch  # noqa: E402
 
 NODE = "edge-node-01"
@@ -135,15 +136,26 @@ def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, repeat: int) -
 
 
 def node_memory(train: Sequence[Span], limits: TrainingLimits) -> dict[str, int]:
-    """What a node holds to encode with a learned table set: counted by the set itself, and traced allocations."""
+    """What a node holds to encode with a learned table set (counted by the set itself, and traced allocations),
+    and what a gateway holds per cached set (traced allocations of parsing its message and decoding a batch)."""
+    gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     tables = columnar.learn(train, limits, node_id=NODE)
-    columnar.encode(train[:32], NODE, 0, tables)  # builds the lookups and the compressor
+    data = columnar.encode(train[:32], NODE, 0, tables)  # builds the lookups and the compressor
+    gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
+    msg = tables.to_message()
+    before = tracemalloc.get_traced_memory()[0]
+    fetched = parse_message(msg, MAX_BYTES, expect_id=tables.id)
+    batch = columnar.decode(data, fetched, MAX_BYTES)
+    del batch, data
+    gc.collect()
+    gateway = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return {"node_bytes": tables.node_bytes(), "traced_python_bytes": held,
-            "compressor_bytes": tables.compressor(3).memory_size(), "message_bytes": len(tables.to_message())}
+    return {"node_bytes": tables.node_bytes(), "traced_python_bytes": held, "gateway_python_bytes": gateway,
+            "compressor_bytes": tables.compressor(3).memory_size(),
+            "decompressor_bytes": fetched.decompressor().memory_size(), "message_bytes": len(msg)}
 
 
 def main() -> None:
@@ -224,7 +236,8 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
     if row["table_set"]:
         m = row["table_set"]
         print(f"   table set: message {m['message_bytes']} B, node holds {m['node_bytes']} B "
-              f"(zstd compressor {m['compressor_bytes']} B; traced allocations {m['traced_python_bytes']} B)")
+              f"(zstd compressor {m['compressor_bytes']} B; traced allocations {m['traced_python_bytes']} B), "
+              f"a gateway {m['gateway_python_bytes']} B traced + {m['decompressor_bytes']} B zstd")
     print(f"   {'batch':>5} {'base OTLP':>10} {'base v2':>8} | {'OTLP+zstd':>9} {'v2+dict':>8} {'v3 cold':>8} "
           f"{'learned':>8} {'tables':>7} {'zdict':>7} {'ratio':>6} | {'rolling':>8} {'+publ.':>8} | "
           f"{'enc us':>7} {'v2':>6} {'dec/s':>8} {'v2':>7}")

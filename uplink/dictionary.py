@@ -168,7 +168,12 @@ class TableSet:
 
     def node_bytes(self, level: int = 3) -> int:
         """Bytes the node holds to encode with this set: tables, lookups and the zstd compressor at `level`."""
-        return self.encoder_index().nbytes() + _strings_bytes(self) + self.compressor(level).memory_size()
+        idx = self.encoder_index()
+        seen: set[int] = set()
+        fields = (self.names, self.keys, self.values, self.shapes, self.event_names, self.scopes, self.resources,
+                  self.zdict, self.content, idx.names, idx.keys, idx.values, idx.shapes, idx.event_names, idx.scopes,
+                  idx.resources, idx.signatures)
+        return sum(_deep_size(f, seen) for f in fields) + self.compressor(level).memory_size()
 
     # ---- publication
 
@@ -182,12 +187,21 @@ class TableSet:
 EMPTY = TableSet()
 
 
-def _strings_bytes(t: TableSet) -> int:
-    n = sys.getsizeof(t.zdict) + sys.getsizeof(t.content)
-    for seq in (t.names, t.keys, t.event_names, *t.values):
-        n += sys.getsizeof(seq) + sum(sys.getsizeof(s) for s in seq)
-    n += sum(sys.getsizeof(sh) for sh in t.shapes) + sys.getsizeof(t.shapes)
-    n += sum(sys.getsizeof(r.attributes) + sum(sys.getsizeof(v) for _, v in r.attributes) for r in t.resources)
+def _deep_size(x: Any, seen: set[int]) -> int:
+    """Bytes of x and everything it holds, each object counted once (table entries are shared between lists and
+    lookups). Small ints, types and True/False are interpreter-wide and not counted."""
+    if id(x) in seen or type(x) in (bool, type) or x is None or (type(x) is int and -5 <= x <= 256):
+        return 0
+    seen.add(id(x))
+    n = sys.getsizeof(x)
+    if isinstance(x, (tuple, list)):
+        n += sum(_deep_size(v, seen) for v in x)
+    elif isinstance(x, dict):
+        n += sum(_deep_size(k, seen) + _deep_size(v, seen) for k, v in x.items())
+    elif isinstance(x, Resource):
+        n += _deep_size(x.attributes, seen)
+    elif isinstance(x, Scope):
+        n += _deep_size(x.name, seen) + _deep_size(x.version, seen)
     return n
 
 
@@ -208,15 +222,6 @@ class _EncoderIndex:
         self.event_names = {s: i + 1 for i, s in enumerate(t.event_names)}
         self.scopes = {(s.name, s.version): i for i, s in enumerate(t.scopes)}
         self.resources = {r: i for i, r in enumerate(t.resources)}
-
-    def nbytes(self) -> int:
-        """Bytes held by the lookup dicts (entries only; the strings belong to the table set)."""
-        n = 0
-        for d in (self.names, self.keys, self.shapes, self.event_names, self.scopes, self.resources, self.values):
-            n += sys.getsizeof(d)
-        n += sum(sys.getsizeof(d) for d in self.values.values())
-        n += sum(sys.getsizeof(k[0]) + sys.getsizeof(k[1]) + sys.getsizeof(k) for k in self.shapes)
-        return n
 
 
 class _DecoderTables:
