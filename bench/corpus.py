@@ -62,7 +62,8 @@ def load(name: str, root: Path | None = None) -> list[Span]:
     """The spans of one sub-corpus, in the order a node would emit them (by end time)."""
     folder = (root or default_root()) / name
     if not folder.is_dir():
-        raise FileNotFoundError(f"span corpus {name!r} not found at {folder} (set HELIX_CORPUS to the demo-apps folder)")
+        raise FileNotFoundError(f"span corpus {name!r} not found at {folder} "
+                                "(set HELIX_CORPUS to the demo-apps folder)")
     reader = _READERS[name]
     spans = list(reader(folder))
     spans.sort(key=lambda s: s.end_ns)  # stable: ties keep the file's order

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -102,6 +103,21 @@ def rolling(spans: Sequence[Span], size: int, level: int, every: int, window: in
             "table_set_bytes": msg_bytes, "with_publication_bytes_per_span": round((batch_bytes + msg_bytes) / n, 2)}
 
 
+def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int) -> dict[str, float]:
+    """Bytes per span each body field costs: the batch's size minus its size with that field left out (null),
+    compressed with the same dictionary. Fields compress together, so the parts do not add up exactly."""
+    zc = tables.compressor(level)
+    n = sum(len(b) for b in bs)
+    cost = dict.fromkeys(columnar.BODY_FIELDS, 0)
+    for i, b in enumerate(bs):
+        raw = columnar.body(b, NODE, i, tables, created_ns=i)
+        doc = cbor2.loads(raw)
+        full = len(zc.compress(raw))
+        for j, name in enumerate(columnar.BODY_FIELDS):
+            cost[name] += full - len(zc.compress(cbor2.dumps(doc[:j] + [None] + doc[j + 1:])))
+    return {k: round(v / n, 2) for k, v in sorted(cost.items(), key=lambda kv: -kv[1]) if v / n >= 0.05}
+
+
 def best_cpu(fn: Callable[[], Any], repeat: int) -> float:
     """Least CPU time of `repeat` runs of fn, in seconds."""
     best = float("inf")
@@ -121,14 +137,14 @@ def calibration_s() -> float:
     return best_cpu(loop, 5)
 
 
-def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, repeat: int) -> dict[str, float]:
+def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int, repeat: int) -> dict[str, float]:
     """Encode and decode CPU time per span, columnar (learned tables) and shipped format, same batches."""
     n = sum(len(b) for b in bs)
     enc = [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)]
-    old = [encode_batch(b, NODE, i, level=level) for i, b in enumerate(bs)]
+    old = [encode_batch(b, NODE, i, level=v2_level) for i, b in enumerate(bs)]
     e3 = best_cpu(lambda: [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)], repeat)
     d3 = best_cpu(lambda: [columnar.decode(x, tables, MAX_BYTES) for x in enc], repeat)
-    e2 = best_cpu(lambda: [encode_batch(b, NODE, i, level=level) for i, b in enumerate(bs)], repeat)
+    e2 = best_cpu(lambda: [encode_batch(b, NODE, i, level=v2_level) for i, b in enumerate(bs)], repeat)
     d2 = best_cpu(lambda: [decode_batch(x, MAX_BYTES) for x in old], repeat)
     return {"encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
             "v2_encode_us_per_span": round(e2 / n * 1e6, 2), "v2_decode_spans_per_s": round(n / d2),
@@ -141,7 +157,7 @@ def node_memory(train: Sequence[Span], limits: TrainingLimits) -> dict[str, int]
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    tables = columnar.learn(train, limits, node_id=NODE)
+    tables = columnar.learn(train, limits, node_id=NODE, created_ns=0)
     data = columnar.encode(train[:32], NODE, 0, tables)  # builds the lookups and the compressor
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
@@ -163,15 +179,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=None, help="the demo-apps folder (default: HELIX_CORPUS or ../shared)")
     ap.add_argument("--batches", default="512,32", help="comma-separated batch sizes")
-    ap.add_argument("--level", type=int, default=3, help="zstd level of every encoding")
+    ap.add_argument("--level", type=int, default=3, help="zstd level of OTLP+zstd and the shipped format")
+    ap.add_argument("--v3-level", type=int, default=None, help="zstd level of the columnar format (default: --level)")
     ap.add_argument("--train-fraction", type=float, default=0.3, help="share of each stream the node learns from")
     ap.add_argument("--retrain-every", type=int, default=512, help="rolling: spans between table sets")
     ap.add_argument("--window", type=int, default=4096, help="rolling: spans a table set is learned from")
     ap.add_argument("--generator-traces", type=int, default=1000, help="traces of bench/_workload.py (seed 1)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per speed figure (the least CPU time counts)")
     ap.add_argument("--zdict-bytes", type=int, default=TrainingLimits().zdict_bytes)
+    ap.add_argument("--breakdown", action="store_true", help="also print what each body field costs (learned)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.batches.split(",")]
+    lv3 = args.level if args.v3_level is None else args.v3_level
     limits = TrainingLimits(zdict_bytes=args.zdict_bytes)
     variants = {"tables_only": TrainingLimits(zdict_bytes=args.zdict_bytes, zdict=False),
                 "zdict_only": TrainingLimits(zdict_bytes=args.zdict_bytes, tables=False)}
@@ -180,34 +199,39 @@ def main() -> None:
     real = list(streams)
     streams["generator"] = realistic_spans(args.generator_traces, seed=1)
     calib = calibration_s()
-    result: dict[str, Any] = {"level": args.level, "train_fraction": args.train_fraction,
+    result: dict[str, Any] = {"level": args.level, "v3_level": lv3, "train_fraction": args.train_fraction,
                               "calibration_loop_s": round(calib, 4), "streams": {}}
     totals: dict[int, dict[str, float]] = {size: {} for size in sizes}
 
     for name, spans in streams.items():
         k = int(len(spans) * args.train_fraction)
         train, test = spans[:k], spans[k:]
-        tables = columnar.learn(train, limits, node_id=NODE) if train else EMPTY
-        alt = {v: columnar.learn(train, lim, node_id=NODE) if train else EMPTY for v, lim in variants.items()}
-        row: dict[str, Any] = {"spans": len(spans), "train_spans": k, "table_set": node_memory(train, limits) if train else {}}
+        tables = columnar.learn(train, limits, node_id=NODE, created_ns=0) if train else EMPTY
+        alt = {v: columnar.learn(train, lim, node_id=NODE, created_ns=0) if train else EMPTY
+               for v, lim in variants.items()}
+        row: dict[str, Any] = {"spans": len(spans), "train_spans": k,
+                               "table_set": node_memory(train, limits) if train else {}}
         for size in sizes:
             all_b, test_b = batches(spans, size), batches(test, size)
             n_all, n_test = len(spans), len(test)
             fig = {
-                "baseline": {"otlp_zstd": otlp_zstd(all_b, args.level) / n_all, "v2_dict": shipped(all_b, args.level) / n_all},
+                "baseline": {"otlp_zstd": otlp_zstd(all_b, args.level) / n_all,
+                             "v2_dict": shipped(all_b, args.level) / n_all},
                 "otlp_zstd": otlp_zstd(test_b, args.level) / n_test,
                 "v2_dict": shipped(test_b, args.level) / n_test,
-                "v3_cold": v3(test_b, EMPTY, args.level) / n_test,
-                "v3_learned": v3(test_b, tables, args.level) / n_test,
-                **{f"v3_{v}": v3(test_b, t, args.level) / n_test for v, t in alt.items()},
+                "v3_cold": v3(test_b, EMPTY, lv3) / n_test,
+                "v3_learned": v3(test_b, tables, lv3) / n_test,
+                **{f"v3_{v}": v3(test_b, t, lv3) / n_test for v, t in alt.items()},
             }
             fig = {k2: (round(v, 2) if isinstance(v, float) else {a: round(b, 2) for a, b in v.items()})
                    for k2, v in fig.items()}
             fig["ratio_learned_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_learned"], 2)
             fig["ratio_cold_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_cold"], 2)
-            fig["rolling"] = rolling(spans, size, args.level, args.retrain_every, args.window, limits)
-            fig["speed"] = speed(test_b, tables, args.level, args.repeat)
+            fig["rolling"] = rolling(spans, size, lv3, args.retrain_every, args.window, limits)
+            fig["speed"] = speed(test_b, tables, lv3, args.level, args.repeat)
             fig["speed"]["encode_us_per_span_per_calibration_s"] = round(fig["speed"]["encode_us_per_span"] / calib, 1)
+            if args.breakdown:
+                fig["breakdown"] = breakdown(test_b, tables, lv3)
             row[f"batch_{size}"] = fig
             if name in real:
                 t = totals[size]
@@ -247,8 +271,13 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
         print(f"   {size:>5} {f['baseline']['otlp_zstd']:>10} {f['baseline']['v2_dict']:>8} | {f['otlp_zstd']:>9} "
               f"{f['v2_dict']:>8} {f['v3_cold']:>8} {f['v3_learned']:>8} {f['v3_tables_only']:>7} "
               f"{f['v3_zdict_only']:>7} {f['ratio_learned_vs_otlp_zstd']:>5}x | {r['batches_bytes_per_span']:>8} "
-              f"{r['with_publication_bytes_per_span']:>8} | {sp['encode_us_per_span']:>7} {sp['v2_encode_us_per_span']:>6} "
+              f"{r['with_publication_bytes_per_span']:>8} | {sp['encode_us_per_span']:>7} "
+              f"{sp['v2_encode_us_per_span']:>6} "
               f"{sp['decode_spans_per_s']:>8} {sp['v2_decode_spans_per_s']:>7}")
+    for size in sizes:
+        f = row[f"batch_{size}"]
+        if "breakdown" in f:
+            print(f"   {size:>5}: bytes/span by body field: " + ", ".join(f"{k} {v}" for k, v in f["breakdown"].items()))
 
 
 if __name__ == "__main__":

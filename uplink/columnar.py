@@ -43,6 +43,7 @@ from .dictionary import (
 
 __all__ = [
     "VERSION",
+    "BODY_FIELDS",
     "HEADER_SIZE",
     "MAX_SPANS",
     "ColumnarBatch",
@@ -76,7 +77,10 @@ _X_STATUS_MESSAGE, _X_LINKS, _X_TRACE_STATE, _X_FLAGS = 1, 2, 3, 4
 _TYPE_CODE: dict[type, int] = {str: T_STR, int: T_INT, float: T_FLOAT, bool: T_BOOL, bytes: T_BYTES}
 
 # Body fields, in order (docs/uplink-format-v3.md, "Body").
-_N_FIELDS = 24
+BODY_FIELDS = ("node_id", "seq", "created_ns", "n", "span_ids", "trace_ids", "trace_column", "parent_column", "packed",
+               "time_units", "base", "starts", "ends", "names", "new_resources", "resource_column", "new_scopes",
+               "scope_column", "new_keys", "new_shapes", "shape_column", "attribute_columns", "events", "extras")
+_N_FIELDS = len(BODY_FIELDS)
 
 
 class UnknownTableSet(DecodeError):
@@ -625,7 +629,8 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
 def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     sh = _array(x, "new shape")
     for e in sh:
-        _expect(type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY, f"shape entry {e!r} is invalid")
+        _expect(type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY,
+                f"shape entry {e!r} is invalid")
     return tuple((keys[e >> 3], e & 7) for e in sh)
 
 
@@ -655,7 +660,9 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) ->
 
     names = _text_column(names_f, dt.names, "name column", n)
     keys = dt.keys + _texts(new_keys, "new keys") if new_keys else dt.keys
-    shapes = dt.shapes + [_shape_entries(sh, keys) for sh in _array(new_shapes, "new shapes")] if new_shapes else dt.shapes
+    shapes = dt.shapes
+    if new_shapes:
+        shapes = shapes + [_shape_entries(sh, keys) for sh in _array(new_shapes, "new shapes")]
     res_shapes = _uints(res_shapes_f, "new resource shapes", None, len(shapes))
     resources = dt.resources + [None] * len(res_shapes) if res_shapes else dt.resources
     resource_col = _uints(resource_col_f, "resource column", n, len(resources))

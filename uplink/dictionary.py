@@ -218,7 +218,8 @@ class _EncoderIndex:
         self.keys = {s: i for i, s in enumerate(t.keys)}
         self.values = {t.keys[i]: {s: j + 1 for j, s in enumerate(vals)} for i, vals in enumerate(t.values) if vals}
         # Shapes by (keys, value types), the form the encoder computes from an attribute list.
-        self.shapes = {(tuple(t.keys[e >> 3] for e in sh), tuple(e & 7 for e in sh)): i for i, sh in enumerate(t.shapes)}
+        self.shapes = {(tuple(t.keys[e >> 3] for e in sh), tuple(e & 7 for e in sh)): i
+                       for i, sh in enumerate(t.shapes)}
         self.event_names = {s: i + 1 for i, s in enumerate(t.event_names)}
         self.scopes = {(s.name, s.version): i for i, s in enumerate(t.scopes)}
         self.resources = {r: i for i, r in enumerate(t.resources)}
@@ -363,7 +364,8 @@ def _from_content(doc: Any) -> TableSet:
     shapes_t = tuple(_shape(sh, len(keys_t)) for sh in shapes)
     if len(set(shapes_t)) != len(shapes_t):
         raise _bad("shapes repeat an entry")
-    if type(scopes) is not list or len(scopes) % 2 or len(scopes) > 2 * MAX_ENTRIES or not all(type(s) is str for s in scopes):
+    if (type(scopes) is not list or len(scopes) % 2 or len(scopes) > 2 * MAX_ENTRIES
+            or not all(type(s) is str for s in scopes)):
         raise _bad("scopes must be name/version text pairs")
     scopes_t = tuple(Scope(scopes[i], scopes[i + 1]) for i in range(0, len(scopes), 2))
     if type(resources) is not list or len(resources) > MAX_ENTRIES:

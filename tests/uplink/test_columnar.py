@@ -32,7 +32,8 @@ _attrs = st.dictionaries(_key, _value, max_size=5)
 # Clocks of every precision: nanoseconds, microseconds, milliseconds, and zero.
 _time = st.one_of(st.integers(min_value=0, max_value=2**63), st.integers(0, 2**40).map(lambda t: t * 1000),
                   st.integers(0, 2**30).map(lambda t: t * 1_000_000), st.just(0))
-_resource = st.sampled_from([Resource(), Resource.of({"service.name": "a", "host.name": "h"})]) | st.builds(Resource.of, _attrs)
+_resource = (st.sampled_from([Resource(), Resource.of({"service.name": "a", "host.name": "h"})])
+             | st.builds(Resource.of, _attrs))
 
 
 @st.composite
@@ -79,7 +80,8 @@ def _round_trip(spans: list[Span], tables: TableSet) -> list[Span]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_spans(), _spans())
-def test_round_trip_is_exact_cold_and_with_tables_learned_from_other_spans(spans: list[Span], earlier: list[Span]) -> None:
+def test_round_trip_is_exact_cold_and_with_tables_learned_from_other_spans(spans: list[Span],
+                                                                          earlier: list[Span]) -> None:
     assert _exact(_round_trip(spans, EMPTY), spans)
     tables = columnar.learn(earlier + spans, node_id="node-1", created_ns=1)
     assert _exact(_round_trip(spans, tables), spans)
@@ -184,7 +186,8 @@ _junk = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 23), _junk, st.sampled_from(["kiali-bookinfo", "hotrod-jaeger", "ddtrace-py-snapshots"]))
-def test_a_body_with_any_field_replaced_is_decoded_or_refused_never_crashes(field: int, junk: object, corpus: str) -> None:
+def test_a_body_with_any_field_replaced_is_decoded_or_refused_never_crashes(field: int, junk: object,
+                                                                            corpus: str) -> None:
     doc = _body(load_all(SAMPLE)[corpus][:12])
     doc[field] = junk
     try:
