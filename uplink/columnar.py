@@ -37,6 +37,7 @@ from .dictionary import (
     TrainingLimits,
     check_native,
     freeze_value,
+    read_prefix,
     thaw_value,
     train,
 )
@@ -457,13 +458,7 @@ def learn(spans: Sequence[Span], limits: TrainingLimits = TrainingLimits(), node
 
 def read_header(data: bytes) -> tuple[int, bytes]:
     """Return (format version, table-set id) of an encoded batch; DecodeError if it is not one of version 3."""
-    if len(data) < HEADER_SIZE:
-        raise DecodeError(f"uplink batch too short: {len(data)} bytes, the header alone is {HEADER_SIZE}")
-    magic, version, table_id = _HEADER.unpack_from(data)
-    if magic != _MAGIC:
-        raise DecodeError(f"not a Helix uplink batch (starts with {bytes(data[:2])!r}, expected {_MAGIC!r})")
-    if version != VERSION:
-        raise DecodeError(f"uplink batch format version {version} is not the columnar format ({VERSION})")
+    _, version, table_id = read_prefix(data, _HEADER, _MAGIC, VERSION, "Helix uplink batch")
     return version, table_id
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "train",
     "parse_message",
     "message_id",
+    "read_prefix",
     "check_native",
     "freeze_value",
     "thaw_value",
@@ -310,15 +311,21 @@ def _texts(x: Any, what: str) -> tuple[str, ...]:
     return tuple(x)
 
 
+def read_prefix(data: bytes, header: struct.Struct, magic: bytes, version: int, what: str) -> tuple[Any, ...]:
+    """The fields of a message's fixed header (magic and version first), checked; DecodeError naming `what`."""
+    if len(data) < header.size:
+        raise DecodeError(f"{what} too short: {len(data)} bytes, the header alone is {header.size}")
+    fields = header.unpack_from(data)
+    if fields[0] != magic:
+        raise DecodeError(f"not a {what} (starts with {bytes(data[:2])!r}, expected {magic!r})")
+    if fields[1] != version:
+        raise DecodeError(f"{what} format version {fields[1]} is not supported here (this reads {version})")
+    return fields
+
+
 def parse_message(data: bytes, max_bytes: int, expect_id: bytes | None = None) -> TableSet:
     """Parse and verify a published table set; at most `max_bytes` are decompressed. DecodeError on any problem."""
-    if len(data) < _MSG_HEADER.size:
-        raise _bad(f"message too short ({len(data)} bytes)")
-    magic, version, digest = _MSG_HEADER.unpack_from(data)
-    if magic != TABLES_MAGIC:
-        raise _bad(f"not a Helix table set (starts with {bytes(data[:2])!r}, expected {TABLES_MAGIC!r})")
-    if version != _TABLES_VERSION:
-        raise _bad(f"table format version {version} is not supported (this gateway reads {_TABLES_VERSION})")
+    _, _, digest = read_prefix(data, _MSG_HEADER, TABLES_MAGIC, _TABLES_VERSION, "Helix uplink table set")
     if expect_id is not None and digest[:ID_SIZE] != expect_id:
         raise _bad(f"message is table set {digest[:ID_SIZE].hex()}, not the {expect_id.hex()} asked for")
     frame = bytes(data[_MSG_HEADER.size:])

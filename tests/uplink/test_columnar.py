@@ -134,7 +134,7 @@ def test_header_names_version_and_table_set() -> None:
     # A batch that says "no table set" decodes whatever set the caller holds.
     assert _exact(decode(encode(spans, "n", 1), other, MAX).spans, spans)
     # The shipped format is not this one: a clear refusal, not a misreading.
-    with pytest.raises(DecodeError, match="version 2 is not the columnar format"):
+    with pytest.raises(DecodeError, match="version 2 is not supported here"):
         decode(encode_batch(spans, "n", 1), tables, MAX)
 
 
