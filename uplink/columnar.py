@@ -33,6 +33,7 @@ from .dictionary import (
     T_FLOAT,
     T_INT,
     T_STR,
+    TYPE_CODES,
     TableSet,
     TrainingLimits,
     check_native,
@@ -74,8 +75,6 @@ assert set(_SOURCES) == set(Source), "every Source needs a wire code in uplink/c
 
 # Keys of the sparse per-span extras map.
 _X_STATUS_MESSAGE, _X_LINKS, _X_TRACE_STATE, _X_FLAGS = 1, 2, 3, 4
-
-_TYPE_CODE: dict[type, int] = {str: T_STR, int: T_INT, float: T_FLOAT, bool: T_BOOL, bytes: T_BYTES}
 
 # Body fields, in order (docs/uplink-format-v3.md, "Body").
 BODY_FIELDS = ("node_id", "seq", "created_ns", "n", "span_ids", "trace_ids", "trace_column", "parent_column", "packed",
@@ -200,7 +199,7 @@ class _Attributes:
         known = self.idx.signatures.get(sig)
         if known is None:
             ks, types = sig
-            codes = tuple([_TYPE_CODE.get(t, T_ANY) for t in types])
+            codes = tuple([TYPE_CODES.get(t, T_ANY) for t in types])
             known = (self.idx.shapes.get((ks, codes)), codes, tuple(zip(ks, codes)))
             if len(self.idx.signatures) < _MAX_SIGNATURES:
                 self.idx.signatures[sig] = known
