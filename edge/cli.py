@@ -71,6 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if ssl_deferred():
         log.info("TLS not loaded: the config has no mqtts://, https:// or [fleet] (saves ~4 MiB of memory)")
+    from .privileges import cap_list, switched
+
+    user = switched()
+    if user is not None:
+        if user.stayed_root_because:
+            log.warning("running as root: %s; keeping %s", user.stayed_root_because, cap_list(user.kept))
+        else:
+            log.info("running as user %s (uid %d) with %s", user.user, user.uid, cap_list(user.kept))
     allocator = os.environ.get("PYTHONMALLOC")
     if allocator == "malloc":
         log.info("objects on glibc's malloc, heap trimmed every 2 s: memory a burst took goes back")
@@ -89,7 +97,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     """`helix gateway`: the central gateway."""
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
-    from uplink.gateway import serve_gateway
+    try:
+        from uplink.gateway import serve_gateway
+    except ImportError as e:  # a node's install: the gateway's dependencies are an extra
+        log.error("helix gateway needs %s, which this installation lacks: pip install 'helix-edge[gateway]'", e.name)
+        return 2
     return _run_until_signal(lambda stop: serve_gateway(cfg, stop))
 
 

@@ -9,6 +9,7 @@ import errno
 import os
 import resource
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import Config, load_config
@@ -27,6 +28,62 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+
+
+def _capabilities() -> Check:
+    from .privileges import (CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, cap_list, in_container,
+                             read_caps, switched)
+    caps, uid = read_caps(), os.geteuid()
+    admin = caps.has(CAP_SYS_ADMIN)  # stands in for CAP_BPF and CAP_PERFMON
+    need = {CAP_BPF: caps.has(CAP_BPF) or admin, CAP_PERFMON: caps.has(CAP_PERFMON) or admin,
+            CAP_DAC_READ_SEARCH: caps.has(CAP_DAC_READ_SEARCH) or uid == 0}
+    shown = sum(1 << c for c in (CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN))
+    detail = f"{_who(uid)} with {cap_list(caps.effective & shown)}"
+    missing = [c for c, ok in need.items() if not ok]
+    if not missing:
+        return Check("capabilities", True, detail)
+    detail += f"; lacks {cap_list(sum(1 << c for c in missing))}"
+    if not in_container():
+        return Check("capabilities", False, detail, "run the agent as root, or as the systemd unit in firmware-configs/ "
+                     "does: AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_DAC_READ_SEARCH CAP_SYS_RESOURCE")
+    granted = caps.bounding | (caps.bounding >> CAP_SYS_ADMIN & 1) * ((1 << CAP_BPF) | (1 << CAP_PERFMON))
+    flags = [f"--cap-add {cap_list(1 << c)[4:]}" for c in missing if not granted >> c & 1]
+    if _cap_last() < CAP_BPF:  # this kernel predates CAP_BPF: CAP_SYS_ADMIN is the only way
+        flags = ["--cap-add SYS_ADMIN" if f in ("--cap-add BPF", "--cap-add PERFMON") else f for f in flags]
+    fix = f"run the container with {' '.join(dict.fromkeys(flags))}" if flags else ""
+    if any(f in flags for f in ("--cap-add BPF", "--cap-add PERFMON")):
+        fix += " (Docker >= 23, podman; Docker 20.10 rejects BPF and PERFMON: --cap-add SYS_ADMIN instead)"
+    as_user = uid != 0 and switched() is None
+    if as_user:
+        fix += ("; and " if fix else "the container has them, but the engine gives capabilities to root only: run it ")
+        fix += "with --user 0 (helix then switches to user helix, keeping only these; leave it SETUID and SETGID)"
+    fix += f"; or, instead, --privileged{' --user 0' if as_user else ''}"
+    return Check("capabilities", False, detail + " (in a container)", fix)
+
+
+def _who(uid: int) -> str:
+    from .privileges import switched
+    user = switched()
+    if user is None:
+        return f"uid {uid}"
+    if user.stayed_root_because:
+        return f"root ({user.stayed_root_because})"
+    return f"user {user.user} (uid {user.uid}, switched from root)"
+
+
+def _cap_last() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        return 40
+
+
+def _pid_namespace() -> Check:
+    from .privileges import in_host_pid_namespace
+    if in_host_pid_namespace():
+        return Check("pid namespace", True, "the host's: kernel events' process ids are this process's")
+    return Check("pid namespace", False, "a container's own: the probes report host process ids, so the agent "
+                 "would trace its own traffic and name no process", "run the container with --pid=host")
 
 
 def _btf() -> Check:
@@ -132,7 +189,7 @@ def run_checks(cfg: Config | None = None) -> list[Check]:
     """Run every check in order; never raises."""
     cfg = cfg or Config()
     checks: list[Check] = []
-    steps: list[Any] = [_btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf, _memlock, lambda: _load(cfg)]
+    steps: list[Any] = [_capabilities, _pid_namespace, _btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf, _memlock, lambda: _load(cfg)]
     for step in steps:
         try:
             result = step()

@@ -31,11 +31,24 @@ def _prepare_agent(argv: list[str]) -> None:
         defer_ssl()
 
 
+def _drop_root() -> None:
+    from .errors import HelixError
+    from .privileges import switch_user_from_env
+
+    try:
+        switch_user_from_env()
+    except (HelixError, OSError) as e:
+        print(f"helix: cannot switch to $HELIX_USER: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> int:
     """Run the `helix` command."""
     argv = sys.argv[1:]
     if argv[:1] == ["run"]:
         _prepare_agent(argv[1:])
+    if argv[:1] in (["run"], ["doctor"]):
+        _drop_root()  # after the allocator's restart: the process that runs is the one that drops root
     from .cli import main as cli_main
 
     return cli_main()

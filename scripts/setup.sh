@@ -11,6 +11,8 @@ APT_PACKAGES=(
   nginx-light curl                     # real third-party traffic in the probe tests
   python3 python3-venv python3-dev     # the agent's runtime
   zstd iproute2 ca-certificates
+  gcc libmosquitto-dev libclang-rt-14-dev        # C device SDK: examples, sanitizer and libFuzzer builds
+  gcc-arm-none-eabi libnewlib-arm-none-eabi      # C device SDK: the Cortex-M4 build and its size
 )
 
 as_root() {
@@ -36,4 +38,14 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "setup: installing helix-edge (editable) with its test extra"
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# MicroPython's WebAssembly port, to run the MicroPython device SDK in its tests (Node.js runs it).
+MICROPYTHON_NPM=@micropython/micropython-webassembly-pyscript@1.27.0
+if [ -f .cache/npm/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs ]; then :
+elif command -v npm >/dev/null; then
+  echo "setup: installing $MICROPYTHON_NPM into .cache/npm"
+  npm install --prefix .cache/npm --no-save --no-audit --no-fund --silent "$MICROPYTHON_NPM" >/dev/null
+else
+  echo "setup: npm not found: the MicroPython SDK tests will be skipped (install Node.js to run them)"
+fi
 echo "setup: done. Try: .venv/bin/helix --help"

@@ -111,6 +111,14 @@ def health_metrics(agent: Any) -> ResourceMetrics:
             _gauge("helix.agent.memory.pressure", "Memory in use as a fraction of the budget", gov["pressure"], unit="1"),
             _sum("helix.agent.memory.actions", "Memory governor actions, by step", gov["actions"], "step", "{action}"),
         ]
+    mqtt = st.get("mqtt")
+    if mqtt:
+        metrics.append(_sum("helix.agent.mqtt.messages.missing",
+                            "Device span messages that never arrived (gaps in the devices' sequence numbers)",
+                            mqtt.get("missing_messages", 0), unit="{message}"))
+        if mqtt.get("device_cut"):
+            metrics.append(_sum("helix.agent.mqtt.device.cut", "What devices cut to fit their buffers, by kind",
+                                mqtt["device_cut"], "kind", "{item}"))
     kernel = st.get("kernel") or {}
     metrics.append(_sum("helix.agent.kernel.lost_events", "Kernel records lost because the ring buffer was full",
                         int(kernel.get("lost_events", 0) or 0), unit="{event}"))

@@ -61,6 +61,14 @@ class EnvKey:
     RESOURCE = 1
     SCOPE = 2
     SPANS = 3
+    SEQ = 4
+    CUT = 5
+    RUN = 6
+
+
+# Envelope key 5: what the device cut to fit its buffers, by kind (docs/sdk-cbor-schema.md).
+CUT_KINDS = {1: "spans", 2: "attributes", 3: "events", 4: "strings"}
+MAX_SEQ = 2**32 - 1
 
 
 @dataclass(slots=True)
@@ -69,6 +77,9 @@ class DecodedPayload:
 
     spans: list[Span] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    seq: int | None = None  # the device's message sequence number, when it sends one
+    run: int | None = None  # the device's run id: drawn at each start, so a restart is told from a late message
+    cut: dict[str, int] = field(default_factory=dict)  # what the device cut to fit, by kind
 
 
 def _check_value(v: Any, where: str, depth: int = 0) -> AttrValue:
@@ -226,8 +237,9 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
                 raise DecodeError("scope (key 2) must be [name, version?]")
             scope = Scope(sc[0], sc[1] if len(sc) > 1 else "")
         spans_raw = doc.get(EnvKey.SPANS)
+        seq, run, cut = _seq_and_cut(doc)
     elif isinstance(doc, list):
-        spans_raw = doc
+        spans_raw, seq, run, cut = doc, None, None, {}
     else:
         raise DecodeError(f"payload must be an envelope map or an array of spans, got {type(doc).__name__}")
     if not isinstance(spans_raw, list):
@@ -235,7 +247,7 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
     if len(spans_raw) > MAX_SPANS_PER_MESSAGE:
         raise DecodeError(f"more than {MAX_SPANS_PER_MESSAGE} spans in one message")
     resource = Resource.of({**default_resource, **res_attrs})
-    out = DecodedPayload()
+    out = DecodedPayload(seq=seq, run=run, cut=cut)
     ids: dict[bytes, bytes] = {}  # one copy of each trace id and span id in the message (parents repeat them)
     for i, m in enumerate(spans_raw):
         try:
@@ -245,6 +257,26 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
         except DecodeError as e:
             out.errors.append(str(e))
     return out
+
+
+def _uint32(doc: dict[Any, Any], key: int, name: str) -> int | None:
+    v = doc.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEQ):
+        raise DecodeError(f"{name} (key {key}) must be an unsigned 32-bit integer")
+    return v
+
+
+def _seq_and_cut(doc: dict[Any, Any]) -> tuple[int | None, int | None, dict[str, int]]:
+    seq = _uint32(doc, EnvKey.SEQ, "seq")
+    run = _uint32(doc, EnvKey.RUN, "run")
+    raw = doc.get(EnvKey.CUT)
+    if raw is None:
+        return seq, run, {}
+    if not isinstance(raw, dict) or len(raw) > len(CUT_KINDS) or not all(
+            k in CUT_KINDS and not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= MAX_SEQ
+            for k, v in raw.items()):
+        raise DecodeError("cut counts (key 5) must map 1-4 to unsigned 32-bit integers")
+    return seq, run, {CUT_KINDS[k]: v for k, v in raw.items() if v}
 
 
 def span_to_map(span: Span, omit_trace: bool = False) -> dict[int, Any]:
@@ -275,10 +307,15 @@ def span_to_map(span: Span, omit_trace: bool = False) -> dict[int, Any]:
     return m
 
 
-def encode_payload(spans: list[Span], resource: Attributes, scope: Scope | None = None) -> bytes:
-    """Encode spans of one resource as an envelope map."""
+def encode_payload(spans: list[Span], resource: Attributes, scope: Scope | None = None,
+                   seq: int | None = None, run: int | None = None) -> bytes:
+    """Encode spans of one resource as an envelope map (with the device's run id and message number if given)."""
     env: dict[int, Any] = {EnvKey.VERSION: SCHEMA_VERSION, EnvKey.RESOURCE: resource,
                            EnvKey.SPANS: [span_to_map(s) for s in spans]}
     if scope is not None and scope.name:
         env[EnvKey.SCOPE] = [scope.name, scope.version] if scope.version else [scope.name]
+    if seq is not None:
+        env[EnvKey.SEQ] = seq & MAX_SEQ
+    if run is not None:
+        env[EnvKey.RUN] = run & MAX_SEQ
     return cbor2.dumps(env)

@@ -16,7 +16,7 @@ from ..model import Source, Span
 from ..sdk.mqtt_context import extract
 from ..ratelimit import RateLimitedLog
 
-__all__ = ["MqttSdkSource", "MqttSourceStats", "device_id_from_topic"]
+__all__ = ["MqttSdkSource", "MqttSourceStats", "SequenceGaps", "device_id_from_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ HasRoom = Callable[[int], bool]
 # queue, its limits), not this process.
 RECEIVE_MAXIMUM = 32
 _ROOM_WAIT_S = 30.0  # longest a message waits for inbox room before it is offered anyway (and counted if refused)
+# Devices whose last message sequence number is remembered; past this the least recently heard is forgotten (a
+# forgotten device's next message starts it again, with no gap counted). ~200 B each.
+MAX_SEQ_DEVICES = 1024
+_SEQ_MOD = 2**32
 
 
 @dataclass(slots=True)
@@ -41,6 +45,66 @@ class MqttSourceStats:
     reconnects: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {"oversize": 0, "not_cbor": 0, "bad_span": 0,
                                                               "bad_traceparent": 0, "inbox_full": 0})
+    missing_messages: int = 0  # device messages that never arrived, from gaps in their sequence numbers
+    device_restarts: int = 0  # sequences that started again (a device restart)
+    seq_devices_forgotten: int = 0  # devices dropped from the sequence table when it was full
+    device_cut: dict[str, int] = field(default_factory=dict)  # what devices cut to fit their buffers, by kind
+
+
+class SequenceGaps:
+    """Per-device message sequence numbers (envelope keys 4 and 6): counts the messages that never arrived.
+
+    A device numbers its span messages 0, 1, 2, ... from its start (modulo 2**32) and, with key 6, names each
+    start with a random run id. Per device the current run, the one before it and the highest number seen are
+    kept. Within a run a number ahead of the next expected counts the numbers skipped as missing; one at or
+    behind the highest is a redelivery or a late message and counts nothing. A new run is a restart: the numbers
+    before its first one (0..seq-1) count as missing; a message of the previous run arriving late counts nothing.
+    Without a run id a lower number is taken as a restart. A device heard for the first time, or again after
+    being forgotten from the full table, starts its count there.
+    """
+
+    __slots__ = ("_last", "_stats", "max_devices")
+
+    def __init__(self, stats: MqttSourceStats, max_devices: int = MAX_SEQ_DEVICES) -> None:
+        self._last: dict[str, tuple[int | None, int | None, int]] = {}  # device -> (run, previous run, highest)
+        self._stats = stats
+        self.max_devices = max_devices
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def observe(self, device: str, seq: int, run: int | None = None) -> int:
+        """Record one message's number; returns how many messages this one shows missing."""
+        known = self._last.pop(device, None)  # popped and re-inserted: the dict's order is least recently heard
+        if known is None:
+            if len(self._last) >= self.max_devices:
+                del self._last[next(iter(self._last))]
+                self._stats.seq_devices_forgotten += 1
+            self._last[device] = (run, None, seq)
+            return 0
+        cur_run, prev_run, last = known
+        ahead = (seq - last) % _SEQ_MOD
+        if run is not None and run != cur_run:
+            if run == prev_run:  # a late message of the run before the restart
+                self._last[device] = known
+                return 0
+            restarted = True
+        elif run is None:
+            restarted = seq < last and not (last == _SEQ_MOD - 1 and seq == 0)
+        else:
+            restarted = False
+        if restarted:
+            self._stats.device_restarts += 1
+            self._last[device] = (run, cur_run, seq)
+            missing = seq
+        elif ahead == 0 or ahead >= _SEQ_MOD // 2:  # a redelivery, or a message overtaken by a newer one
+            self._last[device] = known
+            return 0
+        else:
+            self._last[device] = (cur_run, prev_run, seq)
+            missing = ahead - 1
+        self._stats.missing_messages += missing
+        return missing
 
 
 def device_id_from_topic(topic: str, pattern: str) -> str:
@@ -66,6 +130,7 @@ class MqttSdkSource:
         self.room_changed = room_changed
         self.host_name = host_name
         self.stats = MqttSourceStats()
+        self.sequences = SequenceGaps(self.stats)
         self._warn = RateLimitedLog(log, interval_s=10.0)
         self.ready = asyncio.Event()
 
@@ -158,4 +223,11 @@ class MqttSdkSource:
         if decoded.errors:
             self.stats.dropped["bad_span"] += len(decoded.errors)
             self._warn.warning("dropped %d span(s) from %s: %s", len(decoded.errors), topic, decoded.errors[0])
+        if decoded.seq is not None:
+            missing = self.sequences.observe(device or topic, decoded.seq, decoded.run)
+            if missing:
+                self._warn.warning("%d message(s) from device %s never arrived (sequence gap before %d)",
+                                   missing, device or topic, decoded.seq)
+        for kind, n in decoded.cut.items():
+            self.stats.device_cut[kind] = self.stats.device_cut.get(kind, 0) + n
         return decoded.spans

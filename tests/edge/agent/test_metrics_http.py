@@ -121,3 +121,46 @@ def test_the_grpc_receivers_backpressure_is_exported() -> None:
     got = {p.attributes["event"]: p.value for p in family.points}
     assert got == {"waited": 7, "refused_busy": 0, "protocol_errors": 2, "stalled_streams": 0,
                    "refused_connections": 0}
+
+
+async def test_device_messages_lost_before_the_agent_show_in_metrics_and_status(mosquitto: Mosquitto) -> None:
+    import paho.mqtt.client as mqtt
+
+    from edge.codec.sdk_cbor import encode_payload
+    from edge.model import Span, new_span_id, new_trace_id
+
+    port = free_port()
+    cfg = parse_config({
+        "node": {"id": "seq-node"},
+        "sources": {"mqtt": {"broker": mosquitto.url}, "otlp": {"grpc_listen": "", "http_listen": ""},
+                    "ebpf": {"enabled": False}},
+        "uplink": {"broker": mosquitto.url, "spool_dir": ""},
+        "metrics": {"listen": f"127.0.0.1:{port}"},
+    })
+    agent = Agent(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="seq-dev", protocol=mqtt.MQTTv5)
+    try:
+        await asyncio.wait_for(agent.started.wait(), 10)
+        await asyncio.wait_for(agent.mqtt.ready.wait(), 10)
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        # A device's messages 0, 1, 4 arrive (2 and 3 lost on the way); then it restarts and sends 0.
+        for seq in (0, 1, 4, 0):
+            payload = encode_payload([Span(new_trace_id(), new_span_id(), "tick", 1, 2)], {}, seq=seq)
+            pub.publish("helix/sdk/meter-9/spans", payload, qos=1).wait_for_publish(5)
+        await _until(lambda: agent.status()["mqtt"]["messages"] == 4)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+        st = agent.status()["mqtt"]
+    finally:
+        pub.loop_stop()
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    assert st["missing_messages"] == 2 and st["device_restarts"] == 1
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    missing = families["helix_agent_mqtt_messages_missing"]
+    assert missing.type == "counter"
+    assert [s.value for s in missing.samples if s.name.endswith("_total")] == [2]

@@ -109,3 +109,24 @@ def test_round_trip_property(attrs: dict, name: str, start: int, dur: int) -> No
     s = _span(name=name, start_ns=start, end_ns=start + dur, attributes=attrs)
     (got,) = decode_payload(encode_payload([s], {"service.name": "d"}), {}).spans
     assert got.attributes == attrs and got.name == name and got.end_ns == start + dur
+
+
+def test_sequence_number_and_cut_counts_are_optional() -> None:
+    s = _span()
+    old = decode_payload(encode_payload([s], {}), {})  # a message of the first version, without key 4 or 5
+    assert old.seq is None and old.cut == {} and old.spans[0].span_id == s.span_id
+    env = cbor2.loads(encode_payload([s], {}, seq=41))
+    assert env[4] == 41
+    env[5] = {1: 0, 2: 3, 4: 1}
+    out = decode_payload(cbor2.dumps(env), {})
+    assert out.seq == 41 and out.cut == {"attributes": 3, "strings": 1} and len(out.spans) == 1
+    assert decode_payload(cbor2.dumps([span_to_map(s)]), {}).seq is None
+
+
+@pytest.mark.parametrize("bad", [{4: -1}, {4: 2**32}, {4: "7"}, {4: True}, {5: {9: 1}}, {5: {1: -1}}, {5: [1]},
+                                 {5: {1: 2**64}}])
+def test_bad_sequence_or_cut_counts_refuse_the_message(bad: dict) -> None:
+    env = cbor2.loads(encode_payload([_span()], {}))
+    env.update(bad)
+    with pytest.raises(DecodeError):
+        decode_payload(cbor2.dumps(env), {})

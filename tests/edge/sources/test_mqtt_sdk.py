@@ -120,3 +120,58 @@ async def test_a_full_inbox_holds_messages_at_the_broker_and_loses_none(mosquitt
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_sequence_gaps_follow_the_documented_rule() -> None:
+    from edge.sources.mqtt_sdk import MqttSourceStats, SequenceGaps
+
+    stats = MqttSourceStats()
+    gaps = SequenceGaps(stats, max_devices=3)
+    assert [gaps.observe("a", n) for n in (5, 6, 7)] == [0, 0, 0]  # first heard mid-run: no gap
+    assert gaps.observe("a", 7) == 0  # a QoS 1 redelivery
+    assert gaps.observe("a", 10) == 2  # 8 and 9 never came
+    assert gaps.observe("a", 0) == 0 and stats.device_restarts == 1  # restarted: not a gap
+    assert gaps.observe("a", 3) == 2  # 1 and 2 of the new run lost
+    assert gaps.observe("a", 1) == 1 and stats.device_restarts == 2  # restarted again, its 0 lost
+    assert gaps.observe("b", 2**32 - 1) == 0 and gaps.observe("b", 0) == 0  # wraps, no restart
+    assert gaps.observe("b", 2) == 1
+    assert stats.missing_messages == 6 and stats.device_restarts == 2
+    gaps.observe("c", 0)
+    gaps.observe("a", 2)  # heard: "b" is now the least recently heard
+    gaps.observe("d", 0)
+    assert len(gaps) == 3 and stats.seq_devices_forgotten == 1
+    assert gaps.observe("b", 9) == 0  # forgotten: starts again without a gap
+    assert gaps.observe("a", 4) == 1  # remembered through the evictions
+
+
+def test_run_ids_tell_a_restart_from_a_late_or_redelivered_message() -> None:
+    from edge.sources.mqtt_sdk import MqttSourceStats, SequenceGaps
+
+    stats = MqttSourceStats()
+    gaps = SequenceGaps(stats)
+    assert [gaps.observe("a", n, run=77) for n in (0, 1, 2, 3)] == [0, 0, 0, 0]
+    # After a reconnect the broker redelivers 1..3 that were handled but not acknowledged: no restart, no gap.
+    assert [gaps.observe("a", n, run=77) for n in (1, 2, 3, 4)] == [0, 0, 0, 0]
+    assert stats.device_restarts == 0 and stats.missing_messages == 0
+    assert gaps.observe("a", 7, run=77) == 2  # 5 and 6 never came
+    assert gaps.observe("a", 6, run=77) == 0  # overtaken, not missing twice
+    assert gaps.observe("a", 1, run=91) == 1 and stats.device_restarts == 1  # restarted; its 0 lost
+    assert gaps.observe("a", 8, run=77) == 0 and stats.device_restarts == 1  # a late message of the old run
+    assert gaps.observe("a", 2, run=91) == 0
+    assert stats.missing_messages == 3
+
+
+async def test_missing_messages_are_counted_per_device(source, mosquitto: Mosquitto) -> None:
+    src, got = source
+
+    def msg(seq: int, name: str) -> bytes:
+        env = cbor2.loads(encode_payload([Span(new_trace_id(), new_span_id(), name, 1, 2)], {}))
+        env[4] = seq
+        return cbor2.dumps(env)
+
+    for topic, seq in [("helix/sdk/s1/spans", 0), ("helix/sdk/s2/spans", 7), ("helix/sdk/s1/spans", 1),
+                       ("helix/sdk/s1/spans", 4), ("helix/sdk/s2/spans", 8), ("helix/sdk/s1/spans", 0)]:
+        await asyncio.to_thread(_pub, mosquitto.port, topic, msg(seq, f"{topic}:{seq}"))
+    await _wait(lambda: src.stats.messages == 6)
+    assert src.stats.missing_messages == 2 and src.stats.device_restarts == 1
+    assert sum(len(spans) for spans, _ in got) == 6  # counting gaps drops nothing
