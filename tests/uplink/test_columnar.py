@@ -1,0 +1,231 @@
+"""The columnar batch format (version 3): exact round trips with and without a learned table set, and clean refusals
+of hostile input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cbor2
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench._workload import realistic_spans
+from bench.corpus import load_all
+from edge.errors import DecodeError
+from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from uplink import columnar
+from uplink.columnar import HEADER_SIZE, UnknownTableSet, decode, encode, read_header
+from uplink.dictionary import EMPTY, NO_TABLES, TableSet
+from uplink.wire import encode_batch
+
+MAX = 16 * 1024 * 1024
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "demo-apps-sample"
+
+# Values the span model holds, including the awkward ones: -0.0, 64-bit extremes, nesting, bytes, empty keys.
+_key = st.sampled_from(["http.method", "peer", "n", "", "ünïcode"]) | st.text(max_size=8)
+_scalar = (st.text(max_size=10) | st.sampled_from(["GET", "POST", "200"]) | st.booleans()
+           | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats(allow_nan=False) | st.binary(max_size=10))
+_value = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                          max_size=3), max_leaves=6)
+_attrs = st.dictionaries(_key, _value, max_size=5)
+# Clocks of every precision: nanoseconds, microseconds, milliseconds, and zero.
+_time = st.one_of(st.integers(min_value=0, max_value=2**63), st.integers(0, 2**40).map(lambda t: t * 1000),
+                  st.integers(0, 2**30).map(lambda t: t * 1_000_000), st.just(0))
+_resource = (st.sampled_from([Resource(), Resource.of({"service.name": "a", "host.name": "h"})])
+             | st.builds(Resource.of, _attrs))
+
+
+@st.composite
+def _spans(draw: st.DrawFn) -> list[Span]:
+    ids = draw(st.lists(st.binary(min_size=8, max_size=8), min_size=1, max_size=6))
+    traces = [b"\x01" * 16, b"\x02" * 16, draw(st.binary(max_size=20))]
+    out = []
+    for _ in range(draw(st.integers(0, 10))):
+        start = draw(_time)
+        out.append(Span(
+            trace_id=draw(st.sampled_from(traces)),
+            span_id=draw(st.sampled_from(ids) | st.binary(max_size=9)),
+            name=draw(st.sampled_from(["GET /", "SELECT"]) | st.text(max_size=8)),
+            start_ns=start,
+            end_ns=draw(st.just(start) | _time | st.integers(0, 10**6).map(lambda d: start + d * 1000)),
+            parent_span_id=draw(st.just(b"") | st.sampled_from(ids) | st.binary(max_size=10)),
+            kind=draw(st.sampled_from(list(SpanKind))),
+            status_code=draw(st.sampled_from(list(StatusCode))),
+            status_message=draw(st.just("") | st.text(max_size=8)),
+            attributes=draw(_attrs),
+            events=draw(st.lists(st.builds(Event, st.text(max_size=6), _time, _attrs), max_size=3)),
+            links=draw(st.lists(st.builds(Link, st.sampled_from(traces) | st.binary(max_size=17), st.binary(max_size=9),
+                                          st.text(max_size=6), _attrs), max_size=2)),
+            resource=draw(_resource),
+            scope=draw(st.builds(Scope, st.text(max_size=6), st.text(max_size=4))),
+            source=draw(st.sampled_from(list(Source))),
+            trace_state=draw(st.just("") | st.text(max_size=8)),
+            flags=draw(st.integers(min_value=0, max_value=2**32)),
+        ))
+    return out
+
+
+def _exact(a: list[Span], b: list[Span]) -> bool:
+    # repr tells True from 1 and 1.0 from 1 and shows dict order, which == does not.
+    return a == b and repr(a) == repr(b)
+
+
+def _round_trip(spans: list[Span], tables: TableSet) -> list[Span]:
+    data = encode(spans, "node-1", 7, tables, created_ns=123)
+    batch = decode(data, tables, MAX)
+    assert (batch.node_id, batch.seq, batch.created_ns, batch.table_id) == ("node-1", 7, 123, tables.id)
+    return batch.spans
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_spans(), _spans())
+def test_round_trip_is_exact_cold_and_with_tables_learned_from_other_spans(spans: list[Span],
+                                                                          earlier: list[Span]) -> None:
+    assert _exact(_round_trip(spans, EMPTY), spans)
+    tables = columnar.learn(earlier + spans, node_id="node-1", created_ns=1)
+    assert _exact(_round_trip(spans, tables), spans)
+
+
+def test_every_span_of_the_corpus_sample_round_trips() -> None:
+    for name, spans in load_all(SAMPLE).items():
+        tables = columnar.learn(spans[: len(spans) // 2], node_id="n", created_ns=1)
+        for size in (1, 7, 32, 512):
+            for i in range(0, len(spans), size):
+                batch = spans[i:i + size]
+                assert _exact(_round_trip(batch, EMPTY), batch), name
+                assert _exact(_round_trip(batch, tables), batch), name
+
+
+def test_learned_tables_shrink_small_batches() -> None:
+    spans = realistic_spans(200, seed=5)
+    tables = columnar.learn(spans[:1100], node_id="n", created_ns=1)
+    later = spans[1100:1100 + 32 * 20]
+    cold = sum(len(encode(later[i:i + 32], "n", i, EMPTY)) for i in range(0, len(later), 32))
+    learned = sum(len(encode(later[i:i + 32], "n", i, tables)) for i in range(0, len(later), 32))
+    assert learned < 0.65 * cold, (learned, cold)
+
+
+def test_microsecond_clocks_get_their_own_unit() -> None:
+    us = Resource.of({"service.name": "jaeger-go"})
+    ns = Resource.of({"service.name": "ebpf"})
+    spans = [Span(b"\x01" * 16, bytes([i]) * 8, "op", 1_700_000_000_123_456_000 + i * 7_000,
+                  1_700_000_000_123_999_000 + i * 9_000, resource=us) for i in range(1, 5)]
+    spans += [Span(b"\x01" * 16, bytes([i]) * 8, "op", 1_700_000_000_123_456_789 + i, 1_700_000_000_124_000_001 + i,
+                   resource=ns) for i in range(5, 8)]
+    raw = columnar.body(spans, "n", 1, EMPTY, created_ns=1)
+    doc = cbor2.loads(raw)
+    assert doc[9] == {0: 1000}  # the microsecond resource's unit; the nanosecond one has none
+    assert _exact(_round_trip(spans, EMPTY), spans)
+
+
+def test_header_names_version_and_table_set() -> None:
+    spans = realistic_spans(3, seed=2)
+    tables = columnar.learn(spans, node_id="n", created_ns=1)
+    data = encode(spans, "n", 1, tables)
+    assert read_header(data) == (3, tables.id) and len(tables.id) == 8 and tables.id != NO_TABLES
+    assert read_header(encode(spans, "n", 1)) == (3, NO_TABLES)
+    with pytest.raises(UnknownTableSet) as e:
+        decode(data, None, MAX)
+    assert e.value.table_id == tables.id and tables.id.hex() in str(e.value)
+    other = columnar.learn(spans[:5], node_id="n", created_ns=2)
+    with pytest.raises(UnknownTableSet):
+        decode(data, other, MAX)
+    # A batch that says "no table set" decodes whatever set the caller holds.
+    assert _exact(decode(encode(spans, "n", 1), other, MAX).spans, spans)
+    # The shipped format is not this one: a clear refusal, not a misreading.
+    with pytest.raises(DecodeError, match="version 2 is not supported here"):
+        decode(encode_batch(spans, "n", 1), tables, MAX)
+
+
+def test_a_frame_is_never_read_with_the_wrong_dictionary() -> None:
+    spans = realistic_spans(20, seed=4)
+    a = columnar.learn(spans[:100], node_id="n", created_ns=1)
+    b = columnar.learn(spans[100:], node_id="n", created_ns=2)
+    data = encode(spans[100:132], "n", 1, a)
+    forged = data[:3] + b.id + data[HEADER_SIZE:]  # the header lies about the set
+    with pytest.raises(DecodeError):
+        decode(forged, b, MAX)
+
+
+def _valid_batch() -> bytes:
+    spans = load_all(SAMPLE)["hotrod-jaeger"]
+    return encode(spans, "n", 1, EMPTY, created_ns=1)
+
+
+def test_every_truncation_is_refused() -> None:
+    data = _valid_batch()
+    for cut in range(len(data)):
+        with pytest.raises(DecodeError):
+            decode(data[:cut], EMPTY, MAX)
+
+
+def test_flipped_bytes_are_refused_by_the_checksum_or_the_checks() -> None:
+    data = _valid_batch()
+    for pos in range(0, len(data), 7):
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        with pytest.raises(DecodeError):
+            decode(bytes(bad), EMPTY, MAX)
+
+
+def _frame(doc: object) -> bytes:
+    """A well-formed batch around any body: what an attacker who knows the format can send."""
+    zc = zstandard.ZstdCompressor(write_content_size=True)
+    return b"HX\x03" + NO_TABLES + zc.compress(cbor2.dumps(doc))
+
+
+def _body(spans: list[Span]) -> list:
+    return cbor2.loads(columnar.body(spans, "n", 1, EMPTY, created_ns=1))
+
+
+_junk = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.binary(max_size=20)
+                     | st.text(max_size=5) | st.floats(), lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.integers(-3, 40) | st.text(max_size=3), inner, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 23), _junk, st.sampled_from(["kiali-bookinfo", "hotrod-jaeger", "ddtrace-py-snapshots"]))
+def test_a_body_with_any_field_replaced_is_decoded_or_refused_never_crashes(field: int, junk: object,
+                                                                            corpus: str) -> None:
+    doc = _body(load_all(SAMPLE)[corpus][:12])
+    doc[field] = junk
+    try:
+        decode(_frame(doc), EMPTY, MAX)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(_junk)
+def test_any_cbor_body_is_refused_cleanly(junk: object) -> None:
+    with pytest.raises(DecodeError):
+        decode(_frame(junk), EMPTY, MAX)
+
+
+def test_sizes_and_counts_are_bounded_before_anything_is_built() -> None:
+    spans = realistic_spans(10, seed=1)
+    data = encode(spans, "n", 1)
+    with pytest.raises(DecodeError, match="over the limit"):
+        decode(data, EMPTY, 100)
+    with pytest.raises(DecodeError, match="span count"):
+        decode(data, EMPTY, MAX, max_spans=len(spans) - 1)
+    doc = _body(spans)
+    doc[3] = 10**9  # a count the columns do not back
+    with pytest.raises(DecodeError):
+        decode(_frame(doc), EMPTY, MAX, max_spans=10**10)
+    # A frame that does not declare its size is refused before it is decompressed (the zip-bomb guard).
+    unsized = b"HX\x03" + NO_TABLES + zstandard.ZstdCompressor(write_content_size=False).compress(b"\x80")
+    with pytest.raises(DecodeError, match="content size"):
+        decode(unsized, EMPTY, MAX)
+    # An event count column cannot ask for more events than its bound.
+    doc = _body(load_all(SAMPLE)["hotrod-jaeger"][:4])
+    doc[22][0] = [10**8, 0, 0, 0]
+    with pytest.raises(DecodeError, match="too many events"):
+        decode(_frame(doc), EMPTY, MAX)
+
+
+def test_batches_above_the_span_limit_are_not_encoded() -> None:
+    span = realistic_spans(1, seed=1)[0]
+    with pytest.raises(ValueError, match="at most"):
+        columnar.body([span] * (columnar.MAX_SPANS + 1), "n", 1)

@@ -1,0 +1,830 @@
+"""The columnar uplink batch (format version 3): spans -> columns referring to a learned table set -> zstd.
+
+Each batch names the table set it was encoded with (uplink/dictionary.py) by its 8-byte id and decodes with that
+set alone: what the set does not hold, the batch carries. Attributes are stored a column per key and value type,
+each text column referring to its key's own value table; ids, times and durations sit in their own planes. The
+layout is specified in docs/uplink-format-v3.md.
+
+Sans-I/O. Decoding treats its input as hostile: the span count and decompressed size are bounded before anything
+is built, and every problem is a DecodeError naming it.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+import zstandard
+
+from edge.errors import DecodeError
+from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+
+from .dictionary import (
+    EMPTY,
+    ID_SIZE,
+    NO_TABLES,
+    T_ANY,
+    T_BOOL,
+    T_BYTES,
+    T_FLOAT,
+    T_INT,
+    T_STR,
+    TYPE_CODES,
+    TableSet,
+    TrainingLimits,
+    check_native,
+    freeze_value,
+    read_prefix,
+    thaw_value,
+    train,
+)
+
+__all__ = [
+    "VERSION",
+    "BODY_FIELDS",
+    "HEADER_SIZE",
+    "MAX_SPANS",
+    "ColumnarBatch",
+    "UnknownTableSet",
+    "encode",
+    "body",
+    "decode",
+    "read_header",
+    "learn",
+]
+
+VERSION = 3
+_MAGIC = b"HX"
+# magic, format version, table-set id (8 zero bytes: none); outside the zstd frame so a gateway knows which
+# dictionary to load before it decompresses.
+_HEADER = struct.Struct(f">2sB{ID_SIZE}s")
+HEADER_SIZE = _HEADER.size
+MAX_SPANS = 1 << 16  # per batch; nodes send at most a few thousand
+MAX_EVENTS_PER_SPAN = 1024  # on average over a batch, bounds what a hostile count column can ask for
+_MAX_DEPTH = 32
+_MAX_TIME_WIDTH = 16
+_MAX_UNIT = 1 << 64
+
+# Fixed codes for Source in the packed byte, as in format version 2.
+_SOURCES: tuple[Source, ...] = (Source.SDK_OTLP, Source.SDK_MQTT, Source.EBPF)
+assert set(_SOURCES) == set(Source), "every Source needs a wire code in uplink/columnar.py"
+
+# Keys of the sparse per-span extras map.
+_X_STATUS_MESSAGE, _X_LINKS, _X_TRACE_STATE, _X_FLAGS = 1, 2, 3, 4
+
+# Body fields, in order (docs/uplink-format-v3.md, "Body").
+BODY_FIELDS = ("node_id", "seq", "created_ns", "n", "span_ids", "trace_ids", "trace_column", "parent_column", "packed",
+               "time_units", "base", "starts", "ends", "names", "new_resources", "resource_column", "new_scopes",
+               "scope_column", "new_keys", "new_shapes", "shape_column", "attribute_columns", "events", "extras")
+_N_FIELDS = len(BODY_FIELDS)
+
+
+class UnknownTableSet(DecodeError):
+    """The batch names a table set the caller did not supply; `table_id` says which one to fetch."""
+
+    def __init__(self, table_id: bytes) -> None:
+        self.table_id = table_id
+        super().__init__(f"uplink batch needs table set {table_id.hex()}, which this gateway does not hold")
+
+
+@dataclass(slots=True)
+class ColumnarBatch:
+    """One decoded batch of format version 3."""
+
+    node_id: str
+    seq: int
+    created_ns: int
+    table_id: bytes
+    spans: list[Span] = field(default_factory=list)
+    version: int = VERSION
+
+
+# ---------------------------------------------------------------------------------------------------- encoding
+
+class _Domain:
+    """References into one table: the table set's entries first, then the batch's new ones in order of first use."""
+
+    __slots__ = ("learned", "base", "new", "index")
+
+    def __init__(self, learned: dict[Any, int]) -> None:
+        self.learned = learned
+        self.base = len(learned)
+        self.new: list[Any] = []
+        self.index: dict[Any, int] = {}
+
+    def ref(self, x: Any) -> int:
+        r = self.learned.get(x)
+        if r is None:
+            r = self.index.get(x)
+            if r is None:
+                r = self.index[x] = self.base + len(self.new)
+                self.new.append(x)
+        return r
+
+
+def _text_refs(values: Sequence[str], learned: dict[str, int]) -> list[Any]:
+    """A text column as [new texts, references]: 0 takes the next new text, k > 0 is entry k - 1 of the table (the
+    learned entries, then the new ones). `learned` maps a text to its reference (index + 1)."""
+    refs = list(map(learned.get, values))
+    if None not in refs:
+        return [[], refs]
+    new: list[str] = []
+    seen: dict[str, int] = {}
+    base = len(learned) + 1
+    for i, r in enumerate(refs):
+        if r is None:
+            v = values[i]
+            r = seen.get(v)
+            if r is None:
+                seen[v] = base + len(new)
+                new.append(v)
+                r = 0
+            refs[i] = r
+    return [new, refs]
+
+
+def _native(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_native(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _native(x) for k, x in v.items()}
+    return v
+
+
+def _planes(zs: list[int]) -> bytes:
+    """Non-negative integers at one fixed width, most significant byte of every value first (byte planes)."""
+    width = max(1, (max(zs, default=0).bit_length() + 7) // 8)
+    if width == 1:
+        return bytes(zs)
+    raw = b"".join([z.to_bytes(width, "big") for z in zs])
+    return b"".join([raw[k::width] for k in range(width)])
+
+
+def _zigzag(values: list[int]) -> list[int]:
+    return [v << 1 if v >= 0 else ((-v) << 1) - 1 for v in values]
+
+
+class _Attributes:
+    """Attribute lists of one batch as shapes and columns (shared by spans, events and new resources)."""
+
+    __slots__ = ("keys", "shapes", "idx", "sig_ref", "shape_cids", "rows", "columns")
+
+    def __init__(self, keys: _Domain, shapes: _Domain, idx: Any) -> None:
+        self.keys = keys
+        self.shapes = shapes
+        self.idx = idx
+        self.sig_ref: dict[tuple[tuple[str, ...], tuple[type, ...]], int] = {}
+        self.shape_cids: dict[int, tuple[tuple[str, int], ...]] = {}
+        self.rows: dict[int, list[tuple[Any, ...]]] = {}  # shape -> value rows, in order of the shape's first use
+        self.columns: dict[tuple[str, int], list[Any]] = {}
+
+    def add(self, ks: tuple[str, ...], vals: tuple[Any, ...]) -> int:
+        """Record one attribute list; return its shape reference."""
+        sig = (ks, tuple(map(type, vals)))
+        ref = self.sig_ref.get(sig)
+        if ref is None:
+            ref = self._shape(sig)
+        rows = self.rows.get(ref)
+        if rows is None:
+            rows = self.rows[ref] = []
+        rows.append(vals)
+        return ref
+
+    def _shape(self, sig: tuple[tuple[str, ...], tuple[type, ...]]) -> int:
+        # The table set remembers what it found for a signature, across batches: most are learned shapes.
+        known = self.idx.signatures.get(sig)
+        if known is None:
+            ks, types = sig
+            codes = tuple([TYPE_CODES.get(t, T_ANY) for t in types])
+            known = (self.idx.shapes.get((ks, codes)), codes, tuple(zip(ks, codes)))
+            if len(self.idx.signatures) < _MAX_SIGNATURES:
+                self.idx.signatures[sig] = known
+        ref, codes, cids = known
+        if ref is None:
+            for k in sig[0]:
+                self.keys.ref(k)
+            ref = self.shapes.ref((sig[0], codes))
+        self.sig_ref[sig] = ref
+        self.shape_cids[ref] = cids
+        return ref
+
+    def body(self) -> list[Any]:
+        """The columns, in order of first use over shapes in order of first use; each holds, shape by shape, the
+        values of the lists of that shape in order."""
+        columns = self.columns
+        for ref, rows in self.rows.items():
+            cids = self.shape_cids[ref]
+            if not cids:
+                continue
+            for cid, vals in zip(cids, zip(*rows)):
+                col = columns.get(cid)
+                if col is None:
+                    columns[cid] = list(vals)
+                else:
+                    col.extend(vals)
+        out: list[Any] = []
+        values = self.idx.values
+        for (key, ty), vals in columns.items():
+            if ty == T_STR:
+                out.append(_text_refs(vals, values.get(key, _NO_VALUES)))
+            elif ty == T_FLOAT:
+                out.append(_float_planes(vals))
+            elif ty == T_ANY:
+                out.append([_native(v) for v in vals])
+            else:
+                out.append(vals)
+        return out
+
+
+_NO_VALUES: dict[str, int] = {}
+_MAX_SIGNATURES = 4096  # attribute signatures a table set remembers for the encoder
+
+
+def _float_planes(vals: list[float]) -> bytes:
+    raw = struct.pack(f">{len(vals)}d", *vals)
+    return b"".join([raw[k::8] for k in range(8)])
+
+
+def _time_parents(parents: list[int | None]) -> list[int | None]:
+    """Per span, the in-batch parent its times are relative to: its parent, when following parents from there ends
+    at a span without one (ids can form a cycle in bad data); None makes the span an anchor."""
+    n = len(parents)
+    state = bytearray(n)  # 0 unknown, 1 chain ends at a root, 2 chain loops, 3 on the path being walked
+    for i in range(n):
+        if state[i]:
+            continue
+        path = []
+        j: int | None = i
+        while j is not None and not state[j]:
+            state[j] = 3
+            path.append(j)
+            j = parents[j]
+        verdict = 1 if j is None or state[j] == 1 else 2
+        for k in path:
+            state[k] = verdict
+    return [p if p is not None and state[p] == 1 else None for p in parents]
+
+
+def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
+         created_ns: int | None = None) -> bytes:
+    """The CBOR body of a batch before compression (what a table set's zstd dictionary is trained on)."""
+    n = len(spans)
+    if n > MAX_SPANS:
+        raise ValueError(f"a batch holds at most {MAX_SPANS} spans, got {n}")
+    idx = tables.encoder_index()
+    created = time.time_ns() if created_ns is None else created_ns
+
+    keys = _Domain(idx.keys)
+    shapes = _Domain(idx.shapes)
+    scopes = _Domain(idx.scopes)
+    resources = _Domain(idx.resources)
+    attrs = _Attributes(keys, shapes, idx)
+
+    first_index: dict[bytes, int] = {}
+    for i, s in enumerate(spans):
+        first_index.setdefault(s.span_id, i)
+    parents = [first_index.get(s.parent_span_id) if s.parent_span_id else None for s in spans]
+
+    # Trace ids: a table of the distinct 16-byte ids, and per span the step from the previous span's entry.
+    trace_index: dict[bytes, int] = {}
+    for s in spans:
+        if len(s.trace_id) == 16:
+            trace_index.setdefault(s.trace_id, len(trace_index))
+    trace_refs = [trace_index.get(s.trace_id, -1) for s in spans]
+    trace_col: list[Any] = []
+    prev_trace = 0
+    for s, t in zip(spans, trace_refs):
+        if t < 0:
+            trace_col.append(bytes(s.trace_id))
+        else:
+            trace_col.append(t - prev_trace)  # neighbours usually share a trace: mostly 0
+            prev_trace = t
+    parent_col = [p - i if p is not None else (bytes(s.parent_span_id) if s.parent_span_id else None)
+                  for i, (s, p) in enumerate(zip(spans, parents))]
+    packed = bytes([s.kind | (s.status_code << 3) | (_source_code(s.source) << 5) for s in spans])
+    resource_col = _refs_by_identity([s.resource for s in spans], resources, None)
+    scope_col = _refs_by_identity([s.scope for s in spans], scopes, _scope_key)
+    add = attrs.add
+    shape_col = [add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
+    any_events = any(s.events for s in spans)
+    extras = {i: _extras(s, trace_index) for i, s in enumerate(spans)
+              if s.status_message or s.links or s.trace_state or s.flags != 1}
+
+    units = _units(spans, resource_col)
+    span_units = [units[r] for r in resource_col]
+    refs = _time_parents(parents)
+    starts, ends = _time_columns(spans, refs, span_units)
+    base = next((s.start_ns for s, r in zip(spans, refs) if r is None), 0)
+    events = _events(spans, span_units, idx, attrs) if any_events else None
+    # New resources are attribute lists like any other: a shape, and values in the batch's columns.
+    res_shapes = [attrs.add(tuple(k for k, _ in r.attributes), tuple(thaw_value(v) for _, v in r.attributes))
+                  for r in resources.new]
+    columns = attrs.body()
+    new_shapes: list[list[int]] = []
+    if shapes.new:
+        key_pos = {**idx.keys, **{k: keys.base + j for j, k in enumerate(keys.new)}}
+        new_shapes = [[key_pos[k] * 8 + ty for k, ty in zip(ks, codes)] for ks, codes in shapes.new]
+    span_ids = b"".join([s.span_id for s in spans])
+    if len(span_ids) != 8 * n or not all(len(s.span_id) == 8 for s in spans):
+        span_ids = [bytes(s.span_id) for s in spans]  # type: ignore[assignment]
+    doc = [
+        node_id, seq, created, n,
+        span_ids, b"".join(trace_index), trace_col, parent_col, packed,
+        {r: u for r, u in units.items() if u != 1}, base, _planes(_zigzag(starts)), _planes(_zigzag(ends)),
+        _text_refs([s.name for s in spans], idx.names),
+        res_shapes, resource_col,
+        [x for sc in scopes.new for x in sc], scope_col,
+        keys.new, new_shapes, shape_col, columns,
+        events, extras,
+    ]
+    return cbor2.dumps(doc)
+
+
+def _source_code(src: Source) -> int:
+    # Identity tests: hashing an Enum member runs Python code, and this runs for every span.
+    return 0 if src is Source.SDK_OTLP else 1 if src is Source.SDK_MQTT else 2
+
+
+def _refs_by_identity(objs: list[Any], domain: _Domain, key: Any) -> list[int]:
+    """Domain references of objects that spans share (a node's resources are a few shared objects): hashed once
+    per object, not once per span. `key` turns an object into the domain's key."""
+    by_id: dict[int, int] = {}
+    out = []
+    for o in objs:
+        r = by_id.get(id(o))
+        if r is None:
+            r = by_id[id(o)] = domain.ref(key(o) if key else o)
+        out.append(r)
+    return out
+
+
+def _scope_key(sc: Scope) -> tuple[str, str]:
+    return (sc.name, sc.version)  # a tuple hashes in C, a dataclass in Python
+
+
+def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
+    x: dict[int, Any] = {}
+    if s.status_message:
+        x[_X_STATUS_MESSAGE] = s.status_message
+    if s.links:
+        x[_X_LINKS] = [[trace_index.get(lk.trace_id, bytes(lk.trace_id)), bytes(lk.span_id), lk.trace_state,
+                        _native(lk.attributes)] for lk in s.links]
+    if s.trace_state:
+        x[_X_TRACE_STATE] = s.trace_state
+    if s.flags != 1:
+        x[_X_FLAGS] = s.flags
+    return x
+
+
+def _units(spans: Sequence[Span], resource_col: list[int]) -> dict[int, int]:
+    """Per resource of the batch, the largest unit dividing every time of its spans (1000 for microsecond clocks)."""
+    gcd = math.gcd
+    per_span = [gcd(s.start_ns, s.end_ns, *[e.time_ns for e in s.events]) if s.events else gcd(s.start_ns, s.end_ns)
+                for s in spans]
+    units: dict[int, int] = {}
+    for r, g in zip(resource_col, per_span):
+        units[r] = gcd(units.get(r, 0), g)
+    return {r: u if 0 < u < _MAX_UNIT else 1 for r, u in units.items()}
+
+
+def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int]) -> tuple[list[int], list[int]]:
+    """The start and end columns (before zigzag; docs: "Times")."""
+    gcd = math.gcd
+    starts: list[int] = []
+    ends: list[int] = []
+    prev = -1
+    for i, s in enumerate(spans):
+        u = units[i]
+        dur = s.end_ns - s.start_ns
+        r = refs[i]
+        if r is None:
+            starts.append((s.start_ns - spans[prev].start_ns) // gcd(u, units[prev]) if prev >= 0 else 0)
+            ends.append(dur // u * 2)
+            prev = i
+        else:
+            # Children start shortly after their parent and (client/server pairs) end shortly before it.
+            p = spans[r]
+            g = gcd(u, units[r])
+            starts.append((s.start_ns - p.start_ns) // g)
+            before = p.end_ns - s.end_ns
+            ends.append(before // g * 2 + 1 if abs(before) < abs(dur) else dur // u * 2)
+    return starts, ends
+
+
+def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attributes) -> list[Any]:
+    events = [e for s in spans for e in s.events]
+    times = [(e.time_ns - s.start_ns) // u for s, u in zip(spans, units) for e in s.events]
+    add = attrs.add
+    shape_col = [add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
+    return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names),
+            _planes(_zigzag(times)), shape_col]
+
+
+def encode(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY, level: int = 3,
+           created_ns: int | None = None) -> bytes:
+    """Encode spans as one batch referencing `tables` (header + zstd frame of the CBOR body)."""
+    raw = body(spans, node_id, seq, tables, created_ns)
+    return _HEADER.pack(_MAGIC, VERSION, tables.id) + tables.compressor(level).compress(raw)
+
+
+# Batch sizes of the bodies a table set's zstd dictionary is trained on: what quiet and busy nodes send.
+_SAMPLE_SIZES = (16, 32, 64, 128)
+
+
+def _sample_bodies(spans: Sequence[Span], tables: TableSet) -> list[bytes]:
+    out = []
+    i = k = 0
+    while i < len(spans):
+        size = _SAMPLE_SIZES[k % len(_SAMPLE_SIZES)]
+        out.append(body(spans[i:i + size], tables.node_id, k, tables, created_ns=tables.created_ns))
+        i += size
+        k += 1
+    return out
+
+
+def learn(spans: Sequence[Span], limits: TrainingLimits = TrainingLimits(), node_id: str = "",
+          created_ns: int | None = None) -> TableSet:
+    """A table set learned from a node's recent spans (oldest first), its zstd dictionary trained on batches of
+    them encoded with its tables."""
+    return train(spans, limits, node_id, created_ns, _sample_bodies)
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+
+def read_header(data: bytes) -> tuple[int, bytes]:
+    """Return (format version, table-set id) of an encoded batch; DecodeError if it is not one of version 3."""
+    _, version, table_id = read_prefix(data, _HEADER, _MAGIC, VERSION, "Helix uplink batch")
+    return version, table_id
+
+
+def decode(data: bytes, tables: TableSet | None, max_bytes: int, max_spans: int = MAX_SPANS) -> ColumnarBatch:
+    """Decode one batch with the table set its header names; at most `max_bytes` are decompressed and at most
+    `max_spans` spans built. UnknownTableSet if `tables` is not that set; DecodeError for anything else wrong."""
+    _, table_id = read_header(data)
+    if table_id == NO_TABLES:
+        tables = EMPTY
+    elif tables is None or tables.id != table_id:
+        raise UnknownTableSet(table_id)
+    frame = bytes(data[HEADER_SIZE:])
+    try:
+        size = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"uplink batch is not a zstd frame: {e}") from None
+    if size == zstandard.CONTENTSIZE_UNKNOWN:
+        raise DecodeError("uplink batch zstd frame does not declare its content size")
+    if size > max_bytes:
+        raise DecodeError(f"uplink batch would decompress to {size} bytes, over the limit of {max_bytes}")
+    try:
+        raw = tables.decompressor().decompress(frame, max_output_size=max_bytes)
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"uplink batch zstd frame is corrupt, truncated or not for this table set: {e}") from None
+    try:
+        doc = cbor2.loads(raw, max_depth=_MAX_DEPTH + 4)
+    except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
+        raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
+    try:
+        return _decode_body(doc, tables, table_id, max_spans)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - last line of defence: a shape not foreseen is still bad input
+        raise DecodeError(f"uplink batch body has the wrong shape: {type(e).__name__}: {e}") from None
+
+
+def _expect(cond: bool, what: str) -> None:
+    if not cond:
+        raise DecodeError(f"uplink batch: {what}")
+
+
+def _array(x: Any, what: str, n: int | None = None) -> list[Any]:
+    # Messages are formatted on failure only: these checks run a few dozen times a batch.
+    if type(x) is not list:
+        raise DecodeError(f"uplink batch: {what} must be an array, got {type(x).__name__}")
+    if n is not None and len(x) != n:
+        raise DecodeError(f"uplink batch: {what} has {len(x)} entries, expected {n}")
+    return x
+
+
+def _all_of(xs: list[Any], t: type) -> bool:
+    return not xs or set(map(type, xs)) == {t}
+
+
+def _uints(x: Any, what: str, n: int | None, limit: int) -> list[int]:
+    """An array of integers in [0, limit) (n of them, unless n is None)."""
+    xs = _array(x, what, n)
+    if xs and (not _all_of(xs, int) or min(xs) < 0 or max(xs) >= limit):
+        raise DecodeError(f"uplink batch: {what} holds a non-integer or refers outside its table of {limit}")
+    return xs
+
+
+def _texts(x: Any, what: str) -> list[str]:
+    xs = _array(x, what)
+    if not _all_of(xs, str):
+        raise DecodeError(f"uplink batch: {what} holds a non-text")
+    return xs
+
+
+def _unplanes(data: Any, n: int, what: str) -> list[int]:
+    """n values from byte planes, un-zigzagged."""
+    _expect(type(data) is bytes, f"{what} must be bytes")
+    if n == 0:
+        _expect(len(data) <= _MAX_TIME_WIDTH, f"{what} holds bytes for no values")
+        return []
+    width, rest = divmod(len(data), n)
+    _expect(rest == 0 and 1 <= width <= _MAX_TIME_WIDTH, f"{what} holds {len(data)} bytes for {n} values")
+    if width == 1:
+        zs: Any = data
+    else:
+        raw = bytearray(len(data))
+        for k in range(width):
+            raw[k::width] = data[k * n:(k + 1) * n]
+        frm = int.from_bytes
+        zs = [frm(raw[i:i + width], "big") for i in range(0, len(raw), width)]
+    return [z >> 1 if not z & 1 else -((z + 1) >> 1) for z in zs]
+
+
+def _text_column(field_: Any, learned: list[str], what: str, n: int) -> list[str]:
+    """The n texts of a text column ([new texts, references]; see _text_refs)."""
+    pair = _array(field_, what, 2)
+    new = _texts(pair[0], what + " new texts")
+    refs = _uints(pair[1], what + " references", n, len(learned) + len(new) + 1)
+    if not new:
+        table = [""] + learned
+        return list(map(table.__getitem__, refs))
+    table = [""] + learned + new
+    take = iter(new).__next__
+    try:
+        return [table[r] if r else take() for r in refs]
+    except StopIteration:
+        raise DecodeError(f"uplink batch: {what} takes more new texts than it carries") from None
+
+
+def _floats(x: Any, what: str, n: int) -> list[float]:
+    _expect(type(x) is bytes and len(x) == 8 * n, f"{what} must be {8 * n} bytes of float planes")
+    raw = bytearray(8 * n)
+    for k in range(8):
+        raw[k::8] = x[k * n:(k + 1) * n]
+    return list(struct.unpack(f">{n}d", raw))
+
+
+_VALUE_TYPE = {T_INT: int, T_BOOL: bool, T_BYTES: bytes}
+
+
+def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]]) -> list[Any]:
+    what = f"attribute column {key!r}"
+    if ty == T_STR:
+        return _text_column(col, values.get(key, []), what, count)
+    if ty == T_FLOAT:
+        return _floats(col, what, count)
+    vals = _array(col, what, count)
+    want = _VALUE_TYPE.get(ty)
+    if want is not None:
+        _expect(_all_of(vals, want), f"{what} holds a value that is not {want.__name__}")
+    else:
+        _expect(ty == T_ANY, f"{what} has an unknown value type {ty}")
+        for v in vals:
+            check_native(v, what)
+    return vals
+
+
+def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field: Any,
+          values: dict[str, list[str]]) -> dict[int, Any]:
+    """Per shape used in `refs`, a function giving the value rows of its lists in order (docs: "Attributes")."""
+    uses: dict[int, int] = {}  # shape -> lists using it, in order of first use
+    for r in refs:
+        uses[r] = uses.get(r, 0) + 1
+    order: dict[tuple[str, int], int] = {}
+    counts: list[int] = []
+    for r, c in uses.items():
+        for cid in shapes[r]:
+            j = order.get(cid)
+            if j is None:
+                j = order[cid] = len(counts)
+                counts.append(0)
+            counts[j] += c
+    cols = _array(cols_field, "attribute columns", len(counts))
+    decoded = [_column(col, key, ty, count, values) for (key, ty), count, col in zip(order, counts, cols)]
+    offsets = [0] * len(counts)
+    out: dict[int, Any] = {}
+    for r, c in uses.items():
+        parts = []
+        for cid in shapes[r]:
+            j = order[cid]
+            o = offsets[j]
+            parts.append(decoded[j][o:o + c])
+            offsets[j] = o + c
+        out[r] = iter(zip(*parts)).__next__ if parts else iter([()] * c).__next__
+    return out
+
+
+def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
+    sh = _array(x, "new shape")
+    for e in sh:
+        _expect(type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY,
+                f"shape entry {e!r} is invalid")
+    return tuple((keys[e >> 3], e & 7) for e in sh)
+
+
+def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) -> ColumnarBatch:
+    _expect(type(doc) is list and len(doc) == _N_FIELDS, f"body must be an array of {_N_FIELDS} fields")
+    (node_id, seq, created, n, span_ids_f, traces, trace_col, parent_col, packed, unit_map, base, starts_f, ends_f,
+     names_f, res_shapes_f, resource_col_f, new_scopes, scope_col_f, new_keys, new_shapes, shape_col_f, cols_f,
+     events_f, extras) = doc
+    _expect(type(node_id) is str, "node id must be text")
+    _expect(type(seq) is int and seq >= 0, "sequence number must be a non-negative integer")
+    _expect(type(created) is int, "creation time must be an integer")
+    _expect(type(n) is int and 0 <= n <= max_spans, f"span count {n!r} is not in 0..{max_spans}")
+    _expect(type(base) is int, "base time must be an integer")
+    dt = tables.decoder_tables()
+
+    if type(span_ids_f) is bytes:
+        _expect(len(span_ids_f) == 8 * n, f"span-id column holds {len(span_ids_f)} bytes for {n} spans")
+        span_ids = [span_ids_f[i:i + 8] for i in range(0, 8 * n, 8)]
+    else:
+        span_ids = _array(span_ids_f, "span-id column", n)
+        _expect(_all_of(span_ids, bytes), "span-id column holds a non-bytes id")
+    _expect(type(traces) is bytes and len(traces) % 16 == 0, "trace-id table must be bytes, a multiple of 16 long")
+    trace_table = [traces[i:i + 16] for i in range(0, len(traces), 16)]
+    _array(trace_col, "trace column", n)
+    _array(parent_col, "parent column", n)
+    _expect(type(packed) is bytes and len(packed) == n, "kind/status/source column must be n bytes")
+
+    names = _text_column(names_f, dt.names, "name column", n)
+    keys = dt.keys + _texts(new_keys, "new keys") if new_keys else dt.keys
+    shapes = dt.shapes
+    if new_shapes:
+        shapes = shapes + [_shape_entries(sh, keys) for sh in _array(new_shapes, "new shapes")]
+    res_shapes = _uints(res_shapes_f, "new resource shapes", None, len(shapes))
+    resources = dt.resources + [None] * len(res_shapes) if res_shapes else dt.resources
+    resource_col = _uints(resource_col_f, "resource column", n, len(resources))
+    scopes = dt.scopes + _scopes(new_scopes) if new_scopes else dt.scopes
+    scope_col = _uints(scope_col_f, "scope column", n, len(scopes))
+    shape_col = _uints(shape_col_f, "shape column", n, len(shapes))
+
+    events = None
+    ev_shapes: list[int] = []
+    if events_f is not None:
+        events = _array(events_f, "events", 4)
+        counts = _array(events[0], "event counts", n)
+        _expect(_all_of(counts, int) and (not counts or min(counts) >= 0), "event counts must be non-negative")
+        total = sum(counts)
+        _expect(total <= MAX_EVENTS_PER_SPAN * max(n, 1), "too many events for the batch")
+        ev_shapes = _uints(events[3], "event shape column", total, len(shapes))
+
+    # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
+    rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values)
+    keys_of = {r: tuple(k for k, _ in shapes[r]) for r in rows}
+    attrs = [dict(zip(keys_of[r], rows[r]())) for r in shape_col]
+    ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
+    if res_shapes:
+        base_r = len(dt.resources)
+        for j, r in enumerate(res_shapes):
+            resources[base_r + j] = Resource(tuple((k, freeze_value(v)) for k, v in zip(keys_of[r], rows[r]())))
+
+    _expect(type(unit_map) is dict, "time units must be a map")
+    for r, u in unit_map.items():
+        _expect(type(r) is int and 0 <= r < len(resources) and type(u) is int and 1 <= u < _MAX_UNIT,
+                f"time unit {u!r} of resource {r!r} is invalid")
+    span_units = [unit_map.get(r, 1) for r in resource_col] if unit_map else [1] * n
+    in_batch: list[int | None] = [None] * n
+    for i, p in enumerate(parent_col):
+        if type(p) is int:
+            _expect(0 <= i + p < n, f"span {i} parent offset {p} is outside the batch")
+            in_batch[i] = i + p
+        else:
+            _expect(p is None or type(p) is bytes, f"span {i} parent must be null, an offset or bytes")
+    starts, ends = _times(_unplanes(starts_f, n, "start column"), _unplanes(ends_f, n, "end column"),
+                          _time_parents(in_batch), base, span_units)
+    span_events = _decode_events(events, counts, starts, span_units, dt, ev_attrs) if events is not None else None
+
+    spans: list[Span] = []
+    prev_trace = 0
+    n_traces = len(trace_table)
+    for i in range(n):
+        tr = trace_col[i]
+        if type(tr) is int:
+            prev_trace += tr
+            _expect(0 <= prev_trace < n_traces, f"span {i} refers to missing trace {prev_trace}")
+            trace_id = trace_table[prev_trace]
+        else:
+            _expect(type(tr) is bytes, f"span {i} trace must be a reference or bytes")
+            trace_id = tr
+        p = parent_col[i]
+        b = packed[i]
+        kind, status, src = b & 7, (b >> 3) & 3, b >> 5
+        _expect(kind <= 5 and status <= 2 and src < 3, f"span {i} has an invalid kind/status/source byte {b}")
+        spans.append(Span(
+            trace_id=trace_id,
+            span_id=span_ids[i],
+            name=names[i],
+            start_ns=starts[i],
+            end_ns=ends[i],
+            parent_span_id=span_ids[i + p] if type(p) is int else (p if p is not None else b""),
+            kind=_KINDS[kind],
+            status_code=_STATUSES[status],
+            attributes=attrs[i],
+            events=span_events[i] if span_events is not None else (),
+            resource=resources[resource_col[i]],
+            scope=scopes[scope_col[i]],
+            source=_SOURCES[src],
+        ))
+    _expect(type(extras) is dict, "extras must be a map")
+    for i, x in extras.items():
+        _expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
+        _apply_extras(spans[i], x, trace_table, f"span {i}")
+    return ColumnarBatch(node_id=node_id, seq=seq, created_ns=created, table_id=table_id, spans=spans)
+
+
+_KINDS = tuple(SpanKind(k) for k in range(6))
+_STATUSES = tuple(StatusCode(k) for k in range(3))
+
+
+def _scopes(x: Any) -> list[Scope]:
+    flat = _texts(x, "new scopes")
+    _expect(len(flat) % 2 == 0, "new scopes must be name/version pairs")
+    return [Scope(flat[j], flat[j + 1]) for j in range(0, len(flat), 2)]
+
+
+def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int,
+           units: list[int]) -> tuple[list[int], list[int]]:
+    """Absolute start and end of every span: anchors first in order, then each span after its time parent."""
+    gcd = math.gcd
+    n = len(refs)
+    s_abs, e_abs = [0] * n, [0] * n
+    done = bytearray(n)
+    prev = -1
+    for i in range(n):
+        if refs[i] is None:
+            u = units[i]
+            s_abs[i] = base + starts[i] * u if prev < 0 else s_abs[prev] + starts[i] * gcd(u, units[prev])
+            e = ends[i]
+            _expect(not e & 1, f"span {i} end is marked parent-relative but the span has no usable parent")
+            e_abs[i] = s_abs[i] + (e >> 1) * u
+            done[i] = 1
+            prev = i
+    for i in range(n):
+        if done[i]:
+            continue
+        stack = [i]
+        while stack:
+            j = stack[-1]
+            r = refs[j]
+            assert r is not None  # chains of time parents end at anchors, which are done
+            if not done[r]:
+                stack.append(r)
+                continue
+            g = gcd(units[j], units[r])
+            s_abs[j] = s_abs[r] + starts[j] * g
+            v = ends[j]
+            e_abs[j] = e_abs[r] - (v >> 1) * g if v & 1 else s_abs[j] + (v >> 1) * units[j]
+            done[j] = 1
+            stack.pop()
+    return s_abs, e_abs
+
+
+def _decode_events(f: list[Any], counts: list[int], starts: list[int], units: list[int], dt: Any,
+                   attrs: list[dict[str, Any]]) -> list[tuple[Event, ...]]:
+    total = len(attrs)
+    names = _text_column(f[1], dt.event_names, "event names", total)
+    times = _unplanes(f[2], total, "event times")
+    out: list[tuple[Event, ...]] = []
+    j = 0
+    for i, c in enumerate(counts):
+        if not c:
+            out.append(())
+            continue
+        s, u = starts[i], units[i]
+        out.append(tuple([Event(names[k], s + times[k] * u, attrs[k]) for k in range(j, j + c)]))
+        j += c
+    return out
+
+
+def _apply_extras(span: Span, x: Any, trace_table: list[bytes], what: str) -> None:
+    _expect(type(x) is dict, f"{what} extras must be a map")
+    for key, v in x.items():
+        if key == _X_STATUS_MESSAGE:
+            _expect(type(v) is str, f"{what} status message must be text")
+            span.status_message = v
+        elif key == _X_TRACE_STATE:
+            _expect(type(v) is str, f"{what} trace state must be text")
+            span.trace_state = v
+        elif key == _X_FLAGS:
+            _expect(type(v) is int, f"{what} flags must be an integer")
+            span.flags = v
+        elif key == _X_LINKS:
+            links = []
+            for lk in _array(v, what + " links"):
+                tr, sid, state, attrs = _array(lk, what + " link", 4)
+                if type(tr) is int:
+                    _expect(0 <= tr < len(trace_table), f"{what} link refers to missing trace {tr}")
+                    tr = trace_table[tr]
+                _expect(type(tr) is bytes and type(sid) is bytes and type(state) is str and type(attrs) is dict,
+                        f"{what} link must be [trace, span id, trace state, attributes]")
+                check_native(attrs, what + " link attributes")
+                links.append(Link(tr, sid, state, attrs))
+            span.links = tuple(links)
+        else:
+            raise DecodeError(f"uplink batch: {what} has an unknown extras key {key!r}")
