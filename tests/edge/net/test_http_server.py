@@ -370,3 +370,4 @@ async def test_a_full_pipeline_answers_503_before_parsing_and_the_sdk_retries_un
     finally:
         await receiver.stop()
     assert sorted(s.name for s in got) == sorted(f"op-{i}" for i in range(20))
+
