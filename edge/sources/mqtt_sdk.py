@@ -156,9 +156,9 @@ class MqttSdkSource:
                     backoff = 0.5
                     log.info("sdk span source subscribed broker=%s topics=%s", self.cfg.broker, ",".join(self.cfg.topics))
                     async for message in client.messages:
-                        # deliver() never raises: a message that cannot be taken is counted and acknowledged all the
+                        # take() never raises: a message that cannot be taken is counted and acknowledged all the
                         # same, so that a retained or redelivered one cannot stop this source again and again.
-                        await self.deliver(message.topic, message.payload, message.user_properties)
+                        await self.take(message.topic, message.payload, message.user_properties)
                         client.ack(message)
             except MqttError as e:
                 self.stats.connected = False
@@ -168,13 +168,10 @@ class MqttSdkSource:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
 
-    async def deliver(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
-        """Decode one message and pass its spans on once the inbox has room for them (waiting up to 30 s).
-
-        Never raises (but for cancellation): whatever fails is counted against the message, named by its topic.
-        """
+    async def take(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
+        """deliver() that never raises (but for cancellation): whatever fails is counted, named by its topic."""
         try:
-            await self._deliver(topic, payload, user_properties)
+            await self.deliver(topic, payload, user_properties)
         except Exception as e:  # noqa: BLE001 - one message must never stop the source
             self._poison(topic, e)
 
@@ -183,7 +180,8 @@ class MqttSdkSource:
         self._warn.warning("dropped a span message on %s that could not be handled (%s: %s); acknowledged so that "
                            "it is not delivered again", topic, type(e).__name__, describe(str(e), 200))
 
-    async def _deliver(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
+    async def deliver(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
+        """Decode one message and pass its spans on once the inbox has room for them (waiting up to 30 s)."""
         spans = self.decode(topic, payload, user_properties)
         if not spans:
             return
