@@ -8,7 +8,9 @@ its handler is done (`release`).
 - Within the bound anyone may take. Beyond it only the oldest holder may: the oldest request always completes, so
   the budget never deadlocks on itself, and what is held stays under the bound plus one request.
 - A holder that has taken nothing for STALL seconds while another waits is reclaimed: its `evict` callback closes
-  its connection and its bytes are freed at once. A client that stops half-way cannot keep others out.
+  its connection and its bytes are freed at once. A client that stops half-way cannot keep others out. A holder
+  waiting for room itself, or one whose request has arrived whole (`settle`), is waiting on the agent, not
+  stalled, and is never reclaimed.
 - `on_freed` listeners are called whenever bytes are freed or the bound grows (the gRPC server reopens the flow
   control windows it held back); `wait_take` waits for that, in arrival order with no head-of-line blocking.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 __all__ = ["RequestBudget", "BudgetStats", "STALL"]
 
-STALL = 5.0  # s without a byte taken after which a holder may be reclaimed for one that waits
+STALL = 1.0  # s without a byte taken after which a holder may be reclaimed for one that waits
 
 
 @dataclass(slots=True)
@@ -35,12 +37,13 @@ class BudgetStats:
 
 
 class _Hold:
-    __slots__ = ("bytes", "last", "evict")
+    __slots__ = ("bytes", "last", "evict", "waits")
 
-    def __init__(self, evict: Callable[[], None] | None) -> None:
+    def __init__(self, evict: Callable[[], None] | None, now: float) -> None:
         self.bytes = 0
-        self.last = time.monotonic()
+        self.last = now
         self.evict = evict
+        self.waits = False  # waiting on the agent (for room, or with its request whole): not to be reclaimed
 
 
 class RequestBudget:
@@ -72,7 +75,7 @@ class RequestBudget:
     def join(self, holder: object, evict: Callable[[], None] | None = None) -> None:
         """Register `holder` (a request) in arrival order; `evict` closes it if it stalls while others wait."""
         if holder not in self._held:
-            self._held[holder] = _Hold(evict)
+            self._held[holder] = _Hold(evict, self._clock())
 
     def oldest(self) -> object | None:
         """The holder that may always take."""
@@ -98,7 +101,7 @@ class RequestBudget:
         if not allowed and not force:
             return False
         if h is None:
-            h = self._held[holder] = _Hold(None)
+            h = self._held[holder] = _Hold(None, self._clock())
         h.bytes += n
         h.last = self._clock()
         self.bytes += n
@@ -129,6 +132,8 @@ class RequestBudget:
         if self.take(holder, n):
             return True
         self.join(holder)
+        h = self._held[holder]
+        h.waits = True
         self.stats.waited += 1
         if self._freed is None:
             self._freed = asyncio.Event()
@@ -150,19 +155,28 @@ class RequestBudget:
                     pass
         finally:
             self._waiters -= 1
+            h.waits = False
+            h.last = self._clock()
 
     def reclaim(self, waiting: bool = False) -> int:
         """Evict holders that took nothing for `stall` seconds, when someone waits (or `waiting`); returns how many."""
         if not (waiting or self._waiters) or not self._held:
             return 0
         now = self._clock()
-        stalled = [(k, h) for k, h in self._held.items() if h.evict is not None and now - h.last > self.stall]
+        stalled = [(k, h) for k, h in self._held.items()
+                   if h.evict is not None and not h.waits and now - h.last > self.stall]
         for key, h in stalled:
             self.stats.reclaimed += 1
             self.release(key)
             assert h.evict is not None
             h.evict()
         return len(stalled)
+
+    def settle(self, holder: object) -> None:
+        """`holder`'s request has arrived whole: from now on it waits on the agent and is never reclaimed."""
+        h = self._held.get(holder)
+        if h is not None:
+            h.waits = True
 
     def touch(self, holder: object) -> None:
         """`holder` made progress without taking bytes (a slow client is not a stalled one)."""

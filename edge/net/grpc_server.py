@@ -24,7 +24,8 @@ a client controls with HTTP/2 flow control, which every gRPC client obeys:
   for `max_wait` seconds, after which it is refused UNAVAILABLE (clients retry with backoff). Waiting rather than
   refusing at once spares a burst of clients a retry storm.
 - Connections are bounded; when all slots are taken the longest-idle connection (no call open) is closed with
-  GOAWAY (clients reconnect) to make room. A stream that stalls, and one that holds budget without progress while
+  GOAWAY (clients reconnect) to make room, else the one whose unfinished calls have sent nothing for SLOW_CALL
+  though free to send. A stream that stalls, and one that holds budget without progress while
   others wait, is reset; a connection that idles is closed.
 Malformed frames, or anything else that fails while reading a connection, end that connection (GOAWAY), counted,
 never the process.
@@ -70,8 +71,11 @@ MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST  # encoded header block, across its CONTI
 # bound (65,536) made a long-lived exporter's connection creep by megabytes (docs/benchmarks.md, memory budget).
 CLOSED_STREAMS_REMEMBERED = 400
 STREAM_TIMEOUT = 30.0  # s a started request may go without a byte arriving
+# s an unfinished call may send nothing, though its windows are open, before its connection is first to give its slot
+# to a new one (a local exporter sends a request in milliseconds).
+SLOW_CALL = 1.0
 IDLE_TIMEOUT = 300.0  # s a connection may sit without calls; clients reconnect transparently after GOAWAY
-_SWEEP = 5.0
+_SWEEP = 1.0
 _WAIT_POLL = 0.01  # s between looks at whether waiting requests fit now
 _PREFIX = 5  # compressed flag and 4-byte big-endian length before every gRPC message
 _INFLATE_STEP = 64 * 1024  # inflated bytes taken from the budget per step
@@ -127,7 +131,7 @@ class GrpcServerStats:
     connections: int = 0
     calls: int = 0
     refused_connections: int = 0
-    reclaimed_connections: int = 0  # idle connections closed to make room for a new one
+    reclaimed_connections: int = 0  # idle or silent connections closed to make room for a new one
     protocol_errors: int = 0
     stalled_streams: int = 0
     deferred_windows: int = 0  # times a stream's window stayed closed because the server held too much
@@ -206,12 +210,19 @@ class GrpcServer:
     # ------------------------------------------------------------------------------------ connection slots
 
     def _admit(self, conn: _Connection) -> bool:
-        """A slot for a new connection: free, or reclaimed from the longest-idle connection with no call open."""
+        """A slot for a new connection: free, or reclaimed from the longest-idle connection with no call open, else
+        from the one whose calls have been silent longest (past SLOW_CALL) though free to send."""
         if len(self._connections) >= MAX_CONNECTIONS:
             idle = [c for c in self._connections if not c.streams]
-            if not idle:
-                return False
-            victim = min(idle, key=lambda c: c.last)
+            if idle:
+                victim = min(idle, key=lambda c: c.last)
+            else:
+                now = time.monotonic()
+                slow = [(since, c) for c in self._connections
+                        if (since := c.silent_since()) is not None and now - since > SLOW_CALL]
+                if not slow:
+                    return False
+                victim = min(slow, key=lambda x: x[0])[1]
             self.stats.reclaimed_connections += 1
             victim.close(h2.errors.ErrorCodes.NO_ERROR)
         self._connections[conn] = None
@@ -425,6 +436,13 @@ class _Connection(asyncio.Protocol):
         self.last = time.monotonic()
         self._first = True
 
+    def silent_since(self) -> float | None:
+        """When the last byte of its open calls arrived, if each of them could send (no window held back by the
+        server) and none has arrived whole (waiting for the pipeline is not the client's doing); None otherwise."""
+        if not self.streams or any(s.ended or s.deferred for s in self.streams.values()):
+            return None
+        return max(s.last for s in self.streams.values())
+
     # ---------------------------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
@@ -570,6 +588,7 @@ class _Connection(asyncio.Protocol):
             self._finish(stream, Code.INVALID_ARGUMENT, "the request message is incomplete")
             return
         stream.ended = True
+        self.server.budget.settle(stream)
         self.server._run_or_wait(stream)
 
     def _answer(self, stream: _Stream, body: bytes) -> None:

@@ -270,6 +270,7 @@ class HttpServer:
                 deadline = time.monotonic() + BODY_TIMEOUT
                 raw = await _read_body(reader, headers, self.max_body, budget, conn, deadline)
                 body = await _decode(raw, headers.get("content-encoding", ""), self.max_body, budget, conn, deadline)
+                budget.settle(conn)
             except _Refused as e:
                 if e.status == 503:
                     self.stats.busy += 1

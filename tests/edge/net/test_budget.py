@@ -61,6 +61,26 @@ async def test_a_stalled_holder_is_reclaimed_for_one_that_waits() -> None:
     assert b.take(fresh, 100) and b.stats.reclaimed == 1
 
 
+async def test_holders_waiting_on_the_agent_are_never_reclaimed() -> None:
+    # One waiting for room, and one whose request arrived whole (waiting for the pipeline), took nothing for
+    # longer than the stall time because of the agent, not the client: neither is a slow client.
+    now = [0.0]
+    b = RequestBudget(100, stall=1.0, clock=lambda: now[0])
+    whole, waiter, slow = object(), object(), object()
+    evicted: list[object] = []
+    for h in (whole, slow, waiter):
+        b.join(h, lambda h=h: evicted.append(h))
+    b.take(whole, 50)
+    b.settle(whole)
+    b.take(slow, 50)
+    waiting = asyncio.ensure_future(b.wait_take(waiter, 10, timeout=30))
+    await asyncio.sleep(0.01)
+    now[0] = 5.0
+    assert b.reclaim() == 1 and evicted == [slow]
+    assert await waiting and evicted == [slow] and b.held(whole) == 50 and b.held(waiter) == 10
+    assert b.reclaim(waiting=True) == 0  # the waiter took just now; the whole request stays settled
+
+
 def test_listeners_hear_of_freed_bytes_and_a_grown_bound() -> None:
     b = RequestBudget(10)
     heard: list[int] = []

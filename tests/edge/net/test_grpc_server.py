@@ -249,6 +249,30 @@ async def test_idle_connections_make_room_and_busy_ones_keep_a_new_one_out(serve
         await ch.close()
 
 
+async def test_connections_whose_calls_went_silent_make_room_for_a_live_client(served, monkeypatch) -> None:
+    server, _ = served
+    monkeypatch.setattr(grpc_server, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(grpc_server, "SLOW_CALL", 0.2)
+    # Two peers that opened a call, sent part of its message and went quiet, windows open: no local exporter does that.
+    quiet = [await _RawClient.connect(server.port) for _ in range(2)]
+    for c in quiet:
+        sid = c.open()
+        c.h2.send_data(sid, b"\x00" + (100).to_bytes(4, "big") + b"part")
+        await c.flush()
+    while len(server._connections) < 2 or any(not c.streams for c in server._connections):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as live:
+        assert await _call(live, ECHO)(b"live", timeout=5) == b"got 4"
+    assert server.stats.reclaimed_connections == 1 and server.stats.refused_connections == 0
+    for c in quiet:
+        await c.pump(0.5)
+    goaway = [any(isinstance(e, h2.events.ConnectionTerminated) for e in c.events) for c in quiet]
+    assert sorted(goaway) == [False, True]  # one was closed to make room, the other left alone
+    for c in quiet:
+        c.close()
+
+
 class _RawClient:
     """An HTTP/2 client on a socket that does exactly what a test tells it (an attacker, or a careful client)."""
 
