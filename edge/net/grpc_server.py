@@ -33,6 +33,7 @@ never the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -620,6 +621,12 @@ class _Connection(asyncio.Protocol):
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.body = None
+            if stream.deferred:
+                # Bytes held back count against the connection window too: handed back now (h2 sends only the
+                # connection's WINDOW_UPDATE for a closed stream), or the connection would shrink for good.
+                with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is closing anyway
+                    self.h2.acknowledge_received_data(stream.deferred, stream_id)
+                stream.deferred = 0
             self.server._release(stream)
 
     # ---------------------------------------------------------------------------------- answering
