@@ -71,6 +71,7 @@ MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST  # encoded header block, across its CONTI
 # error. In-flight frames outlive a close by a round trip, so a few times the concurrent streams is plenty; h2's own
 # bound (65,536) made a long-lived exporter's connection creep by megabytes (docs/benchmarks.md, memory budget).
 CLOSED_STREAMS_REMEMBERED = 400
+READ_SIZE = 64 * 1024  # bytes read from a socket at once: a connection window
 STREAM_TIMEOUT = 30.0  # s a started request may go without a byte arriving
 # s an unfinished call may send nothing, though its windows are open, before its connection is first to give its slot
 # to a new one (a local exporter sends a request in milliseconds).
@@ -159,6 +160,7 @@ class GrpcServer:
         self.budget.on_freed(self._reopen)
         self.name = name
         self.max_wait = max_wait
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
         self.stats = GrpcServerStats()
         self._waiting: dict[tuple[_Connection, int], tuple[_Stream, float]] = {}  # complete, not yet handed over
         self._waker: asyncio.Handle | None = None
@@ -426,7 +428,7 @@ class _HeaderBlockBound(h2.frame_buffer.FrameBuffer):
         return super()._update_header_buffer(f)
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: GrpcServer) -> None:
         self.server = server
         self.h2 = _H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
@@ -457,6 +459,15 @@ class _Connection(asyncio.Protocol):
             srv.warn.warning("%s: refused a connection from %s: %d connections open, each with a call", srv.name,
                              self.peer, MAX_CONNECTIONS)
             transport.abort()
+
+    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102
+        # One buffer for every connection (the loop reads one socket at a time, and buffer_updated follows at once):
+        # the loop's own reads are 256 KiB each, which 32 connections flooding frames that are not flow-controlled
+        # (HEADERS, CONTINUATION) held at once outside any bound.
+        return self.server._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:  # noqa: D102
+        self.data_received(bytes(self.server._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:  # noqa: D102
         if self not in self.server._connections:

@@ -42,6 +42,7 @@ BODY_TIMEOUT = 30.0  # s to send a whole body (waiting for room in the budget in
 MAX_CONNECTIONS = 32  # loopback clients: SDK exporters and a scraper; idle and slow ones make room (see above)
 SLOW_HEAD = 1.0  # s: a head still arriving after this is no local client's, and first to go when slots are short
 SLOW_BODY = 5.0  # s: the same for a body
+_READ_SIZE = 32 * 1024  # bytes asyncio reads from a socket at once
 _CHUNK = 16 * 1024  # body bytes taken from the budget per read: what a stalled client holds at most
 _INFLATE_STEP = 64 * 1024  # inflated bytes taken from the budget per step
 _DRAIN_MAX = 16 * 1024 * 1024  # an oversized body up to this is read and discarded before the 413
@@ -191,6 +192,10 @@ class HttpServer:
         if task is not None:
             self._tasks.add(task)
         conn = _Conn(writer)
+        # asyncio reads up to 256 KiB from a socket at once into the reader, before any budget is asked: 32
+        # connections sending bodies would hold 8 MiB outside it. Its selector transport reads `max_size` at most.
+        if hasattr(writer.transport, "max_size"):
+            writer.transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
         try:
             if len(self._conns) >= MAX_CONNECTIONS and not self._reclaim_slot():
                 self.stats.refused_connections += 1
