@@ -49,6 +49,7 @@ import h2.connection  # noqa: E402
 import h2.events  # noqa: E402
 
 from bench._workload import realistic_spans  # noqa: E402
+from bench.memory_budget import rss_mib  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.demo.broker import free_port  # noqa: E402
 from edge.demo.stack import Stack  # noqa: E402
@@ -58,17 +59,6 @@ LIMIT_MIB = 44.0
 GOAL_MIB = LIMIT_MIB * 1.1
 LOADS = ("none", "grpc_gzip_bombs", "grpc_streams", "continuation_flood", "http_big_bodies", "slowloris",
          "idle_exporters")
-
-
-def rss_mib(pid: int) -> float:
-    """VmRSS of a process in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -310,7 +300,9 @@ async def _attack(name: str, ports: dict[str, int], seconds: float, big: bytes, 
         "idle_exporters": lambda: idle_exporters(ports, stop, small),
     }
     task = asyncio.create_task(loads[name]())
-    await asyncio.sleep(seconds)
+    parent, end = os.getppid(), time.monotonic() + seconds
+    while time.monotonic() < end and os.getppid() == parent:  # the bench interrupted: stop with it
+        await asyncio.sleep(min(0.5, max(0.0, end - time.monotonic())))
     stop.set()
     try:
         await asyncio.wait_for(task, 15)

@@ -347,6 +347,7 @@ class GrpcServer:
     def _run(self, stream: _Stream, body: bytes) -> None:
         # The request's bytes leave the server's account before the method runs: from here they are the method's.
         stream.body = None
+        stream.conn.hand_back(stream)
         self._release(stream)
         stream.conn._answer(stream, body)
 
@@ -563,6 +564,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         stream.last = time.monotonic()
         stream.buf += data
+        stream.deferred += flow  # handed back below, or by hand_back when the call ends first
         # The bytes are here already: they are counted whatever the budget says; it decides the window.
         srv.budget.take(stream, len(data), force=True)
         srv._held(stream)
@@ -576,10 +578,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._finish(stream, Code.INVALID_ARGUMENT, "more than one request message in a unary call")
             return
         if srv._may_reopen(stream):
-            self.ack(stream, flow + stream.deferred)
+            self.ack(stream, stream.deferred)
             stream.deferred = 0
         else:
-            stream.deferred += flow
             srv.stats.deferred_windows += 1
 
     def _unblock_oldest(self) -> None:
@@ -632,13 +633,17 @@ class _Connection(asyncio.BufferedProtocol):
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.body = None
-            if stream.deferred:
-                # Bytes held back count against the connection window too: handed back now (h2 sends only the
-                # connection's WINDOW_UPDATE for a closed stream), or the connection would shrink for good.
-                with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is closing anyway
-                    self.h2.acknowledge_received_data(stream.deferred, stream_id)
-                stream.deferred = 0
+            self.hand_back(stream)
             self.server._release(stream)
+
+    def hand_back(self, stream: _Stream) -> None:
+        """Bytes held back from a call that leaves the server's account count against the connection window too:
+        handed back now, or the connection would shrink for good (h2 sends only the connection's WINDOW_UPDATE
+        for a stream closed on the client's side)."""
+        if stream.deferred:
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is closing anyway
+                self.h2.acknowledge_received_data(stream.deferred, stream.id)
+            stream.deferred = 0
 
     # ---------------------------------------------------------------------------------- answering
 

@@ -249,31 +249,38 @@ async def test_idle_connections_make_room_and_busy_ones_keep_a_new_one_out(serve
         await ch.close()
 
 
-async def test_bytes_held_back_from_a_call_that_ends_are_handed_back_to_the_connection(served) -> None:
-    # A call whose window the server held back (the budget was full) and that then ended (the client's deadline
-    # passed, or it was reclaimed) must give its bytes back to the connection window, or after 64 KiB of such
-    # calls every later call on the connection hangs until its deadline.
+@pytest.mark.parametrize("end", ["cancelled", "answered"])
+async def test_bytes_held_back_from_a_call_that_ends_are_handed_back_to_the_connection(served, end: str) -> None:
+    # A call whose window the server held back (the budget was full) and that then ended (answered, or cancelled:
+    # the client's deadline passed, or it was reclaimed) must give its bytes back to the connection window, or
+    # after 64 KiB of such calls every later call on the connection hangs until its deadline.
     await served[0].stop()
     server = GrpcServer("127.0.0.1", 0, {ECHO: Method(served[1].echo)}, max_message=1 << 20, max_buffered=16 * 1024)
     await server.start()
     first, second = await _RawClient.connect(server.port), await _RawClient.connect(server.port)
 
-    async def call(c: _RawClient) -> int:
+    async def call(c: _RawClient, whole: bool = False) -> int:
         await c.pump()
         sid = c.open()
-        c.h2.send_data(sid, b"\x00" + (100_000).to_bytes(4, "big") + b"x" * 16_000)
-        c.h2.send_data(sid, b"x" * 16_000)
+        c.h2.send_data(sid, b"\x00" + (32_000 if whole else 100_000).to_bytes(4, "big") + b"x" * 16_000)
+        c.h2.send_data(sid, b"x" * 16_000, end_stream=whole)
         await c.flush()
         return sid
 
     await call(first)  # takes the budget and keeps it
-    for n in (1, 2):  # two calls whose bytes are held back, then cancelled: 64,010 bytes of the connection window
-        sid = await call(second)
+    for n in (1, 2):  # two calls whose bytes are held back, then end: 64,010 bytes of the connection window
+        sid = await call(second, whole=end == "answered")
         async with asyncio.timeout(5):
             while server.stats.deferred_windows < n:
                 await second.pump(0.05)
-        second.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-        await second.flush()
+        if end == "cancelled":
+            second.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            await second.flush()
+        else:
+            async with asyncio.timeout(5):
+                while second.status(sid) is None:
+                    await second.pump(0.05)
+            assert second.status(sid) == "0"
     async with asyncio.timeout(5):
         while second.h2.outbound_flow_control_window < 65535:
             assert await second.pump(0.1)

@@ -42,6 +42,18 @@ class _Transport:
         return ("127.0.0.1", 5555) if name == "peername" else default
 
 
+def _feed(server: GrpcServer, data: bytes, chunk: int) -> None:
+    """One connection's bytes, `chunk` at a time, until the server closes it; none may raise, whatever they are."""
+    conn = grpc_server._Connection(server)
+    transport = _Transport()
+    conn.connection_made(transport)
+    for i in range(0, len(data), chunk):
+        conn.data_received(data[i:i + chunk])
+        if transport.closed:
+            break
+    conn.connection_lost(None)
+
+
 def _client_bytes(body: bytes, conn: h2.connection.H2Connection | None = None) -> bytes:
     conn = conn or h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
@@ -68,14 +80,7 @@ def test_mangled_http2_never_escapes_the_connection(body, flips, cut, chunk, jun
         if 24 <= pos < len(data):  # past the preface, so that frames, not the greeting, are mangled
             data[pos] = value
     data = bytes(data[:max(24, cut)]) + junk
-    conn = grpc_server._Connection(server)
-    transport = _Transport()
-    conn.connection_made(transport)
-    for i in range(0, len(data), chunk):
-        conn.data_received(data[i:i + chunk])  # must not raise, whatever the bytes
-        if transport.closed:
-            break
-    conn.connection_lost(None)
+    _feed(server, data, chunk)
     assert server.buffered == 0 and not server._streams and not server._connections
     # Anything handled is the real request. gRPC frames carry no checksum, so a flipped compressed-flag byte
     # hands the method the compressed bytes: the only mangling no server can see.
@@ -140,12 +145,5 @@ def test_hostile_frame_sequences_never_escape_the_connection(frames, chunk) -> N
                         max_buffered=4096)
     data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(0x4, 0, 0, b"")
     data += b"".join(frames)
-    conn = grpc_server._Connection(server)
-    transport = _Transport()
-    conn.connection_made(transport)
-    for i in range(0, len(data), chunk):
-        conn.data_received(data[i:i + chunk])  # must not raise, whatever the frames
-        if transport.closed:
-            break
-    conn.connection_lost(None)
+    _feed(server, data, chunk)
     assert server.buffered == 0 and server.budget.bytes == 0 and not server._streams and not server._connections
