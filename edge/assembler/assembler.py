@@ -26,14 +26,17 @@ from dataclasses import dataclass, field
 from ..model import Link, Resource, Span, SpanKind, StatusCode, new_span_id
 from .clock import SkewAdjuster
 from .config import AssemblerConfig
-from .hold import SdkPresence
+from .hold import ByStart, SdkPresence
 from .index import (WAIT_ORPHAN, WAIT_TWIN, Entry, SpanIndex, TraceCtx, has_wire_context, is_kernel, pid_of)
-from .rules import CAUSE, CERTAIN, infer_parent, kernel_twin
+from .rules import CAUSE, CERTAIN, Slack, infer_parent, kernel_twin
 from .traces import TraceMoves, mark_moved
 
 __all__ = ["Assembler", "AssemblerConfig", "AssemblerStats"]
 
 _MAX_DEPTH = 64
+# Waiting kernel server spans an SDK root span looks at for its request, latest-started first: its twin started
+# just before it; this many covers the requests a process has in flight.
+_TWIN_SCAN = 512
 # One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
 # slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
 _RELEASED_BYTES = 560
@@ -88,6 +91,9 @@ class Assembler:
         self._renamed: dict[tuple[Resource, str], Resource] = {}
         self._claimants: dict[int, Entry] = {}  # id -> unreleased requests that started a trace or wait for an SDK
         self._waiting: dict[int, dict[int, Entry]] = {}  # pid -> id -> entries waiting for that process's SDK
+        # The same by start time, per reason: an arriving SDK span finds the spans around or inside it directly.
+        self._twins: dict[int, ByStart[Entry]] = {}
+        self._orphans: dict[int, ByStart[Entry]] = {}
         self._deferred: deque[Entry] = deque()  # held past their window, waiting with what they depend on
         self._deferred_n = 0
         self._ready: list[Entry] = []  # deferred spans whose wait is over
@@ -280,10 +286,10 @@ class Assembler:
         self.sdk.sdk_seen(pid, now)
         if s.kind == SpanKind.SERVER and not s.parent_span_id and not self._find_twin(e, now):
             self._adoptable[id(e)] = e  # its request's kernel span may come after it (an SDK exporting at once)
-        waiting = self._waiting.get(pid)
-        if waiting:
-            for w in list(waiting.values()):
-                if w.waiting == WAIT_ORPHAN and _inside(w, e):
+        orphans = self._orphans.get(pid)
+        if orphans:
+            for w in list(orphans.starting_within(s.start_ns - Slack.CONTAIN_NS, s.end_ns + Slack.CONTAIN_NS)):
+                if _inside(w, e):
                     self._end_wait(w)  # its container came: the sdk-process rule will find it
 
     def _find_twin(self, e: Entry, now: float) -> bool:
@@ -293,8 +299,9 @@ class Assembler:
         twin = self.traces.twin_of(s.trace_id)
         pid = self._sdk_pid(s)
         if twin is None and pid is not None:
-            twins = [w for w in self._waiting.get(pid, {}).values()
-                     if w.waiting == WAIT_TWIN and w.born is None and _inside(e, w)]
+            by_start = self._twins.get(pid)
+            twins = [w for w in (by_start.starting_by(s.start_ns + Slack.CONTAIN_NS, _TWIN_SCAN) if by_start else ())
+                     if w.born is None and _inside(e, w)]
             twins.sort(key=lambda w: w.span.duration_ns)
             twin = twins[0] if twins else kernel_twin(self.index, e, pid)
             if twin is not None and twin.born is None:
@@ -309,6 +316,11 @@ class Assembler:
         e.wait_until = e.arrived + self.config.sdk_wait
         pid = pid_of(e.span)
         self._waiting.setdefault(pid or 0, {})[id(e)] = e
+        table = self._twins if why == WAIT_TWIN else self._orphans
+        by_start = table.get(pid or 0)
+        if by_start is None:
+            by_start = table[pid or 0] = ByStart(_still_twin if why == WAIT_TWIN else _still_orphan)
+        by_start.add(e.span.start_ns, e)
         self.stats.sdk_waits += 1
         if why == WAIT_TWIN:
             self._claimants[id(e)] = e
@@ -323,6 +335,8 @@ class Assembler:
                 by_pid.pop(id(e), None)
                 if not by_pid:
                     del self._waiting[pid]
+                    self._twins.pop(pid, None)
+                    self._orphans.pop(pid, None)
         if e.dependents:
             self._ready.extend(e.dependents)
         e.dependents = None
@@ -609,9 +623,16 @@ class Assembler:
         return len(self.held) + self._deferred_n
 
 
+def _still_twin(e: Entry) -> bool:
+    return e.waiting == WAIT_TWIN
+
+
+def _still_orphan(e: Entry) -> bool:
+    return e.waiting == WAIT_ORPHAN
+
+
 def _inside(inner: Entry, outer: Entry) -> bool:
     """`inner` lies within `outer` in time (with the tolerance of rules.Slack)."""
-    from .rules import Slack
     i, o = inner.span, outer.span
     return o.start_ns - Slack.CONTAIN_NS <= i.start_ns and i.end_ns <= o.end_ns + Slack.CONTAIN_NS and inner is not outer
 

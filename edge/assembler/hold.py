@@ -18,10 +18,15 @@ them early, counted.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-__all__ = ["SdkPresence", "EXPORT_MARGIN_S"]
+__all__ = ["SdkPresence", "EXPORT_MARGIN_S", "ByStart"]
+
+T = TypeVar("T")
 
 # An export that reached the agent this long after a kernel span arrived holds every SDK span that ended before the
 # kernel span did: the SDK had queued them when it exported (an SDK sends what it queued in one go; the margin
@@ -82,3 +87,51 @@ class SdkPresence:
 
     def __len__(self) -> int:
         return len(self._procs)
+
+
+class ByStart(Generic[T]):
+    """Items ordered by a start time, for the waiting spans of one process: an SDK span looks up the kernel spans
+    around it or inside it without walking every span that waits (thousands at a few thousand requests/s). Items
+    that stop waiting are dropped lazily, `live` tells which."""
+
+    def __init__(self, live: Callable[[T], bool]) -> None:
+        self._live = live
+        self._keys: list[tuple[int, int]] = []  # (start, sequence)
+        self._items: dict[int, T] = {}
+        self._seq = 0
+        self._compacted = 32  # size after the last compaction: the next one when twice that (amortised O(1) per add)
+
+    def add(self, start: int, item: T) -> None:
+        """Index `item` at `start`."""
+        self._seq += 1
+        insort(self._keys, (start, self._seq))
+        self._items[self._seq] = item
+        if len(self._keys) >= 2 * self._compacted:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._items = {k: v for k, v in self._items.items() if self._live(v)}
+        self._keys = [k for k in self._keys if k[1] in self._items]
+        self._compacted = max(32, len(self._keys))
+
+    def starting_within(self, lo: int, hi: int) -> Iterator[T]:
+        """Live items that start in [lo, hi]."""
+        i = bisect_left(self._keys, (lo, 0))
+        while i < len(self._keys) and self._keys[i][0] <= hi:
+            item = self._items.get(self._keys[i][1])
+            if item is not None and self._live(item):
+                yield item
+            i += 1
+
+    def starting_by(self, t: int, limit: int) -> Iterator[T]:
+        """Live items that start at or before `t`, latest first, at most `limit` looked at."""
+        i = bisect_right(self._keys, (t, 1 << 62))
+        while i > 0 and limit > 0:
+            i -= 1
+            limit -= 1
+            item = self._items.get(self._keys[i][1])
+            if item is not None and self._live(item):
+                yield item
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -184,6 +184,9 @@ class Causes:
         wakee = self._threads.get((pid, ev.wakee_tid))
         if waker is not None and waker.waiting and ev.wakee_since_ns:
             # The result of answered calls handed to a thread that slept through all of them: it waited for them.
+            # (A request thread preempted as it released its lock falls asleep only after the worker's call began:
+            # that call is decided by its hand-off when its wait is over, see flush.) Any other wakeup of a thread
+            # (a lock, the GIL) decides nothing: waking a thread that was awake during the call proves nothing.
             done = [c for c in waker.waiting if c.answered and c.start_ns >= ev.wakee_since_ns]
             if done:
                 # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
@@ -196,10 +199,11 @@ class Causes:
         if waker is not None and waker.open and (wakee is None or not wakee.open):
             # A request thread wakes a thread that serves none: work handed to a pool worker.
             self._pools.add(pid)
+            # The latest hand-off wins: an idle worker woken now takes work now (an earlier one it did not take
+            # went to a worker that was still running).
             target = wakee if wakee is not None else self._thread(pid, ev.wakee_tid)
-            if target.handoff is None:
-                target.handoff = next(reversed(waker.open))
-                target.handoff_from = ev.waker_tid
+            target.handoff = next(reversed(waker.open))
+            target.handoff_from = ev.waker_tid
 
     def _decide(self, t: _Thread, call: Call, cause: bytes | None, via: str, out: list[Span]) -> None:
         t.waiting.remove(call)
