@@ -565,7 +565,8 @@ def write_doc(command: str, scores: dict[str, Score], json_line: str, doc: Path 
     """Replace this benchmark's section of docs/benchmarks.md (and only it) with the figures of this run."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     intro = textwrap.fill(
-        f"`{command}` (root) — real services (OpenTelemetry-SDK-instrumented and not), nginx, mosquitto, "
+        f"`{command}` (root) — real services (OpenTelemetry-SDK-instrumented and not; the SDKs at their defaults, "
+        "5 s batch delay), nginx, aiohttp, Node.js, mosquitto, "
         "`helix run` with its kernel probes and `helix gateway`, scored against each service's own oracle. "
         "Definitions, scenarios and the analysis of every miss: [accuracy.md](accuracy.md).", 110)
     body = "\n".join([

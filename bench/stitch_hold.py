@@ -11,7 +11,7 @@ defaults: every 5 s, what ended since the last export. Three cases:
 - silent: the SDK starts a trace per request but its calls carry no context (no client instrumentation): each
   request's spans wait for its SDK server span (until the SDK exported past them, at most assembler.sdk_wait).
 
-    python bench/stitch_hold.py [--rate 5000] [--seconds 30]
+    python bench/stitch_hold.py [--rate 5000] [--seconds 30] [--max-mib N]
 
 Last line: JSON {case: {"held_spans_p50", "held_spans_max", "held_mib_p50", "held_mib_max", "forced", "waits",
 "us_per_span"}, "ratio_silent_to_reference_mib": ...}; held figures from the steady state (after 12 s).
@@ -75,8 +75,10 @@ def request(i: int, t: float, case: str) -> tuple[list[Span], list[Span]]:
     return kernel, sdk
 
 
-def run(case: str, rate: int, seconds: float) -> dict[str, float]:
+def run(case: str, rate: int, seconds: float, max_mib: float | None = None) -> dict[str, float]:
     a = Assembler(AssemblerConfig())
+    if max_mib is not None:
+        a.max_bytes = int(max_mib * 1024 * 1024)
     per_tick = max(1, int(rate * TICK_S / 4))
     queued: list[Span] = []  # SDK spans ended, waiting for the next export
     next_export = SDK_DELAY_S
@@ -118,10 +120,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=5000, help="kernel spans per second")
     ap.add_argument("--seconds", type=float, default=30.0, help="simulated seconds of load")
+    ap.add_argument("--max-mib", type=float, default=None,
+                    help="the assembler's bound on held bytes (default: its own, 16 MiB; the governor plans it)")
     args = ap.parse_args()
     result: dict[str, object] = {}
     for case in ("reference", "propagating", "silent"):
-        r = run(case, args.rate, args.seconds)
+        r = run(case, args.rate, args.seconds, args.max_mib)
         result[case] = r
         print(f"{case:12s} held p50 {r['held_spans_p50']:>8,.0f} spans {r['held_mib_p50']:6.2f} MiB, max "
               f"{r['held_spans_max']:>8,} spans {r['held_mib_max']:6.2f} MiB; waited {r['waits']:,}, released early "

@@ -38,6 +38,16 @@ def server_span(spans):
     return s
 
 
+def two_requests(*handoffs):
+    """A builder whose threads 101 and 102 read requests a and b, then the wakeups (waker, wakee, at) given."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_read(b, 2, 1_500, 102, "b")
+    for waker, wakee, at in handoffs:
+        b.feed([WakeupEvent(at, PID, waker, wakee, 0)])
+    return b
+
+
 def test_thread_serving_one_request_names_it():
     b = builder()
     serve_read(b, 1, 1_000, 101, "a")
@@ -93,11 +103,7 @@ def test_event_loop_response_makes_its_request_current():
 def test_pool_worker_call_goes_to_the_request_thread_it_wakes():
     """A request thread hands the call to a worker and sleeps; the worker's wakeup of it with the result decides,
     even when another request thread handed the worker work meanwhile."""
-    b = builder()
-    serve_read(b, 1, 1_000, 101, "a")
-    serve_read(b, 2, 1_500, 102, "b")
-    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])  # a's thread hands work to worker 201 ...
-    b.feed([WakeupEvent(2_100, PID, 102, 201, 0)])  # ... and so does b's (the worker is busy: it queues)
+    b = two_requests((101, 201, 2_000), (102, 201, 2_100))
     out = call(b, 10, 5_000, 201)
     assert out == []  # waits for the hand-back
     out = b.feed([WakeupEvent(7_000, PID, 201, 102, 1_600)])  # the result goes to b's thread, asleep since 1_600
@@ -110,10 +116,7 @@ def test_pool_worker_call_goes_to_the_request_thread_it_wakes():
 
 def test_wakeup_of_a_thread_awake_during_the_call_does_not_decide():
     """A thread that was asleep only since after the call began did not wait for it."""
-    b = builder()
-    serve_read(b, 1, 1_000, 101, "a")
-    serve_read(b, 2, 1_500, 102, "b")
-    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    b = two_requests((101, 201, 2_000))
     assert call(b, 10, 5_000, 201) == []
     assert b.feed([WakeupEvent(7_000, PID, 201, 102, 5_500)]) == []
     (c,) = b.feed([WakeupEvent(7_500, PID, 201, 101, 2_500)])
@@ -125,10 +128,7 @@ def test_wakeup_of_a_thread_that_fell_asleep_after_the_call_began_leaves_it_to_t
     """The request thread, preempted as it released its lock, fell asleep only after the worker's call began: that
     hand-back proves nothing (a GIL wakeup of another thread looks the same); the hand-off decides once the wait is
     over."""
-    b = builder()
-    serve_read(b, 1, 1_000, 101, "a")
-    serve_read(b, 2, 1_500, 102, "b")
-    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    b = two_requests((101, 201, 2_000))
     assert call(b, 10, 5_000, 201) == []
     assert b.feed([WakeupEvent(7_000, PID, 201, 102, 5_500)]) == []
     assert b.feed([WakeupEvent(7_500, PID, 201, 101, 5_500)]) == []
@@ -139,11 +139,7 @@ def test_wakeup_of_a_thread_that_fell_asleep_after_the_call_began_leaves_it_to_t
 
 def test_latest_handoff_to_an_idle_worker_wins():
     """A hand-off the worker did not take (another, still running worker took it) is replaced by the next one."""
-    b = builder()
-    serve_read(b, 1, 1_000, 101, "a")
-    serve_read(b, 2, 1_500, 102, "b")
-    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])  # a's work, taken by a running worker: 201 sleeps on
-    b.feed([WakeupEvent(3_000, PID, 102, 201, 0)])  # b's work, taken by 201
+    b = two_requests((101, 201, 2_000), (102, 201, 3_000))
     assert call(b, 10, 5_000, 201) == []
     (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
     sb = server_span(serve_answer(b, 2, 8_000, 102))
