@@ -245,6 +245,7 @@ def test_connect_round_trip_and_truncation(client_id, keepalive, version):
 
 
 def _vbi(n: int) -> bytes:
+    """A variable byte integer without encode_varint's bound: a hostile peer declares lengths past 268,435,455."""
     out = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7
