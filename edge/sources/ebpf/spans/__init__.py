@@ -54,7 +54,7 @@ from ..events import (
 from . import file_io, tcp
 from .http import HTTP, split_host
 from .mqtt import MQTT
-from .tables import SETTLE, Conn, Connections, Proc, Processes, Snapshot, WireProtocol
+from .tables import SETTLE, Conn, Connections, Proc, Processes, Snapshot, WireProtocol, looks_like_tls
 
 __all__ = [
     "SpanBuilderConfig",
@@ -166,7 +166,8 @@ class SpanBuilderStats:
     mqtt_spans: int = 0
     connect_spans: int = 0
     file_spans: int = 0
-    unparsed: int = 0  # messages no parser recognised (TLS, binary, unknown protocols)
+    unparsed: int = 0  # messages no parser recognised (binary, unknown protocols)
+    tls_records: int = 0  # messages of TLS records: handshakes, and ciphertext of TLS the probes cannot read
     continuation: int = 0  # body bytes of an HTTP message that began in an earlier snapshot
     unmatched_responses: int = 0  # a response with no request waiting for it
     unseen_responses: int = 0  # requests answered inside a response message whose head the snapshot missed
@@ -203,6 +204,9 @@ class SpanBuilder:
         self.procs = Processes(self.config.max_processes, self.config.host_name, self.stats)
         self._offset_ns = 0
         self._synced_at: int | None = None
+        # Told the sockets found speaking HTTP/2 in message snapshots, so that the probes walk their frames from then
+        # on (ProbeSet.hint_h2); None where no probes listen (replays, tests).
+        self.on_h2: Callable[[int], None] | None = None
         self._resync()
         # Events by type: a kind of record the probes gain is one more entry.
         self._on_event: dict[type[Any], Callable[[Any, list[Span]], None]] = {
@@ -412,6 +416,12 @@ class SpanBuilder:
         if conn.state is not None and conn.state.message_begins(self, conn, ev, same_direction, out):
             return
         conn.seq += 1
+        if not ev.tls and looks_like_tls(ev.payload):
+            # TLS on the wire: a handshake before the library's plaintext takes over, or a stack the probes cannot
+            # read; not an unknown protocol.
+            self.stats.tls_records += 1
+            conn.opaque = True
+            return
         if conn.opaque:
             self.stats.unparsed += 1
             return

@@ -306,7 +306,8 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         attrs["url.path"] = req.path
     if req.query:
         attrs["url.query"] = req.query
-    attrs["url.scheme"] = "http"
+    scheme = "https" if conn.tls else "http"
+    attrs["url.scheme"] = scheme
     host, port = split_host(req.host)
     if server:
         attrs["server.address"] = host or conn.local.addr
@@ -317,7 +318,7 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         attrs["server.address"] = host or conn.remote.addr
         attrs["server.port"] = port if port is not None else conn.remote.port
         authority = req.host or _join_host(conn.remote.addr, conn.remote.port)
-        attrs["url.full"] = f"http://{authority}{req.target}" if req.target.startswith("/") else req.target
+        attrs["url.full"] = f"{scheme}://{authority}{req.target}" if req.target.startswith("/") else req.target
     connection_attrs(attrs, conn, "http", local=True)
     version = req.version or (resp.version if resp else "")
     if version:
