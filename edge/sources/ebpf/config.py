@@ -42,6 +42,9 @@ class EbpfSourceConfig(Section):
     # this often for libraries loaded after they started (and files no process maps any more are detached).
     tls: bool = setting(True, boolean)
     tls_rescan: float = setting(10.0, duration(1.0, 3600.0))
+    # HTTP/2 request headers (gRPC metadata) kept on spans as http.request.header.<name> (rpc.grpc.request.metadata.
+    # <name>): a request id to correlate with logs, say. Names are matched in lower case.
+    capture_headers: tuple[str, ...] = setting((), str_list)
     # The tracing pipeline's own traffic is not traced: its MQTT topics and OTLP/uplink HTTP paths.
     ignore_topic_prefixes: tuple[str, ...] = setting(("helix/",), str_list)
     ignore_http_paths: tuple[str, ...] = setting(("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/batches"), str_list)

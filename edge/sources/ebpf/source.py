@@ -55,7 +55,8 @@ class EbpfSource:
         self.own_pid = own_pid
         self.builder = SpanBuilder(SpanBuilderConfig(max_connections=cfg.max_connections,
                                                      response_timeout=cfg.response_timeout,
-                                                     payload_bytes=cfg.payload_bytes))
+                                                     payload_bytes=cfg.payload_bytes,
+                                                     capture_headers=tuple(h.lower() for h in cfg.capture_headers)))
         self.probes: ProbeSet | None = None
         self.stream: KernelEventStream | None = None
         self.stats = EbpfSourceStats()
