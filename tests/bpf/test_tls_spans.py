@@ -1,0 +1,130 @@
+"""Kernel spans through TLS: the plaintext read by uprobes on OpenSSL, from real curl and nginx at their defaults.
+
+curl (libcurl on libssl.so.3) calls nginx (libssl.so.3) over https with a self-signed certificate made here; nginx
+proxies in cleartext to a Python http.server. Both TLS ends must come out as HTTP spans in the curl's trace, marked as
+encrypted on the wire, and the ciphertext must not be counted as unparsed.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.demo.broker import free_port
+from edge.model import SpanKind
+from edge.sources.ebpf.events import DataEvent
+
+from .conftest import Server
+from .test_kernel_spans import PARENT, TRACE, kernel_spans  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.bpf
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, made by the openssl command line."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.fixture
+def nginx_tls(tmp_path: Path, http_server: Server):
+    """nginx with an `ssl` listener (its defaults otherwise) in front of http_server; yields (port, cert)."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        pytest.fail("nginx is not installed (apt-get install nginx-light)")
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+user root;
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
+  uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{ proxy_pass http://127.0.0.1:{http_server.port}; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen([binary, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port, cert
+    proc.terminate()
+    proc.wait(5)
+
+
+def _curl_https(url: str, cert: Path, *headers: str) -> tuple[float, str, str]:
+    """Time taken, status code, and the TLS version curl says it negotiated ("1.2")."""
+    args = ["curl", "-sv", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(cert)]
+    for h in headers:
+        args += ["-H", h]
+    t0 = time.monotonic_ns()
+    done = subprocess.run(args + [url], capture_output=True, text=True, check=True, timeout=20)
+    took = (time.monotonic_ns() - t0) / 1e9
+    version = re.search(r"SSL connection using TLSv(1\.\d)", done.stderr)
+    assert version, done.stderr
+    return took, done.stdout, version.group(1)
+
+
+async def test_curl_https_to_nginx_tls_spans_in_the_callers_trace(kernel_spans, nginx_tls) -> None:  # noqa: F811
+    port, cert = nginx_tls
+    ks = await kernel_spans()
+    assert ks.source.tls is not None, ks.source.tls_error
+    seen: list[DataEvent] = []  # what the probes sent of the TLS connections
+    feed = ks.source.builder.feed
+
+    def recording(events):
+        seen.extend(e for e in events if isinstance(e, DataEvent) and port in (e.local.port, e.remote.port))
+        return feed(events)
+
+    ks.source.builder.feed = recording  # type: ignore[method-assign]
+    took, code, version = await asyncio.to_thread(_curl_https, f"https://127.0.0.1:{port}/path?q=tls", cert,
+                                         f"traceparent: 00-{TRACE}-{PARENT}-01")
+    assert code == "200"
+    on_path = lambda s: s.attributes.get("url.path") == "/path" and s.trace_id.hex() == TRACE  # noqa: E731
+    spans = await ks.wait_for(on_path, count=4, timeout=20)
+    by = {(s.resource.service_name, s.kind): s for s in spans}
+    client, server = by[("curl", SpanKind.CLIENT)], by[("nginx", SpanKind.SERVER)]
+    for s in (client, server):
+        assert s.name == "GET" and s.attributes["http.request.method"] == "GET"
+        assert s.attributes["url.query"] == "q=tls" and s.attributes["http.response.status_code"] == 200
+        assert s.parent_span_id.hex() == PARENT and s.attributes["helix.context_from"] == "wire"
+        # nginx 1.22 at its defaults offers up to TLS 1.2; the probes read what was negotiated from the SSL object
+        assert s.attributes["helix.tls"] is True and s.attributes["tls.protocol.version"] == version
+        assert 0 < s.duration_ns <= took * 1e9
+    assert client.attributes["network.peer.port"] == port
+    # nginx's cleartext hop to the backend is in the same trace, and is not marked as TLS
+    assert ("nginx", SpanKind.CLIENT) in by and "tls.protocol.version" not in by[("nginx", SpanKind.CLIENT)].attributes
+    # the server's span nests in the client's; its end is SSL_write's return, which on a busy machine may come a
+    # little after the client already read the response
+    assert client.start_ns <= server.start_ns and server.end_ns <= client.end_ns + 10_000_000
+    # only plaintext was sent of the TLS connections once linked: no application-data ciphertext at all; what came
+    # before the SSL object existed is handshake (nginx peeks one byte to tell TLS from plain HTTP)
+    assert any(e.tls for e in seen)
+    before = [e for e in seen if not e.tls]
+    assert all(e.payload[:1] == b"\x16" for e in before), [(e.comm, e.direction, e.size, e.payload[:8]) for e in before]
+    assert {e.pid for e in seen} >= {client.attributes["process.pid"], server.attributes["process.pid"]}
+    attached = ks.source.tls.status()
+    assert any(lib["path"].endswith("libssl.so.3") and lib["processes"] >= 2 for lib in attached["libraries"]), attached
