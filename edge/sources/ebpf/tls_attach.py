@@ -201,8 +201,10 @@ class TlsAttacher:
         """Processes using TLS the probes cannot read, by stack: ["comm (pid)", ...]."""
         out: dict[str, list[str]] = {}
         for pid, (comm, codes) in sorted(self._unreadable.items()):
+            # curl maps GnuTLS through a dependency but speaks OpenSSL: such a process is named apart, as maybe read
+            beside = " beside OpenSSL read" if self._by_pid.get(pid) else ""
             for stack in sorted({c.stack for c in codes}):
-                out.setdefault(stack, []).append(f"{comm} ({pid})")
+                out.setdefault(stack + beside, []).append(f"{comm} ({pid})")
         return out
 
     def status(self) -> dict[str, Any]:
