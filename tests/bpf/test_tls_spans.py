@@ -128,3 +128,28 @@ async def test_curl_https_to_nginx_tls_spans_in_the_callers_trace(kernel_spans, 
     assert {e.pid for e in seen} >= {client.attributes["process.pid"], server.attributes["process.pid"]}
     attached = ks.source.tls.status()
     assert any(lib["path"].endswith("libssl.so.3") and lib["processes"] >= 2 for lib in attached["libraries"]), attached
+
+
+NODE_CLIENT = r"""
+const https = require("https"), fs = require("fs");
+const [port, ca, traceparent] = process.argv.slice(1);  // with -e there is no script name
+https.get({host: "127.0.0.1", port: +port, path: "/path?q=node", ca: fs.readFileSync(ca), headers: {traceparent}},
+  (res) => { res.resume(); res.on("end", () => { console.log(res.statusCode); }); });
+"""
+
+
+async def test_nodejs_https_client_started_after_the_agent(kernel_spans, nginx_tls) -> None:  # noqa: F811
+    # Debian's node links OpenSSL statically (its symbols kept): attached by symbol in the executable after its exec
+    port, cert = nginx_tls
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is not installed (apt-get install nodejs)")
+    ks = await kernel_spans()
+    tp = f"00-{TRACE}-{PARENT}-01"
+    done = await asyncio.to_thread(subprocess.run, [node, "-e", NODE_CLIENT, str(port), str(cert), tp],
+                                   capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "200", done.stderr
+    (client,) = await ks.wait_for(lambda s: s.kind == SpanKind.CLIENT and s.resource.service_name == "node"
+                                  and s.attributes.get("url.query") == "q=node", timeout=15)
+    assert client.trace_id.hex() == TRACE and client.parent_span_id.hex() == PARENT
+    assert client.attributes["helix.tls"] is True and client.attributes["http.response.status_code"] == 200
