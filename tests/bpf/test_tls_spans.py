@@ -11,12 +11,13 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from edge.demo.broker import free_port
+from edge.demo.broker import Mosquitto, free_port
 from edge.model import SpanKind
 from edge.sources.ebpf.events import DataEvent
 
@@ -153,3 +154,60 @@ async def test_nodejs_https_client_started_after_the_agent(kernel_spans, nginx_t
                                   and s.attributes.get("url.query") == "q=node", timeout=15)
     assert client.trace_id.hex() == TRACE and client.parent_span_id.hex() == PARENT
     assert client.attributes["helix.tls"] is True and client.attributes["http.response.status_code"] == 200
+
+
+PAHO_TLS = r"""
+import sys, paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+role, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"paho-{role}", protocol=mqtt.MQTTv5)
+c.tls_set(ca_certs=ca)  # mqtts:// as users configure it: the broker's CA, certificate checked
+if role == "sub":
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        print("ready", flush=True)
+    def on_message(client, userdata, msg):
+        print(msg.topic, flush=True)
+        client.disconnect()
+    c.on_subscribe, c.on_message = on_subscribe, on_message
+    c.connect("127.0.0.1", port)
+    c.subscribe("plant/+/temp", qos=1)
+    c.loop_forever()
+else:
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [("traceparent", sys.argv[4])]
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.publish("plant/7/temp", b"21.5", qos=1, properties=props).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+"""
+
+
+async def test_paho_over_mqtts_to_a_mosquitto_tls_listener(kernel_spans, tmp_path: Path) -> None:  # noqa: F811
+    cert, key = self_signed(tmp_path)
+    tls_port = free_port()
+    ks = await kernel_spans()
+    tp = f"00-{TRACE}-{PARENT}-01"
+    # `user root`: the broker keeps the rights to read the test's private directory instead of dropping to mosquitto
+    tls = f"user root\nlistener {tls_port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n"
+    with Mosquitto(workdir=tmp_path, extra_conf=tls):
+        sub = await asyncio.create_subprocess_exec(sys.executable, "-c", PAHO_TLS, "sub", str(tls_port), str(cert),
+                                                   stdout=asyncio.subprocess.PIPE)
+        assert sub.stdout is not None
+        assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"ready"
+        pub = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", PAHO_TLS, "pub", str(tls_port), str(cert),
+                                                       tp], capture_output=True, text=True, timeout=20)
+        assert pub.returncode == 0, pub.stderr
+        out, _ = await asyncio.wait_for(sub.communicate(), 15)
+        assert out.strip() == b"plant/7/temp"
+        in_trace = lambda s: s.trace_id.hex() == TRACE and s.attributes.get(  # noqa: E731
+            "messaging.destination.name") == "plant/7/temp"
+        spans = await ks.wait_for(lambda s: in_trace(s) and s.kind in (SpanKind.PRODUCER, SpanKind.CONSUMER), count=2,
+                                  timeout=15)
+    publish = next(s for s in spans if s.kind == SpanKind.PRODUCER)
+    delivery = next(s for s in spans if s.kind == SpanKind.CONSUMER)
+    assert publish.attributes["messaging.client.id"] == "paho-pub" and delivery.attributes["process.pid"] == sub.pid
+    for s in (publish, delivery):
+        assert s.parent_span_id.hex() == PARENT and s.attributes["helix.context_from"] == "wire"
+        assert s.attributes["helix.tls"] is True and s.attributes["network.peer.port"] == tls_port
