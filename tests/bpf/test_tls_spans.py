@@ -7,6 +7,7 @@ encrypted on the wire, and the ciphertext must not be counted as unparsed.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
@@ -211,3 +212,61 @@ async def test_paho_over_mqtts_to_a_mosquitto_tls_listener(kernel_spans, tmp_pat
     for s in (publish, delivery):
         assert s.parent_span_id.hex() == PARENT and s.attributes["helix.context_from"] == "wire"
         assert s.attributes["helix.tls"] is True and s.attributes["network.peer.port"] == tls_port
+
+
+HTTPS_ON_DEMAND = r"""
+import http.client, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+print("ready", flush=True)
+for line in sys.stdin:
+    c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx)
+    c.request("GET", "/path?q=" + line.strip(), headers={"traceparent": sys.argv[3]})
+    print(c.getresponse().status, flush=True)
+    c.close()
+"""
+
+
+async def test_a_private_libssl_replaced_on_disk(kernel_spans, nginx_tls, tmp_path: Path) -> None:  # noqa: F811
+    # A process on its own copy of libssl (not the host's), which an upgrade then replaces on disk while it runs.
+    port, cert = nginx_tls
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    host = Path(ssl_path())
+    shutil.copy(host, libdir / host.name)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(libdir)}
+    proc = subprocess.Popen([sys.executable, "-c", HTTPS_ON_DEMAND, str(port), str(cert), f"00-{TRACE}-{PARENT}-01"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stdout.readline() == "ready\n"
+        ks = await kernel_spans()
+        tls = ks.source.tls
+        assert tls is not None
+        assert any(lib["path"] == str(libdir / host.name) for lib in tls.status()["libraries"]), tls.status()
+
+        async def call(tag: str) -> None:
+            proc.stdin.write(tag + "\n")
+            proc.stdin.flush()
+            assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "200"
+            await ks.wait_for(lambda s: s.attributes.get("process.pid") == proc.pid
+                              and s.attributes.get("url.query") == f"q={tag}" and s.attributes.get("helix.tls"))
+
+        await call("before")
+        # the upgrade: a new file renamed over the old one; the process keeps the old (deleted) file mapped
+        (libdir / "new").write_bytes(host.read_bytes() + b"\0" * 4096)
+        os.replace(libdir / "new", libdir / host.name)
+        await asyncio.to_thread(tls.scan_all)
+        status = tls.status()
+        assert status["attach_errors"] == 0 and ks.source.builder.stats.internal_errors == 0, status
+        await call("after")  # still read, through the mapping the process has
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def ssl_path() -> str:
+    """The host's libssl.so.3 as this process maps it."""
+    import ssl  # noqa: F401  (maps it)
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if "libssl.so" in line:
+            return line.split()[-1]
+    raise AssertionError("libssl is not mapped")
