@@ -92,19 +92,10 @@ def records(writes: list[tuple[Direction, bytes]]) -> tuple[list[H2Event], int]:
     out = []
     frames = 0
     for i, (d, raw) in enumerate(writes):
-        if raw.startswith(p.PREFACE):
-            raw = raw[len(p.PREFACE):]
-        kept = bytearray()
-        at = 0
-        while at + 9 <= len(raw):
-            length = int.from_bytes(raw[at:at + 3], "big")
-            kept += raw[at:at + 9]
-            if p.kept(raw[at + 3], length):
-                kept += raw[at + 9:at + 9 + length]
-            at += 9 + length
-            frames += 1
+        kept, n = p.frame_mode_bytes(raw)
+        frames += n
         ts = 1_000_000 + i * 10_000
-        out.append(H2Event(ts, ts + 2000, 100, 101, "orders-client", 7, Role.CLIENT, d, CLI, SRV, len(raw), bytes(kept),
+        out.append(H2Event(ts, ts + 2000, 100, 101, "orders-client", 7, Role.CLIENT, d, CLI, SRV, len(raw), kept,
                            start=i < 2))
     return out, frames
 

@@ -23,7 +23,7 @@ from hpack.table import HeaderTable
 
 __all__ = ["PREFACE", "FRAME_HEADER", "KEEP_MAX", "DATA", "HEADERS", "PRIORITY", "RST_STREAM", "SETTINGS",
            "PUSH_PROMISE", "PING", "GOAWAY", "WINDOW_UPDATE", "CONTINUATION", "END_STREAM", "END_HEADERS", "PADDED",
-           "PRIORITY_FLAG", "ERROR_CODES", "Frame", "FrameReader", "HeaderBlock", "HeaderDecoder", "kept",
+           "PRIORITY_FLAG", "ERROR_CODES", "Frame", "FrameReader", "HeaderBlock", "HeaderDecoder", "kept", "frame_mode_bytes",
            "plausible_frames", "header_block_fragment"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -47,6 +47,22 @@ _MAX_BLOCK = 1 << 16  # bytes of one header block assembled from HEADERS and CON
 def kept(ftype: int, length: int) -> bool:
     """Whether frame mode sends this frame's payload (bpf/h2.bpf.h applies the same rule)."""
     return 1 <= ftype <= 9 and length <= KEEP_MAX
+
+
+def frame_mode_bytes(stream: bytes) -> tuple[bytes, int]:
+    """What frame mode sends of whole frames of one direction (the preface left out): every frame header and the
+    payloads `kept` allows; and how many frames there were. For tests and benches that stand in for the probes."""
+    out = bytearray()
+    at = len(PREFACE) if stream.startswith(PREFACE) else 0
+    frames = 0
+    while at + FRAME_HEADER <= len(stream):
+        length = int.from_bytes(stream[at:at + 3], "big")
+        out += stream[at:at + FRAME_HEADER]
+        if kept(stream[at + 3], length):
+            out += stream[at + FRAME_HEADER:at + FRAME_HEADER + length]
+        at += FRAME_HEADER + length
+        frames += 1
+    return bytes(out), frames
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from edge.model import SpanKind
 from edge.sources.ebpf.events import DataEvent
 
 from .conftest import Server
-from .test_kernel_spans import PARENT, TRACE, kernel_spans  # noqa: F401  (fixture)
+from .test_kernel_spans import PARENT, TRACE, kernel_spans, run_nginx  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.bpf
 
@@ -40,38 +39,9 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def nginx_tls(tmp_path: Path, http_server: Server):
     """nginx with an `ssl` listener (its defaults otherwise) in front of http_server; yields (port, cert)."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        pytest.fail("nginx is not installed (apt-get install nginx-light)")
     cert, key = self_signed(tmp_path)
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-user root;
-worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
-  uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    location / {{ proxy_pass http://127.0.0.1:{http_server.port}; }}
-  }}
-}}
-""")
-    proc = subprocess.Popen([binary, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    proc, port = run_nginx(tmp_path, f"listen 127.0.0.1:{{port}} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
+                           f"location / {{ proxy_pass http://127.0.0.1:{http_server.port}; }}")
     yield port, cert
     proc.terminate()
     proc.wait(5)

@@ -21,7 +21,7 @@ from .tcp import add_event, take_faults
 if TYPE_CHECKING:
     from . import SpanBuilder
 
-__all__ = ["HTTP", "split_host"]
+__all__ = ["HTTP", "split_host", "server_attrs"]
 
 _NS = 1_000_000_000
 _NO_MSG, _REQ_MSG, _RESP_MSG = range(3)
@@ -308,15 +308,8 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         attrs["url.query"] = req.query
     scheme = "https" if conn.tls else "http"
     attrs["url.scheme"] = scheme
-    host, port = split_host(req.host)
-    if server:
-        attrs["server.address"] = host or conn.local.addr
-        attrs["server.port"] = port if port is not None else conn.local.port
-        attrs["client.address"] = conn.remote.addr
-        attrs["client.port"] = conn.remote.port
-    else:
-        attrs["server.address"] = host or conn.remote.addr
-        attrs["server.port"] = port if port is not None else conn.remote.port
+    server_attrs(attrs, conn, req.host, server)
+    if not server:
         authority = req.host or _join_host(conn.remote.addr, conn.remote.port)
         attrs["url.full"] = f"{scheme}://{authority}{req.target}" if req.target.startswith("/") else req.target
     connection_attrs(attrs, conn, "http", local=True)
@@ -383,6 +376,19 @@ def split_host(host: str) -> tuple[str, int | None]:
     if port_s.isdigit() and port_s.isascii() and int(port_s) < 65536:
         return name, int(port_s)
     return name, None
+
+
+def server_attrs(attrs: Attributes, conn: Conn, authority: str, server: bool) -> None:
+    """server.* (from the Host or :authority, else the socket) and, on the server's side, client.*."""
+    host, port = split_host(authority)
+    if server:
+        attrs["server.address"] = host or conn.local.addr
+        attrs["server.port"] = port if port is not None else conn.local.port
+        attrs["client.address"] = conn.remote.addr
+        attrs["client.port"] = conn.remote.port
+    else:
+        attrs["server.address"] = host or conn.remote.addr
+        attrs["server.port"] = port if port is not None else conn.remote.port
 
 
 def _join_host(addr: str, port: int) -> str:

@@ -24,7 +24,7 @@ from ....model import Attributes, Event, Span, SpanKind, StatusCode
 from ....propagation import extract
 from ....protocols import http2 as h2
 from ..events import DataEvent, Direction, H2Event, Role
-from .http import split_host
+from .http import server_attrs
 from .tables import WAIT, Conn, ConnState, Snapshot, connection_attrs, process_attrs
 from .tcp import add_event, take_faults
 
@@ -349,16 +349,7 @@ def _emit(b: SpanBuilder, conn: Conn, s: _Stream, end_ns: int, out: list[Span], 
     grpc = ctype.startswith("application/grpc")
     attrs: Attributes = {}
     target, _, query = path.partition("?")
-    authority = headers.get(":authority") or headers.get("host") or ""
-    host, port = split_host(authority)
-    if s.kind == SpanKind.SERVER:
-        attrs["server.address"] = host or conn.local.addr
-        attrs["server.port"] = port if port is not None else conn.local.port
-        attrs["client.address"] = conn.remote.addr
-        attrs["client.port"] = conn.remote.port
-    else:
-        attrs["server.address"] = host or conn.remote.addr
-        attrs["server.port"] = port if port is not None else conn.remote.port
+    server_attrs(attrs, conn, headers.get(":authority") or headers.get("host") or "", s.kind == SpanKind.SERVER)
     status = StatusCode.UNSET
     message = ""
     rpc = _grpc_path(target) if grpc else None

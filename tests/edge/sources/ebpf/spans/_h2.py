@@ -17,15 +17,7 @@ SRV = Endpoint("10.0.0.5", 50051)
 
 def kept(stream: bytes) -> bytes:
     """What frame mode sends of a direction's byte stream (preface excluded): headers, and non-DATA payloads."""
-    out = bytearray()
-    at = 0
-    while at + 9 <= len(stream):
-        length = int.from_bytes(stream[at:at + 3], "big")
-        out += stream[at:at + 9]
-        if p.kept(stream[at + 3], length):
-            out += stream[at + 9:at + 9 + length]
-        at += 9 + length
-    return bytes(out)
+    return p.frame_mode_bytes(stream)[0]
 
 
 @dataclass
