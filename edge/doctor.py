@@ -226,8 +226,14 @@ def _tls(cfg: Config, probes: Any) -> Check:
         lines += [f"      {stack}: {u['processes']} process(es): {', '.join(u['names'])}"
                   + (", ..." if u["processes"] > len(u["names"]) else "") for stack, u in unreadable.items()]
     if status["attach_errors"]:
-        return Check("TLS libraries", False, "\n".join(lines) + f"\n    {status['attach_errors']} file(s) failed to "
-                     "attach (see the log)", "check that the files are readable by root and not on a noexec mount")
+        failures = status["attach_failures"]
+        lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(failures))
+        if os.geteuid() != 0 and any("Permission denied" in f for f in failures):
+            fix = ("this kernel refuses uprobes to an agent with only CAP_BPF and CAP_PERFMON: run it as root (without "
+                   "HELIX_USER) to read TLS plaintext; the other probes work as they are")
+        else:
+            fix = "check that the files are readable by root and not on a noexec mount"
+        return Check("TLS libraries", False, "\n".join(lines), fix)
     return Check("TLS libraries", True, "\n".join(lines))
 
 

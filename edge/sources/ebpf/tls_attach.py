@@ -215,6 +215,7 @@ class TlsAttacher:
             "unreadable": {stack: {"processes": len(names), "names": names[:_NAMES_SHOWN]}
                            for stack, names in self.unreadable().items()},
             "attach_errors": self.attach_errors,
+            "attach_failures": sorted({why for _, why in self._failed.values()})[:_NAMES_SHOWN],
             "scan_errors": self.scan_errors,
             "file_errors": self.catalog.errors,
             "scans": self.scans,
