@@ -21,7 +21,8 @@ enum helix_event_type {
 	HELIX_EV_EXIT = 6,
 	HELIX_EV_FILE_IO = 7,
 	HELIX_EV_DATA_MORE = 8,
-	HELIX_EV_H2 = 9,
+	HELIX_EV_WAKEUP = 9,
+	HELIX_EV_H2 = 10,
 };
 
 /* data_event.flags / data_more_event.flags / h2_event.flags */
