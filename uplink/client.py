@@ -181,6 +181,13 @@ class UplinkClient:
         self._gauges()
         return done
 
+    def can_accept(self, nbytes: int) -> bool:
+        """Whether spans of about `nbytes` would be queued now without waiting: False while the spool (or its disk) is
+        full and the queue has no room, so a receiver can answer busy before it acknowledges anything."""
+        if self._closing:
+            return False
+        return not self._queue or self._queue_bytes + nbytes <= self.queue_limit
+
     def _take(self, spans: list[Span]) -> int:
         """Queue the longest prefix of `spans` that fits (one span always fits an empty queue); how many."""
         accepted = 0
