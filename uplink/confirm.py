@@ -64,7 +64,8 @@ def decode_confirm(data: bytes) -> list[tuple[int, Settled]]:
     out: list[tuple[int, Settled]] = []
     for p in pairs:
         if type(p) is not list or len(p) != 2 or type(p[0]) is not int or type(p[1]) is not int or p[0] < 0:
-            raise DecodeError(f"confirmation holds {p!r}, not a [seq, outcome] pair")
+            # Not {p!r}: the repr of a huge integer raises ValueError.
+            raise DecodeError(f"confirmation holds a {type(p).__name__}, not a [seq, outcome] pair")
         try:
             out.append((p[0], Settled(p[1])))
         except ValueError:

@@ -67,8 +67,6 @@ class UplinkConfig(MqttConnection):
     confirm_timeout: float = setting(300.0, duration(1.0, 86400.0))
     # A full spool refuses new batches (the receivers answer busy) or evicts its oldest batches (counted).
     spool_full: str = setting("refuse", one_of("refuse", "evict"))
-    # OTLP and device spans are acknowledged only once they are on disk (group commit); costs latency.
-    durable: bool = setting(False, boolean)
 
     def topic_for(self, node_id: str) -> str:
         """The uplink topic with `{node_id}` filled in."""
@@ -77,11 +75,6 @@ class UplinkConfig(MqttConnection):
     def ack_topic_for(self, node_id: str) -> str:
         """The topic gateways confirm this node's batches on ("" when confirmations are off)."""
         return self.ack_topic.replace("{node_id}", node_id)
-
-    def validate(self) -> None:
-        """A durable node needs a disk spool."""
-        if self.durable and not self.spool_dir:
-            raise ConfigError("uplink.durable", "needs a disk spool: set uplink.spool_dir (it is \"\")")
 
 
 @dataclass(slots=True, frozen=True)
