@@ -2,9 +2,8 @@
 
 The cost of a batch is bounded before decoding from what its zstd frame declares it inflates to (a frame that does
 not declare it is refused, and no more than declared is ever produced): decoding (CBOR into Python objects, spans,
-the OTLP request and its serialised bytes) takes at most DECODE_FACTOR times that size — measured on hostile bodies
-built to cost the most per byte (empty maps and arrays, 75x; minimal spans, 53x) and on real ones (~20x), see
-docs/benchmarks.md. The budget is `gateway.memory_limit` less what the process holds idle and what its MQTT client
+the OTLP request and its serialised bytes) takes at most DECODE_FACTOR times that size: above the worst measured on
+hostile bodies built to cost the most per byte (`bench/gateway_decode_cost.py`, figures in docs/benchmarks.md). The budget is `gateway.memory_limit` less what the process holds idle and what its MQTT client
 may have read ahead; a batch that could never fit is refused for good, one that does not fit now waits.
 """
 from __future__ import annotations
