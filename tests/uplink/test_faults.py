@@ -190,7 +190,8 @@ async def test_broker_restart_loses_nothing(tmp_path: Path, otlp_peer: OtlpPeer,
             await until(lambda: gw.stats.spans_exported > 0, timeout=60, what="first spans")
             await asyncio.to_thread(broker.restart)
             await _exactly_once(otlp_peer, 60, 22, node=node)
-            assert gw.stats.mqtt_subscriptions >= 2 and node.status().get("send_failures", 0) >= 1
+            # The gateway subscribed again; the node may have had nothing in flight when the broker went away.
+            assert gw.stats.mqtt_subscriptions >= 2
 
 
 @pytest.mark.slow

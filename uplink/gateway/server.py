@@ -332,9 +332,16 @@ class Gateway:
             log.info("gateway exporting to %s", self.exporter.endpoint)
             await stop.wait()
         finally:
+            pending = set(tasks)
+            while pending:
+                # Cancelled again until done: before Python 3.12 asyncio.wait_for can swallow a cancellation that
+                # arrives as what it waits for completes, and a loop would then run on.
+                for t in pending:
+                    t.cancel()
+                _, pending = await asyncio.wait(pending, timeout=1.0)
             for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("gateway task %s failed: %r", t.get_name(), t.exception())
             if runner is not None:
                 await runner.cleanup()
             await self.exporter.close()
