@@ -33,15 +33,17 @@ class OracleEntry:
     pid: int | None = None  # the process that handled it: its handling span must come from there
     ctx: bool = False  # trace context was on the wire into this request (traceparent header / user property)
     mqtt: str | None = None  # mqtt_key() of the kernel MQTT span that is this request (publish or delivery)
+    sdk_trace: str | None = None  # the trace id (hex) the handling service's SDK gave this request
 
 
 def oracle_entry(d: Mapping[str, object]) -> OracleEntry:
     """An oracle line (a decoded JSON object) as an entry."""
     pid = d.get("pid")
     mq = d.get("mqtt")
+    sdk_trace = d.get("sdk_trace")
     return OracleEntry(str(d["rid"]), str(d["parent_rid"]) if d.get("parent_rid") else None, str(d["trace"]),
                        str(d.get("service", "")), pid if isinstance(pid, int) else None, bool(d.get("ctx")),
-                       mq if isinstance(mq, str) else None)
+                       mq if isinstance(mq, str) else None, sdk_trace if isinstance(sdk_trace, str) else None)
 
 
 def mqtt_key(direction: str, topic: str, packet_id: object) -> str:
@@ -65,6 +67,10 @@ class Score:
     false_links: int = 0  # ... joining two different true traces
     spans: int = 0  # distinct spans scored
     orphans: int = 0  # spans naming a parent that did not arrive in their trace (a trace split or a loss)
+    sdk_upstream: int = 0  # requests handled by an SDK span of a trace no other SDK trace is above
+    sdk_kept: int = 0  # ... whose SDK span arrived with the trace id its SDK gave it
+    sdk_moved: int = 0  # requests handled by an SDK span of a trace started below another SDK trace, moved under it
+    sdk_moved_marked: int = 0  # ... that carry their original trace id (helix.trace.original_id)
 
     @staticmethod
     def _frac(n: int, d: int) -> float:
@@ -95,11 +101,27 @@ class Score:
         """Parent links that join two true traces (0.0 when there are no links)."""
         return self._frac(self.false_links, self.links) if self.links else 0.0
 
+    @property
+    def orphan_rate(self) -> float:
+        """Spans whose parent is not in their trace (0.0 when there are no spans)."""
+        return self._frac(self.orphans, self.spans) if self.spans else 0.0
+
+    @property
+    def sdk_traceid_kept(self) -> float:
+        """SDK-handled requests of upstream SDK traces that kept the trace id their SDK gave them."""
+        return self._frac(self.sdk_kept, self.sdk_upstream)
+
+    @property
+    def moved_marked(self) -> float:
+        """SDK-handled requests moved under an upstream trace that carry their original trace id."""
+        return self._frac(self.sdk_moved_marked, self.sdk_moved)
+
     def as_dict(self) -> dict[str, float | int]:
         """The figures, for the JSON line."""
         return {"traceid_match": self.traceid_match, "parent_precision": self.parent_precision,
                 "parent_recall": self.parent_recall, "coverage": self.coverage,
-                "false_link_rate": self.false_link_rate, "spans": self.spans}
+                "false_link_rate": self.false_link_rate, "orphan_rate": self.orphan_rate,
+                "sdk_traceid_kept": self.sdk_traceid_kept, "moved_marked": self.moved_marked, "spans": self.spans}
 
     def __add__(self, other: Score) -> Score:
         return Score(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Score)))
@@ -175,6 +197,20 @@ class Judgement:
             cur = self.parent(cur)
         return None
 
+    def sdk_trace_upstream(self, r: str) -> bool:
+        """No request above r (in the true trace) has an SDK trace other than r's: r's SDK trace is the upstream
+        one, which must keep its id."""
+        mine = self.truth[r].sdk_trace
+        cur = self.truth[r].parent_rid
+        for _ in range(_MAX_DEPTH):
+            o = self.truth.get(cur) if cur is not None else None
+            if o is None:
+                return True
+            if o.sdk_trace and o.sdk_trace != mine:
+                return False
+            cur = o.parent_rid
+        return True
+
     def true_trace(self, s: Span) -> str | None:
         """The true trace of a span: its own request's, else that of the nearest request above it."""
         cur: Span | None = s
@@ -205,6 +241,14 @@ def score(spans: Iterable[Span], oracle: Iterable[OracleEntry]) -> Score:
         if o.parent_rid is not None and o.ctx and root is not None:
             out.tid_judged += 1
             out.tid_right += j.handler[r].trace_id == root.trace_id
+        handler = j.handler[r]
+        if o.sdk_trace and not _is_kernel(handler):
+            if j.sdk_trace_upstream(r):
+                out.sdk_upstream += 1
+                out.sdk_kept += handler.trace_id.hex() == o.sdk_trace
+            elif handler.trace_id.hex() != o.sdk_trace:
+                out.sdk_moved += 1
+                out.sdk_moved_marked += handler.attributes.get("helix.trace.original_id") == o.sdk_trace
     for s in j.by_id.values():
         p = j.parent(s)
         if p is None:

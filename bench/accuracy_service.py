@@ -2,21 +2,29 @@
 
 Every handled request has a rid. A caller puts the callee's rid, its own rid (prid) and the true root's rid
 (trace) in the query string; an MQTT publisher puts them in the message body. The handler appends
-{rid, parent_rid, trace, service, ts, pid, ctx, mqtt} to its own oracle file — out of band, never over the
-traced path. `ctx` says whether trace context was on the wire into the request (a traceparent header or
-MQTT v5 user property), `mqtt` names the message (direction, topic, packet id) for mapping kernel MQTT spans.
+{rid, parent_rid, trace, service, ts, pid, ctx, mqtt, sdk_trace} to its own oracle file — out of band, never over
+the traced path. `ctx` says whether trace context was on the wire into the request (a traceparent header or
+MQTT v5 user property), `mqtt` names the message (direction, topic, packet id) for mapping kernel MQTT spans,
+`sdk_trace` is the trace id the service's SDK gave the request (instrumented services only).
 
 Modes:
   http       HTTP/1.1 server (ThreadingHTTPServer, keep-alive); per request it calls every --call URL
   pool       the same, but the calls run on ThreadPoolExecutor workers while the request thread waits
+  handoff    the same, but each call is handed to one of --workers threads through a queue.Queue and the request
+             thread waits on a threading.Event (a hand-written pool)
+  workers    an accept thread hands each connection to a ThreadPoolExecutor of --workers threads, whose worker
+             reads the requests, makes the calls and answers
+  aiohttp    an aiohttp server (one thread, asyncio): per request 1 to 3 of the --call URLs, concurrently
   batch      after "go" on stdin: --count jobs, each one root span making --fanout calls on --workers threads
   publish    after "go": --count MQTT v5 QoS 1 messages on --topic (traceparent in user properties with --sdk,
              unless --no-propagate)
   subscribe  after "go": subscribes to --topic; each delivery calls every --call URL
 
-With --sdk ENDPOINT the service is instrumented with the OpenTelemetry Python SDK (OTLP/gRPC to ENDPOINT, W3C
-propagation both ways); without it, it never imports OpenTelemetry and only the kernel sees it. Processes
-that connect on "go" do so after the agent's probes are attached, so the kernel sees their connections open.
+With --sdk ENDPOINT the service is instrumented with the OpenTelemetry Python SDK at its defaults (a
+BatchSpanProcessor exporting every 5 s, OTLP/gRPC to ENDPOINT, or OTLP/HTTP with --otlp-http; W3C propagation both
+ways); --fast-export makes it export every 200 ms instead, for quick runs. Without --sdk it never imports
+OpenTelemetry and only the kernel sees it. Processes that connect on "go" do so after the agent's probes are
+attached, so the kernel sees their connections open.
 """
 from __future__ import annotations
 
@@ -24,13 +32,16 @@ import argparse
 import http.client
 import json
 import os
+import queue
+import random
 import signal
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -52,10 +63,11 @@ class Oracle:
         self.service = service
         self.lock = threading.Lock()
 
-    def write(self, rid: str, parent: str | None, trace: str, ctx: bool, mqtt: str | None = None) -> None:
+    def write(self, rid: str, parent: str | None, trace: str, ctx: bool, mqtt: str | None = None,
+              sdk_trace: str | None = None) -> None:
         """One handled request."""
         line = json.dumps({"rid": rid, "parent_rid": parent, "trace": trace, "service": self.service,
-                           "ts": time.time_ns(), "pid": os.getpid(), "ctx": ctx, "mqtt": mqtt})
+                           "ts": time.time_ns(), "pid": os.getpid(), "ctx": ctx, "mqtt": mqtt, "sdk_trace": sdk_trace})
         with self.lock:
             self.f.write(line + "\n")
 
@@ -63,24 +75,38 @@ class Oracle:
 class Sdk:
     """The OpenTelemetry SDK when the service is instrumented; every method is a no-op otherwise."""
 
-    def __init__(self, endpoint: str | None, service: str) -> None:
+    def __init__(self, endpoint: str | None, service: str, http: bool = False, fast: bool = False) -> None:
         self.tracer: Any = None
         if not endpoint:
             return
-        from opentelemetry import propagate
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry import propagate, trace
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace import SpanKind
 
-        # process.pid lets the agent relate SDK spans to the kernel's view of the same process.
+        exporter: Any
+        if http:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+            exporter = HttpExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+            exporter = GrpcExporter(endpoint=endpoint, insecure=True)
+        # process.pid lets the agent relate SDK spans to the kernel's view of the same process. The processor is the
+        # SDK's default one at its defaults (5 s schedule delay, 512-span batches, retries) unless --fast-export.
         self.provider = TracerProvider(resource=Resource.create({"service.name": service, "process.pid": os.getpid()}))
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True),
-                                                            schedule_delay_millis=200))
+        self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200) if fast
+                                         else BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("helix.accuracy")
         self.propagate = propagate
+        self.trace = trace
         self.kinds = SpanKind
+
+    def trace_id(self) -> str | None:
+        """The trace id of the current span, as the application would log it (None when not instrumented)."""
+        if self.tracer is None:
+            return None
+        return f"{self.trace.get_current_span().get_span_context().trace_id:032x}"
 
     def span(self, name: str, kind: str, rid: str, carrier: dict[str, str] | None = None) -> Any:
         """A span with the oracle rid; `carrier`: incoming headers to extract the parent from."""
@@ -154,9 +180,52 @@ class Caller:
                         raise
 
 
+class HandoffPool:
+    """A hand-written pool: work goes to one of `n` threads through a queue; the submitter waits on an Event."""
+
+    def __init__(self, n: int) -> None:
+        self.work: queue.Queue[tuple[Callable[[], None], threading.Event]] = queue.Queue()
+        for i in range(n):
+            threading.Thread(target=self._run, name=f"handoff-{i}", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            fn, done = self.work.get()
+            try:
+                fn()
+            finally:
+                done.set()
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on a worker and wait for it."""
+        done = threading.Event()
+        self.work.put((fn, done))
+        done.wait()
+
+
+class PoolHTTPServer(HTTPServer):
+    """An accept thread that hands each connection to a ThreadPoolExecutor worker, which serves it to the end."""
+
+    def __init__(self, address: tuple[str, int], handler: Any, workers: int) -> None:
+        super().__init__(address, handler)
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
 def serve(args: argparse.Namespace, oracle: Oracle, sdk: Sdk, caller: Caller) -> None:
-    """The HTTP modes (http, pool)."""
+    """The HTTP modes (http, pool, handoff, workers)."""
     pool = ThreadPoolExecutor(max_workers=args.workers) if args.mode == "pool" else None
+    handoff = HandoffPool(args.workers) if args.mode == "handoff" else None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -166,13 +235,16 @@ def serve(args: argparse.Namespace, oracle: Oracle, sdk: Sdk, caller: Caller) ->
             rid = q.get("rid") or new_rid()
             parent, trace = q.get("prid"), q.get("trace") or rid
             headers = {k.lower(): v for k, v in self.headers.items()}
-            oracle.write(rid, parent, trace, any(h in headers for h in _TRACE_HEADERS))
             with sdk.span(args.name, "SERVER", rid, headers):
+                oracle.write(rid, parent, trace, any(h in headers for h in _TRACE_HEADERS), sdk_trace=sdk.trace_id())
+
                 def downstream() -> None:
                     for url in args.call:
                         caller.call(url, new_rid(), rid, trace)
                 if pool is not None:
                     pool.submit(downstream).result()
+                elif handoff is not None:
+                    handoff.run(downstream)
                 else:
                     downstream()
                 if args.work_ms:
@@ -186,10 +258,46 @@ def serve(args: argparse.Namespace, oracle: Oracle, sdk: Sdk, caller: Caller) ->
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    srv.daemon_threads = True
+    srv: HTTPServer
+    if args.mode == "workers":
+        srv = PoolHTTPServer(("127.0.0.1", args.port), Handler, args.workers)
+    else:
+        srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+        srv.daemon_threads = True
     print("ready", flush=True)
     srv.serve_forever()
+
+
+def serve_aiohttp(args: argparse.Namespace, oracle: Oracle) -> None:
+    """An uninstrumented aiohttp server: per request, 1 to 3 of the --call URLs (by the request's rid), at once."""
+    import asyncio
+
+    from aiohttp import ClientSession, web
+
+    async def main() -> None:
+        session = ClientSession()
+
+        async def call(url: str, rid: str, trace: str) -> None:
+            async with session.get(f"{url}?rid={new_rid()}&prid={rid}&trace={trace}") as r:
+                await r.read()
+
+        async def handle(request: web.Request) -> web.Response:
+            rid = request.query.get("rid") or new_rid()
+            trace = request.query.get("trace") or rid
+            oracle.write(rid, request.query.get("prid"), trace, "traceparent" in request.headers)
+            n = random.Random(rid).randint(1, 3)
+            await asyncio.gather(*(call(args.call[i % len(args.call)], rid, trace) for i in range(n)))
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/{name}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", args.port).start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
 
 
 def wait_go() -> None:
@@ -206,8 +314,8 @@ def batch(args: argparse.Namespace, oracle: Oracle, sdk: Sdk) -> None:
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         for _ in range(args.count):
             job = new_rid()
-            oracle.write(job, None, job, False)
             with sdk.span("batchJob", "INTERNAL", job):
+                oracle.write(job, None, job, False, sdk_trace=sdk.trace_id())
                 futures = [pool.submit(caller.call, args.call[0], new_rid(), job, job) for _ in range(args.fanout)]
                 for f in futures:
                     f.result()
@@ -241,7 +349,8 @@ def publish(args: argparse.Namespace, oracle: Oracle, sdk: Sdk) -> None:
                 props.UserProperty = list(carrier.items())
             info = c.publish(args.topic, json.dumps({"rid": rid, "trace": rid}).encode(), qos=1, properties=props)
             info.wait_for_publish(10)
-        oracle.write(rid, None, rid, False, f"send:{args.topic}#{info.mid}")
+            sdk_trace = sdk.trace_id()
+        oracle.write(rid, None, rid, False, f"send:{args.topic}#{info.mid}", sdk_trace=sdk_trace)
         time.sleep(args.interval)
     c.disconnect()
     c.loop_stop()
@@ -279,12 +388,15 @@ def main() -> None:
     """Run one testbed service."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
-    ap.add_argument("--mode", default="http", choices=["http", "pool", "batch", "publish", "subscribe"])
+    ap.add_argument("--mode", default="http",
+                    choices=["http", "pool", "handoff", "workers", "aiohttp", "batch", "publish", "subscribe"])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--broker", type=int, default=0, help="mosquitto port")
     ap.add_argument("--topic", default="acc/orders")
     ap.add_argument("--call", action="append", default=[], help="URL called per request (repeatable)")
-    ap.add_argument("--sdk", default="", help="OTLP/gRPC endpoint: instrument with the OpenTelemetry SDK")
+    ap.add_argument("--sdk", default="", help="OTLP endpoint: instrument with the OpenTelemetry SDK (at its defaults)")
+    ap.add_argument("--otlp-http", action="store_true", help="export OTLP/HTTP (protobuf) instead of OTLP/gRPC")
+    ap.add_argument("--fast-export", action="store_true", help="the SDK exports every 200 ms instead of its 5 s")
     ap.add_argument("--no-propagate", dest="propagate", action="store_false", help="instrumented, but no context out")
     ap.add_argument("--fresh", action="store_true", help="a new connection per downstream call")
     ap.add_argument("--oracle", required=True)
@@ -297,11 +409,13 @@ def main() -> None:
     # SIGTERM unwinds like an exit, so that the SDK exports what it still holds.
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     oracle = Oracle(args.oracle, args.name)
-    sdk = Sdk(args.sdk or None, args.name)
+    sdk = Sdk(args.sdk or None, args.name, http=args.otlp_http, fast=args.fast_export)
     caller = Caller(sdk, args.propagate and bool(args.sdk), fresh=args.fresh)
     try:
-        if args.mode in ("http", "pool"):
+        if args.mode in ("http", "pool", "handoff", "workers"):
             serve(args, oracle, sdk, caller)
+        elif args.mode == "aiohttp":
+            serve_aiohttp(args, oracle)
         elif args.mode == "batch":
             batch(args, oracle, sdk)
         elif args.mode == "publish":

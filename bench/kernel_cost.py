@@ -283,6 +283,19 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
             if runs[p] / max(1, reqs) < 0.005:
                 continue
             print(f"  {p:22s} {runs[p] / reqs:14.2f} {_fmt_ns(ns[p] / max(1, runs[p]))} {ns[p] / reqs:10.1f}")
+    # The scheduler programs run for every process of the machine, traced or not: their machine-wide rate and cost
+    # over the whole run (busy phases and idle windows alike) is what a node pays for them.
+    seconds = sum(w.seconds for w in all_windows) + idle.seconds
+    sched: dict[str, dict[str, float]] = {}
+    for p in ("on_sched_switch", "on_sched_waking"):
+        runs_p = sum(w.runs.get(p, 0) for w in all_windows) + idle.runs.get(p, 0)
+        ns_p = sum(w.ns.get(p, 0) for w in all_windows) + sum(w.ns.get(p, 0) for w in idles)
+        if runs_p:
+            sched[p] = {"runs_per_s": round(runs_p / max(seconds, 1e-9)), "ns_per_run": round(ns_p / runs_p, 1),
+                        "cpu_pct": round(100 * ns_p / 1e9 / max(seconds, 1e-9), 3)}
+            print(f"{p}: {sched[p]['runs_per_s']:,} runs/s machine-wide, {sched[p]['ns_per_run']} ns each, "
+                  f"{sched[p]['cpu_pct']} % of one CPU")
+    out["sched_programs"] = sched
     out["traced_ns_per_run"] = {k: round(v, 1) for k, v in per_run.items()}
     out["kernel_ns_per_request"] = {k: round(v) for k, v in per_request.items()}
     out["kernel_ns_per_request_round_spread"] = {k: round(max(v) - min(v)) for k, v in spread.items() if v}

@@ -21,6 +21,7 @@ enum helix_event_type {
 	HELIX_EV_EXIT = 6,
 	HELIX_EV_FILE_IO = 7,
 	HELIX_EV_DATA_MORE = 8,
+	HELIX_EV_WAKEUP = 9,
 };
 
 #define HELIX_COMM_LEN 16

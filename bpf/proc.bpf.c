@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Process lifecycle and scheduling: exec and exit records, per-thread off-CPU time.
+ * Process lifecycle and scheduling: exec and exit records, per-thread off-CPU time, and the wakeups by which the
+ * threads of a traced process hand work and results to each other.
  *
  * sched_switch runs on every context switch of the machine, so it only touches threads already enrolled
  * in `offcpu` (io.bpf.c enrols a thread when it does traced socket I/O): two hash lookups, no filters.
+ * sched_waking runs on every wakeup of the machine: a thread of another process, or two threads of which neither
+ * did traced socket I/O, costs one field read or two hash lookups and sends nothing.
  * sched_process_exit also clears the per-thread state of both objects, so thread churn cannot leak.
  */
 #include "vmlinux_min.h"
@@ -34,6 +37,46 @@ int on_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 		st->total_ns += now - st->since_ns;
 		st->since_ns = 0;
 	}
+	return 0;
+}
+
+/* sched_waking(struct task_struct *p): runs in the waker's context, before p is runnable. A thread that hands a
+ * request's work to a pool worker wakes it (a queue, a semaphore); the worker that finished wakes the thread waiting
+ * for the result (a future, a condition). Only wakeups inside one process where one of the two threads did traced
+ * socket I/O are sent; the span builder decides which of them carry a request (edge/sources/ebpf/spans/causes.py). */
+SEC("raw_tp/sched_waking")
+int on_sched_waking(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *p = (struct task_struct *)ctx->args[0];
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	__u32 waker = (__u32)id;
+	struct offcpu_state *slept;
+	struct wakeup_event *ev;
+	__u32 wakee;
+
+	if ((__u32)BPF_CORE_READ(p, tgid) != tgid)
+		return 0; /* another process (or an interrupt on an idle CPU): no hand-off between threads */
+	wakee = BPF_CORE_READ(p, pid);
+	if (wakee == waker)
+		return 0;
+	slept = bpf_map_lookup_elem(&offcpu, &wakee);
+	if (!slept && !bpf_map_lookup_elem(&offcpu, &waker))
+		return 0; /* neither thread did traced socket I/O */
+	if (!traced(tgid))
+		return 0;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return 0;
+	}
+	ev->type = HELIX_EV_WAKEUP;
+	ev->pid = tgid;
+	ev->waker_tid = waker;
+	ev->wakee_tid = wakee;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->wakee_since_ns = slept ? slept->since_ns : 0;
+	rb_submit(ev, sizeof(*ev));
 	return 0;
 }
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Records written by proc.bpf.c (exec, exit). Off-CPU time is not a record: it accumulates in the shared
+ * Records written by proc.bpf.c (exec, exit, wakeups between the threads of a process). Off-CPU time is not a record: it accumulates in the shared
  * `offcpu` map and rides on io.bpf.c's data/close records.
  * Python mirror: edge/sources/ebpf/decode.py, one struct.Struct per record, each naming this header.
  */
@@ -33,7 +33,20 @@ struct exit_event {
 	char comm[HELIX_COMM_LEN];
 };
 
+/* sched:sched_waking between two threads of one traced process, one of which did traced socket I/O: the waker hands
+ * work (or a result) to the wakee. wakee_since_ns is when the wakee was switched out (its sleep began), 0 when it
+ * never did traced socket I/O. 32 bytes; Python: "=IIII QQ". */
+struct wakeup_event {
+	__u32 type; /* HELIX_EV_WAKEUP */
+	__u32 pid;  /* tgid of both threads */
+	__u32 waker_tid;
+	__u32 wakee_tid;
+	__u64 ts_ns;
+	__u64 wakee_since_ns;
+};
+
 
 _Static_assert(sizeof(struct exec_event) == 296, "mirrored in decode.py");
 _Static_assert(sizeof(struct exit_event) == 40, "mirrored in decode.py");
+_Static_assert(sizeof(struct wakeup_event) == 32, "mirrored in decode.py");
 #endif /* HELIX_PROC_H */

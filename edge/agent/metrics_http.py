@@ -97,6 +97,19 @@ def health_metrics(agent: Any) -> ResourceMetrics:
                             "connections, stalled calls reset, connections refused over the limit",
                             {k: grpc.get(k, 0) for k in ("waited", "refused_busy", "protocol_errors", "stalled_streams",
                                                          "refused_connections")}, "event", "{event}"))
+    asm = st["assembler"]
+    if "sdk_waits" in asm:
+        metrics.append(_sum("helix.agent.stitching.sdk_waits",
+                            "Kernel spans that waited for their process's SDK, by how the wait ended (ended: the SDK "
+                            "span came or the SDK exported past them; expired: assembler.sdk_wait passed; forced: the "
+                            "memory bound released them first)",
+                            {"ended": asm["sdk_waits"] - asm["sdk_wait_expired"], "expired": asm["sdk_wait_expired"],
+                             "forced": asm["sdk_wait_forced"]}, "outcome", "{span}"))
+        metrics.append(_sum("helix.agent.stitching.sdk_traces",
+                            "Traces an SDK started after a hop that dropped the context (born), spans moved under "
+                            "the upstream trace keeping their own id as helix.trace.original_id (moved), SDK root "
+                            "spans left unjoined because their request had left in another trace (unjoined)",
+                            {k: asm[k] for k in ("born", "moved", "unjoined")}, "event", "{event}"))
     decisions = st["sampler"].get("decisions")
     if decisions:
         metrics.append(_sum("helix.agent.tail.decisions", "Tail-sampling trace decisions, by rule or outcome",

@@ -36,6 +36,9 @@ __all__ = ["Agent", "KernelStatus"]
 
 log = logging.getLogger(__name__)
 
+# Assembler counters of SDK traces and of the spans that waited for an SDK (edge/assembler/traces.py, hold.py).
+_STITCHING = ("born", "moved", "unjoined", "sdk_waits", "sdk_wait_expired", "sdk_wait_forced")
+
 
 @dataclass(slots=True)
 class KernelStatus:
@@ -288,7 +291,9 @@ class Agent:
             "assembler": {"duplicates": self.assembler.stats.duplicates, "held": len(self.assembler),
                           "released": self.assembler.stats.released, "links": dict(self.assembler.stats.links),
                           "evicted_early": self.assembler.stats.evicted_early,
-                          "id_collisions": self.assembler.stats.id_collisions},
+                          "id_collisions": self.assembler.stats.id_collisions,
+                          "waiting_for_sdk": self.assembler.deferred,
+                          **{k: getattr(self.assembler.stats, k) for k in _STITCHING}},
             "sampler": {"kept": self.sampler.stats.kept, "dropped": self.sampler.stats.dropped,
                         "kept_head": self.sampler.stats.kept_head, "kept_tail": self.sampler.stats.kept_tail,
                         "ratio": self.sampler.effective_ratio, "waiting_traces": len(self.sampler.tail),

@@ -2,13 +2,18 @@
 
 Every span waits `window` seconds after it arrives, so that the spans it relates to — which often end, and
 so arrive, later (a server span ends after the calls it made) — are there when it is placed. At release a
-kernel span without a parent gets one from the rules in rules.py, and takes the trace id of the top of its
-chain: context read off the wire or given by an SDK wins; a request with no cause anywhere keeps the trace
-id it was minted with. SDK spans are never re-parented. Spans stay indexed `memory` seconds for lookups.
+kernel span without a parent gets one from the rules in rules.py; the group of spans parent links join leaves in
+one trace, decided once at its first release (traces.py): the application's trace where there is one, the trace
+an SDK started below a kernel-only caller, else the kernel's own. SDK spans are never re-parented, but for an SDK
+root span of a request the kernel saw arrive (it hangs under that kernel server span, `adopted`).
+
+What a late SDK span could still change waits for it (hold.py): an OpenTelemetry SDK exports 5 s after a span
+ends by default, long after the window. Spans already released are never contradicted: a group's trace is fixed at
+its first release, and what arrives later follows it.
 
 Also here: redeliveries (MQTT QoS 1, OTLP retries) are dropped, span ids that collide across sources are
 re-minted on the kernel side, device clock skew is corrected, and the held spans are bounded in count and
-bytes (what must leave early is released unstitched and counted, never dropped).
+bytes (what must leave early is released with what is known then and counted, never dropped).
 """
 from __future__ import annotations
 
@@ -18,18 +23,26 @@ from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from ..model import Resource, Span, SpanKind, StatusCode, new_span_id
+from ..model import Link, Resource, Span, SpanKind, StatusCode, new_span_id
 from .clock import SkewAdjuster
 from .config import AssemblerConfig
-from .index import Entry, SpanIndex, is_kernel, pid_of
-from .rules import infer_parent, kernel_twin
+from .hold import ByStart, SdkPresence
+from .index import (WAIT_ORPHAN, WAIT_TWIN, Entry, SpanIndex, TraceCtx, has_wire_context, is_kernel, pid_of)
+from .rules import CAUSE, CERTAIN, Slack, infer_parent, kernel_twin
+from .traces import TraceMoves, mark_moved
 
 __all__ = ["Assembler", "AssemblerConfig", "AssemblerStats"]
 
 _MAX_DEPTH = 64
+# Waiting kernel server spans an SDK root span looks at for its request, latest-started first: its twin started
+# just before it; this many covers the requests a process has in flight.
+_TWIN_SCAN = 512
 # One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
 # slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
 _RELEASED_BYTES = 560
+# One remembered trace (started by an SDK, or moved): its dict slot, the key and the entry or context it names.
+_TRACE_BYTES = 200
+_BUILDER_ONLY = ("helix.cause", "helix.cause.via")  # evidence for the rules, not sent on
 
 
 @dataclass(slots=True)
@@ -45,10 +58,16 @@ class AssemblerStats:
     trace_joined: int = 0  # kernel spans that took another span's trace id
     lone_connects: int = 0  # tcp.connect spans that joined nothing (not sent as traces of their own)
     index_trimmed: int = 0  # released spans forgotten before `memory` had passed, to keep max_index_bytes
+    born: int = 0  # requests whose SDK started a trace, seen on the wire or from the SDK span
+    moved: int = 0  # spans moved out of their application trace under another (original id kept)
+    sdk_waits: int = 0  # kernel spans that waited for their process's SDK
+    sdk_wait_expired: int = 0  # ... until sdk_wait, no SDK span having come
+    sdk_wait_forced: int = 0  # spans held for an SDK that the memory bound released early
+    unjoined: int = 0  # SDK root spans whose request's kernel span had left in a trace they could not join
 
 
 class Assembler:
-    """Holds spans for a short window, infers parents and trace ids, and releases them in arrival order."""
+    """Holds spans for a short window, infers parents and trace ids, and releases them."""
 
     def __init__(self, config: AssemblerConfig | None = None) -> None:
         self.config = config or AssemblerConfig()
@@ -62,15 +81,23 @@ class Assembler:
         self.bytes = 0
         self.stats = AssemblerStats()
         self.skew = SkewAdjuster()
+        self.sdk = SdkPresence(self.config.sdk_wait)
+        self.traces = TraceMoves(self.config.dedup_memory)
         self._seen = _RecentKeys(self.config.dedup_memory)
         self._sdk_resources: dict[int, set[Resource]] = {}  # pid -> resources of SDKs running in it
-        self._kernel_server_by_wire: dict[bytes, int] = {}  # wire parent span id -> pid of the kernel server
+        self._pid_of_resource: OrderedDict[Resource, int] = OrderedDict()  # an SDK resource -> its process
+        self._kernel_by_wire: OrderedDict[bytes, int] = OrderedDict()  # wire parent span id -> pid of the kernel span
         self._last_expire = 0.0
         self._renamed: dict[tuple[Resource, str], Resource] = {}
-        # Traces an SDK started because context was lost on an uninstrumented hop, and the trace they join.
-        self._remap: OrderedDict[bytes, bytes] = OrderedDict()
-        self._adopt: dict[bytes, Entry] = {}  # SDK root span id -> its caller-side parent entry
-        self._adoptable: dict[bytes, Entry] = {}  # held SDK root server spans not adopted (yet)
+        self._claimants: dict[int, Entry] = {}  # id -> unreleased requests that started a trace or wait for an SDK
+        self._waiting: dict[int, dict[int, Entry]] = {}  # pid -> id -> entries waiting for that process's SDK
+        # The same by start time, per reason: an arriving SDK span finds the spans around or inside it directly.
+        self._twins: dict[int, ByStart[Entry]] = {}
+        self._orphans: dict[int, ByStart[Entry]] = {}
+        self._deferred: deque[Entry] = deque()  # held past their window, waiting with what they depend on
+        self._deferred_n = 0
+        self._ready: list[Entry] = []  # deferred spans whose wait is over
+        self._adoptable: dict[int, Entry] = {}  # held SDK root server spans whose request's kernel span is not known
 
     # --- intake -------------------------------------------------------------------------------------------
 
@@ -96,24 +123,43 @@ class Assembler:
         else:
             s.span_id = new_span_id()
 
-    def _learn_sdk_process(self, e: Entry) -> None:
+    def _remember(self, table: OrderedDict, key: object, value: object) -> None:
+        table[key] = value
+        if len(table) > self.config.dedup_memory:
+            table.popitem(last=False)  # the oldest: its SDK span came long ago, or never will
+
+    def _sdk_pid(self, s: Span) -> int | None:
+        pid = pid_of(s)
+        return pid if pid is not None else self._pid_of_resource.get(s.resource)
+
+    def _learn_sdk_process(self, e: Entry, now: float) -> None:
+        """Which process each SDK runs in: its resource's `process.pid`, or the kernel span of the same request or
+        call (a kernel span carrying the SDK span's id as its wire parent)."""
         s = e.span
         if is_kernel(s):
-            if s.kind == SpanKind.SERVER and s.attributes.get("helix.context_from") == "wire" and s.parent_span_id:
-                pid = pid_of(s)
-                if pid is not None:
-                    by_wire = self._kernel_server_by_wire
-                    by_wire[s.parent_span_id] = pid
-                    if len(by_wire) > self.config.dedup_memory:
-                        del by_wire[next(iter(by_wire))]  # the oldest: its SDK span came long ago, or never will
+            pid = pid_of(s)
+            if pid is None:
+                return
+            self.sdk.kernel_seen(pid, now)
+            if has_wire_context(s) and s.parent_span_id and s.kind in (SpanKind.SERVER, SpanKind.CLIENT):
+                key = s.parent_span_id if s.kind == SpanKind.SERVER else b"c" + s.parent_span_id
+                self._remember(self._kernel_by_wire, key, pid)
+                if s.kind == SpanKind.SERVER:
                     for sdk in self.index.sdk_servers_by_parent.get(s.parent_span_id, ()):
-                        self._sdk_resources.setdefault(pid, set()).add(sdk.span.resource)
+                        self._sdk_process(pid, sdk.span.resource)
             return
         pid = pid_of(s)
         if pid is None and s.kind == SpanKind.SERVER and s.parent_span_id:
-            pid = self._kernel_server_by_wire.get(s.parent_span_id)
+            pid = self._kernel_by_wire.get(s.parent_span_id)
+        if pid is None and s.kind in (SpanKind.CLIENT, SpanKind.PRODUCER):
+            pid = self._kernel_by_wire.get(b"c" + s.span_id)
         if pid is not None:
-            self._sdk_resources.setdefault(pid, set()).add(s.resource)
+            self._sdk_process(pid, s.resource)
+
+    def _sdk_process(self, pid: int, resource: Resource) -> None:
+        self._sdk_resources.setdefault(pid, set()).add(resource)
+        if self._pid_of_resource.get(resource) != pid:
+            self._remember(self._pid_of_resource, resource, pid)
 
     def process(self, spans: list[Span], now: float | None = None, flush: bool = False) -> list[Span]:
         """Take new spans; return those whose window has passed (all of them when `flush`)."""
@@ -125,46 +171,236 @@ class Assembler:
             self._avoid_collision(s)
             e = Entry(s, now, size=s.approx_size())
             self.index.add(e)
-            self._learn_sdk_process(e)
+            self._learn_sdk_process(e, now)
+            if is_kernel(s):
+                self._kernel_arrived(e, now)
+            else:
+                self._sdk_arrived(e, now)
             self.held.append(e)
-            if not is_kernel(s) and s.kind == SpanKind.SERVER and not s.parent_span_id:
-                self._adoptable[s.span_id] = e
             self.bytes += e.size
-        # An SDK trace restarted after an uninstrumented hop is adopted as soon as the caller's side is known,
-        # before any span of it leaves: the spans it holds are then all relabelled alike.
-        for sid, entry in list(self._adoptable.items()):
-            if entry.released or self._try_adopt(entry):
-                del self._adoptable[sid]
+        for key, e in list(self._adoptable.items()):
+            if e.released or self._find_twin(e, now):
+                del self._adoptable[key]
+        self._end_waits(now, flush)
+        self._push_claims()
         out: list[Span] = []
         cfg = self.config
-        while self.held and (len(self.held) > cfg.max_spans or self.bytes > self.max_bytes):
+        while (self._deferred_n or self.held) and (len(self) > cfg.max_spans or self.bytes > self.max_bytes):
             self.stats.evicted_early += 1
-            out.append(self._release(self.held.popleft(), now))
+            e = self._oldest_held()
+            if e.waiting or e.dependents is not None or self._blocker(e, now) is not None:
+                self.stats.sdk_wait_forced += 1
+            self._emit(e, now, out)
         while self.held and (flush or self.held[0].arrived + cfg.window <= now):
-            span = self._release(self.held.popleft(), now)
-            if _is_lone_connect(span):
-                # A successful connect that no request used (gRPC, TLS, pooled) would be a one-span trace:
-                # noise for a trace view. Failed connects are kept, they explain errors.
-                self.stats.lone_connects += 1
+            e = self.held.popleft()
+            blocker = None if flush else self._blocker(e, now)
+            if blocker is not None:
+                self._defer(e, blocker)
                 continue
-            out.append(span)
+            self._emit(e, now, out)
+        while self._ready:
+            ready, self._ready = self._ready, []
+            for e in ready:
+                if e.released:
+                    continue
+                blocker = None if flush else self._blocker(e, now)
+                if blocker is not None:
+                    self._defer(e, blocker, again=True)
+                    continue
+                self._deferred_n -= 1
+                self._emit(e, now, out)
+        while self._deferred and self._deferred[0].released:
+            self._deferred.popleft()
         if now - self._last_expire >= 1.0 or flush:
             self._last_expire = now
             self.index.expire(now - cfg.memory)
         keep = self.max_index_bytes // _RELEASED_BYTES
-        excess = len(self.index) - len(self.held) - keep
+        excess = len(self.index) - len(self) - keep
         if excess > 0:
             # At high rates `memory` seconds of released spans outgrow the bound: the oldest late joins go first,
             # a tenth more than needed so that the index tables are rebuilt once per tenth, not once per batch.
             self.stats.index_trimmed += self.index.expire(float("inf"), at_most=excess + keep // 10)
         return out
 
+    def _emit(self, e: Entry, now: float, out: list[Span]) -> None:
+        span = self._release(e, now)
+        if _is_lone_connect(span):
+            # A successful connect that no request used (gRPC, TLS, pooled) would be a one-span trace: noise for a
+            # trace view. Failed connects are kept, they explain errors.
+            self.stats.lone_connects += 1
+            return
+        out.append(span)
+
+    def _oldest_held(self) -> Entry:
+        """The span to let go first when the bound is reached: the longest held."""
+        while self._deferred:
+            e = self._deferred.popleft()
+            if not e.released:
+                self._deferred_n -= 1
+                self._end_wait(e)
+                return e
+        return self.held.popleft()
+
+    # --- kernel knowledge ---------------------------------------------------------------------------------
+
+    def _kernel_arrived(self, e: Entry, now: float) -> None:
+        s = e.span
+        if s.kind == SpanKind.CLIENT and has_wire_context(s):
+            cause = self.index.by_id.get(s.attributes.get(CAUSE))  # type: ignore[arg-type]
+            if cause is not None and cause is not e and is_kernel(cause.span) and cause.span.kind == SpanKind.SERVER:
+                self._birth(cause, e, now)
+        elif s.kind == SpanKind.SERVER:
+            for call in self.index.wire_calls_by_cause.pop(s.span_id, ()):
+                self._birth(e, call, now)
+            pid = pid_of(s)
+            if e.born is None and not has_wire_context(s) and self.sdk.may_have_sdk(pid, now):
+                self._wait(e, WAIT_TWIN, now)
+
+    def _birth(self, server: Entry, call: Entry, now: float) -> None:
+        """A call carries trace context its request did not bring: the process's SDK started that trace for it."""
+        ctx = (call.span.trace_id, call.span.trace_state, call.span.flags)
+        if has_wire_context(server.span) and server.span.trace_id == ctx[0]:
+            return  # the context it received, passed on
+        if server.born is not None and server.born[0] == ctx[0]:
+            return
+        first = server.born is None
+        self.traces.birth(server, ctx)
+        if not first:
+            if server.released:
+                self._move_into_group(ctx[0], self._top(server))
+            return
+        self.stats.born += 1
+        pid = pid_of(server.span)
+        if pid is not None:
+            self.sdk.runs_sdk(pid, now)
+        if server.waiting == WAIT_TWIN:
+            self._end_wait(server)
+        if not server.released:
+            self._claimants[id(server)] = server
+
+    def _sdk_arrived(self, e: Entry, now: float) -> None:
+        s = e.span
+        pid = self._sdk_pid(s)
+        if pid is None:
+            return
+        self.sdk.sdk_seen(pid, now)
+        if s.kind == SpanKind.SERVER and not s.parent_span_id and not self._find_twin(e, now):
+            self._adoptable[id(e)] = e  # its request's kernel span may come after it (an SDK exporting at once)
+        orphans = self._orphans.get(pid)
+        if orphans:
+            for w in list(orphans.starting_within(s.start_ns - Slack.CONTAIN_NS, s.end_ns + Slack.CONTAIN_NS)):
+                if _inside(w, e):
+                    self._end_wait(w)  # its container came: the sdk-process rule will find it
+
+    def _find_twin(self, e: Entry, now: float) -> bool:
+        """The kernel server span of an SDK root server span's request: the one whose calls carried its trace, else
+        the tightest one around it in its process that took no context (one waiting for this very span first)."""
+        s = e.span
+        twin = self.traces.twin_of(s.trace_id)
+        pid = self._sdk_pid(s)
+        if twin is None and pid is not None:
+            by_start = self._twins.get(pid)
+            twins = [w for w in (by_start.starting_by(s.start_ns + Slack.CONTAIN_NS, _TWIN_SCAN) if by_start else ())
+                     if w.born is None and _inside(e, w)]
+            twins.sort(key=lambda w: w.span.duration_ns)
+            twin = twins[0] if twins else kernel_twin(self.index, e, pid)
+            if twin is not None and twin.born is None:
+                self._birth(twin, e, now)
+        e.adopt = twin
+        return twin is not None
+
+    # --- waiting for an SDK -------------------------------------------------------------------------------
+
+    def _wait(self, e: Entry, why: int, now: float) -> None:
+        e.waiting = why
+        e.wait_until = e.arrived + self.config.sdk_wait
+        pid = pid_of(e.span)
+        self._waiting.setdefault(pid or 0, {})[id(e)] = e
+        table = self._twins if why == WAIT_TWIN else self._orphans
+        by_start = table.get(pid or 0)
+        if by_start is None:
+            by_start = table[pid or 0] = ByStart(_still_twin if why == WAIT_TWIN else _still_orphan)
+        by_start.add(e.span.start_ns, e)
+        self.stats.sdk_waits += 1
+        if why == WAIT_TWIN:
+            self._claimants[id(e)] = e
+
+    def _end_wait(self, e: Entry) -> None:
+        """`e` waits no more; what was held back for it is looked at again."""
+        if e.waiting:
+            e.waiting = 0
+            pid = pid_of(e.span) or 0
+            by_pid = self._waiting.get(pid)
+            if by_pid is not None:
+                by_pid.pop(id(e), None)
+                if not by_pid:
+                    del self._waiting[pid]
+                    self._twins.pop(pid, None)
+                    self._orphans.pop(pid, None)
+        if e.dependents:
+            self._ready.extend(e.dependents)
+        e.dependents = None
+
+    def _end_waits(self, now: float, flush: bool) -> None:
+        for pid, by_pid in list(self._waiting.items()):
+            for w in list(by_pid.values()):
+                if flush or now >= w.wait_until:
+                    if not flush:
+                        self.stats.sdk_wait_expired += 1
+                    self._end_wait(w)
+                elif w.waiting == WAIT_TWIN and self.sdk.exported_after(pid, w.arrived):
+                    self._end_wait(w)  # its SDK exported past it without a span of this request
+
+    def _maybe_orphan(self, e: Entry, now: float) -> bool:
+        """A kernel call with no parent, in a process whose SDK may still send a span containing it: it waits."""
+        s = e.span
+        if (e.released or e.waiting or e.decided is not None or e.resolved or not is_kernel(s)
+                or has_wire_context(s) or s.kind == SpanKind.SERVER or now >= e.arrived + self.config.sdk_wait):
+            return False
+        if not self.sdk.may_have_sdk(pid_of(s), now):
+            return False
+        if self._parent(e) is not None:
+            return False
+        self._wait(e, WAIT_ORPHAN, now)
+        return True
+
+    def _blocker(self, e: Entry, now: float) -> Entry | None:
+        """What `e`'s trace still depends on: a span of its group waiting for an SDK, or the request whose SDK
+        started `e`'s own trace while that request's group is undecided."""
+        path = self._path(e)
+        top = path[-1]
+        if top.decided is None and is_kernel(top.span) and not has_wire_context(top.span):
+            # A group under a kernel span with no context: its trace may still come from an SDK below or above.
+            self._maybe_orphan(top, now)
+            for x in path:
+                if x.waiting:
+                    return x
+                for c in x.claims or ():
+                    if c.waiting and not c.released:
+                        return c
+        s = e.span
+        if not is_kernel(s) or has_wire_context(s):
+            twin = self.traces.twin_of(s.trace_id)
+            if (twin is not None and twin is not e and not twin.released and twin not in path
+                    and s.trace_id not in self.traces.moved):
+                return twin
+        return None
+
+    def _defer(self, e: Entry, blocker: Entry, again: bool = False) -> None:
+        """Hold `e` past its window until `blocker` stops waiting or leaves."""
+        if blocker.dependents is None:
+            blocker.dependents = []
+        blocker.dependents.append(e)
+        if not again:
+            self._deferred_n += 1
+            self._deferred.append(e)
+
     # --- placement ----------------------------------------------------------------------------------------
 
     def _parent(self, e: Entry) -> Entry | None:
         # Only found links are kept: a span with no parent yet may still get one from spans that arrive later,
-        # until it leaves: what went out with it is final, and a late guess would give its children another trace.
-        if not e.resolved and not e.released:
+        # until it leaves or spans under it have left: what went out is final.
+        if not e.resolved and not e.released and e.decided is None:
             parent, link, confidence = infer_parent(self.index, e, self._sdk_resources)
             if parent is not None and not self._would_cycle(e, parent):
                 e.parent, e.link, e.confidence, e.resolved = parent, link, confidence, True
@@ -180,39 +416,95 @@ class Assembler:
             cur = cur.parent
         return True
 
-    def _top(self, e: Entry) -> Entry:
+    def _path(self, e: Entry) -> list[Entry]:
+        """`e` and its ancestors, up to the top of its group."""
+        path = [e]
         cur = e
         for _ in range(_MAX_DEPTH):
             parent = self._parent(cur)
             if parent is None:
-                return cur
+                break
+            path.append(parent)
             cur = parent
-        return cur
+        return path
 
-    def _try_adopt(self, e: Entry) -> bool:
-        """An SDK root server span whose request the kernel saw arrive from a caller joins the caller's trace.
+    def _top(self, e: Entry) -> Entry:
+        return self._path(e)[-1]
 
-        The SDK started a new trace because an uninstrumented caller passed no context; the kernel server
-        span of the same request (same process, around it) knows the caller by its connection. The SDK span
-        keeps its own id and subtree; its trace id (and that of every span of its trace) becomes the
-        caller's, and its parent the caller's client span.
-        """
-        if e.span.span_id in self._adopt:
-            return True
-        pid = pid_of(e.span)
-        if pid is None:
-            return False
-        twin = kernel_twin(self.index, e, pid)
-        caller = self._parent(twin) if twin is not None else None
-        if caller is None:
-            return False
-        self._adopt[e.span.span_id] = caller
-        self._remap[e.span.trace_id] = self._top(caller).span.trace_id
-        while len(self._remap) > self.config.dedup_memory:
-            self._remap.popitem(last=False)
-        if len(self._adopt) > self.config.dedup_memory:
-            self._adopt.pop(next(iter(self._adopt)))
-        return True
+    def _certain_top(self, e: Entry) -> tuple[Entry, int]:
+        """The top reachable from `e` through links no later span can change (kept as they are found), and how
+        many links up that is."""
+        cur, depth = e, 0
+        for _ in range(_MAX_DEPTH):
+            if cur.parent is None and not (cur.resolved or cur.released or cur.decided is not None):
+                parent, link, confidence = infer_parent(self.index, cur, self._sdk_resources, certain_only=True)
+                if parent is not None and link in CERTAIN and not self._would_cycle(cur, parent):
+                    cur.parent, cur.link, cur.confidence, cur.resolved = parent, link, confidence, True
+            if cur.parent is None:
+                break
+            cur, depth = cur.parent, depth + 1
+        return cur, depth
+
+    def _push_claims(self) -> None:
+        """Requests that started a trace, or wait for their SDK, tell the top of their group so far: whatever of the
+        group leaves first decides its trace with them in view."""
+        for key, c in list(self._claimants.items()):
+            if c.released or (c.born is None and c.waiting != WAIT_TWIN):
+                del self._claimants[key]
+                continue
+            top, _ = self._certain_top(c)
+            if top is c:
+                continue
+            if not is_kernel(top.span) or has_wire_context(top.span):
+                # Its group is in the application's trace: a trace started below moves under it now, and an SDK
+                # span still to come cannot change the group's trace.
+                if c.born is not None:
+                    self._move_into_group(c.born[0], top)
+                self._end_wait(c)
+                del self._claimants[key]
+                continue
+            if top.claims is None:
+                top.claims = []
+            if c not in top.claims:
+                top.claims.append(c)
+
+    def _group_of(self, top: Entry) -> TraceCtx:
+        """The trace of the group under `top`, decided once, when the first of its spans leaves (traces.py)."""
+        if top.decided is not None:
+            return top.decided
+        s = top.span
+        ctx: TraceCtx = (s.trace_id, s.trace_state, s.flags)
+        if is_kernel(s) and not has_wire_context(s):
+            claims = [c for c in self._claims_of(top) if c.born is not None]
+            if claims:
+                best = min(claims, key=lambda c: (self._certain_top(c)[1] if c is not top else 0, c.span.start_ns))
+                ctx = best.born  # type: ignore[assignment]
+        top.decided = ctx
+        for c in self._claims_of(top):
+            if c.born is not None and c.born[0] != ctx[0]:
+                self._move_into_group(c.born[0], top)
+        return ctx
+
+    def _claims_of(self, top: Entry) -> list[Entry]:
+        out = list(top.claims or ())
+        if top.born is not None:
+            out.append(top)
+        return out
+
+    def _move_into_group(self, trace: bytes, top: Entry) -> None:
+        """Trace `trace`, started by an SDK inside the group under `top`, leaves in the group's trace — unless that
+        is a trace the agent minted (a kernel-only group that took no SDK trace): an application trace never moves
+        into one."""
+        ctx = self._group_of(top)
+        if trace == ctx[0] or self._minted(top):
+            return
+        self.traces.move(trace, ctx)
+
+    def _minted(self, top: Entry) -> bool:
+        """The group under `top` left in a trace id the agent chose."""
+        s = top.span
+        return (is_kernel(s) and not has_wire_context(s) and top.decided is not None
+                and self.traces.twin_of(top.decided[0]) is None)
 
     def _device_root(self, s: Span) -> Span:
         """The outermost span of the same device above `s` that is still indexed."""
@@ -227,43 +519,69 @@ class Assembler:
     def _release(self, e: Entry, now: float) -> Span:
         self.bytes -= e.size
         s = e.span
-        parent = self._parent(e)
-        if parent is not None:
-            top = self._top(e)
-            if s.trace_id != top.span.trace_id:
+        assert isinstance(s, Span)
+        own: TraceCtx = (s.trace_id, s.trace_state, s.flags)
+        own_parent = s.parent_span_id
+        if is_kernel(s):
+            path = self._path(e)
+            parent = e.parent
+            ctx = self._group_of(path[-1])
+            if parent is not None:
+                s.parent_span_id = parent.span.span_id
+                s.attributes["helix.link"] = e.link
+                if e.confidence < 1.0:
+                    s.attributes["helix.link.confidence"] = e.confidence
+                self.stats.links[e.link] = self.stats.links.get(e.link, 0) + 1
+            if e.born is not None and e.born[0] != ctx[0]:
+                self._move_into_group(e.born[0], path[-1])
+            for k in _BUILDER_ONLY:
+                s.attributes.pop(k, None)
+        else:
+            ctx = own
+            if SkewAdjuster.applies(s):
+                # Children of a device span are released before it (they end first): learn from the device's
+                # outermost span and its node-side parent before moving any of them.
+                root = self._device_root(s)
+                node_parent = self.index.by_id.get(root.parent_span_id) if root.parent_span_id else None
+                if node_parent is not None:
+                    self.skew.observe(root, node_parent.span, now)
+        final = self.traces.resolve(ctx)
+        if final[0] != own[0]:
+            if not is_kernel(s) or has_wire_context(s):
+                # An application trace moved under the group it joined: the id the application logged stays findable.
+                mark_moved(s, own[0], own_parent)
+                self.stats.moved += 1
+            else:
                 self.stats.trace_joined += 1
-            s.trace_id = top.span.trace_id
-            s.trace_state = top.span.trace_state or s.trace_state
-            s.flags = top.span.flags
-            s.parent_span_id = parent.span.span_id
-            s.attributes["helix.link"] = e.link
-            if e.confidence < 1.0:
-                s.attributes["helix.link.confidence"] = e.confidence
-            self.stats.links[e.link] = self.stats.links.get(e.link, 0) + 1
-        elif SkewAdjuster.applies(s):
-            # Children of a device span are released before it (they end first): learn from the device's
-            # outermost span and its node-side parent before moving any of them.
-            root = self._device_root(s)
-            node_parent = self.index.by_id.get(root.parent_span_id) if root.parent_span_id else None
-            if node_parent is not None:
-                self.skew.observe(root, node_parent.span, now)
-        if not is_kernel(s) and s.kind == SpanKind.SERVER and not s.parent_span_id and self._try_adopt(e):
-            caller = self._adopt.pop(s.span_id)
-            s.parent_span_id = caller.span.span_id
-            s.attributes["helix.link"] = "adopted"
-            self.stats.links["adopted"] = self.stats.links.get("adopted", 0) + 1
-        if s.trace_id in self._remap:
-            for _ in range(8):  # a trace can be adopted by one that was itself adopted
-                if s.trace_id not in self._remap:
-                    break
-                s.trace_id = self._remap[s.trace_id]
-            self.stats.trace_joined += 1
+            s.trace_id, s.trace_state, s.flags = final[0], final[1] or s.trace_state, final[2]
+        if e.adopt is not None:
+            self._adopt(e, s)
         self.skew.apply(s, now)
         if is_kernel(s):
             self._name_after_sdk(s)
+        e.final = s.trace_id
+        self._claimants.pop(id(e), None)
+        self._end_wait(e)
         e.release()
         self.stats.released += 1
         return s
+
+    def _adopt(self, e: Entry, s: Span) -> None:
+        """An SDK root server span hangs under the kernel server span of its request, when that one left in the same
+        trace; else (it left in a trace the agent chose before this span came) it stays a root, linked to it."""
+        twin = e.adopt
+        assert twin is not None
+        twin_trace = twin.final if twin.released else None
+        if twin_trace is None and not twin.released:
+            twin_trace = self.traces.resolve(self._group_of(self._top(twin)))[0]
+        if twin_trace == s.trace_id:
+            s.parent_span_id = twin.span.span_id
+            s.attributes["helix.link"] = "adopted"
+            self.stats.links["adopted"] = self.stats.links.get("adopted", 0) + 1
+        else:
+            s.links = (*s.links, Link(twin_trace or twin.span.trace_id, twin.span.span_id, "",
+                                      {"helix.link.type": "kernel_server"}))
+            self.stats.unjoined += 1
 
     def _name_after_sdk(self, s: Span) -> None:
         """A kernel span in a process whose SDK we know takes that SDK's service name."""
@@ -292,11 +610,31 @@ class Assembler:
 
     @property
     def index_bytes(self) -> int:
-        """The compact records of released spans still indexed for late joins (an estimate)."""
-        return max(0, len(self.index) - len(self.held)) * _RELEASED_BYTES
+        """The compact records of released spans still indexed for late joins, and the traces remembered for late
+        SDK spans (an estimate)."""
+        return max(0, len(self.index) - len(self)) * _RELEASED_BYTES + self.traces.entries * _TRACE_BYTES
+
+    @property
+    def deferred(self) -> int:
+        """Spans held past their window, waiting with what their trace depends on."""
+        return self._deferred_n
 
     def __len__(self) -> int:
-        return len(self.held)
+        return len(self.held) + self._deferred_n
+
+
+def _still_twin(e: Entry) -> bool:
+    return e.waiting == WAIT_TWIN
+
+
+def _still_orphan(e: Entry) -> bool:
+    return e.waiting == WAIT_ORPHAN
+
+
+def _inside(inner: Entry, outer: Entry) -> bool:
+    """`inner` lies within `outer` in time (with the tolerance of rules.Slack)."""
+    i, o = inner.span, outer.span
+    return o.start_ns - Slack.CONTAIN_NS <= i.start_ns and i.end_ns <= o.end_ns + Slack.CONTAIN_NS and inner is not outer
 
 
 class _RecentKeys:

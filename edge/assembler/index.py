@@ -6,9 +6,15 @@ from dataclasses import dataclass, field
 
 from ..model import Resource, Source, Span, SpanKind
 
-__all__ = ["SpanIndex", "Entry", "Released", "conn_key", "is_kernel", "pid_of", "tid_of"]
+__all__ = ["SpanIndex", "Entry", "Released", "TraceCtx", "conn_key", "is_kernel", "has_wire_context", "pid_of",
+           "tid_of", "WAIT_TWIN", "WAIT_ORPHAN"]
 
 ConnKey = tuple[str, int, str, int]  # (local addr, local port, peer addr, peer port)
+TraceCtx = tuple[bytes, str, int]  # trace id, trace state, trace flags
+
+# Why a kernel span waits for its process's SDK (Entry.waiting; edge/assembler/hold.py).
+WAIT_TWIN = 1  # a request served without context whose SDK span, still to come, says which trace it is in
+WAIT_ORPHAN = 2  # a call with no parent found, that an SDK span still to come may contain
 
 
 def is_kernel(span: Span) -> bool:
@@ -25,6 +31,11 @@ def pid_of(span: Span) -> int | None:
         if k == "process.pid" and isinstance(rv, int):
             return rv
     return None
+
+
+def has_wire_context(span: Span | Released) -> bool:
+    """A kernel span whose trace context was read off the wire (its trace id and parent are the application's)."""
+    return span.attributes.get("helix.context_from") == "wire"
 
 
 def tid_of(span: Span) -> int | None:
@@ -84,7 +95,8 @@ class Released:
 
 @dataclass(slots=True)
 class Entry:
-    """A span while it is indexed: when it arrived, and the parent the rules chose for it (if any)."""
+    """A span while it is indexed: when it arrived, the parent the rules chose for it (if any), and what decides the
+    trace of the spans joined under it (edge/assembler/traces.py, hold.py)."""
 
     span: Span | Released
     arrived: float
@@ -95,6 +107,14 @@ class Entry:
     released: bool = False
     size: int = 0
     delivered_to: set[int] | None = None  # for a publish: subscriber pids already matched to it
+    born: TraceCtx | None = None  # a kernel server span: the trace its process's SDK started for this request
+    claims: list[Entry] | None = None  # requests below this span that started a trace, or wait for their SDK
+    decided: TraceCtx | None = None  # the top of a joined group: the trace its spans leave in, fixed at the first
+    final: bytes | None = None  # the trace id it left with
+    waiting: int = 0  # WAIT_TWIN or WAIT_ORPHAN while it waits for its process's SDK
+    wait_until: float = 0.0
+    dependents: list[Entry] | None = None  # spans held back until this one stops waiting
+    adopt: Entry | None = None  # an SDK root server span: the kernel server span of the same request
 
     def release(self) -> None:
         """The span has left: keep only what lookups need (the entry stays indexed until it expires)."""
@@ -115,6 +135,9 @@ class SpanIndex:
     producers_by_topic: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_by_resource: dict[Resource, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_servers_by_parent: dict[bytes, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    # Kernel calls carrying context they did not receive, by the request that made them (helix.cause): where an SDK
+    # started a trace, seen before the server span of that request arrives.
+    wire_calls_by_cause: dict[bytes, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     order: deque[Entry] = field(default_factory=deque)
 
     def add(self, e: Entry) -> None:
@@ -134,6 +157,9 @@ class SpanIndex:
                 key = conn_key(s)
                 if key is not None:
                     self.clients_by_conn[key].append(e)
+                cause = s.attributes.get("helix.cause")
+                if isinstance(cause, bytes) and has_wire_context(s):
+                    self.wire_calls_by_cause[cause].append(e)
         else:
             self.sdk_by_resource[s.resource].append(e)
             if s.kind == SpanKind.SERVER and s.parent_span_id:
@@ -145,19 +171,27 @@ class SpanIndex:
 
     def expire(self, before: float, at_most: int | None = None) -> int:
         """Forget released spans that arrived before `before` (at most `at_most` of them, oldest first); returns
-        how many went."""
+        how many went. Spans still held (waiting for their SDK) are stepped over and stay."""
         n = 0
         order = self.order
         limit = len(order) if at_most is None else at_most
-        while order and n < limit and order[0].arrived < before and order[0].released:
+        kept: list[Entry] = []
+        while order and n < limit and order[0].arrived < before:
             e = order.popleft()
+            if not e.released:
+                kept.append(e)
+                if len(kept) > 4096:
+                    break  # a long run of held spans: the rest waits for the next expiry
+                continue
             if self.by_id.get(e.span.span_id) is e:
                 del self.by_id[e.span.span_id]
             n += 1
+        order.extendleft(reversed(kept))
         if n:
             live = set(map(id, self.order))
             for table in (self.servers_by_thread, self.servers_by_pid, self.consumers_by_thread, self.clients_by_conn,
-                          self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent):
+                          self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent,
+                          self.wire_calls_by_cause):
                 for key in list(table):
                     kept = [x for x in table[key] if id(x) in live]
                     if kept:

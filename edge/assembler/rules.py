@@ -7,9 +7,14 @@ knows its own structure). In order of preference:
   span, the kernel client span on the other end of the same connection when one carries the same context;
 - connection: a kernel server span is the child of the kernel client span on the other end of its connection
   (5-tuple mirrored) whose time contains it — causality across processes on the node;
-- sdk-process: a kernel client span inside the innermost SDK span of the same process;
+- sdk-process: a kernel client span inside the innermost SDK span of the same process (of the same request, when
+  the request that made the call is known and its trace is);
+- cause: a kernel client span is the child of the server span of the request the span builder found it was made
+  for (`helix.cause`, edge/sources/ebpf/spans/causes.py): the request its thread serves (`thread`), the one an
+  event loop read last (`event-loop`), or the one whose thread waited for a pool worker's result (`wakeup`) or
+  handed it the work (`handoff`);
 - thread: a kernel span inside a kernel server span of the same thread (the thread serving a request makes
-  the calls that request needs);
+  the calls that request needs), for spans that name no cause;
 - consumer-thread: a kernel client span made by the thread that just received an MQTT message, before it
   receives another one (subscriber callbacks);
 - process: a kernel client span inside a kernel server span of the same process (the tightest when several
@@ -22,7 +27,11 @@ from __future__ import annotations
 from ..model import Resource, SpanKind
 from .index import Entry, SpanIndex, conn_key, is_kernel, pid_of, tid_of
 
-__all__ = ["infer_parent", "kernel_twin", "Slack"]
+__all__ = ["infer_parent", "kernel_twin", "Slack", "CERTAIN", "CAUSE"]
+
+CAUSE = "helix.cause"  # edge/sources/ebpf/spans/causes.py
+# Rules whose answer no later span can change: a parent they find may be kept before the span leaves.
+CERTAIN = frozenset({"wire+connection", "connection", "thread", "event-loop", "wakeup", "handoff"})
 
 
 class Slack:
@@ -62,8 +71,10 @@ def _wire_twin(index: SpanIndex, e: Entry) -> Entry | None:
     return None
 
 
-def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resource]]) -> tuple[Entry | None, str, float]:
-    """The parent the rules give `e` (an entry of the index), the rule's name, and its confidence."""
+def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resource]],
+                 certain_only: bool = False) -> tuple[Entry | None, str, float]:
+    """The parent the rules give `e` (an entry of the index), the rule's name, and its confidence; with
+    `certain_only`, only from the rules in CERTAIN (no rule with a state of its own is asked)."""
     s = e.span
     if not is_kernel(s):
         return None, "", 1.0
@@ -75,14 +86,18 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
                 return twin, "wire+connection", 1.0
         return None, "", 1.0
     pid, tid = pid_of(s), tid_of(s)
-    if s.kind == SpanKind.SERVER:
-        key = conn_key(s)
-        if key is not None:
-            mirrored = (key[2], key[3], key[0], key[1])
-            hits = _innermost(index.clients_by_conn.get(mirrored, []), e)
-            if hits:
-                return hits[0], "connection", 1.0
+    cause = s.attributes.get(CAUSE)
+    by_cause = index.by_id.get(cause) if isinstance(cause, bytes) else None
+    if by_cause is e:
+        by_cause = None
+    if certain_only:
+        if s.kind == SpanKind.SERVER:
+            return _by_connection(index, e)
+        if by_cause is not None:
+            return by_cause, str(s.attributes.get("helix.cause.via", "thread")), 1.0
         return None, "", 1.0
+    if s.kind == SpanKind.SERVER:
+        return _by_connection(index, e)
     if s.kind == SpanKind.CONSUMER:
         topic = s.attributes.get("messaging.destination.name")
         if isinstance(topic, str):
@@ -111,9 +126,16 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
                 after.sort(key=lambda c: c.span.start_ns)
                 return after[0], "connection", 1.0
     if pid is not None and pid in sdk_resources:
-        hits = _innermost([c for r in sdk_resources[pid] for c in index.sdk_by_resource.get(r, ())], e)
+        candidates = [c for r in sdk_resources[pid] for c in index.sdk_by_resource.get(r, ())]
+        if by_cause is not None:
+            # The request that made the call is known: only its own SDK spans, when its trace is known too.
+            trace = _request_trace(by_cause)
+            candidates = [c for c in candidates if c.span.trace_id == trace] if trace is not None else []
+        hits = _innermost(candidates, e)
         if hits:
             return hits[0], "sdk-process", 1.0
+    if by_cause is not None:
+        return by_cause, str(s.attributes.get("helix.cause.via", "thread")), 1.0
     if pid is not None and tid is not None:
         hits = _innermost(index.servers_by_thread.get((pid, tid), []), e)
         if hits:
@@ -130,8 +152,30 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
     return None, "", 1.0
 
 
+def _by_connection(index: SpanIndex, e: Entry) -> tuple[Entry | None, str, float]:
+    key = conn_key(e.span)
+    if key is not None:
+        mirrored = (key[2], key[3], key[0], key[1])
+        hits = _innermost(index.clients_by_conn.get(mirrored, []), e)
+        if hits:
+            return hits[0], "connection", 1.0
+    return None, "", 1.0
+
+
+def _request_trace(server: Entry) -> bytes | None:
+    """The trace a kernel server span's request is in as its process's SDK knows it: started there, or read off
+    the wire."""
+    if server.born is not None:
+        return server.born[0]
+    if server.span.attributes.get("helix.context_from") == "wire" and not server.released:
+        return server.span.trace_id
+    return None
+
+
 def kernel_twin(index: SpanIndex, e: Entry, pid: int) -> Entry | None:
-    """The kernel server span of the same request as an SDK server span: same process, tightest container."""
+    """The kernel server span of the same request as an SDK root server span: same process, no context taken in,
+    not known to be another trace's request, tightest container."""
+    trace = e.span.trace_id
     hits = [c for c in _innermost(index.servers_by_pid.get(pid, []), e)
-            if c.span.attributes.get("helix.context_from") != "wire"]
+            if c.span.attributes.get("helix.context_from") != "wire" and (c.born is None or c.born[0] == trace)]
     return hits[0] if hits else None

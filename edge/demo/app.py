@@ -46,8 +46,8 @@ def main() -> None:
 
     provider = TracerProvider(resource=Resource.create({"service.name": "order-service",
                                                         "service.version": "1.4.2", "deployment.environment": "demo"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=args.otlp, insecure=True),
-                                                   schedule_delay_millis=300))
+    # The SDK as applications run it: the default batch delay (5 s); the demo shows each trace once it is complete.
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=args.otlp, insecure=True)))
     trace.set_tracer_provider(provider)
     tracer = trace.get_tracer("demo.order-service", "1.4.2")
 

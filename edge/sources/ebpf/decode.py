@@ -26,14 +26,16 @@ from .events import (
     KernelEvent,
     Role,
     TcpFaultEvent,
+    WakeupEvent,
 )
 
 __all__ = ["DecodeStats", "decode_event", "decode_batch", "EVENT_TYPES", "RECORD_SIZES"]
 
 # bpf/helix.h enum helix_event_type
-EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE = range(1, 9)
+EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE, EV_WAKEUP = range(1, 10)
 EVENT_TYPES = {EV_DATA: "data", EV_CLOSE: "close", EV_CONNECT: "connect", EV_TCP_FAULT: "tcp_fault",
-               EV_EXEC: "exec", EV_EXIT: "exit", EV_FILE_IO: "file_io", EV_DATA_MORE: "data_more"}
+               EV_EXEC: "exec", EV_EXIT: "exit", EV_FILE_IO: "file_io", EV_DATA_MORE: "data_more",
+               EV_WAKEUP: "wakeup"}
 
 _TYPE = struct.Struct("=I")
 _EP = "16s16sHHHBB"  # bpf/helix.h struct helix_endpoints (40 bytes)
@@ -55,9 +57,12 @@ _FILE_IO = struct.Struct("=IIIi IHH QQQ" + " 48s" * 6)
 _EXEC = struct.Struct("=IIII Q 16s 256s")
 # bpf/proc.h struct exit_event (40 bytes)
 _EXIT = struct.Struct("=IIiI Q 16s")
+# bpf/proc.h struct wakeup_event (32 bytes)
+_WAKEUP = struct.Struct("=IIII QQ")
 
 RECORD_SIZES = {EV_DATA: _DATA.size, EV_DATA_MORE: _DATA_MORE.size, EV_CLOSE: _CLOSE.size, EV_CONNECT: _CONNECT.size,
-                EV_TCP_FAULT: _FAULT.size, EV_FILE_IO: _FILE_IO.size, EV_EXEC: _EXEC.size, EV_EXIT: _EXIT.size}
+                EV_TCP_FAULT: _FAULT.size, EV_FILE_IO: _FILE_IO.size, EV_EXEC: _EXEC.size, EV_EXIT: _EXIT.size,
+                EV_WAKEUP: _WAKEUP.size}
 
 _AF_INET, _AF_INET6 = 2, 10
 _ROLES = tuple(Role)
@@ -121,6 +126,9 @@ def _exit_code(status: int) -> int:
 
 
 def _decode(kind: int, raw: bytes) -> KernelEvent:
+    if kind == EV_WAKEUP:  # the most frequent record on a node with thread pools
+        _, pid, waker, wakee, ts, since = _WAKEUP.unpack_from(raw)
+        return WakeupEvent(ts, pid, waker, wakee, since)
     if kind == EV_DATA:
         (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu, rv,
          saddr, daddr, sport, dport, family, role, direction, comm, plen, _pad) = _DATA.unpack_from(raw)

@@ -23,6 +23,7 @@ __all__ = [
     "ExitEvent",
     "FileIoEvent",
     "FileOp",
+    "WakeupEvent",
     "KernelEvent",
 ]
 
@@ -188,4 +189,16 @@ class FileIoEvent:
     path: str  # best effort: up to a few trailing path components
 
 
-KernelEvent = DataEvent | DataMoreEvent | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent | FileIoEvent
+@dataclass(slots=True)
+class WakeupEvent:
+    """One thread of a traced process woke another of the same process (sched_waking, in the waker's context)."""
+
+    ts_ns: int
+    pid: int
+    waker_tid: int
+    wakee_tid: int
+    wakee_since_ns: int  # when the wakee was switched out (its sleep began); 0 when not known
+
+
+KernelEvent = (DataEvent | DataMoreEvent | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent | FileIoEvent
+               | WakeupEvent)

@@ -33,8 +33,9 @@ def sdk(name: str, kind: SpanKind, start_ms: float, end_ms: float, service: str,
                 source=source)
 
 
-def run(spans: list[Span], window: float = 2.0) -> dict[str, Span]:
-    a = Assembler(AssemblerConfig(window=window))
+def run(spans: list[Span], window: float = 2.0, sdk_wait: float = 0.0) -> dict[str, Span]:
+    """Every span in at once, out after the window. The rules alone: by default nothing waits for an SDK."""
+    a = Assembler(AssemblerConfig(window=window, sdk_wait=sdk_wait))
     out = a.process(spans, now=0.0) + a.process([], now=window + 0.1)
     assert len(out) == len(spans)
     return {s.name: s for s in out}
@@ -166,7 +167,7 @@ def test_sync_server_on_a_fast_clock_is_centred_in_its_client() -> None:
 
 
 def test_late_spans_within_the_window_are_joined_and_beyond_it_are_not() -> None:
-    a = Assembler(AssemblerConfig(window=1.0, memory=5.0))
+    a = Assembler(AssemblerConfig(window=1.0, memory=5.0, sdk_wait=0.0))
     server = kspan("svc", SpanKind.SERVER, 1, 99, pid=2, tid=20, local=B, peer=A)
     inner = kspan("inner", SpanKind.CLIENT, 10, 20, pid=2, tid=20, local=C, peer=D)
     out = a.process([inner], now=0.0)
@@ -218,7 +219,7 @@ def test_kernel_spans_in_an_instrumented_process_take_its_service_name() -> None
     assert got["k-server"].resource.as_dict()["process.pid"] == 7
 
 
-def test_sdk_trace_started_after_an_uninstrumented_hop_joins_the_callers_trace() -> None:
+def test_a_kernel_only_caller_joins_the_trace_the_sdk_started() -> None:
     # caller (pid 1, kernel only) -> instrumented service (pid 7) that got no context and started a trace.
     caller = kspan("caller-call", SpanKind.CLIENT, 0, 100, pid=1, tid=10, local=A, peer=B)
     k_server = kspan("k-server", SpanKind.SERVER, 1, 99, pid=7, tid=70, local=B, peer=A)
@@ -228,11 +229,12 @@ def test_sdk_trace_started_after_an_uninstrumented_hop_joins_the_callers_trace()
     child = sdk("score", SpanKind.INTERNAL, 10, 20, "risk", own, parent=root.span_id)
     db = kspan("db", SpanKind.CLIENT, 30, 40, pid=7, tid=70, local=C, peer=D, wire=(own, root.span_id))
     got = run([k_server, caller, db, child, root])
-    t = got["caller-call"].trace_id
-    assert {s.trace_id for s in got.values()} == {t}
-    assert got["riskReview"].parent_span_id == got["caller-call"].span_id
+    assert {s.trace_id for s in got.values()} == {own}, "the application's trace id is kept; the caller joins it"
+    assert got["riskReview"].parent_span_id == got["k-server"].span_id
     assert got["riskReview"].attributes["helix.link"] == "adopted"
+    assert got["k-server"].parent_span_id == got["caller-call"].span_id
     assert got["score"].parent_span_id == root.span_id, "the SDK's own structure is kept"
+    assert not any("helix.trace.original_id" in s.attributes for s in got.values())
 
 
 def test_thread_pool_picks_the_request_that_waited_for_the_call() -> None:
@@ -260,7 +262,7 @@ def test_a_subscriber_that_falls_behind_gets_its_publishes_in_order() -> None:
 def test_released_spans_stay_indexed_as_compact_records_that_late_spans_still_join() -> None:
     from edge.assembler.index import Released
 
-    a = Assembler(AssemblerConfig(window=1.0, memory=10.0))
+    a = Assembler(AssemblerConfig(window=1.0, memory=10.0, sdk_wait=0.0))
     server = kspan("svc", SpanKind.SERVER, 0, 500, pid=2, tid=20, local=B, peer=A, **{"url.path": "/x" * 200})
     first = a.process([server], now=0.0) + a.process([], now=1.5)
     assert [s.name for s in first] == ["svc"]
@@ -275,7 +277,7 @@ def test_released_spans_stay_indexed_as_compact_records_that_late_spans_still_jo
 
 
 def test_a_released_span_keeps_the_placement_it_left_with() -> None:
-    a = Assembler(AssemblerConfig(window=1.0, memory=10.0))
+    a = Assembler(AssemblerConfig(window=1.0, memory=10.0, sdk_wait=0.0))
     svc = kspan("svc", SpanKind.SERVER, 1, 99, pid=2, tid=20, local=B, peer=A)
     out = a.process([svc], now=0.0) + a.process([], now=1.5)
     assert out[0].parent_span_id == b""
@@ -313,7 +315,7 @@ def test_the_redelivery_tables_are_reused_and_forget_old_generations() -> None:
 def test_the_late_join_index_is_bounded_in_bytes_oldest_first() -> None:
     from edge.assembler.assembler import _RELEASED_BYTES
 
-    a = Assembler(AssemblerConfig(window=0.0, memory=600.0, max_index_bytes=100 * _RELEASED_BYTES))
+    a = Assembler(AssemblerConfig(window=0.0, memory=600.0, max_index_bytes=100 * _RELEASED_BYTES, sdk_wait=0.0))
     first = [kspan(f"s{i}", SpanKind.CLIENT, i, i + 1, pid=1) for i in range(300)]
     a.process(first, now=0.0)
     assert len(a.index) <= 100 and a.stats.index_trimmed >= 200
@@ -324,11 +326,11 @@ def test_the_late_join_index_is_bounded_in_bytes_oldest_first() -> None:
 def test_what_kernel_servers_learn_from_the_wire_is_bounded() -> None:
     # Every traced request with context on the wire teaches the assembler which process served it; on a busy
     # node that table would grow for as long as the agent runs.
-    a = Assembler(AssemblerConfig(window=0.0, memory=0.0, dedup_memory=100))
+    a = Assembler(AssemblerConfig(window=0.0, memory=0.0, dedup_memory=100, sdk_wait=0.0))
     for i in range(1000):
         server = kspan(f"GET /{i}", SpanKind.SERVER, 0, 1, pid=7, wire=(new_trace_id(), new_span_id()))
         a.process([server], now=float(i))
-    assert len(a._kernel_server_by_wire) <= 100
+    assert len(a._kernel_by_wire) <= 100
     # The newest are still known: an SDK span under the latest wire parent learns its process from it.
     wire_parent = server.parent_span_id
-    assert a._kernel_server_by_wire[wire_parent] == 7
+    assert a._kernel_by_wire[wire_parent] == 7

@@ -50,8 +50,10 @@ from ..events import (
     FileIoEvent,
     KernelEvent,
     TcpFaultEvent,
+    WakeupEvent,
 )
 from . import file_io, tcp
+from .causes import Causes
 from .http import HTTP, split_host
 from .mqtt import MQTT
 from .tables import SETTLE, Conn, Connections, Proc, Processes, Snapshot, WireProtocol
@@ -137,6 +139,7 @@ class SpanBuilderConfig:
 
     max_connections: int = 16384
     max_processes: int = 4096
+    max_threads: int = 16384  # threads whose request context is followed (causes.py)
     max_pending_per_connection: int = 64  # requests waiting for a response on one connection
     response_timeout: float = 30.0  # s: a request with no response by then is emitted as incomplete
     message_end_timeout: float = 2.0  # s: a response whose message end is unknown by then gets an estimate
@@ -148,7 +151,8 @@ class SpanBuilderConfig:
     host_name: str = field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
-        for key in ("max_connections", "max_processes", "max_pending_per_connection", "max_events_per_span"):
+        for key in ("max_connections", "max_processes", "max_threads", "max_pending_per_connection",
+                    "max_events_per_span"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"sources.ebpf.{key}", f"must be at least 1, got {getattr(self, key)}")
         for key in ("response_timeout", "message_end_timeout", "clock_resync"):
@@ -201,6 +205,7 @@ class SpanBuilder:
         self.stats = SpanBuilderStats()
         self.conns = Connections(self.config.max_connections, self.stats)
         self.procs = Processes(self.config.max_processes, self.config.host_name, self.stats)
+        self.causes = Causes(self.config.max_threads)
         self._offset_ns = 0
         self._synced_at: int | None = None
         self._resync()
@@ -214,6 +219,7 @@ class SpanBuilder:
             FileIoEvent: lambda ev, out: file_io.on_file_io(self, ev, out),
             ExecEvent: lambda ev, out: self.procs.exec(ev),
             ExitEvent: self._on_exit,
+            WakeupEvent: self.causes.wakeup,
         }
 
     # -- public ------------------------------------------------------------------------------------------------
@@ -231,7 +237,7 @@ class SpanBuilder:
     @property
     def pending_count(self) -> int:
         """Requests waiting for a response or for its end."""
-        return sum(c.state.waiting() for c in self.conns if c.state is not None)
+        return sum(c.state.waiting() for c in self.conns if c.state is not None) + self.causes.waiting_count
 
     @property
     def wall_offset_ns(self) -> int:
@@ -276,6 +282,7 @@ class SpanBuilder:
             conn = conns.get(sock)
             if conn is None or conn.state is None or not conn.state.expire(self, conn, now_mono_ns, out):
                 conns.waiting.discard(sock)
+        self.causes.flush(now_mono_ns, out, 2 * int(self.config.response_timeout * _NS))
         self.stats.spans += len(out)
         return out
 
@@ -305,6 +312,7 @@ class SpanBuilder:
             self._end(conn, ev.ts_ns, "process exited before a response", None, 0, out)
         self.conns.forget_process(ev.pid)
         self.procs.forget(ev.pid)
+        self.causes.forget_process(ev.pid, out)
 
     def _end(self, conn: Conn, at_ns: int, why: str, last_end_ns: int | None, last_bytes: int,
              out: list[Span]) -> None:
@@ -440,6 +448,7 @@ class SpanBuilder:
         ctx: SpanContext | None,
         events: list[Event],
         rv: int | None = None,
+        span_id: bytes | None = None,
     ) -> Span:
         """A kernel span of process `proc`: times from kernel monotonic to wall clock, trace context from the wire
         (`ctx`), else from the kernel's sampling randomness (`rv`), else new."""
@@ -460,7 +469,7 @@ class SpanBuilder:
             attrs["helix.context_from"] = "none"
         return Span(
             trace_id=trace_id,
-            span_id=new_span_id(),
+            span_id=span_id or new_span_id(),
             name=name,
             start_ns=start,
             end_ns=end,

@@ -11,10 +11,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ....model import Attributes, Event, Span, SpanKind, StatusCode
+from ....model import Attributes, Event, Span, SpanKind, StatusCode, new_span_id
 from ....propagation import extract
 from ....protocols.http1 import HttpRequest, HttpResponse, looks_like_http, parse_requests, parse_responses
 from ..events import DataEvent, DataMoreEvent, Direction
+from .causes import Call
 from .tables import SETTLE, WAIT, Conn, ConnState, Snapshot, connection_attrs, process_attrs
 from .tcp import add_event, take_faults
 
@@ -53,6 +54,9 @@ class _Exchange:
     resp_bytes: int | None = None
     end_ns: int = 0
     rv: int | None = None  # randomness the kernel chose for this context-less request (DataEvent.rv)
+    # Chosen when the request is read, so that the calls it causes can name their parent before its span exists.
+    span_id: bytes = field(default_factory=new_span_id)
+    call: Call | None = None  # a client's call: the request it was made for (causes.py)
 
 
 class _HttpConn(ConnState):
@@ -223,6 +227,10 @@ class _Http:
                 b.stats.pending_dropped += 1
             x = _Exchange(req, kind, start, ev.pid, ev.tid, ev.offcpu_ns, conn.seq, sole, deadline, events=faults,
                           rv=ev.rv)
+            if ingress:
+                b.causes.request_read(ev.pid, ev.tid, x.span_id)
+            else:
+                x.call = b.causes.call_made(ev.pid, ev.tid, start)
             faults = []
             st.pending.append(x)
         st.last_msg = _REQ_MSG
@@ -256,6 +264,10 @@ class _Http:
                 continue
             x = st.pending.popleft()
             x.response = resp
+            if x.call is not None:
+                b.causes.response_read(x.call, ev.tid)
+            else:
+                b.causes.request_done(x.pid, x.tid, x.span_id)
             x.resp_tid = ev.tid
             x.resp_offcpu_ns = ev.offcpu_ns
             x.resp_first_end_ns = ev.end_ns
@@ -358,9 +370,15 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
     process_attrs(attrs, x.pid, x.tid, conn.comm)
     # Semconv HTTP span name: "{method} {http.route}", and just "{method}" when the route is unknown, as it is
     # from the wire (a raw path would make names high-cardinality); the path is in `url.path`.
-    span = b.span(req.method, x.kind, x.start_ns, x.end_ns, proc, attrs, extract(req.headers), x.events, x.rv)
+    span = b.span(req.method, x.kind, x.start_ns, x.end_ns, proc, attrs, extract(req.headers), x.events, x.rv,
+                  span_id=x.span_id)
     span.status_code, span.status_message = status, message
     b.stats.http_spans += 1
+    if x.call is not None:
+        b.causes.finish(x.call, span, x.end_ns, out)  # a worker's call may wait for the request it was made for
+        return
+    if resp is None:
+        b.causes.request_done(x.pid, x.tid, x.span_id)
     out.append(span)
 
 

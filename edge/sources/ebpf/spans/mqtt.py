@@ -154,6 +154,8 @@ def _emit_publish(b: SpanBuilder, conn: Conn, st: _MqttConn, ev: DataEvent, pkt:
     name = f"publish {topic}" if egress else f"receive {topic}"
     kind = SpanKind.PRODUCER if egress else SpanKind.CONSUMER
     proc = b.procs.get(ev.pid, ev.comm)
+    if not egress:
+        b.causes.message_read(ev.pid, ev.tid)
     span = b.span(name, kind, start, end, proc, attrs, ctx, take_faults(b, conn))
     b.stats.mqtt_spans += 1
     out.append(span)

@@ -21,6 +21,7 @@ from edge.sources.ebpf.events import (
     FileOp,
     Role,
     TcpFaultEvent,
+    WakeupEvent,
 )
 
 EP = struct.Struct("=16s16sHHHBB")
@@ -91,6 +92,9 @@ def test_other_records() -> None:
     for status, code in ((0, 0), (1 << 8, 1), (9, -9), (0x7F00, 127)):
         raw = struct.pack("=IIiIQ16s", 6, 50, status, 0, 70, b"true")
         assert decode_event(raw) == ExitEvent(70, 50, "true", code)
+    wake = struct.pack("=IIIIQQ", 9, 50, 51, 52, 80, 75)  # bpf/proc.h struct wakeup_event
+    assert len(wake) == RECORD_SIZES[9] == 32
+    assert decode_event(wake) == WakeupEvent(80, 50, 51, 52, 75)
 
 
 def test_bad_records_are_counted_drops() -> None:

@@ -1,0 +1,258 @@
+"""Which request an outgoing call was made for, decided from the kernel's own events: each thread's request context.
+
+A kernel client span names the server span of the request that caused it in `helix.cause` (that span's id, chosen
+when the request was read, before the span exists) and how that was decided in `helix.cause.via`; the assembler's
+first rule for kernel calls reads them (edge/assembler/rules.py).
+
+- thread: the calling thread serves exactly one request (read, not yet answered): that one.
+- event-loop: the calling thread serves several requests at once (asyncio, Node.js): the one whose bytes, or whose
+  downstream response, it read last among those still open.
+- wakeup: the calling thread serves none (a pool worker): the request of the thread it wakes once the call is
+  answered, when that thread slept through the whole call (it was waiting for this result: a future, a condition);
+  else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`).
+  Wakeups come from sched_waking between two threads of one process (bpf/proc.bpf.c).
+
+A worker's call waits for its decision in the builder (at most DECIDE_WAIT_NS after it was answered). Everything is
+bounded: threads in an LRU table, a few open requests and waiting calls per thread, processes dropped at exit.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ....model import Span
+from ..events import WakeupEvent
+
+__all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
+
+CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | wakeup | handoff
+
+# How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
+# hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
+DECIDE_WAIT_NS = 500_000_000
+_MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond which the oldest is forgotten
+_MAX_WAITING = 64  # a worker's calls waiting for their decision
+
+
+@dataclass(slots=True)
+class Call:
+    """An outgoing call and, once decided, the request it was made for."""
+
+    pid: int
+    tid: int
+    start_ns: int
+    cause: bytes | None = None
+    via: str = ""
+    decided: bool = False
+    answered: bool = False  # its response has been read: its result can be handed on
+    handoff: bytes | None = None  # the request of the thread that handed this thread its work, if any
+    span: Span | None = None  # the finished span, waiting for the decision
+    deadline_ns: int = 0
+
+
+@dataclass(slots=True)
+class _Thread:
+    open: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # requests served, last touched last
+    handoff: bytes | None = None  # request of the thread that handed this one work, until it hands back
+    handoff_from: int = 0
+    waiting: list[Call] = field(default_factory=list)
+    reads_messages: bool = False  # an MQTT subscriber's network thread: its calls follow the message it read
+
+    def context(self) -> bytes | None:
+        """The request this thread works for now: the one it serves, last touched, else the one handed to it."""
+        if self.open:
+            return next(reversed(self.open))
+        return self.handoff
+
+
+@dataclass(slots=True)
+class CausesStats:
+    """How calls were decided."""
+
+    thread: int = 0
+    event_loop: int = 0
+    wakeup: int = 0
+    handoff: int = 0
+    undecided: int = 0  # a worker's call nobody waited for and nobody handed over
+    wakeups: int = 0  # wakeup records seen
+    evicted_threads: int = 0
+
+
+class Causes:
+    """Per-thread request context of the traced processes; see the module docstring."""
+
+    def __init__(self, max_threads: int = 16384) -> None:
+        self.max_threads = max_threads
+        self.stats = CausesStats()
+        self._threads: OrderedDict[tuple[int, int], _Thread] = OrderedDict()
+        self._pools: set[int] = set()  # processes where a request thread and a worker woke each other
+        self._waiting: set[tuple[int, int]] = set()  # threads with calls waiting for their decision
+
+    def __len__(self) -> int:
+        return len(self._threads)
+
+    @property
+    def waiting_count(self) -> int:
+        """Calls waiting for their decision."""
+        return sum(len(t.waiting) for k in self._waiting if (t := self._threads.get(k)) is not None)
+
+    def _thread(self, pid: int, tid: int) -> _Thread:
+        key = (pid, tid)
+        t = self._threads.get(key)
+        if t is None:
+            t = self._threads[key] = _Thread()
+            if len(self._threads) > self.max_threads:
+                old, gone = self._threads.popitem(last=False)
+                self.stats.evicted_threads += 1
+                self._waiting.discard(old)
+                for call in gone.waiting:
+                    call.decided = True  # its span, if finished, is lost with the thread's state: none is held here
+        else:
+            self._threads.move_to_end(key)
+        return t
+
+    # -- requests served ---------------------------------------------------------------------------------------
+
+    def request_read(self, pid: int, tid: int, span_id: bytes) -> None:
+        """Thread `tid` read a request whose server span will have `span_id`."""
+        t = self._thread(pid, tid)
+        t.open[span_id] = None
+        if len(t.open) > _MAX_OPEN:
+            t.open.popitem(last=False)
+
+    def request_done(self, pid: int, tid: int, span_id: bytes) -> None:
+        """The response to that request started (or it ended without one): the thread no longer works for it."""
+        t = self._threads.get((pid, tid))
+        if t is not None:
+            t.open.pop(span_id, None)
+
+    def message_read(self, pid: int, tid: int) -> None:
+        """Thread `tid` read an MQTT delivery: its calls follow the message (the assembler's consumer-thread rule)."""
+        self._thread(pid, tid).reads_messages = True
+
+    # -- calls made ------------------------------------------------------------------------------------------
+
+    def call_made(self, pid: int, tid: int, start_ns: int) -> Call:
+        """Thread `tid` wrote a request: its cause now, or a Call that waits for the thread's next hand-back."""
+        t = self._thread(pid, tid)
+        call = Call(pid, tid, start_ns)
+        if t.open:
+            call.cause = next(reversed(t.open))
+            call.via = "thread" if len(t.open) == 1 else "event-loop"
+            call.decided = True
+            if len(t.open) == 1:
+                self.stats.thread += 1
+            else:
+                self.stats.event_loop += 1
+        elif pid in self._pools and not t.reads_messages:
+            call.handoff = t.handoff
+            if len(t.waiting) >= _MAX_WAITING:
+                self._settle(t.waiting.pop(0), None)
+            t.waiting.append(call)
+            self._waiting.add((pid, tid))
+        else:
+            call.decided = True
+        return call
+
+    def response_read(self, call: Call, tid: int) -> None:
+        """The call's response is being read by `tid`: on an event loop that request is the current one again."""
+        call.answered = True
+        if call.decided and call.cause is not None:
+            t = self._threads.get((call.pid, tid))
+            if t is not None and call.cause in t.open:
+                t.open.move_to_end(call.cause)
+
+    def finish(self, call: Call, span: Span, end_ns: int, out: list[Span]) -> None:
+        """The call's span is complete (its end at kernel time `end_ns`): out now if its cause is decided, else it
+        waits for the decision."""
+        if call.decided:
+            _mark(call, span)
+            out.append(span)
+            return
+        call.span = span
+        call.deadline_ns = end_ns + DECIDE_WAIT_NS
+        call.answered = True
+
+    # -- wakeups ---------------------------------------------------------------------------------------------
+
+    def wakeup(self, ev: WakeupEvent, out: list[Span]) -> None:
+        """One thread of a process woke another: a hand-off of work, or of a result."""
+        self.stats.wakeups += 1
+        pid = ev.pid
+        waker = self._threads.get((pid, ev.waker_tid))
+        wakee = self._threads.get((pid, ev.wakee_tid))
+        if waker is not None and waker.waiting and ev.wakee_since_ns:
+            # The result of answered calls handed to a thread that slept through all of them: it waited for them.
+            # (A request thread preempted as it released its lock falls asleep only after the worker's call began:
+            # that call is decided by its hand-off when its wait is over, see flush.) Any other wakeup of a thread
+            # (a lock, the GIL) decides nothing: waking a thread that was awake during the call proves nothing.
+            done = [c for c in waker.waiting if c.answered and c.start_ns >= ev.wakee_since_ns]
+            if done:
+                # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
+                # main thread): no request.
+                request = next(reversed(wakee.open)) if wakee is not None and wakee.open else None
+                for c in done:
+                    self._decide(waker, c, request, "wakeup" if request is not None else "", out)
+        if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid:
+            waker.handoff = None  # the worker handed its result back to the thread that gave it the work
+        if waker is not None and waker.open and (wakee is None or not wakee.open):
+            # A request thread wakes a thread that serves none: work handed to a pool worker.
+            self._pools.add(pid)
+            # The latest hand-off wins: an idle worker woken now takes work now (an earlier one it did not take
+            # went to a worker that was still running).
+            target = wakee if wakee is not None else self._thread(pid, ev.wakee_tid)
+            target.handoff = next(reversed(waker.open))
+            target.handoff_from = ev.waker_tid
+
+    def _decide(self, t: _Thread, call: Call, cause: bytes | None, via: str, out: list[Span]) -> None:
+        t.waiting.remove(call)
+        if not t.waiting:
+            self._waiting.discard((call.pid, call.tid))
+        call.cause, call.via = cause, via
+        self._settle(call, out)
+
+    def _settle(self, call: Call, out: list[Span] | None) -> None:
+        call.decided = True
+        if call.cause is None:
+            self.stats.undecided += 1
+        elif call.via == "wakeup":
+            self.stats.wakeup += 1
+        elif call.via == "handoff":
+            self.stats.handoff += 1
+        if call.span is not None and out is not None:
+            _mark(call, call.span)
+            out.append(call.span)
+            call.span = None
+
+    def flush(self, now_ns: int, out: list[Span], stale_ns: int, force: bool = False) -> None:
+        """Decide the finished calls that waited DECIDE_WAIT_NS (kernel time `now_ns`) for a hand-back: the request
+        of the thread that handed them their work, if any, else none. Calls whose exchange never finished (dropped
+        with its connection) are forgotten after `stale_ns`."""
+        for key in list(self._waiting):
+            t = self._threads.get(key)
+            if t is None:
+                self._waiting.discard(key)
+                continue
+            for call in list(t.waiting):
+                if call.span is not None and (force or call.deadline_ns <= now_ns):
+                    self._decide(t, call, call.handoff, "handoff" if call.handoff is not None else "", out)
+                elif call.span is None and (force or call.start_ns + stale_ns <= now_ns):
+                    self._decide(t, call, None, "", out)
+
+    def forget_process(self, pid: int, out: list[Span]) -> None:
+        """The process ended: decide what waits, forget its threads."""
+        for key in [k for k in self._threads if k[0] == pid]:
+            t = self._threads.pop(key)
+            self._waiting.discard(key)
+            for call in t.waiting:
+                call.cause, call.via = call.handoff, "handoff" if call.handoff is not None else ""
+                self._settle(call, out)
+        self._pools.discard(pid)
+
+
+
+def _mark(call: Call, span: Span) -> None:
+    if call.cause is not None:
+        span.attributes[CAUSE] = call.cause
+        span.attributes[CAUSE_VIA] = call.via

@@ -1,0 +1,197 @@
+"""Which request a kernel client span was made for (causes.py): the serving thread, the request an event loop read
+last, the request thread a pool worker hands its result to (sched_waking), or the one that handed it the work."""
+from __future__ import annotations
+
+from edge.model import SpanKind
+from edge.sources.ebpf.events import Endpoint, ExitEvent, Role, WakeupEvent
+from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA, DECIDE_WAIT_NS, Causes
+
+from ._helpers import CLI, IN, OUT, builder, data, req, resp
+
+DB = Endpoint("10.0.0.7", 5432)
+PID = 100
+
+
+def serve_read(b, sock, ts, tid, rid):
+    """Thread `tid` reads request `rid` on server connection `sock`."""
+    return b.feed([data(sock, IN, ts, req(target=f"/api?rid={rid}"), pid=PID, tid=tid, remote=Endpoint("10.0.0.9", 50000 + sock))])
+
+
+def serve_answer(b, sock, ts, tid):
+    """Thread `tid` answers on server connection `sock`: the server span is out."""
+    r = req()
+    return b.feed([data(sock, OUT, ts, resp(), pid=PID, tid=tid, prev_bytes=len(r), prev_end=ts - 500,
+                        remote=Endpoint("10.0.0.9", 50000 + sock))])
+
+
+def call(b, sock, ts, tid, answer_tid=None):
+    """Thread `tid` calls the database on client connection `sock` and reads its answer (on `answer_tid`)."""
+    r = req(target=f"/db?c={sock}")
+    b.feed([data(sock, OUT, ts, r, pid=PID, tid=tid, role=Role.CLIENT, local=Endpoint(CLI.addr, 40000 + sock),
+                 remote=DB)])
+    return b.feed([data(sock, IN, ts + 1_000, resp(), pid=PID, tid=answer_tid or tid, role=Role.CLIENT,
+                        local=Endpoint(CLI.addr, 40000 + sock), remote=DB, prev_bytes=len(r), prev_end=ts + 50)])
+
+
+def server_span(spans):
+    (s,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    return s
+
+
+def two_requests(*handoffs):
+    """A builder whose threads 101 and 102 read requests a and b, then the wakeups (waker, wakee, at) given."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_read(b, 2, 1_500, 102, "b")
+    for waker, wakee, at in handoffs:
+        b.feed([WakeupEvent(at, PID, waker, wakee, 0)])
+    return b
+
+
+def test_thread_serving_one_request_names_it():
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    (c,) = call(b, 10, 5_000, 101)
+    s = server_span(serve_answer(b, 1, 20_000, 101))
+    assert c.kind == SpanKind.CLIENT
+    assert c.attributes[CAUSE] == s.span_id and c.attributes[CAUSE_VIA] == "thread"
+    assert b.causes.stats.thread == 1
+
+
+def test_answered_request_is_no_longer_the_threads_context():
+    """After its response the thread serves nothing: a later call (a background job) names no request."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_answer(b, 1, 2_000, 101)
+    (c,) = call(b, 10, 5_000, 101)
+    assert CAUSE not in c.attributes
+
+
+def test_event_loop_follows_the_request_it_read_last():
+    """One thread serving two requests at once: a call takes the context of the request whose bytes it read last,
+    and reading a call's response makes that call's request current again."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_read(b, 2, 2_000, 101, "b")
+    r = req(target="/db?c=10")
+    b.feed([data(10, OUT, 3_000, r, pid=PID, tid=101, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010), remote=DB)])
+    (for_b,) = call(b, 11, 4_000, 101)  # both calls are made after b was read: b's
+    (first,) = b.feed([data(10, IN, 6_000, resp(), pid=PID, tid=101, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010),
+                            remote=DB, prev_bytes=len(r), prev_end=3_050)])
+    sb = server_span(serve_answer(b, 2, 7_000, 101))
+    sa = server_span(serve_answer(b, 1, 8_000, 101))
+    assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "event-loop"
+    assert first.attributes[CAUSE] == sb.span_id
+    assert sa.span_id != sb.span_id
+    assert b.causes.stats.event_loop == 2
+
+
+def test_event_loop_response_makes_its_request_current():
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    r = req(target="/db?c=10")
+    b.feed([data(10, OUT, 2_000, r, pid=PID, tid=101, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010), remote=DB)])
+    serve_read(b, 2, 3_000, 101, "b")  # b read: b is current
+    b.feed([data(10, IN, 4_000, resp(), pid=PID, tid=101, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010),
+                 remote=DB, prev_bytes=len(r), prev_end=2_050)])  # a's downstream answer: a is current again
+    (follow_up,) = call(b, 11, 5_000, 101)
+    sa = server_span(serve_answer(b, 1, 8_000, 101))
+    serve_answer(b, 2, 9_000, 101)
+    assert follow_up.attributes[CAUSE] == sa.span_id
+
+
+def test_pool_worker_call_goes_to_the_request_thread_it_wakes():
+    """A request thread hands the call to a worker and sleeps; the worker's wakeup of it with the result decides,
+    even when another request thread handed the worker work meanwhile."""
+    b = two_requests((101, 201, 2_000), (102, 201, 2_100))
+    out = call(b, 10, 5_000, 201)
+    assert out == []  # waits for the hand-back
+    out = b.feed([WakeupEvent(7_000, PID, 201, 102, 1_600)])  # the result goes to b's thread, asleep since 1_600
+    (c,) = out
+    sb = server_span(serve_answer(b, 2, 9_000, 102))
+    serve_answer(b, 1, 9_500, 101)
+    assert c.attributes[CAUSE] == sb.span_id and c.attributes[CAUSE_VIA] == "wakeup"
+    assert b.causes.stats.wakeup == 1 and b.pending_count == 0
+
+
+def test_wakeup_of_a_thread_awake_during_the_call_does_not_decide():
+    """A thread that was asleep only since after the call began did not wait for it."""
+    b = two_requests((101, 201, 2_000))
+    assert call(b, 10, 5_000, 201) == []
+    assert b.feed([WakeupEvent(7_000, PID, 201, 102, 5_500)]) == []
+    (c,) = b.feed([WakeupEvent(7_500, PID, 201, 101, 2_500)])
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id
+
+
+def test_wakeup_of_a_thread_that_fell_asleep_after_the_call_began_leaves_it_to_the_handoff():
+    """The request thread, preempted as it released its lock, fell asleep only after the worker's call began: that
+    hand-back proves nothing (a GIL wakeup of another thread looks the same); the hand-off decides once the wait is
+    over."""
+    b = two_requests((101, 201, 2_000))
+    assert call(b, 10, 5_000, 201) == []
+    assert b.feed([WakeupEvent(7_000, PID, 201, 102, 5_500)]) == []
+    assert b.feed([WakeupEvent(7_500, PID, 201, 101, 5_500)]) == []
+    (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
+
+
+def test_latest_handoff_to_an_idle_worker_wins():
+    """A hand-off the worker did not take (another, still running worker took it) is replaced by the next one."""
+    b = two_requests((101, 201, 2_000), (102, 201, 3_000))
+    assert call(b, 10, 5_000, 201) == []
+    (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
+    sb = server_span(serve_answer(b, 2, 8_000, 102))
+    assert c.attributes[CAUSE] == sb.span_id and c.attributes[CAUSE_VIA] == "handoff"
+
+
+def test_worker_nobody_waits_for_takes_the_request_that_handed_it_work():
+    """The worker answers the client itself (an accept thread and a pool): after DECIDE_WAIT_NS with no hand-back,
+    the request of the thread that handed it the work."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 10, 5_000, 201) == []
+    assert b.flush(7_000 + DECIDE_WAIT_NS - 1) == []
+    (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
+    sa = server_span(serve_answer(b, 1, 7_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
+
+
+def test_worker_call_of_no_request_leaves_undecided_and_nothing_is_held():
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])  # makes this process a pool
+    serve_answer(b, 1, 3_000, 101)
+    b.feed([WakeupEvent(3_500, PID, 201, 101, 0)])  # the worker handed back: it works for nobody now
+    assert call(b, 10, 5_000, 201) == []
+    (c,) = b.flush(10_000 + DECIDE_WAIT_NS)
+    assert CAUSE not in c.attributes
+    assert b.causes.stats.undecided == 1 and b.pending_count == 0
+
+
+def test_process_exit_releases_waiting_calls():
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 10, 5_000, 201) == []
+    out = b.feed([ExitEvent(8_000, PID, "api", 0)])
+    assert any(s.kind == SpanKind.CLIENT for s in out)
+    assert b.pending_count == 0 and len(b.causes) == 0
+
+
+def test_threads_table_is_bounded():
+    c = Causes(max_threads=8)
+    for tid in range(100):
+        c.request_read(PID, tid, tid.to_bytes(8, "big"))
+    assert len(c) == 8 and c.stats.evicted_threads == 92
+
+
+def test_open_requests_per_thread_are_bounded():
+    c = Causes()
+    for i in range(1000):
+        c.request_read(PID, 1, i.to_bytes(8, "big"))
+    call_ = c.call_made(PID, 1, 0)
+    assert call_.cause == (999).to_bytes(8, "big") and call_.via == "event-loop"
+    assert len(c._threads[(PID, 1)].open) <= 64
