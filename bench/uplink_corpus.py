@@ -32,9 +32,8 @@ from bench._workload import realistic_spans  # noqa: E402
 from bench.corpus import load_all  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.model import Span  # noqa: E402
-from uplink import columnar  # noqa: E402
-from uplink.dictionary import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
-from uplink.wire import decode_batch, encode_batch  # noqa: E402
+from uplink.wire import columnar, decode_batch, encode_batch  # noqa: E402
+from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
 
 NODE = "edge-node-01"
 MAX_BYTES = 64 * 1024 * 1024
@@ -54,7 +53,7 @@ def otlp_zstd(bs: list[Sequence[Span]], level: int) -> int:
 
 def shipped(bs: list[Sequence[Span]], level: int) -> int:
     """Bytes of the shipped format (version 2 with the shipped dictionary)."""
-    return sum(len(encode_batch(b, NODE, i, level=level, created_ns=i)) for i, b in enumerate(bs))
+    return sum(len(encode_batch(b, NODE, i, level=level, created_ns=i, version=2)) for i, b in enumerate(bs))
 
 
 def v3(bs: list[Sequence[Span]], tables: TableSet, level: int) -> int:
@@ -62,9 +61,13 @@ def v3(bs: list[Sequence[Span]], tables: TableSet, level: int) -> int:
     total = 0
     for i, b in enumerate(bs):
         data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i)
-        assert _exact(columnar.decode(data, tables, MAX_BYTES).spans, b), "columnar batch did not round-trip"
+        assert _exact(_decode(data, tables).spans, b), "columnar batch did not round-trip"
         total += len(data)
     return total
+
+
+def _decode(data: bytes, tables: TableSet) -> Any:
+    return decode_batch(data, MAX_BYTES, {tables.id: tables}.get)
 
 
 def _exact(got: Sequence[Span], want: Sequence[Span]) -> bool:
@@ -93,7 +96,7 @@ def rolling(spans: Sequence[Span], size: int, level: int, every: int, window: in
             since = 0
             period = []
         data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i)
-        assert _exact(columnar.decode(data, tables, MAX_BYTES).spans, b)
+        assert _exact(_decode(data, tables).spans, b)
         batch_bytes += len(data)
         period.append(b)
         seen += len(b)
@@ -141,10 +144,10 @@ def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int,
     """Encode and decode CPU time per span, columnar (learned tables) and shipped format, same batches."""
     n = sum(len(b) for b in bs)
     enc = [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)]
-    old = [encode_batch(b, NODE, i, level=v2_level) for i, b in enumerate(bs)]
+    old = [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)]
     e3 = best_cpu(lambda: [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)], repeat)
-    d3 = best_cpu(lambda: [columnar.decode(x, tables, MAX_BYTES) for x in enc], repeat)
-    e2 = best_cpu(lambda: [encode_batch(b, NODE, i, level=v2_level) for i, b in enumerate(bs)], repeat)
+    d3 = best_cpu(lambda: [_decode(x, tables) for x in enc], repeat)
+    e2 = best_cpu(lambda: [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)], repeat)
     d2 = best_cpu(lambda: [decode_batch(x, MAX_BYTES) for x in old], repeat)
     return {"encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
             "v2_encode_us_per_span": round(e2 / n * 1e6, 2), "v2_decode_spans_per_s": round(n / d2),
@@ -164,7 +167,7 @@ def node_memory(train: Sequence[Span], limits: TrainingLimits) -> dict[str, int]
     msg = tables.to_message()
     before = tracemalloc.get_traced_memory()[0]
     fetched = parse_message(msg, MAX_BYTES, expect_id=tables.id)
-    batch = columnar.decode(data, fetched, MAX_BYTES)
+    batch = _decode(data, fetched)
     del batch, data
     gc.collect()
     gateway = tracemalloc.get_traced_memory()[0] - before

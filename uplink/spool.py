@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edge.errors import UplinkError
 
-from .wire import HEADER_SIZE, METRICS_MAGIC, read_header
+from .wire import MAX_HEADER_SIZE, METRICS_MAGIC, read_header
 
 __all__ = ["SpoolEntry", "MemorySpool", "DiskSpool", "SEQ_LEASE"]
 
@@ -207,7 +207,7 @@ class DiskSpool(MemorySpool):
             entry = SpoolEntry(int(m.group(1)), int(m.group(2)), 0)
             try:
                 with open(path, "rb") as f:
-                    head = f.read(HEADER_SIZE)
+                    head = f.read(MAX_HEADER_SIZE)
                     entry.size = os.fstat(f.fileno()).st_size
                 if not head.startswith(METRICS_MAGIC):  # metrics batches are spooled next to span batches
                     read_header(head)
