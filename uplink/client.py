@@ -5,6 +5,9 @@ default: it survives kill -9 and power cuts) and only then counted as accepted f
 spool oldest-first at no more than `uplink.drain_rate` batches per second and deletes a batch only once the
 transport acknowledged it (PUBACK for MQTT QoS 1, a 2xx for HTTP). What cannot be kept is counted, never silently
 lost: queue full, spool full (oldest evicted), unencodable spans, batches refused for good.
+
+In format version 3 batches refer to a table set the node learns from its own spans (uplink/learner.py, in a worker
+thread) and keeps published while any spooled batch names it (uplink/table_publisher.py).
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ from edge.errors import UplinkError
 from edge.model import MetricBatch, Span
 from edge.net.retry import Backoff, Throttle
 
+from .learner import Candidate, LearningPolicy, TableLearner
 from .spool import DiskSpool, MemorySpool
+from .table_publisher import TablePublisher
 from .transports import SendError, Transport, make_transport
-from .wire import encode_batch, encode_metrics
+from .wire import EMPTY, encode_batch, encode_metrics
 
 __all__ = ["UplinkClient", "UplinkStats"]
 
@@ -59,6 +64,10 @@ class UplinkStats:
     spooled_spans: int = 0
     spooled_bytes: int = 0
     spool_durable: int = 0  # 1 when batches wait on disk, 0 when only in memory
+    dropped_no_tables: int = 0  # spans in batches naming a table set the node no longer has
+    table_sets_adopted: int = 0  # learned table sets that paid for their message and are (were) in use
+    table_sets_published: int = 0  # table-set messages published or uploaded (again after a reconnect or a 409)
+    table_bytes: int = 0  # what the table set in use takes (the governor counts it)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for /metrics and logs)."""
@@ -79,6 +88,9 @@ class UplinkClient:
             spool = DiskSpool(cfg.spool_dir, node_id, cfg.spool_max_bytes) if cfg.spool_dir else \
                 MemorySpool(cfg.spool_max_bytes)
         self.spool = spool
+        self.learner = TableLearner(LearningPolicy.of(cfg), node_id, cfg.learn_memory)
+        self.tables = TablePublisher(cfg.tables_retain)
+        self._learning: asyncio.Task[None] | None = None
         self._queue: deque[tuple[Span, int]] = deque()
         self._queue_bytes = 0
         self._cutting = 0  # spans taken off the queue and not yet in the spool
@@ -162,6 +174,8 @@ class UplinkClient:
         st.spooled_batches, st.spooled_spans, st.spooled_bytes = len(sp), sp.spans, sp.bytes
         st.spool_evicted_batches, st.spool_evicted_spans = sp.evicted_batches, sp.evicted_spans
         st.spool_durable = int(sp.durable)
+        st.table_sets_adopted, st.table_sets_published = self.learner.stats.adopted, self.tables.stats.published
+        st.table_bytes = self.learner.bytes
 
     # -------------------------------------------------------------------------------------------- running
 
@@ -178,6 +192,8 @@ class UplinkClient:
             self._spooled.set()
             await tasks[1]
         finally:
+            if self._learning is not None:
+                tasks.append(self._learning)  # its worker thread ends on its own: learning is bounded
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -201,17 +217,33 @@ class UplinkClient:
             self.spool = MemorySpool(self.cfg.spool_max_bytes)
             await self.spool.open()
         self.stats.spool_recovered_spans = getattr(self.spool, "recovered_spans", 0)
+        await self._open_tables()
         self._gauges()
         if len(self.spool):
             self._spooled.set()
         self.opened.set()
 
+    async def _open_tables(self) -> None:
+        """The record of table sets beside the spool; the set in use before a restart is used again."""
+        directory = self.spool.dir / "tables" if isinstance(self.spool, DiskSpool) else None
+        try:
+            restored = await self.tables.open(directory)
+        except UplinkError as e:
+            log.error("%s; table sets are kept in memory only", e)
+            restored = await self.tables.open(None)
+        if restored is not None:
+            self.learner.use(restored, await asyncio.to_thread(restored.node_bytes, self.cfg.zstd_level))
+            log.info("uplink: encoding with table set %s again, as before the restart", restored.id.hex())
+
     async def _cut_loop(self) -> None:
         while await self._batch_due():
             spans = self._take_batch()
             seq = await self.spool.next_seq()
+            version = self.cfg.format
+            tables = self.learner.current if version == 3 else EMPTY
             try:
-                payload = encode_batch(spans, self.node_id, seq, level=self.cfg.zstd_level)
+                payload = encode_batch(spans, self.node_id, seq, level=self.cfg.zstd_level, version=version,
+                                       tables=tables)
             except Exception as e:  # noqa: BLE001 - a span holding a value the format cannot carry must not stop the uplink
                 self.stats.dropped_unencodable += len(spans)
                 self._cutting = 0
@@ -228,12 +260,49 @@ class UplinkClient:
                 self.stats.spans_spooled += len(spans)
                 self.stats.batches_spooled += 1
                 self._spooled.set()
+                if version == 3:
+                    self._observe(spans, len(payload), tables.id)
             else:
                 self.stats.dropped_spool_error += len(spans)
                 if self._throttle.ready("spool-size"):
                     log.error("uplink could not spool a batch of %d spans (%d bytes, spool_max_bytes=%d): dropped",
                               len(spans), len(payload), self.spool.max_bytes)
             self._gauges()
+
+    def _observe(self, spans: list[Span], size: int, table_id: bytes) -> None:
+        """Show a spooled batch to the learner; start learning a candidate table set when one is due."""
+        learner = self.learner
+        learner.observe(spans, size, table_id)
+        reason = learner.due()
+        if reason and (self._learning is None or self._learning.done()):
+            self._learning = asyncio.create_task(self._learn(reason), name="uplink-learn")
+
+    async def _learn(self, reason: str) -> None:
+        learner = self.learner
+        spans, current, batch = learner.begin(reason)
+        cand: Candidate | None = None
+        try:
+            cand = await asyncio.to_thread(learner.learn, spans, current, batch)
+        except Exception as e:  # noqa: BLE001 - a failed candidate leaves the set in use as it is
+            log.error("uplink: learning a table set failed: %s", e)
+        finally:
+            del spans
+            adopt = learner.judge(cand)
+        if cand is None:
+            return
+        if not adopt:
+            log.debug("uplink: table set candidate (%s) not adopted: saves %.2f B/span, message %d bytes, %.0f "
+                      "spans/s", reason, cand.saving, len(cand.message), learner.rate())
+            return
+        try:
+            await self.tables.adopt(cand.tables, cand.message)
+        except (UplinkError, OSError) as e:
+            log.error("uplink: cannot keep table set %s (%s): going on with the set in use", cand.tables.id.hex(), e)
+            return
+        learner.adopt(cand)
+        log.info("uplink: table set %s in use (%s): saves %.1f B/span on recent spans, message %d bytes, learned in "
+                 "%.0f ms of CPU", cand.tables.id.hex(), reason, cand.saving, len(cand.message), cand.cpu_s * 1000)
+        self._gauges()
 
     async def _batch_due(self) -> bool:
         """Wait until a batch should be cut; False when closing with nothing left."""
@@ -289,8 +358,9 @@ class UplinkClient:
                 await self._pace()
                 payload = await self.spool.read(entry)
                 if payload is not None:
-                    await self._deliver(entry.seq, entry.spans, payload)
+                    await self._deliver(entry.seq, entry.spans, payload, entry.table_id)
                 await self.spool.remove(entry)
+                await self._sweep_tables()
             finally:
                 entry.sending = False
                 self._gauges()
@@ -307,14 +377,32 @@ class UplinkClient:
             now = time.monotonic()
         self._next_send = max(now, self._next_send) + 1.0 / rate
 
-    async def _deliver(self, seq: int, spans: int, payload: bytes) -> None:
-        """Send until acknowledged or permanently refused; cancelled by close()."""
+    async def _sweep_tables(self) -> None:
+        try:
+            await self.tables.sweep([e.table_id for e in self.spool.entries], self._transport)
+        except (UplinkError, OSError) as e:
+            log.warning("uplink: table sets not swept: %s", e)
+
+    async def _deliver(self, seq: int, spans: int, payload: bytes, table_id: bytes) -> None:
+        """Send (after the table set it names) until acknowledged or permanently refused; cancelled by close()."""
         backoff = Backoff(maximum=self.cfg.retry_max_backoff)
+        again = False  # the gateway said it lacks the table set: publish it again
         while True:
             try:
+                if not await self.tables.ensure(table_id, self._transport, again):
+                    self.stats.dropped_no_tables += spans
+                    log.error("uplink batch seq=%d (%d spans) names table set %s, which this node no longer has: "
+                              "dropped", seq, spans, table_id.hex())
+                    return
+                again = False
                 await self._transport.send(payload)
             except SendError as e:
                 self.stats.send_failures += 1
+                if e.needs_tables == table_id:  # publish it again first; at once twice, then with backoff
+                    again = True
+                    if backoff.attempt < 2:
+                        backoff.next()
+                        continue
                 if e.permanent:
                     self.stats.dropped_rejected += spans
                     log.error("uplink batch seq=%d (%d spans) refused for good: %s", seq, spans, e)

@@ -9,10 +9,27 @@ import socket
 from dataclasses import dataclass
 
 from .common import MqttConnection
+from ..errors import ConfigError
 from .reader import (boolean, duration, http_url, listen_or_off, number, one_of, setting, size, str_map, string,
                      topic_filter, whole)
 
 __all__ = ["UplinkConfig", "GatewayConfig"]
+
+
+def topic_template(value: object, key: str) -> str:
+    """A topic filter holding `{table_id}` once, as a whole level (where each table set is published)."""
+    text = topic_filter(value, key)
+    if text.count("{table_id}") != 1 or "{table_id}" not in text.split("/"):
+        raise ConfigError(key, f"must hold {{table_id}} once, as a whole topic level, got {text!r}")
+    return text
+
+
+def table_topic(value: object, key: str) -> str:
+    """`topic_template` without wildcards: the topic a node publishes a table set on."""
+    text = topic_template(value, key)
+    if "+" in text or "#" in text:
+        raise ConfigError(key, f"is where this node publishes: no wildcards, got {text!r}")
+    return text
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,10 +52,24 @@ class UplinkConfig(MqttConnection):
     spool_max_bytes: int = setting(64 * 1024 * 1024, size(64 * 1024, 1024**4))
     # Batches per second at most, so a spool backlog does not storm the gateway; 0 = no limit.
     drain_rate: float = setting(20.0, number(0.0, 100_000.0))
+    # Batch format version: 3 (columnar, with tables learned from the node's own spans) or 2 (the shipped dictionary).
+    format: int = setting(3, whole(2, 3))
+    # Format 3: how often a new table set is learned from the recent spans (0: never, batches carry all they need);
+    # sooner when the bytes per span grow. A set is published only when it saves more than its message costs.
+    learn_interval: float = setting(600.0, duration(0.0, 7 * 86400.0))
+    learn_after: int = setting(256, whole(16, 1_000_000))  # spans seen before the first table set is learned
+    learn_memory: int = setting(1024 * 1024, size(64 * 1024, 1024**3))  # recent spans kept to learn from
+    # Where table sets are published (MQTT retained), and how long one stays after the last batch naming it left.
+    tables_topic: str = setting("helix/uplink-tables/{node_id}/{table_id}", table_topic)
+    tables_retain: float = setting(86400.0, duration(0.0, 365 * 86400.0))
 
     def topic_for(self, node_id: str) -> str:
         """The uplink topic with `{node_id}` filled in."""
         return self.topic.replace("{node_id}", node_id)
+
+    def tables_topic_for(self, node_id: str, table_id: bytes) -> str:
+        """The topic of one published table set."""
+        return self.tables_topic.replace("{node_id}", node_id).replace("{table_id}", table_id.hex())
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,6 +91,12 @@ class GatewayConfig(MqttConnection):
     # MQTT client id of this instance; "" = helix-gw-<hostname>. Must be unique per instance.
     client_id: str = setting("", string)
     session_expiry: float = setting(3600.0, duration(0.0, 30 * 86400.0))  # how long the broker keeps our queue
+    # Table sets that format-3 batches refer to: fetched from the nodes' retained topics, cached by id (LRU).
+    tables_topic: str = setting("helix/uplink-tables/+/{table_id}", topic_template)
+    table_cache_sets: int = setting(1024, whole(1, 10_000_000))
+    table_cache_bytes: int = setting(256 * 1024 * 1024, size(1024 * 1024, 1024**4))
+    table_wait: float = setting(10.0, duration(0.0, 3600.0))  # a batch waits this long for its table set
+    max_table_bytes: int = setting(1024 * 1024, size(64 * 1024, 64 * 1024 * 1024))  # of one set, decompressed
 
     def mqtt_client_id(self) -> str:
         """The fixed MQTT client id, so a restarted instance resumes its persistent session."""
@@ -68,3 +105,7 @@ class GatewayConfig(MqttConnection):
     def subscription(self) -> str:
         """The MQTT subscription, as a shared subscription when a group is set."""
         return f"$share/{self.share_group}/{self.topic}" if self.share_group else self.topic
+
+    def tables_filter(self, table_id: bytes) -> str:
+        """The MQTT topic filter under which any node publishes the table set `table_id`."""
+        return self.tables_topic.replace("{table_id}", table_id.hex())

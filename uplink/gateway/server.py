@@ -7,6 +7,11 @@ only after the export succeeded or the batch was refused for good: a gateway kil
 again from the broker when it comes back. While the backend is down the MQTT loop holds its batch and retries, so
 the broker (and behind it the nodes' spools) keep the rest. Batches are idempotent: a (node_id, seq) seen recently
 is not exported twice.
+
+A format-3 batch is decoded with the table set it names (uplink/gateway/tables.py): from the cache, uploaded by its
+node over HTTP, or fetched from the node's retained MQTT topic. A batch whose set cannot be had is never exported:
+over HTTP the node is told which set to upload (409), over MQTT the batch waits up to `gateway.table_wait` for it and
+is then left with its node (counted in `tables.missing`).
 """
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ from edge.errors import DecodeError
 from edge.net.mqtt_client import MqttError
 from edge.net.retry import Backoff, Throttle
 
-from ..wire import decode_batch, decode_metrics, is_metric_batch
+from ..wire import NEEDS_TABLES_HEADER, UnknownTableSet, decode_metrics, is_metric_batch
+from ..wire.columnar import MAX_SPANS
 from .otlp_export import OtlpExporter
+from .tables import GatewayTables, MqttTableSource
 
 
 __all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
@@ -49,6 +56,7 @@ class Outcome(enum.Enum):
     OVERSIZED = "oversized"
     DROPPED = "dropped"  # the backend refused it for good
     RETRY_LATER = "retry-later"  # HTTP only: the backend is down, the node keeps the batch
+    NEEDS_TABLES = "needs-tables"  # the table set it names is not to be had (yet): not exported, the node keeps it
 
 
 @dataclass(slots=True)
@@ -81,6 +89,7 @@ class _Result:
     spans: int = 0
     detail: str = ""
     retry_after_s: float | None = None
+    table_id: bytes = b""  # NEEDS_TABLES: the set the node should publish again
 
 
 class Gateway:
@@ -96,6 +105,7 @@ class Gateway:
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._inflight: dict[tuple[str, int], asyncio.Future[_Result]] = {}
         self._throttle = Throttle()
+        self.tables = GatewayTables(cfg, MqttTableSource(cfg) if cfg.mqtt_enabled else None)
         self.metric_stats = {"received": 0, "exported": 0, "malformed": 0, "duplicate": 0, "dropped": 0, "deferred": 0}
 
     # ------------------------------------------------------------------------------------------------ ingest
@@ -114,7 +124,10 @@ class Gateway:
         if is_metric_batch(payload):
             return await self._ingest_metrics(payload, origin, http)
         try:
-            batch = decode_batch(payload, cfg.max_batch_bytes)
+            # Over HTTP the node uploads a missing set when told (409); over MQTT it is fetched here.
+            batch = await self.tables.decode(payload, cfg.max_batch_bytes, MAX_SPANS, fetch=not http)
+        except UnknownTableSet as e:
+            return self._needs_tables(e.table_id, origin, http)
         except DecodeError as e:
             self.stats.batches_malformed += 1
             return self._bad(Outcome.MALFORMED, origin, str(e))
@@ -212,6 +225,15 @@ class Gateway:
                         "carries these counts)", batch.node_id, batch.seq, origin, res.error)
         return _Result(Outcome.DROPPED, 0, res.error)
 
+    def _needs_tables(self, table_id: bytes, origin: str, http: bool) -> _Result:
+        detail = f"needs table set {table_id.hex()}, which this gateway does not hold"
+        if not http and self._throttle.ready("tables"):
+            extra = self._throttle.take_suppressed("tables")
+            log.warning("batch from %s not exported: table set %s not found within %.0fs; the node keeps the batch "
+                        "and sends it again%s", origin, table_id.hex(), self.cfg.table_wait,
+                        f" ({extra} more not shown)" if extra else "")
+        return _Result(Outcome.NEEDS_TABLES, 0, detail, table_id=table_id)
+
     def _bad(self, outcome: Outcome, origin: str, detail: str) -> _Result:
         if self._throttle.ready(outcome.value):
             extra = self._throttle.take_suppressed(outcome.value)
@@ -293,6 +315,7 @@ class Gateway:
         host, port = self.cfg.http_listen
         app = web.Application(client_max_size=self.cfg.max_batch_bytes)
         app.router.add_post("/v1/batches", self._http_batches)
+        app.router.add_put("/v1/tables/{table_id}", self._http_tables)
         app.router.add_get("/healthz", self._http_health)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -302,18 +325,52 @@ class Gateway:
         log.info("gateway accepting batches on http://%s:%d/v1/batches", host, self.http_port)
         return runner
 
-    async def _http_batches(self, request: Any) -> Any:
+    def _unauthorized(self, request: Any, what: str) -> Any:
+        """A 401 response when the request lacks the bearer token, else None."""
         from aiohttp import web
 
         token = self.cfg.token
-        if token:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                self.stats.requests_unauthorized += 1
-                if self._throttle.ready("auth"):
-                    log.warning("batch from %s refused: missing or wrong bearer token", request.remote)
-                return web.Response(status=401, text="missing or wrong bearer token\n",
-                                    headers={"WWW-Authenticate": "Bearer"})
+        if not token or hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                            f"Bearer {token}".encode()):
+            return None
+        self.stats.requests_unauthorized += 1
+        if self._throttle.ready("auth"):
+            log.warning("%s from %s refused: missing or wrong bearer token", what, request.remote)
+        return web.Response(status=401, text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
+
+    async def _http_tables(self, request: Any) -> Any:
+        """PUT /v1/tables/<id>: a node's table set, verified against the id before it is cached."""
+        from aiohttp import web
+
+        refused = self._unauthorized(request, "table set")
+        if refused is not None:
+            return refused
+        origin = f"http {request.remote}"
+        try:
+            table_id = bytes.fromhex(request.match_info["table_id"])
+        except ValueError:
+            table_id = b""
+        if len(table_id) != 8:
+            self.tables.stats.refused += 1
+            return web.Response(status=400, text="the table-set id must be 16 hex digits\n")
+        limit = self.cfg.max_table_bytes
+        if request.content_length is not None and request.content_length > limit:
+            self.tables.stats.refused += 1
+            return web.Response(status=413, text=f"table set larger than {limit} bytes\n")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            self.tables.stats.refused += 1
+            return web.Response(status=413, text=f"table set larger than {limit} bytes\n")
+        if not self.tables.upload(table_id, body, origin):
+            return web.Response(status=400, text=f"table set {table_id.hex()} refused: not a valid message for that id\n")
+        return web.Response(status=204)
+
+    async def _http_batches(self, request: Any) -> Any:
+        from aiohttp import web
+
+        refused = self._unauthorized(request, "batch")
+        if refused is not None:
+            return refused
         limit = self.cfg.max_batch_bytes
         if request.content_length is not None and request.content_length > limit:
             self.stats.batches_received += 1
@@ -332,6 +389,8 @@ class Gateway:
             return web.Response(status=400, text=res.detail + "\n")
         if res.outcome is Outcome.OVERSIZED:
             return web.Response(status=413, text=res.detail + "\n")
+        if res.outcome is Outcome.NEEDS_TABLES:  # the node uploads the set and sends the batch again
+            return web.Response(status=409, text=res.detail + "\n", headers={NEEDS_TABLES_HEADER: res.table_id.hex()})
         if res.outcome is Outcome.RETRY_LATER:
             wait = max(1, math.ceil(res.retry_after_s or 1))
             return web.Response(status=503, text=f"OTLP backend unavailable: {res.detail}\n",
@@ -343,6 +402,7 @@ class Gateway:
         from aiohttp import web
 
         return web.Response(text=json.dumps({"status": "ok", "gateway": self.stats.as_dict(),
+                                             "tables": self.tables.stats.as_dict(),
                                              "exporter": self.exporter.stats.as_dict()}),
                             content_type="application/json")
 

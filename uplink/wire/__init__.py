@@ -10,7 +10,8 @@ from .batch import FORMAT_VERSION, MEDIA_TYPE, READ_VERSIONS, WRITE_VERSIONS, Ba
 from .columnar import UnknownTableSet
 from .frame import MAX_HEADER_SIZE, NO_TABLES
 from .metrics import METRICS_MAGIC, METRICS_MEDIA_TYPE, decode_metrics, encode_metrics, is_metric_batch
-from .tables import EMPTY, TableSet, TrainingLimits, parse_message
+from .tables import EMPTY, NEEDS_TABLES_HEADER, TABLES_MAGIC, TABLES_MEDIA_TYPE, TableSet, TrainingLimits, \
+    parse_message
 
 __all__ = [
     "FORMAT_VERSION",
@@ -31,6 +32,9 @@ __all__ = [
     "TableSet",
     "TrainingLimits",
     "parse_message",
+    "TABLES_MAGIC",
+    "TABLES_MEDIA_TYPE",
+    "NEEDS_TABLES_HEADER",
     "METRICS_MAGIC",
     "METRICS_MEDIA_TYPE",
     "encode_metrics",

@@ -35,6 +35,8 @@ __all__ = [
     "NO_TABLES",
     "ID_SIZE",
     "TABLES_MAGIC",
+    "TABLES_MEDIA_TYPE",
+    "NEEDS_TABLES_HEADER",
     "TrainingLimits",
     "train",
     "parse_message",
@@ -52,6 +54,9 @@ __all__ = [
 ]
 
 TABLES_MAGIC = b"HT"
+TABLES_MEDIA_TYPE = "application/vnd.helix.tables"  # of a table-set message uploaded over HTTP
+# The HTTP header with which a gateway, answering 409, names the table set a node must upload before its batch.
+NEEDS_TABLES_HEADER = "Helix-Needs-Table-Set"
 _TABLES_VERSION = 1
 # magic, table format version, the full 32-byte BLAKE2b digest of the CBOR content; then a zstd frame of it.
 _MSG_HEADER = struct.Struct(">2sB32s")
@@ -130,8 +135,11 @@ class TableSet:
             self._dec = _DecoderTables(self)
         return self._dec
 
-    def compressor(self, level: int) -> zstandard.ZstdCompressor:
-        """The zstd compressor for batches referencing this set (its dictionary loaded once)."""
+    def compressor(self, level: int, shared: bool = True) -> zstandard.ZstdCompressor:
+        """The zstd compressor for batches referencing this set (its dictionary loaded once); `shared=False` makes
+        one for another thread (a compressor is not safe to use from two threads at once)."""
+        if not shared:
+            return _compressor(level, self._zstd_dict())
         zc = self._zc.get(level)
         if zc is None:
             zc = self._zc[level] = _compressor(level, self._zstd_dict())
@@ -158,6 +166,14 @@ class TableSet:
                   self.zdict, self.content, idx.names, idx.keys, idx.values, idx.shapes, idx.event_names, idx.scopes,
                   idx.resources, idx.signatures)
         return sum(_deep_size(f, seen) for f in fields) + self.compressor(level).memory_size()
+
+    def gateway_bytes(self) -> int:
+        """Bytes a gateway holds to decode with this set: the decoder's tables, the content, the zstd decompressor."""
+        dt = self.decoder_tables()
+        seen: set[int] = set()
+        fields = (dt.names, dt.keys, dt.values, dt.shapes, dt.event_names, dt.scopes, dt.resources, self.content,
+                  self.zdict)
+        return sum(_deep_size(f, seen) for f in fields) + self.decompressor().memory_size()
 
     # ---- publication
 
