@@ -20,6 +20,7 @@ def render_acl(nodes: Mapping[str, str], operators: Iterable[str] = ("operator",
         "# Every node: its own status and uplink topics, its own config document, device spans it collects.",
         "pattern write helix/status/%u",
         "pattern write helix/uplink/%u",
+        "pattern write helix/uplink-tables/%u/#",
         "pattern read helix/config/node/%u",
     ]
     if devices_under_nodes:
@@ -28,7 +29,8 @@ def render_acl(nodes: Mapping[str, str], operators: Iterable[str] = ("operator",
     for op in operators:
         lines += [f"user {op}", "topic readwrite helix/config/#", "topic read helix/status/#", ""]
     for gw in gateways:
-        lines += [f"user {gw}", "topic read helix/uplink/#", "topic read $share/+/helix/uplink/#", ""]
+        lines += [f"user {gw}", "topic read helix/uplink/#", "topic read $share/+/helix/uplink/#",
+                  "topic read helix/uplink-tables/#", ""]
     for node, group in sorted(nodes.items()):
         _check_level(node)
         _check_level(group)
