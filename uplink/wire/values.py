@@ -5,6 +5,7 @@ Sans-I/O. Every decoding problem is a DecodeError whose message starts with "upl
 """
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from edge.errors import DecodeError
@@ -82,6 +83,9 @@ def planes(zs: list[int]) -> bytes:
     width = max(1, (max(zs, default=0).bit_length() + 7) // 8)
     if width == 1:
         return bytes(zs)
+    if width <= 8:  # packed as 8-byte integers in C, then the planes cut from their low `width` bytes
+        raw = struct.pack(f">{len(zs)}Q", *zs)
+        return b"".join([raw[k::8] for k in range(8 - width, 8)])
     raw = b"".join([z.to_bytes(width, "big") for z in zs])
     return b"".join([raw[k::width] for k in range(width)])
 
@@ -104,6 +108,11 @@ def unplanes(data: Any, n: int, what: str) -> list[int]:
     expect(rest == 0 and 1 <= width <= MAX_PLANE_WIDTH, f"{what} holds {len(data)} bytes for {n} values")
     if width == 1:
         zs: Any = data
+    elif width <= 8:  # planes laid into 8-byte integers (high bytes zero), unpacked in C
+        raw = bytearray(8 * n)
+        for k in range(width):
+            raw[8 - width + k::8] = data[k * n:(k + 1) * n]
+        zs = struct.unpack(f">{n}Q", raw)
     else:
         raw = unplane(data, n, width)
         frm = int.from_bytes
