@@ -181,7 +181,8 @@ async def test_node_killed_with_a_full_spool_delivers_after_restart(tmp_path: Pa
     procs.append(first)
     await until(lambda: first.status().get("spans_spooled") == 440, timeout=15, what="all spans on disk")
     first.stop(signal.SIGKILL)
-    assert len(list((spool / "node-9").glob("*.hxb"))) == first.status()["spooled_batches"] == 8
+    # 440 spans at 55 a batch, or more batches when a slow machine cuts some by age (batch_max_age)
+    assert len(list((spool / "node-9").glob("*.hxb"))) == first.status()["spooled_batches"] >= 8
     cfg = replace(gateway_config(mosquitto, otlp_peer.grpc_endpoint), client_id="gw-e", http_listen=None)
     async with running_gateway(cfg):
         second = Node(tmp_path, "second", _table(mosquitto.port, spool), "node-9", 0, 25)
