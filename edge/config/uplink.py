@@ -95,7 +95,9 @@ class GatewayConfig(MqttConnection):
     tables_topic: str = setting("helix/uplink-tables/+/{table_id}", topic_template)
     table_cache_sets: int = setting(1024, whole(1, 10_000_000))
     table_cache_bytes: int = setting(256 * 1024 * 1024, size(1024 * 1024, 1024**4))
-    table_wait: float = setting(10.0, duration(0.0, 3600.0))  # a batch waits this long for its table set
+    # A batch waits this long for its table set: a retained message arrives within milliseconds of the subscription
+    # when it exists, and the MQTT intake waits meanwhile, so a batch naming a made-up set costs no more than this.
+    table_wait: float = setting(2.0, duration(0.0, 3600.0))
     max_table_bytes: int = setting(1024 * 1024, size(64 * 1024, 64 * 1024 * 1024))  # of one set, decompressed
 
     def mqtt_client_id(self) -> str:
