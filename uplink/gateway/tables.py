@@ -29,7 +29,9 @@ __all__ = ["TableCache", "GatewayTables", "TableStats", "TableSource", "MqttTabl
 
 log = logging.getLogger(__name__)
 
-_MISSING_FOR = 60.0  # s a set that could not be found is not fetched again (its batches fail at once meanwhile)
+# A set that could not be found is not fetched again for this many times `gateway.table_wait` (its batches fail at
+# once meanwhile): a node that sends batches naming made-up sets stalls the MQTT intake a thirtieth of the time at most.
+_MISSING_FOR = 30
 
 
 class TableCache:
@@ -194,7 +196,7 @@ class GatewayTables:
             fut.set_result(found)
         if found is None:
             self.stats.fetch_failures += 1
-            self._missing[table_id] = self._clock() + _MISSING_FOR
+            self._missing[table_id] = self._clock() + _MISSING_FOR * self.cfg.table_wait
             while len(self._missing) > 4096:  # ids a hostile node makes up must not grow this without end
                 self._missing.pop(next(iter(self._missing)))
         else:
