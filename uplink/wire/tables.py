@@ -11,7 +11,6 @@ Sans-I/O: training, serialising and parsing are pure functions; fetching, cachin
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 import sys
 import time
@@ -19,6 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+# BLAKE2 from its own module: `hashlib` maps OpenSSL's libcrypto (3.4 MiB) into a node that never needs it.
+from _blake2 import blake2b
 
 import cbor2
 import zstandard
@@ -179,7 +181,7 @@ class TableSet:
 
     def to_message(self) -> bytes:
         """The message that publishes this set (magic, version, digest, zstd frame of the CBOR content)."""
-        digest = hashlib.blake2b(self.content, digest_size=32).digest()
+        digest = blake2b(self.content, digest_size=32).digest()
         # Level 9: within 5 % of level 19's size at a twentieth of the time and half the memory (docs/benchmarks.md).
         frame = zstandard.ZstdCompressor(level=9, write_content_size=True, write_checksum=True).compress(self.content)
         return _MSG_HEADER.pack(TABLES_MAGIC, _TABLES_VERSION, digest) + frame
@@ -286,7 +288,7 @@ def _sealed(t: TableSet) -> TableSet:
 
 def message_id(content: bytes) -> bytes:
     """The id of a table set: the first 8 bytes of BLAKE2b-256 of its CBOR content."""
-    return hashlib.blake2b(content, digest_size=32).digest()[:ID_SIZE]
+    return blake2b(content, digest_size=32).digest()[:ID_SIZE]
 
 
 def _bad(what: str) -> DecodeError:
@@ -317,7 +319,7 @@ def parse_message(data: bytes, max_bytes: int, expect_id: bytes | None = None) -
         content = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max_bytes)
     except zstandard.ZstdError as e:
         raise _bad(f"zstd frame is corrupt or truncated: {e}") from None
-    if hashlib.blake2b(content, digest_size=32).digest() != digest:
+    if blake2b(content, digest_size=32).digest() != digest:
         raise _bad("content does not match its hash (corrupt or tampered)")
     try:
         doc = cbor2.loads(content, max_depth=_MAX_DEPTH + 4)
