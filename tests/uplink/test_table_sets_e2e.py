@@ -145,3 +145,33 @@ async def test_http_node_uploads_the_set_again_to_a_restarted_gateway(tmp_path: 
         await _stop(client, task)
     assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}
     assert client.stats.table_sets_published >= 2 and client.stats.dropped_no_tables == 0
+
+
+async def test_mqtt_batch_is_sent_again_with_its_set_when_the_gateway_could_not_find_it(
+        mosquitto: Mosquitto, otlp_peer: OtlpPeer) -> None:
+    # A gateway that finds no set does not confirm the batch: the node sends it again after confirm_timeout, its set
+    # published again first, instead of letting it go on the broker's PUBACK as it would for a gateway that never
+    # confirms. The gateway looks for a missing set again after 30 x table_wait (here 6 s).
+    cfg = uplink_config(mosquitto, batch_max_spans=32, confirm_timeout=1.0)
+    gw_cfg = gateway_config(mosquitto, otlp_peer.grpc_endpoint, client_id="gw-r", table_wait=0.2)
+    first, later = realistic_spans(20, seed=45), realistic_spans(6, seed=46)
+    client, task = await _start(cfg, "node-r")
+    try:
+        async with running_gateway(gw_cfg) as gw:
+            await _feed(client, first, adopted=1)
+            await until(lambda: client.stats.spans_confirmed == len(first), what="first spans confirmed")
+        # The broker loses the retained set while the node stays connected (so it does not publish it again), and
+        # keeps the gateway's session: the next batches wait there for a gateway with an empty cache.
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
+            await pub.publish(f"helix/uplink-tables/node-r/{client.learner.current.id.hex()}", b"", qos=1, retain=True)
+        client.submit(later)
+        await until(lambda: client.stats.batches_sent == client.stats.batches_spooled, what="later batches sent")
+        async with running_gateway(gw_cfg) as gw:
+            await until(lambda: gw.tables.stats.missing >= 1, what="the set not found")
+            await until(lambda: client.stats.spans_confirmed == len(first + later), timeout=40,
+                        what="later spans confirmed after the set was published again")
+            assert gw.tables.stats.fetched == 1 and client.stats.batches_resent >= 1
+    finally:
+        await _stop(client, task)
+    assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in first + later}
+    assert client.stats.released_unconfirmed_spans == 0 and client.stats.table_sets_published >= 2

@@ -29,6 +29,7 @@ __all__ = ["TableCache", "GatewayTables", "TableStats", "TableSource", "MqttTabl
 
 log = logging.getLogger(__name__)
 
+_CACHE_SHARE = 16  # the cache takes at most this share of gateway.memory_limit
 # A set that could not be found is not fetched again for this many times `gateway.table_wait` (its batches fail at
 # once meanwhile): a node that sends batches naming made-up sets stalls the MQTT intake a thirtieth of the time at most.
 _MISSING_FOR = 30
@@ -131,7 +132,8 @@ class GatewayTables:
     def __init__(self, cfg: GatewayConfig, source: TableSource | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
-        self.cache = TableCache(cfg.table_cache_sets, cfg.table_cache_bytes)
+        # Within the gateway's memory limit: the decoding budget is what is left beside it (server.py).
+        self.cache = TableCache(cfg.table_cache_sets, min(cfg.table_cache_bytes, cfg.memory_limit // _CACHE_SHARE))
         self.source = source
         self.stats = TableStats()
         self._clock = clock

@@ -209,15 +209,16 @@ def _resource_attrs(t: _Tables, resource: Resource) -> list[Any]:
 
 # ---------------------------------------------------------------------------------------------------- decoding
 
-def decode(data: bytes, header: BatchHeader, max_bytes: int) -> Batch:
-    """Decode one batch of version 1 or 2 whose header was read; at most `max_bytes` are ever decompressed."""
+def decode(data: bytes, header: BatchHeader, max_bytes: int, max_spans: int) -> Batch:
+    """Decode one batch of version 1 or 2 whose header was read; at most `max_bytes` are ever decompressed, and a
+    batch of more than `max_spans` spans is refused before any span is built."""
     raw = decompress(bytes(data[header.size:]), header.dict_id, max_bytes, "uplink batch")
     try:
         doc = cbor2.loads(raw, max_depth=MAX_DEPTH)
     except Exception as e:  # noqa: BLE001 - the CBOR library may raise several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
     try:
-        return _decode_body(doc, header.version, header.dict_id)
+        return _decode_body(doc, header.version, header.dict_id, max_spans)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape we did not foresee is still bad input
@@ -259,7 +260,7 @@ class _Reader:
         return out
 
 
-def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
+def _decode_body(body: Any, version: int, dict_id: int, max_spans: int) -> Batch:
     expect(type(body) is list, f"body must be an array, got {type(body).__name__}")
     expect(len(body) == _N_FIELDS, f"body must have {_N_FIELDS} fields for format version {version}, got {len(body)}")
     node_id, seq, created = body[_F_NODE], body[_F_SEQ], body[_F_CREATED]
@@ -291,6 +292,7 @@ def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
     packed = body[_F_PACKED]
     expect(type(packed) is bytes, "kind/status/source column must be bytes")
     n = len(packed)
+    expect(n <= max_spans, f"{n} spans, over the limit of {max_spans} per batch")
     raw_ids = body[_F_SPAN_IDS]
     if type(raw_ids) is bytes:
         expect(len(raw_ids) == 8 * n, f"span-id column holds {len(raw_ids)} bytes for {n} spans")

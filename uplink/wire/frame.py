@@ -26,7 +26,7 @@ from . import dictionaries
 
 __all__ = ["SPANS_MAGIC", "METRICS_MAGIC", "SPANS_HEADER", "METRICS_HEADER", "TABLE_ID_SIZE", "NO_TABLES",
            "READ_VERSIONS", "HEADER_SIZE", "MAX_HEADER_SIZE", "BatchHeader", "Batch", "read_header", "read_prefix",
-           "compression_params", "compress", "decompress", "decompress_with"]
+           "compression_params", "compress", "decompress", "decompress_with", "content_size"]
 
 SPANS_MAGIC = b"HX"
 METRICS_MAGIC = b"HM"
@@ -124,16 +124,22 @@ def decompress(frame: bytes, dict_id: int, max_bytes: int, what: str) -> bytes:
     return decompress_with(_decompressor(dict_id), frame, max_bytes, what)
 
 
-def decompress_with(decompressor: zstandard.ZstdDecompressor, frame: bytes, max_bytes: int, what: str) -> bytes:
-    """`decompress` with a given decompressor (one loaded with a table set's dictionary)."""
+def content_size(frame: bytes, what: str) -> int:
+    """The size one zstd frame declares it decompresses to; DecodeError if it is not a frame or declares none."""
     try:
         params = zstandard.get_frame_parameters(frame)
     except zstandard.ZstdError as e:
         raise DecodeError(f"{what} is not a zstd frame: {e}") from None
     if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
         raise DecodeError(f"{what} zstd frame does not declare its content size")
-    if params.content_size > max_bytes:
-        raise DecodeError(f"{what} would decompress to {params.content_size} bytes, over the limit of {max_bytes}")
+    return int(params.content_size)
+
+
+def decompress_with(decompressor: zstandard.ZstdDecompressor, frame: bytes, max_bytes: int, what: str) -> bytes:
+    """`decompress` with a given decompressor (one loaded with a table set's dictionary)."""
+    size = content_size(frame, what)
+    if size > max_bytes:
+        raise DecodeError(f"{what} would decompress to {size} bytes, over the limit of {max_bytes}")
     try:
         return decompressor.decompress(frame, max_output_size=max_bytes)
     except zstandard.ZstdError as e:
