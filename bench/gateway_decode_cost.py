@@ -24,8 +24,8 @@ from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.errors import DecodeError  # noqa: E402
 from uplink.gateway.budget import DECODE_FACTOR  # noqa: E402
-from uplink.wire import batch_body, declared_size, decode_batch, encode_batch  # noqa: E402
-from uplink.wire.batch import _F_PACKED, _F_SPAN_IDS  # noqa: E402
+from uplink.wire import declared_size, decode_batch, encode_batch  # noqa: E402
+from uplink.wire.batch_v2 import _F_PACKED, _F_SPAN_IDS, body as batch_body  # noqa: E402
 from uplink.wire.frame import SPANS_HEADER, SPANS_MAGIC  # noqa: E402
 
 N = 200_000

@@ -11,6 +11,9 @@ confirmation on the node's ack topic, and is sent again when the connection it w
 have lost it) or when none comes within `uplink.confirm_timeout`. When no gateway confirms anything for that long
 (one older than confirmations, or none running), the node falls back to the broker's PUBACK and says so.
 What cannot be kept is counted, never silently lost (docs/reliability.md).
+
+In format version 3 batches refer to a table set the node learns from its own spans (uplink/learner.py, in a worker
+thread) and keeps published while any spooled batch names it (uplink/table_publisher.py).
 """
 from __future__ import annotations
 
@@ -28,9 +31,11 @@ from edge.model import MetricBatch, Span
 from edge.net.retry import Backoff, Throttle
 
 from .confirm import Settled
+from .learner import Candidate, LearningPolicy, TableLearner
 from .spool import DiskSpool, MemorySpool, SpoolEntry, SpoolFull
+from .table_publisher import TablePublisher
 from .transports import SendError, Transport, make_transport
-from .wire import encode_batch, encode_metrics
+from .wire import EMPTY, NO_TABLES, encode_batch, encode_metrics
 
 __all__ = ["UplinkClient", "UplinkStats"]
 
@@ -87,6 +92,10 @@ class UplinkStats:
     awaiting_batches: int = 0  # taken by the broker, waiting for a gateway's confirmation
     awaiting_spans: int = 0
     confirm_fallback: int = 0  # 1 while no gateway confirms: the broker's PUBACK is taken as enough
+    dropped_no_tables: int = 0  # spans in batches naming a table set the node no longer has
+    table_sets_adopted: int = 0  # learned table sets that paid for their message and are (were) in use
+    table_sets_published: int = 0  # table-set messages published or uploaded (again after a reconnect or a 409)
+    table_bytes: int = 0  # what the table set in use takes (the governor counts it)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for /metrics and logs)."""
@@ -108,6 +117,9 @@ class UplinkClient:
             spool = DiskSpool(cfg.spool_dir, node_id, cfg.spool_max_bytes, evict) if cfg.spool_dir else \
                 MemorySpool(cfg.spool_max_bytes, evict)
         self.spool = spool
+        self.learner = TableLearner(LearningPolicy.of(cfg), node_id, cfg.learn_memory)
+        self.tables = TablePublisher(cfg.tables_retain)
+        self._learning: asyncio.Task[None] | None = None
         self._due: deque[SpoolEntry] = deque()  # spooled batches to send, oldest first
         self._by_seq: dict[int, SpoolEntry] = {}  # every spooled batch, for confirmations
         self._awaiting: dict[int, SpoolEntry] = {}  # taken by the broker, waiting for a confirmation
@@ -235,6 +247,8 @@ class UplinkClient:
         st.awaiting_batches = len(self._awaiting)
         st.awaiting_spans = sum(e.spans for e in self._awaiting.values()) if self._awaiting else 0
         st.confirm_fallback = int(self._fallback)
+        st.table_sets_adopted, st.table_sets_published = self.learner.stats.adopted, self.tables.stats.published
+        st.table_bytes = self.learner.bytes
 
     # -------------------------------------------------------------------------------------------- running
 
@@ -282,12 +296,25 @@ class UplinkClient:
             self.spool = MemorySpool(self.cfg.spool_max_bytes)
             await self.spool.open()
         self.stats.spool_recovered_spans = getattr(self.spool, "recovered_spans", 0)
+        await self._open_tables()
         for entry in self.spool.entries:
             self._queue_for_sending(entry)
         self._gauges()
         if len(self.spool):
             self._spooled.set()
         self.opened.set()
+
+    async def _open_tables(self) -> None:
+        """The record of table sets beside the spool; the set in use before a restart is used again."""
+        directory = self.spool.dir / "tables" if isinstance(self.spool, DiskSpool) else None
+        try:
+            restored = await self.tables.open(directory)
+        except UplinkError as e:
+            log.error("%s; table sets are kept in memory only", e)
+            restored = await self.tables.open(None)
+        if restored is not None:
+            self.learner.use(restored, await asyncio.to_thread(restored.node_bytes, self.cfg.zstd_level))
+            log.info("uplink: encoding with table set %s again, as before the restart", restored.id.hex())
 
     def _queue_for_sending(self, entry: SpoolEntry) -> None:
         self._by_seq[entry.seq] = entry
@@ -296,9 +323,12 @@ class UplinkClient:
     async def _cut_loop(self) -> None:
         while await self._batch_due():
             spans = self._take_batch()
+            version = self.cfg.format
+            tables = self.learner.current if version == 3 else EMPTY
             try:
                 seq = await self._spool_call(self.spool.next_seq)
-                payload = encode_batch(spans, self.node_id, seq, level=self.cfg.zstd_level)
+                payload = encode_batch(spans, self.node_id, seq, level=self.cfg.zstd_level, version=version,
+                                       tables=tables)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - a span holding a value the format cannot carry must not stop the uplink
@@ -313,12 +343,49 @@ class UplinkClient:
                 self.stats.batches_spooled += 1
                 self._queue_for_sending(stored)
                 self._spooled.set()
+                if version == 3:
+                    self._observe(spans, len(payload), tables.id)
             else:
                 self.stats.dropped_spool_error += len(spans)
                 if self._throttle.ready("spool-size"):
                     log.error("uplink could not spool a batch of %d spans (%d bytes, spool_max_bytes=%d): dropped",
                               len(spans), len(payload), self.spool.max_bytes)
             self._gauges()
+
+    def _observe(self, spans: list[Span], size: int, table_id: bytes) -> None:
+        """Show a spooled batch to the learner; start learning a candidate table set when one is due."""
+        learner = self.learner
+        learner.observe(spans, size, table_id)
+        reason = learner.due()
+        if reason and (self._learning is None or self._learning.done()):
+            self._learning = asyncio.create_task(self._learn(reason), name="uplink-learn")
+
+    async def _learn(self, reason: str) -> None:
+        learner = self.learner
+        spans, current, batch = learner.begin(reason)
+        cand: Candidate | None = None
+        try:
+            cand = await asyncio.to_thread(learner.learn, spans, current, batch)
+        except Exception as e:  # noqa: BLE001 - a failed candidate leaves the set in use as it is
+            log.error("uplink: learning a table set failed: %s", e)
+        finally:
+            del spans
+            adopt = learner.judge(cand)
+        if cand is None:
+            return
+        if not adopt:
+            log.debug("uplink: table set candidate (%s) not adopted: saves %.2f B/span, message %d bytes, %.0f "
+                      "spans/s", reason, cand.saving, len(cand.message), learner.rate())
+            return
+        try:
+            await self.tables.adopt(cand.tables, cand.message)
+        except (UplinkError, OSError) as e:
+            log.error("uplink: cannot keep table set %s (%s): going on with the set in use", cand.tables.id.hex(), e)
+            return
+        learner.adopt(cand)
+        log.info("uplink: table set %s in use (%s): saves %.1f B/span on recent spans, message %d bytes, learned in "
+                 "%.0f ms of CPU", cand.tables.id.hex(), reason, cand.saving, len(cand.message), cand.cpu_s * 1000)
+        self._gauges()
 
     async def _spool_call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Call the spool until it has room: a full spool or disk, or one failing, holds the batch being cut (and,
@@ -421,7 +488,10 @@ class UplinkClient:
         if settled is not False or entry.settled:
             await self._forget(entry)
             return
-        if self._fallback:  # no gateway confirms: the broker's PUBACK is all there is, as before confirmations
+        if self._fallback and entry.table_id == NO_TABLES:
+            # No gateway confirms: the broker's PUBACK is all there is, as before confirmations. Not for a batch
+            # naming a table set: no gateway older than confirmations reads one, so a missing confirmation means the
+            # gateway could not find the set, and the batch is sent again with its set published again first.
             self._released_batches += 1
             self._released_spans += entry.spans
             await self._forget(entry)
@@ -437,6 +507,7 @@ class UplinkClient:
         self._by_seq.pop(entry.seq, None)
         await self.spool.remove(entry)
         self._room.set()
+        await self._sweep_tables()
         if self._cut_done and not self._awaiting:
             self._spooled.set()
         self._gauges()
@@ -496,10 +567,10 @@ class UplinkClient:
                             "confirmations, or not running? see docs/reliability.md)", self.cfg.confirm_timeout)
             resend = []
             for e in sorted(overdue, key=lambda e: e.seq):
-                if quiet or e.resends >= _MAX_RESENDS:
-                    if not quiet and self._throttle.ready("unconfirmed"):
-                        log.error("uplink batch seq=%d (%d spans) never confirmed after %d resends while others "
-                                  "were: let go (can the gateway decode it?)", e.seq, e.spans, e.resends)
+                if (quiet and e.table_id == NO_TABLES) or e.resends >= _MAX_RESENDS:
+                    if (not quiet or e.table_id != NO_TABLES) and self._throttle.ready("unconfirmed"):
+                        log.error("uplink batch seq=%d (%d spans) never confirmed after %d resends: let go (can the "
+                                  "gateway decode it, and find its table set?)", e.seq, e.spans, e.resends)
                     self._released_batches += 1
                     self._released_spans += e.spans
                     self._spawn(self._forget(e))
@@ -531,16 +602,36 @@ class UplinkClient:
             now = time.monotonic()
         self._next_send = max(now, self._next_send) + 1.0 / rate
 
+    async def _sweep_tables(self) -> None:
+        try:
+            await self.tables.sweep([e.table_id for e in self.spool.entries], self._transport)
+        except (UplinkError, OSError) as e:
+            log.warning("uplink: table sets not swept: %s", e)
+
     async def _deliver(self, entry: SpoolEntry, payload: bytes) -> bool | None:
         """Send until taken (True: settled end to end; False: a confirmation is to follow) or refused for good (None);
         cancelled by close()."""
-        seq, spans = entry.seq, entry.spans
+        seq, spans, table_id = entry.seq, entry.spans, entry.table_id
         backoff = Backoff(maximum=self.cfg.retry_max_backoff)
+        # A batch sent again for want of a confirmation: its table set is published again first (a gateway may have
+        # looked for it on a broker that had lost it).
+        again = entry.resends > 0
         while True:
             try:
+                if not await self.tables.ensure(table_id, self._transport, again):
+                    self.stats.dropped_no_tables += spans
+                    log.error("uplink batch seq=%d (%d spans) names table set %s, which this node no longer has: "
+                              "dropped", seq, spans, table_id.hex())
+                    return None
+                again = False
                 settled = await self._transport.send(payload)
             except SendError as e:
                 self.stats.send_failures += 1
+                if e.needs_tables == table_id:  # publish it again first; at once twice, then with backoff
+                    again = True
+                    if backoff.attempt < 2:
+                        backoff.next()
+                        continue
                 if e.permanent:
                     self.stats.dropped_rejected += spans
                     log.error("uplink batch seq=%d (%d spans) refused for good: %s", seq, spans, e)

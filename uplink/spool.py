@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edge.errors import UplinkError
 
-from .wire import HEADER_SIZE, METRICS_MAGIC, read_header
+from .wire import MAX_HEADER_SIZE, METRICS_MAGIC, NO_TABLES, batch_table_id, read_header
 
 __all__ = ["SpoolEntry", "MemorySpool", "DiskSpool", "SpoolFull", "SEQ_LEASE"]
 
@@ -51,6 +51,7 @@ class SpoolEntry:
     spans: int
     size: int
     payload: bytes | None = None
+    table_id: bytes = NO_TABLES  # the table set the batch needs to be decoded (uplink/table_publisher.py)
     sending: bool = False  # picked by the sender: not evicted while it is on the wire
     gone: bool = False  # evicted or removed
     awaiting: bool = False  # the broker took it; a gateway's confirmation is awaited
@@ -106,7 +107,7 @@ class MemorySpool:
         for e in victims:
             await self._delete(e)
         await self._store(seq, payload, spans)
-        entry = SpoolEntry(seq, spans, len(payload), payload if not self.durable else None)
+        entry = SpoolEntry(seq, spans, len(payload), payload if not self.durable else None, batch_table_id(payload))
         self.entries.append(entry)
         self.bytes += entry.size
         self.spans += spans
@@ -240,10 +241,10 @@ class DiskSpool(MemorySpool):
             entry = SpoolEntry(int(m.group(1)), int(m.group(2)), 0)
             try:
                 with open(path, "rb") as f:
-                    head = f.read(HEADER_SIZE)
+                    head = f.read(MAX_HEADER_SIZE)
                     entry.size = os.fstat(f.fileno()).st_size
                 if not head.startswith(METRICS_MAGIC):  # metrics batches are spooled next to span batches
-                    read_header(head)
+                    entry.table_id = read_header(head).table_id
             except Exception as e:  # noqa: BLE001 - an unreadable or foreign file is set aside, never sent
                 log.warning("uplink spool: discarding unreadable batch file %s: %s", path, e)
                 self.discarded_files += 1

@@ -3,7 +3,9 @@
 A transport sends one encoded batch and returns once the far side took it, else raises SendError; `permanent` says
 that resending the same bytes can never succeed. `send` returns True when the batch is settled end to end (HTTP: the
 gateway answers after its export), False when a gateway's confirmation is still to come (MQTT: the broker's PUBACK
-only says the broker holds it; confirmations arrive on the node's ack topic, uplink/confirm.py).
+only says the broker holds it; confirmations arrive on the node's ack topic, uplink/confirm.py). A transport also
+publishes the table sets that format-3 batches refer to: MQTT retained on the node's table topic, HTTP PUT to the
+gateway (docs/uplink-format-v3.md).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from edge.net.mqtt_client import MqttClient, MqttError, reason_name
 from edge.net.retry import Throttle, parse_retry_after
 
 from .confirm import Settled, decode_confirm
-from .wire import MEDIA_TYPE
+from .wire import MEDIA_TYPE, NEEDS_TABLES_HEADER, TABLES_MEDIA_TYPE
 
 __all__ = ["Transport", "SendError", "MqttTransport", "HttpTransport", "make_transport", "OnConfirm", "OnLost"]
 
@@ -36,16 +38,31 @@ _NO_MATCHING_SUBSCRIBERS = 0x10
 class SendError(UplinkError):
     """A batch was not acknowledged; `permanent` means resending the same bytes can never succeed."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None, permanent: bool = False) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None, permanent: bool = False,
+                 needs_tables: bytes | None = None) -> None:
         self.retry_after_s = retry_after_s
         self.permanent = permanent
+        self.needs_tables = needs_tables  # the gateway must be given this table set first
         super().__init__(message)
 
 
 class Transport(Protocol):
     """Delivers one encoded batch; True when settled end to end, False when a confirmation is to follow."""
 
+    @property
+    def connections(self) -> int:
+        """Connections made so far: what was published on an earlier one may be gone (a broker restarted)."""
+        ...
+
     async def send(self, payload: bytes) -> bool: ...
+
+    async def publish_tables(self, table_id: bytes, message: bytes) -> None:
+        """Make a table set's message available to the gateways; SendError if it was not taken."""
+        ...
+
+    async def unpublish_tables(self, table_id: bytes) -> None:
+        """Withdraw a table set no batch will name again (a no-op where nothing stays published)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -71,6 +88,7 @@ class MqttTransport:
         self.confirming = False  # confirmations are subscribed to on the current connection
         self.bad_confirms = 0
         self._throttle = Throttle()
+        self.connections = 0
 
     async def _connect(self) -> MqttClient:
         cfg = self._cfg
@@ -97,6 +115,7 @@ class MqttTransport:
         log.info("uplink connected to broker %s topic=%s%s", cfg.broker, self._topic,
                  f" confirmations on {self._ack_topic}" if self.confirming else "")
         self._client = client
+        self.connections += 1
         self._listener = asyncio.ensure_future(self._listen(client))
         return client
 
@@ -123,20 +142,39 @@ class MqttTransport:
             if self._on_lost is not None:
                 self._on_lost()
 
-    async def send(self, payload: bytes) -> bool:
-        """Publish one batch; True when the PUBACK is all there will be (no confirmations on this connection)."""
+    async def _publish(self, topic: str, payload: bytes, what: str, qos: int, retain: bool = False) -> int:
         client = self._client or await self._connect()
         try:
-            code = await client.publish(self._topic, payload, qos=self._cfg.qos, timeout=self._cfg.send_timeout)
+            return await client.publish(topic, payload, qos=qos, retain=retain, timeout=self._cfg.send_timeout)
         except MqttError as e:
             await self.close()
-            raise SendError(f"uplink broker unreachable at {self._cfg.broker}: publish failed: {e}") from None
+            raise SendError(f"uplink broker unreachable at {self._cfg.broker}: publishing {what} failed: {e}") from None
+
+    async def send(self, payload: bytes) -> bool:
+        """Publish one batch; True when the PUBACK is all there will be (no confirmations on this connection)."""
+        code = await self._publish(self._topic, payload, "a batch", self._cfg.qos)
         # A refusal (not authorised, quota exceeded) or "no matching subscribers" (no gateway session would ever
         # see it) must keep the batch in the spool.
         if code >= 0x80 or code == _NO_MATCHING_SUBSCRIBERS:
             raise SendError(f"uplink broker {self._cfg.broker} did not take the batch on {self._topic}: "
                             f"{reason_name(code)} (is a gateway subscribed, and may this node publish there?)")
         return not (self.confirming and self._cfg.qos > 0)
+
+    async def publish_tables(self, table_id: bytes, message: bytes) -> None:
+        """Publish a table set retained on its topic (a gateway subscribes when it meets the id); "no matching
+        subscribers" is expected: the broker keeps a retained message for the subscriptions to come."""
+        topic = self._cfg.tables_topic_for(self._node_id, table_id)
+        code = await self._publish(topic, message, f"table set {table_id.hex()}", 1, retain=True)
+        if code >= 0x80:
+            raise SendError(f"uplink broker {self._cfg.broker} did not take table set {table_id.hex()} on {topic}: "
+                            f"{reason_name(code)} (may this node publish there?)")
+
+    async def unpublish_tables(self, table_id: bytes) -> None:
+        """Clear the retained message of a table set (an empty retained publish)."""
+        topic = self._cfg.tables_topic_for(self._node_id, table_id)
+        code = await self._publish(topic, b"", f"the end of table set {table_id.hex()}", 1, retain=True)
+        if code >= 0x80:
+            raise SendError(f"uplink broker {self._cfg.broker} refused clearing {topic}: {reason_name(code)}")
 
     async def close(self) -> None:
         """Disconnect (quietly: the connection may already be gone)."""
@@ -170,24 +208,53 @@ class HttpTransport:
         # https:// with the uplink's TLS files: the CA to trust and, for gateways that identify nodes by
         # certificate, this node's client certificate.
         self._ssl = cfg.tls("uplink").context() if cfg.url.startswith("https://") else None
+        self.connections = 1  # a gateway that lacks a table set says so (409): nothing to redo per connection
 
     async def send(self, payload: bytes) -> bool:
         """POST one batch; the gateway answers 2xx once it settled it, so this is the end-to-end confirmation."""
+        status, text, headers = await self._request("POST", self._cfg.url, payload, MEDIA_TYPE)
+        if 200 <= status < 300:
+            return True
+        url = self._cfg.url
+        needs = headers.get(NEEDS_TABLES_HEADER, "")
+        if status == 409 and needs:
+            try:
+                table_id = bytes.fromhex(needs)
+            except ValueError:
+                table_id = b""
+            raise SendError(f"uplink gateway at {url} needs table set {needs[:16]} first", needs_tables=table_id)
+        # 400/413/415: the gateway can never take these bytes; anything else may heal (auth fixed, backend back).
+        raise SendError(f"uplink gateway at {url} answered {status}: {text[:200]}",
+                        parse_retry_after(headers.get("Retry-After")), permanent=status in (400, 413, 415))
+
+    async def publish_tables(self, table_id: bytes, message: bytes) -> None:
+        """PUT a table set to the gateway (`<url>/../tables/<id>`); it verifies the hash and caches it."""
+        url = self.tables_url(table_id)
+        status, text, _ = await self._request("PUT", url, message, TABLES_MEDIA_TYPE)
+        if not 200 <= status < 300:
+            raise SendError(f"uplink gateway at {url} refused table set {table_id.hex()}: {status} {text[:200]}",
+                            permanent=status in (400, 413, 415))
+
+    async def unpublish_tables(self, table_id: bytes) -> None:
+        """Nothing stays published over HTTP: gateways keep table sets in a cache of their own."""
+
+    def tables_url(self, table_id: bytes) -> str:
+        """Where a table set is uploaded: `tables/<id>` beside the batches URL (…/v1/batches -> …/v1/tables/<id>)."""
+        from urllib.parse import urljoin
+
+        return urljoin(self._cfg.url, f"tables/{table_id.hex()}")
+
+    async def _request(self, method: str, url: str, body: bytes, media_type: str) -> tuple[int, str, Any]:
         aiohttp = self._aiohttp
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._cfg.send_timeout))
-        url = self._cfg.url
         try:
-            async with self._session.post(url, data=payload, headers=self._headers, ssl=self._ssl) as resp:
+            headers = {**self._headers, "Content-Type": media_type}
+            async with self._session.request(method, url, data=body, headers=headers, ssl=self._ssl) as resp:
                 text = (await resp.content.read(512)).decode("utf-8", "replace").strip()
-                if 200 <= resp.status < 300:
-                    return True
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                return resp.status, text, resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise SendError(f"uplink gateway unreachable at {url}: {e or type(e).__name__}") from None
-        # 400/413/415: the gateway can never take these bytes; anything else may heal (auth fixed, backend back).
-        raise SendError(f"uplink gateway at {url} answered {resp.status}: {text[:200]}", retry_after,
-                        permanent=resp.status in (400, 413, 415))
 
     async def close(self) -> None:
         """Close the HTTP session."""

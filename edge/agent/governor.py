@@ -51,9 +51,10 @@ LEVELS = {"raise_threshold": 0.70, "shrink": 0.80, "burst": 0.90, "drop": 0.95}
 RELAX = 0.60
 TRIM_EVERY = 2.0  # s between two malloc_trim(0) calls, each a few milliseconds at most
 SETTLE = 10.0  # s without a new high, a check at the burst level or a backlog before a plateau above RELAX is settled
-# Shares of the headroom each part is planned to fill at most (see plan()). The 40 % left is for what no buffer
+# Shares of the headroom each part is planned to fill at most (see plan()). The third left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
-SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03}
+SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03,
+          "learning": 0.03}
 MIN_BOUND = 64 * 1024  # no part is bounded below this
 MIN_INBOX = 512 * 1024
 

@@ -108,6 +108,12 @@ class Agent:
         # Spans past the sampler are kept: the uplink queue refuses at the door what does not fit, never drops.
         g.bound("uplink", self.uplink, SHARES["uplink"], bound=self.uplink.queue_limit,
                 ceiling=lambda: self.uplink.cfg.queue_max_bytes)
+        # Format 3: the recent spans table sets are learned from (shrunk under pressure: learning only gets coarser),
+        # and the table set in use.
+        learner = self.uplink.learner
+        g.bound("learning", learner.sample, SHARES["learning"], bound=learner.sample.max_bytes,
+                ceiling=lambda: self.uplink.cfg.learn_memory, elastic=True)
+        g.account("tables", learner)
         g.account("aggregator", self.aggregator)
         if self.grpc is not None or self.http is not None:
             # Requests still arriving, held back by flow control or TCP: unacknowledged, so never dropped.

@@ -12,6 +12,12 @@ is not exported twice.
 
 The node is the one the transport proves (uplink/gateway/identity.py): a batch claiming another is refused. Memory is
 reserved before a batch is inflated (uplink/gateway/budget.py), so no batch takes the gateway past its limit.
+
+A format-3 batch is decoded with the table set it names (uplink/gateway/tables.py): from the cache, uploaded by its
+node over HTTP, or fetched from the node's retained MQTT topic. A batch whose set cannot be had is never exported nor
+confirmed: over HTTP the node is told which set to upload (409); over MQTT the batch waits up to `gateway.table_wait`
+for it and then stays with its node, which sends it again, its set published again first (counted in
+`tables.missing`). The cache is bounded within `gateway.memory_limit`.
 """
 from __future__ import annotations
 
@@ -32,12 +38,13 @@ from edge.net.retry import Backoff, Throttle
 from edge.runtime.rss import read_rss
 
 from ..confirm import Settled
-from ..wire import declared_size, decode_batch, decode_metrics, is_metric_batch
+from ..wire import NEEDS_TABLES_HEADER, UnknownTableSet, declared_size, decode_metrics, is_metric_batch
 from .budget import MemoryBudget, decode_cost
 from .confirmer import Confirmer
 from .dedup import SeenBatches
 from .identity import UNPROVEN, HttpAuth, Identity
 from .otlp_export import OtlpExporter
+from .tables import GatewayTables, MqttTableSource
 
 
 __all__ = ["Gateway", "GatewayStats", "Outcome", "serve_gateway"]
@@ -66,6 +73,7 @@ class Outcome(enum.Enum):
     # Not settled: the node keeps the batch and sends it again (HTTP: 503; MQTT: acknowledged to the broker but not
     # confirmed to the node). The backend is down (HTTP), the gateway is busy, or the batch cannot be decoded yet.
     RETRY_LATER = "retry-later"
+    NEEDS_TABLES = "needs-tables"  # the table set it names is not to be had (yet): not exported, the node keeps it
 
 
 # What the node is told, per outcome: it may forget the batch. Outcomes missing here leave it with the node.
@@ -107,6 +115,7 @@ class _Result:
     detail: str = ""
     retry_after_s: float | None = None
     seq: int | None = None  # known once decoded
+    table_id: bytes = b""  # NEEDS_TABLES: the set the node should publish again
 
     def settled(self) -> Settled | None:
         """What to confirm to the node; None when the node must keep the batch."""
@@ -130,6 +139,7 @@ class Gateway:
         self.confirmer = Confirmer(cfg.ack_topic)
         # Sized at start from what the process then holds (set_budget); until then, the whole limit.
         self.budget = MemoryBudget(cfg.memory_limit)
+        self.tables = GatewayTables(cfg, MqttTableSource(cfg) if cfg.mqtt_enabled else None)
         self.metric_stats = {"received": 0, "exported": 0, "malformed": 0, "duplicate": 0, "dropped": 0, "deferred": 0}
 
     # ------------------------------------------------------------------------------------------------ ingest
@@ -169,7 +179,10 @@ class Gateway:
 
     async def _ingest_spans(self, payload: bytes, declared: int, origin: str, http: bool, identity: Identity) -> _Result:
         try:
-            batch = decode_batch(payload, declared, self.cfg.max_batch_spans)
+            # Over HTTP the node uploads a missing set when told (409); over MQTT it is fetched here.
+            batch = await self.tables.decode(payload, declared, self.cfg.max_batch_spans, fetch=not http)
+        except UnknownTableSet as e:
+            return self._needs_tables(e.table_id, origin, http)
         except DecodeError as e:
             self.stats.batches_malformed += 1
             return self._bad(Outcome.MALFORMED, origin, str(e))
@@ -286,6 +299,15 @@ class Gateway:
                         "carries these counts)", batch.node_id, batch.seq, origin, res.error)
         return _Result(Outcome.DROPPED, 0, res.error, seq=batch.seq)
 
+    def _needs_tables(self, table_id: bytes, origin: str, http: bool) -> _Result:
+        detail = f"needs table set {table_id.hex()}, which this gateway does not hold"
+        if not http and self._throttle.ready("tables"):
+            extra = self._throttle.take_suppressed("tables")
+            log.warning("batch from %s not exported: table set %s not found within %.0fs; the node keeps the batch "
+                        "and sends it again%s", origin, table_id.hex(), self.cfg.table_wait,
+                        f" ({extra} more not shown)" if extra else "")
+        return _Result(Outcome.NEEDS_TABLES, 0, detail, table_id=table_id)
+
     def _bad(self, outcome: Outcome, origin: str, detail: str) -> _Result:
         if self._throttle.ready(outcome.value):
             extra = self._throttle.take_suppressed(outcome.value)
@@ -298,7 +320,7 @@ class Gateway:
         cfg = self.cfg
         read_ahead = (_RECEIVE_MAXIMUM + 1) * (cfg.max_batch_bytes + 65536) if cfg.mqtt_enabled else 0
         baseline = read_rss()
-        total = cfg.memory_limit - baseline - read_ahead - _UNACCOUNTED
+        total = cfg.memory_limit - baseline - read_ahead - _UNACCOUNTED - self.tables.cache.max_bytes
         if total < cfg.memory_limit // 4:
             log.error("gateway.memory_limit (%d MiB) leaves little room above what the gateway holds idle (%d MiB) and "
                       "what its MQTT client may read ahead (%d MiB, from gateway.max_batch_bytes): raise it; batches "
@@ -306,8 +328,9 @@ class Gateway:
                       (cfg.memory_limit // 4) >> 20)
             total = cfg.memory_limit // 4
         self.budget.total = total
-        log.info("gateway memory: limit %d MiB, idle %d MiB, MQTT read-ahead %d MiB, for decoding batches %d MiB",
-                 cfg.memory_limit >> 20, baseline >> 20, read_ahead >> 20, total >> 20)
+        log.info("gateway memory: limit %d MiB, idle %d MiB, MQTT read-ahead %d MiB, table sets %d MiB, for decoding "
+                 "batches %d MiB", cfg.memory_limit >> 20, baseline >> 20, read_ahead >> 20,
+                 self.tables.cache.max_bytes >> 20, total >> 20)
 
     # ------------------------------------------------------------------------------------------------ serving
 
@@ -398,7 +421,7 @@ class Gateway:
         settled = result.settled()
         if settled is not None and result.seq is not None:
             self.confirmer.add(node, result.seq, settled)
-        elif result.outcome is Outcome.RETRY_LATER:
+        elif result.outcome in (Outcome.RETRY_LATER, Outcome.NEEDS_TABLES):
             self.stats.mqtt_unconfirmed += 1
 
     async def _start_http(self) -> Any:
@@ -408,6 +431,7 @@ class Gateway:
         host, port = self.cfg.http_listen
         app = web.Application(client_max_size=self.cfg.max_batch_bytes)
         app.router.add_post("/v1/batches", self._http_batches)
+        app.router.add_put("/v1/tables/{table_id}", self._http_tables)
         app.router.add_get("/healthz", self._http_health)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -433,17 +457,54 @@ class Gateway:
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    async def _http_batches(self, request: Any) -> Any:
+    def _identify(self, request: Any, what: str) -> tuple[Identity | None, Any]:
+        """The node the request proves (token or client certificate), or None and the 401 to answer."""
         from aiohttp import web
 
         peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
         identity = self.auth.identify(request.headers.get("Authorization", ""), peercert)
+        if identity is not None:
+            return identity, None
+        self.stats.requests_unauthorized += 1
+        if self._throttle.ready("auth"):
+            log.warning("%s from %s refused: missing or wrong bearer token", what, request.remote)
+        return None, web.Response(status=401, text="missing or wrong bearer token\n",
+                                  headers={"WWW-Authenticate": "Bearer"})
+
+    async def _http_tables(self, request: Any) -> Any:
+        """PUT /v1/tables/<id>: a node's table set, verified against the id before it is cached (an id is a content
+        hash, so whichever node uploads it, it means the same tables)."""
+        from aiohttp import web
+
+        identity, refused = self._identify(request, "table set")
         if identity is None:
-            self.stats.requests_unauthorized += 1
-            if self._throttle.ready("auth"):
-                log.warning("batch from %s refused: missing or wrong bearer token", request.remote)
-            return web.Response(status=401, text="missing or wrong bearer token\n",
-                                headers={"WWW-Authenticate": "Bearer"})
+            return refused
+        origin = f"http {request.remote}" + (f" ({identity.node})" if identity.node else "")
+        try:
+            table_id = bytes.fromhex(request.match_info["table_id"])
+        except ValueError:
+            table_id = b""
+        if len(table_id) != 8:
+            self.tables.stats.refused += 1
+            return web.Response(status=400, text="the table-set id must be 16 hex digits\n")
+        limit = self.cfg.max_table_bytes
+        if request.content_length is not None and request.content_length > limit:
+            self.tables.stats.refused += 1
+            return web.Response(status=413, text=f"table set larger than {limit} bytes\n")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            self.tables.stats.refused += 1
+            return web.Response(status=413, text=f"table set larger than {limit} bytes\n")
+        if not self.tables.upload(table_id, body, origin):
+            return web.Response(status=400, text=f"table set {table_id.hex()} refused: not a valid message for that id\n")
+        return web.Response(status=204)
+
+    async def _http_batches(self, request: Any) -> Any:
+        from aiohttp import web
+
+        identity, refused = self._identify(request, "batch")
+        if identity is None:
+            return refused
         origin = f"http {request.remote}" + (f" ({identity.node})" if identity.node else "")
         limit = self.cfg.max_batch_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -473,6 +534,8 @@ class Gateway:
             return web.Response(status=413, text=res.detail + "\n")
         if res.outcome is Outcome.WRONG_NODE:
             return web.Response(status=403, text=res.detail + "\n")
+        if res.outcome is Outcome.NEEDS_TABLES:  # the node uploads the set and sends the batch again
+            return web.Response(status=409, text=res.detail + "\n", headers={NEEDS_TABLES_HEADER: res.table_id.hex()})
         if res.outcome is Outcome.RETRY_LATER:
             wait = max(1, math.ceil(res.retry_after_s or 1))
             return web.Response(status=503, text=f"retry later: {res.detail}\n", headers={"Retry-After": str(wait)})
@@ -484,6 +547,7 @@ class Gateway:
 
         return web.Response(text=json.dumps({"status": "ok", "gateway": self.stats.as_dict(),
                                              "exporter": self.exporter.stats.as_dict(),
+                                             "tables": self.tables.stats.as_dict(),
                                              "memory": {"budget": self.budget.total, "reserved": self.budget.used,
                                                         "peak": self.budget.peak, "waits": self.budget.waited,
                                                         "rss": read_rss()},

@@ -64,9 +64,10 @@ async def test_node_cannot_publish_config_or_impersonate_another_node(broker, pk
         # Its own topics: accepted.
         await publish_checked(node, "helix/status/gw-1", b'{"node":"gw-1"}')
         await publish_checked(node, "helix/uplink/gw-1", b"batch")
-        # Another node's status and uplink, and any config: refused by the broker.
-        for topic in ("helix/status/gw-2", "helix/uplink/gw-2", "helix/config/node/gw-1",
-                      "helix/config/group/plant-3", "helix/config/node/gw-2"):
+        await publish_checked(node, "helix/uplink-tables/gw-1/00112233aabbccdd", b"table set", retain=True)
+        # Another node's status, uplink and table sets, and any config: refused by the broker.
+        for topic in ("helix/status/gw-2", "helix/uplink/gw-2", "helix/uplink-tables/gw-2/00112233aabbccdd",
+                      "helix/config/node/gw-1", "helix/config/group/plant-3", "helix/config/node/gw-2"):
             with pytest.raises(PublishRefused, match="not authorized"):
                 await publish_checked(node, topic, b'{"forged":true}', retain=True)
         await publish_checked(op, "helix/config/zz-marker", b"")
@@ -81,6 +82,12 @@ async def test_node_cannot_publish_config_or_impersonate_another_node(broker, pk
                 if m.payload == b"end":
                     break
         assert got == [("helix/uplink/gw-1", b"batch"), ("helix/uplink/gw-1", b"end")]
+        # The gateway reads a node's table sets (retained), only those the node itself published.
+        await gw.subscribe("helix/uplink-tables/+/00112233aabbccdd", qos=1)
+        async with asyncio.timeout(5):
+            async for m in gw.messages:
+                assert (str(m.topic), bytes(m.payload)) == ("helix/uplink-tables/gw-1/00112233aabbccdd", b"table set")
+                break
 
 
 async def test_node_reads_only_its_own_and_its_groups_config(broker, pki: Path) -> None:

@@ -20,8 +20,8 @@ import zstandard
 from bench._workload import realistic_spans
 from edge.demo.broker import free_port
 from edge.demo.otlp_peer import OtlpPeer
-from uplink.wire import MEDIA_TYPE, batch_body, encode_batch
-from uplink.wire.batch import _F_PACKED
+from uplink.wire import MEDIA_TYPE, encode_batch
+from uplink.wire.batch_v2 import _F_PACKED, body as batch_body
 from uplink.wire.frame import SPANS_HEADER, SPANS_MAGIC
 
 from .._helpers import as_sent, until
