@@ -85,8 +85,9 @@ class ExpansionExceeded(DecodeError):
         self.seq = seq
         self.expanded = expanded
         self.limit = limit
-        super().__init__(f"uplink batch {node_id}/{seq} expands to more than {limit} bytes of spans when exported "
-                         f"(counted {expanded} when decoding stopped): it repeats shared values too often")
+        super().__init__(f"uplink batch seq {seq} of node {node_id[:64]!r} expands to more than {limit} bytes of "
+                         f"spans when exported (counted {expanded} when decoding stopped): it repeats shared values "
+                         "too often")
 
 
 # Bytes the OTLP request spends on one item beyond its text: tags, lengths, the value wrapper; and on one span, event
