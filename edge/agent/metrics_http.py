@@ -96,7 +96,20 @@ def health_metrics(agent: Any) -> ResourceMetrics:
                             "OTLP/gRPC receiver: calls that waited for room, refused busy after waiting, malformed "
                             "connections, stalled calls reset, connections refused over the limit",
                             {k: grpc.get(k, 0) for k in ("waited", "refused_busy", "protocol_errors", "stalled_streams",
-                                                         "refused_connections")}, "event", "{event}"))
+                                                         "refused_connections", "reclaimed_connections")},
+                            "event", "{event}"))
+    http = st["otlp"].get("http")
+    if http:
+        metrics.append(_sum("helix.agent.otlp.http.events",
+                            "OTLP/HTTP receiver: requests answered busy for want of room, connections refused, slots "
+                            "reclaimed from idle keep-alive, slow heads and bodies, and stalled requests",
+                            {"busy": http.get("busy", 0), "refused_connections": http.get("refused_connections", 0),
+                             **{f"reclaimed_{k}": v for k, v in (http.get("reclaimed") or {}).items()}},
+                            "event", "{event}"))
+    tasks = st.get("tasks") or {}
+    if tasks.get("restarts"):
+        metrics.append(_sum("helix.agent.task.restarts", "Parts of the agent restarted after they failed, by part",
+                            tasks["restarts"], "task", "{restart}"))
     asm = st["assembler"]
     if "sdk_waits" in asm:
         metrics.append(_sum("helix.agent.stitching.sdk_waits",

@@ -17,12 +17,14 @@ from ..assembler import Assembler
 from ..config import Config
 from ..errors import HelixError, ProbeUnavailable
 from ..model import MetricBatch, Source, Span
+from ..net.budget import RequestBudget
 from ..aggregator import RedAggregator
 from ..sampler import TailRules, TraceSampler
 from ..sources.mqtt_sdk import MqttSdkSource
 from ..sources.otlp_common import OtlpIngest
 from .governor import MIN_INBOX, SHARES, MemoryGovernor
 from .inbox import SpanInbox
+from .supervisor import Supervisor
 from .metrics_http import MetricsEndpoint, health_metrics
 from ..runtime import sdnotify
 
@@ -61,7 +63,11 @@ class Agent:
         self.assembler = Assembler(dataclasses.replace(cfg.assembler, max_bytes=max(1 << 20, cfg.memory.limit // 4)))
         self.sampler = TraceSampler(cfg.sampler.ratio, TailRules.from_config(cfg.sampler))
         self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
-        self.ingest = OtlpIngest(self._admit, self.inbox.has_room)
+        # A request's spans may fill the inbox up to the bound the governor planned for it, and no further.
+        self.ingest = OtlpIngest(self._admit, self.inbox.has_room, door=self.inbox,
+                                 ceiling=lambda: self.governor.planned.get("inbox", self.inbox.max_bytes))
+        # What both OTLP receivers hold of requests not yet handed over, one bound (the governor's "receiver" part).
+        self.requests = RequestBudget(1 << 20)
         self.mqtt: MqttSdkSource | None = None
         if cfg.mqtt.enabled:
             self.mqtt = MqttSdkSource(cfg.mqtt, cfg.node.id, self._admit, host_name=socket.gethostname(),
@@ -70,11 +76,13 @@ class Agent:
         # Receivers are imported only when enabled (each costs some RSS on a node whose budget may be 48 MiB).
         if cfg.otlp.http_listen:
             from ..sources.otlp_http import OtlpHttpReceiver
-            self.http = OtlpHttpReceiver(self.ingest, *cfg.otlp.http_listen, cfg.otlp.max_request)
+            self.http = OtlpHttpReceiver(self.ingest, *cfg.otlp.http_listen, cfg.otlp.max_request,
+                                         budget=self.requests)
         self.grpc: OtlpGrpcReceiver | None = None
         if cfg.otlp.grpc_listen:
             from ..sources.otlp_grpc import OtlpGrpcReceiver
-            self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request)
+            self.grpc = OtlpGrpcReceiver(self.ingest, *cfg.otlp.grpc_listen, cfg.otlp.max_request,
+                                         budget=self.requests)
             self.inbox.on_taken(self.grpc.server.poke)
         self.kernel = KernelStatus()
         self.ebpf: EbpfSource | None = None
@@ -85,6 +93,7 @@ class Agent:
         if cfg.metrics.listen:
             self.metrics_http = MetricsEndpoint(self.metrics, *cfg.metrics.listen)
         self._metrics_seq = 0
+        self.supervisor: Supervisor | None = None  # made by run()
 
     def govern(self, governor: MemoryGovernor) -> MemoryGovernor:
         """Put this agent's buffers under `governor`, each with its share of the headroom; returns it."""
@@ -100,9 +109,9 @@ class Agent:
         g.bound("uplink", self.uplink, SHARES["uplink"], bound=self.uplink.queue_limit,
                 ceiling=lambda: self.uplink.cfg.queue_max_bytes)
         g.account("aggregator", self.aggregator)
-        if self.grpc is not None:
-            # Requests still arriving, held back by flow control: unacknowledged, so never dropped.
-            g.bound("receiver", self.grpc, SHARES["receiver"], bound=self.grpc.server.max_buffered, backlog_at=1.0)
+        if self.grpc is not None or self.http is not None:
+            # Requests still arriving, held back by flow control or TCP: unacknowledged, so never dropped.
+            g.bound("receiver", self.requests, SHARES["receiver"], bound=self.requests.limit, backlog_at=1.0)
         return g
 
     def submit(self, spans: list[Span], source: Source) -> int:
@@ -172,7 +181,7 @@ class Agent:
     async def _export_metrics(self) -> None:
         interval = self.cfg.metrics.export_interval
         if interval <= 0:
-            await asyncio.Event().wait()  # off: idle, for a finished task would stop the agent
+            return  # off
         while True:
             await asyncio.sleep(interval)
             self.uplink.submit_metrics(self.metric_batch())
@@ -203,11 +212,14 @@ class Agent:
             # Whatever did start must not outlive a failed start (listening ports, attached probes).
             await self._stop_inputs()
             raise
-        tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
-                 asyncio.create_task(self.uplink.run(), name="uplink"),
-                 asyncio.create_task(self._report(), name="status"),
-                 asyncio.create_task(self.governor.run(), name="governor"),
-                 asyncio.create_task(self._export_metrics(), name="metrics-export")]
+        # Every part runs supervised: one that fails is restarted with backoff (edge/agent/supervisor.py), so no
+        # input can stop the agent; only a stop signal or a FatalError does.
+        sup = self.supervisor = Supervisor()
+        sup.start("pipeline", self._pipeline)
+        sup.start("uplink", self.uplink.run)
+        sup.start("status", self._report)
+        sup.start("governor", self.governor.run)
+        sup.start("metrics-export", self._export_metrics)
         if self.metrics_http is not None:
             try:
                 await self.metrics_http.start()
@@ -216,23 +228,22 @@ class Agent:
                           self.metrics_http.host, self.metrics_http.port, e.strerror or e)
                 self.metrics_http = None
         if self.mqtt is not None:
-            tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-source"))
+            sup.start("mqtt-source", self.mqtt.run)
         if self.ebpf is not None:
-            tasks.append(asyncio.create_task(self.ebpf.run(), name="ebpf-source"))
+            sup.start("ebpf-source", self.ebpf.run)
         if self.fleet is not None:
-            tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
-        tasks.append(asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog"))
+            sup.start("fleet", self.fleet.run)
+        sup.start("watchdog", sdnotify.watchdog_loop)
         self.started.set()
         sdnotify.notify(f"READY=1\nSTATUS=node {self.cfg.node.id}, kernel probes {self.kernel.state}")
         log.info("agent running node=%s kernel=%s uplink=%s", self.cfg.node.id, self.kernel.state,
                  self.cfg.uplink.transport)
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopper and t.exception() is not None]
-        await self._shutdown(tasks)
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopper, sup.fatal], return_when=asyncio.FIRST_COMPLETED)
+        await self._shutdown(sup.tasks)
         stopper.cancel()
-        if failed:
-            raise failed[0].exception()  # type: ignore[misc]
+        if sup.fatal.done():
+            raise sup.fatal.exception()  # type: ignore[misc]
 
     async def _stop_inputs(self) -> None:
         if self.metrics_http is not None:
@@ -283,7 +294,11 @@ class Agent:
             "otlp": {"requests": self.ingest.stats.requests, "spans": self.ingest.stats.spans,
                      "dropped": dict(self.ingest.stats.dropped),
                      "grpc": None if self.grpc is None else {**_as_dict(self.grpc.server.stats),
-                                                             "buffered": self.grpc.bytes}},
+                                                             "buffered": self.grpc.bytes},
+                     "http": None if self.http is None or self.http.server is None else {
+                         **_as_dict(self.http.server.stats), "connections": self.http.server.connections},
+                     "requests": {"held": self.requests.bytes, "bound": self.requests.limit,
+                                  **_as_dict(self.requests.stats)}},
             "assembler": {"duplicates": self.assembler.stats.duplicates, "held": len(self.assembler),
                           "released": self.assembler.stats.released, "links": dict(self.assembler.stats.links),
                           "evicted_early": self.assembler.stats.evicted_early,
@@ -298,6 +313,8 @@ class Agent:
                     "overflow": self.aggregator.stats.overflow},
             "governor": self.governor.status(),
             "uplink": _as_dict(self.uplink.stats),
+            "tasks": {"restarts": dict(self.supervisor.stats.restarts) if self.supervisor else {},
+                      "last_error": dict(self.supervisor.stats.last_error) if self.supervisor else {}},
             "fleet": None if self.fleet is None else {
                 "config_version": self.fleet.config_version(), "config_state": self.fleet.config_state,
                 "last_error": self.fleet.last_error, "restart_needed": self.fleet.restart_needed},

@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from ..errors import DecodeError
+from ..errors import DecodeError, OverBudget, describe
 from .otlp_wire import id_problem
 from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, share
 
@@ -89,12 +89,14 @@ def _attrs_to_pb(repeated: Any, attrs: Attributes) -> None:
 
 
 def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.SDK_OTLP,
-                       errors: list[str] | None = None) -> list[Span]:
+                       errors: list[str] | None = None, max_bytes: int | None = None) -> list[Span]:
     """Flatten an OTLP export request into spans.
 
     A span with invalid ids raises DecodeError, unless `errors` is given: then it is skipped and its reason
-    appended there, so one bad span does not cost its neighbours.
+    appended there, so one bad span does not cost its neighbours. With `max_bytes`, OverBudget as soon as the
+    spans made take more.
     """
+    total = 0
     out: list[Span] = []
     ids: dict[bytes, bytes] = {}  # one copy of each trace id and span id in the request (parents repeat them)
     for rs in req.resource_spans:
@@ -130,8 +132,11 @@ def spans_from_request(req: ExportTraceServiceRequest, source: Source = Source.S
                     trace_state=s.trace_state,
                     flags=(s.flags & 0xFF) if s.flags else 1,
                 )
-                span.approx_size()  # now, while the strings it shares are still the table's (see share())
+                size = span.approx_size()  # now, while the strings it shares are still the table's (see share())
                 out.append(span)
+                total += size
+                if max_bytes is not None and total > max_bytes:
+                    raise OverBudget(total, max_bytes)
     return out
 
 
@@ -207,7 +212,7 @@ def _hex_ids_to_base64(node: Any) -> None:
                 try:
                     node[k] = base64.b64encode(bytes.fromhex(v)).decode("ascii")
                 except ValueError:
-                    raise DecodeError(f"field {k} is not a hex id: {v!r}") from None
+                    raise DecodeError(f"field {k} is not a hex id: {describe(v)}") from None
             else:
                 _hex_ids_to_base64(v)
     elif isinstance(node, list):
@@ -216,19 +221,27 @@ def _hex_ids_to_base64(node: Any) -> None:
 
 
 def parse_request_json(data: bytes) -> ExportTraceServiceRequest:
-    """Decode an OTLP/JSON export request (hex ids, enum numbers or names); DecodeError on garbage."""
+    """Decode an OTLP/JSON export request (hex ids, enum numbers or names); DecodeError on garbage, nothing else."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DecodeError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise DecodeError("not JSON: nested too deep") from None
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: JSONDecodeError, and integers past 4,300 digits
+        raise DecodeError(f"not JSON: {describe(str(e), 120)}") from None
     if not isinstance(doc, dict):
         raise DecodeError("OTLP/JSON body must be an object with 'resourceSpans'")
-    _hex_ids_to_base64(doc)
     req = ExportTraceServiceRequest()
     try:
+        _hex_ids_to_base64(doc)
         json_format.ParseDict(doc, req, ignore_unknown_fields=True)
+    except DecodeError:
+        raise
+    except RecursionError:
+        raise DecodeError("not an OTLP/JSON ExportTraceServiceRequest: nested too deep") from None
     except (json_format.ParseError, ValueError, TypeError) as e:
-        raise DecodeError(f"not an OTLP/JSON ExportTraceServiceRequest: {e}") from None
+        raise DecodeError(f"not an OTLP/JSON ExportTraceServiceRequest: {describe(str(e), 200)}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the body, the request is refused, never the receiver broken
+        raise DecodeError(f"not an OTLP/JSON ExportTraceServiceRequest ({type(e).__name__})") from None
     return req
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from struct import Struct
 from typing import Any
 
-from ..errors import DecodeError
+from ..errors import DecodeError, OverBudget, describe
 from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, share
 
 __all__ = ["decode_export_request", "encode_export_response", "encode_status", "id_problem"]
@@ -273,11 +273,11 @@ def _link(data: bytes, start: int, end: int) -> Link:
 def id_problem(name: str, tid: bytes, sid: bytes, pid: bytes) -> str:
     """Why a span's ids are unusable ("" when they are fine)."""
     if len(tid) != 16 or not any(tid):
-        return f"span {name!r} has an invalid trace id ({len(tid)} bytes, must be 16 and not all zero)"
+        return f"span {describe(name)} has an invalid trace id ({len(tid)} bytes, must be 16 and not all zero)"
     if len(sid) != 8 or not any(sid):
-        return f"span {name!r} has an invalid span id ({len(sid)} bytes, must be 8 and not all zero)"
+        return f"span {describe(name)} has an invalid span id ({len(sid)} bytes, must be 8 and not all zero)"
     if pid and len(pid) != 8:
-        return f"span {name!r} has an invalid parent span id"
+        return f"span {describe(name)} has an invalid parent span id"
     return ""
 
 
@@ -407,14 +407,16 @@ def _split(data: bytes, start: int, end: int) -> tuple[list[tuple[int, int]], li
 
 
 def decode_export_request(data: bytes, source: Source = Source.SDK_OTLP,
-                          errors: list[str] | None = None) -> list[Span]:
+                          errors: list[str] | None = None, max_bytes: int | None = None) -> list[Span]:
     """The spans of a binary OTLP ExportTraceServiceRequest; DecodeError when the message is malformed.
 
     A span with invalid ids raises DecodeError too, unless `errors` is given: then it is skipped and its reason
-    appended there, so one bad span does not cost its neighbours.
+    appended there, so one bad span does not cost its neighbours. With `max_bytes`, decoding stops with OverBudget
+    as soon as the spans read take more (Span.approx_size), before the rest of the request is read.
     """
     out: list[Span] = []
     ids: dict[bytes, bytes] = {}  # one copy of each trace id and span id in the request (parents repeat them)
+    total = 0
     try:
         for f, wt, (rs_a, rs_b) in _typed(_fields(data), 1):  # repeated ResourceSpans resource_spans = 1
             res_parts, scope_spans = _split(data, rs_a, rs_b)
@@ -426,8 +428,15 @@ def decode_export_request(data: bytes, source: Source = Source.SDK_OTLP,
                     span = _span(data, a, b, resource, scope, source, ids, errors)
                     if span is not None:
                         out.append(span)
-    except (_Malformed, IndexError, UnicodeDecodeError, ValueError) as e:
-        reason = "truncated" if isinstance(e, IndexError) else str(e)
+                        if max_bytes is not None:
+                            total += span.approx_size()
+                            if total > max_bytes:
+                                raise OverBudget(total, max_bytes)
+    except (DecodeError, OverBudget):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the bytes, the request is refused, never the receiver broken
+        reason = "truncated" if isinstance(e, IndexError) else describe(str(e), 120) if isinstance(
+            e, (_Malformed, UnicodeDecodeError, ValueError)) else type(e).__name__
         raise DecodeError(f"not an OTLP protobuf ExportTraceServiceRequest: {reason}") from None
     return out
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 
-from ..errors import DecodeError
+from ..errors import DecodeError, describe
 from ..model import AttrValue, Attributes, Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, share
 from ..propagation import SpanContext
 
@@ -69,6 +69,7 @@ class EnvKey:
 # Envelope key 5: what the device cut to fit its buffers, by kind (docs/sdk-cbor-schema.md).
 CUT_KINDS = {1: "spans", 2: "attributes", 3: "events", 4: "strings"}
 MAX_SEQ = 2**32 - 1
+_TIME_END = 2**64  # times are unsigned 64-bit nanoseconds, as OTLP's fixed64 carries them
 
 
 @dataclass(slots=True)
@@ -102,7 +103,7 @@ def _check_value(v: Any, where: str, depth: int = 0) -> AttrValue:
 
 def _check_key(k: Any, where: str) -> str:
     if not isinstance(k, str) or not k or len(k) > 256:
-        raise DecodeError(f"{where}: attribute keys must be non-empty text up to 256 characters, got {k!r}")
+        raise DecodeError(f"{where}: attribute keys must be non-empty text up to 256 characters, got {describe(k)}")
     return share(k)
 
 
@@ -123,7 +124,7 @@ def _uint(m: dict[int, Any], key: int, where: str, required: bool = False, defau
             raise DecodeError(f"{where}: missing key {key}")
         return default
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64:
-        raise DecodeError(f"{where}: key {key} must be an unsigned integer, got {v!r}")
+        raise DecodeError(f"{where}: key {key} must be an unsigned integer, got {describe(v)}")
     return v
 
 
@@ -171,6 +172,8 @@ def _span_from_map(m: Any, idx: int, resource: Resource, scope: Scope, remote: S
         raise DecodeError(f"{where}: kind must be 0-5, got {kind}")
     start = _uint(m, Key.START, where, required=True)
     duration = _uint(m, Key.DURATION, where, required=True)
+    if start + duration >= _TIME_END:
+        raise DecodeError(f"{where}: start + duration is past the year 2554 (64-bit nanoseconds)")
     status = _uint(m, Key.STATUS, where)
     if status > 2:
         raise DecodeError(f"{where}: status must be 0 (unset), 1 (ok) or 2 (error), got {status}")
@@ -183,7 +186,7 @@ def _span_from_map(m: Any, idx: int, resource: Resource, scope: Scope, remote: S
     events = []
     for i, ev in enumerate(events_raw):
         if not isinstance(ev, list) or not 2 <= len(ev) <= 3 or not isinstance(ev[0], str) \
-                or isinstance(ev[1], bool) or not isinstance(ev[1], int) or ev[1] < 0:
+                or isinstance(ev[1], bool) or not isinstance(ev[1], int) or not 0 <= ev[1] < _TIME_END - start:
             raise DecodeError(f"{where}.events[{i}]: expected [name, offset_ns, attributes?]")
         events.append(Event(share(ev[0]), start + ev[1], _attrs(ev[2] if len(ev) > 2 else None, f"{where}.events[{i}]")))
     links = []
@@ -223,13 +226,22 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
     try:
         doc = cbor2.loads(data)
     except Exception as e:  # noqa: BLE001 - cbor2 raises many types on garbage
-        raise DecodeError(f"payload is not CBOR: {e}") from None
+        raise DecodeError(f"payload is not CBOR: {describe(str(e), 120)}") from None
+    try:
+        return _decode_doc(doc, default_resource, remote)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the bytes, a message is refused, never the agent stopped
+        raise DecodeError(f"malformed span message ({type(e).__name__})") from None
+
+
+def _decode_doc(doc: Any, default_resource: Attributes, remote: SpanContext | None) -> DecodedPayload:
     res_attrs: Attributes = {}
     scope = Scope()
     if isinstance(doc, dict):
         version = doc.get(EnvKey.VERSION, SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            raise DecodeError(f"unsupported schema version {version!r} (this agent reads version {SCHEMA_VERSION})")
+            raise DecodeError(f"unsupported schema version {describe(version)} (this agent reads version {SCHEMA_VERSION})")
         res_attrs = _attrs(doc.get(EnvKey.RESOURCE), "resource")
         sc = doc.get(EnvKey.SCOPE)
         if sc is not None:
@@ -256,6 +268,8 @@ def decode_payload(data: bytes, default_resource: Attributes, remote: SpanContex
             out.spans.append(span)
         except DecodeError as e:
             out.errors.append(str(e))
+        except Exception as e:  # noqa: BLE001 - one span this decoder did not foresee costs only itself
+            out.errors.append(f"span[{i}]: malformed ({type(e).__name__})")
     return out
 
 

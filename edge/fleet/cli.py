@@ -74,7 +74,7 @@ async def push(conn: FleetConfig, file: str | Path, key_path: str | Path, target
         if current:
             try:
                 old = int(json.loads(current).get("version", 0))
-            except (ValueError, TypeError, AttributeError):
+            except Exception:  # noqa: BLE001 - whatever is retained there (nested past recursion...), it is replaced
                 old = 0
         if version is None:
             version = old + 1
@@ -99,7 +99,7 @@ async def collect_status(conn: FleetConfig, wait: float = 1.5, watch: bool = Fal
                 async for message in client.messages:
                     try:
                         st = json.loads(bytes(message.payload))  # type: ignore[arg-type]
-                    except (ValueError, TypeError):
+                    except Exception:  # noqa: BLE001 - a node's status (nested past recursion...) is skipped
                         continue
                     if isinstance(st, dict) and isinstance(st.get("node"), str):
                         nodes[st["node"]] = st

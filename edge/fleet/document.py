@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import HelixError
+from ..errors import HelixError, describe
 
 __all__ = [
     "FORMAT",
@@ -38,6 +38,7 @@ __all__ = [
 
 FORMAT = "helix-config/1"
 _DOMAIN = b"helix-config/1\n"  # signatures over these bytes cannot be mistaken for any other Ed25519 use
+MAX_DEPTH = 32  # JSON nesting a document may have; configs are a few tables deep
 _FORBIDDEN = ("node", "fleet")  # identity and trust anchors stay local: a document cannot move or re-key a node
 
 
@@ -85,17 +86,30 @@ def sign_document(config: dict[str, Any], target: str, version: int, key: Ed2551
 
 def verify_document(payload: bytes, trusted: list[Ed25519PublicKey], expect_target: str,
                     max_bytes: int = 256 * 1024) -> ConfigDocument:
-    """Parse and verify a published document; DocumentError says why one is refused."""
+    """Parse and verify a published document; DocumentError says why one is refused (and nothing else is raised)."""
+    try:
+        return _verify(payload, trusted, expect_target, max_bytes)
+    except DocumentError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a document from the broker is refused, never the node stopped
+        raise DocumentError(f"malformed document ({type(e).__name__})") from None
+
+
+def _verify(payload: bytes, trusted: list[Ed25519PublicKey], expect_target: str, max_bytes: int) -> ConfigDocument:
     if len(payload) > max_bytes:
         raise DocumentError(f"document is {len(payload)} bytes, over fleet.max_document ({max_bytes})")
     try:
         doc = json.loads(payload.decode("utf-8"))
+    except RecursionError:
+        raise DocumentError(f"not a JSON document: nested deeper than {MAX_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise DocumentError(f"not a JSON document: {e}") from None
+        raise DocumentError(f"not a JSON document: {describe(str(e), 120)}") from None
     if not isinstance(doc, dict):
         raise DocumentError("not a JSON object")
+    # Before anything walks it: encoding the signed bytes and checking the values recurse once per level.
+    _check_depth(doc)
     if doc.get("format") != FORMAT:
-        raise DocumentError(f"unknown format {doc.get('format')!r} (expected {FORMAT!r})")
+        raise DocumentError(f"unknown format {describe(doc.get('format'))} (expected {FORMAT!r})")
     sig_b64 = doc.get("signature")
     if not isinstance(sig_b64, str) or not sig_b64:
         raise DocumentError("unsigned document")
@@ -114,16 +128,26 @@ def verify_document(payload: bytes, trusted: list[Ed25519PublicKey], expect_targ
         except InvalidSignature:
             continue
     else:
-        raise DocumentError(f"bad signature (key_id {kid!r} is not a trusted key, or the document was altered)")
+        raise DocumentError(f"bad signature (key_id {describe(kid)} is not a trusted key, or the document was altered)")
     target, version, issued, config = doc.get("target"), doc.get("version"), doc.get("issued_at"), doc.get("config")
     if target != expect_target:
-        raise DocumentError(f"document is for {target!r}, published on the topic of {expect_target!r}")
+        raise DocumentError(f"document is for {describe(target)}, published on the topic of {expect_target!r}")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise DocumentError(f"version must be a whole number >= 1, got {version!r}")
+        raise DocumentError(f"version must be a whole number >= 1, got {describe(version)}")
     if isinstance(issued, bool) or not isinstance(issued, int):
-        raise DocumentError(f"issued_at must be Unix seconds, got {issued!r}")
+        raise DocumentError(f"issued_at must be Unix seconds, got {describe(issued)}")
     _check_config(config)
     return ConfigDocument(target, version, issued, str(kid), config)
+
+
+def _check_depth(doc: Any) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH (a config is a few tables deep), without recursing."""
+    level: list[Any] = [doc]
+    for _ in range(MAX_DEPTH):
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x) if isinstance(v, (dict, list))]
+        if not level:
+            return
+    raise DocumentError(f"document nested deeper than {MAX_DEPTH} levels")
 
 
 def _check_target(target: str) -> None:

@@ -9,6 +9,7 @@ file), applies it live through `ConfigApplier`, and rolls back when a new uplink
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,8 +22,9 @@ from typing import Any
 
 
 from ..config import Config
-from ..errors import ConfigError, HelixError
+from ..errors import ConfigError, HelixError, describe
 from ..net.mqtt_client import MqttClient, MqttError, Will
+from ..net.retry import RateLimitedLog
 from ._mqtt import group_topic, make_client, node_topic, publish_checked, status_topic
 from .apply import ApplyResult, ConfigApplier
 from .document import DocumentError, load_public_key, verify_document
@@ -44,6 +46,7 @@ class FleetStats:
     rolled_back: int = 0
     connects: int = 0
     status_published: int = 0
+    poison: int = 0  # messages whose handling failed unexpectedly (counted in `refused` too)
 
 
 @dataclass(slots=True)
@@ -94,6 +97,7 @@ class FleetNode:
         self.connected = asyncio.Event()
         self._client: MqttClient | None = None
         self._lock = asyncio.Lock()
+        self._warn = RateLimitedLog(log, 60.0)
         self._state_file = Path(self.cfg.state_dir) / f"{self.node_id}.json" if self.cfg.state_dir else None
         self._load_state()
 
@@ -216,6 +220,15 @@ class FleetNode:
         log.warning("fleet: refused %s document: %s", kind, why)
         await self.publish_status()
 
+    async def _poison(self, topic: str, e: Exception) -> None:
+        self.stats.refused += 1
+        self.stats.poison += 1
+        self.config_state = "refused"
+        self.last_error = f"a message on {topic} could not be handled ({type(e).__name__}); ignored"
+        self._warn.warning("fleet: %s: %s", self.last_error, describe(str(e), 200))
+        with contextlib.suppress(Exception):
+            await self.publish_status()
+
     # -------------------------------------------------------------------------------------------- MQTT
 
     async def publish_status(self, state: str = "online") -> None:
@@ -257,7 +270,14 @@ class FleetNode:
                     beat = asyncio.create_task(self._heartbeat())
                     try:
                         async for message in client.messages:
-                            await self.handle(message.topic, message.payload)
+                            # Acknowledged when read; a document that breaks handling is counted and reported, so a
+                            # retained one cannot stop the node at every connect.
+                            try:
+                                await self.handle(message.topic, message.payload)
+                            except (MqttError, asyncio.CancelledError):
+                                raise
+                            except Exception as e:  # noqa: BLE001 - see above
+                                await self._poison(message.topic, e)
                     finally:
                         beat.cancel()
             except (MqttError, HelixError) as e:

@@ -5,23 +5,35 @@ every call whole into its C core before the application sees it, outside any bou
 needs one unary method; this server (on the pure-Python `h2` protocol stack) serves unary methods and bounds what
 a client controls with HTTP/2 flow control, which every gRPC client obeys:
 
-- A stream may have at most `STREAM_WINDOW` bytes in flight. Its window is reopened as its bytes arrive only while
-  the bytes held in unfinished requests stay under `max_buffered`; otherwise the client waits. The oldest
-  unfinished request is always let through, so the server cannot deadlock on its own bound. Held bytes stay under
-  `max_buffered` + streams x `STREAM_WINDOW` + one message.
+- Request bytes count against a `RequestBudget` (edge/net/budget.py), shared with the OTLP/HTTP receiver and
+  bounded by the memory governor's plan. A stream's window is reopened as its bytes arrive only while the budget
+  has room; otherwise the client waits. The oldest request in the budget is always let through, so the server
+  cannot deadlock on its own bound.
+- Per connection, the client may have at most the protocol's initial connection window (65,535 bytes) in flight
+  beyond what the budget took: the connection window is never widened. When the oldest request's connection ran
+  out of window because its other streams wait, the connection window (not theirs) is handed back for it.
+  Held bytes therefore stay under the budget + connections x 64 KiB + MAX_STREAMS x STREAM_WINDOW + one message.
+- A header block may be at most MAX_HEADER_BLOCK bytes however many CONTINUATION frames carry it (h2 alone keeps
+  up to 64 frames of 16 KiB per connection before it refuses).
 - The declared length of a message is judged on its 5-byte prefix, before the body is buffered: over
   `max_message` is RESOURCE_EXHAUSTED.
+- A compressed message is inflated only when its turn comes, in steps each taken from the budget first; until
+  then it waits with its wire bytes. Inflated, it is bounded by `max_message` too (a compression bomb).
 - A method may say it is not `ready` for a request (the agent's pipeline is full). The request then waits, in
   arrival order, with its bytes still counted (so other clients' windows close too) until the method is ready, or
   for `max_wait` seconds, after which it is refused UNAVAILABLE (clients retry with backoff). Waiting rather than
   refusing at once spares a burst of clients a retry storm.
-- `grpc-encoding: gzip | deflate | identity`; the decoded size is bounded too.
-- Connections are bounded; a stream that stalls and a connection that idles are closed.
-Malformed frames end the connection (GOAWAY), counted, never the process.
+- Connections are bounded; when all slots are taken the longest-idle connection (no call open) is closed with
+  GOAWAY (clients reconnect) to make room, else the one whose unfinished calls have sent nothing for SLOW_CALL
+  though free to send. A stream that stalls, and one that holds budget without progress while
+  others wait, is reset; a connection that idles is closed.
+Malformed frames, or anything else that fails while reading a connection, end that connection (GOAWAY), counted,
+never the process.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -33,9 +45,12 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
+from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 
 from ..errors import HelixError
+from .budget import RequestBudget
 from .retry import RateLimitedLog
 
 __all__ = ["GrpcServer", "GrpcStatus", "Method", "Call", "Code"]
@@ -45,20 +60,27 @@ log = logging.getLogger(__name__)
 # Bytes a client may send on a stream before the server reopens its window: the HTTP/2 default, so that a typical
 # export (tens of KiB) arrives in one go; smaller windows left more requests half-received at once, not fewer.
 STREAM_WINDOW = 65535
-# Concurrent calls per connection: h2 enforces this value before the client acknowledges our settings too, so a
-# client opening streams early never sees its connection torn down over a limit that changed under it.
-MAX_STREAMS = 100
-MAX_CONNECTIONS = 32  # loopback clients: a few SDK exporters
+# Concurrent calls per connection (SDK exporters keep one or a few): h2 enforces this value before the client
+# acknowledges our settings too, so a client opening streams early never sees its connection torn down over a limit
+# that changed under it.
+MAX_STREAMS = 16
+MAX_CONNECTIONS = 32  # loopback clients: a few SDK exporters; idle ones make room for new ones
+MAX_HEADER_LIST = 16 * 1024  # decoded header list, as advertised (SETTINGS_MAX_HEADER_LIST_SIZE)
+MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST  # encoded header block, across its CONTINUATION frames
 # Closed streams a connection remembers, so frames still in flight after a close get a stream error, not a connection
 # error. In-flight frames outlive a close by a round trip, so a few times the concurrent streams is plenty; h2's own
 # bound (65,536) made a long-lived exporter's connection creep by megabytes (docs/benchmarks.md, memory budget).
-CLOSED_STREAMS_REMEMBERED = 4 * MAX_STREAMS
+CLOSED_STREAMS_REMEMBERED = 400
+READ_SIZE = 64 * 1024  # bytes read from a socket at once: a connection window
 STREAM_TIMEOUT = 30.0  # s a started request may go without a byte arriving
+# s an unfinished call may send nothing, though its windows are open, before its connection is first to give its slot
+# to a new one (a local exporter sends a request in milliseconds).
+SLOW_CALL = 1.0
 IDLE_TIMEOUT = 300.0  # s a connection may sit without calls; clients reconnect transparently after GOAWAY
-_CONNECTION_WINDOW = 2**31 - 1  # streams are the bound; the shared window must never stall the oldest stream
-_SWEEP = 5.0
+_SWEEP = 1.0
 _WAIT_POLL = 0.01  # s between looks at whether waiting requests fit now
 _PREFIX = 5  # compressed flag and 4-byte big-endian length before every gRPC message
+_INFLATE_STEP = 64 * 1024  # inflated bytes taken from the budget per step
 _ACCEPT_ENCODING = "identity,deflate,gzip"
 
 
@@ -111,35 +133,56 @@ class GrpcServerStats:
     connections: int = 0
     calls: int = 0
     refused_connections: int = 0
+    reclaimed_connections: int = 0  # idle or silent connections closed to make room for a new one
     protocol_errors: int = 0
     stalled_streams: int = 0
     deferred_windows: int = 0  # times a stream's window stayed closed because the server held too much
-    buffered_peak: int = 0  # most bytes held in unfinished requests at once
-    waited: int = 0  # requests that waited for their method to be ready
+    buffered_peak: int = 0  # most bytes this server held in unfinished requests at once
+    waited: int = 0  # requests that waited for their method to be ready (or for room to be inflated)
     refused_busy: int = 0  # requests refused UNAVAILABLE after waiting max_wait
 
 
 class GrpcServer:
-    """Routes `/package.Service/Method` paths to unary methods; `start()` binds, `port` is the bound port after."""
+    """Routes `/package.Service/Method` paths to unary methods; `start()` binds, `port` is the bound port after.
+
+    `budget`: the bytes all unfinished requests may hold (shared with the other receivers); a private one of
+    `max_buffered` bytes when not given.
+    """
 
     def __init__(self, host: str, port: int, methods: dict[str, Method], max_message: int,
-                 max_buffered: int = 1 << 20, name: str = "gRPC", max_wait: float = 2.0) -> None:
+                 max_buffered: int = 1 << 20, name: str = "gRPC", max_wait: float = 2.0,
+                 budget: RequestBudget | None = None) -> None:
         self.host = host
         self.port = port
         self.methods = methods
         self.max_message = max_message
-        self.max_buffered = max_buffered
+        self.budget = budget if budget is not None else RequestBudget(max_buffered)
+        self.budget.on_freed(self._reopen)
         self.name = name
         self.max_wait = max_wait
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
         self.stats = GrpcServerStats()
-        self._waiting: dict[tuple[_Connection, int], tuple[_Stream, bytes, float]] = {}  # complete, not yet ready
+        self._waiting: dict[tuple[_Connection, int], tuple[_Stream, float]] = {}  # complete, not yet handed over
         self._waker: asyncio.Handle | None = None
-        self.buffered = 0  # bytes held in unfinished requests, across connections
         self._streams: dict[tuple[_Connection, int], _Stream] = {}  # unfinished requests, oldest first
-        self._connections: set[_Connection] = set()
+        self._connections: dict[_Connection, None] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.warn = RateLimitedLog(log)
+
+    @property
+    def max_buffered(self) -> int:
+        """The budget's bound (the memory governor's plan)."""
+        return self.budget.limit
+
+    @max_buffered.setter
+    def max_buffered(self, n: int) -> None:
+        self.budget.set_bound(n)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes this server holds in unfinished requests (wire, and inflated while they wait)."""
+        return sum(self.budget.held(s) for s in self._streams.values())
 
     async def start(self) -> None:
         """Bind and serve."""
@@ -167,20 +210,103 @@ class GrpcServer:
         for c in list(self._connections):
             c.close(h2.errors.ErrorCodes.NO_ERROR)
 
+    # ------------------------------------------------------------------------------------ connection slots
+
+    def _admit(self, conn: _Connection) -> bool:
+        """A slot for a new connection: free, or reclaimed from the longest-idle connection with no call open, else
+        from the one whose calls have been silent longest (past SLOW_CALL) though free to send."""
+        if len(self._connections) >= MAX_CONNECTIONS:
+            idle = [c for c in self._connections if not c.streams]
+            if idle:
+                victim = min(idle, key=lambda c: c.last)
+            else:
+                now = time.monotonic()
+                slow = [(since, c) for c in self._connections
+                        if (since := c.silent_since()) is not None and now - since > SLOW_CALL]
+                if not slow:
+                    return False
+                victim = min(slow, key=lambda x: x[0])[1]
+            self.stats.reclaimed_connections += 1
+            victim.close(h2.errors.ErrorCodes.NO_ERROR)
+        self._connections[conn] = None
+        self.stats.connections += 1
+        return True
+
     # ------------------------------------------------------------------------------------ waiting for room
 
-    def _run_or_wait(self, stream: _Stream, body: bytes) -> None:
-        ready = stream.method.ready
-        if not self._waiting and (ready is None or ready(len(body))):
-            self._run(stream, body)
+    def _run_or_wait(self, stream: _Stream) -> None:
+        if not self._waiting and self._try(stream):
             return
         self.stats.waited += 1
-        # While it waits it holds the decoded message, larger than its wire bytes when it came compressed.
-        extra = max(0, len(body) - stream.held)
-        stream.held += extra
-        self.buffered += extra
-        self._waiting[(stream.conn, stream.id)] = (stream, body, time.monotonic() + self.max_wait)
+        self._waiting[(stream.conn, stream.id)] = (stream, time.monotonic() + self.max_wait)
         self._wake()
+
+    def _try(self, stream: _Stream) -> bool:
+        """Inflate the request if it came compressed and there is room, then hand it over if its method is ready."""
+        if stream.body is None:
+            try:
+                if not self._inflate(stream):
+                    return False
+            except GrpcStatus as e:
+                stream.conn._finish(stream, e.code, e.message)
+                return True
+        body = stream.body
+        assert body is not None
+        ready = stream.method.ready
+        if ready is not None and not ready(len(body)):
+            return False
+        self._run(stream, body)
+        return True
+
+    def _inflate(self, stream: _Stream) -> bool:
+        """Undo the message's compression in steps taken from the budget; False (nothing kept) when room ran out."""
+        buf, budget = stream.buf, self.budget
+        wire = bytes(buf[_PREFIX:])
+        if not buf[0]:
+            stream.body = wire
+            return True
+        if stream.encoding == "identity":
+            raise GrpcStatus(Code.INTERNAL, "compressed message without grpc-encoding")
+        d = zlib.decompressobj(wbits=31 if stream.encoding == "gzip" else 15)
+        limit = self.max_message
+        pieces: list[bytes] = []
+        size = 0
+        tail = wire
+        try:
+            while True:
+                step = min(_INFLATE_STEP, limit + 1 - size)
+                if not budget.take(stream, step):
+                    self._give_back(stream, size)
+                    return False
+                try:
+                    piece = d.decompress(tail, step)
+                except zlib.error as e:
+                    raise GrpcStatus(Code.INTERNAL, f"cannot decompress the {stream.encoding} message: {e}") from None
+                budget.give_back(stream, step - len(piece))
+                size += len(piece)
+                if size > limit:
+                    raise GrpcStatus(Code.RESOURCE_EXHAUSTED, f"request decompresses to over the {limit}-byte limit")
+                pieces.append(piece)
+                tail = d.unconsumed_tail
+                if d.eof or (not tail and not piece):
+                    break
+            if not d.eof or d.unused_data:
+                # Only a whole stream has had its checksum verified: a cut one would hand the method a prefix.
+                raise GrpcStatus(Code.INTERNAL, f"the {stream.encoding} message is truncated or has trailing bytes")
+        except GrpcStatus:
+            self._give_back(stream, size)
+            raise
+        # The joined message replaces the pieces; the wire bytes are no longer needed.
+        budget.take(stream, size, force=True)
+        stream.body = b"".join(pieces)
+        pieces.clear()
+        stream.buf = bytearray()
+        budget.give_back(stream, size + len(buf))
+        self._held(stream)
+        return True
+
+    def _give_back(self, stream: _Stream, n: int) -> None:
+        self.budget.give_back(stream, n)
 
     def _wake(self) -> None:
         if self._waker is None and self._waiting:
@@ -202,11 +328,9 @@ class GrpcServer:
         touched: set[_Connection] = set()
         # Oldest first; a request that still does not fit keeps the ones behind it waiting (no overtaking).
         while self._waiting:
-            key, (stream, body, deadline) = next(iter(self._waiting.items()))
-            ready = stream.method.ready
-            if ready is None or ready(len(body)):
-                del self._waiting[key]
-                self._run(stream, body)
+            key, (stream, deadline) = next(iter(self._waiting.items()))
+            if self._try(stream):
+                self._waiting.pop(key, None)
             elif now >= deadline:
                 del self._waiting[key]
                 self.stats.refused_busy += 1
@@ -222,21 +346,30 @@ class GrpcServer:
 
     def _run(self, stream: _Stream, body: bytes) -> None:
         # The request's bytes leave the server's account before the method runs: from here they are the method's.
+        stream.body = None
+        stream.conn.hand_back(stream)
         self._release(stream)
         stream.conn._answer(stream, body)
 
     # ------------------------------------------------------------------------------------ buffer accounting
 
+    def _held(self, stream: _Stream) -> None:
+        n = self.budget.bytes
+        if n > self.stats.buffered_peak:
+            self.stats.buffered_peak = n
+
     def _may_reopen(self, stream: _Stream) -> bool:
-        return self.buffered <= self.max_buffered or next(iter(self._streams.values()), None) is stream
+        budget = self.budget
+        return budget.bytes <= budget.limit or budget.oldest() is stream
 
     def _release(self, stream: _Stream) -> None:
         self._waiting.pop((stream.conn, stream.id), None)
         if self._streams.pop((stream.conn, stream.id), None) is None:
             return
-        self.buffered -= stream.held
-        stream.held = 0
-        # Reopen the windows that were held back, oldest first, while the bound allows.
+        self.budget.release(stream)  # calls _reopen
+
+    def _reopen(self) -> None:
+        """Reopen the windows that were held back, oldest first, while the budget allows."""
         touched: set[_Connection] = set()
         for s in self._streams.values():
             if s.deferred and self._may_reopen(s):
@@ -247,6 +380,8 @@ class GrpcServer:
                 break
         for c in touched:
             c.flush()
+        if self._waiting and self._waker is None:
+            self._wake()
 
     async def _sweep(self) -> None:
         while True:
@@ -255,12 +390,15 @@ class GrpcServer:
             for s in [s for s in self._streams.values() if now - s.last > STREAM_TIMEOUT]:
                 self.stats.stalled_streams += 1
                 s.conn.reset(s, h2.errors.ErrorCodes.CANCEL)
+            # A stream holding budget without progress while others' windows stay closed is reclaimed early.
+            if any(s.deferred for s in self._streams.values()):
+                self.budget.reclaim(waiting=True)
             for c in [c for c in self._connections if not c.streams and now - c.last > IDLE_TIMEOUT]:
                 c.close(h2.errors.ErrorCodes.NO_ERROR)
 
 
 class _Stream:
-    __slots__ = ("conn", "id", "method", "call", "encoding", "buf", "length", "held", "deferred", "last")
+    __slots__ = ("conn", "id", "method", "call", "encoding", "buf", "length", "deferred", "last", "body", "ended")
 
     def __init__(self, conn: _Connection, stream_id: int, method: Method, call: Call, encoding: str) -> None:
         self.conn = conn
@@ -270,24 +408,44 @@ class _Stream:
         self.encoding = encoding
         self.buf = bytearray()
         self.length = -1  # declared message length, once the prefix is in
-        self.held = 0  # bytes counted in the server's `buffered`
         self.deferred = 0  # flow-controlled bytes received but not yet handed back to the client
         self.last = time.monotonic()
+        self.body: bytes | None = None  # the message, once complete and inflated
+        self.ended = False  # the whole message has arrived
 
 
 class _H2Connection(h2.connection.H2Connection):
     MAX_CLOSED_STREAMS = CLOSED_STREAMS_REMEMBERED
 
 
-class _Connection(asyncio.Protocol):
+class _HeaderBlockBound(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer with the encoded size of one header block bounded, across its CONTINUATION frames."""
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        if isinstance(f, (HeadersFrame, ContinuationFrame)) and (self._headers_buffer or "END_HEADERS" not in f.flags):
+            size = sum(len(x.data) for x in self._headers_buffer) + len(f.data)
+            if size > MAX_HEADER_BLOCK:
+                raise h2.exceptions.ProtocolError(f"header block over {MAX_HEADER_BLOCK} bytes")
+        return super()._update_header_buffer(f)
+
+
+class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: GrpcServer) -> None:
         self.server = server
         self.h2 = _H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.h2.incoming_buffer = _HeaderBlockBound(server=True)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.peer = "unknown"
         self.last = time.monotonic()
         self._first = True
+
+    def silent_since(self) -> float | None:
+        """When the last byte of its open calls arrived, if each of them could send (no window held back by the
+        server) and none has arrived whole (waiting for the pipeline is not the client's doing); None otherwise."""
+        if not self.streams or any(s.ended or s.deferred for s in self.streams.values()):
+            return None
+        return max(s.last for s in self.streams.values())
 
     # ---------------------------------------------------------------------------------- asyncio.Protocol
 
@@ -297,16 +455,39 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"ipv{6 if ':' in peer[0] else 4}:{peer[0]}:{peer[1]}"
-        if len(srv._connections) >= MAX_CONNECTIONS:
+        if not srv._admit(self):
             srv.stats.refused_connections += 1
-            srv.warn.warning("%s: refused a connection from %s: %d connections open", srv.name, self.peer,
-                             MAX_CONNECTIONS)
+            srv.warn.warning("%s: refused a connection from %s: %d connections open, each with a call", srv.name,
+                             self.peer, MAX_CONNECTIONS)
             transport.abort()
-            return
-        srv._connections.add(self)
-        srv.stats.connections += 1
+
+    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102
+        # One buffer for every connection (the loop reads one socket at a time, and buffer_updated follows at once):
+        # the loop's own reads are 256 KiB each, which 32 connections flooding frames that are not flow-controlled
+        # (HEADERS, CONTINUATION) held at once outside any bound.
+        return self.server._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:  # noqa: D102
+        self.data_received(bytes(self.server._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:  # noqa: D102
+        if self not in self.server._connections:
+            return  # closed to make room, or refused: what is still in flight is not read
+        try:
+            self._receive(data)
+        except Exception as e:  # noqa: BLE001 - whatever a client sends ends its connection, never the server
+            self.server.stats.protocol_errors += 1
+            self.server.warn.warning("%s: closed a connection from %s: %s (%s)", self.server.name, self.peer,
+                                     "not valid HTTP/2" if isinstance(e, (h2.exceptions.ProtocolError,
+                                                                          UnicodeDecodeError)) else "failed",
+                                     e if isinstance(e, h2.exceptions.ProtocolError) else type(e).__name__)
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the connection is going anyway
+                pass
+            self._teardown()
+
+    def _receive(self, data: bytes) -> None:
         if self._first:
             # The server preface waits for the client's first bytes, so that an HTTP/1 client (curl without
             # --http2-prior-knowledge, a browser) gets a readable answer instead of binary frames.
@@ -316,20 +497,17 @@ class _Connection(asyncio.Protocol):
                 return
             self.h2.initiate_connection()
             # Applied by h2 once the client acknowledges them; until then the protocol defaults hold on both sides.
+            # The connection window stays at the protocol's 65,535: with the budget it bounds what one connection
+            # can have in flight.
             self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
                                      h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                                     h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16 * 1024})
-            self.h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
+                                     h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST})
         self.last = time.monotonic()
         try:
             events = self.h2.receive_data(data)
-        except (h2.exceptions.ProtocolError, UnicodeDecodeError) as e:  # h2 decodes header values as UTF-8
-            self.server.stats.protocol_errors += 1
-            self.server.warn.warning("%s: closed a connection from %s: not valid HTTP/2 (%s)", self.server.name,
-                                     self.peer, e)
-            self.flush()
-            self._teardown()
-            return
+        except (h2.exceptions.ProtocolError, UnicodeDecodeError):  # h2 decodes header values as UTF-8
+            self.flush()  # h2's GOAWAY
+            raise
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
                 self._request(ev.stream_id, ev.headers)
@@ -343,6 +521,7 @@ class _Connection(asyncio.Protocol):
                 self.flush()
                 self._teardown()
                 return
+        self._unblock_oldest()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
@@ -357,21 +536,26 @@ class _Connection(asyncio.Protocol):
             # Not a gRPC call at all: a plain HTTP answer says so to curl and browsers.
             status = "405" if h.get(":method") != "POST" else "415"
             self._send(stream_id, [(":status", status), ("content-type", "text/plain")],
-                       f"this port speaks OTLP/gRPC; {path} needs a gRPC POST\n".encode())
+                       f"this port speaks OTLP/gRPC; {path[:200]} needs a gRPC POST\n".encode())
             return
         method = srv.methods.get(path)
         if method is None:
-            self._trailers_only(stream_id, Code.UNIMPLEMENTED, f"unknown method {path}")
+            self._trailers_only(stream_id, Code.UNIMPLEMENTED, f"unknown method {path[:200]}")
             return
         encoding = h.get("grpc-encoding", "identity")
         if encoding not in ("identity", "gzip", "deflate"):
-            self._trailers_only(stream_id, Code.UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported")
+            self._trailers_only(stream_id, Code.UNIMPLEMENTED, f"grpc-encoding {encoding[:64]} is not supported")
             return
         srv.stats.calls += 1
         metadata = {k: v for k, v in headers if not k.startswith(":")}
         stream = _Stream(self, stream_id, method, Call(path, metadata, self.peer), encoding)
         self.streams[stream_id] = stream
         srv._streams[(self, stream_id)] = stream
+        srv.budget.join(stream, lambda: self._reclaimed(stream))
+
+    def _reclaimed(self, stream: _Stream) -> None:
+        self.server.stats.stalled_streams += 1
+        self.reset(stream, h2.errors.ErrorCodes.CANCEL)
 
     def _data(self, stream_id: int, data: bytes, flow: int) -> None:
         stream, srv = self.streams.get(stream_id), self.server
@@ -380,10 +564,10 @@ class _Connection(asyncio.Protocol):
             return
         stream.last = time.monotonic()
         stream.buf += data
-        stream.held += len(data)
-        srv.buffered += len(data)
-        if srv.buffered > srv.stats.buffered_peak:
-            srv.stats.buffered_peak = srv.buffered
+        stream.deferred += flow  # handed back below, or by hand_back when the call ends first
+        # The bytes are here already: they are counted whatever the budget says; it decides the window.
+        srv.budget.take(stream, len(data), force=True)
+        srv._held(stream)
         if stream.length < 0 and len(stream.buf) >= _PREFIX:
             stream.length = int.from_bytes(stream.buf[1:5], "big")
             if stream.length > srv.max_message:
@@ -394,27 +578,31 @@ class _Connection(asyncio.Protocol):
             self._finish(stream, Code.INVALID_ARGUMENT, "more than one request message in a unary call")
             return
         if srv._may_reopen(stream):
-            self.ack(stream, flow + stream.deferred)
+            self.ack(stream, stream.deferred)
             stream.deferred = 0
         else:
-            stream.deferred += flow
             srv.stats.deferred_windows += 1
+
+    def _unblock_oldest(self) -> None:
+        """Hand back connection window for the budget's oldest request when its siblings' held bytes used it up."""
+        oldest = self.server.budget.oldest()
+        if not isinstance(oldest, _Stream) or oldest.conn is not self or oldest.ended:
+            return
+        window = self.h2.inbound_flow_control_window
+        held = sum(s.deferred for s in self.streams.values() if s is not oldest)
+        if held and window < STREAM_WINDOW // 2:
+            self.h2.increment_flow_control_window(min(held, STREAM_WINDOW - window))
 
     def _ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
-        buf, srv = stream.buf, self.server
-        if stream.length < 0 or len(buf) != _PREFIX + stream.length:
+        if stream.length < 0 or len(stream.buf) != _PREFIX + stream.length:
             self._finish(stream, Code.INVALID_ARGUMENT, "the request message is incomplete")
             return
-        try:
-            body = _decode(bytes(buf[_PREFIX:]), buf[0], stream.encoding, srv.max_message)
-        except GrpcStatus as e:
-            self._finish(stream, e.code, e.message)
-            return
-        stream.buf = bytearray()
-        srv._run_or_wait(stream, body)
+        stream.ended = True
+        self.server.budget.settle(stream)
+        self.server._run_or_wait(stream)
 
     def _answer(self, stream: _Stream, body: bytes) -> None:
         """Run the method and send its response (or status)."""
@@ -444,7 +632,18 @@ class _Connection(asyncio.Protocol):
     def _forget(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
+            stream.body = None
+            self.hand_back(stream)
             self.server._release(stream)
+
+    def hand_back(self, stream: _Stream) -> None:
+        """Bytes held back from a call that leaves the server's account count against the connection window too:
+        handed back now, or the connection would shrink for good (h2 sends only the connection's WINDOW_UPDATE
+        for a stream closed on the client's side)."""
+        if stream.deferred:
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is closing anyway
+                self.h2.acknowledge_received_data(stream.deferred, stream.id)
+            stream.deferred = 0
 
     # ---------------------------------------------------------------------------------- answering
 
@@ -516,28 +715,9 @@ class _Connection(asyncio.Protocol):
     def _teardown(self) -> None:
         for sid in list(self.streams):
             self._forget(sid)
-        self.server._connections.discard(self)
+        self.server._connections.pop(self, None)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-
-
-def _decode(data: bytes, flag: int, encoding: str, limit: int) -> bytes:
-    """Undo the message's compression, refusing output over `limit` bytes (a compression bomb)."""
-    if not flag:
-        return data
-    if encoding == "identity":
-        raise GrpcStatus(Code.INTERNAL, "compressed message without grpc-encoding")
-    d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = d.decompress(data, limit + 1)
-    except zlib.error as e:
-        raise GrpcStatus(Code.INTERNAL, f"cannot decompress the {encoding} message: {e}") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise GrpcStatus(Code.RESOURCE_EXHAUSTED, f"request decompresses to over the {limit}-byte limit")
-    if not d.eof or d.unused_data:
-        # Only a whole stream has had its checksum verified: a cut one would hand the method a prefix of the data.
-        raise GrpcStatus(Code.INTERNAL, f"the {encoding} message is truncated or has trailing bytes")
-    return out
 
 
 def _percent_encode(message: str) -> str:

@@ -104,7 +104,7 @@ def parse_request(data: bytes) -> HttpRequest | None:
     """The first request head in `data`, or None if `data` does not start with one."""
     try:
         return _request_at(data, 0)
-    except (ValueError, IndexError, UnicodeError):  # defensive: hostile input must never escape as an exception
+    except Exception:  # noqa: BLE001 - hostile input must never escape as an exception, whatever breaks
         return None
 
 
@@ -121,7 +121,7 @@ def parse_requests(data: bytes) -> list[HttpRequest]:
             if req.truncated or req.length is None:
                 break
             off += req.length
-    except (ValueError, IndexError, UnicodeError):
+    except Exception:  # noqa: BLE001 - as above
         pass
     return out
 
@@ -130,7 +130,7 @@ def parse_response(data: bytes, request_method: str = "") -> HttpResponse | None
     """The first response head in `data`; `request_method` matters only for HEAD (no body follows)."""
     try:
         return _response_at(data, 0, request_method)
-    except (ValueError, IndexError, UnicodeError):
+    except Exception:  # noqa: BLE001 - as above
         return None
 
 
@@ -152,7 +152,7 @@ def parse_responses(data: bytes, request_methods: Sequence[str] = ()) -> list[Ht
             if resp.truncated or resp.length is None:
                 break
             off += resp.length
-    except (ValueError, IndexError, UnicodeError):
+    except Exception:  # noqa: BLE001 - as above
         pass
     return out
 

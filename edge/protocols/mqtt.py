@@ -349,7 +349,7 @@ def parse_packet(data: bytes, version: int | None = None, offset: int = 0) -> Mq
         return _packet_at(data, offset, version)
     except (_Short, _Bad):
         return None
-    except (ValueError, IndexError, OverflowError):  # defensive: hostile input must never escape as an exception
+    except Exception:  # noqa: BLE001 - hostile input must never escape as an exception, whatever breaks
         return None
 
 

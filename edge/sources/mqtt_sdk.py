@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 
 from ..codec.sdk_cbor import decode_payload
 from .config import MqttSourceConfig
-from ..errors import DecodeError
+from ..errors import DecodeError, describe
 from ..net.mqtt_client import MqttError
 from ..model import Source, Span
 from ..sdk.mqtt_context import extract
@@ -42,8 +42,9 @@ class MqttSourceStats:
     waited_for_room: int = 0  # messages held unacknowledged until the inbox had room (broker-side backpressure)
     connected: bool = False
     reconnects: int = 0
+    # poison: a message that broke the source itself (a decoder bug, not a malformed message): acknowledged, counted
     dropped: dict[str, int] = field(default_factory=lambda: {"oversize": 0, "not_cbor": 0, "bad_span": 0,
-                                                              "bad_traceparent": 0, "inbox_full": 0})
+                                                              "bad_traceparent": 0, "inbox_full": 0, "poison": 0})
     missing_messages: int = 0  # device messages that never arrived, from gaps in their sequence numbers
     device_restarts: int = 0  # sequences that started again (a device restart)
     seq_devices_forgotten: int = 0  # devices dropped from the sequence table when it was full
@@ -155,7 +156,9 @@ class MqttSdkSource:
                     backoff = 0.5
                     log.info("sdk span source subscribed broker=%s topics=%s", self.cfg.broker, ",".join(self.cfg.topics))
                     async for message in client.messages:
-                        await self.deliver(message.topic, message.payload, message.user_properties)
+                        # take() never raises: a message that cannot be taken is counted and acknowledged all the
+                        # same, so that a retained or redelivered one cannot stop this source again and again.
+                        await self.take(message.topic, message.payload, message.user_properties)
                         client.ack(message)
             except MqttError as e:
                 self.stats.connected = False
@@ -164,6 +167,18 @@ class MqttSdkSource:
                 self._warn.warning("sdk span broker %s unreachable (%s); retrying in %.1fs", self.cfg.broker, e, backoff)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
+
+    async def take(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
+        """deliver() that never raises (but for cancellation): whatever fails is counted, named by its topic."""
+        try:
+            await self.deliver(topic, payload, user_properties)
+        except Exception as e:  # noqa: BLE001 - one message must never stop the source
+            self._poison(topic, e)
+
+    def _poison(self, topic: str, e: Exception) -> None:
+        self.stats.dropped["poison"] += 1
+        self._warn.warning("dropped a span message on %s that could not be handled (%s: %s); acknowledged so that "
+                           "it is not delivered again", topic, type(e).__name__, describe(str(e), 200))
 
     async def deliver(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
         """Decode one message and pass its spans on once the inbox has room for them (waiting up to 30 s)."""
@@ -184,9 +199,12 @@ class MqttSdkSource:
 
     def handle(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
         """Decode one message and pass its spans on at once; every refusal is counted, none raises."""
-        spans = self.decode(topic, payload, user_properties)
-        if spans:
-            self._offer(spans)
+        try:
+            spans = self.decode(topic, payload, user_properties)
+            if spans:
+                self._offer(spans)
+        except Exception as e:  # noqa: BLE001 - one message must never stop the source
+            self._poison(topic, e)
 
     def _offer(self, spans: list[Span]) -> None:
         accepted = self.sink(spans, Source.SDK_MQTT)

@@ -4,21 +4,36 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..codec.otlp_wire import encode_export_response
-from ..errors import DecodeError
+from ..errors import DecodeError, OverBudget, describe
 from ..model import Source, Span
 from ..net.retry import RateLimitedLog
 
-__all__ = ["OtlpIngest", "OtlpStats", "IngestResult", "Decode"]
+__all__ = ["OtlpIngest", "OtlpStats", "IngestResult", "Decode", "Door"]
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[Span], Source], int]
 HasRoom = Callable[[int], bool]
-# Reads a request's spans, appending the reasons of spans it skipped; raises DecodeError on a malformed request.
-Decode = Callable[[list[str]], list[Span]]
+# Reads a request's spans, appending the reasons of spans it skipped; raises DecodeError on a malformed request and,
+# given a number of bytes, OverBudget as soon as the spans read take more.
+Decode = Callable[[list[str], "int | None"], list[Span]]
+
+
+class Door(Protocol):
+    """The pipeline's inbox as the receivers see it: what it holds and its bound now."""
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of spans waiting now."""
+        ...
+
+    @property
+    def max_bytes(self) -> int:
+        """Its bound now (the governor's plan, or less under memory pressure)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -38,6 +53,7 @@ class IngestResult:
     rejected_spans: int = 0
     error_message: str = ""
     busy: bool = False  # nothing was taken: the client should retry later
+    too_large: str = ""  # nothing was taken, and never will be: why (the client must not retry)
 
     def protobuf(self) -> bytes:
         """The ExportTraceServiceResponse, OTLP/protobuf."""
@@ -62,17 +78,29 @@ _DECODED_PER_WIRE_BYTE = 6
 
 
 class OtlpIngest:
-    """Validates spans of an export request and hands them to the pipeline, or pushes back when it is full."""
+    """Validates spans of an export request and hands them to the pipeline, or pushes back when it is full.
 
-    def __init__(self, sink: Sink, has_room: HasRoom) -> None:
+    Every request under `sources.otlp.max_request` is either taken, or answered busy (retryable) while the pipeline
+    holds other spans, or refused as too large (not retryable) with the reason. The first check is an estimate (six
+    times the wire size covers every real span seen); when it says no, `door` (the inbox) decides by the real size:
+    the request is decoded with what is free as its cap, and when the inbox is empty that is the whole inbox, so a
+    request is refused as too large only when its spans alone would overflow the inbox at its planned bound
+    (`ceiling()`, the governor's plan; the bound now when not given).
+    """
+
+    def __init__(self, sink: Sink, has_room: HasRoom, door: Door | None = None,
+                 ceiling: Callable[[], int] | None = None) -> None:
         self.sink = sink
         self.has_room = has_room
+        self.door = door
+        self.ceiling = ceiling
         self.stats = OtlpStats()
         self.warn = RateLimitedLog(log)
 
     def room_for(self, wire_size: int) -> bool:
-        """Whether the spans of a request of `wire_size` protobuf bytes would fit the pipeline now."""
-        return self.has_room(wire_size * _DECODED_PER_WIRE_BYTE)
+        """Whether a request of `wire_size` protobuf bytes may be tried now: its spans would fit the pipeline, or
+        the pipeline is empty (it is then taken, or refused as too large: either way, not worth waiting for)."""
+        return self.has_room(wire_size * _DECODED_PER_WIRE_BYTE) or (self.door is not None and self.door.bytes == 0)
 
     def busy(self) -> IngestResult:
         """The answer to a request refused because the pipeline is full (the SDK retries it later)."""
@@ -85,15 +113,24 @@ class OtlpIngest:
         DecodeError from `decode` is counted as a bad request and raised for the receiver to answer.
         """
         self.stats.requests += 1
-        # Refuse before decoding when the pipeline is full: the SDK keeps the data and retries, so nothing is lost.
-        if not self.room_for(wire_size):
-            return self.busy()
+        cap: int | None = None
+        door = self.door
+        if not self.has_room(wire_size * _DECODED_PER_WIRE_BYTE):
+            # Refused before decoding when the pipeline is full: the SDK keeps the data and retries.
+            cap = door.max_bytes - door.bytes if door is not None else 0
+            if cap <= 0:
+                return self.busy()
         errors: list[str] = []
         try:
-            spans = decode(errors)
+            spans = decode(errors, cap)
+        except OverBudget as e:
+            return self._over(e, door)
         except DecodeError:
             self.stats.dropped["bad_request"] += 1
             raise
+        except Exception as e:  # noqa: BLE001 - whatever the body, the request is refused, never the receiver broken
+            self.stats.dropped["bad_request"] += 1
+            raise DecodeError(f"not an OTLP export request ({type(e).__name__})") from None
         accepted = self.sink(spans, Source.SDK_OTLP) if spans else 0
         self.stats.spans += accepted
         rejected = len(errors) + (len(spans) - accepted)
@@ -103,3 +140,17 @@ class OtlpIngest:
         message = errors[0] if errors else "agent queue full"
         self.warn.warning("OTLP export: rejected %d span(s): %s", rejected, message)
         return IngestResult(rejected, message)
+
+    def _over(self, e: OverBudget, door: Door | None) -> IngestResult:
+        """A request whose spans did not fit what was free: busy, unless nothing else waited and the inbox was at
+        its planned bound, in which case it can never be taken."""
+        assert door is not None
+        planned = self.ceiling() if self.ceiling is not None else door.max_bytes
+        if door.bytes or door.max_bytes < planned:
+            return self.busy()
+        self.stats.dropped["oversize"] += 1
+        why = (f"the request's spans take over {e.allowed} bytes in memory once decoded, more than this agent takes "
+               f"in one request (its inbox, planned from memory.limit); export smaller batches (fewer spans per "
+               f"request, e.g. OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise memory.limit")
+        self.warn.warning("OTLP export: refused a request as too large: %s", describe(why, 400))
+        return IngestResult(too_large=why)

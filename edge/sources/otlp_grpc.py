@@ -5,6 +5,7 @@ import logging
 
 from ..codec.otlp_wire import decode_export_request
 from ..errors import DecodeError, HelixError
+from ..net.budget import RequestBudget
 from ..net.grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
 from ..model import Source
 from .otlp_common import OtlpIngest
@@ -26,11 +27,11 @@ class OtlpGrpcReceiver:
     """
 
     def __init__(self, ingest: OtlpIngest, host: str, port: int, max_request: int,
-                 max_buffered: int = 1 << 20, max_wait: float = 2.0) -> None:
+                 max_buffered: int = 1 << 20, max_wait: float = 2.0, budget: RequestBudget | None = None) -> None:
         self.ingest = ingest
         self.server = GrpcServer(host, port, {EXPORT_PATH: Method(self.export, ready=ingest.room_for,
                                                                   refused=self.refused)},
-                                 max_request, max_buffered, name="OTLP/gRPC", max_wait=max_wait)
+                                 max_request, max_buffered, name="OTLP/gRPC", max_wait=max_wait, budget=budget)
 
     @property
     def port(self) -> int:
@@ -68,10 +69,14 @@ class OtlpGrpcReceiver:
     def export(self, data: bytes, call: Call) -> bytes:
         """Handle one export (TraceService/Export)."""
         try:
-            result = self.ingest.ingest(lambda errors: decode_export_request(data, Source.SDK_OTLP, errors), len(data))
+            result = self.ingest.ingest(lambda errors, cap: decode_export_request(data, Source.SDK_OTLP, errors, cap),
+                                        len(data))
         except DecodeError as e:
             self.ingest.warn.warning("OTLP/gRPC: refused an undecodable request from %s: %s", call.peer, e)
             raise GrpcStatus(Code.INVALID_ARGUMENT, str(e)) from None
         if result.busy:
             raise GrpcStatus(Code.UNAVAILABLE, "agent is busy; retry later")
+        if result.too_large:
+            # Without RetryInfo, RESOURCE_EXHAUSTED is not retryable (OTLP specification, OTLP/gRPC failures).
+            raise GrpcStatus(Code.RESOURCE_EXHAUSTED, result.too_large)
         return result.protobuf()

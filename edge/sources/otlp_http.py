@@ -11,6 +11,7 @@ import logging
 
 from ..codec.otlp_wire import decode_export_request, encode_status
 from ..errors import DecodeError
+from ..net.budget import RequestBudget
 from ..net.http_server import HttpServer, Request, Response
 from ..model import Source, Span
 from .otlp_common import Decode, OtlpIngest
@@ -26,17 +27,24 @@ _JSON = "application/json"
 class OtlpHttpReceiver:
     """OTLP/HTTP for traces on the agent's own small HTTP server."""
 
-    def __init__(self, ingest: OtlpIngest, host: str, port: int, max_request: int) -> None:
+    def __init__(self, ingest: OtlpIngest, host: str, port: int, max_request: int,
+                 budget: RequestBudget | None = None) -> None:
         self.ingest = ingest
         self.host = host
         self.port = port
         self.max_request = max_request
+        self.budget = budget
         self._server: HttpServer | None = None
+
+    @property
+    def server(self) -> HttpServer | None:
+        """The HTTP server, once started."""
+        return self._server
 
     async def start(self) -> None:
         """Bind and serve; the actual port is in `self.port` afterwards (useful with port 0)."""
         server = HttpServer(self.host, self.port, {("POST", "/v1/traces"): self._traces}, self.max_request,
-                            name="OTLP/HTTP receiver", on_refused=self._refused)
+                            name="OTLP/HTTP receiver", on_refused=self._refused, budget=self.budget)
         await server.start()
         self._server, self.port = server, server.port
         log.info("OTLP/HTTP receiver listening on %s:%d", self.host, self.port)
@@ -52,7 +60,7 @@ class OtlpHttpReceiver:
 
     def _status(self, status: int, message: str, json_reply: bool) -> Response:
         # OTLP answers errors with a google.rpc.Status body in the request's encoding.
-        code = 3 if status < 500 else 14  # INVALID_ARGUMENT, UNAVAILABLE
+        code = 8 if status == 413 else 3 if status < 500 else 14  # RESOURCE_EXHAUSTED, INVALID_ARGUMENT, UNAVAILABLE
         if json_reply:
             return Response(status, json.dumps({"code": code, "message": message}).encode(), _JSON)
         return Response(status, encode_status(code, message), _PROTOBUF)
@@ -79,19 +87,21 @@ class OtlpHttpReceiver:
             return self._status(400, str(e), json_reply)
         if result.busy:
             return self._busy(json_reply)
+        if result.too_large:
+            return self._status(413, result.too_large, json_reply)  # not retryable (OTLP/HTTP: only 429, 502-504)
         if json_reply:
             return Response(200, result.json(), _JSON)
         return Response(200, result.protobuf(), _PROTOBUF)
 
 
 def _protobuf_spans(body: bytes) -> Decode:
-    return lambda errors: decode_export_request(body, Source.SDK_OTLP, errors)
+    return lambda errors, cap: decode_export_request(body, Source.SDK_OTLP, errors, cap)
 
 
 def _json_spans(body: bytes) -> Decode:
-    def decode(errors: list[str]) -> list[Span]:
+    def decode(errors: list[str], cap: int | None) -> list[Span]:
         from ..codec.otlp import parse_request_json, spans_from_request  # the protobuf runtime, first JSON request
 
-        return spans_from_request(parse_request_json(body), Source.SDK_OTLP, errors)
+        return spans_from_request(parse_request_json(body), Source.SDK_OTLP, errors, cap)
 
     return decode

@@ -120,7 +120,7 @@ def test_the_grpc_receivers_backpressure_is_exported() -> None:
     [family] = [m for m in health_metrics(agent).metrics if m.name == "helix.agent.otlp.grpc.events"]
     got = {p.attributes["event"]: p.value for p in family.points}
     assert got == {"waited": 7, "refused_busy": 0, "protocol_errors": 2, "stalled_streams": 0,
-                   "refused_connections": 0}
+                   "refused_connections": 0, "reclaimed_connections": 0}
 
 
 async def test_device_messages_lost_before_the_agent_show_in_metrics_and_status(mosquitto: Mosquitto) -> None:

@@ -158,3 +158,75 @@ def test_the_agent_does_not_load_the_protobuf_runtime() -> None:
             "print(sorted(m for m in sys.modules if m.startswith(('google', 'opentelemetry'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from edge.errors import OverBudget  # noqa: E402
+from tests.edge._hostile import counts, depths  # noqa: E402
+
+
+def _varint_bytes(n: int) -> bytearray:
+    out = bytearray()
+    n &= (1 << 70) - 1
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return out
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    key = bytes(_varint_bytes(number << 3 | wire_type))
+    return key + (_len(payload) + payload if wire_type == 2 else payload)
+
+
+_span_fields = st.lists(st.tuples(st.integers(0, 20), st.sampled_from([0, 1, 2, 5]),
+                                  st.one_of(st.integers(0, 2**70).map(lambda n: bytes(_varint_bytes(n))),
+                                            st.binary(max_size=24))), max_size=12)
+
+
+def _refused_or_read(data: bytes, cap: int | None = None) -> None:
+    try:
+        spans = decode_export_request(data, errors=[], max_bytes=cap)
+    except OverBudget as e:
+        assert cap is not None and e.size > cap
+        return
+    except DecodeError as e:
+        assert len(str(e)) < 1000
+        return
+    for s in spans:
+        assert 0 <= s.start_ns < 2**64 and 0 <= s.end_ns < 2**64 and len(s.trace_id) == 16
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=_span_fields, n=counts, cap=st.one_of(st.none(), st.integers(0, 4000)))
+def test_hostile_spans_are_refused_never_raised(fields, n, cap) -> None:
+    # Wrong wire types for known fields, out-of-range varints (kind, flags), lengths past the end, many spans.
+    span = b"".join(_field(f, wt, p if wt == 2 else (p + b"\x00" * 8)[:{0: max(1, len(p)), 1: 8, 5: 4}[wt]])
+                    for f, wt, p in fields)
+    good = b"\x0a\x10" + b"\x01" * 16 + b"\x12\x08" + b"\x02" * 8
+    spans = _field(2, 2, span) + _field(2, 2, good + span) + _field(2, 2, good) * n
+    data = _field(1, 2, _field(2, 2, spans))
+    _refused_or_read(data, cap)
+
+
+@settings(max_examples=40, deadline=None)
+@given(depth=depths)
+def test_deeply_nested_values_and_groups_are_refused(depth: int) -> None:
+    _refused_or_read(_request_with_value(_nested(depth)))
+    group = b"\x0b" * depth + b"\x0c" * depth  # start-group / end-group of field 1, nested
+    _refused_or_read(_field(1, 2, group))
+
+
+@pytest.mark.parametrize("data", [
+    b"\x0a\xff\xff\xff\xff\x0f",  # a resource_spans declared 4 GiB long
+    b"\x0a" + b"\xff" * 10 + b"\x01",  # a varint longer than 10 bytes
+    b"\x0a\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # a length of 2**63
+])
+def test_declared_lengths_past_the_end_are_refused(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_export_request(data)

@@ -130,3 +130,60 @@ def test_bad_sequence_or_cut_counts_refuse_the_message(bad: dict) -> None:
     env.update(bad)
     with pytest.raises(DecodeError):
         decode_payload(cbor2.dumps(env), {})
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+
+from tests.edge._hostile import cbor_header, counts, depths, huge_ints, nested, values  # noqa: E402
+
+
+def _decoded_or_refused(data: bytes) -> None:
+    try:
+        out = decode_payload(data, {"service.name": "d"})
+    except DecodeError as e:
+        assert len(str(e)) < 1000  # a message, not a dump of the input
+        return
+    for s in out.spans:
+        assert 0 <= s.start_ns <= s.end_ns < 2**64
+        assert all(0 <= e.time_ns < 2**64 for e in s.events)
+    assert all(len(e) < 1000 for e in out.errors)
+
+
+@settings(max_examples=150, deadline=None)
+@given(envelope=st.dictionaries(st.integers(-1, 8), values, max_size=6),
+       span=st.dictionaries(st.integers(0, 16), values, max_size=15), n=counts, big=huge_ints)
+def test_hostile_envelopes_and_spans_are_refused_never_raised(envelope, span, n, big) -> None:
+    good = span_to_map(_span())
+    for key in (Key.START, Key.DURATION, Key.KIND, Key.STATUS, Key.FLAGS):
+        _decoded_or_refused(cbor2.dumps({0: 1, 3: [good | {key: big}]}))  # one hostile integer in a valid span
+    _decoded_or_refused(cbor2.dumps({0: 1, 3: [good | {Key.EVENTS: [["e", big]]}]}))
+    _decoded_or_refused(cbor2.dumps({**envelope, 3: [span] + [{}] * n}))
+    _decoded_or_refused(cbor2.dumps([good | span]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(depth=depths, where=st.sampled_from(["attr", "resource", "spans", "top"]))
+def test_deep_nesting_is_refused_never_raised(depth: int, where: str) -> None:
+    good = span_to_map(_span())
+    doc = {"attr": {0: 1, 3: [good | {Key.ATTRIBUTES: {"deep": nested(depth)}}]},
+           "resource": {0: 1, 1: {"r": nested(depth)}, 3: [good]},
+           "spans": {0: 1, 3: nested(depth, good)}, "top": nested(depth)}[where]
+    _decoded_or_refused(cbor2.dumps(doc))
+
+
+@pytest.mark.parametrize("data", [
+    cbor_header(4, 100_000) * 3000 + b"\x00",  # arrays declared huge, nested past any recursion limit
+    cbor_header(5, 2**32),  # a map of 4 billion pairs, declared
+    cbor_header(4, 2**63 - 1),
+    cbor_header(2, 2**40),  # a byte string of a terabyte, declared
+    b"\x9f" * 100_000,  # indefinite-length arrays, never closed
+])
+def test_declared_counts_and_depths_are_refused(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_payload(data, {})
+
+
+def test_a_bignum_time_refuses_its_span_only() -> None:
+    bignum = cbor2.CBORTag(2, b"\xff" * 3000)  # a 24,000-bit integer on the wire
+    out = decode_payload(cbor2.dumps({0: 1, 3: [span_to_map(_span()) | {Key.START: bignum}, span_to_map(_span())]}), {})
+    assert len(out.spans) == 1 and out.errors == ["span[0]: key 6 must be an unsigned integer, got an integer of 24000 bits"]

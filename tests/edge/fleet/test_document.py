@@ -98,3 +98,35 @@ def test_keygen_writes_keys_every_loader_reads(tmp_path: Path) -> None:
         generate_keypair(priv)
     with pytest.raises(HelixError, match="neither base64"):
         load_public_key(base64.b64encode(b"short").decode())
+
+
+from tests.edge._hostile import deep_json, depths, values  # noqa: E402
+
+
+def _text(value: object) -> str:
+    # json.dumps refuses integers past 4,300 digits: write those as the digits a hostile publisher would send.
+    if isinstance(value, bool) or value is None or isinstance(value, (float, str)):
+        return json.dumps(value)
+    if isinstance(value, int):
+        return "9" * min(5000, max(1, value.bit_length() // 3))
+    if isinstance(value, bytes):
+        return json.dumps(value.hex())
+    if isinstance(value, list):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    return "{" + ",".join(f"{json.dumps(str(k))}:{_text(v)}" for k, v in value.items()) + "}"  # type: ignore[union-attr]
+
+
+@settings(max_examples=150, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["format", "target", "version", "issued_at", "key_id", "config",
+                                               "signature"]), values, max_size=7),
+       depth=depths)
+def test_hostile_documents_are_refused_with_a_document_error(fields: dict, depth: int) -> None:
+    key = Ed25519PrivateKey.generate()
+    good = sign_document(CONFIG, "group/g", 1, key)
+    for doc in ({**good, **fields}, {**good, "config": {"sampler": json.loads(deep_json(min(depth, 300)))}}):
+        try:
+            verify_document(_text(doc).encode(), [key.public_key()], "group/g")
+        except DocumentError as e:
+            assert len(str(e)) < 500
+    with pytest.raises(DocumentError):
+        verify_document(deep_json(200_000), [key.public_key()], "group/g")

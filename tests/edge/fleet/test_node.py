@@ -219,3 +219,27 @@ def _toml(data: dict[str, Any], prefix: str = "") -> str:
         if isinstance(v, dict):
             out.append(_toml(v, f"{prefix}.{k}" if prefix else k))
     return "\n".join(out) + "\n"
+
+
+async def test_a_retained_document_nested_200000_deep_is_refused_and_the_node_runs_on(fleet, tmp_path: Path,
+                                                                                       mosquitto: Mosquitto) -> None:
+    # Unsigned and 200 KB: before any signature check its parse would have raised RecursionError and stopped the
+    # agent, at every start while retained.
+    agent, status, conn, key = fleet
+    await publish_raw(mosquitto, f"helix/config/node/{NODE}", b"[" * 200_000)
+    st = await status.wait_for(lambda s: "nested deeper" in s.get("last_error", ""))
+    assert st["config_state"] == "refused" and agent.fleet.stats.refused == 1
+    # A document whose handling breaks in a way no check foresaw is counted and reported, and the node goes on.
+    real = agent.fleet.handle
+
+    async def breaks(topic: str, payload: bytes) -> None:
+        raise RuntimeError("unforeseen")
+
+    agent.fleet.handle = breaks  # type: ignore[method-assign]
+    await publish_raw(mosquitto, f"helix/config/group/{GROUP}", b"{}")
+    st = await status.wait_for(lambda s: "could not be handled" in s.get("last_error", ""))
+    assert agent.fleet.stats.poison == 1
+    agent.fleet.handle = real  # type: ignore[method-assign]
+    await push(conn, write(tmp_path, "[sampler]\nratio = 0.5\n"), key, f"node/{NODE}")
+    await status.wait_for(lambda s: s.get("config_version", {}).get("node") == 1)
+    assert agent.sampler.ratio == 0.5

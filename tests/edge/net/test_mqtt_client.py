@@ -153,3 +153,23 @@ async def test_a_packet_over_the_declared_size_ends_the_connection_unread() -> N
         with pytest.raises(MqttError, match="over the 1048576 this client declared"):
             await _next(client)
         await client.disconnect()
+
+
+@pytest.mark.parametrize("packet", [
+    b"\x32\x08\x00\x01t\x00\x01\x05\x26\xff",  # PUBLISH QoS 1, properties declared longer than the packet
+    b"\x30\x06\x00\x01t\x03\x26\x00",  # a user property cut in its length
+    b"\x30\x05\x00\x01t\x01\x01",  # a property without its value
+    b"\x34\x04\x00\x01t\x00",  # QoS 2: never subscribed at
+    b"\x90\x03\x00\x01\xff",  # a SUBACK for nothing asked
+    b"\xe0\x02\x8e\x00",  # DISCONNECT: session taken over
+    b"\x30\x80\x80\x80\x80\x01",  # a remaining length of five bytes
+    b"\x00\x00",  # packet type 0
+])
+async def test_a_hostile_packet_from_the_broker_ends_the_connection_with_mqtt_error(packet: bytes) -> None:
+    server, port = await _fake_broker(b"\x20\x03\x00\x00\x00" + packet)
+    async with server:
+        client = MqttClient("127.0.0.1", port, "x", keepalive=0)
+        await client.connect()
+        with pytest.raises(MqttError):
+            await _next(client, timeout=5)
+        await client.disconnect()

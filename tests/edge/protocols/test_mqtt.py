@@ -242,3 +242,37 @@ def test_connect_round_trip_and_truncation(client_id, keepalive, version):
     for cut in range(len(data)):
         part = mqtt.parse_packet(data[:cut])
         assert part is None or (isinstance(part, mqtt.Connect) and part.truncated)
+
+
+def _vbi(n: int) -> bytes:
+    """A variable byte integer without encode_varint's bound: a hostile peer declares lengths past 268,435,455."""
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+_prop = st.one_of(
+    st.builds(lambda k, v: b"\x26" + len(k).to_bytes(2, "big") + k + len(v).to_bytes(2, "big") + v,
+              st.binary(max_size=8), st.binary(max_size=8)),  # user properties, any bytes (invalid UTF-8 too)
+    st.builds(lambda n: b"\x0b" + _vbi(n), st.sampled_from([0, 1, 268_435_455])),  # subscription identifier
+    st.builds(lambda pid, raw: bytes([pid]) + raw, st.integers(0, 255), st.binary(max_size=6)),  # any id, any value
+    st.just(b"\x26\xff\xff"),  # a string declared 65,535 long, cut
+)
+
+
+@settings(max_examples=300)
+@given(props=st.lists(_prop, max_size=40), declared=st.one_of(st.none(), st.sampled_from([0, 1, 2**21, 2**28 - 1])),
+       topic=st.binary(max_size=10), payload=st.binary(max_size=20), first=st.integers(0x30, 0x3F),
+       remaining=st.one_of(st.none(), st.sampled_from([0, 3, 2**28 - 1])))
+def test_hostile_publish_properties_and_lengths_never_raise(props, declared, topic, payload, first, remaining):
+    section = b"".join(props)
+    body = len(topic).to_bytes(2, "big") + topic + (b"\x00\x01" if first & 0x06 else b"") + \
+        _vbi(len(section) if declared is None else declared) + section + payload
+    data = bytes([first]) + _vbi(len(body) if remaining is None else remaining) + body
+    for version in (None, MQTT_5, MQTT_311):
+        p = mqtt.parse_packet(data, version)
+        assert p is None or isinstance(p, mqtt.MqttPacket)
+    mqtt.parse_packets(data * 3)

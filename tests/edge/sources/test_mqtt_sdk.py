@@ -175,3 +175,45 @@ async def test_missing_messages_are_counted_per_device(source, mosquitto: Mosqui
     await _wait(lambda: src.stats.messages == 6)
     assert src.stats.missing_messages == 2 and src.stats.device_restarts == 1
     assert sum(len(spans) for spans, _ in got) == 6  # counting gaps drops nothing
+
+
+def _huge_start() -> bytes:
+    # One ~5 KB device span whose start time is a 5,000-digit integer: repr() of it raises past Python's
+    # int-string limit, which once stopped the agent from an error message.
+    return cbor2.dumps({0: 1, 3: [{Key.TRACE_ID: b"\x01" * 16, Key.SPAN_ID: b"\x02" * 8, Key.NAME: "x",
+                                   Key.START: 10**5000, Key.DURATION: 1}]})
+
+
+async def test_a_span_with_a_5000_digit_time_is_refused_and_counted(source, mosquitto: Mosquitto) -> None:
+    src, got = source
+    await asyncio.to_thread(_pub, mosquitto.port, "helix/sdk/led-1/spans", _huge_start())
+    await _wait(lambda: src.stats.messages == 1)
+    assert src.stats.dropped["bad_span"] == 1 and got == []
+
+
+async def test_messages_that_break_the_source_are_acknowledged_counted_and_named(
+        source, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # More poison messages than the source's Receive Maximum: were they not acknowledged, the broker would stop
+    # delivering and the good message after them would never arrive.
+    from edge.sources import mqtt_sdk
+
+    src, got = source
+    real = mqtt_sdk.decode_payload
+
+    def breaks(data: bytes, *a, **k):
+        if data == b"poison":
+            raise RuntimeError("a decoder bug")
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(mqtt_sdk, "decode_payload", breaks)
+    n = mqtt_sdk.RECEIVE_MAXIMUM + 8
+    good = encode_payload([Span(new_trace_id(), new_span_id(), "after", 1, 2)], {"service.name": "d"})
+    script = "".join(f"mosquitto_pub -p {mosquitto.port} -V mqttv5 -q 1 -t helix/sdk/bad-{i}/spans -m poison; "
+                     for i in range(n))
+    with caplog.at_level("WARNING", "edge.sources.mqtt_sdk"):
+        await asyncio.to_thread(subprocess.run, ["sh", "-c", script], check=True, timeout=60)
+        await asyncio.to_thread(_pub, mosquitto.port, "helix/sdk/ok/spans", good)
+        await _wait(lambda: any(s.name == "after" for spans, _ in got for s in spans), timeout=20)
+    assert src.stats.dropped["poison"] == n
+    lines = [r.getMessage() for r in caplog.records if "could not be handled" in r.getMessage()]
+    assert len(lines) == 1 and "on helix/sdk/bad-0/spans" in lines[0]  # named, and rate-limited
