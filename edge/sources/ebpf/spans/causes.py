@@ -40,7 +40,7 @@ CAUSE_VIA = "helix.cause.via"  # thread | event-loop | wakeup | handoff | ambigu
 DECIDE_WAIT_NS = 500_000_000
 _MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond which the oldest is forgotten
 _MAX_WAITING = 64  # a worker's calls waiting for their decision
-_HISTORY = 16  # a thread's last contexts, with when it took them: the one it had when it opened a connection
+_HISTORY = 8  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
 _MAX_CONNECTS = 4096  # connections opened whose first call is still to come
 
 
@@ -67,7 +67,8 @@ class _Thread:
     handoff: bytes | None = None  # request of the thread that handed this one work, until it hands back
     handoff_from: int = 0
     fresh: bool = False  # first handed work by the thread that created it (or first woke it), no call made since
-    history: deque[tuple[int, bytes | None]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    history: deque[tuple[int, bytes | None]] | None = None  # kept once it serves several requests at once
+    since_ns: int = 0  # when it took its present context (the history's first entry, when one is started)
     waiting: list[Call] = field(default_factory=list)
     reads_messages: bool = False  # an MQTT subscriber's network thread: its calls follow the message it read
     run: list[bytes] = field(default_factory=list)  # requests read one after the other since the last call
@@ -134,6 +135,7 @@ class Causes:
     def request_read(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0) -> None:
         """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id`."""
         t = self._thread(pid, tid)
+        before = self._certain(t)
         t.open[span_id] = None
         if len(t.open) > _MAX_OPEN:
             t.open.popitem(last=False)
@@ -143,7 +145,16 @@ class Causes:
         t.run.append(span_id)
         if len(t.run) > _MAX_OPEN:
             del t.run[0]
-        t.history.append((ts_ns, self._certain(t)))
+        if t.history is None and len(t.open) > 1:
+            t.history = deque([(t.since_ns, before)], maxlen=_HISTORY)  # an event loop: only these pay for one
+        self._took(t, before, ts_ns)
+
+    def _took(self, t: _Thread, before: bytes | None, ts_ns: int) -> None:
+        now = self._certain(t)
+        if now != before:
+            t.since_ns = ts_ns
+            if t.history is not None:
+                t.history.append((ts_ns, now))
 
     @staticmethod
     def _certain(t: _Thread) -> bytes | None:
@@ -210,6 +221,7 @@ class Causes:
         """The call's response is being read by `tid`: on an event loop that request is the current one again."""
         call.answered = True
         t = self._threads.get((call.pid, tid))
+        before = self._certain(t) if t is not None else None
         if call.candidates and not call.decided:
             self._decide_among(call)
         if call.decided and call.cause is not None:
@@ -217,8 +229,8 @@ class Causes:
                 t.open.move_to_end(call.cause)
                 t.run = [call.cause]
                 t.reading = False
-        if t is not None and t.open:
-            t.history.append((ts_ns, self._certain(t)))
+        if t is not None:
+            self._took(t, before, ts_ns)
 
     def _decide_among(self, call: Call) -> None:
         # A handler answers only after its calls were answered: a candidate answered already is not the one.
@@ -328,7 +340,7 @@ class Causes:
 
 def _context_at(t: _Thread, ts_ns: int) -> bytes | None:
     """The request thread `t` certainly worked for at `ts_ns`, if its history reaches back that far."""
-    for at, context in reversed(t.history):
+    for at, context in reversed(t.history or ()):
         if at <= ts_ns:
             return context
     return None
