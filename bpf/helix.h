@@ -22,7 +22,13 @@ enum helix_event_type {
 	HELIX_EV_FILE_IO = 7,
 	HELIX_EV_DATA_MORE = 8,
 	HELIX_EV_WAKEUP = 9,
+	HELIX_EV_H2 = 10,
 };
+
+/* data_event.flags / data_more_event.flags / h2_event.flags */
+#define HELIX_DATA_TLS (1u << 0)  /* plaintext read at the TLS library (tls.bpf.h), not the socket's own bytes */
+#define HELIX_H2_START (1u << 1)  /* h2_event: the connection's first frames (after the preface): HPACK tables empty */
+#define HELIX_H2_GAP (1u << 2)    /* h2_event: bytes before this record were lost; it begins at a frame header */
 
 #define HELIX_COMM_LEN 16
 #define HELIX_PAYLOAD_MAX 1024 /* hard cap on payload bytes per record (settings.payload_bytes <= this) */
@@ -56,6 +62,8 @@ struct helix_config {
 enum helix_drop {
 	HELIX_DROP_RINGBUF_FULL = 0, /* bpf_ringbuf_output/reserve failed: userspace too slow */
 	HELIX_DROP_STATE_FULL = 1,   /* a state map was full (per-connection or in-flight syscall) */
+	HELIX_DROP_TLS_UNLINKED = 2, /* TLS plaintext of an SSL object not (yet) linked to a socket: not sent */
+	HELIX_DROP_H2_DESYNC = 3,    /* an HTTP/2 connection whose frame boundaries were lost: back to message mode */
 	HELIX_DROP_MAX = 4,
 };
 

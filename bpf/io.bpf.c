@@ -40,9 +40,19 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define IOV_MAX_COPY 4 /* iovec segments copied into a payload snapshot */
 
+/* HTTP/2 frame boundaries of one direction of a connection in frame mode (h2.bpf.h). */
+struct h2_dir {
+	__u32 rem;    /* payload bytes of the current frame still to come; 0: a frame header is next */
+	__u8 have;    /* bytes of a frame header that straddled the previous call (in hdr) */
+	__u8 copy;    /* the current frame's payload goes to userspace */
+	__u8 resync;  /* a record was lost: keep nothing until the next frame header, then say HELIX_H2_GAP */
+	__u8 fresh;   /* nothing sent yet since the preface: the next record says HELIX_H2_START */
+	__u8 hdr[32]; /* a header has 9 bytes; the room past them keeps every partial copy in bounds */
+};
+
 /* Per-connection state, keyed by struct sock address. Deleted by tcp:tcp_destroy_sock (the kernel frees
  * the sock right after), so a closed connection never outlives its socket; LRU bounds whatever a missed
- * destroy could leave. 65536 x ~100 B = 6.3 MiB at most. */
+ * destroy could leave. 65536 x ~190 B = 12 MiB at most. */
 struct conn_state {
 	__u64 bytes;   /* bytes of the message in flight */
 	__u64 end_ns;  /* sys_exit of its last syscall */
@@ -50,9 +60,13 @@ struct conn_state {
 	__u8 role;     /* ROLE_* */
 	__u16 sport;   /* local port once known: a reset on close has already released it from the sock */
 	__u8 skip;     /* SKIP_* (sampling.bpf.h): the message in flight is held back */
-	__u8 _pad[3];
+	__u8 tls;      /* its messages are the TLS library's plaintext (tls.bpf.h); the socket's own bytes are not sent */
+	__u8 tls_seen; /* a message of it began with a TLS record header: a socket a guessed TLS link may go to */
+	__u8 h2;       /* H2_* (h2.bpf.h): HTTP/2 frame mode */
 	__u64 held_bytes;  /* books of the last message sent before the held-back ones, which the next record */
 	__u64 held_end_ns; /* sent (data_event or close) reports as its previous message */
+	__u64 ssl;     /* the SSL object linked to it (tls.bpf.h), 0: none */
+	struct h2_dir h2d[2]; /* by Direction */
 };
 
 struct {
@@ -197,7 +211,7 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct inflight in = {};
+	struct sys_call in = {};
 	struct inflight *slot;
 	struct file *f;
 	__u16 type;
@@ -235,10 +249,14 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 	/* The thread's slot is reused in place: an update allocates an LRU node and a delete frees it, each under
 	 * locks, on every traced syscall. sys_exit marks the slot empty; sched_process_exit deletes it. */
 	slot = bpf_map_lookup_elem(&inflight, &tid);
-	if (slot)
-		*slot = in;
-	else if (bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY))
-		count_drop(HELIX_DROP_STATE_FULL);
+	if (slot) {
+		slot->sc = in; /* the TLS call and link fields stay: a syscall may run inside a TLS call */
+	} else {
+		struct inflight fresh = { .sc = in };
+
+		if (bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY))
+			count_drop(HELIX_DROP_STATE_FULL);
+	}
 	return 0;
 }
 
@@ -277,7 +295,7 @@ static __always_inline __u32 copy_iov(__u8 *dst, struct iovec_user *iov, __u64 c
 }
 
 /* Copies up to `want` bytes of the syscall's buffer (plain, iovec array or msghdr) to dst; returns the count. */
-static __always_inline __u32 copy_payload(__u8 *dst, struct inflight *in, __u64 size, __u32 want)
+static __always_inline __u32 copy_payload(__u8 *dst, struct sys_call *in, __u64 size, __u32 want)
 {
 	__u32 got = 0;
 
@@ -303,10 +321,12 @@ static __always_inline __u32 copy_payload(__u8 *dst, struct inflight *in, __u64 
 	return payload_bound(got);
 }
 
+#include "h2.bpf.h"
+
 /* The first syscall of a message: who, where, the books of the previous message sent, and the first bytes;
  * unless the sampling decision holds the message back. */
-static __always_inline void emit_start(struct inflight *in, struct sock *sk, struct conn_state *st, __u64 size,
-				       __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id)
+static __always_inline void emit_start(struct sys_call *in, struct sock *sk, struct conn_state *st, __u64 size,
+				       __u64 prev_bytes, __u64 prev_end_ns, __u64 now, __u64 id, __u16 flags, __u16 tlsv)
 {
 	__u32 zero = 0;
 	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
@@ -331,7 +351,15 @@ static __always_inline void emit_start(struct inflight *in, struct sock *sk, str
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	got = copy_payload(ev->payload, in, size, settings.payload_bytes);
 	ev->payload_len = got;
-	ev->_pad = 0;
+	ev->flags = flags;
+	ev->tls_version = tlsv;
+	if (!flags && got >= 3 && ev->payload[0] >= 0x14 && ev->payload[0] <= 0x17 && ev->payload[1] == 3 &&
+	    ev->payload[2] <= 4)
+		st->tls_seen = 1; /* a TLS record header: handshake or ciphertext */
+	if (h2_begins(ev, got, st)) {
+		h2_walk(in, sk, st, size, now, id, flags, tlsv);
+		return;
+	}
 	if (!message_keeps(ev, got, st, in, size, now, id)) {
 		if (!was_held) {
 			st->held_bytes = prev_bytes;
@@ -353,8 +381,8 @@ static __always_inline void emit_start(struct inflight *in, struct sock *sk, str
 
 /* A later syscall of the message whose first `offset` bytes moved before it (offset < payload_bytes): the
  * bytes that bring the message's snapshot up to payload_bytes. */
-static __always_inline void emit_more(struct inflight *in, struct sock *sk, __u64 size, __u64 offset, __u64 now,
-				      __u64 id)
+static __always_inline void emit_more(struct sys_call *in, struct sock *sk, __u64 size, __u64 offset, __u64 now,
+				      __u64 id, __u8 flags)
 {
 	__u32 zero = 0;
 	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
@@ -368,7 +396,7 @@ static __always_inline void emit_more(struct inflight *in, struct sock *sk, __u6
 	ev->pid = id >> 32;
 	ev->tid = (__u32)id;
 	ev->direction = in->op;
-	ev->_pad = 0;
+	ev->flags = flags;
 	ev->ts_ns = in->ts_ns;
 	ev->end_ns = now;
 	ev->sock = (__u64)sk;
@@ -379,19 +407,17 @@ static __always_inline void emit_more(struct inflight *in, struct sock *sk, __u6
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
 
-static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, __u64 id)
+/* `ret` bytes of a message moved on a connection: by a syscall (the socket's own bytes), or by a TLS library call
+ * (its plaintext, flags HELIX_DATA_TLS). */
+static __always_inline void conn_bytes(struct sys_call *in, struct sock *sk, struct conn_state *st, __u64 ret, __u64 now,
+				       __u64 id, __u16 flags, __u16 tlsv)
 {
-	struct sock *sk = (struct sock *)in->obj;
-	struct conn_state *st;
 	__u64 prev_bytes, prev_end, offset;
 
-	if (ret <= 0)
-		return; /* EAGAIN, EOF and errors carry no message bytes */
-	st = conn_get(in->obj, ROLE_UNKNOWN, false);
-	if (!st)
+	if (st->h2 == H2_ON) {
+		h2_walk(in, sk, st, ret, now, id, flags, tlsv);
 		return;
-	if (!st->sport)
-		st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	}
 	/* A held-back MQTT PUBLISH is one syscall: the next one starts a message of its own (and decision). */
 	if (st->dir == in->op && !(settings.msg_idle_gap_ns && now - st->end_ns > settings.msg_idle_gap_ns) &&
 	    st->skip != SKIP_MQTT) {
@@ -400,7 +426,7 @@ static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, 
 		st->end_ns = now;
 		/* Top the message's snapshot up until payload_bytes of it are out; after that, only counting. */
 		if (offset < settings.payload_bytes && st->skip == SKIP_NONE)
-			emit_more(in, sk, ret, offset, now, id);
+			emit_more(in, sk, ret, offset, now, id, flags);
 		return;
 	}
 	/* A new message: the direction changed, or the connection was idle longer than msg_idle_gap_ns. Exit to
@@ -411,9 +437,35 @@ static __always_inline void sock_done(struct inflight *in, long ret, __u64 now, 
 	st->dir = in->op;
 	st->bytes = ret;
 	st->end_ns = now;
-	emit_start(in, sk, st, ret, prev_bytes, prev_end, now, id);
+	emit_start(in, sk, st, ret, prev_bytes, prev_end, now, id, flags, tlsv);
 }
 
+#include "tls.bpf.h"
+
+/* A socket syscall returned: its bytes, unless they are the ciphertext of a connection whose plaintext the TLS
+ * probes read. `slot` is the thread's inflight entry, `in` the syscall as it was entered. */
+static __always_inline void sock_done(struct inflight *slot, struct sys_call *in, long ret, __u64 now, __u64 id)
+{
+	struct sock *sk = (struct sock *)in->obj;
+	struct conn_state *st;
+
+	if (ret <= 0)
+		return; /* EAGAIN, EOF and errors carry no message bytes */
+	st = conn_get(in->obj, ROLE_UNKNOWN, false);
+	if (!st)
+		return;
+	if (!st->sport)
+		st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (slot->tls_ssl) {
+		/* inside a TLS library call: this is the SSL object's own socket, and these bytes its ciphertext */
+		slot->tls_sock = in->obj;
+		tls_mark(st, slot->tls_ssl);
+		return;
+	}
+	if (!st->tls)
+		conn_bytes(in, sk, st, ret, now, id, 0, 0);
+	tls_after_syscall(slot, in, st, now);
+}
 /* Up to HELIX_PATH_DEPTH trailing components, crossing mount points (struct mount is in BTF only). */
 static __always_inline void file_path(struct file_io_event *ev, struct file *f)
 {
@@ -456,7 +508,7 @@ static __always_inline void file_path(struct file_io_event *ev, struct file *f)
 	ev->depth = depth;
 }
 
-static __always_inline void file_done(struct inflight *in, long ret, __u64 now, __u64 id)
+static __always_inline void file_done(struct sys_call *in, long ret, __u64 now, __u64 id)
 {
 	struct file_io_event *ev;
 
@@ -484,16 +536,16 @@ static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct inflight *p = bpf_map_lookup_elem(&inflight, &tid);
-	struct inflight in;
+	struct sys_call in;
 	__u64 now;
 
-	if (!p || !p->kind)
+	if (!p || !p->sc.kind)
 		return 0;
-	in = *p;
-	p->kind = 0; /* empty until the thread's next traced syscall (see rw_enter) */
+	in = p->sc;
+	p->sc.kind = 0; /* empty until the thread's next traced syscall (see rw_enter) */
 	now = bpf_ktime_get_ns();
 	if (in.kind == IF_SOCK)
-		sock_done(&in, ctx->ret, now, id);
+		sock_done(p, &in, ctx->ret, now, id);
 	else if (in.kind == IF_FILE)
 		file_done(&in, ctx->ret, now, id);
 	return 0;

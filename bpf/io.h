@@ -13,7 +13,9 @@
  * the connection changes, or when the connection was idle in the same direction for more than
  * settings.msg_idle_gap_ns (exit to exit). prev_* close the books on the message before it.
  * rv: for a request the kernel judged on randomness it chose itself, R | HELIX_RV_KERNEL (helix.h), else 0.
- * 144 bytes + payload; Python: "=IIIi QQQQQQQQ 40s 16s II". */
+ * flags: HELIX_DATA_TLS when the bytes are TLS plaintext (tls_version: the negotiated version as OpenSSL numbers it,
+ * 0x0304 for TLS 1.3; 0 when unknown).
+ * 144 bytes + payload; Python: "=IIIi QQQQQQQQ 40s 16s IHH". */
 struct data_event {
 	__u32 type; /* HELIX_EV_DATA */
 	__u32 pid;
@@ -30,7 +32,8 @@ struct data_event {
 	struct helix_endpoints ep;
 	char comm[HELIX_COMM_LEN];
 	__u32 payload_len;
-	__u32 _pad;
+	__u16 flags;       /* HELIX_DATA_TLS */
+	__u16 tls_version;
 	__u8 payload[]; /* payload_len bytes */
 };
 
@@ -46,12 +49,37 @@ struct data_more_event {
 	__u32 tid;
 	__u16 payload_len; /* <= payload_bytes - offset */
 	__u8 direction;    /* Direction in events.py: 0 egress, 1 ingress */
-	__u8 _pad;
+	__u8 flags;        /* HELIX_DATA_TLS */
 	__u64 ts_ns;  /* sys_enter of this syscall */
 	__u64 end_ns; /* sys_exit of this syscall */
 	__u64 sock;
 	__u64 offset; /* bytes of the message moved before this syscall */
 	__u8 payload[]; /* payload_len bytes */
+};
+
+/* The HTTP/2 frames one call moved on a connection in frame mode (h2.bpf.h): every frame header, and the payload of
+ * every frame but DATA (and but frames longer than HELIX_H2_KEEP_MAX or of unknown type), in stream order. A frame
+ * header or payload that straddles calls continues in the next record. A call with more to keep than one record holds
+ * sends several, with the same times. flags: HELIX_DATA_TLS, HELIX_H2_START, HELIX_H2_GAP.
+ * 112 bytes + payload; Python: "=IIIHH QQQQ 40s 16s II". */
+#define HELIX_H2_REC_MAX 2048 /* payload bytes per record */
+#define HELIX_H2_KEEP_MAX 16384 /* frames longer than this keep only their header (the default SETTINGS_MAX_FRAME_SIZE) */
+
+struct h2_event {
+	__u32 type; /* HELIX_EV_H2 */
+	__u32 pid;
+	__u32 tid;
+	__u16 flags;
+	__u16 tls_version;
+	__u64 ts_ns;  /* entry of the syscall or TLS call */
+	__u64 end_ns; /* its return */
+	__u64 sock;
+	__u64 size;   /* bytes the call moved */
+	struct helix_endpoints ep;
+	char comm[HELIX_COMM_LEN];
+	__u32 payload_len;
+	__u32 _pad;
+	__u8 payload[];
 };
 
 /* close(2) of a tracked socket fd. 56 bytes; Python: "=IIIi QQQQ". */
@@ -118,6 +146,7 @@ _Static_assert(sizeof(struct helix_endpoints) == 40, "mirrored in decode.py");
 _Static_assert(sizeof(struct data_event) == 144, "mirrored in decode.py");
 _Static_assert(sizeof(struct data_more_event) == 48, "mirrored in decode.py");
 _Static_assert(sizeof(struct close_event) == 56, "mirrored in decode.py");
+_Static_assert(sizeof(struct h2_event) == 112, "mirrored in decode.py");
 _Static_assert(sizeof(struct connect_event) == 96, "mirrored in decode.py");
 _Static_assert(sizeof(struct tcp_fault_event) == 72, "mirrored in decode.py");
 _Static_assert(sizeof(struct file_io_event) == 336, "mirrored in decode.py");

@@ -79,13 +79,15 @@ struct {
 	__type(value, struct offcpu_state);
 } offcpu SEC(".maps");
 
-/* A syscall between sys_enter and sys_exit, per thread: kind 0 when none is. One slot per thread that made a traced
- * syscall, written in place by each (io.bpf.c rw_enter) and deleted at thread exit; LRU, so a missed exit cannot
- * leak. 16384 x ~100 B = 1.6 MiB. */
+/* Per thread: the syscall between sys_enter and sys_exit (sc.kind 0 when none is), the TLS library call the thread is
+ * in (tls_ssl 0 when none is) and what links an SSL object to its socket. One slot per thread that made a traced
+ * syscall or TLS call, written in place by each (io.bpf.c rw_enter, tls.bpf.h) and deleted at thread exit; LRU, so a
+ * missed exit cannot leak. 16384 x ~170 B = 2.7 MiB. */
 enum { IF_SOCK = 1, IF_FILE = 2 };
 enum { BUF_PLAIN = 0, BUF_IOV = 1, BUF_MSG = 2 };
 
-struct inflight {
+/* One read/write-family call: a syscall, or a TLS library call handing plaintext over (tls.bpf.h fills one in). */
+struct sys_call {
 	__u64 ts_ns;
 	__u64 obj;    /* struct sock * (IF_SOCK) or struct file * (IF_FILE) */
 	__u64 buf;    /* user buffer, iovec array or msghdr, per bufkind */
@@ -95,6 +97,24 @@ struct inflight {
 	__u8 op;      /* Direction for sockets, FileOp for files */
 	__u8 bufkind; /* BUF_* */
 	__u8 _pad[5];
+};
+
+struct inflight {
+	struct sys_call sc; /* what rw_enter writes */
+	/* the TLS library call (SSL_read, SSL_write, their _ex forms, a handshake) between its entry and return probes */
+	__u64 tls_ssl;     /* SSL * */
+	__u64 tls_buf;
+	__u64 tls_len_ptr; /* SSL_read_ex/SSL_write_ex: where the call stores the byte count; 0 for SSL_read/SSL_write */
+	__u64 tls_ts;
+	__u64 tls_sock;    /* the socket the thread did I/O on inside the call: the SSL's own (0: none) */
+	__u8 tls_dir;      /* Direction, or 0xff for a handshake */
+	__u8 last_dir;     /* direction of last_sock's syscall */
+	__u8 _pad[6];
+	/* linking SSL objects whose library does no socket I/O inside its calls (memory BIOs: Node.js, gRPC) */
+	__u64 last_sock;   /* the thread's last traced socket syscall */
+	__u64 last_ns;
+	__u64 pend_ssl;    /* an SSL not linked yet that the thread just used: linked to its next socket syscall */
+	__u64 pend_ns;
 };
 
 struct {

@@ -132,7 +132,9 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	if (bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), BPF_CORE_READ(bprm, filename)) < 0)
 		ev->filename[0] = 0;
-	rb_submit(ev, sizeof(*ev));
+	/* woken at once (execs are rare): the agent attaches the TLS probes to a new program that links OpenSSL
+	 * statically before it gets far (edge/sources/ebpf/tls_attach.py) */
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 

@@ -489,7 +489,7 @@ static __always_inline __s32 field_len(const __u8 *p, __u32 start, __u32 max, __
 
 /* The series of an HTTP request about to be held back; false when it cannot be counted exactly as the span path
  * would (then the request is sent instead). */
-static __always_inline bool red_request(struct data_event *ev, int mlen, bool server, struct inflight *in, __u64 now,
+static __always_inline bool red_request(struct data_event *ev, int mlen, bool server, struct sys_call *in, __u64 now,
 					struct sample_work *w)
 {
 	const __u8 *p = ev->payload;
@@ -544,7 +544,7 @@ undecidable:
 
 /* Decide an HTTP request message; true: send it (and its exchange), false: hold the exchange back. */
 static __always_inline bool http_decide(struct data_event *ev, __u32 got, int mlen, struct conn_state *st,
-					struct inflight *in, __u64 size, __u64 threshold, __u64 now, __u64 id)
+					struct sys_call *in, __u64 size, __u64 threshold, __u64 now, __u64 id)
 {
 	__u32 zero = 0, tid = (__u32)id;
 	struct sample_work *w = bpf_map_lookup_elem(&work, &zero);
@@ -617,7 +617,7 @@ static __always_inline bool http_decide(struct data_event *ev, __u32 got, int ml
 }
 
 /* Decide an MQTT PUBLISH written whole by this syscall with a traceparent user property. */
-static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 size, struct inflight *in,
+static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 size, struct sys_call *in,
 					struct conn_state *st, __u64 threshold, __u64 now)
 {
 	__u32 zero = 0, rl = 0, hdr = 0, tlen;
@@ -672,7 +672,7 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 }
 
 /* The decision for a message starting with this syscall (its data_event is built in `ev`): true to send it. */
-static __always_inline bool message_keeps(struct data_event *ev, __u32 got, struct conn_state *st, struct inflight *in,
+static __always_inline bool message_keeps(struct data_event *ev, __u32 got, struct conn_state *st, struct sys_call *in,
 					  __u64 size, __u64 now, __u64 id)
 {
 	/* The snapshot's length reloaded from memory, and reloaded again by every loop's bound check: a bound checked

@@ -185,22 +185,56 @@ def _memlock() -> Check:
                  "set LimitMEMLOCK=infinity in the systemd unit, or `ulimit -l unlimited` before starting")
 
 
-def _load(cfg: Config) -> Check:
+def _load(cfg: Config) -> list[Check]:
     from .sources.ebpf.loader import open_probes
     try:
         probes = open_probes(cfg.ebpf if cfg.ebpf.enabled != "off" else None)
     except ProbeUnavailable as e:
-        return Check("probes load and attach", False, e.reason, e.fix)
+        return [Check("probes load and attach", False, e.reason, e.fix)]
     try:
         attached = probes.attached_programs
         skipped = probes.skipped_programs
         objects = probes.object_files
+        tls = _tls(cfg, probes) if cfg.ebpf.tls else Check("TLS libraries", True, "sources.ebpf.tls = false: TLS "
+                                                            "plaintext is not read")
     finally:
         probes.close()
     detail = f"{len(attached)} programs attached and detached again ({', '.join(objects)})"
     if skipped:
         detail += f"; skipped (tracepoint missing): {', '.join(skipped)}"
-    return Check("probes load and attach", True, detail)
+    return [Check("probes load and attach", True, detail), tls]
+
+
+def _tls(cfg: Config, probes: Any) -> Check:
+    """Attach the TLS uprobes as the agent would, to every OpenSSL the traced processes map, and name the processes
+    whose TLS they cannot read."""
+    from .sources.ebpf.tls_attach import TlsAttacher
+    attacher = TlsAttacher(probes, os.getpid(), frozenset(cfg.ebpf.pids) if cfg.ebpf.pids else None)
+    try:
+        attacher.start()
+        status = attacher.status()
+    except ProbeUnavailable as e:
+        return Check("TLS libraries", False, e.reason, e.fix)
+    finally:
+        attacher.close()
+    libs = status["libraries"]
+    lines = [f"attached to {len(libs)} file(s) and detached again:"]
+    lines += [f"      {lib['path']} ({lib['stack']}, mapped by {lib['processes']} process(es))" for lib in libs]
+    unreadable = status["unreadable"]
+    if unreadable:
+        lines.append("    TLS the probes cannot read (counted, their encrypted traffic has no HTTP/MQTT spans):")
+        lines += [f"      {stack}: {u['processes']} process(es): {', '.join(u['names'])}"
+                  + (", ..." if u["processes"] > len(u["names"]) else "") for stack, u in unreadable.items()]
+    if status["attach_errors"]:
+        failures = status["attach_failures"]
+        lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(failures))
+        if os.geteuid() != 0 and any("Permission denied" in f for f in failures):
+            fix = ("this kernel refuses uprobes to an agent with only CAP_BPF and CAP_PERFMON: run it as root (without "
+                   "HELIX_USER) to read TLS plaintext; the other probes work as they are")
+        else:
+            fix = "check that the files are readable by root and not on a noexec mount"
+        return Check("TLS libraries", False, "\n".join(lines), fix)
+    return Check("TLS libraries", True, "\n".join(lines))
 
 
 def run_checks(cfg: Config | None = None) -> list[Check]:

@@ -1,23 +1,32 @@
 """How an uplink batch leaves the node: over MQTT (QoS 1, the broker's PUBACK) or HTTP POST to the gateway.
 
-A transport sends one encoded batch and returns once the far side acknowledged it, else raises SendError;
-`permanent` says that resending the same bytes can never succeed.
+A transport sends one encoded batch and returns once the far side took it, else raises SendError; `permanent` says
+that resending the same bytes can never succeed. `send` returns True when the batch is settled end to end (HTTP: the
+gateway answers after its export), False when a gateway's confirmation is still to come (MQTT: the broker's PUBACK
+only says the broker holds it; confirmations arrive on the node's ack topic, uplink/confirm.py).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from edge.config.uplink import UplinkConfig
-from edge.errors import UplinkError
+from edge.errors import DecodeError, UplinkError
 from edge.net.mqtt_client import MqttClient, MqttError, reason_name
-from edge.net.retry import parse_retry_after
+from edge.net.retry import Throttle, parse_retry_after
 
+from .confirm import Settled, decode_confirm
 from .wire import MEDIA_TYPE
 
-__all__ = ["Transport", "SendError", "MqttTransport", "HttpTransport", "make_transport"]
+__all__ = ["Transport", "SendError", "MqttTransport", "HttpTransport", "make_transport", "OnConfirm", "OnLost"]
+
+# A gateway confirmed these (seq, outcome) pairs.
+OnConfirm = Callable[[list[tuple[int, Settled]]], None]
+# The connection that batches awaiting confirmation went over is gone: the broker may have lost them.
+OnLost = Callable[[], None]
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +43,34 @@ class SendError(UplinkError):
 
 
 class Transport(Protocol):
-    """Delivers one encoded batch and returns once the far side acknowledged it, else raises SendError."""
+    """Delivers one encoded batch; True when settled end to end, False when a confirmation is to follow."""
 
-    async def send(self, payload: bytes) -> None: ...
+    async def send(self, payload: bytes) -> bool: ...
 
     async def close(self) -> None: ...
 
 
 class MqttTransport:
-    """MQTT v5 publisher that (re)connects lazily; QoS 1 waits for the broker's PUBACK and reads its reason code."""
+    """MQTT v5 publisher that (re)connects lazily; QoS 1 waits for the broker's PUBACK and reads its reason code.
 
-    def __init__(self, cfg: UplinkConfig, node_id: str) -> None:
+    With an ack topic it also subscribes there and passes each gateway confirmation to `on_confirm`; when the
+    connection breaks it calls `on_lost`. A broker that refuses the subscription (an ACL from before confirmations)
+    leaves the node on PUBACKs alone, said in the log.
+    """
+
+    def __init__(self, cfg: UplinkConfig, node_id: str, on_confirm: OnConfirm | None = None,
+                 on_lost: OnLost | None = None) -> None:
         self._cfg = cfg
         self._node_id = node_id
         self._topic = cfg.topic_for(node_id)
+        self._ack_topic = cfg.ack_topic_for(node_id) if on_confirm is not None else ""
+        self._on_confirm = on_confirm
+        self._on_lost = on_lost
         self._client: MqttClient | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.confirming = False  # confirmations are subscribed to on the current connection
+        self.bad_confirms = 0
+        self._throttle = Throttle()
 
     async def _connect(self) -> MqttClient:
         cfg = self._cfg
@@ -60,12 +82,49 @@ class MqttTransport:
             await client.connect()
         except MqttError as e:
             raise SendError(f"uplink broker unreachable at {cfg.broker}: {e}") from None
-        log.info("uplink connected to broker %s topic=%s", cfg.broker, self._topic)
+        self.confirming = False
+        if self._ack_topic:
+            try:
+                await client.subscribe(self._ack_topic, qos=1)
+                self.confirming = True
+            except MqttError as e:
+                if not client.connected:
+                    await _quietly_disconnect(client)
+                    raise SendError(f"uplink broker unreachable at {cfg.broker}: {e}") from None
+                log.warning("uplink: %s; batches leave the spool on the broker's PUBACK alone, and a broker that "
+                            "crashes loses what it had not saved (fix: let this node read %s, `helix fleet acl`)",
+                            e, self._ack_topic)
+        log.info("uplink connected to broker %s topic=%s%s", cfg.broker, self._topic,
+                 f" confirmations on {self._ack_topic}" if self.confirming else "")
         self._client = client
+        self._listener = asyncio.ensure_future(self._listen(client))
         return client
 
-    async def send(self, payload: bytes) -> None:
-        """Publish one batch."""
+    async def _listen(self, client: MqttClient) -> None:
+        """Read confirmations until the connection ends; then report it lost."""
+        try:
+            async for message in client.messages:
+                if message.topic != self._ack_topic or self._on_confirm is None:
+                    continue
+                try:
+                    pairs = decode_confirm(message.payload)
+                except DecodeError as e:
+                    self.bad_confirms += 1
+                    if self._throttle.ready("confirm"):
+                        log.warning("uplink: ignored a confirmation on %s: %s", message.topic, e)
+                    continue
+                self._on_confirm(pairs)
+        except MqttError:
+            pass
+        finally:
+            if self._client is client:
+                self._client = None
+                await _quietly_disconnect(client)
+            if self._on_lost is not None:
+                self._on_lost()
+
+    async def send(self, payload: bytes) -> bool:
+        """Publish one batch; True when the PUBACK is all there will be (no confirmations on this connection)."""
         client = self._client or await self._connect()
         try:
             code = await client.publish(self._topic, payload, qos=self._cfg.qos, timeout=self._cfg.send_timeout)
@@ -77,15 +136,23 @@ class MqttTransport:
         if code >= 0x80 or code == _NO_MATCHING_SUBSCRIBERS:
             raise SendError(f"uplink broker {self._cfg.broker} did not take the batch on {self._topic}: "
                             f"{reason_name(code)} (is a gateway subscribed, and may this node publish there?)")
+        return not (self.confirming and self._cfg.qos > 0)
 
     async def close(self) -> None:
         """Disconnect (quietly: the connection may already be gone)."""
         client, self._client = self._client, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
         if client is not None:
-            try:
-                await asyncio.wait_for(client.disconnect(), 2.0)
-            except Exception:  # noqa: BLE001 - a broken connection cannot be closed cleanly; it is dropped anyway
-                pass
+            await _quietly_disconnect(client)
+
+
+async def _quietly_disconnect(client: MqttClient) -> None:
+    try:
+        await asyncio.wait_for(client.disconnect(), 2.0)
+    except Exception:  # noqa: BLE001 - a broken connection cannot be closed cleanly; it is dropped anyway
+        pass
 
 
 class HttpTransport:
@@ -100,18 +167,21 @@ class HttpTransport:
         self._headers = {"Content-Type": MEDIA_TYPE}
         if cfg.token:
             self._headers["Authorization"] = f"Bearer {cfg.token}"
+        # https:// with the uplink's TLS files: the CA to trust and, for gateways that identify nodes by
+        # certificate, this node's client certificate.
+        self._ssl = cfg.tls("uplink").context() if cfg.url.startswith("https://") else None
 
-    async def send(self, payload: bytes) -> None:
-        """POST one batch."""
+    async def send(self, payload: bytes) -> bool:
+        """POST one batch; the gateway answers 2xx once it settled it, so this is the end-to-end confirmation."""
         aiohttp = self._aiohttp
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._cfg.send_timeout))
         url = self._cfg.url
         try:
-            async with self._session.post(url, data=payload, headers=self._headers) as resp:
+            async with self._session.post(url, data=payload, headers=self._headers, ssl=self._ssl) as resp:
                 text = (await resp.content.read(512)).decode("utf-8", "replace").strip()
                 if 200 <= resp.status < 300:
-                    return
+                    return True
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise SendError(f"uplink gateway unreachable at {url}: {e or type(e).__name__}") from None
@@ -126,8 +196,9 @@ class HttpTransport:
             await session.close()
 
 
-def make_transport(cfg: UplinkConfig, node_id: str) -> Transport:
-    """The transport named by `cfg.transport`."""
+def make_transport(cfg: UplinkConfig, node_id: str, on_confirm: OnConfirm | None = None,
+                   on_lost: OnLost | None = None) -> Transport:
+    """The transport named by `cfg.transport`; MQTT listens for confirmations when `cfg.ack_topic` is set."""
     if cfg.transport == "http":
         return HttpTransport(cfg)
-    return MqttTransport(cfg, node_id)
+    return MqttTransport(cfg, node_id, on_confirm if cfg.ack_topic else None, on_lost)

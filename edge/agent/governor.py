@@ -32,7 +32,6 @@ import asyncio
 import ctypes
 import gc
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,13 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..net.retry import RateLimitedLog
+from ..runtime.rss import read_rss
 
 __all__ = ["MemoryGovernor", "GovernorStats", "Measured", "Bounded", "Budgeted", "KeepProbability", "read_rss",
            "LEVELS", "SHARES", "MIN_BOUND", "MIN_INBOX"]
 
 log = logging.getLogger(__name__)
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink": 0.80, "burst": 0.90, "drop": 0.95}
 RELAX = 0.60
@@ -110,15 +109,6 @@ class _Part:
     backlog_at: float | None = None  # share of its bound past which its bytes mean a burst still queues at the door
     bound: int = 0  # the bound set now
     target: int = 0  # where its bound regrows to: the plan, or before one the bound it came with
-
-
-def read_rss() -> int:
-    """Resident set size of this process in bytes (/proc/self/statm, second field)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 @dataclass(slots=True)

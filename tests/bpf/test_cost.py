@@ -15,7 +15,8 @@ pytestmark = pytest.mark.bpf
 def test_program_info_and_run_statistics(load_probes: Callable[..., ProbeSet]) -> None:
     probes = load_probes()
     info = probes.program_info()
-    assert sorted(info) == sorted(probes.attached_programs)
+    # the attached programs, and the TLS uprobe programs (loaded, attached per library file by tls_attach.py)
+    assert sorted(info) == sorted([*probes.attached_programs, *probes.uprobe_programs()])
     for name, i in info.items():
         assert i.name == name[:NAME_LEN] and i.id > 0, i
         assert i.xlated_insns > 0 and i.jited_bytes > 0 and i.verified_insns > 0, i

@@ -120,3 +120,31 @@ def test_cost_unprivileged_says_what_it_needs() -> None:
     assert out.returncode == 1, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     assert "cannot read BPF run-time statistics" in out.stdout and "CAP_SYS_ADMIN" in out.stdout, out.stdout
+
+
+@pytest.mark.bpf
+def test_doctor_lists_tls_libraries_attached_and_processes_it_cannot_read() -> None:
+    # a process on the host's libssl (Python's ssl), and one whose only TLS is grpcio's symbol-less BoringSSL
+    script = "import sys, time; exec(sys.argv[1]); print('up', flush=True); time.sleep(60)"
+    procs = [subprocess.Popen([sys.executable, "-c", script, code], stdout=subprocess.PIPE, text=True)
+             for code in ("import ssl", "import grpc")]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "up\n"
+        checks = run_checks(Config())
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(5)
+    tls = next(c for c in checks if c.name == "TLS libraries")
+    if not tls.ok and os.geteuid() != 0:
+        bpf_unavailable(tls.detail)
+    assert tls.ok, tls.detail
+    lines = tls.detail.splitlines()
+    assert lines[0].startswith("attached to ") and any(ln.strip().startswith("/") and "libssl.so.3 (OpenSSL, mapped by"
+                                                       in ln for ln in lines), tls.detail
+    boring = [ln for ln in lines if "BoringSSL (static, no symbols)" in ln]
+    # named, unless ten processes with lower pids are named before it on a busy host
+    assert any(f"python ({procs[1].pid})" in ln or ln.endswith(", ...") for ln in boring), tls.detail
+    text = format_checks(checks)
+    assert "✔ TLS libraries: attached to" in text and "TLS the probes cannot read" in text

@@ -129,8 +129,9 @@ async def test_b3_and_jaeger_context_and_404(kernel_spans, http_server: Server) 
         assert c.status_code == StatusCode.ERROR  # but it is a failed call for the client
 
 
-@pytest.fixture
-def nginx(tmp_path: Path, http_server: Server):
+def run_nginx(tmp_path: Path, server_block: str) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx at its defaults but for one `server` block (`{port}` in it: a free port) and paths in tmp_path; returns
+    once it accepts connections."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(binary).exists():
         pytest.fail("nginx is not installed (apt-get install nginx-light)")
@@ -146,10 +147,7 @@ http {{
   access_log off;
   client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
   uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://127.0.0.1:{http_server.port}; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
+  server {{ {server_block.replace("{port}", str(port))} }}
 }}
 """)
     proc = subprocess.Popen([binary, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE)
@@ -161,6 +159,13 @@ http {{
             break
         except OSError:
             time.sleep(0.05)
+    return proc, port
+
+
+@pytest.fixture
+def nginx(tmp_path: Path, http_server: Server):
+    proc, port = run_nginx(tmp_path, "listen 127.0.0.1:{port}; location / { proxy_pass http://127.0.0.1:"
+                           f"{http_server.port}; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}")
     yield port
     proc.terminate()
     proc.wait(5)

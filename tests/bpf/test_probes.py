@@ -151,7 +151,8 @@ async def test_detach_and_attach_again(kernel: Any, http_server: Server) -> None
     assert not [e for e in k.events if getattr(e, "pid", None) == unseen]
 
     k.probes.attach()
-    assert k.probes.attached and sorted(k.probes.program_info()) == sorted(k.probes.attached_programs)
+    assert k.probes.attached and sorted(k.probes.program_info()) == sorted(
+        [*k.probes.attached_programs, *k.probes.uprobe_programs()])
     seen, _ = await curl(http_server.port)
     out = (await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == seen))[0]
     assert out.payload.startswith(b"GET /path HTTP/1.1")

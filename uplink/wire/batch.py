@@ -319,8 +319,9 @@ def read_header(data: bytes) -> tuple[int, int]:
     return version, dict_id
 
 
-def decode_batch(data: bytes, max_bytes: int) -> Batch:
-    """Decode one uplink batch; at most `max_bytes` are ever decompressed. Any problem is a DecodeError."""
+def decode_batch(data: bytes, max_bytes: int, max_spans: int = 65536) -> Batch:
+    """Decode one uplink batch; at most `max_bytes` are ever decompressed, and a batch of more than `max_spans`
+    spans is refused before any span is built. Any problem is a DecodeError."""
     version, dict_id = read_header(data)
     if version not in READ_VERSIONS:
         raise DecodeError(f"uplink batch format version {version} is not supported (this gateway reads "
@@ -331,7 +332,7 @@ def decode_batch(data: bytes, max_bytes: int) -> Batch:
     except Exception as e:  # noqa: BLE001 - the CBOR library may raise several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
     try:
-        return _decode_body(body, version, dict_id)
+        return _decode_body(body, version, dict_id, max_spans)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape we did not foresee is still bad input
@@ -402,7 +403,7 @@ def _check_native(v: Any, what: str, depth: int) -> AttrValue:
     raise DecodeError(f"uplink batch: {what} has a value of unsupported type {tv.__name__}")
 
 
-def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
+def _decode_body(body: Any, version: int, dict_id: int, max_spans: int) -> Batch:
     _expect(type(body) is list, f"body must be an array, got {type(body).__name__}")
     _expect(len(body) == _N_FIELDS, f"body must have {_N_FIELDS} fields for format version {version}, got {len(body)}")
     node_id, seq, created = body[_F_NODE], body[_F_SEQ], body[_F_CREATED]
@@ -434,6 +435,7 @@ def _decode_body(body: Any, version: int, dict_id: int) -> Batch:
     packed = body[_F_PACKED]
     _expect(type(packed) is bytes, "kind/status/source column must be bytes")
     n = len(packed)
+    _expect(n <= max_spans, f"{n} spans, over the limit of {max_spans} per batch")
     raw_ids = body[_F_SPAN_IDS]
     if type(raw_ids) is bytes:
         _expect(len(raw_ids) == 8 * n, f"span-id column holds {len(raw_ids)} bytes for {n} spans")

@@ -20,7 +20,7 @@ from edge.errors import DecodeError
 
 from . import dictionaries
 
-__all__ = ["SPANS_MAGIC", "METRICS_MAGIC", "SPANS_HEADER", "METRICS_HEADER", "compress", "decompress"]
+__all__ = ["SPANS_MAGIC", "METRICS_MAGIC", "SPANS_HEADER", "METRICS_HEADER", "compress", "decompress", "content_size"]
 
 SPANS_MAGIC = b"HX"
 METRICS_MAGIC = b"HM"
@@ -58,17 +58,23 @@ def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
     return zstandard.ZstdDecompressor(dict_data=dictionaries.load(dict_id) if dict_id else None)
 
 
-def decompress(frame: bytes, dict_id: int, max_bytes: int, what: str) -> bytes:
-    """The bytes of one zstd frame, at most `max_bytes` of them; any problem is a DecodeError starting with `what`."""
-    decompressor = _decompressor(dict_id)
+def content_size(frame: bytes, what: str) -> int:
+    """The size one zstd frame declares it decompresses to; DecodeError if it is not a frame or declares none."""
     try:
         params = zstandard.get_frame_parameters(frame)
     except zstandard.ZstdError as e:
         raise DecodeError(f"{what} is not a zstd frame: {e}") from None
     if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
         raise DecodeError(f"{what} zstd frame does not declare its content size")
-    if params.content_size > max_bytes:
-        raise DecodeError(f"{what} would decompress to {params.content_size} bytes, over the limit of {max_bytes}")
+    return int(params.content_size)
+
+
+def decompress(frame: bytes, dict_id: int, max_bytes: int, what: str) -> bytes:
+    """The bytes of one zstd frame, at most `max_bytes` of them; any problem is a DecodeError starting with `what`."""
+    decompressor = _decompressor(dict_id)
+    size = content_size(frame, what)
+    if size > max_bytes:
+        raise DecodeError(f"{what} would decompress to {size} bytes, over the limit of {max_bytes}")
     try:
         return decompressor.decompress(frame, max_output_size=max_bytes)
     except zstandard.ZstdError as e:

@@ -63,6 +63,13 @@ _PrintFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.
 # int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
 SampleCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
+
+class _UprobeOpts(ctypes.Structure):
+    """struct bpf_uprobe_opts as libbpf 1.0 and 1.1 lay it out (`sz` tells newer versions which fields we know)."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t), ("bpf_cookie", ctypes.c_uint64),
+                ("retprobe", ctypes.c_bool), ("func_name", ctypes.c_char_p)]
+
 _FIXES = {
     _errno.EPERM: "run the agent as root, or give it CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE "
                   "(and check that kernel.unprivileged_bpf_disabled or a security module does not forbid bpf())",
@@ -160,6 +167,8 @@ class Libbpf:
         self._fn("bpf_program__set_autoload", c_int, v, c_bool)
         self._fn("bpf_program__autoload", c_bool, v)
         self._fn("bpf_program__attach", v, v)
+        self._fn("bpf_object__find_program_by_name", v, v, c_char_p)
+        self._fn("bpf_program__attach_uprobe_opts", v, v, c_int, c_char_p, c_size_t, ctypes.POINTER(_UprobeOpts))
         self._fn("bpf_link__destroy", c_int, v)
         self._fn("bpf_map_create", c_int, c_int, c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, v)
         self._fn("bpf_map_update_elem", c_int, c_int, v, v, ctypes.c_uint64)
@@ -248,6 +257,13 @@ class Libbpf:
     def attach(self, p: int) -> int:
         """bpf_program__attach by section name; returns the link."""
         return self.check_ptr(self.lib.bpf_program__attach(p), f"cannot attach {self.prog_name(p)}")
+
+    def attach_uprobe(self, p: int, path: str, offset: int, *, retprobe: bool = False, pid: int = -1) -> int:
+        """bpf_program__attach_uprobe_opts at a file offset of `path` (every process mapping it with pid -1); returns
+        the link."""
+        opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), 0, 0, retprobe, None)
+        return self.check_ptr(self.lib.bpf_program__attach_uprobe_opts(p, pid, path.encode(), offset, ctypes.byref(opts)),
+                              f"cannot attach {self.prog_name(p)} to {path}+{offset:#x}")
 
     def map_create(self, map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:
         """bpf_map_create; returns the new fd (the caller closes it)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...config.reader import Section, duration, setting, str_list, whole
+from ...config.reader import Section, boolean, duration, setting, str_list, whole
 from ...errors import ConfigError
 
 __all__ = ["EbpfSourceConfig"]
@@ -38,6 +38,13 @@ class EbpfSourceConfig(Section):
     max_connections: int = setting(16384, whole(64, 1_000_000))
     response_timeout: float = setting(30.0, duration(0.1, 3600.0))
     message_gap: float = setting(0.005, duration(0.0, 10.0))
+    # TLS plaintext through uprobes on OpenSSL (bpf/tls.bpf.h), attached per library file; processes are rescanned
+    # this often for libraries loaded after they started (and files no process maps any more are detached).
+    tls: bool = setting(True, boolean)
+    tls_rescan: float = setting(10.0, duration(1.0, 3600.0))
+    # HTTP/2 request headers (gRPC metadata) kept on spans as http.request.header.<name> (rpc.grpc.request.metadata.
+    # <name>): a request id to correlate with logs, say. Names are matched in lower case.
+    capture_headers: tuple[str, ...] = setting((), str_list)
     # The tracing pipeline's own traffic is not traced: its MQTT topics and OTLP/uplink HTTP paths.
     ignore_topic_prefixes: tuple[str, ...] = setting(("helix/",), str_list)
     ignore_http_paths: tuple[str, ...] = setting(("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/batches"), str_list)

@@ -23,6 +23,7 @@ from .events import (
     FaultKind,
     FileIoEvent,
     FileOp,
+    H2Event,
     KernelEvent,
     Role,
     TcpFaultEvent,
@@ -32,19 +33,23 @@ from .events import (
 __all__ = ["DecodeStats", "decode_event", "decode_batch", "EVENT_TYPES", "RECORD_SIZES"]
 
 # bpf/helix.h enum helix_event_type
-EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE, EV_WAKEUP = range(1, 10)
+EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE, EV_WAKEUP, EV_H2 = range(1, 11)
 EVENT_TYPES = {EV_DATA: "data", EV_CLOSE: "close", EV_CONNECT: "connect", EV_TCP_FAULT: "tcp_fault",
                EV_EXEC: "exec", EV_EXIT: "exit", EV_FILE_IO: "file_io", EV_DATA_MORE: "data_more",
-               EV_WAKEUP: "wakeup"}
+               EV_WAKEUP: "wakeup", EV_H2: "h2"}
+# bpf/helix.h record flags
+F_TLS, F_H2_START, F_H2_GAP = 1 << 0, 1 << 1, 1 << 2
 
 _TYPE = struct.Struct("=I")
 _EP = "16s16sHHHBB"  # bpf/helix.h struct helix_endpoints (40 bytes)
 # bpf/io.h struct data_event (144 bytes + payload)
-_DATA = struct.Struct("=IIIi QQQQQQQQ" + _EP + " 16s II")
+_DATA = struct.Struct("=IIIi QQQQQQQQ" + _EP + " 16s IHH")
 _RV_KERNEL = 1 << 63  # bpf/helix.h HELIX_RV_KERNEL
 _RV_MASK = (1 << 56) - 1
 # bpf/io.h struct data_more_event (48 bytes + payload)
 _DATA_MORE = struct.Struct("=IIIHBB QQQQ")
+# bpf/io.h struct h2_event (112 bytes + payload)
+_H2 = struct.Struct("=IIIHH QQQQ" + _EP + " 16s II")
 # bpf/io.h struct close_event (56 bytes)
 _CLOSE = struct.Struct("=IIIi QQQQQ")
 # bpf/io.h struct connect_event (96 bytes)
@@ -60,9 +65,9 @@ _EXIT = struct.Struct("=IIiI Q 16s")
 # bpf/proc.h struct wakeup_event (32 bytes)
 _WAKEUP = struct.Struct("=IIII QQ")
 
-RECORD_SIZES = {EV_DATA: _DATA.size, EV_DATA_MORE: _DATA_MORE.size, EV_CLOSE: _CLOSE.size, EV_CONNECT: _CONNECT.size,
-                EV_TCP_FAULT: _FAULT.size, EV_FILE_IO: _FILE_IO.size, EV_EXEC: _EXEC.size, EV_EXIT: _EXIT.size,
-                EV_WAKEUP: _WAKEUP.size}
+RECORD_SIZES = {EV_DATA: _DATA.size, EV_DATA_MORE: _DATA_MORE.size, EV_H2: _H2.size, EV_CLOSE: _CLOSE.size,
+                EV_CONNECT: _CONNECT.size, EV_TCP_FAULT: _FAULT.size, EV_FILE_IO: _FILE_IO.size, EV_EXEC: _EXEC.size,
+                EV_EXIT: _EXIT.size, EV_WAKEUP: _WAKEUP.size}
 
 _AF_INET, _AF_INET6 = 2, 10
 _ROLES = tuple(Role)
@@ -131,19 +136,29 @@ def _decode(kind: int, raw: bytes) -> KernelEvent:
         return WakeupEvent(ts, pid, waker, wakee, since)
     if kind == EV_DATA:
         (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu, rv,
-         saddr, daddr, sport, dport, family, role, direction, comm, plen, _pad) = _DATA.unpack_from(raw)
+         saddr, daddr, sport, dport, family, role, direction, comm, plen, flags, tlsv) = _DATA.unpack_from(raw)
         payload = raw[_DATA.size:_DATA.size + plen]
         if len(payload) != plen:
             raise _Short
         return DataEvent(ts, end, pid, tid, _cstr(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
                          _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
-                         prev_bytes, prev_end, offcpu, rv & _RV_MASK if rv & _RV_KERNEL else None)
+                         prev_bytes, prev_end, offcpu, rv & _RV_MASK if rv & _RV_KERNEL else None,
+                         bool(flags & F_TLS), tlsv)
     if kind == EV_DATA_MORE:
-        _, pid, tid, plen, direction, _pad, ts, end, sock, offset = _DATA_MORE.unpack_from(raw)
+        _, pid, tid, plen, direction, flags, ts, end, sock, offset = _DATA_MORE.unpack_from(raw)
         payload = raw[_DATA_MORE.size:_DATA_MORE.size + plen]
         if len(payload) != plen:
             raise _Short
-        return DataMoreEvent(ts, end, sock, pid, tid, _DIRECTIONS[direction], offset, payload)
+        return DataMoreEvent(ts, end, sock, pid, tid, _DIRECTIONS[direction], offset, payload, bool(flags & F_TLS))
+    if kind == EV_H2:
+        (_, pid, tid, flags, tlsv, ts, end, sock, size, saddr, daddr, sport, dport, family, role, direction, comm,
+         plen, _pad) = _H2.unpack_from(raw)
+        payload = raw[_H2.size:_H2.size + plen]
+        if len(payload) != plen:
+            raise _Short
+        return H2Event(ts, end, pid, tid, _cstr(comm), sock, _ROLES[role], _DIRECTIONS[direction],
+                       _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
+                       bool(flags & F_H2_START), bool(flags & F_H2_GAP), bool(flags & F_TLS), tlsv)
     if kind == EV_CLOSE:
         _, pid, tid, fd, ts, sock, last_bytes, last_end, offcpu = _CLOSE.unpack_from(raw)
         return CloseEvent(ts, pid, tid, fd, sock, last_bytes, last_end, offcpu)

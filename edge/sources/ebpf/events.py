@@ -15,6 +15,7 @@ __all__ = [
     "Endpoint",
     "DataEvent",
     "DataMoreEvent",
+    "H2Event",
     "CloseEvent",
     "ConnectEvent",
     "TcpFaultEvent",
@@ -78,6 +79,8 @@ class DataEvent:
     # The 56-bit randomness the kernel chose for this context-less request when it sampled it (None: it did not);
     # the span builder makes it the trace's randomness so that the agent's sampler decides as the kernel did.
     rv: int | None = None
+    tls: bool = False  # the bytes are TLS plaintext, read at the TLS library: the connection is encrypted on the wire
+    tls_version: int = 0  # the negotiated version as OpenSSL numbers it (0x0304: TLS 1.3); 0 when unknown
 
 
 @dataclass(slots=True)
@@ -96,6 +99,35 @@ class DataMoreEvent:
     direction: Direction
     offset: int  # bytes of the message moved before this syscall: where `payload` goes in the snapshot
     payload: bytes
+    tls: bool = False
+
+
+@dataclass(slots=True)
+class H2Event:
+    """The HTTP/2 frames one call moved on a connection in frame mode (bpf/h2.bpf.h).
+
+    `payload` is the connection's byte stream in that direction with every DATA payload left out (and the payload of
+    frames longer than H2_KEEP_MAX or of unknown type): frame headers and control-frame payloads, in order. A frame
+    that straddles calls continues in the next event of the same direction. `gap`: bytes before this event were lost
+    and it begins at a frame header; `start`: the connection's first frames, its HPACK tables still empty.
+    """
+
+    ts_ns: int  # entry of the syscall (or TLS library call)
+    end_ns: int  # its return
+    pid: int
+    tid: int
+    comm: str
+    sock: int
+    role: Role
+    direction: Direction
+    local: Endpoint
+    remote: Endpoint
+    size: int  # bytes the call moved
+    payload: bytes
+    start: bool = False
+    gap: bool = False
+    tls: bool = False
+    tls_version: int = 0
 
 
 @dataclass(slots=True)
@@ -200,5 +232,5 @@ class WakeupEvent:
     wakee_since_ns: int  # when the wakee was switched out (its sleep began); 0 when not known
 
 
-KernelEvent = (DataEvent | DataMoreEvent | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent | FileIoEvent
-               | WakeupEvent)
+KernelEvent = (DataEvent | DataMoreEvent | H2Event | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent
+               | FileIoEvent | WakeupEvent)

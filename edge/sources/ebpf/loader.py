@@ -87,7 +87,7 @@ _FILTER_CGROUPS = 1 << 1
 _PAYLOAD_MAX = 1024  # bpf/helix.h HELIX_PAYLOAD_MAX
 _THRESHOLD_MAX = (1 << 56) - 1
 _SLOW_FILE_OFF = (1 << 64) - 1
-_DROP_REASONS = ("ringbuf_full", "state_full")  # bpf/helix.h enum helix_drop
+_DROP_REASONS = ("ringbuf_full", "state_full", "tls_unlinked", "h2_desync")  # bpf/helix.h enum helix_drop
 # bpf/helix.h enum helix_decision
 _DECISIONS = ("kept", "sampled_out", "undecidable_kept", "aggregate_full", "no_status", "incomplete", "thread_rv")
 # bpf/helix.h struct helix_red_bounds, helix_red_key, helix_red_val
@@ -236,6 +236,11 @@ def raise_memlock() -> str:
     return "raised RLIMIT_MEMLOCK to unlimited"
 
 
+def _is_uprobe(section: str) -> bool:
+    """Uprobe programs (the TLS library's) attach per library file (tls_attach.py), not with the object."""
+    return section.startswith(("uprobe", "uretprobe"))
+
+
 def _tracepoint_of(section: str) -> str | None:
     """'tracepoint/syscalls/sys_enter_read' -> 'syscalls/sys_enter_read'; raw_tp sections -> category unknown."""
     if section.startswith("tracepoint/"):
@@ -290,6 +295,8 @@ class _Object:
         """Turn off optional programs whose tracepoint this kernel lacks; fail on required ones."""
         for p in self.lib.programs(self.obj):
             name, section = self.lib.prog_name(p), self.lib.prog_section(p)
+            if _is_uprobe(section):
+                continue
             tp = _tracepoint_of(section)
             if tp is not None:
                 exists = tracefs is None or (tracefs / "events" / tp).is_dir()
@@ -314,7 +321,7 @@ class _Object:
         self.attached.clear()
         self.attached_fds.clear()
         for p in self.lib.programs(self.obj):
-            if not self.lib.lib.bpf_program__autoload(p):
+            if not self.lib.lib.bpf_program__autoload(p) or _is_uprobe(self.lib.prog_section(p)):
                 continue
             self.links.append(self.lib.attach(p))
             self.attached.append(self.lib.prog_name(p))
@@ -560,12 +567,28 @@ class ProbeSet:
                 obj.attach_all()
 
     def program_info(self) -> dict[str, _libbpf.ProgInfo]:
-        """The kernel's bpf_prog_info of each attached program, by function name (run_time_ns and run_cnt advance
-        only while run-time statistics are on: see cost.py)."""
+        """The kernel's bpf_prog_info of each attached program and of the TLS uprobe programs, by function name
+        (run_time_ns and run_cnt advance only while run-time statistics are on: see cost.py)."""
         if self._closed:
             raise ProbeUnavailable("the probes are closed", "open them again")
         lib = _libbpf.libbpf()
-        return {name: lib.prog_info(fd) for o in self._objects for name, fd in zip(o.attached, o.attached_fds)}
+        out = {name: lib.prog_info(fd) for o in self._objects for name, fd in zip(o.attached, o.attached_fds)}
+        out.update((name, lib.prog_info(lib.prog_fd(p))) for name, p in self.uprobe_programs().items())
+        return out
+
+    def uprobe_programs(self) -> dict[str, int]:
+        """The loaded uprobe programs (the TLS library's, bpf/tls.bpf.h), by name: attached per file by
+        tls_attach.py, not with the objects."""
+        if self._closed:
+            raise ProbeUnavailable("the probes are closed", "open them again")
+        lib = _libbpf.libbpf()
+        return {lib.prog_name(p): p for o in self._objects for p in lib.programs(o.obj)
+                if _is_uprobe(lib.prog_section(p)) and lib.lib.bpf_program__autoload(p)}
+
+    def hint_h2(self, sock: int) -> None:
+        """Tell the probes that `sock` speaks HTTP/2 (seen in its message snapshots): they walk its frames from its
+        next message on (bpf/h2.bpf.h). Kernels without bpf_loop never do."""
+        _libbpf.libbpf().update(self._map("h2_hint")[0], _U64.pack(sock), b"\x01")
 
     @property
     def skipped_programs(self) -> list[str]:

@@ -11,10 +11,12 @@ from typing import Any
 
 from .config import EbpfSourceConfig
 from ...model import Source, Span
-from .events import KernelEvent
+from ...errors import ProbeUnavailable
+from .events import ExecEvent, ExitEvent, KernelEvent
 from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet, RedAggregate,
                      open_probes)
 from .spans import SpanBuilder, SpanBuilderConfig, split_host
+from .tls_attach import TlsAttacher
 
 __all__ = ["EbpfSource", "EbpfSourceStats"]
 
@@ -28,6 +30,9 @@ _THRESHOLD_MAX = (1 << 56) - 1
 
 # How often spans whose ending never comes (no response, no close) are pushed out by time.
 _FLUSH_INTERVAL_S = 1.0
+# After an exec, the new program's libraries are looked for this long after (the dynamic loader maps them after the
+# exec the probes report; a library opened later is found by the periodic rescan).
+_EXEC_SCANS_S = (0.0, 0.05, 0.5, 2.0)
 
 
 @dataclass(slots=True)
@@ -50,13 +55,18 @@ class EbpfSource:
         self.own_pid = own_pid
         self.builder = SpanBuilder(SpanBuilderConfig(max_connections=cfg.max_connections,
                                                      response_timeout=cfg.response_timeout,
-                                                     payload_bytes=cfg.payload_bytes))
+                                                     payload_bytes=cfg.payload_bytes,
+                                                     capture_headers=tuple(h.lower() for h in cfg.capture_headers)))
         self.probes: ProbeSet | None = None
         self.stream: KernelEventStream | None = None
         self.stats = EbpfSourceStats()
         self._red_sink: RedSink | None = None
         self._red_buckets = 0
         self._red_seen: dict[bytes, tuple[int, int, tuple[int, ...]]] = {}  # raw key -> (errors, sum_ns, buckets)
+        self.tls: TlsAttacher | None = None
+        self.tls_error = ""  # why TLS plaintext is not read, when it is not
+        self._tls_lock = asyncio.Lock()
+        self._tls_tasks: set[asyncio.Task[None]] = set()
 
     def set_sample_threshold(self, threshold: int) -> None:
         """Apply the agent's sampling threshold in the kernel (0 keeps everything)."""
@@ -126,9 +136,58 @@ class EbpfSource:
         self.probes = await asyncio.to_thread(open_probes, self.cfg, self_pid=self.own_pid)
         self.stream = KernelEventStream(self.probes, self._on_events)
         self.stream.start(asyncio.get_running_loop())
+        self.builder.on_h2 = self.probes.hint_h2
+        if self.cfg.tls:
+            tls = TlsAttacher(self.probes, self.own_pid, frozenset(self.cfg.pids) if self.cfg.pids else None)
+            try:
+                async with self._tls_lock:
+                    await asyncio.to_thread(tls.start)
+                self.tls = tls
+            except ProbeUnavailable as e:
+                tls.close()
+                self.tls_error = f"{e.reason} ({e.fix})"
+                log.warning("TLS plaintext will not be read: %s", self.tls_error)
+        else:
+            self.tls_error = "sources.ebpf.tls = false"
 
     def _on_events(self, events: list[KernelEvent]) -> None:
         self._emit(self.builder.feed(events))
+        if self.tls is not None:
+            for ev in events:
+                if type(ev) is ExecEvent:
+                    self._tls_later(ev.pid, _EXEC_SCANS_S)
+                elif type(ev) is ExitEvent:
+                    self._tls_later(ev.pid, ())
+
+    def _tls_later(self, pid: int, delays: tuple[float, ...]) -> None:
+        """Look at a process's TLS libraries after each delay (none: it exited, forget it)."""
+        task = asyncio.get_running_loop().create_task(self._tls_pid(pid, delays))
+        self._tls_tasks.add(task)
+        task.add_done_callback(self._tls_tasks.discard)
+
+    async def _tls_pid(self, pid: int, delays: tuple[float, ...]) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        if not delays:
+            async with self._tls_lock:
+                await asyncio.to_thread(tls.forget, pid)
+            return
+        waited = 0.0
+        for delay in delays:
+            await asyncio.sleep(delay - waited)
+            waited = delay
+            async with self._tls_lock:
+                await asyncio.to_thread(tls.scan_pid, pid)
+
+    async def _tls_rescans(self) -> None:
+        while self.tls is not None:
+            await asyncio.sleep(self.cfg.tls_rescan)
+            try:
+                async with self._tls_lock:
+                    await asyncio.to_thread(self.tls.scan_all)
+            except Exception:  # a rescan failing must not stop the next one
+                log.exception("rescanning processes for TLS libraries failed")
 
     def _ignored(self, span: Span) -> bool:
         topic = span.attributes.get("messaging.destination.name")
@@ -148,7 +207,15 @@ class EbpfSource:
             self.stats.dropped_inbox_full += len(kept) - accepted
 
     async def run(self) -> None:
-        """Push out timed-out spans and the kernel's new RED counts once a second until cancelled."""
+        """Push out timed-out spans and the kernel's new RED counts once a second until cancelled; rescan processes
+        for TLS libraries every `tls_rescan`."""
+        rescans = asyncio.create_task(self._tls_rescans())
+        try:
+            await self._flush_loop()
+        finally:
+            rescans.cancel()
+
+    async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(_FLUSH_INTERVAL_S)
             self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
@@ -162,6 +229,8 @@ class EbpfSource:
         self.cfg = cfg
         if self.probes is not None:
             self.probes.set_allowed_pids(cfg.pids or None)
+        if self.tls is not None:
+            self.tls.allowed = frozenset(cfg.pids) if cfg.pids else None
 
     async def stop(self) -> None:
         """Emit what is pending, stop reading and detach every probe."""
@@ -169,6 +238,12 @@ class EbpfSource:
             self.stream.poll()
             self.stream.close()
         self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**12))
+        for task in list(self._tls_tasks):
+            task.cancel()
+        if self.tls is not None:
+            async with self._tls_lock:
+                await asyncio.to_thread(self.tls.close)
+            self.tls = None
         if self.probes is not None:
             try:
                 self.poll_red()  # the last counts, before the maps go
@@ -192,6 +267,10 @@ class EbpfSource:
                 # only once BPF run-time statistics have been on (kernel.bpf_stats_enabled=1 or helix doctor --cost)
                 out["programs"] = {name: {"runs": p.run_cnt, "run_time_ns": p.run_time_ns}
                                    for name, p in programs.items()}
+        if self.tls is not None:
+            out["tls"] = self.tls.status()
+        elif self.tls_error:
+            out["tls"] = {"off": self.tls_error}
         out["red_counted"] = self.stats.red_counted
         out["red_series_freed"] = self.stats.red_series_freed
         bs = self.builder.stats

@@ -45,7 +45,11 @@ def test_doctor_as_root_switches_to_the_user_and_the_probes_still_attach() -> No
     _need_root()
     out = _helix(["doctor"], {"HELIX_USER": "nobody"})
     assert "✔ capabilities: user nobody (uid 65534, switched from root)" in out.stdout, out.stdout + out.stderr
-    assert "✔ probes load and attach" in out.stdout and out.returncode == 0, out.stdout
+    assert "✔ probes load and attach" in out.stdout, out.stdout
+    # The TLS uprobes are the exception on this kernel: refused to CAP_BPF + CAP_PERFMON (EACCES), which doctor says
+    failed = [ln for ln in out.stdout.splitlines() if ln.startswith("✘")]
+    tls_refused = failed == ["✘ TLS libraries: attached to 0 file(s) and detached again:"] and "run it as root" in out.stdout
+    assert (out.returncode == 0 and not failed) or (out.returncode == 1 and tls_refused), out.stdout
 
 
 def test_without_setuid_root_stays_root_with_only_the_probe_capabilities() -> None:

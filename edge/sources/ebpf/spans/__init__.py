@@ -48,15 +48,17 @@ from ..events import (
     ExecEvent,
     ExitEvent,
     FileIoEvent,
+    H2Event,
     KernelEvent,
     TcpFaultEvent,
     WakeupEvent,
 )
-from . import file_io, tcp
+from . import file_io, http2, tcp
 from .causes import Causes
 from .http import HTTP, split_host
+from .http2 import HTTP2
 from .mqtt import MQTT
-from .tables import SETTLE, Conn, Connections, Proc, Processes, Snapshot, WireProtocol
+from .tables import SETTLE, Conn, Connections, Proc, Processes, Snapshot, WireProtocol, looks_like_tls
 
 __all__ = [
     "SpanBuilderConfig",
@@ -81,7 +83,7 @@ _OPAQUE_AFTER = 3
 
 # The application protocols, asked in this order to recognise a connection's messages. A new protocol is one module
 # implementing WireProtocol (tables.py) and one entry here.
-PROTOCOLS: tuple[WireProtocol, ...] = (HTTP, MQTT)
+PROTOCOLS: tuple[WireProtocol, ...] = (HTTP, HTTP2, MQTT)
 
 
 class Clock(Protocol):
@@ -149,6 +151,7 @@ class SpanBuilderConfig:
     broker_ports: tuple[int, ...] = (1883, 8883)
     payload_bytes: int = 256  # what the probes send of each message: a shorter snapshot may be topped up
     host_name: str = field(default_factory=socket.gethostname)
+    capture_headers: tuple[str, ...] = ()  # request headers (HTTP/2) or gRPC metadata kept as span attributes
 
     def __post_init__(self) -> None:
         for key in ("max_connections", "max_processes", "max_threads", "max_pending_per_connection",
@@ -167,10 +170,12 @@ class SpanBuilderStats:
     events: int = 0
     spans: int = 0
     http_spans: int = 0
+    http2_spans: int = 0
     mqtt_spans: int = 0
     connect_spans: int = 0
     file_spans: int = 0
-    unparsed: int = 0  # messages no parser recognised (TLS, binary, unknown protocols)
+    unparsed: int = 0  # messages no parser recognised (binary, unknown protocols)
+    tls_records: int = 0  # messages of TLS records: handshakes, and ciphertext of TLS the probes cannot read
     continuation: int = 0  # body bytes of an HTTP message that began in an earlier snapshot
     unmatched_responses: int = 0  # a response with no request waiting for it
     unseen_responses: int = 0  # requests answered inside a response message whose head the snapshot missed
@@ -190,6 +195,13 @@ class SpanBuilderStats:
     faults_orphaned: int = 0
     span_events_dropped: int = 0
     internal_errors: int = 0
+    h2_header_blocks: int = 0  # HPACK blocks decoded
+    h2_partial_blocks: int = 0  # ... with fields that could not be known (dynamic entries from before a loss, a cut)
+    h2_blocks_lost: int = 0  # header blocks whose start was not seen (their insertions are unknown)
+    h2_data_frames: int = 0
+    h2_gaps: int = 0  # frame-mode records after a loss (ring buffer full)
+    h2_goaway: int = 0
+    h2_snapshots: int = 0  # HTTP/2 read from message snapshots (before frame mode, or kernels without it)
 
 
 class SpanBuilder:
@@ -208,11 +220,15 @@ class SpanBuilder:
         self.causes = Causes(self.config.max_threads)
         self._offset_ns = 0
         self._synced_at: int | None = None
+        # Told the sockets found speaking HTTP/2 in message snapshots, so that the probes walk their frames from then
+        # on (ProbeSet.hint_h2); None where no probes listen (replays, tests).
+        self.on_h2: Callable[[int], None] | None = None
         self._resync()
         # Events by type: a kind of record the probes gain is one more entry.
         self._on_event: dict[type[Any], Callable[[Any, list[Span]], None]] = {
             DataEvent: self._on_data,
             DataMoreEvent: self._on_more,
+            H2Event: lambda ev, out: http2.on_frames(self, ev, out),
             CloseEvent: self._on_close,
             ConnectEvent: lambda ev, out: tcp.on_connect(self, ev, out),
             TcpFaultEvent: lambda ev, out: tcp.on_fault(self, ev, out),
@@ -277,7 +293,7 @@ class SpanBuilder:
             if conn is None or conn.snap is None:
                 conns.partials.discard(sock)
             elif conn.snap.deadline_ns <= now_mono_ns:
-                self._settle(conn, out)
+                self.settle(conn, out)
         for sock in list(conns.waiting):
             conn = conns.get(sock)
             if conn is None or conn.state is None or not conn.state.expire(self, conn, now_mono_ns, out):
@@ -317,7 +333,7 @@ class SpanBuilder:
     def _end(self, conn: Conn, at_ns: int, why: str, last_end_ns: int | None, last_bytes: int,
              out: list[Span]) -> None:
         if conn.snap is not None:
-            self._settle(conn, out)
+            self.settle(conn, out)
         if conn.state is not None:
             conn.state.close(self, conn, at_ns, why, last_end_ns, last_bytes, out)
         self.conns.drop(conn)
@@ -327,7 +343,7 @@ class SpanBuilder:
     def _on_data(self, ev: DataEvent, out: list[Span]) -> None:
         conn = self.conns.get(ev.sock)
         if conn is not None and conn.snap is not None:
-            self._settle(conn, out)  # the message before this one is over: decode what is left of it
+            self.settle(conn, out)  # the message before this one is over: decode what is left of it
         conn = self.conns.for_data(ev)
         if conn.state is not None:
             conn.state.data_arrives(self, conn, ev, out)
@@ -381,15 +397,15 @@ class SpanBuilder:
         snap = conn.snap
         assert snap is not None
         if not snap.open or conn.opaque:
-            self._settle(conn, out)
+            self.settle(conn, out)
             return
         step = self._assemble(conn, snap.data, snap.decoded)
         if step == SETTLE:
-            self._settle(conn, out)
+            self.settle(conn, out)
         elif step > max(snap.decoded, 0):
             self._decode_part(conn, snap, max(snap.decoded, 0), step, out)
 
-    def _settle(self, conn: Conn, out: list[Span]) -> None:
+    def settle(self, conn: Conn, out: list[Span]) -> None:
         """The message's snapshot is final: decode what was not decoded yet and forget it."""
         snap, conn.snap = conn.snap, None
         self.conns.partials.discard(conn.sock)
@@ -420,6 +436,12 @@ class SpanBuilder:
         if conn.state is not None and conn.state.message_begins(self, conn, ev, same_direction, out):
             return
         conn.seq += 1
+        if not ev.tls and looks_like_tls(ev.payload):
+            # TLS on the wire: a handshake before the library's plaintext takes over, or a stack the probes cannot
+            # read; not an unknown protocol.
+            self.stats.tls_records += 1
+            conn.opaque = True
+            return
         if conn.opaque:
             self.stats.unparsed += 1
             return

@@ -22,7 +22,7 @@ from .tcp import add_event, take_faults
 if TYPE_CHECKING:
     from . import SpanBuilder
 
-__all__ = ["HTTP", "split_host"]
+__all__ = ["HTTP", "split_host", "server_attrs"]
 
 _NS = 1_000_000_000
 _NO_MSG, _REQ_MSG, _RESP_MSG = range(3)
@@ -318,18 +318,12 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         attrs["url.path"] = req.path
     if req.query:
         attrs["url.query"] = req.query
-    attrs["url.scheme"] = "http"
-    host, port = split_host(req.host)
-    if server:
-        attrs["server.address"] = host or conn.local.addr
-        attrs["server.port"] = port if port is not None else conn.local.port
-        attrs["client.address"] = conn.remote.addr
-        attrs["client.port"] = conn.remote.port
-    else:
-        attrs["server.address"] = host or conn.remote.addr
-        attrs["server.port"] = port if port is not None else conn.remote.port
+    scheme = "https" if conn.tls else "http"
+    attrs["url.scheme"] = scheme
+    server_attrs(attrs, conn, req.host, server)
+    if not server:
         authority = req.host or _join_host(conn.remote.addr, conn.remote.port)
-        attrs["url.full"] = f"http://{authority}{req.target}" if req.target.startswith("/") else req.target
+        attrs["url.full"] = f"{scheme}://{authority}{req.target}" if req.target.startswith("/") else req.target
     connection_attrs(attrs, conn, "http", local=True)
     version = req.version or (resp.version if resp else "")
     if version:
@@ -400,6 +394,19 @@ def split_host(host: str) -> tuple[str, int | None]:
     if port_s.isdigit() and port_s.isascii() and int(port_s) < 65536:
         return name, int(port_s)
     return name, None
+
+
+def server_attrs(attrs: Attributes, conn: Conn, authority: str, server: bool) -> None:
+    """server.* (from the Host or :authority, else the socket) and, on the server's side, client.*."""
+    host, port = split_host(authority)
+    if server:
+        attrs["server.address"] = host or conn.local.addr
+        attrs["server.port"] = port if port is not None else conn.local.port
+        attrs["client.address"] = conn.remote.addr
+        attrs["client.port"] = conn.remote.port
+    else:
+        attrs["server.address"] = host or conn.remote.addr
+        attrs["server.port"] = port if port is not None else conn.remote.port
 
 
 def _join_host(addr: str, port: int) -> str:

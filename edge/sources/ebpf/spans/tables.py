@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ....model import Attributes, Event, Resource, Span
-from ..events import DataEvent, DataMoreEvent, Endpoint, ExecEvent, Role
+from ..events import DataEvent, DataMoreEvent, Endpoint, ExecEvent, H2Event, Role
 
 if TYPE_CHECKING:
     from . import SpanBuilder, SpanBuilderStats
 
 __all__ = ["Proc", "Processes", "Snapshot", "Conn", "ConnState", "Connections", "WireProtocol", "SETTLE", "WAIT",
-           "process_attrs", "connection_attrs"]
+           "process_attrs", "connection_attrs", "looks_like_tls"]
 
 # What a protocol's `assemble` says about a message still arriving (any other value: decode up to that offset).
 SETTLE = -1  # decode all of it now
@@ -102,8 +102,12 @@ def process_attrs(attrs: Attributes, pid: int, tid: int, comm: str) -> None:
         attrs["process.executable.name"] = comm
 
 
+_TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}
+
+
 def connection_attrs(attrs: Attributes, conn: Conn, protocol: str, local: bool) -> None:
-    """The peer (and with `local`, this side) of the connection a span's message went over, and its protocol."""
+    """The peer (and with `local`, this side) of the connection a span's message went over, its protocol, and
+    whether it was encrypted (read at the TLS library: `helix.tls`, and the version where the library told it)."""
     attrs["network.peer.address"] = conn.remote.addr
     attrs["network.peer.port"] = conn.remote.port
     if local:
@@ -111,6 +115,18 @@ def connection_attrs(attrs: Attributes, conn: Conn, protocol: str, local: bool) 
         attrs["network.local.port"] = conn.local.port
     attrs["network.transport"] = "tcp"
     attrs["network.protocol.name"] = protocol
+    if conn.tls:
+        attrs["helix.tls"] = True
+        attrs["tls.protocol.name"] = "tls"
+        version = _TLS_VERSIONS.get(conn.tls_version)
+        if version:
+            attrs["tls.protocol.version"] = version
+
+
+def looks_like_tls(payload: bytes) -> bool:
+    """Whether bytes begin with a TLS record header (content type 20..23, version 3.0 to 3.4): a handshake, or the
+    ciphertext of a connection whose plaintext the probes read (or cannot read)."""
+    return len(payload) >= 5 and 20 <= payload[0] <= 23 and payload[1] == 3 and payload[2] <= 4
 
 
 @dataclass(slots=True)
@@ -200,12 +216,14 @@ class Conn:
     remote: Endpoint
     proto: WireProtocol | None = None  # the protocol that recognised it; None while unknown
     state: ConnState | None = None  # that protocol's state; stays when the connection turns opaque
-    opaque: bool = False  # nothing recognised, or switched to a protocol not decoded (TLS, WebSocket, h2c)
+    opaque: bool = False  # nothing recognised, or switched to a protocol not decoded (WebSocket, unreadable TLS)
     seq: int = 0  # messages seen
     misses: int = 0  # consecutive unrecognised messages
     faults: list[Event] = field(default_factory=list)
     snap: Snapshot | None = None  # the message in flight while its bytes are still being assembled
     last_direction: int = -1
+    tls: bool = False  # its messages are TLS plaintext, read at the TLS library
+    tls_version: int = 0  # as OpenSSL numbers it; 0 when unknown
 
 
 class Connections:
@@ -233,11 +251,14 @@ class Connections:
         """Mark `sock` as just used."""
         self._conns.move_to_end(sock)
 
-    def for_data(self, ev: DataEvent) -> Conn:
-        """The connection a data event belongs to, made if new; its owner and role follow the event."""
+    def for_data(self, ev: DataEvent | H2Event) -> Conn:
+        """The connection a data (or HTTP/2 frames) event belongs to, made if new; its owner and role follow the
+        event, and so does TLS: plaintext from the TLS library makes it an encrypted connection whose messages parse
+        again (its ciphertext may have made it opaque)."""
         conn = self._conns.get(ev.sock)
         if conn is None:
             conn = Conn(ev.sock, ev.pid, ev.comm, ev.role, ev.local, ev.remote)
+            self._tls(conn, ev)
             self._conns[ev.sock] = conn
             self.by_pid.setdefault(ev.pid, set()).add(ev.sock)
             if len(self._conns) > self.max_connections:
@@ -252,7 +273,17 @@ class Connections:
         conn.comm = ev.comm or conn.comm
         if ev.role != Role.UNKNOWN:
             conn.role = ev.role
+        self._tls(conn, ev)
         return conn
+
+    @staticmethod
+    def _tls(conn: Conn, ev: DataEvent | H2Event) -> None:
+        if ev.tls:
+            if not conn.tls:
+                conn.tls = True
+                conn.opaque = False
+                conn.misses = 0
+            conn.tls_version = ev.tls_version or conn.tls_version
 
     def of_process(self, pid: int) -> Iterator[Conn]:
         """The connections of process `pid` (the caller may drop each as it goes)."""

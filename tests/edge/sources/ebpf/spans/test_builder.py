@@ -18,9 +18,15 @@ def test_garbage_and_tls_are_counted_not_spans():
     hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(200))
     noise = bytes(range(255, 0, -1))
     out = b.feed([data(1, IN if i % 2 == 0 else OUT, i * 1_000, hello if i % 2 == 0 else noise) for i in range(5)])
-    assert out == [] and b.stats.unparsed == 5
-    assert b.conns.get(1).opaque  # written off as opaque after three misses: later messages skip the parsers
+    # TLS records are TLS (a handshake, or ciphertext the probes cannot read), not an unknown protocol
+    assert out == [] and b.stats.tls_records == 3 and b.stats.unparsed == 2
+    assert b.conns.get(1).opaque  # written off as opaque: later messages skip the parsers
     b.feed([CloseEvent(10_000, 100, 101, 7, 1, 0, 0, 0)])
+    assert_clean(b)
+    # noise alone: written off as opaque after three misses
+    out = b.feed([data(2, IN if i % 2 == 0 else OUT, i * 1_000, noise) for i in range(3)])
+    assert out == [] and b.stats.unparsed == 5 and b.conns.get(2).opaque
+    b.feed([CloseEvent(10_000, 100, 101, 7, 2, 0, 0, 0)])
     assert_clean(b)
 
 
