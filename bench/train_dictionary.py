@@ -21,7 +21,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from uplink.wire import dictionaries  # noqa: E402
-from uplink.wire import batch_body  # noqa: E402
+from uplink.wire.batch_v2 import body as batch_body  # noqa: E402
 
 TRAIN_SEED = 101
 _SIZES = (16, 32, 64, 128, 256, 512)

@@ -1,16 +1,19 @@
 """Uplink bytes per span on spans real tracers emitted (bench/corpus.py) and on the generator's (bench/_workload.py):
-OTLP protobuf + zstd (the same-run reference), the shipped batch format (version 2 + its dictionary) and the
-columnar format (version 3) with a table set the node learned from its own earlier traffic.
+OTLP protobuf + zstd (the same-run reference), the shipped format 2 with its dictionary, and format 3 cold, learned
+and as a node runs it.
 
-Each stream is what one node sends, in order. The node learns from the first --train-fraction of it and encodes
-the rest ("learned"); "cold" encodes the same spans with no table set (a node's first minutes); every encoding of a
-row sees the same spans cut at the same batch boundaries. "rolling" replays the whole stream as a node would:
-cold until --retrain-every spans have passed, then a table set learned from the last --window spans, renewed every
---retrain-every spans, each publication's bytes counted. Every span of every stream is checked to decode exactly.
+Each stream is what one node sends, in order; every encoding of a row sees the same spans cut at the same batch
+boundaries. "learned": the node learned a table set from the first --train-fraction of the stream and encodes the
+rest with it (the steady state); "cold": the same spans with no table set (a node's first minutes). "node": the
+whole stream replayed through the node's own learner (uplink/learner.py) at --rate spans per second, cold until its
+first table set, every table-set message it publishes counted; the replay learns synchronously (a node adopts a set
+a few batches later). "id floor": the bytes of the random ids alone (8 per span id, 16 per distinct trace id of a
+batch, 8 per parent outside the batch), which no exact encoding goes below. Every span of every stream is checked to
+decode exactly.
 
-Run: python bench/uplink_corpus.py [--batches 512,32] [--train-fraction 0.3] [--level 3]. Times are CPU time
-(process_time) of one core, best of --repeat runs, beside the shipped format's on the same batches and a fixed
-calibration loop. The last line is one JSON object.
+Run: python bench/uplink_corpus.py [--batches 512,32] [--rate 20] [--breakdown] [--policies] [--levels]. Times are
+CPU time (process_time) of one core, best of --repeat runs, beside the shipped format's on the same batches and a
+fixed calibration loop. The last line is one JSON object.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from bench.corpus import load_all  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
+from edge.config.uplink import UplinkConfig  # noqa: E402
 from edge.model import Span  # noqa: E402
-from uplink import columnar  # noqa: E402
-from uplink.dictionary import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
-from uplink.wire import decode_batch, encode_batch  # noqa: E402
+from uplink.learner import LearningPolicy, TableLearner  # noqa: E402
+from uplink.wire import columnar, decode_batch, encode_batch  # noqa: E402
+from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
 
 NODE = "edge-node-01"
 MAX_BYTES = 64 * 1024 * 1024
 REAL = "real corpus"
+_SUMMED = ("otlp_zstd", "v2_dict", "v3_cold", "v3_learned", "id_floor")
+_NODE_SUMMED = ("otlp_zstd", "v3_node")
 
 
 def batches(spans: Sequence[Span], size: int) -> list[Sequence[Span]]:
@@ -53,18 +60,33 @@ def otlp_zstd(bs: list[Sequence[Span]], level: int) -> int:
 
 
 def shipped(bs: list[Sequence[Span]], level: int) -> int:
-    """Bytes of the shipped format (version 2 with the shipped dictionary)."""
-    return sum(len(encode_batch(b, NODE, i, level=level, created_ns=i)) for i, b in enumerate(bs))
+    """Bytes of format 2 with the shipped dictionary."""
+    return sum(len(encode_batch(b, NODE, i, level=level, created_ns=i, version=2)) for i, b in enumerate(bs))
 
 
 def v3(bs: list[Sequence[Span]], tables: TableSet, level: int) -> int:
-    """Bytes of the columnar format, every batch checked to decode exactly."""
+    """Bytes of format 3, every batch checked to decode exactly."""
     total = 0
     for i, b in enumerate(bs):
         data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i)
-        assert _exact(columnar.decode(data, tables, MAX_BYTES).spans, b), "columnar batch did not round-trip"
+        assert _exact(_decode(data, tables).spans, b), "format 3 batch did not round-trip"
         total += len(data)
     return total
+
+
+def id_floor(bs: list[Sequence[Span]]) -> int:
+    """Bytes of the random ids no exact encoding can leave out: span ids, each batch's distinct trace ids, and the
+    ids of parents outside the batch."""
+    total = 0
+    for b in bs:
+        ids = {s.span_id for s in b}
+        total += 8 * len(b) + 16 * len({s.trace_id for s in b})
+        total += 8 * sum(1 for s in b if s.parent_span_id and s.parent_span_id not in ids)
+    return total
+
+
+def _decode(data: bytes, tables: TableSet) -> Any:
+    return decode_batch(data, MAX_BYTES, {tables.id: tables}.get)
 
 
 def _exact(got: Sequence[Span], want: Sequence[Span]) -> bool:
@@ -72,35 +94,43 @@ def _exact(got: Sequence[Span], want: Sequence[Span]) -> bool:
     return list(got) == list(want) and repr(list(got)) == repr(list(want))
 
 
-def rolling(spans: Sequence[Span], size: int, level: int, every: int, window: int,
-            limits: TrainingLimits) -> dict[str, float]:
-    """Replay a stream as a node would: cold at first; every `every` spans a candidate table set is learned from
-    the last `window` spans, and published only if, on the period just sent, it saves more than its message costs."""
-    tables: TableSet = EMPTY
-    seen = since = batch_bytes = msg_bytes = sets = candidates = 0
-    period: list[Sequence[Span]] = []
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def replay(spans: Sequence[Span], size: int, policy: LearningPolicy, rate: float, sample_bytes: int) -> dict[str, Any]:
+    """The stream as a node sends it at `rate` spans/s: batches encoded with the learner's set in use, candidates
+    learned, judged and adopted by its policy, each adopted set's message counted."""
+    clock = _Clock()
+    learner = TableLearner(policy, NODE, sample_bytes, clock)
+    batch_bytes = msg_bytes = 0
+    cpu = 0.0
     for i, b in enumerate(batches(spans, size)):
-        if since >= every:
-            candidates += 1
-            cand = columnar.learn(spans[max(0, seen - window):seen], limits, node_id=NODE, created_ns=seen)
-            msg = len(cand.to_message())
-            saved = sum(len(columnar.encode(p, NODE, 0, tables, level=level)) -
-                        len(columnar.encode(p, NODE, 0, cand, level=level)) for p in period)
-            if saved > msg:
-                tables = cand
-                msg_bytes += msg
-                sets += 1
-            since = 0
-            period = []
-        data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i)
-        assert _exact(columnar.decode(data, tables, MAX_BYTES).spans, b)
+        clock.t += len(b) / rate
+        tables = learner.current
+        data = encode_batch(b, NODE, i, level=policy.level, created_ns=i, version=3, tables=tables)  # as the client
+        assert _exact(_decode(data, tables).spans, b)
         batch_bytes += len(data)
-        period.append(b)
-        seen += len(b)
-        since += len(b)
+        learner.observe(b, len(data), tables.id)
+        reason = learner.due()
+        if reason:
+            t0 = time.process_time()
+            cand = learner.learn(*learner.begin(reason))
+            cpu += time.process_time() - t0
+            if learner.judge(cand):
+                learner.adopt(cand)
+                msg_bytes += len(cand.message)
     n = len(spans)
-    return {"batches_bytes_per_span": round(batch_bytes / n, 2), "candidates": candidates, "table_sets": sets,
-            "table_set_bytes": msg_bytes, "with_publication_bytes_per_span": round((batch_bytes + msg_bytes) / n, 2)}
+    st = learner.stats
+    return {"bytes_per_span": round((batch_bytes + msg_bytes) / n, 2), "batches_bytes_per_span": round(batch_bytes / n, 2),
+            "table_set_bytes": msg_bytes, "candidates": st.candidates, "adopted": st.adopted, "early": st.early,
+            "learn_cpu_s": round(cpu, 3), "learn_cpu_ms_per_candidate": round(cpu / max(1, st.candidates) * 1000, 1),
+            "sample_bytes": learner.sample.bytes, "sample_spans": len(learner.sample),
+            "table_set_node_bytes": learner.bytes}
 
 
 def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int) -> dict[str, float]:
@@ -138,22 +168,36 @@ def calibration_s() -> float:
 
 
 def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int, repeat: int) -> dict[str, float]:
-    """Encode and decode CPU time per span, columnar (learned tables) and shipped format, same batches."""
+    """Encode and decode CPU time per span, format 3 (learned tables) and format 2, same batches."""
     n = sum(len(b) for b in bs)
     enc = [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)]
-    old = [encode_batch(b, NODE, i, level=v2_level) for i, b in enumerate(bs)]
+    old = [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)]
     e3 = best_cpu(lambda: [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)], repeat)
-    d3 = best_cpu(lambda: [columnar.decode(x, tables, MAX_BYTES) for x in enc], repeat)
-    e2 = best_cpu(lambda: [encode_batch(b, NODE, i, level=v2_level) for i, b in enumerate(bs)], repeat)
+    d3 = best_cpu(lambda: [_decode(x, tables) for x in enc], repeat)
+    e2 = best_cpu(lambda: [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)], repeat)
     d2 = best_cpu(lambda: [decode_batch(x, MAX_BYTES) for x in old], repeat)
     return {"encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
             "v2_encode_us_per_span": round(e2 / n * 1e6, 2), "v2_decode_spans_per_s": round(n / d2),
             "encode_vs_v2": round(e3 / e2, 2), "decode_vs_v2": round(d3 / d2, 2)}
 
 
+def levels(bs: list[Sequence[Span]], tables: TableSet, repeat: int) -> dict[str, dict[str, float]]:
+    """Bytes per span and zstd CPU per span of format 3 at each zstd level (the body encoded once)."""
+    n = sum(len(b) for b in bs)
+    raws = [columnar.body(b, NODE, i, tables, created_ns=i) for i, b in enumerate(bs)]
+    out = {}
+    for lv in (1, 3, 6, 9, 19):
+        zc = tables.compressor(lv)
+        size = sum(len(zc.compress(r)) for r in raws)
+        cpu = best_cpu(lambda: [zc.compress(r) for r in raws], repeat)
+        out[f"level_{lv}"] = {"bytes_per_span": round(size / n, 2), "zstd_us_per_span": round(cpu / n * 1e6, 2)}
+    return out
+
+
 def node_memory(train: Sequence[Span], limits: TrainingLimits) -> dict[str, int]:
     """What a node holds to encode with a learned table set (counted by the set itself, and traced allocations),
-    and what a gateway holds per cached set (traced allocations of parsing its message and decoding a batch)."""
+    and what a gateway holds per cached set (counted by the set, and traced allocations of parsing its message and
+    decoding a batch)."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -164,14 +208,47 @@ def node_memory(train: Sequence[Span], limits: TrainingLimits) -> dict[str, int]
     msg = tables.to_message()
     before = tracemalloc.get_traced_memory()[0]
     fetched = parse_message(msg, MAX_BYTES, expect_id=tables.id)
-    batch = columnar.decode(data, fetched, MAX_BYTES)
+    batch = _decode(data, fetched)
     del batch, data
     gc.collect()
     gateway = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return {"node_bytes": tables.node_bytes(), "traced_python_bytes": held, "gateway_python_bytes": gateway,
-            "compressor_bytes": tables.compressor(3).memory_size(),
+    return {"node_bytes": tables.node_bytes(), "traced_python_bytes": held, "gateway_bytes": fetched.gateway_bytes(),
+            "gateway_python_bytes": gateway, "compressor_bytes": tables.compressor(3).memory_size(),
             "decompressor_bytes": fetched.decompressor().memory_size(), "message_bytes": len(msg)}
+
+
+def policies(spans: Sequence[Span], size: int, base: LearningPolicy, sample_bytes: int,
+             rates: Sequence[float] = (2.0, 20.0, 200.0)) -> dict[str, Any]:
+    """The node figure under other learning policies: rates, intervals, with and without the early candidate, and
+    other sample sizes."""
+    out = {}
+    keys = ("bytes_per_span", "batches_bytes_per_span", "candidates", "adopted", "early", "learn_cpu_s")
+    for rate in rates:
+        for interval in (60.0, 600.0, 3600.0):
+            for degrade in (base.degrade, float("inf")):
+                p = replace(base, interval=interval, degrade=degrade, min_gap=min(base.min_gap, interval))
+                r = replay(spans, size, p, rate, sample_bytes)
+                key = f"rate {rate:g}/s, every {interval:g} s{'' if degrade != float('inf') else ', no early'}"
+                out[key] = {k: r[k] for k in keys}
+    for mib in (0.25, 1, 4):
+        r = replay(spans, size, base, 20.0, int(mib * 1024 * 1024))
+        out[f"rate 20/s, sample {mib:g} MiB"] = {k: r[k] for k in (*keys, "sample_spans")}
+    return out
+
+
+def shifted_stream(streams: dict[str, list[Span]], generator_spans: int) -> list[Span]:
+    """A node whose traffic changes: the generator's spans, then the real sub-corpora's (Data Prepper, HotROD and
+    dd-trace-py spans, each sent three times under fresh ids), as after a deployment."""
+    import hashlib
+
+    def fresh(k: int, old: bytes) -> bytes:
+        return hashlib.blake2b(bytes([k]) + old, digest_size=len(old)).digest() if old else old
+
+    later = [s for name in ("dataprepper-sample-app", "hotrod-jaeger", "ddtrace-py-snapshots") for s in streams[name]]
+    copies = [replace(s, trace_id=fresh(k, s.trace_id), span_id=fresh(k, s.span_id),
+                      parent_span_id=fresh(k, s.parent_span_id)) for k in range(3) for s in later]
+    return list(streams["generator"][:generator_spans]) + copies
 
 
 def main() -> None:
@@ -179,27 +256,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=None, help="the demo-apps folder (default: HELIX_CORPUS or ../shared)")
     ap.add_argument("--batches", default="512,32", help="comma-separated batch sizes")
-    ap.add_argument("--level", type=int, default=3, help="zstd level of OTLP+zstd and the shipped format")
-    ap.add_argument("--v3-level", type=int, default=None, help="zstd level of the columnar format (default: --level)")
-    ap.add_argument("--train-fraction", type=float, default=0.3, help="share of each stream the node learns from")
-    ap.add_argument("--retrain-every", type=int, default=512, help="rolling: spans between table sets")
-    ap.add_argument("--window", type=int, default=4096, help="rolling: spans a table set is learned from")
+    ap.add_argument("--level", type=int, default=3, help="zstd level of every encoding (OTLP+zstd included)")
+    ap.add_argument("--train-fraction", type=float, default=0.3, help="learned: share of each stream learned from")
+    ap.add_argument("--rate", type=float, default=20.0, help="node: spans per second the replayed node sends")
     ap.add_argument("--generator-traces", type=int, default=1000, help="traces of bench/_workload.py (seed 1)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per speed figure (the least CPU time counts)")
-    ap.add_argument("--zdict-bytes", type=int, default=TrainingLimits().zdict_bytes)
-    ap.add_argument("--breakdown", action="store_true", help="also print what each body field costs (learned)")
+    ap.add_argument("--breakdown", action="store_true", help="also what each body field costs (learned)")
+    ap.add_argument("--policies", action="store_true", help="also the node figure under other learning policies")
+    ap.add_argument("--levels", action="store_true", help="also format 3 at zstd levels 1, 3, 6, 9 and 19")
     args = ap.parse_args()
     sizes = [int(x) for x in args.batches.split(",")]
-    lv3 = args.level if args.v3_level is None else args.v3_level
-    limits = TrainingLimits(zdict_bytes=args.zdict_bytes)
-    variants = {"tables_only": TrainingLimits(zdict_bytes=args.zdict_bytes, zdict=False),
-                "zdict_only": TrainingLimits(zdict_bytes=args.zdict_bytes, tables=False)}
+    cfg = UplinkConfig()
+    policy = replace(LearningPolicy.of(cfg), level=args.level)
+    limits = policy.limits
+    sample_bytes = cfg.learn_memory
 
     streams = dict(load_all(args.root))
     real = list(streams)
     streams["generator"] = realistic_spans(args.generator_traces, seed=1)
     calib = calibration_s()
-    result: dict[str, Any] = {"level": args.level, "v3_level": lv3, "train_fraction": args.train_fraction,
+    result: dict[str, Any] = {"level": args.level, "train_fraction": args.train_fraction, "rate": args.rate,
+                              "policy": {"interval_s": policy.interval, "after": policy.after,
+                                         "degrade": policy.degrade, "min_gap_s": policy.min_gap,
+                                         "sample_bytes": sample_bytes},
                               "calibration_loop_s": round(calib, 4), "streams": {}}
     totals: dict[int, dict[str, float]] = {size: {} for size in sizes}
 
@@ -207,50 +286,73 @@ def main() -> None:
         k = int(len(spans) * args.train_fraction)
         train, test = spans[:k], spans[k:]
         tables = columnar.learn(train, limits, node_id=NODE, created_ns=0) if train else EMPTY
-        alt = {v: columnar.learn(train, lim, node_id=NODE, created_ns=0) if train else EMPTY
-               for v, lim in variants.items()}
         row: dict[str, Any] = {"spans": len(spans), "train_spans": k,
                                "table_set": node_memory(train, limits) if train else {}}
         for size in sizes:
             all_b, test_b = batches(spans, size), batches(test, size)
             n_all, n_test = len(spans), len(test)
-            fig = {
-                "baseline": {"otlp_zstd": otlp_zstd(all_b, args.level) / n_all,
-                             "v2_dict": shipped(all_b, args.level) / n_all},
+            fig: dict[str, Any] = {
                 "otlp_zstd": otlp_zstd(test_b, args.level) / n_test,
                 "v2_dict": shipped(test_b, args.level) / n_test,
-                "v3_cold": v3(test_b, EMPTY, lv3) / n_test,
-                "v3_learned": v3(test_b, tables, lv3) / n_test,
-                **{f"v3_{v}": v3(test_b, t, lv3) / n_test for v, t in alt.items()},
+                "v3_cold": v3(test_b, EMPTY, args.level) / n_test,
+                "v3_learned": v3(test_b, tables, args.level) / n_test,
+                "id_floor": id_floor(test_b) / n_test,
             }
-            fig = {k2: (round(v, 2) if isinstance(v, float) else {a: round(b, 2) for a, b in v.items()})
-                   for k2, v in fig.items()}
+            fig = {k2: round(v, 2) for k2, v in fig.items()}
             fig["ratio_learned_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_learned"], 2)
             fig["ratio_cold_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_cold"], 2)
-            fig["rolling"] = rolling(spans, size, lv3, args.retrain_every, args.window, limits)
-            fig["speed"] = speed(test_b, tables, lv3, args.level, args.repeat)
+            node = replay(spans, size, policy, args.rate, sample_bytes)
+            node["otlp_zstd"] = round(otlp_zstd(all_b, args.level) / n_all, 2)
+            node["ratio_vs_otlp_zstd"] = round(node["otlp_zstd"] / node["bytes_per_span"], 2)
+            fig["node"] = node
+            fig["speed"] = speed(test_b, tables, args.level, args.level, args.repeat)
             fig["speed"]["encode_us_per_span_per_calibration_s"] = round(fig["speed"]["encode_us_per_span"] / calib, 1)
             if args.breakdown:
-                fig["breakdown"] = breakdown(test_b, tables, lv3)
+                fig["breakdown"] = breakdown(test_b, tables, args.level)
+            if args.levels:
+                fig["levels"] = levels(test_b, tables, args.repeat)
+            if args.policies:
+                fig["policies"] = policies(spans, size, policy, sample_bytes)
             row[f"batch_{size}"] = fig
             if name in real:
                 t = totals[size]
-                for key in ("otlp_zstd", "v2_dict", "v3_cold", "v3_learned"):
+                for key in _SUMMED:
                     t[key] = t.get(key, 0.0) + fig[key] * n_test
                 t["spans"] = t.get("spans", 0) + n_test
+                t["node_v3"] = t.get("node_v3", 0.0) + node["bytes_per_span"] * n_all
+                t["node_otlp"] = t.get("node_otlp", 0.0) + node["otlp_zstd"] * n_all
+                t["node_batches"] = t.get("node_batches", 0.0) + node["batches_bytes_per_span"] * n_all
+                t["node_sets"] = t.get("node_sets", 0) + node["table_set_bytes"]
+                t["node_spans"] = t.get("node_spans", 0) + n_all
         result["streams"][name] = row
         _print_stream(name, row, sizes)
 
     result["streams"][REAL] = {}
     for size in sizes:
         t = totals[size]
-        agg = {key: round(t[key] / t["spans"], 2) for key in ("otlp_zstd", "v2_dict", "v3_cold", "v3_learned")}
+        agg: dict[str, Any] = {key: round(t[key] / t["spans"], 2) for key in _SUMMED}
         agg["ratio_learned_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["v3_learned"], 2)
         agg["spans"] = int(t["spans"])
+        agg["node"] = {"bytes_per_span": round(t["node_v3"] / t["node_spans"], 2),
+                       "batches_bytes_per_span": round(t["node_batches"] / t["node_spans"], 2),
+                       "table_set_bytes": int(t["node_sets"]),
+                       "otlp_zstd": round(t["node_otlp"] / t["node_spans"], 2), "spans": int(t["node_spans"])}
+        agg["node"]["ratio_vs_otlp_zstd"] = round(agg["node"]["otlp_zstd"] / agg["node"]["bytes_per_span"], 2)
         result["streams"][REAL][f"batch_{size}"] = agg
-        print(f"{REAL} (evaluation spans of every sub-corpus), batches of {size}: OTLP+zstd {agg['otlp_zstd']}, "
-              f"v2+dict {agg['v2_dict']}, v3 cold {agg['v3_cold']}, v3 learned {agg['v3_learned']} B/span "
-              f"({agg['ratio_learned_vs_otlp_zstd']}x better than OTLP+zstd)")
+        print(f"{REAL}, batches of {size}: evaluation spans OTLP+zstd {agg['otlp_zstd']}, v2+dict {agg['v2_dict']}, "
+              f"v3 cold {agg['v3_cold']}, v3 learned {agg['v3_learned']} B/span "
+              f"({agg['ratio_learned_vs_otlp_zstd']}x better than OTLP+zstd; id floor {agg['id_floor']}); "
+              f"whole streams as a node sends them {agg['node']['bytes_per_span']} against {agg['node']['otlp_zstd']} "
+              f"({agg['node']['ratio_vs_otlp_zstd']}x; {agg['node']['batches_bytes_per_span']} without the "
+              f"{agg['node']['table_set_bytes']} B of table-set messages)")
+    if args.policies:
+        shifted = shifted_stream(streams, 33_000)
+        result["shifted"] = {}
+        for size in sizes:
+            result["shifted"][f"batch_{size}"] = policies(shifted, size, policy, sample_bytes, rates=(20.0,))
+            for k, v in result["shifted"][f"batch_{size}"].items():
+                print(f"shifted stream ({len(shifted)} spans), batches of {size}: {k}: "
+                      + ", ".join(f"{a} {b}" for a, b in v.items()))
     print(f"calibration loop: {calib:.3f} s CPU")
     print(json.dumps(result))
 
@@ -260,24 +362,28 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
     if row["table_set"]:
         m = row["table_set"]
         print(f"   table set: message {m['message_bytes']} B, node holds {m['node_bytes']} B "
-              f"(zstd compressor {m['compressor_bytes']} B; traced allocations {m['traced_python_bytes']} B), "
-              f"a gateway {m['gateway_python_bytes']} B traced + {m['decompressor_bytes']} B zstd")
-    print(f"   {'batch':>5} {'base OTLP':>10} {'base v2':>8} | {'OTLP+zstd':>9} {'v2+dict':>8} {'v3 cold':>8} "
-          f"{'learned':>8} {'tables':>7} {'zdict':>7} {'ratio':>6} | {'rolling':>8} {'+publ.':>8} | "
-          f"{'enc us':>7} {'v2':>6} {'dec/s':>8} {'v2':>7}")
+              f"(zstd compressor {m['compressor_bytes']} B), a gateway {m['gateway_bytes']} B "
+              f"(zstd {m['decompressor_bytes']} B)")
+    print(f"   {'batch':>5} | {'OTLP+zstd':>9} {'v2+dict':>8} {'v3 cold':>8} {'learned':>8} {'ratio':>6} "
+          f"{'id floor':>8} | {'node':>6} {'OTLP':>6} {'ratio':>6} {'sets':>4} | {'enc us':>7} {'v2':>6} "
+          f"{'dec/s':>8} {'v2':>7}")
     for size in sizes:
         f = row[f"batch_{size}"]
-        r, sp = f["rolling"], f["speed"]
-        print(f"   {size:>5} {f['baseline']['otlp_zstd']:>10} {f['baseline']['v2_dict']:>8} | {f['otlp_zstd']:>9} "
-              f"{f['v2_dict']:>8} {f['v3_cold']:>8} {f['v3_learned']:>8} {f['v3_tables_only']:>7} "
-              f"{f['v3_zdict_only']:>7} {f['ratio_learned_vs_otlp_zstd']:>5}x | {r['batches_bytes_per_span']:>8} "
-              f"{r['with_publication_bytes_per_span']:>8} | {sp['encode_us_per_span']:>7} "
-              f"{sp['v2_encode_us_per_span']:>6} "
-              f"{sp['decode_spans_per_s']:>8} {sp['v2_decode_spans_per_s']:>7}")
+        nd, sp = f["node"], f["speed"]
+        print(f"   {size:>5} | {f['otlp_zstd']:>9} {f['v2_dict']:>8} {f['v3_cold']:>8} {f['v3_learned']:>8} "
+              f"{f['ratio_learned_vs_otlp_zstd']:>5}x {f['id_floor']:>8} | {nd['bytes_per_span']:>6} "
+              f"{nd['otlp_zstd']:>6} {nd['ratio_vs_otlp_zstd']:>5}x {nd['adopted']:>4} | "
+              f"{sp['encode_us_per_span']:>7} {sp['v2_encode_us_per_span']:>6} {sp['decode_spans_per_s']:>8} "
+              f"{sp['v2_decode_spans_per_s']:>7}")
     for size in sizes:
         f = row[f"batch_{size}"]
         if "breakdown" in f:
             print(f"   {size:>5}: bytes/span by body field: " + ", ".join(f"{k} {v}" for k, v in f["breakdown"].items()))
+        if "levels" in f:
+            print(f"   {size:>5}: zstd levels: " + ", ".join(f"{k[6:]}: {v['bytes_per_span']} B "
+                                                          f"+{v['zstd_us_per_span']} us" for k, v in f["levels"].items()))
+        for k, v in f.get("policies", {}).items():
+            print(f"   {size:>5}: {k}: " + ", ".join(f"{a} {b}" for a, b in v.items()))
 
 
 if __name__ == "__main__":

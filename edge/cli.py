@@ -195,14 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
              "Run the node agent until SIGINT/SIGTERM. It listens for OTLP on 127.0.0.1:4317 (gRPC) and\n"
              "127.0.0.1:4318 (HTTP), subscribes to SDK span topics (helix/sdk/+/spans), loads the kernel\n"
              "probes where the kernel allows (otherwise it runs on SDK spans alone and says why), and sends\n"
-             "batches to the uplink. On stop it flushes everything it accepted.")
+             "batches to the uplink. On stop it flushes everything it accepted.\n\n"
+             "Batches are uplink format 3 by default (uplink.format): the node learns table sets from its own\n"
+             "recent spans every uplink.learn_interval (10m), adopts one only when it saves more than its\n"
+             "message, and publishes it retained on uplink.tables_topic (helix/uplink-tables/<node>/<id>) or,\n"
+             "over HTTP, to the gateway before the first batch naming it.")
     sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (default: built-in defaults)")
 
     sp = add("gateway", "run the central gateway (uplink batches -> OTLP)", cmd_gateway,
              "Run the gateway: receive batches from nodes over MQTT (topic helix/uplink/+, or a shared\n"
              "subscription when gateway.share_group is set) and HTTP (POST /v1/batches), decode them and\n"
              "export standard OTLP to gateway.export_endpoint over gRPC or HTTP, retrying while the\n"
-             "backend is unavailable.")
+             "backend is unavailable.\n\n"
+             "A format-3 batch names the table set it was encoded with: the gateway caches sets by id\n"
+             "(gateway.table_cache_sets, table_cache_bytes), fetches a missing one from the node's retained\n"
+             "topic (gateway.tables_topic) or, over HTTP, answers 409 for the node to PUT /v1/tables/<id>;\n"
+             "a batch whose set it cannot get (within gateway.table_wait) is never exported: it stays with\n"
+             "its node.")
     sp.add_argument("--config", "-c", metavar="FILE", help="TOML configuration with a [gateway] section")
 
     sp = add("check-config", "validate a configuration file", cmd_check_config,

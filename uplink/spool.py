@@ -1,9 +1,12 @@
 """Encoded batches waiting for the link: bounded, oldest first, on disk so they survive `kill -9` and a power cut.
 
 One file per batch, written to a temporary name, fsynced, renamed and the directory fsynced: after `put` returns the
-batch is on stable storage (docs/reliability.md explains the policy). A file is deleted only after the transport
-acknowledged it; when the spool is full the oldest batches are evicted and counted. Sequence numbers come from a
-persisted lease so they keep increasing across restarts even when the node's clock steps back.
+batch is on stable storage (docs/reliability.md explains the policy); a write that fails (a full disk) leaves no
+file behind. A file is deleted only once the batch is settled end to end (a gateway confirmed it). When the spool is
+full, batches the broker took but no gateway confirmed yet give way first (counted: the broker's PUBACK is then all
+that backs them); then `put` refuses (SpoolFull, and the node answers busy at its door) or, with `spool_full =
+"evict"`, the oldest batches are evicted and counted. Sequence numbers come from a persisted lease so they keep
+increasing across restarts even when the node's clock steps back.
 
 `MemorySpool` has the same contract without durability, for `uplink.spool_dir = ""`.
 """
@@ -22,9 +25,9 @@ from pathlib import Path
 
 from edge.errors import UplinkError
 
-from .wire import HEADER_SIZE, METRICS_MAGIC, read_header
+from .wire import MAX_HEADER_SIZE, METRICS_MAGIC, NO_TABLES, batch_table_id, read_header
 
-__all__ = ["SpoolEntry", "MemorySpool", "DiskSpool", "SEQ_LEASE"]
+__all__ = ["SpoolEntry", "MemorySpool", "DiskSpool", "SpoolFull", "SEQ_LEASE"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,10 @@ _LEASE_FILE = "seq.lease"
 _LOCK_FILE = "lock"
 
 
+class SpoolFull(UplinkError):
+    """No room for a batch now (the spool is at spool_max_bytes, or the disk is full): try again once some leaves."""
+
+
 @dataclass(slots=True)
 class SpoolEntry:
     """One spooled batch; `payload` is held only by the memory spool."""
@@ -44,8 +51,14 @@ class SpoolEntry:
     spans: int
     size: int
     payload: bytes | None = None
+    table_id: bytes = NO_TABLES  # the table set the batch needs to be decoded (uplink/table_publisher.py)
     sending: bool = False  # picked by the sender: not evicted while it is on the wire
     gone: bool = False  # evicted or removed
+    awaiting: bool = False  # the broker took it; a gateway's confirmation is awaited
+    deadline: float = 0.0  # monotonic time by which the confirmation is expected
+    resends: int = 0  # times sent again for want of a confirmation
+    settled: bool = False  # confirmed while a resend was on the wire: removed once the send ends
+    sent: bool = False  # taken by the far side at least once (counted once in the client's spans_sent)
 
 
 class MemorySpool:
@@ -53,13 +66,16 @@ class MemorySpool:
 
     durable = False
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, evict: bool = False) -> None:
         self.max_bytes = max_bytes
+        self.evict = evict  # when full, evict the oldest batches rather than refuse new ones
         self.entries: deque[SpoolEntry] = deque()
         self.bytes = 0
         self.spans = 0
         self.evicted_batches = 0
         self.evicted_spans = 0
+        self.released_batches = 0  # awaiting a confirmation, let go to make room (the broker's PUBACK backs them)
+        self.released_spans = 0
         self._next_seq = 0
 
     async def open(self) -> None:
@@ -79,19 +95,23 @@ class MemorySpool:
     def __len__(self) -> int:
         return len(self.entries)
 
-    async def put(self, seq: int, spans: int, payload: bytes) -> bool:
-        """Store one batch, evicting the oldest if needed; False (nothing stored) if it can never fit."""
+    async def put(self, seq: int, spans: int, payload: bytes) -> SpoolEntry | None:
+        """Store one batch, making room as the policy allows; None (nothing stored) if it can never fit. Raises
+        SpoolFull when there is no room now, UplinkError when the disk fails otherwise."""
+        if len(payload) > self.max_bytes:
+            return None
         victims = self._make_room(len(payload))
         if victims is None:
-            return False
+            raise SpoolFull(f"the uplink spool is full ({self.bytes} of {self.max_bytes} bytes, "
+                            f"{len(self.entries)} batches waiting for the link)")
         for e in victims:
             await self._delete(e)
         await self._store(seq, payload, spans)
-        entry = SpoolEntry(seq, spans, len(payload), payload if not self.durable else None)
+        entry = SpoolEntry(seq, spans, len(payload), payload if not self.durable else None, batch_table_id(payload))
         self.entries.append(entry)
         self.bytes += entry.size
         self.spans += spans
-        return True
+        return entry
 
     async def read(self, entry: SpoolEntry) -> bytes | None:
         """The batch bytes, or None if they are gone."""
@@ -110,27 +130,37 @@ class MemorySpool:
     # -------------------------------------------------------------------------------------------- internals
 
     def _make_room(self, size: int) -> list[SpoolEntry] | None:
-        """Evict the oldest batches (counted) until `size` bytes fit; returns them for deletion, None if impossible."""
-        if size > self.max_bytes:
-            return None
-        victims: list[SpoolEntry] = []
+        """Let go of batches until `size` bytes fit: first those only awaiting a confirmation, then (when evicting)
+        the oldest; returns them for deletion, None if there is no room (nothing let go)."""
         free = self.max_bytes - self.bytes
-        for e in self.entries:
+        if free >= size:
+            return []
+        # The batch on the wire is acknowledged or retried, never pulled from under the sender.
+        order = [e for e in self.entries if e.awaiting and not e.sending]
+        if self.evict:
+            order += [e for e in self.entries if not e.awaiting and not e.sending]
+        victims: list[SpoolEntry] = []
+        for e in order:
             if free >= size:
                 break
-            if e.sending:  # the batch on the wire is acknowledged or retried, never pulled from under the sender
-                continue
             victims.append(e)
             free += e.size
         if free < size:
             return None
+        released = [e for e in victims if e.awaiting]
+        evicted = [e for e in victims if not e.awaiting]
         for e in victims:
             self._forget(e)
-            self.evicted_batches += 1
-            self.evicted_spans += e.spans
-        if victims:
+        self.released_batches += len(released)
+        self.released_spans += sum(e.spans for e in released)
+        self.evicted_batches += len(evicted)
+        self.evicted_spans += sum(e.spans for e in evicted)
+        if released:
+            log.warning("uplink spool full (%d bytes): let go of the %d oldest batches the broker took but no gateway "
+                        "confirmed yet (%d spans)", self.max_bytes, len(released), sum(e.spans for e in released))
+        if evicted:
             log.warning("uplink spool full (%d bytes): evicted the %d oldest batches (%d spans)",
-                        self.max_bytes, len(victims), sum(e.spans for e in victims))
+                        self.max_bytes, len(evicted), sum(e.spans for e in evicted))
         return victims
 
     def _forget(self, entry: SpoolEntry) -> None:
@@ -164,8 +194,8 @@ class DiskSpool(MemorySpool):
 
     durable = True
 
-    def __init__(self, root: str | Path, node_id: str, max_bytes: int) -> None:
-        super().__init__(max_bytes)
+    def __init__(self, root: str | Path, node_id: str, max_bytes: int, evict: bool = False) -> None:
+        super().__init__(max_bytes, evict)
         self.dir = spool_subdir(root, node_id)
         self._lock_fd: int | None = None
         self._dir_fd: int | None = None
@@ -176,7 +206,11 @@ class DiskSpool(MemorySpool):
 
     async def open(self) -> None:
         """Take the directory's lock, load the batches a previous run left, and set the sequence floor."""
-        await asyncio.to_thread(self._open_sync)
+        try:
+            await asyncio.to_thread(self._open_sync)
+        except OSError as e:
+            await self.close()
+            raise UplinkError(f"cannot use the uplink spool directory {self.dir}: {e.strerror or e}") from None
 
     def _open_sync(self) -> None:
         try:
@@ -207,10 +241,10 @@ class DiskSpool(MemorySpool):
             entry = SpoolEntry(int(m.group(1)), int(m.group(2)), 0)
             try:
                 with open(path, "rb") as f:
-                    head = f.read(HEADER_SIZE)
+                    head = f.read(MAX_HEADER_SIZE)
                     entry.size = os.fstat(f.fileno()).st_size
                 if not head.startswith(METRICS_MAGIC):  # metrics batches are spooled next to span batches
-                    read_header(head)
+                    entry.table_id = read_header(head).table_id
             except Exception as e:  # noqa: BLE001 - an unreadable or foreign file is set aside, never sent
                 log.warning("uplink spool: discarding unreadable batch file %s: %s", path, e)
                 self.discarded_files += 1
@@ -222,8 +256,9 @@ class DiskSpool(MemorySpool):
         self.bytes = sum(e.size for e in found)
         self.spans = sum(e.spans for e in found)
         self.recovered_batches, self.recovered_spans = len(found), self.spans
-        for e in self._make_room(0) or ():  # the limit may have shrunk since the last run
-            _unlink(self._path(e))
+        if self.evict:
+            for e in self._make_room(0) or ():  # the limit may have shrunk since the last run
+                _unlink(self._path(e))
         lease = 0
         try:
             lease = int((self.dir / _LEASE_FILE).read_text().strip() or 0)
@@ -240,7 +275,12 @@ class DiskSpool(MemorySpool):
         """A sequence number larger than any this node used before, across restarts and clock steps."""
         seq = self._next_seq
         if seq >= self._lease:
-            await asyncio.to_thread(self._write_lease, seq + SEQ_LEASE)
+            try:
+                await asyncio.to_thread(self._write_lease, seq + SEQ_LEASE)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SpoolFull(f"the disk of the uplink spool {self.dir} is full") from None
+                raise UplinkError(f"cannot write to the uplink spool {self.dir}: {e.strerror or e}") from None
         self._next_seq = seq + 1
         return seq
 
@@ -252,13 +292,17 @@ class DiskSpool(MemorySpool):
         tmp = self.dir / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.dir / name)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.dir / name)
+        except BaseException:
+            _unlink(tmp)  # a full disk (or any failure) must not leave a partial file taking the space
+            raise
         assert self._dir_fd is not None
         os.fsync(self._dir_fd)  # the rename itself is durable only once the directory is
 
@@ -269,6 +313,10 @@ class DiskSpool(MemorySpool):
         try:
             await asyncio.to_thread(self._atomic_write, f"{seq:020d}-{spans}.hxb", payload)
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"the disk of the uplink spool {self.dir} is full ({len(self.entries)} batches, "
+                                f"{self.bytes} bytes spooled; free space there, or lower uplink.spool_max_bytes)") \
+                    from None
             raise UplinkError(f"cannot write to the uplink spool {self.dir}: {e.strerror or e}") from None
 
     async def read(self, entry: SpoolEntry) -> bytes | None:

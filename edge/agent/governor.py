@@ -32,7 +32,6 @@ import asyncio
 import ctypes
 import gc
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,21 +39,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..net.retry import RateLimitedLog
+from ..runtime.rss import read_rss
 
 __all__ = ["MemoryGovernor", "GovernorStats", "Measured", "Bounded", "Budgeted", "KeepProbability", "read_rss",
            "LEVELS", "SHARES", "MIN_BOUND", "MIN_INBOX"]
 
 log = logging.getLogger(__name__)
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 # Pressure (share of the headroom in use) at which each step starts; below RELAX the governor steps back.
 LEVELS = {"raise_threshold": 0.70, "shrink": 0.80, "burst": 0.90, "drop": 0.95}
 RELAX = 0.60
 TRIM_EVERY = 2.0  # s between two malloc_trim(0) calls, each a few milliseconds at most
 SETTLE = 10.0  # s without a new high, a check at the burst level or a backlog before a plateau above RELAX is settled
-# Shares of the headroom each part is planned to fill at most (see plan()). The 40 % left is for what no buffer
+# Shares of the headroom each part is planned to fill at most (see plan()). The third left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
-SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03}
+SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03,
+          "learning": 0.03}
 MIN_BOUND = 64 * 1024  # no part is bounded below this
 MIN_INBOX = 512 * 1024
 
@@ -110,15 +110,6 @@ class _Part:
     backlog_at: float | None = None  # share of its bound past which its bytes mean a burst still queues at the door
     bound: int = 0  # the bound set now
     target: int = 0  # where its bound regrows to: the plan, or before one the bound it came with
-
-
-def read_rss() -> int:
-    """Resident set size of this process in bytes (/proc/self/statm, second field)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 @dataclass(slots=True)

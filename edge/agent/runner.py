@@ -108,6 +108,12 @@ class Agent:
         # Spans past the sampler are kept: the uplink queue refuses at the door what does not fit, never drops.
         g.bound("uplink", self.uplink, SHARES["uplink"], bound=self.uplink.queue_limit,
                 ceiling=lambda: self.uplink.cfg.queue_max_bytes)
+        # Format 3: the recent spans table sets are learned from (shrunk under pressure: learning only gets coarser),
+        # and the table set in use.
+        learner = self.uplink.learner
+        g.bound("learning", learner.sample, SHARES["learning"], bound=learner.sample.max_bytes,
+                ceiling=lambda: self.uplink.cfg.learn_memory, elastic=True)
+        g.account("tables", learner)
         g.account("aggregator", self.aggregator)
         if self.grpc is not None or self.http is not None:
             # Requests still arriving, held back by flow control or TCP: unacknowledged, so never dropped.
@@ -158,16 +164,20 @@ class Agent:
                 spans = await asyncio.wait_for(self.inbox.get(), timeout=0.25)
             except asyncio.TimeoutError:
                 spans = []  # the assembler still releases spans whose window has passed
-            self._process(spans)
+            kept = self._process(spans)
+            if kept:
+                # Waits while the uplink cannot keep more (spool or disk full): the inbox fills meanwhile and the
+                # receivers answer busy, so nothing is acknowledged that would then be dropped.
+                await self.uplink.put(kept)
 
-    def _process(self, spans: list[Span], flush: bool = False) -> None:
+    def _process(self, spans: list[Span], flush: bool = False) -> list[Span]:
+        """Stitch, count and sample; returns the spans to send."""
         spans = self.assembler.process(spans, flush=flush)
         self.aggregator.consume(spans)  # RED metrics see all traffic, before sampling
         kept, _dropped = self.sampler.decide(spans)
         if flush:
             self.sampler.flush()
-        if kept:
-            self.uplink.submit(kept)
+        return kept
 
     def metrics(self) -> list[Any]:
         """RED metrics per service and the agent's own health, as ResourceMetrics."""
@@ -265,7 +275,7 @@ class Agent:
             if t.get_name() not in ("uplink",):
                 t.cancel()
         # Spans already accepted are pushed through the pipeline and flushed upstream before exit.
-        self._process(self.inbox.drain(), flush=True)
+        self.uplink.submit(self._process(self.inbox.drain(), flush=True))
         if self.cfg.metrics.export_interval > 0:
             # The final counts, spooled before the uplink closes, so nothing counted is lost.
             with contextlib.suppress(Exception):

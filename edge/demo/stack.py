@@ -77,6 +77,7 @@ broker = "{self.broker.url}"
 http_listen = "{http_listen}"
 export_protocol = "grpc"
 export_endpoint = "{self.peer.grpc_endpoint}"
+state_dir = "{self.workdir / 'gateway-state'}"
 """)
         gateway = await self.spawn("gateway", "-m", "edge", "gateway", "--config", str(cfg), "--log-level", "info")
         await self.wait_for_log(gateway, GATEWAY_READY, timeout)

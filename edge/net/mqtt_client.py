@@ -114,6 +114,11 @@ class MqttClient:
         """host:port for messages."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up (a refused subscription leaves it up; a broken one does not)."""
+        return self._writer is not None and self._error is None
+
     async def __aenter__(self) -> MqttClient:
         await self.connect()
         return self

@@ -26,7 +26,10 @@ HasRoom = Callable[[int], bool]
 # acknowledged only once its spans are in the inbox, so a slow agent makes the broker hold the backlog (its
 # queue, its limits), not this process.
 RECEIVE_MAXIMUM = 32
-_ROOM_WAIT_S = 30.0  # longest a message waits for inbox room before it is offered anyway (and counted if refused)
+# A message waits, unacknowledged, until the inbox has room for its spans (or for this much of them: a message
+# larger than the inbox could ever take is offered then, and what does not fit is counted). While it waits the
+# broker holds the rest, so nothing the agent acknowledged is dropped for want of room.
+_ROOM_AT_MOST = 256 * 1024
 # Devices whose last message sequence number is remembered; past this the least recently heard is forgotten (a
 # forgotten device's next message starts it again, with no gap counted). ~200 B each.
 MAX_SEQ_DEVICES = 1024
@@ -181,16 +184,15 @@ class MqttSdkSource:
                            "it is not delivered again", topic, type(e).__name__, describe(str(e), 200))
 
     async def deliver(self, topic: str, payload: bytes, user_properties: list[tuple[str, str]] | None) -> None:
-        """Decode one message and pass its spans on once the inbox has room for them (waiting up to 30 s)."""
+        """Decode one message and pass its spans on once the inbox has room for them (the caller acknowledges the
+        message after this returns)."""
         spans = self.decode(topic, payload, user_properties)
         if not spans:
             return
-        if self.has_room is not None and not self.has_room(sum(s.approx_size() for s in spans)):
+        need = min(sum(s.approx_size() for s in spans), _ROOM_AT_MOST)
+        if self.has_room is not None and not self.has_room(need):
             self.stats.waited_for_room += 1
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + _ROOM_WAIT_S
-            need = sum(s.approx_size() for s in spans)
-            while not self.has_room(need) and loop.time() < deadline:
+            while not self.has_room(need):
                 if self.room_changed is not None:
                     await self.room_changed(0.1)
                 else:

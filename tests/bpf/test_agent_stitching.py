@@ -67,7 +67,7 @@ async def test_sdk_and_kernel_spans_are_one_trace(mosquitto: Mosquitto, otlp_pee
                     "otlp": {"grpc_listen": f"127.0.0.1:{grpc_port}", "http_listen": ""}},
         "assembler": {"window": "1s"},
         "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
-        "gateway": {"broker": mosquitto.url, "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
+        "gateway": {"broker": mosquitto.url, "state_dir": "", "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
     })
     stop = asyncio.Event()
     agent = Agent(cfg)

@@ -28,7 +28,7 @@ def gateway_config(broker: Mosquitto | None, endpoint: str, protocol: str = "grp
         mqtt_enabled=broker is not None,
         broker=BrokerAddress("127.0.0.1", broker.port) if broker else BrokerAddress("127.0.0.1", 1),
         http_listen=("127.0.0.1", 0), export_protocol=protocol, export_endpoint=endpoint,
-        export_timeout=2.0, retry_max_elapsed=20.0, **kw,  # type: ignore[arg-type]
+        export_timeout=2.0, retry_max_elapsed=20.0, **{"state_dir": "", **kw},  # type: ignore[arg-type]
     )
 
 

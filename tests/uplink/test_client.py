@@ -141,7 +141,7 @@ async def test_drain_after_an_outage_is_rate_limited(tmp_path: Path, otlp_peer: 
 
 async def test_full_spool_evicts_oldest_and_counts(tmp_path: Path) -> None:
     cfg = uplink_config(transport="http", url=f"http://127.0.0.1:{free_port()}/v1/batches", spool_dir=str(tmp_path),
-                        batch_max_spans=11, spool_max_bytes=8 * 1024, drain_rate=0.0)
+                        batch_max_spans=11, spool_max_bytes=8 * 1024, drain_rate=0.0, spool_full="evict")
     spans = realistic_spans(60, seed=9)
     async with running_client(cfg, "node-f") as client:
         for i in range(0, len(spans), 11):

@@ -82,7 +82,7 @@ async def test_one_agent_per_spool(tmp_path: Path) -> None:
 
 async def test_eviction_spares_the_batch_on_the_wire(tmp_path: Path) -> None:
     payload_size = len(encode_batch(realistic_spans(1, 1), "n", 1))
-    spool = DiskSpool(tmp_path, "node-5", int(payload_size * 2.5))
+    spool = DiskSpool(tmp_path, "node-5", int(payload_size * 2.5), evict=True)
     await spool.open()
     a = await _put(spool)
     await _put(spool)

@@ -60,7 +60,7 @@ async def stack(mosquitto: Mosquitto, otlp_peer: OtlpPeer, tmp_path: Path) -> As
                              "max_request": "256KiB"},
                     "ebpf": {"enabled": False}},
         "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
-        "gateway": {"broker": mosquitto.url, "http_listen": f"127.0.0.1:{gw_port}",
+        "gateway": {"broker": mosquitto.url, "state_dir": "", "http_listen": f"127.0.0.1:{gw_port}",
                     "export_endpoint": otlp_peer.grpc_endpoint},
     })
     stop = asyncio.Event()
@@ -216,7 +216,7 @@ async def test_spans_accepted_before_stop_are_flushed(mosquitto: Mosquitto, otlp
                     "otlp": {"grpc_listen": f"127.0.0.1:{grpc_port}", "http_listen": ""}},
         "uplink": {"broker": mosquitto.url, "batch_max_age": "1h", "batch_max_spans": 100000,
                    "spool_dir": str(tmp_path / "spool")},
-        "gateway": {"broker": mosquitto.url, "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
+        "gateway": {"broker": mosquitto.url, "state_dir": "", "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
     })
     stop_agent, stop_gw = asyncio.Event(), asyncio.Event()
     gw_task = asyncio.create_task(Gateway(cfg.gateway).run(stop_gw))

@@ -60,7 +60,7 @@ async def test_red_counts_reach_the_backend_exactly_with_sampling_on(mosquitto: 
         "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": ""},
         "sampler": {"ratio": 0.1},  # RED must count everything, not the tenth that is kept
         "metrics": {"listen": "", "export_interval": "300ms"},
-        "gateway": {"broker": mosquitto.url, "http_listen": "", "export_protocol": protocol,
+        "gateway": {"broker": mosquitto.url, "state_dir": "", "http_listen": "", "export_protocol": protocol,
                     "export_endpoint": otlp_peer.grpc_endpoint if protocol == "grpc" else otlp_peer.http_endpoint},
     })
     spans = realistic_spans(300, seed=21)

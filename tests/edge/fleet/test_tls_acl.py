@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,31 +19,14 @@ from edge.fleet.cli import collect_status, push
 from edge.fleet.document import generate_keypair
 from edge.net.mqtt_client import MqttClient
 
+from ...pki import make_pki, tls_mosquitto
+
 NODES = {"gw-1": "plant-3", "gw-2": "plant-4"}
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _cert(d: Path, name: str, cn: str, san: str = "") -> None:
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
-    ext = d / f"{name}.ext"
-    ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", f"{name}.pem", "-days", "2", "-extfile", str(ext), cwd=d)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
-             "-out", "ca.pem", "-days", "2", "-subj", "/CN=helix-test-ca", cwd=d)
-    _cert(d, "server", "localhost", "IP:127.0.0.1,DNS:localhost")
-    for cn in [*NODES, "operator", "gateway"]:
-        _cert(d, cn, cn)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"), [*NODES, "operator", "gateway"])
 
 
 @pytest.fixture
@@ -52,12 +34,7 @@ def broker(tmp_path: Path, pki: Path) -> Iterator[tuple[Mosquitto, int]]:
     acl = tmp_path / "acl"
     acl.write_text(render_acl(NODES))
     port = free_port()
-    # Run as root mosquitto drops to user "mosquitto", which cannot read pytest's private temp dirs.
-    extra = (f"user root\nper_listener_settings false\nacl_file {acl}\n"
-             f"listener {port} 127.0.0.1\ncafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"
-             f"keyfile {pki / 'server.key'}\nrequire_certificate true\nuse_identity_as_username true\n")
-    (tmp_path / "broker").mkdir()
-    with Mosquitto(extra_conf=extra, workdir=tmp_path / "broker") as m:
+    with tls_mosquitto(tmp_path / "broker", pki, acl, port) as m:
         yield m, port
 
 
@@ -87,9 +64,10 @@ async def test_node_cannot_publish_config_or_impersonate_another_node(broker, pk
         # Its own topics: accepted.
         await publish_checked(node, "helix/status/gw-1", b'{"node":"gw-1"}')
         await publish_checked(node, "helix/uplink/gw-1", b"batch")
-        # Another node's status and uplink, and any config: refused by the broker.
-        for topic in ("helix/status/gw-2", "helix/uplink/gw-2", "helix/config/node/gw-1",
-                      "helix/config/group/plant-3", "helix/config/node/gw-2"):
+        await publish_checked(node, "helix/uplink-tables/gw-1/00112233aabbccdd", b"table set", retain=True)
+        # Another node's status, uplink and table sets, and any config: refused by the broker.
+        for topic in ("helix/status/gw-2", "helix/uplink/gw-2", "helix/uplink-tables/gw-2/00112233aabbccdd",
+                      "helix/config/node/gw-1", "helix/config/group/plant-3", "helix/config/node/gw-2"):
             with pytest.raises(PublishRefused, match="not authorized"):
                 await publish_checked(node, topic, b'{"forged":true}', retain=True)
         await publish_checked(op, "helix/config/zz-marker", b"")
@@ -104,6 +82,12 @@ async def test_node_cannot_publish_config_or_impersonate_another_node(broker, pk
                 if m.payload == b"end":
                     break
         assert got == [("helix/uplink/gw-1", b"batch"), ("helix/uplink/gw-1", b"end")]
+        # The gateway reads a node's table sets (retained), only those the node itself published.
+        await gw.subscribe("helix/uplink-tables/+/00112233aabbccdd", qos=1)
+        async with asyncio.timeout(5):
+            async for m in gw.messages:
+                assert (str(m.topic), bytes(m.payload)) == ("helix/uplink-tables/gw-1/00112233aabbccdd", b"table set")
+                break
 
 
 async def test_node_reads_only_its_own_and_its_groups_config(broker, pki: Path) -> None:

@@ -52,7 +52,7 @@ async def test_agent_and_sdk_keep_the_same_traces(mosquitto: Mosquitto, otlp_pee
         "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": ""},
         "sampler": {"ratio": ratio, "tail": tail, "new_route_traces": 0, "decision_wait": "300ms"},
         "metrics": {"listen": "", "export_interval": 0},
-        "gateway": {"broker": mosquitto.url, "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
+        "gateway": {"broker": mosquitto.url, "state_dir": "", "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
     })
     stop = asyncio.Event()
     gateway = Gateway(cfg.gateway)

@@ -10,7 +10,7 @@ from bench._workload import realistic_spans
 from edge.aggregator import RedAggregator
 from edge.errors import DecodeError
 from edge.model import MetricBatch
-from uplink.wire import HEADER_SIZE, encode_batch, encode_metrics
+from uplink.wire import encode_batch, encode_metrics, read_header
 from uplink.wire.frame import METRICS_HEADER, compress, decompress
 
 
@@ -18,8 +18,9 @@ def test_span_and_metric_frames_are_compressed_alike() -> None:
     agg = RedAggregator()
     agg.consume(realistic_spans(200, seed=3))
     metrics = encode_metrics(MetricBatch("n", 1, 0, 1, agg.resource_metrics()))[METRICS_HEADER.size:]
-    for dictionary in (0, None):
-        spans = encode_batch(realistic_spans(200, seed=4), "n", 1, dictionary=dictionary)[HEADER_SIZE:]
+    for version, dictionary in ((2, 0), (2, None), (3, None)):
+        data = encode_batch(realistic_spans(200, seed=4), "n", 1, version=version, dictionary=dictionary)
+        spans = data[read_header(data).size:]
         for frame in (spans, metrics):
             p = zstandard.get_frame_parameters(frame)
             assert p.has_checksum and p.content_size > 0 and p.dict_id == 0  # the dictionary id is in our header

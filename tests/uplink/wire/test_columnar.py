@@ -14,13 +14,12 @@ from bench._workload import realistic_spans
 from bench.corpus import load_all
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
-from uplink import columnar
-from uplink.columnar import HEADER_SIZE, UnknownTableSet, decode, encode, read_header
-from uplink.dictionary import EMPTY, NO_TABLES, TableSet
-from uplink.wire import encode_batch
+from uplink.wire import NO_TABLES, UnknownTableSet, columnar, decode_batch, encode_batch, read_header
+from uplink.wire.columnar import MAX_SPANS, encode
+from uplink.wire.tables import EMPTY, TableSet
 
 MAX = 16 * 1024 * 1024
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "demo-apps-sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "demo-apps-sample"
 
 # Values the span model holds, including the awkward ones: -0.0, 64-bit extremes, nesting, bytes, empty keys.
 _key = st.sampled_from(["http.method", "peer", "n", "", "ünïcode"]) | st.text(max_size=8)
@@ -64,6 +63,11 @@ def _spans(draw: st.DrawFn) -> list[Span]:
             flags=draw(st.integers(min_value=0, max_value=2**32)),
         ))
     return out
+
+
+def decode(data: bytes, tables: TableSet | None, max_bytes: int, max_spans: int = MAX_SPANS):  # type: ignore[no-untyped-def]
+    """Decode through the gateway's entry point, holding `tables` alone."""
+    return decode_batch(data, max_bytes, {tables.id: tables}.get if tables is not None else None, max_spans)
 
 
 def _exact(a: list[Span], b: list[Span]) -> bool:
@@ -123,8 +127,9 @@ def test_header_names_version_and_table_set() -> None:
     spans = realistic_spans(3, seed=2)
     tables = columnar.learn(spans, node_id="n", created_ns=1)
     data = encode(spans, "n", 1, tables)
-    assert read_header(data) == (3, tables.id) and len(tables.id) == 8 and tables.id != NO_TABLES
-    assert read_header(encode(spans, "n", 1)) == (3, NO_TABLES)
+    h = read_header(data)
+    assert (h.version, h.table_id, h.size) == (3, tables.id, 11) and tables.id != NO_TABLES
+    assert read_header(encode(spans, "n", 1)).table_id == NO_TABLES
     with pytest.raises(UnknownTableSet) as e:
         decode(data, None, MAX)
     assert e.value.table_id == tables.id and tables.id.hex() in str(e.value)
@@ -133,9 +138,11 @@ def test_header_names_version_and_table_set() -> None:
         decode(data, other, MAX)
     # A batch that says "no table set" decodes whatever set the caller holds.
     assert _exact(decode(encode(spans, "n", 1), other, MAX).spans, spans)
-    # The shipped format is not this one: a clear refusal, not a misreading.
-    with pytest.raises(DecodeError, match="version 2 is not supported here"):
-        decode(encode_batch(spans, "n", 1), tables, MAX)
+    # Every version ever shipped goes through the same entry point, chosen by the header.
+    for version in (1, 2, 3):
+        assert _exact(decode(encode_batch(spans, "n", 1, version=version), tables, MAX).spans, spans)
+    with pytest.raises(DecodeError, match="version 4 is not supported"):
+        decode(b"HX\x04" + data[3:], tables, MAX)
 
 
 def test_a_frame_is_never_read_with_the_wrong_dictionary() -> None:
@@ -143,7 +150,7 @@ def test_a_frame_is_never_read_with_the_wrong_dictionary() -> None:
     a = columnar.learn(spans[:100], node_id="n", created_ns=1)
     b = columnar.learn(spans[100:], node_id="n", created_ns=2)
     data = encode(spans[100:132], "n", 1, a)
-    forged = data[:3] + b.id + data[HEADER_SIZE:]  # the header lies about the set
+    forged = data[:3] + b.id + data[11:]  # the header lies about the set
     with pytest.raises(DecodeError):
         decode(forged, b, MAX)
 

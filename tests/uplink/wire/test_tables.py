@@ -9,8 +9,8 @@ import zstandard
 
 from bench._workload import realistic_spans
 from edge.errors import DecodeError
-from uplink import columnar
-from uplink.dictionary import TABLES_MAGIC, TableSet, TrainingLimits, message_id, parse_message
+from uplink.wire import columnar, decode_batch
+from uplink.wire.tables import TABLES_MAGIC, TableSet, TrainingLimits, message_id, parse_message
 
 MAX = 4 * 1024 * 1024
 
@@ -60,7 +60,7 @@ def test_a_published_set_decodes_the_nodes_batches_on_another_process(spans: lis
             fetched.event_names, fetched.zdict) == (tables.names, tables.keys, tables.values, tables.shapes,
                                                     tables.resources, tables.scopes, tables.event_names, tables.zdict)
     later = spans[2000:2032]
-    batch = columnar.decode(columnar.encode(later, "node-3", 9, tables), fetched, MAX)
+    batch = decode_batch(columnar.encode(later, "node-3", 9, tables), MAX, {fetched.id: fetched}.get)
     assert batch.spans == later and repr(batch.spans) == repr(later)
 
 

@@ -1,9 +1,9 @@
-"""The columnar uplink batch (format version 3): spans -> columns referring to a learned table set -> zstd.
+"""Span batch format version 3, columnar: spans -> columns referring to a learned table set -> zstd.
 
-Each batch names the table set it was encoded with (uplink/dictionary.py) by its 8-byte id and decodes with that
+Each batch names the table set it was encoded with (uplink/wire/tables.py) by its 8-byte id and decodes with that
 set alone: what the set does not hold, the batch carries. Attributes are stored a column per key and value type,
 each text column referring to its key's own value table; ids, times and durations sit in their own planes. The
-layout is specified in docs/uplink-format-v3.md.
+layout is specified in docs/uplink-format.md, version 3.
 
 Sans-I/O. Decoding treats its input as hostile: the span count and decompressed size are bounded before anything
 is built, and every problem is a DecodeError naming it.
@@ -14,19 +14,16 @@ import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
-import zstandard
 
 from edge.errors import DecodeError
-from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from edge.model import Event, Link, Resource, Scope, Span, SpanKind, StatusCode
 
-from .dictionary import (
+from .frame import NO_TABLES, SPANS_MAGIC, TABLES_HEADER, Batch, BatchHeader, decompress_with
+from .tables import (
     EMPTY,
-    ID_SIZE,
-    NO_TABLES,
     T_ANY,
     T_BOOL,
     T_BYTES,
@@ -36,47 +33,33 @@ from .dictionary import (
     TYPE_CODES,
     TableSet,
     TrainingLimits,
-    check_native,
     freeze_value,
-    read_prefix,
     thaw_value,
     train,
 )
+from .values import MAX_DEPTH, SOURCES, array, check_native, expect, native, planes, source_code, time_parents, unplane, \
+    unplanes, zigzag
 
 __all__ = [
     "VERSION",
     "BODY_FIELDS",
-    "HEADER_SIZE",
     "MAX_SPANS",
-    "ColumnarBatch",
     "UnknownTableSet",
     "encode",
     "body",
     "decode",
-    "read_header",
     "learn",
 ]
 
 VERSION = 3
-_MAGIC = b"HX"
-# magic, format version, table-set id (8 zero bytes: none); outside the zstd frame so a gateway knows which
-# dictionary to load before it decompresses.
-_HEADER = struct.Struct(f">2sB{ID_SIZE}s")
-HEADER_SIZE = _HEADER.size
 MAX_SPANS = 1 << 16  # per batch; nodes send at most a few thousand
 MAX_EVENTS_PER_SPAN = 1024  # on average over a batch, bounds what a hostile count column can ask for
-_MAX_DEPTH = 32
-_MAX_TIME_WIDTH = 16
 _MAX_UNIT = 1 << 64
-
-# Fixed codes for Source in the packed byte, as in format version 2.
-_SOURCES: tuple[Source, ...] = (Source.SDK_OTLP, Source.SDK_MQTT, Source.EBPF)
-assert set(_SOURCES) == set(Source), "every Source needs a wire code in uplink/columnar.py"
 
 # Keys of the sparse per-span extras map.
 _X_STATUS_MESSAGE, _X_LINKS, _X_TRACE_STATE, _X_FLAGS = 1, 2, 3, 4
 
-# Body fields, in order (docs/uplink-format-v3.md, "Body").
+# Body fields, in order (docs/uplink-format.md, version 3, "Body").
 BODY_FIELDS = ("node_id", "seq", "created_ns", "n", "span_ids", "trace_ids", "trace_column", "parent_column", "packed",
                "time_units", "base", "starts", "ends", "names", "new_resources", "resource_column", "new_scopes",
                "scope_column", "new_keys", "new_shapes", "shape_column", "attribute_columns", "events", "extras")
@@ -89,18 +72,6 @@ class UnknownTableSet(DecodeError):
     def __init__(self, table_id: bytes) -> None:
         self.table_id = table_id
         super().__init__(f"uplink batch needs table set {table_id.hex()}, which this gateway does not hold")
-
-
-@dataclass(slots=True)
-class ColumnarBatch:
-    """One decoded batch of format version 3."""
-
-    node_id: str
-    seq: int
-    created_ns: int
-    table_id: bytes
-    spans: list[Span] = field(default_factory=list)
-    version: int = VERSION
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
@@ -145,27 +116,6 @@ def _text_refs(values: Sequence[str], learned: dict[str, int]) -> list[Any]:
                 r = 0
             refs[i] = r
     return [new, refs]
-
-
-def _native(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_native(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _native(x) for k, x in v.items()}
-    return v
-
-
-def _planes(zs: list[int]) -> bytes:
-    """Non-negative integers at one fixed width, most significant byte of every value first (byte planes)."""
-    width = max(1, (max(zs, default=0).bit_length() + 7) // 8)
-    if width == 1:
-        return bytes(zs)
-    raw = b"".join([z.to_bytes(width, "big") for z in zs])
-    return b"".join([raw[k::width] for k in range(width)])
-
-
-def _zigzag(values: list[int]) -> list[int]:
-    return [v << 1 if v >= 0 else ((-v) << 1) - 1 for v in values]
 
 
 class _Attributes:
@@ -234,7 +184,7 @@ class _Attributes:
             elif ty == T_FLOAT:
                 out.append(_float_planes(vals))
             elif ty == T_ANY:
-                out.append([_native(v) for v in vals])
+                out.append([native(v) for v in vals])
             else:
                 out.append(vals)
         return out
@@ -247,26 +197,6 @@ _MAX_SIGNATURES = 4096  # attribute signatures a table set remembers for the enc
 def _float_planes(vals: list[float]) -> bytes:
     raw = struct.pack(f">{len(vals)}d", *vals)
     return b"".join([raw[k::8] for k in range(8)])
-
-
-def _time_parents(parents: list[int | None]) -> list[int | None]:
-    """Per span, the in-batch parent its times are relative to: its parent, when following parents from there ends
-    at a span without one (ids can form a cycle in bad data); None makes the span an anchor."""
-    n = len(parents)
-    state = bytearray(n)  # 0 unknown, 1 chain ends at a root, 2 chain loops, 3 on the path being walked
-    for i in range(n):
-        if state[i]:
-            continue
-        path = []
-        j: int | None = i
-        while j is not None and not state[j]:
-            state[j] = 3
-            path.append(j)
-            j = parents[j]
-        verdict = 1 if j is None or state[j] == 1 else 2
-        for k in path:
-            state[k] = verdict
-    return [p if p is not None and state[p] == 1 else None for p in parents]
 
 
 def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
@@ -305,7 +235,7 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
             prev_trace = t
     parent_col = [p - i if p is not None else (bytes(s.parent_span_id) if s.parent_span_id else None)
                   for i, (s, p) in enumerate(zip(spans, parents))]
-    packed = bytes([s.kind | (s.status_code << 3) | (_source_code(s.source) << 5) for s in spans])
+    packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
     resource_col = _refs_by_identity([s.resource for s in spans], resources, None)
     scope_col = _refs_by_identity([s.scope for s in spans], scopes, _scope_key)
     add = attrs.add
@@ -316,7 +246,7 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
 
     units = _units(spans, resource_col)
     span_units = [units[r] for r in resource_col]
-    refs = _time_parents(parents)
+    refs = time_parents(parents)
     starts, ends = _time_columns(spans, refs, span_units)
     base = next((s.start_ns for s, r in zip(spans, refs) if r is None), 0)
     events = _events(spans, span_units, idx, attrs) if any_events else None
@@ -334,7 +264,7 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
     doc = [
         node_id, seq, created, n,
         span_ids, b"".join(trace_index), trace_col, parent_col, packed,
-        {r: u for r, u in units.items() if u != 1}, base, _planes(_zigzag(starts)), _planes(_zigzag(ends)),
+        {r: u for r, u in units.items() if u != 1}, base, planes(zigzag(starts)), planes(zigzag(ends)),
         _text_refs([s.name for s in spans], idx.names),
         res_shapes, resource_col,
         [x for sc in scopes.new for x in sc], scope_col,
@@ -342,11 +272,6 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
         events, extras,
     ]
     return cbor2.dumps(doc)
-
-
-def _source_code(src: Source) -> int:
-    # Identity tests: hashing an Enum member runs Python code, and this runs for every span.
-    return 0 if src is Source.SDK_OTLP else 1 if src is Source.SDK_MQTT else 2
 
 
 def _refs_by_identity(objs: list[Any], domain: _Domain, key: Any) -> list[int]:
@@ -372,7 +297,7 @@ def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
         x[_X_STATUS_MESSAGE] = s.status_message
     if s.links:
         x[_X_LINKS] = [[trace_index.get(lk.trace_id, bytes(lk.trace_id)), bytes(lk.span_id), lk.trace_state,
-                        _native(lk.attributes)] for lk in s.links]
+                        native(lk.attributes)] for lk in s.links]
     if s.trace_state:
         x[_X_TRACE_STATE] = s.trace_state
     if s.flags != 1:
@@ -421,14 +346,14 @@ def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attribute
     add = attrs.add
     shape_col = [add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
     return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names),
-            _planes(_zigzag(times)), shape_col]
+            planes(zigzag(times)), shape_col]
 
 
 def encode(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY, level: int = 3,
            created_ns: int | None = None) -> bytes:
     """Encode spans as one batch referencing `tables` (header + zstd frame of the CBOR body)."""
     raw = body(spans, node_id, seq, tables, created_ns)
-    return _HEADER.pack(_MAGIC, VERSION, tables.id) + tables.compressor(level).compress(raw)
+    return TABLES_HEADER.pack(SPANS_MAGIC, VERSION, tables.id) + tables.compressor(level).compress(raw)
 
 
 # Batch sizes of the bodies a table set's zstd dictionary is trained on: what quiet and busy nodes send.
@@ -455,35 +380,19 @@ def learn(spans: Sequence[Span], limits: TrainingLimits = TrainingLimits(), node
 
 # ---------------------------------------------------------------------------------------------------- decoding
 
-def read_header(data: bytes) -> tuple[int, bytes]:
-    """Return (format version, table-set id) of an encoded batch; DecodeError if it is not one of version 3."""
-    _, version, table_id = read_prefix(data, _HEADER, _MAGIC, VERSION, "Helix uplink batch")
-    return version, table_id
-
-
-def decode(data: bytes, tables: TableSet | None, max_bytes: int, max_spans: int = MAX_SPANS) -> ColumnarBatch:
-    """Decode one batch with the table set its header names; at most `max_bytes` are decompressed and at most
-    `max_spans` spans built. UnknownTableSet if `tables` is not that set; DecodeError for anything else wrong."""
-    _, table_id = read_header(data)
+def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes: int,
+           max_spans: int = MAX_SPANS) -> Batch:
+    """Decode one batch of version 3 whose header was read, with the table set it names; at most `max_bytes` are
+    decompressed and at most `max_spans` spans built. UnknownTableSet if `tables` is not that set; DecodeError for
+    anything else wrong."""
+    table_id = header.table_id
     if table_id == NO_TABLES:
         tables = EMPTY
     elif tables is None or tables.id != table_id:
         raise UnknownTableSet(table_id)
-    frame = bytes(data[HEADER_SIZE:])
+    raw = decompress_with(tables.decompressor(), bytes(data[header.size:]), max_bytes, "uplink batch")
     try:
-        size = zstandard.get_frame_parameters(frame).content_size
-    except zstandard.ZstdError as e:
-        raise DecodeError(f"uplink batch is not a zstd frame: {e}") from None
-    if size == zstandard.CONTENTSIZE_UNKNOWN:
-        raise DecodeError("uplink batch zstd frame does not declare its content size")
-    if size > max_bytes:
-        raise DecodeError(f"uplink batch would decompress to {size} bytes, over the limit of {max_bytes}")
-    try:
-        raw = tables.decompressor().decompress(frame, max_output_size=max_bytes)
-    except zstandard.ZstdError as e:
-        raise DecodeError(f"uplink batch zstd frame is corrupt, truncated or not for this table set: {e}") from None
-    try:
-        doc = cbor2.loads(raw, max_depth=_MAX_DEPTH + 4)
+        doc = cbor2.loads(raw, max_depth=MAX_DEPTH + 4)
     except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
     try:
@@ -494,61 +403,28 @@ def decode(data: bytes, tables: TableSet | None, max_bytes: int, max_spans: int 
         raise DecodeError(f"uplink batch body has the wrong shape: {type(e).__name__}: {e}") from None
 
 
-def _expect(cond: bool, what: str) -> None:
-    if not cond:
-        raise DecodeError(f"uplink batch: {what}")
-
-
-def _array(x: Any, what: str, n: int | None = None) -> list[Any]:
-    # Messages are formatted on failure only: these checks run a few dozen times a batch.
-    if type(x) is not list:
-        raise DecodeError(f"uplink batch: {what} must be an array, got {type(x).__name__}")
-    if n is not None and len(x) != n:
-        raise DecodeError(f"uplink batch: {what} has {len(x)} entries, expected {n}")
-    return x
-
-
 def _all_of(xs: list[Any], t: type) -> bool:
     return not xs or set(map(type, xs)) == {t}
 
 
 def _uints(x: Any, what: str, n: int | None, limit: int) -> list[int]:
     """An array of integers in [0, limit) (n of them, unless n is None)."""
-    xs = _array(x, what, n)
+    xs = array(x, what, n)
     if xs and (not _all_of(xs, int) or min(xs) < 0 or max(xs) >= limit):
         raise DecodeError(f"uplink batch: {what} holds a non-integer or refers outside its table of {limit}")
     return xs
 
 
 def _texts(x: Any, what: str) -> list[str]:
-    xs = _array(x, what)
+    xs = array(x, what)
     if not _all_of(xs, str):
         raise DecodeError(f"uplink batch: {what} holds a non-text")
     return xs
 
 
-def _unplanes(data: Any, n: int, what: str) -> list[int]:
-    """n values from byte planes, un-zigzagged."""
-    _expect(type(data) is bytes, f"{what} must be bytes")
-    if n == 0:
-        _expect(len(data) <= _MAX_TIME_WIDTH, f"{what} holds bytes for no values")
-        return []
-    width, rest = divmod(len(data), n)
-    _expect(rest == 0 and 1 <= width <= _MAX_TIME_WIDTH, f"{what} holds {len(data)} bytes for {n} values")
-    if width == 1:
-        zs: Any = data
-    else:
-        raw = bytearray(len(data))
-        for k in range(width):
-            raw[k::width] = data[k * n:(k + 1) * n]
-        frm = int.from_bytes
-        zs = [frm(raw[i:i + width], "big") for i in range(0, len(raw), width)]
-    return [z >> 1 if not z & 1 else -((z + 1) >> 1) for z in zs]
-
-
 def _text_column(field_: Any, learned: list[str], what: str, n: int) -> list[str]:
     """The n texts of a text column ([new texts, references]; see _text_refs)."""
-    pair = _array(field_, what, 2)
+    pair = array(field_, what, 2)
     new = _texts(pair[0], what + " new texts")
     refs = _uints(pair[1], what + " references", n, len(learned) + len(new) + 1)
     if not new:
@@ -563,11 +439,8 @@ def _text_column(field_: Any, learned: list[str], what: str, n: int) -> list[str
 
 
 def _floats(x: Any, what: str, n: int) -> list[float]:
-    _expect(type(x) is bytes and len(x) == 8 * n, f"{what} must be {8 * n} bytes of float planes")
-    raw = bytearray(8 * n)
-    for k in range(8):
-        raw[k::8] = x[k * n:(k + 1) * n]
-    return list(struct.unpack(f">{n}d", raw))
+    expect(type(x) is bytes and len(x) == 8 * n, f"{what} must be {8 * n} bytes of float planes")
+    return list(struct.unpack(f">{n}d", unplane(x, n, 8)))
 
 
 _VALUE_TYPE = {T_INT: int, T_BOOL: bool, T_BYTES: bytes}
@@ -579,12 +452,12 @@ def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]
         return _text_column(col, values.get(key, []), what, count)
     if ty == T_FLOAT:
         return _floats(col, what, count)
-    vals = _array(col, what, count)
+    vals = array(col, what, count)
     want = _VALUE_TYPE.get(ty)
     if want is not None:
-        _expect(_all_of(vals, want), f"{what} holds a value that is not {want.__name__}")
+        expect(_all_of(vals, want), f"{what} holds a value that is not {want.__name__}")
     else:
-        _expect(ty == T_ANY, f"{what} has an unknown value type {ty}")
+        expect(ty == T_ANY, f"{what} has an unknown value type {ty}")
         for v in vals:
             check_native(v, what)
     return vals
@@ -605,7 +478,7 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
                 j = order[cid] = len(counts)
                 counts.append(0)
             counts[j] += c
-    cols = _array(cols_field, "attribute columns", len(counts))
+    cols = array(cols_field, "attribute columns", len(counts))
     decoded = [_column(col, key, ty, count, values) for (key, ty), count, col in zip(order, counts, cols)]
     offsets = [0] * len(counts)
     out: dict[int, Any] = {}
@@ -621,42 +494,42 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
 
 
 def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
-    sh = _array(x, "new shape")
+    sh = array(x, "new shape")
     for e in sh:
-        _expect(type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY,
+        expect(type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY,
                 f"shape entry {e!r} is invalid")
     return tuple((keys[e >> 3], e & 7) for e in sh)
 
 
-def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) -> ColumnarBatch:
-    _expect(type(doc) is list and len(doc) == _N_FIELDS, f"body must be an array of {_N_FIELDS} fields")
+def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) -> Batch:
+    expect(type(doc) is list and len(doc) == _N_FIELDS, f"body must be an array of {_N_FIELDS} fields")
     (node_id, seq, created, n, span_ids_f, traces, trace_col, parent_col, packed, unit_map, base, starts_f, ends_f,
      names_f, res_shapes_f, resource_col_f, new_scopes, scope_col_f, new_keys, new_shapes, shape_col_f, cols_f,
      events_f, extras) = doc
-    _expect(type(node_id) is str, "node id must be text")
-    _expect(type(seq) is int and seq >= 0, "sequence number must be a non-negative integer")
-    _expect(type(created) is int, "creation time must be an integer")
-    _expect(type(n) is int and 0 <= n <= max_spans, f"span count {n!r} is not in 0..{max_spans}")
-    _expect(type(base) is int, "base time must be an integer")
+    expect(type(node_id) is str, "node id must be text")
+    expect(type(seq) is int and seq >= 0, "sequence number must be a non-negative integer")
+    expect(type(created) is int, "creation time must be an integer")
+    expect(type(n) is int and 0 <= n <= max_spans, f"span count {n!r} is not in 0..{max_spans}")
+    expect(type(base) is int, "base time must be an integer")
     dt = tables.decoder_tables()
 
     if type(span_ids_f) is bytes:
-        _expect(len(span_ids_f) == 8 * n, f"span-id column holds {len(span_ids_f)} bytes for {n} spans")
+        expect(len(span_ids_f) == 8 * n, f"span-id column holds {len(span_ids_f)} bytes for {n} spans")
         span_ids = [span_ids_f[i:i + 8] for i in range(0, 8 * n, 8)]
     else:
-        span_ids = _array(span_ids_f, "span-id column", n)
-        _expect(_all_of(span_ids, bytes), "span-id column holds a non-bytes id")
-    _expect(type(traces) is bytes and len(traces) % 16 == 0, "trace-id table must be bytes, a multiple of 16 long")
+        span_ids = array(span_ids_f, "span-id column", n)
+        expect(_all_of(span_ids, bytes), "span-id column holds a non-bytes id")
+    expect(type(traces) is bytes and len(traces) % 16 == 0, "trace-id table must be bytes, a multiple of 16 long")
     trace_table = [traces[i:i + 16] for i in range(0, len(traces), 16)]
-    _array(trace_col, "trace column", n)
-    _array(parent_col, "parent column", n)
-    _expect(type(packed) is bytes and len(packed) == n, "kind/status/source column must be n bytes")
+    array(trace_col, "trace column", n)
+    array(parent_col, "parent column", n)
+    expect(type(packed) is bytes and len(packed) == n, "kind/status/source column must be n bytes")
 
     names = _text_column(names_f, dt.names, "name column", n)
     keys = dt.keys + _texts(new_keys, "new keys") if new_keys else dt.keys
     shapes = dt.shapes
     if new_shapes:
-        shapes = shapes + [_shape_entries(sh, keys) for sh in _array(new_shapes, "new shapes")]
+        shapes = shapes + [_shape_entries(sh, keys) for sh in array(new_shapes, "new shapes")]
     res_shapes = _uints(res_shapes_f, "new resource shapes", None, len(shapes))
     resources = dt.resources + [None] * len(res_shapes) if res_shapes else dt.resources
     resource_col = _uints(resource_col_f, "resource column", n, len(resources))
@@ -667,11 +540,11 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) ->
     events = None
     ev_shapes: list[int] = []
     if events_f is not None:
-        events = _array(events_f, "events", 4)
-        counts = _array(events[0], "event counts", n)
-        _expect(_all_of(counts, int) and (not counts or min(counts) >= 0), "event counts must be non-negative")
+        events = array(events_f, "events", 4)
+        counts = array(events[0], "event counts", n)
+        expect(_all_of(counts, int) and (not counts or min(counts) >= 0), "event counts must be non-negative")
         total = sum(counts)
-        _expect(total <= MAX_EVENTS_PER_SPAN * max(n, 1), "too many events for the batch")
+        expect(total <= MAX_EVENTS_PER_SPAN * max(n, 1), "too many events for the batch")
         ev_shapes = _uints(events[3], "event shape column", total, len(shapes))
 
     # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
@@ -684,20 +557,20 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) ->
         for j, r in enumerate(res_shapes):
             resources[base_r + j] = Resource(tuple((k, freeze_value(v)) for k, v in zip(keys_of[r], rows[r]())))
 
-    _expect(type(unit_map) is dict, "time units must be a map")
+    expect(type(unit_map) is dict, "time units must be a map")
     for r, u in unit_map.items():
-        _expect(type(r) is int and 0 <= r < len(resources) and type(u) is int and 1 <= u < _MAX_UNIT,
+        expect(type(r) is int and 0 <= r < len(resources) and type(u) is int and 1 <= u < _MAX_UNIT,
                 f"time unit {u!r} of resource {r!r} is invalid")
     span_units = [unit_map.get(r, 1) for r in resource_col] if unit_map else [1] * n
     in_batch: list[int | None] = [None] * n
     for i, p in enumerate(parent_col):
         if type(p) is int:
-            _expect(0 <= i + p < n, f"span {i} parent offset {p} is outside the batch")
+            expect(0 <= i + p < n, f"span {i} parent offset {p} is outside the batch")
             in_batch[i] = i + p
         else:
-            _expect(p is None or type(p) is bytes, f"span {i} parent must be null, an offset or bytes")
-    starts, ends = _times(_unplanes(starts_f, n, "start column"), _unplanes(ends_f, n, "end column"),
-                          _time_parents(in_batch), base, span_units)
+            expect(p is None or type(p) is bytes, f"span {i} parent must be null, an offset or bytes")
+    starts, ends = _times(unplanes(starts_f, n, "start column"), unplanes(ends_f, n, "end column"),
+                          time_parents(in_batch), base, span_units)
     span_events = _decode_events(events, counts, starts, span_units, dt, ev_attrs) if events is not None else None
 
     spans: list[Span] = []
@@ -707,15 +580,15 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) ->
         tr = trace_col[i]
         if type(tr) is int:
             prev_trace += tr
-            _expect(0 <= prev_trace < n_traces, f"span {i} refers to missing trace {prev_trace}")
+            expect(0 <= prev_trace < n_traces, f"span {i} refers to missing trace {prev_trace}")
             trace_id = trace_table[prev_trace]
         else:
-            _expect(type(tr) is bytes, f"span {i} trace must be a reference or bytes")
+            expect(type(tr) is bytes, f"span {i} trace must be a reference or bytes")
             trace_id = tr
         p = parent_col[i]
         b = packed[i]
         kind, status, src = b & 7, (b >> 3) & 3, b >> 5
-        _expect(kind <= 5 and status <= 2 and src < 3, f"span {i} has an invalid kind/status/source byte {b}")
+        expect(kind <= 5 and status <= 2 and src < len(SOURCES), f"span {i} has an invalid kind/status/source byte {b}")
         spans.append(Span(
             trace_id=trace_id,
             span_id=span_ids[i],
@@ -729,13 +602,13 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) ->
             events=span_events[i] if span_events is not None else (),
             resource=resources[resource_col[i]],
             scope=scopes[scope_col[i]],
-            source=_SOURCES[src],
+            source=SOURCES[src],
         ))
-    _expect(type(extras) is dict, "extras must be a map")
+    expect(type(extras) is dict, "extras must be a map")
     for i, x in extras.items():
-        _expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
+        expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
         _apply_extras(spans[i], x, trace_table, f"span {i}")
-    return ColumnarBatch(node_id=node_id, seq=seq, created_ns=created, table_id=table_id, spans=spans)
+    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=VERSION, table_id=table_id)
 
 
 _KINDS = tuple(SpanKind(k) for k in range(6))
@@ -744,7 +617,7 @@ _STATUSES = tuple(StatusCode(k) for k in range(3))
 
 def _scopes(x: Any) -> list[Scope]:
     flat = _texts(x, "new scopes")
-    _expect(len(flat) % 2 == 0, "new scopes must be name/version pairs")
+    expect(len(flat) % 2 == 0, "new scopes must be name/version pairs")
     return [Scope(flat[j], flat[j + 1]) for j in range(0, len(flat), 2)]
 
 
@@ -761,7 +634,7 @@ def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int
             u = units[i]
             s_abs[i] = base + starts[i] * u if prev < 0 else s_abs[prev] + starts[i] * gcd(u, units[prev])
             e = ends[i]
-            _expect(not e & 1, f"span {i} end is marked parent-relative but the span has no usable parent")
+            expect(not e & 1, f"span {i} end is marked parent-relative but the span has no usable parent")
             e_abs[i] = s_abs[i] + (e >> 1) * u
             done[i] = 1
             prev = i
@@ -789,7 +662,7 @@ def _decode_events(f: list[Any], counts: list[int], starts: list[int], units: li
                    attrs: list[dict[str, Any]]) -> list[tuple[Event, ...]]:
     total = len(attrs)
     names = _text_column(f[1], dt.event_names, "event names", total)
-    times = _unplanes(f[2], total, "event times")
+    times = unplanes(f[2], total, "event times")
     out: list[tuple[Event, ...]] = []
     j = 0
     for i, c in enumerate(counts):
@@ -803,25 +676,25 @@ def _decode_events(f: list[Any], counts: list[int], starts: list[int], units: li
 
 
 def _apply_extras(span: Span, x: Any, trace_table: list[bytes], what: str) -> None:
-    _expect(type(x) is dict, f"{what} extras must be a map")
+    expect(type(x) is dict, f"{what} extras must be a map")
     for key, v in x.items():
         if key == _X_STATUS_MESSAGE:
-            _expect(type(v) is str, f"{what} status message must be text")
+            expect(type(v) is str, f"{what} status message must be text")
             span.status_message = v
         elif key == _X_TRACE_STATE:
-            _expect(type(v) is str, f"{what} trace state must be text")
+            expect(type(v) is str, f"{what} trace state must be text")
             span.trace_state = v
         elif key == _X_FLAGS:
-            _expect(type(v) is int, f"{what} flags must be an integer")
+            expect(type(v) is int, f"{what} flags must be an integer")
             span.flags = v
         elif key == _X_LINKS:
             links = []
-            for lk in _array(v, what + " links"):
-                tr, sid, state, attrs = _array(lk, what + " link", 4)
+            for lk in array(v, what + " links"):
+                tr, sid, state, attrs = array(lk, what + " link", 4)
                 if type(tr) is int:
-                    _expect(0 <= tr < len(trace_table), f"{what} link refers to missing trace {tr}")
+                    expect(0 <= tr < len(trace_table), f"{what} link refers to missing trace {tr}")
                     tr = trace_table[tr]
-                _expect(type(tr) is bytes and type(sid) is bytes and type(state) is str and type(attrs) is dict,
+                expect(type(tr) is bytes and type(sid) is bytes and type(state) is str and type(attrs) is dict,
                         f"{what} link must be [trace, span id, trace state, attributes]")
                 check_native(attrs, what + " link attributes")
                 links.append(Link(tr, sid, state, attrs))

@@ -1,4 +1,4 @@
-"""The uplink batch format: exact round trips and clean errors on hostile input."""
+"""Span batch format versions 1 and 2: exact round trips and clean errors on hostile input."""
 from __future__ import annotations
 
 import struct
@@ -13,7 +13,17 @@ from bench._workload import realistic_spans
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
 from uplink.wire import dictionaries
-from uplink.wire import FORMAT_VERSION, HEADER_SIZE, decode_batch, encode_batch, read_header
+from uplink.wire import decode_batch, read_header
+from uplink.wire.frame import SPANS_HEADER
+from uplink.wire import encode_batch as encode_any
+
+FORMAT_VERSION = 2
+HEADER_SIZE = SPANS_HEADER.size
+
+
+def encode_batch(spans: list[Span], node_id: str, seq: int, version: int = 2, **kw: object) -> bytes:
+    return encode_any(spans, node_id, seq, version=version, **kw)  # type: ignore[arg-type]
+
 
 MAX = 16 * 1024 * 1024
 
@@ -98,8 +108,9 @@ def test_extreme_values_survive() -> None:
 
 def test_header_carries_version_and_dictionary_id() -> None:
     data = encode_batch([], "n", 1)
-    assert read_header(data) == (FORMAT_VERSION, dictionaries.CURRENT) == (2, 1)
-    assert read_header(encode_batch([], "n", 1, dictionary=0)) == (2, 0)
+    h = read_header(data)
+    assert (h.version, h.dict_id) == (2, dictionaries.CURRENT) == (2, 1)
+    assert read_header(encode_batch([], "n", 1, dictionary=0)).dict_id == 0
     with pytest.raises(DecodeError, match="version 9 is not supported"):
         decode_batch(b"HX\x09" + data[3:], MAX)
     with pytest.raises(DecodeError, match="dictionary 7"):
@@ -114,7 +125,7 @@ def test_header_carries_version_and_dictionary_id() -> None:
 def test_every_version_the_gateway_may_meet_decodes(version: int, dictionary: int) -> None:
     spans = realistic_spans(20, seed=12)
     data = encode_batch(spans, "old-node", 9, dictionary=dictionary, version=version, created_ns=5)
-    assert read_header(data) == (version, dictionary)
+    assert (read_header(data).version, read_header(data).dict_id) == (version, dictionary)
     batch = decode_batch(data, MAX)
     assert (batch.version, batch.dict_id, batch.seq) == (version, dictionary, 9)
     assert _exact(batch.spans) == _exact(spans)
@@ -128,7 +139,7 @@ def test_shipped_dictionary_is_registered_and_helps_small_batches() -> None:
 
 
 def test_the_long_lived_compressor_stays_small_and_compresses_as_well() -> None:
-    from uplink.wire.batch import batch_body
+    from uplink.wire.batch_v2 import body as batch_body
     from uplink.wire.frame import _compressor
 
     spans = realistic_spans(60, seed=5)[:512]

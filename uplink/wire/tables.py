@@ -1,16 +1,16 @@
-"""Learned tables a node shares with its gateways: what its spans usually say, so its batches need not say it again.
+"""Table sets: learned tables a node shares with its gateways, what its spans usually say, so that its batches need
+not say it again.
 
 A `TableSet` holds, learned from the node's own recent spans: span names, attribute keys, the usual string values
 of each key, attribute shapes (which keys, in which order, with which value types), event names, scopes, resources,
 and a zstd dictionary for what is left. It is identified by its content hash (`id`, 8 bytes), published once as a
-message (`to_message`), and referenced by id in every batch (uplink/columnar.py), so each batch stays
-self-contained given the table set it names. Format: docs/uplink-format-v3.md.
+message (`to_message`), and referenced by id in every batch (uplink/wire/columnar.py), so each batch stays
+self-contained given the table set it names. Format: docs/uplink-format.md, version 3.
 
 Sans-I/O: training, serialising and parsing are pure functions; fetching, caching and publishing are the caller's.
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 import sys
 import time
@@ -19,23 +19,30 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# BLAKE2 from its own module: `hashlib` maps OpenSSL's libcrypto (3.4 MiB) into a node that never needs it.
+from _blake2 import blake2b
+
 import cbor2
 import zstandard
 
 from edge.errors import DecodeError
 from edge.model import Resource, Scope, Span
 
+from .frame import NO_TABLES, TABLE_ID_SIZE, compression_params, read_prefix
+from .values import check_native
+
 __all__ = [
     "TableSet",
     "EMPTY",
     "NO_TABLES",
+    "ID_SIZE",
     "TABLES_MAGIC",
+    "TABLES_MEDIA_TYPE",
+    "NEEDS_TABLES_HEADER",
     "TrainingLimits",
     "train",
     "parse_message",
     "message_id",
-    "read_prefix",
-    "check_native",
     "freeze_value",
     "thaw_value",
     "value_type",
@@ -49,16 +56,18 @@ __all__ = [
 ]
 
 TABLES_MAGIC = b"HT"
+TABLES_MEDIA_TYPE = "application/vnd.helix.tables"  # of a table-set message uploaded over HTTP
+# The HTTP header with which a gateway, answering 409, names the table set a node must upload before its batch.
+NEEDS_TABLES_HEADER = "Helix-Needs-Table-Set"
 _TABLES_VERSION = 1
 # magic, table format version, the full 32-byte BLAKE2b digest of the CBOR content; then a zstd frame of it.
 _MSG_HEADER = struct.Struct(">2sB32s")
-ID_SIZE = 8
-NO_TABLES = bytes(ID_SIZE)  # the id a batch carries when it uses no table set (a node's cold start)
+ID_SIZE = TABLE_ID_SIZE
 
 # Value type codes, the low 3 bits of a shape entry (key reference * 8 + type).
 T_STR, T_INT, T_FLOAT, T_BOOL, T_BYTES, T_ANY = range(6)
 TYPE_CODES: dict[type, int] = {str: T_STR, int: T_INT, float: T_FLOAT, bool: T_BOOL, bytes: T_BYTES}
-_MAX_DEPTH = 32
+_MAX_DEPTH = 32  # CBOR nesting of the content (plain-CBOR resource values, checked by check_native)
 
 # Every table is bounded by count so a hostile message cannot make a gateway hold millions of entries; the byte
 # bound of the whole message (`parse_message(max_bytes)`) bounds the rest.
@@ -85,26 +94,6 @@ def freeze_value(v: Any) -> Any:
     if type(v) in (list, dict):
         return Resource.of({"": v}).attributes[0][1]
     return v
-
-
-def check_native(v: Any, what: str, depth: int = 0) -> Any:
-    """`v` if it is a value the span model holds (str, bool, int, float, bytes, lists and text-keyed maps)."""
-    tv = type(v)
-    if tv in (str, bool, int, float, bytes):
-        return v
-    if depth >= _MAX_DEPTH:
-        raise DecodeError(f"uplink batch: {what} nests deeper than {_MAX_DEPTH}")
-    if tv is list:
-        for x in v:
-            check_native(x, what, depth + 1)
-        return v
-    if tv is dict:
-        for k, x in v.items():
-            if type(k) is not str:
-                raise DecodeError(f"uplink batch: {what} has a map key that is not text: {k!r}")
-            check_native(x, what, depth + 1)
-        return v
-    raise DecodeError(f"uplink batch: {what} holds a value of unsupported type {tv.__name__}")
 
 
 @dataclass(slots=True, eq=False)
@@ -134,7 +123,7 @@ class TableSet:
         """True for the cold-start set: no tables, no dictionary."""
         return self.id == NO_TABLES
 
-    # ---- what the encoder and decoder of uplink/columnar.py use; built on first use and kept
+    # ---- what the encoder and decoder of uplink/wire/columnar.py use; built on first use and kept
 
     def encoder_index(self) -> _EncoderIndex:
         """Lookups from value to table position, for encoding."""
@@ -148,8 +137,11 @@ class TableSet:
             self._dec = _DecoderTables(self)
         return self._dec
 
-    def compressor(self, level: int) -> zstandard.ZstdCompressor:
-        """The zstd compressor for batches referencing this set (its dictionary loaded once)."""
+    def compressor(self, level: int, shared: bool = True) -> zstandard.ZstdCompressor:
+        """The zstd compressor for batches referencing this set (its dictionary loaded once); `shared=False` makes
+        one for another thread (a compressor is not safe to use from two threads at once)."""
+        if not shared:
+            return _compressor(level, self._zstd_dict())
         zc = self._zc.get(level)
         if zc is None:
             zc = self._zc[level] = _compressor(level, self._zstd_dict())
@@ -177,11 +169,19 @@ class TableSet:
                   idx.resources, idx.signatures)
         return sum(_deep_size(f, seen) for f in fields) + self.compressor(level).memory_size()
 
+    def gateway_bytes(self) -> int:
+        """Bytes a gateway holds to decode with this set: the decoder's tables, the content, the zstd decompressor."""
+        dt = self.decoder_tables()
+        seen: set[int] = set()
+        fields = (dt.names, dt.keys, dt.values, dt.shapes, dt.event_names, dt.scopes, dt.resources, self.content,
+                  self.zdict)
+        return sum(_deep_size(f, seen) for f in fields) + self.decompressor().memory_size()
+
     # ---- publication
 
     def to_message(self) -> bytes:
         """The message that publishes this set (magic, version, digest, zstd frame of the CBOR content)."""
-        digest = hashlib.blake2b(self.content, digest_size=32).digest()
+        digest = blake2b(self.content, digest_size=32).digest()
         # Level 9: within 5 % of level 19's size at a twentieth of the time and half the memory (docs/benchmarks.md).
         frame = zstandard.ZstdCompressor(level=9, write_content_size=True, write_checksum=True).compress(self.content)
         return _MSG_HEADER.pack(TABLES_MAGIC, _TABLES_VERSION, digest) + frame
@@ -245,18 +245,8 @@ class _DecoderTables:
 
 # -------------------------------------------------------------------------------------------------------- zstd
 
-# Batches are 1-130 KB: a 128 KiB window and 16 Ki-entry tables give the same sizes as level 3's defaults, for
-# half the memory the compressor holds for the node's life.
-_MAX_WINDOW_LOG, _MAX_HASH_LOG, _MAX_CHAIN_LOG = 17, 14, 14
-
-
 def _compressor(level: int, d: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdCompressor:
-    at_level = zstandard.ZstdCompressionParameters.from_level(level)
-    # The table-set id travels in the batch header, so the frame does not carry a dictionary id.
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=min(_MAX_WINDOW_LOG, at_level.window_log), hash_log=min(_MAX_HASH_LOG, at_level.hash_log),
-        chain_log=min(_MAX_CHAIN_LOG, at_level.chain_log), write_content_size=True, write_checksum=True,
-        write_dict_id=False)
+    params = compression_params(level)
     if d is not None:
         d.precompute_compress(compression_params=params)  # digested once, not at every batch
     return zstandard.ZstdCompressor(dict_data=d, compression_params=params)
@@ -298,7 +288,7 @@ def _sealed(t: TableSet) -> TableSet:
 
 def message_id(content: bytes) -> bytes:
     """The id of a table set: the first 8 bytes of BLAKE2b-256 of its CBOR content."""
-    return hashlib.blake2b(content, digest_size=32).digest()[:ID_SIZE]
+    return blake2b(content, digest_size=32).digest()[:ID_SIZE]
 
 
 def _bad(what: str) -> DecodeError:
@@ -313,21 +303,9 @@ def _texts(x: Any, what: str) -> tuple[str, ...]:
     return tuple(x)
 
 
-def read_prefix(data: bytes, header: struct.Struct, magic: bytes, version: int, what: str) -> tuple[Any, ...]:
-    """The fields of a message's fixed header (magic and version first), checked; DecodeError naming `what`."""
-    if len(data) < header.size:
-        raise DecodeError(f"{what} too short: {len(data)} bytes, the header alone is {header.size}")
-    fields = header.unpack_from(data)
-    if fields[0] != magic:
-        raise DecodeError(f"not a {what} (starts with {bytes(data[:2])!r}, expected {magic!r})")
-    if fields[1] != version:
-        raise DecodeError(f"{what} format version {fields[1]} is not supported here (this reads {version})")
-    return fields
-
-
 def parse_message(data: bytes, max_bytes: int, expect_id: bytes | None = None) -> TableSet:
     """Parse and verify a published table set; at most `max_bytes` are decompressed. DecodeError on any problem."""
-    _, _, digest = read_prefix(data, _MSG_HEADER, TABLES_MAGIC, _TABLES_VERSION, "Helix uplink table set")
+    _, _, digest = read_prefix(data, _MSG_HEADER, TABLES_MAGIC, (_TABLES_VERSION,), "Helix uplink table set")
     if expect_id is not None and digest[:ID_SIZE] != expect_id:
         raise _bad(f"message is table set {digest[:ID_SIZE].hex()}, not the {expect_id.hex()} asked for")
     frame = bytes(data[_MSG_HEADER.size:])
@@ -341,7 +319,7 @@ def parse_message(data: bytes, max_bytes: int, expect_id: bytes | None = None) -
         content = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max_bytes)
     except zstandard.ZstdError as e:
         raise _bad(f"zstd frame is corrupt or truncated: {e}") from None
-    if hashlib.blake2b(content, digest_size=32).digest() != digest:
+    if blake2b(content, digest_size=32).digest() != digest:
         raise _bad("content does not match its hash (corrupt or tampered)")
     try:
         doc = cbor2.loads(content, max_depth=_MAX_DEPTH + 4)
@@ -438,7 +416,7 @@ def train(spans: Sequence[Span], limits: TrainingLimits = TrainingLimits(), node
     """Learn a table set from a node's recent spans (oldest first).
 
     `sample_bodies(spans, tables)` returns uncompressed batch bodies of these spans encoded with `tables`: the zstd
-    dictionary is trained on them, so it learns what the tables leave. uplink/columnar.py passes its own.
+    dictionary is trained on them, so it learns what the tables leave. uplink/wire/columnar.py passes its own.
     """
     created = time.time_ns() if created_ns is None else created_ns
     t = _tables(spans, limits) if limits.tables else TableSet()

@@ -1,0 +1,141 @@
+"""What the span batch formats share: the wire codes of sources, attribute values as CBOR carries them, zigzagged
+byte planes, time parents, and the checks every decoder applies to hostile input.
+
+Sans-I/O. Every decoding problem is a DecodeError whose message starts with "uplink batch: ".
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from edge.errors import DecodeError
+from edge.model import Source
+
+__all__ = ["SOURCES", "MAX_DEPTH", "MAX_PLANE_WIDTH", "source_code", "expect", "array", "native", "check_native", "zigzag",
+           "planes", "unplane", "unplanes", "time_parents"]
+
+# Fixed codes for Source in a batch's packed byte; appending keeps old batches decodable, codes are never reused.
+SOURCES: tuple[Source, ...] = (Source.SDK_OTLP, Source.SDK_MQTT, Source.EBPF)
+assert set(SOURCES) == set(Source), "every Source needs a wire code in uplink/wire/values.py"
+MAX_DEPTH = 32  # nesting of plain-CBOR attribute values
+MAX_PLANE_WIDTH = 16  # bytes per zigzagged value in a plane column; 9 covers every difference of two uint64 times
+
+
+def source_code(src: Source) -> int:
+    """The wire code of a span's source."""
+    # Identity tests: hashing an Enum member runs Python code, and this runs for every span.
+    return 0 if src is Source.SDK_OTLP else 1 if src is Source.SDK_MQTT else 2
+
+
+def expect(cond: bool, what: str) -> None:
+    """DecodeError("uplink batch: <what>") unless `cond`."""
+    if not cond:
+        raise DecodeError(f"uplink batch: {what}")
+
+
+def array(x: Any, what: str, n: int | None = None) -> list[Any]:
+    """`x` if it is an array (of `n` entries, unless n is None); DecodeError naming `what` otherwise."""
+    # Messages are formatted on failure only: these checks run a few dozen times a batch.
+    if type(x) is not list:
+        raise DecodeError(f"uplink batch: {what} must be an array, got {type(x).__name__}")
+    if n is not None and len(x) != n:
+        raise DecodeError(f"uplink batch: {what} has {len(x)} entries, expected {n}")
+    return x
+
+
+def native(v: Any) -> Any:
+    """An attribute value as plain CBOR: the model's tuples as arrays, maps as maps."""
+    if isinstance(v, (list, tuple)):
+        return [native(x) for x in v]
+    if isinstance(v, dict):
+        return {k: native(x) for k, x in v.items()}
+    return v
+
+
+def check_native(v: Any, what: str, depth: int = 0) -> Any:
+    """`v` if it is a value the span model holds (str, bool, int, float, bytes, arrays and text-keyed maps, nested at
+    most MAX_DEPTH deep); DecodeError naming `what` otherwise."""
+    tv = type(v)
+    if tv in (str, bool, int, float, bytes):
+        return v
+    expect(depth < MAX_DEPTH, f"{what} nests deeper than {MAX_DEPTH}")
+    if tv is list:
+        for x in v:
+            check_native(x, what, depth + 1)
+        return v
+    if tv is dict:
+        for k, x in v.items():
+            expect(type(k) is str, f"{what} has a map key that is not text: {k!r}")
+            check_native(x, what, depth + 1)
+        return v
+    raise DecodeError(f"uplink batch: {what} holds a value of unsupported type {tv.__name__}")
+
+
+def zigzag(values: list[int]) -> list[int]:
+    """Signed integers as non-negative ones: 2v for v >= 0, -2v - 1 otherwise."""
+    return [v << 1 if v >= 0 else ((-v) << 1) - 1 for v in values]
+
+
+def planes(zs: list[int]) -> bytes:
+    """Non-negative integers at one fixed width (the smallest that holds the largest, at least 1), most significant
+    byte of every value first: the high planes are mostly zero and the low ones noise, which zstd handles far better
+    than interleaved variable-length integers."""
+    width = max(1, (max(zs, default=0).bit_length() + 7) // 8)
+    if width == 1:
+        return bytes(zs)
+    if width <= 8:  # packed as 8-byte integers in C, then the planes cut from their low `width` bytes
+        raw = struct.pack(f">{len(zs)}Q", *zs)
+        return b"".join([raw[k::8] for k in range(8 - width, 8)])
+    raw = b"".join([z.to_bytes(width, "big") for z in zs])
+    return b"".join([raw[k::width] for k in range(width)])
+
+
+def unplane(data: bytes, n: int, width: int) -> bytearray:
+    """Byte planes of n values of `width` bytes back to the values' bytes one after another."""
+    raw = bytearray(n * width)
+    for k in range(width):
+        raw[k::width] = data[k * n:(k + 1) * n]
+    return raw
+
+
+def unplanes(data: Any, n: int, what: str) -> list[int]:
+    """n signed values from zigzagged byte planes; the width is the length / n, at most MAX_PLANE_WIDTH."""
+    expect(type(data) is bytes, f"{what} must be bytes")
+    if n == 0:
+        expect(len(data) <= MAX_PLANE_WIDTH, f"{what} holds bytes for no values")
+        return []
+    width, rest = divmod(len(data), n)
+    expect(rest == 0 and 1 <= width <= MAX_PLANE_WIDTH, f"{what} holds {len(data)} bytes for {n} values")
+    if width == 1:
+        zs: Any = data
+    elif width <= 8:  # planes laid into 8-byte integers (high bytes zero), unpacked in C
+        raw = bytearray(8 * n)
+        for k in range(width):
+            raw[8 - width + k::8] = data[k * n:(k + 1) * n]
+        zs = struct.unpack(f">{n}Q", raw)
+    else:
+        raw = unplane(data, n, width)
+        frm = int.from_bytes
+        zs = [frm(raw[i:i + width], "big") for i in range(0, len(raw), width)]
+    return [z >> 1 if not z & 1 else -((z + 1) >> 1) for z in zs]
+
+
+def time_parents(parents: list[int | None]) -> list[int | None]:
+    """Per span, the in-batch parent its times are relative to: its parent, when following parents from there ends
+    at a span without one (ids can form a cycle in bad data); None makes the span an anchor. Encoder and decoder both
+    derive this from the parent column, so it costs no bytes."""
+    n = len(parents)
+    state = bytearray(n)  # 0 unknown, 1 chain ends at a root, 2 chain loops, 3 on the path being walked
+    for i in range(n):
+        if state[i]:
+            continue
+        path = []
+        j: int | None = i
+        while j is not None and not state[j]:
+            state[j] = 3
+            path.append(j)
+            j = parents[j]
+        verdict = 1 if j is None or state[j] == 1 else 2
+        for k in path:
+            state[k] = verdict
+    return [p if p is not None and state[p] == 1 else None for p in parents]
