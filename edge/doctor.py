@@ -205,6 +205,19 @@ def _load(cfg: Config) -> list[Check]:
     return [Check("probes load and attach", True, detail), tls]
 
 
+# Since "perf: Revert to requiring CAP_SYS_ADMIN for uprobes" (2025, CVE-2025-38466, in the stable kernels too)
+# perf_event_open admits a uprobe with CAP_SYS_ADMIN only: CAP_PERFMON, enough from 5.8 until then, gets EACCES.
+_FIX_UPROBES = ("this kernel requires CAP_SYS_ADMIN for uprobes, which CAP_BPF and CAP_PERFMON no longer cover: grant "
+                "it (systemd: install firmware-configs/systemd/helix-agent.service.d/tls.conf as a drop-in; container: "
+                "--cap-add SYS_ADMIN), or set sources.ebpf.tls = false to run without TLS plaintext; the other probes "
+                "work as they are")
+
+
+def _has_sys_admin() -> bool:
+    from .runtime.privileges import CAP_SYS_ADMIN, read_caps
+    return read_caps().has(CAP_SYS_ADMIN)
+
+
 def _tls(cfg: Config, probes: Any) -> Check:
     """Attach the TLS uprobes as the agent would, to every OpenSSL the traced processes map, and name the processes
     whose TLS they cannot read."""
@@ -228,9 +241,8 @@ def _tls(cfg: Config, probes: Any) -> Check:
     if status["attach_errors"]:
         failures = status["attach_failures"]
         lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(failures))
-        if os.geteuid() != 0 and any("Permission denied" in f for f in failures):
-            fix = ("this kernel refuses uprobes to an agent with only CAP_BPF and CAP_PERFMON: run it as root (without "
-                   "HELIX_USER) to read TLS plaintext; the other probes work as they are")
+        if any(f"(errno {errno.EACCES})" in f for f in failures) and not _has_sys_admin():
+            fix = _FIX_UPROBES
         else:
             fix = "check that the files are readable by root and not on a noexec mount"
         return Check("TLS libraries", False, "\n".join(lines), fix)
