@@ -287,7 +287,7 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
     # over the whole run (busy phases and idle windows alike) is what a node pays for them.
     seconds = sum(w.seconds for w in all_windows) + idle.seconds
     sched: dict[str, dict[str, float]] = {}
-    for p in ("on_sched_switch", "on_sched_waking"):
+    for p in ("on_sched_switch", "on_sched_waking", "on_sched_wakeup_new"):
         runs_p = sum(w.runs.get(p, 0) for w in all_windows) + idle.runs.get(p, 0)
         ns_p = sum(w.ns.get(p, 0) for w in all_windows) + sum(w.ns.get(p, 0) for w in idles)
         if runs_p:

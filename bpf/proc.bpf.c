@@ -7,6 +7,8 @@
  * in `offcpu` (io.bpf.c enrols a thread when it does traced socket I/O): two hash lookups, no filters.
  * sched_waking runs on every wakeup of the machine: a thread of another process, or two threads of which neither
  * did traced socket I/O, costs one field read or two hash lookups and sends nothing.
+ * sched_wakeup_new runs once per task created on the machine: the same filters, a new thread's creation counts as a
+ * hand-off.
  * sched_process_exit also clears the per-thread state of both objects, so thread churn cannot leak.
  */
 #include "vmlinux_min.h"
@@ -40,6 +42,23 @@ int on_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+static __always_inline void send_wakeup(__u32 tgid, __u32 waker, __u32 wakee, __u64 wakee_since_ns)
+{
+	struct wakeup_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return;
+	}
+	ev->type = HELIX_EV_WAKEUP;
+	ev->pid = tgid;
+	ev->waker_tid = waker;
+	ev->wakee_tid = wakee;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->wakee_since_ns = wakee_since_ns;
+	rb_submit(ev, sizeof(*ev));
+}
+
 /* sched_waking(struct task_struct *p): runs in the waker's context, before p is runnable. A thread that hands a
  * request's work to a pool worker wakes it (a queue, a semaphore); the worker that finished wakes the thread waiting
  * for the result (a future, a condition). Only wakeups inside one process where one of the two threads did traced
@@ -52,7 +71,6 @@ int on_sched_waking(struct bpf_raw_tracepoint_args *ctx)
 	__u32 tgid = id >> 32;
 	__u32 waker = (__u32)id;
 	struct offcpu_state *slept;
-	struct wakeup_event *ev;
 	__u32 wakee;
 
 	if ((__u32)BPF_CORE_READ(p, tgid) != tgid)
@@ -65,18 +83,27 @@ int on_sched_waking(struct bpf_raw_tracepoint_args *ctx)
 		return 0; /* neither thread did traced socket I/O */
 	if (!traced(tgid))
 		return 0;
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_drop(HELIX_DROP_RINGBUF_FULL);
+	send_wakeup(tgid, waker, wakee, slept ? slept->since_ns : 0);
+	return 0;
+}
+
+/* sched_wakeup_new(struct task_struct *p): the first wakeup of a new task, in its creator's context. A pool that
+ * starts workers lazily (ThreadPoolExecutor on submit) hands the new worker its first work by creating it, not by
+ * waking it: sent as a wakeup from the creating thread when it did traced socket I/O and the new task is a thread of
+ * the same process (a forked process is not a hand-off). Runs once per thread or process created on the machine. */
+SEC("raw_tp/sched_wakeup_new")
+int on_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *p = (struct task_struct *)ctx->args[0];
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	__u32 creator = (__u32)id;
+
+	if ((__u32)BPF_CORE_READ(p, tgid) != tgid)
+		return 0; /* a new process, not a thread of this one */
+	if (!bpf_map_lookup_elem(&offcpu, &creator) || !traced(tgid))
 		return 0;
-	}
-	ev->type = HELIX_EV_WAKEUP;
-	ev->pid = tgid;
-	ev->waker_tid = waker;
-	ev->wakee_tid = wakee;
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->wakee_since_ns = slept ? slept->since_ns : 0;
-	rb_submit(ev, sizeof(*ev));
+	send_wakeup(tgid, creator, BPF_CORE_READ(p, pid), 0); /* it never slept: it waited for nothing */
 	return 0;
 }
 

@@ -33,8 +33,8 @@ struct exit_event {
 	char comm[HELIX_COMM_LEN];
 };
 
-/* sched:sched_waking between two threads of one traced process, one of which did traced socket I/O: the waker hands
- * work (or a result) to the wakee. wakee_since_ns is when the wakee was switched out (its sleep began), 0 when it
+/* sched:sched_waking (or sched_wakeup_new: a thread created, wakee_since_ns 0) between two threads of one traced
+ * process, one of which did traced socket I/O: the waker hands work (or a result) to the wakee. wakee_since_ns is when the wakee was switched out (its sleep began), 0 when it
  * never did traced socket I/O. 32 bytes; Python: "=IIII QQ". */
 struct wakeup_event {
 	__u32 type; /* HELIX_EV_WAKEUP */

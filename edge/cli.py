@@ -79,9 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     user = switched()
     if user is not None:
         if user.stayed_root_because:
-            log.warning("running as root: %s; keeping %s", user.stayed_root_because, cap_list(user.kept))
+            log.warning("running as root: %s; keeping %s (%s)", user.stayed_root_because, cap_list(user.kept),
+                        user.why)
         else:
-            log.info("running as user %s (uid %d) with %s", user.user, user.uid, cap_list(user.kept))
+            log.info("running as user %s (uid %d) with %s (%s)", user.user, user.uid, cap_list(user.kept), user.why)
     allocator = os.environ.get("PYTHONMALLOC")
     if allocator == "malloc":
         log.info("objects on glibc's malloc, heap trimmed every 2 s: memory a burst took goes back")

@@ -17,6 +17,7 @@ from .errors import ConfigError, HelixError, ProbeUnavailable
 
 __all__ = ["Check", "run_checks", "format_checks", "doctor_exit_code", "main_doctor", "cost_report", "main_doctor_cost"]
 
+TLS_CHECK = "TLS libraries"
 _FIX_ROOT = "run the agent as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
 
 
@@ -195,7 +196,7 @@ def _load(cfg: Config) -> list[Check]:
         attached = probes.attached_programs
         skipped = probes.skipped_programs
         objects = probes.object_files
-        tls = _tls(cfg, probes) if cfg.ebpf.tls else Check("TLS libraries", True, "sources.ebpf.tls = false: TLS "
+        tls = _tls(cfg, probes) if cfg.ebpf.tls else Check(TLS_CHECK, True, "sources.ebpf.tls = false: TLS "
                                                             "plaintext is not read")
     finally:
         probes.close()
@@ -203,6 +204,19 @@ def _load(cfg: Config) -> list[Check]:
     if skipped:
         detail += f"; skipped (tracepoint missing): {', '.join(skipped)}"
     return [Check("probes load and attach", True, detail), tls]
+
+
+# Since "perf: Revert to requiring CAP_SYS_ADMIN for uprobes" (2025, CVE-2025-38466, in the stable kernels too)
+# perf_event_open admits a uprobe with CAP_SYS_ADMIN only: CAP_PERFMON, enough from 5.8 until then, gets EACCES.
+_FIX_UPROBES = ("this kernel requires CAP_SYS_ADMIN for uprobes, which CAP_BPF and CAP_PERFMON no longer cover: grant "
+                "it (systemd: install firmware-configs/systemd/helix-agent.service.d/tls.conf as a drop-in; container: "
+                "--cap-add SYS_ADMIN), or set sources.ebpf.tls = false to run without TLS plaintext; the other probes "
+                "work as they are")
+
+
+def _has_sys_admin() -> bool:
+    from .runtime.privileges import CAP_SYS_ADMIN, read_caps
+    return read_caps().has(CAP_SYS_ADMIN)
 
 
 def _tls(cfg: Config, probes: Any) -> Check:
@@ -214,7 +228,7 @@ def _tls(cfg: Config, probes: Any) -> Check:
         attacher.start()
         status = attacher.status()
     except ProbeUnavailable as e:
-        return Check("TLS libraries", False, e.reason, e.fix)
+        return Check(TLS_CHECK, False, e.reason, e.fix)
     finally:
         attacher.close()
     libs = status["libraries"]
@@ -228,13 +242,12 @@ def _tls(cfg: Config, probes: Any) -> Check:
     if status["attach_errors"]:
         failures = status["attach_failures"]
         lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(failures))
-        if os.geteuid() != 0 and any("Permission denied" in f for f in failures):
-            fix = ("this kernel refuses uprobes to an agent with only CAP_BPF and CAP_PERFMON: run it as root (without "
-                   "HELIX_USER) to read TLS plaintext; the other probes work as they are")
+        if any(f"(errno {errno.EACCES})" in f for f in failures) and not _has_sys_admin():
+            fix = _FIX_UPROBES
         else:
             fix = "check that the files are readable by root and not on a noexec mount"
-        return Check("TLS libraries", False, "\n".join(lines), fix)
-    return Check("TLS libraries", True, "\n".join(lines))
+        return Check(TLS_CHECK, False, "\n".join(lines), fix)
+    return Check(TLS_CHECK, True, "\n".join(lines))
 
 
 def run_checks(cfg: Config | None = None) -> list[Check]:
@@ -266,9 +279,16 @@ def format_checks(checks: list[Check]) -> str:
         lines.append(f"{'✔' if c.ok else '✘'} {c.name}: {c.detail}")
         if not c.ok and c.fix:
             lines.append(f"    fix: {c.fix}")
-    failed = sum(not c.ok for c in checks)
-    lines.append("all probes can run here" if not failed else
-                 f"{failed} problem(s): the agent runs without kernel spans (SDK spans only) until they are fixed")
+    failed = [c.name for c in checks if not c.ok]
+    if not failed:
+        lines.append("all probes can run here")
+    elif all(name == TLS_CHECK for name in failed):
+        # The uprobes attach apart from the tracepoints: only TLS plaintext is missing.
+        lines.append(f"{len(failed)} problem(s): the agent runs with kernel spans, but reads no TLS plaintext until "
+                     "they are fixed")
+    else:
+        lines.append(f"{len(failed)} problem(s): the agent runs without kernel spans (SDK spans only) until they are "
+                     "fixed")
     return "\n".join(lines)
 
 

@@ -252,13 +252,14 @@ health() {  # NAME SECONDS -> waits for the HEALTHCHECK to say healthy
 }
 
 # The capabilities docs/container.md gives for this engine: Docker 20.10 cannot grant CAP_BPF or CAP_PERFMON, and
-# CAP_SYS_ADMIN stands in for both; SETUID and SETGID let helix switch from root to its user; DAC_READ_SEARCH reads
-# tracefs; SYS_RESOURCE (RLIMIT_MEMLOCK) only before 5.11, where the kernel charged BPF maps to it.
+# CAP_SYS_ADMIN stands in for both; CAP_SYS_ADMIN also for the TLS uprobes, which current kernels refuse to
+# CAP_PERFMON; SETUID and SETGID let helix switch from root to its user; DAC_READ_SEARCH reads tracefs; SYS_RESOURCE
+# (RLIMIT_MEMLOCK) only before 5.11, where the kernel charged BPF maps to it.
 probe_flags() {
   local major=${ENGINE%%.*} kernel
   PROBE_FLAGS=(--user 0 --pid=host --cap-drop ALL --cap-add SETUID --cap-add SETGID --cap-add DAC_READ_SEARCH
     -v /sys/kernel/tracing:/sys/kernel/tracing:ro)
-  if [ "$major" -ge 23 ] 2>/dev/null; then PROBE_FLAGS+=(--cap-add BPF --cap-add PERFMON); else PROBE_FLAGS+=(--cap-add SYS_ADMIN); fi
+  if [ "$major" -ge 23 ] 2>/dev/null; then PROBE_FLAGS+=(--cap-add BPF --cap-add PERFMON --cap-add SYS_ADMIN); else PROBE_FLAGS+=(--cap-add SYS_ADMIN); fi
   kernel=$(uname -r | awk -F. '{print $1 * 100 + $2}')
   [ "$kernel" -ge 511 ] || PROBE_FLAGS+=(--cap-add SYS_RESOURCE)
 }

@@ -12,7 +12,9 @@ knows its own structure). In order of preference:
 - cause: a kernel client span is the child of the server span of the request the span builder found it was made
   for (`helix.cause`, edge/sources/ebpf/spans/causes.py): the request its thread serves (`thread`), the one an
   event loop read last (`event-loop`), or the one whose thread waited for a pool worker's result (`wakeup`) or
-  handed it the work (`handoff`);
+  handed it the work (`handoff`); a call the builder found `ambiguous` (an event loop that read several requests
+  in one turn before any of their handlers called out) gets no parent from the timing rules below: it stays the
+  root of what it caused rather than be linked to a request it may not belong to;
 - thread: a kernel span inside a kernel server span of the same thread (the thread serving a request makes
   the calls that request needs), for spans that name no cause;
 - consumer-thread: a kernel client span made by the thread that just received an MQTT message, before it
@@ -136,6 +138,8 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
             return hits[0], "sdk-process", 1.0
     if by_cause is not None:
         return by_cause, str(s.attributes.get("helix.cause.via", "thread")), 1.0
+    if s.attributes.get("helix.cause.via") == "ambiguous":
+        return None, "", 1.0
     if pid is not None and tid is not None:
         hits = _innermost(index.servers_by_thread.get((pid, tid), []), e)
         if hits:

@@ -4,8 +4,10 @@ Container engines give capabilities to root alone: a non-root user's are cleared
 capabilities for it), and file capabilities on the interpreter make every exec fail wherever the engine cannot
 grant all of them (Docker 20.10 knows no CAP_BPF). So the image starts `helix run` / `helix doctor` as root with
 `--cap-add` and the process itself becomes the user named by $HELIX_USER, keeping in effect only CAP_BPF,
-CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_RESOURCE (CAP_SYS_ADMIN only where it stands in for the first two),
-with no_new_privs set. Without $HELIX_USER, or started as another user, nothing changes.
+CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_RESOURCE, with no_new_privs set. CAP_SYS_ADMIN is kept, where it is
+granted, only for the TLS uprobes (kernels with "perf: Revert to requiring CAP_SYS_ADMIN for uprobes", 2025, refuse
+them to CAP_PERFMON) or where it stands in for the first two. Without $HELIX_USER, or started as another user,
+nothing changes.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from pathlib import Path
 
 from ..errors import HelixError
 
-__all__ = ["CAP_NAMES", "ProcessCaps", "read_caps", "caps_to_keep", "Switched", "switch_user", "switch_user_from_env",
-           "switched", "in_container", "in_host_pid_namespace"]
+__all__ = ["CAP_NAMES", "ProcessCaps", "read_caps", "caps_to_keep", "why_kept", "Switched", "switch_user",
+           "switch_user_from_env", "switched", "in_container", "in_host_pid_namespace"]
 
 CAP_DAC_READ_SEARCH = 2
 CAP_SETGID = 6
@@ -59,14 +61,27 @@ def read_caps(status: str | None = None) -> ProcessCaps:
     return ProcessCaps(sets.get("CapEff", 0), sets.get("CapPrm", 0), sets.get("CapBnd", 0))
 
 
-def caps_to_keep(permitted: int) -> int:
-    """The probe capabilities among `permitted`; CAP_SYS_ADMIN only when CAP_BPF or CAP_PERFMON is missing."""
+def caps_to_keep(permitted: int, *, uprobes: bool) -> int:
+    """The probe capabilities among `permitted`; CAP_SYS_ADMIN too for `uprobes`, or where CAP_BPF or CAP_PERFMON is
+    missing."""
     keep = 0
     for cap in PROBE_CAPS:
         keep |= permitted & (1 << cap)
-    if (keep >> CAP_BPF & 1) == 0 or (keep >> CAP_PERFMON & 1) == 0:
+    if uprobes or (keep >> CAP_BPF & 1) == 0 or (keep >> CAP_PERFMON & 1) == 0:
         keep |= permitted & (1 << CAP_SYS_ADMIN)
     return keep
+
+
+def why_kept(kept: int, *, uprobes: bool) -> str:
+    """Why CAP_SYS_ADMIN is or is not among `kept`, for the log line at start."""
+    if not kept >> CAP_SYS_ADMIN & 1:
+        if uprobes:
+            return ("CAP_SYS_ADMIN is not granted: current kernels refuse the TLS uprobes without it, so TLS plaintext "
+                    "may not be read (grant it, or set sources.ebpf.tls = false)")
+        return "no CAP_SYS_ADMIN: sources.ebpf.tls is off, so no uprobes are attached"
+    if uprobes:
+        return "CAP_SYS_ADMIN kept for the TLS uprobes: current kernels refuse uprobes without it"
+    return "CAP_SYS_ADMIN kept in place of CAP_BPF or CAP_PERFMON, which are not granted"
 
 
 def cap_list(mask: int) -> str:
@@ -83,6 +98,7 @@ class Switched:
     uid: int
     kept: int
     stayed_root_because: str = ""
+    why: str = ""  # why CAP_SYS_ADMIN is kept or not
 
 
 _switched: Switched | None = None
@@ -118,8 +134,9 @@ def _prctl(libc: ctypes.CDLL, option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def switch_user(name: str) -> Switched | None:
-    """As root: become user `name`, keeping the probe capabilities this process has; None when not root."""
+def switch_user(name: str, *, uprobes: bool) -> Switched | None:
+    """As root: become user `name`, keeping the probe capabilities this process has (CAP_SYS_ADMIN too for `uprobes`);
+    None when not root."""
     if os.geteuid() != 0:
         return None
     try:
@@ -130,14 +147,15 @@ def switch_user(name: str) -> Switched | None:
     if pw.pw_uid == 0:
         return None
     caps = read_caps()
-    keep = caps_to_keep(caps.permitted)
+    keep = caps_to_keep(caps.permitted, uprobes=uprobes)
+    why = why_kept(keep, uprobes=uprobes)
     missing = [CAP_NAMES[c] for c in (CAP_SETUID, CAP_SETGID) if not caps.permitted >> c & 1]
     if missing:
         # Root without the right to change user: it stays root, with no more than the probe capabilities.
         libc = ctypes.CDLL(None, use_errno=True)
         _capset(libc, keep)
         _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1)
-        return Switched("root", 0, keep, f"no CAP_{' or CAP_'.join(missing)} to switch to user {name}")
+        return Switched("root", 0, keep, f"no CAP_{' or CAP_'.join(missing)} to switch to user {name}", why)
     libc = ctypes.CDLL(None, use_errno=True)
     _prctl(libc, _PR_SET_KEEPCAPS, 1)  # permitted capabilities survive the change of uid
     os.setgroups([])
@@ -147,15 +165,15 @@ def switch_user(name: str) -> Switched | None:
     _capset(libc, keep)  # in effect again (the uid change cleared the effective set), and nothing else permitted
     _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1)
     os.environ["HOME"] = pw.pw_dir
-    return Switched(name, pw.pw_uid, keep)
+    return Switched(name, pw.pw_uid, keep, why=why)
 
 
-def switch_user_from_env() -> Switched | None:
+def switch_user_from_env(*, uprobes: bool) -> Switched | None:
     """switch_user($HELIX_USER) when it is set and this process is root; remembered for switched()."""
     global _switched
     name = os.environ.get("HELIX_USER", "")
     if name and _switched is None:
-        _switched = switch_user(name)
+        _switched = switch_user(name, uprobes=uprobes)
     return _switched
 
 

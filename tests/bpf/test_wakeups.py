@@ -75,3 +75,36 @@ async def test_wakeups_of_untraced_processes_are_not_sent(kernel: Any) -> None:
     pid, *_ = await _run_pool()
     await k.settle(0.5)
     assert not [e for e in k.events if isinstance(e, WakeupEvent) and e.pid == pid]
+
+
+# A request thread that did socket I/O starts a thread (as ThreadPoolExecutor starts a worker on submit) and forks a
+# process. The thread is a bare pthread running usleep: it never takes the GIL, so nothing but its creation can
+# wake it. Prints "<main tid> <child pid>".
+SPAWN = r"""
+import ctypes, os, socket, threading
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+cli = socket.create_connection(srv.getsockname()); peer, _ = srv.accept()
+peer.sendall(b"x"); cli.recv(1)  # enrolled: it did traced socket I/O
+libc = ctypes.CDLL(None)
+t = ctypes.c_ulong()
+assert libc.pthread_create(ctypes.byref(t), None, ctypes.cast(libc.usleep, ctypes.c_void_p), ctypes.c_void_p(1000)) == 0
+libc.pthread_join(t, None)
+child = os.fork()
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+print(threading.get_native_id(), child, flush=True)
+"""
+
+
+async def test_a_thread_created_by_an_enrolled_thread_is_a_handoff_and_a_fork_is_not(kernel: Any) -> None:
+    k = kernel()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SPAWN, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    main, child = map(int, out.split())
+    created = await k.wait_for(lambda e: isinstance(e, WakeupEvent) and e.pid == proc.pid and e.waker_tid == main)
+    assert all(e.wakee_tid not in (main, child) and e.wakee_since_ns == 0 for e in created), \
+        "the new thread never slept: it hands nothing back"
+    await k.settle()
+    assert not [e for e in k.events if isinstance(e, WakeupEvent) and child in (e.pid, e.wakee_tid)]

@@ -18,6 +18,13 @@ def test_format_and_exit_code() -> None:
     assert doctor_exit_code(checks) == 1 and doctor_exit_code(checks[:1]) == 0
 
 
+def test_only_the_tls_check_failing_says_kernel_spans_still_run() -> None:
+    tls_only = format_checks([Check("probes load and attach", True, "ok"), Check(doctor.TLS_CHECK, False, "EACCES")])
+    assert tls_only.endswith("the agent runs with kernel spans, but reads no TLS plaintext until they are fixed")
+    both = format_checks([Check("kernel BTF", False, "missing"), Check(doctor.TLS_CHECK, False, "EACCES")])
+    assert both.endswith("2 problem(s): the agent runs without kernel spans (SDK spans only) until they are fixed")
+
+
 @pytest.mark.parametrize("level,ok", [("2\n", True), ("3\n", False), ("-1\n", True)])
 def test_perf_paranoid_level_3_is_named_with_the_sysctl_that_fixes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                        level: str, ok: bool) -> None:

@@ -17,13 +17,14 @@ from edge.config import load_config, parse_size
 
 FW = Path(__file__).parents[2] / "firmware-configs"
 UNIT = FW / "systemd" / "helix-agent.service"
+TLS_DROP_IN = FW / "systemd" / "helix-agent.service.d" / "tls.conf"
 PROFILES = sorted((FW / "profiles").glob("*.toml"))
 
 
-def _unit() -> configparser.ConfigParser:
+def _unit(path: Path = UNIT) -> configparser.ConfigParser:
     cp = configparser.ConfigParser(strict=True, interpolation=None, delimiters=("=",))
     cp.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
-    cp.read_string(UNIT.read_text())
+    cp.read_string(path.read_text())
     return cp
 
 
@@ -38,6 +39,12 @@ def test_unit_parses_and_runs_unprivileged_with_the_probe_capabilities() -> None
     assert re.fullmatch(r"\d+s", svc["WatchdogSec"])
 
 
+def test_tls_drop_in_adds_only_sys_admin_to_both_capability_sets() -> None:
+    svc = _unit(TLS_DROP_IN)["Service"]
+    # Capability lists in drop-ins add to the unit's (systemd.exec(5)); one starting with "~" or empty would not
+    assert dict(svc) == {"AmbientCapabilities": "CAP_SYS_ADMIN", "CapabilityBoundingSet": "CAP_SYS_ADMIN"}
+
+
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
 def test_unit_memory_max_covers_every_profile_budget(path: Path) -> None:
     cfg = load_config(path)
@@ -48,12 +55,18 @@ def test_unit_memory_max_covers_every_profile_budget(path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_systemd_itself_accepts_the_unit() -> None:
+def test_systemd_itself_accepts_the_unit_and_its_drop_in(tmp_path: Path) -> None:
     out = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True)
     # Only the ExecStart binary may be missing on a build machine; any syntax or key problem fails.
     problems = [ln for ln in (out.stdout + out.stderr).splitlines()
                 if ln.strip() and "is not executable" not in ln and "/opt/helix/bin/helix" not in ln]
     assert problems == []
+    # verify reads the drop-in next to the unit: a copy with a bad key is reported, so the real one was checked too
+    (tmp_path / TLS_DROP_IN.parent.name).mkdir()
+    (tmp_path / UNIT.name).write_text(UNIT.read_text())
+    (tmp_path / TLS_DROP_IN.parent.name / TLS_DROP_IN.name).write_text(TLS_DROP_IN.read_text() + "NoSuchKey=1\n")
+    bad = subprocess.run(["systemd-analyze", "verify", str(tmp_path / UNIT.name)], capture_output=True, text=True)
+    assert f"{TLS_DROP_IN.name}:{len(TLS_DROP_IN.read_text().splitlines()) + 1}: Unknown key" in bad.stdout + bad.stderr
 
 
 def test_kernel_fragment_lists_what_the_probes_need() -> None:

@@ -63,7 +63,8 @@ _SHARED_MAPS = ("events", "drops", "config", "allowed_pids", "allowed_cgroups", 
 
 # Programs whose tracepoint may be missing on an older or differently configured kernel: skipped, not fatal.
 _OPTIONAL_PROGRAMS = frozenset({"enter_fdatasync", "exit_fdatasync", "exit_accept", "on_tcp_destroy_sock",
-                                "on_tcp_receive_reset", "on_sched_waking"})
+                                "on_tcp_receive_reset", "on_sched_waking",
+                                "on_sched_wakeup_new"})
 
 # Every tracepoint the programs attach to, as category/name (what `helix doctor` checks).
 TRACEPOINTS: dict[str, tuple[str, ...]] = {
@@ -73,7 +74,8 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
         if not (edge == "exit" and call in ("connect", "close")) and not (edge == "enter" and call.startswith("accept")))
     + ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset", "tcp/tcp_receive_reset",
        "tcp/tcp_destroy_sock"),
-    "proc": ("sched/sched_switch", "sched/sched_process_exec", "sched/sched_process_exit", "sched/sched_waking"),
+    "proc": ("sched/sched_switch", "sched/sched_process_exec", "sched/sched_process_exit", "sched/sched_waking",
+             "sched/sched_wakeup_new"),
 }
 
 # bpf/helix.h struct helix_settings (the whole .rodata of every object)

@@ -185,7 +185,10 @@ class EbpfSource:
             await asyncio.sleep(self.cfg.tls_rescan)
             try:
                 async with self._tls_lock:
-                    await asyncio.to_thread(self.tls.scan_all)
+                    tls = self.tls  # closed while this rescan waited for the lock: nothing left to scan
+                    if tls is None:
+                        return
+                    await asyncio.to_thread(tls.scan_all)
             except Exception:  # a rescan failing must not stop the next one
                 log.exception("rescanning processes for TLS libraries failed")
 

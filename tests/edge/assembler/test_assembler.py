@@ -106,6 +106,21 @@ def test_interleaved_requests_on_one_thread_go_to_the_request_that_contains_them
     assert got["req1"].trace_id != got["req2"].trace_id, "no cause anywhere: separate traces"
 
 
+def test_an_ambiguous_event_loop_call_is_not_linked_by_timing() -> None:
+    """The builder could not tell which of two requests an event loop's call was for: no timing rule guesses; the
+    call stays the root of what it caused (the server span it reached still hangs under it)."""
+    spans = [
+        kspan("req1", SpanKind.SERVER, 0, 40, pid=2, tid=20, local=B, peer=A),
+        kspan("req2", SpanKind.SERVER, 1, 41, pid=2, tid=20, local=B, peer=("127.0.0.1", 40009)),
+        kspan("call", SpanKind.CLIENT, 10, 20, pid=2, tid=20, local=C, peer=D, **{"helix.cause.via": "ambiguous"}),
+        kspan("db", SpanKind.SERVER, 11, 19, pid=3, tid=30, local=D, peer=C),
+    ]
+    got = run(spans)
+    assert got["call"].parent_span_id == b"" and "helix.link" not in got["call"].attributes
+    assert got["db"].parent_span_id == got["call"].span_id and got["db"].trace_id == got["call"].trace_id
+    assert got["call"].trace_id not in (got["req1"].trace_id, got["req2"].trace_id)
+
+
 def test_keep_alive_connection_pairs_by_time() -> None:
     spans = []
     for i in range(3):

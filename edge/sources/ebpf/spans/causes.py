@@ -6,18 +6,25 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
 
 - thread: the calling thread serves exactly one request (read, not yet answered): that one.
 - event-loop: the calling thread serves several requests at once (asyncio, Node.js): the one whose bytes, or whose
-  downstream response, it read last among those still open.
+  downstream response, it read last among those still open. When it read several requests one after the other
+  with no call between (one turn of the loop), the handlers of those requests run after the reads and any of them
+  may have made the call: the call is decided when its response is read, if by then all but one of those requests
+  were answered (a handler awaits its calls before it answers); else it is `ambiguous` and names no request, so
+  that no rule guesses one. Otherwise a call that is the first on a connection the thread opened takes the context
+  the thread had when it opened it: a runtime that writes the request only once the connection is up (Node.js) does
+  so a loop turn later, after reading other requests.
 - wakeup: the calling thread serves none (a pool worker): the request of the thread it wakes once the call is
   answered, when that thread slept through the whole call (it was waiting for this result: a future, a condition);
   else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`).
-  Wakeups come from sched_waking between two threads of one process (bpf/proc.bpf.c).
+  Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
+  creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 
 A worker's call waits for its decision in the builder (at most DECIDE_WAIT_NS after it was answered). Everything is
 bounded: threads in an LRU table, a few open requests and waiting calls per thread, processes dropped at exit.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ....model import Span
@@ -26,13 +33,15 @@ from ..events import WakeupEvent
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | wakeup | handoff
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | wakeup | handoff | ambiguous (no cause: do not guess one)
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
 DECIDE_WAIT_NS = 500_000_000
 _MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond which the oldest is forgotten
 _MAX_WAITING = 64  # a worker's calls waiting for their decision
+_HISTORY = 8  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
+_MAX_CONNECTS = 4096  # connections opened whose first call is still to come
 
 
 @dataclass(slots=True)
@@ -49,6 +58,7 @@ class Call:
     handoff: bytes | None = None  # the request of the thread that handed this thread its work, if any
     span: Span | None = None  # the finished span, waiting for the decision
     deadline_ns: int = 0
+    candidates: tuple[bytes, ...] = ()  # an event loop's call made after several reads: the requests it may be for
 
 
 @dataclass(slots=True)
@@ -56,8 +66,13 @@ class _Thread:
     open: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # requests served, last touched last
     handoff: bytes | None = None  # request of the thread that handed this one work, until it hands back
     handoff_from: int = 0
+    fresh: bool = False  # first handed work by the thread that created it (or first woke it), no call made since
+    history: deque[tuple[int, bytes | None]] | None = None  # kept once it serves several requests at once
+    since_ns: int = 0  # when it took its present context (the history's first entry, when one is started)
     waiting: list[Call] = field(default_factory=list)
     reads_messages: bool = False  # an MQTT subscriber's network thread: its calls follow the message it read
+    run: list[bytes] = field(default_factory=list)  # requests read one after the other since the last call
+    reading: bool = False  # the last thing this thread did was read a request
 
     def context(self) -> bytes | None:
         """The request this thread works for now: the one it serves, last touched, else the one handed to it."""
@@ -75,6 +90,8 @@ class CausesStats:
     wakeup: int = 0
     handoff: int = 0
     undecided: int = 0  # a worker's call nobody waited for and nobody handed over
+    ambiguous: int = 0  # an event loop's call after several requests read in one turn, left undecided
+    connect: int = 0  # a call decided by the context its thread had when it opened the connection
     wakeups: int = 0  # wakeup records seen
     evicted_threads: int = 0
 
@@ -88,6 +105,7 @@ class Causes:
         self._threads: OrderedDict[tuple[int, int], _Thread] = OrderedDict()
         self._pools: set[int] = set()  # processes where a request thread and a worker woke each other
         self._waiting: set[tuple[int, int]] = set()  # threads with calls waiting for their decision
+        self._connects: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pid, sock) -> when connect() began
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -114,12 +132,42 @@ class Causes:
 
     # -- requests served ---------------------------------------------------------------------------------------
 
-    def request_read(self, pid: int, tid: int, span_id: bytes) -> None:
-        """Thread `tid` read a request whose server span will have `span_id`."""
+    def request_read(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0) -> None:
+        """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id`."""
         t = self._thread(pid, tid)
+        before = self._certain(t)
         t.open[span_id] = None
         if len(t.open) > _MAX_OPEN:
             t.open.popitem(last=False)
+        if not t.reading:
+            t.run.clear()
+        t.reading = True
+        t.run.append(span_id)
+        if len(t.run) > _MAX_OPEN:
+            del t.run[0]
+        if t.history is None and len(t.open) > 1:
+            t.history = deque([(t.since_ns, before)], maxlen=_HISTORY)  # an event loop: only these pay for one
+        self._took(t, before, ts_ns)
+
+    def _took(self, t: _Thread, before: bytes | None, ts_ns: int) -> None:
+        now = self._certain(t)
+        if now != before:
+            t.since_ns = ts_ns
+            if t.history is not None:
+                t.history.append((ts_ns, now))
+
+    @staticmethod
+    def _certain(t: _Thread) -> bytes | None:
+        """The request this thread works for now, when it is certain."""
+        if sum(1 for r in t.run if r in t.open) > 1:
+            return None
+        return next(reversed(t.open)) if t.open else None
+
+    def connected(self, pid: int, sock: int, began_ns: int) -> None:
+        """A thread of `pid` opened client connection `sock` with a connect() that began at `began_ns`."""
+        self._connects[(pid, sock)] = began_ns
+        if len(self._connects) > _MAX_CONNECTS:
+            self._connects.popitem(last=False)
 
     def request_done(self, pid: int, tid: int, span_id: bytes) -> None:
         """The response to that request started (or it ended without one): the thread no longer works for it."""
@@ -133,11 +181,22 @@ class Causes:
 
     # -- calls made ------------------------------------------------------------------------------------------
 
-    def call_made(self, pid: int, tid: int, start_ns: int) -> Call:
-        """Thread `tid` wrote a request: its cause now, or a Call that waits for the thread's next hand-back."""
+    def call_made(self, pid: int, tid: int, start_ns: int, sock: int | None = None) -> Call:
+        """Thread `tid` wrote a request (on connection `sock`): its cause now, or a Call that waits for its
+        decision."""
         t = self._thread(pid, tid)
         call = Call(pid, tid, start_ns)
-        if t.open:
+        t.reading = False
+        t.fresh = False
+        opened = self._connects.pop((pid, sock), None) if sock is not None else None
+        run = tuple(r for r in t.run if r in t.open) if len(t.run) > 1 else ()
+        then = _context_at(t, opened) if opened is not None and t.open else None
+        if len(run) > 1:
+            call.candidates = run  # decided when its response is read (response_read)
+        elif then is not None and then in t.open:
+            call.cause, call.via, call.decided = then, "event-loop" if len(t.open) > 1 else "thread", True
+            self.stats.connect += 1
+        elif t.open:
             call.cause = next(reversed(t.open))
             call.via = "thread" if len(t.open) == 1 else "event-loop"
             call.decided = True
@@ -146,6 +205,9 @@ class Causes:
             else:
                 self.stats.event_loop += 1
         elif pid in self._pools and not t.reads_messages:
+            giver = self._threads.get((pid, t.handoff_from))
+            if t.handoff is not None and (giver is None or t.handoff not in giver.open):
+                t.handoff = None  # that request was answered before this call began: it did not cause it
             call.handoff = t.handoff
             if len(t.waiting) >= _MAX_WAITING:
                 self._settle(t.waiting.pop(0), None)
@@ -155,17 +217,38 @@ class Causes:
             call.decided = True
         return call
 
-    def response_read(self, call: Call, tid: int) -> None:
+    def response_read(self, call: Call, tid: int, ts_ns: int = 0) -> None:
         """The call's response is being read by `tid`: on an event loop that request is the current one again."""
         call.answered = True
+        t = self._threads.get((call.pid, tid))
+        before = self._certain(t) if t is not None else None
+        if call.candidates and not call.decided:
+            self._decide_among(call)
         if call.decided and call.cause is not None:
-            t = self._threads.get((call.pid, tid))
             if t is not None and call.cause in t.open:
                 t.open.move_to_end(call.cause)
+                t.run = [call.cause]
+                t.reading = False
+        if t is not None:
+            self._took(t, before, ts_ns)
+
+    def _decide_among(self, call: Call) -> None:
+        # A handler answers only after its calls were answered: a candidate answered already is not the one.
+        t = self._threads.get((call.pid, call.tid))
+        left = [r for r in call.candidates if t is not None and r in t.open]
+        call.decided = True
+        if len(left) == 1:
+            call.cause, call.via = left[0], "event-loop"
+            self.stats.event_loop += 1
+        else:
+            call.via = "ambiguous"
+            self.stats.ambiguous += 1
 
     def finish(self, call: Call, span: Span, end_ns: int, out: list[Span]) -> None:
         """The call's span is complete (its end at kernel time `end_ns`): out now if its cause is decided, else it
         waits for the decision."""
+        if call.candidates and not call.decided:
+            self._decide_among(call)
         if call.decided:
             _mark(call, span)
             out.append(span)
@@ -194,14 +277,17 @@ class Causes:
                 request = next(reversed(wakee.open)) if wakee is not None and wakee.open else None
                 for c in done:
                     self._decide(waker, c, request, "wakeup" if request is not None else "", out)
-        if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid:
-            waker.handoff = None  # the worker handed its result back to the thread that gave it the work
+        if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid and not waker.fresh:
+            # The worker handed its result back to the thread that gave it the work. (A new thread waking its creator
+            # before it made any call hands nothing back: it tells its creator it started.)
+            waker.handoff = None
         if waker is not None and waker.open and (wakee is None or not wakee.open):
             # A request thread wakes a thread that serves none: work handed to a pool worker.
             self._pools.add(pid)
             # The latest hand-off wins: an idle worker woken now takes work now (an earlier one it did not take
             # went to a worker that was still running).
             target = wakee if wakee is not None else self._thread(pid, ev.wakee_tid)
+            target.fresh = wakee is None
             target.handoff = next(reversed(waker.open))
             target.handoff_from = ev.waker_tid
 
@@ -252,7 +338,17 @@ class Causes:
 
 
 
+def _context_at(t: _Thread, ts_ns: int) -> bytes | None:
+    """The request thread `t` certainly worked for at `ts_ns`, if its history reaches back that far."""
+    for at, context in reversed(t.history or ()):
+        if at <= ts_ns:
+            return context
+    return None
+
+
 def _mark(call: Call, span: Span) -> None:
     if call.cause is not None:
         span.attributes[CAUSE] = call.cause
+        span.attributes[CAUSE_VIA] = call.via
+    elif call.via == "ambiguous":
         span.attributes[CAUSE_VIA] = call.via

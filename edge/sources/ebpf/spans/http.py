@@ -228,9 +228,9 @@ class _Http:
             x = _Exchange(req, kind, start, ev.pid, ev.tid, ev.offcpu_ns, conn.seq, sole, deadline, events=faults,
                           rv=ev.rv)
             if ingress:
-                b.causes.request_read(ev.pid, ev.tid, x.span_id)
+                b.causes.request_read(ev.pid, ev.tid, x.span_id, start)
             else:
-                x.call = b.causes.call_made(ev.pid, ev.tid, start)
+                x.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock)
             faults = []
             st.pending.append(x)
         st.last_msg = _REQ_MSG
@@ -265,7 +265,7 @@ class _Http:
             x = st.pending.popleft()
             x.response = resp
             if x.call is not None:
-                b.causes.response_read(x.call, ev.tid)
+                b.causes.response_read(x.call, ev.tid, ev.end_ns)
             else:
                 b.causes.request_done(x.pid, x.tid, x.span_id)
             x.resp_tid = ev.tid

@@ -46,6 +46,8 @@ def on_connect(b: SpanBuilder, ev: ConnectEvent, out: list[Span]) -> None:
         span.status_message = os.strerror(ev.error)
         span.attributes["error.type"] = errno.errorcode.get(ev.error, str(ev.error))
     b.stats.connect_spans += 1
+    if not ev.error:
+        b.causes.connected(ev.pid, ev.sock, ev.ts_ns - max(0, ev.latency_ns))
     out.append(span)
 
 
