@@ -1,8 +1,8 @@
 """Memory a gateway needs per inflated byte of a batch, on hostile bodies built to cost the most and on real ones:
 the figure behind `uplink/gateway/budget.py`'s DECODE_FACTOR, which must stay above every ratio printed here.
 
-For each body: the peak bytes Python allocates (tracemalloc) while the batch is decoded, its OTLP request is built
-and serialised, as the gateway does, divided by the size its zstd frame declares.
+For each body: the peak bytes Python allocates (tracemalloc) while the batch is decoded (with the gateway's expansion
+limit), its OTLP request is built and serialised, as the gateway does, divided by the size its zstd frame declares.
 
     python bench/gateway_decode_cost.py
 
@@ -23,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.errors import DecodeError  # noqa: E402
-from uplink.gateway.budget import DECODE_FACTOR  # noqa: E402
-from uplink.wire import declared_size, decode_batch, encode_batch  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from uplink.gateway.budget import DECODE_FACTOR, expansion_limit  # noqa: E402
+from uplink.wire import columnar, declared_size, decode_batch, encode_batch  # noqa: E402
 from uplink.wire.batch_v2 import _F_PACKED, _F_SPAN_IDS, body as batch_body  # noqa: E402
 from uplink.wire.frame import SPANS_HEADER, SPANS_MAGIC  # noqa: E402
 
@@ -45,6 +47,15 @@ def minimal_spans(n: int) -> bytes:
     return encode_batch(base, "n", 1)
 
 
+def repeated_text(n: int, version: int) -> bytes:
+    """`n` spans using one 60 KB text held once in the batch (a name in format 2, an attribute value in format 3)."""
+    one = replace(realistic_spans(1, seed=75)[0], events=(), links=())
+    text = "x" * 60_000
+    if version == 2:
+        return encode_batch([replace(one, name=text, attributes={}) for _ in range(n)], "n", 1, version=2)
+    return columnar.encode([replace(one, attributes={"db.statement": text}) for _ in range(n)], "n", 1)
+
+
 def bodies() -> dict[str, bytes]:
     real = encode_batch(realistic_spans(47, seed=73)[:512], "n", 1)
     claim = cbor2.loads(batch_body(realistic_spans(1, seed=74)[:1], "n", 1))
@@ -57,6 +68,8 @@ def bodies() -> dict[str, bytes]:
         "short_strings": frame(cbor2.dumps([f"{i:x}" for i in range(N)])),
         "columns_claiming_spans": frame(cbor2.dumps(claim)),
         "minimal_spans": minimal_spans(20_000),
+        "repeated_text_v2": repeated_text(20_000, 2),
+        "repeated_text_v3": repeated_text(20_000, 3),
         "real_512_spans": real,
     }
 
@@ -67,7 +80,7 @@ def cost(data: bytes) -> tuple[int, int]:
     tracemalloc.start()
     tracemalloc.reset_peak()
     try:
-        batch = decode_batch(data, declared, 65536)
+        batch = decode_batch(data, declared, None, 65536, expansion_limit(declared))
         request_from_spans(batch.spans).SerializeToString()
     except DecodeError:
         pass

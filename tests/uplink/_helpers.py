@@ -7,11 +7,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+import zstandard
+
+from bench._workload import realistic_spans
 from edge.config import BrokerAddress, GatewayConfig, UplinkConfig
 from edge.demo.broker import Mosquitto
 from edge.model import Source, Span
 from uplink.client import UplinkClient
 from uplink.gateway import Gateway
+from uplink.wire import batch_v2, columnar
+from uplink.wire.frame import NO_TABLES, SPANS_HEADER, SPANS_MAGIC, TABLES_HEADER
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
@@ -72,3 +77,22 @@ def as_sent(spans: list[Span]) -> dict[bytes, Span]:
         assert s.span_id not in out, f"span {s.span_id.hex()} arrived twice"
         out[s.span_id] = s
     return out
+
+
+def repeated_text_spans(n: int, text: str, in_name: bool) -> list[Span]:
+    """`n` copies of one span that all use one long `text` (as their name, or as an attribute value): a batch holds
+    it once, by reference, and compresses the copies to a few bytes each, but an OTLP request copies it n times."""
+    one = realistic_spans(1, seed=90)[0]
+    use = {"name": text, "attributes": {}} if in_name else {"attributes": {"db.statement": text}}
+    return [replace(one, events=(), links=(), **use) for _ in range(n)]  # type: ignore[arg-type]
+
+
+def expanding_batch(n: int, text: str, version: int, node_id: str = "n", seq: int = 1) -> bytes:
+    """A batch of `repeated_text_spans` (format 2: the text as their name, 3: as an attribute value), compressed apart
+    from the shared compressors, which a body this large would grow."""
+    spans = repeated_text_spans(n, text, in_name=version == 2)
+    if version == 2:
+        header, raw = SPANS_HEADER.pack(SPANS_MAGIC, 2, 0), batch_v2.body(spans, node_id, seq)
+    else:
+        header, raw = TABLES_HEADER.pack(SPANS_MAGIC, 3, NO_TABLES), columnar.body(spans, node_id, seq)
+    return header + zstandard.ZstdCompressor(write_content_size=True).compress(raw)

@@ -5,20 +5,32 @@ not declare it is refused, and no more than declared is ever produced): decoding
 the OTLP request and its serialised bytes) takes at most DECODE_FACTOR times that size: above the worst measured on
 hostile bodies built to cost the most per byte (`bench/gateway_decode_cost.py`, figures in docs/benchmarks.md). The budget is `gateway.memory_limit` less what the process holds idle and what its MQTT client
 may have read ahead; a batch that could never fit is refused for good, one that does not fit now waits.
+
+What a batch declares does not bound what its spans expand to: a text in its string table (or shared by CBOR) is one
+object however many spans use it, but the OTLP request copies it for every use. So the decoders also count the bytes
+the request will take and refuse a batch over `expansion_limit` of what it declares: the reservation less the copies
+the export makes of that request (the protobuf message, its serialised bytes, the transport's buffer) and room for
+the Python objects.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 
-__all__ = ["MemoryBudget", "DECODE_FACTOR", "decode_cost"]
+__all__ = ["MemoryBudget", "DECODE_FACTOR", "EXPORT_COPIES", "decode_cost", "expansion_limit"]
 
 DECODE_FACTOR = 96
+EXPORT_COPIES = 4
 
 
 def decode_cost(declared: int) -> int:
     """Bytes a batch inflating to `declared` bytes may hold, beyond its wire bytes, while decoded and exported."""
     return declared * DECODE_FACTOR
+
+
+def expansion_limit(declared: int) -> int:
+    """Bytes the OTLP request of a batch inflating to `declared` bytes may take (counted by the decoders)."""
+    return decode_cost(declared) // EXPORT_COPIES
 
 
 class MemoryBudget:

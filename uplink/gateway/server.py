@@ -38,8 +38,9 @@ from edge.net.retry import Backoff, Throttle
 from edge.runtime.rss import read_rss
 
 from ..confirm import Settled
-from ..wire import NEEDS_TABLES_HEADER, UnknownTableSet, declared_size, decode_metrics, is_metric_batch
-from .budget import MemoryBudget, decode_cost
+from ..wire import NEEDS_TABLES_HEADER, ExpansionExceeded, UnknownTableSet, declared_size, decode_metrics, \
+    is_metric_batch
+from .budget import MemoryBudget, decode_cost, expansion_limit
 from .confirmer import Confirmer
 from .dedup import SeenBatches
 from .identity import UNPROVEN, HttpAuth, Identity
@@ -89,6 +90,7 @@ class GatewayStats:
     batches_exported: int = 0
     batches_malformed: int = 0
     batches_oversized: int = 0
+    batches_expanding: int = 0  # refused: its spans would expand in the OTLP request past its memory reservation
     batches_duplicate: int = 0
     batches_deferred: int = 0  # answered 503 while the backend was down
     batches_wrong_node: int = 0  # refused: the batch claims a node its transport does not prove
@@ -180,9 +182,12 @@ class Gateway:
     async def _ingest_spans(self, payload: bytes, declared: int, origin: str, http: bool, identity: Identity) -> _Result:
         try:
             # Over HTTP the node uploads a missing set when told (409); over MQTT it is fetched here.
-            batch = await self.tables.decode(payload, declared, self.cfg.max_batch_spans, fetch=not http)
+            batch = await self.tables.decode(payload, declared, self.cfg.max_batch_spans, fetch=not http,
+                                             max_expanded=expansion_limit(declared))
         except UnknownTableSet as e:
             return self._needs_tables(e.table_id, origin, http)
+        except ExpansionExceeded as e:
+            return self._expanding(e, origin, identity)
         except DecodeError as e:
             self.stats.batches_malformed += 1
             return self._bad(Outcome.MALFORMED, origin, str(e))
@@ -211,6 +216,17 @@ class Gateway:
             fut.set_result(result)
         if result.outcome is not Outcome.RETRY_LATER:
             self.seen.add(key)
+        return result
+
+    def _expanding(self, e: ExpansionExceeded, origin: str, identity: Identity) -> _Result:
+        """A refusal for good of a batch whose spans would expand past its reservation: the same bytes would be
+        refused again, so its node is told (confirmed refused over MQTT, 413 over HTTP) and forgets it."""
+        wrong = self._wrong_node(e.node_id, e.seq, identity, origin)
+        if wrong is not None:
+            return wrong
+        self.stats.batches_expanding += 1
+        result = self._bad(Outcome.OVERSIZED, origin, str(e))
+        result.seq = e.seq
         return result
 
     def _wrong_node(self, claimed: str, seq: int, identity: Identity, origin: str) -> _Result | None:

@@ -12,6 +12,7 @@ from .frame import MAX_HEADER_SIZE, METRICS_HEADER, NO_TABLES, content_size
 from .metrics import METRICS_MAGIC, METRICS_MEDIA_TYPE, decode_metrics, encode_metrics, is_metric_batch
 from .tables import EMPTY, NEEDS_TABLES_HEADER, TABLES_MAGIC, TABLES_MEDIA_TYPE, TableSet, TrainingLimits, \
     parse_message
+from .values import ExpansionExceeded
 
 __all__ = [
     "FORMAT_VERSION",
@@ -24,6 +25,7 @@ __all__ = [
     "BatchHeader",
     "TableLookup",
     "UnknownTableSet",
+    "ExpansionExceeded",
     "encode_batch",
     "decode_batch",
     "read_header",

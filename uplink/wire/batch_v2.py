@@ -20,8 +20,8 @@ from edge.model import AttrValue, Attributes, Event, Link, Resource, Scope, Span
 
 from . import dictionaries
 from .frame import SPANS_HEADER, SPANS_MAGIC, Batch, BatchHeader, compress, decompress
-from .values import MAX_DEPTH, SOURCES, array, check_native, expect, native, planes, source_code, time_parents, unplanes, \
-    zigzag
+from .values import MAX_DEPTH, SOURCES, Expansion, array, check_native, expect, native, planes, source_code, time_parents, \
+    unplanes, zigzag
 
 __all__ = ["VERSIONS", "encode", "decode", "body"]
 
@@ -209,16 +209,17 @@ def _resource_attrs(t: _Tables, resource: Resource) -> list[Any]:
 
 # ---------------------------------------------------------------------------------------------------- decoding
 
-def decode(data: bytes, header: BatchHeader, max_bytes: int, max_spans: int) -> Batch:
-    """Decode one batch of version 1 or 2 whose header was read; at most `max_bytes` are ever decompressed, and a
-    batch of more than `max_spans` spans is refused before any span is built."""
+def decode(data: bytes, header: BatchHeader, max_bytes: int, max_spans: int, max_expanded: int | None = None) -> Batch:
+    """Decode one batch of version 1 or 2 whose header was read; at most `max_bytes` are ever decompressed, a batch
+    of more than `max_spans` spans is refused before any span is built, and one whose spans would take more than
+    `max_expanded` bytes in their OTLP request (None: no bound) is refused with ExpansionExceeded."""
     raw = decompress(bytes(data[header.size:]), header.dict_id, max_bytes, "uplink batch")
     try:
         doc = cbor2.loads(raw, max_depth=MAX_DEPTH)
     except Exception as e:  # noqa: BLE001 - the CBOR library may raise several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
     try:
-        return _decode_body(doc, header.version, header.dict_id, max_spans)
+        return _decode_body(doc, header.version, header.dict_id, max_spans, max_expanded)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape we did not foresee is still bad input
@@ -232,11 +233,12 @@ def _is_int(x: Any) -> bool:
 class _Reader:
     """Resolves table references with range checks."""
 
-    __slots__ = ("strings", "traces")
+    __slots__ = ("strings", "traces", "checked")
 
     def __init__(self, strings: list[str], traces: bytes) -> None:
         self.strings = strings
         self.traces = traces
+        self.checked: set[int] = set()  # plain-CBOR values checked so far (CBOR may share one among many spans)
 
     def s(self, ref: Any, what: str) -> str:
         expect(_is_int(ref) and 0 <= ref < len(self.strings), f"{what} is not a valid string reference: {ref!r}")
@@ -256,11 +258,11 @@ class _Reader:
             ref, v = flat[j], flat[j + 1]
             expect(_is_int(ref) and ref >= 0, f"{what} has an invalid key reference {ref!r}")
             key = self.s(ref >> 1, what + " key")
-            out[key] = self.s(v, what + f" value of {key!r}") if ref & 1 else check_native(v, what)
+            out[key] = self.s(v, what + f" value of {key!r}") if ref & 1 else check_native(v, what, 0, self.checked)
         return out
 
 
-def _decode_body(body: Any, version: int, dict_id: int, max_spans: int) -> Batch:
+def _decode_body(body: Any, version: int, dict_id: int, max_spans: int, max_expanded: int | None) -> Batch:
     expect(type(body) is list, f"body must be an array, got {type(body).__name__}")
     expect(len(body) == _N_FIELDS, f"body must have {_N_FIELDS} fields for format version {version}, got {len(body)}")
     node_id, seq, created = body[_F_NODE], body[_F_SEQ], body[_F_CREATED]
@@ -372,6 +374,8 @@ def _decode_body(body: Any, version: int, dict_id: int, max_spans: int) -> Batch
         if x is not None:
             _apply_extras(span, x, r, what)
         spans.append(span)
+    if max_expanded is not None:
+        Expansion(max_expanded, node_id, seq).spans(spans)
     return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, dict_id=dict_id)
 
 

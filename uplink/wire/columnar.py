@@ -37,8 +37,8 @@ from .tables import (
     thaw_value,
     train,
 )
-from .values import MAX_DEPTH, SOURCES, array, check_native, expect, native, planes, source_code, time_parents, unplane, \
-    unplanes, zigzag
+from .values import MAX_DEPTH, SOURCES, Expansion, array, check_native, expect, native, planes, source_code, time_parents, \
+    unplane, unplanes, zigzag
 
 __all__ = [
     "VERSION",
@@ -381,9 +381,10 @@ def learn(spans: Sequence[Span], limits: TrainingLimits = TrainingLimits(), node
 # ---------------------------------------------------------------------------------------------------- decoding
 
 def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes: int,
-           max_spans: int = MAX_SPANS) -> Batch:
+           max_spans: int = MAX_SPANS, max_expanded: int | None = None) -> Batch:
     """Decode one batch of version 3 whose header was read, with the table set it names; at most `max_bytes` are
-    decompressed and at most `max_spans` spans built. UnknownTableSet if `tables` is not that set; DecodeError for
+    decompressed and at most `max_spans` spans built. UnknownTableSet if `tables` is not that set; ExpansionExceeded
+    if its spans would take more than `max_expanded` bytes in their OTLP request (None: no bound); DecodeError for
     anything else wrong."""
     table_id = header.table_id
     if table_id == NO_TABLES:
@@ -396,7 +397,7 @@ def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes:
     except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
     try:
-        return _decode_body(doc, tables, table_id, max_spans)
+        return _decode_body(doc, tables, table_id, max_spans, max_expanded)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape not foreseen is still bad input
@@ -446,7 +447,7 @@ def _floats(x: Any, what: str, n: int) -> list[float]:
 _VALUE_TYPE = {T_INT: int, T_BOOL: bool, T_BYTES: bytes}
 
 
-def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]]) -> list[Any]:
+def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]], checked: set[int]) -> list[Any]:
     what = f"attribute column {key!r}"
     if ty == T_STR:
         return _text_column(col, values.get(key, []), what, count)
@@ -459,12 +460,12 @@ def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]
     else:
         expect(ty == T_ANY, f"{what} has an unknown value type {ty}")
         for v in vals:
-            check_native(v, what)
+            check_native(v, what, 0, checked)
     return vals
 
 
 def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field: Any,
-          values: dict[str, list[str]]) -> dict[int, Any]:
+          values: dict[str, list[str]], checked: set[int]) -> dict[int, Any]:
     """Per shape used in `refs`, a function giving the value rows of its lists in order (docs: "Attributes")."""
     uses: dict[int, int] = {}  # shape -> lists using it, in order of first use
     for r in refs:
@@ -479,7 +480,7 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
                 counts.append(0)
             counts[j] += c
     cols = array(cols_field, "attribute columns", len(counts))
-    decoded = [_column(col, key, ty, count, values) for (key, ty), count, col in zip(order, counts, cols)]
+    decoded = [_column(col, key, ty, count, values, checked) for (key, ty), count, col in zip(order, counts, cols)]
     offsets = [0] * len(counts)
     out: dict[int, Any] = {}
     for r, c in uses.items():
@@ -501,7 +502,7 @@ def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     return tuple((keys[e >> 3], e & 7) for e in sh)
 
 
-def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) -> Batch:
+def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, max_expanded: int | None) -> Batch:
     expect(type(doc) is list and len(doc) == _N_FIELDS, f"body must be an array of {_N_FIELDS} fields")
     (node_id, seq, created, n, span_ids_f, traces, trace_col, parent_col, packed, unit_map, base, starts_f, ends_f,
      names_f, res_shapes_f, resource_col_f, new_scopes, scope_col_f, new_keys, new_shapes, shape_col_f, cols_f,
@@ -548,7 +549,8 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) ->
         ev_shapes = _uints(events[3], "event shape column", total, len(shapes))
 
     # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
-    rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values)
+    checked: set[int] = set()  # plain-CBOR values checked so far (CBOR may share one among many lists)
+    rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked)
     keys_of = {r: tuple(k for k, _ in shapes[r]) for r in rows}
     attrs = [dict(zip(keys_of[r], rows[r]())) for r in shape_col]
     ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
@@ -607,7 +609,9 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int) ->
     expect(type(extras) is dict, "extras must be a map")
     for i, x in extras.items():
         expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
-        _apply_extras(spans[i], x, trace_table, f"span {i}")
+        _apply_extras(spans[i], x, trace_table, f"span {i}", checked)
+    if max_expanded is not None:
+        Expansion(max_expanded, node_id, seq).spans(spans)
     return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=VERSION, table_id=table_id)
 
 
@@ -675,7 +679,7 @@ def _decode_events(f: list[Any], counts: list[int], starts: list[int], units: li
     return out
 
 
-def _apply_extras(span: Span, x: Any, trace_table: list[bytes], what: str) -> None:
+def _apply_extras(span: Span, x: Any, trace_table: list[bytes], what: str, checked: set[int]) -> None:
     expect(type(x) is dict, f"{what} extras must be a map")
     for key, v in x.items():
         if key == _X_STATUS_MESSAGE:
@@ -696,7 +700,7 @@ def _apply_extras(span: Span, x: Any, trace_table: list[bytes], what: str) -> No
                     tr = trace_table[tr]
                 expect(type(tr) is bytes and type(sid) is bytes and type(state) is str and type(attrs) is dict,
                         f"{what} link must be [trace, span id, trace state, attributes]")
-                check_native(attrs, what + " link attributes")
+                check_native(attrs, what + " link attributes", 0, checked)
                 links.append(Link(tr, sid, state, attrs))
             span.links = tuple(links)
         else:

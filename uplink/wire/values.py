@@ -9,10 +9,10 @@ import struct
 from typing import Any
 
 from edge.errors import DecodeError
-from edge.model import Source
+from edge.model import Attributes, Source, Span
 
 __all__ = ["SOURCES", "MAX_DEPTH", "MAX_PLANE_WIDTH", "source_code", "expect", "array", "native", "check_native", "zigzag",
-           "planes", "unplane", "unplanes", "time_parents"]
+           "planes", "unplane", "unplanes", "time_parents", "ExpansionExceeded", "Expansion"]
 
 # Fixed codes for Source in a batch's packed byte; appending keeps old batches decodable, codes are never reused.
 SOURCES: tuple[Source, ...] = (Source.SDK_OTLP, Source.SDK_MQTT, Source.EBPF)
@@ -52,23 +52,139 @@ def native(v: Any) -> Any:
     return v
 
 
-def check_native(v: Any, what: str, depth: int = 0) -> Any:
+def check_native(v: Any, what: str, depth: int = 0, checked: set[int] | None = None) -> Any:
     """`v` if it is a value the span model holds (str, bool, int, float, bytes, arrays and text-keyed maps, nested at
-    most MAX_DEPTH deep); DecodeError naming `what` otherwise."""
+    most MAX_DEPTH deep); DecodeError naming `what` otherwise. Containers whose id is in `checked` were checked
+    before (CBOR's shared values make one container appear many times); the ones checked here are added."""
     tv = type(v)
     if tv in (str, bool, int, float, bytes):
         return v
+    if checked is not None:
+        if id(v) in checked:
+            return v
+        checked.add(id(v))
     expect(depth < MAX_DEPTH, f"{what} nests deeper than {MAX_DEPTH}")
     if tv is list:
         for x in v:
-            check_native(x, what, depth + 1)
+            check_native(x, what, depth + 1, checked)
         return v
     if tv is dict:
         for k, x in v.items():
             expect(type(k) is str, f"{what} has a map key that is not text: {k!r}")
-            check_native(x, what, depth + 1)
+            check_native(x, what, depth + 1, checked)
         return v
     raise DecodeError(f"uplink batch: {what} holds a value of unsupported type {tv.__name__}")
+
+
+class ExpansionExceeded(DecodeError):
+    """A batch's spans would expand, once exported, past the bytes its decoder was allowed (`expanded` counted when
+    it stopped, `limit`); `node_id` and `seq` say which batch, so it can be refused for good."""
+
+    def __init__(self, node_id: str, seq: int, expanded: int, limit: int) -> None:
+        self.node_id = node_id
+        self.seq = seq
+        self.expanded = expanded
+        self.limit = limit
+        super().__init__(f"uplink batch seq {seq} of node {node_id[:64]!r} expands to more than {limit} bytes of "
+                         f"spans when exported (counted {expanded} when decoding stopped): it repeats shared values "
+                         "too often")
+
+
+# Bytes the OTLP request spends on one item beyond its text: tags, lengths, the value wrapper; and on one span, event
+# or link beyond its texts, ids and attributes: times, kind, flags, status, framing.
+_ITEM = 8
+_SPAN = 48
+_EVENT = 16
+_LINK = 16
+_SOURCE_ATTRIBUTE = len("helix.source") + len("sdk-mqtt") + _ITEM  # the exporter adds it to every span
+
+
+def _text(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
+class Expansion:
+    """Counts the bytes decoded spans will take in their OTLP export request: a text or byte string shared by
+    reference is one object here but a copy for every use there. Over `limit`, ExpansionExceeded."""
+
+    __slots__ = ("limit", "total", "node_id", "seq", "_sizes")
+
+    def __init__(self, limit: int, node_id: str = "", seq: int = 0) -> None:
+        self.limit = limit
+        self.total = 0
+        self.node_id = node_id
+        self.seq = seq
+        self._sizes: dict[int, int] = {}  # id -> size of containers already measured (shared ones are common)
+
+    def add(self, n: int) -> None:
+        """Count `n` more bytes; ExpansionExceeded once the total is over the limit."""
+        self.total += n
+        if self.total > self.limit:
+            raise ExpansionExceeded(self.node_id, self.seq, self.total, self.limit)
+
+    def value(self, v: Any) -> int:
+        """The bytes of one attribute value (checked by check_native, or frozen in a Resource) in the request."""
+        tv = type(v)
+        if tv is str:
+            return _ITEM + _text(v)
+        if tv is bytes:
+            return _ITEM + len(v)
+        if tv is bool or tv is int or tv is float:
+            return _ITEM
+        known = self._sizes.get(id(v))
+        if known is not None:
+            return known
+        items = v.items() if tv is dict else v  # a frozen map is a tuple of (key, value) tuples
+        size = _ITEM + sum([self.value(k) + self.value(x) for k, x in items] if tv is dict else map(self.value, items))
+        self._sizes[id(v)] = size
+        if size > self.limit:  # one value alone is too big: stop before measuring what holds it
+            self.add(size)
+        return size
+
+    def attributes(self, attrs: Attributes) -> int:
+        """The bytes of an attribute list in the request."""
+        # `value` inlined for the common scalars: this runs for every attribute of every span the gateway takes.
+        n = 2 * _ITEM * len(attrs)
+        for k, v in attrs.items():
+            n += len(k) if k.isascii() else _text(k)
+            tv = type(v)
+            if tv is str:
+                n += len(v) if v.isascii() else _text(v)
+            elif tv is bytes:
+                n += len(v)
+            elif tv is not int and tv is not float and tv is not bool:
+                n += self.value(v) - _ITEM
+        return n
+
+    def spans(self, spans: list[Span]) -> None:
+        """Count the request the export builds of `spans`: each distinct resource once, each (resource, scope) pair
+        once, then every span with its texts, ids, attributes, events and links."""
+        groups: set[tuple[int, int]] = set()
+        resources: set[int] = set()
+        add, attributes, value = self.add, self.attributes, self.value
+        last_r: object = None
+        last_sc: object = None
+        for s in spans:
+            r, sc = s.resource, s.scope
+            if r is not last_r or sc is not last_sc:  # neighbours usually share both
+                last_r, last_sc = r, sc
+                group = (id(r), id(sc))
+                if group not in groups:
+                    groups.add(group)
+                    add(2 * _ITEM + _text(sc.name) + _text(sc.version))
+                    if id(r) not in resources:
+                        resources.add(id(r))
+                        add(sum([_ITEM + _text(k) + value(v) for k, v in r.attributes]))
+            name = s.name
+            add(_SPAN + _SOURCE_ATTRIBUTE + len(s.trace_id) + len(s.span_id) + len(s.parent_span_id)
+                + (len(name) if name.isascii() else _text(name)) + _text(s.trace_state) + _text(s.status_message)
+                + attributes(s.attributes))
+            if s.events:
+                for e in s.events:
+                    add(_EVENT + _text(e.name) + attributes(e.attributes))
+            if s.links:
+                for lk in s.links:
+                    add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state) + attributes(lk.attributes))
 
 
 def zigzag(values: list[int]) -> list[int]:

@@ -24,7 +24,7 @@ from uplink.wire import MEDIA_TYPE, encode_batch
 from uplink.wire.batch_v2 import _F_PACKED, body as batch_body
 from uplink.wire.frame import SPANS_HEADER, SPANS_MAGIC
 
-from .._helpers import as_sent, until
+from .._helpers import as_sent, expanding_batch, until
 
 ROOT = Path(__file__).resolve().parents[3]
 LIMIT_MIB = 128
@@ -93,6 +93,10 @@ async def test_hostile_batches_keep_the_gateway_within_its_memory_limit(gateway:
     dense = [_frame(cbor2.dumps([{}] * 150_000 + [i])) for i in range(24)]
     # A frame declaring 64 MiB: it could never fit the budget, refused without inflating a byte.
     bomb = _frame(bytes(64 << 20))
+    # One 60 KB text used by 6,000 spans (format 2: as their name, 3: as an attribute value): under 1 KB on the wire,
+    # ~230 KB declared (its 22 MiB reservation fits), 360 MB as an OTLP request. Refused by what the decoders count
+    # before the request is built.
+    expanding = [expanding_batch(6_000, "x" * 60_000, 2, "n-3", 8), expanding_batch(6_000, "y" * 60_000, 3, "n-3", 9)]
     spans = realistic_spans(4, seed=41)
     async with aiohttp.ClientSession() as s:
         started = time.monotonic()
@@ -101,6 +105,9 @@ async def test_hostile_batches_keep_the_gateway_within_its_memory_limit(gateway:
         assert time.monotonic() - started < 5
         status, text = await _post(s, url, bomb)
         assert status == 413 and "gateway.memory_limit" in text
+        for body in expanding:
+            status, text = await _post(s, url, body)
+            assert status == 413 and "expands to more than" in text, (len(body), status, text)
         # 24 at once: each is decoded only with its memory reserved; the rest wait or are told to come back (503).
         answers = await asyncio.gather(*(_post(s, url, body) for body in dense))
         assert {st for st, _ in answers} <= {400, 503} and any(st == 400 for st, _ in answers)

@@ -18,7 +18,8 @@ from edge.demo.otlp_peer import OtlpPeer, Refusal
 from uplink.gateway import serve_gateway
 from uplink.wire import MEDIA_TYPE, encode_batch
 
-from .._helpers import as_sent, gateway_config, running_client, running_gateway, until, uplink_config
+from .._helpers import as_sent, gateway_config, repeated_text_spans, running_client, running_gateway, until, \
+    uplink_config
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -93,6 +94,28 @@ async def test_malformed_batches_are_counted_and_good_ones_still_flow(mosquitto:
         await until(lambda: gw.stats.spans_exported == len(spans), what="the good batch")
     # The bomb declares 32 MiB: refused as oversized before a byte is inflated.
     assert gw.stats.batches_malformed == 3 and gw.stats.batches_oversized == 2
+    assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}
+
+
+@pytest.mark.parametrize("mqtt", [True, False])
+async def test_a_batch_expanding_past_its_reservation_is_refused_and_its_node_forgets_it(
+        mosquitto: Mosquitto, otlp_peer: OtlpPeer, mqtt: bool) -> None:
+    # A node's own client (format 3, the default) sends 300 spans sharing one 20 KB name: ~30 KB inflated, 6 MB as
+    # OTLP. The gateway refuses it for good, so the node is told and forgets it instead of sending it forever.
+    hostile = repeated_text_spans(300, "q" * 20_000, in_name=True)
+    spans = realistic_spans(3, seed=7)
+    ucfg = uplink_config(mosquitto if mqtt else None, batch_max_spans=300, batch_max_bytes=16 << 20,
+                         queue_max_bytes=32 << 20)  # one batch of them all
+    async with running_gateway(gateway_config(mosquitto, otlp_peer.grpc_endpoint)) as gw:
+        if not mqtt:
+            ucfg = replace(ucfg, transport="http", url=f"http://127.0.0.1:{gw.http_port}/v1/batches")
+        async with running_client(ucfg, "n-e") as client:
+            client.submit(hostile)
+            await until(lambda: client.stats.dropped_rejected == len(hostile) and client.stats.spooled_batches == 0,
+                        timeout=15, what="the node told the batch is refused")
+            client.submit(spans)
+            await until(lambda: gw.stats.spans_exported == len(spans), timeout=15, what="the next batch")
+    assert gw.stats.batches_expanding == 1 and gw.stats.batches_oversized == 0 and gw.stats.batches_exported == 1
     assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}
 
 

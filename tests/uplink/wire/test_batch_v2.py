@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 from bench._workload import realistic_spans
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
-from uplink.wire import dictionaries
+from uplink.gateway.budget import expansion_limit
+from uplink.wire import ExpansionExceeded, declared_size, dictionaries
 from uplink.wire import decode_batch, read_header
 from uplink.wire.frame import SPANS_HEADER
 from uplink.wire import encode_batch as encode_any
+
+from .._helpers import expanding_batch
 
 FORMAT_VERSION = 2
 HEADER_SIZE = SPANS_HEADER.size
@@ -257,3 +260,17 @@ def test_every_single_byte_corruption_is_detected_or_decodes() -> None:
             decode_batch(bytes(mutated), MAX)
         except DecodeError:
             pass
+
+
+def test_a_text_referenced_20000_times_is_refused_by_what_its_spans_expand_to() -> None:
+    # One 60 KB name in the string table, used by 20,000 spans: a few hundred KB inflated, 1.2 GB as OTLP.
+    data = expanding_batch(20_000, "x" * 60_000, 2, "n-7", 41)
+    assert len(data) < 1000
+    limit = expansion_limit(declared_size(data))
+    assert decode_batch(data, MAX).spans[0].name == "x" * 60_000  # decodable, only too expansive
+    with pytest.raises(ExpansionExceeded) as e:
+        decode_batch(data, MAX, max_expanded=limit)
+    assert (e.value.node_id, e.value.seq, e.value.limit) == ("n-7", 41, limit)
+    # Stopped as soon as the count passed the bound, not after measuring all 1.2 GB.
+    assert limit < e.value.expanded <= limit + 61_000
+    assert isinstance(e.value, DecodeError)

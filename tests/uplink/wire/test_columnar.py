@@ -12,11 +12,17 @@ from hypothesis import strategies as st
 
 from bench._workload import realistic_spans
 from bench.corpus import load_all
+from edge.codec.otlp import request_from_spans
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
-from uplink.wire import NO_TABLES, UnknownTableSet, columnar, decode_batch, encode_batch, read_header
+from uplink.gateway.budget import expansion_limit
+from uplink.wire import NO_TABLES, ExpansionExceeded, UnknownTableSet, columnar, declared_size, decode_batch, \
+    encode_batch, read_header
 from uplink.wire.columnar import MAX_SPANS, encode
 from uplink.wire.tables import EMPTY, TableSet
+from uplink.wire.values import Expansion
+
+from .._helpers import expanding_batch
 
 MAX = 16 * 1024 * 1024
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "demo-apps-sample"
@@ -236,3 +242,51 @@ def test_batches_above_the_span_limit_are_not_encoded() -> None:
     span = realistic_spans(1, seed=1)[0]
     with pytest.raises(ValueError, match="at most"):
         columnar.body([span] * (columnar.MAX_SPANS + 1), "n", 1)
+
+
+def test_a_text_referenced_20000_times_is_refused_by_what_its_spans_expand_to() -> None:
+    # One 60 KB attribute value, sent once in its key's new texts and referenced by 20,000 spans: 1.2 GB as OTLP.
+    data = expanding_batch(20_000, "y" * 60_000, 3, "n-8", 42)
+    assert len(data) < 1000
+    limit = expansion_limit(declared_size(data))
+    assert decode(data, None, MAX).spans[-1].attributes["db.statement"] == "y" * 60_000
+    with pytest.raises(ExpansionExceeded) as e:
+        decode_batch(data, MAX, None, MAX_SPANS, limit)
+    assert (e.value.node_id, e.value.seq, e.value.limit) == ("n-8", 42, limit)
+    assert limit < e.value.expanded <= limit + 61_000
+
+
+def test_a_value_shared_by_cbor_is_checked_once_and_counted_for_every_use() -> None:
+    # CBOR's shared values (tags 28/29) let 30 nested levels of two references to the one list below reach 2^30
+    # leaves: checked once per distinct list, and counted as the copies the export would write.
+    spans = realistic_spans(2, seed=91)[:1]
+    spans[0].attributes = {"blob": ["placeholder"]}  # an array: a plain-CBOR attribute column
+    doc = cbor2.loads(columnar.body(spans, "n-9", 43))
+    value: object = ["z" * 100]
+    for _ in range(30):
+        value = [value, value]
+    cols = doc[columnar.BODY_FIELDS.index("attribute_columns")]
+    cols[cols.index([["placeholder"]])] = [value]
+    body = cbor2.dumps(doc, value_sharing=True)
+    assert len(body) < 1000
+    data = encode([], "n", 0)[:11] + zstandard.ZstdCompressor().compress(body)
+    with pytest.raises(ExpansionExceeded) as e:
+        decode_batch(data, MAX, None, MAX_SPANS, 1 << 24)
+    assert e.value.seq == 43
+
+
+def test_real_batches_decode_within_the_gateways_expansion_limit_which_bounds_their_request() -> None:
+    # The count must cover the serialised OTLP request, and real batches (every format, learned tables or none) must
+    # stay well within the gateway's limit.
+    corpora = {**load_all(SAMPLE), "workload": realistic_spans(60, seed=92)}
+    for name, spans in corpora.items():
+        tables = columnar.learn(spans[: len(spans) // 2], node_id="n", created_ns=1)
+        for size in (32, 512):
+            for i in range(0, len(spans), size):
+                part = spans[i:i + size]
+                for data in (encode_batch(part, "n", i, version=2), encode(part, "n", i, tables)):
+                    limit = expansion_limit(declared_size(data))
+                    decoded = decode_batch(data, MAX, {tables.id: tables}.get, MAX_SPANS, limit // 2).spans
+                    count = Expansion(limit)
+                    count.spans(decoded)
+                    assert count.total >= len(request_from_spans(decoded).SerializeToString()), name
