@@ -45,6 +45,11 @@ class EbpfSourceConfig(Section):
     # HTTP/2 request headers (gRPC metadata) kept on spans as http.request.header.<name> (rpc.grpc.request.metadata.
     # <name>): a request id to correlate with logs, say. Names are matched in lower case.
     capture_headers: tuple[str, ...] = setting((), str_list)
-    # The tracing pipeline's own traffic is not traced: its MQTT topics and OTLP/uplink HTTP paths.
+    # The tracing pipeline's own traffic is not traced: its MQTT topics and OTLP/uplink paths, over HTTP/1 and gRPC
+    # (an SDK's exports to the agent and the gateway's to the backend would otherwise be spans that are exported).
     ignore_topic_prefixes: tuple[str, ...] = setting(("helix/",), str_list)
-    ignore_http_paths: tuple[str, ...] = setting(("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/batches"), str_list)
+    ignore_http_paths: tuple[str, ...] = setting(
+        ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/batches",
+         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+         "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+         "/opentelemetry.proto.collector.logs.v1.LogsService/Export"), str_list)

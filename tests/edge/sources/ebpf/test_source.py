@@ -1,0 +1,25 @@
+"""The kernel source leaves out the tracing pipeline's own traffic, over HTTP/1 and gRPC alike."""
+from __future__ import annotations
+
+from edge.model import Source, Span, SpanKind
+from edge.sources.ebpf.config import EbpfSourceConfig
+from edge.sources.ebpf.source import EbpfSource
+
+
+def _span(path: str) -> Span:
+    return Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name=path.rsplit("/", 1)[-1], start_ns=1, end_ns=2,
+                kind=SpanKind.CLIENT, attributes={"url.path": path}, source=Source.EBPF)
+
+
+def test_otlp_exports_over_grpc_and_http_are_not_traced_and_are_counted() -> None:
+    got: list[Span] = []
+
+    def sink(spans: list[Span], source: Source) -> int:
+        got.extend(spans)
+        return len(spans)
+
+    src = EbpfSource(EbpfSourceConfig(), sink, own_pid=0)
+    src._emit([_span("/opentelemetry.proto.collector.trace.v1.TraceService/Export"), _span("/v1/traces"),
+               _span("/inventory.Stock/Get"), _span("/stock")])
+    assert [s.attributes["url.path"] for s in got] == ["/inventory.Stock/Get", "/stock"]
+    assert src.stats.ignored_own_traffic == 2
