@@ -197,6 +197,8 @@ class EbpfSource:
         if isinstance(topic, str) and topic.startswith(self.cfg.ignore_topic_prefixes):
             return True
         path = span.attributes.get("url.path")
+        if path is None and span.attributes.get("rpc.system") == "grpc":  # gRPC spans name the call, not the path
+            path = f"/{span.attributes.get('rpc.service')}/{span.attributes.get('rpc.method')}"
         return isinstance(path, str) and path in self.cfg.ignore_http_paths
 
     def _emit(self, spans: list[Span]) -> None:
