@@ -191,6 +191,9 @@ class Span:
     # approx_size(), taken once: every buffer asks (inbox, assembler, tail, uplink) and it cost an eighth of the
     # agent's CPU in a burst. Later changes (stitching links, a parent) move the true size by a few bytes only.
     _size: int = field(default=0, repr=False, compare=False)
+    # In durable mode, the number of the accepted-log record this span came in (edge/agent/accepted_log.py): the log
+    # keeps a record until no span of it is held in the pipeline any more. 0: not logged.
+    logged: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.events) is not tuple:
