@@ -96,3 +96,24 @@ def expanding_batch(n: int, text: str, version: int, node_id: str = "n", seq: in
     else:
         header, raw = TABLES_HEADER.pack(SPANS_MAGIC, 3, NO_TABLES), columnar.body(spans, node_id, seq)
     return header + zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+
+
+def just_under_expansion(n: int, version: int) -> bytes:
+    """An `expanding_batch` of `n` spans with the longest shared text the decoders still let through: its spans count
+    just under the expansion bound (declared size x 24), the most a batch can take once decoded."""
+    from uplink.gateway.budget import expansion_limit
+    from uplink.wire import ExpansionExceeded, declared_size, decode_batch
+
+    def fits(length: int) -> bool:
+        data = expanding_batch(n, "t" * length, version)
+        try:
+            decode_batch(data, 64 << 20, lambda _id: None, 1 << 20, expansion_limit(declared_size(data)))
+        except ExpansionExceeded:
+            return False
+        return True
+
+    lo, hi = 16, 1 << 16
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return expanding_batch(n, "t" * lo, version)

@@ -38,9 +38,9 @@ from edge.net.retry import Backoff, Throttle
 from edge.runtime.rss import read_rss
 
 from ..confirm import Settled
-from ..wire import NEEDS_TABLES_HEADER, ExpansionExceeded, UnknownTableSet, declared_size, decode_metrics, \
+from ..wire import NEEDS_TABLES_HEADER, Batch, ExpansionExceeded, UnknownTableSet, declared_size, decode_metrics, \
     is_metric_batch
-from .budget import MemoryBudget, decode_cost, expansion_limit
+from .budget import MemoryBudget, decode_cost, expansion_limit, export_cost
 from .confirmer import Confirmer
 from .dedup import SeenBatches
 from .identity import UNPROVEN, HttpAuth, Identity
@@ -95,6 +95,7 @@ class GatewayStats:
     batches_deferred: int = 0  # answered 503 while the backend was down
     batches_wrong_node: int = 0  # refused: the batch claims a node its transport does not prove
     batches_busy: int = 0  # HTTP: answered 503 because decoding would have gone over the memory budget
+    batches_reserved_more: int = 0  # decoded batches whose counted expansion reserved more before their export
     requests_unauthorized: int = 0
     mqtt_subscriptions: int = 0  # successful (re)subscriptions; more than one means the broker link was restored
     mqtt_acks: int = 0  # PUBACKs sent, each after its batch was settled
@@ -191,10 +192,35 @@ class Gateway:
         except DecodeError as e:
             self.stats.batches_malformed += 1
             return self._bad(Outcome.MALFORMED, origin, str(e))
-        n = len(batch.spans)
         wrong = self._wrong_node(batch.node_id, batch.seq, identity, origin)
         if wrong is not None:
             return wrong
+        # What the decoders counted may ask for more memory than the declared size reserved: the difference is
+        # reserved before the OTLP request is built, or the batch waits (MQTT), is told to come back (HTTP) or, if it
+        # can never fit, is refused for good.
+        extra = export_cost(declared, batch.expanded) - decode_cost(declared)
+        if extra > 0:
+            if decode_cost(declared) + extra > self.budget.total:
+                self.stats.batches_expanding += 1
+                result = self._bad(Outcome.OVERSIZED, origin, f"uplink batch seq {batch.seq} of node "
+                                   f"{batch.node_id[:64]!r}: its spans take {batch.expanded} bytes once exported, "
+                                   f"{(decode_cost(declared) + extra) >> 20} MiB to export: more than "
+                                   f"gateway.memory_limit leaves ({self.budget.total >> 20} MiB)")
+                result.seq = batch.seq
+                return result
+            if not await self.budget.reserve(extra, _HTTP_EXPORT_BUDGET if http else None):
+                self.stats.batches_busy += 1
+                return _Result(Outcome.RETRY_LATER, detail="gateway busy exporting other batches", retry_after_s=1.0)
+            self.stats.batches_reserved_more += 1
+        try:
+            return await self._settle(batch, http, origin, identity)
+        finally:
+            if extra > 0:
+                self.budget.release(extra)
+
+    async def _settle(self, batch: Batch, http: bool, origin: str, identity: Identity) -> _Result:
+        """Deduplicate and export a decoded batch whose memory is reserved."""
+        n = len(batch.spans)
         key = (identity.key(batch.node_id), batch.seq)
         if key in self.seen:
             self.stats.batches_duplicate += 1
