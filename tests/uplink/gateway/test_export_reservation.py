@@ -36,3 +36,13 @@ async def test_a_batch_whose_export_could_never_fit_is_refused_for_good(otlp_pee
         assert result.outcome is Outcome.OVERSIZED and "gateway.memory_limit" in result.detail
         assert gw.stats.batches_expanding == 1 and gw.budget.used == 0
     assert not otlp_peer.spans()
+
+
+async def test_a_metrics_frame_expanding_past_its_bound_is_refused_for_good(otlp_peer: OtlpPeer) -> None:
+    from ..wire.test_metrics import _shared_attrs_frame
+
+    async with running_gateway(gateway_config(None, otlp_peer.grpc_endpoint)) as gw:
+        result = await gw.ingest(_shared_attrs_frame(20_000, "r" * 20_000), "test", http=True)
+        assert result.outcome is Outcome.OVERSIZED and result.seq == 3
+        assert gw.metric_stats["expanding"] == 1 and gw.stats.batches_expanding == 1 and gw.budget.used == 0
+    assert not otlp_peer.metric_requests
