@@ -10,13 +10,16 @@ with durable mode off and once on (same data, same machine, same minute). Each r
 
     python bench/durable_ack.py [--seconds 8] [--rate 50] [--clients 8]
 
-Same-run reference: durable off. Last line: {"off": {...}, "on": {...}, "ratio": {...}}
+Same-run reference: durable off; and this disk's own fsync latency (4 KiB append + fsync, in the same directory),
+which bounds what any durable acknowledgement costs here. Last line: {"off": {...}, "on": {...}, "ratio": {...},
+"raw_fsync_p50_ms", "raw_fsync_p99_ms", ...}
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import sys
@@ -110,6 +113,23 @@ async def run_mode(stack: Stack, durable: bool, bodies: list[bytes], spans_per_b
     return out
 
 
+def raw_fsync_ms(directory: Path, n: int = 50) -> tuple[float, float]:
+    """p50 and p99 of appending 4 KiB and fsyncing it in `directory`: what this disk makes any durable write wait."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times: list[float] = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(_pct(times, 0.5) * 1000, 2), round(_pct(times, 0.99) * 1000, 2)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each phase (default 8)")
@@ -132,11 +152,14 @@ async def main() -> None:
         for durable in (False, True):
             result["on" if durable else "off"] = await run_mode(stack, durable, bodies, spans_per_body, args)
             print(f"durable {'on' if durable else 'off'}: {result['on' if durable else 'off']}", file=sys.stderr)
+        fsync_p50, fsync_p99 = raw_fsync_ms(work)
+    print(f"this disk: fsync of a 4 KiB append p50 {fsync_p50} ms, p99 {fsync_p99} ms", file=sys.stderr)
     off, on = result["off"], result["on"]
     ratio = {k: round(on[k] / off[k], 2) if off.get(k) else 0.0
              for k in ("paced_p50_ms", "paced_p99_ms", "saturated_requests_per_s", "saturated_p99_ms")}
     print(json.dumps({"off": off, "on": on, "ratio": ratio, "bytes_per_request": round(
-        statistics.fmean(len(b) for b in bodies)), "spans_per_request": round(spans_per_body, 1)}))
+        statistics.fmean(len(b) for b in bodies)), "spans_per_request": round(spans_per_body, 1),
+        "raw_fsync_p50_ms": fsync_p50, "raw_fsync_p99_ms": fsync_p99}))
 
 
 if __name__ == "__main__":

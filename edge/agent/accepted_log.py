@@ -205,6 +205,12 @@ class AcceptedLog:
         self._pending, self._waiters, self._pending_bytes = [], [], 0
         try:
             await loop.run_in_executor(self._worker, self._write, first, chunks)
+        except asyncio.CancelledError:
+            # Stopping: the write may still land, but no one may be told it did (at worst a retry duplicates).
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(LogFull("the agent is stopping"))
+            raise
         except OSError as e:
             self.stats.commit_failures += 1
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
