@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,16 +28,9 @@ sys.path.insert(0, str(ROOT))
 from bench._workload import realistic_spans  # noqa: E402
 from edge.demo.broker import free_port  # noqa: E402
 from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
-from tests.uplink._helpers import just_under_expansion  # noqa: E402
+from tests.uplink._helpers import gateway_process, just_under_expansion, vm_hwm  # noqa: E402
 from uplink.gateway.budget import expansion_limit, export_cost  # noqa: E402
 from uplink.wire import MEDIA_TYPE, declared_size, decode_batch, encode_batch  # noqa: E402
-
-
-def _vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _expanded(payload: bytes) -> tuple[int, int]:
@@ -55,30 +45,20 @@ async def one(payload: bytes, limit_mib: int, peer: OtlpPeer, work: Path) -> dic
     conf.write_text(f'[gateway]\nmqtt_enabled = false\nhttp_listen = "127.0.0.1:{port}"\n'
                     f'export_endpoint = "{peer.grpc_endpoint}"\nstate_dir = ""\nmemory_limit = "{limit_mib}MiB"\n')
     log_path = work / "gw.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "edge", "gateway", "--config", str(conf)], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
+    with gateway_process(conf, log_path) as proc:
         deadline = time.monotonic() + 60
         while b"gateway accepting batches" not in log_path.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gateway did not start: {log_path.read_text()[-2000:]}")
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
-        idle = _vm_hwm(proc.pid)
+        idle = vm_hwm(proc.pid)
         async with aiohttp.ClientSession() as s:
             async with s.post(f"http://127.0.0.1:{port}/v1/batches", data=payload,
                               headers={"Content-Type": MEDIA_TYPE}) as resp:
                 status = resp.status
                 await resp.read()
-        peak = _vm_hwm(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        peak = vm_hwm(proc.pid)
     declared, expanded = _expanded(payload)
     reserved = round(export_cost(declared, expanded) / declared, 1)
     return {"declared": declared, "expanded": expanded, "status": status,
