@@ -234,10 +234,10 @@ class Span:
         return size
 
 
-# CPython 3.11 object sizes (64-bit): a str header is 49 bytes, bytes 33, int 28, float 24; a slotted Span 208.
+# CPython 3.11 object sizes (64-bit): a str header is 49 bytes, bytes 33, int 28, float 24; a slotted Span 216.
 _STR = 49
 # The object, three id bytes objects, two start/end ints, trace state.
-_SPAN_FIXED = 208 + 3 * 33 + 16 + 8 + 8 + 2 * 32 + _STR
+_SPAN_FIXED = 216 + 3 * 33 + 16 + 8 + 8 + 2 * 32 + _STR
 _EVENT_FIXED = 72 + _STR + 28
 _LINK_FIXED = 96 + 2 * 33 + 16 + 8 + _STR
 
