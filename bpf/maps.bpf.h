@@ -56,6 +56,31 @@ struct {
 	__type(value, __u8);
 } allowed_pids SEC(".maps");
 
+/* The same allow-list as a bitmap by tgid (bit tgid % 64 of word tgid / 64), which every program checks first: an
+ * array lookup the verifier inlines, where a hash lookup is a helper call that costs about as much as the whole early
+ * exit should. The loader sizes it to the machine's pid_max before loading (HELIX_PID_WORDS words by default, pids up
+ * to 32767); a tgid beyond it is looked up in `allowed_pids`. */
+#define HELIX_PID_WORDS 512
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HELIX_PID_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} allowed_bits SEC(".maps");
+
+/* Per thread (bit tid % 64 of word tid / 64): its `inflight` slot holds a syscall between sys_enter and sys_exit. Every
+ * sys_exit of every process tests it before it looks the slot up, so a syscall that stored nothing (untraced
+ * processes, traced ones' pipes and ttys) costs one inlined array lookup at its exit. Only the thread itself sets
+ * and clears its bit, so a plain atomic add keeps the word's other bits intact (5.10 has no atomic or/and).
+ * Sized like allowed_bits; a tid beyond it goes to `inflight` directly. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HELIX_PID_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} busy_tids SEC(".maps");
+
 /* cgroup v2 id -> 1 when HELIX_FILTER_CGROUPS is set. 1024 x ~60 B. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -168,8 +193,13 @@ static __always_inline bool traced(__u32 tgid)
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return false;
-	if ((cfg->flags & HELIX_FILTER_PIDS) && !bpf_map_lookup_elem(&allowed_pids, &tgid))
-		return false;
+	if (cfg->flags & HELIX_FILTER_PIDS) {
+		__u32 word = tgid / 64;
+		__u64 *bits = bpf_map_lookup_elem(&allowed_bits, &word);
+
+		if (bits ? !(*bits & (1ULL << (tgid % 64))) : !bpf_map_lookup_elem(&allowed_pids, &tgid))
+			return false;
+	}
 	if (cfg->flags & HELIX_FILTER_CGROUPS) {
 		__u64 cg = bpf_get_current_cgroup_id();
 
@@ -177,6 +207,27 @@ static __always_inline bool traced(__u32 tgid)
 			return false;
 	}
 	return true;
+}
+
+/* busy_tids: whether the thread's inflight slot may hold a syscall (true when its bit is beyond the bitmap), and
+ * marking it so or not. */
+static __always_inline bool tid_busy(__u32 tid)
+{
+	__u32 word = tid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&busy_tids, &word);
+
+	return !bits || (*bits & (1ULL << (tid % 64)));
+}
+
+static __always_inline void tid_mark(__u32 tid, bool busy)
+{
+	__u32 word = tid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&busy_tids, &word);
+	__u64 bit = 1ULL << (tid % 64);
+
+	if (!bits || !(*bits & bit) == !busy)
+		return;
+	__sync_fetch_and_add(bits, busy ? bit : -bit);
 }
 
 /* The live sampling threshold (0: keep everything). */
