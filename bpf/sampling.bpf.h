@@ -178,37 +178,69 @@ struct scan_ctx {
 	struct sample_work *w;
 };
 
-/* One byte of an HTTP request head: where the traceparent, tracestate `rv`, Host and the head's end are. */
-static long scan_http_byte(__u64 idx, void *data)
+/* Whether any byte of x is c: the zero-byte test on x ^ c in every byte (exact as a yes/no). */
+static __always_inline bool has_byte(__u64 x, __u8 c)
+{
+	__u64 v = x ^ (0x0101010101010101ULL * c);
+
+	return (v - 0x0101010101010101ULL) & ~v & 0x8080808080808080ULL;
+}
+
+/* The head's byte at j when it is a line's '\n' or the ':' of an `rv:` (whose 'r' is at j - 2): where the traceparent,
+ * tracestate `rv`, Host and the head's end are. A byte-by-byte walk over i = 1.. would look at i for both; here a '\n'
+ * is taken at i = j and an `rv:` at i = j - 2, which visits them in the walk's order wherever the order matters (a
+ * line end cannot sit inside an `rv:`), within the same bounds (i + 3 <= len, i <= SCAN_MAX - 16). Returns 1 at the
+ * head's end. */
+static __always_inline long http_head_byte(struct scan_ctx *c, struct sample_work *w, const __u8 *p, __u32 j)
+{
+	__u8 a;
+
+	if (p[j] == ':') {
+		__u32 i = j - 2;
+
+		if (j >= 3 && i + 3 <= c->len && i <= SCAN_MAX - 16 && p[i] == 'r' && p[i + 1] == 'v' &&
+		    (p[i - 1] == '=' || p[i - 1] == ';'))
+			w->ts_rv = i + 3;
+		return 0;
+	}
+	if (p[j] != '\n' || j < 1 || j + 3 > c->len || j > SCAN_MAX - 16)
+		return 0;
+	if (p[j - 1] == '\r' && p[j + 1] == '\r' && p[j + 2] == '\n') {
+		w->head_end = j + 3;
+		return 1;
+	}
+	a = lower(p[j + 1]);
+	if (a == 't' && MATCH_CI(p + j + 1, "traceparent:")) {
+		if (w->tp < 0)
+			w->tp = j + 13;
+	} else if (a == 'h' && MATCH_CI(p + j + 1, "host:")) {
+		w->host = j + 6;
+	} else if ((a == 'b' && MATCH_CI(p + j + 1, "b3:")) || (a == 'x' && MATCH_CI(p + j + 1, "x-b3-")) ||
+		   (a == 'u' && MATCH_CI(p + j + 1, "uber-trace-id:"))) {
+		w->other = 1;
+	}
+	return 0;
+}
+
+/* Eight bytes of an HTTP request head per step: most words hold neither a '\n' nor a ':', and cost one load and two
+ * word tests; the others go through http_head_byte byte by byte. */
+static long scan_http_word(__u64 idx, void *data)
 {
 	struct scan_ctx *c = data;
 	struct sample_work *w = c->w;
 	const __u8 *p = c->p;
-	__u32 i = (idx & (SCAN_MAX - 1)) + 1;
-	__u8 a;
+	__u32 base = (idx * 8) & (SCAN_MAX - 1);
+	__u64 x;
 
-	if (i + 3 > c->len)
-		return 1;
-	if (p[i] == 'r' && p[i + 1] == 'v' && p[i + 2] == ':' && (p[i - 1] == '=' || p[i - 1] == ';')) {
-		w->ts_rv = i + 3;
+	if (base + 1 > c->len)
+		return 1; /* no byte from here on can be a candidate (a ':' needs j + 1 <= len) */
+	x = *(const __u64 *)(p + base);
+	if (!has_byte(x, '\n') && !has_byte(x, ':'))
 		return 0;
-	}
-	if (p[i] != '\n')
-		return 0;
-	if (p[i - 1] == '\r' && p[i + 1] == '\r' && p[i + 2] == '\n') {
-		w->head_end = i + 3;
-		return 1;
-	}
-	a = lower(p[i + 1]);
-	if (a == 't' && MATCH_CI(p + i + 1, "traceparent:")) {
-		if (w->tp < 0)
-			w->tp = i + 13;
-	} else if (a == 'h' && MATCH_CI(p + i + 1, "host:")) {
-		w->host = i + 6;
-	} else if ((a == 'b' && MATCH_CI(p + i + 1, "b3:")) || (a == 'x' && MATCH_CI(p + i + 1, "x-b3-")) ||
-		   (a == 'u' && MATCH_CI(p + i + 1, "uber-trace-id:"))) {
-		w->other = 1;
-	}
+#pragma unroll
+	for (int b = 0; b < 8; b++)
+		if (http_head_byte(c, w, p, base + b))
+			return 1;
 	return 0;
 }
 
@@ -248,44 +280,54 @@ static __always_inline void scan(struct data_event *ev, struct sample_work *w, b
 	if (mqtt)
 		bpf_loop(SCAN_MAX - 16, scan_mqtt_byte, &c, 0);
 	else
-		bpf_loop(SCAN_MAX - 16, scan_http_byte, &c, 0);
+		bpf_loop(SCAN_MAX / 8, scan_http_word, &c, 0);
 #else
 	(void)c;
 	(void)mqtt;
 #endif
 }
 
-/* A run of lower-case hex digits (W3C: lower case only, as edge/propagation.py), one bpf_loop step per digit. */
+/* A run of lower-case hex digits (W3C: lower case only, as edge/propagation.py), eight per bpf_loop step. */
 struct hex_ctx {
 	const __u8 *p;
 	__u32 pos;
+	__u32 n;   /* digits in the run */
 	__u32 bad;
-	__u64 r; /* the last 16 digits' value: the low 56 bits are the last 14 */
+	__u32 _pad;
+	__u64 r;   /* the last 16 digits' value: the low 56 bits are the last 14 */
 	__u64 any; /* OR of the digits: 0 for all zeros */
 };
 
-static long hex_digit(__u64 i, void *data)
+static long hex_digits8(__u64 step, void *data)
 {
 	struct hex_ctx *c = data;
-	int v = hexval(c->p[(c->pos + (__u32)i) & (2 * HELIX_PAYLOAD_MAX - 1)]);
+	__u32 k0 = (__u32)step * 8;
 
-	if (v < 0) {
-		c->bad = 1;
-		return 1;
+#pragma unroll
+	for (int k = 0; k < 8; k++) {
+		int v;
+
+		if (k0 + k >= c->n)
+			return 1;
+		v = hexval(c->p[(c->pos + k0 + k) & (2 * HELIX_PAYLOAD_MAX - 1)]);
+		if (v < 0) {
+			c->bad = 1;
+			return 1;
+		}
+		c->r = (c->r << 4) | v;
+		c->any |= v;
 	}
-	c->r = (c->r << 4) | v;
-	c->any |= v;
 	return 0;
 }
 
 /* n hex digits at p[pos..] (pos + n within the snapshot, checked by the caller): their value, or -1. */
 static __always_inline __s64 hex_run(const __u8 *p, __u32 pos, __u32 n, __u64 *any)
 {
-	struct hex_ctx c = { .p = p, .pos = pos, .bad = 1 };
+	struct hex_ctx c = { .p = p, .pos = pos, .n = n, .bad = 1 };
 
 #ifndef HELIX_NO_BPF_LOOP
 	c.bad = 0;
-	bpf_loop(n, hex_digit, &c, 0);
+	bpf_loop((n + 7) / 8, hex_digits8, &c, 0);
 #endif
 	if (c.bad)
 		return -1;
