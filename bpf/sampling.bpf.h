@@ -91,7 +91,7 @@ struct sample_work {
 	__s32 host_len;
 	__s32 mlen;     /* bytes of the request method */
 	__u32 server;   /* the request was read by a server (else written by a client) */
-	__u32 _pad;
+	__u32 pos;      /* where the HTTP head scan goes on */
 	struct red_pending pend;
 	struct helix_red_val zero; /* never written: what a new series starts from */
 };
@@ -178,8 +178,9 @@ struct scan_ctx {
 	struct sample_work *w;
 };
 
-/* Whether any byte of x is c: the zero-byte test on x ^ c in every byte (exact as a yes/no). */
-static __always_inline bool has_byte(__u64 x, __u8 c)
+/* The high bit of each byte of x that is c (bytes above the first such byte may be flagged wrongly: only the lowest
+ * flag is exact, and it is the only one used). */
+static __always_inline __u64 byte_flags(__u64 x, __u8 c)
 {
 	__u64 v = x ^ (0x0101010101010101ULL * c);
 
@@ -203,7 +204,7 @@ static __always_inline long http_head_byte(struct scan_ctx *c, struct sample_wor
 			w->ts_rv = i + 3;
 		return 0;
 	}
-	if (p[j] != '\n' || j < 1 || j + 3 > c->len || j > SCAN_MAX - 16)
+	if (j < 1 || j + 3 > c->len || j > SCAN_MAX - 16)
 		return 0;
 	if (p[j - 1] == '\r' && p[j + 1] == '\r' && p[j + 2] == '\n') {
 		w->head_end = j + 3;
@@ -222,26 +223,35 @@ static __always_inline long http_head_byte(struct scan_ctx *c, struct sample_wor
 	return 0;
 }
 
-/* Eight bytes of an HTTP request head per step: most words hold neither a '\n' nor a ':', and cost one load and two
- * word tests; the others go through http_head_byte byte by byte. */
-static long scan_http_word(__u64 idx, void *data)
+/* One step of the head scan from w->pos: the eight bytes there are tested as a word for a '\n' or a ':'; without one
+ * the scan moves on by eight, else the first such byte goes through http_head_byte and the scan resumes after it.
+ * Most of a head is neither, so a step costs a load and a few word operations, and the callback keeps one copy of
+ * the byte rules (each copy multiplies what the verifier walks). The position lives in map memory, as the scans'
+ * findings do (see the top of this file). */
+static long scan_http_step(__u64 idx, void *data)
 {
 	struct scan_ctx *c = data;
 	struct sample_work *w = c->w;
 	const __u8 *p = c->p;
-	__u32 base = (idx * 8) & (SCAN_MAX - 1);
-	__u64 x;
+	__u32 pos = LOADV(w->pos);
+	__u64 x, m;
+	__u32 j;
 
-	if (base + 1 > c->len)
+	if (pos >= c->len || pos >= SCAN_MAX)
 		return 1; /* no byte from here on can be a candidate (a ':' needs j + 1 <= len) */
-	x = *(const __u64 *)(p + base);
-	if (!has_byte(x, '\n') && !has_byte(x, ':'))
+	pos &= SCAN_MAX - 1;
+	/* one 8-byte load, at any alignment: the verifier allows it on map values where the CPU does (x86_64, arm64) */
+	x = *(const __u64 *)(p + pos);
+	m = byte_flags(x, '\n') | byte_flags(x, ':');
+	if (!m) {
+		w->pos = pos + 8;
 		return 0;
-#pragma unroll
-	for (int b = 0; b < 8; b++)
-		if (http_head_byte(c, w, p, base + b))
-			return 1;
-	return 0;
+	}
+	/* the lowest flag is the first such byte in memory (little-endian; the probes run on x86_64 and arm64) */
+	m = (m & -m) >> 7; /* 1 << (8 * b) */
+	j = pos + 7 - (__u32)((0x0706050403020100ULL * m) >> 56);
+	w->pos = j + 1;
+	return http_head_byte(c, w, p, j & (SCAN_MAX - 1));
 }
 
 /* One byte of an MQTT PUBLISH: a `traceparent` user property (name and value lengths included in the match),
@@ -276,58 +286,49 @@ static __always_inline void scan(struct data_event *ev, struct sample_work *w, b
 	w->host = -1;
 	w->head_end = -1;
 	w->other = 0;
+	w->pos = 0;
 #ifndef HELIX_NO_BPF_LOOP
 	if (mqtt)
 		bpf_loop(SCAN_MAX - 16, scan_mqtt_byte, &c, 0);
 	else
-		bpf_loop(SCAN_MAX / 8, scan_http_word, &c, 0);
+		bpf_loop(SCAN_MAX, scan_http_step, &c, 0);
 #else
 	(void)c;
 	(void)mqtt;
 #endif
 }
 
-/* A run of lower-case hex digits (W3C: lower case only, as edge/propagation.py), eight per bpf_loop step. */
+/* A run of lower-case hex digits (W3C: lower case only, as edge/propagation.py), one bpf_loop step per digit. */
 struct hex_ctx {
 	const __u8 *p;
 	__u32 pos;
-	__u32 n;   /* digits in the run */
 	__u32 bad;
-	__u32 _pad;
-	__u64 r;   /* the last 16 digits' value: the low 56 bits are the last 14 */
+	__u64 r; /* the last 16 digits' value: the low 56 bits are the last 14 */
 	__u64 any; /* OR of the digits: 0 for all zeros */
 };
 
-static long hex_digits8(__u64 step, void *data)
+static long hex_digit(__u64 i, void *data)
 {
 	struct hex_ctx *c = data;
-	__u32 k0 = (__u32)step * 8;
+	int v = hexval(c->p[(c->pos + (__u32)i) & (2 * HELIX_PAYLOAD_MAX - 1)]);
 
-#pragma unroll
-	for (int k = 0; k < 8; k++) {
-		int v;
-
-		if (k0 + k >= c->n)
-			return 1;
-		v = hexval(c->p[(c->pos + k0 + k) & (2 * HELIX_PAYLOAD_MAX - 1)]);
-		if (v < 0) {
-			c->bad = 1;
-			return 1;
-		}
-		c->r = (c->r << 4) | v;
-		c->any |= v;
+	if (v < 0) {
+		c->bad = 1;
+		return 1;
 	}
+	c->r = (c->r << 4) | v;
+	c->any |= v;
 	return 0;
 }
 
 /* n hex digits at p[pos..] (pos + n within the snapshot, checked by the caller): their value, or -1. */
 static __always_inline __s64 hex_run(const __u8 *p, __u32 pos, __u32 n, __u64 *any)
 {
-	struct hex_ctx c = { .p = p, .pos = pos, .n = n, .bad = 1 };
+	struct hex_ctx c = { .p = p, .pos = pos, .bad = 1 };
 
 #ifndef HELIX_NO_BPF_LOOP
 	c.bad = 0;
-	bpf_loop((n + 7) / 8, hex_digits8, &c, 0);
+	bpf_loop(n, hex_digit, &c, 0);
 #endif
 	if (c.bad)
 		return -1;

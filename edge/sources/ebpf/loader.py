@@ -272,6 +272,9 @@ class _Object:
         self.attached: list[str] = []
         self.attached_fds: list[int] = []  # program fds, owned by the object
 
+    def has_map(self, name: str) -> bool:
+        return bool(self.lib.lib.bpf_object__find_map_by_name(self.obj, name.encode()))
+
     def map(self, name: str) -> int:
         m = self.lib.lib.bpf_object__find_map_by_name(self.obj, name.encode())
         if not m:
@@ -400,10 +403,13 @@ class ProbeSet:
                 lib.check(lib.lib.bpf_map__set_max_entries(obj.map("events"), self.settings.ringbuf_bytes),
                           "cannot size the ring buffer")
                 for bitmap in _PID_BITMAPS:
-                    lib.check(lib.lib.bpf_map__set_max_entries(obj.map(bitmap), _pid_words()),
-                              f"cannot size the {bitmap} bitmap")
+                    if obj.has_map(bitmap):  # objects built before the bitmaps check the hash alone
+                        lib.check(lib.lib.bpf_map__set_max_entries(obj.map(bitmap), _pid_words()),
+                                  f"cannot size the {bitmap} bitmap")
             else:
                 for shared in _SHARED_MAPS:
+                    if shared in _PID_BITMAPS and not obj.has_map(shared):
+                        continue
                     lib.check(lib.lib.bpf_map__reuse_fd(obj.map(shared), self._maps[shared][0]),
                               f"cannot share map {shared} with {name}.bpf.o")
             obj.skip_missing(tracefs)
@@ -465,6 +471,8 @@ class ProbeSet:
 
     def _replace_bits(self, pids: Iterable[int]) -> None:
         """The allow-list's bitmap (bpf/maps.bpf.h allowed_bits): the words that change are rewritten."""
+        if "allowed_bits" not in self._maps:
+            return
         lib = _libbpf.libbpf()
         fd = self._map("allowed_bits")[0]
         words: dict[int, int] = {}
