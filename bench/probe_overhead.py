@@ -72,6 +72,11 @@ def median_ci(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(s), lo, hi
 
 
+def _finite(x: float) -> float | None:
+    """x rounded for the JSON line; None for an unbounded interval end (too few pairs)."""
+    return round(x, 2) if math.isfinite(x) else None
+
+
 @dataclass(slots=True)
 class Rounds:
     """One side's rounds: median request time and client + server CPU per request (µs), and /proc stat ticks."""
@@ -133,10 +138,10 @@ class Comparison:
               f"{cpu_med:+.2f} [{cpu_lo:+.2f}, {cpu_hi:+.2f}] over {statistics.median(self.b.cpu):.1f} µs {label_b}; "
               f"/proc stat utime+stime over all rounds: {stat_a:.1f} vs {stat_b:.1f} µs ({stat_a - stat_b:+.1f})")
         return {
-            "latency_us": round(lat_mean, 2), "latency_ci95_us": round(lat_ci, 2),
-            "latency_us_median": round(lat_med, 2), "latency_median_ci95_us": [round(lat_lo, 2), round(lat_hi, 2)],
-            "cpu_us_per_request": round(cpu_mean, 2), "cpu_ci95_us": round(cpu_ci, 2),
-            "cpu_us_median": round(cpu_med, 2), "cpu_median_ci95_us": [round(cpu_lo, 2), round(cpu_hi, 2)],
+            "latency_us": round(lat_mean, 2), "latency_ci95_us": _finite(lat_ci),
+            "latency_us_median": round(lat_med, 2), "latency_median_ci95_us": [_finite(lat_lo), _finite(lat_hi)],
+            "cpu_us_per_request": round(cpu_mean, 2), "cpu_ci95_us": _finite(cpu_ci),
+            "cpu_us_median": round(cpu_med, 2), "cpu_median_ci95_us": [_finite(cpu_lo), _finite(cpu_hi)],
             "stat_cpu_us_per_request": [round(stat_a, 1), round(stat_b, 1)],
             "reference_latency_us": round(statistics.median(self.b.lat), 1),
             "reference_cpu_us_per_request": round(statistics.median(self.b.cpu), 1),
@@ -213,9 +218,9 @@ async def run(pairs: int, n: int, detach_pairs: int, detach_n: int, realtime: bo
           f"{len(others)}")
     out.update({
         "added_latency_us": round(lat, 2),
-        "added_latency_ci95_us": round(ci, 2),
+        "added_latency_ci95_us": _finite(ci),
         "added_cpu_us_per_request": round(cpu, 2),
-        "added_cpu_ci95_us": round(cpu_ci, 2),
+        "added_cpu_ci95_us": _finite(cpu_ci),
         "reference_untraced_latency_us": t["reference_latency_us"],
         "other_probe_holders": len(others),
         "realtime": realtime,

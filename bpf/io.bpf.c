@@ -184,6 +184,7 @@ static __always_inline __u64 thread_offcpu(__u32 tid)
 	if (st)
 		return st->total_ns;
 	bpf_map_update_elem(&offcpu, &tid, &zero, BPF_NOEXIST);
+	id_bit_set(&offcpu_tids, tid, true); /* called in the thread itself */
 	return 0;
 }
 
@@ -259,7 +260,7 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 			return 0;
 		}
 	}
-	tid_mark(tid, true);
+	id_bit_set(&busy_tids, tid, true);
 	return 0;
 }
 
@@ -542,9 +543,9 @@ static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
 	struct sys_call in;
 	__u64 now;
 
-	if (!tid_busy(tid))
+	if (!id_bit(&busy_tids, tid))
 		return 0; /* nothing stored at sys_enter: every syscall of an untraced process ends here */
-	tid_mark(tid, false);
+	id_bit_set(&busy_tids, tid, false);
 	p = bpf_map_lookup_elem(&inflight, &tid);
 	if (!p || !p->sc.kind)
 		return 0;

@@ -71,15 +71,24 @@ struct {
 
 /* Per thread (bit tid % 64 of word tid / 64): its `inflight` slot holds a syscall between sys_enter and sys_exit. Every
  * sys_exit of every process tests it before it looks the slot up, so a syscall that stored nothing (untraced
- * processes, traced ones' pipes and ttys) costs one inlined array lookup at its exit. Only the thread itself sets
- * and clears its bit, so a plain atomic add keeps the word's other bits intact (5.10 has no atomic or/and).
- * Sized like allowed_bits; a tid beyond it goes to `inflight` directly. */
+ * processes, traced ones' pipes and ttys) costs one inlined array lookup at its exit. Set by sys_enter, cleared by
+ * sys_exit and at thread exit. Sized like allowed_bits; a tid beyond it goes to `inflight` directly. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, HELIX_PID_WORDS);
 	__type(key, __u32);
 	__type(value, __u64);
 } busy_tids SEC(".maps");
+
+/* Per thread: it has an `offcpu` entry (set when io.bpf.c enrols it, cleared at thread exit). sched_switch runs on
+ * every context switch of the machine and looks `offcpu` up only for a thread whose bit is set. An entry the LRU
+ * dropped leaves its bit set, which costs a lookup that misses. Sized like allowed_bits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HELIX_PID_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} offcpu_tids SEC(".maps");
 
 /* cgroup v2 id -> 1 when HELIX_FILTER_CGROUPS is set. 1024 x ~60 B. */
 struct {
@@ -209,25 +218,27 @@ static __always_inline bool traced(__u32 tgid)
 	return true;
 }
 
-/* busy_tids: whether the thread's inflight slot may hold a syscall (true when its bit is beyond the bitmap), and
- * marking it so or not. */
-static __always_inline bool tid_busy(__u32 tid)
+/* A bitmap by pid or tid (busy_tids, offcpu_tids): whether id's bit is set; true when id is beyond the bitmap (the
+ * caller then asks the map the bitmap stands in front of). */
+static __always_inline bool id_bit(void *bitmap, __u32 id)
 {
-	__u32 word = tid / 64;
-	__u64 *bits = bpf_map_lookup_elem(&busy_tids, &word);
+	__u32 word = id / 64;
+	__u64 *bits = bpf_map_lookup_elem(bitmap, &word);
 
-	return !bits || (*bits & (1ULL << (tid % 64)));
+	return !bits || (*bits & (1ULL << (id % 64)));
 }
 
-static __always_inline void tid_mark(__u32 tid, bool busy)
+/* Set or clear id's bit. Only the thread id itself calls this for its bit, so an atomic add of the bit when it is
+ * clear (or of its negation when it is set) leaves the word's other bits intact; 5.10 has no atomic or/and. */
+static __always_inline void id_bit_set(void *bitmap, __u32 id, bool on)
 {
-	__u32 word = tid / 64;
-	__u64 *bits = bpf_map_lookup_elem(&busy_tids, &word);
-	__u64 bit = 1ULL << (tid % 64);
+	__u32 word = id / 64;
+	__u64 *bits = bpf_map_lookup_elem(bitmap, &word);
+	__u64 bit = 1ULL << (id % 64);
 
-	if (!bits || !(*bits & bit) == !busy)
+	if (!bits || !(*bits & bit) == !on)
 		return;
-	__sync_fetch_and_add(bits, busy ? bit : -bit);
+	__sync_fetch_and_add(bits, on ? bit : -bit);
 }
 
 /* The live sampling threshold (0: keep everything). */
