@@ -184,7 +184,6 @@ static __always_inline __u64 thread_offcpu(__u32 tid)
 	if (st)
 		return st->total_ns;
 	bpf_map_update_elem(&offcpu, &tid, &zero, BPF_NOEXIST);
-	id_bit_set(&offcpu_tids, tid, true); /* called in the thread itself */
 	return 0;
 }
 

@@ -80,16 +80,6 @@ struct {
 	__type(value, __u64);
 } busy_tids SEC(".maps");
 
-/* Per thread: it has an `offcpu` entry (set when io.bpf.c enrols it, cleared at thread exit). sched_switch runs on
- * every context switch of the machine and looks `offcpu` up only for a thread whose bit is set. An entry the LRU
- * dropped leaves its bit set, which costs a lookup that misses. Sized like allowed_bits. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, HELIX_PID_WORDS);
-	__type(key, __u32);
-	__type(value, __u64);
-} offcpu_tids SEC(".maps");
-
 /* cgroup v2 id -> 1 when HELIX_FILTER_CGROUPS is set. 1024 x ~60 B. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -218,7 +208,7 @@ static __always_inline bool traced(__u32 tgid)
 	return true;
 }
 
-/* A bitmap by pid or tid (busy_tids, offcpu_tids): whether id's bit is set; true when id is beyond the bitmap (the
+/* A bitmap by pid or tid (busy_tids): whether id's bit is set; true when id is beyond the bitmap (the
  * caller then asks the map the bitmap stands in front of). */
 static __always_inline bool id_bit(void *bitmap, __u32 id)
 {

@@ -4,10 +4,9 @@
  * threads of a traced process hand work and results to each other.
  *
  * sched_switch runs on every context switch of the machine, so it only touches threads already enrolled
- * in `offcpu` (io.bpf.c enrols a thread when it does traced socket I/O): two bits of `offcpu_tids`, and a hash lookup
- * only for a thread whose bit is set.
+ * in `offcpu` (io.bpf.c enrols a thread when it does traced socket I/O): two hash lookups, no filters.
  * sched_waking runs on every wakeup of the machine: a thread of another process, or two threads of which neither
- * did traced socket I/O, costs one field read or two bitmap tests and sends nothing.
+ * did traced socket I/O, costs one field read or two hash lookups and sends nothing.
  * sched_wakeup_new runs once per task created on the machine: the same filters, a new thread's creation counts as a
  * hand-off.
  * sched_process_exit also clears the per-thread state of both objects, so thread churn cannot leak.
@@ -31,11 +30,11 @@ int on_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 	__u32 tid;
 
 	tid = BPF_CORE_READ(prev, pid);
-	st = id_bit(&offcpu_tids, tid) ? bpf_map_lookup_elem(&offcpu, &tid) : NULL;
+	st = bpf_map_lookup_elem(&offcpu, &tid);
 	if (st)
 		st->since_ns = now;
 	tid = BPF_CORE_READ(next, pid);
-	st = id_bit(&offcpu_tids, tid) ? bpf_map_lookup_elem(&offcpu, &tid) : NULL;
+	st = bpf_map_lookup_elem(&offcpu, &tid);
 	if (st && st->since_ns) {
 		st->total_ns += now - st->since_ns;
 		st->since_ns = 0;
@@ -79,8 +78,8 @@ int on_sched_waking(struct bpf_raw_tracepoint_args *ctx)
 	wakee = BPF_CORE_READ(p, pid);
 	if (wakee == waker)
 		return 0;
-	slept = id_bit(&offcpu_tids, wakee) ? bpf_map_lookup_elem(&offcpu, &wakee) : NULL;
-	if (!slept && !(id_bit(&offcpu_tids, waker) && bpf_map_lookup_elem(&offcpu, &waker)))
+	slept = bpf_map_lookup_elem(&offcpu, &wakee);
+	if (!slept && !bpf_map_lookup_elem(&offcpu, &waker))
 		return 0; /* neither thread did traced socket I/O */
 	if (!traced(tgid))
 		return 0;
@@ -102,7 +101,7 @@ int on_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 
 	if ((__u32)BPF_CORE_READ(p, tgid) != tgid)
 		return 0; /* a new process, not a thread of this one */
-	if (!id_bit(&offcpu_tids, creator) || !bpf_map_lookup_elem(&offcpu, &creator) || !traced(tgid))
+	if (!bpf_map_lookup_elem(&offcpu, &creator) || !traced(tgid))
 		return 0;
 	send_wakeup(tgid, creator, BPF_CORE_READ(p, pid), 0); /* it never slept: it waited for nothing */
 	return 0;
@@ -152,7 +151,6 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 	bpf_map_delete_elem(&offcpu, &tid);
 	bpf_map_delete_elem(&inflight, &tid);
 	id_bit_set(&busy_tids, tid, false); /* runs in the exiting thread: the bits' owner */
-	id_bit_set(&offcpu_tids, tid, false);
 	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !traced(pid))
 		return 0;
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
