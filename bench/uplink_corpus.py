@@ -133,19 +133,73 @@ def replay(spans: Sequence[Span], size: int, policy: LearningPolicy, rate: float
             "table_set_node_bytes": learner.bytes}
 
 
-def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int) -> dict[str, float]:
-    """Bytes per span each body field costs: the batch's size minus its size with that field left out (null),
-    compressed with the same dictionary. Fields compress together, so the parts do not add up exactly."""
+# Planes of the body: the fields each one is made of (docs/uplink-format-v3.md, "Body"). Attribute values are
+# broken down further, a column per (key, value type), in "values by key".
+PLANES = {
+    "span ids": ("span_ids",),
+    "trace ids": ("trace_ids", "trace_column"),
+    "parent ids": ("parent_column",),
+    "start times": ("base", "starts", "time_units"),
+    "durations": ("ends",),
+    "names": ("names",),
+    "kind/status/source": ("packed",),
+    "attribute keys and shapes": ("new_keys", "new_shapes", "shape_column"),
+    "attribute values": ("attribute_columns",),
+    "resources": ("new_resources", "resource_column"),
+    "scopes": ("new_scopes", "scope_column"),
+    "events": ("events",),
+    "extras": ("extras",),
+    "envelope": ("node_id", "seq", "created_ns", "n"),
+}
+_ID_FIELDS = ("span_ids", "trace_ids", "parent_column")
+
+
+def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int, top: int = 12) -> dict[str, Any]:
+    """Bytes per span each plane of the body costs after zstd (with the table set's dictionary): the batch's size
+    minus its size with that plane left out (null). Planes compress together, so the parts do not add up exactly:
+    "sum of planes" beside "total" says by how much. "values by key": the same for each attribute column (resource
+    values of new resources included), the `top` costliest keys and the rest together. "stream bound": every batch
+    body of the stream with its random ids left out, concatenated and compressed as one zstd frame at level 19,
+    plus the id floor: what an encoder that remembered everything earlier in the stream could approach."""
     zc = tables.compressor(level)
     n = sum(len(b) for b in bs)
-    cost = dict.fromkeys(columnar.BODY_FIELDS, 0)
+    fi = {name: j for j, name in enumerate(columnar.BODY_FIELDS)}
+    planes_cost = dict.fromkeys(PLANES, 0)
+    by_key: dict[str, int] = {}
+    total = header = 0
+    stripped: list[bytes] = []
     for i, b in enumerate(bs):
-        raw = columnar.body(b, NODE, i, tables, created_ns=i)
-        doc = cbor2.loads(raw)
-        full = len(zc.compress(raw))
-        for j, name in enumerate(columnar.BODY_FIELDS):
-            cost[name] += full - len(zc.compress(cbor2.dumps(doc[:j] + [None] + doc[j + 1:])))
-    return {k: round(v / n, 2) for k, v in sorted(cost.items(), key=lambda kv: -kv[1]) if v / n >= 0.05}
+        doc, cols = columnar.body_fields(b, NODE, i, tables, created_ns=i)
+        full = len(zc.compress(cbor2.dumps(doc)))
+        total += full
+        header += len(columnar.encode(b, NODE, i, tables, level=level, created_ns=i)) - full
+
+        def without(fields: Sequence[str]) -> int:
+            d = list(doc)
+            for f in fields:
+                d[fi[f]] = None
+            return len(zc.compress(cbor2.dumps(d)))
+
+        for plane, fields in PLANES.items():
+            planes_cost[plane] += full - without(fields)
+        attr = fi["attribute_columns"]
+        for j, (key, ty) in enumerate(cols):
+            d = list(doc)
+            d[attr] = doc[attr][:j] + [None] + doc[attr][j + 1:]
+            k = key if ty in (0, 1) else f"{key} ({('text', 'int', 'float', 'bool', 'bytes', 'cbor')[ty]})"
+            by_key[k] = by_key.get(k, 0) + full - len(zc.compress(cbor2.dumps(d)))
+        d = list(doc)
+        for f in _ID_FIELDS:
+            d[fi[f]] = None
+        stripped.append(cbor2.dumps(d))
+    ranked = sorted(by_key.items(), key=lambda kv: -kv[1])
+    keys = {k: round(v / n, 2) for k, v in ranked[:top]}
+    keys[f"other {max(0, len(ranked) - top)} columns"] = round(sum(v for _, v in ranked[top:]) / n, 2)
+    bound = len(zstandard.ZstdCompressor(level=19).compress(b"".join(stripped)))
+    return {"total": round((total + header) / n, 2), "header_and_frame": round(header / n, 2),
+            "planes": {k: round(v / n, 2) for k, v in sorted(planes_cost.items(), key=lambda kv: -kv[1])},
+            "sum_of_planes": round(sum(planes_cost.values()) / n, 2), "values_by_key": keys,
+            "stream_bound": round((bound + id_floor(bs)) / n, 2)}
 
 
 def best_cpu(fn: Callable[[], Any], repeat: int) -> float:
@@ -318,6 +372,11 @@ def main() -> None:
                 t = totals[size]
                 for key in _SUMMED:
                     t[key] = t.get(key, 0.0) + fig[key] * n_test
+                if args.breakdown:
+                    bd = fig["breakdown"]
+                    for key in ("total", "stream_bound", *(f"plane {p}" for p in bd["planes"])):
+                        v = bd[key] if key in bd else bd["planes"][key[6:]]
+                        t[key] = t.get(key, 0.0) + v * n_test
                 t["spans"] = t.get("spans", 0) + n_test
                 t["node_v3"] = t.get("node_v3", 0.0) + node["bytes_per_span"] * n_all
                 t["node_otlp"] = t.get("node_otlp", 0.0) + node["otlp_zstd"] * n_all
@@ -338,6 +397,12 @@ def main() -> None:
                        "table_set_bytes": int(t["node_sets"]),
                        "otlp_zstd": round(t["node_otlp"] / t["node_spans"], 2), "spans": int(t["node_spans"])}
         agg["node"]["ratio_vs_otlp_zstd"] = round(agg["node"]["otlp_zstd"] / agg["node"]["bytes_per_span"], 2)
+        if args.breakdown:
+            agg["breakdown"] = {"total": round(t["total"] / t["spans"], 2),
+                                "stream_bound": round(t["stream_bound"] / t["spans"], 2),
+                                "planes": {k[6:]: round(v / t["spans"], 2) for k, v in
+                                           sorted(t.items(), key=lambda kv: -kv[1]) if k.startswith("plane ")}}
+            agg["stream_bound_ratio_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["breakdown"]["stream_bound"], 2)
         result["streams"][REAL][f"batch_{size}"] = agg
         print(f"{REAL}, batches of {size}: evaluation spans OTLP+zstd {agg['otlp_zstd']}, v2+dict {agg['v2_dict']}, "
               f"v3 cold {agg['v3_cold']}, v3 learned {agg['v3_learned']} B/span "
@@ -345,6 +410,11 @@ def main() -> None:
               f"whole streams as a node sends them {agg['node']['bytes_per_span']} against {agg['node']['otlp_zstd']} "
               f"({agg['node']['ratio_vs_otlp_zstd']}x; {agg['node']['batches_bytes_per_span']} without the "
               f"{agg['node']['table_set_bytes']} B of table-set messages)")
+        if args.breakdown:
+            bd = agg["breakdown"]
+            print(f"{REAL}, batches of {size}, learned, bytes/span by plane: "
+                  + ", ".join(f"{k} {v}" for k, v in bd["planes"].items())
+                  + f"; stream bound {bd['stream_bound']} ({agg['stream_bound_ratio_vs_otlp_zstd']}x OTLP+zstd)")
     if args.policies:
         shifted = shifted_stream(streams, 33_000)
         result["shifted"] = {}
@@ -378,7 +448,11 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
     for size in sizes:
         f = row[f"batch_{size}"]
         if "breakdown" in f:
-            print(f"   {size:>5}: bytes/span by body field: " + ", ".join(f"{k} {v}" for k, v in f["breakdown"].items()))
+            bd = f["breakdown"]
+            print(f"   {size:>5}: bytes/span by plane (total {bd['total']}, of which header and zstd frame "
+                  f"{bd['header_and_frame']}; planes sum to {bd['sum_of_planes']}; stream bound {bd['stream_bound']}): "
+                  + ", ".join(f"{k} {v}" for k, v in bd["planes"].items()))
+            print(f"   {size:>5}: attribute values by key: " + ", ".join(f"{k} {v}" for k, v in bd["values_by_key"].items()))
         if "levels" in f:
             print(f"   {size:>5}: zstd levels: " + ", ".join(f"{k[6:]}: {v['bytes_per_span']} B "
                                                           f"+{v['zstd_us_per_span']} us" for k, v in f["levels"].items()))

@@ -47,6 +47,7 @@ __all__ = [
     "UnknownTableSet",
     "encode",
     "body",
+    "body_fields",
     "decode",
     "learn",
 ]
@@ -202,6 +203,12 @@ def _float_planes(vals: list[float]) -> bytes:
 def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
          created_ns: int | None = None) -> bytes:
     """The CBOR body of a batch before compression (what a table set's zstd dictionary is trained on)."""
+    return cbor2.dumps(body_fields(spans, node_id, seq, tables, created_ns)[0])
+
+
+def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
+                created_ns: int | None = None) -> tuple[list[Any], list[tuple[str, int]]]:
+    """The body's fields before CBOR, and the (key, value type) of each attribute column in field 21's order."""
     n = len(spans)
     if n > MAX_SPANS:
         raise ValueError(f"a batch holds at most {MAX_SPANS} spans, got {n}")
@@ -271,7 +278,7 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
         keys.new, new_shapes, shape_col, columns,
         events, extras,
     ]
-    return cbor2.dumps(doc)
+    return doc, list(attrs.columns)
 
 
 def _refs_by_identity(objs: list[Any], domain: _Domain, key: Any) -> list[int]:

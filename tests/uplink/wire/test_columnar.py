@@ -116,6 +116,16 @@ def test_learned_tables_shrink_small_batches() -> None:
     assert learned < 0.65 * cold, (learned, cold)
 
 
+def test_body_fields_name_each_attribute_column_in_the_order_of_the_body() -> None:
+    spans = [Span(b"\x01" * 16, b"\x02" * 8, "op", 10, 20, attributes={"a": "x", "b": 1}),
+             Span(b"\x01" * 16, b"\x03" * 8, "op", 11, 19, attributes={"b": 2, "c": 1.5})]
+    doc, columns = columnar.body_fields(spans, "n", 1, EMPTY, created_ns=1)
+    assert cbor2.dumps(doc) == columnar.body(spans, "n", 1, EMPTY, created_ns=1)
+    assert columns == [("a", 0), ("b", 1), ("c", 2)]  # text, integer, float
+    attribute_columns = doc[columnar.BODY_FIELDS.index("attribute_columns")]
+    assert len(attribute_columns) == 3 and attribute_columns[1] == [1, 2]
+
+
 def test_microsecond_clocks_get_their_own_unit() -> None:
     us = Resource.of({"service.name": "jaeger-go"})
     ns = Resource.of({"service.name": "ebpf"})
