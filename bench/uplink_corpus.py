@@ -1,6 +1,6 @@
 """Uplink bytes per span on spans real tracers emitted (bench/corpus.py) and on the generator's (bench/_workload.py):
-OTLP protobuf + zstd (the same-run reference), the shipped format 2 with its dictionary, and format 3 cold, learned
-and as a node runs it.
+OTLP protobuf + zstd (the same-run reference), the shipped format 2 with its dictionary, format 4 (the default) cold,
+learned and as a node runs it, and format 3 learned beside it.
 
 Each stream is what one node sends, in order; every encoding of a row sees the same spans cut at the same batch
 boundaries. "learned": the node learned a table set from the first --train-fraction of the stream and encodes the
@@ -38,14 +38,13 @@ from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.config.uplink import UplinkConfig  # noqa: E402
 from edge.model import Span  # noqa: E402
 from uplink.learner import LearningPolicy, TableLearner  # noqa: E402
-from uplink.wire import columnar, decode_batch, encode_batch  # noqa: E402
+from uplink.wire import FORMAT_VERSION, columnar, decode_batch, encode_batch  # noqa: E402
 from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
 
 NODE = "edge-node-01"
 MAX_BYTES = 64 * 1024 * 1024
 REAL = "real corpus"
-_SUMMED = ("otlp_zstd", "v2_dict", "v3_cold", "v3_learned", "id_floor")
-_NODE_SUMMED = ("otlp_zstd", "v3_node")
+_SUMMED = ("otlp_zstd", "v2_dict", "v3_learned", "cold", "learned", "id_floor")
 
 
 def batches(spans: Sequence[Span], size: int) -> list[Sequence[Span]]:
@@ -64,12 +63,12 @@ def shipped(bs: list[Sequence[Span]], level: int) -> int:
     return sum(len(encode_batch(b, NODE, i, level=level, created_ns=i, version=2)) for i, b in enumerate(bs))
 
 
-def v3(bs: list[Sequence[Span]], tables: TableSet, level: int) -> int:
-    """Bytes of format 3, every batch checked to decode exactly."""
+def columnar_bytes(bs: list[Sequence[Span]], tables: TableSet, level: int, version: int = FORMAT_VERSION) -> int:
+    """Bytes of a columnar format (4 or 3), every batch checked to decode exactly."""
     total = 0
     for i, b in enumerate(bs):
-        data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i)
-        assert _exact(_decode(data, tables).spans, b), "format 3 batch did not round-trip"
+        data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i, version=version)
+        assert _exact(_decode(data, tables).spans, b), f"format {version} batch did not round-trip"
         total += len(data)
     return total
 
@@ -112,7 +111,7 @@ def replay(spans: Sequence[Span], size: int, policy: LearningPolicy, rate: float
     for i, b in enumerate(batches(spans, size)):
         clock.t += len(b) / rate
         tables = learner.current
-        data = encode_batch(b, NODE, i, level=policy.level, created_ns=i, version=3, tables=tables)  # as the client
+        data = encode_batch(b, NODE, i, level=policy.level, created_ns=i, tables=tables)  # as the client
         assert _exact(_decode(data, tables).spans, b)
         batch_bytes += len(data)
         learner.observe(b, len(data), tables.id)
@@ -222,7 +221,7 @@ def calibration_s() -> float:
 
 
 def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int, repeat: int) -> dict[str, float]:
-    """Encode and decode CPU time per span, format 3 (learned tables) and format 2, same batches."""
+    """Encode and decode CPU time per span, format 4 (learned tables) and format 2, same batches."""
     n = sum(len(b) for b in bs)
     enc = [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)]
     old = [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)]
@@ -236,7 +235,7 @@ def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int,
 
 
 def levels(bs: list[Sequence[Span]], tables: TableSet, repeat: int) -> dict[str, dict[str, float]]:
-    """Bytes per span and zstd CPU per span of format 3 at each zstd level (the body encoded once)."""
+    """Bytes per span and zstd CPU per span of format 4 at each zstd level (the body encoded once)."""
     n = sum(len(b) for b in bs)
     raws = [columnar.body(b, NODE, i, tables, created_ns=i) for i, b in enumerate(bs)]
     out = {}
@@ -317,7 +316,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per speed figure (the least CPU time counts)")
     ap.add_argument("--breakdown", action="store_true", help="also what each body field costs (learned)")
     ap.add_argument("--policies", action="store_true", help="also the node figure under other learning policies")
-    ap.add_argument("--levels", action="store_true", help="also format 3 at zstd levels 1, 3, 6, 9 and 19")
+    ap.add_argument("--levels", action="store_true", help="also format 4 at zstd levels 1, 3, 6, 9 and 19")
     args = ap.parse_args()
     sizes = [int(x) for x in args.batches.split(",")]
     cfg = UplinkConfig()
@@ -348,13 +347,14 @@ def main() -> None:
             fig: dict[str, Any] = {
                 "otlp_zstd": otlp_zstd(test_b, args.level) / n_test,
                 "v2_dict": shipped(test_b, args.level) / n_test,
-                "v3_cold": v3(test_b, EMPTY, args.level) / n_test,
-                "v3_learned": v3(test_b, tables, args.level) / n_test,
+                "v3_learned": columnar_bytes(test_b, tables, args.level, version=3) / n_test,
+                "cold": columnar_bytes(test_b, EMPTY, args.level) / n_test,
+                "learned": columnar_bytes(test_b, tables, args.level) / n_test,
                 "id_floor": id_floor(test_b) / n_test,
             }
             fig = {k2: round(v, 2) for k2, v in fig.items()}
-            fig["ratio_learned_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_learned"], 2)
-            fig["ratio_cold_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_cold"], 2)
+            fig["ratio_learned_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["learned"], 2)
+            fig["ratio_cold_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["cold"], 2)
             node = replay(spans, size, policy, args.rate, sample_bytes)
             node["otlp_zstd"] = round(otlp_zstd(all_b, args.level) / n_all, 2)
             node["ratio_vs_otlp_zstd"] = round(node["otlp_zstd"] / node["bytes_per_span"], 2)
@@ -378,7 +378,7 @@ def main() -> None:
                         v = bd[key] if key in bd else bd["planes"][key[6:]]
                         t[key] = t.get(key, 0.0) + v * n_test
                 t["spans"] = t.get("spans", 0) + n_test
-                t["node_v3"] = t.get("node_v3", 0.0) + node["bytes_per_span"] * n_all
+                t["node_bytes"] = t.get("node_bytes", 0.0) + node["bytes_per_span"] * n_all
                 t["node_otlp"] = t.get("node_otlp", 0.0) + node["otlp_zstd"] * n_all
                 t["node_batches"] = t.get("node_batches", 0.0) + node["batches_bytes_per_span"] * n_all
                 t["node_sets"] = t.get("node_sets", 0) + node["table_set_bytes"]
@@ -390,9 +390,9 @@ def main() -> None:
     for size in sizes:
         t = totals[size]
         agg: dict[str, Any] = {key: round(t[key] / t["spans"], 2) for key in _SUMMED}
-        agg["ratio_learned_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["v3_learned"], 2)
+        agg["ratio_learned_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["learned"], 2)
         agg["spans"] = int(t["spans"])
-        agg["node"] = {"bytes_per_span": round(t["node_v3"] / t["node_spans"], 2),
+        agg["node"] = {"bytes_per_span": round(t["node_bytes"] / t["node_spans"], 2),
                        "batches_bytes_per_span": round(t["node_batches"] / t["node_spans"], 2),
                        "table_set_bytes": int(t["node_sets"]),
                        "otlp_zstd": round(t["node_otlp"] / t["node_spans"], 2), "spans": int(t["node_spans"])}
@@ -405,7 +405,7 @@ def main() -> None:
             agg["stream_bound_ratio_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["breakdown"]["stream_bound"], 2)
         result["streams"][REAL][f"batch_{size}"] = agg
         print(f"{REAL}, batches of {size}: evaluation spans OTLP+zstd {agg['otlp_zstd']}, v2+dict {agg['v2_dict']}, "
-              f"v3 cold {agg['v3_cold']}, v3 learned {agg['v3_learned']} B/span "
+              f"format 4 cold {agg['cold']}, learned {agg['learned']} B/span (format 3 learned {agg['v3_learned']}) "
               f"({agg['ratio_learned_vs_otlp_zstd']}x better than OTLP+zstd; id floor {agg['id_floor']}); "
               f"whole streams as a node sends them {agg['node']['bytes_per_span']} against {agg['node']['otlp_zstd']} "
               f"({agg['node']['ratio_vs_otlp_zstd']}x; {agg['node']['batches_bytes_per_span']} without the "
@@ -434,13 +434,14 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
         print(f"   table set: message {m['message_bytes']} B, node holds {m['node_bytes']} B "
               f"(zstd compressor {m['compressor_bytes']} B), a gateway {m['gateway_bytes']} B "
               f"(zstd {m['decompressor_bytes']} B)")
-    print(f"   {'batch':>5} | {'OTLP+zstd':>9} {'v2+dict':>8} {'v3 cold':>8} {'learned':>8} {'ratio':>6} "
+    print(f"   {'batch':>5} | {'OTLP+zstd':>9} {'v2+dict':>8} {'v3 lrnd':>8} {'cold':>8} {'learned':>8} {'ratio':>6} "
           f"{'id floor':>8} | {'node':>6} {'OTLP':>6} {'ratio':>6} {'sets':>4} | {'enc us':>7} {'v2':>6} "
           f"{'dec/s':>8} {'v2':>7}")
     for size in sizes:
         f = row[f"batch_{size}"]
         nd, sp = f["node"], f["speed"]
-        print(f"   {size:>5} | {f['otlp_zstd']:>9} {f['v2_dict']:>8} {f['v3_cold']:>8} {f['v3_learned']:>8} "
+        print(f"   {size:>5} | {f['otlp_zstd']:>9} {f['v2_dict']:>8} {f['v3_learned']:>8} {f['cold']:>8} "
+              f"{f['learned']:>8} "
               f"{f['ratio_learned_vs_otlp_zstd']:>5}x {f['id_floor']:>8} | {nd['bytes_per_span']:>6} "
               f"{nd['otlp_zstd']:>6} {nd['ratio_vs_otlp_zstd']:>5}x {nd['adopted']:>4} | "
               f"{sp['encode_us_per_span']:>7} {sp['v2_encode_us_per_span']:>6} {sp['decode_spans_per_s']:>8} "
