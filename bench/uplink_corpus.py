@@ -453,7 +453,8 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
             print(f"   {size:>5}: bytes/span by plane (total {bd['total']}, of which header and zstd frame "
                   f"{bd['header_and_frame']}; planes sum to {bd['sum_of_planes']}; stream bound {bd['stream_bound']}): "
                   + ", ".join(f"{k} {v}" for k, v in bd["planes"].items()))
-            print(f"   {size:>5}: attribute values by key: " + ", ".join(f"{k} {v}" for k, v in bd["values_by_key"].items()))
+            print(f"   {size:>5}: attribute values by key: "
+                  + ", ".join(f"{k} {v}" for k, v in bd["values_by_key"].items()))
         if "levels" in f:
             print(f"   {size:>5}: zstd levels: " + ", ".join(f"{k[6:]}: {v['bytes_per_span']} B "
                                                           f"+{v['zstd_us_per_span']} us" for k, v in f["levels"].items()))

@@ -4,13 +4,14 @@ Each batch names the table set it was encoded with (uplink/wire/tables.py) by it
 set alone: what the set does not hold, the batch carries. Attributes are stored a column per key and value type,
 each text column referring to its key's own value table; ids, times and durations sit in their own planes. The
 layout is specified in docs/uplink-format-v3.md; version 4 differs only in how a text column carries its new texts
-(hexadecimal, UUID and decimal texts in binary form).
+(hexadecimal, UUID, decimal and IPv4 texts in binary form).
 
 Sans-I/O. Decoding treats its input as hostile: the span count and decompressed size are bounded before anything
 is built, and every problem is a DecodeError naming it.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import struct
@@ -104,18 +105,22 @@ class _Domain:
 
 
 # Texts that version 4 carries in binary form (lowercase only: the binary form turns back into lowercase), told
-# apart by one regular expression: a decimal (group 1), a UUID (group 2), lowercase hex of 4 bytes or more (group 3).
+# apart by one regular expression: a decimal (group 1), a UUID (group 2), lowercase hex of 4 bytes or more (group 3),
+# an IPv4 address in dotted-decimal form without leading zeros (group 4).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _FORMS = re.compile(r"(-?[1-9][0-9]{3,19})\Z|([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\Z"
-                    r"|((?:[0-9a-f]{2}){4,})\Z")
+                    rf"|((?:[0-9a-f]{{2}}){{4,}})\Z|((?:{_OCTET}\.){{3}}{_OCTET})\Z")
 _FORM_FIRST = frozenset("-0123456789abcdef")  # most texts are told apart by their first character alone
 _UUID_TAG = 37  # CBOR's tag for a 16-byte UUID
+_IPV4_TAG = 52  # CBOR's tag for an IPv4 address (RFC 9164), here always 4 bytes
 _MIN_INT = -(1 << 64)  # CBOR's integer range: what a decoder accepts for a decimal text
 _MAX_INT = 1 << 64
 
 
 def _compact(t: str) -> Any:
     """A new text in version 4's binary form when it has one: a decimal as an integer, a UUID as a tagged 16-byte
-    string (CBOR tag 37), other lowercase hex of 4 bytes or more as its bytes; any other text as itself."""
+    string (CBOR tag 37), other lowercase hex of 4 bytes or more as its bytes, an IPv4 address as a tagged 4-byte
+    string (CBOR tag 52); any other text as itself."""
     if t[:1] not in _FORM_FIRST:
         return t
     m = _FORMS.match(t)
@@ -127,7 +132,9 @@ def _compact(t: str) -> Any:
         return v if _MIN_INT <= v < _MAX_INT else t
     if form == 2:
         return cbor2.CBORTag(_UUID_TAG, bytes.fromhex(t.replace("-", "")))
-    return bytes.fromhex(t)
+    if form == 3:
+        return bytes.fromhex(t)
+    return cbor2.CBORTag(_IPV4_TAG, ipaddress.IPv4Address(t).packed)
 
 
 def _expand(x: Any, what: str) -> str:
@@ -139,8 +146,10 @@ def _expand(x: Any, what: str) -> str:
     if type(x) is int:
         expect(_MIN_INT <= x < _MAX_INT, f"{what} holds a decimal text out of range")
         return str(x)
-    # The CBOR library reads tag 37 (16 bytes) as a UUID and refuses the tag on anything else.
-    expect(type(x) is uuid.UUID, f"{what} holds a new text that is not text, bytes, an integer or a UUID")
+    # The CBOR library reads tag 37 (16 bytes) as a UUID and tag 52 around 4 bytes as an IPv4 address, and refuses
+    # either tag on anything else but an IPv4 network (tag 52 around [prefix, bytes]), refused here.
+    expect(type(x) is uuid.UUID or type(x) is ipaddress.IPv4Address,
+           f"{what} holds a new text that is not text, bytes, an integer, a UUID or an IPv4 address")
     return str(x)
 
 

@@ -24,8 +24,8 @@ from edge.model import Span
 
 from . import dictionaries
 
-__all__ = ["SPANS_MAGIC", "METRICS_MAGIC", "SPANS_HEADER", "METRICS_HEADER", "TABLE_ID_SIZE", "NO_TABLES", "TABLE_VERSIONS",
-           "READ_VERSIONS", "HEADER_SIZE", "MAX_HEADER_SIZE", "BatchHeader", "Batch", "read_header", "read_prefix",
+__all__ = ["SPANS_MAGIC", "METRICS_MAGIC", "SPANS_HEADER", "METRICS_HEADER", "TABLE_ID_SIZE", "NO_TABLES",
+           "TABLE_VERSIONS", "READ_VERSIONS", "HEADER_SIZE", "MAX_HEADER_SIZE", "BatchHeader", "Batch", "read_header", "read_prefix",
            "compression_params", "compress", "decompress", "decompress_with", "content_size"]
 
 SPANS_MAGIC = b"HX"

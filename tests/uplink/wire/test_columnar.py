@@ -1,8 +1,9 @@
-"""The columnar batch formats (versions 3 and 4): exact round trips with and without a learned table set, and clean refusals
-of hostile input."""
+"""The columnar batch formats (versions 3 and 4): exact round trips with and without a learned table set, and clean
+refusals of hostile input."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import uuid
 from pathlib import Path
 
@@ -191,11 +192,17 @@ def test_every_truncation_is_refused() -> None:
 
 def test_flipped_bytes_are_refused_by_the_checksum_or_the_checks() -> None:
     data = _valid_batch()
+    want = decode(data, EMPTY, MAX).spans
     for pos in range(0, len(data), 7):
         bad = bytearray(data)
         bad[pos] ^= 0x5A
-        with pytest.raises(DecodeError):
-            decode(bytes(bad), EMPTY, MAX)
+        # A few bytes of a zstd frame do not reach its content (an unused entry of an entropy table): those may
+        # decode, but only to exactly the spans that were sent.
+        try:
+            got = decode(bytes(bad), EMPTY, MAX).spans
+        except DecodeError:
+            continue
+        assert pos > 11 and _exact(got, want), pos
 
 
 def _frame(doc: object, version: int = 3) -> bytes:
@@ -235,11 +242,12 @@ def test_any_cbor_body_is_refused_cleanly(junk: object, version: int) -> None:
 
 # Texts with a binary form in version 4, and near misses that must stay text.
 _FORMED_TEXTS = ["3cf1df7fb079462ab81608355e026651", "24d949ad-b57b-4a98-84bb-d0dd0b50f85e", "13618132776631307998",
-                 "-4711", "1000", "deadbeef"]
+                 "-4711", "1000", "deadbeef", "10.0.3.157", "255.255.255.0"]
 _NEAR_MISSES = ["3CF1DF7FB079462AB81608355E026651", "24D949AD-B57B-4A98-84BB-D0DD0B50F85E", "0123", "01234",
                 "123", "-0", "+1234", "abc", "deadbee", "dead beef", "1e10", "", "١٢٣٤٥",
                 "24d949ad-b57b-4a98-84bb-d0dd0b50f85", "24d949adb57b-4a98-84bb-d0dd0b50f85e0", "0x1234abcd",
-                "deadbeef\n", "12345\n"]
+                "deadbeef\n", "12345\n", "10.0.03.157", "10.0.3.256", "10.0.3", "10.0.3.157.1", " 10.0.3.157",
+                "10.0.3.157/24"]
 
 
 def test_version_4_carries_hex_uuid_and_decimal_texts_in_binary_form_and_everything_back_exactly() -> None:
@@ -254,7 +262,8 @@ def test_version_4_carries_hex_uuid_and_decimal_texts_in_binary_form_and_everyth
     doc = _body(spans, 4)
     names = doc[columnar.BODY_FIELDS.index("names")][0]
     assert names[:len(_FORMED_TEXTS)] == [bytes.fromhex(_FORMED_TEXTS[0]), uuid.UUID(_FORMED_TEXTS[1]),
-                                          13618132776631307998, -4711, 1000, b"\xde\xad\xbe\xef"]
+                                          13618132776631307998, -4711, 1000, b"\xde\xad\xbe\xef",
+                                          ipaddress.IPv4Address("10.0.3.157"), ipaddress.IPv4Address("255.255.255.0")]
     assert names[len(_FORMED_TEXTS):-2] == _NEAR_MISSES  # these stay text
     assert names[-2:] == ["18446744073709551616", "-18446744073709551617"]
     assert all(type(t) is str for t in _body(spans, 3)[columnar.BODY_FIELDS.index("names")][0])
@@ -267,7 +276,8 @@ def test_version_4_carries_hex_uuid_and_decimal_texts_in_binary_form_and_everyth
     assert len(encode(ids, "n", 1, version=4)) < 0.95 * len(encode(ids, "n", 1, version=3))
 
 
-@pytest.mark.parametrize("junk", [1.5, None, [], {}, True, 2**64, -(2**64) - 1, cbor2.CBORTag(99, b"x" * 16)])
+@pytest.mark.parametrize("junk", [1.5, None, [], {}, True, 2**64, -(2**64) - 1, cbor2.CBORTag(99, b"x" * 16),
+                                  cbor2.CBORTag(52, [24, b"\x0a\x00\x03"]), cbor2.CBORTag(52, b"\x0a\x00")])
 def test_version_4_refuses_a_new_text_with_no_text_form_and_version_3_any_binary_form(junk: object) -> None:
     spans = [Span(b"\x01" * 16, b"\x02" * 8, "some-name", 10, 20)]
     field = columnar.BODY_FIELDS.index("names")
@@ -275,7 +285,7 @@ def test_version_4_refuses_a_new_text_with_no_text_form_and_version_3_any_binary
     doc[field][0] = [junk]
     with pytest.raises(DecodeError):
         decode(_frame(doc, 4), EMPTY, MAX)
-    for binary in (b"\xde\xad\xbe\xef", 1234, uuid.UUID(int=5)):
+    for binary in (b"\xde\xad\xbe\xef", 1234, uuid.UUID(int=5), ipaddress.IPv4Address("10.1.2.3")):
         doc = _body(spans, 3)
         doc[field][0] = [binary]
         with pytest.raises(DecodeError, match="non-text"):
