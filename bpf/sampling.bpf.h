@@ -196,17 +196,19 @@ static __always_inline long http_head_byte(struct scan_ctx *c, struct sample_wor
 {
 	__u8 a;
 
+	/* Indexes below j are masked although the checks before them bound them: older verifiers (6.1) lose the
+	 * lower bound of j when the compiler tests a copy of it, and refuse p[j - 1] as unbounded. */
 	if (p[j] == ':') {
-		__u32 i = j - 2;
+		__u32 i = (j - 2) & (SCAN_MAX - 1);
 
 		if (j >= 3 && i + 3 <= c->len && i <= SCAN_MAX - 16 && p[i] == 'r' && p[i + 1] == 'v' &&
-		    (p[i - 1] == '=' || p[i - 1] == ';'))
+		    (p[(i - 1) & (SCAN_MAX - 1)] == '=' || p[(i - 1) & (SCAN_MAX - 1)] == ';'))
 			w->ts_rv = i + 3;
 		return 0;
 	}
 	if (j < 1 || j + 3 > c->len || j > SCAN_MAX - 16)
 		return 0;
-	if (p[j - 1] == '\r' && p[j + 1] == '\r' && p[j + 2] == '\n') {
+	if (p[(j - 1) & (SCAN_MAX - 1)] == '\r' && p[j + 1] == '\r' && p[j + 2] == '\n') {
 		w->head_end = j + 3;
 		return 1;
 	}
