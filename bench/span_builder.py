@@ -29,7 +29,7 @@ def record(ts: int, direction: int, payload: bytes, prev_bytes: int, prev_end: i
     """One data_event record (bpf/io.h) for a server-side connection on 127.0.0.1:8080."""
     addr = bytes([127, 0, 0, 1]) + bytes(12)
     head = _DATA.pack(EV_DATA, 4242, 4243, 7, ts, ts + 2000, 0xFFFF8880DEAD0000, len(payload), prev_bytes, prev_end,
-                      0, 0, addr, addr, 8080, 51000, 2, 2, direction, b"api-server".ljust(16, b"\0"), len(payload), 0)
+                      0, 0, addr, addr, 8080, 51000, 2, 2, direction, b"api-server".ljust(16, b"\0"), len(payload), 0, 0)
     return head + payload
 
 
