@@ -215,7 +215,7 @@ def _plain(value: object, ids: _Ids) -> object:
     if isinstance(value, enum.Enum):
         return value.name
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name), ids) for f in dataclasses.fields(value) if f.name != "_size"}
+        return {f.name: _plain(getattr(value, f.name), ids) for f in dataclasses.fields(value) if f.compare}
     if isinstance(value, dict):
         return {k: _plain(v, ids) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
