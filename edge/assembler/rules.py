@@ -67,10 +67,13 @@ def _wire_twin(index: SpanIndex, e: Entry) -> Entry | None:
     if key is None:
         return None
     mirrored = (key[2], key[3], key[0], key[1])
-    for c in _innermost(index.clients_by_conn.get(mirrored, []), e):
-        if c.span.parent_span_id == e.span.parent_span_id and c.span.trace_id == e.span.trace_id:
-            return c
-    return None
+    # Same context first (one span of a keep-alive connection's many, where traces differ), then the containers: the
+    # tightest of those is the one the sort over all containers would have found first.
+    parent, trace = e.span.parent_span_id, e.span.trace_id
+    same = [c for c in index.clients_by_conn.get(mirrored, ())
+            if c.span.parent_span_id == parent and c.span.trace_id == trace]
+    hits = _innermost(same, e) if same else same
+    return hits[0] if hits else None
 
 
 def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resource]],
