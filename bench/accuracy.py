@@ -480,7 +480,7 @@ def _scenario_spans(spans: list[Span], pids: set[int]) -> list[Span]:
 
 
 async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
-              log: IO[str] = sys.stderr, fast_export: bool = False) -> dict[str, Outcome]:
+              log: IO[str] = sys.stderr, fast_export: bool = False, payload_bytes: int = 0) -> dict[str, Outcome]:
     """Run the testbed; the outcome of each scenario by name (a scenario that cannot run here is left out, said)."""
     if os.geteuid() != 0:
         raise ProbeUnavailable("the testbed loads the kernel probes, which needs root", "run it as root")
@@ -510,7 +510,8 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             batch_max_age="300ms",
             more=f'[sources.ebpf]\nenabled = "auto"\npids = [{", ".join(map(str, pids))}]\n'
                  f'capture_headers = ["{RID_METADATA}"]\n'
-                 f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\nexport_interval = "0s"\n'))
+                 + (f'payload_bytes = {payload_bytes}\n' if payload_bytes else '')
+                 + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\nexport_interval = "0s"\n'))
         agent_log = agent.log.read_text(errors="replace")
         if "kernel probes running" not in agent_log:
             why = next((ln for ln in agent_log.splitlines() if "kernel probes unavailable" in ln), agent_log[-500:])
@@ -631,11 +632,13 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--fast-export", action="store_true",
                     help="SDKs export every 200 ms instead of their default 5 s (quick runs; never written to the docs)")
+    ap.add_argument("--payload-bytes", type=int, default=0, metavar="N",
+                    help="the agent's sources.ebpf.payload_bytes (default: the agent's own; never written to the docs)")
     args = ap.parse_args()
     only = tuple(n for n in args.only.split(",") if n)
     try:
         outcomes = asyncio.run(run(args.quick, only, Path(args.dump) if args.dump else None,
-                                   fast_export=args.fast_export))
+                                   fast_export=args.fast_export, payload_bytes=args.payload_bytes))
     except HelixError as e:
         raise SystemExit(f"bench/accuracy.py: {e}") from None
     scores = {k: v.score for k, v in outcomes.items()}
@@ -643,7 +646,7 @@ def main() -> None:
     line = json.dumps(result)
     print(table(scores))
     print("\n".join(goal_lines(scores)))
-    if not args.no_doc and not only and not args.fast_export:
+    if not args.no_doc and not only and not args.fast_export and not args.payload_bytes:
         write_doc("python bench/accuracy.py" + (" --quick" if args.quick else ""), scores, line)
     print(line)
 
