@@ -7,7 +7,7 @@ server, bench/accuracy_node.js) which record every request they handle, with its
 files. Each scenario is driven in turn, what reaches the OTLP peer is scored against the oracle
 (bench/accuracy_score.py; definitions in docs/accuracy.md). Needs root and BPF.
 
-    python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR] [--no-doc] [--fast-export]
+    python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR] [--no-doc] [--fast-export] [--payload-bytes N]
 
 --fast-export makes the SDKs export every 200 ms instead of their default 5 s (quick runs; the figures in the docs
 come from the defaults). Prints a table, writes it to the "Stitching accuracy" section of docs/benchmarks.md (full
@@ -607,7 +607,7 @@ def write_doc(command: str, scores: dict[str, Score], json_line: str, doc: Path 
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     intro = textwrap.fill(
         f"`{command}` (root) — real services (OpenTelemetry-SDK-instrumented and not; the SDKs at their defaults, "
-        "5 s batch delay), nginx, aiohttp, Node.js, mosquitto, "
+        "5 s batch delay), nginx, aiohttp, Node.js, grpcio, mosquitto, HTTPS and mqtts, "
         "`helix run` with its kernel probes and `helix gateway`, scored against each service's own oracle. "
         "Definitions, scenarios and the analysis of every miss: [accuracy.md](accuracy.md).", 110)
     body = "\n".join([
