@@ -267,7 +267,7 @@ async def test_paho_v5_subscriber_receives_three_deliveries_each_with_its_contex
     each with its own traceparent user property, make three receive spans on the subscriber.
 
     The publishes are 50 ms apart, as periodic readings are: each delivery is then a message of its own (idle gap).
-    Deliveries closer than the gap share one message and its payload_bytes budget (two of these fit in 256 bytes;
+    Deliveries closer than the gap share one message and its payload_bytes budget (two of these fit in its 512 bytes;
     tests/edge/sources/ebpf/spans/test_mqtt.py covers back-to-back deliveries inside the budget)."""
     ks = await kernel_spans()
     traces = [f"{TRACE[:-2]}{i:02x}" for i in range(3)]

@@ -32,7 +32,7 @@ class EbpfSourceConfig(Section):
     """Kernel probes. `enabled = "auto"` loads them where the kernel allows and runs without them elsewhere."""
 
     enabled: str = setting("auto", _enabled)
-    payload_bytes: int = setting(256, whole(16, 1024))
+    payload_bytes: int = setting(512, whole(16, 1024))
     slow_file_io: float = setting(0.010, duration(0.0, 60.0))
     pids: tuple[int, ...] = setting((), _pids)
     max_connections: int = setting(16384, whole(64, 1_000_000))

@@ -143,7 +143,7 @@ def _cstr(b: bytes) -> str:
 class ProbeSettings:
     """Load-time settings: fixed once the programs are loaded (changing them means a new ProbeSet)."""
 
-    payload_bytes: int = 256  # first bytes of each message sent to userspace, 0..1024
+    payload_bytes: int = 512  # first bytes of each message sent to userspace, 0..1024
     slow_file_ns: int | None = 10_000_000  # None: no file I/O events at all
     self_pid: int | None = None  # the agent's pid, never traced; None = this process
     ringbuf_bytes: int = 1 << 20  # power of two, >= one page

@@ -149,7 +149,7 @@ class SpanBuilderConfig:
     max_events_per_span: int = 32
     max_pending_faults: int = 16  # faults held for the next span of a connection
     broker_ports: tuple[int, ...] = (1883, 8883)
-    payload_bytes: int = 256  # what the probes send of each message: a shorter snapshot may be topped up
+    payload_bytes: int = 512  # what the probes send of each message: a shorter snapshot may be topped up
     host_name: str = field(default_factory=socket.gethostname)
     capture_headers: tuple[str, ...] = ()  # request headers (HTTP/2) or gRPC metadata kept as span attributes
 
