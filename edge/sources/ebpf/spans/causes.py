@@ -15,7 +15,12 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   so a loop turn later, after reading other requests.
 - wakeup: the calling thread serves none (a pool worker): the request of the thread it wakes once the call is
   answered, when that thread slept through the whole call (it was waiting for this result: a future, a condition);
-  else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`).
+  else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`), when no
+  other worker can have taken that work: workers take queued work in an order the kernel does not see, so a
+  hand-off is certain only if no other worker was handed work while this one's was pending (between its hand-off
+  and its call) and no worker still running from earlier work (a call since it was last handed work) began a call
+  between this hand-off and this call's end. Otherwise, and when nothing handed the work at all, the call is left
+  `ambiguous` rather than guessed.
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 
@@ -42,6 +47,7 @@ _MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond whi
 _MAX_WAITING = 64  # a worker's calls waiting for their decision
 _HISTORY = 8  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
 _MAX_CONNECTS = 4096  # connections opened whose first call is still to come
+_MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
 
 
 @dataclass(slots=True)
@@ -56,6 +62,8 @@ class Call:
     decided: bool = False
     answered: bool = False  # its response has been read: its result can be handed on
     handoff: bytes | None = None  # the request of the thread that handed this thread its work, if any
+    handoff_ns: int = 0  # when that thread handed it
+    end_ns: int = 0
     span: Span | None = None  # the finished span, waiting for the decision
     deadline_ns: int = 0
     candidates: tuple[bytes, ...] = ()  # an event loop's call made after several reads: the requests it may be for
@@ -66,6 +74,8 @@ class _Thread:
     open: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # requests served, last touched last
     handoff: bytes | None = None  # request of the thread that handed this one work, until it hands back
     handoff_from: int = 0
+    handoff_ns: int = 0  # when it was handed that work
+    calls_since_handoff: int = 0  # calls made since it was last handed work: more than none, it took work running
     fresh: bool = False  # first handed work by the thread that created it (or first woke it), no call made since
     history: deque[tuple[int, bytes | None]] | None = None  # kept once it serves several requests at once
     since_ns: int = 0  # when it took its present context (the history's first entry, when one is started)
@@ -89,7 +99,8 @@ class CausesStats:
     event_loop: int = 0
     wakeup: int = 0
     handoff: int = 0
-    undecided: int = 0  # a worker's call nobody waited for and nobody handed over
+    handoff_unsure: int = 0  # a hand-off another, running worker may have taken: left ambiguous
+    undecided: int = 0  # a worker's call nobody waited for and nobody handed over (left ambiguous)
     ambiguous: int = 0  # an event loop's call after several requests read in one turn, left undecided
     connect: int = 0  # a call decided by the context its thread had when it opened the connection
     wakeups: int = 0  # wakeup records seen
@@ -106,6 +117,8 @@ class Causes:
         self._pools: set[int] = set()  # processes where a request thread and a worker woke each other
         self._waiting: set[tuple[int, int]] = set()  # threads with calls waiting for their decision
         self._connects: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pid, sock) -> when connect() began
+        # Per pool process: (tid, start, hand-off time or -1 when the worker took the work while running).
+        self._starts: dict[int, deque[tuple[int, int, int]]] = {}
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -208,7 +221,11 @@ class Causes:
             giver = self._threads.get((pid, t.handoff_from))
             if t.handoff is not None and (giver is None or t.handoff not in giver.open):
                 t.handoff = None  # that request was answered before this call began: it did not cause it
-            call.handoff = t.handoff
+            call.handoff, call.handoff_ns = t.handoff, t.handoff_ns
+            running = t.handoff is None or t.calls_since_handoff > 0  # took work without being handed it
+            starts = self._starts.setdefault(pid, deque(maxlen=_MAX_STARTS))
+            starts.append((tid, start_ns, -1 if running else t.handoff_ns))
+            t.calls_since_handoff += 1
             if len(t.waiting) >= _MAX_WAITING:
                 self._settle(t.waiting.pop(0), None)
             t.waiting.append(call)
@@ -254,6 +271,7 @@ class Causes:
             out.append(span)
             return
         call.span = span
+        call.end_ns = end_ns
         call.deadline_ns = end_ns + DECIDE_WAIT_NS
         call.answered = True
 
@@ -290,6 +308,8 @@ class Causes:
             target.fresh = wakee is None
             target.handoff = next(reversed(waker.open))
             target.handoff_from = ev.waker_tid
+            target.handoff_ns = ev.ts_ns
+            target.calls_since_handoff = 0
 
     def _decide(self, t: _Thread, call: Call, cause: bytes | None, via: str, out: list[Span]) -> None:
         t.waiting.remove(call)
@@ -300,7 +320,9 @@ class Causes:
 
     def _settle(self, call: Call, out: list[Span] | None) -> None:
         call.decided = True
-        if call.cause is None:
+        if call.via == "ambiguous" and call.handoff is not None:
+            self.stats.handoff_unsure += 1
+        elif call.cause is None:
             self.stats.undecided += 1
         elif call.via == "wakeup":
             self.stats.wakeup += 1
@@ -322,7 +344,7 @@ class Causes:
                 continue
             for call in list(t.waiting):
                 if call.span is not None and (force or call.deadline_ns <= now_ns):
-                    self._decide(t, call, call.handoff, "handoff" if call.handoff is not None else "", out)
+                    self._decide(t, call, *self._by_handoff(call), out)
                 elif call.span is None and (force or call.start_ns + stale_ns <= now_ns):
                     self._decide(t, call, None, "", out)
 
@@ -332,9 +354,25 @@ class Causes:
             t = self._threads.pop(key)
             self._waiting.discard(key)
             for call in t.waiting:
-                call.cause, call.via = call.handoff, "handoff" if call.handoff is not None else ""
+                call.cause, call.via = self._by_handoff(call)
                 self._settle(call, out)
         self._pools.discard(pid)
+        self._starts.pop(pid, None)
+
+    def _by_handoff(self, call: Call) -> tuple[bytes | None, str]:
+        """A worker's call nobody waited for: the request that handed it the work, when no other worker can have
+        taken that work; else ambiguous."""
+        if call.handoff is None:
+            return None, "ambiguous"
+        end = call.end_ns or call.start_ns
+        for tid, start, handed in self._starts.get(call.pid, ()):
+            if tid == call.tid:
+                continue
+            if handed < 0 and call.handoff_ns < start <= end:
+                return None, "ambiguous"  # a running worker dequeued while this hand-off was pending or after
+            if handed >= 0 and handed < call.start_ns and call.handoff_ns < start:
+                return None, "ambiguous"  # two hand-offs pending at once: either worker may have taken either
+        return call.handoff, "handoff"
 
 
 

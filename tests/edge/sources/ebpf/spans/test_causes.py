@@ -246,7 +246,7 @@ def test_worker_call_of_no_request_leaves_undecided_and_nothing_is_held():
     b.feed([WakeupEvent(3_500, PID, 201, 101, 0)])  # the worker handed back: it works for nobody now
     assert call(b, 10, 5_000, 201) == []
     (c,) = b.flush(10_000 + DECIDE_WAIT_NS)
-    assert CAUSE not in c.attributes
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"  # no timing rule may guess one
     assert b.causes.stats.undecided == 1 and b.pending_count == 0
 
 
@@ -274,3 +274,45 @@ def test_open_requests_per_thread_are_bounded():
     call_ = c.call_made(PID, 1, 0)  # after 1,000 reads in one turn: any of the last 64 still open
     assert call_.cause is None and call_.candidates == tuple(i.to_bytes(8, "big") for i in range(936, 1000))
     assert len(c._threads[(PID, 1)].open) <= 64 and len(c._threads[(PID, 1)].run) <= 64
+
+
+def test_handoff_another_running_worker_may_have_taken_is_left_ambiguous():
+    """Thread a hands work to idle worker 201; worker 202, still running after its previous call, takes work off the
+    queue without sleeping (it may be a's: queues hand out what came first) and calls: 201's hand-off is no longer
+    certain, so its call names no request and no timing rule may guess one."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_read(b, 2, 1_200, 102, "b")
+    b.feed([WakeupEvent(1_300, PID, 102, 202, 0)])
+    assert call(b, 11, 1_400, 202) == []  # 202's first call: work handed to it
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 12, 2_500, 202) == []  # 202 calls again without a hand-off: it took work running
+    assert call(b, 10, 3_000, 201) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (c,) = [s for s in out if s.attributes.get("url.path") == "/db" and "c=10" in str(s.attributes.get("url.query"))]
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+    assert b.causes.stats.handoff_unsure >= 1
+
+
+def test_handoffs_pending_at_once_are_left_ambiguous():
+    """Threads a and b hand work to idle workers 201 and 202 before either began its call: whichever ran first took
+    the work queued first, so neither hand-off says whose work each took."""
+    b = two_requests((101, 201, 2_000), (102, 202, 2_100))
+    assert call(b, 10, 3_000, 201) == []
+    assert call(b, 11, 3_100, 202) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    assert len(out) == 2 and all(CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous" for c in out)
+    assert b.causes.stats.handoff_unsure == 2
+
+
+def test_handoff_stands_when_running_workers_took_work_only_before_it():
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(1_300, PID, 101, 202, 0)])
+    assert call(b, 11, 1_400, 202) == []
+    assert call(b, 12, 1_600, 202) == []  # took work running, before a's hand-off to 201
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 10, 3_000, 201) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (c,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
+    assert c.attributes[CAUSE_VIA] == "handoff"
