@@ -3,7 +3,7 @@ last, the request thread a pool worker hands its result to (sched_waking), or th
 from __future__ import annotations
 
 from edge.model import SpanKind
-from edge.sources.ebpf.events import ConnectEvent, Endpoint, ExitEvent, Role, WakeupEvent
+from edge.sources.ebpf.events import ConnectEvent, Endpoint, ExitEvent, Role, TurnEvent, WakeupEvent
 from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA, DECIDE_WAIT_NS, Causes
 
 from ._helpers import CLI, IN, OUT, builder, data, req, resp
@@ -191,13 +191,25 @@ def test_wakeup_of_a_thread_that_fell_asleep_after_the_call_began_leaves_it_to_t
     assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
 
 
-def test_latest_handoff_to_an_idle_worker_wins():
-    """A hand-off the worker did not take (another, still running worker took it) is replaced by the next one."""
+def test_two_handoffs_to_a_worker_before_its_call_leave_it_ambiguous():
+    """Woken for a's request and then for b's before it called: a lock (the GIL) wakes a thread as a queue does, so
+    which work it took is not known."""
     b = two_requests((101, 201, 2_000), (102, 201, 3_000))
     assert call(b, 10, 5_000, 201) == []
     (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
-    sb = server_span(serve_answer(b, 2, 8_000, 102))
-    assert c.attributes[CAUSE] == sb.span_id and c.attributes[CAUSE_VIA] == "handoff"
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_wakeup_of_a_busy_worker_is_not_a_handoff():
+    """A request thread waking a worker whose call is still unsettled (the GIL) hands it nothing: its next call, work
+    it took running, is not given to that request."""
+    b = two_requests((101, 201, 2_000))
+    assert call(b, 10, 3_000, 201) == []
+    b.feed([WakeupEvent(4_500, PID, 102, 201, 4_000)])  # b's thread releases the GIL to the busy worker
+    assert call(b, 11, 6_000, 201) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (second,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
+    assert CAUSE not in second.attributes and second.attributes[CAUSE_VIA] == "ambiguous"
 
 
 def test_worker_nobody_waits_for_takes_the_request_that_handed_it_work():
@@ -316,3 +328,73 @@ def test_handoff_stands_when_running_workers_took_work_only_before_it():
     out = b.flush(10_000 + DECIDE_WAIT_NS)
     (c,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
     assert c.attributes[CAUSE_VIA] == "handoff"
+
+
+def loop_learns_lag(b, lag=3, tid=101, t0=1_000_000):
+    """An event loop (turns from epoll) that serves requests one at a time, each call `lag` turns after its read:
+    16 calls teach it the distance. Returns the time after the last."""
+    ts = t0
+    for i in range(16):
+        b.feed([TurnEvent(ts, PID, tid, 1)])
+        serve_read(b, 100 + i, ts + 10, tid, f"warm{i}")
+        for _ in range(lag):
+            ts += 1_000
+            b.feed([TurnEvent(ts, PID, tid, 0)])
+        call(b, 300 + i, ts + 10, tid)
+        serve_answer(b, 100 + i, ts + 5_000, tid)
+        ts += 10_000
+    return ts
+
+
+def test_event_loop_call_goes_to_the_request_read_its_learned_number_of_turns_before():
+    """aiohttp runs a handler a turn after the read and the call's task turns later: with a and b read in successive
+    turns, the call three turns after a's read is a's, and the one a turn later b's."""
+    b = builder()
+    ts = loop_learns_lag(b)
+    b.feed([TurnEvent(ts, PID, 101, 1)])
+    serve_read(b, 1, ts + 10, 101, "a")
+    b.feed([TurnEvent(ts + 1_000, PID, 101, 1)])
+    serve_read(b, 2, ts + 1_010, 101, "b")
+    b.feed([TurnEvent(ts + 2_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 3_000, PID, 101, 0)])
+    (for_a,) = call(b, 10, ts + 3_010, 101)
+    b.feed([TurnEvent(ts + 4_000, PID, 101, 0)])
+    (for_b,) = call(b, 11, ts + 4_010, 101)
+    sa = server_span(serve_answer(b, 1, ts + 9_000, 101))
+    sb = server_span(serve_answer(b, 2, ts + 9_500, 101))
+    assert for_a.attributes[CAUSE] == sa.span_id and for_a.attributes[CAUSE_VIA] == "loop-turn"
+    assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "loop-turn"
+    assert b.causes.stats.loop_turn == 2
+
+
+def test_a_call_that_fits_no_learned_distance_turns_the_rule_off():
+    """A call no open request was read the learned number of turns before (a second call after a response, a timer)
+    breaks the pattern: the following calls are left to the other rules."""
+    b = builder()
+    ts = loop_learns_lag(b)
+    b.feed([TurnEvent(ts, PID, 101, 1)])
+    serve_read(b, 1, ts + 10, 101, "a")
+    b.feed([TurnEvent(ts + 1_000, PID, 101, 1)])
+    serve_read(b, 2, ts + 1_010, 101, "b")
+    (odd,) = call(b, 10, ts + 1_020, 101)  # in b's turn: a distance of 0 or 1, not 3
+    assert odd.attributes.get(CAUSE_VIA) != "loop-turn"
+    b.feed([TurnEvent(ts + 2_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 3_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 4_000, PID, 101, 0)])
+    (later,) = call(b, 11, ts + 4_010, 101)
+    assert later.attributes.get(CAUSE_VIA) != "loop-turn" and b.causes.stats.loop_turn == 0
+
+
+def test_loop_calling_in_the_turn_of_the_read_keeps_the_other_rules():
+    """Node.js calls in the turn that read the request: it learns 0 and the rules for reads and calls decide."""
+    b = builder()
+    ts = loop_learns_lag(b, lag=0)
+    b.feed([TurnEvent(ts, PID, 101, 2)])
+    serve_read(b, 1, ts + 10, 101, "a")
+    (for_a,) = call(b, 10, ts + 20, 101)
+    serve_read(b, 2, ts + 30, 101, "b")
+    (for_b,) = call(b, 11, ts + 40, 101)
+    serve_answer(b, 1, ts + 9_000, 101)
+    sb = server_span(serve_answer(b, 2, ts + 9_500, 101))
+    assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "event-loop"
+    assert b.causes.stats.loop_turn == 0
