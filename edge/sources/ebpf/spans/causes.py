@@ -100,6 +100,7 @@ class _Thread:
     turns: deque[tuple[int, int]] | None = None  # (start, number) of its last loop turns: it waits in epoll
     turn_no: int = 0
     called_in: dict[bytes, int] = field(default_factory=dict)  # open request -> the turn of its first decided call
+    touched: dict[bytes, int] = field(default_factory=dict)  # open request -> when its request or a response was read
     lags: deque[frozenset[int]] | None = None  # for each of its last calls, the distances in turns it may have
 
     def context(self) -> bytes | None:
@@ -170,6 +171,8 @@ class Causes:
         t = self._thread(pid, tid)
         before = self._certain(t)
         t.open[span_id] = _turn_at(t, ts_ns)
+        if t.turns is not None:
+            t.touched[span_id] = ts_ns
         if len(t.open) > _MAX_OPEN:
             t.open.popitem(last=False)
         if not t.reading:
@@ -208,6 +211,7 @@ class Causes:
         if t is not None:
             t.open.pop(span_id, None)
             t.called_in.pop(span_id, None)
+            t.touched.pop(span_id, None)
 
     def message_read(self, pid: int, tid: int) -> None:
         """Thread `tid` read an MQTT delivery: its calls follow the message (the assembler's consumer-thread rule)."""
@@ -229,6 +233,10 @@ class Causes:
         then = _context_at(t, opened) if opened is not None and t.open else None
         if len(run) > 1:
             call.candidates = run  # decided when its response is read (response_read)
+        elif t.turns is not None and len(t.open) > 1 and not self._in_turn(t, then, opened, call.start_ns):
+            # An event loop's context holds for a call only in the turn it was taken: a call made turns later comes
+            # from a continuation, which may be any open request's.
+            call.candidates = tuple(t.open)
         elif then is not None and then in t.open:
             call.cause, call.via, call.decided = then, "event-loop" if len(t.open) > 1 else "thread", True
             self.stats.connect += 1
@@ -270,6 +278,8 @@ class Causes:
         if call.decided and call.cause is not None:
             if t is not None and call.cause in t.open:
                 t.open.move_to_end(call.cause)
+                if t.turns is not None:
+                    t.touched[call.cause] = ts_ns
                 t.run = [call.cause]
                 t.reading = False
         if t is not None:
@@ -325,6 +335,16 @@ class Causes:
         else:
             call.candidates = tuple(fits) if fits else tuple(t.open)  # decided when answered, if it can be
         return True
+
+    @staticmethod
+    def _in_turn(t: _Thread, then: bytes | None, opened: int | None, start_ns: int) -> bool:
+        """Whether the context the rules below take (at the connect(), else now) was touched in the same loop turn."""
+        ctx, at = (then, opened) if then is not None and opened is not None else (next(reversed(t.open)), start_ns)
+        touched = t.touched.get(ctx)
+        if touched is None or touched > at:
+            return False
+        turn = _turn_at(t, at)
+        return turn is not None and _turn_at(t, touched) == turn
 
     def turn(self, ev: TurnEvent, out: list[Span]) -> None:
         """A thread returned from its epoll wait: a turn of its event loop begins."""

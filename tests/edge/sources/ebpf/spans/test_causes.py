@@ -336,11 +336,11 @@ def loop_learns_lag(b, lag=3, tid=101, t0=1_000_000):
     ts = t0
     for i in range(16):
         b.feed([TurnEvent(ts, PID, tid, 1)])
-        serve_read(b, 100 + i, ts + 10, tid, f"warm{i}")
+        serve_read(b, 100 + i, ts + 10, tid, f"warm{i}")  # read by ts + 1_010
         for _ in range(lag):
-            ts += 1_000
+            ts += 2_000
             b.feed([TurnEvent(ts, PID, tid, 0)])
-        call(b, 300 + i, ts + 10, tid)
+        call(b, 300 + i, ts + 1_100, tid)  # answered 1_000 later
         serve_answer(b, 100 + i, ts + 5_000, tid)
         ts += 10_000
     return ts
@@ -353,15 +353,15 @@ def test_event_loop_call_goes_to_the_request_read_its_learned_number_of_turns_be
     ts = loop_learns_lag(b)
     b.feed([TurnEvent(ts, PID, 101, 1)])
     serve_read(b, 1, ts + 10, 101, "a")
-    b.feed([TurnEvent(ts + 1_000, PID, 101, 1)])
-    serve_read(b, 2, ts + 1_010, 101, "b")
-    b.feed([TurnEvent(ts + 2_000, PID, 101, 0)])
-    b.feed([TurnEvent(ts + 3_000, PID, 101, 0)])
-    (for_a,) = call(b, 10, ts + 3_010, 101)
+    b.feed([TurnEvent(ts + 2_000, PID, 101, 1)])
+    serve_read(b, 2, ts + 2_010, 101, "b")
     b.feed([TurnEvent(ts + 4_000, PID, 101, 0)])
-    (for_b,) = call(b, 11, ts + 4_010, 101)
-    sa = server_span(serve_answer(b, 1, ts + 9_000, 101))
-    sb = server_span(serve_answer(b, 2, ts + 9_500, 101))
+    b.feed([TurnEvent(ts + 6_000, PID, 101, 0)])
+    (for_a,) = call(b, 10, ts + 6_010, 101)
+    b.feed([TurnEvent(ts + 8_000, PID, 101, 0)])
+    (for_b,) = call(b, 11, ts + 8_010, 101)
+    sa = server_span(serve_answer(b, 1, ts + 19_000, 101))
+    sb = server_span(serve_answer(b, 2, ts + 19_500, 101))
     assert for_a.attributes[CAUSE] == sa.span_id and for_a.attributes[CAUSE_VIA] == "loop-turn"
     assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "loop-turn"
     assert b.causes.stats.loop_turn == 2
@@ -374,14 +374,14 @@ def test_a_call_that_fits_no_learned_distance_turns_the_rule_off():
     ts = loop_learns_lag(b)
     b.feed([TurnEvent(ts, PID, 101, 1)])
     serve_read(b, 1, ts + 10, 101, "a")
-    b.feed([TurnEvent(ts + 1_000, PID, 101, 1)])
-    serve_read(b, 2, ts + 1_010, 101, "b")
-    (odd,) = call(b, 10, ts + 1_020, 101)  # in b's turn: a distance of 0 or 1, not 3
+    b.feed([TurnEvent(ts + 2_000, PID, 101, 1)])
+    serve_read(b, 2, ts + 2_010, 101, "b")
+    (odd,) = call(b, 10, ts + 3_100, 101)  # in b's turn: a distance of 0 or 1, not 3
     assert odd.attributes.get(CAUSE_VIA) != "loop-turn"
-    b.feed([TurnEvent(ts + 2_000, PID, 101, 0)])
-    b.feed([TurnEvent(ts + 3_000, PID, 101, 0)])
-    b.feed([TurnEvent(ts + 4_000, PID, 101, 0)])
-    (later,) = call(b, 11, ts + 4_010, 101)
+    b.feed([TurnEvent(ts + 6_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 8_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 10_000, PID, 101, 0)])
+    (later,) = call(b, 11, ts + 10_010, 101)
     assert later.attributes.get(CAUSE_VIA) != "loop-turn" and b.causes.stats.loop_turn == 0
 
 
@@ -390,11 +390,25 @@ def test_loop_calling_in_the_turn_of_the_read_keeps_the_other_rules():
     b = builder()
     ts = loop_learns_lag(b, lag=0)
     b.feed([TurnEvent(ts, PID, 101, 2)])
-    serve_read(b, 1, ts + 10, 101, "a")
-    (for_a,) = call(b, 10, ts + 20, 101)
-    serve_read(b, 2, ts + 30, 101, "b")
-    (for_b,) = call(b, 11, ts + 40, 101)
+    serve_read(b, 1, ts + 10, 101, "a")  # read by ts + 1_010
+    (for_a,) = call(b, 10, ts + 2_000, 101)  # answered at ts + 3_000, in the same turn
+    serve_read(b, 2, ts + 4_000, 101, "b")
+    (for_b,) = call(b, 11, ts + 6_000, 101)
     serve_answer(b, 1, ts + 9_000, 101)
     sb = server_span(serve_answer(b, 2, ts + 9_500, 101))
     assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "event-loop"
     assert b.causes.stats.loop_turn == 0
+
+
+def test_loop_context_taken_in_an_earlier_turn_does_not_decide_a_call():
+    """While the loop's distance is not known, a call made turns after the read of the request the loop touched last
+    comes from a continuation that may be any open request's: left to the answers, not to the last read."""
+    b = builder()
+    b.feed([TurnEvent(1_000, PID, 101, 1)])
+    serve_read(b, 1, 1_010, 101, "a")  # read by 2_010
+    (_,) = call(b, 10, 2_100, 101)  # a's first call, in a's turn
+    b.feed([TurnEvent(5_000, PID, 101, 1)])
+    serve_read(b, 2, 5_010, 101, "b")
+    b.feed([TurnEvent(8_000, PID, 101, 0)])
+    (later,) = call(b, 11, 8_010, 101)  # b is the last read, but a turn ago: a's continuation or b's
+    assert CAUSE not in later.attributes and later.attributes[CAUSE_VIA] == "ambiguous"
