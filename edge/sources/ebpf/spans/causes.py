@@ -26,9 +26,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   answered, when that thread slept through the whole call (it was waiting for this result: a future, a condition);
   else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`), when no
   other worker can have taken that work: workers take queued work in an order the kernel does not see, so a
-  hand-off is certain only if no other worker was handed work while this one's was pending (between its hand-off
-  and its call) and no worker still running from earlier work (a call since it was last handed work) began a call
-  between this hand-off and this call's end. Otherwise, and when nothing handed the work at all, the call is left
+  hand-off is certain only if no worker still running from earlier work (a call since it was last handed work) began
+  a call between this hand-off and this call's end, and, where other workers were handed work while this one's was
+  pending (between its hand-off and its call), all of those requests but one were answered before this call was
+  (a request thread waits for its work). Otherwise, and when nothing handed the work at all, the call is left
   `ambiguous` rather than guessed.
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
@@ -138,8 +139,9 @@ class Causes:
         self._pools: set[int] = set()  # processes where a request thread and a worker woke each other
         self._waiting: set[tuple[int, int]] = set()  # threads with calls waiting for their decision
         self._connects: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pid, sock) -> when connect() began
-        # Per pool process: (tid, start, hand-off time or -1 when the worker took the work while running).
-        self._starts: dict[int, deque[tuple[int, int, int]]] = {}
+        # Per pool process: (tid, start, hand-off time or -1 when the worker took the work while running, request).
+        self._starts: dict[int, deque[tuple[int, int, int, bytes | None]]] = {}
+        self._answered: OrderedDict[bytes, int] = OrderedDict()  # request -> when its response began
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -205,8 +207,13 @@ class Causes:
         if len(self._connects) > _MAX_CONNECTS:
             self._connects.popitem(last=False)
 
-    def request_done(self, pid: int, tid: int, span_id: bytes) -> None:
-        """The response to that request started (or it ended without one): the thread no longer works for it."""
+    def request_done(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0) -> None:
+        """The response to that request started (or it ended without one, at `ts_ns`): the thread no longer works
+        for it."""
+        if pid in self._pools:
+            self._answered[span_id] = ts_ns
+            if len(self._answered) > _MAX_CONNECTS:
+                self._answered.popitem(last=False)
         t = self._threads.get((pid, tid))
         if t is not None:
             t.open.pop(span_id, None)
@@ -258,7 +265,7 @@ class Causes:
                 call.handoff, call.handoff_ns = t.handoff, t.handoff_ns  # else stale, or one of two: not certain
             running = t.handoff is None or t.calls_since_handoff > 0  # took work without being handed it
             starts = self._starts.setdefault(pid, deque(maxlen=_MAX_STARTS))
-            starts.append((tid, start_ns, -1 if running else t.handoff_ns))
+            starts.append((tid, start_ns, -1 if running else t.handoff_ns, t.handoff))
             t.calls_since_handoff += 1
             if len(t.waiting) >= _MAX_WAITING:
                 self._settle(t.waiting.pop(0), None)
@@ -451,13 +458,21 @@ class Causes:
         if call.handoff is None:
             return None, "ambiguous"
         end = call.end_ns or call.start_ns
-        for tid, start, handed in self._starts.get(call.pid, ()):
+        rivals: set[bytes] = set()
+        for tid, start, handed, request in self._starts.get(call.pid, ()):
             if tid == call.tid:
                 continue
             if handed < 0 and call.handoff_ns < start <= end:
                 return None, "ambiguous"  # a running worker dequeued while this hand-off was pending or after
-            if handed >= 0 and handed < call.start_ns and call.handoff_ns < start:
-                return None, "ambiguous"  # two hand-offs pending at once: either worker may have taken either
+            if handed >= 0 and handed < call.start_ns and call.handoff_ns < start and request is not None:
+                rivals.add(request)  # two hand-offs pending at once: either worker may have taken either
+        rivals.discard(call.handoff)
+        if rivals:
+            # A request thread waits for the work it handed: a request answered before this call was not its.
+            left = [r for r in (call.handoff, *rivals) if not 0 < self._answered.get(r, 0) < end]
+            if len(left) != 1:
+                return None, "ambiguous"
+            return left[0], "handoff"
         return call.handoff, "handoff"
 
 

@@ -412,3 +412,22 @@ def test_loop_context_taken_in_an_earlier_turn_does_not_decide_a_call():
     b.feed([TurnEvent(8_000, PID, 101, 0)])
     (later,) = call(b, 11, 8_010, 101)  # b is the last read, but a turn ago: a's continuation or b's
     assert CAUSE not in later.attributes and later.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_handoffs_pending_at_once_are_decided_when_the_other_request_was_answered_first():
+    """a and b hand work to idle workers 201 and 202 at once; a is answered before 201's call is: a request thread
+    waits for the work it handed, so 201 worked for b (and 202, whose call was answered before a was, stays open)."""
+    b = two_requests((101, 201, 2_000), (102, 202, 2_100))
+    assert call(b, 11, 3_000, 202) == []  # answered by 5_000
+    assert b.feed([data(10, OUT, 3_500, req(target="/db?c=10"), pid=PID, tid=201, role=Role.CLIENT,
+                        local=Endpoint(CLI.addr, 40010), remote=DB)]) == []
+    sa = server_span(serve_answer(b, 1, 5_500, 101))
+    b.feed([data(10, IN, 8_000, resp(), pid=PID, tid=201, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010),
+                 remote=DB, prev_bytes=len(req(target="/db?c=10")), prev_end=3_550)])
+    out = b.flush(20_000 + DECIDE_WAIT_NS)
+    sb = server_span(serve_answer(b, 2, 9_000, 102))
+    (late,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
+    assert late.attributes[CAUSE] == sb.span_id and late.attributes[CAUSE_VIA] == "handoff"
+    (early,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
+    assert CAUSE not in early.attributes and early.attributes[CAUSE_VIA] == "ambiguous"
+    assert sa.span_id != sb.span_id
