@@ -394,8 +394,8 @@ class Causes:
             # went to a worker that was still running).
             target = wakee if wakee is not None else self._thread(pid, ev.wakee_tid)
             request = next(reversed(waker.open))
-            if target.waiting and target.calls_since_handoff:
-                return  # a worker whose call is not settled is busy: this wakes it for a lock (the GIL), not work
+            if target.calls_since_handoff and any(not c.answered for c in target.waiting):
+                return  # a worker whose call is in flight is busy: this wakes it for a lock (the GIL), not work
             target.handoff_conflict = (target.handoff is not None and target.calls_since_handoff == 0
                                        and target.handoff != request)
             target.fresh = wakee is None

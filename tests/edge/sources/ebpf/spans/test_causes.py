@@ -201,11 +201,14 @@ def test_two_handoffs_to_a_worker_before_its_call_leave_it_ambiguous():
 
 
 def test_wakeup_of_a_busy_worker_is_not_a_handoff():
-    """A request thread waking a worker whose call is still unsettled (the GIL) hands it nothing: its next call, work
-    it took running, is not given to that request."""
+    """A request thread waking a worker whose call is in flight (the GIL) hands it nothing: its next call, work it
+    took running, is not given to that request."""
     b = two_requests((101, 201, 2_000))
-    assert call(b, 10, 3_000, 201) == []
-    b.feed([WakeupEvent(4_500, PID, 102, 201, 4_000)])  # b's thread releases the GIL to the busy worker
+    b.feed([data(10, OUT, 3_000, req(target="/db?c=10"), pid=PID, tid=201, role=Role.CLIENT,
+                 local=Endpoint(CLI.addr, 40010), remote=DB)])
+    b.feed([WakeupEvent(3_500, PID, 102, 201, 3_200)])  # b's thread releases the GIL to the worker, its call in flight
+    b.feed([data(10, IN, 4_000, resp(), pid=PID, tid=201, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010),
+                 remote=DB, prev_bytes=len(req(target="/db?c=10")), prev_end=3_050)])
     assert call(b, 11, 6_000, 201) == []
     out = b.flush(10_000 + DECIDE_WAIT_NS)
     (second,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
@@ -431,3 +434,15 @@ def test_handoffs_pending_at_once_are_decided_when_the_other_request_was_answere
     (early,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
     assert CAUSE not in early.attributes and early.attributes[CAUSE_VIA] == "ambiguous"
     assert sa.span_id != sb.span_id
+
+
+def test_worker_whose_answered_call_waits_for_its_decision_takes_new_work():
+    """A worker's answered call still waiting for its decision does not make it busy: the next hand-off is work."""
+    b = two_requests((101, 201, 2_000))
+    assert call(b, 10, 3_000, 201) == []  # answered by 5_000; nobody slept through it
+    b.feed([WakeupEvent(6_000, PID, 102, 201, 5_500)])  # b hands the idle worker its work
+    assert call(b, 11, 7_000, 201) == []
+    out = b.flush(20_000 + DECIDE_WAIT_NS)
+    sb = server_span(serve_answer(b, 2, 30_000, 102))
+    (second,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
+    assert second.attributes[CAUSE] == sb.span_id and second.attributes[CAUSE_VIA] == "handoff"
