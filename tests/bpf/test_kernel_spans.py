@@ -353,5 +353,6 @@ async def test_http_body_split_by_the_idle_gap_keeps_pairing_and_durations(kerne
     assert slow.attributes["http.response.body.size"] == 3000
     assert "helix.end_estimated" not in slow.attributes
     assert 0 < fast.duration_ns <= took["/fast"] and fast.start_ns >= slow.end_ns
+    # Pairing is proven by the statuses above; the builder's counters are machine-wide (other processes' traffic
+    # lands in them), so only the split this exchange must cause is checked there.
     assert ks.source.builder.stats.split_messages >= 1
-    assert ks.source.builder.stats.unmatched_responses == 0
