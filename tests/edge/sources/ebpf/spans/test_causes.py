@@ -349,15 +349,21 @@ def loop_learns_lag(b, lag=3, tid=101, t0=1_000_000):
     return ts
 
 
-def test_event_loop_call_goes_to_the_request_read_its_learned_number_of_turns_before():
-    """aiohttp runs a handler a turn after the read and the call's task turns later: with a and b read in successive
-    turns, the call three turns after a's read is a's, and the one a turn later b's."""
+def learned_loop_reads_a_then_b():
+    """A loop that learned a distance of 3 turns reads request a, and b a turn later."""
     b = builder()
     ts = loop_learns_lag(b)
     b.feed([TurnEvent(ts, PID, 101, 1)])
     serve_read(b, 1, ts + 10, 101, "a")
     b.feed([TurnEvent(ts + 2_000, PID, 101, 1)])
     serve_read(b, 2, ts + 2_010, 101, "b")
+    return b, ts
+
+
+def test_event_loop_call_goes_to_the_request_read_its_learned_number_of_turns_before():
+    """aiohttp runs a handler a turn after the read and the call's task turns later: with a and b read in successive
+    turns, the call three turns after a's read is a's, and the one a turn later b's."""
+    b, ts = learned_loop_reads_a_then_b()
     b.feed([TurnEvent(ts + 4_000, PID, 101, 0)])
     b.feed([TurnEvent(ts + 6_000, PID, 101, 0)])
     (for_a,) = call(b, 10, ts + 6_010, 101)
@@ -373,12 +379,7 @@ def test_event_loop_call_goes_to_the_request_read_its_learned_number_of_turns_be
 def test_a_call_that_fits_no_learned_distance_turns_the_rule_off():
     """A call no open request was read the learned number of turns before (a second call after a response, a timer)
     breaks the pattern: the following calls are left to the other rules."""
-    b = builder()
-    ts = loop_learns_lag(b)
-    b.feed([TurnEvent(ts, PID, 101, 1)])
-    serve_read(b, 1, ts + 10, 101, "a")
-    b.feed([TurnEvent(ts + 2_000, PID, 101, 1)])
-    serve_read(b, 2, ts + 2_010, 101, "b")
+    b, ts = learned_loop_reads_a_then_b()
     (odd,) = call(b, 10, ts + 3_100, 101)  # in b's turn: a distance of 0 or 1, not 3
     assert odd.attributes.get(CAUSE_VIA) != "loop-turn"
     b.feed([TurnEvent(ts + 6_000, PID, 101, 0)])
