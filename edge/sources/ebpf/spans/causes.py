@@ -57,8 +57,9 @@ _MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond whi
 _MAX_WAITING = 64  # a worker's calls waiting for their decision
 _HISTORY = 8  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
 _MAX_CONNECTS = 4096  # connections opened whose first call is still to come
-_TURNS = 64  # an event loop's last turn starts: enough to place a call's connect() a few turns back
+_TURNS = 16  # an event loop's last turn starts: enough to place a call's connect() a few turns back
 _LAG_CALLS = 16  # an event loop's last calls whose distances in turns must agree before the distance is used
+_MAX_ANSWERED = 512  # pool processes' requests answered lately: hand-offs are decided within DECIDE_WAIT_NS
 _MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
 
 
@@ -212,7 +213,7 @@ class Causes:
         for it."""
         if pid in self._pools:
             self._answered[span_id] = ts_ns
-            if len(self._answered) > _MAX_CONNECTS:
+            if len(self._answered) > _MAX_ANSWERED:
                 self._answered.popitem(last=False)
         t = self._threads.get((pid, tid))
         if t is not None:
