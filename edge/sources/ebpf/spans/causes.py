@@ -6,7 +6,9 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
 
 - thread: the calling thread serves exactly one request (read, not yet answered): that one.
 - event-loop: the calling thread serves several requests at once (asyncio, Node.js): the one whose bytes, or whose
-  downstream response, it read last among those still open. When it read several requests one after the other
+  downstream response, it read last among those still open, when it read them in the call's loop turn (for a
+  thread whose turns are known: a call made turns later comes from a continuation, which may be any open request's,
+  and is decided only by the answers, as below). When it read several requests one after the other
   with no call between (one turn of the loop), the handlers of those requests run after the reads and any of them
   may have made the call: the call is decided when its response is read, if by then all but one of those requests
   were answered (a handler awaits its calls before it answers); else it is `ambiguous` and names no request, so
