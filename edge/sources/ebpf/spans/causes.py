@@ -479,7 +479,6 @@ class Causes:
         return call.handoff, "handoff"
 
 
-
 def _turn_at(t: _Thread, ts_ns: int) -> int | None:
     """The number of the loop turn thread `t` was in at `ts_ns`, if it is an event loop and that is still known."""
     if not t.turns or ts_ns < t.turns[0][0]:
