@@ -7,7 +7,7 @@ OTLP/HTTP client sends one trace per request every `--interval` seconds and note
 last round, every acknowledged span that never reached the peer is lost: the window of a round is the kill time less
 the acknowledgement time of its oldest lost span.
 
-    python bench/agent_kill_window.py [--rounds 3] [--seconds 8] [--interval 0.05]
+    python bench/agent_kill_window.py [--rounds 3] [--seconds 8] [--interval 0.05] [--durable]
 
 Same-run reference: what the configuration says the window is (assembler.window + uplink.batch_max_age, 4 s at the
 defaults), and the ratio of the measured window to it.
@@ -60,6 +60,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="load before each kill (default 8)")
     ap.add_argument("--interval", type=float, default=0.05, help="seconds between two requests (default 0.05)")
+    ap.add_argument("--durable", action="store_true", help="with sources.otlp.durable on (expected window: 0)")
     args = ap.parse_args()
 
     per_round = int(args.seconds / args.interval) + 10
@@ -80,6 +81,8 @@ async def main() -> None:
         # The agent at its defaults (batch_max_age 2 s), but for its listeners and the kernel probes.
         conf = stack.agent_config("bench-node", grpc_listen="", http_listen=f"127.0.0.1:{http_port}",
                                   batch_max_age="2s", more="[sources.ebpf]\nenabled = false\n")
+        if args.durable:
+            conf = conf.replace("[sources.otlp]\n", f"[sources.otlp]\ndurable = true\ndurable_dir = \"{work / 'accepted'}\"\n")
         at = 0
         for r in range(args.rounds):
             agent = await stack.start_agent(conf)
@@ -111,7 +114,7 @@ async def main() -> None:
     worst = max(windows)
     print(f"acknowledged {acked_total} spans over {args.rounds} kills; lost {lost_total}; window per kill "
           f"{windows} s (configured assembler.window + batch_max_age = {configured:g} s)", file=sys.stderr)
-    print(json.dumps({"window_s_max": worst, "window_s_rounds": windows, "lost_spans": lost_total,
+    print(json.dumps({"durable": args.durable, "window_s_max": worst, "window_s_rounds": windows, "lost_spans": lost_total,
                       "acked_spans": acked_total, "configured_window_s": configured,
                       "ratio": round(worst / configured, 2)}))
 

@@ -191,6 +191,9 @@ class Span:
     # approx_size(), taken once: every buffer asks (inbox, assembler, tail, uplink) and it cost an eighth of the
     # agent's CPU in a burst. Later changes (stitching links, a parent) move the true size by a few bytes only.
     _size: int = field(default=0, repr=False, compare=False)
+    # In durable mode, the number of the accepted-log record this span came in (edge/agent/accepted_log.py): the log
+    # keeps a record until no span of it is held in the pipeline any more. 0: not logged.
+    logged: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.events) is not tuple:
@@ -231,10 +234,10 @@ class Span:
         return size
 
 
-# CPython 3.11 object sizes (64-bit): a str header is 49 bytes, bytes 33, int 28, float 24; a slotted Span 208.
+# CPython 3.11 object sizes (64-bit): a str header is 49 bytes, bytes 33, int 28, float 24; a slotted Span 216.
 _STR = 49
 # The object, three id bytes objects, two start/end ints, trace state.
-_SPAN_FIXED = 208 + 3 * 33 + 16 + 8 + 8 + 2 * 32 + _STR
+_SPAN_FIXED = 216 + 3 * 33 + 16 + 8 + 8 + 2 * 32 + _STR
 _EVENT_FIXED = 72 + _STR + 28
 _LINK_FIXED = 96 + 2 * 33 + 16 + 8 + _STR
 

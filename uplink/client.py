@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
@@ -132,6 +132,7 @@ class UplinkClient:
         self._queue: deque[tuple[Span, int]] = deque()
         self._queue_bytes = 0
         self._cutting = 0  # spans taken off the queue and not yet in the spool
+        self._cut: list[Span] = []  # those spans
         self._oldest: float | None = None  # monotonic time the oldest queued span arrived
         self._wake = asyncio.Event()  # new spans, or closing
         self._spooled = asyncio.Event()  # a batch reached the spool, or cutting ended
@@ -217,6 +218,12 @@ class UplinkClient:
             self.stats.spans_accepted += accepted
             self._wake.set()
         return accepted
+
+    def held_spans(self) -> Iterator[Span]:
+        """Every span taken but not yet in the spool: queued, and the batch being cut and stored."""
+        for span, _ in self._queue:
+            yield span
+        yield from self._cut
 
     @property
     def queue_limit(self) -> int:
@@ -334,10 +341,12 @@ class UplinkClient:
             except Exception as e:  # noqa: BLE001 - a span holding a value the format cannot carry must not stop the uplink
                 self.stats.dropped_unencodable += len(spans)
                 self._cutting = 0
+                self._cut = []
                 log.error("uplink dropped a batch of %d spans that cannot be encoded: %s", len(spans), e)
                 continue
             stored = await self._spool_call(lambda: self.spool.put(seq, len(spans), payload))
             self._cutting = 0
+            self._cut = []
             if stored is not None:
                 self.stats.spans_spooled += len(spans)
                 self.stats.batches_spooled += 1
@@ -446,6 +455,7 @@ class UplinkClient:
             size += n
         self._queue_bytes -= size
         self._cutting = len(spans)
+        self._cut = spans
         self._oldest = time.monotonic() if self._queue else None
         self._queue_room.set()
         self._gauges()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..model import Source, Span
@@ -112,6 +112,11 @@ class SpanInbox:
         self._items.clear()
         self.bytes = 0
         return out
+
+    def spans(self) -> Iterator[Span]:
+        """Every span waiting now, oldest first."""
+        for spans, _ in self._items:
+            yield from spans
 
     def __len__(self) -> int:
         return sum(len(spans) for spans, _ in self._items)

@@ -106,6 +106,16 @@ def health_metrics(agent: Any) -> ResourceMetrics:
                             {"busy": http.get("busy", 0), "refused_connections": http.get("refused_connections", 0),
                              **{f"reclaimed_{k}": v for k, v in (http.get("reclaimed") or {}).items()}},
                             "event", "{event}"))
+    durable = st.get("durable")
+    if durable:
+        metrics.append(_sum("helix.agent.durable.log",
+                            "Durable mode's accepted log: records written, commits (one fsync each), failed commits, "
+                            "segments deleted once the uplink spool held their spans, records fed again at start",
+                            {k: durable.get(k, 0) for k in ("records", "commits", "commit_failures",
+                                                             "segments_retired", "recovered_records")},
+                            "event", "{event}"))
+        metrics.append(_gauge("helix.agent.durable.log.bytes", "Bytes of the accepted log on disk",
+                              durable.get("bytes_on_disk", 0)))
     tasks = st.get("tasks") or {}
     if tasks.get("restarts"):
         metrics.append(_sum("helix.agent.task.restarts", "Parts of the agent restarted after they failed, by part",

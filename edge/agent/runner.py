@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uplink.client import UplinkClient
@@ -21,7 +22,8 @@ from ..net.budget import RequestBudget
 from ..aggregator import RedAggregator
 from ..sampler import TailRules, TraceSampler
 from ..sources.mqtt_sdk import MqttSdkSource
-from ..sources.otlp_common import OtlpIngest
+from ..sources.otlp_common import OtlpIngest, decode_logged
+from .accepted_log import AcceptedLog
 from .governor import MIN_INBOX, SHARES, MemoryGovernor
 from .inbox import SpanInbox
 from .supervisor import Supervisor
@@ -63,9 +65,17 @@ class Agent:
         self.assembler = Assembler(dataclasses.replace(cfg.assembler, max_bytes=max(1 << 20, cfg.memory.limit // 4)))
         self.sampler = TraceSampler(cfg.sampler.ratio, TailRules.from_config(cfg.sampler))
         self.uplink = UplinkClient(cfg.uplink, cfg.node.id)
+        # Durable mode: OTLP is answered only once the request is in this log on disk (edge/agent/accepted_log.py).
+        self.accepted: AcceptedLog | None = None
+        if cfg.otlp.durable:
+            self.accepted = AcceptedLog(Path(cfg.otlp.durable_dir) / cfg.node.id, cfg.otlp.durable_max_bytes,
+                                        cfg.otlp.durable_commit_delay)
+        self._replaying: int | None = None  # the log record being fed to the pipeline again after a restart
+        self._in_flight: list[Span] = []  # spans on their way from the sampler into the uplink queue
         # A request's spans may fill the inbox up to the bound the governor planned for it, and no further.
         self.ingest = OtlpIngest(self._admit, self.inbox.has_room, door=self.inbox,
-                                 ceiling=lambda: self.governor.planned.get("inbox", self.inbox.max_bytes))
+                                 ceiling=lambda: self.governor.planned.get("inbox", self.inbox.max_bytes),
+                                 durable=self.accepted)
         # What both OTLP receivers hold of requests not yet handed over, one bound (the governor's "receiver" part).
         self.requests = RequestBudget(1 << 20)
         self.mqtt: MqttSdkSource | None = None
@@ -94,6 +104,7 @@ class Agent:
             self.metrics_http = MetricsEndpoint(self.metrics, *cfg.metrics.listen)
         self._metrics_seq = 0
         self.supervisor: Supervisor | None = None  # made by run()
+        self._recovered = 0  # records found in the accepted log at start
 
     def govern(self, governor: MemoryGovernor) -> MemoryGovernor:
         """Put this agent's buffers under `governor`, each with its share of the headroom; returns it."""
@@ -168,7 +179,53 @@ class Agent:
             if kept:
                 # Waits while the uplink cannot keep more (spool or disk full): the inbox fills meanwhile and the
                 # receivers answer busy, so nothing is acknowledged that would then be dropped.
+                self._in_flight = kept
                 await self.uplink.put(kept)
+                self._in_flight = []
+
+    def _oldest_logged(self) -> int | None:
+        """The lowest accepted-log record any span in the pipeline came in (None: none is held)."""
+        if not self.uplink.spool.durable:
+            return 0  # batches in memory only: the log is the one copy on disk, so it keeps everything
+        oldest = self._replaying
+        for spans in (self.inbox.spans(), self._in_flight, self.assembler.held_spans(), self.uplink.held_spans()):
+            for s in spans:
+                n = s.logged
+                if n and (oldest is None or n < oldest):
+                    oldest = n
+        return oldest
+
+    async def _replay(self, log_: AcceptedLog) -> None:
+        """Feed requests logged before a crash to the pipeline again, as fast as the inbox takes them."""
+        requests = spans_in = 0
+        async for rec in log_.recovered():
+            self._replaying = rec.number
+            errors: list[str] = []
+            try:
+                spans = decode_logged(rec.kind, rec.body, errors)
+            except Exception as e:  # noqa: BLE001 - a record the receiver took decodes again; if not, say so
+                log.error("durable mode: log record %d does not decode (%s): skipped", rec.number, e)
+                continue
+            requests += 1
+            for sp in spans:
+                sp.logged = rec.number
+            while spans:
+                room, n = self.inbox.max_bytes - self.inbox.bytes, 0
+                while n < len(spans) and spans[n].approx_size() <= room:
+                    room -= spans[n].approx_size()
+                    n += 1
+                if n:
+                    self.inbox.put(spans[:n], Source.SDK_OTLP)
+                elif not self.inbox.bytes:
+                    self._admit(spans[:1], Source.SDK_OTLP)  # larger than the whole inbox: refused and counted
+                    n = 1
+                spans_in += n
+                spans = spans[n:]
+                if spans:
+                    await self.inbox.taken(0.5)
+        self._replaying = None
+        if requests:
+            log.info("durable mode: %d logged request(s), %d spans, fed to the pipeline again", requests, spans_in)
 
     def _process(self, spans: list[Span], flush: bool = False) -> list[Span]:
         """Stitch, count and sample; returns the spans to send."""
@@ -210,6 +267,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then stop taking input and flush what was accepted."""
         try:
+            if self.accepted is not None:
+                self._recovered = await self.accepted.open()  # before the doors open: a bad directory fails the start
             await self._start_ebpf()
             await self._start_receivers()
             if self.cfg.fleet.enabled:  # signed remote config: bad trusted keys fail the start
@@ -225,6 +284,13 @@ class Agent:
         # Every part runs supervised: one that fails is restarted with backoff (edge/agent/supervisor.py), so no
         # input can stop the agent; only a stop signal or a FatalError does.
         sup = self.supervisor = Supervisor()
+        if self.accepted is not None:
+            accepted = self.accepted
+            sup.start("accepted-log", lambda: accepted.run(self._oldest_logged))
+            if self._recovered:
+                self._recovered = 0
+                self._replaying = 0  # until the replay's first record: nothing is retired
+                sup.start("accepted-replay", lambda: self._replay(accepted))
         sup.start("pipeline", self._pipeline)
         sup.start("uplink", self.uplink.run)
         sup.start("status", self._report)
@@ -284,6 +350,9 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.accepted is not None:
+            # Whatever reached the spool leaves the log; what did not is fed again at the next start.
+            await self.accepted.close(self._oldest_logged() if self._replaying is None else self._replaying)
         log.info("agent stopped: %s", self.status_line())
         log.info("agent final status: %s", self.status())
 
@@ -323,6 +392,7 @@ class Agent:
                     "overflow": self.aggregator.stats.overflow},
             "governor": self.governor.status(),
             "uplink": _as_dict(self.uplink.stats),
+            "durable": None if self.accepted is None else _as_dict(self.accepted.stats),
             "tasks": {"restarts": dict(self.supervisor.stats.restarts) if self.supervisor else {},
                       "last_error": dict(self.supervisor.stats.last_error) if self.supervisor else {}},
             "fleet": None if self.fleet is None else {

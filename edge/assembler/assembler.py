@@ -21,6 +21,7 @@ import ctypes
 import time
 from array import array
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..model import Link, Resource, Span, SpanKind, StatusCode, new_span_id
@@ -618,6 +619,15 @@ class Assembler:
     def deferred(self) -> int:
         """Spans held past their window, waiting with what their trace depends on."""
         return self._deferred_n
+
+    def held_spans(self) -> Iterator[Span]:
+        """Every span held now (in its window, or deferred past it)."""
+        for e in self.held:
+            if not e.released:
+                yield e.span  # type: ignore[misc]
+        for e in self._deferred:
+            if not e.released:
+                yield e.span  # type: ignore[misc]
 
     def __len__(self) -> int:
         return len(self.held) + self._deferred_n

@@ -37,7 +37,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import h2.config
@@ -115,13 +115,14 @@ class Call:
 
 @dataclass(slots=True)
 class Method:
-    """A unary method: `handle(request, call)` returns the serialized response or raises GrpcStatus.
+    """A unary method: `handle(request, call)` returns the serialized response or raises GrpcStatus; or returns an
+    awaitable of the response (the answer is sent when it is done, other calls going on meanwhile).
 
     `ready(length)`, if given, is asked before `handle` with the request's wire length; while it says no, the
     request waits (see the module docstring), then `refused()` is called and the client gets UNAVAILABLE.
     """
 
-    handle: Callable[[bytes, Call], bytes]
+    handle: Callable[[bytes, Call], bytes | Awaitable[bytes]]
     ready: Callable[[int], bool] | None = None
     refused: Callable[[Call], None] | None = None
 
@@ -168,6 +169,7 @@ class GrpcServer:
         self._connections: dict[_Connection, None] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._later: set[asyncio.Future[None]] = set()  # answers waiting for their method (held, or they vanish)
         self.warn = RateLimitedLog(log)
 
     @property
@@ -618,6 +620,33 @@ class _Connection(asyncio.BufferedProtocol):
             log.exception("%s: method %s failed", srv.name, stream.call.method)
             self._finish(stream, Code.INTERNAL, "internal error")
             return
+        if isinstance(response, bytes):
+            self._respond(stream, response)
+            return
+        task = asyncio.ensure_future(self._answer_later(stream, response))
+        srv._later.add(task)
+        task.add_done_callback(srv._later.discard)
+
+    async def _answer_later(self, stream: _Stream, pending: Awaitable[bytes]) -> None:
+        try:
+            response = await pending
+        except GrpcStatus as e:
+            if self.streams.get(stream.id) is stream:
+                self._finish(stream, e.code, e.message)
+                self.flush()
+            return
+        except Exception:  # noqa: BLE001 - as above
+            log.exception("%s: method %s failed", self.server.name, stream.call.method)
+            if self.streams.get(stream.id) is stream:
+                self._finish(stream, Code.INTERNAL, "internal error")
+                self.flush()
+            return
+        if self.streams.get(stream.id) is stream:
+            self._respond(stream, response)
+            self.flush()
+
+    def _respond(self, stream: _Stream, response: bytes) -> None:
+        srv, stream_id = self.server, stream.id
         self.streams.pop(stream_id, None)
         headers = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-accept-encoding", _ACCEPT_ENCODING)]
         try:

@@ -1,17 +1,19 @@
 """What the OTLP/HTTP and OTLP/gRPC receivers share: turning a request into spans for the pipeline."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from ..codec.otlp_wire import encode_export_response
+from ..codec.otlp_wire import decode_export_request, encode_export_response
 from ..errors import DecodeError, OverBudget, describe
 from ..model import Source, Span
 from ..net.retry import RateLimitedLog
 
-__all__ = ["OtlpIngest", "OtlpStats", "IngestResult", "Decode", "Door"]
+__all__ = ["OtlpIngest", "OtlpStats", "IngestResult", "Decode", "Door", "DurableLog", "PROTOBUF", "JSON",
+           "decode_logged"]
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,22 @@ HasRoom = Callable[[int], bool]
 # Reads a request's spans, appending the reasons of spans it skipped; raises DecodeError on a malformed request and,
 # given a number of bytes, OverBudget as soon as the spans read take more.
 Decode = Callable[[list[str], "int | None"], list[Span]]
+
+
+PROTOBUF = 1  # kinds of logged request bodies (durable mode)
+JSON = 2
+
+
+class DurableLog(Protocol):
+    """Durable mode's log as the receivers see it (edge/agent/accepted_log.py)."""
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether a request of `nbytes` can be logged now."""
+        ...
+
+    def append(self, kind: int, body: bytes) -> tuple[int, asyncio.Future[None]]:
+        """Queue a record: its number, and a future done once it is on disk (raising if it could not be)."""
+        ...
 
 
 class Door(Protocol):
@@ -43,7 +61,7 @@ class OtlpStats:
     requests: int = 0
     spans: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {"bad_request": 0, "bad_span": 0, "oversize": 0,
-                                                              "busy": 0})
+                                                              "busy": 0, "log_full": 0})
 
 
 @dataclass(slots=True)
@@ -54,6 +72,8 @@ class IngestResult:
     error_message: str = ""
     busy: bool = False  # nothing was taken: the client should retry later
     too_large: str = ""  # nothing was taken, and never will be: why (the client must not retry)
+    # Durable mode: answer only once this is done; if it raises, the request was not logged: answer busy.
+    committed: asyncio.Future[None] | None = None
 
     def protobuf(self) -> bytes:
         """The ExportTraceServiceResponse, OTLP/protobuf."""
@@ -89,8 +109,9 @@ class OtlpIngest:
     """
 
     def __init__(self, sink: Sink, has_room: HasRoom, door: Door | None = None,
-                 ceiling: Callable[[], int] | None = None) -> None:
+                 ceiling: Callable[[], int] | None = None, durable: DurableLog | None = None) -> None:
         self.sink = sink
+        self.durable = durable
         self.has_room = has_room
         self.door = door
         self.ceiling = ceiling
@@ -107,14 +128,19 @@ class OtlpIngest:
         self.stats.dropped["busy"] += 1
         return IngestResult(busy=True)
 
-    def ingest(self, decode: Decode, wire_size: int) -> IngestResult:
+    def ingest(self, decode: Decode, wire_size: int, kind: int = PROTOBUF, body: bytes = b"") -> IngestResult:
         """Take the request's spans; rejected spans are reported through OTLP partial success.
 
-        DecodeError from `decode` is counted as a bad request and raised for the receiver to answer.
+        DecodeError from `decode` is counted as a bad request and raised for the receiver to answer. In durable mode
+        `body` (of `kind`) is logged and the result's `committed` says when it is on disk.
         """
         self.stats.requests += 1
         cap: int | None = None
         door = self.door
+        durable = self.durable
+        if durable is not None and not durable.has_room(len(body)):
+            self.stats.dropped["log_full"] += 1  # at its bound: busy until segments are retired
+            return IngestResult(busy=True)
         if not self.has_room(wire_size * _DECODED_PER_WIRE_BYTE):
             # Refused before decoding when the pipeline is full: the SDK keeps the data and retries.
             cap = door.max_bytes - door.bytes if door is not None else 0
@@ -131,15 +157,22 @@ class OtlpIngest:
         except Exception as e:  # noqa: BLE001 - whatever the body, the request is refused, never the receiver broken
             self.stats.dropped["bad_request"] += 1
             raise DecodeError(f"not an OTLP export request ({type(e).__name__})") from None
+        committed = None
+        if durable is not None and spans:
+            # Logged before the spans enter the pipeline, each stamped with the record's number, so that the log
+            # keeps the record while any of them is still held there.
+            number, committed = durable.append(kind, body)
+            for s in spans:
+                s.logged = number
         accepted = self.sink(spans, Source.SDK_OTLP) if spans else 0
         self.stats.spans += accepted
         rejected = len(errors) + (len(spans) - accepted)
         if not rejected:
-            return IngestResult()
+            return IngestResult(committed=committed)
         self.stats.dropped["bad_span"] += len(errors)
         message = errors[0] if errors else "agent queue full"
         self.warn.warning("OTLP export: rejected %d span(s): %s", rejected, message)
-        return IngestResult(rejected, message)
+        return IngestResult(rejected, message, committed=committed)
 
     def _over(self, e: OverBudget, door: Door | None) -> IngestResult:
         """A request whose spans did not fit what was free: busy, unless nothing else waited and the inbox was at
@@ -154,3 +187,12 @@ class OtlpIngest:
                f"request, e.g. OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise memory.limit")
         self.warn.warning("OTLP export: refused a request as too large: %s", describe(why, 400))
         return IngestResult(too_large=why)
+
+
+def decode_logged(kind: int, body: bytes, errors: list[str]) -> list[Span]:
+    """The spans of a request read back from durable mode's log, decoded as its receiver decoded them."""
+    if kind == JSON:
+        from ..codec.otlp import parse_request_json, spans_from_request  # the protobuf runtime, only if needed
+
+        return spans_from_request(parse_request_json(body), Source.SDK_OTLP, errors, None)
+    return decode_export_request(body, Source.SDK_OTLP, errors, None)

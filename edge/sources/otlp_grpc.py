@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from ..codec.otlp_wire import decode_export_request
 from ..errors import DecodeError, HelixError
 from ..net.budget import RequestBudget
 from ..net.grpc_server import Call, Code, GrpcServer, GrpcStatus, Method
 from ..model import Source
-from .otlp_common import OtlpIngest
+from .otlp_common import PROTOBUF, IngestResult, OtlpIngest
 
 __all__ = ["OtlpGrpcReceiver", "EXPORT_PATH"]
 
@@ -66,11 +67,11 @@ class OtlpGrpcReceiver:
         self.ingest.stats.requests += 1
         self.ingest.busy()
 
-    def export(self, data: bytes, call: Call) -> bytes:
+    def export(self, data: bytes, call: Call) -> bytes | Awaitable[bytes]:
         """Handle one export (TraceService/Export)."""
         try:
             result = self.ingest.ingest(lambda errors, cap: decode_export_request(data, Source.SDK_OTLP, errors, cap),
-                                        len(data))
+                                        len(data), PROTOBUF, data)
         except DecodeError as e:
             self.ingest.warn.warning("OTLP/gRPC: refused an undecodable request from %s: %s", call.peer, e)
             raise GrpcStatus(Code.INVALID_ARGUMENT, str(e)) from None
@@ -79,4 +80,16 @@ class OtlpGrpcReceiver:
         if result.too_large:
             # Without RetryInfo, RESOURCE_EXHAUSTED is not retryable (OTLP specification, OTLP/gRPC failures).
             raise GrpcStatus(Code.RESOURCE_EXHAUSTED, result.too_large)
+        if result.committed is not None:
+            return _after_commit(result)
         return result.protobuf()
+
+
+async def _after_commit(result: IngestResult) -> bytes:
+    """Durable mode: the answer once the request is on disk; UNAVAILABLE (retried by every exporter) if it is not."""
+    assert result.committed is not None
+    try:
+        await result.committed
+    except HelixError:
+        raise GrpcStatus(Code.UNAVAILABLE, "agent cannot log the request now (disk full?); retry later") from None
+    return result.protobuf()

@@ -10,11 +10,11 @@ import json
 import logging
 
 from ..codec.otlp_wire import decode_export_request, encode_status
-from ..errors import DecodeError
+from ..errors import DecodeError, HelixError
 from ..net.budget import RequestBudget
 from ..net.http_server import HttpServer, Request, Response
 from ..model import Source, Span
-from .otlp_common import Decode, OtlpIngest
+from .otlp_common import JSON, PROTOBUF, Decode, OtlpIngest
 
 __all__ = ["OtlpHttpReceiver"]
 
@@ -81,10 +81,15 @@ class OtlpHttpReceiver:
         body = request.body
         decode = _json_spans(body) if json_reply else _protobuf_spans(body)
         try:
-            result = self.ingest.ingest(decode, len(body))
+            result = self.ingest.ingest(decode, len(body), JSON if json_reply else PROTOBUF, body)
         except DecodeError as e:
             self.ingest.warn.warning("OTLP/HTTP: refused an undecodable request from %s: %s", request.remote, e)
             return self._status(400, str(e), json_reply)
+        if result.committed is not None:
+            try:
+                await result.committed  # durable mode: success only once the request is on disk
+            except HelixError:
+                return self._busy(json_reply)  # the spans may be in the pipeline already: a retry adds duplicates
         if result.busy:
             return self._busy(json_reply)
         if result.too_large:

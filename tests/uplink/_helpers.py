@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import zstandard
 
@@ -96,3 +101,52 @@ def expanding_batch(n: int, text: str, version: int, node_id: str = "n", seq: in
     else:
         header, raw = TABLES_HEADER.pack(SPANS_MAGIC, 3, NO_TABLES), columnar.body(spans, node_id, seq)
     return header + zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+
+
+def just_under_expansion(n: int, version: int) -> bytes:
+    """An `expanding_batch` of `n` spans with the longest shared text the decoders still let through: its spans count
+    just under the expansion bound (declared size x 24), the most a batch can take once decoded."""
+    from uplink.gateway.budget import expansion_limit
+    from uplink.wire import ExpansionExceeded, declared_size, decode_batch
+
+    def fits(length: int) -> bool:
+        data = expanding_batch(n, "t" * length, version)
+        try:
+            decode_batch(data, 64 << 20, lambda _id: None, 1 << 20, expansion_limit(declared_size(data)))
+        except ExpansionExceeded:
+            return False
+        return True
+
+    lo, hi = 16, 1 << 16
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return expanding_batch(n, "t" * lo, version)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def gateway_process(conf: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`helix gateway --config conf` as its own process, logging to `log_path`; stopped with SIGTERM (then SIGKILL)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edge", "gateway", "--config", str(conf), "--log-level", "info"],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def vm_hwm(pid: int) -> int:
+    """A process's peak resident memory (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0

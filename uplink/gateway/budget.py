@@ -10,17 +10,24 @@ What a batch declares does not bound what its spans expand to: a text in its str
 object however many spans use it, but the OTLP request copies it for every use. So the decoders also count the bytes
 the request will take and refuse a batch over `expansion_limit` of what it declares: the reservation less the copies
 the export makes of that request (the protobuf message, its serialised bytes, the transport's buffer) and room for
-the Python objects.
+the Python objects. A decoded batch whose count asks for more than was reserved (`export_cost`) reserves the
+difference before its export is built, or is refused.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 
-__all__ = ["MemoryBudget", "DECODE_FACTOR", "EXPORT_COPIES", "decode_cost", "expansion_limit"]
+__all__ = ["MemoryBudget", "DECODE_FACTOR", "EXPORT_COPIES", "decode_cost", "expansion_limit", "export_cost"]
 
 DECODE_FACTOR = 96
 EXPORT_COPIES = 4
+# Once decoded, a batch's cost follows what the decoders counted: each counted byte takes about 4.6 bytes of the
+# process while the export builds, serialises and sends the request (a batch whose spans share texts costs little
+# else), plus the decoded objects, which stay under OBJECTS_FACTOR times the declared size
+# (bench/gateway_expansion_rss.py; docs/benchmarks.md).
+EXPORT_FACTOR = 5
+OBJECTS_FACTOR = 32
 
 
 def decode_cost(declared: int) -> int:
@@ -31,6 +38,12 @@ def decode_cost(declared: int) -> int:
 def expansion_limit(declared: int) -> int:
     """Bytes the OTLP request of a batch inflating to `declared` bytes may take (counted by the decoders)."""
     return decode_cost(declared) // EXPORT_COPIES
+
+
+def export_cost(declared: int, expanded: int) -> int:
+    """Bytes a decoded batch may hold while exported, from its declared size and the bytes its decoder counted:
+    never less than `decode_cost`, reserved before decoding."""
+    return max(decode_cost(declared), declared * OBJECTS_FACTOR + expanded * EXPORT_FACTOR)
 
 
 class MemoryBudget:

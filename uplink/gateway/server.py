@@ -33,14 +33,15 @@ from typing import Any
 from edge.config import Config
 from edge.config.uplink import GatewayConfig
 from edge.errors import DecodeError
+from edge.model import MetricBatch
 from edge.net.mqtt_client import MqttError
 from edge.net.retry import Backoff, Throttle
 from edge.runtime.rss import read_rss
 
 from ..confirm import Settled
-from ..wire import NEEDS_TABLES_HEADER, ExpansionExceeded, UnknownTableSet, declared_size, decode_metrics, \
-    is_metric_batch
-from .budget import MemoryBudget, decode_cost, expansion_limit
+from ..wire import NEEDS_TABLES_HEADER, Batch, ExpansionExceeded, UnknownTableSet, declared_size, \
+    decode_metrics_counted, is_metric_batch
+from .budget import MemoryBudget, decode_cost, expansion_limit, export_cost
 from .confirmer import Confirmer
 from .dedup import SeenBatches
 from .identity import UNPROVEN, HttpAuth, Identity
@@ -95,6 +96,7 @@ class GatewayStats:
     batches_deferred: int = 0  # answered 503 while the backend was down
     batches_wrong_node: int = 0  # refused: the batch claims a node its transport does not prove
     batches_busy: int = 0  # HTTP: answered 503 because decoding would have gone over the memory budget
+    batches_reserved_more: int = 0  # decoded batches whose counted expansion reserved more before their export
     requests_unauthorized: int = 0
     mqtt_subscriptions: int = 0  # successful (re)subscriptions; more than one means the broker link was restored
     mqtt_acks: int = 0  # PUBACKs sent, each after its batch was settled
@@ -142,7 +144,8 @@ class Gateway:
         # Sized at start from what the process then holds (set_budget); until then, the whole limit.
         self.budget = MemoryBudget(cfg.memory_limit)
         self.tables = GatewayTables(cfg, MqttTableSource(cfg) if cfg.mqtt_enabled else None)
-        self.metric_stats = {"received": 0, "exported": 0, "malformed": 0, "duplicate": 0, "dropped": 0, "deferred": 0}
+        self.metric_stats = {"received": 0, "exported": 0, "malformed": 0, "expanding": 0, "duplicate": 0, "dropped": 0,
+                             "deferred": 0}
 
     # ------------------------------------------------------------------------------------------------ ingest
 
@@ -191,10 +194,42 @@ class Gateway:
         except DecodeError as e:
             self.stats.batches_malformed += 1
             return self._bad(Outcome.MALFORMED, origin, str(e))
-        n = len(batch.spans)
         wrong = self._wrong_node(batch.node_id, batch.seq, identity, origin)
         if wrong is not None:
             return wrong
+        extra, refused = await self._reserve_export(declared, batch.expanded, batch.node_id, batch.seq, origin, http)
+        if refused is not None:
+            return refused
+        try:
+            return await self._settle(batch, http, origin, identity)
+        finally:
+            self.budget.release(extra)
+
+    async def _reserve_export(self, declared: int, expanded: int, node_id: str, seq: int, origin: str,
+                              http: bool) -> tuple[int, _Result | None]:
+        """Reserve what a decoded batch's export takes beyond what its declared size reserved (from what the decoders
+        counted) before the OTLP request is built: (bytes reserved, None), or (0, the answer) when it must wait
+        (HTTP: told to come back) or can never fit (refused for good)."""
+        extra = max(0, export_cost(declared, expanded) - decode_cost(declared))
+        if not extra:
+            return 0, None
+        need = decode_cost(declared) + extra
+        if need > self.budget.total:
+            self.stats.batches_expanding += 1
+            result = self._bad(Outcome.OVERSIZED, origin, f"uplink batch seq {seq} of node {node_id[:64]!r} takes "
+                               f"{expanded} bytes once exported, {need >> 20} MiB to export: more than "
+                               f"gateway.memory_limit leaves ({self.budget.total >> 20} MiB)")
+            result.seq = seq
+            return 0, result
+        if not await self.budget.reserve(extra, _HTTP_EXPORT_BUDGET if http else None):
+            self.stats.batches_busy += 1
+            return 0, _Result(Outcome.RETRY_LATER, detail="gateway busy exporting other batches", retry_after_s=1.0)
+        self.stats.batches_reserved_more += 1
+        return extra, None
+
+    async def _settle(self, batch: Batch, http: bool, origin: str, identity: Identity) -> _Result:
+        """Deduplicate and export a decoded batch whose memory is reserved."""
+        n = len(batch.spans)
         key = (identity.key(batch.node_id), batch.seq)
         if key in self.seen:
             self.stats.batches_duplicate += 1
@@ -287,7 +322,10 @@ class Gateway:
         ms = self.metric_stats
         ms["received"] += 1
         try:
-            batch = decode_metrics(payload, declared)
+            batch, expanded = decode_metrics_counted(payload, declared, expansion_limit(declared))
+        except ExpansionExceeded as e:
+            ms["expanding"] += 1
+            return self._expanding(e, origin, identity)
         except DecodeError as e:
             ms["malformed"] += 1
             self.stats.batches_malformed += 1
@@ -295,6 +333,17 @@ class Gateway:
         wrong = self._wrong_node(batch.node_id, batch.seq, identity, origin)
         if wrong is not None:
             return wrong
+        extra, refused = await self._reserve_export(declared, expanded, batch.node_id, batch.seq, origin, http)
+        if refused is not None:
+            return refused
+        try:
+            return await self._settle_metrics(batch, origin, http, identity)
+        finally:
+            self.budget.release(extra)
+
+    async def _settle_metrics(self, batch: MetricBatch, origin: str, http: bool, identity: Identity) -> _Result:
+        """Deduplicate and export a decoded metrics batch whose memory is reserved."""
+        ms = self.metric_stats
         key = (identity.key(batch.node_id), batch.seq)
         if key in self.seen:
             ms["duplicate"] += 1

@@ -9,7 +9,8 @@ from .batch import FORMAT_VERSION, MEDIA_TYPE, READ_VERSIONS, WRITE_VERSIONS, Ba
     TableLookup, batch_table_id, decode_batch, encode_batch, read_header
 from .columnar import UnknownTableSet
 from .frame import MAX_HEADER_SIZE, METRICS_HEADER, NO_TABLES, content_size
-from .metrics import METRICS_MAGIC, METRICS_MEDIA_TYPE, decode_metrics, encode_metrics, is_metric_batch
+from .metrics import METRICS_MAGIC, METRICS_MEDIA_TYPE, decode_metrics, decode_metrics_counted, encode_metrics, \
+    is_metric_batch
 from .tables import EMPTY, NEEDS_TABLES_HEADER, TABLES_MAGIC, TABLES_MEDIA_TYPE, TableSet, TrainingLimits, \
     parse_message
 from .values import ExpansionExceeded
@@ -40,7 +41,7 @@ __all__ = [
     "METRICS_MAGIC",
     "METRICS_MEDIA_TYPE",
     "encode_metrics",
-    "decode_metrics",
+    "decode_metrics", "decode_metrics_counted",
     "is_metric_batch",
     "declared_size",
 ]

@@ -374,9 +374,13 @@ def _decode_body(body: Any, version: int, dict_id: int, max_spans: int, max_expa
         if x is not None:
             _apply_extras(span, x, r, what)
         spans.append(span)
+    expanded = 0
     if max_expanded is not None:
-        Expansion(max_expanded, node_id, seq).spans(spans)
-    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, dict_id=dict_id)
+        counter = Expansion(max_expanded, node_id, seq)
+        counter.spans(spans)
+        expanded = counter.total
+    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, dict_id=dict_id,
+                 expanded=expanded)
 
 
 def _decode_times(start_col: list[Any], end_col: list[Any], refs: list[int | None], base: int,

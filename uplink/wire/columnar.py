@@ -610,9 +610,13 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     for i, x in extras.items():
         expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
         _apply_extras(spans[i], x, trace_table, f"span {i}", checked)
+    expanded = 0
     if max_expanded is not None:
-        Expansion(max_expanded, node_id, seq).spans(spans)
-    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=VERSION, table_id=table_id)
+        counter = Expansion(max_expanded, node_id, seq)
+        counter.spans(spans)
+        expanded = counter.total
+    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=VERSION, table_id=table_id,
+                 expanded=expanded)
 
 
 _KINDS = tuple(SpanKind(k) for k in range(6))

@@ -63,6 +63,7 @@ class Batch:
     version: int = 3
     dict_id: int = 0
     table_id: bytes = NO_TABLES
+    expanded: int = 0  # bytes its spans take in their OTLP request, as the decoder counted them (0: not counted)
 
 
 def read_prefix(data: bytes, header: struct.Struct, magic: bytes, versions: tuple[int, ...],

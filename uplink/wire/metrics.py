@@ -15,8 +15,9 @@ from edge.model import (GAUGE, HISTOGRAM, SUM, AttrValue, HistogramPoint, Metric
                         Scope, SumPoint)
 
 from .frame import METRICS_HEADER, METRICS_MAGIC, compress, decompress
+from .values import Expansion
 
-__all__ = ["encode_metrics", "decode_metrics", "is_metric_batch", "METRICS_MAGIC", "METRICS_MEDIA_TYPE"]
+__all__ = ["encode_metrics", "decode_metrics", "decode_metrics_counted", "is_metric_batch", "METRICS_MAGIC", "METRICS_MEDIA_TYPE"]
 
 METRICS_MEDIA_TYPE = "application/vnd.helix.metrics"
 _VERSION = 1
@@ -36,6 +37,21 @@ def encode_metrics(batch: MetricBatch, level: int = 3) -> bytes:
 
 def decode_metrics(data: bytes, max_bytes: int = 8 * 1024 * 1024) -> MetricBatch:
     """Decode an uplink metrics frame; at most `max_bytes` are decompressed. Any problem is a DecodeError."""
+    return decode_metrics_counted(data, max_bytes)[0]
+
+
+def decode_metrics_counted(data: bytes, max_bytes: int, max_expanded: int | None = None) -> tuple[MetricBatch, int]:
+    """Decode an uplink metrics frame and count the bytes its OTLP request will take: over `max_expanded`,
+    ExpansionExceeded (a CBOR-shared text or attribute map is one object here, a copy for every use there)."""
+    batch = _decode(data, max_bytes)
+    if max_expanded is None:
+        return batch, 0
+    counter = Expansion(max_expanded, batch.node_id, batch.seq)
+    counter.metrics(batch)
+    return batch, counter.total
+
+
+def _decode(data: bytes, max_bytes: int) -> MetricBatch:
     if len(data) < _HEADER.size or not is_metric_batch(data):
         raise DecodeError("not a Helix metrics batch (expected it to start with b'HM')")
     _, version = _HEADER.unpack_from(data)

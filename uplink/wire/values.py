@@ -9,7 +9,7 @@ import struct
 from typing import Any
 
 from edge.errors import DecodeError
-from edge.model import Attributes, Source, Span
+from edge.model import HISTOGRAM, Attributes, MetricBatch, Source, Span
 
 __all__ = ["SOURCES", "MAX_DEPTH", "MAX_PLANE_WIDTH", "source_code", "expect", "array", "native", "check_native", "zigzag",
            "planes", "unplane", "unplanes", "time_parents", "ExpansionExceeded", "Expansion"]
@@ -96,6 +96,8 @@ _ITEM = 8
 _SPAN = 48
 _EVENT = 16
 _LINK = 16
+_METRIC = 16  # a metric beyond its texts: kind, temporality, monotonic, framing
+_POINT = 48  # a data point beyond its attributes and buckets: two times, the value (or count, sum, min, max), framing
 _SOURCE_ATTRIBUTE = len("helix.source") + len("sdk-mqtt") + _ITEM  # the exporter adds it to every span
 
 
@@ -185,6 +187,21 @@ class Expansion:
             if s.links:
                 for lk in s.links:
                     add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state) + attributes(lk.attributes))
+
+
+    def metrics(self, batch: MetricBatch) -> None:
+        """Count the OTLP metrics request the export builds of `batch`: every resource and scope, every metric with
+        its texts, every point with its attributes (a map shared by many points is copied into each), times and
+        buckets."""
+        add, attributes, value = self.add, self.attributes, self.value
+        for rm in batch.resources:
+            add(4 * _ITEM + _text(rm.scope.name) + _text(rm.scope.version)
+                + sum([_ITEM + _text(k) + value(v) for k, v in rm.resource.attributes]))
+            for m in rm.metrics:
+                add(_METRIC + _text(m.name) + _text(m.unit) + _text(m.description))
+                for p in m.points:
+                    buckets = len(p.bounds) + len(p.bucket_counts) if m.kind == HISTOGRAM else 0
+                    add(_POINT + 8 * buckets + attributes(p.attributes))
 
 
 def zigzag(values: list[int]) -> list[int]:

@@ -4,10 +4,7 @@ before any span is built, and memory for decoding is reserved from what its fram
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +21,8 @@ from uplink.wire import MEDIA_TYPE, encode_batch
 from uplink.wire.batch_v2 import _F_PACKED, body as batch_body
 from uplink.wire.frame import SPANS_HEADER, SPANS_MAGIC
 
-from .._helpers import as_sent, expanding_batch, until
+from .._helpers import as_sent, expanding_batch, gateway_process, until, vm_hwm
 
-ROOT = Path(__file__).resolve().parents[3]
 LIMIT_MIB = 128
 
 
@@ -42,13 +38,6 @@ def _declaring_spans(n: int) -> bytes:
     return _frame(cbor2.dumps(body))
 
 
-def _vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 @pytest.fixture
 def gateway(tmp_path: Path, otlp_peer: OtlpPeer) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     port = free_port()
@@ -56,18 +45,8 @@ def gateway(tmp_path: Path, otlp_peer: OtlpPeer) -> Iterator[tuple[subprocess.Po
     conf.write_text(f'[gateway]\nmqtt_enabled = false\nhttp_listen = "127.0.0.1:{port}"\n'
                     f'export_endpoint = "{otlp_peer.grpc_endpoint}"\nstate_dir = ""\nmemory_limit = "{LIMIT_MIB}MiB"\n')
     log_path = tmp_path / "gw.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "edge", "gateway", "--config", str(conf), "--log-level", "info"],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
+    with gateway_process(conf, log_path) as proc:
         yield proc, f"http://127.0.0.1:{port}/v1/batches", log_path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def _post(s: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, str]:
@@ -86,7 +65,7 @@ async def test_hostile_batches_keep_the_gateway_within_its_memory_limit(gateway:
                                                                        otlp_peer: OtlpPeer) -> None:
     proc, url, log_path = gateway
     await _up(proc, log_path)
-    idle = _vm_hwm(proc.pid)
+    idle = vm_hwm(proc.pid)
     # ~1 KB declaring 400,000 spans: refused before a span is built (it once took 6 s and 450 MiB).
     claim = _declaring_spans(400_000)
     # Bodies that cost the most memory per inflated byte: 150,000 empty maps (150 KB inflated, 1 KB on the wire).
@@ -112,7 +91,7 @@ async def test_hostile_batches_keep_the_gateway_within_its_memory_limit(gateway:
         answers = await asyncio.gather(*(_post(s, url, body) for body in dense))
         assert {st for st, _ in answers} <= {400, 503} and any(st == 400 for st, _ in answers)
         assert (await _post(s, url, encode_batch(spans, "n-2", 7)))[0] == 200
-    peak = _vm_hwm(proc.pid)
+    peak = vm_hwm(proc.pid)
     assert peak <= LIMIT_MIB << 20, f"gateway peak RSS {peak >> 20} MiB over its limit of {LIMIT_MIB} MiB " \
                                     f"(idle {idle >> 20} MiB)"
     assert as_sent(otlp_peer.spans()) == {s.span_id: s for s in spans}

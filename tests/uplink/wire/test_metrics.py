@@ -54,3 +54,35 @@ def test_wrong_shapes_are_decode_errors() -> None:
         decode_metrics(frame(["n" * 5000, 1, 0, 1, []]), max_bytes=100)
     with pytest.raises(DecodeError, match="version"):
         decode_metrics(b"HM\x09" + good[3:])
+
+
+def _shared_attrs_frame(points: int, text: str) -> bytes:
+    """A metrics frame whose points all share one attribute map (CBOR value sharing) holding `text`."""
+    import cbor2
+    import zstandard
+
+    attrs = {"http.route": text}
+    pts = [[attrs, i] for i in range(points)]
+    body = ["n-m", 3, 0, 1, [[{"service.name": "svc"}, "s", "v", [["requests", 0, "", "", True, pts]]]]]
+    raw = cbor2.dumps(body, value_sharing=True)
+    return b"HM\x01" + zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+
+
+def test_metric_frames_count_their_otlp_expansion_like_span_batches() -> None:
+    from uplink.gateway.budget import expansion_limit
+    from uplink.wire import ExpansionExceeded, declared_size
+    from uplink.wire.metrics import decode_metrics_counted
+
+    # 20,000 points sharing one 20 KB route: ~120 KB inflated, 400 MB as an OTLP request.
+    hostile = _shared_attrs_frame(20_000, "r" * 20_000)
+    declared = declared_size(hostile)
+    with pytest.raises(ExpansionExceeded, match="expands to more than") as info:
+        decode_metrics_counted(hostile, declared, expansion_limit(declared))
+    assert info.value.node_id == "n-m" and info.value.seq == 3
+    # An agent's real RED metrics are counted and well within the bound.
+    agg = RedAggregator()
+    agg.consume(realistic_spans(200, seed=3))
+    real = encode_metrics(MetricBatch("n", 1, 0, 1, agg.resource_metrics({"helix.node.id": "n"})))
+    declared = declared_size(real)
+    batch, expanded = decode_metrics_counted(real, declared, expansion_limit(declared))
+    assert batch.seq == 1 and 0 < expanded < 4 * declared  # 1.7x measured
