@@ -7,7 +7,7 @@ server, bench/accuracy_node.js) which record every request they handle, with its
 files. Each scenario is driven in turn, what reaches the OTLP peer is scored against the oracle
 (bench/accuracy_score.py; definitions in docs/accuracy.md). Needs root and BPF.
 
-    python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR] [--no-doc] [--fast-export]
+    python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR] [--no-doc] [--fast-export] [--payload-bytes N]
 
 --fast-export makes the SDKs export every 200 ms instead of their default 5 s (quick runs; the figures in the docs
 come from the defaults). Prints a table, writes it to the "Stitching accuracy" section of docs/benchmarks.md (full
@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,10 @@ from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.accuracy_score import OracleEntry, Score, oracle_entry, pooled, score  # noqa: E402
+from bench.accuracy_tls import make_cert, nginx_listen, tls_broker  # noqa: E402
+from bench.accuracy_wire import RID_METADATA  # noqa: E402
 from edge.codec.otlp import request_to_json, spans_from_request  # noqa: E402
-from edge.demo.broker import free_port  # noqa: E402
+from edge.demo.broker import Mosquitto, free_port  # noqa: E402
 from edge.demo.otlp_peer import OtlpPeer  # noqa: E402
 from edge.demo.stack import Stack  # noqa: E402
 from edge.demo.trees import format_trace, group_traces  # noqa: E402
@@ -97,6 +100,7 @@ class Scenario:
     pause_s: float = 0.005  # between a client's requests
     nginx_before: str | None = None  # calls to this service go through an nginx reverse proxy
     skip: str = ""  # why it cannot run on this machine (reported, not run)
+    tls: bool = False  # every HTTP hop is HTTPS, MQTT is mqtts to a TLS listener (bench/accuracy_tls.py)
 
 
 @dataclass
@@ -158,6 +162,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         *sdk_default_delay(n),
         *thread_pools(n),
         *event_loops(n),
+        *tls_and_grpc(n),
     ]
 
 
@@ -203,6 +208,22 @@ def event_loops(n: int) -> list[Scenario]:
                  requests=n),
         Scenario("10-node-eventloop", [Svc("nodeloop", node=True, calls=["db"]), Svc("db")], entry="nodeloop",
                  clients=8, requests=n, skip=node_skip),
+    ]
+
+
+def tls_and_grpc(n: int) -> list[Scenario]:
+    """The cleartext chains over TLS (11: scenario 2 with HTTPS on every hop and nginx `ssl`; 11b: scenario 3 over
+    mqtts) and through gRPC (12: SDK caller → uninstrumented grpcio server → HTTP); bench/accuracy_tls.py."""
+    def chain() -> list[Svc]:
+        return [Svc("createOrder", sdk=True, calls=["applyPromotion"]), Svc("applyPromotion", calls=["riskReview"]),
+                Svc("riskReview", sdk=True, calls=["db"]), Svc("db")]
+    return [
+        Scenario("11-tls-chain", chain(), entry="createOrder", requests=n, nginx_before="applyPromotion", tls=True),
+        Scenario("11b-tls-mqtt",
+                 [Svc("publisher", "publish", sdk=True, extra=["--count", str(n), "--topic", "acc/secure"]),
+                  Svc("subscriber", "subscribe", calls=["db"], extra=["--topic", "acc/secure"]), Svc("db")], tls=True),
+        Scenario("12-grpc-chain", [Svc("front", sdk=True, calls=["rpc"]), Svc("rpc", "grpc", calls=["db"]), Svc("db")],
+                 entry="front", clients=4, requests=n),
     ]
 
 
@@ -266,6 +287,8 @@ class Bed:
         self.nginx: subprocess.Popen[bytes] | None = None
         self.nginx_port = 0
         self._pids: list[int] = []
+        self.tls_dir = make_cert(self.work / "tls") if sc.tls else None
+        self.broker: Mosquitto | None = None  # a TLS broker of the scenario's own
 
     def oracle_path(self, svc: str) -> Path:
         return self.work / f"{svc}.oracle.jsonl"
@@ -274,6 +297,10 @@ class Bed:
         """Launch every process, then wait until each says it is ready."""
         if self.sc.nginx_before:
             self._start_nginx(self.ports[self.sc.nginx_before])
+        if self.tls_dir is not None and any(s.mode in ("publish", "subscribe") for s in self.sc.services):
+            self.broker, self.broker_port = tls_broker(self.work / "broker", self.tls_dir)
+        modes = {s.name: s.mode for s in self.sc.services}
+        scheme = "https" if self.tls_dir is not None else "http"
         for svc in reversed(self.sc.services):
             args = [sys.executable, SERVICE, "--name", svc.name, "--mode", svc.mode, "--oracle",
                     str(self.oracle_path(svc.name)), "--port", str(self.ports[svc.name]), "--broker",
@@ -281,13 +308,15 @@ class Bed:
             if svc.node:
                 args = [NODE or "node", NODE_SERVICE, "--name", svc.name, "--oracle", str(self.oracle_path(svc.name)),
                         "--port", str(self.ports[svc.name])]
+            if self.tls_dir is not None:
+                args += ["--tls", str(self.tls_dir)]
             if svc.sdk:
                 args += ["--sdk", self.agent_otlp_http if svc.otlp_http else self.agent_otlp]
                 args += ["--otlp-http"] if svc.otlp_http else []
                 args += ["--fast-export"] if self.fast_export else []
             for callee in svc.calls:
                 port = self.nginx_port if callee == self.sc.nginx_before else self.ports[callee]
-                args += ["--call", f"http://127.0.0.1:{port}/{callee}"]
+                args += ["--call", f"{'grpc' if modes[callee] == 'grpc' else scheme}://127.0.0.1:{port}/{callee}"]
             self.procs[svc.name] = _Proc(svc.name, args, self.work / f"{svc.name}.log")
         for proc in self.procs.values():
             proc.expect("ready")
@@ -296,6 +325,7 @@ class Bed:
     def _start_nginx(self, upstream: int) -> None:
         self.nginx_port = free_port()
         w = self.work
+        listen, upstream_scheme = nginx_listen(self.nginx_port, self.tls_dir)
         conf = w / "nginx.conf"
         conf.write_text(f"""user root;
 worker_processes 1;
@@ -308,8 +338,8 @@ http {{
   client_body_temp_path {w}; proxy_temp_path {w}; fastcgi_temp_path {w}; uwsgi_temp_path {w}; scgi_temp_path {w};
   upstream up {{ server 127.0.0.1:{upstream}; keepalive 8; }}
   server {{
-    listen 127.0.0.1:{self.nginx_port};
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    {listen}
+    location / {{ proxy_pass {upstream_scheme}://up; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
 """)
@@ -340,7 +370,8 @@ http {{
     def drive(self) -> None:
         """Run the scenario's load to its end (blocking)."""
         if self.sc.entry:
-            drive_http(f"http://127.0.0.1:{self.ports[self.sc.entry]}/{self.sc.entry}", self.sc)
+            scheme = "https" if self.tls_dir is not None else "http"
+            drive_http(f"{scheme}://127.0.0.1:{self.ports[self.sc.entry]}/{self.sc.entry}", self.sc, self.tls_dir)
             return
         for name in ("subscriber",):
             if name in self.procs:
@@ -371,20 +402,28 @@ http {{
                 self.nginx.wait(10)
             except subprocess.TimeoutExpired:
                 self.nginx.kill()
+        if self.broker is not None:
+            self.broker.stop()
 
 
-def drive_http(url: str, sc: Scenario) -> None:
+def drive_http(url: str, sc: Scenario, tls_dir: Path | None = None) -> None:
     """The load generator: the roots of the scenario's traces, no trace context, on keep-alive connections
-    (or a new connection per request)."""
+    (or a new connection per request); HTTPS trusting the certificate in `tls_dir` for an https URL."""
     host = url.split("/")[2]
     path = "/" + url.split("/", 3)[3]
 
+    def connect() -> http.client.HTTPConnection:
+        if url.startswith("https:") and tls_dir is not None:
+            ctx = ssl.create_default_context(cafile=str(tls_dir / "cert.pem"))
+            return http.client.HTTPSConnection(host, timeout=30, context=ctx)
+        return http.client.HTTPConnection(host, timeout=30)
+
     def worker(n: int) -> None:
-        conn = http.client.HTTPConnection(host, timeout=30)
+        conn = connect()
         for _ in range(n):
             rid = uuid.uuid4().hex[:16]
             if sc.fresh:
-                conn = http.client.HTTPConnection(host, timeout=30)
+                conn = connect()
             conn.request("GET", f"{path}?rid={rid}&trace={rid}", headers={"Connection": "close"} if sc.fresh else {})
             conn.getresponse().read()
             if sc.fresh:
@@ -441,7 +480,7 @@ def _scenario_spans(spans: list[Span], pids: set[int]) -> list[Span]:
 
 
 async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
-              log: IO[str] = sys.stderr, fast_export: bool = False) -> dict[str, Outcome]:
+              log: IO[str] = sys.stderr, fast_export: bool = False, payload_bytes: int = 0) -> dict[str, Outcome]:
     """Run the testbed; the outcome of each scenario by name (a scenario that cannot run here is left out, said)."""
     if os.geteuid() != 0:
         raise ProbeUnavailable("the testbed loads the kernel probes, which needs root", "run it as root")
@@ -470,7 +509,9 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             "accuracy", grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}",
             batch_max_age="300ms",
             more=f'[sources.ebpf]\nenabled = "auto"\npids = [{", ".join(map(str, pids))}]\n'
-                 f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\nexport_interval = "0s"\n'))
+                 f'capture_headers = ["{RID_METADATA}"]\n'
+                 + (f'payload_bytes = {payload_bytes}\n' if payload_bytes else '')
+                 + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\nexport_interval = "0s"\n'))
         agent_log = agent.log.read_text(errors="replace")
         if "kernel probes running" not in agent_log:
             why = next((ln for ln in agent_log.splitlines() if "kernel probes unavailable" in ln), agent_log[-500:])
@@ -566,7 +607,7 @@ def write_doc(command: str, scores: dict[str, Score], json_line: str, doc: Path 
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     intro = textwrap.fill(
         f"`{command}` (root) — real services (OpenTelemetry-SDK-instrumented and not; the SDKs at their defaults, "
-        "5 s batch delay), nginx, aiohttp, Node.js, mosquitto, "
+        "5 s batch delay), nginx, aiohttp, Node.js, grpcio, mosquitto, HTTPS and mqtts, "
         "`helix run` with its kernel probes and `helix gateway`, scored against each service's own oracle. "
         "Definitions, scenarios and the analysis of every miss: [accuracy.md](accuracy.md).", 110)
     body = "\n".join([
@@ -591,11 +632,13 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--fast-export", action="store_true",
                     help="SDKs export every 200 ms instead of their default 5 s (quick runs; never written to the docs)")
+    ap.add_argument("--payload-bytes", type=int, default=0, metavar="N",
+                    help="the agent's sources.ebpf.payload_bytes (default: the agent's own; never written to the docs)")
     args = ap.parse_args()
     only = tuple(n for n in args.only.split(",") if n)
     try:
         outcomes = asyncio.run(run(args.quick, only, Path(args.dump) if args.dump else None,
-                                   fast_export=args.fast_export))
+                                   fast_export=args.fast_export, payload_bytes=args.payload_bytes))
     except HelixError as e:
         raise SystemExit(f"bench/accuracy.py: {e}") from None
     scores = {k: v.score for k, v in outcomes.items()}
@@ -603,7 +646,7 @@ def main() -> None:
     line = json.dumps(result)
     print(table(scores))
     print("\n".join(goal_lines(scores)))
-    if not args.no_doc and not only and not args.fast_export:
+    if not args.no_doc and not only and not args.fast_export and not args.payload_bytes:
         write_doc("python bench/accuracy.py" + (" --quick" if args.quick else ""), scores, line)
     print(line)
 

@@ -1,7 +1,7 @@
 """Scoring stitched traces against the testbed's oracle (pure functions; definitions in docs/accuracy.md).
 
 A span speaks for oracle request R when it carries R's rid: SDK spans as the `oracle.rid` attribute, kernel
-HTTP spans in `url.query` (rid=R), kernel MQTT spans through the (direction, topic, packet id) the publisher
+HTTP spans in `url.query` (rid=R), kernel gRPC spans in the `oracle-rid` metadata, kernel MQTT spans through the (direction, topic, packet id) the publisher
 and the subscriber recorded for R. The span that *handles* R comes from the process that recorded R, in
 order of preference: an SDK span with R's rid, the kernel server span, the kernel consumer span, the kernel
 producer span (a publish that is itself a root). Figures are kept as counts so that scenarios pool exactly.
@@ -19,6 +19,7 @@ __all__ = ["Judgement", "OracleEntry", "Score", "mqtt_key", "oracle_entry", "poo
            "wire_hop_problems"]
 
 _RID = re.compile(r"(?:^|&)rid=([A-Za-z0-9_.\-]+)")
+_GRPC_RID = "rpc.grpc.request.metadata.oracle-rid"  # bench/accuracy_wire.py sends it, the agent captures it
 _MAX_DEPTH = 256  # parent chains longer than this are cut (a cycle would otherwise never end)
 
 
@@ -137,6 +138,9 @@ def rid_of(span: Span, mqtt: Mapping[str, str] | None = None) -> str | None:
     v = span.attributes.get("oracle.rid")
     if isinstance(v, str):
         return v
+    md = span.attributes.get(_GRPC_RID)  # a gRPC call: the rid travels as metadata
+    if isinstance(md, (list, tuple)) and md and isinstance(md[0], str):
+        return md[0]
     q = span.attributes.get("url.query")
     if isinstance(q, str):
         m = _RID.search(q)

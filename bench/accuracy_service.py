@@ -19,6 +19,10 @@ Modes:
   publish    after "go": --count MQTT v5 QoS 1 messages on --topic (traceparent in user properties with --sdk,
              unless --no-propagate)
   subscribe  after "go": subscribes to --topic; each delivery calls every --call URL
+  grpc       a grpcio server (h2c) whose one method calls every --call URL (bench/accuracy_wire.py)
+
+With --tls DIR the HTTP modes serve HTTPS and the MQTT modes connect over TLS with the certificate in DIR; https://
+and grpc:// --call URLs are called with `requests` and grpcio (bench/accuracy_wire.py).
 
 With --sdk ENDPOINT the service is instrumented with the OpenTelemetry Python SDK at its defaults (a
 BatchSpanProcessor exporting every 5 s, OTLP/gRPC to ENDPOINT, or OTLP/HTTP with --otlp-http; W3C propagation both
@@ -42,8 +46,11 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import accuracy_wire as wire  # run as a script: its own directory is on the path
 
 __all__ = ["main", "new_rid"]
 
@@ -138,12 +145,15 @@ class _Null:
 class Caller:
     """Downstream HTTP calls: a persistent connection per target and thread (keep-alive), unless `fresh`."""
 
-    def __init__(self, sdk: Sdk, propagate: bool, client_spans: bool = True, fresh: bool = False) -> None:
+    def __init__(self, sdk: Sdk, propagate: bool, client_spans: bool = True, fresh: bool = False,
+                 tls_dir: Path | None = None) -> None:
         self.sdk = sdk
         self.propagate = propagate
         self.client_spans = client_spans
         self.fresh = fresh
         self.local = threading.local()
+        self.https = wire.HttpsCaller(tls_dir) if tls_dir else None
+        self.grpc = wire.GrpcCaller()
 
     def call(self, url: str, rid: str, parent: str, trace: str) -> None:
         """GET url?rid=..&prid=..&trace=.. (in an SDK client span when instrumented)."""
@@ -154,6 +164,12 @@ class Caller:
             headers: dict[str, str] = {}
             if self.propagate:
                 self.sdk.inject(headers)
+            if parts.scheme == "grpc":
+                self.grpc.call(url, rid, parent, trace, headers)
+                return
+            if parts.scheme == "https" and self.https is not None:
+                self.https.get(f"{url}?rid={rid}&prid={parent}&trace={trace}", headers)
+                return
             if self.fresh:
                 conn = http.client.HTTPConnection(parts.netloc, timeout=10)
                 headers["Connection"] = "close"
@@ -264,6 +280,8 @@ def serve(args: argparse.Namespace, oracle: Oracle, sdk: Sdk, caller: Caller) ->
     else:
         srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
         srv.daemon_threads = True
+    if args.tls:
+        srv.socket = wire.server_context(args.tls).wrap_socket(srv.socket, server_side=True)
     print("ready", flush=True)
     srv.serve_forever()
 
@@ -300,6 +318,15 @@ def serve_aiohttp(args: argparse.Namespace, oracle: Oracle) -> None:
     asyncio.run(main())
 
 
+def serve_grpc(args: argparse.Namespace, oracle: Oracle, caller: Caller) -> None:
+    """An uninstrumented grpcio server: each call calls every --call URL (no context out)."""
+    def handle(rid: str, parent: str | None, trace: str, ctx: bool) -> None:
+        oracle.write(rid, parent, trace, ctx)
+        for url in args.call:
+            caller.call(url, new_rid(), rid, trace)
+    wire.serve_grpc(args.port, handle)
+
+
 def wait_go() -> None:
     """Block until the bench says go (a line on stdin)."""
     print("ready", flush=True)
@@ -323,10 +350,12 @@ def batch(args: argparse.Namespace, oracle: Oracle, sdk: Sdk) -> None:
     print("done", flush=True)
 
 
-def mqtt_client(name: str, port: int) -> Any:
-    """A connected paho MQTT v5 client with its network loop running."""
+def mqtt_client(name: str, port: int, tls_dir: Path | None = None) -> Any:
+    """A connected paho MQTT v5 client (over TLS, mqtts, with `tls_dir`)."""
     import paho.mqtt.client as mqtt
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{os.getpid()}", protocol=mqtt.MQTTv5)
+    if tls_dir is not None:
+        c.tls_set(ca_certs=str(tls_dir / "cert.pem"))
     c.connect("127.0.0.1", port)
     return c
 
@@ -336,7 +365,7 @@ def publish(args: argparse.Namespace, oracle: Oracle, sdk: Sdk) -> None:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
     wait_go()
-    c = mqtt_client(args.name, args.broker)
+    c = mqtt_client(args.name, args.broker, args.tls)
     c.loop_start()
     for _ in range(args.count):
         rid = new_rid()
@@ -360,7 +389,7 @@ def publish(args: argparse.Namespace, oracle: Oracle, sdk: Sdk) -> None:
 def subscribe(args: argparse.Namespace, oracle: Oracle, caller: Caller) -> None:
     """Each delivery is a request whose parent is the publish; its handler calls every --call URL."""
     wait_go()
-    c = mqtt_client(args.name, args.broker)
+    c = mqtt_client(args.name, args.broker, args.tls)
     subscribed = threading.Event()
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
@@ -389,7 +418,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
     ap.add_argument("--mode", default="http",
-                    choices=["http", "pool", "handoff", "workers", "aiohttp", "batch", "publish", "subscribe"])
+                    choices=["http", "pool", "handoff", "workers", "aiohttp", "batch", "publish", "subscribe", "grpc"])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--broker", type=int, default=0, help="mosquitto port")
     ap.add_argument("--topic", default="acc/orders")
@@ -399,6 +428,7 @@ def main() -> None:
     ap.add_argument("--fast-export", action="store_true", help="the SDK exports every 200 ms instead of its 5 s")
     ap.add_argument("--no-propagate", dest="propagate", action="store_false", help="instrumented, but no context out")
     ap.add_argument("--fresh", action="store_true", help="a new connection per downstream call")
+    ap.add_argument("--tls", type=Path, metavar="DIR", help="serve HTTPS / connect mqtts with DIR/cert.pem, key.pem")
     ap.add_argument("--oracle", required=True)
     ap.add_argument("--count", type=int, default=1)
     ap.add_argument("--fanout", type=int, default=100)
@@ -410,12 +440,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     oracle = Oracle(args.oracle, args.name)
     sdk = Sdk(args.sdk or None, args.name, http=args.otlp_http, fast=args.fast_export)
-    caller = Caller(sdk, args.propagate and bool(args.sdk), fresh=args.fresh)
+    caller = Caller(sdk, args.propagate and bool(args.sdk), fresh=args.fresh, tls_dir=args.tls)
     try:
         if args.mode in ("http", "pool", "handoff", "workers"):
             serve(args, oracle, sdk, caller)
         elif args.mode == "aiohttp":
             serve_aiohttp(args, oracle)
+        elif args.mode == "grpc":
+            serve_grpc(args, oracle, caller)
         elif args.mode == "batch":
             batch(args, oracle, sdk)
         elif args.mode == "publish":

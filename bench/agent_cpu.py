@@ -9,9 +9,10 @@ read around each round and until the agent is idle again (the last spans leave t
 uplink); its idle rate, measured beforehand, is taken out. At ratio 0.1 the kernel holds back nine exchanges in ten
 and counts them into its RED aggregates: the agent never sees their records.
 
-The same-run reference: decoding and building spans from synthetic HTTP records in this process (bench/span_builder.py,
-one core), before and after; agent CPU per request is also given in those records' time ("reference records", with
-the mean of the two).
+The same-run references, each taken before and after: bench/span_builder.py's fixed calibration loop (plain CPython
+work that no change to the agent moves: agent CPU per request is also given in thousands of its loops, "kloops"), and
+decoding and building spans from synthetic HTTP records in this process (which the agent's own span building
+speeds up or slows down with it; agent CPU per request is also given in those records' time, "reference records").
 The agent's idle rate and the kernel spans it accepted per request (its /metrics) are printed beside.
 
     python bench/agent_cpu.py [--requests 1000] [--rounds 2] [--rate 200] [--ratios 1.0,0.1] [--profile PATH]  (root)
@@ -35,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loopback import Workload, make_workloads, oncpu_ns, start_broker  # noqa: E402
-from span_builder import decode_and_build, http_records  # noqa: E402
+from span_builder import calibration_loops_per_s, decode_and_build, http_records  # noqa: E402
 
 from edge.demo.broker import Mosquitto, free_port  # noqa: E402
 
@@ -128,6 +129,7 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
     out: dict[str, object] = {}
     per_request: dict[str, float] = {}
     refs = [reference_us_per_record()]
+    cals = [calibration_loops_per_s()]
     try:
         for ratio in ratios:
             metrics_port = free_port()
@@ -177,6 +179,9 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
         broker.stop()
         uplink.stop()
     refs.append(reference_us_per_record())
+    cals.append(calibration_loops_per_s())
+    out["calibration_loops_per_s"] = [round(c) for c in cals]
+    loop_us = 1e6 / statistics.fmean(cals)
     print(f"reference: decode + span building {refs[0]:.1f} µs per record before, {refs[1]:.1f} after",
           file=sys.stderr)
     out["reference_us_per_record"] = [round(r, 2) for r in refs]
@@ -185,7 +190,9 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
     ref = statistics.fmean(refs)
     for key, us in per_request.items():
         out[f"{key}_in_reference_records"] = round(us / ref, 2)
-        print(f"  {key:26s} {us:8.2f} µs = {us / ref:5.2f} reference records", file=sys.stderr)
+        out[f"{key}_in_calibration_kloops"] = round(us / loop_us / 1000, 3)
+        print(f"  {key:26s} {us:8.2f} µs = {us / ref:5.2f} reference records = {us / loop_us / 1000:6.3f} "
+              "calibration kloops", file=sys.stderr)
     return out
 
 

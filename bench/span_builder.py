@@ -5,12 +5,18 @@ them), then times decode_event + SpanBuilder.feed over them.
 
     python bench/span_builder.py [--exchanges 50000] [--profile]
 
-Last line: {"records", "decode_per_s", "decode_and_build_events_per_s", "spans_per_s"}
+Same-run references: decoding alone, and a fixed calibration loop of plain CPython work (dicts, strings, ints,
+a small object per step) timed right before each of the runs; `records_per_calibration` is the median over the runs
+of decode + build records/s over the calibration's loops/s, which moves far less than either on a shared machine.
+
+Last line: {"records", "decode_per_s", "decode_and_build_events_per_s", "spans_per_s", "calibration_loops_per_s",
+"records_per_calibration", "goal_records_per_s"}
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import struct
 import sys
 import time
@@ -29,7 +35,7 @@ def record(ts: int, direction: int, payload: bytes, prev_bytes: int, prev_end: i
     """One data_event record (bpf/io.h) for a server-side connection on 127.0.0.1:8080."""
     addr = bytes([127, 0, 0, 1]) + bytes(12)
     head = _DATA.pack(EV_DATA, 4242, 4243, 7, ts, ts + 2000, 0xFFFF8880DEAD0000, len(payload), prev_bytes, prev_end,
-                      0, 0, addr, addr, 8080, 51000, 2, 2, direction, b"api-server".ljust(16, b"\0"), len(payload), 0)
+                      0, 0, addr, addr, 8080, 51000, 2, 2, direction, b"api-server".ljust(16, b"\0"), len(payload), 0, 0)
     return head + payload
 
 
@@ -43,6 +49,29 @@ def http_records(exchanges: int) -> list[bytes]:
         records.append(record(ts + 50_000, 0, RESP, len(req), ts + 2000))
         ts += 100_000
     return records
+
+
+class _Step:
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: str, value: int) -> None:
+        self.key, self.value = key, value
+
+
+def calibration_loops_per_s(loops: int = 200_000, repeat: int = 2) -> float:
+    """A fixed loop of plain CPython work, as a same-run measure of the machine's speed (best of `repeat`)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        table: dict[str, int] = {}
+        acc = 0
+        for i in range(loops):
+            key = f"k{i & 1023}"
+            step = _Step(key, i)
+            table[key] = table.get(key, 0) + step.value
+            acc ^= len(key.upper())
+        best = min(best, time.perf_counter() - t0)
+    return loops / best
 
 
 def decode_and_build(records: list[bytes]) -> tuple[int, float, float]:
@@ -92,20 +121,33 @@ def profile(records: list[bytes]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exchanges", type=int, default=50_000)
+    ap.add_argument("--runs", type=int, default=5, help="timed runs; the fastest is reported")
     ap.add_argument("--profile", action="store_true", help="also print where the time goes (cProfile), per stage")
     args = ap.parse_args()
     records = http_records(args.exchanges)
-    spans, t_decode, t_total = decode_and_build(records)
+    # Calibration and decode + build alternate, so that each ratio compares two measurements taken under the same load.
+    runs, cals, ratios = [], [], []
+    for _ in range(args.runs):
+        cals.append(calibration_loops_per_s())
+        runs.append(decode_and_build(records))
+        ratios.append(len(records) / runs[-1][2] / cals[-1])
+    spans, t_decode, t_total = min(runs, key=lambda r: r[2])  # the run least disturbed by the machine's other work
+    rate = len(records) / t_total
+    cal = max(cals)
     result = {
         "records": len(records),
         "decode_per_s": round(len(records) / t_decode),
-        "decode_and_build_events_per_s": round(len(records) / t_total),
+        "decode_and_build_events_per_s": round(rate),
         "spans_per_s": round(spans / t_total),
+        "calibration_loops_per_s": round(cal),
+        "records_per_calibration": round(statistics.median(ratios), 4),
+        "goal_records_per_s": 200_000,
     }
     if args.profile:
         profile(records)
     print(f"{len(records)} records: decode {result['decode_per_s']}/s; decode + span building "
-          f"{result['decode_and_build_events_per_s']} events/s ({spans} spans, {result['spans_per_s']} spans/s)")
+          f"{result['decode_and_build_events_per_s']} events/s ({spans} spans, {result['spans_per_s']} spans/s); "
+          f"calibration {result['calibration_loops_per_s']} loops/s, ratio {result['records_per_calibration']}")
     print(json.dumps(result))
 
 

@@ -1,6 +1,6 @@
 """Uplink bytes per span on spans real tracers emitted (bench/corpus.py) and on the generator's (bench/_workload.py):
-OTLP protobuf + zstd (the same-run reference), the shipped format 2 with its dictionary, and format 3 cold, learned
-and as a node runs it.
+OTLP protobuf + zstd (the same-run reference), the shipped format 2 with its dictionary, format 4 (the default) cold,
+learned and as a node runs it, and format 3 learned beside it.
 
 Each stream is what one node sends, in order; every encoding of a row sees the same spans cut at the same batch
 boundaries. "learned": the node learned a table set from the first --train-fraction of the stream and encodes the
@@ -38,14 +38,13 @@ from edge.codec.otlp import request_from_spans  # noqa: E402
 from edge.config.uplink import UplinkConfig  # noqa: E402
 from edge.model import Span  # noqa: E402
 from uplink.learner import LearningPolicy, TableLearner  # noqa: E402
-from uplink.wire import columnar, decode_batch, encode_batch  # noqa: E402
+from uplink.wire import FORMAT_VERSION, columnar, decode_batch, encode_batch  # noqa: E402
 from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
 
 NODE = "edge-node-01"
 MAX_BYTES = 64 * 1024 * 1024
 REAL = "real corpus"
-_SUMMED = ("otlp_zstd", "v2_dict", "v3_cold", "v3_learned", "id_floor")
-_NODE_SUMMED = ("otlp_zstd", "v3_node")
+_SUMMED = ("otlp_zstd", "v2_dict", "v3_learned", "cold", "learned", "id_floor")
 
 
 def batches(spans: Sequence[Span], size: int) -> list[Sequence[Span]]:
@@ -64,12 +63,12 @@ def shipped(bs: list[Sequence[Span]], level: int) -> int:
     return sum(len(encode_batch(b, NODE, i, level=level, created_ns=i, version=2)) for i, b in enumerate(bs))
 
 
-def v3(bs: list[Sequence[Span]], tables: TableSet, level: int) -> int:
-    """Bytes of format 3, every batch checked to decode exactly."""
+def columnar_bytes(bs: list[Sequence[Span]], tables: TableSet, level: int, version: int = FORMAT_VERSION) -> int:
+    """Bytes of a columnar format (4 or 3), every batch checked to decode exactly."""
     total = 0
     for i, b in enumerate(bs):
-        data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i)
-        assert _exact(_decode(data, tables).spans, b), "format 3 batch did not round-trip"
+        data = columnar.encode(b, NODE, i, tables, level=level, created_ns=i, version=version)
+        assert _exact(_decode(data, tables).spans, b), f"format {version} batch did not round-trip"
         total += len(data)
     return total
 
@@ -112,7 +111,7 @@ def replay(spans: Sequence[Span], size: int, policy: LearningPolicy, rate: float
     for i, b in enumerate(batches(spans, size)):
         clock.t += len(b) / rate
         tables = learner.current
-        data = encode_batch(b, NODE, i, level=policy.level, created_ns=i, version=3, tables=tables)  # as the client
+        data = encode_batch(b, NODE, i, level=policy.level, created_ns=i, tables=tables)  # as the client
         assert _exact(_decode(data, tables).spans, b)
         batch_bytes += len(data)
         learner.observe(b, len(data), tables.id)
@@ -133,19 +132,73 @@ def replay(spans: Sequence[Span], size: int, policy: LearningPolicy, rate: float
             "table_set_node_bytes": learner.bytes}
 
 
-def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int) -> dict[str, float]:
-    """Bytes per span each body field costs: the batch's size minus its size with that field left out (null),
-    compressed with the same dictionary. Fields compress together, so the parts do not add up exactly."""
+# Planes of the body: the fields each one is made of (docs/uplink-format-v3.md, "Body"). Attribute values are
+# broken down further, a column per (key, value type), in "values by key".
+PLANES = {
+    "span ids": ("span_ids",),
+    "trace ids": ("trace_ids", "trace_column"),
+    "parent ids": ("parent_column",),
+    "start times": ("base", "starts", "time_units"),
+    "durations": ("ends",),
+    "names": ("names",),
+    "kind/status/source": ("packed",),
+    "attribute keys and shapes": ("new_keys", "new_shapes", "shape_column"),
+    "attribute values": ("attribute_columns",),
+    "resources": ("new_resources", "resource_column"),
+    "scopes": ("new_scopes", "scope_column"),
+    "events": ("events",),
+    "extras": ("extras",),
+    "envelope": ("node_id", "seq", "created_ns", "n"),
+}
+_ID_FIELDS = ("span_ids", "trace_ids", "parent_column")
+
+
+def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int, top: int = 12) -> dict[str, Any]:
+    """Bytes per span each plane of the body costs after zstd (with the table set's dictionary): the batch's size
+    minus its size with that plane left out (null). Planes compress together, so the parts do not add up exactly:
+    "sum of planes" beside "total" says by how much. "values by key": the same for each attribute column (resource
+    values of new resources included), the `top` costliest keys and the rest together. "stream bound": every batch
+    body of the stream with its random ids left out, concatenated and compressed as one zstd frame at level 19,
+    plus the id floor: what an encoder that remembered everything earlier in the stream could approach."""
     zc = tables.compressor(level)
     n = sum(len(b) for b in bs)
-    cost = dict.fromkeys(columnar.BODY_FIELDS, 0)
+    fi = {name: j for j, name in enumerate(columnar.BODY_FIELDS)}
+    planes_cost = dict.fromkeys(PLANES, 0)
+    by_key: dict[str, int] = {}
+    total = header = 0
+    stripped: list[bytes] = []
     for i, b in enumerate(bs):
-        raw = columnar.body(b, NODE, i, tables, created_ns=i)
-        doc = cbor2.loads(raw)
-        full = len(zc.compress(raw))
-        for j, name in enumerate(columnar.BODY_FIELDS):
-            cost[name] += full - len(zc.compress(cbor2.dumps(doc[:j] + [None] + doc[j + 1:])))
-    return {k: round(v / n, 2) for k, v in sorted(cost.items(), key=lambda kv: -kv[1]) if v / n >= 0.05}
+        doc, cols = columnar.body_fields(b, NODE, i, tables, created_ns=i)
+        full = len(zc.compress(cbor2.dumps(doc)))
+        total += full
+        header += len(columnar.encode(b, NODE, i, tables, level=level, created_ns=i)) - full
+
+        def without(fields: Sequence[str]) -> int:
+            d = list(doc)
+            for f in fields:
+                d[fi[f]] = None
+            return len(zc.compress(cbor2.dumps(d)))
+
+        for plane, fields in PLANES.items():
+            planes_cost[plane] += full - without(fields)
+        attr = fi["attribute_columns"]
+        for j, (key, ty) in enumerate(cols):
+            d = list(doc)
+            d[attr] = doc[attr][:j] + [None] + doc[attr][j + 1:]
+            k = key if ty in (0, 1) else f"{key} ({('text', 'int', 'float', 'bool', 'bytes', 'cbor')[ty]})"
+            by_key[k] = by_key.get(k, 0) + full - len(zc.compress(cbor2.dumps(d)))
+        d = list(doc)
+        for f in _ID_FIELDS:
+            d[fi[f]] = None
+        stripped.append(cbor2.dumps(d))
+    ranked = sorted(by_key.items(), key=lambda kv: -kv[1])
+    keys = {k: round(v / n, 2) for k, v in ranked[:top]}
+    keys[f"other {max(0, len(ranked) - top)} columns"] = round(sum(v for _, v in ranked[top:]) / n, 2)
+    bound = len(zstandard.ZstdCompressor(level=19).compress(b"".join(stripped)))
+    return {"total": round((total + header) / n, 2), "header_and_frame": round(header / n, 2),
+            "planes": {k: round(v / n, 2) for k, v in sorted(planes_cost.items(), key=lambda kv: -kv[1])},
+            "sum_of_planes": round(sum(planes_cost.values()) / n, 2), "values_by_key": keys,
+            "stream_bound": round((bound + id_floor(bs)) / n, 2)}
 
 
 def best_cpu(fn: Callable[[], Any], repeat: int) -> float:
@@ -168,7 +221,7 @@ def calibration_s() -> float:
 
 
 def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int, repeat: int) -> dict[str, float]:
-    """Encode and decode CPU time per span, format 3 (learned tables) and format 2, same batches."""
+    """Encode and decode CPU time per span, format 4 (learned tables) and format 2, same batches."""
     n = sum(len(b) for b in bs)
     enc = [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)]
     old = [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)]
@@ -182,7 +235,7 @@ def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int,
 
 
 def levels(bs: list[Sequence[Span]], tables: TableSet, repeat: int) -> dict[str, dict[str, float]]:
-    """Bytes per span and zstd CPU per span of format 3 at each zstd level (the body encoded once)."""
+    """Bytes per span and zstd CPU per span of format 4 at each zstd level (the body encoded once)."""
     n = sum(len(b) for b in bs)
     raws = [columnar.body(b, NODE, i, tables, created_ns=i) for i, b in enumerate(bs)]
     out = {}
@@ -263,7 +316,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per speed figure (the least CPU time counts)")
     ap.add_argument("--breakdown", action="store_true", help="also what each body field costs (learned)")
     ap.add_argument("--policies", action="store_true", help="also the node figure under other learning policies")
-    ap.add_argument("--levels", action="store_true", help="also format 3 at zstd levels 1, 3, 6, 9 and 19")
+    ap.add_argument("--levels", action="store_true", help="also format 4 at zstd levels 1, 3, 6, 9 and 19")
     args = ap.parse_args()
     sizes = [int(x) for x in args.batches.split(",")]
     cfg = UplinkConfig()
@@ -294,13 +347,14 @@ def main() -> None:
             fig: dict[str, Any] = {
                 "otlp_zstd": otlp_zstd(test_b, args.level) / n_test,
                 "v2_dict": shipped(test_b, args.level) / n_test,
-                "v3_cold": v3(test_b, EMPTY, args.level) / n_test,
-                "v3_learned": v3(test_b, tables, args.level) / n_test,
+                "v3_learned": columnar_bytes(test_b, tables, args.level, version=3) / n_test,
+                "cold": columnar_bytes(test_b, EMPTY, args.level) / n_test,
+                "learned": columnar_bytes(test_b, tables, args.level) / n_test,
                 "id_floor": id_floor(test_b) / n_test,
             }
             fig = {k2: round(v, 2) for k2, v in fig.items()}
-            fig["ratio_learned_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_learned"], 2)
-            fig["ratio_cold_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["v3_cold"], 2)
+            fig["ratio_learned_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["learned"], 2)
+            fig["ratio_cold_vs_otlp_zstd"] = round(fig["otlp_zstd"] / fig["cold"], 2)
             node = replay(spans, size, policy, args.rate, sample_bytes)
             node["otlp_zstd"] = round(otlp_zstd(all_b, args.level) / n_all, 2)
             node["ratio_vs_otlp_zstd"] = round(node["otlp_zstd"] / node["bytes_per_span"], 2)
@@ -318,8 +372,13 @@ def main() -> None:
                 t = totals[size]
                 for key in _SUMMED:
                     t[key] = t.get(key, 0.0) + fig[key] * n_test
+                if args.breakdown:
+                    bd = fig["breakdown"]
+                    for key in ("total", "stream_bound", *(f"plane {p}" for p in bd["planes"])):
+                        v = bd[key] if key in bd else bd["planes"][key[6:]]
+                        t[key] = t.get(key, 0.0) + v * n_test
                 t["spans"] = t.get("spans", 0) + n_test
-                t["node_v3"] = t.get("node_v3", 0.0) + node["bytes_per_span"] * n_all
+                t["node_bytes"] = t.get("node_bytes", 0.0) + node["bytes_per_span"] * n_all
                 t["node_otlp"] = t.get("node_otlp", 0.0) + node["otlp_zstd"] * n_all
                 t["node_batches"] = t.get("node_batches", 0.0) + node["batches_bytes_per_span"] * n_all
                 t["node_sets"] = t.get("node_sets", 0) + node["table_set_bytes"]
@@ -331,20 +390,31 @@ def main() -> None:
     for size in sizes:
         t = totals[size]
         agg: dict[str, Any] = {key: round(t[key] / t["spans"], 2) for key in _SUMMED}
-        agg["ratio_learned_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["v3_learned"], 2)
+        agg["ratio_learned_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["learned"], 2)
         agg["spans"] = int(t["spans"])
-        agg["node"] = {"bytes_per_span": round(t["node_v3"] / t["node_spans"], 2),
+        agg["node"] = {"bytes_per_span": round(t["node_bytes"] / t["node_spans"], 2),
                        "batches_bytes_per_span": round(t["node_batches"] / t["node_spans"], 2),
                        "table_set_bytes": int(t["node_sets"]),
                        "otlp_zstd": round(t["node_otlp"] / t["node_spans"], 2), "spans": int(t["node_spans"])}
         agg["node"]["ratio_vs_otlp_zstd"] = round(agg["node"]["otlp_zstd"] / agg["node"]["bytes_per_span"], 2)
+        if args.breakdown:
+            agg["breakdown"] = {"total": round(t["total"] / t["spans"], 2),
+                                "stream_bound": round(t["stream_bound"] / t["spans"], 2),
+                                "planes": {k[6:]: round(v / t["spans"], 2) for k, v in
+                                           sorted(t.items(), key=lambda kv: -kv[1]) if k.startswith("plane ")}}
+            agg["stream_bound_ratio_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["breakdown"]["stream_bound"], 2)
         result["streams"][REAL][f"batch_{size}"] = agg
         print(f"{REAL}, batches of {size}: evaluation spans OTLP+zstd {agg['otlp_zstd']}, v2+dict {agg['v2_dict']}, "
-              f"v3 cold {agg['v3_cold']}, v3 learned {agg['v3_learned']} B/span "
+              f"format 4 cold {agg['cold']}, learned {agg['learned']} B/span (format 3 learned {agg['v3_learned']}) "
               f"({agg['ratio_learned_vs_otlp_zstd']}x better than OTLP+zstd; id floor {agg['id_floor']}); "
               f"whole streams as a node sends them {agg['node']['bytes_per_span']} against {agg['node']['otlp_zstd']} "
               f"({agg['node']['ratio_vs_otlp_zstd']}x; {agg['node']['batches_bytes_per_span']} without the "
               f"{agg['node']['table_set_bytes']} B of table-set messages)")
+        if args.breakdown:
+            bd = agg["breakdown"]
+            print(f"{REAL}, batches of {size}, learned, bytes/span by plane: "
+                  + ", ".join(f"{k} {v}" for k, v in bd["planes"].items())
+                  + f"; stream bound {bd['stream_bound']} ({agg['stream_bound_ratio_vs_otlp_zstd']}x OTLP+zstd)")
     if args.policies:
         shifted = shifted_stream(streams, 33_000)
         result["shifted"] = {}
@@ -364,13 +434,14 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
         print(f"   table set: message {m['message_bytes']} B, node holds {m['node_bytes']} B "
               f"(zstd compressor {m['compressor_bytes']} B), a gateway {m['gateway_bytes']} B "
               f"(zstd {m['decompressor_bytes']} B)")
-    print(f"   {'batch':>5} | {'OTLP+zstd':>9} {'v2+dict':>8} {'v3 cold':>8} {'learned':>8} {'ratio':>6} "
+    print(f"   {'batch':>5} | {'OTLP+zstd':>9} {'v2+dict':>8} {'v3 lrnd':>8} {'cold':>8} {'learned':>8} {'ratio':>6} "
           f"{'id floor':>8} | {'node':>6} {'OTLP':>6} {'ratio':>6} {'sets':>4} | {'enc us':>7} {'v2':>6} "
           f"{'dec/s':>8} {'v2':>7}")
     for size in sizes:
         f = row[f"batch_{size}"]
         nd, sp = f["node"], f["speed"]
-        print(f"   {size:>5} | {f['otlp_zstd']:>9} {f['v2_dict']:>8} {f['v3_cold']:>8} {f['v3_learned']:>8} "
+        print(f"   {size:>5} | {f['otlp_zstd']:>9} {f['v2_dict']:>8} {f['v3_learned']:>8} {f['cold']:>8} "
+              f"{f['learned']:>8} "
               f"{f['ratio_learned_vs_otlp_zstd']:>5}x {f['id_floor']:>8} | {nd['bytes_per_span']:>6} "
               f"{nd['otlp_zstd']:>6} {nd['ratio_vs_otlp_zstd']:>5}x {nd['adopted']:>4} | "
               f"{sp['encode_us_per_span']:>7} {sp['v2_encode_us_per_span']:>6} {sp['decode_spans_per_s']:>8} "
@@ -378,7 +449,12 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
     for size in sizes:
         f = row[f"batch_{size}"]
         if "breakdown" in f:
-            print(f"   {size:>5}: bytes/span by body field: " + ", ".join(f"{k} {v}" for k, v in f["breakdown"].items()))
+            bd = f["breakdown"]
+            print(f"   {size:>5}: bytes/span by plane (total {bd['total']}, of which header and zstd frame "
+                  f"{bd['header_and_frame']}; planes sum to {bd['sum_of_planes']}; stream bound {bd['stream_bound']}): "
+                  + ", ".join(f"{k} {v}" for k, v in bd["planes"].items()))
+            print(f"   {size:>5}: attribute values by key: "
+                  + ", ".join(f"{k} {v}" for k, v in bd["values_by_key"].items()))
         if "levels" in f:
             print(f"   {size:>5}: zstd levels: " + ", ".join(f"{k[6:]}: {v['bytes_per_span']} B "
                                                           f"+{v['zstd_us_per_span']} us" for k, v in f["levels"].items()))

@@ -254,9 +254,12 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 	} else {
 		struct inflight fresh = { .sc = in };
 
-		if (bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY))
+		if (bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY)) {
 			count_drop(HELIX_DROP_STATE_FULL);
+			return 0;
+		}
 	}
+	id_bit_set(&busy_tids, tid, true);
 	return 0;
 }
 
@@ -535,10 +538,14 @@ static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct inflight *p = bpf_map_lookup_elem(&inflight, &tid);
+	struct inflight *p;
 	struct sys_call in;
 	__u64 now;
 
+	if (!id_bit(&busy_tids, tid))
+		return 0; /* nothing stored at sys_enter: every syscall of an untraced process ends here */
+	id_bit_set(&busy_tids, tid, false);
+	p = bpf_map_lookup_elem(&inflight, &tid);
 	if (!p || !p->sc.kind)
 		return 0;
 	in = p->sc;

@@ -56,6 +56,30 @@ struct {
 	__type(value, __u8);
 } allowed_pids SEC(".maps");
 
+/* The same allow-list as a bitmap by tgid (bit tgid % 64 of word tgid / 64), which every program checks first: an
+ * array lookup the verifier inlines, where a hash lookup is a helper call that costs about as much as the whole early
+ * exit should. The loader sizes it to the machine's pid_max before loading (HELIX_PID_WORDS words by default, pids up
+ * to 32767); a tgid beyond it is looked up in `allowed_pids`. */
+#define HELIX_PID_WORDS 512
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HELIX_PID_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} allowed_bits SEC(".maps");
+
+/* Per thread (bit tid % 64 of word tid / 64): its `inflight` slot holds a syscall between sys_enter and sys_exit. Every
+ * sys_exit of every process tests it before it looks the slot up, so a syscall that stored nothing (untraced
+ * processes, traced ones' pipes and ttys) costs one inlined array lookup at its exit. Set by sys_enter, cleared by
+ * sys_exit and at thread exit. Sized like allowed_bits; a tid beyond it goes to `inflight` directly. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HELIX_PID_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} busy_tids SEC(".maps");
+
 /* cgroup v2 id -> 1 when HELIX_FILTER_CGROUPS is set. 1024 x ~60 B. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -168,8 +192,13 @@ static __always_inline bool traced(__u32 tgid)
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return false;
-	if ((cfg->flags & HELIX_FILTER_PIDS) && !bpf_map_lookup_elem(&allowed_pids, &tgid))
-		return false;
+	if (cfg->flags & HELIX_FILTER_PIDS) {
+		__u32 word = tgid / 64;
+		__u64 *bits = bpf_map_lookup_elem(&allowed_bits, &word);
+
+		if (bits ? !(*bits & (1ULL << (tgid % 64))) : !bpf_map_lookup_elem(&allowed_pids, &tgid))
+			return false;
+	}
 	if (cfg->flags & HELIX_FILTER_CGROUPS) {
 		__u64 cg = bpf_get_current_cgroup_id();
 
@@ -177,6 +206,29 @@ static __always_inline bool traced(__u32 tgid)
 			return false;
 	}
 	return true;
+}
+
+/* A bitmap by pid or tid (busy_tids): whether id's bit is set; true when id is beyond the bitmap (the
+ * caller then asks the map the bitmap stands in front of). */
+static __always_inline bool id_bit(void *bitmap, __u32 id)
+{
+	__u32 word = id / 64;
+	__u64 *bits = bpf_map_lookup_elem(bitmap, &word);
+
+	return !bits || (*bits & (1ULL << (id % 64)));
+}
+
+/* Set or clear id's bit. Only the thread id itself calls this for its bit, so an atomic add of the bit when it is
+ * clear (or of its negation when it is set) leaves the word's other bits intact; 5.10 has no atomic or/and. */
+static __always_inline void id_bit_set(void *bitmap, __u32 id, bool on)
+{
+	__u32 word = id / 64;
+	__u64 *bits = bpf_map_lookup_elem(bitmap, &word);
+	__u64 bit = 1ULL << (id % 64);
+
+	if (!bits || !(*bits & bit) == !on)
+		return;
+	__sync_fetch_and_add(bits, on ? bit : -bit);
 }
 
 /* The live sampling threshold (0: keep everything). */

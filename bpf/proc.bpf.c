@@ -196,6 +196,7 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 
 	bpf_map_delete_elem(&offcpu, &tid);
 	bpf_map_delete_elem(&inflight, &tid);
+	id_bit_set(&busy_tids, tid, false); /* runs in the exiting thread: the bits' owner */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !traced(pid))
 		return 0;
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);

@@ -91,7 +91,7 @@ struct sample_work {
 	__s32 host_len;
 	__s32 mlen;     /* bytes of the request method */
 	__u32 server;   /* the request was read by a server (else written by a client) */
-	__u32 _pad;
+	__u32 pos;      /* where the HTTP head scan goes on */
 	struct red_pending pend;
 	struct helix_red_val zero; /* never written: what a new series starts from */
 };
@@ -178,38 +178,82 @@ struct scan_ctx {
 	struct sample_work *w;
 };
 
-/* One byte of an HTTP request head: where the traceparent, tracestate `rv`, Host and the head's end are. */
-static long scan_http_byte(__u64 idx, void *data)
+/* The high bit of each byte of x that is c (bytes above the first such byte may be flagged wrongly: only the lowest
+ * flag is exact, and it is the only one used). */
+static __always_inline __u64 byte_flags(__u64 x, __u8 c)
+{
+	__u64 v = x ^ (0x0101010101010101ULL * c);
+
+	return (v - 0x0101010101010101ULL) & ~v & 0x8080808080808080ULL;
+}
+
+/* The head's byte at j when it is a line's '\n' or the ':' of an `rv:` (whose 'r' is at j - 2): where the traceparent,
+ * tracestate `rv`, Host and the head's end are. A byte-by-byte walk over i = 1.. would look at i for both; here a '\n'
+ * is taken at i = j and an `rv:` at i = j - 2, which visits them in the walk's order wherever the order matters (a
+ * line end cannot sit inside an `rv:`), within the same bounds (i + 3 <= len, i <= SCAN_MAX - 16). Returns 1 at the
+ * head's end. */
+static __always_inline long http_head_byte(struct scan_ctx *c, struct sample_work *w, const __u8 *p, __u32 j)
+{
+	__u8 a;
+
+	/* Indexes below j are masked although the checks before them bound them: older verifiers (6.1) lose the
+	 * lower bound of j when the compiler tests a copy of it, and refuse p[j - 1] as unbounded. */
+	if (p[j] == ':') {
+		__u32 i = (j - 2) & (SCAN_MAX - 1);
+
+		if (j >= 3 && i + 3 <= c->len && i <= SCAN_MAX - 16 && p[i] == 'r' && p[i + 1] == 'v' &&
+		    (p[(i - 1) & (SCAN_MAX - 1)] == '=' || p[(i - 1) & (SCAN_MAX - 1)] == ';'))
+			w->ts_rv = i + 3;
+		return 0;
+	}
+	if (j < 1 || j + 3 > c->len || j > SCAN_MAX - 16)
+		return 0;
+	if (p[(j - 1) & (SCAN_MAX - 1)] == '\r' && p[j + 1] == '\r' && p[j + 2] == '\n') {
+		w->head_end = j + 3;
+		return 1;
+	}
+	a = lower(p[j + 1]);
+	if (a == 't' && MATCH_CI(p + j + 1, "traceparent:")) {
+		if (w->tp < 0)
+			w->tp = j + 13;
+	} else if (a == 'h' && MATCH_CI(p + j + 1, "host:")) {
+		w->host = j + 6;
+	} else if ((a == 'b' && MATCH_CI(p + j + 1, "b3:")) || (a == 'x' && MATCH_CI(p + j + 1, "x-b3-")) ||
+		   (a == 'u' && MATCH_CI(p + j + 1, "uber-trace-id:"))) {
+		w->other = 1;
+	}
+	return 0;
+}
+
+/* One step of the head scan from w->pos: the eight bytes there are tested as a word for a '\n' or a ':'; without one
+ * the scan moves on by eight, else the first such byte goes through http_head_byte and the scan resumes after it.
+ * Most of a head is neither, so a step costs a load and a few word operations, and the callback keeps one copy of
+ * the byte rules (each copy multiplies what the verifier walks). The position lives in map memory, as the scans'
+ * findings do (see the top of this file). */
+static long scan_http_step(__u64 idx, void *data)
 {
 	struct scan_ctx *c = data;
 	struct sample_work *w = c->w;
 	const __u8 *p = c->p;
-	__u32 i = (idx & (SCAN_MAX - 1)) + 1;
-	__u8 a;
+	__u32 pos = LOADV(w->pos);
+	__u64 x, m;
+	__u32 j;
 
-	if (i + 3 > c->len)
-		return 1;
-	if (p[i] == 'r' && p[i + 1] == 'v' && p[i + 2] == ':' && (p[i - 1] == '=' || p[i - 1] == ';')) {
-		w->ts_rv = i + 3;
+	if (pos >= c->len || pos >= SCAN_MAX)
+		return 1; /* no byte from here on can be a candidate (a ':' needs j + 1 <= len) */
+	pos &= SCAN_MAX - 1;
+	/* one 8-byte load, at any alignment: the verifier allows it on map values where the CPU does (x86_64, arm64) */
+	x = *(const __u64 *)(p + pos);
+	m = byte_flags(x, '\n') | byte_flags(x, ':');
+	if (!m) {
+		w->pos = pos + 8;
 		return 0;
 	}
-	if (p[i] != '\n')
-		return 0;
-	if (p[i - 1] == '\r' && p[i + 1] == '\r' && p[i + 2] == '\n') {
-		w->head_end = i + 3;
-		return 1;
-	}
-	a = lower(p[i + 1]);
-	if (a == 't' && MATCH_CI(p + i + 1, "traceparent:")) {
-		if (w->tp < 0)
-			w->tp = i + 13;
-	} else if (a == 'h' && MATCH_CI(p + i + 1, "host:")) {
-		w->host = i + 6;
-	} else if ((a == 'b' && MATCH_CI(p + i + 1, "b3:")) || (a == 'x' && MATCH_CI(p + i + 1, "x-b3-")) ||
-		   (a == 'u' && MATCH_CI(p + i + 1, "uber-trace-id:"))) {
-		w->other = 1;
-	}
-	return 0;
+	/* the lowest flag is the first such byte in memory (little-endian; the probes run on x86_64 and arm64) */
+	m = (m & -m) >> 7; /* 1 << (8 * b) */
+	j = pos + 7 - (__u32)((0x0706050403020100ULL * m) >> 56);
+	w->pos = j + 1;
+	return http_head_byte(c, w, p, j & (SCAN_MAX - 1));
 }
 
 /* One byte of an MQTT PUBLISH: a `traceparent` user property (name and value lengths included in the match),
@@ -244,11 +288,12 @@ static __always_inline void scan(struct data_event *ev, struct sample_work *w, b
 	w->host = -1;
 	w->head_end = -1;
 	w->other = 0;
+	w->pos = 0;
 #ifndef HELIX_NO_BPF_LOOP
 	if (mqtt)
 		bpf_loop(SCAN_MAX - 16, scan_mqtt_byte, &c, 0);
 	else
-		bpf_loop(SCAN_MAX - 16, scan_http_byte, &c, 0);
+		bpf_loop(SCAN_MAX, scan_http_step, &c, 0);
 #else
 	(void)c;
 	(void)mqtt;

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
              "127.0.0.1:4318 (HTTP), subscribes to SDK span topics (helix/sdk/+/spans), loads the kernel\n"
              "probes where the kernel allows (otherwise it runs on SDK spans alone and says why), and sends\n"
              "batches to the uplink. On stop it flushes everything it accepted.\n\n"
-             "Batches are uplink format 3 by default (uplink.format): the node learns table sets from its own\n"
+             "Batches are uplink format 4 by default (uplink.format): the node learns table sets from its own\n"
              "recent spans every uplink.learn_interval (10m), adopts one only when it saves more than its\n"
              "message, and publishes it retained on uplink.tables_topic (helix/uplink-tables/<node>/<id>) or,\n"
              "over HTTP, to the gateway before the first batch naming it.")

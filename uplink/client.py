@@ -35,7 +35,7 @@ from .learner import Candidate, LearningPolicy, TableLearner
 from .spool import DiskSpool, MemorySpool, SpoolEntry, SpoolFull
 from .table_publisher import TablePublisher
 from .transports import SendError, Transport, make_transport
-from .wire import EMPTY, NO_TABLES, encode_batch, encode_metrics
+from .wire import EMPTY, NO_TABLES, TABLE_VERSIONS, encode_batch, encode_metrics
 
 __all__ = ["UplinkClient", "UplinkStats"]
 
@@ -331,7 +331,8 @@ class UplinkClient:
         while await self._batch_due():
             spans = self._take_batch()
             version = self.cfg.format
-            tables = self.learner.current if version == 3 else EMPTY
+            learns = version in TABLE_VERSIONS
+            tables = self.learner.current if learns else EMPTY
             try:
                 seq = await self._spool_call(self.spool.next_seq)
                 payload = encode_batch(spans, self.node_id, seq, level=self.cfg.zstd_level, version=version,
@@ -352,7 +353,7 @@ class UplinkClient:
                 self.stats.batches_spooled += 1
                 self._queue_for_sending(stored)
                 self._spooled.set()
-                if version == 3:
+                if learns:
                     self._observe(spans, len(payload), tables.id)
             else:
                 self.stats.dropped_spool_error += len(spans)

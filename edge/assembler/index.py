@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..model import Resource, Source, Span, SpanKind
 
 __all__ = ["SpanIndex", "Entry", "Released", "TraceCtx", "conn_key", "is_kernel", "has_wire_context", "pid_of",
-           "tid_of", "WAIT_TWIN", "WAIT_ORPHAN"]
+           "tid_of", "WAIT_TWIN", "WAIT_ORPHAN", "STREAM_ID"]
 
 ConnKey = tuple[str, int, str, int]  # (local addr, local port, peer addr, peer port)
 TraceCtx = tuple[bytes, str, int]  # trace id, trace state, trace flags
@@ -54,8 +54,9 @@ def conn_key(span: Span) -> ConnKey | None:
     return None
 
 
+STREAM_ID = "helix.http2.stream_id"  # an HTTP/2 stream's id: the same on both ends of the connection
 # What the rules and the assembler read from a span after it has left (see Released).
-_KEPT_ATTRIBUTES = ("helix.context_from", "messaging.destination.name", "helix.clock.adjusted_ns")
+_KEPT_ATTRIBUTES = ("helix.context_from", "messaging.destination.name", "helix.clock.adjusted_ns", STREAM_ID)
 _NO_ATTRIBUTES: dict[str, object] = {}  # shared by every Released without kept attributes; never written to
 
 

@@ -6,7 +6,8 @@ knows its own structure). In order of preference:
 - wire: the kernel span carries context read off the wire; its parent is that remote span — or, for a server
   span, the kernel client span on the other end of the same connection when one carries the same context;
 - connection: a kernel server span is the child of the kernel client span on the other end of its connection
-  (5-tuple mirrored) whose time contains it — causality across processes on the node;
+  (5-tuple mirrored) whose time contains it — causality across processes on the node; on an HTTP/2 connection,
+  which multiplexes concurrent calls, only the client span of the same stream id;
 - sdk-process: a kernel client span inside the innermost SDK span of the same process (of the same request, when
   the request that made the call is known and its trace is);
 - cause: a kernel client span is the child of the server span of the request the span builder found it was made
@@ -28,7 +29,7 @@ knows its own structure). In order of preference:
 from __future__ import annotations
 
 from ..model import Resource, SpanKind
-from .index import Entry, SpanIndex, conn_key, is_kernel, pid_of, tid_of
+from .index import STREAM_ID, Entry, SpanIndex, conn_key, is_kernel, pid_of, tid_of
 
 __all__ = ["infer_parent", "kernel_twin", "Slack", "CERTAIN", "CAUSE"]
 
@@ -62,16 +63,28 @@ def _innermost(candidates: list[Entry], inner: Entry) -> list[Entry]:
     return hits
 
 
+def _same_stream(candidates: list[Entry], e: Entry) -> list[Entry]:
+    """Client spans of the connection that can be the other end of `e`: on HTTP/2, those of its stream id."""
+    sid = e.span.attributes.get(STREAM_ID)
+    if not isinstance(sid, int):
+        return candidates
+    return [c for c in candidates if c.span.attributes.get(STREAM_ID) == sid]
+
+
 def _wire_twin(index: SpanIndex, e: Entry) -> Entry | None:
     """For a kernel server span with wire context: the kernel client span of the same request, other side."""
     key = conn_key(e.span)
     if key is None:
         return None
     mirrored = (key[2], key[3], key[0], key[1])
-    for c in _innermost(index.clients_by_conn.get(mirrored, []), e):
-        if c.span.parent_span_id == e.span.parent_span_id and c.span.trace_id == e.span.trace_id:
-            return c
-    return None
+    # Same context first (one span of a keep-alive connection's many, where traces differ), then, on HTTP/2, the same
+    # stream, then the containers: the tightest of those is the one the sort over all containers would have found
+    # first.
+    parent, trace = e.span.parent_span_id, e.span.trace_id
+    same = [c for c in _same_stream(index.clients_by_conn.get(mirrored, []), e)
+            if c.span.parent_span_id == parent and c.span.trace_id == trace]
+    hits = _innermost(same, e) if same else same
+    return hits[0] if hits else None
 
 
 def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resource]],
@@ -161,7 +174,7 @@ def _by_connection(index: SpanIndex, e: Entry) -> tuple[Entry | None, str, float
     key = conn_key(e.span)
     if key is not None:
         mirrored = (key[2], key[3], key[0], key[1])
-        hits = _innermost(index.clients_by_conn.get(mirrored, []), e)
+        hits = _innermost(_same_stream(index.clients_by_conn.get(mirrored, []), e), e)
         if hits:
             return hits[0], "connection", 1.0
     return None, "", 1.0

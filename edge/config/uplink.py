@@ -75,10 +75,12 @@ class UplinkConfig(MqttConnection):
     spool_max_bytes: int = setting(64 * 1024 * 1024, size(64 * 1024, 1024**4))
     # Batches per second at most, so a spool backlog does not storm the gateway; 0 = no limit.
     drain_rate: float = setting(20.0, number(0.0, 100_000.0))
-    # Batch format version: 3 (columnar, with tables learned from the node's own spans) or 2 (the shipped dictionary).
-    format: int = setting(3, whole(2, 3))
-    # Format 3: how often a new table set is learned from the recent spans (0: never, batches carry all they need);
-    # sooner when the bytes per span grow. A set is published only when it saves more than its message costs.
+    # Batch format version: 4 (columnar, with tables learned from the node's own spans; hex, UUID, decimal, IPv4 texts
+    # in binary form), 3 (the same for gateways older than format 4) or 2 (the shipped dictionary).
+    format: int = setting(4, whole(2, 4))
+    # Formats 3 and 4: how often a new table set is learned from the recent spans (0: never, batches carry all
+    # they need); sooner when the bytes per span grow. A set is published only when it saves more than its message
+    # costs.
     learn_interval: float = setting(600.0, duration(0.0, 7 * 86400.0))
     learn_after: int = setting(256, whole(16, 1_000_000))  # spans seen before the first table set is learned
     learn_memory: int = setting(1024 * 1024, size(64 * 1024, 1024**3))  # recent spans kept to learn from

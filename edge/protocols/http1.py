@@ -36,6 +36,11 @@ _VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
 _TARGET = re.compile(rb"^[\x21-\x7e\x80-\xff]+$")
 _STATUS_LINE = re.compile(rb"^HTTP/(1\.[01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?$")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+# Whole heads of CRLF lines with no folding, the shape nearly every client and server writes: request or status line
+# (groups 1-3) and the header lines, each after its CRLF (group 4). The classes are _TOKEN's, _VALUE's and _TARGET's.
+_HEADER_LINES = rb"((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)\r\n\r\n"
+_REQUEST_HEAD = re.compile(rb"([A-Z]+) ([\x21-\x7e\x80-\xff]+) HTTP/(1\.[01])" + _HEADER_LINES)
+_RESPONSE_HEAD = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?" + _HEADER_LINES)
 
 
 @dataclass(slots=True)
@@ -261,10 +266,31 @@ def _is_chunked(headers: dict[str, str]) -> bool:
     return te.split(",")[-1].strip().lower() == "chunked"
 
 
+def _fast_headers(block: bytes) -> dict[str, str]:
+    """The headers of a block the head patterns below matched (so every line is a valid, unfolded header)."""
+    headers: dict[str, str] = {}
+    for line in block.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        key = name.lower()
+        if key not in headers:
+            headers[key] = value.strip(" \t")
+    return headers
+
+
 def _request_at(data: bytes, start: int) -> HttpRequest | None:
     sp = data.find(b" ", start, start + _MAX_METHOD + 1)
     if sp <= start or data[start:sp] not in _METHODS_B:
         return None
+    m = _REQUEST_HEAD.match(data, start)
+    if m is not None and m.group(4).count(b"\n") < MAX_HEADERS:
+        # The common case, a whole head of CRLF lines, in one pattern; anything else takes the general path, which
+        # gives the same result for this case (tests/edge/protocols/test_http1.py compares them).
+        return _request(data, start, m.group(1).decode("ascii"), m.group(2), m.group(3).decode("ascii"),
+                        _fast_headers(m.group(4)), False, False, m.end() - start)
+    return _request_at_general(data, start)
+
+
+def _request_at_general(data: bytes, start: int) -> HttpRequest | None:
     lines, head_len = _head_lines(data, start)
     truncated = head_len is None
     request_line = lines[0]
@@ -292,6 +318,11 @@ def _request_at(data: bytes, start: int) -> HttpRequest | None:
     if parsed is None:
         return None
     headers, capped = parsed
+    return _request(data, start, method, target_b, version, headers, truncated, capped, head_len)
+
+
+def _request(data: bytes, start: int, method: str, target_b: bytes, version: str, headers: dict[str, str],
+             truncated: bool, capped: bool, head_len: int | None) -> HttpRequest:
     target = target_b.decode("utf-8", "replace")
     path, query, target_host = _split_target(method, target)
     req = HttpRequest(
@@ -342,6 +373,14 @@ def _split_target(method: str, target: str) -> tuple[str, str, str]:
 def _response_at(data: bytes, start: int, request_method: str) -> HttpResponse | None:
     if not data.startswith(b"HTTP/1.", start):
         return None
+    m = _RESPONSE_HEAD.match(data, start)
+    if m is not None and m.group(4).count(b"\n") < MAX_HEADERS:  # as in _request_at
+        return _response(data, start, request_method, int(m.group(2)), m.group(3) or b"", m.group(1).decode(),
+                         _fast_headers(m.group(4)), False, False, m.end() - start)
+    return _response_at_general(data, start, request_method)
+
+
+def _response_at_general(data: bytes, start: int, request_method: str) -> HttpResponse | None:
     lines, head_len = _head_lines(data, start)
     truncated = head_len is None
     status_line = lines[0]
@@ -363,11 +402,16 @@ def _response_at(data: bytes, start: int, request_method: str) -> HttpResponse |
     if parsed is None:
         return None
     headers, capped = parsed
-    status = int(m.group(2))
+    return _response(data, start, request_method, int(m.group(2)), m.group(3) or b"", m.group(1).decode(), headers,
+                     truncated, capped, head_len)
+
+
+def _response(data: bytes, start: int, request_method: str, status: int, reason: bytes, version: str,
+              headers: dict[str, str], truncated: bool, capped: bool, head_len: int | None) -> HttpResponse:
     resp = HttpResponse(
         status=status,
-        reason=(m.group(3) or b"").decode("latin-1"),
-        version=m.group(1).decode(),
+        reason=reason.decode("latin-1"),
+        version=version,
         headers=headers,
         truncated=truncated or capped,
         content_length=_content_length(headers),

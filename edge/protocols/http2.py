@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from hpack.exceptions import HPACKDecodingError
 from hpack.hpack import decode_integer
-from hpack.huffman_table import decode_huffman
+from hpack.huffman_table import HUFFMAN_COMPLETE, HUFFMAN_EMIT_SYMBOL, HUFFMAN_FAIL, HUFFMAN_TABLE
 from hpack.table import HeaderTable
 
 __all__ = ["PREFACE", "FRAME_HEADER", "KEEP_MAX", "DATA", "HEADERS", "PRIORITY", "RST_STREAM", "SETTINGS",
@@ -36,7 +36,46 @@ ERROR_CODES = ("NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERR
                "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED")
 SETTINGS_HEADER_TABLE_SIZE = 1
 _DEFAULT_TABLE = 4096
-_STATIC = HeaderTable.STATIC_TABLE
+# hpack's Huffman decoder steps a nibble at a time; these are its steps two nibbles (one input byte) at a time, learnt
+# as bytes are seen: (state << 8 | byte) -> (next state, flags of the second nibble, bytes emitted). Bounded, because
+# hostile input chooses which pairs are visited; past the bound a step is computed and not kept.
+_HUFFMAN_STEPS: dict[int, tuple[int, int, bytes]] = {}
+_HUFFMAN_STEPS_MAX = 4096
+
+
+def _huffman_step(key: int) -> tuple[int, int, bytes]:
+    state, byte, out = key >> 8, key & 0xFF, b""
+    flags = 0
+    for nibble in (byte >> 4, byte & 0x0F):
+        state, flags, symbol = HUFFMAN_TABLE[state * 16 + nibble]
+        if flags & HUFFMAN_FAIL:
+            return 0, HUFFMAN_FAIL, b""
+        if flags & HUFFMAN_EMIT_SYMBOL:
+            out += bytes((symbol,))
+    step = (state, flags, out)
+    if len(_HUFFMAN_STEPS) < _HUFFMAN_STEPS_MAX:
+        _HUFFMAN_STEPS[key] = step
+    return step
+
+
+def _huffman(raw: bytes) -> bytes:
+    """A Huffman-coded string (RFC 7541 5.2), as hpack's decode_huffman decodes it, a byte per step."""
+    steps = _HUFFMAN_STEPS
+    state = flags = 0
+    out = bytearray()
+    for byte in raw:
+        key = state << 8 | byte
+        step = steps.get(key) or _huffman_step(key)
+        state, flags, emitted = step
+        if flags & HUFFMAN_FAIL:
+            raise HPACKDecodingError("Invalid Huffman string")
+        out += emitted
+    if raw and not flags & HUFFMAN_COMPLETE:
+        raise HPACKDecodingError("Incomplete Huffman string")
+    return bytes(out)
+
+
+_STATIC = tuple((name.decode(), value.decode()) for name, value in HeaderTable.STATIC_TABLE)
 _MAX_PENDING = KEEP_MAX + FRAME_HEADER  # bytes of one incomplete frame a reader holds
 _MAX_ENTRIES = 1024  # dynamic entries remembered (a 4 KiB table holds at most 128; a larger one is rare)
 _MAX_TABLE = 1 << 16  # bytes: a larger announced table is remembered up to this much
@@ -293,6 +332,10 @@ class HeaderDecoder:
     def _int(data: memoryview, pos: int, prefix: int) -> tuple[int, int]:
         if pos >= len(data):
             raise _Cut
+        mask = (1 << prefix) - 1
+        small = data[pos] & mask
+        if small < mask:  # fits its prefix, as most indexes and lengths do: no call into hpack
+            return small, 1
         try:
             return decode_integer(data[pos:], prefix)
         except HPACKDecodingError:
@@ -307,13 +350,12 @@ class HeaderDecoder:
         raw = data[pos:pos + length]
         if len(raw) < length:
             raise _Cut
-        text = decode_huffman(raw.tobytes()) if huffman else raw.tobytes()
+        text = _huffman(raw.tobytes()) if huffman else raw.tobytes()
         return text.decode("utf-8", "replace"), pos + length
 
     def _lookup(self, index: int) -> tuple[str, str] | None:
         if 1 <= index <= len(_STATIC):
-            name, value = _STATIC[index - 1]
-            return name.decode(), value.decode()
+            return _STATIC[index - 1]
         i = index - len(_STATIC) - 1
         if 0 <= i < len(self._entries):
             return self._entries[i]

@@ -154,3 +154,11 @@ def test_rid_is_read_from_any_position_of_the_query(query: str) -> None:
     s = Span(new_trace_id(), new_span_id(), "GET", 0, 1, attributes={"url.query": query})
     assert rid_of(s) == "ab-1"
     assert rid_of(Span(new_trace_id(), new_span_id(), "GET", 0, 1, attributes={"url.query": "prid=ab-1"})) is None
+
+
+def test_a_grpc_span_speaks_for_the_rid_its_call_carried_as_metadata() -> None:
+    # the agent keeps the `oracle-rid` metadata of a call as a one-element list attribute
+    attrs = {"rpc.system": "grpc", "rpc.grpc.request.metadata.oracle-rid": ["g-7"]}
+    s = Span(new_trace_id(), new_span_id(), "acc.Chain/Call", 0, 1, kind=SpanKind.SERVER, attributes=attrs)
+    assert rid_of(s) == "g-7"
+    assert rid_of(Span(new_trace_id(), new_span_id(), "acc.Chain/Call", 0, 1, attributes={"rpc.system": "grpc"})) is None

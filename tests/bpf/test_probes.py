@@ -174,6 +174,39 @@ async def test_pid_allow_list_is_applied_live(kernel: Any, http_server: Server) 
     assert k.probes.map_entry_count("allowed_pids") == 0
 
 
+def _pid_bit(k: Any, map_name: str, pid: int) -> bool:
+    from edge.sources.ebpf import _libbpf
+
+    raw = _libbpf.libbpf().lookup(k.probes.map_fd(map_name), (pid // 64).to_bytes(4, sys.byteorder), 8)
+    return raw is not None and bool(int.from_bytes(raw, sys.byteorder) >> (pid % 64) & 1)
+
+
+async def test_allow_list_bitmap_follows_the_allow_list(kernel: Any, http_server: Server) -> None:
+    # the programs check the bitmap (an inlined array lookup) before the hash: both must say the same
+    k = kernel()
+    k.probes.set_allowed_pids([http_server.pid, 10 ** 9])  # the second is beyond any pid_max: the hash alone
+    assert _pid_bit(k, "allowed_bits", http_server.pid)
+    assert not _pid_bit(k, "allowed_bits", http_server.pid + 1)
+    k.probes.set_allowed_pids([os.getppid()])
+    assert not _pid_bit(k, "allowed_bits", http_server.pid) and _pid_bit(k, "allowed_bits", os.getppid())
+    k.probes.set_allowed_pids(None)
+    assert not _pid_bit(k, "allowed_bits", os.getppid())
+
+
+async def test_busy_bit_is_cleared_by_sys_exit_and_thread_exit(kernel: Any, http_server: Server) -> None:
+    # sys_exit skips the inflight lookup when the thread's busy bit is clear: a bit left set would cost a lookup per
+    # syscall, a bit wrongly clear would lose the syscall's record
+    k = kernel()
+    pid, _ = await curl(http_server.port)
+    await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == pid and e.direction == Direction.INGRESS)
+    await k.wait_for(lambda e: isinstance(e, ExitEvent) and e.pid == pid)
+    assert not _pid_bit(k, "busy_tids", pid)
+    await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == http_server.pid
+                     and e.direction == Direction.EGRESS)
+    await k.settle()
+    assert not _pid_bit(k, "busy_tids", http_server.pid)  # idle in accept(): its last read/write has returned
+
+
 async def test_sampling_threshold_is_live_and_56_bit(kernel: Any, http_server: Server) -> None:
     # What a threshold holds back, and what is counted instead, is in test_kernel_sampling.py.
     k = kernel()

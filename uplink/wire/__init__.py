@@ -1,5 +1,5 @@
-"""The uplink wire format, shared by both ends: span batches (`HX` frames, format versions 1-3), the table sets
-version 3 refers to (`HT` messages), and metric batches (`HM` frames).
+"""The uplink wire format, shared by both ends: span batches (`HX` frames, format versions 1-4), the table sets
+versions 3 and 4 refer to (`HT` messages), and metric batches (`HM` frames).
 
 Sans-I/O. The layouts are specified in docs/uplink-format.md.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from .batch import FORMAT_VERSION, MEDIA_TYPE, READ_VERSIONS, WRITE_VERSIONS, Batch, BatchHeader, \
     TableLookup, batch_table_id, decode_batch, encode_batch, read_header
 from .columnar import UnknownTableSet
-from .frame import MAX_HEADER_SIZE, METRICS_HEADER, NO_TABLES, content_size
+from .frame import MAX_HEADER_SIZE, METRICS_HEADER, NO_TABLES, TABLE_VERSIONS, content_size
 from .metrics import METRICS_MAGIC, METRICS_MEDIA_TYPE, decode_metrics, decode_metrics_counted, encode_metrics, \
     is_metric_batch
 from .tables import EMPTY, NEEDS_TABLES_HEADER, TABLES_MAGIC, TABLES_MEDIA_TYPE, TableSet, TrainingLimits, \
@@ -22,6 +22,7 @@ __all__ = [
     "MEDIA_TYPE",
     "MAX_HEADER_SIZE",
     "NO_TABLES",
+    "TABLE_VERSIONS",
     "Batch",
     "BatchHeader",
     "TableLookup",

@@ -1,18 +1,22 @@
-"""Span batch format version 3, columnar: spans -> columns referring to a learned table set -> zstd.
+"""Span batch format versions 3 and 4, columnar: spans -> columns referring to a learned table set -> zstd.
 
 Each batch names the table set it was encoded with (uplink/wire/tables.py) by its 8-byte id and decodes with that
 set alone: what the set does not hold, the batch carries. Attributes are stored a column per key and value type,
 each text column referring to its key's own value table; ids, times and durations sit in their own planes. The
-layout is specified in docs/uplink-format.md, version 3.
+layout is specified in docs/uplink-format-v3.md; version 4 differs only in how a text column carries its new texts
+(hexadecimal, UUID, decimal and IPv4 texts in binary form).
 
 Sans-I/O. Decoding treats its input as hostile: the span count and decompressed size are bounded before anything
 is built, and every problem is a DecodeError naming it.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 import struct
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,16 +46,19 @@ from .values import MAX_DEPTH, SOURCES, Expansion, array, check_native, expect, 
 
 __all__ = [
     "VERSION",
+    "VERSIONS",
     "BODY_FIELDS",
     "MAX_SPANS",
     "UnknownTableSet",
     "encode",
     "body",
+    "body_fields",
     "decode",
     "learn",
 ]
 
-VERSION = 3
+VERSION = 4  # what encode writes unless told otherwise
+VERSIONS = (3, 4)  # every columnar version ever shipped; decode reads them all
 MAX_SPANS = 1 << 16  # per batch; nodes send at most a few thousand
 MAX_EVENTS_PER_SPAN = 1024  # on average over a batch, bounds what a hostile count column can ask for
 _MAX_UNIT = 1 << 64
@@ -97,9 +104,59 @@ class _Domain:
         return r
 
 
-def _text_refs(values: Sequence[str], learned: dict[str, int]) -> list[Any]:
+# Texts that version 4 carries in binary form (lowercase only: the binary form turns back into lowercase), told
+# apart by one regular expression: a decimal (group 1), a UUID (group 2), lowercase hex of 4 bytes or more (group 3),
+# an IPv4 address in dotted-decimal form without leading zeros (group 4).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_FORMS = re.compile(r"(-?[1-9][0-9]{3,19})\Z|([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\Z"
+                    rf"|((?:[0-9a-f]{{2}}){{4,}})\Z|((?:{_OCTET}\.){{3}}{_OCTET})\Z")
+_FORM_FIRST = frozenset("-0123456789abcdef")  # most texts are told apart by their first character alone
+_UUID_TAG = 37  # CBOR's tag for a 16-byte UUID
+_IPV4_TAG = 52  # CBOR's tag for an IPv4 address (RFC 9164), here always 4 bytes
+_MIN_INT = -(1 << 64)  # CBOR's integer range: what a decoder accepts for a decimal text
+_MAX_INT = 1 << 64
+
+
+def _compact(t: str) -> Any:
+    """A new text in version 4's binary form when it has one: a decimal as an integer, a UUID as a tagged 16-byte
+    string (CBOR tag 37), other lowercase hex of 4 bytes or more as its bytes, an IPv4 address as a tagged 4-byte
+    string (CBOR tag 52); any other text as itself."""
+    if t[:1] not in _FORM_FIRST:
+        return t
+    m = _FORMS.match(t)
+    if m is None:
+        return t
+    form = m.lastindex
+    if form == 1:
+        v = int(t)
+        return v if _MIN_INT <= v < _MAX_INT else t
+    if form == 2:
+        return cbor2.CBORTag(_UUID_TAG, bytes.fromhex(t.replace("-", "")))
+    if form == 3:
+        return bytes.fromhex(t)
+    return cbor2.CBORTag(_IPV4_TAG, ipaddress.IPv4Address(t).packed)
+
+
+def _expand(x: Any, what: str) -> str:
+    """A new text of a version 4 text column from its binary form (see _compact)."""
+    if type(x) is str:
+        return x
+    if type(x) is bytes:
+        return x.hex()
+    if type(x) is int:
+        expect(_MIN_INT <= x < _MAX_INT, f"{what} holds a decimal text out of range")
+        return str(x)
+    # The CBOR library reads tag 37 (16 bytes) as a UUID and tag 52 around 4 bytes as an IPv4 address, and refuses
+    # either tag on anything else but an IPv4 network (tag 52 around [prefix, bytes]), refused here.
+    expect(type(x) is uuid.UUID or type(x) is ipaddress.IPv4Address,
+           f"{what} holds a new text that is not text, bytes, an integer, a UUID or an IPv4 address")
+    return str(x)
+
+
+def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = True) -> list[Any]:
     """A text column as [new texts, references]: 0 takes the next new text, k > 0 is entry k - 1 of the table (the
-    learned entries, then the new ones). `learned` maps a text to its reference (index + 1)."""
+    learned entries, then the new ones). `learned` maps a text to its reference (index + 1). `compact`: new texts
+    in version 4's binary forms."""
     refs = list(map(learned.get, values))
     if None not in refs:
         return [[], refs]
@@ -115,15 +172,16 @@ def _text_refs(values: Sequence[str], learned: dict[str, int]) -> list[Any]:
                 new.append(v)
                 r = 0
             refs[i] = r
-    return [new, refs]
+    return [list(map(_compact, new)) if compact else new, refs]
 
 
 class _Attributes:
     """Attribute lists of one batch as shapes and columns (shared by spans, events and new resources)."""
 
-    __slots__ = ("keys", "shapes", "idx", "sig_ref", "shape_cids", "rows", "columns")
+    __slots__ = ("keys", "shapes", "idx", "compact", "sig_ref", "shape_cids", "rows", "columns")
 
-    def __init__(self, keys: _Domain, shapes: _Domain, idx: Any) -> None:
+    def __init__(self, keys: _Domain, shapes: _Domain, idx: Any, compact: bool) -> None:
+        self.compact = compact
         self.keys = keys
         self.shapes = shapes
         self.idx = idx
@@ -180,7 +238,7 @@ class _Attributes:
         values = self.idx.values
         for (key, ty), vals in columns.items():
             if ty == T_STR:
-                out.append(_text_refs(vals, values.get(key, _NO_VALUES)))
+                out.append(_text_refs(vals, values.get(key, _NO_VALUES), self.compact))
             elif ty == T_FLOAT:
                 out.append(_float_planes(vals))
             elif ty == T_ANY:
@@ -200,8 +258,18 @@ def _float_planes(vals: list[float]) -> bytes:
 
 
 def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
-         created_ns: int | None = None) -> bytes:
+         created_ns: int | None = None, version: int = VERSION) -> bytes:
     """The CBOR body of a batch before compression (what a table set's zstd dictionary is trained on)."""
+    return cbor2.dumps(body_fields(spans, node_id, seq, tables, created_ns, version)[0])
+
+
+def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
+                created_ns: int | None = None,
+                version: int = VERSION) -> tuple[list[Any], list[tuple[str, int]]]:
+    """The body's fields before CBOR, and the (key, value type) of each attribute column in field 21's order."""
+    if version not in VERSIONS:
+        raise ValueError(f"columnar batch versions are {VERSIONS}, not {version}")
+    compact = version >= 4
     n = len(spans)
     if n > MAX_SPANS:
         raise ValueError(f"a batch holds at most {MAX_SPANS} spans, got {n}")
@@ -212,7 +280,7 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
     shapes = _Domain(idx.shapes)
     scopes = _Domain(idx.scopes)
     resources = _Domain(idx.resources)
-    attrs = _Attributes(keys, shapes, idx)
+    attrs = _Attributes(keys, shapes, idx, compact)
 
     first_index: dict[bytes, int] = {}
     for i, s in enumerate(spans):
@@ -265,13 +333,13 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
         node_id, seq, created, n,
         span_ids, b"".join(trace_index), trace_col, parent_col, packed,
         {r: u for r, u in units.items() if u != 1}, base, planes(zigzag(starts)), planes(zigzag(ends)),
-        _text_refs([s.name for s in spans], idx.names),
+        _text_refs([s.name for s in spans], idx.names, compact),
         res_shapes, resource_col,
         [x for sc in scopes.new for x in sc], scope_col,
         keys.new, new_shapes, shape_col, columns,
         events, extras,
     ]
-    return cbor2.dumps(doc)
+    return doc, list(attrs.columns)
 
 
 def _refs_by_identity(objs: list[Any], domain: _Domain, key: Any) -> list[int]:
@@ -345,15 +413,15 @@ def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attribute
     times = [(e.time_ns - s.start_ns) // u for s, u in zip(spans, units) for e in s.events]
     add = attrs.add
     shape_col = [add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
-    return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names),
+    return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names, attrs.compact),
             planes(zigzag(times)), shape_col]
 
 
 def encode(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY, level: int = 3,
-           created_ns: int | None = None) -> bytes:
-    """Encode spans as one batch referencing `tables` (header + zstd frame of the CBOR body)."""
-    raw = body(spans, node_id, seq, tables, created_ns)
-    return TABLES_HEADER.pack(SPANS_MAGIC, VERSION, tables.id) + tables.compressor(level).compress(raw)
+           created_ns: int | None = None, version: int = VERSION) -> bytes:
+    """Encode spans as one batch of `version` (3 or 4) referencing `tables` (header + zstd frame of the CBOR body)."""
+    raw = body(spans, node_id, seq, tables, created_ns, version)
+    return TABLES_HEADER.pack(SPANS_MAGIC, version, tables.id) + tables.compressor(level).compress(raw)
 
 
 # Batch sizes of the bodies a table set's zstd dictionary is trained on: what quiet and busy nodes send.
@@ -382,7 +450,7 @@ def learn(spans: Sequence[Span], limits: TrainingLimits = TrainingLimits(), node
 
 def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes: int,
            max_spans: int = MAX_SPANS, max_expanded: int | None = None) -> Batch:
-    """Decode one batch of version 3 whose header was read, with the table set it names; at most `max_bytes` are
+    """Decode one batch of version 3 or 4 whose header was read, with the table set it names; at most `max_bytes` are
     decompressed and at most `max_spans` spans built. UnknownTableSet if `tables` is not that set; ExpansionExceeded
     if its spans would take more than `max_expanded` bytes in their OTLP request (None: no bound); DecodeError for
     anything else wrong."""
@@ -397,7 +465,8 @@ def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes:
     except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
     try:
-        return _decode_body(doc, tables, table_id, max_spans, max_expanded)
+        expect(header.version in VERSIONS, f"columnar batch version {header.version} is not one of {VERSIONS}")
+        return _decode_body(doc, tables, table_id, max_spans, max_expanded, header.version)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape not foreseen is still bad input
@@ -423,10 +492,14 @@ def _texts(x: Any, what: str) -> list[str]:
     return xs
 
 
-def _text_column(field_: Any, learned: list[str], what: str, n: int) -> list[str]:
-    """The n texts of a text column ([new texts, references]; see _text_refs)."""
+def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bool) -> list[str]:
+    """The n texts of a text column ([new texts, references]; see _text_refs); `compact`: version 4's binary forms
+    of new texts are read."""
     pair = array(field_, what, 2)
-    new = _texts(pair[0], what + " new texts")
+    if compact:
+        new = [_expand(x, what + " new texts") for x in array(pair[0], what + " new texts")]
+    else:
+        new = _texts(pair[0], what + " new texts")
     refs = _uints(pair[1], what + " references", n, len(learned) + len(new) + 1)
     if not new:
         table = [""] + learned
@@ -447,10 +520,11 @@ def _floats(x: Any, what: str, n: int) -> list[float]:
 _VALUE_TYPE = {T_INT: int, T_BOOL: bool, T_BYTES: bytes}
 
 
-def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]], checked: set[int]) -> list[Any]:
+def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]], checked: set[int],
+            compact: bool) -> list[Any]:
     what = f"attribute column {key!r}"
     if ty == T_STR:
-        return _text_column(col, values.get(key, []), what, count)
+        return _text_column(col, values.get(key, []), what, count, compact)
     if ty == T_FLOAT:
         return _floats(col, what, count)
     vals = array(col, what, count)
@@ -465,7 +539,7 @@ def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]
 
 
 def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field: Any,
-          values: dict[str, list[str]], checked: set[int]) -> dict[int, Any]:
+          values: dict[str, list[str]], checked: set[int], compact: bool) -> dict[int, Any]:
     """Per shape used in `refs`, a function giving the value rows of its lists in order (docs: "Attributes")."""
     uses: dict[int, int] = {}  # shape -> lists using it, in order of first use
     for r in refs:
@@ -480,7 +554,8 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
                 counts.append(0)
             counts[j] += c
     cols = array(cols_field, "attribute columns", len(counts))
-    decoded = [_column(col, key, ty, count, values, checked) for (key, ty), count, col in zip(order, counts, cols)]
+    decoded = [_column(col, key, ty, count, values, checked, compact)
+               for (key, ty), count, col in zip(order, counts, cols)]
     offsets = [0] * len(counts)
     out: dict[int, Any] = {}
     for r, c in uses.items():
@@ -502,7 +577,8 @@ def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     return tuple((keys[e >> 3], e & 7) for e in sh)
 
 
-def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, max_expanded: int | None) -> Batch:
+def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, max_expanded: int | None,
+                 version: int) -> Batch:
     expect(type(doc) is list and len(doc) == _N_FIELDS, f"body must be an array of {_N_FIELDS} fields")
     (node_id, seq, created, n, span_ids_f, traces, trace_col, parent_col, packed, unit_map, base, starts_f, ends_f,
      names_f, res_shapes_f, resource_col_f, new_scopes, scope_col_f, new_keys, new_shapes, shape_col_f, cols_f,
@@ -526,7 +602,8 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     array(parent_col, "parent column", n)
     expect(type(packed) is bytes and len(packed) == n, "kind/status/source column must be n bytes")
 
-    names = _text_column(names_f, dt.names, "name column", n)
+    compact = version >= 4
+    names = _text_column(names_f, dt.names, "name column", n, compact)
     keys = dt.keys + _texts(new_keys, "new keys") if new_keys else dt.keys
     shapes = dt.shapes
     if new_shapes:
@@ -550,7 +627,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
 
     # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
     checked: set[int] = set()  # plain-CBOR values checked so far (CBOR may share one among many lists)
-    rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked)
+    rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked, compact)
     keys_of = {r: tuple(k for k, _ in shapes[r]) for r in rows}
     attrs = [dict(zip(keys_of[r], rows[r]())) for r in shape_col]
     ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
@@ -573,7 +650,8 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
             expect(p is None or type(p) is bytes, f"span {i} parent must be null, an offset or bytes")
     starts, ends = _times(unplanes(starts_f, n, "start column"), unplanes(ends_f, n, "end column"),
                           time_parents(in_batch), base, span_units)
-    span_events = _decode_events(events, counts, starts, span_units, dt, ev_attrs) if events is not None else None
+    span_events = _decode_events(events, counts, starts, span_units, dt, ev_attrs, compact) \
+        if events is not None else None
 
     spans: list[Span] = []
     prev_trace = 0
@@ -615,7 +693,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
         counter = Expansion(max_expanded, node_id, seq)
         counter.spans(spans)
         expanded = counter.total
-    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=VERSION, table_id=table_id,
+    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, table_id=table_id,
                  expanded=expanded)
 
 
@@ -667,9 +745,9 @@ def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int
 
 
 def _decode_events(f: list[Any], counts: list[int], starts: list[int], units: list[int], dt: Any,
-                   attrs: list[dict[str, Any]]) -> list[tuple[Event, ...]]:
+                   attrs: list[dict[str, Any]], compact: bool) -> list[tuple[Event, ...]]:
     total = len(attrs)
-    names = _text_column(f[1], dt.event_names, "event names", total)
+    names = _text_column(f[1], dt.event_names, "event names", total, compact)
     times = unplanes(f[2], total, "event times")
     out: list[tuple[Event, ...]] = []
     j = 0

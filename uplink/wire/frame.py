@@ -3,7 +3,7 @@
 A frame is `magic + version (+ the dictionary or table set it was compressed with)` followed by one zstd frame. The
 header stays outside the compressed bytes so that a reader knows the kind of frame and which dictionary to load
 before it decompresses. Span batches (`HX`) of format versions 1 and 2 carry a shipped dictionary's id (uint32),
-version 3 the 8-byte id of the node's table set; metric batches (`HM`) use no dictionary.
+versions 3 and 4 the 8-byte id of the node's table set; metric batches (`HM`) use no dictionary.
 
 Compression is the same for every kind: a 128 KiB window and 16 Ki-entry tables (frames are 1-130 KB, so level 3's
 megabyte-sized tables only cost memory), the content size and a checksum in the frame, no dictionary id in it (our
@@ -25,17 +25,18 @@ from edge.model import Span
 from . import dictionaries
 
 __all__ = ["SPANS_MAGIC", "METRICS_MAGIC", "SPANS_HEADER", "METRICS_HEADER", "TABLE_ID_SIZE", "NO_TABLES",
-           "READ_VERSIONS", "HEADER_SIZE", "MAX_HEADER_SIZE", "BatchHeader", "Batch", "read_header", "read_prefix",
+           "TABLE_VERSIONS", "READ_VERSIONS", "HEADER_SIZE", "MAX_HEADER_SIZE", "BatchHeader", "Batch", "read_header", "read_prefix",
            "compression_params", "compress", "decompress", "decompress_with", "content_size"]
 
 SPANS_MAGIC = b"HX"
 METRICS_MAGIC = b"HM"
 SPANS_HEADER = struct.Struct(">2sBI")  # versions 1 and 2: magic, format version, zstd dictionary id (0 = none)
 TABLE_ID_SIZE = 8
-NO_TABLES = bytes(TABLE_ID_SIZE)  # the table-set id of a version 3 batch that uses none (a node's cold start)
-TABLES_HEADER = struct.Struct(f">2sB{TABLE_ID_SIZE}s")  # version 3: magic, format version, table-set id
+NO_TABLES = bytes(TABLE_ID_SIZE)  # the table-set id of a version 3/4 batch that uses none (a node's cold start)
+TABLES_HEADER = struct.Struct(f">2sB{TABLE_ID_SIZE}s")  # versions 3, 4: magic, format version, table-set id
+TABLE_VERSIONS = (3, 4)  # span batch versions that name a table set
 METRICS_HEADER = struct.Struct(">2sB")  # magic, format version
-READ_VERSIONS = (1, 2, 3)  # every span batch format version ever shipped; a gateway reads them all
+READ_VERSIONS = (1, 2, 3, 4)  # every span batch format version ever shipped; a gateway reads them all
 HEADER_SIZE = SPANS_HEADER.size  # versions 1 and 2
 MAX_HEADER_SIZE = max(SPANS_HEADER.size, TABLES_HEADER.size)
 
@@ -49,7 +50,7 @@ class BatchHeader:
     version: int
     size: int  # bytes of header before the zstd frame
     dict_id: int = 0  # versions 1 and 2: a shipped zstd dictionary
-    table_id: bytes = NO_TABLES  # version 3: the node's table set
+    table_id: bytes = NO_TABLES  # versions 3 and 4: the node's table set
 
 
 @dataclass(slots=True)
@@ -84,9 +85,9 @@ def read_prefix(data: bytes, header: struct.Struct, magic: bytes, versions: tupl
 def read_header(data: bytes) -> BatchHeader:
     """The header of a span batch of any version this code reads; DecodeError if it is not one."""
     version = data[2] if len(data) > 2 else 0
-    if version == 3:
+    if version in TABLE_VERSIONS:
         _, _, table_id = read_prefix(data, TABLES_HEADER, SPANS_MAGIC, READ_VERSIONS, "Helix uplink batch")
-        return BatchHeader(3, TABLES_HEADER.size, table_id=table_id)
+        return BatchHeader(version, TABLES_HEADER.size, table_id=table_id)
     _, version, dict_id = read_prefix(data, SPANS_HEADER, SPANS_MAGIC, READ_VERSIONS, "Helix uplink batch")
     return BatchHeader(version, SPANS_HEADER.size, dict_id=dict_id)
 

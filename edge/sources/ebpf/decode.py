@@ -121,6 +121,19 @@ def _cstr(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+# Process names repeat even more than endpoints: a record's 16-byte comm field, decoded once.
+_comms: dict[bytes, str] = {}
+
+
+def _comm(b: bytes) -> str:
+    text = _comms.get(b)
+    if text is None:
+        if len(_comms) >= _ENDPOINT_CACHE_MAX:
+            _comms.clear()
+        text = _comms[b] = _cstr(b)
+    return text
+
+
 def _path(depth: int, complete: int, names: tuple[bytes, ...]) -> str:
     parts = [_cstr(names[i]) for i in range(min(depth, len(names)))]
     parts.reverse()
@@ -146,7 +159,7 @@ def _decode(kind: int, raw: bytes) -> KernelEvent:
         payload = raw[_DATA.size:_DATA.size + plen]
         if len(payload) != plen:
             raise _Short
-        return DataEvent(ts, end, pid, tid, _cstr(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
+        return DataEvent(ts, end, pid, tid, _comm(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
                          _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
                          prev_bytes, prev_end, offcpu, rv & _RV_MASK if rv & _RV_KERNEL else None,
                          bool(flags & F_TLS), tlsv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import errno
 import logging
 import os
@@ -59,7 +60,11 @@ PROBE_SETS = ("io", "proc")
 # io.bpf.o samples per exchange with bpf_loop callbacks, which kernels before 5.17 refuse even where they are never
 # called; there io_compat.bpf.o (the same probes, deciding nothing: every exchange is sent) is loaded instead.
 _BPF_LOOP_KERNEL = (5, 17)
-_SHARED_MAPS = ("events", "drops", "config", "allowed_pids", "allowed_cgroups", "offcpu", "inflight")
+_SHARED_MAPS = ("events", "drops", "config", "allowed_pids", "allowed_cgroups", "offcpu", "inflight", "allowed_bits",
+                "busy_tids")
+# Bitmaps by pid (bpf/maps.bpf.h allowed_bits, busy_tids): one bit per pid up to the machine's pid_max.
+_PID_BITMAPS = ("allowed_bits", "busy_tids")
+_PID_MAX = Path("/proc/sys/kernel/pid_max")
 
 # Programs whose tracepoint may be missing on an older or differently configured kernel: skipped, not fatal.
 _OPTIONAL_PROGRAMS = frozenset({"enter_fdatasync", "exit_fdatasync", "exit_accept", "on_tcp_destroy_sock",
@@ -268,6 +273,9 @@ class _Object:
         self.attached: list[str] = []
         self.attached_fds: list[int] = []  # program fds, owned by the object
 
+    def has_map(self, name: str) -> bool:
+        return bool(self.lib.lib.bpf_object__find_map_by_name(self.obj, name.encode()))
+
     def map(self, name: str) -> int:
         m = self.lib.lib.bpf_object__find_map_by_name(self.obj, name.encode())
         if not m:
@@ -339,6 +347,16 @@ class _Object:
             self.obj = 0
 
 
+@functools.cache
+def _pid_words() -> int:
+    """Words of a bitmap with one bit per pid of this machine (pid_max; a pid beyond it falls back to a hash)."""
+    try:
+        pid_max = int(_PID_MAX.read_text())
+    except (OSError, ValueError):
+        pid_max = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
+    return max(1, (pid_max + 63) // 64)
+
+
 class ProbeSet:
     """The loaded and attached probe objects, with their live settings; `close()` removes all of it."""
 
@@ -349,6 +367,7 @@ class ProbeSet:
         self._objects: list[_Object] = []
         self._maps: dict[str, tuple[int, int, int, int]] = {}  # name -> (fd, key size, value size, type)
         self._config = (0, 0)  # (sample_threshold, flags) as last written
+        self._allowed_words: dict[int, int] = {}  # allowed_bits words as last written (absent: 0)
         self._closed = False
         self.kernel_sampling = True  # False: the compat object, which holds no exchange back
         if not BTF_PATH.exists():
@@ -384,8 +403,14 @@ class ProbeSet:
             if first is None:
                 lib.check(lib.lib.bpf_map__set_max_entries(obj.map("events"), self.settings.ringbuf_bytes),
                           "cannot size the ring buffer")
+                for bitmap in _PID_BITMAPS:
+                    if obj.has_map(bitmap):  # objects built before the bitmaps check the hash alone
+                        lib.check(lib.lib.bpf_map__set_max_entries(obj.map(bitmap), _pid_words()),
+                                  f"cannot size the {bitmap} bitmap")
             else:
                 for shared in _SHARED_MAPS:
+                    if shared in _PID_BITMAPS and not obj.has_map(shared):
+                        continue
                     lib.check(lib.lib.bpf_map__reuse_fd(obj.map(shared), self._maps[shared][0]),
                               f"cannot share map {shared} with {name}.bpf.o")
             obj.skip_missing(tracefs)
@@ -445,13 +470,30 @@ class ProbeSet:
         for k in wanted:
             lib.update(fd, k, b"\x01")
 
+    def _replace_bits(self, pids: Iterable[int]) -> None:
+        """The allow-list's bitmap (bpf/maps.bpf.h allowed_bits): the words that change are rewritten."""
+        if "allowed_bits" not in self._maps:
+            return
+        lib = _libbpf.libbpf()
+        fd = self._map("allowed_bits")[0]
+        words: dict[int, int] = {}
+        for pid in pids:
+            words[pid // 64] = words.get(pid // 64, 0) | (1 << (pid % 64))
+        old, self._allowed_words = self._allowed_words, words
+        for w in old.keys() | words.keys():
+            if old.get(w) != words.get(w) and w < _pid_words():
+                lib.update(fd, _U32.pack(w), _U64.pack(words.get(w, 0)))
+
     def set_allowed_pids(self, pids: Iterable[int] | None) -> None:
         """Trace only these processes (tgids); None traces every process again."""
         if pids is None:
             self.update_config(filter_pids=False)
             self._replace_set("allowed_pids", _U32, ())
+            self._replace_bits(())
             return
+        pids = list(pids)
         self._replace_set("allowed_pids", _U32, pids)
+        self._replace_bits(pids)
         self.update_config(filter_pids=True)
 
     def set_allowed_cgroups(self, cgroup_ids: Iterable[int] | None) -> None:

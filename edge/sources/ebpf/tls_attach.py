@@ -14,6 +14,7 @@ a time. A file that changes, vanishes or fails to attach is counted and reported
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +171,11 @@ class TlsAttacher:
         except ProbeUnavailable as e:
             for link in links:
                 lib.lib.bpf_link__destroy(link)
+            if not os.path.exists(open_path):
+                # The process it was reached through exited between its scan and the attach: nothing failed, and the
+                # file stays open to the next process that maps it (its own /proc/<pid>/root path).
+                log.debug("TLS probes not attached to %s: its process exited meanwhile", code.path)
+                return None
             self.attach_errors += 1
             self._failed[key] = (time.monotonic(), e.reason)
             log.warning("cannot attach the TLS probes to %s: %s", code.path, e.reason)

@@ -298,3 +298,73 @@ def test_request_round_trip_and_every_truncation(method, path, query, headers, b
             assert part.method == method
             assert target.startswith(part.target)
         assert len(parse_requests(data[:cut])) <= 1
+
+
+# Heads of many shapes: the one-pattern path for whole CRLF heads must give exactly what the general path gives, and
+# hand everything else to it.
+_SHAPES = [
+    GET,
+    b"POST /p HTTP/1.0\r\nContent-Length: 3\r\nX-A:  spaced \t\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET http://h.local:81/x?y=1#f HTTP/1.1\r\nHost:\r\n\r\n",
+    b"CONNECT db.local:5432 HTTP/1.1\r\nHost: db.local:5432\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\nHOST: b\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+    b"GET /\xc3\xa9\xff HTTP/1.1\r\nX-Bin: \x80\xfe\r\nX-Dup: 1\r\nx-dup: 2\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-Fold: a\r\n b\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\n\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n",
+    b"GET /  HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.2\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(99)) + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(100)) + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.0 204 No Content\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 O\tK \x80\r\nA: 1\r\nA: 2\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"HTTP/1.1 099 Low\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nX-Fold: a\r\n\tb\r\n\r\n",
+]
+
+
+def _general(data: bytes, response: bool, method: str = ""):
+    from edge.protocols import http1
+
+    try:
+        return http1._response_at_general(data, 0, method) if response else http1._request_at_general(data, 0)
+    except Exception:  # noqa: BLE001 - parse_request/parse_response turn any exception into None
+        return None
+
+
+@pytest.mark.parametrize("data", _SHAPES)
+def test_whole_head_path_matches_general_path(data):
+    response = data.startswith(b"HTTP/")
+    for cut in sorted({len(data), len(data) - 1, len(data) // 2, *range(0, len(data), 7)}):
+        part = data[:cut]
+        for method in (["", "HEAD", "CONNECT"] if response else [""]):
+            fast = parse_response(part, method) if response else parse_request(part)
+            assert fast == _general(part, response, method), (part, method)
+
+
+@settings(max_examples=200)
+@given(
+    start=st.sampled_from([b"GET /x HTTP/1.1", b"POST /y?q HTTP/1.0", b"HTTP/1.1 200 OK", b"HTTP/1.0 404"]),
+    lines=st.lists(st.one_of(st.from_regex(rb"[A-Za-z!~-]{1,8}:[ \t]?[ -~\t\x80\xff]{0,10}", fullmatch=True),
+                             st.binary(max_size=20).filter(lambda b: b"\r\n" not in b)), max_size=6),
+    ends=st.sampled_from([b"\r\n\r\n", b"\n\n", b"\r\n", b""]),
+    tail=st.binary(max_size=10),
+)
+def test_whole_head_path_matches_general_path_on_random_headers(start, lines, ends, tail):
+    data = start + b"".join(b"\r\n" + ln for ln in lines) + ends + tail
+    response = start.startswith(b"HTTP/")
+    fast = parse_response(data, "GET") if response else parse_request(data)
+    assert fast == _general(data, response, "GET")

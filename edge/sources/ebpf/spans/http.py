@@ -254,7 +254,7 @@ class _Http:
             return False
         st = self._claim(conn)
         any_final = False
-        sole = sum(1 for r in resps if not r.interim) == 1 and not resps[0].interim
+        sole = not resps[0].interim and (len(resps) == 1 or sum(1 for r in resps if not r.interim) == 1)
         for resp in resps:
             if resp.interim:
                 continue

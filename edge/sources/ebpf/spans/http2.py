@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from ....model import Attributes, Event, Span, SpanKind, StatusCode
+from ....model import Attributes, Event, Span, SpanKind, StatusCode, new_span_id
 from ....propagation import extract
 from ....protocols import http2 as h2
 from ..events import DataEvent, Direction, H2Event, Role
@@ -58,6 +58,8 @@ class _Stream:
     trailers: h2.HeaderBlock | None = None
     req_bytes: int = 0  # DATA payload bytes (padding included)
     resp_bytes: int = 0
+    # Chosen when a server reads the request, so that the calls its handler makes can name it (causes.py).
+    span_id: bytes = field(default_factory=new_span_id)
     reset: int = -1  # RST_STREAM error code, -1 without one
     events: list[Event] = field(default_factory=list)
     lost: bool = False  # frames of its direction were lost while it was open
@@ -179,6 +181,8 @@ class _H2Conn(ConnState):
             pass  # request trailers: nothing to keep but their END_STREAM
         elif s.response is None and (block.get(":status") is not None or block.partial or s.request is None):
             s.response = block
+            if s.kind == SpanKind.SERVER:
+                b.causes.request_done(s.pid, s.tid, s.span_id)
             if (block.get(":status") or "")[:1] == "1" and not end:
                 s.response = None  # an interim response (100 Continue): the final one follows
         else:
@@ -204,6 +208,8 @@ class _H2Conn(ConnState):
             s.response = block
         else:
             s.request = block
+            if kind == SpanKind.SERVER:
+                b.causes.request_read(ev.pid, ev.tid, s.span_id, start)
         s.events = take_faults(b, conn)
         self.streams[sid] = s
         b.conns.waiting.add(conn.sock)
@@ -414,7 +420,10 @@ def _emit(b: SpanBuilder, conn: Conn, s: _Stream, end_ns: int, out: list[Span], 
     else:
         name = method or "HTTP"
     proc = b.procs.get(s.pid, conn.comm)
-    span = b.span(name, s.kind, s.start_ns, max(end_ns, s.start_ns), proc, attrs, extract(headers), s.events)
+    span = b.span(name, s.kind, s.start_ns, max(end_ns, s.start_ns), proc, attrs, extract(headers), s.events,
+                  span_id=s.span_id)
+    if s.kind == SpanKind.SERVER:
+        b.causes.request_done(s.pid, s.tid, s.span_id)
     span.status_code, span.status_message = status, message
     b.stats.http2_spans += 1
     out.append(span)

@@ -138,3 +138,25 @@ def test_unknown_direction_of_first_frames_is_not_a_crash():
     from ._helpers import data
     out = b.feed([data(3, Direction.INGRESS, 1000, noise)])
     assert out == [] and b.stats.internal_errors == 0
+
+
+def test_calls_made_while_serving_a_stream_name_it_as_their_cause():
+    # A server thread that read a gRPC request and calls out before it answers: the call was made for that stream.
+    from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA
+
+    from .test_causes import call
+    c = Conversation()
+    sid = c.request("/pkg.Svc/Do", body=grpc_message(b"q"))
+    c.flush()
+    n = len(c.calls)
+    c.respond(sid, body=grpc_message(b"r"))
+    c.flush()
+    evs = frame_events(c.calls, server_side=True)
+    b = builder()
+    assert b.feed(evs[:n]) == []
+    (out_call,) = call(b, 10, evs[n - 1].end_ns + 1_000, evs[n - 1].tid)
+    (srv,) = [s for s in b.feed(evs[n:]) if s.kind == SpanKind.SERVER]
+    assert out_call.attributes[CAUSE] == srv.span_id and out_call.attributes[CAUSE_VIA] == "thread"
+    # answered: the thread no longer works for it
+    (later,) = call(b, 11, evs[-1].end_ns + 1_000, evs[n - 1].tid)
+    assert CAUSE not in later.attributes
