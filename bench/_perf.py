@@ -60,10 +60,10 @@ def _perf_event_open(config: int, pid: int, cpu: int, flags: int, period: int) -
 SYSCALL_NR = {
     "x86_64": {"read": 0, "write": 1, "close": 3, "readv": 19, "writev": 20, "connect": 42, "accept": 43,
                "sendto": 44, "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "fsync": 74, "fdatasync": 75,
-               "accept4": 288},
+               "accept4": 288, "epoll_wait": 232, "epoll_pwait": 281, "epoll_pwait2": 441},
     "aarch64": {"close": 57, "read": 63, "write": 64, "readv": 65, "writev": 66, "fsync": 82, "fdatasync": 83,
                 "accept": 202, "connect": 203, "sendto": 206, "recvfrom": 207, "sendmsg": 211, "recvmsg": 212,
-                "accept4": 242},
+                "accept4": 242, "epoll_pwait": 22, "epoll_pwait2": 441},
 }[platform.machine()]
 
 

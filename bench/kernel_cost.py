@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loopback import Workload, make_workloads, start_broker  # noqa: E402
-from _perf import REFERENCES, Drain, ReferenceProgram, syscall_counter  # noqa: E402
+from _perf import REFERENCES, SYSCALL_NR, Drain, ReferenceProgram, syscall_counter  # noqa: E402
 
 from edge.sampler.consistent import threshold_for_ratio  # noqa: E402
 from edge.sources.ebpf import _libbpf  # noqa: E402
@@ -91,7 +91,8 @@ class Bench:
     def __init__(self, probes: ProbeSet, refs: list[ReferenceProgram]) -> None:
         self.probes = probes
         self.refs = refs
-        self.calls = sorted({tp.split("_", 2)[2] for tp in TRACEPOINTS["io"] if tp.startswith("syscalls/")})
+        self.calls = sorted({tp.split("_", 2)[2] for tp in TRACEPOINTS["io"] + TRACEPOINTS["proc"]
+                             if tp.startswith("syscalls/") and tp.split("_", 2)[2] in SYSCALL_NR})
 
     async def idle(self, seconds: float) -> Window:
         """Nothing of ours runs and nobody is traced: the machine's own rate of runs."""
@@ -286,16 +287,19 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
     # The scheduler programs run for every process of the machine, traced or not: their machine-wide rate and cost
     # over the whole run (busy phases and idle windows alike) is what a node pays for them.
     seconds = sum(w.seconds for w in all_windows) + idle.seconds
-    sched: dict[str, dict[str, float]] = {}
-    for p in ("on_sched_switch", "on_sched_waking", "on_sched_wakeup_new"):
-        runs_p = sum(w.runs.get(p, 0) for w in all_windows) + idle.runs.get(p, 0)
-        ns_p = sum(w.ns.get(p, 0) for w in all_windows) + sum(w.ns.get(p, 0) for w in idles)
-        if runs_p:
-            sched[p] = {"runs_per_s": round(runs_p / max(seconds, 1e-9)), "ns_per_run": round(ns_p / runs_p, 1),
-                        "cpu_pct": round(100 * ns_p / 1e9 / max(seconds, 1e-9), 3)}
-            print(f"{p}: {sched[p]['runs_per_s']:,} runs/s machine-wide, {sched[p]['ns_per_run']} ns each, "
-                  f"{sched[p]['cpu_pct']} % of one CPU")
-    out["sched_programs"] = sched
+    # The event-loop turn programs (sys_exit of every epoll wait of the machine) likewise.
+    for key, programs in (("sched_programs", ("on_sched_switch", "on_sched_waking", "on_sched_wakeup_new")),
+                          ("turn_programs", ("exit_epoll_wait", "exit_epoll_pwait", "exit_epoll_pwait2"))):
+        sched: dict[str, dict[str, float]] = {}
+        for p in programs:
+            runs_p = sum(w.runs.get(p, 0) for w in all_windows) + idle.runs.get(p, 0)
+            ns_p = sum(w.ns.get(p, 0) for w in all_windows) + sum(w.ns.get(p, 0) for w in idles)
+            if runs_p:
+                sched[p] = {"runs_per_s": round(runs_p / max(seconds, 1e-9)), "ns_per_run": round(ns_p / runs_p, 1),
+                            "cpu_pct": round(100 * ns_p / 1e9 / max(seconds, 1e-9), 3)}
+                print(f"{p}: {sched[p]['runs_per_s']:,} runs/s machine-wide, {sched[p]['ns_per_run']} ns each, "
+                      f"{sched[p]['cpu_pct']} % of one CPU")
+        out[key] = sched
     out["traced_ns_per_run"] = {k: round(v, 1) for k, v in per_run.items()}
     out["kernel_ns_per_request"] = {k: round(v) for k, v in per_request.items()}
     out["kernel_ns_per_request_round_spread"] = {k: round(max(v) - min(v)) for k, v in spread.items() if v}

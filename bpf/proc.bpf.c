@@ -9,6 +9,9 @@
  * did traced socket I/O, costs one field read or two hash lookups and sends nothing.
  * sched_wakeup_new runs once per task created on the machine: the same filters, a new thread's creation counts as a
  * hand-off.
+ * The sys_exit of epoll_wait/epoll_pwait/epoll_pwait2 runs on every such return of the machine: a thread that never
+ * did traced socket I/O costs one hash lookup and sends nothing; an event loop of a traced process sends one record
+ * per turn.
  * sched_process_exit also clears the per-thread state of both objects, so thread churn cannot leak.
  */
 #include "vmlinux_min.h"
@@ -105,6 +108,49 @@ int on_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	send_wakeup(tgid, creator, BPF_CORE_READ(p, pid), 0); /* it never slept: it waited for nothing */
 	return 0;
+}
+
+/* An event loop (asyncio, libuv, epoll-based servers) runs one turn per return from its wait: the callbacks of the
+ * descriptors it reported and the continuations queued by the turn before. The span builder counts turns to tell
+ * which request a loop's call can belong to (edge/sources/ebpf/spans/causes.py). */
+static __always_inline int loop_turn(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct turn_event *ev;
+
+	if (!bpf_map_lookup_elem(&offcpu, &tid) || !traced(id >> 32))
+		return 0; /* a thread that never did traced socket I/O */
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+		return 0;
+	}
+	ev->type = HELIX_EV_TURN;
+	ev->pid = id >> 32;
+	ev->tid = tid;
+	ev->ready = (__s32)ctx->ret;
+	ev->ts_ns = bpf_ktime_get_ns();
+	rb_submit(ev, sizeof(*ev));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_epoll_wait")
+int exit_epoll_wait(struct trace_event_raw_sys_exit *ctx)
+{
+	return loop_turn(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_epoll_pwait")
+int exit_epoll_pwait(struct trace_event_raw_sys_exit *ctx)
+{
+	return loop_turn(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_epoll_pwait2")
+int exit_epoll_pwait2(struct trace_event_raw_sys_exit *ctx)
+{
+	return loop_turn(ctx);
 }
 
 /* sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm); runs in the task

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Records written by proc.bpf.c (exec, exit, wakeups between the threads of a process). Off-CPU time is not a record: it accumulates in the shared
+ * Records written by proc.bpf.c (exec, exit, wakeups between the threads of a process, event-loop turns). Off-CPU time is not a record: it accumulates in the shared
  * `offcpu` map and rides on io.bpf.c's data/close records.
  * Python mirror: edge/sources/ebpf/decode.py, one struct.Struct per record, each naming this header.
  */
@@ -45,8 +45,19 @@ struct wakeup_event {
 	__u64 wakee_since_ns;
 };
 
+/* sys_exit of epoll_wait/epoll_pwait/epoll_pwait2 in a thread of a traced process that did traced socket I/O: an
+ * event loop's turn begins (whatever it runs until its next wait belongs to this turn). ready is the syscall's
+ * return value (ready descriptors, 0 on timeout, -errno). 24 bytes; Python: "=IIIi Q". */
+struct turn_event {
+	__u32 type; /* HELIX_EV_TURN */
+	__u32 pid;
+	__u32 tid;
+	__s32 ready;
+	__u64 ts_ns;
+};
 
 _Static_assert(sizeof(struct exec_event) == 296, "mirrored in decode.py");
 _Static_assert(sizeof(struct exit_event) == 40, "mirrored in decode.py");
 _Static_assert(sizeof(struct wakeup_event) == 32, "mirrored in decode.py");
+_Static_assert(sizeof(struct turn_event) == 24, "mirrored in decode.py");
 #endif /* HELIX_PROC_H */

@@ -12,10 +12,11 @@ knows its own structure). In order of preference:
   the request that made the call is known and its trace is);
 - cause: a kernel client span is the child of the server span of the request the span builder found it was made
   for (`helix.cause`, edge/sources/ebpf/spans/causes.py): the request its thread serves (`thread`), the one an
-  event loop read last (`event-loop`), or the one whose thread waited for a pool worker's result (`wakeup`) or
-  handed it the work (`handoff`); a call the builder found `ambiguous` (an event loop that read several requests
-  in one turn before any of their handlers called out) gets no parent from the timing rules below: it stays the
-  root of what it caused rather than be linked to a request it may not belong to;
+  event loop read last in the call's turn (`event-loop`) or its learned number of turns before (`loop-turn`), or
+  the one whose thread waited for a pool worker's result (`wakeup`) or handed it the work (`handoff`); a call the
+  builder found `ambiguous` (an event loop's call several open requests may have made, a pool worker's whose work
+  another worker may have taken) gets no parent from the timing rules below: it stays the root of what it caused
+  rather than be linked to a request it may not belong to;
 - thread: a kernel span inside a kernel server span of the same thread (the thread serving a request makes
   the calls that request needs), for spans that name no cause;
 - consumer-thread: a kernel client span made by the thread that just received an MQTT message, before it

@@ -25,6 +25,7 @@ __all__ = [
     "FileIoEvent",
     "FileOp",
     "WakeupEvent",
+    "TurnEvent",
     "KernelEvent",
 ]
 
@@ -232,5 +233,15 @@ class WakeupEvent:
     wakee_since_ns: int  # when the wakee was switched out (its sleep began); 0 when not known
 
 
+@dataclass(slots=True)
+class TurnEvent:
+    """An event loop's thread returned from its wait (epoll): a turn of the loop begins."""
+
+    ts_ns: int
+    pid: int
+    tid: int
+    ready: int  # descriptors the wait reported ready (0 on timeout, -errno on error)
+
+
 KernelEvent = (DataEvent | DataMoreEvent | H2Event | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent
-               | FileIoEvent | WakeupEvent)
+               | FileIoEvent | WakeupEvent | TurnEvent)

@@ -69,7 +69,7 @@ _PID_MAX = Path("/proc/sys/kernel/pid_max")
 # Programs whose tracepoint may be missing on an older or differently configured kernel: skipped, not fatal.
 _OPTIONAL_PROGRAMS = frozenset({"enter_fdatasync", "exit_fdatasync", "exit_accept", "on_tcp_destroy_sock",
                                 "on_tcp_receive_reset", "on_sched_waking",
-                                "on_sched_wakeup_new"})
+                                "on_sched_wakeup_new", "exit_epoll_wait", "exit_epoll_pwait", "exit_epoll_pwait2"})
 
 # Every tracepoint the programs attach to, as category/name (what `helix doctor` checks).
 TRACEPOINTS: dict[str, tuple[str, ...]] = {
@@ -80,7 +80,8 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
     + ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset", "tcp/tcp_receive_reset",
        "tcp/tcp_destroy_sock"),
     "proc": ("sched/sched_switch", "sched/sched_process_exec", "sched/sched_process_exit", "sched/sched_waking",
-             "sched/sched_wakeup_new"),
+             "sched/sched_wakeup_new", "syscalls/sys_exit_epoll_wait", "syscalls/sys_exit_epoll_pwait",
+             "syscalls/sys_exit_epoll_pwait2"),
 }
 
 # bpf/helix.h struct helix_settings (the whole .rodata of every object)

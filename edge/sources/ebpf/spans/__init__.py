@@ -51,6 +51,7 @@ from ..events import (
     H2Event,
     KernelEvent,
     TcpFaultEvent,
+    TurnEvent,
     WakeupEvent,
 )
 from . import file_io, http2, tcp
@@ -236,6 +237,7 @@ class SpanBuilder:
             ExecEvent: lambda ev, out: self.procs.exec(ev),
             ExitEvent: self._on_exit,
             WakeupEvent: self.causes.wakeup,
+            TurnEvent: self.causes.turn,
         }
 
     # -- public ------------------------------------------------------------------------------------------------

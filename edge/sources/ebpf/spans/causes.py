@@ -6,16 +6,33 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
 
 - thread: the calling thread serves exactly one request (read, not yet answered): that one.
 - event-loop: the calling thread serves several requests at once (asyncio, Node.js): the one whose bytes, or whose
-  downstream response, it read last among those still open. When it read several requests one after the other
+  downstream response, it read last among those still open, when it read them in the call's loop turn (for a
+  thread whose turns are known: a call made turns later comes from a continuation, which may be any open request's,
+  and is decided only by the answers, as below). When it read several requests one after the other
   with no call between (one turn of the loop), the handlers of those requests run after the reads and any of them
   may have made the call: the call is decided when its response is read, if by then all but one of those requests
   were answered (a handler awaits its calls before it answers); else it is `ambiguous` and names no request, so
   that no rule guesses one. Otherwise a call that is the first on a connection the thread opened takes the context
   the thread had when it opened it: a runtime that writes the request only once the connection is up (Node.js) does
   so a loop turn later, after reading other requests.
+- loop-turn: an event loop whose path from reading a request to its first call takes the same number of loop turns
+  every time (asyncio with aiohttp: three; it runs the handler and the call's task as continuations), learned from
+  the calls themselves: each call could have come from the requests still open that made no call in an earlier
+  turn, each at its own distance in turns; a distance found in every one of the thread's last 16 calls is the loop's.
+  A call is then the one request read that many turns before it (for the first call on a new connection: before
+  its `connect()`); several read in that turn are its candidates, decided as above when the call is answered. Any
+  call that fits no such distance (a second call after a response, a timer) breaks the pattern and the rule stays
+  off until 16 calls fit again. A loop that calls in the turn that read the request (Node.js) learns 0 and keeps
+  the rules above. Turns come from the return of the thread's epoll wait (bpf/proc.bpf.c).
 - wakeup: the calling thread serves none (a pool worker): the request of the thread it wakes once the call is
   answered, when that thread slept through the whole call (it was waiting for this result: a future, a condition);
-  else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`).
+  else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`), when no
+  other worker can have taken that work: workers take queued work in an order the kernel does not see, so a
+  hand-off is certain only if no worker still running from earlier work (a call since it was last handed work) began
+  a call between this hand-off and this call's end, and, where other workers were handed work while this one's was
+  pending (between its hand-off and its call), all of those requests but one were answered before this call was
+  (a request thread waits for its work). Otherwise, and when nothing handed the work at all, the call is left
+  `ambiguous` rather than guessed.
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 
@@ -28,12 +45,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ....model import Span
-from ..events import WakeupEvent
+from ..events import TurnEvent, WakeupEvent
 
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | wakeup | handoff | ambiguous (no cause: do not guess one)
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | ambiguous (no cause: no guess)
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
@@ -42,6 +59,10 @@ _MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond whi
 _MAX_WAITING = 64  # a worker's calls waiting for their decision
 _HISTORY = 8  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
 _MAX_CONNECTS = 4096  # connections opened whose first call is still to come
+_TURNS = 16  # an event loop's last turn starts: enough to place a call's connect() a few turns back
+_LAG_CALLS = 16  # an event loop's last calls whose distances in turns must agree before the distance is used
+_MAX_ANSWERED = 512  # pool processes' requests answered lately: hand-offs are decided within DECIDE_WAIT_NS
+_MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
 
 
 @dataclass(slots=True)
@@ -56,16 +77,23 @@ class Call:
     decided: bool = False
     answered: bool = False  # its response has been read: its result can be handed on
     handoff: bytes | None = None  # the request of the thread that handed this thread its work, if any
+    handoff_ns: int = 0  # when that thread handed it
+    end_ns: int = 0
     span: Span | None = None  # the finished span, waiting for the decision
     deadline_ns: int = 0
     candidates: tuple[bytes, ...] = ()  # an event loop's call made after several reads: the requests it may be for
+    turn: int = -1  # the loop turn it was made in (or its connection opened in), -1 when not known
 
 
 @dataclass(slots=True)
 class _Thread:
-    open: OrderedDict[bytes, None] = field(default_factory=OrderedDict)  # requests served, last touched last
+    # Requests served, last touched last, with the loop turn each was read in (None: not an event loop, or unknown).
+    open: OrderedDict[bytes, int | None] = field(default_factory=OrderedDict)
     handoff: bytes | None = None  # request of the thread that handed this one work, until it hands back
     handoff_from: int = 0
+    handoff_ns: int = 0  # when it was handed that work
+    calls_since_handoff: int = 0  # calls made since it was last handed work: more than none, it took work running
+    handoff_conflict: bool = False  # handed work for two requests before its call: which one it took is unknown
     fresh: bool = False  # first handed work by the thread that created it (or first woke it), no call made since
     history: deque[tuple[int, bytes | None]] | None = None  # kept once it serves several requests at once
     since_ns: int = 0  # when it took its present context (the history's first entry, when one is started)
@@ -73,6 +101,11 @@ class _Thread:
     reads_messages: bool = False  # an MQTT subscriber's network thread: its calls follow the message it read
     run: list[bytes] = field(default_factory=list)  # requests read one after the other since the last call
     reading: bool = False  # the last thing this thread did was read a request
+    turns: deque[tuple[int, int]] | None = None  # (start, number) of its last loop turns: it waits in epoll
+    turn_no: int = 0
+    called_in: dict[bytes, int] = field(default_factory=dict)  # open request -> the turn of its first decided call
+    touched: dict[bytes, int] = field(default_factory=dict)  # open request -> when its request or a response was read
+    lags: deque[frozenset[int]] | None = None  # for each of its last calls, the distances in turns it may have
 
     def context(self) -> bytes | None:
         """The request this thread works for now: the one it serves, last touched, else the one handed to it."""
@@ -89,8 +122,11 @@ class CausesStats:
     event_loop: int = 0
     wakeup: int = 0
     handoff: int = 0
-    undecided: int = 0  # a worker's call nobody waited for and nobody handed over
+    handoff_unsure: int = 0  # a hand-off another, running worker may have taken: left ambiguous
+    undecided: int = 0  # a worker's call nobody waited for and nobody handed over (left ambiguous)
     ambiguous: int = 0  # an event loop's call after several requests read in one turn, left undecided
+    loop_turn: int = 0  # an event loop's call decided by its distance in turns from the request's read
+    turns: int = 0  # loop turn records seen
     connect: int = 0  # a call decided by the context its thread had when it opened the connection
     wakeups: int = 0  # wakeup records seen
     evicted_threads: int = 0
@@ -106,6 +142,9 @@ class Causes:
         self._pools: set[int] = set()  # processes where a request thread and a worker woke each other
         self._waiting: set[tuple[int, int]] = set()  # threads with calls waiting for their decision
         self._connects: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pid, sock) -> when connect() began
+        # Per pool process: (tid, start, hand-off time or -1 when the worker took the work while running, request).
+        self._starts: dict[int, deque[tuple[int, int, int, bytes | None]]] = {}
+        self._answered: OrderedDict[bytes, int] = OrderedDict()  # request -> when its response began
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -136,7 +175,9 @@ class Causes:
         """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id`."""
         t = self._thread(pid, tid)
         before = self._certain(t)
-        t.open[span_id] = None
+        t.open[span_id] = _turn_at(t, ts_ns)
+        if t.turns is not None:
+            t.touched[span_id] = ts_ns
         if len(t.open) > _MAX_OPEN:
             t.open.popitem(last=False)
         if not t.reading:
@@ -170,11 +211,18 @@ class Causes:
         if len(self._connects) > _MAX_CONNECTS:
             self._connects.popitem(last=False)
 
-    def request_done(self, pid: int, tid: int, span_id: bytes) -> None:
-        """The response to that request started (or it ended without one): the thread no longer works for it."""
+    def request_done(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0) -> None:
+        """The response to that request started (or it ended without one, at `ts_ns`): the thread no longer works
+        for it."""
+        if pid in self._pools:
+            self._answered[span_id] = ts_ns
+            if len(self._answered) > _MAX_ANSWERED:
+                self._answered.popitem(last=False)
         t = self._threads.get((pid, tid))
         if t is not None:
             t.open.pop(span_id, None)
+            t.called_in.pop(span_id, None)
+            t.touched.pop(span_id, None)
 
     def message_read(self, pid: int, tid: int) -> None:
         """Thread `tid` read an MQTT delivery: its calls follow the message (the assembler's consumer-thread rule)."""
@@ -190,10 +238,16 @@ class Causes:
         t.reading = False
         t.fresh = False
         opened = self._connects.pop((pid, sock), None) if sock is not None else None
+        if t.turns is not None and self._by_turns(t, call, opened):
+            return call
         run = tuple(r for r in t.run if r in t.open) if len(t.run) > 1 else ()
         then = _context_at(t, opened) if opened is not None and t.open else None
         if len(run) > 1:
             call.candidates = run  # decided when its response is read (response_read)
+        elif t.turns is not None and len(t.open) > 1 and not self._in_turn(t, then, opened, call.start_ns):
+            # An event loop's context holds for a call only in the turn it was taken: a call made turns later comes
+            # from a continuation, which may be any open request's.
+            call.candidates = tuple(t.open)
         elif then is not None and then in t.open:
             call.cause, call.via, call.decided = then, "event-loop" if len(t.open) > 1 else "thread", True
             self.stats.connect += 1
@@ -201,6 +255,8 @@ class Causes:
             call.cause = next(reversed(t.open))
             call.via = "thread" if len(t.open) == 1 else "event-loop"
             call.decided = True
+            if call.turn >= 0:
+                t.called_in.setdefault(call.cause, call.turn)
             if len(t.open) == 1:
                 self.stats.thread += 1
             else:
@@ -209,7 +265,12 @@ class Causes:
             giver = self._threads.get((pid, t.handoff_from))
             if t.handoff is not None and (giver is None or t.handoff not in giver.open):
                 t.handoff = None  # that request was answered before this call began: it did not cause it
-            call.handoff = t.handoff
+            if t.calls_since_handoff == 0 and not t.handoff_conflict:
+                call.handoff, call.handoff_ns = t.handoff, t.handoff_ns  # else stale, or one of two: not certain
+            running = t.handoff is None or t.calls_since_handoff > 0  # took work without being handed it
+            starts = self._starts.setdefault(pid, deque(maxlen=_MAX_STARTS))
+            starts.append((tid, start_ns, -1 if running else t.handoff_ns, t.handoff))
+            t.calls_since_handoff += 1
             if len(t.waiting) >= _MAX_WAITING:
                 self._settle(t.waiting.pop(0), None)
             t.waiting.append(call)
@@ -228,6 +289,8 @@ class Causes:
         if call.decided and call.cause is not None:
             if t is not None and call.cause in t.open:
                 t.open.move_to_end(call.cause)
+                if t.turns is not None:
+                    t.touched[call.cause] = ts_ns
                 t.run = [call.cause]
                 t.reading = False
         if t is not None:
@@ -241,6 +304,8 @@ class Causes:
         if len(left) == 1:
             call.cause, call.via = left[0], "event-loop"
             self.stats.event_loop += 1
+            if t is not None and call.turn >= 0:
+                t.called_in.setdefault(left[0], call.turn)
         else:
             call.via = "ambiguous"
             self.stats.ambiguous += 1
@@ -255,8 +320,52 @@ class Causes:
             out.append(span)
             return
         call.span = span
+        call.end_ns = end_ns
         call.deadline_ns = end_ns + DECIDE_WAIT_NS
         call.answered = True
+
+    def _by_turns(self, t: _Thread, call: Call, opened: int | None) -> bool:
+        """Decide an event loop's call by its distance in turns from the request's read, once the loop's distance is
+        learned (see the module docstring); False leaves it to the other rules."""
+        at = _turn_at(t, opened if opened is not None else call.start_ns)
+        if at is None:
+            return False
+        call.turn = at
+        live = [(r, read) for r, read in t.open.items()
+                if read is not None and read <= at and t.called_in.get(r, at) == at]
+        assert t.lags is not None
+        t.lags.append(frozenset(at - read for _, read in live))
+        lag = _learned(t.lags)
+        if not lag or len(t.open) < 2:
+            return False
+        fits = [r for r, read in live if at - read == lag]
+        if len(fits) == 1:
+            call.cause, call.via, call.decided = fits[0], "loop-turn", True
+            t.called_in.setdefault(fits[0], at)
+            self.stats.loop_turn += 1
+        else:
+            call.candidates = tuple(fits) if fits else tuple(t.open)  # decided when answered, if it can be
+        return True
+
+    @staticmethod
+    def _in_turn(t: _Thread, then: bytes | None, opened: int | None, start_ns: int) -> bool:
+        """Whether the context the rules below take (at the connect(), else now) was touched in the same loop turn."""
+        ctx, at = (then, opened) if then is not None and opened is not None else (next(reversed(t.open)), start_ns)
+        touched = t.touched.get(ctx)
+        if touched is None or touched > at:
+            return False
+        turn = _turn_at(t, at)
+        return turn is not None and _turn_at(t, touched) == turn
+
+    def turn(self, ev: TurnEvent, out: list[Span]) -> None:
+        """A thread returned from its epoll wait: a turn of its event loop begins."""
+        self.stats.turns += 1
+        t = self._thread(ev.pid, ev.tid)
+        if t.turns is None:
+            t.turns = deque(maxlen=_TURNS)
+            t.lags = deque(maxlen=_LAG_CALLS)
+        t.turn_no += 1
+        t.turns.append((ev.ts_ns, t.turn_no))
 
     # -- wakeups ---------------------------------------------------------------------------------------------
 
@@ -288,9 +397,16 @@ class Causes:
             # The latest hand-off wins: an idle worker woken now takes work now (an earlier one it did not take
             # went to a worker that was still running).
             target = wakee if wakee is not None else self._thread(pid, ev.wakee_tid)
+            request = next(reversed(waker.open))
+            if target.calls_since_handoff and any(not c.answered for c in target.waiting):
+                return  # a worker whose call is in flight is busy: this wakes it for a lock (the GIL), not work
+            target.handoff_conflict = (target.handoff is not None and target.calls_since_handoff == 0
+                                       and target.handoff != request)
             target.fresh = wakee is None
-            target.handoff = next(reversed(waker.open))
+            target.handoff = request
             target.handoff_from = ev.waker_tid
+            target.handoff_ns = ev.ts_ns
+            target.calls_since_handoff = 0
 
     def _decide(self, t: _Thread, call: Call, cause: bytes | None, via: str, out: list[Span]) -> None:
         t.waiting.remove(call)
@@ -301,7 +417,9 @@ class Causes:
 
     def _settle(self, call: Call, out: list[Span] | None) -> None:
         call.decided = True
-        if call.cause is None:
+        if call.via == "ambiguous" and call.handoff is not None:
+            self.stats.handoff_unsure += 1
+        elif call.cause is None:
             self.stats.undecided += 1
         elif call.via == "wakeup":
             self.stats.wakeup += 1
@@ -323,7 +441,7 @@ class Causes:
                 continue
             for call in list(t.waiting):
                 if call.span is not None and (force or call.deadline_ns <= now_ns):
-                    self._decide(t, call, call.handoff, "handoff" if call.handoff is not None else "", out)
+                    self._decide(t, call, *self._by_handoff(call), out)
                 elif call.span is None and (force or call.start_ns + stale_ns <= now_ns):
                     self._decide(t, call, None, "", out)
 
@@ -333,10 +451,52 @@ class Causes:
             t = self._threads.pop(key)
             self._waiting.discard(key)
             for call in t.waiting:
-                call.cause, call.via = call.handoff, "handoff" if call.handoff is not None else ""
+                call.cause, call.via = self._by_handoff(call)
                 self._settle(call, out)
         self._pools.discard(pid)
+        self._starts.pop(pid, None)
 
+    def _by_handoff(self, call: Call) -> tuple[bytes | None, str]:
+        """A worker's call nobody waited for: the request that handed it the work, when no other worker can have
+        taken that work; else ambiguous."""
+        if call.handoff is None:
+            return None, "ambiguous"
+        end = call.end_ns or call.start_ns
+        rivals: set[bytes] = set()
+        for tid, start, handed, request in self._starts.get(call.pid, ()):
+            if tid == call.tid:
+                continue
+            if handed < 0 and call.handoff_ns < start <= end:
+                return None, "ambiguous"  # a running worker dequeued while this hand-off was pending or after
+            if handed >= 0 and handed < call.start_ns and call.handoff_ns < start and request is not None:
+                rivals.add(request)  # two hand-offs pending at once: either worker may have taken either
+        rivals.discard(call.handoff)
+        if rivals:
+            # A request thread waits for the work it handed: a request answered before this call was not its.
+            left = [r for r in (call.handoff, *rivals) if not 0 < self._answered.get(r, 0) < end]
+            if len(left) != 1:
+                return None, "ambiguous"
+            return left[0], "handoff"
+        return call.handoff, "handoff"
+
+
+def _turn_at(t: _Thread, ts_ns: int) -> int | None:
+    """The number of the loop turn thread `t` was in at `ts_ns`, if it is an event loop and that is still known."""
+    if not t.turns or ts_ns < t.turns[0][0]:
+        return None
+    for start, number in reversed(t.turns):
+        if start <= ts_ns:
+            return number
+    return None
+
+
+def _learned(lags: deque[frozenset[int]]) -> int | None:
+    """The distance in turns every one of the loop's last calls could have: its read-to-call path, when there is
+    exactly one."""
+    if len(lags) < (lags.maxlen or 0):
+        return None
+    common = frozenset.intersection(*lags)
+    return next(iter(common)) if len(common) == 1 else None
 
 
 def _context_at(t: _Thread, ts_ns: int) -> bytes | None:

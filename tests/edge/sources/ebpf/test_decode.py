@@ -21,6 +21,7 @@ from edge.sources.ebpf.events import (
     FileOp,
     Role,
     TcpFaultEvent,
+    TurnEvent,
     WakeupEvent,
 )
 
@@ -95,6 +96,9 @@ def test_other_records() -> None:
     wake = struct.pack("=IIIIQQ", 9, 50, 51, 52, 80, 75)  # bpf/proc.h struct wakeup_event
     assert len(wake) == RECORD_SIZES[9] == 32
     assert decode_event(wake) == WakeupEvent(80, 50, 51, 52, 75)
+    turn = struct.pack("=IIIiQ", 11, 50, 51, -4, 90)  # bpf/proc.h struct turn_event: an epoll wait interrupted
+    assert len(turn) == RECORD_SIZES[11] == 24
+    assert decode_event(turn) == TurnEvent(90, 50, 51, -4)
 
 
 def test_bad_records_are_counted_drops() -> None:

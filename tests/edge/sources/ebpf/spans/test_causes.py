@@ -3,7 +3,7 @@ last, the request thread a pool worker hands its result to (sched_waking), or th
 from __future__ import annotations
 
 from edge.model import SpanKind
-from edge.sources.ebpf.events import ConnectEvent, Endpoint, ExitEvent, Role, WakeupEvent
+from edge.sources.ebpf.events import ConnectEvent, Endpoint, ExitEvent, Role, TurnEvent, WakeupEvent
 from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA, DECIDE_WAIT_NS, Causes
 
 from ._helpers import CLI, IN, OUT, builder, data, req, resp
@@ -191,13 +191,28 @@ def test_wakeup_of_a_thread_that_fell_asleep_after_the_call_began_leaves_it_to_t
     assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
 
 
-def test_latest_handoff_to_an_idle_worker_wins():
-    """A hand-off the worker did not take (another, still running worker took it) is replaced by the next one."""
+def test_two_handoffs_to_a_worker_before_its_call_leave_it_ambiguous():
+    """Woken for a's request and then for b's before it called: a lock (the GIL) wakes a thread as a queue does, so
+    which work it took is not known."""
     b = two_requests((101, 201, 2_000), (102, 201, 3_000))
     assert call(b, 10, 5_000, 201) == []
     (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
-    sb = server_span(serve_answer(b, 2, 8_000, 102))
-    assert c.attributes[CAUSE] == sb.span_id and c.attributes[CAUSE_VIA] == "handoff"
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_wakeup_of_a_busy_worker_is_not_a_handoff():
+    """A request thread waking a worker whose call is in flight (the GIL) hands it nothing: its next call, work it
+    took running, is not given to that request."""
+    b = two_requests((101, 201, 2_000))
+    b.feed([data(10, OUT, 3_000, req(target="/db?c=10"), pid=PID, tid=201, role=Role.CLIENT,
+                 local=Endpoint(CLI.addr, 40010), remote=DB)])
+    b.feed([WakeupEvent(3_500, PID, 102, 201, 3_200)])  # b's thread releases the GIL to the worker, its call in flight
+    b.feed([data(10, IN, 4_000, resp(), pid=PID, tid=201, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010),
+                 remote=DB, prev_bytes=len(req(target="/db?c=10")), prev_end=3_050)])
+    assert call(b, 11, 6_000, 201) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (second,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
+    assert CAUSE not in second.attributes and second.attributes[CAUSE_VIA] == "ambiguous"
 
 
 def test_worker_nobody_waits_for_takes_the_request_that_handed_it_work():
@@ -246,7 +261,7 @@ def test_worker_call_of_no_request_leaves_undecided_and_nothing_is_held():
     b.feed([WakeupEvent(3_500, PID, 201, 101, 0)])  # the worker handed back: it works for nobody now
     assert call(b, 10, 5_000, 201) == []
     (c,) = b.flush(10_000 + DECIDE_WAIT_NS)
-    assert CAUSE not in c.attributes
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"  # no timing rule may guess one
     assert b.causes.stats.undecided == 1 and b.pending_count == 0
 
 
@@ -274,3 +289,161 @@ def test_open_requests_per_thread_are_bounded():
     call_ = c.call_made(PID, 1, 0)  # after 1,000 reads in one turn: any of the last 64 still open
     assert call_.cause is None and call_.candidates == tuple(i.to_bytes(8, "big") for i in range(936, 1000))
     assert len(c._threads[(PID, 1)].open) <= 64 and len(c._threads[(PID, 1)].run) <= 64
+
+
+def test_handoff_another_running_worker_may_have_taken_is_left_ambiguous():
+    """Thread a hands work to idle worker 201; worker 202, still running after its previous call, takes work off the
+    queue without sleeping (it may be a's: queues hand out what came first) and calls: 201's hand-off is no longer
+    certain, so its call names no request and no timing rule may guess one."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_read(b, 2, 1_200, 102, "b")
+    b.feed([WakeupEvent(1_300, PID, 102, 202, 0)])
+    assert call(b, 11, 1_400, 202) == []  # 202's first call: work handed to it
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 12, 2_500, 202) == []  # 202 calls again without a hand-off: it took work running
+    assert call(b, 10, 3_000, 201) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (c,) = [s for s in out if s.attributes.get("url.path") == "/db" and "c=10" in str(s.attributes.get("url.query"))]
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+    assert b.causes.stats.handoff_unsure >= 1
+
+
+def test_handoffs_pending_at_once_are_left_ambiguous():
+    """Threads a and b hand work to idle workers 201 and 202 before either began its call: whichever ran first took
+    the work queued first, so neither hand-off says whose work each took."""
+    b = two_requests((101, 201, 2_000), (102, 202, 2_100))
+    assert call(b, 10, 3_000, 201) == []
+    assert call(b, 11, 3_100, 202) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    assert len(out) == 2 and all(CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous" for c in out)
+    assert b.causes.stats.handoff_unsure == 2
+
+
+def test_handoff_stands_when_running_workers_took_work_only_before_it():
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(1_300, PID, 101, 202, 0)])
+    assert call(b, 11, 1_400, 202) == []
+    assert call(b, 12, 1_600, 202) == []  # took work running, before a's hand-off to 201
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 10, 3_000, 201) == []
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (c,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
+    assert c.attributes[CAUSE_VIA] == "handoff"
+
+
+def loop_learns_lag(b, lag=3, tid=101, t0=1_000_000):
+    """An event loop (turns from epoll) that serves requests one at a time, each call `lag` turns after its read:
+    16 calls teach it the distance. Returns the time after the last."""
+    ts = t0
+    for i in range(16):
+        b.feed([TurnEvent(ts, PID, tid, 1)])
+        serve_read(b, 100 + i, ts + 10, tid, f"warm{i}")  # read by ts + 1_010
+        for _ in range(lag):
+            ts += 2_000
+            b.feed([TurnEvent(ts, PID, tid, 0)])
+        call(b, 300 + i, ts + 1_100, tid)  # answered 1_000 later
+        serve_answer(b, 100 + i, ts + 5_000, tid)
+        ts += 10_000
+    return ts
+
+
+def learned_loop_reads_a_then_b():
+    """A loop that learned a distance of 3 turns reads request a, and b a turn later."""
+    b = builder()
+    ts = loop_learns_lag(b)
+    b.feed([TurnEvent(ts, PID, 101, 1)])
+    serve_read(b, 1, ts + 10, 101, "a")
+    b.feed([TurnEvent(ts + 2_000, PID, 101, 1)])
+    serve_read(b, 2, ts + 2_010, 101, "b")
+    return b, ts
+
+
+def test_event_loop_call_goes_to_the_request_read_its_learned_number_of_turns_before():
+    """aiohttp runs a handler a turn after the read and the call's task turns later: with a and b read in successive
+    turns, the call three turns after a's read is a's, and the one a turn later b's."""
+    b, ts = learned_loop_reads_a_then_b()
+    b.feed([TurnEvent(ts + 4_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 6_000, PID, 101, 0)])
+    (for_a,) = call(b, 10, ts + 6_010, 101)
+    b.feed([TurnEvent(ts + 8_000, PID, 101, 0)])
+    (for_b,) = call(b, 11, ts + 8_010, 101)
+    sa = server_span(serve_answer(b, 1, ts + 19_000, 101))
+    sb = server_span(serve_answer(b, 2, ts + 19_500, 101))
+    assert for_a.attributes[CAUSE] == sa.span_id and for_a.attributes[CAUSE_VIA] == "loop-turn"
+    assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "loop-turn"
+    assert b.causes.stats.loop_turn == 2
+
+
+def test_a_call_that_fits_no_learned_distance_turns_the_rule_off():
+    """A call no open request was read the learned number of turns before (a second call after a response, a timer)
+    breaks the pattern: the following calls are left to the other rules."""
+    b, ts = learned_loop_reads_a_then_b()
+    (odd,) = call(b, 10, ts + 3_100, 101)  # in b's turn: a distance of 0 or 1, not 3
+    assert odd.attributes.get(CAUSE_VIA) != "loop-turn"
+    b.feed([TurnEvent(ts + 6_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 8_000, PID, 101, 0)])
+    b.feed([TurnEvent(ts + 10_000, PID, 101, 0)])
+    (later,) = call(b, 11, ts + 10_010, 101)
+    assert later.attributes.get(CAUSE_VIA) != "loop-turn" and b.causes.stats.loop_turn == 0
+
+
+def test_loop_calling_in_the_turn_of_the_read_keeps_the_other_rules():
+    """Node.js calls in the turn that read the request: it learns 0 and the rules for reads and calls decide."""
+    b = builder()
+    ts = loop_learns_lag(b, lag=0)
+    b.feed([TurnEvent(ts, PID, 101, 2)])
+    serve_read(b, 1, ts + 10, 101, "a")  # read by ts + 1_010
+    (for_a,) = call(b, 10, ts + 2_000, 101)  # answered at ts + 3_000, in the same turn
+    serve_read(b, 2, ts + 4_000, 101, "b")
+    (for_b,) = call(b, 11, ts + 6_000, 101)
+    serve_answer(b, 1, ts + 9_000, 101)
+    sb = server_span(serve_answer(b, 2, ts + 9_500, 101))
+    assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "event-loop"
+    assert b.causes.stats.loop_turn == 0
+
+
+def test_loop_context_taken_in_an_earlier_turn_does_not_decide_a_call():
+    """While the loop's distance is not known, a call made turns after the read of the request the loop touched last
+    comes from a continuation that may be any open request's: left to the answers, not to the last read."""
+    b = builder()
+    b.feed([TurnEvent(1_000, PID, 101, 1)])
+    serve_read(b, 1, 1_010, 101, "a")  # read by 2_010
+    (_,) = call(b, 10, 2_100, 101)  # a's first call, in a's turn
+    b.feed([TurnEvent(5_000, PID, 101, 1)])
+    serve_read(b, 2, 5_010, 101, "b")
+    b.feed([TurnEvent(8_000, PID, 101, 0)])
+    (later,) = call(b, 11, 8_010, 101)  # b is the last read, but a turn ago: a's continuation or b's
+    assert CAUSE not in later.attributes and later.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_handoffs_pending_at_once_are_decided_when_the_other_request_was_answered_first():
+    """a and b hand work to idle workers 201 and 202 at once; a is answered before 201's call is: a request thread
+    waits for the work it handed, so 201 worked for b (and 202, whose call was answered before a was, stays open)."""
+    b = two_requests((101, 201, 2_000), (102, 202, 2_100))
+    assert call(b, 11, 3_000, 202) == []  # answered by 5_000
+    assert b.feed([data(10, OUT, 3_500, req(target="/db?c=10"), pid=PID, tid=201, role=Role.CLIENT,
+                        local=Endpoint(CLI.addr, 40010), remote=DB)]) == []
+    sa = server_span(serve_answer(b, 1, 5_500, 101))
+    b.feed([data(10, IN, 8_000, resp(), pid=PID, tid=201, role=Role.CLIENT, local=Endpoint(CLI.addr, 40010),
+                 remote=DB, prev_bytes=len(req(target="/db?c=10")), prev_end=3_550)])
+    out = b.flush(20_000 + DECIDE_WAIT_NS)
+    sb = server_span(serve_answer(b, 2, 9_000, 102))
+    (late,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
+    assert late.attributes[CAUSE] == sb.span_id and late.attributes[CAUSE_VIA] == "handoff"
+    (early,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
+    assert CAUSE not in early.attributes and early.attributes[CAUSE_VIA] == "ambiguous"
+    assert sa.span_id != sb.span_id
+
+
+def test_worker_whose_answered_call_waits_for_its_decision_takes_new_work():
+    """A worker's answered call still waiting for its decision does not make it busy: the next hand-off is work."""
+    b = two_requests((101, 201, 2_000))
+    assert call(b, 10, 3_000, 201) == []  # answered by 5_000; nobody slept through it
+    b.feed([WakeupEvent(6_000, PID, 102, 201, 5_500)])  # b hands the idle worker its work
+    assert call(b, 11, 7_000, 201) == []
+    out = b.flush(20_000 + DECIDE_WAIT_NS)
+    sb = server_span(serve_answer(b, 2, 30_000, 102))
+    (second,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
+    assert second.attributes[CAUSE] == sb.span_id and second.attributes[CAUSE_VIA] == "handoff"
