@@ -20,8 +20,8 @@ from edge.model import AttrValue, Attributes, Event, Link, Resource, Scope, Span
 
 from . import dictionaries
 from .frame import SPANS_HEADER, SPANS_MAGIC, Batch, BatchHeader, compress, decompress
-from .values import MAX_DEPTH, SOURCES, Expansion, array, check_native, expect, native, planes, source_code, time_parents, \
-    unplanes, zigzag
+from .values import MAX_DEPTH, SOURCES, array, check_native, expanded_size, expect, native, planes, source_code, \
+    time_parents, unplanes, zigzag
 
 __all__ = ["VERSIONS", "encode", "decode", "body"]
 
@@ -374,11 +374,7 @@ def _decode_body(body: Any, version: int, dict_id: int, max_spans: int, max_expa
         if x is not None:
             _apply_extras(span, x, r, what)
         spans.append(span)
-    expanded = 0
-    if max_expanded is not None:
-        counter = Expansion(max_expanded, node_id, seq)
-        counter.spans(spans)
-        expanded = counter.total
+    expanded = expanded_size(spans, max_expanded, node_id, seq)
     return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, dict_id=dict_id,
                  expanded=expanded)
 

@@ -41,8 +41,8 @@ from .tables import (
     thaw_value,
     train,
 )
-from .values import MAX_DEPTH, SOURCES, Expansion, array, check_native, expect, native, planes, source_code, time_parents, \
-    unplane, unplanes, zigzag
+from .values import MAX_DEPTH, SOURCES, array, check_native, expanded_size, expect, native, planes, source_code, \
+    time_parents, unplane, unplanes, zigzag
 
 __all__ = [
     "VERSION",
@@ -688,11 +688,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     for i, x in extras.items():
         expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
         _apply_extras(spans[i], x, trace_table, f"span {i}", checked)
-    expanded = 0
-    if max_expanded is not None:
-        counter = Expansion(max_expanded, node_id, seq)
-        counter.spans(spans)
-        expanded = counter.total
+    expanded = expanded_size(spans, max_expanded, node_id, seq)
     return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, table_id=table_id,
                  expanded=expanded)
 

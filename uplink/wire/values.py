@@ -204,6 +204,15 @@ class Expansion:
                     add(_POINT + 8 * buckets + attributes(p.attributes))
 
 
+def expanded_size(spans: list[Span], max_expanded: int | None, node_id: str, seq: int) -> int:
+    """The bytes `spans` take in their OTLP export (0 when not counted); ExpansionExceeded past `max_expanded`."""
+    if max_expanded is None:
+        return 0
+    counter = Expansion(max_expanded, node_id, seq)
+    counter.spans(spans)
+    return counter.total
+
+
 def zigzag(values: list[int]) -> list[int]:
     """Signed integers as non-negative ones: 2v for v >= 0, -2v - 1 otherwise."""
     return [v << 1 if v >= 0 else ((-v) << 1) - 1 for v in values]
