@@ -80,6 +80,17 @@ struct {
 	__type(value, __u64);
 } busy_tids SEC(".maps");
 
+/* Per thread, like busy_tids: the thread has an `offcpu` entry (set when io.bpf.c enrols it, cleared at thread exit).
+ * The scheduler programs and the event-loop turn program run for every thread of the machine; they test this bit, an
+ * inlined array load, before they look the thread up in `offcpu`. A bit may outlive an entry the LRU evicted (the
+ * lookup then misses, as it would without the bit), never the other way round. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HELIX_PID_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} offcpu_tids SEC(".maps");
+
 /* cgroup v2 id -> 1 when HELIX_FILTER_CGROUPS is set. 1024 x ~60 B. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -229,6 +240,14 @@ static __always_inline void id_bit_set(void *bitmap, __u32 id, bool on)
 	if (!bits || !(*bits & bit) == !on)
 		return;
 	__sync_fetch_and_add(bits, on ? bit : -bit);
+}
+
+/* The thread's `offcpu` entry, or NULL when it has none; the bitmap answers most misses without a hash lookup. */
+static __always_inline struct offcpu_state *offcpu_of(__u32 tid)
+{
+	if (!id_bit(&offcpu_tids, tid))
+		return NULL;
+	return bpf_map_lookup_elem(&offcpu, &tid);
 }
 
 /* The live sampling threshold (0: keep everything). */

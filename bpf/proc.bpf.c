@@ -22,23 +22,30 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next[, unsigned int prev_state]) */
-SEC("raw_tp/sched_switch")
-int on_sched_switch(struct bpf_raw_tracepoint_args *ctx)
+/* sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next[, unsigned int prev_state]), as a BTF
+ * tracepoint: the arguments are typed pointers whose fields the JIT loads inline, where a raw tracepoint reads each
+ * through a helper call. The clock is read only when one of the two threads is enrolled, so the machine's other
+ * switches cost two lookups and nothing more. */
+SEC("tp_btf/sched_switch")
+int on_sched_switch(__u64 *ctx)
 {
-	struct task_struct *prev = (struct task_struct *)ctx->args[1];
-	struct task_struct *next = (struct task_struct *)ctx->args[2];
-	__u64 now = bpf_ktime_get_ns();
+	struct task_struct *prev = (struct task_struct *)ctx[1];
+	struct task_struct *next = (struct task_struct *)ctx[2];
 	struct offcpu_state *st;
+	__u64 now = 0;
 	__u32 tid;
 
-	tid = BPF_CORE_READ(prev, pid);
-	st = bpf_map_lookup_elem(&offcpu, &tid);
-	if (st)
+	tid = prev->pid;
+	st = offcpu_of(tid);
+	if (st) {
+		now = bpf_ktime_get_ns();
 		st->since_ns = now;
-	tid = BPF_CORE_READ(next, pid);
-	st = bpf_map_lookup_elem(&offcpu, &tid);
+	}
+	tid = next->pid;
+	st = offcpu_of(tid);
 	if (st && st->since_ns) {
+		if (!now)
+			now = bpf_ktime_get_ns();
 		st->total_ns += now - st->since_ns;
 		st->since_ns = 0;
 	}
@@ -66,23 +73,23 @@ static __always_inline void send_wakeup(__u32 tgid, __u32 waker, __u32 wakee, __
  * request's work to a pool worker wakes it (a queue, a semaphore); the worker that finished wakes the thread waiting
  * for the result (a future, a condition). Only wakeups inside one process where one of the two threads did traced
  * socket I/O are sent; the span builder decides which of them carry a request (edge/sources/ebpf/spans/causes.py). */
-SEC("raw_tp/sched_waking")
-int on_sched_waking(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sched_waking")
+int on_sched_waking(__u64 *ctx)
 {
-	struct task_struct *p = (struct task_struct *)ctx->args[0];
+	struct task_struct *p = (struct task_struct *)ctx[0];
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
 	__u32 waker = (__u32)id;
 	struct offcpu_state *slept;
 	__u32 wakee;
 
-	if ((__u32)BPF_CORE_READ(p, tgid) != tgid)
+	if ((__u32)p->tgid != tgid)
 		return 0; /* another process (or an interrupt on an idle CPU): no hand-off between threads */
-	wakee = BPF_CORE_READ(p, pid);
+	wakee = p->pid;
 	if (wakee == waker)
 		return 0;
-	slept = bpf_map_lookup_elem(&offcpu, &wakee);
-	if (!slept && !bpf_map_lookup_elem(&offcpu, &waker))
+	slept = offcpu_of(wakee);
+	if (!slept && !offcpu_of(waker))
 		return 0; /* neither thread did traced socket I/O */
 	if (!traced(tgid))
 		return 0;
@@ -94,19 +101,19 @@ int on_sched_waking(struct bpf_raw_tracepoint_args *ctx)
  * starts workers lazily (ThreadPoolExecutor on submit) hands the new worker its first work by creating it, not by
  * waking it: sent as a wakeup from the creating thread when it did traced socket I/O and the new task is a thread of
  * the same process (a forked process is not a hand-off). Runs once per thread or process created on the machine. */
-SEC("raw_tp/sched_wakeup_new")
-int on_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sched_wakeup_new")
+int on_sched_wakeup_new(__u64 *ctx)
 {
-	struct task_struct *p = (struct task_struct *)ctx->args[0];
+	struct task_struct *p = (struct task_struct *)ctx[0];
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
 	__u32 creator = (__u32)id;
 
-	if ((__u32)BPF_CORE_READ(p, tgid) != tgid)
+	if ((__u32)p->tgid != tgid)
 		return 0; /* a new process, not a thread of this one */
-	if (!bpf_map_lookup_elem(&offcpu, &creator) || !traced(tgid))
+	if (!offcpu_of(creator) || !traced(tgid))
 		return 0;
-	send_wakeup(tgid, creator, BPF_CORE_READ(p, pid), 0); /* it never slept: it waited for nothing */
+	send_wakeup(tgid, creator, p->pid, 0); /* it never slept: it waited for nothing */
 	return 0;
 }
 
@@ -119,7 +126,7 @@ static __always_inline int loop_turn(struct trace_event_raw_sys_exit *ctx)
 	__u32 tid = (__u32)id;
 	struct turn_event *ev;
 
-	if (!bpf_map_lookup_elem(&offcpu, &tid) || !traced(id >> 32))
+	if (!offcpu_of(tid) || !traced(id >> 32))
 		return 0; /* a thread that never did traced socket I/O */
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -197,6 +204,7 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 	bpf_map_delete_elem(&offcpu, &tid);
 	bpf_map_delete_elem(&inflight, &tid);
 	id_bit_set(&busy_tids, tid, false); /* runs in the exiting thread: the bits' owner */
+	id_bit_set(&offcpu_tids, tid, false);
 	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !traced(pid))
 		return 0;
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);

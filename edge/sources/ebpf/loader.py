@@ -61,9 +61,9 @@ PROBE_SETS = ("io", "proc")
 # called; there io_compat.bpf.o (the same probes, deciding nothing: every exchange is sent) is loaded instead.
 _BPF_LOOP_KERNEL = (5, 17)
 _SHARED_MAPS = ("events", "drops", "config", "allowed_pids", "allowed_cgroups", "offcpu", "inflight", "allowed_bits",
-                "busy_tids")
-# Bitmaps by pid (bpf/maps.bpf.h allowed_bits, busy_tids): one bit per pid up to the machine's pid_max.
-_PID_BITMAPS = ("allowed_bits", "busy_tids")
+                "busy_tids", "offcpu_tids")
+# Bitmaps by pid (bpf/maps.bpf.h allowed_bits, busy_tids, offcpu_tids): one bit per pid up to the machine's pid_max.
+_PID_BITMAPS = ("allowed_bits", "busy_tids", "offcpu_tids")
 _PID_MAX = Path("/proc/sys/kernel/pid_max")
 
 # Programs whose tracepoint may be missing on an older or differently configured kernel: skipped, not fatal.
