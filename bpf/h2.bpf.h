@@ -215,10 +215,10 @@ static __always_inline void h2_walk(struct sys_call *in, struct sock *sk, struct
 	ev->end_ns = now;
 	ev->sock = (__u64)sk;
 	ev->size = size;
-	read_endpoints(sk, &ev->ep);
+	conn_endpoints(sk, st, &ev->ep);
 	ev->ep.role = st->role;
 	ev->ep.direction = in->op;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	current_comm(ev->comm);
 	ev->payload_len = 0;
 	ev->_pad = 0;
 	__builtin_memset(c, 0, sizeof(*c));

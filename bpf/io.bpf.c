@@ -52,7 +52,7 @@ struct h2_dir {
 
 /* Per-connection state, keyed by struct sock address. Deleted by tcp:tcp_destroy_sock (the kernel frees
  * the sock right after), so a closed connection never outlives its socket; LRU bounds whatever a missed
- * destroy could leave. 65536 x ~190 B = 12 MiB at most. */
+ * destroy could leave. 65536 x ~230 B = 15 MiB at most. */
 struct conn_state {
 	__u64 bytes;   /* bytes of the message in flight */
 	__u64 end_ns;  /* sys_exit of its last syscall */
@@ -67,6 +67,9 @@ struct conn_state {
 	__u64 held_end_ns; /* sent (data_event or close) reports as its previous message */
 	__u64 ssl;     /* the SSL object linked to it (tls.bpf.h), 0: none */
 	struct h2_dir h2d[2]; /* by Direction */
+	/* The endpoints as read from the sock once both ports were set (family 0: not yet): a message's record copies
+	 * them instead of reading five sock fields again. A connect() starts the state afresh, so they cannot go stale. */
+	struct helix_endpoints ep;
 };
 
 struct {
@@ -104,6 +107,27 @@ struct {
 	__type(value, struct data_scratch);
 } scratch SEC(".maps");
 
+/* TCP socket files classified lately, per CPU, by the file's address (struct file comes from a slab of 256-byte objects,
+ * hence the shift). A traced syscall on a file found here checks that the file still holds the same socket and the
+ * socket the same sock (two reads) instead of classifying it again (inode mode, socket type, sock, family: four more,
+ * on two more cache lines). A file freed and reused at the same address by another socket cannot pass: its socket
+ * would have to reuse the old one's address and hold a sock at the old sock's, which comes from the TCP slab and so is
+ * a TCP sock again. */
+struct sock_file {
+	__u64 file;
+	__u64 so;
+	__u64 sk;
+};
+
+#define SOCK_FILES 64
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SOCK_FILES);
+	__type(key, __u32);
+	__type(value, struct sock_file);
+} sock_files SEC(".maps");
+
 #include "sampling.bpf.h"
 
 /* The struct file behind the current task's fd. io.bpf.o loads on 5.17+ only (bpf_loop), so it walks task -> files ->
@@ -138,12 +162,14 @@ static __always_inline __u16 file_type(struct file *f)
 	return BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT;
 }
 
-/* The struct sock behind a socket file, if it is a TCP-like (inet, stream) socket. */
+/* The struct sock behind a socket file, if it is a TCP-like (inet, stream) socket; remembered in sock_files. */
 static __always_inline struct sock *stream_sock(struct file *f)
 {
 	struct socket *so = BPF_CORE_READ(f, private_data);
+	struct sock_file *c;
 	struct sock *sk;
 	__u16 family;
+	__u32 key;
 
 	if (!so || BPF_CORE_READ(so, type) != SOCK_STREAM)
 		return NULL;
@@ -153,7 +179,31 @@ static __always_inline struct sock *stream_sock(struct file *f)
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return NULL;
+	key = ((__u64)f >> 8) & (SOCK_FILES - 1);
+	c = bpf_map_lookup_elem(&sock_files, &key);
+	if (c) {
+		c->file = (__u64)f;
+		c->so = (__u64)so;
+		c->sk = (__u64)sk;
+	}
 	return sk;
+}
+
+/* The TCP sock behind f when sock_files knows f and it still holds the same socket and sock, else NULL. */
+static __always_inline struct sock *known_stream_sock(struct file *f)
+{
+	__u32 key = ((__u64)f >> 8) & (SOCK_FILES - 1);
+	struct sock_file *c = bpf_map_lookup_elem(&sock_files, &key);
+	struct socket *so;
+
+	if (!c || c->file != (__u64)f)
+		return NULL;
+	so = BPF_CORE_READ(f, private_data);
+	if ((__u64)so != c->so || (__u64)BPF_CORE_READ(so, sk) != c->sk) {
+		c->file = 0;
+		return NULL;
+	}
+	return (struct sock *)c->sk;
 }
 
 static __always_inline void read_endpoints(struct sock *sk, struct helix_endpoints *ep)
@@ -175,6 +225,32 @@ static __always_inline void read_endpoints(struct sock *sk, struct helix_endpoin
 	}
 }
 
+/* The connection's endpoints into ep (role and direction left to the caller), from the state's copy once it has one. */
+static __always_inline void conn_endpoints(struct sock *sk, struct conn_state *st, struct helix_endpoints *ep)
+{
+	if (!st->ep.family) {
+		read_endpoints(sk, &st->ep);
+		if (!st->ep.sport || !st->ep.dport) {
+			/* not connected yet: this record has what there is, the next one reads again */
+			*ep = st->ep;
+			st->ep.family = 0;
+			return;
+		}
+	}
+	*ep = st->ep;
+}
+
+/* The current thread's name, as bpf_get_current_comm gives it (the kernel keeps comm NUL-padded). io.bpf.o reads it
+ * with two BTF-typed loads the JIT inlines instead of a helper call that copies it byte by byte. */
+static __always_inline void current_comm(char *dst)
+{
+#ifndef HELIX_NO_BPF_LOOP
+	__builtin_memcpy(dst, bpf_get_current_task_btf()->comm, HELIX_COMM_LEN);
+#else
+	bpf_get_current_comm(dst, HELIX_COMM_LEN);
+#endif
+}
+
 /* The thread's cumulative off-CPU time; creating the entry enrols the thread in sched_switch accounting. */
 static __always_inline __u64 thread_offcpu(__u32 tid)
 {
@@ -183,7 +259,8 @@ static __always_inline __u64 thread_offcpu(__u32 tid)
 
 	if (st)
 		return st->total_ns;
-	bpf_map_update_elem(&offcpu, &tid, &zero, BPF_NOEXIST);
+	if (!bpf_map_update_elem(&offcpu, &tid, &zero, BPF_NOEXIST))
+		id_bit_set(&offcpu_tids, tid, true);
 	return 0;
 }
 
@@ -213,6 +290,7 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 	__u32 tid = (__u32)id;
 	struct sys_call in = {};
 	struct inflight *slot;
+	struct sock *sk;
 	struct file *f;
 	__u16 type;
 
@@ -221,10 +299,11 @@ static __always_inline int rw_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 	f = fd_file((long)(int)ctx->args[0]);
 	if (!f)
 		return 0;
-	type = file_type(f);
+	sk = known_stream_sock(f);
+	type = sk ? S_IFSOCK : file_type(f);
 	if (type == S_IFSOCK) {
-		struct sock *sk = stream_sock(f);
-
+		if (!sk)
+			sk = stream_sock(f);
 		if (!sk || bufkind > BUF_MSG)
 			return 0;
 		in.kind = IF_SOCK;
@@ -348,10 +427,10 @@ static __always_inline void emit_start(struct sys_call *in, struct sock *sk, str
 	ev->end_ns = now;
 	ev->sock = (__u64)sk;
 	ev->size = size;
-	read_endpoints(sk, &ev->ep);
+	conn_endpoints(sk, st, &ev->ep);
 	ev->ep.role = st->role;
 	ev->ep.direction = in->op;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	current_comm(ev->comm);
 	got = copy_payload(ev->payload, in, size, settings.payload_bytes);
 	ev->payload_len = got;
 	ev->flags = flags;
@@ -447,13 +526,15 @@ static __always_inline void conn_bytes(struct sys_call *in, struct sock *sk, str
 
 /* A socket syscall returned: its bytes, unless they are the ciphertext of a connection whose plaintext the TLS
  * probes read. `slot` is the thread's inflight entry, `in` the syscall as it was entered. */
-static __always_inline void sock_done(struct inflight *slot, struct sys_call *in, long ret, __u64 now, __u64 id)
+static __always_inline void sock_done(struct inflight *slot, struct sys_call *in, long ret, __u64 id)
 {
 	struct sock *sk = (struct sock *)in->obj;
 	struct conn_state *st;
+	__u64 now;
 
 	if (ret <= 0)
-		return; /* EAGAIN, EOF and errors carry no message bytes */
+		return; /* EAGAIN, EOF and errors carry no message bytes (nor need the clock) */
+	now = bpf_ktime_get_ns();
 	st = conn_get(in->obj, ROLE_UNKNOWN, false);
 	if (!st)
 		return;
@@ -511,8 +592,9 @@ static __always_inline void file_path(struct file_io_event *ev, struct file *f)
 	ev->depth = depth;
 }
 
-static __always_inline void file_done(struct sys_call *in, long ret, __u64 now, __u64 id)
+static __always_inline void file_done(struct sys_call *in, long ret, __u64 id)
 {
+	__u64 now = bpf_ktime_get_ns();
 	struct file_io_event *ev;
 
 	if (now - in->ts_ns < settings.slow_file_ns)
@@ -540,7 +622,6 @@ static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
 	__u32 tid = (__u32)id;
 	struct inflight *p;
 	struct sys_call in;
-	__u64 now;
 
 	if (!id_bit(&busy_tids, tid))
 		return 0; /* nothing stored at sys_enter: every syscall of an untraced process ends here */
@@ -550,11 +631,10 @@ static __always_inline int rw_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	in = p->sc;
 	p->sc.kind = 0; /* empty until the thread's next traced syscall (see rw_enter) */
-	now = bpf_ktime_get_ns();
 	if (in.kind == IF_SOCK)
-		sock_done(p, &in, ctx->ret, now, id);
+		sock_done(p, &in, ctx->ret, id);
 	else if (in.kind == IF_FILE)
-		file_done(&in, ctx->ret, now, id);
+		file_done(&in, ctx->ret, id);
 	return 0;
 }
 
@@ -648,9 +728,11 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!traced(id >> 32))
 		return 0;
 	f = fd_file((long)(int)ctx->args[0]);
-	if (!f || file_type(f) != S_IFSOCK)
+	if (!f)
 		return 0;
-	sk = stream_sock(f);
+	sk = known_stream_sock(f);
+	if (!sk && file_type(f) == S_IFSOCK)
+		sk = stream_sock(f);
 	if (!sk)
 		return 0;
 	key = (__u64)sk;

@@ -445,3 +445,38 @@ def test_only_inet_stream_sockets_get_connection_state(load_probes: Any) -> None
     assert len(new_conns()) == 2  # the client and the accepted socket
     for sock in (a, b, u1, u2, c, s, ls):
         sock.close()
+
+
+async def test_a_socket_file_reused_by_another_socket_is_classified_afresh(kernel: Any) -> None:
+    # A closed socket's fd number and struct file are handed to the next socket (the slab gives the freed object back
+    # first): a TCP socket file the probes remembered must not make a later UDP socket at that address look like TCP,
+    # nor make a later TCP connection's records carry the closed one's sock and ports.
+    k = kernel(self_pid=1)  # trace this very process, and only it
+    k.probes.set_allowed_pids([os.getpid()])
+    ls = socket.create_server(("127.0.0.1", 0))
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    expected: list[tuple[bytes, int, int]] = []
+    for i in range(20):
+        c = socket.create_connection(ls.getsockname())
+        s, _ = ls.accept()
+        tag = b"tcp-%02d" % i
+        c.sendall(tag)
+        assert s.recv(16) == tag
+        expected.append((tag, c.getsockname()[1], s.getsockname()[1]))
+        c.close()
+        s.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"udp-%02d" % i, sink.getsockname())
+        u.close()
+        assert sink.recv(16) == b"udp-%02d" % i
+    sent = await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == os.getpid()
+                            and e.direction == Direction.EGRESS and e.payload.startswith(b"tcp-"), count=20)
+    await k.settle()
+    by_tag = {e.payload: e for e in sent}
+    for tag, local, remote in expected:
+        e = by_tag[tag]
+        assert (e.local.port, e.remote.port) == (local, remote)
+    assert not [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and e.payload.startswith(b"udp-")]
+    ls.close()
+    sink.close()
