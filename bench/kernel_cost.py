@@ -20,7 +20,8 @@ costs here, the statistics' own clock reads included) and one hash-map miss on t
 
     python bench/kernel_cost.py [--rounds 3] [--requests 5000]      (root)
 
-Last line: JSON with ns per run (traced, untraced, references) and kernel ns per traced request per workload.
+Last line: JSON with ns per run (traced, untraced, references), kernel ns per traced request per workload, and per
+workload each program's runs per request and ns per run (where a request's kernel time goes).
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from edge.sources.ebpf.loader import TRACEPOINTS, ProbeSet, ProbeSettings  # noq
 _NOBODY = 0  # an allow-list entry no process has: every process is untraced
 _SWITCH_TP = "sched/sched_switch"
 _REF_TP = "syscalls/sys_enter_read"
+_UNTRACED_GOAL_NS = 40  # the goal for a program run on an untraced process's syscall
 _RED_BOUNDS_NS = [5_000_000 * 2 ** i for i in range(12)]
 # Per workload: (requests per round relative to --requests, allow-list on, sampling ratio)
 _PHASES: dict[str, tuple[str, float, bool, float]] = {
@@ -252,6 +254,9 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
         1, sum(w.runs[p] for w in untraced_windows for p in syscall_progs if p not in enter))
     print(f"untraced processes: {untraced_mean:.1f} ns per syscall-tracepoint run ({u_runs:,} runs; sys_enter "
           f"{u_enter:.1f}, sys_exit {u_exit:.1f}); {untraced_mean - floor:.1f} above `return 0`")
+    if floor > _UNTRACED_GOAL_NS:
+        print(f"the untraced goal ({_UNTRACED_GOAL_NS} ns per run) is below what an empty program costs here: `return 0` "
+              f"{floor:.1f} ns per run in this very run")
 
     out: dict[str, object] = {
         "ref_return0_ns_per_run": round(floor, 1),
@@ -259,7 +264,10 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
         "untraced_ns_per_run": round(untraced_mean, 1),
         "untraced_enter_ns_per_run": round(u_enter, 1),
         "untraced_exit_ns_per_run": round(u_exit, 1),
+        "untraced_above_floor_ns_per_run": round(untraced_mean - floor, 1),
+        "untraced_goal_below_floor": floor > _UNTRACED_GOAL_NS,
     }
+    programs: dict[str, dict[str, list[float]]] = {}
     per_request: dict[str, float] = {}
     per_run: dict[str, float] = {}
     spread: dict[str, list[float]] = {}
@@ -280,9 +288,11 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
               f"(rounds: {', '.join(f'{x:,.0f}' for x in spread[name])}); syscall-tracepoint runs "
               f"{per_run[name]:.1f} ns each, {sys_runs / max(1, reqs):.1f} per {unit}")
         print(f"  {'program':22s} {'runs/' + unit:>14s} {'ns/run':>8s} {'ns/' + unit:>10s}")
+        programs[name] = {}
         for p in sorted(ns, key=lambda p: -ns[p]):
             if runs[p] / max(1, reqs) < 0.005:
                 continue
+            programs[name][p] = [round(runs[p] / reqs, 2), round(ns[p] / max(1, runs[p]), 1)]
             print(f"  {p:22s} {runs[p] / reqs:14.2f} {_fmt_ns(ns[p] / max(1, runs[p]))} {ns[p] / reqs:10.1f}")
     # The scheduler programs run for every process of the machine, traced or not: their machine-wide rate and cost
     # over the whole run (busy phases and idle windows alike) is what a node pays for them.
@@ -303,6 +313,7 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
     out["traced_ns_per_run"] = {k: round(v, 1) for k, v in per_run.items()}
     out["kernel_ns_per_request"] = {k: round(v) for k, v in per_request.items()}
     out["kernel_ns_per_request_round_spread"] = {k: round(max(v) - min(v)) for k, v in spread.items() if v}
+    out["programs_per_request"] = programs  # phase -> program -> [runs per request, ns per run]
     out["records_drained"] = drained
     if "http_keepalive" in per_run:
         out["ratio_traced_run_to_return0"] = round(per_run["http_keepalive"] / floor, 2)
