@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import operator
 import re
 import struct
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import cbor2
 
 from edge.errors import DecodeError
-from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from edge.model import Event, Link, Resource, Scope, Span, SpanKind, StatusCode
 
 from .frame import NO_TABLES, SPANS_MAGIC, TABLES_HEADER, Batch, BatchHeader, decompress_with
 from .tables import (
@@ -42,7 +41,7 @@ from .tables import (
     thaw_value,
     train,
 )
-from .values import MAX_DEPTH, SOURCES, array, check_native, expanded_size, expect, native, planes, \
+from .values import MAX_DEPTH, SOURCES, array, check_native, expanded_size, expect, native, planes, source_code, \
     time_parents, unplane, unplanes, zigzag
 
 __all__ = [
@@ -164,14 +163,15 @@ def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = T
     new: list[str] = []
     seen: dict[str, int] = {}
     base = len(learned) + 1
-    for i in [i for i, r in enumerate(refs) if r is None]:  # only the texts the table set lacks
-        v = values[i]
-        r = seen.get(v)
+    for i, r in enumerate(refs):
         if r is None:
-            seen[v] = base + len(new)
-            new.append(v)
-            r = 0
-        refs[i] = r
+            v = values[i]
+            r = seen.get(v)
+            if r is None:
+                seen[v] = base + len(new)
+                new.append(v)
+                r = 0
+            refs[i] = r
     return [list(map(_compact, new)) if compact else new, refs]
 
 
@@ -201,23 +201,6 @@ class _Attributes:
             rows = self.rows[ref] = []
         rows.append(vals)
         return ref
-
-    def add_all(self, lists: list[dict[str, Any]]) -> list[int]:
-        """Record attribute lists; return their shape references."""
-        sig_ref, rows, out = self.sig_ref, self.rows, []
-        for a in lists:
-            vals = tuple(a.values())
-            sig = (tuple(a), tuple(map(type, vals)))
-            ref = sig_ref.get(sig)
-            if ref is None:
-                ref = self._shape(sig)
-            r = rows.get(ref)
-            if r is None:
-                rows[ref] = [vals]
-            else:
-                r.append(vals)
-            out.append(ref)
-        return out
 
     def _shape(self, sig: tuple[tuple[str, ...], tuple[type, ...]]) -> int:
         # The table set remembers what it found for a signature, across batches: most are learned shapes.
@@ -299,66 +282,53 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     resources = _Domain(idx.resources)
     attrs = _Attributes(keys, shapes, idx, compact)
 
-    # One pass per field over lists pulled out once, in C where it can be (map, zip, dict.fromkeys): at 32-span
-    # batches the encoder's cost is mostly Python per span and per column.
-    span_ids_l = [s.span_id for s in spans]
-    parent_ids = [s.parent_span_id for s in spans]
-    trace_ids = [s.trace_id for s in spans]
-    first_index = dict(zip(reversed(span_ids_l), range(n - 1, -1, -1)))  # the first span with each id
-    in_batch = first_index.get
-    parents = [in_batch(p) if p else None for p in parent_ids]
+    first_index: dict[bytes, int] = {}
+    for i, s in enumerate(spans):
+        first_index.setdefault(s.span_id, i)
+    parents = [first_index.get(s.parent_span_id) if s.parent_span_id else None for s in spans]
 
     # Trace ids: a table of the distinct 16-byte ids, and per span the step from the previous span's entry.
-    whole = [t for t in trace_ids if len(t) == 16]
-    trace_index = {t: j for j, t in enumerate(dict.fromkeys(whole))}
-    if len(whole) == n:
-        trace_refs = list(map(trace_index.__getitem__, trace_ids))
-        trace_col: list[Any] = list(map(int.__sub__, trace_refs, [0, *trace_refs[:-1]]))  # mostly 0: neighbours
-    else:
-        trace_col = []
-        prev_trace = 0
-        for t in trace_ids:
-            r = trace_index.get(t, -1)
-            if r < 0:
-                trace_col.append(bytes(t))
-            else:
-                trace_col.append(r - prev_trace)
-                prev_trace = r
-    parent_col = [p - i if p is not None else (bytes(pid) if pid else None)
-                  for i, (p, pid) in enumerate(zip(parents, parent_ids))]
-    otlp, mqtt = Source.SDK_OTLP, Source.SDK_MQTT
-    packed = bytes([s.kind | (s.status_code << 3) | ((0 if s.source is otlp else 32 if s.source is mqtt else 64))
-                    for s in spans])
-    resource_col = _refs_by_identity([s.resource for s in spans], resources, _resource_key)
+    trace_index: dict[bytes, int] = {}
+    for s in spans:
+        if len(s.trace_id) == 16:
+            trace_index.setdefault(s.trace_id, len(trace_index))
+    trace_refs = [trace_index.get(s.trace_id, -1) for s in spans]
+    trace_col: list[Any] = []
+    prev_trace = 0
+    for s, t in zip(spans, trace_refs):
+        if t < 0:
+            trace_col.append(bytes(s.trace_id))
+        else:
+            trace_col.append(t - prev_trace)  # neighbours usually share a trace: mostly 0
+            prev_trace = t
+    parent_col = [p - i if p is not None else (bytes(s.parent_span_id) if s.parent_span_id else None)
+                  for i, (s, p) in enumerate(zip(spans, parents))]
+    packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
+    resource_col = _refs_by_identity([s.resource for s in spans], resources, None)
     scope_col = _refs_by_identity([s.scope for s in spans], scopes, _scope_key)
-    shape_col = attrs.add_all([s.attributes for s in spans])
-    any_events = any([s.events for s in spans])
+    add = attrs.add
+    shape_col = [add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
+    any_events = any(s.events for s in spans)
     extras = {i: _extras(s, trace_index) for i, s in enumerate(spans)
               if s.status_message or s.links or s.trace_state or s.flags != 1}
 
-    start_l = [s.start_ns for s in spans]
-    end_l = [s.end_ns for s in spans]
-    units = _units(spans, start_l, end_l, resource_col, any_events)
+    units = _units(spans, resource_col)
+    span_units = [units[r] for r in resource_col]
     refs = time_parents(parents)
-    if len(set(units.values())) == 1:
-        unit = units[resource_col[0]]
-        span_units = [unit] * n
-        starts, ends = _time_columns_one_unit(start_l, end_l, refs, unit)
-    else:
-        span_units = list(map(units.__getitem__, resource_col))
-        starts, ends = _time_columns(spans, refs, span_units)
-    base = next((start_l[i] for i, r in enumerate(refs) if r is None), 0)
+    starts, ends = _time_columns(spans, refs, span_units)
+    base = next((s.start_ns for s, r in zip(spans, refs) if r is None), 0)
     events = _events(spans, span_units, idx, attrs) if any_events else None
     # New resources are attribute lists like any other: a shape, and values in the batch's columns.
-    res_shapes = [attrs.add(tuple(k for k, _ in r), tuple(thaw_value(v) for _, v in r)) for r in resources.new]
+    res_shapes = [attrs.add(tuple(k for k, _ in r.attributes), tuple(thaw_value(v) for _, v in r.attributes))
+                  for r in resources.new]
     columns = attrs.body()
     new_shapes: list[list[int]] = []
     if shapes.new:
         key_pos = {**idx.keys, **{k: keys.base + j for j, k in enumerate(keys.new)}}
         new_shapes = [[key_pos[k] * 8 + ty for k, ty in zip(ks, codes)] for ks, codes in shapes.new]
-    span_ids = b"".join(span_ids_l)
-    if len(span_ids) != 8 * n or (n and set(map(len, span_ids_l)) != {8}):
-        span_ids = list(map(bytes, span_ids_l))  # type: ignore[assignment]
+    span_ids = b"".join([s.span_id for s in spans])
+    if len(span_ids) != 8 * n or not all(len(s.span_id) == 8 for s in spans):
+        span_ids = [bytes(s.span_id) for s in spans]  # type: ignore[assignment]
     doc = [
         node_id, seq, created, n,
         span_ids, b"".join(trace_index), trace_col, parent_col, packed,
@@ -373,19 +343,20 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
 
 
 def _refs_by_identity(objs: list[Any], domain: _Domain, key: Any) -> list[int]:
-    """Domain references of objects that spans usually share (a node's resources are a few shared objects): keyed
-    once per object, and looked up once per distinct key. `key` turns an object into the domain's key."""
-    ids = list(map(id, objs))
-    uniq = dict(zip(ids, objs))  # in order of first use
-    keys = dict(zip(uniq, map(key, uniq.values())))
-    refs = {k: domain.ref(k) for k in dict.fromkeys(keys.values())}
-    return list(map(refs.__getitem__, map(keys.__getitem__, ids)))
+    """Domain references of objects that spans share (a node's resources are a few shared objects): hashed once
+    per object, not once per span. `key` turns an object into the domain's key."""
+    by_id: dict[int, int] = {}
+    out = []
+    for o in objs:
+        r = by_id.get(id(o))
+        if r is None:
+            r = by_id[id(o)] = domain.ref(key(o) if key else o)
+        out.append(r)
+    return out
 
 
-# Keys of the resource and scope domains: tuples hash and compare in C, frozen dataclasses in Python; equal
-# attributes (name and version) are equal resources (scopes).
-_resource_key = operator.attrgetter("attributes")
-_scope_key = operator.attrgetter("name", "version")
+def _scope_key(sc: Scope) -> tuple[str, str]:
+    return (sc.name, sc.version)  # a tuple hashes in C, a dataclass in Python
 
 
 def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
@@ -402,39 +373,15 @@ def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
     return x
 
 
-def _units(spans: Sequence[Span], start_l: list[int], end_l: list[int], resource_col: list[int],
-           any_events: bool) -> dict[int, int]:
+def _units(spans: Sequence[Span], resource_col: list[int]) -> dict[int, int]:
     """Per resource of the batch, the largest unit dividing every time of its spans (1000 for microsecond clocks)."""
     gcd = math.gcd
-    per_span = list(map(gcd, start_l, end_l))
-    if any_events:
-        per_span = [gcd(g, *[e.time_ns for e in s.events]) if s.events else g for g, s in zip(per_span, spans)]
-    units: dict[int, int] = dict.fromkeys(resource_col, 0)
-    if len(units) == 1:
-        units[resource_col[0]] = gcd(*per_span)
-    else:
-        for r, g in zip(resource_col, per_span):
-            units[r] = gcd(units[r], g)
+    per_span = [gcd(s.start_ns, s.end_ns, *[e.time_ns for e in s.events]) if s.events else gcd(s.start_ns, s.end_ns)
+                for s in spans]
+    units: dict[int, int] = {}
+    for r, g in zip(resource_col, per_span):
+        units[r] = gcd(units.get(r, 0), g)
     return {r: u if 0 < u < _MAX_UNIT else 1 for r, u in units.items()}
-
-
-def _time_columns_one_unit(start_l: list[int], end_l: list[int], refs: list[int | None],
-                           u: int) -> tuple[list[int], list[int]]:
-    """_time_columns when every span of the batch has the same unit `u` (the usual batch: one clock)."""
-    starts: list[int] = []
-    ends: list[int] = []
-    prev_start = None
-    for s_ns, e_ns, r in zip(start_l, end_l, refs):
-        dur = e_ns - s_ns
-        if r is None:
-            starts.append((s_ns - prev_start) // u if prev_start is not None else 0)
-            ends.append(dur // u * 2)
-            prev_start = s_ns
-        else:
-            starts.append((s_ns - start_l[r]) // u)
-            before = end_l[r] - e_ns
-            ends.append(before // u * 2 + 1 if abs(before) < abs(dur) else dur // u * 2)
-    return starts, ends
 
 
 def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int]) -> tuple[list[int], list[int]]:
@@ -464,7 +411,8 @@ def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int
 def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attributes) -> list[Any]:
     events = [e for s in spans for e in s.events]
     times = [(e.time_ns - s.start_ns) // u for s, u in zip(spans, units) for e in s.events]
-    shape_col = attrs.add_all([e.attributes for e in events])
+    add = attrs.add
+    shape_col = [add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
     return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names, attrs.compact),
             planes(zigzag(times)), shape_col]
 

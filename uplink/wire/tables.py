@@ -225,7 +225,7 @@ class _EncoderIndex:
                        for i, sh in enumerate(t.shapes)}
         self.event_names = {s: i + 1 for i, s in enumerate(t.event_names)}
         self.scopes = {(s.name, s.version): i for i, s in enumerate(t.scopes)}
-        self.resources = {r.attributes: i for i, r in enumerate(t.resources)}  # by attributes: hashed in C
+        self.resources = {r: i for i, r in enumerate(t.resources)}
 
 
 class _DecoderTables:
