@@ -59,7 +59,8 @@ def main() -> None:
               "rss_mib": round(rss_mib, 1), "reference_otlp_zstd_spans_per_s": round(reference),
               "ratio_vs_reference": round(reference / (n / elapsed), 2)}
     print(f"{n} spans in {elapsed:.2f}s of CPU: {result['spans_per_s']} spans/s on one core "
-          f"({result['decode_share'] * 100:.0f}% in batch decoding, the rest building OTLP); peak RSS {rss_mib:.1f} MiB")
+          f"({result['decode_share'] * 100:.0f}% in batch decoding, the rest building OTLP); "
+          f"peak RSS {rss_mib:.1f} MiB")
     print(f"same-run reference, OTLP+zstd through the official protobuf runtime: {round(reference)} spans/s "
           f"({result['ratio_vs_reference']}x ours)")
     print(json.dumps(result))

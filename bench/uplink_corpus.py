@@ -207,8 +207,8 @@ def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int, top: int =
 
 def _best_compressed(data: bytes) -> dict[str, int]:
     """Bytes of `data` under the strongest general-purpose compressors at hand, each in one frame."""
-    return {"zstd_19_long": len(zstandard.ZstdCompressor(level=19, compression_params=zstandard.ZstdCompressionParameters
-                                                         .from_level(19, window_log=27)).compress(data)),
+    long_window = zstandard.ZstdCompressionParameters.from_level(19, window_log=27)
+    return {"zstd_19_long": len(zstandard.ZstdCompressor(compression_params=long_window).compress(data)),
             "zstd_22": len(zstandard.ZstdCompressor(level=22).compress(data)),
             "xz_9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)),
             "bzip2_9": len(bz2.compress(data, 9))}
@@ -565,10 +565,11 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
         sp = row[f"batch_{size}"].get("speed")
         if sp is None:
             continue
-        print(f"   {size:>5}: encode {sp['encode_us_per_span']} us/span, OTLP+zstd {sp['otlp_zstd_encode_us_per_span']} "
-              f"(x{sp['encode_vs_otlp_zstd']}); decode {sp['decode_spans_per_s']} spans/s, official protobuf parse "
-              f"{sp['otlp_protobuf_parse_spans_per_s']} (time x{sp['decode_vs_otlp_protobuf_parse']}), parse into the "
-              f"span model {sp['otlp_to_model_spans_per_s']} (time x{sp['decode_vs_otlp_to_model']})")
+        print(f"   {size:>5}: encode {sp['encode_us_per_span']} us/span, OTLP+zstd "
+              f"{sp['otlp_zstd_encode_us_per_span']} (x{sp['encode_vs_otlp_zstd']}); decode "
+              f"{sp['decode_spans_per_s']} spans/s, official protobuf parse {sp['otlp_protobuf_parse_spans_per_s']} "
+              f"(time x{sp['decode_vs_otlp_protobuf_parse']}), parse into the span model "
+              f"{sp['otlp_to_model_spans_per_s']} (time x{sp['decode_vs_otlp_to_model']})")
     for size in sizes:
         f = row[f"batch_{size}"]
         if "breakdown" in f:
@@ -581,8 +582,9 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
         if "bound" in f:
             b = f["bound"]
             print(f"   {size:>5}: lower bound {b['bound']} B/span = ids {b['id_floor']} (raw {b['ids_raw']}, best "
-                  f"compressor {b['ids_best_compressed']}) + times {b['time_entropy']} (entropy; planes best compressor "
-                  f"{b['time_planes_best_compressed']}) + rest {b['rest_best_compressed']} (raw {b['rest_raw']}; "
+                  f"compressor {b['ids_best_compressed']}) + times {b['time_entropy']} (entropy; planes best "
+                  f"compressor {b['time_planes_best_compressed']}) + rest {b['rest_best_compressed']} "
+                  f"(raw {b['rest_raw']}; "
                   + ", ".join(f"{k} {v}" for k, v in b["rest_by_compressor"].items()) + ")")
         if "levels" in f:
             print(f"   {size:>5}: zstd levels: " + ", ".join(f"{k[6:]}: {v['bytes_per_span']} B "
