@@ -255,8 +255,8 @@ def report(results: dict[str, list[Window]], idles: list[Window], drained: int) 
     print(f"untraced processes: {untraced_mean:.1f} ns per syscall-tracepoint run ({u_runs:,} runs; sys_enter "
           f"{u_enter:.1f}, sys_exit {u_exit:.1f}); {untraced_mean - floor:.1f} above `return 0`")
     if floor > _UNTRACED_GOAL_NS:
-        print(f"the untraced goal ({_UNTRACED_GOAL_NS} ns per run) is below what an empty program costs here: `return 0` "
-              f"{floor:.1f} ns per run in this very run")
+        print(f"the untraced goal ({_UNTRACED_GOAL_NS} ns per run) is below what an empty program costs here: "
+              f"`return 0` {floor:.1f} ns per run in this very run")
 
     out: dict[str, object] = {
         "ref_return0_ns_per_run": round(floor, 1),
