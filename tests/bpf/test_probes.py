@@ -274,15 +274,19 @@ async def test_later_syscalls_top_the_snapshot_up_and_idle_gaps_start_messages(k
     k = kernel(payload_bytes=128, message_gap_ns=gap_ms * 1_000_000)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", TOPUP_SCRIPT, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
+    # The probes trace every process: once the script's sockets are gone, another process's connection may get the
+    # same sock address (other tests, other suites on the machine). Its records begin after this.
+    exited_ns = time.monotonic_ns()
     assert proc.returncode == 0
     port = int(out)
     first = (await k.wait_for(lambda e: isinstance(e, DataEvent) and e.pid == proc.pid and e.local.port == port
                               and e.direction == Direction.EGRESS))[0]
     assert (first.payload, first.size, first.role) == (b"\x30", 1, Role.SERVER)
     await k.settle()
-    starts = [e for e in k.of(DataEvent, sock=first.sock) if e.direction == Direction.EGRESS]
-    more = [(e.offset, e.payload) for e in k.of(DataMoreEvent, sock=first.sock)]
-    assert all(e.pid == proc.pid and e.direction == Direction.EGRESS for e in k.of(DataMoreEvent, sock=first.sock))
+    starts = [e for e in k.of(DataEvent, sock=first.sock) if e.direction == Direction.EGRESS and e.ts_ns < exited_ns]
+    mores = [e for e in k.of(DataMoreEvent, sock=first.sock) if e.ts_ns < exited_ns]
+    more = [(e.offset, e.payload) for e in mores]
+    assert all(e.pid == proc.pid and e.direction == Direction.EGRESS for e in mores)
     if gap_ms:
         # The pause started a second message; each gets at most payload_bytes (128): 100 + a top-up of 28.
         assert [(e.payload[:1], e.size, e.prev_bytes) for e in starts] == [(b"\x30", 1, 3), (b"x", 100, 7)]
@@ -291,7 +295,6 @@ async def test_later_syscalls_top_the_snapshot_up_and_idle_gaps_start_messages(k
         # No gap rule: one message, whose first 128 bytes went up over four syscalls and then nothing.
         assert len(starts) == 1
         assert more == [(1, b"\x05"), (2, b"hello"), (7, b"x" * 100), (107, b"y" * 21)]
-    mores = k.of(DataMoreEvent, sock=first.sock)
     assert all(m.ts_ns <= m.end_ns for m in mores) and mores[0].ts_ns >= first.end_ns
 
 
