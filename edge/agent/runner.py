@@ -98,7 +98,8 @@ class Agent:
         self.ebpf: EbpfSource | None = None
         self.fleet: FleetNode | None = None  # with fleet.enabled, made at start
         self.started = asyncio.Event()
-        self.governor = self.govern(MemoryGovernor(cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval))
+        self.governor = self.govern(MemoryGovernor(cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval,
+                                                   keep_floor=cfg.memory.keep_floor))
         self.metrics_http: MetricsEndpoint | None = None
         if cfg.metrics.listen:
             self.metrics_http = MetricsEndpoint(self.metrics, *cfg.metrics.listen)

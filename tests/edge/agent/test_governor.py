@@ -233,12 +233,16 @@ def test_checks_come_faster_near_the_limit(agent: Agent) -> None:
 
 
 class Plateau:
-    """RSS and time under the test's control: usage is RSS here, since the buffers are (nearly) empty."""
+    """RSS and time under the test's control: usage is RSS here, since the buffers are (nearly) empty.
 
-    def __init__(self, agent: Agent, baseline: int = 100 * MiB, headroom: int = H) -> None:
+    With the buffers empty the pressure is outside them, where the keep-probability stops at `keep_floor`; the
+    plateau tests follow the probability down to its last step, so they lower the floor to that step unless told."""
+
+    def __init__(self, agent: Agent, baseline: int = 100 * MiB, headroom: int = H, keep_floor: float = 1 / 1024) -> None:
         self.t, self.baseline, self.headroom = 0.0, baseline, headroom
         self.rss = baseline
-        self.gov = agent.govern(MemoryGovernor(baseline + headroom, baseline, rss=lambda: self.rss, clock=lambda: self.t))
+        self.gov = agent.govern(MemoryGovernor(baseline + headroom, baseline, rss=lambda: self.rss, clock=lambda: self.t,
+                                               keep_floor=keep_floor))
 
     def hold(self, pressure: float, seconds: float, every: float = 0.5) -> None:
         """Keep RSS at `pressure` of the headroom for `seconds`, checking every `every` seconds."""
@@ -344,3 +348,56 @@ def test_free_heap_pages_go_back_every_trim_interval(agent: Agent) -> None:
     assert calls == []
     run.hold(0.3, 3 * TRIM_EVERY)
     assert calls == [0, 0, 0] and run.gov.status()["heap_trims"] == 3
+
+
+def test_pressure_outside_the_buffers_holds_the_keep_probability_at_its_floor(
+        agent: Agent, caplog: pytest.LogCaptureFixture) -> None:
+    # The heap grows to the limit while the span buffers stay empty (state tables, the allocator): sampling out more
+    # would free nothing, so the probability stops at the floor, and the log and status say why.
+    run = Plateau(agent, keep_floor=0.25)
+    gov = run.gov
+    gov.plan()
+    lowest = 1.0
+    with caplog.at_level("WARNING", logger="edge.agent.governor"):
+        for step in range(20):
+            run.hold(0.80 + step * 0.01, 1.0)  # up to the burst level and beyond, for 20 s
+            lowest = min(lowest, gov.factor)
+    assert lowest == gov.factor == 0.25 and agent.sampler.effective_ratio == 0.125
+    assert gov.stats.actions["floor_held"] > 10
+    status = gov.status()
+    assert status["cause"] == "elsewhere" and status["keep_floor"] == 0.25 and status["span_bytes"] == 0
+    assert status["outside"] > 0.95 * H
+    said = [r.getMessage() for r in caplog.records if "outside the span buffers" in r.getMessage()]
+    assert len(said) == 1 and "memory.limit" in said[0]  # once a minute at most, with what to do
+
+
+def test_pressure_in_the_buffers_still_lowers_the_keep_probability_past_the_floor(agent: Agent) -> None:
+    gov = governor(agent, H)
+    gov.keep_floor = 0.25
+    fill_inbox(agent, int(0.85 * H))  # the spans themselves are the pressure
+    for _ in range(4):
+        gov.check()
+    assert gov.stats.cause == "buffers"
+    assert gov.factor == 1 / 16 and gov.stats.actions["floor_held"] == 0
+
+
+def test_the_keep_probability_comes_back_to_the_floor_once_the_buffers_are_not_the_cause(agent: Agent) -> None:
+    run = Plateau(agent, keep_floor=0.25)
+    gov = run.gov
+    gov.plan()
+    fill_inbox(agent, agent.inbox.max_bytes * 3 // 4)  # a burst at the door: sampling is the lever
+    run.hold(0.9, 2.0)
+    assert gov.factor < 0.25
+    agent.inbox.drain()  # the burst has passed; the heap it grew has not
+    run.hold(0.9, 0.5)
+    assert gov.stats.cause == "elsewhere" and gov.factor == 0.25
+
+
+def test_keep_floor_is_configurable_and_applied_live(agent: Agent) -> None:
+    cfg = parse_config({"memory": {"keep_floor": 0.5}})
+    assert cfg.memory.keep_floor == 0.5 and parse_config({}).memory.keep_floor == 0.25
+    with pytest.raises(Exception, match="memory.keep_floor"):
+        parse_config({"memory": {"keep_floor": 0}})
+    gov = MemoryGovernor(64 * MiB, 32 * MiB)
+    gov.set_budget(64 * MiB, keep_floor=0.125)
+    assert gov.keep_floor == 0.125
