@@ -45,7 +45,7 @@ from ..net.retry import RateLimitedLog
 from ..runtime.rss import read_rss
 
 __all__ = ["MemoryGovernor", "GovernorStats", "Measured", "Bounded", "Budgeted", "KeepProbability", "read_rss",
-           "LEVELS", "SHARES", "MIN_BOUND", "MIN_INBOX", "KEEP_FLOOR", "BUFFER_CAUSE"]
+           "LEVELS", "SHARES", "MIN_BOUND", "MIN_INBOX", "MIN_STATE", "KEEP_FLOOR", "BUFFER_CAUSE"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,11 @@ KEEP_FLOOR = 0.25  # default keep-probability floor (a share of the configured o
 SETTLE = 10.0  # s without a new high, a check at the burst level or a backlog before a plateau above RELAX is settled
 # Shares of the headroom each part is planned to fill at most (see plan()). The third left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
+# The state parts (kernel_state: the span builder's tables; stitch_state: the assembler's) were part of that third
+# before they had a bound of their own.
 SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03,
-          "learning": 0.03}
+          "learning": 0.03, "kernel_state": 0.08, "stitch_state": 0.03}
+MIN_STATE = 512 * 1024  # the long-lived state of a small node's connections, threads and processes
 MIN_BOUND = 64 * 1024  # no part is bounded below this
 MIN_INBOX = 512 * 1024
 
