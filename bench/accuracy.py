@@ -466,6 +466,28 @@ def agent_holds(metrics_port: int) -> int:
     return -1
 
 
+def agent_memory(metrics_port: int) -> str:
+    """The agent's keep-probability and where its memory is, from its /metrics: for the progress lines."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=2)
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+        conn.close()
+
+        def val(pattern: str) -> float:
+            m = re.search(r"^" + pattern + r"(?:\{[^}]*\})? (\S+)$", body, re.M)
+            return float(m.group(1)) if m else -1.0
+
+        where = {k: int(float(v)) >> 10 for k, v in
+                 re.findall(r'^helix_agent_memory_above_idle_bytes\{where="(\w+)"\} (\S+)$', body, re.M)}
+        actions = {k: int(float(v)) for k, v in re.findall(r'^helix_agent_memory_actions_total\{step="(\w+)"\} (\S+)$',
+                                                          body, re.M)}
+        return (f"keep-probability {val('helix_agent_sampling_keep_probability'):.4g}, pressure "
+                f"{val('helix_agent_memory_pressure'):.2f}, above idle (KiB) {where}, lowered "
+                f"{actions.get('raise_threshold', 0)}x, floor held {actions.get('floor_held', 0)}x")
+    return "agent memory unknown"
+
+
 def _scenario_spans(spans: list[Span], pids: set[int]) -> list[Span]:
     """Spans made by the scenario's processes, and the spans of the traces they are in that name no process."""
     def pid(s: Span) -> int | None:
@@ -536,8 +558,9 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             oracle = bed.oracle()
             results[bed.sc.name] = Outcome(score(spans, oracle), spans, oracle)
             r = results[bed.sc.name].score
-            say(f"  {bed.sc.name}: {r.requests} requests, {r.spans} spans ({r.orphans} whose parent is not in "
-                f"their trace), {time.monotonic() - t0:.1f} s")
+            kernel = sum(1 for s in spans if s.scope.name == "helix.ebpf")
+            say(f"  {bed.sc.name}: {r.requests} requests, {r.spans} spans ({kernel} from the kernel; {r.orphans} whose "
+                f"parent is not in their trace), {time.monotonic() - t0:.1f} s; {agent_memory(metrics_port)}")
             if dump is not None:
                 _dump(dump, bed, reqs, spans)
     finally:

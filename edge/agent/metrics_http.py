@@ -145,6 +145,8 @@ def health_metrics(agent: Any) -> ResourceMetrics:
             _gauge("helix.agent.memory.rss", "Resident set size of the agent process", gov["rss"]),
             _gauge("helix.agent.memory.limit", "The configured memory budget (memory.limit)", gov["limit"]),
             _gauge("helix.agent.memory.pressure", "Memory in use as a fraction of the budget", gov["pressure"], unit="1"),
+            _gauge("helix.agent.sampling.keep_probability", "The keep-probability applied now (sampler.ratio, lowered "
+                   "under memory pressure)", st["sampler"]["ratio"], unit="1"),
             _sum("helix.agent.memory.actions", "Memory governor actions, by step (floor_held: the keep-probability "
                  "kept at memory.keep_floor because the memory in use is outside the span buffers)", gov["actions"],
                  "step", "{action}"),
