@@ -475,12 +475,12 @@ def agent_memory(metrics_port: int) -> str:
         conn.close()
 
         def val(pattern: str) -> float:
-            m = re.search(r"^" + pattern + r"(?:\{[^}]*\})? (\S+)$", body, re.M)
+            m = re.search(r"^" + pattern + r"(?:\{[^}]*\})? (\S+)$", body, re.M)  # labels include service_name
             return float(m.group(1)) if m else -1.0
 
         where = {k: int(float(v)) >> 10 for k, v in
-                 re.findall(r'^helix_agent_memory_above_idle_bytes\{where="(\w+)"\} (\S+)$', body, re.M)}
-        actions = {k: int(float(v)) for k, v in re.findall(r'^helix_agent_memory_actions_total\{step="(\w+)"\} (\S+)$',
+                 re.findall(r'^helix_agent_memory_above_idle_bytes\{[^}]*where="(\w+)"\} (\S+)$', body, re.M)}
+        actions = {k: int(float(v)) for k, v in re.findall(r'^helix_agent_memory_actions_total\{[^}]*step="(\w+)"\} (\S+)$',
                                                           body, re.M)}
         return (f"keep-probability {val('helix_agent_sampling_keep_probability'):.4g}, pressure "
                 f"{val('helix_agent_memory_pressure'):.2f}, above idle (KiB) {where}, lowered "

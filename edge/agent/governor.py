@@ -17,8 +17,10 @@ pressure it then acts, one step further per check, counting each action:
    keep-probability (down to ratio/1024); the agent writes the same threshold into the kernel's config map.
    Sampling only empties the buffers that hold spans: while they hold less than BUFFER_CAUSE of the memory in use
    above the baseline (the rest is state tables, the allocator's heap, libraries) and nothing queues at the door,
-   the keep-probability stays at or above `keep_floor` of the configured one (`floor_held`, said in the log).
-2. `shrink_<part>` (≥ 80 %, until settled): halve every elastic part's bound (the tail buffer drops its oldest
+   the pressure is "elsewhere": the keep-probability is not lowered below the burst level, and from there no lower
+   than `keep_floor` of the configured one, a last hedge before the drop step (`floor_held`, said in the log).
+2. `shrink_<part>` (≥ 80 %, until settled): halve every elastic part's bound (only the state parts' while the
+   pressure is elsewhere) (the tail buffer drops its oldest
    undecided traces, the late-join index its oldest released spans; held spans leave early, the inbox refuses).
 3. `drop` (≥ 95 %): empty every Budgeted part (the inbox's spans are counted into RED first), then trim the heap.
 
@@ -274,7 +276,7 @@ class MemoryGovernor:
         # only stitch and tail-sample worse for the rest of the process's life.
         shrinking = p >= LEVELS["shrink"] and not settled
         self.stats.cause = "" if p < LEVELS["raise_threshold"] else "buffers" if self._buffers_cause() else "elsewhere"
-        if self.stats.cause == "elsewhere" and self.factor < self.keep_floor and self.keep is not None:
+        if self.stats.cause == "elsewhere" and self.factor < self._floor() and self.keep is not None:
             self._hold_floor(self.keep)  # lowered while the buffers were the cause; they are not any more
         if shrinking or (p >= LEVELS["raise_threshold"] and rising):
             self._raise_threshold()
@@ -316,11 +318,10 @@ class MemoryGovernor:
         keep = self.keep
         if keep is None:
             return
-        if self.stats.cause == "elsewhere":
+        if self.stats.cause == "elsewhere" and self.factor / 2 < self._floor():
             # The buffers are nearly empty: sampling out more would lose spans without freeing the memory.
-            if self.factor / 2 < self.keep_floor:
-                self._hold_floor(keep)
-                return
+            self._hold_floor(keep)
+            return
         if self.factor > 1 / 1024:
             self.factor /= 2
             keep.set_pressure(self.factor)
@@ -328,11 +329,17 @@ class MemoryGovernor:
             self._threshold_log.warning("memory pressure %.0f%% of %d bytes headroom: keep-probability now %.4g",
                                         self.stats.pressure * 100, self.headroom, keep.effective_ratio)
 
+    def _floor(self) -> float:
+        """The lowest keep factor while the pressure is elsewhere: none below 1 short of the burst level, since
+        sampling out spans frees nothing there; from it, `keep_floor`."""
+        return self.keep_floor if self.stats.pressure >= LEVELS["burst"] else 1.0
+
     def _hold_floor(self, keep: KeepProbability) -> None:
-        """Keep the keep-probability at its floor (raised back to it if the buffers had taken it lower) and say why."""
+        """Keep the keep-probability at its floor (one notch back towards it per check if the buffers had taken it
+        lower) and say why."""
         st = self.stats
-        if self.factor < self.keep_floor:
-            self.factor = self.keep_floor
+        if self.factor < self._floor():
+            self.factor = min(self._floor(), self.factor * 2)
             keep.set_pressure(self.factor)
         st.actions["floor_held"] = st.actions.get("floor_held", 0) + 1
         outside = max(0, st.usage - self.baseline - st.accounted)
@@ -368,8 +375,9 @@ class MemoryGovernor:
         return planned
 
     def _shrink(self) -> None:
+        elsewhere = self.stats.cause == "elsewhere"  # span buffers this empty would give back nothing
         for p in self._parts:
-            if not p.elastic or p.bounded is None or p.bound <= p.floor:
+            if not p.elastic or p.bounded is None or p.bound <= p.floor or (elsewhere and p.spans):
                 continue
             p.bound = max(p.floor, p.bound // 2)
             self._count_dropped(p, p.bounded.set_bound(p.bound))
