@@ -453,17 +453,41 @@ async def _quiet(peer: OtlpPeer, seconds: float = QUIET_S, done: Callable[[], bo
             return
 
 
-def agent_holds(metrics_port: int) -> int:
-    """Bytes the agent's assembler holds (its window and what waits for an SDK), from its /metrics; -1 if unknown."""
+def _agent_metrics(metrics_port: int) -> str | None:
+    """The agent's /metrics text; None if it cannot be read."""
     with contextlib.suppress(OSError, http.client.HTTPException):
         conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=2)
         conn.request("GET", "/metrics")
         body = conn.getresponse().read().decode()
         conn.close()
-        m = re.search(r'^helix_agent_queue_bytes\{[^}]*queue="assembler"[^}]*\} (\S+)', body, re.M)
-        if m:
-            return int(float(m.group(1)))
-    return -1
+        return body
+    return None
+
+
+def agent_holds(metrics_port: int) -> int:
+    """Bytes the agent's assembler holds (its window and what waits for an SDK), from its /metrics; -1 if unknown."""
+    body = _agent_metrics(metrics_port)
+    m = re.search(r'^helix_agent_queue_bytes\{[^}]*queue="assembler"[^}]*\} (\S+)', body, re.M) if body else None
+    return int(float(m.group(1))) if m else -1
+
+
+def agent_memory(metrics_port: int) -> str:
+    """The agent's keep-probability and where its memory is, from its /metrics: for the progress lines."""
+    body = _agent_metrics(metrics_port)
+    if body is None:
+        return "agent memory unknown"
+
+    def val(pattern: str) -> float:
+        m = re.search(r"^" + pattern + r"(?:\{[^}]*\})? (\S+)$", body, re.M)  # labels include service_name
+        return float(m.group(1)) if m else -1.0
+
+    where = {k: int(float(v)) >> 10 for k, v in
+             re.findall(r'^helix_agent_memory_above_idle_bytes\{[^}]*where="(\w+)"\} (\S+)$', body, re.M)}
+    actions = {k: int(float(v)) for k, v in
+               re.findall(r'^helix_agent_memory_actions_total\{[^}]*step="(\w+)"\} (\S+)$', body, re.M)}
+    return (f"keep-probability {val('helix_agent_sampling_keep_probability'):.4g}, pressure "
+            f"{val('helix_agent_memory_pressure'):.2f}, above idle (KiB) {where}, lowered "
+            f"{actions.get('raise_threshold', 0)}x, floor held {actions.get('floor_held', 0)}x")
 
 
 def _scenario_spans(spans: list[Span], pids: set[int]) -> list[Span]:
@@ -536,8 +560,9 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             oracle = bed.oracle()
             results[bed.sc.name] = Outcome(score(spans, oracle), spans, oracle)
             r = results[bed.sc.name].score
-            say(f"  {bed.sc.name}: {r.requests} requests, {r.spans} spans ({r.orphans} whose parent is not in "
-                f"their trace), {time.monotonic() - t0:.1f} s")
+            kernel = sum(1 for s in spans if s.scope.name == "helix.ebpf")
+            say(f"  {bed.sc.name}: {r.requests} requests, {r.spans} spans ({kernel} from the kernel; {r.orphans} whose "
+                f"parent is not in their trace), {time.monotonic() - t0:.1f} s; {agent_memory(metrics_port)}")
             if dump is not None:
                 _dump(dump, bed, reqs, spans)
     finally:

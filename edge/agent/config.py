@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.reader import Section, duration, listen_or_off, setting, size, whole
+from ..config.reader import Section, duration, listen_or_off, number, setting, size, whole
 from ..errors import ConfigError
 
 __all__ = ["MemoryConfig", "MetricsConfig"]
@@ -20,6 +20,10 @@ class MemoryConfig(Section):
     # What the process holds with empty buffers (interpreter, libraries); 0 = RSS measured at start.
     baseline: int = setting(0, size(0, 64 * 1024**3))
     check_interval: float = setting(0.5, duration(0.05, 60.0))  # how often the governor reads RSS and the buffers
+    # While the memory in use is outside the span buffers (state tables, the heap), sampling fewer spans frees none of
+    # it: the keep-probability is not lowered for it short of 90 % of the headroom, and from there stays at least this
+    # share of sampler.ratio (lower only while the span buffers are the cause).
+    keep_floor: float = setting(0.25, number(1 / 1024, 1.0))
 
     def validate(self) -> None:
         if self.baseline and self.baseline >= self.limit:

@@ -15,7 +15,12 @@ pressure it then acts, one step further per check, counting each action:
 
 1. `raise_threshold` (≥ 70 % while usage sets new highs, every check from 80 % until settled): halve the
    keep-probability (down to ratio/1024); the agent writes the same threshold into the kernel's config map.
-2. `shrink_<part>` (≥ 80 %, until settled): halve every elastic part's bound (the tail buffer drops its oldest
+   Sampling only empties the buffers that hold spans: while they hold less than BUFFER_CAUSE of the memory in use
+   above the baseline (the rest is state tables, the allocator's heap, libraries) and nothing queues at the door,
+   the pressure is "elsewhere": the keep-probability is not lowered below the burst level, and from there no lower
+   than `keep_floor` of the configured one, a last hedge before the drop step (`floor_held`, said in the log).
+2. `shrink_<part>` (≥ 80 %, until settled): halve every elastic part's bound (only the state parts' while the
+   pressure is elsewhere) (the tail buffer drops its oldest
    undecided traces, the late-join index its oldest released spans; held spans leave early, the inbox refuses).
 3. `drop` (≥ 95 %): empty every Budgeted part (the inbox's spans are counted into RED first), then trim the heap.
 
@@ -42,7 +47,7 @@ from ..net.retry import RateLimitedLog
 from ..runtime.rss import read_rss
 
 __all__ = ["MemoryGovernor", "GovernorStats", "Measured", "Bounded", "Budgeted", "KeepProbability", "read_rss",
-           "LEVELS", "SHARES", "MIN_BOUND", "MIN_INBOX"]
+           "LEVELS", "SHARES", "MIN_BOUND", "MIN_INBOX", "MIN_STATE", "KEEP_FLOOR", "BUFFER_CAUSE"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +55,17 @@ log = logging.getLogger(__name__)
 LEVELS = {"raise_threshold": 0.70, "shrink": 0.80, "burst": 0.90, "drop": 0.95}
 RELAX = 0.60
 TRIM_EVERY = 2.0  # s between two malloc_trim(0) calls, each a few milliseconds at most
+# Share of the memory in use above the baseline that the span buffers must hold for sampling to be the lever.
+BUFFER_CAUSE = 0.25
+KEEP_FLOOR = 0.25  # default keep-probability floor (a share of the configured one) under pressure from elsewhere
 SETTLE = 10.0  # s without a new high, a check at the burst level or a backlog before a plateau above RELAX is settled
 # Shares of the headroom each part is planned to fill at most (see plan()). The third left is for what no buffer
 # accounts (requests being decoded, batches being encoded, allocator slack): bench/memory_budget.py's 10x burst needs it.
+# The state parts (kernel_state: the span builder's tables; stitch_state: the assembler's) were part of that third
+# before they had a bound of their own.
 SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03,
-          "learning": 0.03}
+          "learning": 0.03, "kernel_state": 0.08, "stitch_state": 0.03}
+MIN_STATE = 512 * 1024  # the long-lived state of a small node's connections, threads and processes
 MIN_BOUND = 64 * 1024  # no part is bounded below this
 MIN_INBOX = 512 * 1024
 
@@ -108,6 +119,7 @@ class _Part:
     ceiling: Callable[[], int] | None = None  # the part's own configured size, which the plan never exceeds
     elastic: bool = False  # shrunk under pressure, regrown after
     backlog_at: float | None = None  # share of its bound past which its bytes mean a burst still queues at the door
+    spans: bool = True  # holds spans (sampling fewer empties it); False: state kept per connection, thread or process
     bound: int = 0  # the bound set now
     target: int = 0  # where its bound regrows to: the plan, or before one the bound it came with
 
@@ -121,22 +133,30 @@ class GovernorStats:
     rss_peak: int = 0
     accounted: int = 0
     pressure: float = 0.0
-    # "raise_threshold", "shrink_<part>" for each elastic part, "drop", "relax".
-    actions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("raise_threshold", "drop", "relax"), 0))
+    # "raise_threshold", "floor_held" (not lowered: the pressure is not in the span buffers), "shrink_<part>" for each
+    # elastic part, "drop", "relax".
+    actions: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("raise_threshold", "floor_held", "drop", "relax"), 0))
     # Spans dropped by the governor, "<part>_pressure" for each Budgeted part; index_pressure counts spans already
     # sent on whose late joins were given up.
     dropped: dict[str, int] = field(default_factory=dict)
     breakdown: dict[str, int] = field(default_factory=dict)
     heap_trims: int = 0
+    span_bytes: int = 0  # of `accounted`, what the parts holding spans hold
+    # "buffers" when the span buffers hold enough of the memory in use for sampling to relieve it, "elsewhere" when
+    # they do not, "" below the first level.
+    cause: str = ""
 
 
 class MemoryGovernor:
     """Keeps the agent within `limit` bytes; register its parts, then run `run()` as a task or call `check()`."""
 
     def __init__(self, limit: int, baseline: int = 0, interval: float = 0.5, keep: KeepProbability | None = None,
-                 rss: Callable[[], int] = read_rss, clock: Callable[[], float] = time.monotonic) -> None:
+                 rss: Callable[[], int] = read_rss, clock: Callable[[], float] = time.monotonic,
+                 keep_floor: float = KEEP_FLOOR) -> None:
         self.limit = limit
         self.keep = keep
+        self.keep_floor = keep_floor  # lowest keep factor while the pressure is not in the span buffers
         self._rss = rss
         self._clock = clock
         self._parts: list[_Part] = []
@@ -145,6 +165,7 @@ class MemoryGovernor:
         self._settled = False
         # Near its budget a node's keep-probability moves every few seconds: one line a minute says so.
         self._threshold_log = RateLimitedLog(log, 60.0)
+        self._floor_log = RateLimitedLog(log, 60.0)
         self._auto_baseline = not baseline
         self.baseline = self.headroom = 0
         self.set_baseline(baseline or rss())
@@ -177,6 +198,18 @@ class MemoryGovernor:
         self._parts[-1].budgeted = part
         self.stats.dropped.setdefault(name + "_pressure", 0)
 
+    def register_state(self, name: str, part: Budgeted, share: float, *, bound: int, floor: int = MIN_BOUND,
+                       ceiling: Callable[[], int] | None = None) -> None:
+        """Like register(), for long-lived state (per connection, thread or process) rather than spans: its bytes
+        count against the budget but do not make sampling the lever. Planned now if a plan was made already."""
+        self.register(name, part, share, bound=bound, floor=floor, ceiling=ceiling)
+        p = self._parts[-1]
+        p.spans = False
+        if self.planned:
+            want = int(self.headroom * share)
+            p.bound = p.target = self.planned[name] = max(floor, min(ceiling(), want) if ceiling else want)
+            self._count_dropped(p, part.set_bound(p.bound))
+
     def set_baseline(self, baseline: int) -> None:
         """What the process holds with empty buffers; the headroom is what is left of the limit above it."""
         limit = self.limit
@@ -188,12 +221,15 @@ class MemoryGovernor:
                       "%d MiB regardless", limit >> 20, baseline >> 20, (limit // 4) >> 20)
             self.headroom = limit // 4
 
-    def set_budget(self, limit: int, baseline: int = 0, interval: float | None = None) -> dict[str, int]:
+    def set_budget(self, limit: int, baseline: int = 0, interval: float | None = None,
+                   keep_floor: float | None = None) -> dict[str, int]:
         """A new budget while running (a live config): `baseline` 0 keeps the one measured; every part is planned
         again. Returns the new plan."""
         self.limit = limit
         if interval is not None:
             self.interval = interval
+        if keep_floor is not None:
+            self.keep_floor = keep_floor
         self.set_baseline(baseline or self.baseline)
         return self.plan()
 
@@ -208,6 +244,7 @@ class MemoryGovernor:
         st = self.stats
         st.breakdown = self.accounted()
         st.accounted = sum(st.breakdown.values())
+        st.span_bytes = sum(st.breakdown[p.name] for p in self._parts if p.spans)
         st.rss = self._rss()
         st.rss_peak = max(st.rss_peak, st.rss)
         st.usage = max(st.rss, self.baseline + st.accounted)
@@ -238,6 +275,9 @@ class MemoryGovernor:
         # A settled plateau is heap CPython kept after a peak, not data: shrinking buffers would not give it back,
         # only stitch and tail-sample worse for the rest of the process's life.
         shrinking = p >= LEVELS["shrink"] and not settled
+        self.stats.cause = "" if p < LEVELS["raise_threshold"] else "buffers" if self._buffers_cause() else "elsewhere"
+        if self.stats.cause == "elsewhere" and self.factor < self._floor() and self.keep is not None:
+            self._hold_floor(self.keep)  # lowered while the buffers were the cause; they are not any more
         if shrinking or (p >= LEVELS["raise_threshold"] and rising):
             self._raise_threshold()
         if shrinking:
@@ -259,6 +299,12 @@ class MemoryGovernor:
         br = self.stats.breakdown
         return any(p.backlog_at is not None and br.get(p.name, 0) > p.bound * p.backlog_at for p in self._parts)
 
+    def _buffers_cause(self) -> bool:
+        """Whether the span buffers hold enough of the memory in use above the baseline for sampling fewer spans to
+        relieve it, or a burst still queues at the door."""
+        st = self.stats
+        return st.span_bytes >= BUFFER_CAUSE * max(0, st.usage - self.baseline) or self._backlog()
+
     def _new_high(self, now: float, usage: int) -> bool:
         """Record usage; True when it is above everything seen in the last SETTLE seconds by more than noise."""
         recent = self._recent
@@ -270,12 +316,40 @@ class MemoryGovernor:
 
     def _raise_threshold(self) -> None:
         keep = self.keep
-        if keep is not None and self.factor > 1 / 1024:
+        if keep is None:
+            return
+        if self.stats.cause == "elsewhere" and self.factor / 2 < self._floor():
+            # The buffers are nearly empty: sampling out more would lose spans without freeing the memory.
+            self._hold_floor(keep)
+            return
+        if self.factor > 1 / 1024:
             self.factor /= 2
             keep.set_pressure(self.factor)
             self.stats.actions["raise_threshold"] += 1
             self._threshold_log.warning("memory pressure %.0f%% of %d bytes headroom: keep-probability now %.4g",
                                         self.stats.pressure * 100, self.headroom, keep.effective_ratio)
+
+    def _floor(self) -> float:
+        """The lowest keep factor while the pressure is elsewhere: none below 1 short of the burst level, since
+        sampling out spans frees nothing there; from it, `keep_floor`."""
+        return self.keep_floor if self.stats.pressure >= LEVELS["burst"] else 1.0
+
+    def _hold_floor(self, keep: KeepProbability) -> None:
+        """Keep the keep-probability at its floor (one notch back towards it per check if the buffers had taken it
+        lower) and say why."""
+        st = self.stats
+        if self.factor < self._floor():
+            self.factor = min(self._floor(), self.factor * 2)
+            keep.set_pressure(self.factor)
+        st.actions["floor_held"] = st.actions.get("floor_held", 0) + 1
+        outside = max(0, st.usage - self.baseline - st.accounted)
+        state = st.accounted - st.span_bytes
+        self._floor_log.warning(
+            "memory pressure %.0f%% of %d MiB headroom is outside the span buffers (they hold %.1f MiB; state tables "
+            "%.1f MiB; unaccounted heap %.1f MiB): keep-probability held at %.4g, sampling fewer spans would not free "
+            "it. Raise memory.limit (the agent idles at %d MiB here) or trace fewer processes (sources.ebpf.pids)",
+            st.pressure * 100, self.headroom >> 20, st.span_bytes / 2**20, state / 2**20, outside / 2**20,
+            keep.effective_ratio, self.baseline >> 20)
 
     # -------------------------------------------------------------------------------------------- planning
 
@@ -301,8 +375,9 @@ class MemoryGovernor:
         return planned
 
     def _shrink(self) -> None:
+        elsewhere = self.stats.cause == "elsewhere"  # span buffers this empty would give back nothing
         for p in self._parts:
-            if not p.elastic or p.bounded is None or p.bound <= p.floor:
+            if not p.elastic or p.bounded is None or p.bound <= p.floor or (elsewhere and p.spans):
                 continue
             p.bound = max(p.floor, p.bound // 2)
             self._count_dropped(p, p.bounded.set_bound(p.bound))
@@ -380,7 +455,9 @@ class MemoryGovernor:
         st = self.stats
         return {"limit": self.limit, "baseline": self.baseline, "headroom": self.headroom, "usage": st.usage, "rss": st.rss,
                 "rss_peak": st.rss_peak, "accounted": st.accounted, "pressure": round(st.pressure, 4),
-                "keep_factor": self.factor, "planned": dict(self.planned), "heap_trims": st.heap_trims,
+                "keep_factor": self.factor, "keep_floor": self.keep_floor, "cause": st.cause,
+                "span_bytes": st.span_bytes, "outside": max(0, st.usage - self.baseline - st.accounted),
+                "planned": dict(self.planned), "heap_trims": st.heap_trims,
                 "actions": dict(st.actions), "dropped": dict(st.dropped), "bytes": dict(st.breakdown)}
 
 

@@ -145,7 +145,16 @@ def health_metrics(agent: Any) -> ResourceMetrics:
             _gauge("helix.agent.memory.rss", "Resident set size of the agent process", gov["rss"]),
             _gauge("helix.agent.memory.limit", "The configured memory budget (memory.limit)", gov["limit"]),
             _gauge("helix.agent.memory.pressure", "Memory in use as a fraction of the budget", gov["pressure"], unit="1"),
-            _sum("helix.agent.memory.actions", "Memory governor actions, by step", gov["actions"], "step", "{action}"),
+            _gauge("helix.agent.sampling.keep_probability", "The keep-probability applied now (sampler.ratio, lowered "
+                   "under memory pressure)", st["sampler"]["ratio"], unit="1"),
+            _sum("helix.agent.memory.actions", "Memory governor actions, by step (floor_held: the keep-probability "
+                 "kept at memory.keep_floor because the memory in use is outside the span buffers)", gov["actions"],
+                 "step", "{action}"),
+            # Where the memory above the idle agent is: only what the span buffers hold goes when sampling keeps less.
+            _gauge("helix.agent.memory.above_idle", "Memory in use above the idle agent, by where it is (span_buffers, "
+                   "state: per connection, thread and process tables; elsewhere: heap no part accounts)",
+                   {"span_buffers": gov["span_bytes"], "state": gov["accounted"] - gov["span_bytes"],
+                    "elsewhere": gov["outside"]}, "where"),
         ]
     mqtt = st.get("mqtt")
     if mqtt:

@@ -24,7 +24,7 @@ from ..sampler import TailRules, TraceSampler
 from ..sources.mqtt_sdk import MqttSdkSource
 from ..sources.otlp_common import OtlpIngest, decode_logged
 from .accepted_log import AcceptedLog
-from .governor import MIN_INBOX, SHARES, MemoryGovernor
+from .governor import MIN_INBOX, MIN_STATE, SHARES, MemoryGovernor
 from .inbox import SpanInbox
 from .supervisor import Supervisor
 from .metrics_http import MetricsEndpoint, health_metrics
@@ -41,7 +41,7 @@ __all__ = ["Agent", "KernelStatus"]
 log = logging.getLogger(__name__)
 
 # Assembler counters of SDK traces and of the spans that waited for an SDK (edge/assembler/traces.py, hold.py).
-_STITCHING = ("born", "moved", "unjoined", "sdk_waits", "sdk_wait_expired", "sdk_wait_forced")
+_STITCHING = ("born", "moved", "unjoined", "sdk_waits", "sdk_wait_expired", "sdk_wait_forced", "state_evicted")
 
 
 @dataclass(slots=True)
@@ -98,7 +98,8 @@ class Agent:
         self.ebpf: EbpfSource | None = None
         self.fleet: FleetNode | None = None  # with fleet.enabled, made at start
         self.started = asyncio.Event()
-        self.governor = self.govern(MemoryGovernor(cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval))
+        self.governor = self.govern(MemoryGovernor(cfg.memory.limit, cfg.memory.baseline, cfg.memory.check_interval,
+                                                   keep_floor=cfg.memory.keep_floor))
         self.metrics_http: MetricsEndpoint | None = None
         if cfg.metrics.listen:
             self.metrics_http = MetricsEndpoint(self.metrics, *cfg.metrics.listen)
@@ -114,6 +115,9 @@ class Agent:
         g.bound("assembler", self.assembler.held_budget, SHARES["assembler"], bound=self.assembler.max_bytes,
                 elastic=True)
         g.register("index", self.assembler.index_budget, SHARES["index"], bound=self.assembler.max_index_bytes)
+        # What stitching remembers of SDK-started and moved traces and of SDK processes: state, not spans.
+        g.register_state("stitch_state", self.assembler.state_budget, SHARES["stitch_state"], bound=0,
+                         floor=MIN_STATE // 2)
         tail = self.sampler.tail
         g.register("tail", self.sampler, SHARES["tail"], bound=tail.capacity, ceiling=lambda: tail.rules.buffer_bytes)
         # Spans past the sampler are kept: the uplink queue refuses at the door what does not fit, never drops.
@@ -157,6 +161,9 @@ class Agent:
             # back into histograms with the agent's bounds, so both halves of the RED metrics agree.
             self.ebpf.set_red_sink(self.aggregator.bounds_ns, self.aggregator.consume_counts)
             self.sampler.on_threshold(self.ebpf.set_sample_threshold)
+            # The builder's connections, threads and processes: state, not spans (sampling does not empty it).
+            self.governor.register_state("kernel_state", self.ebpf.state, SHARES["kernel_state"], bound=0,
+                                         floor=MIN_STATE)
         except ProbeUnavailable as e:
             self.kernel = KernelStatus("unavailable", e.reason, e.fix)
             if mode == "on":
@@ -383,6 +390,7 @@ class Agent:
                           "evicted_early": self.assembler.stats.evicted_early,
                           "id_collisions": self.assembler.stats.id_collisions,
                           "waiting_for_sdk": self.assembler.deferred,
+                          "state_bytes": self.assembler.state_budget.bytes,
                           **{k: getattr(self.assembler.stats, k) for k in _STITCHING}},
             "sampler": {"kept": self.sampler.stats.kept, "dropped": self.sampler.stats.dropped,
                         "kept_head": self.sampler.stats.kept_head, "kept_tail": self.sampler.stats.kept_tail,

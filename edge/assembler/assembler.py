@@ -23,6 +23,7 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..model import Link, Resource, Span, SpanKind, StatusCode, new_span_id
 from .clock import SkewAdjuster
@@ -65,6 +66,7 @@ class AssemblerStats:
     sdk_wait_expired: int = 0  # ... until sdk_wait, no SDK span having come
     sdk_wait_forced: int = 0  # spans held for an SDK that the memory bound released early
     unjoined: int = 0  # SDK root spans whose request's kernel span had left in a trace they could not join
+    state_evicted: int = 0  # stitching state entries (SDK-started and moved traces, SDK processes) the byte bound forgot
 
 
 class Assembler:
@@ -77,6 +79,7 @@ class Assembler:
         # The two parts of the memory budget: spans held for their window, and released spans kept for late joins.
         self.held_budget = _HeldSpans(self)
         self.index_budget = _LateJoins(self)
+        self.state_budget = _StitchState(self)
         self.index = SpanIndex()
         self.held: deque[Entry] = deque()
         self.bytes = 0
@@ -126,7 +129,7 @@ class Assembler:
 
     def _remember(self, table: OrderedDict, key: object, value: object) -> None:
         table[key] = value
-        if len(table) > self.config.dedup_memory:
+        if len(table) > self.traces.max_entries:
             table.popitem(last=False)  # the oldest: its SDK span came long ago, or never will
 
     def _sdk_pid(self, s: Span) -> int | None:
@@ -215,6 +218,7 @@ class Assembler:
         if now - self._last_expire >= 1.0 or flush:
             self._last_expire = now
             self.index.expire(now - cfg.memory)
+            self.state_budget.enforce()
         keep = self.max_index_bytes // _RELEASED_BYTES
         excess = len(self.index) - len(self) - keep
         if excess > 0:
@@ -744,6 +748,56 @@ class _LateJoins:
     def drop_all(self) -> int:
         """Forget every released span; returns how many went."""
         return self._asm.index.expire(float("inf"))
+
+
+class _StitchState:
+    """What the assembler remembers beyond the spans (traces SDKs started and where moved ones went, which process
+    each SDK runs in), as the memory governor budgets it (Budgeted): each table is already capped in entries; the
+    byte bound forgets the oldest entries of each by the same fraction, counted (`state_evicted`). A late SDK span
+    whose trace was forgotten is no longer moved or joined: it leaves in the trace its SDK gave it."""
+
+    __slots__ = ("_asm", "bound")
+
+    # Bytes per entry, estimated: an SDK-started trace keeps its request's Entry and Released record alive; a moved
+    # trace, a wire span id or an SDK resource is a key and a small value.
+    BORN, MOVED, REMEMBERED = _RELEASED_BYTES + 96, 240, 144
+
+    def __init__(self, asm: Assembler) -> None:
+        self._asm = asm
+        self.bound = 0  # 0: only the entry caps
+
+    def _tables(self) -> tuple[tuple[OrderedDict[Any, Any], int], ...]:
+        asm = self._asm
+        return ((asm.traces.born, self.BORN), (asm.traces.moved, self.MOVED), (asm._kernel_by_wire, self.REMEMBERED),
+                (asm._pid_of_resource, self.REMEMBERED))
+
+    @property
+    def bytes(self) -> int:
+        """Estimated bytes of the stitching state."""
+        return sum(len(t) * size for t, size in self._tables())
+
+    def set_bound(self, n: int) -> int:
+        """Keep at most about `n` bytes, the oldest entries forgotten now; no span is dropped."""
+        self.bound = n
+        self.enforce()
+        return 0
+
+    def drop_all(self) -> int:
+        """Forget the older half of every table; no span is dropped."""
+        self._forget(0.5)
+        return 0
+
+    def enforce(self) -> None:
+        """Forget the oldest entries if the state passed its bound."""
+        total = self.bytes
+        if self.bound and total > self.bound:
+            self._forget(self.bound / total)
+
+    def _forget(self, keep: float) -> None:
+        for table, _ in self._tables():
+            for _ in range(len(table) - int(len(table) * keep)):
+                table.popitem(last=False)
+                self._asm.stats.state_evicted += 1
 
 
 def _is_lone_connect(s: Span) -> bool:

@@ -131,7 +131,8 @@ class ConfigApplier:
 
     def _apply_memory(self, new: Config) -> None:
         mem = new.memory
-        self.agent.governor.set_budget(mem.limit, mem.baseline, mem.check_interval)  # every part planned again
+        # Every part is planned again.
+        self.agent.governor.set_budget(mem.limit, mem.baseline, mem.check_interval, mem.keep_floor)
 
     async def wait_uplink(self, grace: float) -> bool:
         """True once the uplink is reached (a probe connects, or a batch is acknowledged) within `grace` seconds."""

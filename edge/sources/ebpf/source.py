@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import EbpfSourceConfig
@@ -16,6 +16,7 @@ from .events import ExecEvent, ExitEvent, KernelEvent
 from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet, RedAggregate,
                      open_probes)
 from .spans import SpanBuilder, SpanBuilderConfig, split_host
+from .spans.state_budget import BuilderState
 from .tls_attach import TlsAttacher
 
 __all__ = ["EbpfSource", "EbpfSourceStats"]
@@ -57,6 +58,8 @@ class EbpfSource:
                                                      response_timeout=cfg.response_timeout,
                                                      payload_bytes=cfg.payload_bytes,
                                                      capture_headers=tuple(h.lower() for h in cfg.capture_headers)))
+        # Its tables under the byte bound the memory governor plans (the agent registers it once the probes run).
+        self.state = BuilderState(self.builder)
         self.probes: ProbeSet | None = None
         self.stream: KernelEventStream | None = None
         self.stats = EbpfSourceStats()
@@ -224,6 +227,7 @@ class EbpfSource:
         while True:
             await asyncio.sleep(_FLUSH_INTERVAL_S)
             self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+            self.state.enforce()
             try:
                 self.poll_red()
             except Exception:  # a map read failing must not stop the span flush
@@ -263,6 +267,9 @@ class EbpfSource:
         if self.stream is not None:
             out["lost_events"] = self.stream.lost
         out["connections"] = self.builder.connection_count
+        out["tables"] = {"bytes": self.state.bytes, "bound": self.state.bound, "threads": len(self.builder.causes),
+                        "processes": self.builder.process_count,
+                        "evicted": asdict(self.state.evictions)}
         if self.probes is not None and not self.probes.closed:
             out["kernel_sampling"] = self.probes.kernel_sampling
             out["sample_threshold"] = self.probes.sample_threshold()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -233,12 +234,19 @@ def test_checks_come_faster_near_the_limit(agent: Agent) -> None:
 
 
 class Plateau:
-    """RSS and time under the test's control: usage is RSS here, since the buffers are (nearly) empty."""
+    """RSS and time under the test's control: usage is RSS here.
 
-    def __init__(self, agent: Agent, baseline: int = 100 * MiB, headroom: int = H) -> None:
+    `in_buffers`: half of what RSS holds above the baseline is reported as spans in a buffer (the pressure is the
+    buffers'), as after a burst of spans; else the buffers stay empty and the pressure is elsewhere."""
+
+    def __init__(self, agent: Agent, baseline: int = 100 * MiB, headroom: int = H, in_buffers: bool = True,
+                 keep_floor: float = 0.25) -> None:
         self.t, self.baseline, self.headroom = 0.0, baseline, headroom
         self.rss = baseline
-        self.gov = agent.govern(MemoryGovernor(baseline + headroom, baseline, rss=lambda: self.rss, clock=lambda: self.t))
+        self.gov = agent.govern(MemoryGovernor(baseline + headroom, baseline, rss=lambda: self.rss, clock=lambda: self.t,
+                                               keep_floor=keep_floor))
+        if in_buffers:
+            self.gov.account("spans", _Held(lambda: (self.rss - self.baseline) // 2))
 
     def hold(self, pressure: float, seconds: float, every: float = 0.5) -> None:
         """Keep RSS at `pressure` of the headroom for `seconds`, checking every `every` seconds."""
@@ -344,3 +352,74 @@ def test_free_heap_pages_go_back_every_trim_interval(agent: Agent) -> None:
     assert calls == []
     run.hold(0.3, 3 * TRIM_EVERY)
     assert calls == [0, 0, 0] and run.gov.status()["heap_trims"] == 3
+
+
+def test_pressure_outside_the_buffers_holds_the_keep_probability_at_its_floor(
+        agent: Agent, caplog: pytest.LogCaptureFixture) -> None:
+    # The heap grows to the limit while the span buffers stay empty (state tables, the allocator): sampling out more
+    # would free nothing, so the probability stops at the floor, and the log and status say why.
+    run = Plateau(agent, in_buffers=False)
+    gov = run.gov
+    planned = gov.plan()
+    lowest = 1.0
+    with caplog.at_level("WARNING", logger="edge.agent.governor"):
+        for step in range(10):
+            run.hold(0.70 + step * 0.02, 1.0)  # a new high every second, up to the burst level
+        # Short of the burst level sampling fewer spans would only lose them: not lowered, buffers not shrunk.
+        assert gov.factor == 1.0 and gov.stats.actions["floor_held"] > 5
+        assert agent.assembler.max_bytes == planned["assembler"] and gov.stats.actions["shrink_assembler"] == 0
+        for step in range(10):
+            run.hold(0.90 + step * 0.01, 1.0)  # at the burst level and beyond: down to the floor, no further
+            lowest = min(lowest, gov.factor)
+    assert lowest == gov.factor == 0.25 and agent.sampler.effective_ratio == 0.125
+    status = gov.status()
+    assert status["cause"] == "elsewhere" and status["keep_floor"] == 0.25 and status["span_bytes"] == 0
+    assert status["outside"] > 0.95 * H
+    said = [r.getMessage() for r in caplog.records if "outside the span buffers" in r.getMessage()]
+    assert len(said) == 1 and "memory.limit" in said[0]  # once a minute at most, with what to do
+
+
+class _Held:
+    def __init__(self, of: Callable[[], int]) -> None:
+        self.of = of
+
+    @property
+    def bytes(self) -> int:
+        return self.of()
+
+
+def test_pressure_in_the_buffers_still_lowers_the_keep_probability_past_the_floor(agent: Agent) -> None:
+    gov = governor(agent, H)
+    gov.keep_floor = 0.25
+    fill_inbox(agent, int(0.85 * H))  # the spans themselves are the pressure
+    for _ in range(4):
+        gov.check()
+    assert gov.stats.cause == "buffers"
+    assert gov.factor == 1 / 16 and gov.stats.actions["floor_held"] == 0
+
+
+def test_the_keep_probability_comes_back_to_the_floor_once_the_buffers_are_not_the_cause(agent: Agent) -> None:
+    run = Plateau(agent, in_buffers=False)
+    gov = run.gov
+    gov.plan()
+    fill_inbox(agent, agent.inbox.max_bytes * 3 // 4)  # a burst at the door: sampling is the lever
+    run.hold(0.92, 2.0)
+    assert gov.stats.cause == "buffers" and gov.factor <= 0.25 / 4
+    lowered = gov.factor
+    agent.inbox.drain()  # the burst has passed; the heap it grew has not
+    run.hold(0.92, 0.5)
+    assert gov.stats.cause == "elsewhere" and lowered < gov.factor <= 0.25  # one notch per check
+    run.hold(0.92, 2.0)
+    assert gov.factor == 0.25
+    run.hold(0.85, 3.0)  # below the burst level: back to the configured probability
+    assert gov.factor == 1.0
+
+
+def test_keep_floor_is_configurable_and_applied_live(agent: Agent) -> None:
+    cfg = parse_config({"memory": {"keep_floor": 0.5}})
+    assert cfg.memory.keep_floor == 0.5 and parse_config({}).memory.keep_floor == 0.25
+    with pytest.raises(Exception, match="memory.keep_floor"):
+        parse_config({"memory": {"keep_floor": 0}})
+    gov = MemoryGovernor(64 * MiB, 32 * MiB)
+    gov.set_budget(64 * MiB, keep_floor=0.125)
+    assert gov.keep_floor == 0.125

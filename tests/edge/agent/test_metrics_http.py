@@ -84,7 +84,13 @@ async def test_running_agent_serves_prometheus_metrics(mosquitto: Mosquitto) -> 
     assert families["helix_agent_memory_rss_bytes"].samples[0].value > 1 << 20
     assert families["helix_agent_memory_limit_bytes"].samples[0].value == cfg.memory.limit
     queue = {s.labels["queue"] for s in families["helix_agent_queue_bytes"].samples}
-    assert {"inbox", "tail", "uplink", "assembler"} <= queue
+    assert {"inbox", "tail", "uplink", "assembler", "stitch_state"} <= queue
+    # Where the memory above the idle agent is, and the keep-probability the governor leaves: why sampling moved.
+    where = {s.labels["where"] for s in families["helix_agent_memory_above_idle_bytes"].samples}
+    assert where == {"span_buffers", "state", "elsewhere"}
+    assert families["helix_agent_sampling_keep_probability"].samples[0].value == cfg.sampler.ratio
+    steps = {s.labels["step"] for s in families["helix_agent_memory_actions"].samples if s.name.endswith("_total")}
+    assert "floor_held" in steps
     assert families["helix_agent_kernel_lost_events"].type == "counter"
     assert "helix_agent_spans_dropped" in families
 

@@ -349,3 +349,25 @@ def test_what_kernel_servers_learn_from_the_wire_is_bounded() -> None:
     # The newest are still known: an SDK span under the latest wire parent learns its process from it.
     wire_parent = server.parent_span_id
     assert a._kernel_by_wire[wire_parent] == 7
+
+
+def test_what_stitching_remembers_is_under_a_byte_bound_oldest_forgotten_first() -> None:
+    # The entry caps hold 65,536 of each table; the memory governor's byte bound holds far fewer (counted), so a node
+    # with many SDK-started traces and wire contexts does not grow outside its buffers.
+    a = Assembler(AssemblerConfig(window=0.0, memory=0.0, sdk_wait=0.0))
+    state = a.state_budget
+    servers = []
+    for i in range(1000):
+        servers.append(kspan(f"GET /{i}", SpanKind.SERVER, 0, 1, pid=7, wire=(new_trace_id(), new_span_id())))
+        a.process([servers[-1]], now=float(i) * 0.001)
+    assert len(a._kernel_by_wire) == 1000 and state.bytes >= 1000 * state.REMEMBERED
+    assert state.set_bound(200 * state.REMEMBERED) == 0  # no span is dropped, only what stitching remembers
+    assert state.bytes <= 200 * state.REMEMBERED and a.stats.state_evicted == 800
+    assert servers[-1].parent_span_id in a._kernel_by_wire and servers[0].parent_span_id not in a._kernel_by_wire
+    # Growth past the bound is forgotten at the assembler's next periodic expiry.
+    for i in range(300):
+        a.process([kspan(f"GET /n{i}", SpanKind.SERVER, 0, 1, pid=7, wire=(new_trace_id(), new_span_id()))], now=2.0)
+    a.process([], now=5.0)
+    assert state.bytes <= 200 * state.REMEMBERED and a.stats.state_evicted >= 1100
+    state.drop_all()
+    assert len(a._kernel_by_wire) == 100

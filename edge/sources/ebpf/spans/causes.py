@@ -150,6 +150,23 @@ class Causes:
         return len(self._threads)
 
     @property
+    def connect_count(self) -> int:
+        """Connections opened whose first call is still to come."""
+        return len(self._connects)
+
+    def evict_oldest(self, threads: int, connects: int = 0) -> None:
+        """Forget the `threads` least recently active threads (counted) and the `connects` oldest connections
+        opened."""
+        for _ in range(min(threads, len(self._threads))):
+            old, gone = self._threads.popitem(last=False)
+            self.stats.evicted_threads += 1
+            self._waiting.discard(old)
+            for call in gone.waiting:
+                call.decided = True  # its span, if finished, is lost with the thread's state: none is held here
+        for _ in range(min(connects, len(self._connects))):
+            self._connects.popitem(last=False)
+
+    @property
     def waiting_count(self) -> int:
         """Calls waiting for their decision."""
         return sum(len(t.waiting) for k in self._waiting if (t := self._threads.get(k)) is not None)
@@ -160,11 +177,7 @@ class Causes:
         if t is None:
             t = self._threads[key] = _Thread()
             if len(self._threads) > self.max_threads:
-                old, gone = self._threads.popitem(last=False)
-                self.stats.evicted_threads += 1
-                self._waiting.discard(old)
-                for call in gone.waiting:
-                    call.decided = True  # its span, if finished, is lost with the thread's state: none is held here
+                self.evict_oldest(1)
         else:
             self._threads.move_to_end(key)
         return t
