@@ -90,8 +90,19 @@ def _skip_accel(reason: str) -> list:
     return []
 
 
+def _remove_stale_extensions() -> None:
+    # An in-place (editable) build leaves compiled modules beside their sources; one whose source is no longer compiled
+    # would still shadow it, and fail to import once the shared library it belonged to is rebuilt without it.
+    keep = {ROOT / m for m in ACCEL_MODULES}
+    for so in (ROOT / "edge").rglob("*.so"):
+        src = so.with_name(so.name.split(".", 1)[0] + ".py")
+        if src.is_file() and src not in keep:
+            so.unlink()
+
+
 def accel_extensions() -> list:
     """The accelerator's extension modules, or none (and why) where it cannot be built here."""
+    _remove_stale_extensions()
     if os.environ.get("HELIX_ACCEL_BUILD", "1") == "0":
         return _skip_accel("HELIX_ACCEL_BUILD=0")
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
