@@ -11,13 +11,13 @@ which runs). HELIX_ACCEL_BUILD=0 skips it (the container build does: its wheel i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import zlib
 from pathlib import Path
 
 from setuptools import setup
@@ -105,8 +105,8 @@ def accel_extensions() -> list:
     _remove_stale_extensions()
     if os.environ.get("HELIX_ACCEL_BUILD", "1") == "0":
         return _skip_accel("HELIX_ACCEL_BUILD=0")
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(os.environ.get("CC", cc).split()[0]) is None:
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
         return _skip_accel(f"no C compiler ({cc})")
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
         return _skip_accel("no Python headers: Debian/Ubuntu: apt install python3-dev")
@@ -132,15 +132,19 @@ class BuildExtOptional(build_ext):
             _skip_accel(f"compiling failed: {e}")
             return
         # Written last, so that its presence means every module was compiled; edge/accel.py compares the sources'
-        # digests with it and runs the pure-Python modules once one of them changed.
+        # fingerprints with it and runs the pure-Python modules once one of them changed.
         manifest = {
             "cache_tag": sys.implementation.cache_tag,
             "mypy": _mypy_version(),
-            "sources": {m: hashlib.sha256((ROOT / m).read_bytes()).hexdigest() for m in ACCEL_MODULES},
+            "sources": {m: _fingerprint((ROOT / m).read_bytes()) for m in ACCEL_MODULES},
         }
         out = ROOT / "edge" if self.inplace or getattr(self, "editable_mode", False) else Path(self.build_lib) / "edge"
         out.mkdir(parents=True, exist_ok=True)
         (out / ACCEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _fingerprint(source: bytes) -> str:
+    return f"{zlib.crc32(source):08x}-{len(source)}"  # as edge/accel.py fingerprint() checks it
 
 
 def _mypy_version() -> str:

@@ -2,18 +2,18 @@
 
 The pure-Python modules are the reference; the build (setup.py) may compile the same files with mypyc into C
 extensions beside them, which Python then imports first. They are used only when all of them were compiled from
-exactly the sources installed (the build's manifest holds their digests): after an edit, a partial build or with
+exactly the sources installed (the build's manifest holds their fingerprints): after an edit, a partial build or with
 HELIX_ACCEL=0 the pure-Python modules run. Both behave alike; the tests run the span and parser checks on both.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
 import json
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -65,6 +65,13 @@ def _extension(name: str) -> Path | None:
     return None
 
 
+def fingerprint(source: bytes) -> str:
+    """What the build manifest records of each compiled source (setup.py computes the same)."""
+    # zlib, not hashlib: hashlib maps OpenSSL, which an agent without TLS keeps out of its memory. An edit is what
+    # this detects, not an attacker: whoever can write the sources can write the compiled modules.
+    return f"{zlib.crc32(source):08x}-{len(source)}"
+
+
 def _check() -> Status:
     if os.environ.get(_OFF, "1") == "0":
         return Status(False, f"pure Python: the compiled modules are turned off ({_OFF}=0)")
@@ -78,13 +85,13 @@ def _check() -> Status:
     if manifest.get("cache_tag") != sys.implementation.cache_tag:
         return Status(False, f"pure Python: compiled for {manifest.get('cache_tag')}, this is "
                              f"{sys.implementation.cache_tag}; reinstall helix-edge")
-    digests: dict[str, str] = manifest.get("sources", {})
+    fingerprints: dict[str, str] = manifest.get("sources", {})
     for name in MODULES:
         src = _source(name)
         rel = src.relative_to(_ROOT.parent).as_posix()
         if _extension(name) is None:
             return Status(False, f"pure Python: {rel} has no compiled module (incomplete build); reinstall helix-edge")
-        if digests.get(rel) != hashlib.sha256(src.read_bytes()).hexdigest():
+        if fingerprints.get(rel) != fingerprint(src.read_bytes()):
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
     return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 heads and span "
