@@ -87,6 +87,8 @@ ACCEL_MANIFEST = "accel_manifest.json"
 
 def _skip_accel(reason: str) -> list:
     print(f"helix-edge: accelerator not built ({reason}); the pure-Python decoder and span builder will run")
+    # What an earlier in-place (editable) build left would otherwise stay in use: without its manifest it is not.
+    (ROOT / "edge" / ACCEL_MANIFEST).unlink(missing_ok=True)
     return []
 
 
