@@ -29,12 +29,14 @@ WORKDIR /src
 COPY . .
 ARG TARGETARCH
 ARG PIP_INDEX_URL
-# helix-edge's own wheel (pure Python with the .bpf.o objects), then it and its dependencies for the target:
+# helix-edge's own wheel (pure Python with the .bpf.o objects: the optional mypyc accelerator would be compiled for
+# the build machine, not the target, so it is left out and `helix doctor` reports the pure-Python span builder),
+# then it and its dependencies for the target:
 # CPython 3.11 (bookworm's), manylinux wheels only. EXTRAS picks the image: "" the node, "[gateway]" the gateway.
 COPY scripts/container-site.sh /usr/local/bin/
 RUN --mount=type=secret,id=ca-certificates --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
-    && /build/venv/bin/pip wheel --no-deps -w /wheels . \
+    && HELIX_ACCEL_BUILD=0 /build/venv/bin/pip wheel --no-deps -w /wheels . \
     && container-site.sh "$TARGETARCH" /wheels/helix_edge-*.whl /out/node \
     && container-site.sh "$TARGETARCH" "$(echo /wheels/helix_edge-*.whl)[gateway]" /out/gateway
 

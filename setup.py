@@ -1,17 +1,27 @@
-"""Build hook: compile bpf/*.bpf.c into edge/sources/ebpf/objects/ as package data.
+"""Build hooks: compile bpf/*.bpf.c into edge/sources/ebpf/objects/ as package data, and the optional accelerator.
 
 Metadata lives in pyproject.toml; this file only adds the probe build to `build_py`, which runs for
 `pip install .`, wheels and `pip install -e .` alike. Without clang, prebuilt objects already in
 edge/sources/ebpf/objects/ are used as they are; with neither, the build stops with what to install.
+
+The accelerator: mypyc compiles the record decoder, the HTTP/1 head parser and the span builder (edge/accel.py
+lists them) into C extensions beside their sources. It is optional: without mypy, a C compiler or the Python headers,
+or when compiling fails, the package installs as pure Python and runs the same code uncompiled (`helix doctor` says
+which runs). HELIX_ACCEL_BUILD=0 skips it (the container build does: its wheel is made for another architecture).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
+import zlib
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -58,4 +68,93 @@ class BuildPyWithProbes(build_py):
                 shutil.copy2(obj, dest / obj.name)
 
 
-setup(cmdclass={"build_py": BuildPyWithProbes})
+# What mypyc compiles; edge/accel.py keeps the same list (and checks the built modules against it).
+ACCEL_MODULES = (
+    "edge/sources/ebpf/events.py",
+    "edge/sources/ebpf/decode.py",
+    "edge/protocols/http1.py",
+    "edge/sources/ebpf/spans/__init__.py",
+    "edge/sources/ebpf/spans/tables.py",
+    "edge/sources/ebpf/spans/causes.py",
+    "edge/sources/ebpf/spans/http.py",
+    "edge/sources/ebpf/spans/http2.py",
+    "edge/sources/ebpf/spans/mqtt.py",
+    "edge/sources/ebpf/spans/tcp.py",
+    "edge/sources/ebpf/spans/file_io.py",
+)
+ACCEL_MANIFEST = "accel_manifest.json"
+
+
+def _skip_accel(reason: str) -> list:
+    print(f"helix-edge: accelerator not built ({reason}); the pure-Python decoder and span builder will run")
+    # What an earlier in-place (editable) build left would otherwise stay in use: without its manifest it is not.
+    (ROOT / "edge" / ACCEL_MANIFEST).unlink(missing_ok=True)
+    return []
+
+
+def _remove_stale_extensions() -> None:
+    # An in-place (editable) build leaves compiled modules beside their sources; one whose source is no longer compiled
+    # would still shadow it, and fail to import once the shared library it belonged to is rebuilt without it.
+    keep = {ROOT / m for m in ACCEL_MODULES}
+    for so in (ROOT / "edge").rglob("*.so"):
+        src = so.with_name(so.name.split(".", 1)[0] + ".py")
+        if src.is_file() and src not in keep:
+            so.unlink()
+
+
+def accel_extensions() -> list:
+    """The accelerator's extension modules, or none (and why) where it cannot be built here."""
+    _remove_stale_extensions()
+    if os.environ.get("HELIX_ACCEL_BUILD", "1") == "0":
+        return _skip_accel("HELIX_ACCEL_BUILD=0")
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        return _skip_accel(f"no C compiler ({cc})")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return _skip_accel("no Python headers: Debian/Ubuntu: apt install python3-dev")
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        return _skip_accel("mypy (mypyc) is not installed in the build environment")
+    try:
+        return mypycify(list(ACCEL_MODULES), opt_level="3", group_name="edge.accel")
+    except BaseException as e:  # noqa: BLE001 - mypyc exits on a type error: fall back, never fail the install
+        return _skip_accel(f"mypyc failed: {e}")
+
+
+class BuildExtOptional(build_ext):
+    """build_ext that falls back to pure Python when compiling fails, and records what it compiled."""
+
+    def run(self) -> None:
+        if not self.extensions:
+            return
+        try:
+            super().run()
+        except BaseException as e:  # noqa: BLE001 - a compiler error must not fail the install
+            _skip_accel(f"compiling failed: {e}")
+            return
+        # Written last, so that its presence means every module was compiled; edge/accel.py compares the sources'
+        # fingerprints with it and runs the pure-Python modules once one of them changed.
+        manifest = {
+            "cache_tag": sys.implementation.cache_tag,
+            "mypy": _mypy_version(),
+            "sources": {m: _fingerprint((ROOT / m).read_bytes()) for m in ACCEL_MODULES},
+        }
+        out = ROOT / "edge" if self.inplace or getattr(self, "editable_mode", False) else Path(self.build_lib) / "edge"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ACCEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _fingerprint(source: bytes) -> str:
+    return f"{zlib.crc32(source):08x}-{len(source)}"  # as edge/accel.py fingerprint() checks it
+
+
+def _mypy_version() -> str:
+    try:
+        from mypy.version import __version__
+    except ImportError:
+        return "?"
+    return __version__
+
+
+setup(cmdclass={"build_py": BuildPyWithProbes, "build_ext": BuildExtOptional}, ext_modules=accel_extensions())

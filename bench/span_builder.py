@@ -3,14 +3,18 @@
 Builds ring-buffer records for keep-alive HTTP exchanges with a traceparent header (as io.bpf.c writes
 them), then times decode_event + SpanBuilder.feed over them.
 
-    python bench/span_builder.py [--exchanges 50000] [--profile]
+    python bench/span_builder.py [--exchanges 50000] [--runs 5] [--profile]
 
-Same-run references: decoding alone, and a fixed calibration loop of plain CPython work (dicts, strings, ints,
-a small object per step) timed right before each of the runs; `records_per_calibration` is the median over the runs
-of decode + build records/s over the calibration's loops/s, which moves far less than either on a shared machine.
+Both implementations run in the same process (edge/accel.py): the pure-Python modules, and the mypyc-compiled ones
+where the package was built with them; each run times the pure ones right after the compiled ones, on the same
+records, so `speedup_vs_pure` (median over the runs of the two rates' ratio) is a same-run comparison.
+Further same-run references: decoding alone, and a fixed calibration loop of plain CPython work (dicts, strings,
+ints, a small object per step) timed right before each of the runs; `records_per_calibration` is the median over the
+runs of decode + build records/s over the calibration's loops/s, which moves far less than either on a shared machine.
 
-Last line: {"records", "decode_per_s", "decode_and_build_events_per_s", "spans_per_s", "calibration_loops_per_s",
-"records_per_calibration", "goal_records_per_s"}
+Last line: {"implementation", "records", "decode_per_s", "decode_and_build_events_per_s", "spans_per_s",
+"calibration_loops_per_s", "records_per_calibration", "pure": {the same figures of the pure-Python modules},
+"speedup_vs_pure", "goal_records_per_s"}; the top-level figures are the compiled modules' where they run.
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edge.sources.ebpf.decode import _DATA, EV_DATA, decode_event  # noqa: E402
-from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig  # noqa: E402
+from edge import accel  # noqa: E402
+from edge.sources.ebpf.decode import _DATA, EV_DATA  # noqa: E402
 
 REQ = (b"GET /api/orders?id=%d HTTP/1.1\r\nHost: shop.local:8080\r\nUser-Agent: bench/1.0\r\n"
        b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n")
@@ -74,12 +78,16 @@ def calibration_loops_per_s(loops: int = 200_000, repeat: int = 2) -> float:
     return loops / best
 
 
-def decode_and_build(records: list[bytes]) -> tuple[int, float, float]:
-    """Decode the records and build spans from them in batches of 4096: (spans, decoding s, decoding + building s)."""
+def decode_and_build(records: list[bytes], implementation: str = "pure") -> tuple[int, float, float]:
+    """Decode the records and build spans from them in batches of 4096 with one implementation: (spans, decoding s,
+    decoding + building s)."""
+    mods = accel.modules(implementation)
+    decode_event = mods["edge.sources.ebpf.decode"].decode_event
+    spans_mod = mods["edge.sources.ebpf.spans"]
     t0 = time.perf_counter()
     events = [decode_event(r) for r in records]
     t1 = time.perf_counter()
-    builder = SpanBuilder(SpanBuilderConfig(host_name="bench"))
+    builder = spans_mod.SpanBuilder(spans_mod.SpanBuilderConfig(host_name="bench"))
     spans = 0
     for i in range(0, len(events), 4096):
         spans += len(builder.feed(events[i:i + 4096]))
@@ -118,36 +126,51 @@ def profile(records: list[bytes]) -> None:
     st.sort_stats("tottime").print_stats(15)
 
 
+def _figures(records: list[bytes], runs: list[tuple[int, float, float]], cals: list[float]) -> dict[str, object]:
+    spans, t_decode, t_total = min(runs, key=lambda r: r[2])  # the run least disturbed by the machine's other work
+    return {
+        "decode_per_s": round(len(records) / t_decode),
+        "decode_and_build_events_per_s": round(len(records) / t_total),
+        "spans_per_s": round(spans / t_total),
+        "records_per_calibration": round(statistics.median(len(records) / r[2] / c for r, c in zip(runs, cals)), 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exchanges", type=int, default=50_000)
     ap.add_argument("--runs", type=int, default=5, help="timed runs; the fastest is reported")
-    ap.add_argument("--profile", action="store_true", help="also print where the time goes (cProfile), per stage")
+    ap.add_argument("--profile", action="store_true", help="also print where the time goes in the pure-Python modules "
+                                                           "(cProfile), per stage")
     args = ap.parse_args()
     records = http_records(args.exchanges)
-    # Calibration and decode + build alternate, so that each ratio compares two measurements taken under the same load.
-    runs, cals, ratios = [], [], []
+    impls = accel.implementations()
+    active = impls[-1]
+    # Calibration and decode + build alternate, so that each ratio compares measurements taken under the same load.
+    runs: dict[str, list[tuple[int, float, float]]] = {i: [] for i in impls}
+    cals = []
     for _ in range(args.runs):
         cals.append(calibration_loops_per_s())
-        runs.append(decode_and_build(records))
-        ratios.append(len(records) / runs[-1][2] / cals[-1])
-    spans, t_decode, t_total = min(runs, key=lambda r: r[2])  # the run least disturbed by the machine's other work
-    rate = len(records) / t_total
-    cal = max(cals)
-    result = {
-        "records": len(records),
-        "decode_per_s": round(len(records) / t_decode),
-        "decode_and_build_events_per_s": round(rate),
-        "spans_per_s": round(spans / t_total),
-        "calibration_loops_per_s": round(cal),
-        "records_per_calibration": round(statistics.median(ratios), 4),
-        "goal_records_per_s": 200_000,
-    }
+        for impl in reversed(impls):
+            runs[impl].append(decode_and_build(records, impl))
+    result: dict[str, object] = {"implementation": active, "records": len(records),
+                                 **_figures(records, runs[active], cals),
+                                 "calibration_loops_per_s": round(max(cals))}
+    if active != "pure":
+        result["pure"] = _figures(records, runs["pure"], cals)
+        result["speedup_vs_pure"] = round(statistics.median(p[2] / c[2] for p, c in zip(runs["pure"], runs[active])), 2)
+    else:
+        result["pure_only"] = accel.status().detail
+    result["goal_records_per_s"] = 200_000
     if args.profile:
         profile(records)
-    print(f"{len(records)} records: decode {result['decode_per_s']}/s; decode + span building "
-          f"{result['decode_and_build_events_per_s']} events/s ({spans} spans, {result['spans_per_s']} spans/s); "
-          f"calibration {result['calibration_loops_per_s']} loops/s, ratio {result['records_per_calibration']}")
+    for impl in reversed(impls):
+        f = _figures(records, runs[impl], cals)
+        print(f"{impl:8s} {len(records)} records: decode {f['decode_per_s']}/s; decode + span building "
+              f"{f['decode_and_build_events_per_s']} records/s ({f['spans_per_s']} spans/s); "
+              f"ratio to calibration {f['records_per_calibration']}")
+    print(f"calibration {result['calibration_loops_per_s']} loops/s; speedup compiled / pure (same runs): "
+          f"{result.get('speedup_vs_pure', '-')}")
     print(json.dumps(result))
 
 

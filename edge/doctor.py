@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import accel
 from .config import Config, load_config
 from .errors import ConfigError, HelixError, ProbeUnavailable
 
@@ -250,12 +251,17 @@ def _tls(cfg: Config, probes: Any) -> Check:
     return Check(TLS_CHECK, True, "\n".join(lines))
 
 
+def _span_builder() -> Check:
+    # Informational: the pure-Python fallback is correct, only slower, so it never fails the doctor.
+    return Check("span builder", True, accel.status().detail)
+
+
 def run_checks(cfg: Config | None = None) -> list[Check]:
     """Run every check in order; never raises."""
     cfg = cfg or Config()
     checks: list[Check] = []
     steps: list[Any] = [_capabilities, _pid_namespace, _btf, _bpf_permission, _tracefs, _tracepoints, _ringbuf,
-                        _perf_paranoid, _memlock, lambda: _load(cfg)]
+                        _perf_paranoid, _memlock, lambda: _load(cfg), _span_builder]
     for step in steps:
         try:
             result = step()

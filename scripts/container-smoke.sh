@@ -276,6 +276,8 @@ if [[ " ${arches[*]} " == *" $host_arch "* ]]; then
   echo "$out" | sed 's/^/    /' >&2
   echo "$out" | grep -q '✔ probes load and attach' || die "the probes did not attach"
   echo "$out" | grep -q 'user helix (uid 10001, switched from root)' || die "doctor did not run as user helix"
+  # The image's wheel is built without the compiled span builder (another architecture's): doctor says so.
+  echo "$out" | grep -q '✔ span builder: pure Python: not compiled at install' || die "doctor did not report the span builder"
 
   run_gateway "$arch" "$RUN_ID-gateway-$arch"
   agent_config "smoke-$arch"

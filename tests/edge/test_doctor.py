@@ -38,3 +38,16 @@ def test_perf_paranoid_level_3_is_named_with_the_sysctl_that_fixes_it(tmp_path: 
         assert "CAP_SYS_ADMIN" in check.detail and "perf_event_paranoid = 2" in check.fix
         conf = ROOT / "firmware-configs" / "sysctl" / "60-helix.conf"
         assert "kernel.perf_event_paranoid = 2" in conf.read_text()
+
+
+def test_doctor_says_which_span_builder_runs() -> None:
+    import subprocess
+    import sys
+
+    from edge import accel
+
+    assert doctor._span_builder() == Check("span builder", True, accel.status().detail)
+    code = "from edge import doctor; print(doctor.format_checks([doctor._span_builder()]))"
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "HELIX_ACCEL": "0"}, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "✔ span builder: pure Python: the compiled modules are turned off (HELIX_ACCEL=0)" in out

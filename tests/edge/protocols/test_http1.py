@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge import accel
 from edge.protocols.http1 import (
     chunked_body_end,
     looks_like_http,
@@ -17,6 +18,7 @@ from edge.protocols.http1 import (
     parse_response,
     parse_responses,
 )
+from tests.edge._implementations import IMPLEMENTATIONS
 
 GET = b"GET /api/orders/42?expand=items&x=1 HTTP/1.1\r\nHost: shop.local:8080\r\nUser-Agent: curl/8.5\r\nAccept: */*\r\n\r\n"
 
@@ -336,25 +338,31 @@ _SHAPES = [
 ]
 
 
-def _general(data: bytes, response: bool, method: str = ""):
-    from edge.protocols import http1
+def _http1(implementation: str):
+    return accel.modules(implementation)["edge.protocols.http1"]
 
+
+def _general(data: bytes, response: bool, method: str = "", implementation: str = "pure"):
+    http1 = _http1(implementation)
     try:
         return http1._response_at_general(data, 0, method) if response else http1._request_at_general(data, 0)
     except Exception:  # noqa: BLE001 - parse_request/parse_response turn any exception into None
         return None
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("data", _SHAPES)
-def test_whole_head_path_matches_general_path(data):
+def test_whole_head_path_matches_general_path(data, implementation):
+    http1 = _http1(implementation)
     response = data.startswith(b"HTTP/")
     for cut in sorted({len(data), len(data) - 1, len(data) // 2, *range(0, len(data), 7)}):
         part = data[:cut]
         for method in (["", "HEAD", "CONNECT"] if response else [""]):
-            fast = parse_response(part, method) if response else parse_request(part)
-            assert fast == _general(part, response, method), (part, method)
+            fast = http1.parse_response(part, method) if response else http1.parse_request(part)
+            assert fast == _general(part, response, method, implementation), (part, method)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @settings(max_examples=200)
 @given(
     start=st.sampled_from([b"GET /x HTTP/1.1", b"POST /y?q HTTP/1.0", b"HTTP/1.1 200 OK", b"HTTP/1.0 404"]),
@@ -363,8 +371,9 @@ def test_whole_head_path_matches_general_path(data):
     ends=st.sampled_from([b"\r\n\r\n", b"\n\n", b"\r\n", b""]),
     tail=st.binary(max_size=10),
 )
-def test_whole_head_path_matches_general_path_on_random_headers(start, lines, ends, tail):
+def test_whole_head_path_matches_general_path_on_random_headers(start, lines, ends, tail, implementation):
+    http1 = _http1(implementation)
     data = start + b"".join(b"\r\n" + ln for ln in lines) + ends + tail
     response = start.startswith(b"HTTP/")
-    fast = parse_response(data, "GET") if response else parse_request(data)
-    assert fast == _general(data, response, "GET")
+    fast = http1.parse_response(data, "GET") if response else http1.parse_request(data)
+    assert fast == _general(data, response, "GET", implementation)

@@ -370,9 +370,10 @@ def _emit(b: SpanBuilder, conn: Conn, s: _Stream, end_ns: int, out: list[Span], 
             attrs["rpc.grpc.status_code"] = code
             if code and (s.kind == SpanKind.CLIENT or code in _GRPC_SERVER_ERRORS):
                 status = StatusCode.ERROR
-                attrs["error.type"] = GRPC_STATUS[code] if code < len(GRPC_STATUS) else str(code)
+                error_type = GRPC_STATUS[code] if code < len(GRPC_STATUS) else str(code)
+                attrs["error.type"] = error_type
                 msg = trailers.get("grpc-message") if trailers is not None else None
-                message = unquote(msg) if msg else attrs["error.type"]
+                message = unquote(msg) if msg else error_type
     if method:
         attrs["http.request.method"] = method
     if target and not grpc:

@@ -173,7 +173,7 @@ def whole_packets(data: bytes | bytearray, offset: int) -> int:
             return -1 if pos == offset else pos  # packet type 0 is reserved: no MQTT here
         if end - pos < 2:
             break
-        decoded = mqtt.decode_varint(data, pos + 1)
+        decoded = mqtt.decode_varint(data, pos + 1)  # type: ignore[arg-type]  # it only indexes: a bytearray reads alike
         if decoded is None:
             if end - pos >= 5:
                 return -1 if pos == offset else pos  # a remaining length has at most 4 bytes

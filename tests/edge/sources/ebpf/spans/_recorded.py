@@ -237,16 +237,20 @@ def spans_json(spans: list) -> list[object]:
     return out
 
 
-def build(records: list[bytes], batch: int = 7) -> list:
-    """Decode the records and build spans, fed in batches of `batch`, then everything still waiting flushed."""
-    from edge.sources.ebpf.decode import DecodeStats, decode_batch
-    from ._helpers import builder
+def build(records: list[bytes], batch: int = 7, implementation: str = "pure") -> list:
+    """Decode the records and build spans with one implementation (edge/accel.py), fed in batches of `batch`, then
+    everything still waiting flushed."""
+    from edge import accel
 
-    b = builder()
-    stats = DecodeStats()
+    from ._helpers import OFFSET
+
+    mods = accel.modules(implementation)
+    decode, spans_mod = mods["edge.sources.ebpf.decode"], mods["edge.sources.ebpf.spans"]
+    b = spans_mod.SpanBuilder(spans_mod.SpanBuilderConfig(host_name="edge-1"), spans_mod.FixedClock(offset_ns=OFFSET))
+    stats = decode.DecodeStats()
     spans = []
     for i in range(0, len(records), batch):
-        spans += b.feed(decode_batch(records[i:i + batch], stats))
+        spans += b.feed(decode.decode_batch(records[i:i + batch], stats))
     assert stats.dropped == 0
     spans += b.flush(10**15)
     assert b.stats.internal_errors == 0
