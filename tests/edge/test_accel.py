@@ -56,6 +56,18 @@ def test_compiled_modules_are_the_ones_imported():
     assert "compiled" in accel.implementations()
 
 
+def test_every_module_of_a_compiled_package_is_compiled_with_it():
+    # A compiled package's __path__ does not lead to plain .py modules beside it: a module added there without
+    # being compiled would not import in the compiled build.
+    packages = [name for name in accel.MODULES if (ROOT / Path(*name.split("."))).is_dir()]
+    for package in packages:
+        folder = ROOT / Path(*package.split("."))
+        for path in folder.glob("*.py"):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            assert name in accel.MODULES, f"{path} lies in a compiled package: compile it (setup.py, edge/accel.py) " \
+                                          "or move it out of the package"
+
+
 def test_a_changed_source_falls_back_to_pure_python(tmp_path, monkeypatch):
     manifest = {"cache_tag": sys.implementation.cache_tag, "mypy": "x",
                 "sources": {"edge/sources/ebpf/events.py": "0" * 64}}

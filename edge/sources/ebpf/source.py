@@ -16,7 +16,7 @@ from .events import ExecEvent, ExitEvent, KernelEvent
 from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet, RedAggregate,
                      open_probes)
 from .spans import SpanBuilder, SpanBuilderConfig, split_host
-from .spans.state_budget import BuilderState
+from .builder_state import BuilderState
 from .tls_attach import TlsAttacher
 
 __all__ = ["EbpfSource", "EbpfSourceStats"]

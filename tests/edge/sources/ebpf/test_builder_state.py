@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from edge.agent.governor import MemoryGovernor
-from edge.sources.ebpf.spans.state_budget import CONN_BYTES, THREAD_BYTES, BuilderState
+from edge.sources.ebpf.builder_state import CONN_BYTES, THREAD_BYTES, BuilderState
 
-from ._helpers import IN, OUT, builder, data, req, resp
+from .spans._helpers import IN, OUT, builder, data, req, resp
 
 MiB = 1024 * 1024
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import SpanBuilder
+    from .spans import SpanBuilder
 
 __all__ = ["BuilderState", "StateEvictions", "CONN_BYTES", "THREAD_BYTES", "PROC_BYTES", "CONNECT_BYTES"]
 
