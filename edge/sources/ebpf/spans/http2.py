@@ -183,6 +183,7 @@ class _H2Conn(ConnState):
             s.response = block
             if s.kind == SpanKind.SERVER:
                 b.causes.request_done(s.pid, s.tid, s.span_id)
+                b.causes.response_written(ev.pid, ev.tid, s.span_id, ev.ts_ns)
             if (block.get(":status") or "")[:1] == "1" and not end:
                 s.response = None  # an interim response (100 Continue): the final one follows
         else:
