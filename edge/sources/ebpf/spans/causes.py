@@ -70,6 +70,7 @@ _TURNS = 16  # an event loop's last turn starts: enough to place a call's connec
 _LAG_CALLS = 16  # an event loop's last calls whose distances in turns must agree before the distance is used
 _MAX_ANSWERED = 512  # pool processes' requests answered lately: hand-offs are decided within DECIDE_WAIT_NS
 _MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
+_NEVER = 1 << 63
 _MAX_RESPONDED = 512  # pool processes' requests read and answered lately, for the `response` rule
 
 
@@ -95,6 +96,7 @@ class Call:
     response: bytes | None = None  # the request whose response its thread wrote first after the call was answered
     response_ns: int = 0  # when that response was written
     responses: int = 0  # responses of requests read before the call that its thread wrote since: more than one, unsure
+    concurrent: bool = False  # its thread had another call in flight meanwhile (HTTP/2 streams written for many)
 
 
 @dataclass(slots=True)
@@ -111,6 +113,7 @@ class _Thread:
     since_ns: int = 0  # when it took its present context (the history's first entry, when one is started)
     waiting: list[Call] = field(default_factory=list)
     reads_messages: bool = False  # an MQTT subscriber's network thread: its calls follow the message it read
+    reads_streams: bool = False  # reads HTTP/2 streams (many requests on one connection): it waits for none of them
     run: list[bytes] = field(default_factory=list)  # requests read one after the other since the last call
     reading: bool = False  # the last thing this thread did was read a request
     turns: deque[tuple[int, int]] | None = None  # (start, number) of its last loop turns: it waits in epoll
@@ -187,9 +190,10 @@ class Causes:
 
     # -- requests served ---------------------------------------------------------------------------------------
 
-    def request_read(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0) -> None:
-        """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id`."""
+    def request_read(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0, stream: bool = False) -> None:
+        """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id` (an HTTP/2 `stream`)."""
         t = self._thread(pid, tid)
+        t.reads_streams = t.reads_streams or stream
         before = self._certain(t)
         if pid in self._pools:
             _bounded_put(self._read_at, span_id, ts_ns)
@@ -304,6 +308,9 @@ class Causes:
             starts = self._starts.setdefault(pid, deque(maxlen=_MAX_STARTS))
             starts.append((tid, start_ns, -1 if running else t.handoff_ns, t.handoff))
             t.calls_since_handoff += 1
+            for other in t.waiting:
+                if not other.answered:  # a thread writing streams for many threads: not a worker taking one item
+                    other.concurrent = call.concurrent = True
             if len(t.waiting) >= _MAX_WAITING:
                 self._settle(t.waiting.pop(0), None)
             t.waiting.append(call)
@@ -416,8 +423,11 @@ class Causes:
             # that call is decided by its hand-off when its wait is over, see flush.) Any other wakeup of a thread
             # (a lock, the GIL) decides nothing: waking a thread that was awake during the call proves nothing.
             done = [c for c in waker.waiting if c.answered and c.start_ns >= ev.wakee_since_ns]
-            if done and wakee is not None and len(wakee.open) > 1:
+            if done and wakee is not None and (len(wakee.open) > 1 or wakee.reads_streams):
                 done = []  # a thread serving several requests (one reading many HTTP/2 streams): not one waiting
+            # A thread with several calls in flight at once (HTTP/2 streams of many requests on one I/O thread) may
+            # wake any of their requesters: it hands a result back only where its call was alone.
+            done = [c for c in done if _alone(c, waker.waiting)]
             if done:
                 # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
                 # main thread): no request.
@@ -433,6 +443,8 @@ class Causes:
         if waker is not None and waker.open and (wakee is None or not wakee.open):
             # A request thread wakes a thread that serves none: work handed to a pool worker.
             self._pools.add(pid)
+            if waker.reads_streams:
+                return  # a thread reading many streams: which one it handed on is not known
             # The latest hand-off wins: an idle worker woken now takes work now (an earlier one it did not take
             # went to a worker that was still running).
             target = wakee if wakee is not None else self._thread(pid, ev.wakee_tid)
@@ -526,7 +538,7 @@ class Causes:
     def _by_handoff(self, call: Call) -> tuple[bytes | None, str]:
         """A worker's call nobody waited for: the request that handed it the work, when no other worker can have
         taken that work; else ambiguous."""
-        if call.handoff is None:
+        if call.handoff is None or call.concurrent:
             return None, "ambiguous"
         end = call.end_ns or call.start_ns
         rivals: set[bytes] = set()
@@ -572,6 +584,13 @@ def _context_at(t: _Thread, ts_ns: int) -> bytes | None:
         if at <= ts_ns:
             return context
     return None
+
+
+def _alone(call: Call, calls: list[Call]) -> bool:
+    """Whether no other of a thread's calls was in flight while `call` was."""
+    end = call.end_ns or call.answered_ns or _NEVER
+    return not any(c is not call and c.start_ns < end and call.start_ns < (c.end_ns or c.answered_ns or _NEVER)
+                   for c in calls)
 
 
 def _bounded_put(table: OrderedDict[bytes, int], key: bytes, value: int) -> None:

@@ -1,9 +1,10 @@
 """Kernel events of a real grpcio server under load, recorded once and replayed by test_grpc_recorded.py.
 
-The recording is of bench/accuracy_service.py's gRPC service (grpcio at its defaults: a ThreadPoolExecutor of 10,
-h2c) serving a grpcio client whose 4 threads share one channel, each call with its rid as metadata, and each handler
-calling bench's HTTP `db` service with that rid as `prid`: the calls' true requests are known from the bytes alone.
-Only the gRPC server's events are kept. Re-record (root, probes loaded):
+The recording is of bench/accuracy_service.py's services as scenario 12 of bench/accuracy.py runs them, without SDKs:
+4 client threads call `front` (ThreadingHTTPServer, keep-alive) with a rid in the query; front calls `rpc` through
+one grpcio channel (concurrent calls are streams of one HTTP/2 connection) with the rid as `oracle-prid` metadata and
+its own as `oracle-rid`; rpc (grpcio at its defaults: a ThreadPoolExecutor of 10, h2c) calls `db` over HTTP with
+that rid as `prid`. So each call's true request is known from the bytes alone. The events of front and rpc are kept. Re-record (root, probes loaded):
 
     .venv/bin/python -m tests.edge.sources.ebpf.spans._grpc_recording tests/edge/sources/ebpf/spans/grpc_pool.jsonl.gz
 """
@@ -70,13 +71,14 @@ def load(path: Path) -> list[KernelEvent]:
 
 
 _CLIENT = r"""
-import sys, threading, time, uuid, grpc
-target, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-stub = grpc.insecure_channel(target).unary_unary("/acc.Chain/Call")
+import sys, threading, time, uuid, http.client
+port, n, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 def run():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     for _ in range(n // k):
         rid = uuid.uuid4().hex[:12]
-        stub(b"call", metadata=[("oracle-rid", rid), ("oracle-prid", "root"), ("oracle-trace", rid)], timeout=10)
+        conn.request("GET", f"/front?rid={rid}&trace={rid}")
+        conn.getresponse().read()
         time.sleep(0.02)
 ts = [threading.Thread(target=run) for _ in range(k)]
 [t.start() for t in ts]
@@ -94,30 +96,31 @@ async def _record(path: Path, calls: int, clients: int) -> None:
     from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
     root = Path(__file__).resolve().parents[5]
     service = str(root / "bench" / "accuracy_service.py")
-    db_port, rpc_port = _free_port(), _free_port()
+    db, rpc, front = _free_port(), _free_port(), _free_port()
     procs = []
     try:
-        for args in (["--name", "db", "--mode", "http", "--port", str(db_port)],
-                     ["--name", "rpc", "--mode", "grpc", "--port", str(rpc_port),
-                      "--call", f"http://127.0.0.1:{db_port}/db"]):
+        for args in (["--name", "db", "--mode", "http", "--port", str(db)],
+                     ["--name", "rpc", "--mode", "grpc", "--port", str(rpc), "--call", f"http://127.0.0.1:{db}/db"],
+                     ["--name", "front", "--mode", "http", "--port", str(front),
+                      "--call", f"grpc://127.0.0.1:{rpc}/rpc"]):
             p = subprocess.Popen([sys.executable, service, *args, "--oracle", "/dev/null"], stdout=subprocess.PIPE,
                                  stdin=subprocess.PIPE, text=True)
             procs.append(p)
             assert p.stdout is not None
             p.stdout.readline()
-        rpc = procs[1].pid
+        keep = {procs[1].pid, procs[2].pid}
         events: list[KernelEvent] = []
         with ProbeSet(ProbeSettings()) as probes:
-            probes.set_allowed_pids([rpc, procs[0].pid])
+            probes.set_allowed_pids([p.pid for p in procs])
             stream = KernelEventStream(probes, events.extend)
             stream.start()
-            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _CLIENT, f"127.0.0.1:{rpc_port}",
-                                                     str(calls), str(clients)], check=True, timeout=120)
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _CLIENT, str(front), str(calls),
+                                                     str(clients)], check=True, timeout=120)
             for _ in range(20):
                 await asyncio.sleep(0.1)
                 stream.poll()
             stream.close()
-        dump([e for e in events if getattr(e, "pid", None) == rpc], path)
+        dump([e for e in events if getattr(e, "pid", None) in keep], path)
     finally:
         for p in procs:
             p.terminate()

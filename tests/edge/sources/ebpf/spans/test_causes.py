@@ -532,3 +532,20 @@ def test_wakeup_of_a_thread_reading_many_streams_does_not_decide_a_workers_call(
     c.response_written(PID, W1, b"a" * 8, 6_200)
     c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
     assert span.attributes[CAUSE] == b"a" * 8
+
+
+def test_a_thread_with_calls_in_flight_at_once_is_not_a_worker_taking_one_handoff():
+    """grpcio's I/O thread writes the streams of several request threads: woken by one of them, the stream it writes
+    may be another's. With two calls in flight at once its hand-off decides neither."""
+    c = Causes()
+    c.request_read(PID, 101, b"a" * 8, 1_000)
+    c.request_read(PID, 102, b"b" * 8, 1_100)
+    c.wakeup(WakeupEvent(2_000, PID, 101, 201, 0), [])
+    calls = [(c.call_made(PID, 201, start), Span(bytes(16), bytes(8), "POST", start, start + 2_000,
+                                                 kind=SpanKind.CLIENT)) for start in (3_000, 3_500)]
+    for call, span in calls:
+        c.response_read(call, 201, span.end_ns)
+        c.finish(call, span, span.end_ns, [])
+    out: list[Span] = []
+    c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
+    assert len(out) == 2 and all(CAUSE not in s.attributes for s in out)
