@@ -157,6 +157,7 @@ class Causes:
         self.stats = CausesStats()
         self._threads: OrderedDict[tuple[int, int], _Thread] = OrderedDict()
         self._pools: set[int] = set()  # processes where a request thread and a worker woke each other
+        self._streams: set[int] = set()  # processes that read HTTP/2 server streams
         self._waiting: set[tuple[int, int]] = set()  # threads with calls waiting for their decision
         self._connects: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pid, sock) -> when connect() began
         # Per pool process: (tid, start, hand-off time or -1 when the worker took the work while running, request).
@@ -193,7 +194,9 @@ class Causes:
     def request_read(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0, stream: bool = False) -> None:
         """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id` (an HTTP/2 `stream`)."""
         t = self._thread(pid, tid)
-        t.reads_streams = t.reads_streams or stream
+        if stream and not t.reads_streams:
+            t.reads_streams = True
+            self._streams.add(pid)
         before = self._certain(t)
         if pid in self._pools:
             _bounded_put(self._read_at, span_id, ts_ns)
@@ -432,8 +435,8 @@ class Causes:
                 # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
                 # main thread): no request.
                 request = next(reversed(wakee.open)) if wakee is not None and wakee.open else None
-                if request is None:
-                    done = [c for c in done if c.response is None]  # its own answer tells more: decided at flush
+                if request is None and pid in self._streams:
+                    done = []  # a worker waking grpcio's own threads: the response it writes decides (at flush)
                 for c in done:
                     self._decide(waker, c, request, "wakeup" if request is not None else "", out)
         if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid and not waker.fresh:
@@ -507,6 +510,7 @@ class Causes:
                 call.cause, call.via = self._by_evidence(call)
                 self._settle(call, out)
         self._pools.discard(pid)
+        self._streams.discard(pid)
         self._starts.pop(pid, None)
 
     def _by_evidence(self, call: Call) -> tuple[bytes | None, str]:
