@@ -42,6 +42,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   the worker wrote from the call's answer until its decision, and no other request open when the call began was
   answered between the call's answer and that response (its handler's answer may have been written by another
   thread, the worker moving on to the next request meanwhile); else the call is left to the rules above.
+  A thread reading HTTP/2 streams waits for no one result and hands on no one request, and a thread with several
+  calls in flight at once (an I/O thread writing the streams of many threads) takes no one hand-off: neither
+  decides a call by a wakeup; nor does a worker's wakeup of a thread serving none in such a process (grpcio's own
+  threads, not a batch job waiting for its result).
 
 A worker's call waits for its decision in the builder (at most DECIDE_WAIT_NS after it was answered). Everything is
 bounded: threads in an LRU table, a few open requests and waiting calls per thread, processes dropped at exit.
