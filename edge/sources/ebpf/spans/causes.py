@@ -40,7 +40,7 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   when the worker itself then writes the response of a request read before the call began: a handler answers only
   after its calls were answered, and a worker runs one handler at a time. Certain only when that is the one response
   the worker wrote from the call's answer until its decision, and no other request open when the call began was
-  answered between the call's answer and that response (its handler's answer may have been written by another
+  answered between the call's whole answer and that response (its handler's answer may have been written by another
   thread, the worker moving on to the next request meanwhile); else the call is left to the rules above.
   A thread reading HTTP/2 streams waits for no one result and hands on no one request, and a thread with several
   calls in flight at once (an I/O thread writing the streams of many threads) takes no one hand-off: neither
@@ -74,7 +74,7 @@ _TURNS = 16  # an event loop's last turn starts: enough to place a call's connec
 _LAG_CALLS = 16  # an event loop's last calls whose distances in turns must agree before the distance is used
 _MAX_ANSWERED = 512  # pool processes' requests answered lately: hand-offs are decided within DECIDE_WAIT_NS
 _MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
-_NEVER = 1 << 63
+_NEVER = 1 << 63  # a call still in flight: it ends after anything
 _MAX_RESPONDED = 512  # pool processes' requests read and answered lately, for the `response` rule
 
 
