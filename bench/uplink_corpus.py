@@ -18,8 +18,11 @@ fixed calibration loop. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import bz2
 import gc
 import json
+import lzma
+import math
 import sys
 import time
 import tracemalloc
@@ -34,12 +37,13 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from bench.corpus import load_all  # noqa: E402
-from edge.codec.otlp import request_from_spans  # noqa: E402
+from edge.codec.otlp import ExportTraceServiceRequest, request_from_spans, spans_from_request  # noqa: E402
 from edge.config.uplink import UplinkConfig  # noqa: E402
 from edge.model import Span  # noqa: E402
 from uplink.learner import LearningPolicy, TableLearner  # noqa: E402
 from uplink.wire import FORMAT_VERSION, columnar, decode_batch, encode_batch  # noqa: E402
 from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
+from uplink.wire.values import unplanes, zigzag  # noqa: E402
 
 NODE = "edge-node-01"
 MAX_BYTES = 64 * 1024 * 1024
@@ -201,6 +205,85 @@ def breakdown(bs: list[Sequence[Span]], tables: TableSet, level: int, top: int =
             "stream_bound": round((bound + id_floor(bs)) / n, 2)}
 
 
+def _best_compressed(data: bytes) -> dict[str, int]:
+    """Bytes of `data` under the strongest general-purpose compressors at hand, each in one frame."""
+    long_window = zstandard.ZstdCompressionParameters.from_level(19, window_log=27)
+    return {"zstd_19_long": len(zstandard.ZstdCompressor(compression_params=long_window).compress(data)),
+            "zstd_22": len(zstandard.ZstdCompressor(level=22).compress(data)),
+            "xz_9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)),
+            "bzip2_9": len(bz2.compress(data, 9))}
+
+
+def _magnitude_bits(zs: Sequence[int]) -> float:
+    """Bits to code zigzagged values as (bit length, the bits below the leading one): the empirical entropy of the
+    bit lengths plus every lower bit at one bit, i.e. assuming those bits are noise. Clock jitter makes them so:
+    compressors get no further on them (see "time planes, best compressor")."""
+    if not zs:
+        return 0.0
+    lengths = [z.bit_length() for z in zs]
+    counts: dict[int, int] = {}
+    for b in lengths:
+        counts[b] = counts.get(b, 0) + 1
+    n = len(zs)
+    h = -sum(c * math.log2(c / n) for c in counts.values())
+    return h + sum(max(0, b - 1) for b in lengths)
+
+
+def lower_bound(bs: list[Sequence[Span]], tables: TableSet) -> dict[str, Any]:
+    """The byte goals' feasibility, measured: (1) the random ids, which no exact encoding shrinks (checked: the
+    strongest compressors leave them as they are); (2) the times, as the entropy of the time columns the encoder
+    forms (start deltas from the time parent, end offsets, event offsets, in the resource's unit) under a model that
+    codes each value's bit length by its frequency in the stream and its lower bits as they are; (3) everything else
+    (names, attributes, resources, structure), every batch body of the stream with ids and times left out,
+    concatenated and compressed as one frame by the best of zstd 19 (128 MiB window), zstd 22, xz -9e and bzip2 -9:
+    an encoder that remembered the whole stream. The sum is what an exact encoder could approach; a batch encoder,
+    which forgets across batches but for its table set, stays above it."""
+    n = sum(len(b) for b in bs)
+    fi = {name: j for j, name in enumerate(columnar.BODY_FIELDS)}
+    ids = bytearray()
+    starts: list[int] = []
+    ends: list[int] = []
+    event_times: list[int] = []
+    planes_raw = bytearray()
+    rest = bytearray()
+    for i, b in enumerate(bs):
+        doc, _ = columnar.body_fields(b, NODE, i, tables, created_ns=i)
+        m = len(b)
+        sid = doc[fi["span_ids"]]
+        ids += sid if type(sid) is bytes else b"".join(sid)
+        ids += doc[fi["trace_ids"]]
+        ids += b"".join(t for t in doc[fi["trace_column"]] if type(t) is bytes)
+        ids += b"".join(p for p in doc[fi["parent_column"]] if type(p) is bytes)
+        starts += zigzag(unplanes(doc[fi["starts"]], m, "starts"))
+        ends += zigzag(unplanes(doc[fi["ends"]], m, "ends"))
+        planes_raw += doc[fi["starts"]] + doc[fi["ends"]]
+        ev = doc[fi["events"]]
+        if ev is not None:
+            event_times += zigzag(unplanes(ev[2], sum(ev[0]), "event times"))
+            planes_raw += ev[2]
+            ev = [ev[0], ev[1], None, ev[3]]
+        d = list(doc)
+        d[fi["span_ids"]] = d[fi["trace_ids"]] = d[fi["base"]] = d[fi["starts"]] = d[fi["ends"]] = None
+        d[fi["trace_column"]] = [t if type(t) is int else None for t in doc[fi["trace_column"]]]
+        d[fi["parent_column"]] = [p if type(p) is int else None for p in doc[fi["parent_column"]]]
+        d[fi["events"]] = ev
+        rest += cbor2.dumps(d)
+    floor = id_floor(bs)
+    ids_best = _best_compressed(bytes(ids))
+    time_bits = _magnitude_bits(starts) + _magnitude_bits(ends) + _magnitude_bits(event_times)
+    planes_best = _best_compressed(bytes(planes_raw))
+    rest_best = _best_compressed(bytes(rest))
+    rest_min = min(rest_best.values())
+    times = min(time_bits / 8, min(planes_best.values()))
+    return {"id_floor": round(floor / n, 2), "ids_raw": round(len(ids) / n, 2),
+            "ids_best_compressed": round(min(ids_best.values()) / n, 2),
+            "time_entropy": round(time_bits / 8 / n, 2),
+            "time_planes_best_compressed": round(min(planes_best.values()) / n, 2),
+            "rest_raw": round(len(rest) / n, 2), "rest_best_compressed": round(rest_min / n, 2),
+            "rest_by_compressor": {k: round(v / n, 2) for k, v in rest_best.items()},
+            "bound": round((floor + times + rest_min) / n, 2)}
+
+
 def best_cpu(fn: Callable[[], Any], repeat: int) -> float:
     """Least CPU time of `repeat` runs of fn, in seconds."""
     best = float("inf")
@@ -221,17 +304,29 @@ def calibration_s() -> float:
 
 
 def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int, repeat: int) -> dict[str, float]:
-    """Encode and decode CPU time per span, format 4 (learned tables) and format 2, same batches."""
+    """Encode and decode CPU time per span, format 4 (learned tables), format 2 and the same-run reference on the
+    same batches: OTLP+zstd (the span model to an OTLP protobuf request, serialized, zstd at `level`; decoded by the
+    official protobuf runtime, and, for the same result as a gateway's decode, on into the span model)."""
     n = sum(len(b) for b in bs)
     enc = [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)]
     old = [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)]
+    zc, zd = zstandard.ZstdCompressor(level=level), zstandard.ZstdDecompressor()
+    otlp = [zc.compress(request_from_spans(b, source_attribute=False).SerializeToString()) for b in bs]
     e3 = best_cpu(lambda: [columnar.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)], repeat)
     d3 = best_cpu(lambda: [_decode(x, tables) for x in enc], repeat)
     e2 = best_cpu(lambda: [encode_batch(b, NODE, i, level=v2_level, version=2) for i, b in enumerate(bs)], repeat)
     d2 = best_cpu(lambda: [decode_batch(x, MAX_BYTES) for x in old], repeat)
+    eo = best_cpu(lambda: [zc.compress(request_from_spans(b, source_attribute=False).SerializeToString())
+                           for b in bs], repeat)
+    po = best_cpu(lambda: [ExportTraceServiceRequest.FromString(zd.decompress(x)) for x in otlp], repeat)
+    mo = best_cpu(lambda: [spans_from_request(ExportTraceServiceRequest.FromString(zd.decompress(x)))
+                           for x in otlp], repeat)
     return {"encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
             "v2_encode_us_per_span": round(e2 / n * 1e6, 2), "v2_decode_spans_per_s": round(n / d2),
-            "encode_vs_v2": round(e3 / e2, 2), "decode_vs_v2": round(d3 / d2, 2)}
+            "encode_vs_v2": round(e3 / e2, 2), "decode_vs_v2": round(d3 / d2, 2),
+            "otlp_zstd_encode_us_per_span": round(eo / n * 1e6, 2), "encode_vs_otlp_zstd": round(e3 / eo, 2),
+            "otlp_protobuf_parse_spans_per_s": round(n / po), "decode_vs_otlp_protobuf_parse": round(d3 / po, 2),
+            "otlp_to_model_spans_per_s": round(n / mo), "decode_vs_otlp_to_model": round(d3 / mo, 2)}
 
 
 def levels(bs: list[Sequence[Span]], tables: TableSet, repeat: int) -> dict[str, dict[str, float]]:
@@ -317,6 +412,9 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="also what each body field costs (learned)")
     ap.add_argument("--policies", action="store_true", help="also the node figure under other learning policies")
     ap.add_argument("--levels", action="store_true", help="also format 4 at zstd levels 1, 3, 6, 9 and 19")
+    ap.add_argument("--bound", action="store_true",
+                    help="also the lower bound: entropy of ids and times, the best compressor on the rest")
+    ap.add_argument("--no-speed", action="store_true", help="leave out the encode and decode timings")
     args = ap.parse_args()
     sizes = [int(x) for x in args.batches.split(",")]
     cfg = UplinkConfig()
@@ -359,8 +457,12 @@ def main() -> None:
             node["otlp_zstd"] = round(otlp_zstd(all_b, args.level) / n_all, 2)
             node["ratio_vs_otlp_zstd"] = round(node["otlp_zstd"] / node["bytes_per_span"], 2)
             fig["node"] = node
-            fig["speed"] = speed(test_b, tables, args.level, args.level, args.repeat)
-            fig["speed"]["encode_us_per_span_per_calibration_s"] = round(fig["speed"]["encode_us_per_span"] / calib, 1)
+            if not args.no_speed:
+                fig["speed"] = speed(test_b, tables, args.level, args.level, args.repeat)
+                fig["speed"]["encode_us_per_span_per_calibration_s"] = round(fig["speed"]["encode_us_per_span"] / calib,
+                                                                             1)
+            if args.bound:
+                fig["bound"] = lower_bound(test_b, tables)
             if args.breakdown:
                 fig["breakdown"] = breakdown(test_b, tables, args.level)
             if args.levels:
@@ -377,6 +479,10 @@ def main() -> None:
                     for key in ("total", "stream_bound", *(f"plane {p}" for p in bd["planes"])):
                         v = bd[key] if key in bd else bd["planes"][key[6:]]
                         t[key] = t.get(key, 0.0) + v * n_test
+                if args.bound:
+                    for key in ("id_floor", "ids_best_compressed", "time_entropy", "time_planes_best_compressed",
+                                "rest_best_compressed", "bound"):
+                        t[f"bound {key}"] = t.get(f"bound {key}", 0.0) + fig["bound"][key] * n_test
                 t["spans"] = t.get("spans", 0) + n_test
                 t["node_bytes"] = t.get("node_bytes", 0.0) + node["bytes_per_span"] * n_all
                 t["node_otlp"] = t.get("node_otlp", 0.0) + node["otlp_zstd"] * n_all
@@ -403,6 +509,14 @@ def main() -> None:
                                 "planes": {k[6:]: round(v / t["spans"], 2) for k, v in
                                            sorted(t.items(), key=lambda kv: -kv[1]) if k.startswith("plane ")}}
             agg["stream_bound_ratio_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["breakdown"]["stream_bound"], 2)
+        if args.bound:
+            agg["bound"] = {k[6:]: round(v / t["spans"], 2) for k, v in t.items() if k.startswith("bound ")}
+            agg["bound"]["ratio_vs_otlp_zstd"] = round(agg["otlp_zstd"] / agg["bound"]["bound"], 2)
+            b = agg["bound"]
+            print(f"{REAL}, batches of {size}, lower bound: ids {b['id_floor']} (best compressor on them "
+                  f"{b['ids_best_compressed']}), times {b['time_entropy']} (entropy; best compressor on the planes "
+                  f"{b['time_planes_best_compressed']}), the rest {b['rest_best_compressed']} (best compressor, whole "
+                  f"stream): {b['bound']} B/span, {b['ratio_vs_otlp_zstd']}x OTLP+zstd {agg['otlp_zstd']}")
         result["streams"][REAL][f"batch_{size}"] = agg
         print(f"{REAL}, batches of {size}: evaluation spans OTLP+zstd {agg['otlp_zstd']}, v2+dict {agg['v2_dict']}, "
               f"format 4 cold {agg['cold']}, learned {agg['learned']} B/span (format 3 learned {agg['v3_learned']}) "
@@ -439,13 +553,23 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
           f"{'dec/s':>8} {'v2':>7}")
     for size in sizes:
         f = row[f"batch_{size}"]
-        nd, sp = f["node"], f["speed"]
+        nd, sp = f["node"], f.get("speed", dict.fromkeys(("encode_us_per_span", "v2_encode_us_per_span",
+                                                            "decode_spans_per_s", "v2_decode_spans_per_s"), "-"))
         print(f"   {size:>5} | {f['otlp_zstd']:>9} {f['v2_dict']:>8} {f['v3_learned']:>8} {f['cold']:>8} "
               f"{f['learned']:>8} "
               f"{f['ratio_learned_vs_otlp_zstd']:>5}x {f['id_floor']:>8} | {nd['bytes_per_span']:>6} "
               f"{nd['otlp_zstd']:>6} {nd['ratio_vs_otlp_zstd']:>5}x {nd['adopted']:>4} | "
               f"{sp['encode_us_per_span']:>7} {sp['v2_encode_us_per_span']:>6} {sp['decode_spans_per_s']:>8} "
               f"{sp['v2_decode_spans_per_s']:>7}")
+    for size in sizes:
+        sp = row[f"batch_{size}"].get("speed")
+        if sp is None:
+            continue
+        print(f"   {size:>5}: encode {sp['encode_us_per_span']} us/span, OTLP+zstd "
+              f"{sp['otlp_zstd_encode_us_per_span']} (x{sp['encode_vs_otlp_zstd']}); decode "
+              f"{sp['decode_spans_per_s']} spans/s, official protobuf parse {sp['otlp_protobuf_parse_spans_per_s']} "
+              f"(time x{sp['decode_vs_otlp_protobuf_parse']}), parse into the span model "
+              f"{sp['otlp_to_model_spans_per_s']} (time x{sp['decode_vs_otlp_to_model']})")
     for size in sizes:
         f = row[f"batch_{size}"]
         if "breakdown" in f:
@@ -455,6 +579,13 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
                   + ", ".join(f"{k} {v}" for k, v in bd["planes"].items()))
             print(f"   {size:>5}: attribute values by key: "
                   + ", ".join(f"{k} {v}" for k, v in bd["values_by_key"].items()))
+        if "bound" in f:
+            b = f["bound"]
+            print(f"   {size:>5}: lower bound {b['bound']} B/span = ids {b['id_floor']} (raw {b['ids_raw']}, best "
+                  f"compressor {b['ids_best_compressed']}) + times {b['time_entropy']} (entropy; planes best "
+                  f"compressor {b['time_planes_best_compressed']}) + rest {b['rest_best_compressed']} "
+                  f"(raw {b['rest_raw']}; "
+                  + ", ".join(f"{k} {v}" for k, v in b["rest_by_compressor"].items()) + ")")
         if "levels" in f:
             print(f"   {size:>5}: zstd levels: " + ", ".join(f"{k[6:]}: {v['bytes_per_span']} B "
                                                           f"+{v['zstd_us_per_span']} us" for k, v in f["levels"].items()))

@@ -492,15 +492,27 @@ def _texts(x: Any, what: str) -> list[str]:
     return xs
 
 
+# Column readers run once per column, and a batch of wide spans has a hundred columns of a few values: they check
+# in bulk, and name what is wrong (building the message) only when something is.
+
 def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bool) -> list[str]:
     """The n texts of a text column ([new texts, references]; see _text_refs); `compact`: version 4's binary forms
     of new texts are read."""
-    pair = array(field_, what, 2)
-    if compact:
-        new = [_expand(x, what + " new texts") for x in array(pair[0], what + " new texts")]
-    else:
-        new = _texts(pair[0], what + " new texts")
-    refs = _uints(pair[1], what + " references", n, len(learned) + len(new) + 1)
+    if type(field_) is not list or len(field_) != 2:
+        array(field_, what, 2)
+    new, refs = field_
+    if type(new) is not list:
+        array(new, what + " new texts")
+    if type(refs) is not list or len(refs) != n:
+        array(refs, what + " references", n)
+    if new and not _all_of(new, str):
+        if not compact:
+            raise DecodeError(f"uplink batch: {what} new texts holds a non-text")
+        new = [x if type(x) is str else _expand(x, what + " new texts") for x in new]
+    limit = len(learned) + len(new) + 1
+    if refs and (not _all_of(refs, int) or min(refs) < 0 or max(refs) >= limit):
+        raise DecodeError(f"uplink batch: {what} references holds a non-integer or refers outside its table of "
+                          f"{limit}")
     if not new:
         table = [""] + learned
         return list(map(table.__getitem__, refs))
@@ -522,20 +534,26 @@ _VALUE_TYPE = {T_INT: int, T_BOOL: bool, T_BYTES: bytes}
 
 def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]], checked: set[int],
             compact: bool) -> list[Any]:
-    what = f"attribute column {key!r}"
     if ty == T_STR:
-        return _text_column(col, values.get(key, []), what, count, compact)
+        return _text_column(col, values.get(key, _NO_TEXTS), f"attribute column {key!r}", count, compact)
     if ty == T_FLOAT:
-        return _floats(col, what, count)
-    vals = array(col, what, count)
+        if type(col) is bytes and len(col) == 8 * count:
+            return list(struct.unpack(f">{count}d", unplane(col, count, 8)))
+        return _floats(col, f"attribute column {key!r}", count)
+    if type(col) is not list or len(col) != count:
+        array(col, f"attribute column {key!r}", count)
     want = _VALUE_TYPE.get(ty)
     if want is not None:
-        expect(_all_of(vals, want), f"{what} holds a value that is not {want.__name__}")
+        if not _all_of(col, want):
+            raise DecodeError(f"uplink batch: attribute column {key!r} holds a value that is not {want.__name__}")
     else:
-        expect(ty == T_ANY, f"{what} has an unknown value type {ty}")
-        for v in vals:
-            check_native(v, what, 0, checked)
-    return vals
+        expect(ty == T_ANY, f"attribute column {key!r} has an unknown value type {ty}")
+        for v in col:
+            check_native(v, f"attribute column {key!r}", 0, checked)
+    return col
+
+
+_NO_TEXTS: list[str] = []
 
 
 def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field: Any,
@@ -563,7 +581,7 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
         for cid in shapes[r]:
             j = order[cid]
             o = offsets[j]
-            parts.append(decoded[j][o:o + c])
+            parts.append(decoded[j][o:o + c] if c != len(decoded[j]) else decoded[j])
             offsets[j] = o + c
         out[r] = iter(zip(*parts)).__next__ if parts else iter([()] * c).__next__
     return out
@@ -571,10 +589,11 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
 
 def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     sh = array(x, "new shape")
-    for e in sh:
-        expect(type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY,
-                f"shape entry {e!r} is invalid")
-    return tuple((keys[e >> 3], e & 7) for e in sh)
+    if sh and (not _all_of(sh, int) or min(sh) < 0 or (max(sh) >> 3) >= len(keys)
+               or not all(e & 7 <= T_ANY for e in sh)):
+        bad = next(e for e in sh if not (type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY))
+        raise DecodeError(f"uplink batch: shape entry {bad!r} is invalid")
+    return tuple([(keys[e >> 3], e & 7) for e in sh])
 
 
 def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, max_expanded: int | None,
