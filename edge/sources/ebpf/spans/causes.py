@@ -35,6 +35,17 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   `ambiguous` rather than guessed.
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
+- response: a worker's call in a process whose requests are read by threads other than those that serve them (gRPC's
+  I/O threads hand a stream to a dispatcher, which hands it to an executor worker: hand-offs a wakeup cannot follow),
+  when the worker itself then writes the response of a request read before the call began: a handler answers only
+  after its calls were answered, and a worker runs one handler at a time. Certain only when that is the one response
+  the worker wrote from the call's answer until its decision, and no other request open when the call began was
+  answered between the call's whole answer and that response (its handler's answer may have been written by another
+  thread, the worker moving on to the next request meanwhile); else the call is left to the rules above.
+  A thread reading HTTP/2 streams waits for no one result and hands on no one request, and a thread with several
+  calls in flight at once (an I/O thread writing the streams of many threads) takes no one hand-off: neither
+  decides a call by a wakeup; nor does a worker's wakeup of a thread serving none in such a process (grpcio's own
+  threads, not a batch job waiting for its result).
 
 A worker's call waits for its decision in the builder (at most DECIDE_WAIT_NS after it was answered). Everything is
 bounded: threads in an LRU table, a few open requests and waiting calls per thread, processes dropped at exit.
@@ -50,7 +61,7 @@ from ..events import TurnEvent, WakeupEvent
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | ambiguous (no cause: no guess)
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | response | ambiguous (no guess)
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
@@ -63,6 +74,8 @@ _TURNS = 16  # an event loop's last turn starts: enough to place a call's connec
 _LAG_CALLS = 16  # an event loop's last calls whose distances in turns must agree before the distance is used
 _MAX_ANSWERED = 512  # pool processes' requests answered lately: hand-offs are decided within DECIDE_WAIT_NS
 _MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
+_NEVER = 1 << 63  # a call still in flight: it ends after anything
+_MAX_RESPONDED = 512  # pool processes' requests read and answered lately, for the `response` rule
 
 
 @dataclass(slots=True)
@@ -83,6 +96,11 @@ class Call:
     deadline_ns: int = 0
     candidates: tuple[bytes, ...] = ()  # an event loop's call made after several reads: the requests it may be for
     turn: int = -1  # the loop turn it was made in (or its connection opened in), -1 when not known
+    answered_ns: int = 0  # when its response was read
+    response: bytes | None = None  # the request whose response its thread wrote first after the call was answered
+    response_ns: int = 0  # when that response was written
+    responses: int = 0  # responses of requests read before the call that its thread wrote since: more than one, unsure
+    concurrent: bool = False  # its thread had another call in flight meanwhile (HTTP/2 streams written for many)
 
 
 @dataclass(slots=True)
@@ -99,6 +117,7 @@ class _Thread:
     since_ns: int = 0  # when it took its present context (the history's first entry, when one is started)
     waiting: list[Call] = field(default_factory=list)
     reads_messages: bool = False  # an MQTT subscriber's network thread: its calls follow the message it read
+    reads_streams: bool = False  # reads HTTP/2 streams (many requests on one connection): it waits for none of them
     run: list[bytes] = field(default_factory=list)  # requests read one after the other since the last call
     reading: bool = False  # the last thing this thread did was read a request
     turns: deque[tuple[int, int]] | None = None  # (start, number) of its last loop turns: it waits in epoll
@@ -129,6 +148,8 @@ class CausesStats:
     turns: int = 0  # loop turn records seen
     connect: int = 0  # a call decided by the context its thread had when it opened the connection
     wakeups: int = 0  # wakeup records seen
+    response: int = 0  # a worker's call decided by the response its thread wrote next
+    response_unsure: int = 0  # a worker's call whose thread wrote a response, left to the other rules
     evicted_threads: int = 0
 
 
@@ -140,11 +161,14 @@ class Causes:
         self.stats = CausesStats()
         self._threads: OrderedDict[tuple[int, int], _Thread] = OrderedDict()
         self._pools: set[int] = set()  # processes where a request thread and a worker woke each other
+        self._streams: set[int] = set()  # processes that read HTTP/2 server streams
         self._waiting: set[tuple[int, int]] = set()  # threads with calls waiting for their decision
         self._connects: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pid, sock) -> when connect() began
         # Per pool process: (tid, start, hand-off time or -1 when the worker took the work while running, request).
         self._starts: dict[int, deque[tuple[int, int, int, bytes | None]]] = {}
         self._answered: OrderedDict[bytes, int] = OrderedDict()  # request -> when its response began
+        self._read_at: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when it was read
+        self._responded: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when its response began
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -184,10 +208,15 @@ class Causes:
 
     # -- requests served ---------------------------------------------------------------------------------------
 
-    def request_read(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0) -> None:
-        """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id`."""
+    def request_read(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0, stream: bool = False) -> None:
+        """Thread `tid` read (at `ts_ns`) a request whose server span will have `span_id` (an HTTP/2 `stream`)."""
         t = self._thread(pid, tid)
+        if stream and not t.reads_streams:
+            t.reads_streams = True
+            self._streams.add(pid)
         before = self._certain(t)
+        if pid in self._pools:
+            _bounded_put(self._read_at, span_id, ts_ns)
         t.open[span_id] = _turn_at(t, ts_ns)
         if t.turns is not None:
             t.touched[span_id] = ts_ns
@@ -237,6 +266,21 @@ class Causes:
             t.called_in.pop(span_id, None)
             t.touched.pop(span_id, None)
 
+    def response_written(self, pid: int, tid: int, span_id: bytes, ts_ns: int) -> None:
+        """Thread `tid` began writing (at `ts_ns`) the response to the request whose server span has `span_id`."""
+        if pid not in self._pools:
+            return
+        _bounded_put(self._responded, span_id, ts_ns)
+        t = self._threads.get((pid, tid))
+        read = self._read_at.get(span_id)
+        if t is None or read is None:
+            return
+        for call in t.waiting:
+            if call.answered and call.start_ns >= read and call.answered_ns <= ts_ns:
+                call.responses += 1
+                if call.response is None:
+                    call.response, call.response_ns = span_id, ts_ns
+
     def message_read(self, pid: int, tid: int) -> None:
         """Thread `tid` read an MQTT delivery: its calls follow the message (the assembler's consumer-thread rule)."""
         self._thread(pid, tid).reads_messages = True
@@ -284,6 +328,9 @@ class Causes:
             starts = self._starts.setdefault(pid, deque(maxlen=_MAX_STARTS))
             starts.append((tid, start_ns, -1 if running else t.handoff_ns, t.handoff))
             t.calls_since_handoff += 1
+            for other in t.waiting:
+                if not other.answered:  # a thread writing streams for many threads: not a worker taking one item
+                    other.concurrent = call.concurrent = True
             if len(t.waiting) >= _MAX_WAITING:
                 self._settle(t.waiting.pop(0), None)
             t.waiting.append(call)
@@ -295,6 +342,7 @@ class Causes:
     def response_read(self, call: Call, tid: int, ts_ns: int = 0) -> None:
         """The call's response is being read by `tid`: on an event loop that request is the current one again."""
         call.answered = True
+        call.answered_ns = call.answered_ns or ts_ns
         t = self._threads.get((call.pid, tid))
         before = self._certain(t) if t is not None else None
         if call.candidates and not call.decided:
@@ -336,6 +384,7 @@ class Causes:
         call.end_ns = end_ns
         call.deadline_ns = end_ns + DECIDE_WAIT_NS
         call.answered = True
+        call.answered_ns = call.answered_ns or end_ns
 
     def _by_turns(self, t: _Thread, call: Call, opened: int | None) -> bool:
         """Decide an event loop's call by its distance in turns from the request's read, once the loop's distance is
@@ -394,10 +443,17 @@ class Causes:
             # that call is decided by its hand-off when its wait is over, see flush.) Any other wakeup of a thread
             # (a lock, the GIL) decides nothing: waking a thread that was awake during the call proves nothing.
             done = [c for c in waker.waiting if c.answered and c.start_ns >= ev.wakee_since_ns]
+            if done and wakee is not None and (len(wakee.open) > 1 or wakee.reads_streams):
+                done = []  # a thread serving several requests (one reading many HTTP/2 streams): not one waiting
+            # A thread with several calls in flight at once (HTTP/2 streams of many requests on one I/O thread) may
+            # wake any of their requesters: it hands a result back only where its call was alone.
+            done = [c for c in done if _alone(c, waker.waiting)]
             if done:
                 # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
                 # main thread): no request.
                 request = next(reversed(wakee.open)) if wakee is not None and wakee.open else None
+                if request is None and pid in self._streams:
+                    done = []  # a worker waking grpcio's own threads: the response it writes decides (at flush)
                 for c in done:
                     self._decide(waker, c, request, "wakeup" if request is not None else "", out)
         if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid and not waker.fresh:
@@ -407,6 +463,8 @@ class Causes:
         if waker is not None and waker.open and (wakee is None or not wakee.open):
             # A request thread wakes a thread that serves none: work handed to a pool worker.
             self._pools.add(pid)
+            if waker.reads_streams:
+                return  # a thread reading many streams: which one it handed on is not known
             # The latest hand-off wins: an idle worker woken now takes work now (an earlier one it did not take
             # went to a worker that was still running).
             target = wakee if wakee is not None else self._thread(pid, ev.wakee_tid)
@@ -438,6 +496,8 @@ class Causes:
             self.stats.wakeup += 1
         elif call.via == "handoff":
             self.stats.handoff += 1
+        elif call.via == "response":
+            self.stats.response += 1
         if call.span is not None and out is not None:
             _mark(call, call.span)
             out.append(call.span)
@@ -454,7 +514,7 @@ class Causes:
                 continue
             for call in list(t.waiting):
                 if call.span is not None and (force or call.deadline_ns <= now_ns):
-                    self._decide(t, call, *self._by_handoff(call), out)
+                    self._decide(t, call, *self._by_evidence(call), out)
                 elif call.span is None and (force or call.start_ns + stale_ns <= now_ns):
                     self._decide(t, call, None, "", out)
 
@@ -464,15 +524,42 @@ class Causes:
             t = self._threads.pop(key)
             self._waiting.discard(key)
             for call in t.waiting:
-                call.cause, call.via = self._by_handoff(call)
+                call.cause, call.via = self._by_evidence(call)
                 self._settle(call, out)
         self._pools.discard(pid)
+        self._streams.discard(pid)
         self._starts.pop(pid, None)
+
+    def _by_evidence(self, call: Call) -> tuple[bytes | None, str]:
+        """A worker's call nobody waited for: the response its thread wrote, else the hand-off; where both speak
+        and disagree, ambiguous."""
+        handed = self._by_handoff(call)
+        if call.response is None:
+            return handed
+        answered = self._by_response(call)
+        if answered is None:
+            self.stats.response_unsure += 1
+            return handed
+        if handed[0] is not None and handed[0] != answered:
+            return None, "ambiguous"
+        return answered, "response"
+
+    def _by_response(self, call: Call) -> bytes | None:
+        """The request whose response the call's thread wrote after the call, when that is certain (module
+        docstring)."""
+        if call.responses != 1 or call.response is None:
+            return None
+        since, until = call.end_ns or call.answered_ns, call.response_ns  # from its whole answer (the body may lag)
+        for request, at in self._responded.items():
+            # The call's own request, answered by another thread while this one moved on to the next request.
+            if since < at < until and request != call.response and self._read_at.get(request, until) <= call.start_ns:
+                return None
+        return call.response
 
     def _by_handoff(self, call: Call) -> tuple[bytes | None, str]:
         """A worker's call nobody waited for: the request that handed it the work, when no other worker can have
         taken that work; else ambiguous."""
-        if call.handoff is None:
+        if call.handoff is None or call.concurrent:
             return None, "ambiguous"
         end = call.end_ns or call.start_ns
         rivals: set[bytes] = set()
@@ -518,6 +605,19 @@ def _context_at(t: _Thread, ts_ns: int) -> bytes | None:
         if at <= ts_ns:
             return context
     return None
+
+
+def _alone(call: Call, calls: list[Call]) -> bool:
+    """Whether no other of a thread's calls was in flight while `call` was."""
+    end = call.end_ns or call.answered_ns or _NEVER
+    return not any(c is not call and c.start_ns < end and call.start_ns < (c.end_ns or c.answered_ns or _NEVER)
+                   for c in calls)
+
+
+def _bounded_put(table: OrderedDict[bytes, int], key: bytes, value: int) -> None:
+    table[key] = value
+    if len(table) > _MAX_RESPONDED:
+        table.popitem(last=False)
 
 
 def _mark(call: Call, span: Span) -> None:

@@ -26,6 +26,7 @@ from ....protocols import http2 as h2
 from ..events import DataEvent, Direction, H2Event, Role
 from .http import server_attrs
 from .tables import WAIT, Conn, ConnState, Snapshot, connection_attrs, process_attrs
+from .causes import Call
 from .tcp import add_event, take_faults
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class _Stream:
     reset: int = -1  # RST_STREAM error code, -1 without one
     events: list[Event] = field(default_factory=list)
     lost: bool = False  # frames of its direction were lost while it was open
+    call: Call | None = None  # a client's stream: the request it was made for (causes.py)
 
 
 @dataclass(slots=True)
@@ -183,6 +185,9 @@ class _H2Conn(ConnState):
             s.response = block
             if s.kind == SpanKind.SERVER:
                 b.causes.request_done(s.pid, s.tid, s.span_id)
+                b.causes.response_written(ev.pid, ev.tid, s.span_id, ev.ts_ns)
+            elif s.call is not None:
+                b.causes.response_read(s.call, ev.tid, ev.end_ns)
             if (block.get(":status") or "")[:1] == "1" and not end:
                 s.response = None  # an interim response (100 Continue): the final one follows
         else:
@@ -209,7 +214,9 @@ class _H2Conn(ConnState):
         else:
             s.request = block
             if kind == SpanKind.SERVER:
-                b.causes.request_read(ev.pid, ev.tid, s.span_id, start)
+                b.causes.request_read(ev.pid, ev.tid, s.span_id, start, stream=True)
+            else:
+                s.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock)
         s.events = take_faults(b, conn)
         self.streams[sid] = s
         b.conns.waiting.add(conn.sock)
@@ -427,4 +434,7 @@ def _emit(b: SpanBuilder, conn: Conn, s: _Stream, end_ns: int, out: list[Span], 
         b.causes.request_done(s.pid, s.tid, s.span_id)
     span.status_code, span.status_message = status, message
     b.stats.http2_spans += 1
+    if s.call is not None:
+        b.causes.finish(s.call, span, max(end_ns, s.start_ns), out)  # a worker's call may wait for its request
+        return
     out.append(span)

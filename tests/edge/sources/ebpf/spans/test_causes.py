@@ -2,7 +2,7 @@
 last, the request thread a pool worker hands its result to (sched_waking), or the one that handed it the work."""
 from __future__ import annotations
 
-from edge.model import SpanKind
+from edge.model import Span, SpanKind
 from edge.sources.ebpf.events import ConnectEvent, Endpoint, ExitEvent, Role, TurnEvent, WakeupEvent
 from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA, DECIDE_WAIT_NS, Causes
 
@@ -447,3 +447,105 @@ def test_worker_whose_answered_call_waits_for_its_decision_takes_new_work():
     sb = server_span(serve_answer(b, 2, 30_000, 102))
     (second,) = [s for s in out if "c=11" in str(s.attributes.get("url.query"))]
     assert second.attributes[CAUSE] == sb.span_id and second.attributes[CAUSE_VIA] == "handoff"
+
+
+# -- a worker's call decided by the response it writes (gRPC: I/O thread -> dispatcher -> executor worker) ---------
+
+IO, DISPATCH, W1, W2 = 11, 12, 21, 22
+
+
+def grpc_like(reads: dict[bytes, int]) -> Causes:
+    """A process whose I/O thread read the given requests (at the given times) and woke its dispatcher: a pool."""
+    c = Causes()
+    for request, at in reads.items():
+        c.request_read(PID, IO, request, at)
+    c.wakeup(WakeupEvent(max(reads.values()) + 10, PID, IO, DISPATCH, 0), [])
+    for request, at in reads.items():
+        c.request_read(PID, IO, request, at)  # read again now that the process is known for a pool
+    return c
+
+
+def worker_call(c: Causes, tid: int, start: int, end: int) -> tuple[Span, list[Span]]:
+    """Worker `tid` calls, reads the answer and the call's span is complete: it waits for its decision."""
+    out: list[Span] = []
+    call = c.call_made(PID, tid, start)
+    c.response_read(call, tid, start + 100)
+    span = Span(bytes(16), bytes(8), "GET", start, end, kind=SpanKind.CLIENT)
+    c.finish(call, span, end, out)
+    assert out == []
+    return span, out
+
+
+def test_worker_call_takes_the_request_whose_response_the_worker_writes_next():
+    c = grpc_like({b"a" * 8: 1_000, b"b" * 8: 1_200})
+    span, _ = worker_call(c, W1, 5_000, 6_000)
+    c.response_written(PID, W1, b"b" * 8, 6_200)
+    out: list[Span] = []
+    c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
+    assert out == [span] and span.attributes[CAUSE] == b"b" * 8 and span.attributes[CAUSE_VIA] == "response"
+    assert c.stats.response == 1
+
+
+def test_response_of_a_request_read_after_the_call_decides_nothing():
+    c = grpc_like({b"a" * 8: 1_000})
+    span, _ = worker_call(c, W1, 5_000, 6_000)
+    c.request_read(PID, IO, b"c" * 8, 6_100)  # the worker's next request, read after its call began
+    c.response_written(PID, W1, b"c" * 8, 9_000)
+    out: list[Span] = []
+    c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
+    assert out == [span] and CAUSE not in span.attributes and span.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_two_responses_written_after_the_call_leave_it_undecided():
+    """A thread writing for others too (grpcio's combiner flushes other workers' responses): which one was its own
+    is unknown."""
+    c = grpc_like({b"a" * 8: 1_000, b"b" * 8: 1_200})
+    span, _ = worker_call(c, W1, 5_000, 6_000)
+    c.response_written(PID, W1, b"a" * 8, 6_200)
+    c.response_written(PID, W1, b"b" * 8, 6_300)
+    out: list[Span] = []
+    c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
+    assert CAUSE not in span.attributes and c.stats.response_unsure == 1
+
+
+def test_call_whose_request_another_thread_answered_is_not_given_to_the_next_response():
+    """The worker's own response was written by an I/O thread; the worker took the next request (read before its
+    call) and wrote that one's response: a request open at the call, answered between the call's answer and that
+    response, may have been the call's."""
+    c = grpc_like({b"a" * 8: 1_000, b"b" * 8: 1_200})
+    span, _ = worker_call(c, W1, 5_000, 6_000)
+    c.response_written(PID, IO, b"a" * 8, 6_300)  # a's response, handed to the I/O thread
+    c.response_written(PID, W1, b"b" * 8, 9_000)
+    out: list[Span] = []
+    c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
+    assert CAUSE not in span.attributes and span.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_wakeup_of_a_thread_reading_many_streams_does_not_decide_a_workers_call():
+    """The worker wakes the I/O thread (to write for it), which slept through the call but serves several streams:
+    it was not waiting for this result."""
+    c = grpc_like({b"a" * 8: 1_000, b"b" * 8: 1_200})
+    span, _ = worker_call(c, W1, 5_000, 6_000)
+    out: list[Span] = []
+    c.wakeup(WakeupEvent(6_100, PID, W1, IO, 2_000), out)
+    assert out == [] and CAUSE not in span.attributes
+    c.response_written(PID, W1, b"a" * 8, 6_200)
+    c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
+    assert span.attributes[CAUSE] == b"a" * 8
+
+
+def test_a_thread_with_calls_in_flight_at_once_is_not_a_worker_taking_one_handoff():
+    """grpcio's I/O thread writes the streams of several request threads: woken by one of them, the stream it writes
+    may be another's. With two calls in flight at once its hand-off decides neither."""
+    c = Causes()
+    c.request_read(PID, 101, b"a" * 8, 1_000)
+    c.request_read(PID, 102, b"b" * 8, 1_100)
+    c.wakeup(WakeupEvent(2_000, PID, 101, 201, 0), [])
+    calls = [(c.call_made(PID, 201, start), Span(bytes(16), bytes(8), "POST", start, start + 2_000,
+                                                 kind=SpanKind.CLIENT)) for start in (3_000, 3_500)]
+    for call, span in calls:
+        c.response_read(call, 201, span.end_ns)
+        c.finish(call, span, span.end_ns, [])
+    out: list[Span] = []
+    c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
+    assert len(out) == 2 and all(CAUSE not in s.attributes for s in out)

@@ -1,0 +1,132 @@
+"""Kernel events of a real grpcio server under load, recorded once and replayed by test_grpc_recorded.py.
+
+The recording is of bench/accuracy_service.py's services as scenario 12 of bench/accuracy.py runs them, without SDKs:
+4 client threads call `front` (ThreadingHTTPServer, keep-alive) with a rid in the query; front calls `rpc` through
+one grpcio channel (concurrent calls are streams of one HTTP/2 connection) with the rid as `oracle-prid` metadata and
+its own as `oracle-rid`; rpc (grpcio at its defaults: a ThreadPoolExecutor of 10, h2c) calls `db` over HTTP with
+that rid as `prid`. So each call's true request is known from the bytes alone. The events of front and rpc are kept. Re-record (root, probes loaded):
+
+    .venv/bin/python -m tests.edge.sources.ebpf.spans._grpc_recording tests/edge/sources/ebpf/spans/grpc_pool.jsonl.gz
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import enum
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+from edge.sources.ebpf import events as ev_mod
+from edge.sources.ebpf.events import Endpoint, KernelEvent
+
+_TYPES = {t.__name__: t for t in (ev_mod.DataEvent, ev_mod.DataMoreEvent, ev_mod.H2Event, ev_mod.CloseEvent,
+                                  ev_mod.ConnectEvent, ev_mod.WakeupEvent, ev_mod.TurnEvent, ev_mod.ExitEvent)}
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, (bytes, bytearray)):
+        return {"b64": base64.b64encode(v).decode()}
+    if isinstance(v, Endpoint):
+        return [v.addr, v.port]
+    if isinstance(v, enum.Enum):
+        return v.value
+    return v
+
+
+def dump(events: list[KernelEvent], path: Path) -> None:
+    """Write events as gzipped JSON lines."""
+    with gzip.open(path, "wt") as f:
+        for e in events:
+            row = {"type": type(e).__name__}
+            row.update({fl.name: _plain(getattr(e, fl.name)) for fl in dataclasses.fields(e)})
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
+def load(path: Path) -> list[KernelEvent]:
+    """The events written by dump()."""
+    out: list[KernelEvent] = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            cls = _TYPES[row.pop("type")]
+            hints = typing.get_type_hints(cls)
+            kw = {}
+            for name, v in row.items():
+                hint = hints[name]
+                if isinstance(v, dict):
+                    v = base64.b64decode(v["b64"])
+                elif hint is Endpoint:
+                    v = Endpoint(v[0], v[1])
+                elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+                    v = hint(v)
+                kw[name] = v
+            out.append(cls(**kw))
+    return out
+
+
+_CLIENT = r"""
+import sys, threading, time, uuid, http.client
+port, n, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def run():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(n // k):
+        rid = uuid.uuid4().hex[:12]
+        conn.request("GET", f"/front?rid={rid}&trace={rid}")
+        conn.getresponse().read()
+        time.sleep(0.02)
+ts = [threading.Thread(target=run) for _ in range(k)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _record(path: Path, calls: int, clients: int) -> None:
+    from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
+    root = Path(__file__).resolve().parents[5]
+    service = str(root / "bench" / "accuracy_service.py")
+    db, rpc, front = _free_port(), _free_port(), _free_port()
+    procs = []
+    try:
+        for args in (["--name", "db", "--mode", "http", "--port", str(db)],
+                     ["--name", "rpc", "--mode", "grpc", "--port", str(rpc), "--call", f"http://127.0.0.1:{db}/db"],
+                     ["--name", "front", "--mode", "http", "--port", str(front),
+                      "--call", f"grpc://127.0.0.1:{rpc}/rpc"]):
+            p = subprocess.Popen([sys.executable, service, *args, "--oracle", "/dev/null"], stdout=subprocess.PIPE,
+                                 stdin=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout is not None
+            p.stdout.readline()
+        keep = {procs[1].pid, procs[2].pid}
+        events: list[KernelEvent] = []
+        with ProbeSet(ProbeSettings()) as probes:
+            probes.set_allowed_pids([p.pid for p in procs])
+            stream = KernelEventStream(probes, events.extend)
+            stream.start()
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _CLIENT, str(front), str(calls),
+                                                     str(clients)], check=True, timeout=120)
+            for _ in range(20):
+                await asyncio.sleep(0.1)
+                stream.poll()
+            stream.close()
+        dump([e for e in events if getattr(e, "pid", None) in keep], path)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(5)
+
+
+if __name__ == "__main__":
+    asyncio.run(_record(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 200,
+                        int(sys.argv[3]) if len(sys.argv) > 3 else 4))
