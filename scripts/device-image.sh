@@ -127,7 +127,9 @@ WHEELS=$OUT/wheels
 rm -rf "$WHEELS" && mkdir -p "$WHEELS"
 PY=$REPO/.venv/bin/python
 [ -x "$PY" ] || PY=python3
-"$PY" -m pip wheel --no-deps -q -w "$WHEELS" "$REPO" > "$OUT.wheel.log" 2>&1 || { tail -20 "$OUT.wheel.log"; die "wheel build failed"; }
+# Without the compiled span builder: this machine would compile it for its own Python and architecture, and the
+# image installs a pure wheel beside its wheels for DEB_ARCH (doctor there says pure Python).
+HELIX_ACCEL_BUILD=0 "$PY" -m pip wheel --no-deps -q -w "$WHEELS" "$REPO" > "$OUT.wheel.log" 2>&1 || { tail -20 "$OUT.wheel.log"; die "wheel build failed"; }
 wheel=$(ls "$WHEELS"/helix_edge-*.whl)
 "$PY" -c 'import sys, zipfile; sys.exit(not any(n.endswith("/io_compat.bpf.o") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$wheel" || die "the wheel has no BPF objects (clang missing on this host?)"
 "$PY" -m pip freeze --exclude-editable 2>/dev/null | grep -v '^-e ' > "$OUT/constraints.txt" || true
