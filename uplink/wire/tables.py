@@ -511,7 +511,7 @@ def _train_zdict(samples: list[bytes], size: int) -> tuple[bytes, int]:
         return b"", _ZDICT_NONE
     if len(samples) >= 8 and total >= 4 * size:
         try:
-            d = zstandard.train_dictionary(size, samples, level=3)
+            d = zstandard.train_dictionary(size, [*samples], level=3)
             return d.as_bytes(), _ZDICT_TRAINED
         except zstandard.ZstdError:
             pass
