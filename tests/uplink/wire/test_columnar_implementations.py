@@ -47,12 +47,6 @@ def _encode_both(spans: list[Span], tables: TableSet, version: int) -> bytes:
     return a
 
 
-def test_implementations_are_the_ones_named() -> None:
-    pure, compiled = _codecs()
-    assert pure.__file__.endswith(".py")
-    assert (compiled is pure) is not accel.status().compiled
-
-
 @pytest.mark.parametrize("impl", [_COMPILED])
 def test_corpus_and_generator_batches_are_the_same_bytes_and_decode_alike(impl: str) -> None:
     pure, compiled = _codecs()
@@ -74,7 +68,7 @@ def test_corpus_and_generator_batches_are_the_same_bytes_and_decode_alike(impl: 
 
 
 @pytest.mark.parametrize("impl", [_COMPILED])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spans=_spans(), earlier=_spans())
 def test_any_spans_are_the_same_bytes_in_both(impl: str, spans: list[Span], earlier: list[Span]) -> None:
     pure, _ = _codecs()
