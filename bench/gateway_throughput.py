@@ -2,11 +2,11 @@
 request bytes, in CPU time of the process (the machine may be shared), and the process's peak RSS under that load.
 
 What the gateway runs: the batch decoded (uplink/wire/columnar.py) and the request written straight from the spans
-(edge/codec/otlp_writer.py), in the implementation in use (the compiled accelerator where it is built, edge/accel.py).
+(edge/codec/otlp_writer.py, compiled by the accelerator where it is built: edge/accel.py).
 Same-run references, on the same batches:
 - `official_request`: the request built with the official protobuf classes (`request_from_spans`) and serialized,
   after the same decoding: what the gateway did before; the writer's bytes are checked equal to it;
-- `pure`: the pure-Python modules, when the compiled ones run;
+- `pure`: the pure-Python writer, when the compiled one runs;
 - `otlp_zstd`: what a gateway receiving OTLP+zstd (level 3) of the same batches would do for the same result with
   the official runtime: decompress, parse, serialize again (`ratio_vs_reference` is its spans/s over ours).
 
@@ -33,7 +33,7 @@ from bench.corpus import load_all  # noqa: E402
 from edge import accel  # noqa: E402
 from edge.codec.otlp import ExportTraceServiceRequest, request_from_spans  # noqa: E402
 from edge.model import Span  # noqa: E402
-from uplink.wire import encode_batch, read_header  # noqa: E402
+from uplink.wire import columnar, encode_batch, read_header  # noqa: E402
 from uplink.wire.tables import EMPTY  # noqa: E402
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -54,13 +54,12 @@ def measure(spans: Sequence[Span], size: int, rounds: int) -> dict[str, Any]:
     n = len(spans)
     payloads = [encode_batch(spans[i:i + size], "edge-node-01", i) for i in range(0, n, size)]
     out: dict[str, Any] = {"spans": n}
+    batches = [columnar.decode(p, read_header(p), EMPTY, MAX_BYTES).spans for p in payloads]
+    dec = _cpu(lambda: [columnar.decode(p, read_header(p), EMPTY, MAX_BYTES) for p in payloads], rounds)
     for impl in accel.implementations()[::-1]:  # the one in use first
-        mods = accel.modules(impl)
-        codec, write = mods["uplink.wire.columnar"], mods["edge.codec.otlp_writer"].request_bytes
-        batches = [codec.decode(p, read_header(p), EMPTY, MAX_BYTES).spans for p in payloads]
+        write = accel.modules(impl)["edge.codec.otlp_writer"].request_bytes
         for b in batches:
             assert write(b) == request_from_spans(b).SerializeToString()
-        dec = _cpu(lambda: [codec.decode(p, read_header(p), EMPTY, MAX_BYTES) for p in payloads], rounds)
         req = _cpu(lambda: [write(b) for b in batches], rounds)
         fig = {"spans_per_s": round(n / (dec + req)), "decode_spans_per_s": round(n / dec),
                "request_spans_per_s": round(n / req), "decode_share": round(dec / (dec + req), 2)}
@@ -85,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traces", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--rounds", type=int, default=3, help="runs per figure (the least CPU time counts)")
+    ap.add_argument("--rounds", type=int, default=5, help="runs per figure (the least CPU time counts)")
     ap.add_argument("--corpus", action="store_true", help="also the real spans of the demo-apps corpus")
     args = ap.parse_args()
 

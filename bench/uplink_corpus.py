@@ -38,11 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from bench.corpus import load_all  # noqa: E402
 from edge.codec.otlp import ExportTraceServiceRequest, request_from_spans, spans_from_request  # noqa: E402
-from edge import accel  # noqa: E402
 from edge.config.uplink import UplinkConfig  # noqa: E402
 from edge.model import Span  # noqa: E402
 from uplink.learner import LearningPolicy, TableLearner  # noqa: E402
-from uplink.wire import FORMAT_VERSION, columnar, decode_batch, encode_batch, read_header  # noqa: E402
+from uplink.wire import FORMAT_VERSION, columnar, decode_batch, encode_batch  # noqa: E402
 from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
 from uplink.wire.values import unplanes, zigzag  # noqa: E402
 
@@ -322,14 +321,7 @@ def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int,
     po = best_cpu(lambda: [ExportTraceServiceRequest.FromString(zd.decompress(x)) for x in otlp], repeat)
     mo = best_cpu(lambda: [spans_from_request(ExportTraceServiceRequest.FromString(zd.decompress(x)))
                            for x in otlp], repeat)
-    out: dict[str, Any] = {}
-    if accel.status().compiled:  # the same batches through the pure-Python codec (what runs where nothing is compiled)
-        pure = accel.modules("pure")["uplink.wire.columnar"]
-        pe = best_cpu(lambda: [pure.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)], repeat)
-        pd = best_cpu(lambda: [pure.decode(x, read_header(x), tables, MAX_BYTES) for x in enc], repeat)
-        out = {"pure_encode_us_per_span": round(pe / n * 1e6, 2), "pure_decode_spans_per_s": round(n / pd),
-               "encode_vs_pure": round(e3 / pe, 2), "decode_vs_pure": round(d3 / pd, 2)}
-    return {**out, "encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
+    return {"encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
             "v2_encode_us_per_span": round(e2 / n * 1e6, 2), "v2_decode_spans_per_s": round(n / d2),
             "encode_vs_v2": round(e3 / e2, 2), "decode_vs_v2": round(d3 / d2, 2),
             "otlp_zstd_encode_us_per_span": round(eo / n * 1e6, 2), "encode_vs_otlp_zstd": round(e3 / eo, 2),
@@ -438,8 +430,7 @@ def main() -> None:
                               "policy": {"interval_s": policy.interval, "after": policy.after,
                                          "degrade": policy.degrade, "min_gap_s": policy.min_gap,
                                          "sample_bytes": sample_bytes},
-                              "calibration_loop_s": round(calib, 4), "implementation": accel.implementations()[-1],
-                              "streams": {}}
+                              "calibration_loop_s": round(calib, 4), "streams": {}}
     totals: dict[int, dict[str, float]] = {size: {} for size in sizes}
 
     for name, spans in streams.items():
@@ -578,9 +569,7 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
               f"{sp['otlp_zstd_encode_us_per_span']} (x{sp['encode_vs_otlp_zstd']}); decode "
               f"{sp['decode_spans_per_s']} spans/s, official protobuf parse {sp['otlp_protobuf_parse_spans_per_s']} "
               f"(time x{sp['decode_vs_otlp_protobuf_parse']}), parse into the span model "
-              f"{sp['otlp_to_model_spans_per_s']} (time x{sp['decode_vs_otlp_to_model']})"
-              + (f"; pure Python: encode {sp['pure_encode_us_per_span']} us/span, decode "
-                 f"{sp['pure_decode_spans_per_s']} spans/s" if "pure_encode_us_per_span" in sp else ""))
+              f"{sp['otlp_to_model_spans_per_s']} (time x{sp['decode_vs_otlp_to_model']})")
     for size in sizes:
         f = row[f"batch_{size}"]
         if "breakdown" in f:

@@ -1,5 +1,5 @@
-"""Which implementation decodes kernel records, builds spans, encodes and decodes uplink batches and writes OTLP
-requests: the mypyc-compiled modules or the pure-Python ones.
+"""Which implementation decodes kernel records, builds spans and writes the gateway's OTLP requests: the mypyc-compiled
+modules or the pure-Python ones.
 
 The pure-Python modules are the reference; the build (setup.py) may compile the same files with mypyc into C
 extensions beside them, which Python then imports first. They are used only when all of them were compiled from
@@ -37,8 +37,6 @@ MODULES = (
     "edge.sources.ebpf.spans.tcp",
     "edge.sources.ebpf.spans.file_io",
     "edge.codec.otlp_writer",
-    "uplink.wire.values",
-    "uplink.wire.columnar",
 )
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
@@ -54,7 +52,7 @@ class Status:
 
 
 def _source(name: str) -> Path:
-    rel = _ROOT.parent / Path(*name.split("."))  # edge/ and uplink/ are installed side by side
+    rel = _ROOT.parent / Path(*name.split("."))
     pkg = rel / "__init__.py"
     return pkg if pkg.is_file() else rel.with_suffix(".py")
 
@@ -99,7 +97,7 @@ def _check() -> Status:
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
     return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 heads, span "
-                        "building, uplink batch encoding and decoding and OTLP request writing run as C extensions")
+                        "building and OTLP request writing run as C extensions")
 
 
 class _SourceFinder:
