@@ -20,8 +20,7 @@ import argparse
 import json
 import resource
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from bench.corpus import load_all  # noqa: E402
+from bench.uplink_corpus import best_cpu  # noqa: E402
 from edge import accel  # noqa: E402
 from edge.codec.otlp import ExportTraceServiceRequest, request_from_spans  # noqa: E402
 from edge.model import Span  # noqa: E402
@@ -39,32 +39,22 @@ from uplink.wire.tables import EMPTY  # noqa: E402
 MAX_BYTES = 64 * 1024 * 1024
 
 
-def _cpu(fn: Callable[[], Any], rounds: int) -> float:
-    """Least CPU time of `rounds` runs of fn."""
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
-
-
 def measure(spans: Sequence[Span], size: int, rounds: int) -> dict[str, Any]:
     """Spans/s of decode + request per implementation and path, and of the OTLP+zstd reference, on one stream."""
     n = len(spans)
     payloads = [encode_batch(spans[i:i + size], "edge-node-01", i) for i in range(0, n, size)]
     out: dict[str, Any] = {"spans": n}
     batches = [columnar.decode(p, read_header(p), EMPTY, MAX_BYTES).spans for p in payloads]
-    dec = _cpu(lambda: [columnar.decode(p, read_header(p), EMPTY, MAX_BYTES) for p in payloads], rounds)
+    dec = best_cpu(lambda: [columnar.decode(p, read_header(p), EMPTY, MAX_BYTES) for p in payloads], rounds)
     for impl in accel.implementations()[::-1]:  # the one in use first
         write = accel.modules(impl)["edge.codec.otlp_writer"].request_bytes
         for b in batches:
             assert write(b) == request_from_spans(b).SerializeToString()
-        req = _cpu(lambda: [write(b) for b in batches], rounds)
+        req = best_cpu(lambda: [write(b) for b in batches], rounds)
         fig = {"spans_per_s": round(n / (dec + req)), "decode_spans_per_s": round(n / dec),
                "request_spans_per_s": round(n / req), "decode_share": round(dec / (dec + req), 2)}
         if impl == accel.implementations()[-1]:
-            off = _cpu(lambda: [request_from_spans(b).SerializeToString() for b in batches], rounds)
+            off = best_cpu(lambda: [request_from_spans(b).SerializeToString() for b in batches], rounds)
             out.update(fig)
             out["official_request"] = {"spans_per_s": round(n / (dec + off)), "request_spans_per_s": round(n / off)}
             out["speedup_vs_official_request"] = round((dec + off) / (dec + req), 2)
@@ -72,7 +62,7 @@ def measure(spans: Sequence[Span], size: int, rounds: int) -> dict[str, Any]:
             out["pure"] = fig
     zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
     otlp = [zc.compress(request_from_spans(spans[i:i + size]).SerializeToString()) for i in range(0, n, size)]
-    ref = _cpu(lambda: [ExportTraceServiceRequest.FromString(zd.decompress(p)).SerializeToString() for p in otlp],
+    ref = best_cpu(lambda: [ExportTraceServiceRequest.FromString(zd.decompress(p)).SerializeToString() for p in otlp],
                rounds)
     out["reference_otlp_zstd_spans_per_s"] = round(n / ref)
     out["ratio_vs_reference"] = round(out["reference_otlp_zstd_spans_per_s"] / out["spans_per_s"], 2)
