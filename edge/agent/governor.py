@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..net.retry import RateLimitedLog
-from ..runtime.rss import read_rss, read_unfaulted
+from ..runtime.rss import read_rss
 
 __all__ = ["MemoryGovernor", "GovernorStats", "Measured", "Bounded", "Budgeted", "StatePart", "KeepProbability",
            "read_rss",
@@ -181,9 +181,8 @@ class MemoryGovernor:
 
     def __init__(self, limit: int, baseline: int = 0, interval: float = 0.5, keep: KeepProbability | None = None,
                  rss: Callable[[], int] = read_rss, clock: Callable[[], float] = time.monotonic,
-                 keep_floor: float = KEEP_FLOOR, unfaulted: Callable[[], int] = read_unfaulted) -> None:
+                 keep_floor: float = KEEP_FLOOR) -> None:
         self.limit = limit
-        self._unfaulted = unfaulted
         self.keep = keep
         self.keep_floor = keep_floor  # lowest keep factor while the pressure is not in the span buffers
         self._rss = rss
@@ -484,10 +483,8 @@ class MemoryGovernor:
     async def run(self) -> None:
         """Check every `interval` seconds until cancelled."""
         if self._auto_baseline:
-            # Measured again once running: receivers and their threads are up, no span has arrived yet. The kernel
-            # ring buffer's pages are the agent's from the start, though RSS counts them only as records first pass
-            # through them (up to twice the ring: it is mapped twice): counted now, they are not taken for pressure.
-            self.set_baseline(self._rss() + self._unfaulted())
+            # Measured again once running: receivers and their threads are up, no span has arrived yet.
+            self.set_baseline(self._rss())
         self.plan()
         while True:
             try:
