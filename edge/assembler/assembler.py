@@ -22,7 +22,8 @@ import math
 import time
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
+from itertools import takewhile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -838,7 +839,7 @@ class _StitchState:
         """The idle keys of each table, oldest first."""
         asm, cutoff = self._asm, self.now - self.IDLE_S
         born, moved, wire, resources = (t for t, _ in self._tables())
-        old_born = [k for k, e in _leading(born.items(), lambda kv: kv[1].arrived <= cutoff)]
+        old_born = [k for k, _ in takewhile(lambda kv: kv[1].arrived <= cutoff, born.items())]
         mark = self._marks[0] if self._marks and self._marks[0][0] <= cutoff else None
         old_moved = _up_to(moved, mark[1]) if mark is not None else []
         old_wire = _up_to(wire, mark[2]) if mark is not None else []
@@ -859,16 +860,6 @@ class _StitchState:
 
 def _newest(table: OrderedDict[bytes, Any]) -> bytes | None:
     return next(reversed(table), None) if table else None
-
-
-def _leading(items: Iterable[Any], old: Callable[[Any], bool]) -> list[Any]:
-    """The leading items that are `old`."""
-    out = []
-    for it in items:
-        if not old(it):
-            break
-        out.append(it)
-    return out
 
 
 def _up_to(table: OrderedDict[bytes, Any], key: bytes | None) -> list[bytes]:

@@ -19,15 +19,14 @@ open connections and open threads; least recently used first in each, each evict
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from itertools import takewhile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .spans import SpanBuilder
     from .spans.tables import Conn, Proc
-
-_T = TypeVar("_T")
 
 __all__ = ["BuilderState", "StateEvictions", "CONN_BYTES", "THREAD_BYTES", "PROC_BYTES", "CONNECT_BYTES", "IDLE_S"]
 
@@ -151,14 +150,14 @@ class BuilderState:
         # Every table is in least-recently-used order and stamps what it touches: the idle entries are a prefix.
         victims: list[Callable[[], int]] = []
         victims += [lambda k=k: self._evict_thread(k)
-                    for k, _, busy in _prefix(b.causes.threads(), lambda e: e[1] <= cutoff) if not busy]
+                    for k, _, busy in takewhile(lambda e: e[1] <= cutoff, b.causes.threads()) if not busy]
         victims += [lambda c=c: self._evict_conn(c)
-                    for c in _prefix(iter(b.conns), lambda c: c.tick <= cutoff) if not b.conns.busy(c)]
+                    for c in takewhile(lambda c: c.tick <= cutoff, b.conns) if not b.conns.busy(c)]
         # A connect() whose connection ended or went idle: its first call will not come.
         victims += [lambda k=k: self._forget_connect(k) for k, _ in b.causes.connects()
                     if (c := b.conns.get(k[1])) is None or c.tick <= cutoff]
         victims += [lambda p=p: self._evict_proc(p)
-                    for p in _prefix(iter(b.procs), lambda p: p.tick <= cutoff) if p.pid not in b.conns.by_pid]
+                    for p in takewhile(lambda p: p.tick <= cutoff, b.procs) if p.pid not in b.conns.by_pid]
         dropped = 0
         for evict in victims:
             if self.bytes <= n:
@@ -188,12 +187,3 @@ class BuilderState:
         self.evictions.connects += 1
         return 0
 
-
-def _prefix(entries: Iterator[_T], old: Callable[[_T], bool]) -> list[_T]:
-    """The leading entries of a least-recently-used table that are `old`."""
-    out = []
-    for e in entries:
-        if not old(e):
-            break
-        out.append(e)
-    return out

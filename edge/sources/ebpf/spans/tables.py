@@ -68,12 +68,6 @@ class Processes:
             self.stats.evicted_processes += 1
         return proc
 
-    def evict_oldest(self, n: int) -> None:
-        """Forget the `n` least recently seen processes (counted); a process seen again is named anew."""
-        for _ in range(min(n, len(self._procs))):
-            self._procs.popitem(last=False)
-            self.stats.evicted_processes += 1
-
     def __iter__(self) -> Iterator[Proc]:
         """Least recently seen first."""
         return iter(self._procs.values())
@@ -327,13 +321,6 @@ class Connections:
         self.waiting.discard(conn.sock)
         self.partials.discard(conn.sock)
         self.stats.faults_orphaned += len(conn.faults)
-
-    def evict_oldest(self, n: int) -> int:
-        """Forget the `n` least recently used connections (counted); returns the requests that waited on them."""
-        before = self.stats.pending_dropped
-        for _ in range(min(n, len(self._conns))):
-            self._evict(next(iter(self._conns.values())))
-        return self.stats.pending_dropped - before
 
     def busy(self, conn: Conn) -> bool:
         """An exchange is open on `conn`: a message still arriving, or requests or responses waiting."""
