@@ -153,9 +153,11 @@ class BuilderState:
                     for k, _, busy in takewhile(lambda e: e[1] <= cutoff, b.causes.threads()) if not busy]
         victims += [lambda c=c: self._evict_conn(c)
                     for c in takewhile(lambda c: c.tick <= cutoff, b.conns) if not b.conns.busy(c)]
-        # A connect() whose connection ended or went idle: its first call will not come.
-        victims += [lambda k=k: self._forget_connect(k) for k, _ in b.causes.connects()
-                    if (c := b.conns.get(k[1])) is None or c.tick <= cutoff]
+        # A connect() whose connection went idle, or that no data followed for IDLE_S (the probes' clock is
+        # CLOCK_MONOTONIC, as time.monotonic): its first call will not come.
+        victims += [lambda k=k: self._forget_connect(k) for k, began_ns in b.causes.connects()
+                    if ((c := b.conns.get(k[1])) is None and began_ns <= cutoff * 1_000_000_000)
+                    or (c is not None and c.tick <= cutoff and not b.conns.busy(c))]
         victims += [lambda p=p: self._evict_proc(p)
                     for p in takewhile(lambda p: p.tick <= cutoff, b.procs) if p.pid not in b.conns.by_pid]
         dropped = 0

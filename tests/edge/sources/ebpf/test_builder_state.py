@@ -158,3 +158,12 @@ def _agent_status(extra):
             "otlp": {"dropped": {}, "requests": 0, "spans": 0}, "mqtt": None,
             "sampler": {"dropped": 0, "kept_head": 0, "kept_tail": 0, "ratio": 1.0}, "uplink": {},
             "assembler": {}, "kernel": {}, **extra}
+
+
+def test_a_connect_whose_first_call_is_still_to_come_stays_until_it_is_stale():
+    b, clock = builder(), Clock()
+    state = BuilderState(b, clock=clock)
+    b.causes.connected(100, 77, int((clock.t - 1) * 1e9))  # a second ago: its first write is still to come
+    b.causes.connected(100, 78, int((clock.t - IDLE_S - 5) * 1e9))  # no data followed for longer than IDLE_S
+    state.set_bound(1)
+    assert [k for k, _ in b.causes.connects()] == [(100, 77)] and state.evictions.connects == 1
