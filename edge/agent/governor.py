@@ -20,9 +20,15 @@ pressure it then acts, one step further per check, counting each action:
    the pressure is "elsewhere": the keep-probability is not lowered below the burst level, and from there no lower
    than `keep_floor` of the configured one, a last hedge before the drop step (`floor_held`, said in the log).
 2. `shrink_<part>` (≥ 80 %, until settled): halve every elastic part's bound (only the state parts' while the
-   pressure is elsewhere) (the tail buffer drops its oldest
+   pressure is elsewhere; they then forget idle entries only) (the tail buffer drops its oldest
    undecided traces, the late-join index its oldest released spans; held spans leave early, the inbox refuses).
 3. `drop` (≥ 95 %): empty every Budgeted part (the inbox's spans are counted into RED first), then trim the heap.
+4. `evict_live_state` (still ≥ 100 % after the drop): the state parts evict live entries down to their bounds.
+
+The state parts (`StatePart`: the span builder's connections, threads and processes, stitching's traces) hold what
+live connections and open exchanges need to become spans: their bounds, the shrinking and the drop step take only
+idle entries; live ones go at step 4 alone, in the part's stated order, counted by reason
+(helix.agent.memory.state.evicted) and said in the log.
 
 Below 60 % it steps back one notch per check. Between 60 and 90 % it looks at the trend: a plateau with no new
 high, no check at the burst level (90 %) and no backlog at the door for SETTLE seconds is heap kept from an
@@ -46,7 +52,8 @@ from typing import Any, Protocol
 from ..net.retry import RateLimitedLog
 from ..runtime.rss import read_rss
 
-__all__ = ["MemoryGovernor", "GovernorStats", "Measured", "Bounded", "Budgeted", "KeepProbability", "read_rss",
+__all__ = ["MemoryGovernor", "GovernorStats", "Measured", "Bounded", "Budgeted", "StatePart", "KeepProbability",
+           "read_rss",
            "LEVELS", "SHARES", "MIN_BOUND", "MIN_INBOX", "MIN_STATE", "KEEP_FLOOR", "BUFFER_CAUSE"]
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,26 @@ class Budgeted(Bounded, Protocol):
         ...
 
 
+class StatePart(Budgeted, Protocol):
+    """Long-lived state (per connection, thread or process) rather than spans. Its bound and the drop step take only
+    idle entries (nothing open, unused for a while): the state of live connections and open exchanges goes only
+    when the budget itself is exceeded, through `evict_live`, in the part's own stated order."""
+
+    @property
+    def live_bytes(self) -> int:
+        """Estimated bytes of the entries that are not idle."""
+        ...
+
+    @property
+    def evicted(self) -> dict[str, int]:
+        """Entries evicted so far, by reason: idle, active (live, nothing open), open (an exchange open)."""
+        ...
+
+    def evict_live(self, n: int) -> int:
+        """Evict down to `n` bytes, live entries too; returns how many spans that cost."""
+        ...
+
+
 class KeepProbability(Protocol):
     """The sampler's keep-probability: the governor's first lever."""
 
@@ -114,6 +141,7 @@ class _Part:
     measured: Measured
     bounded: Bounded | None = None
     budgeted: Budgeted | None = None
+    state: StatePart | None = None  # long-lived state: live entries go only when the budget is exceeded
     share: float = 0.0
     floor: int = MIN_BOUND
     ceiling: Callable[[], int] | None = None  # the part's own configured size, which the plan never exceeds
@@ -134,9 +162,9 @@ class GovernorStats:
     accounted: int = 0
     pressure: float = 0.0
     # "raise_threshold", "floor_held" (not lowered: the pressure is not in the span buffers), "shrink_<part>" for each
-    # elastic part, "drop", "relax".
+    # elastic part, "drop", "evict_live_state" (past the budget: live state evicted too), "relax".
     actions: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("raise_threshold", "floor_held", "drop", "relax"), 0))
+        default_factory=lambda: dict.fromkeys(("raise_threshold", "floor_held", "drop", "relax", "evict_live_state"), 0))
     # Spans dropped by the governor, "<part>_pressure" for each Budgeted part; index_pressure counts spans already
     # sent on whose late joins were given up.
     dropped: dict[str, int] = field(default_factory=dict)
@@ -166,6 +194,7 @@ class MemoryGovernor:
         # Near its budget a node's keep-probability moves every few seconds: one line a minute says so.
         self._threshold_log = RateLimitedLog(log, 60.0)
         self._floor_log = RateLimitedLog(log, 60.0)
+        self._live_log = RateLimitedLog(log, 60.0)
         self._auto_baseline = not baseline
         self.baseline = self.headroom = 0
         self.set_baseline(baseline or rss())
@@ -198,13 +227,15 @@ class MemoryGovernor:
         self._parts[-1].budgeted = part
         self.stats.dropped.setdefault(name + "_pressure", 0)
 
-    def register_state(self, name: str, part: Budgeted, share: float, *, bound: int, floor: int = MIN_BOUND,
+    def register_state(self, name: str, part: StatePart, share: float, *, bound: int, floor: int = MIN_BOUND,
                        ceiling: Callable[[], int] | None = None) -> None:
         """Like register(), for long-lived state (per connection, thread or process) rather than spans: its bytes
-        count against the budget but do not make sampling the lever. Planned now if a plan was made already."""
+        count against the budget but do not make sampling the lever, and its bound takes only idle entries (live
+        ones go only past the budget: `_evict_live`). Planned now if a plan was made already."""
         self.register(name, part, share, bound=bound, floor=floor, ceiling=ceiling)
         p = self._parts[-1]
         p.spans = False
+        p.state = part
         if self.planned:
             want = int(self.headroom * share)
             p.bound = p.target = self.planned[name] = max(floor, min(ceiling(), want) if ceiling else want)
@@ -284,6 +315,8 @@ class MemoryGovernor:
             self._shrink()
         if p >= LEVELS["drop"]:
             self._drop()
+        if p >= 1.0 and self.measure() >= 1.0:  # still past the budget once the drop step let go of what it could
+            self._evict_live()
         if p < RELAX:
             self._relax()
         elif settled:
@@ -399,6 +432,25 @@ class MemoryGovernor:
         if self._trim is not None:
             self._trim(0)
 
+    def _evict_live(self) -> None:
+        """The budget is exceeded even after the drop step: live state over its bound goes too, in each part's
+        stated order, counted by reason and said in the log."""
+        evicted: dict[str, int] = {}
+        for p in self._parts:
+            if p.state is None or p.measured.bytes <= p.bound:
+                continue
+            before = sum(p.state.evicted.values())
+            self._count_dropped(p, p.state.evict_live(p.bound))
+            n = sum(p.state.evicted.values()) - before
+            if n:
+                evicted[p.name] = n
+        if evicted:
+            self.stats.actions["evict_live_state"] = self.stats.actions.get("evict_live_state", 0) + 1
+            self._live_log.warning(
+                "memory pressure %.0f%%: the budget is exceeded, live state evicted (%s): spans of those connections "
+                "and threads may be lost or unlinked; raise memory.limit", self.stats.pressure * 100,
+                ", ".join(f"{n} entries of {name}" for name, n in evicted.items()))
+
     def _relax(self, buffers: bool = True) -> None:
         changed = False
         if self.factor < 1.0 and self.keep is not None:
@@ -458,7 +510,10 @@ class MemoryGovernor:
                 "keep_factor": self.factor, "keep_floor": self.keep_floor, "cause": st.cause,
                 "span_bytes": st.span_bytes, "outside": max(0, st.usage - self.baseline - st.accounted),
                 "planned": dict(self.planned), "heap_trims": st.heap_trims,
-                "actions": dict(st.actions), "dropped": dict(st.dropped), "bytes": dict(st.breakdown)}
+                "actions": dict(st.actions), "dropped": dict(st.dropped), "bytes": dict(st.breakdown),
+                "state": {p.name: {"bytes": st.breakdown.get(p.name, 0), "live_bytes": p.state.live_bytes,
+                                   "bound": p.bound, "evicted": dict(p.state.evicted)}
+                          for p in self._parts if p.state is not None}}
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -156,6 +156,19 @@ def health_metrics(agent: Any) -> ResourceMetrics:
                    {"span_buffers": gov["span_bytes"], "state": gov["accounted"] - gov["span_bytes"],
                     "elsewhere": gov["outside"]}, "where"),
         ]
+        state = gov.get("state") or {}
+        if state:
+            # Live state (connections and exchanges in use) is evicted only past the budget: reason active or open.
+            evicted = Metric("helix.agent.memory.state.evicted", SUM, "{entry}", "State entries evicted by the memory "
+                             "bound, by part and reason (idle: unused, nothing open; active: in use, nothing open; "
+                             "open: an exchange open; the last two only when the budget was exceeded)", True)
+            evicted.points = [SumPoint({"part": part, "reason": r}, n) for part, st_ in sorted(state.items())
+                              for r, n in sorted(st_["evicted"].items())]
+            held = Metric("helix.agent.memory.state.bytes", GAUGE, "By", "State bytes by part: held, live (in use: "
+                          "not evicted short of the budget) and its bound", False)
+            held.points = [SumPoint({"part": part, "kind": k}, st_[key]) for part, st_ in sorted(state.items())
+                           for k, key in (("held", "bytes"), ("live", "live_bytes"), ("bound", "bound"))]
+            metrics += [evicted, held]
     mqtt = st.get("mqtt")
     if mqtt:
         metrics.append(_sum("helix.agent.mqtt.messages.missing",

@@ -18,10 +18,12 @@ bytes (what must leave early is released with what is known then and counted, ne
 from __future__ import annotations
 
 import ctypes
+import math
 import time
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from itertools import takewhile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,7 +220,7 @@ class Assembler:
         if now - self._last_expire >= 1.0 or flush:
             self._last_expire = now
             self.index.expire(now - cfg.memory)
-            self.state_budget.enforce()
+            self.state_budget.enforce(now)
         keep = self.max_index_bytes // _RELEASED_BYTES
         excess = len(self.index) - len(self) - keep
         if excess > 0:
@@ -752,19 +754,28 @@ class _LateJoins:
 
 class _StitchState:
     """What the assembler remembers beyond the spans (traces SDKs started and where moved ones went, which process
-    each SDK runs in), as the memory governor budgets it (Budgeted): each table is already capped in entries; the
-    byte bound forgets the oldest entries of each by the same fraction, counted (`state_evicted`). A late SDK span
-    whose trace was forgotten is no longer moved or joined: it leaves in the trace its SDK gave it."""
+    each SDK runs in), as the memory governor budgets it (a StatePart): each table is already capped in entries; the
+    byte bound forgets only idle entries, oldest first, counted (`state_evicted`): those older than IDLE_S (late SDK
+    spans come within the SDK's export delay and retries), and SDK processes whose SDK exported nothing for as long.
+    Live entries go only when the governor finds the budget itself exceeded (`evict_live`): what the kernel learned
+    off the wire first, then SDK-started traces, moved traces, SDK processes last. A late SDK span whose trace was
+    forgotten is no longer moved or joined: it leaves in the trace its SDK gave it."""
 
-    __slots__ = ("_asm", "bound")
+    __slots__ = ("_asm", "bound", "now", "evicted", "_marks")
 
     # Bytes per entry, estimated: an SDK-started trace keeps its request's Entry and Released record alive; a moved
     # trace, a wire span id or an SDK resource is a key and a small value.
     BORN, MOVED, REMEMBERED = _RELEASED_BYTES + 96, 240, 144
+    IDLE_S = 30.0
 
     def __init__(self, asm: Assembler) -> None:
         self._asm = asm
         self.bound = 0  # 0: only the entry caps
+        self.now = -math.inf  # the assembler's clock at the last enforce()
+        self.evicted = {"idle": 0, "active": 0, "open": 0}
+        # (time, newest key then) of the tables kept in insertion order (moved traces, wire span ids): an entry
+        # before a mark older than IDLE_S was inserted before it.
+        self._marks: deque[tuple[float, bytes | None, bytes | None]] = deque()
 
     def _tables(self) -> tuple[tuple[OrderedDict[Any, Any], int], ...]:
         asm = self._asm
@@ -776,28 +787,91 @@ class _StitchState:
         """Estimated bytes of the stitching state."""
         return sum(len(t) * size for t, size in self._tables())
 
+    @property
+    def live_bytes(self) -> int:
+        """Estimated bytes of the entries that are not idle."""
+        idle = self._idle()
+        return self.bytes - sum(len(keys) * size for keys, (_, size) in zip(idle, self._tables()))
+
     def set_bound(self, n: int) -> int:
-        """Keep at most about `n` bytes, the oldest entries forgotten now; no span is dropped."""
+        """Keep at most about `n` bytes of idle entries, the oldest forgotten now; no span is dropped."""
         self.bound = n
-        self.enforce()
+        self._forget_idle(n)
         return 0
 
     def drop_all(self) -> int:
-        """Forget the older half of every table; no span is dropped."""
-        self._forget(0.5)
+        """Forget every idle entry; no span is dropped."""
+        self._forget_idle(0)
         return 0
 
-    def enforce(self) -> None:
-        """Forget the oldest entries if the state passed its bound."""
-        total = self.bytes
-        if self.bound and total > self.bound:
-            self._forget(self.bound / total)
+    def enforce(self, now: float | None = None) -> None:
+        """Mark the time (the assembler's clock), then forget idle entries if the state passed its bound."""
+        if now is not None:
+            self._mark(now)
+        if self.bound and self.bytes > self.bound:
+            self._forget_idle(self.bound)
 
-    def _forget(self, keep: float) -> None:
-        for table, _ in self._tables():
-            for _ in range(len(table) - int(len(table) * keep)):
-                table.popitem(last=False)
+    def evict_live(self, n: int) -> int:
+        """The budget itself is exceeded: forget down to `n` bytes, idle entries first, then live ones: wire span ids,
+        SDK-started traces (those whose request is still held counted `open`), moved traces, SDK processes. No span
+        is dropped."""
+        self._forget_idle(n)
+        asm = self._asm
+        born, moved, wire, resources = (t for t, _ in self._tables())
+        for table, size in ((wire, self.REMEMBERED), (born, self.BORN), (moved, self.MOVED),
+                            (resources, self.REMEMBERED)):
+            while table and self.bytes > n:
+                _, value = table.popitem(last=False)
+                reason = "open" if table is born and not value.released else "active"
+                self.evicted[reason] += 1
+                asm.stats.state_evicted += 1
+        return 0
+
+    def _mark(self, now: float) -> None:
+        self.now = now
+        marks = self._marks
+        if not marks or now - marks[-1][0] >= 1.0:
+            marks.append((now, _newest(self._asm.traces.moved), _newest(self._asm._kernel_by_wire)))
+        while len(marks) > 1 and marks[1][0] <= now - self.IDLE_S:
+            marks.popleft()  # the newest mark older than IDLE_S is the one needed
+
+    def _idle(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """The idle keys of each table, oldest first."""
+        asm, cutoff = self._asm, self.now - self.IDLE_S
+        born, moved, wire, resources = (t for t, _ in self._tables())
+        old_born = [k for k, _ in takewhile(lambda kv: kv[1].arrived <= cutoff, born.items())]
+        mark = self._marks[0] if self._marks and self._marks[0][0] <= cutoff else None
+        old_moved = _up_to(moved, mark[1]) if mark is not None else []
+        old_wire = _up_to(wire, mark[2]) if mark is not None else []
+        quiet = [r for r, pid in resources.items() if not asm.sdk.exported_since(pid, cutoff)]
+        return old_born, old_moved, old_wire, quiet
+
+    def _forget_idle(self, n: int) -> None:
+        if self.bytes <= n:
+            return
+        for keys, (table, _) in zip(self._idle(), self._tables()):
+            for key in keys:
+                if self.bytes <= n:
+                    return
+                del table[key]
+                self.evicted["idle"] += 1
                 self._asm.stats.state_evicted += 1
+
+
+def _newest(table: OrderedDict[bytes, Any]) -> bytes | None:
+    return next(reversed(table), None) if table else None
+
+
+def _up_to(table: OrderedDict[bytes, Any], key: bytes | None) -> list[bytes]:
+    """The keys of `table` from its oldest up to `key` (included); none if `key` is no longer there."""
+    if key is None or key not in table:
+        return []
+    out = []
+    for k in table:
+        out.append(k)
+        if k == key:
+            break
+    return out
 
 
 def _is_lone_connect(s: Span) -> bool:

@@ -85,6 +85,11 @@ class SdkPresence:
         p = self._procs.get(pid)
         return p is not None and p.export_at >= t + EXPORT_MARGIN_S
 
+    def exported_since(self, pid: int, t: float) -> bool:
+        """Whether `pid`'s SDK exported at or after time `t`."""
+        p = self._procs.get(pid)
+        return p is not None and p.export_at >= t
+
     def __len__(self) -> int:
         return len(self._procs)
 

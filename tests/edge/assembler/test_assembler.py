@@ -351,23 +351,55 @@ def test_what_kernel_servers_learn_from_the_wire_is_bounded() -> None:
     assert a._kernel_by_wire[wire_parent] == 7
 
 
-def test_what_stitching_remembers_is_under_a_byte_bound_oldest_forgotten_first() -> None:
+def test_what_stitching_remembers_is_under_a_byte_bound_idle_entries_forgotten_oldest_first() -> None:
     # The entry caps hold 65,536 of each table; the memory governor's byte bound holds far fewer (counted), so a node
-    # with many SDK-started traces and wire contexts does not grow outside its buffers.
+    # with many SDK-started traces and wire contexts does not grow outside its buffers. It takes only what no late
+    # SDK span can still need (older than IDLE_S): what a request's SDK spans need is kept while they may come.
     a = Assembler(AssemblerConfig(window=0.0, memory=0.0, sdk_wait=0.0))
     state = a.state_budget
     servers = []
     for i in range(1000):
         servers.append(kspan(f"GET /{i}", SpanKind.SERVER, 0, 1, pid=7, wire=(new_trace_id(), new_span_id())))
-        a.process([servers[-1]], now=float(i) * 0.001)
+        a.process([servers[-1]], now=1.0 + float(i) * 0.001)
     assert len(a._kernel_by_wire) == 1000 and state.bytes >= 1000 * state.REMEMBERED
     assert state.set_bound(200 * state.REMEMBERED) == 0  # no span is dropped, only what stitching remembers
-    assert state.bytes <= 200 * state.REMEMBERED and a.stats.state_evicted == 800
+    assert len(a._kernel_by_wire) == 1000 and a.stats.state_evicted == 0  # all young: late SDK spans may need them
+    assert state.live_bytes == state.bytes
+    for t in range(2, 4 + int(state.IDLE_S)):  # the assembler's periodic expiry, once a second
+        a.process([], now=float(t))
+    assert state.bytes <= 200 * state.REMEMBERED and a.stats.state_evicted == 800 == state.evicted["idle"]
     assert servers[-1].parent_span_id in a._kernel_by_wire and servers[0].parent_span_id not in a._kernel_by_wire
-    # Growth past the bound is forgotten at the assembler's next periodic expiry.
-    for i in range(300):
-        a.process([kspan(f"GET /n{i}", SpanKind.SERVER, 0, 1, pid=7, wire=(new_trace_id(), new_span_id()))], now=2.0)
-    a.process([], now=5.0)
+    # Growth past the bound stays while young, and is forgotten once idle at the assembler's periodic expiry.
+    young = [kspan(f"GET /n{i}", SpanKind.SERVER, 0, 1, pid=7, wire=(new_trace_id(), new_span_id()))
+             for i in range(300)]
+    for server in young:
+        a.process([server], now=4.0 + state.IDLE_S)
+    assert all(s.parent_span_id in a._kernel_by_wire for s in young)
+    for t in range(5 + int(state.IDLE_S), 7 + 2 * int(state.IDLE_S)):
+        a.process([], now=float(t))
     assert state.bytes <= 200 * state.REMEMBERED and a.stats.state_evicted >= 1100
     state.drop_all()
-    assert len(a._kernel_by_wire) == 100
+    assert len(a._kernel_by_wire) == 0 and state.evicted == {"idle": 1300, "active": 0, "open": 0}
+
+
+def test_an_sdk_process_that_keeps_exporting_is_never_forgotten_short_of_the_budget() -> None:
+    # Which process an SDK runs in is learned once; forgetting it under a bound (as the oldest entry of its table)
+    # left that SDK's later spans unplaced, kernel spans of its requests in a trace of their own.
+    a = Assembler(AssemblerConfig(window=0.0, memory=0.0, sdk_wait=0.0))
+    state = a.state_budget
+
+    def tick(pid: int, now: float) -> None:
+        a.process([replace(sdk("tick", SpanKind.INTERNAL, 0, 1, f"svc{pid}", new_trace_id()),
+                           resource=Resource.of({"service.name": f"svc{pid}", "process.pid": pid}))], now=now)
+
+    tick(7, 1.0)
+    tick(8, 1.0)
+    assert len(a._pid_of_resource) == 2
+    for i in range(100):
+        a.process([kspan(f"GET /{i}", SpanKind.SERVER, 0, 1, pid=9, wire=(new_trace_id(), new_span_id()))], now=2.0)
+    for t in range(5, 80, 5):  # svc7's SDK exports every 5 s (its default); svc8's exported once
+        tick(7, float(t))
+    state.set_bound(1)
+    assert list(a._pid_of_resource.values()) == [7] and len(a._kernel_by_wire) == 0
+    # Past the budget itself (the governor's last step), live entries go too, counted apart.
+    assert state.evict_live(0) == 0 and state.bytes == 0 and state.evicted["active"] >= 1

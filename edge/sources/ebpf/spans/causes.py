@@ -53,6 +53,7 @@ bounded: threads in an LRU table, a few open requests and waiting calls per thre
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ....model import Span
@@ -125,6 +126,7 @@ class _Thread:
     called_in: dict[bytes, int] = field(default_factory=dict)  # open request -> the turn of its first decided call
     touched: dict[bytes, int] = field(default_factory=dict)  # open request -> when its request or a response was read
     lags: deque[frozenset[int]] | None = None  # for each of its last calls, the distances in turns it may have
+    tick: int = 0  # the state bound's clock when last active (builder_state.py)
 
     def context(self) -> bytes | None:
         """The request this thread works for now: the one it serves, last touched, else the one handed to it."""
@@ -169,6 +171,7 @@ class Causes:
         self._answered: OrderedDict[bytes, int] = OrderedDict()  # request -> when its response began
         self._read_at: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when it was read
         self._responded: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when its response began
+        self.tick = 0  # the state bound's clock, stamped on the threads active (builder_state.py)
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -182,13 +185,33 @@ class Causes:
         """Forget the `threads` least recently active threads (counted) and the `connects` oldest connections
         opened."""
         for _ in range(min(threads, len(self._threads))):
-            old, gone = self._threads.popitem(last=False)
-            self.stats.evicted_threads += 1
-            self._waiting.discard(old)
-            for call in gone.waiting:
-                call.decided = True  # its span, if finished, is lost with the thread's state: none is held here
+            self.evict_thread(next(iter(self._threads)))
         for _ in range(min(connects, len(self._connects))):
             self._connects.popitem(last=False)
+
+    def evict_thread(self, key: tuple[int, int]) -> None:
+        """Forget the request context of thread `key` (pid, tid), counted."""
+        gone = self._threads.pop(key, None)
+        if gone is None:
+            return
+        self.stats.evicted_threads += 1
+        self._waiting.discard(key)
+        for call in gone.waiting:
+            call.decided = True  # its span, if finished, is lost with the thread's state: none is held here
+
+    def threads(self) -> Iterator[tuple[tuple[int, int], int, bool]]:
+        """(pid, tid), when last active (the state bound's clock) and whether it serves requests or has calls
+        waiting, least recently active first."""
+        return ((k, t.tick, bool(t.open or t.waiting)) for k, t in self._threads.items())
+
+    def connects(self) -> Iterator[tuple[tuple[int, int], int]]:
+        """(pid, sock) of connections opened whose first call is still to come, and when connect() began; oldest
+        first."""
+        return iter(self._connects.items())
+
+    def forget_connect(self, key: tuple[int, int]) -> None:
+        """Forget the connect() of (pid, sock)."""
+        self._connects.pop(key, None)
 
     @property
     def waiting_count(self) -> int:
@@ -204,6 +227,7 @@ class Causes:
                 self.evict_oldest(1)
         else:
             self._threads.move_to_end(key)
+        t.tick = self.tick
         return t
 
     # -- requests served ---------------------------------------------------------------------------------------

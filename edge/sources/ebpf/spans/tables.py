@@ -35,6 +35,7 @@ class Proc:
     comm: str
     exe: str
     resource: Resource
+    tick: int = 0  # the state bound's clock when last seen (builder_state.py)
 
 
 class Processes:
@@ -45,6 +46,7 @@ class Processes:
         self.host_name = host_name
         self.stats = stats
         self._procs: OrderedDict[int, Proc] = OrderedDict()
+        self.tick = 0  # the state bound's clock, stamped on what is used (builder_state.py)
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -54,21 +56,25 @@ class Processes:
         proc = self._procs.get(pid)
         if proc is not None:
             self._procs.move_to_end(pid)
+            proc.tick = self.tick
             if comm and comm != proc.comm and not proc.exe:
                 proc.comm = comm
                 proc.resource = self._resource(pid, comm, "")
             return proc
-        proc = Proc(pid, comm, "", self._resource(pid, comm, ""))
+        proc = Proc(pid, comm, "", self._resource(pid, comm, ""), self.tick)
         self._procs[pid] = proc
         if len(self._procs) > self.max_processes:
             self._procs.popitem(last=False)
             self.stats.evicted_processes += 1
         return proc
 
-    def evict_oldest(self, n: int) -> None:
-        """Forget the `n` least recently seen processes (counted); a process seen again is named anew."""
-        for _ in range(min(n, len(self._procs))):
-            self._procs.popitem(last=False)
+    def __iter__(self) -> Iterator[Proc]:
+        """Least recently seen first."""
+        return iter(self._procs.values())
+
+    def evict(self, pid: int) -> None:
+        """Forget process `pid` (counted); seen again, it is named anew."""
+        if self._procs.pop(pid, None) is not None:
             self.stats.evicted_processes += 1
 
     def exec(self, ev: ExecEvent) -> None:
@@ -230,6 +236,7 @@ class Conn:
     last_direction: int = -1
     tls: bool = False  # its messages are TLS plaintext, read at the TLS library
     tls_version: int = 0  # as OpenSSL numbers it; 0 when unknown
+    tick: int = 0  # the state bound's clock when last used (builder_state.py)
 
 
 class Connections:
@@ -242,6 +249,7 @@ class Connections:
         self.by_pid: dict[int, set[int]] = {}
         self.waiting: set[int] = set()  # socks with requests or responses waiting
         self.partials: set[int] = set()  # socks whose message in flight is still being assembled
+        self.tick = 0  # the state bound's clock, stamped on what is used (builder_state.py)
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -256,6 +264,7 @@ class Connections:
     def touch(self, sock: int) -> None:
         """Mark `sock` as just used."""
         self._conns.move_to_end(sock)
+        self._conns[sock].tick = self.tick
 
     def for_data(self, ev: DataEvent | H2Event) -> Conn:
         """The connection a data (or HTTP/2 frames) event belongs to, made if new; its owner and role follow the
@@ -264,6 +273,7 @@ class Connections:
         conn = self._conns.get(ev.sock)
         if conn is None:
             conn = Conn(ev.sock, ev.pid, ev.comm, ev.role, ev.local, ev.remote)
+            conn.tick = self.tick
             self._tls(conn, ev)
             self._conns[ev.sock] = conn
             self.by_pid.setdefault(ev.pid, set()).add(ev.sock)
@@ -272,6 +282,7 @@ class Connections:
                 self._evict(victim)
             return conn
         self._conns.move_to_end(ev.sock)
+        conn.tick = self.tick
         if conn.pid != ev.pid:  # the socket was inherited or passed on: index it under the new owner
             self._unindex(conn)
             conn.pid = ev.pid
@@ -311,11 +322,15 @@ class Connections:
         self.partials.discard(conn.sock)
         self.stats.faults_orphaned += len(conn.faults)
 
-    def evict_oldest(self, n: int) -> int:
-        """Forget the `n` least recently used connections (counted); returns the requests that waited on them."""
+    def busy(self, conn: Conn) -> bool:
+        """An exchange is open on `conn`: a message still arriving, or requests or responses waiting."""
+        return (conn.sock in self.partials or conn.sock in self.waiting
+                or (conn.state is not None and conn.state.waiting() > 0))
+
+    def evict(self, conn: Conn) -> int:
+        """Forget `conn` (counted); returns the requests that waited on it."""
         before = self.stats.pending_dropped
-        for _ in range(min(n, len(self._conns))):
-            self._evict(next(iter(self._conns.values())))
+        self._evict(conn)
         return self.stats.pending_dropped - before
 
     def _evict(self, conn: Conn) -> None:
