@@ -7,7 +7,8 @@ edge/sources/ebpf/objects/ are used as they are; with neither, the build stops w
 The accelerator: mypyc compiles the record decoder, the HTTP/1 head and HTTP/2 frame parsers and the span builder
 (edge/accel.py lists them) into C extensions beside their sources. It is optional: without mypy, a C compiler or the
 Python headers, or when compiling fails, the package installs as pure Python and runs the same code uncompiled
-(`helix doctor` says which runs). HELIX_ACCEL_BUILD=0 skips it (the container build does: its wheel is made for another architecture).
+(`helix doctor` says which runs). HELIX_ACCEL_BUILD=0 skips it (the container build does: its wheel is made for
+another architecture).
 """
 from __future__ import annotations
 

@@ -63,10 +63,10 @@ def test_both_implementations_agree_on_cut_and_hostile_blocks() -> None:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_frames_reassembled_across_any_split(implementation: str) -> None:
     http2 = _http2(implementation)
-    stream = b"".join(
-        len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
-        for ftype, flags, sid, payload in [(4, 0, 0, b"\x00\x03\x00\x00\x00\x64"), (1, 4, 1, b"\x82\x86"),
-                                           (0, 1, 1, b"x" * 20), (8, 0, 0, b"\x00\x00\x10\x00"), (3, 0, 3, b"\x00" * 4)])
+    frames_in = [(4, 0, 0, b"\x00\x03\x00\x00\x00\x64"), (1, 4, 1, b"\x82\x86"), (0, 1, 1, b"x" * 20),
+                 (8, 0, 0, b"\x00\x00\x10\x00"), (3, 0, 3, b"\x00" * 4)]
+    stream = b"".join(len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+                      for ftype, flags, sid, payload in frames_in)
     kept, frames = http2.frame_mode_bytes(stream)
     whole = [(f.type, f.flags, f.stream_id, f.length, f.payload) for f in http2.FrameReader().feed_kept(kept)]
     assert len(whole) == frames == 5 and whole[2][4] is None  # a DATA payload is not sent in frame mode
