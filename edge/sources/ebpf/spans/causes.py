@@ -45,7 +45,8 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
 - elimination: such a worker's call whose response another thread wrote (grpcio's I/O thread, for the worker): the one
   request open when the call began (read, not answered) that was not answered before the call was and that no other
   worker ran (its call was decided for it by the rules here: a request runs on one worker). Only for a thread known
-  to run handlers (it wrote a response after one of its calls) and while the process's open requests are all known;
+  to run handlers (it wrote a response after one of its calls) and while the process's open requests are all known
+  (none past the bound, no server connection joined after its start or with bytes lost);
   a call with several such requests waits once more for the other workers' decisions, then is `ambiguous`.
   A thread reading HTTP/2 streams waits for no one result and hands on no one request, and a thread with several
   calls in flight at once (an I/O thread writing the streams of many threads) takes no one hand-off: neither
@@ -305,6 +306,15 @@ class Causes:
                 if call.response is None:
                     call.response, call.response_ns = span_id, ts_ns
 
+    def requests_unseen(self, pid: int) -> None:
+        """A server connection of `pid` was first seen after its start, or lost bytes: requests may be open that were
+        never seen, so its open requests are not all known (no `elimination` there until it exits)."""
+        self._unanswered_lost.add(pid)
+
+    def elimination_allowed(self, pid: int) -> bool:
+        """Whether every open request of `pid` is known, so that `elimination` may decide its workers' calls."""
+        return pid not in self._unanswered_lost
+
     def message_read(self, pid: int, tid: int) -> None:
         """Thread `tid` read an MQTT delivery: its calls follow the message (the assembler's consumer-thread rule)."""
         self._thread(pid, tid).reads_messages = True
@@ -349,7 +359,7 @@ class Causes:
             if t.calls_since_handoff == 0 and not t.handoff_conflict:
                 call.handoff, call.handoff_ns = t.handoff, t.handoff_ns  # else stale, or one of two: not certain
             running = t.handoff is None or t.calls_since_handoff > 0  # took work without being handed it
-            if pid in self._streams and pid not in self._unanswered_lost:
+            if pid in self._streams and self.elimination_allowed(pid):
                 unanswered = self._unanswered.get(pid)
                 open_now = tuple(r for r, read in unanswered.items() if read <= start_ns) if unanswered else ()
                 if len(open_now) <= _MAX_CANDIDATES:

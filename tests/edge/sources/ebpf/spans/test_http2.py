@@ -160,3 +160,27 @@ def test_calls_made_while_serving_a_stream_name_it_as_their_cause():
     # answered: the thread no longer works for it
     (later,) = call(b, 11, evs[-1].end_ns + 1_000, evs[n - 1].tid)
     assert CAUSE not in later.attributes
+
+
+def test_server_connection_joined_mid_stream_turns_elimination_off_for_its_process():
+    """Requests read before the agent saw the connection are not known: `elimination` could name another open
+    request for a worker's call made for one of them (causes.py)."""
+    c = Conversation()
+    first = c.request("/pkg.Svc/A", body=grpc_message(b"1"))
+    c.flush()
+    c.respond(first)
+    c.flush()
+    n = len(c.calls)
+    second = c.request("/pkg.Svc/A", body=grpc_message(b"2"))
+    c.flush()
+    c.respond(second)
+    c.flush()
+    b = builder()
+    b.feed(frame_events(c.calls, server_side=True))
+    assert b.causes.elimination_allowed(100)
+    b = builder()
+    b.feed(frame_events(c.calls[n:], server_side=True, start=False))
+    assert not b.causes.elimination_allowed(100)
+    b = builder()
+    b.feed(frame_events(c.calls[n:], start=False))  # a client's connection: its own requests are all it sent
+    assert b.causes.elimination_allowed(100)
