@@ -43,8 +43,8 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   answered between the call's whole answer and that response (its handler's answer may have been written by another
   thread, the worker moving on to the next request meanwhile); else the call is left to the rules above.
 - elimination: such a worker's call whose response another thread wrote (grpcio's I/O thread, for the worker): the one
-  request open when the call began (read, not answered) that was not answered before the call was and that no other
-  worker ran (its call was decided for it by the rules here: a request runs on one worker). Only for a thread known
+  request open when the call began (read, exchange not ended) whose exchange did not end before the call was answered
+  and that no other worker ran (its call was decided for it by the rules here: a request runs on one worker). Only for a thread known
   to run handlers (it wrote a response after one of its calls) and while the process's open requests are all known
   (none past the bound, no server connection joined after its start or with bytes lost);
   a call with several such requests waits once more for the other workers' decisions, then is `ambiguous`.
@@ -82,7 +82,7 @@ _MAX_ANSWERED = 512  # pool processes' requests answered lately: hand-offs are d
 _MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
 _NEVER = 1 << 63  # a call still in flight: it ends after anything
 _MAX_RESPONDED = 512  # pool processes' requests read and answered lately, for the `response` rule
-_MAX_UNANSWERED = 256  # requests of one process read and not yet answered (past it, `elimination` is off there)
+_MAX_UNANSWERED = 256  # requests of one process read and not yet ended (past it, `elimination` is off there)
 _MAX_CANDIDATES = 32  # requests open at a worker's call beyond which `elimination` is not tried for it
 
 
@@ -109,7 +109,7 @@ class Call:
     response_ns: int = 0  # when that response was written
     responses: int = 0  # responses of requests read before the call that its thread wrote since: more than one, unsure
     concurrent: bool = False  # its thread had another call in flight meanwhile (HTTP/2 streams written for many)
-    open_at_start: tuple[bytes, ...] | None = None  # requests of its process read and not answered when it began
+    open_at_start: tuple[bytes, ...] | None = None  # requests of its process read and not ended when it began
     parked: bool = False  # its decision was put off once, for other workers' calls to be decided first
 
 
@@ -181,8 +181,9 @@ class Causes:
         self._answered: OrderedDict[bytes, int] = OrderedDict()  # request -> when its response began
         self._read_at: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when it was read
         self._responded: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when its response began
-        # Per process: requests read and not yet answered, with when they were read; processes whose table overflowed.
+        # Per process: requests read and not yet ended, with when they were read; processes whose table overflowed.
         self._unanswered: dict[int, OrderedDict[bytes, int]] = {}
+        self._ended: OrderedDict[bytes, int] = OrderedDict()  # stream processes: request -> when its exchange ended
         self._unanswered_lost: set[int] = set()
         self._ran_by: OrderedDict[bytes, int] = OrderedDict()  # request -> the worker thread that ran its handler
 
@@ -281,14 +282,20 @@ class Causes:
             self._answered[span_id] = ts_ns
             if len(self._answered) > _MAX_ANSWERED:
                 self._answered.popitem(last=False)
-        unanswered = self._unanswered.get(pid)
-        if unanswered is not None:
-            unanswered.pop(span_id, None)
         t = self._threads.get((pid, tid))
         if t is not None:
             t.open.pop(span_id, None)
             t.called_in.pop(span_id, None)
             t.touched.pop(span_id, None)
+
+    def request_ended(self, pid: int, span_id: bytes, ts_ns: int) -> None:
+        """The exchange of that request ended at `ts_ns` (its whole response written, or given up): its handler is
+        done. A response begun is not enough: a streaming handler writes its head first and may call afterwards."""
+        unanswered = self._unanswered.get(pid)
+        if unanswered is not None:
+            unanswered.pop(span_id, None)
+        if pid in self._streams:
+            _bounded_put(self._ended, span_id, ts_ns)
 
     def response_written(self, pid: int, tid: int, span_id: bytes, ts_ns: int) -> None:
         """Thread `tid` began writing (at `ts_ns`) the response to the request whose server span has `span_id`."""
@@ -616,15 +623,15 @@ class Causes:
         return answered, "response"
 
     def _by_elimination(self, call: Call) -> list[bytes]:
-        """The requests a worker's call may have been made for: open when it began, not answered before its answer
-        came (a handler answers after its calls), and not run by another worker (a request runs on one worker)."""
+        """The requests a worker's call may have been made for: open when it began, not ended before its answer came
+        (a handler ends its response after its calls), and not run by another worker (a request runs on one worker)."""
         t = self._threads.get((call.pid, call.tid))
         if t is None or not t.writes_responses or call.concurrent or call.open_at_start is None:
             return []  # not known to be a worker running handlers: its call may be for no request at all
         answered = call.answered_ns or call.end_ns
         left = []
         for request in call.open_at_start:
-            at = self._responded.get(request)
+            at = self._ended.get(request)
             if at is not None and at < answered:
                 continue
             if self._ran_by.get(request, call.tid) != call.tid:

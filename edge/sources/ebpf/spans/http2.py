@@ -443,6 +443,7 @@ def _emit(b: SpanBuilder, conn: Conn, s: _Stream, end_ns: int, out: list[Span], 
                   span_id=s.span_id)
     if s.kind == SpanKind.SERVER:
         b.causes.request_done(s.pid, s.tid, s.span_id)
+        b.causes.request_ended(s.pid, s.span_id, max(end_ns, s.start_ns))
     span.status_code, span.status_message = status, message
     b.stats.http2_spans += 1
     if s.call is not None:

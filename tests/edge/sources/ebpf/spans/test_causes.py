@@ -568,10 +568,12 @@ def grpc_streams(reads: dict[bytes, int]) -> Causes:
     return c
 
 
-def answer(c: Causes, tid: int, request: bytes, at: int) -> None:
-    """Thread `tid` writes the response to `request` (the span builder reports both)."""
+def answer(c: Causes, tid: int, request: bytes, at: int, end: bool = True) -> None:
+    """Thread `tid` writes the response to `request` (the span builder reports each), whole unless not `end`."""
     c.request_done(PID, tid, request, at)
     c.response_written(PID, tid, request, at)
+    if end:
+        c.request_ended(PID, request, at)
 
 
 def flush_all(c: Causes, *at: int) -> list[Span]:
@@ -669,3 +671,15 @@ def test_no_elimination_in_a_process_whose_requests_may_not_all_have_been_seen()
     answer(c, IO, b"a" * 8, 6_400)
     flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
     assert CAUSE not in s.attributes
+
+
+def test_a_response_begun_before_the_call_was_answered_does_not_rule_its_request_out():
+    """A server-streaming handler writes its response head, then calls, then writes the rest: only the end of its
+    exchange shows its handler was done."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s, _ = worker_call(c, W1, 5_000, 6_000)  # answered at 5_100
+    answer(c, IO, b"b" * 8, 5_050, end=False)  # b's head, before the call was answered
+    answer(c, IO, b"a" * 8, 6_400)
+    c.request_ended(PID, b"b" * 8, 6_500)
+    flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
+    assert CAUSE not in s.attributes and s.attributes[CAUSE_VIA] == "ambiguous"
