@@ -359,7 +359,9 @@ class Causes:
                 self.stats.thread += 1
             else:
                 self.stats.event_loop += 1
-        elif pid in self._pools and not t.reads_messages:
+        elif (pid in self._pools or pid in self._streams) and not t.reads_messages:
+            # A thread serving none in a pool, or in a process whose requests are HTTP/2 streams read by other threads
+            # (before any hand-off was seen): a worker. Its call waits for its decision rather than none being guessed.
             giver = self._threads.get((pid, t.handoff_from))
             if t.handoff is not None and (giver is None or t.handoff not in giver.open):
                 t.handoff = None  # that request was answered before this call began: it did not cause it

@@ -683,3 +683,18 @@ def test_a_response_begun_before_the_call_was_answered_does_not_rule_its_request
     c.request_ended(PID, b"b" * 8, 6_500)
     flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
     assert CAUSE not in s.attributes and s.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_a_workers_first_call_before_any_handoff_was_seen_waits_for_its_response():
+    """The first streams of a grpcio server: no wakeup has shown the pool yet, but a thread serving none in a process
+    reading HTTP/2 streams is a worker; its call is decided by the response it writes, never left to timing rules."""
+    c = Causes()
+    c.request_read(PID, IO, b"a" * 8, 1_000, stream=True)
+    c.request_read(PID, IO, b"b" * 8, 1_100, stream=True)
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, 6_100)
+    answer(c, W1, b"a" * 8, 6_200)
+    answer(c, IO, b"b" * 8, 6_300)
+    flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
+    assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "response"
+    assert CAUSE not in s2.attributes and s2.attributes[CAUSE_VIA] == "ambiguous"  # W2 never showed it runs handlers
