@@ -28,6 +28,7 @@ MODULES = (
     "edge.sources.ebpf.events",
     "edge.sources.ebpf.decode",
     "edge.protocols.http1",
+    "edge.protocols.http2",
     "edge.sources.ebpf.spans",
     "edge.sources.ebpf.spans.tables",
     "edge.sources.ebpf.spans.causes",

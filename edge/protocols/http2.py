@@ -277,7 +277,7 @@ class HeaderDecoder:
     def decode(self, block: bytes, truncated: bool = False) -> HeaderBlock:
         """Decode a header block (`truncated`: only its first bytes are here)."""
         out = HeaderBlock(truncated=truncated)
-        data = memoryview(block)
+        data = bytes(block)  # bytes, not a memoryview: compiled, indexing it is a C array read
         pos = 0
         try:
             while pos < len(data) and len(out.fields) + out.unknown < _MAX_FIELDS:
@@ -290,7 +290,7 @@ class HeaderDecoder:
             self.forget()  # insertions past the cut are unknown
         return out
 
-    def _field(self, data: memoryview, pos: int, out: HeaderBlock) -> int:
+    def _field(self, data: bytes, pos: int, out: HeaderBlock) -> int:
         b = data[pos]
         if b & 0x80:  # indexed field
             index, n = self._int(data, pos, 7)
@@ -312,7 +312,7 @@ class HeaderDecoder:
         pos, _entry = self._literal(data, pos, 4, out)  # without indexing / never indexed
         return pos
 
-    def _literal(self, data: memoryview, pos: int, prefix: int, out: HeaderBlock) -> tuple[int, tuple[str, str] | None]:
+    def _literal(self, data: bytes, pos: int, prefix: int, out: HeaderBlock) -> tuple[int, tuple[str, str] | None]:
         index, n = self._int(data, pos, prefix)
         pos += n
         name: str | None
@@ -329,7 +329,7 @@ class HeaderDecoder:
         return pos, (name, value)
 
     @staticmethod
-    def _int(data: memoryview, pos: int, prefix: int) -> tuple[int, int]:
+    def _int(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
         if pos >= len(data):
             raise _Cut
         mask = (1 << prefix) - 1
@@ -341,7 +341,7 @@ class HeaderDecoder:
         except HPACKDecodingError:
             raise _Cut from None
 
-    def _string(self, data: memoryview, pos: int) -> tuple[str, int]:
+    def _string(self, data: bytes, pos: int) -> tuple[str, int]:
         if pos >= len(data):
             raise _Cut
         huffman = data[pos] & 0x80
@@ -350,7 +350,7 @@ class HeaderDecoder:
         raw = data[pos:pos + length]
         if len(raw) < length:
             raise _Cut
-        text = _huffman(raw.tobytes()) if huffman else raw.tobytes()
+        text = _huffman(raw) if huffman else raw
         return text.decode("utf-8", "replace"), pos + length
 
     def _lookup(self, index: int) -> tuple[str, str] | None:

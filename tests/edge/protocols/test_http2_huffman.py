@@ -10,7 +10,8 @@ from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.huffman_table import decode_huffman
 
-from edge.protocols import http2
+from edge import accel
+from tests.edge._implementations import IMPLEMENTATIONS
 
 
 def _decode(fn, data: bytes) -> object:
@@ -20,7 +21,13 @@ def _decode(fn, data: bytes) -> object:
         return HPACKDecodingError
 
 
-def test_byte_steps_decode_as_hpack_does_valid_and_invalid() -> None:
+def _http2(implementation: str):
+    return accel.modules(implementation)["edge.protocols.http2"]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_byte_steps_decode_as_hpack_does_valid_and_invalid(implementation: str) -> None:
+    http2 = _http2(implementation)
     enc = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
     r = random.Random(7)
     for _ in range(3000):
@@ -33,7 +40,9 @@ def test_byte_steps_decode_as_hpack_does_valid_and_invalid() -> None:
         http2._huffman(b"\xff\xff\xff\xff")  # EOS inside the string
 
 
-def test_the_step_table_stays_bounded_under_hostile_input() -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_the_step_table_stays_bounded_under_hostile_input(implementation: str) -> None:
+    http2 = _http2(implementation)
     r = random.Random(8)
     for _ in range(2000):
         _decode(http2._huffman, bytes(r.randrange(256) for _ in range(64)))

@@ -42,6 +42,12 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   the worker wrote from the call's answer until its decision, and no other request open when the call began was
   answered between the call's whole answer and that response (its handler's answer may have been written by another
   thread, the worker moving on to the next request meanwhile); else the call is left to the rules above.
+- elimination: such a worker's call whose response another thread wrote (grpcio's I/O thread, for the worker): the one
+  request open when the call began (read, exchange not ended) whose exchange did not end before the call was answered
+  and that no other worker ran (its call was decided for it by the rules here: a request runs on one worker). Only for a thread known
+  to run handlers (it wrote a response after one of its calls) and while the process's open requests are all known
+  (none past the bound, no server connection joined after its start or with bytes lost);
+  a call with several such requests waits once more for the other workers' decisions, then is `ambiguous`.
   A thread reading HTTP/2 streams waits for no one result and hands on no one request, and a thread with several
   calls in flight at once (an I/O thread writing the streams of many threads) takes no one hand-off: neither
   decides a call by a wakeup; nor does a worker's wakeup of a thread serving none in such a process (grpcio's own
@@ -62,7 +68,7 @@ from ..events import TurnEvent, WakeupEvent
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | response | ambiguous (no guess)
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | response | elimination | ambiguous
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
@@ -77,6 +83,8 @@ _MAX_ANSWERED = 512  # pool processes' requests answered lately: hand-offs are d
 _MAX_STARTS = 64  # per pool process: the last calls its workers began, with when their work was handed
 _NEVER = 1 << 63  # a call still in flight: it ends after anything
 _MAX_RESPONDED = 512  # pool processes' requests read and answered lately, for the `response` rule
+_MAX_UNANSWERED = 256  # requests of one process read and not yet ended (past it, `elimination` is off there)
+_MAX_CANDIDATES = 32  # requests open at a worker's call beyond which `elimination` is not tried for it
 
 
 @dataclass(slots=True)
@@ -102,6 +110,8 @@ class Call:
     response_ns: int = 0  # when that response was written
     responses: int = 0  # responses of requests read before the call that its thread wrote since: more than one, unsure
     concurrent: bool = False  # its thread had another call in flight meanwhile (HTTP/2 streams written for many)
+    open_at_start: tuple[bytes, ...] | None = None  # requests of its process read and not ended when it began
+    parked: bool = False  # its decision was put off once, for other workers' calls to be decided first
 
 
 @dataclass(slots=True)
@@ -119,6 +129,7 @@ class _Thread:
     waiting: list[Call] = field(default_factory=list)
     reads_messages: bool = False  # an MQTT subscriber's network thread: its calls follow the message it read
     reads_streams: bool = False  # reads HTTP/2 streams (many requests on one connection): it waits for none of them
+    writes_responses: bool = False  # made a call, then wrote a response to a request other threads read: a worker
     run: list[bytes] = field(default_factory=list)  # requests read one after the other since the last call
     reading: bool = False  # the last thing this thread did was read a request
     turns: deque[tuple[int, int]] | None = None  # (start, number) of its last loop turns: it waits in epoll
@@ -151,6 +162,7 @@ class CausesStats:
     connect: int = 0  # a call decided by the context its thread had when it opened the connection
     wakeups: int = 0  # wakeup records seen
     response: int = 0  # a worker's call decided by the response its thread wrote next
+    elimination: int = 0  # a worker's call decided as the one request open at it that no other worker ran
     response_unsure: int = 0  # a worker's call whose thread wrote a response, left to the other rules
     evicted_threads: int = 0
 
@@ -172,6 +184,11 @@ class Causes:
         self._read_at: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when it was read
         self._responded: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> when its response began
         self.tick = 0  # the state bound's clock, stamped on the threads active (builder_state.py)
+        # Per process: requests read and not yet ended, with when they were read; processes whose table overflowed.
+        self._unanswered: dict[int, OrderedDict[bytes, int]] = {}
+        self._ended: OrderedDict[bytes, int] = OrderedDict()  # stream processes: request -> when its exchange ended
+        self._unanswered_lost: set[int] = set()
+        self._ran_by: OrderedDict[bytes, int] = OrderedDict()  # request -> the worker thread that ran its handler
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -239,8 +256,13 @@ class Causes:
             t.reads_streams = True
             self._streams.add(pid)
         before = self._certain(t)
-        if pid in self._pools:
+        if pid in self._pools or pid in self._streams:
             _bounded_put(self._read_at, span_id, ts_ns)
+        unanswered = self._unanswered.setdefault(pid, OrderedDict())
+        unanswered[span_id] = ts_ns
+        if len(unanswered) > _MAX_UNANSWERED:
+            unanswered.popitem(last=False)
+            self._unanswered_lost.add(pid)  # a request still open was forgotten: no call may be decided without it
         t.open[span_id] = _turn_at(t, ts_ns)
         if t.turns is not None:
             t.touched[span_id] = ts_ns
@@ -290,9 +312,18 @@ class Causes:
             t.called_in.pop(span_id, None)
             t.touched.pop(span_id, None)
 
+    def request_ended(self, pid: int, span_id: bytes, ts_ns: int) -> None:
+        """The exchange of that request ended at `ts_ns` (its whole response written, or given up): its handler is
+        done. A response begun is not enough: a streaming handler writes its head first and may call afterwards."""
+        unanswered = self._unanswered.get(pid)
+        if unanswered is not None:
+            unanswered.pop(span_id, None)
+        if pid in self._streams:
+            _bounded_put(self._ended, span_id, ts_ns)
+
     def response_written(self, pid: int, tid: int, span_id: bytes, ts_ns: int) -> None:
         """Thread `tid` began writing (at `ts_ns`) the response to the request whose server span has `span_id`."""
-        if pid not in self._pools:
+        if pid not in self._pools and pid not in self._streams:
             return
         _bounded_put(self._responded, span_id, ts_ns)
         t = self._threads.get((pid, tid))
@@ -301,9 +332,19 @@ class Causes:
             return
         for call in t.waiting:
             if call.answered and call.start_ns >= read and call.answered_ns <= ts_ns:
+                t.writes_responses = not t.reads_streams  # answered its call, then a request other threads read
                 call.responses += 1
                 if call.response is None:
                     call.response, call.response_ns = span_id, ts_ns
+
+    def requests_unseen(self, pid: int) -> None:
+        """A server connection of `pid` was first seen after its start, or lost bytes: requests may be open that were
+        never seen, so its open requests are not all known (no `elimination` there until it exits)."""
+        self._unanswered_lost.add(pid)
+
+    def elimination_allowed(self, pid: int) -> bool:
+        """Whether every open request of `pid` is known, so that `elimination` may decide its workers' calls."""
+        return pid not in self._unanswered_lost
 
     def message_read(self, pid: int, tid: int) -> None:
         """Thread `tid` read an MQTT delivery: its calls follow the message (the assembler's consumer-thread rule)."""
@@ -342,13 +383,20 @@ class Causes:
                 self.stats.thread += 1
             else:
                 self.stats.event_loop += 1
-        elif pid in self._pools and not t.reads_messages:
+        elif (pid in self._pools or pid in self._streams) and not t.reads_messages:
+            # A thread serving none in a pool, or in a process whose requests are HTTP/2 streams read by other threads
+            # (before any hand-off was seen): a worker. Its call waits for its decision rather than none being guessed.
             giver = self._threads.get((pid, t.handoff_from))
             if t.handoff is not None and (giver is None or t.handoff not in giver.open):
                 t.handoff = None  # that request was answered before this call began: it did not cause it
             if t.calls_since_handoff == 0 and not t.handoff_conflict:
                 call.handoff, call.handoff_ns = t.handoff, t.handoff_ns  # else stale, or one of two: not certain
             running = t.handoff is None or t.calls_since_handoff > 0  # took work without being handed it
+            if pid in self._streams and self.elimination_allowed(pid):
+                unanswered = self._unanswered.get(pid)
+                open_now = tuple(r for r, read in unanswered.items() if read <= start_ns) if unanswered else ()
+                if len(open_now) <= _MAX_CANDIDATES:
+                    call.open_at_start = open_now
             starts = self._starts.setdefault(pid, deque(maxlen=_MAX_STARTS))
             starts.append((tid, start_ns, -1 if running else t.handoff_ns, t.handoff))
             t.calls_since_handoff += 1
@@ -522,6 +570,10 @@ class Causes:
             self.stats.handoff += 1
         elif call.via == "response":
             self.stats.response += 1
+        elif call.via == "elimination":
+            self.stats.elimination += 1
+        if call.cause is not None and call.via in ("response", "elimination"):
+            _bounded_put(self._ran_by, call.cause, call.tid)
         if call.span is not None and out is not None:
             _mark(call, call.span)
             out.append(call.span)
@@ -531,6 +583,7 @@ class Causes:
         """Decide the finished calls that waited DECIDE_WAIT_NS (kernel time `now_ns`) for a hand-back: the request
         of the thread that handed them their work, if any, else none. Calls whose exchange never finished (dropped
         with its connection) are forgotten after `stale_ns`."""
+        due: list[tuple[int, int, _Thread, Call]] = []
         for key in list(self._waiting):
             t = self._threads.get(key)
             if t is None:
@@ -538,9 +591,26 @@ class Causes:
                 continue
             for call in list(t.waiting):
                 if call.span is not None and (force or call.deadline_ns <= now_ns):
-                    self._decide(t, call, *self._by_evidence(call), out)
+                    due.append((call.deadline_ns, len(due), t, call))
                 elif call.span is None and (force or call.start_ns + stale_ns <= now_ns):
                     self._decide(t, call, None, "", out)
+        # In the order they were due: a call decided by elimination builds on the decisions of the calls before it.
+        due.sort(key=_due_order)
+        again: list[tuple[int, int, _Thread, Call]] = []
+        for item in due:
+            t, call = item[2], item[3]
+            decision = self._by_evidence(call, final=force or call.parked)
+            if decision is None:
+                call.parked = True  # other workers' calls of that time are decided meanwhile; then it is final
+                call.deadline_ns += DECIDE_WAIT_NS
+                if call.deadline_ns <= now_ns:
+                    again.append(item)  # those were due in this pass too: decided above
+                continue
+            self._decide(t, call, decision[0], decision[1], out)
+        for _, _, t, call in again:
+            final = self._by_evidence(call, final=True)
+            assert final is not None
+            self._decide(t, call, final[0], final[1], out)
 
     def forget_process(self, pid: int, out: list[Span]) -> None:
         """The process ended: decide what waits, forget its threads."""
@@ -548,25 +618,52 @@ class Causes:
             t = self._threads.pop(key)
             self._waiting.discard(key)
             for call in t.waiting:
-                call.cause, call.via = self._by_evidence(call)
+                decision = self._by_evidence(call, final=True)
+                assert decision is not None
+                call.cause, call.via = decision
                 self._settle(call, out)
         self._pools.discard(pid)
+        self._unanswered.pop(pid, None)
+        self._unanswered_lost.discard(pid)
         self._streams.discard(pid)
         self._starts.pop(pid, None)
 
-    def _by_evidence(self, call: Call) -> tuple[bytes | None, str]:
-        """A worker's call nobody waited for: the response its thread wrote, else the hand-off; where both speak
-        and disagree, ambiguous."""
+    def _by_evidence(self, call: Call, final: bool) -> tuple[bytes | None, str] | None:
+        """A worker's call nobody waited for: the response its thread wrote, else the hand-off, else the one request
+        open at it that no other worker ran; where two speak and disagree, ambiguous. None: put off (not `final`),
+        as other workers' calls still to be decided may settle it."""
         handed = self._by_handoff(call)
-        if call.response is None:
-            return handed
-        answered = self._by_response(call)
-        if answered is None:
+        answered = self._by_response(call) if call.response is not None else None
+        if answered is None and handed[0] is None and call.open_at_start is not None:
+            left = self._by_elimination(call)
+            if len(left) > 1 and not final:
+                return None
+            if len(left) == 1:
+                return left[0], "elimination"
+        if call.response is not None and answered is None:
             self.stats.response_unsure += 1
+        if answered is None:
             return handed
         if handed[0] is not None and handed[0] != answered:
             return None, "ambiguous"
         return answered, "response"
+
+    def _by_elimination(self, call: Call) -> list[bytes]:
+        """The requests a worker's call may have been made for: open when it began, not ended before its answer came
+        (a handler ends its response after its calls), and not run by another worker (a request runs on one worker)."""
+        t = self._threads.get((call.pid, call.tid))
+        if t is None or not t.writes_responses or call.concurrent or call.open_at_start is None:
+            return []  # not known to be a worker running handlers: its call may be for no request at all
+        answered = call.answered_ns or call.end_ns
+        left = []
+        for request in call.open_at_start:
+            at = self._ended.get(request)
+            if at is not None and at < answered:
+                continue
+            if self._ran_by.get(request, call.tid) != call.tid:
+                continue
+            left.append(request)
+        return left
 
     def _by_response(self, call: Call) -> bytes | None:
         """The request whose response the call's thread wrote after the call, when that is certain (module
@@ -602,6 +699,10 @@ class Causes:
                 return None, "ambiguous"
             return left[0], "handoff"
         return call.handoff, "handoff"
+
+
+def _due_order(item: tuple[int, int, _Thread, Call]) -> tuple[int, int]:
+    return item[0], item[1]
 
 
 def _turn_at(t: _Thread, ts_ns: int) -> int | None:

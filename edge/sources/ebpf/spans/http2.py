@@ -274,7 +274,7 @@ class _Http2:
         preface = data.startswith(h2.PREFACE)
         if conn.proto is not self and not _recognised(conn, data):
             return False
-        st = _claim(conn)
+        st = _claim(b, conn, preface)
         if not st.hinted and b.on_h2 is not None:
             st.hinted = True  # frame mode from the next message on (kernels with bpf_loop)
             try:
@@ -290,6 +290,7 @@ class _Http2:
                 x.snap_whole = True
         elif not d.snap_whole:
             st.lost(b, direction)  # what came between this snapshot and the last one is unknown
+            _requests_unseen(b, conn)
         whole = len(data) < b.config.payload_bytes and (snap is None or not snap.open or len(snap.data) == len(data))
         if snap is None and len(data) < ev.size:
             whole = False
@@ -314,12 +315,21 @@ def _recognised(conn: Conn, data: bytes) -> bool:
     return conn.proto is None and conn.role == Role.UNKNOWN and h2.plausible_frames(data) >= 1
 
 
-def _claim(conn: Conn) -> _H2Conn:
+def _claim(b: SpanBuilder, conn: Conn, started: bool) -> _H2Conn:
     conn.proto = HTTP2
     conn.opaque = False
     if not isinstance(conn.state, _H2Conn):
         conn.state = _H2Conn()
+        if not started:
+            _requests_unseen(b, conn)
     return conn.state
+
+
+def _requests_unseen(b: SpanBuilder, conn: Conn) -> None:
+    # A connection joined after its start, or whose bytes were lost, may carry requests never seen: the process's
+    # open requests are no longer all known (causes.py, `elimination`).
+    if conn.role != Role.CLIENT:
+        b.causes.requests_unseen(conn.pid)
 
 
 def on_frames(b: SpanBuilder, ev: H2Event, out: list[Span]) -> None:
@@ -328,7 +338,7 @@ def on_frames(b: SpanBuilder, ev: H2Event, out: list[Span]) -> None:
     if conn.snap is not None:
         b.settle(conn, out)  # a message snapshot from before the switch
     b.procs.get(ev.pid, ev.comm)
-    st = _claim(conn)
+    st = _claim(b, conn, ev.start)
     st.frame_mode = True
     direction = int(ev.direction)
     d = st.dirs[direction]
@@ -337,6 +347,7 @@ def on_frames(b: SpanBuilder, ev: H2Event, out: list[Span]) -> None:
         d.hpack = h2.HeaderDecoder(complete=True)
     elif ev.gap:
         st.lost(b, direction)
+        _requests_unseen(b, conn)
         b.stats.h2_gaps += 1
     conn.last_direction = direction
     st.frames(b, conn, ev, direction, d.reader.feed_kept(ev.payload), out)
@@ -432,6 +443,7 @@ def _emit(b: SpanBuilder, conn: Conn, s: _Stream, end_ns: int, out: list[Span], 
                   span_id=s.span_id)
     if s.kind == SpanKind.SERVER:
         b.causes.request_done(s.pid, s.tid, s.span_id)
+        b.causes.request_ended(s.pid, s.span_id, max(end_ns, s.start_ns))
     span.status_code, span.status_message = status, message
     b.stats.http2_spans += 1
     if s.call is not None:

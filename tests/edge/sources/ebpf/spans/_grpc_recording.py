@@ -7,6 +7,8 @@ its own as `oracle-rid`; rpc (grpcio at its defaults: a ThreadPoolExecutor of 10
 that rid as `prid`. So each call's true request is known from the bytes alone. The events of front and rpc are kept. Re-record (root, probes loaded):
 
     .venv/bin/python -m tests.edge.sources.ebpf.spans._grpc_recording tests/edge/sources/ebpf/spans/grpc_pool.jsonl.gz
+
+grpc_pool_loaded.jsonl.gz was recorded the same way while the machine's two cores ran other work (load average 6-7).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import json
 import socket
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -48,14 +51,15 @@ def dump(events: list[KernelEvent], path: Path) -> None:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
-def load(path: Path) -> list[KernelEvent]:
-    """The events written by dump()."""
+def load(path: Path, events: types.ModuleType = ev_mod) -> list[KernelEvent]:
+    """The events written by dump(), as classes of `events` (one implementation's events module, edge/accel.py)."""
     out: list[KernelEvent] = []
+    classes = {name: getattr(events, name) for name in _TYPES}
     with gzip.open(path, "rt") as f:
         for line in f:
             row = json.loads(line)
-            cls = _TYPES[row.pop("type")]
-            hints = typing.get_type_hints(cls)
+            cls = classes[row.pop("type")]
+            hints = typing.get_type_hints(_TYPES[cls.__name__])
             kw = {}
             for name, v in row.items():
                 hint = hints[name]

@@ -549,3 +549,152 @@ def test_a_thread_with_calls_in_flight_at_once_is_not_a_worker_taking_one_handof
     out: list[Span] = []
     c.flush(6_000 + DECIDE_WAIT_NS, out, 10 * DECIDE_WAIT_NS)
     assert len(out) == 2 and all(CAUSE not in s.attributes for s in out)
+
+
+# -- a worker's call whose response an I/O thread wrote: the one request open at it that no other worker ran ------
+
+def grpc_streams(reads: dict[bytes, int]) -> Causes:
+    """A process whose I/O thread read the given HTTP/2 streams, and whose workers W1 and W2 have each run a handler
+    and written its response before: they are known to run handlers."""
+    c = Causes()
+    for i, tid in enumerate((W1, W2)):
+        c.request_read(PID, IO, bytes([i]) * 8, 100 + i * 1_000, stream=True)
+        c.wakeup(WakeupEvent(200 + i * 1_000, PID, IO, DISPATCH, 0), [])
+        worker_call(c, tid, 300 + i * 1_000, 400 + i * 1_000)
+        answer(c, tid, bytes([i]) * 8, 500 + i * 1_000)
+    assert len(flush_all(c, 3_000 + DECIDE_WAIT_NS)) == 2
+    for request, at in reads.items():
+        c.request_read(PID, IO, request, at, stream=True)
+    return c
+
+
+def answer(c: Causes, tid: int, request: bytes, at: int, end: bool = True) -> None:
+    """Thread `tid` writes the response to `request` (the span builder reports each), whole unless not `end`."""
+    c.request_done(PID, tid, request, at)
+    c.response_written(PID, tid, request, at)
+    if end:
+        c.request_ended(PID, request, at)
+
+
+def flush_all(c: Causes, *at: int) -> list[Span]:
+    out: list[Span] = []
+    for now in at:
+        c.flush(now, out, 10 * DECIDE_WAIT_NS)
+    return out
+
+
+def test_call_whose_response_an_io_thread_wrote_takes_the_one_request_no_other_worker_ran():
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, 6_100)
+    answer(c, W2, b"b" * 8, 6_300)  # W2 writes b's response itself: W2 ran b
+    answer(c, IO, b"a" * 8, 6_400)  # W1's response, written by the I/O thread
+    # W1 is due first, while W2's call is not decided yet: its decision waits for it, then a is the one left.
+    out = flush_all(c, 6_100 + DECIDE_WAIT_NS, 6_000 + 2 * DECIDE_WAIT_NS)
+    assert out == [s2, s1]
+    assert s2.attributes[CAUSE] == b"b" * 8 and s2.attributes[CAUSE_VIA] == "response"
+    assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "elimination"
+    assert c.stats.elimination == 1 and c.stats.response == 3  # with the setup's two
+
+
+def test_two_open_requests_no_other_worker_ran_leave_both_calls_ambiguous():
+    """grpcio's I/O thread writes both workers' responses at once: either call may be either request's."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, 6_100)
+    answer(c, IO, b"a" * 8, 6_400)
+    answer(c, IO, b"b" * 8, 6_400)
+    out = flush_all(c, 6_100 + DECIDE_WAIT_NS, 6_100 + 2 * DECIDE_WAIT_NS)
+    assert sorted(id(s) for s in out) == sorted(id(s) for s in (s1, s2))
+    assert all(CAUSE not in s.attributes and s.attributes[CAUSE_VIA] == "ambiguous" for s in out)
+    assert c.stats.elimination == 0
+
+
+def test_request_answered_before_the_call_was_answered_is_not_the_calls():
+    """A handler answers only after its calls were answered."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)  # answered at 5_100
+    answer(c, IO, b"b" * 8, 5_050)
+    answer(c, IO, b"a" * 8, 6_400)
+    flush_all(c, 6_000 + DECIDE_WAIT_NS)
+    assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "elimination"
+
+
+def test_request_read_after_the_call_began_is_not_the_calls():
+    c = grpc_streams({b"a" * 8: 3_000})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    c.request_read(PID, IO, b"b" * 8, 5_500, stream=True)
+    answer(c, IO, b"a" * 8, 6_400)
+    answer(c, IO, b"b" * 8, 6_500)
+    flush_all(c, 6_000 + DECIDE_WAIT_NS)
+    assert s1.attributes[CAUSE] == b"a" * 8
+
+
+def test_a_thread_that_never_ran_a_handler_is_not_given_the_one_open_request():
+    """A background thread of the server (a cache refresher) calls while one request is open: its call may be for no
+    request at all."""
+    c = grpc_streams({b"a" * 8: 3_000})
+    s, _ = worker_call(c, 31, 5_000, 6_000)
+    answer(c, IO, b"a" * 8, 6_400)
+    flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
+    assert CAUSE not in s.attributes
+
+
+def test_no_elimination_once_the_process_had_more_open_requests_than_are_kept():
+    """A request forgotten while open could be the call's: with the table overflowed nothing is decided by it."""
+    from edge.sources.ebpf.spans.causes import _MAX_UNANSWERED
+    c = grpc_streams({(1000 + i).to_bytes(8, "big"): 3_000 + i for i in range(_MAX_UNANSWERED + 1)})
+    for i in range(1, _MAX_UNANSWERED):
+        answer(c, IO, (1000 + i).to_bytes(8, "big"), 4_900)  # all but the forgotten first and the last are answered
+    s, _ = worker_call(c, W1, 5_000, 6_000)
+    flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
+    assert CAUSE not in s.attributes
+
+
+def test_requests_read_before_the_process_showed_a_pool_are_decided_by_the_response():
+    """The first streams are read before any wakeup told the process is a pool; their calls are still decided."""
+    c = Causes()
+    c.request_read(PID, IO, b"a" * 8, 1_000, stream=True)
+    c.wakeup(WakeupEvent(1_100, PID, IO, DISPATCH, 0), [])
+    span, _ = worker_call(c, W1, 5_000, 6_000)
+    answer(c, W1, b"a" * 8, 6_200)
+    flush_all(c, 6_000 + DECIDE_WAIT_NS)
+    assert span.attributes[CAUSE] == b"a" * 8 and span.attributes[CAUSE_VIA] == "response"
+
+
+def test_no_elimination_in_a_process_whose_requests_may_not_all_have_been_seen():
+    """A server connection first seen after its start (or whose bytes were lost) may carry a request never read here:
+    the call may be that one's."""
+    c = grpc_streams({b"a" * 8: 3_000})
+    c.requests_unseen(PID)
+    s, _ = worker_call(c, W1, 5_000, 6_000)
+    answer(c, IO, b"a" * 8, 6_400)
+    flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
+    assert CAUSE not in s.attributes
+
+
+def test_a_response_begun_before_the_call_was_answered_does_not_rule_its_request_out():
+    """A server-streaming handler writes its response head, then calls, then writes the rest: only the end of its
+    exchange shows its handler was done."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s, _ = worker_call(c, W1, 5_000, 6_000)  # answered at 5_100
+    answer(c, IO, b"b" * 8, 5_050, end=False)  # b's head, before the call was answered
+    answer(c, IO, b"a" * 8, 6_400)
+    c.request_ended(PID, b"b" * 8, 6_500)
+    flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
+    assert CAUSE not in s.attributes and s.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_a_workers_first_call_before_any_handoff_was_seen_waits_for_its_response():
+    """The first streams of a grpcio server: no wakeup has shown the pool yet, but a thread serving none in a process
+    reading HTTP/2 streams is a worker; its call is decided by the response it writes, never left to timing rules."""
+    c = Causes()
+    c.request_read(PID, IO, b"a" * 8, 1_000, stream=True)
+    c.request_read(PID, IO, b"b" * 8, 1_100, stream=True)
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, 6_100)
+    answer(c, W1, b"a" * 8, 6_200)
+    answer(c, IO, b"b" * 8, 6_300)
+    flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
+    assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "response"
+    assert CAUSE not in s2.attributes and s2.attributes[CAUSE_VIA] == "ambiguous"  # W2 never showed it runs handlers
