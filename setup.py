@@ -81,6 +81,7 @@ ACCEL_MODULES = (
     "edge/sources/ebpf/spans/mqtt.py",
     "edge/sources/ebpf/spans/tcp.py",
     "edge/sources/ebpf/spans/file_io.py",
+    "edge/propagation.py",
 )
 ACCEL_MANIFEST = "accel_manifest.json"
 

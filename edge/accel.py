@@ -35,6 +35,7 @@ MODULES = (
     "edge.sources.ebpf.spans.mqtt",
     "edge.sources.ebpf.spans.tcp",
     "edge.sources.ebpf.spans.file_io",
+    "edge.propagation",
 )
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
@@ -94,8 +95,8 @@ def _check() -> Status:
         if fingerprints.get(rel) != fingerprint(src.read_bytes()):
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
-    return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 heads and span "
-                        "building run as C extensions")
+    return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 heads, trace "
+                        "context and span building run as C extensions")
 
 
 class _SourceFinder:

@@ -41,8 +41,9 @@ class SpanContext:
         return bool(self.flags & 1)
 
 
-def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None = None) -> SpanContext | None:
+def parse_traceparent(value: object, tracestate: object = None) -> SpanContext | None:
     """Parse a W3C `traceparent` (version 00, or a later version read as 00 per the spec); None if invalid."""
+    # Typed `object`: callers hand over whatever a decoded message held, and the compiled build checks declared types.
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -148,7 +149,7 @@ def _text(value: object) -> str | None:
     return None
 
 
-def extract(headers: Mapping[str, str]) -> SpanContext | None:
+def extract(headers: Mapping[str, object]) -> SpanContext | None:
     """Find a trace context in lower-cased headers or MQTT user properties: W3C first, then B3, then Jaeger."""
     ctx = parse_traceparent(_text(headers.get("traceparent")), _text(headers.get("tracestate")))
     if ctx is not None:

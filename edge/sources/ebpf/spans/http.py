@@ -31,7 +31,7 @@ _NO_MSG, _REQ_MSG, _RESP_MSG = range(3)
 _HTTP_SNIFF = 8
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Exchange:
     """One HTTP request and, once seen, its response."""
 
@@ -57,6 +57,35 @@ class _Exchange:
     # Chosen when the request is read, so that the calls it causes can name their parent before its span exists.
     span_id: bytes = field(default_factory=new_span_id)
     call: Call | None = None  # a client's call: the request it was made for (causes.py)
+
+    # Written out: see DataEvent.__init__ (edge/sources/ebpf/events.py); one of these is made per request.
+    def __init__(self, request: HttpRequest, kind: SpanKind, start_ns: int, pid: int, tid: int, offcpu_ns: int,
+                 msg_seq: int, sole: bool, deadline_ns: int, events: list[Event] | None = None,
+                 req_bytes: int | None = None, response: HttpResponse | None = None, resp_tid: int = 0,
+                 resp_offcpu_ns: int = 0, resp_first_end_ns: int = 0, resp_sole: bool = False,
+                 resp_bytes: int | None = None, end_ns: int = 0, rv: int | None = None, span_id: bytes | None = None,
+                 call: Call | None = None) -> None:
+        self.request = request
+        self.kind = kind
+        self.start_ns = start_ns
+        self.pid = pid
+        self.tid = tid
+        self.offcpu_ns = offcpu_ns
+        self.msg_seq = msg_seq
+        self.sole = sole
+        self.deadline_ns = deadline_ns
+        self.events = [] if events is None else events
+        self.req_bytes = req_bytes
+        self.response = response
+        self.resp_tid = resp_tid
+        self.resp_offcpu_ns = resp_offcpu_ns
+        self.resp_first_end_ns = resp_first_end_ns
+        self.resp_sole = resp_sole
+        self.resp_bytes = resp_bytes
+        self.end_ns = end_ns
+        self.rv = rv
+        self.span_id = new_span_id() if span_id is None else span_id
+        self.call = call
 
 
 class _HttpConn(ConnState):
@@ -226,7 +255,7 @@ class _Http:
                 st.pending.popleft()
                 b.stats.pending_dropped += 1
             x = _Exchange(req, kind, start, ev.pid, ev.tid, ev.offcpu_ns, conn.seq, sole, deadline, events=faults,
-                          rv=ev.rv)
+                          rv=ev.rv, span_id=b.new_span_id())
             if ingress:
                 b.causes.request_read(ev.pid, ev.tid, x.span_id, start)
             else:
