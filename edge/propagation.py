@@ -25,7 +25,7 @@ _TRACESTATE_KEY = re.compile(r"^([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]
 _TRACESTATE_VALUE = re.compile(r"^[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, init=False)
 class SpanContext:
     """The propagated identity of a remote span: the parent of whatever continues it."""
 
@@ -34,6 +34,16 @@ class SpanContext:
     flags: int = 1
     trace_state: str = ""
     format: str = "w3c"
+
+    # Written out: compiled, a frozen dataclass's generated __init__ is ~30x slower than this one, and one is made per
+    # request that carries a trace context (tests/edge/test_accel.py checks it against the fields).
+    def __init__(self, trace_id: bytes, span_id: bytes, flags: int = 1, trace_state: str = "",
+                 format: str = "w3c") -> None:  # noqa: A002 - the field's name
+        object.__setattr__(self, "trace_id", trace_id)
+        object.__setattr__(self, "span_id", span_id)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "trace_state", trace_state)
+        object.__setattr__(self, "format", format)
 
     @property
     def sampled(self) -> bool:

@@ -316,11 +316,13 @@ def _request_at(data: bytes, start: int) -> HttpRequest | None:
     if sp <= start or data[start:sp] not in _METHODS_B:
         return None
     m = _REQUEST_HEAD.match(data, start)
-    if m is not None and m.group(4).count(b"\n") < MAX_HEADERS:
-        # The common case, a whole head of CRLF lines, in one pattern; anything else takes the general path, which
-        # gives the same result for this case (tests/edge/protocols/test_http1.py compares them).
-        return _request(data, start, m.group(1).decode("ascii"), m.group(2), m.group(3).decode("ascii"),
-                        _fast_headers(m.group(4)), False, False, m.end() - start)
+    if m is not None:
+        method, target, version, lines = m.groups()
+        if lines.count(b"\n") < MAX_HEADERS:
+            # The common case, a whole head of CRLF lines, in one pattern; anything else takes the general path, which
+            # gives the same result for this case (tests/edge/protocols/test_http1.py compares them).
+            return _request(data, start, method.decode("ascii"), target, version.decode("ascii"),
+                            _fast_headers(lines), False, False, m.end() - start)
     return _request_at_general(data, start)
 
 
@@ -408,9 +410,11 @@ def _response_at(data: bytes, start: int, request_method: str) -> HttpResponse |
     if not data.startswith(b"HTTP/1.", start):
         return None
     m = _RESPONSE_HEAD.match(data, start)
-    if m is not None and m.group(4).count(b"\n") < MAX_HEADERS:  # as in _request_at
-        return _response(data, start, request_method, int(m.group(2)), m.group(3) or b"", m.group(1).decode(),
-                         _fast_headers(m.group(4)), False, False, m.end() - start)
+    if m is not None:
+        version, status, reason, lines = m.groups()
+        if lines.count(b"\n") < MAX_HEADERS:  # as in _request_at
+            return _response(data, start, request_method, int(status), reason or b"", version.decode(),
+                             _fast_headers(lines), False, False, m.end() - start)
     return _response_at_general(data, start, request_method)
 
 

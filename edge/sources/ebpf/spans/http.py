@@ -229,7 +229,8 @@ class _Http:
         if not http_like and conn.proto is not self:
             return None
         # A head is decoded once whole; bytes on an HTTP connection that are no head are body bytes.
-        if (http_like and b"\r\n\r\n" in data) or (not http_like and len(data) >= _HTTP_SNIFF):
+        # find(), not `in`: a bytes `in` first tries the operand as an integer, raising and clearing a TypeError.
+        if (http_like and data.find(b"\r\n\r\n") >= 0) or (not http_like and len(data) >= _HTTP_SNIFF):
             return SETTLE
         return WAIT
 
