@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Final, Iterable, Protocol
 
 from ....errors import ConfigError
 from ....model import INVALID_SPAN_ID, INVALID_TRACE_ID, Attributes, Event, Scope, Source, Span, SpanKind
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 _rl = RateLimitedLog(log)
 
 SCOPE = Scope("helix.ebpf")
+_EBPF: Final = Source.EBPF  # read once: see http.py's _SERVER
 # Bytes of the kernel's randomness read at a time for span and trace ids: one getrandom(2) per 512 span ids.
 _RANDOM_BATCH = 4096
 _NS = 1_000_000_000
@@ -529,7 +530,7 @@ class SpanBuilder:
             events=events,
             resource=proc.resource,
             scope=SCOPE,
-            source=Source.EBPF,
+            source=_EBPF,
             trace_state=state,
             flags=flags,
         )
