@@ -195,13 +195,15 @@ def _load(cfg: Config) -> list[Check]:
         return [Check("probes load and attach", False, e.reason, e.fix)]
     try:
         attached = probes.attached_programs
+        tracepoints = probes.attached_tracepoints
         skipped = probes.skipped_programs
         objects = probes.object_files
         tls = _tls(cfg, probes) if cfg.ebpf.tls else Check(TLS_CHECK, True, "sources.ebpf.tls = false: TLS "
                                                             "plaintext is not read")
     finally:
         probes.close()
-    detail = f"{len(attached)} programs attached and detached again ({', '.join(objects)})"
+    detail = (f"{len(attached)} programs attached to {tracepoints} tracepoints and detached again "
+              f"({', '.join(objects)})")
     if skipped:
         detail += f"; skipped (tracepoint missing): {', '.join(skipped)}"
     return [Check("probes load and attach", True, detail), tls]

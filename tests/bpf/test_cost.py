@@ -33,7 +33,7 @@ def test_program_info_and_run_statistics(load_probes: Callable[..., ProbeSet]) -
     assert stats_sysctl() == sysctl  # the statistics came from an fd, not the sysctl
     costs = {c.name: c for c in cost_between(before, after)}
     # every program runs for every process's syscalls; these 300 writes are among them
-    for name in ("enter_write", "exit_write"):
+    for name in ("enter_write", "exit_rw"):
         assert costs[name].runs >= 300 and costs[name].ns_per_run > 0, costs[name]
 
 

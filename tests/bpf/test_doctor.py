@@ -88,16 +88,16 @@ async def test_cost_of_the_running_agent(mosquitto: Mosquitto, http_server: Serv
         rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")
                 and line.split()[0] in agent.ebpf.probes.attached_programs}
         # curl and http.server talk through sendto/recvfrom; each row: runs/s, ns/run, CPU us/s, instructions
-        for prog in ("enter_sendto", "exit_sendto", "enter_recvfrom", "exit_recvfrom"):
+        for prog in ("enter_sendto", "enter_recvfrom", "exit_rw"):
             runs_per_s, ns_per_run = (float(x.replace(",", "")) for x in rows[prog][:2])
             assert runs_per_s > 0 and ns_per_run > 0, out
         assert "% of one CPU in the kernel" in out
         assert stats_sysctl() == sysctl
         # What the statistics counted while they were on is in the agent's metrics.
         programs = agent.status()["kernel"]["programs"]
-        assert programs["exit_sendto"]["runs"] > 0 and programs["exit_sendto"]["run_time_ns"] > 0
+        assert programs["exit_rw"]["runs"] > 0 and programs["exit_rw"]["run_time_ns"] > 0
         text = render_prometheus([health_metrics(agent)])
-        assert 'helix_agent_kernel_program_runs_total{service_name="helix-agent",program="exit_sendto"}' in text
+        assert 'helix_agent_kernel_program_runs_total{service_name="helix-agent",program="exit_rw"}' in text
         assert "helix_agent_kernel_program_run_time_seconds_total" in text
 
 

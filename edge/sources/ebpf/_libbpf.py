@@ -167,6 +167,7 @@ class Libbpf:
         self._fn("bpf_program__set_autoload", c_int, v, c_bool)
         self._fn("bpf_program__autoload", c_bool, v)
         self._fn("bpf_program__attach", v, v)
+        self._fn("bpf_program__attach_tracepoint", v, v, c_char_p, c_char_p)
         self._fn("bpf_object__find_program_by_name", v, v, c_char_p)
         self._fn("bpf_program__attach_uprobe_opts", v, v, c_int, c_char_p, c_size_t, ctypes.POINTER(_UprobeOpts))
         self._fn("bpf_link__destroy", c_int, v)
@@ -257,6 +258,12 @@ class Libbpf:
     def attach(self, p: int) -> int:
         """bpf_program__attach by section name; returns the link."""
         return self.check_ptr(self.lib.bpf_program__attach(p), f"cannot attach {self.prog_name(p)}")
+
+    def attach_tracepoint(self, p: int, tracepoint: str) -> int:
+        """bpf_program__attach_tracepoint on 'category/name', whatever the program's section says; returns the link."""
+        category, name = tracepoint.split("/", 1)
+        return self.check_ptr(self.lib.bpf_program__attach_tracepoint(p, category.encode(), name.encode()),
+                              f"cannot attach {self.prog_name(p)} to {tracepoint}")
 
     def attach_uprobe(self, p: int, path: str, offset: int, *, retprobe: bool = False, pid: int = -1) -> int:
         """bpf_program__attach_uprobe_opts at a file offset of `path` (every process mapping it with pid -1); returns

@@ -67,9 +67,17 @@ _PID_BITMAPS = ("allowed_bits", "busy_tids", "offcpu_tids")
 _PID_MAX = Path("/proc/sys/kernel/pid_max")
 
 # Programs whose tracepoint may be missing on an older or differently configured kernel: skipped, not fatal.
-_OPTIONAL_PROGRAMS = frozenset({"enter_fdatasync", "exit_fdatasync", "exit_accept", "on_tcp_destroy_sock",
+_OPTIONAL_PROGRAMS = frozenset({"enter_fdatasync", "exit_accept", "on_tcp_destroy_sock",
                                 "on_tcp_receive_reset", "on_sched_waking",
                                 "on_sched_wakeup_new", "exit_epoll_wait", "exit_epoll_pwait", "exit_epoll_pwait2"})
+
+# Programs attached to more tracepoints than their section names: one loaded (and verified) program serves calls
+# whose handling is the same. Their optional tracepoints may be missing, like optional programs.
+_ALSO_ATTACHED: dict[str, tuple[str, ...]] = {
+    "exit_rw": tuple(f"syscalls/sys_exit_{call}" for call in (
+        "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "fsync", "fdatasync")),
+}
+_OPTIONAL_TRACEPOINTS = frozenset({"syscalls/sys_exit_fdatasync"})
 
 # Every tracepoint the programs attach to, as category/name (what `helix doctor` checks).
 TRACEPOINTS: dict[str, tuple[str, ...]] = {
@@ -254,6 +262,23 @@ def _tracepoint_of(section: str) -> str | None:
     return None
 
 
+def also_attached(name: str, tracefs: Path | None) -> tuple[list[str], list[str]]:
+    """The extra tracepoints of program `name` this kernel has, and its optional ones it lacks; a required one
+    missing is ProbeUnavailable."""
+    present: list[str] = []
+    missing: list[str] = []
+    for tp in _ALSO_ATTACHED.get(name, ()):
+        if tracefs is None or (tracefs / "events" / tp).is_dir():
+            present.append(tp)
+        elif tp in _OPTIONAL_TRACEPOINTS:
+            missing.append(tp)
+        else:
+            raise ProbeUnavailable(f"this kernel has no tracepoint {tp} (needed by {name})",
+                                   "use a kernel with CONFIG_FTRACE_SYSCALLS and the sock/tcp/sched tracepoints "
+                                   "(5.8 or newer)")
+    return present, missing
+
+
 def _raw_tp_exists(name: str, root: Path | None) -> bool:
     if root is None:
         return True  # cannot tell without tracefs; let the attach decide
@@ -272,6 +297,7 @@ class _Object:
         self.skipped: list[str] = []
         self.attached: list[str] = []
         self.attached_fds: list[int] = []  # program fds, owned by the object
+        self.also: dict[str, list[str]] = {}  # program name -> the extra tracepoints this kernel has
 
     def has_map(self, name: str) -> bool:
         return bool(self.lib.lib.bpf_object__find_map_by_name(self.obj, name.encode()))
@@ -306,6 +332,7 @@ class _Object:
             name, section = self.lib.prog_name(p), self.lib.prog_section(p)
             if _is_uprobe(section):
                 continue
+            self.also[name] = self._also_attached(name, tracefs)
             tp = _tracepoint_of(section)
             if tp is not None:
                 exists = tracefs is None or (tracefs / "events" / tp).is_dir()
@@ -322,6 +349,13 @@ class _Object:
                                        "use a kernel with CONFIG_FTRACE_SYSCALLS and the sock/tcp/sched tracepoints "
                                        "(5.8 or newer)")
 
+    def _also_attached(self, name: str, tracefs: Path | None) -> list[str]:
+        present, missing = also_attached(name, tracefs)
+        for tp in missing:
+            self.skipped.append(f"{name}@{tp.split('/', 1)[1]}")
+            log.info("tracepoint missing, not attached program=%s tracepoint=%s", name, tp)
+        return present
+
     def load(self) -> None:
         self.lib.recent_warnings.clear()
         self.lib.check(self.lib.lib.bpf_object__load(self.obj), f"cannot load {self.path.name}")
@@ -332,8 +366,10 @@ class _Object:
         for p in self.lib.programs(self.obj):
             if not self.lib.lib.bpf_program__autoload(p) or _is_uprobe(self.lib.prog_section(p)):
                 continue
+            name = self.lib.prog_name(p)
             self.links.append(self.lib.attach(p))
-            self.attached.append(self.lib.prog_name(p))
+            self.links.extend(self.lib.attach_tracepoint(p, tp) for tp in self.also.get(name, ()))
+            self.attached.append(name)
             self.attached_fds.append(self.lib.prog_fd(p))
 
     def detach_all(self) -> None:
@@ -426,8 +462,8 @@ class ProbeSet:
                 self.set_red_bounds(())
         for obj in self._objects:
             obj.attach_all()
-        log.info("probes attached sets=%s programs=%d skipped=%s", ",".join(self.settings.sets),
-                 sum(len(o.attached) for o in self._objects), ",".join(s for o in self._objects for s in o.skipped) or "-")
+        log.info("probes attached sets=%s programs=%d tracepoints=%d skipped=%s", ",".join(self.settings.sets),
+                 sum(len(o.attached) for o in self._objects), self.attached_tracepoints, ",".join(s for o in self._objects for s in o.skipped) or "-")
 
     # -- live settings -------------------------------------------------------------------------------
 
@@ -589,6 +625,11 @@ class ProbeSet:
     def attached_programs(self) -> list[str]:
         """Names of the attached programs."""
         return [p for o in self._objects for p in o.attached]
+
+    @property
+    def attached_tracepoints(self) -> int:
+        """How many tracepoints the attached programs are on (one program may serve several)."""
+        return sum(len(o.links) for o in self._objects)
 
     @property
     def attached(self) -> bool:
