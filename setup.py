@@ -4,10 +4,11 @@ Metadata lives in pyproject.toml; this file only adds the probe build to `build_
 `pip install .`, wheels and `pip install -e .` alike. Without clang, prebuilt objects already in
 edge/sources/ebpf/objects/ are used as they are; with neither, the build stops with what to install.
 
-The accelerator: mypyc compiles the record decoder, the HTTP/1 head parser, the trace-context parser and the span
-builder (edge/accel.py lists them) into C extensions beside their sources. It is optional: without mypy, a C compiler or the Python headers,
-or when compiling fails, the package installs as pure Python and runs the same code uncompiled (`helix doctor` says
-which runs). HELIX_ACCEL_BUILD=0 skips it (the container build does: its wheel is made for another architecture).
+The accelerator: mypyc compiles the record decoder, the HTTP/1 head parser, the trace-context parser, the span
+builder and the gateway's OTLP request writer (edge/accel.py lists them) into C extensions beside their sources.
+It is optional: without mypy, a C compiler or the Python headers, or when compiling fails, the package installs
+as pure Python and runs the same code uncompiled (`helix doctor` says which runs). HELIX_ACCEL_BUILD=0 skips it
+(the container build does: its wheel is made for another architecture).
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ ACCEL_MODULES = (
     "edge/sources/ebpf/spans/mqtt.py",
     "edge/sources/ebpf/spans/tcp.py",
     "edge/sources/ebpf/spans/file_io.py",
+    "edge/codec/otlp_writer.py",
     "edge/propagation.py",
 )
 ACCEL_MANIFEST = "accel_manifest.json"
@@ -97,7 +99,7 @@ def _remove_stale_extensions() -> None:
     # An in-place (editable) build leaves compiled modules beside their sources; one whose source is no longer compiled
     # would still shadow it, and fail to import once the shared library it belonged to is rebuilt without it.
     keep = {ROOT / m for m in ACCEL_MODULES}
-    for so in (ROOT / "edge").rglob("*.so"):
+    for so in [*(ROOT / "edge").rglob("*.so"), *(ROOT / "uplink").rglob("*.so")]:
         src = so.with_name(so.name.split(".", 1)[0] + ".py")
         if src.is_file() and src not in keep:
             so.unlink()

@@ -1,4 +1,5 @@
-"""Which implementation decodes kernel records and builds spans: the mypyc-compiled modules or the pure-Python ones.
+"""Which implementation decodes kernel records, builds spans and writes the gateway's OTLP requests: the mypyc-compiled
+modules or the pure-Python ones.
 
 The pure-Python modules are the reference; the build (setup.py) may compile the same files with mypyc into C
 extensions beside them, which Python then imports first. They are used only when all of them were compiled from
@@ -35,6 +36,7 @@ MODULES = (
     "edge.sources.ebpf.spans.mqtt",
     "edge.sources.ebpf.spans.tcp",
     "edge.sources.ebpf.spans.file_io",
+    "edge.codec.otlp_writer",
     "edge.propagation",
 )
 _ROOT = Path(__file__).resolve().parent
@@ -51,9 +53,9 @@ class Status:
 
 
 def _source(name: str) -> Path:
-    rel = Path(*name.split(".")[1:])
-    pkg = _ROOT / rel / "__init__.py"
-    return pkg if pkg.is_file() else (_ROOT / rel).with_suffix(".py")
+    rel = _ROOT.parent / Path(*name.split("."))
+    pkg = rel / "__init__.py"
+    return pkg if pkg.is_file() else rel.with_suffix(".py")
 
 
 def _extension(name: str) -> Path | None:
@@ -96,7 +98,7 @@ def _check() -> Status:
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
     return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 heads, trace "
-                        "context and span building run as C extensions")
+                        "context, span building and OTLP request writing run as C extensions")
 
 
 class _SourceFinder:

@@ -27,6 +27,7 @@ __all__ = [
     "INVALID_TRACE_ID",
     "INVALID_SPAN_ID",
     "share",
+    "frozen",
     "is_shared",
     "SUM",
     "GAUGE",
@@ -271,6 +272,12 @@ class _FrozenMap(tuple):  # type: ignore[type-arg]
     """A key/value list frozen for hashing; a distinct type so it never reads back as an array."""
 
     __slots__ = ()
+
+
+def frozen(v: AttrValue) -> AttrValue:
+    """A value as a Resource holds it (arrays as tuples, maps as sorted key/value tuples), never an interned copy:
+    True, 1 and 1.0 are equal, so an interned copy could come back with another type."""
+    return _freeze(v)
 
 
 def _freeze(v: AttrValue) -> AttrValue:

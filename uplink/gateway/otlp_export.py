@@ -11,9 +11,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from edge.codec.otlp import ExportTraceServiceResponse, request_from_spans
+from edge.codec.otlp import ExportTraceServiceResponse
+from edge.codec.otlp_writer import request_bytes
 from edge.config.uplink import GatewayConfig
 from edge.errors import ExportError
 from edge.model import MetricBatch, Span
@@ -82,21 +82,21 @@ class _Signal:
     name: str  # "spans" or "metrics", for log lines
     unit: str  # what the counts count: "spans" or "points"
     path: str  # OTLP/HTTP path
-    stub: Callable[[grpc.aio.Channel], Any]  # the gRPC service stub
-    response: Callable[[], Any]  # an empty Export*ServiceResponse
+    method: str  # the gRPC method, sent the request's serialized bytes as they are
+    response: Any  # the Export*ServiceResponse class
     rejected: Callable[[Any], int]  # the partial success's count of refused items
 
 
 def _traces() -> _Signal:
-    return _Signal("spans", "spans", "/v1/traces", trace_service_pb2_grpc.TraceServiceStub, ExportTraceServiceResponse,
-                   lambda ps: ps.rejected_spans)
+    return _Signal("spans", "spans", "/v1/traces", "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                   ExportTraceServiceResponse, lambda ps: ps.rejected_spans)
 
 
 def _metrics() -> _Signal:
     # Imported on first use: a gateway that never receives a metrics batch does not load these classes.
-    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
-    return _Signal("metrics", "points", "/v1/metrics", metrics_service_pb2_grpc.MetricsServiceStub,
+    return _Signal("metrics", "points", "/v1/metrics", "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
                    metrics_service_pb2.ExportMetricsServiceResponse, lambda ps: ps.rejected_data_points)
 
 
@@ -109,7 +109,7 @@ class OtlpExporter:
         self.stats = ExporterStats()
         self._throttle = Throttle()
         self._channel: grpc.aio.Channel | None = None
-        self._stubs: dict[str, Any] = {}
+        self._calls: dict[str, Any] = {}
         self._session: Any = None
         self._signals: dict[str, _Signal] = {}
         self._metadata = tuple((k.lower(), v) for k, v in cfg.export_headers.items())
@@ -126,7 +126,7 @@ class OtlpExporter:
     async def export(self, spans: list[Span], max_elapsed: float | None = None) -> ExportResult:
         """Export spans with retries for up to `max_elapsed` seconds (default `cfg.retry_max_elapsed`); never raises."""
         self.stats.exports += 1
-        return await self._export(self._signal("spans"), lambda: request_from_spans(spans), len(spans), max_elapsed)
+        return await self._export(self._signal("spans"), lambda: request_bytes(spans), len(spans), max_elapsed)
 
     async def export_metrics(self, batch: MetricBatch, max_elapsed: float | None = None) -> ExportResult:
         """Export a MetricBatch as an OTLP ExportMetricsServiceRequest, with the same retry rules as spans; never
@@ -134,8 +134,8 @@ class OtlpExporter:
         from edge.codec.otlp_metrics import request_from_metrics
 
         self.stats.metric_exports += 1
-        return await self._export(self._signal("metrics"), lambda: request_from_metrics(batch), batch.point_count(),
-                                  max_elapsed)
+        return await self._export(self._signal("metrics"), lambda: request_from_metrics(batch).SerializeToString(),
+                                  batch.point_count(), max_elapsed)
 
     def _signal(self, name: str) -> _Signal:
         signal = self._signals.get(name)
@@ -146,7 +146,8 @@ class OtlpExporter:
     def _delivered(self, signal: _Signal) -> Delivered:
         return self.stats.spans if signal.unit == "spans" else self.stats.points
 
-    async def _export(self, signal: _Signal, build: Callable[[], Any], n: int, max_elapsed: float | None) -> ExportResult:
+    async def _export(self, signal: _Signal, build: Callable[[], bytes], n: int,
+                      max_elapsed: float | None) -> ExportResult:
         try:
             req = build()
         except Exception as e:  # noqa: BLE001 - a value OTLP cannot hold (e.g. an int over 64 bits) is bad data, not a crash
@@ -188,7 +189,7 @@ class OtlpExporter:
         log.error("OTLP export to %s dropped %d %s (not retryable): %s", self.endpoint, n, signal.unit, error)
         return ExportResult(False, n, attempts=attempts, retryable=False, error=error)
 
-    async def _attempt(self, signal: _Signal, req: Any) -> tuple[int, str]:
+    async def _attempt(self, signal: _Signal, req: bytes) -> tuple[int, str]:
         """One attempt; returns (rejected items, message) from a partial success, raises ExportError otherwise."""
         if self.cfg.export_protocol == "http":
             return await self._attempt_http(signal, req)
@@ -196,7 +197,7 @@ class OtlpExporter:
 
     # --------------------------------------------------------------------------------------------------- gRPC
 
-    def _grpc_stub(self, signal: _Signal) -> Any:
+    def _grpc_call(self, signal: _Signal) -> Any:
         if self._channel is None:
             parts = urlsplit(self.cfg.export_endpoint)
             target = parts.netloc or parts.path
@@ -207,15 +208,17 @@ class OtlpExporter:
                 self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
             else:
                 self._channel = grpc.aio.insecure_channel(target, options=options)
-        stub = self._stubs.get(signal.name)
-        if stub is None:
-            stub = self._stubs[signal.name] = signal.stub(self._channel)
-        return stub
+        call = self._calls.get(signal.name)
+        if call is None:
+            # No request serializer: the request is already its protobuf bytes (edge/codec/otlp_writer.py).
+            call = self._calls[signal.name] = self._channel.unary_unary(
+                signal.method, request_serializer=None, response_deserializer=signal.response.FromString)
+        return call
 
-    async def _attempt_grpc(self, signal: _Signal, req: Any) -> tuple[int, str]:
-        stub = self._grpc_stub(signal)
+    async def _attempt_grpc(self, signal: _Signal, req: bytes) -> tuple[int, str]:
+        call = self._grpc_call(signal)
         try:
-            resp = await stub.Export(req, timeout=self.cfg.export_timeout, metadata=self._metadata or None)
+            resp = await call(req, timeout=self.cfg.export_timeout, metadata=self._metadata or None)
         except grpc.aio.AioRpcError as e:
             code = e.code()
             retry_after = _grpc_retry_delay(e)
@@ -225,7 +228,7 @@ class OtlpExporter:
 
     # --------------------------------------------------------------------------------------------------- HTTP
 
-    async def _attempt_http(self, signal: _Signal, req: Any) -> tuple[int, str]:
+    async def _attempt_http(self, signal: _Signal, req: bytes) -> tuple[int, str]:
         import aiohttp
 
         if self._session is None:
@@ -233,7 +236,7 @@ class OtlpExporter:
         url = self._base + signal.path
         headers = {**self.cfg.export_headers, "Content-Type": _PROTOBUF}
         try:
-            async with self._session.post(url, data=req.SerializeToString(), headers=headers) as resp:
+            async with self._session.post(url, data=req, headers=headers) as resp:
                 body = await resp.read()
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -255,7 +258,7 @@ class OtlpExporter:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-            self._stubs.clear()
+            self._calls.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -168,9 +168,9 @@ def body(spans: Sequence[Span], node_id: str, seq: int, created_ns: int | None =
             dur_col.append(dur if version == 1 else dur * 2)
         else:
             # Children start shortly after their parent and (client/server pairs) end shortly before it.
-            p = spans[r]
-            start_col.append(s.start_ns - p.start_ns)
-            before_parent_end = p.end_ns - s.end_ns
+            parent = spans[r]
+            start_col.append(s.start_ns - parent.start_ns)
+            before_parent_end = parent.end_ns - s.end_ns
             dur_col.append(before_parent_end * 2 + 1 if abs(before_parent_end) < abs(dur) else dur * 2)
         attr_col.append(t.attrs(s.attributes))
 

@@ -236,15 +236,15 @@ class _Attributes:
                     col.extend(vals)
         out: list[Any] = []
         values = self.idx.values
-        for (key, ty), vals in columns.items():
+        for (key, ty), col_values in columns.items():
             if ty == T_STR:
-                out.append(_text_refs(vals, values.get(key, _NO_VALUES), self.compact))
+                out.append(_text_refs(col_values, values.get(key, _NO_VALUES), self.compact))
             elif ty == T_FLOAT:
-                out.append(_float_planes(vals))
+                out.append(_float_planes(col_values))
             elif ty == T_ANY:
-                out.append([native(v) for v in vals])
+                out.append([native(v) for v in col_values])
             else:
-                out.append(vals)
+                out.append(col_values)
         return out
 
 
@@ -326,9 +326,9 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     if shapes.new:
         key_pos = {**idx.keys, **{k: keys.base + j for j, k in enumerate(keys.new)}}
         new_shapes = [[key_pos[k] * 8 + ty for k, ty in zip(ks, codes)] for ks, codes in shapes.new]
-    span_ids = b"".join([s.span_id for s in spans])
+    span_ids: Any = b"".join([s.span_id for s in spans])
     if len(span_ids) != 8 * n or not all(len(s.span_id) == 8 for s in spans):
-        span_ids = [bytes(s.span_id) for s in spans]  # type: ignore[assignment]
+        span_ids = [bytes(s.span_id) for s in spans]
     doc = [
         node_id, seq, created, n,
         span_ids, b"".join(trace_index), trace_col, parent_col, packed,
@@ -628,7 +628,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     if new_shapes:
         shapes = shapes + [_shape_entries(sh, keys) for sh in array(new_shapes, "new shapes")]
     res_shapes = _uints(res_shapes_f, "new resource shapes", None, len(shapes))
-    resources = dt.resources + [None] * len(res_shapes) if res_shapes else dt.resources
+    resources: list[Any] = dt.resources + [None] * len(res_shapes) if res_shapes else dt.resources
     resource_col = _uints(resource_col_f, "resource column", n, len(resources))
     scopes = dt.scopes + _scopes(new_scopes) if new_scopes else dt.scopes
     scope_col = _uints(scope_col_f, "scope column", n, len(scopes))

@@ -26,7 +26,7 @@ import cbor2
 import zstandard
 
 from edge.errors import DecodeError
-from edge.model import Resource, Scope, Span
+from edge.model import Resource, Scope, Span, frozen
 
 from .frame import NO_TABLES, TABLE_ID_SIZE, compression_params, read_prefix
 from .values import check_native
@@ -90,9 +90,10 @@ def thaw_value(v: Any) -> Any:
 
 
 def freeze_value(v: Any) -> Any:
-    """A decoded value frozen the way Resource.of freezes it."""
+    """A decoded value frozen the way Resource.of freezes it (not interned: a copy frozen from [1.0] would come back for
+    [True])."""
     if type(v) in (list, dict):
-        return Resource.of({"": v}).attributes[0][1]
+        return frozen(v)
     return v
 
 
@@ -511,7 +512,7 @@ def _train_zdict(samples: list[bytes], size: int) -> tuple[bytes, int]:
         return b"", _ZDICT_NONE
     if len(samples) >= 8 and total >= 4 * size:
         try:
-            d = zstandard.train_dictionary(size, samples, level=3)
+            d = zstandard.train_dictionary(size, [*samples], level=3)
             return d.as_bytes(), _ZDICT_TRAINED
         except zstandard.ZstdError:
             pass

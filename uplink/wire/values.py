@@ -143,7 +143,7 @@ class Expansion:
             self.add(size)
         return size
 
-    def attributes(self, attrs: Attributes) -> int:
+    def attributes(self, attrs: dict[str, Any]) -> int:
         """The bytes of an attribute list in the request."""
         # `value` inlined for the common scalars: this runs for every attribute of every span the gateway takes.
         n = 2 * _ITEM * len(attrs)

@@ -17,7 +17,7 @@ from bench._workload import realistic_spans
 from bench.corpus import load_all
 from edge.codec.otlp import request_from_spans
 from edge.errors import DecodeError
-from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode
+from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, frozen
 from uplink.gateway.budget import expansion_limit
 from uplink.wire import NO_TABLES, ExpansionExceeded, UnknownTableSet, columnar, declared_size, decode_batch, \
     encode_batch, read_header
@@ -375,3 +375,12 @@ def test_real_batches_decode_within_the_gateways_expansion_limit_which_bounds_th
                     count = Expansion(limit)
                     count.spans(decoded)
                     assert count.total >= len(request_from_spans(decoded).SerializeToString()), name
+
+
+def test_a_resource_value_decodes_with_its_own_types_whatever_was_interned_before() -> None:
+    # True == 1 == 1.0: a frozen copy shared with an earlier resource would bring back [1.0] for [True].
+    Resource.of({"": [1.0]})
+    Resource.of({"": {"k": 1}})
+    spans = [Span(b"\x01" * 16, b"\x02" * 8, "op", 10, 20,
+                  resource=Resource((("a", frozen([True])), ("m", frozen({"k": True})))))]
+    assert _exact(_round_trip(spans, EMPTY), spans)
