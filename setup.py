@@ -4,11 +4,11 @@ Metadata lives in pyproject.toml; this file only adds the probe build to `build_
 `pip install .`, wheels and `pip install -e .` alike. Without clang, prebuilt objects already in
 edge/sources/ebpf/objects/ are used as they are; with neither, the build stops with what to install.
 
-The accelerator: mypyc compiles the record decoder, the HTTP/1 head and HTTP/2 frame parsers, the span builder and the
-gateway's OTLP request writer (edge/accel.py lists them) into C extensions beside their sources. It is optional: without
-mypy, a C compiler or the Python headers, or when compiling fails, the package installs as pure Python and runs the same
-code uncompiled (`helix doctor` says which runs). HELIX_ACCEL_BUILD=0 skips it (the container build does: its wheel is
-made for another architecture).
+The accelerator: mypyc compiles the record decoder, the HTTP/1 head and HTTP/2 frame parsers, the trace-context
+parser, the span builder and the gateway's OTLP request writer (edge/accel.py lists them) into C extensions beside
+their sources. It is optional: without mypy, a C compiler or the Python headers, or when compiling fails, the package
+installs as pure Python and runs the same code uncompiled (`helix doctor` says which runs). HELIX_ACCEL_BUILD=0 skips
+it (the container build does: its wheel is made for another architecture).
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ ACCEL_MODULES = (
     "edge/sources/ebpf/spans/tcp.py",
     "edge/sources/ebpf/spans/file_io.py",
     "edge/codec/otlp_writer.py",
+    "edge/propagation.py",
 )
 ACCEL_MANIFEST = "accel_manifest.json"
 

@@ -38,6 +38,7 @@ MODULES = (
     "edge.sources.ebpf.spans.tcp",
     "edge.sources.ebpf.spans.file_io",
     "edge.codec.otlp_writer",
+    "edge.propagation",
 )
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
@@ -97,8 +98,8 @@ def _check() -> Status:
         if fingerprints.get(rel) != fingerprint(src.read_bytes()):
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
-    return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 heads, span "
-                        "building and OTLP request writing run as C extensions")
+    return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 and HTTP/2 parsing, trace "
+                        "context, span building and OTLP request writing run as C extensions")
 
 
 class _SourceFinder:

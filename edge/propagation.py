@@ -25,7 +25,7 @@ _TRACESTATE_KEY = re.compile(r"^([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]
 _TRACESTATE_VALUE = re.compile(r"^[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, init=False)
 class SpanContext:
     """The propagated identity of a remote span: the parent of whatever continues it."""
 
@@ -35,14 +35,25 @@ class SpanContext:
     trace_state: str = ""
     format: str = "w3c"
 
+    # Written out: compiled, a frozen dataclass's generated __init__ is ~30x slower than this one, and one is made per
+    # request that carries a trace context (tests/edge/test_accel.py checks it against the fields).
+    def __init__(self, trace_id: bytes, span_id: bytes, flags: int = 1, trace_state: str = "",
+                 format: str = "w3c") -> None:  # noqa: A002 - the field's name
+        object.__setattr__(self, "trace_id", trace_id)
+        object.__setattr__(self, "span_id", span_id)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "trace_state", trace_state)
+        object.__setattr__(self, "format", format)
+
     @property
     def sampled(self) -> bool:
         """W3C sampled flag."""
         return bool(self.flags & 1)
 
 
-def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None = None) -> SpanContext | None:
+def parse_traceparent(value: object, tracestate: object = None) -> SpanContext | None:
     """Parse a W3C `traceparent` (version 00, or a later version read as 00 per the spec); None if invalid."""
+    # Typed `object`: callers hand over whatever a decoded message held, and the compiled build checks declared types.
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -148,7 +159,7 @@ def _text(value: object) -> str | None:
     return None
 
 
-def extract(headers: Mapping[str, str]) -> SpanContext | None:
+def extract(headers: Mapping[str, object]) -> SpanContext | None:
     """Find a trace context in lower-cased headers or MQTT user properties: W3C first, then B3, then Jaeger."""
     ctx = parse_traceparent(_text(headers.get("traceparent")), _text(headers.get("tracestate")))
     if ctx is not None:

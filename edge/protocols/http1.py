@@ -43,7 +43,7 @@ _REQUEST_HEAD = re.compile(rb"([A-Z]+) ([\x21-\x7e\x80-\xff]+) HTTP/(1\.[01])" +
 _RESPONSE_HEAD = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?" + _HEADER_LINES)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class HttpRequest:
     """A request head as far as the snapshot showed it."""
 
@@ -61,6 +61,25 @@ class HttpRequest:
     head_length: int | None = None  # request line + headers + blank line, when complete
     length: int | None = None  # the whole message (head + body), when the snapshot lets us know it
 
+    # Written out: see DataEvent.__init__ (edge/sources/ebpf/events.py); one of these is made per request head.
+    def __init__(self, method: str, target: str, path: str, query: str, version: str,
+                 headers: dict[str, str] | None = None, host: str = "", truncated: bool = False,
+                 content_length: int | None = None, chunked: bool = False, offset: int = 0,
+                 head_length: int | None = None, length: int | None = None) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = {} if headers is None else headers
+        self.host = host
+        self.truncated = truncated
+        self.content_length = content_length
+        self.chunked = chunked
+        self.offset = offset
+        self.head_length = head_length
+        self.length = length
+
     @property
     def body_size(self) -> int | None:
         """Body bytes when known from the head (or the chunk walk), else None."""
@@ -69,7 +88,7 @@ class HttpRequest:
         return self.length - self.head_length
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class HttpResponse:
     """A response head as far as the snapshot showed it."""
 
@@ -83,6 +102,21 @@ class HttpResponse:
     offset: int = 0
     head_length: int | None = None
     length: int | None = None  # None when the body runs until close or the chunk walk left the snapshot
+
+    # Written out: see DataEvent.__init__ (edge/sources/ebpf/events.py).
+    def __init__(self, status: int, reason: str, version: str, headers: dict[str, str] | None = None,
+                 truncated: bool = False, content_length: int | None = None, chunked: bool = False, offset: int = 0,
+                 head_length: int | None = None, length: int | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = {} if headers is None else headers
+        self.truncated = truncated
+        self.content_length = content_length
+        self.chunked = chunked
+        self.offset = offset
+        self.head_length = head_length
+        self.length = length
 
     @property
     def body_size(self) -> int | None:
@@ -282,11 +316,13 @@ def _request_at(data: bytes, start: int) -> HttpRequest | None:
     if sp <= start or data[start:sp] not in _METHODS_B:
         return None
     m = _REQUEST_HEAD.match(data, start)
-    if m is not None and m.group(4).count(b"\n") < MAX_HEADERS:
-        # The common case, a whole head of CRLF lines, in one pattern; anything else takes the general path, which
-        # gives the same result for this case (tests/edge/protocols/test_http1.py compares them).
-        return _request(data, start, m.group(1).decode("ascii"), m.group(2), m.group(3).decode("ascii"),
-                        _fast_headers(m.group(4)), False, False, m.end() - start)
+    if m is not None:
+        method, target, version, lines = m.groups()
+        if lines.count(b"\n") < MAX_HEADERS:
+            # The common case, a whole head of CRLF lines, in one pattern; anything else takes the general path, which
+            # gives the same result for this case (tests/edge/protocols/test_http1.py compares them).
+            return _request(data, start, method.decode("ascii"), target, version.decode("ascii"),
+                            _fast_headers(lines), False, False, m.end() - start)
     return _request_at_general(data, start)
 
 
@@ -374,9 +410,11 @@ def _response_at(data: bytes, start: int, request_method: str) -> HttpResponse |
     if not data.startswith(b"HTTP/1.", start):
         return None
     m = _RESPONSE_HEAD.match(data, start)
-    if m is not None and m.group(4).count(b"\n") < MAX_HEADERS:  # as in _request_at
-        return _response(data, start, request_method, int(m.group(2)), m.group(3) or b"", m.group(1).decode(),
-                         _fast_headers(m.group(4)), False, False, m.end() - start)
+    if m is not None:
+        version, status, reason, lines = m.groups()
+        if lines.count(b"\n") < MAX_HEADERS:  # as in _request_at
+            return _response(data, start, request_method, int(status), reason or b"", version.decode(),
+                             _fast_headers(lines), False, False, m.end() - start)
     return _response_at_general(data, start, request_method)
 
 

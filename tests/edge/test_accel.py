@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import json
 import os
 import struct
@@ -196,3 +197,64 @@ def test_hostile_record_streams_build_the_same_spans(mutations, batch):
     compiled = _build("compiled", records, batch)
     assert json.loads(json.dumps(pure, sort_keys=True)) == json.loads(json.dumps(compiled, sort_keys=True))
     assert compiled[1][1]["internal_errors"] == 0  # type: ignore[index]
+
+
+def _written_inits() -> list[type]:
+    """The dataclasses of the accelerated modules whose __init__ is written out rather than generated."""
+    found = []
+    for mod in accel.modules("pure").values():
+        for value in vars(mod).values():
+            if isinstance(value, type) and value.__module__ == mod.__name__ and dataclasses.is_dataclass(value) \
+                    and not value.__dataclass_params__.init:  # type: ignore[attr-defined]
+                found.append(value)
+    return found
+
+
+def test_written_out_inits_take_the_fields_in_order_with_their_defaults():
+    classes = _written_inits()
+    assert {c.__name__ for c in classes} >= {"DataEvent", "HttpRequest", "HttpResponse", "_Exchange"}
+    for cls in classes:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        fields = dataclasses.fields(cls)
+        assert [p.name for p in params] == [f.name for f in fields], cls
+        for p, f in zip(params, fields):
+            if f.default is not dataclasses.MISSING:
+                assert p.default == f.default, (cls, f.name)
+            elif f.default_factory is not dataclasses.MISSING:
+                assert p.default is None, (cls, f.name)
+            else:
+                assert p.default is inspect.Parameter.empty, (cls, f.name)
+        # Every field is set, and a field with a factory gets what the factory makes.
+        required = [object() for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        made = cls(*required)
+        for f in fields:
+            got = getattr(made, f.name)
+            if f.default is not dataclasses.MISSING:
+                assert got == f.default, (cls, f.name)
+            elif f.default_factory is not dataclasses.MISSING and f.name != "span_id":
+                assert got == f.default_factory(), (cls, f.name)
+        assert made.__dataclass_fields__ and dataclasses.replace(made) == made
+
+
+_HEADER_VALUES = st.one_of(
+    st.sampled_from(["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                     " 01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra\t",
+                     "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                     "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+                     "4bf92f3577b34da6:00f067aa0ba902b7:0:1", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", "d"]),
+    st.text(alphabet="0123456789abcdefABX-:=, \t", max_size=70), st.binary(max_size=60), st.integers())
+
+
+@compiled_only
+@settings(max_examples=150, deadline=None)
+@given(headers=st.dictionaries(st.sampled_from(["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                                                "x-b3-sampled", "x-b3-flags", "uber-trace-id"]), _HEADER_VALUES))
+def test_trace_context_is_read_alike(headers):
+    results = []
+    for impl in ("pure", "compiled"):
+        prop = accel.modules(impl)["edge.propagation"]
+        results.append([_outcome(prop.extract, headers), _outcome(prop.parse_traceparent, headers.get("traceparent"),
+                                                                  headers.get("tracestate"))])
+    assert results[0] == results[1]
+    assert all(r[0] == "ok" for r in results[0])

@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Final, Iterable, Protocol
 
 from ....errors import ConfigError
-from ....model import Attributes, Event, Scope, Source, Span, SpanKind, new_span_id, new_trace_id
+from ....model import INVALID_SPAN_ID, INVALID_TRACE_ID, Attributes, Event, Scope, Source, Span, SpanKind
 from ....net.retry import RateLimitedLog
 from ....propagation import SpanContext, format_tracestate
 from ..events import (
@@ -78,6 +79,9 @@ log = logging.getLogger(__name__)
 _rl = RateLimitedLog(log)
 
 SCOPE = Scope("helix.ebpf")
+_EBPF: Final = Source.EBPF  # read once: see http.py's _SERVER
+# Bytes of the kernel's randomness read at a time for span and trace ids: one getrandom(2) per 512 span ids.
+_RANDOM_BATCH = 4096
 _NS = 1_000_000_000
 # Messages in a row that no protocol recognised before a connection is written off as opaque (TLS, binary).
 _OPAQUE_AFTER = 3
@@ -221,6 +225,8 @@ class SpanBuilder:
         self.causes = Causes(self.config.max_threads)
         self._offset_ns = 0
         self._synced_at: int | None = None
+        self._random = b""
+        self._random_at = 0
         # Told the sockets found speaking HTTP/2 in message snapshots, so that the probes walk their frames from then
         # on (ProbeSet.hint_h2); None where no probes listen (replays, tests).
         self.on_h2: Callable[[int], None] | None = None
@@ -303,6 +309,27 @@ class SpanBuilder:
         self.causes.flush(now_mono_ns, out, 2 * int(self.config.response_timeout * _NS))
         self.stats.spans += len(out)
         return out
+
+    def new_span_id(self) -> bytes:
+        """A random, valid span id (model.new_span_id's, read from the kernel in batches)."""
+        return self._random_id(8, INVALID_SPAN_ID)
+
+    def new_trace_id(self) -> bytes:
+        """A random, valid trace id (model.new_trace_id's, read from the kernel in batches)."""
+        return self._random_id(16, INVALID_TRACE_ID)
+
+    def _random_id(self, size: int, invalid: bytes) -> bytes:
+        # A getrandom(2) per span was ~3 % of the builder's time. The builder is one thread's (and never forked), so
+        # no two callers take the same bytes.
+        while True:
+            at = self._random_at
+            if at + size > len(self._random):
+                self._random = os.urandom(_RANDOM_BATCH)
+                at = 0
+            self._random_at = at + size
+            value = self._random[at:at + size]
+            if value != invalid:
+                return value
 
     # -- clock -------------------------------------------------------------------------------------------------
 
@@ -485,15 +512,15 @@ class SpanBuilder:
         elif rv is not None:
             # The kernel sampled this context-less request on randomness it chose: the trace carries it, as `rv` and
             # as the trace id's low 56 bits, so the agent's sampler (and any span that joins the trace) agrees.
-            trace_id, parent, flags = new_trace_id()[:9] + rv.to_bytes(7, "big"), b"", 1
+            trace_id, parent, flags = self.new_trace_id()[:9] + rv.to_bytes(7, "big"), b"", 1
             state = format_tracestate([("ot", f"rv:{rv:014x}")])
             attrs["helix.context_from"] = "none"
         else:
-            trace_id, parent, state, flags = new_trace_id(), b"", "", 1
+            trace_id, parent, state, flags = self.new_trace_id(), b"", "", 1
             attrs["helix.context_from"] = "none"
         return Span(
             trace_id=trace_id,
-            span_id=span_id or new_span_id(),
+            span_id=span_id or self.new_span_id(),
             name=name,
             start_ns=start,
             end_ns=end,
@@ -503,7 +530,7 @@ class SpanBuilder:
             events=events,
             resource=proc.resource,
             scope=SCOPE,
-            source=Source.EBPF,
+            source=_EBPF,
             trace_state=state,
             flags=flags,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ....model import Attributes, Event, Span, SpanKind, StatusCode, new_span_id
 from ....propagation import extract
@@ -29,9 +29,16 @@ _NO_MSG, _REQ_MSG, _RESP_MSG = range(3)
 # Bytes of a non-HTTP-looking snapshot on an HTTP connection that tell body bytes from a head arriving in
 # pieces: the longest method and its space ("OPTIONS ").
 _HTTP_SNIFF = 8
+# Enum members read once: each `SpanKind.SERVER` in compiled code is a lookup through the enum metaclass's __getattr__
+# (~0.3 us, an allocation each), several per exchange.
+_SERVER: Final = SpanKind.SERVER
+_CLIENT: Final = SpanKind.CLIENT
+_INGRESS: Final = Direction.INGRESS
+_UNSET: Final = StatusCode.UNSET
+_ERROR: Final = StatusCode.ERROR
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Exchange:
     """One HTTP request and, once seen, its response."""
 
@@ -57,6 +64,35 @@ class _Exchange:
     # Chosen when the request is read, so that the calls it causes can name their parent before its span exists.
     span_id: bytes = field(default_factory=new_span_id)
     call: Call | None = None  # a client's call: the request it was made for (causes.py)
+
+    # Written out: see DataEvent.__init__ (edge/sources/ebpf/events.py); one of these is made per request.
+    def __init__(self, request: HttpRequest, kind: SpanKind, start_ns: int, pid: int, tid: int, offcpu_ns: int,
+                 msg_seq: int, sole: bool, deadline_ns: int, events: list[Event] | None = None,
+                 req_bytes: int | None = None, response: HttpResponse | None = None, resp_tid: int = 0,
+                 resp_offcpu_ns: int = 0, resp_first_end_ns: int = 0, resp_sole: bool = False,
+                 resp_bytes: int | None = None, end_ns: int = 0, rv: int | None = None, span_id: bytes | None = None,
+                 call: Call | None = None) -> None:
+        self.request = request
+        self.kind = kind
+        self.start_ns = start_ns
+        self.pid = pid
+        self.tid = tid
+        self.offcpu_ns = offcpu_ns
+        self.msg_seq = msg_seq
+        self.sole = sole
+        self.deadline_ns = deadline_ns
+        self.events = [] if events is None else events
+        self.req_bytes = req_bytes
+        self.response = response
+        self.resp_tid = resp_tid
+        self.resp_offcpu_ns = resp_offcpu_ns
+        self.resp_first_end_ns = resp_first_end_ns
+        self.resp_sole = resp_sole
+        self.resp_bytes = resp_bytes
+        self.end_ns = end_ns
+        self.rv = rv
+        self.span_id = new_span_id() if span_id is None else span_id
+        self.call = call
 
 
 class _HttpConn(ConnState):
@@ -200,7 +236,8 @@ class _Http:
         if not http_like and conn.proto is not self:
             return None
         # A head is decoded once whole; bytes on an HTTP connection that are no head are body bytes.
-        if (http_like and b"\r\n\r\n" in data) or (not http_like and len(data) >= _HTTP_SNIFF):
+        # find(), not `in`: a bytes `in` first tries the operand as an integer, raising and clearing a TypeError.
+        if (http_like and data.find(b"\r\n\r\n") >= 0) or (not http_like and len(data) >= _HTTP_SNIFF):
             return SETTLE
         return WAIT
 
@@ -215,8 +252,8 @@ class _Http:
         if not reqs:
             return False
         st = self._claim(conn)
-        ingress = ev.direction == Direction.INGRESS
-        kind = SpanKind.SERVER if ingress else SpanKind.CLIENT
+        ingress = ev.direction == _INGRESS
+        kind = _SERVER if ingress else _CLIENT
         start = ev.end_ns if ingress else ev.ts_ns
         deadline = start + int(b.config.response_timeout * _NS)
         faults = take_faults(b, conn)
@@ -226,7 +263,7 @@ class _Http:
                 st.pending.popleft()
                 b.stats.pending_dropped += 1
             x = _Exchange(req, kind, start, ev.pid, ev.tid, ev.offcpu_ns, conn.seq, sole, deadline, events=faults,
-                          rv=ev.rv)
+                          rv=ev.rv, span_id=b.new_span_id())
             if ingress:
                 b.causes.request_read(ev.pid, ev.tid, x.span_id, start)
             else:
@@ -247,7 +284,7 @@ class _Http:
 
     def _on_responses(self, b: SpanBuilder, conn: Conn, ev: DataEvent, out: list[Span]) -> bool:
         # A response read answers a request we wrote (client), a response written answers one we read (server).
-        kind = SpanKind.CLIENT if ev.direction == Direction.INGRESS else SpanKind.SERVER
+        kind = _CLIENT if ev.direction == _INGRESS else _SERVER
         pending = conn.state.pending if isinstance(conn.state, _HttpConn) else ()
         resps = parse_responses(ev.payload, [x.request.method for x in pending if x.kind == kind])
         if not resps:
@@ -311,7 +348,7 @@ def _emit_incomplete(b: SpanBuilder, conn: Conn, x: _Exchange, end_ns: int, why:
 def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, estimated: bool = False,
                incomplete: str = "") -> None:
     req, resp = x.request, x.response
-    server = x.kind == SpanKind.SERVER
+    server = x.kind == _SERVER
     proc = b.procs.get(x.pid, conn.comm)
     attrs: Attributes = {"http.request.method": req.method}
     if req.path:
@@ -338,7 +375,7 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         attrs["http.request.body.size"] = req_body
     if req.truncated:
         attrs["helix.http.request_truncated"] = True
-    status = StatusCode.UNSET
+    status = _UNSET
     message = ""
     if resp is not None:
         attrs["http.response.status_code"] = resp.status
@@ -348,10 +385,10 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         if resp_body is not None:
             attrs["http.response.body.size"] = resp_body
         if resp.status >= 500 or (not server and resp.status >= 400):
-            status = StatusCode.ERROR
+            status = _ERROR
             attrs["error.type"] = str(resp.status)
     elif incomplete:
-        status = StatusCode.ERROR
+        status = _ERROR
         message = incomplete
         attrs["helix.incomplete"] = True
         attrs["error.type"] = "incomplete"

@@ -2,13 +2,16 @@
 sequences, its configuration."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from edge import accel
 from edge.sources.ebpf.events import CloseEvent, ConnectEvent, DataMoreEvent, ExitEvent, FaultKind, Role, TcpFaultEvent
 from edge.sources.ebpf.spans import FixedClock, SpanBuilder, SpanBuilderConfig, SystemClock
+from tests.edge._implementations import IMPLEMENTATIONS
 from tests.edge.protocols import mqtt_encode as enc
 from ._helpers import SRV, CLI, TID, TP, IN, OUT, builder, data, req, resp, assert_clean, dataclasses_replace
 
@@ -109,3 +112,20 @@ def test_kernel_randomness_becomes_the_traces_randomness():
     # Without kernel randomness nothing is added.
     [n] = b.feed([data(3, IN, 10000, req()), data(3, OUT, 10500, resp())])
     assert n.trace_state == ""
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_span_and_trace_ids_are_random_valid_and_never_repeat(implementation, monkeypatch):
+    spans_mod = accel.modules(implementation)["edge.sources.ebpf.spans"]
+    b = spans_mod.SpanBuilder(spans_mod.SpanBuilderConfig(host_name="h"), spans_mod.FixedClock())
+    ids = [b.new_span_id() for _ in range(3000)]  # several batches of the kernel's randomness
+    traces = [b.new_trace_id() for _ in range(1000)]
+    assert {len(i) for i in ids} == {8} and {len(t) for t in traces} == {16}
+    assert len(set(ids)) == len(ids) and len(set(traces)) == len(traces)
+    # The all-zero id is invalid (W3C): skipped, never handed out.
+    batches = iter([bytes(8) + b"\x01" * 8 + bytes(16) + b"\x02" * 16, b"\x03" * 4096])
+    monkeypatch.setattr(os, "urandom", lambda n: next(batches))
+    b = spans_mod.SpanBuilder(spans_mod.SpanBuilderConfig(host_name="h"), spans_mod.FixedClock())
+    assert b.new_span_id() == b"\x01" * 8
+    assert b.new_trace_id() == b"\x02" * 16  # the zero trace id skipped
+    assert b.new_trace_id() == b"\x03" * 16  # a new batch where the rest is too short
