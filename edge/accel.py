@@ -98,8 +98,8 @@ def _check() -> Status:
         if fingerprints.get(rel) != fingerprint(src.read_bytes()):
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
-    return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 and HTTP/2 parsing, trace "
-                        "context, span building and OTLP request writing run as C extensions")
+    return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 and HTTP/2 "
+                        "parsing, trace context, span building and OTLP request writing run as C extensions")
 
 
 class _SourceFinder:
