@@ -137,7 +137,16 @@ class Resource:
     @classmethod
     def of(cls, attrs: Attributes) -> Resource:
         """Build a resource from a mapping, with a stable key order; equal resources are one shared object."""
-        return _one_copy(_RESOURCES, cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items()))), _RESOURCES_MAX)
+        r = cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
+        # True, 1 and 1.0 are equal: the key carries each value's type, so a copy never comes back with another.
+        key = (r, tuple(_shape(v) for _, v in r.attributes))
+        shared = _RESOURCES.get(key)
+        if shared is not None:
+            return shared
+        if len(_RESOURCES) >= _RESOURCES_MAX:
+            _RESOURCES.clear()
+        _RESOURCES[key] = r
+        return r
 
     def as_dict(self) -> Attributes:
         """Return the attributes as a plain dict."""
@@ -154,7 +163,7 @@ class Resource:
 
 # Every export request and MQTT message brings its resource again; a device sending one span per message would
 # otherwise pay a whole resource (~1.5 KiB) per span. Bounded like the string table.
-_RESOURCES: dict[Resource, Resource] = {}
+_RESOURCES: dict[tuple[Resource, tuple[object, ...]], Resource] = {}
 _RESOURCES_MAX = 256
 
 
@@ -287,6 +296,13 @@ def _freeze(v: AttrValue) -> AttrValue:
     if isinstance(v, dict):
         return _FrozenMap(sorted((k, _freeze(x)) for k, x in v.items()))  # type: ignore[return-value]
     return v
+
+
+def _shape(v: object) -> object:
+    """A frozen value's types, nested: what equality of True, 1 and 1.0 does not tell apart."""
+    if isinstance(v, tuple):
+        return (type(v), tuple(_shape(x) for x in v))
+    return type(v)
 
 
 def _thaw(v: AttrValue) -> AttrValue:

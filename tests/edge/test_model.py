@@ -148,3 +148,24 @@ def test_kernel_span_keys_are_the_builders_constants_and_do_not_count() -> None:
 
     assert span(Source.SDK_OTLP).approx_size() - span(Source.EBPF).approx_size() == 2 * 49 + len("url.path") + len(
         "server.port")
+
+
+def test_equal_resources_of_other_value_types_are_never_one_shared_copy() -> None:
+    # True == 1 == 1.0 in Python: a shared copy keyed by value alone handed one service's bool back as another's int.
+    as_int = Resource.of({"service.name": "a", "x": 1, "xs": [1, 2]})
+    as_bool = Resource.of({"service.name": "a", "x": True, "xs": [True, 2]})
+    as_float = Resource.of({"service.name": "a", "x": 1.0, "xs": [1.0, 2]})
+    assert type(as_int.as_dict()["x"]) is int and type(as_int.as_dict()["xs"][0]) is int
+    assert type(as_bool.as_dict()["x"]) is bool and type(as_bool.as_dict()["xs"][0]) is bool
+    assert type(as_float.as_dict()["x"]) is float and type(as_float.as_dict()["xs"][0]) is float
+    # the same types still share one copy
+    assert Resource.of({"xs": [True, 2], "x": True, "service.name": "a"}) is as_bool
+
+
+def test_an_otlp_bool_resource_attribute_reads_back_a_bool_after_an_equal_int_one() -> None:
+    spans = []
+    for value in (1, True):
+        s = Span(trace_id=new_trace_id(), span_id=new_span_id(), name="op", start_ns=1, end_ns=2,
+                 resource=Resource.of({"service.name": "svc", "flag": value}))
+        spans.extend(spans_from_request(parse_request_protobuf(request_from_spans([s]).SerializeToString())))
+    assert [type(s.resource.as_dict()["flag"]) for s in spans] == [int, bool]
