@@ -55,14 +55,15 @@ _SHARED_MAX = 4096
 _SHARED_LEN = 64
 
 
-def _one_copy(table: dict, x: Any, max_entries: int) -> Any:
+def _one_copy(table: dict, x: Any, max_entries: int, key: Any = None) -> Any:
     # Bounded by starting over: holders keep the copies they have, later ones get a new first copy.
-    t = table.get(x)
+    k = x if key is None else key
+    t = table.get(k)
     if t is not None:
         return t
     if len(table) >= max_entries:
         table.clear()
-    table[x] = x
+    table[k] = x
     return x
 
 
@@ -139,14 +140,7 @@ class Resource:
         """Build a resource from a mapping, with a stable key order; equal resources are one shared object."""
         r = cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
         # True, 1 and 1.0 are equal: the key carries each value's type, so a copy never comes back with another.
-        key = (r, tuple(_shape(v) for _, v in r.attributes))
-        shared = _RESOURCES.get(key)
-        if shared is not None:
-            return shared
-        if len(_RESOURCES) >= _RESOURCES_MAX:
-            _RESOURCES.clear()
-        _RESOURCES[key] = r
-        return r
+        return _one_copy(_RESOURCES, r, _RESOURCES_MAX, key=(r, tuple(_shape(v) for _, v in r.attributes)))
 
     def as_dict(self) -> Attributes:
         """Return the attributes as a plain dict."""
