@@ -659,7 +659,7 @@ RW_PROBES(fdatasync, DIR_NONE, FILE_FSYNC, 0xff)
 
 /* One program ends every call above: the exits do not depend on the call, and the loader attaches this one to
  * each sys_exit_* of the list in loader.py (_ALSO_ATTACHED), so the kernel verifies its ~6,000 instructions once
- * instead of once per call (ten times the load time, minutes on a slow board). */
+ * instead of once per call: most of a start is the verifier. */
 SEC("tracepoint/syscalls/sys_exit_read")
 int exit_rw(struct trace_event_raw_sys_exit *ctx)
 {

@@ -106,9 +106,8 @@ def qemu_command(arch: str, image_dir: Path, kernel: str, overlay: Path, results
         cmd = ["qemu-system-aarch64", "-machine", "virt" + (",accel=kvm" if kvm else ""),
                "-cpu", "host" if kvm else "cortex-a72"]
     if not kvm:
-        # One host thread runs both vCPUs in turn. Multi-threaded emulation stalled guests when a tracepoint was
-        # switched on or off (the kernel patches its own code live: every vCPU spun on the patch's int3 in
-        # syscall_trace_enter), at the agent's start on 5.10 and after its SIGKILL on 6.1.
+        # One host thread runs both vCPUs in turn: multi-threaded emulation can stall a guest for good while its
+        # kernel patches a tracepoint in or out (docs/portability.md).
         cmd += ["-accel", "tcg,thread=single"]
     cmd += ["-smp", "2", "-m", str(memory_mb), "-nographic", "-no-reboot", "-nodefaults",
             "-kernel", str(boot / f"vmlinuz-{kernel}"), "-initrd", str(boot / f"initrd.img-{kernel}"),
