@@ -97,6 +97,7 @@ enum helix_red_kind {
 	HELIX_RED_SERVER = 2, /* same values as Role: an HTTP request read by a server */
 	HELIX_RED_CLIENT = 1, /* an HTTP request written by a client */
 	HELIX_RED_PRODUCER = 3, /* an MQTT PUBLISH written by a client; `path` is its topic, `host` the remote address */
+	HELIX_RED_CONSUMER = 4, /* an MQTT PUBLISH read by a client (a subscriber); `path` is its topic */
 };
 
 /* The agent's histogram bounds (`red_bounds`, one entry): bucket i counts d <= ns[i] (and > ns[i-1]), the last

@@ -63,6 +63,7 @@ struct conn_state {
 	__u8 tls;      /* its messages are the TLS library's plaintext (tls.bpf.h); the socket's own bytes are not sent */
 	__u8 tls_seen; /* a message of it began with a TLS record header: a socket a guessed TLS link may go to */
 	__u8 h2;       /* H2_* (h2.bpf.h): HTTP/2 frame mode */
+	__u8 mqtt;     /* it carried an MQTT CONNECT or CONNACK: PUBLISHes read on it are decided (mqtt_in.bpf.h) */
 	__u64 held_bytes;  /* books of the last message sent before the held-back ones, which the next record */
 	__u64 held_end_ns; /* sent (data_event or close) reports as its previous message */
 	__u64 ssl;     /* the SSL object linked to it (tls.bpf.h), 0: none */
@@ -405,6 +406,36 @@ static __always_inline __u32 copy_payload(__u8 *dst, struct sys_call *in, __u64 
 
 #include "h2.bpf.h"
 
+/* A later syscall of the message whose first `offset` bytes moved before it (offset < payload_bytes): the
+ * bytes that bring the message's snapshot up to payload_bytes. */
+static __always_inline void emit_more(struct sys_call *in, struct sock *sk, __u64 size, __u64 offset, __u64 now,
+				      __u64 id, __u8 flags)
+{
+	__u32 zero = 0;
+	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct data_more_event *ev;
+	__u32 got;
+
+	if (!s)
+		return;
+	ev = (struct data_more_event *)s->raw;
+	ev->type = HELIX_EV_DATA_MORE;
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	ev->direction = in->op;
+	ev->flags = flags;
+	ev->ts_ns = in->ts_ns;
+	ev->end_ns = now;
+	ev->sock = (__u64)sk;
+	ev->offset = offset;
+	got = copy_payload(ev->payload, in, size, settings.payload_bytes - (__u32)offset);
+	ev->payload_len = got;
+	if (rb_output(ev, sizeof(*ev) + got))
+		count_drop(HELIX_DROP_RINGBUF_FULL);
+}
+
+#include "mqtt_in.bpf.h"
+
 /* The first syscall of a message: who, where, the books of the previous message sent, and the first bytes;
  * unless the sampling decision holds the message back. */
 static __always_inline void emit_start(struct sys_call *in, struct sock *sk, struct conn_state *st, __u64 size,
@@ -442,6 +473,8 @@ static __always_inline void emit_start(struct sys_call *in, struct sock *sk, str
 		h2_walk(in, sk, st, size, now, id, flags, tlsv);
 		return;
 	}
+	if (in->op == DIR_EGRESS && !st->mqtt)
+		mqtt_mark(st, ev->payload, got, size);
 	if (!message_keeps(ev, got, st, in, size, now, id)) {
 		if (!was_held) {
 			st->held_bytes = prev_bytes;
@@ -457,37 +490,12 @@ static __always_inline void emit_start(struct sys_call *in, struct sock *sk, str
 	ev->prev_bytes = prev_bytes;
 	ev->prev_end_ns = prev_end_ns;
 	ev->offcpu_ns = thread_offcpu((__u32)id);
-	if (rb_output(ev, sizeof(*ev) + got))
-		count_drop(HELIX_DROP_RINGBUF_FULL);
-}
-
-/* A later syscall of the message whose first `offset` bytes moved before it (offset < payload_bytes): the
- * bytes that bring the message's snapshot up to payload_bytes. */
-static __always_inline void emit_more(struct sys_call *in, struct sock *sk, __u64 size, __u64 offset, __u64 now,
-				      __u64 id, __u8 flags)
-{
-	__u32 zero = 0;
-	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	struct data_more_event *ev;
-	__u32 got;
-
-	if (!s)
+	if (mqtt_defers(ev, st, in, got, size) && mqtt_defer_start(ev, st, got))
 		return;
-	ev = (struct data_more_event *)s->raw;
-	ev->type = HELIX_EV_DATA_MORE;
-	ev->pid = id >> 32;
-	ev->tid = (__u32)id;
-	ev->direction = in->op;
-	ev->flags = flags;
-	ev->ts_ns = in->ts_ns;
-	ev->end_ns = now;
-	ev->sock = (__u64)sk;
-	ev->offset = offset;
-	got = copy_payload(ev->payload, in, size, settings.payload_bytes - (__u32)offset);
-	ev->payload_len = got;
 	if (rb_output(ev, sizeof(*ev) + got))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
+
 
 /* `ret` bytes of a message moved on a connection: by a syscall (the socket's own bytes), or by a TLS library call
  * (its plaintext, flags HELIX_DATA_TLS). */
@@ -499,6 +507,16 @@ static __always_inline void conn_bytes(struct sys_call *in, struct sock *sk, str
 	if (st->h2 == H2_ON) {
 		h2_walk(in, sk, st, ret, now, id, flags, tlsv);
 		return;
+	}
+	if (st->skip == SKIP_DEFER) {
+		if (st->dir == in->op && !(settings.msg_idle_gap_ns && now - st->end_ns > settings.msg_idle_gap_ns)) {
+			offset = st->bytes;
+			st->bytes += ret;
+			st->end_ns = now;
+			mqtt_defer_more(in, sk, st, ret, offset, now, id, flags);
+			return;
+		}
+		mqtt_defer_release((__u64)sk, st); /* a new message: the waiting one was not a PUBLISH to decide */
 	}
 	/* A held-back MQTT PUBLISH is one syscall: the next one starts a message of its own (and decision). */
 	if (st->dir == in->op && !(settings.msg_idle_gap_ns && now - st->end_ns > settings.msg_idle_gap_ns) &&
@@ -743,6 +761,8 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	st = bpf_map_lookup_elem(&conns, &key);
 	if (!st)
 		return 0;
+	if (st->skip == SKIP_DEFER)
+		mqtt_defer_release(key, st);
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop(HELIX_DROP_RINGBUF_FULL);

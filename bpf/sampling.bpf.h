@@ -7,7 +7,8 @@
  *   head is in the snapshot: R = the traceparent's trace id (low 56 bits) or the `ot` tracestate member's `rv`;
  *   without a traceparent the kernel draws R (server) or borrows the one of the request the thread is serving
  *   (client), and tells userspace (data_event.rv) so that the agent's sampler agrees;
- * - an MQTT PUBLISH written by a client in one syscall, carrying a `traceparent` user property (v5).
+ * - an MQTT PUBLISH written by a client in one syscall, carrying a `traceparent` user property (v5); on a connection
+ *   known to speak MQTT, also one a broker writes and one a subscriber or a broker reads (mqtt_in.bpf.h).
  * Kept when R >= config.sample_threshold, as the OpenTelemetry specification (and edge/sampler/consistent.py)
  * decides. A held-back exchange sends nothing to the ring buffer: it is counted into `red_agg` instead, with the
  * same series fields and timing model as the span path (edge/sources/ebpf/spans/). Whatever cannot be judged
@@ -22,6 +23,7 @@
 #define SKIP_NONE 0
 #define SKIP_HTTP 1 /* held back until the next request message on the connection */
 #define SKIP_MQTT 2 /* held back for this syscall's PUBLISH only */
+#define SKIP_DEFER 3 /* a PUBLISH being read: its first records wait for its decision (mqtt_in.bpf.h) */
 
 #define SCAN_MAX HELIX_PAYLOAD_MAX
 #define POS_MASK (HELIX_PAYLOAD_MAX - 1)
@@ -661,6 +663,56 @@ static __always_inline bool http_decide(struct data_event *ev, __u32 got, int ml
 	return false;
 }
 
+/* Whether the properties of a PUBLISH, whose length varint is at p[at..], are in the snapshot and name no Topic Alias
+ * (0x23): an alias set by a packet names the topic of later ones, which then need it. A 0x23 inside a property's
+ * value (a '#' in a user property) counts too: such a packet is merely sent. */
+struct alias_ctx {
+	const __u8 *p;
+	__u32 pos;
+	__u32 end;
+	__u32 found;
+};
+
+static long alias_byte(__u64 i, void *data)
+{
+	struct alias_ctx *c = data;
+	__u32 at = (c->pos + (__u32)i) & (2 * HELIX_PAYLOAD_MAX - 1);
+
+	if (at >= c->end)
+		return 1;
+	if (c->p[at] == 0x23) {
+		c->found = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline bool mqtt_props_ok(const __u8 *p, __u32 at, __u32 got)
+{
+	struct alias_ctx c = { .p = p, .found = 1 };
+	__u32 plen;
+
+	at &= POS_MASK;
+	if (at + 2 > got)
+		return false;
+	plen = p[at] & 0x7f;
+	c.pos = at + 1;
+	if (p[at] & 0x80) {
+		if (p[at + 1] & 0x80)
+			return false;
+		plen |= (__u32)p[at + 1] << 7;
+		c.pos = at + 2;
+	}
+	c.end = c.pos + plen;
+	if (c.end > got)
+		return false;
+#ifndef HELIX_NO_BPF_LOOP
+	c.found = 0;
+	bpf_loop(plen, alias_byte, &c, 0);
+#endif
+	return !c.found;
+}
+
 /* Decide an MQTT PUBLISH written whole by this syscall with a traceparent user property. */
 static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 size, struct sys_call *in,
 					struct conn_state *st, __u64 threshold, __u64 now)
@@ -691,7 +743,8 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 	hdr = LOADV(w->mlen) & 7;
 	r = traceparent_r(p, LOADV(w->tp), LOADV(ev->payload_len), false);
 	tlen = ((__u32)p[hdr] << 8) | p[(hdr + 1) & 7];
-	if (r < 0 || LOADV(w->other) || tlen == 0 || tlen >= HELIX_RED_PATH_LEN || hdr + 2 + tlen > LOADV(ev->payload_len)) {
+	if (r < 0 || LOADV(w->other) || tlen == 0 || tlen >= HELIX_RED_PATH_LEN || hdr + 2 + tlen > LOADV(ev->payload_len) ||
+	    ((p[0] >> 1) & 3) == 3 || !mqtt_props_ok(p, hdr + 2 + tlen + ((p[0] & 6) ? 2 : 0), LOADV(ev->payload_len))) {
 		count_decision(HELIX_DEC_UNDECIDABLE);
 		return true;
 	}
@@ -699,6 +752,8 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 		count_decision(HELIX_DEC_KEPT);
 		return true;
 	}
+	if (st->role == ROLE_SERVER)
+		goto held; /* a broker's connections make no spans: nothing to count */
 	key = &w->pend.key;
 	__builtin_memset(key, 0, sizeof(*key));
 	key->tgid = ev->pid;
@@ -711,6 +766,7 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 		return true;
 	/* a publish span runs from the write of its first byte to that of its last: this one syscall */
 	red_add(key, now - in->ts_ns, false);
+held:
 	count_decision(HELIX_DEC_SAMPLED_OUT);
 	st->skip = SKIP_MQTT;
 	return false;
@@ -751,7 +807,7 @@ static __always_inline bool message_keeps(struct data_event *ev, __u32 got, stru
 
 		bpf_map_delete_elem(&thread_rv, &tid);
 	}
-	if (st->role == ROLE_CLIENT && in->op == DIR_EGRESS)
+	if (in->op == DIR_EGRESS && (st->role == ROLE_CLIENT || (st->role == ROLE_SERVER && st->mqtt)))
 		return mqtt_decide(ev, lim, size, in, st, threshold, now);
 	return true;
 }

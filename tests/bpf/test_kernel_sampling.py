@@ -26,7 +26,8 @@ from edge.errors import ProbeUnavailable
 from edge.model import Source, Span, SpanKind
 from edge.sampler.consistent import ConsistentSampler, randomness, threshold_for_ratio
 from edge.sources.ebpf.events import CloseEvent, ConnectEvent, DataEvent, DataMoreEvent
-from edge.sources.ebpf.loader import RED_CLIENT, RED_PRODUCER, RED_SERVER, RedAggregate
+from edge.sources.ebpf.loader import RED_CLIENT, RED_CONSUMER, RED_PRODUCER, RED_SERVER, RedAggregate
+from edge.sources.ebpf.spans import SpanBuilder
 from edge.sources.ebpf.source import EbpfSource
 
 from ._services import FRONT
@@ -272,6 +273,93 @@ async def test_mqtt_publish_with_traceparent_is_decided_per_message(kernel: Any,
     aggs = [a for a in k.probes.red_aggregates() if a.kind == RED_PRODUCER and a.tgid in pubs]
     assert sum(a.count for a in aggs) == 3 and {a.path for a in aggs} == {"plant/line1/temp"}
     assert {a.host for a in aggs} == {"127.0.0.1"} and sum(a.errors for a in aggs) == 0
+
+
+# A subscriber at its defaults (paho-mqtt 2, MQTT v5, QoS 0, its own read loop): prints each message's payload.
+PAHO_SUB = r"""
+import sys
+import paho.mqtt.client as mqtt
+def on_connect(c, userdata, flags, reason, props):
+    c.subscribe("plant/#")
+def on_subscribe(c, userdata, mid, reasons, props):
+    print("subscribed", flush=True)
+def on_message(c, userdata, msg):
+    print(msg.payload.decode(), flush=True)
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_forever()
+"""
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto_pub not installed")
+async def test_mqtt_publishes_read_by_broker_and_subscriber_are_decided_per_message(kernel: Any,
+                                                                                     mosquitto: Mosquitto) -> None:
+    """The broker's reads and writes and the subscriber's reads of a sampled-out PUBLISH send nothing; the kept ones
+    arrive whole and build the same receive spans as when the kernel decides nothing; the subscriber's held-back
+    receives are counted as consumers."""
+    k = kernel()
+    k.probes.set_red_bounds(BOUNDS_NS)
+    k.probes.set_sample_threshold(HALF)
+    subs = [await asyncio.create_subprocess_exec(
+                "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/#",
+                stdout=asyncio.subprocess.PIPE),
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", PAHO_SUB, str(mosquitto.port), stdout=asyncio.subprocess.PIPE)]
+    try:
+        paho_sub = subs[1]
+        assert paho_sub.stdout is not None
+        assert (await asyncio.wait_for(paho_sub.stdout.readline(), 15)).strip() == b"subscribed"
+        await asyncio.sleep(0.3)  # mosquitto_sub subscribes as fast, without telling
+        sent: list[tuple[str, bool]] = []
+        for n in range(8):
+            kept = n % 2 == 1
+            tid = trace_id(n, kept)
+            pub = await asyncio.create_subprocess_exec(
+                "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/line1/temp",
+                "-m", f"m{n}", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
+            assert await pub.wait() == 0
+            sent.append((tid, kept))
+            await asyncio.sleep(0.02)  # the messages apart (each read starts a message of its own)
+        # every message still reaches both subscribers: the probes only watch
+        for sub in subs:
+            assert sub.stdout is not None
+            got = set()
+            while len(got) < len(sent):
+                line = (await asyncio.wait_for(sub.stdout.readline(), 10)).strip().decode()
+                if line.startswith("m"):
+                    got.add(line)
+            assert got == {f"m{n}" for n in range(len(sent))}
+        await k.settle(0.5)
+    finally:
+        for sub in subs:
+            sub.terminate()
+            await sub.wait()
+    assert mosquitto.proc is not None
+    sub_pids = {sub.pid for sub in subs}
+    readers = sub_pids | {mosquitto.proc.pid}
+    data = [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and e.pid in readers]
+    for tid, kept in sent:
+        for pid in readers:
+            hits = [e for e in data if e.pid == pid and tid.encode() in e.payload]
+            assert bool(hits) == kept, (pid, tid, kept, hits)
+    # the held-back packets' fixed-header reads were never sent either: one PUBLISH start per kept message
+    for pid in sub_pids:
+        starts = [e for e in data if isinstance(e, DataEvent) and e.pid == pid and e.payload[:1] == b"\x30"]
+        assert len(starts) == sum(kept for _, kept in sent), (pid, starts)
+    aggs = [a for a in k.probes.red_aggregates() if a.kind == RED_CONSUMER and a.tgid in sub_pids]
+    assert sum(a.count for a in aggs) == 2 * sum(not kept for _, kept in sent)
+    assert {a.path for a in aggs} == {"plant/line1/temp"} and {a.tgid for a in aggs} == sub_pids
+    assert not [a for a in k.probes.red_aggregates() if a.tgid == mosquitto.proc.pid]  # a broker makes no spans
+    # The kept messages build their receive spans as ever: both subscribers, every attribute, whole packets.
+    builder = SpanBuilder()
+    spans = [s for s in builder.feed(k.events) + builder.flush(time.monotonic_ns() + 10**10)
+             if s.kind == SpanKind.CONSUMER and s.attributes.get("process.pid") in sub_pids]
+    kept_tids = {bytes.fromhex(tid) for tid, kept in sent if kept}
+    assert sorted(s.trace_id for s in spans) == sorted(list(kept_tids) * 2), [s.name for s in spans]
+    for s in spans:
+        assert s.name == "receive plant/line1/temp" and "helix.mqtt.truncated" not in s.attributes
+        assert s.attributes["messaging.message.body.size"] == 2 and s.end_ns >= s.start_ns
 
 
 async def test_calls_made_while_serving_follow_the_served_requests_decision(kernel: Any, app: App) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "RED_SERVER",
     "RED_CLIENT",
     "RED_PRODUCER",
+    "RED_CONSUMER",
     "RED_BOUNDS_MAX",
     "KernelEventStream",
     "open_probes",
@@ -109,7 +110,7 @@ RED_BOUNDS_MAX = 16
 _RED_BOUNDS = struct.Struct("=II16Q")
 _RED_KEY = struct.Struct("=IHBB 16s 8s 64s 40s")
 _RED_VAL = struct.Struct("=QQQ 17Q")
-RED_SERVER, RED_CLIENT, RED_PRODUCER = 2, 1, 3  # bpf/helix.h enum helix_red_kind
+RED_SERVER, RED_CLIENT, RED_PRODUCER, RED_CONSUMER = 2, 1, 3, 4  # bpf/helix.h enum helix_red_kind
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 
@@ -119,11 +120,12 @@ class RedAggregate:
     """One `red_agg` series (bpf/helix.h helix_red_key -> helix_red_val): cumulative since it was created."""
 
     tgid: int
-    kind: int  # RED_SERVER, RED_CLIENT or RED_PRODUCER
+    kind: int  # RED_SERVER, RED_CLIENT, RED_PRODUCER or RED_CONSUMER
     comm: str
     method: str
     path: str  # HTTP: the request path up to '?'; MQTT: the topic
-    host: str  # client: the Host header value; producer: the remote address
+    host: str  # client: the Host header value; producer: the remote address; consumer: ''
+
     count: int
     errors: int
     sum_ns: int

@@ -13,8 +13,8 @@ from .config import EbpfSourceConfig
 from ...model import Source, Span
 from ...errors import ProbeUnavailable
 from .events import ExecEvent, ExitEvent, KernelEvent
-from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet, RedAggregate,
-                     open_probes)
+from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_CONSUMER, RED_PRODUCER, RED_SERVER, KernelEventStream, ProbeSet,
+                     RedAggregate, open_probes)
 from .spans import SpanBuilder, SpanBuilderConfig, split_host
 from .builder_state import BuilderState
 from .tls_attach import TlsAttacher
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Sink = Callable[[list[Span], Source], int]
 # (service, kind, path, peer, errors, sum_ns, buckets): requests the kernel sampled out, for the RED aggregator
 RedSink = Callable[[str, str, str, str, int, int, Sequence[int]], None]
-_RED_KINDS = {RED_SERVER: "server", RED_CLIENT: "client", RED_PRODUCER: "producer"}
+_RED_KINDS = {RED_SERVER: "server", RED_CLIENT: "client", RED_PRODUCER: "producer", RED_CONSUMER: "consumer"}
 _THRESHOLD_MAX = (1 << 56) - 1
 
 # How often spans whose ending never comes (no response, no close) are pushed out by time.
@@ -124,13 +124,15 @@ class EbpfSource:
         service = self.builder.service_name(agg.tgid, agg.comm)
         if agg.kind == RED_PRODUCER:
             path, peer = f"publish {agg.path}", agg.host
+        elif agg.kind == RED_CONSUMER:
+            path, peer = f"receive {agg.path}", ""  # a consumer span names no peer (sampler/routes.py peer_of)
         else:
             path, peer = agg.path, split_host(agg.host)[0] if agg.kind == RED_CLIENT else ""
         self._red_sink(service, kind, path, peer, agg.errors - errors0, agg.sum_ns - sum0, delta)
         return sum(delta)
 
     def _ignored_red(self, agg: RedAggregate) -> bool:
-        if agg.kind == RED_PRODUCER:
+        if agg.kind in (RED_PRODUCER, RED_CONSUMER):
             return agg.path.startswith(self.cfg.ignore_topic_prefixes)
         return agg.path in self.cfg.ignore_http_paths
 
