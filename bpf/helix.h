@@ -68,7 +68,7 @@ enum helix_drop {
 	HELIX_DROP_MAX = 4,
 };
 
-/* Indexes of the per-CPU `decisions` counters of io.bpf.c, counted only while sample_threshold != 0
+/* Indexes of the per-CPU `decisions` counters of io.bpf.c, counted only while sample_threshold != 0 (but BROKER)
  * (Python mirror: _DECISIONS in loader.py). */
 enum helix_decision {
 	HELIX_DEC_KEPT = 0,         /* decided from R >= threshold: sent as usual */
@@ -79,6 +79,7 @@ enum helix_decision {
 	HELIX_DEC_NO_STATUS = 4,    /* a sampled-out response without a readable status line: counted as status 0 */
 	HELIX_DEC_INCOMPLETE = 5,   /* a sampled-out request closed without a response: counted as an error */
 	HELIX_DEC_THREAD_RV = 6,    /* a client request that took its randomness from the thread's server request */
+	HELIX_DEC_BROKER = 7,       /* a PUBLISH a broker wrote or read: its connections make no spans, never sent */
 	HELIX_DEC_MAX = 8,
 };
 

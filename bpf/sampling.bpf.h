@@ -752,8 +752,6 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 		count_decision(HELIX_DEC_KEPT);
 		return true;
 	}
-	if (st->role == ROLE_SERVER)
-		goto held; /* a broker's connections make no spans: nothing to count */
 	key = &w->pend.key;
 	__builtin_memset(key, 0, sizeof(*key));
 	key->tgid = ev->pid;
@@ -766,10 +764,31 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 		return true;
 	/* a publish span runs from the write of its first byte to that of its last: this one syscall */
 	red_add(key, now - in->ts_ns, false);
-held:
 	count_decision(HELIX_DEC_SAMPLED_OUT);
 	st->skip = SKIP_MQTT;
 	return false;
+}
+
+/* A broker's connections make no spans (spans/mqtt.py: its clients' do): a whole PUBLISH it writes or reads (mqtt_in.bpf.h)
+ * is never sent, whatever the sampling. */
+static __always_inline bool broker_publish(const __u8 *p, __u32 got, __u64 size)
+{
+	__u32 rl = 0, hdr = 0;
+
+	if (got < 2 || (p[0] >> 4) != 3)
+		return false;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		rl |= (__u32)(p[1 + i] & 0x7f) << (7 * i);
+		if (!(p[1 + i] & 0x80)) {
+			hdr = 2 + i;
+			break;
+		}
+	}
+	if (!hdr || hdr + rl != size)
+		return false; /* not exactly one packet: holding it back could hide another one */
+	count_decision(HELIX_DEC_BROKER);
+	return true;
 }
 
 /* The decision for a message starting with this syscall (its data_event is built in `ev`): true to send it. */
@@ -798,6 +817,10 @@ static __always_inline bool message_keeps(struct data_event *ev, __u32 got, stru
 		return false;
 	}
 	st->skip = SKIP_NONE;
+	if (st->mqtt && st->role == ROLE_SERVER && in->op == DIR_EGRESS && broker_publish(ev->payload, lim, size)) {
+		st->skip = SKIP_MQTT;
+		return false;
+	}
 	if (!threshold)
 		return true;
 	if (mlen)
@@ -807,7 +830,7 @@ static __always_inline bool message_keeps(struct data_event *ev, __u32 got, stru
 
 		bpf_map_delete_elem(&thread_rv, &tid);
 	}
-	if (in->op == DIR_EGRESS && (st->role == ROLE_CLIENT || (st->role == ROLE_SERVER && st->mqtt)))
+	if (st->role == ROLE_CLIENT && in->op == DIR_EGRESS)
 		return mqtt_decide(ev, lim, size, in, st, threshold, now);
 	return true;
 }

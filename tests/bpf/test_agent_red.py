@@ -8,6 +8,9 @@ as the span path would give them.
 from __future__ import annotations
 
 import asyncio
+import random
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,8 @@ from edge.config import parse_config
 from edge.demo.broker import Mosquitto
 from edge.sampler.consistent import threshold_for_ratio
 
-from .conftest import bpf_unavailable
-from .test_kernel_sampling import App, curl, tp, trace_id
+from .conftest import bpf_unavailable, running_agent
+from .test_kernel_sampling import PAHO_SUB, App, curl, tp, trace_id
 
 pytestmark = pytest.mark.bpf
 
@@ -89,3 +92,62 @@ async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mo
         stop.set()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
         app.stop()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto_pub not installed")
+async def test_red_totals_cover_publishes_and_receives_sampled_out_in_the_kernel(mosquitto: Mosquitto,
+                                                                                 tmp_path: Path) -> None:
+    """mosquitto_pub publishes through Mosquitto to a paho-mqtt subscriber (both at their defaults): the kernel holds
+    back the publisher's, the broker's and the subscriber's side of three in four, yet the producer and consumer
+    series count every message once, in the series the spans of the kept ones land in."""
+    cfg = parse_config({
+        "sources": {"mqtt": {"enabled": False}, "ebpf": {"enabled": "auto"},
+                    "otlp": {"grpc_listen": "", "http_listen": ""}},
+        "sampler": {"ratio": 0.25},
+        "assembler": {"window": "1s"},
+        "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
+    })
+    topic, n = "plant/line2/pressure", 40
+    async with running_agent(cfg) as agent:
+        sub = await asyncio.create_subprocess_exec(sys.executable, "-c", PAHO_SUB, str(mosquitto.port),
+                                                   stdout=asyncio.subprocess.PIPE)
+        try:
+            assert sub.stdout is not None
+            assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"subscribed"
+            for i in range(n):
+                tid = f"{0x5EED0000 + i:018x}{random.getrandbits(56):014x}"
+                pub = await asyncio.create_subprocess_exec(
+                    "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", topic, "-m",
+                    f"m{i}", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
+                assert await pub.wait() == 0
+                await asyncio.sleep(0.01)
+            for _ in range(n):
+                await asyncio.wait_for(sub.stdout.readline(), 10)
+
+            def totals() -> dict[str, list[tuple[tuple[str, ...], tuple[int, int, int]]]]:
+                out: dict[str, list[tuple[tuple[str, ...], tuple[int, int, int]]]] = {}
+                for key, tot in agent.aggregator.totals().items():
+                    if key.route.endswith(topic):
+                        out.setdefault(key.kind, []).append((tuple(key), tot))
+                return out
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while loop.time() < deadline:
+                got = totals()
+                if all(sum(t[0] for _, t in got.get(kind, [])) >= n for kind in ("producer", "consumer")):
+                    break
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(1.5)  # anything counted twice would show up by now
+            got = totals()
+            [(consumer_key, consumer)] = got["consumer"]  # the kernel's counts joined the spans' series
+            assert consumer[:2] == (n, 0) and consumer_key[2] == f"receive {topic}" and consumer_key[3] == ""
+            assert {k[2] for k, _ in got["producer"]} == {f"publish {topic}"}
+            assert sum(t[0] for _, t in got["producer"]) == n
+            assert set(got) == {"producer", "consumer"}  # the broker adds no series
+            status = agent.status()["kernel"]
+            assert status["decisions"]["sampled_out"] > 0 and status["red_counted"] > 0, status
+            assert status["decisions"]["broker_publish"] >= 2 * n, status  # read and written, never sent
+        finally:
+            sub.terminate()
+            await sub.wait()
