@@ -247,11 +247,22 @@ _LINK_FIXED = 96 + 2 * 33 + 16 + 8 + _STR
 
 
 def _attrs_size(attrs: Attributes, constant_keys: bool = False) -> int:
+    # The common value types by exact type, inline: this runs for every attribute of every span entering the agent
+    # (a call per value was most of the inbox's cost). Anything else, subclasses included, goes to _value_size, which
+    # answers the same for these.
     size = 0
+    shared = _SHARED.get
     for k, v in attrs.items():
-        if not constant_keys and not is_shared(k):
+        if not constant_keys and shared(k) is not k:
             size += _STR + len(k)
-        size += _value_size(v)
+        t = type(v)
+        if t is str:
+            if shared(v) is not v:  # type: ignore[arg-type]
+                size += _STR + len(v)  # type: ignore[arg-type]
+        elif t is int or t is float:
+            size += 28
+        elif t is not bool:
+            size += _value_size(v)
     return size
 
 

@@ -5,10 +5,13 @@ import tracemalloc
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.codec.otlp import parse_request_protobuf, request_from_spans, spans_from_request
 from edge.codec.sdk_cbor import decode_payload, encode_payload
-from edge.model import Event, Resource, Span, SpanKind, new_span_id, new_trace_id
+from edge.model import Event, Resource, Span, SpanKind, is_shared, new_span_id, new_trace_id, share
+from edge.model import _attrs_size, _value_size
 
 
 def _server_span(i: int) -> Span:
@@ -169,3 +172,17 @@ def test_an_otlp_bool_resource_attribute_reads_back_a_bool_after_an_equal_int_on
                  resource=Resource.of({"service.name": "svc", "flag": value}))
         spans.extend(spans_from_request(parse_request_protobuf(request_from_spans([s]).SerializeToString())))
     assert [type(s.resource.as_dict()["flag"]) for s in spans] == [int, bool]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["http.route", "url.path", "k", "x" * 70]) | st.text(max_size=8),
+                       st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70)
+                       | st.binary(max_size=8) | st.lists(st.integers() | st.text(max_size=4), max_size=3)
+                       | st.sampled_from([SpanKind.SERVER, "GET", "mqtt"]), max_size=12),
+       st.booleans())
+def test_attribute_sizes_inline_answer_as_the_per_value_estimate(attrs: dict, constant_keys: bool) -> None:
+    """The inlined per-type sizes of _attrs_size give what _value_size gives value by value."""
+    share("GET")
+    share("http.route")
+    expected = sum((0 if constant_keys or is_shared(k) else 49 + len(k)) + _value_size(v) for k, v in attrs.items())
+    assert _attrs_size(attrs, constant_keys) == expected
