@@ -4,15 +4,14 @@ file I/O and I/O on character devices.
 Each workload runs in long-lived processes started before any measurement: a client (or a lone process) that does
 rounds of n operations on demand, and the server, broker and subscriber it talks to. Their pids are known from the
 start, so a bench can trace exactly them (the probes' allow-list), count their syscalls and read their CPU time.
-The servers are third-party or standard-library code at their defaults: Python's http.server, Mosquitto with
-mosquitto_sub, paho-mqtt as the publisher.
+The servers are third-party or standard-library code at their defaults: Python's http.server, Mosquitto, paho-mqtt as
+the publisher and as the subscriber.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -124,6 +123,29 @@ def op(p):
     last[:] = [c.publish("bench/orders", b'{"order": 1, "total": 12.5}', qos=0, properties=p)]
 reset()
 rounds(prepare, op, lambda: last and last[0].wait_for_publish(10), reset)
+"""
+
+# paho-mqtt at its defaults subscribed to the publisher's topic: a line "m" per message; on a stdin line "reset" it
+# connects and subscribes anew (as the clients' reset: the probes know an MQTT connection from its CONNECT), then "ok".
+SUBSCRIBER = r"""
+import sys, threading
+import paho.mqtt.client as mqtt
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+subscribed = threading.Event()
+c.on_connect = lambda c, *a: c.subscribe("bench/#")
+c.on_subscribe = lambda *a: subscribed.set()
+c.on_message = lambda *a: print("m", flush=True)
+def connect():
+    subscribed.clear()
+    c.connect("127.0.0.1", int(sys.argv[1]))
+    c.loop_start()
+    subscribed.wait(10)
+connect()
+print("ok", flush=True)
+for line in sys.stdin:
+    c.disconnect(); c.loop_stop()
+    connect()
+    print("ok", flush=True)
 """
 
 FILE_IO = _ROUNDS + r"""
@@ -317,7 +339,7 @@ class HttpNewConnections(_HttpWorkload):
 
 
 class MqttPublishes(Workload):
-    """QoS 0 MQTT v5 publishes with a traceparent user property, through Mosquitto to a mosquitto_sub, 6 ms apart:
+    """QoS 0 MQTT v5 publishes with a traceparent user property, through Mosquitto to a paho subscriber, 6 ms apart:
     the probes see writes closer together than their idle gap (5 ms) as one message, so a tight loop of publishes
     would be mostly invisible to them (docs/known-gaps.md)."""
 
@@ -333,20 +355,32 @@ class MqttPublishes(Workload):
         self.sub: asyncio.subprocess.Process | None = None
         self.received = 0
         self._reader: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
 
     async def start(self) -> MqttPublishes:
-        sub_bin = shutil.which("mosquitto_sub") or "mosquitto_sub"
-        self.sub = await asyncio.create_subprocess_exec(sub_bin, "-h", "127.0.0.1", "-p", str(self.port), "-V",
-                                                        "mqttv5", "-t", "bench/#", stdout=asyncio.subprocess.PIPE)
+        self.sub = await asyncio.create_subprocess_exec(sys.executable, "-c", SUBSCRIBER, str(self.port),
+                                                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         self._reader = asyncio.create_task(self._count())
-        await asyncio.sleep(0.3)  # subscribed before the first publish
+        await asyncio.wait_for(self._subscribed.wait(), 15)  # subscribed before the first publish
         await super().start()
         return self
 
     async def _count(self) -> None:
         assert self.sub is not None and self.sub.stdout is not None
-        while await self.sub.stdout.readline():
-            self.received += 1
+        while line := await self.sub.stdout.readline():
+            if line == b"m\n":
+                self.received += 1
+            else:
+                self._subscribed.set()
+
+    async def reset(self) -> None:
+        """The subscriber's connection anew too: the probes learn a connection speaks MQTT from its CONNECT."""
+        assert self.sub is not None and self.sub.stdin is not None
+        self._subscribed.clear()
+        self.sub.stdin.write(b"reset\n")
+        await self.sub.stdin.drain()
+        await asyncio.wait_for(self._subscribed.wait(), 15)
+        await super().reset()
 
     @property
     def pids(self) -> list[int]:
