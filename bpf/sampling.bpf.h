@@ -713,18 +713,12 @@ static __always_inline bool mqtt_props_ok(const __u8 *p, __u32 at, __u32 got)
 	return !c.found;
 }
 
-/* Decide an MQTT PUBLISH written whole by this syscall with a traceparent user property. */
-static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 size, struct sys_call *in,
-					struct conn_state *st, __u64 threshold, __u64 now)
+/* The length of the fixed header when p, the first bytes of a syscall that moved `size`, is exactly one MQTT packet;
+ * else 0. A remaining length running past the bytes copied cannot add up to `size`. */
+static __always_inline __u32 one_packet(const __u8 *p, __u64 size)
 {
-	__u32 zero = 0, rl = 0, hdr = 0, tlen;
-	struct sample_work *w = bpf_map_lookup_elem(&work, &zero);
-	const __u8 *p = ev->payload;
-	struct helix_red_key *key;
-	__s64 r = -1;
+	__u32 rl = 0, hdr = 0;
 
-	if (!w || got < 8 || (p[0] >> 4) != 3)
-		return true;
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		rl |= (__u32)(p[1 + i] & 0x7f) << (7 * i);
@@ -733,7 +727,23 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 			break;
 		}
 	}
-	if (!hdr || hdr + rl != size)
+	return hdr && hdr + rl == size ? hdr : 0;
+}
+
+/* Decide an MQTT PUBLISH written whole by this syscall with a traceparent user property. */
+static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 size, struct sys_call *in,
+					struct conn_state *st, __u64 threshold, __u64 now)
+{
+	__u32 zero = 0, hdr, tlen;
+	struct sample_work *w = bpf_map_lookup_elem(&work, &zero);
+	const __u8 *p = ev->payload;
+	struct helix_red_key *key;
+	__s64 r = -1;
+
+	if (!w || got < 8 || (p[0] >> 4) != 3)
+		return true;
+	hdr = one_packet(p, size);
+	if (!hdr)
 		return true; /* not exactly one packet: holding it back could hide another one */
 	scan(ev, w, true);
 	if (LOADV(w->tp) < 0)
@@ -773,19 +783,7 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
  * is never sent, whatever the sampling. */
 static __always_inline bool broker_publish(const __u8 *p, __u32 got, __u64 size)
 {
-	__u32 rl = 0, hdr = 0;
-
-	if (got < 2 || (p[0] >> 4) != 3)
-		return false;
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		rl |= (__u32)(p[1 + i] & 0x7f) << (7 * i);
-		if (!(p[1 + i] & 0x80)) {
-			hdr = 2 + i;
-			break;
-		}
-	}
-	if (!hdr || hdr + rl != size)
+	if (got < 2 || (p[0] >> 4) != 3 || !one_packet(p, size))
 		return false; /* not exactly one packet: holding it back could hide another one */
 	count_decision(HELIX_DEC_BROKER);
 	return true;

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge.agent import Agent
-from edge.config import parse_config
+from edge.config import Config, parse_config
 from edge.demo.broker import Mosquitto
 from edge.sampler.consistent import threshold_for_ratio
 
@@ -26,14 +26,19 @@ from .test_kernel_sampling import PAHO_SUB, App, curl, tp, trace_id
 pytestmark = pytest.mark.bpf
 
 
-async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    cfg = parse_config({
+def agent_config(mosquitto: Mosquitto, tmp_path: Path) -> Config:
+    """The kernel source alone, sampling at 0.25, uplink to the test's broker."""
+    return parse_config({
         "sources": {"mqtt": {"enabled": False}, "ebpf": {"enabled": "auto"},
                     "otlp": {"grpc_listen": "", "http_listen": ""}},
         "sampler": {"ratio": 0.25},
         "assembler": {"window": "1s"},
         "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
     })
+
+
+async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    cfg = agent_config(mosquitto, tmp_path)
     app = App()
     stop = asyncio.Event()
     agent = Agent(cfg)
@@ -100,13 +105,7 @@ async def test_red_totals_cover_publishes_and_receives_sampled_out_in_the_kernel
     """mosquitto_pub publishes through Mosquitto to a paho-mqtt subscriber (both at their defaults): the kernel holds
     back the publisher's, the broker's and the subscriber's side of three in four, yet the producer and consumer
     series count every message once, in the series the spans of the kept ones land in."""
-    cfg = parse_config({
-        "sources": {"mqtt": {"enabled": False}, "ebpf": {"enabled": "auto"},
-                    "otlp": {"grpc_listen": "", "http_listen": ""}},
-        "sampler": {"ratio": 0.25},
-        "assembler": {"window": "1s"},
-        "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
-    })
+    cfg = agent_config(mosquitto, tmp_path)
     topic, n = "plant/line2/pressure", 40
     async with running_agent(cfg) as agent:
         sub = await asyncio.create_subprocess_exec(sys.executable, "-c", PAHO_SUB, str(mosquitto.port),

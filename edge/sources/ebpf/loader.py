@@ -748,11 +748,14 @@ class KernelEventStream:
 
     The probes wake the reader only when a sixteenth of the ring is waiting (bpf/maps.bpf.h rb_wakeup: a wakeup per
     record cost the traced syscalls more than the record itself), so the reader also polls every `poll_interval`
-    seconds: that bounds how long a record waits at low rates.
+    seconds: that bounds how long a record waits at low rates. Each poll that finds records is a pass of the whole
+    pipeline, whose fixed cost is most of the agent's work at low rates, so the interval is as long as waiting allows:
+    kernel spans wait seconds in the assembler's window anyway, and an exec, which the TLS probes must follow at once,
+    wakes the reader itself (proc.bpf.c).
     """
 
     def __init__(self, probes: ProbeSet, on_events: Callable[[list[KernelEvent]], None], *,
-                 max_batch: int = 4096, poll_interval: float = 0.1) -> None:
+                 max_batch: int = 4096, poll_interval: float = 0.25) -> None:
         self.probes = probes
         self.on_events = on_events
         self.max_batch = max_batch
