@@ -8,8 +8,7 @@
  * not sent at once: they wait in `mqtt_defer`, exactly as they would have been sent, until the read of the rest.
  * That read decides, as mqtt_decide does for a written PUBLISH: kept (or not decidable) sends the waiting records and
  * then this read's, in order and unchanged; sampled out sends nothing, counts the receive into `red_agg` (kind
- * consumer) and ends the message there. A broker's connections make no spans: a PUBLISH it reads is never sent, at any
- * ratio (broker_publish in sampling.bpf.h, for the ones it writes).
+ * consumer) and ends the message there. (A broker's PUBLISHes are never sent: broker_publish in sampling.bpf.h.)
  * Anything else that comes first (another syscall shape, the next message, a close) sends the waiting records first.
  */
 #ifndef HELIX_MQTT_IN_BPF_H
@@ -90,7 +89,7 @@ static __always_inline bool mqtt_defers(struct data_event *ev, struct conn_state
 	__u32 hdr;
 
 	if (!st->mqtt || in->op != DIR_INGRESS || got != size || got > 4 || (ev->payload[0] >> 4) != 3 ||
-	    st->role == ROLE_UNKNOWN || (st->role == ROLE_CLIENT && !sample_threshold()))
+	    st->role != ROLE_CLIENT || !sample_threshold())
 		return false;
 	fixed_header(ev->payload, got, &hdr);
 	return hdr == 0 || hdr == got; /* the header not whole yet, or whole with the rest still to read */
@@ -204,14 +203,8 @@ static __always_inline bool mqtt_in_keeps(struct data_event *ev, struct mqtt_def
 	if (!w)
 		return true;
 	rl = fixed_header(d->head, d->bytes, &hdr);
-	if (!hdr || hdr != d->bytes || rl != size)
+	if (!hdr || hdr != d->bytes || rl != size || got < 8)
 		return true; /* not the rest of one packet exactly: holding it back could hide another one */
-	if (st->role == ROLE_SERVER) {
-		count_decision(HELIX_DEC_BROKER); /* a broker's connections make no spans (broker_publish) */
-		goto held;
-	}
-	if (got < 8)
-		return true;
 	scan(ev, w, true);
 	if (LOADV(w->tp) < 0)
 		return true;
@@ -229,7 +222,6 @@ static __always_inline bool mqtt_in_keeps(struct data_event *ev, struct mqtt_def
 	if (!red_consumer(ev, d, tlen, now, w))
 		return true;
 	count_decision(HELIX_DEC_SAMPLED_OUT);
-held:
 	st->skip = SKIP_MQTT;
 	st->held_bytes = d->ev.prev_bytes;
 	st->held_end_ns = d->ev.prev_end_ns;

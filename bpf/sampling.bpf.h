@@ -24,6 +24,7 @@
 #define SKIP_HTTP 1 /* held back until the next request message on the connection */
 #define SKIP_MQTT 2 /* held back for this syscall's PUBLISH only */
 #define SKIP_DEFER 3 /* a PUBLISH being read: its first records wait for its decision (mqtt_in.bpf.h) */
+#define SKIP_BROKER 4 /* a broker's message starting with a PUBLISH: held back until the next message */
 
 #define SCAN_MAX HELIX_PAYLOAD_MAX
 #define POS_MASK (HELIX_PAYLOAD_MAX - 1)
@@ -779,12 +780,13 @@ static __always_inline bool mqtt_decide(struct data_event *ev, __u32 got, __u64 
 	return false;
 }
 
-/* A broker's connections make no spans (spans/mqtt.py: its clients' do): a whole PUBLISH it writes or reads (mqtt_in.bpf.h)
- * is never sent, whatever the sampling. */
-static __always_inline bool broker_publish(const __u8 *p, __u32 got, __u64 size)
+/* A broker's connections make no spans (spans/mqtt.py: its clients' do, and on a broker's the builder only counts what
+ * it reads): a message of one that starts with a PUBLISH, read or written, is never sent, whatever the sampling, with
+ * whatever packets follow it in the message. */
+static __always_inline bool broker_publish(struct conn_state *st, const __u8 *p, __u32 got)
 {
-	if (got < 2 || (p[0] >> 4) != 3 || !one_packet(p, size))
-		return false; /* not exactly one packet: holding it back could hide another one */
+	if (!st->mqtt || st->role != ROLE_SERVER || got < 1 || (p[0] >> 4) != 3)
+		return false;
 	count_decision(HELIX_DEC_BROKER);
 	return true;
 }
@@ -815,8 +817,8 @@ static __always_inline bool message_keeps(struct data_event *ev, __u32 got, stru
 		return false;
 	}
 	st->skip = SKIP_NONE;
-	if (st->mqtt && st->role == ROLE_SERVER && in->op == DIR_EGRESS && broker_publish(ev->payload, lim, size)) {
-		st->skip = SKIP_MQTT;
+	if (broker_publish(st, ev->payload, lim)) {
+		st->skip = SKIP_BROKER;
 		return false;
 	}
 	if (!threshold)
