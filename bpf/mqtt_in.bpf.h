@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The sampling decision for an MQTT PUBLISH a process reads (a subscriber from its broker, a broker from a client).
+ * The sampling decision for an MQTT PUBLISH a subscriber reads from its broker.
  *
  * Readers take a packet in pieces: one byte of type, the remaining length a byte at a time, then the rest in one
- * read (libmosquitto, paho, Mosquitto itself), so the trace id arrives with the last syscall. On a connection known
+ * read (libmosquitto, paho), so the trace id arrives with the last syscall. On a client connection known
  * to speak MQTT (it carried a CONNECT or a CONNACK written whole), the records of a PUBLISH's fixed-header reads are
  * not sent at once: they wait in `mqtt_defer`, exactly as they would have been sent, until the read of the rest.
  * That read decides, as mqtt_decide does for a written PUBLISH: kept (or not decidable) sends the waiting records and
