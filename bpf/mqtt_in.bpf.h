@@ -16,6 +16,8 @@
 
 #define DEFER_HEAD 8   /* a fixed header has at most 5 bytes */
 #define DEFER_PIECES 5 /* syscalls it may take: the type byte and up to four length bytes */
+#define DEFER_SLOTS 8  /* room for them: a power of two, so that an index masked with it stays in the array (older
+			* verifiers lose the bound a comparison put on a copy of the index) */
 
 /* The waiting records of one connection. `ev` is the message's first record as it would have been sent; its payload
  * follows it in `head`, which holds every byte read so far, so the first record is output straight from here. */
@@ -24,9 +26,9 @@
 struct mqtt_defer {
 	struct data_event ev; /* its flexible payload is `head` */
 	__u8 head[DEFER_HEAD];
-	__u64 ts[DEFER_PIECES];
-	__u64 end[DEFER_PIECES];
-	__u8 len[DEFER_PIECES];
+	__u64 ts[DEFER_SLOTS];
+	__u64 end[DEFER_SLOTS];
+	__u8 len[DEFER_SLOTS];
 	__u8 n;     /* syscalls so far */
 	__u8 bytes; /* bytes so far */
 	__u8 flags; /* HELIX_DATA_TLS */
@@ -34,7 +36,7 @@ struct mqtt_defer {
 #pragma clang diagnostic pop
 _Static_assert(__builtin_offsetof(struct mqtt_defer, head) == sizeof(struct data_event), "head follows the record");
 
-/* 4096 x ~250 B = 1 MiB; LRU: a connection's entry lives from a PUBLISH's first read to its last. */
+/* 4096 x ~300 B = 1.2 MiB; LRU: a connection's entry lives from a PUBLISH's first read to its last. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -259,9 +261,9 @@ static __always_inline void mqtt_defer_more(struct sys_call *in, struct sock *sk
 		for (int k = 0; k < 4; k++)
 			if (k < got)
 				d->head[(at + k) & (DEFER_HEAD - 1)] = s->raw[k];
-		d->ts[n] = in->ts_ns;
-		d->end[n] = now;
-		d->len[n] = got;
+		d->ts[n & (DEFER_SLOTS - 1)] = in->ts_ns;
+		d->end[n & (DEFER_SLOTS - 1)] = now;
+		d->len[n & (DEFER_SLOTS - 1)] = got;
 		d->n = n + 1;
 		d->bytes = at + got;
 		fixed_header(d->head, at + got, &hdr);
