@@ -16,8 +16,8 @@
 
 #define DEFER_HEAD 8   /* a fixed header has at most 5 bytes */
 #define DEFER_PIECES 5 /* syscalls it may take: the type byte and up to four length bytes */
-#define DEFER_SLOTS 8  /* room for them: a power of two, so that an index masked with it stays in the array (older
-			* verifiers lose the bound a comparison put on a copy of the index) */
+#define DEFER_SLOTS 8  /* room for them: a power of two, so that an index masked with it stays in the array (the 5.10
+			* and 6.1 verifiers lose the bound a comparison put on a copy of the index) */
 
 /* The waiting records of one connection. `ev` is the message's first record as it would have been sent; its payload
  * follows it in `head`, which holds every byte read so far, so the first record is output straight from here. */
@@ -238,6 +238,7 @@ static __always_inline void mqtt_defer_more(struct sys_call *in, struct sock *sk
 {
 	__u64 key = (__u64)sk;
 	__u32 zero = 0, hdr, got, n, at;
+	__u64 slot;
 	struct mqtt_defer *d = bpf_map_lookup_elem(&mqtt_defer, &key);
 	struct data_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 	struct data_event *ev;
@@ -261,9 +262,12 @@ static __always_inline void mqtt_defer_more(struct sys_call *in, struct sock *sk
 		for (int k = 0; k < 4; k++)
 			if (k < got)
 				d->head[(at + k) & (DEFER_HEAD - 1)] = s->raw[k];
-		d->ts[n & (DEFER_SLOTS - 1)] = in->ts_ns;
-		d->end[n & (DEFER_SLOTS - 1)] = now;
-		d->len[n & (DEFER_SLOTS - 1)] = got;
+		slot = n;
+		/* the mask in an asm statement: clang drops a C mask it can prove redundant after the check above */
+		asm volatile("%[s] &= %[m]" : [s] "+r"(slot) : [m] "i"(DEFER_SLOTS - 1));
+		d->ts[slot] = in->ts_ns;
+		d->end[slot] = now;
+		d->len[slot] = got;
 		d->n = n + 1;
 		d->bytes = at + got;
 		fixed_header(d->head, at + got, &hdr);
