@@ -11,6 +11,7 @@ is built, and every problem is a DecodeError naming it.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -305,7 +306,7 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
                   for i, (s, p) in enumerate(zip(spans, parents))]
     packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
     resource_col = _refs_by_identity([s.resource for s in spans], resources, None)
-    scope_col = _refs_by_identity([s.scope for s in spans], scopes, _scope_key)
+    scope_col = _scope_refs([s.scope for s in spans], scopes)
     add = attrs.add
     shape_col = [add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
     any_events = any(s.events for s in spans)
@@ -324,8 +325,10 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     columns = attrs.body()
     new_shapes: list[list[int]] = []
     if shapes.new:
-        key_pos = {**idx.keys, **{k: keys.base + j for j, k in enumerate(keys.new)}}
-        new_shapes = [[key_pos[k] * 8 + ty for k, ty in zip(ks, codes)] for ks, codes in shapes.new]
+        # Every key of a new shape was given its reference (keys.ref) when the shape was: learned or new.
+        learned_keys, new_keys = keys.learned, keys.index
+        new_shapes = [[(learned_keys[k] if k in learned_keys else new_keys[k]) * 8 + ty for k, ty in zip(ks, codes)]
+                      for ks, codes in shapes.new]
     span_ids: Any = b"".join([s.span_id for s in spans])
     if len(span_ids) != 8 * n or not all(len(s.span_id) == 8 for s in spans):
         span_ids = [bytes(s.span_id) for s in spans]
@@ -355,8 +358,22 @@ def _refs_by_identity(objs: list[Any], domain: _Domain, key: Any) -> list[int]:
     return out
 
 
-def _scope_key(sc: Scope) -> tuple[str, str]:
-    return (sc.name, sc.version)  # a tuple hashes in C, a dataclass in Python
+def _scope_refs(objs: list[Scope], domain: _Domain) -> list[int]:
+    """Domain references of the spans' scopes, keyed by (name, version): a tuple hashes in C, a dataclass in Python.
+    Spans of one export share a scope object, but sources may give each span its own."""
+    by_id: dict[int, int] = {}
+    learned = domain.learned
+    out = []
+    for sc in objs:
+        r = by_id.get(id(sc))
+        if r is None:
+            key = (sc.name, sc.version)
+            r = learned.get(key)
+            if r is None:
+                r = domain.ref(key)
+            by_id[id(sc)] = r
+        out.append(r)
+    return out
 
 
 def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
@@ -688,20 +705,23 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
         b = packed[i]
         kind, status, src = b & 7, (b >> 3) & 3, b >> 5
         expect(kind <= 5 and status <= 2 and src < len(SOURCES), f"span {i} has an invalid kind/status/source byte {b}")
+        # Positional, in the order of _SPAN_FIELDS: a keyword call costs a dataclass __init__ twice as much.
         spans.append(Span(
-            trace_id=trace_id,
-            span_id=span_ids[i],
-            name=names[i],
-            start_ns=starts[i],
-            end_ns=ends[i],
-            parent_span_id=span_ids[i + p] if type(p) is int else (p if p is not None else b""),
-            kind=_KINDS[kind],
-            status_code=_STATUSES[status],
-            attributes=attrs[i],
-            events=span_events[i] if span_events is not None else (),
-            resource=resources[resource_col[i]],
-            scope=scopes[scope_col[i]],
-            source=SOURCES[src],
+            trace_id,
+            span_ids[i],
+            names[i],
+            starts[i],
+            ends[i],
+            span_ids[i + p] if type(p) is int else (p if p is not None else b""),
+            _KINDS[kind],
+            _STATUSES[status],
+            "",
+            attrs[i],
+            span_events[i] if span_events is not None else (),
+            (),
+            resources[resource_col[i]],
+            scopes[scope_col[i]],
+            SOURCES[src],
         ))
     expect(type(extras) is dict, "extras must be a map")
     for i, x in extras.items():
@@ -713,6 +733,10 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
 
 
 _KINDS = tuple(SpanKind(k) for k in range(6))
+_SPAN_FIELDS = ("trace_id", "span_id", "name", "start_ns", "end_ns", "parent_span_id", "kind", "status_code",
+                "status_message", "attributes", "events", "links", "resource", "scope", "source")
+assert tuple(f.name for f in dataclasses.fields(Span))[:len(_SPAN_FIELDS)] == _SPAN_FIELDS, \
+    "the decoder builds spans positionally: update it with the span model"
 _STATUSES = tuple(StatusCode(k) for k in range(3))
 
 
