@@ -604,10 +604,13 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
     return out
 
 
+_CONTAINERS = (list, dict)
+
+
 def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     sh = array(x, "new shape")
     if sh and (not _all_of(sh, int) or min(sh) < 0 or (max(sh) >> 3) >= len(keys)
-               or not all(e & 7 <= T_ANY for e in sh)):
+               or max([e & 7 for e in sh]) > T_ANY):
         bad = next(e for e in sh if not (type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY))
         raise DecodeError(f"uplink batch: shape entry {bad!r} is invalid")
     return tuple([(keys[e >> 3], e & 7) for e in sh])
@@ -664,13 +667,14 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
     checked: set[int] = set()  # plain-CBOR values checked so far (CBOR may share one among many lists)
     rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked, compact)
-    keys_of = {r: tuple(k for k, _ in shapes[r]) for r in rows}
+    keys_of = {r: tuple([k for k, _ in shapes[r]]) for r in rows}
     attrs = [dict(zip(keys_of[r], rows[r]())) for r in shape_col]
     ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
     if res_shapes:
         base_r = len(dt.resources)
         for j, r in enumerate(res_shapes):
-            resources[base_r + j] = Resource(tuple((k, freeze_value(v)) for k, v in zip(keys_of[r], rows[r]())))
+            resources[base_r + j] = Resource(tuple([(k, freeze_value(v) if type(v) in _CONTAINERS else v)
+                                                    for k, v in zip(keys_of[r], rows[r]())]))
 
     expect(type(unit_map) is dict, "time units must be a map")
     for r, u in unit_map.items():
@@ -749,8 +753,10 @@ def _scopes(x: Any) -> list[Scope]:
 def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int,
            units: list[int]) -> tuple[list[int], list[int]]:
     """Absolute start and end of every span: anchors first in order, then each span after its time parent."""
-    gcd = math.gcd
     n = len(refs)
+    if n and units.count(units[0]) == n:
+        return _times_one_unit(starts, ends, refs, base, units[0])
+    gcd = math.gcd
     s_abs, e_abs = [0] * n, [0] * n
     done = bytearray(n)
     prev = -1
@@ -780,6 +786,41 @@ def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int
             e_abs[j] = e_abs[r] - (v >> 1) * g if v & 1 else s_abs[j] + (v >> 1) * units[j]
             done[j] = 1
             stack.pop()
+    return s_abs, e_abs
+
+
+def _times_one_unit(starts: list[int], ends: list[int], refs: list[int | None], base: int,
+                    u: int) -> tuple[list[int], list[int]]:
+    """_times where every span has the same unit `u` (the greatest common divisor of two equal units is the unit)."""
+    n = len(refs)
+    s_abs, e_abs = [0] * n, [0] * n
+    done = bytearray(n)
+    at = base
+    first = True
+    for i in range(n):
+        if refs[i] is None:
+            at = base + starts[i] * u if first else at + starts[i] * u
+            first = False
+            s_abs[i] = at
+            e = ends[i]
+            expect(not e & 1, f"span {i} end is marked parent-relative but the span has no usable parent")
+            e_abs[i] = at + (e >> 1) * u
+            done[i] = 1
+    for i in range(n):
+        if done[i]:
+            continue
+        path = [i]
+        r = refs[i]
+        while not done[r]:  # chains of time parents end at anchors, which are done
+            path.append(r)
+            r = refs[r]
+        for j in reversed(path):
+            r = refs[j]
+            s = s_abs[r] + starts[j] * u
+            s_abs[j] = s
+            v = ends[j]
+            e_abs[j] = e_abs[r] - (v >> 1) * u if v & 1 else s + (v >> 1) * u
+            done[j] = 1
     return s_abs, e_abs
 
 
