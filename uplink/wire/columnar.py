@@ -527,9 +527,13 @@ def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bo
             raise DecodeError(f"uplink batch: {what} new texts holds a non-text")
         new = [x if type(x) is str else _expand(x, what + " new texts") for x in new]
     limit = len(learned) + len(new) + 1
-    if refs and (not _all_of(refs, int) or min(refs) < 0 or max(refs) >= limit):
+    if not refs:
+        return refs
+    if not _all_of(refs, int) or min(refs) < 0 or max(refs) >= limit:
         raise DecodeError(f"uplink batch: {what} references holds a non-integer or refers outside its table of "
                           f"{limit}")
+    if len(new) >= n and max(refs) == 0:  # every value new (a cold batch, unique values): the new texts in order
+        return new if len(new) == n else new[:n]
     if not new:
         table = [""] + learned
         return list(map(table.__getitem__, refs))
@@ -684,10 +688,12 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     in_batch: list[int | None] = [None] * n
     for i, p in enumerate(parent_col):
         if type(p) is int:
-            expect(0 <= i + p < n, f"span {i} parent offset {p} is outside the batch")
+            if not 0 <= i + p < n:
+                raise DecodeError(f"uplink batch: span {i} parent offset {p} is outside the batch")
             in_batch[i] = i + p
         else:
-            expect(p is None or type(p) is bytes, f"span {i} parent must be null, an offset or bytes")
+            if p is not None and type(p) is not bytes:
+                raise DecodeError(f"uplink batch: span {i} parent must be null, an offset or bytes")
     starts, ends = _times(unplanes(starts_f, n, "start column"), unplanes(ends_f, n, "end column"),
                           time_parents(in_batch), base, span_units)
     span_events = _decode_events(events, counts, starts, span_units, dt, ev_attrs, compact) \
@@ -700,15 +706,18 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
         tr = trace_col[i]
         if type(tr) is int:
             prev_trace += tr
-            expect(0 <= prev_trace < n_traces, f"span {i} refers to missing trace {prev_trace}")
+            if not 0 <= prev_trace < n_traces:
+                raise DecodeError(f"uplink batch: span {i} refers to missing trace {prev_trace}")
             trace_id = trace_table[prev_trace]
         else:
-            expect(type(tr) is bytes, f"span {i} trace must be a reference or bytes")
+            if type(tr) is not bytes:
+                raise DecodeError(f"uplink batch: span {i} trace must be a reference or bytes")
             trace_id = tr
         p = parent_col[i]
         b = packed[i]
         kind, status, src = b & 7, (b >> 3) & 3, b >> 5
-        expect(kind <= 5 and status <= 2 and src < len(SOURCES), f"span {i} has an invalid kind/status/source byte {b}")
+        if kind > 5 or status > 2 or src >= _N_SOURCES:
+            raise DecodeError(f"uplink batch: span {i} has an invalid kind/status/source byte {b}")
         # Positional, in the order of _SPAN_FIELDS: a keyword call costs a dataclass __init__ twice as much.
         spans.append(Span(
             trace_id,
@@ -737,6 +746,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
 
 
 _KINDS = tuple(SpanKind(k) for k in range(6))
+_N_SOURCES = len(SOURCES)
 _SPAN_FIELDS = ("trace_id", "span_id", "name", "start_ns", "end_ns", "parent_span_id", "kind", "status_code",
                 "status_message", "attributes", "events", "links", "resource", "scope", "source")
 assert tuple(f.name for f in dataclasses.fields(Span))[:len(_SPAN_FIELDS)] == _SPAN_FIELDS, \
@@ -765,7 +775,9 @@ def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int
             u = units[i]
             s_abs[i] = base + starts[i] * u if prev < 0 else s_abs[prev] + starts[i] * gcd(u, units[prev])
             e = ends[i]
-            expect(not e & 1, f"span {i} end is marked parent-relative but the span has no usable parent")
+            if e & 1:
+                raise DecodeError(f"uplink batch: span {i} end is marked parent-relative but the span has no usable "
+                                  "parent")
             e_abs[i] = s_abs[i] + (e >> 1) * u
             done[i] = 1
             prev = i
@@ -803,7 +815,9 @@ def _times_one_unit(starts: list[int], ends: list[int], refs: list[int | None], 
             first = False
             s_abs[i] = at
             e = ends[i]
-            expect(not e & 1, f"span {i} end is marked parent-relative but the span has no usable parent")
+            if e & 1:
+                raise DecodeError(f"uplink batch: span {i} end is marked parent-relative but the span has no usable "
+                                  "parent")
             e_abs[i] = at + (e >> 1) * u
             done[i] = 1
     for i in range(n):
