@@ -125,45 +125,36 @@ def _clear_caches() -> None:
 
 def _attributes(out: list[bytes], tag: bytes, attrs: Attributes) -> None:
     """Append each attribute as a KeyValue field with `tag`."""
-    global _cached
     pair = _caches.get(tag)
     if pair is None:
         pair = _caches[tag] = ({}, {})
     texts, ints = pair
     for k, v in attrs.items():
-        if type(v) is str and type(k) is str:
-            sv = cast(str, v)
-            if len(sv) > _CACHED_LEN:
-                out.append(_field(tag, _key_value(k, sv)))
-                continue
-            by_text = texts.get(k)
-            if by_text is None:
-                by_text = texts[k] = {}
-            kv = by_text.get(sv)
-            if kv is None:
-                kv = _field(tag, _key_value(k, sv))
-                if _cached >= _CACHE_MAX:
-                    _clear_caches()
-                    by_text = texts[k] = {}
-                by_text[sv] = kv
-                _cached += 1
-            out.append(kv)
-        elif type(v) is int and type(k) is str:
-            iv = cast(int, v)
-            by_int = ints.get(k)
-            if by_int is None:
-                by_int = ints[k] = {}
-            kv = by_int.get(iv)
-            if kv is None:
-                kv = _field(tag, _key_value(k, iv))
-                if _cached >= _CACHE_MAX:
-                    _clear_caches()
-                    by_int = ints[k] = {}
-                by_int[iv] = kv
-                _cached += 1
-            out.append(kv)
+        if type(k) is not str:
+            out.append(_field(tag, _key_value(k, v)))
+        elif type(v) is int:
+            out.append(_remembered(ints, tag, k, v))
+        elif type(v) is str and len(cast(str, v)) <= _CACHED_LEN:
+            out.append(_remembered(texts, tag, k, v))
         else:
             out.append(_field(tag, _key_value(k, v)))
+
+
+def _remembered(cache: dict[str, Any], tag: bytes, k: str, v: Any) -> bytes:
+    """The KeyValue field of k = v with `tag`, from `cache` (values of one type by key) or written and kept there."""
+    global _cached
+    by_value = cache.get(k)
+    if by_value is None:
+        by_value = cache[k] = {}
+    kv = by_value.get(v)
+    if kv is None:
+        kv = _field(tag, _key_value(k, v))
+        if _cached >= _CACHE_MAX:
+            _clear_caches()
+            by_value = cache[k] = {}
+        by_value[v] = kv
+        _cached += 1
+    return kv
 
 
 # Encoded resources: a gateway's batches name the same few resource objects (a table set's), and a node's spans share
@@ -224,26 +215,24 @@ _KINDS = [b""] + [_SPAN_KIND + _ONE_BYTE[k] for k in range(1, 128)]
 _pack_times = struct.Struct("<cQcQ").pack
 
 
+def _id(tag: bytes, usual: bytes, size: int, v: bytes) -> bytes:
+    """An id field; `usual` is its tag and length for an id of the usual `size`."""
+    if len(v) == size:
+        return usual + (v if type(v) is bytes else bytes(v))
+    return _field(tag, bytes(v))
+
+
 def _span(s: Span, source_attribute: bool) -> bytes:
     parts: list[bytes] = []
     append = parts.append
-    tid: bytes = s.trace_id
-    if len(tid) == 16:
-        append(_TRACE_ID_16 + tid if type(tid) is bytes else _TRACE_ID_16 + bytes(tid))
-    elif tid:
-        append(_field(_SPAN_TRACE_ID, bytes(tid)))
-    sid: bytes = s.span_id
-    if len(sid) == 8:
-        append(_SPAN_ID_8 + sid if type(sid) is bytes else _SPAN_ID_8 + bytes(sid))
-    elif sid:
-        append(_field(_SPAN_SPAN_ID, bytes(sid)))
+    if s.trace_id:
+        append(_id(_SPAN_TRACE_ID, _TRACE_ID_16, 16, s.trace_id))
+    if s.span_id:
+        append(_id(_SPAN_SPAN_ID, _SPAN_ID_8, 8, s.span_id))
     if s.trace_state:
         append(_text(_SPAN_TRACE_STATE, s.trace_state))
-    pid: bytes = s.parent_span_id
-    if len(pid) == 8:
-        append(_PARENT_8 + pid if type(pid) is bytes else _PARENT_8 + bytes(pid))
-    elif pid:
-        append(_field(_SPAN_PARENT, bytes(pid)))
+    if s.parent_span_id:
+        append(_id(_SPAN_PARENT, _PARENT_8, 8, s.parent_span_id))
     name: str = s.name
     if name:
         append(_text(_SPAN_NAME, name))
