@@ -23,7 +23,6 @@ from typing import Any, cast
 
 import cbor2
 
-from edge import accel
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Span, SpanKind, StatusCode
 
@@ -266,8 +265,9 @@ def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY
     return _dumps(body_fields(spans, node_id, seq, tables, created_ns, version)[0])
 
 
-# The same bytes either way; the typed writer is faster than cbor2 only compiled (docs/benchmarks.md).
-_dumps = cbor_writer.dumps if accel.status().compiled else cbor2.dumps
+# The same bytes either way; the typed writer is faster than cbor2 only compiled (docs/benchmarks.md), which the
+# accelerator (edge/accel.py) loads in place of the source where it was built from exactly these sources.
+_dumps = cbor2.dumps if (cbor_writer.__file__ or "").endswith(".py") else cbor_writer.dumps
 
 
 def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
