@@ -311,7 +311,7 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     parent_col = [p - i if p is not None else (bytes(s.parent_span_id) if s.parent_span_id else None)
                   for i, (s, p) in enumerate(zip(spans, parents))]
     packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
-    resource_col = _refs_by_identity([s.resource for s in spans], resources, None)
+    resource_col = _refs_by_identity([s.resource for s in spans], resources, Resource.exact_key)
     scope_col = _scope_refs([s.scope for s in spans], scopes)
     add = attrs.add
     shape_col = [add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
@@ -327,7 +327,7 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     events = _events(spans, span_units, idx, attrs) if any_events else None
     # New resources are attribute lists like any other: a shape, and values in the batch's columns.
     res_shapes = [attrs.add(tuple(k for k, _ in r.attributes), tuple(thaw_value(v) for _, v in r.attributes))
-                  for r in resources.new]
+                  for r, _ in resources.new]
     columns = attrs.body()
     new_shapes: list[list[int]] = []
     if shapes.new:
