@@ -112,6 +112,7 @@ class Call:
     concurrent: bool = False  # its thread had another call in flight meanwhile (HTTP/2 streams written for many)
     open_at_start: tuple[bytes, ...] | None = None  # requests of its process read and not ended when it began
     parked: bool = False  # its decision was put off once, for other workers' calls to be decided first
+    woke: bytes | None = None  # the request of the first thread its worker woke once it was answered (see wakeup)
 
 
 @dataclass(slots=True)
@@ -520,6 +521,13 @@ class Causes:
             # A thread with several calls in flight at once (HTTP/2 streams of many requests on one I/O thread) may
             # wake any of their requesters: it hands a result back only where its call was alone.
             done = [c for c in done if _alone(c, waker.waiting)]
+            if wakee is not None and len(wakee.open) == 1 and not wakee.reads_streams:
+                # A request thread that fell asleep only after the call began and slept through its answer: the first
+                # such thread the worker wakes once answered is its requester, or one waiting for a lock (the GIL).
+                # Alone that decides nothing; but a hand-off naming another request is then not certain.
+                for c in waker.waiting:
+                    if c.answered and c.woke is None and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
+                        c.woke = next(iter(wakee.open))
             if done:
                 # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
                 # main thread): no request.
@@ -543,6 +551,10 @@ class Causes:
             request = next(reversed(waker.open))
             if target.calls_since_handoff and any(not c.answered for c in target.waiting):
                 return  # a worker whose call is in flight is busy: this wakes it for a lock (the GIL), not work
+            if target.handoff is not None and target.calls_since_handoff == 0 and ev.wakee_since_ns >= target.handoff_ns:
+                # Woken again before its call, from a sleep that began after it was handed work: it blocked on a lock
+                # on its way to that work (the queue's mutex, the GIL), which its holder released; not more work.
+                return
             target.handoff_conflict = (target.handoff is not None and target.calls_since_handoff == 0
                                        and target.handoff != request)
             target.fresh = wakee is None
@@ -680,8 +692,13 @@ class Causes:
     def _by_handoff(self, call: Call) -> tuple[bytes | None, str]:
         """A worker's call nobody waited for: the request that handed it the work, when no other worker can have
         taken that work; else ambiguous."""
-        if call.handoff is None or call.concurrent:
+        if call.handoff is None or call.concurrent or (call.woke is not None and call.woke != call.handoff):
             return None, "ambiguous"
+        if call.woke == call.handoff:
+            # Handed the work by that request's thread, and once answered it first woke that same thread, asleep
+            # through the answer: where another worker took that work, its requester would wait for that worker
+            # instead, and this worker's result would go to the request it did take.
+            return call.handoff, "handoff"
         end = call.end_ns or call.start_ns
         rivals: set[bytes] = set()
         for tid, start, handed, request in self._starts.get(call.pid, ()):
