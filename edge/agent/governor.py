@@ -24,9 +24,9 @@ pressure it then acts, one step further per check, counting each action:
    undecided traces, the late-join index its oldest released spans; held spans leave early, the inbox refuses).
 3. `drop` (≥ 95 %): every Budgeted part lets go of its idle data (`drop_idle`: undecided traces quiet for half their
    wait, released spans past the time a late SDK span can still join them, idle state), then the heap is trimmed.
-   Only if the pressure stays at 95 % and the span buffers are its cause, or it reaches 100 %, are they emptied
-   (`drop_all`; the inbox's spans are counted into RED first): with the pressure elsewhere, emptying them would
-   free little and lose the late joins and tail decisions still to come.
+   Only where the span buffers are the cause, or the pressure reaches 100 %, are they emptied too (`drop_all`; the
+   inbox's spans are counted into RED first): with the pressure elsewhere, emptying them would free little and lose
+   the late joins and tail decisions still to come.
 4. `evict_live_state` (still ≥ 100 % after the drop): the state parts evict live entries down to their bounds.
 
 The state parts (`StatePart`: the span builder's connections, threads and processes, stitching's traces) hold what
@@ -430,26 +430,21 @@ class MemoryGovernor:
         """Idle data first; what may still be needed (undecided traces still growing, released spans a late SDK span
         may still join, spans at the door) only where the span buffers are the cause or the budget is exceeded."""
         self.stats.actions["drop"] += 1
-        dropped: dict[str, int] = {}
-        self._drop_each(dropped, idle=True)
-        self._free_heap()
-        if self.measure() >= LEVELS["drop"] and (self._buffers_cause() or self.stats.pressure >= 1.0):
+        everything = self._buffers_cause() or self.stats.pressure >= 1.0
+        if everything:
             self.stats.actions["drop_all"] += 1
-            self._drop_each(dropped, idle=False)
-            self._free_heap()
+        dropped: dict[str, int] = {}
+        for p in self._parts:
+            if p.budgeted is not None:
+                n = p.budgeted.drop_idle()
+                if everything:
+                    n += p.budgeted.drop_all()
+                self._count_dropped(p, n)
+                if n:
+                    dropped[p.name] = n
         if dropped:
             log.warning("memory pressure %.0f%%: dropped %s", self.stats.pressure * 100,
                         ", ".join(f"{n} spans from the {name}" for name, n in dropped.items()))
-
-    def _drop_each(self, dropped: dict[str, int], idle: bool) -> None:
-        for p in self._parts:
-            if p.budgeted is not None:
-                n = p.budgeted.drop_idle() if idle else p.budgeted.drop_all()
-                self._count_dropped(p, n)
-                if n:
-                    dropped[p.name] = dropped.get(p.name, 0) + n
-
-    def _free_heap(self) -> None:
         gc.collect()
         if self._trim is not None:
             self._trim(0)
