@@ -532,8 +532,10 @@ class Causes:
                 # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
                 # main thread): no request.
                 request = next(reversed(wakee.open)) if wakee is not None and wakee.open else None
-                if request is None and pid in self._streams:
-                    done = []  # a worker waking grpcio's own threads: the response it writes decides (at flush)
+                if request is None:
+                    # A worker waking a thread that serves none (another worker, grpcio's own threads: a lock, the
+                    # GIL): no result handed to a waiting request. The other rules decide at flush, else `ambiguous`.
+                    done = []
                 for c in done:
                     self._decide(waker, c, request, "wakeup" if request is not None else "", out)
         if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid and not waker.fresh:

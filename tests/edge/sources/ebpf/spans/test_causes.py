@@ -214,6 +214,19 @@ def test_a_worker_woken_again_on_its_way_to_the_work_keeps_the_first_handoff():
     assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
 
 
+def test_a_workers_wakeup_of_a_thread_serving_none_hands_no_result():
+    """Once answered, the worker first wakes another worker (serving none, asleep since before the call: a lock, the
+    GIL), then the request thread waiting for its result, which decides. Taking the first for a thread waiting with
+    no request left the call to the assembler's timing rules, which linked one of them wrongly in the testbed."""
+    b = two_requests((101, 201, 2_000))
+    b.feed([WakeupEvent(2_100, PID, 102, 202, 0)])  # 202: another worker, handed b's work
+    assert call(b, 10, 5_000, 201) == []
+    assert b.feed([WakeupEvent(7_000, PID, 201, 202, 1_000)]) == []
+    (c,) = b.feed([WakeupEvent(7_200, PID, 201, 101, 2_500)])
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "wakeup"
+
+
 def test_two_handoffs_to_a_worker_before_its_call_leave_it_ambiguous():
     """Woken for a's request and then for b's before it called: a lock (the GIL) wakes a thread as a queue does, so
     which work it took is not known."""
