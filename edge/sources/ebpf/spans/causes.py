@@ -32,7 +32,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   a call between this hand-off and this call's end, and, where other workers were handed work while this one's was
   pending (between its hand-off and its call), all of those requests but one were answered before this call was
   (a request thread waits for its work). Otherwise, and when nothing handed the work at all, the call is left
-  `ambiguous` rather than guessed.
+  `ambiguous` rather than guessed. The hand-off is the wakeup that ended the worker's idle sleep (a later one before
+  its call, from a sleep begun after it, is a lock on the way to that work); the first request thread the worker
+  wakes once answered, asleep through the answer, confirms it (it then decides despite those checks) or contests it
+  (`ambiguous`). A wakeup of a thread that serves none hands no result.
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 - response: a worker's call in a process whose requests are read by threads other than those that serve them (gRPC's
@@ -528,16 +531,13 @@ class Causes:
                 for c in waker.waiting:
                     if c.answered and c.woke is None and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
                         c.woke = next(iter(wakee.open))
-            if done:
-                # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
-                # main thread): no request.
-                request = next(reversed(wakee.open)) if wakee is not None and wakee.open else None
-                if request is None:
-                    # A worker waking a thread that serves none (another worker, grpcio's own threads: a lock, the
-                    # GIL): no result handed to a waiting request. The other rules decide at flush, else `ambiguous`.
-                    done = []
+            # Handed to a thread that serves a request: that request. A thread that serves none (another worker,
+            # grpcio's own threads) was woken for a lock or the GIL, not handed a result: the other rules decide at
+            # flush, else `ambiguous`.
+            if done and wakee is not None and wakee.open:
+                request = next(reversed(wakee.open))
                 for c in done:
-                    self._decide(waker, c, request, "wakeup" if request is not None else "", out)
+                    self._decide(waker, c, request, "wakeup", out)
         if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid and not waker.fresh:
             # The worker handed its result back to the thread that gave it the work. (A new thread waking its creator
             # before it made any call hands nothing back: it tells its creator it started.)
