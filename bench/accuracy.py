@@ -487,7 +487,8 @@ def agent_memory(metrics_port: int) -> str:
                re.findall(r'^helix_agent_memory_actions_total\{[^}]*step="(\w+)"\} (\S+)$', body, re.M)}
     return (f"keep-probability {val('helix_agent_sampling_keep_probability'):.4g}, pressure "
             f"{val('helix_agent_memory_pressure'):.2f}, above idle (KiB) {where}, lowered "
-            f"{actions.get('raise_threshold', 0)}x, floor held {actions.get('floor_held', 0)}x")
+            f"{actions.get('raise_threshold', 0)}x, floor held {actions.get('floor_held', 0)}x, drop step "
+            f"{actions.get('drop', 0)}x (buffers emptied {actions.get('drop_all', 0)}x)")
 
 
 def _scenario_spans(spans: list[Span], pids: set[int]) -> list[Span]:
@@ -504,7 +505,8 @@ def _scenario_spans(spans: list[Span], pids: set[int]) -> list[Span]:
 
 
 async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
-              log: IO[str] = sys.stderr, fast_export: bool = False, payload_bytes: int = 0) -> dict[str, Outcome]:
+              log: IO[str] = sys.stderr, fast_export: bool = False, payload_bytes: int = 0,
+              memory: str = "") -> dict[str, Outcome]:
     """Run the testbed; the outcome of each scenario by name (a scenario that cannot run here is left out, said)."""
     if os.geteuid() != 0:
         raise ProbeUnavailable("the testbed loads the kernel probes, which needs root", "run it as root")
@@ -535,7 +537,8 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             more=f'[sources.ebpf]\nenabled = "auto"\npids = [{", ".join(map(str, pids))}]\n'
                  f'capture_headers = ["{RID_METADATA}"]\n'
                  + (f'payload_bytes = {payload_bytes}\n' if payload_bytes else '')
-                 + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\nexport_interval = "0s"\n'))
+                 + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\nexport_interval = "0s"\n'
+                 + (_memory_section(memory) if memory else '')))
         agent_log = agent.log.read_text(errors="replace")
         if "kernel probes running" not in agent_log:
             why = next((ln for ln in agent_log.splitlines() if "kernel probes unavailable" in ln), agent_log[-500:])
@@ -576,6 +579,12 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
                     shutil.copy(work / name, dump / name)
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def _memory_section(memory: str) -> str:
+    """--memory LIMIT[,BASELINE] as the agent's [memory] section."""
+    limit, _, baseline = memory.partition(",")
+    return f'[memory]\nlimit = "{limit}"\n' + (f'baseline = "{baseline}"\n' if baseline else '')
 
 
 def _dump(dump: Path, bed: Bed, reqs: list, spans: list[Span]) -> None:
@@ -659,11 +668,15 @@ def main() -> None:
                     help="SDKs export every 200 ms instead of their default 5 s (quick runs; never written to the docs)")
     ap.add_argument("--payload-bytes", type=int, default=0, metavar="N",
                     help="the agent's sources.ebpf.payload_bytes (default: the agent's own; never written to the docs)")
+    ap.add_argument("--memory", default="", metavar="LIMIT[,BASELINE]",
+                    help="the agent's memory.limit (and memory.baseline), e.g. 50MiB,45MiB to run it under memory "
+                         "pressure (default: the agent's own; never written to the docs)")
     args = ap.parse_args()
     only = tuple(n for n in args.only.split(",") if n)
     try:
         outcomes = asyncio.run(run(args.quick, only, Path(args.dump) if args.dump else None,
-                                   fast_export=args.fast_export, payload_bytes=args.payload_bytes))
+                                   fast_export=args.fast_export, payload_bytes=args.payload_bytes,
+                                   memory=args.memory))
     except HelixError as e:
         raise SystemExit(f"bench/accuracy.py: {e}") from None
     scores = {k: v.score for k, v in outcomes.items()}
@@ -671,7 +684,7 @@ def main() -> None:
     line = json.dumps(result)
     print(table(scores))
     print("\n".join(goal_lines(scores)))
-    if not args.no_doc and not only and not args.fast_export and not args.payload_bytes:
+    if not args.no_doc and not only and not args.fast_export and not args.payload_bytes and not args.memory:
         write_doc("python bench/accuracy.py" + (" --quick" if args.quick else ""), scores, line)
     print(line)
 

@@ -139,8 +139,11 @@ class Resource:
     def of(cls, attrs: Attributes) -> Resource:
         """Build a resource from a mapping, with a stable key order; equal resources are one shared object."""
         r = cls(tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
-        # True, 1 and 1.0 are equal: the key carries each value's type, so a copy never comes back with another.
-        return _one_copy(_RESOURCES, r, _RESOURCES_MAX, key=(r, tuple(_shape(v) for _, v in r.attributes)))
+        return _one_copy(_RESOURCES, r, _RESOURCES_MAX, key=r.exact_key())
+
+    def exact_key(self) -> tuple[Resource, object]:
+        """A key for tables of resources that tells True, 1 and 1.0 apart, which == on resources does not."""
+        return (self, tuple(_shape(v) for _, v in self.attributes))
 
     def as_dict(self) -> Attributes:
         """Return the attributes as a plain dict."""

@@ -22,7 +22,11 @@ pressure it then acts, one step further per check, counting each action:
 2. `shrink_<part>` (≥ 80 %, until settled): halve every elastic part's bound (only the state parts' while the
    pressure is elsewhere; they then forget idle entries only) (the tail buffer drops its oldest
    undecided traces, the late-join index its oldest released spans; held spans leave early, the inbox refuses).
-3. `drop` (≥ 95 %): empty every Budgeted part (the inbox's spans are counted into RED first), then trim the heap.
+3. `drop` (≥ 95 %): every Budgeted part lets go of its idle data (`drop_idle`: undecided traces quiet for half their
+   wait, released spans past the time a late SDK span can still join them, idle state), then the heap is trimmed.
+   Only where the span buffers are the cause, or the pressure reaches 100 %, are they emptied too (`drop_all`; the
+   inbox's spans are counted into RED first): with the pressure elsewhere, emptying them would free little and lose
+   the late joins and tail decisions still to come.
 4. `evict_live_state` (still ≥ 100 % after the drop): the state parts evict live entries down to their bounds.
 
 The state parts (`StatePart`: the span builder's connections, threads and processes, stitching's traces) hold what
@@ -97,6 +101,10 @@ class Bounded(Measured, Protocol):
 class Budgeted(Bounded, Protocol):
     """A part whose data the governor may drop when the budget is about to break."""
 
+    def drop_idle(self) -> int:
+        """Let go of what nothing can still need (the drop step takes it first); returns how many spans that was."""
+        ...
+
     def drop_all(self) -> int:
         """Let go of everything it holds that may be dropped; returns how many spans that was."""
         ...
@@ -162,9 +170,11 @@ class GovernorStats:
     accounted: int = 0
     pressure: float = 0.0
     # "raise_threshold", "floor_held" (not lowered: the pressure is not in the span buffers), "shrink_<part>" for each
-    # elastic part, "drop", "evict_live_state" (past the budget: live state evicted too), "relax".
+    # elastic part, "drop" (idle data dropped), "drop_all" (and the rest of the span buffers: they were the cause, or
+    # the budget was exceeded), "evict_live_state" (past the budget: live state evicted too), "relax".
     actions: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("raise_threshold", "floor_held", "drop", "relax", "evict_live_state"), 0))
+        default_factory=lambda: dict.fromkeys(("raise_threshold", "floor_held", "drop", "drop_all", "relax",
+                                           "evict_live_state"), 0))
     # Spans dropped by the governor, "<part>_pressure" for each Budgeted part; index_pressure counts spans already
     # sent on whose late joins were given up.
     dropped: dict[str, int] = field(default_factory=dict)
@@ -417,11 +427,18 @@ class MemoryGovernor:
             self.stats.actions["shrink_" + p.name] += 1
 
     def _drop(self) -> None:
+        """Idle data first; what may still be needed (undecided traces still growing, released spans a late SDK span
+        may still join, spans at the door) only where the span buffers are the cause or the budget is exceeded."""
         self.stats.actions["drop"] += 1
-        dropped = {}
+        everything = self._buffers_cause() or self.stats.pressure >= 1.0
+        if everything:
+            self.stats.actions["drop_all"] += 1
+        dropped: dict[str, int] = {}
         for p in self._parts:
             if p.budgeted is not None:
-                n = p.budgeted.drop_all()
+                n = p.budgeted.drop_idle()
+                if everything:
+                    n += p.budgeted.drop_all()
                 self._count_dropped(p, n)
                 if n:
                     dropped[p.name] = n

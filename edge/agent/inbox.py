@@ -99,6 +99,10 @@ class SpanInbox:
         self.max_bytes = n
         return 0
 
+    def drop_idle(self) -> int:
+        """Nothing waiting at the door is idle: it has just arrived. Returns 0."""
+        return 0
+
     def drop_all(self) -> int:
         """Drop every span waiting (memory pressure), after `on_drop` saw them; returns how many."""
         spans = self.drain()

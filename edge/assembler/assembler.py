@@ -94,6 +94,7 @@ class Assembler:
         self._pid_of_resource: OrderedDict[Resource, int] = OrderedDict()  # an SDK resource -> its process
         self._kernel_by_wire: OrderedDict[bytes, int] = OrderedDict()  # wire parent span id -> pid of the kernel span
         self._last_expire = 0.0
+        self.now = -math.inf  # the clock of the latest process() call
         self._renamed: dict[tuple[Resource, str], Resource] = {}
         self._claimants: dict[int, Entry] = {}  # id -> unreleased requests that started a trace or wait for an SDK
         self._waiting: dict[int, dict[int, Entry]] = {}  # pid -> id -> entries waiting for that process's SDK
@@ -170,6 +171,7 @@ class Assembler:
     def process(self, spans: list[Span], now: float | None = None, flush: bool = False) -> list[Span]:
         """Take new spans; return those whose window has passed (all of them when `flush`)."""
         now = time.monotonic() if now is None else now
+        self.now = now
         for s in spans:
             self.stats.spans_in += 1
             if self._is_duplicate(s):
@@ -747,6 +749,12 @@ class _LateJoins:
         excess = len(asm.index) - len(asm.held) - n // _RELEASED_BYTES
         return asm.index.expire(float("inf"), at_most=excess) if excess > 0 else 0
 
+    def drop_idle(self) -> int:
+        """Forget the released spans no late span can still join: those that arrived more than `sdk_wait` ago (an SDK
+        span comes within its export delay and retries, the bound the hold rule waits for); returns how many went."""
+        asm = self._asm
+        return asm.index.expire(asm.now - max(asm.config.sdk_wait, asm.config.window))
+
     def drop_all(self) -> int:
         """Forget every released span; returns how many went."""
         return self._asm.index.expire(float("inf"))
@@ -803,6 +811,8 @@ class _StitchState:
         """Forget every idle entry; no span is dropped."""
         self._forget_idle(0)
         return 0
+
+    drop_idle = drop_all  # the drop step takes idle entries only, first or not
 
     def enforce(self, now: float | None = None) -> None:
         """Mark the time (the assembler's clock), then forget idle entries if the state passed its bound."""

@@ -11,6 +11,7 @@ the memory, so the same buffer covers about 2.5 times the traffic before traces 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -205,15 +206,25 @@ class TailSampler:
     def expire(self, now: float | None = None, flush: bool = False) -> int:
         """Drop traces whose wait has passed (all of them with `flush`); returns how many spans that dropped."""
         now = self._clock() if now is None else now
-        deadline = now - self.rules.decision_wait
+        return self._drop_quiet(math.inf if flush else now - self.rules.decision_wait, "no_rule")
+
+    def drop_idle(self, now: float | None = None) -> int:
+        """Drop the undecided traces whose last span came more than half their decision wait ago (memory pressure):
+        a trace's spans come close together, so these are the least likely to still meet a rule, and the next to be
+        dropped anyway. Returns the spans dropped."""
+        now = self._clock() if now is None else now
+        return self._drop_quiet(now - self.rules.decision_wait / 2, "pressure")
+
+    def _drop_quiet(self, cutoff: float, outcome: str) -> int:
+        """Drop the traces whose last span came at or before `cutoff` (the buffer is in that order)."""
         out = 0
         while self._buffer:
             tid, entry = next(iter(self._buffer.items()))
-            if not flush and entry.last > deadline:
+            if entry.last > cutoff:
                 break
             del self._buffer[tid]
             self._bytes -= entry.bytes
-            self.stats.decisions["no_rule"] += 1
+            self.stats.decisions[outcome] += 1
             out += len(entry.spans)
         self.stats.spans_dropped += out
         if not self._buffer:

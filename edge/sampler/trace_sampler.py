@@ -125,6 +125,12 @@ class TraceSampler:
         self.stats.dropped += dropped
         return dropped
 
+    def drop_idle(self) -> int:
+        """Drop the undecided traces quiet for half their decision wait (memory pressure); returns how many spans."""
+        dropped = self.tail.drop_idle()
+        self.stats.dropped += dropped
+        return dropped
+
     def drop_all(self) -> int:
         """Drop every undecided trace (memory pressure); returns how many spans that dropped."""
         dropped = self.tail.drop_all()

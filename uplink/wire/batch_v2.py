@@ -101,7 +101,7 @@ def body(spans: Sequence[Span], node_id: str, seq: int, created_ns: int | None =
     created = time.time_ns() if created_ns is None else created_ns
 
     resources: list[list[Any]] = []
-    resource_index: dict[Resource, int] = {}
+    resource_index: dict[tuple[Resource, object], int] = {}
     scopes: list[int] = []
     scope_index: dict[Scope, int] = {}
     origins: list[int] = []
@@ -146,9 +146,10 @@ def body(spans: Sequence[Span], node_id: str, seq: int, created_ns: int | None =
         name_col.append(t.s(s.name))
         packed[i] = int(s.kind) | (int(s.status_code) << 3) | (source_code(s.source) << 5)
 
-        ri = resource_index.get(s.resource)
+        rk = s.resource.exact_key()
+        ri = resource_index.get(rk)
         if ri is None:
-            ri = resource_index[s.resource] = len(resources)
+            ri = resource_index[rk] = len(resources)
             resources.append(_resource_attrs(t, s.resource))
         si = scope_index.get(s.scope)
         if si is None:

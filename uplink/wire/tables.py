@@ -226,7 +226,7 @@ class _EncoderIndex:
                        for i, sh in enumerate(t.shapes)}
         self.event_names = {s: i + 1 for i, s in enumerate(t.event_names)}
         self.scopes = {(s.name, s.version): i for i, s in enumerate(t.scopes)}
-        self.resources = {r: i for i, r in enumerate(t.resources)}
+        self.resources = {r.exact_key(): i for i, r in enumerate(t.resources)}
 
 
 class _DecoderTables:
@@ -443,7 +443,7 @@ def _tables(spans: Sequence[Span], limits: TrainingLimits) -> TableSet:
     shapes: Counter[tuple[tuple[str, ...], tuple[int, ...]]] = Counter()
     event_names: Counter[str] = Counter()
     scopes: Counter[Scope] = Counter()
-    resources: Counter[Resource] = Counter()
+    resources: Counter[tuple[Resource, object]] = Counter()  # by exact key: True, 1 and 1.0 are learned apart
 
     # In how many traces a value was seen: an order id repeated by every span of its trace is still a one-off.
     spread: Counter[tuple[str, str]] = Counter()
@@ -466,10 +466,11 @@ def _tables(spans: Sequence[Span], limits: TrainingLimits) -> TableSet:
     for s in spans:
         names[s.name] += 1
         scopes[s.scope] += 1
-        if s.resource not in resources:  # a resource's values count once, not once per span
+        rk = s.resource.exact_key()
+        if rk not in resources:  # a resource's values count once, not once per span
             learn_attrs(tuple(k for k, _ in s.resource.attributes), [thaw_value(v) for _, v in s.resource.attributes],
                         s.resource)
-        resources[s.resource] += 1
+        resources[rk] += 1
         learn_attrs(tuple(s.attributes), tuple(s.attributes.values()), s.trace_id)
         for e in s.events:
             event_names[e.name] += 1
@@ -492,7 +493,7 @@ def _tables(spans: Sequence[Span], limits: TrainingLimits) -> TableSet:
     value_lists = tuple(tuple(_ranked(chosen[k], MAX_ENTRIES)) if k in chosen else () for k in key_list)
     shape_list = [sh for sh in _ranked(shapes, limits.max_shapes) if all(k in key_pos for k in sh[0])]
     # Resources whose keys all made the key table (always, below the key limit).
-    res_list = [r for r in _ranked(resources, limits.max_resources) if all(k in key_pos for k, _ in r.attributes)]
+    res_list = [r for r, _ in _ranked(resources, limits.max_resources) if all(k in key_pos for k, _ in r.attributes)]
     return TableSet(
         names=tuple(_ranked(names, limits.max_names)),
         keys=tuple(key_list),

@@ -100,6 +100,8 @@ class BuilderState:
         """Forget every idle entry (the governor's drop step); live state stays. Returns the requests dropped."""
         return self._evict_idle(0)
 
+    drop_idle = drop_all  # the drop step takes idle entries only, first or not
+
     def enforce(self) -> int:
         """Advance the tables' clock, then evict idle entries if the state passed its bound; returns the requests
         dropped."""

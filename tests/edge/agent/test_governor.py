@@ -423,3 +423,31 @@ def test_keep_floor_is_configurable_and_applied_live(agent: Agent) -> None:
     gov = MemoryGovernor(64 * MiB, 32 * MiB)
     gov.set_budget(64 * MiB, keep_floor=0.125)
     assert gov.keep_floor == 0.125
+
+
+def test_the_drop_step_takes_idle_data_first_and_empties_the_buffers_only_where_they_are_the_cause(
+        agent: Agent) -> None:
+    import time
+    run = Plateau(agent, in_buffers=False)
+    gov = run.gov
+    asm, tail = agent.assembler, agent.sampler.tail
+    # Late joins: released spans that arrived 9 s ago (past sdk_wait: no late SDK span joins them) and 3 s ago.
+    old, recent = realistic_spans(50, seed=3), realistic_spans(60, seed=4)
+    asm.process(old, now=102.0)
+    asm.process(recent, now=108.0)
+    asm.process([], now=109.0 + asm.config.window)
+    assert len(asm.index) == len(old) + len(recent)
+    # Undecided traces (the fixture's wait is 60 s): one quiet for 40 s, others still getting spans.
+    now = time.monotonic()
+    agent.sampler.decide(realistic_spans(300, seed=5), now=now - 40)
+    quiet = len(tail)
+    agent.sampler.decide(realistic_spans(300, seed=6), now=now)
+    growing = len(tail) - quiet
+    assert growing > 0 and quiet > 0
+    run.hold(0.96, 0.5)  # the heap, not the buffers: emptying them would free little and lose what they still hold
+    assert gov.stats.cause == "elsewhere" and gov.stats.actions["drop"] == 1 and gov.stats.actions["drop_all"] == 0
+    assert len(asm.index) == len(recent) and len(tail) == growing
+    assert gov.stats.dropped["index_pressure"] == len(old)
+
+    run.hold(1.0, 0.5)  # past the budget itself: the rest goes too
+    assert gov.stats.actions["drop_all"] == 1 and len(asm.index) == 0 and len(tail) == 0

@@ -182,3 +182,20 @@ def test_a_pool_workers_call_hangs_under_the_request_its_builder_named() -> None
     assert got["call"].parent_span_id == spans[0].span_id, "the builder's cause, not the tightest container"
     assert got["call"].attributes["helix.link"] == "wakeup" and "helix.link.confidence" not in got["call"].attributes
     assert new_span_id() != b""  # keep the import used
+
+
+def test_under_memory_pressure_only_released_spans_no_late_sdk_span_can_join_are_forgotten() -> None:
+    # The governor's drop step takes idle late joins first: those that arrived more than sdk_wait ago. A request's
+    # kernel spans released a moment ago stay, and its SDK spans, 5 s late, still join them.
+    kernel, sdk_spans, _ = frontend_request(caller=False)
+    a = Assembler(AssemblerConfig(window=2.0, sdk_wait=8.0, memory=10.0))
+    a.sdk.runs_sdk(1, 0.0)
+    old = kspan("old", SpanKind.SERVER, 0, 1, pid=3, tid=30, local=E, peer=F)
+    out = a.process([old], now=1.0) + a.process(kernel, now=8.5) + a.process([], now=10.6)
+    assert len(out) == 4 and len(a.index) == 4
+    assert a.index_budget.drop_idle() == 1
+    assert old.span_id not in a.index.by_id and all(s.span_id in a.index.by_id for s in kernel)
+    out = a.process(sdk_spans, now=8.5 + SDK_DELAY) + a.process([], now=8.5 + SDK_DELAY + 2.1)
+    got = {s.name: s for s in out}
+    assert got["frontend"].parent_span_id == kernel[2].span_id
+    assert got["frontend"].attributes["helix.link"] == "adopted"

@@ -98,6 +98,19 @@ def test_undecided_traces_are_dropped_after_the_wait_from_their_last_span(rng: r
     assert tail.stats.decisions["no_rule"] == 1 and tail.stats.spans_dropped == 2
 
 
+def test_under_pressure_quiet_traces_go_first_and_growing_ones_stay(rng: random.Random) -> None:
+    clock = Clock()
+    tail = TailSampler(TailRules(new_route_traces=0, decision_wait=2.0), clock)
+    quiet, growing = tid_with_randomness(LOW, rng), tid_with_randomness(LOW, rng)
+    tail.offer([span(quiet), span(growing)])
+    clock.now += 1.2
+    tail.offer([span(growing, kind=SpanKind.CLIENT)])  # still getting spans: a later one may yet meet a rule
+    assert tail.drop_idle() == 1 and len(tail) == 1  # quiet for over half its wait
+    assert tail.stats.decisions["pressure"] == 1 and tail.stats.spans_dropped == 1
+    kept, _ = tail.offer([span(growing, error=True)])
+    assert len(kept) == 3  # the trace kept whole: its first two spans were still there
+
+
 def test_latency_per_route_with_default(rng: random.Random) -> None:
     clock = Clock()
     rules = TailRules(new_route_traces=0, latency={"/api/orders": 0.5}, latency_default=2.0)

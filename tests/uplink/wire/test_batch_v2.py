@@ -274,3 +274,12 @@ def test_a_text_referenced_20000_times_is_refused_by_what_its_spans_expand_to() 
     # Stopped as soon as the count passed the bound, not after measuring all 1.2 GB.
     assert limit < e.value.expanded <= limit + 61_000
     assert isinstance(e.value, DecodeError)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_resources_equal_in_python_but_not_in_type_keep_their_own_entries(version: int) -> None:
+    # True == 1 == 1.0: the resource table must not hand {"flag": True} the entry of {"flag": 1}.
+    spans = [Span(b"\x01" * 16, bytes([i + 1]) * 8, "op", 10, 20, resource=Resource((("flag", v),)))
+             for i, v in enumerate([1, True, 1.0, True])]
+    batch = decode_batch(encode_batch(spans, "n", 0, version=version), MAX)
+    assert _exact(batch.spans) == _exact(spans)

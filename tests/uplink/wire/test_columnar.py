@@ -22,7 +22,7 @@ from uplink.gateway.budget import expansion_limit
 from uplink.wire import NO_TABLES, ExpansionExceeded, UnknownTableSet, columnar, declared_size, decode_batch, \
     encode_batch, read_header
 from uplink.wire.columnar import MAX_SPANS, encode
-from uplink.wire.tables import EMPTY, TableSet
+from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, train
 from uplink.wire.values import Expansion
 
 from .._helpers import expanding_batch
@@ -384,3 +384,33 @@ def test_a_resource_value_decodes_with_its_own_types_whatever_was_interned_befor
     spans = [Span(b"\x01" * 16, b"\x02" * 8, "op", 10, 20,
                   resource=Resource((("a", frozen([True])), ("m", frozen({"k": True})))))]
     assert _exact(_round_trip(spans, EMPTY), spans)
+
+
+@pytest.mark.parametrize("unit", [1, 1000])
+def test_times_of_children_sent_before_their_parents_come_back_with_one_unit_and_with_several(unit: int) -> None:
+    # Spans leave a node as they end: children before parents, chains three deep, ends before and after the parent's.
+    r = Resource.of({"service.name": f"clock-{unit}"})
+    other = Resource.of({"service.name": "ns-clock"})
+    t = 1_700_000_000_000_000_000
+    ids = [bytes([i + 1]) * 8 for i in range(6)]
+    shape = [(3, 30, 45), (4, 20, 90), (5, 10, 100), (None, 0, 120), (None, 200, 260), (0, 31, 44)]
+    spans = [Span(b"\x01" * 16, ids[i], f"op{i}", t + a * unit, t + b * unit, ids[p] if p is not None else b"",
+                  resource=r) for i, (p, a, b) in enumerate(shape)]
+    for batch in (spans, spans[::-1], spans + [Span(b"\x01" * 16, b"\x09" * 8, "x", t + 7, t + 11, ids[3],
+                                                    resource=other)]):
+        assert _exact(_round_trip(batch, EMPTY), batch)
+
+
+def test_resources_equal_in_python_but_not_in_type_stay_apart_in_a_batch_and_against_learned_tables() -> None:
+    # True == 1 == 1.0, so a resource with {"flag": True} is == one with {"flag": 1}: neither the batch's own resource
+    # table nor a learned one may hand one the other's entry.
+    as_int = Resource((("flag", 1), ("service.name", "svc")))
+    as_bool = Resource((("flag", True), ("service.name", "svc")))
+    as_float = Resource((("flag", 1.0), ("service.name", "svc")))
+    spans = [Span(b"\x01" * 16, bytes([i + 1]) * 8, "op", 10, 20, resource=r)
+             for i, r in enumerate([as_int, as_bool, as_float, as_bool])]
+    assert _exact(_round_trip(spans, EMPTY), spans)
+    learned = train([spans[0]] * 8, TrainingLimits(zdict=False))
+    assert learned.resources == (as_int,)
+    for later in ([spans[1]], [spans[2]], spans[1:], spans):
+        assert _exact(_round_trip(later, learned), later)

@@ -32,7 +32,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   a call between this hand-off and this call's end, and, where other workers were handed work while this one's was
   pending (between its hand-off and its call), all of those requests but one were answered before this call was
   (a request thread waits for its work). Otherwise, and when nothing handed the work at all, the call is left
-  `ambiguous` rather than guessed.
+  `ambiguous` rather than guessed. The hand-off is the wakeup that ended the worker's idle sleep (a later one before
+  its call, from a sleep begun after it, is a lock on the way to that work); the first request thread the worker
+  wakes once answered, asleep through the answer, confirms it (it then decides despite those checks) or contests it
+  (`ambiguous`). A wakeup of a thread that serves none hands no result.
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 - response: a worker's call in a process whose requests are read by threads other than those that serve them (gRPC's
@@ -112,6 +115,7 @@ class Call:
     concurrent: bool = False  # its thread had another call in flight meanwhile (HTTP/2 streams written for many)
     open_at_start: tuple[bytes, ...] | None = None  # requests of its process read and not ended when it began
     parked: bool = False  # its decision was put off once, for other workers' calls to be decided first
+    woke: bytes | None = None  # the request of the first thread its worker woke once it was answered (see wakeup)
 
 
 @dataclass(slots=True)
@@ -520,14 +524,20 @@ class Causes:
             # A thread with several calls in flight at once (HTTP/2 streams of many requests on one I/O thread) may
             # wake any of their requesters: it hands a result back only where its call was alone.
             done = [c for c in done if _alone(c, waker.waiting)]
-            if done:
-                # Handed to a thread that serves a request: that request; to one that serves none (a batch job's
-                # main thread): no request.
-                request = next(reversed(wakee.open)) if wakee is not None and wakee.open else None
-                if request is None and pid in self._streams:
-                    done = []  # a worker waking grpcio's own threads: the response it writes decides (at flush)
+            if wakee is not None and len(wakee.open) == 1 and not wakee.reads_streams:
+                # A request thread that fell asleep only after the call began and slept through its answer: the first
+                # such thread the worker wakes once answered is its requester, or one waiting for a lock (the GIL).
+                # Alone that decides nothing; but a hand-off naming another request is then not certain.
+                for c in waker.waiting:
+                    if c.answered and c.woke is None and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
+                        c.woke = next(iter(wakee.open))
+            # Handed to a thread that serves a request: that request. A thread that serves none (another worker,
+            # grpcio's own threads) was woken for a lock or the GIL, not handed a result: the other rules decide at
+            # flush, else `ambiguous`.
+            if done and wakee is not None and wakee.open:
+                request = next(reversed(wakee.open))
                 for c in done:
-                    self._decide(waker, c, request, "wakeup" if request is not None else "", out)
+                    self._decide(waker, c, request, "wakeup", out)
         if waker is not None and waker.handoff is not None and waker.handoff_from == ev.wakee_tid and not waker.fresh:
             # The worker handed its result back to the thread that gave it the work. (A new thread waking its creator
             # before it made any call hands nothing back: it tells its creator it started.)
@@ -543,6 +553,10 @@ class Causes:
             request = next(reversed(waker.open))
             if target.calls_since_handoff and any(not c.answered for c in target.waiting):
                 return  # a worker whose call is in flight is busy: this wakes it for a lock (the GIL), not work
+            if target.handoff is not None and target.calls_since_handoff == 0 and ev.wakee_since_ns >= target.handoff_ns:
+                # Woken again before its call, from a sleep that began after it was handed work: it blocked on a lock
+                # on its way to that work (the queue's mutex, the GIL), which its holder released; not more work.
+                return
             target.handoff_conflict = (target.handoff is not None and target.calls_since_handoff == 0
                                        and target.handoff != request)
             target.fresh = wakee is None
@@ -680,8 +694,13 @@ class Causes:
     def _by_handoff(self, call: Call) -> tuple[bytes | None, str]:
         """A worker's call nobody waited for: the request that handed it the work, when no other worker can have
         taken that work; else ambiguous."""
-        if call.handoff is None or call.concurrent:
+        if call.handoff is None or call.concurrent or (call.woke is not None and call.woke != call.handoff):
             return None, "ambiguous"
+        if call.woke == call.handoff:
+            # Handed the work by that request's thread, and once answered it first woke that same thread, asleep
+            # through the answer: where another worker took that work, its requester would wait for that worker
+            # instead, and this worker's result would go to the request it did take.
+            return call.handoff, "handoff"
         end = call.end_ns or call.start_ns
         rivals: set[bytes] = set()
         for tid, start, handed, request in self._starts.get(call.pid, ()):

@@ -180,15 +180,51 @@ def test_wakeup_of_a_thread_awake_during_the_call_does_not_decide():
 
 def test_wakeup_of_a_thread_that_fell_asleep_after_the_call_began_leaves_it_to_the_handoff():
     """The request thread, preempted as it released its lock, fell asleep only after the worker's call began: that
-    hand-back proves nothing (a GIL wakeup of another thread looks the same); the hand-off decides once the wait is
-    over."""
+    hand-back alone proves nothing (a GIL wakeup of another thread looks the same); the hand-off decides once the wait
+    is over, as the first thread woken after the answer is the one that handed the work."""
+    b = two_requests((101, 201, 2_000))
+    assert call(b, 10, 5_000, 201) == []
+    assert b.feed([WakeupEvent(7_000, PID, 201, 101, 5_500)]) == []
+    assert b.feed([WakeupEvent(7_500, PID, 201, 102, 5_500)]) == []
+    (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
+
+
+def test_handoff_is_not_certain_when_the_worker_first_wakes_another_requester_after_its_answer():
+    """Handed work by a's thread, the worker's first wakeup once answered goes to b's thread, asleep through the
+    answer: it may have taken b's work (queued first) while another worker took a's. Neither decides."""
     b = two_requests((101, 201, 2_000))
     assert call(b, 10, 5_000, 201) == []
     assert b.feed([WakeupEvent(7_000, PID, 201, 102, 5_500)]) == []
     assert b.feed([WakeupEvent(7_500, PID, 201, 101, 5_500)]) == []
     (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_a_worker_woken_again_on_its_way_to_the_work_keeps_the_first_handoff():
+    """a's thread wakes idle worker 201 (asleep long before): that is the hand-off. 201 then blocks on a lock (the
+    queue's mutex, the GIL) held by b's thread, whose release wakes it again from a sleep begun after the hand-off:
+    not more work."""
+    b = two_requests((101, 201, 2_000))
+    b.feed([WakeupEvent(2_300, PID, 102, 201, 2_100)])
+    assert call(b, 10, 5_000, 201) == []
+    (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
     sa = server_span(serve_answer(b, 1, 9_000, 101))
     assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
+
+
+def test_a_workers_wakeup_of_a_thread_serving_none_hands_no_result():
+    """Once answered, the worker first wakes another worker (serving none, asleep since before the call: a lock, the
+    GIL), then the request thread waiting for its result, which decides. Taking the first for a thread waiting with
+    no request left the call to the assembler's timing rules, which linked one of them wrongly in the testbed."""
+    b = two_requests((101, 201, 2_000))
+    b.feed([WakeupEvent(2_100, PID, 102, 202, 0)])  # 202: another worker, handed b's work
+    assert call(b, 10, 5_000, 201) == []
+    assert b.feed([WakeupEvent(7_000, PID, 201, 202, 1_000)]) == []
+    (c,) = b.feed([WakeupEvent(7_200, PID, 201, 101, 2_500)])
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "wakeup"
 
 
 def test_two_handoffs_to_a_worker_before_its_call_leave_it_ambiguous():
@@ -307,6 +343,25 @@ def test_handoff_another_running_worker_may_have_taken_is_left_ambiguous():
     (c,) = [s for s in out if s.attributes.get("url.path") == "/db" and "c=10" in str(s.attributes.get("url.query"))]
     assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
     assert b.causes.stats.handoff_unsure >= 1
+
+
+def test_a_handoff_the_worker_hands_back_first_stands_though_another_worker_ran():
+    """As above, a running worker may have taken a's work; but once answered, 201 first wakes a's thread, asleep
+    through the answer: had another worker taken a's work, a's thread would be waiting for that one, and 201's result
+    would go to the request whose work it took. The hand-off and the hand-back agree: a."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_read(b, 2, 1_200, 102, "b")
+    b.feed([WakeupEvent(1_300, PID, 102, 202, 0)])
+    assert call(b, 11, 1_400, 202) == []
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 12, 2_500, 202) == []  # 202 calls again without a hand-off: it took work running
+    assert call(b, 10, 3_000, 201) == []
+    b.feed([WakeupEvent(4_500, PID, 201, 101, 3_500)])  # a's thread fell asleep after 201's call began
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (c,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
+    sa = server_span(serve_answer(b, 1, 20_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handoff"
 
 
 def test_handoffs_pending_at_once_are_left_ambiguous():
