@@ -352,9 +352,11 @@ class Causes:
 
     # -- calls made ------------------------------------------------------------------------------------------
 
-    def call_made(self, pid: int, tid: int, start_ns: int, sock: int | None = None) -> Call:
+    def call_made(self, pid: int, tid: int, start_ns: int, sock: int | None = None,
+                  out: list[Span] | None = None) -> Call:
         """Thread `tid` wrote a request (on connection `sock`): its cause now, or a Call that waits for its
-        decision."""
+        decision. A waiting call pushed out to make room is decided on what is known and its span, if finished, goes
+        to `out`."""
         t = self._thread(pid, tid)
         call = Call(pid, tid, start_ns)
         t.reading = False
@@ -404,7 +406,12 @@ class Causes:
                 if not other.answered:  # a thread writing streams for many threads: not a worker taking one item
                     other.concurrent = call.concurrent = True
             if len(t.waiting) >= _MAX_WAITING:
-                self._settle(t.waiting.pop(0), None)
+                # A busy worker's oldest waiting call is decided now rather than dropped: its span still goes out.
+                oldest = t.waiting.pop(0)
+                decision = self._by_evidence(oldest, final=True)
+                assert decision is not None
+                oldest.cause, oldest.via = decision
+                self._settle(oldest, out)
             t.waiting.append(call)
             self._waiting.add((pid, tid))
         else:

@@ -216,7 +216,7 @@ class _H2Conn(ConnState):
             if kind == SpanKind.SERVER:
                 b.causes.request_read(ev.pid, ev.tid, s.span_id, start, stream=True)
             else:
-                s.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock)
+                s.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock, out)
         s.events = take_faults(b, conn)
         self.streams[sid] = s
         b.conns.waiting.add(conn.sock)

@@ -698,3 +698,20 @@ def test_a_workers_first_call_before_any_handoff_was_seen_waits_for_its_response
     flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
     assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "response"
     assert CAUSE not in s2.attributes and s2.attributes[CAUSE_VIA] == "ambiguous"  # W2 never showed it runs handlers
+
+
+def test_a_busy_workers_calls_all_come_out_when_more_wait_than_are_kept():
+    """A pool worker making calls faster than their decisions come: past the calls a thread keeps waiting, the oldest
+    is decided on what is known then, and its span still comes out (it was dropped)."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(1_500, PID, 101, 201, 0)])  # a hand-off: 201 is a pool worker, its calls wait
+    out = []
+    for i in range(100):
+        sock, ts, r = 10 + i, 10_000 + i * 5_000, req(target=f"/db?c={10 + i}")
+        at = {"pid": PID, "tid": 201, "role": Role.CLIENT, "local": Endpoint(CLI.addr, 40000 + sock), "remote": DB}
+        out += b.feed([data(sock, OUT, ts, r, **at)])
+        out += b.feed([data(sock, IN, ts + 1_000, resp(), prev_bytes=len(r), prev_end=ts + 50, **at)])
+    out += b.flush(10**12)
+    assert sorted(s.attributes["url.query"] for s in out if s.kind == SpanKind.CLIENT) == sorted(
+        f"c={10 + i}" for i in range(100))
