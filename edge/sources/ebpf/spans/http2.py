@@ -185,7 +185,7 @@ class _H2Conn(ConnState):
             s.response = block
             if s.kind == SpanKind.SERVER:
                 b.causes.request_done(s.pid, s.tid, s.span_id)
-                b.causes.response_written(ev.pid, ev.tid, s.span_id, ev.ts_ns)
+                b.causes.response_written(ev.pid, ev.tid, s.span_id, ev.ts_ns, conn.sock)
             elif s.call is not None:
                 b.causes.response_read(s.call, ev.tid, ev.end_ns)
             if (block.get(":status") or "")[:1] == "1" and not end:
