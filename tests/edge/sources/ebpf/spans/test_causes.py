@@ -728,17 +728,25 @@ def asleep(c: Causes, tid: int, since: int, woken: int) -> None:
     c.wakeup(WakeupEvent(woken, PID, DISPATCH, tid, since), [])
 
 
+def written_together(w2_end: int = 6_100, sleeps: tuple[tuple[int, int], ...] = ((W1, 6_050), (W2, 6_150)),
+                     socks: tuple[int, int] = (7, 7)) -> tuple[Causes, Span, Span]:
+    """Workers W1 and W2 call (W1's ends at 6_000, W2's at `w2_end`) and sleep from the given times on; then an I/O
+    thread writes b's response and a's at once (on connections `socks`), and the calls are decided."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, w2_end)
+    for tid, since in sleeps:
+        asleep(c, tid, since, 9_000)
+    answer(c, IO, b"b" * 8, 6_400, sock=socks[0])
+    answer(c, IO, b"a" * 8, 6_400, sock=socks[1])
+    flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
+    return c, s1, s2
+
+
 def test_responses_one_write_carried_go_to_the_workers_in_the_order_they_queued_them():
     """Both responses went out in one write of the I/O thread, b's first. W1 had read its whole answer and gone to sleep
     before W2 had read its own: W1 queued its response first, so b is W1's (and a, read first, W2's)."""
-    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
-    s1, _ = worker_call(c, W1, 5_000, 6_000)
-    s2, _ = worker_call(c, W2, 5_100, 6_100)
-    asleep(c, W1, 6_050, 9_000)
-    asleep(c, W2, 6_150, 9_100)
-    answer(c, IO, b"b" * 8, 6_400, sock=7)
-    answer(c, IO, b"a" * 8, 6_400, sock=7)
-    flush_all(c, 6_100 + DECIDE_WAIT_NS)
+    c, s1, s2 = written_together()
     assert s1.attributes[CAUSE] == b"b" * 8 and s1.attributes[CAUSE_VIA] == "write-order"
     assert s2.attributes[CAUSE] == b"a" * 8  # by elimination once W1 is known to have run b
     assert c.stats.write_order == 1 and c.stats.write_order_conflicts == 0
@@ -759,38 +767,18 @@ def test_responses_of_one_connection_written_apart_keep_the_order_the_workers_qu
 
 def test_workers_that_may_have_queued_in_either_order_stay_ambiguous():
     """W2 read its whole answer before W1 went to sleep: either may have queued first."""
-    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
-    s1, _ = worker_call(c, W1, 5_000, 6_000)
-    s2, _ = worker_call(c, W2, 5_100, 6_100)
-    asleep(c, W1, 6_150, 9_000)
-    asleep(c, W2, 6_200, 9_100)
-    answer(c, IO, b"b" * 8, 6_400, sock=7)
-    answer(c, IO, b"a" * 8, 6_400, sock=7)
-    flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
+    _, s1, s2 = written_together(sleeps=((W1, 6_150), (W2, 6_200)))
     assert all(CAUSE not in s.attributes and s.attributes[CAUSE_VIA] == "ambiguous" for s in (s1, s2))
 
 
 def test_a_worker_awake_at_the_write_may_have_queued_up_to_it():
     """W2 was not seen asleep at the write: it may have queued any time before it, so before W1."""
-    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
-    s1, _ = worker_call(c, W1, 5_000, 6_000)
-    s2, _ = worker_call(c, W2, 5_100, 5_900)
-    asleep(c, W1, 6_050, 9_000)
-    answer(c, IO, b"b" * 8, 6_400, sock=7)
-    answer(c, IO, b"a" * 8, 6_400, sock=7)
-    flush_all(c, 6_000 + 2 * DECIDE_WAIT_NS)
+    _, s1, s2 = written_together(w2_end=5_900, sleeps=((W1, 6_050),))
     assert all(CAUSE not in s.attributes for s in (s1, s2))
 
 
 def test_responses_on_two_connections_are_not_ordered_by_their_writes():
-    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
-    s1, _ = worker_call(c, W1, 5_000, 6_000)
-    s2, _ = worker_call(c, W2, 5_100, 6_100)
-    asleep(c, W1, 6_050, 9_000)
-    asleep(c, W2, 6_150, 9_100)
-    answer(c, IO, b"b" * 8, 6_400, sock=7)
-    answer(c, IO, b"a" * 8, 6_400, sock=8)
-    flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
+    _, s1, s2 = written_together(socks=(7, 8))
     assert all(CAUSE not in s.attributes for s in (s1, s2))
 
 
