@@ -334,7 +334,7 @@ def _requests_unseen(b: SpanBuilder, conn: Conn) -> None:
 
 def on_frames(b: SpanBuilder, ev: H2Event, out: list[Span]) -> None:
     """Frame mode: the frames one call moved (bpf/h2.bpf.h)."""
-    conn = b.conns.for_data(ev)
+    conn = b.conn_for(ev, out)
     if conn.snap is not None:
         b.settle(conn, out)  # a message snapshot from before the switch
     b.procs.get(ev.pid, ev.comm)
