@@ -29,7 +29,7 @@ from edge.model import Span, SpanKind
 from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA
 from tests.edge._implementations import IMPLEMENTATIONS
 
-from ._grpc_recording import load
+from ._grpc_recording import feed_as_agent, load
 
 HERE = Path(__file__).parent
 METADATA = "rpc.grpc.request.metadata."
@@ -37,7 +37,6 @@ METADATA = "rpc.grpc.request.metadata."
 # right)
 RECORDINGS = {"grpc_pool.jsonl.gz": (200, 200), "grpc_pool_loaded.jsonl.gz": (200, 198),
               "grpc_pool_400.jsonl.gz": (400, 398), "grpc_pool_8_clients.jsonl.gz": (400, 395)}
-_FLUSH_NS = 1_000_000_000  # the agent flushes the span builder once a second
 
 
 @functools.cache
@@ -46,18 +45,7 @@ def _replay(implementation: str, recording: str) -> list[Span]:
     mods = accel.modules(implementation)
     spans = mods["edge.sources.ebpf.spans"]
     b = spans.SpanBuilder(spans.SpanBuilderConfig(capture_headers=("oracle-rid", "oracle-prid")))
-    out: list[Span] = []
-    batch: list = []
-    flushed = None
-    for ev in load(HERE / recording, mods["edge.sources.ebpf.events"]):
-        batch.append(ev)
-        at = getattr(ev, "ts_ns", 0)
-        if flushed is None:
-            flushed = at
-        elif at - flushed >= _FLUSH_NS:
-            out += b.feed(batch) + b.flush(at)
-            batch, flushed = [], at
-    return out + b.feed(batch) + b.flush(2**62)
+    return feed_as_agent(b, load(HERE / recording, mods["edge.sources.ebpf.events"]))
 
 
 def _meta(s: Span, key: str) -> str:
