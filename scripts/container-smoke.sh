@@ -35,6 +35,13 @@ elapsed() { awk -v now="$(date +%s.%N)" -v t0="$1" 'BEGIN { printf "%.1f", now -
 case $MODE in native|arm64|all) ;; *) die "usage: $0 [native|arm64|all]" ;; esac
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, dockerd and the kernel probes need it)"
 mkdir -p "$CACHE"
+# One run at a time per cache: two runs would share the engine, its data root and the image tags, and stop each
+# other's containers. A second run waits for the first.
+exec 9>"$CACHE/run.lock"
+if ! flock -n 9; then
+  say "another container-smoke run holds $CACHE/run.lock; waiting for it to finish"
+  flock 9
+fi
 
 host_arch=$(dpkg --print-architecture)
 case $host_arch in amd64|arm64) ;; *) die "unsupported host architecture $host_arch (amd64 or arm64)" ;; esac
@@ -154,7 +161,7 @@ if [ -z "${DOCKER_HOST:-}" ] && ! d info >/dev/null 2>&1; then
   if ! d info >/dev/null 2>&1; then
     say "starting dockerd ($(dockerd --version | cut -d, -f1)) on $DOCKER_HOST"
     dockerd --host "$DOCKER_HOST" --data-root "$CACHE/docker" --exec-root "$CACHE/exec" --pidfile "$CACHE/dockerd.pid" \
-      --bridge=none --iptables=false --ip6tables=false --ip-masq=false --log-level=warn >"$CACHE/dockerd.log" 2>&1 &
+      --bridge=none --iptables=false --ip6tables=false --ip-masq=false --log-level=warn >"$CACHE/dockerd.log" 2>&1 9>&- &
     DOCKERD_PID=$!
     for _ in $(seq 120); do d info >/dev/null 2>&1 && break; kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
     d info >/dev/null 2>&1 || { tail -20 "$CACHE/dockerd.log" >&2; die "dockerd did not start (log: $CACHE/dockerd.log)"; }
@@ -209,7 +216,7 @@ wait_port() {  # PORT SECONDS
 }
 MQTT=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MQTT" >"$WORK/mosquitto.conf"
-mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 & HOST_PIDS+=($!)
+mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 9>&- & HOST_PIDS+=($!)
 WEB=$(free_port)
 mkdir -p "$WORK/www" && echo ok >"$WORK/www/index.html"
 cat >"$WORK/nginx.conf" <<CONF
@@ -217,7 +224,7 @@ daemon off; worker_processes 1; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
 events {}
 http { access_log off; server { listen 127.0.0.1:$WEB; root $WORK/www; } }
 CONF
-nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" >/dev/null 2>&1 & HOST_PIDS+=($!)
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" >/dev/null 2>&1 9>&- & HOST_PIDS+=($!)
 SINK=$(free_port)
 (cd "$REPO" && exec "$PY" scripts/container_smoke_host.py sink "$SINK" "$WORK/sink.jsonl") >"$WORK/sink.log" 2>&1 &
 HOST_PIDS+=($!)
