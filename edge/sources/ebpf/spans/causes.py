@@ -97,6 +97,7 @@ _MAX_CANDIDATES = 32  # requests open at a worker's call beyond which `eliminati
 _MAX_SLEEPS = 8  # sleeps of a worker's thread kept per waiting call, from its answer on (`write-order`)
 _MAX_ORDERED = 8  # requests left to a call beyond which `write-order` is not tried
 _MAX_UNRESOLVED = 64  # per stream process: its workers' last calls left without a request (`write-order` counts them)
+_MAX_WEIGHED = 64  # calls `write-order` weighs for one decision, beyond which it is not tried (a bound on its cost)
 
 
 @dataclass(slots=True)
@@ -727,11 +728,18 @@ class Causes:
         if first is None or first[0] < 0 or any(w is None or w[0] != first[0] for w in writes):
             return None  # not all written on one connection: no one queue orders them
         at = max(w[1] for w in writes if w is not None)
+        first_read = min(self._read_at.get(r, 0) for r in left)
         wanted = set(left)
         # The workers that ran them: one call each whose requests left lie among them, as many as there are requests.
         # (A call decided for a request is not among them: that request is known to be its worker's.)
         runs: dict[int, Call] = {}
+        weighed = 0
         for c in self._undecided(call.pid):
+            if c is not call and (c.start_ns < first_read or not c.answered or c.answered_ns >= at):
+                continue  # begun before any of them was read, or answered after they went out: it ran none of them
+            weighed += 1
+            if weighed > _MAX_WEIGHED:
+                return None
             mine = left if c is call else self._by_elimination(c)
             if not mine or not wanted.issuperset(mine):
                 continue
