@@ -85,6 +85,7 @@ ACCEL_MODULES = (
     "edge/sources/ebpf/spans/file_io.py",
     "edge/codec/otlp_writer.py",
     "edge/propagation.py",
+    "uplink/wire/cbor_writer.py",
 )
 ACCEL_MANIFEST = "accel_manifest.json"
 

@@ -39,6 +39,7 @@ MODULES = (
     "edge.sources.ebpf.spans.file_io",
     "edge.codec.otlp_writer",
     "edge.propagation",
+    "uplink.wire.cbor_writer",
 )
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
@@ -99,7 +100,8 @@ def _check() -> Status:
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
     return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 and HTTP/2 "
-                        "parsing, trace context, span building and OTLP request writing run as C extensions")
+                        "parsing, trace context, span building, OTLP request writing and uplink batch CBOR writing "
+                        "run as C extensions")
 
 
 class _SourceFinder:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from ..model import Attributes, Event, Link, Source, Span
+from ..model import Attributes, Event, Link, Resource, Source, Span
 
 __all__ = ["request_bytes"]
 
@@ -108,34 +108,78 @@ def _key_value(k: str, v: Any) -> bytes:
     return key + _field(_KV_VALUE, _any(v))
 
 
-_caches: dict[bytes, dict[str, dict[str, bytes]]] = {}
+# Per tag: encoded KeyValue fields by key, then by value, one map per value type (True, 1 and 1.0 are equal keys of
+# one map but are written differently; floats are not kept: 0.0 equals -0.0).
+_caches: dict[bytes, tuple[dict[str, dict[str, bytes]], dict[str, dict[int, bytes]]]] = {}
 _cached = 0
+
+
+def _clear_caches() -> None:
+    global _cached
+    for texts, ints in _caches.values():
+        texts.clear()
+        ints.clear()
+    _resources.clear()
+    _cached = 0
 
 
 def _attributes(out: list[bytes], tag: bytes, attrs: Attributes) -> None:
     """Append each attribute as a KeyValue field with `tag`."""
-    global _cached
-    cache = _caches.get(tag)
-    if cache is None:
-        cache = _caches[tag] = {}
+    pair = _caches.get(tag)
+    if pair is None:
+        pair = _caches[tag] = ({}, {})
+    texts, ints = pair
     for k, v in attrs.items():
-        if type(v) is str and type(k) is str and len(v) <= _CACHED_LEN:
-            by_value = cache.get(k)
-            if by_value is None:
-                by_value = cache[k] = {}
-            kv = by_value.get(v)
-            if kv is None:
-                kv = _field(tag, _key_value(k, v))
-                if _cached >= _CACHE_MAX:
-                    for c in _caches.values():
-                        c.clear()
-                    _cached = 0
-                    by_value = cache[k] = {}
-                by_value[v] = kv
-                _cached += 1
-            out.append(kv)
+        if type(k) is not str:
+            out.append(_field(tag, _key_value(k, v)))
+        elif type(v) is int:
+            out.append(_remembered(ints, tag, k, v))
+        elif type(v) is str and len(cast(str, v)) <= _CACHED_LEN:
+            out.append(_remembered(texts, tag, k, v))
         else:
             out.append(_field(tag, _key_value(k, v)))
+
+
+def _remembered(cache: dict[str, Any], tag: bytes, k: str, v: Any) -> bytes:
+    """The KeyValue field of k = v with `tag`, from `cache` (values of one type by key) or written and kept there."""
+    global _cached
+    by_value = cache.get(k)
+    if by_value is None:
+        by_value = cache[k] = {}
+    kv = by_value.get(v)
+    if kv is None:
+        kv = _field(tag, _key_value(k, v))
+        if _cached >= _CACHE_MAX:
+            _clear_caches()
+            by_value = cache[k] = {}
+        by_value[v] = kv
+        _cached += 1
+    return kv
+
+
+# Encoded resources: a gateway's batches name the same few resource objects (a table set's), and a node's spans share
+# theirs. By object (kept here, so its id stays its own); bounded with the attribute caches.
+_resources: dict[int, tuple[Resource, bytes]] = {}
+
+
+def _resource(r: Resource) -> bytes:
+    """The Resource field of a ResourceSpans (empty when it has no attributes)."""
+    hit = _resources.get(id(r))
+    if hit is not None and hit[0] is r:
+        return hit[1]
+    attrs = r.as_dict()
+    out = b""
+    if attrs:
+        res: list[bytes] = []
+        _attributes(res, _RESOURCE_ATTRIBUTES, attrs)
+        out = _field(_RS_RESOURCE, b"".join(res))
+    if len(_resources) >= _RESOURCES_MAX:
+        _resources.clear()
+    _resources[id(r)] = (r, out)
+    return out
+
+
+_RESOURCES_MAX = 1024
 
 
 _SOURCE_FIELDS = {src: _field(_SPAN_ATTRIBUTES, _key_value("helix.source", src.value)) for src in Source}
@@ -163,34 +207,60 @@ def _link(lk: Link) -> bytes:
     return _field(_SPAN_LINKS, b"".join(parts))
 
 
+# Tag and length of the ids as they usually are (16-byte trace ids, 8-byte span ids), and of each span kind.
+_TRACE_ID_16 = _SPAN_TRACE_ID + b"\x10"
+_SPAN_ID_8 = _SPAN_SPAN_ID + b"\x08"
+_PARENT_8 = _SPAN_PARENT + b"\x08"
+_KINDS = [b""] + [_SPAN_KIND + _ONE_BYTE[k] for k in range(1, 128)]
+_pack_times = struct.Struct("<cQcQ").pack
+
+
+def _id(tag: bytes, usual: bytes, size: int, v: bytes) -> bytes:
+    """An id field; `usual` is its tag and length for an id of the usual `size`."""
+    if len(v) == size:
+        return usual + (v if type(v) is bytes else bytes(v))
+    return _field(tag, bytes(v))
+
+
 def _span(s: Span, source_attribute: bool) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     if s.trace_id:
-        append(_field(_SPAN_TRACE_ID, bytes(s.trace_id)))
+        append(_id(_SPAN_TRACE_ID, _TRACE_ID_16, 16, s.trace_id))
     if s.span_id:
-        append(_field(_SPAN_SPAN_ID, bytes(s.span_id)))
+        append(_id(_SPAN_SPAN_ID, _SPAN_ID_8, 8, s.span_id))
     if s.trace_state:
         append(_text(_SPAN_TRACE_STATE, s.trace_state))
     if s.parent_span_id:
-        append(_field(_SPAN_PARENT, bytes(s.parent_span_id)))
-    if s.name:
-        append(_text(_SPAN_NAME, s.name))
+        append(_id(_SPAN_PARENT, _PARENT_8, 8, s.parent_span_id))
+    name: str = s.name
+    if name:
+        append(_text(_SPAN_NAME, name))
     kind = int(s.kind)
-    if kind:
+    if 0 <= kind < 128:
+        if kind:
+            append(_KINDS[kind])
+    else:
         append(_SPAN_KIND + _int64(kind))
-    if s.start_ns:
-        append(_fixed64(_SPAN_START, s.start_ns))
-    if s.end_ns:
-        append(_fixed64(_SPAN_END, s.end_ns))
+    start: int = s.start_ns
+    end: int = s.end_ns
+    if start and end and 0 < start < _U64 and 0 < end < _U64:
+        append(_pack_times(_SPAN_START, start, _SPAN_END, end))
+    else:
+        if start:
+            append(_fixed64(_SPAN_START, start))
+        if end:
+            append(_fixed64(_SPAN_END, end))
     attrs = s.attributes
     _attributes(parts, _SPAN_ATTRIBUTES, attrs)
     if source_attribute and "helix.source" not in attrs:
         append(_SOURCE_FIELDS[s.source])
-    for e in s.events:
-        append(_event(e))
-    for lk in s.links:
-        append(_link(lk))
+    if s.events:
+        for e in s.events:
+            append(_event(e))
+    if s.links:
+        for lk in s.links:
+            append(_link(lk))
     code = int(s.status_code)
     if code or s.status_message:
         status = (_text(_STATUS_MESSAGE, s.status_message) if s.status_message else b"") + \
@@ -228,11 +298,9 @@ def request_bytes(spans: Sequence[Span], source_attribute: bool = True) -> bytes
     out: list[bytes] = []
     for r in resources:
         parts: list[bytes] = []
-        attrs = r.as_dict()
-        if attrs:
-            res: list[bytes] = []
-            _attributes(res, _RESOURCE_ATTRIBUTES, attrs)
-            parts.append(_field(_RS_RESOURCE, b"".join(res)))
+        res = _resource(r)
+        if res:
+            parts.append(res)
         for (name, version), members in groups[r.attributes].items():
             scope = (_text(_SCOPE_NAME, name) if name else b"") + (_text(_SCOPE_VERSION, version) if version else b"")
             body = [_field(_SS_SCOPE, scope)]

@@ -11,6 +11,7 @@ is built, and every problem is a DecodeError naming it.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -18,13 +19,14 @@ import struct
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Span, SpanKind, StatusCode
 
+from . import cbor_writer
 from .frame import NO_TABLES, SPANS_MAGIC, TABLES_HEADER, Batch, BatchHeader, decompress_with
 from .tables import (
     EMPTY,
@@ -260,7 +262,12 @@ def _float_planes(vals: list[float]) -> bytes:
 def body(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
          created_ns: int | None = None, version: int = VERSION) -> bytes:
     """The CBOR body of a batch before compression (what a table set's zstd dictionary is trained on)."""
-    return cbor2.dumps(body_fields(spans, node_id, seq, tables, created_ns, version)[0])
+    return _dumps(body_fields(spans, node_id, seq, tables, created_ns, version)[0])
+
+
+# The same bytes either way; the typed writer is faster than cbor2 only compiled (docs/benchmarks.md), which the
+# accelerator (edge/accel.py) loads in place of the source where it was built from exactly these sources.
+_dumps = cbor2.dumps if (cbor_writer.__file__ or "").endswith(".py") else cbor_writer.dumps
 
 
 def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY,
@@ -305,7 +312,7 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
                   for i, (s, p) in enumerate(zip(spans, parents))]
     packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
     resource_col = _refs_by_identity([s.resource for s in spans], resources, None)
-    scope_col = _refs_by_identity([s.scope for s in spans], scopes, _scope_key)
+    scope_col = _scope_refs([s.scope for s in spans], scopes)
     add = attrs.add
     shape_col = [add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
     any_events = any(s.events for s in spans)
@@ -324,8 +331,10 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     columns = attrs.body()
     new_shapes: list[list[int]] = []
     if shapes.new:
-        key_pos = {**idx.keys, **{k: keys.base + j for j, k in enumerate(keys.new)}}
-        new_shapes = [[key_pos[k] * 8 + ty for k, ty in zip(ks, codes)] for ks, codes in shapes.new]
+        # Every key of a new shape was given its reference (keys.ref) when the shape was: learned or new.
+        learned_keys, new_keys = keys.learned, keys.index
+        new_shapes = [[(learned_keys[k] if k in learned_keys else new_keys[k]) * 8 + ty for k, ty in zip(ks, codes)]
+                      for ks, codes in shapes.new]
     span_ids: Any = b"".join([s.span_id for s in spans])
     if len(span_ids) != 8 * n or not all(len(s.span_id) == 8 for s in spans):
         span_ids = [bytes(s.span_id) for s in spans]
@@ -355,8 +364,22 @@ def _refs_by_identity(objs: list[Any], domain: _Domain, key: Any) -> list[int]:
     return out
 
 
-def _scope_key(sc: Scope) -> tuple[str, str]:
-    return (sc.name, sc.version)  # a tuple hashes in C, a dataclass in Python
+def _scope_refs(objs: list[Scope], domain: _Domain) -> list[int]:
+    """Domain references of the spans' scopes, keyed by (name, version): a tuple hashes in C, a dataclass in Python.
+    Spans of one export share a scope object, but sources may give each span its own."""
+    by_id: dict[int, int] = {}
+    learned = domain.learned
+    out = []
+    for sc in objs:
+        r = by_id.get(id(sc))
+        if r is None:
+            key = (sc.name, sc.version)
+            r = learned.get(key)
+            if r is None:
+                r = domain.ref(key)
+            by_id[id(sc)] = r
+        out.append(r)
+    return out
 
 
 def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
@@ -510,9 +533,13 @@ def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bo
             raise DecodeError(f"uplink batch: {what} new texts holds a non-text")
         new = [x if type(x) is str else _expand(x, what + " new texts") for x in new]
     limit = len(learned) + len(new) + 1
-    if refs and (not _all_of(refs, int) or min(refs) < 0 or max(refs) >= limit):
+    if not refs:
+        return refs
+    if not _all_of(refs, int) or min(refs) < 0 or max(refs) >= limit:
         raise DecodeError(f"uplink batch: {what} references holds a non-integer or refers outside its table of "
                           f"{limit}")
+    if len(new) >= n and max(refs) == 0:  # every value new (a cold batch, unique values): the new texts in order
+        return new if len(new) == n else new[:n]
     if not new:
         table = [""] + learned
         return list(map(table.__getitem__, refs))
@@ -587,10 +614,13 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
     return out
 
 
+_CONTAINERS = (list, dict)
+
+
 def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     sh = array(x, "new shape")
     if sh and (not _all_of(sh, int) or min(sh) < 0 or (max(sh) >> 3) >= len(keys)
-               or not all(e & 7 <= T_ANY for e in sh)):
+               or max([e & 7 for e in sh]) > T_ANY):
         bad = next(e for e in sh if not (type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY))
         raise DecodeError(f"uplink batch: shape entry {bad!r} is invalid")
     return tuple([(keys[e >> 3], e & 7) for e in sh])
@@ -647,13 +677,14 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
     checked: set[int] = set()  # plain-CBOR values checked so far (CBOR may share one among many lists)
     rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked, compact)
-    keys_of = {r: tuple(k for k, _ in shapes[r]) for r in rows}
+    keys_of = {r: tuple([k for k, _ in shapes[r]]) for r in rows}
     attrs = [dict(zip(keys_of[r], rows[r]())) for r in shape_col]
     ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
     if res_shapes:
         base_r = len(dt.resources)
         for j, r in enumerate(res_shapes):
-            resources[base_r + j] = Resource(tuple((k, freeze_value(v)) for k, v in zip(keys_of[r], rows[r]())))
+            resources[base_r + j] = Resource(tuple([(k, freeze_value(v) if type(v) in _CONTAINERS else v)
+                                                    for k, v in zip(keys_of[r], rows[r]())]))
 
     expect(type(unit_map) is dict, "time units must be a map")
     for r, u in unit_map.items():
@@ -663,10 +694,12 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     in_batch: list[int | None] = [None] * n
     for i, p in enumerate(parent_col):
         if type(p) is int:
-            expect(0 <= i + p < n, f"span {i} parent offset {p} is outside the batch")
+            if not 0 <= i + p < n:
+                raise DecodeError(f"uplink batch: span {i} parent offset {p} is outside the batch")
             in_batch[i] = i + p
         else:
-            expect(p is None or type(p) is bytes, f"span {i} parent must be null, an offset or bytes")
+            if p is not None and type(p) is not bytes:
+                raise DecodeError(f"uplink batch: span {i} parent must be null, an offset or bytes")
     starts, ends = _times(unplanes(starts_f, n, "start column"), unplanes(ends_f, n, "end column"),
                           time_parents(in_batch), base, span_units)
     span_events = _decode_events(events, counts, starts, span_units, dt, ev_attrs, compact) \
@@ -679,29 +712,35 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
         tr = trace_col[i]
         if type(tr) is int:
             prev_trace += tr
-            expect(0 <= prev_trace < n_traces, f"span {i} refers to missing trace {prev_trace}")
+            if not 0 <= prev_trace < n_traces:
+                raise DecodeError(f"uplink batch: span {i} refers to missing trace {prev_trace}")
             trace_id = trace_table[prev_trace]
         else:
-            expect(type(tr) is bytes, f"span {i} trace must be a reference or bytes")
+            if type(tr) is not bytes:
+                raise DecodeError(f"uplink batch: span {i} trace must be a reference or bytes")
             trace_id = tr
         p = parent_col[i]
         b = packed[i]
         kind, status, src = b & 7, (b >> 3) & 3, b >> 5
-        expect(kind <= 5 and status <= 2 and src < len(SOURCES), f"span {i} has an invalid kind/status/source byte {b}")
+        if kind > 5 or status > 2 or src >= _N_SOURCES:
+            raise DecodeError(f"uplink batch: span {i} has an invalid kind/status/source byte {b}")
+        # Positional, in the order of _SPAN_FIELDS: a keyword call costs a dataclass __init__ twice as much.
         spans.append(Span(
-            trace_id=trace_id,
-            span_id=span_ids[i],
-            name=names[i],
-            start_ns=starts[i],
-            end_ns=ends[i],
-            parent_span_id=span_ids[i + p] if type(p) is int else (p if p is not None else b""),
-            kind=_KINDS[kind],
-            status_code=_STATUSES[status],
-            attributes=attrs[i],
-            events=span_events[i] if span_events is not None else (),
-            resource=resources[resource_col[i]],
-            scope=scopes[scope_col[i]],
-            source=SOURCES[src],
+            trace_id,
+            span_ids[i],
+            names[i],
+            starts[i],
+            ends[i],
+            span_ids[i + p] if type(p) is int else (p if p is not None else b""),
+            _KINDS[kind],
+            _STATUSES[status],
+            "",
+            attrs[i],
+            span_events[i] if span_events is not None else (),
+            (),
+            resources[resource_col[i]],
+            scopes[scope_col[i]],
+            SOURCES[src],
         ))
     expect(type(extras) is dict, "extras must be a map")
     for i, x in extras.items():
@@ -713,6 +752,11 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
 
 
 _KINDS = tuple(SpanKind(k) for k in range(6))
+_N_SOURCES = len(SOURCES)
+_SPAN_FIELDS = ("trace_id", "span_id", "name", "start_ns", "end_ns", "parent_span_id", "kind", "status_code",
+                "status_message", "attributes", "events", "links", "resource", "scope", "source")
+assert tuple(f.name for f in dataclasses.fields(Span))[:len(_SPAN_FIELDS)] == _SPAN_FIELDS, \
+    "the decoder builds spans positionally: update it with the span model"
 _STATUSES = tuple(StatusCode(k) for k in range(3))
 
 
@@ -725,8 +769,10 @@ def _scopes(x: Any) -> list[Scope]:
 def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int,
            units: list[int]) -> tuple[list[int], list[int]]:
     """Absolute start and end of every span: anchors first in order, then each span after its time parent."""
-    gcd = math.gcd
     n = len(refs)
+    if n and units.count(units[0]) == n:
+        return _times_one_unit(starts, ends, refs, base, units[0])
+    gcd = math.gcd
     s_abs, e_abs = [0] * n, [0] * n
     done = bytearray(n)
     prev = -1
@@ -735,7 +781,9 @@ def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int
             u = units[i]
             s_abs[i] = base + starts[i] * u if prev < 0 else s_abs[prev] + starts[i] * gcd(u, units[prev])
             e = ends[i]
-            expect(not e & 1, f"span {i} end is marked parent-relative but the span has no usable parent")
+            if e & 1:
+                raise DecodeError(f"uplink batch: span {i} end is marked parent-relative but the span has no usable "
+                                  "parent")
             e_abs[i] = s_abs[i] + (e >> 1) * u
             done[i] = 1
             prev = i
@@ -756,6 +804,44 @@ def _times(starts: list[int], ends: list[int], refs: list[int | None], base: int
             e_abs[j] = e_abs[r] - (v >> 1) * g if v & 1 else s_abs[j] + (v >> 1) * units[j]
             done[j] = 1
             stack.pop()
+    return s_abs, e_abs
+
+
+def _times_one_unit(starts: list[int], ends: list[int], refs: list[int | None], base: int,
+                    u: int) -> tuple[list[int], list[int]]:
+    """_times where every span has the same unit `u` (the greatest common divisor of two equal units is the unit)."""
+    n = len(refs)
+    s_abs, e_abs = [0] * n, [0] * n
+    done = bytearray(n)
+    at = base
+    first = True
+    for i in range(n):
+        if refs[i] is None:
+            at = base + starts[i] * u if first else at + starts[i] * u
+            first = False
+            s_abs[i] = at
+            e = ends[i]
+            if e & 1:
+                raise DecodeError(f"uplink batch: span {i} end is marked parent-relative but the span has no usable "
+                                  "parent")
+            e_abs[i] = at + (e >> 1) * u
+            done[i] = 1
+    up = cast("list[int]", refs)  # the spans not done yet are those with a time parent
+    for i in range(n):
+        if done[i]:
+            continue
+        path = [i]
+        r = up[i]
+        while not done[r]:  # chains of time parents end at anchors, which are done
+            path.append(r)
+            r = up[r]
+        for j in reversed(path):
+            r = up[j]
+            s = s_abs[r] + starts[j] * u
+            s_abs[j] = s
+            v = ends[j]
+            e_abs[j] = e_abs[r] - (v >> 1) * u if v & 1 else s + (v >> 1) * u
+            done[j] = 1
     return s_abs, e_abs
 
 

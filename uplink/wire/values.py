@@ -63,14 +63,16 @@ def check_native(v: Any, what: str, depth: int = 0, checked: set[int] | None = N
         if id(v) in checked:
             return v
         checked.add(id(v))
-    expect(depth < MAX_DEPTH, f"{what} nests deeper than {MAX_DEPTH}")
+    if depth >= MAX_DEPTH:  # messages are formatted on failure only: this runs for every nested value
+        raise DecodeError(f"uplink batch: {what} nests deeper than {MAX_DEPTH}")
     if tv is list:
         for x in v:
             check_native(x, what, depth + 1, checked)
         return v
     if tv is dict:
         for k, x in v.items():
-            expect(type(k) is str, f"{what} has a map key that is not text: {k!r}")
+            if type(k) is not str:
+                raise DecodeError(f"uplink batch: {what} has a map key that is not text: {k!r}")
             check_native(x, what, depth + 1, checked)
         return v
     raise DecodeError(f"uplink batch: {what} holds a value of unsupported type {tv.__name__}")

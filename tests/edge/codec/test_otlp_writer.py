@@ -104,3 +104,18 @@ def test_values_otlp_cannot_hold_fail_as_in_the_official_classes(impl: str, attr
         _writer(impl)(spans)
     with pytest.raises(ValueError):
         _writer(impl)([_span(start_ns=-1)])
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_values_equal_in_python_but_written_differently_never_share_a_remembered_encoding(impl: str) -> None:
+    # True == 1 == 1.0 and 0.0 == -0.0: the writer remembers encoded attributes and resources across requests, and
+    # must write each as its own type whichever came first.
+    write = _writer(impl)
+    values: list[object] = [1, True, 1.0, 0, False, 0.0, -0.0, "1", 2**40, [1], [True]]
+    for order in (values, values[::-1]):
+        for v in order:
+            fresh = Resource(tuple(Resource.of({"v": v}).attributes))  # equal resources, other objects
+            for spans in ([_span(attributes={"v": v})], [_span(resource=fresh)],
+                          [_span(resource=Resource.of({"v": v}), events=[Event("e", 1, {"v": v})])]):
+                for _ in range(2):  # the second time from what was remembered
+                    assert write(spans) == _official(spans), v

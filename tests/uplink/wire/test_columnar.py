@@ -384,3 +384,18 @@ def test_a_resource_value_decodes_with_its_own_types_whatever_was_interned_befor
     spans = [Span(b"\x01" * 16, b"\x02" * 8, "op", 10, 20,
                   resource=Resource((("a", frozen([True])), ("m", frozen({"k": True})))))]
     assert _exact(_round_trip(spans, EMPTY), spans)
+
+
+@pytest.mark.parametrize("unit", [1, 1000])
+def test_times_of_children_sent_before_their_parents_come_back_with_one_unit_and_with_several(unit: int) -> None:
+    # Spans leave a node as they end: children before parents, chains three deep, ends before and after the parent's.
+    r = Resource.of({"service.name": f"clock-{unit}"})
+    other = Resource.of({"service.name": "ns-clock"})
+    t = 1_700_000_000_000_000_000
+    ids = [bytes([i + 1]) * 8 for i in range(6)]
+    shape = [(3, 30, 45), (4, 20, 90), (5, 10, 100), (None, 0, 120), (None, 200, 260), (0, 31, 44)]
+    spans = [Span(b"\x01" * 16, ids[i], f"op{i}", t + a * unit, t + b * unit, ids[p] if p is not None else b"",
+                  resource=r) for i, (p, a, b) in enumerate(shape)]
+    for batch in (spans, spans[::-1], spans + [Span(b"\x01" * 16, b"\x09" * 8, "x", t + 7, t + 11, ids[3],
+                                                    resource=other)]):
+        assert _exact(_round_trip(batch, EMPTY), batch)
