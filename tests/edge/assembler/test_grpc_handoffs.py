@@ -11,7 +11,7 @@ import pytest
 from edge.assembler import Assembler, AssemblerConfig
 from edge.model import Span, SpanKind
 from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
-from tests.edge.sources.ebpf.spans._grpc_recording import load
+from tests.edge.sources.ebpf.spans._grpc_recording import feed_as_agent, load
 from tests.edge.sources.ebpf.spans.test_grpc_recorded import HERE, RECORDINGS
 
 RID = "rpc.grpc.request.metadata.oracle-rid"
@@ -25,18 +25,19 @@ def _rid(s: Span) -> str:
 @pytest.mark.parametrize("recording", RECORDINGS)
 def test_grpcio_worker_calls_hang_under_their_own_stream_or_none(recording: str) -> None:
     built = SpanBuilder(SpanBuilderConfig(capture_headers=("oracle-rid",)))
-    spans = built.feed(load(HERE / recording)) + built.flush(2**62)
+    spans = feed_as_agent(built, load(HERE / recording))
     a = Assembler(AssemblerConfig(window=2.0, sdk_wait=0.0))
     out = a.process(spans, now=0.0) + a.process([], now=2.1)
     assert len(out) >= len(spans) - 4  # connects no request used are dropped as noise
     streams = {s.span_id: _rid(s) for s in out if s.kind == SpanKind.SERVER and RID in s.attributes}
     calls = [s for s in out if s.kind == SpanKind.CLIENT and "prid=" in str(s.attributes.get("url.query"))]
-    assert len(streams) == 200 and len(calls) == 200
+    requests, decided = RECORDINGS[recording]
+    assert len(streams) == requests and len(calls) == requests
     under = [c for c in calls if c.parent_span_id]
     wrong = [c for c in under
              if streams.get(c.parent_span_id) != parse_qs(str(c.attributes["url.query"]))["prid"][0]]
     assert not wrong, [(c.attributes.get("helix.link"), c.parent_span_id.hex()) for c in wrong]
-    assert len(under) >= RECORDINGS[recording]
-    assert {c.attributes["helix.link"] for c in under} == {"response", "elimination"}
+    assert len(under) >= decided
+    assert {c.attributes["helix.link"] for c in under} <= {"response", "elimination", "write-order"}
     # the calls left are roots of their own traces, marked as undecided by the span builder
     assert all(c.trace_id not in {s.trace_id for s in out if s.span_id in streams} for c in calls if c not in under)

@@ -195,6 +195,7 @@ class SpanBuilderStats:
     split_messages: int = 0  # same-direction continuations of an HTTP message cut by an idle gap
     mqtt_other: int = 0  # MQTT control packets that make no span (CONNECT, PUBACK, PINGREQ, ...)
     evicted_connections: int = 0
+    reused_sockets: int = 0  # a connection's socket seen again with other ports: closed unseen, its kernel object reused
     evicted_processes: int = 0
     faults_attached: int = 0
     faults_orphaned: int = 0
@@ -369,11 +370,22 @@ class SpanBuilder:
 
     # -- messages ----------------------------------------------------------------------------------------------
 
+    def conn_for(self, ev: DataEvent | H2Event, out: list[Span]) -> Conn:
+        """The connection a data (or HTTP/2 frames) event belongs to. A TCP socket keeps its ports for life: one seen
+        with other ports is a new connection whose socket reuses the kernel object of one closed unseen (its close
+        lost or made before the probes), which ends here; else its spans would name the old ports."""
+        conn = self.conns.get(ev.sock)
+        if (conn is not None and ev.local.port and ev.remote.port and conn.local.port and conn.remote.port
+                and (ev.local.port != conn.local.port or ev.remote.port != conn.remote.port)):
+            self.stats.reused_sockets += 1
+            self._end(conn, ev.ts_ns, "connection closed before a response", None, 0, out)
+        return self.conns.for_data(ev)
+
     def _on_data(self, ev: DataEvent, out: list[Span]) -> None:
         conn = self.conns.get(ev.sock)
         if conn is not None and conn.snap is not None:
             self.settle(conn, out)  # the message before this one is over: decode what is left of it
-        conn = self.conns.for_data(ev)
+        conn = self.conn_for(ev, out)
         if conn.state is not None:
             conn.state.data_arrives(self, conn, ev, out)
         payload = ev.payload

@@ -42,15 +42,23 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   I/O threads hand a stream to a dispatcher, which hands it to an executor worker: hand-offs a wakeup cannot follow),
   when the worker itself then writes the response of a request read before the call began: a handler answers only
   after its calls were answered, and a worker runs one handler at a time. Certain only when that is the one response
-  the worker wrote from the call's answer until its decision, and no other request open when the call began was
-  answered between the call's whole answer and that response (its handler's answer may have been written by another
-  thread, the worker moving on to the next request meanwhile); else the call is left to the rules above.
+  the worker wrote from the call's answer until its decision, and no other request open when the call began (and not
+  known to have run on another worker) was answered between the call's whole answer and that response (its handler's
+  answer may have been written by another thread, the worker moving on to the next request meanwhile); else the call
+  is left to the rules above.
 - elimination: such a worker's call whose response another thread wrote (grpcio's I/O thread, for the worker): the one
   request open when the call began (read, exchange not ended) whose exchange did not end before the call was answered
   and that no other worker ran (its call was decided for it by the rules here: a request runs on one worker). Only for a thread known
   to run handlers (it wrote a response after one of its calls) and while the process's open requests are all known
   (none past the bound, no server connection joined after its start or with bytes lost);
   a call with several such requests waits once more for the other workers' decisions, then is `ambiguous`.
+- write-order: such calls whose requests' responses went out on one connection (grpcio's I/O thread, holding the
+  connection's combiner, writes what the workers queued meanwhile, in the order they queued it): when as many workers'
+  calls as there are requests left each may have run only those requests, each worker queued its response between
+  its call's end (the whole answer read, by the worker itself; else its head) and the start of a sleep it was in when
+  the last of those responses began to be written (asleep, it queued nothing), and those spans do not overlap, the
+  workers queued in that order: the first to queue ran the request written first. A process where that order once
+  gave a worker a request it cannot have run never uses it again.
   A thread reading HTTP/2 streams waits for no one result and hands on no one request, and a thread with several
   calls in flight at once (an I/O thread writing the streams of many threads) takes no one hand-off: neither
   decides a call by a wakeup; nor does a worker's wakeup of a thread serving none in such a process (grpcio's own
@@ -71,7 +79,8 @@ from ..events import TurnEvent, WakeupEvent
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | response | elimination | ambiguous
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | response | elimination |
+# write-order | ambiguous
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
@@ -88,6 +97,10 @@ _NEVER = 1 << 63  # a call still in flight: it ends after anything
 _MAX_RESPONDED = 512  # pool processes' requests read and answered lately, for the `response` rule
 _MAX_UNANSWERED = 256  # requests of one process read and not yet ended (past it, `elimination` is off there)
 _MAX_CANDIDATES = 32  # requests open at a worker's call beyond which `elimination` is not tried for it
+_MAX_SLEEPS = 8  # sleeps of a worker's thread kept per waiting call, from its answer on (`write-order`)
+_MAX_ORDERED = 8  # requests left to a call beyond which `write-order` is not tried
+_MAX_UNRESOLVED = 64  # per stream process: its workers' last calls left without a request (`write-order` counts them)
+_MAX_WEIGHED = 64  # calls `write-order` weighs for one decision, beyond which it is not tried (a bound on its cost)
 
 
 @dataclass(slots=True)
@@ -116,6 +129,8 @@ class Call:
     open_at_start: tuple[bytes, ...] | None = None  # requests of its process read and not ended when it began
     parked: bool = False  # its decision was put off once, for other workers' calls to be decided first
     woke: bytes | None = None  # the request of the first thread its worker woke once it was answered (see wakeup)
+    sleeps: list[tuple[int, int]] | None = None  # its thread's sleeps (began, woken) begun after its answer
+    own_answer: bool = False  # its response was read by the thread that made it
 
 
 @dataclass(slots=True)
@@ -168,6 +183,8 @@ class CausesStats:
     response: int = 0  # a worker's call decided by the response its thread wrote next
     elimination: int = 0  # a worker's call decided as the one request open at it that no other worker ran
     response_unsure: int = 0  # a worker's call whose thread wrote a response, left to the other rules
+    write_order: int = 0  # a worker's call decided by the order one write carried its workers' responses in
+    write_order_conflicts: int = 0  # that order gave a worker a request it cannot have run: off for its process
     evicted_threads: int = 0
 
 
@@ -193,6 +210,11 @@ class Causes:
         self._ended: OrderedDict[bytes, int] = OrderedDict()  # stream processes: request -> when its exchange ended
         self._unanswered_lost: set[int] = set()
         self._ran_by: OrderedDict[bytes, int] = OrderedDict()  # request -> the worker thread that ran its handler
+        # Stream processes: request -> (connection, start of the write that began its response, position in the writes).
+        self._written: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()
+        self._writes = 0
+        self._unresolved: dict[int, deque[Call]] = {}  # per stream process: its workers' last calls left undecided
+        self._unordered: set[int] = set()  # stream processes where `write-order` met a contradiction
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -325,11 +347,17 @@ class Causes:
         if pid in self._streams:
             _bounded_put(self._ended, span_id, ts_ns)
 
-    def response_written(self, pid: int, tid: int, span_id: bytes, ts_ns: int) -> None:
-        """Thread `tid` began writing (at `ts_ns`) the response to the request whose server span has `span_id`."""
+    def response_written(self, pid: int, tid: int, span_id: bytes, ts_ns: int, sock: int = -1) -> None:
+        """Thread `tid` began writing (at `ts_ns`, on connection `sock`) the response to the request whose server span
+        has `span_id`."""
         if pid not in self._pools and pid not in self._streams:
             return
         _bounded_put(self._responded, span_id, ts_ns)
+        if pid in self._streams:
+            self._writes += 1  # the span builder reports a write's responses in the order of their frames
+            self._written[span_id] = (sock, ts_ns, self._writes)
+            if len(self._written) > _MAX_RESPONDED:
+                self._written.popitem(last=False)
         t = self._threads.get((pid, tid))
         read = self._read_at.get(span_id)
         if t is None or read is None:
@@ -356,9 +384,11 @@ class Causes:
 
     # -- calls made ------------------------------------------------------------------------------------------
 
-    def call_made(self, pid: int, tid: int, start_ns: int, sock: int | None = None) -> Call:
+    def call_made(self, pid: int, tid: int, start_ns: int, sock: int | None = None,
+                  out: list[Span] | None = None) -> Call:
         """Thread `tid` wrote a request (on connection `sock`): its cause now, or a Call that waits for its
-        decision."""
+        decision. A waiting call pushed out to make room is decided on what is known and its span, if finished, goes
+        to `out`."""
         t = self._thread(pid, tid)
         call = Call(pid, tid, start_ns)
         t.reading = False
@@ -408,7 +438,12 @@ class Causes:
                 if not other.answered:  # a thread writing streams for many threads: not a worker taking one item
                     other.concurrent = call.concurrent = True
             if len(t.waiting) >= _MAX_WAITING:
-                self._settle(t.waiting.pop(0), None)
+                # A busy worker's oldest waiting call is decided now rather than dropped: its span still goes out.
+                oldest = t.waiting.pop(0)
+                decision = self._by_evidence(oldest, final=True)
+                assert decision is not None
+                oldest.cause, oldest.via = decision
+                self._settle(oldest, out)
             t.waiting.append(call)
             self._waiting.add((pid, tid))
         else:
@@ -419,6 +454,7 @@ class Causes:
         """The call's response is being read by `tid`: on an event loop that request is the current one again."""
         call.answered = True
         call.answered_ns = call.answered_ns or ts_ns
+        call.own_answer = tid == call.tid
         t = self._threads.get((call.pid, tid))
         before = self._certain(t) if t is not None else None
         if call.candidates and not call.decided:
@@ -513,6 +549,13 @@ class Causes:
         pid = ev.pid
         waker = self._threads.get((pid, ev.waker_tid))
         wakee = self._threads.get((pid, ev.wakee_tid))
+        if wakee is not None and wakee.waiting and ev.wakee_since_ns:
+            for c in wakee.waiting:  # asleep from `since` on, a worker queues no response (`write-order`)
+                if c.open_at_start is not None and c.answered and c.answered_ns <= ev.wakee_since_ns:
+                    if c.sleeps is None:
+                        c.sleeps = []
+                    if len(c.sleeps) < _MAX_SLEEPS:
+                        c.sleeps.append((ev.wakee_since_ns, ev.ts_ns))
         if waker is not None and waker.waiting and ev.wakee_since_ns:
             # The result of answered calls handed to a thread that slept through all of them: it waited for them.
             # (A request thread preempted as it released its lock falls asleep only after the worker's call began:
@@ -586,7 +629,11 @@ class Causes:
             self.stats.response += 1
         elif call.via == "elimination":
             self.stats.elimination += 1
-        if call.cause is not None and call.via in ("response", "elimination"):
+        elif call.via == "write-order":
+            self.stats.write_order += 1
+        if call.cause is None and call.open_at_start is not None:
+            self._unresolved.setdefault(call.pid, deque(maxlen=_MAX_UNRESOLVED)).append(call)
+        if call.cause is not None and call.via in ("response", "elimination", "write-order"):
             _bounded_put(self._ran_by, call.cause, call.tid)
         if call.span is not None and out is not None:
             _mark(call, call.span)
@@ -641,6 +688,8 @@ class Causes:
         self._unanswered_lost.discard(pid)
         self._streams.discard(pid)
         self._starts.pop(pid, None)
+        self._unresolved.pop(pid, None)
+        self._unordered.discard(pid)
 
     def _by_evidence(self, call: Call, final: bool) -> tuple[bytes | None, str] | None:
         """A worker's call nobody waited for: the response its thread wrote, else the hand-off, else the one request
@@ -650,8 +699,12 @@ class Causes:
         answered = self._by_response(call) if call.response is not None else None
         if answered is None and handed[0] is None and call.open_at_start is not None:
             left = self._by_elimination(call)
-            if len(left) > 1 and not final:
-                return None
+            if len(left) > 1:
+                ordered = self._by_write_order(call, left)
+                if ordered is not None:
+                    return ordered, "write-order"
+                if not final:
+                    return None
             if len(left) == 1:
                 return left[0], "elimination"
         if call.response is not None and answered is None:
@@ -679,6 +732,68 @@ class Causes:
             left.append(request)
         return left
 
+    def _by_write_order(self, call: Call, left: list[bytes]) -> bytes | None:
+        """The request of `left` a worker's call was made for, from the order one write carried their responses in
+        (module docstring); None when that order does not decide it."""
+        if call.pid in self._unordered or len(left) > _MAX_ORDERED:
+            return None
+        writes = [self._written.get(r) for r in left]
+        first = writes[0]
+        if first is None or first[0] < 0 or any(w is None or w[0] != first[0] for w in writes):
+            return None  # not all written on one connection: no one queue orders them
+        at = max(w[1] for w in writes if w is not None)
+        first_read = min(self._read_at.get(r, 0) for r in left)
+        wanted = set(left)
+        # The workers that ran them: one call each whose requests left lie among them, as many as there are requests.
+        # (A call decided for a request is not among them: that request is known to be its worker's.)
+        runs: dict[int, Call] = {}
+        weighed = 0
+        for c in self._undecided(call.pid):
+            if c is not call and (c.start_ns < first_read or not c.answered or c.answered_ns >= at):
+                continue  # begun before any of them was read, or answered after they went out: it ran none of them
+            weighed += 1
+            if weighed > _MAX_WEIGHED:
+                return None
+            mine = left if c is call else self._by_elimination(c)
+            if not mine or not wanted.issuperset(mine):
+                continue
+            if c.tid in runs:
+                return None  # two calls of one worker among them: which request each was for is not known
+            runs[c.tid] = c
+        if len(runs) != len(left) or runs.get(call.tid) is not call:
+            return None
+        # Each worker queued its response after its call's answer (a synchronous handler reads it all before it
+        # returns), and before the last of these writes; asleep at that write, before its sleep began: its own
+        # response went out by then, and it queued nothing while asleep.
+        spans: list[tuple[int, int, Call]] = []
+        for c in runs.values():
+            since = c.end_ns if c.own_answer and c.end_ns else c.answered_ns
+            until = next((began for began, woken in c.sleeps or () if began < at < woken), at)
+            if until <= since:
+                return None
+            spans.append((since, until, c))
+        spans.sort(key=_span_order)
+        if any(spans[i][1] >= spans[i + 1][0] for i in range(len(spans) - 1)):
+            return None  # two workers may have queued in either order
+        order = sorted(left, key=lambda r: self._written[r][2])
+        mine_now = None
+        for (_, _, c), request in zip(spans, order):
+            if request not in (left if c is call else self._by_elimination(c)):
+                self._unordered.add(call.pid)  # the order gave a worker a request it cannot have run: not its order
+                self.stats.write_order_conflicts += 1
+                return None
+            if c is call:
+                mine_now = request
+        return mine_now
+
+    def _undecided(self, pid: int) -> Iterator[Call]:
+        """The calls of `pid`'s workers that wait for their decision, and the last ones left without a request."""
+        for key in self._waiting:
+            t = self._threads.get(key) if key[0] == pid else None
+            if t is not None:
+                yield from (c for c in t.waiting if c.open_at_start is not None)
+        yield from self._unresolved.get(pid, ())
+
     def _by_response(self, call: Call) -> bytes | None:
         """The request whose response the call's thread wrote after the call, when that is certain (module
         docstring)."""
@@ -686,8 +801,10 @@ class Causes:
             return None
         since, until = call.end_ns or call.answered_ns, call.response_ns  # from its whole answer (the body may lag)
         for request, at in self._responded.items():
-            # The call's own request, answered by another thread while this one moved on to the next request.
-            if since < at < until and request != call.response and self._read_at.get(request, until) <= call.start_ns:
+            # The call's own request, answered by another thread while this one moved on to the next request (not
+            # one another worker is known to have run).
+            if (since < at < until and request != call.response and self._read_at.get(request, until) <= call.start_ns
+                    and self._ran_by.get(request, call.tid) == call.tid):
                 return None
         return call.response
 
@@ -721,6 +838,10 @@ class Causes:
 
 
 def _due_order(item: tuple[int, int, _Thread, Call]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+def _span_order(item: tuple[int, int, Call]) -> tuple[int, int]:
     return item[0], item[1]
 
 

@@ -267,7 +267,7 @@ class _Http:
             if ingress:
                 b.causes.request_read(ev.pid, ev.tid, x.span_id, start)
             else:
-                x.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock)
+                x.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock, out)
             faults = []
             st.pending.append(x)
         st.last_msg = _REQ_MSG

@@ -185,7 +185,7 @@ class _H2Conn(ConnState):
             s.response = block
             if s.kind == SpanKind.SERVER:
                 b.causes.request_done(s.pid, s.tid, s.span_id)
-                b.causes.response_written(ev.pid, ev.tid, s.span_id, ev.ts_ns)
+                b.causes.response_written(ev.pid, ev.tid, s.span_id, ev.ts_ns, conn.sock)
             elif s.call is not None:
                 b.causes.response_read(s.call, ev.tid, ev.end_ns)
             if (block.get(":status") or "")[:1] == "1" and not end:
@@ -216,7 +216,7 @@ class _H2Conn(ConnState):
             if kind == SpanKind.SERVER:
                 b.causes.request_read(ev.pid, ev.tid, s.span_id, start, stream=True)
             else:
-                s.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock)
+                s.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock, out)
         s.events = take_faults(b, conn)
         self.streams[sid] = s
         b.conns.waiting.add(conn.sock)
@@ -334,7 +334,7 @@ def _requests_unseen(b: SpanBuilder, conn: Conn) -> None:
 
 def on_frames(b: SpanBuilder, ev: H2Event, out: list[Span]) -> None:
     """Frame mode: the frames one call moved (bpf/h2.bpf.h)."""
-    conn = b.conns.for_data(ev)
+    conn = b.conn_for(ev, out)
     if conn.snap is not None:
         b.settle(conn, out)  # a message snapshot from before the switch
     b.procs.get(ev.pid, ev.comm)

@@ -24,6 +24,7 @@ import sys
 import types
 import typing
 from pathlib import Path
+from typing import Any
 
 from edge.sources.ebpf import events as ev_mod
 from edge.sources.ebpf.events import Endpoint, KernelEvent
@@ -72,6 +73,26 @@ def load(path: Path, events: types.ModuleType = ev_mod) -> list[KernelEvent]:
                 kw[name] = v
             out.append(cls(**kw))
     return out
+
+
+_FLUSH_NS = 1_000_000_000  # the agent flushes the span builder once a second
+
+
+def feed_as_agent(builder: Any, events: list[KernelEvent]) -> list[Any]:
+    """The spans `builder` (either implementation's SpanBuilder) makes of `events`, flushed once a second of their
+    time as the agent does, then to the end."""
+    out: list[Any] = []
+    batch: list[KernelEvent] = []
+    flushed: int | None = None
+    for ev in events:
+        batch.append(ev)
+        at = int(getattr(ev, "ts_ns", 0))
+        if flushed is None:
+            flushed = at
+        elif at - flushed >= _FLUSH_NS:
+            out += builder.feed(batch) + builder.flush(at)
+            batch, flushed = [], at
+    return out + builder.feed(batch) + builder.flush(2**62)
 
 
 _CLIENT = r"""

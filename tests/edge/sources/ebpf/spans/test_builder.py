@@ -129,3 +129,20 @@ def test_span_and_trace_ids_are_random_valid_and_never_repeat(implementation, mo
     assert b.new_span_id() == b"\x01" * 8
     assert b.new_trace_id() == b"\x02" * 16  # the zero trace id skipped
     assert b.new_trace_id() == b"\x03" * 16  # a new batch where the rest is too short
+
+
+def test_a_socket_seen_again_with_other_ports_is_a_new_connection():
+    """A connection closed unseen and a new one whose socket reuses its kernel object: the new one's spans carry its
+    own ports, and the old one's open request ends there."""
+    from edge.sources.ebpf.events import Endpoint
+    from ._helpers import CLI, IN, OUT, SRV, builder, data, req, resp
+    b = builder()
+    old, new = Endpoint(CLI.addr, 40001), Endpoint(CLI.addr, 40002)
+    kw = {"role": Role.CLIENT, "remote": SRV}
+    out = b.feed([data(5, OUT, 1_000, req(target="/a"), local=old, **kw)])  # never answered: closed unseen
+    r = req(target="/b")
+    out += b.feed([data(5, OUT, 5_000, r, local=new, **kw),
+                   data(5, IN, 6_000, resp(), local=new, prev_bytes=len(r), prev_end=5_100, **kw)])
+    got = {s.attributes["url.path"]: s for s in out}
+    assert got["/b"].attributes["network.local.port"] == 40002
+    assert got["/a"].attributes["network.local.port"] == 40001 and b.stats.reused_sockets == 1

@@ -608,25 +608,26 @@ def test_a_thread_with_calls_in_flight_at_once_is_not_a_worker_taking_one_handof
 
 # -- a worker's call whose response an I/O thread wrote: the one request open at it that no other worker ran ------
 
-def grpc_streams(reads: dict[bytes, int]) -> Causes:
-    """A process whose I/O thread read the given HTTP/2 streams, and whose workers W1 and W2 have each run a handler
+def grpc_streams(reads: dict[bytes, int], workers: tuple[int, ...] = (W1, W2)) -> Causes:
+    """A process whose I/O thread read the given HTTP/2 streams, and whose workers (W1 and W2) have each run a handler
     and written its response before: they are known to run handlers."""
     c = Causes()
-    for i, tid in enumerate((W1, W2)):
+    for i, tid in enumerate(workers):
         c.request_read(PID, IO, bytes([i]) * 8, 100 + i * 1_000, stream=True)
         c.wakeup(WakeupEvent(200 + i * 1_000, PID, IO, DISPATCH, 0), [])
         worker_call(c, tid, 300 + i * 1_000, 400 + i * 1_000)
         answer(c, tid, bytes([i]) * 8, 500 + i * 1_000)
-    assert len(flush_all(c, 3_000 + DECIDE_WAIT_NS)) == 2
+    assert len(flush_all(c, 3_000 + DECIDE_WAIT_NS)) == len(workers)
     for request, at in reads.items():
         c.request_read(PID, IO, request, at, stream=True)
     return c
 
 
-def answer(c: Causes, tid: int, request: bytes, at: int, end: bool = True) -> None:
-    """Thread `tid` writes the response to `request` (the span builder reports each), whole unless not `end`."""
+def answer(c: Causes, tid: int, request: bytes, at: int, end: bool = True, sock: int = -1) -> None:
+    """Thread `tid` writes the response to `request` (on connection `sock`; the span builder reports each), whole unless
+    not `end`."""
     c.request_done(PID, tid, request, at)
-    c.response_written(PID, tid, request, at)
+    c.response_written(PID, tid, request, at, sock)
     if end:
         c.request_ended(PID, request, at)
 
@@ -753,3 +754,115 @@ def test_a_workers_first_call_before_any_handoff_was_seen_waits_for_its_response
     flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
     assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "response"
     assert CAUSE not in s2.attributes and s2.attributes[CAUSE_VIA] == "ambiguous"  # W2 never showed it runs handlers
+
+
+def test_a_busy_workers_calls_all_come_out_when_more_wait_than_are_kept():
+    """A pool worker making calls faster than their decisions come: past the calls a thread keeps waiting, the oldest
+    is decided on what is known then, and its span still comes out (it was dropped)."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(1_500, PID, 101, 201, 0)])  # a hand-off: 201 is a pool worker, its calls wait
+    out = []
+    for i in range(100):
+        sock, ts, r = 10 + i, 10_000 + i * 5_000, req(target=f"/db?c={10 + i}")
+        at = {"pid": PID, "tid": 201, "role": Role.CLIENT, "local": Endpoint(CLI.addr, 40000 + sock), "remote": DB}
+        out += b.feed([data(sock, OUT, ts, r, **at)])
+        out += b.feed([data(sock, IN, ts + 1_000, resp(), prev_bytes=len(r), prev_end=ts + 50, **at)])
+    out += b.flush(10**12)
+    assert sorted(s.attributes["url.query"] for s in out if s.kind == SpanKind.CLIENT) == sorted(
+        f"c={10 + i}" for i in range(100))
+
+
+# -- responses an I/O thread wrote for several workers: the order the workers queued them in ----------------------
+
+W3 = 23
+
+
+def asleep(c: Causes, tid: int, since: int, woken: int) -> None:
+    """Worker `tid` slept from `since` until the dispatcher woke it at `woken` (for its next work)."""
+    c.wakeup(WakeupEvent(woken, PID, DISPATCH, tid, since), [])
+
+
+def written_together(w2_end: int = 6_100, sleeps: tuple[tuple[int, int], ...] = ((W1, 6_050), (W2, 6_150)),
+                     socks: tuple[int, int] = (7, 7)) -> tuple[Causes, Span, Span]:
+    """Workers W1 and W2 call (W1's ends at 6_000, W2's at `w2_end`) and sleep from the given times on; then an I/O
+    thread writes b's response and a's at once (on connections `socks`), and the calls are decided."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, w2_end)
+    for tid, since in sleeps:
+        asleep(c, tid, since, 9_000)
+    answer(c, IO, b"b" * 8, 6_400, sock=socks[0])
+    answer(c, IO, b"a" * 8, 6_400, sock=socks[1])
+    flush_all(c, 6_100 + 2 * DECIDE_WAIT_NS)
+    return c, s1, s2
+
+
+def test_responses_one_write_carried_go_to_the_workers_in_the_order_they_queued_them():
+    """Both responses went out in one write of the I/O thread, b's first. W1 had read its whole answer and gone to sleep
+    before W2 had read its own: W1 queued its response first, so b is W1's (and a, read first, W2's)."""
+    c, s1, s2 = written_together()
+    assert s1.attributes[CAUSE] == b"b" * 8 and s1.attributes[CAUSE_VIA] == "write-order"
+    assert s2.attributes[CAUSE] == b"a" * 8  # by elimination once W1 is known to have run b
+    assert c.stats.write_order == 1 and c.stats.write_order_conflicts == 0
+
+
+def test_responses_of_one_connection_written_apart_keep_the_order_the_workers_queued_them_in():
+    """b's response went out in a write before a's: a worker queuing later cannot have its response written first."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, 6_200)
+    asleep(c, W1, 6_050, 9_000)
+    answer(c, IO, b"b" * 8, 6_100, sock=7)
+    asleep(c, W2, 6_250, 9_100)
+    answer(c, IO, b"a" * 8, 6_400, sock=7)
+    flush_all(c, 6_200 + DECIDE_WAIT_NS)
+    assert s1.attributes[CAUSE] == b"b" * 8 and s2.attributes[CAUSE] == b"a" * 8
+
+
+def test_workers_that_may_have_queued_in_either_order_stay_ambiguous():
+    """W2 read its whole answer before W1 went to sleep: either may have queued first."""
+    _, s1, s2 = written_together(sleeps=((W1, 6_150), (W2, 6_200)))
+    assert all(CAUSE not in s.attributes and s.attributes[CAUSE_VIA] == "ambiguous" for s in (s1, s2))
+
+
+def test_a_worker_awake_at_the_write_may_have_queued_up_to_it():
+    """W2 was not seen asleep at the write: it may have queued any time before it, so before W1."""
+    _, s1, s2 = written_together(w2_end=5_900, sleeps=((W1, 6_050),))
+    assert all(CAUSE not in s.attributes for s in (s1, s2))
+
+
+def test_responses_on_two_connections_are_not_ordered_by_their_writes():
+    _, s1, s2 = written_together(socks=(7, 8))
+    assert all(CAUSE not in s.attributes for s in (s1, s2))
+
+
+def test_an_order_that_gives_a_worker_a_request_it_cannot_have_run_turns_the_rule_off():
+    """d was read after W1's call began, so W1 cannot have run it; yet W1 queued last and d went out last: this
+    process's writes do not follow the order its workers queued in, and the rule is not used there again."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_100}, workers=(W1, W2, W3))
+    s1, _ = worker_call(c, W1, 5_000, 7_000)
+    c.request_read(PID, IO, b"d" * 8, 5_500, stream=True)
+    s2, _ = worker_call(c, W2, 5_600, 6_000)
+    s3, _ = worker_call(c, W3, 5_700, 6_200)
+    asleep(c, W2, 6_050, 9_000)
+    asleep(c, W3, 6_300, 9_100)
+    asleep(c, W1, 7_050, 9_200)
+    for r in (b"a", b"b", b"d"):
+        answer(c, IO, r * 8, 8_000, sock=7)
+    flush_all(c, 7_000 + 2 * DECIDE_WAIT_NS)
+    assert c.stats.write_order == 0 and c.stats.write_order_conflicts >= 1
+    assert all(s.attributes.get(CAUSE_VIA) != "write-order" for s in (s1, s2, s3))
+
+
+def test_a_request_another_worker_ran_answered_meanwhile_does_not_unsettle_the_response_rule():
+    """W1 answered a (its own call's request, decided) while W2 moved from its call's answer to writing b: a is not
+    W2's own request answered by another thread, so b decides W2's call (d, still open, kept elimination out)."""
+    c = grpc_streams({b"a" * 8: 3_000, b"b" * 8: 3_200, b"d" * 8: 3_300})
+    s1, _ = worker_call(c, W1, 5_000, 6_000)
+    s2, _ = worker_call(c, W2, 5_100, 6_100)
+    answer(c, W1, b"a" * 8, 6_300)
+    answer(c, W2, b"b" * 8, 6_500)
+    flush_all(c, 6_100 + DECIDE_WAIT_NS)
+    assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "response"
+    assert s2.attributes[CAUSE] == b"b" * 8 and s2.attributes[CAUSE_VIA] == "response"
