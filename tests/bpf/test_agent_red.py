@@ -20,7 +20,7 @@ from edge.config import Config, parse_config
 from edge.demo.broker import Mosquitto
 from edge.sampler.consistent import threshold_for_ratio
 
-from .conftest import bpf_unavailable, running_agent
+from .conftest import AGENT_START_GUARD_S, AGENT_STOP_GUARD_S, bpf_unavailable, running_agent
 from .test_kernel_sampling import PAHO_SUB, App, curl, tp, trace_id
 
 pytestmark = pytest.mark.bpf
@@ -44,7 +44,7 @@ async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mo
     agent = Agent(cfg)
     task = asyncio.create_task(agent.run(stop))
     try:
-        await asyncio.wait_for(agent.started.wait(), 30)
+        await asyncio.wait_for(agent.started.wait(), AGENT_START_GUARD_S)
         if agent.kernel.state != "running":
             bpf_unavailable(f"{agent.kernel.reason} ({agent.kernel.fix})")
         assert agent.ebpf.probes.sample_threshold() == threshold_for_ratio(0.25)
@@ -95,7 +95,7 @@ async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mo
         assert "helix.agent.kernel.messages.unparsed" in exported
     finally:
         stop.set()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), AGENT_STOP_GUARD_S)
         app.stop()
 
 
