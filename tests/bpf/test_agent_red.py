@@ -21,7 +21,7 @@ from edge.demo.broker import Mosquitto
 from edge.sampler.consistent import threshold_for_ratio
 
 from .conftest import AGENT_START_GUARD_S, AGENT_STOP_GUARD_S, bpf_unavailable, running_agent
-from .test_kernel_sampling import PAHO_SUB, App, curl, tp, trace_id
+from .test_kernel_sampling import PAHO_SUB, App, curl, publish_traced, tp, trace_id
 
 pytestmark = pytest.mark.bpf
 
@@ -115,10 +115,7 @@ async def test_red_totals_cover_publishes_and_receives_sampled_out_in_the_kernel
             assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"subscribed"
             for i in range(n):
                 tid = f"{0x5EED0000 + i:018x}{random.getrandbits(56):014x}"
-                pub = await asyncio.create_subprocess_exec(
-                    "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", topic, "-m",
-                    f"m{i}", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
-                assert await pub.wait() == 0
+                await publish_traced(mosquitto.port, topic, f"m{i}", tid)
                 await asyncio.sleep(0.01)
             for _ in range(n):
                 await asyncio.wait_for(sub.stdout.readline(), 10)

@@ -98,6 +98,15 @@ def series(aggs: list[RedAggregate], kind: int, path: str, tgids: set[int] | Non
             sum(sum(a.buckets[:len(BOUNDS_NS) + 1]) for a in hits))
 
 
+async def publish_traced(port: int, topic: str, payload: str, tid: str) -> int:
+    """mosquitto_pub (MQTT 5, its defaults) publishes `payload` with a traceparent user property; returns its pid."""
+    pub = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-V", "5", "-t", topic, "-m", payload,
+        "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
+    assert await pub.wait() == 0
+    return pub.pid
+
+
 async def test_traceparent_decides_and_held_back_exchanges_are_counted(kernel: Any, app: App) -> None:
     k = kernel()
     k.probes.set_red_bounds(BOUNDS_NS)
@@ -258,11 +267,7 @@ async def test_mqtt_publish_with_traceparent_is_decided_per_message(kernel: Any,
     for n in range(6):
         kept = n % 2 == 0
         tid = trace_id(n, kept)
-        proc = await asyncio.create_subprocess_exec(
-            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/line1/temp",
-            "-m", "21.5", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
-        assert await proc.wait() == 0
-        pubs[proc.pid] = (tid, kept)
+        pubs[await publish_traced(mosquitto.port, "plant/line1/temp", "21.5", tid)] = (tid, kept)
     await k.settle(0.5)
     for pid, (tid, kept) in pubs.items():
         sent = [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and e.pid == pid
@@ -315,10 +320,7 @@ async def test_mqtt_publishes_read_by_broker_and_subscriber_are_decided_per_mess
         for n in range(8):
             kept = n % 2 == 1
             tid = trace_id(n, kept)
-            pub = await asyncio.create_subprocess_exec(
-                "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/line1/temp",
-                "-m", f"m{n}", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
-            assert await pub.wait() == 0
+            await publish_traced(mosquitto.port, "plant/line1/temp", f"m{n}", tid)
             sent.append((tid, kept))
             await asyncio.sleep(0.02)  # the messages apart (each read starts a message of its own)
         # every message still reaches both subscribers: the probes only watch
@@ -427,10 +429,7 @@ async def test_a_subscriber_descheduled_inside_a_packet_has_every_receive_counte
         for n in range(6):
             kept = n % 2 == 1
             tid = trace_id(n, kept)
-            pub = await asyncio.create_subprocess_exec(
-                "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/line3/flow",
-                "-m", f"m{n}", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
-            assert await pub.wait() == 0
+            await publish_traced(mosquitto.port, "plant/line3/flow", f"m{n}", tid)
             sent.append((tid, kept))
             assert (await asyncio.wait_for(sub.stdout.readline(), 10)).strip() == f"m{n}".encode()
             await asyncio.sleep(0.02)  # the messages apart (each one's first read starts a message of its own)
