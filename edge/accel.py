@@ -40,6 +40,8 @@ MODULES = (
     "edge.codec.otlp_writer",
     "edge.propagation",
     "uplink.wire.cbor_writer",
+    "uplink.wire.values",
+    "uplink.wire.columnar",
 )
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
