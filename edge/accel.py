@@ -102,7 +102,7 @@ def _check() -> Status:
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
     return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 and HTTP/2 "
-                        "parsing, trace context, span building, OTLP request writing and uplink batch CBOR writing "
+                        "parsing, trace context, span building, OTLP request writing and uplink batch encoding and decoding "
                         "run as C extensions")
 
 

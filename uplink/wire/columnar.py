@@ -174,7 +174,7 @@ def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = T
                 new.append(v)
                 r = 0
             refs[i] = r
-    return [list(map(_compact, new)) if compact else new, refs]
+    return [[_compact(t) for t in new] if compact else new, refs]
 
 
 class _Attributes:
@@ -194,7 +194,7 @@ class _Attributes:
 
     def add(self, ks: tuple[str, ...], vals: tuple[Any, ...]) -> int:
         """Record one attribute list; return its shape reference."""
-        sig = (ks, tuple(map(type, vals)))
+        sig = (ks, tuple([type(v) for v in vals]))
         ref = self.sig_ref.get(sig)
         if ref is None:
             ref = self._shape(sig)
