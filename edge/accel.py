@@ -1,5 +1,5 @@
-"""Which implementation decodes kernel records, builds spans and writes the gateway's OTLP requests: the mypyc-compiled
-modules or the pure-Python ones.
+"""Which implementation decodes kernel records, builds spans, encodes and decodes uplink batches and writes the
+gateway's OTLP requests: the mypyc-compiled modules or the pure-Python ones.
 
 The pure-Python modules are the reference; the build (setup.py) may compile the same files with mypyc into C
 extensions beside them, which Python then imports first. They are used only when all of them were compiled from
