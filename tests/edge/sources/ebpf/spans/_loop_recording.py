@@ -1,0 +1,85 @@
+"""Kernel events of real event-loop servers under load, recorded once and replayed by test_loop_recorded.py.
+
+The recording is of the services scenarios 9 and 10 of bench/accuracy.py run, without SDKs: 8 client threads call
+`loop` (keep-alive, a rid in the query, 5 ms between a client's requests as the testbed does); loop (aiohttp on one
+asyncio thread, bench/accuracy_service.py, or a plain Node.js http server, bench/accuracy_node.js, both at their
+defaults) makes 1 to 3 concurrent calls per request to `db` (ThreadingHTTPServer) with the rid as `prid`. So each
+call's true request is known from the bytes alone. The events of loop are kept. Re-record (root, probes loaded):
+
+    .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording aiohttp \
+        tests/edge/sources/ebpf/spans/aiohttp_fanout.jsonl.gz [requests]
+    .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording node \
+        tests/edge/sources/ebpf/spans/node_fanout.jsonl.gz [requests]
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from edge.sources.ebpf.events import KernelEvent
+
+from ._grpc_recording import _free_port, dump
+
+_CLIENT = r"""
+import sys, threading, time, uuid, http.client
+port, n, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def run():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(n // k):
+        rid = uuid.uuid4().hex[:16]
+        conn.request("GET", f"/loop?rid={rid}&trace={rid}")
+        conn.getresponse().read()
+        time.sleep(0.005)
+ts = [threading.Thread(target=run) for _ in range(k)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+"""
+
+
+async def _record(kind: str, path: Path, requests: int, clients: int) -> None:
+    from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
+    root = Path(__file__).resolve().parents[5]
+    service = str(root / "bench" / "accuracy_service.py")
+    db, loop = _free_port(), _free_port()
+    call = f"http://127.0.0.1:{db}/db"
+    if kind == "node":
+        node = shutil.which("node") or shutil.which("nodejs")
+        assert node, "Node.js not installed"
+        loop_cmd = [node, str(root / "bench" / "accuracy_node.js"), "--name", "loop", "--oracle", "/dev/null",
+                    "--port", str(loop), "--call", call]
+    else:
+        loop_cmd = [sys.executable, service, "--name", "loop", "--mode", "aiohttp", "--port", str(loop), "--call",
+                    call, "--oracle", "/dev/null"]
+    procs = []
+    try:
+        for cmd in ([sys.executable, service, "--name", "db", "--mode", "http", "--port", str(db), "--oracle",
+                     "/dev/null"], loop_cmd):
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout is not None
+            p.stdout.readline()
+        keep = {procs[1].pid}
+        events: list[KernelEvent] = []
+        with ProbeSet(ProbeSettings()) as probes:
+            probes.set_allowed_pids([p.pid for p in procs])
+            stream = KernelEventStream(probes, events.extend)
+            stream.start()
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _CLIENT, str(loop), str(requests),
+                                                     str(clients)], check=True, timeout=300)
+            for _ in range(20):
+                await asyncio.sleep(0.1)
+                stream.poll()
+            stream.close()
+        dump([e for e in events if getattr(e, "pid", None) in keep], path)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(5)
+
+
+if __name__ == "__main__":
+    asyncio.run(_record(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 200,
+                        int(sys.argv[4]) if len(sys.argv) > 4 else 8))
