@@ -87,7 +87,7 @@ CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | hand
 DECIDE_WAIT_NS = 500_000_000
 _MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond which the oldest is forgotten
 _MAX_WAITING = 64  # a worker's calls waiting for their decision
-_HISTORY = 8  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
+_HISTORY = 32  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
 _MAX_CONNECTS = 4096  # connections opened whose first call is still to come
 _TURNS = 16  # an event loop's last turn starts: enough to place a call's connect() a few turns back
 _LAG_CALLS = 16  # an event loop's last calls whose distances in turns must agree before the distance is used
@@ -240,6 +240,7 @@ class Causes:
         self._unresolved: dict[int, deque[Call]] = {}  # per stream process: its workers' last calls left undecided
         self._unordered: set[int] = set()  # stream processes where `write-order` met a contradiction
         self._holding: set[tuple[int, int]] = set()  # event-loop threads with calls held for `loop-order`
+        self._loops: dict[int, set[int]] = {}  # per process: its threads that wait in epoll
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -265,6 +266,9 @@ class Causes:
         self.stats.evicted_threads += 1
         self._waiting.discard(key)
         self._holding.discard(key)
+        loops = self._loops.get(key[0])
+        if loops is not None:
+            loops.discard(key[1])
         for call in gone.waiting:
             call.decided = True  # its span, if finished, is lost with the thread's state: none is held here
 
@@ -351,6 +355,22 @@ class Causes:
         self._connects[(pid, sock)] = began_ns
         if len(self._connects) > _MAX_CONNECTS:
             self._connects.popitem(last=False)
+        loops = self._loops.get(pid)
+        if loops is None or len(loops) != 1:
+            return  # which thread opened it is not known
+        t = self._threads.get((pid, next(iter(loops))))
+        if t is None or not t.reading or not t.open or t.lags is None or _learned(t.lags):
+            return  # not right after a read, or a loop that calls turns after its reads
+        last = next(reversed(t.open))
+        touched = t.touched.get(last)
+        turn = _turn_at(t, began_ns)
+        if touched is not None and touched <= began_ns and turn is not None and _turn_at(t, touched) == turn:
+            # A connect() in the turn of the loop's last read, after it: a call begun by the handler that read ran in
+            # (Node.js runs it in the read's callback), as a call written then would be. Reads after it are a new run.
+            before = self._certain(t)
+            t.run = [last]
+            t.reading = False
+            self._took(t, before, began_ns)
 
     def request_done(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0, out: list[Span] | None = None) -> None:
         """The response to that request started (or it ended without one, at `ts_ns`): the thread no longer works
@@ -423,6 +443,7 @@ class Causes:
         t.reading = False
         t.fresh = False
         opened = self._connects.pop((pid, sock), None) if sock is not None else None
+        call.pos = opened if opened is not None else start_ns
         if t.turns is not None and self._by_turns(t, call, opened):
             return call
         run = tuple(r for r in t.run if r in t.open) if len(t.run) > 1 else ()
@@ -519,7 +540,7 @@ class Causes:
         if t is not None:
             end_turn = _turn_at(t, end_ns)
             call.end_turn = -1 if end_turn is None else end_turn
-            if call.decided and call.via == "loop-turn" and call.cause in t.solo:
+            if call.decided and call.cause is not None and call.cause in t.solo:
                 t.solo[call.cause] = max(t.solo[call.cause], call.end_turn) if call.end_turn >= 0 else -2
             if call.group is not None and not call.group.broken and not call.decided:
                 # Held until the requests of its turn were all answered (`loop-order`), at most DECIDE_WAIT_NS.
@@ -552,13 +573,15 @@ class Causes:
         assert t.lags is not None
         t.lags.append(frozenset(at - read for _, read in live))
         lag = _learned(t.lags)
-        if not lag or len(t.open) < 2:
+        if not lag:
             return False
         fits = [r for r, read in live if at - read == lag]
+        if len(fits) == 1 and fits[0] not in t.called_in and len(t.solo) < _MAX_SOLO:
+            t.solo[fits[0]] = -1  # alone in its calls' turn: their answers teach the answer-to-response distance
+        if len(t.open) < 2:
+            return False
         if len(fits) == 1:
             call.cause, call.via, call.decided = fits[0], "loop-turn", True
-            if fits[0] not in t.called_in and len(t.solo) < _MAX_SOLO:
-                t.solo[fits[0]] = -1  # its calls' answers are followed: the loop's answer-to-response distance
             t.called_in.setdefault(fits[0], at)
             self.stats.loop_turn += 1
         else:
@@ -651,6 +674,10 @@ class Causes:
     @staticmethod
     def _in_turn(t: _Thread, then: bytes | None, opened: int | None, start_ns: int) -> bool:
         """Whether the context the rules below take (at the connect(), else now) was touched in the same loop turn."""
+        if then is None and opened is not None and _turn_at(t, opened) != _turn_at(t, start_ns):
+            # The first call on a connection opened turns before (Node.js writes it once the connection is up), with
+            # the context at its connect() no longer known: what the loop read since says nothing of it.
+            return False
         ctx, at = (then, opened) if then is not None and opened is not None else (next(reversed(t.open)), start_ns)
         touched = t.touched.get(ctx)
         if touched is None or touched > at:
@@ -663,6 +690,7 @@ class Causes:
         self.stats.turns += 1
         t = self._thread(ev.pid, ev.tid)
         if t.turns is None:
+            self._loops.setdefault(ev.pid, set()).add(ev.tid)
             t.turns = deque(maxlen=_TURNS)
             t.lags = deque(maxlen=_LAG_CALLS)
             t.answer_lags = deque(maxlen=_LAG_CALLS)
@@ -820,6 +848,7 @@ class Causes:
                 call.cause, call.via = decision
                 self._settle(call, out)
         self._pools.discard(pid)
+        self._loops.pop(pid, None)
         self._unanswered.pop(pid, None)
         self._unanswered_lost.discard(pid)
         self._streams.discard(pid)
