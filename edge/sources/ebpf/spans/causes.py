@@ -14,7 +14,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   were answered (a handler awaits its calls before it answers); else it is `ambiguous` and names no request, so
   that no rule guesses one. Otherwise a call that is the first on a connection the thread opened takes the context
   the thread had when it opened it: a runtime that writes the request only once the connection is up (Node.js) does
-  so a loop turn later, after reading other requests.
+  so a loop turn later, after reading other requests (where that context is no longer known, the call is left to
+  the answers). A connect() in the turn of the loop's last read, right after it, began a call of that read's handler
+  (Node.js runs it in the read's callback): it ends the run of reads as a call does (for a loop that learned no
+  distance of turns, below; the process's one loop thread, as connects name no thread).
 - loop-turn: an event loop whose path from reading a request to its first call takes the same number of loop turns
   every time (asyncio with aiohttp: three; it runs the handler and the call's task as continuations), learned from
   the calls themselves: each call could have come from the requests still open that made no call in an earlier
@@ -24,6 +27,17 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   call that fits no such distance (a second call after a response, a timer) breaks the pattern and the rule stays
   off until 16 calls fit again. A loop that calls in the turn that read the request (Node.js) learns 0 and keeps
   the rules above. Turns come from the return of the thread's epoll wait (bpf/proc.bpf.c).
+- loop-order: the calls of one turn of such a loop whose candidates are several requests read together, held until
+  all of those were answered (at most DECIDE_WAIT_NS after the call's end). The loop runs what is ready first in,
+  first out: the handlers start in the order their requests were read and each starts its calls before the next
+  starts any, so the calls, in the order they began (the write, or the connect() of a new connection), fall to the
+  requests in read order, each taking a run of them. A handler answers a fixed number of turns after its last call's
+  answer ended (asyncio with aiohttp: three, from the awaits chained in between; learned from the requests alone in
+  their calls' turn, whose calls are all known: 16 in a row must agree), and two handlers answered in one turn run
+  in the order their last answers ended. Each assignment of runs that fits those is weighed; a call is decided where
+  all give it the same request, else `ambiguous`. A request may make no call unless the last 16 requests seen alone
+  all made one (a request answered without a call resets that). When none fits, nothing is decided and both
+  patterns are learned again.
 - wakeup: the calling thread serves none (a pool worker): the request of the thread it wakes once the call is
   answered, when that thread slept through the whole call (it was waiting for this result: a future, a condition);
   else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`), when no
@@ -79,8 +93,8 @@ from ..events import TurnEvent, WakeupEvent
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | response | elimination |
-# write-order | ambiguous
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | loop-order | wakeup | handoff | response |
+# elimination | write-order | ambiguous
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
@@ -576,8 +590,10 @@ class Causes:
         if not lag:
             return False
         fits = [r for r, read in live if at - read == lag]
-        if len(fits) == 1 and fits[0] not in t.called_in and len(t.solo) < _MAX_SOLO:
+        if len(fits) == 1 and fits[0] not in t.called_in:
             t.solo[fits[0]] = -1  # alone in its calls' turn: their answers teach the answer-to-response distance
+            if len(t.solo) > _MAX_SOLO:
+                del t.solo[next(iter(t.solo))]  # one never answered (its connection dropped) is forgotten
         if len(t.open) < 2:
             return False
         if len(fits) == 1:
