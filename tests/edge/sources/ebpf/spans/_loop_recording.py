@@ -15,32 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from edge.sources.ebpf.events import KernelEvent
-
-from ._grpc_recording import _free_port, dump
-
-_CLIENT = r"""
-import sys, threading, time, uuid, http.client
-port, n, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-def run():
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    for _ in range(n // k):
-        rid = uuid.uuid4().hex[:16]
-        conn.request("GET", f"/loop?rid={rid}&trace={rid}")
-        conn.getresponse().read()
-        time.sleep(0.005)
-ts = [threading.Thread(target=run) for _ in range(k)]
-[t.start() for t in ts]
-[t.join() for t in ts]
-"""
+from ._grpc_recording import CLIENT, _free_port, record_services
 
 
 async def _record(kind: str, path: Path, requests: int, clients: int) -> None:
-    from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
     root = Path(__file__).resolve().parents[5]
     service = str(root / "bench" / "accuracy_service.py")
     db, loop = _free_port(), _free_port()
@@ -53,31 +34,9 @@ async def _record(kind: str, path: Path, requests: int, clients: int) -> None:
     else:
         loop_cmd = [sys.executable, service, "--name", "loop", "--mode", "aiohttp", "--port", str(loop), "--call",
                     call, "--oracle", "/dev/null"]
-    procs = []
-    try:
-        for cmd in ([sys.executable, service, "--name", "db", "--mode", "http", "--port", str(db), "--oracle",
-                     "/dev/null"], loop_cmd):
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-            procs.append(p)
-            assert p.stdout is not None
-            p.stdout.readline()
-        keep = {procs[1].pid}
-        events: list[KernelEvent] = []
-        with ProbeSet(ProbeSettings()) as probes:
-            probes.set_allowed_pids([p.pid for p in procs])
-            stream = KernelEventStream(probes, events.extend)
-            stream.start()
-            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _CLIENT, str(loop), str(requests),
-                                                     str(clients)], check=True, timeout=300)
-            for _ in range(20):
-                await asyncio.sleep(0.1)
-                stream.poll()
-            stream.close()
-        dump([e for e in events if getattr(e, "pid", None) in keep], path)
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(5)
+    db_cmd = [sys.executable, service, "--name", "db", "--mode", "http", "--port", str(db), "--oracle", "/dev/null"]
+    await record_services(path, [db_cmd, loop_cmd], (1,),
+                          [sys.executable, "-c", CLIENT, str(loop), str(requests), str(clients), "/loop", "0.005"])
 
 
 if __name__ == "__main__":
