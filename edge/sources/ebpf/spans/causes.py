@@ -190,7 +190,8 @@ class _Thread:
     groups: dict[int, _Group] = field(default_factory=dict)  # turn -> its calls waiting for `loop-order`
     held: list[Call] = field(default_factory=list)  # finished calls of those, waiting for their decision
     solo: dict[bytes, int] = field(default_factory=dict)  # request alone in its calls' turn -> their last answer's turn
-    answer_lags: deque[int] | None = None  # for its last such requests, the turns from that answer to the response
+    answer_lags: deque[frozenset[int]] | None = None  # for its last requests, the turns their last answer may have
+    # ended before their response began
     calls_each: int = 0  # requests in a row seen to make a call in their calls' turn (none seen to make none)
     tick: int = 0  # the state bound's clock when last active (builder_state.py)
 
@@ -602,7 +603,7 @@ class Causes:
             self.stats.loop_turn += 1
         else:
             call.candidates = tuple(fits) if fits else tuple(t.open)  # decided when answered, if it can be
-            if len(fits) > 1 and _answer_lag(t) is not None:
+            if len(fits) > 1:
                 self._join_group(t, call, at, tuple(fits))
         return True
 
@@ -623,15 +624,21 @@ class Causes:
         that `loop-order` waited for."""
         turn = _turn_at(t, ts_ns)
         last = t.solo.pop(request, None)
+        assert t.answer_lags is not None
+        grouped = [g for g in t.groups.values() if request in g.fits]
         if last is not None:
-            assert t.answer_lags is not None
             if last >= 0 and turn is not None:
-                t.answer_lags.append(turn - last)  # every call of it is known: they all fit its turn alone
+                t.answer_lags.append(frozenset((turn - last,)))  # every call of it is known: they fit its turn alone
                 t.calls_each += 1
             else:
                 t.answer_lags.clear()  # its calls' answers are not all placed in turns: learn again
-        elif (request not in t.called_in and t.lags is not None and _learned(t.lags) is not None
-              and not any(request in g.fits for g in t.groups.values())):
+        elif grouped:
+            # Its last call is one of its turn's calls answered by now: the distance is one of theirs.
+            ends = frozenset(turn - c.end_turn for g in grouped for c in g.calls
+                             if turn is not None and 0 <= c.end_turn <= turn)
+            if ends:
+                t.answer_lags.append(ends)
+        elif request not in t.called_in and t.lags is not None and _learned(t.lags) is not None:
             t.calls_each = 0  # answered without a call in its turn: requests do not all make one
         for at, group in list(t.groups.items()):
             if request in group.fits:
@@ -666,6 +673,12 @@ class Causes:
             if pick >= 0:
                 c.cause, c.via = group.fits[pick], "loop-order"
                 self.stats.loop_order += 1
+                continue
+            # A handler answers only after its calls were answered: a request answered first did not make it.
+            left = [r for r in group.fits if group.done[r][1] > c.answered_ns] if lag is None else []
+            if len(left) == 1:
+                c.cause, c.via = left[0], "event-loop"
+                self.stats.event_loop += 1
             else:
                 c.via = "ambiguous"
                 self.stats.ambiguous += 1
@@ -1042,10 +1055,7 @@ def _pos_order(call: Call) -> int:
 
 def _answer_lag(t: _Thread) -> int | None:
     """The turns from a request's last answer to its response on this loop, when its last requests all agree."""
-    lags = t.answer_lags
-    if lags is None or len(lags) < (lags.maxlen or 0) or any(x != lags[0] for x in lags) or lags[0] < 0:
-        return None
-    return lags[0]
+    return _learned(t.answer_lags) if t.answer_lags is not None else None
 
 
 def _loop_order(ends: list[int], ends_ns: list[int], last: list[int], done: list[int], done_ns: list[int],
