@@ -877,8 +877,9 @@ def _write_loop_call(b, sock, ts, tid=101):
 
 
 def _answer_loop_call(b, sock, ts, sent, tid=101):
-    return b.feed([data(sock, IN, ts, resp(), pid=PID, tid=tid, role=Role.CLIENT, local=Endpoint(CLI.addr, 40000 + sock),
-                        remote=DB, prev_bytes=len(req(target=f"/db?c={sock}")), prev_end=sent + 50)])
+    return b.feed([data(sock, IN, ts, resp(), pid=PID, tid=tid, role=Role.CLIENT,
+                        local=Endpoint(CLI.addr, 40000 + sock), remote=DB,
+                        prev_bytes=len(req(target=f"/db?c={sock}")), prev_end=sent + 50)])
 
 
 def _turn_with_calls_x_y_z(skip_one_call=False):
