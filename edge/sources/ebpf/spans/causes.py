@@ -16,8 +16,8 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   the thread had when it opened it: a runtime that writes the request only once the connection is up (Node.js) does
   so a loop turn later, after reading other requests (where that context is no longer known, the call is left to
   the answers). A connect() in the turn of the loop's last read, right after it, began a call of that read's handler
-  (Node.js runs it in the read's callback): it ends the run of reads as a call does (for a loop that learned no
-  distance of turns, below; the process's one loop thread, as connects name no thread).
+  (Node.js runs it in the read's callback): it ends the run of reads as a call does (for a loop that has not learned
+  a distance of a turn or more, below; the process's one loop thread, as connects name no thread).
 - loop-turn: an event loop whose path from reading a request to its first call takes the same number of loop turns
   every time (asyncio with aiohttp: three; it runs the handler and the call's task as continuations), learned from
   the calls themselves: each call could have come from the requests still open that made no call in an earlier
