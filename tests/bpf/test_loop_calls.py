@@ -9,25 +9,18 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pytest
 
 from edge.errors import ProbeUnavailable
-from edge.model import Span, SpanKind
 from edge.sources.ebpf.events import DataEvent
 from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
-from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA
 from tests.edge.sources.ebpf.spans._grpc_recording import feed_as_agent, load
-from tests.edge.sources.ebpf.spans._loop_recording import _record
+from tests.edge.sources.ebpf.spans._loop_recording import _record, judge
 
 from .conftest import bpf_unavailable
 
 pytestmark = pytest.mark.bpf
-
-
-def _query(s: Span, key: str) -> str:
-    return parse_qs(str(s.attributes.get("url.query", ""))).get(key, [""])[0]
 
 
 async def _judged(kind: str, path: Path, requests: int) -> Counter[tuple[str, str]]:
@@ -37,15 +30,8 @@ async def _judged(kind: str, path: Path, requests: int) -> Counter[tuple[str, st
         bpf_unavailable(str(e))
     events = load(path)
     assert any(isinstance(e, DataEvent) for e in events)
-    spans = feed_as_agent(SpanBuilder(SpanBuilderConfig()), events)
-    served = {s.span_id: _query(s, "rid") for s in spans if s.kind == SpanKind.SERVER and _query(s, "rid")}
-    calls = [s for s in spans if s.kind == SpanKind.CLIENT and _query(s, "prid")]
-    assert len(served) >= 0.95 * requests and len(calls) >= len(served)
-    got: Counter[tuple[str, str]] = Counter()
-    for c in calls:
-        cause = c.attributes.get(CAUSE)
-        verdict = "none" if cause is None else "right" if served.get(cause) == _query(c, "prid") else "wrong"
-        got[(str(c.attributes.get(CAUSE_VIA, "")), verdict)] += 1
+    served, got = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), events))
+    assert served >= 0.95 * requests and sum(got.values()) >= served
     return got
 
 

@@ -16,9 +16,33 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from edge.model import SpanKind
+from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA
 
 from ._grpc_recording import CLIENT, _free_port, record_services
+
+
+def _query(s: Any, key: str) -> str:
+    return parse_qs(str(s.attributes.get("url.query", ""))).get(key, [""])[0]
+
+
+def judge(spans: list[Any]) -> tuple[int, Counter[tuple[str, str]]]:
+    """The requests served (with a rid), and (via, right|wrong|none) for each call: whether the request it names is the
+    one whose rid its query carries as `prid`."""
+    served = {s.span_id: _query(s, "rid") for s in spans if s.kind == SpanKind.SERVER and _query(s, "rid")}
+    out: Counter[tuple[str, str]] = Counter()
+    for c in spans:
+        if c.kind != SpanKind.CLIENT or not _query(c, "prid"):
+            continue
+        cause = c.attributes.get(CAUSE)
+        verdict = "none" if cause is None else "right" if served.get(cause) == _query(c, "prid") else "wrong"
+        out[(str(c.attributes.get(CAUSE_VIA, "")), verdict)] += 1
+    return len(served), out
 
 
 async def _record(kind: str, path: Path, requests: int, clients: int) -> None:

@@ -15,16 +15,15 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pytest
 
 from edge import accel
-from edge.model import Span, SpanKind
-from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA
+from edge.model import Span
 from tests.edge._implementations import IMPLEMENTATIONS
 
 from ._grpc_recording import feed_as_agent, load
+from ._loop_recording import judge
 
 HERE = Path(__file__).parent
 
@@ -37,20 +36,10 @@ def _replay(implementation: str, recording: str) -> tuple[list[Span], object]:
     return feed_as_agent(b, load(HERE / recording, mods["edge.sources.ebpf.events"])), b.causes.stats
 
 
-def _query(s: Span, key: str) -> str:
-    return parse_qs(str(s.attributes.get("url.query", ""))).get(key, [""])[0]
-
-
 def _judge(spans: list[Span]) -> Counter[tuple[str, str]]:
-    requests = {s.span_id: _query(s, "rid") for s in spans if s.kind == SpanKind.SERVER and _query(s, "rid")}
-    calls = [s for s in spans if s.kind == SpanKind.CLIENT and _query(s, "prid")]
-    assert len(requests) == 400 and len(calls) >= 700
-    out: Counter[tuple[str, str]] = Counter()
-    for c in calls:
-        cause = c.attributes.get(CAUSE)
-        verdict = "none" if cause is None else "right" if requests.get(cause) == _query(c, "prid") else "wrong"
-        out[(str(c.attributes.get(CAUSE_VIA, "")), verdict)] += 1
-    return out
+    served, got = judge(spans)
+    assert served == 400 and sum(got.values()) >= 700
+    return got
 
 
 @pytest.mark.parametrize("recording", ["aiohttp_fanout.jsonl.gz", "aiohttp_fanout_2.jsonl.gz"])
