@@ -13,6 +13,7 @@ knows its own structure). In order of preference:
 - cause: a kernel client span is the child of the server span of the request the span builder found it was made
   for (`helix.cause`, edge/sources/ebpf/spans/causes.py): the request its thread serves (`thread`), the one an
   event loop read last in the call's turn (`event-loop`) or its learned number of turns before (`loop-turn`), or
+  the one the order of a loop turn's reads, calls and answers leaves it (`loop-order`), or
   the one whose thread waited for a pool worker's result (`wakeup`) or handed it the work (`handoff`); a call the
   builder found `ambiguous` (an event loop's call several open requests may have made, a pool worker's whose work
   another worker may have taken) gets no parent from the timing rules below: it stays the root of what it caused

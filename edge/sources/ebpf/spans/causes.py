@@ -14,7 +14,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   were answered (a handler awaits its calls before it answers); else it is `ambiguous` and names no request, so
   that no rule guesses one. Otherwise a call that is the first on a connection the thread opened takes the context
   the thread had when it opened it: a runtime that writes the request only once the connection is up (Node.js) does
-  so a loop turn later, after reading other requests.
+  so a loop turn later, after reading other requests (where that context is no longer known, the call is left to
+  the answers). A connect() in the turn of the loop's last read, right after it, began a call of that read's handler
+  (Node.js runs it in the read's callback): it ends the run of reads as a call does (for a loop that has not learned
+  a distance of a turn or more, below; the process's one loop thread, as connects name no thread).
 - loop-turn: an event loop whose path from reading a request to its first call takes the same number of loop turns
   every time (asyncio with aiohttp: three; it runs the handler and the call's task as continuations), learned from
   the calls themselves: each call could have come from the requests still open that made no call in an earlier
@@ -24,6 +27,17 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   call that fits no such distance (a second call after a response, a timer) breaks the pattern and the rule stays
   off until 16 calls fit again. A loop that calls in the turn that read the request (Node.js) learns 0 and keeps
   the rules above. Turns come from the return of the thread's epoll wait (bpf/proc.bpf.c).
+- loop-order: the calls of one turn of such a loop whose candidates are several requests read together, held until
+  all of those were answered (at most DECIDE_WAIT_NS after the call's end). The loop runs what is ready first in,
+  first out: the handlers start in the order their requests were read and each starts its calls before the next
+  starts any, so the calls, in the order they began (the write, or the connect() of a new connection), fall to the
+  requests in read order, each taking a run of them. A handler answers a fixed number of turns after its last call's
+  answer ended (asyncio with aiohttp: three, from the awaits chained in between; learned from the requests alone in
+  their calls' turn, whose calls are all known: 16 in a row must agree), and two handlers answered in one turn run
+  in the order their last answers ended. Each assignment of runs that fits those is weighed; a call is decided where
+  all give it the same request, else `ambiguous`. A request may make no call unless the last 16 requests seen alone
+  all made one (a request answered without a call resets that). When none fits, nothing is decided and both
+  patterns are learned again.
 - wakeup: the calling thread serves none (a pool worker): the request of the thread it wakes once the call is
   answered, when that thread slept through the whole call (it was waiting for this result: a future, a condition);
   else, when nobody was waiting, the request of the thread that woke it to hand it the work (`handoff`), when no
@@ -79,15 +93,15 @@ from ..events import TurnEvent, WakeupEvent
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | wakeup | handoff | response | elimination |
-# write-order | ambiguous
+CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | loop-order | wakeup | handoff | response |
+# elimination | write-order | ambiguous
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
 DECIDE_WAIT_NS = 500_000_000
 _MAX_OPEN = 64  # requests one thread serves at once (an event loop), beyond which the oldest is forgotten
 _MAX_WAITING = 64  # a worker's calls waiting for their decision
-_HISTORY = 8  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
+_HISTORY = 32  # an event loop's last contexts, with when it took them: the one it had when it opened a connection
 _MAX_CONNECTS = 4096  # connections opened whose first call is still to come
 _TURNS = 16  # an event loop's last turn starts: enough to place a call's connect() a few turns back
 _LAG_CALLS = 16  # an event loop's last calls whose distances in turns must agree before the distance is used
@@ -101,6 +115,11 @@ _MAX_SLEEPS = 8  # sleeps of a worker's thread kept per waiting call, from its a
 _MAX_ORDERED = 8  # requests left to a call beyond which `write-order` is not tried
 _MAX_UNRESOLVED = 64  # per stream process: its workers' last calls left without a request (`write-order` counts them)
 _MAX_WEIGHED = 64  # calls `write-order` weighs for one decision, beyond which it is not tried (a bound on its cost)
+_MAX_GROUPS = 16  # an event loop's turns whose calls wait for `loop-order`
+_MAX_GROUP_CALLS = 16  # calls of one such turn, beyond which `loop-order` is not tried for it
+_MAX_GROUP_FITS = 8  # requests one such turn's calls may be for, beyond which `loop-order` is not tried
+_MAX_ASSIGN = 20_000  # steps `loop-order` may take to weigh the assignments of one turn's calls (a bound on its cost)
+_MAX_SOLO = 64  # requests whose calls' ends are followed, to learn the turns from a last answer to the response
 
 
 @dataclass(slots=True)
@@ -131,6 +150,18 @@ class Call:
     woke: bytes | None = None  # the request of the first thread its worker woke once it was answered (see wakeup)
     sleeps: list[tuple[int, int]] | None = None  # its thread's sleeps (began, woken) begun after its answer
     own_answer: bool = False  # its response was read by the thread that made it
+    group: _Group | None = None  # an event loop's call made in a turn whose calls may be for several requests
+    pos: int = 0  # where it began in that turn: its write, or the connect() of its new connection
+    end_turn: int = -1  # the loop turn its whole answer was read in
+
+
+@dataclass(slots=True)
+class _Group:
+    # The calls an event loop made in one turn (`loop-order`) and the requests read together that many turns before.
+    fits: tuple[bytes, ...]
+    calls: list[Call] = field(default_factory=list)
+    done: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # request -> (turn, when) its response began
+    broken: bool = False  # too many calls, or the loop's patterns were lost meanwhile: left to the other rules
 
 
 @dataclass(slots=True)
@@ -156,6 +187,12 @@ class _Thread:
     called_in: dict[bytes, int] = field(default_factory=dict)  # open request -> the turn of its first decided call
     touched: dict[bytes, int] = field(default_factory=dict)  # open request -> when its request or a response was read
     lags: deque[frozenset[int]] | None = None  # for each of its last calls, the distances in turns it may have
+    groups: dict[int, _Group] = field(default_factory=dict)  # turn -> its calls waiting for `loop-order`
+    held: list[Call] = field(default_factory=list)  # finished calls of those, waiting for their decision
+    solo: dict[bytes, int] = field(default_factory=dict)  # request alone in its calls' turn -> their last answer's turn
+    answer_lags: deque[frozenset[int]] | None = None  # for its last requests, the turns their last answer may have
+    # ended before their response began
+    calls_each: int = 0  # requests in a row seen to make a call in their calls' turn (none seen to make none)
     tick: int = 0  # the state bound's clock when last active (builder_state.py)
 
     def context(self) -> bytes | None:
@@ -185,6 +222,8 @@ class CausesStats:
     response_unsure: int = 0  # a worker's call whose thread wrote a response, left to the other rules
     write_order: int = 0  # a worker's call decided by the order one write carried its workers' responses in
     write_order_conflicts: int = 0  # that order gave a worker a request it cannot have run: off for its process
+    loop_order: int = 0  # an event loop's call decided by the order of its turn's reads, calls, answers and responses
+    loop_order_conflicts: int = 0  # no assignment fitted those orders: the loop's learned patterns are dropped
     evicted_threads: int = 0
 
 
@@ -215,6 +254,8 @@ class Causes:
         self._writes = 0
         self._unresolved: dict[int, deque[Call]] = {}  # per stream process: its workers' last calls left undecided
         self._unordered: set[int] = set()  # stream processes where `write-order` met a contradiction
+        self._holding: set[tuple[int, int]] = set()  # event-loop threads with calls held for `loop-order`
+        self._loops: dict[int, set[int]] = {}  # per process: its threads that wait in epoll
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -239,13 +280,17 @@ class Causes:
             return
         self.stats.evicted_threads += 1
         self._waiting.discard(key)
+        self._holding.discard(key)
+        loops = self._loops.get(key[0])
+        if loops is not None:
+            loops.discard(key[1])
         for call in gone.waiting:
             call.decided = True  # its span, if finished, is lost with the thread's state: none is held here
 
     def threads(self) -> Iterator[tuple[tuple[int, int], int, bool]]:
         """(pid, tid), when last active (the state bound's clock) and whether it serves requests or has calls
         waiting, least recently active first."""
-        return ((k, t.tick, bool(t.open or t.waiting)) for k, t in self._threads.items())
+        return ((k, t.tick, bool(t.open or t.waiting or t.held)) for k, t in self._threads.items())
 
     def connects(self) -> Iterator[tuple[tuple[int, int], int]]:
         """(pid, sock) of connections opened whose first call is still to come, and when connect() began; oldest
@@ -259,7 +304,8 @@ class Causes:
     @property
     def waiting_count(self) -> int:
         """Calls waiting for their decision."""
-        return sum(len(t.waiting) for k in self._waiting if (t := self._threads.get(k)) is not None)
+        return (sum(len(t.waiting) for k in self._waiting if (t := self._threads.get(k)) is not None)
+                + sum(len(t.held) for k in self._holding if (t := self._threads.get(k)) is not None))
 
     def _thread(self, pid: int, tid: int) -> _Thread:
         key = (pid, tid)
@@ -324,16 +370,34 @@ class Causes:
         self._connects[(pid, sock)] = began_ns
         if len(self._connects) > _MAX_CONNECTS:
             self._connects.popitem(last=False)
+        loops = self._loops.get(pid)
+        if loops is None or len(loops) != 1:
+            return  # which thread opened it is not known
+        t = self._threads.get((pid, next(iter(loops))))
+        if t is None or not t.reading or not t.open or t.lags is None or _learned(t.lags):
+            return  # not right after a read, or a loop that calls turns after its reads
+        last = next(reversed(t.open))
+        touched = t.touched.get(last)
+        turn = _turn_at(t, began_ns)
+        if touched is not None and touched <= began_ns and turn is not None and _turn_at(t, touched) == turn:
+            # A connect() in the turn of the loop's last read, after it: a call begun by the handler that read ran in
+            # (Node.js runs it in the read's callback), as a call written then would be. Reads after it are a new run.
+            before = self._certain(t)
+            t.run = [last]
+            t.reading = False
+            self._took(t, before, began_ns)
 
-    def request_done(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0) -> None:
+    def request_done(self, pid: int, tid: int, span_id: bytes, ts_ns: int = 0, out: list[Span] | None = None) -> None:
         """The response to that request started (or it ended without one, at `ts_ns`): the thread no longer works
-        for it."""
+        for it. Calls it decides (`loop-order`) go to `out`, else out at the next flush."""
         if pid in self._pools:
             self._answered[span_id] = ts_ns
             if len(self._answered) > _MAX_ANSWERED:
                 self._answered.popitem(last=False)
         t = self._threads.get((pid, tid))
         if t is not None:
+            if t.turns is not None:
+                self._loop_answered(t, span_id, ts_ns, out)
             t.open.pop(span_id, None)
             t.called_in.pop(span_id, None)
             t.touched.pop(span_id, None)
@@ -394,6 +458,7 @@ class Causes:
         t.reading = False
         t.fresh = False
         opened = self._connects.pop((pid, sock), None) if sock is not None else None
+        call.pos = opened if opened is not None else start_ns
         if t.turns is not None and self._by_turns(t, call, opened):
             return call
         run = tuple(r for r in t.run if r in t.open) if len(t.run) > 1 else ()
@@ -457,7 +522,7 @@ class Causes:
         call.own_answer = tid == call.tid
         t = self._threads.get((call.pid, tid))
         before = self._certain(t) if t is not None else None
-        if call.candidates and not call.decided:
+        if call.candidates and not call.decided and (call.group is None or call.group.broken):
             self._decide_among(call)
         if call.decided and call.cause is not None:
             if t is not None and call.cause in t.open:
@@ -486,6 +551,19 @@ class Causes:
     def finish(self, call: Call, span: Span, end_ns: int, out: list[Span]) -> None:
         """The call's span is complete (its end at kernel time `end_ns`): out now if its cause is decided, else it
         waits for the decision."""
+        t = self._threads.get((call.pid, call.tid)) if call.turn >= 0 else None
+        if t is not None:
+            end_turn = _turn_at(t, end_ns)
+            call.end_turn = -1 if end_turn is None else end_turn
+            if call.decided and call.cause is not None and call.cause in t.solo:
+                t.solo[call.cause] = max(t.solo[call.cause], call.end_turn) if call.end_turn >= 0 else -2
+            if call.group is not None and not call.group.broken and not call.decided:
+                # Held until the requests of its turn were all answered (`loop-order`), at most DECIDE_WAIT_NS.
+                call.span, call.end_ns, call.deadline_ns = span, end_ns, end_ns + DECIDE_WAIT_NS
+                t.held.append(call)
+                self._holding.add((call.pid, call.tid))
+                self._try_group(t, call.group, out)
+                return
         if call.candidates and not call.decided:
             self._decide_among(call)
         if call.decided:
@@ -510,20 +588,125 @@ class Causes:
         assert t.lags is not None
         t.lags.append(frozenset(at - read for _, read in live))
         lag = _learned(t.lags)
-        if not lag or len(t.open) < 2:
+        if not lag:
             return False
         fits = [r for r, read in live if at - read == lag]
+        if len(fits) == 1 and fits[0] not in t.called_in:
+            t.solo[fits[0]] = -1  # alone in its calls' turn: their answers teach the answer-to-response distance
+            if len(t.solo) > _MAX_SOLO:
+                del t.solo[next(iter(t.solo))]  # one never answered (its connection dropped) is forgotten
+        if len(t.open) < 2:
+            return False
         if len(fits) == 1:
             call.cause, call.via, call.decided = fits[0], "loop-turn", True
             t.called_in.setdefault(fits[0], at)
             self.stats.loop_turn += 1
         else:
             call.candidates = tuple(fits) if fits else tuple(t.open)  # decided when answered, if it can be
+            if len(fits) > 1:
+                self._join_group(t, call, at, tuple(fits))
         return True
+
+    def _join_group(self, t: _Thread, call: Call, at: int, fits: tuple[bytes, ...]) -> None:
+        """Hold an event loop's call made in a turn whose calls may be for several requests, for `loop-order`."""
+        group = t.groups.get(at)
+        if group is None:
+            group = t.groups[at] = _Group(fits, broken=len(fits) > _MAX_GROUP_FITS)
+            if len(t.groups) > _MAX_GROUPS:
+                t.groups.pop(next(iter(t.groups))).broken = True  # its calls are left to the answers, held or not
+        call.group = group
+        group.calls.append(call)
+        if len(group.calls) > _MAX_GROUP_CALLS:
+            group.broken = True
+
+    def _loop_answered(self, t: _Thread, request: bytes, ts_ns: int, out: list[Span] | None) -> None:
+        """An event loop began the response to `request`: learn from it, and decide the calls it was the last answer
+        that `loop-order` waited for."""
+        turn = _turn_at(t, ts_ns)
+        last = t.solo.pop(request, None)
+        assert t.answer_lags is not None
+        grouped = [g for g in t.groups.values() if request in g.fits]
+        if last is not None:
+            if last >= 0 and turn is not None:
+                t.answer_lags.append(frozenset((turn - last,)))  # every call of it is known: they fit its turn alone
+                t.calls_each += 1
+            else:
+                t.answer_lags.clear()  # its calls' answers are not all placed in turns: learn again
+        elif grouped:
+            # Its last call is one of its turn's calls answered by now: the distance is one of theirs.
+            ends = frozenset(turn - c.end_turn for g in grouped for c in g.calls
+                             if turn is not None and 0 <= c.end_turn <= turn)
+            if ends:
+                t.answer_lags.append(ends)
+        elif request not in t.called_in and t.lags is not None and _learned(t.lags) is not None:
+            t.calls_each = 0  # answered without a call in its turn: requests do not all make one
+        for at, group in list(t.groups.items()):
+            if request in group.fits:
+                group.done[request] = (-1 if turn is None else turn, ts_ns)
+                self._try_group(t, group, out)
+
+    def _try_group(self, t: _Thread, group: _Group, out: list[Span] | None) -> None:
+        """Decide the calls of one turn (`loop-order`) once all their requests were answered and all of them were."""
+        if group.broken or len(group.done) < len(group.fits) or any(c.span is None for c in group.calls):
+            return
+        for at, g in list(t.groups.items()):
+            if g is group:
+                del t.groups[at]
+        group.broken = True  # decided once
+        calls = sorted(group.calls, key=_pos_order)
+        lag = _answer_lag(t)
+        picks: list[int] | None = None
+        if lag is not None and all(c.end_turn >= 0 for c in calls) and all(d[0] >= 0 for d in group.done.values()):
+            picks = _loop_order([c.end_turn for c in calls], [c.end_ns for c in calls],
+                                [group.done[r][0] - lag for r in group.fits], [group.done[r][0] for r in group.fits],
+                                [group.done[r][1] for r in group.fits], t.calls_each >= _LAG_CALLS)
+            if picks is None:
+                self.stats.loop_order_conflicts += 1  # no assignment fits: a pattern learned does not hold here
+                t.calls_each = 0
+                if t.answer_lags is not None:
+                    t.answer_lags.clear()
+        for i, c in enumerate(calls):
+            if c.decided:
+                continue
+            pick = picks[i] if picks is not None else -1
+            c.decided = True
+            if pick >= 0:
+                c.cause, c.via = group.fits[pick], "loop-order"
+                self.stats.loop_order += 1
+                continue
+            # A handler answers only after its calls were answered: a request answered first did not make it.
+            left = [r for r in group.fits if group.done[r][1] > c.answered_ns] if lag is None else []
+            if len(left) == 1:
+                c.cause, c.via = left[0], "event-loop"
+                self.stats.event_loop += 1
+            else:
+                c.via = "ambiguous"
+                self.stats.ambiguous += 1
+        if out is not None:
+            self._release(t, out, 0, False)
+
+    def _release(self, t: _Thread, out: list[Span], now_ns: int, force: bool) -> None:
+        """Send the held calls of `t` that are decided, and decide those that waited too long (`ambiguous`)."""
+        keep: list[Call] = []
+        for c in t.held:
+            if not c.decided and (force or c.deadline_ns <= now_ns):
+                c.decided, c.via = True, "ambiguous"
+                self.stats.ambiguous += 1
+            if c.decided and c.span is not None:
+                _mark(c, c.span)
+                out.append(c.span)
+                c.span = None
+            else:
+                keep.append(c)
+        t.held = keep
 
     @staticmethod
     def _in_turn(t: _Thread, then: bytes | None, opened: int | None, start_ns: int) -> bool:
         """Whether the context the rules below take (at the connect(), else now) was touched in the same loop turn."""
+        if then is None and opened is not None and _turn_at(t, opened) != _turn_at(t, start_ns):
+            # The first call on a connection opened turns before (Node.js writes it once the connection is up), with
+            # the context at its connect() no longer known: what the loop read since says nothing of it.
+            return False
         ctx, at = (then, opened) if then is not None and opened is not None else (next(reversed(t.open)), start_ns)
         touched = t.touched.get(ctx)
         if touched is None or touched > at:
@@ -536,8 +719,10 @@ class Causes:
         self.stats.turns += 1
         t = self._thread(ev.pid, ev.tid)
         if t.turns is None:
+            self._loops.setdefault(ev.pid, set()).add(ev.tid)
             t.turns = deque(maxlen=_TURNS)
             t.lags = deque(maxlen=_LAG_CALLS)
+            t.answer_lags = deque(maxlen=_LAG_CALLS)
         t.turn_no += 1
         t.turns.append((ev.ts_ns, t.turn_no))
 
@@ -644,6 +829,12 @@ class Causes:
         """Decide the finished calls that waited DECIDE_WAIT_NS (kernel time `now_ns`) for a hand-back: the request
         of the thread that handed them their work, if any, else none. Calls whose exchange never finished (dropped
         with its connection) are forgotten after `stale_ns`."""
+        for key in list(self._holding):
+            held = self._threads.get(key)
+            if held is not None:
+                self._release(held, out, now_ns, force)
+            if held is None or not held.held:
+                self._holding.discard(key)
         due: list[tuple[int, int, _Thread, Call]] = []
         for key in list(self._waiting):
             t = self._threads.get(key)
@@ -678,12 +869,15 @@ class Causes:
         for key in [k for k in self._threads if k[0] == pid]:
             t = self._threads.pop(key)
             self._waiting.discard(key)
+            self._holding.discard(key)
+            self._release(t, out, 0, True)
             for call in t.waiting:
                 decision = self._by_evidence(call, final=True)
                 assert decision is not None
                 call.cause, call.via = decision
                 self._settle(call, out)
         self._pools.discard(pid)
+        self._loops.pop(pid, None)
         self._unanswered.pop(pid, None)
         self._unanswered_lost.discard(pid)
         self._streams.discard(pid)
@@ -853,6 +1047,78 @@ def _turn_at(t: _Thread, ts_ns: int) -> int | None:
         if start <= ts_ns:
             return number
     return None
+
+
+def _pos_order(call: Call) -> int:
+    return call.pos
+
+
+def _answer_lag(t: _Thread) -> int | None:
+    """The turns from a request's last answer to its response on this loop, when its last requests all agree."""
+    return _learned(t.answer_lags) if t.answer_lags is not None else None
+
+
+def _loop_order(ends: list[int], ends_ns: list[int], last: list[int], done: list[int], done_ns: list[int],
+                every: bool) -> list[int] | None:
+    """For one turn's calls (in the order they began, with the turns and times their answers ended) and the
+    requests read together before it (in the order read; the turn the last answer of each must have ended in, the
+    turn and time its response began): the request each call was made for, -1 where the assignments that fit differ;
+    None when none fits. Those that fit give each request the calls between the ones of the requests read before and
+    after it (a loop runs what is ready first in, first out), a request's last answer ends in its `last` turn, and two
+    requests answered in one turn were answered in the order their last answers ended; with `every`, each request
+    made a call. Bounded by _MAX_ASSIGN steps, past which nothing is decided."""
+    n, k = len(ends), len(last)
+    seen: list[set[int]] = [set() for _ in range(n)]
+    picks = [0] * n
+    found = 0
+    steps = 0
+    # Depth-first over non-decreasing assignments: stack of (call index, lowest request allowed, next to try).
+    stack: list[tuple[int, int]] = [(0, 0)]
+    while stack:
+        steps += 1
+        if steps > _MAX_ASSIGN:
+            return [-1] * n
+        i, j = stack.pop()
+        if j >= k:
+            continue
+        stack.append((i, j + 1))  # the next request for call i, once this one is explored
+        if ends[i] > last[j]:
+            continue  # answered after the turn its request's last answer ended in: not that request's
+        picks[i] = j
+        if i + 1 < n:
+            stack.append((i + 1, j))
+            continue
+        if _fits(picks, ends, ends_ns, last, done, done_ns, every):
+            found += 1
+            for c in range(n):
+                seen[c].add(picks[c])
+    if not found:
+        return None
+    return [next(iter(v)) if len(v) == 1 else -1 for v in seen]
+
+
+def _fits(picks: list[int], ends: list[int], ends_ns: list[int], last: list[int], done: list[int],
+          done_ns: list[int], every: bool) -> bool:
+    k = len(last)
+    end_turn = [-1] * k
+    end_ns = [-1] * k
+    for c, j in enumerate(picks):
+        if ends_ns[c] > end_ns[j]:
+            end_ns[j] = ends_ns[c]
+        if ends[c] > end_turn[j]:
+            end_turn[j] = ends[c]
+    for j in range(k):
+        if end_ns[j] < 0:
+            if every:
+                return False
+            continue
+        if end_turn[j] != last[j]:
+            return False
+        for other in range(j + 1, k):
+            if end_ns[other] >= 0 and done[other] == done[j] and (done_ns[j] < done_ns[other]) != (
+                    end_ns[j] < end_ns[other]):
+                return False
+    return True
 
 
 def _learned(lags: deque[frozenset[int]]) -> int | None:

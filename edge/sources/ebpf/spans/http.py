@@ -304,7 +304,7 @@ class _Http:
             if x.call is not None:
                 b.causes.response_read(x.call, ev.tid, ev.end_ns)
             else:
-                b.causes.request_done(x.pid, x.tid, x.span_id, ev.ts_ns)
+                b.causes.request_done(x.pid, x.tid, x.span_id, ev.ts_ns, out)
             x.resp_tid = ev.tid
             x.resp_offcpu_ns = ev.offcpu_ns
             x.resp_first_end_ns = ev.end_ns
@@ -411,7 +411,7 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
         b.causes.finish(x.call, span, x.end_ns, out)  # a worker's call may wait for the request it was made for
         return
     if resp is None:
-        b.causes.request_done(x.pid, x.tid, x.span_id, x.end_ns)
+        b.causes.request_done(x.pid, x.tid, x.span_id, x.end_ns, out)
     out.append(span)
 
 

@@ -95,16 +95,17 @@ def feed_as_agent(builder: Any, events: list[KernelEvent]) -> list[Any]:
     return out + builder.feed(batch) + builder.flush(2**62)
 
 
-_CLIENT = r"""
+# The load generator: k keep-alive clients, n requests in all, each with a rid in the query, `pause` s apart.
+CLIENT = r"""
 import sys, threading, time, uuid, http.client
-port, n, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+port, n, k, path, pause = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 def run():
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for _ in range(n // k):
         rid = uuid.uuid4().hex[:12]
-        conn.request("GET", f"/front?rid={rid}&trace={rid}")
+        conn.request("GET", f"{path}?rid={rid}&trace={rid}")
         conn.getresponse().read()
-        time.sleep(0.02)
+        time.sleep(pause)
 ts = [threading.Thread(target=run) for _ in range(k)]
 [t.start() for t in ts]
 [t.join() for t in ts]
@@ -117,39 +118,45 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _record(path: Path, calls: int, clients: int) -> None:
+async def record_services(path: Path, commands: list[list[str]], keep: tuple[int, ...], client: list[str]) -> None:
+    """Start `commands` (each prints a line once ready), run `client` while the probes trace them, and write the
+    events of the processes at the indexes `keep` to `path`."""
     from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
-    root = Path(__file__).resolve().parents[5]
-    service = str(root / "bench" / "accuracy_service.py")
-    db, rpc, front = _free_port(), _free_port(), _free_port()
     procs = []
     try:
-        for args in (["--name", "db", "--mode", "http", "--port", str(db)],
-                     ["--name", "rpc", "--mode", "grpc", "--port", str(rpc), "--call", f"http://127.0.0.1:{db}/db"],
-                     ["--name", "front", "--mode", "http", "--port", str(front),
-                      "--call", f"grpc://127.0.0.1:{rpc}/rpc"]):
-            p = subprocess.Popen([sys.executable, service, *args, "--oracle", "/dev/null"], stdout=subprocess.PIPE,
-                                 stdin=subprocess.PIPE, text=True)
+        for cmd in commands:
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
             procs.append(p)
             assert p.stdout is not None
             p.stdout.readline()
-        keep = {procs[1].pid, procs[2].pid}
+        pids = {procs[i].pid for i in keep}
         events: list[KernelEvent] = []
         with ProbeSet(ProbeSettings()) as probes:
             probes.set_allowed_pids([p.pid for p in procs])
             stream = KernelEventStream(probes, events.extend)
             stream.start()
-            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _CLIENT, str(front), str(calls),
-                                                     str(clients)], check=True, timeout=120)
+            await asyncio.to_thread(subprocess.run, client, check=True, timeout=300)
             for _ in range(20):
                 await asyncio.sleep(0.1)
                 stream.poll()
             stream.close()
-        dump([e for e in events if getattr(e, "pid", None) in keep], path)
+        dump([e for e in events if getattr(e, "pid", None) in pids], path)
     finally:
         for p in procs:
             p.terminate()
             p.wait(5)
+
+
+async def _record(path: Path, calls: int, clients: int) -> None:
+    root = Path(__file__).resolve().parents[5]
+    service = str(root / "bench" / "accuracy_service.py")
+    db, rpc, front = _free_port(), _free_port(), _free_port()
+    commands = [[sys.executable, service, *args, "--oracle", "/dev/null"] for args in (
+        ["--name", "db", "--mode", "http", "--port", str(db)],
+        ["--name", "rpc", "--mode", "grpc", "--port", str(rpc), "--call", f"http://127.0.0.1:{db}/db"],
+        ["--name", "front", "--mode", "http", "--port", str(front), "--call", f"grpc://127.0.0.1:{rpc}/rpc"])]
+    await record_services(path, commands, (1, 2),
+                          [sys.executable, "-c", CLIENT, str(front), str(calls), str(clients), "/front", "0.02"])
 
 
 if __name__ == "__main__":

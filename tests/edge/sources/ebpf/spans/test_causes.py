@@ -388,11 +388,12 @@ def test_handoff_stands_when_running_workers_took_work_only_before_it():
     assert c.attributes[CAUSE_VIA] == "handoff"
 
 
-def loop_learns_lag(b, lag=3, tid=101, t0=1_000_000):
-    """An event loop (turns from epoll) that serves requests one at a time, each call `lag` turns after its read:
-    16 calls teach it the distance. Returns the time after the last."""
+def loop_learns_lag(b, lag=3, tid=101, t0=1_000_000, n=16):
+    """An event loop (turns from epoll) that serves requests one at a time, each call `lag` turns after its read and
+    the response in the turn of its answer: 16 calls teach it the distance, 16 more requests the distance from the
+    answer to the response. Returns the time after the last."""
     ts = t0
-    for i in range(16):
+    for i in range(n):
         b.feed([TurnEvent(ts, PID, tid, 1)])
         serve_read(b, 100 + i, ts + 10, tid, f"warm{i}")  # read by ts + 1_010
         for _ in range(lag):
@@ -866,3 +867,88 @@ def test_a_request_another_worker_ran_answered_meanwhile_does_not_unsettle_the_r
     flush_all(c, 6_100 + DECIDE_WAIT_NS)
     assert s1.attributes[CAUSE] == b"a" * 8 and s1.attributes[CAUSE_VIA] == "response"
     assert s2.attributes[CAUSE] == b"b" * 8 and s2.attributes[CAUSE_VIA] == "response"
+
+
+# -- an event loop's calls of a turn that read several requests, decided by their order (`loop-order`) ------------
+
+def _write_loop_call(b, sock, ts, tid=101):
+    return b.feed([data(sock, OUT, ts, req(target=f"/db?c={sock}"), pid=PID, tid=tid, role=Role.CLIENT,
+                        local=Endpoint(CLI.addr, 40000 + sock), remote=DB)])
+
+
+def _answer_loop_call(b, sock, ts, sent, tid=101):
+    return b.feed([data(sock, IN, ts, resp(), pid=PID, tid=tid, role=Role.CLIENT,
+                        local=Endpoint(CLI.addr, 40000 + sock), remote=DB,
+                        prev_bytes=len(req(target=f"/db?c={sock}")), prev_end=sent + 50)])
+
+
+def _turn_with_calls_x_y_z(skip_one_call=False):
+    """A loop that learned its distances (3 turns from read to call, 0 from last answer to response) reads a and b in
+    one turn and, three turns later, writes calls x, y, z; x and y are answered in the next turn, with a's response,
+    and z the turn after, with b's. With `skip_one_call`, one request learned on made no call."""
+    b = builder()
+    ts = loop_learns_lag(b, n=33)
+    if skip_one_call:
+        b.feed([TurnEvent(ts, PID, 101, 1)])
+        serve_read(b, 99, ts + 10, 101, "nocall")
+        serve_answer(b, 99, ts + 1_500, 101)
+        ts += 10_000
+    b.feed([TurnEvent(ts, PID, 101, 2)])
+    serve_read(b, 1, ts + 10, 101, "a")
+    serve_read(b, 2, ts + 20, 101, "b")
+    for i in range(1, 4):
+        b.feed([TurnEvent(ts + 2_000 * i, PID, 101, 0)])
+    out = []
+    for sock, at in ((10, ts + 6_100), (11, ts + 6_200), (12, ts + 6_300)):
+        out += _write_loop_call(b, sock, at)
+    b.feed([TurnEvent(ts + 8_000, PID, 101, 2)])
+    out += _answer_loop_call(b, 10, ts + 8_100, ts + 6_100)
+    out += _answer_loop_call(b, 11, ts + 8_200, ts + 6_200)
+    out += serve_answer(b, 1, ts + 8_500, 101)
+    sa = server_span(out)
+    b.feed([TurnEvent(ts + 10_000, PID, 101, 2)])
+    out += _answer_loop_call(b, 12, ts + 10_100, ts + 6_300)
+    answered = serve_answer(b, 2, ts + 10_500, 101)  # the calls go out with the last response of their turn
+    sb = server_span(answered)
+    out += answered
+    calls = {s.attributes["url.query"]: s for s in out if s.kind == SpanKind.CLIENT}
+    return b, calls["c=10"], calls["c=11"], calls["c=12"], sa, sb
+
+
+def test_loop_calls_of_one_turn_follow_the_order_of_its_reads_and_answers():
+    """The loop runs a's handler, then b's: a's calls come first. z was answered after a's response: b's; every
+    request of this loop makes a call, so x, the first, is a's; y may be a's last or b's first: left."""
+    b, x, y, z, sa, sb = _turn_with_calls_x_y_z()
+    assert x.attributes[CAUSE] == sa.span_id and x.attributes[CAUSE_VIA] == "loop-order"
+    assert z.attributes[CAUSE] == sb.span_id and z.attributes[CAUSE_VIA] == "loop-order"
+    assert CAUSE not in y.attributes and y.attributes[CAUSE_VIA] == "ambiguous"
+    assert b.causes.stats.loop_order == 2 and b.causes.stats.loop_order_conflicts == 0
+
+
+def test_loop_whose_requests_do_not_all_call_leaves_the_first_call():
+    """Once a request was seen answered without a call, a may have made none: x may be b's too."""
+    b, x, y, z, sa, sb = _turn_with_calls_x_y_z(skip_one_call=True)
+    assert z.attributes[CAUSE] == sb.span_id and z.attributes[CAUSE_VIA] == "loop-order"
+    assert CAUSE not in x.attributes and x.attributes[CAUSE_VIA] == "ambiguous"
+    assert CAUSE not in y.attributes and y.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_loop_order_that_fits_no_assignment_decides_nothing_and_unlearns():
+    """A response begun before the last turn any of the turn's answers could be its (a handler that answered without
+    awaiting its calls): no assignment fits, nothing is decided and the distances are learned again."""
+    b = builder()
+    ts = loop_learns_lag(b, n=33)
+    b.feed([TurnEvent(ts, PID, 101, 2)])
+    serve_read(b, 1, ts + 10, 101, "a")
+    serve_read(b, 2, ts + 20, 101, "b")
+    for i in range(1, 4):
+        b.feed([TurnEvent(ts + 2_000 * i, PID, 101, 0)])
+    out = _write_loop_call(b, 10, ts + 6_100) + _write_loop_call(b, 11, ts + 6_200)
+    b.feed([TurnEvent(ts + 8_000, PID, 101, 2)])
+    out += serve_answer(b, 1, ts + 8_050, 101) + serve_answer(b, 2, ts + 8_060, 101)
+    b.feed([TurnEvent(ts + 10_000, PID, 101, 2)])
+    out += _answer_loop_call(b, 10, ts + 10_100, ts + 6_100) + _answer_loop_call(b, 11, ts + 10_200, ts + 6_200)
+    out += b.flush(ts + 20_000 + DECIDE_WAIT_NS)
+    calls = [s for s in out if s.kind == SpanKind.CLIENT]
+    assert len(calls) == 2 and all(CAUSE not in s.attributes for s in calls)
+    assert b.causes.stats.loop_order == 0 and b.causes.stats.loop_order_conflicts == 1
