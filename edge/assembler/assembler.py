@@ -292,7 +292,7 @@ class Assembler:
         pid = self._sdk_pid(s)
         if pid is None:
             return
-        self.sdk.sdk_seen(pid, now)
+        self.sdk.sdk_seen(pid, now, s.end_ns)
         if s.kind == SpanKind.SERVER and not s.parent_span_id and not self._find_twin(e, now):
             self._adoptable[id(e)] = e  # its request's kernel span may come after it (an SDK exporting at once)
         orphans = self._orphans.get(pid)
@@ -353,12 +353,13 @@ class Assembler:
     def _end_waits(self, now: float, flush: bool) -> None:
         for pid, by_pid in list(self._waiting.items()):
             for w in list(by_pid.values()):
-                if flush or now >= w.wait_until:
+                twin = w.waiting == WAIT_TWIN
+                if twin and not flush and self.sdk.exported_past(pid, w.span.end_ns):
+                    self._end_wait(w)  # its SDK exported past it without a span of this request
+                elif flush or now >= (self.sdk.twin_deadline(pid, w.arrived) if twin else w.wait_until):
                     if not flush:
                         self.stats.sdk_wait_expired += 1
                     self._end_wait(w)
-                elif w.waiting == WAIT_TWIN and self.sdk.exported_after(pid, w.arrived):
-                    self._end_wait(w)  # its SDK exported past it without a span of this request
 
     def _maybe_orphan(self, e: Entry, now: float) -> bool:
         """A kernel call with no parent, in a process whose SDK may still send a span containing it: it waits."""
