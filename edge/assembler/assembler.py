@@ -563,7 +563,9 @@ class Assembler:
                 self.stats.moved += 1
             else:
                 self.stats.trace_joined += 1
-            s.trace_id, s.trace_state, s.flags = final[0], final[1] or s.trace_state, final[2]
+            # The trace state goes with the trace: a kernel span's `ot=rv` named the randomness of the trace it leaves,
+            # and a sampler reading it would keep or drop this span apart from the trace it joined.
+            s.trace_id, s.trace_state, s.flags = final[0], final[1], final[2]
         if e.adopt is not None:
             self._adopt(e, s)
         self.skew.apply(s, now)
