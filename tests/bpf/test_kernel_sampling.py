@@ -394,6 +394,40 @@ async def test_calls_made_while_serving_follow_the_served_requests_decision(kern
         front.wait(5)
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+async def test_a_traced_server_decides_a_context_less_call_with_its_clients_randomness(kernel: Any, app: App) -> None:
+    # front (traced) serves requests carrying traceparent and calls app (traced) without context: the kernel lends the
+    # call the R of the request its thread serves, and app's side of the same hop now takes that R from its client
+    # instead of drawing its own, so each hop is kept or held back whole (the agent joins both halves into one trace).
+    front = subprocess.Popen([sys.executable, "-c", FRONT, f"http://127.0.0.1:{app.port}"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert front.stdout is not None
+        port = int(front.stdout.readline())
+        k = kernel()
+        k.probes.set_allowed_pids([front.pid, app.pid])
+        k.probes.set_red_bounds(BOUNDS_NS)
+        k.probes.set_sample_threshold(HALF)
+        wire_r = []
+        for n in range(16):
+            tid = trace_id(n, n % 2 == 0)
+            _, code = await curl(f"http://127.0.0.1:{port}/outer", tp(tid))
+            assert code == "200"
+            wire_r.append(int(tid[18:], 16))
+        await k.settle(0.5)
+        calls = [e for e in k.of(DataEvent, pid=front.pid) if e.payload.startswith(b"GET /inner ")]
+        served = [e for e in k.of(DataEvent, pid=app.pid) if e.payload.startswith(b"GET /inner ")]
+        kept = sorted(r for n, r in enumerate(wire_r) if n % 2 == 0)
+        assert sorted(e.rv for e in calls) == kept
+        assert sorted(e.rv for e in served) == kept, "the server's side of each kept call, and only those"
+        held = [a for a in k.probes.red_aggregates() if a.tgid == app.pid and a.kind == RED_SERVER]
+        assert sum(a.count for a in held if a.path == "/inner") == 8
+        assert k.probes.decision_counts()["peer_rv"] >= 16
+    finally:
+        front.terminate()
+        front.wait(5)
+
+
 async def test_the_compat_object_for_kernels_without_bpf_loop_holds_nothing_back(app: App, tmp_path: Any) -> None:
     from edge.sources.ebpf.loader import ProbeSet, objects_dir
 
