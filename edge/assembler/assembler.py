@@ -178,6 +178,7 @@ class Assembler:
                 continue
             self._avoid_collision(s)
             e = Entry(s, now, size=s.approx_size())
+            e.own_r = is_kernel(s) and "rv:" in s.trace_state and not has_wire_context(s)
             self.index.add(e)
             self._learn_sdk_process(e, now)
             if is_kernel(s):
@@ -262,7 +263,7 @@ class Assembler:
             for call in self.index.wire_calls_by_cause.pop(s.span_id, ()):
                 self._birth(e, call, now)
             pid = pid_of(s)
-            if e.born is None and not has_wire_context(s) and self.sdk.may_have_sdk(pid, now):
+            if e.born is None and not has_wire_context(s) and not e.own_r and self.sdk.may_have_sdk(pid, now):
                 self._wait(e, WAIT_TWIN, now)
 
     def _birth(self, server: Entry, call: Entry, now: float) -> None:
@@ -310,7 +311,7 @@ class Assembler:
         if twin is None and pid is not None:
             by_start = self._twins.get(pid)
             twins = [w for w in (by_start.starting_by(s.start_ns + Slack.CONTAIN_NS, _TWIN_SCAN) if by_start else ())
-                     if w.born is None and _inside(e, w)]
+                     if w.born is None and not w.own_r and _inside(e, w)]
             twins.sort(key=lambda w: w.span.duration_ns)
             twin = twins[0] if twins else kernel_twin(self.index, e, pid)
             if twin is not None and twin.born is None:

@@ -203,8 +203,11 @@ def _request_trace(server: Entry) -> bytes | None:
 
 def kernel_twin(index: SpanIndex, e: Entry, pid: int) -> Entry | None:
     """The kernel server span of the same request as an SDK root server span: same process, no context taken in,
-    not known to be another trace's request, tightest container."""
+    not known to be another trace's request, tightest container. Not one the kernel sampled on randomness of its
+    own (`own_r`): the true one may have been held back while a concurrent request's was kept, and would be
+    taken for it (known twins, read off the wire, are found before this)."""
     trace = e.span.trace_id
     hits = [c for c in _innermost(index.servers_by_pid.get(pid, []), e)
-            if c.span.attributes.get("helix.context_from") != "wire" and (c.born is None or c.born[0] == trace)]
+            if c.span.attributes.get("helix.context_from") != "wire" and (c.born is None or c.born[0] == trace)
+            and not c.own_r]
     return hits[0] if hits else None

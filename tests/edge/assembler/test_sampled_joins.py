@@ -10,7 +10,10 @@ from edge.assembler import Assembler, AssemblerConfig
 from edge.model import Span
 from edge.sampler.trace_sampler import TraceSampler
 
-from .test_late_sdk import SDK_DELAY, drive, frontend_request
+from edge.model import SpanKind, new_trace_id
+
+from .test_assembler import A, B, kspan
+from .test_late_sdk import SDK_DELAY, drive, frontend_request, sdk_in
 
 R_MAX = (1 << 56) - 1
 
@@ -35,3 +38,19 @@ def test_a_kernel_only_caller_joined_into_an_sdk_trace_is_sampled_with_that_trac
     assert all("rv:" not in s.trace_state for s in got.values()), "the rv of the trace each kernel span left"
     kept, _ = TraceSampler(ratio=0.25).decide(list(got.values()), now=0.0)
     assert len(kept) == (len(got) if r_sdk == R_MAX else 0), "the whole trace, or none of it (the rest waits for the tail)"
+
+
+def test_under_kernel_sampling_an_sdk_span_is_not_adopted_by_a_concurrent_requests_kernel_span() -> None:
+    # Two concurrent requests of an SDK service, each read without context: the kernel kept Y's (its R above the
+    # threshold) and held X's back. X's SDK span lies inside Y's kernel span, but timing cannot say it is Y's: it stays
+    # a root (linked to nothing it is not), and Y's kernel span does not wait for an SDK span no rule could match.
+    t_x = new_trace_id()
+    k_y = _kernel_drawn(kspan("k-y", SpanKind.SERVER, 0, 100, pid=7, tid=71, local=B, peer=A), R_MAX)
+    caller_y = _kernel_drawn(kspan("caller-y", SpanKind.CLIENT, -1, 101, pid=1, tid=10, local=A, peer=B), R_MAX)
+    sdk_x = sdk_in(7, "x", SpanKind.SERVER, 5, 60, t_x)
+    a = Assembler(AssemblerConfig(window=2.0))
+    a.sdk.kernel_seen(1, -100.0)
+    a.sdk.runs_sdk(7, -100.0)
+    got = drive(a, [(0.0, [k_y, caller_y]), (SDK_DELAY, [sdk_x])], until=20.0)
+    assert got["x"].parent_span_id == b"" and got["x"].trace_id == t_x
+    assert got["k-y"].parent_span_id == caller_y.span_id and a.stats.sdk_waits == 0
