@@ -105,6 +105,8 @@ class Assembler:
         self._deferred_n = 0
         self._ready: list[Entry] = []  # deferred spans whose wait is over
         self._adoptable: dict[int, Entry] = {}  # held SDK root server spans whose request's kernel span is not known
+        # pid -> when a kernel span the kernel sampled on its own randomness last arrived from it (see _find_twin)
+        self._kernel_sampled: OrderedDict[int, float] = OrderedDict()
 
     # --- intake -------------------------------------------------------------------------------------------
 
@@ -179,6 +181,12 @@ class Assembler:
             self._avoid_collision(s)
             e = Entry(s, now, size=s.approx_size())
             e.own_r = is_kernel(s) and "rv:" in s.trace_state and not has_wire_context(s)
+            if e.own_r:
+                pid = pid_of(s)
+                self._kernel_sampled[pid or 0] = now
+                self._kernel_sampled.move_to_end(pid or 0)
+                if len(self._kernel_sampled) > 4096:
+                    self._kernel_sampled.popitem(last=False)
             self.index.add(e)
             self._learn_sdk_process(e, now)
             if is_kernel(s):
@@ -308,7 +316,11 @@ class Assembler:
         s = e.span
         twin = self.traces.twin_of(s.trace_id)
         pid = self._sdk_pid(s)
-        if twin is None and pid is not None:
+        # Where the kernel sampled this process's requests lately (its threshold may have risen between two
+        # concurrent requests), the tightest kernel span around an SDK span may be another request's while its own was
+        # held back: only a twin read off the wire is taken.
+        sampled = now - self._kernel_sampled.get(pid or 0, -math.inf) <= self.config.sdk_wait + self.config.window
+        if twin is None and pid is not None and not sampled:
             by_start = self._twins.get(pid)
             twins = [w for w in (by_start.starting_by(s.start_ns + Slack.CONTAIN_NS, _TWIN_SCAN) if by_start else ())
                      if w.born is None and not w.own_r and _inside(e, w)]

@@ -54,3 +54,19 @@ def test_under_kernel_sampling_an_sdk_span_is_not_adopted_by_a_concurrent_reques
     got = drive(a, [(0.0, [k_y, caller_y]), (SDK_DELAY, [sdk_x])], until=20.0)
     assert got["x"].parent_span_id == b"" and got["x"].trace_id == t_x
     assert got["k-y"].parent_span_id == caller_y.span_id and a.stats.sdk_waits == 0
+
+
+def test_an_sdk_span_is_not_adopted_by_timing_in_a_process_the_kernel_sampled_lately() -> None:
+    # The threshold rose between two concurrent requests: Y was read while the kernel kept everything (no rv), X's
+    # exchange was held back. A third request Z of the same process, kept on the kernel's own R, shows that the kernel
+    # sampled there: X's SDK span inside Y's kernel span is not taken for Y's.
+    t_x = new_trace_id()
+    k_z = _kernel_drawn(kspan("k-z", SpanKind.SERVER, -50, -40, pid=7, tid=72, local=B, peer=("127.0.0.1", 40100)),
+                        R_MAX)
+    k_y = kspan("k-y", SpanKind.SERVER, 0, 100, pid=7, tid=71, local=B, peer=A)
+    sdk_x = sdk_in(7, "x", SpanKind.SERVER, 5, 60, t_x)
+    a = Assembler(AssemblerConfig(window=2.0))
+    a.sdk.runs_sdk(7, -100.0)
+    got = drive(a, [(0.0, [k_z, k_y]), (SDK_DELAY, [sdk_x])], until=20.0)
+    assert got["x"].parent_span_id == b"" and got["x"].trace_id == t_x
+    assert a.stats.unjoined == 0 and "helix.link" not in got["x"].attributes
