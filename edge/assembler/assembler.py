@@ -265,14 +265,26 @@ class Assembler:
         s = e.span
         if s.kind == SpanKind.CLIENT and has_wire_context(s):
             cause = self.index.by_id.get(s.attributes.get(CAUSE))  # type: ignore[arg-type]
-            if cause is not None and cause is not e and is_kernel(cause.span) and cause.span.kind == SpanKind.SERVER:
+            if (cause is not None and cause is not e and is_kernel(cause.span) and cause.span.kind == SpanKind.SERVER
+                    and self._cause_holds(e, now)):
                 self._birth(cause, e, now)
         elif s.kind == SpanKind.SERVER:
             for call in self.index.wire_calls_by_cause.pop(s.span_id, ()):
-                self._birth(e, call, now)
+                if self._cause_holds(call, now):
+                    self._birth(e, call, now)
             pid = pid_of(s)
             if e.born is None and not has_wire_context(s) and not e.own_r and self.sdk.may_have_sdk(pid, now):
                 self._wait(e, WAIT_TWIN, now)
+
+    def _sampled_lately(self, pid: int | None, now: float) -> bool:
+        """Whether the kernel kept context-less requests of `pid` on its own randomness lately (sampling on there)."""
+        return now - self._kernel_sampled.get(pid or 0, -math.inf) <= self.config.sdk_wait + self.config.window
+
+    def _cause_holds(self, call: Entry, now: float) -> bool:
+        """Whether the request the span builder named for `call` can say which request started its trace. The rules
+        other than `thread` choose among the requests the builder saw, and where the kernel sampled, the one the call
+        was made for may be among those it held back (the thread-pool and event-loop rules assume they see them all)."""
+        return call.span.attributes.get("helix.cause.via") == "thread" or not self._sampled_lately(pid_of(call.span), now)
 
     def _birth(self, server: Entry, call: Entry, now: float) -> None:
         """A call carries trace context its request did not bring: the process's SDK started that trace for it."""
@@ -319,8 +331,7 @@ class Assembler:
         # Where the kernel sampled this process's requests lately (its threshold may have risen between two
         # concurrent requests), the tightest kernel span around an SDK span may be another request's while its own was
         # held back: only a twin read off the wire is taken.
-        sampled = now - self._kernel_sampled.get(pid or 0, -math.inf) <= self.config.sdk_wait + self.config.window
-        if twin is None and pid is not None and not sampled:
+        if twin is None and pid is not None and not self._sampled_lately(pid, now):
             by_start = self._twins.get(pid)
             twins = [w for w in (by_start.starting_by(s.start_ns + Slack.CONTAIN_NS, _TWIN_SCAN) if by_start else ())
                      if w.born is None and not w.own_r and _inside(e, w)]

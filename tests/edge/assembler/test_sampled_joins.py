@@ -10,7 +10,7 @@ from edge.assembler import Assembler, AssemblerConfig
 from edge.model import Span
 from edge.sampler.trace_sampler import TraceSampler
 
-from edge.model import SpanKind, new_trace_id
+from edge.model import SpanKind, new_span_id, new_trace_id
 
 from .test_assembler import A, B, kspan
 from .test_late_sdk import SDK_DELAY, drive, frontend_request, sdk_in
@@ -70,3 +70,22 @@ def test_an_sdk_span_is_not_adopted_by_timing_in_a_process_the_kernel_sampled_la
     got = drive(a, [(0.0, [k_z, k_y]), (SDK_DELAY, [sdk_x])], until=20.0)
     assert got["x"].parent_span_id == b"" and got["x"].trace_id == t_x
     assert a.stats.unjoined == 0 and "helix.link" not in got["x"].attributes
+
+
+@pytest.mark.parametrize("via", ["handoff", "thread"])
+def test_where_the_kernel_sampled_only_a_thread_cause_says_which_request_started_a_trace(via: str) -> None:
+    # X's exchange was held back in the kernel, so the span builder never saw X's request: the pool rules named Y (a
+    # request it did see) for the call X's SDK made with its trace on the wire. Where the kernel sampled lately only a
+    # `thread` cause (the calling thread serves exactly that request, read and not answered) is taken for the birth.
+    t_x = new_trace_id()
+    k_z = _kernel_drawn(kspan("k-z", SpanKind.SERVER, -50, -40, pid=7, tid=72, local=B, peer=("127.0.0.1", 40100)),
+                        R_MAX)
+    k_y = kspan("k-y", SpanKind.SERVER, 0, 100, pid=7, tid=71, local=B, peer=A)
+    call = kspan("k-call", SpanKind.CLIENT, 10, 50, pid=7, tid=73, local=("127.0.0.1", 40200), peer=("127.0.0.1", 7071),
+                 wire=(t_x, new_span_id()), **{"helix.cause": k_y.span_id, "helix.cause.via": via})
+    sdk_x = sdk_in(7, "x", SpanKind.SERVER, 5, 60, t_x)
+    a = Assembler(AssemblerConfig(window=2.0))
+    a.sdk.runs_sdk(7, -100.0)
+    got = drive(a, [(0.0, [k_z, k_y, call]), (SDK_DELAY, [sdk_x])], until=20.0)
+    adopted = got["x"].parent_span_id == k_y.span_id
+    assert adopted == (via == "thread")
