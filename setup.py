@@ -86,6 +86,8 @@ ACCEL_MODULES = (
     "edge/codec/otlp_writer.py",
     "edge/propagation.py",
     "uplink/wire/cbor_writer.py",
+    "uplink/wire/values.py",
+    "uplink/wire/columnar.py",
 )
 ACCEL_MANIFEST = "accel_manifest.json"
 

@@ -1,12 +1,14 @@
 """Gateway CPU cost on one core: Helix batch (the default format, no table set) -> decoded spans -> OTLP protobuf
 request bytes, in CPU time of the process (the machine may be shared), and the process's peak RSS under that load.
 
-What the gateway runs: the batch decoded (uplink/wire/columnar.py) and the request written straight from the spans
-(edge/codec/otlp_writer.py, compiled by the accelerator where it is built: edge/accel.py).
+What the gateway runs: the batch decoded (uplink/wire/columnar.py, counting what its request expands to against the
+gateway's bound) and the request written straight from the spans (edge/codec/otlp_writer.py); both compiled by the
+accelerator where it is built (edge/accel.py).
 Same-run references, on the same batches:
 - `official_request`: the request built with the official protobuf classes (`request_from_spans`) and serialized,
   after the same decoding: what the gateway did before; the writer's bytes are checked equal to it;
-- `pure`: the pure-Python writer, when the compiled one runs;
+- `pure`: the pure-Python decoder and writer, when the compiled ones run; `pure_decoder`: the pure-Python decoder
+  beside the compiled writer (the accelerator before it compiled the decoder);
 - `otlp_zstd`: what a gateway receiving OTLP+zstd (level 3) of the same batches would do for the same result with
   the official runtime: decompress, parse, serialize again (`ratio_vs_reference` is its spans/s over ours).
 
@@ -33,7 +35,9 @@ from bench.uplink_corpus import best_cpu  # noqa: E402
 from edge import accel  # noqa: E402
 from edge.codec.otlp import ExportTraceServiceRequest, request_from_spans  # noqa: E402
 from edge.model import Span  # noqa: E402
-from uplink.wire import columnar, encode_batch, read_header  # noqa: E402
+from uplink.gateway.budget import expansion_limit  # noqa: E402
+from uplink.wire import declared_size, encode_batch, read_header  # noqa: E402
+from uplink.wire.columnar import MAX_SPANS  # noqa: E402
 from uplink.wire.tables import EMPTY  # noqa: E402
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -43,23 +47,40 @@ def measure(spans: Sequence[Span], size: int, rounds: int) -> dict[str, Any]:
     """Spans/s of decode + request per implementation and path, and of the OTLP+zstd reference, on one stream."""
     n = len(spans)
     payloads = [encode_batch(spans[i:i + size], "edge-node-01", i) for i in range(0, n, size)]
+    # The gateway bounds what each batch may expand to, so its decoder counts the request's bytes as it goes.
+    limits = [expansion_limit(declared_size(p)) for p in payloads]
     out: dict[str, Any] = {"spans": n}
-    batches = [columnar.decode(p, read_header(p), EMPTY, MAX_BYTES).spans for p in payloads]
-    dec = best_cpu(lambda: [columnar.decode(p, read_header(p), EMPTY, MAX_BYTES) for p in payloads], rounds)
+    dec: dict[str, float] = {}
+    req: dict[str, float] = {}
+    batches: list[list[Span]] = []
     for impl in accel.implementations()[::-1]:  # the one in use first
-        write = accel.modules(impl)["edge.codec.otlp_writer"].request_bytes
-        for b in batches:
+        mods = accel.modules(impl)
+        decoder = mods["uplink.wire.columnar"]
+        write = mods["edge.codec.otlp_writer"].request_bytes
+        decoded = [decoder.decode(p, read_header(p), EMPTY, MAX_BYTES, MAX_SPANS, lim).spans
+                   for p, lim in zip(payloads, limits)]
+        batches = batches or decoded
+        for b in decoded:
             assert write(b) == request_from_spans(b).SerializeToString()
-        req = best_cpu(lambda: [write(b) for b in batches], rounds)
-        fig = {"spans_per_s": round(n / (dec + req)), "decode_spans_per_s": round(n / dec),
-               "request_spans_per_s": round(n / req), "decode_share": round(dec / (dec + req), 2)}
+        dec[impl] = best_cpu(lambda: [decoder.decode(p, read_header(p), EMPTY, MAX_BYTES, MAX_SPANS, lim)
+                                      for p, lim in zip(payloads, limits)], rounds)
+        req[impl] = best_cpu(lambda: [write(b) for b in decoded], rounds)
+    for impl in dec:
+        d, r = dec[impl], req[impl]
+        fig = {"spans_per_s": round(n / (d + r)), "decode_spans_per_s": round(n / d),
+               "request_spans_per_s": round(n / r), "decode_share": round(d / (d + r), 2)}
         if impl == accel.implementations()[-1]:
-            off = best_cpu(lambda: [request_from_spans(b).SerializeToString() for b in batches], rounds)
             out.update(fig)
-            out["official_request"] = {"spans_per_s": round(n / (dec + off)), "request_spans_per_s": round(n / off)}
-            out["speedup_vs_official_request"] = round((dec + off) / (dec + req), 2)
         else:
             out["pure"] = fig
+    d, r = dec[accel.implementations()[-1]], req[accel.implementations()[-1]]
+    if "compiled" in dec:
+        # What ran before the decoder was compiled: the pure-Python decoder beside the compiled request writer.
+        out["pure_decoder"] = {"spans_per_s": round(n / (dec["pure"] + r)), "decode_spans_per_s": round(n / dec["pure"])}
+        out["speedup_vs_pure_decoder"] = round((dec["pure"] + r) / (d + r), 2)
+    off = best_cpu(lambda: [request_from_spans(b).SerializeToString() for b in batches], rounds)
+    out["official_request"] = {"spans_per_s": round(n / (d + off)), "request_spans_per_s": round(n / off)}
+    out["speedup_vs_official_request"] = round((d + off) / (d + r), 2)
     zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
     otlp = [zc.compress(request_from_spans(spans[i:i + size]).SerializeToString()) for i in range(0, n, size)]
     ref = best_cpu(lambda: [ExportTraceServiceRequest.FromString(zd.decompress(p)).SerializeToString() for p in otlp],
@@ -86,6 +107,8 @@ def main() -> None:
         fig = measure(spans, args.batch, args.rounds)
         result[name] = fig
         pure = f"; pure Python {fig['pure']['spans_per_s']}" if "pure" in fig else ""
+        if "pure_decoder" in fig:
+            pure += f"; pure-Python decoder {fig['pure_decoder']['spans_per_s']} (x{fig['speedup_vs_pure_decoder']})"
         print(f"{name}: {fig['spans']} spans, batches of {args.batch}: {fig['spans_per_s']} spans/s on one core "
               f"(decode {fig['decode_spans_per_s']}/s, request {fig['request_spans_per_s']}/s, "
               f"{fig['decode_share'] * 100:.0f}% in decoding){pure}; with the official classes building the request "

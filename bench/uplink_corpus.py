@@ -38,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._workload import realistic_spans  # noqa: E402
 from bench.corpus import load_all  # noqa: E402
 from edge.codec.otlp import ExportTraceServiceRequest, request_from_spans, spans_from_request  # noqa: E402
+from edge import accel  # noqa: E402
 from edge.config.uplink import UplinkConfig  # noqa: E402
 from edge.model import Span  # noqa: E402
 from uplink.learner import LearningPolicy, TableLearner  # noqa: E402
-from uplink.wire import FORMAT_VERSION, columnar, decode_batch, encode_batch  # noqa: E402
+from uplink.wire import FORMAT_VERSION, columnar, decode_batch, encode_batch, read_header  # noqa: E402
 from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, parse_message  # noqa: E402
 from uplink.wire.values import unplanes, zigzag  # noqa: E402
 
@@ -321,7 +322,13 @@ def speed(bs: list[Sequence[Span]], tables: TableSet, level: int, v2_level: int,
     po = best_cpu(lambda: [ExportTraceServiceRequest.FromString(zd.decompress(x)) for x in otlp], repeat)
     mo = best_cpu(lambda: [spans_from_request(ExportTraceServiceRequest.FromString(zd.decompress(x)))
                            for x in otlp], repeat)
-    return {"encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
+    out: dict[str, float] = {}
+    if accel.status().compiled:  # the same-run figures of the pure-Python encoder and decoder (no compiled module)
+        pure = accel.modules("pure")["uplink.wire.columnar"]
+        ep = best_cpu(lambda: [pure.encode(b, NODE, i, tables, level=level) for i, b in enumerate(bs)], repeat)
+        dp = best_cpu(lambda: [pure.decode(x, read_header(x), tables, MAX_BYTES) for x in enc], repeat)
+        out = {"pure_encode_us_per_span": round(ep / n * 1e6, 2), "pure_decode_spans_per_s": round(n / dp)}
+    return out | {"encode_us_per_span": round(e3 / n * 1e6, 2), "decode_spans_per_s": round(n / d3),
             "v2_encode_us_per_span": round(e2 / n * 1e6, 2), "v2_decode_spans_per_s": round(n / d2),
             "encode_vs_v2": round(e3 / e2, 2), "decode_vs_v2": round(d3 / d2, 2),
             "otlp_zstd_encode_us_per_span": round(eo / n * 1e6, 2), "encode_vs_otlp_zstd": round(e3 / eo, 2),
@@ -569,7 +576,9 @@ def _print_stream(name: str, row: dict[str, Any], sizes: list[int]) -> None:
               f"{sp['otlp_zstd_encode_us_per_span']} (x{sp['encode_vs_otlp_zstd']}); decode "
               f"{sp['decode_spans_per_s']} spans/s, official protobuf parse {sp['otlp_protobuf_parse_spans_per_s']} "
               f"(time x{sp['decode_vs_otlp_protobuf_parse']}), parse into the span model "
-              f"{sp['otlp_to_model_spans_per_s']} (time x{sp['decode_vs_otlp_to_model']})")
+              f"{sp['otlp_to_model_spans_per_s']} (time x{sp['decode_vs_otlp_to_model']})"
+              + (f"; pure Python: encode {sp['pure_encode_us_per_span']}, decode {sp['pure_decode_spans_per_s']}"
+                 if "pure_encode_us_per_span" in sp else ""))
     for size in sizes:
         f = row[f"batch_{size}"]
         if "breakdown" in f:

@@ -510,7 +510,9 @@ static __always_inline void conn_bytes(struct sys_call *in, struct sock *sk, str
 		return;
 	}
 	if (st->skip == SKIP_DEFER) {
-		if (st->dir == in->op && !(settings.msg_idle_gap_ns && now - st->end_ns > settings.msg_idle_gap_ns)) {
+		/* The waiting fixed header owes the rest of its packet: the next read this way is that rest however late
+		 * it comes (a reader the scheduler took off the CPU between its reads), not a message after an idle gap. */
+		if (st->dir == in->op) {
 			offset = st->bytes;
 			st->bytes += ret;
 			st->end_ns = now;

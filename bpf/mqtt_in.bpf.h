@@ -10,6 +10,8 @@
  * then this read's, in order and unchanged; sampled out sends nothing, counts the receive into `red_agg` (kind
  * consumer) and ends the message there. (A broker's PUBLISHes are never sent: broker_publish in sampling.bpf.h.)
  * Anything else that comes first (another syscall shape, the next message, a close) sends the waiting records first.
+ * The rest is waited for however late it comes: the idle gap that ends a message (msg_idle_gap_ns) does not apply to
+ * a fixed header that owes bytes (a reader descheduled between its reads would otherwise lose the whole receive).
  */
 #ifndef HELIX_MQTT_IN_BPF_H
 #define HELIX_MQTT_IN_BPF_H

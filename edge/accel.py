@@ -1,5 +1,5 @@
-"""Which implementation decodes kernel records, builds spans and writes the gateway's OTLP requests: the mypyc-compiled
-modules or the pure-Python ones.
+"""Which implementation decodes kernel records, builds spans, encodes and decodes uplink batches and writes the
+gateway's OTLP requests: the mypyc-compiled modules or the pure-Python ones.
 
 The pure-Python modules are the reference; the build (setup.py) may compile the same files with mypyc into C
 extensions beside them, which Python then imports first. They are used only when all of them were compiled from
@@ -40,6 +40,8 @@ MODULES = (
     "edge.codec.otlp_writer",
     "edge.propagation",
     "uplink.wire.cbor_writer",
+    "uplink.wire.values",
+    "uplink.wire.columnar",
 )
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
@@ -100,7 +102,7 @@ def _check() -> Status:
             return Status(False, f"pure Python: {rel} changed since it was compiled; reinstall helix-edge to compile "
                                  "it again")
     return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 and HTTP/2 "
-                        "parsing, trace context, span building, OTLP request writing and uplink batch CBOR writing "
+                        "parsing, trace context, span building, OTLP request writing and uplink batch encoding and decoding "
                         "run as C extensions")
 
 

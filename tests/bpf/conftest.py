@@ -31,8 +31,15 @@ def bpf_unavailable(reason: str) -> NoReturn:
     pytest.skip(f"BPF unavailable: {reason}")
 
 
+# How long a start (loading and verifying the probes) and a stop (detaching them, the uplink's close timeout) may take
+# before the agent counts as hung. Guards, not timings: each returns as soon as the agent is up or down. Under four
+# busy loops on this 2-core machine a start took 35-40 s and a stop 15-20 s.
+AGENT_START_GUARD_S = 180.0
+AGENT_STOP_GUARD_S = 120.0
+
+
 @contextlib.asynccontextmanager
-async def running_agent(cfg: Config, start_timeout: float = 30) -> AsyncIterator[Agent]:
+async def running_agent(cfg: Config, start_timeout: float = AGENT_START_GUARD_S) -> AsyncIterator[Agent]:
     """A real Agent running on this loop with its kernel probes (skips, or fails under HELIX_REQUIRE_BPF, where they
     cannot load); stopped when the block ends."""
     stop = asyncio.Event()
@@ -45,7 +52,7 @@ async def running_agent(cfg: Config, start_timeout: float = 30) -> AsyncIterator
         yield agent
     finally:
         stop.set()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), AGENT_STOP_GUARD_S)
 
 
 class Collector:

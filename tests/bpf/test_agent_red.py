@@ -20,8 +20,8 @@ from edge.config import Config, parse_config
 from edge.demo.broker import Mosquitto
 from edge.sampler.consistent import threshold_for_ratio
 
-from .conftest import bpf_unavailable, running_agent
-from .test_kernel_sampling import PAHO_SUB, App, curl, tp, trace_id
+from .conftest import AGENT_START_GUARD_S, AGENT_STOP_GUARD_S, bpf_unavailable, running_agent
+from .test_kernel_sampling import PAHO_SUB, App, curl, publish_traced, tp, trace_id
 
 pytestmark = pytest.mark.bpf
 
@@ -44,7 +44,7 @@ async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mo
     agent = Agent(cfg)
     task = asyncio.create_task(agent.run(stop))
     try:
-        await asyncio.wait_for(agent.started.wait(), 30)
+        await asyncio.wait_for(agent.started.wait(), AGENT_START_GUARD_S)
         if agent.kernel.state != "running":
             bpf_unavailable(f"{agent.kernel.reason} ({agent.kernel.fix})")
         assert agent.ebpf.probes.sample_threshold() == threshold_for_ratio(0.25)
@@ -95,7 +95,7 @@ async def test_red_totals_cover_requests_sampled_out_in_the_kernel(mosquitto: Mo
         assert "helix.agent.kernel.messages.unparsed" in exported
     finally:
         stop.set()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), AGENT_STOP_GUARD_S)
         app.stop()
 
 
@@ -115,10 +115,7 @@ async def test_red_totals_cover_publishes_and_receives_sampled_out_in_the_kernel
             assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"subscribed"
             for i in range(n):
                 tid = f"{0x5EED0000 + i:018x}{random.getrandbits(56):014x}"
-                pub = await asyncio.create_subprocess_exec(
-                    "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", topic, "-m",
-                    f"m{i}", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
-                assert await pub.wait() == 0
+                await publish_traced(mosquitto.port, topic, f"m{i}", tid)
                 await asyncio.sleep(0.01)
             for _ in range(n):
                 await asyncio.wait_for(sub.stdout.readline(), 10)

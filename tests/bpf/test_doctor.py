@@ -74,7 +74,7 @@ async def test_cost_of_the_running_agent(mosquitto: Mosquitto, http_server: Serv
         "uplink": {"broker": mosquitto.url, "spool_dir": str(tmp_path / "spool")},
     })
     sysctl = stats_sysctl()
-    async with running_agent(cfg, start_timeout=60) as agent:
+    async with running_agent(cfg) as agent:
         doctor = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edge", "doctor", "--cost", "--seconds", "2", "--pid", str(os.getpid()),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT))

@@ -99,6 +99,15 @@ def series(aggs: list[RedAggregate], kind: int, path: str, tgids: set[int] | Non
             sum(sum(a.buckets[:len(BOUNDS_NS) + 1]) for a in hits))
 
 
+async def publish_traced(port: int, topic: str, payload: str, tid: str) -> int:
+    """mosquitto_pub (MQTT 5, its defaults) publishes `payload` with a traceparent user property; returns its pid."""
+    pub = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-V", "5", "-t", topic, "-m", payload,
+        "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
+    assert await pub.wait() == 0
+    return pub.pid
+
+
 async def test_traceparent_decides_and_held_back_exchanges_are_counted(kernel: Any, app: App) -> None:
     k = kernel()
     k.probes.set_red_bounds(BOUNDS_NS)
@@ -259,11 +268,7 @@ async def test_mqtt_publish_with_traceparent_is_decided_per_message(kernel: Any,
     for n in range(6):
         kept = n % 2 == 0
         tid = trace_id(n, kept)
-        proc = await asyncio.create_subprocess_exec(
-            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/line1/temp",
-            "-m", "21.5", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
-        assert await proc.wait() == 0
-        pubs[proc.pid] = (tid, kept)
+        pubs[await publish_traced(mosquitto.port, "plant/line1/temp", "21.5", tid)] = (tid, kept)
     await k.settle(0.5)
     for pid, (tid, kept) in pubs.items():
         sent = [e for e in k.events if isinstance(e, (DataEvent, DataMoreEvent)) and e.pid == pid
@@ -316,10 +321,7 @@ async def test_mqtt_publishes_read_by_broker_and_subscriber_are_decided_per_mess
         for n in range(8):
             kept = n % 2 == 1
             tid = trace_id(n, kept)
-            pub = await asyncio.create_subprocess_exec(
-                "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "plant/line1/temp",
-                "-m", f"m{n}", "-D", "publish", "user-property", "traceparent", f"00-{tid}-00f067aa0ba902b7-01")
-            assert await pub.wait() == 0
+            await publish_traced(mosquitto.port, "plant/line1/temp", f"m{n}", tid)
             sent.append((tid, kept))
             await asyncio.sleep(0.02)  # the messages apart (each read starts a message of its own)
         # every message still reaches both subscribers: the probes only watch
@@ -363,6 +365,91 @@ async def test_mqtt_publishes_read_by_broker_and_subscriber_are_decided_per_mess
     for s in spans:
         assert s.name == "receive plant/line1/temp" and "helix.mqtt.truncated" not in s.attributes
         assert s.attributes["messaging.message.body.size"] == 2 and s.end_ns >= s.start_ns
+
+
+# A subscriber whose reads of one packet lie further apart than the probes' message gap (5 ms): paho's reads (the
+# type byte, the remaining length, then the rest) when the scheduler takes the CPU from it between them, as on a busy
+# node. Raw sockets, because no client can be told to be descheduled: the pause stands for that, not for a setting.
+SLOW_SUB = r"""
+import socket, sys, time
+def rl(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F; n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n: return bytes(out)
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+# CONNECT v5, clean start, keepalive 60, no properties, client id "slow"
+var = b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + b"\x00\x04slow"
+s.sendall(b"\x10" + rl(len(var)) + var)
+def packet():
+    first = s.recv(1)
+    n = mult = 0; shift = 0
+    while True:
+        b = s.recv(1)[0]; n |= (b & 0x7F) << shift; shift += 7
+        if not b & 0x80: break
+    time.sleep(float(sys.argv[2]))  # descheduled between the header and the rest
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return first[0], body
+assert packet()[0] == 0x20
+sub = b"\x00\x01" + b"\x00" + b"\x00\x07plant/#" + b"\x00"
+s.sendall(b"\x82" + rl(len(sub)) + sub)
+assert packet()[0] == 0x90
+print("subscribed", flush=True)
+while True:
+    kind, body = packet()
+    if kind >> 4 == 3:
+        tl = int.from_bytes(body[:2], "big"); p = 2 + tl
+        pl, i, sh = 0, p, 0
+        while True:
+            b = body[i]; pl |= (b & 0x7F) << sh; sh += 7; i += 1
+            if not b & 0x80: break
+        print(body[i + pl:].decode(), flush=True)
+"""
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto_pub not installed")
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+async def test_a_subscriber_descheduled_inside_a_packet_has_every_receive_counted(kernel: Any, mosquitto: Mosquitto,
+                                                                                  ratio: float) -> None:
+    """The rest of a PUBLISH read 20 ms after its fixed header still belongs to it. Kernel deciding (0.5): the
+    sampled-out receives are counted as consumers, the kept ones build whole receive spans. Nothing decided (1.0):
+    every receive builds its span. (Were the rest a message of its own, the receive was lost either way: the header
+    alone decodes to nothing, the rest to no MQTT.)"""
+    k = kernel()
+    k.probes.set_red_bounds(BOUNDS_NS)
+    k.probes.set_sample_threshold(HALF if ratio < 1 else 0)
+    sub = await asyncio.create_subprocess_exec(sys.executable, "-c", SLOW_SUB, str(mosquitto.port), "0.02",
+                                               stdout=asyncio.subprocess.PIPE)
+    try:
+        assert sub.stdout is not None
+        assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"subscribed"
+        sent: list[tuple[str, bool]] = []
+        for n in range(6):
+            kept = n % 2 == 1
+            tid = trace_id(n, kept)
+            await publish_traced(mosquitto.port, "plant/line3/flow", f"m{n}", tid)
+            sent.append((tid, kept))
+            assert (await asyncio.wait_for(sub.stdout.readline(), 10)).strip() == f"m{n}".encode()
+            await asyncio.sleep(0.02)  # the messages apart (each one's first read starts a message of its own)
+        await k.settle(0.5)
+    finally:
+        sub.terminate()
+        await sub.wait()
+    aggs = [a for a in k.probes.red_aggregates() if a.kind == RED_CONSUMER and a.tgid == sub.pid]
+    held = [(a.path, a.count) for a in aggs]
+    assert held == ([("plant/line3/flow", 3)] if ratio < 1 else [])
+    builder = SpanBuilder()
+    spans = [s for s in builder.feed(k.events) + builder.flush(time.monotonic_ns() + 10**10)
+             if s.kind == SpanKind.CONSUMER and s.attributes.get("process.pid") == sub.pid]
+    assert sorted(s.trace_id for s in spans) == sorted(bytes.fromhex(t) for t, kept in sent if kept or ratio == 1)
+    for s in spans:
+        assert s.name == "receive plant/line3/flow" and "helix.mqtt.truncated" not in s.attributes
+        assert s.attributes["messaging.message.body.size"] == 2
+    if ratio == 1:  # undecided, each rest came as a message of its own (decided, the kernel held it to its header)
+        assert builder.stats.resumed_packets >= len(spans)
 
 
 @contextlib.asynccontextmanager

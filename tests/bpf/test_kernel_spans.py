@@ -37,6 +37,7 @@ class Spans:
         self.source = source
         self.spans: list[Span] = []
         self.broker_pid = 0  # the test's own Mosquitto, where it runs one
+        self.client_pids: set[int] = set()  # its own MQTT clients: other tests on the machine use the same topics
 
     def sink(self, spans: list[Span], src: Source) -> int:
         assert src is Source.EBPF
@@ -192,10 +193,11 @@ async def _mqtt_exchange(kernel_spans, tmp_path: Path) -> Spans:
         sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-V", "mqttv5", "-t", "plant/line1/temp",
                                 "-C", "1", "-q", "1"], stdout=subprocess.PIPE)
         await asyncio.sleep(0.5)
-        await asyncio.to_thread(subprocess.run, [
+        pub = subprocess.Popen([
             "mosquitto_pub", "-p", str(broker.port), "-V", "mqttv5", "-q", "1", "-t", "plant/line1/temp",
-            "-m", "21.5", "-D", "PUBLISH", "user-property", "traceparent", f"00-{TRACE}-{PARENT}-01"],
-            check=True, timeout=10)
+            "-m", "21.5", "-D", "PUBLISH", "user-property", "traceparent", f"00-{TRACE}-{PARENT}-01"])
+        ks.client_pids = {sub.pid, pub.pid}
+        assert await asyncio.to_thread(pub.wait, 10) == 0
         assert sub.wait(10) == 0
         await ks.wait_for(lambda s: s.kind == SpanKind.PRODUCER)
         await asyncio.sleep(0.5)
@@ -205,7 +207,7 @@ async def _mqtt_exchange(kernel_spans, tmp_path: Path) -> Spans:
 
 async def test_mqtt_publish_with_user_property_traceparent(kernel_spans, tmp_path: Path) -> None:
     ks = await _mqtt_exchange(kernel_spans, tmp_path)
-    (pub,) = [s for s in ks.spans if s.kind == SpanKind.PRODUCER
+    (pub,) = [s for s in ks.spans if s.kind == SpanKind.PRODUCER and s.attributes.get("process.pid") in ks.client_pids
               and s.attributes.get("messaging.destination.name") == "plant/line1/temp"]
     assert pub.attributes["messaging.system"] == "mqtt"
     assert pub.trace_id.hex() == TRACE and pub.parent_span_id.hex() == PARENT
@@ -216,7 +218,7 @@ async def test_mqtt_publish_with_user_property_traceparent(kernel_spans, tmp_pat
 
 async def test_mqtt_receive_span_on_the_subscriber(kernel_spans, tmp_path: Path) -> None:
     ks = await _mqtt_exchange(kernel_spans, tmp_path)
-    (rcv,) = [s for s in ks.spans if s.kind == SpanKind.CONSUMER
+    (rcv,) = [s for s in ks.spans if s.kind == SpanKind.CONSUMER and s.attributes.get("process.pid") in ks.client_pids
               and s.attributes.get("messaging.destination.name") == "plant/line1/temp"]
     assert rcv.trace_id.hex() == TRACE, "the broker forwards the user property; the subscriber side reads it"
     assert rcv.resource.service_name == "mosquitto_sub"

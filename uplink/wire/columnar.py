@@ -159,7 +159,7 @@ def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = T
     """A text column as [new texts, references]: 0 takes the next new text, k > 0 is entry k - 1 of the table (the
     learned entries, then the new ones). `learned` maps a text to its reference (index + 1). `compact`: new texts
     in version 4's binary forms."""
-    refs = list(map(learned.get, values))
+    refs = [learned.get(v) for v in values]
     if None not in refs:
         return [[], refs]
     new: list[str] = []
@@ -174,7 +174,7 @@ def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = T
                 new.append(v)
                 r = 0
             refs[i] = r
-    return [list(map(_compact, new)) if compact else new, refs]
+    return [[_compact(t) for t in new] if compact else new, refs]
 
 
 class _Attributes:
@@ -194,7 +194,7 @@ class _Attributes:
 
     def add(self, ks: tuple[str, ...], vals: tuple[Any, ...]) -> int:
         """Record one attribute list; return its shape reference."""
-        sig = (ks, tuple(map(type, vals)))
+        sig = (ks, tuple([type(v) for v in vals]))
         ref = self.sig_ref.get(sig)
         if ref is None:
             ref = self._shape(sig)
@@ -313,8 +313,8 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
     resource_col = _refs_by_identity([s.resource for s in spans], resources, Resource.exact_key)
     scope_col = _scope_refs([s.scope for s in spans], scopes)
-    add = attrs.add
-    shape_col = [add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
+    # attrs.add called as a method (not bound to a local): compiled, a bound method is a Python call per use.
+    shape_col = [attrs.add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
     any_events = any(s.events for s in spans)
     extras = {i: _extras(s, trace_index) for i, s in enumerate(spans)
               if s.status_message or s.links or s.trace_state or s.flags != 1}
@@ -434,8 +434,7 @@ def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int
 def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attributes) -> list[Any]:
     events = [e for s in spans for e in s.events]
     times = [(e.time_ns - s.start_ns) // u for s, u in zip(spans, units) for e in s.events]
-    add = attrs.add
-    shape_col = [add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
+    shape_col = [attrs.add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
     return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names, attrs.compact),
             planes(zigzag(times)), shape_col]
 
@@ -496,15 +495,21 @@ def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes:
         raise DecodeError(f"uplink batch body has the wrong shape: {type(e).__name__}: {e}") from None
 
 
+# Loops rather than bulk builtins (a set of types, min and max): compiled, a loop allocates nothing and passes once.
+
 def _all_of(xs: list[Any], t: type) -> bool:
-    return not xs or set(map(type, xs)) == {t}
+    for x in xs:
+        if type(x) is not t:
+            return False
+    return True
 
 
 def _uints(x: Any, what: str, n: int | None, limit: int) -> list[int]:
     """An array of integers in [0, limit) (n of them, unless n is None)."""
     xs = array(x, what, n)
-    if xs and (not _all_of(xs, int) or min(xs) < 0 or max(xs) >= limit):
-        raise DecodeError(f"uplink batch: {what} holds a non-integer or refers outside its table of {limit}")
+    for v in xs:
+        if type(v) is not int or not 0 <= v < limit:
+            raise DecodeError(f"uplink batch: {what} holds a non-integer or refers outside its table of {limit}")
     return xs
 
 
@@ -535,14 +540,18 @@ def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bo
     limit = len(learned) + len(new) + 1
     if not refs:
         return refs
-    if not _all_of(refs, int) or min(refs) < 0 or max(refs) >= limit:
-        raise DecodeError(f"uplink batch: {what} references holds a non-integer or refers outside its table of "
-                          f"{limit}")
-    if len(new) >= n and max(refs) == 0:  # every value new (a cold batch, unique values): the new texts in order
+    top = 0
+    for r in refs:
+        if type(r) is not int or not 0 <= r < limit:
+            raise DecodeError(f"uplink batch: {what} references holds a non-integer or refers outside its table of "
+                              f"{limit}")
+        if r > top:
+            top = r
+    if len(new) >= n and top == 0:  # every value new (a cold batch, unique values): the new texts in order
         return new if len(new) == n else new[:n]
     if not new:
         table = [""] + learned
-        return list(map(table.__getitem__, refs))
+        return [table[r] for r in refs]
     table = [""] + learned + new
     take = iter(new).__next__
     try:
@@ -708,8 +717,12 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     spans: list[Span] = []
     prev_trace = 0
     n_traces = len(trace_table)
+    # Typed views of the checked columns: compiled, indexing them then needs no generic calls.
+    kinds_b: bytes = packed
+    trace_refs: list[Any] = trace_col
+    parent_refs: list[Any] = parent_col
     for i in range(n):
-        tr = trace_col[i]
+        tr = trace_refs[i]
         if type(tr) is int:
             prev_trace += tr
             if not 0 <= prev_trace < n_traces:
@@ -719,8 +732,8 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
             if type(tr) is not bytes:
                 raise DecodeError(f"uplink batch: span {i} trace must be a reference or bytes")
             trace_id = tr
-        p = parent_col[i]
-        b = packed[i]
+        p = parent_refs[i]
+        b = kinds_b[i]
         kind, status, src = b & 7, (b >> 3) & 3, b >> 5
         if kind > 5 or status > 2 or src >= _N_SOURCES:
             raise DecodeError(f"uplink batch: span {i} has an invalid kind/status/source byte {b}")

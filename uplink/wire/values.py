@@ -163,9 +163,9 @@ class Expansion:
     def spans(self, spans: list[Span]) -> None:
         """Count the request the export builds of `spans`: each distinct resource once, each (resource, scope) pair
         once, then every span with its texts, ids, attributes, events and links."""
+        # Methods called on self, not bound to locals: compiled, a bound method is a Python call per use.
         groups: set[tuple[int, int]] = set()
         resources: set[int] = set()
-        add, attributes, value = self.add, self.attributes, self.value
         last_r: object = None
         last_sc: object = None
         for s in spans:
@@ -175,20 +175,21 @@ class Expansion:
                 group = (id(r), id(sc))
                 if group not in groups:
                     groups.add(group)
-                    add(2 * _ITEM + _text(sc.name) + _text(sc.version))
+                    self.add(2 * _ITEM + _text(sc.name) + _text(sc.version))
                     if id(r) not in resources:
                         resources.add(id(r))
-                        add(sum([_ITEM + _text(k) + value(v) for k, v in r.attributes]))
+                        self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in r.attributes]))
             name = s.name
-            add(_SPAN + _SOURCE_ATTRIBUTE + len(s.trace_id) + len(s.span_id) + len(s.parent_span_id)
-                + (len(name) if name.isascii() else _text(name)) + _text(s.trace_state) + _text(s.status_message)
-                + attributes(s.attributes))
+            self.add(_SPAN + _SOURCE_ATTRIBUTE + len(s.trace_id) + len(s.span_id) + len(s.parent_span_id)
+                     + (len(name) if name.isascii() else _text(name)) + _text(s.trace_state) + _text(s.status_message)
+                     + self.attributes(s.attributes))
             if s.events:
                 for e in s.events:
-                    add(_EVENT + _text(e.name) + attributes(e.attributes))
+                    self.add(_EVENT + _text(e.name) + self.attributes(e.attributes))
             if s.links:
                 for lk in s.links:
-                    add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state) + attributes(lk.attributes))
+                    self.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state)
+                             + self.attributes(lk.attributes))
 
 
     def metrics(self, batch: MetricBatch) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bench._workload import realistic_spans
 from bench.corpus import load_all
+from edge import accel
 from edge.codec.otlp import request_from_spans
 from edge.errors import DecodeError
 from edge.model import Event, Link, Resource, Scope, Source, Span, SpanKind, StatusCode, frozen
@@ -24,6 +25,8 @@ from uplink.wire import NO_TABLES, ExpansionExceeded, UnknownTableSet, columnar,
 from uplink.wire.columnar import MAX_SPANS, encode
 from uplink.wire.tables import EMPTY, TableSet, TrainingLimits, train
 from uplink.wire.values import Expansion
+
+from tests.edge._implementations import IMPLEMENTATIONS
 
 from .._helpers import expanding_batch
 
@@ -414,3 +417,75 @@ def test_resources_equal_in_python_but_not_in_type_stay_apart_in_a_batch_and_aga
     assert learned.resources == (as_int,)
     for later in ([spans[1]], [spans[2]], spans[1:], spans):
         assert _exact(_round_trip(later, learned), later)
+
+
+# The accelerator compiles this module (edge/accel.py): the compiled encoder must write the pure one's bytes, and the
+# compiled decoder give the pure one's spans and counts, and refuse what it refuses, on any input.
+
+def _columnar(impl: str):  # type: ignore[no-untyped-def]
+    return accel.modules(impl)["uplink.wire.columnar"]
+
+
+def _outcome(mod, data: bytes, tables: TableSet, limit: int | None):  # type: ignore[no-untyped-def]
+    """What decoding gives: the spans exactly (repr) with the count, or the refusal's type."""
+    try:
+        batch = mod.decode(data, read_header(data), tables, MAX, MAX_SPANS, limit)
+    except DecodeError as e:
+        return type(e).__name__
+    return repr(batch.spans), batch.expanded, batch.node_id, batch.seq, batch.created_ns
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_both_implementations_write_the_same_batches_and_decode_them_exactly(impl: str) -> None:
+    mod, ref = _columnar(impl), _columnar("pure")
+    for name, spans in {**load_all(SAMPLE), "workload": realistic_spans(40, seed=5)}.items():
+        tables = mod.learn(spans[: len(spans) // 2], node_id="n", created_ns=1)
+        assert tables.id == ref.learn(spans[: len(spans) // 2], node_id="n", created_ns=1).id, name
+        for t in (EMPTY, tables):
+            for version in columnar.VERSIONS:
+                for size in (1, 32, 512):
+                    for i in range(0, len(spans), size):
+                        part = spans[i:i + size]
+                        data = mod.encode(part, "n", i, t, created_ns=i, version=version)
+                        assert data == ref.encode(part, "n", i, t, created_ns=i, version=version), (name, size, i)
+                        limit = expansion_limit(declared_size(data))
+                        batch = mod.decode(data, read_header(data), t, MAX, MAX_SPANS, limit)
+                        assert _exact(batch.spans, part), (name, size, i)
+                        assert _outcome(mod, data, t, limit) == _outcome(ref, data, t, limit)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_spans(), _spans())
+def test_both_implementations_encode_any_spans_alike(impl: str, spans: list[Span], earlier: list[Span]) -> None:
+    mod, ref = _columnar(impl), _columnar("pure")
+    tables = ref.learn(earlier + spans, node_id="n", created_ns=1)
+    assert mod.learn(earlier + spans, node_id="n", created_ns=1).id == tables.id
+    for t in (EMPTY, tables):
+        data = mod.encode(spans, "n", 3, t, created_ns=5)
+        assert data == ref.encode(spans, "n", 3, t, created_ns=5)
+        assert _outcome(mod, data, t, None) == _outcome(ref, data, t, None)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 23), _junk, st.sampled_from(["kiali-bookinfo", "hotrod-jaeger", "ddtrace-py-snapshots"]),
+       st.sampled_from([3, 4]), st.sampled_from([None, 4000]))
+def test_both_implementations_refuse_or_decode_a_hostile_body_alike(impl: str, field: int, junk: object, corpus: str,
+                                                                    version: int, limit: int | None) -> None:
+    doc = _body(load_all(SAMPLE)[corpus][:12], version)
+    doc[field] = junk
+    data = _frame(doc, version)
+    assert _outcome(_columnar(impl), data, EMPTY, limit) == _outcome(_columnar("pure"), data, EMPTY, limit)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_both_implementations_refuse_flipped_and_truncated_batches_alike(impl: str) -> None:
+    mod, ref = _columnar(impl), _columnar("pure")
+    data = _valid_batch()
+    for pos in range(0, len(data), 3):
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        assert _outcome(mod, bytes(bad), EMPTY, None) == _outcome(ref, bytes(bad), EMPTY, None), pos
+    for cut in range(12, len(data), 5):
+        assert _outcome(mod, data[:cut], EMPTY, None) == _outcome(ref, data[:cut], EMPTY, None), cut

@@ -60,7 +60,7 @@ from .causes import Causes
 from .http import HTTP, split_host
 from .http2 import HTTP2
 from .mqtt import MQTT
-from .tables import SETTLE, Conn, Connections, Proc, Processes, Snapshot, WireProtocol, looks_like_tls
+from .tables import SETTLE, WAIT, Conn, Connections, Proc, Processes, Snapshot, WireProtocol, looks_like_tls
 
 __all__ = [
     "SpanBuilderConfig",
@@ -193,6 +193,7 @@ class SpanBuilderStats:
     late_more: int = 0  # top-up bytes for a message already decoded (its head was complete without them)
     more_gaps: int = 0  # top-ups that did not follow on (a record lost, a copy failed): assembly stopped there
     split_messages: int = 0  # same-direction continuations of an HTTP message cut by an idle gap
+    resumed_packets: int = 0  # the rest of an MQTT packet that the kernel began a new message with after an idle gap
     mqtt_other: int = 0  # MQTT control packets that make no span (CONNECT, PUBACK, PINGREQ, ...)
     evicted_connections: int = 0
     reused_sockets: int = 0  # a connection's socket seen again with other ports: closed unseen, its kernel object reused
@@ -384,6 +385,9 @@ class SpanBuilder:
     def _on_data(self, ev: DataEvent, out: list[Span]) -> None:
         conn = self.conns.get(ev.sock)
         if conn is not None and conn.snap is not None:
+            if self._resumes(conn, conn.snap, ev):
+                self._resume(conn, conn.snap, ev, out)
+                return
             self.settle(conn, out)  # the message before this one is over: decode what is left of it
         conn = self.conn_for(ev, out)
         if conn.state is not None:
@@ -409,7 +413,7 @@ class SpanBuilder:
             self.stats.late_more += 1
             return
         self.conns.touch(ev.sock)
-        if ev.offset != len(snap.data):
+        if snap.base + ev.offset != len(snap.data):
             # A record before this one was lost (ring buffer full) or its copy failed: the bytes after the hole
             # cannot be placed. Decode what is there.
             self.stats.more_gaps += 1
@@ -423,6 +427,28 @@ class SpanBuilder:
             snap.data += ev.payload[:room]
             snap.open = len(snap.data) < self.config.payload_bytes
             snap.deadline_ns = ev.end_ns + int(self.config.message_end_timeout * _NS)
+        self._advance(conn, out)
+
+    def _resumes(self, conn: Conn, snap: Snapshot, ev: DataEvent) -> bool:
+        """Whether a new message is the rest of a packet the snapshot ends in: the kernel ends a message when its
+        reader pauses longer than the message gap, which a subscriber taken off the CPU between the reads of one
+        packet does (its fixed header, then the rest). Only right after the snapshot's bytes, nothing lost between."""
+        if _streaming(conn) is None or not snap.open or ev.direction != snap.start.direction:
+            return False
+        if ev.prev_bytes != len(snap.data) - snap.base or max(snap.decoded, 0) >= len(snap.data):
+            return False
+        return self._assemble(conn, snap.data, snap.decoded) == WAIT
+
+    def _resume(self, conn: Conn, snap: Snapshot, ev: DataEvent, out: list[Span]) -> None:
+        self.stats.resumed_packets += 1
+        self.conns.touch(ev.sock)
+        snap.base = len(snap.data)
+        snap.offsets.append(snap.base)
+        snap.times.append((ev.ts_ns, ev.end_ns))
+        room = self.config.payload_bytes - snap.base
+        snap.data += ev.payload[:room]
+        snap.open = len(snap.data) < self.config.payload_bytes and len(ev.payload) == ev.size
+        snap.deadline_ns = ev.end_ns + int(self.config.message_end_timeout * _NS)
         self._advance(conn, out)
 
     def _assemble(self, conn: Conn, data: bytes | bytearray, decoded: int) -> int:

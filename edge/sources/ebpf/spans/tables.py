@@ -152,6 +152,7 @@ class Snapshot:
     open: bool  # more bytes may still come: contiguous so far and short of payload_bytes
     deadline_ns: int
     decoded: int = -1  # bytes decoded so far (whole MQTT packets); -1 until the message is first decoded
+    base: int = 0  # where the bytes of the kernel's message in flight begin in `data` (> 0: it resumed a packet)
 
     def times_of(self, first: int, last: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """The syscalls that moved byte `first` and byte `last` of the snapshot."""

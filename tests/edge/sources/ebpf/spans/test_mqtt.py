@@ -255,6 +255,58 @@ def test_any_read_pattern_of_spaced_deliveries_gives_one_span_each(cuts, version
     assert b.stats.internal_errors == 0 and b.stats.unparsed == 0
 
 
+def test_a_publish_whose_rest_is_read_after_the_message_gap_is_one_receive():
+    """A subscriber taken off the CPU between its fixed-header reads and the rest: the probes start a new message
+    with the rest (the idle gap), which resumes the packet the snapshot ends in."""
+    w = subscriber_session()
+    pkt = traced_publish(4)
+    w.io(IN, pkt[:1], pkt[1:2], pause=20_000_000)
+    w.io(IN, pkt[2:], pause=20_000_000)
+    records = kernel_view(9, w.calls, **SUB)
+    assert isinstance(records[-1], DataEvent) and records[-1].payload == pkt[2:]  # the rest: a message of its own
+    b = builder()
+    (rcv,) = consumers(b.feed(records) + b.flush(10**12))
+    assert rcv.name == "receive plant/t" and rcv.trace_id.hex() == TID[:-1] + "4"
+    assert (rcv.start_ns, rcv.end_ns) == (OFFSET + w.calls[-3][3], OFFSET + w.calls[-1][3])
+    assert "helix.mqtt.truncated" not in rcv.attributes and rcv.attributes["messaging.message.body.size"] == 4
+    assert b.stats.resumed_packets == 1 and b.stats.unparsed == 0 and b.stats.internal_errors == 0
+
+
+def test_a_new_message_after_a_lost_record_does_not_resume_the_packet():
+    w = subscriber_session()
+    pkt = traced_publish(4)
+    w.io(IN, pkt[:1], pkt[1:2], pause=20_000_000)
+    w.io(IN, pkt[2:], pause=20_000_000)
+    records = kernel_view(9, w.calls, **SUB)
+    del records[-2]  # the remaining-length byte never arrived: the rest's prev_bytes (2) no longer match the snapshot
+    b = builder()
+    assert consumers(b.feed(records) + b.flush(10**12)) == [] and b.stats.resumed_packets == 0
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.tuples(st.integers(1, 40), st.booleans()), min_size=1, max_size=6), min_size=3,
+                max_size=3), st.sampled_from([MQTT_5, MQTT_311]))
+def test_any_read_pattern_with_pauses_inside_packets_gives_one_span_each(cuts, version):
+    """Reads split anyhow, with pauses longer than the message gap between any two of a packet's reads."""
+    w = subscriber_session(version)
+    for i, sizes in enumerate(cuts):
+        pkt = traced_publish(i, f"t/{i}", version)
+        pos, first = 0, True
+        for n, pause in sizes:
+            if pos < len(pkt):
+                w.io(IN, pkt[pos:pos + n], pause=20_000_000 if first or pause else 0)
+                pos, first = pos + n, False
+        if pos < len(pkt):
+            w.io(IN, pkt[pos:], pause=20_000_000 if first else 6_000_000)
+    b = builder()
+    rcv = consumers(b.feed(kernel_view(9, w.calls, **SUB)) + b.flush(10**12))
+    assert [s.name for s in rcv] == [f"receive t/{i}" for i in range(3)]
+    if version == MQTT_5:
+        assert [s.trace_id.hex() for s in rcv] == [TID[:-1] + str(i) for i in range(3)]
+    assert all("helix.mqtt.truncated" not in s.attributes for s in rcv)
+    assert b.stats.internal_errors == 0 and b.stats.unparsed == 0
+
+
 def test_a_loopback_wakeup_byte_is_not_taken_for_an_mqtt_publish():
     # paho wakes its network loop through a loopback TCP socket pair by writing b"0" (0x30, a PUBLISH header
     # byte); two wakeups read at once, b"00", parse as the start of a PUBLISH of 48 bytes. No span from that.
