@@ -80,7 +80,8 @@ enum helix_decision {
 	HELIX_DEC_INCOMPLETE = 5,   /* a sampled-out request closed without a response: counted as an error */
 	HELIX_DEC_THREAD_RV = 6,    /* a client request that took its randomness from the thread's server request */
 	HELIX_DEC_BROKER = 7,       /* a PUBLISH a broker wrote or read: its connections make no spans, never sent */
-	HELIX_DEC_MAX = 8,
+	HELIX_DEC_PEER_RV = 8,      /* a server request that took its randomness from the client on the other end */
+	HELIX_DEC_MAX = 9,
 };
 
 /* data_event.rv: the kernel chose the randomness (drawn, or lent by the thread's server request) because the

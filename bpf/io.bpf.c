@@ -475,6 +475,7 @@ static __always_inline void emit_start(struct sys_call *in, struct sock *sk, str
 	}
 	if (in->op == DIR_EGRESS && !st->mqtt)
 		mqtt_mark(st, ev->payload, got, size);
+	ev->prev_end_ns = prev_end_ns; /* for the decision (peer_rv); set again below for what userspace reads */
 	if (!message_keeps(ev, got, st, in, size, now, id)) {
 		if (!was_held) {
 			st->held_bytes = prev_bytes;

@@ -5,8 +5,9 @@
  * A decision is made only where the kernel can make it soundly, from the first syscall of a message:
  * - an HTTP/1.x request message (server read / client write starting with a method and a space) whose whole
  *   head is in the snapshot: R = the traceparent's trace id (low 56 bits) or the `ot` tracestate member's `rv`;
- *   without a traceparent the kernel draws R (server) or borrows the one of the request the thread is serving
- *   (client), and tells userspace (data_event.rv) so that the agent's sampler agrees;
+ *   without a traceparent the kernel borrows the R of the request the thread is serving (client) or of the client on
+ *   the other end of the connection (server, `peer_rv`), else draws it, and tells userspace (data_event.rv) so that
+ *   the agent's sampler agrees;
  * - an MQTT PUBLISH written by a client in one syscall, carrying a `traceparent` user property (v5); on a connection
  *   known to speak MQTT, also one a broker writes and one a subscriber or a broker reads (mqtt_in.bpf.h).
  * Kept when R >= config.sample_threshold, as the OpenTelemetry specification (and edge/sampler/consistent.py)
@@ -74,6 +75,47 @@ struct {
 	__type(key, __u32);
 	__type(value, struct thread_rv);
 } thread_rv SEC(".maps");
+
+/* The randomness a context-less client request was decided with, keyed by its connection as the client sees it. The
+ * server on the other end, when it is traced on this node, reads that request without context too: it decides with
+ * the client's R instead of drawing its own, so that both halves of the hop (and the caller's request the client's R
+ * was lent by) are kept or held back together, as the agent later joins them into one trace. Written when the
+ * client's request is decided (its write's return); a server that read the request before that (the bytes reach it
+ * inside the client's syscall) still draws its own. 8192 x ~80 B = 0.6 MiB. */
+struct peer_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct peer_key);
+	__type(value, struct thread_rv);
+} peer_rv SEC(".maps");
+
+/* The key of ep's connection as its client sees it (`mirror`: ep is the server's view). False: ports not known. */
+static __always_inline bool peer_key_of(const struct helix_endpoints *ep, bool mirror, struct peer_key *k)
+{
+	if (!ep->sport || !ep->dport)
+		return false;
+	if (mirror) {
+		__builtin_memcpy(k->saddr, ep->daddr, 16);
+		__builtin_memcpy(k->daddr, ep->saddr, 16);
+		k->sport = ep->dport;
+		k->dport = ep->sport;
+	} else {
+		__builtin_memcpy(k->saddr, ep->saddr, 16);
+		__builtin_memcpy(k->daddr, ep->daddr, 16);
+		k->sport = ep->sport;
+		k->dport = ep->dport;
+	}
+	k->_pad = 0;
+	return true;
+}
 
 /* Decisions by outcome (enum helix_decision), per CPU. */
 struct {
@@ -631,6 +673,9 @@ static __always_inline bool http_decide(struct data_event *ev, __u32 got, int ml
 		}
 	}
 	if (r < 0) {
+		struct peer_key pk = {};
+		bool keyed = peer_key_of(&ev->ep, server, &pk);
+
 		kernel_r = true;
 		if (!server) {
 			struct thread_rv *t = bpf_map_lookup_elem(&thread_rv, &tid);
@@ -639,9 +684,25 @@ static __always_inline bool http_decide(struct data_event *ev, __u32 got, int ml
 				r = t->rv;
 				count_decision(HELIX_DEC_THREAD_RV);
 			}
+		} else if (keyed) {
+			struct thread_rv *p = bpf_map_lookup_elem(&peer_rv, &pk);
+
+			/* decided after this connection's previous message (the last response) ended: this request's,
+			 * not the one before it, whose decision a server that read first left unread */
+			if (p && p->ts_ns >= LOADV(ev->prev_end_ns) && now - p->ts_ns <= settings.thread_rv_ttl_ns) {
+				r = p->rv;
+				count_decision(HELIX_DEC_PEER_RV);
+			}
+			if (p)
+				bpf_map_delete_elem(&peer_rv, &pk);
 		}
 		if (r < 0)
 			r = draw_r();
+		if (!server && keyed) {
+			struct thread_rv pv = { .rv = (__u64)r, .ts_ns = now };
+
+			bpf_map_update_elem(&peer_rv, &pk, &pv, BPF_ANY);
+		}
 	}
 	if (server) {
 		trv.rv = r;

@@ -105,6 +105,8 @@ class Assembler:
         self._deferred_n = 0
         self._ready: list[Entry] = []  # deferred spans whose wait is over
         self._adoptable: dict[int, Entry] = {}  # held SDK root server spans whose request's kernel span is not known
+        # pid -> when a kernel span the kernel sampled on its own randomness last arrived from it (see _find_twin)
+        self._kernel_sampled: OrderedDict[int, float] = OrderedDict()
 
     # --- intake -------------------------------------------------------------------------------------------
 
@@ -178,6 +180,13 @@ class Assembler:
                 continue
             self._avoid_collision(s)
             e = Entry(s, now, size=s.approx_size())
+            e.own_r = is_kernel(s) and "rv:" in s.trace_state and not has_wire_context(s)
+            if e.own_r:
+                pid = pid_of(s)
+                self._kernel_sampled[pid or 0] = now
+                self._kernel_sampled.move_to_end(pid or 0)
+                if len(self._kernel_sampled) > 4096:
+                    self._kernel_sampled.popitem(last=False)
             self.index.add(e)
             self._learn_sdk_process(e, now)
             if is_kernel(s):
@@ -256,14 +265,26 @@ class Assembler:
         s = e.span
         if s.kind == SpanKind.CLIENT and has_wire_context(s):
             cause = self.index.by_id.get(s.attributes.get(CAUSE))  # type: ignore[arg-type]
-            if cause is not None and cause is not e and is_kernel(cause.span) and cause.span.kind == SpanKind.SERVER:
+            if (cause is not None and cause is not e and is_kernel(cause.span) and cause.span.kind == SpanKind.SERVER
+                    and self._cause_holds(e, now)):
                 self._birth(cause, e, now)
         elif s.kind == SpanKind.SERVER:
             for call in self.index.wire_calls_by_cause.pop(s.span_id, ()):
-                self._birth(e, call, now)
+                if self._cause_holds(call, now):
+                    self._birth(e, call, now)
             pid = pid_of(s)
-            if e.born is None and not has_wire_context(s) and self.sdk.may_have_sdk(pid, now):
+            if e.born is None and not has_wire_context(s) and not e.own_r and self.sdk.may_have_sdk(pid, now):
                 self._wait(e, WAIT_TWIN, now)
+
+    def _sampled_lately(self, pid: int | None, now: float) -> bool:
+        """Whether the kernel kept context-less requests of `pid` on its own randomness lately (sampling on there)."""
+        return now - self._kernel_sampled.get(pid or 0, -math.inf) <= self.config.sdk_wait + self.config.window
+
+    def _cause_holds(self, call: Entry, now: float) -> bool:
+        """Whether the request the span builder named for `call` can say which request started its trace. The rules
+        other than `thread` choose among the requests the builder saw, and where the kernel sampled, the one the call
+        was made for may be among those it held back (the thread-pool and event-loop rules assume they see them all)."""
+        return call.span.attributes.get("helix.cause.via") == "thread" or not self._sampled_lately(pid_of(call.span), now)
 
     def _birth(self, server: Entry, call: Entry, now: float) -> None:
         """A call carries trace context its request did not bring: the process's SDK started that trace for it."""
@@ -292,7 +313,7 @@ class Assembler:
         pid = self._sdk_pid(s)
         if pid is None:
             return
-        self.sdk.sdk_seen(pid, now)
+        self.sdk.sdk_seen(pid, now, s.end_ns)
         if s.kind == SpanKind.SERVER and not s.parent_span_id and not self._find_twin(e, now):
             self._adoptable[id(e)] = e  # its request's kernel span may come after it (an SDK exporting at once)
         orphans = self._orphans.get(pid)
@@ -307,10 +328,13 @@ class Assembler:
         s = e.span
         twin = self.traces.twin_of(s.trace_id)
         pid = self._sdk_pid(s)
-        if twin is None and pid is not None:
+        # Where the kernel sampled this process's requests lately (its threshold may have risen between two
+        # concurrent requests), the tightest kernel span around an SDK span may be another request's while its own was
+        # held back: only a twin read off the wire is taken.
+        if twin is None and pid is not None and not self._sampled_lately(pid, now):
             by_start = self._twins.get(pid)
             twins = [w for w in (by_start.starting_by(s.start_ns + Slack.CONTAIN_NS, _TWIN_SCAN) if by_start else ())
-                     if w.born is None and _inside(e, w)]
+                     if w.born is None and not w.own_r and _inside(e, w)]
             twins.sort(key=lambda w: w.span.duration_ns)
             twin = twins[0] if twins else kernel_twin(self.index, e, pid)
             if twin is not None and twin.born is None:
@@ -353,12 +377,13 @@ class Assembler:
     def _end_waits(self, now: float, flush: bool) -> None:
         for pid, by_pid in list(self._waiting.items()):
             for w in list(by_pid.values()):
-                if flush or now >= w.wait_until:
+                twin = w.waiting == WAIT_TWIN
+                if twin and not flush and self.sdk.exported_past(pid, w.span.end_ns):
+                    self._end_wait(w)  # its SDK exported past it without a span of this request
+                elif flush or now >= (self.sdk.twin_deadline(pid, w.arrived) if twin else w.wait_until):
                     if not flush:
                         self.stats.sdk_wait_expired += 1
                     self._end_wait(w)
-                elif w.waiting == WAIT_TWIN and self.sdk.exported_after(pid, w.arrived):
-                    self._end_wait(w)  # its SDK exported past it without a span of this request
 
     def _maybe_orphan(self, e: Entry, now: float) -> bool:
         """A kernel call with no parent, in a process whose SDK may still send a span containing it: it waits."""
@@ -562,7 +587,9 @@ class Assembler:
                 self.stats.moved += 1
             else:
                 self.stats.trace_joined += 1
-            s.trace_id, s.trace_state, s.flags = final[0], final[1] or s.trace_state, final[2]
+            # The trace state goes with the trace: a kernel span's `ot=rv` named the randomness of the trace it leaves,
+            # and a sampler reading it would keep or drop this span apart from the trace it joined.
+            s.trace_id, s.trace_state, s.flags = final[0], final[1], final[2]
         if e.adopt is not None:
             self._adopt(e, s)
         self.skew.apply(s, now)

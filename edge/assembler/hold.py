@@ -11,9 +11,10 @@ cannot decide:
 
 Only in processes that run an SDK, or whose SDK could still show up: those the agent first saw less than
 `sdk_wait` ago (an SDK's first spans come a batch delay after its first requests). A wait ends when the SDK span
-arrives, when the process's SDK has exported past the span (twins: a later export would have held it), or after
-`sdk_wait`. The spans joined to a waiting one (its trace depends on it) wait with it; the memory bound releases
-them early, counted.
+arrives, when the process's SDK has exported past the span (twins: an export holding a span that ended after the
+request did holds the request's own SDK span, if it has one), or after `sdk_wait`; a twin whose SDK exported
+meanwhile, but not yet past it, waits for that SDK's next export (up to EXTEND_MAX times `sdk_wait`). The spans
+joined to a waiting one (its trace depends on it) wait with it; the memory bound releases them early, counted.
 """
 from __future__ import annotations
 
@@ -24,14 +25,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["SdkPresence", "EXPORT_MARGIN_S", "ByStart"]
+__all__ = ["SdkPresence", "EXPORT_MARGIN_NS", "EXTEND_MAX", "ByStart"]
 
 T = TypeVar("T")
 
-# An export that reached the agent this long after a kernel span arrived holds every SDK span that ended before the
-# kernel span did: the SDK had queued them when it exported (an SDK sends what it queued in one go; the margin
-# covers the requests of one export and their way through the agent's inbox).
-EXPORT_MARGIN_S = 1.0
+# An SDK queues a span when it ends and exports its queue oldest first, so an export holding a span that ended this
+# long after a request's kernel span holds that request's SDK server span too, if there is one (it ends as the
+# handler returns, just after the response's last write; the margin covers a thread preempted in between). Judged on
+# the spans' own clocks: when an export reaches the agent says nothing of when the SDK took it (a loaded node, the
+# exporter's retries and the agent's inbox delay it by seconds), so arrival times ended waits too early.
+EXPORT_MARGIN_NS = 500_000_000
+# A twin whose SDK exported after it arrived, but not past it, waits a further `sdk_wait` from that export: the SDK
+# is alive and late (load), and its next export decides. Never longer than this many times `sdk_wait` in all.
+EXTEND_MAX = 3
 
 
 @dataclass(slots=True)
@@ -39,6 +45,7 @@ class _Process:
     first_seen: float
     sdk: bool = False
     export_at: float = -math.inf  # when the latest spans of its SDK arrived
+    exported_end_ns: int = 0  # the latest end (the spans' own clock) of a span its SDK exported
 
 
 class SdkPresence:
@@ -63,11 +70,13 @@ class SdkPresence:
         """A kernel span of `pid` arrived (the first one starts its learning time)."""
         self._get(pid, now)
 
-    def sdk_seen(self, pid: int, now: float) -> None:
-        """Spans of `pid`'s SDK arrived now."""
+    def sdk_seen(self, pid: int, now: float, end_ns: int = 0) -> None:
+        """A span of `pid`'s SDK, ended at `end_ns`, arrived now."""
         p = self._get(pid, now)
         p.sdk = True
         p.export_at = now
+        if end_ns > p.exported_end_ns:
+            p.exported_end_ns = end_ns
 
     def runs_sdk(self, pid: int, now: float) -> None:
         """`pid` runs an SDK (it put trace context on the wire that it had not received), though none arrived yet."""
@@ -80,10 +89,18 @@ class SdkPresence:
         p = self._procs.get(pid)
         return p is not None and (p.sdk or now - p.first_seen < self.wait)
 
-    def exported_after(self, pid: int, t: float) -> bool:
-        """Whether `pid`'s SDK exported at least EXPORT_MARGIN_S after time `t`."""
+    def exported_past(self, pid: int, end_ns: int) -> bool:
+        """Whether `pid`'s SDK exported a span that ended at least EXPORT_MARGIN_NS after `end_ns`."""
         p = self._procs.get(pid)
-        return p is not None and p.export_at >= t + EXPORT_MARGIN_S
+        return p is not None and p.exported_end_ns >= end_ns + EXPORT_MARGIN_NS
+
+    def twin_deadline(self, pid: int, arrived: float) -> float:
+        """Until when a request that arrived at `arrived` waits for its SDK span: `wait` after it arrived, or after
+        the SDK's latest export since (it did not reach past the request), at most EXTEND_MAX times `wait`."""
+        p = self._procs.get(pid)
+        if p is None or p.export_at <= arrived:
+            return arrived + self.wait
+        return min(p.export_at, arrived + (EXTEND_MAX - 1) * self.wait) + self.wait
 
     def exported_since(self, pid: int, t: float) -> bool:
         """Whether `pid`'s SDK exported at or after time `t`."""

@@ -116,6 +116,9 @@ class Entry:
     wait_until: float = 0.0
     dependents: list[Entry] | None = None  # spans held back until this one stops waiting
     adopt: Entry | None = None  # an SDK root server span: the kernel server span of the same request
+    # A kernel span of a context-less exchange the kernel kept on randomness it chose (sampling on): the exchanges
+    # around it in its process were kept or held back each on their own, so timing cannot tell which is whose.
+    own_r: bool = False
 
     def release(self) -> None:
         """The span has left: keep only what lookups need (the entry stays indexed until it expires)."""

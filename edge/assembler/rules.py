@@ -6,8 +6,9 @@ knows its own structure). In order of preference:
 - wire: the kernel span carries context read off the wire; its parent is that remote span — or, for a server
   span, the kernel client span on the other end of the same connection when one carries the same context;
 - connection: a kernel server span is the child of the kernel client span on the other end of its connection
-  (5-tuple mirrored) whose time contains it — causality across processes on the node; on an HTTP/2 connection,
-  which multiplexes concurrent calls, only the client span of the same stream id;
+  (5-tuple mirrored) that was in flight when the server read the request (the latest begun) — causality across
+  processes on the node; on an HTTP/2 connection, which multiplexes concurrent calls, only the client span of the
+  same stream id;
 - sdk-process: a kernel client span inside the innermost SDK span of the same process (of the same request, when
   the request that made the call is known and its trace is);
 - cause: a kernel client span is the child of the server span of the request the span builder found it was made
@@ -84,8 +85,18 @@ def _wire_twin(index: SpanIndex, e: Entry) -> Entry | None:
     parent, trace = e.span.parent_span_id, e.span.trace_id
     same = [c for c in _same_stream(index.clients_by_conn.get(mirrored, []), e)
             if c.span.parent_span_id == parent and c.span.trace_id == trace]
-    hits = _innermost(same, e) if same else same
-    return hits[0] if hits else None
+    return _other_end(same, e) if same else None
+
+
+def _other_end(clients: list[Entry], server: Entry) -> Entry | None:
+    """The client exchange of the mirrored connection that `server`'s request came from: the latest to begin before
+    the server read its request, if it had not ended by then. Only the start bounds it: the server's last write can
+    return after the client read its response (the thread preempted at the end of its write syscall, or before a TLS
+    library's write returned: 1-2 ms on a loaded node), so the server span need not end within the client's."""
+    start = server.span.start_ns
+    hits = [c for c in clients if c is not server and c.span.name != "tcp.connect"
+            and c.span.start_ns - Slack.CONTAIN_NS <= start <= c.span.end_ns + Slack.CONTAIN_NS]
+    return max(hits, key=lambda c: c.span.start_ns) if hits else None
 
 
 def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resource]],
@@ -175,9 +186,9 @@ def _by_connection(index: SpanIndex, e: Entry) -> tuple[Entry | None, str, float
     key = conn_key(e.span)
     if key is not None:
         mirrored = (key[2], key[3], key[0], key[1])
-        hits = _innermost(_same_stream(index.clients_by_conn.get(mirrored, []), e), e)
-        if hits:
-            return hits[0], "connection", 1.0
+        hit = _other_end(_same_stream(index.clients_by_conn.get(mirrored, []), e), e)
+        if hit is not None:
+            return hit, "connection", 1.0
     return None, "", 1.0
 
 
@@ -193,8 +204,11 @@ def _request_trace(server: Entry) -> bytes | None:
 
 def kernel_twin(index: SpanIndex, e: Entry, pid: int) -> Entry | None:
     """The kernel server span of the same request as an SDK root server span: same process, no context taken in,
-    not known to be another trace's request, tightest container."""
+    not known to be another trace's request, tightest container. Not one the kernel sampled on randomness of its
+    own (`own_r`): the true one may have been held back while a concurrent request's was kept, and would be
+    taken for it (known twins, read off the wire, are found before this)."""
     trace = e.span.trace_id
     hits = [c for c in _innermost(index.servers_by_pid.get(pid, []), e)
-            if c.span.attributes.get("helix.context_from") != "wire" and (c.born is None or c.born[0] == trace)]
+            if c.span.attributes.get("helix.context_from") != "wire" and (c.born is None or c.born[0] == trace)
+            and not c.own_r]
     return hits[0] if hits else None

@@ -8,6 +8,7 @@ kept and 0-7 is not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import shutil
@@ -451,34 +452,59 @@ async def test_a_subscriber_descheduled_inside_a_packet_has_every_receive_counte
         assert builder.stats.resumed_packets >= len(spans)
 
 
-async def test_calls_made_while_serving_follow_the_served_requests_decision(kernel: Any, app: App) -> None:
+@contextlib.asynccontextmanager
+async def _front_serving(kernel: Any, app: App, n: int, trace_app: bool) -> AsyncIterator[tuple[Any, int, list[int]]]:
+    """front (traced) serves n curl requests carrying traceparent (every other one's R kept at ratio 0.5), calling app
+    without context for each; yields the probes, front's pid and the R of the kept requests, sorted."""
     front = subprocess.Popen([sys.executable, "-c", FRONT, f"http://127.0.0.1:{app.port}"], stdout=subprocess.PIPE,
                              text=True)
     try:
         assert front.stdout is not None
         port = int(front.stdout.readline())
         k = kernel()
-        k.probes.set_allowed_pids([front.pid])  # the decision counters are global: only the front's count here
+        # the decision counters are global: only these processes count here
+        k.probes.set_allowed_pids([front.pid, app.pid] if trace_app else [front.pid])
         k.probes.set_red_bounds(BOUNDS_NS)
         k.probes.set_sample_threshold(HALF)
-        wire_r: dict[int, int] = {}
-        for n in range(12):
-            tid = trace_id(n, n % 2 == 0)
+        kept = []
+        for i in range(n):
+            tid = trace_id(i, i % 2 == 0)
             _, code = await curl(f"http://127.0.0.1:{port}/outer", tp(tid))
             assert code == "200"
-            wire_r[n] = int(tid[18:], 16)
+            if i % 2 == 0:
+                kept.append(int(tid[18:], 16))
         await k.settle(0.5)
-        inner = [e for e in k.of(DataEvent, pid=front.pid) if e.payload.startswith(b"GET /inner ")]
-        # The front's context-less calls were decided with the R of the request each thread was serving: the kept
-        # half exactly, each carrying that R for the span builder.
-        assert sorted(e.rv for e in inner) == sorted(r for n, r in wire_r.items() if n % 2 == 0)
-        held = [a for a in k.probes.red_aggregates() if a.tgid == front.pid and a.kind == RED_CLIENT]
-        assert [(a.path, a.count) for a in held] == [("/inner", 6)]
-        decisions = k.probes.decision_counts()
-        assert decisions["thread_rv"] == 12 and decisions["sampled_out"] == 12 and decisions["kept"] == 12
+        yield k, front.pid, sorted(kept)
     finally:
         front.terminate()
         front.wait(5)
+
+
+async def test_calls_made_while_serving_follow_the_served_requests_decision(kernel: Any, app: App) -> None:
+    async with _front_serving(kernel, app, 12, trace_app=False) as (k, front, kept):
+        inner = [e for e in k.of(DataEvent, pid=front) if e.payload.startswith(b"GET /inner ")]
+        # The front's context-less calls were decided with the R of the request each thread was serving: the kept
+        # half exactly, each carrying that R for the span builder.
+        assert sorted(e.rv for e in inner) == kept
+        held = [a for a in k.probes.red_aggregates() if a.tgid == front and a.kind == RED_CLIENT]
+        assert [(a.path, a.count) for a in held] == [("/inner", 6)]
+        decisions = k.probes.decision_counts()
+        assert decisions["thread_rv"] == 12 and decisions["sampled_out"] == 12 and decisions["kept"] == 12
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+async def test_a_traced_server_decides_a_context_less_call_with_its_clients_randomness(kernel: Any, app: App) -> None:
+    # front (traced) serves requests carrying traceparent and calls app (traced) without context: the kernel lends the
+    # call the R of the request its thread serves, and app's side of the same hop now takes that R from its client
+    # instead of drawing its own, so each hop is kept or held back whole (the agent joins both halves into one trace).
+    async with _front_serving(kernel, app, 16, trace_app=True) as (k, front, kept):
+        calls = [e for e in k.of(DataEvent, pid=front) if e.payload.startswith(b"GET /inner ")]
+        served = [e for e in k.of(DataEvent, pid=app.pid) if e.payload.startswith(b"GET /inner ")]
+        assert sorted(e.rv for e in calls) == kept
+        assert sorted(e.rv for e in served) == kept, "the server's side of each kept call, and only those"
+        held = [a for a in k.probes.red_aggregates() if a.tgid == app.pid and a.kind == RED_SERVER]
+        assert sum(a.count for a in held if a.path == "/inner") == 8
+        assert k.probes.decision_counts()["peer_rv"] >= 16
 
 
 async def test_the_compat_object_for_kernels_without_bpf_loop_holds_nothing_back(app: App, tmp_path: Any) -> None:

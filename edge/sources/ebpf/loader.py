@@ -105,7 +105,7 @@ _SLOW_FILE_OFF = (1 << 64) - 1
 _DROP_REASONS = ("ringbuf_full", "state_full", "tls_unlinked", "h2_desync")  # bpf/helix.h enum helix_drop
 # bpf/helix.h enum helix_decision
 _DECISIONS = ("kept", "sampled_out", "undecidable_kept", "aggregate_full", "no_status", "incomplete", "thread_rv",
-              "broker_publish")
+              "broker_publish", "peer_rv")
 # bpf/helix.h struct helix_red_bounds, helix_red_key, helix_red_val
 RED_BOUNDS_MAX = 16
 _RED_BOUNDS = struct.Struct("=II16Q")

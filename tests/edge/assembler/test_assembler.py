@@ -131,6 +131,20 @@ def test_keep_alive_connection_pairs_by_time() -> None:
         assert got[f"s{i}"].parent_span_id == got[f"c{i}"].span_id
 
 
+def test_a_server_span_ending_after_its_client_span_still_pairs_on_a_keep_alive_connection() -> None:
+    # Recorded in the TLS chain on a loaded node: the server's last SSL_write returned 1.0-1.7 ms after the client had
+    # read the response (its thread preempted before the library call returned), so the server span is not inside
+    # the client's; the request's start still is, and names the exchange of the connection it came from.
+    spans = [kspan("c0", SpanKind.CLIENT, 0, 50, pid=1, tid=10, local=A, peer=B),
+             kspan("s0", SpanKind.SERVER, 0.1, 51.7, pid=2, tid=20, local=B, peer=A),
+             kspan("c1", SpanKind.CLIENT, 60, 80, pid=1, tid=10, local=A, peer=B),
+             kspan("s1", SpanKind.SERVER, 62.4, 81.0, pid=2, tid=20, local=B, peer=A),
+             kspan("tcp.connect", SpanKind.CLIENT, 59.9, 60.0, pid=1, tid=10, local=A, peer=B)]
+    got = run(spans)
+    assert got["s0"].parent_span_id == got["c0"].span_id and got["s0"].attributes["helix.link"] == "connection"
+    assert got["s1"].parent_span_id == got["c1"].span_id
+
+
 def test_thread_pool_worker_call_goes_to_the_request_of_its_process() -> None:
     spans = [
         kspan("req", SpanKind.SERVER, 0, 100, pid=5, tid=50, local=B, peer=A),

@@ -199,3 +199,82 @@ def test_under_memory_pressure_only_released_spans_no_late_sdk_span_can_join_are
     got = {s.name: s for s in out}
     assert got["frontend"].parent_span_id == kernel[2].span_id
     assert got["frontend"].attributes["helix.link"] == "adopted"
+
+
+def _leaf_request() -> tuple[list[Span], Span, bytes]:
+    """A kernel-only caller (pid 1) -> an SDK service (pid 7) that calls nothing: its request waits for its SDK span."""
+    t = new_trace_id()
+    k_fs = kspan("k-leaf", SpanKind.SERVER, 1, 99, pid=7, tid=70, local=B, peer=A)
+    k_c = kspan("k-caller", SpanKind.CLIENT, 0, 100, pid=1, tid=10, local=A, peer=B)
+    return [k_fs, k_c], sdk_in(7, "leaf", SpanKind.SERVER, 2, 98, t), t
+
+
+def _asm() -> Assembler:
+    """pid 7 runs an SDK; pid 1 was seen long ago and runs none (so only the request waits)."""
+    a = Assembler(AssemblerConfig(window=2.0, sdk_wait=8.0))
+    a.sdk.kernel_seen(1, -100.0)
+    a.sdk.runs_sdk(7, -100.0)
+    return a
+
+
+def _earlier_export(n: int, ended_ms: float) -> list[Span]:
+    """SDK spans of pid 7's earlier requests, all ended by `ended_ms`: an export taken before the leaf request ended."""
+    return [sdk_in(7, f"earlier{n}-{i}", SpanKind.INTERNAL, ended_ms - 50 - i, ended_ms - i, new_trace_id())
+            for i in range(3)]
+
+
+def test_an_export_slowed_on_its_way_does_not_end_the_wait_for_a_span_it_cannot_hold() -> None:
+    # The SDK took its batch just before the request ended, and the export reached the agent 1.5 s after the
+    # request's kernel span (a loaded node, or the exporter's retry): it holds nothing that ended after the request,
+    # so the request's own SDK span is still to come (in the next export, a batch delay later) and the wait goes on.
+    kernel, leaf, t = _leaf_request()
+    a = _asm()
+    got = drive(a, [(0.0, kernel), (1.5, _earlier_export(1, 90)), (6.5, [leaf])], until=20.0)
+    assert got["leaf"].trace_id == got["k-leaf"].trace_id == got["k-caller"].trace_id == t
+    assert got["leaf"].parent_span_id == kernel[0].span_id and got["leaf"].attributes["helix.link"] == "adopted"
+    assert a.stats.unjoined == 0
+
+
+def test_an_sdk_late_past_sdk_wait_under_load_still_joins_while_it_keeps_exporting() -> None:
+    # Load delays the SDK's exports: one came 4 s after the request (taken before it ended), the one with the request's
+    # span 9 s after, past sdk_wait (8 s). The SDK is alive and has not exported past the request: it still waits.
+    kernel, leaf, t = _leaf_request()
+    a = _asm()
+    got = drive(a, [(0.0, kernel), (4.0, _earlier_export(1, 95)), (9.0, [leaf])], until=30.0)
+    assert got["leaf"].trace_id == got["k-leaf"].trace_id == got["k-caller"].trace_id == t
+    assert got["leaf"].parent_span_id == kernel[0].span_id and a.stats.unjoined == 0
+
+
+def test_a_wait_ends_as_soon_as_the_sdk_exported_a_span_that_ended_after_the_request() -> None:
+    # The SDK's export holds a span that ended a second after the request: had the request an SDK span, it would be
+    # in it. The wait ends at once, well before sdk_wait, and counts as no expiry.
+    kernel, _, _ = _leaf_request()
+    a = _asm()
+    out = a.process(kernel, now=0.0) + a.process([], now=2.1)
+    assert out == [] and a.stats.sdk_waits == 1
+    out = a.process(_earlier_export(1, 99 + 1000), now=5.0)
+    assert {s.name for s in out} == {"k-leaf", "k-caller"} and a.stats.sdk_wait_expired == 0
+
+
+def test_a_wait_extended_by_a_late_sdk_is_bounded_and_counted() -> None:
+    # An SDK that keeps exporting only spans ended before the request (as if it never ended): the request waits a
+    # further sdk_wait after each of those exports, three sdk_waits at most, then leaves, counted as expired.
+    kernel, _, _ = _leaf_request()
+    a = _asm()
+    out = a.process(kernel, now=0.0)
+    for i, t in enumerate((5.0, 10.0, 15.0, 20.0)):
+        out += a.process(_earlier_export(i, 50), now=t)
+    assert not any(s.name.startswith("k-") for s in out) and a.stats.sdk_wait_expired == 0
+    out = a.process([], now=23.9)
+    assert not any(s.name.startswith("k-") for s in out)
+    out = a.process([], now=24.1)
+    assert {s.name for s in out} >= {"k-leaf", "k-caller"} and a.stats.sdk_wait_expired == 1
+
+
+def test_a_silent_sdk_still_ends_the_wait_after_sdk_wait() -> None:
+    kernel, _, _ = _leaf_request()
+    a = _asm()
+    out = a.process(kernel, now=0.0) + a.process([], now=7.9)
+    assert out == []
+    out = a.process([], now=8.1)
+    assert {s.name for s in out} == {"k-leaf", "k-caller"} and a.stats.sdk_wait_expired == 1

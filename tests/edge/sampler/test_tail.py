@@ -207,10 +207,11 @@ def test_head_and_tail_combine_with_truthful_thresholds(rng: random.Random) -> N
     kept, dropped = sampler.decide([])
     assert kept == [] and dropped == 1 and len(sampler.tail) == 0
     assert sampler.stats.kept_head == 1 and sampler.stats.kept_tail == 1 and sampler.stats.dropped == 1
-    # The ratio can change while running; the threshold written follows it.
+    # The ratio can change while running: a new trace is decided at the new threshold and says so; a trace already
+    # decided keeps its decision and its threshold (its spans leave over seconds).
     sampler.set_rules(ratio=0.5)
-    kept, _ = sampler.decide([span(head_tid)])
-    assert kept[0].trace_state == "ot=th:8"
+    kept, _ = sampler.decide([span(tid_with_randomness(HIGH, rng)), span(head_tid)])
+    assert [s.trace_state for s in kept] == ["ot=th:8", "ot=th:c"]
 
 
 def test_pressure_lowers_the_keep_probability_and_th_says_so(rng: random.Random) -> None:
@@ -219,10 +220,14 @@ def test_pressure_lowers_the_keep_probability_and_th_says_so(rng: random.Random)
     kept, _ = sampler.decide([span(t) for t in tids])
     assert len(kept) == 4000 and all(s.trace_state == "" for s in kept)
     sampler.set_pressure(0.25)
-    kept, dropped = sampler.decide([span(t) for t in tids])
+    fresh = [rng.getrandbits(128).to_bytes(16, "big") for _ in range(4000)]
+    kept, dropped = sampler.decide([span(t) for t in fresh])
     assert all(s.trace_state == "ot=th:c" for s in kept)
-    assert {s.trace_id for s in kept} == {t for t in tids if randomness(t) >= 3 << 54}
+    assert {s.trace_id for s in kept} == {t for t in fresh if randomness(t) >= 3 << 54}
     assert len(kept) + dropped == 4000
+    # Later spans of the traces decided before the pressure keep that decision: no trace is cut in two.
+    kept, dropped = sampler.decide([span(t) for t in tids[-1000:]])
+    assert len(kept) == 1000 and dropped == 0 and all(s.trace_state == "" for s in kept)
 
 
 def test_every_trace_decision_is_counted(rng: random.Random) -> None:
@@ -246,3 +251,18 @@ def test_threshold_helpers() -> None:
     assert without_threshold("a=b,ot=th:8;rv:0000000000000a") == "ot=rv:0000000000000a,a=b"
     assert without_threshold("a=b") == "a=b"
     assert with_threshold(without_threshold("ot=th:8"), 0) == "ot=th:0"
+
+
+def test_a_trace_keeps_its_first_decision_while_the_threshold_moves(rng: random.Random) -> None:
+    # The governor moves the keep-probability between the release of a trace's kernel spans and its SDK's spans, 5 s
+    # later at the SDK's default: each part decided at its own moment's threshold kept the SDK spans without their
+    # kernel parent, or the kernel spans without the SDK's (orphans, in the testbed's forced runs).
+    sampler = TraceSampler(1.0, TailRules(enabled=False))
+    early, late = tid_with_randomness(LOW, rng), tid_with_randomness(LOW, rng)
+    assert len(sampler.decide([span(early)])[0]) == 1
+    sampler.set_pressure(0.25)
+    kept, dropped = sampler.decide([span(early), span(late)])
+    assert [s.trace_id for s in kept] == [early] and kept[0].trace_state == "" and dropped == 1
+    sampler.set_pressure(1.0)
+    kept, dropped = sampler.decide([span(late), span(tid_with_randomness(LOW, rng))])
+    assert len(kept) == 1 and kept[0].trace_id != late and dropped == 1, "a rejected trace stays rejected"
