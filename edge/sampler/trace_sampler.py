@@ -23,7 +23,7 @@ MIN_PRESSURE = 1.0 / 1024  # the governor never lowers the keep-probability belo
 # A trace keeps the head decision of its first span here, made at the threshold of that moment: its spans leave the
 # assembler over seconds (an SDK's a batch delay after the kernel's), while the governor moves the threshold, and
 # deciding each span at the threshold of its own moment kept parts of traces (their parents dropped: orphans). The
-# traces of the last ~6 s at 1,250 traces/s; about 0.8 MiB (tracemalloc).
+# bound holds a few seconds of traces at the testbed's rates; its size is in docs/accuracy.md (rule 5).
 DECISION_MEMORY = 8192
 
 
