@@ -89,6 +89,7 @@ from dataclasses import dataclass, field
 
 from ....model import Span
 from ..events import TurnEvent, WakeupEvent
+from .tasks import NEAR as _NEAR_CONTEXT
 from .tasks import TaskContexts
 
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
@@ -835,11 +836,11 @@ class Causes:
         """A decided call's span goes out, unless its task contexts may still name its request: then it waits for
         its handler's response (tasks.py)."""
         if call.open_at_call:
-            cause = self.tasks.match(call.pid, call.contexts, call.open_at_call, call.end_ns)
-            if cause is None:
+            cause, depth = self.tasks.match(call.pid, call.contexts, call.open_at_call, call.end_ns)
+            if cause is None or depth > _NEAR_CONTEXT:
                 for h in self.tasks.hold(call.pid, call.contexts, call.open_at_call, call.end_ns,
-                                         call.end_ns + DECIDE_WAIT_NS, (call, span)):
-                    self._release_held(h.payload, None, out)
+                                         call.end_ns + DECIDE_WAIT_NS, (call, span), cause, depth):
+                    self._release_held(h.payload, h.cause, out, h.depth)
                 return
             self._by_task(call, cause)
         _mark(call, span)
@@ -851,10 +852,12 @@ class Causes:
             self.tasks.stats.overrode += 1
         call.cause, call.via = cause, "task"
 
-    def _release_held(self, payload: tuple[Call, Span], cause: bytes | None, out: list[Span]) -> None:
+    def _release_held(self, payload: tuple[Call, Span], cause: bytes | None, out: list[Span], depth: int = -1) -> None:
         call, span = payload
         if cause is not None:
             self._by_task(call, cause)
+            if depth > _NEAR_CONTEXT:
+                self.tasks.stats.deep += 1
         else:
             self.tasks.stats.unmatched += 1
         _mark(call, span)
@@ -864,7 +867,7 @@ class Causes:
         """The response to the request of `span_id` began at `ts_ns`, written in Python task `contexts`: the calls
         held for it go out."""
         for h in self.tasks.handled(pid, span_id, contexts, ts_ns):
-            self._release_held(h.payload, h.cause, out)
+            self._release_held(h.payload, h.cause, out, h.depth)
 
     def flush(self, now_ns: int, out: list[Span], stale_ns: int, force: bool = False) -> None:
         """Decide the finished calls that waited DECIDE_WAIT_NS (kernel time `now_ns`) for a hand-back: the request
@@ -905,7 +908,7 @@ class Causes:
             assert final is not None
             self._decide(t, call, final[0], final[1], out)
         for h in self.tasks.due(now_ns, force):
-            self._release_held(h.payload, None, out)
+            self._release_held(h.payload, h.cause, out, h.depth)
 
     def forget_process(self, pid: int, out: list[Span]) -> None:
         """The process ended: decide what waits, forget its threads."""
@@ -920,7 +923,7 @@ class Causes:
                 call.cause, call.via = decision
                 self._settle(call, out)
         for h in self.tasks.forget_process(pid):
-            self._release_held(h.payload, None, out)
+            self._release_held(h.payload, h.cause, out, h.depth)
         self._pools.discard(pid)
         self._loops.pop(pid, None)
         self._unanswered.pop(pid, None)

@@ -6,7 +6,10 @@ writing thread's context and the contexts each was copied from (a chain, nearest
 written from its handler's task: that context is the exchange's handling context. A call belongs to the exchange
 whose handling context is the nearest one in its chain, among the exchanges open on its thread when it began that
 were answered after it ended (a handler answers after its calls; a context's address is reused only once it is freed,
-which the times tell apart).
+which the times tell apart). A handler that calls itself is the chain's first context, one that starts a task per
+call (asyncio.gather) its second: such a match decides at once. A match further up waits (as long as a call waits
+for its handler) for a nearer one: beyond the live ancestors a chain may follow edges of freed contexts whose
+addresses were reused, and such an element can be another open exchange's handling context.
 
 A call whose chain names no such exchange keeps what the kernel's rules decided (causes.py); the span waits for
 the handler's response at most DECIDE_WAIT_NS past its end. Chains are cut at a repeated context (an edge left
@@ -20,12 +23,13 @@ from typing import Any
 
 from ..events import PyContextEvent
 
-__all__ = ["TaskContexts", "TaskStats"]
+__all__ = ["NEAR", "TaskContexts", "TaskStats"]
 
 _MAX_CHAINS = 4096  # chains of messages not yet parsed (or not HTTP: never taken)
 _MAX_HANDLED = 512  # per process: handling contexts of exchanges answered lately
 _PER_CONTEXT = 4  # exchanges one handling context address served lately (it is reused once freed)
 _MAX_HELD = 1024  # per process: calls waiting for their handler's response
+NEAR = 1  # a match this close in a chain is final: the call's own context, or the one it was copied from
 
 
 @dataclass(slots=True)
@@ -35,6 +39,7 @@ class TaskStats:
     chains: int = 0  # messages sent with their writer's contexts
     cut: int = 0  # chains cut at a repeated context
     decided: int = 0  # calls decided by their contexts
+    deep: int = 0  # of those, by a context further up than the second, once no nearer one came
     overrode: int = 0  # of those, calls the kernel's rules had given another request (or none)
     unmatched: int = 0  # held calls whose contexts named no exchange: the kernel's decision stands
     held_dropped: int = 0  # held calls released early to keep the bound
@@ -49,6 +54,7 @@ class _Held:
     deadline_ns: int
     payload: Any = None  # what the owner releases with it (causes.py: the call and its span)
     cause: bytes | None = field(default=None)
+    depth: int = -1  # where in `contexts` the cause's handling context is (-1: none yet)
 
 
 class TaskContexts:
@@ -96,44 +102,47 @@ class TaskContexts:
         done: list[_Held] = []
         keep: list[_Held] = []
         for h in held:
-            cause = self._match(h)
-            if cause is not None:
-                h.cause = cause
-                done.append(h)
-            else:
-                keep.append(h)
+            self._match(h)
+            (done if 0 <= h.depth <= NEAR else keep).append(h)
         self._held[pid] = keep
         return done
 
-    def match(self, pid: int, contexts: tuple[int, ...], open_at_call: tuple[bytes, ...], end_ns: int) -> bytes | None:
-        """The exchange a finished call's contexts name among the answered ones, None when none does (yet)."""
-        return self._match(_Held(pid, contexts, open_at_call, end_ns, 0))
+    def match(self, pid: int, contexts: tuple[int, ...], open_at_call: tuple[bytes, ...],
+              end_ns: int) -> tuple[bytes | None, int]:
+        """The exchange a finished call's contexts name among the answered ones (None when none does yet), and how far
+        up its chain: a match beyond NEAR is not final."""
+        h = _Held(pid, contexts, open_at_call, end_ns, 0)
+        self._match(h)
+        return h.cause, h.depth
 
-    def _match(self, h: _Held) -> bytes | None:
+    def _match(self, h: _Held) -> None:
         table = self._handled.get(h.pid)
         if not table:
-            return None
-        for ctx in h.contexts:
+            return
+        for k, ctx in enumerate(h.contexts):
+            if 0 <= h.depth <= k:
+                return  # a nearer one is known
             served = table.get(ctx)
             if served is None:
                 continue
             for request, ts in reversed(served):
                 if ts >= h.end_ns and request in h.open_at_call:
-                    return request
-        return None
+                    h.cause, h.depth = request, k
+                    return
 
     def hold(self, pid: int, contexts: tuple[int, ...], open_at_call: tuple[bytes, ...], end_ns: int,
-             deadline_ns: int, payload: Any) -> list[_Held]:
-        """Wait for the handler's response; what the bound pushes out is returned, undecided."""
+             deadline_ns: int, payload: Any, cause: bytes | None = None, depth: int = -1) -> list[_Held]:
+        """Wait for the handler's response (a match found further up goes with it); what the bound pushes out is
+        returned as it stands."""
         held = self._held.setdefault(pid, [])
-        held.append(_Held(pid, contexts, open_at_call, end_ns, deadline_ns, payload))
+        held.append(_Held(pid, contexts, open_at_call, end_ns, deadline_ns, payload, cause, depth))
         if len(held) > _MAX_HELD:
             self.stats.held_dropped += 1
             return [held.pop(0)]
         return []
 
     def due(self, now_ns: int, force: bool = False) -> list[_Held]:
-        """Held calls whose wait is over: none named them."""
+        """Held calls whose wait is over: with the match found further up, if any."""
         out: list[_Held] = []
         for pid, held in list(self._held.items()):
             keep = [h for h in held if not force and h.deadline_ns > now_ns]
