@@ -302,7 +302,9 @@ class EbpfSource:
         elif self.tls_error:
             out["tls"] = {"off": self.tls_error}
         if self.py is not None:
-            out["python_contexts"] = self.py.status()
+            ts = self.builder.causes.tasks.stats
+            out["python_contexts"] = {**self.py.status(),
+                                      "rule": {name: getattr(ts, name) for name in ts.__dataclass_fields__}}
         elif self.py_error:
             out["python_contexts"] = {"off": self.py_error}
         out["red_counted"] = self.stats.red_counted
