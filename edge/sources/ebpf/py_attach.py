@@ -27,7 +27,7 @@ from ...errors import ProbeUnavailable
 from . import _libbpf
 from .elf import ElfError, read_elf
 from .loader import ProbeSet
-from .tls_libs import traced_pids
+from .tls_libs import rescan
 
 __all__ = ["PyContextAttacher", "Layout", "LAYOUTS", "interpreter_version"]
 
@@ -120,13 +120,8 @@ class PyContextAttacher:
         if self._closed:
             return
         self.scans += 1
-        pids = traced_pids(self.allowed, self.own_pid)
-        live = set(pids)
-        for pid in list(self._by_pid.keys() | self._unsupported.keys()):
-            if pid not in live:
-                self.forget(pid)
-        for pid in pids:
-            self.scan_pid(pid)
+        known = list(self._by_pid.keys() | self._unsupported.keys())
+        rescan(known, self.allowed, self.own_pid, self.forget, self.scan_pid)
 
     def scan_pid(self, pid: int) -> None:
         """Look at one process's mappings now (after an exec, or on a rescan)."""

@@ -147,28 +147,28 @@ class EbpfSource:
         self.builder.on_h2 = self.probes.hint_h2
         if self.cfg.tls:
             tls = TlsAttacher(self.probes, self.own_pid, frozenset(self.cfg.pids) if self.cfg.pids else None)
-            try:
-                async with self._tls_lock:
-                    await asyncio.to_thread(tls.start)
-                self.tls = tls
-            except ProbeUnavailable as e:
-                tls.close()
-                self.tls_error = f"{e.reason} ({e.fix})"
-                log.warning("TLS plaintext will not be read: %s", self.tls_error)
+            self.tls_error = await self._start_attacher(tls, "TLS plaintext")
+            self.tls = None if self.tls_error else tls
         else:
             self.tls_error = "sources.ebpf.tls = false"
         if self.cfg.python_contexts:
             py = PyContextAttacher(self.probes, self.own_pid, frozenset(self.cfg.pids) if self.cfg.pids else None)
-            try:
-                async with self._tls_lock:
-                    await asyncio.to_thread(py.start)
-                self.py = py
-            except ProbeUnavailable as e:
-                py.close()
-                self.py_error = f"{e.reason} ({e.fix})"
-                log.warning("Python task contexts will not be read: %s", self.py_error)
+            self.py_error = await self._start_attacher(py, "Python task contexts")
+            self.py = None if self.py_error else py
         else:
             self.py_error = "sources.ebpf.python_contexts = false"
+
+    async def _start_attacher(self, attacher: TlsAttacher | PyContextAttacher, what: str) -> str:
+        """Start an attacher off the loop: "" once started, else why `what` will not be read (it is closed)."""
+        try:
+            async with self._tls_lock:
+                await asyncio.to_thread(attacher.start)
+            return ""
+        except ProbeUnavailable as e:
+            attacher.close()
+            why = f"{e.reason} ({e.fix})"
+            log.warning("%s will not be read: %s", what, why)
+            return why
 
     def _attachers(self) -> list[TlsAttacher | PyContextAttacher]:
         return [a for a in (self.tls, self.py) if a is not None]
