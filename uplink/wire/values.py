@@ -103,6 +103,9 @@ _POINT = 48  # a data point beyond its attributes and buckets: two times, the va
 _SOURCE_ATTRIBUTE = len("helix.source") + len("sdk-mqtt") + _ITEM  # the exporter adds it to every span
 
 
+_JOINED = 1 << 16  # characters of a column's texts joined to be measured at once: a transient copy kept small
+
+
 def _text(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
@@ -160,9 +163,63 @@ class Expansion:
                 n += self.value(v) - _ITEM
         return n
 
-    def spans(self, spans: list[Span]) -> None:
+    def keys(self, keys: list[str]) -> int:
+        """The bytes one attribute list with these (distinct) keys takes in the request beyond its values' texts."""
+        n = 2 * _ITEM * len(keys)
+        for k in keys:
+            n += len(k) if k.isascii() else _text(k)
+        return n
+
+    def column(self, col: list[Any], lo: int, hi: int, ty: int) -> None:
+        """Count values lo..hi of one attribute column whose values are all of value type `ty` (uplink/wire/tables.py
+        codes: 0 text, 1 integer, 2 float, 3 boolean, 4 bytes, 5 any), as `attributes` counts each value."""
+        # Checked against the limit value by value, so a refusal stops within one value of it; the keys and items'
+        # framing of the lists are counted by their shapes (`add`).
+        if 1 <= ty <= 3:
+            return
+        n = 0
+        stop = self.limit - self.total
+        if ty == 0:
+            for i in range(lo, hi):
+                t: str = col[i]
+                n += len(t)
+            if n <= min(stop, _JOINED):
+                # One test of the joined texts rather than one per value (a method call each, compiled): the
+                # characters are the bytes unless one text is not ASCII.
+                joined = "".join(col[lo:hi])
+                if not joined.isascii():
+                    n = _text(joined)
+            else:
+                n = 0
+                for i in range(lo, hi):
+                    t = col[i]
+                    n += len(t) if t.isascii() else _text(t)
+                    if n > stop:
+                        break
+        elif ty == 4:
+            for i in range(lo, hi):
+                b: bytes = col[i]
+                n += len(b)
+                if n > stop:
+                    break
+        else:
+            for i in range(lo, hi):
+                v = col[i]
+                tv = type(v)
+                if tv is str:
+                    n += len(v) if v.isascii() else _text(v)
+                elif tv is bytes:
+                    n += len(v)
+                elif tv is not int and tv is not float and tv is not bool:
+                    n += self.value(v) - _ITEM
+                if n > stop:
+                    break
+        self.add(n)
+
+    def spans(self, spans: list[Span], attributes: bool = True) -> None:
         """Count the request the export builds of `spans`: each distinct resource once, each (resource, scope) pair
-        once, then every span with its texts, ids, attributes, events and links."""
+        once, then every span with its texts, ids, attributes, events and links. `attributes` False: the spans' and
+        events' attribute lists were counted already (`column` and their shapes), their links' were not."""
         # Methods called on self, not bound to locals: compiled, a bound method is a Python call per use.
         groups: set[tuple[int, int]] = set()
         resources: set[int] = set()
@@ -179,13 +236,13 @@ class Expansion:
                     if id(r) not in resources:
                         resources.add(id(r))
                         self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in r.attributes]))
-            name = s.name
+            name, state, message = s.name, s.trace_state, s.status_message
             self.add(_SPAN + _SOURCE_ATTRIBUTE + len(s.trace_id) + len(s.span_id) + len(s.parent_span_id)
-                     + (len(name) if name.isascii() else _text(name)) + _text(s.trace_state) + _text(s.status_message)
-                     + self.attributes(s.attributes))
+                     + (len(name) if name.isascii() else _text(name)) + (_text(state) if state else 0)
+                     + (_text(message) if message else 0) + (self.attributes(s.attributes) if attributes else 0))
             if s.events:
                 for e in s.events:
-                    self.add(_EVENT + _text(e.name) + self.attributes(e.attributes))
+                    self.add(_EVENT + _text(e.name) + (self.attributes(e.attributes) if attributes else 0))
             if s.links:
                 for lk in s.links:
                     self.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state)
