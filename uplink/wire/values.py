@@ -104,6 +104,7 @@ _SOURCE_ATTRIBUTE = len("helix.source") + len("sdk-mqtt") + _ITEM  # the exporte
 
 
 _JOINED = 1 << 16  # characters of a column's texts joined to be measured at once: a transient copy kept small
+_UNBOUNDED = 1 << 62
 
 
 def _text(s: str) -> int:
@@ -170,32 +171,36 @@ class Expansion:
             n += len(k) if k.isascii() else _text(k)
         return n
 
-    def column(self, col: list[Any], lo: int, hi: int, ty: int) -> None:
-        """Count values lo..hi of one attribute column whose values are all of value type `ty` (uplink/wire/tables.py
-        codes: 0 text, 1 integer, 2 float, 3 boolean, 4 bytes, 5 any), as `attributes` counts each value."""
-        # Checked against the limit value by value, so a refusal stops within one value of it; the keys and items'
-        # framing of the lists are counted by their shapes (`add`).
+    def column(self, col: list[Any], ty: int, skip: list[int]) -> None:
+        """Count one attribute column whose values are all of value type `ty` (uplink/wire/tables.py codes: 0 text,
+        1 integer, 2 float, 3 boolean, 4 bytes, 5 any) as `attributes` counts each value, but the values at `skip`
+        (start, end pairs); the keys and items' framing are counted by the lists' shapes (`add`)."""
         if 1 <= ty <= 3:
             return
+        skipped = 0
+        for k in range(0, len(skip), 2):
+            skipped += self._values(col, skip[k], skip[k + 1], ty, _UNBOUNDED)
+        # Stopped within one value past the limit: a refusal counts (`total`) little more than it.
+        self.add(self._values(col, 0, len(col), ty, self.limit - self.total + skipped) - skipped)
+
+    def _values(self, col: list[Any], lo: int, hi: int, ty: int, stop: int) -> int:
+        """The bytes of values lo..hi of a column of type `ty`, or, once over `stop`, the sum that went over it."""
         n = 0
-        stop = self.limit - self.total
         if ty == 0:
             for i in range(lo, hi):
                 t: str = col[i]
                 n += len(t)
-            if n <= min(stop, _JOINED):
-                # One test of the joined texts rather than one per value (a method call each, compiled): the
-                # characters are the bytes unless one text is not ASCII.
+            if n <= _JOINED and n <= stop:
+                # One test of the texts joined rather than one per value (a method call each, compiled): the
+                # characters are the bytes unless a text is not ASCII.
                 joined = "".join(col[lo:hi])
-                if not joined.isascii():
-                    n = _text(joined)
-            else:
-                n = 0
-                for i in range(lo, hi):
-                    t = col[i]
-                    n += len(t) if t.isascii() else _text(t)
-                    if n > stop:
-                        break
+                return n if joined.isascii() else _text(joined)
+            n = 0
+            for i in range(lo, hi):
+                t = col[i]
+                n += len(t) if t.isascii() else _text(t)
+                if n > stop:
+                    break
         elif ty == 4:
             for i in range(lo, hi):
                 b: bytes = col[i]
@@ -214,7 +219,7 @@ class Expansion:
                     n += self.value(v) - _ITEM
                 if n > stop:
                     break
-        self.add(n)
+        return n
 
     def spans(self, spans: list[Span], attributes: bool = True) -> None:
         """Count the request the export builds of `spans`: each distinct resource once, each (resource, scope) pair
