@@ -7,8 +7,6 @@ accelerator where it is built (edge/accel.py).
 Same-run references, on the same batches:
 - `official_request`: the request built with the official protobuf classes (`request_from_spans`) and serialized,
   after the same decoding: what the gateway did before; the writer's bytes are checked equal to it;
-- `walked_count_decode_spans_per_s`: decoding without the bound, then counting the decoded spans' request by a walk
-  over them (how the decoder counted before it counted attribute lists from their columns);
 - `pure`: the pure-Python decoder and writer, when the compiled ones run; `pure_decoder`: the pure-Python decoder
   beside the compiled writer (the accelerator before it compiled the decoder);
 - `otlp_zstd`: what a gateway receiving OTLP+zstd (level 3) of the same batches would do for the same result with
@@ -66,13 +64,6 @@ def measure(spans: Sequence[Span], size: int, rounds: int) -> dict[str, Any]:
             assert write(b) == request_from_spans(b).SerializeToString()
         dec[impl] = best_cpu(lambda: [decoder.decode(p, read_header(p), EMPTY, MAX_BYTES, MAX_SPANS, lim)
                                       for p, lim in zip(payloads, limits)], rounds)
-        if impl == accel.implementations()[-1]:
-            # What the decoder did before it counted attribute lists from their columns: decode, then walk the spans.
-            walk = mods["uplink.wire.values"].expanded_size
-            walked = best_cpu(lambda: [walk(decoder.decode(p, read_header(p), EMPTY, MAX_BYTES, MAX_SPANS).spans, lim,
-                                            "n", 0) for p, lim in zip(payloads, limits)], rounds)
-            out["walked_count_decode_spans_per_s"] = round(n / walked)
-            out["speedup_vs_walked_count"] = round(walked / dec[impl], 2)
         req[impl] = best_cpu(lambda: [write(b) for b in decoded], rounds)
     for impl in dec:
         d, r = dec[impl], req[impl]
@@ -120,8 +111,7 @@ def main() -> None:
             pure += f"; pure-Python decoder {fig['pure_decoder']['spans_per_s']} (x{fig['speedup_vs_pure_decoder']})"
         print(f"{name}: {fig['spans']} spans, batches of {args.batch}: {fig['spans_per_s']} spans/s on one core "
               f"(decode {fig['decode_spans_per_s']}/s, request {fig['request_spans_per_s']}/s, "
-              f"{fig['decode_share'] * 100:.0f}% in decoding; decode x{fig['speedup_vs_walked_count']} over a walk "
-              f"counting the decoded spans){pure}; with the official classes building the request "
+              f"{fig['decode_share'] * 100:.0f}% in decoding){pure}; with the official classes building the request "
               f"{fig['official_request']['spans_per_s']} (x{fig['speedup_vs_official_request']}); OTLP+zstd reference "
               f"{fig['reference_otlp_zstd_spans_per_s']} ({fig['ratio_vs_reference']}x ours)")
     gen = result["generator"]

@@ -41,7 +41,7 @@ from .tables import (
     thaw_value,
     train,
 )
-from .values import MAX_DEPTH, SOURCES, Expansion, array, check_native, expect, native, planes, source_code, \
+from .values import MAX_DEPTH, SOURCES, array, check_native, expanded_size, expect, native, planes, source_code, \
     time_parents, unplane, unplanes, zigzag
 
 __all__ = [
@@ -148,7 +148,7 @@ class _Formed:
 
 
 def _read_uuid(v: Any, immutable: bool) -> _Formed:
-    # The CBOR library's own reading builds a uuid.UUID and its text in Python, the most of a kiali span's decoding.
+    # The CBOR library reads the tag into a uuid.UUID, whose text is then built in Python code: both cost more.
     if type(v) is not bytes or len(v) != 16:
         raise ValueError("a UUID (tag 37) must be 16 bytes")
     h = v.hex()
@@ -618,18 +618,10 @@ _NO_TEXTS: list[str] = []
 
 
 def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field: Any,
-          values: dict[str, list[str]], checked: set[int], compact: bool, counter: Expansion | None,
-          counted: int) -> tuple[dict[int, Any], bool]:
-    """Per shape used in `refs`, a function giving the value rows of its lists in order (docs: "Attributes"); and
-    whether `counter` (when given) was handed what the first `counted` lists take in the OTLP request, column by
-    column before any list is built (False: a shape repeats a key, so its lists hold fewer items than it names)."""
+          values: dict[str, list[str]], checked: set[int], compact: bool) -> dict[int, Any]:
+    """Per shape used in `refs`, a function giving the value rows of its lists in order (docs: "Attributes")."""
     uses: dict[int, int] = {}  # shape -> lists using it, in order of first use
-    for k in range(counted):
-        r = refs[k]
-        uses[r] = uses.get(r, 0) + 1
-    counted_uses = dict(uses) if counter is not None else _NO_USES  # the rest (new resources) come after them
-    for k in range(counted, len(refs)):
-        r = refs[k]
+    for r in refs:
         uses[r] = uses.get(r, 0) + 1
     order: dict[tuple[str, int], int] = {}
     counts: list[int] = []
@@ -643,28 +635,6 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
     cols = array(cols_field, "attribute columns", len(counts))
     decoded = [_column(col, key, ty, count, values, checked, compact)
                for (key, ty), count, col in zip(order, counts, cols)]
-    by_columns = counter is not None and _count_keys(counter, counted_uses, shapes)
-    if by_columns:
-        # Whole columns, one call each (a batch of wide spans has a hundred short ones), but the rows of new
-        # resources: each shape's come last in its part of a column.
-        skips: dict[int, list[int]] = {}
-        at = [0] * len(counts)
-        for r, c in uses.items():
-            mine = counted_uses.get(r, 0)
-            for cid in shapes[r]:
-                j = order[cid]
-                o = at[j]
-                if mine < c:
-                    skip = skips.get(j)
-                    if skip is None:
-                        skip = skips[j] = []
-                    skip.append(o + mine)
-                    skip.append(o + c)
-                at[j] = o + c
-        j = 0
-        for cid in order:
-            counter.column(decoded[j], cid[1], skips.get(j, _NO_SKIP))  # type: ignore[union-attr]
-            j += 1
     offsets = [0] * len(counts)
     out: dict[int, Any] = {}
     for r, c in uses.items():
@@ -675,25 +645,7 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
             parts.append(decoded[j][o:o + c] if c != len(decoded[j]) else decoded[j])
             offsets[j] = o + c
         out[r] = iter(zip(*parts)).__next__ if parts else iter([()] * c).__next__
-    return out, by_columns
-
-
-_NO_USES: dict[int, int] = {}
-_NO_SKIP: list[int] = []
-
-
-def _count_keys(counter: Expansion, uses: dict[int, int], shapes: list[tuple[tuple[str, int], ...]]) -> bool:
-    """Count the keys and items' framing of the attribute lists in `uses` (shape -> lists); False, counting nothing,
-    when a shape names a key twice (its lists, built as maps, hold fewer items: the caller counts the lists)."""
-    n = 0
-    for r, c in uses.items():
-        shape = shapes[r]
-        keys = [k for k, _ in shape]
-        if len(set(keys)) != len(keys):
-            return False
-        n += c * counter.keys(keys)
-    counter.add(n)
-    return True
+    return out
 
 
 _CONTAINERS = (list, dict)
@@ -758,11 +710,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
 
     # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
     checked: set[int] = set()  # plain-CBOR values checked so far (CBOR may share one among many lists)
-    # What the spans' and events' attribute lists take in the OTLP request is counted from the columns, before any
-    # list or span is built: a batch expanding past its bound is refused having built none of them.
-    counter = Expansion(max_expanded, node_id, seq) if max_expanded is not None else None
-    rows, attributes_counted = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked, compact,
-                                     counter, n + len(ev_shapes))
+    rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked, compact)
     keys_of = {r: tuple([k for k, _ in shapes[r]]) for r in rows}
     attrs = [dict(zip(keys_of[r], rows[r]())) for r in shape_col]
     ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
@@ -836,10 +784,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     for i, x in extras.items():
         expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
         _apply_extras(spans[i], x, trace_table, f"span {i}", checked)
-    expanded = 0
-    if counter is not None:
-        counter.spans(spans, not attributes_counted)
-        expanded = counter.total
+    expanded = expanded_size(spans, max_expanded, node_id, seq)
     return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, table_id=table_id,
                  expanded=expanded)
 

@@ -103,10 +103,6 @@ _POINT = 48  # a data point beyond its attributes and buckets: two times, the va
 _SOURCE_ATTRIBUTE = len("helix.source") + len("sdk-mqtt") + _ITEM  # the exporter adds it to every span
 
 
-_JOINED = 1 << 16  # characters of a column's texts joined to be measured at once: a transient copy kept small
-_UNBOUNDED = 1 << 62
-
-
 def _text(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
@@ -164,67 +160,9 @@ class Expansion:
                 n += self.value(v) - _ITEM
         return n
 
-    def keys(self, keys: list[str]) -> int:
-        """The bytes one attribute list with these (distinct) keys takes in the request beyond its values' texts."""
-        n = 2 * _ITEM * len(keys)
-        for k in keys:
-            n += len(k) if k.isascii() else _text(k)
-        return n
-
-    def column(self, col: list[Any], ty: int, skip: list[int]) -> None:
-        """Count one attribute column whose values are all of value type `ty` (uplink/wire/tables.py codes: 0 text,
-        1 integer, 2 float, 3 boolean, 4 bytes, 5 any) as `attributes` counts each value, but the values at `skip`
-        (start, end pairs); the keys and items' framing are counted by the lists' shapes (`add`)."""
-        if 1 <= ty <= 3:
-            return
-        skipped = 0
-        for k in range(0, len(skip), 2):
-            skipped += self._values(col, skip[k], skip[k + 1], ty, _UNBOUNDED)
-        # Stopped within one value past the limit: a refusal counts (`total`) little more than it.
-        self.add(self._values(col, 0, len(col), ty, self.limit - self.total + skipped) - skipped)
-
-    def _values(self, col: list[Any], lo: int, hi: int, ty: int, stop: int) -> int:
-        """The bytes of values lo..hi of a column of type `ty`, or, once over `stop`, the sum that went over it."""
-        n = 0
-        if ty == 0:
-            for i in range(lo, hi):
-                t: str = col[i]
-                n += len(t)
-            if n <= _JOINED and n <= stop:
-                # One test of the texts joined rather than one per value (a method call each, compiled): the
-                # characters are the bytes unless a text is not ASCII.
-                joined = "".join(col[lo:hi])
-                return n if joined.isascii() else _text(joined)
-            n = 0
-            for i in range(lo, hi):
-                t = col[i]
-                n += len(t) if t.isascii() else _text(t)
-                if n > stop:
-                    break
-        elif ty == 4:
-            for i in range(lo, hi):
-                b: bytes = col[i]
-                n += len(b)
-                if n > stop:
-                    break
-        else:
-            for i in range(lo, hi):
-                v = col[i]
-                tv = type(v)
-                if tv is str:
-                    n += len(v) if v.isascii() else _text(v)
-                elif tv is bytes:
-                    n += len(v)
-                elif tv is not int and tv is not float and tv is not bool:
-                    n += self.value(v) - _ITEM
-                if n > stop:
-                    break
-        return n
-
-    def spans(self, spans: list[Span], attributes: bool = True) -> None:
+    def spans(self, spans: list[Span]) -> None:
         """Count the request the export builds of `spans`: each distinct resource once, each (resource, scope) pair
-        once, then every span with its texts, ids, attributes, events and links. `attributes` False: the spans' and
-        events' attribute lists were counted already (`column` and their shapes), their links' were not."""
+        once, then every span with its texts, ids, attributes, events and links."""
         # Methods called on self, not bound to locals: compiled, a bound method is a Python call per use.
         groups: set[tuple[int, int]] = set()
         resources: set[int] = set()
@@ -241,13 +179,13 @@ class Expansion:
                     if id(r) not in resources:
                         resources.add(id(r))
                         self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in r.attributes]))
-            name, state, message = s.name, s.trace_state, s.status_message
+            name = s.name
             self.add(_SPAN + _SOURCE_ATTRIBUTE + len(s.trace_id) + len(s.span_id) + len(s.parent_span_id)
-                     + (len(name) if name.isascii() else _text(name)) + (_text(state) if state else 0)
-                     + (_text(message) if message else 0) + (self.attributes(s.attributes) if attributes else 0))
+                     + (len(name) if name.isascii() else _text(name)) + _text(s.trace_state) + _text(s.status_message)
+                     + self.attributes(s.attributes))
             if s.events:
                 for e in s.events:
-                    self.add(_EVENT + _text(e.name) + (self.attributes(e.attributes) if attributes else 0))
+                    self.add(_EVENT + _text(e.name) + self.attributes(e.attributes))
             if s.links:
                 for lk in s.links:
                     self.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state)

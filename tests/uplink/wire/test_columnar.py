@@ -393,56 +393,6 @@ def test_uuid_and_ipv4_texts_come_back_as_the_standard_library_writes_them(impl:
     assert _exact(_columnar(impl).decode(data, read_header(data), EMPTY, MAX, MAX_SPANS, None).spans, spans)
 
 
-def _walked(spans: list[Span]) -> int:
-    """What a count over the built spans gives, every attribute list walked."""
-    count = Expansion(1 << 62)
-    count.spans(spans)
-    return count.total
-
-
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_the_count_taken_from_the_columns_is_the_count_over_the_built_spans_to_the_byte(impl: str) -> None:
-    # The decoder counts attribute lists column by column, before it builds them: on every corpus-sample batch (no
-    # table set and a learned one) the reservation must be the one a walk over the decoded spans gives.
-    mod = _columnar(impl)
-    corpora = {**load_all(SAMPLE), "workload": realistic_spans(60, seed=92)}
-    for name, spans in corpora.items():
-        tables = columnar.learn(spans[: len(spans) // 2], node_id="n", created_ns=1)
-        for size in (7, 32, 512):
-            for i in range(0, len(spans), size):
-                for ts in (EMPTY, tables):
-                    data = encode(spans[i:i + size], "n", i, ts)
-                    batch = mod.decode(data, read_header(data), ts, MAX, MAX_SPANS, 1 << 62)
-                    assert batch.expanded == _walked(batch.spans) > 0, name
-
-
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(IMPLEMENTATIONS), _spans())
-def test_any_spans_are_counted_from_their_columns_as_a_walk_over_them_counts(impl: str, spans: list[Span]) -> None:
-    # Unicode and empty keys, bytes, nested values (counted through the same memo), events, links, other resources.
-    data = encode(spans, "n", 1, EMPTY)
-    batch = _columnar(impl).decode(data, read_header(data), EMPTY, MAX, MAX_SPANS, 1 << 62)
-    assert batch.expanded == _walked(batch.spans)
-
-
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_shape_naming_a_key_twice_is_counted_by_the_lists_it_builds(impl: str) -> None:
-    # A hostile shape [k, k] builds maps of one item: counted by its columns it would be two, so the lists are walked.
-    spans = [Span(b"\x01" * 16, bytes([i + 1]) * 8, "op", 10, 20, attributes={"k": "v" * 50, "z": "w"})
-             for i in range(3)]
-    doc = _body(spans)
-    keys = doc[columnar.BODY_FIELDS.index("new_keys")]
-    shapes = doc[columnar.BODY_FIELDS.index("new_shapes")]
-    k = keys.index("k")
-    shapes[shapes.index([k * 8, keys.index("z") * 8])] = [k * 8, k * 8]
-    cols = doc[columnar.BODY_FIELDS.index("attribute_columns")]
-    doc[columnar.BODY_FIELDS.index("attribute_columns")] = [[["a" * 50, "b"], [0, 1, 1, 0, 2, 2]]] + cols[2:]
-    data = _frame(doc)
-    batch = _columnar(impl).decode(data, read_header(data), EMPTY, MAX, MAX_SPANS, 1 << 62)
-    assert [s.attributes for s in batch.spans] == [{"k": "b"}, {"k": "b"}, {"k": "b"}]
-    assert batch.expanded == _walked(batch.spans)
-
-
 def test_a_resource_value_decodes_with_its_own_types_whatever_was_interned_before() -> None:
     # True == 1 == 1.0: a frozen copy shared with an earlier resource would bring back [1.0] for [True].
     Resource.of({"": [1.0]})
