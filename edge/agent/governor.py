@@ -75,7 +75,7 @@ SETTLE = 10.0  # s without a new high, a check at the burst level or a backlog b
 # The state parts (kernel_state: the span builder's tables; stitch_state: the assembler's) were part of that third
 # before they had a bound of their own.
 SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03,
-          "learning": 0.03, "kernel_state": 0.08, "stitch_state": 0.03}
+          "learning": 0.03, "kernel_state": 0.08, "stitch_state": 0.03, "decisions": 0.06}
 MIN_STATE = 512 * 1024  # the long-lived state of a small node's connections, threads and processes
 MIN_BOUND = 64 * 1024  # no part is bounded below this
 MIN_INBOX = 512 * 1024
@@ -222,11 +222,13 @@ class MemoryGovernor:
         self._parts.append(_Part(name, part))
 
     def bound(self, name: str, part: Bounded, share: float, *, bound: int, floor: int = MIN_BOUND,
-              ceiling: Callable[[], int] | None = None, elastic: bool = False, backlog_at: float | None = None) -> None:
+              ceiling: Callable[[], int] | None = None, elastic: bool = False, backlog_at: float | None = None,
+              spans: bool = True) -> None:
         """Plan `part` at `share` of the headroom (never above `ceiling()`, never below `floor`); an `elastic` part
-        is also shrunk under pressure and regrown after. `bound`: the bound it has now."""
+        is also shrunk under pressure and regrown after. `bound`: the bound it has now. `spans` False: what it holds
+        is not spans (sampling fewer does not empty it)."""
         self._parts.append(_Part(name, part, bounded=part, share=share, floor=floor, ceiling=ceiling, elastic=elastic,
-                                 backlog_at=backlog_at, bound=bound, target=bound))
+                                 backlog_at=backlog_at, spans=spans, bound=bound, target=bound))
         if elastic:
             self.stats.actions.setdefault("shrink_" + name, 0)
 
