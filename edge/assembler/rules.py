@@ -38,11 +38,6 @@ __all__ = ["infer_parent", "kernel_twin", "Slack", "CERTAIN", "CAUSE"]
 CAUSE = "helix.cause"  # edge/sources/ebpf/spans/causes.py
 # Rules whose answer no later span can change: a parent they find may be kept before the span leaves.
 CERTAIN = frozenset({"wire+connection", "connection", "thread", "event-loop", "wakeup", "handoff", "handback"})
-# A pool worker's call decided for a request whose thread waits for its result: that request's exchange is still open
-# when the call begins. A cause whose exchange ended earlier contradicts it (the span builder took a wakeup for a
-# hand-back before it saw that response: seen in the testbed at 16 clients, the wakee blocked reading its next
-# request); such a call is left unlinked, as `ambiguous` ones are.
-_WAITED = frozenset({"wakeup", "handoff", "handback"})
 
 
 class Slack:
@@ -123,9 +118,6 @@ def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resour
     by_cause = index.by_id.get(cause) if isinstance(cause, bytes) else None
     if by_cause is e:
         by_cause = None
-    if (by_cause is not None and by_cause.span.end_ns < s.start_ns
-            and s.attributes.get("helix.cause.via") in _WAITED):
-        return None, "", 1.0
     if certain_only:
         if s.kind == SpanKind.SERVER:
             return _by_connection(index, e)

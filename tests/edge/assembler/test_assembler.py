@@ -418,17 +418,3 @@ def test_an_sdk_process_that_keeps_exporting_is_never_forgotten_short_of_the_bud
     # Past the budget itself (the governor's last step), live entries go too, counted apart.
     assert state.evict_live(0) == 0 and state.bytes == 0 and state.evicted["active"] >= 1
 
-
-def test_a_pool_call_whose_cause_ended_before_it_began_is_not_linked() -> None:
-    """A worker's call decided by a hand-back names a request whose exchange had ended before the call began: its
-    thread cannot have been waiting for this result, so the cause is wrong, and no timing rule guesses another."""
-    for via, ended_ms in (("wakeup", 8), ("handoff", 8), ("handback", 8), ("wakeup", 30)):
-        req1 = kspan("req1", SpanKind.SERVER, 0, 40, pid=2, tid=20, local=B, peer=A)
-        req2 = kspan("req2", SpanKind.SERVER, 1, ended_ms, pid=2, tid=21, local=B, peer=("127.0.0.1", 40009))
-        call = kspan("call", SpanKind.CLIENT, 10, 20, pid=2, tid=30, local=C, peer=D,
-                     **{"helix.cause": req2.span_id, "helix.cause.via": via})
-        got = run([req1, req2, call])
-        if ended_ms < 10:
-            assert got["call"].parent_span_id == b"" and "helix.link" not in got["call"].attributes, via
-        else:
-            assert got["call"].parent_span_id == req2.span_id and got["call"].attributes["helix.link"] == via
