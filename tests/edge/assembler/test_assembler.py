@@ -417,4 +417,3 @@ def test_an_sdk_process_that_keeps_exporting_is_never_forgotten_short_of_the_bud
     assert list(a._pid_of_resource.values()) == [7] and len(a._kernel_by_wire) == 0
     # Past the budget itself (the governor's last step), live entries go too, counted apart.
     assert state.evict_live(0) == 0 and state.bytes == 0 and state.evicted["active"] >= 1
-
