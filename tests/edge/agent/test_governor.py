@@ -482,3 +482,17 @@ def test_the_samplers_decision_memory_is_accounted_planned_and_shrunk_under_pres
     for _ in range(5):
         gov.check()
     assert memory.max_entries == planned["decisions"] // ENTRY_BYTES  # regrown to the plan
+
+
+def test_the_decision_memory_is_not_shrunk_while_the_pressure_is_outside_the_span_buffers(agent: Agent) -> None:
+    """Forgetting decisions frees little and splits traces: only where the span buffers are the cause."""
+    gov = governor(agent, 8 * MiB)
+    planned = gov.plan()
+    agent.sampler.decide(realistic_spans(3000, seed=7))
+    outside = [int(0.85 * 8 * MiB)]  # state, not spans: the pressure is elsewhere
+    gov.account("elsewhere", _Held(lambda: outside[0]))
+    gov._parts[-1].spans = False
+    gov.check()
+    assert gov.stats.cause == "elsewhere"
+    assert gov.stats.actions["shrink_decisions"] == 0
+    assert agent.sampler.decisions.max_entries == planned["decisions"] // 136
