@@ -993,17 +993,28 @@ def test_a_call_without_a_handoff_whose_worker_woke_two_requesters_is_left_ambig
 def test_a_call_without_a_handoff_is_not_given_a_request_another_worker_ran():
     """The one thread the worker woke serves b, whose call another worker's hand-back already decided: it was woken
     for a lock, and the call stays undecided."""
-    b = builder()
-    serve_read(b, 1, 1_000, 101, "a")
-    serve_read(b, 2, 1_200, 102, "b")
-    b.feed([WakeupEvent(1_300, PID, 102, 202, 0)])
-    assert call(b, 11, 1_400, 202) == []
-    b.feed([WakeupEvent(1_500, PID, 101, 201, 0)])
-    assert call(b, 12, 1_600, 201) == []  # 201: a's call, decided by its hand-back below
-    (first,) = b.feed([WakeupEvent(2_700, PID, 201, 101, 1_550)])
+    b = two_requests((101, 201, 1_700))
+    assert call(b, 11, 1_800, 202) == []  # 202 handed nothing seen: its call is b's only by the hand-back below
+    assert call(b, 12, 1_900, 201) == []  # 201: a's call, decided by its hand-back below
+    (first,) = b.feed([WakeupEvent(2_700, PID, 201, 101, 1_750)])
     assert call(b, 10, 3_000, 201) == []  # taken running; nobody's hand-back below is certain
-    (bs,) = b.feed([WakeupEvent(3_800, PID, 202, 102, 1_250)])  # b's call decided for b by its worker, 202
+    (bs,) = b.feed([WakeupEvent(3_800, PID, 202, 102, 1_650)])  # b's call decided for b by its worker, 202
     assert bs.attributes[CAUSE_VIA] == "wakeup"
     assert b.feed([WakeupEvent(4_500, PID, 201, 102, 3_500)]) == []  # b's thread woken again: a lock
     (c,) = b.flush(10_000 + DECIDE_WAIT_NS)
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_a_call_without_a_handoff_is_not_given_a_request_handed_to_another_worker():
+    """The one thread the worker woke serves b, whose work another worker was handed and is still calling for: b's
+    thread was woken for a lock, and the call stays undecided."""
+    b = two_requests((102, 202, 1_600), (101, 201, 1_700))
+    b.feed([data(11, OUT, 1_800, req(target="/db?c=11"), pid=PID, tid=202, role=Role.CLIENT,
+                 local=Endpoint(CLI.addr, 40011), remote=DB)])  # b's call, in flight throughout
+    assert call(b, 12, 1_900, 201) == []
+    b.feed([WakeupEvent(2_700, PID, 201, 101, 1_750)])  # a's call: decided by its hand-back
+    assert call(b, 10, 3_000, 201) == []  # taken running
+    assert b.feed([WakeupEvent(4_500, PID, 201, 102, 3_500)]) == []  # b's thread woken: a lock
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (c,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
     assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
