@@ -75,7 +75,7 @@ SETTLE = 10.0  # s without a new high, a check at the burst level or a backlog b
 # The state parts (kernel_state: the span builder's tables; stitch_state: the assembler's) were part of that third
 # before they had a bound of their own.
 SHARES = {"assembler": 0.16, "index": 0.08, "tail": 0.16, "inbox": 0.12, "uplink": 0.08, "receiver": 0.03,
-          "learning": 0.03, "kernel_state": 0.08, "stitch_state": 0.03}
+          "learning": 0.03, "kernel_state": 0.08, "stitch_state": 0.03, "decisions": 0.06}
 MIN_STATE = 512 * 1024  # the long-lived state of a small node's connections, threads and processes
 MIN_BOUND = 64 * 1024  # no part is bounded below this
 MIN_INBOX = 512 * 1024
@@ -156,6 +156,7 @@ class _Part:
     elastic: bool = False  # shrunk under pressure, regrown after
     backlog_at: float | None = None  # share of its bound past which its bytes mean a burst still queues at the door
     spans: bool = True  # holds spans (sampling fewer empties it); False: state kept per connection, thread or process
+    shrink_elsewhere: bool = True  # shrunk (if elastic) also while the pressure is outside the span buffers
     bound: int = 0  # the bound set now
     target: int = 0  # where its bound regrows to: the plan, or before one the bound it came with
 
@@ -222,11 +223,15 @@ class MemoryGovernor:
         self._parts.append(_Part(name, part))
 
     def bound(self, name: str, part: Bounded, share: float, *, bound: int, floor: int = MIN_BOUND,
-              ceiling: Callable[[], int] | None = None, elastic: bool = False, backlog_at: float | None = None) -> None:
+              ceiling: Callable[[], int] | None = None, elastic: bool = False, backlog_at: float | None = None,
+              spans: bool = True, shrink_elsewhere: bool | None = None) -> None:
         """Plan `part` at `share` of the headroom (never above `ceiling()`, never below `floor`); an `elastic` part
-        is also shrunk under pressure and regrown after. `bound`: the bound it has now."""
+        is also shrunk under pressure and regrown after. `bound`: the bound it has now. `spans` False: what it holds
+        is not spans (sampling fewer does not empty it). `shrink_elsewhere` False: not shrunk while the pressure is
+        outside the span buffers (the default: only parts that do not hold spans are)."""
         self._parts.append(_Part(name, part, bounded=part, share=share, floor=floor, ceiling=ceiling, elastic=elastic,
-                                 backlog_at=backlog_at, bound=bound, target=bound))
+                                 backlog_at=backlog_at, spans=spans, bound=bound, target=bound,
+                                 shrink_elsewhere=not spans if shrink_elsewhere is None else shrink_elsewhere))
         if elastic:
             self.stats.actions.setdefault("shrink_" + name, 0)
 
@@ -245,6 +250,7 @@ class MemoryGovernor:
         self.register(name, part, share, bound=bound, floor=floor, ceiling=ceiling)
         p = self._parts[-1]
         p.spans = False
+        p.shrink_elsewhere = True  # idle entries only: it frees the state that the pressure elsewhere is made of
         p.state = part
         if self.planned:
             want = int(self.headroom * share)
@@ -420,7 +426,7 @@ class MemoryGovernor:
     def _shrink(self) -> None:
         elsewhere = self.stats.cause == "elsewhere"  # span buffers this empty would give back nothing
         for p in self._parts:
-            if not p.elastic or p.bounded is None or p.bound <= p.floor or (elsewhere and p.spans):
+            if not p.elastic or p.bounded is None or p.bound <= p.floor or (elsewhere and not p.shrink_elsewhere):
                 continue
             p.bound = max(p.floor, p.bound // 2)
             self._count_dropped(p, p.bounded.set_bound(p.bound))

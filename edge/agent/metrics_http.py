@@ -133,6 +133,9 @@ def health_metrics(agent: Any) -> ResourceMetrics:
                             "the upstream trace keeping their own id as helix.trace.original_id (moved), SDK root "
                             "spans left unjoined because their request had left in another trace (unjoined)",
                             {k: asm[k] for k in ("born", "moved", "unjoined")}, "event", "{event}"))
+    metrics.append(_sum("helix.agent.sampling.decisions.forgotten", "Traces whose keep/drop decision the memory "
+                        "bound forgot under pressure (their later spans are decided again, possibly otherwise)",
+                        st["sampler"].get("decisions_forgotten", 0), unit="{trace}"))
     decisions = st["sampler"].get("decisions")
     if decisions:
         metrics.append(_sum("helix.agent.tail.decisions", "Tail-sampling trace decisions, by rule or outcome",

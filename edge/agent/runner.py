@@ -120,6 +120,12 @@ class Agent:
                          floor=MIN_STATE // 2)
         tail = self.sampler.tail
         g.register("tail", self.sampler, SHARES["tail"], bound=tail.capacity, ceiling=lambda: tail.rules.buffer_bytes)
+        # The sampler's decision of each recent trace: not spans, so not the sampling lever; shrunk only while the span
+        # buffers are the cause, as they are (a forgotten trace's later spans are decided again, counted): with the
+        # pressure elsewhere, forgetting its ~1 MiB would split traces and free little.
+        decisions = self.sampler.decisions
+        g.bound("decisions", decisions, SHARES["decisions"], bound=decisions.ceiling, ceiling=lambda: decisions.ceiling,
+                elastic=True, spans=False, shrink_elsewhere=False)
         # Spans past the sampler are kept: the uplink queue refuses at the door what does not fit, never drops.
         g.bound("uplink", self.uplink, SHARES["uplink"], bound=self.uplink.queue_limit,
                 ceiling=lambda: self.uplink.cfg.queue_max_bytes)
@@ -395,7 +401,8 @@ class Agent:
             "sampler": {"kept": self.sampler.stats.kept, "dropped": self.sampler.stats.dropped,
                         "kept_head": self.sampler.stats.kept_head, "kept_tail": self.sampler.stats.kept_tail,
                         "ratio": self.sampler.effective_ratio, "waiting_traces": len(self.sampler.tail),
-                        "decisions": dict(self.sampler.tail.stats.decisions)},
+                        "decisions": dict(self.sampler.tail.stats.decisions),
+                        "decisions_forgotten": self.sampler.decisions.stats.forgotten_pressure},
             "red": {"series": len(self.aggregator), "spans": self.aggregator.stats.spans,
                     "overflow": self.aggregator.stats.overflow},
             "governor": self.governor.status(),

@@ -37,7 +37,7 @@ __all__ = ["infer_parent", "kernel_twin", "Slack", "CERTAIN", "CAUSE"]
 
 CAUSE = "helix.cause"  # edge/sources/ebpf/spans/causes.py
 # Rules whose answer no later span can change: a parent they find may be kept before the span leaves.
-CERTAIN = frozenset({"wire+connection", "connection", "thread", "event-loop", "wakeup", "handoff"})
+CERTAIN = frozenset({"wire+connection", "connection", "thread", "event-loop", "wakeup", "handoff", "handback"})
 
 
 class Slack:

@@ -9,22 +9,17 @@ trace, and keeping the head's `th` would claim it stands for 1/ratio of them, bo
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model import Span
 from .consistent import ConsistentSampler, threshold_for_ratio, with_threshold, without_threshold
+from .decisions import DecisionMemory
 from .tail import TailRules, TailSampler
 
 __all__ = ["TraceSampler", "TraceSamplerStats", "MIN_PRESSURE"]
 
 MIN_PRESSURE = 1.0 / 1024  # the governor never lowers the keep-probability below ratio/1024
-# A trace keeps the head decision of its first span here, made at the threshold of that moment: its spans leave the
-# assembler over seconds (an SDK's a batch delay after the kernel's), while the governor moves the threshold, and
-# deciding each span at the threshold of its own moment kept parts of traces (their parents dropped: orphans). The
-# bound holds a few seconds of traces at the testbed's rates; its size is in docs/accuracy.md (rule 5).
-DECISION_MEMORY = 8192
 
 
 @dataclass(slots=True)
@@ -49,7 +44,9 @@ class TraceSampler:
         self.tail = TailSampler(rules, clock)
         self._clock = clock
         self._observers: list[Callable[[int], None]] = []
-        self._decided: OrderedDict[bytes, int] = OrderedDict()  # trace id -> threshold it was kept at, -1: rejected
+        # A trace keeps the head decision of its first span, made at the threshold of that moment: deciding each span
+        # at the threshold of its own moment kept parts of traces (their parents dropped: orphans).
+        self.decisions = DecisionMemory()
 
     # -------------------------------------------------------------------------------------------- settings
 
@@ -103,14 +100,12 @@ class TraceSampler:
         threshold = self.head.threshold
         kept: list[Span] = []
         rejected: list[Span] = []
-        keeps, decided = self.head.keeps, self._decided
+        keeps, decided = self.head.keeps, self.decisions
         for s in spans:
             th = decided.get(s.trace_id)
             if th is None:
                 th = threshold if threshold == 0 or keeps(s.trace_id, s.trace_state) else -1
-                decided[s.trace_id] = th
-                if len(decided) > DECISION_MEMORY:
-                    decided.popitem(last=False)
+                decided.remember(s.trace_id, th)
             if th < 0:
                 rejected.append(s)
                 continue

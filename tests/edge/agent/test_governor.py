@@ -451,3 +451,48 @@ def test_the_drop_step_takes_idle_data_first_and_empties_the_buffers_only_where_
 
     run.hold(1.0, 0.5)  # past the budget itself: the rest goes too
     assert gov.stats.actions["drop_all"] == 1 and len(asm.index) == 0 and len(tail) == 0
+
+
+def test_the_samplers_decision_memory_is_accounted_planned_and_shrunk_under_pressure(agent: Agent) -> None:
+    from edge.agent.governor import SHARES
+    from edge.sampler.decisions import ENTRY_BYTES
+
+    gov = governor(agent, 8 * MiB)
+    planned = gov.plan()
+    memory = agent.sampler.decisions
+    assert planned["decisions"] == min(memory.ceiling, int(8 * MiB * SHARES["decisions"]))
+    assert memory.max_entries == planned["decisions"] // ENTRY_BYTES
+    spans = realistic_spans(3000, seed=6)
+    agent.sampler.decide(spans)
+    traces = len({s.trace_id for s in spans})
+    assert len(memory) == min(traces, memory.max_entries) > 2000
+    gov.measure()
+    assert gov.stats.breakdown["decisions"] == memory.bytes == len(memory) * ENTRY_BYTES
+    # Decisions are not spans: sampling fewer would not empty them, so they never make the buffers the cause.
+    assert gov.stats.span_bytes == gov.stats.accounted - memory.bytes
+
+    held = [int(0.85 * 8 * MiB)]  # spans in some buffer: the pressure is the buffers'
+    gov.account("spans", _Held(lambda: held[0]))
+    gov.check()
+    assert gov.stats.actions["shrink_decisions"] == 1
+    assert memory.max_entries == (planned["decisions"] // 2) // ENTRY_BYTES and len(memory) <= memory.max_entries
+    forgotten = memory.stats.forgotten_pressure
+    assert forgotten > 0 and agent.status()["sampler"]["decisions_forgotten"] == forgotten
+    held[0] = 0
+    for _ in range(5):
+        gov.check()
+    assert memory.max_entries == planned["decisions"] // ENTRY_BYTES  # regrown to the plan
+
+
+def test_the_decision_memory_is_not_shrunk_while_the_pressure_is_outside_the_span_buffers(agent: Agent) -> None:
+    """Forgetting decisions frees little and splits traces: only where the span buffers are the cause."""
+    gov = governor(agent, 8 * MiB)
+    planned = gov.plan()
+    agent.sampler.decide(realistic_spans(3000, seed=7))
+    outside = [int(0.85 * 8 * MiB)]  # state, not spans: the pressure is elsewhere
+    gov.account("elsewhere", _Held(lambda: outside[0]))
+    gov._parts[-1].spans = False
+    gov.check()
+    assert gov.stats.cause == "elsewhere"
+    assert gov.stats.actions["shrink_decisions"] == 0
+    assert agent.sampler.decisions.max_entries == planned["decisions"] // 136

@@ -50,6 +50,11 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   its call, from a sleep begun after it, is a lock on the way to that work); the first request thread the worker
   wakes once answered, asleep through the answer, confirms it (it then decides despite those checks) or contests it
   (`ambiguous`). A wakeup of a thread that serves none hands no result.
+- handback: a worker's call with no certain hand-off (it took the work running, its requester handing it over while
+  it was awake) whose requester fell asleep only after the call began: the request of the one thread, asleep from
+  after the call began through its answer, that the worker woke once answered, where it woke no other such thread
+  before the decision (one woken for a lock, the GIL, would be a second: the requester's wait ends only by the
+  worker's result) and no other worker was handed that request or had a call decided for it.
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 - response: a worker's call in a process whose requests are read by threads other than those that serve them (gRPC's
@@ -95,8 +100,8 @@ from .tasks import TaskContexts
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # task | thread | event-loop | loop-turn | loop-order | wakeup | handoff | response |
-# elimination | write-order | ambiguous
+CAUSE_VIA = "helix.cause.via"  # task | thread | event-loop | loop-turn | loop-order | wakeup | handoff | handback |
+# response | elimination | write-order | ambiguous
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
 # hand-off follows the call's last read within microseconds; this only bounds calls nobody waits for.
@@ -150,6 +155,7 @@ class Call:
     open_at_start: tuple[bytes, ...] | None = None  # requests of its process read and not ended when it began
     parked: bool = False  # its decision was put off once, for other workers' calls to be decided first
     woke: bytes | None = None  # the request of the first thread its worker woke once it was answered (see wakeup)
+    woke_others: bool = False  # its worker woke such a thread of another request too: no hand-back is certain
     sleeps: list[tuple[int, int]] | None = None  # its thread's sleeps (began, woken) begun after its answer
     own_answer: bool = False  # its response was read by the thread that made it
     group: _Group | None = None  # an event loop's call made in a turn whose calls may be for several requests
@@ -215,6 +221,7 @@ class CausesStats:
     wakeup: int = 0
     handoff: int = 0
     handoff_unsure: int = 0  # a hand-off another, running worker may have taken: left ambiguous
+    handback: int = 0  # a worker's call with no certain hand-off, decided by the one requester its result woke
     undecided: int = 0  # a worker's call nobody waited for and nobody handed over (left ambiguous)
     ambiguous: int = 0  # an event loop's call after several requests read in one turn, left undecided
     loop_turn: int = 0  # an event loop's call decided by its distance in turns from the request's read
@@ -253,6 +260,7 @@ class Causes:
         self._ended: OrderedDict[bytes, int] = OrderedDict()  # stream processes: request -> when its exchange ended
         self._unanswered_lost: set[int] = set()
         self._ran_by: OrderedDict[bytes, int] = OrderedDict()  # request -> the worker thread that ran its handler
+        self._worked_by: OrderedDict[bytes, int] = OrderedDict()  # pool processes: request -> worker of its decided call
         # Stream processes: request -> (connection, start of the write that began its response, position in the writes).
         self._written: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()
         self._writes = 0
@@ -763,8 +771,12 @@ class Causes:
                 # such thread the worker wakes once answered is its requester, or one waiting for a lock (the GIL).
                 # Alone that decides nothing; but a hand-off naming another request is then not certain.
                 for c in waker.waiting:
-                    if c.answered and c.woke is None and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
-                        c.woke = next(iter(wakee.open))
+                    if c.answered and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
+                        woken = next(iter(wakee.open))
+                        if c.woke is None:
+                            c.woke = woken
+                        elif c.woke != woken:
+                            c.woke_others = True
             # Handed to a thread that serves a request: that request. A thread that serves none (another worker,
             # grpcio's own threads) was woken for a lock or the GIL, not handed a result: the other rules decide at
             # flush, else `ambiguous`.
@@ -816,6 +828,8 @@ class Causes:
             self.stats.wakeup += 1
         elif call.via == "handoff":
             self.stats.handoff += 1
+        elif call.via == "handback":
+            self.stats.handback += 1
         elif call.via == "response":
             self.stats.response += 1
         elif call.via == "elimination":
@@ -826,6 +840,8 @@ class Causes:
             self._unresolved.setdefault(call.pid, deque(maxlen=_MAX_UNRESOLVED)).append(call)
         if call.cause is not None and call.via in ("response", "elimination", "write-order"):
             _bounded_put(self._ran_by, call.cause, call.tid)
+        if call.cause is not None and call.via in ("wakeup", "handoff", "handback"):
+            _bounded_put(self._worked_by, call.cause, call.tid)
         if call.span is not None and out is not None:
             self._out(call, call.span, out)
             call.span = None
@@ -1052,7 +1068,9 @@ class Causes:
 
     def _by_handoff(self, call: Call) -> tuple[bytes | None, str]:
         """A worker's call nobody waited for: the request that handed it the work, when no other worker can have
-        taken that work; else ambiguous."""
+        taken that work; without a hand-off, the one requester its result went to (`handback`); else ambiguous."""
+        if call.handoff is None and not call.concurrent:
+            return self._by_handback(call)
         if call.handoff is None or call.concurrent or (call.woke is not None and call.woke != call.handoff):
             return None, "ambiguous"
         if call.woke == call.handoff:
@@ -1077,6 +1095,22 @@ class Causes:
                 return None, "ambiguous"
             return left[0], "handoff"
         return call.handoff, "handoff"
+
+
+    def _by_handback(self, call: Call) -> tuple[bytes | None, str]:
+        """A worker that took its work running (no hand-off) and whose requester fell asleep after the call began: the
+        requester waits for the result, so the worker wakes it once answered. A thread woken for a lock (the GIL) looks
+        the same, so this decides only where the worker woke exactly one such request's thread before the decision
+        (the requester is always among them: only the worker's result ends its wait), and no other worker was handed
+        that request's work or had a call decided for it."""
+        woke = call.woke
+        if (woke is None or call.woke_others or call.pid in self._streams
+                or self._worked_by.get(woke, call.tid) != call.tid):
+            return None, "ambiguous"
+        for tid, _, _, request in self._starts.get(call.pid, ()):
+            if request == woke and tid != call.tid:
+                return None, "ambiguous"
+        return woke, "handback"
 
 
 def _due_order(item: tuple[int, int, _Thread, Call]) -> tuple[int, int]:

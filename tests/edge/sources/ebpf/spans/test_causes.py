@@ -952,3 +952,69 @@ def test_loop_order_that_fits_no_assignment_decides_nothing_and_unlearns():
     calls = [s for s in out if s.kind == SpanKind.CLIENT]
     assert len(calls) == 2 and all(CAUSE not in s.attributes for s in calls)
     assert b.causes.stats.loop_order == 0 and b.causes.stats.loop_order_conflicts == 1
+
+
+def worker_took_work_running():
+    """Worker 201 ran a call for a's thread and, still running, took the next work off the queue (no hand-off: a's
+    thread put it there while 201 was awake) and called: the second call has no certain hand-off."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    serve_read(b, 2, 1_200, 102, "b")
+    b.feed([WakeupEvent(1_300, PID, 102, 201, 0)])
+    call(b, 11, 1_400, 201)
+    b.feed([WakeupEvent(2_600, PID, 201, 102, 1_350)])  # b's result, b's thread asleep through the call
+    serve_answer(b, 2, 2_800, 102)
+    assert call(b, 10, 3_000, 201) == []  # a's work, taken running
+    return b
+
+
+def test_a_call_without_a_handoff_takes_the_one_requester_its_result_woke():
+    """a's thread fell asleep after the call began (it queued the work while the worker was awake) and slept through
+    the answer; the worker wakes it once answered, and no other such thread: a's."""
+    b = worker_took_work_running()
+    assert b.feed([WakeupEvent(4_500, PID, 201, 101, 3_500)]) == []
+    (c,) = b.flush(10_000 + DECIDE_WAIT_NS)
+    sa = server_span(serve_answer(b, 1, 20_000, 101))
+    assert c.attributes[CAUSE] == sa.span_id and c.attributes[CAUSE_VIA] == "handback"
+    assert b.causes.stats.handback == 1
+
+
+def test_a_call_without_a_handoff_whose_worker_woke_two_requesters_is_left_ambiguous():
+    """The worker first wakes c's thread (asleep since after the call began: waiting for the GIL, not a result), then
+    a's: either could be the requester, so neither decides."""
+    b = worker_took_work_running()
+    serve_read(b, 3, 3_100, 103, "c")
+    assert b.feed([WakeupEvent(4_400, PID, 201, 103, 3_200)]) == []
+    assert b.feed([WakeupEvent(4_500, PID, 201, 101, 3_500)]) == []
+    (c,) = b.flush(10_000 + DECIDE_WAIT_NS)
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_a_call_without_a_handoff_is_not_given_a_request_another_worker_ran():
+    """The one thread the worker woke serves b, whose call another worker's hand-back already decided: it was woken
+    for a lock, and the call stays undecided."""
+    b = two_requests((101, 201, 1_700))
+    assert call(b, 11, 1_800, 202) == []  # 202 handed nothing seen: its call is b's only by the hand-back below
+    assert call(b, 12, 1_900, 201) == []  # 201: a's call, decided by its hand-back below
+    (first,) = b.feed([WakeupEvent(2_700, PID, 201, 101, 1_750)])
+    assert call(b, 10, 3_000, 201) == []  # taken running; nobody's hand-back below is certain
+    (bs,) = b.feed([WakeupEvent(3_800, PID, 202, 102, 1_650)])  # b's call decided for b by its worker, 202
+    assert bs.attributes[CAUSE_VIA] == "wakeup"
+    assert b.feed([WakeupEvent(4_500, PID, 201, 102, 3_500)]) == []  # b's thread woken again: a lock
+    (c,) = b.flush(10_000 + DECIDE_WAIT_NS)
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_a_call_without_a_handoff_is_not_given_a_request_handed_to_another_worker():
+    """The one thread the worker woke serves b, whose work another worker was handed and is still calling for: b's
+    thread was woken for a lock, and the call stays undecided."""
+    b = two_requests((102, 202, 1_600), (101, 201, 1_700))
+    b.feed([data(11, OUT, 1_800, req(target="/db?c=11"), pid=PID, tid=202, role=Role.CLIENT,
+                 local=Endpoint(CLI.addr, 40011), remote=DB)])  # b's call, in flight throughout
+    assert call(b, 12, 1_900, 201) == []
+    b.feed([WakeupEvent(2_700, PID, 201, 101, 1_750)])  # a's call: decided by its hand-back
+    assert call(b, 10, 3_000, 201) == []  # taken running
+    assert b.feed([WakeupEvent(4_500, PID, 201, 102, 3_500)]) == []  # b's thread woken: a lock
+    out = b.flush(10_000 + DECIDE_WAIT_NS)
+    (c,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
+    assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
