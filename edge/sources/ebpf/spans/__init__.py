@@ -281,10 +281,13 @@ class SpanBuilder:
         on_event = self._on_event
         for ev in events:
             self.stats.events += 1
-            handler = on_event.get(type(ev))
-            if handler is None:
-                continue
             try:
+                if type(ev) is DataEvent:
+                    self._on_data(ev, out)  # most records: a compiled call, not one through the table's bound method
+                    continue
+                handler = on_event.get(type(ev))
+                if handler is None:
+                    continue
                 handler(ev, out)
             except Exception as exc:  # one bad event must not take the source down; counted and logged
                 self.stats.internal_errors += 1
