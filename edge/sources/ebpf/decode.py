@@ -45,9 +45,10 @@ _TYPE = struct.Struct("=I")
 _EP = "16s16sHHHBB"  # bpf/helix.h struct helix_endpoints (40 bytes)
 # bpf/io.h struct data_event (144 bytes + payload)
 _DATA = struct.Struct("=IIIi QQQQQQQQ" + _EP + " 16s IHH")
-# The same, for decoding: the addresses are not unpacked, the endpoints come from _DATA_ENDPOINTS' bytes (_endpoints2).
+# The same, for decoding: the addresses are not unpacked, the endpoints come from their bytes (_endpoints2).
 _DATA_READ = struct.Struct("=IIIi QQQQQQQQ 32x HHHBB 16s IHH")
-_DATA_ENDPOINTS = slice(80, 118)  # saddr, daddr, sport, dport, family of the record's helix_endpoints
+# saddr, daddr, sport, dport, family of the record's helix_endpoints (integer bounds: compiled, a slice object fails)
+_EP_AT, _EP_END = 80, 118
 _RV_KERNEL = 1 << 63  # bpf/helix.h HELIX_RV_KERNEL
 _RV_MASK = (1 << 56) - 1
 # bpf/io.h struct data_more_event (48 bytes + payload)
@@ -126,7 +127,7 @@ _endpoint_pairs: dict[bytes, tuple[Endpoint, Endpoint]] = {}
 
 
 def _endpoints2(raw: bytes, family: int, sport: int, dport: int) -> tuple[Endpoint, Endpoint]:
-    key = raw[_DATA_ENDPOINTS]
+    key = raw[_EP_AT:_EP_END]
     pair = _endpoint_pairs.get(key)
     if pair is None:
         if len(_endpoint_pairs) >= _ENDPOINT_CACHE_MAX:
