@@ -407,7 +407,7 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
                   span_id=x.span_id)
     span.status_code, span.status_message = status, message
     b.stats.http_spans += 1
-    if x.kind == SpanKind.SERVER:
+    if x.kind == _SERVER:
         b.causes.request_ended(x.pid, x.span_id, x.end_ns)
     if x.call is not None:
         b.causes.finish(x.call, span, x.end_ns, out)  # a worker's call may wait for the request it was made for
