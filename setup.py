@@ -78,6 +78,7 @@ ACCEL_MODULES = (
     "edge/sources/ebpf/spans/__init__.py",
     "edge/sources/ebpf/spans/tables.py",
     "edge/sources/ebpf/spans/causes.py",
+    "edge/sources/ebpf/spans/tasks.py",
     "edge/sources/ebpf/spans/http.py",
     "edge/sources/ebpf/spans/http2.py",
     "edge/sources/ebpf/spans/mqtt.py",

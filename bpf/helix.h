@@ -24,6 +24,7 @@ enum helix_event_type {
 	HELIX_EV_WAKEUP = 9,
 	HELIX_EV_H2 = 10,
 	HELIX_EV_TURN = 11,
+	HELIX_EV_PYCTX = 12,
 };
 
 /* data_event.flags / data_more_event.flags / h2_event.flags */

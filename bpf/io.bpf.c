@@ -435,6 +435,7 @@ static __always_inline void emit_more(struct sys_call *in, struct sock *sk, __u6
 }
 
 #include "mqtt_in.bpf.h"
+#include "pyctx.bpf.h"
 
 /* The first syscall of a message: who, where, the books of the previous message sent, and the first bytes;
  * unless the sampling decision holds the message back. */
@@ -493,6 +494,8 @@ static __always_inline void emit_start(struct sys_call *in, struct sock *sk, str
 	ev->offcpu_ns = thread_offcpu((__u32)id);
 	if (mqtt_defers(ev, st, in, got, size) && mqtt_defer_start(ev, st, got))
 		return;
+	if (in->op == DIR_EGRESS)
+		py_ctx_emit(id, in->ts_ns, (__u64)sk); /* first: userspace reads it with the data_event */
 	if (rb_output(ev, sizeof(*ev) + got))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }
@@ -544,6 +547,7 @@ static __always_inline void conn_bytes(struct sys_call *in, struct sock *sk, str
 }
 
 #include "tls.bpf.h"
+#include "pyctx_probes.bpf.h"
 
 /* A socket syscall returned: its bytes, unless they are the ciphertext of a connection whose plaintext the TLS
  * probes read. `slot` is the thread's inflight entry, `in` the syscall as it was entered. */

@@ -121,6 +121,36 @@ struct tcp_fault_event {
 	struct helix_endpoints ep;
 };
 
+/* The context a Python thread wrote a message's first bytes in, nearest first: its own, then the contexts each was
+ * copied from (bpf/pyctx.bpf.h), `depth` of them valid. Sent just before the message's data_event (same ts_ns).
+ * 96 bytes; Python: "=IIII QQ 8Q". */
+#define HELIX_PYCTX_DEPTH 8
+
+struct py_ctx_event {
+	__u32 type; /* HELIX_EV_PYCTX */
+	__u32 pid;
+	__u32 tid;
+	__u32 depth;
+	__u64 ts_ns; /* sys_enter of the syscall, as its data_event's */
+	__u64 sock;
+	__u64 ctx[HELIX_PYCTX_DEPTH];
+};
+
+/* Per interpreter process, written by userspace (py_attach.py; Python: "=QII"). */
+struct py_proc {
+	__u64 tstate_current; /* address of _PyRuntime's current-thread-state field in that process */
+	__u32 ctx_off;        /* offsetof(PyThreadState, context) */
+	__u32 _pad;
+};
+
+/* Indexes of the per-CPU `py_counts` counters (Python mirror: _PYCTX_COUNTS in loader.py). */
+enum helix_pyctx_count {
+	HELIX_PYCTX_EDGES = 0,      /* parent -> child context edges recorded */
+	HELIX_PYCTX_CHAINS = 1,     /* messages sent with their writer's contexts */
+	HELIX_PYCTX_NO_TSTATE = 2,  /* a message of a known interpreter's thread whose thread state is not learned yet */
+	HELIX_PYCTX_MAX = 3,
+};
+
 #define HELIX_PATH_DEPTH 6  /* trailing path components kept */
 #define HELIX_NAME_LEN 48   /* bytes kept of each component (NUL included) */
 
@@ -149,5 +179,7 @@ _Static_assert(sizeof(struct close_event) == 56, "mirrored in decode.py");
 _Static_assert(sizeof(struct h2_event) == 112, "mirrored in decode.py");
 _Static_assert(sizeof(struct connect_event) == 96, "mirrored in decode.py");
 _Static_assert(sizeof(struct tcp_fault_event) == 72, "mirrored in decode.py");
+_Static_assert(sizeof(struct py_ctx_event) == 96, "mirrored in decode.py");
+_Static_assert(sizeof(struct py_proc) == 16, "mirrored in py_attach.py");
 _Static_assert(sizeof(struct file_io_event) == 336, "mirrored in decode.py");
 #endif /* HELIX_IO_H */

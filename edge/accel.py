@@ -32,6 +32,7 @@ MODULES = (
     "edge.sources.ebpf.spans",
     "edge.sources.ebpf.spans.tables",
     "edge.sources.ebpf.spans.causes",
+    "edge.sources.ebpf.spans.tasks",
     "edge.sources.ebpf.spans.http",
     "edge.sources.ebpf.spans.http2",
     "edge.sources.ebpf.spans.mqtt",

@@ -19,6 +19,7 @@ from .errors import ConfigError, HelixError, ProbeUnavailable
 __all__ = ["Check", "run_checks", "format_checks", "doctor_exit_code", "main_doctor", "cost_report", "main_doctor_cost"]
 
 TLS_CHECK = "TLS libraries"
+PY_CHECK = "python task contexts"
 _FIX_ROOT = "run the agent as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
 
 
@@ -200,13 +201,16 @@ def _load(cfg: Config) -> list[Check]:
         objects = probes.object_files
         tls = _tls(cfg, probes) if cfg.ebpf.tls else Check(TLS_CHECK, True, "sources.ebpf.tls = false: TLS "
                                                             "plaintext is not read")
+        py = (_python_contexts(cfg, probes) if cfg.ebpf.python_contexts
+              else Check(PY_CHECK, True, "sources.ebpf.python_contexts = false: asyncio calls are decided by the "
+                                         "kernel's orders alone"))
     finally:
         probes.close()
     detail = (f"{len(attached)} programs attached to {tracepoints} tracepoints and detached again "
               f"({', '.join(objects)})")
     if skipped:
         detail += f"; skipped (tracepoint missing): {', '.join(skipped)}"
-    return [Check("probes load and attach", True, detail), tls]
+    return [Check("probes load and attach", True, detail), tls, py]
 
 
 # Since "perf: Revert to requiring CAP_SYS_ADMIN for uprobes" (2025, CVE-2025-38466, in the stable kernels too)
@@ -251,6 +255,34 @@ def _tls(cfg: Config, probes: Any) -> Check:
             fix = "check that the files are readable by root and not on a noexec mount"
         return Check(TLS_CHECK, False, "\n".join(lines), fix)
     return Check(TLS_CHECK, True, "\n".join(lines))
+
+
+def _python_contexts(cfg: Config, probes: Any) -> Check:
+    """Attach the Python task-context probes as the agent would, and name the interpreters whose version they do not
+    read (informational: those processes' calls keep the kernel's rules)."""
+    from .sources.ebpf.py_attach import PyContextAttacher
+    attacher = PyContextAttacher(probes, os.getpid(), frozenset(cfg.ebpf.pids) if cfg.ebpf.pids else None)
+    try:
+        attacher.start()
+        status = attacher.status()
+    except ProbeUnavailable as e:
+        return Check(PY_CHECK, False, e.reason, e.fix)
+    finally:
+        attacher.close()
+    interpreters = status["interpreters"]
+    lines = [f"attached to {len(interpreters)} interpreter file(s) and detached again "
+             f"(versions read: {', '.join(status['supported_versions'])}):"]
+    lines += [f"      {i['path']} (CPython {i['version']}, {i['processes']} process(es))" for i in interpreters]
+    for version, u in status["unsupported"].items():
+        lines.append(f"    unsupported interpreter version {version} (its task contexts are not read): "
+                     f"{u['processes']} process(es): {', '.join(u['names'])}"
+                     + (", ..." if u["processes"] > len(u["names"]) else ""))
+    if status["attach_errors"]:
+        lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(status["attach_failures"]))
+        return Check(PY_CHECK, False, "\n".join(lines), _FIX_UPROBES.replace("sources.ebpf.tls = false to run without "
+                                                                            "TLS plaintext",
+                                                                            "sources.ebpf.python_contexts = false"))
+    return Check(PY_CHECK, True, "\n".join(lines))
 
 
 def _span_builder() -> Check:

@@ -12,12 +12,10 @@ is built, and every problem is a DecodeError naming it.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import re
 import struct
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -136,7 +134,35 @@ def _compact(t: str) -> Any:
         return cbor2.CBORTag(_UUID_TAG, bytes.fromhex(t.replace("-", "")))
     if form == 3:
         return bytes.fromhex(t)
-    return cbor2.CBORTag(_IPV4_TAG, ipaddress.IPv4Address(t).packed)
+    return cbor2.CBORTag(_IPV4_TAG, bytes([int(octet) for octet in t.split(".")]))  # checked by _FORMS
+
+
+class _Formed:
+    """A UUID (tag 37) or an IPv4 address (tag 52) as read from a body: its text, which only a version 4 text
+    column's new texts may hold (everywhere else it is a value of no type the span model has, and refused)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _read_uuid(v: Any, immutable: bool) -> _Formed:
+    # The CBOR library reads the tag into a uuid.UUID, whose text is then built in Python code: both cost more.
+    if type(v) is not bytes or len(v) != 16:
+        raise ValueError("a UUID (tag 37) must be 16 bytes")
+    h = v.hex()
+    return _Formed(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+
+
+def _read_ipv4(v: Any, immutable: bool) -> _Formed:
+    # Networks and interfaces (tag 52 around [prefix, bytes]) are no text form: refused here as anywhere else.
+    if type(v) is not bytes or len(v) != 4:
+        raise ValueError("an IPv4 address (tag 52) must be 4 bytes")
+    return _Formed(f"{v[0]}.{v[1]}.{v[2]}.{v[3]}")
+
+
+_SEMANTIC = {_UUID_TAG: _read_uuid, _IPV4_TAG: _read_ipv4}
 
 
 def _expand(x: Any, what: str) -> str:
@@ -148,11 +174,10 @@ def _expand(x: Any, what: str) -> str:
     if type(x) is int:
         expect(_MIN_INT <= x < _MAX_INT, f"{what} holds a decimal text out of range")
         return str(x)
-    # The CBOR library reads tag 37 (16 bytes) as a UUID and tag 52 around 4 bytes as an IPv4 address, and refuses
-    # either tag on anything else but an IPv4 network (tag 52 around [prefix, bytes]), refused here.
-    expect(type(x) is uuid.UUID or type(x) is ipaddress.IPv4Address,
-           f"{what} holds a new text that is not text, bytes, an integer, a UUID or an IPv4 address")
-    return str(x)
+    expect(type(x) is _Formed, f"{what} holds a new text that is not text, bytes, an integer, a UUID or an IPv4 "
+                               "address")
+    f: _Formed = x
+    return f.text
 
 
 def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = True) -> list[Any]:
@@ -483,7 +508,7 @@ def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes:
         raise UnknownTableSet(table_id)
     raw = decompress_with(tables.decompressor(), bytes(data[header.size:]), max_bytes, "uplink batch")
     try:
-        doc = cbor2.loads(raw, max_depth=MAX_DEPTH + 4)
+        doc = cbor2.loads(raw, max_depth=MAX_DEPTH + 4, semantic_decoders=_SEMANTIC)
     except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
     try:

@@ -42,6 +42,9 @@ class EbpfSourceConfig(Section):
     # this often for libraries loaded after they started (and files no process maps any more are detached).
     tls: bool = setting(True, boolean)
     tls_rescan: float = setting(10.0, duration(1.0, 3600.0))
+    # asyncio task contexts of CPython processes (bpf/pyctx.bpf.h): which request's handler made an event loop's call.
+    # A uprobe pair on PyContext_CopyCurrent, rescanned with the TLS libraries; its cost: docs/benchmarks.md.
+    python_contexts: bool = setting(True, boolean)
     # HTTP/2 request headers (gRPC metadata) kept on spans as http.request.header.<name> (rpc.grpc.request.metadata.
     # <name>): a request id to correlate with logs, say. Names are matched in lower case.
     capture_headers: tuple[str, ...] = setting((), str_list)

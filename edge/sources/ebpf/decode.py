@@ -25,6 +25,7 @@ from .events import (
     FileOp,
     H2Event,
     KernelEvent,
+    PyContextEvent,
     Role,
     TcpFaultEvent,
     TurnEvent,
@@ -34,10 +35,10 @@ from .events import (
 __all__ = ["DecodeStats", "decode_event", "decode_batch", "EVENT_TYPES", "RECORD_SIZES"]
 
 # bpf/helix.h enum helix_event_type
-EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE, EV_WAKEUP, EV_H2, EV_TURN = range(1, 12)
+EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE, EV_WAKEUP, EV_H2, EV_TURN, EV_PYCTX = range(1, 13)
 EVENT_TYPES = {EV_DATA: "data", EV_CLOSE: "close", EV_CONNECT: "connect", EV_TCP_FAULT: "tcp_fault",
                EV_EXEC: "exec", EV_EXIT: "exit", EV_FILE_IO: "file_io", EV_DATA_MORE: "data_more",
-               EV_WAKEUP: "wakeup", EV_H2: "h2", EV_TURN: "turn"}
+               EV_WAKEUP: "wakeup", EV_H2: "h2", EV_TURN: "turn", EV_PYCTX: "pyctx"}
 # bpf/helix.h record flags
 F_TLS, F_H2_START, F_H2_GAP = 1 << 0, 1 << 1, 1 << 2
 
@@ -71,10 +72,13 @@ _EXIT = struct.Struct("=IIiI Q 16s")
 _WAKEUP = struct.Struct("=IIII QQ")
 # bpf/proc.h struct turn_event (24 bytes)
 _TURN = struct.Struct("=IIIi Q")
+# bpf/io.h struct py_ctx_event (96 bytes; HELIX_PYCTX_DEPTH=8)
+_PYCTX = struct.Struct("=IIII QQ 8Q")
 
 RECORD_SIZES = {EV_DATA: _DATA.size, EV_DATA_MORE: _DATA_MORE.size, EV_H2: _H2.size, EV_CLOSE: _CLOSE.size,
                 EV_CONNECT: _CONNECT.size, EV_TCP_FAULT: _FAULT.size, EV_FILE_IO: _FILE_IO.size, EV_EXEC: _EXEC.size,
-                EV_EXIT: _EXIT.size, EV_WAKEUP: _WAKEUP.size, EV_TURN: _TURN.size}
+                EV_EXIT: _EXIT.size, EV_WAKEUP: _WAKEUP.size, EV_TURN: _TURN.size,
+                EV_PYCTX: _PYCTX.size}
 
 _AF_INET, _AF_INET6 = 2, 10
 _ROLES = tuple(Role)
@@ -172,6 +176,11 @@ def _decode(kind: int, raw: bytes) -> KernelEvent:
     if kind == EV_TURN:
         _, pid, tid, ready, ts = _TURN.unpack_from(raw)
         return TurnEvent(ts, pid, tid, ready)
+    if kind == EV_PYCTX:
+        _, pid, tid, depth, ts, sock, *ctx = _PYCTX.unpack_from(raw)
+        if not 1 <= depth <= len(ctx):
+            raise IndexError(depth)  # counted as a bad value
+        return PyContextEvent(ts, pid, tid, sock, tuple(ctx[:depth]))
     if kind == EV_DATA:
         (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu, rv,
          sport, dport, family, role, direction, comm, plen, flags, tlsv) = _DATA_READ.unpack_from(raw)

@@ -1,4 +1,5 @@
-"""Just enough ELF to attach uprobes: defined function symbols as file offsets, and section names.
+"""Just enough ELF to attach uprobes: defined function symbols as file offsets, data symbols' addresses, and section
+names.
 
 Uprobes are placed by (file, offset); the offset of a function is its symbol's address translated through the
 loadable segment that contains it, as libbpf does. Files are read in place, bounded and checked: a truncated,
@@ -19,7 +20,8 @@ _MAGIC = b"\x7fELF"
 _SHT_SYMTAB, _SHT_DYNSYM, _SHT_GNU_HASH = 2, 11, 0x6FFFFFF6
 _PT_LOAD = 1
 _PF_X = 1
-_STT_FUNC, _STT_GNU_IFUNC = 2, 10
+_STT_OBJECT, _STT_FUNC, _STT_GNU_IFUNC = 1, 2, 10
+_ET_EXEC = 2
 _SHN_UNDEF = 0
 _MAX_SECTIONS = 1 << 16
 _MAX_TABLE = 256 << 20  # a symbol or string table larger than this is refused (no real one comes close)
@@ -140,6 +142,26 @@ class ElfFile:
                     found.update(self._lookup(sec, wanted - found.keys())[0])
         return found
 
+    def data_symbols(self, names: Iterable[str]) -> dict[str, int]:
+        """Link-time addresses of the defined data objects among `names` (the dynamic symbols, then the full table)."""
+        wanted = set(names)
+        found: dict[str, int] = {}
+        for kind in (_SHT_DYNSYM, _SHT_SYMTAB):
+            for sec in self.sections:
+                if sec.type == kind and wanted - found.keys():
+                    found.update(self._lookup(sec, wanted - found.keys(), data=True)[0])
+        return found
+
+    def load_bias(self, mapped_at: int) -> int:
+        """What to add to a link-time address, given where the file's first byte is mapped (0 for a fixed-address
+        executable)."""
+        if self.type == _ET_EXEC:
+            return 0
+        first = min((seg for seg in self.segments if seg.type == _PT_LOAD), key=lambda seg: seg.vaddr, default=None)
+        if first is None:
+            raise ElfError(f"{self.path}: no loadable segment")
+        return mapped_at - (first.vaddr - first.offset)
+
     def _hashed(self, wanted: set[str]) -> tuple[dict[str, int], set[str]] | None:
         """Defined dynamic functions among `wanted` through the GNU hash table (a few reads per name instead of a
         pass over every symbol), and the names it does not define; None without such a table."""
@@ -195,8 +217,9 @@ class ElfFile:
                 out |= self._lookup(sec, set(names))[1]
         return out
 
-    def _lookup(self, sec: _Section, wanted: set[str]) -> tuple[dict[str, int], set[str]]:
-        """Defined functions among `wanted` (file offsets), and the undefined ones."""
+    def _lookup(self, sec: _Section, wanted: set[str], data: bool = False) -> tuple[dict[str, int], set[str]]:
+        """Defined functions among `wanted` (file offsets; with `data`, data objects' addresses), and the undefined
+        ones."""
         if not 0 <= sec.link < len(self.sections) or sec.size > _MAX_TABLE:
             raise ElfError(f"{self.path}: bad symbol table {sec.name}")
         strtab = self.sections[sec.link]
@@ -237,6 +260,10 @@ class ElfFile:
                 continue
             if shndx == _SHN_UNDEF:
                 undefined.add(name)
+                continue
+            if data:
+                if (info & 0xF) == _STT_OBJECT:
+                    out[name] = value
                 continue
             if (info & 0xF) not in (_STT_FUNC, _STT_GNU_IFUNC):
                 continue

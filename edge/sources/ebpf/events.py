@@ -27,6 +27,7 @@ __all__ = [
     "WakeupEvent",
     "TurnEvent",
     "KernelEvent",
+    "PyContextEvent",
 ]
 
 
@@ -270,5 +271,17 @@ class TurnEvent:
     ready: int  # descriptors the wait reported ready (0 on timeout, -errno on error)
 
 
+@dataclass(slots=True)
+class PyContextEvent:
+    """The contexts a Python thread wrote a message's first bytes in (its task's, then each one's parent): sent just
+    before that message's DataEvent, with its ts_ns and sock."""
+
+    ts_ns: int
+    pid: int
+    tid: int
+    sock: int
+    contexts: tuple[int, ...]  # nearest first
+
+
 KernelEvent = (DataEvent | DataMoreEvent | H2Event | CloseEvent | ConnectEvent | TcpFaultEvent | ExecEvent | ExitEvent
-               | FileIoEvent | WakeupEvent | TurnEvent)
+               | FileIoEvent | WakeupEvent | TurnEvent | PyContextEvent)

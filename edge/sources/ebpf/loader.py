@@ -103,6 +103,7 @@ _PAYLOAD_MAX = 1024  # bpf/helix.h HELIX_PAYLOAD_MAX
 _THRESHOLD_MAX = (1 << 56) - 1
 _SLOW_FILE_OFF = (1 << 64) - 1
 _DROP_REASONS = ("ringbuf_full", "state_full", "tls_unlinked", "h2_desync")  # bpf/helix.h enum helix_drop
+_PYCTX_COUNTS = ("context_edges", "context_chains", "context_no_thread_state")  # bpf/io.h enum helix_pyctx_count
 # bpf/helix.h enum helix_decision
 _DECISIONS = ("kept", "sampled_out", "undecidable_kept", "aggregate_full", "no_status", "incomplete", "thread_rv",
               "broker_publish", "peer_rv")
@@ -614,6 +615,10 @@ class ProbeSet:
             raw = lib.lookup(fd, _U32.pack(i), stride * ncpu) or b""
             out[name] = sum(_U64.unpack_from(raw, c * stride)[0] for c in range(len(raw) // stride))
         return out
+
+    def pyctx_counts(self) -> dict[str, int]:
+        """The Python context probes' counters (bpf/io.h helix_pyctx_count), summed over CPUs; {} without them."""
+        return self._percpu_counts("py_counts", _PYCTX_COUNTS) if "py_counts" in self._maps else {}
 
     def lost_events(self) -> int:
         """Records the kernel could not put in the ring buffer (userspace too slow)."""

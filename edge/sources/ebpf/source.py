@@ -17,6 +17,7 @@ from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_CONSUMER, RED_PRODUCER, RED
                      RedAggregate, open_probes)
 from .spans import SpanBuilder, SpanBuilderConfig, split_host
 from .builder_state import BuilderState
+from .py_attach import PyContextAttacher
 from .tls_attach import TlsAttacher
 
 __all__ = ["EbpfSource", "EbpfSourceStats"]
@@ -68,7 +69,9 @@ class EbpfSource:
         self._red_seen: dict[bytes, tuple[int, int, tuple[int, ...]]] = {}  # raw key -> (errors, sum_ns, buckets)
         self.tls: TlsAttacher | None = None
         self.tls_error = ""  # why TLS plaintext is not read, when it is not
-        self._tls_lock = asyncio.Lock()
+        self.py: PyContextAttacher | None = None
+        self.py_error = ""  # why Python task contexts are not read, when they are not
+        self._tls_lock = asyncio.Lock()  # one scan at a time, of either attacher
         self._tls_tasks: set[asyncio.Task[None]] = set()
 
     def set_sample_threshold(self, threshold: int) -> None:
@@ -144,20 +147,35 @@ class EbpfSource:
         self.builder.on_h2 = self.probes.hint_h2
         if self.cfg.tls:
             tls = TlsAttacher(self.probes, self.own_pid, frozenset(self.cfg.pids) if self.cfg.pids else None)
-            try:
-                async with self._tls_lock:
-                    await asyncio.to_thread(tls.start)
-                self.tls = tls
-            except ProbeUnavailable as e:
-                tls.close()
-                self.tls_error = f"{e.reason} ({e.fix})"
-                log.warning("TLS plaintext will not be read: %s", self.tls_error)
+            self.tls_error = await self._start_attacher(tls, "TLS plaintext")
+            self.tls = None if self.tls_error else tls
         else:
             self.tls_error = "sources.ebpf.tls = false"
+        if self.cfg.python_contexts:
+            py = PyContextAttacher(self.probes, self.own_pid, frozenset(self.cfg.pids) if self.cfg.pids else None)
+            self.py_error = await self._start_attacher(py, "Python task contexts")
+            self.py = None if self.py_error else py
+        else:
+            self.py_error = "sources.ebpf.python_contexts = false"
+
+    async def _start_attacher(self, attacher: TlsAttacher | PyContextAttacher, what: str) -> str:
+        """Start an attacher off the loop: "" once started, else why `what` will not be read (it is closed)."""
+        try:
+            async with self._tls_lock:
+                await asyncio.to_thread(attacher.start)
+            return ""
+        except ProbeUnavailable as e:
+            attacher.close()
+            why = f"{e.reason} ({e.fix})"
+            log.warning("%s will not be read: %s", what, why)
+            return why
+
+    def _attachers(self) -> list[TlsAttacher | PyContextAttacher]:
+        return [a for a in (self.tls, self.py) if a is not None]
 
     def _on_events(self, events: list[KernelEvent]) -> None:
         self._emit(self.builder.feed(events))
-        if self.tls is not None:
+        if self.tls is not None or self.py is not None:
             for ev in events:
                 if type(ev) is ExecEvent:
                     self._tls_later(ev.pid, _EXEC_SCANS_S)
@@ -171,31 +189,29 @@ class EbpfSource:
         task.add_done_callback(self._tls_tasks.discard)
 
     async def _tls_pid(self, pid: int, delays: tuple[float, ...]) -> None:
-        tls = self.tls
-        if tls is None:
-            return
         if not delays:
             async with self._tls_lock:
-                await asyncio.to_thread(tls.forget, pid)
+                for a in self._attachers():
+                    await asyncio.to_thread(a.forget, pid)
             return
         waited = 0.0
         for delay in delays:
             await asyncio.sleep(delay - waited)
             waited = delay
             async with self._tls_lock:
-                await asyncio.to_thread(tls.scan_pid, pid)
+                for a in self._attachers():
+                    await asyncio.to_thread(a.scan_pid, pid)
 
     async def _tls_rescans(self) -> None:
-        while self.tls is not None:
+        while self._attachers():
             await asyncio.sleep(self.cfg.tls_rescan)
             try:
                 async with self._tls_lock:
-                    tls = self.tls  # closed while this rescan waited for the lock: nothing left to scan
-                    if tls is None:
-                        return
-                    await asyncio.to_thread(tls.scan_all)
+                    # those closed while this rescan waited for the lock are not scanned
+                    for a in self._attachers():
+                        await asyncio.to_thread(a.scan_all)
             except Exception:  # a rescan failing must not stop the next one
-                log.exception("rescanning processes for TLS libraries failed")
+                log.exception("rescanning processes for TLS libraries and interpreters failed")
 
     def _ignored(self, span: Span) -> bool:
         topic = span.attributes.get("messaging.destination.name")
@@ -240,8 +256,8 @@ class EbpfSource:
         self.cfg = cfg
         if self.probes is not None:
             self.probes.set_allowed_pids(cfg.pids or None)
-        if self.tls is not None:
-            self.tls.allowed = frozenset(cfg.pids) if cfg.pids else None
+        for a in self._attachers():
+            a.allowed = frozenset(cfg.pids) if cfg.pids else None
 
     async def stop(self) -> None:
         """Emit what is pending, stop reading and detach every probe."""
@@ -251,10 +267,10 @@ class EbpfSource:
         self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**12))
         for task in list(self._tls_tasks):
             task.cancel()
-        if self.tls is not None:
-            async with self._tls_lock:
-                await asyncio.to_thread(self.tls.close)
-            self.tls = None
+        async with self._tls_lock:
+            for a in self._attachers():
+                await asyncio.to_thread(a.close)
+            self.tls = self.py = None
         if self.probes is not None:
             try:
                 self.poll_red()  # the last counts, before the maps go
@@ -285,6 +301,12 @@ class EbpfSource:
             out["tls"] = self.tls.status()
         elif self.tls_error:
             out["tls"] = {"off": self.tls_error}
+        if self.py is not None:
+            ts = self.builder.causes.tasks.stats
+            out["python_contexts"] = {**self.py.status(),
+                                      "rule": {name: getattr(ts, name) for name in ts.__dataclass_fields__}}
+        elif self.py_error:
+            out["python_contexts"] = {"off": self.py_error}
         out["red_counted"] = self.stats.red_counted
         out["red_series_freed"] = self.stats.red_series_freed
         bs = self.builder.stats

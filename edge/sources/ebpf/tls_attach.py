@@ -22,7 +22,7 @@ from typing import Any
 from ...errors import ProbeUnavailable
 from . import _libbpf
 from .loader import ProbeSet
-from .tls_libs import Catalog, ProcessTls, TlsCode, host_openssl_files, scan_process, traced_pids
+from .tls_libs import Catalog, ProcessTls, TlsCode, host_openssl_files, rescan, scan_process
 
 __all__ = ["TlsAttacher", "ATTACH_POINTS", "AttachedFile"]
 
@@ -99,13 +99,8 @@ class TlsAttacher:
         if self._closed:
             return
         self.scans += 1
-        pids = traced_pids(self.allowed, self.own_pid)
-        live = set(pids)
-        for pid in list(self._by_pid.keys() | self._unreadable.keys()):
-            if pid not in live:
-                self.forget(pid)
-        for pid in pids:
-            self.scan_pid(pid)
+        known = list(self._by_pid.keys() | self._unreadable.keys())
+        rescan(known, self.allowed, self.own_pid, self.forget, self.scan_pid)
 
     def scan_pid(self, pid: int) -> None:
         """Look at one process's mappings now (after an exec, or on a rescan)."""

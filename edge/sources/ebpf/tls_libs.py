@@ -13,6 +13,7 @@ import os
 import re
 import struct
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,3 +223,15 @@ def traced_pids(allowed: frozenset[int] | None, own_pid: int) -> list[int]:
     if allowed is not None:
         return sorted(p for p in allowed if p != own_pid)
     return sorted(int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != own_pid)
+
+
+def rescan(known: Iterable[int], allowed: frozenset[int] | None, own_pid: int, forget: Callable[[int], None],
+           scan: Callable[[int], None]) -> None:
+    """Forget the `known` processes no longer traced (gone, or off the allow-list), then scan every traced one."""
+    pids = traced_pids(allowed, own_pid)
+    live = set(pids)
+    for pid in list(known):
+        if pid not in live:
+            forget(pid)
+    for pid in pids:
+        scan(pid)

@@ -380,6 +380,19 @@ def test_real_batches_decode_within_the_gateways_expansion_limit_which_bounds_th
                     assert count.total >= len(request_from_spans(decoded).SerializeToString()), name
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(IMPLEMENTATIONS), st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=4),
+       st.lists(st.binary(min_size=4, max_size=4), min_size=1, max_size=4))
+def test_uuid_and_ipv4_texts_come_back_as_the_standard_library_writes_them(impl: str, uuids: list[bytes],
+                                                                        addresses: list[bytes]) -> None:
+    # Version 4 carries them as tags 37 and 52, which the decoder reads to text itself (not through uuid/ipaddress).
+    texts = [str(uuid.UUID(bytes=b)) for b in uuids] + [str(ipaddress.IPv4Address(b)) for b in addresses]
+    spans = [Span(b"\x01" * 16, bytes([i + 1]) * 8, t, 10, 20, attributes={"peer": t, "n": i})
+             for i, t in enumerate(texts)]
+    data = _columnar(impl).encode(spans, "n", 1, EMPTY, created_ns=1)
+    assert _exact(_columnar(impl).decode(data, read_header(data), EMPTY, MAX, MAX_SPANS, None).spans, spans)
+
+
 def test_a_resource_value_decodes_with_its_own_types_whatever_was_interned_before() -> None:
     # True == 1 == 1.0: a frozen copy shared with an earlier resource would bring back [1.0] for [True].
     Resource.of({"": [1.0]})

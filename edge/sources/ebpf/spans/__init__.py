@@ -51,6 +51,7 @@ from ..events import (
     FileIoEvent,
     H2Event,
     KernelEvent,
+    PyContextEvent,
     TcpFaultEvent,
     TurnEvent,
     WakeupEvent,
@@ -247,6 +248,7 @@ class SpanBuilder:
             ExitEvent: self._on_exit,
             WakeupEvent: self.causes.wakeup,
             TurnEvent: self.causes.turn,
+            PyContextEvent: lambda ev, out: self.causes.tasks.seen(ev),
         }
 
     # -- public ------------------------------------------------------------------------------------------------

@@ -89,11 +89,13 @@ from dataclasses import dataclass, field
 
 from ....model import Span
 from ..events import TurnEvent, WakeupEvent
+from .tasks import NEAR as _NEAR_CONTEXT
+from .tasks import TaskContexts
 
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
 CAUSE = "helix.cause"  # bytes: span id of the kernel server span whose request caused this call
-CAUSE_VIA = "helix.cause.via"  # thread | event-loop | loop-turn | loop-order | wakeup | handoff | response |
+CAUSE_VIA = "helix.cause.via"  # task | thread | event-loop | loop-turn | loop-order | wakeup | handoff | response |
 # elimination | write-order | ambiguous
 
 # How long a worker's answered call waits for the wakeup that hands its result to a waiting request thread. The
@@ -153,6 +155,8 @@ class Call:
     group: _Group | None = None  # an event loop's call made in a turn whose calls may be for several requests
     pos: int = 0  # where it began in that turn: its write, or the connect() of its new connection
     end_turn: int = -1  # the loop turn its whole answer was read in
+    contexts: tuple[int, ...] = ()  # a Python thread's task context it was written in, and that one's ancestors
+    open_at_call: tuple[bytes, ...] = ()  # with contexts: the requests open on its thread when it began (`task`)
 
 
 @dataclass(slots=True)
@@ -255,6 +259,7 @@ class Causes:
         self._unresolved: dict[int, deque[Call]] = {}  # per stream process: its workers' last calls left undecided
         self._unordered: set[int] = set()  # stream processes where `write-order` met a contradiction
         self._holding: set[tuple[int, int]] = set()  # event-loop threads with calls held for `loop-order`
+        self.tasks = TaskContexts()  # Python task contexts (`task`, tasks.py)
         self._loops: dict[int, set[int]] = {}  # per process: its threads that wait in epoll
 
     def __len__(self) -> int:
@@ -305,7 +310,8 @@ class Causes:
     def waiting_count(self) -> int:
         """Calls waiting for their decision."""
         return (sum(len(t.waiting) for k in self._waiting if (t := self._threads.get(k)) is not None)
-                + sum(len(t.held) for k in self._holding if (t := self._threads.get(k)) is not None))
+                + sum(len(t.held) for k in self._holding if (t := self._threads.get(k)) is not None)
+                + self.tasks.waiting())
 
     def _thread(self, pid: int, tid: int) -> _Thread:
         key = (pid, tid)
@@ -449,12 +455,14 @@ class Causes:
     # -- calls made ------------------------------------------------------------------------------------------
 
     def call_made(self, pid: int, tid: int, start_ns: int, sock: int | None = None,
-                  out: list[Span] | None = None) -> Call:
-        """Thread `tid` wrote a request (on connection `sock`): its cause now, or a Call that waits for its
-        decision. A waiting call pushed out to make room is decided on what is known and its span, if finished, goes
-        to `out`."""
+                  out: list[Span] | None = None, contexts: tuple[int, ...] = ()) -> Call:
+        """Thread `tid` wrote a request (on connection `sock`; in Python task `contexts`, if known): its cause now, or
+        a Call that waits for its decision. A waiting call pushed out to make room is decided on what is known and its
+        span, if finished, goes to `out`."""
         t = self._thread(pid, tid)
         call = Call(pid, tid, start_ns)
+        if contexts and t.open:
+            call.contexts, call.open_at_call = contexts, tuple(t.open)
         t.reading = False
         t.fresh = False
         opened = self._connects.pop((pid, sock), None) if sock is not None else None
@@ -551,6 +559,7 @@ class Causes:
     def finish(self, call: Call, span: Span, end_ns: int, out: list[Span]) -> None:
         """The call's span is complete (its end at kernel time `end_ns`): out now if its cause is decided, else it
         waits for the decision."""
+        call.end_ns = end_ns
         t = self._threads.get((call.pid, call.tid)) if call.turn >= 0 else None
         if t is not None:
             end_turn = _turn_at(t, end_ns)
@@ -567,11 +576,9 @@ class Causes:
         if call.candidates and not call.decided:
             self._decide_among(call)
         if call.decided:
-            _mark(call, span)
-            out.append(span)
+            self._out(call, span, out)
             return
         call.span = span
-        call.end_ns = end_ns
         call.deadline_ns = end_ns + DECIDE_WAIT_NS
         call.answered = True
         call.answered_ns = call.answered_ns or end_ns
@@ -693,8 +700,7 @@ class Causes:
                 c.decided, c.via = True, "ambiguous"
                 self.stats.ambiguous += 1
             if c.decided and c.span is not None:
-                _mark(c, c.span)
-                out.append(c.span)
+                self._out(c, c.span, out)
                 c.span = None
             else:
                 keep.append(c)
@@ -821,9 +827,47 @@ class Causes:
         if call.cause is not None and call.via in ("response", "elimination", "write-order"):
             _bounded_put(self._ran_by, call.cause, call.tid)
         if call.span is not None and out is not None:
-            _mark(call, call.span)
-            out.append(call.span)
+            self._out(call, call.span, out)
             call.span = None
+
+    # -- Python task contexts (`task`) -------------------------------------------------------------------------
+
+    def _out(self, call: Call, span: Span, out: list[Span]) -> None:
+        """A decided call's span goes out, unless its task contexts may still name its request: then it waits for
+        its handler's response (tasks.py)."""
+        if call.open_at_call:
+            cause, depth = self.tasks.match(call.pid, call.contexts, call.open_at_call, call.end_ns)
+            if cause is None or depth > _NEAR_CONTEXT:
+                for h in self.tasks.hold(call.pid, call.contexts, call.open_at_call, call.end_ns,
+                                         call.end_ns + DECIDE_WAIT_NS, (call, span), cause, depth):
+                    self._release_held(h.payload, h.cause, out, h.depth)
+                return
+            self._by_task(call, cause)
+        _mark(call, span)
+        out.append(span)
+
+    def _by_task(self, call: Call, cause: bytes) -> None:
+        self.tasks.stats.decided += 1
+        if call.cause != cause:
+            self.tasks.stats.overrode += 1
+        call.cause, call.via = cause, "task"
+
+    def _release_held(self, payload: tuple[Call, Span], cause: bytes | None, out: list[Span], depth: int = -1) -> None:
+        call, span = payload
+        if cause is not None:
+            self._by_task(call, cause)
+            if depth > _NEAR_CONTEXT:
+                self.tasks.stats.deep += 1
+        else:
+            self.tasks.stats.unmatched += 1
+        _mark(call, span)
+        out.append(span)
+
+    def handled(self, pid: int, span_id: bytes, contexts: tuple[int, ...], ts_ns: int, out: list[Span]) -> None:
+        """The response to the request of `span_id` began at `ts_ns`, written in Python task `contexts`: the calls
+        held for it go out."""
+        for h in self.tasks.handled(pid, span_id, contexts, ts_ns):
+            self._release_held(h.payload, h.cause, out, h.depth)
 
     def flush(self, now_ns: int, out: list[Span], stale_ns: int, force: bool = False) -> None:
         """Decide the finished calls that waited DECIDE_WAIT_NS (kernel time `now_ns`) for a hand-back: the request
@@ -863,6 +907,8 @@ class Causes:
             final = self._by_evidence(call, final=True)
             assert final is not None
             self._decide(t, call, final[0], final[1], out)
+        for h in self.tasks.due(now_ns, force):
+            self._release_held(h.payload, h.cause, out, h.depth)
 
     def forget_process(self, pid: int, out: list[Span]) -> None:
         """The process ended: decide what waits, forget its threads."""
@@ -876,6 +922,8 @@ class Causes:
                 assert decision is not None
                 call.cause, call.via = decision
                 self._settle(call, out)
+        for h in self.tasks.forget_process(pid):
+            self._release_held(h.payload, h.cause, out, h.depth)
         self._pools.discard(pid)
         self._loops.pop(pid, None)
         self._unanswered.pop(pid, None)

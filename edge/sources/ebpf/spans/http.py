@@ -260,6 +260,7 @@ class _Http:
         deadline = start + int(b.config.response_timeout * _NS)
         faults = take_faults(b, conn)
         sole = len(reqs) == 1
+        contexts = () if ingress else b.causes.tasks.chain(ev.pid, ev.tid, ev.ts_ns)
         for req in reqs:
             if len(st.pending) >= b.config.max_pending_per_connection:
                 st.pending.popleft()
@@ -269,7 +270,7 @@ class _Http:
             if ingress:
                 b.causes.request_read(ev.pid, ev.tid, x.span_id, start)
             else:
-                x.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock, out)
+                x.call = b.causes.call_made(ev.pid, ev.tid, start, conn.sock, out, contexts)
             faults = []
             st.pending.append(x)
         st.last_msg = _REQ_MSG
@@ -293,6 +294,7 @@ class _Http:
             return False
         st = self._claim(conn)
         any_final = False
+        contexts = b.causes.tasks.chain(ev.pid, ev.tid, ev.ts_ns) if kind == _SERVER else ()
         sole = not resps[0].interim and (len(resps) == 1 or sum(1 for r in resps if not r.interim) == 1)
         for resp in resps:
             if resp.interim:
@@ -306,6 +308,8 @@ class _Http:
             if x.call is not None:
                 b.causes.response_read(x.call, ev.tid, ev.end_ns)
             else:
+                if contexts:
+                    b.causes.handled(ev.pid, x.span_id, contexts, ev.ts_ns, out)
                 b.causes.request_done(x.pid, x.tid, x.span_id, ev.ts_ns, out)
             x.resp_tid = ev.tid
             x.resp_offcpu_ns = ev.offcpu_ns

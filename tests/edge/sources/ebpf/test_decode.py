@@ -19,6 +19,7 @@ from edge.sources.ebpf.events import (
     FaultKind,
     FileIoEvent,
     FileOp,
+    PyContextEvent,
     Role,
     TcpFaultEvent,
     TurnEvent,
@@ -123,6 +124,18 @@ def test_other_records() -> None:
     turn = struct.pack("=IIIiQ", 11, 50, 51, -4, 90)  # bpf/proc.h struct turn_event: an epoll wait interrupted
     assert len(turn) == RECORD_SIZES[11] == 24
     assert decode_event(turn) == TurnEvent(90, 50, 51, -4)
+
+
+def test_python_context_records_decode_their_valid_depth() -> None:
+    """bpf/io.h struct py_ctx_event: `depth` of the 8 contexts are valid; a depth out of range is a counted drop."""
+    raw = struct.pack("=IIIIQQ8Q", 12, 50, 51, 3, 90, 0xFFFF0001, 0x10, 0x20, 0x30, 0, 0, 0, 0, 0)
+    assert len(raw) == RECORD_SIZES[12] == 96
+    assert decode_event(raw) == PyContextEvent(90, 50, 51, 0xFFFF0001, (0x10, 0x20, 0x30))
+    stats = DecodeStats()
+    for depth in (0, 9):
+        bad = struct.pack("=IIIIQQ8Q", 12, 50, 51, depth, 90, 1, *range(8))
+        assert decode_event(bad, stats) is None
+    assert stats.bad_value == 2
 
 
 def test_bad_records_are_counted_drops() -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import gzip
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from edge.sources.ebpf import events as ev_mod
 from edge.sources.ebpf.events import Endpoint, KernelEvent
 
 _TYPES = {t.__name__: t for t in (ev_mod.DataEvent, ev_mod.DataMoreEvent, ev_mod.H2Event, ev_mod.CloseEvent,
-                                  ev_mod.ConnectEvent, ev_mod.WakeupEvent, ev_mod.TurnEvent, ev_mod.ExitEvent)}
+                                  ev_mod.ConnectEvent, ev_mod.WakeupEvent, ev_mod.TurnEvent, ev_mod.ExitEvent,
+                                  ev_mod.PyContextEvent)}
 
 
 def _plain(v: object) -> object:
@@ -66,6 +68,8 @@ def load(path: Path, events: types.ModuleType = ev_mod) -> list[KernelEvent]:
                 hint = hints[name]
                 if isinstance(v, dict):
                     v = base64.b64decode(v["b64"])
+                elif isinstance(v, list) and name == "contexts":
+                    v = tuple(v)
                 elif hint is Endpoint:
                     v = Endpoint(v[0], v[1])
                 elif isinstance(hint, type) and issubclass(hint, enum.Enum):
@@ -118,10 +122,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def record_services(path: Path, commands: list[list[str]], keep: tuple[int, ...], client: list[str]) -> None:
-    """Start `commands` (each prints a line once ready), run `client` while the probes trace them, and write the
-    events of the processes at the indexes `keep` to `path`."""
+async def record_services(path: Path, commands: list[list[str]], keep: tuple[int, ...], client: list[str],
+                          python_contexts: bool = False) -> None:
+    """Start `commands` (each prints a line once ready), run `client` while the probes trace them (with the Python
+    task-context probes if asked), and write the events of the processes at the indexes `keep` to `path`."""
     from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
+    from edge.sources.ebpf.py_attach import PyContextAttacher
     procs = []
     try:
         for cmd in commands:
@@ -135,11 +141,15 @@ async def record_services(path: Path, commands: list[list[str]], keep: tuple[int
             probes.set_allowed_pids([p.pid for p in procs])
             stream = KernelEventStream(probes, events.extend)
             stream.start()
+            contexts = PyContextAttacher(probes, os.getpid(), frozenset(p.pid for p in procs))
+            if python_contexts:
+                contexts.start()
             await asyncio.to_thread(subprocess.run, client, check=True, timeout=300)
             for _ in range(20):
                 await asyncio.sleep(0.1)
                 stream.poll()
             stream.close()
+            contexts.close()
         dump([e for e in events if getattr(e, "pid", None) in pids], path)
     finally:
         for p in procs:

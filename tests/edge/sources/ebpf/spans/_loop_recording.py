@@ -10,6 +10,8 @@ call's true request is known from the bytes alone. The events of loop are kept. 
         tests/edge/sources/ebpf/spans/aiohttp_fanout.jsonl.gz [requests]
     .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording node \
         tests/edge/sources/ebpf/spans/node_fanout.jsonl.gz [requests]
+    .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording aiohttp-tasks \
+        tests/edge/sources/ebpf/spans/aiohttp_tasks.jsonl.gz [requests]   # with the Python task-context probes
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def judge(spans: list[Any]) -> tuple[int, Counter[tuple[str, str]]]:
     return len(served), out
 
 
-async def _record(kind: str, path: Path, requests: int, clients: int) -> None:
+async def _record(kind: str, path: Path, requests: int, clients: int, python_contexts: bool = False) -> None:
     root = Path(__file__).resolve().parents[5]
     service = str(root / "bench" / "accuracy_service.py")
     db, loop = _free_port(), _free_port()
@@ -60,9 +62,12 @@ async def _record(kind: str, path: Path, requests: int, clients: int) -> None:
                     call, "--oracle", "/dev/null"]
     db_cmd = [sys.executable, service, "--name", "db", "--mode", "http", "--port", str(db), "--oracle", "/dev/null"]
     await record_services(path, [db_cmd, loop_cmd], (1,),
-                          [sys.executable, "-c", CLIENT, str(loop), str(requests), str(clients), "/loop", "0.005"])
+                          [sys.executable, "-c", CLIENT, str(loop), str(requests), str(clients), "/loop", "0.005"],
+                          python_contexts)
 
 
 if __name__ == "__main__":
-    asyncio.run(_record(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 200,
-                        int(sys.argv[4]) if len(sys.argv) > 4 else 8))
+    # `aiohttp-tasks`: aiohttp with the Python task-context probes attached (aiohttp_tasks.jsonl.gz)
+    asyncio.run(_record(sys.argv[1].removesuffix("-tasks"), Path(sys.argv[2]),
+                        int(sys.argv[3]) if len(sys.argv) > 3 else 200, int(sys.argv[4]) if len(sys.argv) > 4 else 8,
+                        sys.argv[1].endswith("-tasks")))

@@ -1,0 +1,165 @@
+"""Which server exchange's handler made an event loop's call, from CPython's own task contexts (`task`).
+
+Each asyncio Task step runs in the task's contextvars.Context; a task started by another (asyncio.gather, create_task)
+runs in a copy of its starter's. The probes (bpf/pyctx.bpf.h) send, before an egress message's first bytes, the
+writing thread's context and the contexts each was copied from (a chain, nearest first). A server's response is
+written from its handler's task: that context is the exchange's handling context. A call belongs to the exchange
+whose handling context is the nearest one in its chain, among the exchanges open on its thread when it began that
+were answered after it ended (a handler answers after its calls; a context's address is reused only once it is freed,
+which the times tell apart). A handler that calls itself is the chain's first context, one that starts a task per
+call (asyncio.gather) its second: such a match decides at once. A match further up waits (as long as a call waits
+for its handler) for a nearer one: beyond the live ancestors a chain may follow edges of freed contexts whose
+addresses were reused, and such an element can be another open exchange's handling context.
+
+A call whose chain names no such exchange keeps what the kernel's rules decided (causes.py); the span waits for
+the handler's response at most DECIDE_WAIT_NS past its end. Chains are cut at a repeated context (an edge left
+from a freed context whose address was reused: what lies beyond is not an ancestry).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import PyContextEvent
+
+__all__ = ["NEAR", "TaskContexts", "TaskStats"]
+
+_MAX_CHAINS = 4096  # chains of messages not yet parsed (or not HTTP: never taken)
+_MAX_HANDLED = 512  # per process: handling contexts of exchanges answered lately
+_PER_CONTEXT = 4  # exchanges one handling context address served lately (it is reused once freed)
+_MAX_HELD = 1024  # per process: calls waiting for their handler's response
+NEAR = 1  # a match this close in a chain is final: the call's own context, or the one it was copied from
+
+
+@dataclass(slots=True)
+class TaskStats:
+    """Counters of the `task` rule."""
+
+    chains: int = 0  # messages sent with their writer's contexts
+    cut: int = 0  # chains cut at a repeated context
+    decided: int = 0  # calls decided by their contexts
+    deep: int = 0  # of those, by a context further up than the second, once no nearer one came
+    overrode: int = 0  # of those, calls the kernel's rules had given another request (or none)
+    unmatched: int = 0  # held calls whose contexts named no exchange: the kernel's decision stands
+    held_dropped: int = 0  # held calls released early to keep the bound
+
+
+@dataclass(slots=True)
+class _Held:
+    pid: int
+    contexts: tuple[int, ...]
+    open_at_call: tuple[bytes, ...]  # requests open on its thread when it began
+    end_ns: int
+    deadline_ns: int
+    payload: Any = None  # what the owner releases with it (causes.py: the call and its span)
+    cause: bytes | None = field(default=None)
+    depth: int = -1  # where in `contexts` the cause's handling context is (-1: none yet)
+
+
+class TaskContexts:
+    """Chains seen, handling contexts learned, calls waiting for theirs."""
+
+    def __init__(self) -> None:
+        self.stats = TaskStats()
+        self._chains: OrderedDict[tuple[int, int, int], tuple[int, ...]] = OrderedDict()
+        # per process: handling context -> (request, when its response began), the latest last
+        self._handled: dict[int, OrderedDict[int, deque[tuple[bytes, int]]]] = {}
+        self._held: dict[int, list[_Held]] = {}
+
+    def seen(self, ev: PyContextEvent) -> None:
+        """A message's writer contexts, before its data."""
+        chain: list[int] = []
+        for ctx in ev.contexts:
+            if ctx in chain:
+                self.stats.cut += 1
+                break
+            chain.append(ctx)
+        self.stats.chains += 1
+        self._chains[(ev.pid, ev.tid, ev.ts_ns)] = tuple(chain)
+        if len(self._chains) > _MAX_CHAINS:
+            self._chains.popitem(last=False)
+
+    def chain(self, pid: int, tid: int, ts_ns: int) -> tuple[int, ...]:
+        """The contexts of the message thread `tid` began writing at `ts_ns` (empty: not known)."""
+        return self._chains.pop((pid, tid, ts_ns), ())
+
+    def handled(self, pid: int, request: bytes, contexts: tuple[int, ...], ts_ns: int) -> list[_Held]:
+        """The response to `request` began at `ts_ns` in `contexts`: the held calls it decides."""
+        if not contexts:
+            return []
+        table = self._handled.setdefault(pid, OrderedDict())
+        served = table.get(contexts[0])
+        if served is None:
+            served = table[contexts[0]] = deque(maxlen=_PER_CONTEXT)
+        table.move_to_end(contexts[0])
+        served.append((request, ts_ns))
+        if len(table) > _MAX_HANDLED:
+            table.popitem(last=False)
+        held = self._held.get(pid)
+        if not held:
+            return []
+        done: list[_Held] = []
+        keep: list[_Held] = []
+        for h in held:
+            self._match(h)
+            (done if 0 <= h.depth <= NEAR else keep).append(h)
+        self._held[pid] = keep
+        return done
+
+    def match(self, pid: int, contexts: tuple[int, ...], open_at_call: tuple[bytes, ...],
+              end_ns: int) -> tuple[bytes | None, int]:
+        """The exchange a finished call's contexts name among the answered ones (None when none does yet), and how far
+        up its chain: a match beyond NEAR is not final."""
+        h = _Held(pid, contexts, open_at_call, end_ns, 0)
+        self._match(h)
+        return h.cause, h.depth
+
+    def _match(self, h: _Held) -> None:
+        table = self._handled.get(h.pid)
+        if not table:
+            return
+        for k, ctx in enumerate(h.contexts):
+            if 0 <= h.depth <= k:
+                return  # a nearer one is known
+            served = table.get(ctx)
+            if served is None:
+                continue
+            for request, ts in reversed(served):
+                if ts >= h.end_ns and request in h.open_at_call:
+                    h.cause, h.depth = request, k
+                    return
+
+    def hold(self, pid: int, contexts: tuple[int, ...], open_at_call: tuple[bytes, ...], end_ns: int,
+             deadline_ns: int, payload: Any, cause: bytes | None = None, depth: int = -1) -> list[_Held]:
+        """Wait for the handler's response (a match found further up goes with it); what the bound pushes out is
+        returned as it stands."""
+        held = self._held.setdefault(pid, [])
+        held.append(_Held(pid, contexts, open_at_call, end_ns, deadline_ns, payload, cause, depth))
+        if len(held) > _MAX_HELD:
+            self.stats.held_dropped += 1
+            return [held.pop(0)]
+        return []
+
+    def due(self, now_ns: int, force: bool = False) -> list[_Held]:
+        """Held calls whose wait is over: with the match found further up, if any."""
+        out: list[_Held] = []
+        for pid, held in list(self._held.items()):
+            keep = [h for h in held if not force and h.deadline_ns > now_ns]
+            out += [h for h in held if force or h.deadline_ns <= now_ns]
+            if keep:
+                self._held[pid] = keep
+            else:
+                del self._held[pid]
+        return out
+
+    def forget_process(self, pid: int) -> list[_Held]:
+        """The process ended: its held calls, undecided; its contexts forgotten."""
+        self._handled.pop(pid, None)
+        for key in [k for k in self._chains if k[0] == pid]:
+            del self._chains[key]
+        return self._held.pop(pid, [])
+
+    def waiting(self) -> int:
+        """Calls held."""
+        return sum(len(h) for h in self._held.values())

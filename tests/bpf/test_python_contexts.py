@@ -1,0 +1,109 @@
+"""The Python task-context probes (bpf/pyctx.bpf.h, py_attach.py) on real interpreters: where they read, what they
+refuse, and the calls of the testbed's aiohttp service (scenario 9, at its defaults, 8 keep-alive clients, 1 to 3
+calls per request through asyncio.gather) decided by them."""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.errors import ProbeUnavailable
+from edge.sources.ebpf import _libbpf
+from edge.sources.ebpf.loader import ProbeSet
+from edge.sources.ebpf.py_attach import LAYOUTS, PyContextAttacher
+from tests.edge.sources.ebpf.spans._grpc_recording import feed_as_agent, load
+from tests.edge.sources.ebpf.spans._loop_recording import _record, judge
+
+from .conftest import bpf_unavailable
+
+pytestmark = pytest.mark.bpf
+
+# Prints where _PyRuntime's current-thread-state field is, as the interpreter itself knows it, then waits.
+_SELF = r"""
+import ctypes, sys
+rt = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
+print(rt, flush=True)
+sys.stdin.readline()
+"""
+_PY312 = Path.home() / ".pyenv/versions/3.12.1/bin/python3.12"
+
+
+@pytest.fixture
+def interpreters() -> Iterator[Callable[[str], tuple[int, int]]]:
+    """Factory: start an interpreter running _SELF; (pid, its _PyRuntime address)."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(exe: str) -> tuple[int, int]:
+        p = subprocess.Popen([exe, "-c", _SELF], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout is not None
+        return p.pid, int(p.stdout.readline())
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait(5)
+
+
+def _entry(probes: ProbeSet, pid: int) -> tuple[int, int] | None:
+    raw = _libbpf.libbpf().lookup(probes.map_fd("py_procs"), struct.pack("=I", pid), 16)
+    return None if raw is None else struct.unpack("=QII", raw)[:2]
+
+
+def test_entries_name_each_process_runtime_and_other_versions_are_refused(
+        load_probes: Callable[..., ProbeSet], interpreters: Callable[[str], tuple[int, int]]) -> None:
+    """A static interpreter at a fixed address (Debian's /usr/bin/python3.11), a shared one under ASLR (this venv's,
+    libpython3.11.so) each get their own runtime address; 3.12, whose layout is not verified here, gets none and is
+    reported unsupported."""
+    probes = load_probes()
+    shared = interpreters(sys.executable)
+    static = interpreters("/usr/bin/python3.11") if os.path.exists("/usr/bin/python3.11") else None
+    other = interpreters(str(_PY312)) if _PY312.exists() else None
+    pids = [p for p, _ in filter(None, (shared, static, other))]
+    attacher = PyContextAttacher(probes, os.getpid(), frozenset(pids))
+    try:
+        attacher.start()
+    except ProbeUnavailable as e:
+        bpf_unavailable(str(e))
+    try:
+        layout = LAYOUTS[(3, 11)]
+        for pid, runtime in filter(None, (shared, static)):
+            assert _entry(probes, pid) == (runtime + layout.tstate_current, layout.context)
+        st = attacher.status()
+        assert {i["version"] for i in st["interpreters"]} == {"3.11"}
+        if other is not None:
+            assert _entry(probes, other[0]) is None
+            assert st["unsupported"]["3.12"]["processes"] == 1
+        attacher.forget(shared[0])
+        assert _entry(probes, shared[0]) is None
+    finally:
+        attacher.close()
+
+
+async def test_aiohttp_calls_follow_their_task_contexts(tmp_path: Path) -> None:
+    """The live aiohttp service's calls are decided by their task contexts, right within the false-link goal; without the context probes
+    (the same run's kernel events alone) the kernel's orders leave more than 5 % undecided."""
+    path = tmp_path / "aiohttp.jsonl.gz"
+    try:
+        await _record("aiohttp", path, 300, 8, python_contexts=True)
+    except ProbeUnavailable as e:
+        bpf_unavailable(str(e))
+    from edge.sources.ebpf.events import PyContextEvent
+    from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
+    events = load(path)
+    served, got = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), events))
+    calls = sum(got.values())
+    assert served >= 0.95 * 300 and calls >= served
+    # The issue's false-link goal (0.2 %), not zero: one wrong call in 609 was seen in one of five runs, unexplained
+    # (docs/known-gaps.md); a rule that links by anything but the contexts gives far more.
+    wrong = sum(n for (_, verdict), n in got.items() if verdict == "wrong")
+    assert wrong <= 0.002 * calls, got
+    assert got[("task", "right")] >= 0.95 * calls, got
+    _, alone = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()),
+                                   [e for e in events if not isinstance(e, PyContextEvent)]))
+    assert sum(n for (_, verdict), n in alone.items() if verdict == "right") < 0.95 * calls, alone

@@ -1,0 +1,161 @@
+"""Calls of a Python event loop decided by the asyncio task contexts they were written in (tasks.py, `task`): the
+nearest handling context in a call's chain names its exchange, where the kernel's own orders cannot tell."""
+from __future__ import annotations
+
+from edge.model import SpanKind
+from edge.sources.ebpf.events import Endpoint, PyContextEvent, Role
+from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA, DECIDE_WAIT_NS
+from edge.sources.ebpf.spans.tasks import TaskContexts
+
+from ._helpers import CLI, IN, OUT, builder, data, req, resp
+
+DB = Endpoint("10.0.0.7", 5432)
+PID = 100
+TID = 101
+A, B = 0xA000, 0xB000  # the handlers' task contexts (aiohttp runs each request in a task)
+CONN = 0xC000  # what both were copied from
+
+
+def read(b, sock, ts, rid):
+    return b.feed([data(sock, IN, ts, req(target=f"/api?rid={rid}"), pid=PID, tid=TID,
+                        remote=Endpoint("10.0.0.9", 50000 + sock))])
+
+
+def answer(b, sock, ts, contexts):
+    """The response to the request on `sock`, written in `contexts` (none: not known)."""
+    evs = [PyContextEvent(ts, PID, TID, sock, contexts)] if contexts else []
+    evs.append(data(sock, OUT, ts, resp(), pid=PID, tid=TID, prev_bytes=len(req()), prev_end=ts - 500,
+                    remote=Endpoint("10.0.0.9", 50000 + sock)))
+    return b.feed(evs)
+
+
+def call(b, sock, ts, contexts):
+    """A call on client connection `sock`, written in `contexts`, answered 1 µs later."""
+    r = req(target=f"/db?c={sock}")
+    peer = dict(pid=PID, tid=TID, role=Role.CLIENT, local=Endpoint(CLI.addr, 40000 + sock), remote=DB)
+    out = b.feed([PyContextEvent(ts, PID, TID, sock, contexts), data(sock, OUT, ts, r, **peer)] if contexts
+                 else [data(sock, OUT, ts, r, **peer)])
+    return out + b.feed([data(sock, IN, ts + 1_000, resp(), prev_bytes=len(r), prev_end=ts + 50, **peer)])
+
+
+def servers(spans):
+    return {s.attributes["url.query"]: s for s in spans if s.kind == SpanKind.SERVER}
+
+
+def clients(spans):
+    return {s.attributes["url.query"]: s for s in spans if s.kind == SpanKind.CLIENT}
+
+
+def test_calls_of_requests_read_together_follow_their_task_contexts():
+    """The loop read a and b back to back: by the kernel's orders either handler may have made either call (the
+    second is `ambiguous` without contexts). Their task contexts name their handlers."""
+    b = builder()
+    out = read(b, 1, 1_000, "a") + read(b, 2, 1_100, "b")
+    out += call(b, 10, 2_000, (0x10, B, CONN)) + call(b, 11, 2_100, (0x11, A, CONN))
+    out += answer(b, 2, 9_000, (B, CONN)) + answer(b, 1, 9_500, (A, CONN))
+    s, c = servers(out), clients(out)
+    assert c["c=10"].attributes[CAUSE] == s["rid=b"].span_id and c["c=10"].attributes[CAUSE_VIA] == "task"
+    assert c["c=11"].attributes[CAUSE] == s["rid=a"].span_id and c["c=11"].attributes[CAUSE_VIA] == "task"
+    assert b.causes.tasks.stats.decided == 2 and b.pending_count == 0
+
+
+def test_without_contexts_the_same_calls_are_left_ambiguous():
+    """The same exchanges with no contexts (another runtime, an unsupported interpreter): the kernel's rules stand."""
+    b = builder()
+    out = read(b, 1, 1_000, "a") + read(b, 2, 1_100, "b")
+    out += call(b, 10, 2_000, ()) + call(b, 11, 2_100, ())
+    out += answer(b, 2, 9_000, ()) + answer(b, 1, 9_500, ())
+    vias = {c.attributes.get(CAUSE_VIA) for c in clients(out).values()}
+    assert "task" not in vias and b.causes.tasks.stats.decided == 0
+
+
+def test_contexts_override_the_request_the_loop_read_last():
+    """a's handler calls again after the loop read b: the kernel's `event-loop` gives that call to b, its context
+    to a."""
+    b = builder()
+    out = read(b, 1, 1_000, "a")
+    out += call(b, 10, 2_000, (0x10, A, CONN))
+    out += read(b, 2, 3_000, "b")
+    out += call(b, 11, 4_000, (0x11, A, CONN))
+    out += answer(b, 2, 9_000, (B, CONN)) + answer(b, 1, 9_500, (A, CONN))
+    s, c = servers(out), clients(out)
+    assert c["c=11"].attributes[CAUSE] == s["rid=a"].span_id and c["c=11"].attributes[CAUSE_VIA] == "task"
+    assert b.causes.tasks.stats.overrode >= 1
+
+
+def test_a_reused_context_address_of_an_answered_request_names_nothing():
+    """The address of an earlier handler's context, freed and reused: that exchange ended before the call began,
+    so it is not the call's. The call waits for its handler at most DECIDE_WAIT_NS, then keeps the kernel's
+    decision."""
+    b = builder()
+    out = read(b, 1, 1_000, "old") + answer(b, 1, 1_500, (A, CONN))
+    out += read(b, 2, 2_000, "b")
+    out += call(b, 10, 3_000, (A, B))  # a task whose context got old's address, copied from b's handler
+    assert not clients(out)  # waits for a handler's response
+    out += answer(b, 2, 9_000, (0xD000,))  # b's handler context is not in the chain as known: nothing names it
+    out += b.flush(5_000 + DECIDE_WAIT_NS)  # the answer ended at 5 µs
+    (c,) = clients(out).values()
+    assert c.attributes[CAUSE] == servers(out)["rid=b"].span_id and c.attributes[CAUSE_VIA] == "thread"
+    assert b.causes.tasks.stats.unmatched == 1 and b.causes.tasks.stats.decided == 0
+
+
+def test_a_client_process_serving_nothing_does_not_wait():
+    """Contexts of a thread with no request open (a plain client): its calls go out at once."""
+    b = builder()
+    out = call(b, 10, 2_000, (0x10, CONN))
+    assert len(clients(out)) == 1 and b.causes.tasks.waiting() == 0
+
+
+def test_chains_are_cut_at_a_repeated_context():
+    """A stale edge that leads back into the chain is no ancestry: what follows is dropped, counted."""
+    t = TaskContexts()
+    t.seen(PyContextEvent(5, PID, TID, 1, (1, 2, 3, 2, 9)))
+    assert t.chain(PID, TID, 5) == (1, 2, 3) and t.stats.cut == 1
+    assert t.chain(PID, TID, 5) == ()  # taken once
+
+
+def test_held_calls_are_bounded_and_released_with_their_process():
+    t = TaskContexts()
+    for i in range(1100):
+        released = t.hold(PID, (i,), (b"r",), i, 10**12, i)
+    assert [h.payload for h in released] == [1100 - 1024 - 1] and t.stats.held_dropped == 1100 - 1024
+    assert len(t.forget_process(PID)) == 1024 and t.waiting() == 0
+
+
+def test_a_match_further_up_waits_for_a_nearer_one():
+    """Beyond its live ancestors a chain may follow a freed context's edge to an address another open exchange's
+    handler now uses: that match waits, and the call's own handler, answering later, decides it."""
+    b = builder()
+    out = read(b, 1, 1_000, "a") + read(b, 2, 1_100, "b")
+    out += call(b, 10, 2_000, (0x10, A, CONN, 0x77, B))  # B: a stale element far up
+    out += answer(b, 2, 9_000, (B, CONN))
+    assert not clients(out)  # b's handler is only a far match: it waits
+    out += answer(b, 1, 9_500, (A, CONN))
+    s, c = servers(out), clients(out)
+    assert c["c=10"].attributes[CAUSE] == s["rid=a"].span_id and c["c=10"].attributes[CAUSE_VIA] == "task"
+    assert b.causes.tasks.stats.deep == 0
+
+
+def _replayed(strip_contexts: bool):
+    from pathlib import Path
+
+    from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
+
+    from ._grpc_recording import feed_as_agent, load
+    from ._loop_recording import judge
+    events = load(Path(__file__).with_name("aiohttp_tasks.jsonl.gz"))
+    if strip_contexts:
+        events = [e for e in events if not isinstance(e, PyContextEvent)]
+    return judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), events))
+
+
+def test_recorded_aiohttp_fanout_calls_follow_their_tasks():
+    """400 requests of the testbed's aiohttp service (8 keep-alive clients, 1 to 3 calls each through asyncio.gather)
+    recorded with the context probes (_loop_recording.py aiohttp-tasks): every call is decided by its task context,
+    and right; without the contexts the kernel's orders decide fewer than 95 % of them."""
+    served, got = _replayed(strip_contexts=False)
+    calls = sum(got.values())
+    assert served == 400 and calls >= served
+    assert got[("task", "right")] >= 0.99 * calls and not [k for k in got if k[1] == "wrong"], got
+    _, kernel_only = _replayed(strip_contexts=True)
+    assert sum(n for (via, verdict), n in kernel_only.items() if verdict == "right") < 0.95 * calls, kernel_only
