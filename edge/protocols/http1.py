@@ -284,10 +284,13 @@ def _content_length(headers: dict[str, str]) -> int | None:
     raw = headers.get("content-length")
     if raw is None:
         return None
-    values = {v.strip() for v in raw.split(",")}
-    if len(values) != 1:
-        return None
-    v = values.pop()
+    if "," in raw:  # a list of values: valid when they all agree (RFC 9110 section 8.6)
+        values = {v.strip() for v in raw.split(",")}
+        if len(values) != 1:
+            return None
+        v = values.pop()
+    else:
+        v = raw.strip()
     if not v.isdigit() or not v.isascii() or len(v) > 18:
         return None
     return int(v)

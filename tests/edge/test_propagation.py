@@ -30,6 +30,18 @@ def test_traceparent_valid():
     assert parse_traceparent(f"  {TP}\t") == ctx  # optional whitespace around header values
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8), st.integers(0, 255),
+       st.sampled_from(["", "ot=th:8", "a=1, b=2,bad"]))
+def test_canonical_traceparent_reads_as_any_other(tid, sid, flags, state):
+    # The bare version-00 form takes its own path; padded with whitespace, the same value takes the general one.
+    value = f"00-{tid.hex()}-{sid.hex()}-{flags:02x}"
+    ctx = parse_traceparent(value, state)
+    assert ctx == parse_traceparent(f" {value}", state)
+    if ctx is not None:
+        assert (ctx.trace_id, ctx.span_id, ctx.flags) == (tid, sid, flags)
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -46,6 +46,10 @@ _TYPE = struct.Struct("=I")
 _EP = "16s16sHHHBB"  # bpf/helix.h struct helix_endpoints (40 bytes)
 # bpf/io.h struct data_event (144 bytes + payload)
 _DATA = struct.Struct("=IIIi QQQQQQQQ" + _EP + " 16s IHH")
+# The same, for decoding: the addresses are not unpacked, the endpoints come from their bytes (_endpoints2).
+_DATA_READ = struct.Struct("=IIIi QQQQQQQQ 32x HHHBB 16s IHH")
+# saddr, daddr, sport, dport, family of the record's helix_endpoints (integer bounds: compiled, a slice object fails)
+_EP_AT, _EP_END = 80, 118
 _RV_KERNEL = 1 << 63  # bpf/helix.h HELIX_RV_KERNEL
 _RV_MASK = (1 << 56) - 1
 # bpf/io.h struct data_more_event (48 bytes + payload)
@@ -121,6 +125,21 @@ def _endpoint(family: int, addr: bytes, port: int) -> Endpoint:
     return ep
 
 
+# Both endpoints of a data record at once, keyed by the record's address, port and family bytes: one slice and one
+# lookup per record where two keys, two address objects and two lookups were made.
+_endpoint_pairs: dict[bytes, tuple[Endpoint, Endpoint]] = {}
+
+
+def _endpoints2(raw: bytes, family: int, sport: int, dport: int) -> tuple[Endpoint, Endpoint]:
+    key = raw[_EP_AT:_EP_END]
+    pair = _endpoint_pairs.get(key)
+    if pair is None:
+        if len(_endpoint_pairs) >= _ENDPOINT_CACHE_MAX:
+            _endpoint_pairs.clear()
+        pair = _endpoint_pairs[key] = (_endpoint(family, key[:16], sport), _endpoint(family, key[16:32], dport))
+    return pair
+
+
 def _cstr(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
@@ -164,14 +183,14 @@ def _decode(kind: int, raw: bytes) -> KernelEvent:
         return PyContextEvent(ts, pid, tid, sock, tuple(ctx[:depth]))
     if kind == EV_DATA:
         (_, pid, tid, fd, ts, end, sock, size, prev_bytes, prev_end, offcpu, rv,
-         saddr, daddr, sport, dport, family, role, direction, comm, plen, flags, tlsv) = _DATA.unpack_from(raw)
+         sport, dport, family, role, direction, comm, plen, flags, tlsv) = _DATA_READ.unpack_from(raw)
         payload = raw[_DATA.size:_DATA.size + plen]
         if len(payload) != plen:
             raise _Short
+        local, remote = _endpoints2(raw, family, sport, dport)
         return DataEvent(ts, end, pid, tid, _comm(comm), fd, sock, _ROLES[role], _DIRECTIONS[direction],
-                         _endpoint(family, saddr, sport), _endpoint(family, daddr, dport), size, payload,
-                         prev_bytes, prev_end, offcpu, rv & _RV_MASK if rv & _RV_KERNEL else None,
-                         bool(flags & F_TLS), tlsv)
+                         local, remote, size, payload, prev_bytes, prev_end, offcpu,
+                         rv & _RV_MASK if rv & _RV_KERNEL else None, bool(flags & F_TLS), tlsv)
     if kind == EV_DATA_MORE:
         _, pid, tid, plen, direction, flags, ts, end, sock, offset = _DATA_MORE.unpack_from(raw)
         payload = raw[_DATA_MORE.size:_DATA_MORE.size + plen]

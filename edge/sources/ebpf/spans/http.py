@@ -232,7 +232,9 @@ class _Http:
     body_continues = True  # bytes that are no head, on an HTTP connection, are body bytes (a 100-continue, a stream)
 
     def assemble(self, conn: Conn, data: bytes | bytearray, decoded: int) -> int | None:
-        http_like = looks_like_http(bytes(data[:16]))  # a method and its space, or "HTTP/1."
+        # A method and its space, or "HTTP/1." (the test reads no further than 16 bytes: a bytearray is sliced, bytes
+        # are not copied).
+        http_like = looks_like_http(data if isinstance(data, bytes) else bytes(data[:16]))
         if not http_like and conn.proto is not self:
             return None
         # A head is decoded once whole; bytes on an HTTP connection that are no head are body bytes.
@@ -409,7 +411,7 @@ def _emit_http(b: SpanBuilder, conn: Conn, x: _Exchange, out: list[Span], *, est
                   span_id=x.span_id)
     span.status_code, span.status_message = status, message
     b.stats.http_spans += 1
-    if x.kind == SpanKind.SERVER:
+    if x.kind == _SERVER:
         b.causes.request_ended(x.pid, x.span_id, x.end_ns)
     if x.call is not None:
         b.causes.finish(x.call, span, x.end_ns, out)  # a worker's call may wait for the request it was made for
@@ -439,9 +441,19 @@ def split_host(host: str) -> tuple[str, int | None]:
     return name, None
 
 
+# A node's requests name a handful of hosts: each Host value is split once (bounded like decode.py's endpoints).
+_hosts: dict[str, tuple[str, int | None]] = {}
+_HOSTS_MAX = 4096
+
+
 def server_attrs(attrs: Attributes, conn: Conn, authority: str, server: bool) -> None:
     """server.* (from the Host or :authority, else the socket) and, on the server's side, client.*."""
-    host, port = split_host(authority)
+    split = _hosts.get(authority)
+    if split is None:
+        if len(_hosts) >= _HOSTS_MAX:
+            _hosts.clear()
+        split = _hosts[authority] = split_host(authority)
+    host, port = split
     if server:
         attrs["server.address"] = host or conn.local.addr
         attrs["server.port"] = port if port is not None else conn.local.port

@@ -11,10 +11,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ....model import Attributes, Event, Resource, Span
 from ..events import DataEvent, DataMoreEvent, Endpoint, ExecEvent, H2Event, Role
+
+# Read once: an enum member named in compiled code is a lookup through the enum metaclass per use (http.py's _SERVER).
+_UNKNOWN_ROLE: Final = Role.UNKNOWN
 
 if TYPE_CHECKING:
     from . import SpanBuilder, SpanBuilderStats
@@ -289,7 +292,7 @@ class Connections:
             conn.pid = ev.pid
             self.by_pid.setdefault(ev.pid, set()).add(ev.sock)
         conn.comm = ev.comm or conn.comm
-        if ev.role != Role.UNKNOWN:
+        if ev.role != _UNKNOWN_ROLE:
             conn.role = ev.role
         self._tls(conn, ev)
         return conn

@@ -46,6 +46,30 @@ def test_data_record() -> None:
                            10, 900, 42)
 
 
+def test_data_records_name_their_own_endpoints() -> None:
+    # Endpoints are remembered by the record's address bytes: records differing in one address, one port or the
+    # family each get theirs.
+    head = data_record(b"GET / HTTP/1.1\r\n")[:80]
+    tail = struct.pack("=16sII", b"python3", 2, 0) + b"ok"
+    seen = set()
+    for src, sport, dst, dport in [("10.0.0.1", 80, "10.0.0.2", 5000), ("10.0.0.1", 80, "10.0.0.3", 5000),
+                                   ("10.0.0.1", 81, "10.0.0.2", 5000), ("10.0.0.1", 80, "10.0.0.2", 5001),
+                                   ("10.0.0.1", 80, "10.0.0.2", 5000)]:
+        ev = decode_event(head + ep4(src, sport, dst, dport, 2, 1) + tail)
+        assert isinstance(ev, DataEvent)
+        assert (ev.local, ev.remote) == (Endpoint(src, sport), Endpoint(dst, dport))
+        seen.add((ev.local, ev.remote))
+    assert len(seen) == 4
+    v6 = EP.pack(socket.inet_pton(socket.AF_INET6, "fe80::1"), socket.inet_pton(socket.AF_INET6, "::1"), 80, 5000,
+                 10, 2, 1)
+    ev = decode_event(head + v6 + tail)
+    assert (ev.local, ev.remote) == (Endpoint("fe80::1", 80), Endpoint("::1", 5000))  # type: ignore[union-attr]
+    same_bytes_v4 = EP.pack(socket.inet_pton(socket.AF_INET6, "fe80::1"), socket.inet_pton(socket.AF_INET6, "::1"),
+                            80, 5000, 2, 2, 1)
+    ev = decode_event(head + same_bytes_v4 + tail)
+    assert (ev.local, ev.remote) == (Endpoint("254.128.0.0", 80), Endpoint("0.0.0.0", 5000))  # type: ignore[union-attr]
+
+
 def test_data_record_layout_and_kernel_randomness() -> None:
     assert RECORD_SIZES[1] == 144  # bpf/io.h: _Static_assert(sizeof(struct data_event) == 144)
     assert decode_event(data_record(b"GET / HTTP/1.1\r\n")).rv is None  # type: ignore[union-attr]

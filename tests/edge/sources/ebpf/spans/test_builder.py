@@ -9,11 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from edge import accel
+from edge.model import Source, SpanKind, StatusCode
 from edge.sources.ebpf.events import CloseEvent, ConnectEvent, DataMoreEvent, ExitEvent, FaultKind, Role, TcpFaultEvent
 from edge.sources.ebpf.spans import FixedClock, SpanBuilder, SpanBuilderConfig, SystemClock
 from tests.edge._implementations import IMPLEMENTATIONS
 from tests.edge.protocols import mqtt_encode as enc
-from ._helpers import SRV, CLI, TID, TP, IN, OUT, builder, data, req, resp, assert_clean, dataclasses_replace
+from ._helpers import SRV, CLI, SID, TID, TP, IN, OUT, builder, data, req, resp, assert_clean, dataclasses_replace
 
 
 def test_garbage_and_tls_are_counted_not_spans():
@@ -146,3 +147,22 @@ def test_a_socket_seen_again_with_other_ports_is_a_new_connection():
     got = {s.attributes["url.path"]: s for s in out}
     assert got["/b"].attributes["network.local.port"] == 40002
     assert got["/a"].attributes["network.local.port"] == 40001 and b.stats.reused_sockets == 1
+
+
+def test_spans_are_made_in_the_models_field_order():
+    # SpanBuilder.span passes model.Span's fields by position: a field added or moved there must show up here.
+    import dataclasses
+
+    from edge.model import Span
+
+    assert [f.name for f in dataclasses.fields(Span)][:17] == [
+        "trace_id", "span_id", "name", "start_ns", "end_ns", "parent_span_id", "kind", "status_code", "status_message",
+        "attributes", "events", "links", "resource", "scope", "source", "trace_state", "flags"]
+    r = req(headers=[f"traceparent: {TP}"])
+    spans = builder().feed([data(1, IN, 1_000, r), data(1, OUT, 5_000, resp(), prev_bytes=len(r), prev_end=2_000)])
+    assert len(spans) == 1  # the response fitted its first write: the exchange is over
+    sp = spans[0]
+    assert (sp.trace_id.hex(), sp.parent_span_id.hex(), sp.flags, sp.trace_state) == (TID, SID, 1, "")
+    assert (sp.status_code, sp.status_message, sp.events, sp.links) == (StatusCode.UNSET, "", (), ())
+    assert sp.name == "GET" and sp.kind == SpanKind.SERVER and sp.source == Source.EBPF and sp.scope.name == "helix.ebpf"
+    assert sp.end_ns > sp.start_ns and sp.attributes["url.path"] == "/api/orders"

@@ -18,6 +18,22 @@ from ._helpers import (
 )
 
 
+def test_each_exchange_names_its_own_host():
+    # Host values are split once and remembered: alternating hosts on one keep-alive connection keep their own names.
+    b = builder()
+    spans = []
+    prev = 0
+    hosts = ["a.local:81", "b.local", "a.local:81", "[fd00::1]:8443", "b.local", ""]
+    for i, host in enumerate(hosts):
+        r, s = req(host=host), resp()
+        spans += b.feed([data(1, IN, 10_000 * i + 1_000, r, prev_bytes=prev, prev_end=10_000 * i if i else 0)])
+        spans += b.feed([data(1, OUT, 10_000 * i + 5_000, s, prev_bytes=len(r), prev_end=10_000 * i + 2_000)])
+        prev = len(s)
+    got = [(sp.attributes["server.address"], sp.attributes["server.port"]) for sp in spans]
+    assert got == [("a.local", 81), ("b.local", 8080), ("a.local", 81), ("fd00::1", 8443), ("b.local", 8080),
+                   ("10.0.0.5", 8080)]
+
+
 def test_simple_get_server_span_exact_times_and_attributes():
     b = builder()
     r, s = req(), resp(body=b"x" * 5000)
