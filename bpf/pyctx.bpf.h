@@ -74,9 +74,9 @@ static __always_inline void py_count(__u32 which)
 }
 
 /* Before a message's first record: the writing thread's context and its ancestors, when its process is a known
- * interpreter. Built in the ring's reservation, not on the stack: inlined into the egress paths (tls_return among
- * them), a 96-byte stack record took 6.1's combined call-stack size over its 512-byte limit. */
-static __always_inline void py_ctx_emit(__u64 id, __u64 ts_ns, __u64 sock)
+ * interpreter. A subprogram writing into the ring's reservation, not inlined with a record on the stack: inlined, it
+ * took tls_return's combined call stack over 6.1's 512-byte limit and the io probes did not load there. */
+static __noinline void py_ctx_emit(__u64 id, __u64 ts_ns, __u64 sock)
 {
 	__u32 pid = id >> 32;
 	struct py_proc *p = bpf_map_lookup_elem(&py_procs, &pid);
