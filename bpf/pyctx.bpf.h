@@ -74,9 +74,10 @@ static __always_inline void py_count(__u32 which)
 }
 
 /* Before a message's first record: the writing thread's context and its ancestors, when its process is a known
- * interpreter. A subprogram writing into the ring's reservation, not inlined with a record on the stack: inlined, it
- * took tls_return's combined call stack over 6.1's 512-byte limit and the io probes did not load there. */
-static __noinline void py_ctx_emit(__u64 id, __u64 ts_ns, __u64 sock)
+ * interpreter. Written into the ring's reservation, and not on TLS writes: with a stack record, or inlined into
+ * tls_return, its combined call stack went over 6.1's 512 bytes; as a subprogram, 5.10 and 6.1 lost exit_rw's
+ * bound on the copy length across the call. */
+static __always_inline void py_ctx_emit(__u64 id, __u64 ts_ns, __u64 sock)
 {
 	__u32 pid = id >> 32;
 	struct py_proc *p = bpf_map_lookup_elem(&py_procs, &pid);
