@@ -389,6 +389,8 @@ static __always_inline __u32 copy_payload(__u8 *dst, struct sys_call *in, __u64 
 	if (in->bufkind == BUF_PLAIN) {
 		/* the mask restates the bound for the verifier, which loses it when clang keeps min() in a copy */
 		want &= 2 * HELIX_PAYLOAD_MAX - 1;
+		/* and again in the register the call takes: 5.10 and 6.1 lost it across a spill once exit_rw grew */
+		asm volatile("%0 &= %1" : "+r"(want) : "i"(2 * HELIX_PAYLOAD_MAX - 1));
 		if (bpf_probe_read_user(dst, want, (void *)in->buf) == 0)
 			got = want;
 	} else if (in->bufkind == BUF_IOV) {
