@@ -30,7 +30,9 @@ rt = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
 print(rt, flush=True)
 sys.stdin.readline()
 """
-_PY312 = Path.home() / ".pyenv/versions/3.12.1/bin/python3.12"
+_PYENV = Path.home() / ".pyenv/versions"
+_PY312, _PY313 = _PYENV / "3.12.1/bin/python3.12", _PYENV / "3.13.0/bin/python3.13"
+_PY310 = _PYENV / "3.10.13/bin/python3.10"
 
 
 @pytest.fixture
@@ -50,35 +52,37 @@ def interpreters() -> Iterator[Callable[[str], tuple[int, int]]]:
         p.wait(5)
 
 
-def _entry(probes: ProbeSet, pid: int) -> tuple[int, int] | None:
+def _entry(probes: ProbeSet, pid: int) -> tuple[int, int, int] | None:
     raw = _libbpf.libbpf().lookup(probes.map_fd("py_procs"), struct.pack("=I", pid), 16)
-    return None if raw is None else struct.unpack("=QII", raw)[:2]
+    return None if raw is None else struct.unpack("=QII", raw)
 
 
 def test_entries_name_each_process_runtime_and_other_versions_are_refused(
         load_probes: Callable[..., ProbeSet], interpreters: Callable[[str], tuple[int, int]]) -> None:
-    """A static interpreter at a fixed address (Debian's /usr/bin/python3.11), a shared one under ASLR (this venv's,
-    libpython3.11.so) each get their own runtime address; 3.12, whose layout is not verified here, gets none and is
-    reported unsupported."""
+    """A static interpreter at a fixed address (Debian's /usr/bin/python3.11), shared ones under ASLR (this venv's
+    libpython3.11.so, pyenv's libpython3.12.so and libpython3.13.so) each get their own runtime address and their
+    version's offsets; 3.10, whose layout is not verified here, gets none and is reported unsupported."""
     probes = load_probes()
-    shared = interpreters(sys.executable)
-    static = interpreters("/usr/bin/python3.11") if os.path.exists("/usr/bin/python3.11") else None
-    other = interpreters(str(_PY312)) if _PY312.exists() else None
-    pids = [p for p, _ in filter(None, (shared, static, other))]
+    exes = {(3, 11): [sys.executable, "/usr/bin/python3.11"], (3, 12): [str(_PY312)], (3, 13): [str(_PY313)]}
+    started = {v: [interpreters(e) for e in paths if os.path.exists(e)] for v, paths in exes.items()}
+    other = interpreters(str(_PY310)) if _PY310.exists() else None
+    pids = [p for runs in started.values() for p, _ in runs] + ([other[0]] if other else [])
     attacher = PyContextAttacher(probes, os.getpid(), frozenset(pids))
     try:
         attacher.start()
     except ProbeUnavailable as e:
         bpf_unavailable(str(e))
     try:
-        layout = LAYOUTS[(3, 11)]
-        for pid, runtime in filter(None, (shared, static)):
-            assert _entry(probes, pid) == (runtime + layout.tstate_current, layout.context)
+        for version, runs in started.items():
+            layout = LAYOUTS[version]
+            for pid, runtime in runs:
+                assert _entry(probes, pid) == (runtime + layout.holder, layout.context, layout.native_tid)
         st = attacher.status()
-        assert {i["version"] for i in st["interpreters"]} == {"3.11"}
+        assert {i["version"] for i in st["interpreters"]} == {"%d.%d" % v for v, runs in started.items() if runs}
         if other is not None:
             assert _entry(probes, other[0]) is None
-            assert st["unsupported"]["3.12"]["processes"] == 1
+            assert st["unsupported"]["3.10"]["processes"] == 1
+        shared = started[(3, 11)][0]
         attacher.forget(shared[0])
         assert _entry(probes, shared[0]) is None
     finally:

@@ -3,12 +3,13 @@
 An interpreter is the file that defines both `_PyRuntime` and `PyContext_CopyCurrent`: the `python3.X` executable of a
 static build (Debian's /usr/bin/python3.11) or `libpython3.X.so` of a shared one (pyenv, most venvs). Its uprobe pair
 is attached once per file (by device and inode), not per process; each process running it gets an entry in the
-`py_procs` map naming where its `_PyRuntime` holds the current thread state (the file's load address from
-/proc/<pid>/maps: ASLR differs per process) and where a thread state holds its context.
+`py_procs` map naming where its `_PyRuntime` names the thread state holding the GIL (the file's load address from
+/proc/<pid>/maps: ASLR differs per process) and where a thread state holds its context and its native thread id.
 
 Those offsets differ by CPython minor version and are only read for versions whose layout was verified
-(`LAYOUTS`; docs/accuracy.md says how). Any other version is reported as unsupported (status, `helix doctor`) and
-nothing of it is read: a wrong offset would name wrong contexts, where none leaves the existing rules to decide.
+(`LAYOUTS`; docs/accuracy.md says how). Any other version, and any build with ABI flags (debug `d`, free-threaded
+`t`), is reported as unsupported (status, `helix doctor`) and nothing of it is read: a wrong offset would name wrong
+contexts, where none leaves the existing rules to decide.
 
 Everything here blocks (file reads, ELF parsing, perf_event_open): the source runs it in a worker thread.
 """
@@ -29,7 +30,7 @@ from .elf import ElfError, read_elf
 from .loader import ProbeSet
 from .tls_libs import rescan
 
-__all__ = ["PyContextAttacher", "Layout", "LAYOUTS", "interpreter_version"]
+__all__ = ["PyContextAttacher", "Layout", "LAYOUTS", "abi_flags", "interpreter_version"]
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,24 @@ log = logging.getLogger(__name__)
 class Layout:
     """Where one CPython minor version keeps what the probes read."""
 
-    tstate_current: int  # offsetof(_PyRuntimeState, gilstate.tstate_current)
+    holder: int  # offset in _PyRuntimeState of the field naming the thread state that holds the GIL
     context: int  # offsetof(PyThreadState, context)
+    native_tid: int  # offsetof(PyThreadState, native_thread_id)
 
 
-# Verified on this version's headers (offsetof) and on a live interpreter (ctypes): docs/accuracy.md.
+# Verified on this version's headers (offsetof) and on live interpreters (ctypes): docs/accuracy.md. 3.11 keeps the
+# current thread state in the runtime (gilstate.tstate_current); 3.12 and 3.13 only in a thread-local, so the main
+# interpreter's GIL's last holder (_main_interpreter._gil.last_holder), which is the caller while the GIL is held.
 LAYOUTS: dict[tuple[int, int], Layout] = {
-    (3, 11): Layout(tstate_current=576, context=224),
+    (3, 11): Layout(holder=576, context=224, native_tid=160),
+    (3, 12): Layout(holder=77440, context=208, native_tid=144),
+    (3, 13): Layout(holder=96112, context=208, native_tid=160),
 }
 
 ENTRY, RETURN = "py_copy_enter", "py_copy_return"
 _FUNCTION = "PyContext_CopyCurrent"
 _RUNTIME = "_PyRuntime"
-_NAME = re.compile(r"^(?:lib)?python(\d+)\.(\d+)")  # python3.11, python3.11d, libpython3.11.so.1.0
+_NAME = re.compile(r"^(?:lib)?python(\d+)\.(\d+)([a-z]*)")  # python3.11, python3.13t, libpython3.11.so.1.0
 _PROC = struct.Struct("=QII")  # bpf/io.h struct py_proc
 _U32 = struct.Struct("=I")
 _CACHE_MAX = 256
@@ -64,11 +70,18 @@ def interpreter_version(path: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def abi_flags(path: str) -> str:
+    """The ABI flags a CPython interpreter file's name carries (`d` debug, `t` free-threaded), '' for a default build."""
+    m = _NAME.match(os.path.basename(path))
+    return m.group(3) if m else ""
+
+
 @dataclass(slots=True, frozen=True)
 class _Code:
     """What an interpreter file offers: where to attach, and where its runtime state sits before relocation."""
 
     version: tuple[int, int]
+    flags: str  # ABI flags: their layouts differ and none is verified
     copy_offset: int  # file offset of PyContext_CopyCurrent
     runtime: int  # address of _PyRuntime in a process that maps the file's first byte at 0
     relocated: bool = True  # False: a fixed-address executable, its addresses are final
@@ -142,10 +155,10 @@ class PyContextAttacher:
         if code is None or key is None:
             self.forget(pid)
             return
-        layout = LAYOUTS.get(code.version)
+        layout = None if code.flags else LAYOUTS.get(code.version)
         if layout is None:
             self.forget(pid)
-            self._unsupported[pid] = (_comm(pid), "%d.%d" % code.version)
+            self._unsupported[pid] = (_comm(pid), "%d.%d%s" % (*code.version, code.flags))
             return
         f = self.files.get(key) or self._attach(key, open_path, path, code)
         if f is None:
@@ -157,7 +170,7 @@ class PyContextAttacher:
         runtime = code.runtime_at(mapped_at)
         lib = _libbpf.libbpf()
         lib.update(self.probes.map_fd("py_procs"), _U32.pack(pid),
-                   _PROC.pack(runtime + layout.tstate_current, layout.context, 0))
+                   _PROC.pack(runtime + layout.holder, layout.context, layout.native_tid))
 
     def forget(self, pid: int) -> None:
         """The process is gone (or runs no interpreter any more): its entry goes, and files only it ran detach."""
@@ -207,7 +220,7 @@ class PyContextAttacher:
                 return None  # an executable linking libpython: the library is the interpreter
             bias = elf.load_bias(0)  # 0 for a fixed-address executable
             fixed = bias == 0 and elf.load_bias(1) == 0
-            return _Code(version, funcs[_FUNCTION], data[_RUNTIME] + bias, relocated=not fixed)
+            return _Code(version, abi_flags(path), funcs[_FUNCTION], data[_RUNTIME] + bias, relocated=not fixed)
         except (ElfError, OSError, struct.error, ValueError):
             self.file_errors += 1
             return None
