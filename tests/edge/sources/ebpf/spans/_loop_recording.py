@@ -47,7 +47,9 @@ def judge(spans: list[Any]) -> tuple[int, Counter[tuple[str, str]]]:
     return len(served), out
 
 
-async def _record(kind: str, path: Path, requests: int, clients: int, python_contexts: bool = False) -> None:
+async def _record(kind: str, path: Path, requests: int, clients: int, python_contexts: bool = False,
+                  interpreter: str = sys.executable) -> None:
+    """Record `loop` of `kind` (aiohttp, asyncio: the standard-library one, node), run by `interpreter`."""
     root = Path(__file__).resolve().parents[5]
     service = str(root / "bench" / "accuracy_service.py")
     db, loop = _free_port(), _free_port()
@@ -58,7 +60,7 @@ async def _record(kind: str, path: Path, requests: int, clients: int, python_con
         loop_cmd = [node, str(root / "bench" / "accuracy_node.js"), "--name", "loop", "--oracle", "/dev/null",
                     "--port", str(loop), "--call", call]
     else:
-        loop_cmd = [sys.executable, service, "--name", "loop", "--mode", "aiohttp", "--port", str(loop), "--call",
+        loop_cmd = [interpreter, service, "--name", "loop", "--mode", kind, "--port", str(loop), "--call",
                     call, "--oracle", "/dev/null"]
     db_cmd = [sys.executable, service, "--name", "db", "--mode", "http", "--port", str(db), "--oracle", "/dev/null"]
     await record_services(path, [db_cmd, loop_cmd], (1,),
