@@ -19,8 +19,8 @@ import logging
 import os
 import re
 import struct
-import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from ...errors import ProbeUnavailable
 from . import _libbpf
 from .elf import ElfError, read_elf
 from .loader import ProbeSet
-from .tls_libs import rescan
+from .uprobe_attach import UprobeAttacher, destroy_links
 
 __all__ = ["PyContextAttacher", "Layout", "LAYOUTS", "abi_flags", "interpreter_version"]
 
@@ -60,7 +60,6 @@ _NAME = re.compile(r"^(?:lib)?python(\d+)\.(\d+)([a-z]*)")  # python3.11, python
 _PROC = struct.Struct("=QII")  # bpf/io.h struct py_proc
 _U32 = struct.Struct("=I")
 _CACHE_MAX = 256
-_RETRY_FAILED_S = 60.0
 _NAMES_SHOWN = 10
 
 
@@ -100,45 +99,30 @@ class _Attached:
     pids: set[int] = field(default_factory=set)
 
 
-class PyContextAttacher:
+class PyContextAttacher(UprobeAttacher):
     """Keeps the context probes on the interpreter files traced processes run, and their per-process entries."""
 
+    what = "Python context"
+
     def __init__(self, probes: ProbeSet, own_pid: int, allowed: frozenset[int] | None = None) -> None:
-        self.probes = probes
-        self.own_pid = own_pid
-        self.allowed = allowed
+        super().__init__(probes, own_pid, allowed)
         self.files: dict[tuple[int, int], _Attached] = {}
         self._by_pid: dict[int, tuple[int, int]] = {}
         self._unsupported: dict[int, tuple[str, str]] = {}  # pid -> (comm, version)
         self._codes: OrderedDict[tuple[int, int, int, int], _Code | None] = OrderedDict()
-        self._failed: dict[tuple[int, int], tuple[float, str]] = {}
-        self._programs: dict[str, int] = {}
-        self.attach_errors = 0
-        self.scan_errors = 0
         self.file_errors = 0
-        self.scans = 0
-        self._closed = False
 
-    def start(self) -> None:
-        """Attach to what every traced process runs now."""
-        self._programs = self.probes.uprobe_programs()
-        missing = {ENTRY, RETURN} - self._programs.keys()
-        if missing:
-            raise ProbeUnavailable(f"the probe objects lack the Python context programs {', '.join(sorted(missing))}",
-                                   "rebuild the probes from the bpf/ sources of this version")
-        self.scan_all()
+    def programs_needed(self) -> set[str]:
+        """The uprobe pair on PyContext_CopyCurrent."""
+        return {ENTRY, RETURN}
 
-    def scan_all(self) -> None:
-        """Rescan every traced process: entries for new interpreters, none for processes gone."""
-        if self._closed:
-            return
-        self.scans += 1
-        known = list(self._by_pid.keys() | self._unsupported.keys())
-        rescan(known, self.allowed, self.own_pid, self.forget, self.scan_pid)
+    def known_pids(self) -> Iterable[int]:
+        """Processes with an entry, or running an unsupported version."""
+        return self._by_pid.keys() | self._unsupported.keys()
 
     def scan_pid(self, pid: int) -> None:
         """Look at one process's mappings now (after an exec, or on a rescan)."""
-        if self._closed or pid == self.own_pid or (self.allowed is not None and pid not in self.allowed):
+        if not self.traces(pid):
             return
         try:
             found = _interpreter_mapping(pid)
@@ -228,33 +212,17 @@ class PyContextAttacher:
             reader.close()
 
     def _attach(self, key: tuple[int, int], open_path: str, path: str, code: _Code) -> _Attached | None:
-        failed = self._failed.get(key)
-        if failed is not None and time.monotonic() - failed[0] < _RETRY_FAILED_S:
+        links = self.attach_links(key, open_path, path,
+                                  [(ENTRY, code.copy_offset, False), (RETURN, code.copy_offset, True)])
+        if links is None:
             return None
-        lib = _libbpf.libbpf()
-        links: list[int] = []
-        try:
-            links.append(lib.attach_uprobe(self._programs[ENTRY], open_path, code.copy_offset))
-            links.append(lib.attach_uprobe(self._programs[RETURN], open_path, code.copy_offset, retprobe=True))
-        except ProbeUnavailable as e:
-            for link in links:
-                lib.lib.bpf_link__destroy(link)
-            if not os.path.exists(open_path):
-                return None  # its process exited between its scan and the attach
-            self.attach_errors += 1
-            self._failed[key] = (time.monotonic(), e.reason)
-            log.warning("cannot attach the Python context probes to %s: %s", path, e.reason)
-            return None
-        self._failed.pop(key, None)
         f = _Attached(key, path, code.version, links)
         self.files[key] = f
         log.info("Python context probes attached to %s (CPython %d.%d)", path, *code.version)
         return f
 
     def _detach(self, f: _Attached) -> None:
-        lib = _libbpf.libbpf()
-        while f.links:
-            lib.lib.bpf_link__destroy(f.links.pop())
+        destroy_links(f.links)
         self.files.pop(f.key, None)
 
     def close(self) -> None:
@@ -276,7 +244,7 @@ class PyContextAttacher:
             "unsupported": {v: {"processes": len(names), "names": names[:_NAMES_SHOWN]}
                             for v, names in unsupported.items()},
             "attach_errors": self.attach_errors,
-            "attach_failures": sorted({why for _, why in self._failed.values()})[:_NAMES_SHOWN],
+            "attach_failures": self.attach_failures(_NAMES_SHOWN),
             "scan_errors": self.scan_errors,
             "file_errors": self.file_errors,
             "scans": self.scans,
