@@ -12,6 +12,10 @@ call's true request is known from the bytes alone. The events of loop are kept. 
         tests/edge/sources/ebpf/spans/node_fanout.jsonl.gz [requests]
     .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording aiohttp-tasks \
         tests/edge/sources/ebpf/spans/aiohttp_tasks.jsonl.gz [requests]   # with the Python task-context probes
+    .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording asyncio-tasks /tmp/asyncio.jsonl.gz 300 8 \
+        ~/.pyenv/versions/3.13.0/bin/python3.13   # the standard-library asyncio service, on another interpreter
+
+Each prints the requests served and its calls' (rule, verdict) counts.
 """
 from __future__ import annotations
 
@@ -68,8 +72,20 @@ async def _record(kind: str, path: Path, requests: int, clients: int, python_con
                           python_contexts)
 
 
+def _report(path: Path) -> None:
+    """Print the requests served and each call's (rule, verdict) count of a recording, as the agent builds it."""
+    from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
+
+    from ._grpc_recording import feed_as_agent, load
+    served, got = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), load(path)))
+    print(served, "requests served;", ", ".join(f"{via or '-'} {verdict} {n}" for (via, verdict), n in
+                                                 sorted(got.items())))
+
+
 if __name__ == "__main__":
-    # `aiohttp-tasks`: aiohttp with the Python task-context probes attached (aiohttp_tasks.jsonl.gz)
+    # `aiohttp-tasks`, `asyncio-tasks`: with the Python task-context probes attached (aiohttp_tasks.jsonl.gz);
+    # a fifth argument names the interpreter that runs `loop` (aiohttp, asyncio), e.g. pyenv's python3.13.
     asyncio.run(_record(sys.argv[1].removesuffix("-tasks"), Path(sys.argv[2]),
                         int(sys.argv[3]) if len(sys.argv) > 3 else 200, int(sys.argv[4]) if len(sys.argv) > 4 else 8,
-                        sys.argv[1].endswith("-tasks")))
+                        sys.argv[1].endswith("-tasks"), sys.argv[5] if len(sys.argv) > 5 else sys.executable))
+    _report(Path(sys.argv[2]))
