@@ -16,7 +16,8 @@ Modes:
              reads the requests, makes the calls and answers
   aiohttp    an aiohttp server (one thread, asyncio): per request 1 to 3 of the --call URLs, concurrently
   asyncio    the same with the standard library only (asyncio streams, HTTP/1.1 keep-alive in, a new connection per
-             call out), so that any CPython runs it without packages
+             call out), so that any CPython runs it without packages; it serves plain HTTP, and calls https:// URLs
+             over TLS (asyncio's own, OpenSSL through memory BIOs) trusting the --tls DIR certificate
   batch      after "go" on stdin: --count jobs, each one root span making --fanout calls on --workers threads
   publish    after "go": --count MQTT v5 QoS 1 messages on --topic (traceparent in user properties with --sdk,
              unless --no-propagate)
@@ -41,6 +42,7 @@ import os
 import queue
 import random
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -325,9 +327,11 @@ def serve_asyncio(args: argparse.Namespace, oracle: Oracle) -> None:
     rid), at once, each over a new connection."""
     import asyncio
 
+    tls = ssl.create_default_context(cafile=str(args.tls / "cert.pem")) if args.tls else None
+
     async def call(url: str, rid: str, trace: str) -> None:
         u = urlsplit(url)
-        reader, writer = await asyncio.open_connection(u.hostname, u.port)
+        reader, writer = await asyncio.open_connection(u.hostname, u.port, ssl=tls if u.scheme == "https" else None)
         writer.write(f"GET {u.path}?rid={new_rid()}&prid={rid}&trace={trace} HTTP/1.1\r\nHost: {u.netloc}\r\n"
                      "Connection: close\r\n\r\n".encode())
         await reader.read()  # to the callee's close

@@ -141,3 +141,28 @@ async def test_standard_library_asyncio_calls_follow_their_task_contexts_on_newe
     _, alone = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()),
                                    [e for e in events if not isinstance(e, PyContextEvent)]))
     assert not any(via == "task" for via, _ in alone), alone
+
+
+async def test_asyncio_calls_over_tls_follow_their_task_contexts(tmp_path: Path) -> None:
+    """The standard-library asyncio service calling `db` over HTTPS (asyncio's TLS: OpenSSL through memory BIOs, the
+    TLS probes attached): the contexts are sent at each SSL_write's entry, so its calls are decided by `task` as over
+    plain TCP; the same run's kernel events without them decide no call by `task`."""
+    from .test_tls_spans import self_signed
+    self_signed(tmp_path)
+    path = tmp_path / "asyncio_tls.jsonl.gz"
+    try:
+        await _record("asyncio", path, 200, 8, python_contexts=True, tls_dir=tmp_path)
+    except ProbeUnavailable as e:
+        bpf_unavailable(str(e))
+    from edge.sources.ebpf.events import PyContextEvent
+    from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
+    events = load(path)
+    served, got = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), events))
+    calls = sum(got.values())
+    assert served >= 0.95 * 200 and calls >= served, (served, got)
+    wrong = sum(n for (_, verdict), n in got.items() if verdict == "wrong")
+    assert wrong <= 0.002 * calls, got
+    assert got[("task", "right")] >= 0.95 * calls, got
+    _, alone = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()),
+                                   [e for e in events if not isinstance(e, PyContextEvent)]))
+    assert not any(via == "task" for via, _ in alone), alone
