@@ -466,8 +466,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
     ap.add_argument("--mode", default="http",
-                    choices=["http", "pool", "handoff", "workers", "aiohttp", "asyncio", "batch", "publish", "subscribe",
-                             "grpc"])
+                    choices=["http", "pool", "handoff", "workers", "aiohttp", "asyncio", "batch", "publish",
+                             "subscribe", "grpc"])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--broker", type=int, default=0, help="mosquitto port")
     ap.add_argument("--topic", default="acc/orders")

@@ -70,7 +70,7 @@ def interpreter_version(path: str) -> tuple[int, int] | None:
 
 
 def abi_flags(path: str) -> str:
-    """The ABI flags a CPython interpreter file's name carries (`d` debug, `t` free-threaded), '' for a default build."""
+    """The ABI flags an interpreter file's name carries (`d` debug, `t` free-threaded), '' for a default build."""
     m = _NAME.match(os.path.basename(path))
     return m.group(3) if m else ""
 
