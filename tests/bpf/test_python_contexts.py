@@ -162,7 +162,9 @@ async def test_asyncio_calls_over_tls_follow_their_task_contexts(tmp_path: Path)
     assert served >= 0.95 * 200 and calls >= served, (served, got)
     wrong = sum(n for (_, verdict), n in got.items() if verdict == "wrong")
     assert wrong <= 0.002 * calls, got
-    assert got[("task", "right")] >= 0.95 * calls, got
+    # 90 %, not 95: a handshake per call makes a handler's last call slow under load, and a call whose handler answers
+    # more than 500 ms after it is left to the kernel's rules (4-6 % in benchmarks.md; the kernel alone: 45 %).
+    assert got[("task", "right")] >= 0.90 * calls, got
     _, alone = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()),
                                    [e for e in events if not isinstance(e, PyContextEvent)]))
     assert not any(via == "task" for via, _ in alone), alone
