@@ -95,9 +95,18 @@ ACCEL_MANIFEST = "accel_manifest.json"
 
 def _skip_accel(reason: str) -> list:
     print(f"helix-edge: accelerator not built ({reason}); the pure-Python decoder and span builder will run")
-    # What an earlier in-place (editable) build left would otherwise stay in use: without its manifest it is not.
-    (ROOT / "edge" / ACCEL_MANIFEST).unlink(missing_ok=True)
+    # What an earlier in-place (editable) build left would otherwise stay in use: without its manifest it is not. A
+    # wheel built from this tree (the device image, the arm64 smoke test) must leave the tree's own build alone.
+    if _builds_in_place():
+        (ROOT / "edge" / ACCEL_MANIFEST).unlink(missing_ok=True)
     return []
+
+
+def _builds_in_place() -> bool:
+    """True when this run installs into the source tree (editable install, develop, build_ext --inplace)."""
+    args = sys.argv[1:]
+    in_place = "build_ext" in args and bool({"-i", "--inplace"} & set(args))
+    return in_place or bool({"editable_wheel", "develop"} & set(args))
 
 
 def _remove_stale_extensions() -> None:

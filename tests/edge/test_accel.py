@@ -258,3 +258,19 @@ def test_trace_context_is_read_alike(headers):
                                                                   headers.get("tracestate"))])
     assert results[0] == results[1]
     assert all(r[0] == "ok" for r in results[0])
+
+
+@pytest.mark.parametrize(("command", "kept"), [(["bdist_wheel", "--help"], True), (["--name"], True),
+                                               (["develop", "--help"], False),
+                                               (["build_ext", "--inplace", "--help"], False)])
+def test_a_wheel_built_without_the_accelerator_leaves_the_trees_build_alone(tmp_path: Path, command: list[str],
+                                                                            kept: bool):
+    # The device image and arm64 smoke builds make a pure wheel from this tree (HELIX_ACCEL_BUILD=0): that must not
+    # switch the tree's own editable install to pure Python. An in-place build without the accelerator must.
+    (tmp_path / "setup.py").write_bytes((ROOT / "setup.py").read_bytes())
+    (tmp_path / "edge").mkdir()
+    manifest = tmp_path / "edge" / "accel_manifest.json"
+    manifest.write_text("{}\n")
+    subprocess.run([sys.executable, "setup.py", *command], cwd=tmp_path, env={**os.environ, "HELIX_ACCEL_BUILD": "0"},
+                   capture_output=True, text=True, timeout=120)
+    assert manifest.exists() is kept
