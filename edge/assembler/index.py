@@ -136,6 +136,11 @@ class SpanIndex:
     servers_by_pid: dict[int, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     consumers_by_thread: dict[tuple[int, int], list[Entry]] = field(default_factory=lambda: defaultdict(list))
     clients_by_conn: dict[ConnKey, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    # The same client spans by connection and trace context (trace id, parent): a server span with wire context finds
+    # its other end in one lookup, where a pass over every client span of a keep-alive connection cost each request
+    # time in proportion to the connection's rate (docs/benchmarks.md).
+    clients_by_context: dict[tuple[ConnKey, bytes, bytes], list[Entry]] = field(
+        default_factory=lambda: defaultdict(list))
     producers_by_topic: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_by_resource: dict[Resource, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_servers_by_parent: dict[bytes, list[Entry]] = field(default_factory=lambda: defaultdict(list))
@@ -161,6 +166,7 @@ class SpanIndex:
                 key = conn_key(s)
                 if key is not None:
                     self.clients_by_conn[key].append(e)
+                    self.clients_by_context[(key, s.trace_id, s.parent_span_id)].append(e)
                 cause = s.attributes.get("helix.cause")
                 if isinstance(cause, bytes) and has_wire_context(s):
                     self.wire_calls_by_cause[cause].append(e)
@@ -172,6 +178,27 @@ class SpanIndex:
             topic = s.attributes.get("messaging.destination.name")
             if isinstance(topic, str):
                 self.producers_by_topic[topic].append(e)
+
+    def clients_in_context(self, key: ConnKey, trace_id: bytes, parent_span_id: bytes) -> list[Entry]:
+        """Kernel client spans of connection `key` whose trace and parent are these now."""
+        return self.clients_by_context.get((key, trace_id, parent_span_id), [])
+
+    def recontext(self, e: Entry, trace_id: bytes, parent_span_id: bytes) -> None:
+        """`e`'s span was indexed under this trace and parent and may name others now (the assembler sets them as
+        it releases it): look it up by what it names."""
+        s = e.span
+        if (s.trace_id == trace_id and s.parent_span_id == parent_span_id) or s.kind != SpanKind.CLIENT \
+                or not is_kernel(s):
+            return
+        key = conn_key(s)
+        if key is None:
+            return
+        old = self.clients_by_context.get((key, trace_id, parent_span_id))
+        if old is not None:
+            old[:] = [x for x in old if x is not e]
+            if not old:
+                del self.clients_by_context[(key, trace_id, parent_span_id)]
+        self.clients_by_context[(key, s.trace_id, s.parent_span_id)].append(e)
 
     def expire(self, before: float, at_most: int | None = None) -> int:
         """Forget released spans that arrived before `before` (at most `at_most` of them, oldest first); returns
@@ -194,7 +221,7 @@ class SpanIndex:
         if n:
             live = set(map(id, self.order))
             for table in (self.servers_by_thread, self.servers_by_pid, self.consumers_by_thread, self.clients_by_conn,
-                          self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent,
+                          self.clients_by_context, self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent,
                           self.wire_calls_by_cause):
                 for key in list(table):
                     kept = [x for x in table[key] if id(x) in live]

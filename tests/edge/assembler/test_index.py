@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import random
+
+from edge.assembler.index import Entry, SpanIndex, conn_key
+from edge.model import SpanKind, new_span_id, new_trace_id
+
+from .test_assembler import A, B, C, D, kspan
+
+
+def _scan(index: SpanIndex, key: tuple[str, int, str, int], trace: bytes, parent: bytes) -> list[Entry]:
+    """What the rules took before the index kept client spans by context: every client span of the connection whose
+    trace and parent are these now."""
+    return [c for c in index.clients_by_conn.get(key, []) if c.span.trace_id == trace and c.span.parent_span_id == parent]
+
+
+def test_clients_by_context_follow_what_the_spans_name_now() -> None:
+    rng = random.Random(5)
+    index = SpanIndex()
+    traces = [new_trace_id() for _ in range(4)]
+    parents = [new_span_id() for _ in range(4)] + [b""]
+    entries = []
+    for i in range(300):
+        local, peer = rng.choice([(A, B), (C, D), (B, A)])
+        wire = (rng.choice(traces), rng.choice(parents[:4])) if rng.random() < 0.7 else None
+        kind = rng.choice([SpanKind.CLIENT, SpanKind.CLIENT, SpanKind.SERVER])
+        e = Entry(kspan(f"x{i}", kind, i, i + 1, pid=1, tid=1, local=local, peer=peer, wire=wire), arrived=i / 100)
+        index.add(e)
+        entries.append(e)
+        if rng.random() < 0.3:
+            # as the assembler does on release: a parent and the trace of the group the span left in
+            x = rng.choice(entries)
+            old = (x.span.trace_id, x.span.parent_span_id)
+            x.span.trace_id, x.span.parent_span_id = rng.choice(traces), rng.choice(parents)
+            index.recontext(x, *old)
+        if i % 50 == 49:
+            index.expire(i / 100 - 1.0)
+    keys = {conn_key(e.span) for e in entries} - {None}
+    for key in keys:
+        for trace in traces:
+            for parent in parents:
+                # the same spans (one re-keyed comes last: the rule picks by start time, never by order)
+                got = index.clients_in_context(key, trace, parent)
+                assert sorted(map(id, got)) == sorted(map(id, _scan(index, key, trace, parent)))
+                assert len(got) == len(set(map(id, got)))
+
+
+def test_a_span_changed_without_recontext_is_not_found_by_its_new_context() -> None:
+    # the lookup is by what the span named when indexed: recontext is what moves it
+    index = SpanIndex()
+    trace, parent = new_trace_id(), new_span_id()
+    e = Entry(kspan("c", SpanKind.CLIENT, 0, 1, pid=1, tid=1, local=A, peer=B, wire=(trace, parent)), arrived=0.0)
+    index.add(e)
+    new_trace = new_trace_id()
+    e.span.trace_id = new_trace
+    assert index.clients_in_context((*A, *B), new_trace, parent) == []
+    index.recontext(e, trace, parent)
+    assert index.clients_in_context((*A, *B), new_trace, parent) == [e]
+    assert index.clients_in_context((*A, *B), trace, parent) == []
