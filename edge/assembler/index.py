@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..model import Resource, Source, Span, SpanKind
 
@@ -244,6 +245,7 @@ class SpanIndex:
         order = self.order
         limit = len(order) if at_most is None else at_most
         kept: list[Entry] = []
+        gone: set[int] = set()
         while order and n < limit and order[0].arrived < before:
             e = order.popleft()
             if not e.released:
@@ -253,17 +255,19 @@ class SpanIndex:
                 continue
             if self.by_id.get(e.span.span_id) is e:
                 del self.by_id[e.span.span_id]
+            gone.add(id(e))
             n += 1
         order.extendleft(reversed(kept))
-        if n:
+        if n and not kept:
+            # What went is the oldest of `order`, and every table's lists keep `order`'s order: it is their heads.
+            self._drop_heads(gone)
+        elif n:
             live = set(map(id, self.order))
             for key, clients in self.clients_by_conn.items():
                 for x in clients:
                     if id(x) not in live:
                         self._by_parent_remove(key, x.span.parent_span_id, x)
-            for table in (self.servers_by_thread, self.servers_by_pid, self.consumers_by_thread, self.clients_by_conn,
-                          self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent,
-                          self.wire_calls_by_cause):
+            for table in self._tables():
                 for key in list(table):
                     kept = [x for x in table[key] if id(x) in live]
                     if kept:
@@ -271,6 +275,28 @@ class SpanIndex:
                     else:
                         del table[key]
         return n
+
+    def _tables(self) -> tuple[dict[Any, list[Entry]], ...]:
+        return (self.servers_by_thread, self.servers_by_pid, self.consumers_by_thread, self.clients_by_conn,
+                self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent, self.wire_calls_by_cause)
+
+    def _drop_heads(self, gone: set[int]) -> None:
+        """Take the entries in `gone` off the front of every table's lists (where expiry found them all)."""
+        for key, clients in self.clients_by_conn.items():
+            for x in clients:
+                if id(x) not in gone:
+                    break
+                self._by_parent_remove(key, x.span.parent_span_id, x)
+        for table in self._tables():
+            for key in list(table):
+                entries = table[key]
+                i = 0
+                while i < len(entries) and id(entries[i]) in gone:
+                    i += 1
+                if i == len(entries):
+                    del table[key]
+                elif i:
+                    del entries[:i]
 
     def __len__(self) -> int:
         return len(self.order)

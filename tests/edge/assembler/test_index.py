@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 
 from edge.assembler.index import Entry, SpanIndex, conn_key
-from edge.model import SpanKind, new_span_id, new_trace_id
+from edge.model import Span, SpanKind, new_span_id, new_trace_id
 
 from .test_assembler import A, B, C, D, kspan
 
@@ -39,7 +39,25 @@ def test_clients_by_context_follow_what_the_spans_name_now() -> None:
         if i % 50 == 49:
             index.expire(i / 100 - 1.0)
     assert len(index) < len(entries)  # expiry took released spans, stepping over held ones
-    keys = {conn_key(e.span) for e in entries} - {None}
+    _check(index, entries, traces, parents)
+    # then with every span released: expiry takes the heads of the tables' lists
+    for e in entries:
+        if not e.released:
+            e.release()
+    for before in (1.5, 2.0, 2.5):
+        assert index.expire(before)
+        _check(index, entries, traces, parents)
+
+
+def _check(index: SpanIndex, entries: list[Entry], traces: list[bytes], parents: list[bytes]) -> None:
+    live = set(map(id, index.order))
+    for table in index._tables():
+        for lst in table.values():
+            assert lst and all(id(x) in live for x in lst)
+    clients = [e for e in index.order if e.span.kind == SpanKind.CLIENT and e.span.attributes.get("helix.context_from")
+               is not None]
+    assert sum(len(v) for v in index.clients_by_conn.values()) == len(clients)
+    keys = {conn_key(e.span) for e in entries if isinstance(e.span, Span)} | set(index.clients_by_conn)
     for key in keys:
         for trace in traces:
             for parent in parents:
