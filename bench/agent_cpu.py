@@ -45,7 +45,8 @@ _SCALE = {"http_keepalive": 1.0, "http_new_connection": 0.5, "mqtt_publish": 0.5
 _SETTLE_STEP_S = 0.5
 
 
-def agent_config(work: Path, ratio: float, pids: list[int], uplink: Mosquitto, metrics_port: int) -> Path:
+def agent_config(work: Path, ratio: float, pids: list[int], uplink: Mosquitto, metrics_port: int,
+                 python_contexts: bool = True) -> Path:
     path = work / f"agent-{ratio}.toml"
     path.write_text(f"""
 [node]
@@ -58,6 +59,7 @@ http_listen = ""
 [sources.ebpf]
 enabled = "auto"
 pids = {json.dumps(pids)}
+python_contexts = {json.dumps(python_contexts)}
 [sampler]
 ratio = {ratio}
 [metrics]
@@ -116,7 +118,8 @@ async def charged_round(agent_pid: int, wl: Workload, n: int, rate: float, idle:
     return (oncpu_ns(agent_pid) - c0) - idle * (time.monotonic() - t0)
 
 
-async def run(requests: int, rounds: int, rate: float, ratios: list[float], profile: str = "") -> dict[str, object]:
+async def run(requests: int, rounds: int, rate: float, ratios: list[float], profile: str = "",
+              python_contexts: bool = True) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="helix-bench-cpu-"))
     broker = await start_broker(work / "mqtt")
     uplink = await start_broker(work / "uplink")
@@ -126,7 +129,7 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
         "-q", "1", "-t", "helix/uplink/#", stdout=asyncio.subprocess.DEVNULL)
     workloads = await make_workloads(broker, tuple(_SCALE))
     pids = sorted({p for wl in workloads.values() for p in wl.pids})
-    out: dict[str, object] = {}
+    out: dict[str, object] = {"python_contexts": python_contexts}
     per_request: dict[str, float] = {}
     refs = [reference_us_per_record()]
     cals = [calibration_loops_per_s()]
@@ -138,7 +141,7 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
                 prof = ["-m", "cProfile", "-o", f"{profile}.{ratio}"] if profile else []
                 agent = await asyncio.create_subprocess_exec(
                     sys.executable, *prof, "-m", "edge", "run", "--config",
-                    str(agent_config(work, ratio, pids, uplink, metrics_port)), "--log-level", "info",
+                    str(agent_config(work, ratio, pids, uplink, metrics_port, python_contexts)), "--log-level", "info",
                     stdout=log, stderr=log)
             try:
                 started = await wait_log(log_path, "agent running")
@@ -206,9 +209,13 @@ def main() -> None:
     ap.add_argument("--profile", default="", metavar="PATH",
                     help="run the agent under cProfile, writing PATH.<ratio> (the CPU figures then include cProfile's "
                          "own cost)")
+    ap.add_argument("--python-contexts", choices=("on", "off"), default="on",
+                    help="sources.ebpf.python_contexts: the uprobe pair on PyContext_CopyCurrent of every interpreter "
+                         "file the traced processes run (the workloads run the agent's own interpreter)")
     args = ap.parse_args()
     ratios = [float(r) for r in args.ratios.split(",") if r]
-    print(json.dumps(asyncio.run(run(args.requests, args.rounds, args.rate, ratios, args.profile))))
+    print(json.dumps(asyncio.run(run(args.requests, args.rounds, args.rate, ratios, args.profile,
+                                    args.python_contexts == "on"))))
 
 
 if __name__ == "__main__":

@@ -595,6 +595,7 @@ class Assembler:
         self.skew.apply(s, now)
         if is_kernel(s):
             self._name_after_sdk(s)
+        self.index.recontext(e, own_parent)
         e.final = s.trace_id
         self._claimants.pop(id(e), None)
         self._end_wait(e)

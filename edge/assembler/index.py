@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..model import Resource, Source, Span, SpanKind
 
@@ -136,6 +137,11 @@ class SpanIndex:
     servers_by_pid: dict[int, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     consumers_by_thread: dict[tuple[int, int], list[Entry]] = field(default_factory=lambda: defaultdict(list))
     clients_by_conn: dict[ConnKey, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    # The same client spans by connection, then by the parent they name (that bytes object itself: no key made per
+    # span), a list only where several name one: a server span with wire context finds its other end in one lookup,
+    # where a pass over every client span of a keep-alive connection cost each request time in proportion to the
+    # connection's rate (docs/benchmarks.md). Spans naming no parent are not in it.
+    clients_by_parent: dict[ConnKey, dict[bytes, Entry | list[Entry]]] = field(default_factory=dict)
     producers_by_topic: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_by_resource: dict[Resource, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_servers_by_parent: dict[bytes, list[Entry]] = field(default_factory=lambda: defaultdict(list))
@@ -161,6 +167,7 @@ class SpanIndex:
                 key = conn_key(s)
                 if key is not None:
                     self.clients_by_conn[key].append(e)
+                    self._by_parent_add(key, e)
                 cause = s.attributes.get("helix.cause")
                 if isinstance(cause, bytes) and has_wire_context(s):
                     self.wire_calls_by_cause[cause].append(e)
@@ -173,6 +180,64 @@ class SpanIndex:
             if isinstance(topic, str):
                 self.producers_by_topic[topic].append(e)
 
+    def clients_in_context(self, key: ConnKey, trace_id: bytes, parent_span_id: bytes) -> list[Entry]:
+        """Kernel client spans of connection `key` whose trace and parent are these now."""
+        if not parent_span_id:
+            return [c for c in self.clients_by_conn.get(key, ())
+                    if c.span.trace_id == trace_id and not c.span.parent_span_id]
+        parents = self.clients_by_parent.get(key)
+        had = parents.get(parent_span_id) if parents is not None else None
+        if had is None:
+            return []
+        if type(had) is list:
+            return [c for c in had if c.span.trace_id == trace_id]
+        return [had] if had.span.trace_id == trace_id else []  # type: ignore[union-attr]
+
+    def recontext(self, e: Entry, parent_span_id: bytes) -> None:
+        """`e`'s span was indexed naming this parent and may name another now (the assembler sets it as it releases
+        the span): look it up by what it names."""
+        s = e.span
+        if s.parent_span_id == parent_span_id or s.kind != SpanKind.CLIENT or not is_kernel(s):
+            return
+        key = conn_key(s)
+        if key is not None:
+            self._by_parent_remove(key, parent_span_id, e)
+            self._by_parent_add(key, e)
+
+    def _by_parent_add(self, key: ConnKey, e: Entry) -> None:
+        parent = e.span.parent_span_id
+        if not parent:
+            return
+        parents = self.clients_by_parent.get(key)
+        if parents is None:
+            parents = self.clients_by_parent[key] = {}
+        had = parents.get(parent)
+        if had is None:
+            parents[parent] = e
+        elif type(had) is list:
+            had.append(e)
+        else:
+            parents[parent] = [had, e]  # type: ignore[list-item]
+
+    def _by_parent_remove(self, key: ConnKey, parent: bytes, e: Entry) -> None:
+        parents = self.clients_by_parent.get(key)
+        had = parents.get(parent) if parents is not None and parent else None
+        if had is None:
+            return
+        assert parents is not None
+        if had is e:
+            del parents[parent]
+        elif type(had) is list:
+            rest = [x for x in had if x is not e]
+            if len(rest) > 1:
+                parents[parent] = rest
+            elif rest:
+                parents[parent] = rest[0]
+            else:
+                del parents[parent]
+        if not parents:
+            del self.clients_by_parent[key]
+
     def expire(self, before: float, at_most: int | None = None) -> int:
         """Forget released spans that arrived before `before` (at most `at_most` of them, oldest first); returns
         how many went. Spans still held (waiting for their SDK) are stepped over and stay."""
@@ -180,6 +245,7 @@ class SpanIndex:
         order = self.order
         limit = len(order) if at_most is None else at_most
         kept: list[Entry] = []
+        gone: set[int] = set()
         while order and n < limit and order[0].arrived < before:
             e = order.popleft()
             if not e.released:
@@ -189,13 +255,19 @@ class SpanIndex:
                 continue
             if self.by_id.get(e.span.span_id) is e:
                 del self.by_id[e.span.span_id]
+            gone.add(id(e))
             n += 1
         order.extendleft(reversed(kept))
-        if n:
+        if n and not kept:
+            # What went is the oldest of `order`, and every table's lists keep `order`'s order: it is their heads.
+            self._drop_heads(gone)
+        elif n:
             live = set(map(id, self.order))
-            for table in (self.servers_by_thread, self.servers_by_pid, self.consumers_by_thread, self.clients_by_conn,
-                          self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent,
-                          self.wire_calls_by_cause):
+            for key, clients in self.clients_by_conn.items():
+                for x in clients:
+                    if id(x) not in live:
+                        self._by_parent_remove(key, x.span.parent_span_id, x)
+            for table in self._tables():
                 for key in list(table):
                     kept = [x for x in table[key] if id(x) in live]
                     if kept:
@@ -203,6 +275,28 @@ class SpanIndex:
                     else:
                         del table[key]
         return n
+
+    def _tables(self) -> tuple[dict[Any, list[Entry]], ...]:
+        return (self.servers_by_thread, self.servers_by_pid, self.consumers_by_thread, self.clients_by_conn,
+                self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent, self.wire_calls_by_cause)
+
+    def _drop_heads(self, gone: set[int]) -> None:
+        """Take the entries in `gone` off the front of every table's lists (where expiry found them all)."""
+        for key, clients in self.clients_by_conn.items():
+            for x in clients:
+                if id(x) not in gone:
+                    break
+                self._by_parent_remove(key, x.span.parent_span_id, x)
+        for table in self._tables():
+            for key in list(table):
+                entries = table[key]
+                i = 0
+                while i < len(entries) and id(entries[i]) in gone:
+                    i += 1
+                if i == len(entries):
+                    del table[key]
+                elif i:
+                    del entries[:i]
 
     def __len__(self) -> int:
         return len(self.order)

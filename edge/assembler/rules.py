@@ -82,9 +82,7 @@ def _wire_twin(index: SpanIndex, e: Entry) -> Entry | None:
     # Same context first (one span of a keep-alive connection's many, where traces differ), then, on HTTP/2, the same
     # stream, then the containers: the tightest of those is the one the sort over all containers would have found
     # first.
-    parent, trace = e.span.parent_span_id, e.span.trace_id
-    same = [c for c in _same_stream(index.clients_by_conn.get(mirrored, []), e)
-            if c.span.parent_span_id == parent and c.span.trace_id == trace]
+    same = _same_stream(index.clients_in_context(mirrored, e.span.trace_id, e.span.parent_span_id), e)
     return _other_end(same, e) if same else None
 
 

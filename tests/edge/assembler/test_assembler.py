@@ -417,3 +417,41 @@ def test_an_sdk_process_that_keeps_exporting_is_never_forgotten_short_of_the_bud
     assert list(a._pid_of_resource.values()) == [7] and len(a._kernel_by_wire) == 0
     # Past the budget itself (the governor's last step), live entries go too, counted apart.
     assert state.evict_live(0) == 0 and state.bytes == 0 and state.evicted["active"] >= 1
+
+
+def test_a_call_is_found_by_the_context_it_left_with() -> None:
+    # The assembler names a context-less call's parent and trace as it releases it; the server span of that request
+    # arriving after that, with that context read off the wire, still finds the call as its other end.
+    a = Assembler(AssemblerConfig(window=2.0, sdk_wait=0.0))
+    spans = [kspan("svc2-call", SpanKind.CLIENT, 10, 90, pid=2, tid=20, local=C, peer=D),
+             kspan("svc2", SpanKind.SERVER, 0, 100, pid=2, tid=20, local=B, peer=A)]
+    got = {s.name: s for s in a.process(spans, now=0.0) + a.process([], now=2.1)}
+    call = got["svc2-call"]
+    assert call.parent_span_id == got["svc2"].span_id
+    late = kspan("svc3", SpanKind.SERVER, 11, 89, pid=3, tid=30, local=D, peer=C,
+                 wire=(call.trace_id, call.parent_span_id))
+    out = a.process([late], now=2.5) + a.process([], now=5.0)
+    assert out[0].attributes["helix.link"] == "wire+connection" and out[0].parent_span_id == call.span_id
+
+
+def test_keep_alive_requests_each_find_their_own_client() -> None:
+    # One connection, many requests with their own traceparents, arriving in batches: each server span hangs under
+    # the client span of its own request, none under another's.
+    a = Assembler(AssemblerConfig(window=2.0, sdk_wait=0.0))
+    out: list[Span] = []
+    clients: dict[bytes, Span] = {}
+    for batch in range(5):
+        spans = []
+        for i in range(40):
+            t = (batch * 40 + i) * 2.0
+            trace, parent = new_trace_id(), new_span_id()
+            c = kspan("c", SpanKind.CLIENT, t, t + 1.5, pid=1, tid=10, local=A, peer=B, wire=(trace, parent))
+            spans += [c, kspan("s", SpanKind.SERVER, t + 0.2, t + 1.3, pid=2, tid=20, local=B, peer=A,
+                               wire=(trace, parent))]
+            clients[trace] = c
+        out += a.process(spans, now=batch * 0.5)
+    out += a.process([], now=10.0)
+    servers = [s for s in out if s.name == "s"]
+    assert len(servers) == 200
+    for s in servers:
+        assert s.attributes["helix.link"] == "wire+connection" and s.parent_span_id == clients[s.trace_id].span_id
