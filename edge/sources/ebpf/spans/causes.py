@@ -770,9 +770,12 @@ class Causes:
                 # A request thread that fell asleep only after the call began and slept through its answer: the first
                 # such thread the worker wakes once answered is its requester, or one waiting for a lock (the GIL).
                 # Alone that decides nothing; but a hand-off naming another request is then not certain.
-                for c in waker.waiting:
+                woken = next(iter(wakee.open))
+                # A request whose result another worker handed back already waits for none of this one's: woken
+                # now, it waited for a lock (the GIL) — neither its requester nor a contest.
+                ran = self._worked_by.get(woken, ev.waker_tid)
+                for c in waker.waiting if ran == ev.waker_tid else ():
                     if c.answered and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
-                        woken = next(iter(wakee.open))
                         if c.woke is None:
                             c.woke = woken
                         elif c.woke != woken:
