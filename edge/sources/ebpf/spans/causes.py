@@ -775,7 +775,8 @@ class Causes:
                 # now, it waited for a lock (the GIL) — neither its requester nor a contest.
                 ran = self._worked_by.get(woken, ev.waker_tid)
                 for c in waker.waiting if ran == ev.waker_tid else ():
-                    if c.answered and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
+                    if (c.answered and c.start_ns < ev.wakee_since_ns <= c.answered_ns
+                            and not self._moved_on(c, ev.ts_ns)):
                         if c.woke is None:
                             c.woke = woken
                         elif c.woke != woken:
@@ -813,6 +814,12 @@ class Causes:
             target.handoff_from = ev.waker_tid
             target.handoff_ns = ev.ts_ns
             target.calls_since_handoff = 0
+
+    def _moved_on(self, call: Call, ts_ns: int) -> bool:
+        """Whether the worker began another call between `call` and `ts_ns`: a worker hands a result back before it
+        takes the next work, so what it wakes after that is the next work's hand-back (or a lock), not this one's."""
+        starts = self._starts.get(call.pid, ())
+        return any(tid == call.tid and call.start_ns < start < ts_ns for tid, start, _, _ in starts)
 
     def _decide(self, t: _Thread, call: Call, cause: bytes | None, via: str, out: list[Span]) -> None:
         t.waiting.remove(call)

@@ -5,7 +5,8 @@ pool_4_clients.jsonl.gz: bench/accuracy_service.py's `pool` service (ThreadPoolE
 from 4 keep-alive clients; handoff_4_clients.jsonl.gz: its `handoff` service (4 threads on a queue.Queue, scenario
 5c), the same load. Both recorded on the shared development machine with other work running (load average 4-5).
 pool_4_clients_testbed.jsonl.gz: the `pool` service's events in a whole testbed run (`bench/accuracy.py --only
-5-thread-pool --dump DIR --dump-events`, 100 requests from 4 clients, load average 4-5), the `db` process's with it.
+5-thread-pool --dump DIR --dump-events`, 100 requests from 4 clients, load average 4-5), the `db` process's with it;
+pool_4_clients_testbed_2.jsonl.gz: another such run.
 Both implementations (edge/accel.py) replay them, flushing once a second of their time as the agent does.
 """
 from __future__ import annotations
@@ -30,7 +31,9 @@ HERE = Path(__file__).parent
 RECORDINGS = {"pool_4_clients.jsonl.gz": (400, 7, 2), "handoff_4_clients.jsonl.gz": (400, 1, 2),
               # one handback a worker's wakeup of a request thread whose result another worker had handed back (the
               # GIL) contested, before such a wakeup was known to be no requester's
-              "pool_4_clients_testbed.jsonl.gz": (100, 6, 0)}
+              "pool_4_clients_testbed.jsonl.gz": (100, 6, 0),
+              # one handback its worker's wakeup of the next work's requester contested (after its next call began)
+              "pool_4_clients_testbed_2.jsonl.gz": (100, 3, 2)}
 
 
 @functools.cache
