@@ -53,8 +53,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
 - handback: a worker's call with no certain hand-off (it took the work running, its requester handing it over while
   it was awake) whose requester fell asleep only after the call began: the request of the one thread, asleep from
   after the call began through its answer, that the worker woke once answered, where it woke no other such thread
-  before the decision (one woken for a lock, the GIL, would be a second: the requester's wait ends only by the
-  worker's result) and no other worker was handed that request or had a call decided for it.
+  before its next call (one woken for a lock, the GIL, would be a second: the requester's wait ends only by the
+  worker's result; the worker hands a result back before it takes the next work, so what it wakes after its next
+  call began is that work's) and no other worker was handed that request or had a call decided for it. A thread
+  whose request another worker's result already reached counts for no hand-back (woken again, it waited for a lock).
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 - response: a worker's call in a process whose requests are read by threads other than those that serve them (gRPC's
