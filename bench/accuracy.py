@@ -7,8 +7,11 @@ server, bench/accuracy_node.js) which record every request they handle, with its
 files. Each scenario is driven in turn, what reaches the OTLP peer is scored against the oracle
 (bench/accuracy_score.py; definitions in docs/accuracy.md). Needs root and BPF.
 
-    python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR] [--no-doc] [--fast-export] [--payload-bytes N]
+    python bench/accuracy.py [--quick] [--only NAMES] [--dump DIR [--dump-events]] [--no-doc] [--fast-export]
+                             [--payload-bytes N]
 
+--dump-events also records each scenario's kernel events beside the agent (bench/accuracy_events.py) to
+DIR/<scenario>.events.jsonl.gz, for replay through the span builder.
 --fast-export makes the SDKs export every 200 ms instead of their default 5 s (quick runs; the figures in the docs
 come from the defaults). Prints a table, writes it to the "Stitching accuracy" section of docs/benchmarks.md (full
 runs of every scenario at the SDK defaults), and as the last line: {"scenarios": {name: {"traceid_match",
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.accuracy_events import EventRecorder  # noqa: E402
 from bench.accuracy_score import OracleEntry, Score, oracle_entry, pooled, score  # noqa: E402
 from bench.accuracy_tls import make_cert, nginx_listen, tls_broker  # noqa: E402
 from bench.accuracy_wire import RID_METADATA  # noqa: E402
@@ -506,7 +510,7 @@ def _scenario_spans(spans: list[Span], pids: set[int]) -> list[Span]:
 
 async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
               log: IO[str] = sys.stderr, fast_export: bool = False, payload_bytes: int = 0,
-              memory: str = "") -> dict[str, Outcome]:
+              memory: str = "", dump_events: bool = False) -> dict[str, Outcome]:
     """Run the testbed; the outcome of each scenario by name (a scenario that cannot run here is left out, said)."""
     if os.geteuid() != 0:
         raise ProbeUnavailable("the testbed loads the kernel probes, which needs root", "run it as root")
@@ -526,6 +530,7 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
                 fast_export) for sc in chosen]
     sdk_delay = FAST_SDK_DELAY_S if fast_export else SDK_DELAY_S
     results: dict[str, Outcome] = {}
+    recorder = EventRecorder() if dump is not None and dump_events else None
     try:
         # Services first, so that the agent traces exactly their PIDs; they open connections only when driven.
         await asyncio.gather(*(asyncio.to_thread(bed.start) for bed in beds))
@@ -544,6 +549,8 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
             why = next((ln for ln in agent_log.splitlines() if "kernel probes unavailable" in ln), agent_log[-500:])
             raise ProbeUnavailable(f"the agent runs without its kernel probes: {why}", "run `helix doctor`")
         say(f"accuracy: agent, gateway and {len(pids)} testbed processes up ({work})")
+        if recorder is not None:
+            await recorder.start(pids)
         await asyncio.sleep(1.0)
         for bed in beds:
             mark = len(peer.requests)
@@ -568,7 +575,13 @@ async def run(quick: bool, only: tuple[str, ...] = (), dump: Path | None = None,
                 f"parent is not in their trace), {time.monotonic() - t0:.1f} s; {agent_memory(metrics_port)}")
             if dump is not None:
                 _dump(dump, bed, reqs, spans)
+                (dump / f"{bed.sc.name}.metrics.txt").write_text(_agent_metrics(metrics_port) or "")
+            if recorder is not None and dump is not None:
+                n = recorder.write(dump / f"{bed.sc.name}.events.jsonl.gz", set(bed.pids()))
+                say(f"  {bed.sc.name}: {n} kernel events recorded")
     finally:
+        if recorder is not None:
+            recorder.close()
         try:
             await asyncio.gather(*(asyncio.to_thread(bed.stop) for bed in beds))
         finally:
@@ -663,6 +676,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20 requests per scenario instead of 100 (under a minute)")
     ap.add_argument("--only", metavar="NAMES", default="", help="comma-separated: scenarios whose name contains one")
     ap.add_argument("--dump", metavar="DIR", help="write each scenario's spans (OTLP JSON), oracle and trees to DIR")
+    ap.add_argument("--dump-events", action="store_true",
+                    help="with --dump: also record each scenario's kernel events beside the agent (a second probe set)")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--fast-export", action="store_true",
                     help="SDKs export every 200 ms instead of their default 5 s (quick runs; never written to the docs)")
@@ -673,10 +688,12 @@ def main() -> None:
                          "pressure (default: the agent's own; never written to the docs)")
     args = ap.parse_args()
     only = tuple(n for n in args.only.split(",") if n)
+    if args.dump_events and not args.dump:
+        ap.error("--dump-events needs --dump DIR")
     try:
         outcomes = asyncio.run(run(args.quick, only, Path(args.dump) if args.dump else None,
                                    fast_export=args.fast_export, payload_bytes=args.payload_bytes,
-                                   memory=args.memory))
+                                   memory=args.memory, dump_events=args.dump_events))
     except HelixError as e:
         raise SystemExit(f"bench/accuracy.py: {e}") from None
     scores = {k: v.score for k, v in outcomes.items()}

@@ -6,9 +6,9 @@ knows its own structure). In order of preference:
 - wire: the kernel span carries context read off the wire; its parent is that remote span — or, for a server
   span, the kernel client span on the other end of the same connection when one carries the same context;
 - connection: a kernel server span is the child of the kernel client span on the other end of its connection
-  (5-tuple mirrored) that was in flight when the server read the request (the latest begun) — causality across
-  processes on the node; on an HTTP/2 connection, which multiplexes concurrent calls, only the client span of the
-  same stream id;
+  (5-tuple mirrored) that was in flight when the server read the request (the latest begun) and, where both name it,
+  wrote the same HTTP request — causality across processes on the node; on an HTTP/2 connection, which multiplexes
+  concurrent calls, only the client span of the same stream id;
 - sdk-process: a kernel client span inside the innermost SDK span of the same process (of the same request, when
   the request that made the call is known and its trace is);
 - cause: a kernel client span is the child of the server span of the request the span builder found it was made
@@ -30,7 +30,7 @@ knows its own structure). In order of preference:
 """
 from __future__ import annotations
 
-from ..model import Resource, SpanKind
+from ..model import Resource, Span, SpanKind
 from .index import STREAM_ID, Entry, SpanIndex, conn_key, is_kernel, pid_of, tid_of
 
 __all__ = ["infer_parent", "kernel_twin", "Slack", "CERTAIN", "CAUSE"]
@@ -88,13 +88,32 @@ def _wire_twin(index: SpanIndex, e: Entry) -> Entry | None:
 
 def _other_end(clients: list[Entry], server: Entry) -> Entry | None:
     """The client exchange of the mirrored connection that `server`'s request came from: the latest to begin before
-    the server read its request, if it had not ended by then. Only the start bounds it: the server's last write can
-    return after the client read its response (the thread preempted at the end of its write syscall, or before a TLS
-    library's write returned: 1-2 ms on a loaded node), so the server span need not end within the client's."""
+    the server read its request, if it had not ended by then, and that wrote the request the server read. Only the
+    start bounds it: the server's last write can return after the client read its response (the thread preempted at
+    the end of its write syscall, or before a TLS library's write returned: 1-2 ms on a loaded node), so the server
+    span need not end within the client's."""
     start = server.span.start_ns
     hits = [c for c in clients if c is not server and c.span.name != "tcp.connect"
-            and c.span.start_ns - Slack.CONTAIN_NS <= start <= c.span.end_ns + Slack.CONTAIN_NS]
+            and c.span.start_ns - Slack.CONTAIN_NS <= start <= c.span.end_ns + Slack.CONTAIN_NS
+            and _may_be_request_of(c.span, server.span)]
     return max(hits, key=lambda c: c.span.start_ns) if hits else None
+
+
+# What both ends of one HTTP exchange parse from the same bytes of its request head.
+_REQUEST_NAMES = ("http.request.method", "url.path", "url.query")
+_TRUNCATED = "helix.http.request_truncated"
+
+
+def _may_be_request_of(client: Span, server: Span) -> bool:
+    """False where the client exchange certainly wrote another request than the one the server read: both name it
+    (whole HTTP heads) and the names differ. On a keep-alive connection the call before the right one can still be in
+    the time slack when the server's read returns (its response's end held ~40 ms by a delayed acknowledgement, the
+    next request written within the slack), while the right one is not yet in view (a pool worker's call waits in the
+    span builder for its decision): a link to it would be wrong, none waits for the right one."""
+    ca, sa = client.attributes, server.attributes
+    if "http.request.method" not in ca or "http.request.method" not in sa or _TRUNCATED in ca or _TRUNCATED in sa:
+        return True
+    return all(ca.get(k) == sa.get(k) for k in _REQUEST_NAMES)
 
 
 def infer_parent(index: SpanIndex, e: Entry, sdk_resources: dict[int, set[Resource]],

@@ -53,8 +53,10 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
 - handback: a worker's call with no certain hand-off (it took the work running, its requester handing it over while
   it was awake) whose requester fell asleep only after the call began: the request of the one thread, asleep from
   after the call began through its answer, that the worker woke once answered, where it woke no other such thread
-  before the decision (one woken for a lock, the GIL, would be a second: the requester's wait ends only by the
-  worker's result) and no other worker was handed that request or had a call decided for it.
+  before its next call (one woken for a lock, the GIL, would be a second: the requester's wait ends only by the
+  worker's result; the worker hands a result back before it takes the next work, so what it wakes after its next
+  call began is that work's) and no other worker was handed that request or had a call decided for it. A thread
+  whose request another worker's result already reached counts for no hand-back (woken again, it waited for a lock).
   Wakeups come from sched_waking between two threads of one process, and from sched_wakeup_new: a thread that
   creates a worker (a pool that starts them on demand) hands it its first work (bpf/proc.bpf.c).
 - response: a worker's call in a process whose requests are read by threads other than those that serve them (gRPC's
@@ -770,9 +772,13 @@ class Causes:
                 # A request thread that fell asleep only after the call began and slept through its answer: the first
                 # such thread the worker wakes once answered is its requester, or one waiting for a lock (the GIL).
                 # Alone that decides nothing; but a hand-off naming another request is then not certain.
-                for c in waker.waiting:
-                    if c.answered and c.start_ns < ev.wakee_since_ns <= c.answered_ns:
-                        woken = next(iter(wakee.open))
+                woken = next(iter(wakee.open))
+                # A request whose result another worker handed back already waits for none of this one's: woken
+                # now, it waited for a lock (the GIL) — neither its requester nor a contest.
+                ran = self._worked_by.get(woken, ev.waker_tid)
+                for c in waker.waiting if ran == ev.waker_tid else ():
+                    if (c.answered and c.start_ns < ev.wakee_since_ns <= c.answered_ns
+                            and not self._moved_on(c, ev.ts_ns)):
                         if c.woke is None:
                             c.woke = woken
                         elif c.woke != woken:
@@ -810,6 +816,12 @@ class Causes:
             target.handoff_from = ev.waker_tid
             target.handoff_ns = ev.ts_ns
             target.calls_since_handoff = 0
+
+    def _moved_on(self, call: Call, ts_ns: int) -> bool:
+        """Whether the worker began another call between `call` and `ts_ns`: a worker hands a result back before it
+        takes the next work, so what it wakes after that is the next work's hand-back (or a lock), not this one's."""
+        starts = self._starts.get(call.pid, ())
+        return any(tid == call.tid and call.start_ns < start < ts_ns for tid, start, _, _ in starts)
 
     def _decide(self, t: _Thread, call: Call, cause: bytes | None, via: str, out: list[Span]) -> None:
         t.waiting.remove(call)
