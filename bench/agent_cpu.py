@@ -2,8 +2,8 @@
 
 Runs `helix run` as a real process with the kernel probes, tracing only the workload's processes (its
 sources.ebpf.pids allow-list, so that other work on a shared machine adds nothing), its uplink to a Mosquitto of its
-own, and drives rounds of loopback HTTP/1.1 keep-alive requests, HTTP/1.1 requests on new connections and MQTT
-publishes (bench/_loopback.py; client and server both traced, so one request is two exchanges, a client and a
+own where a real `helix gateway` takes and confirms its batches, and drives rounds of loopback HTTP/1.1 keep-alive
+requests, HTTP/1.1 requests on new connections and MQTT publishes (bench/_loopback.py; client and server both traced, so one request is two exchanges, a client and a
 server span). The agent's CPU time (user + system, from the scheduler's clock in /proc/<pid>/task/*/schedstat) is
 read around each round and until the agent is idle again (the last spans leave through the assembler's window and the
 uplink); its idle rate, measured beforehand, is taken out. At ratio 0.1 the kernel holds back nine exchanges in ten
@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from _loopback import Workload, make_workloads, oncpu_ns, start_broker  # noqa: 
 from span_builder import calibration_loops_per_s, decode_and_build, http_records  # noqa: E402
 
 from edge.demo.broker import Mosquitto, free_port  # noqa: E402
+from edge.demo.stack import Stack  # noqa: E402
 
 # requests per round relative to --requests
 _SCALE = {"http_keepalive": 1.0, "http_new_connection": 0.5, "mqtt_publish": 0.5}
@@ -122,11 +122,13 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
               python_contexts: bool = True) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="helix-bench-cpu-"))
     broker = await start_broker(work / "mqtt")
-    uplink = await start_broker(work / "uplink")
-    # stands in for the gateway: the uplink's batches are taken (else the agent retries and spools them)
-    gateway = await asyncio.create_subprocess_exec(
-        shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", "127.0.0.1", "-p", str(uplink.port), "-V", "mqttv5",
-        "-q", "1", "-t", "helix/uplink/#", stdout=asyncio.subprocess.DEVNULL)
+    # A real gateway takes the uplink and confirms each batch, as on a node: without confirmations the agent would
+    # send every batch again and count that work as the requests'.
+    (work / "uplink").mkdir()
+    upstream = Stack(work / "uplink")
+    await upstream.__aenter__()
+    await upstream.start_gateway()
+    uplink = upstream.broker
     workloads = await make_workloads(broker, tuple(_SCALE))
     pids = sorted({p for wl in workloads.values() for p in wl.pids})
     out: dict[str, object] = {"python_contexts": python_contexts}
@@ -177,10 +179,8 @@ async def run(requests: int, rounds: int, rate: float, ratios: list[float], prof
     finally:
         for wl in workloads.values():
             await wl.stop()
-        gateway.terminate()
-        await gateway.wait()
+        await upstream.close()
         broker.stop()
-        uplink.stop()
     refs.append(reference_us_per_record())
     cals.append(calibration_loops_per_s())
     out["calibration_loops_per_s"] = [round(c) for c in cals]
