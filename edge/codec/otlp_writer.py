@@ -318,18 +318,41 @@ def assemble(resources: list[Resource], groups: dict[Any, dict[tuple[str, str], 
 
 def attribute_fields(key: str, values: list[Any]) -> list[bytes]:
     """The span-attribute KeyValue field of `key` = each of `values`, as a span's attributes are written."""
+    global _cached
     tag = _SPAN_ATTRIBUTES
     pair = _caches.get(tag)
     if pair is None:
         pair = _caches[tag] = ({}, {})
     texts, ints = pair
+    # The key's maps looked up once for the column (as _remembered does per value).
+    by_text = texts.get(key)
+    if by_text is None:
+        by_text = texts[key] = {}
+    by_int = ints.get(key)
+    if by_int is None:
+        by_int = ints[key] = {}
     out: list[bytes] = []
     for v in values:
         tv = type(v)
         if tv is int:
-            out.append(_remembered(ints, tag, key, v))
+            kv = by_int.get(v)
         elif tv is str and len(cast(str, v)) <= _CACHED_LEN:
-            out.append(_remembered(texts, tag, key, v))
+            kv = by_text.get(v)
         else:
             out.append(_field(tag, _key_value(key, v)))
+            continue
+        if kv is None:
+            kv = _field(tag, _key_value(key, v))
+            if _cached >= _CACHE_MAX:
+                _clear_caches()  # the key's maps held here are emptied too, and stay in use
+                by_text.clear()
+                by_int.clear()
+                texts[key] = by_text
+                ints[key] = by_int
+            if tv is int:
+                by_int[v] = kv
+            else:
+                by_text[v] = kv
+            _cached += 1
+        out.append(kv)
     return out

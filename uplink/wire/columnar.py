@@ -646,18 +646,24 @@ class Columns:
     use: spans, then events, then new resources) of shape r takes row `firsts[r][e] + k` of column `of[r][e]` for
     its entry e."""
 
-    def __init__(self, decoded: list[list[Any]], of: dict[int, list[int]], firsts: dict[int, list[int]],
-                 uses: dict[int, int]) -> None:
+    def __init__(self, decoded: list[list[Any]], kinds: list[tuple[str, int]], of: dict[int, list[int]],
+                 firsts: dict[int, list[int]], uses: dict[int, int]) -> None:
         self.decoded = decoded
+        self.kinds = kinds  # each column's key and value type
         self.of = of
         self.firsts = firsts
         self.uses = uses
 
-    def rows(self, skip: dict[int, int] | None = None) -> dict[int, Any]:
-        """Per shape, a function giving the value rows of its lists in order, the first `skip[r]` left out."""
+    def rows(self, skip: dict[int, int] | None = None, only: list[int] | None = None) -> dict[int, Any]:
+        """Per shape (of `only`, if given), a function giving the value rows of its lists in order, the first
+        `skip[r]` left out."""
         out: dict[int, Any] = {}
         decoded = self.decoded
-        for r, c in self.uses.items():
+        uses = self.uses
+        for r in (uses if only is None else only):
+            if r in out:
+                continue
+            c = uses[r]
             k = skip.get(r, 0) if skip is not None else 0
             parts = []
             for j, o in zip(self.of[r], self.firsts[r]):
@@ -698,7 +704,7 @@ def _columns(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_fi
             offsets[j] += c
         of[r] = js
         firsts[r] = os_
-    return Columns(decoded, of, firsts, uses)
+    return Columns(decoded, list(order), of, firsts, uses)
 
 
 class Extra:
@@ -718,8 +724,8 @@ class Body:
                  trace_ids: list[bytes], span_ids: list[bytes], parent_ids: list[bytes], names: list[str],
                  starts: list[int], ends: list[int], packed: bytes, resources: list[Resource], resource_col: list[int],
                  scopes: list[Scope], scope_col: list[int], shapes: list[tuple[tuple[str, int], ...]],
-                 shape_col: list[int], keys_of: dict[int, tuple[str, ...]], columns: Columns,
-                 events: list[tuple[Event, ...]] | None, extras: dict[int, Extra]) -> None:
+                 shape_col: list[int], span_uses: dict[int, int], keys_of: dict[int, tuple[str, ...]],
+                 columns: Columns, events: list[tuple[Event, ...]] | None, extras: dict[int, Extra]) -> None:
         self.node_id = node_id
         self.seq = seq
         self.created = created
@@ -739,6 +745,7 @@ class Body:
         self.scope_col = scope_col
         self.shapes = shapes
         self.shape_col = shape_col
+        self.span_uses = span_uses  # lists of each shape the spans take (their rows come first in the shape's)
         self.keys_of = keys_of
         self.columns = columns
         self.events = events
@@ -812,7 +819,7 @@ def _read_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, vers
     span_uses: dict[int, int] = {}
     for r in shape_col:
         span_uses[r] = span_uses.get(r, 0) + 1
-    rows = columns.rows(span_uses)
+    rows = columns.rows(span_uses, ev_shapes + res_shapes) if ev_shapes or res_shapes else {}
     keys_of = {r: tuple([k for k, _ in shapes[r]]) for r in columns.uses}
     ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
     if res_shapes:
@@ -870,8 +877,8 @@ def _read_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, vers
         expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
         read[i] = _read_extras(x, trace_table, f"span {i}", checked)
     return Body(node_id, seq, created, version, table_id, n, trace_ids, span_ids, parent_ids, names, starts, ends,
-                packed, resources, resource_col, scopes, scope_col, shapes, shape_col, keys_of, columns, span_events,
-                read)
+                packed, resources, resource_col, scopes, scope_col, shapes, shape_col, span_uses, keys_of, columns,
+                span_events, read)
 
 
 def _decode_body(body: Body, max_expanded: int | None) -> Batch:

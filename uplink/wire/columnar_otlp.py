@@ -105,51 +105,85 @@ def _value_sizes(values: list[Any], ty: int, sizer: Expansion) -> list[int]:
     return out
 
 
-class _Shape:
-    """How the spans of one shape write their attributes: the entries that stay once its keys are a dict (a key
-    twice keeps its first place and its last value), as columns and first rows, and each key's fixed count."""
+class _Plan:
+    """How the lists of one shape's keys write their attributes: the entries that stay once the keys are a dict (a
+    key twice keeps its first place and its last value), the keys' part of the expansion count, and whether
+    `helix.source` is among them."""
 
-    def __init__(self, keys: tuple[str, ...], of: list[int], firsts: list[int]) -> None:
+    def __init__(self, keys: tuple[str, ...]) -> None:
         place: dict[str, int] = {}
-        cols: list[int] = []
-        rows: list[int] = []
+        take: list[int] = []
         fixed = 0
-        for k, j, o in zip(keys, of, firsts):
+        for e, k in enumerate(keys):
             at = place.get(k)
             if at is None:
-                place[k] = len(cols)
-                cols.append(j)
-                rows.append(o)
+                place[k] = len(take)
+                take.append(e)
                 fixed += 2 * _ITEM + _text_size(k)
             else:
-                cols[at] = j
-                rows[at] = o
-        self.cols = cols
-        self.rows = rows
+                take[at] = e
+        self.take = take
+        self.whole = len(take) == len(keys)
         self.fixed = fixed
         self.has_source = "helix.source" in place
-        self.next = 0  # lists of this shape the spans written so far took
+
+
+# Plans by keys: a node's batches bring the same shapes again and again. Bounded by starting over.
+_plans: dict[tuple[str, ...], _Plan] = {}
+_PLANS_MAX = 4096
+
+
+class _Shape:
+    """Where the spans of one shape in a batch find their attribute fields, and how many of them were written."""
+
+    def __init__(self, plan: _Plan, of: list[int], firsts: list[int]) -> None:
+        self.cols = of if plan.whole else [of[e] for e in plan.take]
+        self.rows = firsts if plan.whole else [firsts[e] for e in plan.take]
+        self.fixed = plan.fixed
+        self.has_source = plan.has_source
+        self.next = 0
+
+
+def _shape(keys: tuple[str, ...], of: list[int], firsts: list[int]) -> _Shape:
+    plan = _plans.get(keys)
+    if plan is None:
+        if len(_plans) >= _PLANS_MAX:
+            _plans.clear()
+        plan = _plans[keys] = _Plan(keys)
+    return _Shape(plan, of, firsts)
 
 
 def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
     """The request's bytes and the expansion count of a checked body; ExpansionExceeded past `max_expanded`."""
     counter = Expansion(max_expanded if max_expanded is not None else _NO_LIMIT, body.node_id, body.seq)
     columns = body.columns
-    # Every column's values written once as span attributes and sized once; event and resource rows are written by
-    # their own objects, the few bytes spent on them here are not used.
+    decoded = columns.decoded
+    # The spans' rows of every column written once as span attributes and sized once (event and resource rows are
+    # written by their own objects). A column that only spans use is written whole.
+    taken: list[list[tuple[int, int]]] = [[] for _ in decoded]
+    shapes: dict[int, _Shape] = {}
+    for ref, uses in body.span_uses.items():
+        of, firsts = columns.of[ref], columns.firsts[ref]
+        shapes[ref] = _shape(body.keys_of[ref], of, firsts)
+        for j, o in zip(of, firsts):
+            taken[j].append((o, uses))
     fields: list[list[bytes]] = []
     sizes: list[list[int]] = []
     sizer = Expansion(_NO_LIMIT)
-    col_keys: dict[int, str] = {}
-    col_types: dict[int, int] = {}
-    for r in columns.uses:
-        for (key, ty), j in zip(body.shapes[r], columns.of[r]):
-            col_keys[j] = key
-            col_types[j] = ty
-    for j, values in enumerate(columns.decoded):
-        fields.append(attribute_fields(col_keys[j], values))
-        sizes.append(_value_sizes(values, col_types[j], sizer))
-    shapes: dict[int, _Shape] = {r: _Shape(body.keys_of[r], columns.of[r], columns.firsts[r]) for r in columns.uses}
+    for j, col in enumerate(decoded):
+        ckey, cty = columns.kinds[j]
+        ranges = taken[j]
+        if len(ranges) == 1 and ranges[0][1] == len(col):
+            fields.append(attribute_fields(ckey, col))
+            sizes.append(_value_sizes(col, cty, sizer))
+            continue
+        f: list[bytes] = [b""] * len(col)
+        z: list[int] = [0] * len(col)
+        for o, c in ranges:
+            f[o:o + c] = attribute_fields(ckey, col[o:o + c])
+            z[o:o + c] = _value_sizes(col[o:o + c], cty, sizer)
+        fields.append(f)
+        sizes.append(z)
 
     groups: dict[Any, dict[tuple[str, str], list[bytes]]] = {}
     by_object: dict[int, dict[tuple[str, str], list[bytes]]] = {}
@@ -253,8 +287,9 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
             parts.append(_SPAN_FLAGS + _pack_fixed32(flags & 0xFF))
         members.append(_field(_SS_SPANS, b"".join(parts)))
 
-        counter.add(_SPAN + _SOURCE_ATTRIBUTE + len(tid) + len(sid) + len(pid) + _text_size(name)
-                    + _text_size(state) + _text_size(message) + size)
+        counter.add(_SPAN + _SOURCE_ATTRIBUTE + len(tid) + len(sid) + len(pid)
+                    + (len(name) if name.isascii() else _text_size(name)) + (_text_size(state) if state else 0)
+                    + (_text_size(message) if message else 0) + size)
         if span_events:
             for e in span_events:
                 counter.add(_EVENT + _text_size(e.name) + counter.attributes(e.attributes))
