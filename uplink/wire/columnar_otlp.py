@@ -209,7 +209,8 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
                 counter.add(2 * _ITEM + _text_size(sc.name) + _text_size(sc.version))
                 if id(r) not in counted_resources:
                     counted_resources.add(id(r))
-                    counter.add(sum([_ITEM + _text_size(k) + counter.value(v) for k, v in r.attributes]))
+                    frozen: Any = r.attributes  # values frozen into tuples, which the model's types do not name
+                    counter.add(sum([_ITEM + _text_size(k) + counter.value(v) for k, v in frozen]))
             # The request, as request_bytes groups it: by resource value, then scope name and version.
             by_scope = by_object.get(id(r))
             if by_scope is None:
