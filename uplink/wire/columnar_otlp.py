@@ -51,7 +51,7 @@ from edge.model import Resource, Scope
 from .columnar import MAX_SPANS, Body, Extra, decode_doc, load, read_body
 from .frame import Batch, BatchHeader
 from .tables import T_ANY, T_BOOL, T_BYTES, T_FLOAT, T_INT, T_STR, TableSet
-from .values import _EVENT, _ITEM, _LINK, _SOURCE_ATTRIBUTE, _SPAN, SOURCES, Expansion
+from .values import _EVENT, _ITEM, _LINK, _SOURCE_ATTRIBUTE, _SPAN, SOURCES, Expansion, ExpansionExceeded
 
 __all__ = ["decode_request"]
 
@@ -167,23 +167,40 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
         shapes[ref] = _shape(body.keys_of[ref], of, firsts)
         for j, o in zip(of, firsts):
             taken[j].append((o, uses))
-    fields: list[list[bytes]] = []
+    # Sized first: a batch whose attribute values alone pass the bound is refused before any of them is written (a
+    # text shared by reference is one object here, a copy per use there). The span decoder refuses it too: its count
+    # holds these and more.
     sizes: list[list[int]] = []
     sizer = Expansion(_NO_LIMIT)
     for j, col in enumerate(decoded):
-        ckey, cty = columns.kinds[j]
+        cty = columns.kinds[j][1]
+        ranges = taken[j]
+        if len(ranges) == 1 and ranges[0][1] == len(col):
+            sizes.append(_value_sizes(col, cty, sizer))
+            continue
+        z: list[int] = [0] * len(col)
+        for o, c in ranges:
+            z[o:o + c] = _value_sizes(col[o:o + c], cty, sizer)
+        sizes.append(z)
+    values = 0
+    for ref, uses in body.span_uses.items():
+        shape = shapes[ref]
+        values += shape.fixed * uses
+        for j, o in zip(shape.cols, shape.rows):
+            values += sum(sizes[j][o:o + uses])
+    if values > counter.limit:
+        raise ExpansionExceeded(body.node_id, body.seq, values, counter.limit)
+    fields: list[list[bytes]] = []
+    for j, col in enumerate(decoded):
+        ckey = columns.kinds[j][0]
         ranges = taken[j]
         if len(ranges) == 1 and ranges[0][1] == len(col):
             fields.append(attribute_fields(ckey, col))
-            sizes.append(_value_sizes(col, cty, sizer))
             continue
         f: list[bytes] = [b""] * len(col)
-        z: list[int] = [0] * len(col)
         for o, c in ranges:
             f[o:o + c] = attribute_fields(ckey, col[o:o + c])
-            z[o:o + c] = _value_sizes(col[o:o + c], cty, sizer)
         fields.append(f)
-        sizes.append(z)
 
     groups: dict[Any, dict[tuple[str, str], list[bytes]]] = {}
     by_object: dict[int, dict[tuple[str, str], list[bytes]]] = {}
@@ -266,15 +283,23 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
         if not shape.has_source:
             parts.append(_SOURCES[b >> 5])
         message = ""
-        if x is not None:
-            if x.status_message is not None:
-                message = x.status_message
+        if x is not None and x.status_message is not None:
+            message = x.status_message
         span_events = events[i] if events is not None else ()
+        links = x.links if x is not None and x.links is not None else ()
+        # Counted before its events and links are written: what they copy is bounded as the attributes were.
+        counter.add(_SPAN + _SOURCE_ATTRIBUTE + len(tid) + len(sid) + len(pid)
+                    + (len(name) if name.isascii() else _text_size(name)) + (_text_size(state) if state else 0)
+                    + (_text_size(message) if message else 0) + size)
         if span_events:
             for e in span_events:
+                counter.add(_EVENT + _text_size(e.name) + counter.attributes(e.attributes))
+            for e in span_events:
                 parts.append(_event(e))
-        links = x.links if x is not None and x.links is not None else ()
         if links:
+            for lk in links:
+                counter.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text_size(lk.trace_state)
+                            + counter.attributes(lk.attributes))
             for lk in links:
                 parts.append(_link(lk))
         code = (b >> 3) & 3
@@ -287,15 +312,4 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
         elif flags & 0xFF:
             parts.append(_SPAN_FLAGS + _pack_fixed32(flags & 0xFF))
         members.append(_field(_SS_SPANS, b"".join(parts)))
-
-        counter.add(_SPAN + _SOURCE_ATTRIBUTE + len(tid) + len(sid) + len(pid)
-                    + (len(name) if name.isascii() else _text_size(name)) + (_text_size(state) if state else 0)
-                    + (_text_size(message) if message else 0) + size)
-        if span_events:
-            for e in span_events:
-                counter.add(_EVENT + _text_size(e.name) + counter.attributes(e.attributes))
-        if links:
-            for lk in links:
-                counter.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text_size(lk.trace_state)
-                            + counter.attributes(lk.attributes))
     return assemble(resources, groups), counter.total
