@@ -15,6 +15,9 @@ Modes:
   workers    an accept thread hands each connection to a ThreadPoolExecutor of --workers threads, whose worker
              reads the requests, makes the calls and answers
   aiohttp    an aiohttp server (one thread, asyncio): per request 1 to 3 of the --call URLs, concurrently
+  asyncio    the same with the standard library only (asyncio streams, HTTP/1.1 keep-alive in, a new connection per
+             call out), so that any CPython runs it without packages; it serves plain HTTP, and calls https:// URLs
+             over TLS (asyncio's own, OpenSSL through memory BIOs) trusting the --tls DIR certificate
   batch      after "go" on stdin: --count jobs, each one root span making --fanout calls on --workers threads
   publish    after "go": --count MQTT v5 QoS 1 messages on --topic (traceparent in user properties with --sdk,
              unless --no-propagate)
@@ -39,6 +42,7 @@ import os
 import queue
 import random
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -318,6 +322,50 @@ def serve_aiohttp(args: argparse.Namespace, oracle: Oracle) -> None:
     asyncio.run(main())
 
 
+def serve_asyncio(args: argparse.Namespace, oracle: Oracle) -> None:
+    """An uninstrumented standard-library asyncio server: per request 1 to 3 of the --call URLs (by the request's
+    rid), at once, each over a new connection."""
+    import asyncio
+
+    tls = ssl.create_default_context(cafile=str(args.tls / "cert.pem")) if args.tls else None
+
+    async def call(url: str, rid: str, trace: str) -> None:
+        u = urlsplit(url)
+        reader, writer = await asyncio.open_connection(u.hostname, u.port, ssl=tls if u.scheme == "https" else None)
+        writer.write(f"GET {u.path}?rid={new_rid()}&prid={rid}&trace={trace} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        await reader.read()  # to the callee's close
+        writer.close()
+        await writer.wait_closed()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            q = {k: v[0] for k, v in parse_qs(urlsplit(head.split(b" ", 2)[1].decode()).query).items()}
+            rid = q.get("rid") or new_rid()
+            trace = q.get("trace") or rid
+            oracle.write(rid, q.get("prid"), trace, b"traceparent:" in head.lower())
+            n = random.Random(rid).randint(1, 3)
+            await asyncio.gather(*(call(args.call[i % len(args.call)], rid, trace) for i in range(n)))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handle(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed its keep-alive connection
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(connection, "127.0.0.1", args.port)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
 def serve_grpc(args: argparse.Namespace, oracle: Oracle, caller: Caller) -> None:
     """An uninstrumented grpcio server: each call calls every --call URL (no context out)."""
     def handle(rid: str, parent: str | None, trace: str, ctx: bool) -> None:
@@ -418,7 +466,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
     ap.add_argument("--mode", default="http",
-                    choices=["http", "pool", "handoff", "workers", "aiohttp", "batch", "publish", "subscribe", "grpc"])
+                    choices=["http", "pool", "handoff", "workers", "aiohttp", "asyncio", "batch", "publish",
+                             "subscribe", "grpc"])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--broker", type=int, default=0, help="mosquitto port")
     ap.add_argument("--topic", default="acc/orders")
@@ -446,6 +495,8 @@ def main() -> None:
             serve(args, oracle, sdk, caller)
         elif args.mode == "aiohttp":
             serve_aiohttp(args, oracle)
+        elif args.mode == "asyncio":
+            serve_asyncio(args, oracle)
         elif args.mode == "grpc":
             serve_grpc(args, oracle, caller)
         elif args.mode == "batch":

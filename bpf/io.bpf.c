@@ -497,7 +497,7 @@ static __always_inline void emit_start(struct sys_call *in, struct sock *sk, str
 	if (mqtt_defers(ev, st, in, got, size) && mqtt_defer_start(ev, st, got))
 		return;
 	if (in->op == DIR_EGRESS && !(flags & HELIX_DATA_TLS))
-		py_ctx_emit(id, in->ts_ns, (__u64)sk); /* first: userspace reads it with the data_event */
+		py_ctx_emit(id, in->ts_ns, (__u64)sk); /* first: userspace reads it with the data_event (TLS: tls_enter) */
 	if (rb_output(ev, sizeof(*ev) + got))
 		count_drop(HELIX_DROP_RINGBUF_FULL);
 }

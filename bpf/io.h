@@ -138,9 +138,9 @@ struct py_ctx_event {
 
 /* Per interpreter process, written by userspace (py_attach.py; Python: "=QII"). */
 struct py_proc {
-	__u64 tstate_current; /* address of _PyRuntime's current-thread-state field in that process */
+	__u64 tstate_current; /* address of the runtime's field naming the thread state holding the GIL, in that process */
 	__u32 ctx_off;        /* offsetof(PyThreadState, context) */
-	__u32 _pad;
+	__u32 tid_off;        /* offsetof(PyThreadState, native_thread_id) */
 };
 
 /* Indexes of the per-CPU `py_counts` counters (Python mirror: _PYCTX_COUNTS in loader.py). */
@@ -148,7 +148,8 @@ enum helix_pyctx_count {
 	HELIX_PYCTX_EDGES = 0,      /* parent -> child context edges recorded */
 	HELIX_PYCTX_CHAINS = 1,     /* messages sent with their writer's contexts */
 	HELIX_PYCTX_NO_TSTATE = 2,  /* a message of a known interpreter's thread whose thread state is not learned yet */
-	HELIX_PYCTX_MAX = 3,
+	HELIX_PYCTX_OTHER_THREAD = 3, /* a context copy where the runtime named another thread's state (not learned) */
+	HELIX_PYCTX_MAX = 4,
 };
 
 #define HELIX_PATH_DEPTH 6  /* trailing path components kept */

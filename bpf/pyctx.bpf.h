@@ -74,9 +74,9 @@ static __always_inline void py_count(__u32 which)
 }
 
 /* Before a message's first record: the writing thread's context and its ancestors, when its process is a known
- * interpreter. Written into the ring's reservation, and not on TLS writes: with a stack record, or inlined into
- * tls_return, its combined call stack went over 6.1's 512 bytes; as a subprogram, 5.10 and 6.1 lost exit_rw's
- * bound on the copy length across the call. */
+ * interpreter. Written into the ring's reservation; for TLS writes at the write's entry (tls_enter), not in
+ * tls_return: with a stack record, or inlined there, its combined call stack went over 6.1's 512 bytes; as a
+ * subprogram, 5.10 and 6.1 lost exit_rw's bound on the copy length across the call. */
 static __always_inline void py_ctx_emit(__u64 id, __u64 ts_ns, __u64 sock)
 {
 	__u32 pid = id >> 32;

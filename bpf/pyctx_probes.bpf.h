@@ -11,19 +11,25 @@ static __always_inline __u64 uret0(void *ctx)
 	return regs_x86() ? BPF_CORE_READ((struct pt_regs___x86 *)ctx, ax) : BPF_CORE_READ((struct pt_regs___arm64 *)ctx, regs[0]);
 }
 
-/* PyObject *PyContext_CopyCurrent(void): the GIL is held, so _PyRuntime names this thread's state. */
+/* PyObject *PyContext_CopyCurrent(void): the GIL is held, so the runtime's field names this thread's state (3.11: the
+ * current thread state; 3.12 on: the GIL's last holder, the holder now). A state whose native thread id is not this
+ * thread's (a subinterpreter with a GIL of its own holds another) is not learned. */
 SEC("uprobe")
 int py_copy_enter(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 pid = id >> 32, tid = (__u32)id;
 	struct py_proc *p = bpf_map_lookup_elem(&py_procs, &pid);
-	__u64 tstate = 0, cur = 0;
+	__u64 tstate = 0, cur = 0, owner = 0;
 
 	if (!p)
 		return 0;
 	if (bpf_probe_read_user(&tstate, sizeof(tstate), (void *)p->tstate_current) || !tstate)
 		return 0;
+	if (bpf_probe_read_user(&owner, sizeof(owner), (void *)(tstate + p->tid_off)) || owner != tid) {
+		py_count(HELIX_PYCTX_OTHER_THREAD);
+		return 0;
+	}
 	bpf_map_update_elem(&py_tstates, &id, &tstate, BPF_ANY);
 	if (bpf_probe_read_user(&cur, sizeof(cur), (void *)(tstate + p->ctx_off)) || !cur)
 		return 0; /* no context yet: the copy is of a fresh empty one, a root */

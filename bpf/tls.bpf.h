@@ -134,6 +134,7 @@ static __always_inline int tls_enter(void *ctx, __u8 dir, bool ex)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct inflight *p;
+	__u64 ts;
 
 	if (!traced(id >> 32))
 		return 0;
@@ -148,12 +149,19 @@ static __always_inline int tls_enter(void *ctx, __u8 dir, bool ex)
 			return 0;
 		}
 	}
+	ts = bpf_ktime_get_ns();
 	p->tls_ssl = uarg0(ctx);
 	p->tls_buf = uarg1(ctx);
 	p->tls_len_ptr = ex ? uarg3(ctx) : 0;
-	p->tls_ts = bpf_ktime_get_ns();
+	p->tls_ts = ts;
 	p->tls_sock = 0;
 	p->tls_dir = dir;
+	/* The writer's task contexts go here, before the write and keyed by the time its record will carry: at the
+	 * return, on top of tls_return's frame, they took the combined stack over 6.1's 512 bytes. Every write of an
+	 * interpreter's thread sends them (whether it begins a message is known only at the return); userspace takes
+	 * those of the writes that begin one. */
+	if (dir == DIR_EGRESS)
+		py_ctx_emit(id, ts, 0);
 	return 0;
 }
 

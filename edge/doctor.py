@@ -8,13 +8,17 @@ from __future__ import annotations
 import errno
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import accel
 from .config import Config, load_config
 from .errors import ConfigError, HelixError, ProbeUnavailable
+
+if TYPE_CHECKING:
+    from .sources.ebpf.uprobe_attach import UprobeAttacher
 
 __all__ = ["Check", "run_checks", "format_checks", "doctor_exit_code", "main_doctor", "cost_report", "main_doctor_cost"]
 
@@ -230,59 +234,70 @@ def _tls(cfg: Config, probes: Any) -> Check:
     """Attach the TLS uprobes as the agent would, to every OpenSSL the traced processes map, and name the processes
     whose TLS they cannot read."""
     from .sources.ebpf.tls_attach import TlsAttacher
-    attacher = TlsAttacher(probes, os.getpid(), frozenset(cfg.ebpf.pids) if cfg.ebpf.pids else None)
-    try:
-        attacher.start()
-        status = attacher.status()
-    except ProbeUnavailable as e:
-        return Check(TLS_CHECK, False, e.reason, e.fix)
-    finally:
-        attacher.close()
-    libs = status["libraries"]
-    lines = [f"attached to {len(libs)} file(s) and detached again:"]
-    lines += [f"      {lib['path']} ({lib['stack']}, mapped by {lib['processes']} process(es))" for lib in libs]
-    unreadable = status["unreadable"]
-    if unreadable:
-        lines.append("    TLS the probes cannot read (counted, their encrypted traffic has no HTTP/MQTT spans):")
-        lines += [f"      {stack}: {u['processes']} process(es): {', '.join(u['names'])}"
-                  + (", ..." if u["processes"] > len(u["names"]) else "") for stack, u in unreadable.items()]
-    if status["attach_errors"]:
-        failures = status["attach_failures"]
-        lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(failures))
+
+    def describe(status: dict[str, Any]) -> list[str]:
+        libs = status["libraries"]
+        lines = [f"attached to {len(libs)} file(s) and detached again:"]
+        lines += [f"      {lib['path']} ({lib['stack']}, mapped by {lib['processes']} process(es))" for lib in libs]
+        if status["unreadable"]:
+            lines.append("    TLS the probes cannot read (counted, their encrypted traffic has no HTTP/MQTT spans):")
+            lines += [f"      {stack}: {_processes(u)}" for stack, u in status["unreadable"].items()]
+        return lines
+
+    def fix(failures: list[str]) -> str:
         if any(f"(errno {errno.EACCES})" in f for f in failures) and not _has_sys_admin():
-            fix = _FIX_UPROBES
-        else:
-            fix = "check that the files are readable by root and not on a noexec mount"
-        return Check(TLS_CHECK, False, "\n".join(lines), fix)
-    return Check(TLS_CHECK, True, "\n".join(lines))
+            return _FIX_UPROBES
+        return "check that the files are readable by root and not on a noexec mount"
+
+    return _uprobe_check(TLS_CHECK, TlsAttacher(probes, os.getpid(), _allowed(cfg)), describe, fix)
 
 
 def _python_contexts(cfg: Config, probes: Any) -> Check:
     """Attach the Python task-context probes as the agent would, and name the interpreters whose version they do not
     read (informational: those processes' calls keep the kernel's rules)."""
     from .sources.ebpf.py_attach import PyContextAttacher
-    attacher = PyContextAttacher(probes, os.getpid(), frozenset(cfg.ebpf.pids) if cfg.ebpf.pids else None)
+
+    def describe(status: dict[str, Any]) -> list[str]:
+        interpreters = status["interpreters"]
+        lines = [f"attached to {len(interpreters)} interpreter file(s) and detached again "
+                 f"(versions read: {', '.join(status['supported_versions'])}):"]
+        lines += [f"      {i['path']} (CPython {i['version']}, {i['processes']} process(es))" for i in interpreters]
+        lines += [f"    unsupported interpreter version {version} (its task contexts are not read): {_processes(u)}"
+                  for version, u in status["unsupported"].items()]
+        return lines
+
+    fix = _FIX_UPROBES.replace("sources.ebpf.tls = false to run without TLS plaintext",
+                               "sources.ebpf.python_contexts = false")
+    return _uprobe_check(PY_CHECK, PyContextAttacher(probes, os.getpid(), _allowed(cfg)), describe, lambda _: fix)
+
+
+def _allowed(cfg: Config) -> frozenset[int] | None:
+    return frozenset(cfg.ebpf.pids) if cfg.ebpf.pids else None
+
+
+def _processes(u: dict[str, Any]) -> str:
+    """'N process(es): comm (pid), ...' of a status entry that names its first processes."""
+    return f"{u['processes']} process(es): {', '.join(u['names'])}" + (", ..." if u["processes"] > len(u["names"])
+                                                                        else "")
+
+
+def _uprobe_check(name: str, attacher: UprobeAttacher, describe: Callable[[dict[str, Any]], list[str]],
+                  fix: Callable[[list[str]], str]) -> Check:
+    """Attach `attacher`'s uprobes as the agent would and detach them again: what `describe` says of its status, failed
+    with `fix`'s advice for the failures when an attach failed."""
     try:
         attacher.start()
         status = attacher.status()
     except ProbeUnavailable as e:
-        return Check(PY_CHECK, False, e.reason, e.fix)
+        return Check(name, False, e.reason, e.fix)
     finally:
         attacher.close()
-    interpreters = status["interpreters"]
-    lines = [f"attached to {len(interpreters)} interpreter file(s) and detached again "
-             f"(versions read: {', '.join(status['supported_versions'])}):"]
-    lines += [f"      {i['path']} (CPython {i['version']}, {i['processes']} process(es))" for i in interpreters]
-    for version, u in status["unsupported"].items():
-        lines.append(f"    unsupported interpreter version {version} (its task contexts are not read): "
-                     f"{u['processes']} process(es): {', '.join(u['names'])}"
-                     + (", ..." if u["processes"] > len(u["names"]) else ""))
+    lines = describe(status)
     if status["attach_errors"]:
-        lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(status["attach_failures"]))
-        return Check(PY_CHECK, False, "\n".join(lines), _FIX_UPROBES.replace("sources.ebpf.tls = false to run without "
-                                                                            "TLS plaintext",
-                                                                            "sources.ebpf.python_contexts = false"))
-    return Check(PY_CHECK, True, "\n".join(lines))
+        failures = status["attach_failures"]
+        lines.append(f"    {status['attach_errors']} attach(es) failed: " + "; ".join(failures))
+        return Check(name, False, "\n".join(lines), fix(failures))
+    return Check(name, True, "\n".join(lines))
 
 
 def _span_builder() -> Check:

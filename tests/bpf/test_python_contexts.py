@@ -1,12 +1,14 @@
 """The Python task-context probes (bpf/pyctx.bpf.h, py_attach.py) on real interpreters: where they read, what they
 refuse, and the calls of the testbed's aiohttp service (scenario 9, at its defaults, 8 keep-alive clients, 1 to 3
-calls per request through asyncio.gather) decided by them."""
+calls per request through asyncio.gather) and of a standard-library asyncio service on CPython 3.12 and 3.13 decided
+by them."""
 from __future__ import annotations
 
 import os
 import struct
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +32,9 @@ rt = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
 print(rt, flush=True)
 sys.stdin.readline()
 """
-_PY312 = Path.home() / ".pyenv/versions/3.12.1/bin/python3.12"
+_PYENV = Path.home() / ".pyenv/versions"
+_PY312, _PY313 = _PYENV / "3.12.1/bin/python3.12", _PYENV / "3.13.0/bin/python3.13"
+_PY310 = _PYENV / "3.10.13/bin/python3.10"
 
 
 @pytest.fixture
@@ -50,35 +54,37 @@ def interpreters() -> Iterator[Callable[[str], tuple[int, int]]]:
         p.wait(5)
 
 
-def _entry(probes: ProbeSet, pid: int) -> tuple[int, int] | None:
+def _entry(probes: ProbeSet, pid: int) -> tuple[int, int, int] | None:
     raw = _libbpf.libbpf().lookup(probes.map_fd("py_procs"), struct.pack("=I", pid), 16)
-    return None if raw is None else struct.unpack("=QII", raw)[:2]
+    return None if raw is None else struct.unpack("=QII", raw)
 
 
 def test_entries_name_each_process_runtime_and_other_versions_are_refused(
         load_probes: Callable[..., ProbeSet], interpreters: Callable[[str], tuple[int, int]]) -> None:
-    """A static interpreter at a fixed address (Debian's /usr/bin/python3.11), a shared one under ASLR (this venv's,
-    libpython3.11.so) each get their own runtime address; 3.12, whose layout is not verified here, gets none and is
-    reported unsupported."""
+    """A static interpreter at a fixed address (Debian's /usr/bin/python3.11), shared ones under ASLR (this venv's
+    libpython3.11.so, pyenv's libpython3.12.so and libpython3.13.so) each get their own runtime address and their
+    version's offsets; 3.10, whose layout is not verified here, gets none and is reported unsupported."""
     probes = load_probes()
-    shared = interpreters(sys.executable)
-    static = interpreters("/usr/bin/python3.11") if os.path.exists("/usr/bin/python3.11") else None
-    other = interpreters(str(_PY312)) if _PY312.exists() else None
-    pids = [p for p, _ in filter(None, (shared, static, other))]
+    exes = {(3, 11): [sys.executable, "/usr/bin/python3.11"], (3, 12): [str(_PY312)], (3, 13): [str(_PY313)]}
+    started = {v: [interpreters(e) for e in paths if os.path.exists(e)] for v, paths in exes.items()}
+    other = interpreters(str(_PY310)) if _PY310.exists() else None
+    pids = [p for runs in started.values() for p, _ in runs] + ([other[0]] if other else [])
     attacher = PyContextAttacher(probes, os.getpid(), frozenset(pids))
     try:
         attacher.start()
     except ProbeUnavailable as e:
         bpf_unavailable(str(e))
     try:
-        layout = LAYOUTS[(3, 11)]
-        for pid, runtime in filter(None, (shared, static)):
-            assert _entry(probes, pid) == (runtime + layout.tstate_current, layout.context)
+        for version, runs in started.items():
+            layout = LAYOUTS[version]
+            for pid, runtime in runs:
+                assert _entry(probes, pid) == (runtime + layout.holder, layout.context, layout.native_tid)
         st = attacher.status()
-        assert {i["version"] for i in st["interpreters"]} == {"3.11"}
+        assert {i["version"] for i in st["interpreters"]} == {"%d.%d" % v for v, runs in started.items() if runs}
         if other is not None:
             assert _entry(probes, other[0]) is None
-            assert st["unsupported"]["3.12"]["processes"] == 1
+            assert st["unsupported"]["3.10"]["processes"] == 1
+        shared = started[(3, 11)][0]
         attacher.forget(shared[0])
         assert _entry(probes, shared[0]) is None
     finally:
@@ -107,3 +113,49 @@ async def test_aiohttp_calls_follow_their_task_contexts(tmp_path: Path) -> None:
     _, alone = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()),
                                    [e for e in events if not isinstance(e, PyContextEvent)]))
     assert sum(n for (_, verdict), n in alone.items() if verdict == "right") < 0.95 * calls, alone
+
+
+async def _asyncio_run(tmp_path: Path, interpreter: str,
+                       tls_dir: Path | None = None) -> tuple[int, Counter, Counter]:
+    """Record the standard-library asyncio service (bench/accuracy_service.py --mode asyncio, at its defaults, 296
+    requests) run by `interpreter`: requests served, its calls' verdicts, and theirs without the context chains."""
+    path = tmp_path / "asyncio.jsonl.gz"
+    try:
+        await _record("asyncio", path, 300, 8, python_contexts=True, interpreter=interpreter, tls_dir=tls_dir)
+    except ProbeUnavailable as e:
+        bpf_unavailable(str(e))
+    from edge.sources.ebpf.events import PyContextEvent
+    from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
+    events = load(path)
+    served, got = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), events))
+    _, alone = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()),
+                                   [e for e in events if not isinstance(e, PyContextEvent)]))
+    calls = sum(got.values())
+    assert served >= 0.95 * 296 and calls >= served, (served, got)  # 8 clients x 37
+    # The false-link goal (0.2 %), as for aiohttp above.
+    assert sum(n for (_, verdict), n in got.items() if verdict == "wrong") <= 0.002 * calls, got
+    assert not any(via == "task" for via, _ in alone), alone
+    return served, got, alone
+
+
+@pytest.mark.parametrize("exe", [_PY312, _PY313], ids=["3.12", "3.13"])
+async def test_standard_library_asyncio_calls_follow_their_task_contexts_on_newer_interpreters(
+        exe: Path, tmp_path: Path) -> None:
+    """The standard-library asyncio service run by CPython 3.12 and 3.13 (pyenv's shared builds, libpython3.X.so):
+    its calls are decided by their task contexts, which needs those versions' layouts; the same run's kernel events
+    without the context chains decide no call by `task`."""
+    if not exe.exists():
+        pytest.skip(f"no CPython {exe.name.removeprefix('python')} at {exe} (pyenv's interpreters of this machine)")
+    _, got, _ = await _asyncio_run(tmp_path, str(exe))
+    assert got[("task", "right")] >= 0.95 * sum(got.values()), got
+
+
+async def test_asyncio_calls_over_tls_follow_their_task_contexts(tmp_path: Path) -> None:
+    """The same service calling `db` over HTTPS (asyncio's TLS: OpenSSL through memory BIOs, the TLS probes attached):
+    the contexts are sent at each SSL_write's entry, so its calls are decided by `task` as over plain TCP."""
+    from .test_tls_spans import self_signed
+    self_signed(tmp_path)
+    _, got, _ = await _asyncio_run(tmp_path, sys.executable, tls_dir=tmp_path)
+    # 90 %, not 95: a handshake per call makes a handler's last call slow under load, and a call whose handler answers
+    # more than 500 ms after it is left to the kernel's rules (4-6 % in benchmarks.md; the kernel alone: 45 %).
+    assert got[("task", "right")] >= 0.90 * sum(got.values()), got

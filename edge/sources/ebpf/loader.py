@@ -103,7 +103,8 @@ _PAYLOAD_MAX = 1024  # bpf/helix.h HELIX_PAYLOAD_MAX
 _THRESHOLD_MAX = (1 << 56) - 1
 _SLOW_FILE_OFF = (1 << 64) - 1
 _DROP_REASONS = ("ringbuf_full", "state_full", "tls_unlinked", "h2_desync")  # bpf/helix.h enum helix_drop
-_PYCTX_COUNTS = ("context_edges", "context_chains", "context_no_thread_state")  # bpf/io.h enum helix_pyctx_count
+# bpf/io.h enum helix_pyctx_count
+_PYCTX_COUNTS = ("context_edges", "context_chains", "context_no_thread_state", "context_other_thread")
 # bpf/helix.h enum helix_decision
 _DECISIONS = ("kept", "sampled_out", "undecidable_kept", "aggregate_full", "no_status", "incomplete", "thread_rv",
               "broker_publish", "peer_rv")

@@ -3,12 +3,13 @@
 An interpreter is the file that defines both `_PyRuntime` and `PyContext_CopyCurrent`: the `python3.X` executable of a
 static build (Debian's /usr/bin/python3.11) or `libpython3.X.so` of a shared one (pyenv, most venvs). Its uprobe pair
 is attached once per file (by device and inode), not per process; each process running it gets an entry in the
-`py_procs` map naming where its `_PyRuntime` holds the current thread state (the file's load address from
-/proc/<pid>/maps: ASLR differs per process) and where a thread state holds its context.
+`py_procs` map naming where its `_PyRuntime` names the thread state holding the GIL (the file's load address from
+/proc/<pid>/maps: ASLR differs per process) and where a thread state holds its context and its native thread id.
 
 Those offsets differ by CPython minor version and are only read for versions whose layout was verified
-(`LAYOUTS`; docs/accuracy.md says how). Any other version is reported as unsupported (status, `helix doctor`) and
-nothing of it is read: a wrong offset would name wrong contexts, where none leaves the existing rules to decide.
+(`LAYOUTS`; docs/accuracy.md says how). Any other version, and any build with ABI flags (debug `d`, free-threaded
+`t`), is reported as unsupported (status, `helix doctor`) and nothing of it is read: a wrong offset would name wrong
+contexts, where none leaves the existing rules to decide.
 
 Everything here blocks (file reads, ELF parsing, perf_event_open): the source runs it in a worker thread.
 """
@@ -18,8 +19,8 @@ import logging
 import os
 import re
 import struct
-import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,9 @@ from ...errors import ProbeUnavailable
 from . import _libbpf
 from .elf import ElfError, read_elf
 from .loader import ProbeSet
-from .tls_libs import rescan
+from .uprobe_attach import UprobeAttacher, destroy_links
 
-__all__ = ["PyContextAttacher", "Layout", "LAYOUTS", "interpreter_version"]
+__all__ = ["PyContextAttacher", "Layout", "LAYOUTS", "abi_flags", "interpreter_version"]
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +39,27 @@ log = logging.getLogger(__name__)
 class Layout:
     """Where one CPython minor version keeps what the probes read."""
 
-    tstate_current: int  # offsetof(_PyRuntimeState, gilstate.tstate_current)
+    holder: int  # offset in _PyRuntimeState of the field naming the thread state that holds the GIL
     context: int  # offsetof(PyThreadState, context)
+    native_tid: int  # offsetof(PyThreadState, native_thread_id)
 
 
-# Verified on this version's headers (offsetof) and on a live interpreter (ctypes): docs/accuracy.md.
+# Verified on this version's headers (offsetof) and on live interpreters (ctypes): docs/accuracy.md. 3.11 keeps the
+# current thread state in the runtime (gilstate.tstate_current); 3.12 and 3.13 only in a thread-local, so the main
+# interpreter's GIL's last holder (_main_interpreter._gil.last_holder), which is the caller while the GIL is held.
 LAYOUTS: dict[tuple[int, int], Layout] = {
-    (3, 11): Layout(tstate_current=576, context=224),
+    (3, 11): Layout(holder=576, context=224, native_tid=160),
+    (3, 12): Layout(holder=77440, context=208, native_tid=144),
+    (3, 13): Layout(holder=96112, context=208, native_tid=160),
 }
 
 ENTRY, RETURN = "py_copy_enter", "py_copy_return"
 _FUNCTION = "PyContext_CopyCurrent"
 _RUNTIME = "_PyRuntime"
-_NAME = re.compile(r"^(?:lib)?python(\d+)\.(\d+)")  # python3.11, python3.11d, libpython3.11.so.1.0
+_NAME = re.compile(r"^(?:lib)?python(\d+)\.(\d+)([a-z]*)")  # python3.11, python3.13t, libpython3.11.so.1.0
 _PROC = struct.Struct("=QII")  # bpf/io.h struct py_proc
 _U32 = struct.Struct("=I")
 _CACHE_MAX = 256
-_RETRY_FAILED_S = 60.0
 _NAMES_SHOWN = 10
 
 
@@ -64,11 +69,18 @@ def interpreter_version(path: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def abi_flags(path: str) -> str:
+    """The ABI flags an interpreter file's name carries (`d` debug, `t` free-threaded), '' for a default build."""
+    m = _NAME.match(os.path.basename(path))
+    return m.group(3) if m else ""
+
+
 @dataclass(slots=True, frozen=True)
 class _Code:
     """What an interpreter file offers: where to attach, and where its runtime state sits before relocation."""
 
     version: tuple[int, int]
+    flags: str  # ABI flags: their layouts differ and none is verified
     copy_offset: int  # file offset of PyContext_CopyCurrent
     runtime: int  # address of _PyRuntime in a process that maps the file's first byte at 0
     relocated: bool = True  # False: a fixed-address executable, its addresses are final
@@ -87,45 +99,30 @@ class _Attached:
     pids: set[int] = field(default_factory=set)
 
 
-class PyContextAttacher:
+class PyContextAttacher(UprobeAttacher):
     """Keeps the context probes on the interpreter files traced processes run, and their per-process entries."""
 
+    what = "Python context"
+
     def __init__(self, probes: ProbeSet, own_pid: int, allowed: frozenset[int] | None = None) -> None:
-        self.probes = probes
-        self.own_pid = own_pid
-        self.allowed = allowed
+        super().__init__(probes, own_pid, allowed)
         self.files: dict[tuple[int, int], _Attached] = {}
         self._by_pid: dict[int, tuple[int, int]] = {}
         self._unsupported: dict[int, tuple[str, str]] = {}  # pid -> (comm, version)
         self._codes: OrderedDict[tuple[int, int, int, int], _Code | None] = OrderedDict()
-        self._failed: dict[tuple[int, int], tuple[float, str]] = {}
-        self._programs: dict[str, int] = {}
-        self.attach_errors = 0
-        self.scan_errors = 0
         self.file_errors = 0
-        self.scans = 0
-        self._closed = False
 
-    def start(self) -> None:
-        """Attach to what every traced process runs now."""
-        self._programs = self.probes.uprobe_programs()
-        missing = {ENTRY, RETURN} - self._programs.keys()
-        if missing:
-            raise ProbeUnavailable(f"the probe objects lack the Python context programs {', '.join(sorted(missing))}",
-                                   "rebuild the probes from the bpf/ sources of this version")
-        self.scan_all()
+    def programs_needed(self) -> set[str]:
+        """The uprobe pair on PyContext_CopyCurrent."""
+        return {ENTRY, RETURN}
 
-    def scan_all(self) -> None:
-        """Rescan every traced process: entries for new interpreters, none for processes gone."""
-        if self._closed:
-            return
-        self.scans += 1
-        known = list(self._by_pid.keys() | self._unsupported.keys())
-        rescan(known, self.allowed, self.own_pid, self.forget, self.scan_pid)
+    def known_pids(self) -> Iterable[int]:
+        """Processes with an entry, or running an unsupported version."""
+        return self._by_pid.keys() | self._unsupported.keys()
 
     def scan_pid(self, pid: int) -> None:
         """Look at one process's mappings now (after an exec, or on a rescan)."""
-        if self._closed or pid == self.own_pid or (self.allowed is not None and pid not in self.allowed):
+        if not self.traces(pid):
             return
         try:
             found = _interpreter_mapping(pid)
@@ -142,10 +139,10 @@ class PyContextAttacher:
         if code is None or key is None:
             self.forget(pid)
             return
-        layout = LAYOUTS.get(code.version)
+        layout = None if code.flags else LAYOUTS.get(code.version)
         if layout is None:
             self.forget(pid)
-            self._unsupported[pid] = (_comm(pid), "%d.%d" % code.version)
+            self._unsupported[pid] = (_comm(pid), "%d.%d%s" % (*code.version, code.flags))
             return
         f = self.files.get(key) or self._attach(key, open_path, path, code)
         if f is None:
@@ -157,7 +154,7 @@ class PyContextAttacher:
         runtime = code.runtime_at(mapped_at)
         lib = _libbpf.libbpf()
         lib.update(self.probes.map_fd("py_procs"), _U32.pack(pid),
-                   _PROC.pack(runtime + layout.tstate_current, layout.context, 0))
+                   _PROC.pack(runtime + layout.holder, layout.context, layout.native_tid))
 
     def forget(self, pid: int) -> None:
         """The process is gone (or runs no interpreter any more): its entry goes, and files only it ran detach."""
@@ -207,7 +204,7 @@ class PyContextAttacher:
                 return None  # an executable linking libpython: the library is the interpreter
             bias = elf.load_bias(0)  # 0 for a fixed-address executable
             fixed = bias == 0 and elf.load_bias(1) == 0
-            return _Code(version, funcs[_FUNCTION], data[_RUNTIME] + bias, relocated=not fixed)
+            return _Code(version, abi_flags(path), funcs[_FUNCTION], data[_RUNTIME] + bias, relocated=not fixed)
         except (ElfError, OSError, struct.error, ValueError):
             self.file_errors += 1
             return None
@@ -215,33 +212,17 @@ class PyContextAttacher:
             reader.close()
 
     def _attach(self, key: tuple[int, int], open_path: str, path: str, code: _Code) -> _Attached | None:
-        failed = self._failed.get(key)
-        if failed is not None and time.monotonic() - failed[0] < _RETRY_FAILED_S:
+        links = self.attach_links(key, open_path, path,
+                                  [(ENTRY, code.copy_offset, False), (RETURN, code.copy_offset, True)])
+        if links is None:
             return None
-        lib = _libbpf.libbpf()
-        links: list[int] = []
-        try:
-            links.append(lib.attach_uprobe(self._programs[ENTRY], open_path, code.copy_offset))
-            links.append(lib.attach_uprobe(self._programs[RETURN], open_path, code.copy_offset, retprobe=True))
-        except ProbeUnavailable as e:
-            for link in links:
-                lib.lib.bpf_link__destroy(link)
-            if not os.path.exists(open_path):
-                return None  # its process exited between its scan and the attach
-            self.attach_errors += 1
-            self._failed[key] = (time.monotonic(), e.reason)
-            log.warning("cannot attach the Python context probes to %s: %s", path, e.reason)
-            return None
-        self._failed.pop(key, None)
         f = _Attached(key, path, code.version, links)
         self.files[key] = f
         log.info("Python context probes attached to %s (CPython %d.%d)", path, *code.version)
         return f
 
     def _detach(self, f: _Attached) -> None:
-        lib = _libbpf.libbpf()
-        while f.links:
-            lib.lib.bpf_link__destroy(f.links.pop())
+        destroy_links(f.links)
         self.files.pop(f.key, None)
 
     def close(self) -> None:
@@ -263,7 +244,7 @@ class PyContextAttacher:
             "unsupported": {v: {"processes": len(names), "names": names[:_NAMES_SHOWN]}
                             for v, names in unsupported.items()},
             "attach_errors": self.attach_errors,
-            "attach_failures": sorted({why for _, why in self._failed.values()})[:_NAMES_SHOWN],
+            "attach_failures": self.attach_failures(_NAMES_SHOWN),
             "scan_errors": self.scan_errors,
             "file_errors": self.file_errors,
             "scans": self.scans,

@@ -14,15 +14,13 @@ a time. A file that changes, vanishes or fails to attach is counted and reported
 from __future__ import annotations
 
 import logging
-import os
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import ProbeUnavailable
-from . import _libbpf
 from .loader import ProbeSet
-from .tls_libs import Catalog, ProcessTls, TlsCode, host_openssl_files, rescan, scan_process
+from .tls_libs import Catalog, ProcessTls, TlsCode, host_openssl_files, scan_process
+from .uprobe_attach import UprobeAttacher, destroy_links
 
 __all__ = ["TlsAttacher", "ATTACH_POINTS", "AttachedFile"]
 
@@ -42,7 +40,6 @@ ATTACH_POINTS: dict[str, tuple[str, str | None]] = {
     "SSL_set_wfd": ("tls_set_fd", None),
     "SSL_free": ("tls_free", None),
 }
-_RETRY_FAILED_S = 60.0  # a file that failed to attach is tried again after this long
 _NAMES_SHOWN = 10
 
 
@@ -59,52 +56,40 @@ class AttachedFile:
     pids: set[int] = field(default_factory=set)
 
 
-class TlsAttacher:
+class TlsAttacher(UprobeAttacher):
     """Keeps the TLS uprobes on exactly the OpenSSL files traced processes map (and the host's own libssl)."""
 
+    what = "TLS"
+
     def __init__(self, probes: ProbeSet, own_pid: int, allowed: frozenset[int] | None = None) -> None:
-        self.probes = probes
-        self.own_pid = own_pid
-        self.allowed = allowed
+        super().__init__(probes, own_pid, allowed)
         self.catalog = Catalog()
         self.files: dict[tuple[int, int], AttachedFile] = {}
         self._by_pid: dict[int, set[tuple[int, int]]] = {}
         self._unreadable: dict[int, tuple[str, tuple[TlsCode, ...]]] = {}  # pid -> (comm, codes)
-        self._failed: dict[tuple[int, int], tuple[float, str]] = {}  # key -> (when, why)
-        self._programs: dict[str, int] = {}
-        self.attach_errors = 0
-        self.scan_errors = 0  # processes whose maps could not be read (gone meanwhile, permission)
-        self.scans = 0
-        self._closed = False
 
-    def start(self) -> None:
-        """Attach to the host's libssl and to what every traced process maps now."""
-        self._programs = self.probes.uprobe_programs()
-        missing = {p for pair in ATTACH_POINTS.values() for p in pair if p} - self._programs.keys()
-        if missing:
-            raise ProbeUnavailable(f"the probe objects lack the TLS programs {', '.join(sorted(missing))}",
-                                   "rebuild the probes from the bpf/ sources of this version")
+    def programs_needed(self) -> set[str]:
+        """Every entry and return program of ATTACH_POINTS."""
+        return {p for pair in ATTACH_POINTS.values() for p in pair if p}
+
+    def attach_fixed(self) -> None:
+        """The host's own libssl, kept for the agent's life."""
         for path in host_openssl_files():
             hit = self.catalog.classify(path, path, executable=False)
             if hit is not None and hit[1].readable:
                 f = self._attach(hit[0], path, hit[1])
                 if f is not None:
                     f.pinned = True
-        self.scan_all()
 
     # -- processes ---------------------------------------------------------------------------------------------
 
-    def scan_all(self) -> None:
-        """Rescan every traced process: attach what is new, detach what no process maps any more."""
-        if self._closed:
-            return
-        self.scans += 1
-        known = list(self._by_pid.keys() | self._unreadable.keys())
-        rescan(known, self.allowed, self.own_pid, self.forget, self.scan_pid)
+    def known_pids(self) -> Iterable[int]:
+        """Processes mapping an attached file or using TLS the probes cannot read."""
+        return self._by_pid.keys() | self._unreadable.keys()
 
     def scan_pid(self, pid: int) -> None:
         """Look at one process's mappings now (after an exec, or on a rescan)."""
-        if self._closed or pid == self.own_pid or (self.allowed is not None and pid not in self.allowed):
+        if not self.traces(pid):
             return
         found = scan_process(pid, self.catalog)
         if found.error:
@@ -152,39 +137,22 @@ class TlsAttacher:
     # -- attaching -----------------------------------------------------------------------------------------------
 
     def _attach(self, key: tuple[int, int], open_path: str, code: TlsCode) -> AttachedFile | None:
-        failed = self._failed.get(key)
-        if failed is not None and time.monotonic() - failed[0] < _RETRY_FAILED_S:
+        points = []
+        for func, offset in sorted(code.functions.items()):
+            entry, ret = ATTACH_POINTS[func]
+            points.append((entry, offset, False))
+            if ret is not None:
+                points.append((ret, offset, True))
+        links = self.attach_links(key, open_path, code.path, points)
+        if links is None:
             return None
-        lib = _libbpf.libbpf()
-        links: list[int] = []
-        try:
-            for func, offset in sorted(code.functions.items()):
-                entry, ret = ATTACH_POINTS[func]
-                links.append(lib.attach_uprobe(self._programs[entry], open_path, offset))
-                if ret is not None:
-                    links.append(lib.attach_uprobe(self._programs[ret], open_path, offset, retprobe=True))
-        except ProbeUnavailable as e:
-            for link in links:
-                lib.lib.bpf_link__destroy(link)
-            if not os.path.exists(open_path):
-                # The process it was reached through exited between its scan and the attach: nothing failed, and the
-                # file stays open to the next process that maps it (its own /proc/<pid>/root path).
-                log.debug("TLS probes not attached to %s: its process exited meanwhile", code.path)
-                return None
-            self.attach_errors += 1
-            self._failed[key] = (time.monotonic(), e.reason)
-            log.warning("cannot attach the TLS probes to %s: %s", code.path, e.reason)
-            return None
-        self._failed.pop(key, None)
         f = AttachedFile(key, code.path, code.stack, tuple(sorted(code.functions)), links)
         self.files[key] = f
         log.info("TLS probes attached to %s (%s, %d functions)", code.path, code.stack, len(code.functions))
         return f
 
     def _detach(self, f: AttachedFile, why: str = "no traced process maps it") -> None:
-        lib = _libbpf.libbpf()
-        while f.links:
-            lib.lib.bpf_link__destroy(f.links.pop())
+        destroy_links(f.links)
         self.files.pop(f.key, None)
         if why:
             log.info("TLS probes detached from %s: %s", f.path, why)
@@ -216,7 +184,7 @@ class TlsAttacher:
             "unreadable": {stack: {"processes": len(names), "names": names[:_NAMES_SHOWN]}
                            for stack, names in self.unreadable().items()},
             "attach_errors": self.attach_errors,
-            "attach_failures": sorted({why for _, why in self._failed.values()})[:_NAMES_SHOWN],
+            "attach_failures": self.attach_failures(_NAMES_SHOWN),
             "scan_errors": self.scan_errors,
             "file_errors": self.catalog.errors,
             "scans": self.scans,

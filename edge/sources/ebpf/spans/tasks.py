@@ -9,7 +9,9 @@ were answered after it ended (a handler answers after its calls; a context's add
 which the times tell apart). A handler that calls itself is the chain's first context, one that starts a task per
 call (asyncio.gather) its second: such a match decides at once. A match further up waits (as long as a call waits
 for its handler) for a nearer one: beyond the live ancestors a chain may follow edges of freed contexts whose
-addresses were reused, and such an element can be another open exchange's handling context.
+addresses were reused, and such an element can be another open exchange's handling context. So a match further up is
+taken at the end of the wait only once every other exchange open at the call has been answered: while one is not
+(a handler still waiting for a slow call of its own), its response may still name the call nearer.
 
 A call whose chain names no such exchange keeps what the kernel's rules decided (causes.py); the span waits for
 the handler's response at most DECIDE_WAIT_NS past its end. Chains are cut at a repeated context (an edge left
@@ -42,6 +44,7 @@ class TaskStats:
     deep: int = 0  # of those, by a context further up than the second, once no nearer one came
     overrode: int = 0  # of those, calls the kernel's rules had given another request (or none)
     unmatched: int = 0  # held calls whose contexts named no exchange: the kernel's decision stands
+    deep_refused: int = 0  # of those, calls whose only match was far up while another open exchange was unanswered
     held_dropped: int = 0  # held calls released early to keep the bound
 
 
@@ -55,6 +58,7 @@ class _Held:
     payload: Any = None  # what the owner releases with it (causes.py: the call and its span)
     cause: bytes | None = field(default=None)
     depth: int = -1  # where in `contexts` the cause's handling context is (-1: none yet)
+    unanswered: set[bytes] = field(default_factory=set)  # requests open at the call not answered yet
 
 
 class TaskContexts:
@@ -66,6 +70,7 @@ class TaskContexts:
         # per process: handling context -> (request, when its response began), the latest last
         self._handled: dict[int, OrderedDict[int, deque[tuple[bytes, int]]]] = {}
         self._held: dict[int, list[_Held]] = {}
+        self._answered: dict[int, OrderedDict[bytes, None]] = {}  # per process: requests answered lately
 
     def seen(self, ev: PyContextEvent) -> None:
         """A message's writer contexts, before its data."""
@@ -96,12 +101,17 @@ class TaskContexts:
         served.append((request, ts_ns))
         if len(table) > _MAX_HANDLED:
             table.popitem(last=False)
+        answered = self._answered.setdefault(pid, OrderedDict())
+        answered[request] = None
+        if len(answered) > _MAX_HANDLED * _PER_CONTEXT:
+            answered.popitem(last=False)
         held = self._held.get(pid)
         if not held:
             return []
         done: list[_Held] = []
         keep: list[_Held] = []
         for h in held:
+            h.unanswered.discard(request)
             self._match(h)
             (done if 0 <= h.depth <= NEAR else keep).append(h)
         self._held[pid] = keep
@@ -135,18 +145,27 @@ class TaskContexts:
         """Wait for the handler's response (a match found further up goes with it); what the bound pushes out is
         returned as it stands."""
         held = self._held.setdefault(pid, [])
-        held.append(_Held(pid, contexts, open_at_call, end_ns, deadline_ns, payload, cause, depth))
+        answered = self._answered.get(pid)
+        held.append(_Held(pid, contexts, open_at_call, end_ns, deadline_ns, payload, cause, depth,
+                          {r for r in open_at_call if answered is None or r not in answered}))
         if len(held) > _MAX_HELD:
             self.stats.held_dropped += 1
-            return [held.pop(0)]
+            return [self._final(held.pop(0))]
         return []
+
+    def _final(self, h: _Held) -> _Held:
+        # A match further up stands only when no other exchange open at the call can still answer nearer.
+        if h.cause is not None and h.depth > NEAR and h.unanswered - {h.cause}:
+            self.stats.deep_refused += 1
+            h.cause, h.depth = None, -1
+        return h
 
     def due(self, now_ns: int, force: bool = False) -> list[_Held]:
         """Held calls whose wait is over: with the match found further up, if any."""
         out: list[_Held] = []
         for pid, held in list(self._held.items()):
             keep = [h for h in held if not force and h.deadline_ns > now_ns]
-            out += [h for h in held if force or h.deadline_ns <= now_ns]
+            out += [self._final(h) for h in held if force or h.deadline_ns <= now_ns]
             if keep:
                 self._held[pid] = keep
             else:
@@ -156,6 +175,7 @@ class TaskContexts:
     def forget_process(self, pid: int) -> list[_Held]:
         """The process ended: its held calls, undecided; its contexts forgotten."""
         self._handled.pop(pid, None)
+        self._answered.pop(pid, None)
         for key in [k for k in self._chains if k[0] == pid]:
             del self._chains[key]
         return self._held.pop(pid, [])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.sources.ebpf.elf import read_elf
-from edge.sources.ebpf.py_attach import LAYOUTS, _interpreter_mapping, interpreter_version
+from edge.sources.ebpf.py_attach import LAYOUTS, _interpreter_mapping, abi_flags, interpreter_version
 
 
 def test_versions_come_from_the_interpreter_file_names():
@@ -19,7 +19,13 @@ def test_versions_come_from_the_interpreter_file_names():
 
 
 def test_only_verified_layouts_are_read():
-    assert set(LAYOUTS) == {(3, 11)}  # docs/accuracy.md: how each was verified
+    assert set(LAYOUTS) == {(3, 11), (3, 12), (3, 13)}  # docs/accuracy.md: how each was verified
+
+
+def test_builds_with_abi_flags_are_told_apart():
+    """Debug and free-threaded builds lay their state out otherwise: their names' flags keep them unread."""
+    assert abi_flags("/usr/bin/python3.11") == "" and abi_flags("/opt/py/lib/libpython3.13.so.1.0") == ""
+    assert abi_flags("/usr/bin/python3.11d") == "d" and abi_flags("/opt/py/lib/libpython3.13t.so.1.0") == "t"
 
 
 def test_this_interpreters_runtime_address_is_found_from_its_file_and_mapping():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import ProbeUnavailable
-from edge.sources.ebpf import tls_attach
+from edge.sources.ebpf import tls_attach, uprobe_attach
 from edge.sources.ebpf.tls_libs import TlsCode
 
 
@@ -24,7 +24,7 @@ class _Refusing:
 
 @pytest.fixture
 def attacher(monkeypatch: pytest.MonkeyPatch) -> tls_attach.TlsAttacher:
-    monkeypatch.setattr(tls_attach._libbpf, "libbpf", lambda: _Refusing())
+    monkeypatch.setattr(uprobe_attach._libbpf, "libbpf", lambda: _Refusing())
     a = tls_attach.TlsAttacher(_Probes(), own_pid=1)  # type: ignore[arg-type]
     a._programs = _Probes().uprobe_programs()  # what start() takes from the loaded objects
     return a

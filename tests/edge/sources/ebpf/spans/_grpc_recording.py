@@ -123,11 +123,13 @@ def _free_port() -> int:
 
 
 async def record_services(path: Path, commands: list[list[str]], keep: tuple[int, ...], client: list[str],
-                          python_contexts: bool = False) -> None:
+                          python_contexts: bool = False, tls: bool = False) -> None:
     """Start `commands` (each prints a line once ready), run `client` while the probes trace them (with the Python
-    task-context probes if asked), and write the events of the processes at the indexes `keep` to `path`."""
+    task-context probes and the TLS probes if asked), and write the events of the processes at the indexes `keep` to
+    `path`."""
     from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings
     from edge.sources.ebpf.py_attach import PyContextAttacher
+    from edge.sources.ebpf.tls_attach import TlsAttacher
     procs = []
     try:
         for cmd in commands:
@@ -144,12 +146,16 @@ async def record_services(path: Path, commands: list[list[str]], keep: tuple[int
             contexts = PyContextAttacher(probes, os.getpid(), frozenset(p.pid for p in procs))
             if python_contexts:
                 contexts.start()
+            tls_probes = TlsAttacher(probes, os.getpid(), frozenset(p.pid for p in procs))
+            if tls:
+                tls_probes.start()
             await asyncio.to_thread(subprocess.run, client, check=True, timeout=300)
             for _ in range(20):
                 await asyncio.sleep(0.1)
                 stream.poll()
             stream.close()
             contexts.close()
+            tls_probes.close()
         dump([e for e in events if getattr(e, "pid", None) in pids], path)
     finally:
         for p in procs:

@@ -12,6 +12,10 @@ call's true request is known from the bytes alone. The events of loop are kept. 
         tests/edge/sources/ebpf/spans/node_fanout.jsonl.gz [requests]
     .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording aiohttp-tasks \
         tests/edge/sources/ebpf/spans/aiohttp_tasks.jsonl.gz [requests]   # with the Python task-context probes
+    .venv/bin/python -m tests.edge.sources.ebpf.spans._loop_recording asyncio-tasks /tmp/asyncio.jsonl.gz 300 8 \
+        ~/.pyenv/versions/3.13.0/bin/python3.13   # the standard-library asyncio service, on another interpreter
+
+Each prints the requests served and its calls' (rule, verdict) counts.
 """
 from __future__ import annotations
 
@@ -47,27 +51,46 @@ def judge(spans: list[Any]) -> tuple[int, Counter[tuple[str, str]]]:
     return len(served), out
 
 
-async def _record(kind: str, path: Path, requests: int, clients: int, python_contexts: bool = False) -> None:
+async def _record(kind: str, path: Path, requests: int, clients: int, python_contexts: bool = False,
+                  interpreter: str = sys.executable, tls_dir: Path | None = None) -> None:
+    """Record `loop` of `kind` (aiohttp, asyncio: the standard-library one, node), run by `interpreter`; with
+    `tls_dir` (asyncio), its calls go over HTTPS to a `db` serving the certificate there, the TLS probes attached."""
     root = Path(__file__).resolve().parents[5]
     service = str(root / "bench" / "accuracy_service.py")
     db, loop = _free_port(), _free_port()
-    call = f"http://127.0.0.1:{db}/db"
+    call = f"{'https' if tls_dir else 'http'}://127.0.0.1:{db}/db"
+    tls_args = ["--tls", str(tls_dir)] if tls_dir else []
     if kind == "node":
         node = shutil.which("node") or shutil.which("nodejs")
         assert node, "Node.js not installed"
         loop_cmd = [node, str(root / "bench" / "accuracy_node.js"), "--name", "loop", "--oracle", "/dev/null",
                     "--port", str(loop), "--call", call]
     else:
-        loop_cmd = [sys.executable, service, "--name", "loop", "--mode", "aiohttp", "--port", str(loop), "--call",
-                    call, "--oracle", "/dev/null"]
-    db_cmd = [sys.executable, service, "--name", "db", "--mode", "http", "--port", str(db), "--oracle", "/dev/null"]
+        loop_cmd = [interpreter, service, "--name", "loop", "--mode", kind, "--port", str(loop), "--call",
+                    call, "--oracle", "/dev/null", *tls_args]
+    db_cmd = [sys.executable, service, "--name", "db", "--mode", "http", "--port", str(db), "--oracle", "/dev/null",
+              *tls_args]
     await record_services(path, [db_cmd, loop_cmd], (1,),
                           [sys.executable, "-c", CLIENT, str(loop), str(requests), str(clients), "/loop", "0.005"],
-                          python_contexts)
+                          python_contexts, tls=tls_dir is not None)
+
+
+def _report(path: Path) -> None:
+    """Print the requests served and each call's (rule, verdict) count of a recording, as the agent builds it."""
+    from edge.sources.ebpf.spans import SpanBuilder, SpanBuilderConfig
+
+    from ._grpc_recording import feed_as_agent, load
+    served, got = judge(feed_as_agent(SpanBuilder(SpanBuilderConfig()), load(path)))
+    print(served, "requests served;", ", ".join(f"{via or '-'} {verdict} {n}" for (via, verdict), n in
+                                                 sorted(got.items())))
 
 
 if __name__ == "__main__":
-    # `aiohttp-tasks`: aiohttp with the Python task-context probes attached (aiohttp_tasks.jsonl.gz)
+    # `aiohttp-tasks`, `asyncio-tasks`: with the Python task-context probes attached (aiohttp_tasks.jsonl.gz);
+    # a fifth argument names the interpreter that runs `loop` (aiohttp, asyncio), e.g. pyenv's python3.13; a sixth a
+    # directory with cert.pem and key.pem: asyncio's calls then go over HTTPS.
     asyncio.run(_record(sys.argv[1].removesuffix("-tasks"), Path(sys.argv[2]),
                         int(sys.argv[3]) if len(sys.argv) > 3 else 200, int(sys.argv[4]) if len(sys.argv) > 4 else 8,
-                        sys.argv[1].endswith("-tasks")))
+                        sys.argv[1].endswith("-tasks"), sys.argv[5] if len(sys.argv) > 5 else sys.executable,
+                        Path(sys.argv[6]) if len(sys.argv) > 6 else None))
+    _report(Path(sys.argv[2]))
