@@ -138,10 +138,10 @@ def _key_twice(version: int) -> bytes:
                 resource=Resource.of({"service.name": "s"}), scope=Scope("lib", "1"))
     doc = _body([span], version)
     keys: list[str] = doc[18]
-    shape: list[int] = doc[19][-1]
+    shape: list[int] = doc[19][doc[20][0]]  # the span's shape: the first used, so its columns come first
     a = keys.index("a")
     shape.append(a << 3 | 1)  # T_INT
-    doc[21].append([7])
+    doc[21].insert(len(shape) - 1, [7])
     return _frame(doc, version)
 
 
