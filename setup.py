@@ -89,6 +89,7 @@ ACCEL_MODULES = (
     "uplink/wire/cbor_writer.py",
     "uplink/wire/values.py",
     "uplink/wire/columnar.py",
+    "uplink/wire/columnar_otlp.py",
 )
 ACCEL_MANIFEST = "accel_manifest.json"
 

@@ -43,6 +43,7 @@ MODULES = (
     "uplink.wire.cbor_writer",
     "uplink.wire.values",
     "uplink.wire.columnar",
+    "uplink.wire.columnar_otlp",
 )
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"

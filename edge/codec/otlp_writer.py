@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from ..model import Attributes, Event, Link, Resource, Source, Span
 
-__all__ = ["request_bytes"]
+__all__ = ["request_bytes", "assemble", "attribute_fields"]
 
 _U64 = 1 << 64
 _I64_MIN = -(1 << 63)
@@ -277,9 +277,9 @@ def request_bytes(spans: Sequence[Span], source_attribute: bool = True) -> bytes
     appearance; `helix.source` is added to each span's attributes unless it has one (or not asked)."""
     # Equal resources are one group (as request_from_spans' dict does); a node's spans share a few resource objects,
     # so each object is looked up by value once.
-    groups: dict[Any, dict[tuple[str, str], list[Span]]] = {}
-    by_object: dict[int, dict[tuple[str, str], list[Span]]] = {}
-    resources: list[Any] = []
+    groups: dict[Any, dict[tuple[str, str], list[bytes]]] = {}
+    by_object: dict[int, dict[tuple[str, str], list[bytes]]] = {}
+    resources: list[Resource] = []
     for s in spans:
         r = s.resource
         scopes = by_object.get(id(r))
@@ -294,7 +294,13 @@ def request_bytes(spans: Sequence[Span], source_attribute: bool = True) -> bytes
         members = scopes.get(key)
         if members is None:
             members = scopes[key] = []
-        members.append(s)
+        members.append(_span(s, source_attribute))
+    return assemble(resources, groups)
+
+
+def assemble(resources: list[Resource], groups: dict[Any, dict[tuple[str, str], list[bytes]]]) -> bytes:
+    """The request of written Span fields grouped by resource (`groups` by each resource's attributes, in the order
+    of `resources`), then by scope (name, version)."""
     out: list[bytes] = []
     for r in resources:
         parts: list[bytes] = []
@@ -304,7 +310,49 @@ def request_bytes(spans: Sequence[Span], source_attribute: bool = True) -> bytes
         for (name, version), members in groups[r.attributes].items():
             scope = (_text(_SCOPE_NAME, name) if name else b"") + (_text(_SCOPE_VERSION, version) if version else b"")
             body = [_field(_SS_SCOPE, scope)]
-            body += [_span(s, source_attribute) for s in members]
+            body += members
             parts.append(_field(_RS_SCOPE_SPANS, b"".join(body)))
         out.append(_field(_REQ_RESOURCE_SPANS, b"".join(parts)))
     return b"".join(out)
+
+
+def attribute_fields(key: str, values: list[Any]) -> list[bytes]:
+    """The span-attribute KeyValue field of `key` = each of `values`, as a span's attributes are written."""
+    global _cached
+    tag = _SPAN_ATTRIBUTES
+    pair = _caches.get(tag)
+    if pair is None:
+        pair = _caches[tag] = ({}, {})
+    texts, ints = pair
+    # The key's maps looked up once for the column (as _remembered does per value).
+    by_text = texts.get(key)
+    if by_text is None:
+        by_text = texts[key] = {}
+    by_int = ints.get(key)
+    if by_int is None:
+        by_int = ints[key] = {}
+    out: list[bytes] = []
+    for v in values:
+        tv = type(v)
+        if tv is int:
+            kv = by_int.get(v)
+        elif tv is str and len(cast(str, v)) <= _CACHED_LEN:
+            kv = by_text.get(v)
+        else:
+            out.append(_field(tag, _key_value(key, v)))
+            continue
+        if kv is None:
+            kv = _field(tag, _key_value(key, v))
+            if _cached >= _CACHE_MAX:
+                _clear_caches()  # the key's maps held here are emptied too, and stay in use
+                by_text.clear()
+                by_int.clear()
+                texts[key] = by_text
+                ints[key] = by_int
+            if tv is int:
+                by_int[v] = kv
+            else:
+                by_text[v] = kv
+            _cached += 1
+        out.append(kv)
+    return out

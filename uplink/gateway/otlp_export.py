@@ -128,6 +128,11 @@ class OtlpExporter:
         self.stats.exports += 1
         return await self._export(self._signal("spans"), lambda: request_bytes(spans), len(spans), max_elapsed)
 
+    async def export_request(self, request: bytes, n: int, max_elapsed: float | None = None) -> ExportResult:
+        """Export an OTLP trace request already written (of `n` spans) with the retries of `export`; never raises."""
+        self.stats.exports += 1
+        return await self._export(self._signal("spans"), lambda: request, n, max_elapsed)
+
     async def export_metrics(self, batch: MetricBatch, max_elapsed: float | None = None) -> ExportResult:
         """Export a MetricBatch as an OTLP ExportMetricsServiceRequest, with the same retry rules as spans; never
         raises. `spans`/`exported`/`rejected` in the result count data points."""

@@ -186,7 +186,7 @@ class Gateway:
         try:
             # Over HTTP the node uploads a missing set when told (409); over MQTT it is fetched here.
             batch = await self.tables.decode(payload, declared, self.cfg.max_batch_spans, fetch=not http,
-                                             max_expanded=expansion_limit(declared))
+                                             max_expanded=expansion_limit(declared), otlp=True)
         except UnknownTableSet as e:
             return self._needs_tables(e.table_id, origin, http)
         except ExpansionExceeded as e:
@@ -229,7 +229,7 @@ class Gateway:
 
     async def _settle(self, batch: Batch, http: bool, origin: str, identity: Identity) -> _Result:
         """Deduplicate and export a decoded batch whose memory is reserved."""
-        n = len(batch.spans)
+        n = batch.span_count()
         key = (identity.key(batch.node_id), batch.seq)
         if key in self.seen:
             self.stats.batches_duplicate += 1
@@ -244,7 +244,7 @@ class Gateway:
         self.stats.spans_received += n
         result = _Result(Outcome.RETRY_LATER, n)  # if cancelled mid-export, a waiting HTTP copy is told to resend
         try:
-            result = await self._export(batch.spans, http, origin, key)
+            result = await self._export(batch, http, origin, key)
             result.seq = batch.seq
         finally:
             del self._inflight[key]
@@ -275,15 +275,15 @@ class Gateway:
         result.seq = seq
         return result
 
-    async def _export(self, spans: list[Any], http: bool, origin: str, key: tuple[str, int]) -> _Result:
-        n = len(spans)
+    async def _export(self, batch: Batch, http: bool, origin: str, key: tuple[str, int]) -> _Result:
+        n = batch.span_count()
         if not n:
             self.stats.batches_exported += 1
             return _Result(Outcome.EXPORTED, 0)
         if http:
-            res = await self.exporter.export(spans, max_elapsed=min(self.cfg.retry_max_elapsed, _HTTP_EXPORT_BUDGET))
+            res = await self._export_once(batch, min(self.cfg.retry_max_elapsed, _HTTP_EXPORT_BUDGET))
         else:
-            res = await self._export_holding(spans, origin, key)
+            res = await self._export_holding(batch, origin, key)
         if res.ok:
             self.stats.batches_exported += 1
             self.stats.spans_exported += res.exported
@@ -296,18 +296,24 @@ class Gateway:
         self.stats.spans_dropped += n
         return _Result(Outcome.DROPPED, n, res.error)
 
-    async def _export_holding(self, spans: list[Any], origin: str, key: tuple[str, int]) -> Any:
+    async def _export_once(self, batch: Batch, max_elapsed: float | None = None) -> Any:
+        # The request written while decoding where it could be; otherwise the exporter writes it from the spans.
+        if batch.request is not None:
+            return await self.exporter.export_request(batch.request, batch.request_spans, max_elapsed)
+        return await self.exporter.export(batch.spans, max_elapsed)
+
+    async def _export_holding(self, batch: Batch, origin: str, key: tuple[str, int]) -> Any:
         # The message stays unacknowledged while the backend is down: the broker keeps the queue, and a gateway
         # stopped meanwhile gets it again. Dropping it here would lose data the broker still holds safely.
         waited = 0.0
         while True:
-            res = await self.exporter.export(spans)
+            res = await self._export_once(batch)
             if res.ok or not res.retryable:
                 return res
             waited += self.cfg.retry_max_elapsed
             self.stats.export_stalls += 1
             log.error("batch node=%s seq=%d (%d spans) from %s held: backend %s failing for %.0fs: %s; "
-                      "the broker keeps the queue meanwhile", key[0], key[1], len(spans), origin,
+                      "the broker keeps the queue meanwhile", key[0], key[1], batch.span_count(), origin,
                       self.exporter.endpoint, waited, res.error)
             if self.cfg.retry_max_elapsed <= 0:
                 await asyncio.sleep(1.0)

@@ -164,18 +164,18 @@ class GatewayTables:
         return True
 
     async def decode(self, payload: bytes, max_bytes: int, max_spans: int, fetch: bool,
-                     max_expanded: int | None = None) -> Batch:
+                     max_expanded: int | None = None, otlp: bool = False) -> Batch:
         """Decode a batch of any version; a version-3 batch whose set is not cached is fetched first when `fetch`
         (waiting up to `gateway.table_wait`). UnknownTableSet if the set is still not in hand (counted),
         ExpansionExceeded if its spans would take more than `max_expanded` bytes in their OTLP request, DecodeError
-        for anything else wrong."""
+        for anything else wrong. `otlp`: decoded straight into its OTLP request where it can be (decode_batch)."""
         try:
-            return decode_batch(payload, max_bytes, self.cache.get, max_spans, max_expanded)
+            return decode_batch(payload, max_bytes, self.cache.get, max_spans, max_expanded, otlp)
         except UnknownTableSet as e:
             if not fetch or await self.find(e.table_id) is None:
                 self.stats.missing += 1
                 raise
-        return decode_batch(payload, max_bytes, self.cache.get, max_spans, max_expanded)
+        return decode_batch(payload, max_bytes, self.cache.get, max_spans, max_expanded, otlp)
 
     async def find(self, table_id: bytes) -> TableSet | None:
         """The set, from the cache or fetched (one fetch per id at a time); None if it cannot be found now."""

@@ -35,18 +35,24 @@ def encode_batch(spans: Sequence[Span], node_id: str, seq: int, level: int = 3, 
 
 
 def decode_batch(data: bytes, max_bytes: int, tables: TableLookup | None = None,
-                 max_spans: int = columnar.MAX_SPANS, max_expanded: int | None = None) -> Batch:
+                 max_spans: int = columnar.MAX_SPANS, max_expanded: int | None = None, otlp: bool = False) -> Batch:
     """Decode a span batch of any version ever shipped; at most `max_bytes` are decompressed, and a batch of more
     than `max_spans` spans is refused before any span is built.
 
     A version 3 or 4 batch naming a table set that `tables` does not hold raises UnknownTableSet (its `table_id` says
     which to fetch); one whose spans would take more than `max_expanded` bytes in their OTLP export request (texts
     shared by reference are copied there for every use; None: no bound) raises ExpansionExceeded (its `node_id` and
-    `seq` say which batch); every other problem is a DecodeError naming it.
+    `seq` say which batch); every other problem is a DecodeError naming it. `otlp`: a version 3 or 4 batch is decoded
+    straight into its OTLP export request (`Batch.request`) where it can be, as the gateway exports it.
     """
     header = read_header(data)
     if header.version in columnar.VERSIONS:
         found = tables(header.table_id) if tables is not None and header.table_id != NO_TABLES else None
+        if otlp:
+            # Imported here: a node, which only encodes, does not load the OTLP writer.
+            from . import columnar_otlp
+
+            return columnar_otlp.decode_request(data, header, found, max_bytes, max_spans, max_expanded)
         return columnar.decode(data, header, found, max_bytes, max_spans, max_expanded)
     return batch_v2.decode(data, header, max_bytes, max_spans, max_expanded)
 

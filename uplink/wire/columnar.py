@@ -501,6 +501,13 @@ def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes:
     decompressed and at most `max_spans` spans built. UnknownTableSet if `tables` is not that set; ExpansionExceeded
     if its spans would take more than `max_expanded` bytes in their OTLP request (None: no bound); DecodeError for
     anything else wrong."""
+    doc, found = load(data, header, tables, max_bytes)
+    return decode_doc(doc, found, header, max_spans, max_expanded)
+
+
+def load(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes: int) -> tuple[Any, TableSet]:
+    """The body of a batch of version 3 or 4 as CBOR items, and the table set it is decoded with; UnknownTableSet if
+    `tables` is not the set it names, DecodeError if it does not inflate or is not CBOR."""
     table_id = header.table_id
     if table_id == NO_TABLES:
         tables = EMPTY
@@ -511,9 +518,26 @@ def decode(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes:
         doc = cbor2.loads(raw, max_depth=MAX_DEPTH + 4, semantic_decoders=_SEMANTIC)
     except Exception as e:  # noqa: BLE001 - the CBOR library raises several types on hostile input
         raise DecodeError(f"uplink batch body is not valid CBOR: {e}") from None
+    return doc, tables
+
+
+def decode_doc(doc: Any, tables: TableSet, header: BatchHeader, max_spans: int = MAX_SPANS,
+               max_expanded: int | None = None) -> Batch:
+    """The spans of a body `load` returned (see decode)."""
+    body = read_body(doc, tables, header, max_spans)
+    try:
+        return _decode_body(body, max_expanded)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - last line of defence: a shape not foreseen is still bad input
+        raise DecodeError(f"uplink batch body has the wrong shape: {type(e).__name__}: {e}") from None
+
+
+def read_body(doc: Any, tables: TableSet, header: BatchHeader, max_spans: int = MAX_SPANS) -> Body:
+    """A body's columns, every one checked; DecodeError for anything wrong."""
     try:
         expect(header.version in VERSIONS, f"columnar batch version {header.version} is not one of {VERSIONS}")
-        return _decode_body(doc, tables, table_id, max_spans, max_expanded, header.version)
+        return _read_body(doc, tables, header.table_id, max_spans, header.version)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - last line of defence: a shape not foreseen is still bad input
@@ -617,9 +641,41 @@ def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]
 _NO_TEXTS: list[str] = []
 
 
-def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field: Any,
-          values: dict[str, list[str]], checked: set[int], compact: bool) -> dict[int, Any]:
-    """Per shape used in `refs`, a function giving the value rows of its lists in order (docs: "Attributes")."""
+class Columns:
+    """The attribute columns of a body, decoded, and where each shape's lists find their values: list k (in order of
+    use: spans, then events, then new resources) of shape r takes row `firsts[r][e] + k` of column `of[r][e]` for
+    its entry e."""
+
+    def __init__(self, decoded: list[list[Any]], kinds: list[tuple[str, int]], of: dict[int, list[int]],
+                 firsts: dict[int, list[int]], uses: dict[int, int]) -> None:
+        self.decoded = decoded
+        self.kinds = kinds  # each column's key and value type
+        self.of = of
+        self.firsts = firsts
+        self.uses = uses
+
+    def rows(self, skip: dict[int, int] | None = None, only: list[int] | None = None) -> dict[int, Any]:
+        """Per shape (of `only`, if given), a function giving the value rows of its lists in order, the first
+        `skip[r]` left out."""
+        out: dict[int, Any] = {}
+        decoded = self.decoded
+        uses = self.uses
+        for r in (uses if only is None else only):
+            if r in out:
+                continue
+            c = uses[r]
+            k = skip.get(r, 0) if skip is not None else 0
+            parts = []
+            for j, o in zip(self.of[r], self.firsts[r]):
+                col = decoded[j]
+                parts.append(col if k == 0 and c == len(col) else col[o + k:o + c])
+            out[r] = iter(zip(*parts)).__next__ if parts else iter([()] * (c - k)).__next__
+        return out
+
+
+def _columns(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field: Any,
+             values: dict[str, list[str]], checked: set[int], compact: bool) -> Columns:
+    """The attribute columns of the shapes used in `refs` (docs: "Attributes"), decoded and checked."""
     uses: dict[int, int] = {}  # shape -> lists using it, in order of first use
     for r in refs:
         uses[r] = uses.get(r, 0) + 1
@@ -636,16 +692,64 @@ def _rows(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_field
     decoded = [_column(col, key, ty, count, values, checked, compact)
                for (key, ty), count, col in zip(order, counts, cols)]
     offsets = [0] * len(counts)
-    out: dict[int, Any] = {}
+    of: dict[int, list[int]] = {}
+    firsts: dict[int, list[int]] = {}
     for r, c in uses.items():
-        parts = []
+        js: list[int] = []
+        os_: list[int] = []
         for cid in shapes[r]:
             j = order[cid]
-            o = offsets[j]
-            parts.append(decoded[j][o:o + c] if c != len(decoded[j]) else decoded[j])
-            offsets[j] = o + c
-        out[r] = iter(zip(*parts)).__next__ if parts else iter([()] * c).__next__
-    return out
+            js.append(j)
+            os_.append(offsets[j])
+            offsets[j] += c
+        of[r] = js
+        firsts[r] = os_
+    return Columns(decoded, list(order), of, firsts, uses)
+
+
+class Extra:
+    """What the sparse extras map sets on one span (None: left as the span model's default)."""
+
+    def __init__(self) -> None:
+        self.status_message: str | None = None
+        self.trace_state: str | None = None
+        self.flags: int | None = None
+        self.links: tuple[Link, ...] | None = None
+
+
+class Body:
+    """A body's columns, every one checked, per span where the request or the span needs them."""
+
+    def __init__(self, node_id: str, seq: int, created: int, version: int, table_id: bytes, n: int,
+                 trace_ids: list[bytes], span_ids: list[bytes], parent_ids: list[bytes], names: list[str],
+                 starts: list[int], ends: list[int], packed: bytes, resources: list[Resource], resource_col: list[int],
+                 scopes: list[Scope], scope_col: list[int], shapes: list[tuple[tuple[str, int], ...]],
+                 shape_col: list[int], span_uses: dict[int, int], keys_of: dict[int, tuple[str, ...]],
+                 columns: Columns, events: list[tuple[Event, ...]] | None, extras: dict[int, Extra]) -> None:
+        self.node_id = node_id
+        self.seq = seq
+        self.created = created
+        self.version = version
+        self.table_id = table_id
+        self.n = n
+        self.trace_ids = trace_ids
+        self.span_ids = span_ids
+        self.parent_ids = parent_ids
+        self.names = names
+        self.starts = starts
+        self.ends = ends
+        self.packed = packed  # kind, status and source of each span, checked
+        self.resources = resources
+        self.resource_col = resource_col
+        self.scopes = scopes
+        self.scope_col = scope_col
+        self.shapes = shapes
+        self.shape_col = shape_col
+        self.span_uses = span_uses  # lists of each shape the spans take (their rows come first in the shape's)
+        self.keys_of = keys_of
+        self.columns = columns
+        self.events = events
+        self.extras = extras
 
 
 _CONTAINERS = (list, dict)
@@ -660,8 +764,7 @@ def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     return tuple([(keys[e >> 3], e & 7) for e in sh])
 
 
-def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, max_expanded: int | None,
-                 version: int) -> Batch:
+def _read_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, version: int) -> Body:
     expect(type(doc) is list and len(doc) == _N_FIELDS, f"body must be an array of {_N_FIELDS} fields")
     (node_id, seq, created, n, span_ids_f, traces, trace_col, parent_col, packed, unit_map, base, starts_f, ends_f,
      names_f, res_shapes_f, resource_col_f, new_scopes, scope_col_f, new_keys, new_shapes, shape_col_f, cols_f,
@@ -700,6 +803,7 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
 
     events = None
     ev_shapes: list[int] = []
+    counts: list[int] = []
     if events_f is not None:
         events = array(events_f, "events", 4)
         counts = array(events[0], "event counts", n)
@@ -708,11 +812,15 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
         expect(total <= MAX_EVENTS_PER_SPAN * max(n, 1), "too many events for the batch")
         ev_shapes = _uints(events[3], "event shape column", total, len(shapes))
 
-    # Columns hold the values of span, event and new-resource attribute lists, shape by shape.
+    # Columns hold the values of span, event and new-resource attribute lists, shape by shape; the spans' rows come
+    # first in each shape, and are read by whoever makes the spans (or their request) of them.
     checked: set[int] = set()  # plain-CBOR values checked so far (CBOR may share one among many lists)
-    rows = _rows(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked, compact)
-    keys_of = {r: tuple([k for k, _ in shapes[r]]) for r in rows}
-    attrs = [dict(zip(keys_of[r], rows[r]())) for r in shape_col]
+    columns = _columns(shape_col + ev_shapes + res_shapes, shapes, cols_f, dt.values, checked, compact)
+    span_uses: dict[int, int] = {}
+    for r in shape_col:
+        span_uses[r] = span_uses.get(r, 0) + 1
+    rows = columns.rows(span_uses, ev_shapes + res_shapes) if ev_shapes or res_shapes else {}
+    keys_of = {r: tuple([k for k, _ in shapes[r]]) for r in columns.uses}
     ev_attrs = [dict(zip(keys_of[r], rows[r]())) for r in ev_shapes]
     if res_shapes:
         base_r = len(dt.resources)
@@ -739,7 +847,8 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
     span_events = _decode_events(events, counts, starts, span_units, dt, ev_attrs, compact) \
         if events is not None else None
 
-    spans: list[Span] = []
+    trace_ids: list[bytes] = []
+    parent_ids: list[bytes] = []
     prev_trace = 0
     n_traces = len(trace_table)
     # Typed views of the checked columns: compiled, indexing them then needs no generic calls.
@@ -752,41 +861,70 @@ def _decode_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, ma
             prev_trace += tr
             if not 0 <= prev_trace < n_traces:
                 raise DecodeError(f"uplink batch: span {i} refers to missing trace {prev_trace}")
-            trace_id = trace_table[prev_trace]
+            trace_ids.append(trace_table[prev_trace])
         else:
             if type(tr) is not bytes:
                 raise DecodeError(f"uplink batch: span {i} trace must be a reference or bytes")
-            trace_id = tr
+            trace_ids.append(tr)
         p = parent_refs[i]
+        parent_ids.append(span_ids[i + p] if type(p) is int else (p if p is not None else b""))
         b = kinds_b[i]
-        kind, status, src = b & 7, (b >> 3) & 3, b >> 5
-        if kind > 5 or status > 2 or src >= _N_SOURCES:
+        if (b & 7) > 5 or ((b >> 3) & 3) > 2 or (b >> 5) >= _N_SOURCES:
             raise DecodeError(f"uplink batch: span {i} has an invalid kind/status/source byte {b}")
+    expect(type(extras) is dict, "extras must be a map")
+    read: dict[int, Extra] = {}
+    for i, x in extras.items():
+        expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
+        read[i] = _read_extras(x, trace_table, f"span {i}", checked)
+    return Body(node_id, seq, created, version, table_id, n, trace_ids, span_ids, parent_ids, names, starts, ends,
+                packed, resources, resource_col, scopes, scope_col, shapes, shape_col, span_uses, keys_of, columns,
+                span_events, read)
+
+
+def _decode_body(body: Body, max_expanded: int | None) -> Batch:
+    n = body.n
+    rows = body.columns.rows()
+    keys_of = body.keys_of
+    attrs = [dict(zip(keys_of[r], rows[r]())) for r in body.shape_col]
+    span_events = body.events
+    resources, resource_col, scopes, scope_col = body.resources, body.resource_col, body.scopes, body.scope_col
+    names, starts, ends, span_ids, parent_ids, trace_ids = (body.names, body.starts, body.ends, body.span_ids,
+                                                            body.parent_ids, body.trace_ids)
+    kinds_b: bytes = body.packed
+    spans: list[Span] = []
+    for i in range(n):
+        b = kinds_b[i]
         # Positional, in the order of _SPAN_FIELDS: a keyword call costs a dataclass __init__ twice as much.
         spans.append(Span(
-            trace_id,
+            trace_ids[i],
             span_ids[i],
             names[i],
             starts[i],
             ends[i],
-            span_ids[i + p] if type(p) is int else (p if p is not None else b""),
-            _KINDS[kind],
-            _STATUSES[status],
+            parent_ids[i],
+            _KINDS[b & 7],
+            _STATUSES[(b >> 3) & 3],
             "",
             attrs[i],
             span_events[i] if span_events is not None else (),
             (),
             resources[resource_col[i]],
             scopes[scope_col[i]],
-            SOURCES[src],
+            SOURCES[b >> 5],
         ))
-    expect(type(extras) is dict, "extras must be a map")
-    for i, x in extras.items():
-        expect(type(i) is int and 0 <= i < n, f"extras refer to missing span {i!r}")
-        _apply_extras(spans[i], x, trace_table, f"span {i}", checked)
-    expanded = expanded_size(spans, max_expanded, node_id, seq)
-    return Batch(node_id=node_id, seq=seq, created_ns=created, spans=spans, version=version, table_id=table_id,
-                 expanded=expanded)
+    for i, x in body.extras.items():
+        span = spans[i]
+        if x.status_message is not None:
+            span.status_message = x.status_message
+        if x.trace_state is not None:
+            span.trace_state = x.trace_state
+        if x.flags is not None:
+            span.flags = x.flags
+        if x.links is not None:
+            span.links = x.links
+    expanded = expanded_size(spans, max_expanded, body.node_id, body.seq)
+    return Batch(node_id=body.node_id, seq=body.seq, created_ns=body.created, spans=spans, version=body.version,
+                 table_id=body.table_id, expanded=expanded)
 
 
 _KINDS = tuple(SpanKind(k) for k in range(6))
@@ -900,18 +1038,19 @@ def _decode_events(f: list[Any], counts: list[int], starts: list[int], units: li
     return out
 
 
-def _apply_extras(span: Span, x: Any, trace_table: list[bytes], what: str, checked: set[int]) -> None:
+def _read_extras(x: Any, trace_table: list[bytes], what: str, checked: set[int]) -> Extra:
     expect(type(x) is dict, f"{what} extras must be a map")
+    out = Extra()
     for key, v in x.items():
         if key == _X_STATUS_MESSAGE:
             expect(type(v) is str, f"{what} status message must be text")
-            span.status_message = v
+            out.status_message = v
         elif key == _X_TRACE_STATE:
             expect(type(v) is str, f"{what} trace state must be text")
-            span.trace_state = v
+            out.trace_state = v
         elif key == _X_FLAGS:
             expect(type(v) is int, f"{what} flags must be an integer")
-            span.flags = v
+            out.flags = v
         elif key == _X_LINKS:
             links = []
             for lk in array(v, what + " links"):
@@ -923,6 +1062,7 @@ def _apply_extras(span: Span, x: Any, trace_table: list[bytes], what: str, check
                         f"{what} link must be [trace, span id, trace state, attributes]")
                 check_native(attrs, what + " link attributes", 0, checked)
                 links.append(Link(tr, sid, state, attrs))
-            span.links = tuple(links)
+            out.links = tuple(links)
         else:
             raise DecodeError(f"uplink batch: {what} has an unknown extras key {key!r}")
+    return out

@@ -65,6 +65,12 @@ class Batch:
     dict_id: int = 0
     table_id: bytes = NO_TABLES
     expanded: int = 0  # bytes its spans take in their OTLP request, as the decoder counted them (0: not counted)
+    request: bytes | None = None  # its OTLP export request, when decoded straight into it (then `spans` is empty)
+    request_spans: int = 0  # the spans in `request`
+
+    def span_count(self) -> int:
+        """The spans of the batch, whether decoded into `spans` or into `request`."""
+        return self.request_spans if self.request is not None else len(self.spans)
 
 
 def read_prefix(data: bytes, header: struct.Struct, magic: bytes, versions: tuple[int, ...],

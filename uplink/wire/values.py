@@ -178,7 +178,9 @@ class Expansion:
                     self.add(2 * _ITEM + _text(sc.name) + _text(sc.version))
                     if id(r) not in resources:
                         resources.add(id(r))
-                        self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in r.attributes]))
+                        # Typed as Any: compiled, the model's types would refuse the tuples values are frozen into.
+                        frozen: Any = r.attributes
+                        self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in frozen]))
             name = s.name
             self.add(_SPAN + _SOURCE_ATTRIBUTE + len(s.trace_id) + len(s.span_id) + len(s.parent_span_id)
                      + (len(name) if name.isascii() else _text(name)) + _text(s.trace_state) + _text(s.status_message)
@@ -198,8 +200,9 @@ class Expansion:
         buckets."""
         add, attributes, value = self.add, self.attributes, self.value
         for rm in batch.resources:
+            frozen: Any = rm.resource.attributes  # as in spans(): frozen values are tuples
             add(4 * _ITEM + _text(rm.scope.name) + _text(rm.scope.version)
-                + sum([_ITEM + _text(k) + value(v) for k, v in rm.resource.attributes]))
+                + sum([_ITEM + _text(k) + value(v) for k, v in frozen]))
             for m in rm.metrics:
                 add(_METRIC + _text(m.name) + _text(m.unit) + _text(m.description))
                 for p in m.points:

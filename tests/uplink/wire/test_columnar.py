@@ -502,3 +502,14 @@ def test_both_implementations_refuse_flipped_and_truncated_batches_alike(impl: s
         assert _outcome(mod, bytes(bad), EMPTY, None) == _outcome(ref, bytes(bad), EMPTY, None), pos
     for cut in range(12, len(data), 5):
         assert _outcome(mod, data[:cut], EMPTY, None) == _outcome(ref, data[:cut], EMPTY, None), cut
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_resource_holding_an_array_or_a_map_is_counted_by_both_implementations(impl: str) -> None:
+    # Compiled, the count once refused these resources (their values are frozen into tuples the model's types omit).
+    mod = _columnar(impl)
+    for value in ([], ["a", 1], {"k": [True]}):
+        span = Span(b"\x01" * 16, b"\x02" * 8, "op", 10, 20, resource=Resource.of({"r": value}))
+        data = mod.encode([span], "n", 1, EMPTY, created_ns=1)
+        batch = mod.decode(data, read_header(data), EMPTY, MAX, MAX_SPANS, 1 << 20)
+        assert _exact(batch.spans, [span]) and batch.expanded > 0
