@@ -65,8 +65,10 @@ async def test_pool_handoffs_are_seen_both_ways_once_socket_io_began(kernel: Any
     # The 20 hand-offs before either thread did socket I/O send nothing: neither thread is enrolled yet.
     assert all(e.ts_ns >= io_began for e in ours)
     assert all(e.waker_tid != e.wakee_tid for e in ours)
-    # The request thread sleeps in done.wait() through the worker's call: the hand-back says since when.
-    assert all(0 < e.wakee_since_ns <= e.ts_ns for e in back)
+    # The request thread sleeps in done.wait() through the worker's call: the hand-back says since when. A wakeup that
+    # races the thread's own switch-out (it is still on a CPU, on its way to sleep: a loaded machine) says 0.
+    assert all(e.wakee_since_ns <= e.ts_ns for e in back)
+    assert sum(e.wakee_since_ns > 0 for e in back) * 2 >= len(back), [e.wakee_since_ns for e in back]
 
 
 async def test_wakeups_of_untraced_processes_are_not_sent(kernel: Any) -> None:
