@@ -66,9 +66,8 @@ async def test_hostile_batches_keep_the_gateway_within_its_memory_limit(gateway:
     proc, url, log_path = gateway
     await _up(proc, log_path)
     idle = vm_hwm(proc.pid)
-    # ~1 KB declaring 100,000 spans: refused before a span is built (400,000 once took 6 s and 450 MiB). Its frame
-    # declares ~100 KB (~9 MiB to reserve): it must reach the span count check whatever the gateway holds idle (400,000
-    # needed 37 MiB, which a gateway idling at 60 MiB under a 128 MiB limit no longer had).
+    # ~1 KB declaring 100,000 spans: refused by the span count before a span is built. Its frame declares little
+    # (~100 KB), so the memory check, which depends on what the gateway holds idle, never answers first.
     claim = _declaring_spans(100_000)
     # Bodies that cost the most memory per inflated byte: 150,000 empty maps (150 KB inflated, 1 KB on the wire).
     dense = [_frame(cbor2.dumps([{}] * 150_000 + [i])) for i in range(24)]
