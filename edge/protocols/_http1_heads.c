@@ -25,6 +25,15 @@ static PyObject *s_methods[9];
 static const char *const METHOD_NAMES[9] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT",
                                             "TRACE"};
 static PyObject *s_v10, *s_v11, *s_empty, *s_star;
+/* Header names most heads carry, made once: a key made per header costs an allocation and a hash. */
+#define N_KNOWN 24
+static const char *const KNOWN_NAMES[N_KNOWN] = {
+    "host", "user-agent", "accept", "accept-encoding", "accept-language", "connection", "content-type",
+    "content-length", "transfer-encoding", "traceparent", "tracestate", "baggage", "b3", "x-b3-traceid",
+    "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "date", "server", "cache-control",
+    "keep-alive", "upgrade", "x-request-id"};
+static PyObject *s_known[N_KNOWN];
+static Py_ssize_t s_known_len[N_KNOWN];
 
 static int is_token(unsigned char c)
 {
@@ -212,12 +221,21 @@ static int build_headers(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
         pos = vb;
         while (va < vb && (p[va] == ' ' || p[va] == '\t')) va++;
         while (vb > va && (p[vb - 1] == ' ' || p[vb - 1] == '\t')) vb--;
-        PyObject *key = PyUnicode_New(name_end - name, 127);
-        if (key == NULL) goto fail;
-        Py_UCS1 *kd = PyUnicode_1BYTE_DATA(key);
-        for (Py_ssize_t i = name; i < name_end; i++) {
-            unsigned char c = p[i];
-            kd[i - name] = (Py_UCS1)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+        PyObject *key = NULL;
+        for (int k = 0; k < N_KNOWN; k++) {
+            if (name_end - name == s_known_len[k] && ieq(p + name, name_end - name, KNOWN_NAMES[k])) {
+                key = Py_NewRef(s_known[k]);
+                break;
+            }
+        }
+        if (key == NULL) {
+            key = PyUnicode_New(name_end - name, 127);
+            if (key == NULL) goto fail;
+            Py_UCS1 *kd = PyUnicode_1BYTE_DATA(key);
+            for (Py_ssize_t i = name; i < name_end; i++) {
+                unsigned char c = p[i];
+                kd[i - name] = (Py_UCS1)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+            }
         }
         int has = PyDict_Contains(h->dict, key);
         if (has < 0) {
@@ -494,6 +512,10 @@ PyMODINIT_FUNC PyInit__http1_heads(void)
 {
     for (int i = 0; i < 9; i++) {
         if (s_methods[i] == NULL && (s_methods[i] = PyUnicode_InternFromString(METHOD_NAMES[i])) == NULL) return NULL;
+    }
+    for (int i = 0; i < N_KNOWN; i++) {
+        if (s_known[i] == NULL && (s_known[i] = PyUnicode_InternFromString(KNOWN_NAMES[i])) == NULL) return NULL;
+        s_known_len[i] = (Py_ssize_t)strlen(KNOWN_NAMES[i]);
     }
     if (s_v10 == NULL && (s_v10 = PyUnicode_InternFromString("1.0")) == NULL) return NULL;
     if (s_v11 == NULL && (s_v11 = PyUnicode_InternFromString("1.1")) == NULL) return NULL;
