@@ -9,15 +9,16 @@ Both implementations run in the same process (edge/accel.py): the pure-Python mo
 where the package was built with them; each run times the pure ones right after the compiled ones, on the same
 records, so `speedup_vs_pure` (median over the runs of the two rates' ratio) is a same-run comparison. Where the C
 extensions run (edge/accel.py c_status), the compiled modules are timed twice, with and without the C head parser
-(edge/protocols/_http1_heads.c): `speedup_c_vs_compiled` is that same-run ratio, and the top-level figures are those with C.
+(edge/protocols/_http1_heads.c): `speedup_c_vs_compiled` is that same-run ratio, and the top-level figures are those
+with C. `--profile` profiles the pure-Python modules with the C head parser where it runs (HELIX_ACCEL_C=0: without).
 Further same-run references: decoding alone, and a fixed calibration loop of plain CPython work (dicts, strings,
 ints, a small object per step) timed right before each of the runs; `records_per_calibration` is the median over the
 runs of decode + build records/s over the calibration's loops/s, which moves far less than either on a shared machine.
 
 Last line: {"implementation", "records", "decode_per_s", "decode_and_build_events_per_s", "spans_per_s",
 "calibration_loops_per_s", "records_per_calibration", "pure": {the same figures of the pure-Python modules},
-"speedup_vs_pure", "compiled_without_c": {...}, "speedup_c_vs_compiled", "goal_records_per_s"}; the top-level figures are
-the fastest implementation's (compiled with C, compiled, or pure).
+"speedup_vs_pure", "compiled_without_c": {...}, "speedup_c_vs_compiled", "goal_records_per_s"}; the top-level
+figures are the fastest implementation's (compiled with C, compiled, or pure).
 """
 from __future__ import annotations
 
@@ -154,8 +155,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exchanges", type=int, default=50_000)
     ap.add_argument("--runs", type=int, default=5, help="timed runs; the fastest is reported")
-    ap.add_argument("--profile", action="store_true", help="also print where the time goes in the pure-Python modules "
-                                                           "(with the C head parser where it runs; cProfile), per stage")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where the time goes in the pure-Python modules (with the C head parser where it "
+                         "runs; cProfile), per stage")
     args = ap.parse_args()
     records = http_records(args.exchanges)
     impls = accel.implementations() + (["compiled+c"] if accel.c_status().compiled and accel.status().compiled else [])
@@ -173,12 +175,12 @@ def main() -> None:
     if active != "pure":
         result["pure"] = _figures(records, runs["pure"], cals)
         result["speedup_vs_pure"] = round(statistics.median(p[2] / c[2] for p, c in zip(runs["pure"], runs[active])), 2)
+    else:
+        result["pure_only"] = accel.status().detail
     if active == "compiled+c":
         result["compiled_without_c"] = _figures(records, runs["compiled"], cals)
         result["speedup_c_vs_compiled"] = round(
             statistics.median(p[2] / c[2] for p, c in zip(runs["compiled"], runs[active])), 2)
-    else:
-        result["pure_only"] = accel.status().detail
     result["goal_records_per_s"] = 200_000
     if args.profile:
         profile(records)

@@ -52,7 +52,10 @@ static int is_target(unsigned char c) { return c > 0x20 && c != 0x7f; }
 static int is_str_space(unsigned char c) { return c == ' ' || c == '\t' || c == 0x85 || c == 0xa0; }
 
 /* What bytes.strip() removes. */
-static int is_bytes_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0x0b || c == 0x0c; }
+static int is_bytes_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0x0b || c == 0x0c;
+}
 
 static int hex_value(unsigned char c)
 {

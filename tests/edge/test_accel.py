@@ -84,7 +84,8 @@ def test_a_changed_source_falls_back_to_pure_python(tmp_path, monkeypatch):
 
 def test_the_c_extensions_can_be_turned_off_alone():
     code = "import json, edge.accel as a, edge.protocols.http1 as h; " \
-           "print(json.dumps({'c': a.c_status().compiled, 'detail': a.c_status().detail, 'heads': h._heads is not None}))"
+           "print(json.dumps({'c': a.c_status().compiled, 'detail': a.c_status().detail, " \
+           "'heads': h._heads is not None}))"
     for env, var in (({"HELIX_ACCEL_C": "0"}, "HELIX_ACCEL_C=0"), ({"HELIX_ACCEL": "0"}, "HELIX_ACCEL=0")):
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT, capture_output=True,
                              text=True, check=True)
