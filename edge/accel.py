@@ -74,7 +74,11 @@ def _source(name: str) -> Path:
 
 def _extension(name: str) -> Path | None:
     src = _source(name)
-    stem = src.parent / ("__init__" if src.name == "__init__.py" else src.stem)
+    return _built(src.parent / ("__init__" if src.name == "__init__.py" else src.stem))
+
+
+def _built(stem: Path) -> Path | None:
+    """The extension module built for `stem` (a path without suffix) for this Python, if any."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = stem.with_name(stem.name + suffix)
         if path.is_file():
@@ -116,15 +120,6 @@ def _check() -> Status:
                         "run as C extensions")
 
 
-def _c_extension(name: str) -> Path | None:
-    base = _ROOT.parent / Path(*name.split("."))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = base.with_name(base.name + suffix)
-        if path.is_file():
-            return path
-    return None
-
-
 def _check_c() -> Status:
     for var in (_OFF, _C_OFF):
         if os.environ.get(var, "1") == "0":
@@ -137,7 +132,7 @@ def _check_c() -> Status:
         return Status(False, f"C extensions built for {manifest.get('cache_tag')}; reinstall helix-edge")
     built: dict[str, str] = manifest.get("c_sources", {})
     for name, (src, _) in C_EXTENSIONS.items():
-        if src not in built or _c_extension(name) is None:
+        if src not in built or _built(_ROOT.parent / Path(*name.split("."))) is None:
             return Status(False, f"C extensions not built ({src} did not compile); the Python parsers run")
         if built[src] != fingerprint((_ROOT.parent / src).read_bytes()):
             return Status(False, f"C extensions off: {src} changed since it was compiled; reinstall helix-edge")

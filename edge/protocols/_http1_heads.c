@@ -280,6 +280,28 @@ static PyObject *py_int_or_none(long long v)
     return PyLong_FromLongLong(v);
 }
 
+/* The integer fields both head classes share, as Python objects (None for -1). */
+struct head_ints {
+    PyObject *content_length, *offset, *head_length, *length;
+};
+
+static int head_ints_make(struct head_ints *t, long long clen, Py_ssize_t start, Py_ssize_t head_len, long long total)
+{
+    t->content_length = py_int_or_none(clen);
+    t->length = py_int_or_none(total);
+    t->offset = PyLong_FromSsize_t(start);
+    t->head_length = PyLong_FromSsize_t(head_len);
+    return t->content_length && t->length && t->offset && t->head_length ? 0 : -1;
+}
+
+static void head_ints_clear(struct head_ints *t)
+{
+    Py_XDECREF(t->content_length);
+    Py_XDECREF(t->offset);
+    Py_XDECREF(t->head_length);
+    Py_XDECREF(t->length);
+}
+
 static int get_start(PyObject *obj, Py_ssize_t *start)
 {
     *start = PyLong_AsSsize_t(obj);
@@ -300,9 +322,9 @@ static PyObject *request_head(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *p = buf.buf;
     Py_ssize_t n = buf.len, start;
-    PyObject *result = NULL, *target = NULL, *path = NULL, *query = NULL, *host = NULL, *cl = NULL, *length = NULL,
-             *offset = NULL, *head_len_obj = NULL;
+    PyObject *result = NULL, *target = NULL, *path = NULL, *query = NULL, *host = NULL;
     struct head_headers h = {0};
+    struct head_ints t = {0};
     if (get_start(args[1], &start) < 0) goto done;
     if (start < 0 || start >= n) goto none;
 
@@ -367,14 +389,10 @@ static PyObject *request_head(PyObject *self, PyObject *const *args, Py_ssize_t 
     } else if (h.te_a < 0) {
         total = head_len; /* neither header: no body */
     }
-    cl = py_int_or_none(clen);
-    length = py_int_or_none(total);
-    offset = PyLong_FromSsize_t(start);
-    head_len_obj = PyLong_FromSsize_t(head_len);
-    if (cl == NULL || length == NULL || offset == NULL || head_len_obj == NULL) goto done;
+    if (head_ints_make(&t, clen, start, head_len, total) < 0) goto done;
     {
         PyObject *call_args[13] = {s_methods[mi], target, path, query, version, h.dict, host, Py_False,
-                                   cl, chunked ? Py_True : Py_False, offset, head_len_obj, length};
+                                   t.content_length, chunked ? Py_True : Py_False, t.offset, t.head_length, t.length};
         result = PyObject_Vectorcall(args[2], call_args, 13, NULL);
     }
     goto done;
@@ -386,10 +404,7 @@ done:
     Py_XDECREF(path);
     Py_XDECREF(query);
     Py_XDECREF(host);
-    Py_XDECREF(cl);
-    Py_XDECREF(length);
-    Py_XDECREF(offset);
-    Py_XDECREF(head_len_obj);
+    head_ints_clear(&t);
     PyBuffer_Release(&buf);
     return result;
 }
@@ -407,9 +422,9 @@ static PyObject *response_head(PyObject *self, PyObject *const *args, Py_ssize_t
     if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *p = buf.buf;
     Py_ssize_t n = buf.len, start;
-    PyObject *result = NULL, *reason = NULL, *cl = NULL, *length = NULL, *offset = NULL, *head_len_obj = NULL,
-             *status_obj = NULL;
+    PyObject *result = NULL, *reason = NULL, *status_obj = NULL;
     struct head_headers h = {0};
+    struct head_ints t = {0};
     if (get_start(args[1], &start) < 0) goto done;
     if (start < 0 || n - start < 12) goto none;
     /* HTTP/1.x NNN: the version, a space, a status of three digits not starting with 0. */
@@ -448,14 +463,10 @@ static PyObject *response_head(PyObject *self, PyObject *const *args, Py_ssize_t
         total = head_len + clen;
     }
     status_obj = PyLong_FromLong(status);
-    cl = py_int_or_none(clen);
-    length = py_int_or_none(total);
-    offset = PyLong_FromSsize_t(start);
-    head_len_obj = PyLong_FromSsize_t(head_len);
-    if (status_obj == NULL || cl == NULL || length == NULL || offset == NULL || head_len_obj == NULL) goto done;
+    if (status_obj == NULL || head_ints_make(&t, clen, start, head_len, total) < 0) goto done;
     {
-        PyObject *call_args[10] = {status_obj, reason, version, h.dict, Py_False, cl, chunked ? Py_True : Py_False,
-                                   offset, head_len_obj, length};
+        PyObject *call_args[10] = {status_obj, reason, version, h.dict, Py_False, t.content_length,
+                                   chunked ? Py_True : Py_False, t.offset, t.head_length, t.length};
         result = PyObject_Vectorcall(args[3], call_args, 10, NULL);
     }
     goto done;
@@ -465,10 +476,7 @@ done:
     Py_XDECREF(h.dict);
     Py_XDECREF(reason);
     Py_XDECREF(status_obj);
-    Py_XDECREF(cl);
-    Py_XDECREF(length);
-    Py_XDECREF(offset);
-    Py_XDECREF(head_len_obj);
+    head_ints_clear(&t);
     PyBuffer_Release(&buf);
     return result;
 }
