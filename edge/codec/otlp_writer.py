@@ -148,7 +148,8 @@ def _attribute(tag: bytes, texts: dict[str, dict[str, bytes]], ints: dict[str, d
 def _remembered(cache: dict[str, Any], tag: bytes, k: str, v: Any) -> bytes:
     """The KeyValue field of k = v with `tag`, from `cache` (values of one type by key) or written and kept there."""
     global _cached
-    by_value = cache.get(k)
+    # Typed, so that compiled, the lookups are dict operations rather than method calls on an unknown object.
+    by_value: dict[Any, bytes] | None = cache.get(k)
     if by_value is None:
         by_value = cache[k] = {}
     kv = by_value.get(v)
