@@ -198,13 +198,7 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
         for col, o in zip(shape.cols, shape.rows):
             v = col[o + k]
             values.append(v)
-            tv = type(v)
-            if tv is str:
-                size += len(v) if v.isascii() else _text_size(v)
-            elif tv is bytes:
-                size += len(v)
-            elif tv is not int and tv is not float and tv is not bool:
-                size += counter.value(v) - _ITEM
+            size += counter.attribute_value(v)
         message = ""
         if x is not None and x.status_message is not None:
             message = x.status_message

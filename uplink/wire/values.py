@@ -150,18 +150,22 @@ class Expansion:
 
     def attributes(self, attrs: dict[str, Any]) -> int:
         """The bytes of an attribute list in the request."""
-        # `value` inlined for the common scalars: this runs for every attribute of every span the gateway takes.
         n = 2 * _ITEM * len(attrs)
         for k, v in attrs.items():
-            n += len(k) if k.isascii() else _text(k)
-            tv = type(v)
-            if tv is str:
-                n += len(v) if v.isascii() else _text(v)
-            elif tv is bytes:
-                n += len(v)
-            elif tv is not int and tv is not float and tv is not bool:
-                n += self.value(v) - _ITEM
+            n += (len(k) if k.isascii() else _text(k)) + self.attribute_value(v)
         return n
+
+    def attribute_value(self, v: Any) -> int:
+        """The bytes of one attribute value in the request beyond its key's and the item's."""
+        # `value` inlined for the common scalars: this runs for every attribute of every span the gateway takes.
+        tv = type(v)
+        if tv is str:
+            return len(v) if v.isascii() else _text(v)
+        if tv is bytes:
+            return len(v)
+        if tv is int or tv is float or tv is bool:
+            return 0
+        return self.value(v) - _ITEM
 
     def spans(self, spans: list[Span]) -> None:
         """Count the request the export builds of `spans`: each distinct resource once, each (resource, scope) pair
