@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .loader import ProbeSet
+from .proc_maps import Mapping
 from .tls_libs import Catalog, ProcessTls, TlsCode, host_openssl_files, scan_process
 from .uprobe_attach import UprobeAttacher, destroy_links
 
@@ -87,11 +88,11 @@ class TlsAttacher(UprobeAttacher):
         """Processes mapping an attached file or using TLS the probes cannot read."""
         return self._by_pid.keys() | self._unreadable.keys()
 
-    def scan_pid(self, pid: int) -> None:
-        """Look at one process's mappings now (after an exec, or on a rescan)."""
+    def scan_pid(self, pid: int, maps: list[Mapping] | None = None) -> None:
+        """Look at one process's mappings now (after an exec, or on a rescan); `maps` when already read."""
         if not self.traces(pid):
             return
-        found = scan_process(pid, self.catalog)
+        found = scan_process(pid, self.catalog, maps)
         if found.error:
             self.scan_errors += 1
             self.forget(pid)
