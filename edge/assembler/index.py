@@ -142,6 +142,7 @@ class SpanIndex:
     # where a pass over every client span of a keep-alive connection cost each request time in proportion to the
     # connection's rate (docs/benchmarks.md). Spans naming no parent are not in it.
     clients_by_parent: dict[ConnKey, dict[bytes, Entry | list[Entry]]] = field(default_factory=dict)
+    parent_links: int = 0  # client spans in clients_by_parent: their slots there are counted in the memory budget
     producers_by_topic: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_by_resource: dict[Resource, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_servers_by_parent: dict[bytes, list[Entry]] = field(default_factory=lambda: defaultdict(list))
@@ -212,6 +213,7 @@ class SpanIndex:
         if parents is None:
             parents = self.clients_by_parent[key] = {}
         had = parents.get(parent)
+        self.parent_links += 1
         if had is None:
             parents[parent] = e
         elif type(had) is list:
@@ -227,8 +229,10 @@ class SpanIndex:
         assert parents is not None
         if had is e:
             del parents[parent]
+            self.parent_links -= 1
         elif type(had) is list:
             rest = [x for x in had if x is not e]
+            self.parent_links -= len(had) - len(rest)
             if len(rest) > 1:
                 parents[parent] = rest
             elif rest:
