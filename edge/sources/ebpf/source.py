@@ -252,12 +252,22 @@ class EbpfSource:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(_FLUSH_INTERVAL_S)
-            self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+            self.flush_expired()
             self.state.enforce()
             try:
                 self.poll_red()
             except Exception:  # a map read failing must not stop the span flush
                 log.exception("reading the kernel RED aggregates failed")
+
+    def flush_expired(self) -> None:
+        """Push out the spans whose wait ended by now, after reading what the ring buffer holds."""
+        # The reader polls every 250 ms: records written before `now` may still be unread, and a message's end or a
+        # response among them would otherwise come after its exchange was settled by time. One read of the ring
+        # first makes `now` the time up to which everything is in.
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if self.stream is not None:
+            self.stream.poll()
+        self._emit(self.builder.flush(now))
 
     def update_config(self, cfg: EbpfSourceConfig) -> None:
         """Apply what can change while loaded: the PID allow-list and the ignore rules."""
