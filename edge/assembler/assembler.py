@@ -42,8 +42,9 @@ _MAX_DEPTH = 64
 # just before it; this many covers the requests a process has in flight.
 _TWIN_SCAN = 512
 # One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
-# slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
-_RELEASED_BYTES = 560
+# slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py: 560), and its slots
+# in the tables' expiry queues (8 B in each of the one or two tables a span is in).
+_RELEASED_BYTES = 576
 # A client span's slot in the wire twin's table (SpanIndex.clients_by_parent), on top (tracemalloc: docs/benchmarks.md).
 _PARENT_LINK_BYTES = 32
 # One remembered trace (started by an SDK, or moved): its dict slot, the key and the entry or context it names.
