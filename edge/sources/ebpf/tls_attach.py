@@ -2,11 +2,11 @@
 
 A uprobe on a file fires in every process that maps it, now or later, so each distinct OpenSSL file (by device and
 inode; a container's libssl is another file than the host's) is attached once, when a traced process is first seen
-mapping it (at start, after an exec, on the periodic rescan that catches libraries loaded later with dlopen), and
-detached when no traced process maps it any more. The host's own libssl.so.* stays attached for the agent's life:
-a uprobe costs nothing where the file is not mapped, and a process that loads it later is then traced from its
-first call instead of from the next rescan. Binaries that link OpenSSL statically with its symbols (Node.js) are
-attached like a library.
+mapping it (at start, after an exec, on the periodic rescan that catches libraries loaded later with dlopen:
+rescan.py), and detached when no traced process maps it any more. The host's own libssl.so.* stays attached for
+the agent's life: a uprobe costs nothing where the file is not mapped, and a process that loads it later is then
+traced from its first call instead of from the next rescan. Binaries that link OpenSSL statically with its symbols
+(Node.js) are attached like a library.
 
 Everything here blocks (file reads, ELF parsing, perf_event_open): the source runs it in a worker thread, one call at
 a time. A file that changes, vanishes or fails to attach is counted and reported, never fatal.
