@@ -9,6 +9,9 @@ parser, the span builder and the gateway's OTLP request writer (edge/accel.py li
 their sources. It is optional: without mypy, a C compiler or the Python headers, or when compiling fails, the package
 installs as pure Python and runs the same code uncompiled (`helix doctor` says which runs). HELIX_ACCEL_BUILD=0 skips
 it (the container build does: its wheel is made for another architecture).
+
+Beside them, plain C99 extensions (C_EXTENSIONS) take the hottest per-record work out of the interpreter: the HTTP/1
+whole-head parser. Each is optional on its own: where it does not compile, the module it speeds up runs its Python code.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import sysconfig
 import zlib
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
@@ -92,6 +95,8 @@ ACCEL_MODULES = (
     "uplink/wire/columnar_otlp.py",
 )
 ACCEL_MANIFEST = "accel_manifest.json"
+# Hand-written C extensions: module name -> source; edge/accel.py keeps the same table.
+C_EXTENSIONS = {"edge.protocols._http1_heads": "edge/protocols/_http1_heads.c"}
 
 
 def _skip_accel(reason: str) -> list:
@@ -137,9 +142,12 @@ def accel_extensions() -> list:
     try:
         # The build environment holds only the build requirements: the runtime dependencies the compiled modules
         # import (hpack, ...) are typed as Any rather than failing the type check.
-        return mypycify(["--ignore-missing-imports", *ACCEL_MODULES], opt_level="3", group_name="edge.accel")
+        compiled = mypycify(["--ignore-missing-imports", *ACCEL_MODULES], opt_level="3", group_name="edge.accel")
     except BaseException as e:  # noqa: BLE001 - mypyc exits on a type error: fall back, never fail the install
         return _skip_accel(f"mypyc failed: {e}")
+    # -std=c99 and no intrinsics: the same source builds for the aarch64 devices.
+    return [*compiled, *(Extension(name, [src], optional=True, extra_compile_args=["-std=c99", "-O2"])
+                         for name, src in C_EXTENSIONS.items())]
 
 
 class BuildExtOptional(build_ext):
@@ -159,6 +167,9 @@ class BuildExtOptional(build_ext):
             "cache_tag": sys.implementation.cache_tag,
             "mypy": _mypy_version(),
             "sources": {m: _fingerprint((ROOT / m).read_bytes()) for m in ACCEL_MODULES},
+            # Only the C extensions that compiled (optional=True lets build_ext go on without the others).
+            "c_sources": {src: _fingerprint((ROOT / src).read_bytes()) for name, src in C_EXTENSIONS.items()
+                          if Path(self.get_ext_fullpath(name)).is_file()},
         }
         out = ROOT / "edge" if self.inplace or getattr(self, "editable_mode", False) else Path(self.build_lib) / "edge"
         out.mkdir(parents=True, exist_ok=True)

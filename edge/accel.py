@@ -5,6 +5,10 @@ The pure-Python modules are the reference; the build (setup.py) may compile the 
 extensions beside them, which Python then imports first. They are used only when all of them were compiled from
 exactly the sources installed (the build's manifest holds their fingerprints): after an edit, a partial build or with
 HELIX_ACCEL=0 the pure-Python modules run. Both behave alike; the tests run the span and parser checks on both.
+
+Hand-written C extensions (C_EXTENSIONS) go further for the hottest per-record work; each speeds up one function of a
+module that keeps its Python code as the reference and the fallback (c_module() hands them out). They run when built
+from the installed source, whichever of the above runs; HELIX_ACCEL=0 or HELIX_ACCEL_C=0 turns them off.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MODULES", "Status", "status", "install", "implementations", "modules"]
+__all__ = ["MODULES", "C_EXTENSIONS", "Status", "status", "c_status", "c_module", "install", "implementations",
+           "modules"]
 
 # Compiled together (setup.py ACCEL_MODULES lists their files): compiled code reaches the others' classes directly,
 # so they are used all together or not at all.
@@ -45,9 +50,12 @@ MODULES = (
     "uplink.wire.columnar",
     "uplink.wire.columnar_otlp",
 )
+# Hand-written C extensions (setup.py C_EXTENSIONS): module name -> source, and what each one does.
+C_EXTENSIONS = {"edge.protocols._http1_heads": ("edge/protocols/_http1_heads.c", "HTTP/1 whole-head parsing")}
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
 _OFF = "HELIX_ACCEL"
+_C_OFF = "HELIX_ACCEL_C"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +74,11 @@ def _source(name: str) -> Path:
 
 def _extension(name: str) -> Path | None:
     src = _source(name)
-    stem = src.parent / ("__init__" if src.name == "__init__.py" else src.stem)
+    return _built(src.parent / ("__init__" if src.name == "__init__.py" else src.stem))
+
+
+def _built(stem: Path) -> Path | None:
+    """The extension module built for `stem` (a path without suffix) for this Python, if any."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = stem.with_name(stem.name + suffix)
         if path.is_file():
@@ -106,6 +118,46 @@ def _check() -> Status:
     return Status(True, f"compiled (mypyc {manifest.get('mypy', '?')}): record decoding, HTTP/1 and HTTP/2 "
                         "parsing, trace context, span building, OTLP request writing and uplink batch encoding and decoding "
                         "run as C extensions")
+
+
+def _check_c() -> Status:
+    for var in (_OFF, _C_OFF):
+        if os.environ.get(var, "1") == "0":
+            return Status(False, f"C extensions off ({var}=0)")
+    try:
+        manifest = json.loads(_MANIFEST.read_text())
+    except (OSError, ValueError):
+        return Status(False, "C extensions not built (no build manifest)")
+    if manifest.get("cache_tag") != sys.implementation.cache_tag:
+        return Status(False, f"C extensions built for {manifest.get('cache_tag')}; reinstall helix-edge")
+    built: dict[str, str] = manifest.get("c_sources", {})
+    for name, (src, _) in C_EXTENSIONS.items():
+        if src not in built or _built(_ROOT.parent / Path(*name.split("."))) is None:
+            return Status(False, f"C extensions not built ({src} did not compile); the Python parsers run")
+        if built[src] != fingerprint((_ROOT.parent / src).read_bytes()):
+            return Status(False, f"C extensions off: {src} changed since it was compiled; reinstall helix-edge")
+    return Status(True, "C extensions: " + ", ".join(what for _, what in C_EXTENSIONS.values()))
+
+
+_c_status: Status | None = None
+
+
+def c_status() -> Status:
+    """Whether the hand-written C extensions run in this process, and why (or why not)."""
+    global _c_status
+    if _c_status is None:
+        _c_status = _check_c()
+    return _c_status
+
+
+def c_module(name: str) -> ModuleType | None:
+    """The C extension `name` when it runs here, else None (its module's Python code runs instead)."""
+    if name not in C_EXTENSIONS or not c_status().compiled:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 class _SourceFinder:
@@ -169,4 +221,6 @@ def modules(implementation: str) -> dict[str, ModuleType]:
                 parent, _, child = name.rpartition(".")
                 if parent in sys.modules:
                     setattr(sys.modules[parent], child, mod)
+        # The pure copy is the reference the compiled modules and the C extensions are compared with.
+        _pure["edge.protocols.http1"].use_c_heads(False)
     return dict(_pure)

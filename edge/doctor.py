@@ -302,7 +302,7 @@ def _uprobe_check(name: str, attacher: UprobeAttacher, describe: Callable[[dict[
 
 def _span_builder() -> Check:
     # Informational: the pure-Python fallback is correct, only slower, so it never fails the doctor.
-    return Check("span builder", True, accel.status().detail)
+    return Check("span builder", True, f"{accel.status().detail}; {accel.c_status().detail}")
 
 
 def run_checks(cfg: Config | None = None) -> list[Check]:

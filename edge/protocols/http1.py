@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit
+
+from .. import accel
 
 __all__ = [
     "METHODS",
@@ -22,6 +24,7 @@ __all__ = [
     "parse_responses",
     "looks_like_http",
     "chunked_body_end",
+    "use_c_heads",
 ]
 
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE"})
@@ -41,6 +44,17 @@ _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 _HEADER_LINES = rb"((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)\r\n\r\n"
 _REQUEST_HEAD = re.compile(rb"([A-Z]+) ([\x21-\x7e\x80-\xff]+) HTTP/(1\.[01])" + _HEADER_LINES)
 _RESPONSE_HEAD = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?" + _HEADER_LINES)
+# The C parser of the same whole heads (edge/protocols/_http1_heads.c), where it was built: None leaves them to the
+# patterns above. It answers only what they would, and None for all else.
+_C_HEADS = "edge.protocols._http1_heads"
+_heads: Any = accel.c_module(_C_HEADS)
+
+
+def use_c_heads(on: bool) -> bool:
+    """Parse whole heads with the C parser when `on` and it runs here; returns whether it now does."""
+    global _heads
+    _heads = accel.c_module(_C_HEADS) if on else None
+    return _heads is not None
 
 
 @dataclass(slots=True, init=False)
@@ -315,6 +329,10 @@ def _fast_headers(block: bytes) -> dict[str, str]:
 
 
 def _request_at(data: bytes, start: int) -> HttpRequest | None:
+    if _heads is not None:
+        req: HttpRequest | None = _heads.request_head(data, start, HttpRequest)
+        if req is not None:
+            return req
     sp = data.find(b" ", start, start + _MAX_METHOD + 1)
     if sp <= start or data[start:sp] not in _METHODS_B:
         return None
@@ -410,6 +428,10 @@ def _split_target(method: str, target: str) -> tuple[str, str, str]:
 
 
 def _response_at(data: bytes, start: int, request_method: str) -> HttpResponse | None:
+    if _heads is not None:
+        resp: HttpResponse | None = _heads.response_head(data, start, request_method, HttpResponse)
+        if resp is not None:
+            return resp
     if not data.startswith(b"HTTP/1.", start):
         return None
     m = _RESPONSE_HEAD.match(data, start)

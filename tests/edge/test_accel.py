@@ -82,6 +82,45 @@ def test_a_changed_source_falls_back_to_pure_python(tmp_path, monkeypatch):
     assert "not compiled at install" in accel._check().detail
 
 
+def test_the_c_extensions_can_be_turned_off_alone():
+    code = "import json, edge.accel as a, edge.protocols.http1 as h; " \
+           "print(json.dumps({'c': a.c_status().compiled, 'detail': a.c_status().detail, " \
+           "'heads': h._heads is not None}))"
+    for env, var in (({"HELIX_ACCEL_C": "0"}, "HELIX_ACCEL_C=0"), ({"HELIX_ACCEL": "0"}, "HELIX_ACCEL=0")):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT, capture_output=True,
+                             text=True, check=True)
+        got = json.loads(out.stdout)
+        assert got == {"c": False, "detail": f"C extensions off ({var})", "heads": False}
+
+
+def test_a_changed_or_missing_c_source_runs_the_python_parser(tmp_path, monkeypatch):
+    src, _ = accel.C_EXTENSIONS["edge.protocols._http1_heads"]
+    manifest = {"cache_tag": sys.implementation.cache_tag, "mypy": "x", "sources": {}, "c_sources": {src: "0" * 8}}
+    path = tmp_path / "accel_manifest.json"
+    path.write_text(json.dumps(manifest))
+    monkeypatch.setattr(accel, "_MANIFEST", path)
+    monkeypatch.delenv("HELIX_ACCEL_C", raising=False)
+    monkeypatch.delenv("HELIX_ACCEL", raising=False)
+    got = accel._check_c()
+    assert not got.compiled
+    assert "changed since it was compiled" in got.detail or "did not compile" in got.detail
+    path.write_text(json.dumps({**manifest, "c_sources": {}}))
+    assert "did not compile" in accel._check_c().detail
+    monkeypatch.setattr(accel, "_MANIFEST", tmp_path / "missing.json")
+    assert not accel._check_c().compiled
+
+
+@pytest.mark.skipif(not accel.c_status().compiled and os.environ.get("HELIX_REQUIRE_ACCEL") != "1",
+                    reason=f"C extensions not in use: {accel.c_status().detail}")
+def test_the_c_head_parser_runs_in_the_active_modules():
+    import edge.protocols.http1 as http1
+
+    assert accel.c_status().compiled, accel.c_status().detail
+    assert http1._heads is not None and http1._heads is accel.c_module("edge.protocols._http1_heads")
+    # The pure copy is the reference: the C parser is off there.
+    assert accel.modules("pure")["edge.protocols.http1"]._heads is None or not accel.status().compiled
+
+
 # -- differential: compiled against pure ---------------------------------------------------------------------------
 
 def _plain(value: object) -> object:

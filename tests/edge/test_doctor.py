@@ -46,8 +46,10 @@ def test_doctor_says_which_span_builder_runs() -> None:
 
     from edge import accel
 
-    assert doctor._span_builder() == Check("span builder", True, accel.status().detail)
+    assert doctor._span_builder() == Check("span builder", True,
+                                           f"{accel.status().detail}; {accel.c_status().detail}")
     code = "from edge import doctor; print(doctor.format_checks([doctor._span_builder()]))"
     out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "HELIX_ACCEL": "0"}, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    assert "✔ span builder: pure Python: the compiled modules are turned off (HELIX_ACCEL=0)" in out
+    assert "✔ span builder: pure Python: the compiled modules are turned off (HELIX_ACCEL=0); " \
+           "C extensions off (HELIX_ACCEL=0)" in out
