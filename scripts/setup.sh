@@ -13,6 +13,7 @@ APT_PACKAGES=(
   zstd iproute2 ca-certificates
   gcc libmosquitto-dev libclang-rt-14-dev        # C device SDK: examples, sanitizer and libFuzzer builds
   gcc-arm-none-eabi libnewlib-arm-none-eabi      # C device SDK: the Cortex-M4 build and its size
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross    # the agent's C head parser compiled for the devices' arch
 )
 
 as_root() {
