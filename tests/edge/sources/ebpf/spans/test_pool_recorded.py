@@ -28,7 +28,9 @@ from ._grpc_recording import feed_as_agent, load
 HERE = Path(__file__).parent
 # recording -> (its calls, calls decided by `handback` at least (right; before that rule they were left undecided),
 # calls left `ambiguous` at most)
-RECORDINGS = {"pool_4_clients.jsonl.gz": (400, 7, 2), "handoff_4_clients.jsonl.gz": (400, 1, 2),
+# pool_4_clients and handoff_4_clients: one call each whose hand-off another worker was known to have run (crossed
+# hand-offs) is decided by its hand-back; one whose hand-back's request another worker ran, by its hand-off
+RECORDINGS = {"pool_4_clients.jsonl.gz": (400, 8, 0), "handoff_4_clients.jsonl.gz": (400, 2, 0),
               # one handback a worker's wakeup of a request thread whose result another worker had handed back (the
               # GIL) contested, before such a wakeup was known to be no requester's
               "pool_4_clients_testbed.jsonl.gz": (100, 6, 0),
