@@ -6,7 +6,8 @@ writing thread's context and the contexts each was copied from (a chain, nearest
 written from its handler's task: that context is the exchange's handling context. A call belongs to the exchange
 whose handling context is the nearest one in its chain, among the exchanges open on its thread when it began that
 were answered after it ended (a handler answers after its calls; a context's address is reused only once it is freed,
-which the times tell apart). A handler that calls itself is the chain's first context, one that starts a task per
+which the times tell apart: the call's handler held the address from before the call to its answer, so of the
+exchanges answered in it after the call ended the first is the call's). A handler that calls itself is the chain's first context, one that starts a task per
 call (asyncio.gather) its second: such a match decides at once. A match further up waits (as long as a call waits
 for its handler) for a nearer one: beyond the live ancestors a chain may follow edges of freed contexts whose
 addresses were reused, and such an element can be another open exchange's handling context. So a match further up is
@@ -33,7 +34,8 @@ __all__ = ["NEAR", "TaskContexts", "TaskStats"]
 
 _MAX_CHAINS = 4096  # chains of messages not yet parsed (or not HTTP: never taken)
 _MAX_HANDLED = 512  # per process: handling contexts of exchanges answered lately
-_PER_CONTEXT = 4  # exchanges one handling context address served lately (it is reused once freed)
+_PER_CONTEXT = 32  # exchanges one handling context address served lately (it is reused once freed)
+_MAX_ANSWERED = 2048  # per process: requests answered lately
 _MAX_HELD = 1024  # per process: calls waiting for their handler's response
 NEAR = 1  # a match this close in a chain is final: the call's own context, or the one it was copied from
 LONG_WAIT_NS = 1_500_000_000  # past the call's end: the longest wait for an open exchange's answer (window: 2 s)
@@ -111,7 +113,7 @@ class TaskContexts:
             table.popitem(last=False)
         answered = self._answered.setdefault(pid, OrderedDict())
         answered[request] = None
-        if len(answered) > _MAX_HANDLED * _PER_CONTEXT:
+        if len(answered) > _MAX_ANSWERED:
             answered.popitem(last=False)
         held = self._held.get(pid)
         if not held:
@@ -143,7 +145,7 @@ class TaskContexts:
             served = table.get(ctx)
             if served is None:
                 continue
-            for request, ts in reversed(served):
+            for request, ts in served:
                 if ts >= h.end_ns and request in h.open_at_call:
                     h.cause, h.depth = request, k
                     return
