@@ -1096,9 +1096,11 @@ class Causes:
             # run one of the two, the other is this call's.
             handed_elsewhere = self._ran_elsewhere(call.handoff, call.tid)
             woke_elsewhere = self._ran_elsewhere(woke, call.tid)
-            if handed_elsewhere and not woke_elsewhere:
-                # The worker that ran this hand-off's request was handed another (the crossed item): no rival.
-                back = self._by_handback(call, self._worked_by.get(call.handoff))
+            partner = None if handed_elsewhere or woke_elsewhere else self._crossed(call, woke)
+            if (handed_elsewhere or partner is not None) and not woke_elsewhere:
+                # The worker that ran this hand-off's request (or whose hand-back went to it, having been handed the
+                # request this one's hand-back went to: the two crossed) took the other item: no rival.
+                back = self._by_handback(call, self._worked_by.get(call.handoff) if partner is None else partner)
                 if back[0] is not None:
                     self.stats.contest_settled += 1
                 return back
@@ -1129,6 +1131,16 @@ class Causes:
             return left[0], "handoff"
         return call.handoff, "handoff"
 
+
+    def _crossed(self, call: Call, woke: bytes) -> int | None:
+        """Another worker whose waiting call crossed this one: handed the work of the request this call's hand-back
+        went to, its own hand-back went to this call's hand-off (both workers took the other's item); its thread."""
+        for key in self._waiting:
+            t = self._threads.get(key) if key[0] == call.pid and key[1] != call.tid else None
+            for c in t.waiting if t is not None else ():
+                if c.handoff == woke and c.woke == call.handoff and not c.woke_others and not c.concurrent:
+                    return key[1]
+        return None
 
     def _ran_elsewhere(self, request: bytes, tid: int) -> bool:
         """Whether a worker other than `tid` is known to have run `request` (a call of it decided by its wakeup,

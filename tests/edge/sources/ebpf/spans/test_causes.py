@@ -221,6 +221,23 @@ def test_crossed_handoffs_are_decided_once_the_other_worker_is_known_to_have_run
     assert b.causes.stats.contest_settled == 1
 
 
+def test_crossed_handoffs_read_from_both_hand_backs():
+    """The same crossing with neither call decided otherwise (both requesters fell asleep after the calls began): 201,
+    handed a, hands back to b; 202, handed b, hands back to a. Two lock wakeups landing each on the other's requester
+    would be needed for the hand-offs to be right; one swap in the queue explains both: the hand-backs decide."""
+    b = two_requests((101, 201, 2_000), (102, 202, 2_100))
+    assert call(b, 10, 5_000, 202) == []
+    assert call(b, 11, 5_200, 201) == []
+    assert b.feed([WakeupEvent(7_000, PID, 202, 101, 5_300)]) == []
+    assert b.feed([WakeupEvent(7_100, PID, 201, 102, 5_500)]) == []
+    got = {s.attributes["url.query"]: s for s in b.flush(7_200 + DECIDE_WAIT_NS)}
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    sb = server_span(serve_answer(b, 2, 9_100, 102))
+    assert got["c=10"].attributes[CAUSE] == sa.span_id and got["c=10"].attributes[CAUSE_VIA] == "handback"
+    assert got["c=11"].attributes[CAUSE] == sb.span_id and got["c=11"].attributes[CAUSE_VIA] == "handback"
+    assert b.causes.stats.contest_settled == 2
+
+
 def test_a_worker_woken_again_on_its_way_to_the_work_keeps_the_first_handoff():
     """a's thread wakes idle worker 201 (asleep long before): that is the hand-off. 201 then blocks on a lock (the
     queue's mutex, the GIL) held by b's thread, whose release wakes it again from a sleep begun after the hand-off:

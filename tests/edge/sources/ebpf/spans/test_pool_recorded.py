@@ -6,7 +6,8 @@ from 4 keep-alive clients; handoff_4_clients.jsonl.gz: its `handoff` service (4 
 5c), the same load. Both recorded on the shared development machine with other work running (load average 4-5).
 pool_4_clients_testbed.jsonl.gz: the `pool` service's events in a whole testbed run (`bench/accuracy.py --only
 5-thread-pool --dump DIR --dump-events`, 100 requests from 4 clients, load average 4-5), the `db` process's with it;
-pool_4_clients_testbed_2.jsonl.gz: another such run.
+pool_4_clients_testbed_2.jsonl.gz: another such run. handoff_4_clients_testbed.jsonl.gz: the `handoff` service's in
+such a run (5c-pool-handoff-4).
 Both implementations (edge/accel.py) replay them, flushing once a second of their time as the agent does.
 """
 from __future__ import annotations
@@ -35,7 +36,10 @@ RECORDINGS = {"pool_4_clients.jsonl.gz": (400, 8, 0), "handoff_4_clients.jsonl.g
               # GIL) contested, before such a wakeup was known to be no requester's
               "pool_4_clients_testbed.jsonl.gz": (100, 6, 0),
               # one handback its worker's wakeup of the next work's requester contested (after its next call began)
-              "pool_4_clients_testbed_2.jsonl.gz": (100, 3, 2)}
+              "pool_4_clients_testbed_2.jsonl.gz": (100, 3, 2),
+              # two hand-offs crossed, neither request known to have run elsewhere: each worker's hand-back went to the
+              # other's hand-off (left ambiguous before the crossing was read as such)
+              "handoff_4_clients_testbed.jsonl.gz": (100, 4, 0)}
 
 
 @functools.cache
