@@ -48,8 +48,11 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   (a request thread waits for its work). Otherwise, and when nothing handed the work at all, the call is left
   `ambiguous` rather than guessed. The hand-off is the wakeup that ended the worker's idle sleep (a later one before
   its call, from a sleep begun after it, is a lock on the way to that work); the first request thread the worker
-  wakes once answered, asleep through the answer, confirms it (it then decides despite those checks) or contests it
-  (`ambiguous`). A wakeup of a thread that serves none hands no result.
+  wakes once answered, asleep through the answer, confirms it (it then decides despite those checks) or contests it.
+  A contested call is decided where another worker is known to have run one of the two requests (a request runs on one
+  worker: the other one is this call's), or where another worker's call crossed it exactly (handed the request this
+  hand-back went to, its own hand-back went to this hand-off: each took the other's item, the hand-backs decide);
+  else `ambiguous`. A wakeup of a thread that serves none hands no result.
 - handback: a worker's call with no certain hand-off (it took the work running, its requester handing it over while
   it was awake) whose requester fell asleep only after the call began: the request of the one thread, asleep from
   after the call began through its answer, that the worker woke once answered, where it woke no other such thread
