@@ -31,6 +31,8 @@ __all__ = ["SpoolEntry", "MemorySpool", "DiskSpool", "SpoolFull", "SEQ_LEASE"]
 
 log = logging.getLogger(__name__)
 
+# The newest batch is kept in memory for its first send up to this size (DiskSpool._hot).
+HOT_MAX_BYTES = 256 * 1024
 # Sequence numbers reserved per write of the lease file: one fsync per million batches.
 SEQ_LEASE = 1_000_000
 _NAME = re.compile(r"^(\d{20})-(\d+)\.hxb$")
@@ -203,6 +205,9 @@ class DiskSpool(MemorySpool):
         self.recovered_batches = 0
         self.recovered_spans = 0
         self.discarded_files = 0
+        # The batch just stored, still in memory for its first send: the sender takes it right after, and reading it
+        # back from disk cost a thread hand-off per batch. Small batches only, so that it weighs nothing.
+        self._hot: tuple[SpoolEntry, bytes] | None = None
 
     async def open(self) -> None:
         """Take the directory's lock, load the batches a previous run left, and set the sequence floor."""
@@ -319,10 +324,21 @@ class DiskSpool(MemorySpool):
                     from None
             raise UplinkError(f"cannot write to the uplink spool {self.dir}: {e.strerror or e}") from None
 
+    async def put(self, seq: int, spans: int, payload: bytes) -> SpoolEntry | None:
+        """Store one batch durably (as MemorySpool.put), keeping a small one in memory for its first send."""
+        entry = await super().put(seq, spans, payload)
+        if entry is not None:
+            self._hot = (entry, payload) if len(payload) <= HOT_MAX_BYTES else None
+        return entry
+
     async def read(self, entry: SpoolEntry) -> bytes | None:
-        """The batch bytes from disk, or None if the file is gone."""
+        """The batch bytes (from disk but for the newest batch's first read), or None if the file is gone."""
         if entry.gone:
             return None
+        hot = self._hot
+        if hot is not None and hot[0] is entry:
+            self._hot = None
+            return hot[1]
         try:
             return await asyncio.to_thread(self._path(entry).read_bytes)
         except OSError as e:
@@ -330,6 +346,11 @@ class DiskSpool(MemorySpool):
             self._forget(entry)
             self.discarded_files += 1
             return None
+
+    def _forget(self, entry: SpoolEntry) -> None:
+        if self._hot is not None and self._hot[0] is entry:
+            self._hot = None
+        super()._forget(entry)
 
     async def _delete(self, entry: SpoolEntry) -> None:
         # No directory fsync: if a power cut brings the file back, the batch is resent and the gateway drops the

@@ -42,8 +42,11 @@ _MAX_DEPTH = 64
 # just before it; this many covers the requests a process has in flight.
 _TWIN_SCAN = 512
 # One released span in the index: its Entry and Released record, a kept-attributes dict for kernel spans, and its
-# slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py).
-_RELEASED_BYTES = 560
+# slots in the index tables (measured with tracemalloc on the workload of bench/memory_budget.py: 560), and its slots
+# in the tables' expiry queues (8 B in each of the one or two tables a span is in).
+_RELEASED_BYTES = 576
+# A client span's slot in the wire twin's table (SpanIndex.clients_by_parent), on top (tracemalloc: docs/benchmarks.md).
+_PARENT_LINK_BYTES = 32
 # One remembered trace (started by an SDK, or moved): its dict slot, the key and the entry or context it names.
 _TRACE_BYTES = 200
 _BUILDER_ONLY = ("helix.cause", "helix.cause.via")  # evidence for the rules, not sent on
@@ -233,7 +236,7 @@ class Assembler:
             self.index.expire(now - cfg.memory)
             self.state_budget.enforce(now)
         keep = self.max_index_bytes // _RELEASED_BYTES
-        excess = len(self.index) - len(self) - keep
+        excess = self.index_excess(self.max_index_bytes)
         if excess > 0:
             # At high rates `memory` seconds of released spans outgrow the bound: the oldest late joins go first,
             # a tenth more than needed so that the index tables are rebuilt once per tenth, not once per batch.
@@ -649,7 +652,17 @@ class Assembler:
     def index_bytes(self) -> int:
         """The compact records of released spans still indexed for late joins, and the traces remembered for late
         SDK spans (an estimate)."""
-        return max(0, len(self.index) - len(self)) * _RELEASED_BYTES + self.traces.entries * _TRACE_BYTES
+        return (max(0, len(self.index) - len(self)) * _RELEASED_BYTES + self.index.parent_links * _PARENT_LINK_BYTES
+                + self.traces.entries * _TRACE_BYTES)
+
+    def index_excess(self, bound: int) -> int:
+        """How many released spans to forget for their records, client spans' wire-twin slots included, to fit in
+        `bound` bytes."""
+        released = len(self.index) - len(self)
+        if released <= 0:
+            return 0
+        each = _RELEASED_BYTES + _PARENT_LINK_BYTES * self.index.parent_links / released
+        return released - int(bound // each)
 
     @property
     def deferred(self) -> int:
@@ -774,7 +787,7 @@ class _LateJoins:
         """Keep at most `n` bytes of them, the oldest forgotten now; returns how many went."""
         asm = self._asm
         asm.max_index_bytes = n
-        excess = len(asm.index) - len(asm.held) - n // _RELEASED_BYTES
+        excess = asm.index_excess(n)
         return asm.index.expire(float("inf"), at_most=excess) if excess > 0 else 0
 
     def drop_idle(self) -> int:

@@ -128,6 +128,16 @@ class Entry:
             self.span = Released(self.span)
 
 
+class _Bucket(list):  # type: ignore[type-arg]
+    """One key's entries in an index table, oldest first, knowing its key (expiry deletes it once empty)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        super().__init__()
+        self.key = key
+
+
 @dataclass
 class SpanIndex:
     """Bounded in time by the caller, which calls `expire(before)`; every lookup is over what is indexed."""
@@ -142,6 +152,7 @@ class SpanIndex:
     # where a pass over every client span of a keep-alive connection cost each request time in proportion to the
     # connection's rate (docs/benchmarks.md). Spans naming no parent are not in it.
     clients_by_parent: dict[ConnKey, dict[bytes, Entry | list[Entry]]] = field(default_factory=dict)
+    parent_links: int = 0  # client spans in clients_by_parent: their slots there are counted in the memory budget
     producers_by_topic: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_by_resource: dict[Resource, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     sdk_servers_by_parent: dict[bytes, list[Entry]] = field(default_factory=lambda: defaultdict(list))
@@ -149,6 +160,16 @@ class SpanIndex:
     # started a trace, seen before the server span of that request arrives.
     wire_calls_by_cause: dict[bytes, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     order: deque[Entry] = field(default_factory=deque)
+    # Per table, the bucket each of its entries went into, in arrival order: expiry takes the heads of these, work in
+    # proportion to what expires, where a pass over every key of every table cost in proportion to what is held.
+    _queues: tuple[deque[_Bucket], ...] = field(default_factory=lambda: tuple(deque() for _ in range(8)))
+
+    def _put(self, t: int, table: dict[Any, list[Entry]], key: Any, e: Entry) -> None:
+        bucket = table.get(key)
+        if bucket is None:
+            bucket = table[key] = _Bucket(key)
+        bucket.append(e)
+        self._queues[t].append(bucket)  # type: ignore[arg-type]
 
     def add(self, e: Entry) -> None:
         """Index one span."""
@@ -158,27 +179,27 @@ class SpanIndex:
         if is_kernel(s):
             pid, tid = pid_of(s), tid_of(s)
             if s.kind == SpanKind.SERVER and pid is not None:
-                self.servers_by_pid[pid].append(e)
+                self._put(1, self.servers_by_pid, pid, e)
                 if tid is not None:
-                    self.servers_by_thread[(pid, tid)].append(e)
+                    self._put(0, self.servers_by_thread, (pid, tid), e)
             elif s.kind == SpanKind.CONSUMER and pid is not None and tid is not None:
-                self.consumers_by_thread[(pid, tid)].append(e)
+                self._put(2, self.consumers_by_thread, (pid, tid), e)
             if s.kind == SpanKind.CLIENT:
                 key = conn_key(s)
                 if key is not None:
-                    self.clients_by_conn[key].append(e)
+                    self._put(3, self.clients_by_conn, key, e)
                     self._by_parent_add(key, e)
                 cause = s.attributes.get("helix.cause")
                 if isinstance(cause, bytes) and has_wire_context(s):
-                    self.wire_calls_by_cause[cause].append(e)
+                    self._put(7, self.wire_calls_by_cause, cause, e)
         else:
-            self.sdk_by_resource[s.resource].append(e)
+            self._put(5, self.sdk_by_resource, s.resource, e)
             if s.kind == SpanKind.SERVER and s.parent_span_id:
-                self.sdk_servers_by_parent[s.parent_span_id].append(e)
+                self._put(6, self.sdk_servers_by_parent, s.parent_span_id, e)
         if s.kind == SpanKind.PRODUCER:
             topic = s.attributes.get("messaging.destination.name")
             if isinstance(topic, str):
-                self.producers_by_topic[topic].append(e)
+                self._put(4, self.producers_by_topic, topic, e)
 
     def clients_in_context(self, key: ConnKey, trace_id: bytes, parent_span_id: bytes) -> list[Entry]:
         """Kernel client spans of connection `key` whose trace and parent are these now."""
@@ -212,6 +233,7 @@ class SpanIndex:
         if parents is None:
             parents = self.clients_by_parent[key] = {}
         had = parents.get(parent)
+        self.parent_links += 1
         if had is None:
             parents[parent] = e
         elif type(had) is list:
@@ -227,8 +249,10 @@ class SpanIndex:
         assert parents is not None
         if had is e:
             del parents[parent]
+            self.parent_links -= 1
         elif type(had) is list:
             rest = [x for x in had if x is not e]
+            self.parent_links -= len(had) - len(rest)
             if len(rest) > 1:
                 parents[parent] = rest
             elif rest:
@@ -262,41 +286,59 @@ class SpanIndex:
             # What went is the oldest of `order`, and every table's lists keep `order`'s order: it is their heads.
             self._drop_heads(gone)
         elif n:
-            live = set(map(id, self.order))
-            for key, clients in self.clients_by_conn.items():
-                for x in clients:
-                    if id(x) not in live:
-                        self._by_parent_remove(key, x.span.parent_span_id, x)
-            for table in self._tables():
-                for key in list(table):
-                    kept = [x for x in table[key] if id(x) in live]
-                    if kept:
-                        table[key] = kept
-                    else:
-                        del table[key]
+            self._rebuild()
         return n
 
     def _tables(self) -> tuple[dict[Any, list[Entry]], ...]:
+        # in the order of _queues
         return (self.servers_by_thread, self.servers_by_pid, self.consumers_by_thread, self.clients_by_conn,
                 self.producers_by_topic, self.sdk_by_resource, self.sdk_servers_by_parent, self.wire_calls_by_cause)
 
     def _drop_heads(self, gone: set[int]) -> None:
-        """Take the entries in `gone` off the front of every table's lists (where expiry found them all)."""
+        """Take the entries in `gone` off the front of the tables' lists (where expiry found them all)."""
+        for t, table in enumerate(self._tables()):
+            queue = self._queues[t]
+            counts: dict[int, list[Any]] = {}  # id(bucket) -> [bucket, entries gone from its head]
+            while queue:
+                bucket = queue[0]
+                seen = counts.get(id(bucket))
+                at = seen[1] if seen is not None else 0
+                if at >= len(bucket) or id(bucket[at]) not in gone:
+                    break
+                queue.popleft()
+                if seen is None:
+                    counts[id(bucket)] = [bucket, 1]
+                else:
+                    seen[1] += 1
+            for bucket, k in counts.values():
+                if table is self.clients_by_conn:
+                    for x in bucket[:k]:
+                        self._by_parent_remove(bucket.key, x.span.parent_span_id, x)
+                del bucket[:k]
+                if not bucket and table.get(bucket.key) is bucket:  # a bucket popped whole is no longer there
+                    del table[bucket.key]
+
+    def _rebuild(self) -> None:
+        """Drop every entry no longer in `order` from every table, and queue the rest again (after an expiry that
+        stepped over held spans, so that what went is not the heads)."""
+        pos = {id(x): i for i, x in enumerate(self.order)}
         for key, clients in self.clients_by_conn.items():
             for x in clients:
-                if id(x) not in gone:
-                    break
-                self._by_parent_remove(key, x.span.parent_span_id, x)
-        for table in self._tables():
+                if id(x) not in pos:
+                    self._by_parent_remove(key, x.span.parent_span_id, x)
+        for t, table in enumerate(self._tables()):
+            slots: list[tuple[int, _Bucket]] = []
             for key in list(table):
-                entries = table[key]
-                i = 0
-                while i < len(entries) and id(entries[i]) in gone:
-                    i += 1
-                if i == len(entries):
+                bucket = _Bucket(key)
+                bucket.extend(x for x in table[key] if id(x) in pos)
+                if bucket:
+                    table[key] = bucket
+                    slots.extend((pos[id(x)], bucket) for x in bucket)
+                else:
                     del table[key]
-                elif i:
-                    del entries[:i]
+            slots.sort(key=lambda p: p[0])
+            self._queues[t].clear()
+            self._queues[t].extend(b for _, b in slots)
 
     def __len__(self) -> int:
         return len(self.order)

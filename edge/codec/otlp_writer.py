@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
-from ..model import Attributes, Event, Link, Resource, Source, Span
+from ..model import Attributes, Event, Link, Resource, Scope, Source, Span
 
-__all__ = ["request_bytes", "assemble", "attribute_fields"]
+__all__ = ["request_bytes", "Grouping", "attribute_field"]
 
 _U64 = 1 << 64
 _I64_MIN = -(1 << 63)
@@ -130,20 +130,26 @@ def _attributes(out: list[bytes], tag: bytes, attrs: Attributes) -> None:
         pair = _caches[tag] = ({}, {})
     texts, ints = pair
     for k, v in attrs.items():
-        if type(k) is not str:
-            out.append(_field(tag, _key_value(k, v)))
-        elif type(v) is int:
-            out.append(_remembered(ints, tag, k, v))
-        elif type(v) is str and len(cast(str, v)) <= _CACHED_LEN:
-            out.append(_remembered(texts, tag, k, v))
-        else:
-            out.append(_field(tag, _key_value(k, v)))
+        out.append(_attribute(tag, texts, ints, k, v))
+
+
+def _attribute(tag: bytes, texts: dict[str, dict[str, bytes]], ints: dict[str, dict[int, bytes]], k: str,
+               v: Any) -> bytes:
+    """The KeyValue field of k = v with `tag`, through the tag's caches of text and integer values."""
+    if type(k) is not str:
+        return _field(tag, _key_value(k, v))
+    if type(v) is int:
+        return _remembered(ints, tag, k, v)
+    if type(v) is str and len(cast(str, v)) <= _CACHED_LEN:
+        return _remembered(texts, tag, k, v)
+    return _field(tag, _key_value(k, v))
 
 
 def _remembered(cache: dict[str, Any], tag: bytes, k: str, v: Any) -> bytes:
     """The KeyValue field of k = v with `tag`, from `cache` (values of one type by key) or written and kept there."""
     global _cached
-    by_value = cache.get(k)
+    # Typed, so that compiled, the lookups are dict operations rather than method calls on an unknown object.
+    by_value: dict[Any, bytes] | None = cache.get(k)
     if by_value is None:
         by_value = cache[k] = {}
     kv = by_value.get(v)
@@ -275,30 +281,49 @@ def _span(s: Span, source_attribute: bool) -> bytes:
 def request_bytes(spans: Sequence[Span], source_attribute: bool = True) -> bytes:
     """An OTLP ExportTraceServiceRequest of `spans`, serialized: grouped by resource, then scope, in order of first
     appearance; `helix.source` is added to each span's attributes unless it has one (or not asked)."""
-    # Equal resources are one group (as request_from_spans' dict does); a node's spans share a few resource objects,
-    # so each object is looked up by value once.
-    groups: dict[Any, dict[tuple[str, str], list[bytes]]] = {}
-    by_object: dict[int, dict[tuple[str, str], list[bytes]]] = {}
-    resources: list[Resource] = []
+    grouping = Grouping()
     for s in spans:
-        r = s.resource
-        scopes = by_object.get(id(r))
+        grouping.members(s.resource, s.scope).append(_span(s, source_attribute))
+    return grouping.request()
+
+
+class Grouping:
+    """Written spans grouped as their request holds them: by resource, then scope (name, version), each in order of
+    first appearance. Equal resources are one group (as request_from_spans' dict makes them); spans share a few
+    resource objects, so each object is looked up by value once."""
+
+    def __init__(self) -> None:
+        self.groups: dict[Any, dict[tuple[str, str], list[bytes]]] = {}
+        self.by_object: dict[int, dict[tuple[str, str], list[bytes]]] = {}
+        self.resources: list[Resource] = []
+        self.last_r: object = None
+        self.last_sc: object = None
+        self.last: list[bytes] = []
+
+    def members(self, r: Resource, sc: Scope) -> list[bytes]:
+        """Where the written spans of resource `r` and scope `sc` go (`r` must outlive the grouping)."""
+        if r is self.last_r and sc is self.last_sc:  # neighbours usually share both
+            return self.last
+        scopes = self.by_object.get(id(r))
         if scopes is None:
-            scopes = groups.get(r.attributes)
+            scopes = self.groups.get(r.attributes)
             if scopes is None:
-                scopes = groups[r.attributes] = {}
-                resources.append(r)
-            by_object[id(r)] = scopes
-        sc = s.scope
+                scopes = self.groups[r.attributes] = {}
+                self.resources.append(r)
+            self.by_object[id(r)] = scopes
         key = (sc.name, sc.version)
         members = scopes.get(key)
         if members is None:
             members = scopes[key] = []
-        members.append(_span(s, source_attribute))
-    return assemble(resources, groups)
+        self.last_r, self.last_sc, self.last = r, sc, members
+        return members
+
+    def request(self) -> bytes:
+        """The request of the spans grouped so far."""
+        return _assemble(self.resources, self.groups)
 
 
-def assemble(resources: list[Resource], groups: dict[Any, dict[tuple[str, str], list[bytes]]]) -> bytes:
+def _assemble(resources: list[Resource], groups: dict[Any, dict[tuple[str, str], list[bytes]]]) -> bytes:
     """The request of written Span fields grouped by resource (`groups` by each resource's attributes, in the order
     of `resources`), then by scope (name, version)."""
     out: list[bytes] = []
@@ -316,43 +341,13 @@ def assemble(resources: list[Resource], groups: dict[Any, dict[tuple[str, str], 
     return b"".join(out)
 
 
-def attribute_fields(key: str, values: list[Any]) -> list[bytes]:
-    """The span-attribute KeyValue field of `key` = each of `values`, as a span's attributes are written."""
-    global _cached
-    tag = _SPAN_ATTRIBUTES
-    pair = _caches.get(tag)
-    if pair is None:
-        pair = _caches[tag] = ({}, {})
-    texts, ints = pair
-    # The key's maps looked up once for the column (as _remembered does per value).
-    by_text = texts.get(key)
-    if by_text is None:
-        by_text = texts[key] = {}
-    by_int = ints.get(key)
-    if by_int is None:
-        by_int = ints[key] = {}
-    out: list[bytes] = []
-    for v in values:
-        tv = type(v)
-        if tv is int:
-            kv = by_int.get(v)
-        elif tv is str and len(cast(str, v)) <= _CACHED_LEN:
-            kv = by_text.get(v)
-        else:
-            out.append(_field(tag, _key_value(key, v)))
-            continue
-        if kv is None:
-            kv = _field(tag, _key_value(key, v))
-            if _cached >= _CACHE_MAX:
-                _clear_caches()  # the key's maps held here are emptied too, and stay in use
-                by_text.clear()
-                by_int.clear()
-                texts[key] = by_text
-                ints[key] = by_int
-            if tv is int:
-                by_int[v] = kv
-            else:
-                by_text[v] = kv
-            _cached += 1
-        out.append(kv)
-    return out
+# The span attributes' caches, held here so that the straight path reaches them without a lookup by tag (cleared in
+# place, never replaced).
+_SPAN_TEXTS: Final[dict[str, dict[str, bytes]]] = {}
+_SPAN_INTS: Final[dict[str, dict[int, bytes]]] = {}
+_caches[_SPAN_ATTRIBUTES] = (_SPAN_TEXTS, _SPAN_INTS)
+
+
+def attribute_field(key: str, v: Any) -> bytes:
+    """The span-attribute KeyValue field of `key` = `v`, as a span's attributes are written."""
+    return _attribute(_SPAN_ATTRIBUTES, _SPAN_TEXTS, _SPAN_INTS, key, v)

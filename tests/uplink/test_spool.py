@@ -122,3 +122,28 @@ async def test_spooled_metrics_batches_survive_a_reopen(tmp_path: Path) -> None:
     payload = await again.read(again.entries[1])
     assert payload is not None and decode_metrics(payload).seq == metrics_seq
     await again.close()
+
+
+async def test_the_newest_small_batch_is_sent_from_memory_once_then_read_from_disk(tmp_path: Path) -> None:
+    # The sender takes the batch just stored right after: its first read needs no trip to the disk. The files are
+    # removed behind the spool's back so that where each read comes from shows.
+    from uplink.spool import HOT_MAX_BYTES
+
+    spool = DiskSpool(tmp_path, "node-6", 1 << 30)
+    await spool.open()
+    try:
+        first, second = await _put(spool, seed=1), await _put(spool, seed=2)
+        payload = (spool.dir / f"{second:020d}-11.hxb").read_bytes()
+        for f in spool.dir.glob("*.hxb"):
+            f.unlink()
+        old, new = spool.entries
+        assert await spool.read(new) == payload  # from memory
+        assert await spool.read(new) is None  # a resend reads the disk
+        assert await spool.read(old) is None and spool.discarded_files == 2 and first < second
+        seq = await spool.next_seq()
+        big = await spool.put(seq, 1, b"\0" * (HOT_MAX_BYTES + 1))
+        assert big is not None
+        (spool.dir / f"{seq:020d}-1.hxb").unlink()
+        assert await spool.read(big) is None  # too large to keep: read from disk
+    finally:
+        await spool.close()

@@ -681,28 +681,27 @@ def _columns(refs: list[int], shapes: list[tuple[tuple[str, int], ...]], cols_fi
         uses[r] = uses.get(r, 0) + 1
     order: dict[tuple[str, int], int] = {}
     counts: list[int] = []
+    of: dict[int, list[int]] = {}
     for r, c in uses.items():
-        for cid in shapes[r]:
+        js: list[int] = []
+        for cid in shapes[r]:  # each (key, type) looked up once: hashing a tuple is not cached
             j = order.get(cid)
             if j is None:
                 j = order[cid] = len(counts)
                 counts.append(0)
             counts[j] += c
+            js.append(j)
+        of[r] = js
     cols = array(cols_field, "attribute columns", len(counts))
     decoded = [_column(col, key, ty, count, values, checked, compact)
                for (key, ty), count, col in zip(order, counts, cols)]
     offsets = [0] * len(counts)
-    of: dict[int, list[int]] = {}
     firsts: dict[int, list[int]] = {}
     for r, c in uses.items():
-        js: list[int] = []
         os_: list[int] = []
-        for cid in shapes[r]:
-            j = order[cid]
-            js.append(j)
+        for j in of[r]:
             os_.append(offsets[j])
             offsets[j] += c
-        of[r] = js
         firsts[r] = os_
     return Columns(decoded, list(order), of, firsts, uses)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from edge.codec.otlp_writer import (
-    _CACHED_LEN,
     _KINDS,
     _PARENT_8,
     _SOURCE_FIELDS,
@@ -42,16 +41,16 @@ from edge.codec.otlp_writer import (
     _pack_fixed32,
     _pack_times,
     _text,
-    assemble,
-    attribute_fields,
+    Grouping,
+    attribute_field,
 )
 from edge.errors import DecodeError
 from edge.model import Resource, Scope
 
 from .columnar import MAX_SPANS, Body, Extra, decode_doc, load, read_body
 from .frame import Batch, BatchHeader
-from .tables import T_ANY, T_BOOL, T_BYTES, T_FLOAT, T_INT, T_STR, TableSet
-from .values import _EVENT, _ITEM, _LINK, _SOURCE_ATTRIBUTE, _SPAN, SOURCES, Expansion, ExpansionExceeded
+from .tables import TableSet
+from .values import _ITEM, _SOURCE_ATTRIBUTE, _SPAN, SOURCES, Expansion
 
 __all__ = ["decode_request"]
 
@@ -82,33 +81,10 @@ def _text_size(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def _value_sizes(values: list[Any], ty: int, sizer: Expansion) -> list[int]:
-    """Per value, the bytes the expansion count takes for it beyond its key's (as Expansion.attributes counts);
-    `sizer` measures containers without a bound (a row no span uses must not be counted)."""
-    if ty == T_STR:
-        return [len(v) if v.isascii() else _text_size(v) for v in values]
-    if ty == T_INT or ty == T_FLOAT or ty == T_BOOL:
-        return [0] * len(values)
-    if ty == T_BYTES:
-        return [len(v) for v in values]
-    out: list[int] = []
-    for v in values:
-        tv = type(v)
-        if tv is str:
-            out.append(_text_size(v))
-        elif tv is bytes:
-            out.append(len(v))
-        elif tv is int or tv is float or tv is bool:
-            out.append(0)
-        else:
-            out.append(sizer.value(v) - _ITEM)
-    return out
-
-
 class _Plan:
     """How the lists of one shape's keys write their attributes: the entries that stay once the keys are a dict (a
-    key twice keeps its first place and its last value), the keys' part of the expansion count, and whether
-    `helix.source` is among them."""
+    key twice keeps its first place and its last value) and their keys, the keys' part of the expansion count, and
+    whether `helix.source` is among them."""
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         place: dict[str, int] = {}
@@ -123,6 +99,7 @@ class _Plan:
             else:
                 take[at] = e
         self.take = take
+        self.keys = [keys[e] for e in take]
         self.whole = len(take) == len(keys)
         self.fixed = fixed
         self.has_source = "helix.source" in place
@@ -134,23 +111,24 @@ _PLANS_MAX = 4096
 
 
 class _Shape:
-    """Where the spans of one shape in a batch find their attribute fields, and how many of them were written."""
+    """Where the spans of one shape in a batch find their attribute values, and how many of them were written."""
 
-    def __init__(self, plan: _Plan, of: list[int], firsts: list[int]) -> None:
-        self.cols = of if plan.whole else [of[e] for e in plan.take]
+    def __init__(self, plan: _Plan, of: list[int], firsts: list[int], decoded: list[list[Any]]) -> None:
+        self.cols = [decoded[j] for j in of] if plan.whole else [decoded[of[e]] for e in plan.take]
         self.rows = firsts if plan.whole else [firsts[e] for e in plan.take]
+        self.keys = plan.keys
         self.fixed = plan.fixed
         self.has_source = plan.has_source
         self.next = 0
 
 
-def _shape(keys: tuple[str, ...], of: list[int], firsts: list[int]) -> _Shape:
+def _shape(keys: tuple[str, ...], of: list[int], firsts: list[int], decoded: list[list[Any]]) -> _Shape:
     plan = _plans.get(keys)
     if plan is None:
         if len(_plans) >= _PLANS_MAX:
             _plans.clear()
         plan = _plans[keys] = _Plan(keys)
-    return _Shape(plan, of, firsts)
+    return _Shape(plan, of, firsts, decoded)
 
 
 def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
@@ -158,58 +136,14 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
     counter = Expansion(max_expanded if max_expanded is not None else _NO_LIMIT, body.node_id, body.seq)
     columns = body.columns
     decoded = columns.decoded
-    # The spans' rows of every column written once as span attributes and sized once (event and resource rows are
-    # written by their own objects). A column that only spans use is written whole.
-    taken: list[list[tuple[int, int]]] = [[] for _ in decoded]
     shapes: dict[int, _Shape] = {}
-    for ref, uses in body.span_uses.items():
-        of, firsts = columns.of[ref], columns.firsts[ref]
-        shapes[ref] = _shape(body.keys_of[ref], of, firsts)
-        for j, o in zip(of, firsts):
-            taken[j].append((o, uses))
-    # Sized first: a batch whose attribute values alone pass the bound is refused before any of them is written (a
-    # text shared by reference is one object here, a copy per use there). The span decoder refuses it too: its count
-    # holds these and more.
-    sizes: list[list[int]] = []
-    sizer = Expansion(_NO_LIMIT)
-    for j, col in enumerate(decoded):
-        cty = columns.kinds[j][1]
-        ranges = taken[j]
-        if len(ranges) == 1 and ranges[0][1] == len(col):
-            sizes.append(_value_sizes(col, cty, sizer))
-            continue
-        z: list[int] = [0] * len(col)
-        for o, c in ranges:
-            z[o:o + c] = _value_sizes(col[o:o + c], cty, sizer)
-        sizes.append(z)
-    values = 0
-    for ref, uses in body.span_uses.items():
-        shape = shapes[ref]
-        values += shape.fixed * uses
-        for j, o in zip(shape.cols, shape.rows):
-            values += sum(sizes[j][o:o + uses])
-    if values > counter.limit:
-        raise ExpansionExceeded(body.node_id, body.seq, values, counter.limit)
-    fields: list[list[bytes]] = []
-    for j, col in enumerate(decoded):
-        ckey = columns.kinds[j][0]
-        ranges = taken[j]
-        if len(ranges) == 1 and ranges[0][1] == len(col):
-            fields.append(attribute_fields(ckey, col))
-            continue
-        f: list[bytes] = [b""] * len(col)
-        for o, c in ranges:
-            f[o:o + c] = attribute_fields(ckey, col[o:o + c])
-        fields.append(f)
-
-    groups: dict[Any, dict[tuple[str, str], list[bytes]]] = {}
-    by_object: dict[int, dict[tuple[str, str], list[bytes]]] = {}
-    resources: list[Resource] = []
-    counted: set[tuple[int, int]] = set()
-    counted_resources: set[int] = set()
+    for ref in body.span_uses:
+        shapes[ref] = _shape(body.keys_of[ref], columns.of[ref], columns.firsts[ref], decoded)
+    grouping = Grouping()
     last_r: object = None
     last_sc: object = None
     members: list[bytes] = []
+    values: list[Any] = []
     trace_ids, span_ids, parent_ids, names = body.trace_ids, body.span_ids, body.parent_ids, body.names
     starts, ends, packed = body.starts, body.ends, body.packed
     res_of, res_col, scopes, scope_col = body.resources, body.resource_col, body.scopes, body.scope_col
@@ -219,28 +153,8 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
         sc: Scope = scopes[scope_col[i]]
         if r is not last_r or sc is not last_sc:  # neighbours usually share both
             last_r, last_sc = r, sc
-            # The count, as Expansion.spans takes it: each (resource, scope) pair once, each resource once.
-            group = (id(r), id(sc))
-            if group not in counted:
-                counted.add(group)
-                counter.add(2 * _ITEM + _text_size(sc.name) + _text_size(sc.version))
-                if id(r) not in counted_resources:
-                    counted_resources.add(id(r))
-                    frozen: Any = r.attributes  # values frozen into tuples, which the model's types do not name
-                    counter.add(sum([_ITEM + _text_size(k) + counter.value(v) for k, v in frozen]))
-            # The request, as request_bytes groups it: by resource value, then scope name and version.
-            by_scope = by_object.get(id(r))
-            if by_scope is None:
-                by_scope = groups.get(r.attributes)
-                if by_scope is None:
-                    by_scope = groups[r.attributes] = {}
-                    resources.append(r)
-                by_object[id(r)] = by_scope
-            key = (sc.name, sc.version)
-            found = by_scope.get(key)
-            if found is None:
-                found = by_scope[key] = []
-            members = found
+            counter.group(r, sc)  # counted as the span decoder counts
+            members = grouping.members(r, sc)
 
         x: Extra | None = extras.get(i) if extras else None
         parts: list[bytes] = []
@@ -273,33 +187,35 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
                 parts.append(_fixed64(_SPAN_START, start))
             if end:
                 parts.append(_fixed64(_SPAN_END, end))
+        # The span's attribute values, sized as Expansion.attributes sizes them; the span is counted before any of them
+        # is written, so a text shared by reference (one object here, a copy per use there) is refused before its
+        # copies exist.
         shape = shapes[shape_col[i]]
         k = shape.next
         shape.next = k + 1
         size = shape.fixed
-        for j, o in zip(shape.cols, shape.rows):
-            parts.append(fields[j][o + k])
-            size += sizes[j][o + k]
-        if not shape.has_source:
-            parts.append(_SOURCES[b >> 5])
+        values.clear()
+        for col, o in zip(shape.cols, shape.rows):
+            v = col[o + k]
+            values.append(v)
+            size += counter.attribute_value(v)
         message = ""
         if x is not None and x.status_message is not None:
             message = x.status_message
-        span_events = events[i] if events is not None else ()
-        links = x.links if x is not None and x.links is not None else ()
-        # Counted before its events and links are written: what they copy is bounded as the attributes were.
         counter.add(_SPAN + _SOURCE_ATTRIBUTE + len(tid) + len(sid) + len(pid)
                     + (len(name) if name.isascii() else _text_size(name)) + (_text_size(state) if state else 0)
                     + (_text_size(message) if message else 0) + size)
-        if span_events:
-            for e in span_events:
-                counter.add(_EVENT + _text_size(e.name) + counter.attributes(e.attributes))
+        for key, v in zip(shape.keys, values):
+            parts.append(attribute_field(key, v))
+        if not shape.has_source:
+            parts.append(_SOURCES[b >> 5])
+        span_events = events[i] if events is not None else ()
+        links = x.links if x is not None and x.links is not None else ()
+        if span_events or links:
+            # Counted before they are written: what they copy is bounded as the attributes were.
+            counter.events_and_links(span_events, links)
             for e in span_events:
                 parts.append(_event(e))
-        if links:
-            for lk in links:
-                counter.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text_size(lk.trace_state)
-                            + counter.attributes(lk.attributes))
             for lk in links:
                 parts.append(_link(lk))
         code = (b >> 3) & 3
@@ -312,4 +228,4 @@ def _request(body: Body, max_expanded: int | None) -> tuple[bytes, int]:
         elif flags & 0xFF:
             parts.append(_SPAN_FLAGS + _pack_fixed32(flags & 0xFF))
         members.append(_field(_SS_SPANS, b"".join(parts)))
-    return assemble(resources, groups), counter.total
+    return grouping.request(), counter.total

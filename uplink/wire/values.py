@@ -6,10 +6,11 @@ Sans-I/O. Every decoding problem is a DecodeError whose message starts with "upl
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from edge.errors import DecodeError
-from edge.model import HISTOGRAM, Attributes, MetricBatch, Source, Span
+from edge.model import HISTOGRAM, Attributes, Event, Link, MetricBatch, Resource, Scope, Source, Span
 
 __all__ = ["SOURCES", "MAX_DEPTH", "MAX_PLANE_WIDTH", "source_code", "expect", "array", "native", "check_native", "zigzag",
            "planes", "unplane", "unplanes", "time_parents", "ExpansionExceeded", "Expansion"]
@@ -111,7 +112,7 @@ class Expansion:
     """Counts the bytes decoded spans will take in their OTLP export request: a text or byte string shared by
     reference is one object here but a copy for every use there. Over `limit`, ExpansionExceeded."""
 
-    __slots__ = ("limit", "total", "node_id", "seq", "_sizes")
+    __slots__ = ("limit", "total", "node_id", "seq", "_sizes", "_groups", "_resources")
 
     def __init__(self, limit: int, node_id: str = "", seq: int = 0) -> None:
         self.limit = limit
@@ -119,6 +120,8 @@ class Expansion:
         self.node_id = node_id
         self.seq = seq
         self._sizes: dict[int, int] = {}  # id -> size of containers already measured (shared ones are common)
+        self._groups: set[tuple[int, int]] = set()  # (resource, scope) pairs counted, by object
+        self._resources: set[int] = set()
 
     def add(self, n: int) -> None:
         """Count `n` more bytes; ExpansionExceeded once the total is over the limit."""
@@ -147,52 +150,59 @@ class Expansion:
 
     def attributes(self, attrs: dict[str, Any]) -> int:
         """The bytes of an attribute list in the request."""
-        # `value` inlined for the common scalars: this runs for every attribute of every span the gateway takes.
         n = 2 * _ITEM * len(attrs)
         for k, v in attrs.items():
-            n += len(k) if k.isascii() else _text(k)
-            tv = type(v)
-            if tv is str:
-                n += len(v) if v.isascii() else _text(v)
-            elif tv is bytes:
-                n += len(v)
-            elif tv is not int and tv is not float and tv is not bool:
-                n += self.value(v) - _ITEM
+            n += (len(k) if k.isascii() else _text(k)) + self.attribute_value(v)
         return n
+
+    def attribute_value(self, v: Any) -> int:
+        """The bytes of one attribute value in the request beyond its key's and the item's."""
+        # `value` inlined for the common scalars: this runs for every attribute of every span the gateway takes.
+        tv = type(v)
+        if tv is str:
+            return len(v) if v.isascii() else _text(v)
+        if tv is bytes:
+            return len(v)
+        if tv is int or tv is float or tv is bool:
+            return 0
+        return self.value(v) - _ITEM
 
     def spans(self, spans: list[Span]) -> None:
         """Count the request the export builds of `spans`: each distinct resource once, each (resource, scope) pair
         once, then every span with its texts, ids, attributes, events and links."""
         # Methods called on self, not bound to locals: compiled, a bound method is a Python call per use.
-        groups: set[tuple[int, int]] = set()
-        resources: set[int] = set()
         last_r: object = None
         last_sc: object = None
         for s in spans:
             r, sc = s.resource, s.scope
             if r is not last_r or sc is not last_sc:  # neighbours usually share both
                 last_r, last_sc = r, sc
-                group = (id(r), id(sc))
-                if group not in groups:
-                    groups.add(group)
-                    self.add(2 * _ITEM + _text(sc.name) + _text(sc.version))
-                    if id(r) not in resources:
-                        resources.add(id(r))
-                        # Typed as Any: compiled, the model's types would refuse the tuples values are frozen into.
-                        frozen: Any = r.attributes
-                        self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in frozen]))
+                self.group(r, sc)
             name = s.name
             self.add(_SPAN + _SOURCE_ATTRIBUTE + len(s.trace_id) + len(s.span_id) + len(s.parent_span_id)
                      + (len(name) if name.isascii() else _text(name)) + _text(s.trace_state) + _text(s.status_message)
                      + self.attributes(s.attributes))
-            if s.events:
-                for e in s.events:
-                    self.add(_EVENT + _text(e.name) + self.attributes(e.attributes))
-            if s.links:
-                for lk in s.links:
-                    self.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state)
-                             + self.attributes(lk.attributes))
+            if s.events or s.links:
+                self.events_and_links(s.events, s.links)
 
+    def group(self, r: Resource, sc: Scope) -> None:
+        """Count the (resource, scope) pair of a span the first time it comes, and its resource the first time."""
+        group = (id(r), id(sc))
+        if group not in self._groups:
+            self._groups.add(group)
+            self.add(2 * _ITEM + _text(sc.name) + _text(sc.version))
+            if id(r) not in self._resources:
+                self._resources.add(id(r))
+                # Typed as Any: compiled, the model's types would refuse the tuples values are frozen into.
+                frozen: Any = r.attributes
+                self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in frozen]))
+
+    def events_and_links(self, events: Sequence[Event], links: Sequence[Link]) -> None:
+        """Count a span's events, then its links."""
+        for e in events:
+            self.add(_EVENT + _text(e.name) + self.attributes(e.attributes))
+        for lk in links:
+            self.add(_LINK + len(lk.trace_id) + len(lk.span_id) + _text(lk.trace_state) + self.attributes(lk.attributes))
 
     def metrics(self, batch: MetricBatch) -> None:
         """Count the OTLP metrics request the export builds of `batch`: every resource and scope, every metric with

@@ -39,7 +39,8 @@ class EbpfSourceConfig(Section):
     response_timeout: float = setting(30.0, duration(0.1, 3600.0))
     message_gap: float = setting(0.005, duration(0.0, 10.0))
     # TLS plaintext through uprobes on OpenSSL (bpf/tls.bpf.h), attached per library file; processes are rescanned
-    # this often for libraries loaded after they started (and files no process maps any more are detached).
+    # this often for libraries loaded after they started (and files no process maps any more are detached): those
+    # whose address-space size moved, every process on every sixth pass (rescan.py).
     tls: bool = setting(True, boolean)
     tls_rescan: float = setting(10.0, duration(1.0, 3600.0))
     # asyncio task contexts of CPython processes (bpf/pyctx.bpf.h): which request's handler made an event loop's call.

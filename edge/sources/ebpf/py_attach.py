@@ -28,6 +28,7 @@ from ...errors import ProbeUnavailable
 from . import _libbpf
 from .elf import ElfError, read_elf
 from .loader import ProbeSet
+from .proc_maps import Mapping, read_maps
 from .uprobe_attach import UprobeAttacher, destroy_links
 
 __all__ = ["PyContextAttacher", "Layout", "LAYOUTS", "abi_flags", "interpreter_version"]
@@ -120,12 +121,12 @@ class PyContextAttacher(UprobeAttacher):
         """Processes with an entry, or running an unsupported version."""
         return self._by_pid.keys() | self._unsupported.keys()
 
-    def scan_pid(self, pid: int) -> None:
-        """Look at one process's mappings now (after an exec, or on a rescan)."""
+    def scan_pid(self, pid: int, maps: list[Mapping] | None = None) -> None:
+        """Look at one process's mappings now (after an exec, or on a rescan); `maps` when already read."""
         if not self.traces(pid):
             return
         try:
-            found = _interpreter_mapping(pid)
+            found = _interpreter_mapping(pid, read_maps(pid) if maps is None else maps)
         except OSError:
             self.forget(pid)
             if os.path.exists(f"/proc/{pid}"):
@@ -252,20 +253,14 @@ class PyContextAttacher(UprobeAttacher):
         }
 
 
-def _interpreter_mapping(pid: int) -> tuple[str, str, int] | None:
+def _interpreter_mapping(pid: int, maps: list[Mapping]) -> tuple[str, str, int] | None:
     """(path, path to open, where its offset 0 is mapped) of the first file the process maps whose name is a
     CPython interpreter's and that holds the interpreter (libpython before a python executable linking it)."""
     first: dict[str, int] = {}
-    with open(f"/proc/{pid}/maps", "rb") as fh:
-        for line in fh:
-            parts = line.split(maxsplit=5)
-            if len(parts) < 6:
-                continue
-            path = parts[5].rstrip(b"\n").decode("utf-8", "replace")
-            if not path.startswith("/") or path.endswith(" (deleted)") or interpreter_version(path) is None:
-                continue
-            if int(parts[2], 16) == 0 and path not in first:
-                first[path] = int(parts[0].split(b"-")[0], 16)
+    for m in maps:
+        if m.offset == 0 and m.path not in first and not m.path.endswith(" (deleted)") \
+                and interpreter_version(m.path) is not None:
+            first[m.path] = m.start
     libs = [p for p in first if os.path.basename(p).startswith("lib")]
     for path in libs + [p for p in first if p not in libs]:
         return path, f"/proc/{pid}/root{path}", first[path]

@@ -18,6 +18,7 @@ from .loader import (RED_BOUNDS_MAX, RED_CLIENT, RED_CONSUMER, RED_PRODUCER, RED
 from .spans import SpanBuilder, SpanBuilderConfig, split_host
 from .builder_state import BuilderState
 from .py_attach import PyContextAttacher
+from .rescan import Rescanner
 from .tls_attach import TlsAttacher
 
 __all__ = ["EbpfSource", "EbpfSourceStats"]
@@ -33,7 +34,7 @@ _THRESHOLD_MAX = (1 << 56) - 1
 # How often spans whose ending never comes (no response, no close) are pushed out by time.
 _FLUSH_INTERVAL_S = 1.0
 # After an exec, the new program's libraries are looked for this long after (the dynamic loader maps them after the
-# exec the probes report; a library opened later is found by the periodic rescan).
+# exec the probes report; a library opened later is found by the periodic rescan, rescan.py).
 _EXEC_SCANS_S = (0.0, 0.05, 0.5, 2.0)
 
 
@@ -72,6 +73,7 @@ class EbpfSource:
         self.py: PyContextAttacher | None = None
         self.py_error = ""  # why Python task contexts are not read, when they are not
         self._tls_lock = asyncio.Lock()  # one scan at a time, of either attacher
+        self._rescanner = Rescanner(own_pid)
         self._tls_tasks: set[asyncio.Task[None]] = set()
 
     def set_sample_threshold(self, threshold: int) -> None:
@@ -157,12 +159,21 @@ class EbpfSource:
             self.py = None if self.py_error else py
         else:
             self.py_error = "sources.ebpf.python_contexts = false"
+        try:
+            async with self._tls_lock:
+                # every process running now, its mappings read once for both attachers
+                await asyncio.to_thread(self._rescanner.rescan, self._attachers(), self._allowed(), True)
+        except Exception:  # the periodic passes scan them again
+            log.exception("scanning processes for TLS libraries and interpreters failed")
+
+    def _allowed(self) -> frozenset[int] | None:
+        return frozenset(self.cfg.pids) if self.cfg.pids else None
 
     async def _start_attacher(self, attacher: TlsAttacher | PyContextAttacher, what: str) -> str:
         """Start an attacher off the loop: "" once started, else why `what` will not be read (it is closed)."""
         try:
             async with self._tls_lock:
-                await asyncio.to_thread(attacher.start)
+                await asyncio.to_thread(attacher.start, False)
             return ""
         except ProbeUnavailable as e:
             attacher.close()
@@ -191,16 +202,14 @@ class EbpfSource:
     async def _tls_pid(self, pid: int, delays: tuple[float, ...]) -> None:
         if not delays:
             async with self._tls_lock:
-                for a in self._attachers():
-                    await asyncio.to_thread(a.forget, pid)
+                await asyncio.to_thread(self._rescanner.forget, self._attachers(), pid)
             return
         waited = 0.0
         for delay in delays:
             await asyncio.sleep(delay - waited)
             waited = delay
             async with self._tls_lock:
-                for a in self._attachers():
-                    await asyncio.to_thread(a.scan_pid, pid)
+                await asyncio.to_thread(self._rescanner.scan, self._attachers(), pid)
 
     async def _tls_rescans(self) -> None:
         while self._attachers():
@@ -208,8 +217,7 @@ class EbpfSource:
             try:
                 async with self._tls_lock:
                     # those closed while this rescan waited for the lock are not scanned
-                    for a in self._attachers():
-                        await asyncio.to_thread(a.scan_all)
+                    await asyncio.to_thread(self._rescanner.rescan, self._attachers(), self._allowed())
             except Exception:  # a rescan failing must not stop the next one
                 log.exception("rescanning processes for TLS libraries and interpreters failed")
 
@@ -244,12 +252,22 @@ class EbpfSource:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(_FLUSH_INTERVAL_S)
-            self._emit(self.builder.flush(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+            self.flush_expired()
             self.state.enforce()
             try:
                 self.poll_red()
             except Exception:  # a map read failing must not stop the span flush
                 log.exception("reading the kernel RED aggregates failed")
+
+    def flush_expired(self) -> None:
+        """Push out the spans whose wait ended by now, after reading what the ring buffer holds."""
+        # The reader polls every 250 ms: records written before `now` may still be unread, and a message's end or a
+        # response among them would otherwise come after its exchange was settled by time. One read of the ring
+        # first makes `now` the time up to which everything is in.
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if self.stream is not None:
+            self.stream.poll()
+        self._emit(self.builder.flush(now))
 
     def update_config(self, cfg: EbpfSourceConfig) -> None:
         """Apply what can change while loaded: the PID allow-list and the ignore rules."""
@@ -307,6 +325,8 @@ class EbpfSource:
                                       "rule": {name: getattr(ts, name) for name in ts.__dataclass_fields__}}
         elif self.py_error:
             out["python_contexts"] = {"off": self.py_error}
+        if self.tls is not None or self.py is not None:
+            out["rescans"] = asdict(self._rescanner.stats)
         out["red_counted"] = self.stats.red_counted
         out["red_series_freed"] = self.stats.red_series_freed
         bs = self.builder.stats

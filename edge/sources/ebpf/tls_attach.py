@@ -2,11 +2,11 @@
 
 A uprobe on a file fires in every process that maps it, now or later, so each distinct OpenSSL file (by device and
 inode; a container's libssl is another file than the host's) is attached once, when a traced process is first seen
-mapping it (at start, after an exec, on the periodic rescan that catches libraries loaded later with dlopen), and
-detached when no traced process maps it any more. The host's own libssl.so.* stays attached for the agent's life:
-a uprobe costs nothing where the file is not mapped, and a process that loads it later is then traced from its
-first call instead of from the next rescan. Binaries that link OpenSSL statically with its symbols (Node.js) are
-attached like a library.
+mapping it (at start, after an exec, on the periodic rescan that catches libraries loaded later with dlopen:
+rescan.py), and detached when no traced process maps it any more. The host's own libssl.so.* stays attached for
+the agent's life: a uprobe costs nothing where the file is not mapped, and a process that loads it later is then
+traced from its first call instead of from the next rescan. Binaries that link OpenSSL statically with its symbols
+(Node.js) are attached like a library.
 
 Everything here blocks (file reads, ELF parsing, perf_event_open): the source runs it in a worker thread, one call at
 a time. A file that changes, vanishes or fails to attach is counted and reported, never fatal.
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .loader import ProbeSet
+from .proc_maps import Mapping
 from .tls_libs import Catalog, ProcessTls, TlsCode, host_openssl_files, scan_process
 from .uprobe_attach import UprobeAttacher, destroy_links
 
@@ -87,11 +88,11 @@ class TlsAttacher(UprobeAttacher):
         """Processes mapping an attached file or using TLS the probes cannot read."""
         return self._by_pid.keys() | self._unreadable.keys()
 
-    def scan_pid(self, pid: int) -> None:
-        """Look at one process's mappings now (after an exec, or on a rescan)."""
+    def scan_pid(self, pid: int, maps: list[Mapping] | None = None) -> None:
+        """Look at one process's mappings now (after an exec, or on a rescan); `maps` when already read."""
         if not self.traces(pid):
             return
-        found = scan_process(pid, self.catalog)
+        found = scan_process(pid, self.catalog, maps)
         if found.error:
             self.scan_errors += 1
             self.forget(pid)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .elf import ElfError, read_elf
+from .proc_maps import Mapping, read_maps
 
 __all__ = ["OPENSSL_FUNCTIONS", "TlsCode", "ProcessTls", "Catalog", "scan_process", "host_openssl_files",
            "traced_pids"]
@@ -145,17 +146,12 @@ class Catalog:
         return funcs if all(f in funcs for f in _REQUIRED) else {}
 
 
-def _maps(pid: int) -> list[tuple[str, str]]:
-    """(path, address range) of each file mapped executable by the process, first mapping of each path."""
+def _executable_files(maps: list[Mapping]) -> list[tuple[str, str]]:
+    """(path, address range) of each file mapped executable, first mapping of each path."""
     out: dict[str, str] = {}
-    with open(f"/proc/{pid}/maps", "rb") as fh:
-        for line in fh:
-            parts = line.split(maxsplit=5)
-            if len(parts) < 6 or b"x" not in parts[1]:
-                continue
-            path = parts[5].rstrip(b"\n").decode("utf-8", "replace")
-            if path.startswith("/") and path not in out:
-                out[path] = parts[0].decode()
+    for m in maps:
+        if m.executable and m.path not in out:
+            out[m.path] = m.span
     return list(out.items())
 
 
@@ -166,12 +162,13 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def scan_process(pid: int, catalog: Catalog) -> ProcessTls:
-    """The TLS code process `pid` maps now (an `error` when it is gone or cannot be read)."""
+def scan_process(pid: int, catalog: Catalog, maps: list[Mapping] | None = None) -> ProcessTls:
+    """The TLS code process `pid` maps now (an `error` when it is gone or cannot be read); `maps` when already
+    read."""
     found = ProcessTls(pid, _comm(pid))
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
-        maps = _maps(pid)
+        files = _executable_files(read_maps(pid) if maps is None else maps)
     except FileNotFoundError:
         if not os.path.exists(f"/proc/{pid}"):
             found.error = "exited"
@@ -179,7 +176,7 @@ def scan_process(pid: int, catalog: Catalog) -> ProcessTls:
     except OSError as e:
         found.error = e.strerror or str(e)
         return found
-    for path, span in maps:
+    for path, span in files:
         if path.endswith(" (deleted)"):
             # replaced on disk since it was mapped: only the mapping itself still reaches the old file
             open_path, path = f"/proc/{pid}/map_files/{span}", path[: -len(" (deleted)")]

@@ -14,6 +14,7 @@ from typing import Any
 from ...errors import ProbeUnavailable
 from . import _libbpf
 from .loader import ProbeSet
+from .proc_maps import Mapping
 from .tls_libs import rescan
 
 __all__ = ["UprobeAttacher", "RETRY_FAILED_S"]
@@ -49,8 +50,8 @@ class UprobeAttacher:
         """The processes something is kept for."""
         raise NotImplementedError
 
-    def scan_pid(self, pid: int) -> None:
-        """Look at one process's mappings now (after an exec, or on a rescan)."""
+    def scan_pid(self, pid: int, maps: list[Mapping] | None = None) -> None:
+        """Look at one process's mappings now (after an exec, or on a rescan); `maps` when already read."""
         raise NotImplementedError
 
     def forget(self, pid: int) -> None:
@@ -70,15 +71,17 @@ class UprobeAttacher:
 
     # -- shared --------------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Check the programs are there, then attach to what every traced process runs now."""
+    def start(self, scan: bool = True) -> None:
+        """Check the programs are there, then attach to what every traced process runs now (unless not `scan`: the
+        caller scans them for every attacher at once)."""
         self._programs = self.probes.uprobe_programs()
         missing = self.programs_needed() - self._programs.keys()
         if missing:
             raise ProbeUnavailable(f"the probe objects lack the {self.what} programs {', '.join(sorted(missing))}",
                                    "rebuild the probes from the bpf/ sources of this version")
         self.attach_fixed()
-        self.scan_all()
+        if scan:
+            self.scan_all()
 
     def scan_all(self) -> None:
         """Rescan every traced process: attach what is new, forget the processes gone."""
@@ -86,6 +89,11 @@ class UprobeAttacher:
             return
         self.scans += 1
         rescan(list(self.known_pids()), self.allowed, self.own_pid, self.forget, self.scan_pid)
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called."""
+        return self._closed
 
     def traces(self, pid: int) -> bool:
         """Whether `pid` is one to look at (not the agent, on the allow-list, attacher open)."""

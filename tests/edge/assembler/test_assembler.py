@@ -378,6 +378,26 @@ def test_the_late_join_index_is_bounded_in_bytes_oldest_first() -> None:
     assert a.memory_bytes <= 100 * _RELEASED_BYTES
 
 
+def test_the_index_bound_counts_client_spans_wire_twin_slots() -> None:
+    # Client spans naming a parent are also indexed by it (the wire twin's one lookup): their slots count in the bound.
+    from edge.assembler.assembler import _PARENT_LINK_BYTES, _RELEASED_BYTES
+
+    bound = 100 * _RELEASED_BYTES
+    a = Assembler(AssemblerConfig(window=0.0, memory=600.0, max_index_bytes=bound, sdk_wait=0.0))
+    calls = [kspan(f"c{i}", SpanKind.CLIENT, i, i + 1, pid=1, local=("10.0.0.1", 40000), peer=("10.0.0.2", 80),
+                   wire=(bytes([i % 250 + 1]) * 16, bytes([i % 250 + 1]) * 8)) for i in range(300)]
+    a.process(calls, now=0.0)
+    released = len(a.index) - len(a)
+    assert a.index.parent_links == released > 0
+    assert a.index_bytes >= released * (_RELEASED_BYTES + _PARENT_LINK_BYTES)
+    assert a.memory_bytes <= bound and released < 100  # fewer spans than without the slots fit in the same bytes
+    late = a.index_budget  # the governor's part shrinks by the same measure
+    late.set_bound(50 * _RELEASED_BYTES)
+    released = len(a.index) - len(a)
+    assert late.bytes <= 50 * _RELEASED_BYTES and a.index.parent_links == released
+    assert a.index.expire(float("inf")) == released and a.index.parent_links == 0 and a.index_bytes == 0
+
+
 def test_what_kernel_servers_learn_from_the_wire_is_bounded() -> None:
     # Every traced request with context on the wire teaches the assembler which process served it; on a busy
     # node that table would grow for as long as the agent runs.

@@ -51,9 +51,11 @@ def test_clients_by_context_follow_what_the_spans_name_now() -> None:
 
 def _check(index: SpanIndex, entries: list[Entry], traces: list[bytes], parents: list[bytes]) -> None:
     live = set(map(id, index.order))
-    for table in index._tables():
-        for lst in table.values():
-            assert lst and all(id(x) in live for x in lst)
+    for t, table in enumerate(index._tables()):
+        for key, lst in table.items():
+            assert lst and all(id(x) in live for x in lst) and lst.key == key  # type: ignore[attr-defined]
+        # each entry of the table has its slot in the table's expiry queue, in arrival order
+        assert sum(map(len, table.values())) == len(index._queues[t])
     clients = [e for e in index.order if e.span.kind == SpanKind.CLIENT and e.span.attributes.get("helix.context_from")
                is not None]
     assert sum(len(v) for v in index.clients_by_conn.values()) == len(clients)
@@ -79,3 +81,34 @@ def test_a_span_changed_without_recontext_is_not_found_by_its_new_context() -> N
     index.recontext(e, parent)
     assert index.clients_in_context((*A, *B), trace, new_parent) == [e]
     assert index.clients_in_context((*A, *B), trace, parent) == []
+
+
+class _NoPass(dict):  # type: ignore[type-arg]
+    """A table that fails when walked whole: expiry must reach what expires without a pass over every key."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a pass over every key")
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a pass over every key")
+
+    items = values = keys
+
+
+def test_expiry_takes_what_expires_without_a_pass_over_every_connection() -> None:
+    # A span per new connection (a client's new connection per request): thousands of keys held, a few expire a tick.
+    index = SpanIndex()
+    index.clients_by_conn = _NoPass()
+    entries = []
+    for i in range(5000):
+        e = Entry(kspan(f"c{i}", SpanKind.CLIENT, i, i + 1, pid=1, tid=1, local=("10.0.0.1", 10000 + i), peer=B,
+                        wire=(new_trace_id(), new_span_id())), arrived=i / 1000)
+        index.add(e)
+        e.release()
+        entries.append(e)
+    assert index.expire(0.010) == 10
+    assert len(dict.keys(index.clients_by_conn)) == 4990 and index.parent_links == 4990
+    assert index.clients_in_context(("10.0.0.1", 10010, *B), entries[10].span.trace_id,
+                                    entries[10].span.parent_span_id) == [entries[10]]
+    assert index.clients_in_context(("10.0.0.1", 10009, *B), entries[9].span.trace_id,
+                                    entries[9].span.parent_span_id) == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.sources.ebpf.elf import read_elf
+from edge.sources.ebpf.proc_maps import read_maps
 from edge.sources.ebpf.py_attach import LAYOUTS, _interpreter_mapping, abi_flags, interpreter_version
 
 
@@ -30,7 +31,8 @@ def test_builds_with_abi_flags_are_told_apart():
 
 def test_this_interpreters_runtime_address_is_found_from_its_file_and_mapping():
     """Where this very process keeps _PyRuntime, as its own mapping and file say, is where ctypes finds it."""
-    found = _interpreter_mapping(__import__("os").getpid())
+    pid = __import__("os").getpid()
+    found = _interpreter_mapping(pid, read_maps(pid))
     assert found is not None
     path, _open_path, mapped_at = found
     if interpreter_version(path) != sys.version_info[:2]:

@@ -30,3 +30,28 @@ def test_otlp_exports_over_grpc_and_http_are_not_traced_and_are_counted() -> Non
                _grpc_span("inventory.Stock", "Get"), _span("/stock")])
     assert [s.name for s in got] == ["inventory.Stock/Get", "stock"]
     assert src.stats.ignored_own_traffic == 2
+
+
+def test_the_timed_flush_reads_the_ring_buffer_first() -> None:
+    # A record written before the flush's time but not yet read (the reader polls every 250 ms) can be the end of a
+    # message the flush would otherwise settle by time: the flush reads the ring first, at a time taken before.
+    import time
+
+    calls: list[tuple[str, int]] = []
+
+    class _Stream:
+        def poll(self) -> int:
+            calls.append(("poll", time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+            return 0
+
+    src = EbpfSource(EbpfSourceConfig(), lambda spans, source: len(spans), own_pid=0)
+    src.stream = _Stream()  # type: ignore[assignment]
+
+    class _Builder:
+        def flush(self, now: int) -> list[Span]:
+            calls.append(("flush", now))
+            return []
+
+    src.builder = _Builder()  # type: ignore[assignment]
+    src.flush_expired()
+    assert [c for c, _ in calls] == ["poll", "flush"] and calls[1][1] <= calls[0][1]
