@@ -8,6 +8,10 @@ and detached again, with the order of the two phases alternating. BPF run-time s
 time (the uprobe's trap into the kernel and back is not in them: the latency difference has it). This process
 drains and decodes the ring buffer, standing in for the agent. A third phase leaves the uprobes attached but takes
 the processes off the allow-list: the programs take their first exit, so that phase shows what the traps alone add.
+A fourth attaches the Python task-context probes (py_attach.py) too: each SSL_write entry of the client's thread then
+sends its context chain (bpf/pyctx.bpf.h, one record per write); the write entry's run time with and without them is
+that record's cost. The client copies its context once per batch of requests (what every asyncio task does) so that
+its thread state is learned.
 
 Same-run references: the client's request latency with the uprobes detached, and a `return 0` program on
 sys_enter_read (what any program run costs here).
@@ -38,15 +42,17 @@ from _perf import ReferenceProgram  # noqa: E402
 from edge.demo.broker import free_port  # noqa: E402
 from edge.sources.ebpf.cost import run_stats  # noqa: E402
 from edge.sources.ebpf.loader import KernelEventStream, ProbeSet, ProbeSettings  # noqa: E402
+from edge.sources.ebpf.py_attach import PyContextAttacher  # noqa: E402
 from edge.sources.ebpf.tls_attach import ATTACH_POINTS, TlsAttacher  # noqa: E402
 
 CLIENT = r"""
-import http.client, ssl, sys, time
+import contextvars, http.client, ssl, sys, time
 ctx = ssl.create_default_context(cafile=sys.argv[2])
 conn = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx)
 conn.request("GET", "/"); conn.getresponse().read()
 print("ready", flush=True)
 for line in sys.stdin:
+    contextvars.copy_context()  # PyContext_CopyCurrent: the context probes learn this thread's state
     times = []
     for _ in range(int(line)):
         t0 = time.perf_counter_ns()
@@ -57,6 +63,7 @@ for line in sys.stdin:
 """
 _ENTRY = {p for p, _ in ATTACH_POINTS.values()}
 _RETURN = {r for _, r in ATTACH_POINTS.values() if r}
+_WRITE_ENTRY = {"tls_write_enter", "tls_write_ex_enter"}
 
 
 def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -127,6 +134,10 @@ def main() -> None:
           f"+{out['added_per_tls_call_us']} µs per TLS call (trap, program and return probe)")
     print(f"  uprobes attached but the processes untraced (first exit): {out['latency_attached_untraced_median_us']} µs,"
           f" +{out['added_untraced_per_tls_call_us']} µs per TLS call (the traps alone)")
+    print(f"  SSL_write entry: {out['write_entry_ns_per_run']} ns per run, {out['write_entry_with_contexts_ns_per_run']}"
+          f" ns with the Python context probes ({out['context_chains_per_write']} context records per write; client and"
+          f" server writes together): +{out['added_per_context_record_ns']} ns per record; latency median with them "
+          f"{out['latency_contexts_median_us']} µs")
     print(f"  reference: `return 0` on sys_enter_read {out['ref_return0_ns_per_run']} ns per run")
     print(json.dumps(out))
 
@@ -138,7 +149,9 @@ async def measure(args: argparse.Namespace, probes: ProbeSet, stream: KernelEven
     traced = [client.pid, nginx.pid, *children(nginx.pid)]
     probes.set_allowed_pids(traced)
     ref = ReferenceProgram("return 0", "syscalls/sys_enter_read")
-    lat: dict[str, list[int]] = {"detached": [], "attached": [], "attached_untraced": []}
+    lat: dict[str, list[int]] = {"detached": [], "attached": [], "attached_untraced": [], "contexts": []}
+    writes = {"attached": [0, 0], "contexts": [0, 0]}  # SSL_write entries: runs, run time
+    chains = 0
     runs = {"entry": 0, "return": 0}
     ns = {"entry": 0, "return": 0}
     requests_attached = 0
@@ -148,13 +161,19 @@ async def measure(args: argparse.Namespace, probes: ProbeSet, stream: KernelEven
             ref0 = ref.info()
             await asyncio.to_thread(run_requests, client, 200)  # warm
             for r in range(args.rounds):
-                phases = ["detached", "attached", "attached_untraced"]
-                for phase in phases[r % 3:] + phases[:r % 3]:
-                    attacher = None
+                phases = ["detached", "attached", "attached_untraced", "contexts"]
+                for phase in phases[r % 4:] + phases[:r % 4]:
+                    attacher = py = None
                     if phase != "detached":
                         attacher = TlsAttacher(probes, os.getpid(), frozenset(traced))
                         await asyncio.to_thread(attacher.start)
+                    if phase == "contexts":
+                        py = PyContextAttacher(probes, os.getpid(), frozenset([client.pid]))
+                        await asyncio.to_thread(py.start)
+                        await asyncio.to_thread(run_requests, client, 1)  # (the state is learned at the next copy)
+                    if attacher is not None:
                         before = probes.program_info()
+                        chains0 = probes.pyctx_counts().get("context_chains", 0)
                     # untraced: the uprobes fire but the programs take their first exit (the allow-list)
                     probes.set_allowed_pids([0] if phase == "attached_untraced" else traced)
                     times = await asyncio.to_thread(run_requests, client, args.requests)
@@ -163,6 +182,16 @@ async def measure(args: argparse.Namespace, probes: ProbeSet, stream: KernelEven
                         attacher.close()
                     elif attacher is not None:
                         after = probes.program_info()
+                        for name in _WRITE_ENTRY & after.keys():
+                            writes[phase][0] += after[name].run_cnt - before[name].run_cnt
+                            writes[phase][1] += after[name].run_time_ns - before[name].run_time_ns
+                        if phase == "contexts":
+                            chains += probes.pyctx_counts().get("context_chains", 0) - chains0
+                            if py is not None:
+                                py.close()
+                            lat[phase] += times
+                            attacher.close()
+                            continue
                         for name, info in after.items():
                             kind = "entry" if name in _ENTRY else "return" if name in _RETURN else None
                             if kind:
@@ -196,6 +225,13 @@ async def measure(args: argparse.Namespace, probes: ProbeSet, stream: KernelEven
                                                 2),
         "ratio_attached_to_detached": round(med["attached"] / med["detached"], 3),
         "ref_return0_ns_per_run": round(ref_ns, 1),
+        "write_entry_ns_per_run": round(writes["attached"][1] / max(1, writes["attached"][0]), 1),
+        "write_entry_with_contexts_ns_per_run": round(writes["contexts"][1] / max(1, writes["contexts"][0]), 1),
+        "context_chains_per_write": round(chains / max(1, writes["contexts"][0]), 3),
+        # the write entries' extra run time with the context probes, per context record sent
+        "added_per_context_record_ns": round((writes["contexts"][1] - writes["contexts"][0] * writes["attached"][1]
+                                              / max(1, writes["attached"][0])) / max(1, chains), 1),
+        "latency_contexts_median_us": round(med["contexts"] / 1e3, 1),
     }
     return out
 

@@ -156,6 +156,6 @@ async def test_asyncio_calls_over_tls_follow_their_task_contexts(tmp_path: Path)
     from .test_tls_spans import self_signed
     self_signed(tmp_path)
     _, got, _ = await _asyncio_run(tmp_path, sys.executable, tls_dir=tmp_path)
-    # 90 %, not 95: a handshake per call makes a handler's last call slow under load, and a call whose handler answers
-    # more than 500 ms after it is left to the kernel's rules (4-6 % in benchmarks.md; the kernel alone: 45 %).
-    assert got[("task", "right")] >= 0.90 * sum(got.values()), got
+    # A handshake per call makes a handler's next call slow under load (~1 s): its earlier calls wait for its answer
+    # while it is unanswered (tasks.LONG_WAIT_NS); one answering later still leaves them to the kernel's rules.
+    assert got[("task", "right")] >= 0.95 * sum(got.values()), got

@@ -48,8 +48,11 @@ first rule for kernel calls reads them (edge/assembler/rules.py).
   (a request thread waits for its work). Otherwise, and when nothing handed the work at all, the call is left
   `ambiguous` rather than guessed. The hand-off is the wakeup that ended the worker's idle sleep (a later one before
   its call, from a sleep begun after it, is a lock on the way to that work); the first request thread the worker
-  wakes once answered, asleep through the answer, confirms it (it then decides despite those checks) or contests it
-  (`ambiguous`). A wakeup of a thread that serves none hands no result.
+  wakes once answered, asleep through the answer, confirms it (it then decides despite those checks) or contests it.
+  A contested call is decided where another worker is known to have run one of the two requests (a request runs on one
+  worker: the other one is this call's), or where another worker's call crossed it exactly (handed the request this
+  hand-back went to, its own hand-back went to this hand-off: each took the other's item, the hand-backs decide);
+  else `ambiguous`. A wakeup of a thread that serves none hands no result.
 - handback: a worker's call with no certain hand-off (it took the work running, its requester handing it over while
   it was awake) whose requester fell asleep only after the call began: the request of the one thread, asleep from
   after the call began through its answer, that the worker woke once answered, where it woke no other such thread
@@ -223,6 +226,7 @@ class CausesStats:
     wakeup: int = 0
     handoff: int = 0
     handoff_unsure: int = 0  # a hand-off another, running worker may have taken: left ambiguous
+    contest_settled: int = 0  # hand-off and hand-back disagreed, and another worker was known to have run one of them
     handback: int = 0  # a worker's call with no certain hand-off, decided by the one requester its result woke
     undecided: int = 0  # a worker's call nobody waited for and nobody handed over (left ambiguous)
     ambiguous: int = 0  # an event loop's call after several requests read in one turn, left undecided
@@ -967,6 +971,9 @@ class Causes:
         as other workers' calls still to be decided may settle it."""
         handed = self._by_handoff(call)
         answered = self._by_response(call) if call.response is not None else None
+        if (answered is None and handed[0] is None and not final and call.handoff is not None
+                and call.woke is not None and call.woke != call.handoff):
+            return None  # contested: the other worker's call, decided meanwhile, may tell which one it ran
         if answered is None and handed[0] is None and call.open_at_start is not None:
             left = self._by_elimination(call)
             if len(left) > 1:
@@ -1083,9 +1090,28 @@ class Causes:
         taken that work; without a hand-off, the one requester its result went to (`handback`); else ambiguous."""
         if call.handoff is None and not call.concurrent:
             return self._by_handback(call)
-        if call.handoff is None or call.concurrent or (call.woke is not None and call.woke != call.handoff):
+        if call.handoff is None or call.concurrent:
             return None, "ambiguous"
-        if call.woke == call.handoff:
+        woke = call.woke
+        if woke is not None and woke != call.handoff:
+            # Hand-off and hand-back name two requests (two hand-offs crossed: each worker took the other's item; or
+            # the hand-back was a lock wakeup). A request runs on one worker: where another worker is known to have
+            # run one of the two, the other is this call's.
+            handed_elsewhere = self._ran_elsewhere(call.handoff, call.tid)
+            woke_elsewhere = self._ran_elsewhere(woke, call.tid)
+            partner = None if handed_elsewhere or woke_elsewhere else self._crossed(call, woke)
+            if (handed_elsewhere or partner is not None) and not woke_elsewhere:
+                # The worker that ran this hand-off's request (or whose hand-back went to it, having been handed the
+                # request this one's hand-back went to: the two crossed) took the other item: no rival.
+                back = self._by_handback(call, self._worked_by.get(call.handoff) if partner is None else partner)
+                if back[0] is not None:
+                    self.stats.contest_settled += 1
+                return back
+            if not woke_elsewhere or handed_elsewhere:
+                return None, "ambiguous"
+            self.stats.contest_settled += 1
+            woke = None  # a lock wakeup: the hand-off is judged alone
+        if woke == call.handoff:
             # Handed the work by that request's thread, and once answered it first woke that same thread, asleep
             # through the answer: where another worker took that work, its requester would wait for that worker
             # instead, and this worker's result would go to the request it did take.
@@ -1109,7 +1135,22 @@ class Causes:
         return call.handoff, "handoff"
 
 
-    def _by_handback(self, call: Call) -> tuple[bytes | None, str]:
+    def _crossed(self, call: Call, woke: bytes) -> int | None:
+        """Another worker whose waiting call crossed this one: handed the work of the request this call's hand-back
+        went to, its own hand-back went to this call's hand-off (both workers took the other's item); its thread."""
+        for key in self._waiting:
+            t = self._threads.get(key) if key[0] == call.pid and key[1] != call.tid else None
+            for c in t.waiting if t is not None else ():
+                if c.handoff == woke and c.woke == call.handoff and not c.woke_others and not c.concurrent:
+                    return key[1]
+        return None
+
+    def _ran_elsewhere(self, request: bytes, tid: int) -> bool:
+        """Whether a worker other than `tid` is known to have run `request` (a call of it decided by its wakeup,
+        hand-off or hand-back)."""
+        return self._worked_by.get(request, tid) != tid
+
+    def _by_handback(self, call: Call, crossed: int | None = None) -> tuple[bytes | None, str]:
         """A worker that took its work running (no hand-off) and whose requester fell asleep after the call began: the
         requester waits for the result, so the worker wakes it once answered. A thread woken for a lock (the GIL) looks
         the same, so this decides only where the worker woke exactly one such request's thread before the decision
@@ -1120,7 +1161,7 @@ class Causes:
                 or self._worked_by.get(woke, call.tid) != call.tid):
             return None, "ambiguous"
         for tid, _, _, request in self._starts.get(call.pid, ()):
-            if request == woke and tid != call.tid:
+            if request == woke and tid != call.tid and tid != crossed:
                 return None, "ambiguous"
         return woke, "handback"
 

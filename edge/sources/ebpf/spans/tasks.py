@@ -6,7 +6,8 @@ writing thread's context and the contexts each was copied from (a chain, nearest
 written from its handler's task: that context is the exchange's handling context. A call belongs to the exchange
 whose handling context is the nearest one in its chain, among the exchanges open on its thread when it began that
 were answered after it ended (a handler answers after its calls; a context's address is reused only once it is freed,
-which the times tell apart). A handler that calls itself is the chain's first context, one that starts a task per
+which the times tell apart: the call's handler held the address from before the call to its answer, so of the
+exchanges answered in it after the call ended the first is the call's). A handler that calls itself is the chain's first context, one that starts a task per
 call (asyncio.gather) its second: such a match decides at once. A match further up waits (as long as a call waits
 for its handler) for a nearer one: beyond the live ancestors a chain may follow edges of freed contexts whose
 addresses were reused, and such an element can be another open exchange's handling context. So a match further up is
@@ -14,7 +15,11 @@ taken at the end of the wait only once every other exchange open at the call has
 (a handler still waiting for a slow call of its own), its response may still name the call nearer.
 
 A call whose chain names no such exchange keeps what the kernel's rules decided (causes.py); the span waits for
-the handler's response at most DECIDE_WAIT_NS past its end. Chains are cut at a repeated context (an edge left
+the handler's response DECIDE_WAIT_NS past its end, and longer (up to LONG_WAIT_NS) while an exchange open at the
+call is still unanswered: its handler answers only after all its calls, so one held up by a slow call of its own (a
+TLS handshake per call on a loaded node: ~1 s) has not named the call yet. Once every exchange open at the call has
+answered, nothing more can name it and it goes at once. LONG_WAIT_NS stays below the assembler's window, so the
+downstream spans the call caused still wait for it there. Chains are cut at a repeated context (an edge left
 from a freed context whose address was reused: what lies beyond is not an ancestry).
 """
 from __future__ import annotations
@@ -29,9 +34,11 @@ __all__ = ["NEAR", "TaskContexts", "TaskStats"]
 
 _MAX_CHAINS = 4096  # chains of messages not yet parsed (or not HTTP: never taken)
 _MAX_HANDLED = 512  # per process: handling contexts of exchanges answered lately
-_PER_CONTEXT = 4  # exchanges one handling context address served lately (it is reused once freed)
+_PER_CONTEXT = 32  # exchanges one handling context address served lately (it is reused once freed)
+_MAX_ANSWERED = 2048  # per process: requests answered lately
 _MAX_HELD = 1024  # per process: calls waiting for their handler's response
 NEAR = 1  # a match this close in a chain is final: the call's own context, or the one it was copied from
+LONG_WAIT_NS = 1_500_000_000  # past the call's end: the longest wait for an open exchange's answer (window: 2 s)
 
 
 @dataclass(slots=True)
@@ -45,6 +52,8 @@ class TaskStats:
     overrode: int = 0  # of those, calls the kernel's rules had given another request (or none)
     unmatched: int = 0  # held calls whose contexts named no exchange: the kernel's decision stands
     deep_refused: int = 0  # of those, calls whose only match was far up while another open exchange was unanswered
+    waited_long: int = 0  # calls held past DECIDE_WAIT_NS because an exchange open at the call had not answered yet
+    long_expired: int = 0  # of those, calls still unanswered-for at LONG_WAIT_NS
     held_dropped: int = 0  # held calls released early to keep the bound
 
 
@@ -59,6 +68,7 @@ class _Held:
     cause: bytes | None = field(default=None)
     depth: int = -1  # where in `contexts` the cause's handling context is (-1: none yet)
     unanswered: set[bytes] = field(default_factory=set)  # requests open at the call not answered yet
+    waited_long: bool = False
 
 
 class TaskContexts:
@@ -103,7 +113,7 @@ class TaskContexts:
             table.popitem(last=False)
         answered = self._answered.setdefault(pid, OrderedDict())
         answered[request] = None
-        if len(answered) > _MAX_HANDLED * _PER_CONTEXT:
+        if len(answered) > _MAX_ANSWERED:
             answered.popitem(last=False)
         held = self._held.get(pid)
         if not held:
@@ -135,7 +145,7 @@ class TaskContexts:
             served = table.get(ctx)
             if served is None:
                 continue
-            for request, ts in reversed(served):
+            for request, ts in served:
                 if ts >= h.end_ns and request in h.open_at_call:
                     h.cause, h.depth = request, k
                     return
@@ -164,13 +174,32 @@ class TaskContexts:
         """Held calls whose wait is over: with the match found further up, if any."""
         out: list[_Held] = []
         for pid, held in list(self._held.items()):
-            keep = [h for h in held if not force and h.deadline_ns > now_ns]
-            out += [self._final(h) for h in held if force or h.deadline_ns <= now_ns]
+            keep: list[_Held] = []
+            for h in held:
+                if force or not self._waits(h, now_ns):
+                    out.append(self._final(h))
+                else:
+                    keep.append(h)
             if keep:
                 self._held[pid] = keep
             else:
                 del self._held[pid]
         return out
+
+    def _waits(self, h: _Held, now_ns: int) -> bool:
+        # Past its plain wait, a call still waits while an exchange open at it (other than a far match's) may answer.
+        if h.deadline_ns > now_ns:
+            return True
+        if not (h.unanswered - ({h.cause} if h.cause is not None else set())):
+            return False
+        if now_ns < h.end_ns + LONG_WAIT_NS:
+            if not h.waited_long:
+                h.waited_long = True
+                self.stats.waited_long += 1
+            return True
+        if h.waited_long:
+            self.stats.long_expired += 1
+        return False
 
     def forget_process(self, pid: int) -> list[_Held]:
         """The process ended: its held calls, undecided; its contexts forgotten."""

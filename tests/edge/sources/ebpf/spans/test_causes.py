@@ -193,13 +193,49 @@ def test_wakeup_of_a_thread_that_fell_asleep_after_the_call_began_leaves_it_to_t
 
 def test_handoff_is_not_certain_when_the_worker_first_wakes_another_requester_after_its_answer():
     """Handed work by a's thread, the worker's first wakeup once answered goes to b's thread, asleep through the
-    answer: it may have taken b's work (queued first) while another worker took a's. Neither decides."""
+    answer: it may have taken b's work (queued first) while another worker took a's. Neither decides, also once it
+    waited for other workers' calls (none tells which request it ran)."""
     b = two_requests((101, 201, 2_000))
     assert call(b, 10, 5_000, 201) == []
     assert b.feed([WakeupEvent(7_000, PID, 201, 102, 5_500)]) == []
     assert b.feed([WakeupEvent(7_500, PID, 201, 101, 5_500)]) == []
-    (c,) = b.flush(7_000 + DECIDE_WAIT_NS)
+    assert b.flush(7_000 + DECIDE_WAIT_NS) == []  # contested: put off once
+    (c,) = b.flush(7_000 + 2 * DECIDE_WAIT_NS)
     assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_crossed_handoffs_are_decided_once_the_other_worker_is_known_to_have_run_one():
+    """a's thread hands work to idle worker 201, b's to idle worker 202, and each takes the other's item (recorded in
+    the 5 and 5c services). 202's result goes to a's thread, asleep through its whole call (`wakeup`: it ran a); 201's
+    first wakeup once answered goes to b's thread. A request runs on one worker: 201 ran b, not a."""
+    b = two_requests((101, 201, 2_000), (102, 202, 2_100))
+    assert call(b, 10, 5_000, 202) == []
+    assert call(b, 11, 5_200, 201) == []
+    (for_a,) = b.feed([WakeupEvent(7_000, PID, 202, 101, 2_500)])
+    assert b.feed([WakeupEvent(7_100, PID, 201, 102, 5_500)]) == []
+    (for_b,) = b.flush(7_200 + DECIDE_WAIT_NS)
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    sb = server_span(serve_answer(b, 2, 9_100, 102))
+    assert for_a.attributes[CAUSE] == sa.span_id and for_a.attributes[CAUSE_VIA] == "wakeup"
+    assert for_b.attributes[CAUSE] == sb.span_id and for_b.attributes[CAUSE_VIA] == "handback"
+    assert b.causes.stats.contest_settled == 1
+
+
+def test_crossed_handoffs_read_from_both_hand_backs():
+    """The same crossing with neither call decided otherwise (both requesters fell asleep after the calls began): 201,
+    handed a, hands back to b; 202, handed b, hands back to a. Two lock wakeups landing each on the other's requester
+    would be needed for the hand-offs to be right; one swap in the queue explains both: the hand-backs decide."""
+    b = two_requests((101, 201, 2_000), (102, 202, 2_100))
+    assert call(b, 10, 5_000, 202) == []
+    assert call(b, 11, 5_200, 201) == []
+    assert b.feed([WakeupEvent(7_000, PID, 202, 101, 5_300)]) == []
+    assert b.feed([WakeupEvent(7_100, PID, 201, 102, 5_500)]) == []
+    got = {s.attributes["url.query"]: s for s in b.flush(7_200 + DECIDE_WAIT_NS)}
+    sa = server_span(serve_answer(b, 1, 9_000, 101))
+    sb = server_span(serve_answer(b, 2, 9_100, 102))
+    assert got["c=10"].attributes[CAUSE] == sa.span_id and got["c=10"].attributes[CAUSE_VIA] == "handback"
+    assert got["c=11"].attributes[CAUSE] == sb.span_id and got["c=11"].attributes[CAUSE_VIA] == "handback"
+    assert b.causes.stats.contest_settled == 2
 
 
 def test_a_worker_woken_again_on_its_way_to_the_work_keeps_the_first_handoff():

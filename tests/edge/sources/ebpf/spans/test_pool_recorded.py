@@ -6,7 +6,8 @@ from 4 keep-alive clients; handoff_4_clients.jsonl.gz: its `handoff` service (4 
 5c), the same load. Both recorded on the shared development machine with other work running (load average 4-5).
 pool_4_clients_testbed.jsonl.gz: the `pool` service's events in a whole testbed run (`bench/accuracy.py --only
 5-thread-pool --dump DIR --dump-events`, 100 requests from 4 clients, load average 4-5), the `db` process's with it;
-pool_4_clients_testbed_2.jsonl.gz: another such run.
+pool_4_clients_testbed_2.jsonl.gz: another such run. handoff_4_clients_testbed.jsonl.gz: the `handoff` service's in
+such a run (5c-pool-handoff-4).
 Both implementations (edge/accel.py) replay them, flushing once a second of their time as the agent does.
 """
 from __future__ import annotations
@@ -28,12 +29,17 @@ from ._grpc_recording import feed_as_agent, load
 HERE = Path(__file__).parent
 # recording -> (its calls, calls decided by `handback` at least (right; before that rule they were left undecided),
 # calls left `ambiguous` at most)
-RECORDINGS = {"pool_4_clients.jsonl.gz": (400, 7, 2), "handoff_4_clients.jsonl.gz": (400, 1, 2),
+# pool_4_clients and handoff_4_clients: one call each whose hand-off another worker was known to have run (crossed
+# hand-offs) is decided by its hand-back; one whose hand-back's request another worker ran, by its hand-off
+RECORDINGS = {"pool_4_clients.jsonl.gz": (400, 8, 0), "handoff_4_clients.jsonl.gz": (400, 2, 0),
               # one handback a worker's wakeup of a request thread whose result another worker had handed back (the
               # GIL) contested, before such a wakeup was known to be no requester's
               "pool_4_clients_testbed.jsonl.gz": (100, 6, 0),
               # one handback its worker's wakeup of the next work's requester contested (after its next call began)
-              "pool_4_clients_testbed_2.jsonl.gz": (100, 3, 2)}
+              "pool_4_clients_testbed_2.jsonl.gz": (100, 3, 2),
+              # two hand-offs crossed, neither request known to have run elsewhere: each worker's hand-back went to the
+              # other's hand-off (left ambiguous before the crossing was read as such)
+              "handoff_4_clients_testbed.jsonl.gz": (100, 4, 0)}
 
 
 @functools.cache
