@@ -64,18 +64,42 @@ def _text(out: bytearray, s: str) -> None:
 
 def _list(out: bytearray, xs: list[Any]) -> None:
     _head(out, 4, len(xs))
+    # Integers below 2**16 in either sign (references, deltas, counts: most items of a body) gather as byte values in
+    # a list, written with one append per run: compiled, bytearray.append is a Python method call per byte.
+    run: list[int] = []
     for x in xs:
-        # Most arrays of a body are references (small integers) or texts: those without a call per item.
         if type(x) is int:
             i: int = x
             if 0 <= i < 24:
-                out.append(i)
-            else:
-                _int(out, i)
+                run.append(i)
+                continue
+            if -24 <= i < 0:
+                run.append(0x1F - i)  # 0x20 | (-1 - i)
+                continue
+            m = 0
+            if i < 0:
+                m = 0x20
+                i = -1 - i
+            if i < 0x100:
+                run.append(m | 24)
+                run.append(i)
+                continue
+            if i < 0x10000:
+                run.append(m | 25)
+                run.append(i >> 8)
+                run.append(i & 0xFF)
+                continue
+        if run:
+            out += bytes(run)
+            run = []
+        if type(x) is int:
+            _int(out, x)
         elif type(x) is str:
             _text(out, x)
         else:
             _value(out, x)
+    if run:
+        out += bytes(run)
 
 
 def _value(out: bytearray, v: Any) -> None:

@@ -77,3 +77,17 @@ def test_edges_of_every_head_width(impl: str) -> None:
         for v in (n, -n - 1, "x" * min(n, 70000), b"\x00" * min(n, 70000), [0] * min(n, 70000), [300] * min(n, 300)):
             _same(impl, v)
     _same(impl, {i: [i, str(i)] for i in range(30)})
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_integer_runs_in_arrays_at_every_width_and_sign(impl: str) -> None:
+    # Integers below 2**16 in an array are gathered into runs of bytes; a run ends at any other item or width.
+    edges = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1, 2**64]
+    ints = edges + [-n - 1 for n in edges]
+    others: list[object] = ["t", "ü" * 30, b"\x01", None, True, [5, -300], {1: -1}, 1.5, 2**70]
+    for a in ints:
+        for b in ints:
+            _same(impl, [a, b, a])
+            for o in others:
+                _same(impl, [a, o, b, b, o])
+    _same(impl, [[i - 70000 for i in range(0, 140000, 97)]])
