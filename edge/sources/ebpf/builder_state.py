@@ -72,7 +72,7 @@ class BuilderState:
         """Estimated bytes of the builder's state now."""
         b = self._b
         return (len(b.conns) * CONN_BYTES + len(b.causes) * THREAD_BYTES + len(b.procs) * PROC_BYTES
-                + b.causes.connect_count * CONNECT_BYTES)
+                + b.causes.connect_count * CONNECT_BYTES + b.causes.held_bytes)
 
     @property
     def live_bytes(self) -> int:
@@ -82,7 +82,7 @@ class BuilderState:
         threads = sum(1 for _, tick, busy in b.causes.threads() if tick > cutoff or busy)
         procs = sum(1 for p in b.procs if p.tick > cutoff or p.pid in b.conns.by_pid)
         return (conns * CONN_BYTES + threads * THREAD_BYTES + procs * PROC_BYTES
-                + b.causes.connect_count * CONNECT_BYTES)
+                + b.causes.connect_count * CONNECT_BYTES + b.causes.held_bytes)
 
     @property
     def evicted(self) -> dict[str, int]:
