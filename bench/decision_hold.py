@@ -63,7 +63,8 @@ def _data(ts: int, pid: int, tid: int, sock: int, role: Role, direction: Directi
                      prev_bytes, prev_end, 0)
 
 
-def workload(rate: int, seconds: float, late: float, seed: int = 7) -> tuple[list[tuple[int, int, Any]], dict[str, int]]:
+def workload(rate: int, seconds: float, late: float,
+             seed: int = 7) -> tuple[list[tuple[int, int, Any]], dict[str, int]]:
     """The events of both workloads in time order, and each call's end by its query (`c=<n>`)."""
     rnd = random.Random(seed)
     events: list[tuple[int, int, Any]] = []
