@@ -69,7 +69,11 @@ class BuilderState:
 
     @property
     def bytes(self) -> int:
-        """Estimated bytes of the builder's state now."""
+        """Estimated bytes of the builder's state now: its tables and the calls held for their decision."""
+        return self._table_bytes() + self._b.causes.held_bytes
+
+    def _table_bytes(self) -> int:
+        # The held calls' bytes are a walk over them: eviction passes take them once per pass, not per victim.
         b = self._b
         return (len(b.conns) * CONN_BYTES + len(b.causes) * THREAD_BYTES + len(b.procs) * PROC_BYTES
                 + b.causes.connect_count * CONNECT_BYTES)
@@ -82,7 +86,7 @@ class BuilderState:
         threads = sum(1 for _, tick, busy in b.causes.threads() if tick > cutoff or busy)
         procs = sum(1 for p in b.procs if p.tick > cutoff or p.pid in b.conns.by_pid)
         return (conns * CONN_BYTES + threads * THREAD_BYTES + procs * PROC_BYTES
-                + b.causes.connect_count * CONNECT_BYTES)
+                + b.causes.connect_count * CONNECT_BYTES + b.causes.held_bytes)
 
     @property
     def evicted(self) -> dict[str, int]:
@@ -127,8 +131,9 @@ class BuilderState:
             ("open", lambda: [lambda k=k: self._evict_thread(k) for k, _, _ in b.causes.threads()]),
         ]
         for reason, victims in steps:
+            held = self._b.causes.held_bytes
             for evict in victims():
-                if self.bytes <= n:
+                if self._table_bytes() + held <= n:
                     return dropped
                 dropped += evict()
                 setattr(self.evictions, reason, getattr(self.evictions, reason) + 1)
@@ -162,9 +167,9 @@ class BuilderState:
                     or (c is not None and c.tick <= cutoff and not b.conns.busy(c))]
         victims += [lambda p=p: self._evict_proc(p)
                     for p in takewhile(lambda p: p.tick <= cutoff, b.procs) if p.pid not in b.conns.by_pid]
-        dropped = 0
+        dropped, held = 0, b.causes.held_bytes  # idle entries hold no calls
         for evict in victims:
-            if self.bytes <= n:
+            if self._table_bytes() + held <= n:
                 break
             dropped += evict()
             ev.idle += 1

@@ -304,6 +304,9 @@ class EbpfSource:
             out["lost_events"] = self.stream.lost
         out["connections"] = self.builder.connection_count
         out["tables"] = {"bytes": self.state.bytes, "bound": self.state.bound, "threads": len(self.builder.causes),
+                        "held_calls": self.builder.causes.waiting_count, "held_bytes": self.builder.causes.held_bytes,
+                        "held_forced": self.builder.causes.tasks.stats.held_dropped
+                        + self.builder.causes.stats.waiting_forced,
                         "processes": self.builder.process_count,
                         "evicted": asdict(self.state.evictions)}
         if self.probes is not None and not self.probes.closed:

@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 from ....model import Span
 from ..events import TurnEvent, WakeupEvent
 from .tasks import NEAR as _NEAR_CONTEXT
-from .tasks import TaskContexts
+from .tasks import HELD_CALL_BYTES, TaskContexts
 
 __all__ = ["Call", "Causes", "CausesStats", "CAUSE", "CAUSE_VIA", "DECIDE_WAIT_NS"]
 
@@ -242,6 +242,7 @@ class CausesStats:
     loop_order: int = 0  # an event loop's call decided by the order of its turn's reads, calls, answers and responses
     loop_order_conflicts: int = 0  # no assignment fitted those orders: the loop's learned patterns are dropped
     evicted_threads: int = 0
+    waiting_forced: int = 0  # a worker's waiting calls decided early, its bound (_MAX_WAITING) reached
 
 
 class Causes:
@@ -326,6 +327,17 @@ class Causes:
         return (sum(len(t.waiting) for k in self._waiting if (t := self._threads.get(k)) is not None)
                 + sum(len(t.held) for k in self._holding if (t := self._threads.get(k)) is not None)
                 + self.tasks.waiting())
+
+    @property
+    def held_bytes(self) -> int:
+        """Estimated bytes of the finished calls waiting for their decision (their spans and their own objects): a
+        walk over the threads with such calls, and the `task` rule's running sum."""
+        n = self.tasks.held_bytes
+        for k in self._waiting | self._holding:
+            t = self._threads.get(k)
+            if t is not None:
+                n += sum(c.span.approx_size() + HELD_CALL_BYTES for c in (*t.waiting, *t.held) if c.span is not None)
+        return n
 
     def _thread(self, pid: int, tid: int) -> _Thread:
         key = (pid, tid)
@@ -526,6 +538,7 @@ class Causes:
                     other.concurrent = call.concurrent = True
             if len(t.waiting) >= _MAX_WAITING:
                 # A busy worker's oldest waiting call is decided now rather than dropped: its span still goes out.
+                self.stats.waiting_forced += 1
                 oldest = t.waiting.pop(0)
                 decision = self._by_evidence(oldest, final=True)
                 assert decision is not None
@@ -871,7 +884,8 @@ class Causes:
             cause, depth = self.tasks.match(call.pid, call.contexts, call.open_at_call, call.end_ns)
             if cause is None or depth > _NEAR_CONTEXT:
                 for h in self.tasks.hold(call.pid, call.contexts, call.open_at_call, call.end_ns,
-                                         call.end_ns + DECIDE_WAIT_NS, (call, span), cause, depth):
+                                         call.end_ns + DECIDE_WAIT_NS, (call, span), cause, depth,
+                                         span.approx_size()):
                     self._release_held(h.payload, h.cause, out, h.depth)
                 return
             self._by_task(call, cause)

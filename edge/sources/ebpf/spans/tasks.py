@@ -21,6 +21,10 @@ TLS handshake per call on a loaded node: ~1 s) has not named the call yet. Once 
 answered, nothing more can name it and it goes at once. LONG_WAIT_NS stays below the assembler's window, so the
 downstream spans the call caused still wait for it there. Chains are cut at a repeated context (an edge left
 from a freed context whose address was reused: what lies beyond is not an ancestry).
+
+Held calls keep their spans: bounded per process (_MAX_HELD), for all processes in count (_MAX_HELD_ALL) and in
+estimated bytes (MAX_HELD_BYTES); what a bound pushes out goes as it stands, counted (`held_dropped`). The bytes are
+part of the builder state the memory governor budgets (builder_state.py).
 """
 from __future__ import annotations
 
@@ -37,6 +41,9 @@ _MAX_HANDLED = 512  # per process: handling contexts of exchanges answered latel
 _PER_CONTEXT = 32  # exchanges one handling context address served lately (it is reused once freed)
 _MAX_ANSWERED = 2048  # per process: requests answered lately
 _MAX_HELD = 1024  # per process: calls waiting for their handler's response
+_MAX_HELD_ALL = 4096  # all processes together: calls waiting for their handler's response
+MAX_HELD_BYTES = 4 << 20  # all processes together: what those calls hold (their spans), estimated
+HELD_CALL_BYTES = 640  # a held call's own objects besides its span (the call, its wait, their tuples), estimated
 NEAR = 1  # a match this close in a chain is final: the call's own context, or the one it was copied from
 LONG_WAIT_NS = 1_500_000_000  # past the call's end: the longest wait for an open exchange's answer (window: 2 s)
 
@@ -54,7 +61,9 @@ class TaskStats:
     deep_refused: int = 0  # of those, calls whose only match was far up while another open exchange was unanswered
     waited_long: int = 0  # calls held past DECIDE_WAIT_NS because an exchange open at the call had not answered yet
     long_expired: int = 0  # of those, calls still unanswered-for at LONG_WAIT_NS
-    held_dropped: int = 0  # held calls released early to keep the bound
+    held_dropped: int = 0  # held calls released early to keep a bound (per process, all processes, bytes)
+    held_peak: int = 0  # the most calls held at once
+    held_bytes_peak: int = 0  # the most bytes held at once (estimated: their spans and HELD_CALL_BYTES each)
 
 
 @dataclass(slots=True)
@@ -69,13 +78,20 @@ class _Held:
     depth: int = -1  # where in `contexts` the cause's handling context is (-1: none yet)
     unanswered: set[bytes] = field(default_factory=set)  # requests open at the call not answered yet
     waited_long: bool = False
+    size: int = 0  # bytes it holds, estimated (counted in TaskContexts.held_bytes)
 
 
 class TaskContexts:
     """Chains seen, handling contexts learned, calls waiting for theirs."""
 
-    def __init__(self) -> None:
+    def __init__(self, long_wait_ns: int = LONG_WAIT_NS, max_held: int = _MAX_HELD_ALL,
+                 max_bytes: int = MAX_HELD_BYTES) -> None:
         self.stats = TaskStats()
+        self.long_wait_ns = long_wait_ns  # past a call's end; at most DECIDE_WAIT_NS turns the longer wait off
+        self.max_held = max_held
+        self.max_bytes = max_bytes
+        self.held_bytes = 0  # estimated bytes of the calls held
+        self._count = 0  # calls held
         self._chains: OrderedDict[tuple[int, int, int], tuple[int, ...]] = OrderedDict()
         # per process: handling context -> (request, when its response began), the latest last
         self._handled: dict[int, OrderedDict[int, deque[tuple[bytes, int]]]] = {}
@@ -125,6 +141,7 @@ class TaskContexts:
             self._match(h)
             (done if 0 <= h.depth <= NEAR else keep).append(h)
         self._held[pid] = keep
+        self._released(done)
         return done
 
     def match(self, pid: int, contexts: tuple[int, ...], open_at_call: tuple[bytes, ...],
@@ -151,17 +168,35 @@ class TaskContexts:
                     return
 
     def hold(self, pid: int, contexts: tuple[int, ...], open_at_call: tuple[bytes, ...], end_ns: int,
-             deadline_ns: int, payload: Any, cause: bytes | None = None, depth: int = -1) -> list[_Held]:
-        """Wait for the handler's response (a match found further up goes with it); what the bound pushes out is
-        returned as it stands."""
+             deadline_ns: int, payload: Any, cause: bytes | None = None, depth: int = -1, size: int = 0) -> list[_Held]:
+        """Wait for the handler's response (a match found further up goes with it); what the bounds push out (this
+        process's oldest, else the oldest of the process holding most) is returned as it stands, counted."""
         held = self._held.setdefault(pid, [])
         answered = self._answered.get(pid)
+        size += HELD_CALL_BYTES
         held.append(_Held(pid, contexts, open_at_call, end_ns, deadline_ns, payload, cause, depth,
-                          {r for r in open_at_call if answered is None or r not in answered}))
-        if len(held) > _MAX_HELD:
-            self.stats.held_dropped += 1
-            return [self._final(held.pop(0))]
-        return []
+                          {r for r in open_at_call if answered is None or r not in answered}, size=size))
+        self._count += 1
+        self.held_bytes += size
+        st = self.stats
+        st.held_peak = max(st.held_peak, self._count)
+        st.held_bytes_peak = max(st.held_bytes_peak, self.held_bytes)
+        out: list[_Held] = []
+        while len(held) > _MAX_HELD:
+            out.append(self._push_out(held))
+        while self._count > self.max_held or self.held_bytes > self.max_bytes:
+            out.append(self._push_out(max(self._held.values(), key=len)))
+        st.held_dropped += len(out)
+        return out
+
+    def _push_out(self, held: list[_Held]) -> _Held:
+        h = held.pop(0)
+        self._released([h])
+        return self._final(h)
+
+    def _released(self, gone: list[_Held]) -> None:
+        self._count -= len(gone)
+        self.held_bytes -= sum(h.size for h in gone)
 
     def _final(self, h: _Held) -> _Held:
         # A match further up stands only when no other exchange open at the call can still answer nearer.
@@ -184,6 +219,7 @@ class TaskContexts:
                 self._held[pid] = keep
             else:
                 del self._held[pid]
+        self._released(out)
         return out
 
     def _waits(self, h: _Held, now_ns: int) -> bool:
@@ -192,7 +228,7 @@ class TaskContexts:
             return True
         if not (h.unanswered - ({h.cause} if h.cause is not None else set())):
             return False
-        if now_ns < h.end_ns + LONG_WAIT_NS:
+        if now_ns < h.end_ns + self.long_wait_ns:
             if not h.waited_long:
                 h.waited_long = True
                 self.stats.waited_long += 1
@@ -207,8 +243,10 @@ class TaskContexts:
         self._answered.pop(pid, None)
         for key in [k for k in self._chains if k[0] == pid]:
             del self._chains[key]
-        return self._held.pop(pid, [])
+        gone = self._held.pop(pid, [])
+        self._released(gone)
+        return gone
 
     def waiting(self) -> int:
         """Calls held."""
-        return sum(len(h) for h in self._held.values())
+        return self._count

@@ -1054,3 +1054,22 @@ def test_a_call_without_a_handoff_is_not_given_a_request_handed_to_another_worke
     out = b.flush(10_000 + DECIDE_WAIT_NS)
     (c,) = [s for s in out if "c=10" in str(s.attributes.get("url.query"))]
     assert CAUSE not in c.attributes and c.attributes[CAUSE_VIA] == "ambiguous"
+
+
+def test_a_busy_workers_oldest_waiting_call_is_decided_early_counted_and_its_bytes_held_until_then():
+    """A worker's finished calls hold their spans while they wait (counted in `held_bytes`, which the builder state the
+    memory governor budgets includes); past 64 waiting, the oldest is decided at once, counted."""
+    b = builder()
+    serve_read(b, 1, 1_000, 101, "a")
+    b.feed([WakeupEvent(2_000, PID, 101, 201, 0)])
+    assert call(b, 10, 5_000, 201) == [] and b.causes.held_bytes > 0
+    one = b.causes.held_bytes
+    out = []
+    for k in range(1, 64):
+        out += call(b, 10 + k, 5_000 + k * 10_000, 201)
+    assert out == [] and b.causes.stats.waiting_forced == 0 and b.causes.held_bytes > 60 * one * 0.9
+    before = b.causes.held_bytes
+    call(b, 80, 900_000, 201)  # the 65th: c=10 is decided and goes out as this one begins
+    assert b.causes.stats.waiting_forced == 1 and b.causes.waiting_count == 64 and b.causes.held_bytes == before
+    b.flush(10**12)
+    assert b.causes.held_bytes == 0

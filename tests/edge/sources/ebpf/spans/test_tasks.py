@@ -5,7 +5,8 @@ from __future__ import annotations
 from edge.model import SpanKind
 from edge.sources.ebpf.events import Endpoint, PyContextEvent, Role
 from edge.sources.ebpf.spans.causes import CAUSE, CAUSE_VIA, DECIDE_WAIT_NS
-from edge.sources.ebpf.spans.tasks import LONG_WAIT_NS, TaskContexts
+from edge.sources.ebpf.builder_state import BuilderState
+from edge.sources.ebpf.spans.tasks import HELD_CALL_BYTES, LONG_WAIT_NS, TaskContexts
 
 from ._helpers import CLI, IN, OUT, builder, data, req, resp
 
@@ -119,7 +120,45 @@ def test_held_calls_are_bounded_and_released_with_their_process():
     for i in range(1100):
         released = t.hold(PID, (i,), (b"r",), i, 10**12, i)
     assert [h.payload for h in released] == [1100 - 1024 - 1] and t.stats.held_dropped == 1100 - 1024
-    assert len(t.forget_process(PID)) == 1024 and t.waiting() == 0
+    assert len(t.forget_process(PID)) == 1024 and t.waiting() == 0 and t.held_bytes == 0
+
+
+def test_held_calls_of_all_processes_are_bounded_in_count_and_bytes():
+    """Each process below its own bound, together past the bound of all: the fullest process's oldest goes, counted;
+    the bytes held (each call's span and its own objects) have a bound of their own."""
+    t = TaskContexts(max_held=10)
+    released = [h for pid in range(20) for h in t.hold(pid, (1,), (b"r",), 0, 10**12, pid, size=100)]
+    assert t.waiting() == 10 and t.stats.held_dropped == 10 and [h.payload for h in released] == list(range(10))
+    assert t.held_bytes == 10 * (100 + HELD_CALL_BYTES) and t.stats.held_bytes_peak == 11 * (100 + HELD_CALL_BYTES)
+    assert t.stats.held_peak == 11
+    t = TaskContexts(max_bytes=5 * (1_000 + HELD_CALL_BYTES))
+    for i in range(8):
+        t.hold(PID, (i,), (b"r",), i, 10**12, i, size=1_000)
+    assert t.waiting() == 5 and t.stats.held_dropped == 3 and t.held_bytes == 5 * (1_000 + HELD_CALL_BYTES)
+    assert [h.payload for h in t.due(0, force=True)] == [3, 4, 5, 6, 7] and t.held_bytes == 0
+
+
+def test_held_calls_count_in_the_builder_state_the_memory_governor_budgets():
+    """A call held for its handler's answer holds its span: the state's bytes carry it until it goes."""
+    b = builder()
+    state = BuilderState(b)
+    read(b, 1, 1_000, "a")
+    assert call(b, 10, 2_000, (0x10, A, CONN)) == []  # held: a's handler has not answered
+    holding = state.bytes
+    (c,) = clients(answer(b, 1, 9_000, (A, CONN))).values()
+    assert c.attributes[CAUSE_VIA] == "task" and b.causes.held_bytes == 0
+    assert holding - state.bytes == c.approx_size() + HELD_CALL_BYTES  # the tables themselves did not change
+
+
+def test_without_the_longer_wait_a_call_goes_after_the_plain_wait():
+    """The longer wait is the owner's to turn off (long_wait_ns at most the plain wait): the call goes unmatched."""
+    b = builder()
+    b.causes.tasks.long_wait_ns = 0
+    out = read(b, 1, 1_000, "a")
+    out += call(b, 10, 2_000, (0x10, A, CONN))
+    out += b.flush(2_000 + DECIDE_WAIT_NS + 2_000)
+    assert clients(out)["c=10"].attributes.get(CAUSE_VIA) != "task"
+    assert b.causes.tasks.stats.waited_long == 0 and b.causes.tasks.stats.unmatched == 1
 
 
 def test_a_match_further_up_waits_for_a_nearer_one():
