@@ -16,12 +16,14 @@ from ..errors import HelixError
 from ..model import Span
 from .otlp_peer import OtlpPeer
 from .stack import AGENT_READY, Stack
-from .trees import format_trace, group_traces
+from .trees import format_trace, group_traces, has_orphans
 
 __all__ = ["run_demo", "DemoResult"]
 
-# A trace is printed once no span of it arrived for this long.
+# A trace is printed once no span of it arrived for this long; one whose parents are not all in yet waits longer,
+# past the OpenTelemetry SDK's default 5 s export delay, so the app's spans join it before it is shown.
 _QUIET_S = 3.0
+_QUIET_ORPHANS_S = 9.0
 
 
 @dataclass
@@ -37,7 +39,8 @@ def _print_ready(peer: OtlpPeer, printed: set[bytes], last_change: dict[bytes, f
     for tid, spans in group_traces(peer.spans()).items():
         if tid in printed:
             continue
-        if force or now - last_change.get(tid, now) >= _QUIET_S:
+        quiet = now - last_change.get(tid, now)
+        if force or quiet >= _QUIET_ORPHANS_S or (quiet >= _QUIET_S and not has_orphans(spans)):
             printed.add(tid)
             print(format_trace(spans) + "\n", flush=True)
 

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 from ..model import Span
 
-__all__ = ["group_traces", "format_trace"]
+__all__ = ["group_traces", "format_trace", "has_orphans"]
 
 
 def group_traces(spans: list[Span]) -> dict[bytes, list[Span]]:
@@ -16,6 +16,12 @@ def group_traces(spans: list[Span]) -> dict[bytes, list[Span]]:
     for members in traces.values():
         members.sort(key=lambda s: (s.start_ns, s.name))
     return dict(traces)
+
+
+def has_orphans(spans: list[Span]) -> bool:
+    """True if some span names a parent that is not among `spans`."""
+    ids = {s.span_id for s in spans}
+    return any(s.parent_span_id and s.parent_span_id not in ids for s in spans)
 
 
 def _source(s: Span) -> str:

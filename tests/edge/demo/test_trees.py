@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edge.demo.trees import format_trace, group_traces
+from edge.demo.trees import format_trace, group_traces, has_orphans
 from edge.model import Resource, Source, Span, StatusCode
 
 
@@ -31,3 +31,12 @@ def test_cycles_do_not_hang() -> None:
     spans = [Span(t, b"\x01" * 8, "a", 0, 1, parent_span_id=b"\x02" * 8),
              Span(t, b"\x02" * 8, "b", 0, 1, parent_span_id=b"\x01" * 8)]
     assert format_trace(spans).splitlines()[0].startswith("trace")
+
+
+def test_orphans_are_spans_whose_parent_is_not_in_the_trace() -> None:
+    t = b"\x03" * 16
+    root = Span(t, b"\x01" * 8, "root", 0, 1)
+    child = Span(t, b"\x02" * 8, "child", 0, 1, parent_span_id=b"\x01" * 8)
+    stray = Span(t, b"\x03" * 8, "stray", 0, 1, parent_span_id=b"\x07" * 8)
+    assert not has_orphans([root, child])
+    assert has_orphans([root, child, stray])
