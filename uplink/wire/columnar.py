@@ -111,6 +111,8 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _FORMS = re.compile(r"(-?[1-9][0-9]{3,19})\Z|([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\Z"
                     rf"|((?:[0-9a-f]{{2}}){{4,}})\Z|((?:{_OCTET}\.){{3}}{_OCTET})\Z")
 _FORM_FIRST = frozenset("-0123456789abcdef")  # most texts are told apart by their first character alone
+# Every character any of the forms uses: a text holding another one (a lowercase word) needs no regular expression.
+_FORM_CHARS = "-.0123456789abcdef"
 _UUID_TAG = 37  # CBOR's tag for a 16-byte UUID
 _IPV4_TAG = 52  # CBOR's tag for an IPv4 address (RFC 9164), here always 4 bytes
 _MIN_INT = -(1 << 64)  # CBOR's integer range: what a decoder accepts for a decimal text
@@ -121,7 +123,7 @@ def _compact(t: str) -> Any:
     """A new text in version 4's binary form when it has one: a decimal as an integer, a UUID as a tagged 16-byte
     string (CBOR tag 37), other lowercase hex of 4 bytes or more as its bytes, an IPv4 address as a tagged 4-byte
     string (CBOR tag 52); any other text as itself."""
-    if t[:1] not in _FORM_FIRST:
+    if t[:1] not in _FORM_FIRST or len(t) < 4 or t.lstrip(_FORM_CHARS):
         return t
     m = _FORMS.match(t)
     if m is None:
@@ -180,7 +182,7 @@ def _expand(x: Any, what: str) -> str:
     return f.text
 
 
-def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = True) -> list[Any]:
+def _text_refs(values: list[str], learned: dict[str, int], compact: bool = True) -> list[Any]:
     """A text column as [new texts, references]: 0 takes the next new text, k > 0 is entry k - 1 of the table (the
     learned entries, then the new ones). `learned` maps a text to its reference (index + 1). `compact`: new texts
     in version 4's binary forms."""
@@ -205,7 +207,7 @@ def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = T
 class _Attributes:
     """Attribute lists of one batch as shapes and columns (shared by spans, events and new resources)."""
 
-    __slots__ = ("keys", "shapes", "idx", "compact", "sig_ref", "shape_cids", "rows", "columns")
+    __slots__ = ("keys", "shapes", "idx", "compact", "sig_ref", "shape_cids", "rows", "columns", "empty")
 
     def __init__(self, keys: _Domain, shapes: _Domain, idx: Any, compact: bool) -> None:
         self.compact = compact
@@ -216,6 +218,17 @@ class _Attributes:
         self.shape_cids: dict[int, tuple[tuple[str, int], ...]] = {}
         self.rows: dict[int, list[tuple[Any, ...]]] = {}  # shape -> value rows, in order of the shape's first use
         self.columns: dict[tuple[str, int], list[Any]] = {}
+        self.empty = -1  # the empty list's shape once it was met (most events carry no attributes)
+
+    def add_dict(self, a: dict[str, Any]) -> int:
+        """Record one attribute dict; return its shape reference."""
+        if not a:
+            # An empty list has no columns, so its rows are never read: only its shape's place among the new ones.
+            ref = self.empty
+            if ref < 0:
+                ref = self.empty = self.add((), ())
+            return ref
+        return self.add(tuple(a), tuple(a.values()))
 
     def add(self, ks: tuple[str, ...], vals: tuple[Any, ...]) -> int:
         """Record one attribute list; return its shape reference."""
@@ -236,8 +249,7 @@ class _Attributes:
             ks, types = sig
             codes = tuple([TYPE_CODES.get(t, T_ANY) for t in types])
             known = (self.idx.shapes.get((ks, codes)), codes, tuple(zip(ks, codes)))
-            if len(self.idx.signatures) < _MAX_SIGNATURES:
-                self.idx.signatures[sig] = known
+            self.idx.remember(sig, known)
         ref, codes, cids = known
         if ref is None:
             for k in sig[0]:
@@ -276,7 +288,6 @@ class _Attributes:
 
 
 _NO_VALUES: dict[str, int] = {}
-_MAX_SIGNATURES = 4096  # attribute signatures a table set remembers for the encoder
 
 
 def _float_planes(vals: list[float]) -> bytes:
@@ -339,7 +350,7 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     resource_col = _refs_by_identity([s.resource for s in spans], resources, Resource.exact_key)
     scope_col = _scope_refs([s.scope for s in spans], scopes)
     # attrs.add called as a method (not bound to a local): compiled, a bound method is a Python call per use.
-    shape_col = [attrs.add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
+    shape_col = [attrs.add_dict(a) for a in [s.attributes for s in spans]]
     any_events = any(s.events for s in spans)
     extras = {i: _extras(s, trace_index) for i, s in enumerate(spans)
               if s.status_message or s.links or s.trace_state or s.flags != 1}
@@ -424,11 +435,24 @@ def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
 def _units(spans: Sequence[Span], resource_col: list[int]) -> dict[int, int]:
     """Per resource of the batch, the largest unit dividing every time of its spans (1000 for microsecond clocks)."""
     gcd = math.gcd
-    per_span = [gcd(s.start_ns, s.end_ns, *[e.time_ns for e in s.events]) if s.events else gcd(s.start_ns, s.end_ns)
-                for s in spans]
     units: dict[int, int] = {}
-    for r, g in zip(resource_col, per_span):
-        units[r] = gcd(units.get(r, 0), g)
+    for r, s in zip(resource_col, spans):
+        u = units.get(r, 0)
+        start, end = s.start_ns, s.end_ns
+        evs = s.events
+        # Most spans keep their resource's unit: checked by remainders, native compiled, where gcd is a Python call.
+        if u > 0 and start % u == 0 and end % u == 0:
+            if not evs:
+                continue
+            for e in evs:
+                if e.time_ns % u:
+                    break
+            else:
+                continue
+        g = gcd(u, start, end)
+        for e in evs:
+            g = gcd(g, e.time_ns)
+        units[r] = g
     return {r: u if 0 < u < _MAX_UNIT else 1 for r, u in units.items()}
 
 
@@ -440,28 +464,43 @@ def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int
     prev = -1
     for i, s in enumerate(spans):
         u = units[i]
-        dur = s.end_ns - s.start_ns
+        start, end = s.start_ns, s.end_ns
+        dur = end - start
         r = refs[i]
         if r is None:
-            starts.append((s.start_ns - spans[prev].start_ns) // gcd(u, units[prev]) if prev >= 0 else 0)
+            if prev >= 0:
+                v = units[prev]
+                starts.append((start - spans[prev].start_ns) // (u if u == v else gcd(u, v)))
+            else:
+                starts.append(0)
             ends.append(dur // u * 2)
             prev = i
         else:
             # Children start shortly after their parent and (client/server pairs) end shortly before it.
             p = spans[r]
-            g = gcd(u, units[r])
-            starts.append((s.start_ns - p.start_ns) // g)
-            before = p.end_ns - s.end_ns
+            v = units[r]
+            g = u if u == v else gcd(u, v)
+            starts.append((start - p.start_ns) // g)
+            before = p.end_ns - end
             ends.append(before // g * 2 + 1 if abs(before) < abs(dur) else dur // u * 2)
     return starts, ends
 
 
 def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attributes) -> list[Any]:
-    events = [e for s in spans for e in s.events]
-    times = [(e.time_ns - s.start_ns) // u for s, u in zip(spans, units) for e in s.events]
-    shape_col = [attrs.add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
-    return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names, attrs.compact),
-            planes(zigzag(times)), shape_col]
+    counts: list[int] = []
+    names: list[str] = []
+    times: list[int] = []
+    shape_col: list[int] = []
+    for s, u in zip(spans, units):
+        evs = s.events
+        counts.append(len(evs))
+        if evs:
+            start = s.start_ns
+            for e in evs:
+                names.append(e.name)
+                times.append((e.time_ns - start) // u)
+                shape_col.append(attrs.add_dict(e.attributes))
+    return [counts, _text_refs(names, idx.event_names, attrs.compact), planes(zigzag(times)), shape_col]
 
 
 def encode(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY, level: int = 3,

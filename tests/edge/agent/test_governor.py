@@ -496,3 +496,27 @@ def test_the_decision_memory_is_not_shrunk_while_the_pressure_is_outside_the_spa
     assert gov.stats.cause == "elsewhere"
     assert gov.stats.actions["shrink_decisions"] == 0
     assert agent.sampler.decisions.max_entries == planned["decisions"] // 136
+
+
+async def test_table_sets_held_in_memory_are_accounted(agent: Agent) -> None:
+    from uplink.wire import columnar
+
+    gov = governor(agent, H)
+    learner = agent.uplink.learner
+    await agent.uplink.tables.open(None)  # no spool directory: the messages stay in memory
+    cand = learner.learn(realistic_spans(30, seed=9)[:320], learner.current, 32)
+    await agent.uplink.tables.adopt(cand.tables, cand.message)
+    learner.adopt(cand)
+    gov.measure()
+    assert gov.stats.breakdown["table_messages"] == len(cand.message) > 0
+    assert gov.stats.breakdown["tables"] == learner.bytes >= cand.node_bytes > 0
+
+    # The encoder's memo grows with what the node sends under the set: counted as it does.
+    spans = realistic_spans(40, seed=10)[:64]
+    for i, s in enumerate(spans):
+        s.attributes = {f"device.reading.{i}": float(i)}
+    before, memo = gov.stats.breakdown["tables"], learner.current.memo_bytes()
+    columnar.encode(spans, "gov", 0, learner.current)
+    grown = learner.current.memo_bytes() - memo
+    gov.measure()
+    assert grown > 64 * 100 and gov.stats.breakdown["tables"] - before == grown
