@@ -325,42 +325,49 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     resources = _Domain(idx.resources)
     attrs = _Attributes(keys, shapes, idx, compact)
 
+    # Each field the columns need read once per span: the model is not compiled, so a read is a Python lookup.
+    span_ids_in = [s.span_id for s in spans]
+    trace_ids = [s.trace_id for s in spans]
+    parent_ids = [s.parent_span_id for s in spans]
+    starts_ns = [s.start_ns for s in spans]
+    ends_ns = [s.end_ns for s in spans]
+    span_events = [s.events for s in spans]
     first_index: dict[bytes, int] = {}
-    for i, s in enumerate(spans):
-        first_index.setdefault(s.span_id, i)
-    parents = [first_index.get(s.parent_span_id) if s.parent_span_id else None for s in spans]
+    for i, sid in enumerate(span_ids_in):
+        first_index.setdefault(sid, i)
+    parents = [first_index.get(pid) if pid else None for pid in parent_ids]
 
     # Trace ids: a table of the distinct 16-byte ids, and per span the step from the previous span's entry.
     trace_index: dict[bytes, int] = {}
-    for s in spans:
-        if len(s.trace_id) == 16:
-            trace_index.setdefault(s.trace_id, len(trace_index))
-    trace_refs = [trace_index.get(s.trace_id, -1) for s in spans]
+    for tid in trace_ids:
+        if len(tid) == 16:
+            trace_index.setdefault(tid, len(trace_index))
+    trace_refs = [trace_index.get(tid, -1) for tid in trace_ids]
     trace_col: list[Any] = []
     prev_trace = 0
-    for s, t in zip(spans, trace_refs):
+    for tid, t in zip(trace_ids, trace_refs):
         if t < 0:
-            trace_col.append(bytes(s.trace_id))
+            trace_col.append(bytes(tid))
         else:
             trace_col.append(t - prev_trace)  # neighbours usually share a trace: mostly 0
             prev_trace = t
-    parent_col = [p - i if p is not None else (bytes(s.parent_span_id) if s.parent_span_id else None)
-                  for i, (s, p) in enumerate(zip(spans, parents))]
+    parent_col = [p - i if p is not None else (bytes(pid) if pid else None)
+                  for i, (pid, p) in enumerate(zip(parent_ids, parents))]
     packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
     resource_col = _refs_by_identity([s.resource for s in spans], resources, Resource.exact_key)
     scope_col = _scope_refs([s.scope for s in spans], scopes)
     # attrs.add called as a method (not bound to a local): compiled, a bound method is a Python call per use.
     shape_col = [attrs.add_dict(a) for a in [s.attributes for s in spans]]
-    any_events = any(s.events for s in spans)
+    any_events = any(span_events)
     extras = {i: _extras(s, trace_index) for i, s in enumerate(spans)
               if s.status_message or s.links or s.trace_state or s.flags != 1}
 
-    units = _units(spans, resource_col)
+    units = _units(starts_ns, ends_ns, span_events, resource_col)
     span_units = [units[r] for r in resource_col]
     refs = time_parents(parents)
-    starts, ends = _time_columns(spans, refs, span_units)
-    base = next((s.start_ns for s, r in zip(spans, refs) if r is None), 0)
-    events = _events(spans, span_units, idx, attrs) if any_events else None
+    starts, ends = _time_columns(starts_ns, ends_ns, refs, span_units)
+    base = next((t for t, r in zip(starts_ns, refs) if r is None), 0)
+    events = _events(starts_ns, span_events, span_units, idx, attrs) if any_events else None
     # New resources are attribute lists like any other: a shape, and values in the batch's columns.
     res_shapes = [attrs.add(tuple(k for k, _ in r.attributes), tuple(thaw_value(v) for _, v in r.attributes))
                   for r, _ in resources.new]
@@ -371,9 +378,9 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
         learned_keys, new_keys = keys.learned, keys.index
         new_shapes = [[(learned_keys[k] if k in learned_keys else new_keys[k]) * 8 + ty for k, ty in zip(ks, codes)]
                       for ks, codes in shapes.new]
-    span_ids: Any = b"".join([s.span_id for s in spans])
-    if len(span_ids) != 8 * n or not all(len(s.span_id) == 8 for s in spans):
-        span_ids = [bytes(s.span_id) for s in spans]
+    span_ids: Any = b"".join(span_ids_in)
+    if len(span_ids) != 8 * n or not all(len(sid) == 8 for sid in span_ids_in):
+        span_ids = [bytes(sid) for sid in span_ids_in]
     doc = [
         node_id, seq, created, n,
         span_ids, b"".join(trace_index), trace_col, parent_col, packed,
@@ -432,14 +439,15 @@ def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
     return x
 
 
-def _units(spans: Sequence[Span], resource_col: list[int]) -> dict[int, int]:
+def _units(starts: list[int], ends: list[int], events: list[Sequence[Event]],
+           resource_col: list[int]) -> dict[int, int]:
     """Per resource of the batch, the largest unit dividing every time of its spans (1000 for microsecond clocks)."""
     gcd = math.gcd
     units: dict[int, int] = {}
-    for r, s in zip(resource_col, spans):
+    for i, r in enumerate(resource_col):
         u = units.get(r, 0)
-        start, end = s.start_ns, s.end_ns
-        evs = s.events
+        start, end = starts[i], ends[i]
+        evs = events[i]
         # Most spans keep their resource's unit: checked by remainders, native compiled, where gcd is a Python call.
         if u > 0 and start % u == 0 and end % u == 0:
             if not evs:
@@ -456,46 +464,46 @@ def _units(spans: Sequence[Span], resource_col: list[int]) -> dict[int, int]:
     return {r: u if 0 < u < _MAX_UNIT else 1 for r, u in units.items()}
 
 
-def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int]) -> tuple[list[int], list[int]]:
+def _time_columns(starts_ns: list[int], ends_ns: list[int], refs: list[int | None],
+                  units: list[int]) -> tuple[list[int], list[int]]:
     """The start and end columns (before zigzag; docs: "Times")."""
     gcd = math.gcd
     starts: list[int] = []
     ends: list[int] = []
     prev = -1
-    for i, s in enumerate(spans):
-        u = units[i]
-        start, end = s.start_ns, s.end_ns
+    for i, u in enumerate(units):
+        start, end = starts_ns[i], ends_ns[i]
         dur = end - start
         r = refs[i]
         if r is None:
             if prev >= 0:
                 v = units[prev]
-                starts.append((start - spans[prev].start_ns) // (u if u == v else gcd(u, v)))
+                starts.append((start - starts_ns[prev]) // (u if u == v else gcd(u, v)))
             else:
                 starts.append(0)
             ends.append(dur // u * 2)
             prev = i
         else:
             # Children start shortly after their parent and (client/server pairs) end shortly before it.
-            p = spans[r]
             v = units[r]
             g = u if u == v else gcd(u, v)
-            starts.append((start - p.start_ns) // g)
-            before = p.end_ns - end
+            starts.append((start - starts_ns[r]) // g)
+            before = ends_ns[r] - end
             ends.append(before // g * 2 + 1 if abs(before) < abs(dur) else dur // u * 2)
     return starts, ends
 
 
-def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attributes) -> list[Any]:
+def _events(starts_ns: list[int], span_events: list[Sequence[Event]], units: list[int], idx: Any,
+            attrs: _Attributes) -> list[Any]:
     counts: list[int] = []
     names: list[str] = []
     times: list[int] = []
     shape_col: list[int] = []
-    for s, u in zip(spans, units):
-        evs = s.events
+    for i, evs in enumerate(span_events):
         counts.append(len(evs))
         if evs:
-            start = s.start_ns
+            u = units[i]
+            start = starts_ns[i]
             for e in evs:
                 names.append(e.name)
                 times.append((e.time_ns - start) // u)

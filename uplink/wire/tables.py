@@ -219,6 +219,21 @@ def _deep_size(x: Any, seen: set[int]) -> int:
     return n
 
 
+def _signature_bytes(sig: Any, known: Any) -> int:
+    """Bytes of one entry of the encoder's signature memo, counted as it grows for the memory governor: its tuples,
+    its keys (which other entries may share: an upper bound) and its slot in the dict. Shallow sizes only: a deep
+    walk costs more than encoding the attribute list it was met in."""
+    size = sys.getsizeof
+    ks, types = sig
+    codes, cids = known[1], known[2]
+    n = size(sig) + size(ks) + size(types) + size(known) + size(codes) + size(cids) + _DICT_SLOT
+    for k in ks:
+        n += size(k)
+    for c in cids:
+        n += size(c)
+    return n
+
+
 class _EncoderIndex:
     """Positions of every table entry, by value. Text tables give the reference a text column writes (index + 1,
     0 being "the batch's next new text"); the others give the index."""
@@ -244,9 +259,7 @@ class _EncoderIndex:
         """Keep what the encoder found for an attribute signature, while the memo holds fewer than its bound."""
         if len(self.signatures) < MAX_SIGNATURES:
             self.signatures[sig] = known
-            # Counted as it grows, for the memory governor: the entry with everything it holds (keys shared with
-            # other entries are counted again, so this is an upper bound) and its slot in the dict.
-            self.memo_bytes += _deep_size((sig, known), set()) + _DICT_SLOT
+            self.memo_bytes += _signature_bytes(sig, known)
 
 
 class _DecoderTables:
