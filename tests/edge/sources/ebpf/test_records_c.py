@@ -9,6 +9,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import sysconfig
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,6 +166,20 @@ def test_bad_arguments_raise_type_errors_not_crashes():
     # A cache holding something else than decode.py puts there is not trusted.
     key = raw[80:118]
     assert c.record(raw, *good[:3], {key: "not a pair"}, good[4]) is None
+
+
+@c_only
+def test_the_c_decoder_runs_in_the_active_modules_and_turns_off():
+    import edge.sources.ebpf.decode as decode
+
+    assert decode._records is not None and decode._records is accel.c_module("edge.sources.ebpf._records")
+    assert _reference()._records is None  # the pure copy is the reference
+    code = "import edge.sources.ebpf.decode as d; print(d._records is None)"
+    root = Path(__file__).resolve().parents[4]
+    for var in ("HELIX_ACCEL_C", "HELIX_ACCEL"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, var: "0"}, cwd=root,
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "True", (var, out.stdout, out.stderr)
 
 
 _PAYLOADS = st.one_of(st.binary(max_size=64), st.sampled_from([b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n"]))
