@@ -220,18 +220,19 @@ def _deep_size(x: Any, seen: set[int]) -> int:
 
 
 def _signature_bytes(sig: Any, known: Any) -> int:
-    """Bytes of one entry of the encoder's signature memo, counted as it grows for the memory governor: its tuples,
-    its keys (which other entries may share: an upper bound) and its slot in the dict. Shallow sizes only: a deep
-    walk costs more than encoding the attribute list it was met in."""
-    size = sys.getsizeof
-    ks, types = sig
-    codes, cids = known[1], known[2]
-    n = size(sig) + size(ks) + size(types) + size(known) + size(codes) + size(cids) + _DICT_SLOT
+    """Bytes of one entry of the encoder's signature memo, counted as it grows for the memory governor: its tuples
+    (sizes by formula: sys.getsizeof of a tuple of n items is 40 + 8 n), its keys (which other entries may share: an
+    upper bound) and its slot in the dict. No deep walk: that costs more than encoding the list it was met in."""
+    ks = sig[0]
+    n = _SIGNATURE_FIXED + _SIGNATURE_PER_KEY * len(ks)
     for k in ks:
-        n += size(k)
-    for c in cids:
-        n += size(c)
+        n += sys.getsizeof(k)
     return n
+
+
+# The entry's tuples: (keys, types), keys, types, (shape, codes, columns), codes, columns; one (key, code) per key.
+_SIGNATURE_FIXED = 56 + 40 + 40 + 64 + 40 + 40 + _DICT_SLOT
+_SIGNATURE_PER_KEY = 4 * 8 + 56
 
 
 class _EncoderIndex:
