@@ -176,6 +176,12 @@ class TableSet:
                   idx.resources)
         return sum(_deep_size(f, seen) for f in fields) + self.compressor(level).memory_size()
 
+    def clear_memo(self) -> None:
+        """Forget the encoder's memo of attribute signatures (it is filled again as batches are encoded)."""
+        if self._enc is not None:
+            self._enc.signatures = {}
+            self._enc.memo_bytes = 0
+
     def memo_bytes(self) -> int:
         """Bytes of the encoder's memo of attribute signatures, which grows as batches are encoded (bounded)."""
         return 0 if self._enc is None else self._enc.memo_bytes
