@@ -146,5 +146,7 @@ def test_doctor_lists_tls_libraries_attached_and_processes_it_cannot_read() -> N
     boring = [ln for ln in lines if "BoringSSL (static, no symbols)" in ln]
     # named, unless ten processes with lower pids are named before it on a busy host
     assert any(f"python ({procs[1].pid})" in ln or ln.endswith(", ...") for ln in boring), tls.detail
+    # and what that means for gRPC: which side of its calls still has spans
+    assert any("most often Python's grpcio" in ln and "Node.js's grpc-js" in ln for ln in lines), tls.detail
     text = format_checks(checks)
     assert "✔ TLS libraries: attached to" in text and "TLS the probes cannot read" in text
