@@ -230,9 +230,10 @@ def _has_sys_admin() -> bool:
     return read_caps().has(CAP_SYS_ADMIN)
 
 
-# Python's grpcio carries BoringSSL without symbols (docs/known-gaps.md); its peers' TLS may still be readable.
-_BORINGSSL_HINT = ("BoringSSL without symbols is most often Python's grpcio: its gRPC over TLS has no kernel spans "
-                   "on its own side; a peer on OpenSSL (libssl, Node.js's grpc-js) still has spans for its side")
+# grpcio's BoringSSL is read where its calls are located (boringssl_calls.py); docs/known-gaps.md says where not.
+_BORINGSSL_HINT = ("BoringSSL without symbols is most often Python's grpcio of a release whose TLS calls were not "
+                   "found: its gRPC over TLS has no kernel spans on its own side; a peer on OpenSSL (libssl, Node.js's "
+                   "grpc-js) still has spans for its side")
 
 
 def _tls(cfg: Config, probes: Any) -> Check:

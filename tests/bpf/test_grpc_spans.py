@@ -2,8 +2,8 @@
 cleartext (h2c), and over TLS a grpc-js server on Node.js with a grpc-js or a grpcio client.
 
 Neither process is instrumented: the client's metadata carries the trace context, as an SDK upstream would have put
-it. Python's grpcio links BoringSSL statically and without symbols, so its own TLS cannot be read by the probes (doctor
-names such processes); Node.js links OpenSSL statically with its symbols, so grpc-js's TLS is read on both ends.
+it. Node.js links OpenSSL statically with its symbols; Python's grpcio links BoringSSL statically without symbols, and
+its TLS calls are located from how gRPC core makes them (edge/sources/ebpf/boringssl_calls.py).
 """
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge.model import SpanKind, StatusCode
+from edge.sources.ebpf.tls_libs import GRPC_BORINGSSL
 
 from ..pki import make_pki
 from .conftest import ScriptServer
@@ -87,20 +89,9 @@ async def test_grpcio_calls_over_h2c(kernel_spans) -> None:  # noqa: F811
             "server.port") == server.port
         # Say x2, Count, Many x100: on each side
         spans = await ks.wait_for(grpc_spans, count=2 * 103, timeout=30)
-        # grpcio's own TLS (BoringSSL inside cygrpc, no symbols) is out of the probes' reach: named, not missed
-        assert ks.source.tls is not None
-        tls = ks.source.tls
-
-        def named() -> bool:
-            # (with " beside OpenSSL read" when the process also maps libssl, as Python's ssl module brings it)
-            return any(f"python ({server.pid})" in names for stack, names in tls.unreadable().items()
-                       if stack.startswith("BoringSSL (static, no symbols)"))
-
-        # The server may map cygrpc after its exec was scanned: the periodic rescan (tls_rescan) names it then.
-        deadline = time.monotonic() + ks.source.cfg.tls_rescan + 10
-        while not named() and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        assert named(), tls.unreadable()
+        # grpcio's own BoringSSL (inside cygrpc, no symbols) is found and attached, by the periodic rescan
+        # (tls_rescan) when the server mapped cygrpc after its exec was scanned
+        await attached_grpc_boringssl(ks, server.pid)
     finally:
         server.stop()
     by_kind = {k: [s for s in spans if s.kind == k] for k in (SpanKind.CLIENT, SpanKind.SERVER)}
@@ -162,8 +153,23 @@ const unary = (name, req, m) => new Promise((ok) => client[name](Buffer.from(req
 })().catch((e) => { console.error(e); process.exit(1); });
 """
 
+# grpcio over TLS at its defaults; it says when it has loaded grpc and waits for a line before calling, so that the
+# calls come after the agent found its BoringSSL (the periodic rescan, as for any library loaded after exec).
 GRPCIO_TLS_CLIENT = GRPC_CLIENT.replace("grpc.insecure_channel(target)", "grpc.secure_channel(target, "
-                                        "grpc.ssl_channel_credentials(open(sys.argv[4], 'rb').read()))")
+                                        "grpc.ssl_channel_credentials(open(sys.argv[4], 'rb').read()))").replace(
+    "trace, parent, target = sys.argv[1:4]\n",
+    "trace, parent, target = sys.argv[1:4]\nprint('ready', flush=True)\nsys.stdin.readline()\n")
+assert "ready" in GRPCIO_TLS_CLIENT and "secure_channel" in GRPCIO_TLS_CLIENT
+
+
+async def attached_grpc_boringssl(ks: Any, pid: int) -> None:
+    """Wait until the probes are attached to the BoringSSL inside the grpcio that process `pid` runs."""
+    tls = ks.source.tls
+    assert tls is not None, ks.source.tls_error
+    deadline = time.monotonic() + ks.source.cfg.tls_rescan + 20
+    while not any(pid in f.pids and f.stack == GRPC_BORINGSSL for f in list(tls.files.values())):
+        assert time.monotonic() < deadline, tls.status()
+        await asyncio.sleep(0.2)
 
 
 def grpc_js() -> dict[str, str]:
@@ -204,8 +210,8 @@ def check_grpc_side(side: list, kind: SpanKind) -> None:
 
 @pytest.mark.parametrize("client", ["grpc-js", "grpcio"])
 async def test_grpc_calls_over_tls_to_a_grpc_js_server(kernel_spans, tmp_path: Path, client: str) -> None:  # noqa: F811
-    # Both ends at their defaults; the grpcio client's own TLS (BoringSSL without symbols) is not readable, so with it
-    # only the server's spans come from the probes.
+    # Both ends at their defaults. grpc-js's TLS is Node's OpenSSL (symbols kept); grpcio's is gRPC core's BoringSSL
+    # without symbols, its calls located (boringssl_calls.py): each side's spans come from the probes.
     env = grpc_js()
     pki = make_pki(tmp_path, ())
     ks = await kernel_spans()
@@ -214,11 +220,20 @@ async def test_grpc_calls_over_tls_to_a_grpc_js_server(kernel_spans, tmp_path: P
     try:
         assert server.stdout is not None
         port = int(await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 30))
-        args = ([sys.executable, "-c", GRPCIO_TLS_CLIENT] if client == "grpcio" else ["node", "-e", GRPC_JS_CLIENT])
-        done = await asyncio.to_thread(subprocess.run, args + [TRACE, PARENT, f"127.0.0.1:{port}", str(pki / "ca.pem")],
-                                       capture_output=True, text=True, timeout=60, env=env)
-        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
-        sides = (SpanKind.CLIENT, SpanKind.SERVER) if client == "grpc-js" else (SpanKind.SERVER,)
+        args = [TRACE, PARENT, f"127.0.0.1:{port}", str(pki / "ca.pem")]
+        if client == "grpcio":
+            caller = subprocess.Popen([sys.executable, "-c", GRPCIO_TLS_CLIENT, *args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert caller.stdout is not None and caller.stdin is not None
+            assert (await asyncio.to_thread(caller.stdout.readline)) == "ready\n"
+            await attached_grpc_boringssl(ks, caller.pid)
+            out, err = await asyncio.to_thread(caller.communicate, "go\n", 60)
+        else:
+            caller = subprocess.Popen(["node", "-e", GRPC_JS_CLIENT, *args], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env)
+            out, err = await asyncio.to_thread(caller.communicate, None, 60)
+        assert caller.returncode == 0 and out.strip() == "ok", err
+        sides = (SpanKind.CLIENT, SpanKind.SERVER)
         grpc_spans = lambda s: s.attributes.get("rpc.system") == "grpc" and s.attributes.get(  # noqa: E731
             "server.port") == port and s.kind in sides
         spans = await ks.wait_for(grpc_spans, count=103 * len(sides), timeout=30)
@@ -228,8 +243,10 @@ async def test_grpc_calls_over_tls_to_a_grpc_js_server(kernel_spans, tmp_path: P
     for kind in sides:
         side = [s for s in spans if s.kind == kind]
         pids = {s.attributes["process.pid"] for s in side}
-        assert pids == {server.pid} if kind == SpanKind.SERVER else server.pid not in pids
-        # marked as encrypted on the wire, with the version both ends negotiate at their defaults
-        assert all(s.attributes["helix.tls"] is True and s.attributes["tls.protocol.version"] == "1.3"
+        assert pids == ({server.pid} if kind == SpanKind.SERVER else {caller.pid}), pids
+        # marked as encrypted on the wire, with the version both ends negotiate at their defaults, read from the SSL
+        # object where OpenSSL keeps it; BoringSSL's first field is no version: none rather than a wrong one
+        version = None if kind == SpanKind.CLIENT and client == "grpcio" else "1.3"
+        assert all(s.attributes["helix.tls"] is True and s.attributes.get("tls.protocol.version") == version
                    for s in side), [s.attributes for s in side]
         check_grpc_side(side, kind)
