@@ -31,7 +31,7 @@ _CALL_TO_ERROR = 0x48
 _INTO_BLOCK = 0x40  # a branch into the error block lands at most this far before the reference
 _MAX_TEXT = 64 << 20
 
-Triple = tuple[int, int, int, int]  # (ERR_clear_error, SSL_x, SSL_get_error) addresses, where SSL_get_error is called
+Triple = tuple[int, int, int, int]  # ERR_clear_error, SSL_x, SSL_get_error; and where SSL_get_error is called
 Sites = list[set[Triple]]  # the triples before each reference of a message (or branch into its block)
 
 
@@ -58,6 +58,8 @@ def x86_64_triples(text: bytes, base: int, targets: Iterable[int]) -> dict[int, 
     refs: dict[int, list[int]] = {t: [] for t in want}
     for m in re.finditer(rb"[\x48\x4c]\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]", text):
         p = m.start()
+        if p + 7 > len(text):
+            continue
         at = base + p + 7 + struct.unpack_from("<i", text, p + 3)[0]
         if at in want:
             refs[at].append(p)
