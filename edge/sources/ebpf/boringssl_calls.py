@@ -11,9 +11,10 @@ x86-64 and aarch64; docs/known-gaps.md has the evidence.
 """
 from __future__ import annotations
 
+import mmap
 import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 
 from .elf import ElfFile
 
@@ -31,6 +32,7 @@ _CALL_TO_ERROR = 0x48
 _INTO_BLOCK = 0x40  # a branch into the error block lands at most this far before the reference
 _MAX_TEXT = 64 << 20
 
+Buffer = bytes | memoryview  # the code, or a view of it in the mapped file
 Triple = tuple[int, int, int, int]  # ERR_clear_error, SSL_x, SSL_get_error; and where SSL_get_error is called
 Sites = list[set[Triple]]  # the triples before each reference of a message (or branch into its block)
 
@@ -51,7 +53,7 @@ def _triples(calls: list[tuple[int, int]]) -> set[Triple]:
     return out
 
 
-def x86_64_triples(text: bytes, base: int, targets: Iterable[int]) -> dict[int, Sites]:
+def x86_64_triples(text: Buffer, base: int, targets: Iterable[int]) -> dict[int, Sites]:
     """For each target address: the call triples before each RIP-relative `lea` of it in `text` (loaded at `base`),
     and before each jump into the block around it."""
     want = set(targets)
@@ -86,19 +88,19 @@ def x86_64_triples(text: bytes, base: int, targets: Iterable[int]) -> dict[int, 
     return out
 
 
-def _words_with_top_byte(text: bytes, tops: bytes, lo: int = 0, hi: int | None = None) -> list[int]:
+def _words_with_top_byte(text: Buffer, tops: bytes, lo: int = 0, hi: int | None = None) -> Iterator[int]:
     """Indices of the 32-bit little-endian words of `text` (between word indices lo and hi) whose top byte is one of
     `tops` (the opcode bits of the instructions looked for), without decoding every word."""
     pattern = re.compile(b"(?=[" + b"".join(re.escape(bytes([t])) for t in tops) + b"])")
     end = len(text) if hi is None else min(len(text), 4 * hi)
-    return [m.start() >> 2 for m in pattern.finditer(text, max(0, 4 * lo), end) if m.start() & 3 == 3]
+    return (m.start() >> 2 for m in pattern.finditer(text, max(0, 4 * lo), end) if m.start() & 3 == 3)
 
 
 def _signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value & (1 << (bits - 1)) else value
 
 
-def aarch64_triples(text: bytes, base: int, targets: Iterable[int]) -> dict[int, Sites]:
+def aarch64_triples(text: Buffer, base: int, targets: Iterable[int]) -> dict[int, Sites]:
     """For each target address: the call triples before each `adrp`+`add` of it in `text` (loaded at `base`), and
     before each branch into the block around it."""
     want = set(targets)
@@ -174,25 +176,30 @@ def agree(found: dict[str, Sites]) -> dict[str, int]:
     return out if len(set(out.values())) == len(out) and not {e, g} & set(out.values()) else {}
 
 
-def locate(elf: ElfFile, read: Callable[[int, int], bytes]) -> dict[str, int]:
-    """File offsets of SSL_read, SSL_write and SSL_do_handshake in gRPC's BoringSSL inside `elf` (`read(offset, n)`
-    reads the file), or {} when they cannot be found with certainty."""
+def locate(elf: ElfFile, fd: int) -> dict[str, int]:
+    """File offsets of SSL_read, SSL_write and SSL_do_handshake in gRPC's BoringSSL inside `elf` (open as `fd`), or {}
+    when they cannot be found with certainty."""
     text, rodata = elf.section(".text"), elf.section(".rodata")
     if text is None or rodata is None or text.size > _MAX_TEXT or rodata.size > _MAX_TEXT:
         return {}
     if elf.machine not in (_EM_X86_64, _EM_AARCH64) or not elf.is64:
         return {}
-    strings = read(rodata.offset, rodata.size)
-    where: dict[str, int] = {}
-    for name, message in MESSAGES.items():
-        at = strings.find(message)
-        # one copy, starting a string (not the tail of another one)
-        if at < 0 or strings.find(message, at + 1) >= 0 or (at and strings[at - 1] != 0):
+    # The file mapped, not read: read into a worker thread's heap, its ~16 MB stayed resident in the agent after the
+    # scan (glibc keeps a thread arena's memory); mapped pages go with the mapping.
+    with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
+        if max(text.offset + text.size, rodata.offset + rodata.size) > len(mm):
             return {}
-        where[name] = rodata.addr + at
-    code = read(text.offset, text.size)
-    scan = x86_64_triples if elf.machine == _EM_X86_64 else aarch64_triples
-    by_target = scan(code, text.addr, where.values())
+        where: dict[str, int] = {}
+        end = rodata.offset + rodata.size
+        for name, message in MESSAGES.items():
+            at = mm.find(message, rodata.offset, end)
+            # one copy, starting a string (not the tail of another one)
+            if at < 0 or mm.find(message, at + 1, end) >= 0 or (at > rodata.offset and mm[at - 1] != 0):
+                return {}
+            where[name] = rodata.addr + at - rodata.offset
+        scan = x86_64_triples if elf.machine == _EM_X86_64 else aarch64_triples
+        with memoryview(mm) as whole, whole[text.offset: text.offset + text.size] as code:
+            by_target = scan(code, text.addr, where.values())
     found = agree({name: by_target[addr] for name, addr in where.items()})
     return {name: addr - text.addr + text.offset for name, addr in found.items()
             if text.addr <= addr < text.addr + text.size}

@@ -125,7 +125,7 @@ class Catalog:
                 if marker in found and (stack != "Go crypto/tls" or go):
                     if stack == "BoringSSL":
                         # gRPC core's (grpcio): its calls are found from how gRPC makes them
-                        funcs = self._wanted(locate_grpc_boringssl(elf, reader.read))
+                        funcs = self._wanted(locate_grpc_boringssl(elf, reader.fd))
                         if funcs:
                             return TlsCode(GRPC_BORINGSSL, shown, funcs)
                     return TlsCode(stack if stack.startswith("Go") else f"{stack} (static, no symbols)", shown)

@@ -29,7 +29,7 @@ def cygrpc() -> str:
 def test_grpcio_installed_here_has_its_three_calls_located() -> None:
     elf, reader = read_elf(cygrpc())
     try:
-        found = locate(elf, reader.read)
+        found = locate(elf, reader.fd)
         text = elf.section(".text")
         assert text is not None
     finally:
@@ -48,7 +48,7 @@ def test_a_grpcio_whose_messages_changed_stays_unreadable(tmp_path: Path) -> Non
     copy.write_bytes(bytes(data))
     elf, reader = read_elf(str(copy))
     try:
-        assert locate(elf, reader.read) == {}
+        assert locate(elf, reader.fd) == {}
     finally:
         reader.close()
     key_code = Catalog().classify(str(copy), str(copy), executable=False)
