@@ -7,6 +7,8 @@ message's references (and the branches into an error block that compilers move t
 just before are read: (ERR_clear_error, SSL_x, SSL_get_error). The result is taken only when the three sites agree on
 the first and last functions and name three different SSL_x: a wrong offset would put a breakpoint inside an
 instruction of the user's process, so anything less certain gives nothing (the file stays named as unreadable).
+Each address found must also begin a function in the file's own unwind table (`.eh_frame_hdr`), which the compiler
+wrote for every function: a call target decoded from bytes that were not a call is refused there.
 x86-64 and aarch64; docs/known-gaps.md has the evidence.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 from .elf import ElfFile
 
-__all__ = ["MESSAGES", "locate", "agree", "x86_64_triples", "aarch64_triples"]
+__all__ = ["MESSAGES", "locate", "agree", "function_starts", "x86_64_triples", "aarch64_triples"]
 
 # The error message of each call, as gRPC core logs it (each followed by the error's name).
 MESSAGES = {"SSL_read": b"SSL_read failed with error \0", "SSL_write": b"SSL_write failed with error \0",
@@ -31,6 +33,10 @@ _CLEAR_TO_CALL = 0x20
 _CALL_TO_ERROR = 0x48
 _INTO_BLOCK = 0x40  # a branch into the error block lands at most this far before the reference
 _MAX_TEXT = 64 << 20
+# .eh_frame_hdr as GNU ld and lld write it: version 1, the .eh_frame pointer pc-relative sdata4, the count udata4, the
+# table of (function start, FDE) pairs datarel sdata4 and sorted by start. Any other encoding is not checked: refused.
+_EH_HDR = b"\x01\x1b\x03\x3b"
+_EH_ENTRY = struct.Struct("<ii")
 
 Buffer = bytes | memoryview  # the code, or a view of it in the mapped file
 Triple = tuple[int, int, int, int]  # ERR_clear_error, SSL_x, SSL_get_error; and where SSL_get_error is called
@@ -176,18 +182,41 @@ def agree(found: dict[str, Sites]) -> dict[str, int]:
     return out if len(set(out.values())) == len(out) and not {e, g} & set(out.values()) else {}
 
 
+def function_starts(hdr: Buffer, hdr_addr: int, addrs: Iterable[int]) -> bool:
+    """Whether every address is a function start in the binary search table of an `.eh_frame_hdr` loaded at
+    `hdr_addr`."""
+    if len(hdr) < 12 or bytes(hdr[:4]) != _EH_HDR:
+        return False
+    (count,) = struct.unpack_from("<I", hdr, 8)
+    if count == 0 or 12 + count * _EH_ENTRY.size > len(hdr):
+        return False
+    for addr in addrs:
+        lo, hi = 0, count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            start = hdr_addr + _EH_ENTRY.unpack_from(hdr, 12 + mid * _EH_ENTRY.size)[0]
+            if start < addr:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == count or hdr_addr + _EH_ENTRY.unpack_from(hdr, 12 + lo * _EH_ENTRY.size)[0] != addr:
+            return False
+    return True
+
+
 def locate(elf: ElfFile, fd: int) -> dict[str, int]:
     """File offsets of SSL_read, SSL_write and SSL_do_handshake in gRPC's BoringSSL inside `elf` (open as `fd`), or {}
     when they cannot be found with certainty."""
-    text, rodata = elf.section(".text"), elf.section(".rodata")
-    if text is None or rodata is None or text.size > _MAX_TEXT or rodata.size > _MAX_TEXT:
+    text, rodata, eh = elf.section(".text"), elf.section(".rodata"), elf.section(".eh_frame_hdr")
+    if text is None or rodata is None or eh is None or text.size > _MAX_TEXT or rodata.size > _MAX_TEXT \
+            or eh.size > _MAX_TEXT:
         return {}
     if elf.machine not in (_EM_X86_64, _EM_AARCH64) or not elf.is64:
         return {}
     # The file mapped, not read: read into a worker thread's heap, its ~16 MB stayed resident in the agent after the
     # scan (glibc keeps a thread arena's memory); mapped pages go with the mapping.
     with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
-        if max(text.offset + text.size, rodata.offset + rodata.size) > len(mm):
+        if max(text.offset + text.size, rodata.offset + rodata.size, eh.offset + eh.size) > len(mm):
             return {}
         where: dict[str, int] = {}
         end = rodata.offset + rodata.size
@@ -200,6 +229,9 @@ def locate(elf: ElfFile, fd: int) -> dict[str, int]:
         scan = x86_64_triples if elf.machine == _EM_X86_64 else aarch64_triples
         with memoryview(mm) as whole, whole[text.offset: text.offset + text.size] as code:
             by_target = scan(code, text.addr, where.values())
-    found = agree({name: by_target[addr] for name, addr in where.items()})
+        found = agree({name: by_target[addr] for name, addr in where.items()})
+        with memoryview(mm) as whole, whole[eh.offset: eh.offset + eh.size] as hdr:
+            if not function_starts(hdr, eh.addr, found.values()):
+                return {}
     return {name: addr - text.addr + text.offset for name, addr in found.items()
             if text.addr <= addr < text.addr + text.size}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.sources.ebpf.boringssl_calls import MESSAGES, aarch64_triples, agree, locate, x86_64_triples
+from edge.sources.ebpf.boringssl_calls import MESSAGES, aarch64_triples, agree, function_starts, locate, x86_64_triples
 from edge.sources.ebpf.elf import read_elf
 from edge.sources.ebpf.tls_libs import GRPC_BORINGSSL, Catalog
 
@@ -167,3 +167,46 @@ def test_a_missing_site_gives_nothing() -> None:
     found = {name: by_target[at] for name, at in STRINGS.items()}
     found["SSL_read"] = by_target[0x300000]  # a message nothing references
     assert agree(found) == {}
+
+
+def _eh_frame_hdr(at: int, starts: list[int]) -> bytes:
+    """An .eh_frame_hdr loaded at `at` whose table names these function starts (datarel sdata4, sorted)."""
+    table = b"".join(struct.pack("<ii", s - at, 0x100) for s in sorted(starts))
+    return b"\x01\x1b\x03\x3b" + struct.pack("<iI", 0, len(starts)) + table
+
+
+def test_located_addresses_must_begin_functions_in_the_unwind_table() -> None:
+    hdr = _eh_frame_hdr(0x5000, [0x1000, 0x2000, 0x3000])
+    assert function_starts(hdr, 0x5000, [0x1000, 0x3000])
+    assert not function_starts(hdr, 0x5000, [0x2004])  # inside a function: refused
+    assert not function_starts(hdr, 0x5000, [0x4000])  # past the last one
+    assert not function_starts(b"\x01\x1b\x03\x1b" + hdr[4:], 0x5000, [0x1000])  # an encoding not checked
+    assert not function_starts(hdr[:20], 0x5000, [0x1000])  # a table cut short
+
+
+def test_a_grpcio_whose_unwind_table_does_not_name_the_calls_stays_unreadable(tmp_path: Path) -> None:
+    # A call target that the unwind table does not name as a function start is not a breakpoint the agent sets.
+    elf, reader = read_elf(cygrpc())
+    try:
+        found = locate(elf, reader.fd)
+        text, eh = elf.section(".text"), elf.section(".eh_frame_hdr")
+    finally:
+        reader.close()
+    assert text is not None and eh is not None and found
+    data = bytearray(Path(cygrpc()).read_bytes())
+    read_at = found["SSL_read"] - text.offset + text.addr
+    count = struct.unpack_from("<I", data, eh.offset + 8)[0]
+    for i in range(count):
+        entry = eh.offset + 12 + 8 * i
+        if eh.addr + struct.unpack_from("<i", data, entry)[0] == read_at:
+            struct.pack_into("<i", data, entry, read_at + 1 - eh.addr)
+            break
+    else:
+        pytest.fail("SSL_read is not in the unwind table")
+    copy = tmp_path / "cygrpc.so"
+    copy.write_bytes(bytes(data))
+    elf, reader = read_elf(str(copy))
+    try:
+        assert locate(elf, reader.fd) == {}
+    finally:
+        reader.close()
