@@ -11,7 +11,8 @@ installs as pure Python and runs the same code uncompiled (`helix doctor` says w
 it (the container build does: its wheel is made for another architecture).
 
 Beside them, plain C99 extensions (C_EXTENSIONS) take the hottest per-record work out of the interpreter: the HTTP/1
-whole-head parser. Each is optional on its own: where it does not compile, the module it speeds up runs its Python code.
+whole-head parser and the ring-buffer record decoder. Each is optional on its own: where it does not compile, the
+module it speeds up runs its Python code.
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ ACCEL_MODULES = (
 )
 ACCEL_MANIFEST = "accel_manifest.json"
 # Hand-written C extensions: module name -> source; edge/accel.py keeps the same table.
-C_EXTENSIONS = {"edge.protocols._http1_heads": "edge/protocols/_http1_heads.c"}
+C_EXTENSIONS = {"edge.protocols._http1_heads": "edge/protocols/_http1_heads.c",
+                "edge.sources.ebpf._records": "edge/sources/ebpf/_records.c"}
 
 
 def _skip_accel(reason: str) -> list:
