@@ -13,7 +13,7 @@ from typing import Any, Final, cast
 
 from ..model import Attributes, Event, Link, Resource, Scope, Source, Span
 
-__all__ = ["request_bytes", "Grouping", "attribute_field"]
+__all__ = ["request_bytes", "Grouping", "attribute_field", "value_key"]
 
 _U64: Final = 1 << 64
 _I64_MIN = -(1 << 63)
