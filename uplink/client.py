@@ -320,7 +320,7 @@ class UplinkClient:
             log.error("%s; table sets are kept in memory only", e)
             restored = await self.tables.open(None)
         if restored is not None:
-            self.learner.use(restored, await asyncio.to_thread(restored.node_bytes, self.cfg.zstd_level))
+            self.learner.use(restored, await asyncio.to_thread(restored.table_bytes, self.cfg.zstd_level))
             log.info("uplink: encoding with table set %s again, as before the restart", restored.id.hex())
 
     def _queue_for_sending(self, entry: SpoolEntry) -> None:

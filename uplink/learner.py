@@ -54,7 +54,7 @@ class Candidate:
     spans: int  # judged on this many spans it was not learned from
     bytes_per_span: float  # its batches' bytes per span there
     saving: float  # bytes per span it saves there against the set in use
-    node_bytes: int  # what the node holds to encode with it
+    node_bytes: int  # what the node holds to encode with it, the encoder's memo apart (counted as it grows)
     cpu_s: float  # CPU time learning and judging it took (the worker thread's)
 
 
@@ -137,8 +137,10 @@ class TableLearner:
 
     @property
     def bytes(self) -> int:
-        """Bytes the table sets take: the one in use, and a candidate while it is learned."""
-        return self._current_bytes + self._learning
+        """Bytes the table sets take: the one in use with its encoder's memo as it is now, the cold-start set's memo,
+        and a candidate while it is learned."""
+        memo = self.current.memo_bytes() + (EMPTY.memo_bytes() if self.current is not EMPTY else 0)
+        return self._current_bytes + memo + self._learning
 
     @property
     def learning(self) -> bool:
@@ -214,7 +216,7 @@ class TableLearner:
             new += len(mine.compress(columnar.body(part, self.node_id, 0, cand, created_ns=0)))
             old += len(theirs.compress(columnar.body(part, self.node_id, 0, current, created_ns=0)))
         n = len(test)
-        node_bytes = cand.node_bytes(p.level)
+        node_bytes = cand.table_bytes(p.level)
         return Candidate(cand, message, n, new / n, (old - new) / n, node_bytes, time.thread_time() - t0)
 
     def judge(self, cand: Candidate | None) -> bool:
@@ -238,7 +240,7 @@ class TableLearner:
         self.stats.adopted += 1
 
     def use(self, tables: TableSet, node_bytes: int, bytes_per_span: float = 0.0) -> None:
-        """Encode with `tables` from now on (also the set restored after a restart)."""
+        """Encode with `tables` from now on (also the set restored after a restart); `node_bytes`: its table_bytes."""
         self.current = tables
         self._current_bytes = node_bytes
         self._expected = bytes_per_span or math.inf  # a restored set is not judged until a candidate is

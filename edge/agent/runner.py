@@ -135,6 +135,8 @@ class Agent:
         g.bound("learning", learner.sample, SHARES["learning"], bound=learner.sample.max_bytes,
                 ceiling=lambda: self.uplink.cfg.learn_memory, elastic=True)
         g.account("tables", learner)
+        # Without a spool directory the messages of every table set a spooled batch names are held in memory.
+        g.account("table_messages", self.uplink.tables)
         g.account("aggregator", self.aggregator)
         if self.grpc is not None or self.http is not None:
             # Requests still arriving, held back by flow control or TCP: unacknowledged, so never dropped.

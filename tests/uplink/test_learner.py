@@ -8,6 +8,7 @@ from bench._workload import realistic_spans
 from bench.corpus import load_all
 from uplink.learner import LearningPolicy, SpanSample, TableLearner
 from uplink.wire import EMPTY, columnar, decode_batch
+from uplink.wire.tables import MAX_SIGNATURES, _deep_size
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "demo-apps-sample"
 
@@ -54,7 +55,8 @@ def test_first_candidate_after_enough_spans_then_every_interval() -> None:
     cand = learner.learn(sample, current, batch)
     assert learner.judge(cand) and cand.saving > 0 and cand.node_bytes > 0
     learner.adopt(cand)
-    assert learner.current is cand.tables and learner.bytes == cand.node_bytes and not learner.learning
+    assert learner.current is cand.tables and not learner.learning
+    assert learner.bytes == cand.node_bytes + cand.tables.memo_bytes() + EMPTY.memo_bytes()
     _feed(learner, spans[256:600], clock)
     assert learner.due() == ""  # same traffic: nothing degraded, the interval has not passed
     clock.t += 600
@@ -106,3 +108,35 @@ def test_learning_off_never_learns() -> None:
     learner = TableLearner(LearningPolicy(interval=0), "n", 4 << 20, Clock())
     learner.observe(realistic_spans(50, seed=1), 1000, EMPTY.id)
     assert learner.due() == "" and len(learner.sample) == 0
+
+
+def _distinct_signatures(n: int, seed: int) -> list:
+    """Spans whose attribute lists each have a key set of their own: every one a new signature for the encoder."""
+    spans = realistic_spans(n // 4 + 10, seed=seed)[:n]
+    for i, s in enumerate(spans):
+        s.attributes = {f"custom.{seed}.{i}": i, "http.method": "GET"}
+    return spans
+
+
+def test_the_encoders_memo_is_counted_as_it_grows_and_stays_bounded() -> None:
+    clock = Clock()
+    learner = TableLearner(LearningPolicy(after=64), "n", 4 << 20, clock)
+    learner.adopt(learner.learn(realistic_spans(30, seed=8)[:320], EMPTY, 32))
+    tables = learner.current
+    before, memo_before = learner.bytes, tables.memo_bytes()
+    held_before = _deep_size(tables.encoder_index().signatures, set())
+
+    spans = _distinct_signatures(300, seed=1)
+    _feed(learner, spans, clock)
+    grown = tables.memo_bytes() - memo_before
+    # What the memo now holds beyond before, measured directly: the counted growth covers it, and not absurdly more.
+    held = _deep_size(tables.encoder_index().signatures, set()) - held_before
+    assert held > 300 * 100 and held <= grown <= 4 * held
+    assert learner.bytes - before == grown  # the governor's "tables" part follows the memo
+
+    # Past its bound the memo keeps no more entries, and the count stops with it.
+    _feed(learner, _distinct_signatures(MAX_SIGNATURES, seed=2), clock, per_batch=512)
+    full = tables.memo_bytes()
+    assert len(tables.encoder_index().signatures) == MAX_SIGNATURES
+    _feed(learner, _distinct_signatures(200, seed=3), clock)
+    assert tables.memo_bytes() == full and learner.bytes - before == full - memo_before

@@ -111,6 +111,8 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _FORMS = re.compile(r"(-?[1-9][0-9]{3,19})\Z|([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\Z"
                     rf"|((?:[0-9a-f]{{2}}){{4,}})\Z|((?:{_OCTET}\.){{3}}{_OCTET})\Z")
 _FORM_FIRST = frozenset("-0123456789abcdef")  # most texts are told apart by their first character alone
+# Every character any of the forms uses: a text holding another one (a lowercase word) needs no regular expression.
+_FORM_CHARS = "-.0123456789abcdef"
 _UUID_TAG = 37  # CBOR's tag for a 16-byte UUID
 _IPV4_TAG = 52  # CBOR's tag for an IPv4 address (RFC 9164), here always 4 bytes
 _MIN_INT = -(1 << 64)  # CBOR's integer range: what a decoder accepts for a decimal text
@@ -121,7 +123,7 @@ def _compact(t: str) -> Any:
     """A new text in version 4's binary form when it has one: a decimal as an integer, a UUID as a tagged 16-byte
     string (CBOR tag 37), other lowercase hex of 4 bytes or more as its bytes, an IPv4 address as a tagged 4-byte
     string (CBOR tag 52); any other text as itself."""
-    if t[:1] not in _FORM_FIRST:
+    if t[:1] not in _FORM_FIRST or len(t) < 4 or t.lstrip(_FORM_CHARS):
         return t
     m = _FORMS.match(t)
     if m is None:
@@ -180,7 +182,7 @@ def _expand(x: Any, what: str) -> str:
     return f.text
 
 
-def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = True) -> list[Any]:
+def _text_refs(values: list[str], learned: dict[str, int], compact: bool = True) -> list[Any]:
     """A text column as [new texts, references]: 0 takes the next new text, k > 0 is entry k - 1 of the table (the
     learned entries, then the new ones). `learned` maps a text to its reference (index + 1). `compact`: new texts
     in version 4's binary forms."""
@@ -205,7 +207,7 @@ def _text_refs(values: Sequence[str], learned: dict[str, int], compact: bool = T
 class _Attributes:
     """Attribute lists of one batch as shapes and columns (shared by spans, events and new resources)."""
 
-    __slots__ = ("keys", "shapes", "idx", "compact", "sig_ref", "shape_cids", "rows", "columns")
+    __slots__ = ("keys", "shapes", "idx", "compact", "sig_ref", "shape_cids", "rows", "columns", "empty")
 
     def __init__(self, keys: _Domain, shapes: _Domain, idx: Any, compact: bool) -> None:
         self.compact = compact
@@ -216,6 +218,17 @@ class _Attributes:
         self.shape_cids: dict[int, tuple[tuple[str, int], ...]] = {}
         self.rows: dict[int, list[tuple[Any, ...]]] = {}  # shape -> value rows, in order of the shape's first use
         self.columns: dict[tuple[str, int], list[Any]] = {}
+        self.empty = -1  # the empty list's shape once it was met (most events carry no attributes)
+
+    def add_dict(self, a: dict[str, Any]) -> int:
+        """Record one attribute dict; return its shape reference."""
+        if not a:
+            # An empty list has no columns, so its rows are never read: only its shape's place among the new ones.
+            ref = self.empty
+            if ref < 0:
+                ref = self.empty = self.add((), ())
+            return ref
+        return self.add(tuple(a), tuple(a.values()))
 
     def add(self, ks: tuple[str, ...], vals: tuple[Any, ...]) -> int:
         """Record one attribute list; return its shape reference."""
@@ -236,8 +249,7 @@ class _Attributes:
             ks, types = sig
             codes = tuple([TYPE_CODES.get(t, T_ANY) for t in types])
             known = (self.idx.shapes.get((ks, codes)), codes, tuple(zip(ks, codes)))
-            if len(self.idx.signatures) < _MAX_SIGNATURES:
-                self.idx.signatures[sig] = known
+            self.idx.remember(sig, known)
         ref, codes, cids = known
         if ref is None:
             for k in sig[0]:
@@ -276,7 +288,6 @@ class _Attributes:
 
 
 _NO_VALUES: dict[str, int] = {}
-_MAX_SIGNATURES = 4096  # attribute signatures a table set remembers for the encoder
 
 
 def _float_planes(vals: list[float]) -> bytes:
@@ -314,42 +325,49 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
     resources = _Domain(idx.resources)
     attrs = _Attributes(keys, shapes, idx, compact)
 
+    # Each field the columns need read once per span: the model is not compiled, so a read is a Python lookup.
+    span_ids_in = [s.span_id for s in spans]
+    trace_ids = [s.trace_id for s in spans]
+    parent_ids = [s.parent_span_id for s in spans]
+    starts_ns = [s.start_ns for s in spans]
+    ends_ns = [s.end_ns for s in spans]
+    span_events = [s.events for s in spans]
     first_index: dict[bytes, int] = {}
-    for i, s in enumerate(spans):
-        first_index.setdefault(s.span_id, i)
-    parents = [first_index.get(s.parent_span_id) if s.parent_span_id else None for s in spans]
+    for i, sid in enumerate(span_ids_in):
+        first_index.setdefault(sid, i)
+    parents = [first_index.get(pid) if pid else None for pid in parent_ids]
 
     # Trace ids: a table of the distinct 16-byte ids, and per span the step from the previous span's entry.
     trace_index: dict[bytes, int] = {}
-    for s in spans:
-        if len(s.trace_id) == 16:
-            trace_index.setdefault(s.trace_id, len(trace_index))
-    trace_refs = [trace_index.get(s.trace_id, -1) for s in spans]
+    for tid in trace_ids:
+        if len(tid) == 16:
+            trace_index.setdefault(tid, len(trace_index))
+    trace_refs = [trace_index.get(tid, -1) for tid in trace_ids]
     trace_col: list[Any] = []
     prev_trace = 0
-    for s, t in zip(spans, trace_refs):
+    for tid, t in zip(trace_ids, trace_refs):
         if t < 0:
-            trace_col.append(bytes(s.trace_id))
+            trace_col.append(bytes(tid))
         else:
             trace_col.append(t - prev_trace)  # neighbours usually share a trace: mostly 0
             prev_trace = t
-    parent_col = [p - i if p is not None else (bytes(s.parent_span_id) if s.parent_span_id else None)
-                  for i, (s, p) in enumerate(zip(spans, parents))]
+    parent_col = [p - i if p is not None else (bytes(pid) if pid else None)
+                  for i, (pid, p) in enumerate(zip(parent_ids, parents))]
     packed = bytes([s.kind | (s.status_code << 3) | (source_code(s.source) << 5) for s in spans])
     resource_col = _refs_by_identity([s.resource for s in spans], resources, Resource.exact_key)
     scope_col = _scope_refs([s.scope for s in spans], scopes)
     # attrs.add called as a method (not bound to a local): compiled, a bound method is a Python call per use.
-    shape_col = [attrs.add(tuple(a), tuple(a.values())) for a in [s.attributes for s in spans]]
-    any_events = any(s.events for s in spans)
+    shape_col = [attrs.add_dict(a) for a in [s.attributes for s in spans]]
+    any_events = any(span_events)
     extras = {i: _extras(s, trace_index) for i, s in enumerate(spans)
               if s.status_message or s.links or s.trace_state or s.flags != 1}
 
-    units = _units(spans, resource_col)
+    units = _units(starts_ns, ends_ns, span_events, resource_col)
     span_units = [units[r] for r in resource_col]
     refs = time_parents(parents)
-    starts, ends = _time_columns(spans, refs, span_units)
-    base = next((s.start_ns for s, r in zip(spans, refs) if r is None), 0)
-    events = _events(spans, span_units, idx, attrs) if any_events else None
+    starts, ends = _time_columns(starts_ns, ends_ns, refs, span_units)
+    base = next((t for t, r in zip(starts_ns, refs) if r is None), 0)
+    events = _events(starts_ns, span_events, span_units, idx, attrs) if any_events else None
     # New resources are attribute lists like any other: a shape, and values in the batch's columns.
     res_shapes = [attrs.add(tuple(k for k, _ in r.attributes), tuple(thaw_value(v) for _, v in r.attributes))
                   for r, _ in resources.new]
@@ -360,9 +378,9 @@ def body_fields(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet 
         learned_keys, new_keys = keys.learned, keys.index
         new_shapes = [[(learned_keys[k] if k in learned_keys else new_keys[k]) * 8 + ty for k, ty in zip(ks, codes)]
                       for ks, codes in shapes.new]
-    span_ids: Any = b"".join([s.span_id for s in spans])
-    if len(span_ids) != 8 * n or not all(len(s.span_id) == 8 for s in spans):
-        span_ids = [bytes(s.span_id) for s in spans]
+    span_ids: Any = b"".join(span_ids_in)
+    if len(span_ids) != 8 * n or not all(len(sid) == 8 for sid in span_ids_in):
+        span_ids = [bytes(sid) for sid in span_ids_in]
     doc = [
         node_id, seq, created, n,
         span_ids, b"".join(trace_index), trace_col, parent_col, packed,
@@ -421,47 +439,76 @@ def _extras(s: Span, trace_index: dict[bytes, int]) -> dict[int, Any]:
     return x
 
 
-def _units(spans: Sequence[Span], resource_col: list[int]) -> dict[int, int]:
+def _units(starts: list[int], ends: list[int], events: list[Sequence[Event]],
+           resource_col: list[int]) -> dict[int, int]:
     """Per resource of the batch, the largest unit dividing every time of its spans (1000 for microsecond clocks)."""
     gcd = math.gcd
-    per_span = [gcd(s.start_ns, s.end_ns, *[e.time_ns for e in s.events]) if s.events else gcd(s.start_ns, s.end_ns)
-                for s in spans]
     units: dict[int, int] = {}
-    for r, g in zip(resource_col, per_span):
-        units[r] = gcd(units.get(r, 0), g)
+    for i, r in enumerate(resource_col):
+        u = units.get(r, 0)
+        start, end = starts[i], ends[i]
+        evs = events[i]
+        # Most spans keep their resource's unit: checked by remainders, native compiled, where gcd is a Python call.
+        if u > 0 and start % u == 0 and end % u == 0:
+            if not evs:
+                continue
+            for e in evs:
+                if e.time_ns % u:
+                    break
+            else:
+                continue
+        g = gcd(u, start, end)
+        for e in evs:
+            g = gcd(g, e.time_ns)
+        units[r] = g
     return {r: u if 0 < u < _MAX_UNIT else 1 for r, u in units.items()}
 
 
-def _time_columns(spans: Sequence[Span], refs: list[int | None], units: list[int]) -> tuple[list[int], list[int]]:
+def _time_columns(starts_ns: list[int], ends_ns: list[int], refs: list[int | None],
+                  units: list[int]) -> tuple[list[int], list[int]]:
     """The start and end columns (before zigzag; docs: "Times")."""
     gcd = math.gcd
     starts: list[int] = []
     ends: list[int] = []
     prev = -1
-    for i, s in enumerate(spans):
-        u = units[i]
-        dur = s.end_ns - s.start_ns
+    for i, u in enumerate(units):
+        start, end = starts_ns[i], ends_ns[i]
+        dur = end - start
         r = refs[i]
         if r is None:
-            starts.append((s.start_ns - spans[prev].start_ns) // gcd(u, units[prev]) if prev >= 0 else 0)
+            if prev >= 0:
+                v = units[prev]
+                starts.append((start - starts_ns[prev]) // (u if u == v else gcd(u, v)))
+            else:
+                starts.append(0)
             ends.append(dur // u * 2)
             prev = i
         else:
             # Children start shortly after their parent and (client/server pairs) end shortly before it.
-            p = spans[r]
-            g = gcd(u, units[r])
-            starts.append((s.start_ns - p.start_ns) // g)
-            before = p.end_ns - s.end_ns
+            v = units[r]
+            g = u if u == v else gcd(u, v)
+            starts.append((start - starts_ns[r]) // g)
+            before = ends_ns[r] - end
             ends.append(before // g * 2 + 1 if abs(before) < abs(dur) else dur // u * 2)
     return starts, ends
 
 
-def _events(spans: Sequence[Span], units: list[int], idx: Any, attrs: _Attributes) -> list[Any]:
-    events = [e for s in spans for e in s.events]
-    times = [(e.time_ns - s.start_ns) // u for s, u in zip(spans, units) for e in s.events]
-    shape_col = [attrs.add(tuple(a), tuple(a.values())) for a in [e.attributes for e in events]]
-    return [[len(s.events) for s in spans], _text_refs([e.name for e in events], idx.event_names, attrs.compact),
-            planes(zigzag(times)), shape_col]
+def _events(starts_ns: list[int], span_events: list[Sequence[Event]], units: list[int], idx: Any,
+            attrs: _Attributes) -> list[Any]:
+    counts: list[int] = []
+    names: list[str] = []
+    times: list[int] = []
+    shape_col: list[int] = []
+    for i, evs in enumerate(span_events):
+        counts.append(len(evs))
+        if evs:
+            u = units[i]
+            start = starts_ns[i]
+            for e in evs:
+                names.append(e.name)
+                times.append((e.time_ns - start) // u)
+                shape_col.append(attrs.add_dict(e.attributes))
+    return [counts, _text_refs(names, idx.event_names, attrs.compact), planes(zigzag(times)), shape_col]
 
 
 def encode(spans: Sequence[Span], node_id: str, seq: int, tables: TableSet = EMPTY, level: int = 3,

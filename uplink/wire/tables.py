@@ -72,6 +72,8 @@ _MAX_DEPTH = 32  # CBOR nesting of the content (plain-CBOR resource values, chec
 # Every table is bounded by count so a hostile message cannot make a gateway hold millions of entries; the byte
 # bound of the whole message (`parse_message(max_bytes)`) bounds the rest.
 MAX_ENTRIES = 1 << 16
+MAX_SIGNATURES = 4096  # attribute signatures a table set remembers for the encoder
+_DICT_SLOT = 3 * 8 * 3 // 2  # a dict entry (hash, key, value), with the spare room a dict keeps (about a third)
 _ZDICT_NONE, _ZDICT_TRAINED, _ZDICT_RAW = 0, 1, 2
 
 
@@ -162,13 +164,27 @@ class TableSet:
         return zstandard.ZstdCompressionDict(self.zdict, dict_type=kind)
 
     def node_bytes(self, level: int = 3) -> int:
-        """Bytes the node holds to encode with this set: tables, lookups and the zstd compressor at `level`."""
+        """Bytes the node holds to encode with this set now: its tables (table_bytes) and the encoder's memo."""
+        return self.table_bytes(level) + self.memo_bytes()
+
+    def table_bytes(self, level: int = 3) -> int:
+        """Bytes of what does not grow while the node encodes: tables, lookups and the zstd compressor at `level`."""
         idx = self.encoder_index()
         seen: set[int] = set()
         fields = (self.names, self.keys, self.values, self.shapes, self.event_names, self.scopes, self.resources,
                   self.zdict, self.content, idx.names, idx.keys, idx.values, idx.shapes, idx.event_names, idx.scopes,
-                  idx.resources, idx.signatures)
+                  idx.resources)
         return sum(_deep_size(f, seen) for f in fields) + self.compressor(level).memory_size()
+
+    def clear_memo(self) -> None:
+        """Forget the encoder's memo of attribute signatures (it is filled again as batches are encoded)."""
+        if self._enc is not None:
+            self._enc.signatures = {}
+            self._enc.memo_bytes = 0
+
+    def memo_bytes(self) -> int:
+        """Bytes of the encoder's memo of attribute signatures, which grows as batches are encoded (bounded)."""
+        return 0 if self._enc is None else self._enc.memo_bytes
 
     def gateway_bytes(self) -> int:
         """Bytes a gateway holds to decode with this set: the decoder's tables, the content, the zstd decompressor."""
@@ -209,15 +225,33 @@ def _deep_size(x: Any, seen: set[int]) -> int:
     return n
 
 
+def _signature_bytes(sig: Any, known: Any) -> int:
+    """Bytes of one entry of the encoder's signature memo, counted as it grows for the memory governor: its tuples
+    (sizes by formula: sys.getsizeof of a tuple of n items is 40 + 8 n), its keys (which other entries may share: an
+    upper bound) and its slot in the dict. No deep walk: that costs more than encoding the list it was met in."""
+    ks = sig[0]
+    n = _SIGNATURE_FIXED + _SIGNATURE_PER_KEY * len(ks)
+    for k in ks:
+        n += sys.getsizeof(k)
+    return n
+
+
+# The entry's tuples: (keys, types), keys, types, (shape, codes, columns), codes, columns; one (key, code) per key.
+_SIGNATURE_FIXED = 56 + 40 + 40 + 64 + 40 + 40 + _DICT_SLOT
+_SIGNATURE_PER_KEY = 4 * 8 + 56
+
+
 class _EncoderIndex:
     """Positions of every table entry, by value. Text tables give the reference a text column writes (index + 1,
     0 being "the batch's next new text"); the others give the index."""
 
-    __slots__ = ("names", "keys", "values", "shapes", "event_names", "scopes", "resources", "signatures")
+    __slots__ = ("names", "keys", "values", "shapes", "event_names", "scopes", "resources", "signatures",
+                 "memo_bytes")
 
     def __init__(self, t: TableSet) -> None:
         # The encoder's memo: (keys, Python value types) -> (learned shape or None, type codes, columns); bounded.
         self.signatures: dict[Any, Any] = {}
+        self.memo_bytes = 0
         self.names = {s: i + 1 for i, s in enumerate(t.names)}
         self.keys = {s: i for i, s in enumerate(t.keys)}
         self.values = {t.keys[i]: {s: j + 1 for j, s in enumerate(vals)} for i, vals in enumerate(t.values) if vals}
@@ -227,6 +261,12 @@ class _EncoderIndex:
         self.event_names = {s: i + 1 for i, s in enumerate(t.event_names)}
         self.scopes = {(s.name, s.version): i for i, s in enumerate(t.scopes)}
         self.resources = {r.exact_key(): i for i, r in enumerate(t.resources)}
+
+    def remember(self, sig: Any, known: Any) -> None:
+        """Keep what the encoder found for an attribute signature, while the memo holds fewer than its bound."""
+        if len(self.signatures) < MAX_SIGNATURES:
+            self.signatures[sig] = known
+            self.memo_bytes += _signature_bytes(sig, known)
 
 
 class _DecoderTables:

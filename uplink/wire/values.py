@@ -23,10 +23,15 @@ MAX_DEPTH = 32  # nesting of plain-CBOR attribute values
 MAX_PLANE_WIDTH = 16  # bytes per zigzagged value in a plane column; 9 covers every difference of two uint64 times
 
 
+# Final: compiled, a module constant rather than an attribute of the enum class looked up on every span.
+_SDK_OTLP: Final = Source.SDK_OTLP
+_SDK_MQTT: Final = Source.SDK_MQTT
+
+
 def source_code(src: Source) -> int:
     """The wire code of a span's source."""
     # Identity tests: hashing an Enum member runs Python code, and this runs for every span.
-    return 0 if src is Source.SDK_OTLP else 1 if src is Source.SDK_MQTT else 2
+    return 0 if src is _SDK_OTLP else 1 if src is _SDK_MQTT else 2
 
 
 def expect(cond: bool, what: str) -> None:

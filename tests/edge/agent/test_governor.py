@@ -11,6 +11,7 @@ from edge.agent import Agent
 from edge.agent.governor import SETTLE, TRIM_EVERY, MemoryGovernor, read_rss
 from edge.config import parse_config
 from edge.model import Source
+from uplink.wire import EMPTY
 
 MiB = 1024 * 1024
 H = 32 * MiB  # the headroom the tests govern
@@ -18,6 +19,9 @@ H = 32 * MiB  # the headroom the tests govern
 
 @pytest.fixture
 def agent() -> Agent:
+    # The cold-start table set is one per process and its encoder's memo is counted in the agent's "tables" part:
+    # other tests here filled it, where a fresh agent starts with it empty.
+    EMPTY.clear_memo()
     cfg = parse_config({"node": {"id": "gov"}, "sources": {"ebpf": {"enabled": False}, "mqtt": {"enabled": False},
                                                            "otlp": {"grpc_listen": "", "http_listen": ""}},
                         "memory": {"limit": "512MiB"}, "metrics": {"listen": ""},
@@ -496,3 +500,27 @@ def test_the_decision_memory_is_not_shrunk_while_the_pressure_is_outside_the_spa
     assert gov.stats.cause == "elsewhere"
     assert gov.stats.actions["shrink_decisions"] == 0
     assert agent.sampler.decisions.max_entries == planned["decisions"] // 136
+
+
+async def test_table_sets_held_in_memory_are_accounted(agent: Agent) -> None:
+    from uplink.wire import columnar
+
+    gov = governor(agent, H)
+    learner = agent.uplink.learner
+    await agent.uplink.tables.open(None)  # no spool directory: the messages stay in memory
+    cand = learner.learn(realistic_spans(30, seed=9)[:320], learner.current, 32)
+    await agent.uplink.tables.adopt(cand.tables, cand.message)
+    learner.adopt(cand)
+    gov.measure()
+    assert gov.stats.breakdown["table_messages"] == len(cand.message) > 0
+    assert gov.stats.breakdown["tables"] == learner.bytes >= cand.node_bytes > 0
+
+    # The encoder's memo grows with what the node sends under the set: counted as it does.
+    spans = realistic_spans(40, seed=10)[:64]
+    for i, s in enumerate(spans):
+        s.attributes = {f"device.reading.{i}": float(i)}
+    before, memo = gov.stats.breakdown["tables"], learner.current.memo_bytes()
+    columnar.encode(spans, "gov", 0, learner.current)
+    grown = learner.current.memo_bytes() - memo
+    gov.measure()
+    assert grown > 64 * 100 and gov.stats.breakdown["tables"] - before == grown
