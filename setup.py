@@ -12,7 +12,8 @@ it. For another architecture (the arm64 images built on amd64), scripts/target-w
 a cross compiler and the target's headers.
 
 Beside them, plain C99 extensions (C_EXTENSIONS) take the hottest per-record work out of the interpreter: the HTTP/1
-whole-head parser. Each is optional on its own: where it does not compile, the module it speeds up runs its Python code.
+whole-head parser and the ring-buffer record decoder. Each is optional on its own: where it does not compile, the
+module it speeds up runs its Python code.
 """
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ ACCEL_MODULES = (
 )
 ACCEL_MANIFEST = "accel_manifest.json"
 # Hand-written C extensions: module name -> source; edge/accel.py keeps the same table.
-C_EXTENSIONS = {"edge.protocols._http1_heads": "edge/protocols/_http1_heads.c"}
+C_EXTENSIONS = {"edge.protocols._http1_heads": "edge/protocols/_http1_heads.c",
+                "edge.sources.ebpf._records": "edge/sources/ebpf/_records.c"}
 
 
 def _skip_accel(reason: str) -> list:

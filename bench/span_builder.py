@@ -8,17 +8,20 @@ them), then times decode_event + SpanBuilder.feed over them.
 Both implementations run in the same process (edge/accel.py): the pure-Python modules, and the mypyc-compiled ones
 where the package was built with them; each run times the pure ones right after the compiled ones, on the same
 records, so `speedup_vs_pure` (median over the runs of the two rates' ratio) is a same-run comparison. Where the C
-extensions run (edge/accel.py c_status), the compiled modules are timed twice, with and without the C head parser
-(edge/protocols/_http1_heads.c): `speedup_c_vs_compiled` is that same-run ratio, and the top-level figures are those
-with C. `--profile` profiles the pure-Python modules with the C head parser where it runs (HELIX_ACCEL_C=0: without).
+extensions run (edge/accel.py c_status), the compiled modules are timed three times: without C, with the C head parser
+(edge/protocols/_http1_heads.c) alone, and with it and the C record decoder (edge/sources/ebpf/_records.c):
+`speedup_c_vs_compiled` and `speedup_c_records_vs_heads_only` (`speedup_c_records_decode_only`: decoding alone) are
+those same-run ratios, and the top-level figures are those with both. `--profile` profiles the pure-Python modules
+with the C extensions where they run (HELIX_ACCEL_C=0: without).
 Further same-run references: decoding alone, and a fixed calibration loop of plain CPython work (dicts, strings,
 ints, a small object per step) timed right before each of the runs; `records_per_calibration` is the median over the
 runs of decode + build records/s over the calibration's loops/s, which moves far less than either on a shared machine.
 
 Last line: {"implementation", "records", "decode_per_s", "decode_and_build_events_per_s", "spans_per_s",
 "calibration_loops_per_s", "records_per_calibration", "pure": {the same figures of the pure-Python modules},
-"speedup_vs_pure", "compiled_without_c": {...}, "speedup_c_vs_compiled", "goal_records_per_s"}; the top-level
-figures are the fastest implementation's (compiled with C, compiled, or pure).
+"speedup_vs_pure", "compiled_without_c": {...}, "speedup_c_vs_compiled", "compiled_heads_only": {...},
+"speedup_c_records_vs_heads_only", "speedup_c_records_decode_only", "goal_records_per_s"}; the top-level figures are
+the fastest implementation's (compiled with C, compiled, or pure).
 """
 from __future__ import annotations
 
@@ -84,16 +87,19 @@ def calibration_loops_per_s(loops: int = 200_000, repeat: int = 2) -> float:
 
 def decode_and_build(records: list[bytes], implementation: str = "pure") -> tuple[int, float, float]:
     """Decode the records and build spans from them in batches of 4096 with one implementation ("pure", "compiled",
-    "compiled+c"): (spans, decoding s, decoding + building s)."""
-    mods = accel.modules(implementation.removesuffix("+c"))
-    http1 = mods["edge.protocols.http1"]
-    was_on = http1._heads is not None
-    if http1.use_c_heads(implementation.endswith("+c")) != implementation.endswith("+c"):
+    "compiled+heads": with the C head parser, "compiled+c": with it and the C record decoder; "pure+c" for the
+    profile): (spans, decoding s, decoding + building s)."""
+    base, _, c = implementation.partition("+")
+    mods = accel.modules(base)
+    http1, decode = mods["edge.protocols.http1"], mods["edge.sources.ebpf.decode"]
+    was_on = http1._heads is not None, decode._records is not None
+    if http1.use_c_heads(c != "") != (c != "") or decode.use_c_records(c == "c") != (c == "c"):
         raise RuntimeError(accel.c_status().detail)
     try:
         return _decode_and_build(mods, records)
     finally:
-        http1.use_c_heads(was_on)
+        http1.use_c_heads(was_on[0])
+        decode.use_c_records(was_on[1])
 
 
 def _decode_and_build(mods: dict, records: list[bytes]) -> tuple[int, float, float]:
@@ -156,11 +162,12 @@ def main() -> None:
     ap.add_argument("--exchanges", type=int, default=50_000)
     ap.add_argument("--runs", type=int, default=5, help="timed runs; the fastest is reported")
     ap.add_argument("--profile", action="store_true",
-                    help="also print where the time goes in the pure-Python modules (with the C head parser where it "
-                         "runs; cProfile), per stage")
+                    help="also print where the time goes in the pure-Python modules (with the C extensions where "
+                         "they run; cProfile), per stage")
     args = ap.parse_args()
     records = http_records(args.exchanges)
-    impls = accel.implementations() + (["compiled+c"] if accel.c_status().compiled and accel.status().compiled else [])
+    impls = accel.implementations() + (["compiled+heads", "compiled+c"] if accel.c_status().compiled and
+                                       accel.status().compiled else [])
     active = impls[-1]
     # Calibration and decode + build alternate, so that each ratio compares measurements taken under the same load.
     runs: dict[str, list[tuple[int, float, float]]] = {i: [] for i in impls}
@@ -181,6 +188,11 @@ def main() -> None:
         result["compiled_without_c"] = _figures(records, runs["compiled"], cals)
         result["speedup_c_vs_compiled"] = round(
             statistics.median(p[2] / c[2] for p, c in zip(runs["compiled"], runs[active])), 2)
+        result["compiled_heads_only"] = _figures(records, runs["compiled+heads"], cals)
+        result["speedup_c_records_vs_heads_only"] = round(
+            statistics.median(p[2] / c[2] for p, c in zip(runs["compiled+heads"], runs[active])), 2)
+        result["speedup_c_records_decode_only"] = round(
+            statistics.median(p[1] / c[1] for p, c in zip(runs["compiled+heads"], runs[active])), 2)
     result["goal_records_per_s"] = 200_000
     if args.profile:
         profile(records)
@@ -190,7 +202,9 @@ def main() -> None:
               f"{f['decode_and_build_events_per_s']} records/s ({f['spans_per_s']} spans/s); "
               f"ratio to calibration {f['records_per_calibration']}")
     print(f"calibration {result['calibration_loops_per_s']} loops/s; speedup {active} / pure (same runs): "
-          f"{result.get('speedup_vs_pure', '-')}; compiled+c / compiled: {result.get('speedup_c_vs_compiled', '-')}")
+          f"{result.get('speedup_vs_pure', '-')}; compiled+c / compiled: {result.get('speedup_c_vs_compiled', '-')}; "
+          f"compiled+c / compiled+heads: {result.get('speedup_c_records_vs_heads_only', '-')} "
+          f"(decoding alone: {result.get('speedup_c_records_decode_only', '-')})")
     print(json.dumps(result))
 
 

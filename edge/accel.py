@@ -51,7 +51,8 @@ MODULES = (
     "uplink.wire.columnar_otlp",
 )
 # Hand-written C extensions (setup.py C_EXTENSIONS): module name -> source, and what each one does.
-C_EXTENSIONS = {"edge.protocols._http1_heads": ("edge/protocols/_http1_heads.c", "HTTP/1 whole-head parsing")}
+C_EXTENSIONS = {"edge.protocols._http1_heads": ("edge/protocols/_http1_heads.c", "HTTP/1 whole-head parsing"),
+                "edge.sources.ebpf._records": ("edge/sources/ebpf/_records.c", "ring-buffer record decoding")}
 _ROOT = Path(__file__).resolve().parent
 _MANIFEST = _ROOT / "accel_manifest.json"
 _OFF = "HELIX_ACCEL"
@@ -223,4 +224,5 @@ def modules(implementation: str) -> dict[str, ModuleType]:
                     setattr(sys.modules[parent], child, mod)
         # The pure copy is the reference the compiled modules and the C extensions are compared with.
         _pure["edge.protocols.http1"].use_c_heads(False)
+        _pure["edge.sources.ebpf.decode"].use_c_records(False)
     return dict(_pure)

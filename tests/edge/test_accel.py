@@ -7,9 +7,11 @@ import enum
 import inspect
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -313,3 +315,17 @@ def test_a_wheel_built_without_the_accelerator_leaves_the_trees_build_alone(tmp_
     subprocess.run([sys.executable, "setup.py", *command], cwd=tmp_path, env={**os.environ, "HELIX_ACCEL_BUILD": "0"},
                    capture_output=True, text=True, timeout=120)
     assert manifest.exists() is kept
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "aarch64-linux-gnu-gcc"])
+@pytest.mark.parametrize("source", sorted(src for src, _ in accel.C_EXTENSIONS.values()))
+def test_the_c_sources_are_plain_c99_for_the_devices(source, compiler, tmp_path):
+    # The devices are aarch64: no intrinsics or extensions; the cross compiler (Debian gcc-aarch64-linux-gnu) is
+    # optional on a development machine. The host's Python headers stand in for the device's (same 64-bit layout).
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not installed")
+    include = sysconfig.get_paths()["include"]
+    out = subprocess.run([compiler, "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fPIC",
+                          f"-I{include}", "-c", str(ROOT / source), "-o", str(tmp_path / "ext.o")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

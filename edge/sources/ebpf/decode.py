@@ -10,7 +10,9 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
+from ... import accel
 from .events import (
     CloseEvent,
     ConnectEvent,
@@ -32,7 +34,7 @@ from .events import (
     WakeupEvent,
 )
 
-__all__ = ["DecodeStats", "decode_event", "decode_batch", "EVENT_TYPES", "RECORD_SIZES"]
+__all__ = ["DecodeStats", "decode_event", "decode_batch", "use_c_records", "EVENT_TYPES", "RECORD_SIZES"]
 
 # bpf/helix.h enum helix_event_type
 EV_DATA, EV_CLOSE, EV_CONNECT, EV_TCP_FAULT, EV_EXEC, EV_EXIT, EV_FILE_IO, EV_DATA_MORE, EV_WAKEUP, EV_H2, EV_TURN, EV_PYCTX = range(1, 13)
@@ -234,9 +236,32 @@ class _Short(Exception):
     pass
 
 
+# The C decoder of the records every traced message brings (edge/sources/ebpf/_records.c), where it was built: it
+# answers the valid data, data_more and close records whose endpoints and process name the caches above hold, and
+# leaves the rest (drops, first sightings, other types) to the Python code below. None: the Python code decodes all.
+_C_RECORDS = "edge.sources.ebpf._records"
+_records: Any = accel.c_module(_C_RECORDS)
+_C_CLASSES = (DataEvent, DataMoreEvent, CloseEvent)
+_C_TYPE_NAMES = {DataEvent: "data", DataMoreEvent: "data_more", CloseEvent: "close"}
+
+
+def use_c_records(on: bool) -> bool:
+    """Turn the C record decoder on (where it runs here) or off; True when it is on."""
+    global _records
+    _records = accel.c_module(_C_RECORDS) if on else None
+    return _records is not None
+
+
 def decode_event(raw: bytes, stats: DecodeStats | None = None) -> KernelEvent | None:
     """Decode one ring-buffer record; None (and a counted drop in `stats`) when it is not a valid record."""
     st = _default_stats if stats is None else stats
+    if _records is not None:
+        fast: KernelEvent | None = _records.record(raw, _C_CLASSES, _ROLES, _DIRECTIONS, _endpoint_pairs, _comms)
+        if fast is not None:
+            st.decoded += 1
+            name = _C_TYPE_NAMES[type(fast)]
+            st.by_type[name] = st.by_type.get(name, 0) + 1
+            return fast
     if len(raw) < 4:
         st.short += 1
         return None
