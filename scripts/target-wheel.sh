@@ -55,7 +55,7 @@ grep "^ *helix-edge:" "$out/build.log" >&2 || true
 wheel=$(ls "$out"/helix_edge-*.whl)
 # setup.py falls back to pure Python on any build failure; an image must not ship that silently.
 "$py" - "$wheel" "$elf_machine" "$triplet" "${HELIX_ACCEL_BUILD:-1}" <<'PY'
-import json, struct, sys, zipfile
+import json, re, struct, sys, zipfile
 wheel, elf_machine, triplet, accel = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] != "0"
 z = zipfile.ZipFile(wheel)
 names = z.namelist()
@@ -67,8 +67,11 @@ if not accel:
 if "edge/accel_manifest.json" not in names:
     sys.exit(f"target-wheel.sh: the accelerator did not build (no manifest in {wheel}): see setup.py's output")
 manifest = json.loads(z.read("edge/accel_manifest.json"))
-if not manifest.get("c_sources"):
-    sys.exit(f"target-wheel.sh: the C head parser did not build ({wheel})")
+# Every hand-written C extension edge/accel.py names (C_EXTENSIONS' sources) must have compiled.
+wanted = set(re.findall(r'"([\w/]+\.c)"', z.read("edge/accel.py").decode()))
+missing = wanted - set(manifest.get("c_sources", {}))
+if not wanted or missing:
+    sys.exit(f"target-wheel.sh: C extensions did not build ({sorted(missing) or 'none named'}) in {wheel}")
 for n in sos:
     head = z.read(n)[:20]
     if head[:4] != b"\x7fELF" or struct.unpack_from("<H", head, 18)[0] != elf_machine or f"-{triplet}.so" not in n:

@@ -2,7 +2,7 @@
 
 The arm64 wheel is cross-compiled on an amd64 machine (Debian's gcc-aarch64-linux-gnu and the target's CPython
 headers, docs/container.md): its compiled modules must be aarch64 ELF files named for aarch64's CPython, the wheel
-tagged for linux_aarch64, and its manifest must list the C head parser. HELIX_ACCEL_BUILD=0 still makes the pure
+tagged for linux_aarch64, and its manifest must list every C extension (edge/accel.py C_EXTENSIONS). HELIX_ACCEL_BUILD=0 still makes the pure
 wheel. Minutes of mypyc: slow; skipped where the cross compiler or apt-get is missing, a failure under CI.
 """
 from __future__ import annotations
@@ -47,11 +47,12 @@ def test_arm64_wheel_carries_the_accelerator_cross_compiled_for_aarch64(tmp_path
         sos = [n for n in z.namelist() if n.endswith(".so")]
         manifest = json.loads(z.read("edge/accel_manifest.json"))
         machines = {n: struct.unpack_from("<H", z.read(n)[:20], 18)[0] for n in sos}
-    assert "edge/protocols/_http1_heads.cpython-311-aarch64-linux-gnu.so" in sos
+    for name in accel.C_EXTENSIONS:
+        assert name.replace(".", "/") + ".cpython-311-aarch64-linux-gnu.so" in sos
     assert "edge/sources/ebpf/spans/http.cpython-311-aarch64-linux-gnu.so" in sos
     assert all(n.endswith(".cpython-311-aarch64-linux-gnu.so") for n in sos), sos
     assert set(machines.values()) == {EM_AARCH64}, machines
-    assert list(manifest["c_sources"]) == ["edge/protocols/_http1_heads.c"]
+    assert sorted(manifest["c_sources"]) == sorted(src for src, _ in accel.C_EXTENSIONS.values())
     assert len(manifest["sources"]) == len(accel.MODULES)
 
 
