@@ -38,7 +38,7 @@ if [ "${HELIX_ACCEL_BUILD:-1}" != 0 ] && [ "$arch" != "$build_arch" ]; then
   # pip would then install the build requirements, mypy among them, for the target).
   export CC="$triplet-gcc" LDSHARED="$triplet-gcc -shared" \
     CPPFLAGS="-I$cache/usr/include/python3.11 -I$cache/usr/include" SETUPTOOLS_EXT_SUFFIX=".cpython-311-$triplet.so"
-  set -- "-C--build-option=--plat-name=linux_$machine"
+  set -- "--config-settings=--build-option=--plat-name=linux_$machine"  # pip >= 22.1 (bookworm: 23.0)
 else
   set --
 fi
