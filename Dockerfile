@@ -26,8 +26,10 @@ ARG TARGETARCH
 # (gcc-aarch64-linux-gnu on an amd64 builder). Cross-compiling, not emulation: the accelerator is portable C for an
 # LP64 glibc target, so only the compiler and the target's pyconfig.h differ, and it takes minutes natively where
 # mypyc's C under qemu would take many times longer.
-RUN case "$TARGETARCH" in "$(dpkg --print-architecture)") cross= ;; arm64) cross=gcc-aarch64-linux-gnu ;; \
-        amd64) cross=gcc-x86-64-linux-gnu ;; *) echo "no build for TARGETARCH=$TARGETARCH" >&2; exit 1 ;; esac \
+RUN case "$TARGETARCH" in "$(dpkg --print-architecture)") cross= ;; \
+        arm64) cross="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;; \
+        amd64) cross="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;; \
+        *) echo "no build for TARGETARCH=$TARGETARCH" >&2; exit 1 ;; esac \
     && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         clang llvm libbpf-dev make python3 python3-venv ca-certificates netbase gcc libpython3.11-dev $cross \
