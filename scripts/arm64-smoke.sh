@@ -26,7 +26,7 @@ die() { say "FAILED: $*"; exit 1; }
 
 # ---- host tools -------------------------------------------------------------------------------------------
 source scripts/host-lib.sh
-apt_need qemu-user-static debootstrap binfmt-support gcc-aarch64-linux-gnu  # the last: scripts/target-wheel.sh
+apt_need qemu-user-static debootstrap binfmt-support gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # the last two: scripts/target-wheel.sh
 
 # ---- binfmt_misc: aarch64 ELF files run through qemu-aarch64-static --------------------------------------
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then

@@ -57,7 +57,8 @@ source scripts/host-lib.sh
 host_tools=(debootstrap e2fsprogs)
 # gcc and the headers build the accelerator natively; for another architecture its cross gcc (scripts/target-wheel.sh).
 host_tools+=(gcc libpython3.11-dev)
-[ "$(uname -m)" = "$QEMU_ARCH" ] || host_tools+=(qemu-user-static binfmt-support "gcc-${QEMU_ARCH//_/-}-linux-gnu")
+[ "$(uname -m)" = "$QEMU_ARCH" ] || host_tools+=(qemu-user-static binfmt-support "gcc-${QEMU_ARCH//_/-}-linux-gnu"
+  "libc6-dev-$DEB_ARCH-cross")
 apt_need "${host_tools[@]}"
 if [ "$(uname -m)" != "$QEMU_ARCH" ]; then
   [ -e /proc/sys/fs/binfmt_misc/status ] || mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc

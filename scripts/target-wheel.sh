@@ -18,7 +18,7 @@ case $arch in
 esac
 build_arch=$(dpkg --print-architecture)
 if [ "${HELIX_ACCEL_BUILD:-1}" != 0 ] && [ "$arch" != "$build_arch" ]; then
-  command -v "$triplet-gcc" >/dev/null || { echo "target-wheel.sh: no $triplet-gcc (apt install gcc-$(echo "$triplet" | sed 's/_/-/g'))" >&2; exit 1; }
+  command -v "$triplet-gcc" >/dev/null || { echo "target-wheel.sh: no $triplet-gcc (apt install gcc-$(echo "$triplet" | sed 's/_/-/g') libc6-dev-$arch-cross)" >&2; exit 1; }
   cache=${HELIX_CROSS_CACHE:-/var/tmp/helix-cross}/$arch
   if [ ! -f "$cache/usr/include/$triplet/python3.11/pyconfig.h" ]; then
     echo "target-wheel.sh: fetching Debian's libpython3.11-dev:$arch (the target's CPython headers) into $cache" >&2
@@ -54,7 +54,7 @@ tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=.
 grep "^ *helix-edge:" "$out/build.log" >&2 || true
 wheel=$(ls "$out"/helix_edge-*.whl)
 # setup.py falls back to pure Python on any build failure; an image must not ship that silently.
-"$py" - "$wheel" "$elf_machine" "$triplet" "${HELIX_ACCEL_BUILD:-1}" <<'PY'
+"$py" - "$wheel" "$elf_machine" "$triplet" "${HELIX_ACCEL_BUILD:-1}" "$out/build.log" <<'PY'
 import json, re, struct, sys, zipfile
 wheel, elf_machine, triplet, accel = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] != "0"
 z = zipfile.ZipFile(wheel)
@@ -65,7 +65,9 @@ sos = [n for n in names if n.endswith(".so")]
 if not accel:
     sys.exit(f"target-wheel.sh: HELIX_ACCEL_BUILD=0 but {wheel} has compiled modules: {sos}" if sos else 0)
 if "edge/accel_manifest.json" not in names:
-    sys.exit(f"target-wheel.sh: the accelerator did not build (no manifest in {wheel}): see setup.py's output")
+    # The compiler's own words: setup.py's fallback keeps only the failed command.
+    errors = [l.strip() for l in open(sys.argv[5], errors="replace") if "error" in l.lower()][:8]
+    sys.exit(f"target-wheel.sh: the accelerator did not build (no manifest in {wheel}):\n  " + "\n  ".join(errors))
 manifest = json.loads(z.read("edge/accel_manifest.json"))
 # Every hand-written C extension edge/accel.py names (C_EXTENSIONS' sources) must have compiled.
 wanted = set(re.findall(r'"([\w/]+\.c)"', z.read("edge/accel.py").decode()))
