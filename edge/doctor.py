@@ -230,6 +230,12 @@ def _has_sys_admin() -> bool:
     return read_caps().has(CAP_SYS_ADMIN)
 
 
+# grpcio's BoringSSL is read where its calls are located (boringssl_calls.py); docs/known-gaps.md says where not.
+_BORINGSSL_HINT = ("BoringSSL without symbols is most often Python's grpcio of a release whose TLS calls were not "
+                   "found: its gRPC over TLS has no kernel spans on its own side; a peer on OpenSSL (libssl, Node.js's "
+                   "grpc-js) still has spans for its side")
+
+
 def _tls(cfg: Config, probes: Any) -> Check:
     """Attach the TLS uprobes as the agent would, to every OpenSSL the traced processes map, and name the processes
     whose TLS they cannot read."""
@@ -242,6 +248,8 @@ def _tls(cfg: Config, probes: Any) -> Check:
         if status["unreadable"]:
             lines.append("    TLS the probes cannot read (counted, their encrypted traffic has no HTTP/MQTT spans):")
             lines += [f"      {stack}: {_processes(u)}" for stack, u in status["unreadable"].items()]
+            if any(stack.startswith("BoringSSL (static") for stack in status["unreadable"]):
+                lines.append(f"    {_BORINGSSL_HINT}")
         return lines
 
     def fix(failures: list[str]) -> str:

@@ -49,4 +49,13 @@ elif command -v npm >/dev/null; then
 else
   echo "setup: npm not found: the MicroPython SDK tests will be skipped (install Node.js to run them)"
 fi
+# The official gRPC for Node.js, a gRPC-over-TLS peer whose TLS the probes read (tests/bpf/test_grpc_spans.py).
+GRPC_JS_NPM=@grpc/grpc-js@1.14.7
+if grep -qs '"version": "1.14.7"' .cache/grpc-js/node_modules/@grpc/grpc-js/package.json; then :
+elif command -v npm >/dev/null; then
+  echo "setup: installing $GRPC_JS_NPM into .cache/grpc-js"
+  npm install --prefix .cache/grpc-js --no-save --no-audit --no-fund --silent "$GRPC_JS_NPM" >/dev/null
+else
+  echo "setup: npm not found: the gRPC-over-TLS kernel tests will fail (install Node.js and npm)"
+fi
 echo "setup: done. Try: .venv/bin/helix --help"

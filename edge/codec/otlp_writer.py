@@ -13,28 +13,41 @@ from typing import Any, Final, cast
 
 from ..model import Attributes, Event, Link, Resource, Scope, Source, Span
 
-__all__ = ["request_bytes", "Grouping", "attribute_field"]
+__all__ = ["request_bytes", "Grouping", "attribute_field", "value_key"]
 
-_U64 = 1 << 64
+_U64: Final = 1 << 64
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
-_ONE_BYTE = [bytes([i]) for i in range(128)]
+_ONE_BYTE: Final = [bytes([i]) for i in range(128)]
+_HIGH_BYTE: Final = [bytes([i | 128]) for i in range(128)]  # a varint's first byte of two, by its low 7 bits
 _pack_double = struct.Struct("<d").pack
 _pack_fixed64 = struct.Struct("<Q").pack
-_pack_fixed32 = struct.Struct("<I").pack
+_pack_fixed32: Final = struct.Struct("<I").pack
 
 # Tags (field number << 3 | wire type) of the fields written here; names follow opentelemetry-proto.
 _REQ_RESOURCE_SPANS = b"\x0a"
 _RS_RESOURCE, _RS_SCOPE_SPANS = b"\x0a", b"\x12"
 _RESOURCE_ATTRIBUTES = b"\x0a"
-_SS_SCOPE, _SS_SPANS = b"\x0a", b"\x12"
+_SS_SCOPE: Final = b"\x0a"
+_SS_SPANS: Final = b"\x12"
 _SCOPE_NAME, _SCOPE_VERSION = b"\x0a", b"\x12"
-_SPAN_TRACE_ID, _SPAN_SPAN_ID, _SPAN_TRACE_STATE, _SPAN_PARENT, _SPAN_NAME = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x2a"
-_SPAN_KIND, _SPAN_START, _SPAN_END, _SPAN_ATTRIBUTES = b"\x30", b"\x39", b"\x41", b"\x4a"
-_SPAN_EVENTS, _SPAN_LINKS, _SPAN_STATUS, _SPAN_FLAGS = b"\x5a", b"\x6a", b"\x7a", b"\x85\x01"
+# Final: compiled, the straight path (uplink/wire/columnar_otlp.py) then reads them as C statics, not from a dict.
+_SPAN_TRACE_ID: Final = b"\x0a"
+_SPAN_SPAN_ID: Final = b"\x12"
+_SPAN_TRACE_STATE: Final = b"\x1a"
+_SPAN_PARENT: Final = b"\x22"
+_SPAN_NAME: Final = b"\x2a"
+_SPAN_KIND: Final = b"\x30"
+_SPAN_START: Final = b"\x39"
+_SPAN_END: Final = b"\x41"
+_SPAN_ATTRIBUTES: Final = b"\x4a"
+_SPAN_EVENTS, _SPAN_LINKS = b"\x5a", b"\x6a"
+_SPAN_STATUS: Final = b"\x7a"
+_SPAN_FLAGS: Final = b"\x85\x01"
 _EVENT_TIME, _EVENT_NAME, _EVENT_ATTRIBUTES = b"\x09", b"\x12", b"\x1a"
 _LINK_TRACE_ID, _LINK_SPAN_ID, _LINK_TRACE_STATE, _LINK_ATTRIBUTES = b"\x0a", b"\x12", b"\x1a", b"\x22"
-_STATUS_MESSAGE, _STATUS_CODE = b"\x12", b"\x18"
+_STATUS_MESSAGE: Final = b"\x12"
+_STATUS_CODE: Final = b"\x18"
 _KV_KEY, _KV_VALUE = b"\x0a", b"\x12"
 _ANY_STRING, _ANY_BOOL, _ANY_INT, _ANY_DOUBLE = b"\x0a", b"\x10", b"\x18", b"\x21"
 _ANY_ARRAY, _ANY_KVLIST, _ANY_BYTES = b"\x2a", b"\x32", b"\x3a"
@@ -49,6 +62,8 @@ _CACHED_LEN = 96
 def _varint(n: int) -> bytes:
     if n < 128:
         return _ONE_BYTE[n]
+    if n < 16384:  # most lengths of a span's fields; compiled, a bytearray's appends are Python method calls
+        return _HIGH_BYTE[n & 127] + _ONE_BYTE[n >> 7]
     out = bytearray()
     while n > 127:
         out.append((n & 127) | 128)
@@ -120,6 +135,7 @@ def _clear_caches() -> None:
         texts.clear()
         ints.clear()
     _resources.clear()
+    _resource_values.clear()
     _cached = 0
 
 
@@ -164,8 +180,29 @@ def _remembered(cache: dict[str, Any], tag: bytes, k: str, v: Any) -> bytes:
 
 
 # Encoded resources: a gateway's batches name the same few resource objects (a table set's), and a node's spans share
-# theirs. By object (kept here, so its id stays its own); bounded with the attribute caches.
+# theirs. By object (kept here, so its id stays its own), then by value: each batch without a table set brings its own
+# objects of the same few resources. Bounded with the attribute caches.
 _resources: dict[int, tuple[Resource, bytes]] = {}
+_resource_values: dict[tuple[Any, int], bytes] = {}
+
+
+def value_key(frozen: Any) -> tuple[Any, int] | None:
+    """A key for a resource's frozen attributes that equals another's only where both are written the same: text
+    keys with text, bytes, integer or boolean values, the booleans marked (True == 1 in Python, not in OTLP); None
+    for any other (floats: 0.0 == -0.0; containers may nest such values)."""
+    bools = 0
+    bit = 1
+    for kv in frozen:
+        k, v = kv
+        tv = type(v)
+        if type(k) is not str:
+            return None
+        if tv is bool:
+            bools |= bit
+        elif tv is not str and tv is not int and tv is not bytes:
+            return None
+        bit <<= 1
+    return (frozen, bools)
 
 
 def _resource(r: Resource) -> bytes:
@@ -173,12 +210,21 @@ def _resource(r: Resource) -> bytes:
     hit = _resources.get(id(r))
     if hit is not None and hit[0] is r:
         return hit[1]
-    attrs = r.as_dict()
-    out = b""
-    if attrs:
-        res: list[bytes] = []
-        _attributes(res, _RESOURCE_ATTRIBUTES, attrs)
-        out = _field(_RS_RESOURCE, b"".join(res))
+    key = value_key(r.attributes)
+    known = _resource_values.get(key) if key is not None else None
+    if known is not None:
+        out = known
+    else:
+        attrs = r.as_dict()
+        out = b""
+        if attrs:
+            res: list[bytes] = []
+            _attributes(res, _RESOURCE_ATTRIBUTES, attrs)
+            out = _field(_RS_RESOURCE, b"".join(res))
+        if key is not None:
+            if len(_resource_values) >= _RESOURCES_MAX:
+                _resource_values.clear()
+            _resource_values[key] = out
     if len(_resources) >= _RESOURCES_MAX:
         _resources.clear()
     _resources[id(r)] = (r, out)
@@ -188,7 +234,7 @@ def _resource(r: Resource) -> bytes:
 _RESOURCES_MAX = 1024
 
 
-_SOURCE_FIELDS = {src: _field(_SPAN_ATTRIBUTES, _key_value("helix.source", src.value)) for src in Source}
+_SOURCE_FIELDS: Final = {src: _field(_SPAN_ATTRIBUTES, _key_value("helix.source", src.value)) for src in Source}
 
 
 def _event(e: Event) -> bytes:
@@ -214,11 +260,11 @@ def _link(lk: Link) -> bytes:
 
 
 # Tag and length of the ids as they usually are (16-byte trace ids, 8-byte span ids), and of each span kind.
-_TRACE_ID_16 = _SPAN_TRACE_ID + b"\x10"
-_SPAN_ID_8 = _SPAN_SPAN_ID + b"\x08"
-_PARENT_8 = _SPAN_PARENT + b"\x08"
-_KINDS = [b""] + [_SPAN_KIND + _ONE_BYTE[k] for k in range(1, 128)]
-_pack_times = struct.Struct("<cQcQ").pack
+_TRACE_ID_16: Final = _SPAN_TRACE_ID + b"\x10"
+_SPAN_ID_8: Final = _SPAN_SPAN_ID + b"\x08"
+_PARENT_8: Final = _SPAN_PARENT + b"\x08"
+_KINDS: Final = [b""] + [_SPAN_KIND + _ONE_BYTE[k] for k in range(1, 128)]
+_pack_times: Final = struct.Struct("<cQcQ").pack
 
 
 def _id(tag: bytes, usual: bytes, size: int, v: bytes) -> bytes:

@@ -123,11 +123,18 @@ def test_cost_unprivileged_says_what_it_needs() -> None:
 
 
 @pytest.mark.bpf
-def test_doctor_lists_tls_libraries_attached_and_processes_it_cannot_read() -> None:
-    # a process on the host's libssl (Python's ssl), and one whose only TLS is grpcio's symbol-less BoringSSL
+def test_doctor_lists_tls_libraries_attached_and_processes_it_cannot_read(tmp_path: Path) -> None:
+    # a process on the host's libssl (Python's ssl), one on grpcio (its BoringSSL located), and one whose only TLS is a
+    # symbol-less BoringSSL whose calls cannot be located: a grpcio copy with one of gRPC's messages reworded
+    import grpc._cython.cygrpc as cygrpc
+    data = bytearray(Path(cygrpc.__file__).read_bytes())
+    at = data.find(b"SSL_write failed with error ")
+    data[at:at + 4] = b"ssl_"
+    (tmp_path / "reworded.so").write_bytes(bytes(data))
     script = "import sys, time; exec(sys.argv[1]); print('up', flush=True); time.sleep(60)"
+    reworded = f"import ctypes; ctypes.CDLL({str(tmp_path / 'reworded.so')!r})"
     procs = [subprocess.Popen([sys.executable, "-c", script, code], stdout=subprocess.PIPE, text=True)
-             for code in ("import ssl", "import grpc")]
+             for code in ("import ssl", "import grpc", reworded)]
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline() == "up\n"
@@ -143,8 +150,13 @@ def test_doctor_lists_tls_libraries_attached_and_processes_it_cannot_read() -> N
     lines = tls.detail.splitlines()
     assert lines[0].startswith("attached to ") and any(ln.strip().startswith("/") and "libssl.so.3 (OpenSSL, mapped by"
                                                        in ln for ln in lines), tls.detail
+    assert any(ln.strip().startswith(cygrpc.__file__) and "(BoringSSL (gRPC core, located), mapped by" in ln
+               for ln in lines), tls.detail
     boring = [ln for ln in lines if "BoringSSL (static, no symbols)" in ln]
     # named, unless ten processes with lower pids are named before it on a busy host
-    assert any(f"python ({procs[1].pid})" in ln or ln.endswith(", ...") for ln in boring), tls.detail
+    assert any(f"python ({procs[2].pid})" in ln or ln.endswith(", ...") for ln in boring), tls.detail
+    assert not any(f"python ({procs[1].pid})" in ln for ln in boring), tls.detail
+    # and what that means for gRPC: which side of its calls still has spans
+    assert any("most often Python's grpcio" in ln and "Node.js's grpc-js" in ln for ln in lines), tls.detail
     text = format_checks(checks)
     assert "✔ TLS libraries: attached to" in text and "TLS the probes cannot read" in text

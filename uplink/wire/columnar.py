@@ -17,7 +17,7 @@ import re
 import struct
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import cbor2
 
@@ -572,28 +572,30 @@ def _texts(x: Any, what: str) -> list[str]:
 # Column readers run once per column, and a batch of wide spans has a hundred columns of a few values: they check
 # in bulk, and name what is wrong (building the message) only when something is.
 
-def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bool) -> list[str]:
+def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bool,
+                 key: str | None = None) -> list[str]:
     """The n texts of a text column ([new texts, references]; see _text_refs); `compact`: version 4's binary forms
-    of new texts are read."""
+    of new texts are read. Messages name `what`, followed by `key` when given (an attribute column's)."""
     if type(field_) is not list or len(field_) != 2:
-        array(field_, what, 2)
+        array(field_, _name(what, key), 2)
     new, refs = field_
     if type(new) is not list:
-        array(new, what + " new texts")
+        array(new, _name(what, key) + " new texts")
     if type(refs) is not list or len(refs) != n:
-        array(refs, what + " references", n)
+        array(refs, _name(what, key) + " references", n)
     if new and not _all_of(new, str):
         if not compact:
-            raise DecodeError(f"uplink batch: {what} new texts holds a non-text")
-        new = [x if type(x) is str else _expand(x, what + " new texts") for x in new]
+            raise DecodeError(f"uplink batch: {_name(what, key)} new texts holds a non-text")
+        name = _name(what, key) + " new texts"
+        new = [x if type(x) is str else _expand(x, name) for x in new]
     limit = len(learned) + len(new) + 1
     if not refs:
         return refs
     top = 0
     for r in refs:
         if type(r) is not int or not 0 <= r < limit:
-            raise DecodeError(f"uplink batch: {what} references holds a non-integer or refers outside its table of "
-                              f"{limit}")
+            raise DecodeError(f"uplink batch: {_name(what, key)} references holds a non-integer or refers outside its "
+                              f"table of {limit}")
         if r > top:
             top = r
     if len(new) >= n and top == 0:  # every value new (a cold batch, unique values): the new texts in order
@@ -606,7 +608,12 @@ def _text_column(field_: Any, learned: list[str], what: str, n: int, compact: bo
     try:
         return [table[r] if r else take() for r in refs]
     except StopIteration:
-        raise DecodeError(f"uplink batch: {what} takes more new texts than it carries") from None
+        raise DecodeError(f"uplink batch: {_name(what, key)} takes more new texts than it carries") from None
+
+
+def _name(what: str, key: str | None) -> str:
+    # Built on failure only: a batch of wide spans reads a hundred attribute columns.
+    return what if key is None else f"{what} {key!r}"
 
 
 def _floats(x: Any, what: str, n: int) -> list[float]:
@@ -620,7 +627,7 @@ _VALUE_TYPE = {T_INT: int, T_BOOL: bool, T_BYTES: bytes}
 def _column(col: Any, key: str, ty: int, count: int, values: dict[str, list[str]], checked: set[int],
             compact: bool) -> list[Any]:
     if ty == T_STR:
-        return _text_column(col, values.get(key, _NO_TEXTS), f"attribute column {key!r}", count, compact)
+        return _text_column(col, values.get(key, _NO_TEXTS), "attribute column", count, compact, key)
     if ty == T_FLOAT:
         if type(col) is bytes and len(col) == 8 * count:
             return list(struct.unpack(f">{count}d", unplane(col, count, 8)))
@@ -756,11 +763,21 @@ _CONTAINERS = (list, dict)
 
 def _shape_entries(x: Any, keys: list[str]) -> tuple[tuple[str, int], ...]:
     sh = array(x, "new shape")
-    if sh and (not _all_of(sh, int) or min(sh) < 0 or (max(sh) >> 3) >= len(keys)
-               or max([e & 7 for e in sh]) > T_ANY):
-        bad = next(e for e in sh if not (type(e) is int and e >= 0 and (e >> 3) < len(keys) and (e & 7) <= T_ANY))
-        raise DecodeError(f"uplink batch: shape entry {bad!r} is invalid")
-    return tuple([(keys[e >> 3], e & 7) for e in sh])
+    n_keys = len(keys)
+    out: list[tuple[str, int]] = []
+    for e in sh:
+        # One typed pass: compiled, the bulk builtins (min, max, a list of masks) were generic calls on each entry.
+        if type(e) is not int:
+            raise DecodeError(f"uplink batch: shape entry {e!r} is invalid")
+        v: int = e
+        if v < 0 or (v >> 3) >= n_keys or (v & 7) > _MAX_TYPE:
+            raise DecodeError(f"uplink batch: shape entry {e!r} is invalid")
+        out.append((keys[v >> 3], v & 7))
+    return tuple(out)
+
+
+_MAX_TYPE: Final = 5
+assert _MAX_TYPE == T_ANY
 
 
 def _read_body(doc: Any, tables: TableSet, table_id: bytes, max_spans: int, version: int) -> Body:

@@ -11,7 +11,7 @@ Sans-I/O; the same hostile-input rules as uplink/wire/columnar.py, whose checks 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from edge.codec.otlp_writer import (
     _KINDS,
@@ -54,9 +54,9 @@ from .values import _ITEM, _SOURCE_ATTRIBUTE, _SPAN, SOURCES, Expansion
 
 __all__ = ["decode_request"]
 
-_NO_LIMIT = 1 << 62  # counting without a bound: never reached by a batch that inflates to at most a few MiB
-_FLAGS_1 = _SPAN_FLAGS + _pack_fixed32(1)  # the span model's default flags (sampled): nearly every span's
-_SOURCES = tuple([_SOURCE_FIELDS[s] for s in SOURCES])  # by wire code
+_NO_LIMIT: Final = 1 << 62  # counting without a bound: never reached by a batch that inflates to at most a few MiB
+_FLAGS_1: Final = _SPAN_FLAGS + _pack_fixed32(1)  # the span model's default flags (sampled): nearly every span's
+_SOURCES: Final = tuple([_SOURCE_FIELDS[s] for s in SOURCES])  # by wire code
 
 
 def decode_request(data: bytes, header: BatchHeader, tables: TableSet | None, max_bytes: int,

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
+from edge.codec.otlp_writer import value_key
 from edge.errors import DecodeError
 from edge.model import HISTOGRAM, Attributes, Event, Link, MetricBatch, Resource, Scope, Source, Span
 
@@ -79,6 +80,11 @@ def check_native(v: Any, what: str, depth: int = 0, checked: set[int] | None = N
     raise DecodeError(f"uplink batch: {what} holds a value of unsupported type {tv.__name__}")
 
 
+# Request bytes of resources of scalar values, by value_key (bounded by starting over).
+_resource_sizes: dict[tuple[Any, int], int] = {}
+_RESOURCE_SIZES_MAX = 1024
+
+
 class ExpansionExceeded(DecodeError):
     """A batch's spans would expand, once exported, past the bytes its decoder was allowed (`expanded` counted when
     it stopped, `limit`); `node_id` and `seq` say which batch, so it can be refused for good."""
@@ -95,13 +101,13 @@ class ExpansionExceeded(DecodeError):
 
 # Bytes the OTLP request spends on one item beyond its text: tags, lengths, the value wrapper; and on one span, event
 # or link beyond its texts, ids and attributes: times, kind, flags, status, framing.
-_ITEM = 8
-_SPAN = 48
+_ITEM: Final = 8
+_SPAN: Final = 48
 _EVENT = 16
 _LINK = 16
 _METRIC = 16  # a metric beyond its texts: kind, temporality, monotonic, framing
 _POINT = 48  # a data point beyond its attributes and buckets: two times, the value (or count, sum, min, max), framing
-_SOURCE_ATTRIBUTE = len("helix.source") + len("sdk-mqtt") + _ITEM  # the exporter adds it to every span
+_SOURCE_ATTRIBUTE: Final = len("helix.source") + len("sdk-mqtt") + _ITEM  # the exporter adds it to every span
 
 
 def _text(s: str) -> int:
@@ -195,7 +201,16 @@ class Expansion:
                 self._resources.add(id(r))
                 # Typed as Any: compiled, the model's types would refuse the tuples values are frozen into.
                 frozen: Any = r.attributes
-                self.add(sum([_ITEM + _text(k) + self.value(v) for k, v in frozen]))
+                # By value too: each batch without a table set brings its own objects of the same few resources.
+                key = value_key(frozen)
+                size = _resource_sizes.get(key) if key is not None else None
+                if size is None:
+                    size = sum([_ITEM + _text(k) + self.value(v) for k, v in frozen])
+                    if key is not None:
+                        if len(_resource_sizes) >= _RESOURCE_SIZES_MAX:
+                            _resource_sizes.clear()
+                        _resource_sizes[key] = size
+                self.add(size)
 
     def events_and_links(self, events: Sequence[Event], links: Sequence[Link]) -> None:
         """Count a span's events, then its links."""

@@ -3,8 +3,9 @@
 The probes read TLS plaintext through OpenSSL's API (`SSL_read`, `SSL_write`, ...; bpf/tls.bpf.h): in `libssl.so.*`,
 or in a binary that links OpenSSL (or BoringSSL) statically and keeps the symbols, as Node.js does. Everything else
 that speaks TLS is named so that it can be counted, not silently missed: GnuTLS, mbedTLS, wolfSSL and NSS by their
-libraries, Go's crypto/tls, rustls and symbol-less static OpenSSL/BoringSSL (gRPC's Python wheel) by what their
-binaries contain. Files are classified once per identity (device, inode, size, mtime); `scan_process` reads one
+libraries, Go's crypto/tls, rustls and symbol-less static OpenSSL/BoringSSL by what their binaries contain; gRPC
+core's symbol-less BoringSSL (Python's grpcio) is read where its calls can be located with certainty
+(boringssl_calls.py). Files are classified once per identity (device, inode, size, mtime); `scan_process` reads one
 process's executable mappings (/proc/<pid>/maps; a container's files through /proc/<pid>/root).
 """
 from __future__ import annotations
@@ -17,16 +18,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .boringssl_calls import locate as locate_grpc_boringssl
 from .elf import ElfError, read_elf
 from .proc_maps import Mapping, read_maps
 
-__all__ = ["OPENSSL_FUNCTIONS", "TlsCode", "ProcessTls", "Catalog", "scan_process", "host_openssl_files",
-           "traced_pids"]
+__all__ = ["GRPC_BORINGSSL", "OPENSSL_FUNCTIONS", "TlsCode", "ProcessTls", "Catalog", "scan_process",
+           "host_openssl_files", "traced_pids"]
 
 # What the probes attach to, when the file defines it; SSL_read and SSL_write at least.
 OPENSSL_FUNCTIONS = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake", "SSL_connect",
                      "SSL_accept", "SSL_set_fd", "SSL_set_rfd", "SSL_set_wfd", "SSL_free")
 _REQUIRED = ("SSL_read", "SSL_write")
+# gRPC core's BoringSSL without symbols, its SSL_read/SSL_write/SSL_do_handshake located (boringssl_calls.py).
+GRPC_BORINGSSL = "BoringSSL (gRPC core, located)"
 
 _OPENSSL_LIB = re.compile(r"^libssl\.so(\.[0-9.]+)?$")
 # TLS libraries the probes cannot read, by file name (NSS's libssl3.so is not OpenSSL).
@@ -119,6 +123,11 @@ class Catalog:
             found = elf.contains(*(m for m, _ in _MARKERS))
             for marker, stack in _MARKERS:
                 if marker in found and (stack != "Go crypto/tls" or go):
+                    if stack == "BoringSSL":
+                        # gRPC core's (grpcio): its calls are found from how gRPC makes them
+                        funcs = self._wanted(locate_grpc_boringssl(elf, reader.fd))
+                        if funcs:
+                            return TlsCode(GRPC_BORINGSSL, shown, funcs)
                     return TlsCode(stack if stack.startswith("Go") else f"{stack} (static, no symbols)", shown)
             return None
         except (ElfError, OSError, struct.error, ValueError):

@@ -119,3 +119,18 @@ def test_values_equal_in_python_but_written_differently_never_share_a_remembered
                           [_span(resource=Resource.of({"v": v}), events=[Event("e", 1, {"v": v})])]):
                 for _ in range(2):  # the second time from what was remembered
                     assert write(spans) == _official(spans), v
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_resources_are_remembered_by_value_only_where_equal_values_are_written_alike(impl: str) -> None:
+    key = accel.modules(impl)["edge.codec.otlp_writer"].value_key
+    text = (("host.name", "n1"), ("pid", 7), ("id", b"\x01"))
+    assert key(text) == key(tuple(text)) is not None  # another object of the same resource
+    assert key((("on", True),)) != key((("on", 1),))  # equal in Python, a bool and an int in OTLP
+    assert key((("on", False), ("n", 1))) != key((("on", 0), ("n", True)))
+    # Floats (0.0 == -0.0), nested values and keys that are not text are written from each object itself.
+    for frozen in [(("x", 0.0),), (("x", (1,)),), (("x", (("k", 1),)),), ((1, "v"),)]:
+        assert key(frozen) is None
+    spans = [_span(resource=Resource((("r", 1), ("x", 0.0)))), _span(resource=Resource((("r", 1), ("x", -0.0))))]
+    for _ in range(2):
+        assert _writer(impl)(spans) == _official(spans)

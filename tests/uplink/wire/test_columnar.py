@@ -3,6 +3,7 @@ refusals of hostile input."""
 from __future__ import annotations
 
 import hashlib
+import re
 import ipaddress
 import uuid
 from pathlib import Path
@@ -513,3 +514,24 @@ def test_a_resource_holding_an_array_or_a_map_is_counted_by_both_implementations
         data = mod.encode([span], "n", 1, EMPTY, created_ns=1)
         batch = mod.decode(data, read_header(data), EMPTY, MAX, MAX_SPANS, 1 << 20)
         assert _exact(batch.spans, [span]) and batch.expanded > 0
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_bad_shape_entry_or_attribute_column_is_refused_naming_it_in_both_implementations(impl: str) -> None:
+    mod = _columnar(impl)
+    spans = [Span(b"\x01" * 16, b"\x02" * 8, "op", 10, 20, attributes={"http.url": "/a", "n": 1})]
+    shapes, cols = columnar.BODY_FIELDS.index("new_shapes"), columnar.BODY_FIELDS.index("attribute_columns")
+    doc = _body(spans, 4)
+    n_keys = len(doc[columnar.BODY_FIELDS.index("new_keys")])
+    for entry in (-1, n_keys << 3, 6, (n_keys << 3) | 1, True, "x", 2**70, None):
+        bad = _body(spans, 4)
+        bad[shapes][0] = [bad[shapes][0][0], entry]  # the first entry stays good: the bad one is named
+        with pytest.raises(DecodeError, match=rf"shape entry {re.escape(repr(entry))} is invalid"):
+            mod.decode(_frame(bad, 4), read_header(_frame(bad, 4)), EMPTY, MAX)
+    text_col = next(j for j, c in enumerate(doc[cols]) if type(c) is list and len(c) == 2 and c[0] == ["/a"])
+    for junk, what in (([["/a"], [7]], "references holds"), ([["/a"]], "entries, expected 2"),
+                       ([[1.5], [0]], "new texts holds a")):
+        bad = _body(spans, 4)
+        bad[cols][text_col] = junk
+        with pytest.raises(DecodeError, match=rf"attribute column 'http.url'.*{what}"):
+            mod.decode(_frame(bad, 4), read_header(_frame(bad, 4)), EMPTY, MAX)
