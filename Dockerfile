@@ -7,7 +7,8 @@
 #
 # The BPF objects and the Python packages are built on the build machine's own architecture (the objects are
 # architecture-neutral bytecode; wheels for the target come from PyPI as they are), so an arm64 build runs
-# emulated only for the target's apt-get. Behind a TLS-inspecting proxy, pass its CA bundle to pip with
+# emulated only for the target's apt-get. helix-edge's own wheel carries the compiled accelerator (mypyc modules
+# and the C head parser) built for the target: natively, or cross-compiled (scripts/target-wheel.sh). Behind a TLS-inspecting proxy, pass its CA bundle to pip with
 # --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt. Built with the Dockerfile frontend that
 # BuildKit carries (Docker >= 20.10): no `# syntax` line, so no frontend image is pulled from a registry.
 
@@ -20,23 +21,32 @@ ARG BUILD_BASE=${BASE}
 
 # ---- build: probes, wheel, and the target's site-packages, natively -------------------------------------------
 FROM --platform=$BUILDPLATFORM ${BUILD_BASE} AS build
-RUN apt-get update \
+ARG TARGETARCH
+# gcc and the CPython headers build the accelerator; for another architecture, Debian's cross gcc for it
+# (gcc-aarch64-linux-gnu on an amd64 builder). Cross-compiling, not emulation: the accelerator is portable C for an
+# LP64 glibc target, so only the compiler and the target's pyconfig.h differ, and it takes minutes natively where
+# mypyc's C under qemu would take many times longer.
+RUN case "$TARGETARCH" in "$(dpkg --print-architecture)") cross= ;; \
+        arm64) cross="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;; \
+        amd64) cross="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;; \
+        *) echo "no build for TARGETARCH=$TARGETARCH" >&2; exit 1 ;; esac \
+    && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        clang llvm libbpf-dev make python3 python3-venv ca-certificates netbase \
+        clang llvm libbpf-dev make python3 python3-venv ca-certificates netbase gcc libpython3.11-dev $cross \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /build/venv
 WORKDIR /src
 COPY . .
-ARG TARGETARCH
 ARG PIP_INDEX_URL
-# helix-edge's own wheel (pure Python with the .bpf.o objects: the optional mypyc accelerator would be compiled for
-# the build machine, not the target, so it is left out and `helix doctor` reports the pure-Python span builder),
-# then it and its dependencies for the target:
+# helix-edge's own wheel with the .bpf.o objects and the accelerator compiled for the target (the build fails if
+# it did not compile: the image must not fall back to the pure-Python modules unnoticed; HELIX_ACCEL_BUILD=0 as a
+# build argument makes the pure-Python wheel), then it and its dependencies for the target:
 # CPython 3.11 (bookworm's), manylinux wheels only. EXTRAS picks the image: "" the node, "[gateway]" the gateway.
+ARG HELIX_ACCEL_BUILD=1
 COPY scripts/container-site.sh /usr/local/bin/
 RUN --mount=type=secret,id=ca-certificates --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
-    && HELIX_ACCEL_BUILD=0 /build/venv/bin/pip wheel --no-deps -w /wheels . \
+    && HELIX_ACCEL_BUILD=$HELIX_ACCEL_BUILD sh scripts/target-wheel.sh "$TARGETARCH" /wheels /build/venv/bin/python \
     && container-site.sh "$TARGETARCH" /wheels/helix_edge-*.whl /out/node \
     && container-site.sh "$TARGETARCH" "$(echo /wheels/helix_edge-*.whl)[gateway]" /out/gateway
 

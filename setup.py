@@ -8,7 +8,8 @@ The accelerator: mypyc compiles the record decoder, the HTTP/1 head and HTTP/2 f
 parser, the span builder and the gateway's OTLP request writer (edge/accel.py lists them) into C extensions beside
 their sources. It is optional: without mypy, a C compiler or the Python headers, or when compiling fails, the package
 installs as pure Python and runs the same code uncompiled (`helix doctor` says which runs). HELIX_ACCEL_BUILD=0 skips
-it (the container build does: its wheel is made for another architecture).
+it. For another architecture (the arm64 images built on amd64), scripts/target-wheel.sh runs this same build with
+a cross compiler and the target's headers.
 
 Beside them, plain C99 extensions (C_EXTENSIONS) take the hottest per-record work out of the interpreter: the HTTP/1
 whole-head parser and the ring-buffer record decoder. Each is optional on its own: where it does not compile, the

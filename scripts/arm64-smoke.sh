@@ -26,7 +26,7 @@ die() { say "FAILED: $*"; exit 1; }
 
 # ---- host tools -------------------------------------------------------------------------------------------
 source scripts/host-lib.sh
-apt_need qemu-user-static debootstrap binfmt-support
+apt_need qemu-user-static debootstrap binfmt-support gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # the last two: scripts/target-wheel.sh
 
 # ---- binfmt_misc: aarch64 ELF files run through qemu-aarch64-static --------------------------------------
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
@@ -91,7 +91,8 @@ say "the root runs as $arch ($(in_root python3 --version))"
 # present, else the prebuilt ones are packaged.
 say "building the wheel"
 wheels=$(mktemp -d)
-HELIX_ACCEL_BUILD=0 python3 -m pip wheel --no-deps -q -w "$wheels" "$REPO" >/dev/null  # pure: another architecture || die "wheel build failed"
+# The accelerator cross-compiled for aarch64, as in the images (scripts/target-wheel.sh).
+sh scripts/target-wheel.sh arm64 "$wheels" python3 >"$wheels.log" 2>&1 || { tail -20 "$wheels.log"; die "wheel build failed"; }
 wheel=$(ls "$wheels"/helix_edge-*.whl)
 rm -rf "$ROOT/tmp/helix-wheel" && mkdir -p "$ROOT/tmp/helix-wheel"
 cp "$wheel" "$ROOT/tmp/helix-wheel/"
@@ -107,6 +108,8 @@ in_root /opt/helix/bin/python -c \
 # ---- the agent, degraded, with the SDK path end to end ----------------------------------------------------
 say "helix doctor (the probes are expected not to load under qemu-user)"
 in_root /opt/helix/bin/helix doctor 2>&1 | sed 's/^/    /' | head -20 || true
+in_root /opt/helix/bin/python -c 'from edge import accel; s, c = accel.status(), accel.c_status(); print(s.detail); print(c.detail); raise SystemExit(not (s.compiled and c.compiled))' \
+  | sed 's/^/    /' || die "the compiled modules or the C head parser do not run on aarch64"
 say "helix demo --duration $DURATION"
 rm -f "$ROOT/tmp/helix-demo.jsonl"
 set +e

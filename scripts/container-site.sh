@@ -11,7 +11,8 @@ case $arch in
   *) echo "container-site.sh: no wheels for TARGETARCH=$arch (amd64 or arm64)" >&2; exit 1 ;;
 esac
 # bookworm has glibc 2.36: every manylinux tag up to that one fits.
-platforms="--platform manylinux2014_$machine"
+# linux_ARCH: helix-edge's own wheel (scripts/target-wheel.sh builds it here, for ARCH).
+platforms="--platform linux_$machine --platform manylinux2014_$machine"
 v=17
 while [ $v -le 36 ]; do platforms="$platforms --platform manylinux_2_${v}_$machine"; v=$((v + 1)); done
 site=$out/lib/python3.11/site-packages

@@ -55,7 +55,10 @@ flock -n 8 || { say "another build of the $ARCH image holds $OUT.lock; waiting";
 # ---- host tools -------------------------------------------------------------------------------------------
 source scripts/host-lib.sh
 host_tools=(debootstrap e2fsprogs)
-[ "$(uname -m)" = "$QEMU_ARCH" ] || host_tools+=(qemu-user-static binfmt-support)
+# gcc and the headers build the accelerator natively; for another architecture its cross gcc (scripts/target-wheel.sh).
+host_tools+=(gcc libpython3.11-dev)
+[ "$(uname -m)" = "$QEMU_ARCH" ] || host_tools+=(qemu-user-static binfmt-support "gcc-${QEMU_ARCH//_/-}-linux-gnu"
+  "libc6-dev-$DEB_ARCH-cross")
 apt_need "${host_tools[@]}"
 if [ "$(uname -m)" != "$QEMU_ARCH" ]; then
   [ -e /proc/sys/fs/binfmt_misc/status ] || mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc
@@ -127,16 +130,15 @@ WHEELS=$OUT/wheels
 rm -rf "$WHEELS" && mkdir -p "$WHEELS"
 PY=$REPO/.venv/bin/python
 [ -x "$PY" ] || PY=python3
-# Without the compiled span builder: this machine would compile it for its own Python and architecture, and the
-# image installs a pure wheel beside its wheels for DEB_ARCH (doctor there says pure Python).
-HELIX_ACCEL_BUILD=0 "$PY" -m pip wheel --no-deps -q -w "$WHEELS" "$REPO" > "$OUT.wheel.log" 2>&1 || { tail -20 "$OUT.wheel.log"; die "wheel build failed"; }
+# With the accelerator compiled for DEB_ARCH (natively, or cross-compiled for arm64), as the container images have
+# it; scripts/target-wheel.sh fails if it did not compile or the wheel lacks the BPF objects.
+sh scripts/target-wheel.sh "$DEB_ARCH" "$WHEELS" "$PY" > "$OUT.wheel.log" 2>&1 || { tail -20 "$OUT.wheel.log"; die "wheel build failed"; }
 wheel=$(ls "$WHEELS"/helix_edge-*.whl)
-"$PY" -c 'import sys, zipfile; sys.exit(not any(n.endswith("/io_compat.bpf.o") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$wheel" || die "the wheel has no BPF objects (clang missing on this host?)"
 "$PY" -m pip freeze --exclude-editable 2>/dev/null | grep -v '^-e ' > "$OUT/constraints.txt" || true
 platforms=()
 for tag in manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_34; do platforms+=(--platform "${tag}_$QEMU_ARCH"); done
 "$PY" -m pip download -q -d "$WHEELS" --only-binary=:all: --python-version 3.11 --implementation cp \
-  "${platforms[@]}" --platform any -c "$OUT/constraints.txt" "$wheel" >> "$OUT.wheel.log" 2>&1 \
+  "${platforms[@]}" --platform "linux_$QEMU_ARCH" --platform any -c "$OUT/constraints.txt" "$wheel" >> "$OUT.wheel.log" 2>&1 \
   || { tail -20 "$OUT.wheel.log"; die "cannot download $DEB_ARCH wheels for the dependencies"; }
 
 say "installing $(basename "$wheel") into /opt/helix (offline, from the wheels)"
@@ -147,6 +149,9 @@ in_root /opt/helix/bin/pip install -q --no-index --find-links /tmp/wheels "/tmp/
 rm -rf "$ROOT/tmp/wheels"
 in_root /opt/helix/bin/helix --version >/dev/null 2>&1 || in_root /opt/helix/bin/helix --help >/dev/null \
   || die "helix does not run in the $DEB_ARCH root"
+# The compiled modules and the C head parser load there: the image must not fall back to pure Python unnoticed.
+in_root /opt/helix/bin/python -c 'from edge import accel; s, c = accel.status(), accel.c_status(); print(s.detail); print(c.detail); raise SystemExit(not (s.compiled and c.compiled))' \
+  || die "the compiled modules or the C head parser do not run in the $DEB_ARCH root"
 
 say "the agent: user helix, firmware-configs/systemd/helix-agent.service and sysctl/60-helix.conf, profile $PROFILE"
 in_root useradd --system --home-dir /var/lib/helix --no-create-home --shell /usr/sbin/nologin helix 2>/dev/null || true

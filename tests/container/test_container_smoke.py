@@ -44,6 +44,8 @@ def test_native_images_attach_probes_and_deliver_sdk_and_kernel_spans() -> None:
     assert float(figures[f"image_mb_node_{arch}"]) > 0 and float(figures[f"image_mb_gateway_{arch}"]) > 0
     assert float(figures[f"idle_rss_mib_node_{arch}"]) > 0
     assert float(figures[f"start_to_sdk_and_kernel_span_s_{arch}"]) > 0
+    # The wheel in the image carries the accelerator built for it: the compiled modules and the C head parser run.
+    assert figures[f"accel_compiled_node_{arch}"] == 1
 
 
 @pytest.mark.slow
@@ -55,3 +57,5 @@ def test_arm64_images_run_emulated_on_sdk_spans() -> None:
     figures = _smoke("arm64", 3500)
     assert float(figures["image_mb_node_arm64"]) <= 120  # the node image's goal
     assert float(figures["start_to_sdk_span_s_arm64_emulated"]) > 0
+    # Cross-compiled for aarch64 (scripts/target-wheel.sh), and what runs there, not the pure-Python fallback.
+    assert figures["accel_compiled_node_arm64"] == 1
