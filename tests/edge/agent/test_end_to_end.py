@@ -62,6 +62,10 @@ async def stack(mosquitto: Mosquitto, otlp_peer: OtlpPeer, tmp_path: Path) -> As
         "uplink": {"broker": mosquitto.url, "batch_max_age": "200ms", "spool_dir": str(tmp_path / "spool")},
         "gateway": {"broker": mosquitto.url, "state_dir": "", "http_listen": f"127.0.0.1:{gw_port}",
                     "export_endpoint": otlp_peer.grpc_endpoint},
+        # The governor measures this whole process (the test runner, ~300 MiB deep into the suite), and the tests
+        # allocate here too (a 10 MiB gzip bomb): at the default limit its headroom is the 11 MiB floor, so the
+        # test's own allocations would read as pressure and sample the good spans out. Memory has its own tests.
+        "memory": {"limit": "1GiB"},
     })
     stop = asyncio.Event()
     gateway = Gateway(cfg.gateway)
@@ -217,6 +221,7 @@ async def test_spans_accepted_before_stop_are_flushed(mosquitto: Mosquitto, otlp
         "uplink": {"broker": mosquitto.url, "batch_max_age": "1h", "batch_max_spans": 100000,
                    "spool_dir": str(tmp_path / "spool")},
         "gateway": {"broker": mosquitto.url, "state_dir": "", "http_listen": "", "export_endpoint": otlp_peer.grpc_endpoint},
+        "memory": {"limit": "1GiB"},  # as in `stack`: the governor would measure the test runner's allocations
     })
     stop_agent, stop_gw = asyncio.Event(), asyncio.Event()
     gw_task = asyncio.create_task(Gateway(cfg.gateway).run(stop_gw))
